@@ -1,0 +1,50 @@
+/**
+ * Every error torus reports carries one of these stable codes. Codes are never
+ * reused or renamed: scripts and alerts match on them. `docs` is what README's
+ * error table shows; test/unit/errors.test.ts keeps README and this list in step.
+ */
+export const ERROR_CODES = {
+  // Argument and input validation (CLI, flags, names, sizes).
+  TORUS_ERR_ARG_INVALID: 'a command-line argument or option is malformed',
+  TORUS_ERR_SIZE_INVALID: 'a size is not of the form 512, 4KiB, 1GiB, 2G or N%',
+  TORUS_ERR_NAME_INVALID: 'a volume name is empty, too long or has characters outside [A-Za-z0-9._-]',
+
+  // Cluster metadata (etcd).
+  TORUS_ERR_ETCD_UNAVAILABLE: 'etcd could not be reached or did not answer in time',
+  TORUS_ERR_ETCD_FAILED: 'etcd answered with an error',
+  TORUS_ERR_CLUSTER_NOT_INITIALISED: 'the cluster has not been formatted (run torusctl init)',
+  TORUS_ERR_CLUSTER_ALREADY_INITIALISED: 'the cluster is already formatted',
+  TORUS_ERR_CLUSTER_CONFLICT: 'a concurrent change to cluster metadata won; retry',
+
+  // Volumes.
+  TORUS_ERR_VOLUME_NOT_FOUND: 'no volume has that name',
+  TORUS_ERR_VOLUME_EXISTS: 'a volume with that name already exists',
+  TORUS_ERR_VOLUME_IN_USE: 'the volume is open for writing elsewhere (the holder is named)',
+  TORUS_ERR_VOLUME_READ_ONLY: 'the volume is open read-only',
+  TORUS_ERR_VOLUME_LOCK_LOST: 'the write lock on the volume was lost; writes are refused',
+  TORUS_ERR_VOLUME_FENCED: 'a newer writer holds the volume; this writer is fenced off',
+
+  // I/O ranges and the local block store.
+  TORUS_ERR_IO_OUT_OF_RANGE: 'offset or length lies outside the volume',
+  TORUS_ERR_STORE_NO_SPACE: 'the data dir has reached its size cap',
+  TORUS_ERR_STORE_CRC_MISMATCH: 'a block failed its checksum on read',
+  TORUS_ERR_STORE_IO: 'the local disk reported an I/O error',
+  TORUS_ERR_STORE_CORRUPT: 'on-disk state is not in the expected format',
+  TORUS_ERR_STORE_CLOSED: 'the block store is closed',
+  TORUS_ERR_STORE_BUSY: 'too many requests are waiting on the block store',
+
+  // NBD protocol.
+  TORUS_ERR_NBD_PROTOCOL: 'a client broke the NBD protocol; its connection is closed',
+  TORUS_ERR_NBD_EXPORT_UNKNOWN: 'no export (volume) has the requested name',
+  TORUS_ERR_NBD_LIMIT: 'a client exceeded a per-connection limit',
+
+  // Peers and daemon.
+  TORUS_ERR_PEER_ADDRESS_INVALID: 'a peer address is not host:port, http://host:port or tdp://host:port',
+  TORUS_ERR_DAEMON_START: 'torusd could not start (port in use, data dir unusable, ...)',
+
+  // Internal.
+  TORUS_ERR_ASSERTION: 'an internal invariant was broken (a bug)',
+  TORUS_ERR_TIMEOUT: 'an operation did not finish within its time limit',
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
