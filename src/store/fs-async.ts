@@ -1,0 +1,93 @@
+import fs from 'node:fs';
+
+/**
+ * Promise wrappers over raw file descriptors. fs.promises.FileHandle costs an
+ * extra object and close bookkeeping per call; the store keeps its own fd cache
+ * and uses these on the data path.
+ */
+
+export function openFd(path: string, flags: number | string, mode = 0o644): Promise<number> {
+  return new Promise((resolve, reject) => fs.open(path, flags, mode, (err, fd) => (err ? reject(err) : resolve(fd))));
+}
+
+export function closeFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.close(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+/** Reads exactly `length` bytes at `position`, zero-filling past end of file. */
+export async function preadFull(fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<void> {
+  let done = 0;
+  while (done < length) {
+    const n = await new Promise<number>((resolve, reject) =>
+      fs.read(fd, buf, offset + done, length - done, position + done, (err, bytes) => (err ? reject(err) : resolve(bytes))),
+    );
+    if (n === 0) {
+      buf.fill(0, offset + done, offset + length);
+      return;
+    }
+    done += n;
+  }
+}
+
+export async function pwriteFull(fd: number, buf: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const n = await new Promise<number>((resolve, reject) =>
+      fs.write(fd, buf, done, buf.length - done, position + done, (err, bytes) => (err ? reject(err) : resolve(bytes))),
+    );
+    done += n;
+  }
+}
+
+/** Writes buffers back to back at `position` with as few syscalls as possible. */
+export async function pwritevFull(fd: number, bufs: Buffer[], position: number): Promise<void> {
+  let pending = bufs;
+  let pos = position;
+  while (pending.length > 0) {
+    // Linux caps one writev at IOV_MAX (1024) entries.
+    const batch = pending.slice(0, 1024);
+    const total = batch.reduce((s, b) => s + b.length, 0);
+    const n = await new Promise<number>((resolve, reject) =>
+      fs.writev(fd, batch, pos, (err, bytes) => (err ? reject(err) : resolve(bytes))),
+    );
+    pos += n;
+    if (n === total) {
+      pending = pending.slice(batch.length);
+      continue;
+    }
+    // Short write: drop what was written and go on with the rest.
+    let skip = n;
+    const rest: Buffer[] = [];
+    for (const b of pending) {
+      if (skip >= b.length) {
+        skip -= b.length;
+        continue;
+      }
+      rest.push(skip > 0 ? b.subarray(skip) : b);
+      skip = 0;
+    }
+    pending = rest;
+  }
+}
+
+export function fdatasync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+export function fsyncFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fsync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+export function ftruncate(fd: number, length: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.ftruncate(fd, length, (err) => (err ? reject(err) : resolve())));
+}
+
+/** fsync a directory so that entries created or removed in it survive power loss. */
+export async function fsyncDir(path: string): Promise<void> {
+  const fd = await openFd(path, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    await fsyncFd(fd);
+  } finally {
+    await closeFd(fd);
+  }
+}

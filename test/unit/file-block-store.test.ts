@@ -1,0 +1,208 @@
+import { mkdtemp, readdir, rm, appendFile, stat } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import pino from 'pino';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { blockRef } from '../../src/model/block-ref.js';
+import { FileBlockStore } from '../../src/store/file-block-store.js';
+import { isTorusError } from '../../src/errors/torus-error.js';
+
+const log = pino({ level: 'silent' });
+const BS = 64 * 1024;
+const MiB = 2 ** 20;
+let dir: string;
+
+beforeEach(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'torus-store-'));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+function open(extra: Partial<Parameters<typeof FileBlockStore.open>[0]> = {}) {
+  return FileBlockStore.open({ dir, blockSize: BS, capacity: 64 * MiB, logger: log, checkpointIntervalMs: 3_600_000, ...extra });
+}
+
+describe('FileBlockStore', () => {
+  it('reads zeroes for unwritten blocks and ranges, and what was written at odd offsets', async () => {
+    const s = await open();
+    const r = blockRef(1, 1, 3);
+    expect((await s.read(r, 0, 100)).equals(Buffer.alloc(100))).toBe(true);
+    const a = randomBytes(5000);
+    await s.write(r, 777, a, { fua: false });
+    const got = await s.read(r, 700, 6000);
+    const want = Buffer.alloc(6000);
+    a.copy(want, 77);
+    expect(got.equals(want)).toBe(true);
+    expect(await s.allocated([r, blockRef(1, 1, 4)])).toEqual([true, false]);
+    await s.close();
+  });
+
+  it('keeps data across close and open, with the journal emptied', async () => {
+    let s = await open();
+    const r = blockRef(2, 1, 0);
+    const a = randomBytes(BS);
+    await s.write(r, 0, a, { fua: false });
+    await s.write(r, 4096 + 3, Buffer.from('hello'), { fua: false });
+    a.write('hello', 4096 + 3);
+    await s.close();
+    expect(await readdir(path.join(dir, 'wal'))).toEqual([]);
+    s = await open();
+    expect((await s.read(r, 0, BS)).equals(a)).toBe(true);
+    expect(s.usage().blocks).toBe(1);
+    await s.close();
+  });
+
+  it('recovers flushed writes from the journal after a crash', async () => {
+    let s = await open();
+    const refs = [blockRef(3, 1, 0), blockRef(3, 1, 1), blockRef(3, 1, 9)];
+    const data = refs.map(() => randomBytes(BS));
+    for (let i = 0; i < refs.length; i++) await s.write(refs[i]!, 0, data[i]!, { fua: false });
+    await s.zero(refs[2]!, 100, 200, { fua: false, punch: true });
+    data[2]!.fill(0, 100, 300);
+    await s.write(refs[1]!, 10, Buffer.from('xyz'), { fua: true });
+    data[1]!.write('xyz', 10);
+    await s.flush();
+    await s.abandonForTest();
+    s = await open();
+    for (let i = 0; i < refs.length; i++) expect((await s.read(refs[i]!, 0, BS)).equals(data[i]!)).toBe(true);
+    await s.close();
+  });
+
+  it('rebuilds block files from the journal alone when nothing was applied before the crash', async () => {
+    let s = await open({ holdApplierForTest: true });
+    const r = blockRef(12, 1, 2);
+    const a = randomBytes(BS);
+    await s.write(r, 0, a, { fua: false });
+    await s.write(r, 5, Buffer.from('abc'), { fua: false });
+    a.write('abc', 5);
+    await s.flush();
+    await s.write(r, 100, Buffer.from('never flushed'), { fua: false });
+    expect((await s.read(r, 0, BS)).subarray(100, 113).toString()).toBe('never flushed');
+    await s.abandonForTest();
+    expect(await readdir(path.join(dir, 'blocks'))).toEqual([]);
+    s = await open();
+    const got = await s.read(r, 0, BS);
+    // The unflushed write may or may not survive (it reached the kernel), the flushed ones must.
+    expect(got.subarray(0, 100).equals(a.subarray(0, 100))).toBe(true);
+    expect(got.subarray(113).equals(a.subarray(113))).toBe(true);
+    await s.close();
+  });
+
+  it('drops a torn journal tail and keeps everything before it', async () => {
+    let s = await open();
+    const r = blockRef(4, 1, 0);
+    await s.write(r, 0, Buffer.alloc(BS, 7), { fua: true });
+    await s.abandonForTest();
+    const wal = path.join(dir, 'wal');
+    const [seg] = await readdir(wal);
+    const before = (await stat(path.join(wal, seg!))).size;
+    await appendFile(path.join(wal, seg!), randomBytes(100));
+    s = await open();
+    expect((await s.read(r, 0, BS)).equals(Buffer.alloc(BS, 7))).toBe(true);
+    expect(before).toBeGreaterThan(0);
+    await s.close();
+  });
+
+  it('detects a corrupted page with TORUS_ERR_STORE_CRC_MISMATCH', async () => {
+    let s = await open();
+    const r = blockRef(5, 1, 0);
+    await s.write(r, 0, Buffer.alloc(BS, 1), { fua: false });
+    await s.close();
+    const file = path.join(dir, 'blocks', '5', '1', '0');
+    const { open: fopen } = await import('node:fs/promises');
+    const fh = await fopen(file, 'r+');
+    const st = await fh.stat();
+    await fh.write(Buffer.from([0xee]), 0, 1, st.size - BS + 5000);
+    await fh.close();
+    let failures = 0;
+    s = await open({ onCrcFailure: () => failures++ });
+    const err = await s.read(r, 4096, 4096).catch((e: unknown) => e);
+    expect(isTorusError(err, 'TORUS_ERR_STORE_CRC_MISMATCH')).toBe(true);
+    expect(failures).toBe(1);
+    expect((await s.read(r, 0, 4096)).equals(Buffer.alloc(4096, 1))).toBe(true);
+    await s.close();
+  });
+
+  it('refuses a write beyond the cap with TORUS_ERR_STORE_NO_SPACE and keeps earlier data', async () => {
+    const s = await open({ capacity: 2 * MiB, journalBytesMax: MiB });
+    const slots = s.capacityBlocks();
+    expect(slots).toBeGreaterThan(0);
+    for (let i = 0; i < slots; i++) await s.write(blockRef(6, 1, i), 0, Buffer.alloc(10, i + 1), { fua: false });
+    const err = await s.write(blockRef(6, 1, slots), 0, Buffer.alloc(10, 9), { fua: false }).catch((e: unknown) => e);
+    expect(isTorusError(err, 'TORUS_ERR_STORE_NO_SPACE')).toBe(true);
+    // Writes to blocks that exist still work; trimming frees room.
+    await s.write(blockRef(6, 1, 0), 20, Buffer.alloc(10, 5), { fua: false });
+    await s.zero(blockRef(6, 1, 1), 0, BS, { fua: false, punch: true });
+    await s.write(blockRef(6, 1, slots), 0, Buffer.alloc(10, 9), { fua: false });
+    for (let i = 2; i < slots; i++) expect((await s.read(blockRef(6, 1, i), 0, 10)).equals(Buffer.alloc(10, i + 1))).toBe(true);
+    await s.close();
+  });
+
+  it('frees blocks on whole-block trim and volume delete, also across restarts', async () => {
+    let s = await open();
+    for (let i = 0; i < 4; i++) await s.write(blockRef(7, 1, i), 0, Buffer.alloc(BS, 3), { fua: false });
+    await s.write(blockRef(8, 1, 0), 0, Buffer.alloc(BS, 4), { fua: false });
+    expect(s.usage().blocks).toBe(5);
+    await s.zero(blockRef(7, 1, 0), 0, BS, { fua: false, punch: true });
+    await s.deleteVolume(7);
+    expect(s.usage().blocks).toBe(1);
+    expect((await s.read(blockRef(7, 1, 2), 0, 10)).equals(Buffer.alloc(10))).toBe(true);
+    await s.flush();
+    await s.abandonForTest();
+    s = await open();
+    expect(s.usage().blocks).toBe(1);
+    expect((await s.read(blockRef(8, 1, 0), 0, BS)).equals(Buffer.alloc(BS, 4))).toBe(true);
+    await s.close();
+    expect(await readdir(path.join(dir, 'blocks'))).toEqual(['8']);
+  });
+
+  it('zeroes with NO_HOLE keep the block allocated', async () => {
+    const s = await open();
+    const r = blockRef(9, 1, 0);
+    await s.zero(r, 0, BS, { fua: false, punch: false });
+    expect(await s.allocated([r])).toEqual([true]);
+    expect((await s.read(r, 0, BS)).equals(Buffer.alloc(BS))).toBe(true);
+    await s.close();
+  });
+
+  it('refuses a write carrying an older fencing token', async () => {
+    const s = await open();
+    const r = blockRef(10, 1, 0);
+    await s.write(r, 0, Buffer.from('a'), { fua: false, fence: 5 });
+    const err = await s.write(r, 0, Buffer.from('b'), { fua: false, fence: 4 }).catch((e: unknown) => e);
+    expect(isTorusError(err, 'TORUS_ERR_VOLUME_FENCED')).toBe(true);
+    expect((await s.read(r, 0, 1)).toString()).toBe('a');
+    await s.close();
+  });
+
+  it('survives many concurrent overlapping writes with a tiny journal, matching a model', async () => {
+    const s = await open({ journalBytesMax: 2 * MiB, pendingBytesMax: MiB, checkpointIntervalMs: 20 });
+    const model = new Map<number, Buffer>();
+    let seed = 12345;
+    const rnd = (n: number) => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const ops: Promise<void>[] = [];
+    for (let i = 0; i < 2000; i++) {
+      const idx = rnd(8);
+      const off = rnd(BS - 1);
+      const len = 1 + rnd(Math.min(9000, BS - off));
+      const buf = Buffer.alloc(len, rnd(256));
+      const m = model.get(idx) ?? Buffer.alloc(BS);
+      buf.copy(m, off);
+      model.set(idx, m);
+      ops.push(s.write(blockRef(11, 1, idx), off, buf, { fua: false }));
+      if (i % 100 === 99) await Promise.all(ops.splice(0));
+    }
+    await Promise.all(ops);
+    for (const [idx, m] of model) expect((await s.read(blockRef(11, 1, idx), 0, BS)).equals(m)).toBe(true);
+    await s.flush();
+    await s.abandonForTest();
+    const s2 = await open();
+    for (const [idx, m] of model) expect((await s2.read(blockRef(11, 1, idx), 0, BS)).equals(m)).toBe(true);
+    await s2.close();
+  });
+});
