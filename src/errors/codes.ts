@@ -8,6 +8,7 @@ export const ERROR_CODES = {
   TORUS_ERR_ARG_INVALID: 'a command-line argument or option is malformed',
   TORUS_ERR_SIZE_INVALID: 'a size is not of the form 512, 4KiB, 1GiB, 2G or N%',
   TORUS_ERR_NAME_INVALID: 'a volume name is empty, too long or has characters outside [A-Za-z0-9._-]',
+  TORUS_ERR_CONFIRMATION_REQUIRED: 'a destructive command needs --yes-i-am-sure or YES typed on a terminal',
 
   // Cluster metadata (etcd).
   TORUS_ERR_ETCD_UNAVAILABLE: 'etcd could not be reached or did not answer in time',
@@ -15,6 +16,9 @@ export const ERROR_CODES = {
   TORUS_ERR_CLUSTER_NOT_INITIALISED: 'the cluster has not been formatted (run torusctl init)',
   TORUS_ERR_CLUSTER_ALREADY_INITIALISED: 'the cluster is already formatted',
   TORUS_ERR_CLUSTER_CONFLICT: 'a concurrent change to cluster metadata won; retry',
+  TORUS_ERR_METADATA_CORRUPT: 'a record in etcd is not in the expected format',
+  TORUS_ERR_RING_UNSAFE: 'the ring change would leave fewer peers than the replication factor (use --force)',
+  TORUS_ERR_SESSION_LOST: 'the etcd lease of this session expired or was revoked',
 
   // Volumes.
   TORUS_ERR_VOLUME_NOT_FOUND: 'no volume has that name',
@@ -23,6 +27,8 @@ export const ERROR_CODES = {
   TORUS_ERR_VOLUME_READ_ONLY: 'the volume is open read-only',
   TORUS_ERR_VOLUME_LOCK_LOST: 'the write lock on the volume was lost; writes are refused',
   TORUS_ERR_VOLUME_FENCED: 'a newer writer holds the volume; this writer is fenced off',
+  TORUS_ERR_RING_EMPTY: 'no peer is in the ring, so blocks have nowhere to live (torusd --auto-join or torusctl peer add)',
+  TORUS_ERR_RING_PEER_UNKNOWN: 'the ring names a peer whose address is not known (it is not reporting)',
 
   // I/O ranges and the local block store.
   TORUS_ERR_IO_OUT_OF_RANGE: 'offset or length lies outside the volume',
@@ -37,10 +43,18 @@ export const ERROR_CODES = {
   TORUS_ERR_NBD_PROTOCOL: 'a client broke the NBD protocol; its connection is closed',
   TORUS_ERR_NBD_EXPORT_UNKNOWN: 'no export (volume) has the requested name',
   TORUS_ERR_NBD_LIMIT: 'a client exceeded a per-connection limit',
+  TORUS_ERR_NBD_UNSUPPORTED: 'the export cannot do that operation (NBD ENOTSUP, e.g. a fast zero)',
 
   // Peers and daemon.
   TORUS_ERR_PEER_ADDRESS_INVALID: 'a peer address is not host:port, http://host:port or tdp://host:port',
+  TORUS_ERR_PEER_UNAVAILABLE: 'a peer could not be reached or its connection dropped',
+  TORUS_ERR_PEER_AUTH: 'a peer failed authentication (cluster secret or cluster id differ)',
+  TORUS_ERR_PEER_CHECKSUM: 'a peer protocol frame failed its checksum; the connection was closed',
+  TORUS_ERR_PEER_PROTOCOL: 'a peer broke the peer protocol or speaks an incompatible version',
+  TORUS_ERR_PEER_NOT_FOUND: 'no peer (or ring member) has that address or UUID',
   TORUS_ERR_DAEMON_START: 'torusd could not start (port in use, data dir unusable, ...)',
+  TORUS_ERR_HTTP_NOT_FOUND: 'torusd has no HTTP endpoint at that method and path',
+  TORUS_ERR_HTTP_REQUEST_INVALID: 'an HTTP request to torusd was malformed or too large',
 
   // Internal.
   TORUS_ERR_ASSERTION: 'an internal invariant was broken (a bug)',

@@ -5,6 +5,8 @@
 
 export interface ClusterConfig {
   readonly schema: 1;
+  /** Random id made at init; peers of other clusters are refused in the peer handshake. */
+  readonly id: string;
   /** Bytes per block, fixed at init; a power of two between 4 KiB and 64 MiB. */
   readonly blockSize: number;
   /** How many peers hold each block (min(replication, ring size) in practice). */

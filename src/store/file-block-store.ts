@@ -248,6 +248,13 @@ export class FileBlockStore implements BlockStore {
     };
   }
 
+  /** Volumes that have blocks here (for garbage collection of deleted volumes). */
+  volumeIds(): number[] {
+    const ids = new Set<number>();
+    for (const e of this.entries.values()) if (e.allocated) ids.add(e.ref.volumeId);
+    return [...ids];
+  }
+
   /** Blocks this store can hold at most, given its cap. */
   capacityBlocks(): number {
     return this.blockSlots;

@@ -1,0 +1,64 @@
+#!/usr/bin/env node
+import { Command, Option } from 'commander';
+import pino from 'pino';
+import { resolveDaemonConfig, DEFAULTS, type DaemonFlags } from '../src/daemon/config.js';
+import { TorusDaemon } from '../src/daemon/torusd.js';
+import { TorusError } from '../src/errors/torus-error.js';
+import { VERSION } from '../src/version.js';
+
+const program = new Command('torusd')
+  .description(
+    'The torus storage daemon: pools this node\'s data dir into the cluster, serves the peer protocol, and exports volumes over NBD.\n\n' +
+      'Example:\n  torusd --etcd 127.0.0.1:2379 --data-dir /srv/torus --size 20GiB --auto-join --debug-init',
+  )
+  .version(VERSION)
+  .addOption(new Option('-C, --etcd <host:port>', `etcd endpoint(s), comma separated (env ETCD_HOST/ETCD_PORT; default ${DEFAULTS.etcd})`))
+  .addOption(new Option('--data-dir <dir>', `where blocks, the journal and the peer id live (default ${DEFAULTS.dataDir})`))
+  .addOption(new Option('--size <size>', `storage cap: 20GiB, 500MiB, or N% of the disk holding --data-dir (env STORAGE_SIZE; default ${DEFAULTS.size})`))
+  .addOption(new Option('--peer-address <addr>', 'peer listener, host:port, http://host:port or tdp://host:port (env PEER_ADDRESS; default http://$LISTEN_HOST:40000)'))
+  .addOption(new Option('--host <host>', 'HTTP listen host for /metrics, /healthz, /v1/status (env LISTEN_HOST; default 127.0.0.1)'))
+  .addOption(new Option('--port <port>', 'HTTP listen port (env LISTEN_HTTP_PORT; default 4321)'))
+  .addOption(new Option('--nbd-address <host:port>', `NBD listener; loopback by default because NBD has no authentication (default ${DEFAULTS.nbdAddress})`))
+  .addOption(new Option('--auto-join', 'add this peer to the ring if it is not a member (env AUTO_JOIN=1)'))
+  .addOption(new Option('--debug-init', 'initialise the cluster with defaults if etcd holds none (env DEBUG_INIT=1)'))
+  .addOption(new Option('--cluster-secret-file <file>', 'file holding the shared secret peers authenticate with (env TORUS_CLUSTER_SECRET_FILE)'))
+  .addOption(new Option('--debug', 'log data-path detail (env DEBUG=1)'))
+  .showHelpAfterError('(run torusd --help for usage)')
+  .configureOutput({ outputError: (str, write) => write(str.split('\n')[0] + '\n') });
+
+program.parse();
+const flags = program.opts<DaemonFlags>();
+
+let config;
+try {
+  config = resolveDaemonConfig(flags, process.env);
+} catch (err) {
+  process.stderr.write(`torusd: ${err instanceof TorusError ? err.toLine() : String(err)}\n`);
+  process.exit(2);
+}
+
+const logger = pino({ level: config.debug ? 'debug' : 'info', base: { pid: process.pid } });
+const daemon = new TorusDaemon(config, logger);
+
+let stopping = false;
+const stop = (signal: string) => {
+  if (stopping) return;
+  stopping = true;
+  logger.info({ signal }, 'stopping');
+  daemon.stop().then(
+    () => process.exit(0),
+    (err) => {
+      logger.error({ err }, 'stop failed');
+      process.exit(1);
+    },
+  );
+};
+process.on('SIGINT', () => stop('SIGINT'));
+process.on('SIGTERM', () => stop('SIGTERM'));
+
+daemon.start().catch(async (err: unknown) => {
+  logger.fatal({ err }, 'torusd could not start');
+  process.stderr.write(`torusd: ${err instanceof TorusError ? err.toLine() : String(err)}\n`);
+  await daemon.stop().catch(() => undefined);
+  process.exit(1);
+});

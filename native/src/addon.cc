@@ -1,0 +1,56 @@
+// Entry point of the torus_native addon. Each concern lives in its own file
+// and registers its functions here; src/util/crc32c.ts is the JS side of the
+// CRC functions. The addon must stay optional: torus falls back to pure JS
+// when it is missing, so nothing here may be the only implementation of a
+// feature torus needs to run (kernel-only features excepted).
+//
+// Adding functions: put them in a new src/<concern>.cc (plain C++ behind a
+// small header, N-API glue here), list the file in binding.gyp's sources, and
+// register the JS function in Init below. Errors go back as pending JS
+// exceptions (the addon is built without C++ exceptions).
+#include <napi.h>
+
+#include "crc32c.h"
+
+namespace {
+
+using CrcFn = uint32_t (*)(uint32_t, const uint8_t*, size_t);
+
+// crc32c(data: Uint8Array, initial?: number): number
+// `initial` is a previous result, to continue a CRC across buffers.
+template <CrcFn fn>
+Napi::Value Crc32c(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsTypedArray()) {
+    Napi::TypeError::New(env, "crc32c: data must be a Buffer or Uint8Array").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Uint8Array data = info[0].As<Napi::Uint8Array>();
+  if (data.TypedArrayType() != napi_uint8_array) {
+    Napi::TypeError::New(env, "crc32c: data must be a Buffer or Uint8Array").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  uint32_t initial = 0;
+  if (info.Length() >= 2 && !info[1].IsUndefined()) {
+    if (!info[1].IsNumber()) {
+      Napi::TypeError::New(env, "crc32c: initial must be a number").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    initial = info[1].As<Napi::Number>().Uint32Value();
+  }
+  uint32_t crc = fn(initial, data.Data(), data.ByteLength());
+  return Napi::Number::New(env, static_cast<double>(crc));
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  torus::crc32c_init();
+  exports.Set("crc32c", Napi::Function::New(env, Crc32c<torus::crc32c>, "crc32c"));
+  // The C++ table code even on CPUs with SSE4.2, so tests cover the fallback.
+  exports.Set("crc32cPortable", Napi::Function::New(env, Crc32c<torus::crc32c_portable>, "crc32cPortable"));
+  exports.Set("crc32cVariant", Napi::String::New(env, torus::crc32c_variant()));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(torus_native, Init)

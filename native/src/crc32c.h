@@ -1,0 +1,24 @@
+// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), as used by iSCSI,
+// ext4 and SCTP. torus checksums every block it stores with it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace torus {
+
+// Builds the tables and picks the fastest code path for this CPU. Call once
+// before crc32c(); calling again is harmless.
+void crc32c_init();
+
+// Continues a CRC: `crc` is the value a previous call returned (0 to start),
+// so crc32c(crc32c(0, a), b) == crc32c(0, a || b), as zlib's crc32() works.
+uint32_t crc32c(uint32_t crc, const uint8_t* data, size_t len);
+
+// The portable table code alone, whatever the CPU; for tests of the fallback.
+uint32_t crc32c_portable(uint32_t crc, const uint8_t* data, size_t len);
+
+// "sse4.2" when the CPU's crc32 instruction is in use, "table" otherwise.
+const char* crc32c_variant();
+
+}  // namespace torus

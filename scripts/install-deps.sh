@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Brings a Debian 12 machine (or a fresh clone) to the point where torus builds
+# and its tests run: the third-party tools the tests drive, node_modules, and
+# the compiled output (dist/ and the native addon). Idempotent: each step runs
+# only when something is missing or stale, and prints one line when it does.
+# Silent when there is nothing to do.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf 'install-deps: %s\n' "$*"; }
+die() {
+  printf 'install-deps: error: %s\n' "$*" >&2
+  exit 1
+}
+
+# Runs a noisy command with its output kept aside; shows the tail only if it fails.
+run_quiet() {
+  local what=$1
+  shift
+  local log
+  log=$(mktemp)
+  if ! "$@" >"$log" 2>&1; then
+    printf 'install-deps: %s failed; last lines of its output:\n' "$what" >&2
+    tail -n 40 "$log" >&2
+    rm -f "$log"
+    exit 1
+  fi
+  rm -f "$log"
+}
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+  fi
+fi
+
+# Looks a tool up on PATH and in the sbin directories (not on a user's PATH).
+have() {
+  command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]
+}
+
+# --- 1. Debian packages -------------------------------------------------------
+# command:package pairs; a package is installed when one of its commands is missing.
+TOOLS=(
+  etcd:etcd-server
+  etcdctl:etcd-client
+  nbdinfo:libnbd-bin
+  nbdcopy:libnbd-bin
+  nbdfuse:libnbd-bin
+  qemu-io:qemu-utils
+  qemu-img:qemu-utils
+  qemu-nbd:qemu-utils
+  fio:fio
+  nbdkit:nbdkit
+  mkfs.ext4:e2fsprogs
+  fusermount3:fuse3
+  nbd-client:nbd-client
+  nbd-server:nbd-server
+)
+missing_pkgs=()
+for pair in "${TOOLS[@]}"; do
+  cmd=${pair%%:*}
+  pkg=${pair#*:}
+  if ! have "$cmd" && [[ " ${missing_pkgs[*]-} " != *" $pkg "* ]]; then
+    missing_pkgs+=("$pkg")
+  fi
+done
+if [ "${#missing_pkgs[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ] && [ "${#SUDO[@]}" -eq 0 ]; then
+    die "missing packages ${missing_pkgs[*]}, and not root and no sudo: install them with apt-get"
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    die "missing packages ${missing_pkgs[*]}, and apt-get is not available (torus targets Debian 12)"
+  fi
+  say "installing apt packages: ${missing_pkgs[*]}"
+  run_quiet "apt-get update" "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  run_quiet "apt-get install" "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends "${missing_pkgs[@]}"
+  for pair in "${TOOLS[@]}"; do
+    have "${pair%%:*}" || die "${pair%%:*} is still missing after installing ${pair#*:}"
+  done
+fi
+
+# --- 2. Kernel features some integration tests use (reported, not fixed) -------
+if [ ! -e /dev/fuse ]; then
+  if command -v modprobe >/dev/null 2>&1; then
+    "${SUDO[@]}" modprobe fuse >/dev/null 2>&1 || true
+  fi
+  [ -e /dev/fuse ] || say "warning: /dev/fuse is missing (modprobe fuse did not help): FUSE (nbdfuse) tests will fail"
+fi
+if ! { [ -e /dev/loop-control ] && losetup --find >/dev/null 2>&1; }; then
+  say "warning: no free loop device (/dev/loop-control, losetup --find): mount -o loop tests will fail"
+fi
+
+# --- 3. node_modules ---------------------------------------------------------------
+if [ ! -d node_modules ] || [ ! -e node_modules/.package-lock.json ] ||
+  [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "installing node modules (npm ci)"
+  log=$(mktemp)
+  if ! npm ci --no-audit --no-fund >"$log" 2>&1; then
+    # A lock file that lists only this platform's optional packages (e.g.
+    # rollup's native builds) fails npm ci's sync check although every pinned
+    # version is there; npm install honours the same pins and leaves the lock
+    # file as it is.
+    if grep -q 'package-lock.json or npm-shrinkwrap.json are in sync' "$log"; then
+      say "npm ci refused the lock file (not in sync with package.json); installing with npm install"
+      rm -f "$log"
+      run_quiet "npm install" npm install --no-audit --no-fund
+    else
+      printf 'install-deps: npm ci failed; last lines of its output:\n' >&2
+      tail -n 40 "$log" >&2
+      rm -f "$log"
+      exit 1
+    fi
+  fi
+  rm -f "$log"
+fi
+
+# --- 4. Build (TypeScript to dist/, native addon) --------------------------------------
+# node-gyp builds against the installed Node headers rather than downloading
+# them; this machine's npm config usually says so, and this covers a config
+# that does not.
+if [ -z "${npm_config_nodedir:-}" ] && [ -f /usr/include/node/node.h ]; then
+  nodedir=$(npm config get nodedir 2>/dev/null || true)
+  if [ -z "$nodedir" ] || [ "$nodedir" = "undefined" ] || [ "$nodedir" = "null" ]; then
+    export npm_config_nodedir=/usr
+  fi
+fi
+
+STAMP=dist/.build-stamp
+ADDON=native/build/Release/torus_native.node
+need_build=""
+if [ ! -e "$STAMP" ] || [ ! -e "$ADDON" ]; then
+  need_build="dist/ or the native addon is missing"
+else
+  inputs=()
+  for p in cmd src native package.json package-lock.json tsconfig.json; do
+    [ -e "$p" ] && inputs+=("$p")
+  done
+  newer=$(find "${inputs[@]}" -path native/build -prune -o -type f -newer "$STAMP" -print -quit)
+  [ -n "$newer" ] && need_build="sources changed since the last build"
+fi
+if [ -n "$need_build" ]; then
+  say "building with npm run build ($need_build)"
+  run_quiet "npm run build" npm run build
+  [ -e "$ADDON" ] || die "npm run build did not produce $ADDON"
+  touch "$STAMP"
+fi

@@ -1,0 +1,92 @@
+import { TorusError } from '../errors/torus-error.js';
+import { parsePeerAddress, type PeerAddress } from '../peer/address.js';
+import { parseSizeOrPercent } from '../util/size.js';
+
+/**
+ * torusd's settings, resolved from flags over the environment variables of
+ * the Torus container (flags win). Pure: the caller passes flags and env.
+ */
+export interface DaemonFlags {
+  etcd?: string;
+  dataDir?: string;
+  size?: string;
+  peerAddress?: string;
+  host?: string;
+  port?: string;
+  nbdAddress?: string;
+  autoJoin?: boolean;
+  debugInit?: boolean;
+  debug?: boolean;
+  clusterSecretFile?: string;
+}
+
+export interface DaemonConfig {
+  readonly etcdEndpoints: string[];
+  readonly dataDir: string;
+  readonly size: { bytes: number } | { percent: number };
+  /** Where the peer listener binds and what other peers are told. */
+  readonly peerAddress: PeerAddress;
+  readonly http: { host: string; port: number };
+  readonly nbd: { host: string; port: number };
+  readonly autoJoin: boolean;
+  readonly debugInit: boolean;
+  readonly debug: boolean;
+  readonly clusterSecretFile: string | null;
+}
+
+export const DEFAULTS = {
+  etcd: '127.0.0.1:2379',
+  dataDir: 'torus-data',
+  size: '1GiB',
+  listenHost: '127.0.0.1',
+  httpPort: 4321,
+  peerPort: 40000,
+  nbdAddress: '127.0.0.1:10809',
+} as const;
+
+export function resolveDaemonConfig(flags: DaemonFlags, env: Record<string, string | undefined>): DaemonConfig {
+  const etcdEnv = env.ETCD_HOST || env.ETCD_PORT ? `${env.ETCD_HOST || '127.0.0.1'}:${env.ETCD_PORT || '2379'}` : undefined;
+  const etcd = flags.etcd ?? etcdEnv ?? DEFAULTS.etcd;
+  const listenHost = env.LISTEN_HOST || DEFAULTS.listenHost;
+  const peer = flags.peerAddress ?? (env.PEER_ADDRESS || `http://${listenHost}:${DEFAULTS.peerPort}`);
+  const httpHost = flags.host ?? listenHost;
+  const httpPort = parsePort(flags.port ?? env.LISTEN_HTTP_PORT ?? String(DEFAULTS.httpPort), '--port');
+  const nbd = parseHostPort(flags.nbdAddress ?? DEFAULTS.nbdAddress, '--nbd-address');
+  return {
+    etcdEndpoints: etcd.split(',').map((e) => normaliseEtcd(e.trim())),
+    dataDir: flags.dataDir ?? DEFAULTS.dataDir,
+    size: parseSizeOrPercent(flags.size ?? (env.STORAGE_SIZE || DEFAULTS.size)),
+    peerAddress: parsePeerAddress(peer, { allowPortZero: true }),
+    http: { host: httpHost, port: httpPort },
+    nbd,
+    autoJoin: flags.autoJoin ?? truthy(env.AUTO_JOIN),
+    debugInit: flags.debugInit ?? truthy(env.DEBUG_INIT),
+    debug: flags.debug ?? truthy(env.DEBUG),
+    clusterSecretFile: flags.clusterSecretFile ?? env.TORUS_CLUSTER_SECRET_FILE ?? null,
+  };
+}
+
+function truthy(v: string | undefined): boolean {
+  return v !== undefined && /^(1|true|yes|on)$/i.test(v.trim());
+}
+
+function normaliseEtcd(e: string): string {
+  const stripped = e.replace(/^https?:\/\//, '');
+  if (!/^[^:/\s]+:\d+$/.test(stripped)) {
+    throw new TorusError('TORUS_ERR_ARG_INVALID', `--etcd "${e}": expected host:port, e.g. 127.0.0.1:2379`);
+  }
+  return stripped;
+}
+
+function parsePort(text: string, flag: string): number {
+  if (!/^\d{1,5}$/.test(text) || Number(text) > 65535) {
+    throw new TorusError('TORUS_ERR_ARG_INVALID', `${flag} "${text}": expected a port number from 0 to 65535`);
+  }
+  return Number(text);
+}
+
+export function parseHostPort(text: string, flag: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(text.trim());
+  if (!m) throw new TorusError('TORUS_ERR_ARG_INVALID', `${flag} "${text}": expected host:port, e.g. 127.0.0.1:10809`);
+  return { host: (m[1] ?? m[2])!, port: parsePort(m[3]!, flag) };
+}

@@ -1,0 +1,193 @@
+/**
+ * Prometheus metrics of torusd. Everything is registered on the Registry the
+ * caller passes (never prom-client's global one), so tests and several
+ * daemons in one process stay apart. Callers record events through the typed
+ * methods of TorusMetrics; state that already lives elsewhere (store usage) is
+ * read at scrape time from an injected function.
+ */
+import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from 'prom-client';
+
+/** NBD transmission commands, named as the NBD spec does (NBD_CMD_*), lower case. */
+export const NBD_COMMANDS = ['read', 'write', 'disc', 'flush', 'trim', 'cache', 'write_zeroes', 'block_status'] as const;
+export type NbdCommandName = (typeof NBD_COMMANDS)[number];
+
+/** errno values NBD replies may carry (NBD spec "Error values"). */
+const NBD_ERRNO_NAMES: Readonly<Record<number, string>> = {
+  1: 'EPERM',
+  5: 'EIO',
+  12: 'ENOMEM',
+  22: 'EINVAL',
+  28: 'ENOSPC',
+  75: 'EOVERFLOW',
+  95: 'ENOTSUP',
+  108: 'ESHUTDOWN',
+};
+
+/** Seconds; 50 µs (a cached read) up to 5 s (a write waiting on a slow replica). */
+export const NBD_LATENCY_BUCKETS_SECONDS = [
+  0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+];
+
+export interface StoreUsage {
+  capacityBytes: number;
+  usedBytes: number;
+}
+
+export interface MetricsOptions {
+  /** Read at every scrape; may be set later with setStoreUsageSource. */
+  storeUsage?: () => StoreUsage;
+  /** prom-client's process and Node.js metrics (RSS, CPU, heap, event loop lag). Default true. */
+  defaultMetrics?: boolean;
+}
+
+export interface TorusMetrics {
+  readonly registry: Registry;
+  /**
+   * One NBD request finished. `bytes` is the payload moved (counted for read
+   * and write only, and only when they succeed); `errno` is the NBD error
+   * sent in the reply, 0 or undefined for success.
+   */
+  nbdRequest(command: NbdCommandName, bytes: number, latencyMs: number, errno?: number): void;
+  nbdConnectionOpened(): void;
+  nbdConnectionClosed(): void;
+  /** A block read from the local store failed its checksum. */
+  storeCrcFailure(): void;
+  setStoreUsageSource(source: () => StoreUsage): void;
+  /** Volumes this daemon has open (served over NBD or attached). */
+  setVolumesOpen(count: number): void;
+  /** 1 while the etcd session (lease) is alive, 0 when it is lost. */
+  setEtcdHealthy(healthy: boolean): void;
+}
+
+/** Keeps label values to a fixed set so a misbehaving caller cannot grow the series count. */
+function commandLabel(command: string): string {
+  return (NBD_COMMANDS as readonly string[]).includes(command) ? command : 'other';
+}
+
+function errnoLabel(errno: number): string {
+  return NBD_ERRNO_NAMES[errno] ?? 'other';
+}
+
+export function createMetrics(registry: Registry, options: MetricsOptions = {}): TorusMetrics {
+  const registers = [registry];
+  if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry });
+
+  const requests = new Counter({
+    name: 'torus_nbd_requests_total',
+    help: 'NBD requests handled, by command and result (ok or error)',
+    labelNames: ['command', 'result'] as const,
+    registers,
+  });
+  const readBytes = new Counter({
+    name: 'torus_nbd_read_bytes_total',
+    help: 'Bytes returned to NBD clients by successful reads',
+    registers,
+  });
+  const writtenBytes = new Counter({
+    name: 'torus_nbd_written_bytes_total',
+    help: 'Bytes accepted from NBD clients by successful writes',
+    registers,
+  });
+  const latency = new Histogram({
+    name: 'torus_nbd_request_duration_seconds',
+    help: 'Time from receiving an NBD request to sending its reply, by command',
+    labelNames: ['command'] as const,
+    buckets: NBD_LATENCY_BUCKETS_SECONDS,
+    registers,
+  });
+  const errors = new Counter({
+    name: 'torus_nbd_errors_total',
+    help: 'NBD replies carrying an error, by errno name',
+    labelNames: ['errno'] as const,
+    registers,
+  });
+  const connections = new Gauge({
+    name: 'torus_nbd_connections',
+    help: 'Open NBD client connections',
+    registers,
+  });
+  const crcFailures = new Counter({
+    name: 'torus_store_crc_failures_total',
+    help: 'Blocks read from the local store that failed their CRC-32C check',
+    registers,
+  });
+
+  let storeUsage = options.storeUsage;
+  // Last good reading: a failing source must not break the whole scrape.
+  let lastUsage: StoreUsage | undefined;
+  const readUsage = (): StoreUsage | undefined => {
+    if (storeUsage !== undefined) {
+      try {
+        lastUsage = storeUsage();
+      } catch {
+        // Keep the previous reading; the store reports its own errors.
+      }
+    }
+    return lastUsage;
+  };
+  new Gauge({
+    name: 'torus_store_capacity_bytes',
+    help: 'Bytes the local block store may use (its --size)',
+    registers,
+    collect() {
+      const u = readUsage();
+      if (u !== undefined) this.set(u.capacityBytes);
+    },
+  });
+  new Gauge({
+    name: 'torus_store_used_bytes',
+    help: 'Bytes the local block store uses now',
+    registers,
+    collect() {
+      const u = readUsage();
+      if (u !== undefined) this.set(u.usedBytes);
+    },
+  });
+  const volumesOpen = new Gauge({
+    name: 'torus_volumes_open',
+    help: 'Volumes this daemon has open',
+    registers,
+  });
+  const etcdHealthy = new Gauge({
+    name: 'torus_etcd_session_healthy',
+    help: '1 while the etcd session (lease) is alive, 0 otherwise',
+    registers,
+  });
+  volumesOpen.set(0);
+  etcdHealthy.set(0);
+  connections.set(0);
+
+  return {
+    registry,
+    nbdRequest(command, bytes, latencyMs, errno) {
+      const cmd = commandLabel(command);
+      const failed = errno !== undefined && errno !== 0;
+      requests.inc({ command: cmd, result: failed ? 'error' : 'ok' });
+      latency.observe({ command: cmd }, latencyMs / 1000);
+      if (failed) {
+        errors.inc({ errno: errnoLabel(errno) });
+      } else if (bytes > 0) {
+        if (cmd === 'read') readBytes.inc(bytes);
+        else if (cmd === 'write') writtenBytes.inc(bytes);
+      }
+    },
+    nbdConnectionOpened() {
+      connections.inc();
+    },
+    nbdConnectionClosed() {
+      connections.dec();
+    },
+    storeCrcFailure() {
+      crcFailures.inc();
+    },
+    setStoreUsageSource(source) {
+      storeUsage = source;
+    },
+    setVolumesOpen(count) {
+      volumesOpen.set(count);
+    },
+    setEtcdHealthy(healthy) {
+      etcdHealthy.set(healthy ? 1 : 0);
+    },
+  };
+}

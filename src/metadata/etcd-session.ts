@@ -1,0 +1,233 @@
+import type { Lease, Namespace } from 'etcd3';
+import type { Logger } from 'pino';
+import { TorusError } from '../errors/torus-error.js';
+import type { PeerRecord, VolumeLockRecord, VolumeRecord } from '../model/records.js';
+import type { Clock } from '../util/clock.js';
+import { toTorusError } from './etcd-errors.js';
+import { peerKey, volumeFenceKey, volumeKey, volumeLockKey } from './keys.js';
+import type { MetadataSession, SessionEvent, VolumeLock } from './metadata-service.js';
+import { decodeCounter, decodeVolumeLockRecord, decodeVolumeRecord, encodeRecord } from './record-codec.js';
+import { validateVolumeName, volumeInUseError, volumeNotFoundError } from './validate.js';
+
+export const LOCK_ATTEMPTS_MAX = 8;
+/** Keepalives in flight that we remember the send time of (see leaseDeadline). */
+const PENDING_KEEPALIVES_MAX = 64;
+const LISTENERS_MAX = 64;
+const HOLDER_CHARS_MAX = 512;
+const PEER_UUID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9-]{0,63}$/;
+
+type Call = <T>(op: string, fn: () => Promise<T>) => Promise<T>;
+
+export interface EtcdSessionDeps {
+  readonly ns: Namespace;
+  readonly prefix: string;
+  /** For error messages. */
+  readonly endpoints: string;
+  readonly ttlSeconds: number;
+  readonly call: Call;
+  readonly clock: Clock;
+  readonly logger: Logger;
+  readonly onClosed: (s: EtcdSession) => void;
+}
+
+type State = 'healthy' | 'degraded' | 'lost' | 'closed';
+
+/**
+ * One etcd lease kept alive by the etcd3 client. The lease deadline is
+ * computed from the send time of the keepalive that etcd answered, so it
+ * never runs later than the server's own expiry.
+ */
+export class EtcdSession implements MetadataSession {
+  readonly id: string;
+  private readonly lease: Lease;
+  private readonly deps: EtcdSessionDeps;
+  private readonly log: Logger;
+  private readonly listeners = new Set<(event: SessionEvent) => void>();
+  private readonly pendingKeepalives: number[] = [];
+  private state: State = 'healthy';
+  private deadline: number;
+  private watchdog: { cancel(): void } | undefined;
+
+  private constructor(deps: EtcdSessionDeps, lease: Lease, id: string, grantedAt: number) {
+    this.deps = deps;
+    this.lease = lease;
+    this.id = id;
+    this.log = deps.logger.child({ session: id });
+    this.deadline = grantedAt + deps.ttlSeconds * 1000;
+    lease.on('keepaliveFired', () => {
+      if (this.pendingKeepalives.length < PENDING_KEEPALIVES_MAX) this.pendingKeepalives.push(deps.clock.monotonic());
+    });
+    lease.on('keepaliveSucceeded', (res) => {
+      const sentAt = this.pendingKeepalives.shift();
+      const ttlMs = Number(res.TTL) * 1000;
+      if (sentAt !== undefined && Number.isFinite(ttlMs) && ttlMs > 0) this.deadline = Math.max(this.deadline, sentAt + ttlMs);
+      this.armWatchdog();
+      if (this.state === 'degraded') {
+        this.state = 'healthy';
+        this.log.info('lease keepalive recovered');
+        this.emit({ type: 'healthy' });
+      }
+    });
+    lease.on('keepaliveFailed', (err: unknown) => {
+      // The stream is torn down and re-opened: its answers will never come.
+      this.pendingKeepalives.length = 0;
+      if (this.state !== 'healthy') return;
+      this.state = 'degraded';
+      const e = toTorusError(err, { endpoints: deps.endpoints }, 'lease keepalive');
+      this.log.warn({ err: e, leaseDeadlineInMs: Math.round(this.deadline - deps.clock.monotonic()) }, 'lease keepalive failed');
+      this.emit({ type: 'degraded', err: e });
+    });
+    lease.on('lost', (err: unknown) => this.markLost(err instanceof Error ? err.message : String(err)));
+    this.armWatchdog();
+  }
+
+  static async open(deps: EtcdSessionDeps): Promise<EtcdSession> {
+    const grantedAt = deps.clock.monotonic();
+    const lease = deps.ns.lease(deps.ttlSeconds);
+    let id: string;
+    try {
+      id = await deps.call(`grant lease (ttl ${deps.ttlSeconds} s)`, () => lease.grant());
+    } catch (err) {
+      lease.release();
+      throw err;
+    }
+    deps.logger.debug({ session: id, ttlSeconds: deps.ttlSeconds }, 'session opened');
+    return new EtcdSession(deps, lease, id, grantedAt);
+  }
+
+  /** Past the deadline the lease is gone server-side whatever the client thinks. */
+  private armWatchdog(): void {
+    this.watchdog?.cancel();
+    if (this.state === 'lost' || this.state === 'closed') return;
+    const inMs = Math.max(0, this.deadline - this.deps.clock.monotonic());
+    this.watchdog = this.deps.clock.setTimeout(() => {
+      if (this.deps.clock.monotonic() >= this.deadline) this.markLost('no keepalive answered before the lease deadline');
+      else this.armWatchdog();
+    }, inMs + 1);
+  }
+
+  private markLost(why: string): void {
+    if (this.state === 'lost' || this.state === 'closed') return;
+    this.state = 'lost';
+    this.watchdog?.cancel();
+    // Stop keepalives: a lease we have declared lost must not come back to
+    // life under locks other writers may since have taken.
+    this.lease.release();
+    const err = new TorusError('TORUS_ERR_SESSION_LOST', `etcd session ${this.id} lost its lease: ${why}`);
+    this.log.error({ err }, 'session lost');
+    this.emit({ type: 'lost', err });
+  }
+
+  private emit(event: SessionEvent): void {
+    for (const l of [...this.listeners]) {
+      try {
+        l(event);
+      } catch (err) {
+        this.log.error({ err }, 'session listener threw');
+      }
+    }
+  }
+
+  private assertUsable(op: string): void {
+    if (this.state === 'lost') throw new TorusError('TORUS_ERR_SESSION_LOST', `${op}: etcd session ${this.id} has lost its lease`);
+    if (this.state === 'closed') throw new TorusError('TORUS_ERR_SESSION_LOST', `${op}: etcd session ${this.id} is closed`);
+  }
+
+  on(listener: (event: SessionEvent) => void): () => void {
+    if (this.listeners.size >= LISTENERS_MAX) throw new TorusError('TORUS_ERR_ASSERTION', `more than ${LISTENERS_MAX} session listeners (a leak)`);
+    this.listeners.add(listener);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
+  leaseDeadline(): number {
+    return this.deadline;
+  }
+
+  async putPeer(record: PeerRecord): Promise<void> {
+    if (!PEER_UUID_PATTERN.test(record.uuid)) throw new TorusError('TORUS_ERR_ARG_INVALID', `invalid peer uuid ${JSON.stringify(record.uuid)}`);
+    this.assertUsable('put peer');
+    await this.deps.call(`put peer ${record.uuid}`, () =>
+      this.deps.ns.put(peerKey(record.uuid)).value(encodeRecord(record)).lease(this.id).exec(),
+    );
+  }
+
+  async lockVolume(name: string, holder: string): Promise<VolumeLock> {
+    validateVolumeName(name);
+    if (holder.length === 0 || holder.length > HOLDER_CHARS_MAX) throw new TorusError('TORUS_ERR_ARG_INVALID', `lock holder must be 1 to ${HOLDER_CHARS_MAX} characters`);
+    this.assertUsable(`lock volume ${name}`);
+    const { ns, call, prefix } = this.deps;
+    const vKey = volumeKey(name);
+    for (let attempt = 0; attempt < LOCK_ATTEMPTS_MAX; attempt++) {
+      const vRes = await call(`get ${prefix}${vKey}`, () => ns.get(vKey).exec());
+      const vKv = vRes.kvs[0];
+      if (vKv === undefined) throw volumeNotFoundError(name);
+      const volume = decodeVolumeRecord(prefix + vKey, vKv.value.toString('utf8'));
+      const lockKey = volumeLockKey(volume.id);
+      const fenceKey = volumeFenceKey(volume.id);
+      const fRes = await call(`get ${prefix}${fenceKey}`, () => ns.get(fenceKey).exec());
+      const fKv = fRes.kvs[0];
+      const token = decodeCounter(prefix + fenceKey, fKv ? fKv.value.toString('utf8') : null) + 1;
+      const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token, acquiredAt: new Date(this.deps.clock.now()).toISOString() };
+      // Lock and fence move together: a token is handed out only with the lock.
+      const res = await call(`lock volume ${name}`, () =>
+        ns
+          .if(vKey, 'Mod', '==', vKv.mod_revision)
+          .and(lockKey, 'Create', '==', 0)
+          .and(fenceKey, 'Mod', '==', fKv ? fKv.mod_revision : 0)
+          .then(ns.put(lockKey).value(encodeRecord(record)).lease(this.id), ns.put(fenceKey).value(String(token)))
+          .else(ns.get(lockKey))
+          .commit(),
+      );
+      if (res.succeeded) {
+        this.log.info({ volume: name, volumeId: volume.id, token }, 'volume locked');
+        return new EtcdVolumeLock(this.deps, this.id, volume, record);
+      }
+      const held = res.responses[0]?.response_range.kvs[0];
+      if (held !== undefined) throw volumeInUseError(name, decodeVolumeLockRecord(prefix + lockKey, held.value.toString('utf8')));
+      // The volume record or the fence moved under us: read again.
+    }
+    throw new TorusError('TORUS_ERR_CLUSTER_CONFLICT', `lock volume "${name}" lost ${LOCK_ATTEMPTS_MAX} races with concurrent changes; retry`);
+  }
+
+  async close(): Promise<void> {
+    if (this.state === 'closed') return;
+    const wasLost = this.state === 'lost';
+    this.state = 'closed';
+    this.watchdog?.cancel();
+    this.deps.onClosed(this);
+    if (wasLost) return;
+    await this.deps.call(`revoke lease ${this.id}`, () => this.lease.revoke());
+    this.log.debug('session closed');
+  }
+}
+
+class EtcdVolumeLock implements VolumeLock {
+  readonly volume: VolumeRecord;
+  readonly token: number;
+  readonly holder: string;
+  private released = false;
+
+  constructor(
+    private readonly deps: EtcdSessionDeps,
+    private readonly leaseId: string,
+    volume: VolumeRecord,
+    record: VolumeLockRecord,
+  ) {
+    this.volume = volume;
+    this.token = record.token;
+    this.holder = record.holder;
+  }
+
+  async release(): Promise<void> {
+    if (this.released) return;
+    const { ns, call } = this.deps;
+    const lockKey = volumeLockKey(this.volume.id);
+    // Delete only our own lock: after a lease loss someone else may hold it.
+    await call(`unlock volume ${this.volume.name}`, () =>
+      ns.if(lockKey, 'Lease', '==', this.leaseId).then(ns.delete().key(lockKey)).commit(),
+    );
+    this.released = true;
+  }
+}

@@ -1,0 +1,81 @@
+/**
+ * Bytes received but not yet parsed, kept as the chunks the socket handed
+ * over. Taking a range that lies inside one chunk is a zero-copy slice;
+ * only ranges that straddle chunks are copied (once).
+ */
+export class ByteQueue {
+  private chunks: Buffer[] = [];
+  private head = 0;
+  /** Offset of the first unread byte inside chunks[head]. */
+  private headOffset = 0;
+  private total = 0;
+
+  get length(): number {
+    return this.total;
+  }
+
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.total += chunk.length;
+  }
+
+  /** Removes and returns exactly n bytes; the caller checks `length` first. */
+  take(n: number): Buffer {
+    if (n > this.total) throw new RangeError(`take(${n}) with ${this.total} bytes queued`);
+    if (n === 0) return Buffer.alloc(0);
+    const first = this.chunks[this.head]!;
+    const avail = first.length - this.headOffset;
+    if (n <= avail) {
+      const out = first.subarray(this.headOffset, this.headOffset + n);
+      this.advance(n);
+      return out;
+    }
+    const out = Buffer.allocUnsafe(n);
+    let filled = 0;
+    while (filled < n) {
+      const c = this.chunks[this.head]!;
+      const len = Math.min(c.length - this.headOffset, n - filled);
+      c.copy(out, filled, this.headOffset, this.headOffset + len);
+      filled += len;
+      this.advance(len);
+    }
+    return out;
+  }
+
+  /** Drops up to n bytes without copying them; returns how many were dropped. */
+  skip(n: number): number {
+    let dropped = 0;
+    while (dropped < n && this.total > 0) {
+      const c = this.chunks[this.head]!;
+      const len = Math.min(c.length - this.headOffset, n - dropped);
+      this.advance(len);
+      dropped += len;
+    }
+    return dropped;
+  }
+
+  clear(): void {
+    this.chunks = [];
+    this.head = 0;
+    this.headOffset = 0;
+    this.total = 0;
+  }
+
+  private advance(n: number): void {
+    this.headOffset += n;
+    this.total -= n;
+    if (this.headOffset === this.chunks[this.head]!.length) {
+      this.chunks[this.head] = undefined as unknown as Buffer; // let the chunk be collected
+      this.head++;
+      this.headOffset = 0;
+      if (this.head === this.chunks.length) {
+        this.chunks = [];
+        this.head = 0;
+      } else if (this.head > 64) {
+        this.chunks = this.chunks.slice(this.head);
+        this.head = 0;
+      }
+    }
+  }
+}

@@ -1,0 +1,775 @@
+/**
+ * One NBD connection: handshake, option haggling and transmission over any
+ * Duplex stream (a TCP socket in production, an in-process pair in tests).
+ *
+ * Parsing is a synchronous loop over queued bytes; every request starts as
+ * soon as its header (and payload) is parsed, so many run at once and reply
+ * out of order. Backpressure is done by pausing the stream, never by
+ * buffering: the socket is not read while requests in flight, their bytes or
+ * the queued replies are at their limits.
+ */
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import type { Clock } from '../util/clock.js';
+import { ByteQueue } from './byte-queue.js';
+import {
+  clipExtents,
+  decodeOptionHeader,
+  decodeRequestHeader,
+  encodeBlockStatusReply,
+  encodeExportNameReply,
+  encodeGreeting,
+  encodeInfoBlockSize,
+  encodeInfoExport,
+  encodeInfoString,
+  encodeMetaContextReplyData,
+  encodeOptionReply,
+  encodeReadChunkHeader,
+  encodeServerReplyData,
+  encodeSimpleReply,
+  encodeStructuredError,
+  parseInfoRequest,
+  parseMetaContextRequest,
+  transmissionFlags,
+  type OptionHeader,
+  type RequestHeader,
+} from './codec.js';
+import { errnoName, errorMessage, toNbdErrno, toOptionError } from './errno.js';
+import type { ExportProvider, NbdExport } from './export.js';
+import type { NbdLimits } from './limits.js';
+import {
+  BLOCK_SIZE_MIN,
+  BLOCK_SIZE_PREFERRED,
+  CLIENT_FLAGS_BYTES,
+  CLIENT_FLAGS_KNOWN,
+  CMD_BLOCK_STATUS,
+  CMD_CACHE,
+  CMD_DISC,
+  CMD_FLAG_FUA,
+  CMD_FLAG_NO_HOLE,
+  CMD_FLAG_REQ_ONE,
+  CMD_FLUSH,
+  CMD_READ,
+  CMD_TRIM,
+  CMD_WRITE,
+  CMD_WRITE_ZEROES,
+  FLAG_C_NO_ZEROES,
+  FLAG_FIXED_NEWSTYLE,
+  FLAG_NO_ZEROES,
+  INFO_DESCRIPTION,
+  INFO_NAME,
+  META_CONTEXT_BASE_ALLOCATION,
+  META_CONTEXT_BASE_ALLOCATION_ID,
+  OPT_ABORT,
+  OPT_EXPORT_NAME,
+  OPT_GO,
+  OPT_INFO,
+  OPT_LIST,
+  OPT_LIST_META_CONTEXT,
+  OPT_SET_META_CONTEXT,
+  OPT_STARTTLS,
+  OPT_STRUCTURED_REPLY,
+  OPTION_HEADER_BYTES,
+  REP_ACK,
+  REP_ERR_INVALID,
+  REP_ERR_SHUTDOWN,
+  REP_ERR_TOO_BIG,
+  REP_ERR_UNSUP,
+  REP_INFO,
+  REP_META_CONTEXT,
+  REP_SERVER,
+  REQUEST_HEADER_BYTES,
+  commandName,
+  optionName,
+} from './protocol.js';
+import { validateRequest, type ValidationContext } from './validate.js';
+
+export interface NbdRequestInfo {
+  /** read, write, flush, trim, cache, write_zeroes, block_status, unknown. */
+  readonly command: string;
+  /** Payload bytes moved: the length of a READ or WRITE, 0 otherwise. */
+  readonly bytes: number;
+  readonly latencyMs: number;
+  /** NBD error value when the request failed. */
+  readonly error?: number;
+}
+
+export type RequestObserver = (info: NbdRequestInfo) => void;
+
+export interface NbdSessionOptions {
+  readonly stream: Duplex;
+  /** host:port of the peer, for logs and for ExportProvider.open. */
+  readonly remote: string;
+  readonly provider: ExportProvider;
+  readonly logger: Logger;
+  readonly clock: Clock;
+  readonly limits: NbdLimits;
+  readonly onRequest?: RequestObserver;
+}
+
+type Phase =
+  | 'client-flags'
+  | 'option-header'
+  | 'option-data'
+  | 'request-header'
+  | 'request-payload'
+  /** Dropping a payload we refused (oversized option, invalid WRITE). */
+  | 'skip'
+  | 'stopped';
+
+interface Timer {
+  cancel(): void;
+}
+
+/** Starts an export call, turning a synchronous throw into a rejection. */
+function call<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return fn();
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
+export class NbdSession {
+  readonly remote: string;
+  /** Resolves once the stream is closed and the export released. */
+  readonly closed: Promise<void>;
+
+  private readonly stream: Duplex;
+  private readonly provider: ExportProvider;
+  private readonly log: Logger;
+  private readonly debug: boolean;
+  private readonly clock: Clock;
+  private readonly limits: NbdLimits;
+  private readonly onRequest: RequestObserver | undefined;
+  private readonly queue = new ByteQueue();
+  private resolveClosed!: () => void;
+
+  private phase: Phase = 'client-flags';
+  private pumping = false;
+  private noZeroes = false;
+  private structured = false;
+  /** Export name that base:allocation was selected for, if any. */
+  private metaContextExport: string | null = null;
+  private optionCount = 0;
+  private optionBusy = false;
+  private pendingOption: OptionHeader | null = null;
+  private pendingRequest: RequestHeader | null = null;
+  private skipRemaining = 0;
+  private afterSkip: (() => void) | null = null;
+  private skipNextPhase: Phase = 'request-header';
+
+  private exp: NbdExport | null = null;
+  private exportName = '';
+  private ctx: ValidationContext | null = null;
+  private inflight = 0;
+  private inflightBytes = 0;
+  /** Handlings of WRITE/TRIM/WRITE_ZEROES in flight, for FLUSH ordering. */
+  private readonly writes = new Set<Promise<unknown>>();
+  private idleWaiters: Array<() => void> = [];
+
+  private corked = false;
+  private waitingDrain = false;
+  /** No more requests are parsed (DISC, close(), input ended). */
+  private ending = false;
+  private inputEnded = false;
+  private outputEnding = false;
+  private endQueued = false;
+  private finished = false;
+  private released = false;
+  private handshakeTimer: Timer | null = null;
+  private closeTimer: Timer | null = null;
+
+  constructor(opts: NbdSessionOptions) {
+    this.stream = opts.stream;
+    this.remote = opts.remote;
+    this.provider = opts.provider;
+    this.clock = opts.clock;
+    this.limits = opts.limits;
+    this.onRequest = opts.onRequest;
+    this.log = opts.logger.child({ module: 'nbd', remote: opts.remote });
+    this.debug = this.log.isLevelEnabled('debug');
+    this.closed = new Promise((resolve) => {
+      this.resolveClosed = resolve;
+    });
+
+    this.stream.on('data', (chunk: Buffer) => {
+      if (this.finished) return;
+      this.queue.push(chunk);
+      this.pump();
+    });
+    this.stream.on('end', () => {
+      this.inputEnded = true;
+      this.pump();
+    });
+    this.stream.on('error', (err: Error) => {
+      if (this.debug) this.log.debug({ err }, 'nbd stream error');
+    });
+    this.stream.on('close', () => this.finish());
+
+    this.handshakeTimer = this.clock.setTimeout(() => {
+      this.handshakeTimer = null;
+      this.abort('handshake not finished in time', { handshakeTimeoutMs: this.limits.handshakeTimeoutMs });
+    }, this.limits.handshakeTimeoutMs);
+
+    if (this.debug) this.log.debug('nbd client connected');
+    this.write(encodeGreeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES));
+  }
+
+  /** Requests being handled right now (for tests and metrics). */
+  get inflightCount(): number {
+    return this.inflight;
+  }
+
+  /**
+   * Ends the session for a server shutdown: reads no more requests, lets
+   * in-flight ones reply (bounded by closeTimeoutMs), then closes.
+   */
+  close(): Promise<void> {
+    if (this.finished) return this.closed;
+    this.ending = true;
+    if (this.exp === null) {
+      this.stream.destroy();
+      return this.closed;
+    }
+    this.phase = 'stopped';
+    this.updateFlow();
+    this.endWhenIdle();
+    this.armCloseTimer();
+    return this.closed;
+  }
+
+  /** Drops the connection at once (in-flight replies are lost). */
+  destroy(): void {
+    this.stream.destroy();
+  }
+
+  // ------------------------------------------------------------ parsing
+
+  private pump(): void {
+    if (this.pumping || this.finished) return;
+    this.pumping = true;
+    try {
+      while (!this.finished && this.step()) {
+        // each step consumed bytes or changed phase
+      }
+    } finally {
+      this.pumping = false;
+    }
+    if (this.finished) return;
+    this.updateFlow();
+    const moreToParse = this.phase === 'request-header' && !this.ending && this.queue.length >= REQUEST_HEADER_BYTES;
+    if (this.inputEnded && !this.optionBusy && !moreToParse) {
+      // The client sent its last byte: answer what was parsed, then close.
+      this.ending = true;
+      this.endWhenIdle();
+    }
+  }
+
+  /** Returns true when it made progress. */
+  private step(): boolean {
+    const q = this.queue;
+    switch (this.phase) {
+      case 'client-flags': {
+        if (q.length < CLIENT_FLAGS_BYTES) return false;
+        const flags = q.take(CLIENT_FLAGS_BYTES).readUInt32BE(0);
+        if ((flags & ~CLIENT_FLAGS_KNOWN) !== 0) {
+          this.abort('unknown client flags', { flags });
+          return false;
+        }
+        this.noZeroes = (flags & FLAG_C_NO_ZEROES) !== 0;
+        this.phase = 'option-header';
+        return true;
+      }
+      case 'option-header': {
+        if (this.optionBusy || q.length < OPTION_HEADER_BYTES) return false;
+        const h = decodeOptionHeader(q.take(OPTION_HEADER_BYTES));
+        if (!h.magicOk) {
+          this.abort('bad option magic');
+          return false;
+        }
+        if (++this.optionCount > this.limits.optionsMax) {
+          this.abort('too many options', { optionsMax: this.limits.optionsMax });
+          return false;
+        }
+        if (h.length > this.limits.optionBytesMax) {
+          if (h.option === OPT_EXPORT_NAME) {
+            // EXPORT_NAME cannot be answered with an error.
+            this.abort('export name option too long', { length: h.length });
+            return false;
+          }
+          this.startSkip(h.length, 'option-header', () =>
+            this.reply(h.option, REP_ERR_TOO_BIG, Buffer.from(`option data longer than ${this.limits.optionBytesMax} bytes`)),
+          );
+          return true;
+        }
+        this.pendingOption = h;
+        this.phase = 'option-data';
+        return true;
+      }
+      case 'option-data': {
+        const h = this.pendingOption!;
+        if (q.length < h.length) return false;
+        const data = q.take(h.length);
+        this.pendingOption = null;
+        this.phase = 'option-header';
+        this.runOption(h.option, data);
+        return true;
+      }
+      case 'skip': {
+        if (this.skipRemaining > 0) this.skipRemaining -= q.skip(this.skipRemaining);
+        if (this.skipRemaining > 0) return false;
+        const then = this.afterSkip;
+        this.afterSkip = null;
+        this.phase = this.skipNextPhase;
+        then?.();
+        return true;
+      }
+      case 'request-header': {
+        if (this.ending || this.transmissionBlocked() || q.length < REQUEST_HEADER_BYTES) return false;
+        const h = decodeRequestHeader(q.take(REQUEST_HEADER_BYTES));
+        const v = validateRequest(h, this.ctx!);
+        if (v.kind === 'fatal') {
+          this.abort(v.reason, { type: h.type, length: h.length });
+          return false;
+        }
+        if (v.kind === 'error') {
+          if (this.debug) this.log.debug({ command: commandName(h.type), reason: v.reason, errno: v.errno }, 'nbd request refused');
+          const refuse = () => {
+            this.replyError(h, v.errno, v.reason);
+            this.observe(h, 0, v.errno);
+          };
+          if (h.type === CMD_WRITE && h.length > 0) this.startSkip(h.length, 'request-header', refuse);
+          else refuse();
+          return true;
+        }
+        if (h.type === CMD_DISC) {
+          if (this.debug) this.log.debug('nbd client disconnect');
+          this.ending = true;
+          this.phase = 'stopped';
+          this.endWhenIdle();
+          this.armCloseTimer();
+          return false;
+        }
+        if (h.type === CMD_WRITE) {
+          this.pendingRequest = h;
+          this.phase = 'request-payload';
+          return true;
+        }
+        this.dispatch(h, undefined);
+        return true;
+      }
+      case 'request-payload': {
+        const h = this.pendingRequest!;
+        if (q.length < h.length) return false;
+        const payload = q.take(h.length);
+        this.pendingRequest = null;
+        this.phase = 'request-header';
+        this.dispatch(h, payload);
+        return true;
+      }
+      case 'stopped':
+        return false;
+    }
+  }
+
+  private startSkip(bytes: number, next: Phase, then: () => void): void {
+    this.phase = 'skip';
+    this.skipRemaining = bytes;
+    this.skipNextPhase = next;
+    this.afterSkip = then;
+  }
+
+  private transmissionBlocked(): boolean {
+    return this.inflight >= this.limits.inflightMax || this.inflightBytes >= this.limits.inflightBytesMax || this.waitingDrain;
+  }
+
+  /** Reads from the stream only while the parser can make use of the bytes. */
+  private updateFlow(): void {
+    const s = this.stream;
+    let want: boolean;
+    switch (this.phase) {
+      case 'stopped':
+        want = false;
+        break;
+      case 'option-header':
+        want = !this.optionBusy;
+        break;
+      case 'request-header':
+        want = !this.ending && !this.transmissionBlocked();
+        break;
+      default:
+        want = true;
+    }
+    if (want && s.isPaused()) s.resume();
+    else if (!want && !s.isPaused()) s.pause();
+  }
+
+  // ------------------------------------------------------------- options
+
+  private runOption(option: number, data: Buffer): void {
+    this.optionBusy = true;
+    this.handleOption(option, data)
+      .catch((err: unknown) => {
+        // A bug in option handling: do not leave the client hanging.
+        this.log.warn({ err, option: optionName(option) }, 'nbd option handling failed');
+        this.stream.destroy();
+      })
+      .finally(() => {
+        this.optionBusy = false;
+        this.pump();
+      });
+  }
+
+  private async handleOption(option: number, data: Buffer): Promise<void> {
+    if (this.debug) this.log.debug({ option: optionName(option), length: data.length }, 'nbd option');
+    switch (option) {
+      case OPT_EXPORT_NAME:
+        return this.optExportName(data);
+      case OPT_ABORT:
+        this.reply(option, REP_ACK);
+        this.phase = 'stopped';
+        this.shutdownOutput();
+        this.armCloseTimer();
+        return;
+      case OPT_LIST:
+        return this.optList(data);
+      case OPT_STARTTLS:
+        this.reply(option, REP_ERR_UNSUP, Buffer.from('TLS is not supported by this server'));
+        return;
+      case OPT_INFO:
+      case OPT_GO:
+        return this.optInfoGo(option, data);
+      case OPT_STRUCTURED_REPLY:
+        if (data.length !== 0) return this.reply(option, REP_ERR_INVALID, Buffer.from('structured reply option takes no data'));
+        if (this.structured) return this.reply(option, REP_ERR_INVALID, Buffer.from('structured replies already negotiated'));
+        this.structured = true;
+        return this.reply(option, REP_ACK);
+      case OPT_LIST_META_CONTEXT:
+      case OPT_SET_META_CONTEXT:
+        return this.optMetaContext(option, data);
+      default:
+        return this.reply(option, REP_ERR_UNSUP, Buffer.from(`option ${option} is not supported`));
+    }
+  }
+
+  private async optExportName(data: Buffer): Promise<void> {
+    const name = data.toString('utf8');
+    let exp: NbdExport;
+    try {
+      exp = await this.provider.open(name, { remote: this.remote });
+    } catch (err) {
+      // The spec leaves no way to report an error here but closing.
+      this.log.info({ export: name, err }, 'nbd export refused');
+      this.stream.destroy();
+      return;
+    }
+    if (this.finished || this.ending) {
+      await this.releaseQuietly(exp);
+      this.stream.destroy();
+      return;
+    }
+    const flags = transmissionFlags({ readOnly: exp.readOnly, multiConn: exp.multiConn, structuredReplies: this.structured });
+    this.write(encodeExportNameReply(exp.size, flags, this.noZeroes));
+    this.enterTransmission(exp, name);
+  }
+
+  private async optList(data: Buffer): Promise<void> {
+    if (data.length !== 0) return this.reply(OPT_LIST, REP_ERR_INVALID, Buffer.from('list option takes no data'));
+    try {
+      const exports = await this.provider.list();
+      for (const e of exports) this.reply(OPT_LIST, REP_SERVER, encodeServerReplyData(e.name, e.description));
+      this.reply(OPT_LIST, REP_ACK);
+    } catch (err) {
+      this.replyOptionError(OPT_LIST, err);
+    }
+  }
+
+  private async optInfoGo(option: number, data: Buffer): Promise<void> {
+    const parsed = parseInfoRequest(data);
+    if (!parsed.ok) return this.reply(option, REP_ERR_INVALID, Buffer.from(parsed.reason));
+    const { name, infos } = parsed.value;
+    if (this.ending) return this.reply(option, REP_ERR_SHUTDOWN, Buffer.from('server is shutting down'));
+
+    let exp: NbdExport | null = null;
+    let info: { size: number; readOnly: boolean; multiConn: boolean; description: string };
+    try {
+      if (option === OPT_GO) {
+        exp = await this.provider.open(name, { remote: this.remote });
+        info = exp;
+      } else {
+        info = await this.provider.describe(name);
+      }
+    } catch (err) {
+      if (option === OPT_GO) this.log.info({ export: name, err }, 'nbd export refused');
+      return this.replyOptionError(option, err);
+    }
+    if (exp !== null && (this.finished || this.ending)) {
+      await this.releaseQuietly(exp);
+      if (!this.finished) this.reply(option, REP_ERR_SHUTDOWN, Buffer.from('server is shutting down'));
+      return;
+    }
+    const flags = transmissionFlags({ readOnly: info.readOnly, multiConn: info.multiConn, structuredReplies: this.structured });
+    this.reply(option, REP_INFO, encodeInfoExport(info.size, flags));
+    if (infos.includes(INFO_NAME)) this.reply(option, REP_INFO, encodeInfoString(INFO_NAME, name));
+    if (infos.includes(INFO_DESCRIPTION) && info.description !== '') {
+      this.reply(option, REP_INFO, encodeInfoString(INFO_DESCRIPTION, info.description));
+    }
+    // Sent even when not asked for: it only tells what this server accepts.
+    this.reply(option, REP_INFO, encodeInfoBlockSize(BLOCK_SIZE_MIN, BLOCK_SIZE_PREFERRED, this.limits.payloadBytesMax));
+    this.reply(option, REP_ACK);
+    if (exp !== null) this.enterTransmission(exp, name);
+  }
+
+  private async optMetaContext(option: number, data: Buffer): Promise<void> {
+    const isSet = option === OPT_SET_META_CONTEXT;
+    // A SET replaces the previous selection even when it fails.
+    if (isSet) this.metaContextExport = null;
+    if (isSet && !this.structured) {
+      return this.reply(option, REP_ERR_INVALID, Buffer.from('meta contexts need structured replies first'));
+    }
+    const parsed = parseMetaContextRequest(data, this.limits.metaContextQueriesMax);
+    if (!parsed.ok) return this.reply(option, REP_ERR_INVALID, Buffer.from(parsed.reason));
+    const { exportName, queries } = parsed.value;
+    try {
+      await this.provider.describe(exportName);
+    } catch (err) {
+      return this.replyOptionError(option, err);
+    }
+    let match: boolean;
+    if (isSet) {
+      match = queries.includes(META_CONTEXT_BASE_ALLOCATION);
+    } else {
+      // LIST: no query means everything; "base:" is a wildcard for the namespace.
+      match = queries.length === 0 || queries.some((q) => q === 'base:' || q === META_CONTEXT_BASE_ALLOCATION);
+    }
+    if (match) {
+      const id = isSet ? META_CONTEXT_BASE_ALLOCATION_ID : 0;
+      this.reply(option, REP_META_CONTEXT, encodeMetaContextReplyData(id, META_CONTEXT_BASE_ALLOCATION));
+      if (isSet) this.metaContextExport = exportName;
+    }
+    this.reply(option, REP_ACK);
+  }
+
+  private replyOptionError(option: number, err: unknown): void {
+    const e = toOptionError(err);
+    this.reply(option, e.type, Buffer.from(e.message.slice(0, 1024), 'utf8'));
+  }
+
+  private reply(option: number, type: number, data?: Buffer): void {
+    this.write(encodeOptionReply(option, type, data));
+  }
+
+  private enterTransmission(exp: NbdExport, name: string): void {
+    this.exp = exp;
+    this.exportName = name;
+    this.handshakeTimer?.cancel();
+    this.handshakeTimer = null;
+    this.ctx = {
+      exportSize: exp.size,
+      readOnly: exp.readOnly,
+      structuredReplies: this.structured,
+      blockStatusContext: this.structured && this.metaContextExport === name,
+      payloadBytesMax: this.limits.payloadBytesMax,
+      payloadDiscardBytesMax: this.limits.payloadDiscardBytesMax,
+    };
+    this.phase = 'request-header';
+    this.log.info(
+      { export: name, size: exp.size, readOnly: exp.readOnly, structuredReplies: this.structured, blockStatus: this.ctx.blockStatusContext },
+      'nbd export opened',
+    );
+  }
+
+  // -------------------------------------------------------- transmission
+
+  private dispatch(h: RequestHeader, payload: Buffer | undefined): void {
+    const bytes = h.type === CMD_READ || h.type === CMD_WRITE ? h.length : 0;
+    this.inflight++;
+    this.inflightBytes += bytes;
+    const started = this.onRequest === undefined ? 0 : this.clock.monotonic();
+    const handling = this.execute(h, payload);
+    const writeLike = h.type === CMD_WRITE || h.type === CMD_TRIM || h.type === CMD_WRITE_ZEROES;
+    if (writeLike) this.writes.add(handling);
+    void handling.then((errno) => {
+      if (writeLike) this.writes.delete(handling);
+      this.inflight--;
+      this.inflightBytes -= bytes;
+      if (this.onRequest !== undefined) this.observe(h, this.clock.monotonic() - started, errno);
+      if (this.inflight === 0) this.runIdleWaiters();
+      this.pump();
+    });
+  }
+
+  /** Handles one request and sends its reply; resolves to the NBD error value (0 on success). Never rejects. */
+  private async execute(h: RequestHeader, payload: Buffer | undefined): Promise<number> {
+    const exp = this.exp!;
+    const fua = (h.flags & CMD_FLAG_FUA) !== 0;
+    try {
+      switch (h.type) {
+        case CMD_READ: {
+          const data = await call(() => exp.read(h.offset, h.length));
+          if (data.length !== h.length) throw new Error(`export returned ${data.length} bytes for a ${h.length}-byte read`);
+          if (this.structured) this.write(encodeReadChunkHeader(h.cookie, h.offset, data.length), data);
+          else this.write(encodeSimpleReply(h.cookie, 0), data);
+          return 0;
+        }
+        case CMD_WRITE:
+          await call(() => exp.write(h.offset, payload!, fua));
+          break;
+        case CMD_FLUSH: {
+          // Writes already in flight when FLUSH arrived must be covered by it.
+          if (this.writes.size > 0) await Promise.allSettled([...this.writes]);
+          await call(() => exp.flush());
+          break;
+        }
+        case CMD_TRIM:
+          await call(() => exp.trim(h.offset, h.length, fua));
+          break;
+        case CMD_WRITE_ZEROES:
+          // FAST_ZERO: the export contract has no "only if fast" mode; exports
+          // that cannot zero fast throw TORUS_ERR_NBD_UNSUPPORTED (ENOTSUP).
+          await call(() => exp.writeZeroes(h.offset, h.length, { noHole: (h.flags & CMD_FLAG_NO_HOLE) !== 0, fua }));
+          break;
+        case CMD_CACHE:
+          await call(() => exp.cache(h.offset, h.length));
+          break;
+        case CMD_BLOCK_STATUS: {
+          const extents = clipExtents(await call(() => exp.blockStatus(h.offset, h.length)), h.length, (h.flags & CMD_FLAG_REQ_ONE) !== 0);
+          if (extents.length === 0) throw new Error('export returned no extents');
+          this.write(encodeBlockStatusReply(h.cookie, META_CONTEXT_BASE_ALLOCATION_ID, extents));
+          return 0;
+        }
+        default:
+          throw new Error(`unhandled command ${h.type}`);
+      }
+      this.write(encodeSimpleReply(h.cookie, 0));
+      return 0;
+    } catch (err) {
+      const errno = toNbdErrno(err);
+      if (this.debug) this.log.debug({ err, command: commandName(h.type), offset: h.offset, length: h.length, errno: errnoName(errno) }, 'nbd request failed');
+      this.replyError(h, errno, errorMessage(err));
+      return errno;
+    }
+  }
+
+  private replyError(h: RequestHeader, errno: number, message: string): void {
+    if (this.structured) this.write(encodeStructuredError(h.cookie, errno, message));
+    else this.write(encodeSimpleReply(h.cookie, errno));
+  }
+
+  private observe(h: RequestHeader, latencyMs: number, errno: number): void {
+    if (this.onRequest === undefined) return;
+    const bytes = h.type === CMD_READ || h.type === CMD_WRITE ? h.length : 0;
+    try {
+      this.onRequest(errno === 0 ? { command: commandName(h.type), bytes, latencyMs } : { command: commandName(h.type), bytes, latencyMs, error: errno });
+    } catch (err) {
+      if (this.debug) this.log.debug({ err }, 'nbd request observer threw');
+    }
+  }
+
+  // -------------------------------------------------------------- output
+
+  /** Writes one message whole; messages written in the same tick share one syscall. */
+  private write(a: Buffer, b?: Buffer): void {
+    const s = this.stream;
+    if (s.destroyed || s.writableEnded) return;
+    if (!this.corked) {
+      this.corked = true;
+      s.cork();
+      process.nextTick(this.uncork);
+    }
+    s.write(a);
+    if (b !== undefined) s.write(b);
+    if (!this.waitingDrain && s.writableNeedDrain && s.writableLength > this.limits.replyBytesMax) {
+      this.waitingDrain = true;
+      s.once('drain', this.onDrain);
+    }
+  }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.stream.uncork();
+  };
+
+  private readonly onDrain = (): void => {
+    this.waitingDrain = false;
+    this.pump();
+  };
+
+  // ----------------------------------------------------------- lifecycle
+
+  private whenIdle(fn: () => void): void {
+    if (this.inflight === 0) fn();
+    else this.idleWaiters.push(fn);
+  }
+
+  private endWhenIdle(): void {
+    if (this.endQueued) return;
+    this.endQueued = true;
+    this.whenIdle(() => this.shutdownOutput());
+  }
+
+  private runIdleWaiters(): void {
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Half-closes our side once everything is answered; the peer then closes. */
+  private shutdownOutput(): void {
+    if (this.outputEnding || this.finished) return;
+    this.outputEnding = true;
+    this.phase = 'stopped';
+    this.updateFlow();
+    this.stream.end();
+    this.armCloseTimer();
+  }
+
+  private armCloseTimer(): void {
+    if (this.closeTimer !== null || this.finished) return;
+    this.closeTimer = this.clock.setTimeout(() => {
+      this.closeTimer = null;
+      if (this.finished) return;
+      this.log.warn({ closeTimeoutMs: this.limits.closeTimeoutMs, inflight: this.inflight }, 'nbd connection did not close in time; dropping it');
+      this.stream.destroy();
+    }, this.limits.closeTimeoutMs);
+  }
+
+  /** A malformed stream or a broken limit: the connection cannot go on. */
+  private abort(reason: string, fields: Record<string, unknown> = {}): void {
+    if (this.finished) return;
+    this.log.warn({ ...fields, reason }, 'nbd connection dropped: client broke the protocol or a limit');
+    this.phase = 'stopped';
+    this.stream.destroy();
+  }
+
+  private finish(): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.phase = 'stopped';
+    this.handshakeTimer?.cancel();
+    this.handshakeTimer = null;
+    this.closeTimer?.cancel();
+    this.closeTimer = null;
+    this.queue.clear();
+    if (this.debug) this.log.debug({ inflight: this.inflight }, 'nbd connection closed');
+    this.whenIdle(() => {
+      void this.release().then(() => this.resolveClosed());
+    });
+  }
+
+  private async release(): Promise<void> {
+    if (this.released || this.exp === null) return;
+    this.released = true;
+    await this.releaseQuietly(this.exp);
+    this.log.info({ export: this.exportName }, 'nbd export released');
+  }
+
+  private async releaseQuietly(exp: NbdExport): Promise<void> {
+    try {
+      await exp.release();
+    } catch (err) {
+      this.log.warn({ err }, 'nbd export release failed');
+    }
+  }
+}

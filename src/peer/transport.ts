@@ -1,0 +1,54 @@
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { PeerAddress } from './address.js';
+
+/**
+ * Opens a byte stream to a peer. Injected so that tests (and fault layers)
+ * can put something between client and server, e.g. a stream that damages
+ * bytes; the default is a TCP connection.
+ */
+export type PeerConnector = (addr: PeerAddress) => Duplex;
+
+/** Idle TCP connections between peers are probed so a dead peer is noticed. */
+const KEEPALIVE_DELAY_MS = 10_000;
+
+export const tcpConnector: PeerConnector = (addr) => {
+  const socket = net.connect({ host: addr.host, port: addr.port });
+  tuneSocket(socket);
+  return socket;
+};
+
+/** Small frames (headers, acks) must not wait for Nagle's algorithm. */
+export function tuneSocket(socket: Duplex): void {
+  if (socket instanceof net.Socket) {
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, KEEPALIVE_DELAY_MS);
+  }
+}
+
+/**
+ * Batches the writes made in one tick into one writev: header and payload of
+ * a frame, and the frames of requests issued together, leave in one syscall.
+ */
+export class CorkedWriter {
+  private corked = false;
+
+  constructor(private readonly stream: Duplex) {}
+
+  write(a: Buffer, b?: Buffer): void {
+    const s = this.stream;
+    if (s.destroyed || s.writableEnded) return;
+    if (!this.corked) {
+      this.corked = true;
+      s.cork();
+      process.nextTick(this.uncork);
+    }
+    s.write(a);
+    if (b !== undefined && b.length > 0) s.write(b);
+  }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.stream.uncork();
+  };
+}

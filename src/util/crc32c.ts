@@ -1,0 +1,124 @@
+/**
+ * CRC-32C (Castagnoli), the checksum on every stored block. Uses the native
+ * addon (SSE4.2 crc32 instruction, or its C++ table code on other CPUs) when
+ * native/build/Release/torus_native.node is built, and a pure-JS
+ * slicing-by-8 implementation otherwise. Loading the addon never logs: the
+ * daemon reports crc32cImplementation() itself.
+ *
+ * Chaining: pass a previous result as `initial` to continue over more data,
+ * crc32c(b, crc32c(a)) === crc32c(Buffer.concat([a, b])).
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+type Crc32cFn = (data: Uint8Array, initial: number) => number;
+
+interface NativeAddon {
+  crc32c(data: Uint8Array, initial?: number): number;
+  /** The addon's portable table code, even on SSE4.2 CPUs. */
+  crc32cPortable(data: Uint8Array, initial?: number): number;
+  crc32cVariant: string;
+}
+
+const POLY = 0x82f63b78; // reflected Castagnoli polynomial
+
+/** Eight 256-entry tables, table k at [k * 256]; entry = CRC of a byte followed by k zero bytes. */
+const TABLE = buildTables();
+
+function buildTables(): Int32Array {
+  const t = new Int32Array(8 * 256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ POLY : c >>> 1;
+    t[n] = c;
+  }
+  for (let n = 0; n < 256; n++) {
+    for (let s = 1; s < 8; s++) {
+      const prev = t[(s - 1) * 256 + n]!;
+      t[s * 256 + n] = t[prev & 0xff]! ^ (prev >>> 8);
+    }
+  }
+  return t;
+}
+
+/** The pure-JS implementation (slicing-by-8); exported for tests and benchmarks. */
+export function crc32cJs(data: Uint8Array, initial = 0): number {
+  const t = TABLE;
+  let crc = ~initial;
+  let i = 0;
+  const end8 = data.length - (data.length & 7);
+  while (i < end8) {
+    const lo = crc ^ (data[i]! | (data[i + 1]! << 8) | (data[i + 2]! << 16) | (data[i + 3]! << 24));
+    crc =
+      t[1792 + (lo & 0xff)]! ^
+      t[1536 + ((lo >>> 8) & 0xff)]! ^
+      t[1280 + ((lo >>> 16) & 0xff)]! ^
+      t[1024 + (lo >>> 24)]! ^
+      t[768 + data[i + 4]!]! ^
+      t[512 + data[i + 5]!]! ^
+      t[256 + data[i + 6]!]! ^
+      t[data[i + 7]!]!;
+    i += 8;
+  }
+  while (i < data.length) crc = t[(crc ^ data[i++]!) & 0xff]! ^ (crc >>> 8);
+  return ~crc >>> 0;
+}
+
+/** Directory holding package.json, found from this file in src/util or dist/src/util. */
+function projectRoot(): string | null {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, 'package.json'))) return dir;
+    const parent = dirname(dir);
+    if (parent === dir) return null;
+    dir = parent;
+  }
+}
+
+function loadNative(): NativeAddon | null {
+  if (process.env.TORUS_CRC32C === 'js') return null;
+  const root = projectRoot();
+  if (root === null) return null;
+  const file = join(root, 'native', 'build', 'Release', 'torus_native.node');
+  if (!existsSync(file)) return null;
+  try {
+    const addon = createRequire(import.meta.url)(file) as Partial<NativeAddon>;
+    if (typeof addon.crc32c !== 'function' || typeof addon.crc32cPortable !== 'function' || typeof addon.crc32cVariant !== 'string') {
+      return null;
+    }
+    return addon as NativeAddon;
+  } catch {
+    // Built for another Node ABI or a broken build: the JS code is correct, only slower.
+    return null;
+  }
+}
+
+const native = loadNative();
+
+/**
+ * The native implementation, or null when the addon is not built (or
+ * TORUS_CRC32C=js is set). Exported for tests and benchmarks.
+ */
+export const crc32cNative: Crc32cFn | null = native === null ? null : (data, initial) => native.crc32c(data, initial);
+
+/** The addon's C++ table code (its fallback for CPUs without SSE4.2), or null; for tests. */
+export const crc32cNativePortable: Crc32cFn | null =
+  native === null ? null : (data, initial) => native.crc32cPortable(data, initial);
+
+const impl: Crc32cFn = native === null ? crc32cJs : native.crc32c;
+
+/** CRC-32C of `buf` as an unsigned 32-bit number; `initial` continues a previous CRC. */
+export function crc32c(buf: Uint8Array, initial = 0): number {
+  return impl(buf, initial >>> 0);
+}
+
+export function crc32cImplementation(): 'native' | 'js' {
+  return native === null ? 'js' : 'native';
+}
+
+/** For logs: `native (sse4.2)`, `native (table)` or `js (slicing-by-8)`. */
+export function crc32cDescription(): string {
+  return native === null ? 'js (slicing-by-8)' : `native (${native.crc32cVariant})`;
+}

@@ -1,0 +1,36 @@
+import { Duplex } from 'node:stream';
+
+/**
+ * Two in-process Duplex streams wired to each other, like a socket pair:
+ * what one writes the other reads; end() is a half-close (FIN); destroy()
+ * tears both down (like a reset).
+ */
+export function streamPair(): [Duplex, Duplex] {
+  let a: Duplex | undefined;
+  let b: Duplex | undefined;
+  const make = (peer: () => Duplex): Duplex =>
+    new Duplex({
+      allowHalfOpen: true,
+      read() {
+        // the peer pushes
+      },
+      write(chunk: Buffer, _enc, cb) {
+        const p = peer();
+        if (!p.destroyed) p.push(chunk);
+        cb();
+      },
+      final(cb) {
+        const p = peer();
+        if (!p.destroyed) p.push(null);
+        cb();
+      },
+      destroy(err, cb) {
+        const p = peer();
+        if (!p.destroyed) p.destroy();
+        cb(err);
+      },
+    });
+  a = make(() => b!);
+  b = make(() => a!);
+  return [a, b];
+}

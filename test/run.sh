@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test command (`npm test`): installs what is missing, builds, then runs
+# every vitest suite under test/. Extra arguments go to vitest, e.g.
+# `npm test -- test/unit` or `npm test -- -t crc32c`. Exits with vitest's code.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/install-deps.sh
+
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+
+set +e
+npx --no-install vitest run --reporter=default --reporter=json --outputFile.json="$results" "$@"
+code=$?
+set -e
+
+# vitest's own summary is a table; also print the plain closing line
+# ("N passed, N failed") that CI reads to count tests.
+if [ -s "$results" ]; then
+  node -e '
+    const r = JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8"));
+    const skipped = (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
+    console.log(`vitest: ${r.numPassedTests} passed, ${r.numFailedTests} failed` + (skipped ? `, ${skipped} skipped` : ""));
+  ' "$results" || true
+fi
+exit "$code"

@@ -1,0 +1,154 @@
+import { describe, expect, it, vi } from 'vitest';
+import {
+  crc32c,
+  crc32cDescription,
+  crc32cImplementation,
+  crc32cJs,
+  crc32cNative,
+  crc32cNativePortable,
+} from '../../src/util/crc32c.js';
+
+/** Small deterministic PRNG (mulberry32) so a failure reproduces. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function randomBytes(rand: () => number, n: number): Buffer {
+  const b = Buffer.alloc(n);
+  for (let i = 0; i < n; i++) b[i] = Math.floor(rand() * 256);
+  return b;
+}
+
+type Crc32cFn = (data: Uint8Array, initial: number) => number;
+
+const NOT_BUILT = 'native/build/Release/torus_native.node is not built or failed to load: run "npm run build"';
+
+function requireNative(): Crc32cFn {
+  if (crc32cNative === null) throw new Error(NOT_BUILT);
+  return crc32cNative;
+}
+
+function requireNativePortable(): Crc32cFn {
+  if (crc32cNativePortable === null) throw new Error(NOT_BUILT);
+  return crc32cNativePortable;
+}
+
+// Published CRC-32C check values (the "123456789" check value and RFC 3720 B.4).
+const VECTORS: Array<[string, Buffer, number]> = [
+  ['empty', Buffer.alloc(0), 0x00000000],
+  ['"a"', Buffer.from('a'), 0xc1d04330],
+  ['"123456789"', Buffer.from('123456789'), 0xe3069283],
+  ['32 zero bytes', Buffer.alloc(32, 0x00), 0x8a9136aa],
+  ['32 0xff bytes', Buffer.alloc(32, 0xff), 0x62a8ab43],
+  ['32 ascending bytes', Buffer.from(Array.from({ length: 32 }, (_, i) => i)), 0x46dd794e],
+  ['32 descending bytes', Buffer.from(Array.from({ length: 32 }, (_, i) => 31 - i)), 0x113fdb5c],
+  ['quick brown fox', Buffer.from('The quick brown fox jumps over the lazy dog'), 0x22620404],
+];
+
+const IMPLS: Array<[string, () => Crc32cFn]> = [
+  ['js', () => crc32cJs],
+  ['native', requireNative],
+  ['native table fallback', requireNativePortable],
+];
+
+describe('crc32c', () => {
+  it('uses the native addon when it is built', () => {
+    requireNative();
+    expect(crc32cImplementation()).toBe('native');
+    expect(crc32cDescription()).toMatch(/^native \((sse4\.2|table)\)$/);
+  });
+
+  for (const [implName, get] of IMPLS) {
+    describe(implName, () => {
+      for (const [name, data, want] of VECTORS) {
+        it(`matches the known value for ${name}`, () => {
+          expect(get()(data, 0)).toBe(want);
+        });
+      }
+
+      it('continues a CRC across chunks', () => {
+        const f = get();
+        const data = Buffer.from('123456789');
+        for (let cut = 0; cut <= data.length; cut++) {
+          expect(f(data.subarray(cut), f(data.subarray(0, cut), 0))).toBe(0xe3069283);
+        }
+      });
+
+      it('reads only the view of a Uint8Array, not its whole ArrayBuffer', () => {
+        const backing = new Uint8Array(64).fill(0xab);
+        backing.set(Buffer.from('123456789'), 13);
+        expect(get()(backing.subarray(13, 22), 0)).toBe(0xe3069283);
+      });
+    });
+  }
+
+  it('agrees between native, native table fallback and JS on random buffers, lengths and offsets', () => {
+    const native = requireNative();
+    const portable = requireNativePortable();
+    const rand = rng(0xc0ffee);
+    const pool = randomBytes(rand, 200_000);
+    // Lengths around the native lane boundaries (3 x 256 and 3 x 8192) plus random ones.
+    const lengths = [0, 1, 7, 8, 9, 15, 16, 17, 255, 256, 767, 768, 769, 1000, 24_575, 24_576, 24_577, 49_152, 65_536];
+    for (let i = 0; i < 300; i++) lengths.push(Math.floor(rand() * (i < 250 ? 4096 : 150_000)));
+    for (const len of lengths) {
+      const offset = Math.floor(rand() * 16);
+      const initial = rand() < 0.5 ? 0 : Math.floor(rand() * 2 ** 32);
+      const view = pool.subarray(offset, offset + len);
+      const js = crc32cJs(view, initial);
+      const nat = native(view, initial);
+      const tab = portable(view, initial);
+      if (js !== nat || js !== tab) {
+        throw new Error(`mismatch len=${len} offset=${offset} initial=${initial}: js=${js} native=${nat} table=${tab}`);
+      }
+    }
+  });
+
+  it('detects every single-bit flip in a block', () => {
+    const rand = rng(7);
+    const block = randomBytes(rand, 4096);
+    const good = crc32c(block);
+    for (let i = 0; i < 200; i++) {
+      const pos = Math.floor(rand() * block.length);
+      const bit = 1 << Math.floor(rand() * 8);
+      block[pos]! ^= bit;
+      expect(crc32c(block)).not.toBe(good);
+      block[pos]! ^= bit;
+    }
+    expect(crc32c(block)).toBe(good);
+  });
+
+  it('returns an unsigned 32-bit number and accepts a signed initial value', () => {
+    const v = crc32c(Buffer.alloc(32, 0xff));
+    expect(v).toBe(0x62a8ab43);
+    const withSigned = crc32c(Buffer.from('x'), 0x80000000 | 0);
+    expect(withSigned).toBe(crc32c(Buffer.from('x'), 0x80000000));
+    expect(withSigned).toBeGreaterThanOrEqual(0);
+  });
+
+  it('native rejects data that is not bytes', () => {
+    const native = requireNative() as unknown as (d: unknown, i: unknown) => number;
+    expect(() => native('abc', 0)).toThrow(TypeError);
+    expect(() => native(new Uint16Array(4), 0)).toThrow(TypeError);
+  });
+
+  it('falls back to JS when TORUS_CRC32C=js', async () => {
+    vi.resetModules();
+    vi.stubEnv('TORUS_CRC32C', 'js');
+    try {
+      const mod = await import('../../src/util/crc32c.js');
+      expect(mod.crc32cImplementation()).toBe('js');
+      expect(mod.crc32cNative).toBeNull();
+      expect(mod.crc32c(Buffer.from('123456789'))).toBe(0xe3069283);
+    } finally {
+      vi.unstubAllEnvs();
+      vi.resetModules();
+    }
+  });
+});
