@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
+import '../src/daemon/threadpool.js';
 import { Command, Option } from 'commander';
 import pino from 'pino';
 import { NbdGateway } from '../src/client/nbd-gateway.js';

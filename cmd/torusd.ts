@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import '../src/daemon/threadpool.js';
 import { Command, Option } from 'commander';
 import pino from 'pino';
 import { resolveDaemonConfig, DEFAULTS, type DaemonFlags } from '../src/daemon/config.js';

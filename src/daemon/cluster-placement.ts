@@ -80,9 +80,9 @@ export class ClusterPlacement implements Placement {
     let c = this.clients.get(uuid);
     if (!c) {
       const address = this.addresses.get(uuid);
-      if (address === undefined) {
-        throw new TorusError('TORUS_ERR_RING_PEER_UNKNOWN', `ring member ${uuid} has no known address (it is not reporting to etcd)`);
-      }
+      // Unknown until the peer reports: a store that fails when used, so that
+      // reads go on to the other replicas and writes fail with a clear error.
+      if (address === undefined) return unavailableStore(uuid, this.opts.blockSize);
       c = new PeerClient({
         address,
         blockSize: this.opts.blockSize,
@@ -96,4 +96,21 @@ export class ClusterPlacement implements Placement {
     }
     return c;
   }
+}
+
+function unavailableStore(uuid: string, blockSize: number): BlockStore {
+  const fail = async (): Promise<never> => {
+    throw new TorusError('TORUS_ERR_RING_PEER_UNKNOWN', `ring member ${uuid} has no known address (it is not reporting to etcd)`);
+  };
+  return {
+    blockSize,
+    read: fail,
+    write: fail,
+    zero: fail,
+    flush: fail,
+    allocated: fail,
+    deleteVolume: fail,
+    usage: () => ({ capacity: 0, used: 0, blocks: 0 }),
+    close: async () => undefined,
+  };
 }

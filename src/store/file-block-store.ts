@@ -1,5 +1,5 @@
 import fs from 'node:fs';
-import { mkdir, readdir, readFile, rm, rename, writeFile, unlink } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
@@ -7,31 +7,30 @@ import { blockRef, blockRefKey, type BlockRef } from '../model/block-ref.js';
 import { assert } from '../util/assert.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { crc32c } from '../util/crc32c.js';
-import { blockFileBytes, decodeHeader, encodeHeader, encodeTable, headerBytes, newCrcTable, PAGE_BYTES, TABLE_OFFSET } from './block-file.js';
+import { blockFileBytes, decodeHeader, encodeHeader, encodeTable, headerBytes, newCrcTable, PAGE_BYTES, pageCount, TABLE_OFFSET } from './block-file.js';
 import type { BlockStore, StoreUsage, WriteOptions, ZeroOptions } from './block-store.js';
+import { DirtyLog } from './dirty-log.js';
 import { closeFd, fdatasync, fsyncDir, ftruncate, openFd, preadFull, pwriteFull } from './fs-async.js';
-import { Journal } from './journal.js';
-import { RecordType, type JournalRecord } from './journal-record.js';
 
 /**
- * The block store of one peer, on its local disk.
+ * The block store of one peer, on its local disk: one file per block, a
+ * CRC32C per 4 KiB page in the file's header, data written in place.
  *
- * Write path: a change is appended to the journal (journal.ts) and, once the
- * kernel has it, kept in memory as a pending op of its block, where reads see
- * it at once. FLUSH is one fdatasync of the journal. An applier copies
- * durable journal records into the block files in the background; a
- * checkpoint then writes the blocks' CRC tables, fdatasyncs the block files
- * and deletes the journal segments they cover.
+ * Durability: a write lands in the page cache and is acknowledged; FLUSH
+ * fdatasyncs every block file written since the last flush and the folders
+ * where files were created or removed; FUA does the same for one block.
  *
- * Crash rule: a block file only ever receives changes that are durable in the
- * journal, and the journal is deleted only after the block files are durable,
- * so replaying the journal from the last checkpoint rebuilds every page it
- * touches, data and CRC alike. Pages it does not touch were fdatasync'd with
- * their CRC at an earlier checkpoint.
+ * Checksums across crashes: the CRC table lives in memory while the store
+ * runs and reaches the file at checkpoints. Before the first write to a
+ * block in a checkpoint epoch, the dirty log (dirty-log.ts) durably names
+ * the block. A crash can leave stale CRCs only on blocks so named, and
+ * start-up recomputes exactly those from their data (an unflushed write may
+ * be lost or torn, as on any disk, but never reads as a checksum error).
+ * Every other page is checked against a CRC that was made durable with it.
  *
- * Space: capacity is charged per allocated block (header + block size), with
- * a fixed share kept for the journal. A write that needs a new block beyond
- * the cap fails with TORUS_ERR_STORE_NO_SPACE before anything is written.
+ * Space: capacity is charged per allocated block (header + block size). A
+ * write that needs a new block beyond the cap fails with
+ * TORUS_ERR_STORE_NO_SPACE before anything is written.
  */
 
 export interface FileBlockStoreOptions {
@@ -42,28 +41,12 @@ export interface FileBlockStoreOptions {
   readonly capacity: number;
   readonly logger: Logger;
   readonly clock?: Clock;
-  /** Journal bytes kept at most (default: capacity / 8, within 8 MiB .. 256 MiB). */
-  readonly journalBytesMax?: number;
-  /** Bytes of journalled writes waiting for the applier before writers wait (default 64 MiB). */
-  readonly pendingBytesMax?: number;
+  /** How often CRC tables of written blocks are made durable (ends an epoch). Default 10 s. */
   readonly checkpointIntervalMs?: number;
-  /** Block files kept open at most. */
+  /** Block files kept open at most (lowered by itself when the process hits EMFILE). */
   readonly fdMax?: number;
-  /**
-   * Tests only: keep journalled writes out of the block files, so that a
-   * crash test proves the data comes back from journal replay alone.
-   */
-  readonly holdApplierForTest?: boolean;
   /** Called on every CRC mismatch (torusd counts them in a metric). */
   readonly onCrcFailure?: (ref: BlockRef, page: number) => void;
-}
-
-interface Op {
-  readonly seq: number;
-  readonly type: RecordType;
-  readonly offset: number;
-  readonly length: number;
-  readonly payload: Buffer | null;
 }
 
 interface Entry {
@@ -72,31 +55,25 @@ interface Entry {
   readonly file: string;
   /** The block file exists. */
   onDisk: boolean;
-  /** Counted against capacity: holds data once pending ops are applied. */
+  /** Counted against capacity. */
   allocated: boolean;
   fd: number | null;
   crc: Uint32Array | null;
-  /** Not yet applied to the block file; in sequence order. */
-  pending: Op[];
-  /** Writes between admission and journal append. */
-  admitting: number;
+  /** Epoch whose dirty-log record for this block is durable (0: none). */
+  markedEpoch: number;
+  marking: Promise<void> | null;
+  markingEpoch: number;
   readers: number;
-  applying: boolean;
+  writing: boolean;
+  /** Writers waiting for the lock: new readers queue behind them. */
+  writersWaiting: number;
   waiters: (() => void)[];
-  lastUse: number;
-}
-
-interface ApplyItem {
-  readonly seq: number;
-  /** null: remove the folder of a deleted volume. */
-  readonly entry: Entry | null;
-  readonly volumeId: number;
-  readonly bytes: number;
+  /** Writes admitted but not finished (they keep the entry in the map). */
+  pending: number;
 }
 
 const STORE_META = 'store.json';
-const APPLY_BATCH_MAX = 2048;
-const APPLY_CONCURRENCY = 16;
+const SYNC_CONCURRENCY = 8;
 
 export class FileBlockStore implements BlockStore {
   readonly blockSize: number;
@@ -109,24 +86,23 @@ export class FileBlockStore implements BlockStore {
   private readonly hdrBytes: number;
   private readonly fileBytes: number;
   private readonly blockSlots: number;
-  private readonly journalBytesMax: number;
-  private readonly pendingBytesMax: number;
-  private readonly fdMax: number;
-  private readonly segmentBytesMax: number;
-  private journal!: Journal;
-  private allocatedCount = 0;
-  private pendingBytes = 0;
-  private applyQueue: ApplyItem[] = [];
-  private appliedSeq = 0;
-  private readonly dirtyEntries = new Set<Entry>();
-  private readonly dirtyDirs = new Set<string>();
+  private fdMax: number;
+  /** Entries holding an open fd, least recently used first (Map keeps insertion order). */
+  private readonly fdLru = new Map<Entry, true>();
+  private dirtyLog!: DirtyLog;
+  private epoch = 1;
+  /** Blocks named in the dirty log per epoch (what a checkpoint makes durable). */
+  private readonly epochBlocks = new Map<number, Set<Entry>>();
+  /** Writes in progress per epoch; a checkpoint waits for its epoch's to finish. */
+  private readonly epochWrites = new Map<number, number>();
+  private epochDrained: (() => void) | null = null;
+  /** Block files written since the last flush, and folders changed since. */
+  private flushFiles = new Set<Entry>();
+  private flushDirs = new Set<string>();
+  private lastFlush: Promise<void> = Promise.resolve();
   private readonly knownDirs = new Set<string>();
-  private openFds = 0;
-  private spaceWaiters: (() => void)[] = [];
-  private applierWake: (() => void) | null = null;
-  private applierDone: Promise<void> | null = null;
+  private allocatedCount = 0;
   private checkpointing: Promise<void> | null = null;
-  private lastCheckpoint = 0;
   private checkpointTimer: { cancel(): void } | null = null;
   private failed: TorusError | null = null;
   private closing = false;
@@ -141,14 +117,11 @@ export class FileBlockStore implements BlockStore {
     this.blocksDir = path.join(opts.dir, 'blocks');
     this.hdrBytes = headerBytes(opts.blockSize);
     this.fileBytes = blockFileBytes(opts.blockSize);
-    this.journalBytesMax = opts.journalBytesMax ?? Math.min(256 * 2 ** 20, Math.max(8 * 2 ** 20, Math.floor(opts.capacity / 8)));
-    this.blockSlots = Math.max(0, Math.floor((opts.capacity - this.journalBytesMax) / this.fileBytes));
-    this.pendingBytesMax = opts.pendingBytesMax ?? 64 * 2 ** 20;
-    this.fdMax = opts.fdMax ?? 256;
-    this.segmentBytesMax = Math.max(2 ** 20, Math.floor(this.journalBytesMax / 4));
+    this.blockSlots = Math.max(0, Math.floor(opts.capacity / this.fileBytes));
+    this.fdMax = opts.fdMax ?? 4096;
   }
 
-  /** Opens (or creates) the store and recovers from the journal. */
+  /** Opens (or creates) the store, repairing checksums after an unclean stop. */
   static async open(opts: FileBlockStoreOptions): Promise<FileBlockStore> {
     const store = new FileBlockStore(opts);
     await store.start();
@@ -164,26 +137,22 @@ export class FileBlockStore implements BlockStore {
     if (!e) return Buffer.alloc(length);
     await this.lockRead(e);
     try {
+      if (!e.onDisk) return Buffer.alloc(length);
       const p0 = Math.floor(offset / PAGE_BYTES);
       const p1 = Math.ceil((offset + length) / PAGE_BYTES);
       const base = p0 * PAGE_BYTES;
       const region = Buffer.allocUnsafe((p1 - p0) * PAGE_BYTES);
-      if (e.onDisk) {
-        const fd = await this.fdOf(e);
-        const table = await this.tableOf(e);
-        await preadFull(fd, region, 0, region.length, this.hdrBytes + base);
-        for (let p = p0; p < p1; p++) {
-          const at = (p - p0) * PAGE_BYTES;
-          if (crc32c(region.subarray(at, at + PAGE_BYTES)) !== table[p]) {
-            this.opts.onCrcFailure?.(ref, p);
-            this.log.error({ block: e.key, page: p, file: e.file }, 'block page failed its checksum');
-            throw new TorusError('TORUS_ERR_STORE_CRC_MISMATCH', `block ${e.key} page ${p} failed its CRC32C check`, { details: { block: e.key, page: p } });
-          }
+      const fd = await this.fdOf(e);
+      const table = await this.tableOf(e);
+      await preadFull(fd, region, 0, region.length, this.hdrBytes + base);
+      for (let p = p0; p < p1; p++) {
+        const at = (p - p0) * PAGE_BYTES;
+        if (crc32c(region.subarray(at, at + PAGE_BYTES)) !== table[p]) {
+          this.opts.onCrcFailure?.(ref, p);
+          this.log.error({ block: e.key, page: p, file: e.file }, 'block page failed its checksum');
+          throw new TorusError('TORUS_ERR_STORE_CRC_MISMATCH', `block ${e.key} page ${p} failed its CRC32C check`, { details: { block: e.key, page: p } });
         }
-      } else {
-        region.fill(0);
       }
-      for (const op of e.pending) overlay(op, region, base, this.blockSize);
       return region.subarray(offset - base, offset - base + length);
     } finally {
       this.unlockRead(e);
@@ -193,28 +162,41 @@ export class FileBlockStore implements BlockStore {
   async write(ref: BlockRef, offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
     this.checkRange(offset, data.length);
     if (data.length === 0) return;
-    await this.submit(ref, RecordType.Write, offset, data.length, data, opts, true);
+    await this.put(ref, offset, data.length, data, opts, true);
   }
 
   async zero(ref: BlockRef, offset: number, length: number, opts: ZeroOptions): Promise<void> {
     this.checkRange(offset, length);
     if (length === 0) return;
+    this.checkWritable();
+    this.checkFence(ref.volumeId, opts.fence);
     const e = this.entries.get(blockRefKey(ref));
-    const allocated = e?.allocated ?? false;
     if (opts.punch) {
       // A hole already reads as zeroes.
-      if (!allocated) return this.fenceOnly(ref, opts);
-      const whole = offset === 0 && length === this.blockSize;
-      await this.submit(ref, whole ? RecordType.Punch : RecordType.Zero, offset, length, null, opts, false);
+      if (!e || !e.allocated) return opts.fua ? this.flush() : undefined;
+      if (offset === 0 && length === this.blockSize) {
+        await this.punch(e);
+        if (opts.fua) await this.flush();
+        return;
+      }
+      await this.put(ref, offset, length, null, opts, false);
       return;
     }
     // NO_HOLE: the range must stay (or become) allocated.
-    await this.submit(ref, RecordType.Zero, offset, length, null, opts, true);
+    await this.put(ref, offset, length, null, opts, true);
   }
 
-  async flush(): Promise<void> {
-    this.checkWritable();
-    await this.journal.sync();
+  /** Resolves once every write acknowledged before the call is durable. */
+  flush(): Promise<void> {
+    try {
+      this.checkWritable();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    // Chained: a flush must not finish before an earlier one that took its files.
+    const run = this.lastFlush.catch(() => undefined).then(() => this.syncNow());
+    this.lastFlush = run;
+    return run;
   }
 
   async allocated(refs: readonly BlockRef[]): Promise<boolean[]> {
@@ -223,29 +205,19 @@ export class FileBlockStore implements BlockStore {
 
   async deleteVolume(volumeId: number): Promise<void> {
     this.checkWritable();
-    await this.waitForRoom(0);
-    const ref = blockRef(volumeId, 1, 0);
-    const seq = await this.journal.append({ type: RecordType.DeleteVolume, ref, offset: 0, length: 0, payload: null, payloadCrc: 0 });
-    for (const e of this.entries.values()) {
-      if (e.ref.volumeId !== volumeId) continue;
-      this.addPending(e, { seq, type: RecordType.Punch, offset: 0, length: this.blockSize, payload: null });
-      this.applyQueue.push({ seq, entry: e, volumeId, bytes: 0 });
-      if (e.allocated) {
-        e.allocated = false;
-        this.allocatedCount--;
-      }
+    for (const e of [...this.entries.values()]) {
+      if (e.ref.volumeId === volumeId && e.allocated) await this.punch(e);
     }
-    this.applyQueue.push({ seq, entry: null, volumeId, bytes: 0 });
+    const dir = path.join(this.blocksDir, volumeId.toString(16));
+    await rm(dir, { recursive: true, force: true });
+    for (const d of [...this.knownDirs]) if (d.startsWith(dir + path.sep)) this.knownDirs.delete(d);
+    this.flushDirs.add(this.blocksDir);
     this.fences.delete(volumeId);
-    this.kickApplier();
+    await this.flush();
   }
 
   usage(): StoreUsage {
-    return {
-      capacity: this.opts.capacity,
-      used: this.allocatedCount * this.fileBytes + (this.journal ? this.journal.bytes() : 0),
-      blocks: this.allocatedCount,
-    };
+    return { capacity: this.opts.capacity, used: this.allocatedCount * this.fileBytes, blocks: this.allocatedCount };
   }
 
   /** Volumes that have blocks here (for garbage collection of deleted volumes). */
@@ -260,54 +232,46 @@ export class FileBlockStore implements BlockStore {
     return this.blockSlots;
   }
 
-  /** Applies and checkpoints everything, then closes; the journal is empty afterwards. */
+  /** Flushes and checkpoints everything; the next open needs no repair. */
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
     this.checkpointTimer?.cancel();
     if (!this.failed) {
-      await this.journal.sync().catch(() => undefined);
-    }
-    this.kickApplier();
-    await this.applierDone;
-    if (!this.failed) {
+      await this.syncNow();
       await this.checkpoint();
-      await this.journal.rollNow();
-      await this.journal.release(this.appliedSeq);
+      // No writes can start now: the current epoch's log holds nothing to repair.
+      await this.dirtyLog.discard([this.epoch]);
     }
-    await this.journal.close();
-    for (const e of this.entries.values()) {
-      if (e.fd !== null) {
-        await closeFd(e.fd).catch(() => undefined);
-        e.fd = null;
-      }
+    await this.dirtyLog.close();
+    for (const e of [...this.fdLru.keys()]) {
+      const fd = e.fd!;
+      this.forgetFd(e);
+      await closeFd(fd).catch(() => undefined);
     }
     this.closed = true;
   }
 
   /**
-   * Test hook: stops as a killed process would, without applying, syncing or
-   * checkpointing; the next open must recover from the journal alone.
+   * Test hook: stops as a killed process would, without flushing or
+   * checkpointing; the next open must repair from the dirty log alone.
    */
   async abandonForTest(): Promise<void> {
     this.closing = true;
     this.closed = true;
     this.checkpointTimer?.cancel();
     this.failed = new TorusError('TORUS_ERR_STORE_CLOSED', 'abandoned');
-    this.kickApplier();
-    await this.applierDone;
     await this.checkpointing?.catch(() => undefined);
-    for (const e of this.entries.values()) if (e.fd !== null) fs.close(e.fd, () => undefined);
-    await this.journal.close().catch(() => undefined);
+    for (const e of this.fdLru.keys()) if (e.fd !== null) fs.close(e.fd, () => undefined);
+    await this.dirtyLog.close();
   }
 
-  // ---------------------------------------------------------------- write admission
+  // ---------------------------------------------------------------- writes
 
-  private async submit(ref: BlockRef, type: RecordType, offset: number, length: number, payload: Buffer | null, opts: WriteOptions, allocates: boolean): Promise<void> {
+  /** Writes `data` (or zeroes when null) at offset in a block, in place. */
+  private async put(ref: BlockRef, offset: number, length: number, data: Buffer | null, opts: WriteOptions, allocates: boolean): Promise<void> {
     this.checkWritable();
     this.checkFence(ref.volumeId, opts.fence);
-    await this.waitForRoom(payload?.length ?? 0);
-    this.checkWritable();
     const e = this.entryFor(ref);
     let reserved = false;
     if (allocates && !e.allocated) {
@@ -319,43 +283,141 @@ export class FileBlockStore implements BlockStore {
       this.allocatedCount++;
       reserved = true;
     }
-    const payloadCrc = payload ? crc32c(payload) : 0;
-    e.admitting++;
-    let seq: number;
+    const epoch = this.epoch;
+    this.epochWrites.set(epoch, (this.epochWrites.get(epoch) ?? 0) + 1);
+    e.pending++;
     try {
-      seq = await this.journal.append({ type, ref, offset, length, payload, payloadCrc });
+      await this.markDirty(e, epoch);
+      await this.lockWrite(e);
+      try {
+        if (!e.onDisk) await this.createFile(e);
+        await this.writePages(e, offset, length, data);
+      } finally {
+        this.unlockWrite(e);
+      }
     } catch (err) {
-      e.admitting--;
-      if (reserved && e.admitting === 0 && e.pending.length === 0 && !e.onDisk) {
+      if (reserved && !e.onDisk && e.allocated) {
         e.allocated = false;
         this.allocatedCount--;
-        this.dropIfIdle(e);
       }
+      throw this.ioError(err, 'block write failed');
+    } finally {
+      e.pending--;
+      const left = this.epochWrites.get(epoch)! - 1;
+      this.epochWrites.set(epoch, left);
+      if (left === 0 && this.epochDrained) this.epochDrained();
+      this.dropIfIdle(e);
+    }
+    if (opts.fua) await this.flush();
+  }
+
+  /** The dirty-log record must be durable before the block file changes. */
+  private async markDirty(e: Entry, epoch: number): Promise<void> {
+    if (e.markedEpoch === epoch) return;
+    if (e.marking === null || e.markingEpoch !== epoch) {
+      e.markingEpoch = epoch;
+      e.marking = this.dirtyLog.mark(e.ref, epoch).then(() => {
+        e.markedEpoch = Math.max(e.markedEpoch, epoch);
+        let set = this.epochBlocks.get(epoch);
+        if (!set) this.epochBlocks.set(epoch, (set = new Set()));
+        set.add(e);
+      });
+    }
+    await e.marking;
+  }
+
+  private async writePages(e: Entry, offset: number, length: number, data: Buffer | null): Promise<void> {
+    const fd = await this.fdOf(e);
+    const table = await this.tableOf(e);
+    const p0 = Math.floor(offset / PAGE_BYTES);
+    const p1 = Math.ceil((offset + length) / PAGE_BYTES);
+    const base = p0 * PAGE_BYTES;
+    const aligned = offset === base && length === (p1 - p0) * PAGE_BYTES;
+    let region: Buffer;
+    if (aligned && data !== null) {
+      region = data; // whole pages: write the caller's buffer as it is
+    } else {
+      region = Buffer.allocUnsafe((p1 - p0) * PAGE_BYTES);
+      if (offset !== base) await preadFull(fd, region, 0, PAGE_BYTES, this.hdrBytes + base);
+      if ((offset + length) % PAGE_BYTES !== 0 && (p1 - 1 > p0 || offset === base)) {
+        const at = (p1 - 1 - p0) * PAGE_BYTES;
+        await preadFull(fd, region, at, PAGE_BYTES, this.hdrBytes + base + at);
+      }
+      if (data !== null) data.copy(region, offset - base);
+      else region.fill(0, offset - base, offset - base + length);
+    }
+    const crcs = new Uint32Array(p1 - p0);
+    for (let p = p0; p < p1; p++) {
+      const at = (p - p0) * PAGE_BYTES;
+      crcs[p - p0] = crc32c(region.subarray(at, at + PAGE_BYTES));
+    }
+    try {
+      await pwriteFull(fd, region, this.hdrBytes + base);
+    } catch (err) {
+      // The pages may hold part of the write now: take their CRCs from what
+      // the file holds, so they do not read as corrupt later.
+      await this.rehashPages(e, fd, p0, p1).catch(() => undefined);
       throw err;
     }
-    e.admitting--;
-    if (type === RecordType.Punch && e.allocated) {
-      e.allocated = false;
-      this.allocatedCount--;
+    table.set(crcs, p0);
+    this.flushFiles.add(e);
+  }
+
+  private async rehashPages(e: Entry, fd: number, p0: number, p1: number): Promise<void> {
+    const buf = Buffer.alloc((p1 - p0) * PAGE_BYTES);
+    await preadFull(fd, buf, 0, buf.length, this.hdrBytes + p0 * PAGE_BYTES);
+    const table = await this.tableOf(e);
+    for (let p = p0; p < p1; p++) table[p] = crc32c(buf.subarray((p - p0) * PAGE_BYTES, (p - p0 + 1) * PAGE_BYTES));
+  }
+
+  private async createFile(e: Entry): Promise<void> {
+    const dir = path.dirname(e.file);
+    if (!this.knownDirs.has(dir)) {
+      await mkdir(dir, { recursive: true });
+      // New folders need their parents synced too (volume and generation levels).
+      this.flushDirs.add(path.dirname(dir));
+      this.flushDirs.add(path.dirname(path.dirname(dir)));
+      this.knownDirs.add(dir);
     }
-    this.addPending(e, { seq, type, offset, length, payload });
-    const bytes = payload?.length ?? 0;
-    this.pendingBytes += bytes;
-    this.applyQueue.push({ seq, entry: e, volumeId: ref.volumeId, bytes });
-    this.kickApplier();
-    if (opts.fua) await this.journal.sync();
+    const fd = await this.openWithRoom(e.file, fs.constants.O_CREAT | fs.constants.O_RDWR);
+    this.rememberFd(e, fd);
+    await ftruncate(fd, this.fileBytes);
+    const table = newCrcTable(this.blockSize);
+    await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, table), 0);
+    e.crc = table;
+    e.onDisk = true;
+    this.flushDirs.add(dir);
+    this.flushFiles.add(e);
   }
 
-  private addPending(e: Entry, op: Op): void {
-    const last = e.pending[e.pending.length - 1];
-    assert(last === undefined || last.seq <= op.seq, 'pending ops of a block stay in journal order');
-    e.pending.push(op);
-  }
-
-  private async fenceOnly(ref: BlockRef, opts: WriteOptions): Promise<void> {
-    this.checkWritable();
-    this.checkFence(ref.volumeId, opts.fence);
-    if (opts.fua) await this.journal.sync();
+  /** Frees a whole block: the file goes; the folder change is made durable by the next flush. */
+  private async punch(e: Entry): Promise<void> {
+    await this.lockWrite(e);
+    try {
+      if (e.fd !== null) {
+        const fd = e.fd;
+        this.forgetFd(e);
+        await closeFd(fd);
+      }
+      if (e.onDisk) {
+        await unlink(e.file).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'ENOENT') throw err;
+        });
+        e.onDisk = false;
+        this.flushDirs.add(path.dirname(e.file));
+      }
+      e.crc = null;
+      this.flushFiles.delete(e);
+      if (e.allocated) {
+        e.allocated = false;
+        this.allocatedCount--;
+      }
+    } catch (err) {
+      throw this.ioError(err, 'freeing a block failed');
+    } finally {
+      this.unlockWrite(e);
+      this.dropIfIdle(e);
+    }
   }
 
   private checkFence(volumeId: number, fence: number | undefined): void {
@@ -367,188 +429,38 @@ export class FileBlockStore implements BlockStore {
     if (fence > seen) this.fences.set(volumeId, fence);
   }
 
-  /** Backpressure: wait while the applier or the journal is too far behind. */
-  private async waitForRoom(bytes: number): Promise<void> {
-    // Only segments other than the active one can be released by a
-    // checkpoint, so only they count here (the active one is bounded by the
-    // segment size); counting it could wait for a release that never comes.
-    const releasableMax = this.journalBytesMax - this.segmentBytesMax;
-    while (!this.failed && !this.closing && ((this.pendingBytes + bytes > this.pendingBytesMax && this.pendingBytes > 0) || this.journal.inactiveBytes() > releasableMax)) {
-      this.requestCheckpoint();
-      await new Promise<void>((resolve) => this.spaceWaiters.push(resolve));
-    }
-  }
+  // ---------------------------------------------------------------- flush and checkpoints
 
-  private wakeSpaceWaiters(): void {
-    const w = this.spaceWaiters;
-    this.spaceWaiters = [];
-    for (const f of w) f();
-  }
-
-  // ---------------------------------------------------------------- the applier
-
-  private kickApplier(): void {
-    const wake = this.applierWake;
-    this.applierWake = null;
-    wake?.();
-  }
-
-  private async applierLoop(): Promise<void> {
-    for (;;) {
-      if (this.applyQueue.length === 0) {
-        if (this.closing || this.failed) return;
-        await new Promise<void>((resolve) => (this.applierWake = resolve));
-        continue;
-      }
-      if (this.failed) return;
-      if (this.opts.holdApplierForTest && !this.closing) {
-        await new Promise<void>((resolve) => (this.applierWake = resolve));
-        continue;
-      }
-      if (this.applyQueue[0]!.seq > this.journal.syncedSeq) {
-        // Only durable records may reach block files (see the crash rule).
-        await this.journal.sync();
-      }
-      const synced = this.journal.syncedSeq;
-      let n = 0;
-      while (n < this.applyQueue.length && n < APPLY_BATCH_MAX && this.applyQueue[n]!.seq <= synced) n++;
-      if (n === 0) continue;
-      const batch = this.applyQueue.slice(0, n);
-      await this.applyBatch(batch);
-      this.applyQueue.splice(0, n);
-      const last = batch[batch.length - 1]!;
-      this.appliedSeq = Math.max(this.appliedSeq, last.seq);
-      for (const item of batch) this.pendingBytes -= item.bytes;
-      this.wakeSpaceWaiters();
-      if (this.journal.segmentCount() > 1 || this.journal.bytes() > this.journalBytesMax / 2) this.requestCheckpoint();
-    }
-  }
-
-  private async applyBatch(batch: ApplyItem[]): Promise<void> {
-    // Volume deletions are barriers: everything before them lands first.
-    let start = 0;
-    for (let i = 0; i <= batch.length; i++) {
-      const item = batch[i];
-      if (item !== undefined && item.entry !== null) continue;
-      await this.applyGroups(batch.slice(start, i));
-      if (item !== undefined) await this.removeVolumeDir(item.volumeId);
-      start = i + 1;
-    }
-  }
-
-  private async applyGroups(items: ApplyItem[]): Promise<void> {
-    const groups = new Map<Entry, number>();
-    for (const it of items) groups.set(it.entry!, (groups.get(it.entry!) ?? 0) + 1);
-    const work = [...groups];
-    let next = 0;
-    const worker = async () => {
-      while (next < work.length) {
-        const [e, count] = work[next++]!;
-        await this.applyEntry(e, count);
-      }
-    };
+  private async syncNow(): Promise<void> {
+    const files = [...this.flushFiles];
+    this.flushFiles = new Set();
+    const dirs = [...this.flushDirs];
+    this.flushDirs = new Set();
     try {
-      await Promise.all(Array.from({ length: Math.min(APPLY_CONCURRENCY, work.length) }, worker));
+      await this.forEachLimited(files, async (e) => {
+        await this.lockRead(e);
+        try {
+          if (e.onDisk) await fdatasync(await this.fdOf(e));
+        } finally {
+          this.unlockRead(e);
+        }
+      });
+      for (const d of dirs) {
+        await fsyncDir(d).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'ENOENT') throw err;
+        });
+      }
     } catch (err) {
-      this.setFailed(err, 'applying journal records to block files failed');
+      // After a failed fdatasync the kernel may have dropped dirty pages:
+      // nothing acknowledged since the last good flush can be trusted.
+      this.setFailed(err, 'flush failed: block files could not be made durable');
       throw this.failed;
     }
   }
 
-  /** Applies the first `count` pending ops of a block, with readers kept out. */
-  private async applyEntry(e: Entry, count: number): Promise<void> {
-    while (e.readers > 0 || e.applying) await new Promise<void>((r) => e.waiters.push(r));
-    e.applying = true;
-    try {
-      for (let i = 0; i < count; i++) await this.applyOp(e, e.pending[i]!);
-      e.pending.splice(0, count);
-    } finally {
-      e.applying = false;
-      this.wake(e);
-      this.dropIfIdle(e);
-    }
-  }
-
-  private async applyOp(e: Entry, op: Op): Promise<void> {
-    if (op.type === RecordType.Punch || op.type === RecordType.DeleteVolume) {
-      if (e.fd !== null) {
-        await closeFd(e.fd);
-        e.fd = null;
-        this.openFds--;
-      }
-      if (e.onDisk) {
-        await unlink(e.file).catch((err: NodeJS.ErrnoException) => {
-          if (err.code !== 'ENOENT') throw err;
-        });
-        e.onDisk = false;
-        this.dirtyDirs.add(path.dirname(e.file));
-      }
-      e.crc = null;
-      this.dirtyEntries.delete(e);
-      return;
-    }
-    if (!e.onDisk) await this.createFile(e);
-    const fd = await this.fdOf(e);
-    const table = await this.tableOf(e);
-    const p0 = Math.floor(op.offset / PAGE_BYTES);
-    const p1 = Math.ceil((op.offset + op.length) / PAGE_BYTES);
-    const base = p0 * PAGE_BYTES;
-    const region = Buffer.allocUnsafe((p1 - p0) * PAGE_BYTES);
-    const headPartial = op.offset !== base;
-    const tailPartial = (op.offset + op.length) % PAGE_BYTES !== 0;
-    if (headPartial) await preadFull(fd, region, 0, PAGE_BYTES, this.hdrBytes + base);
-    if (tailPartial && (p1 - 1 > p0 || !headPartial)) {
-      const at = (p1 - 1 - p0) * PAGE_BYTES;
-      await preadFull(fd, region, at, PAGE_BYTES, this.hdrBytes + base + at);
-    }
-    overlay(op, region, base, this.blockSize);
-    for (let p = p0; p < p1; p++) {
-      const at = (p - p0) * PAGE_BYTES;
-      table[p] = crc32c(region.subarray(at, at + PAGE_BYTES));
-    }
-    await pwriteFull(fd, region, this.hdrBytes + base);
-    this.dirtyEntries.add(e);
-  }
-
-  private async createFile(e: Entry): Promise<void> {
-    const dir = path.dirname(e.file);
-    if (!this.knownDirs.has(dir)) {
-      await mkdir(dir, { recursive: true });
-      // New folders need their parents synced too (volume and generation levels).
-      this.dirtyDirs.add(path.dirname(dir));
-      this.dirtyDirs.add(path.dirname(path.dirname(dir)));
-      this.knownDirs.add(dir);
-    }
-    const fd = await openFd(e.file, fs.constants.O_CREAT | fs.constants.O_RDWR);
-    this.openFds++;
-    e.fd = fd;
-    await ftruncate(fd, this.fileBytes);
-    const table = newCrcTable(this.blockSize);
-    await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, table), 0);
-    e.crc = table;
-    e.onDisk = true;
-    this.dirtyDirs.add(dir);
-    this.dirtyEntries.add(e);
-    this.evictFds();
-  }
-
-  private async removeVolumeDir(volumeId: number): Promise<void> {
-    const dir = path.join(this.blocksDir, volumeId.toString(16));
-    await rm(dir, { recursive: true, force: true });
-    for (const d of [...this.knownDirs]) if (d.startsWith(dir + path.sep)) this.knownDirs.delete(d);
-    this.dirtyDirs.add(this.blocksDir);
-  }
-
-  // ---------------------------------------------------------------- checkpoints
-
-  private requestCheckpoint(): void {
-    if (this.checkpointing || this.failed || this.closed) return;
-    void this.checkpoint().catch(() => undefined);
-  }
-
   /**
-   * Makes every applied record durable in the block files and drops the
-   * journal segments that only hold such records.
+   * Ends the current epoch: its blocks' CRC tables become durable, then its
+   * dirty-log file is deleted. Writes go on in the next epoch meanwhile.
    */
   async checkpoint(): Promise<void> {
     if (this.checkpointing) return this.checkpointing;
@@ -559,51 +471,58 @@ export class FileBlockStore implements BlockStore {
   }
 
   private async runCheckpoint(): Promise<void> {
-    const upto = this.appliedSeq;
-    const entries = [...this.dirtyEntries];
-    this.dirtyEntries.clear();
-    const dirs = [...this.dirtyDirs];
-    this.dirtyDirs.clear();
+    const old = this.epoch;
+    const blocks = this.epochBlocks.get(old);
+    if (!blocks || blocks.size === 0) {
+      if ((this.epochWrites.get(old) ?? 0) === 0) return;
+    }
+    await this.dirtyLog.prepare(old + 1);
+    this.epoch = old + 1;
+    while ((this.epochWrites.get(old) ?? 0) > 0) {
+      await new Promise<void>((r) => (this.epochDrained = r));
+    }
+    this.epochDrained = null;
+    this.epochWrites.delete(old);
+    const entries = [...(this.epochBlocks.get(old) ?? [])];
     try {
-      let next = 0;
-      const worker = async () => {
-        while (next < entries.length) {
-          const e = entries[next++]!;
-          await this.lockRead(e);
-          try {
-            if (!e.onDisk || e.crc === null) continue;
-            const fd = await this.fdOf(e);
-            await pwriteFull(fd, encodeTable(e.crc), TABLE_OFFSET);
-            await fdatasync(fd);
-          } finally {
-            this.unlockRead(e);
-          }
+      await this.forEachLimited(entries, async (e) => {
+        await this.lockRead(e);
+        try {
+          if (!e.onDisk || e.crc === null) return;
+          const fd = await this.fdOf(e);
+          await pwriteFull(fd, encodeTable(e.crc), TABLE_OFFSET);
+          await fdatasync(fd);
+        } finally {
+          this.unlockRead(e);
         }
-      };
-      await Promise.all(Array.from({ length: Math.min(APPLY_CONCURRENCY, entries.length) }, worker));
-      for (const d of dirs) {
-        await fsyncDir(d).catch((err: NodeJS.ErrnoException) => {
-          if (err.code !== 'ENOENT') throw err;
-        });
-      }
-      await this.journal.release(upto);
+      });
+      // Files created in the epoch must be reachable before their record goes.
+      await this.syncNow();
+      await this.dirtyLog.discard([old]);
     } catch (err) {
-      this.setFailed(err, 'checkpoint failed: block files could not be made durable');
+      this.setFailed(err, 'checkpoint failed: block checksums could not be made durable');
       throw this.failed;
     }
-    this.lastCheckpoint = this.clock.monotonic();
-    this.wakeSpaceWaiters();
-    this.log.debug({ upto, blocks: entries.length }, 'checkpoint done');
+    this.epochBlocks.delete(old);
+    this.log.debug({ epoch: old, blocks: entries.length }, 'checkpoint done');
   }
 
   private scheduleCheckpoints(): void {
-    const interval = this.opts.checkpointIntervalMs ?? 5000;
+    const interval = this.opts.checkpointIntervalMs ?? 10_000;
     const tick = () => {
       if (this.closing || this.closed || this.failed) return;
-      if (this.dirtyEntries.size > 0 || this.journal.segmentCount() > 1) this.requestCheckpoint();
+      void this.checkpoint().catch(() => undefined);
       this.checkpointTimer = this.clock.setTimeout(tick, interval);
     };
     this.checkpointTimer = this.clock.setTimeout(tick, interval);
+  }
+
+  private async forEachLimited<T>(items: T[], fn: (item: T) => Promise<void>): Promise<void> {
+    let next = 0;
+    const worker = async () => {
+      while (next < items.length) await fn(items[next++]!);
+    };
+    await Promise.all(Array.from({ length: Math.min(SYNC_CONCURRENCY, items.length) }, worker));
   }
 
   // ---------------------------------------------------------------- entries, fds, locks
@@ -620,12 +539,14 @@ export class FileBlockStore implements BlockStore {
         allocated: false,
         fd: null,
         crc: null,
-        pending: [],
-        admitting: 0,
+        markedEpoch: 0,
+        marking: null,
+        markingEpoch: 0,
         readers: 0,
-        applying: false,
+        writing: false,
+        writersWaiting: 0,
         waiters: [],
-        lastUse: 0,
+        pending: 0,
       };
       this.entries.set(key, e);
     }
@@ -634,20 +555,38 @@ export class FileBlockStore implements BlockStore {
 
   /** Forgets an entry that holds nothing, so the map tracks only live blocks. */
   private dropIfIdle(e: Entry): void {
-    if (!e.onDisk && !e.allocated && e.pending.length === 0 && e.admitting === 0 && e.readers === 0 && !e.applying) {
+    if (!e.onDisk && !e.allocated && e.pending === 0 && e.readers === 0 && !e.writing) {
       this.entries.delete(e.key);
+      for (const set of this.epochBlocks.values()) set.delete(e);
     }
   }
 
   private async lockRead(e: Entry): Promise<void> {
-    while (e.applying) await new Promise<void>((r) => e.waiters.push(r));
+    while (e.writing || e.writersWaiting > 0) await new Promise<void>((r) => e.waiters.push(r));
     e.readers++;
-    e.lastUse = this.clock.monotonic();
   }
 
   private unlockRead(e: Entry): void {
     e.readers--;
     if (e.readers === 0) this.wake(e);
+  }
+
+  /** One writer per block, and no readers while it writes: a read never sees new data with an old CRC. */
+  private async lockWrite(e: Entry): Promise<void> {
+    if (e.writing || e.readers > 0) {
+      e.writersWaiting++;
+      try {
+        while (e.writing || e.readers > 0) await new Promise<void>((r) => e.waiters.push(r));
+      } finally {
+        e.writersWaiting--;
+      }
+    }
+    e.writing = true;
+  }
+
+  private unlockWrite(e: Entry): void {
+    e.writing = false;
+    this.wake(e);
   }
 
   private wake(e: Entry): void {
@@ -658,14 +597,16 @@ export class FileBlockStore implements BlockStore {
 
   private async fdOf(e: Entry): Promise<number> {
     if (e.fd === null) {
-      const fd = await openFd(e.file, fs.constants.O_RDWR);
+      const fd = await this.openWithRoom(e.file, fs.constants.O_RDWR);
       if (e.fd === null) {
-        e.fd = fd;
-        this.openFds++;
-        this.evictFds();
+        this.rememberFd(e, fd);
       } else {
         await closeFd(fd);
       }
+    } else {
+      // Most recently used moves to the end.
+      this.fdLru.delete(e);
+      this.fdLru.set(e, true);
     }
     return e.fd!;
   }
@@ -681,76 +622,83 @@ export class FileBlockStore implements BlockStore {
     return e.crc!;
   }
 
-  /** Closes the least recently used idle block files beyond fdMax. */
-  private evictFds(): void {
-    if (this.openFds <= this.fdMax) return;
-    const idle = [...this.entries.values()].filter((x) => x.fd !== null && x.readers === 0 && !x.applying).sort((a, b) => a.lastUse - b.lastUse);
-    for (const x of idle) {
-      if (this.openFds <= this.fdMax * 0.75) break;
-      const fd = x.fd!;
-      x.fd = null;
-      this.openFds--;
-      // fsync is per inode on Linux: a checkpoint reopens the file and still
+  private rememberFd(e: Entry, fd: number): void {
+    e.fd = fd;
+    this.fdLru.set(e, true);
+    if (this.fdLru.size > this.fdMax) this.evictFds(Math.floor(this.fdMax * 0.9));
+  }
+
+  private forgetFd(e: Entry): void {
+    e.fd = null;
+    this.fdLru.delete(e);
+  }
+
+  /** Opens a block file; on EMFILE closes idle files, lowers fdMax, and tries once more. */
+  private async openWithRoom(file: string, flags: number): Promise<number> {
+    try {
+      return await openFd(file, flags);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EMFILE' || this.fdLru.size < 2) throw err;
+      this.fdMax = Math.max(16, Math.floor(this.fdLru.size / 2));
+      this.log.warn({ fdMax: this.fdMax }, 'too many open files; keeping fewer block files open');
+      this.evictFds(this.fdMax);
+      return openFd(file, flags);
+    }
+  }
+
+  /** Closes least recently used idle block files until at most `target` stay open. */
+  private evictFds(target: number): void {
+    for (const x of this.fdLru.keys()) {
+      if (this.fdLru.size <= target) break;
+      if (x.readers > 0 || x.writing || x.fd === null) continue;
+      const fd = x.fd;
+      this.forgetFd(x);
+      // fsync is per inode on Linux: a flush reopens the file and still
       // flushes what was written through this descriptor.
       fs.close(fd, () => undefined);
     }
   }
 
-  // ---------------------------------------------------------------- start-up and recovery
+  // ---------------------------------------------------------------- start-up and repair
 
   private async start(): Promise<void> {
     await mkdir(this.blocksDir, { recursive: true });
     await this.checkMeta();
     await this.scanBlocks();
-    let replayed = 0;
-    let lastSeq = 0;
-    this.journal = await Journal.open(
-      { dir: path.join(this.opts.dir, 'wal'), blockSize: this.blockSize, segmentBytesMax: this.segmentBytesMax, batchBytesMax: Math.min(8 * 2 ** 20, this.segmentBytesMax), logger: this.opts.logger },
-      async (rec) => {
-        await this.replayRecord(rec);
-        replayed++;
-        lastSeq = rec.seq;
-      },
-    );
-    if (replayed > 0) {
-      this.appliedSeq = lastSeq;
-      await this.checkpoint();
-      await this.journal.rollNow();
-      await this.journal.release(lastSeq);
-      this.log.info({ records: replayed, lastSeq }, 'journal replayed after an unclean stop');
+    const { log, dirty, leftovers } = await DirtyLog.open(path.join(this.opts.dir, 'dirty'), this.opts.logger);
+    this.dirtyLog = log;
+    let repaired = 0;
+    for (const ref of dirty) {
+      const e = this.entries.get(blockRefKey(ref));
+      if (!e?.onDisk) continue;
+      await this.repair(e);
+      repaired++;
     }
-    this.log.info({ dir: this.opts.dir, blockSize: this.blockSize, capacity: this.opts.capacity, blocks: this.allocatedCount, blockSlots: this.blockSlots, journalBytesMax: this.journalBytesMax }, 'block store open');
-    this.applierDone = this.applierLoop().catch((err) => {
-      this.setFailed(err, 'applier stopped');
-    });
+    if (leftovers.length > 0) {
+      await log.discard(leftovers);
+      this.log.info({ blocks: repaired, epochs: leftovers.length }, 'checksums of blocks written before an unclean stop recomputed');
+    }
+    this.epoch = (leftovers.length > 0 ? Math.max(...leftovers) : 0) + 1;
+    this.log.info({ dir: this.opts.dir, blockSize: this.blockSize, capacity: this.opts.capacity, blocks: this.allocatedCount, blockSlots: this.blockSlots }, 'block store open');
     this.scheduleCheckpoints();
   }
 
-  private async replayRecord(rec: JournalRecord): Promise<void> {
-    if (rec.type === RecordType.DeleteVolume) {
-      for (const e of [...this.entries.values()]) {
-        if (e.ref.volumeId !== rec.ref.volumeId) continue;
-        await this.applyOp(e, { seq: rec.seq, type: RecordType.Punch, offset: 0, length: this.blockSize, payload: null });
-        if (e.allocated) {
-          e.allocated = false;
-          this.allocatedCount--;
-        }
-        this.dropIfIdle(e);
-      }
-      await this.removeVolumeDir(rec.ref.volumeId);
-      return;
-    }
-    const e = this.entryFor(rec.ref);
-    await this.applyOp(e, { seq: rec.seq, type: rec.type, offset: rec.offset, length: rec.length, payload: rec.payload });
-    const holds = rec.type !== RecordType.Punch;
-    if (holds && !e.allocated) {
-      e.allocated = true;
-      this.allocatedCount++;
-    } else if (!holds && e.allocated) {
-      e.allocated = false;
-      this.allocatedCount--;
-    }
-    this.dropIfIdle(e);
+  /**
+   * Recomputes a block's CRC table from its data and makes it durable. Only
+   * for blocks the dirty log names: their pages may hold unflushed or torn
+   * writes whose CRCs never reached the file.
+   */
+  private async repair(e: Entry): Promise<void> {
+    const fd = await this.fdOf(e);
+    const data = Buffer.alloc(this.blockSize);
+    await preadFull(fd, data, 0, data.length, this.hdrBytes);
+    const table = new Uint32Array(pageCount(this.blockSize));
+    for (let p = 0; p < table.length; p++) table[p] = crc32c(data.subarray(p * PAGE_BYTES, (p + 1) * PAGE_BYTES));
+    // The header may be missing or torn too (a file created just before the crash).
+    await ftruncate(fd, this.fileBytes);
+    await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, table), 0);
+    await fdatasync(fd);
+    e.crc = table;
   }
 
   private async checkMeta(): Promise<void> {
@@ -806,33 +754,16 @@ export class FileBlockStore implements BlockStore {
     if (this.closing) throw new TorusError('TORUS_ERR_STORE_CLOSED', 'block store is closing');
   }
 
+  private ioError(err: unknown, msg: string): TorusError {
+    if (err instanceof TorusError) return err;
+    const code = (err as NodeJS.ErrnoException)?.code;
+    if (code === 'ENOSPC' || code === 'EDQUOT') return new TorusError('TORUS_ERR_STORE_NO_SPACE', `${msg}: the disk under the data dir is full`, { cause: err });
+    return new TorusError('TORUS_ERR_STORE_IO', `${msg}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+  }
+
   private setFailed(err: unknown, msg: string): void {
     if (this.failed) return;
-    const code = (err as NodeJS.ErrnoException)?.code === 'ENOSPC' ? 'TORUS_ERR_STORE_NO_SPACE' : 'TORUS_ERR_STORE_IO';
-    this.failed = err instanceof TorusError ? err : new TorusError(code, `${msg}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
-    this.log.error({ err: this.failed }, 'block store failed; writes are refused until restart (journal replay recovers acknowledged data)');
-    this.wakeSpaceWaiters();
-    this.kickApplier();
-  }
-}
-
-/** Copies the effect of one op onto `region`, which holds block bytes from `base`. */
-function overlay(op: Op, region: Buffer, base: number, blockSize: number): void {
-  let start: number;
-  let end: number;
-  if (op.type === RecordType.Punch || op.type === RecordType.DeleteVolume) {
-    start = 0;
-    end = blockSize;
-  } else {
-    start = op.offset;
-    end = op.offset + op.length;
-  }
-  const lo = Math.max(start, base);
-  const hi = Math.min(end, base + region.length);
-  if (lo >= hi) return;
-  if (op.type === RecordType.Write) {
-    op.payload!.copy(region, lo - base, lo - op.offset, hi - op.offset);
-  } else {
-    region.fill(0, lo - base, hi - base);
+    this.failed = err instanceof TorusError ? err : this.ioError(err, msg);
+    this.log.error({ err: this.failed }, 'block store failed; writes are refused until restart');
   }
 }
