@@ -21,7 +21,7 @@ import { VolumeExports } from '../volume/volume-exports.js';
 import { VolumeManager } from '../volume/volume-manager.js';
 import { ClusterPlacement } from './cluster-placement.js';
 import type { DaemonConfig } from './config.js';
-import { loadOrCreatePeerId } from './identity.js';
+import { bindDataDirToCluster, loadOrCreatePeerId } from './identity.js';
 import { DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_REPLICATION } from '../cli/defaults.js';
 import { VERSION } from '../version.js';
 
@@ -79,6 +79,7 @@ export class TorusDaemon {
 
     this.metadata = new EtcdMetadata({ endpoints: cfg.etcdEndpoints, logger: this.root, clock: this.clock });
     this.cluster = await this.waitForCluster();
+    await bindDataDirToCluster(cfg.dataDir, this.cluster.id);
     this.capacity = await this.resolveCapacity();
 
     const registry = new Registry();

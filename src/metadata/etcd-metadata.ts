@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { handleWhen, noop, retry, type IPolicy } from 'cockatiel';
+import { ExponentialBackoff, handleWhen, noop, retry, type IBackoff, type IPolicy } from 'cockatiel';
 import { Etcd3, isRecoverableError, type IKeyValue, type Namespace, type Watcher } from 'etcd3';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
@@ -88,9 +88,17 @@ export class EtcdMetadata implements MetadataService {
     const global: IPolicy = hosts.length > 1 ? retry(handleWhen(isRecoverableError), { maxAttempts: hosts.length - 1 }) : noop;
     this.client = new Etcd3({
       hosts,
-      dialTimeout: attemptMs,
+      // etcd3 1.1.2 declares dialTimeout but never reads it: the per-call
+      // deadline below is what bounds connecting.
       defaultCallOptions: (c) => (c.isStream ? {} : { deadline: Date.now() + attemptMs }),
-      faultHandling: { host: () => noop, global },
+      // Watches (watchRing) re-connect within 2 s of etcd's return, not 30 s.
+      // etcd3 calls .next() on this like on its own default, an
+      // ExponentialBackoff factory; its typings say IBackoff instead.
+      faultHandling: {
+        host: () => noop,
+        global,
+        watchBackoff: new ExponentialBackoff({ initialDelay: 100, maxDelay: 2_000 }) as unknown as IBackoff<unknown>,
+      },
       grpcOptions: {
         // Reconnect quickly once etcd is back instead of gRPC's 120 s ceiling.
         'grpc.initial_reconnect_backoff_ms': 100,

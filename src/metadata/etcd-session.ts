@@ -1,6 +1,6 @@
 import type { Lease, Namespace } from 'etcd3';
 import type { Logger } from 'pino';
-import { TorusError } from '../errors/torus-error.js';
+import { isTorusError, TorusError } from '../errors/torus-error.js';
 import type { PeerRecord, VolumeLockRecord, VolumeRecord } from '../model/records.js';
 import type { Clock } from '../util/clock.js';
 import { toTorusError } from './etcd-errors.js';
@@ -128,6 +128,16 @@ export class EtcdSession implements MetadataSession {
     }
   }
 
+  /** A call under the lease; etcd saying the lease is gone makes the session lost at once. */
+  private async leased<T>(op: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await this.deps.call(op, fn);
+    } catch (err) {
+      if (isTorusError(err, 'TORUS_ERR_SESSION_LOST')) this.markLost(`etcd no longer knows the lease (${op})`);
+      throw err;
+    }
+  }
+
   private assertUsable(op: string): void {
     if (this.state === 'lost') throw new TorusError('TORUS_ERR_SESSION_LOST', `${op}: etcd session ${this.id} has lost its lease`);
     if (this.state === 'closed') throw new TorusError('TORUS_ERR_SESSION_LOST', `${op}: etcd session ${this.id} is closed`);
@@ -148,7 +158,7 @@ export class EtcdSession implements MetadataSession {
   async putPeer(record: PeerRecord): Promise<void> {
     if (!PEER_UUID_PATTERN.test(record.uuid)) throw new TorusError('TORUS_ERR_ARG_INVALID', `invalid peer uuid ${JSON.stringify(record.uuid)}`);
     this.assertUsable('put peer');
-    await this.deps.call(`put peer ${record.uuid}`, () =>
+    await this.leased(`put peer ${record.uuid}`, () =>
       this.deps.ns.put(peerKey(record.uuid)).value(encodeRecord(record)).lease(this.id).exec(),
     );
   }
@@ -171,7 +181,7 @@ export class EtcdSession implements MetadataSession {
       const token = decodeCounter(prefix + fenceKey, fKv ? fKv.value.toString('utf8') : null) + 1;
       const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token, acquiredAt: new Date(this.deps.clock.now()).toISOString() };
       // Lock and fence move together: a token is handed out only with the lock.
-      const res = await call(`lock volume ${name}`, () =>
+      const res = await this.leased(`lock volume ${name}`, () =>
         ns
           .if(vKey, 'Mod', '==', vKv.mod_revision)
           .and(lockKey, 'Create', '==', 0)

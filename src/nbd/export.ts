@@ -24,7 +24,11 @@ export interface NbdExport {
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, length: number, fua: boolean): Promise<void>;
-  writeZeroes(offset: number, length: number, opts: { noHole: boolean; fua: boolean }): Promise<void>;
+  /**
+   * With fastZero (NBD_CMD_FLAG_FAST_ZERO) an export that cannot zero faster
+   * than it writes must fail at once with TORUS_ERR_NBD_UNSUPPORTED.
+   */
+  writeZeroes(offset: number, length: number, opts: { noHole: boolean; fua: boolean; fastZero?: boolean }): Promise<void>;
   /** Prefetch hint; may do nothing. */
   cache(offset: number, length: number): Promise<void>;
   /** Allocation status from offset, covering at least one byte, at most length. */

@@ -16,8 +16,9 @@ export interface NbdLimits {
   /** READ lengths plus WRITE payloads being handled at once; at the limit the socket is not read. */
   readonly inflightBytesMax: number;
   /**
-   * Reply bytes queued on the socket above which the socket is not read.
-   * The effective bound is at least the stream's writable high-water mark.
+   * Reply bytes queued on the socket above which no new request is parsed.
+   * Requests already parsed still reply, so queued reply bytes stay below
+   * max(replyBytesMax, the stream's high-water mark) + inflightBytesMax.
    */
   readonly replyBytesMax: number;
   /** Largest READ/WRITE (advertised as the maximum block size). */

@@ -64,7 +64,6 @@ export class NbdServer {
   async listen(host: string, port: number): Promise<NbdServerAddress> {
     if (this.server !== null) throw new TorusError('TORUS_ERR_ARG_INVALID', 'NBD server is already listening');
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => this.accept(socket));
-    server.on('error', (err) => this.log.error({ err }, 'nbd listener error'));
     await new Promise<void>((resolve, reject) => {
       const onError = (err: Error) => {
         reject(new TorusError('TORUS_ERR_DAEMON_START', `cannot listen for NBD on ${host}:${port}: ${err.message}`, { cause: err }));
@@ -72,6 +71,7 @@ export class NbdServer {
       server.once('error', onError);
       server.listen({ host, port }, () => {
         server.off('error', onError);
+        server.on('error', (err) => this.log.error({ err }, 'nbd listener error'));
         resolve();
       });
     });
@@ -138,16 +138,17 @@ export class NbdServer {
   private async closeSession(s: NbdSession): Promise<void> {
     // The session bounds its own close; this second bound covers an export
     // whose in-flight call never settles (the session then never resolves).
-    let timer: { cancel(): void } | null = null;
+    let abandon!: () => void;
     const bound = new Promise<void>((resolve) => {
-      timer = this.clock.setTimeout(() => {
-        this.log.warn({ remote: s.remote }, 'nbd session did not finish closing in time; abandoning it');
-        s.destroy();
-        this.sessions.delete(s);
-        resolve();
-      }, this.limits.closeTimeoutMs * 2);
+      abandon = resolve;
     });
+    const timer = this.clock.setTimeout(() => {
+      this.log.warn({ remote: s.remote }, 'nbd session did not finish closing in time; abandoning it');
+      s.destroy();
+      this.sessions.delete(s);
+      abandon();
+    }, this.limits.closeTimeoutMs * 2);
     await Promise.race([s.close(), bound]);
-    (timer as { cancel(): void } | null)?.cancel();
+    timer.cancel();
   }
 }

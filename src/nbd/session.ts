@@ -46,6 +46,7 @@ import {
   CMD_CACHE,
   CMD_DISC,
   CMD_FLAG_FUA,
+  CMD_FLAG_FAST_ZERO,
   CMD_FLAG_NO_HOLE,
   CMD_FLAG_REQ_ONE,
   CMD_FLUSH,
@@ -82,7 +83,7 @@ import {
   commandName,
   optionName,
 } from './protocol.js';
-import { validateRequest, type ValidationContext } from './validate.js';
+import { payloadBytes, validateRequest, type ValidationContext } from './validate.js';
 
 export interface NbdRequestInfo {
   /** read, write, flush, trim, cache, write_zeroes, block_status, unknown. */
@@ -194,7 +195,8 @@ export class NbdSession {
     });
 
     this.stream.on('data', (chunk: Buffer) => {
-      if (this.finished) return;
+      // Once our side is ending, input is only drained so the peer's FIN is seen.
+      if (this.finished || this.outputEnding) return;
       this.queue.push(chunk);
       this.pump();
     });
@@ -339,7 +341,8 @@ export class NbdSession {
             this.replyError(h, v.errno, v.reason);
             this.observe(h, 0, v.errno);
           };
-          if (h.type === CMD_WRITE && h.length > 0) this.startSkip(h.length, 'request-header', refuse);
+          const payload = payloadBytes(h);
+          if (payload > 0) this.startSkip(payload, 'request-header', refuse);
           else refuse();
           return true;
         }
@@ -390,7 +393,7 @@ export class NbdSession {
     let want: boolean;
     switch (this.phase) {
       case 'stopped':
-        want = false;
+        want = this.outputEnding;
         break;
       case 'option-header':
         want = !this.optionBusy;
@@ -626,9 +629,9 @@ export class NbdSession {
           await call(() => exp.trim(h.offset, h.length, fua));
           break;
         case CMD_WRITE_ZEROES:
-          // FAST_ZERO: the export contract has no "only if fast" mode; exports
-          // that cannot zero fast throw TORUS_ERR_NBD_UNSUPPORTED (ENOTSUP).
-          await call(() => exp.writeZeroes(h.offset, h.length, { noHole: (h.flags & CMD_FLAG_NO_HOLE) !== 0, fua }));
+          // With FAST_ZERO an export that cannot zero fast throws
+          // TORUS_ERR_NBD_UNSUPPORTED, which goes out as ENOTSUP.
+          await call(() => exp.writeZeroes(h.offset, h.length, { noHole: (h.flags & CMD_FLAG_NO_HOLE) !== 0, fua, fastZero: (h.flags & CMD_FLAG_FAST_ZERO) !== 0 }));
           break;
         case CMD_CACHE:
           await call(() => exp.cache(h.offset, h.length));

@@ -74,11 +74,20 @@ const DEFAULTS = {
   usageRefreshMs: 1_000,
 };
 
+/**
+ * WriteOptions plus the CRC-32C of the data when the caller already has it:
+ * a writer replicating one block to R peers computes it once, not R times.
+ */
+export interface PeerWriteOptions extends WriteOptions {
+  readonly crc32c?: number;
+}
+
 type Decode<T> = (frame: ResponseFrame) => T;
 
 interface Pending<T = unknown> {
   readonly head: Omit<RequestHead, 'requestId'>;
   readonly payload: Buffer;
+  readonly payloadCrc: number | undefined;
   readonly decode: Decode<T>;
   readonly resolve: (value: T) => void;
   readonly reject: (err: unknown) => void;
@@ -156,6 +165,10 @@ export class PeerClient implements BlockStore {
 
   // ------------------------------------------------------------ BlockStore
 
+  /**
+   * The bytes may be a view into a larger receive buffer (no copy on the
+   * read path): copy them before keeping them for long, e.g. in a cache.
+   */
   read(ref: BlockRef, offset: number, length: number): Promise<Buffer> {
     this.checkRange(offset, length);
     return this.request({ opcode: Opcode.READ, flags: 0, ref, offset, length, fence: undefined }, EMPTY, (f) => {
@@ -164,10 +177,11 @@ export class PeerClient implements BlockStore {
     });
   }
 
-  write(ref: BlockRef, offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
+  /** `data` is sent as is, not copied: the caller must not change it until the promise settles. */
+  write(ref: BlockRef, offset: number, data: Buffer, opts: PeerWriteOptions): Promise<void> {
     this.checkRange(offset, data.length);
     const head = { opcode: Opcode.WRITE, flags: opts.fua ? FLAG_FUA : 0, ref, offset, length: data.length, fence: opts.fence };
-    return this.request(head, data, this.expectEmpty);
+    return this.request(head, data, this.expectEmpty, opts.crc32c);
   }
 
   zero(ref: BlockRef, offset: number, length: number, opts: ZeroOptions): Promise<void> {
@@ -267,12 +281,12 @@ export class PeerClient implements BlockStore {
     assert(offset + length <= this.blockSize, 'offset + length lies within the block');
   }
 
-  private request<T>(head: Omit<RequestHead, 'requestId'>, payload: Buffer, decode: Decode<T>): Promise<T> {
+  private request<T>(head: Omit<RequestHead, 'requestId'>, payload: Buffer, decode: Decode<T>, payloadCrc?: number): Promise<T> {
     if (this.closed) {
       return Promise.reject(new TorusError('TORUS_ERR_STORE_CLOSED', `the client of peer ${this.label} is closed`));
     }
     return new Promise<T>((resolve, reject) => {
-      const p: Pending<T> = { head, payload, decode, resolve, reject, timer: null, state: 'waiting', requestId: 0, conn: null };
+      const p: Pending<T> = { head, payload, payloadCrc, decode, resolve, reject, timer: null, state: 'waiting', requestId: 0, conn: null };
       const mustWait = this.inflight >= this.opts.inflightMax || this.waiting.length > 0;
       if (mustWait && this.waiting.length >= this.opts.waitQueueMax) {
         reject(
@@ -310,7 +324,7 @@ export class PeerClient implements BlockStore {
     p.requestId = id;
     p.state = 'sent';
     conn.sent.set(id, p);
-    conn.writer.write(encodeRequestHeader({ ...p.head, requestId: id }, p.payload), p.payload);
+    conn.writer.write(encodeRequestHeader({ ...p.head, requestId: id }, p.payload, p.payloadCrc), p.payload);
   }
 
   /** Resolves or rejects once, frees its slot and lets the next waiter in. */

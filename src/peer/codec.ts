@@ -76,8 +76,9 @@ function protocolError(message: string, details?: Record<string, unknown>): Toru
 /**
  * The header of a request carrying `payload` (empty buffer for none). The
  * caller writes header and payload back to back: the payload is not copied.
+ * `payloadCrc` may be passed when already known (a block sent to R replicas).
  */
-export function encodeRequestHeader(head: RequestHead, payload: Buffer): Buffer {
+export function encodeRequestHeader(head: RequestHead, payload: Buffer, payloadCrc?: number): Buffer {
   assert(head.requestId >= 0 && head.requestId <= REQUEST_ID_MAX, 'request id is a u32');
   assert(payload.length <= PAYLOAD_BYTES_MAX, 'payload within PAYLOAD_BYTES_MAX');
   const h = Buffer.allocUnsafe(REQUEST_HEADER_BYTES);
@@ -95,7 +96,7 @@ export function encodeRequestHeader(head: RequestHead, payload: Buffer): Buffer 
   h.writeUInt32BE(Math.floor(fence / TWO_32), 36);
   h.writeUInt32BE(fence >>> 0, 40);
   h.writeUInt32BE(payload.length, 44);
-  h.writeUInt32BE(payload.length === 0 ? 0 : crc32c(payload), 48);
+  h.writeUInt32BE(payloadCrc ?? (payload.length === 0 ? 0 : crc32c(payload)), 48);
   h.writeUInt32BE(crc32c(h.subarray(0, 52)), 52);
   return h;
 }

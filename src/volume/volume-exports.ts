@@ -81,7 +81,12 @@ class VolumeExport implements NbdExport {
   trim(offset: number, length: number, fua: boolean): Promise<void> {
     return this.ov.volume.zero(offset, length, { punch: true, fua });
   }
-  writeZeroes(offset: number, length: number, opts: { noHole: boolean; fua: boolean }): Promise<void> {
+  writeZeroes(offset: number, length: number, opts: { noHole: boolean; fua: boolean; fastZero?: boolean }): Promise<void> {
+    // Zeroing is fast when it frees whole blocks; with NO_HOLE it writes zero
+    // pages, which is no faster than a write, so FAST_ZERO must refuse it.
+    if (opts.fastZero && opts.noHole) {
+      return Promise.reject(new TorusError('TORUS_ERR_NBD_UNSUPPORTED', 'zeroing without holes is not faster than writing zeroes'));
+    }
     return this.ov.volume.zero(offset, length, { punch: !opts.noHole, fua: opts.fua });
   }
   async cache(): Promise<void> {

@@ -42,6 +42,8 @@ export class VolumeManager {
   private readonly log: Logger;
   private readonly clock: Clock;
   private readonly open = new Map<string, Promise<OpenVolume>>();
+  /** Volumes whose last user left and that are flushing and unlocking now. */
+  private readonly closing = new Map<string, Promise<void>>();
 
   constructor(opts: VolumeManagerOptions) {
     this.opts = opts;
@@ -51,6 +53,9 @@ export class VolumeManager {
 
   async acquire(name: string, mode: OpenMode): Promise<OpenVolume> {
     const key = `${mode}:${name}`;
+    // A client that reconnects right after disconnecting must not race our
+    // own lock release (it would find the lock still held by this process).
+    while (!this.open.has(key) && this.closing.has(key)) await this.closing.get(key);
     let p = this.open.get(key);
     if (!p) {
       p = this.openVolume(name, mode);
@@ -67,7 +72,16 @@ export class VolumeManager {
     if (ov.users > 0) return;
     const key = `${ov.mode}:${ov.name}`;
     this.open.delete(key);
-    await this.closeVolume(ov);
+    const done = this.closeVolume(ov);
+    const settled: Promise<void> = done.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.closing.set(key, settled);
+    void settled.then(() => {
+      if (this.closing.get(key) === settled) this.closing.delete(key);
+    });
+    await done;
   }
 
   /** Open volumes, for /v1/status. */

@@ -58,6 +58,7 @@ export class ByteReader {
   private length = 0;
   private waiter: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | null = null;
   private ended = false;
+  /** Resolves when the peer has finished sending (end) or the stream closed. */
   readonly closed: Promise<void>;
 
   constructor(private readonly stream: Duplex) {
@@ -70,11 +71,15 @@ export class ByteReader {
       this.ended = true;
       this.serve();
     };
-    stream.on('end', end);
     stream.on('error', () => {
       // surfaced as ConnectionClosedError to waiters
     });
+    // The peer is done once it half-closed (FIN) or the stream closed.
     this.closed = new Promise((resolve) => {
+      stream.on('end', () => {
+        end();
+        resolve();
+      });
       stream.on('close', () => {
         end();
         resolve();

@@ -66,6 +66,21 @@ describe('EtcdMetadata against real etcd', () => {
     }
   });
 
+  it('a write that finds its lease revoked marks the session lost at once', async () => {
+    const md = new EtcdMetadata({ endpoints: [etcd.endpoint], prefix: `/revoked-${process.pid}/`, logger });
+    try {
+      const s = await md.openSession({ ttlSeconds: 60 }); // next keepalive 20 s away
+      const events: SessionEvent['type'][] = [];
+      s.on((e) => events.push(e.type));
+      await raw.leaseClient.leaseRevoke({ ID: s.id });
+      await expectCode(s.putPeer(peerRecord('p')), 'TORUS_ERR_SESSION_LOST');
+      expect(events).toEqual(['lost']);
+      expect(await md.listPeers()).toEqual([]);
+    } finally {
+      await md.close();
+    }
+  });
+
   it('reports a corrupt record instead of treating it as absent', async () => {
     const prefix = `/corrupt-${process.pid}/`;
     await raw.put(`${prefix}config`).value('{not json');

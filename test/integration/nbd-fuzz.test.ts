@@ -35,7 +35,7 @@ class Rng {
     return (t ^ (t >>> 14)) >>> 0;
   }
   int(n: number): number {
-    return this.u32() % n;
+    return n <= 0 ? 0 : this.u32() % n;
   }
   chance(p: number): boolean {
     return this.u32() / 0x1_0000_0000 < p;
@@ -120,13 +120,13 @@ function scenario(rng: Rng): Buffer[] {
       return [hs.subarray(0, rng.int(hs.length))];
     }
     case 2: {
-      const parts = [clientFlags(rng.chance(0.8) ? P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES : rng.u32())];
+      const parts: Buffer[] = [clientFlags(rng.chance(0.8) ? P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES : rng.u32())];
       const n = 1 + rng.int(6);
       for (let i = 0; i < n; i++) parts.push(randomOption(rng));
       return parts;
     }
     default: {
-      const parts = [goodHandshake()];
+      const parts: Buffer[] = [goodHandshake()];
       const n = 1 + rng.int(12);
       for (let i = 0; i < n; i++) {
         const req = randomRequest(rng);
@@ -215,6 +215,9 @@ describe('NBD server under fuzzing', () => {
           goodOps++;
         }
       })();
+      goodLoop.catch(() => {
+        // awaited below; this only keeps an early failure from going unhandled
+      });
 
       const deadline = Date.now() + FUZZ_TIME_MS;
       let started = 0;
@@ -225,13 +228,17 @@ describe('NBD server under fuzzing', () => {
           await fuzzConnection(port, scenario(local), local);
         }
       };
-      await Promise.all(Array.from({ length: CONCURRENCY }, () => worker()));
-      stop = true;
+      try {
+        await Promise.all(Array.from({ length: CONCURRENCY }, () => worker()));
+      } finally {
+        stop = true;
+      }
       await goodLoop;
 
       expect(started).toBeGreaterThan(50);
       expect(goodOps).toBeGreaterThan(10);
-      // the fuzzer did reach the checks that close connections
+      // the fuzzer did reach transmission and the checks that close connections
+      expect(provider.opens).toBeGreaterThan(20);
       expect(warnings).toBeGreaterThan(0);
 
       // everything the good client wrote is intact, over the protocol and in memory
@@ -242,6 +249,7 @@ describe('NBD server under fuzzing', () => {
       // every fuzzing connection went away and released what it opened
       await waitFor('fuzz connections closed', () => server.connectionCount === 0, 15_000);
       expect(provider.releases).toBe(provider.opens);
+      expect(provider.disk('disk').stats.writes + provider.disk('disk').stats.reads).toBeGreaterThan(0);
 
       // and the server still serves real clients
       expect((await runOk(nbdinfo, ['--size', `nbd://127.0.0.1:${port}/good`])).stdout.trim()).toBe(String(MiB));

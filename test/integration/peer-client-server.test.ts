@@ -6,7 +6,12 @@ import { isTorusError } from '../../src/errors/torus-error.js';
 import { blockRef, type BlockRef } from '../../src/model/block-ref.js';
 import type { PeerAddress } from '../../src/peer/address.js';
 import { PeerClient, type PeerClientOptions } from '../../src/peer/client.js';
+import { ResponseDecoder, decodeErrorPayload, encodeRequestHeader, type ResponseFrame } from '../../src/peer/codec.js';
+import { readHandshakeMessage } from '../../src/peer/handshake-codec.js';
+import { ClientHandshake } from '../../src/peer/handshake.js';
+import { Opcode, STATUS_ERROR, STATUS_OK } from '../../src/peer/protocol.js';
 import { PeerServer, type PeerServerOptions } from '../../src/peer/server.js';
+import { crc32c } from '../../src/util/crc32c.js';
 import { tcpConnector, type PeerConnector } from '../../src/peer/transport.js';
 import type { BlockStore, StoreUsage, WriteOptions, ZeroOptions } from '../../src/store/block-store.js';
 import { MemoryBlockStore } from '../../src/store/memory-block-store.js';
@@ -191,6 +196,49 @@ class ManualClock implements Clock {
 
 const W = { fua: false };
 
+/** A hand-driven client: handshake by the book, then raw frames, to test what PeerClient never sends. */
+async function rawSession(addr: PeerAddress) {
+  const socket = net.connect(addr.port, addr.host);
+  const decoder = new ResponseDecoder();
+  const hs = new ClientHandshake(
+    { clusterId: 'test-cluster', peerUuid: 'raw', secret: Buffer.from(SECRET), blockSize: BS },
+    Buffer.alloc(32, 9),
+  );
+  const frames: ResponseFrame[] = [];
+  let ready!: () => void;
+  const isReady = new Promise<void>((resolve) => (ready = resolve));
+  let handshaking = true;
+  socket.on('data', (chunk: Buffer) => {
+    decoder.push(chunk);
+    while (handshaking) {
+      const msg = readHandshakeMessage(decoder.queue);
+      if (msg === null) return;
+      const step = hs.receive(msg);
+      for (const out of step.out) socket.write(out);
+      if (step.kind === 'done') {
+        handshaking = false;
+        ready();
+      }
+    }
+    for (let f = decoder.next(); f !== null; f = decoder.next()) frames.push(f);
+  });
+  const closed = new Promise<void>((resolve) => socket.on('close', () => resolve()));
+  socket.on('error', () => {});
+  socket.write(hs.hello());
+  await isReady;
+  cleanups.push(() => void socket.destroy());
+  return {
+    socket,
+    closed,
+    send(bytes: Buffer) {
+      socket.write(bytes);
+    },
+    async reply(requestId: number): Promise<ResponseFrame> {
+      return waitFor(`reply ${requestId}`, () => frames.find((f) => f.requestId === requestId), 5000, 5);
+    },
+  };
+}
+
 describe('peer protocol over TCP', () => {
   it('round-trips read, write, zero, flush, allocated, deleteVolume, usage and ping', async () => {
     const store = memStore(16);
@@ -272,6 +320,53 @@ describe('peer protocol over TCP', () => {
     expect((await client.read(blockRef(1, 1, 0), 0, 1)).toString()).toBe('a');
     await store.close();
     expect(await codeOf(client.read(blockRef(1, 1, 0), 0, 1))).toBe('TORUS_ERR_STORE_CLOSED');
+  });
+
+  it('answers an invalid request with an error and keeps the connection', async () => {
+    const { addr } = await startServer(memStore());
+    const raw = await rawSession(addr);
+    const none = Buffer.alloc(0);
+    raw.send(encodeRequestHeader({ opcode: Opcode.READ, flags: 0, requestId: 5, ref: blockRef(1, 1, 0), offset: BS - 1, length: 2, fence: undefined }, none));
+    const bad = await raw.reply(5);
+    expect(bad.status).toBe(STATUS_ERROR);
+    expect(decodeErrorPayload(bad.payload).code).toBe('TORUS_ERR_IO_OUT_OF_RANGE');
+    const hdr = Buffer.from(encodeRequestHeader({ opcode: Opcode.PING, flags: 0, requestId: 6, ref: null, offset: 0, length: 0, fence: undefined }, none));
+    hdr[4] = 200; // unknown opcode
+    hdr.writeUInt32BE(crc32c(hdr.subarray(0, 52)), 52);
+    raw.send(hdr);
+    expect(decodeErrorPayload((await raw.reply(6)).payload).code).toBe('TORUS_ERR_PEER_PROTOCOL');
+    raw.send(encodeRequestHeader({ opcode: Opcode.PING, flags: 0, requestId: 7, ref: null, offset: 0, length: 0, fence: undefined }, none));
+    expect((await raw.reply(7)).status).toBe(STATUS_OK);
+  });
+
+  it('closes the connection on a damaged header', async () => {
+    const { server, addr } = await startServer(memStore());
+    const raw = await rawSession(addr);
+    const hdr = Buffer.from(encodeRequestHeader({ opcode: Opcode.PING, flags: 0, requestId: 1, ref: null, offset: 0, length: 0, fence: undefined }, Buffer.alloc(0)));
+    hdr[30]! ^= 1;
+    raw.send(hdr);
+    await raw.closed;
+    await waitFor('server to forget the connection', () => server.connectionCount === 0);
+  });
+
+  it('takes a precomputed CRC for a write and refuses a wrong one', async () => {
+    const store = memStore();
+    const { addr } = await startServer(store);
+    const client = makeClient(addr);
+    const data = Buffer.alloc(BS, 0x5a);
+    await client.write(blockRef(1, 1, 0), 0, data, { fua: false, crc32c: crc32c(data) });
+    expect(await client.read(blockRef(1, 1, 0), 0, BS)).toEqual(data);
+    expect(await codeOf(client.write(blockRef(1, 1, 1), 0, data, { fua: false, crc32c: crc32c(data) ^ 1 }))).toBe('TORUS_ERR_PEER_CHECKSUM');
+    expect(await store.allocated([blockRef(1, 1, 1)])).toEqual([false]);
+  });
+
+  it('serves several clients at once', async () => {
+    const store = memStore();
+    const { server, addr } = await startServer(store);
+    const clients = [0, 1, 2].map(() => makeClient(addr));
+    await Promise.all(clients.map((c, i) => c.write(blockRef(1, 1, i), 0, Buffer.from(`c${i}`), W)));
+    expect(server.connectionCount).toBe(3);
+    for (const [i, c] of clients.entries()) expect((await c.read(blockRef(1, 1, (i + 1) % 3), 0, 2)).toString()).toBe(`c${(i + 1) % 3}`);
   });
 
   it('asserts ranges on the client side: they are caller bugs', async () => {
@@ -397,6 +492,7 @@ describe('peer failures', () => {
     const { addr } = await startServer(gated);
     const client = makeClient(addr, { inflightMax: 2, waitQueueMax: 3 });
     await client.ping();
+    await waitFor('the usage fetched on connect', () => client.inflightCount === 0);
     const writes = Array.from({ length: 5 }, (_, i) => client.write(blockRef(1, 1, i), 0, Buffer.from('x'), W));
     expect(await codeOf(client.write(blockRef(1, 1, 9), 0, Buffer.from('x'), W))).toBe('TORUS_ERR_STORE_BUSY');
     await waitFor('two writes in the store', () => gated.held === 2);
