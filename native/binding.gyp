@@ -7,7 +7,8 @@
       "target_name": "torus_native",
       "sources": [
         "src/addon.cc",
-        "src/crc32c.cc"
+        "src/crc32c.cc",
+        "src/nowait-io.cc"
       ],
       # node_addon_api (not _except): the addon reports errors as pending JS
       # exceptions and is compiled without C++ exception support.

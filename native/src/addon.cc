@@ -11,6 +11,7 @@
 #include <napi.h>
 
 #include "crc32c.h"
+#include "nowait-io.h"
 
 namespace {
 
@@ -42,12 +43,41 @@ Napi::Value Crc32c(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(crc));
 }
 
+using IoFn = int64_t (*)(int, uint8_t*, size_t, int64_t);
+
+int64_t WriteAdapter(int fd, uint8_t* buf, size_t len, int64_t pos) {
+  return torus::pwrite_nowait(fd, buf, len, pos);
+}
+
+// preadNowait/pwriteNowait(fd, buffer, offset, length, position): bytes moved,
+// or -errno (-EAGAIN: would block; use the thread pool). Argument checks are
+// the caller's (src/store/nowait-io.ts); a bad range is still refused here.
+template <IoFn fn>
+Napi::Value NowaitIo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 5 || !info[0].IsNumber() || !info[1].IsTypedArray() || !info[2].IsNumber() || !info[3].IsNumber() || !info[4].IsNumber()) {
+    Napi::TypeError::New(env, "nowait io: (fd, buffer, offset, length, position)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Uint8Array buf = info[1].As<Napi::Uint8Array>();
+  int64_t off = info[2].As<Napi::Number>().Int64Value();
+  int64_t len = info[3].As<Napi::Number>().Int64Value();
+  if (off < 0 || len < 0 || static_cast<uint64_t>(off + len) > buf.ByteLength()) {
+    Napi::RangeError::New(env, "nowait io: range outside the buffer").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int64_t n = fn(info[0].As<Napi::Number>().Int32Value(), buf.Data() + off, static_cast<size_t>(len), info[4].As<Napi::Number>().Int64Value());
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   torus::crc32c_init();
   exports.Set("crc32c", Napi::Function::New(env, Crc32c<torus::crc32c>, "crc32c"));
   // The C++ table code even on CPUs with SSE4.2, so tests cover the fallback.
   exports.Set("crc32cPortable", Napi::Function::New(env, Crc32c<torus::crc32c_portable>, "crc32cPortable"));
   exports.Set("crc32cVariant", Napi::String::New(env, torus::crc32c_variant()));
+  exports.Set("preadNowait", Napi::Function::New(env, NowaitIo<torus::pread_nowait>, "preadNowait"));
+  exports.Set("pwriteNowait", Napi::Function::New(env, NowaitIo<WriteAdapter>, "pwriteNowait"));
   return exports;
 }
 

@@ -10,7 +10,7 @@ import { crc32c } from '../util/crc32c.js';
 import { blockFileBytes, decodeHeader, encodeHeader, encodeTable, headerBytes, newCrcTable, PAGE_BYTES, pageCount, TABLE_OFFSET } from './block-file.js';
 import type { BlockStore, StoreUsage, WriteOptions, ZeroOptions } from './block-store.js';
 import { DirtyLog } from './dirty-log.js';
-import { closeFd, fdatasync, fsyncDir, ftruncate, openFd, preadFull, pwriteFull } from './fs-async.js';
+import { closeFd, fdatasync, fsyncDir, ftruncate, openFd, preadCached, preadFull, pwriteFull } from './fs-async.js';
 
 /**
  * The block store of one peer, on its local disk: one file per block, a
@@ -135,16 +135,20 @@ export class FileBlockStore implements BlockStore {
     if (this.closed) throw new TorusError('TORUS_ERR_STORE_CLOSED', 'block store is closed');
     const e = this.entries.get(blockRefKey(ref));
     if (!e) return Buffer.alloc(length);
-    await this.lockRead(e);
+    // Fast paths avoid awaiting what is already at hand: each await is a
+    // microtask turn on the hot path of every read.
+    if (e.writing || e.writersWaiting > 0) await this.lockRead(e);
+    else e.readers++;
     try {
       if (!e.onDisk) return Buffer.alloc(length);
       const p0 = Math.floor(offset / PAGE_BYTES);
       const p1 = Math.ceil((offset + length) / PAGE_BYTES);
       const base = p0 * PAGE_BYTES;
       const region = Buffer.allocUnsafe((p1 - p0) * PAGE_BYTES);
-      const fd = await this.fdOf(e);
-      const table = await this.tableOf(e);
-      await preadFull(fd, region, 0, region.length, this.hdrBytes + base);
+      const fd = e.fd !== null ? this.touchFd(e) : await this.fdOf(e);
+      const table = e.crc ?? (await this.tableOf(e));
+      const pending = preadCached(fd, region, 0, region.length, this.hdrBytes + base);
+      if (pending !== null) await pending;
       for (let p = p0; p < p1; p++) {
         const at = (p - p0) * PAGE_BYTES;
         if (crc32c(region.subarray(at, at + PAGE_BYTES)) !== table[p]) {
@@ -603,11 +607,15 @@ export class FileBlockStore implements BlockStore {
       } else {
         await closeFd(fd);
       }
-    } else {
-      // Most recently used moves to the end.
-      this.fdLru.delete(e);
-      this.fdLru.set(e, true);
+      return e.fd!;
     }
+    return this.touchFd(e);
+  }
+
+  /** An open fd, marked most recently used (moved to the end of the LRU). */
+  private touchFd(e: Entry): number {
+    this.fdLru.delete(e);
+    this.fdLru.set(e, true);
     return e.fd!;
   }
 

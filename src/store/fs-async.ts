@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import { nativeAddon } from '../util/native.js';
 
 /**
  * Promise wrappers over raw file descriptors. fs.promises.FileHandle costs an
@@ -27,6 +28,22 @@ export async function preadFull(fd: number, buf: Buffer, offset: number, length:
     }
     done += n;
   }
+}
+
+/**
+ * Like preadFull, but first tries a read that does not block (preadv2 with
+ * RWF_NOWAIT through the native addon) on the event loop thread: a page
+ * already in the page cache is copied in about a microsecond instead of a
+ * round trip through the libuv thread pool. Large reads stay on the pool,
+ * where copies run in parallel with the event loop. Anything else (not
+ * cached, short read, error, no addon) goes the normal way.
+ */
+const NOWAIT_READ_BYTES_MAX = 64 * 1024;
+
+export function preadCached(fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<void> | null {
+  const nowait = nativeAddon?.preadNowait;
+  if (nowait !== undefined && length <= NOWAIT_READ_BYTES_MAX && nowait(fd, buf, offset, length, position) === length) return null;
+  return preadFull(fd, buf, offset, length, position);
 }
 
 export async function pwriteFull(fd: number, buf: Buffer, position: number): Promise<void> {

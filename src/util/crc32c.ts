@@ -8,19 +8,9 @@
  * Chaining: pass a previous result as `initial` to continue over more data,
  * crc32c(b, crc32c(a)) === crc32c(Buffer.concat([a, b])).
  */
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { nativeAddon, type NativeAddon } from './native.js';
 
 type Crc32cFn = (data: Uint8Array, initial: number) => number;
-
-interface NativeAddon {
-  crc32c(data: Uint8Array, initial?: number): number;
-  /** The addon's portable table code, even on SSE4.2 CPUs. */
-  crc32cPortable(data: Uint8Array, initial?: number): number;
-  crc32cVariant: string;
-}
 
 const POLY = 0x82f63b78; // reflected Castagnoli polynomial
 
@@ -66,33 +56,9 @@ export function crc32cJs(data: Uint8Array, initial = 0): number {
   return ~crc >>> 0;
 }
 
-/** Directory holding package.json, found from this file in src/util or dist/src/util. */
-function projectRoot(): string | null {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(join(dir, 'package.json'))) return dir;
-    const parent = dirname(dir);
-    if (parent === dir) return null;
-    dir = parent;
-  }
-}
-
 function loadNative(): NativeAddon | null {
   if (process.env.TORUS_CRC32C === 'js') return null;
-  const root = projectRoot();
-  if (root === null) return null;
-  const file = join(root, 'native', 'build', 'Release', 'torus_native.node');
-  if (!existsSync(file)) return null;
-  try {
-    const addon = createRequire(import.meta.url)(file) as Partial<NativeAddon>;
-    if (typeof addon.crc32c !== 'function' || typeof addon.crc32cPortable !== 'function' || typeof addon.crc32cVariant !== 'string') {
-      return null;
-    }
-    return addon as NativeAddon;
-  } catch {
-    // Built for another Node ABI or a broken build: the JS code is correct, only slower.
-    return null;
-  }
+  return nativeAddon;
 }
 
 const native = loadNative();

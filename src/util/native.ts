@@ -1,0 +1,49 @@
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * The optional native addon (native/, built by `npm run build`). Everything
+ * it offers has a JavaScript fallback, so a missing or broken build makes
+ * torus slower, never wrong. Loading it never logs.
+ */
+export interface NativeAddon {
+  crc32c(data: Uint8Array, initial?: number): number;
+  crc32cPortable(data: Uint8Array, initial?: number): number;
+  crc32cVariant: string;
+  /** Bytes read, or -errno; -EAGAIN when the data is not in the page cache. */
+  preadNowait?(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
+  /** Bytes written, or -errno; -EAGAIN when the write would block, -EOPNOTSUPP where unsupported. */
+  pwriteNowait?(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
+}
+
+/** Directory holding package.json, found from this file in src/util or dist/src/util. */
+function projectRoot(): string | null {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, 'package.json'))) return dir;
+    const parent = dirname(dir);
+    if (parent === dir) return null;
+    dir = parent;
+  }
+}
+
+function load(): NativeAddon | null {
+  const root = projectRoot();
+  if (root === null) return null;
+  const file = join(root, 'native', 'build', 'Release', 'torus_native.node');
+  if (!existsSync(file)) return null;
+  try {
+    const addon = createRequire(import.meta.url)(file) as Partial<NativeAddon>;
+    if (typeof addon.crc32c !== 'function' || typeof addon.crc32cPortable !== 'function' || typeof addon.crc32cVariant !== 'string') {
+      return null;
+    }
+    return addon as NativeAddon;
+  } catch {
+    // Built for another Node ABI or a broken build: the JS code is correct, only slower.
+    return null;
+  }
+}
+
+export const nativeAddon: NativeAddon | null = load();
