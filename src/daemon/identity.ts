@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { TorusError } from '../errors/torus-error.js';
 import { fsyncDir } from '../store/fs-async.js';
@@ -55,4 +55,57 @@ export async function bindDataDirToCluster(dataDir: string, clusterId: string): 
   await writeFile(tmp, JSON.stringify({ schema: 1, clusterId }) + '\n', { flush: true });
   await rename(tmp, file);
   await fsyncDir(dataDir);
+}
+
+/**
+ * Claims a data dir for this process. A pid file names the last torusd that
+ * used it; if that process still runs (and is a torusd), starting is refused:
+ * two daemons on one store would corrupt it. A stale pid file (kill -9,
+ * power loss) is taken over.
+ */
+export async function claimDataDir(dataDir: string, pid = process.pid): Promise<void> {
+  const file = path.join(dataDir, 'torusd.pid');
+  let previous: number | null = null;
+  try {
+    previous = Number.parseInt((await readFile(file, 'utf8')).trim(), 10);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  if (previous !== null && Number.isInteger(previous) && previous !== pid && (await isTorusd(previous))) {
+    throw new TorusError('TORUS_ERR_DATA_DIR_IN_USE', `data dir ${dataDir} is in use by torusd pid ${previous}; stop it first or use another --data-dir`);
+  }
+  await writeFile(file, `${pid}\n`);
+}
+
+export async function releaseDataDir(dataDir: string): Promise<void> {
+  await unlink(path.join(dataDir, 'torusd.pid')).catch(() => undefined);
+}
+
+async function isTorusd(pid: number): Promise<boolean> {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    return (await readFile(`/proc/${pid}/cmdline`, 'utf8')).includes('torusd');
+  } catch {
+    return true; // alive but unreadable: assume the worst
+  }
+}
+
+/** The etcd lease of the last session, so a restart can revoke it (see TorusDaemon). */
+export async function readLeaseFile(dataDir: string): Promise<string | null> {
+  try {
+    const doc = JSON.parse(await readFile(path.join(dataDir, 'lease.json'), 'utf8')) as { leaseId?: unknown };
+    return typeof doc.leaseId === 'string' ? doc.leaseId : null;
+  } catch {
+    return null;
+  }
+}
+
+export async function writeLeaseFile(dataDir: string, leaseId: string): Promise<void> {
+  const file = path.join(dataDir, 'lease.json');
+  await writeFile(`${file}.tmp`, JSON.stringify({ schema: 1, leaseId }) + '\n');
+  await rename(`${file}.tmp`, file);
 }

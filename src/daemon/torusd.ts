@@ -21,7 +21,7 @@ import { VolumeExports } from '../volume/volume-exports.js';
 import { VolumeManager } from '../volume/volume-manager.js';
 import { ClusterPlacement } from './cluster-placement.js';
 import type { DaemonConfig } from './config.js';
-import { bindDataDirToCluster, loadOrCreatePeerId } from './identity.js';
+import { bindDataDirToCluster, claimDataDir, loadOrCreatePeerId, readLeaseFile, releaseDataDir, writeLeaseFile } from './identity.js';
 import { DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_REPLICATION } from '../cli/defaults.js';
 import { VERSION } from '../version.js';
 
@@ -56,6 +56,10 @@ export class TorusDaemon {
   private capacity = 0;
   private addresses = { peer: '', nbd: null as string | null, http: null as string | null };
   private stopRingWatch: (() => Promise<void>) | null = null;
+  private stopVolumeWatch: (() => Promise<void>) | null = null;
+  private gcRunning = false;
+  private claimed = false;
+  private gcAgain = false;
   private timers: { cancel(): void }[] = [];
   private stopping = false;
   private etcdHealthy = false;
@@ -74,6 +78,8 @@ export class TorusDaemon {
   async start(): Promise<void> {
     const cfg = this.config;
     const { uuid, created } = await loadOrCreatePeerId(cfg.dataDir);
+    await claimDataDir(cfg.dataDir);
+    this.claimed = true;
     this.uuid = uuid;
     this.log.info({ uuid, created, dataDir: path.resolve(cfg.dataDir), crc32c: crc32cImplementation() }, 'peer identity');
 
@@ -113,6 +119,16 @@ export class TorusDaemon {
       clock: this.clock,
     });
 
+    // A predecessor killed with -9 left its lease (and with it the locks of
+    // the volumes it served) alive for up to a TTL. It is dead (we hold its
+    // data dir), so revoke it: clients can reconnect at once.
+    const stale = await readLeaseFile(cfg.dataDir);
+    if (stale !== null) {
+      await this.metadata.revokeStaleLease(stale).then(
+        () => this.log.info({ lease: stale }, 'revoked the lease of the previous run'),
+        (err) => this.log.warn({ err, lease: stale }, 'could not revoke the lease of the previous run; its locks expire with it'),
+      );
+    }
     await this.openSession();
     await this.refreshPeers();
     this.stopRingWatch = await this.metadata.watchRing((ring) => this.onRing(ring));
@@ -132,6 +148,9 @@ export class TorusDaemon {
     this.addresses.http = `${cfg.http.host}:${typeof httpAddr === 'object' && httpAddr ? httpAddr.port : cfg.http.port}`;
 
     this.every(HEARTBEAT_MS, () => this.heartbeat());
+    // Deletions free space at once; the periodic run catches deletions made
+    // while this peer was down or its watch was disconnected.
+    this.stopVolumeWatch = await this.metadata.watchVolumeDeletes(() => void this.collectGarbage());
     this.every(GC_INTERVAL_MS, () => this.collectGarbage());
     void this.collectGarbage();
     this.log.info({ uuid, peer: this.addresses.peer, nbd: this.addresses.nbd, http: this.addresses.http, capacity: this.capacity, blockSize: this.cluster.blockSize }, 'torusd ready');
@@ -153,11 +172,13 @@ export class TorusDaemon {
     if (this.volumes) await step('volumes', () => this.volumes.closeAll());
     if (this.http) await step('http', () => this.http.close());
     if (this.stopRingWatch) await step('ring watch', () => this.stopRingWatch!());
+    if (this.stopVolumeWatch) await step('volume watch', () => this.stopVolumeWatch!());
     if (this.peerServer) await step('peer server', () => this.peerServer.close());
     if (this.placement) await step('peer clients', () => this.placement.close());
     if (this.store) await step('store', () => this.store.close());
     if (this.session) await step('session', () => this.session!.close());
     if (this.metadata) await step('etcd', () => this.metadata.close());
+    if (this.claimed) await step('data dir', () => releaseDataDir(this.config.dataDir));
     this.log.info({}, 'torusd stopped');
   }
 
@@ -210,6 +231,7 @@ export class TorusDaemon {
       }
     });
     this.session = session;
+    await writeLeaseFile(this.config.dataDir, session.id);
     this.etcdHealthy = true;
     this.metrics.setEtcdHealthy(true);
     await session.putPeer(this.peerRecord());
@@ -284,22 +306,32 @@ export class TorusDaemon {
 
   /**
    * Frees blocks of deleted volumes. Only volumes that etcd *said* are gone:
-   * a failed listing throws and nothing is deleted; ids above the highest
-   * listed one may belong to volumes created since, so they are kept.
+   * a failed read throws and nothing is deleted; ids above the highest id
+   * etcd has handed out may belong to volumes created since, so they stay.
    */
   private async collectGarbage(): Promise<void> {
+    if (this.gcRunning) {
+      this.gcAgain = true;
+      return;
+    }
+    this.gcRunning = true;
     try {
-      const live = await this.metadata.listVolumes();
-      const ids = new Set(live.map((v) => v.id));
-      const maxId = live.reduce((m, v) => Math.max(m, v.id), 0);
+      const { live, lastId } = await this.metadata.volumeIdsForGc();
+      const ids = new Set(live);
       for (const id of this.store.volumeIds()) {
-        if (!ids.has(id) && id < maxId) {
+        if (!ids.has(id) && id <= lastId) {
           this.log.info({ volumeId: id }, 'freeing the blocks of a deleted volume');
           await this.store.deleteVolume(id);
         }
       }
     } catch (err) {
       this.log.warn({ err }, 'garbage collection skipped: could not list volumes');
+    } finally {
+      this.gcRunning = false;
+      if (this.gcAgain && !this.stopping) {
+        this.gcAgain = false;
+        void this.collectGarbage();
+      }
     }
   }
 

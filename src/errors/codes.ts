@@ -52,6 +52,7 @@ export const ERROR_CODES = {
   TORUS_ERR_PEER_CHECKSUM: 'a peer protocol frame failed its checksum; the connection was closed',
   TORUS_ERR_PEER_PROTOCOL: 'a peer broke the peer protocol or speaks an incompatible version',
   TORUS_ERR_PEER_NOT_FOUND: 'no peer (or ring member) has that address or UUID',
+  TORUS_ERR_DATA_DIR_IN_USE: 'another running torusd uses this data dir',
   TORUS_ERR_DATA_DIR_FOREIGN: 'the data dir holds blocks of another cluster (etcd was wiped and re-initialised)',
   TORUS_ERR_DAEMON_START: 'torusd could not start (port in use, data dir unusable, ...)',
   TORUS_ERR_HTTP_NOT_FOUND: 'torusd has no HTTP endpoint at that method and path',

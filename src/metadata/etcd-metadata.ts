@@ -287,6 +287,43 @@ export class EtcdMetadata implements MetadataService {
     return volumes.sort((a, b) => a.id - b.id);
   }
 
+  async revokeStaleLease(id: string): Promise<void> {
+    if (!/^[0-9]+$/.test(id)) throw new TorusError('TORUS_ERR_ARG_INVALID', `lease id "${id}" is not a decimal number`);
+    try {
+      await this.call(`revoke lease ${id}`, () => this.ns.leaseClient.leaseRevoke({ ID: id }));
+    } catch (err) {
+      // etcd answers NotFound for a lease that expired already: the goal is met.
+      if (/not found|requested lease not found/i.test(String((err as Error).message) + String((err as { cause?: Error }).cause?.message ?? ''))) return;
+      throw err;
+    }
+  }
+
+  async volumeIdsForGc(): Promise<{ live: number[]; lastId: number }> {
+    // The counter first: a volume created after this read has a larger id,
+    // because the counter and the record are written in one transaction.
+    const counter = await this.getKv(KEYS.volumeIdCounter);
+    const lastId = decodeCounter(this.prefix + KEYS.volumeIdCounter, counter?.value ?? null);
+    const live = (await this.listVolumes()).map((v) => v.id);
+    return { live, lastId };
+  }
+
+  async watchVolumeDeletes(onDelete: () => void): Promise<() => Promise<void>> {
+    const watcher = this.ns.watch().prefix(KEYS.volumesPrefix).watcher();
+    watcher.on('delete', () => {
+      try {
+        onDelete();
+      } catch (err) {
+        this.log.error({ err }, 'volume watch callback threw');
+      }
+    });
+    watcher.on('disconnected', (err) => this.log.warn({ err }, 'volume watch disconnected; reconnecting'));
+    watcher.on('error', (err) => this.log.error({ err }, 'volume watch failed'));
+    await this.call('watch volumes', () => new Promise<void>((resolve) => watcher.once('connected', () => resolve())));
+    return async () => {
+      await watcher.cancel().catch(() => undefined);
+    };
+  }
+
   async deleteVolume(name: string): Promise<VolumeRecord> {
     validateVolumeName(name);
     const vKey = volumeKey(name);

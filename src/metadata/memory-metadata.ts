@@ -70,6 +70,7 @@ export class MemoryMetadata implements MetadataService {
   private readonly leases = new Map<string, Lease>();
   private readonly ringWatchers = new Set<(json: string | null) => void>();
   private readonly sessions = new Set<MemorySession>();
+  private readonly volumeDeleteWatchers = new Set<() => void>();
   private nextLeaseId = 7_000_000_001n;
   private available = true;
   private closed = false;
@@ -311,6 +312,23 @@ export class MemoryMetadata implements MetadataService {
     return [...this.volumes.entries()].map(([name, json]) => decodeVolumeRecord(`volumes/${name}`, json)).sort((a, b) => a.id - b.id);
   }
 
+  async revokeStaleLease(id: string): Promise<void> {
+    await this.enter(`revoke lease ${id}`);
+    if (this.leases.has(id)) this.dropLease(id, 'lease revoked');
+  }
+
+  async volumeIdsForGc(): Promise<{ live: number[]; lastId: number }> {
+    await this.enter('list volume ids');
+    return { live: (await this.listVolumes()).map((v) => v.id), lastId: this.volumeIdCounter };
+  }
+
+  async watchVolumeDeletes(onDelete: () => void): Promise<() => Promise<void>> {
+    this.volumeDeleteWatchers.add(onDelete);
+    return async () => {
+      this.volumeDeleteWatchers.delete(onDelete);
+    };
+  }
+
   async deleteVolume(name: string): Promise<VolumeRecord> {
     validateVolumeName(name);
     await this.enter(`delete volume ${name}`);
@@ -321,6 +339,7 @@ export class MemoryMetadata implements MetadataService {
     if (lock !== undefined) throw volumeInUseError(name, decodeVolumeLockRecord(`volume-locks/${record.id}`, lock.json));
     this.volumes.delete(name);
     this.fences.delete(record.id);
+    for (const w of this.volumeDeleteWatchers) queueMicrotask(w);
     return record;
   }
 

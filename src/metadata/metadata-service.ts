@@ -31,7 +31,21 @@ export interface MetadataService {
   /** Refused with TORUS_ERR_VOLUME_IN_USE while a write lock is held. */
   deleteVolume(name: string): Promise<VolumeRecord>;
   getVolumeLock(volumeId: number): Promise<VolumeLockRecord | null>;
+  /**
+   * For garbage collection: the ids of live volumes and the highest id ever
+   * handed out, read so that an id at or below `lastId` that is not live
+   * belongs to a deleted volume (never to one being created).
+   */
+  volumeIdsForGc(): Promise<{ live: number[]; lastId: number }>;
+  /** Calls back (no argument) after any volume is deleted. Returns a stop function. */
+  watchVolumeDeletes(onDelete: () => void): Promise<() => Promise<void>>;
 
+  /**
+   * Revokes a lease left by a process that is known to be dead (torusd keeps
+   * its lease id in its data dir): its locks and records go at once instead of
+   * after the TTL. A lease that no longer exists is not an error.
+   */
+  revokeStaleLease(id: string): Promise<void>;
   /** A session owns one etcd lease; what it registers or locks dies with it. */
   openSession(opts: { ttlSeconds: number }): Promise<MetadataSession>;
   close(): Promise<void>;

@@ -672,14 +672,19 @@ export class NbdSession {
 
   // -------------------------------------------------------------- output
 
-  /** Writes one message whole; messages written in the same tick share one syscall. */
+  /**
+   * Writes one message whole. Messages written before the event loop's check
+   * phase share one syscall: replies completed by several thread-pool
+   * callbacks of one poll phase go out together (a loopback write costs as
+   * much as serving a cached 4 KiB read).
+   */
   private write(a: Buffer, b?: Buffer): void {
     const s = this.stream;
     if (s.destroyed || s.writableEnded) return;
     if (!this.corked) {
       this.corked = true;
       s.cork();
-      process.nextTick(this.uncork);
+      setImmediate(this.uncork);
     }
     s.write(a);
     if (b !== undefined) s.write(b);
@@ -718,13 +723,17 @@ export class NbdSession {
     for (const w of waiters) w();
   }
 
-  /** Half-closes our side once everything is answered; the peer then closes. */
+  /**
+   * Closes once everything is answered and flushed to the kernel. An idle
+   * client (the kernel's nbd client, a qemu-io that stays open) never hangs
+   * up by itself, so waiting for it would stall every shutdown.
+   */
   private shutdownOutput(): void {
     if (this.outputEnding || this.finished) return;
     this.outputEnding = true;
     this.phase = 'stopped';
     this.updateFlow();
-    this.stream.end();
+    this.stream.end(() => this.stream.destroy());
     this.armCloseTimer();
   }
 

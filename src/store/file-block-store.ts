@@ -10,7 +10,7 @@ import { crc32c } from '../util/crc32c.js';
 import { blockFileBytes, decodeHeader, encodeHeader, encodeTable, headerBytes, newCrcTable, PAGE_BYTES, pageCount, TABLE_OFFSET } from './block-file.js';
 import type { BlockStore, StoreUsage, WriteOptions, ZeroOptions } from './block-store.js';
 import { DirtyLog } from './dirty-log.js';
-import { closeFd, fdatasync, fsyncDir, ftruncate, openFd, preadCached, preadFull, pwriteFull } from './fs-async.js';
+import { closeFd, fdatasync, fsyncDir, ftruncate, openFd, preadCached, preadFull, pwriteCached, pwriteFull } from './fs-async.js';
 
 /**
  * The block store of one peer, on its local disk: one file per block, a
@@ -291,8 +291,9 @@ export class FileBlockStore implements BlockStore {
     this.epochWrites.set(epoch, (this.epochWrites.get(epoch) ?? 0) + 1);
     e.pending++;
     try {
-      await this.markDirty(e, epoch);
-      await this.lockWrite(e);
+      if (e.markedEpoch !== epoch) await this.markDirty(e, epoch);
+      if (e.writing || e.readers > 0) await this.lockWrite(e);
+      else e.writing = true;
       try {
         if (!e.onDisk) await this.createFile(e);
         await this.writePages(e, offset, length, data);
@@ -331,8 +332,8 @@ export class FileBlockStore implements BlockStore {
   }
 
   private async writePages(e: Entry, offset: number, length: number, data: Buffer | null): Promise<void> {
-    const fd = await this.fdOf(e);
-    const table = await this.tableOf(e);
+    const fd = e.fd !== null ? this.touchFd(e) : await this.fdOf(e);
+    const table = e.crc ?? (await this.tableOf(e));
     const p0 = Math.floor(offset / PAGE_BYTES);
     const p1 = Math.ceil((offset + length) / PAGE_BYTES);
     const base = p0 * PAGE_BYTES;
@@ -356,7 +357,8 @@ export class FileBlockStore implements BlockStore {
       crcs[p - p0] = crc32c(region.subarray(at, at + PAGE_BYTES));
     }
     try {
-      await pwriteFull(fd, region, this.hdrBytes + base);
+      const pending = pwriteCached(fd, region, this.hdrBytes + base);
+      if (pending !== null) await pending;
     } catch (err) {
       // The pages may hold part of the write now: take their CRCs from what
       // the file holds, so they do not read as corrupt later.

@@ -46,6 +46,30 @@ export function preadCached(fd: number, buf: Buffer, offset: number, length: num
   return preadFull(fd, buf, offset, length, position);
 }
 
+/**
+ * Small writes into the page cache take a few microseconds, far less than a
+ * round trip through the thread pool, so they are done on the event loop
+ * thread. The kernel can block a writer when too many pages are dirty
+ * (balance_dirty_pages), which would stall every client of the process; so
+ * each such write is timed, and after one that took too long, writes go
+ * through the pool for a while.
+ */
+const SYNC_WRITE_BYTES_MAX = 64 * 1024;
+const SYNC_WRITE_SLOW_MS = 1;
+const SYNC_WRITE_BACKOFF_MS = 1_000;
+let syncWritesAfter = 0;
+
+export function pwriteCached(fd: number, buf: Buffer, position: number): Promise<void> | null {
+  if (buf.length > SYNC_WRITE_BYTES_MAX) return pwriteFull(fd, buf, position);
+  const t0 = performance.now();
+  if (t0 < syncWritesAfter) return pwriteFull(fd, buf, position);
+  let done = 0;
+  while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, position + done);
+  const t1 = performance.now();
+  if (t1 - t0 > SYNC_WRITE_SLOW_MS) syncWritesAfter = t1 + SYNC_WRITE_BACKOFF_MS;
+  return null;
+}
+
 export async function pwriteFull(fd: number, buf: Buffer, position: number): Promise<void> {
   let done = 0;
   while (done < buf.length) {

@@ -351,6 +351,23 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       expect(seen.map((r) => r.version)).toEqual([1, 2, 3]);
     });
 
+    it('volumeIdsForGc names live ids and the last id handed out; deletions are watched', async () => {
+      await initialised();
+      expect(await md.volumeIdsForGc()).toEqual({ live: [], lastId: 0 });
+      const a = await md.createVolume('a', MiB);
+      const b = await md.createVolume('b', MiB);
+      let deletes = 0;
+      const stop = await md.watchVolumeDeletes(() => deletes++);
+      await md.deleteVolume('b');
+      await h.eventually('delete seen', async () => deletes === 1);
+      // The newest volume is gone, yet its id stays at or below lastId: GC may free it.
+      expect(await md.volumeIdsForGc()).toEqual({ live: [a.id], lastId: b.id });
+      await stop();
+      await md.deleteVolume('a');
+      await md.getRing();
+      expect(deletes).toBe(1);
+    });
+
     it('getVolumeLock of an unknown volume is null', async () => {
       await initialised();
       expect(await md.getVolumeLock(12345)).toBeNull();

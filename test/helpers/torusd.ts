@@ -93,12 +93,13 @@ class OutputLog {
   private readonly listeners = new Set<() => void>();
 
   append(chunk: string): void {
+    let rest = chunk;
     if (this.head.length < HEAD_CHARS_MAX) {
       const room = HEAD_CHARS_MAX - this.head.length;
-      this.head += chunk.slice(0, room);
-      chunk = chunk.slice(room);
+      this.head += rest.slice(0, room);
+      rest = rest.slice(room);
     }
-    this.tailText += chunk;
+    this.tailText += rest;
     if (this.tailText.length > 2 * TAIL_CHARS_MAX) {
       this.droppedChars += this.tailText.length - TAIL_CHARS_MAX;
       this.tailText = this.tailText.slice(-TAIL_CHARS_MAX);
@@ -175,8 +176,33 @@ interface Run {
   exit: ExitStatus | null;
 }
 
+/**
+ * Every daemon this module started that has not exited. If the test process
+ * goes away first (a timed-out hook, a crash), they are killed with it rather
+ * than left running against a deleted data dir.
+ */
+const live = new Set<ChildProcess>();
+let exitHook = false;
+
+function registerChild(child: ChildProcess): void {
+  live.add(child);
+  child.once('exit', () => live.delete(child));
+  if (exitHook) return;
+  exitHook = true;
+  process.once('exit', () => {
+    for (const c of live) {
+      try {
+        c.kill('SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  });
+}
+
 function spawnLogged(args: string[], env: NodeJS.ProcessEnv): Run {
   const child = spawn(process.execPath, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  registerChild(child);
   const out = new OutputLog();
   child.stdout!.setEncoding('utf8').on('data', (d: string) => out.append(d));
   child.stderr!.setEncoding('utf8').on('data', (d: string) => out.append(d));
@@ -282,8 +308,11 @@ export async function startTorusd(opts: TorusdOptions): Promise<TorusdHandle> {
   let run: Run;
   let ready: LogLine = {};
   let runs = 0;
+  let destroyed = false;
 
   async function launch(): Promise<void> {
+    // A test that timed out may still be running after afterAll destroyed the daemon.
+    if (destroyed) throw new Error('torusd was destroyed; not starting it again');
     run = spawnLogged(args, env);
     runs++;
     try {
@@ -333,6 +362,7 @@ export async function startTorusd(opts: TorusdOptions): Promise<TorusdHandle> {
       await launch();
     },
     async destroy() {
+      destroyed = true;
       await killAndWait(run, 'SIGTERM', STOP_TIMEOUT_MS, 'torusd').catch(() => undefined);
       if (ownDir) await rm(dataDir, { recursive: true, force: true }).catch(() => undefined);
     },

@@ -89,6 +89,12 @@ describe('kill -9', () => {
     await d.restart();
     expect(d.pid).not.toBe(before);
     expect(recoveredIn(d.lines()), d.tail()).toBe(true);
+    // The killed process held "tick" open; the restart revokes its lease, so
+    // the volume can be written again at once, not after the 30 s TTL.
+    expect(d.lines().some((l) => l.msg === 'revoked the lease of the previous run'), d.tail()).toBe(true);
+    const again = await nbdConnect(d.nbdPort, 'tick');
+    await again.write(4096, Buffer.alloc(4096, 2));
+    again.close();
 
     await qemuIoOk(uri, [
       'read -P 0 0 1048000',

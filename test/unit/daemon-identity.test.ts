@@ -29,3 +29,24 @@ describe('data dir identity', () => {
     expect(String((err as Error).message)).toContain('cluster-a');
   });
 });
+
+describe('data dir claim', () => {
+  it('refuses a data dir held by a running torusd and takes over a stale one', async () => {
+    const { claimDataDir, releaseDataDir } = await import('../../src/daemon/identity.js');
+    const { spawn } = await import('node:child_process');
+    const { writeFile } = await import('node:fs/promises');
+    // A live process whose command line says torusd.
+    const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)', 'torusd'], { stdio: 'ignore' });
+    try {
+      await writeFile(path.join(dir, 'torusd.pid'), `${child.pid}\n`);
+      const err = await claimDataDir(dir).catch((e: unknown) => e);
+      expect(isTorusError(err, 'TORUS_ERR_DATA_DIR_IN_USE')).toBe(true);
+    } finally {
+      child.kill('SIGKILL');
+      await new Promise((r) => child.once('exit', r));
+    }
+    // The same pid, now dead: a stale claim is taken over.
+    await claimDataDir(dir);
+    await releaseDataDir(dir);
+  });
+});
