@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBuilt } from '../helpers/build.js';
+import { scratchDir } from '../helpers/nbd-exec.js';
 import { startEtcd, type EtcdHandle } from '../helpers/etcd.js';
 import type { NbdTestClient } from '../helpers/nbd-test-client.js';
 import {
@@ -218,6 +219,7 @@ function unflushedStream(c: NbdTestClient, blocks: number, depth: number): Strea
 
 function spawnFio(uri: string): { child: ChildProcess; exited(): boolean; output(): string; wait(): Promise<void> } {
   const child = spawn('fio', ['--name=bulk', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=64k', '--iodepth=16', '--size=256m', '--time_based', '--runtime=120', '--end_fsync=0', '--fsync=0'], {
+    cwd: scratchDir(),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
