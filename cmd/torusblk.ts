@@ -5,7 +5,7 @@ import { Command, Option } from 'commander';
 import pino from 'pino';
 import { NbdGateway } from '../src/client/nbd-gateway.js';
 import { parseHostPort } from '../src/daemon/config.js';
-import { defaultEtcdEndpoint } from '../src/cli/defaults.js';
+import { defaultEtcdEndpoint } from '../src/model/defaults.js';
 import { TorusError } from '../src/errors/torus-error.js';
 import { VERSION } from '../src/version.js';
 

@@ -1,5 +1,6 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { isTorusError } from '../errors/torus-error.js';
+import { VERSION } from '../version.js';
 import { examples, makeKit } from './action.js';
 import { registerClusterCommands } from './cluster-commands.js';
 import { etcdMetadataFactory, parseEndpoint, type CliIo, type MetadataFactory } from './context.js';
@@ -35,6 +36,7 @@ export function buildProgram(deps: CliDeps, onDispatch: (cmd: Command) => void):
   const program = new Command('torusctl');
   program
     .description('Administer a torus cluster: format it, manage peers, the ring and volumes. State lives in etcd.')
+    .version(VERSION, '-V, --version', 'print the torus version')
     .exitOverride()
     .configureOutput({
       writeOut: (s) => io.stdout(s),

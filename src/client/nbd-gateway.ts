@@ -4,7 +4,7 @@ import { TorusError } from '../errors/torus-error.js';
 import { EtcdMetadata } from '../metadata/etcd-metadata.js';
 import type { MetadataSession } from '../metadata/metadata-service.js';
 import { NbdServer } from '../nbd/server.js';
-import { ClusterPlacement } from '../daemon/cluster-placement.js';
+import { ClusterPlacement } from '../volume/cluster-placement.js';
 import { VolumeExports } from '../volume/volume-exports.js';
 import { VolumeManager, type OpenMode } from '../volume/volume-manager.js';
 

@@ -1,4 +1,5 @@
 import { TorusError } from '../errors/torus-error.js';
+import { defaultEtcdEndpoint } from '../model/defaults.js';
 import { parsePeerAddress, type PeerAddress } from '../peer/address.js';
 import { parseSizeOrPercent } from '../util/size.js';
 
@@ -45,8 +46,7 @@ export const DEFAULTS = {
 } as const;
 
 export function resolveDaemonConfig(flags: DaemonFlags, env: Record<string, string | undefined>): DaemonConfig {
-  const etcdEnv = env.ETCD_HOST || env.ETCD_PORT ? `${env.ETCD_HOST || '127.0.0.1'}:${env.ETCD_PORT || '2379'}` : undefined;
-  const etcd = flags.etcd ?? etcdEnv ?? DEFAULTS.etcd;
+  const etcd = flags.etcd ?? defaultEtcdEndpoint(env);
   const listenHost = env.LISTEN_HOST || DEFAULTS.listenHost;
   const peer = flags.peerAddress ?? (env.PEER_ADDRESS || `http://${listenHost}:${DEFAULTS.peerPort}`);
   const httpHost = flags.host ?? listenHost;

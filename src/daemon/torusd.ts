@@ -19,10 +19,10 @@ import { systemClock, type Clock } from '../util/clock.js';
 import { crc32cImplementation } from '../util/crc32c.js';
 import { VolumeExports } from '../volume/volume-exports.js';
 import { VolumeManager } from '../volume/volume-manager.js';
-import { ClusterPlacement } from './cluster-placement.js';
+import { ClusterPlacement } from '../volume/cluster-placement.js';
 import type { DaemonConfig } from './config.js';
 import { bindDataDirToCluster, claimDataDir, loadOrCreatePeerId, readLeaseFile, releaseDataDir, writeLeaseFile } from './identity.js';
-import { DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_REPLICATION } from '../cli/defaults.js';
+import { DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_REPLICATION } from '../model/defaults.js';
 import { VERSION } from '../version.js';
 
 /** Lease TTL of the peer record and volume locks (Torus used 30 s). */
@@ -138,6 +138,7 @@ export class TorusDaemon {
       provider: new VolumeExports(this.metadata, this.volumes, 'rw'),
       logger: this.root,
       onRequest: (r) => this.metrics.nbdRequest(r.command as NbdCommandName, r.bytes, r.latencyMs, r.error),
+      onConnection: (event) => (event === 'open' ? this.metrics.nbdConnectionOpened() : this.metrics.nbdConnectionClosed()),
     });
     const nbdBound = await this.nbd.listen(cfg.nbd.host, cfg.nbd.port);
     this.addresses.nbd = `${cfg.nbd.host}:${nbdBound.port}`;
@@ -288,6 +289,7 @@ export class TorusDaemon {
   private async heartbeat(): Promise<void> {
     const session = this.session;
     if (!session) return;
+    this.metrics.setVolumesOpen((await this.volumes.list()).length);
     try {
       await session.putPeer(this.peerRecord());
       await this.refreshPeers();

@@ -20,6 +20,8 @@ export interface NbdServerOptions extends Partial<NbdLimits> {
   readonly onRequest?: RequestObserver;
   /** Open connections, handshaking or not; more are refused at accept. */
   readonly connectionsMax?: number;
+  /** Called when a connection is handed to a session and when it ends (for a gauge). */
+  readonly onConnection?: (event: 'open' | 'close') => void;
 }
 
 export interface NbdServerAddress {
@@ -37,12 +39,14 @@ export class NbdServer {
   private readonly clock: Clock;
   private readonly onRequest: RequestObserver | undefined;
   private readonly connectionsMax: number;
+  private readonly onConnection: ((event: 'open' | 'close') => void) | undefined;
   private readonly sessions = new Set<NbdSession>();
   private server: net.Server | null = null;
   private closing: Promise<void> | null = null;
 
   constructor(opts: NbdServerOptions) {
-    const { provider, logger, clock, onRequest, connectionsMax, ...limits } = opts;
+    const { provider, logger, clock, onRequest, connectionsMax, onConnection, ...limits } = opts;
+    this.onConnection = onConnection;
     this.limits = resolveLimits(limits);
     this.provider = provider;
     this.rootLogger = logger;
@@ -107,7 +111,11 @@ export class NbdServer {
       onRequest: this.onRequest,
     });
     this.sessions.add(session);
-    void session.closed.then(() => this.sessions.delete(session));
+    this.onConnection?.('open');
+    void session.closed.then(() => {
+      this.sessions.delete(session);
+      this.onConnection?.('close');
+    });
     return session;
   }
 

@@ -4,13 +4,12 @@
  * export, bad volume sizes and names, and a full data dir.
  * Reproduce a fuzz failure with TORUS_E2E_FUZZ_SEED=<seed from the failure>.
  */
-import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { encodeInfoRequest, encodeOptionHeader } from '../../src/nbd/codec.js';
 import * as P from '../../src/nbd/protocol.js';
 import { ensureBuilt } from '../helpers/build.js';
 import { startEtcd, type EtcdHandle } from '../helpers/etcd.js';
 import { runOk } from '../helpers/nbd-exec.js';
+import { fuzzPort, fuzzSeed, Rng } from '../helpers/nbd-fuzz.js';
 import {
   httpGet,
   nbdConnect,
@@ -57,7 +56,7 @@ async function expectHealthy(h: TorusdHandle): Promise<void> {
 
 describe('NBD port under seeded fuzzing', () => {
   it('stays up and keeps serving a well-behaved client before, during and after', async () => {
-    const seed = process.env.TORUS_E2E_FUZZ_SEED !== undefined ? Number(process.env.TORUS_E2E_FUZZ_SEED) : Math.floor(Math.random() * 0xffffffff);
+    const seed = fuzzSeed('TORUS_E2E_FUZZ_SEED');
     try {
       const good = d.nbdUri('good');
       await qemuIoOk(good, ['write -P 0x01 0 64k', 'read -P 0x01 0 64k']);
@@ -77,14 +76,6 @@ describe('NBD port under seeded fuzzing', () => {
 
       const rng = new Rng(seed);
       const deadline = Date.now() + FUZZ_TIME_MS;
-      let started = 0;
-      const worker = async () => {
-        while (started < FUZZ_CONNECTIONS_MAX && Date.now() < deadline) {
-          const local = new Rng(rng.u32());
-          started++;
-          await fuzzConnection(d.nbdPort, scenario(local), local);
-        }
-      };
       const healthDuring = (async () => {
         let checks = 0;
         while (Date.now() < deadline) {
@@ -94,8 +85,10 @@ describe('NBD port under seeded fuzzing', () => {
         }
         return checks;
       })();
+      let started: number;
       try {
-        await Promise.all(Array.from({ length: FUZZ_CONCURRENCY }, () => worker()));
+        // 16 MiB is the size of the `fuzz` volume created in beforeAll.
+        started = await fuzzPort(d.nbdPort, rng, { exportName: 'fuzz', offsetMax: 16 * MiB, badExportNames: true }, { deadline, connectionsMax: FUZZ_CONNECTIONS_MAX, concurrency: FUZZ_CONCURRENCY });
       } finally {
         stop = true;
       }
@@ -212,138 +205,3 @@ describe('a full data dir', () => {
     }
   });
 });
-
-// ------------------------------------------------------------------ fuzzing
-
-/** mulberry32: small, fast and deterministic. */
-class Rng {
-  private s: number;
-  constructor(seed: number) {
-    this.s = seed >>> 0;
-  }
-  u32(): number {
-    this.s = (this.s + 0x6d2b79f5) >>> 0;
-    let t = this.s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  }
-  int(n: number): number {
-    return n <= 0 ? 0 : this.u32() % n;
-  }
-  chance(p: number): boolean {
-    return this.u32() / 0x1_0000_0000 < p;
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.int(xs.length)]!;
-  }
-  bytes(n: number): Buffer {
-    const b = Buffer.allocUnsafe(n);
-    for (let i = 0; i < n; i++) b[i] = this.u32() & 0xff;
-    return b;
-  }
-}
-
-function u32be(v: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(v >>> 0, 0);
-  return b;
-}
-
-function option(opt: number, data: Buffer): Buffer {
-  return Buffer.concat([encodeOptionHeader(opt, data.length), data]);
-}
-
-/** A handshake that reaches transmission on `fuzz` (or, sometimes, fails on a name). */
-function handshake(rng: Rng): Buffer {
-  const name = rng.chance(0.9) ? 'fuzz' : rng.pick(['', 'nope', 'good/..', 'x'.repeat(5000)]);
-  const parts = [u32be(P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES)];
-  if (rng.chance(0.7)) parts.push(option(P.OPT_STRUCTURED_REPLY, Buffer.alloc(0)));
-  parts.push(rng.chance(0.8) ? option(P.OPT_GO, encodeInfoRequest(name, [P.INFO_BLOCK_SIZE])) : option(P.OPT_EXPORT_NAME, Buffer.from(name)));
-  return Buffer.concat(parts);
-}
-
-function randomOption(rng: Rng): Buffer {
-  const h = Buffer.alloc(16);
-  if (rng.chance(0.9)) {
-    h.writeUInt32BE(P.IHAVEOPT_HI, 0);
-    h.writeUInt32BE(P.IHAVEOPT_LO, 4);
-  } else {
-    rng.bytes(8).copy(h, 0);
-  }
-  h.writeUInt32BE(rng.chance(0.8) ? rng.int(12) : rng.u32(), 8);
-  const data = rng.chance(0.5) ? rng.bytes(rng.int(300)) : Buffer.from(encodeInfoRequest(rng.pick(['fuzz', 'nope', '']), [rng.int(5)]));
-  h.writeUInt32BE(rng.chance(0.1) ? rng.u32() : data.length, 12);
-  return Buffer.concat([h, data]);
-}
-
-/** One request header, mostly sane, sometimes garbled, with its payload (or less, or none). */
-function randomRequest(rng: Rng): Buffer {
-  const h = Buffer.alloc(28);
-  h.writeUInt32BE(rng.chance(0.92) ? P.REQUEST_MAGIC : rng.u32(), 0);
-  h.writeUInt16BE(rng.chance(0.8) ? rng.pick([0, P.CMD_FLAG_FUA, P.CMD_FLAG_NO_HOLE, P.CMD_FLAG_DF, P.CMD_FLAG_REQ_ONE, P.CMD_FLAG_FAST_ZERO]) : rng.int(0x10000), 4);
-  const type = rng.chance(0.9) ? rng.pick([P.CMD_READ, P.CMD_WRITE, P.CMD_FLUSH, P.CMD_TRIM, P.CMD_CACHE, P.CMD_WRITE_ZEROES, P.CMD_BLOCK_STATUS]) : rng.int(0x10000);
-  h.writeUInt16BE(type, 6);
-  h.writeUInt32BE(rng.u32(), 8);
-  h.writeUInt32BE(rng.u32(), 12);
-  const wild = rng.chance(0.15);
-  h.writeUInt32BE(wild ? rng.u32() : 0, 16);
-  h.writeUInt32BE(wild ? rng.u32() : rng.int(16 * MiB + 8192), 20);
-  const r = rng.int(20);
-  const length = r === 0 ? 0 : r === 1 ? rng.pick([0xffffffff, 33 * MiB, 64 * MiB + 1, rng.u32()]) : 1 + rng.int(65536);
-  h.writeUInt32BE(length, 24);
-  if (type !== P.CMD_WRITE || length > 65536) return h;
-  return Buffer.concat([h, rng.bytes(rng.chance(0.9) ? length : rng.int(length))]);
-}
-
-/** What one fuzzing connection sends, as separate writes. */
-function scenario(rng: Rng): Buffer[] {
-  switch (rng.int(6)) {
-    case 0:
-      return [rng.bytes(rng.int(300))];
-    case 1: {
-      const hs = handshake(rng);
-      return [hs.subarray(0, rng.int(hs.length))];
-    }
-    case 2: {
-      const parts = [u32be(rng.chance(0.8) ? P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES : rng.u32())];
-      const n = 1 + rng.int(6);
-      for (let i = 0; i < n; i++) parts.push(randomOption(rng));
-      return parts;
-    }
-    default: {
-      const parts = [handshake(rng)];
-      const n = 1 + rng.int(12);
-      for (let i = 0; i < n; i++) {
-        const req = randomRequest(rng);
-        parts.push(i === n - 1 && rng.chance(0.3) ? req.subarray(0, rng.int(req.length)) : req);
-      }
-      if (rng.chance(0.2)) parts.push(rng.bytes(rng.int(64)));
-      return parts;
-    }
-  }
-}
-
-async function fuzzConnection(port: number, chunks: Buffer[], rng: Rng): Promise<void> {
-  const socket = net.connect({ port, host: '127.0.0.1' });
-  socket.on('error', () => {
-    // resets are expected
-  });
-  socket.on('data', () => {
-    // replies are not checked: surviving is
-  });
-  const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-  await new Promise<void>((resolve) => {
-    socket.once('connect', () => resolve());
-    socket.once('close', () => resolve());
-  });
-  for (const c of chunks) {
-    if (socket.destroyed) break;
-    socket.write(c);
-  }
-  if (rng.chance(0.5)) socket.end();
-  // Give the server a bounded chance to answer or hang up, then hang up ourselves.
-  const timer = setTimeout(() => socket.destroy(), 20 + rng.int(150));
-  await closed;
-  clearTimeout(timer);
-}

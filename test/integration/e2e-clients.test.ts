@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBuilt } from '../helpers/build.js';
 import { startEtcd, type EtcdHandle } from '../helpers/etcd.js';
 import { run, runOk } from '../helpers/nbd-exec.js';
-import { qemuIo, qemuIoOk, startTorusd, torusctlOk, type TorusdHandle } from '../helpers/torusd.js';
+import { httpGet, qemuIo, qemuIoOk, startTorusd, torusctlOk, type TorusdHandle } from '../helpers/torusd.js';
 import { requireTool } from '../helpers/tools.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -229,6 +229,24 @@ describe('fio over the nbd engine', () => {
     const bad = await run('fio', [...small, '--verify_only=1'], { timeoutMs: 120_000 });
     expect(bad.code, `fio --verify_only passed over changed data:\n${bad.stderr}`).not.toBe(0);
     expect(bad.stderr).toMatch(/verify/i);
+  });
+
+  it('/metrics, /v1/status and /healthz reflect the traffic served so far', async () => {
+    const metrics = (await httpGet(`${d.httpUrl}/metrics`)).body;
+    const value = (re: RegExp) => Number(re.exec(metrics)?.[1] ?? NaN);
+    expect(value(/^torus_nbd_requests_total\{command="write",result="ok"\} (\d+)/m)).toBeGreaterThan(1000);
+    expect(value(/^torus_nbd_requests_total\{command="read",result="ok"\} (\d+)/m)).toBeGreaterThan(1000);
+    expect(value(/^torus_nbd_written_bytes_total (\d+)/m)).toBeGreaterThan(1024 ** 3);
+    expect(value(/^torus_store_capacity_bytes (\d+)/m)).toBeGreaterThan(0);
+    expect(value(/^torus_store_used_bytes (\d+)/m)).toBeGreaterThan(1024 ** 3);
+    expect(value(/^torus_store_crc_failures_total (\d+)/m)).toBe(0);
+    expect(metrics).toMatch(/^torus_nbd_request_duration_seconds_bucket\{/m);
+    expect(metrics).toMatch(/^process_resident_memory_bytes \d+/m);
+    const status = JSON.parse((await httpGet(`${d.httpUrl}/v1/status`)).body) as { uuid: string; used: number; capacity: number; etcd: { healthy: boolean } };
+    expect(status.uuid).toBe(d.uuid);
+    expect(status.used).toBeLessThanOrEqual(status.capacity);
+    expect(status.etcd.healthy).toBe(true);
+    expect((await httpGet(`${d.httpUrl}/healthz`)).status).toBe(200);
   });
 
   it('randrw 256 MiB with verify', async () => {

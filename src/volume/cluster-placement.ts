@@ -5,7 +5,7 @@ import type { PeerRecord, RingRecord } from '../model/records.js';
 import { PeerClient } from '../peer/client.js';
 import { replicasOf } from '../ring/placement.js';
 import type { BlockStore } from '../store/block-store.js';
-import type { Placement } from '../volume/volume.js';
+import type { Placement } from './volume.js';
 
 export interface ClusterPlacementOptions {
   /** This process's peer uuid and its own store (null for clients such as torusblk). */
