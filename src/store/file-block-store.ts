@@ -6,7 +6,7 @@ import { TorusError } from '../errors/torus-error.js';
 import { blockRef, blockRefKey, type BlockRef } from '../model/block-ref.js';
 import { assert } from '../util/assert.js';
 import { systemClock, type Clock } from '../util/clock.js';
-import { crc32c } from '../util/crc32c.js';
+import { crc32cPages } from '../util/crc32c.js';
 import { blockFileBytes, decodeHeader, encodeHeader, encodeTable, headerBytes, newCrcTable, PAGE_BYTES, pageCount, TABLE_OFFSET } from './block-file.js';
 import type { BlockStore, StoreUsage, WriteOptions, ZeroOptions } from './block-store.js';
 import { DirtyLog } from './dirty-log.js';
@@ -149,9 +149,10 @@ export class FileBlockStore implements BlockStore {
       const table = e.crc ?? (await this.tableOf(e));
       const pending = preadCached(fd, region, 0, region.length, this.hdrBytes + base);
       if (pending !== null) await pending;
+      const crcs = new Uint32Array(p1 - p0);
+      crc32cPages(region, PAGE_BYTES, crcs);
       for (let p = p0; p < p1; p++) {
-        const at = (p - p0) * PAGE_BYTES;
-        if (crc32c(region.subarray(at, at + PAGE_BYTES)) !== table[p]) {
+        if (crcs[p - p0] !== table[p]) {
           this.opts.onCrcFailure?.(ref, p);
           this.log.error({ block: e.key, page: p, file: e.file }, 'block page failed its checksum');
           throw new TorusError('TORUS_ERR_STORE_CRC_MISMATCH', `block ${e.key} page ${p} failed its CRC32C check`, { details: { block: e.key, page: p } });
@@ -352,10 +353,7 @@ export class FileBlockStore implements BlockStore {
       else region.fill(0, offset - base, offset - base + length);
     }
     const crcs = new Uint32Array(p1 - p0);
-    for (let p = p0; p < p1; p++) {
-      const at = (p - p0) * PAGE_BYTES;
-      crcs[p - p0] = crc32c(region.subarray(at, at + PAGE_BYTES));
-    }
+    crc32cPages(region, PAGE_BYTES, crcs);
     try {
       const pending = pwriteCached(fd, region, this.hdrBytes + base);
       if (pending !== null) await pending;
@@ -373,7 +371,9 @@ export class FileBlockStore implements BlockStore {
     const buf = Buffer.alloc((p1 - p0) * PAGE_BYTES);
     await preadFull(fd, buf, 0, buf.length, this.hdrBytes + p0 * PAGE_BYTES);
     const table = await this.tableOf(e);
-    for (let p = p0; p < p1; p++) table[p] = crc32c(buf.subarray((p - p0) * PAGE_BYTES, (p - p0 + 1) * PAGE_BYTES));
+    const crcs = new Uint32Array(p1 - p0);
+    crc32cPages(buf, PAGE_BYTES, crcs);
+    table.set(crcs, p0);
   }
 
   private async createFile(e: Entry): Promise<void> {
@@ -703,7 +703,7 @@ export class FileBlockStore implements BlockStore {
     const data = Buffer.alloc(this.blockSize);
     await preadFull(fd, data, 0, data.length, this.hdrBytes);
     const table = new Uint32Array(pageCount(this.blockSize));
-    for (let p = 0; p < table.length; p++) table[p] = crc32c(data.subarray(p * PAGE_BYTES, (p + 1) * PAGE_BYTES));
+    crc32cPages(data, PAGE_BYTES, table);
     // The header may be missing or torn too (a file created just before the crash).
     await ftruncate(fd, this.fileBytes);
     await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, table), 0);

@@ -88,3 +88,17 @@ export function crc32cImplementation(): 'native' | 'js' {
 export function crc32cDescription(): string {
   return native === null ? 'js (slicing-by-8)' : `native (${native.crc32cVariant})`;
 }
+
+const nativePages = native?.crc32cPages;
+
+/**
+ * The CRC32C of each `pageBytes` page of `data` (a whole number of pages)
+ * into out[0..]: one native call per buffer instead of one per page.
+ */
+export function crc32cPages(data: Uint8Array, pageBytes: number, out: Uint32Array): void {
+  if (nativePages !== undefined) {
+    nativePages(data, pageBytes, out);
+    return;
+  }
+  for (let i = 0, at = 0; at < data.length; i++, at += pageBytes) out[i] = impl(data.subarray(at, at + pageBytes), 0);
+}

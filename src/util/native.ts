@@ -12,6 +12,8 @@ export interface NativeAddon {
   crc32c(data: Uint8Array, initial?: number): number;
   crc32cPortable(data: Uint8Array, initial?: number): number;
   crc32cVariant: string;
+  /** CRC32C of each `pageBytes` page of data into out[i]. */
+  crc32cPages?(data: Uint8Array, pageBytes: number, out: Uint32Array): void;
   /** Bytes read, or -errno; -EAGAIN when the data is not in the page cache. */
   preadNowait?(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
   /** Bytes written, or -errno; -EAGAIN when the write would block, -EOPNOTSUPP where unsupported. */

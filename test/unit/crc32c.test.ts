@@ -152,3 +152,14 @@ describe('crc32c', () => {
     }
   });
 });
+
+describe('crc32cPages', () => {
+  it('equals crc32c of each page, natively and in JS', async () => {
+    const { crc32c, crc32cPages } = await import('../../src/util/crc32c.js');
+    const data = Buffer.alloc(8 * 4096);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 2654435761) >>> 24;
+    const out = new Uint32Array(8);
+    crc32cPages(data, 4096, out);
+    for (let p = 0; p < 8; p++) expect(out[p]).toBe(crc32c(data.subarray(p * 4096, (p + 1) * 4096)));
+  });
+});
