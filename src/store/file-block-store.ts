@@ -99,7 +99,8 @@ export class FileBlockStore implements BlockStore {
   /** Block files written since the last flush, and folders changed since. */
   private flushFiles = new Set<Entry>();
   private flushDirs = new Set<string>();
-  private lastFlush: Promise<void> = Promise.resolve();
+  private syncRunning: Promise<void> | null = null;
+  private syncNext: Promise<void> | null = null;
   private readonly knownDirs = new Set<string>();
   private allocatedCount = 0;
   private checkpointing: Promise<void> | null = null;
@@ -191,16 +192,35 @@ export class FileBlockStore implements BlockStore {
     await this.put(ref, offset, length, null, opts, true);
   }
 
-  /** Resolves once every write acknowledged before the call is durable. */
+  /**
+   * Resolves once every write acknowledged before the call is durable.
+   * Group commit: a sync that is already running may have taken its file
+   * list before this call's writes, so the call waits for the next sync,
+   * which every flush arriving meanwhile shares.
+   */
   flush(): Promise<void> {
     try {
       this.checkWritable();
     } catch (err) {
       return Promise.reject(err);
     }
-    // Chained: a flush must not finish before an earlier one that took its files.
-    const run = this.lastFlush.catch(() => undefined).then(() => this.syncNow());
-    this.lastFlush = run;
+    if (this.syncRunning === null) return this.startSync();
+    if (this.syncNext === null) {
+      this.syncNext = this.syncRunning
+        .catch(() => undefined)
+        .then(() => {
+          this.syncNext = null;
+          return this.startSync();
+        });
+    }
+    return this.syncNext;
+  }
+
+  private startSync(): Promise<void> {
+    const run = this.syncNow().finally(() => {
+      if (this.syncRunning === run) this.syncRunning = null;
+    });
+    this.syncRunning = run;
     return run;
   }
 
