@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
 import { decodeBlockRef, encodeBlockRef, type BlockRef } from '../model/block-ref.js';
 import { crc32c } from '../util/crc32c.js';
-import { closeFd, fdatasync, fsyncDir, openFd, pwritevFull } from './fs-async.js';
+import { closeFd, fdatasync, fsyncDir, openFd, pwriteFull, pwritevFull } from './fs-async.js';
 
 /**
  * The dirty log: which blocks may hold pages written since the last
@@ -21,12 +21,22 @@ import { closeFd, fdatasync, fsyncDir, openFd, pwritevFull } from './fs-async.js
  */
 const RECORD_BYTES = 32;
 const MAGIC = 0x54444c31;
+/**
+ * The file grows by zero-filled chunks ahead of its records: an append then
+ * overwrites allocated space, and its fdatasync needs no file-system metadata
+ * commit (appending past the end would need one every time). Zeroes after the
+ * last record end replay like a torn tail does.
+ */
+const PREALLOCATE_BYTES = 256 * 1024;
+const ZEROES = Buffer.alloc(PREALLOCATE_BYTES);
 
 interface EpochFile {
   readonly epoch: number;
   readonly file: string;
   fd: number;
   size: number;
+  /** Bytes allocated (zero-filled) so far; size <= allocated. */
+  allocated: number;
   queue: { rec: Buffer; resolve(): void; reject(err: unknown): void }[];
   running: boolean;
 }
@@ -127,7 +137,9 @@ export class DirtyLog {
         const fd = await openFd(file, fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY);
         // The file's name must survive a crash before any record in it counts.
         await fsyncDir(this.dir);
-        const ef: EpochFile = { epoch, file, fd, size: 0, queue: [], running: false };
+        await pwriteFull(fd, ZEROES, 0);
+        await fdatasync(fd);
+        const ef: EpochFile = { epoch, file, fd, size: 0, allocated: PREALLOCATE_BYTES, queue: [], running: false };
         this.files.set(epoch, ef);
         this.opening.delete(epoch);
         return ef;
@@ -145,6 +157,10 @@ export class DirtyLog {
       while (f.queue.length > 0) {
         const batch = f.queue.splice(0, 4096);
         try {
+          while (f.size + batch.length * RECORD_BYTES > f.allocated) {
+            await pwriteFull(f.fd, ZEROES, f.allocated);
+            f.allocated += PREALLOCATE_BYTES;
+          }
           await pwritevFull(f.fd, batch.map((b) => b.rec), f.size);
           f.size += batch.length * RECORD_BYTES;
           await fdatasync(f.fd);
