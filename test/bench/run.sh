@@ -165,6 +165,10 @@ run_fio() {
   local target=$1 uri=$2 job=$3
   shift 3
   local out="$WORK/fio/$target-$job.json"
+  # Each job starts with no writeback pending: the jobs alternate between
+  # targets, and the previous job's dirty pages would otherwise be written
+  # back during this one.
+  sync
   if ! fio --name="$job" --ioengine=nbd --uri="$uri" --size="$TARGET_SIZE" \
     --output-format=json --output="$out" "$@" >"$WORK/fio/$target-$job.stdout" 2>&1; then
     cat "$WORK/fio/$target-$job.stdout" >&2 || true
