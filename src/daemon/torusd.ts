@@ -16,7 +16,7 @@ import { formatPeerAddress } from '../peer/address.js';
 import { PeerServer } from '../peer/server.js';
 import { FileBlockStore } from '../store/file-block-store.js';
 import { systemClock, type Clock } from '../util/clock.js';
-import { crc32cImplementation } from '../util/crc32c.js';
+import { crc32cDescription } from '../util/crc32c.js';
 import { VolumeExports } from '../volume/volume-exports.js';
 import { VolumeManager } from '../volume/volume-manager.js';
 import { ClusterPlacement } from '../volume/cluster-placement.js';
@@ -81,7 +81,7 @@ export class TorusDaemon {
     await claimDataDir(cfg.dataDir);
     this.claimed = true;
     this.uuid = uuid;
-    this.log.info({ uuid, created, dataDir: path.resolve(cfg.dataDir), crc32c: crc32cImplementation() }, 'peer identity');
+    this.log.info({ uuid, created, dataDir: path.resolve(cfg.dataDir), crc32c: crc32cDescription() }, 'peer identity');
 
     this.metadata = new EtcdMetadata({ endpoints: cfg.etcdEndpoints, logger: this.root, clock: this.clock });
     this.cluster = await this.waitForCluster();
@@ -244,11 +244,17 @@ export class TorusDaemon {
     this.reconnecting = true;
     const old = this.session;
     this.session = null;
-    void old?.close().catch(() => undefined);
     let delay = 200;
     try {
       while (!this.stopping) {
         try {
+          // Our old lease may outlive the outage on etcd's side (its clock
+          // stood still too); its locks would refuse our own relock. We know
+          // it is dead to us, so revoke it first.
+          if (old) {
+            await this.metadata.revokeStaleLease(old.id);
+            await old.close().catch(() => undefined);
+          }
           await this.openSession();
           await this.volumes.relock();
           this.log.info({}, 'etcd session re-established');
@@ -292,6 +298,9 @@ export class TorusDaemon {
     this.metrics.setVolumesOpen((await this.volumes.list()).length);
     try {
       await session.putPeer(this.peerRecord());
+      // A relock that failed after a reconnect (the old lock not yet gone) is
+      // tried again on every heartbeat; nothing to do when no lock was lost.
+      await this.volumes.relock();
       await this.refreshPeers();
     } catch (err) {
       this.log.warn({ err }, 'heartbeat to etcd failed');
@@ -399,7 +408,7 @@ export class TorusDaemon {
       used: u.used,
       openVolumes: open.map((ov) => ({ name: ov.name, id: ov.volume.record.id, mode: ov.mode, connections: ov.users, lockToken: ov.lock?.token ?? null })),
       etcd: { endpoints: this.config.etcdEndpoints, healthy: this.etcdHealthy },
-      crc32c: crc32cImplementation(),
+      crc32c: crc32cDescription(),
     };
   }
 

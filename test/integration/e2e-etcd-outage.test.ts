@@ -1,0 +1,62 @@
+/**
+ * torusd when etcd stops answering (the process is frozen with SIGSTOP):
+ * an open NBD connection keeps reading; writes go on until the lease may
+ * have expired, then are refused (EIO) so that no other writer can overlap
+ * with us; when etcd is back, torusd takes a new lease and the lock again and
+ * writes resume on the same connection. Takes about 40 s: the lease TTL is
+ * 30 s and no test may shorten waiting for it with a sleep.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ensureBuilt } from '../helpers/build.js';
+import { startEtcd, type EtcdHandle } from '../helpers/etcd.js';
+import { nbdConnect, startTorusd, torusctlOk, type TorusdHandle } from '../helpers/torusd.js';
+import { waitFor } from '../helpers/wait.js';
+
+let etcd: EtcdHandle | undefined;
+let d: TorusdHandle | undefined;
+let frozen = false;
+
+beforeAll(async () => {
+  ensureBuilt();
+  etcd = await startEtcd();
+  d = await startTorusd({ etcd: etcd.endpoint, size: '1GiB' });
+  await torusctlOk(etcd.endpoint, ['volume', 'create-block', 'pad', '64MiB']);
+});
+
+afterAll(async () => {
+  if (frozen) etcd?.process.kill('SIGCONT');
+  await d?.destroy();
+  await etcd?.stop();
+});
+
+describe('etcd outage', () => {
+  it('reads go on, writes stop at the lease deadline, and both resume when etcd is back', async () => {
+    const c = await nbdConnect(d!.nbdPort, 'pad');
+    const A = Buffer.alloc(4096, 0xa1);
+    const B = Buffer.alloc(4096, 0xb2);
+    const C = Buffer.alloc(4096, 0xc3);
+    await c.write(0, A);
+    expect((await c.flush()).error).toBe(0);
+
+    etcd!.process.kill('SIGSTOP');
+    frozen = true;
+    // Within the lease: the daemon serves as before.
+    await c.write(4096, B);
+    expect((await c.flush()).error).toBe(0);
+    expect((await c.read(0, 4096)).equals(A)).toBe(true);
+
+    // Past the lease deadline another writer could hold the lock: torusd must
+    // have stopped writing by then, and says so.
+    await d!.waitForLog('the lease to be given up', (l) => l.msg === 'etcd lease lost: volume locks are gone; reconnecting', 45_000);
+    await expect(c.write(8192, C)).rejects.toThrow(/write failed with 5\b/);
+    expect((await c.read(4096, 4096)).equals(B)).toBe(true);
+
+    etcd!.process.kill('SIGCONT');
+    frozen = false;
+    await d!.waitForLog('a new etcd session', (l) => l.msg === 'etcd session re-established', 30_000);
+    await waitFor('writes to resume on the same connection', async () => c.write(8192, C).then(() => true, () => false), 15_000);
+    expect((await c.flush()).error).toBe(0);
+    expect((await c.read(0, 3 * 4096)).equals(Buffer.concat([A, B, C]))).toBe(true);
+    c.close();
+  }, 120_000);
+});
