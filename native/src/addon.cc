@@ -13,6 +13,9 @@
 #include "crc32c.h"
 #include "nowait-io.h"
 
+#include <cerrno>
+#include <unistd.h>
+
 namespace {
 
 using CrcFn = uint32_t (*)(uint32_t, const uint8_t*, size_t);
@@ -93,6 +96,37 @@ Napi::Value NowaitIo(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
+// syncfs(fd, callback(errno)): flushes the whole file system holding fd on a
+// libuv worker thread (it blocks for milliseconds). One syncfs replaces an
+// fdatasync per dirty block file plus an fsync per changed folder.
+class SyncfsWorker : public Napi::AsyncWorker {
+ public:
+  SyncfsWorker(const Napi::Function& cb, int fd) : Napi::AsyncWorker(cb, "torus.syncfs"), fd_(fd) {}
+  void Execute() override {
+#if defined(__linux__)
+    if (::syncfs(fd_) != 0) err_ = errno;
+#else
+    err_ = ENOSYS;
+#endif
+  }
+  void OnOK() override { Callback().Call({Napi::Number::New(Env(), err_)}); }
+
+ private:
+  int fd_;
+  int err_ = 0;
+};
+
+Napi::Value Syncfs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsFunction()) {
+    Napi::TypeError::New(env, "syncfs: (fd, callback)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  auto* w = new SyncfsWorker(info[1].As<Napi::Function>(), info[0].As<Napi::Number>().Int32Value());
+  w->Queue();
+  return env.Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   torus::crc32c_init();
   exports.Set("crc32c", Napi::Function::New(env, Crc32c<torus::crc32c>, "crc32c"));
@@ -100,6 +134,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("crc32cPortable", Napi::Function::New(env, Crc32c<torus::crc32c_portable>, "crc32cPortable"));
   exports.Set("crc32cVariant", Napi::String::New(env, torus::crc32c_variant()));
   exports.Set("crc32cPages", Napi::Function::New(env, Crc32cPages, "crc32cPages"));
+  exports.Set("syncfs", Napi::Function::New(env, Syncfs, "syncfs"));
   exports.Set("preadNowait", Napi::Function::New(env, NowaitIo<torus::pread_nowait>, "preadNowait"));
   exports.Set("pwriteNowait", Napi::Function::New(env, NowaitIo<WriteAdapter>, "pwriteNowait"));
   return exports;

@@ -132,3 +132,21 @@ export async function fsyncDir(path: string): Promise<void> {
     await closeFd(fd);
   }
 }
+
+/**
+ * syncfs(2) on a worker thread through the native addon, or null when the
+ * addon lacks it (the caller then syncs file by file).
+ */
+export function syncFileSystem(fd: number): Promise<void> | null {
+  const syncfs = nativeAddon?.syncfs;
+  if (syncfs === undefined) return null;
+  return new Promise((resolve, reject) =>
+    syncfs(fd, (errno) => {
+      if (errno === 0) return resolve();
+      const err = new Error(`syncfs failed: errno ${errno}`) as NodeJS.ErrnoException;
+      err.errno = errno;
+      err.code = errno === 28 ? 'ENOSPC' : errno === 5 ? 'EIO' : `E${errno}`;
+      reject(err);
+    }),
+  );
+}

@@ -14,6 +14,8 @@ export interface NativeAddon {
   crc32cVariant: string;
   /** CRC32C of each `pageBytes` page of data into out[i]. */
   crc32cPages?(data: Uint8Array, pageBytes: number, out: Uint32Array): void;
+  /** Flushes the file system holding fd; calls back with 0 or an errno. */
+  syncfs?(fd: number, callback: (errno: number) => void): void;
   /** Bytes read, or -errno; -EAGAIN when the data is not in the page cache. */
   preadNowait?(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
   /** Bytes written, or -errno; -EAGAIN when the write would block, -EOPNOTSUPP where unsupported. */
