@@ -154,6 +154,8 @@ export class TorusDaemon {
     this.stopVolumeWatch = await this.metadata.watchVolumeDeletes(() => void this.collectGarbage());
     this.every(GC_INTERVAL_MS, () => this.collectGarbage());
     void this.collectGarbage();
+    // The first record went out before the NBD and HTTP listeners were bound.
+    await this.session?.putPeer(this.peerRecord()).catch((err) => this.log.warn({ err }, 'could not publish the peer record'));
     this.log.info({ uuid, peer: this.addresses.peer, nbd: this.addresses.nbd, http: this.addresses.http, capacity: this.capacity, blockSize: this.cluster.blockSize }, 'torusd ready');
   }
 
