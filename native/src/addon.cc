@@ -71,11 +71,7 @@ Napi::Value Crc32cPages(const Napi::CallbackInfo& info) {
 
 using IoFn = int64_t (*)(int, uint8_t*, size_t, int64_t);
 
-int64_t WriteAdapter(int fd, uint8_t* buf, size_t len, int64_t pos) {
-  return torus::pwrite_nowait(fd, buf, len, pos);
-}
-
-// preadNowait/pwriteNowait(fd, buffer, offset, length, position): bytes moved,
+// preadNowait(fd, buffer, offset, length, position): bytes read,
 // or -errno (-EAGAIN: would block; use the thread pool). Argument checks are
 // the caller's (src/store/nowait-io.ts); a bad range is still refused here.
 template <IoFn fn>
@@ -136,7 +132,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("crc32cPages", Napi::Function::New(env, Crc32cPages, "crc32cPages"));
   exports.Set("syncfs", Napi::Function::New(env, Syncfs, "syncfs"));
   exports.Set("preadNowait", Napi::Function::New(env, NowaitIo<torus::pread_nowait>, "preadNowait"));
-  exports.Set("pwriteNowait", Napi::Function::New(env, NowaitIo<WriteAdapter>, "pwriteNowait"));
   return exports;
 }
 

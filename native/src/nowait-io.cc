@@ -1,4 +1,4 @@
-// Reads and writes that are served from the page cache without blocking.
+// Reads that are served from the page cache without blocking.
 // Node runs file I/O on its libuv thread pool; for a 4 KiB page already in
 // the page cache, the round trip through the pool costs several times the
 // copy itself. RWF_NOWAIT lets the event loop thread try first and hand the
@@ -20,20 +20,6 @@ int64_t pread_nowait(int fd, uint8_t* buf, size_t len, int64_t pos) {
   ssize_t n;
   do {
     n = preadv2(fd, &iov, 1, pos, RWF_NOWAIT);
-  } while (n < 0 && errno == EINTR);
-  return n < 0 ? -static_cast<int64_t>(errno) : static_cast<int64_t>(n);
-#else
-  (void)fd; (void)buf; (void)len; (void)pos;
-  return -EOPNOTSUPP;
-#endif
-}
-
-int64_t pwrite_nowait(int fd, const uint8_t* buf, size_t len, int64_t pos) {
-#if defined(__linux__)
-  struct iovec iov = {const_cast<uint8_t*>(buf), len};
-  ssize_t n;
-  do {
-    n = pwritev2(fd, &iov, 1, pos, RWF_NOWAIT);
   } while (n < 0 && errno == EINTR);
   return n < 0 ? -static_cast<int64_t>(errno) : static_cast<int64_t>(n);
 #else

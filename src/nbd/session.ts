@@ -11,7 +11,7 @@
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Clock } from '../util/clock.js';
-import { ByteQueue } from './byte-queue.js';
+import { ByteQueue } from '../util/byte-queue.js';
 import {
   clipExtents,
   decodeOptionHeader,

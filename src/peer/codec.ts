@@ -3,7 +3,7 @@ import { TorusError } from '../errors/torus-error.js';
 import { blockRef, encodeBlockRef, BLOCK_REF_BYTES, type BlockRef } from '../model/block-ref.js';
 import { assert } from '../util/assert.js';
 import { crc32c } from '../util/crc32c.js';
-import { ChunkQueue } from './chunk-queue.js';
+import { ByteQueue } from '../util/byte-queue.js';
 import {
   ALLOCATED_REFS_MAX,
   DELETE_VOLUME_PAYLOAD_BYTES,
@@ -243,7 +243,7 @@ function isZero(buf: Buffer, from: number, to: number): boolean {
  * framed but means nothing valid is returned; validateRequest judges it.
  */
 abstract class FrameDecoder<F> {
-  readonly queue = new ChunkQueue();
+  readonly queue = new ByteQueue();
   private broken: TorusError | null = null;
   /** Parsed header waiting for its payload. */
   private pending: { header: Buffer; payloadLength: number; payloadCrc: number } | null = null;

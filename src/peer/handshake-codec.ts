@@ -1,7 +1,7 @@
 import { TorusError } from '../errors/torus-error.js';
 import { assert } from '../util/assert.js';
 import { crc32c } from '../util/crc32c.js';
-import type { ChunkQueue } from './chunk-queue.js';
+import type { ByteQueue } from '../util/byte-queue.js';
 import {
   CLUSTER_ID_BYTES_MAX,
   HANDSHAKE_BODY_BYTES_MAX,
@@ -105,7 +105,7 @@ export function encodeHandshakeMessage(kind: HandshakeKind, body: Buffer): Buffe
  * it is complete. Throws TORUS_ERR_PEER_PROTOCOL for something that is not
  * the torus peer protocol and TORUS_ERR_PEER_CHECKSUM for a damaged message.
  */
-export function readHandshakeMessage(queue: ChunkQueue): HandshakeMessage | null {
+export function readHandshakeMessage(queue: ByteQueue): HandshakeMessage | null {
   const magicSeen = Math.min(queue.length, HANDSHAKE_MAGIC.length);
   // Check the magic as soon as bytes arrive: an HTTP client or another
   // protocol is refused at once instead of waiting for a length it never sends.

@@ -18,8 +18,6 @@ export interface NativeAddon {
   syncfs?(fd: number, callback: (errno: number) => void): void;
   /** Bytes read, or -errno; -EAGAIN when the data is not in the page cache. */
   preadNowait?(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
-  /** Bytes written, or -errno; -EAGAIN when the write would block, -EOPNOTSUPP where unsupported. */
-  pwriteNowait?(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
 }
 
 /** Directory holding package.json, found from this file in src/util or dist/src/util. */

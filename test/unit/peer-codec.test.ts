@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { TorusError, isTorusError } from '../../src/errors/torus-error.js';
 import { blockRef, type BlockRef } from '../../src/model/block-ref.js';
-import { ChunkQueue } from '../../src/peer/chunk-queue.js';
+import { ByteQueue } from '../../src/util/byte-queue.js';
 import {
   RequestDecoder,
   ResponseDecoder,
@@ -383,9 +383,9 @@ describe('payload encodings', () => {
   });
 });
 
-describe('ChunkQueue', () => {
+describe('ByteQueue', () => {
   it('peeks, takes and skips across chunks', () => {
-    const q = new ChunkQueue();
+    const q = new ByteQueue();
     q.push(Buffer.from('abc'));
     q.push(Buffer.alloc(0));
     q.push(Buffer.from('defg'));

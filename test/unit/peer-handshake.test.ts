@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { isTorusError } from '../../src/errors/torus-error.js';
-import { ChunkQueue } from '../../src/peer/chunk-queue.js';
+import { ByteQueue } from '../../src/util/byte-queue.js';
 import { decodeHelloBody, encodeHandshakeMessage, encodeHelloBody, readHandshakeMessage } from '../../src/peer/handshake-codec.js';
 import { ClientHandshake, ServerHandshake, type HandshakeConfig, type HandshakeStep } from '../../src/peer/handshake.js';
 import { HANDSHAKE_BODY_BYTES_MAX, HandshakeKind, NONCE_BYTES, PROOF_BYTES } from '../../src/peer/protocol.js';
@@ -18,7 +18,7 @@ function nonce(): Buffer {
 
 /** Parses the messages of a step as the other side would read them off the wire. */
 function messages(bufs: Buffer[]) {
-  const q = new ChunkQueue();
+  const q = new ByteQueue();
   for (const b of bufs) q.push(b);
   const out = [];
   for (let m = readHandshakeMessage(q); m !== null; m = readHandshakeMessage(q)) out.push(m);
@@ -185,7 +185,7 @@ describe('peer handshake', () => {
 
 describe('handshake message framing', () => {
   function code(bytes: Buffer): string | undefined {
-    const q = new ChunkQueue();
+    const q = new ByteQueue();
     q.push(bytes);
     try {
       readHandshakeMessage(q);
@@ -222,7 +222,7 @@ describe('handshake message framing', () => {
 
   it('waits for a message split across chunks', () => {
     const msg = encodeHandshakeMessage(HandshakeKind.READY, Buffer.alloc(0));
-    const q = new ChunkQueue();
+    const q = new ByteQueue();
     for (let i = 0; i < msg.length - 1; i++) {
       q.push(msg.subarray(i, i + 1));
       expect(readHandshakeMessage(q)).toBeNull();

@@ -1,7 +1,10 @@
+import { assert } from './assert.js';
+
 /**
  * Bytes received but not yet parsed, kept as the chunks the socket handed
- * over. Taking a range that lies inside one chunk is a zero-copy slice;
- * only ranges that straddle chunks are copied (once).
+ * over (the NBD and peer protocol parsers both read from one). Taking a
+ * range that lies inside one chunk is a zero-copy slice; only ranges that
+ * straddle chunks are copied (once).
  */
 export class ByteQueue {
   private chunks: Buffer[] = [];
@@ -20,9 +23,26 @@ export class ByteQueue {
     this.total += chunk.length;
   }
 
+  /** The first n bytes, not consumed; a view when they lie in one chunk. */
+  peek(n: number): Buffer {
+    assert(n >= 0 && n <= this.total, 'peek within the queued bytes');
+    if (n === 0) return Buffer.alloc(0);
+    const first = this.chunks[this.head]!;
+    if (n <= first.length - this.headOffset) return first.subarray(this.headOffset, this.headOffset + n);
+    const out = Buffer.allocUnsafe(n);
+    let filled = 0;
+    let at = this.headOffset;
+    for (let i = this.head; filled < n; i++) {
+      const c = this.chunks[i]!;
+      filled += c.copy(out, filled, at, Math.min(c.length, at + (n - filled)));
+      at = 0;
+    }
+    return out;
+  }
+
   /** Removes and returns exactly n bytes; the caller checks `length` first. */
   take(n: number): Buffer {
-    if (n > this.total) throw new RangeError(`take(${n}) with ${this.total} bytes queued`);
+    assert(n >= 0 && n <= this.total, 'take within the queued bytes');
     if (n === 0) return Buffer.alloc(0);
     const first = this.chunks[this.head]!;
     const avail = first.length - this.headOffset;
