@@ -1,4 +1,5 @@
 import type { Lease, Namespace } from 'etcd3';
+import { assertSessionUsable, SessionListeners, type SessionState } from './session-listeners.js';
 import type { Logger } from 'pino';
 import { isTorusError, TorusError } from '../errors/torus-error.js';
 import type { PeerRecord, VolumeLockRecord, VolumeRecord } from '../model/records.js';
@@ -7,14 +8,12 @@ import { toTorusError } from './etcd-errors.js';
 import { peerKey, volumeFenceKey, volumeKey, volumeLockKey } from './keys.js';
 import type { MetadataSession, SessionEvent, VolumeLock } from './metadata-service.js';
 import { decodeCounter, decodeVolumeLockRecord, decodeVolumeRecord, encodeRecord } from './record-codec.js';
-import { validateVolumeName, volumeInUseError, volumeNotFoundError } from './validate.js';
+import { validatePeerUuid, validateVolumeName, volumeInUseError, volumeNotFoundError } from './validate.js';
 
 export const LOCK_ATTEMPTS_MAX = 8;
 /** Keepalives in flight that we remember the send time of (see leaseDeadline). */
 const PENDING_KEEPALIVES_MAX = 64;
-const LISTENERS_MAX = 64;
 const HOLDER_CHARS_MAX = 512;
-const PEER_UUID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9-]{0,63}$/;
 
 type Call = <T>(op: string, fn: () => Promise<T>) => Promise<T>;
 
@@ -30,7 +29,6 @@ export interface EtcdSessionDeps {
   readonly onClosed: (s: EtcdSession) => void;
 }
 
-type State = 'healthy' | 'degraded' | 'lost' | 'closed';
 
 /**
  * One etcd lease kept alive by the etcd3 client. The lease deadline is
@@ -42,9 +40,9 @@ export class EtcdSession implements MetadataSession {
   private readonly lease: Lease;
   private readonly deps: EtcdSessionDeps;
   private readonly log: Logger;
-  private readonly listeners = new Set<(event: SessionEvent) => void>();
+  private readonly listeners = new SessionListeners();
   private readonly pendingKeepalives: number[] = [];
-  private state: State = 'healthy';
+  private state: SessionState = 'healthy';
   private deadline: number;
   private watchdog: { cancel(): void } | undefined;
 
@@ -119,13 +117,7 @@ export class EtcdSession implements MetadataSession {
   }
 
   private emit(event: SessionEvent): void {
-    for (const l of [...this.listeners]) {
-      try {
-        l(event);
-      } catch (err) {
-        this.log.error({ err }, 'session listener threw');
-      }
-    }
+    this.listeners.emit(event, (err) => this.log.error({ err }, 'session listener threw'));
   }
 
   /** A call under the lease; etcd saying the lease is gone makes the session lost at once. */
@@ -139,16 +131,11 @@ export class EtcdSession implements MetadataSession {
   }
 
   private assertUsable(op: string): void {
-    if (this.state === 'lost') throw new TorusError('TORUS_ERR_SESSION_LOST', `${op}: etcd session ${this.id} has lost its lease`);
-    if (this.state === 'closed') throw new TorusError('TORUS_ERR_SESSION_LOST', `${op}: etcd session ${this.id} is closed`);
+    assertSessionUsable(this.state, this.id, op);
   }
 
   on(listener: (event: SessionEvent) => void): () => void {
-    if (this.listeners.size >= LISTENERS_MAX) throw new TorusError('TORUS_ERR_ASSERTION', `more than ${LISTENERS_MAX} session listeners (a leak)`);
-    this.listeners.add(listener);
-    return () => {
-      this.listeners.delete(listener);
-    };
+    return this.listeners.on(listener);
   }
 
   leaseDeadline(): number {
@@ -156,7 +143,7 @@ export class EtcdSession implements MetadataSession {
   }
 
   async putPeer(record: PeerRecord): Promise<void> {
-    if (!PEER_UUID_PATTERN.test(record.uuid)) throw new TorusError('TORUS_ERR_ARG_INVALID', `invalid peer uuid ${JSON.stringify(record.uuid)}`);
+    validatePeerUuid(record.uuid);
     this.assertUsable('put peer');
     await this.leased(`put peer ${record.uuid}`, () =>
       this.deps.ns.put(peerKey(record.uuid)).value(encodeRecord(record)).lease(this.id).exec(),

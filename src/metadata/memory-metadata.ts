@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { assertSessionUsable, SessionListeners, type SessionState } from './session-listeners.js';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
 import type { ClusterConfig, PeerRecord, RingRecord, VolumeLockRecord, VolumeRecord } from '../model/records.js';
@@ -16,6 +17,7 @@ import {
 import {
   notInitialisedError,
   validateClusterParams,
+  validatePeerUuid,
   validateRing,
   validateVolumeName,
   validateVolumeSize,
@@ -44,9 +46,7 @@ interface Leased {
 }
 
 const SESSION_TTL_MAX_SECONDS = 3600;
-const LISTENERS_MAX = 64;
 const HOLDER_CHARS_MAX = 512;
-const PEER_UUID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9-]{0,63}$/;
 
 /**
  * In-memory twin of EtcdMetadata for unit and simulation tests: the same
@@ -373,8 +373,8 @@ export class MemoryMetadata implements MetadataService {
 
 class MemorySession implements MetadataSession {
   readonly id: string;
-  private readonly listeners = new Set<(event: SessionEvent) => void>();
-  private state: 'healthy' | 'degraded' | 'lost' | 'closed' = 'healthy';
+  private readonly listeners = new SessionListeners();
+  private state: SessionState = 'healthy';
   private deadline: number;
   private timer: { cancel(): void } | undefined;
   private readonly intervalMs: number;
@@ -435,26 +435,15 @@ class MemorySession implements MetadataSession {
   }
 
   private emit(event: SessionEvent): void {
-    for (const l of [...this.listeners]) {
-      try {
-        l(event);
-      } catch {
-        // A listener's failure is its own; the others still hear the event.
-      }
-    }
+    this.listeners.emit(event);
   }
 
   private assertUsable(op: string): void {
-    if (this.state === 'lost') throw new TorusError('TORUS_ERR_SESSION_LOST', `${op}: etcd session ${this.id} has lost its lease`);
-    if (this.state === 'closed') throw new TorusError('TORUS_ERR_SESSION_LOST', `${op}: etcd session ${this.id} is closed`);
+    assertSessionUsable(this.state, this.id, op);
   }
 
   on(listener: (event: SessionEvent) => void): () => void {
-    if (this.listeners.size >= LISTENERS_MAX) throw new TorusError('TORUS_ERR_ASSERTION', `more than ${LISTENERS_MAX} session listeners (a leak)`);
-    this.listeners.add(listener);
-    return () => {
-      this.listeners.delete(listener);
-    };
+    return this.listeners.on(listener);
   }
 
   leaseDeadline(): number {
@@ -462,7 +451,7 @@ class MemorySession implements MetadataSession {
   }
 
   async putPeer(record: PeerRecord): Promise<void> {
-    if (!PEER_UUID_PATTERN.test(record.uuid)) throw new TorusError('TORUS_ERR_ARG_INVALID', `invalid peer uuid ${JSON.stringify(record.uuid)}`);
+    validatePeerUuid(record.uuid);
     this.assertUsable('put peer');
     await this.md.enter(`put peer ${record.uuid}`);
     this.md.putPeerRecord(record, this.id);

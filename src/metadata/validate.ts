@@ -84,3 +84,9 @@ export function notInitialisedError(): TorusError {
 export function volumeNotFoundError(name: string): TorusError {
   return new TorusError('TORUS_ERR_VOLUME_NOT_FOUND', `no volume named "${name}"`, { details: { volume: name } });
 }
+
+const PEER_UUID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9-]{0,63}$/;
+
+export function validatePeerUuid(uuid: string): void {
+  if (!PEER_UUID_PATTERN.test(uuid)) throw new TorusError('TORUS_ERR_ARG_INVALID', `invalid peer uuid ${JSON.stringify(uuid)}`);
+}

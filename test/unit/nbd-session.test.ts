@@ -571,7 +571,8 @@ describe('NbdSession transmission', () => {
     expect(h.logs.some((l) => l.reason === 'write payload larger than the connection will read')).toBe(true);
   });
 
-  it('answers in-flight requests before closing on DISC, then releases the export', async () => {
+  /** A session with one READ held in flight until `gate.resolve()`. */
+  async function withHeldRead() {
     const h = harness();
     const { session, client } = h.start();
     const c = await openExport(client, 'disk');
@@ -581,6 +582,11 @@ describe('NbdSession transmission', () => {
     };
     const r = c.request({ type: P.CMD_READ, offset: 0, length: 100 });
     await waitFor('read in flight', () => session.inflightCount === 1, 5000);
+    return { h, session, client, c, gate, r };
+  }
+
+  it('answers in-flight requests before closing on DISC, then releases the export', async () => {
+    const { h, session, c, gate, r } = await withHeldRead();
     const disc = c.disconnect();
     await settle();
     gate.resolve();
@@ -592,15 +598,7 @@ describe('NbdSession transmission', () => {
   });
 
   it('close() lets in-flight requests reply, then ends the connection', async () => {
-    const h = harness();
-    const { session, client } = h.start();
-    const c = await openExport(client, 'disk');
-    const gate = deferred();
-    h.provider.disk('disk').interceptor = async (op) => {
-      if (op === 'read') await gate.promise;
-    };
-    const r = c.request({ type: P.CMD_READ, offset: 0, length: 100 });
-    await waitFor('read in flight', () => session.inflightCount === 1, 5000);
+    const { h, session, client, c, gate, r } = await withHeldRead();
     const closing = session.close();
     await settle();
     gate.resolve();
