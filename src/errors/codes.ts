@@ -29,6 +29,15 @@ export const ERROR_CODES = {
   TORUS_ERR_VOLUME_FENCED: 'a newer writer holds the volume; this writer is fenced off',
   TORUS_ERR_RING_EMPTY: 'no peer is in the ring, so blocks have nowhere to live (torusd --auto-join or torusctl peer add)',
   TORUS_ERR_RING_PEER_UNKNOWN: 'the ring names a peer whose address is not known (it is not reporting)',
+  TORUS_ERR_RING_OUTDATED: 'a peer refused a request placed with an older ring version than its own; the sender re-reads the ring',
+  TORUS_ERR_RING_TRANSITION: 'the ring change is not possible in the current transition (see torusctl cluster status)',
+
+  // Replication.
+  TORUS_ERR_REPLICA_STALE: 'a replica refused a change that does not build on its copy, or its copy is suspect; it is recorded stale and caught up',
+  TORUS_ERR_REPLICA_QUORUM: 'fewer owners than minReplicas took a write or flush, so it was not acknowledged',
+  TORUS_ERR_BLOCK_UNAVAILABLE: 'no current copy of a block is reachable (its newest copies are on peers that are down); the read fails rather than return older data',
+  TORUS_ERR_PEER_NOT_LIVE: 'the peer has no etcd session; it refuses requests until it has re-registered and re-read the ring and fences',
+  TORUS_ERR_VERSION_EXHAUSTED: 'one coordinator changed one block 2^32 - 1 times; it must take a new fencing token',
 
   // I/O ranges and the local block store.
   TORUS_ERR_IO_OUT_OF_RANGE: 'offset or length lies outside the volume',
@@ -54,6 +63,7 @@ export const ERROR_CODES = {
   TORUS_ERR_PEER_NOT_FOUND: 'no peer (or ring member) has that address or UUID',
   TORUS_ERR_DATA_DIR_IN_USE: 'another running torusd uses this data dir',
   TORUS_ERR_DATA_DIR_FOREIGN: 'the data dir holds blocks of another cluster (etcd was wiped and re-initialised)',
+  TORUS_ERR_DATA_DIR_NEWER: 'the data dir was written by a newer torus release; run that release or a newer one',
   TORUS_ERR_DAEMON_START: 'torusd could not start (port in use, data dir unusable, ...)',
   TORUS_ERR_HTTP_NOT_FOUND: 'torusd has no HTTP endpoint at that method and path',
   TORUS_ERR_HTTP_REQUEST_INVALID: 'an HTTP request to torusd was malformed or too large',
