@@ -128,3 +128,13 @@ export interface ReplicaApi {
 export const META_REFS_MAX = 4096;
 /** Blocks per list() answer. */
 export const LIST_BLOCKS_MAX = 4096;
+
+/**
+ * How a node reaches the other peers: TCP peer clients in torusd
+ * (src/peer/), the simulated network in test/sim. Timeouts are the
+ * caller's (the replication layer bounds every call with its own clock).
+ */
+export interface PeerTransport {
+  /** The replica API of a peer, or null while its address is unknown (it is not reporting). */
+  peer(uuid: string): ReplicaApi | null;
+}
