@@ -13,9 +13,11 @@ import type { MetadataSession } from '../metadata/metadata-service.js';
 import type { ClusterConfig, PeerRecord, RingRecord } from '../model/records.js';
 import { NbdServer } from '../nbd/server.js';
 import { formatPeerAddress } from '../peer/address.js';
+import { LegacyStoreReplica, legacyInsecure } from '../peer/legacy-adapter.js';
 import { PeerServer } from '../peer/server.js';
 import { FileBlockStore } from '../store/file-block-store.js';
 import { systemClock, type Clock } from '../util/clock.js';
+import { systemIds } from '../util/random.js';
 import { crc32cDescription } from '../util/crc32c.js';
 import { VolumeExports } from '../volume/volume-exports.js';
 import { VolumeManager } from '../volume/volume-manager.js';
@@ -104,7 +106,19 @@ export class TorusDaemon {
     });
     const secret = await this.loadSecret();
 
-    this.peerServer = new PeerServer({ store: this.store, logger: this.root, clusterId: this.clusterId(), peerUuid: uuid, secret, clock: this.clock });
+    // TEMPORARY (src/peer/legacy-adapter.ts): the store served as a ReplicaApi until the replica rules land here.
+    const incarnation = systemIds.uuid();
+    this.peerServer = new PeerServer({
+      api: new LegacyStoreReplica(this.store, { uuid, incarnation }),
+      blockSize: this.cluster.blockSize,
+      logger: this.root,
+      clusterId: this.clusterId(),
+      peerUuid: uuid,
+      incarnation,
+      secret,
+      insecure: legacyInsecure(secret, this.log),
+      clock: this.clock,
+    });
     const peerBound = await this.peerServer.listen(cfg.peerAddress.host, cfg.peerAddress.port);
     // Others dial the configured address; a port of 0 (tests) means the bound one.
     this.addresses.peer = formatPeerAddress({ host: cfg.peerAddress.host, port: peerBound.port });

@@ -2,9 +2,10 @@ import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
 import type { BlockRef } from '../model/block-ref.js';
 import type { PeerRecord, RingRecord } from '../model/records.js';
-import { PeerClient } from '../peer/client.js';
+import { LegacyPeerStore, legacyInsecure } from '../peer/legacy-adapter.js';
 import { replicasOf } from '../ring/placement.js';
 import type { BlockStore } from '../store/block-store.js';
+import { systemIds } from '../util/random.js';
 import type { Placement } from './volume.js';
 
 export interface ClusterPlacementOptions {
@@ -26,9 +27,14 @@ export interface ClusterPlacementOptions {
 export class ClusterPlacement implements Placement {
   private ring: RingRecord = { schema: 1, version: 0, replication: 1, members: [] };
   private readonly addresses = new Map<string, string>();
-  private readonly clients = new Map<string, PeerClient>();
+  private readonly clients = new Map<string, LegacyPeerStore>();
+  /** Peer protocol 2 handshakes carry the client's incarnation: one per process. */
+  private readonly incarnation = systemIds.uuid();
+  private readonly insecure: boolean;
 
-  constructor(private readonly opts: ClusterPlacementOptions) {}
+  constructor(private readonly opts: ClusterPlacementOptions) {
+    this.insecure = legacyInsecure(opts.secret, opts.logger);
+  }
 
   setRing(ring: RingRecord): void {
     this.ring = ring;
@@ -83,13 +89,15 @@ export class ClusterPlacement implements Placement {
       // Unknown until the peer reports: a store that fails when used, so that
       // reads go on to the other replicas and writes fail with a clear error.
       if (address === undefined) return unavailableStore(uuid, this.opts.blockSize);
-      c = new PeerClient({
+      c = new LegacyPeerStore({
         address,
         blockSize: this.opts.blockSize,
         clusterId: this.opts.clusterId,
         peerUuid: this.opts.localUuid,
+        incarnation: this.incarnation,
         remotePeerUuid: uuid,
         secret: this.opts.secret,
+        insecure: this.insecure,
         logger: this.opts.logger,
       });
       this.clients.set(uuid, c);
