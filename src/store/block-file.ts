@@ -72,3 +72,12 @@ export function encodeTable(table: Uint32Array): Buffer {
 }
 
 export const TABLE_OFFSET = TABLE_AT;
+
+/**
+ * A data block's digest (block-meta.ts): CRC-32C over its page CRC table,
+ * each CRC as a big-endian u32. Equal digests at equal block size mean
+ * equal bytes, without reading them.
+ */
+export function tableDigest(table: Uint32Array): number {
+  return crc32c(encodeTable(table));
+}

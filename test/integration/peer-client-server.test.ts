@@ -14,8 +14,8 @@ import { PeerServer, type PeerServerOptions } from '../../src/peer/server.js';
 import { crc32c } from '../../src/util/crc32c.js';
 import { tcpConnector, type PeerConnector } from '../../src/peer/transport.js';
 import type { BlockStore, StoreUsage, WriteOptions, ZeroOptions } from '../../src/store/block-store.js';
-import { MemoryBlockStore } from '../../src/store/memory-block-store.js';
 import type { Clock } from '../../src/util/clock.js';
+import { legacyMemoryStore, type FencingTestStore } from '../helpers/legacy-stores.js';
 import { waitFor } from '../helpers/wait.js';
 
 const BS = 4096;
@@ -51,8 +51,8 @@ function makeClient(addr: PeerAddress, over: Partial<PeerClientOptions> = {}): P
   return client;
 }
 
-function memStore(blocks = 1024): MemoryBlockStore {
-  return new MemoryBlockStore({ blockSize: BS, capacity: blocks * BS });
+function memStore(blocks = 1024): FencingTestStore {
+  return legacyMemoryStore(BS, blocks * BS);
 }
 
 async function codeOf(p: Promise<unknown>): Promise<string> {
