@@ -223,3 +223,21 @@ async function outcomeAfterRun(clock: SimClock, p: Promise<unknown>): Promise<st
   await runUntil(clock, () => false, clock.monotonic() + 1_000);
   return o;
 }
+
+describe('MemoryBlockStore.inspect (the checkers\' view of a copy)', () => {
+  it('shows the visible and the durable state without touching either', async () => {
+    const { MemoryBlockStore } = await import('../../src/store/memory-block-store.js');
+    const store = new MemoryBlockStore({ blockSize: 4096, capacity: 1 << 20 });
+    const ref = { volumeId: 1, generation: 1, index: 2 };
+    expect(store.inspect(ref)).toEqual({ visible: null, durable: null, suspect: false });
+    await store.write(ref, 0, Buffer.alloc(512, 1), 5, { fua: false });
+    expect(store.inspect(ref).visible?.version).toBe(5);
+    expect(store.inspect(ref).durable).toBeNull();
+    await store.flush();
+    await store.zero(ref, 0, 4096, 6, { punch: true, fua: false });
+    const seen = store.inspect(ref);
+    expect(seen.visible).toEqual({ state: 'zero', version: 6, data: null });
+    expect(seen.durable?.version).toBe(5);
+    expect(seen.durable?.data?.[0]).toBe(1);
+  });
+});
