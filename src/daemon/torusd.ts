@@ -14,6 +14,7 @@ import type { ClusterConfig, PeerRecord, RingRecord } from '../model/records.js'
 import { NbdServer } from '../nbd/server.js';
 import { formatPeerAddress } from '../peer/address.js';
 import { PeerServer } from '../peer/server.js';
+import { planRingChange } from '../ring/transition.js';
 import { FileBlockStore } from '../store/file-block-store.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { crc32cDescription } from '../util/crc32c.js';
@@ -283,9 +284,13 @@ export class TorusDaemon {
     for (let attempt = 0; attempt < 20; attempt++) {
       const ring = await this.metadata.getRing();
       if (ring.members.some((m) => m.uuid === this.uuid)) return;
+      // A join is a ring transition (docs/replication.md): blocks move to the new member before the old owners stop taking them.
+      const members = [...ring.members, { uuid: this.uuid, weight: this.capacity }];
+      const next = planRingChange(ring, members, ring.replication, ring.minReplicas, `auto-join ${this.uuid}`, this.clock.now());
+      if (next === null) return;
       try {
-        await this.metadata.setRing({ ...ring, version: ring.version + 1, members: [...ring.members, { uuid: this.uuid, weight: this.capacity }] });
-        this.log.info({ version: ring.version + 1 }, 'joined the ring (--auto-join)');
+        await this.metadata.setRing(next);
+        this.log.info({ version: next.version, phase: next.transition?.phase ?? 'stable' }, 'joined the ring (--auto-join)');
         return;
       } catch (err) {
         if (!isTorusError(err, 'TORUS_ERR_CLUSTER_CONFLICT')) throw err;

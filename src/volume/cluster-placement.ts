@@ -24,7 +24,7 @@ export interface ClusterPlacementOptions {
  * are pushed in by whoever watches etcd.
  */
 export class ClusterPlacement implements Placement {
-  private ring: RingRecord = { schema: 1, version: 0, replication: 1, members: [] };
+  private ring: RingRecord = { schema: 2, version: 0, replication: 1, minReplicas: 1, members: [], transition: null };
   private readonly addresses = new Map<string, string>();
   private readonly clients = new Map<string, PeerClient>();
 
