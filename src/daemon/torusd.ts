@@ -16,6 +16,7 @@ import { formatPeerAddress } from '../peer/address.js';
 import { PeerServer } from '../peer/server.js';
 import { planRingChange } from '../ring/transition.js';
 import { FileBlockStore } from '../store/file-block-store.js';
+import { asLegacyBlockStore } from '../store/legacy-adapter.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { crc32cDescription } from '../util/crc32c.js';
 import { VolumeExports } from '../volume/volume-exports.js';
@@ -104,13 +105,15 @@ export class TorusDaemon {
       return { capacityBytes: u.capacity, usedBytes: u.used };
     });
     const secret = await this.loadSecret();
+    // Temporary: the peer protocol and volumes still speak the old store contract.
+    const legacyStore = asLegacyBlockStore(this.store);
 
-    this.peerServer = new PeerServer({ store: this.store, logger: this.root, clusterId: this.clusterId(), peerUuid: uuid, secret, clock: this.clock });
+    this.peerServer = new PeerServer({ store: legacyStore, logger: this.root, clusterId: this.clusterId(), peerUuid: uuid, secret, clock: this.clock });
     const peerBound = await this.peerServer.listen(cfg.peerAddress.host, cfg.peerAddress.port);
     // Others dial the configured address; a port of 0 (tests) means the bound one.
     this.addresses.peer = formatPeerAddress({ host: cfg.peerAddress.host, port: peerBound.port });
 
-    this.placement = new ClusterPlacement({ self: { uuid, store: this.store }, blockSize: this.cluster.blockSize, clusterId: this.clusterId(), secret, logger: this.root, localUuid: uuid });
+    this.placement = new ClusterPlacement({ self: { uuid, store: legacyStore }, blockSize: this.cluster.blockSize, clusterId: this.clusterId(), secret, logger: this.root, localUuid: uuid });
     this.volumes = new VolumeManager({
       metadata: this.metadata,
       session: () => this.session,
