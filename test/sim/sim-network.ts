@@ -176,6 +176,8 @@ export class SimNetwork {
   }
 
   private send(from: string, caller: SimProcess, to: string, method: ReplicaMethod, rawArgs: unknown[]): Promise<unknown> {
+    // A dead process sends nothing (its code may still be unwinding).
+    if (!caller.alive) return new Promise(() => undefined);
     // Copied now: the caller may reuse its buffers as soon as the call is made.
     const args = rawArgs.map(copyValue);
     return new Promise((resolve, reject) => {
