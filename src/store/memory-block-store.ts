@@ -52,6 +52,13 @@ interface DurableCopy {
   readonly copy: Copy;
 }
 
+/** One state of a block as inspect() shows it: data is blockSize bytes for data, null for a tombstone. */
+export interface InspectedCopy {
+  readonly state: 'data' | 'zero';
+  readonly version: Version;
+  readonly data: Buffer | null;
+}
+
 export type CrashOutcome = 'durable' | 'visible' | 'torn';
 
 /**
@@ -315,6 +322,21 @@ export class MemoryBlockStore implements LocalBlockStore {
     this.uncheckpointed.clear();
     this.closed = false;
     return outcomes;
+  }
+
+  /**
+   * What the store holds for a block, without CRC checks or side effects:
+   * the visible state (what reads see now) and the durable state (what a
+   * crash would keep of it, before the crash model's tearing). For the
+   * simulation's checkers, which must look at every copy without disturbing
+   * it. The buffers are the store's own: callers must not change them.
+   */
+  inspect(ref: BlockRef): { readonly visible: InspectedCopy | null; readonly durable: InspectedCopy | null; readonly suspect: boolean } {
+    const key = blockRefKey(ref);
+    const s = this.slots.get(key);
+    const d = this.durable.get(key)?.copy ?? null;
+    const view = (c: Copy | null): InspectedCopy | null => (c === null ? null : { state: c.state, version: c.version, data: c.data });
+    return { visible: view(s?.copy ?? null), durable: view(d), suspect: s?.suspect ?? false };
   }
 
   /**
