@@ -8,7 +8,7 @@ import type { ClusterContext } from '../replication/cluster-context.js';
 import { FenceTable, type FencePersistence } from '../replication/fence-table.js';
 import { ringPeers } from '../replication/owners.js';
 import { PeerHealth } from '../replication/peer-health.js';
-import { indexesToRanges } from '../replication/ranges.js';
+import { indexesToRanges } from '../model/ranges.js';
 import { Replica, type AppliedChange } from '../replication/replica.js';
 import { DEFAULT_REPLICATION_SETTINGS, type ReplicationSettings } from '../replication/settings.js';
 import { Throttle } from '../replication/throttle.js';

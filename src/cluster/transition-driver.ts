@@ -62,8 +62,8 @@ export class TransitionDriver {
   }
 
   private async advance(ring: RingRecord, why: string): Promise<void> {
+    if (ring.transition === null) return;
     const next = advanceRing(ring);
-    if (next === null) return;
     try {
       await this.opts.ctx.metadata.setRing(next);
       this.log.info({ ringVersion: next.version, phase: next.transition?.phase ?? 'stable', why }, 'ring transition advanced');
@@ -93,7 +93,8 @@ export class TransitionDriver {
         this.log.warn({ peer: u, fill: stored / capacity }, 'a member has been DOWN past the down-out interval, but its data would fill the survivors past 85 %');
         continue;
       }
-      const next = planRingChange(ring, { members: survivors, replication: ring.replication, minReplicas: ring.minReplicas }, `down-out ${u}`, new Date(this.opts.ctx.clock.now()).toISOString());
+      const next = planRingChange(ring, survivors, ring.replication, ring.minReplicas, `down-out ${u}`, this.opts.ctx.clock.now());
+      if (next === null) continue;
       try {
         await this.opts.ctx.metadata.setRing(next);
         this.log.warn({ peer: u, downForMs: now - since, ringVersion: next.version }, 'member DOWN past the down-out interval: taken out of the ring; its blocks are re-replicated');

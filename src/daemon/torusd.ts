@@ -16,7 +16,7 @@ import { DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_REPLICATION } from '../model/defaults
 import { NbdServer } from '../nbd/server.js';
 import { formatPeerAddress } from '../peer/address.js';
 import { PeerServer } from '../peer/server.js';
-import { minReplicasDefault, planRingChange } from '../ring/transition.js';
+import { planRingChange } from '../ring/transition.js';
 import { FileFencePersistence } from '../store/fence-file.js';
 import { FileBlockStore } from '../store/file-block-store.js';
 import { systemClock, type Clock } from '../util/clock.js';
@@ -221,7 +221,8 @@ export class TorusDaemon {
       const ring = await this.metadata.getRing();
       if (ring.members.some((m) => m.uuid === this.uuid)) return;
       const members = [...ring.members, { uuid: this.uuid, weight: this.capacity }];
-      const next = planRingChange(ring, { members, replication: ring.replication, minReplicas: ring.minReplicas ?? minReplicasDefault(ring.replication) }, `peer add ${this.uuid} (--auto-join)`, new Date(this.clock.now()).toISOString());
+      const next = planRingChange(ring, members, ring.replication, ring.minReplicas, `peer add ${this.uuid} (--auto-join)`, this.clock.now());
+      if (next === null) return;
       try {
         await this.metadata.setRing(next);
         this.log.info({ ringVersion: next.version, transition: next.transition !== null }, 'joined the ring (--auto-join)');

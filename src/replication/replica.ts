@@ -120,9 +120,13 @@ export class Replica implements ReplicaApi {
   // ------------------------------------------------------------ changes
 
   write(ctx: RequestContext, ref: BlockRef, offset: number, data: Buffer, stamp: ChangeStamp, opts: { readonly fua: boolean }): Promise<void> {
-    this.admitRequest(ctx);
-    this.checkRange(offset, data.length);
-    this.checkStamp(stamp);
+    try {
+      this.admitRequest(ctx);
+      this.checkRange(offset, data.length);
+      this.checkStamp(stamp);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return this.serial(ref, async () => {
       await this.opts.fences.admit(ref.volumeId, stamp.token);
       const whole = offset === 0 && data.length === this.blockSize;
@@ -133,9 +137,13 @@ export class Replica implements ReplicaApi {
   }
 
   zero(ctx: RequestContext, ref: BlockRef, offset: number, length: number, stamp: ChangeStamp, opts: { readonly punch: boolean; readonly fua: boolean }): Promise<void> {
-    this.admitRequest(ctx);
-    this.checkRange(offset, length);
-    this.checkStamp(stamp);
+    try {
+      this.admitRequest(ctx);
+      this.checkRange(offset, length);
+      this.checkStamp(stamp);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return this.serial(ref, async () => {
       await this.opts.fences.admit(ref.volumeId, stamp.token);
       const whole = offset === 0 && length === this.blockSize;
@@ -146,9 +154,13 @@ export class Replica implements ReplicaApi {
   }
 
   install(ctx: RequestContext, ref: BlockRef, copy: BlockCopy, opts: { readonly token: number; readonly fua: boolean }): Promise<InstallOutcome> {
-    this.admitRequest(ctx);
-    assert(copy.version >= 0, 'an installed copy has a version');
-    assert(copy.state === 'zero' ? copy.data === null : copy.data !== null && copy.data.length === this.blockSize, 'a data copy is one whole block; a tombstone has no data');
+    try {
+      this.admitRequest(ctx);
+      assert(copy.version >= 0, 'an installed copy has a version');
+      assert(copy.state === 'zero' ? copy.data === null : copy.data !== null && copy.data.length === this.blockSize, 'a data copy is one whole block; a tombstone has no data');
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return this.serial(ref, async () => {
       await this.opts.fences.admit(ref.volumeId, opts.token);
       const meta = this.store.meta(ref);
@@ -165,8 +177,12 @@ export class Replica implements ReplicaApi {
   }
 
   confirm(ctx: RequestContext, ref: BlockRef, version: Version, digest: number, opts: { readonly token: number }): Promise<boolean> {
-    this.admitRequest(ctx);
-    assert(version >= 0, 'a confirmed copy has a version');
+    try {
+      this.admitRequest(ctx);
+      assert(version >= 0, 'a confirmed copy has a version');
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return this.serial(ref, async () => {
       await this.opts.fences.admit(ref.volumeId, opts.token);
       const meta = this.store.meta(ref);
@@ -181,7 +197,11 @@ export class Replica implements ReplicaApi {
   }
 
   drop(ctx: RequestContext, ref: BlockRef, version: Version, opts: { readonly token: number }): Promise<boolean> {
-    this.admitRequest(ctx);
+    try {
+      this.admitRequest(ctx);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return this.serial(ref, async () => {
       await this.opts.fences.admit(ref.volumeId, opts.token);
       const meta = this.store.meta(ref);

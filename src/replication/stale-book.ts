@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { MetadataService } from '../metadata/metadata-service.js';
 import type { StaleRecord } from '../model/records.js';
 import type { Clock } from '../util/clock.js';
-import { indexesToRanges } from './ranges.js';
+import { indexesToRanges } from '../model/ranges.js';
 
 /**
  * A coordinator's view of its volume's stale records (docs/replication.md,
