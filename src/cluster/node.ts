@@ -129,6 +129,7 @@ export class ClusterNode {
       requestContext: (): RequestContext => ({ ringVersion: self.ring.version }),
       replica: (u) => self.replicaOf(u),
       refreshRing: (min) => self.refreshRing(min),
+      refreshPeers: () => self.refreshPeers(),
       ringAcknowledged: (v) => self.ringAcknowledged(v, false),
       leaseDeadline: () => self.session?.leaseDeadline() ?? -Infinity,
     };

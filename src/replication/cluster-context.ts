@@ -31,6 +31,8 @@ export interface ClusterContext {
   replica(uuid: string): ReplicaApi | null;
   /** Re-reads the ring from etcd if ours is older than `minVersion` (one read at a time). */
   refreshRing(minVersion: number): Promise<void>;
+  /** Re-reads which peers are live (DOWN is a ring member without a peer record). */
+  refreshPeers(): Promise<void>;
   /** True once every live peer acknowledged this ring version (moves wait for it). */
   ringAcknowledged(ringVersion: number): Promise<boolean>;
   /** Monotonic ms after which this process's lease (and its locks) must be assumed gone. */

@@ -96,6 +96,7 @@ export class VolumeCoordinator {
    */
   static async open(opts: CoordinatorOptions): Promise<VolumeCoordinator> {
     const c = new VolumeCoordinator(opts);
+    await opts.ctx.refreshPeers();
     await c.publishToken();
     await c.stale.refresh();
     return c;
@@ -603,13 +604,16 @@ export class VolumeCoordinator {
     let outdated = 0;
     await Promise.all(
       owners.map(async (u) => {
+        // DOWN is etcd's view and may lag a peer that just registered: ask
+        // anyone not known to be failing; a dead one costs one timeout.
         const api = this.ctx.replica(u);
-        if (api === null || !this.ctx.health.usable(u)) return;
+        if (api === null || this.ctx.health.isFailing(u)) return;
         try {
           const [m] = await withTimeout(api.meta(this.ctx.requestContext(), [ref]), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `meta on peer ${u}`);
           this.ctx.health.succeeded(u);
           got.set(u, m!);
         } catch (err) {
+          this.log.debug({ err, peer: u, block: ref.index }, 'metadata request failed');
           const kind = classifyFailure(err);
           if (kind === 'outdated') {
             const v = (err as TorusError).details?.['ringVersion'];

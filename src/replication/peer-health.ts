@@ -19,6 +19,10 @@ export class PeerHealth {
     return !this.down.has(uuid) && !this.failing.has(uuid);
   }
 
+  isFailing(uuid: string): boolean {
+    return this.failing.has(uuid);
+  }
+
   isDown(uuid: string): boolean {
     return this.down.has(uuid);
   }
