@@ -71,7 +71,11 @@ function realNode(env: NodeEnv): NodeUnderTest {
 }
 
 function cluster(opts: { peers: number; members: number; replication: number; seed?: number }): SimCluster {
-  return new SimCluster({
+  return new SimCluster(clusterOptions(opts));
+}
+
+function clusterOptions(opts: { peers: number; members: number; replication: number; seed?: number }): ConstructorParameters<typeof SimCluster>[0] {
+  return {
     seed: opts.seed ?? 1,
     blockSize: BLOCK,
     peers: opts.peers,
@@ -86,7 +90,7 @@ function cluster(opts: { peers: number; members: number; replication: number; se
     },
     onApplied: () => undefined,
     logger: pino({ level: process.env['SIM_LOG'] ?? 'silent' }),
-  });
+  };
 }
 
 /** Runs the simulation until the promise settles (or fails the test). */
@@ -118,6 +122,13 @@ function pattern(seed: number, n: number): Buffer {
   const b = Buffer.alloc(n);
   for (let i = 0; i < n; i++) b[i] = (seed * 31 + i * 7) & 0xff;
   return b;
+}
+
+/** An orderly stop (SIGTERM): the node flushes and lets go, then its process ends. */
+async function stopPeer(c: SimCluster, p: SimPeer): Promise<void> {
+  await c.inside(p.process!, () => p.node!.stop());
+  p.process!.kill();
+  p.started = false;
 }
 
 async function startAll(c: SimCluster, peers: SimPeer[]): Promise<void> {
@@ -240,5 +251,169 @@ describe('replication on a simulated cluster', () => {
     await runFor(c, 15_000);
     io = await until(c, c.open(b, 'v', 'rw'), 60_000);
     expect((await until(c, io.read(0, data.length))).equals(data)).toBe(true);
+  });
+
+  it('keeps a trim made while a replica was down: it reads as zeroes after the replica returns, and no repair brings the data back', async () => {
+    const c = cluster({ peers: 2, members: 2, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b] = c.peers as [SimPeer, SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    await until(c, io.write(0, pattern(5, 4 * BLOCK), false));
+    await until(c, io.flush());
+    await until(c, stopPeer(c, b));
+    await until(c, io.zero(0, 4 * BLOCK, { punch: true, fua: false }));
+    await until(c, io.flush());
+    await until(c, c.start(b));
+    await runFor(c, 20_000);
+    expect((await until(c, io.read(0, 4 * BLOCK))).equals(Buffer.alloc(4 * BLOCK))).toBe(true);
+    for (let i = 0; i < 4; i++) {
+      const cs = copies(c, 1, i);
+      expect(cs.map((x) => x.state)).toEqual(['zero', 'zero']);
+    }
+  });
+
+  it('answers reads around a corrupt copy and repairs it', async () => {
+    const c = cluster({ peers: 2, members: 2, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b] = c.peers as [SimPeer, SimPeer];
+    let io = await until(c, c.open(a, 'v', 'rw'));
+    const data = pattern(7, 4 * BLOCK);
+    await until(c, io.write(0, data, true));
+    await until(c, io.close());
+    b.store.corrupt(blockRef(1, 1, 2), 0);
+    // Read through b: its own copy is bad, the read is answered from a.
+    io = await until(c, c.open(b, 'v', 'rw'));
+    expect((await until(c, io.read(0, data.length))).equals(data)).toBe(true);
+    await runFor(c, 20_000);
+    expect(b.store.meta(blockRef(1, 1, 2)).suspect).toBe(false);
+    const cs = copies(c, 1, 2);
+    expect(cs.length).toBe(2);
+    expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size).toBe(1);
+    expect(await until(c, c.adminMetadata.getStale(1))).toEqual([]);
+  });
+
+  it('drains a live peer: blocks leave it before the ring forgets it, nothing is lost when it stops', async () => {
+    const c = cluster({ peers: 3, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, d] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    const data = pattern(9, VOLUME_BLOCKS * BLOCK);
+    await until(c, io.write(0, data, false));
+    await until(c, io.flush());
+    await until(c, c.changeRing([a.uuid, b.uuid], 2, 'remove d'));
+    // Writes go on during the drain.
+    const more = pattern(10, 8 * BLOCK);
+    await until(c, io.write(0, more, false));
+    await runFor(c, 40_000);
+    expect((await until(c, c.ring())).transition).toBeNull();
+    await until(c, stopPeer(c, d));
+    const want = Buffer.concat([more, data.subarray(8 * BLOCK)]);
+    expect((await until(c, io.read(0, want.length))).equals(want)).toBe(true);
+    for (let i = 0; i < VOLUME_BLOCKS; i++) {
+      const cs = copies(c, 1, i);
+      expect(cs.map((x) => x.uuid).sort()).toEqual([a.uuid, b.uuid].sort());
+      expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size).toBe(1);
+    }
+  });
+
+  it('re-replicates after a dead peer is force-removed and a fresh one added, so losing another peer loses nothing', async () => {
+    const c = cluster({ peers: 4, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+    await startAll(c, c.peers.slice(0, 3));
+    const [a, b, d, e] = c.peers as [SimPeer, SimPeer, SimPeer, SimPeer];
+    let io = await until(c, c.open(a, 'v', 'rw'));
+    const data = pattern(11, VOLUME_BLOCKS * BLOCK);
+    await until(c, io.write(0, data, false));
+    await until(c, io.flush());
+    await until(c, io.close());
+    c.crash(d);
+    await runFor(c, 10_000);
+    await until(c, c.changeRing([a.uuid, b.uuid], 2, 'peer remove --force d'));
+    await until(c, c.start(e));
+    await until(c, c.changeRing([a.uuid, b.uuid, e.uuid], 2, 'peer add e'));
+    await runFor(c, 60_000);
+    expect((await until(c, c.ring())).transition).toBeNull();
+    for (let i = 0; i < VOLUME_BLOCKS; i++) {
+      const cs = copies(c, 1, i).filter((x) => x.uuid !== d.uuid);
+      expect(cs.length, `block ${i}`).toBe(2);
+      expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size).toBe(1);
+    }
+    c.crash(a);
+    await runFor(c, 10_000);
+    io = await until(c, c.open(b, 'v', 'rw'), 60_000);
+    expect((await until(c, io.read(0, data.length))).equals(data)).toBe(true);
+  });
+
+  it('refuses every queued write of a writer frozen past its lease once another took over', async () => {
+    const c = cluster({ peers: 3, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const old = await until(c, c.open(a, 'v', 'rw'));
+    await until(c, old.write(0, pattern(1, 4 * BLOCK), false));
+    await until(c, old.flush());
+    // The writer is frozen with writes queued (SIGSTOP).
+    c.freeze(a);
+    const queued = [old.write(0, pattern(66, BLOCK), false), old.write(BLOCK, pattern(67, BLOCK), true)];
+    const outcomes: string[] = [];
+    for (const q of queued) q.then(() => outcomes.push('ok'), (err: unknown) => outcomes.push(isTorusError(err) ? err.code : String(err)));
+    await runFor(c, 3 * SIM_TIMING.sessionTtlSeconds * 1000);
+    const fresh = await until(c, c.open(b, 'v', 'rw'), 60_000);
+    c.thaw(a);
+    await runFor(c, 20_000);
+    expect(outcomes.length).toBe(2);
+    expect(outcomes.every((o) => o !== 'ok')).toBe(true);
+    expect((await until(c, fresh.read(0, 4 * BLOCK))).equals(pattern(1, 4 * BLOCK))).toBe(true);
+  });
+
+  it('changes replication from 2 to 3 and back, copying to the new owners', async () => {
+    const c = cluster({ peers: 3, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a] = c.peers as [SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    const data = pattern(13, VOLUME_BLOCKS * BLOCK);
+    await until(c, io.write(0, data, false));
+    await until(c, io.flush());
+    await until(c, c.changeRing(c.peers.map((p) => p.uuid), 3, 'set-replication 3'));
+    await runFor(c, 40_000);
+    expect((await until(c, c.ring())).transition).toBeNull();
+    for (let i = 0; i < VOLUME_BLOCKS; i++) expect(copies(c, 1, i).length).toBe(3);
+    await until(c, c.changeRing(c.peers.map((p) => p.uuid), 2, 'set-replication 2'));
+    await runFor(c, 40_000);
+    for (let i = 0; i < VOLUME_BLOCKS; i++) expect(copies(c, 1, i).length).toBe(2);
+    expect((await until(c, io.read(0, data.length))).equals(data)).toBe(true);
+  });
+
+  it('lets a read-only opener see the newest data while the writer runs degraded', async () => {
+    const c = cluster({ peers: 3, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 8 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, d] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    await until(c, io.write(0, pattern(1, 8 * BLOCK), false));
+    const ro = await until(c, c.open(b, 'v', 'ro'));
+    expect((await until(c, ro.read(0, 8 * BLOCK))).equals(pattern(1, 8 * BLOCK))).toBe(true);
+    c.crash(d);
+    await until(c, io.write(0, pattern(2, 8 * BLOCK), false));
+    expect((await until(c, ro.read(0, 8 * BLOCK))).equals(pattern(2, 8 * BLOCK))).toBe(true);
+    let refused = '';
+    await until(c, ro.write(0, Buffer.alloc(BLOCK), false)).catch((err: unknown) => (refused = isTorusError(err) ? err.code : String(err)));
+    expect(refused).toBe('TORUS_ERR_VOLUME_READ_ONLY');
+  });
+
+  it('acknowledges at write level one after one copy and still has minReplicas durable at flush', async () => {
+    const c = new SimCluster({ ...clusterOptions({ peers: 3, members: 3, replication: 3 }), timing: { ...SIM_TIMING, writeLevel: 'one' } });
+    await until(c, c.bootstrap([{ name: 'v', size: 8 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a] = c.peers as [SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    await until(c, io.write(0, pattern(4, 8 * BLOCK), false));
+    await until(c, io.flush());
+    for (let i = 0; i < 8; i++) expect(copies(c, 1, i).length).toBe(3);
+    expect((await until(c, io.read(0, 8 * BLOCK))).equals(pattern(4, 8 * BLOCK))).toBe(true);
   });
 });
