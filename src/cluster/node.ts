@@ -11,6 +11,7 @@ import { PeerHealth } from '../replication/peer-health.js';
 import { indexesToRanges } from '../model/ranges.js';
 import { Replica, type AppliedChange } from '../replication/replica.js';
 import { DEFAULT_REPLICATION_SETTINGS, type ReplicationSettings } from '../replication/settings.js';
+import { ReplicationStats } from '../replication/stats.js';
 import { Throttle } from '../replication/throttle.js';
 import type { LocalBlockStore } from '../store/local-store.js';
 import type { Clock } from '../util/clock.js';
@@ -67,6 +68,8 @@ export interface NodeDeps {
   readonly peerRecord: (() => PeerRecord) | null;
   /** Every change the local replica applies (simulation checkers). */
   readonly onApplied?: (change: AppliedChange) => void;
+  /** The node began or stopped serving (it has an etcd session, or lost it). */
+  readonly onLiveChange?: (live: boolean) => void;
   /** A new etcd session (lease) was opened: torusd keeps its id in the data dir. */
   readonly onSessionOpened?: (leaseId: string) => Promise<void>;
 }
@@ -85,6 +88,7 @@ export class ClusterNode {
   readonly incarnation: string;
   readonly health: PeerHealth;
   readonly throttle: Throttle;
+  readonly stats = new ReplicationStats();
   readonly ctx: ClusterContext;
   readonly volumes: VolumeManager;
   private readonly deps: NodeDeps;
@@ -124,6 +128,7 @@ export class ClusterNode {
       health: this.health,
       settings: deps.settings.replication,
       throttle: this.throttle,
+      stats: this.stats,
       logger: deps.logger,
       ring: () => self.ring,
       requestContext: (): RequestContext => ({ ringVersion: self.ring.version }),
@@ -250,6 +255,7 @@ export class ClusterNode {
     await this.retryEtcd('acknowledge the ring', () => this.ack());
     await this.refreshPeers();
     this.live = true;
+    d.onLiveChange?.(true);
   }
 
   /** Blocks the local store holds as suspect (after an unclean stop) must be in etcd before anyone reads around them. */
@@ -277,6 +283,7 @@ export class ClusterNode {
     if (this.reconnecting || this.stopped) return;
     this.reconnecting = true;
     this.live = false;
+    this.deps.onLiveChange?.(false);
     this.log.error({}, 'etcd session lost: serving nothing until re-registered; volume locks are gone');
     await this.volumes.leaseLost();
     const old = this.session;

@@ -123,6 +123,7 @@ export class TorusDaemon {
       holder: `torusd ${uuid} on ${os.hostname()} (pid ${process.pid})`,
       peerRecord: () => this.peerRecord(),
       onSessionOpened: (id) => writeLeaseFile(cfg.dataDir, id),
+      onLiveChange: (live) => this.metrics.setEtcdHealthy(live),
     });
 
     this.peerServer = new PeerServer({ replica: this.node.replicaHandle(), logger: this.root, clusterId: this.cluster.id, peerUuid: uuid, secret, clock: this.clock });
@@ -141,6 +142,17 @@ export class TorusDaemon {
       );
     }
     await this.node.start();
+    this.metrics.setReplicationSource(() => {
+      const ring = this.node.currentRing();
+      return {
+        ...this.node.stats,
+        copiedBytes: this.node.throttle.totalBytes(),
+        copyBytesPerSec: this.node.throttle.rate(),
+        failingPeers: this.node.health.failingPeers().length,
+        ringVersion: ring.version,
+        ringPhase: ring.transition === null ? 0 : ring.transition.phase === 'moving' ? 1 : 2,
+      };
+    });
     this.refreshPeersEvery();
     if (cfg.autoJoin) await this.joinRing();
 

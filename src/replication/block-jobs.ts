@@ -55,6 +55,11 @@ export class VolumeJobs {
     await this.catchUp(report);
     await this.move(report);
     if (opts.scrub === true || this.scrubDue()) await this.scrub(report);
+    const stats = this.c.ctx.stats;
+    stats.caughtUp += report.caughtUp;
+    stats.moved += report.moved;
+    stats.scrubbed += report.scrubbed;
+    stats.repaired += report.repaired;
     report.idle = report.pending === 0 && this.c.stale.stalePeers().length === 0 && this.c.ctx.ring().transition?.phase !== 'moving';
     return report;
   }
@@ -263,6 +268,7 @@ export class VolumeJobs {
       }
       if (digests.size > 1) {
         divergent++;
+        c.ctx.stats.divergent++;
         this.log.error({ block: index }, 'copies at one version differ in content (a bug or silent corruption the CRCs did not catch)');
       }
       report.scrubbed++;

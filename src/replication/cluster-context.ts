@@ -5,6 +5,7 @@ import type { RingRecord } from '../model/records.js';
 import type { Clock } from '../util/clock.js';
 import type { Random } from '../util/random.js';
 import type { PeerHealth } from './peer-health.js';
+import type { ReplicationStats } from './stats.js';
 import type { ReplicationSettings } from './settings.js';
 import type { Throttle } from './throttle.js';
 
@@ -22,6 +23,7 @@ export interface ClusterContext {
   readonly health: PeerHealth;
   readonly settings: ReplicationSettings;
   readonly throttle: Throttle;
+  readonly stats: ReplicationStats;
   readonly logger: Logger;
   /** The ring this process uses now. */
   ring(): RingRecord;

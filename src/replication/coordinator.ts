@@ -384,7 +384,9 @@ export class VolumeCoordinator {
         this.markUnsure(e);
         throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `block ${e.index} of ${this.volume.name}: owners that missed the change could not be recorded stale in etcd, so it is not acknowledged`, { cause: err });
       }
+      this.ctx.stats.staleRecorded += missed.length;
       if (!quorumOk) {
+        this.ctx.stats.failedChanges++;
         this.markUnsure(e);
         if (noSpace > 0 && acked.size === 0) {
           throw new TorusError('TORUS_ERR_STORE_NO_SPACE', `block ${e.index} of ${this.volume.name}: the owners are out of space`);
@@ -393,7 +395,10 @@ export class VolumeCoordinator {
           details: { acked: [...acked], missed },
         });
       }
-      if (missed.length > 0) this.log.debug({ block: e.index, missed }, 'degraded change: the owners that missed it are recorded stale');
+      if (missed.length > 0) {
+        this.ctx.stats.degradedChanges++;
+        this.log.debug({ block: e.index, missed }, 'degraded change: the owners that missed it are recorded stale');
+      }
     })();
     const settled = finished.finally(() => this.unpin(e.index));
     settled.then(
