@@ -62,6 +62,8 @@ export interface NodeDeps {
   readonly ids: Ids;
   readonly logger: Logger;
   readonly settings: NodeSettings;
+  /** New at every start of the process (default: a fresh id); the transport sends it in handshakes too. */
+  readonly incarnation?: string;
   /** `torusd <uuid> on <host> (pid N)`: who holds locks. */
   readonly holder: string;
   /** The peer record to publish (addresses, capacity); null for clients. */
@@ -114,7 +116,7 @@ export class ClusterNode {
   constructor(deps: NodeDeps) {
     this.deps = deps;
     this.uuid = deps.uuid;
-    this.incarnation = deps.ids.uuid();
+    this.incarnation = deps.incarnation ?? deps.ids.uuid();
     this.log = deps.logger.child({ module: 'node', peer: deps.uuid });
     this.timers = new Timers(deps.clock);
     this.health = new PeerHealth(deps.clock);
@@ -139,6 +141,12 @@ export class ClusterNode {
       leaseDeadline: () => self.session?.leaseDeadline() ?? -Infinity,
     };
     this.volumes = new VolumeManager({ ctx: this.ctx, session: () => this.session, holder: deps.holder, logger: deps.logger, writeLevel: deps.settings.replication.writeLevel });
+    deps.transport.onPeerRestart?.((u) => {
+      this.log.info({ peer: u }, 'peer restarted');
+      void this.volumes.list().then((all) => {
+        for (const ov of all) ov.coordinator?.peerRestarted(u);
+      });
+    });
   }
 
   /** What other peers reach through the peer protocol (null for a client). */

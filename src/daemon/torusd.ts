@@ -97,7 +97,8 @@ export class TorusDaemon {
       return { capacityBytes: u.capacity, usedBytes: u.used };
     });
 
-    this.peers = new PeerDirectory({ blockSize: this.cluster.blockSize, clusterId: this.cluster.id, localUuid: uuid, secret, clock: this.clock, logger: this.root });
+    const incarnation = systemIds.uuid();
+    this.peers = new PeerDirectory({ blockSize: this.cluster.blockSize, clusterId: this.cluster.id, localUuid: uuid, incarnation, secret, clock: this.clock, logger: this.root });
     this.peers.setPeers(await this.metadata.listPeers().catch(() => []));
     this.node = new ClusterNode({
       uuid,
@@ -109,6 +110,7 @@ export class TorusDaemon {
       random: systemRandom,
       ids: systemIds,
       logger: this.root,
+      incarnation,
       settings: {
         ...DEFAULT_NODE_SETTINGS,
         downOutIntervalMs: cfg.downOutIntervalMs,
