@@ -167,7 +167,7 @@ export class TorusDaemon {
     const nbdBound = await this.nbd.listen(cfg.nbd.host, cfg.nbd.port);
     this.addresses.nbd = `${cfg.nbd.host}:${nbdBound.port}`;
 
-    this.http = buildHttpApp({ registry, status: () => this.status(), health: () => this.health(), logger: this.root, clock: this.clock });
+    this.http = buildHttpApp({ registry, status: () => this.status(), health: () => this.health(), blocks: (id) => this.localBlocks(id), logger: this.root, clock: this.clock });
     await this.http.listen({ host: cfg.http.host, port: cfg.http.port });
     const httpAddr = this.http.server.address();
     this.addresses.http = `${cfg.http.host}:${typeof httpAddr === 'object' && httpAddr ? httpAddr.port : cfg.http.port}`;
@@ -279,6 +279,18 @@ export class TorusDaemon {
       incarnation: this.node?.incarnation ?? '',
       rebalanceBytesPerSec: Math.round(this.node?.throttle.rate() ?? 0),
     };
+  }
+
+  /** This peer's copies of one volume's blocks, for GET /v1/blocks. */
+  private localBlocks(volumeId: number) {
+    const out = [];
+    let after = null;
+    for (;;) {
+      const page = this.store.list({ volumeId, after, limit: 4096 });
+      for (const b of page) out.push({ index: b.ref.index, generation: b.ref.generation, state: b.state, version: b.version, digest: b.digest, suspect: b.suspect });
+      if (page.length < 4096) return out;
+      after = page[page.length - 1]!.ref;
+    }
   }
 
   private async resolveCapacity(): Promise<number> {
