@@ -1,34 +1,77 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { ExponentialBackoff, handleWhen, noop, retry, type IBackoff, type IPolicy } from 'cockatiel';
-import { Etcd3, isRecoverableError, type IKeyValue, type Namespace, type Watcher } from 'etcd3';
+import { Etcd3, isRecoverableError, Range, type IKeyValue, type IRangeResponse, type Namespace } from 'etcd3';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
-import type { ClusterConfig, PeerRecord, RingRecord, VolumeLockRecord, VolumeRecord } from '../model/records.js';
+import { addToStale, removeFromStale, type BlockRange } from '../model/ranges.js';
+import type {
+  ClusterConfig,
+  PeerRecord,
+  RingAck,
+  RingRecord,
+  StaleRecord,
+  VolumeHealthRecord,
+  VolumeLockRecord,
+  VolumeMoveRecord,
+  VolumeRecord,
+} from '../model/records.js';
+import { minReplicasDefault } from '../ring/transition.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { formatSize } from '../util/size.js';
 import { withEtcd, type EtcdCallContext } from './etcd-errors.js';
 import { EtcdSession } from './etcd-session.js';
-import { DEFAULT_PREFIX, KEYS, normalizePrefix, volumeFenceKey, volumeKey, volumeLockKey } from './keys.js';
+import { ResilientWatch, type ResilientWatchSpec } from './etcd-watch.js';
+import {
+  DEFAULT_PREFIX,
+  fenceIdOf,
+  healthKey,
+  KEYS,
+  moveKey,
+  movesVersionPrefix,
+  normalizePrefix,
+  parseMoveKey,
+  staleKey,
+  staleVolumePrefix,
+  volumeFenceKey,
+  volumeKey,
+  volumeLockKey,
+  volumeMaintKey,
+} from './keys.js';
 import type { MetadataService, MetadataSession } from './metadata-service.js';
 import {
   decodeClusterConfig,
+  decodeClusterSecret,
   decodeCounter,
   decodePeerRecord,
+  decodeRingAck,
   decodeRingRecord,
+  decodeStaleRecord,
+  decodeVolumeHealthRecord,
   decodeVolumeLockRecord,
+  decodeVolumeMoveRecord,
   decodeVolumeRecord,
   encodeRecord,
 } from './record-codec.js';
 import {
+  checkStaleAdd,
+  checkStaleRemove,
+  CLUSTER_SECRET_BYTES,
   notInitialisedError,
+  SESSION_TTL_MAX_SECONDS,
   validateClusterParams,
+  validateHealthRecord,
+  validateMoveRecord,
   validateRing,
   validateVolumeName,
   validateVolumeSize,
+  volumeFencedError,
+  volumeIdNotFoundError,
   volumeInUseError,
   volumeNotFoundError,
   VOLUME_ID_MAX,
 } from './validate.js';
+
+export { SESSION_TTL_MAX_SECONDS } from './validate.js';
 
 export interface EtcdMetadataOptions {
   /** `host:port` (an `http://` or `https://` prefix is accepted too). */
@@ -46,15 +89,26 @@ export const DEFAULT_CALL_TIMEOUT_MS = 5_000;
 export const CAS_ATTEMPTS_MAX = 8;
 export const PEERS_LIST_MAX = 4096;
 export const VOLUMES_LIST_MAX = 65_536;
-export const SESSION_TTL_MAX_SECONDS = 3600;
+/** Listings that must be complete (fences, stale records, moves) are read in pages of this many keys, at one revision. */
+export const LIST_PAGE_KEYS = 1_000;
+/** ... up to this many keys; more is not a state torus makes, so it is reported rather than truncated. */
+export const LIST_COMPLETE_KEYS_MAX = 1_048_576;
+/** etcd's default --max-txn-ops is 128: deletes of move records beyond this go in later transactions. */
+export const TXN_OPS_MAX = 100;
 
 interface Kv {
+  readonly key: string;
   readonly value: string;
   readonly modRevision: string;
+  readonly lease: string;
 }
 
 function toKv(kv: IKeyValue | undefined): Kv | null {
-  return kv === undefined ? null : { value: kv.value.toString('utf8'), modRevision: kv.mod_revision };
+  return kv === undefined ? null : { key: kv.key.toString('utf8'), value: kv.value.toString('utf8'), modRevision: kv.mod_revision, lease: kv.lease };
+}
+
+function firstKv(res: { responses: { response_range?: IRangeResponse | null }[] }, i: number): Kv | null {
+  return toKv(res.responses[i]?.response_range?.kvs[0]);
 }
 
 /** MetadataService over a real etcd v3 cluster. */
@@ -66,7 +120,7 @@ export class EtcdMetadata implements MetadataService {
   private readonly log: Logger;
   private readonly clock: Clock;
   private readonly sessions = new Set<EtcdSession>();
-  private readonly watchers = new Set<Watcher>();
+  private readonly watches = new Set<ResilientWatch>();
   private closed = false;
 
   constructor(opts: EtcdMetadataOptions) {
@@ -91,7 +145,7 @@ export class EtcdMetadata implements MetadataService {
       // etcd3 1.1.2 declares dialTimeout but never reads it: the per-call
       // deadline below is what bounds connecting.
       defaultCallOptions: (c) => (c.isStream ? {} : { deadline: Date.now() + attemptMs }),
-      // Watches (watchRing) re-connect within 2 s of etcd's return, not 30 s.
+      // Watches re-connect within 2 s of etcd's return, not 30 s.
       // etcd3 calls .next() on this like on its own default, an
       // ExponentialBackoff factory; its typings say IBackoff instead.
       faultHandling: {
@@ -118,19 +172,62 @@ export class EtcdMetadata implements MetadataService {
     return toKv(res.kvs[0]);
   }
 
+  /** The value and the revision of the read (for watches that go on from it). */
+  private async getKvAt(key: string): Promise<{ kv: Kv | null; revision: number }> {
+    const res = await this.call(`get ${this.prefix}${key}`, () => this.ns.get(key).exec());
+    return { kv: toKv(res.kvs[0]), revision: Number(res.header.revision) };
+  }
+
+  /** A listing that may be cut at `limit` (peers, volumes): a warning says so. */
   private async listPrefix(prefix: string, limit: number): Promise<Kv[]> {
     const res = await this.call(`list ${this.prefix}${prefix}`, () => this.ns.getAll().prefix(prefix).limit(limit).exec());
     if (res.more) this.log.warn({ keyPrefix: prefix, limit }, 'listing truncated at its limit');
-    return res.kvs.map((kv) => ({ value: kv.value.toString('utf8'), modRevision: kv.mod_revision, key: kv.key.toString('utf8') }));
+    return res.kvs.map((kv) => toKv(kv)!);
+  }
+
+  /** Every key under `prefix`, read page by page at one revision, so the listing is complete and consistent. */
+  private async listComplete(prefix: string): Promise<{ kvs: Kv[]; revision: number }> {
+    const end = Range.prefix(prefix).end;
+    const kvs: Kv[] = [];
+    let revision: number | null = null;
+    let from: string | Buffer = prefix;
+    for (;;) {
+      const at = revision;
+      const res: IRangeResponse = await this.call(`list ${this.prefix}${prefix}`, () => {
+        const b = this.ns.getAll().inRange({ start: from, end }).limit(LIST_PAGE_KEYS);
+        return (at === null ? b : b.revision(at)).exec();
+      });
+      revision ??= Number(res.header.revision);
+      for (const kv of res.kvs) kvs.push(toKv(kv)!);
+      if (!res.more || res.kvs.length === 0) return { kvs, revision };
+      if (kvs.length > LIST_COMPLETE_KEYS_MAX) {
+        throw new TorusError('TORUS_ERR_METADATA_CORRUPT', `more than ${LIST_COMPLETE_KEYS_MAX} keys under ${this.prefix}${prefix}`, { details: { key: this.prefix + prefix } });
+      }
+      // Next page: right after the last key of this one.
+      from = Buffer.concat([Buffer.from(kvs[kvs.length - 1]!.key, 'utf8'), Buffer.from([0])]);
+    }
+  }
+
+  private k(key: string): string {
+    return this.prefix + key;
   }
 
   private now(): string {
     return new Date(this.clock.now()).toISOString();
   }
 
+  private async openWatch(spec: ResilientWatchSpec): Promise<() => Promise<void>> {
+    const watch = await ResilientWatch.open({ ns: this.ns, call: (op, fn) => this.call(op, fn), clock: this.clock, logger: this.log }, spec);
+    this.watches.add(watch);
+    return async () => {
+      if (!this.watches.delete(watch)) return;
+      await watch.stop();
+    };
+  }
+
   async getClusterConfig(): Promise<ClusterConfig | null> {
     const kv = await this.getKv(KEYS.config);
-    return kv === null ? null : decodeClusterConfig(this.prefix + KEYS.config, kv.value);
+    return kv === null ? null : decodeClusterConfig(this.k(KEYS.config), kv.value);
   }
 
   async initCluster(config: { blockSize: number; replication: number }, opts: { force: boolean }): Promise<ClusterConfig> {
@@ -140,21 +237,25 @@ export class EtcdMetadata implements MetadataService {
       this.log.warn({ keysDeleted: n }, 'wiped cluster metadata before re-initialising');
     }
     const record: ClusterConfig = { schema: 1, id: randomUUID(), blockSize: config.blockSize, replication: config.replication, createdAt: this.now() };
-    const ring: RingRecord = { schema: 1, version: 1, replication: config.replication, members: [] };
-    const res = await this.call('init cluster', () =>
-      this.ns
-        .if(KEYS.config, 'Create', '==', 0)
-        .then(this.ns.put(KEYS.config).value(encodeRecord(record)), this.ns.put(KEYS.ring).value(encodeRecord(ring)))
-        .else(this.ns.get(KEYS.config))
-        .commit(),
-    );
-    if (!res.succeeded) {
-      const existing = res.responses[0]?.response_range.kvs[0];
-      const cfg = existing ? decodeClusterConfig(this.prefix + KEYS.config, existing.value.toString('utf8')) : null;
-      throw alreadyInitialisedError(this.ctx.endpoints, cfg);
+    const ring: RingRecord = { schema: 2, version: 1, replication: config.replication, minReplicas: minReplicasDefault(config.replication), members: [], transition: null };
+    for (let attempt = 0; attempt < CAS_ATTEMPTS_MAX; attempt++) {
+      // A secret made before init (ensureClusterSecret by a peer) is kept: peers may use it already.
+      const secret = await this.getKv(KEYS.secret);
+      const res = await this.call('init cluster', () => {
+        const txn = this.ns.if(KEYS.config, 'Create', '==', 0).and(KEYS.secret, 'Mod', '==', secret?.modRevision ?? 0);
+        const puts = [this.ns.put(KEYS.config).value(encodeRecord(record)), this.ns.put(KEYS.ring).value(encodeRecord(ring))];
+        if (secret === null) puts.push(this.ns.put(KEYS.secret).value(newSecret()));
+        return txn.then(...puts).else(this.ns.get(KEYS.config)).commit();
+      });
+      if (res.succeeded) {
+        this.log.info({ blockSize: record.blockSize, replication: record.replication }, 'cluster initialised');
+        return record;
+      }
+      const existing = firstKv(res, 0);
+      if (existing !== null) throw alreadyInitialisedError(this.ctx.endpoints, decodeClusterConfig(this.k(KEYS.config), existing.value));
+      // The secret appeared meanwhile: read it again.
     }
-    this.log.info({ blockSize: record.blockSize, replication: record.replication }, 'cluster initialised');
-    return record;
+    throw conflictError('init cluster');
   }
 
   async wipe(): Promise<number> {
@@ -164,33 +265,30 @@ export class EtcdMetadata implements MetadataService {
 
   async listPeers(): Promise<PeerRecord[]> {
     const kvs = await this.listPrefix(KEYS.peersPrefix, PEERS_LIST_MAX);
-    return kvs.map((kv, i) => decodePeerRecord(`${this.prefix}${KEYS.peersPrefix}#${i}`, kv.value));
+    return kvs.map((kv) => decodePeerRecord(this.k(kv.key), kv.value));
   }
 
   async getRing(): Promise<RingRecord> {
     const kv = await this.getKv(KEYS.ring);
     if (kv === null) throw notInitialisedError();
-    return decodeRingRecord(this.prefix + KEYS.ring, kv.value);
+    return decodeRingRecord(this.k(KEYS.ring), kv.value);
   }
 
   async setRing(next: RingRecord): Promise<void> {
     validateRing(next);
     const kv = await this.getKv(KEYS.ring);
     if (kv === null) throw notInitialisedError();
-    const current = decodeRingRecord(this.prefix + KEYS.ring, kv.value);
+    const current = decodeRingRecord(this.k(KEYS.ring), kv.value);
     if (next.version !== current.version + 1) throw ringConflictError(current.version, next.version);
     const res = await this.call('set ring', () =>
       this.ns.if(KEYS.ring, 'Mod', '==', kv.modRevision).then(this.ns.put(KEYS.ring).value(encodeRecord(next))).commit(),
     );
     if (!res.succeeded) throw ringConflictError(current.version, next.version, true);
-    this.log.info({ ringVersion: next.version, members: next.members.length, replication: next.replication }, 'ring changed');
+    this.log.info({ ringVersion: next.version, members: next.members.length, replication: next.replication, phase: next.transition?.phase ?? 'stable' }, 'ring changed');
   }
 
   async watchRing(onChange: (ring: RingRecord) => void): Promise<() => Promise<void>> {
-    const key = this.prefix + KEYS.ring;
-    const res = await this.call('get ring', () => this.ns.get(KEYS.ring).exec());
-    const first = res.kvs[0];
-    if (first === undefined) throw notInitialisedError();
+    const key = this.k(KEYS.ring);
     let lastVersion = 0;
     const deliver = (text: string): void => {
       let ring: RingRecord;
@@ -200,7 +298,7 @@ export class EtcdMetadata implements MetadataService {
         this.log.error({ err }, 'ignoring a ring record that does not decode');
         return;
       }
-      // A watch that reconnects may replay; callers see each version once.
+      // A watch that resyncs may see a version again; callers see each once.
       if (ring.version <= lastVersion) return;
       lastVersion = ring.version;
       try {
@@ -209,36 +307,229 @@ export class EtcdMetadata implements MetadataService {
         this.log.error({ err }, 'ring watch callback threw');
       }
     };
-    deliver(first.value.toString('utf8'));
-    // Start right after the revision read above: no change can slip between.
-    const watcher = this.ns
-      .watch()
-      .key(KEYS.ring)
-      .startRevision(String(BigInt(res.header.revision) + 1n))
-      .watcher();
-    watcher.on('put', (kv) => deliver(kv.value.toString('utf8')));
-    watcher.on('delete', () => {
-      this.log.warn('ring key deleted (cluster wiped); waiting for a new ring');
-      lastVersion = 0;
+    return this.openWatch({
+      what: 'ring',
+      key: KEYS.ring,
+      startRevision: null,
+      resync: async (initial) => {
+        const { kv, revision } = await this.getKvAt(KEYS.ring);
+        if (kv === null) {
+          if (initial) throw notInitialisedError();
+          lastVersion = 0;
+        } else {
+          deliver(kv.value);
+        }
+        return revision;
+      },
+      onPut: (_key, value) => deliver(value),
+      onDelete: () => {
+        this.log.warn('ring key deleted (cluster wiped); waiting for a new ring');
+        lastVersion = 0;
+      },
     });
-    watcher.on('disconnected', (err) => this.log.warn({ err }, 'ring watch disconnected; reconnecting'));
-    watcher.on('connected', () => this.log.debug('ring watch connected'));
-    watcher.on('error', (err) => this.log.error({ err }, 'ring watch failed'));
-    try {
-      await this.call('watch ring', () => new Promise<void>((resolve, reject) => {
-        watcher.once('connected', () => resolve());
-        watcher.once('error', reject);
-      }));
-    } catch (err) {
-      watcher.cancel().catch(() => undefined);
-      throw err;
-    }
-    this.watchers.add(watcher);
-    return async () => {
-      if (!this.watchers.delete(watcher)) return;
-      await this.call('cancel ring watch', () => watcher.cancel());
-    };
   }
+
+  // ---- cluster secret
+
+  async getClusterSecret(): Promise<string | null> {
+    const kv = await this.getKv(KEYS.secret);
+    return kv === null ? null : decodeClusterSecret(this.k(KEYS.secret), kv.value);
+  }
+
+  async ensureClusterSecret(): Promise<string> {
+    const existing = await this.getClusterSecret();
+    if (existing !== null) return existing;
+    const res = await this.call('create secret', () =>
+      this.ns.if(KEYS.secret, 'Create', '==', 0).then(this.ns.put(KEYS.secret).value(newSecret())).else(this.ns.get(KEYS.secret)).commit(),
+    );
+    if (!res.succeeded) {
+      // Another peer created it first: use theirs.
+      const kv = firstKv(res, 0);
+      if (kv === null) throw conflictError('create the cluster secret');
+      return decodeClusterSecret(this.k(KEYS.secret), kv.value);
+    }
+    const kv = await this.getKv(KEYS.secret);
+    if (kv === null) throw conflictError('create the cluster secret');
+    this.log.info('cluster secret created');
+    return decodeClusterSecret(this.k(KEYS.secret), kv.value);
+  }
+
+  // ---- fencing tokens
+
+  async getFence(volumeId: number): Promise<number> {
+    const kv = await this.getKv(volumeFenceKey(volumeId));
+    return decodeCounter(this.k(volumeFenceKey(volumeId)), kv?.value ?? null);
+  }
+
+  async listFences(): Promise<{ fences: Map<number, number>; revision: number }> {
+    const { kvs, revision } = await this.listComplete(KEYS.volumeFencePrefix);
+    const fences = new Map<number, number>();
+    for (const kv of kvs) fences.set(fenceIdOf(kv.key), decodeCounter(this.k(kv.key), kv.value));
+    return { fences, revision };
+  }
+
+  async watchFences(
+    revision: number,
+    onFence: (volumeId: number, token: number, revision: number) => void,
+    onResync: (all: { fences: Map<number, number>; revision: number }) => void,
+  ): Promise<() => Promise<void>> {
+    if (!Number.isSafeInteger(revision) || revision < 0) throw new TorusError('TORUS_ERR_ARG_INVALID', `invalid etcd revision ${String(revision)}`);
+    const safely = (fn: () => void): void => {
+      try {
+        fn();
+      } catch (err) {
+        this.log.error({ err }, 'fence watch callback threw');
+      }
+    };
+    return this.openWatch({
+      what: 'fences',
+      prefix: KEYS.volumeFencePrefix,
+      startRevision: revision + 1,
+      resync: async () => {
+        const all = await this.listFences();
+        safely(() => onResync(all));
+        return all.revision;
+      },
+      onPut: (key, value, modRevision) => {
+        let id: number;
+        let token: number;
+        try {
+          id = fenceIdOf(key);
+          token = decodeCounter(this.k(key), value);
+        } catch (err) {
+          this.log.error({ err }, 'ignoring a fence that does not decode');
+          return;
+        }
+        safely(() => onFence(id, token, modRevision));
+      },
+      // Deletes come with deleted volumes: no token to learn.
+    });
+  }
+
+  // ---- stale records
+
+  async getStale(volumeId: number): Promise<StaleRecord[]> {
+    const { kvs } = await this.listComplete(staleVolumePrefix(volumeId));
+    return kvs.map((kv) => decodeStaleRecord(this.k(kv.key), kv.value));
+  }
+
+  async listStale(): Promise<StaleRecord[]> {
+    const { kvs } = await this.listComplete(KEYS.stalePrefix);
+    return kvs.map((kv) => decodeStaleRecord(this.k(kv.key), kv.value));
+  }
+
+  async addStale(volumeId: number, peer: string, add: { readonly all?: boolean; readonly ranges?: readonly BlockRange[] }): Promise<void> {
+    const ranges = checkStaleAdd(volumeId, peer, add);
+    const key = staleKey(volumeId, peer);
+    const fenceKey = volumeFenceKey(volumeId);
+    for (let attempt = 0; attempt < CAS_ATTEMPTS_MAX; attempt++) {
+      const kv = await this.getKv(key);
+      const current = kv === null ? null : decodeStaleRecord(this.k(key), kv.value);
+      const next = addToStale(current, { all: add.all === true, ranges });
+      const record: StaleRecord = { schema: 1, volumeId, peer, all: next.all, ranges: next.ranges, updatedAt: this.now() };
+      // A deleted volume has no fence key: its records must not come back.
+      const res = await this.call(`add stale ${this.k(key)}`, () =>
+        this.ns
+          .if(fenceKey, 'Version', '>', 0)
+          .and(key, 'Mod', '==', kv?.modRevision ?? 0)
+          .then(this.ns.put(key).value(encodeRecord(record)))
+          .else(this.ns.get(fenceKey))
+          .commit(),
+      );
+      if (res.succeeded) return;
+      if (firstKv(res, 0) === null) throw volumeIdNotFoundError(volumeId);
+    }
+    throw conflictError(`add stale blocks of volume ${volumeId} for ${peer}`);
+  }
+
+  async removeStale(volumeId: number, peer: string, ranges: readonly BlockRange[] | 'all', token: number): Promise<void> {
+    const remove = checkStaleRemove(volumeId, peer, ranges, token);
+    const key = staleKey(volumeId, peer);
+    const fenceKey = volumeFenceKey(volumeId);
+    for (let attempt = 0; attempt < CAS_ATTEMPTS_MAX; attempt++) {
+      const kv = await this.getKv(key);
+      const current = kv === null ? null : decodeStaleRecord(this.k(key), kv.value);
+      const next = removeFromStale(current, remove);
+      // The fence check runs in the same transaction as the change: a
+      // coordinator fenced off after it read the record changes nothing.
+      const res = await this.call(`remove stale ${this.k(key)}`, () => {
+        const ops =
+          current === null || next === current
+            ? []
+            : next === null
+              ? [this.ns.delete().key(key)]
+              : [this.ns.put(key).value(encodeRecord({ ...current, all: next.all, ranges: next.ranges, updatedAt: this.now() }))];
+        return this.ns
+          .if(fenceKey, 'Value', '==', String(token))
+          .and(key, 'Mod', '==', kv?.modRevision ?? 0)
+          .then(...ops)
+          .else(this.ns.get(fenceKey))
+          .commit();
+      });
+      if (res.succeeded) return;
+      const fence = decodeCounter(this.k(fenceKey), firstKv(res, 0)?.value ?? null);
+      if (fence !== token) throw volumeFencedError(volumeId, token, fence);
+    }
+    throw conflictError(`remove stale blocks of volume ${volumeId} for ${peer}`);
+  }
+
+  // ---- ring transitions
+
+  async listRingAcks(): Promise<RingAck[]> {
+    const { kvs } = await this.listComplete(KEYS.ringAcksPrefix);
+    return kvs.map((kv) => decodeRingAck(this.k(kv.key), kv.value));
+  }
+
+  async listVolumeMoves(ringVersion: number): Promise<VolumeMoveRecord[]> {
+    const { kvs } = await this.listComplete(movesVersionPrefix(ringVersion));
+    return kvs.map((kv) => decodeVolumeMoveRecord(this.k(kv.key), kv.value)).sort((a, b) => a.volumeId - b.volumeId);
+  }
+
+  async putVolumeMove(record: VolumeMoveRecord, token: number): Promise<void> {
+    validateMoveRecord(record, token);
+    const fenceKey = volumeFenceKey(record.volumeId);
+    const key = moveKey(record.ringVersion, record.volumeId);
+    const res = await this.call(`put move ${this.k(key)}`, () =>
+      this.ns.if(fenceKey, 'Value', '==', String(token)).then(this.ns.put(key).value(encodeRecord(record))).else(this.ns.get(fenceKey)).commit(),
+    );
+    if (!res.succeeded) throw volumeFencedError(record.volumeId, token, decodeCounter(this.k(fenceKey), firstKv(res, 0)?.value ?? null));
+  }
+
+  async pruneVolumeMoves(belowRingVersion: number): Promise<void> {
+    const { kvs } = await this.listComplete(KEYS.movesPrefix);
+    const old = kvs.filter((kv) => {
+      const k = parseMoveKey(kv.key);
+      return k === null || k.ringVersion < belowRingVersion;
+    });
+    await this.deleteKeys(old.map((kv) => kv.key), `prune moves below ${belowRingVersion}`);
+  }
+
+  private async deleteKeys(keys: readonly string[], op: string): Promise<void> {
+    for (let i = 0; i < keys.length; i += TXN_OPS_MAX) {
+      const batch = keys.slice(i, i + TXN_OPS_MAX);
+      // The client builds transactions from a compare; this one always holds.
+      await this.call(op, () => this.ns.if(KEYS.config, 'Version', '>', -1).then(...batch.map((k) => this.ns.delete().key(k))).commit());
+    }
+  }
+
+  // ---- health
+
+  async listVolumeHealth(): Promise<VolumeHealthRecord[]> {
+    const { kvs } = await this.listComplete(KEYS.healthPrefix);
+    return kvs.map((kv) => decodeVolumeHealthRecord(this.k(kv.key), kv.value)).sort((a, b) => a.volumeId - b.volumeId);
+  }
+
+  async putVolumeHealth(record: VolumeHealthRecord): Promise<void> {
+    validateHealthRecord(record);
+    const fenceKey = volumeFenceKey(record.volumeId);
+    const key = healthKey(record.volumeId);
+    const res = await this.call(`put health ${this.k(key)}`, () =>
+      this.ns.if(fenceKey, 'Version', '>', 0).then(this.ns.put(key).value(encodeRecord(record))).commit(),
+    );
+    if (!res.succeeded) throw volumeIdNotFoundError(record.volumeId);
+  }
+
+  // ---- volumes
 
   async createVolume(name: string, size: number): Promise<VolumeRecord> {
     validateVolumeName(name);
@@ -247,9 +538,9 @@ export class EtcdMetadata implements MetadataService {
     for (let attempt = 0; attempt < CAS_ATTEMPTS_MAX; attempt++) {
       const cfgKv = await this.getKv(KEYS.config);
       if (cfgKv === null) throw notInitialisedError();
-      const config = decodeClusterConfig(this.prefix + KEYS.config, cfgKv.value);
+      const config = decodeClusterConfig(this.k(KEYS.config), cfgKv.value);
       const counter = await this.getKv(KEYS.volumeIdCounter);
-      const id = decodeCounter(this.prefix + KEYS.volumeIdCounter, counter?.value ?? null) + 1;
+      const id = decodeCounter(this.k(KEYS.volumeIdCounter), counter?.value ?? null) + 1;
       if (id > VOLUME_ID_MAX) throw new TorusError('TORUS_ERR_ARG_INVALID', 'no volume ids are left in this cluster');
       const record: VolumeRecord = { schema: 1, id, name, type: 'block', size, blockSize: config.blockSize, generation: 1, createdAt: this.now() };
       // One transaction: the id is consumed only if the volume is created.
@@ -266,10 +557,10 @@ export class EtcdMetadata implements MetadataService {
         this.log.info({ volume: name, volumeId: id, size }, 'volume created');
         return record;
       }
-      if ((res.responses[0]?.response_range.kvs.length ?? 0) > 0) {
+      if (firstKv(res, 0) !== null) {
         throw new TorusError('TORUS_ERR_VOLUME_EXISTS', `a volume named "${name}" already exists`, { details: { volume: name } });
       }
-      if ((res.responses[1]?.response_range.kvs.length ?? 0) === 0) throw notInitialisedError();
+      if (firstKv(res, 1) === null) throw notInitialisedError();
     }
     throw conflictError(`create volume "${name}"`);
   }
@@ -278,12 +569,12 @@ export class EtcdMetadata implements MetadataService {
     validateVolumeName(name);
     const kv = await this.getKv(volumeKey(name));
     if (kv === null) throw volumeNotFoundError(name);
-    return decodeVolumeRecord(this.prefix + volumeKey(name), kv.value);
+    return decodeVolumeRecord(this.k(volumeKey(name)), kv.value);
   }
 
   async listVolumes(): Promise<VolumeRecord[]> {
     const kvs = await this.listPrefix(KEYS.volumesPrefix, VOLUMES_LIST_MAX);
-    const volumes = kvs.map((kv, i) => decodeVolumeRecord(`${this.prefix}${KEYS.volumesPrefix}#${i}`, kv.value));
+    const volumes = kvs.map((kv) => decodeVolumeRecord(this.k(kv.key), kv.value));
     return volumes.sort((a, b) => a.id - b.id);
   }
 
@@ -302,26 +593,31 @@ export class EtcdMetadata implements MetadataService {
     // The counter first: a volume created after this read has a larger id,
     // because the counter and the record are written in one transaction.
     const counter = await this.getKv(KEYS.volumeIdCounter);
-    const lastId = decodeCounter(this.prefix + KEYS.volumeIdCounter, counter?.value ?? null);
+    const lastId = decodeCounter(this.k(KEYS.volumeIdCounter), counter?.value ?? null);
     const live = (await this.listVolumes()).map((v) => v.id);
     return { live, lastId };
   }
 
   async watchVolumeDeletes(onDelete: () => void): Promise<() => Promise<void>> {
-    const watcher = this.ns.watch().prefix(KEYS.volumesPrefix).watcher();
-    watcher.on('delete', () => {
+    const safely = (): void => {
       try {
         onDelete();
       } catch (err) {
         this.log.error({ err }, 'volume watch callback threw');
       }
-    });
-    watcher.on('disconnected', (err) => this.log.warn({ err }, 'volume watch disconnected; reconnecting'));
-    watcher.on('error', (err) => this.log.error({ err }, 'volume watch failed'));
-    await this.call('watch volumes', () => new Promise<void>((resolve) => watcher.once('connected', () => resolve())));
-    return async () => {
-      await watcher.cancel().catch(() => undefined);
     };
+    return this.openWatch({
+      what: 'volumes',
+      prefix: KEYS.volumesPrefix,
+      startRevision: null,
+      // After a lost stream a deletion may have been missed: say so once.
+      resync: async (initial) => {
+        const { revision } = await this.getKvAt(KEYS.volumeIdCounter);
+        if (!initial) safely();
+        return revision;
+      },
+      onDelete: () => safely(),
+    });
   }
 
   async deleteVolume(name: string): Promise<VolumeRecord> {
@@ -330,32 +626,45 @@ export class EtcdMetadata implements MetadataService {
     for (let attempt = 0; attempt < CAS_ATTEMPTS_MAX; attempt++) {
       const kv = await this.getKv(vKey);
       if (kv === null) throw volumeNotFoundError(name);
-      const record = decodeVolumeRecord(this.prefix + vKey, kv.value);
+      const record = decodeVolumeRecord(this.k(vKey), kv.value);
       const lockKey = volumeLockKey(record.id);
-      // The fence key goes too: volume ids are never reused, so its tokens
-      // can never matter again.
+      const moves = (await this.listComplete(KEYS.movesPrefix)).kvs.filter((m) => parseMoveKey(m.key)?.volumeId === record.id).map((m) => m.key);
+      const inTxn = moves.slice(0, TXN_OPS_MAX);
+      // Ids are never reused: every record keyed by this id goes with the
+      // volume. A maintainer still at work finds its lock and fence gone
+      // (its guarded writes fail as fenced), and stale and health records
+      // cannot come back (they need the fence key).
       const res = await this.call(`delete volume ${name}`, () =>
         this.ns
           .if(vKey, 'Mod', '==', kv.modRevision)
           .and(lockKey, 'Version', '==', 0)
-          .then(this.ns.delete().key(vKey), this.ns.delete().key(volumeFenceKey(record.id)))
+          .then(
+            this.ns.delete().key(vKey),
+            this.ns.delete().key(volumeFenceKey(record.id)),
+            this.ns.delete().key(volumeMaintKey(record.id)),
+            this.ns.delete().key(healthKey(record.id)),
+            this.ns.delete().prefix(staleVolumePrefix(record.id)),
+            ...inTxn.map((m) => this.ns.delete().key(m)),
+          )
           .else(this.ns.get(lockKey), this.ns.get(vKey))
           .commit(),
       );
       if (res.succeeded) {
+        // Move records cannot be written any more (no fence): the rest can go at leisure.
+        await this.deleteKeys(moves.slice(TXN_OPS_MAX), `delete move records of volume ${record.id}`);
         this.log.info({ volume: name, volumeId: record.id }, 'volume deleted');
         return record;
       }
-      const lock = res.responses[0]?.response_range.kvs[0];
-      if (lock !== undefined) throw volumeInUseError(name, decodeVolumeLockRecord(this.prefix + lockKey, lock.value.toString('utf8')));
-      if ((res.responses[1]?.response_range.kvs.length ?? 0) === 0) throw volumeNotFoundError(name);
+      const lock = firstKv(res, 0);
+      if (lock !== null) throw volumeInUseError(name, decodeVolumeLockRecord(this.k(lockKey), lock.value));
+      if (firstKv(res, 1) === null) throw volumeNotFoundError(name);
     }
     throw conflictError(`delete volume "${name}"`);
   }
 
   async getVolumeLock(volumeId: number): Promise<VolumeLockRecord | null> {
     const kv = await this.getKv(volumeLockKey(volumeId));
-    return kv === null ? null : decodeVolumeLockRecord(this.prefix + volumeLockKey(volumeId), kv.value);
+    return kv === null ? null : decodeVolumeLockRecord(this.k(volumeLockKey(volumeId)), kv.value);
   }
 
   async openSession(opts: { ttlSeconds: number }): Promise<MetadataSession> {
@@ -384,12 +693,16 @@ export class EtcdMetadata implements MetadataService {
     await Promise.all(
       sessions.map((s) => s.close().catch((err: unknown) => this.log.warn({ err, session: s.id }, 'could not revoke session lease on close'))),
     );
-    const watchers = [...this.watchers];
-    this.watchers.clear();
-    await Promise.all(watchers.map((w) => this.call('cancel watch', () => w.cancel()).catch(() => undefined)));
+    const watches = [...this.watches];
+    this.watches.clear();
+    await Promise.all(watches.map((w) => w.stop()));
     this.closed = true;
     this.client.close();
   }
+}
+
+function newSecret(): string {
+  return randomBytes(CLUSTER_SECRET_BYTES).toString('hex');
 }
 
 function alreadyInitialisedError(endpoints: string, cfg: ClusterConfig | null): TorusError {

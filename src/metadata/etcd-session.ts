@@ -2,18 +2,28 @@ import type { Lease, Namespace } from 'etcd3';
 import { assertSessionUsable, SessionListeners, type SessionState } from './session-listeners.js';
 import type { Logger } from 'pino';
 import { isTorusError, TorusError } from '../errors/torus-error.js';
-import type { PeerRecord, VolumeLockRecord, VolumeRecord } from '../model/records.js';
+import type { PeerRecord, RingAck, VolumeLockRecord, VolumeRecord } from '../model/records.js';
 import type { Clock } from '../util/clock.js';
 import { toTorusError } from './etcd-errors.js';
-import { peerKey, volumeFenceKey, volumeKey, volumeLockKey } from './keys.js';
+import { KEYS, peerKey, ringAckKey, volumeFenceKey, volumeKey, volumeLockKey, volumeMaintKey } from './keys.js';
 import type { MetadataSession, SessionEvent, VolumeLock } from './metadata-service.js';
 import { decodeCounter, decodeVolumeLockRecord, decodeVolumeRecord, encodeRecord } from './record-codec.js';
-import { validatePeerUuid, validateVolumeName, volumeInUseError, volumeNotFoundError } from './validate.js';
+import {
+  validateHolder,
+  validatePeerUuid,
+  validateRingAck,
+  validateVolumeId,
+  validateVolumeName,
+  volumeIdNotFoundError,
+  volumeInUseError,
+  volumeNotFoundError,
+} from './validate.js';
 
 export const LOCK_ATTEMPTS_MAX = 8;
 /** Keepalives in flight that we remember the send time of (see leaseDeadline). */
 const PENDING_KEEPALIVES_MAX = 64;
-const HOLDER_CHARS_MAX = 512;
+/** lockVolumeForMaintenance finds a volume by id in a listing of at most this many volumes. */
+const VOLUMES_SCAN_MAX = 65_536;
 
 type Call = <T>(op: string, fn: () => Promise<T>) => Promise<T>;
 
@@ -152,7 +162,7 @@ export class EtcdSession implements MetadataSession {
 
   async lockVolume(name: string, holder: string): Promise<VolumeLock> {
     validateVolumeName(name);
-    if (holder.length === 0 || holder.length > HOLDER_CHARS_MAX) throw new TorusError('TORUS_ERR_ARG_INVALID', `lock holder must be 1 to ${HOLDER_CHARS_MAX} characters`);
+    validateHolder(holder);
     this.assertUsable(`lock volume ${name}`);
     const { ns, call, prefix } = this.deps;
     const vKey = volumeKey(name);
@@ -166,8 +176,10 @@ export class EtcdSession implements MetadataSession {
       const fRes = await call(`get ${prefix}${fenceKey}`, () => ns.get(fenceKey).exec());
       const fKv = fRes.kvs[0];
       const token = decodeCounter(prefix + fenceKey, fKv ? fKv.value.toString('utf8') : null) + 1;
-      const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token, acquiredAt: new Date(this.deps.clock.now()).toISOString() };
-      // Lock and fence move together: a token is handed out only with the lock.
+      const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token, acquiredAt: new Date(this.deps.clock.now()).toISOString(), kind: 'writer' };
+      // Lock and fence move together: a token is handed out only with the
+      // lock. A maintenance lock does not block a writer: the newer token
+      // fences the maintainer off.
       const res = await this.leased(`lock volume ${name}`, () =>
         ns
           .if(vKey, 'Mod', '==', vKv.mod_revision)
@@ -179,13 +191,73 @@ export class EtcdSession implements MetadataSession {
       );
       if (res.succeeded) {
         this.log.info({ volume: name, volumeId: volume.id, token }, 'volume locked');
-        return new EtcdVolumeLock(this.deps, this.id, volume, record);
+        return new EtcdVolumeLock(this.deps, this.id, volume, record, lockKey);
       }
       const held = res.responses[0]?.response_range.kvs[0];
       if (held !== undefined) throw volumeInUseError(name, decodeVolumeLockRecord(prefix + lockKey, held.value.toString('utf8')));
       // The volume record or the fence moved under us: read again.
     }
     throw new TorusError('TORUS_ERR_CLUSTER_CONFLICT', `lock volume "${name}" lost ${LOCK_ATTEMPTS_MAX} races with concurrent changes; retry`);
+  }
+
+  async lockVolumeForMaintenance(volumeId: number, holder: string): Promise<VolumeLock> {
+    validateVolumeId(volumeId);
+    validateHolder(holder);
+    this.assertUsable(`lock volume ${volumeId} for maintenance`);
+    const { ns, call, prefix } = this.deps;
+    const lockKey = volumeLockKey(volumeId);
+    const maintKey = volumeMaintKey(volumeId);
+    const fenceKey = volumeFenceKey(volumeId);
+    for (let attempt = 0; attempt < LOCK_ATTEMPTS_MAX; attempt++) {
+      // Volume keys are by name: find the id in a listing.
+      const list = await call(`list ${prefix}${KEYS.volumesPrefix}`, () => ns.getAll().prefix(KEYS.volumesPrefix).limit(VOLUMES_SCAN_MAX).exec());
+      let found: { volume: VolumeRecord; key: string; modRevision: string } | null = null;
+      for (const kv of list.kvs) {
+        const key = kv.key.toString('utf8');
+        const v = decodeVolumeRecord(prefix + key, kv.value.toString('utf8'));
+        if (v.id === volumeId) found = { volume: v, key, modRevision: kv.mod_revision };
+      }
+      if (found === null) throw volumeIdNotFoundError(volumeId);
+      const { volume } = found;
+      const fRes = await call(`get ${prefix}${fenceKey}`, () => ns.get(fenceKey).exec());
+      const fKv = fRes.kvs[0];
+      const token = decodeCounter(prefix + fenceKey, fKv ? fKv.value.toString('utf8') : null) + 1;
+      const record: VolumeLockRecord = { schema: 1, volumeId, holder, token, acquiredAt: new Date(this.deps.clock.now()).toISOString(), kind: 'maintainer' };
+      const res = await this.leased(`lock volume ${volume.name} for maintenance`, () =>
+        ns
+          .if(found.key, 'Mod', '==', found.modRevision)
+          .and(lockKey, 'Create', '==', 0)
+          .and(maintKey, 'Create', '==', 0)
+          .and(fenceKey, 'Mod', '==', fKv ? fKv.mod_revision : 0)
+          .then(ns.put(maintKey).value(encodeRecord(record)).lease(this.id), ns.put(fenceKey).value(String(token)))
+          .else(ns.get(lockKey), ns.get(maintKey))
+          .commit(),
+      );
+      if (res.succeeded) {
+        this.log.info({ volume: volume.name, volumeId, token }, 'volume locked for maintenance');
+        return new EtcdVolumeLock(this.deps, this.id, volume, record, maintKey);
+      }
+      for (const [i, key] of [lockKey, maintKey].entries()) {
+        const held = res.responses[i]?.response_range.kvs[0];
+        if (held !== undefined) throw volumeInUseError(volume.name, decodeVolumeLockRecord(prefix + key, held.value.toString('utf8')));
+      }
+    }
+    throw new TorusError('TORUS_ERR_CLUSTER_CONFLICT', `lock volume ${volumeId} for maintenance lost ${LOCK_ATTEMPTS_MAX} races with concurrent changes; retry`);
+  }
+
+  async ackRing(ack: { readonly peer: string | null; readonly kind: 'peer' | 'client'; readonly ringVersion: number; readonly fenceRevision: number }): Promise<void> {
+    const record: RingAck = {
+      schema: 1,
+      lease: this.id,
+      peer: ack.peer,
+      kind: ack.kind,
+      ringVersion: ack.ringVersion,
+      fenceRevision: ack.fenceRevision,
+      updatedAt: new Date(this.deps.clock.now()).toISOString(),
+    };
+    validateRingAck(record);
+    this.assertUsable('ack ring');
+    await this.leased(`ack ring ${ack.ringVersion}`, () => this.deps.ns.put(ringAckKey(this.id)).value(encodeRecord(record)).lease(this.id).exec());
   }
 
   async close(): Promise<void> {
@@ -204,6 +276,7 @@ class EtcdVolumeLock implements VolumeLock {
   readonly volume: VolumeRecord;
   readonly token: number;
   readonly holder: string;
+  readonly kind: 'writer' | 'maintainer';
   private released = false;
 
   constructor(
@@ -211,20 +284,28 @@ class EtcdVolumeLock implements VolumeLock {
     private readonly leaseId: string,
     volume: VolumeRecord,
     record: VolumeLockRecord,
+    /** volume-locks/<id> for a writer, volume-maint/<id> for a maintainer. */
+    private readonly key: string,
   ) {
     this.volume = volume;
     this.token = record.token;
     this.holder = record.holder;
+    this.kind = record.kind ?? 'writer';
+  }
+
+  async stillHeld(): Promise<boolean> {
+    const { ns, call, prefix } = this.deps;
+    const res = await call(`get ${prefix}${this.key}`, () => ns.get(this.key).exec());
+    const kv = res.kvs[0];
+    if (kv === undefined || kv.lease !== this.leaseId) return false;
+    return decodeVolumeLockRecord(prefix + this.key, kv.value.toString('utf8')).token === this.token;
   }
 
   async release(): Promise<void> {
     if (this.released) return;
     const { ns, call } = this.deps;
-    const lockKey = volumeLockKey(this.volume.id);
     // Delete only our own lock: after a lease loss someone else may hold it.
-    await call(`unlock volume ${this.volume.name}`, () =>
-      ns.if(lockKey, 'Lease', '==', this.leaseId).then(ns.delete().key(lockKey)).commit(),
-    );
+    await call(`unlock ${this.key} of volume ${this.volume.name}`, () => ns.if(this.key, 'Lease', '==', this.leaseId).then(ns.delete().key(this.key)).commit());
     this.released = true;
   }
 }

@@ -15,6 +15,12 @@ export const KEYS = {
   volumeFencePrefix: 'volume-fence/',
   peersPrefix: 'peers/',
   ring: 'ring',
+  secret: 'secret',
+  stalePrefix: 'stale/',
+  ringAcksPrefix: 'ring-acks/',
+  movesPrefix: 'moves/',
+  healthPrefix: 'health/',
+  volumeMaintPrefix: 'volume-maint/',
 } as const;
 
 export function volumeKey(name: string): string {
@@ -29,8 +35,52 @@ export function volumeFenceKey(volumeId: number): string {
   return KEYS.volumeFencePrefix + String(volumeId);
 }
 
+/** The volume id in a `volume-fence/<id>` key; TORUS_ERR_METADATA_CORRUPT for anything else. */
+export function fenceIdOf(key: string): number {
+  const m = /^volume-fence\/(\d{1,10})$/.exec(key);
+  if (!m) throw new TorusError('TORUS_ERR_METADATA_CORRUPT', `etcd key "${key}" is not volume-fence/<volumeId>`, { details: { key } });
+  return Number(m[1]);
+}
+
 export function peerKey(uuid: string): string {
   return KEYS.peersPrefix + uuid;
+}
+
+/** The volume's maintenance lock (leased), beside its writer lock. */
+export function volumeMaintKey(volumeId: number): string {
+  return KEYS.volumeMaintPrefix + String(volumeId);
+}
+
+/** Every stale record of one volume: the trailing slash keeps volume 1 from matching 10. */
+export function staleVolumePrefix(volumeId: number): string {
+  return `${KEYS.stalePrefix}${volumeId}/`;
+}
+
+export function staleKey(volumeId: number, peer: string): string {
+  return staleVolumePrefix(volumeId) + peer;
+}
+
+export function ringAckKey(leaseId: string): string {
+  return KEYS.ringAcksPrefix + leaseId;
+}
+
+/** Every move record of one transition (its moving version). */
+export function movesVersionPrefix(ringVersion: number): string {
+  return `${KEYS.movesPrefix}${ringVersion}/`;
+}
+
+export function moveKey(ringVersion: number, volumeId: number): string {
+  return movesVersionPrefix(ringVersion) + String(volumeId);
+}
+
+/** `moves/<ringVersion>/<volumeId>` back to its numbers; null for a key of another shape. */
+export function parseMoveKey(key: string): { ringVersion: number; volumeId: number } | null {
+  const m = /^moves\/(\d{1,15})\/(\d{1,10})$/.exec(key);
+  return m ? { ringVersion: Number(m[1]), volumeId: Number(m[2]) } : null;
+}
+
+export function healthKey(volumeId: number): string {
+  return KEYS.healthPrefix + String(volumeId);
 }
 
 /**
@@ -60,6 +110,12 @@ export function describeKeyLayout(prefix: string = DEFAULT_PREFIX): KeyDoc[] {
     { key: `${p}${KEYS.volumeLocksPrefix}<volumeId>`, what: 'VolumeLockRecord JSON of the current writer, attached to its lease (vanishes when the writer dies)' },
     { key: `${p}${KEYS.volumeFencePrefix}<volumeId>`, what: 'the last fencing token handed out for the volume (no lease: tokens only grow)' },
     { key: `${p}${KEYS.peersPrefix}<uuid>`, what: "PeerRecord JSON of each live torusd, attached to the peer's lease" },
-    { key: `${p}${KEYS.ring}`, what: 'RingRecord JSON: ring members, weights and replication; changed by compare-and-swap on its version' },
+    { key: `${p}${KEYS.ring}`, what: 'RingRecord JSON (schema 2): version, members, weights, replication, minReplicas and the transition in progress; changed by compare-and-swap on its version' },
+    { key: `${p}${KEYS.secret}`, what: 'the cluster secret peers authenticate with (64 hex digits), written once by init or by the first peer of a 0.1.0 cluster' },
+    { key: `${p}${KEYS.volumeMaintPrefix}<volumeId>`, what: 'VolumeLockRecord JSON of the maintainer moving, catching up or scrubbing the volume while no one writes it, attached to its lease' },
+    { key: `${p}${KEYS.stalePrefix}<volumeId>/<uuid>`, what: 'StaleRecord JSON: blocks of the volume (ranges, or all) that peer must not be read for until it has caught up' },
+    { key: `${p}${KEYS.ringAcksPrefix}<lease>`, what: 'RingAck JSON of each process doing I/O: the ring version it uses and the fence revision it has learnt, attached to its lease' },
+    { key: `${p}${KEYS.movesPrefix}<ringVersion>/<volumeId>`, what: "VolumeMoveRecord JSON: a volume's progress in the transition that started at that ring version (done, scanned, copied)" },
+    { key: `${p}${KEYS.healthPrefix}<volumeId>`, what: "VolumeHealthRecord JSON: the last full check of the volume's copies (ring version, blocks short of R copies)" },
   ];
 }

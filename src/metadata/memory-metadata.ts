@@ -1,274 +1,421 @@
-import { randomUUID } from 'node:crypto';
-import { assertSessionUsable, SessionListeners, type SessionState } from './session-listeners.js';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
-import type { ClusterConfig, PeerRecord, RingRecord, VolumeLockRecord, VolumeRecord } from '../model/records.js';
+import { addToStale, removeFromStale, type BlockRange } from '../model/ranges.js';
+import type {
+  ClusterConfig,
+  PeerRecord,
+  RingAck,
+  RingRecord,
+  StaleRecord,
+  VolumeHealthRecord,
+  VolumeLockRecord,
+  VolumeMoveRecord,
+  VolumeRecord,
+} from '../model/records.js';
+import { minReplicasDefault } from '../ring/transition.js';
 import { systemClock, type Clock } from '../util/clock.js';
+import { systemIds, systemRandom, type Ids, type Random } from '../util/random.js';
 import { formatSize } from '../util/size.js';
+import {
+  fenceIdOf,
+  healthKey,
+  KEYS,
+  moveKey,
+  movesVersionPrefix,
+  parseMoveKey,
+  peerKey,
+  ringAckKey,
+  staleKey,
+  staleVolumePrefix,
+  volumeFenceKey,
+  volumeKey,
+  volumeLockKey,
+  volumeMaintKey,
+} from './keys.js';
+import { MemoryEtcd, type KvEvent, type KvOp } from './memory-etcd.js';
 import type { MetadataService, MetadataSession, SessionEvent, VolumeLock } from './metadata-service.js';
 import {
   decodeClusterConfig,
+  decodeClusterSecret,
+  decodeCounter,
   decodePeerRecord,
+  decodeRingAck,
   decodeRingRecord,
+  decodeStaleRecord,
+  decodeVolumeHealthRecord,
   decodeVolumeLockRecord,
+  decodeVolumeMoveRecord,
   decodeVolumeRecord,
   encodeRecord,
 } from './record-codec.js';
+import { assertSessionUsable, SessionListeners, type SessionState } from './session-listeners.js';
 import {
+  checkStaleAdd,
+  checkStaleRemove,
   notInitialisedError,
   validateClusterParams,
+  validateHolder,
+  validateMoveRecord,
+  validateHealthRecord,
   validatePeerUuid,
   validateRing,
+  validateRingAck,
   validateVolumeName,
   validateVolumeSize,
+  volumeFencedError,
   volumeInUseError,
   volumeNotFoundError,
+  volumeIdNotFoundError,
   VOLUME_ID_MAX,
+  CLUSTER_SECRET_BYTES,
+  SESSION_TTL_MAX_SECONDS,
 } from './validate.js';
 
+/**
+ * How this client's link to "etcd" fails (simulation and tests):
+ * - none: calls are answered;
+ * - unavailable: every call fails at once with TORUS_ERR_ETCD_UNAVAILABLE;
+ * - hang: every call waits the call timeout on the clock, then fails the same way, changing nothing;
+ * - lose-replies: every call takes effect, then fails after the call timeout as if the answer were lost.
+ * In every mode but none, keepalives fail (the lease runs out at its TTL) and
+ * watches lose their stream; when the fault clears, each watch re-reads what
+ * it watches and goes on from there (as EtcdMetadata's watches do).
+ */
+export type MemoryFault = 'none' | 'unavailable' | 'hang' | 'lose-replies';
+
 export interface MemoryMetadataOptions {
-  /** Drives lease expiry and keepalives; tests pass a manual clock. */
+  /** Drives lease expiry, keepalives, call timeouts and watch delivery; tests and simulations pass a virtual clock. */
   readonly clock?: Clock;
   readonly logger?: Logger;
+  /** Share one "etcd" between several clients (peers of a simulated cluster); default: a new one. */
+  readonly server?: MemoryEtcd;
+  /** How long a hung call takes to fail, as EtcdMetadata's bound on each call. Default 5000 ms. */
+  readonly callTimeoutMs?: number;
+  /** For the cluster secret. */
+  readonly random?: Random;
+  /** For the cluster id. */
+  readonly ids?: Ids;
 }
 
-interface Lease {
-  readonly id: string;
-  readonly ttlMs: number;
-  expiresAt: number; // monotonic ms
-  expiryTimer: { cancel(): void } | undefined;
-  onGone: ((why: string) => void) | undefined;
-}
+export const MEMORY_CALL_TIMEOUT_MS_DEFAULT = 5_000;
+const ENDPOINT = 'memory';
 
-interface Leased {
-  readonly json: string;
-  readonly leaseId: string;
+interface Stoppable {
+  /** The link is down: drop the stream. */
+  suspend(): void;
+  /** The link is back: re-read and watch again. */
+  resume(): void;
+  stop(): void;
 }
-
-const SESSION_TTL_MAX_SECONDS = 3600;
-const HOLDER_CHARS_MAX = 512;
 
 /**
- * In-memory twin of EtcdMetadata for unit and simulation tests: the same
- * validation, errors, lease semantics and fencing, with time from a Clock.
- * Records are kept as JSON text, as in etcd, so no caller can alias them.
+ * In-memory twin of EtcdMetadata for unit and simulation tests: the same key
+ * layout (records are the same JSON text under the same keys), validation,
+ * errors, lease semantics and fencing, on a MemoryEtcd and a Clock.
  *
- * Test hooks (not in MetadataService): setAvailable(false) makes every call
- * fail with TORUS_ERR_ETCD_UNAVAILABLE and keepalives fail (the lease then
- * expires at its TTL); revokeLease(id) revokes a lease behind its owner's back.
+ * Test hooks (not in MetadataService): setFault / setAvailable, revokeLease,
+ * leaseIds, compact, and `server` for sharing or inspecting the store.
  */
 export class MemoryMetadata implements MetadataService {
+  readonly server: MemoryEtcd;
   private readonly clock: Clock;
   private readonly log: Logger | undefined;
-  private config: string | null = null;
-  private ring: string | null = null;
-  private volumeIdCounter = 0;
-  private readonly volumes = new Map<string, string>();
-  private readonly locks = new Map<number, Leased>();
-  private readonly fences = new Map<number, number>();
-  private readonly peers = new Map<string, Leased>();
-  private readonly leases = new Map<string, Lease>();
-  private readonly ringWatchers = new Set<(json: string | null) => void>();
+  private readonly callTimeoutMs: number;
+  private readonly random: Random;
+  private readonly ids: Ids;
   private readonly sessions = new Set<MemorySession>();
-  private readonly volumeDeleteWatchers = new Set<() => void>();
-  private nextLeaseId = 7_000_000_001n;
-  private available = true;
+  private readonly watches = new Set<Stoppable>();
+  private fault: MemoryFault = 'none';
   private closed = false;
 
   constructor(opts: MemoryMetadataOptions = {}) {
     this.clock = opts.clock ?? systemClock;
+    this.server = opts.server ?? new MemoryEtcd({ clock: this.clock });
     this.log = opts.logger?.child({ module: 'metadata', backend: 'memory' });
+    this.callTimeoutMs = opts.callTimeoutMs ?? MEMORY_CALL_TIMEOUT_MS_DEFAULT;
+    this.random = opts.random ?? systemRandom;
+    this.ids = opts.ids ?? systemIds;
   }
 
   // ---- test hooks ----
 
+  setFault(fault: MemoryFault): void {
+    const was = this.fault;
+    this.fault = fault;
+    if (was === 'none' && fault !== 'none') for (const w of this.watches) w.suspend();
+    if (was !== 'none' && fault === 'none') {
+      // Through the clock, like every delivery: the watches resume in order.
+      this.clock.setTimeout(() => {
+        if (this.fault === 'none' && !this.closed) for (const w of [...this.watches]) w.resume();
+      }, 0);
+    }
+  }
+
+  /** setFault('unavailable') or setFault('none'). */
   setAvailable(available: boolean): void {
-    this.available = available;
+    this.setFault(available ? 'none' : 'unavailable');
   }
 
   /** As if an operator (or etcd) revoked the lease: its keys vanish, its session is lost. */
   revokeLease(id: string): void {
-    this.dropLease(id, 'lease revoked');
+    this.server.revokeLease(id, 'lease revoked');
   }
 
   leaseIds(): string[] {
-    return [...this.leases.keys()];
+    return this.server.leaseIds();
+  }
+
+  /** Drops the server's event history, as `etcdctl compact` does. */
+  compact(): void {
+    this.server.compact();
   }
 
   // ---- internals shared with sessions ----
 
-  /** Every call starts here: like a round trip, it can fail. */
-  async enter(op: string): Promise<void> {
-    await Promise.resolve();
-    if (this.closed) throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `metadata client is closed (${op})`);
-    if (!this.available) throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd at memory is unavailable (${op}): simulated outage`);
-    this.expireDue();
-  }
-
   isAvailable(): boolean {
-    return this.available && !this.closed;
+    return this.fault === 'none' && !this.closed;
   }
 
-  private expireDue(): void {
-    const now = this.clock.monotonic();
-    for (const lease of [...this.leases.values()]) {
-      if (lease.expiresAt <= now) this.dropLease(lease.id, 'lease expired');
+  nowIso(): string {
+    return new Date(this.clock.now()).toISOString();
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => this.clock.setTimeout(resolve, ms));
+  }
+
+  private timedOut(op: string): TorusError {
+    return new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd at ${ENDPOINT} did not answer ${op} within ${this.callTimeoutMs} ms`, {
+      details: { endpoints: ENDPOINT, op, timeoutMs: this.callTimeoutMs },
+    });
+  }
+
+  /**
+   * Every call is one of these: a round trip that may fail, around a body
+   * that runs in one synchronous step (so it is atomic, like a transaction).
+   */
+  async op<T>(op: string, body: () => T): Promise<T> {
+    await Promise.resolve();
+    if (this.closed) throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd client for ${ENDPOINT} is closed (${op})`);
+    switch (this.fault) {
+      case 'none':
+        return body();
+      case 'unavailable':
+        throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd at ${ENDPOINT} is unavailable (${op}): simulated outage`, { details: { endpoints: ENDPOINT, op } });
+      case 'hang':
+        await this.sleep(this.callTimeoutMs);
+        throw this.timedOut(op);
+      case 'lose-replies':
+        try {
+          body();
+        } catch {
+          // The answer is lost either way.
+        }
+        await this.sleep(this.callTimeoutMs);
+        throw this.timedOut(op);
     }
   }
 
-  private dropLease(id: string, why: string): void {
-    const lease = this.leases.get(id);
-    if (lease === undefined) return;
-    this.leases.delete(id);
-    lease.expiryTimer?.cancel();
-    for (const [k, v] of this.locks) if (v.leaseId === id) this.locks.delete(k);
-    for (const [k, v] of this.peers) if (v.leaseId === id) this.peers.delete(k);
-    lease.onGone?.(why);
+  private getJson(key: string): string | null {
+    return this.server.get(key)?.value ?? null;
   }
 
-  grantLease(ttlSeconds: number): Lease {
-    const id = String(this.nextLeaseId++);
-    const lease: Lease = { id, ttlMs: ttlSeconds * 1000, expiresAt: 0, expiryTimer: undefined, onGone: undefined };
-    this.leases.set(id, lease);
-    this.refreshLease(lease);
-    return lease;
+  private requireConfig(): ClusterConfig {
+    const text = this.getJson(KEYS.config);
+    if (text === null) throw notInitialisedError();
+    return decodeClusterConfig(KEYS.config, text);
   }
 
-  /** Returns false when the lease no longer exists. */
-  keepalive(id: string): boolean {
-    this.expireDue();
-    const lease = this.leases.get(id);
-    if (lease === undefined) return false;
-    this.refreshLease(lease);
-    return true;
+  /** The volume with this id, by listing (volume keys are by name). */
+  volumeById(volumeId: number): VolumeRecord | null {
+    for (const { key, entry } of this.server.range(KEYS.volumesPrefix)) {
+      const v = decodeVolumeRecord(key, entry.value);
+      if (v.id === volumeId) return v;
+    }
+    return null;
   }
 
-  private refreshLease(lease: Lease): void {
-    lease.expiresAt = this.clock.monotonic() + lease.ttlMs;
-    lease.expiryTimer?.cancel();
-    lease.expiryTimer = this.clock.setTimeout(() => this.expireDue(), lease.ttlMs);
+  fenceOf(volumeId: number): number {
+    return decodeCounter(volumeFenceKey(volumeId), this.getJson(volumeFenceKey(volumeId)));
   }
 
-  hasLease(id: string): boolean {
-    this.expireDue();
-    return this.leases.has(id);
-  }
-
-  putPeerRecord(record: PeerRecord, leaseId: string): void {
-    if (!this.leases.has(leaseId)) throw new TorusError('TORUS_ERR_SESSION_LOST', `put peer: lease ${leaseId} has expired or was revoked`);
-    this.peers.set(record.uuid, { json: encodeRecord(record), leaseId });
-  }
-
+  /** Writer locks only: a maintainer never blocks a writer. */
   tryLock(name: string, holder: string, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord } {
-    if (!this.leases.has(leaseId)) throw new TorusError('TORUS_ERR_SESSION_LOST', `lock volume ${name}: lease ${leaseId} has expired or was revoked`);
-    const vJson = this.volumes.get(name);
-    if (vJson === undefined) throw volumeNotFoundError(name);
-    const volume = decodeVolumeRecord(`volumes/${name}`, vJson);
-    const held = this.locks.get(volume.id);
-    if (held !== undefined) throw volumeInUseError(name, decodeVolumeLockRecord(`volume-locks/${volume.id}`, held.json));
-    const token = (this.fences.get(volume.id) ?? 0) + 1;
-    const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token, acquiredAt: new Date(this.clock.now()).toISOString() };
-    this.fences.set(volume.id, token);
-    this.locks.set(volume.id, { json: encodeRecord(record), leaseId });
+    const vText = this.getJson(volumeKey(name));
+    if (vText === null) throw volumeNotFoundError(name);
+    const volume = decodeVolumeRecord(volumeKey(name), vText);
+    const held = this.getJson(volumeLockKey(volume.id));
+    if (held !== null) throw volumeInUseError(name, decodeVolumeLockRecord(volumeLockKey(volume.id), held));
+    const token = this.fenceOf(volume.id) + 1;
+    const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token, acquiredAt: this.nowIso(), kind: 'writer' };
+    this.server.commit([
+      { type: 'put', key: volumeLockKey(volume.id), value: encodeRecord(record), lease: leaseId },
+      { type: 'put', key: volumeFenceKey(volume.id), value: String(token) },
+    ]);
     return { volume, record };
   }
 
-  unlock(volumeId: number, leaseId: string): void {
-    if (this.locks.get(volumeId)?.leaseId === leaseId) this.locks.delete(volumeId);
+  tryLockForMaintenance(volumeId: number, holder: string, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord } {
+    const volume = this.volumeById(volumeId);
+    if (volume === null) throw volumeIdNotFoundError(volumeId);
+    for (const key of [volumeLockKey(volumeId), volumeMaintKey(volumeId)]) {
+      const held = this.getJson(key);
+      if (held !== null) throw volumeInUseError(volume.name, decodeVolumeLockRecord(key, held));
+    }
+    const token = this.fenceOf(volumeId) + 1;
+    const record: VolumeLockRecord = { schema: 1, volumeId, holder, token, acquiredAt: this.nowIso(), kind: 'maintainer' };
+    this.server.commit([
+      { type: 'put', key: volumeMaintKey(volumeId), value: encodeRecord(record), lease: leaseId },
+      { type: 'put', key: volumeFenceKey(volumeId), value: String(token) },
+    ]);
+    return { volume, record };
   }
 
-  revoke(id: string): void {
-    const lease = this.leases.get(id);
-    if (lease === undefined) return;
-    lease.onGone = undefined; // a revoke by the owner is not a loss
-    this.dropLease(id, 'revoked by owner');
+  lockKeyHeld(key: string, leaseId: string, token: number): boolean {
+    const entry = this.server.get(key);
+    return entry !== undefined && entry.lease === leaseId && decodeVolumeLockRecord(key, entry.value).token === token;
   }
 
-  private notifyRing(): void {
-    const json = this.ring;
-    for (const w of [...this.ringWatchers]) queueMicrotask(() => w(json));
+  unlockKey(key: string, leaseId: string): void {
+    if (this.server.get(key)?.lease === leaseId) this.server.commit([{ type: 'delete', key }]);
+  }
+
+  /**
+   * A watch that survives lost streams and compaction: `resync` re-reads
+   * the watched state (telling the caller when not `initial`) and returns
+   * the revision it read at; the watch then goes on from the next revision.
+   */
+  private openWatch(spec: {
+    readonly prefix: string;
+    readonly exact: boolean;
+    /** Start from this revision instead of re-reading first. */
+    readonly startRevision: number | null;
+    readonly resync: (initial: boolean) => number;
+    readonly onEvents: (events: KvEvent[]) => void;
+  }): Stoppable {
+    let sub: { cancel(): void } | null = null;
+    let stopped = false;
+    const subscribe = (from: number): void => {
+      sub = this.server.watch(
+        spec.prefix,
+        { exact: spec.exact, startRevision: from },
+        (events) => {
+          if (!stopped) spec.onEvents(events);
+        },
+        () => {
+          sub = null;
+          if (!stopped && this.isAvailable()) subscribe(spec.resync(false) + 1);
+        },
+      );
+    };
+    const handle: Stoppable = {
+      suspend: () => {
+        sub?.cancel();
+        sub = null;
+      },
+      resume: () => {
+        if (stopped || sub !== null) return;
+        subscribe(spec.resync(false) + 1);
+      },
+      stop: () => {
+        stopped = true;
+        sub?.cancel();
+        sub = null;
+        this.watches.delete(handle);
+      },
+    };
+    this.watches.add(handle);
+    if (spec.startRevision === null) subscribe(spec.resync(true) + 1);
+    else subscribe(spec.startRevision);
+    return handle;
   }
 
   // ---- MetadataService ----
 
   async getClusterConfig(): Promise<ClusterConfig | null> {
-    await this.enter('get config');
-    return this.config === null ? null : decodeClusterConfig('config', this.config);
+    return this.op('get config', () => {
+      const text = this.getJson(KEYS.config);
+      return text === null ? null : decodeClusterConfig(KEYS.config, text);
+    });
   }
 
   async initCluster(config: { blockSize: number; replication: number }, opts: { force: boolean }): Promise<ClusterConfig> {
     validateClusterParams(config);
     if (opts.force) await this.wipe();
-    await this.enter('init cluster');
-    if (this.config !== null) {
-      const cfg = decodeClusterConfig('config', this.config);
-      throw new TorusError(
-        'TORUS_ERR_CLUSTER_ALREADY_INITIALISED',
-        `the cluster in etcd at memory is already initialised (block size ${formatSize(cfg.blockSize)}, replication ${cfg.replication}, created ${cfg.createdAt}); re-initialising needs force, which deletes every volume`,
-        { details: { ...cfg } },
-      );
-    }
-    const record: ClusterConfig = { schema: 1, id: randomUUID(), blockSize: config.blockSize, replication: config.replication, createdAt: new Date(this.clock.now()).toISOString() };
-    this.config = encodeRecord(record);
-    this.ring = encodeRecord({ schema: 1, version: 1, replication: config.replication, members: [] } satisfies RingRecord);
-    this.notifyRing();
-    return record;
+    return this.op('init cluster', () => {
+      const existing = this.getJson(KEYS.config);
+      if (existing !== null) {
+        const cfg = decodeClusterConfig(KEYS.config, existing);
+        throw new TorusError(
+          'TORUS_ERR_CLUSTER_ALREADY_INITIALISED',
+          `the cluster in etcd at ${ENDPOINT} is already initialised (block size ${formatSize(cfg.blockSize)}, replication ${cfg.replication}, created ${cfg.createdAt}); re-initialising needs force, which deletes every volume`,
+          { details: { ...cfg } },
+        );
+      }
+      const record: ClusterConfig = { schema: 1, id: this.ids.uuid(), blockSize: config.blockSize, replication: config.replication, createdAt: this.nowIso() };
+      const ring: RingRecord = { schema: 2, version: 1, replication: config.replication, minReplicas: minReplicasDefault(config.replication), members: [], transition: null };
+      const ops: KvOp[] = [
+        { type: 'put', key: KEYS.config, value: encodeRecord(record) },
+        { type: 'put', key: KEYS.ring, value: encodeRecord(ring) },
+      ];
+      // A secret made before init (ensureClusterSecret) is kept: peers may use it already.
+      if (this.getJson(KEYS.secret) === null) ops.push({ type: 'put', key: KEYS.secret, value: this.newSecret() });
+      this.server.commit(ops);
+      return record;
+    });
+  }
+
+  private newSecret(): string {
+    return this.random.bytes(CLUSTER_SECRET_BYTES).toString('hex');
   }
 
   async wipe(): Promise<number> {
-    await this.enter('wipe');
-    let n = this.volumes.size + this.locks.size + this.fences.size + this.peers.size;
-    if (this.config !== null) n++;
-    if (this.ring !== null) n++;
-    if (this.volumeIdCounter > 0) n++;
-    this.config = null;
-    this.ring = null;
-    this.volumeIdCounter = 0;
-    this.volumes.clear();
-    this.locks.clear();
-    this.fences.clear();
-    this.peers.clear();
-    this.notifyRing();
-    return n;
+    return this.op('wipe', () => {
+      const n = this.server.range('').length;
+      this.server.commit([{ type: 'deletePrefix', prefix: '' }]);
+      return n;
+    });
   }
 
   async listPeers(): Promise<PeerRecord[]> {
-    await this.enter('list peers');
-    return [...this.peers.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([uuid, v]) => decodePeerRecord(`peers/${uuid}`, v.json));
+    return this.op('list peers', () => this.server.range(KEYS.peersPrefix).map(({ key, entry }) => decodePeerRecord(key, entry.value)));
   }
 
   async getRing(): Promise<RingRecord> {
-    await this.enter('get ring');
-    if (this.ring === null) throw notInitialisedError();
-    return decodeRingRecord('ring', this.ring);
+    return this.op('get ring', () => {
+      const text = this.getJson(KEYS.ring);
+      if (text === null) throw notInitialisedError();
+      return decodeRingRecord(KEYS.ring, text);
+    });
   }
 
   async setRing(next: RingRecord): Promise<void> {
     validateRing(next);
-    await this.enter('set ring');
-    if (this.ring === null) throw notInitialisedError();
-    const current = decodeRingRecord('ring', this.ring);
-    if (next.version !== current.version + 1) {
-      throw new TorusError(
-        'TORUS_ERR_CLUSTER_CONFLICT',
-        `ring changed concurrently: a change to ring version ${current.version} must carry version ${current.version + 1}, not ${next.version}; re-read the ring and retry`,
-        { details: { currentVersion: current.version, proposedVersion: next.version } },
-      );
-    }
-    this.ring = encodeRecord(next);
-    this.notifyRing();
+    await this.op('set ring', () => {
+      const text = this.getJson(KEYS.ring);
+      if (text === null) throw notInitialisedError();
+      const current = decodeRingRecord(KEYS.ring, text);
+      if (next.version !== current.version + 1) {
+        throw new TorusError(
+          'TORUS_ERR_CLUSTER_CONFLICT',
+          `ring changed concurrently: a change to ring version ${current.version} must carry version ${current.version + 1}, not ${next.version}; re-read the ring and retry`,
+          { details: { currentVersion: current.version, proposedVersion: next.version } },
+        );
+      }
+      this.server.commit([{ type: 'put', key: KEYS.ring, value: encodeRecord(next) }]);
+    });
   }
 
   async watchRing(onChange: (ring: RingRecord) => void): Promise<() => Promise<void>> {
-    await this.enter('watch ring');
-    if (this.ring === null) throw notInitialisedError();
     let lastVersion = 0;
-    const deliver = (json: string | null): void => {
-      if (json === null) {
-        lastVersion = 0;
+    const deliver = (text: string): void => {
+      let ring: RingRecord;
+      try {
+        ring = decodeRingRecord(KEYS.ring, text);
+      } catch (err) {
+        this.log?.error({ err }, 'ignoring a ring record that does not decode');
         return;
       }
-      const ring = decodeRingRecord('ring', json);
       if (ring.version <= lastVersion) return;
       lastVersion = ring.version;
       try {
@@ -277,76 +424,306 @@ export class MemoryMetadata implements MetadataService {
         this.log?.error({ err }, 'ring watch callback threw');
       }
     };
-    deliver(this.ring);
-    this.ringWatchers.add(deliver);
-    return async () => {
-      this.ringWatchers.delete(deliver);
-    };
+    const watch = await this.op('watch ring', () => {
+      if (this.getJson(KEYS.ring) === null) throw notInitialisedError();
+      return this.openWatch({
+        prefix: KEYS.ring,
+        exact: true,
+        startRevision: null,
+        resync: () => {
+          const text = this.getJson(KEYS.ring);
+          if (text === null) lastVersion = 0;
+          else deliver(text);
+          return this.server.revision();
+        },
+        onEvents: (events) => {
+          for (const e of events) {
+            if (e.value === null) lastVersion = 0; // wiped: a new cluster starts again at version 1
+            else deliver(e.value);
+          }
+        },
+      });
+    });
+    return async () => watch.stop();
   }
+
+  // ---- cluster secret
+
+  async getClusterSecret(): Promise<string | null> {
+    return this.op('get secret', () => {
+      const text = this.getJson(KEYS.secret);
+      return text === null ? null : decodeClusterSecret(KEYS.secret, text);
+    });
+  }
+
+  async ensureClusterSecret(): Promise<string> {
+    return this.op('ensure secret', () => {
+      const text = this.getJson(KEYS.secret);
+      if (text !== null) return decodeClusterSecret(KEYS.secret, text);
+      const secret = this.newSecret();
+      this.server.commit([{ type: 'put', key: KEYS.secret, value: secret }]);
+      return secret;
+    });
+  }
+
+  // ---- fencing tokens
+
+  async getFence(volumeId: number): Promise<number> {
+    return this.op(`get fence ${volumeId}`, () => this.fenceOf(volumeId));
+  }
+
+  private readFences(): { fences: Map<number, number>; revision: number } {
+    const fences = new Map<number, number>();
+    for (const { key, entry } of this.server.range(KEYS.volumeFencePrefix)) fences.set(fenceIdOf(key), decodeCounter(key, entry.value));
+    return { fences, revision: this.server.revision() };
+  }
+
+  async listFences(): Promise<{ fences: Map<number, number>; revision: number }> {
+    return this.op('list fences', () => this.readFences());
+  }
+
+  async watchFences(
+    revision: number,
+    onFence: (volumeId: number, token: number, revision: number) => void,
+    onResync: (all: { fences: Map<number, number>; revision: number }) => void,
+  ): Promise<() => Promise<void>> {
+    const safely = (fn: () => void): void => {
+      try {
+        fn();
+      } catch (err) {
+        this.log?.error({ err }, 'fence watch callback threw');
+      }
+    };
+    const watch = await this.op('watch fences', () =>
+      this.openWatch({
+        prefix: KEYS.volumeFencePrefix,
+        exact: false,
+        startRevision: revision + 1,
+        resync: () => {
+          const all = this.readFences();
+          safely(() => onResync(all));
+          return all.revision;
+        },
+        onEvents: (events) => {
+          for (const e of events) {
+            // Deletes come with deleted volumes: no token to learn.
+            if (e.value === null) continue;
+            let id: number;
+            let token: number;
+            try {
+              id = fenceIdOf(e.key);
+              token = decodeCounter(e.key, e.value);
+            } catch (err) {
+              this.log?.error({ err }, 'ignoring a fence that does not decode');
+              continue;
+            }
+            safely(() => onFence(id, token, e.revision));
+          }
+        },
+      }),
+    );
+    return async () => watch.stop();
+  }
+
+  // ---- stale records
+
+  async getStale(volumeId: number): Promise<StaleRecord[]> {
+    return this.op(`get stale ${volumeId}`, () => this.server.range(staleVolumePrefix(volumeId)).map(({ key, entry }) => decodeStaleRecord(key, entry.value)));
+  }
+
+  async listStale(): Promise<StaleRecord[]> {
+    return this.op('list stale', () => this.server.range(KEYS.stalePrefix).map(({ key, entry }) => decodeStaleRecord(key, entry.value)));
+  }
+
+  async addStale(volumeId: number, peer: string, add: { readonly all?: boolean; readonly ranges?: readonly BlockRange[] }): Promise<void> {
+    const ranges = checkStaleAdd(volumeId, peer, add);
+    await this.op(`add stale ${volumeId}/${peer}`, () => {
+      if (this.getJson(volumeFenceKey(volumeId)) === null) throw volumeIdNotFoundError(volumeId);
+      const key = staleKey(volumeId, peer);
+      const text = this.getJson(key);
+      const current = text === null ? null : decodeStaleRecord(key, text);
+      const next = addToStale(current, { all: add.all === true, ranges });
+      if (current !== null && current.all === next.all && sameRanges(current.ranges, next.ranges)) return;
+      const record: StaleRecord = { schema: 1, volumeId, peer, all: next.all, ranges: next.ranges, updatedAt: this.nowIso() };
+      this.server.commit([{ type: 'put', key, value: encodeRecord(record) }]);
+    });
+  }
+
+  async removeStale(volumeId: number, peer: string, ranges: readonly BlockRange[] | 'all', token: number): Promise<void> {
+    const remove = checkStaleRemove(volumeId, peer, ranges, token);
+    await this.op(`remove stale ${volumeId}/${peer}`, () => {
+      const fence = this.fenceOf(volumeId);
+      if (fence !== token) throw volumeFencedError(volumeId, token, fence);
+      const key = staleKey(volumeId, peer);
+      const text = this.getJson(key);
+      if (text === null) return;
+      const current = decodeStaleRecord(key, text);
+      const next = removeFromStale(current, remove);
+      if (next === null) this.server.commit([{ type: 'delete', key }]);
+      else if (next !== current) this.server.commit([{ type: 'put', key, value: encodeRecord({ ...current, all: next.all, ranges: next.ranges, updatedAt: this.nowIso() }) }]);
+    });
+  }
+
+  // ---- ring transitions
+
+  async listRingAcks(): Promise<RingAck[]> {
+    return this.op('list ring acks', () => this.server.range(KEYS.ringAcksPrefix).map(({ key, entry }) => decodeRingAck(key, entry.value)));
+  }
+
+  async listVolumeMoves(ringVersion: number): Promise<VolumeMoveRecord[]> {
+    return this.op(`list moves ${ringVersion}`, () =>
+      this.server
+        .range(movesVersionPrefix(ringVersion))
+        .map(({ key, entry }) => decodeVolumeMoveRecord(key, entry.value))
+        .sort((a, b) => a.volumeId - b.volumeId),
+    );
+  }
+
+  async putVolumeMove(record: VolumeMoveRecord, token: number): Promise<void> {
+    validateMoveRecord(record, token);
+    await this.op(`put move ${record.ringVersion}/${record.volumeId}`, () => {
+      const fence = this.fenceOf(record.volumeId);
+      if (fence !== token) throw volumeFencedError(record.volumeId, token, fence);
+      this.server.commit([{ type: 'put', key: moveKey(record.ringVersion, record.volumeId), value: encodeRecord(record) }]);
+    });
+  }
+
+  async pruneVolumeMoves(belowRingVersion: number): Promise<void> {
+    await this.op(`prune moves below ${belowRingVersion}`, () => {
+      const old = this.server.range(KEYS.movesPrefix).filter(({ key }) => {
+        const k = parseMoveKey(key);
+        return k === null || k.ringVersion < belowRingVersion;
+      });
+      this.server.commit(old.map(({ key }) => ({ type: 'delete', key })));
+    });
+  }
+
+  // ---- health
+
+  async listVolumeHealth(): Promise<VolumeHealthRecord[]> {
+    return this.op('list health', () =>
+      this.server
+        .range(KEYS.healthPrefix)
+        .map(({ key, entry }) => decodeVolumeHealthRecord(key, entry.value))
+        .sort((a, b) => a.volumeId - b.volumeId),
+    );
+  }
+
+  async putVolumeHealth(record: VolumeHealthRecord): Promise<void> {
+    validateHealthRecord(record);
+    await this.op(`put health ${record.volumeId}`, () => {
+      if (this.getJson(volumeFenceKey(record.volumeId)) === null) throw volumeIdNotFoundError(record.volumeId);
+      this.server.commit([{ type: 'put', key: healthKey(record.volumeId), value: encodeRecord(record) }]);
+    });
+  }
+
+  // ---- volumes
 
   async createVolume(name: string, size: number): Promise<VolumeRecord> {
     validateVolumeName(name);
     validateVolumeSize(size);
-    await this.enter(`create volume ${name}`);
-    if (this.config === null) throw notInitialisedError();
-    if (this.volumes.has(name)) throw new TorusError('TORUS_ERR_VOLUME_EXISTS', `a volume named "${name}" already exists`, { details: { volume: name } });
-    const id = this.volumeIdCounter + 1;
-    if (id > VOLUME_ID_MAX) throw new TorusError('TORUS_ERR_ARG_INVALID', 'no volume ids are left in this cluster');
-    const config = decodeClusterConfig('config', this.config);
-    const record: VolumeRecord = { schema: 1, id, name, type: 'block', size, blockSize: config.blockSize, generation: 1, createdAt: new Date(this.clock.now()).toISOString() };
-    this.volumeIdCounter = id;
-    this.volumes.set(name, encodeRecord(record));
-    return record;
+    return this.op(`create volume ${name}`, () => {
+      const config = this.requireConfig();
+      if (this.getJson(volumeKey(name)) !== null) throw new TorusError('TORUS_ERR_VOLUME_EXISTS', `a volume named "${name}" already exists`, { details: { volume: name } });
+      const id = decodeCounter(KEYS.volumeIdCounter, this.getJson(KEYS.volumeIdCounter)) + 1;
+      if (id > VOLUME_ID_MAX) throw new TorusError('TORUS_ERR_ARG_INVALID', 'no volume ids are left in this cluster');
+      const record: VolumeRecord = { schema: 1, id, name, type: 'block', size, blockSize: config.blockSize, generation: 1, createdAt: this.nowIso() };
+      this.server.commit([
+        { type: 'put', key: KEYS.volumeIdCounter, value: String(id) },
+        { type: 'put', key: volumeKey(name), value: encodeRecord(record) },
+      ]);
+      return record;
+    });
   }
 
   async getVolume(name: string): Promise<VolumeRecord> {
     validateVolumeName(name);
-    await this.enter(`get volume ${name}`);
-    const json = this.volumes.get(name);
-    if (json === undefined) throw volumeNotFoundError(name);
-    return decodeVolumeRecord(`volumes/${name}`, json);
+    return this.op(`get volume ${name}`, () => {
+      const text = this.getJson(volumeKey(name));
+      if (text === null) throw volumeNotFoundError(name);
+      return decodeVolumeRecord(volumeKey(name), text);
+    });
   }
 
   async listVolumes(): Promise<VolumeRecord[]> {
-    await this.enter('list volumes');
-    return [...this.volumes.entries()].map(([name, json]) => decodeVolumeRecord(`volumes/${name}`, json)).sort((a, b) => a.id - b.id);
-  }
-
-  async revokeStaleLease(id: string): Promise<void> {
-    await this.enter(`revoke lease ${id}`);
-    if (this.leases.has(id)) this.dropLease(id, 'lease revoked');
-  }
-
-  async volumeIdsForGc(): Promise<{ live: number[]; lastId: number }> {
-    await this.enter('list volume ids');
-    return { live: (await this.listVolumes()).map((v) => v.id), lastId: this.volumeIdCounter };
-  }
-
-  async watchVolumeDeletes(onDelete: () => void): Promise<() => Promise<void>> {
-    this.volumeDeleteWatchers.add(onDelete);
-    return async () => {
-      this.volumeDeleteWatchers.delete(onDelete);
-    };
+    return this.op('list volumes', () =>
+      this.server
+        .range(KEYS.volumesPrefix)
+        .map(({ key, entry }) => decodeVolumeRecord(key, entry.value))
+        .sort((a, b) => a.id - b.id),
+    );
   }
 
   async deleteVolume(name: string): Promise<VolumeRecord> {
     validateVolumeName(name);
-    await this.enter(`delete volume ${name}`);
-    const json = this.volumes.get(name);
-    if (json === undefined) throw volumeNotFoundError(name);
-    const record = decodeVolumeRecord(`volumes/${name}`, json);
-    const lock = this.locks.get(record.id);
-    if (lock !== undefined) throw volumeInUseError(name, decodeVolumeLockRecord(`volume-locks/${record.id}`, lock.json));
-    this.volumes.delete(name);
-    this.fences.delete(record.id);
-    for (const w of this.volumeDeleteWatchers) queueMicrotask(w);
-    return record;
+    return this.op(`delete volume ${name}`, () => {
+      const text = this.getJson(volumeKey(name));
+      if (text === null) throw volumeNotFoundError(name);
+      const record = decodeVolumeRecord(volumeKey(name), text);
+      const lock = this.getJson(volumeLockKey(record.id));
+      if (lock !== null) throw volumeInUseError(name, decodeVolumeLockRecord(volumeLockKey(record.id), lock));
+      // Ids are never reused: every record keyed by this id can go, and a
+      // maintainer still at work finds its lock and fence gone.
+      const moves = this.server.range(KEYS.movesPrefix).filter(({ key }) => parseMoveKey(key)?.volumeId === record.id);
+      this.server.commit([
+        { type: 'delete', key: volumeKey(name) },
+        { type: 'delete', key: volumeFenceKey(record.id) },
+        { type: 'delete', key: volumeMaintKey(record.id) },
+        { type: 'delete', key: healthKey(record.id) },
+        { type: 'deletePrefix', prefix: staleVolumePrefix(record.id) },
+        ...moves.map(({ key }): KvOp => ({ type: 'delete', key })),
+      ]);
+      return record;
+    });
   }
 
   async getVolumeLock(volumeId: number): Promise<VolumeLockRecord | null> {
-    await this.enter(`get volume lock ${volumeId}`);
-    const lock = this.locks.get(volumeId);
-    return lock === undefined ? null : decodeVolumeLockRecord(`volume-locks/${volumeId}`, lock.json);
+    return this.op(`get volume lock ${volumeId}`, () => {
+      const text = this.getJson(volumeLockKey(volumeId));
+      return text === null ? null : decodeVolumeLockRecord(volumeLockKey(volumeId), text);
+    });
+  }
+
+  async volumeIdsForGc(): Promise<{ live: number[]; lastId: number }> {
+    return this.op('list volume ids', () => {
+      const lastId = decodeCounter(KEYS.volumeIdCounter, this.getJson(KEYS.volumeIdCounter));
+      const live = this.server
+        .range(KEYS.volumesPrefix)
+        .map(({ key, entry }) => decodeVolumeRecord(key, entry.value).id)
+        .sort((a, b) => a - b);
+      return { live, lastId };
+    });
+  }
+
+  async watchVolumeDeletes(onDelete: () => void): Promise<() => Promise<void>> {
+    const safely = (): void => {
+      try {
+        onDelete();
+      } catch (err) {
+        this.log?.error({ err }, 'volume watch callback threw');
+      }
+    };
+    const watch = await this.op('watch volumes', () =>
+      this.openWatch({
+        prefix: KEYS.volumesPrefix,
+        exact: false,
+        startRevision: null,
+        // After a lost stream a deletion may have been missed: say so once.
+        resync: (initial) => {
+          if (!initial) safely();
+          return this.server.revision();
+        },
+        onEvents: (events) => {
+          for (const e of events) if (e.type === 'delete') safely();
+        },
+      }),
+    );
+    return async () => watch.stop();
+  }
+
+  async revokeStaleLease(id: string): Promise<void> {
+    if (!/^[0-9]+$/.test(id)) throw new TorusError('TORUS_ERR_ARG_INVALID', `lease id "${id}" is not a decimal number`);
+    await this.op(`revoke lease ${id}`, () => this.server.revokeLease(id, 'lease revoked'));
   }
 
   async openSession(opts: { ttlSeconds: number }): Promise<MetadataSession> {
@@ -354,21 +731,23 @@ export class MemoryMetadata implements MetadataService {
     if (!Number.isInteger(ttl) || ttl < 1 || ttl > SESSION_TTL_MAX_SECONDS) {
       throw new TorusError('TORUS_ERR_ARG_INVALID', `session TTL ${String(ttl)} s must be a whole number from 1 to ${SESSION_TTL_MAX_SECONDS}`);
     }
-    await this.enter('grant lease');
     const grantedAt = this.clock.monotonic();
-    const lease = this.grantLease(ttl);
-    const session = new MemorySession(this, lease, grantedAt, this.clock, () => this.sessions.delete(session));
+    const leaseId = await this.op('grant lease', () => this.server.grantLease(ttl * 1000));
+    const session = new MemorySession(this, leaseId, ttl * 1000, grantedAt, this.clock, () => this.sessions.delete(session));
     this.sessions.add(session);
     return session;
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
-    for (const s of [...this.sessions]) s.stop();
-    for (const id of [...this.leases.keys()]) this.revoke(id);
-    this.ringWatchers.clear();
+    for (const s of [...this.sessions]) s.stopAndRevoke();
+    for (const w of [...this.watches]) w.stop();
     this.closed = true;
   }
+}
+
+function sameRanges(a: readonly BlockRange[], b: readonly BlockRange[]): boolean {
+  return a.length === b.length && a.every((r, i) => r[0] === b[i]![0] && r[1] === b[i]![1]);
 }
 
 class MemorySession implements MetadataSession {
@@ -378,21 +757,21 @@ class MemorySession implements MetadataSession {
   private deadline: number;
   private timer: { cancel(): void } | undefined;
   private readonly intervalMs: number;
-  private readonly ttlMs: number;
+  private readonly unsubscribe: () => void;
 
   constructor(
     private readonly md: MemoryMetadata,
-    lease: Lease,
+    leaseId: string,
+    private readonly ttlMs: number,
     grantedAt: number,
     private readonly clock: Clock,
     private readonly onClosed: () => void,
   ) {
-    this.id = lease.id;
-    this.ttlMs = lease.ttlMs;
-    this.deadline = grantedAt + lease.ttlMs;
+    this.id = leaseId;
+    this.deadline = grantedAt + ttlMs;
     // Same cadence as the etcd3 client: a third of the TTL.
-    this.intervalMs = Math.max(1, Math.floor(lease.ttlMs / 3));
-    lease.onGone = (why) => this.markLost(why);
+    this.intervalMs = Math.max(1, Math.floor(ttlMs / 3));
+    this.unsubscribe = md.server.onLeaseGone(leaseId, (why) => this.markLost(why));
     this.schedule();
   }
 
@@ -406,15 +785,14 @@ class MemorySession implements MetadataSession {
     if (!this.md.isAvailable()) {
       if (this.state === 'healthy') {
         this.state = 'degraded';
-        this.emit({ type: 'degraded', err: new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', 'etcd at memory is unavailable (lease keepalive): simulated outage') });
+        this.emit({ type: 'degraded', err: new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd at ${ENDPOINT} is unavailable (lease keepalive): simulated outage`) });
       }
-      // The lease expires server-side at its deadline even though etcd is "down".
-      if (!this.md.hasLease(this.id) || sentAt >= this.deadline) {
-        this.md.revokeLease(this.id);
+      // The server expires the lease at its deadline whatever this side thinks.
+      if (sentAt >= this.deadline || !this.md.server.hasLease(this.id)) {
         this.markLost('no keepalive answered before the lease deadline');
         return;
       }
-    } else if (this.md.keepalive(this.id)) {
+    } else if (this.md.server.keepalive(this.id)) {
       this.deadline = sentAt + this.ttlMs;
       if (this.state === 'degraded') {
         this.state = 'healthy';
@@ -431,6 +809,7 @@ class MemorySession implements MetadataSession {
     if (this.state === 'lost' || this.state === 'closed') return;
     this.state = 'lost';
     this.timer?.cancel();
+    this.unsubscribe();
     this.emit({ type: 'lost', err: new TorusError('TORUS_ERR_SESSION_LOST', `etcd session ${this.id} lost its lease: ${why}`) });
   }
 
@@ -440,6 +819,20 @@ class MemorySession implements MetadataSession {
 
   private assertUsable(op: string): void {
     assertSessionUsable(this.state, this.id, op);
+  }
+
+  /** A call under the lease: "etcd" saying the lease is gone makes the session lost at once. */
+  private async leased<T>(op: string, body: () => T): Promise<T> {
+    this.assertUsable(op);
+    try {
+      return await this.md.op(op, () => {
+        if (!this.md.server.hasLease(this.id)) throw new TorusError('TORUS_ERR_SESSION_LOST', `${op}: the session's etcd lease has expired or was revoked`);
+        return body();
+      });
+    } catch (err) {
+      if (err instanceof TorusError && err.code === 'TORUS_ERR_SESSION_LOST') this.markLost(`etcd no longer knows the lease (${op})`);
+      throw err;
+    }
   }
 
   on(listener: (event: SessionEvent) => void): () => void {
@@ -452,46 +845,79 @@ class MemorySession implements MetadataSession {
 
   async putPeer(record: PeerRecord): Promise<void> {
     validatePeerUuid(record.uuid);
-    this.assertUsable('put peer');
-    await this.md.enter(`put peer ${record.uuid}`);
-    this.md.putPeerRecord(record, this.id);
+    await this.leased(`put peer ${record.uuid}`, () => {
+      this.md.server.commit([{ type: 'put', key: peerKey(record.uuid), value: encodeRecord(record), lease: this.id }]);
+    });
   }
 
   async lockVolume(name: string, holder: string): Promise<VolumeLock> {
     validateVolumeName(name);
-    if (holder.length === 0 || holder.length > HOLDER_CHARS_MAX) throw new TorusError('TORUS_ERR_ARG_INVALID', `lock holder must be 1 to ${HOLDER_CHARS_MAX} characters`);
-    this.assertUsable(`lock volume ${name}`);
-    await this.md.enter(`lock volume ${name}`);
-    const { volume, record } = this.md.tryLock(name, holder, this.id);
-    const md = this.md;
-    const leaseId = this.id;
-    let released = false;
-    return {
-      volume,
-      token: record.token,
-      holder,
-      async release() {
-        if (released) return;
-        await md.enter(`unlock volume ${name}`);
-        md.unlock(volume.id, leaseId);
-        released = true;
-      },
-    };
+    validateHolder(holder);
+    const { volume, record } = await this.leased(`lock volume ${name}`, () => this.md.tryLock(name, holder, this.id));
+    return new MemoryVolumeLock(this.md, this.id, volume, record, volumeLockKey(volume.id));
   }
 
-  /** Stops keepalives without a word: the service is closing. */
-  stop(): void {
+  async lockVolumeForMaintenance(volumeId: number, holder: string): Promise<VolumeLock> {
+    validateHolder(holder);
+    const { volume, record } = await this.leased(`lock volume ${volumeId} for maintenance`, () => this.md.tryLockForMaintenance(volumeId, holder, this.id));
+    return new MemoryVolumeLock(this.md, this.id, volume, record, volumeMaintKey(volume.id));
+  }
+
+  async ackRing(ack: { readonly peer: string | null; readonly kind: 'peer' | 'client'; readonly ringVersion: number; readonly fenceRevision: number }): Promise<void> {
+    const record: RingAck = { schema: 1, lease: this.id, peer: ack.peer, kind: ack.kind, ringVersion: ack.ringVersion, fenceRevision: ack.fenceRevision, updatedAt: this.md.nowIso() };
+    validateRingAck(record);
+    await this.leased('ack ring', () => {
+      this.md.server.commit([{ type: 'put', key: ringAckKey(this.id), value: encodeRecord(record), lease: this.id }]);
+    });
+  }
+
+  /** The client is closing: no more keepalives, and the lease goes without a 'lost' event. */
+  stopAndRevoke(): void {
+    const wasLive = this.state !== 'lost' && this.state !== 'closed';
     this.state = 'closed';
     this.timer?.cancel();
+    this.unsubscribe();
     this.onClosed();
+    if (wasLive) this.md.server.revokeLease(this.id, 'revoked by owner');
   }
 
   async close(): Promise<void> {
     if (this.state === 'closed') return;
     const wasLost = this.state === 'lost';
-    this.stop();
+    this.state = 'closed';
+    this.timer?.cancel();
+    this.unsubscribe();
+    this.onClosed();
     if (wasLost) return;
-    await this.md.enter(`revoke lease ${this.id}`);
-    this.md.revoke(this.id);
+    await this.md.op(`revoke lease ${this.id}`, () => this.md.server.revokeLease(this.id, 'revoked by owner'));
+  }
+}
+
+class MemoryVolumeLock implements VolumeLock {
+  readonly token: number;
+  readonly holder: string;
+  readonly kind: 'writer' | 'maintainer';
+  private released = false;
+
+  constructor(
+    private readonly md: MemoryMetadata,
+    private readonly leaseId: string,
+    readonly volume: VolumeRecord,
+    record: VolumeLockRecord,
+    private readonly key: string,
+  ) {
+    this.token = record.token;
+    this.holder = record.holder;
+    this.kind = record.kind ?? 'writer';
+  }
+
+  async stillHeld(): Promise<boolean> {
+    return this.md.op(`check lock ${this.key}`, () => this.md.lockKeyHeld(this.key, this.leaseId, this.token));
+  }
+
+  async release(): Promise<void> {
+    if (this.released) return;
+    await this.md.op(`unlock ${this.key}`, () => this.md.unlockKey(this.key, this.leaseId));
+    this.released = true;
   }
 }

@@ -1,4 +1,4 @@
-import type { ClusterConfig, PeerRecord, RingRecord, VolumeLockRecord, VolumeRecord } from '../model/records.js';
+import type { ClusterConfig, PeerRecord, RingAck, RingRecord, StaleRecord, VolumeHealthRecord, VolumeLockRecord, VolumeMoveRecord, VolumeRecord } from '../model/records.js';
 
 /**
  * Cluster metadata. The implementation over etcd v3 is etcd-metadata.ts; an
@@ -20,8 +20,65 @@ export interface MetadataService {
   getRing(): Promise<RingRecord>;
   /** Compare-and-swap: next.version must be current.version + 1, else TORUS_ERR_CLUSTER_CONFLICT. */
   setRing(next: RingRecord): Promise<void>;
-  /** Calls back on every ring change (and once with the current ring). Returns a stop function. */
+  /**
+   * Calls back on every ring change (and once with the current ring). Returns
+   * a stop function. A watch that lost history (compaction, a long
+   * disconnection) re-reads the ring and calls back if it moved.
+   */
   watchRing(onChange: (ring: RingRecord) => void): Promise<() => Promise<void>>;
+
+  // ---- cluster secret (peer authentication)
+  /** The cluster secret (hex), or null when the cluster has none yet (0.1.0 clusters). */
+  getClusterSecret(): Promise<string | null>;
+  /** The cluster secret, created (random, by compare-and-swap) if missing. */
+  ensureClusterSecret(): Promise<string>;
+
+  // ---- fencing tokens
+  /** The newest token handed out for a volume (0 when none). */
+  getFence(volumeId: number): Promise<number>;
+  /** Every volume's newest token, with the etcd revision the read was made at. */
+  listFences(): Promise<{ fences: Map<number, number>; revision: number }>;
+  /**
+   * Calls back with each token handed out after `revision`, in order, with
+   * the revision it was written at. After lost history it calls `onResync`
+   * with a fresh listFences() instead. Returns a stop function.
+   */
+  watchFences(
+    revision: number,
+    onFence: (volumeId: number, token: number, revision: number) => void,
+    onResync: (all: { fences: Map<number, number>; revision: number }) => void,
+  ): Promise<() => Promise<void>>;
+
+  // ---- stale records (docs/replication.md, "Stale records")
+  getStale(volumeId: number): Promise<StaleRecord[]>;
+  /** Every stale record of the cluster (maintenance, status). */
+  listStale(): Promise<StaleRecord[]>;
+  /**
+   * Adds blocks (ranges of [start, end) indexes, or the whole volume) to a
+   * peer's stale record, merging by compare-and-swap. Needs no lock: adding
+   * is always safe. Resolves once durable in etcd.
+   */
+  addStale(volumeId: number, peer: string, add: { readonly all?: boolean; readonly ranges?: readonly (readonly [number, number])[] }): Promise<void>;
+  /**
+   * Removes blocks from a peer's stale record (the record goes when empty),
+   * only while `token` is the volume's newest fencing token; otherwise
+   * TORUS_ERR_VOLUME_FENCED and nothing changes. `ranges: 'all'` clears it.
+   */
+  removeStale(volumeId: number, peer: string, ranges: readonly (readonly [number, number])[] | 'all', token: number): Promise<void>;
+
+  // ---- ring transitions
+  /** Every live process's ring acknowledgement. */
+  listRingAcks(): Promise<RingAck[]>;
+  /** Progress records of one transition (its moving version). */
+  listVolumeMoves(ringVersion: number): Promise<VolumeMoveRecord[]>;
+  /** Writes a volume's move progress, only while `token` is its newest fencing token (else TORUS_ERR_VOLUME_FENCED). */
+  putVolumeMove(record: VolumeMoveRecord, token: number): Promise<void>;
+  /** Deletes move records of transitions older than `ringVersion`. */
+  pruneVolumeMoves(belowRingVersion: number): Promise<void>;
+
+  // ---- health and scrub
+  listVolumeHealth(): Promise<VolumeHealthRecord[]>;
+  putVolumeHealth(record: VolumeHealthRecord): Promise<void>;
 
   /** Validates name and size; TORUS_ERR_VOLUME_EXISTS, TORUS_ERR_CLUSTER_NOT_INITIALISED. */
   createVolume(name: string, size: number): Promise<VolumeRecord>;
@@ -67,9 +124,18 @@ export interface MetadataSession {
   /**
    * Takes the write lock on a volume. Throws TORUS_ERR_VOLUME_IN_USE naming the
    * current holder. The returned token is strictly greater than any earlier
-   * token for this volume.
+   * token for this volume. A maintainer holding the volume does not block
+   * this: the new, larger token fences it off.
    */
   lockVolume(name: string, holder: string): Promise<VolumeLock>;
+  /**
+   * Takes a volume's maintenance lock (docs/replication.md, "Maintenance"):
+   * refused with TORUS_ERR_VOLUME_IN_USE while a writer or another maintainer
+   * holds it. Draws a token from the same counter as lockVolume.
+   */
+  lockVolumeForMaintenance(volumeId: number, holder: string): Promise<VolumeLock>;
+  /** Publishes (or refreshes) this process's ring acknowledgement under the lease. */
+  ackRing(ack: { readonly peer: string | null; readonly kind: 'peer' | 'client'; readonly ringVersion: number; readonly fenceRevision: number }): Promise<void>;
   on(listener: (event: SessionEvent) => void): () => void;
   /** Monotonic ms deadline after which the lease must be assumed expired. */
   leaseDeadline(): number;
@@ -81,6 +147,9 @@ export interface VolumeLock {
   readonly volume: VolumeRecord;
   readonly token: number;
   readonly holder: string;
+  readonly kind: 'writer' | 'maintainer';
+  /** True while the lock key still exists under this session's lease (read from etcd). */
+  stillHeld(): Promise<boolean>;
   release(): Promise<void>;
 }
 

@@ -1,5 +1,20 @@
 import { TorusError } from '../errors/torus-error.js';
-import type { ClusterConfig, PeerRecord, RingRecord, VolumeLockRecord, VolumeRecord } from '../model/records.js';
+import { isSortedDisjoint, normalizeRanges, type BlockRange } from '../model/ranges.js';
+import type {
+  ClusterConfig,
+  PeerRecord,
+  Placement,
+  RingAck,
+  RingMember,
+  RingRecord,
+  RingTransition,
+  StaleRecord,
+  VolumeHealthRecord,
+  VolumeLockRecord,
+  VolumeMoveRecord,
+  VolumeRecord,
+} from '../model/records.js';
+import { minReplicasDefault } from '../ring/transition.js';
 
 /**
  * Decodes the JSON records kept in etcd, checking their shape: a record that
@@ -13,7 +28,8 @@ function corrupt(key: string, why: string): TorusError {
   return new TorusError('TORUS_ERR_METADATA_CORRUPT', `etcd key "${key}" holds a bad record: ${why}`, { details: { key } });
 }
 
-function object(key: string, text: string): Json {
+/** The JSON object in `text`, whose `schema` must be one of `schemas`. */
+function object(key: string, text: string, schemas: readonly number[] = [1]): Json {
   let v: unknown;
   try {
     v = JSON.parse(text);
@@ -22,8 +38,27 @@ function object(key: string, text: string): Json {
   }
   if (typeof v !== 'object' || v === null || Array.isArray(v)) throw corrupt(key, 'not a JSON object');
   const o = v as Json;
-  if (o['schema'] !== 1) throw corrupt(key, `unknown schema ${JSON.stringify(o['schema'])}`);
+  if (!schemas.includes(o['schema'] as number)) throw corrupt(key, `unknown schema ${JSON.stringify(o['schema'])}`);
   return o;
+}
+
+function sub(key: string, o: Json, field: string): Json {
+  const v = o[field];
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw corrupt(key, `field "${field}" is not an object`);
+  return v as Json;
+}
+
+function bool(key: string, o: Json, field: string): boolean {
+  const v = o[field];
+  if (typeof v !== 'boolean') throw corrupt(key, `field "${field}" is not true or false`);
+  return v;
+}
+
+/** A non-negative integer (counts, versions, ids). */
+function count(key: string, o: Json, field: string): number {
+  const v = int(key, o, field);
+  if (v < 0) throw corrupt(key, `field "${field}" is negative`);
+  return v;
 }
 
 function int(key: string, o: Json, field: string): number {
@@ -85,22 +120,120 @@ export function decodePeerRecord(key: string, text: string): PeerRecord {
     hostname: str(key, o, 'hostname'),
     pid: int(key, o, 'pid'),
     version: str(key, o, 'version'),
+    // Absent from 0.1.0 records: left out rather than invented.
+    ...(o['incarnation'] === undefined ? {} : { incarnation: str(key, o, 'incarnation') }),
+    ...(o['rebalanceBytesPerSec'] === undefined ? {} : { rebalanceBytesPerSec: num(key, o, 'rebalanceBytesPerSec') }),
   };
 }
 
+function members(key: string, o: Json, where: string): RingMember[] {
+  const list = o['members'];
+  if (!Array.isArray(list)) throw corrupt(key, `${where}field "members" is not a list`);
+  const seen = new Set<string>();
+  return list.map((m: unknown, i) => {
+    if (typeof m !== 'object' || m === null) throw corrupt(key, `${where}member ${i} is not an object`);
+    const mo = m as Json;
+    const member = { uuid: str(key, mo, 'uuid'), weight: num(key, mo, 'weight') };
+    if (seen.has(member.uuid)) throw corrupt(key, `${where}member ${member.uuid} appears twice`);
+    seen.add(member.uuid);
+    return member;
+  });
+}
+
+function placement(key: string, o: Json): Placement {
+  const replication = int(key, o, 'replication');
+  if (replication < 1) throw corrupt(key, 'transition.from has replication below 1');
+  return { members: members(key, o, 'transition.from: '), replication };
+}
+
+function transition(key: string, o: Json, version: number): RingTransition | null {
+  const v = o['transition'];
+  if (v === null || v === undefined) return null;
+  const t = sub(key, o, 'transition');
+  const phase = t['phase'];
+  if (phase !== 'moving' && phase !== 'settled') throw corrupt(key, `transition phase ${JSON.stringify(phase)} is not moving or settled`);
+  const startedVersion = int(key, t, 'startedVersion');
+  if (startedVersion < 1 || startedVersion > version) throw corrupt(key, `transition started at version ${startedVersion}, outside 1..${version}`);
+  return { from: placement(key, sub(key, t, 'from')), phase, startedVersion, startedAt: str(key, t, 'startedAt'), reason: str(key, t, 'reason') };
+}
+
+/**
+ * Schema 1 (0.1.0) reads as schema 2: the default minReplicas for its
+ * replication, and stable (no transition). Nothing is written back: the
+ * next ring change writes schema 2.
+ */
 export function decodeRingRecord(key: string, text: string): RingRecord {
+  const o = object(key, text, [1, 2]);
+  const version = int(key, o, 'version');
+  const replication = int(key, o, 'replication');
+  if (replication < 1) throw corrupt(key, `replication ${replication} is below 1`);
+  const ms = members(key, o, '');
+  if (o['schema'] === 1) return { schema: 2, version, replication, minReplicas: minReplicasDefault(replication), members: ms, transition: null };
+  const minReplicas = int(key, o, 'minReplicas');
+  if (minReplicas < 1 || minReplicas > replication) throw corrupt(key, `minReplicas ${minReplicas} is outside 1..${replication}`);
+  return { schema: 2, version, replication, minReplicas, members: ms, transition: transition(key, o, version) };
+}
+
+function ranges(key: string, o: Json): BlockRange[] {
+  const v = o['ranges'];
+  if (!Array.isArray(v) || !isSortedDisjoint(v as BlockRange[])) throw corrupt(key, 'field "ranges" is not a sorted list of disjoint [start, end) block ranges');
+  return normalizeRanges(v as BlockRange[]);
+}
+
+export function decodeStaleRecord(key: string, text: string): StaleRecord {
   const o = object(key, text);
-  const members = o['members'];
-  if (!Array.isArray(members)) throw corrupt(key, 'field "members" is not a list');
+  const all = bool(key, o, 'all');
   return {
     schema: 1,
-    version: int(key, o, 'version'),
-    replication: int(key, o, 'replication'),
-    members: members.map((m: unknown, i) => {
-      if (typeof m !== 'object' || m === null) throw corrupt(key, `member ${i} is not an object`);
-      const mo = m as Json;
-      return { uuid: str(key, mo, 'uuid'), weight: num(key, mo, 'weight') };
-    }),
+    volumeId: count(key, o, 'volumeId'),
+    peer: str(key, o, 'peer'),
+    all,
+    // `all` absorbs ranges; a record that has both reads as `all`.
+    ranges: all ? [] : ranges(key, o),
+    updatedAt: str(key, o, 'updatedAt'),
+  };
+}
+
+export function decodeRingAck(key: string, text: string): RingAck {
+  const o = object(key, text);
+  const kind = o['kind'];
+  if (kind !== 'peer' && kind !== 'client') throw corrupt(key, `kind ${JSON.stringify(kind)} is not peer or client`);
+  return {
+    schema: 1,
+    lease: str(key, o, 'lease'),
+    peer: strOrNull(key, o, 'peer'),
+    kind,
+    ringVersion: count(key, o, 'ringVersion'),
+    fenceRevision: count(key, o, 'fenceRevision'),
+    updatedAt: str(key, o, 'updatedAt'),
+  };
+}
+
+export function decodeVolumeMoveRecord(key: string, text: string): VolumeMoveRecord {
+  const o = object(key, text);
+  return {
+    schema: 1,
+    ringVersion: count(key, o, 'ringVersion'),
+    volumeId: count(key, o, 'volumeId'),
+    done: bool(key, o, 'done'),
+    scanned: count(key, o, 'scanned'),
+    copied: count(key, o, 'copied'),
+    unavailable: count(key, o, 'unavailable'),
+    updatedAt: str(key, o, 'updatedAt'),
+  };
+}
+
+export function decodeVolumeHealthRecord(key: string, text: string): VolumeHealthRecord {
+  const o = object(key, text);
+  return {
+    schema: 1,
+    volumeId: count(key, o, 'volumeId'),
+    ringVersion: count(key, o, 'ringVersion'),
+    blocks: count(key, o, 'blocks'),
+    short: count(key, o, 'short'),
+    repaired: count(key, o, 'repaired'),
+    divergent: count(key, o, 'divergent'),
+    checkedAt: str(key, o, 'checkedAt'),
   };
 }
 
@@ -112,7 +245,22 @@ export function decodeVolumeLockRecord(key: string, text: string): VolumeLockRec
     holder: str(key, o, 'holder'),
     token: int(key, o, 'token'),
     acquiredAt: str(key, o, 'acquiredAt'),
+    kind: lockKind(key, o),
   };
+}
+
+/** 0.1.0 lock records have no kind: only writers existed. */
+function lockKind(key: string, o: Json): 'writer' | 'maintainer' {
+  const v = o['kind'];
+  if (v === undefined || v === 'writer') return 'writer';
+  if (v === 'maintainer') return 'maintainer';
+  throw corrupt(key, `lock kind ${JSON.stringify(v)} is not writer or maintainer`);
+}
+
+/** The cluster secret: 32 bytes as 64 lowercase hex digits. */
+export function decodeClusterSecret(key: string, text: string): string {
+  if (!/^[0-9a-f]{64}$/.test(text)) throw corrupt(key, 'the cluster secret is not 64 hex digits');
+  return text;
 }
 
 /** Counters (volume id, fence) are decimal strings; absent reads as 0. */

@@ -1,5 +1,6 @@
 import { TorusError } from '../errors/torus-error.js';
-import type { RingRecord, VolumeLockRecord } from '../model/records.js';
+import { checkRange, type BlockRange } from '../model/ranges.js';
+import type { RingAck, RingMember, RingRecord, VolumeHealthRecord, VolumeLockRecord, VolumeMoveRecord } from '../model/records.js';
 import { formatSize } from '../util/size.js';
 import { VOLUME_NAME_PATTERN } from './metadata-service.js';
 
@@ -12,6 +13,13 @@ export const VOLUME_SIZE_MAX_BYTES = 2 ** 50;
 /** Volume ids are u32 on the wire (BlockRef). */
 export const VOLUME_ID_MAX = 0xffffffff;
 export const RING_MEMBERS_MAX = 4096;
+export const SESSION_TTL_MAX_SECONDS = 3600;
+/** Lock holders are for messages: `torusd 3f2a... on node-1 (pid 42)`. */
+export const HOLDER_CHARS_MAX = 512;
+/** The cluster secret: 32 random bytes, kept as 64 hex digits. */
+export const CLUSTER_SECRET_BYTES = 32;
+/** Ranges one addStale or removeStale call may carry (a batch of writes, not a whole disk). */
+export const STALE_CALL_RANGES_MAX = 65_536;
 
 export function validateClusterParams(config: { blockSize: number; replication: number }): void {
   const { blockSize, replication } = config;
@@ -52,29 +60,143 @@ export function validateVolumeSize(size: number): void {
   }
 }
 
-/** Shape checks on a ring someone wants to write; placement relies on them. */
+function validateMembers(members: readonly RingMember[], bad: (why: string) => never, where = ''): void {
+  if (!Array.isArray(members)) bad(`${where}members is not a list`);
+  if (members.length > RING_MEMBERS_MAX) bad(`${where}more than ${RING_MEMBERS_MAX} members`);
+  const seen = new Set<string>();
+  for (const m of members) {
+    if (typeof m.uuid !== 'string' || m.uuid.length === 0) bad(`${where}a member has no uuid`);
+    if (seen.has(m.uuid)) bad(`${where}member ${m.uuid} appears twice`);
+    seen.add(m.uuid);
+    if (!Number.isFinite(m.weight) || m.weight <= 0) bad(`${where}member ${m.uuid} has weight ${String(m.weight)}; weights are positive`);
+  }
+}
+
+/** Shape checks on a ring someone wants to write; placement and the transition code rely on them. */
 export function validateRing(ring: RingRecord): void {
   const bad = (why: string): never => {
     throw new TorusError('TORUS_ERR_ARG_INVALID', `invalid ring: ${why}`);
   };
-  if (ring.schema !== 1) bad(`schema ${String(ring.schema)} is not 1`);
+  if (ring.schema !== 2) bad(`schema ${String(ring.schema)} is not 2`);
   if (!Number.isSafeInteger(ring.version) || ring.version < 1) bad(`version ${String(ring.version)} is not a positive integer`);
   validateReplication(ring.replication);
-  if (!Array.isArray(ring.members)) bad('members is not a list');
-  if (ring.members.length > RING_MEMBERS_MAX) bad(`more than ${RING_MEMBERS_MAX} members`);
-  const seen = new Set<string>();
-  for (const m of ring.members) {
-    if (typeof m.uuid !== 'string' || m.uuid.length === 0) bad('a member has no uuid');
-    if (seen.has(m.uuid)) bad(`member ${m.uuid} appears twice`);
-    seen.add(m.uuid);
-    if (!Number.isFinite(m.weight) || m.weight <= 0) bad(`member ${m.uuid} has weight ${String(m.weight)}; weights are positive`);
+  if (!Number.isSafeInteger(ring.minReplicas) || ring.minReplicas < 1 || ring.minReplicas > ring.replication) {
+    bad(`minReplicas ${String(ring.minReplicas)} is not a whole number from 1 to the replication (${ring.replication})`);
   }
+  validateMembers(ring.members, bad);
+  const t = ring.transition;
+  if (t === undefined) bad('transition is missing (null when stable)');
+  if (t === null) return;
+  if (typeof t !== 'object') bad('transition is not an object');
+  if (t.phase !== 'moving' && t.phase !== 'settled') bad(`transition phase ${JSON.stringify(t.phase)} is not moving or settled`);
+  if (!Number.isSafeInteger(t.startedVersion) || t.startedVersion < 1 || t.startedVersion > ring.version) {
+    bad(`transition startedVersion ${String(t.startedVersion)} is not a version from 1 to ${ring.version}`);
+  }
+  if (typeof t.startedAt !== 'string' || Number.isNaN(Date.parse(t.startedAt))) bad('transition startedAt is not an ISO-8601 time');
+  if (typeof t.reason !== 'string') bad('transition reason is not a string');
+  if (typeof t.from !== 'object' || t.from === null) bad('transition from is not a placement');
+  validateReplication(t.from.replication);
+  validateMembers(t.from.members, bad, 'transition from: ');
 }
 
 export function volumeInUseError(name: string, lock: VolumeLockRecord): TorusError {
-  return new TorusError('TORUS_ERR_VOLUME_IN_USE', `volume "${name}" is in use by ${lock.holder} since ${lock.acquiredAt}`, {
-    details: { volume: name, volumeId: lock.volumeId, holder: lock.holder, token: lock.token, acquiredAt: lock.acquiredAt },
+  const what = lock.kind === 'maintainer' ? 'under maintenance by' : 'in use by';
+  return new TorusError('TORUS_ERR_VOLUME_IN_USE', `volume "${name}" is ${what} ${lock.holder} since ${lock.acquiredAt}`, {
+    details: { volume: name, volumeId: lock.volumeId, holder: lock.holder, token: lock.token, acquiredAt: lock.acquiredAt, kind: lock.kind ?? 'writer' },
   });
+}
+
+/** A change guarded by a fencing token that is no longer the volume's newest. */
+export function volumeFencedError(volumeId: number, token: number, current: number): TorusError {
+  const why = current === 0 ? 'the volume has no fencing token (it was deleted)' : `its newest fencing token is ${current}`;
+  return new TorusError('TORUS_ERR_VOLUME_FENCED', `volume ${volumeId}: token ${token} is fenced off: ${why}`, {
+    details: { volumeId, token, current },
+  });
+}
+
+/** Records keyed by volume id are only written for volumes that have had a coordinator (a fencing token). */
+export function volumeIdNotFoundError(volumeId: number): TorusError {
+  return new TorusError('TORUS_ERR_VOLUME_NOT_FOUND', `no volume has id ${volumeId} (deleted, or never opened: it has no fencing token)`, {
+    details: { volumeId },
+  });
+}
+
+export function validateVolumeId(volumeId: number): void {
+  if (!Number.isSafeInteger(volumeId) || volumeId < 1 || volumeId > VOLUME_ID_MAX) {
+    throw new TorusError('TORUS_ERR_ARG_INVALID', `invalid volume id ${String(volumeId)}: it must be a whole number from 1 to ${VOLUME_ID_MAX}`);
+  }
+}
+
+export function validateHolder(holder: string): void {
+  if (typeof holder !== 'string' || holder.length === 0 || holder.length > HOLDER_CHARS_MAX) {
+    throw new TorusError('TORUS_ERR_ARG_INVALID', `lock holder must be 1 to ${HOLDER_CHARS_MAX} characters`);
+  }
+}
+
+function validateToken(token: number): void {
+  if (!Number.isSafeInteger(token) || token < 1) throw new TorusError('TORUS_ERR_ARG_INVALID', `invalid fencing token ${String(token)}: tokens are positive whole numbers`);
+}
+
+function checkRanges(ranges: readonly BlockRange[]): BlockRange[] {
+  if (!Array.isArray(ranges)) throw new TorusError('TORUS_ERR_ARG_INVALID', 'block ranges must be a list of [start, end) pairs');
+  if (ranges.length > STALE_CALL_RANGES_MAX) throw new TorusError('TORUS_ERR_ARG_INVALID', `more than ${STALE_CALL_RANGES_MAX} block ranges in one call`);
+  return ranges.map(checkRange);
+}
+
+/** Checks the arguments of addStale; returns its ranges, each checked. */
+export function checkStaleAdd(volumeId: number, peer: string, add: { readonly all?: boolean; readonly ranges?: readonly BlockRange[] }): BlockRange[] {
+  validateVolumeId(volumeId);
+  validatePeerUuid(peer);
+  const ranges = checkRanges(add.ranges ?? []);
+  if (add.all !== true && ranges.length === 0) throw new TorusError('TORUS_ERR_ARG_INVALID', `add stale ${volumeId}/${peer}: nothing to add (no ranges and not all)`);
+  return ranges;
+}
+
+export function checkStaleRemove(volumeId: number, peer: string, ranges: readonly BlockRange[] | 'all', token: number): BlockRange[] | 'all' {
+  validateVolumeId(volumeId);
+  validatePeerUuid(peer);
+  validateToken(token);
+  return ranges === 'all' ? 'all' : checkRanges(ranges);
+}
+
+export function validateMoveRecord(record: VolumeMoveRecord, token: number): void {
+  validateVolumeId(record.volumeId);
+  validateToken(token);
+  const bad = (why: string): never => {
+    throw new TorusError('TORUS_ERR_ARG_INVALID', `invalid move record for volume ${record.volumeId}: ${why}`);
+  };
+  if (record.schema !== 1) bad('schema is not 1');
+  if (!Number.isSafeInteger(record.ringVersion) || record.ringVersion < 1) bad(`ring version ${String(record.ringVersion)} is not positive`);
+  for (const f of ['scanned', 'copied', 'unavailable'] as const) {
+    if (!Number.isSafeInteger(record[f]) || record[f] < 0) bad(`${f} ${String(record[f])} is not a count`);
+  }
+  if (typeof record.done !== 'boolean') bad('done is not true or false');
+  if (typeof record.updatedAt !== 'string') bad('updatedAt is not a string');
+}
+
+export function validateHealthRecord(record: VolumeHealthRecord): void {
+  validateVolumeId(record.volumeId);
+  const bad = (why: string): never => {
+    throw new TorusError('TORUS_ERR_ARG_INVALID', `invalid health record for volume ${record.volumeId}: ${why}`);
+  };
+  if (record.schema !== 1) bad('schema is not 1');
+  for (const f of ['ringVersion', 'blocks', 'short', 'repaired', 'divergent'] as const) {
+    if (!Number.isSafeInteger(record[f]) || record[f] < 0) bad(`${f} ${String(record[f])} is not a count`);
+  }
+  if (typeof record.checkedAt !== 'string') bad('checkedAt is not a string');
+}
+
+export function validateRingAck(ack: RingAck): void {
+  const bad = (why: string): never => {
+    throw new TorusError('TORUS_ERR_ARG_INVALID', `invalid ring acknowledgement: ${why}`);
+  };
+  if (ack.kind !== 'peer' && ack.kind !== 'client') bad(`kind ${JSON.stringify(ack.kind)} is not peer or client`);
+  if (ack.kind === 'peer') {
+    if (ack.peer === null) bad('a peer acknowledgement names no peer');
+    else validatePeerUuid(ack.peer);
+  }
+  if (!Number.isSafeInteger(ack.ringVersion) || ack.ringVersion < 0) bad(`ring version ${String(ack.ringVersion)} is not a version`);
+  if (!Number.isSafeInteger(ack.fenceRevision) || ack.fenceRevision < 0) bad(`fence revision ${String(ack.fenceRevision)} is not a revision`);
 }
 
 export function notInitialisedError(): TorusError {

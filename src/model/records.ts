@@ -41,6 +41,10 @@ export interface PeerRecord {
   readonly hostname: string;
   readonly pid: number;
   readonly version: string;
+  /** New at every start of the process (absent from 0.1.0 records). */
+  readonly incarnation?: string;
+  /** Bytes per second this peer copies for rebalance, catch-up and repair (the REB/REP column). */
+  readonly rebalanceBytesPerSec?: number;
 }
 
 export interface RingMember {
@@ -49,12 +53,103 @@ export interface RingMember {
   readonly weight: number;
 }
 
+/** Who holds what: the members and how many of them own each block. */
+export interface Placement {
+  readonly members: readonly RingMember[];
+  readonly replication: number;
+}
+
+/**
+ * A ring change in progress (docs/replication.md, "Ring transitions"):
+ * blocks move from the owners under `from` to the owners under the ring's
+ * own members and replication.
+ *
+ * - moving: writes go to old and new owners; reads come from old owners.
+ * - settled: every volume has moved; reads come from new owners, writes
+ *   still reach both until every process acknowledged this version.
+ */
+export interface RingTransition {
+  readonly from: Placement;
+  readonly phase: 'moving' | 'settled';
+  /** Ring version at which the transition started (its moving version). */
+  readonly startedVersion: number;
+  readonly startedAt: string; // ISO-8601
+  /** Why, for status: `peer add <uuid>`, `down-out <uuid>`, ... */
+  readonly reason: string;
+}
+
 export interface RingRecord {
-  readonly schema: 1;
+  /** 2 since replication; a schema-1 record reads as schema 2 with the defaults. */
+  readonly schema: 2;
   /** Every change is version + 1, written by compare-and-swap. */
   readonly version: number;
   readonly replication: number;
+  /** Owners that must take a write for it to be acknowledged (1..replication). */
+  readonly minReplicas: number;
   readonly members: readonly RingMember[];
+  /** Null when the ring is stable. */
+  readonly transition: RingTransition | null;
+}
+
+/**
+ * Blocks of one volume that one peer must not be read for until it has
+ * caught up: written before a degraded write is acknowledged
+ * (docs/replication.md, "Stale records"). Ranges are [start, end) block
+ * indexes, sorted and disjoint.
+ */
+export interface StaleRecord {
+  readonly schema: 1;
+  readonly volumeId: number;
+  readonly peer: string;
+  /** The whole volume: the peer missed the coordinator's fencing token, or too many ranges to list. */
+  readonly all: boolean;
+  readonly ranges: readonly (readonly [number, number])[];
+  readonly updatedAt: string;
+}
+
+/**
+ * What a process doing I/O publishes under its lease: the ring version it
+ * uses and the etcd revision up to which it has learnt fencing tokens.
+ * Ring transitions wait on these (docs/replication.md).
+ */
+export interface RingAck {
+  readonly schema: 1;
+  /** The lease it lives under (decimal), which names the process. */
+  readonly lease: string;
+  /** torusd: its peer uuid; torusblk: null. */
+  readonly peer: string | null;
+  readonly kind: 'peer' | 'client';
+  readonly ringVersion: number;
+  /** etcd revision through which fencing tokens from the volume-fence/ watch are persisted here (peers; 0 for clients). */
+  readonly fenceRevision: number;
+  readonly updatedAt: string;
+}
+
+/** Progress of one volume in one ring transition (its moving version). */
+export interface VolumeMoveRecord {
+  readonly schema: 1;
+  readonly ringVersion: number;
+  readonly volumeId: number;
+  readonly done: boolean;
+  /** Blocks looked at and blocks copied so far. */
+  readonly scanned: number;
+  readonly copied: number;
+  /** Blocks with no current copy reachable (the move cannot finish while > 0). */
+  readonly unavailable: number;
+  readonly updatedAt: string;
+}
+
+/** The last full check of a volume's copies (scrub or move), for status and `Balanced`. */
+export interface VolumeHealthRecord {
+  readonly schema: 1;
+  readonly volumeId: number;
+  readonly ringVersion: number;
+  readonly blocks: number;
+  /** Blocks with fewer than R current copies found by the check. */
+  readonly short: number;
+  readonly repaired: number;
+  readonly divergent: number;
+  readonly checkedAt: string;
 }
 
 export interface VolumeLockRecord {
@@ -68,4 +163,6 @@ export interface VolumeLockRecord {
    */
   readonly token: number;
   readonly acquiredAt: string;
+  /** writer: serves the volume (NBD); maintainer: moves, catches up or scrubs it while no one writes. Absent (0.1.0) means writer. */
+  readonly kind?: 'writer' | 'maintainer';
 }

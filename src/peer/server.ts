@@ -16,7 +16,7 @@ import { tuneSocket } from './transport.js';
 
 export interface PeerServerOptions {
   /** What this peer serves: its replica rules over its store (src/replication/replica.ts), or a fake in tests. */
-  readonly api: ReplicaApi;
+  readonly replica: ReplicaApi;
   /** The cluster block size: the handshake refuses a client with another, and requests are validated against it. */
   readonly blockSize: number;
   readonly logger: Logger;
@@ -146,7 +146,7 @@ export class PeerServer {
     };
     const conn = new ServerConnection(
       socket,
-      this.opts.api,
+      this.opts.replica,
       handshake,
       this.opts.random.bytes(NONCE_BYTES),
       this.opts,

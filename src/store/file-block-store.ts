@@ -1,36 +1,57 @@
 import fs from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
+import { ABSENT_META, type BlockMeta, type BlockState, type ListedBlock } from '../model/block-meta.js';
 import { blockRef, blockRefKey, type BlockRef } from '../model/block-ref.js';
+import { isVersion, VERSION_ABSENT, VERSION_LEGACY, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { crc32cPages } from '../util/crc32c.js';
-import { blockFileBytes, decodeHeader, encodeHeader, encodeTable, headerBytes, newCrcTable, PAGE_BYTES, pageCount, TABLE_OFFSET } from './block-file.js';
-import type { BlockStore, StoreUsage, WriteOptions, ZeroOptions } from './block-store.js';
+import { VERSION as RELEASE } from '../version.js';
+import { blockFileBytes, decodeHeader, encodeHeader, headerBytes, newCrcTable, PAGE_BYTES, pageCount, tableDigest, type BlockHeader } from './block-file.js';
+import type { StoreUsage } from './block-store.js';
 import { DirtyLog } from './dirty-log.js';
-import { closeFd, fdatasync, fsyncDir, ftruncate, openFd, preadCached, preadFull, pwriteCached, pwriteFull, syncFileSystem } from './fs-async.js';
+import { closeFd, fdatasync, fsyncDir, ftruncate, openFd, preadCached, preadFull, pwriteCached, pwriteFull, pwritevFull, syncFileSystem, writeFileDurably } from './fs-async.js';
+import type { LocalBlockStore } from './local-store.js';
+import { RefIndex } from './ref-index.js';
+import { loadSuspects, saveSuspects } from './suspect-file.js';
 
 /**
  * The block store of one peer, on its local disk: one file per block, a
- * CRC32C per 4 KiB page in the file's header, data written in place.
+ * CRC32C per 4 KiB page and the block's state and version in the file's
+ * header (block-file.ts), data written in place.
  *
  * Durability: a write lands in the page cache and is acknowledged; FLUSH
  * fdatasyncs every block file written since the last flush and the folders
  * where files were created or removed; FUA does the same for one block.
  *
- * Checksums across crashes: the CRC table lives in memory while the store
- * runs and reaches the file at checkpoints. Before the first write to a
- * block in a checkpoint epoch, the dirty log (dirty-log.ts) durably names
- * the block. A crash can leave stale CRCs only on blocks so named, and
- * start-up recomputes exactly those from their data (an unflushed write may
- * be lost or torn, as on any disk, but never reads as a checksum error).
- * Every other page is checked against a CRC that was made durable with it.
+ * Checksums and versions across crashes: the CRC table and the version live
+ * in memory while the store runs and reach the file at checkpoints (and
+ * whenever the whole header is written anyway: file creation, tombstones,
+ * installs, FUA). Before the first change to a block in a checkpoint epoch,
+ * the dirty log (dirty-log.ts) durably names the block. A crash can leave a
+ * stale header only on blocks so named: start-up recomputes their CRCs from
+ * their data (an unflushed write may be lost or torn, as on any disk, but
+ * never reads as a checksum error) and reports them **suspect**: their
+ * header's version may be older than their bytes, so they are not trusted
+ * until a coordinator confirms or replaces them (docs/replication.md,
+ * "Versions"). Suspect blocks are kept in suspects.json (suspect-file.ts)
+ * until then, across restarts. Every other page is checked against a CRC
+ * that was made durable with it.
  *
- * Space: capacity is charged per allocated block (header + block size). A
- * write that needs a new block beyond the cap fails with
+ * Tombstones (state zero): the header alone, the data truncated away. They
+ * are not charged against the cap: a header is at most one 4 KiB page for
+ * blocks up to 4 MiB, tombstones are bounded by the volumes' sizes, and a
+ * TRIM (which makes them) must never fail for want of space.
+ *
+ * Space: capacity is charged per data block (header + block size). A
+ * change that needs a new data block beyond the cap fails with
  * TORUS_ERR_STORE_NO_SPACE before anything is written.
+ *
+ * Start-up reads the header of every block (meta() answers from memory):
+ * one read of a header page per block.
  */
 
 export interface FileBlockStoreOptions {
@@ -49,7 +70,8 @@ export interface FileBlockStoreOptions {
   readonly checkpointIntervalMs?: number;
   /**
    * An epoch ends early once this many blocks were written in it: after a
-   * crash, start-up reads and rehashes at most this many blocks. Default 8192.
+   * crash, start-up reads and rehashes at most this many blocks (and that
+   * many come back suspect). Default 8192.
    */
   readonly epochBlocksMax?: number;
   /** Block files kept open at most (lowered by itself when the process hits EMFILE). */
@@ -62,12 +84,22 @@ interface Entry {
   readonly ref: BlockRef;
   readonly key: string;
   readonly file: string;
-  /** The block file exists. */
+  /** The block file exists (a data block or a tombstone). */
   onDisk: boolean;
-  /** Counted against capacity. */
+  /** What meta() reports. Outside a change in progress, data and zero hold exactly when onDisk. */
+  state: BlockState;
+  version: Version;
+  suspect: boolean;
+  /** In the ordered index (it holds a block or is suspect). */
+  indexed: boolean;
+  /** Counted against capacity: a data block, or a change holds a reservation for one. */
   allocated: boolean;
+  /** Changes in progress that reserved room for this block to become data. */
+  reservations: number;
   fd: number | null;
   crc: Uint32Array | null;
+  /** The digest of the CRC table, cached; null when it must be computed from `crc` again. */
+  digest: number | null;
   /** Epoch whose dirty-log record for this block is durable (0: none). */
   markedEpoch: number;
   marking: Promise<void> | null;
@@ -77,23 +109,33 @@ interface Entry {
   /** Writers waiting for the lock: new readers queue behind them. */
   writersWaiting: number;
   waiters: (() => void)[];
-  /** Writes admitted but not finished (they keep the entry in the map). */
+  /** Changes admitted but not finished (they keep the entry in the map). */
   pending: number;
 }
 
 const STORE_META = 'store.json';
+const SUSPECTS = 'suspects.json';
+/**
+ * store.json schema. 1: torus 0.1.0 (block file format 1). 2: block file
+ * format 2 (state and version), suspects.json. A schema-1 dir is upgraded
+ * in place: its block files read as format 1 and are rewritten as format 2
+ * when their header is next written.
+ */
+const STORE_SCHEMA = 2;
 const SYNC_CONCURRENCY = 8;
+/** Header reads in flight at start-up. */
+const OPEN_READ_CONCURRENCY = 32;
 /** From this many files and folders to sync, one syncfs replaces them. */
 const SYNCFS_MIN_ITEMS = 3;
 
-export class FileBlockStore implements BlockStore {
+export class FileBlockStore implements LocalBlockStore {
   readonly blockSize: number;
   private readonly opts: FileBlockStoreOptions;
   private readonly log: Logger;
   private readonly clock: Clock;
   private readonly blocksDir: string;
   private readonly entries = new Map<string, Entry>();
-  private readonly fences = new Map<number, number>();
+  private readonly index = new RefIndex<Entry>();
   private readonly hdrBytes: number;
   private readonly fileBytes: number;
   private readonly blockSlots: number;
@@ -104,7 +146,7 @@ export class FileBlockStore implements BlockStore {
   private epoch = 1;
   /** Blocks named in the dirty log per epoch (what a checkpoint makes durable). */
   private readonly epochBlocks = new Map<number, Set<Entry>>();
-  /** Writes in progress per epoch; a checkpoint waits for its epoch's to finish. */
+  /** Changes in progress per epoch; a checkpoint waits for its epoch's to finish. */
   private readonly epochWrites = new Map<number, number>();
   private epochDrained: (() => void) | null = null;
   /** Block files written since the last flush, and folders changed since. */
@@ -115,6 +157,8 @@ export class FileBlockStore implements BlockStore {
   private readonly knownDirs = new Set<string>();
   private allocatedCount = 0;
   private checkpointing: Promise<void> | null = null;
+  /** suspects.json as last written (to skip rewriting it unchanged). */
+  private suspectsSaved = '';
   /** The store folder, held open as the handle for syncfs. */
   private dirFd: number | null = null;
   private checkpointTimer: { cancel(): void } | null = null;
@@ -142,7 +186,12 @@ export class FileBlockStore implements BlockStore {
     return store;
   }
 
-  // ---------------------------------------------------------------- public API
+  // ---------------------------------------------------------------- LocalBlockStore: reads
+
+  meta(ref: BlockRef): BlockMeta {
+    const e = this.entries.get(blockRefKey(ref));
+    return e === undefined ? ABSENT_META : this.metaOf(e);
+  }
 
   async read(ref: BlockRef, offset: number, length: number): Promise<Buffer> {
     this.checkRange(offset, length);
@@ -154,7 +203,7 @@ export class FileBlockStore implements BlockStore {
     if (e.writing || e.writersWaiting > 0) await this.lockRead(e);
     else e.readers++;
     try {
-      if (!e.onDisk) return Buffer.alloc(length);
+      if (e.state !== 'data' || length === 0) return Buffer.alloc(length);
       const p0 = Math.floor(offset / PAGE_BYTES);
       const p1 = Math.ceil((offset + length) / PAGE_BYTES);
       const base = p0 * PAGE_BYTES;
@@ -163,50 +212,172 @@ export class FileBlockStore implements BlockStore {
       const table = e.crc ?? (await this.tableOf(e));
       const pending = preadCached(fd, region, 0, region.length, this.hdrBytes + base);
       if (pending !== null) await pending;
-      const crcs = new Uint32Array(p1 - p0);
-      crc32cPages(region, PAGE_BYTES, crcs);
-      for (let p = p0; p < p1; p++) {
-        if (crcs[p - p0] !== table[p]) {
-          this.opts.onCrcFailure?.(ref, p);
-          this.log.error({ block: e.key, page: p, file: e.file }, 'block page failed its checksum');
-          throw new TorusError('TORUS_ERR_STORE_CRC_MISMATCH', `block ${e.key} page ${p} failed its CRC32C check`, { details: { block: e.key, page: p } });
-        }
-      }
+      this.checkPages(e, region, p0, p1, table);
       return region.subarray(offset - base, offset - base + length);
     } finally {
       this.unlockRead(e);
     }
   }
 
-  async write(ref: BlockRef, offset: number, data: Buffer, opts: WriteOptions): Promise<void> {
-    this.checkRange(offset, data.length);
-    if (data.length === 0) return;
-    await this.put(ref, offset, data.length, data, opts, true);
+  async verify(ref: BlockRef): Promise<BlockMeta> {
+    if (this.closed) throw new TorusError('TORUS_ERR_STORE_CLOSED', 'block store is closed');
+    const e = this.entries.get(blockRefKey(ref));
+    if (!e) return ABSENT_META;
+    await this.lockRead(e);
+    try {
+      if (e.state === 'data') {
+        const fd = await this.fdOf(e);
+        const table = e.crc ?? (await this.tableOf(e));
+        const data = Buffer.allocUnsafe(this.blockSize);
+        await preadFull(fd, data, 0, data.length, this.hdrBytes);
+        this.checkPages(e, data, 0, pageCount(this.blockSize), table);
+      }
+      return this.metaOf(e);
+    } catch (err) {
+      throw this.ioError(err, 'verifying a block failed');
+    } finally {
+      this.unlockRead(e);
+    }
   }
 
-  async zero(ref: BlockRef, offset: number, length: number, opts: ZeroOptions): Promise<void> {
+  list(opts: { readonly volumeId?: number; readonly after?: BlockRef | null; readonly limit: number }): ListedBlock[] {
+    return this.index.list(opts).map((e) => ({ ref: e.ref, ...this.metaOf(e) }));
+  }
+
+  suspects(): BlockRef[] {
+    return this.index.list({ limit: Number.MAX_SAFE_INTEGER }, (e) => e.suspect).map((e) => e.ref);
+  }
+
+  /** Volumes that have blocks here, tombstones and suspect blocks included (for garbage collection). */
+  volumeIds(): number[] {
+    return this.index.volumeIds();
+  }
+
+  usage(): StoreUsage {
+    return { capacity: this.opts.capacity, used: this.allocatedCount * this.fileBytes, blocks: this.allocatedCount };
+  }
+
+  /** Data blocks this store can hold at most, given its cap. */
+  capacityBlocks(): number {
+    return this.blockSlots;
+  }
+
+  // ---------------------------------------------------------------- LocalBlockStore: changes
+
+  async write(ref: BlockRef, offset: number, data: Buffer, version: Version, opts: { readonly fua: boolean }): Promise<void> {
+    this.checkRange(offset, data.length);
+    this.checkVersion(version);
+    const e = this.entryFor(ref);
+    await this.change(e, { reserve: true, fua: opts.fua }, 'block write failed', async () => {
+      await this.makeData(e, version);
+      await this.writePages(e, offset, data.length, data);
+      e.version = version;
+      if (opts.fua) await this.writeHeader(e);
+    });
+  }
+
+  async zero(ref: BlockRef, offset: number, length: number, version: Version, opts: { readonly punch: boolean; readonly fua: boolean }): Promise<void> {
     this.checkRange(offset, length);
-    if (length === 0) return;
-    this.checkWritable();
-    this.checkFence(ref.volumeId, opts.fence);
-    const e = this.entries.get(blockRefKey(ref));
-    if (opts.punch) {
-      // A hole already reads as zeroes.
-      if (!e || !e.allocated) return opts.fua ? this.flush() : undefined;
-      if (offset === 0 && length === this.blockSize) {
-        await this.punch(e);
-        if (opts.fua) await this.flush();
+    this.checkVersion(version);
+    const whole = offset === 0 && length === this.blockSize;
+    const e = this.entryFor(ref);
+    // Without punch (NBD NO_HOLE) the range must end up allocated, so that
+    // later writes to it cannot fail for space: that may need a new block.
+    await this.change(e, { reserve: !opts.punch, fua: opts.fua }, 'block zero failed', async () => {
+      // Decided under the block's lock, on the state the change applies to.
+      if (opts.punch && (whole || e.state !== 'data')) {
+        // A whole-block punch frees the data; a partial punch of a block
+        // that holds none leaves it holding none. Either way a tombstone.
+        await this.makeTombstone(e, version);
         return;
       }
-      await this.put(ref, offset, length, null, opts, false);
-      return;
-    }
-    // NO_HOLE: the range must stay (or become) allocated.
-    await this.put(ref, offset, length, null, opts, true);
+      await this.makeData(e, version);
+      await this.writePages(e, offset, length, null);
+      e.version = version;
+      if (opts.fua) await this.writeHeader(e);
+    });
   }
 
   /**
-   * Resolves once every write acknowledged before the call is durable.
+   * Written in place under the dirty log, like every other change, rather
+   * than to a temp file renamed over the block: crash-safe the same way (a
+   * crash mid-install leaves the block named by the dirty log, so it comes
+   * back suspect with repaired CRCs, never trusted half-written), with no
+   * extra fsync per install when fua is off and no second copy of the block
+   * charged against the disk while it is written.
+   */
+  async install(ref: BlockRef, data: Buffer | null, version: Version, opts: { readonly fua: boolean }): Promise<void> {
+    this.checkVersion(version);
+    assert(data === null || data.length === this.blockSize, 'an installed block is blockSize bytes');
+    const e = this.entryFor(ref);
+    await this.change(e, { reserve: data !== null, fua: opts.fua }, 'block install failed', async () => {
+      if (data === null) {
+        await this.makeTombstone(e, version);
+      } else {
+        const table = new Uint32Array(pageCount(this.blockSize));
+        crc32cPages(data, PAGE_BYTES, table);
+        const fd = e.onDisk ? await this.fdOf(e) : await this.createFile(e);
+        // Extends a tombstone's file back to a whole block (sparse zeroes).
+        await ftruncate(fd, this.fileBytes);
+        await pwritevFull(fd, [encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), data], 0);
+        e.crc = table;
+        e.digest = null;
+        e.state = 'data';
+        e.version = version;
+        this.flushFiles.add(e);
+      }
+      e.suspect = false;
+    });
+  }
+
+  async confirm(ref: BlockRef, version: Version): Promise<void> {
+    const e = this.entries.get(blockRefKey(ref));
+    if (e === undefined || (e.state === 'absent' && !e.onDisk)) {
+      // Confirming that a block is absent: nothing to write.
+      assert(version === VERSION_ABSENT, 'an absent block is confirmed at VERSION_ABSENT');
+      if (e !== undefined) {
+        e.suspect = false;
+        this.reindex(e);
+        this.dropIfIdle(e);
+      }
+      return;
+    }
+    this.checkVersion(version);
+    // A change like any other: the dirty log names the block before its
+    // version moves, so the new version reaches the header at the epoch's
+    // checkpoint, and a crash before that brings the block back suspect.
+    await this.change(e, { reserve: false, fua: false }, 'confirming a block failed', async () => {
+      if (e.state === 'absent') return;
+      e.version = version;
+      e.suspect = false;
+    });
+  }
+
+  markSuspect(ref: BlockRef): void {
+    const e = this.entryFor(ref);
+    e.suspect = true;
+    this.reindex(e);
+  }
+
+  async drop(ref: BlockRef): Promise<void> {
+    const e = this.entries.get(blockRefKey(ref));
+    if (e === undefined) return;
+    if (!e.onDisk && e.state === 'absent') {
+      e.suspect = false;
+      this.reindex(e);
+      this.dropIfIdle(e);
+      return;
+    }
+    // Named in the dirty log first: if the unlink does not survive a crash,
+    // the file that comes back is suspect, not a trusted old copy.
+    await this.change(e, { reserve: false, fua: false }, 'dropping a block failed', async () => {
+      await this.removeFile(e);
+      e.suspect = false;
+    });
+  }
+
+  /**
+   * Resolves once every change acknowledged before the call is durable.
    * Group commit: a sync that is already running may have taken its file
    * list before this call's writes, so the call waits for the next sync,
    * which every flush arriving meanwhile shares.
@@ -237,37 +408,36 @@ export class FileBlockStore implements BlockStore {
     return run;
   }
 
-  async allocated(refs: readonly BlockRef[]): Promise<boolean[]> {
-    return refs.map((r) => this.entries.get(blockRefKey(r))?.allocated ?? false);
-  }
-
+  /** Durable before it resolves: the volume's folder is removed and the removal synced. */
   async deleteVolume(volumeId: number): Promise<void> {
     this.checkWritable();
     for (const e of [...this.entries.values()]) {
-      if (e.ref.volumeId === volumeId && e.allocated) await this.punch(e);
+      if (e.ref.volumeId !== volumeId) continue;
+      await this.lockWrite(e);
+      try {
+        if (e.fd !== null) {
+          const fd = e.fd;
+          this.forgetFd(e);
+          await closeFd(fd).catch(() => undefined);
+        }
+        this.flushFiles.delete(e);
+        this.setAbsent(e);
+        e.suspect = false;
+      } finally {
+        this.unlockWrite(e);
+        this.reindex(e);
+        this.dropIfIdle(e);
+      }
     }
     const dir = path.join(this.blocksDir, volumeId.toString(16));
-    await rm(dir, { recursive: true, force: true });
+    try {
+      await rm(dir, { recursive: true, force: true });
+    } catch (err) {
+      throw this.ioError(err, `removing ${dir} failed`);
+    }
     for (const d of [...this.knownDirs]) if (d.startsWith(dir + path.sep)) this.knownDirs.delete(d);
     this.flushDirs.add(this.blocksDir);
-    this.fences.delete(volumeId);
     await this.flush();
-  }
-
-  usage(): StoreUsage {
-    return { capacity: this.opts.capacity, used: this.allocatedCount * this.fileBytes, blocks: this.allocatedCount };
-  }
-
-  /** Volumes that have blocks here (for garbage collection of deleted volumes). */
-  volumeIds(): number[] {
-    const ids = new Set<number>();
-    for (const e of this.entries.values()) if (e.allocated) ids.add(e.ref.volumeId);
-    return [...ids];
-  }
-
-  /** Blocks this store can hold at most, given its cap. */
-  capacityBlocks(): number {
-    return this.blockSlots;
   }
 
   /** Flushes and checkpoints everything; the next open needs no repair. */
@@ -306,22 +476,26 @@ export class FileBlockStore implements BlockStore {
     await this.dirtyLog.close();
   }
 
-  // ---------------------------------------------------------------- writes
+  // ---------------------------------------------------------------- changes: mechanism
 
-  /** Writes `data` (or zeroes when null) at offset in a block, in place. */
-  private async put(ref: BlockRef, offset: number, length: number, data: Buffer | null, opts: WriteOptions, allocates: boolean): Promise<void> {
+  /**
+   * Runs one change of a block: room reserved first (NO_SPACE before
+   * anything is written), the block named in the dirty log, then `body`
+   * under the block's write lock; with fua, a flush after.
+   */
+  private async change(e: Entry, opts: { readonly reserve: boolean; readonly fua: boolean }, what: string, body: () => Promise<void>): Promise<void> {
     this.checkWritable();
-    this.checkFence(ref.volumeId, opts.fence);
-    const e = this.entryFor(ref);
     let reserved = false;
-    if (allocates && !e.allocated) {
+    if (opts.reserve && !e.allocated) {
       if (this.allocatedCount >= this.blockSlots) {
         this.dropIfIdle(e);
         throw new TorusError('TORUS_ERR_STORE_NO_SPACE', `the store is full: ${this.allocatedCount} of ${this.blockSlots} blocks of ${this.blockSize} bytes are in use (--size ${this.opts.capacity})`);
       }
-      e.allocated = true;
-      this.allocatedCount++;
+    }
+    if (opts.reserve) {
+      e.reservations++;
       reserved = true;
+      this.recount(e);
     }
     const epoch = this.epoch;
     this.epochWrites.set(epoch, (this.epochWrites.get(epoch) ?? 0) + 1);
@@ -331,22 +505,22 @@ export class FileBlockStore implements BlockStore {
       if (e.writing || e.readers > 0) await this.lockWrite(e);
       else e.writing = true;
       try {
-        if (!e.onDisk) await this.createFile(e);
-        await this.writePages(e, offset, length, data);
+        await body();
       } finally {
         this.unlockWrite(e);
       }
     } catch (err) {
-      if (reserved && !e.onDisk && e.allocated) {
-        e.allocated = false;
-        this.allocatedCount--;
-      }
-      throw this.ioError(err, 'block write failed');
+      throw this.ioError(err, what);
     } finally {
+      if (reserved) {
+        e.reservations--;
+        this.recount(e);
+      }
       e.pending--;
       const left = this.epochWrites.get(epoch)! - 1;
       this.epochWrites.set(epoch, left);
       if (left === 0 && this.epochDrained) this.epochDrained();
+      this.reindex(e);
       this.dropIfIdle(e);
     }
     if (opts.fua) await this.flush();
@@ -368,7 +542,49 @@ export class FileBlockStore implements BlockStore {
     await e.marking;
   }
 
+  /** Makes the block a data block (new file, or a tombstone grown back); its version is the caller's to set. */
+  private async makeData(e: Entry, version: Version): Promise<void> {
+    if (e.state === 'data') return;
+    const table = newCrcTable(this.blockSize);
+    const fd = e.onDisk ? await this.fdOf(e) : await this.createFile(e);
+    await ftruncate(fd, this.fileBytes);
+    await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), 0);
+    e.crc = table;
+    e.digest = null;
+    e.state = 'data';
+    this.recount(e);
+    this.flushFiles.add(e);
+  }
+
+  /** Leaves a header-only file in state zero: reads as zeroes, frees the data, keeps the version. */
+  private async makeTombstone(e: Entry, version: Version): Promise<void> {
+    const fd = e.onDisk ? await this.fdOf(e) : await this.createFile(e);
+    const header = encodeHeader(e.ref, this.blockSize, { state: 'zero', version, table: newCrcTable(this.blockSize) });
+    // Header first: a crash between the two leaves a file that says zero
+    // (and is repaired to a tombstone), not a data block with a stale table.
+    await pwriteFull(fd, header, 0);
+    await ftruncate(fd, this.hdrBytes);
+    e.crc = null;
+    e.digest = null;
+    e.state = 'zero';
+    e.version = version;
+    this.recount(e);
+    this.flushFiles.add(e);
+  }
+
+  /** Writes the whole header from memory (state, version, CRC table). */
+  private async writeHeader(e: Entry): Promise<void> {
+    assert(e.state !== 'absent' && e.onDisk, 'a header is written for a block on disk');
+    const fd = await this.fdOf(e);
+    const table = e.state === 'data' ? (e.crc ?? (await this.tableOf(e))) : newCrcTable(this.blockSize);
+    await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, { state: e.state, version: e.version, table }), 0);
+    this.flushFiles.add(e);
+  }
+
+  /** Writes `data` (or zeroes when null) at offset in a data block, in place. */
   private async writePages(e: Entry, offset: number, length: number, data: Buffer | null): Promise<void> {
+    assert(e.state === 'data', 'pages are written into a data block');
+    if (length === 0) return;
     const fd = e.fd !== null ? this.touchFd(e) : await this.fdOf(e);
     const table = e.crc ?? (await this.tableOf(e));
     const p0 = Math.floor(offset / PAGE_BYTES);
@@ -400,6 +616,7 @@ export class FileBlockStore implements BlockStore {
       throw err;
     }
     table.set(crcs, p0);
+    e.digest = null;
     this.flushFiles.add(e);
   }
 
@@ -410,9 +627,11 @@ export class FileBlockStore implements BlockStore {
     const crcs = new Uint32Array(p1 - p0);
     crc32cPages(buf, PAGE_BYTES, crcs);
     table.set(crcs, p0);
+    e.digest = null;
   }
 
-  private async createFile(e: Entry): Promise<void> {
+  /** Creates the block's file, empty; the caller sizes it and writes its header. */
+  private async createFile(e: Entry): Promise<number> {
     const dir = path.dirname(e.file);
     if (!this.knownDirs.has(dir)) {
       await mkdir(dir, { recursive: true });
@@ -423,52 +642,36 @@ export class FileBlockStore implements BlockStore {
     }
     const fd = await this.openWithRoom(e.file, fs.constants.O_CREAT | fs.constants.O_RDWR);
     this.rememberFd(e, fd);
-    await ftruncate(fd, this.fileBytes);
-    const table = newCrcTable(this.blockSize);
-    await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, table), 0);
-    e.crc = table;
     e.onDisk = true;
     this.flushDirs.add(dir);
     this.flushFiles.add(e);
+    return fd;
   }
 
-  /** Frees a whole block: the file goes; the folder change is made durable by the next flush. */
-  private async punch(e: Entry): Promise<void> {
-    await this.lockWrite(e);
-    try {
-      if (e.fd !== null) {
-        const fd = e.fd;
-        this.forgetFd(e);
-        await closeFd(fd);
-      }
-      if (e.onDisk) {
-        await unlink(e.file).catch((err: NodeJS.ErrnoException) => {
-          if (err.code !== 'ENOENT') throw err;
-        });
-        e.onDisk = false;
-        this.flushDirs.add(path.dirname(e.file));
-      }
-      e.crc = null;
-      this.flushFiles.delete(e);
-      if (e.allocated) {
-        e.allocated = false;
-        this.allocatedCount--;
-      }
-    } catch (err) {
-      throw this.ioError(err, 'freeing a block failed');
-    } finally {
-      this.unlockWrite(e);
-      this.dropIfIdle(e);
+  /** Deletes the block's file; the folder change is made durable by the next flush. */
+  private async removeFile(e: Entry): Promise<void> {
+    if (e.fd !== null) {
+      const fd = e.fd;
+      this.forgetFd(e);
+      await closeFd(fd);
     }
+    if (e.onDisk) {
+      await unlink(e.file).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err;
+      });
+      this.flushDirs.add(path.dirname(e.file));
+    }
+    this.flushFiles.delete(e);
+    this.setAbsent(e);
   }
 
-  private checkFence(volumeId: number, fence: number | undefined): void {
-    if (fence === undefined) return;
-    const seen = this.fences.get(volumeId) ?? 0;
-    if (fence < seen) {
-      throw new TorusError('TORUS_ERR_VOLUME_FENCED', `write to volume ${volumeId} refused: it carries lock token ${fence} but token ${seen} has been seen (a newer writer holds the volume)`);
-    }
-    if (fence > seen) this.fences.set(volumeId, fence);
+  private setAbsent(e: Entry): void {
+    e.onDisk = false;
+    e.state = 'absent';
+    e.version = VERSION_ABSENT;
+    e.crc = null;
+    e.digest = null;
+    this.recount(e);
   }
 
   // ---------------------------------------------------------------- flush and checkpoints
@@ -495,7 +698,7 @@ export class FileBlockStore implements BlockStore {
       }
     }
     try {
-      await this.forEachLimited(files, async (e) => {
+      await this.forEachLimited(files, SYNC_CONCURRENCY, async (e) => {
         await this.lockRead(e);
         try {
           if (e.onDisk) await fdatasync(await this.fdOf(e));
@@ -517,8 +720,9 @@ export class FileBlockStore implements BlockStore {
   }
 
   /**
-   * Ends the current epoch: its blocks' CRC tables become durable, then its
-   * dirty-log file is deleted. Writes go on in the next epoch meanwhile.
+   * Ends the current epoch: its blocks' headers (CRC table, state, version)
+   * become durable, then the suspect list, then its dirty-log file is
+   * deleted. Changes go on in the next epoch meanwhile.
    */
   async checkpoint(): Promise<void> {
     if (this.checkpointing) return this.checkpointing;
@@ -531,8 +735,12 @@ export class FileBlockStore implements BlockStore {
   private async runCheckpoint(): Promise<void> {
     const old = this.epoch;
     const blocks = this.epochBlocks.get(old);
-    if (!blocks || blocks.size === 0) {
-      if ((this.epochWrites.get(old) ?? 0) === 0) return;
+    if ((!blocks || blocks.size === 0) && (this.epochWrites.get(old) ?? 0) === 0) {
+      await this.saveSuspectsIfChanged().catch((err: unknown) => {
+        this.setFailed(err, 'checkpoint failed: the suspect list could not be made durable');
+        throw this.failed;
+      });
+      return;
     }
     await this.dirtyLog.prepare(old + 1);
     this.epoch = old + 1;
@@ -543,12 +751,14 @@ export class FileBlockStore implements BlockStore {
     this.epochWrites.delete(old);
     const entries = [...(this.epochBlocks.get(old) ?? [])];
     try {
-      await this.forEachLimited(entries, async (e) => {
+      await this.forEachLimited(entries, SYNC_CONCURRENCY, async (e) => {
         await this.lockRead(e);
         try {
-          if (!e.onDisk || e.crc === null) return;
+          if (!e.onDisk || e.state === 'absent') return;
+          // The whole header: it also upgrades a format-1 file to format 2.
           const fd = await this.fdOf(e);
-          await pwriteFull(fd, encodeTable(e.crc), TABLE_OFFSET);
+          const table = e.state === 'data' ? (e.crc ?? (await this.tableOf(e))) : newCrcTable(this.blockSize);
+          await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, { state: e.state, version: e.version, table }), 0);
           await fdatasync(fd);
         } finally {
           this.unlockRead(e);
@@ -556,6 +766,9 @@ export class FileBlockStore implements BlockStore {
       });
       // Files created in the epoch must be reachable before their record goes.
       await this.syncNow();
+      // Blocks confirmed, installed or dropped in this epoch leave the list
+      // now; those changed since are named in the next epoch's log.
+      await this.saveSuspectsIfChanged();
       await this.dirtyLog.discard([old]);
     } catch (err) {
       this.setFailed(err, 'checkpoint failed: block checksums could not be made durable');
@@ -563,6 +776,14 @@ export class FileBlockStore implements BlockStore {
     }
     this.epochBlocks.delete(old);
     this.log.debug({ epoch: old, blocks: entries.length }, 'checkpoint done');
+  }
+
+  private async saveSuspectsIfChanged(): Promise<void> {
+    const refs = this.suspects();
+    const text = JSON.stringify(refs.map((r) => [r.volumeId, r.generation, r.index]));
+    if (text === this.suspectsSaved) return;
+    await saveSuspects(path.join(this.opts.dir, SUSPECTS), refs);
+    this.suspectsSaved = text;
   }
 
   private scheduleCheckpoints(): void {
@@ -575,12 +796,12 @@ export class FileBlockStore implements BlockStore {
     this.checkpointTimer = this.clock.setTimeout(tick, interval);
   }
 
-  private async forEachLimited<T>(items: T[], fn: (item: T) => Promise<void>): Promise<void> {
+  private async forEachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
     let next = 0;
     const worker = async () => {
       while (next < items.length) await fn(items[next++]!);
     };
-    await Promise.all(Array.from({ length: Math.min(SYNC_CONCURRENCY, items.length) }, worker));
+    await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
   }
 
   // ---------------------------------------------------------------- entries, fds, locks
@@ -594,9 +815,15 @@ export class FileBlockStore implements BlockStore {
         key,
         file: path.join(this.blocksDir, ref.volumeId.toString(16), ref.generation.toString(16), ref.index.toString(16)),
         onDisk: false,
+        state: 'absent',
+        version: VERSION_ABSENT,
+        suspect: false,
+        indexed: false,
         allocated: false,
+        reservations: 0,
         fd: null,
         crc: null,
+        digest: null,
         markedEpoch: 0,
         marking: null,
         markingEpoch: 0,
@@ -611,9 +838,37 @@ export class FileBlockStore implements BlockStore {
     return e;
   }
 
+  private metaOf(e: Entry): BlockMeta {
+    if (e.state === 'absent') return e.suspect ? { state: 'absent', version: VERSION_ABSENT, suspect: true, digest: 0 } : ABSENT_META;
+    if (e.state === 'zero') return { state: 'zero', version: e.version, suspect: e.suspect, digest: 0 };
+    if (e.digest === null) {
+      assert(e.crc !== null, 'a data block whose digest is not cached has its CRC table in memory');
+      e.digest = tableDigest(e.crc);
+    }
+    return { state: 'data', version: e.version, suspect: e.suspect, digest: e.digest };
+  }
+
+  /** Keeps `allocated` (and the count against the cap) in step with the state and reservations. */
+  private recount(e: Entry): void {
+    const want = e.state === 'data' || e.reservations > 0;
+    if (want === e.allocated) return;
+    e.allocated = want;
+    this.allocatedCount += want ? 1 : -1;
+  }
+
+  /** Keeps the ordered index in step: it lists blocks held here and suspect ones. */
+  private reindex(e: Entry): void {
+    const want = e.state !== 'absent' || e.suspect;
+    if (want === e.indexed) return;
+    if (want) this.index.add(e);
+    else this.index.remove(e.ref);
+    e.indexed = want;
+  }
+
   /** Forgets an entry that holds nothing, so the map tracks only live blocks. */
   private dropIfIdle(e: Entry): void {
-    if (!e.onDisk && !e.allocated && e.pending === 0 && e.readers === 0 && !e.writing) {
+    if (!e.onDisk && e.state === 'absent' && !e.suspect && !e.allocated && e.pending === 0 && e.readers === 0 && !e.writing) {
+      assert(!e.indexed && e.fd === null, 'a forgotten block is neither listed nor open');
       this.entries.delete(e.key);
       for (const set of this.epochBlocks.values()) set.delete(e);
     }
@@ -678,7 +933,7 @@ export class FileBlockStore implements BlockStore {
       const fd = await this.fdOf(e);
       const h = Buffer.alloc(this.hdrBytes);
       await preadFull(fd, h, 0, h.length, 0);
-      const table = decodeHeader(h, e.ref, this.blockSize, e.file);
+      const { table } = decodeHeader(h, e.ref, this.blockSize, e.file);
       if (e.crc === null) e.crc = table;
     }
     return e.crc!;
@@ -730,59 +985,149 @@ export class FileBlockStore implements BlockStore {
     await this.scanBlocks();
     const { log, dirty, leftovers } = await DirtyLog.open(path.join(this.opts.dir, 'dirty'), this.opts.logger);
     this.dirtyLog = log;
+    const suspectFile = path.join(this.opts.dir, SUSPECTS);
+    const kept = await loadSuspects(suspectFile);
+    const dirtyKeys = new Set(dirty.map(blockRefKey));
+    const badHeaders: Entry[] = [];
+    await this.forEachLimited([...this.entries.values()], OPEN_READ_CONCURRENCY, async (e) => {
+      if (dirtyKeys.has(e.key)) return; // repaired below
+      if (!(await this.loadHeader(e))) badHeaders.push(e);
+    });
     let repaired = 0;
     for (const ref of dirty) {
-      const e = this.entries.get(blockRefKey(ref));
-      if (!e?.onDisk) continue;
+      const e = this.entryFor(ref);
+      // A block named in the dirty log may hold bytes newer than its header's version, or have lost them.
+      e.suspect = true;
+      if (!e.onDisk) continue;
       await this.repair(e);
       repaired++;
     }
+    for (const e of badHeaders) {
+      this.log.error({ block: e.key, file: e.file }, 'block header unreadable; checksums recomputed from the data, the block is suspect');
+      await this.repair(e);
+      e.suspect = true;
+    }
+    for (const ref of kept) this.entryFor(ref).suspect = true;
+    for (const e of [...this.entries.values()]) {
+      this.recount(e);
+      this.reindex(e);
+      this.dropIfIdle(e);
+    }
+    this.suspectsSaved = JSON.stringify(kept.map((r) => [r.volumeId, r.generation, r.index]));
+    // The suspect list must be durable before the dirty log that named them goes.
+    await this.saveSuspectsIfChanged();
     if (leftovers.length > 0) {
       await log.discard(leftovers);
-      this.log.info({ blocks: repaired, epochs: leftovers.length }, 'checksums of blocks written before an unclean stop recomputed');
+      this.log.info({ blocks: repaired, epochs: leftovers.length }, 'checksums of blocks written before an unclean stop recomputed; the blocks are suspect');
     }
     this.epoch = (leftovers.length > 0 ? Math.max(...leftovers) : 0) + 1;
-    this.log.info({ dir: this.opts.dir, blockSize: this.blockSize, capacity: this.opts.capacity, blocks: this.allocatedCount, blockSlots: this.blockSlots }, 'block store open');
+    if (this.allocatedCount > this.blockSlots) this.log.warn({ blocks: this.allocatedCount, blockSlots: this.blockSlots }, 'the store holds more blocks than its cap allows; new blocks are refused');
+    this.log.info({ dir: this.opts.dir, blockSize: this.blockSize, capacity: this.opts.capacity, blocks: this.allocatedCount, blockSlots: this.blockSlots, suspects: this.suspects().length }, 'block store open');
     this.scheduleCheckpoints();
   }
 
+  /** Reads a block's header into its entry (state, version, digest); false if it cannot be decoded. */
+  private async loadHeader(e: Entry): Promise<boolean> {
+    const h = Buffer.alloc(this.hdrBytes);
+    const fd = await openFd(e.file, fs.constants.O_RDONLY);
+    try {
+      await preadFull(fd, h, 0, h.length, 0);
+    } finally {
+      await closeFd(fd);
+    }
+    let header: BlockHeader;
+    try {
+      header = decodeHeader(h, e.ref, this.blockSize, e.file);
+    } catch (err) {
+      if (err instanceof TorusError && err.code === 'TORUS_ERR_STORE_CORRUPT') return false;
+      throw err;
+    }
+    e.state = header.state;
+    e.version = header.version;
+    // The digest is kept, not the table: a table per block in memory would
+    // cost 4 KiB per 4 MiB block; it is read again on the block's next I/O.
+    e.digest = header.state === 'data' ? tableDigest(header.table) : null;
+    return true;
+  }
+
   /**
-   * Recomputes a block's CRC table from its data and makes it durable. Only
-   * for blocks the dirty log names: their pages may hold unflushed or torn
-   * writes whose CRCs never reached the file.
+   * Makes a block consistent with itself after an unclean stop: the state
+   * and version its header holds (VERSION_LEGACY and data when the header
+   * is unreadable), and CRCs recomputed from the data. Only for blocks the
+   * dirty log names, or whose header is unreadable: their pages may hold
+   * unflushed or torn writes whose CRCs never reached the file. The caller
+   * marks the block suspect.
    */
   private async repair(e: Entry): Promise<void> {
     const fd = await this.fdOf(e);
-    const data = Buffer.alloc(this.blockSize);
-    await preadFull(fd, data, 0, data.length, this.hdrBytes);
-    const table = new Uint32Array(pageCount(this.blockSize));
-    crc32cPages(data, PAGE_BYTES, table);
-    // The header may be missing or torn too (a file created just before the crash).
-    await ftruncate(fd, this.fileBytes);
-    await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, table), 0);
-    await fdatasync(fd);
-    e.crc = table;
+    const h = Buffer.alloc(this.hdrBytes);
+    await preadFull(fd, h, 0, h.length, 0);
+    let header: BlockHeader | null = null;
+    try {
+      header = decodeHeader(h, e.ref, this.blockSize, e.file);
+    } catch {
+      header = null; // missing or torn: a file created just before the crash
+    }
+    const version = header?.version ?? VERSION_LEGACY;
+    if (header?.state === 'zero') {
+      await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, { state: 'zero', version, table: newCrcTable(this.blockSize) }), 0);
+      await ftruncate(fd, this.hdrBytes);
+      await fdatasync(fd);
+      e.state = 'zero';
+      e.crc = null;
+    } else {
+      const data = Buffer.alloc(this.blockSize);
+      await preadFull(fd, data, 0, data.length, this.hdrBytes);
+      const table = new Uint32Array(pageCount(this.blockSize));
+      crc32cPages(data, PAGE_BYTES, table);
+      await ftruncate(fd, this.fileBytes);
+      await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), 0);
+      await fdatasync(fd);
+      e.state = 'data';
+      e.crc = table;
+    }
+    e.version = version;
+    e.digest = null;
   }
 
   private async checkMeta(): Promise<void> {
     const file = path.join(this.opts.dir, STORE_META);
-    let meta: { schema: number; blockSize: number } | null = null;
+    let text: string | null = null;
     try {
-      meta = JSON.parse(await readFile(file, 'utf8')) as { schema: number; blockSize: number };
+      text = await readFile(file, 'utf8');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
         throw new TorusError('TORUS_ERR_STORE_CORRUPT', `cannot read ${file}: ${(err as Error).message}`, { cause: err });
       }
     }
-    if (meta === null) {
-      const tmp = `${file}.tmp`;
-      await writeFile(tmp, JSON.stringify({ schema: 1, blockSize: this.blockSize }) + '\n', { flush: true });
-      await rename(tmp, file);
-      await fsyncDir(this.opts.dir);
+    const write = () => writeFileDurably(file, JSON.stringify({ schema: STORE_SCHEMA, blockSize: this.blockSize }) + '\n');
+    if (text === null) {
+      await write();
       return;
     }
+    let meta: { schema?: unknown; blockSize?: unknown };
+    try {
+      meta = JSON.parse(text) as { schema?: unknown; blockSize?: unknown };
+    } catch (err) {
+      throw new TorusError('TORUS_ERR_STORE_CORRUPT', `cannot read ${file}: ${(err as Error).message}`, { cause: err });
+    }
+    if (typeof meta !== 'object' || meta === null || !Number.isInteger(meta.schema) || !Number.isInteger(meta.blockSize)) {
+      throw new TorusError('TORUS_ERR_STORE_CORRUPT', `${file} is not a store description ({schema, blockSize})`);
+    }
+    const schema = meta.schema as number;
+    if (schema > STORE_SCHEMA) {
+      throw new TorusError(
+        'TORUS_ERR_DATA_DIR_NEWER',
+        `${file} has store schema ${schema}, written by a newer torus release; torus ${RELEASE} knows store schemas up to ${STORE_SCHEMA}`,
+        { details: { file, schema, known: STORE_SCHEMA } },
+      );
+    }
     if (meta.blockSize !== this.blockSize) {
-      throw new TorusError('TORUS_ERR_STORE_CORRUPT', `the data dir holds blocks of ${meta.blockSize} bytes but the cluster uses ${this.blockSize}; use another --data-dir or remove ${this.opts.dir}`);
+      throw new TorusError('TORUS_ERR_STORE_CORRUPT', `the data dir holds blocks of ${String(meta.blockSize)} bytes but the cluster uses ${this.blockSize}; use another --data-dir or remove ${this.opts.dir}`);
+    }
+    if (schema < STORE_SCHEMA) {
+      await write();
+      this.log.info({ file, from: schema, to: STORE_SCHEMA }, 'store schema upgraded; block files are upgraded as they are next written');
     }
   }
 
@@ -799,8 +1144,9 @@ export class FileBlockStore implements BlockStore {
           if (!hex.test(i)) continue;
           const e = this.entryFor(blockRef(parseInt(v, 16), parseInt(g, 16), parseInt(i, 16)));
           e.onDisk = true;
-          e.allocated = true;
-          this.allocatedCount++;
+          // Until its header is read: a data block of unknown version.
+          e.state = 'data';
+          e.version = VERSION_LEGACY;
         }
       }
     }
@@ -808,8 +1154,26 @@ export class FileBlockStore implements BlockStore {
 
   // ---------------------------------------------------------------- checks
 
+  private checkPages(e: Entry, region: Buffer, p0: number, p1: number, table: Uint32Array): void {
+    const crcs = new Uint32Array(p1 - p0);
+    crc32cPages(region, PAGE_BYTES, crcs);
+    for (let p = p0; p < p1; p++) {
+      if (crcs[p - p0] !== table[p]) {
+        e.suspect = true;
+        this.reindex(e);
+        this.opts.onCrcFailure?.(e.ref, p);
+        this.log.error({ block: e.key, page: p, file: e.file }, 'block page failed its checksum');
+        throw new TorusError('TORUS_ERR_STORE_CRC_MISMATCH', `block ${e.key} page ${p} failed its CRC32C check`, { details: { block: e.key, page: p } });
+      }
+    }
+  }
+
   private checkRange(offset: number, length: number): void {
     assert(Number.isInteger(offset) && Number.isInteger(length) && offset >= 0 && length >= 0 && offset + length <= this.blockSize, 'range lies within one block');
+  }
+
+  private checkVersion(version: Version): void {
+    assert(isVersion(version) && version !== VERSION_ABSENT, 'a stored block has a version (>= 0)');
   }
 
   private checkWritable(): void {

@@ -50,7 +50,7 @@ export async function startServer(
   port = 0,
 ): Promise<{ server: PeerServer; addr: PeerAddress }> {
   const server = new PeerServer({
-    api,
+    replica: api,
     blockSize,
     logger: quietLogger,
     clusterId: CLUSTER,

@@ -8,11 +8,9 @@ import { isTorusError, TorusError } from '../../src/errors/torus-error.js';
 import { blockRef } from '../../src/model/block-ref.js';
 import type { ReplicaApi } from '../../src/model/replica-api.js';
 import { VERSION_ABSENT, makeVersion } from '../../src/model/version.js';
-import { formatPeerAddress } from '../../src/peer/address.js';
 import type { IncarnationChange } from '../../src/peer/client.js';
 import { decodeErrorPayload, encodeRequest } from '../../src/peer/codec.js';
 import { Opcode, REQ, STATUS_ERROR, STATUS_OK } from '../../src/peer/protocol.js';
-import { TcpPeerTransport } from '../../src/peer/tcp-transport.js';
 import { tcpConnector, type PeerConnector } from '../../src/peer/transport.js';
 import { crc32c } from '../../src/util/crc32c.js';
 import type { Random } from '../../src/util/random.js';
@@ -20,11 +18,8 @@ import { FakeReplica } from '../helpers/fake-replica.js';
 import { ManualClock } from '../helpers/metadata-contract.js';
 import {
   Cleanups,
-  CLUSTER,
-  SECRET,
   SERVER_UUID,
   codeOf,
-  quietLogger,
   flippingConnector,
   makeClient as makeClientWith,
   rawSession as rawSessionWith,
@@ -606,51 +601,3 @@ describe('peer failures', () => {
   });
 });
 
-describe('TCP peer transport', () => {
-  it('reaches each peer by uuid, follows address changes, forgets peers that leave', async () => {
-    const fakeA = new FakeReplica(BS, { uuid: 'peer-a' });
-    const fakeB = new FakeReplica(BS, { uuid: 'peer-b' });
-    const a = await startServer(fakeA, { peerUuid: 'peer-a', incarnation: 'a-1' });
-    const b = await startServer(fakeB, { peerUuid: 'peer-b', incarnation: 'b-1' });
-    const changes: IncarnationChange[] = [];
-    const transport = new TcpPeerTransport({
-      blockSize: BS,
-      clusterId: CLUSTER,
-      peerUuid: 'me',
-      incarnation: 'me-1',
-      secret: SECRET,
-      logger: quietLogger,
-      onIncarnationChange: (c) => changes.push(c),
-    });
-    cleanups.add(() => transport.close());
-    expect(transport.peer('peer-a')).toBeNull();
-    transport.setPeers([
-      { uuid: 'peer-a', address: formatPeerAddress(a.addr) },
-      { uuid: 'peer-b', address: formatPeerAddress(b.addr) },
-    ]);
-    const pa = transport.peer('peer-a')!;
-    expect(transport.peer('peer-a')).toBe(pa);
-    expect((await pa.hello(CTX)).uuid).toBe('peer-a');
-    expect((await transport.peer('peer-b')!.hello(CTX)).uuid).toBe('peer-b');
-    expect(changes.map((c) => [c.peerUuid, c.current])).toEqual([
-      ['peer-a', 'a-1'],
-      ['peer-b', 'b-1'],
-    ]);
-
-    // peer-a's record now names peer-b's address: the old client goes, the new one refuses the wrong peer.
-    transport.setPeers([
-      { uuid: 'peer-a', address: formatPeerAddress(b.addr) },
-      { uuid: 'peer-b', address: formatPeerAddress(b.addr) },
-    ]);
-    const moved = transport.peer('peer-a')!;
-    expect(moved).not.toBe(pa);
-    expect(await codeOf(pa.hello(CTX))).toBe('TORUS_ERR_STORE_CLOSED');
-    expect(await codeOf(moved.hello(CTX))).toBe('TORUS_ERR_PEER_UNAVAILABLE');
-
-    transport.setPeers([{ uuid: 'peer-b', address: formatPeerAddress(b.addr) }]);
-    expect(transport.peer('peer-a')).toBeNull();
-    expect(transport.clientCount).toBe(1);
-    await transport.close();
-    expect(transport.peer('peer-b')).toBeNull();
-  });
-});

@@ -6,11 +6,13 @@ import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { blockRef } from '../../src/model/block-ref.js';
 import { FileBlockStore } from '../../src/store/file-block-store.js';
+import { makeVersion } from '../../src/model/version.js';
 import { isTorusError } from '../../src/errors/torus-error.js';
 
 const log = pino({ level: 'silent' });
 const BS = 64 * 1024;
 const MiB = 2 ** 20;
+const V = makeVersion(1, 1);
 let dir: string;
 
 beforeEach(async () => {
@@ -30,12 +32,12 @@ describe('FileBlockStore', () => {
     const r = blockRef(1, 1, 3);
     expect((await s.read(r, 0, 100)).equals(Buffer.alloc(100))).toBe(true);
     const a = randomBytes(5000);
-    await s.write(r, 777, a, { fua: false });
+    await s.write(r, 777, a, V, { fua: false });
     const got = await s.read(r, 700, 6000);
     const want = Buffer.alloc(6000);
     a.copy(want, 77);
     expect(got.equals(want)).toBe(true);
-    expect(await s.allocated([r, blockRef(1, 1, 4)])).toEqual([true, false]);
+    expect([s.meta(r).state, s.meta(blockRef(1, 1, 4)).state]).toEqual(['data', 'absent']);
     await s.close();
   });
 
@@ -43,8 +45,8 @@ describe('FileBlockStore', () => {
     let s = await open();
     const r = blockRef(2, 1, 0);
     const a = randomBytes(BS);
-    await s.write(r, 0, a, { fua: false });
-    await s.write(r, 4096 + 3, Buffer.from('hello'), { fua: false });
+    await s.write(r, 0, a, V, { fua: false });
+    await s.write(r, 4096 + 3, Buffer.from('hello'), V, { fua: false });
     a.write('hello', 4096 + 3);
     await s.close();
     expect(await readdir(path.join(dir, 'dirty'))).toEqual([]);
@@ -58,10 +60,10 @@ describe('FileBlockStore', () => {
     let s = await open();
     const refs = [blockRef(3, 1, 0), blockRef(3, 1, 1), blockRef(3, 1, 9)];
     const data = refs.map(() => randomBytes(BS));
-    for (let i = 0; i < refs.length; i++) await s.write(refs[i]!, 0, data[i]!, { fua: false });
-    await s.zero(refs[2]!, 100, 200, { fua: false, punch: true });
+    for (let i = 0; i < refs.length; i++) await s.write(refs[i]!, 0, data[i]!, V, { fua: false });
+    await s.zero(refs[2]!, 100, 200, V, { punch: true, fua: false });
     data[2]!.fill(0, 100, 300);
-    await s.write(refs[1]!, 10, Buffer.from('xyz'), { fua: true });
+    await s.write(refs[1]!, 10, Buffer.from('xyz'), V, { fua: true });
     data[1]!.write('xyz', 10);
     await s.flush();
     await s.abandonForTest();
@@ -74,11 +76,11 @@ describe('FileBlockStore', () => {
     let s = await open();
     const clean = blockRef(12, 1, 1);
     const dirty = blockRef(12, 1, 2);
-    await s.write(clean, 0, Buffer.alloc(BS, 3), { fua: false });
+    await s.write(clean, 0, Buffer.alloc(BS, 3), V, { fua: false });
     await s.checkpoint();
-    await s.write(dirty, 0, Buffer.alloc(BS, 4), { fua: false });
+    await s.write(dirty, 0, Buffer.alloc(BS, 4), V, { fua: false });
     await s.flush();
-    await s.write(dirty, 8192, Buffer.from('never flushed'), { fua: false });
+    await s.write(dirty, 8192, Buffer.from('never flushed'), V, { fua: false });
     await s.abandonForTest();
     // Power loss can leave an unflushed page torn: simulate it in the file.
     const file = path.join(dir, 'blocks', 'c', '1', '2');
@@ -100,7 +102,7 @@ describe('FileBlockStore', () => {
   it('ignores a torn tail of the dirty log', async () => {
     let s = await open();
     const r = blockRef(4, 1, 0);
-    await s.write(r, 0, Buffer.alloc(BS, 7), { fua: true });
+    await s.write(r, 0, Buffer.alloc(BS, 7), V, { fua: true });
     await s.abandonForTest();
     const logs = await readdir(path.join(dir, 'dirty'));
     expect(logs.length).toBe(1);
@@ -113,7 +115,7 @@ describe('FileBlockStore', () => {
   it('detects a corrupted page with TORUS_ERR_STORE_CRC_MISMATCH', async () => {
     let s = await open();
     const r = blockRef(5, 1, 0);
-    await s.write(r, 0, Buffer.alloc(BS, 1), { fua: false });
+    await s.write(r, 0, Buffer.alloc(BS, 1), V, { fua: false });
     await s.close();
     const file = path.join(dir, 'blocks', '5', '1', '0');
     const { open: fopen } = await import('node:fs/promises');
@@ -134,23 +136,23 @@ describe('FileBlockStore', () => {
     const s = await open({ capacity: 2 * MiB });
     const slots = s.capacityBlocks();
     expect(slots).toBeGreaterThan(0);
-    for (let i = 0; i < slots; i++) await s.write(blockRef(6, 1, i), 0, Buffer.alloc(10, i + 1), { fua: false });
-    const err = await s.write(blockRef(6, 1, slots), 0, Buffer.alloc(10, 9), { fua: false }).catch((e: unknown) => e);
+    for (let i = 0; i < slots; i++) await s.write(blockRef(6, 1, i), 0, Buffer.alloc(10, i + 1), V, { fua: false });
+    const err = await s.write(blockRef(6, 1, slots), 0, Buffer.alloc(10, 9), V, { fua: false }).catch((e: unknown) => e);
     expect(isTorusError(err, 'TORUS_ERR_STORE_NO_SPACE')).toBe(true);
     // Writes to blocks that exist still work; trimming frees room.
-    await s.write(blockRef(6, 1, 0), 20, Buffer.alloc(10, 5), { fua: false });
-    await s.zero(blockRef(6, 1, 1), 0, BS, { fua: false, punch: true });
-    await s.write(blockRef(6, 1, slots), 0, Buffer.alloc(10, 9), { fua: false });
+    await s.write(blockRef(6, 1, 0), 20, Buffer.alloc(10, 5), V, { fua: false });
+    await s.zero(blockRef(6, 1, 1), 0, BS, V, { punch: true, fua: false });
+    await s.write(blockRef(6, 1, slots), 0, Buffer.alloc(10, 9), V, { fua: false });
     for (let i = 2; i < slots; i++) expect((await s.read(blockRef(6, 1, i), 0, 10)).equals(Buffer.alloc(10, i + 1))).toBe(true);
     await s.close();
   });
 
   it('frees blocks on whole-block trim and volume delete, also across restarts', async () => {
     let s = await open();
-    for (let i = 0; i < 4; i++) await s.write(blockRef(7, 1, i), 0, Buffer.alloc(BS, 3), { fua: false });
-    await s.write(blockRef(8, 1, 0), 0, Buffer.alloc(BS, 4), { fua: false });
+    for (let i = 0; i < 4; i++) await s.write(blockRef(7, 1, i), 0, Buffer.alloc(BS, 3), V, { fua: false });
+    await s.write(blockRef(8, 1, 0), 0, Buffer.alloc(BS, 4), V, { fua: false });
     expect(s.usage().blocks).toBe(5);
-    await s.zero(blockRef(7, 1, 0), 0, BS, { fua: false, punch: true });
+    await s.zero(blockRef(7, 1, 0), 0, BS, V, { punch: true, fua: false });
     await s.deleteVolume(7);
     expect(s.usage().blocks).toBe(1);
     expect((await s.read(blockRef(7, 1, 2), 0, 10)).equals(Buffer.alloc(10))).toBe(true);
@@ -166,19 +168,10 @@ describe('FileBlockStore', () => {
   it('zeroes with NO_HOLE keep the block allocated', async () => {
     const s = await open();
     const r = blockRef(9, 1, 0);
-    await s.zero(r, 0, BS, { fua: false, punch: false });
-    expect(await s.allocated([r])).toEqual([true]);
+    await s.zero(r, 0, BS, V, { punch: false, fua: false });
+    expect(s.meta(r).state).toBe('data');
+    expect(s.usage().blocks).toBe(1);
     expect((await s.read(r, 0, BS)).equals(Buffer.alloc(BS))).toBe(true);
-    await s.close();
-  });
-
-  it('refuses a write carrying an older fencing token', async () => {
-    const s = await open();
-    const r = blockRef(10, 1, 0);
-    await s.write(r, 0, Buffer.from('a'), { fua: false, fence: 5 });
-    const err = await s.write(r, 0, Buffer.from('b'), { fua: false, fence: 4 }).catch((e: unknown) => e);
-    expect(isTorusError(err, 'TORUS_ERR_VOLUME_FENCED')).toBe(true);
-    expect((await s.read(r, 0, 1)).toString()).toBe('a');
     await s.close();
   });
 
@@ -199,7 +192,7 @@ describe('FileBlockStore', () => {
       const m = model.get(idx) ?? Buffer.alloc(BS);
       buf.copy(m, off);
       model.set(idx, m);
-      ops.push(s.write(blockRef(11, 1, idx), off, buf, { fua: false }));
+      ops.push(s.write(blockRef(11, 1, idx), off, buf, V, { fua: false }));
       if (i % 100 === 99) await Promise.all(ops.splice(0));
     }
     await Promise.all(ops);

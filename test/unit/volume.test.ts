@@ -4,7 +4,7 @@ import { isTorusError } from '../../src/errors/torus-error.js';
 import { MemoryMetadata } from '../../src/metadata/memory-metadata.js';
 import type { BlockRef } from '../../src/model/block-ref.js';
 import type { VolumeRecord } from '../../src/model/records.js';
-import { MemoryBlockStore } from '../../src/store/memory-block-store.js';
+import { legacyMemoryStore, type FencingTestStore } from '../helpers/legacy-stores.js';
 import { Volume, type Placement } from '../../src/volume/volume.js';
 import { VolumeManager } from '../../src/volume/volume-manager.js';
 import { ManualClock } from '../helpers/metadata-contract.js';
@@ -13,8 +13,8 @@ const log = pino({ level: 'silent' });
 const BS = 64 * 1024;
 const record: VolumeRecord = { schema: 1, id: 9, name: 'v', type: 'block', size: 10 * BS + 512, blockSize: BS, generation: 1, createdAt: '' };
 
-function twoReplicas(): { placement: Placement; stores: MemoryBlockStore[] } {
-  const stores = [new MemoryBlockStore({ blockSize: BS, capacity: 100 * BS }), new MemoryBlockStore({ blockSize: BS, capacity: 100 * BS })];
+function twoReplicas(): { placement: Placement; stores: FencingTestStore[] } {
+  const stores = [legacyMemoryStore(BS, 100 * BS), legacyMemoryStore(BS, 100 * BS)];
   return { stores, placement: { replicas: (_ref: BlockRef) => stores, all: () => stores } };
 }
 
@@ -77,7 +77,7 @@ describe('VolumeManager', () => {
     await md.initCluster({ blockSize: BS, replication: 1 }, { force: false });
     await md.createVolume('pad', 16 * BS);
     const current = { session: await md.openSession({ ttlSeconds: 30 }) };
-    const store = new MemoryBlockStore({ blockSize: BS, capacity: 100 * BS });
+    const store = legacyMemoryStore(BS, 100 * BS);
     const placement: Placement = { replicas: () => [store], all: () => [store] };
     const vm = new VolumeManager({ metadata: md, session: () => current.session, placement: () => placement, holder: 'test-holder', logger: log, clock });
     return { md, current, vm, clock, store };

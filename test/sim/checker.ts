@@ -1,0 +1,264 @@
+import { isTorusError } from '../../src/errors/torus-error.js';
+import type { ErrorCode } from '../../src/errors/codes.js';
+import { blockRef, type BlockRef } from '../../src/model/block-ref.js';
+import type { RingRecord } from '../../src/model/records.js';
+import { versionToken } from '../../src/model/version.js';
+import { replicasOf } from '../../src/ring/placement.js';
+import type { InspectedCopy, MemoryBlockStore } from '../../src/store/memory-block-store.js';
+import type { Candidate, VolumeModel } from './model.js';
+import { SECTOR_BYTES, decodeSector, sectorValue } from './sectors.js';
+
+/**
+ * The invariant checkers (docs/replication.md, "The guarantees"). Each
+ * check is called by the runner at the moment its guarantee must hold and
+ * reports the first violation it finds; the runner stops the seed there.
+ */
+
+export type Guarantee = 'G1/G4' | 'G3' | 'G5' | 'G6' | 'liveness' | 'bug';
+
+export interface Violation {
+  readonly guarantee: Guarantee;
+  readonly message: string;
+}
+
+/** One peer's disk as the checkers see it: alive or not, it keeps what it holds. */
+export interface StoreView {
+  readonly uuid: string;
+  /** Running now (a dead or removed peer's copies are not counted by G5). */
+  readonly alive: boolean;
+  readonly store: MemoryBlockStore;
+}
+
+/** Error codes a read or write may fail with while faults are active (never wrong bytes). */
+export const FAULT_ERROR_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'TORUS_ERR_BLOCK_UNAVAILABLE',
+  'TORUS_ERR_REPLICA_QUORUM',
+  'TORUS_ERR_VOLUME_LOCK_LOST',
+  'TORUS_ERR_VOLUME_FENCED',
+  'TORUS_ERR_SESSION_LOST',
+  'TORUS_ERR_ETCD_UNAVAILABLE',
+  'TORUS_ERR_TIMEOUT',
+  'TORUS_ERR_PEER_UNAVAILABLE',
+  'TORUS_ERR_PEER_NOT_LIVE',
+  'TORUS_ERR_STORE_NO_SPACE',
+  'TORUS_ERR_VOLUME_IN_USE',
+  'TORUS_ERR_RING_OUTDATED',
+  'TORUS_ERR_REPLICA_STALE',
+]);
+
+/** What a failed operation's error says about the code under test: an operating error, or a bug. */
+export function classifyError(err: unknown): { code: string; bug: boolean } {
+  if (!isTorusError(err)) return { code: err instanceof Error ? `${err.name}: ${err.message}` : String(err), bug: true };
+  return { code: err.code, bug: err.code === 'TORUS_ERR_ASSERTION' };
+}
+
+export class Checker {
+  constructor(
+    private readonly blockSize: number,
+    private readonly stores: () => readonly StoreView[],
+  ) {}
+
+  private get sectorsPerBlock(): number {
+    return this.blockSize / SECTOR_BYTES;
+  }
+
+  // ------------------------------------------------------------ G1 + G4: every read
+
+  /** Every sector of a successful read is one the model allows; the model then moves forward. */
+  checkRead(model: VolumeModel, firstSector: number, data: Buffer): Violation | null {
+    const n = data.length / SECTOR_BYTES;
+    for (let i = 0; i < n; i++) {
+      const s = firstSector + i;
+      const v = sectorValue(decodeSector(data, i * SECTOR_BYTES, model.volumeId, s));
+      if (v === null) {
+        const d = decodeSector(data, i * SECTOR_BYTES, model.volumeId, s);
+        return { guarantee: 'G1/G4', message: `volume ${model.name} sector ${s}: read garbage (${d.kind === 'garbage' ? d.why : ''})` };
+      }
+      const o = model.observe(s, v);
+      if (!o.ok) return { guarantee: 'G1/G4', message: `volume ${model.name}: ${o.why}` };
+    }
+    return null;
+  }
+
+  /** A failed operation: an operating error while faults are active; never an assertion, never while quiet. */
+  checkFailure(what: string, err: unknown, faultsActive: boolean): Violation | null {
+    const { code, bug } = classifyError(err);
+    if (bug) return { guarantee: 'bug', message: `${what} failed with a bug: ${code}` };
+    if (!faultsActive) return { guarantee: 'liveness', message: `${what} failed with ${code} while no fault was active` };
+    if (!FAULT_ERROR_CODES.has(code as ErrorCode)) return { guarantee: 'G1/G4', message: `${what} failed with ${code}, not an error a fault explains` };
+    return null;
+  }
+
+  // ------------------------------------------------------------ G3: write levels
+
+  /**
+   * A write acknowledged at level `all` is in the visible state of at least
+   * `minCopies` stores (one for the levels `one` and `local`): counted per
+   * block it touched, as the sectors it wrote.
+   */
+  checkWriteAck(model: VolumeModel, op: Candidate, firstSector: number, count: number, minCopies: number): Violation | null {
+    for (const [index, sectors] of this.blocksOf(firstSector, count)) {
+      const ref = blockRef(model.volumeId, 1, index);
+      let copies = 0;
+      const holders: string[] = [];
+      for (const v of this.stores()) {
+        const c = v.store.inspect(ref).visible;
+        if (this.copyHolds(c, model, index, sectors, (value) => value === op.value)) {
+          copies++;
+          holders.push(v.uuid.slice(0, 8));
+        }
+      }
+      if (copies < minCopies) {
+        return {
+          guarantee: 'G3',
+          message: `volume ${model.name} block ${index}: ${op.value === 0 ? 'zero' : `write #${op.op}`} acknowledged with ${copies} copies in memory (${holders.join(', ') || 'none'}); at least ${minCopies} required`,
+        };
+      }
+    }
+    return null;
+  }
+
+  /**
+   * A FLUSH was acknowledged: each sector whose durable base moved (the
+   * candidate the model now counts as durable) is, at this instant, in the
+   * durable state of at least `minCopies` stores, as that value or a newer
+   * one.
+   */
+  checkFlushAck(model: VolumeModel, moved: ReadonlyMap<number, Candidate>, minCopies: number): Violation | null {
+    const byBlock = new Map<number, number[]>();
+    for (const s of moved.keys()) {
+      const b = Math.floor(s / this.sectorsPerBlock);
+      let arr = byBlock.get(b);
+      if (arr === undefined) byBlock.set(b, (arr = []));
+      arr.push(s);
+    }
+    for (const [index, sectors] of byBlock) {
+      const ref = blockRef(model.volumeId, 1, index);
+      const copies = this.stores().filter((v) =>
+        this.copyHolds(v.store.inspect(ref).durable, model, index, sectors, (value, s) => model.timeline(s).some((c) => c.value === value)),
+      ).length;
+      if (copies < minCopies) {
+        return { guarantee: 'G3', message: `volume ${model.name} block ${index}: FLUSH acknowledged with ${copies} durable copies; at least ${minCopies} required` };
+      }
+    }
+    return null;
+  }
+
+  // ------------------------------------------------------------ G6: fencing
+
+  private readonly newestToken = new Map<number, number>();
+
+  /** A change with a write's token was applied at some store: never after a newer token's change anywhere. */
+  checkApplied(uuid: string, volumeId: number, token: number, what: string): Violation | null {
+    const newest = this.newestToken.get(volumeId) ?? 0;
+    if (token < newest) {
+      return { guarantee: 'G6', message: `peer ${uuid.slice(0, 8)} applied ${what} of volume ${volumeId} with token ${token} after a change with token ${newest} was applied` };
+    }
+    if (token > newest) this.newestToken.set(volumeId, token);
+    return null;
+  }
+
+  /** A version a store now holds: its token counts as applied. */
+  tokenOfVersion(version: number): number {
+    return versionToken(version);
+  }
+
+  // ------------------------------------------------------------ G5: placement at rest
+
+  /**
+   * Once the cluster is quiet: every block of every live volume has exactly
+   * R copies, on exactly the owners of the final ring, none suspect, equal
+   * versions and digests; no copy anywhere else (running peers only). Blocks
+   * that no one holds are fine (never written, or trimmed where no owner
+   * held them): the reads that follow check their content.
+   */
+  checkPlacement(ring: RingRecord, volumes: readonly { id: number; name: string; blocks: number }[]): Violation | null {
+    if (ring.transition !== null) return { guarantee: 'G5', message: `ring version ${ring.version} is still in transition (${ring.transition.phase})` };
+    const live = this.stores().filter((v) => v.alive);
+    const liveIds = new Set(volumes.map((v) => v.id));
+    for (const vol of volumes) {
+      for (let index = 0; index < vol.blocks; index++) {
+        const ref = blockRef(vol.id, 1, index);
+        const owners = replicasOf(ring, ref);
+        const metas = live.map((v) => ({ uuid: v.uuid, meta: v.store.meta(ref) }));
+        const holders = metas.filter((m) => m.meta.state !== 'absent' || m.meta.suspect);
+        if (holders.length === 0) continue;
+        const where = `volume ${vol.name} block ${index}`;
+        const suspect = holders.find((h) => h.meta.suspect);
+        if (suspect) return { guarantee: 'G5', message: `${where}: the copy on ${suspect.uuid.slice(0, 8)} is still suspect` };
+        const extra = holders.filter((h) => !owners.includes(h.uuid));
+        if (extra.length > 0) return { guarantee: 'G5', message: `${where}: leftover copies on ${extra.map((h) => h.uuid.slice(0, 8)).join(', ')} (owners ${owners.map((o) => o.slice(0, 8)).join(', ')})` };
+        const missing = owners.filter((o) => !holders.some((h) => h.uuid === o));
+        if (missing.length > 0) return { guarantee: 'G5', message: `${where}: owners ${missing.map((o) => o.slice(0, 8)).join(', ')} hold no copy (${holders.length} of ${owners.length})` };
+        const first = holders[0]!.meta;
+        const differ = holders.find((h) => h.meta.version !== first.version || h.meta.digest !== first.digest || h.meta.state !== first.state);
+        if (differ) {
+          return { guarantee: 'G5', message: `${where}: copies differ (${holders.map((h) => `${h.uuid.slice(0, 8)}=${h.meta.state}@${h.meta.version}/${h.meta.digest}`).join(', ')})` };
+        }
+      }
+    }
+    // No blocks of deleted volumes, and none beyond a volume's end, on running peers.
+    for (const v of live) {
+      for (const id of v.store.volumeIds()) {
+        if (!liveIds.has(id)) return { guarantee: 'G5', message: `peer ${v.uuid.slice(0, 8)} still holds blocks of volume ${id}, which no longer exists` };
+      }
+    }
+    return null;
+  }
+
+  /**
+   * For the model after a crash: per sector, the values some store holds
+   * (any peer, dead or alive, in the state a restart finds). A block a store
+   * does not hold contributes nothing: absence is not a zero that survived.
+   */
+  heldValues(model: VolumeModel, blocks: number): (s: number) => ReadonlySet<number> {
+    const spb = this.sectorsPerBlock;
+    const held: Set<number>[] = Array.from({ length: blocks * spb }, () => new Set<number>());
+    for (const v of this.stores()) {
+      for (const b of v.store.list({ volumeId: model.volumeId, limit: Number.MAX_SAFE_INTEGER })) {
+        if (b.ref.index >= blocks || b.state === 'absent') continue;
+        const c = v.store.inspect(b.ref).visible;
+        for (let i = 0; i < spb; i++) {
+          const s = b.ref.index * spb + i;
+          const value = c === null || c.state === 'zero' ? 0 : sectorValue(decodeSector(c.data!, i * SECTOR_BYTES, model.volumeId, s));
+          if (value !== null) held[s]!.add(value);
+        }
+      }
+    }
+    return (s) => held[s] ?? new Set();
+  }
+
+  // ------------------------------------------------------------ helpers
+
+  /** The blocks a sector range touches, with the sectors it touches in each. */
+  private blocksOf(firstSector: number, count: number): Map<number, number[]> {
+    const out = new Map<number, number[]>();
+    for (let s = firstSector; s < firstSector + count; s++) {
+      const b = Math.floor(s / this.sectorsPerBlock);
+      let arr = out.get(b);
+      if (arr === undefined) out.set(b, (arr = []));
+      arr.push(s);
+    }
+    return out;
+  }
+
+  /**
+   * Whether a copy of block `index` holds, at every sector listed, a value
+   * `ok` accepts. A missing block reads as zeroes (a trim of a block no
+   * owner held leaves nothing), so it holds the value 0 only.
+   */
+  private copyHolds(c: InspectedCopy | null, model: VolumeModel, index: number, sectors: readonly number[], ok: (value: number, sector: number) => boolean): boolean {
+    const base = index * this.sectorsPerBlock;
+    for (const s of sectors) {
+      let value: number | null;
+      if (c === null || c.state === 'zero') value = 0;
+      else value = sectorValue(decodeSector(c.data!, (s - base) * SECTOR_BYTES, model.volumeId, s));
+      if (value === null || !ok(value, s)) return false;
+    }
+    return true;
+  }
+}
+
+export function refOf(volumeId: number, index: number): BlockRef {
+  return blockRef(volumeId, 1, index);
+}

@@ -1,0 +1,79 @@
+/**
+ * The model of acknowledged writes and the sector format: the checker's
+ * verdicts rest on these, so each rule is shown to accept what it must and
+ * to refuse what it must.
+ */
+import { describe, expect, it } from 'vitest';
+import { VolumeModel } from './model.js';
+import { SECTOR_BYTES, decodeSector, encodeSectors, sectorValue } from './sectors.js';
+
+describe('sector format', () => {
+  it('names the write and tells zeroes, misplaced and torn sectors apart', () => {
+    const buf = encodeSectors(3, 77, 10, 4);
+    expect(buf.length).toBe(4 * SECTOR_BYTES);
+    expect(decodeSector(buf, SECTOR_BYTES, 3, 11)).toEqual({ kind: 'write', writeId: 77 });
+    expect(sectorValue(decodeSector(Buffer.alloc(SECTOR_BYTES), 0, 3, 11))).toBe(0);
+    expect(decodeSector(buf, 0, 3, 11).kind).toBe('garbage'); // sector 10's bytes read at 11
+    expect(decodeSector(buf, 0, 4, 10).kind).toBe('garbage'); // another volume's bytes
+    const torn = Buffer.from(buf);
+    torn.fill(0, 300, 512);
+    expect(decodeSector(torn, 0, 3, 10).kind).toBe('garbage');
+    expect(sectorValue(decodeSector(torn, 0, 3, 10))).toBeNull();
+  });
+});
+
+const at = (op: number, handle = 1, doneSeq = op) => ({ op, value: op, handle, doneSeq });
+const zero = (op: number, handle = 1, doneSeq = op) => ({ op, value: 0, handle, doneSeq });
+
+describe('VolumeModel', () => {
+  it('an acknowledged write is the only value; older values are refused', () => {
+    const m = new VolumeModel('v', 1, 8);
+    expect(m.observe(0, 0).ok).toBe(true);
+    m.acked(at(5), 0, 2);
+    expect(m.observe(0, 5).ok).toBe(true);
+    expect(m.observe(1, 0).ok).toBe(false);
+    expect(m.observe(2, 0).ok).toBe(true);
+    m.acked(zero(6), 1, 1);
+    expect(m.observe(1, 5).ok).toBe(false);
+    expect(m.observe(1, 0).ok).toBe(true);
+  });
+
+  it('a failed write may land later, but a read never goes back before what it saw', () => {
+    const m = new VolumeModel('v', 1, 1);
+    m.acked(at(1), 0, 1);
+    m.uncertain(at(2), 0, 1);
+    m.uncertain(at(3), 0, 1);
+    expect(m.allowed(0).map((c) => c.value)).toEqual([1, 2, 3]);
+    expect(m.observe(0, 1).ok).toBe(true);
+    expect(m.observe(0, 3).ok).toBe(true); // forward: op 3 landed late
+    expect(m.observe(0, 2).ok).toBe(false); // back before op 3
+    expect(m.observe(0, 1).ok).toBe(false);
+    expect(m.observe(0, 9).ok).toBe(false); // never written here
+  });
+
+  it('a crash widens back to the newest value some store still holds, never before a flush', () => {
+    const m = new VolumeModel('v', 1, 1);
+    m.acked(at(1, 1, 1), 0, 1);
+    m.acked(at(2, 1, 2), 0, 1);
+    m.flushed(1, 3); // op 2 is durable
+    m.acked(at(4, 1, 4), 0, 1);
+    m.acked(at(5, 1, 5), 0, 1);
+    m.crashed(() => new Set([4])); // op 5 is gone everywhere, op 4 survives somewhere
+    expect(m.allowed(0).map((c) => c.value)).toEqual([4, 5]);
+    m.crashed(() => new Set()); // nothing held: back to the durable base at worst
+    expect(m.allowed(0).map((c) => c.value)).toEqual([2, 4, 5]);
+    expect(m.observe(0, 1).ok).toBe(false);
+    expect(m.observe(0, 4).ok).toBe(true);
+  });
+
+  it('a flush makes durable only what its own handle completed before it was issued', () => {
+    const m = new VolumeModel('v', 1, 2);
+    m.acked(at(1, 1, 1), 0, 1);
+    m.acked(at(2, 2, 2), 1, 1);
+    const moved = m.flushed(1, 2);
+    expect([...moved.keys()]).toEqual([0]);
+    m.crashed(() => new Set());
+    expect(m.allowed(0).map((c) => c.value)).toEqual([1]);
+    expect(m.allowed(1).map((c) => c.value)).toEqual([0, 2]);
+  });
+});

@@ -1,0 +1,183 @@
+import { assert } from '../../src/util/assert.js';
+
+/**
+ * What a read of each sector of a volume may return, from the history of
+ * operations the workload issued (docs/replication.md, guarantees 1 and 4).
+ *
+ * Every sector keeps an ordered list of candidates: the value the newest
+ * settled state gave it, then every operation on it whose outcome is not
+ * known (failed, timed out, abandoned: it may or may not have landed), in
+ * the order they were issued. Writes on overlapping sectors are never in
+ * flight together (the workload sees to it), so this order is the order of
+ * their versions.
+ *
+ * - An acknowledged write, trim or zero leaves exactly its value.
+ * - An operation that failed appends its value: it may land, later than
+ *   everything before it.
+ * - A read that returns a candidate drops every candidate before it: the
+ *   sector can never go back in time, only forward to an operation issued
+ *   later whose outcome is unknown.
+ * - A crash may lose what was not durable: the list widens back to the
+ *   newest operation that some store still holds (never further back than
+ *   what a FLUSH made durable).
+ *
+ * A value is 0 for zeroes (trim, write-zeroes, never written), else the id
+ * of the write that produced it.
+ */
+export interface Candidate {
+  /** The operation id (0: the volume's initial zeroes). */
+  readonly op: number;
+  readonly value: number;
+  readonly acked: boolean;
+  /** The writer handle that carried the operation (-1 for the initial state). */
+  readonly handle: number;
+  /** Model sequence at completion: orders completions against FLUSH issues. */
+  readonly doneSeq: number;
+}
+
+const INITIAL: Candidate = Object.freeze({ op: 0, value: 0, acked: true, handle: -1, doneSeq: 0 });
+
+/**
+ * Candidates per sector before the model refuses to widen any further: far
+ * beyond what a seed produces (the workload flushes often), a guard against
+ * a runaway list.
+ */
+const TIMELINE_MAX = 4096;
+
+class SectorTrack {
+  /** What a read may return now; first entry is the settled base. */
+  cands: Candidate[] = [INITIAL];
+  /**
+   * Everything completed on this sector since its durable base (first
+   * entry), in order: what a crash may widen the candidates back to.
+   */
+  timeline: Candidate[] = [INITIAL];
+}
+
+export type Observation = { ok: true } | { ok: false; why: string };
+
+export class VolumeModel {
+  private readonly sectors: SectorTrack[];
+
+  constructor(
+    readonly name: string,
+    readonly volumeId: number,
+    readonly sectorCount: number,
+  ) {
+    this.sectors = Array.from({ length: sectorCount }, () => new SectorTrack());
+  }
+
+  /** An operation's outcome is known: it was acknowledged. */
+  acked(c: Omit<Candidate, 'acked'>, first: number, count: number): void {
+    const cand: Candidate = { ...c, acked: true };
+    for (let s = first; s < first + count; s++) {
+      const t = this.track(s);
+      t.cands = [cand];
+      this.append(t, cand);
+    }
+  }
+
+  /** An operation failed, timed out or was abandoned: it may still land. */
+  uncertain(c: Omit<Candidate, 'acked'>, first: number, count: number): void {
+    const cand: Candidate = { ...c, acked: false };
+    for (let s = first; s < first + count; s++) {
+      const t = this.track(s);
+      t.cands.push(cand);
+      this.append(t, cand);
+    }
+  }
+
+  /** A read returned `value` for sector `s`: allowed, and the sector can no longer go back before it. */
+  observe(s: number, value: number): Observation {
+    const t = this.track(s);
+    const i = t.cands.findIndex((c) => c.value === value);
+    if (i < 0) {
+      return { ok: false, why: `sector ${s} read ${describe(value)}; allowed: ${t.cands.map((c) => describe(c.value)).join(', ')}` };
+    }
+    if (i > 0) t.cands = t.cands.slice(i);
+    return { ok: true };
+  }
+
+  /** What sector s may read as now. */
+  allowed(s: number): readonly Candidate[] {
+    return this.track(s).cands;
+  }
+
+  /** The single value sector s must read as, or null while more than one is possible. */
+  exact(s: number): number | null {
+    const c = this.track(s).cands;
+    return c.length === 1 ? c[0]!.value : null;
+  }
+
+  /**
+   * A FLUSH issued at model sequence `issueSeq` through `handle` was
+   * acknowledged: the newest write that handle completed before it is
+   * durable, so no crash can take a sector back before it. Returns, per
+   * sector that moved, the candidate now durable (for the durability check).
+   */
+  flushed(handle: number, issueSeq: number): Map<number, Candidate> {
+    const moved = new Map<number, Candidate>();
+    for (let s = 0; s < this.sectorCount; s++) {
+      const t = this.sectors[s]!;
+      let base = -1;
+      for (let i = t.timeline.length - 1; i > 0; i--) {
+        const c = t.timeline[i]!;
+        if (c.acked && c.handle === handle && c.doneSeq < issueSeq) {
+          base = i;
+          break;
+        }
+      }
+      if (base <= 0) continue;
+      t.timeline = t.timeline.slice(base);
+      moved.set(s, t.timeline[0]!);
+    }
+    return moved;
+  }
+
+  /**
+   * A store lost what it had not made durable. `held(s)` lists the values
+   * some store (any peer, in the state a restart finds) still holds for
+   * sector s: the sector may now read as any candidate from the newest one
+   * still held (at worst its durable base) onwards.
+   */
+  crashed(held: (s: number) => ReadonlySet<number>): void {
+    for (let s = 0; s < this.sectorCount; s++) {
+      const t = this.sectors[s]!;
+      if (t.timeline.length === 1) continue;
+      const values = held(s);
+      let from = 0;
+      for (let i = t.timeline.length - 1; i > 0; i--) {
+        if (values.has(t.timeline[i]!.value)) {
+          from = i;
+          break;
+        }
+      }
+      // The base of the candidates is the newest acknowledged or observed
+      // value, never older than the durable base, so it is on the timeline.
+      const firstNow = t.timeline.indexOf(t.cands[0]!);
+      assert(firstNow >= 0, 'the candidates start on the sector\'s timeline');
+      // Candidates only widen: a crash never makes something impossible.
+      t.cands = t.timeline.slice(Math.min(from, firstNow));
+    }
+  }
+
+  /** Timeline entries of sector s (tests and failure reports). */
+  timeline(s: number): readonly Candidate[] {
+    return this.track(s).timeline;
+  }
+
+  private track(s: number): SectorTrack {
+    const t = this.sectors[s];
+    assert(t !== undefined, `sector ${s} lies within volume ${this.name}`);
+    return t;
+  }
+
+  private append(t: SectorTrack, c: Candidate): void {
+    t.timeline.push(c);
+    assert(t.timeline.length <= TIMELINE_MAX, 'a sector\'s unflushed history stays bounded (the workload flushes)');
+  }
+}
+
+function describe(value: number): string {
+  return value === 0 ? 'zeroes' : `write #${value}`;
+}
