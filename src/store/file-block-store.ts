@@ -159,6 +159,7 @@ export class FileBlockStore implements LocalBlockStore {
   private checkpointing: Promise<void> | null = null;
   /** suspects.json as last written (to skip rewriting it unchanged). */
   private suspectsSaved = '';
+  private suspectsSaving: Promise<void> = Promise.resolve();
   /** The store folder, held open as the handle for syncfs. */
   private dirFd: number | null = null;
   private checkpointTimer: { cancel(): void } | null = null;
@@ -438,6 +439,12 @@ export class FileBlockStore implements LocalBlockStore {
     for (const d of [...this.knownDirs]) if (d.startsWith(dir + path.sep)) this.knownDirs.delete(d);
     this.flushDirs.add(this.blocksDir);
     await this.flush();
+    try {
+      await this.saveSuspectsIfChanged();
+    } catch (err) {
+      this.setFailed(err, 'the suspect list could not be made durable');
+      throw this.failed;
+    }
   }
 
   /** Flushes and checkpoints everything; the next open needs no repair. */
@@ -778,12 +785,17 @@ export class FileBlockStore implements LocalBlockStore {
     this.log.debug({ epoch: old, blocks: entries.length }, 'checkpoint done');
   }
 
-  private async saveSuspectsIfChanged(): Promise<void> {
-    const refs = this.suspects();
-    const text = JSON.stringify(refs.map((r) => [r.volumeId, r.generation, r.index]));
-    if (text === this.suspectsSaved) return;
-    await saveSuspects(path.join(this.opts.dir, SUSPECTS), refs);
-    this.suspectsSaved = text;
+  /** Saves run one at a time (they share a temp file), each with the list as it is when it starts. */
+  private saveSuspectsIfChanged(): Promise<void> {
+    const run = this.suspectsSaving.catch(() => undefined).then(async () => {
+      const refs = this.suspects();
+      const text = JSON.stringify(refs.map((r) => [r.volumeId, r.generation, r.index]));
+      if (text === this.suspectsSaved) return;
+      await saveSuspects(path.join(this.opts.dir, SUSPECTS), refs);
+      this.suspectsSaved = text;
+    });
+    this.suspectsSaving = run;
+    return run;
   }
 
   private scheduleCheckpoints(): void {
