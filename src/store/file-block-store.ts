@@ -325,6 +325,8 @@ export class FileBlockStore implements LocalBlockStore {
         e.digest = null;
         e.state = 'data';
         e.version = version;
+        this.recount(e);
+        this.reindex(e);
         this.flushFiles.add(e);
       }
       e.suspect = false;
@@ -560,6 +562,7 @@ export class FileBlockStore implements LocalBlockStore {
     e.digest = null;
     e.state = 'data';
     this.recount(e);
+    this.reindex(e);
     this.flushFiles.add(e);
   }
 
@@ -576,6 +579,7 @@ export class FileBlockStore implements LocalBlockStore {
     e.state = 'zero';
     e.version = version;
     this.recount(e);
+    this.reindex(e);
     this.flushFiles.add(e);
   }
 
@@ -679,6 +683,7 @@ export class FileBlockStore implements LocalBlockStore {
     e.crc = null;
     e.digest = null;
     this.recount(e);
+    this.reindex(e);
   }
 
   // ---------------------------------------------------------------- flush and checkpoints
@@ -868,7 +873,11 @@ export class FileBlockStore implements LocalBlockStore {
     this.allocatedCount += want ? 1 : -1;
   }
 
-  /** Keeps the ordered index in step: it lists blocks held here and suspect ones. */
+  /**
+   * Keeps the ordered index in step: it lists blocks held here and suspect
+   * ones. Called as soon as a state changes, so a scan never misses a block
+   * that meta() already reports.
+   */
   private reindex(e: Entry): void {
     const want = e.state !== 'absent' || e.suspect;
     if (want === e.indexed) return;
