@@ -493,7 +493,12 @@ export class FileBlockStore implements LocalBlockStore {
    * under the block's write lock; with fua, a flush after.
    */
   private async change(e: Entry, opts: { readonly reserve: boolean; readonly fua: boolean }, what: string, body: () => Promise<void>): Promise<void> {
-    this.checkWritable();
+    try {
+      this.checkWritable();
+    } catch (err) {
+      this.dropIfIdle(e); // a refused change leaves no entry behind
+      throw err;
+    }
     let reserved = false;
     if (opts.reserve && !e.allocated) {
       if (this.allocatedCount >= this.blockSlots) {
