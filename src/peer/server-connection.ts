@@ -18,6 +18,13 @@ import { OPCODE_NAMES, Opcode, STATUS_ERROR, STATUS_OK, requestPayloadBytesMaxFo
 import type { RefusalLog } from './refusal-log.js';
 import { CorkedWriter } from './transport.js';
 
+/**
+ * After the server ends its side (a refusal, a damaged stream, a drain), the
+ * client has this long to close its own before the socket is cut: a peer
+ * that never closes must not hold a connection slot forever.
+ */
+export const END_LINGER_MS = 5_000;
+
 export interface ServerConnectionLimits {
   /** Requests handed to the replica at once; further requests wait in the socket. */
   readonly inflightMax: number;
@@ -47,6 +54,7 @@ export class ServerConnection {
   private readonly handshake: ServerHandshake;
   private readonly writer: CorkedWriter;
   private handshakeTimer: { cancel(): void } | null;
+  private lingerTimer: { cancel(): void } | null = null;
   private inflight = 0;
   private inflightBytes = 0;
   private paused = false;
@@ -59,7 +67,7 @@ export class ServerConnection {
     private readonly handshakeConfig: HandshakeConfig,
     nonce: Buffer,
     private readonly limits: ServerConnectionLimits,
-    clock: Clock,
+    private readonly clock: Clock,
     private readonly remote: RemoteEnd,
     private readonly refusals: RefusalLog,
     private readonly log: Logger,
@@ -119,6 +127,8 @@ export class ServerConnection {
     this.state = 'closed';
     this.handshakeTimer?.cancel();
     this.handshakeTimer = null;
+    this.lingerTimer?.cancel();
+    this.lingerTimer = null;
     this.decoder.queue.clear();
     this.resolveClosed();
   }
@@ -146,7 +156,7 @@ export class ServerConnection {
       if (step.kind === 'fail') {
         this.refusals.refused(this.remote.host, step.error, { remote: this.remote.label });
         this.state = 'draining';
-        this.socket.end();
+        this.endThenCut();
         return;
       }
       if (step.kind === 'done') {
@@ -295,6 +305,15 @@ export class ServerConnection {
   }
 
   private maybeFinishDrain(): void {
-    if (this.state === 'draining' && this.inflight === 0) this.socket.end();
+    if (this.state === 'draining' && this.inflight === 0) this.endThenCut();
+  }
+
+  private endThenCut(): void {
+    this.socket.end();
+    if (this.lingerTimer !== null || this.state === 'closed') return;
+    this.lingerTimer = this.clock.setTimeout(() => {
+      this.lingerTimer = null;
+      this.destroy();
+    }, END_LINGER_MS);
   }
 }

@@ -92,8 +92,9 @@ export async function codeOf(p: Promise<unknown>): Promise<string> {
 }
 
 /** A hand-driven client: handshake by the book, then raw frames, to send what PeerClient never would. */
-export async function rawSession(cleanups: Cleanups, addr: PeerAddress, blockSize: number) {
-  const socket = net.connect(addr.port, addr.host);
+export async function rawSession(cleanups: Cleanups, addr: PeerAddress, blockSize: number, opts: { allowHalfOpen?: boolean } = {}) {
+  // allowHalfOpen: the session keeps its side open when the server ends its own (a stubborn peer).
+  const socket = net.connect({ port: addr.port, host: addr.host, allowHalfOpen: opts.allowHalfOpen ?? false });
   const decoder = new ResponseDecoder();
   const hs = new ClientHandshake(
     { clusterId: CLUSTER, peerUuid: 'raw', incarnation: 'raw-1', secret: Buffer.from(SECRET), blockSize },

@@ -11,6 +11,7 @@ import { VERSION_ABSENT, makeVersion } from '../../src/model/version.js';
 import type { IncarnationChange } from '../../src/peer/client.js';
 import { decodeErrorPayload, encodeRequest } from '../../src/peer/codec.js';
 import { Opcode, REQ, STATUS_ERROR, STATUS_OK } from '../../src/peer/protocol.js';
+import { END_LINGER_MS } from '../../src/peer/server-connection.js';
 import { tcpConnector, type PeerConnector } from '../../src/peer/transport.js';
 import { crc32c } from '../../src/util/crc32c.js';
 import type { Random } from '../../src/util/random.js';
@@ -39,7 +40,7 @@ afterEach(() => cleanups.run());
 
 const startServer = (api: ReplicaApi, over: Parameters<typeof startServerWith>[3] = {}, port = 0) => startServerWith(cleanups, api, BS, over, port);
 const makeClient = (addr: Parameters<typeof makeClientWith>[1], over: Parameters<typeof makeClientWith>[3] = {}) => makeClientWith(cleanups, addr, BS, over);
-const rawSession = (addr: Parameters<typeof rawSessionWith>[1]) => rawSessionWith(cleanups, addr, BS);
+const rawSession = (addr: Parameters<typeof rawSessionWith>[1], opts: Parameters<typeof rawSessionWith>[3] = {}) => rawSessionWith(cleanups, addr, BS, opts);
 
 /** A Random whose next() is fixed: reconnect delays become exact. */
 function fixedRandom(next: number): Random {
@@ -222,6 +223,22 @@ describe('peer protocol 2 over TCP', () => {
     await waitFor('server to forget the connection', () => server.connectionCount === 0);
   });
 
+  it('cuts a peer that damaged its stream and keeps its side open, after END_LINGER_MS', async () => {
+    const clock = new ManualClock();
+    const { server, addr } = await startServer(new FakeReplica(BS), { clock });
+    const raw = await rawSession(addr, { allowHalfOpen: true });
+    const { header, payload } = encodeRequest({ opcode: Opcode.WRITE, ctx: CTX, ref: blockRef(1, 1, 0), offset: 0, data: Buffer.from('data'), stamp: stamp(v(1), VERSION_ABSENT), fua: false }, 3);
+    const damaged = Buffer.from(payload);
+    damaged[0]! ^= 1;
+    raw.send(header, damaged);
+    // The damaged request is answered (by id), then the server ends its side.
+    expect(decodeErrorPayload((await raw.reply(3)).payload).code).toBe('TORUS_ERR_PEER_CHECKSUM');
+    await new Promise((r) => setImmediate(r));
+    expect(server.connectionCount).toBe(1);
+    await clock.advance(END_LINGER_MS);
+    await waitFor('the slot to be free', () => server.connectionCount === 0, 5000);
+  });
+
   it('a replica that throws, or answers what the protocol cannot carry, gets an error reply and the connection lives', async () => {
     const fake = new FakeReplica(BS);
     const broken = Object.assign(Object.create(fake) as FakeReplica, {
@@ -339,6 +356,39 @@ describe('handshake and authentication', () => {
     expect(await codeOf(makeClient(addr, { secret: 'still wrong' }).hello(CTX))).toBe('TORUS_ERR_PEER_AUTH');
     await waitFor('a second warning after a minute', () => rec.warns('peer connection refused') === 2);
     await good.hello(CTX);
+  });
+
+  it('cuts a refused client that keeps its side open, after END_LINGER_MS', async () => {
+    const clock = new ManualClock();
+    const { server, addr } = await startServer(new FakeReplica(BS), { clock });
+    const { ClientHandshake } = await import('../../src/peer/handshake.js');
+    const { encodeHandshakeMessage, readHandshakeMessage } = await import('../../src/peer/handshake-codec.js');
+    const { HandshakeKind } = await import('../../src/peer/protocol.js');
+    const { ByteQueue } = await import('../../src/util/byte-queue.js');
+    const hs = new ClientHandshake({ clusterId: 'test-cluster', peerUuid: 'stubborn', incarnation: 'i', secret: Buffer.from('wrong'), blockSize: BS }, Buffer.alloc(32, 1));
+    // allowHalfOpen: this client never ends its side, whatever the server does.
+    const socket = net.connect({ port: addr.port, host: addr.host, allowHalfOpen: true });
+    socket.on('error', () => {});
+    const q = new ByteQueue();
+    let rejected = false;
+    socket.on('data', (d: Buffer) => {
+      q.push(d);
+      for (let m = readHandshakeMessage(q); m !== null; m = readHandshakeMessage(q)) {
+        if (m.kind === HandshakeKind.REJECT) rejected = true;
+        // A forged proof in answer to the server HELLO.
+        else socket.write(encodeHandshakeMessage(HandshakeKind.PROOF, Buffer.alloc(32, 0xab)));
+      }
+    });
+    cleanups.add(() => void socket.destroy());
+    socket.write(hs.hello());
+    await waitFor('the server REJECT', () => rejected);
+    await new Promise((r) => setImmediate(r));
+    // The server ended its side; the client's side stays open, and so would the connection.
+    expect(server.connectionCount).toBe(1);
+    await clock.advance(END_LINGER_MS - 1);
+    expect(server.connectionCount).toBe(1);
+    await clock.advance(1);
+    await waitFor('the slot to be free', () => server.connectionCount === 0, 5000);
   });
 
   it('requires a secret unless insecure is set, and an insecure side cannot talk to a secure one', async () => {
