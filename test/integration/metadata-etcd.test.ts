@@ -6,7 +6,7 @@ import { pathToFileURL } from 'node:url';
 import { Etcd3 } from 'etcd3';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EtcdMetadata } from '../../src/metadata/etcd-metadata.js';
+import { EtcdMetadata, LIST_PAGE_KEYS } from '../../src/metadata/etcd-metadata.js';
 import { describeKeyLayout } from '../../src/metadata/keys.js';
 import { planRingChange } from '../../src/ring/transition.js';
 import type { MetadataService, SessionEvent } from '../../src/metadata/metadata-service.js';
@@ -173,6 +173,26 @@ describe('EtcdMetadata against real etcd', () => {
       expect(stored.schema).toBe(2);
       expect(stored.transition.phase).toBe('moving');
       expect(await md.getRing()).toEqual(next);
+    } finally {
+      await md.close();
+    }
+  });
+
+  it('complete listings read page after page at one revision', async () => {
+    const prefix = `/pages-${process.pid}/`;
+    const n = LIST_PAGE_KEYS * 2 + 34;
+    for (let i = 0; i < n; i += 100) {
+      await Promise.all(Array.from({ length: Math.min(100, n - i) }, (_, k) => raw.put(`${prefix}volume-fence/${i + k + 1}`).value(String(i + k + 7))));
+    }
+    // A key just past the prefix must not be listed.
+    await raw.put(`${prefix}volume-fence0`).value('x');
+    const md = new EtcdMetadata({ endpoints: [etcd.endpoint], prefix, logger });
+    try {
+      const { fences, revision } = await md.listFences();
+      expect(fences.size).toBe(n);
+      expect(fences.get(1)).toBe(7);
+      expect(fences.get(n)).toBe(n + 6);
+      expect(revision).toBeGreaterThan(0);
     } finally {
       await md.close();
     }
