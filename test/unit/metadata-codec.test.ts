@@ -1,3 +1,6 @@
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { BrokenCircuitError } from 'cockatiel';
 import { EtcdError, EtcdLeaseInvalidError, GRPCDeadlineExceededError, GRPCUnavailableError } from 'etcd3';
 import { describe, expect, it } from 'vitest';
@@ -69,6 +72,12 @@ describe('key layout', () => {
     expect(parseMoveKey('moves/12/34')).toEqual({ ringVersion: 12, volumeId: 34 });
     expect(parseMoveKey('moves/x/34')).toBeNull();
     expect(fenceIdOf('volume-fence/42')).toBe(42);
+  });
+
+  it("README's key table lists every key of the layout", () => {
+    const readme = readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'README.md'), 'utf8');
+    const missing = describeKeyLayout('/torus/').filter((d) => !readme.includes(`| \`${d.key}\` |`));
+    expect(missing.map((d) => d.key)).toEqual([]);
   });
 
   it('reports a key that is not a fence key as corrupt', async () => {
