@@ -276,15 +276,21 @@ export class ClusterNode {
       list.push(ref.index);
     }
     for (const [volumeId, indexes] of byVolume) {
-      indexes.sort((a, b) => a - b);
-      await this.deps.metadata.addStale(volumeId, this.uuid, { ranges: indexesToRanges([...new Set(indexes)]) });
+      try {
+        await this.deps.metadata.addStale(volumeId, this.uuid, { ranges: indexesToRanges(indexes) });
+      } catch (err) {
+        // A deleted volume: its blocks are garbage, nothing to protect.
+        if (!isTorusError(err, 'TORUS_ERR_VOLUME_NOT_FOUND')) throw err;
+      }
     }
     if (byVolume.size > 0) this.log.warn({ volumes: byVolume.size, blocks: [...byVolume.values()].reduce((s, l) => s + l.length, 0) }, 'blocks written before an unclean stop are recorded stale until compared with another copy');
   }
 
   private reportSuspect(ref: BlockRef, why: string): void {
     this.log.warn({ volumeId: ref.volumeId, block: ref.index, why }, 'a local copy became suspect; recording it stale');
-    void this.deps.metadata.addStale(ref.volumeId, this.uuid, { ranges: [[ref.index, ref.index + 1]] }).catch((err) => this.log.warn({ err }, 'could not record a suspect block in etcd (it stays refused here)'));
+    void this.deps.metadata.addStale(ref.volumeId, this.uuid, { ranges: [[ref.index, ref.index + 1]] }).catch((err: unknown) => {
+      if (!isTorusError(err, 'TORUS_ERR_VOLUME_NOT_FOUND')) this.log.warn({ err }, 'could not record a suspect block in etcd (it stays refused here)');
+    });
   }
 
   private async onSessionLost(): Promise<void> {
