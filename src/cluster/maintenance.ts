@@ -53,7 +53,8 @@ export class Maintenance {
     for (const v of volumes) {
       if (await this.opts.node.volumes.writes(v.id)) continue;
       const peers = [...(stalePeers.get(v.id) ?? [])];
-      const catchUp = peers.some((p) => ctx.health.usable(p) && ctx.replica(p) !== null);
+      const catchUp =
+        peers.some((p) => ctx.health.usable(p) && ctx.replica(p) !== null) || ring.members.some((m) => ctx.health.usable(m.uuid) && ctx.suspectVolumesOf(m.uuid).includes(v.id));
       const move = ring.transition?.phase === 'moving' && !moved.has(v.id);
       const h = checked.get(v.id);
       // A check at the current ring version backs `Balanced: true`; a deep scrub repeats at the interval.

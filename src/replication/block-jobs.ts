@@ -53,6 +53,7 @@ export class VolumeJobs {
       this.log.debug({ err }, 'could not refresh stale records; working from memory');
     }
     await this.catchUp(report);
+    await this.repairSuspects(report);
     await this.move(report);
     if (opts.scrub === true || this.scrubDue()) await this.scrub(report);
     const stats = this.c.ctx.stats;
@@ -114,6 +115,34 @@ export class VolumeJobs {
       }
       report.caughtUp += copied;
       if (copied > 0) this.log.info({ peer, blocks: copied, of: indexes.length, whole: missed === 'all' }, 'caught a replica up');
+    }
+  }
+
+  /**
+   * Copies a peer marked suspect (an unclean stop, a checksum failure, a
+   * gap), found through the volumes its peer record names: each is
+   * compared with a current copy, confirmed in place if equal, replaced
+   * otherwise (or adopted, if every copy is suspect).
+   */
+  private async repairSuspects(report: { repaired: number; pending: number }): Promise<void> {
+    const c = this.c;
+    const ring = c.ctx.ring();
+    const peers = [...ring.members.map((m) => m.uuid), ...(ring.transition?.from.members.map((m) => m.uuid) ?? [])];
+    for (const peer of new Set(peers)) {
+      if (!c.ctx.suspectVolumesOf(peer).includes(c.volume.id)) continue;
+      const blocks = await this.listAll(peer);
+      if (blocks === null) {
+        report.pending++;
+        continue;
+      }
+      for (const b of blocks) {
+        if (!b.suspect || c.isClosed || c.fencedBy) continue;
+        const r = await c.syncBlock(b.ref.index, [peer], this.budget, (fixed) => {
+          if (fixed.includes(peer) && c.stale.isStale(peer, b.ref.index)) void c.stale.clear(peer, [b.ref.index], c.currentToken).catch(() => undefined);
+        });
+        if (r.fixed.includes(peer)) report.repaired++;
+        else report.pending++;
+      }
     }
   }
 

@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { isTorusError, TorusError } from '../errors/torus-error.js';
 import type { VolumeLock } from '../metadata/metadata-service.js';
-import { compareCopies, type BlockMeta } from '../model/block-meta.js';
+import { ABSENT_META, compareCopies, type BlockMeta } from '../model/block-meta.js';
 import { blockRef, type BlockRef } from '../model/block-ref.js';
 import type { ChangeStamp, ReplicaApi } from '../model/replica-api.js';
 import type { VolumeRecord } from '../model/records.js';
@@ -524,11 +524,10 @@ export class VolumeCoordinator {
           }
           if (kind === 'fenced') throw err;
           if (kind === 'peer') this.ctx.health.failed(u);
-          else {
-            // The copy is bad (suspect, checksum): never read it again until caught up.
-            e.holders.delete(u);
-            await this.stale.record(u, [index]);
-          }
+          // A suspect or corrupt copy (the replica marked it suspect): not
+          // read again; learning the block again records it behind, or
+          // adopts a copy if every one is suspect.
+          else e.holders.delete(u);
           this.log.debug({ err, block: index, peer: u }, 'replica read failed; trying the next');
         }
       }
@@ -596,12 +595,22 @@ export class VolumeCoordinator {
         if (newest === null || compareCopies(m, newest) > 0) newest = m;
       }
       const floor = previous?.floor ?? VERSION_ABSENT;
-      if (newest === null || newest.version < floor) {
+      if (newest === null && trusted.length > 0 && trusted.every((u) => metas.got.get(u)?.suspect === true)) {
+        // Every trusted copy is suspect: every owner stopped uncleanly (a
+        // power loss of all of them). Each holds everything it was flushed
+        // with; adopt the newest that passes its checksums.
+        newest = await this.adopt(ref, trusted, metas.got);
+        if (newest !== null) {
+          this.log.warn({ block: index, version: newest.version }, 'every copy of the block was suspect; adopted the newest one that checks out (unflushed changes may be lost, as after a power loss)');
+          if (previous !== undefined) previous.floor = VERSION_ABSENT;
+        }
+      }
+      if (newest === null || newest.version < (previous?.floor ?? floor)) {
         // Never back in time: owners that answered with less than this
         // coordinator already acknowledged or returned are behind.
         const behind = trusted.filter((u) => {
           const m = metas.got.get(u);
-          return m !== undefined && (m.suspect || m.version < floor);
+          return m !== undefined && !m.suspect && m.version < floor;
         });
         await Promise.all(behind.map((u) => this.stale.record(u, [index])));
         throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: no owner with its newest copy answered`, {
@@ -632,6 +641,51 @@ export class VolumeCoordinator {
       this.blocks.set(e);
       return e;
     }
+  }
+
+  /**
+   * Adopts the best suspect copy when every trusted owner's copy is
+   * suspect: the newest (by its recorded version) that passes a full
+   * checksum check is confirmed in place at a fresh version of ours, so
+   * that copies stay comparable by version; the others are then behind and
+   * caught up from it. Copies lost outright (suspect and absent) leave the
+   * block absent. Null when none can be adopted.
+   */
+  private async adopt(ref: BlockRef, trusted: readonly string[], got: Map<string, BlockMeta>): Promise<BlockMeta | null> {
+    const candidates = trusted.map((u) => ({ u, m: got.get(u)! })).sort((a, b) => b.m.version - a.m.version);
+    const top = Math.max(0, ...candidates.map((c) => c.m.version));
+    const version = nextVersion(top, this.token);
+    if (version === null) return null;
+    for (const { u, m } of candidates) {
+      if (m.state === 'absent') continue;
+      const api = this.ctx.replica(u);
+      if (api === null) continue;
+      try {
+        const checked = await withTimeout(api.verify(this.ctx.requestContext(), ref), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `verify on peer ${u}`);
+        const digest = checked.state === 'data' ? checked.digest : 0;
+        const ok = await withTimeout(api.confirm(this.ctx.requestContext(), ref, version, digest, { token: this.token }), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `confirm on peer ${u}`);
+        if (!ok) continue;
+        const adopted: BlockMeta = { state: checked.state, version, suspect: false, digest };
+        got.set(u, adopted);
+        return adopted;
+      } catch (err) {
+        const kind = classifyFailure(err);
+        if (kind === 'fenced') throw err;
+        this.log.warn({ err, block: ref.index, peer: u }, 'a suspect copy could not be adopted');
+      }
+    }
+    if (candidates.every(({ m }) => m.state === 'absent')) {
+      // Nothing survived anywhere: the block's unflushed creation was lost.
+      for (const { u, m } of candidates) {
+        const api = this.ctx.replica(u);
+        if (api === null) return null;
+        const dropped = await withTimeout(api.drop(this.ctx.requestContext(), ref, m.version, { token: this.token }), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `drop on peer ${u}`).catch(() => false);
+        if (!dropped) return null;
+        got.set(u, ABSENT_META);
+      }
+      return ABSENT_META;
+    }
+    return null;
   }
 
   /** Metadata of one block from each reachable owner. `outdated` is the newest ring a refusal named. */
