@@ -5,7 +5,7 @@ import { ABSENT_META, compareCopies, type BlockMeta } from '../model/block-meta.
 import { blockRef, type BlockRef } from '../model/block-ref.js';
 import type { ChangeStamp, ReplicaApi } from '../model/replica-api.js';
 import type { VolumeRecord } from '../model/records.js';
-import { nextVersion, VERSION_ABSENT, type Version } from '../model/version.js';
+import { makeVersion, SEQ_MAX, VERSION_ABSENT, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
 import { withTimeout } from '../util/timeout.js';
 import { BlockOrder } from './block-order.js';
@@ -79,6 +79,12 @@ export class VolumeCoordinator {
   private movedIn = { ringVersion: 0, blocks: new Set<number>(), all: false };
   private fenced: TorusError | null = null;
   private closed = false;
+  /**
+   * Changes this coordinator made under its current token, across all
+   * blocks: a version is (token, seq), so no two changes it makes to any
+   * block ever share a version, even after it forgot a block's history.
+   */
+  private seq = 0;
 
   private constructor(opts: CoordinatorOptions) {
     this.ctx = opts.ctx;
@@ -124,6 +130,7 @@ export class VolumeCoordinator {
   async renewToken(lock: VolumeLock): Promise<void> {
     assert(lock.token > this.token, 'a renewed lock has a newer token');
     this.token = lock.token;
+    this.seq = 0;
     this.fenced = null;
     await this.publishToken();
   }
@@ -292,8 +299,7 @@ export class VolumeCoordinator {
       // block no trusted owner holds leaves no tombstone behind).
       if (change.kind === 'zero' && !whole && e.state !== 'data') return this.checkLease();
       if (change.kind === 'zero' && whole && change.punch && e.state === 'absent') return this.checkLease();
-      const version = nextVersion(e.version, this.token);
-      if (version === null) throw new TorusError('TORUS_ERR_VERSION_EXHAUSTED', `block ${index} of ${this.volume.name} changed 2^32 - 1 times under token ${this.token}`);
+      const version = this.nextVersion(e.version);
       const stamp: ChangeStamp = { token: this.token, version, prev: e.version };
       // Assigned and sent in the same turn: concurrent changes to one block
       // leave in version order on every connection.
@@ -301,6 +307,7 @@ export class VolumeCoordinator {
       e.state = change.kind === 'zero' && whole && change.punch ? 'zero' : 'data';
       e.digest = null;
       e.pins++;
+      e.inflight++;
       const done = this.send(e, ref, change, stamp, fua);
       if (this.writeLevel === 'all') {
         await done.finished;
@@ -315,11 +322,20 @@ export class VolumeCoordinator {
         this.background.add(tracked);
         void tracked.finally(() => this.background.delete(tracked));
       }
-      if (e.floor < version) e.floor = version;
       this.checkLease();
     } finally {
       release();
     }
+  }
+
+  /** The next version of this coordinator: (token, seq), newer than `prev`. */
+  private nextVersion(prev: Version): Version {
+    if (this.seq >= SEQ_MAX) {
+      throw new TorusError('TORUS_ERR_VERSION_EXHAUSTED', `volume ${this.volume.name}: 2^32 - 1 changes under token ${this.token}; it must be opened again to take a new token`);
+    }
+    const version = makeVersion(this.token, ++this.seq);
+    assert(version > prev, 'a new version is newer than the one it builds on');
+    return version;
   }
 
   /**
@@ -396,7 +412,7 @@ export class VolumeCoordinator {
       // Every owner that must have the change and did not take it is
       // recorded stale before anything is acknowledged.
       for (const u of acked) {
-        e.holders.set(u, stamp.version);
+        if ((e.holders.get(u) ?? VERSION_ABSENT) < stamp.version) e.holders.set(u, stamp.version);
         if (!fua) {
           let s = this.unflushed.get(u);
           if (s === undefined) this.unflushed.set(u, (s = new Set()));
@@ -431,7 +447,13 @@ export class VolumeCoordinator {
         this.log.debug({ block: e.index, missed }, 'degraded change: the owners that missed it are recorded stale');
       }
     })();
-    const settled = finished.finally(() => this.unpin(e.index));
+    const settled = finished.then(() => {
+      if (e.committed < stamp.version) e.committed = stamp.version;
+    });
+    void settled.then(
+      () => this.settledOne(e),
+      () => this.settledOne(e),
+    );
     settled.then(
       () => earlyResolve(),
       (err: unknown) => earlyReject(err),
@@ -440,6 +462,28 @@ export class VolumeCoordinator {
     early.catch(() => undefined);
     settled.catch(() => undefined);
     return { early, finished: settled };
+  }
+
+  /** One change to the block settled (either way). */
+  private settledOne(e: BlockEntry): void {
+    e.inflight--;
+    this.unpin(e.index);
+    if (e.inflight === 0 && e.drained !== null) {
+      const d = e.drained;
+      e.drained = null;
+      d.resolve();
+    }
+  }
+
+  /** Resolves once no change to the block is in flight. */
+  private drain(e: BlockEntry): Promise<void> {
+    if (e.inflight === 0) return Promise.resolve();
+    if (e.drained === null) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => (resolve = r));
+      e.drained = { promise, resolve };
+    }
+    return e.drained.promise;
   }
 
   /** A change failed half way: owners may disagree. Kept in memory (with its floor) until learnt again. */
@@ -508,12 +552,14 @@ export class VolumeCoordinator {
         try {
           const reply = await withTimeout(api.read(this.ctx.requestContext(), this.refOf(index), offset, length), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `read on peer ${u}`);
           this.ctx.health.succeeded(u);
-          if (reply.meta.version === e.version) {
-            if (e.floor < e.version) e.floor = e.version;
+          const need = Math.max(e.committed, e.floor);
+          if (reply.meta.version >= need) {
+            // Never back in time: later reads return at least this.
+            if (e.floor < reply.meta.version) e.floor = reply.meta.version;
             return reply.data;
           }
-          // Not what it was known to hold: it lost or missed something.
-          this.log.warn({ block: index, peer: u, have: reply.meta.version, want: e.version }, 'replica does not hold the version it was known to hold; recording it stale');
+          // Less than it was known to hold: it lost or missed something.
+          this.log.warn({ block: index, peer: u, have: reply.meta.version, want: need }, 'replica does not hold the version it was known to hold; recording it stale');
           e.holders.delete(u);
           await this.stale.record(u, [index]);
         } catch (err) {
@@ -540,7 +586,8 @@ export class VolumeCoordinator {
   /** Owners a read may use for the block: trusted under the phase and known to hold its newest version, the local one first. */
   trustedHolders(e: BlockEntry, owners: BlockOwners): string[] {
     const trusted = this.trustedOwners(e.index, owners);
-    const out = trusted.filter((u) => e.holders.get(u) === e.version);
+    const need = Math.max(e.committed, e.floor);
+    const out = trusted.filter((u) => (e.holders.get(u) ?? VERSION_ABSENT) >= need && e.holders.has(u));
     const self = this.ctx.selfUuid;
     const i = self === null ? -1 : out.indexOf(self);
     if (i > 0) {
@@ -572,7 +619,9 @@ export class VolumeCoordinator {
     if (e !== undefined && !e.unsure && !opts.fresh) return Promise.resolve(e);
     let p = this.reconciling.get(index);
     if (p === undefined) {
-      p = this.reconcile(index, e).finally(() => this.reconciling.delete(index));
+      // Learning while changes are in flight could settle below them: wait.
+      const ready = e === undefined ? Promise.resolve() : this.drain(e);
+      p = ready.then(() => this.reconcile(index, e)).finally(() => this.reconciling.delete(index));
       this.reconciling.set(index, p);
     }
     return p;
@@ -617,8 +666,22 @@ export class VolumeCoordinator {
           details: { block: index, asked: owners.all, trusted },
         });
       }
-      const e: BlockEntry = previous ?? { index, version: VERSION_ABSENT, state: 'absent', digest: null, floor: VERSION_ABSENT, holders: new Map(), metas: new Map(), unsure: false, pins: 0 };
+      const e: BlockEntry = previous ?? {
+        index,
+        version: VERSION_ABSENT,
+        committed: VERSION_ABSENT,
+        inflight: 0,
+        drained: null,
+        state: 'absent',
+        digest: null,
+        floor: VERSION_ABSENT,
+        holders: new Map(),
+        metas: new Map(),
+        unsure: false,
+        pins: 0,
+      };
       e.version = newest.version;
+      e.committed = newest.version;
       e.state = newest.state;
       e.digest = newest.state === 'data' ? newest.digest : 0;
       e.holders.clear();
@@ -654,8 +717,7 @@ export class VolumeCoordinator {
   private async adopt(ref: BlockRef, trusted: readonly string[], got: Map<string, BlockMeta>): Promise<BlockMeta | null> {
     const candidates = trusted.map((u) => ({ u, m: got.get(u)! })).sort((a, b) => b.m.version - a.m.version);
     const top = Math.max(0, ...candidates.map((c) => c.m.version));
-    const version = nextVersion(top, this.token);
-    if (version === null) return null;
+    const version = this.nextVersion(top);
     for (const { u, m } of candidates) {
       if (m.state === 'absent') continue;
       const api = this.ctx.replica(u);
