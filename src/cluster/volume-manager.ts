@@ -174,7 +174,8 @@ export class VolumeManager {
       if (ov.mode === 'rw' && !ov.lockLost) await ov.volume.flush();
     } finally {
       await ov.coordinator?.close();
-      if (ov.lock && !ov.lockLost) await ov.lock.release().catch((err) => this.log.warn({ err, volume: ov.name }, 'releasing the volume lock failed; it ends with the lease'));
+      const lock = ov.coordinator?.currentLock ?? ov.lock;
+      if (lock && !ov.lockLost) await lock.release().catch((err) => this.log.warn({ err, volume: ov.name }, 'releasing the volume lock failed; it ends with the lease'));
       this.log.info({ volume: ov.name, mode: ov.mode }, 'volume closed');
     }
   }

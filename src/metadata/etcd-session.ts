@@ -301,6 +301,31 @@ class EtcdVolumeLock implements VolumeLock {
     return decodeVolumeLockRecord(prefix + this.key, kv.value.toString('utf8')).token === this.token;
   }
 
+  async renew(): Promise<VolumeLock> {
+    const { ns, call, prefix } = this.deps;
+    const fenceKey = volumeFenceKey(this.volume.id);
+    for (let attempt = 0; attempt < LOCK_ATTEMPTS_MAX; attempt++) {
+      const fRes = await call(`get ${prefix}${fenceKey}`, () => ns.get(fenceKey).exec());
+      const fKv = fRes.kvs[0];
+      const token = decodeCounter(prefix + fenceKey, fKv ? fKv.value.toString('utf8') : null) + 1;
+      const record: VolumeLockRecord = { schema: 1, volumeId: this.volume.id, holder: this.holder, token, acquiredAt: new Date(this.deps.clock.now()).toISOString(), kind: this.kind };
+      const res = await call(`renew lock ${this.key}`, () =>
+        ns
+          .if(this.key, 'Lease', '==', this.leaseId)
+          .and(fenceKey, 'Mod', '==', fKv ? fKv.mod_revision : 0)
+          .then(ns.put(this.key).value(encodeRecord(record)).lease(this.leaseId), ns.put(fenceKey).value(String(token)))
+          .else(ns.get(this.key))
+          .commit(),
+      );
+      if (res.succeeded) return new EtcdVolumeLock(this.deps, this.leaseId, this.volume, record, this.key);
+      const held = res.responses[0]?.response_range.kvs[0];
+      if (held === undefined || held.lease !== this.leaseId) {
+        throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${this.volume.name}": the lock is no longer held under lease ${this.leaseId}`);
+      }
+    }
+    throw new TorusError('TORUS_ERR_CLUSTER_CONFLICT', `renew lock of volume "${this.volume.name}" lost ${LOCK_ATTEMPTS_MAX} races; retry`);
+  }
+
   async release(): Promise<void> {
     if (this.released) return;
     const { ns, call } = this.deps;

@@ -281,6 +281,22 @@ export class MemoryMetadata implements MetadataService {
     return entry !== undefined && entry.lease === leaseId && decodeVolumeLockRecord(key, entry.value).token === token;
   }
 
+  /** Keeps a lock under its lease with the next token. */
+  renewLockKey(key: string, leaseId: string, volumeId: number): VolumeLockRecord {
+    const entry = this.server.get(key);
+    if (entry === undefined || entry.lease !== leaseId) {
+      throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `the lock ${key} is no longer held under lease ${leaseId}`);
+    }
+    const old = decodeVolumeLockRecord(key, entry.value);
+    const token = this.fenceOf(volumeId) + 1;
+    const record: VolumeLockRecord = { ...old, token, acquiredAt: this.nowIso() };
+    this.server.commit([
+      { type: 'put', key, value: encodeRecord(record), lease: leaseId },
+      { type: 'put', key: volumeFenceKey(volumeId), value: String(token) },
+    ]);
+    return record;
+  }
+
   unlockKey(key: string, leaseId: string): void {
     if (this.server.get(key)?.lease === leaseId) this.server.commit([{ type: 'delete', key }]);
   }
@@ -919,6 +935,11 @@ class MemoryVolumeLock implements VolumeLock {
 
   async stillHeld(): Promise<boolean> {
     return this.md.op(`check lock ${this.key}`, () => this.md.lockKeyHeld(this.key, this.leaseId, this.token));
+  }
+
+  async renew(): Promise<VolumeLock> {
+    const record = await this.md.op(`renew ${this.key}`, () => this.md.renewLockKey(this.key, this.leaseId, this.volume.id));
+    return new MemoryVolumeLock(this.md, this.leaseId, this.volume, record, this.key);
   }
 
   async release(): Promise<void> {

@@ -166,6 +166,15 @@ export interface VolumeLock {
   readonly kind: 'writer' | 'maintainer';
   /** True while the lock key still exists under this session's lease (read from etcd). */
   stillHeld(): Promise<boolean>;
+  /**
+   * Keeps the lock and takes a newer fencing token (the volume's counter + 1),
+   * in one transaction: a coordinator that may have used every version of its
+   * token (docs/replication.md, "Versions"), or a process that took its
+   * predecessor's lock over, starts a fresh version space. The returned lock
+   * replaces this one. TORUS_ERR_VOLUME_LOCK_LOST when the lock is no longer
+   * held under this lease.
+   */
+  renew(): Promise<VolumeLock>;
   release(): Promise<void>;
 }
 

@@ -15,6 +15,9 @@ import { ownersOf, quorumOf, ringPeers, type BlockOwners } from './owners.js';
 import type { WriteLevel } from './settings.js';
 import { StaleBook } from './stale-book.js';
 
+/** Versions left under a token when the coordinator renews it (changes in flight meanwhile still fit). */
+const SEQ_RENEW_MARGIN = 1 << 20;
+
 /** How a replica's refusal or silence is taken. */
 type Failure = 'outdated' | 'fenced' | 'peer' | 'block';
 
@@ -64,6 +67,8 @@ export class VolumeCoordinator {
   readonly blocks: BlockTable;
   readonly log: Logger;
   private token: number;
+  private lock: VolumeLock;
+  private renewing: Promise<void> | null = null;
   readonly kind: 'writer' | 'maintainer';
   private readonly writeLevel: WriteLevel;
   private readonly reconciling = new Map<number, Promise<BlockEntry>>();
@@ -90,6 +95,7 @@ export class VolumeCoordinator {
     this.ctx = opts.ctx;
     this.volume = opts.volume;
     this.token = opts.lock.token;
+    this.lock = opts.lock;
     this.kind = opts.lock.kind;
     this.writeLevel = opts.writeLevel ?? opts.ctx.settings.writeLevel;
     this.log = opts.ctx.logger.child({ module: 'coordinator', volume: opts.volume.name, volumeId: opts.volume.id, role: opts.lock.kind });
@@ -126,9 +132,15 @@ export class VolumeCoordinator {
     return blockRef(this.volume.id, this.volume.generation, index);
   }
 
-  /** A lock taken again after a lost lease comes with a newer token. */
+  /** The lock this coordinator holds now (renewals replace it). */
+  get currentLock(): VolumeLock {
+    return this.lock;
+  }
+
+  /** A lock taken again after a lost lease, or renewed, comes with a newer token. */
   async renewToken(lock: VolumeLock): Promise<void> {
     assert(lock.token > this.token, 'a renewed lock has a newer token');
+    this.lock = lock;
     this.token = lock.token;
     this.seq = 0;
     this.fenced = null;
@@ -290,6 +302,7 @@ export class VolumeCoordinator {
 
   private async change(index: number, change: Change, fua: boolean): Promise<void> {
     this.checkUsable();
+    if (this.seq >= SEQ_MAX - SEQ_RENEW_MARGIN) await this.renewVersionSpace();
     const release = await this.order.shared(index);
     try {
       const e = await this.touch(index);
@@ -326,6 +339,22 @@ export class VolumeCoordinator {
     } finally {
       release();
     }
+  }
+
+  /**
+   * Nearly every version of the token is used: keep the lock and take the
+   * next token (docs/replication.md, "Versions"). Changes already under way
+   * keep their versions; later ones use the new token.
+   */
+  private renewVersionSpace(): Promise<void> {
+    if (this.renewing === null) {
+      this.renewing = (async () => {
+        const lock = await this.lock.renew();
+        this.log.info({ token: lock.token, previous: this.token }, 'fencing token renewed: the versions of the old one are nearly used up');
+        await this.renewToken(lock);
+      })().finally(() => (this.renewing = null));
+    }
+    return this.renewing;
   }
 
   /** The next version of this coordinator: (token, seq), newer than `prev`. */

@@ -522,6 +522,23 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       for (const stop of stops) await stop();
     });
 
+    it('renew keeps a lock and hands out the next token; a lock lost with its lease cannot be renewed', async () => {
+      await initialised();
+      await md.createVolume('renewed', MiB);
+      const s = await session();
+      const first = await s.lockVolume('renewed', 'writer one');
+      const second = await first.renew();
+      expect(second.token).toBe(first.token + 1);
+      expect(second.kind).toBe('writer');
+      expect(await md.getFence(first.volume.id)).toBe(second.token);
+      expect(await second.stillHeld()).toBe(true);
+      expect(await first.stillHeld()).toBe(false);
+      const other = await session();
+      await expect(other.lockVolume('renewed', 'writer two')).rejects.toMatchObject({ code: 'TORUS_ERR_VOLUME_IN_USE' });
+      await s.close();
+      await expect(second.renew()).rejects.toMatchObject({ code: 'TORUS_ERR_VOLUME_LOCK_LOST' });
+    });
+
     it('maintenance locks: one maintainer, no writer; a writer overrides it with a newer token', async () => {
       await initialised();
       const vol = await md.createVolume('pad', MiB);
