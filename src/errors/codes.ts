@@ -58,6 +58,21 @@ export const ERROR_CODES = {
   TORUS_ERR_HTTP_NOT_FOUND: 'torusd has no HTTP endpoint at that method and path',
   TORUS_ERR_HTTP_REQUEST_INVALID: 'an HTTP request to torusd was malformed or too large',
 
+  // FlexVolume driver (src/k8s/flex, native/flex).
+  TORUS_ERR_FLEX_REQUEST_INVALID: 'a FlexVolume call is malformed: bad JSON, a missing volume option, a bad target path',
+  TORUS_ERR_FLEX_UNREACHABLE: 'the FlexVolume driver could not reach torusd on this node (or torusd answered nonsense)',
+  TORUS_ERR_FLEX_ATTACH_UNAVAILABLE: 'this torusd has no kernel attach, so FlexVolume mounts cannot work',
+  TORUS_ERR_FLEX_FS_TYPE_UNSUPPORTED: 'the pod asks for a filesystem type torus does not make (ext4, ext3, xfs)',
+  TORUS_ERR_FLEX_FS_MISMATCH: 'the volume holds another filesystem type than the pod asks for; nothing was changed',
+  TORUS_ERR_FLEX_FS_MISSING: 'the volume was formatted before but shows no filesystem now; torus refuses to format it again',
+  TORUS_ERR_FLEX_NOT_FORMATTED_RO: 'a read-only mount of a volume that has no filesystem yet (mount it read-write once first)',
+  TORUS_ERR_FLEX_PROBE_AMBIGUOUS: 'blkid found data on the volume that is not one known filesystem; neither mkfs nor mount',
+  TORUS_ERR_FLEX_DEVICE_READ: 'the attached device could not be read or probed, so it is not proven empty; no mkfs',
+  TORUS_ERR_FLEX_MODE_CONFLICT: 'the volume is attached read-only on this node and a read-write mount was asked for',
+  TORUS_ERR_FLEX_MOUNT_FAILED: 'mkfs, mount or unmount failed on the node, or the target is already a mount point',
+  TORUS_ERR_FLEX_NOT_TORUS_MOUNT: 'unmount of a directory that holds a mount torus did not make',
+  TORUS_ERR_FLEX_STATE: "the node's record of its FlexVolume attachments is unreadable",
+
   // Internal.
   TORUS_ERR_ASSERTION: 'an internal invariant was broken (a bug)',
   TORUS_ERR_TIMEOUT: 'an operation did not finish within its time limit',

@@ -1,0 +1,37 @@
+import { TorusError } from '../../errors/torus-error.js';
+
+/**
+ * What the FlexVolume driver needs from kernel attach (src/attach/, part A of
+ * the kernel work): a volume as a local block device, and that device gone
+ * again. The attachment's long-lived side (the NBD connection the kernel
+ * talks to) lives in torusd, which outlives every driver call; the driver
+ * processes kubelet runs are gone within the call. That is why torus needs
+ * no systemd unit or D-Bus call on the node (Torus did, and failed on GKE).
+ */
+export interface AttachOptions {
+  /** A read-only device: the kernel refuses writes, and no volume lock is taken. */
+  readonly readOnly: boolean;
+  /** etcd of the cluster that holds the volume; null means the local torusd's cluster. */
+  readonly etcd: readonly string[] | null;
+}
+
+export interface Attacher {
+  /** Attaches and resolves with the device path (e.g. /dev/nbd0); throws a TorusError (e.g. TORUS_ERR_VOLUME_IN_USE) when it cannot. */
+  attach(volume: string, opts: AttachOptions): Promise<{ device: string }>;
+  /** Detaches; resolves too when the device is no longer attached. */
+  detach(device: string): Promise<void>;
+}
+
+/**
+ * The attacher of a torusd built without kernel attach: every mount fails
+ * with a message that says so, instead of pretending.
+ */
+export function unavailableAttacher(reason: string): Attacher {
+  const fail = (): never => {
+    throw new TorusError('TORUS_ERR_FLEX_ATTACH_UNAVAILABLE', reason);
+  };
+  return {
+    attach: async () => fail(),
+    detach: async () => fail(),
+  };
+}
