@@ -4,10 +4,28 @@ import '../src/daemon/threadpool.js';
 import { Command, Option } from 'commander';
 import pino from 'pino';
 import { NbdGateway } from '../src/client/nbd-gateway.js';
+import { runFlexDriver } from '../src/k8s/flex/client.js';
+import { DEFAULT_FLEX_SOCKET, FLEX_SOCKET_ENV } from '../src/k8s/flex/protocol.js';
 import { parseHostPort } from '../src/daemon/config.js';
 import { defaultEtcdEndpoint } from '../src/model/defaults.js';
 import { TorusError } from '../src/errors/torus-error.js';
 import { VERSION } from '../src/version.js';
+
+/**
+ * `torusblk flex <call> [args...]`: the FlexVolume driver for nodes that have
+ * Node.js (the static C driver in native/flex/ is what DROP_MOUNT_BIN
+ * installs). kubelet reads stdout and stderr combined as one JSON object, so
+ * this path bypasses commander (whose errors and help go to stderr) and
+ * silences Node's own warnings.
+ */
+async function flexMain(argv: string[]): Promise<never> {
+  process.removeAllListeners('warning');
+  const socket = process.env[FLEX_SOCKET_ENV] || DEFAULT_FLEX_SOCKET;
+  const out = await runFlexDriver(argv, socket);
+  process.stdout.write(out.stdout, () => process.exit(out.code));
+  return new Promise<never>(() => undefined);
+}
+if (process.argv[2] === 'flex') await flexMain(process.argv.slice(3));
 
 const program = new Command('torusblk')
   .description('torus block clients: serve volumes over NBD from any machine that reaches the cluster.')
@@ -46,6 +64,17 @@ program
     };
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
+  });
+
+program
+  .command('flex')
+  .description(
+    `The kubelet FlexVolume driver (coreos.com/torus): init, mount DIR JSON, unmount DIR; one JSON object on stdout. mount and unmount go to the node's torusd over its unix socket (env ${FLEX_SOCKET_ENV}, default ${DEFAULT_FLEX_SOCKET}). Must be the first argument: torusblk flex init`,
+  )
+  .argument('[call...]')
+  .allowUnknownOption()
+  .action(async (call: string[]) => {
+    await flexMain(call);
   });
 
 await program.parseAsync();

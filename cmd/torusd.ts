@@ -23,6 +23,8 @@ const program = new Command('torusd')
   .addOption(new Option('--auto-join', 'add this peer to the ring if it is not a member (env AUTO_JOIN=1)'))
   .addOption(new Option('--debug-init', 'initialise the cluster with defaults if etcd holds none (env DEBUG_INIT=1)'))
   .addOption(new Option('--cluster-secret-file <file>', 'file holding the shared secret peers authenticate with (env TORUS_CLUSTER_SECRET_FILE)'))
+  .addOption(new Option('--flex-socket <path>', 'serve the FlexVolume driver on this unix socket, e.g. /run/torus/flex.sock (env TORUS_FLEX_SOCKET; default off)'))
+  .addOption(new Option('--flex-state-dir <dir>', `FlexVolume attachments record and staging mounts (default ${DEFAULTS.flexStateDir})`))
   .addOption(new Option('--debug', 'log data-path detail (env DEBUG=1)'))
   .showHelpAfterError('(run torusd --help for usage)')
   .configureOutput({ outputError: (str, write) => write(str.split('\n')[0] + '\n') });

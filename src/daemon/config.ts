@@ -19,6 +19,8 @@ export interface DaemonFlags {
   debugInit?: boolean;
   debug?: boolean;
   clusterSecretFile?: string;
+  flexSocket?: string;
+  flexStateDir?: string;
 }
 
 export interface DaemonConfig {
@@ -33,6 +35,8 @@ export interface DaemonConfig {
   readonly debugInit: boolean;
   readonly debug: boolean;
   readonly clusterSecretFile: string | null;
+  /** The FlexVolume driver's unix socket and state folder; null: no FlexVolume service. */
+  readonly flex: { readonly socket: string; readonly stateDir: string } | null;
 }
 
 export const DEFAULTS = {
@@ -43,6 +47,8 @@ export const DEFAULTS = {
   httpPort: 4321,
   peerPort: 40000,
   nbdAddress: '127.0.0.1:10809',
+  /** Under kubelet's own plugin folder, so staging mounts propagate to the host and outlive a torusd container. */
+  flexStateDir: '/var/lib/kubelet/plugins/coreos.com~torus',
 } as const;
 
 export function resolveDaemonConfig(flags: DaemonFlags, env: Record<string, string | undefined>): DaemonConfig {
@@ -63,7 +69,18 @@ export function resolveDaemonConfig(flags: DaemonFlags, env: Record<string, stri
     debugInit: flags.debugInit ?? truthy(env.DEBUG_INIT),
     debug: flags.debug ?? truthy(env.DEBUG),
     clusterSecretFile: flags.clusterSecretFile ?? env.TORUS_CLUSTER_SECRET_FILE ?? null,
+    flex: resolveFlex(flags, env),
   };
+}
+
+function resolveFlex(flags: DaemonFlags, env: Record<string, string | undefined>): DaemonConfig['flex'] {
+  const socket = flags.flexSocket ?? (env.TORUS_FLEX_SOCKET || undefined);
+  if (socket === undefined) return null;
+  const stateDir = flags.flexStateDir ?? DEFAULTS.flexStateDir;
+  for (const [flag, p] of [['--flex-socket', socket], ['--flex-state-dir', stateDir]] as const) {
+    if (!p.startsWith('/')) throw new TorusError('TORUS_ERR_ARG_INVALID', `${flag} "${p}": expected an absolute path`);
+  }
+  return { socket, stateDir };
 }
 
 function truthy(v: string | undefined): boolean {

@@ -24,6 +24,8 @@ import type { DaemonConfig } from './config.js';
 import { bindDataDirToCluster, claimDataDir, loadOrCreatePeerId, readLeaseFile, releaseDataDir, writeLeaseFile } from './identity.js';
 import { DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_REPLICATION } from '../model/defaults.js';
 import { VERSION } from '../version.js';
+import { unavailableAttacher } from '../k8s/flex/attacher.js';
+import { startFlexService } from '../k8s/flex/service.js';
 
 /** Lease TTL of the peer record and volume locks (Torus used 30 s). */
 const LEASE_TTL_SECONDS = 30;
@@ -64,6 +66,7 @@ export class TorusDaemon {
   private stopping = false;
   private etcdHealthy = false;
   private reconnecting = false;
+  private flex: { close(): Promise<void> } | null = null;
 
   constructor(
     private readonly config: DaemonConfig,
@@ -148,6 +151,19 @@ export class TorusDaemon {
     const httpAddr = this.http.server.address();
     this.addresses.http = `${cfg.http.host}:${typeof httpAddr === 'object' && httpAddr ? httpAddr.port : cfg.http.port}`;
 
+    if (cfg.flex) {
+      // The FlexVolume driver's requests (src/k8s/flex): a unix socket only.
+      // Kernel attach (src/attach) is not in this build yet, so mounts fail
+      // with TORUS_ERR_FLEX_ATTACH_UNAVAILABLE rather than pretend.
+      this.flex = await startFlexService({
+        socketPath: cfg.flex.socket,
+        stateDir: cfg.flex.stateDir,
+        localEtcd: cfg.etcdEndpoints,
+        attacher: unavailableAttacher('this torusd has no kernel attach (src/attach) yet: FlexVolume mounts need it'),
+        logger: this.root,
+      });
+    }
+
     this.every(HEARTBEAT_MS, () => this.heartbeat());
     // Deletions free space at once; the periodic run catches deletions made
     // while this peer was down or its watch was disconnected.
@@ -171,6 +187,7 @@ export class TorusDaemon {
         this.log.error({ err, step: what }, 'shutdown step failed');
       }
     };
+    if (this.flex) await step('flex', () => this.flex!.close());
     if (this.nbd) await step('nbd', () => this.nbd.close());
     if (this.volumes) await step('volumes', () => this.volumes.closeAll());
     if (this.http) await step('http', () => this.http.close());

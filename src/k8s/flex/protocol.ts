@@ -65,9 +65,13 @@ export function failure(err: unknown): FlexResult {
   return { status: 'Failure', message: `TORUS_ERR_ASSERTION: ${err instanceof Error ? err.message : String(err)}` };
 }
 
-/** The one line the driver prints. */
+/**
+ * The one line the driver prints. `status` always comes first: the C driver
+ * checks `{"status":"Success"` against the exit code without a JSON parser.
+ */
 export function formatResult(result: FlexResult): string {
-  return JSON.stringify(result);
+  const { status, ...rest } = result;
+  return JSON.stringify({ status, ...rest });
 }
 
 export function encodeRequest(argv: readonly string[]): Buffer {
