@@ -58,6 +58,8 @@ TOOLS=(
   fusermount3:fuse3
   nbd-client:nbd-client
   nbd-server:nbd-server
+  busybox:busybox-static
+  gcc:gcc
 )
 missing_pkgs=()
 for pair in "${TOOLS[@]}"; do
@@ -131,9 +133,10 @@ fi
 
 STAMP=dist/.build-stamp
 ADDON=native/build/Release/torus_native.node
+FLEX=native/build/flex/torus
 need_build=""
-if [ ! -e "$STAMP" ] || [ ! -e "$ADDON" ]; then
-  need_build="dist/ or the native addon is missing"
+if [ ! -e "$STAMP" ] || [ ! -e "$ADDON" ] || [ ! -e "$FLEX" ]; then
+  need_build="dist/, the native addon or the FlexVolume driver is missing"
 else
   inputs=()
   for p in cmd src native package.json package-lock.json tsconfig.json; do
@@ -146,5 +149,6 @@ if [ -n "$need_build" ]; then
   say "building with npm run build ($need_build)"
   run_quiet "npm run build" npm run build
   [ -e "$ADDON" ] || die "npm run build did not produce $ADDON"
+  [ -e "$FLEX" ] || die "npm run build did not produce $FLEX"
   touch "$STAMP"
 fi

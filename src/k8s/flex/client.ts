@@ -60,7 +60,7 @@ export async function runFlexDriver(argv: readonly string[], socketPath: string,
       socket.destroy();
       resolve(o);
     };
-    const socket = net.createConnection(socketPath);
+    const socket = net.createConnection({ path: socketPath, allowHalfOpen: true });
     const timer = setTimeout(() => finish(unreachable(socketPath, `no answer within ${timeoutMs} ms`)), timeoutMs);
     socket.on('connect', () => socket.end(request));
     socket.on('data', (c: Buffer) => {

@@ -27,7 +27,9 @@ export class FlexServer {
 
   constructor(private readonly opts: FlexServerOptions) {
     this.log = opts.logger.child({ module: 'flex-server' });
-    this.server = net.createServer((s) => this.onConnection(s));
+    // allowHalfOpen: the driver half-closes after its request and waits for
+    // the reply; without it Node would close our side at the driver's FIN.
+    this.server = net.createServer({ allowHalfOpen: true }, (s) => this.onConnection(s));
     this.server.maxConnections = CONNECTIONS_MAX;
   }
 
