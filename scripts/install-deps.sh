@@ -124,6 +124,11 @@ fi
 # node-gyp builds against the installed Node headers rather than downloading
 # them; this machine's npm config usually says so, and this covers a config
 # that does not.
+# The project's own Node 24 (scripts/node24.sh) carries its headers.
+node_home=$(dirname "$(dirname "$(command -v node)")")
+if [ -z "${npm_config_nodedir:-}" ] && [ "$node_home" = "$PWD/.tools/node24" ]; then
+  export npm_config_nodedir="$node_home"
+fi
 if [ -z "${npm_config_nodedir:-}" ] && [ -f /usr/include/node/node.h ]; then
   nodedir=$(npm config get nodedir 2>/dev/null || true)
   if [ -z "$nodedir" ] || [ "$nodedir" = "undefined" ] || [ "$nodedir" = "null" ]; then

@@ -159,6 +159,7 @@ export class TorusDaemon {
         socketPath: cfg.flex.socket,
         stateDir: cfg.flex.stateDir,
         localEtcd: cfg.etcdEndpoints,
+        localClusterId: this.cluster.id,
         attacher: unavailableAttacher('this torusd has no kernel attach (src/attach) yet: FlexVolume mounts need it'),
         logger: this.root,
       });

@@ -71,6 +71,7 @@ export const ERROR_CODES = {
   TORUS_ERR_FLEX_MODE_CONFLICT: 'the volume is attached read-only on this node and a read-write mount was asked for',
   TORUS_ERR_FLEX_MOUNT_FAILED: 'mkfs, mount or unmount failed on the node, or the target is already a mount point',
   TORUS_ERR_FLEX_NOT_TORUS_MOUNT: 'unmount of a directory that holds a mount torus did not make',
+  TORUS_ERR_FLEX_FOREIGN_CLUSTER: "the pod's etcd option names another torus cluster than the node's torusd belongs to",
   TORUS_ERR_FLEX_STATE: "the node's record of its FlexVolume attachments is unreadable",
 
   // Internal.

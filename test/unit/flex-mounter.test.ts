@@ -291,3 +291,18 @@ describe('unmount', () => {
     expect(node.mounts).toHaveLength(1);
   });
 });
+
+describe('options.etcd: the volume must be in the node torusd\'s own cluster', () => {
+  it('attaches with the local torusd when the named etcd holds the same cluster id, refuses another cluster', async () => {
+    const { ownClusterOnly } = await import('../../src/k8s/flex/cluster-check.js');
+    const seen: unknown[] = [];
+    const inner = { attach: async (_v: string, o: unknown) => (seen.push(o), { device: '/dev/nbd0' }), detach: async () => undefined };
+    const ids: Record<string, string> = { '10.3.0.100:2379': 'c-1', 'other:2379': 'c-2' };
+    const a = ownClusterOnly(inner, { localClusterId: 'c-1', clusterIdAt: async (e) => ids[e.join(',')]! });
+    expect(await a.attach('pad', { readOnly: false, etcd: ['10.3.0.100:2379'] })).toEqual({ device: '/dev/nbd0' });
+    expect(await a.attach('pad', { readOnly: true, etcd: null })).toEqual({ device: '/dev/nbd0' });
+    expect(seen).toEqual([{ readOnly: false, etcd: null }, { readOnly: true, etcd: null }]);
+    await expect(a.attach('pad', { readOnly: false, etcd: ['other:2379'] })).rejects.toThrow(/TORUS_ERR_FLEX_FOREIGN_CLUSTER|holds cluster c-2, but this node's torusd belongs to cluster c-1/);
+    expect(seen).toHaveLength(2);
+  });
+});

@@ -79,6 +79,13 @@ export class EtcdFormatMarks implements FormatMarks {
     await withEtcd(c.ctx, `put ${key}`, () => c.etcd.put(key).value(body).exec());
   }
 
+  /** The cluster id etcd holds at /torus/config (the same clients serve the cluster check). */
+  async clusterId(etcd: readonly string[]): Promise<string> {
+    const config = await this.clients(etcd).metadata.getClusterConfig();
+    if (config === null) throw new TorusError('TORUS_ERR_CLUSTER_NOT_INITIALISED', `etcd ${etcd.join(',')} holds no torus cluster`);
+    return config.id;
+  }
+
   async close(): Promise<void> {
     for (const c of this.clusters.values()) {
       await c.metadata.close().catch(() => undefined);

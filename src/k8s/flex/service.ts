@@ -6,6 +6,7 @@
 import path from 'node:path';
 import type { Logger } from 'pino';
 import type { Attacher } from './attacher.js';
+import { ownClusterOnly } from './cluster-check.js';
 import { flexHandler } from './driver.js';
 import { EtcdFormatMarks } from './etcd-format-marks.js';
 import { FlexMounter } from './mounter.js';
@@ -18,6 +19,8 @@ export interface FlexServiceOptions {
   /** Holds attachments.json and the staging mounts (mounts/<volume>). */
   readonly stateDir: string;
   readonly localEtcd: readonly string[];
+  /** The cluster this torusd belongs to: pods may name its etcd by any address, never another cluster's. */
+  readonly localClusterId: string;
   readonly attacher: Attacher;
   readonly logger: Logger;
 }
@@ -25,7 +28,7 @@ export interface FlexServiceOptions {
 export async function startFlexService(opts: FlexServiceOptions): Promise<{ close(): Promise<void> }> {
   const marks = new EtcdFormatMarks({ localEtcd: opts.localEtcd, logger: opts.logger });
   const mounter = new FlexMounter({
-    attacher: opts.attacher,
+    attacher: ownClusterOnly(opts.attacher, { localClusterId: opts.localClusterId, clusterIdAt: (etcd) => marks.clusterId(etcd) }),
     system: new NodeSystem(),
     marks,
     state: new FileStateStore(opts.stateDir),
