@@ -306,3 +306,25 @@ describe('options.etcd: the volume must be in the node torusd\'s own cluster', (
     expect(seen).toHaveLength(2);
   });
 });
+
+describe('kernelAttacher: the adapter over torusd\'s attach manager', () => {
+  it('attaches with the read-only flag, and treats "not attached" as detached', async () => {
+    const { kernelAttacher } = await import('../../src/k8s/flex/attacher.js');
+    const { TorusError } = await import('../../src/errors/torus-error.js');
+    const calls: unknown[] = [];
+    const a = kernelAttacher({
+      attach: async (req) => (calls.push(req), { device: '/dev/nbd3', index: 3 }),
+      detach: async (device) => {
+        calls.push(device);
+        if (device === '/dev/nbd9') throw Object.assign(new Error('/dev/nbd9 is not attached by this torusd'), { code: 'TORUS_ERR_ATTACH_NOT_FOUND' });
+        if (device === '/dev/nbd8') throw new TorusError('TORUS_ERR_ASSERTION', 'netlink refused');
+        return { detached: true };
+      },
+    });
+    expect(await a.attach('pad', { readOnly: true, etcd: null })).toEqual({ device: '/dev/nbd3' });
+    await a.detach('/dev/nbd3');
+    await a.detach('/dev/nbd9');
+    await expect(a.detach('/dev/nbd8')).rejects.toThrow(/netlink refused/);
+    expect(calls).toEqual([{ volume: 'pad', readOnly: true }, '/dev/nbd3', '/dev/nbd9', '/dev/nbd8']);
+  });
+});

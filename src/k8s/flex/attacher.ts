@@ -35,3 +35,34 @@ export function unavailableAttacher(reason: string): Attacher {
     detach: async () => fail(),
   };
 }
+
+/**
+ * The shape of torusd's kernel attach manager (src/attach/attach-manager.ts
+ * on the kernel-attach branch), declared here structurally so this module
+ * builds before that branch is merged. Once it is, torusd passes its
+ * AttachManager to kernelAttacher() instead of unavailableAttacher().
+ */
+export interface KernelAttachManager {
+  attach(req: { volume: string; readOnly?: boolean }): Promise<{ device: string }>;
+  detach(device: string): Promise<unknown>;
+}
+
+export function kernelAttacher(manager: KernelAttachManager): Attacher {
+  return {
+    async attach(volume, opts) {
+      // options.etcd was checked to name this torusd's own cluster (cluster-check.ts).
+      const info = await manager.attach({ volume, readOnly: opts.readOnly });
+      return { device: info.device };
+    },
+    async detach(device) {
+      try {
+        await manager.detach(device);
+      } catch (err) {
+        // Detach is idempotent for the mount logic: a device this torusd no
+        // longer has attached is detached.
+        if ((err as { code?: unknown }).code === 'TORUS_ERR_ATTACH_NOT_FOUND') return;
+        throw err;
+      }
+    },
+  };
+}
