@@ -328,3 +328,15 @@ describe('kernelAttacher: the adapter over torusd\'s attach manager', () => {
     expect(calls).toEqual([{ volume: 'pad', readOnly: true }, '/dev/nbd3', '/dev/nbd9', '/dev/nbd8']);
   });
 });
+
+describe('after a node reboot', () => {
+  it('unmount of a stale record never detaches a device that now carries another mount', async () => {
+    await call('mount', POD_A, kubeletJson());
+    // Reboot: every mount is gone, and nbd0 now serves something else.
+    node.mounts = [{ dev: '43:9', root: '/', mountPoint: '/mnt/other', options: ['rw'], fsType: 'ext4', source: '/dev/nbd0' }];
+    expect(await call('unmount', POD_A)).toEqual({ status: 'Success' });
+    expect(attacher.calls.map((c) => c.op)).toEqual(['attach']);
+    expect((await state.load()).size).toBe(0);
+    expect(node.mounts).toHaveLength(1);
+  });
+});

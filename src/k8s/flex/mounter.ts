@@ -281,6 +281,14 @@ export class FlexMounter {
     }
     // The last user: unmount the volume, flush the device, detach. Each step
     // can be repeated, so a failed teardown is finished by kubelet's retry.
+    if (staging === null && table.some((m) => m.source === att.device)) {
+      // Our volume's mount is gone (a node reboot) and something else is
+      // mounted from that device name now: it is not ours to detach.
+      all.delete(key);
+      await state.save(all);
+      log.warn({}, 'the device now carries another mount; forgot the stale attachment without detaching');
+      return;
+    }
     if (staging !== null) await sys.unmount(att.staging);
     try {
       await sys.flush(att.device);
