@@ -58,6 +58,19 @@ export const ERROR_CODES = {
   TORUS_ERR_HTTP_NOT_FOUND: 'torusd has no HTTP endpoint at that method and path',
   TORUS_ERR_HTTP_REQUEST_INVALID: 'an HTTP request to torusd was malformed or too large',
 
+  // Kernel attach (torusblk nbd, torusd's attach API, native/).
+  TORUS_ERR_ATTACH_UNAVAILABLE: 'kernel attach cannot work here (no native addon, not Linux); the message says why',
+  TORUS_ERR_ATTACH_NO_MODULE: 'the kernel has no nbd driver loaded: load it with `modprobe nbd`',
+  TORUS_ERR_ATTACH_NO_DEVICE: 'no free /dev/nbdN device could be found or created',
+  TORUS_ERR_ATTACH_DEVICE_BUSY: 'the named /dev/nbdN is already connected to a server',
+  TORUS_ERR_ATTACH_PERMISSION: 'kernel attach needs root (CAP_SYS_ADMIN); permission was denied',
+  TORUS_ERR_ATTACH_KERNEL: 'the kernel refused an nbd request; the errno is named',
+  TORUS_ERR_ATTACH_NOT_FOUND: 'no attachment of this torusd uses that device',
+  TORUS_ERR_ATTACH_LOCK_LOST: 'an attachment could not keep its volume lock across a torusd restart; its device fails with EIO for good',
+  TORUS_ERR_ATTACH_STATE_CORRUPT: 'attachments.json in the data dir is not in the expected format',
+  TORUS_ERR_ATTACH_DAEMON_UNREACHABLE: "torusd's attach socket could not be reached (is torusd running with that data dir?)",
+  TORUS_ERR_ATTACH_FAULT_INJECTED: 'a test fault armed through the attach API (TORUS_FAULT_INJECTION=1) failed this request',
+
   // Internal.
   TORUS_ERR_ASSERTION: 'an internal invariant was broken (a bug)',
   TORUS_ERR_TIMEOUT: 'an operation did not finish within its time limit',
