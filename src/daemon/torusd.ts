@@ -24,6 +24,9 @@ import type { DaemonConfig } from './config.js';
 import { bindDataDirToCluster, claimDataDir, loadOrCreatePeerId, readLeaseFile, releaseDataDir, writeLeaseFile } from './identity.js';
 import { DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_REPLICATION } from '../model/defaults.js';
 import { VERSION } from '../version.js';
+import { AttachManager } from '../attach/attach-manager.js';
+import { AttachApiServer } from '../attach/api-server.js';
+import { attachSocketPath } from '../attach/api.js';
 
 /** Lease TTL of the peer record and volume locks (Torus used 30 s). */
 const LEASE_TTL_SECONDS = 30;
@@ -64,6 +67,9 @@ export class TorusDaemon {
   private stopping = false;
   private etcdHealthy = false;
   private reconnecting = false;
+  // Kernel attach (src/attach/): devices that outlive this process.
+  private attach: AttachManager | null = null;
+  private attachApi: AttachApiServer | null = null;
 
   constructor(
     private readonly config: DaemonConfig,
@@ -119,17 +125,30 @@ export class TorusDaemon {
       clock: this.clock,
     });
 
+    // Kernel attach: devices attached by the previous run keep their locks on
+    // its lease; that lease is resumed below, not revoked.
+    this.attach = new AttachManager({
+      dataDir: cfg.dataDir,
+      metadata: this.metadata,
+      volumes: this.volumes,
+      session: () => this.session,
+      uuid,
+      logger: this.root,
+      faultInjection: process.env.TORUS_FAULT_INJECTION === '1',
+    });
+    const resumeLease = await this.attach.load();
+
     // A predecessor killed with -9 left its lease (and with it the locks of
     // the volumes it served) alive for up to a TTL. It is dead (we hold its
     // data dir), so revoke it: clients can reconnect at once.
     const stale = await readLeaseFile(cfg.dataDir);
-    if (stale !== null) {
+    if (stale !== null && stale !== resumeLease) {
       await this.metadata.revokeStaleLease(stale).then(
         () => this.log.info({ lease: stale }, 'revoked the lease of the previous run'),
         (err) => this.log.warn({ err, lease: stale }, 'could not revoke the lease of the previous run; its locks expire with it'),
       );
     }
-    await this.openSession();
+    const resumed = await this.openSession(resumeLease);
     await this.refreshPeers();
     this.stopRingWatch = await this.metadata.watchRing((ring) => this.onRing(ring));
     if (cfg.autoJoin) await this.joinRing();
@@ -156,6 +175,10 @@ export class TorusDaemon {
     void this.collectGarbage();
     // The first record went out before the NBD and HTTP listeners were bound.
     await this.session?.putPeer(this.peerRecord()).catch((err) => this.log.warn({ err }, 'could not publish the peer record'));
+    // Kernel attach: take back the previous run's devices, then serve the local attach API.
+    await this.attach.resume(resumed);
+    this.attachApi = new AttachApiServer(this.attach, this.root);
+    await this.attachApi.listen(attachSocketPath(cfg.dataDir));
     this.log.info({ uuid, peer: this.addresses.peer, nbd: this.addresses.nbd, http: this.addresses.http, capacity: this.capacity, blockSize: this.cluster.blockSize }, 'torusd ready');
   }
 
@@ -171,15 +194,19 @@ export class TorusDaemon {
         this.log.error({ err, step: what }, 'shutdown step failed');
       }
     };
+    // Kernel attach: devices stay attached; their volumes flush but keep their locks and our lease.
+    if (this.attachApi) await step('attach api', () => this.attachApi!.close());
+    if (this.attach) await step('attachments', () => this.attach!.suspend());
+    const keepLease = this.attach?.keepsLease() ?? false;
     if (this.nbd) await step('nbd', () => this.nbd.close());
-    if (this.volumes) await step('volumes', () => this.volumes.closeAll());
+    if (this.volumes) await step('volumes', () => this.volumes.closeAll({ keepLock: (ov) => this.attach?.keepsLock(ov) ?? false }));
     if (this.http) await step('http', () => this.http.close());
     if (this.stopRingWatch) await step('ring watch', () => this.stopRingWatch!());
     if (this.stopVolumeWatch) await step('volume watch', () => this.stopVolumeWatch!());
     if (this.peerServer) await step('peer server', () => this.peerServer.close());
     if (this.placement) await step('peer clients', () => this.placement.close());
     if (this.store) await step('store', () => this.store.close());
-    if (this.session) await step('session', () => this.session!.close());
+    if (this.session) await step('session', () => (keepLease ? this.session!.suspend() : this.session!.close()));
     if (this.metadata) await step('etcd', () => this.metadata.close());
     if (this.claimed) await step('data dir', () => releaseDataDir(this.config.dataDir));
     this.log.info({}, 'torusd stopped');
@@ -215,8 +242,17 @@ export class TorusDaemon {
     }
   }
 
-  private async openSession(): Promise<void> {
-    const session = await this.metadata.openSession({ ttlSeconds: LEASE_TTL_SECONDS });
+  /** Returns true when `resumeLeaseId` (kernel attachments of the previous run) was resumed. */
+  private async openSession(resumeLeaseId: string | null = null): Promise<boolean> {
+    let session: MetadataSession | null = null;
+    if (resumeLeaseId !== null) {
+      session = await this.metadata.resumeSession({ leaseId: resumeLeaseId, ttlSeconds: LEASE_TTL_SECONDS }).catch((err: unknown) => {
+        this.log.error({ err, lease: resumeLeaseId }, 'could not resume the lease of the attached devices; their volumes may have been taken over');
+        return null;
+      });
+    }
+    const resumed = session !== null;
+    session ??= await this.metadata.openSession({ ttlSeconds: LEASE_TTL_SECONDS });
     session.on((ev) => {
       if (ev.type === 'degraded') {
         this.etcdHealthy = false;
@@ -238,6 +274,7 @@ export class TorusDaemon {
     this.etcdHealthy = true;
     this.metrics.setEtcdHealthy(true);
     await session.putPeer(this.peerRecord());
+    return resumed;
   }
 
   /** After a lost lease: a new session, the peer record again, the locks again. */
