@@ -3,7 +3,6 @@ import { readFileSync } from 'node:fs';
 import '../src/daemon/threadpool.js';
 import { Command, Option } from 'commander';
 import pino from 'pino';
-import { NbdGateway } from '../src/client/nbd-gateway.js';
 import { parseHostPort } from '../src/daemon/config.js';
 import { defaultEtcdEndpoint } from '../src/model/defaults.js';
 import { TorusError } from '../src/errors/torus-error.js';
@@ -33,7 +32,9 @@ program
   .action(async (opts: { listen: string; readOnly?: boolean; clusterSecretFile?: string }) => {
     const global = program.opts<{ etcd: string; debug?: boolean }>();
     const logger = pino({ level: global.debug ? 'debug' : 'info' }, pino.destination(2));
-    let gateway: NbdGateway | null = null;
+    // Loaded here: etcd and gRPC take seconds to load on a slow machine, and `nbd` needs neither.
+    const { NbdGateway } = await import('../src/client/nbd-gateway.js');
+    let gateway: InstanceType<typeof NbdGateway> | null = null;
     try {
       const listen = parseHostPort(opts.listen, '--listen');
       const secret = opts.clusterSecretFile ? readFileSync(opts.clusterSecretFile, 'utf8').trim() : '';

@@ -28,8 +28,20 @@ import { AttachManager } from '../attach/attach-manager.js';
 import { AttachApiServer } from '../attach/api-server.js';
 import { attachSocketPath } from '../attach/api.js';
 
-/** Lease TTL of the peer record and volume locks (Torus used 30 s). */
-const LEASE_TTL_SECONDS = 30;
+/**
+ * Lease TTL of the peer record and volume locks (Torus used 30 s). It bounds
+ * both how long a restart may take without losing kernel attachments and how
+ * soon another node can take a dead node's volumes; TORUS_LEASE_TTL_SECONDS
+ * trades one for the other (README, "Kernel attach").
+ */
+const LEASE_TTL_SECONDS = leaseTtlFromEnv(process.env.TORUS_LEASE_TTL_SECONDS);
+
+function leaseTtlFromEnv(v: string | undefined): number {
+  if (v === undefined || v === '') return 30;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 5 || n > 3600) throw new TorusError('TORUS_ERR_ARG_INVALID', `TORUS_LEASE_TTL_SECONDS must be a whole number from 5 to 3600, got "${v}"`);
+  return n;
+}
 const HEARTBEAT_MS = 5_000;
 const GC_INTERVAL_MS = 30_000;
 const RETRY_MS_MAX = 5_000;
