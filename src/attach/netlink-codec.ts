@@ -190,7 +190,8 @@ export function decodeGenlReply(buf: Buffer, seq: number): GenlReply {
     if (m.seq !== seq >>> 0) continue;
     if (m.type === NLMSG_ERROR) {
       if (m.payload.length < 4) throw new Error('netlink error message too short');
-      return { errno: -m.payload.readInt32LE(0), messages };
+      const code = m.payload.readInt32LE(0);
+      return { errno: code === 0 ? 0 : -code, messages };
     }
     if (m.type === NLMSG_DONE) return { errno: 0, messages };
     if (m.payload.length < GENL_HDRLEN) throw new Error('generic netlink message too short');
