@@ -24,11 +24,26 @@ import type { DaemonConfig } from './config.js';
 import { bindDataDirToCluster, claimDataDir, loadOrCreatePeerId, readLeaseFile, releaseDataDir, writeLeaseFile } from './identity.js';
 import { DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_REPLICATION } from '../model/defaults.js';
 import { VERSION } from '../version.js';
-import { unavailableAttacher } from '../k8s/flex/attacher.js';
+import { kernelAttacher } from '../k8s/flex/attacher.js';
 import { startFlexService } from '../k8s/flex/service.js';
+import { AttachManager } from '../attach/attach-manager.js';
+import { AttachApiServer } from '../attach/api-server.js';
+import { attachSocketPath } from '../attach/api.js';
 
-/** Lease TTL of the peer record and volume locks (Torus used 30 s). */
-const LEASE_TTL_SECONDS = 30;
+/**
+ * Lease TTL of the peer record and volume locks (Torus used 30 s). It bounds
+ * both how long a restart may take without losing kernel attachments and how
+ * soon another node can take a dead node's volumes; TORUS_LEASE_TTL_SECONDS
+ * trades one for the other (README, "Kernel attach").
+ */
+const LEASE_TTL_SECONDS = leaseTtlFromEnv(process.env.TORUS_LEASE_TTL_SECONDS);
+
+function leaseTtlFromEnv(v: string | undefined): number {
+  if (v === undefined || v === '') return 30;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 5 || n > 3600) throw new TorusError('TORUS_ERR_ARG_INVALID', `TORUS_LEASE_TTL_SECONDS must be a whole number from 5 to 3600, got "${v}"`);
+  return n;
+}
 const HEARTBEAT_MS = 5_000;
 const GC_INTERVAL_MS = 30_000;
 const RETRY_MS_MAX = 5_000;
@@ -67,6 +82,9 @@ export class TorusDaemon {
   private etcdHealthy = false;
   private reconnecting = false;
   private flex: { close(): Promise<void> } | null = null;
+  // Kernel attach (src/attach/): devices that outlive this process.
+  private attach: AttachManager | null = null;
+  private attachApi: AttachApiServer | null = null;
 
   constructor(
     private readonly config: DaemonConfig,
@@ -122,17 +140,30 @@ export class TorusDaemon {
       clock: this.clock,
     });
 
+    // Kernel attach: devices attached by the previous run keep their locks on
+    // its lease; that lease is resumed below, not revoked.
+    this.attach = new AttachManager({
+      dataDir: cfg.dataDir,
+      metadata: this.metadata,
+      volumes: this.volumes,
+      session: () => this.session,
+      uuid,
+      logger: this.root,
+      faultInjection: process.env.TORUS_FAULT_INJECTION === '1',
+    });
+    const resumeLease = await this.attach.load();
+
     // A predecessor killed with -9 left its lease (and with it the locks of
     // the volumes it served) alive for up to a TTL. It is dead (we hold its
     // data dir), so revoke it: clients can reconnect at once.
     const stale = await readLeaseFile(cfg.dataDir);
-    if (stale !== null) {
+    if (stale !== null && stale !== resumeLease) {
       await this.metadata.revokeStaleLease(stale).then(
         () => this.log.info({ lease: stale }, 'revoked the lease of the previous run'),
         (err) => this.log.warn({ err, lease: stale }, 'could not revoke the lease of the previous run; its locks expire with it'),
       );
     }
-    await this.openSession();
+    const resumed = await this.openSession(resumeLease);
     await this.refreshPeers();
     this.stopRingWatch = await this.metadata.watchRing((ring) => this.onRing(ring));
     if (cfg.autoJoin) await this.joinRing();
@@ -151,20 +182,6 @@ export class TorusDaemon {
     const httpAddr = this.http.server.address();
     this.addresses.http = `${cfg.http.host}:${typeof httpAddr === 'object' && httpAddr ? httpAddr.port : cfg.http.port}`;
 
-    if (cfg.flex) {
-      // The FlexVolume driver's requests (src/k8s/flex): a unix socket only.
-      // Kernel attach (src/attach) is not in this build yet, so mounts fail
-      // with TORUS_ERR_FLEX_ATTACH_UNAVAILABLE rather than pretend.
-      this.flex = await startFlexService({
-        socketPath: cfg.flex.socket,
-        stateDir: cfg.flex.stateDir,
-        localEtcd: cfg.etcdEndpoints,
-        localClusterId: this.cluster.id,
-        attacher: unavailableAttacher('this torusd has no kernel attach (src/attach) yet: FlexVolume mounts need it'),
-        logger: this.root,
-      });
-    }
-
     this.every(HEARTBEAT_MS, () => this.heartbeat());
     // Deletions free space at once; the periodic run catches deletions made
     // while this peer was down or its watch was disconnected.
@@ -173,6 +190,22 @@ export class TorusDaemon {
     void this.collectGarbage();
     // The first record went out before the NBD and HTTP listeners were bound.
     await this.session?.putPeer(this.peerRecord()).catch((err) => this.log.warn({ err }, 'could not publish the peer record'));
+    // Kernel attach: take back the previous run's devices, then serve the local attach API.
+    await this.attach.resume(resumed);
+    this.attachApi = new AttachApiServer(this.attach, this.root);
+    await this.attachApi.listen(attachSocketPath(cfg.dataDir));
+    if (cfg.flex) {
+      // The FlexVolume driver's requests (src/k8s/flex), on a unix socket
+      // only; attachments go through the same AttachManager as the attach API.
+      this.flex = await startFlexService({
+        socketPath: cfg.flex.socket,
+        stateDir: cfg.flex.stateDir,
+        localEtcd: cfg.etcdEndpoints,
+        localClusterId: this.cluster.id,
+        attacher: kernelAttacher(this.attach),
+        logger: this.root,
+      });
+    }
     this.log.info({ uuid, peer: this.addresses.peer, nbd: this.addresses.nbd, http: this.addresses.http, capacity: this.capacity, blockSize: this.cluster.blockSize }, 'torusd ready');
   }
 
@@ -189,15 +222,19 @@ export class TorusDaemon {
       }
     };
     if (this.flex) await step('flex', () => this.flex!.close());
+    // Kernel attach: devices stay attached; their volumes flush but keep their locks and our lease.
+    if (this.attachApi) await step('attach api', () => this.attachApi!.close());
+    if (this.attach) await step('attachments', () => this.attach!.suspend());
+    const keepLease = this.attach?.keepsLease() ?? false;
     if (this.nbd) await step('nbd', () => this.nbd.close());
-    if (this.volumes) await step('volumes', () => this.volumes.closeAll());
+    if (this.volumes) await step('volumes', () => this.volumes.closeAll({ keepLock: (ov) => this.attach?.keepsLock(ov) ?? false }));
     if (this.http) await step('http', () => this.http.close());
     if (this.stopRingWatch) await step('ring watch', () => this.stopRingWatch!());
     if (this.stopVolumeWatch) await step('volume watch', () => this.stopVolumeWatch!());
     if (this.peerServer) await step('peer server', () => this.peerServer.close());
     if (this.placement) await step('peer clients', () => this.placement.close());
     if (this.store) await step('store', () => this.store.close());
-    if (this.session) await step('session', () => this.session!.close());
+    if (this.session) await step('session', () => (keepLease ? this.session!.suspend() : this.session!.close()));
     if (this.metadata) await step('etcd', () => this.metadata.close());
     if (this.claimed) await step('data dir', () => releaseDataDir(this.config.dataDir));
     this.log.info({}, 'torusd stopped');
@@ -233,8 +270,17 @@ export class TorusDaemon {
     }
   }
 
-  private async openSession(): Promise<void> {
-    const session = await this.metadata.openSession({ ttlSeconds: LEASE_TTL_SECONDS });
+  /** Returns true when `resumeLeaseId` (kernel attachments of the previous run) was resumed. */
+  private async openSession(resumeLeaseId: string | null = null): Promise<boolean> {
+    let session: MetadataSession | null = null;
+    if (resumeLeaseId !== null) {
+      session = await this.metadata.resumeSession({ leaseId: resumeLeaseId, ttlSeconds: LEASE_TTL_SECONDS }).catch((err: unknown) => {
+        this.log.error({ err, lease: resumeLeaseId }, 'could not resume the lease of the attached devices; their volumes may have been taken over');
+        return null;
+      });
+    }
+    const resumed = session !== null;
+    session ??= await this.metadata.openSession({ ttlSeconds: LEASE_TTL_SECONDS });
     session.on((ev) => {
       if (ev.type === 'degraded') {
         this.etcdHealthy = false;
@@ -256,6 +302,7 @@ export class TorusDaemon {
     this.etcdHealthy = true;
     this.metrics.setEtcdHealthy(true);
     await session.putPeer(this.peerRecord());
+    return resumed;
   }
 
   /** After a lost lease: a new session, the peer record again, the locks again. */

@@ -61,7 +61,6 @@ export const ERROR_CODES = {
   // FlexVolume driver (src/k8s/flex, native/flex).
   TORUS_ERR_FLEX_REQUEST_INVALID: 'a FlexVolume call is malformed: bad JSON, a missing volume option, a bad target path',
   TORUS_ERR_FLEX_UNREACHABLE: 'the FlexVolume driver could not reach torusd on this node (or torusd answered nonsense)',
-  TORUS_ERR_FLEX_ATTACH_UNAVAILABLE: 'this torusd has no kernel attach, so FlexVolume mounts cannot work',
   TORUS_ERR_FLEX_FS_TYPE_UNSUPPORTED: 'the pod asks for a filesystem type torus does not make (ext4, ext3, xfs)',
   TORUS_ERR_FLEX_FS_MISMATCH: 'the volume holds another filesystem type than the pod asks for; nothing was changed',
   TORUS_ERR_FLEX_FS_MISSING: 'the volume was formatted before but shows no filesystem now; torus refuses to format it again',
@@ -73,6 +72,18 @@ export const ERROR_CODES = {
   TORUS_ERR_FLEX_NOT_TORUS_MOUNT: 'unmount of a directory that holds a mount torus did not make',
   TORUS_ERR_FLEX_FOREIGN_CLUSTER: "the pod's etcd option names another torus cluster than the node's torusd belongs to",
   TORUS_ERR_FLEX_STATE: "the node's record of its FlexVolume attachments is unreadable",
+  // Kernel attach (torusblk nbd, torusd's attach API, native/).
+  TORUS_ERR_ATTACH_UNAVAILABLE: 'kernel attach cannot work here (no native addon, not Linux); the message says why',
+  TORUS_ERR_ATTACH_NO_MODULE: 'the kernel has no nbd driver loaded: load it with `modprobe nbd`',
+  TORUS_ERR_ATTACH_NO_DEVICE: 'no free /dev/nbdN device could be found or created',
+  TORUS_ERR_ATTACH_DEVICE_BUSY: 'the named /dev/nbdN is already connected to a server',
+  TORUS_ERR_ATTACH_PERMISSION: 'kernel attach needs root (CAP_SYS_ADMIN); permission was denied',
+  TORUS_ERR_ATTACH_KERNEL: 'the kernel refused an nbd request; the errno is named',
+  TORUS_ERR_ATTACH_NOT_FOUND: 'no attachment of this torusd uses that device',
+  TORUS_ERR_ATTACH_LOCK_LOST: 'an attachment could not keep its volume lock across a torusd restart; its device fails with EIO for good',
+  TORUS_ERR_ATTACH_STATE_CORRUPT: 'attachments.json in the data dir is not in the expected format',
+  TORUS_ERR_ATTACH_DAEMON_UNREACHABLE: "torusd's attach socket could not be reached (is torusd running with that data dir?)",
+  TORUS_ERR_ATTACH_FAULT_INJECTED: 'a test fault armed through the attach API (TORUS_FAULT_INJECTION=1) failed this request',
 
   // Internal.
   TORUS_ERR_ASSERTION: 'an internal invariant was broken (a bug)',

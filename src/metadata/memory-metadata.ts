@@ -173,6 +173,26 @@ export class MemoryMetadata implements MetadataService {
     return { volume, record };
   }
 
+  /** The lease for a resumed session, or null when it is gone. */
+  findLease(id: string): Lease | null {
+    this.expireDue();
+    return this.leases.get(id) ?? null;
+  }
+
+  /** The lock record when `leaseId` holds the volume's lock under `token`; else TORUS_ERR_VOLUME_LOCK_LOST. */
+  adoptLock(name: string, token: number, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord } {
+    const vJson = this.volumes.get(name);
+    if (vJson === undefined) throw volumeNotFoundError(name);
+    const volume = decodeVolumeRecord(`volumes/${name}`, vJson);
+    const held = this.locks.get(volume.id);
+    if (held === undefined) throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${name}" is no longer locked: the lock of lease ${leaseId} is gone`);
+    const record = decodeVolumeLockRecord(`volume-locks/${volume.id}`, held.json);
+    if (held.leaseId !== leaseId || record.token !== token) {
+      throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${name}" is locked by ${record.holder} (token ${record.token}, lease ${held.leaseId}), not by lease ${leaseId} with token ${token}`);
+    }
+    return { volume, record };
+  }
+
   unlock(volumeId: number, leaseId: string): void {
     if (this.locks.get(volumeId)?.leaseId === leaseId) this.locks.delete(volumeId);
   }
@@ -362,6 +382,15 @@ export class MemoryMetadata implements MetadataService {
     return session;
   }
 
+  async resumeSession(opts: { leaseId: string; ttlSeconds: number }): Promise<MetadataSession> {
+    await this.enter(`resume lease ${opts.leaseId}`);
+    const lease = this.findLease(opts.leaseId);
+    if (lease === null) throw new TorusError('TORUS_ERR_SESSION_LOST', `etcd lease ${opts.leaseId} has expired or was revoked`);
+    const session = new MemorySession(this, lease, lease.expiresAt - lease.ttlMs, this.clock, () => this.sessions.delete(session));
+    this.sessions.add(session);
+    return session;
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     for (const s of [...this.sessions]) s.stop();
@@ -477,6 +506,36 @@ class MemorySession implements MetadataSession {
         released = true;
       },
     };
+  }
+
+  async adoptVolumeLock(name: string, token: number): Promise<VolumeLock> {
+    validateVolumeName(name);
+    this.assertUsable(`adopt lock of volume ${name}`);
+    await this.md.enter(`adopt lock of volume ${name}`);
+    const { volume, record } = this.md.adoptLock(name, token, this.id);
+    const md = this.md;
+    const leaseId = this.id;
+    let released = false;
+    return {
+      volume,
+      token: record.token,
+      holder: record.holder,
+      async release() {
+        if (released) return;
+        await md.enter(`unlock volume ${name}`);
+        md.unlock(volume.id, leaseId);
+        released = true;
+      },
+    };
+  }
+
+  async suspend(): Promise<void> {
+    if (this.state === 'closed' || this.state === 'lost') return;
+    await this.md.enter(`keepalive lease ${this.id}`).then(
+      () => this.md.keepalive(this.id),
+      () => undefined,
+    );
+    this.stop();
   }
 
   /** Stops keepalives without a word: the service is closing. */

@@ -51,14 +51,19 @@ export class VolumeManager {
     this.clock = opts.clock ?? systemClock;
   }
 
-  async acquire(name: string, mode: OpenMode): Promise<OpenVolume> {
+  /**
+   * `adoptToken` (kernel attach, src/attach/): take over the lock this
+   * process's lease already holds under that token, from before a torusd
+   * restart, instead of taking a new one.
+   */
+  async acquire(name: string, mode: OpenMode, opts: { adoptToken?: number } = {}): Promise<OpenVolume> {
     const key = `${mode}:${name}`;
     // A client that reconnects right after disconnecting must not race our
     // own lock release (it would find the lock still held by this process).
     while (!this.open.has(key) && this.closing.has(key)) await this.closing.get(key);
     let p = this.open.get(key);
     if (!p) {
-      p = this.openVolume(name, mode);
+      p = this.openVolume(name, mode, opts.adoptToken);
       this.open.set(key, p);
       p.catch(() => this.open.delete(key));
     }
@@ -116,20 +121,25 @@ export class VolumeManager {
     }
   }
 
-  async closeAll(): Promise<void> {
+  /**
+   * `keepLock` (kernel attach): volumes whose lock must outlive this process,
+   * because a restarted torusd resumes the lease and the lock with it. They
+   * are flushed, not unlocked.
+   */
+  async closeAll(opts: { keepLock?: (ov: OpenVolume) => boolean } = {}): Promise<void> {
     for (const ov of await this.list()) {
       this.open.delete(`${ov.mode}:${ov.name}`);
-      await this.closeVolume(ov).catch((err) => this.log.error({ err, volume: ov.name }, 'closing volume failed'));
+      await this.closeVolume(ov, opts.keepLock?.(ov) ?? false).catch((err) => this.log.error({ err, volume: ov.name }, 'closing volume failed'));
     }
   }
 
-  private async openVolume(name: string, mode: OpenMode): Promise<OpenVolume> {
+  private async openVolume(name: string, mode: OpenMode, adoptToken?: number): Promise<OpenVolume> {
     const record = await this.opts.metadata.getVolume(name);
     let lock: VolumeLock | null = null;
     if (mode === 'rw') {
       const session = this.opts.session();
       if (!session) throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `cannot lock volume "${name}" for writing: no etcd session`);
-      lock = await session.lockVolume(name, this.opts.holder);
+      lock = adoptToken === undefined ? await session.lockVolume(name, this.opts.holder) : await session.adoptVolumeLock(name, adoptToken);
     }
     const ov: OpenVolume = {
       name,
@@ -154,12 +164,12 @@ export class VolumeManager {
     return ov;
   }
 
-  private async closeVolume(ov: OpenVolume): Promise<void> {
+  private async closeVolume(ov: OpenVolume, keepLock = false): Promise<void> {
     try {
       if (ov.mode === 'rw') await ov.volume.flush();
     } finally {
-      if (ov.lock && !ov.lockLost) await ov.lock.release().catch((err) => this.log.warn({ err, volume: ov.name }, 'releasing the volume lock failed; it ends with the lease'));
-      this.log.info({ volume: ov.name, mode: ov.mode }, 'volume closed');
+      if (ov.lock && !ov.lockLost && !keepLock) await ov.lock.release().catch((err) => this.log.warn({ err, volume: ov.name }, 'releasing the volume lock failed; it ends with the lease'));
+      this.log.info({ volume: ov.name, mode: ov.mode, lockKept: keepLock }, 'volume closed');
     }
   }
 }

@@ -1,5 +1,3 @@
-import { TorusError } from '../../errors/torus-error.js';
-
 /**
  * What the FlexVolume driver needs from kernel attach (src/attach/, part A of
  * the kernel work): a volume as a local block device, and that device gone
@@ -23,24 +21,9 @@ export interface Attacher {
 }
 
 /**
- * The attacher of a torusd built without kernel attach: every mount fails
- * with a message that says so, instead of pretending.
- */
-export function unavailableAttacher(reason: string): Attacher {
-  const fail = (): never => {
-    throw new TorusError('TORUS_ERR_FLEX_ATTACH_UNAVAILABLE', reason);
-  };
-  return {
-    attach: async () => fail(),
-    detach: async () => fail(),
-  };
-}
-
-/**
- * The shape of torusd's kernel attach manager (src/attach/attach-manager.ts
- * on the kernel-attach branch), declared here structurally so this module
- * builds before that branch is merged. Once it is, torusd passes its
- * AttachManager to kernelAttacher() instead of unavailableAttacher().
+ * What the mount logic uses of torusd's kernel attach manager
+ * (src/attach/attach-manager.ts), declared structurally: the fakes in the
+ * unit tests implement the same shape.
  */
 export interface KernelAttachManager {
   attach(req: { volume: string; readOnly?: boolean }): Promise<{ device: string }>;
