@@ -169,7 +169,8 @@ int main(int argc, char **argv) {
   if (end == json || end[-1] != '}' || memchr(json, '\n', (size_t)(end - json)) != NULL) fail_unreachable(path, "it sent a malformed reply");
   int code = reply[0] - '0';
   /* The status must agree with the exit code; Success only with 0. */
-  int success = strstr(json, "\"status\":\"Success\"") == json + 1;
+  static const char success_prefix[] = "{\"status\":\"Success\"";
+  int success = strncmp(json, success_prefix, sizeof success_prefix - 1) == 0;
   if (success != (code == 0)) fail_unreachable(path, "its exit code and status disagree");
 
   *end++ = '\n';
