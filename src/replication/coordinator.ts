@@ -43,6 +43,8 @@ export interface CoordinatorOptions {
   readonly volume: VolumeRecord;
   readonly lock: VolumeLock;
   readonly writeLevel?: WriteLevel;
+  /** The lock was renewed or taken again (a newer token): whoever records it updates. */
+  readonly onLockChanged?: (lock: VolumeLock) => void;
 }
 
 /** One change to one block, as the NBD layer asks it. */
@@ -69,6 +71,7 @@ export class VolumeCoordinator {
   private token: number;
   private lock: VolumeLock;
   private renewing: Promise<void> | null = null;
+  private readonly onLockChanged: ((lock: VolumeLock) => void) | undefined;
   readonly kind: 'writer' | 'maintainer';
   private readonly writeLevel: WriteLevel;
   private readonly reconciling = new Map<number, Promise<BlockEntry>>();
@@ -96,6 +99,7 @@ export class VolumeCoordinator {
     this.volume = opts.volume;
     this.token = opts.lock.token;
     this.lock = opts.lock;
+    this.onLockChanged = opts.onLockChanged;
     this.kind = opts.lock.kind;
     this.writeLevel = opts.writeLevel ?? opts.ctx.settings.writeLevel;
     this.log = opts.ctx.logger.child({ module: 'coordinator', volume: opts.volume.name, volumeId: opts.volume.id, role: opts.lock.kind });
@@ -143,6 +147,7 @@ export class VolumeCoordinator {
     this.lock = lock;
     this.token = lock.token;
     this.seq = 0;
+    this.onLockChanged?.(lock);
     this.fenced = null;
     await this.publishToken();
   }
