@@ -218,8 +218,9 @@ await waitFor('etcd', async () => (await fetch(`http://${ETCD}/health`, { signal
 {
   const { EtcdMetadata } = await import(path.join(DIST, 'src/metadata/etcd-metadata.js'));
   const { default: pino } = await import('pino');
-  const md = new EtcdMetadata({ endpoints: [ETCD], logger: pino({ level: 'silent' }) });
-  await md.initCluster({ blockSize: 1024 * 1024, replication: 1 }, { force: false });
+  // Emulation is slow: a generous call timeout, and retries while gRPC connects.
+  const md = new EtcdMetadata({ endpoints: [ETCD], logger: pino({ level: 'silent' }), callTimeoutMs: 30_000 });
+  await waitFor('the cluster to be initialised', () => md.initCluster({ blockSize: 1024 * 1024, replication: 1 }, { force: false }).then(() => true), 180_000, 1000);
   for (const v of ['vol1', 'vol2', 'vol3', 'vol4']) await md.createVolume(v, 64 * 1024 * 1024);
   await md.close();
 }
