@@ -111,15 +111,21 @@ describe('AttachManager across a torusd restart', () => {
     expect(t.manager.list()[0]!.detail).toMatch(/TORUS_ERR_VOLUME_LOCK_LOST|not by lease/);
   });
 
-  it('forgets a recorded device that is no longer connected, or now serves someone else', async () => {
+  it('forgets a recorded device that now serves someone else, and releases its lock', async () => {
     const kernel = fakeKernel(new Map([[3, { connected: true, backend: 'another-backend' }]]));
     const t = await setup({ kernel });
-    await writeState(t.dir, recorded('123', 4));
+    const first = await t.md.openSession({ ttlSeconds: 30 });
+    const lock = await first.lockVolume('pad', 'torusd test');
+    await first.suspend();
+    await writeState(t.dir, recorded(first.id, lock.token));
     await t.manager.load();
-    t.setSession(await t.md.openSession({ ttlSeconds: 30 }));
+    const resumed = await t.md.resumeSession({ leaseId: first.id, ttlSeconds: 30 });
+    t.setSession(resumed);
     await t.manager.resume(true);
     expect(kernel.calls).toEqual([]);
     expect(t.manager.list()).toEqual([]);
+    // The lease lives on (we resumed it), but the volume is free for others.
+    expect(await t.md.getVolumeLock(lock.volume.id)).toBeNull();
   });
 });
 
