@@ -20,8 +20,8 @@ const { AttachClient } = await import(path.join(DIST, 'src/attach/api-client.js'
 
 const WORK = '/tmp/torus-vm';
 const ETCD = '127.0.0.1:2379';
-/** Short enough to keep the suite within its time budget, long enough for a slow emulated start. */
-const LEASE_TTL = Number(process.env.TORUS_VM_LEASE_TTL ?? 40);
+/** Long enough that a torusd start under emulation on a busy host (seen up to 47 s) fits the kill -9 budget (2/3 of it); the death check uses the default 30 s. */
+const LEASE_TTL = Number(process.env.TORUS_VM_LEASE_TTL ?? 60);
 const REQUEST_TIMEOUT = 10;
 const DEAD_CONN_TIMEOUT = LEASE_TTL;
 const only = process.env.TORUS_VM_ONLY ? new Set(process.env.TORUS_VM_ONLY.split(',')) : null;
