@@ -185,14 +185,7 @@ export class AttachManager {
         await this.releaseOrphanLock(r, resumed);
         continue;
       }
-      const a = this.track(r.index, r.volume, r.mode, 'netlink', {
-        token: r.token,
-        sizeBytes: r.sizeBytes,
-        timeoutSeconds: r.timeoutSeconds,
-        deadConnTimeoutSeconds: r.deadConnTimeoutSeconds,
-        backend: r.backend,
-        attachedAt: r.attachedAt,
-      });
+      const a = this.track(r.index, r.volume, r.mode, 'netlink', r);
       a.state = 'reconnecting';
       try {
         if (r.mode === 'rw' && !resumed) {

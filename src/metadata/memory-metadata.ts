@@ -492,27 +492,10 @@ class MemorySession implements MetadataSession {
     this.assertUsable(`lock volume ${name}`);
     await this.md.enter(`lock volume ${name}`);
     const { volume, record } = this.md.tryLock(name, holder, this.id);
-    const md = this.md;
-    const leaseId = this.id;
-    let released = false;
-    return {
-      volume,
-      token: record.token,
-      holder,
-      async release() {
-        if (released) return;
-        await md.enter(`unlock volume ${name}`);
-        md.unlock(volume.id, leaseId);
-        released = true;
-      },
-    };
+    return this.lockHandle(name, volume, record);
   }
 
-  async adoptVolumeLock(name: string, token: number): Promise<VolumeLock> {
-    validateVolumeName(name);
-    this.assertUsable(`adopt lock of volume ${name}`);
-    await this.md.enter(`adopt lock of volume ${name}`);
-    const { volume, record } = this.md.adoptLock(name, token, this.id);
+  private lockHandle(name: string, volume: VolumeRecord, record: VolumeLockRecord): VolumeLock {
     const md = this.md;
     const leaseId = this.id;
     let released = false;
@@ -527,6 +510,14 @@ class MemorySession implements MetadataSession {
         released = true;
       },
     };
+  }
+
+  async adoptVolumeLock(name: string, token: number): Promise<VolumeLock> {
+    validateVolumeName(name);
+    this.assertUsable(`adopt lock of volume ${name}`);
+    await this.md.enter(`adopt lock of volume ${name}`);
+    const { volume, record } = this.md.adoptLock(name, token, this.id);
+    return this.lockHandle(name, volume, record);
   }
 
   async suspend(): Promise<void> {
