@@ -261,6 +261,33 @@ await check('attach: the addon attaches, mkfs.ext4, mount, write, detach; anothe
   await B.client.detach(b.device);
 });
 
+// ------------------------------------------------------------ 1b. the torusblk command
+
+await check('torusblk: nbd VOLUME prints "Attached to /dev/nbdN" and detaches on SIGINT; --background and -d', async () => {
+  const blk = (args) => [path.join(DIST, 'cmd/torusblk.js'), 'nbd', '--data-dir', A.dir, ...args];
+  const fg = spawn(process.execPath, blk(['vol1']), { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  fg.stdout.on('data', (d) => (out += d));
+  fg.stderr.on('data', (d) => (out += d));
+  const exited = new Promise((r) => fg.once('exit', (code) => r(code)));
+  const device = await waitFor('"Attached to"', () => /^Attached to (\/dev\/nbd[0-9]+)$/m.exec(out)?.[1], 120_000);
+  assert((await A.client.list()).some((x) => x.device === device && x.volume === 'vol1'), 'torusd does not list the attachment');
+  const head = await run('dd', [`if=${device}`, 'of=/dev/null', 'bs=4096', 'count=16', 'iflag=direct']);
+  assert(head.code === 0, 'the device does not read');
+  fg.kill('SIGINT');
+  const code = await Promise.race([exited, sleep(60_000).then(() => 'timeout')]);
+  assert(code === 0 && out.includes(`Detached ${device}`), `torusblk exited ${code}: ${out}`);
+  assert((await A.client.list()).length === 0, 'still attached after SIGINT');
+  const bg = await run(process.execPath, blk(['--background', 'vol1']));
+  const dev = /Attached to (\/dev\/nbd[0-9]+)/.exec(bg.stdout)?.[1];
+  assert(dev !== undefined, `--background printed ${bg.stdout}`);
+  const list = await run(process.execPath, blk(['--list']));
+  assert(list.stdout.includes(dev) && list.stdout.includes('serving'), `--list printed ${list.stdout}`);
+  const d = await run(process.execPath, blk(['-d', dev]));
+  assert(d.stdout.includes(`Detached ${dev}`), `-d printed ${d.stdout}`);
+  assert((await A.client.list()).length === 0, 'still attached after -d');
+});
+
 // ------------------------------------------------------------ 2. read fault while mounting
 
 await check('fault: a read fault while mounting fails the mount and leaves the data alone', async () => {
