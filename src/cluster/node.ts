@@ -102,6 +102,7 @@ export class ClusterNode {
   private live = false;
   private fenceRevision = 0;
   private stopRingWatch: (() => Promise<void>) | null = null;
+  private stopDeleteWatch: (() => Promise<void>) | null = null;
   private stopFenceWatch: (() => Promise<void>) | null = null;
   private ringRefresh: Promise<void> | null = null;
   private readonly acked = new Set<number>();
@@ -235,7 +236,18 @@ export class ClusterNode {
     this.timers.every(d.settings.heartbeatMs, () => this.heartbeat());
     this.timers.every(d.settings.replication.probeIntervalMs, () => this.probe());
     this.timers.every(d.settings.replication.backgroundIntervalMs, () => this.background());
-    if (this.gc) this.timers.every(d.settings.gcIntervalMs, async () => void (await this.gc!.run()));
+    if (this.gc) {
+      this.timers.every(d.settings.gcIntervalMs, async () => void (await this.gc!.run()));
+      // A deleted volume's space comes back at once, not at the next pass;
+      // the pass itself still re-reads etcd and frees only what it lists.
+      const gc = this.gc;
+      this.stopDeleteWatch = await d.metadata
+        .watchVolumeDeletes(() => void gc.run().catch((err: unknown) => this.log.warn({ err }, 'garbage collection after a volume delete failed')))
+        .catch((err: unknown) => {
+          this.log.warn({ err }, 'could not watch volume deletions; deleted volumes are freed at the periodic pass');
+          return null;
+        });
+    }
     this.log.info({ incarnation: this.incarnation, ringVersion: this.ring.version, store: d.store !== null, resumedLease: resumed }, 'node started');
     return { resumed };
   }
@@ -479,6 +491,7 @@ export class ClusterNode {
     await this.volumes.closeAll(opts.keepLock ? { keepLock: opts.keepLock } : {});
     this.live = false;
     await this.stopRingWatch?.().catch(() => undefined);
+    await this.stopDeleteWatch?.().catch(() => undefined);
     await this.stopFenceWatch?.().catch(() => undefined);
     if (opts.keepLease) await this.session?.suspend().catch((err: unknown) => this.log.warn({ err }, 'could not suspend the session lease'));
     else await this.session?.close().catch((err: unknown) => this.log.warn({ err }, 'could not revoke the session lease'));

@@ -11,7 +11,8 @@ import { noModuleError } from '../../src/attach/kernel-nbd.js';
 import { writeState } from '../../src/attach/state-file.js';
 import { MemoryMetadata } from '../../src/metadata/memory-metadata.js';
 import type { MetadataSession } from '../../src/metadata/metadata-service.js';
-import { VolumeManager } from '../../src/volume/volume-manager.js';
+import { VolumeManager } from '../../src/cluster/volume-manager.js';
+import type { ClusterContext } from '../../src/replication/cluster-context.js';
 
 const quiet = pino({ level: 'silent' });
 const MiB = 1024 * 1024;
@@ -53,12 +54,17 @@ async function setup(opts: { kernel: ReturnType<typeof fakeKernel> }) {
   await md.initCluster({ blockSize: MiB, replication: 1 }, { force: false });
   await md.createVolume('pad', 8 * MiB);
   let session: MetadataSession | null = null;
-  const volumes = new VolumeManager({
-    metadata: md,
-    session: () => session,
-    placement: () => {
-      throw new Error('no placement in this test');
+  // Only the lock path is reached here: no volume is ever served, so the
+  // cluster context offers etcd and nothing of the replication layer.
+  const ctx = new Proxy({ metadata: md, logger: quiet } as Partial<ClusterContext>, {
+    get(target, prop) {
+      if (prop in target) return target[prop as keyof ClusterContext];
+      throw new Error(`this test's cluster context has no ${String(prop)}`);
     },
+  }) as ClusterContext;
+  const volumes = new VolumeManager({
+    ctx,
+    session: () => session,
     holder: 'torusd test',
     logger: quiet,
   });
