@@ -6,6 +6,8 @@
  * and check block by block that every block has exactly R equal copies on
  * exactly the peers the ring names for it (docs/replication.md, guarantee 5).
  */
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import type { ClusterStatus } from '../../src/cli/cluster-view.js';
 import type { PeerView } from '../../src/cli/peer-view.js';
 import type { RingRecord, VolumeRecord } from '../../src/model/records.js';
@@ -227,6 +229,17 @@ export class TestCluster {
       const p = last === null ? [] : (last as CopyCheck).problems;
       throw new Error(`${(err as Error).message}; ${p.length} problem(s), first: ${p.slice(0, 10).join(' | ')}`);
     }
+  }
+
+  /**
+   * With TORUS_E2E_LOGS=<dir> set, writes each peer's output (the current
+   * run's, bounded) to <dir>/<label>-<n>-<uuid>.log: for diagnosing a failure.
+   */
+  async saveLogs(label: string): Promise<void> {
+    const dir = process.env.TORUS_E2E_LOGS;
+    if (dir === undefined || dir === '') return;
+    await mkdir(dir, { recursive: true });
+    await Promise.all(this.peers.map((p, i) => writeFile(path.join(dir, `${label}-${i}-${p.uuid}.log`), p.output()).catch(() => undefined)));
   }
 
   async destroy(): Promise<void> {
