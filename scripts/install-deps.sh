@@ -58,6 +58,8 @@ TOOLS=(
   fusermount3:fuse3
   nbd-client:nbd-client
   nbd-server:nbd-server
+  ip:iproute2
+  nft:nftables
 )
 missing_pkgs=()
 for pair in "${TOOLS[@]}"; do

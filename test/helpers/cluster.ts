@@ -15,7 +15,7 @@ import { replicasOf } from '../../src/ring/placement.js';
 import { startEtcd, type EtcdHandle } from './etcd.js';
 import { run } from './nbd-exec.js';
 import { requireTool } from './tools.js';
-import { httpGet, startTorusd, torusctlOk, type TorusdHandle, type TorusdOptions } from './torusd.js';
+import { httpGet, startTorusd, torusctl, type CliResult, type TorusdHandle, type TorusdOptions } from './torusd.js';
 import { waitFor } from './wait.js';
 
 /** One copy as GET /v1/blocks lists it. */
@@ -91,8 +91,11 @@ export class TestCluster {
     return p;
   }
 
-  ctl(args: string[]) {
-    return torusctlOk(this.etcd.endpoint, args);
+  /** `torusctl ARGS`; fails with its output unless it exits 0. */
+  async ctl(args: string[], timeoutMs?: number): Promise<CliResult> {
+    const r = await torusctl(this.etcd.endpoint, args, timeoutMs);
+    if (r.code !== 0) throw new Error(`torusctl ${args.join(' ')} exited ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+    return r;
   }
 
   async ctlJson<T>(args: string[]): Promise<T> {
@@ -128,6 +131,16 @@ export class TestCluster {
   async createVolume(name: string, size: string): Promise<VolumeRecord> {
     await this.ctl(['volume', 'create-block', name, size]);
     return this.volume(name);
+  }
+
+  /** Deletes a volume once no one holds it (a writer that just hung up lets go within moments). */
+  async deleteVolume(name: string): Promise<void> {
+    await waitFor(`volume ${name} to be deleted`, async () => {
+      const r = await torusctl(this.etcd.endpoint, ['volume', 'delete', name]);
+      if (r.code === 0) return true;
+      if (!r.stderr.includes('TORUS_ERR_VOLUME_IN_USE')) throw new Error(`torusctl volume delete ${name}: ${r.stderr}`);
+      return false;
+    }, 30_000, 250);
   }
 
   async volume(name: string): Promise<VolumeRecord> {

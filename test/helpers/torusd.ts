@@ -292,8 +292,8 @@ export interface TorusdHandle {
   kill(signal: NodeJS.Signals): Promise<ExitStatus>;
   /** SIGTERM and wait (bounded); fails if the daemon does not exit cleanly with code 0. */
   stop(): Promise<void>;
-  /** Starts the daemon again on the same data dir and NBD port (stops it first if running). */
-  restart(): Promise<void>;
+  /** Starts the daemon again on the same data dir and NBD port (stops it first if running); `extraArgs` are added for this run only. */
+  restart(extraArgs?: string[]): Promise<void>;
   /** Stops (SIGKILL if it will not stop) and removes a temporary data dir. Never throws. */
   destroy(): Promise<void>;
 }
@@ -323,10 +323,10 @@ export async function startTorusd(opts: TorusdOptions): Promise<TorusdHandle> {
   let runs = 0;
   let destroyed = false;
 
-  async function launch(): Promise<void> {
+  async function launch(extraArgs: string[] = []): Promise<void> {
     // A test that timed out may still be running after afterAll destroyed the daemon.
     if (destroyed) throw new Error('torusd was destroyed; not starting it again');
-    run = spawnLogged(args, env, opts.netns);
+    run = spawnLogged([...args, ...extraArgs], env, opts.netns);
     runs++;
     try {
       ready = await run.out.waitForLine('"torusd ready"', (l) => l.msg === 'torusd ready', READY_TIMEOUT_MS, run.exited);
@@ -371,9 +371,9 @@ export async function startTorusd(opts: TorusdOptions): Promise<TorusdHandle> {
       const st = await killAndWait(run, 'SIGTERM', STOP_TIMEOUT_MS, 'torusd');
       if (st.code !== 0) throw new Error(`torusd exited with ${st.code ?? st.signal} on SIGTERM\n${run.out.tail()}`);
     },
-    async restart() {
+    async restart(extraArgs) {
       if (run.exit === null) await handle.stop();
-      await launch();
+      await launch(extraArgs);
     },
     async destroy() {
       destroyed = true;
