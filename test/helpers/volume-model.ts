@@ -95,20 +95,25 @@ export class VolumeModel {
    * Reads the whole volume (chunk bytes at a time) and returns what differs
    * from the model, one line per block (empty when it all matches).
    */
-  async diff(c: NbdTestClient, chunk = 1024 * 1024, limit = 20): Promise<string[]> {
+  async diff(c: NbdTestClient, chunk = 1024 * 1024, limit = 20, inflight = 8): Promise<string[]> {
     const out: string[] = [];
-    for (let at = 0; at < this.size && out.length < limit; at += chunk) {
-      const n = Math.min(chunk, this.size - at);
-      const got = await c.read(at, n);
-      if (got.equals(this.bytes.subarray(at, at + n))) continue;
-      for (let b = at; b < at + n && out.length < limit; b += this.blockSize) {
-        const i = Math.floor(b / this.blockSize);
-        const len = Math.min(this.blockSize, at + n - b);
-        const g = got.subarray(b - at, b - at + len);
-        const want = this.bytes.subarray(b, b + len);
-        if (g.equals(want)) continue;
-        out.push(this.describe(i, g, want, b));
-      }
+    const offsets: number[] = [];
+    for (let at = 0; at < this.size; at += chunk) offsets.push(at);
+    // A few reads in flight at once, compared in order.
+    for (let i = 0; i < offsets.length && out.length < limit; i += inflight) {
+      const batch = offsets.slice(i, i + inflight);
+      const got = await Promise.all(batch.map((at) => c.read(at, Math.min(chunk, this.size - at))));
+      batch.forEach((at, k) => {
+        const g = got[k]!;
+        if (g.equals(this.bytes.subarray(at, at + g.length))) return;
+        for (let b = at; b < at + g.length && out.length < limit; b += this.blockSize) {
+          const idx = Math.floor(b / this.blockSize);
+          const len = Math.min(this.blockSize, at + g.length - b);
+          const part = g.subarray(b - at, b - at + len);
+          const want = this.bytes.subarray(b, b + len);
+          if (!part.equals(want)) out.push(this.describe(idx, part, want, b));
+        }
+      });
     }
     return out;
   }
