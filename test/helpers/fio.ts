@@ -22,6 +22,8 @@ export interface FioJob {
   readonly seed: number;
   /** Only read and check what the run with this seed wrote. */
   readonly verifyOnly?: boolean;
+  /** Caps the write bandwidth, e.g. 2m (fio --rate). */
+  readonly rate?: string;
   readonly timeoutMs?: number;
 }
 
@@ -52,6 +54,7 @@ export function fioArgs(job: FioJob): string[] {
     '--verify_fatal=1',
     `--randseed=${job.seed}`,
     ...(job.verifyOnly ? ['--verify_only'] : []),
+    ...(job.rate ? [`--rate=${job.rate}`] : []),
     '--group_reporting',
   ];
 }
@@ -93,6 +96,7 @@ export interface FioLoopOptions {
   readonly seed: number;
   readonly bs?: string;
   readonly iodepth?: number;
+  readonly rate?: string;
 }
 
 /** One finished run of a loop: enough to check its region again later (runFio with verifyOnly). */
@@ -129,7 +133,7 @@ export class FioLoop {
         this.failed = { seed: this.opts.seed + i, code: null, signal: null, output: `the loop used all ${this.opts.regions} fresh regions before it was stopped`, ms: 0, errors: ['out of regions'], offset, bytes: 0, startedAt };
         return;
       }
-      const r = await runFio({ uri: this.opts.uri, size: String(this.opts.regionBytes), offset: String(offset), seed: this.opts.seed + i, bs: this.opts.bs, iodepth: this.opts.iodepth });
+      const r = await runFio({ uri: this.opts.uri, size: String(this.opts.regionBytes), offset: String(offset), seed: this.opts.seed + i, bs: this.opts.bs, iodepth: this.opts.iodepth, rate: this.opts.rate });
       const run: FioRegionRun = { ...r, offset, bytes: this.opts.regionBytes, startedAt };
       this.runs.push(run);
       if (!fioOk(r)) {

@@ -5,7 +5,7 @@
  * Catch-up must finish while clients keep using the volume (docs/replication.md,
  * "Maintenance", guarantee 5). Three peers, R=2; fio writes through A, one
  * short run after another (each run is a new NBD connection, as a client
- * that reconnects would be); D is stopped for a few seconds and restarted.
+ * that reconnects would be); D is stopped for 30 s and restarted.
  *
  * Expected: D's stale blocks are copied and its stale record cleared
  * within a minute or two.
@@ -18,8 +18,9 @@
  * etcd a newer token exists (StaleBook.drain logs "could not clear a stale
  * record in etcd": token N is fenced off); catch-up passes for a
  * whole-volume record can only clear at the very end of a full pass. The
- * record for D outlived the 120 s wait in every run of the e2e fault
- * suite; once the load stopped, the catch-up finished within seconds.
+ * record for D outlived the 120 s wait in the e2e fault suite; once the
+ * load stopped, the catch-up finished within seconds. (After an outage of
+ * a few seconds, a few dozen blocks, it does finish under the same load.)
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBuilt } from '../helpers/build.js';
@@ -44,7 +45,7 @@ afterAll(async () => {
 });
 
 describe('catch-up while a client reconnects every few seconds', () => {
-  it('a peer that was stopped for a few seconds is caught up while the load goes on', async () => {
+  it('a peer that was stopped for 30 s is caught up while the load goes on', async () => {
     const cl = cluster!;
     const [a, , d] = cl.peers as [TorusdHandle, TorusdHandle, TorusdHandle];
     await cl.createVolume('load', '512MiB');
@@ -52,7 +53,8 @@ describe('catch-up while a client reconnects every few seconds', () => {
     await waitFor('a first fio run', () => loop!.completed >= 1, 60_000, 200);
     await d.stop();
     const stoppedAt = Date.now();
-    await waitFor('a few runs while D is away', () => loop!.completedSince(stoppedAt) >= 2, 60_000, 200);
+    // 30 s away under full-speed writes: a few hundred blocks to catch up.
+    await waitFor('30 s away under load', () => Date.now() - stoppedAt >= 30_000 && loop!.completedSince(stoppedAt) >= 2, 90_000, 500);
     await d.restart();
     await waitFor('D to be caught up under load', async () => {
       if (loop!.failed) throw new Error(describeFio(loop!.failed));
