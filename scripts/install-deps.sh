@@ -60,6 +60,8 @@ TOOLS=(
   nbd-server:nbd-server
   busybox:busybox-static
   gcc:gcc
+  ip:iproute2
+  nft:nftables
 )
 missing_pkgs=()
 for pair in "${TOOLS[@]}"; do

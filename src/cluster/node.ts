@@ -406,6 +406,9 @@ export class ClusterNode {
   private async refreshPeers(): Promise<void> {
     try {
       const peers = await this.deps.metadata.listPeers();
+      // Before anything dials them: a coordinator opening a volume right
+      // after a peer restarted on a new address must reach the new one.
+      this.deps.transport.setPeers?.(peers);
       this.peersKnown = new Set(peers.map((p) => p.uuid));
       this.peerRecords = new Map(peers.map((p) => [p.uuid, p]));
       this.updateDown();

@@ -300,14 +300,21 @@ export class VolumeJobs {
       });
       if (r.unavailable || r.failed.length > 0) short++;
       repaired += r.fixed.filter((u) => before.includes(u)).length;
-      // Every page of every copy against its CRC (a deep scrub only).
-      const digests = new Set<number>();
+      // Every page of every copy against its CRC (a deep scrub only). The
+      // checks run after the block's order is released, so a client write
+      // may land between two of them: only copies at one version must have
+      // one digest.
+      const digests = new Map<number, Set<number>>();
       for (const u of deep ? r.fixed : []) {
         const api = c.replica(u);
         if (api === null) continue;
         try {
           const meta = await withTimeout(api.verify(c.ctx.requestContext(), c.refOf(index)), c.ctx.settings.replicaTimeoutMs, c.ctx.clock, `verify on peer ${u}`);
-          if (meta.state === 'data') digests.add(meta.digest);
+          if (meta.state === 'data') {
+            let atVersion = digests.get(meta.version);
+            if (atVersion === undefined) digests.set(meta.version, (atVersion = new Set()));
+            atVersion.add(meta.digest);
+          }
         } catch (err) {
           if (isTorusError(err, 'TORUS_ERR_STORE_CRC_MISMATCH') || isTorusError(err, 'TORUS_ERR_REPLICA_STALE')) {
             this.log.warn({ block: index, peer: u }, 'scrub found a corrupt copy; replacing it');
@@ -320,7 +327,7 @@ export class VolumeJobs {
           }
         }
       }
-      if (digests.size > 1) {
+      if ([...digests.values()].some((d) => d.size > 1)) {
         divergent++;
         c.ctx.stats.divergent++;
         this.log.error({ block: index }, 'copies at one version differ in content (a bug or silent corruption the CRCs did not catch)');
