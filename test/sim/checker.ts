@@ -2,7 +2,6 @@ import { isTorusError } from '../../src/errors/torus-error.js';
 import type { ErrorCode } from '../../src/errors/codes.js';
 import { blockRef, type BlockRef } from '../../src/model/block-ref.js';
 import type { RingRecord } from '../../src/model/records.js';
-import { versionToken } from '../../src/model/version.js';
 import { replicasOf } from '../../src/ring/placement.js';
 import type { InspectedCopy, MemoryBlockStore } from '../../src/store/memory-block-store.js';
 import type { Candidate, VolumeModel } from './model.js';
@@ -148,19 +147,21 @@ export class Checker {
 
   private readonly newestToken = new Map<number, number>();
 
-  /** A change with a write's token was applied at some store: never after a newer token's change anywhere. */
-  checkApplied(uuid: string, volumeId: number, token: number, what: string): Violation | null {
+  /**
+   * A change carrying a coordinator's token was applied at some replica:
+   * never after a change with a newer token was applied anywhere, except on
+   * a replica etcd names stale for that block (a peer that could not learn
+   * the newer token is recorded stale for the whole volume before the newer
+   * coordinator writes; what it holds is not trusted until caught up).
+   */
+  checkApplied(uuid: string, volumeId: number, token: number, what: string, recordedStale: () => boolean): Violation | null {
+    if (token <= 0) return null; // a peer's own leftover drop: no coordinator
     const newest = this.newestToken.get(volumeId) ?? 0;
-    if (token < newest) {
+    if (token < newest && !recordedStale()) {
       return { guarantee: 'G6', message: `peer ${uuid.slice(0, 8)} applied ${what} of volume ${volumeId} with token ${token} after a change with token ${newest} was applied` };
     }
     if (token > newest) this.newestToken.set(volumeId, token);
     return null;
-  }
-
-  /** A version a store now holds: its token counts as applied. */
-  tokenOfVersion(version: number): number {
-    return versionToken(version);
   }
 
   // ------------------------------------------------------------ G5: placement at rest
@@ -194,6 +195,12 @@ export class Checker {
         const differ = holders.find((h) => h.meta.version !== first.version || h.meta.digest !== first.digest || h.meta.state !== first.state);
         if (differ) {
           return { guarantee: 'G5', message: `${where}: copies differ (${holders.map((h) => `${h.uuid.slice(0, 8)}=${h.meta.state}@${h.meta.version}/${h.meta.digest}`).join(', ')})` };
+        }
+        // Byte for byte too: a copy rotted on the medium keeps its stored checksums, so only its bytes tell.
+        if (first.state === 'data') {
+          const bytes = holders.map((h) => live.find((v) => v.uuid === h.uuid)!.store.inspect(ref).visible!.data!);
+          const odd = bytes.findIndex((b) => !b.equals(bytes[0]!));
+          if (odd >= 0) return { guarantee: 'G5', message: `${where}: copies on ${holders[0]!.uuid.slice(0, 8)} and ${holders[odd]!.uuid.slice(0, 8)} have the same version and digest but different bytes` };
         }
       }
     }

@@ -1,6 +1,8 @@
 import pino, { type Logger } from 'pino';
 import { TorusError } from '../../src/errors/torus-error.js';
+import { staleKey } from '../../src/metadata/keys.js';
 import { MemoryEtcd } from '../../src/metadata/memory-etcd.js';
+import { decodeStaleRecord } from '../../src/metadata/record-codec.js';
 import { MemoryMetadata, type MemoryFault } from '../../src/metadata/memory-metadata.js';
 import type { ReplicaApi } from '../../src/model/replica-api.js';
 import type { PeerRecord, RingMember, RingRecord } from '../../src/model/records.js';
@@ -290,6 +292,15 @@ export class SimCluster {
 
   storeViews(): StoreView[] {
     return this.peers.map((p) => ({ uuid: p.uuid, alive: this.isAlive(p), store: p.store }));
+  }
+
+  /** Whether etcd names `peer` stale for this block now (read straight from the twin's store). */
+  isRecordedStale(volumeId: number, peer: string, index: number): boolean {
+    const key = staleKey(volumeId, peer);
+    const entry = this.etcd.get(key);
+    if (entry === undefined) return false;
+    const rec = decodeStaleRecord(key, entry.value);
+    return rec.all || rec.ranges.some(([s, e]) => index >= s && index < e);
   }
 
   peerByUuid(uuid: string): SimPeer | undefined {

@@ -1,0 +1,324 @@
+import type { RingRecord } from '../../src/model/records.js';
+import { SeededRandom } from '../../src/util/random.js';
+import { Checker, type Guarantee, type Violation } from './checker.js';
+import { EventLog } from './event-log.js';
+import { FaultInjector, planFaults } from './faults.js';
+import { SIM_TIMING, type NodeFactory, type SimTiming, type VolumeIo } from './node-under-test.js';
+import { SECTOR_BYTES } from './sectors.js';
+import { runUntil } from './sim-clock.js';
+import { SimCluster } from './sim-cluster.js';
+import { CLIENT_TIMEOUT_MS, Workload, type QuietState } from './workload.js';
+
+/**
+ * One seed, start to finish: a cluster of 3 to 5 peers running the real
+ * replication code, a workload of at least OPS_DEFAULT requests with
+ * faults injected at seeded points, the checkers after every step, then
+ * the settle phase (faults stop; every request must succeed; the cluster
+ * must reach guarantee 5 within SETTLE_MAX_MS; every peer must read back
+ * what the model says). Pure function of (seed, variant, ops).
+ */
+
+export const OPS_DEFAULT = 1_000;
+/** Block size of simulated clusters: the smallest torus allows, so copies are cheap. */
+export const SIM_BLOCK_SIZE = 4096;
+/** Virtual time the settle phase may take to reach guarantee 5. */
+export const SETTLE_MAX_MS = 10 * 60_000;
+/** How often the settle phase looks at the placement. */
+const SETTLE_POLL_MS = 5_000;
+/** Requests after the faults stop, each of which must succeed. */
+const AFTER_FAULT_OPS = 40;
+/** Pause between workload requests, ms [min, max]: a run covers many fault cycles. */
+const OP_GAP_MS: readonly [number, number] = [20, 280];
+/** Bytes per read in the final read-back. */
+const READBACK_CHUNK_BYTES = 64 * 1024;
+/** Peer start (or restart) within this, once etcd answers. */
+const START_MAX_MS = 60_000;
+
+export interface SeedConfig {
+  readonly seed: number;
+  readonly peers: number;
+  readonly members: number;
+  readonly replication: number;
+  readonly volumes: readonly { readonly name: string; readonly blocks: number }[];
+  readonly ops: number;
+  readonly timing: SimTiming;
+}
+
+/** The cluster shape a seed gets: 3 to 5 peers (one may start outside the ring), R = 2 or 3, 1 to 3 volumes of 32 to 128 blocks. */
+export function configFor(seed: number, ops = OPS_DEFAULT): SeedConfig {
+  const r = new SeededRandom(seed ^ 0x51ed);
+  const peers = 3 + r.int(3);
+  const members = peers - r.int(2);
+  const replication = members >= 3 && r.int(2) === 0 ? 3 : 2;
+  const volumes = Array.from({ length: 1 + r.int(3) }, (_, i) => ({ name: `vol${i}`, blocks: 32 + r.int(97) }));
+  return { seed, peers, members, replication, volumes, ops, timing: SIM_TIMING };
+}
+
+export interface SeedFailure extends Violation {
+  /** Requests issued when it was found. */
+  readonly step: number;
+  readonly timeMs: number;
+  readonly phase: 'start' | 'workload' | 'settle';
+}
+
+export interface SeedResult {
+  readonly seed: number;
+  readonly variant: string | null;
+  readonly ok: boolean;
+  readonly failure: SeedFailure | null;
+  readonly replay: string;
+  /** Running hash of every event: equal for equal runs. */
+  readonly hash: string;
+  readonly opsIssued: number;
+  readonly simMs: number;
+  readonly events: number;
+  readonly faults: Readonly<Record<string, number>>;
+  readonly config: SeedConfig;
+  /** The last events before the end (for a failure report). */
+  readonly tail: readonly string[];
+}
+
+export interface RunOptions {
+  readonly seed: number;
+  readonly ops?: number;
+  readonly factory: NodeFactory;
+  /** Named in the replay command. */
+  readonly variant?: string | null;
+  readonly verbose?: boolean;
+  /** Wraps each writer's io (variants that act at the client boundary). */
+  readonly wrapIo?: (io: VolumeIo) => VolumeIo;
+}
+
+export function replayCommand(seed: number, variant: string | null, ops: number): string {
+  return `npm run sim -- --seed ${seed}${variant ? ` --variant ${variant}` : ''}${ops !== OPS_DEFAULT ? ` --ops ${ops}` : ''}`;
+}
+
+export async function runSeed(opts: RunOptions): Promise<SeedResult> {
+  const cfg = configFor(opts.seed, opts.ops ?? OPS_DEFAULT);
+  const variant = opts.variant ?? null;
+  let failure: SeedFailure | null = null;
+  let phase: SeedFailure['phase'] = 'start';
+  // Assigned below; the closures that use them run only after.
+  let workload: Workload | undefined;
+  let cluster: SimCluster;
+  const fail = (v: Violation): void => {
+    if (failure !== null) return;
+    failure = { ...v, step: workload?.opsIssued ?? 0, timeMs: cluster.clock.monotonic(), phase };
+    log.add(`VIOLATION ${v.guarantee}: ${v.message}`);
+  };
+  const failed = (): boolean => failure !== null;
+  const blockSize = SIM_BLOCK_SIZE;
+  let checker: Checker;
+
+  cluster = new SimCluster({
+    seed: cfg.seed,
+    blockSize,
+    peers: cfg.peers,
+    members: cfg.members,
+    replication: cfg.replication,
+    capacity: 1024 * blockSize,
+    timing: cfg.timing,
+    factory: opts.factory,
+    network: { delayMinMs: 0.2, delayMaxMs: 3, reorderMaxMs: 30 },
+    onBug: (where, err) => fail({ guarantee: 'bug', message: `${where}: ${err instanceof Error ? err.message : String(err)}` }),
+    onApplied: (uuid, c) => {
+      const v = checker.checkApplied(uuid, c.ref.volumeId, c.token, `${c.kind} of block ${c.ref.index}`, () => cluster.isRecordedStale(c.ref.volumeId, uuid, c.ref.index));
+      if (v) fail(v);
+    },
+  });
+  const log = new EventLog(() => cluster.clock.monotonic(), opts.verbose ?? false);
+  checker = new Checker(blockSize, () => cluster.storeViews());
+  const clock = cluster.clock;
+  const run = (done: () => boolean, forMs: number) => runUntil(clock, () => failed() || done(), clock.monotonic() + forMs);
+
+  // ---- start: format, first ring, volumes, peers
+  log.add(`seed ${cfg.seed} peers ${cfg.peers} members ${cfg.members} R=${cfg.replication} volumes ${cfg.volumes.map((v) => `${v.name}:${v.blocks}`).join(',')}`);
+  let booted = false;
+  void cluster.inside(cluster.admin, () => cluster.bootstrap(cfg.volumes.map((v) => ({ name: v.name, size: v.blocks * blockSize })))).then(
+    () => (booted = true),
+    (err: unknown) => fail({ guarantee: 'bug', message: `bootstrap failed: ${String(err)}` }),
+  );
+  await run(() => booted, START_MAX_MS);
+  const ids = new Map<string, number>();
+  for (const v of await cluster.adminMetadata.listVolumes()) ids.set(v.name, v.id);
+  for (const p of cluster.peers) void cluster.start(p).catch((err: unknown) => fail({ guarantee: 'bug', message: `peer ${p.index} failed to start: ${String(err)}` }));
+  await run(() => cluster.peers.every((p) => p.started), START_MAX_MS);
+  if (!failed() && !cluster.peers.every((p) => p.started)) fail({ guarantee: 'liveness', message: `peers did not start within ${START_MAX_MS} ms` });
+
+  // The smallest minReplicas of the rings seen lately: what a write or flush must have reached.
+  const rings: RingRecord[] = [];
+  void cluster.adminMetadata.watchRing((ring) => {
+    rings.push(ring);
+    if (rings.length > 4) rings.shift();
+    log.add(`ring ${ring.version} ${ring.transition?.phase ?? 'stable'} R=${ring.replication} min=${ring.minReplicas}`);
+  });
+  const minReplicas = (): number => Math.min(...rings.map((r) => r.minReplicas));
+
+  const random = cluster.fork();
+  // The injector needs the workload and the workload asks the injector about quiet: a late-bound view.
+  let injector: FaultInjector | null = null;
+  const quiet: QuietState = {
+    isQuiet: (): boolean => injector === null || injector.isQuiet(),
+    get epoch(): number {
+      return injector?.epoch ?? 0;
+    },
+    anyActive: (): boolean => injector !== null && injector.anyActive(),
+  };
+  const wl: Workload = new Workload({
+    cluster,
+    checker,
+    log,
+    quiet,
+    timing: cfg.timing,
+    random,
+    volumes: cfg.volumes.map((v) => ({ name: v.name, id: ids.get(v.name)!, blocks: v.blocks })),
+    blockSize,
+    minReplicas,
+    fail,
+    ...(opts.wrapIo ? { wrapIo: opts.wrapIo } : {}),
+  });
+  workload = wl;
+  const graceMs = cfg.timing.sessionTtlSeconds * 1000 + cfg.timing.replicaTimeoutMs + cfg.timing.etcdCallTimeoutMs + 5 * cfg.timing.backgroundIntervalMs;
+  const faults = new FaultInjector(
+    { cluster, workload: wl, checker, log, random: cluster.fork(), timing: cfg.timing, volumeBlocks: (n) => cfg.volumes.find((v) => v.name === n)!.blocks, graceMs },
+    planFaults(cluster.fork(), cfg.ops),
+  );
+  injector = faults;
+  wl.ensureWriters();
+  await run(() => wl.volumes.every((v) => v.writer !== null), START_MAX_MS);
+  if (!failed() && !wl.volumes.every((v) => v.writer !== null)) fail({ guarantee: 'liveness', message: 'writers could not open their volumes on a healthy cluster' });
+
+  // ---- workload with faults
+  phase = 'workload';
+  const opsMax = 2 * cfg.ops; // required faults that keep failing to start get this long
+  const tick = (): void => {
+    if (failed()) return;
+    if (wl.opsIssued >= cfg.ops && faults.requiredDone()) return;
+    if (wl.opsIssued >= opsMax) return;
+    wl.issueRandom();
+    for (const v of wl.volumes) if (v.writer === null) wl.ensureWriter(v);
+    void faults.poll(wl.opsIssued);
+    clock.schedule(cluster.admin, OP_GAP_MS[0] + random.int(OP_GAP_MS[1] - OP_GAP_MS[0]), tick);
+  };
+  tick();
+  const workloadDone = (): boolean => (wl.opsIssued >= cfg.ops && faults.requiredDone()) || wl.opsIssued >= opsMax;
+  await run(workloadDone, 24 * 3600_000);
+  if (!failed() && !faults.requiredDone()) {
+    fail({ guarantee: 'bug', message: `the seed could not inject a ring change, a crash and a partition within ${opsMax} requests (harness)` });
+  }
+
+  // ---- settle: faults stop; then everything must work and converge
+  if (!failed()) await settle();
+
+  const result: SeedResult = {
+    seed: cfg.seed,
+    variant,
+    ok: failure === null,
+    failure,
+    replay: replayCommand(cfg.seed, variant, cfg.ops),
+    hash: log.digest(),
+    opsIssued: wl.opsIssued,
+    simMs: clock.monotonic(),
+    events: log.events,
+    faults: Object.fromEntries(faults.done),
+    config: cfg,
+    tail: log.lastLines(),
+  };
+  return result;
+
+  async function settle(): Promise<void> {
+    phase = 'settle';
+    log.add('settle: faults stop');
+    faults.endAll();
+    await run(() => wl.inflightCount() === 0, CLIENT_TIMEOUT_MS + 1_000);
+    await run(() => cluster.peers.every((p) => p.started), START_MAX_MS);
+    if (failed()) return;
+    if (!cluster.peers.every((p) => p.started)) return fail({ guarantee: 'liveness', message: `restarted peers did not start within ${START_MAX_MS} ms of the faults stopping` });
+    // Quiet returns after the grace period; from then on every request must succeed.
+    await run(() => faults.isQuiet(), graceMs + 1_000);
+    wl.ensureWriters();
+    const openBound = cfg.timing.sessionTtlSeconds * 1000 + wl.writeBoundMs() + 5_000;
+    await run(() => wl.volumes.every((v) => v.writer !== null), openBound);
+    if (failed()) return;
+    const closed = wl.volumes.filter((v) => v.writer === null);
+    if (closed.length > 0) return fail({ guarantee: 'liveness', message: `${closed.map((v) => v.name).join(', ')} could not be opened for writing within ${openBound} ms after the faults stopped` });
+    const target = wl.opsIssued + AFTER_FAULT_OPS;
+    const more = (): void => {
+      if (failed() || wl.opsIssued >= target) return;
+      wl.issueRandom();
+      clock.schedule(cluster.admin, OP_GAP_MS[0], more);
+    };
+    more();
+    await run(() => wl.opsIssued >= target && wl.inflightCount() === 0, AFTER_FAULT_OPS * 1_000 + CLIENT_TIMEOUT_MS);
+    if (failed()) return;
+    if (wl.opsIssued < target || wl.inflightCount() > 0) return fail({ guarantee: 'liveness', message: 'requests after the faults stopped did not complete' });
+
+    // Writers close (flushing); maintainers then finish what is left.
+    let closedAll = false;
+    void Promise.all(wl.volumes.map((v) => wl.closeWriter(v, 'settle'))).then(() => (closedAll = true));
+    await run(() => closedAll, CLIENT_TIMEOUT_MS + 1_000);
+    if (failed()) return;
+
+    // Guarantee 5 within SETTLE_MAX_MS.
+    const vols = wl.volumes.map((v) => ({ id: v.id, name: v.name, blocks: v.blocks }));
+    let last: Violation | null = null;
+    let converged = false;
+    const deadline = clock.monotonic() + SETTLE_MAX_MS;
+    while (!failed() && clock.monotonic() < deadline) {
+      await run(() => false, SETTLE_POLL_MS);
+      const ring = await cluster.ring();
+      last = checker.checkPlacement(ring, vols);
+      if (last === null) {
+        converged = true;
+        break;
+      }
+    }
+    if (failed()) return;
+    if (!converged) return fail({ guarantee: 'G5', message: `not reached within ${SETTLE_MAX_MS} ms of quiet: ${last?.message ?? ''}` });
+    log.add('settle: placement converged');
+
+    // Every running peer reads every volume back as the model says.
+    for (const p of cluster.peers.filter((x) => cluster.isRunning(x))) {
+      for (const v of wl.volumes) {
+        let io: VolumeIo | null = null;
+        let err: unknown = null;
+        void cluster.open(p, v.name, 'ro').then(
+          (x) => (io = x),
+          (e: unknown) => (err = e),
+        );
+        await run(() => io !== null || err !== null, CLIENT_TIMEOUT_MS);
+        if (failed()) return;
+        if (io === null) return fail({ guarantee: 'liveness', message: `peer ${p.index} could not open ${v.name} read-only at rest: ${String(err)}` });
+        const reader: VolumeIo = io;
+        const bytes = v.blocks * blockSize;
+        for (let off = 0; off < bytes; off += READBACK_CHUNK_BYTES) {
+          const len = Math.min(READBACK_CHUNK_BYTES, bytes - off);
+          let data: Buffer | null = null;
+          let rerr: unknown = null;
+          void reader.read(off, len).then(
+            (d) => (data = d),
+            (e: unknown) => (rerr = e),
+          );
+          await run(() => data !== null || rerr !== null, CLIENT_TIMEOUT_MS);
+          if (failed()) return;
+          if (data === null) return fail({ guarantee: 'liveness', message: `peer ${p.index} could not read ${v.name} at offset ${off} at rest: ${String(rerr)}` });
+          const bad = checker.checkRead(v.model, off / SECTOR_BYTES, data);
+          if (bad) return fail({ ...bad, message: `read-back through peer ${p.index}: ${bad.message}` });
+        }
+        let closedRo = false;
+        void reader.close().finally(() => (closedRo = true));
+        await run(() => closedRo, CLIENT_TIMEOUT_MS);
+      }
+    }
+    log.add('settle: read-back matches the model');
+  }
+}
+
+/** One line for a failed seed: what, where, and how to replay it. */
+export function describeFailure(r: SeedResult): string {
+  const f = r.failure;
+  if (f === null) return `seed ${r.seed}: ok`;
+  return `seed ${r.seed}${r.variant ? ` (variant ${r.variant})` : ''}: ${f.guarantee} violated at step ${f.step} (${f.phase}, t=${(f.timeMs / 1000).toFixed(3)} s): ${f.message}\n  replay: ${r.replay}`;
+}
+
+export type { Guarantee };
