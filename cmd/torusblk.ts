@@ -1,5 +1,4 @@
 #!/usr/bin/env node
-import { readFileSync } from 'node:fs';
 import '../src/daemon/threadpool.js';
 import { Command, Option } from 'commander';
 import pino from 'pino';
@@ -32,8 +31,7 @@ program
     let gateway: NbdGateway | null = null;
     try {
       const listen = parseHostPort(opts.listen, '--listen');
-      const secret = opts.clusterSecretFile ? readFileSync(opts.clusterSecretFile, 'utf8').trim() : '';
-      gateway = new NbdGateway({ etcdEndpoints: global.etcd.split(','), listen, mode: opts.readOnly ? 'ro' : 'rw', secret, logger });
+      gateway = new NbdGateway({ etcdEndpoints: global.etcd.split(','), listen, mode: opts.readOnly ? 'ro' : 'rw', secretFile: opts.clusterSecretFile ?? null, logger });
       const bound = await gateway.start();
       logger.info({ nbd: `${bound.host}:${bound.port}`, mode: opts.readOnly ? 'ro' : 'rw' }, 'torusblk nbdserve ready');
     } catch (err) {

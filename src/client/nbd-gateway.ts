@@ -1,33 +1,41 @@
 import os from 'node:os';
 import type { Logger } from 'pino';
+import { ClusterNode, DEFAULT_NODE_SETTINGS } from '../cluster/node.js';
+import { PeerDirectory } from '../cluster/peer-directory.js';
+import type { OpenMode } from '../cluster/volume-manager.js';
 import { TorusError } from '../errors/torus-error.js';
 import { EtcdMetadata } from '../metadata/etcd-metadata.js';
-import type { MetadataSession } from '../metadata/metadata-service.js';
 import { NbdServer } from '../nbd/server.js';
-import { ClusterPlacement } from '../volume/cluster-placement.js';
+import type { WriteLevel } from '../replication/settings.js';
+import { systemClock } from '../util/clock.js';
+import { systemIds, systemRandom } from '../util/random.js';
 import { VolumeExports } from '../volume/volume-exports.js';
-import { VolumeManager, type OpenMode } from '../volume/volume-manager.js';
+import { resolveClusterSecret } from '../daemon/secret.js';
 
 export interface NbdGatewayOptions {
   readonly etcdEndpoints: string[];
   readonly listen: { host: string; port: number };
   readonly mode: OpenMode;
-  readonly secret: string;
+  /** --cluster-secret-file; null reads the secret from etcd. */
+  readonly secretFile: string | null;
+  readonly writeLevel?: WriteLevel;
   readonly logger: Logger;
 }
 
+/** How often the peer addresses are re-read from etcd. */
+const PEER_REFRESH_MS = 5_000;
+
 /**
- * `torusblk nbdserve`: an NBD server outside torusd. It holds no blocks; it
- * reaches the peers of the ring over the peer protocol, and takes volume
+ * `torusblk nbdserve`: an NBD server outside torusd. It holds no blocks: it
+ * runs a cluster node without a store (the same replication code torusd
+ * runs), reaching the ring's peers over the peer protocol, and takes volume
  * locks in etcd under its own lease like any other writer.
  */
 export class NbdGateway {
   private metadata: EtcdMetadata | null = null;
-  private session: MetadataSession | null = null;
-  private placement: ClusterPlacement | null = null;
-  private volumes: VolumeManager | null = null;
+  private peers: PeerDirectory | null = null;
+  private node: ClusterNode | null = null;
   private nbd: NbdServer | null = null;
-  private stopRing: (() => Promise<void>) | null = null;
   private peerTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly opts: NbdGatewayOptions) {}
@@ -37,32 +45,29 @@ export class NbdGateway {
     const metadata = (this.metadata = new EtcdMetadata({ endpoints: this.opts.etcdEndpoints, logger: log }));
     const cluster = await metadata.getClusterConfig();
     if (!cluster) throw new TorusError('TORUS_ERR_CLUSTER_NOT_INITIALISED', 'the cluster is not initialised: run "torusctl init"');
-    const uuid = `torusblk-${os.hostname()}-${process.pid}`;
-    const placement = (this.placement = new ClusterPlacement({ self: null, blockSize: cluster.blockSize, clusterId: cluster.id, secret: this.opts.secret, logger: log, localUuid: uuid }));
-    placement.setPeers(await metadata.listPeers());
-    this.stopRing = await metadata.watchRing((ring) => {
-      placement.setRing(ring);
-      void metadata.listPeers().then((p) => placement.setPeers(p), () => undefined);
-    });
-    this.peerTimer = setInterval(() => void metadata.listPeers().then((p) => placement.setPeers(p), () => undefined), 5_000);
+    const secret = await resolveClusterSecret({ file: this.opts.secretFile, dataDir: null, metadata, logger: log });
+    const uuid = systemIds.uuid();
+    const peers = (this.peers = new PeerDirectory({ blockSize: cluster.blockSize, clusterId: cluster.id, localUuid: uuid, secret, clock: systemClock, logger: log }));
+    peers.setPeers(await metadata.listPeers());
+    this.peerTimer = setInterval(() => void metadata.listPeers().then((p) => peers.setPeers(p), () => undefined), PEER_REFRESH_MS);
     this.peerTimer.unref();
-    if (this.opts.mode === 'rw') {
-      this.session = await metadata.openSession({ ttlSeconds: 30 });
-      this.session.on((ev) => {
-        if (ev.type === 'lost') {
-          log.error({ err: ev.err }, 'etcd lease lost: volume locks are gone; writes are refused');
-          void this.volumes?.leaseLost();
-        }
-      });
-    }
-    this.volumes = new VolumeManager({
+    const settings = { ...DEFAULT_NODE_SETTINGS, replication: { ...DEFAULT_NODE_SETTINGS.replication, ...(this.opts.writeLevel ? { writeLevel: this.opts.writeLevel } : {}) } };
+    this.node = new ClusterNode({
+      uuid,
       metadata,
-      session: () => this.session,
-      placement: () => placement,
-      holder: `torusblk nbdserve on ${os.hostname()} (pid ${process.pid})`,
+      store: null,
+      fences: null,
+      transport: peers,
+      clock: systemClock,
+      random: systemRandom,
+      ids: systemIds,
       logger: log,
+      settings,
+      holder: `torusblk nbdserve on ${os.hostname()} (pid ${process.pid})`,
+      peerRecord: null,
     });
-    this.nbd = new NbdServer({ provider: new VolumeExports(metadata, this.volumes, this.opts.mode), logger: log });
+    await this.node.start();
+    this.nbd = new NbdServer({ provider: new VolumeExports(metadata, this.node.volumes, this.opts.mode), logger: log });
     const bound = await this.nbd.listen(this.opts.listen.host, this.opts.listen.port);
     return { host: this.opts.listen.host, port: bound.port };
   }
@@ -70,10 +75,8 @@ export class NbdGateway {
   async stop(): Promise<void> {
     if (this.peerTimer) clearInterval(this.peerTimer);
     await this.nbd?.close();
-    await this.volumes?.closeAll();
-    await this.stopRing?.();
-    await this.placement?.close();
-    await this.session?.close();
+    await this.node?.stop();
+    await this.peers?.close();
     await this.metadata?.close();
   }
 }

@@ -1,7 +1,8 @@
 import { TorusError } from '../errors/torus-error.js';
 import { defaultEtcdEndpoint } from '../model/defaults.js';
 import { parsePeerAddress, type PeerAddress } from '../peer/address.js';
-import { parseSizeOrPercent } from '../util/size.js';
+import { parseSize, parseSizeOrPercent } from '../util/size.js';
+import { parseWriteLevel, type WriteLevel } from '../replication/settings.js';
 
 /**
  * torusd's settings, resolved from flags over the environment variables of
@@ -19,6 +20,11 @@ export interface DaemonFlags {
   debugInit?: boolean;
   debug?: boolean;
   clusterSecretFile?: string;
+  writeLevel?: string;
+  replicaTimeout?: string;
+  downOutInterval?: string;
+  rebalanceRate?: string;
+  scrubInterval?: string;
 }
 
 export interface DaemonConfig {
@@ -33,6 +39,14 @@ export interface DaemonConfig {
   readonly debugInit: boolean;
   readonly debug: boolean;
   readonly clusterSecretFile: string | null;
+  /** docs/replication.md, "Write levels". */
+  readonly writeLevel: WriteLevel;
+  readonly replicaTimeoutMs: number;
+  /** 0: never take DOWN members out of the ring. */
+  readonly downOutIntervalMs: number;
+  readonly rebalanceBytesPerSec: number;
+  /** 0: no periodic scrub. */
+  readonly scrubIntervalMs: number;
 }
 
 export const DEFAULTS = {
@@ -43,6 +57,11 @@ export const DEFAULTS = {
   httpPort: 4321,
   peerPort: 40000,
   nbdAddress: '127.0.0.1:10809',
+  writeLevel: 'all',
+  replicaTimeout: '8s',
+  downOutInterval: '10m',
+  rebalanceRate: '100MiB',
+  scrubInterval: '24h',
 } as const;
 
 export function resolveDaemonConfig(flags: DaemonFlags, env: Record<string, string | undefined>): DaemonConfig {
@@ -63,7 +82,36 @@ export function resolveDaemonConfig(flags: DaemonFlags, env: Record<string, stri
     debugInit: flags.debugInit ?? truthy(env.DEBUG_INIT),
     debug: flags.debug ?? truthy(env.DEBUG),
     clusterSecretFile: flags.clusterSecretFile ?? env.TORUS_CLUSTER_SECRET_FILE ?? null,
+    writeLevel: parseLevel(flags.writeLevel ?? env.WRITE_LEVEL ?? DEFAULTS.writeLevel),
+    replicaTimeoutMs: parseDuration(flags.replicaTimeout ?? DEFAULTS.replicaTimeout, '--replica-timeout', 100),
+    downOutIntervalMs: parseDuration(flags.downOutInterval ?? DEFAULTS.downOutInterval, '--down-out-interval', 0),
+    rebalanceBytesPerSec: parseRate(flags.rebalanceRate ?? DEFAULTS.rebalanceRate),
+    scrubIntervalMs: parseDuration(flags.scrubInterval ?? DEFAULTS.scrubInterval, '--scrub-interval', 0),
   };
+}
+
+function parseLevel(text: string): WriteLevel {
+  const level = parseWriteLevel(text);
+  if (level === null) throw new TorusError('TORUS_ERR_ARG_INVALID', `--write-level "${text}": expected all, one or local`);
+  return level;
+}
+
+/** `8s`, `500ms`, `10m`, `24h`, `0` (off where allowed). */
+export function parseDuration(text: string, flag: string, minMs: number): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim());
+  if (!m) throw new TorusError('TORUS_ERR_ARG_INVALID', `${flag} "${text}": expected a duration such as 500ms, 8s, 10m or 24h`);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
+  const ms = Math.round(Number(m[1]) * unit);
+  if (ms !== 0 && ms < minMs) throw new TorusError('TORUS_ERR_ARG_INVALID', `${flag} "${text}": at least ${minMs} ms`);
+  if (ms === 0 && minMs > 0) throw new TorusError('TORUS_ERR_ARG_INVALID', `${flag} "${text}": must be more than 0`);
+  return ms;
+}
+
+/** `100MiB` or `100MiB/s`: bytes per second. */
+function parseRate(text: string): number {
+  const bytes = parseSize(text.replace(/\/s(ec)?$/, ''));
+  if (bytes <= 0) throw new TorusError('TORUS_ERR_ARG_INVALID', `--rebalance-rate "${text}": expected a positive rate such as 100MiB`);
+  return bytes;
 }
 
 function truthy(v: string | undefined): boolean {

@@ -1,71 +1,62 @@
-import { readFile, statfs } from 'node:fs/promises';
+import { statfs } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 import type { FastifyInstance } from 'fastify';
+import { ClusterNode, DEFAULT_NODE_SETTINGS } from '../cluster/node.js';
+import { PeerDirectory } from '../cluster/peer-directory.js';
 import { TorusError, isTorusError } from '../errors/torus-error.js';
 import { buildHttpApp } from '../http/app.js';
 import { createMetrics, type NbdCommandName, type TorusMetrics } from '../http/metrics.js';
 import type { StatusDocument } from '../http/status.js';
 import { EtcdMetadata } from '../metadata/etcd-metadata.js';
-import type { MetadataSession } from '../metadata/metadata-service.js';
-import type { ClusterConfig, PeerRecord, RingRecord } from '../model/records.js';
+import type { ClusterConfig, PeerRecord } from '../model/records.js';
+import { DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_REPLICATION } from '../model/defaults.js';
 import { NbdServer } from '../nbd/server.js';
 import { formatPeerAddress } from '../peer/address.js';
 import { PeerServer } from '../peer/server.js';
 import { planRingChange } from '../ring/transition.js';
+import { FileFencePersistence } from '../store/fence-file.js';
 import { FileBlockStore } from '../store/file-block-store.js';
-import { asLegacyBlockStore } from '../store/legacy-adapter.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { crc32cDescription } from '../util/crc32c.js';
+import { systemIds, systemRandom } from '../util/random.js';
+import { sleep } from '../util/timeout.js';
 import { VolumeExports } from '../volume/volume-exports.js';
-import { VolumeManager } from '../volume/volume-manager.js';
-import { ClusterPlacement } from '../volume/cluster-placement.js';
+import { VERSION } from '../version.js';
 import type { DaemonConfig } from './config.js';
 import { bindDataDirToCluster, claimDataDir, loadOrCreatePeerId, readLeaseFile, releaseDataDir, writeLeaseFile } from './identity.js';
-import { DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_REPLICATION } from '../model/defaults.js';
-import { VERSION } from '../version.js';
+import { resolveClusterSecret } from './secret.js';
 
-/** Lease TTL of the peer record and volume locks (Torus used 30 s). */
-const LEASE_TTL_SECONDS = 30;
-const HEARTBEAT_MS = 5_000;
-const GC_INTERVAL_MS = 30_000;
+const PEER_REFRESH_MS = 5_000;
 const RETRY_MS_MAX = 5_000;
 
 /**
- * torusd: one peer of the cluster. Wires the local block store, the peer
- * listener, the etcd session (membership, ring, volume locks), the NBD server
- * and the HTTP endpoints. Each part is its own module; this file only wires
- * and supervises them.
+ * torusd: the shell around one cluster node (src/cluster/node.ts). It
+ * brings the real resources (the data dir and its block store, etcd, TCP
+ * listeners for peers, NBD and HTTP, the system clock) and wires them to
+ * the node, which holds every rule.
  */
 export class TorusDaemon {
   private readonly log: Logger;
-  /** Parts get the root logger and add their own `module` field. */
   private readonly root: Logger;
   private readonly clock: Clock;
   private metadata!: EtcdMetadata;
   private store!: FileBlockStore;
   private peerServer!: PeerServer;
+  private peers!: PeerDirectory;
+  private node!: ClusterNode;
   private nbd!: NbdServer;
   private http!: FastifyInstance;
   private metrics!: TorusMetrics;
-  private placement!: ClusterPlacement;
-  private volumes!: VolumeManager;
-  private session: MetadataSession | null = null;
   private cluster!: ClusterConfig;
   private uuid = '';
   private capacity = 0;
   private addresses = { peer: '', nbd: null as string | null, http: null as string | null };
-  private stopRingWatch: (() => Promise<void>) | null = null;
-  private stopVolumeWatch: (() => Promise<void>) | null = null;
-  private gcRunning = false;
+  private peerTimer: { cancel(): void } | null = null;
   private claimed = false;
-  private gcAgain = false;
-  private timers: { cancel(): void }[] = [];
   private stopping = false;
-  private etcdHealthy = false;
-  private reconnecting = false;
 
   constructor(
     private readonly config: DaemonConfig,
@@ -89,6 +80,7 @@ export class TorusDaemon {
     this.cluster = await this.waitForCluster();
     await bindDataDirToCluster(cfg.dataDir, this.cluster.id);
     this.capacity = await this.resolveCapacity();
+    const secret = await resolveClusterSecret({ file: cfg.clusterSecretFile, dataDir: cfg.dataDir, metadata: this.metadata, logger: this.root });
 
     const registry = new Registry();
     this.metrics = createMetrics(registry);
@@ -104,24 +96,40 @@ export class TorusDaemon {
       const u = this.store.usage();
       return { capacityBytes: u.capacity, usedBytes: u.used };
     });
-    const secret = await this.loadSecret();
-    // Temporary: the peer protocol and volumes still speak the old store contract.
-    const legacyStore = asLegacyBlockStore(this.store);
 
-    this.peerServer = new PeerServer({ store: legacyStore, logger: this.root, clusterId: this.clusterId(), peerUuid: uuid, secret, clock: this.clock });
+    this.peers = new PeerDirectory({ blockSize: this.cluster.blockSize, clusterId: this.cluster.id, localUuid: uuid, secret, clock: this.clock, logger: this.root });
+    this.peers.setPeers(await this.metadata.listPeers().catch(() => []));
+    this.node = new ClusterNode({
+      uuid,
+      metadata: this.metadata,
+      store: this.store,
+      fences: new FileFencePersistence(path.join(cfg.dataDir, 'store')),
+      transport: this.peers,
+      clock: this.clock,
+      random: systemRandom,
+      ids: systemIds,
+      logger: this.root,
+      settings: {
+        ...DEFAULT_NODE_SETTINGS,
+        downOutIntervalMs: cfg.downOutIntervalMs,
+        replication: {
+          ...DEFAULT_NODE_SETTINGS.replication,
+          replicaTimeoutMs: cfg.replicaTimeoutMs,
+          writeLevel: cfg.writeLevel,
+          copyBytesPerSec: cfg.rebalanceBytesPerSec,
+          scrubIntervalMs: cfg.scrubIntervalMs,
+        },
+      },
+      holder: `torusd ${uuid} on ${os.hostname()} (pid ${process.pid})`,
+      peerRecord: () => this.peerRecord(),
+      onSessionOpened: (id) => writeLeaseFile(cfg.dataDir, id),
+      onLiveChange: (live) => this.metrics.setEtcdHealthy(live),
+    });
+
+    this.peerServer = new PeerServer({ replica: this.node.replicaHandle(), logger: this.root, clusterId: this.cluster.id, peerUuid: uuid, secret, clock: this.clock });
     const peerBound = await this.peerServer.listen(cfg.peerAddress.host, cfg.peerAddress.port);
     // Others dial the configured address; a port of 0 (tests) means the bound one.
     this.addresses.peer = formatPeerAddress({ host: cfg.peerAddress.host, port: peerBound.port });
-
-    this.placement = new ClusterPlacement({ self: { uuid, store: legacyStore }, blockSize: this.cluster.blockSize, clusterId: this.clusterId(), secret, logger: this.root, localUuid: uuid });
-    this.volumes = new VolumeManager({
-      metadata: this.metadata,
-      session: () => this.session,
-      placement: () => this.placement,
-      holder: `torusd ${uuid} on ${os.hostname()} (pid ${process.pid})`,
-      logger: this.root,
-      clock: this.clock,
-    });
 
     // A predecessor killed with -9 left its lease (and with it the locks of
     // the volumes it served) alive for up to a TTL. It is dead (we hold its
@@ -133,13 +141,23 @@ export class TorusDaemon {
         (err) => this.log.warn({ err, lease: stale }, 'could not revoke the lease of the previous run; its locks expire with it'),
       );
     }
-    await this.openSession();
-    await this.refreshPeers();
-    this.stopRingWatch = await this.metadata.watchRing((ring) => this.onRing(ring));
+    await this.node.start();
+    this.metrics.setReplicationSource(() => {
+      const ring = this.node.currentRing();
+      return {
+        ...this.node.stats,
+        copiedBytes: this.node.throttle.totalBytes(),
+        copyBytesPerSec: this.node.throttle.rate(),
+        failingPeers: this.node.health.failingPeers().length,
+        ringVersion: ring.version,
+        ringPhase: ring.transition === null ? 0 : ring.transition.phase === 'moving' ? 1 : 2,
+      };
+    });
+    this.refreshPeersEvery();
     if (cfg.autoJoin) await this.joinRing();
 
     this.nbd = new NbdServer({
-      provider: new VolumeExports(this.metadata, this.volumes, 'rw'),
+      provider: new VolumeExports(this.metadata, this.node.volumes, 'rw'),
       logger: this.root,
       onRequest: (r) => this.metrics.nbdRequest(r.command as NbdCommandName, r.bytes, r.latencyMs, r.error),
       onConnection: (event) => (event === 'open' ? this.metrics.nbdConnectionOpened() : this.metrics.nbdConnectionClosed()),
@@ -151,15 +169,8 @@ export class TorusDaemon {
     await this.http.listen({ host: cfg.http.host, port: cfg.http.port });
     const httpAddr = this.http.server.address();
     this.addresses.http = `${cfg.http.host}:${typeof httpAddr === 'object' && httpAddr ? httpAddr.port : cfg.http.port}`;
-
-    this.every(HEARTBEAT_MS, () => this.heartbeat());
-    // Deletions free space at once; the periodic run catches deletions made
-    // while this peer was down or its watch was disconnected.
-    this.stopVolumeWatch = await this.metadata.watchVolumeDeletes(() => void this.collectGarbage());
-    this.every(GC_INTERVAL_MS, () => this.collectGarbage());
-    void this.collectGarbage();
     // The first record went out before the NBD and HTTP listeners were bound.
-    await this.session?.putPeer(this.peerRecord()).catch((err) => this.log.warn({ err }, 'could not publish the peer record'));
+    await this.node.currentSession()?.putPeer(this.peerRecord()).catch((err) => this.log.warn({ err }, 'could not publish the peer record'));
     this.log.info({ uuid, peer: this.addresses.peer, nbd: this.addresses.nbd, http: this.addresses.http, capacity: this.capacity, blockSize: this.cluster.blockSize }, 'torusd ready');
   }
 
@@ -167,7 +178,7 @@ export class TorusDaemon {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    for (const t of this.timers) t.cancel();
+    this.peerTimer?.cancel();
     const step = async (what: string, fn: () => Promise<unknown>) => {
       try {
         await fn();
@@ -176,20 +187,17 @@ export class TorusDaemon {
       }
     };
     if (this.nbd) await step('nbd', () => this.nbd.close());
-    if (this.volumes) await step('volumes', () => this.volumes.closeAll());
     if (this.http) await step('http', () => this.http.close());
-    if (this.stopRingWatch) await step('ring watch', () => this.stopRingWatch!());
-    if (this.stopVolumeWatch) await step('volume watch', () => this.stopVolumeWatch!());
+    if (this.node) await step('node', () => this.node.stop());
     if (this.peerServer) await step('peer server', () => this.peerServer.close());
-    if (this.placement) await step('peer clients', () => this.placement.close());
+    if (this.peers) await step('peer clients', () => this.peers.close());
     if (this.store) await step('store', () => this.store.close());
-    if (this.session) await step('session', () => this.session!.close());
     if (this.metadata) await step('etcd', () => this.metadata.close());
     if (this.claimed) await step('data dir', () => releaseDataDir(this.config.dataDir));
     this.log.info({}, 'torusd stopped');
   }
 
-  // ------------------------------------------------------------ etcd: cluster, session, ring
+  // ------------------------------------------------------------ etcd: cluster and ring
 
   /** Waits for etcd and an initialised cluster (or makes one with --debug-init). */
   private async waitForCluster(): Promise<ClusterConfig> {
@@ -213,87 +221,23 @@ export class TorusDaemon {
       } catch (err) {
         if (!isTorusError(err, 'TORUS_ERR_ETCD_UNAVAILABLE')) throw err;
         this.log.warn({ err, retryMs: delay }, 'etcd unreachable; retrying');
-        await new Promise((r) => setTimeout(r, delay));
+        await sleep(this.clock, delay);
         delay = Math.min(RETRY_MS_MAX, delay * 2);
       }
     }
   }
 
-  private async openSession(): Promise<void> {
-    const session = await this.metadata.openSession({ ttlSeconds: LEASE_TTL_SECONDS });
-    session.on((ev) => {
-      if (ev.type === 'degraded') {
-        this.etcdHealthy = false;
-        this.metrics.setEtcdHealthy(false);
-        this.log.warn({ err: ev.err }, 'etcd keepalive failing; serving on until the lease deadline');
-      } else if (ev.type === 'healthy') {
-        this.etcdHealthy = true;
-        this.metrics.setEtcdHealthy(true);
-        this.log.info({}, 'etcd keepalive healthy again');
-      } else if (ev.type === 'lost') {
-        this.etcdHealthy = false;
-        this.metrics.setEtcdHealthy(false);
-        this.log.error({ err: ev.err }, 'etcd lease lost: volume locks are gone; reconnecting');
-        void this.volumes.leaseLost().then(() => this.reconnect());
-      }
-    });
-    this.session = session;
-    await writeLeaseFile(this.config.dataDir, session.id);
-    this.etcdHealthy = true;
-    this.metrics.setEtcdHealthy(true);
-    await session.putPeer(this.peerRecord());
-  }
-
-  /** After a lost lease: a new session, the peer record again, the locks again. */
-  private async reconnect(): Promise<void> {
-    if (this.reconnecting || this.stopping) return;
-    this.reconnecting = true;
-    const old = this.session;
-    this.session = null;
-    let delay = 200;
-    try {
-      while (!this.stopping) {
-        try {
-          // Our old lease may outlive the outage on etcd's side (its clock
-          // stood still too); its locks would refuse our own relock. We know
-          // it is dead to us, so revoke it first.
-          if (old) {
-            await this.metadata.revokeStaleLease(old.id);
-            await old.close().catch(() => undefined);
-          }
-          await this.openSession();
-          await this.volumes.relock();
-          this.log.info({}, 'etcd session re-established');
-          return;
-        } catch (err) {
-          this.log.warn({ err, retryMs: delay }, 'etcd session could not be re-established; retrying');
-          await new Promise((r) => setTimeout(r, delay));
-          delay = Math.min(RETRY_MS_MAX, delay * 2);
-        }
-      }
-    } finally {
-      this.reconnecting = false;
-    }
-  }
-
-  private onRing(ring: RingRecord): void {
-    this.placement.setRing(ring);
-    const member = ring.members.some((m) => m.uuid === this.uuid);
-    this.log.info({ version: ring.version, replication: ring.replication, members: ring.members.length, member }, 'ring changed');
-    void this.refreshPeers();
-  }
-
+  /** --auto-join: a ring change like `torusctl peer add`, so blocks move to this peer before it serves them. */
   private async joinRing(): Promise<void> {
     for (let attempt = 0; attempt < 20; attempt++) {
       const ring = await this.metadata.getRing();
       if (ring.members.some((m) => m.uuid === this.uuid)) return;
-      // A join is a ring transition (docs/replication.md): blocks move to the new member before the old owners stop taking them.
       const members = [...ring.members, { uuid: this.uuid, weight: this.capacity }];
-      const next = planRingChange(ring, members, ring.replication, ring.minReplicas, `auto-join ${this.uuid}`, this.clock.now());
+      const next = planRingChange(ring, members, ring.replication, ring.minReplicas, `peer add ${this.uuid} (--auto-join)`, this.clock.now());
       if (next === null) return;
       try {
         await this.metadata.setRing(next);
-        this.log.info({ version: next.version, phase: next.transition?.phase ?? 'stable' }, 'joined the ring (--auto-join)');
+        this.log.info({ ringVersion: next.version, transition: next.transition !== null }, 'joined the ring (--auto-join)');
         return;
       } catch (err) {
         if (!isTorusError(err, 'TORUS_ERR_CLUSTER_CONFLICT')) throw err;
@@ -302,58 +246,16 @@ export class TorusDaemon {
     throw new TorusError('TORUS_ERR_CLUSTER_CONFLICT', 'could not join the ring: it kept changing under us');
   }
 
-  private async heartbeat(): Promise<void> {
-    const session = this.session;
-    if (!session) return;
-    this.metrics.setVolumesOpen((await this.volumes.list()).length);
-    try {
-      await session.putPeer(this.peerRecord());
-      // A relock that failed after a reconnect (the old lock not yet gone) is
-      // tried again on every heartbeat; nothing to do when no lock was lost.
-      await this.volumes.relock();
-      await this.refreshPeers();
-    } catch (err) {
-      this.log.warn({ err }, 'heartbeat to etcd failed');
-    }
-  }
-
-  private async refreshPeers(): Promise<void> {
-    try {
-      this.placement.setPeers(await this.metadata.listPeers());
-    } catch (err) {
-      this.log.warn({ err }, 'could not list peers');
-    }
-  }
-
-  /**
-   * Frees blocks of deleted volumes. Only volumes that etcd *said* are gone:
-   * a failed read throws and nothing is deleted; ids above the highest id
-   * etcd has handed out may belong to volumes created since, so they stay.
-   */
-  private async collectGarbage(): Promise<void> {
-    if (this.gcRunning) {
-      this.gcAgain = true;
-      return;
-    }
-    this.gcRunning = true;
-    try {
-      const { live, lastId } = await this.metadata.volumeIdsForGc();
-      const ids = new Set(live);
-      for (const id of this.store.volumeIds()) {
-        if (!ids.has(id) && id <= lastId) {
-          this.log.info({ volumeId: id }, 'freeing the blocks of a deleted volume');
-          await this.store.deleteVolume(id);
-        }
-      }
-    } catch (err) {
-      this.log.warn({ err }, 'garbage collection skipped: could not list volumes');
-    } finally {
-      this.gcRunning = false;
-      if (this.gcAgain && !this.stopping) {
-        this.gcAgain = false;
-        void this.collectGarbage();
-      }
-    }
+  private refreshPeersEvery(): void {
+    const tick = () => {
+      void this.metadata
+        .listPeers()
+        .then((p) => this.peers.setPeers(p), () => undefined)
+        .finally(() => {
+          if (!this.stopping) this.peerTimer = this.clock.setTimeout(tick, PEER_REFRESH_MS);
+        });
+    };
+    this.peerTimer = this.clock.setTimeout(tick, PEER_REFRESH_MS);
   }
 
   // ------------------------------------------------------------ helpers
@@ -372,11 +274,9 @@ export class TorusDaemon {
       hostname: os.hostname(),
       pid: process.pid,
       version: VERSION,
+      incarnation: this.node?.incarnation ?? '',
+      rebalanceBytesPerSec: Math.round(this.node?.throttle.rate() ?? 0),
     };
-  }
-
-  private clusterId(): string {
-    return this.cluster.id;
   }
 
   private async resolveCapacity(): Promise<number> {
@@ -386,30 +286,10 @@ export class TorusDaemon {
     return Math.floor((st.blocks * st.bsize * size.percent) / 100);
   }
 
-  private async loadSecret(): Promise<string> {
-    const file = this.config.clusterSecretFile;
-    if (!file) return '';
-    try {
-      return (await readFile(file, 'utf8')).trim();
-    } catch (err) {
-      throw new TorusError('TORUS_ERR_DAEMON_START', `cannot read the cluster secret file ${file}: ${(err as Error).message}`, { cause: err });
-    }
-  }
-
-  private every(ms: number, fn: () => Promise<void>): void {
-    let handle: { cancel(): void };
-    const tick = () => {
-      void fn().finally(() => {
-        if (!this.stopping) handle = this.clock.setTimeout(tick, ms);
-      });
-    };
-    handle = this.clock.setTimeout(tick, ms);
-    this.timers.push({ cancel: () => handle.cancel() });
-  }
-
   private async status(): Promise<StatusDocument> {
     const u = this.store.usage();
-    const open = await this.volumes.list();
+    const open = await this.node.volumes.list();
+    const ring = this.node.currentRing();
     return {
       uuid: this.uuid,
       version: VERSION,
@@ -417,18 +297,21 @@ export class TorusDaemon {
       capacity: u.capacity,
       used: u.used,
       openVolumes: open.map((ov) => ({ name: ov.name, id: ov.volume.record.id, mode: ov.mode, connections: ov.users, lockToken: ov.lock?.token ?? null })),
-      etcd: { endpoints: this.config.etcdEndpoints, healthy: this.etcdHealthy },
+      etcd: { endpoints: this.config.etcdEndpoints, healthy: this.node.isLive },
       crc32c: crc32cDescription(),
+      ring: { version: ring.version, phase: ring.transition?.phase ?? 'stable', members: ring.members.length, replication: ring.replication, minReplicas: ring.minReplicas },
+      replication: { copiedBytes: this.node.throttle.totalBytes(), copyBytesPerSec: Math.round(this.node.throttle.rate()), failingPeers: this.node.health.failingPeers() },
     };
   }
 
   private health() {
-    const ring = this.placement.getRing();
+    const ring = this.node.currentRing();
     const member = ring.members.some((m) => m.uuid === this.uuid);
+    const ok = this.node.isLive;
     return {
-      ok: this.etcdHealthy,
+      ok,
       checks: {
-        etcd: { ok: this.etcdHealthy, ...(this.etcdHealthy ? {} : { detail: 'etcd session lost or keepalive failing' }) },
+        etcd: { ok, ...(ok ? {} : { detail: 'etcd session lost or not yet re-established' }) },
         ring: { ok: true, detail: member ? 'member' : 'not a ring member (torusctl peer add or --auto-join)' },
       },
     };

@@ -33,6 +33,24 @@ export interface StoreUsage {
   usedBytes: number;
 }
 
+/** What the replication layer reports (src/replication/stats.ts plus live figures). */
+export interface ReplicationReading {
+  readonly degradedChanges: number;
+  readonly failedChanges: number;
+  readonly staleRecorded: number;
+  readonly caughtUp: number;
+  readonly moved: number;
+  readonly repaired: number;
+  readonly scrubbed: number;
+  readonly divergent: number;
+  readonly copiedBytes: number;
+  readonly copyBytesPerSec: number;
+  readonly failingPeers: number;
+  readonly ringVersion: number;
+  /** 0 stable, 1 moving, 2 settled. */
+  readonly ringPhase: number;
+}
+
 export interface MetricsOptions {
   /** Read at every scrape; may be set later with setStoreUsageSource. */
   storeUsage?: () => StoreUsage;
@@ -57,6 +75,8 @@ export interface TorusMetrics {
   setVolumesOpen(count: number): void;
   /** 1 while the etcd session (lease) is alive, 0 when it is lost. */
   setEtcdHealthy(healthy: boolean): void;
+  /** Read at every scrape. */
+  setReplicationSource(source: () => ReplicationReading): void;
 }
 
 /** Keeps label values to a fixed set so a misbehaving caller cannot grow the series count. */
@@ -153,6 +173,60 @@ export function createMetrics(registry: Registry, options: MetricsOptions = {}):
     help: '1 while the etcd session (lease) is alive, 0 otherwise',
     registers,
   });
+  let replication: (() => ReplicationReading) | undefined;
+  let lastReplication: ReplicationReading | undefined;
+  const readReplication = (): ReplicationReading | undefined => {
+    if (replication !== undefined) {
+      try {
+        lastReplication = replication();
+      } catch {
+        // keep the previous reading
+      }
+    }
+    return lastReplication;
+  };
+  // Counters kept elsewhere are copied in at scrape time.
+  const replicationCounters: [string, string, keyof ReplicationReading][] = [
+    ['torus_replication_degraded_changes_total', 'Changes acknowledged with some owners recorded stale instead (a peer down or failing)', 'degradedChanges'],
+    ['torus_replication_failed_changes_total', 'Changes not acknowledged because fewer than minReplicas owners took them', 'failedChanges'],
+    ['torus_replication_stale_recorded_total', 'Blocks recorded stale in etcd for an owner that missed a change', 'staleRecorded'],
+    ['torus_replication_caught_up_blocks_total', 'Blocks copied or confirmed for a peer that had missed changes', 'caughtUp'],
+    ['torus_replication_moved_blocks_total', 'Block copies made for new owners during ring transitions', 'moved'],
+    ['torus_replication_repaired_blocks_total', 'Copies replaced after a checksum failure, a lost change or a scrub', 'repaired'],
+    ['torus_replication_scrubbed_blocks_total', 'Blocks whose copies a scrub compared and checked', 'scrubbed'],
+    ['torus_replication_divergent_blocks_total', 'Blocks whose copies differ at one version (investigate)', 'divergent'],
+    ['torus_replication_copied_bytes_total', 'Bytes copied for moves, catch-up, repair and scrub', 'copiedBytes'],
+  ];
+  for (const [name, help, key] of replicationCounters) {
+    new Counter({
+      name,
+      help,
+      registers,
+      collect() {
+        const r = readReplication();
+        if (r === undefined) return;
+        this.reset();
+        this.inc(r[key]);
+      },
+    });
+  }
+  const replicationGauges: [string, string, keyof ReplicationReading][] = [
+    ['torus_replication_copy_bytes_per_second', 'Background copy rate over the last 10 s (the REB/REP DATA column)', 'copyBytesPerSec'],
+    ['torus_replication_failing_peers', 'Peers this daemon skips now because they failed a request (probed every second)', 'failingPeers'],
+    ['torus_ring_version', 'Version of the ring this daemon uses', 'ringVersion'],
+    ['torus_ring_phase', 'Ring transition phase: 0 stable, 1 moving, 2 settled', 'ringPhase'],
+  ];
+  for (const [name, help, key] of replicationGauges) {
+    new Gauge({
+      name,
+      help,
+      registers,
+      collect() {
+        const r = readReplication();
+        if (r !== undefined) this.set(r[key]);
+      },
+    });
+  }
   volumesOpen.set(0);
   etcdHealthy.set(0);
   connections.set(0);
@@ -188,6 +262,9 @@ export function createMetrics(registry: Registry, options: MetricsOptions = {}):
     },
     setEtcdHealthy(healthy) {
       etcdHealthy.set(healthy ? 1 : 0);
+    },
+    setReplicationSource(source) {
+      replication = source;
     },
   };
 }

@@ -37,6 +37,20 @@ export interface StatusDocument {
   };
   /** Which CRC-32C code is in use, e.g. `native (sse4.2)` or `js (slicing-by-8)`. */
   readonly crc32c: string;
+  /** The ring this peer uses. */
+  readonly ring?: {
+    readonly version: number;
+    readonly phase: 'stable' | 'moving' | 'settled';
+    readonly members: number;
+    readonly replication: number;
+    readonly minReplicas: number;
+  };
+  /** Background copies (moves, catch-up, repair, scrub) and peers that fail requests now. */
+  readonly replication?: {
+    readonly copiedBytes: number;
+    readonly copyBytesPerSec: number;
+    readonly failingPeers: readonly string[];
+  };
 }
 
 export interface HealthCheck {

@@ -177,3 +177,8 @@ export function removeFromStale(current: StaleSet | null, remove: readonly Block
 export function staleContains(set: StaleSet, index: number): boolean {
   return set.all || rangesContain(set.ranges, index);
 }
+
+/** Indexes (any order, repeats allowed) → the fewest ranges covering exactly them. */
+export function indexesToRanges(indexes: readonly number[]): BlockRange[] {
+  return normalizeRanges(indexes.map((i) => [i, i + 1] as const));
+}

@@ -2,7 +2,7 @@ import { TorusError } from '../errors/torus-error.js';
 import type { MetadataService } from '../metadata/metadata-service.js';
 import type { ExportProvider, ExportSummary, Extent, NbdExport } from '../nbd/export.js';
 import { formatSize } from '../util/size.js';
-import type { OpenMode, OpenVolume, VolumeManager } from './volume-manager.js';
+import type { OpenMode, OpenVolume, VolumeManager } from '../cluster/volume-manager.js';
 
 /**
  * Serves torus volumes as NBD exports: export name = volume name.

@@ -1,0 +1,91 @@
+import type { Logger } from 'pino';
+import { isTorusError } from '../errors/torus-error.js';
+import type { VolumeRecord } from '../model/records.js';
+import { VolumeJobs } from '../replication/block-jobs.js';
+import type { ClusterContext } from '../replication/cluster-context.js';
+import { VolumeCoordinator } from '../replication/coordinator.js';
+import type { VolumeManager } from './volume-manager.js';
+import type { MetadataSession } from '../metadata/metadata-service.js';
+
+export interface MaintenanceOptions {
+  readonly node: { readonly volumes: VolumeManager; currentSession(): MetadataSession | null };
+  readonly ctx: ClusterContext;
+  readonly logger: Logger;
+  readonly holder: string;
+  /** Volumes this peer maintains in one pass at most. */
+  readonly volumesMax: number;
+}
+
+/**
+ * Work on volumes that no one writes (docs/replication.md, "Maintenance"):
+ * catch-up of peers named by stale records, moves during a ring
+ * transition, and scrubs that are due. For each such volume a peer takes
+ * the maintenance lock (a fencing token, refused while a writer holds the
+ * volume) and runs the same coordinator code a writer runs. A writer that
+ * opens the volume meanwhile gets a newer token, which fences the
+ * maintainer off at the peers.
+ */
+export class Maintenance {
+  private readonly log: Logger;
+
+  constructor(private readonly opts: MaintenanceOptions) {
+    this.log = opts.logger.child({ module: 'maintenance' });
+  }
+
+  async run(): Promise<void> {
+    const { ctx } = this.opts;
+    const session = this.opts.node.currentSession();
+    if (session === null) return;
+    const md = ctx.metadata;
+    const ring = ctx.ring();
+    const [volumes, stale, health] = await Promise.all([md.listVolumes(), md.listStale(), md.listVolumeHealth()]);
+    const moves = ring.transition?.phase === 'moving' ? await md.listVolumeMoves(ring.transition.startedVersion) : [];
+    const moved = new Set(moves.filter((m) => m.done).map((m) => m.volumeId));
+    const stalePeers = new Map<number, Set<string>>();
+    for (const r of stale) {
+      let s = stalePeers.get(r.volumeId);
+      if (s === undefined) stalePeers.set(r.volumeId, (s = new Set()));
+      s.add(r.peer);
+    }
+    const checked = new Map(health.map((h) => [h.volumeId, h]));
+    const scrubEvery = ctx.settings.scrubIntervalMs;
+    const due: { v: VolumeRecord; scrub: boolean }[] = [];
+    for (const v of volumes) {
+      if (await this.opts.node.volumes.writes(v.id)) continue;
+      const peers = [...(stalePeers.get(v.id) ?? [])];
+      const catchUp = peers.some((p) => ctx.health.usable(p) && ctx.replica(p) !== null);
+      const move = ring.transition?.phase === 'moving' && !moved.has(v.id);
+      const h = checked.get(v.id);
+      // A check at the current ring version backs `Balanced: true`; a deep scrub repeats at the interval.
+      const scrub = ring.transition === null && (h === undefined || h.ringVersion !== ring.version || (scrubEvery > 0 && ctx.clock.now() - Date.parse(h.checkedAt) >= scrubEvery));
+      if (catchUp || move || scrub) due.push({ v, scrub });
+    }
+    // Peers pick in their own random order, so they spread over the volumes.
+    for (let i = due.length - 1; i > 0; i--) {
+      const j = ctx.random.int(i + 1);
+      [due[i], due[j]] = [due[j]!, due[i]!];
+    }
+    let taken = 0;
+    for (const { v, scrub } of due) {
+      if (taken >= this.opts.volumesMax) break;
+      let lock;
+      try {
+        lock = await session.lockVolumeForMaintenance(v.id, `${this.opts.holder} (maintenance)`);
+      } catch (err) {
+        if (isTorusError(err, 'TORUS_ERR_VOLUME_IN_USE') || isTorusError(err, 'TORUS_ERR_CLUSTER_CONFLICT') || isTorusError(err, 'TORUS_ERR_VOLUME_NOT_FOUND')) continue;
+        throw err;
+      }
+      taken++;
+      try {
+        const c = await VolumeCoordinator.open({ ctx, volume: lock.volume, lock });
+        const report = await new VolumeJobs(c).runOnce({ scrub });
+        await c.close();
+        this.log.info({ volume: v.name, ...report }, 'maintenance pass');
+      } catch (err) {
+        if (!isTorusError(err, 'TORUS_ERR_VOLUME_FENCED')) this.log.warn({ err, volume: v.name }, 'maintenance of a volume failed');
+      } finally {
+        await lock.release().catch(() => undefined);
+      }
+    }
+  }
+}

@@ -1,0 +1,468 @@
+import type { Logger } from 'pino';
+import { isTorusError, TorusError } from '../errors/torus-error.js';
+import type { MetadataService, MetadataSession } from '../metadata/metadata-service.js';
+import type { BlockRef } from '../model/block-ref.js';
+import type { PeerTransport, ReplicaApi, RequestContext } from '../model/replica-api.js';
+import type { PeerRecord, RingRecord } from '../model/records.js';
+import type { ClusterContext } from '../replication/cluster-context.js';
+import { FenceTable, type FencePersistence } from '../replication/fence-table.js';
+import { ringPeers } from '../replication/owners.js';
+import { PeerHealth } from '../replication/peer-health.js';
+import { indexesToRanges } from '../model/ranges.js';
+import { Replica, type AppliedChange } from '../replication/replica.js';
+import { DEFAULT_REPLICATION_SETTINGS, type ReplicationSettings } from '../replication/settings.js';
+import { ReplicationStats } from '../replication/stats.js';
+import { Throttle } from '../replication/throttle.js';
+import type { LocalBlockStore } from '../store/local-store.js';
+import type { Clock } from '../util/clock.js';
+import type { Ids, Random } from '../util/random.js';
+import { withTimeout } from '../util/timeout.js';
+import { GarbageCollector } from './gc.js';
+import { Maintenance } from './maintenance.js';
+import { Timers } from './timers.js';
+import { TransitionDriver } from './transition-driver.js';
+import { VolumeManager } from './volume-manager.js';
+
+export interface NodeSettings {
+  readonly replication: ReplicationSettings;
+  /** Lease TTL of the peer record, ring acknowledgement and volume locks. */
+  readonly sessionTtlSeconds: number;
+  /** How often the peer record and ring acknowledgement are refreshed and the peer list re-read. */
+  readonly heartbeatMs: number;
+  /** A ring member DOWN this long is taken out of the ring (0: never). */
+  readonly downOutIntervalMs: number;
+  /** Garbage collection of deleted volumes and leftover copies this often. */
+  readonly gcIntervalMs: number;
+  /** Volumes a peer maintains at once. */
+  readonly maintenanceVolumesMax: number;
+  /** After an etcd failure, the next attempt waits this long (doubling up to 5 s). */
+  readonly retryMs: number;
+}
+
+export const DEFAULT_NODE_SETTINGS: NodeSettings = {
+  replication: DEFAULT_REPLICATION_SETTINGS,
+  sessionTtlSeconds: 30,
+  heartbeatMs: 5_000,
+  downOutIntervalMs: 10 * 60_000,
+  gcIntervalMs: 30_000,
+  maintenanceVolumesMax: 2,
+  retryMs: 200,
+};
+
+export interface NodeDeps {
+  /** This peer's uuid (a client without a store gets one too: it names it in locks and acks). */
+  readonly uuid: string;
+  readonly metadata: MetadataService;
+  /** Null for a client (torusblk): it coordinates volumes but stores nothing. */
+  readonly store: LocalBlockStore | null;
+  readonly fences: FencePersistence | null;
+  readonly transport: PeerTransport;
+  readonly clock: Clock;
+  readonly random: Random;
+  readonly ids: Ids;
+  readonly logger: Logger;
+  readonly settings: NodeSettings;
+  /** `torusd <uuid> on <host> (pid N)`: who holds locks. */
+  readonly holder: string;
+  /** The peer record to publish (addresses, capacity); null for clients. */
+  readonly peerRecord: (() => PeerRecord) | null;
+  /** Every change the local replica applies (simulation checkers). */
+  readonly onApplied?: (change: AppliedChange) => void;
+  /** The node began or stopped serving (it has an etcd session, or lost it). */
+  readonly onLiveChange?: (live: boolean) => void;
+  /** A new etcd session (lease) was opened: torusd keeps its id in the data dir. */
+  readonly onSessionOpened?: (leaseId: string) => Promise<void>;
+}
+
+/**
+ * One peer of the cluster, composed from interfaces (metadata, local
+ * store, transport, clock, randomness, ids) so that torusd, torusblk and
+ * the simulation run the same code (docs/replication.md). It owns: the
+ * local replica (what other peers reach), the etcd session, the ring and
+ * fence views, peer health, the volumes this process coordinates, and the
+ * background work (maintenance of volumes no one writes, ring transitions,
+ * garbage collection).
+ */
+export class ClusterNode {
+  readonly uuid: string;
+  readonly incarnation: string;
+  readonly health: PeerHealth;
+  readonly throttle: Throttle;
+  readonly stats = new ReplicationStats();
+  readonly ctx: ClusterContext;
+  readonly volumes: VolumeManager;
+  private readonly deps: NodeDeps;
+  private readonly log: Logger;
+  private readonly timers: Timers;
+  private fenceTable: FenceTable | null = null;
+  private replicaObj: Replica | null = null;
+  private ring!: RingRecord;
+  private session: MetadataSession | null = null;
+  private live = false;
+  private fenceRevision = 0;
+  private stopRingWatch: (() => Promise<void>) | null = null;
+  private stopFenceWatch: (() => Promise<void>) | null = null;
+  private ringRefresh: Promise<void> | null = null;
+  private readonly acked = new Set<number>();
+  private maintenance: Maintenance | null = null;
+  private driver: TransitionDriver | null = null;
+  private gc: GarbageCollector | null = null;
+  private reconnecting = false;
+  private stopped = false;
+  private peersKnown = new Set<string>();
+
+  constructor(deps: NodeDeps) {
+    this.deps = deps;
+    this.uuid = deps.uuid;
+    this.incarnation = deps.ids.uuid();
+    this.log = deps.logger.child({ module: 'node', peer: deps.uuid });
+    this.timers = new Timers(deps.clock);
+    this.health = new PeerHealth(deps.clock);
+    this.throttle = new Throttle(deps.clock, deps.settings.replication.copyBytesPerSec);
+    const self = this;
+    this.ctx = {
+      selfUuid: deps.store === null ? null : deps.uuid,
+      clock: deps.clock,
+      random: deps.random,
+      metadata: deps.metadata,
+      health: this.health,
+      settings: deps.settings.replication,
+      throttle: this.throttle,
+      stats: this.stats,
+      logger: deps.logger,
+      ring: () => self.ring,
+      requestContext: (): RequestContext => ({ ringVersion: self.ring.version }),
+      replica: (u) => self.replicaOf(u),
+      refreshRing: (min) => self.refreshRing(min),
+      refreshPeers: () => self.refreshPeers(),
+      ringAcknowledged: (v) => self.ringAcknowledged(v, false),
+      leaseDeadline: () => self.session?.leaseDeadline() ?? -Infinity,
+    };
+    this.volumes = new VolumeManager({ ctx: this.ctx, session: () => this.session, holder: deps.holder, logger: deps.logger, writeLevel: deps.settings.replication.writeLevel });
+  }
+
+  /** What other peers reach through the peer protocol (null for a client). */
+  get replica(): Replica | null {
+    return this.replicaObj;
+  }
+
+  /**
+   * A stable ReplicaApi for the peer listener, which must be bound (its
+   * address goes into the peer record) before the node starts: it refuses
+   * with TORUS_ERR_PEER_NOT_LIVE until the local replica exists.
+   */
+  replicaHandle(): ReplicaApi {
+    const target = (): ReplicaApi => {
+      const r = this.replicaObj;
+      if (r === null) throw new TorusError('TORUS_ERR_PEER_NOT_LIVE', `peer ${this.uuid} is starting`);
+      return r;
+    };
+    return {
+      read: (...a) => target().read(...a),
+      write: (...a) => target().write(...a),
+      zero: (...a) => target().zero(...a),
+      install: (...a) => target().install(...a),
+      confirm: (...a) => target().confirm(...a),
+      meta: (...a) => target().meta(...a),
+      list: (...a) => target().list(...a),
+      verify: (...a) => target().verify(...a),
+      drop: (...a) => target().drop(...a),
+      fence: (...a) => target().fence(...a),
+      flush: (...a) => target().flush(...a),
+      deleteVolume: (...a) => target().deleteVolume(...a),
+      usage: (...a) => target().usage(...a),
+      hello: (...a) => target().hello(...a),
+    };
+  }
+
+  get isLive(): boolean {
+    return this.live;
+  }
+
+  currentRing(): RingRecord {
+    return this.ring;
+  }
+
+  currentSession(): MetadataSession | null {
+    return this.session;
+  }
+
+  /**
+   * Joins the cluster: loads fences, reads the ring, opens a session,
+   * learns every fence from etcd, records blocks left suspect by an unclean
+   * stop as stale, then serves.
+   */
+  async start(): Promise<void> {
+    const d = this.deps;
+    if (d.store !== null) {
+      if (d.fences === null) throw new TorusError('TORUS_ERR_ASSERTION', 'a node with a store needs fence persistence');
+      this.fenceTable = await FenceTable.open(d.fences);
+      this.replicaObj = new Replica({
+        uuid: this.uuid,
+        incarnation: this.incarnation,
+        store: d.store,
+        fences: this.fenceTable,
+        ringVersion: () => this.ring?.version ?? 0,
+        live: () => this.live,
+        onNewerRing: (v) => void this.refreshRing(v).catch(() => undefined),
+        onSuspect: (ref, why) => this.reportSuspect(ref, why),
+        ...(d.onApplied ? { onApplied: d.onApplied } : {}),
+        logger: d.logger,
+      });
+    }
+    this.ring = await this.retryEtcd('read the ring', () => d.metadata.getRing());
+    await this.becomeLive();
+    this.stopRingWatch = await this.retryEtcd('watch the ring', () => d.metadata.watchRing((ring) => this.applyRing(ring)));
+    if (d.store !== null) {
+      this.maintenance = new Maintenance({ node: this, ctx: this.ctx, logger: d.logger, holder: d.holder, volumesMax: d.settings.maintenanceVolumesMax });
+      this.driver = new TransitionDriver({ node: this, ctx: this.ctx, logger: d.logger, downOutIntervalMs: d.settings.downOutIntervalMs });
+      this.gc = new GarbageCollector({ node: this, store: d.store, metadata: d.metadata, logger: d.logger });
+    }
+    this.timers.every(d.settings.heartbeatMs, () => this.heartbeat());
+    this.timers.every(d.settings.replication.probeIntervalMs, () => this.probe());
+    this.timers.every(d.settings.replication.backgroundIntervalMs, () => this.background());
+    if (this.gc) this.timers.every(d.settings.gcIntervalMs, async () => void (await this.gc!.run()));
+    this.log.info({ incarnation: this.incarnation, ringVersion: this.ring.version, store: d.store !== null }, 'node started');
+  }
+
+  /** A new session, fences from etcd, suspects recorded, acknowledgement published: then live. */
+  private async becomeLive(): Promise<void> {
+    const d = this.deps;
+    const session = await this.retryEtcd('open a session', () => d.metadata.openSession({ ttlSeconds: d.settings.sessionTtlSeconds }));
+    session.on((ev) => {
+      if (ev.type === 'lost' && this.session === session) void this.onSessionLost();
+    });
+    this.session = session;
+    if (d.onSessionOpened) await d.onSessionOpened(session.id).catch((err: unknown) => this.log.warn({ err }, 'could not record the session lease'));
+    this.ring = await this.retryEtcd('read the ring', () => d.metadata.getRing());
+    if (this.fenceTable !== null) {
+      const { fences, revision } = await this.retryEtcd('read the fences', () => d.metadata.listFences());
+      for (const [volumeId, token] of fences) await this.fenceTable.learn(volumeId, token);
+      this.fenceRevision = revision;
+      await this.stopFenceWatch?.().catch(() => undefined);
+      this.stopFenceWatch = await this.retryEtcd('watch the fences', () =>
+        d.metadata.watchFences(
+          revision,
+          (volumeId, token, rev) => void this.fenceTable!.learn(volumeId, token).then(() => (this.fenceRevision = Math.max(this.fenceRevision, rev))),
+          (all) => {
+            void Promise.all([...all.fences].map(([v, t]) => this.fenceTable!.learn(v, t))).then(() => (this.fenceRevision = Math.max(this.fenceRevision, all.revision)));
+          },
+        ),
+      );
+      await this.retryEtcd('record suspect blocks', () => this.recordSuspects());
+    }
+    if (d.peerRecord) await this.retryEtcd('publish the peer record', () => session.putPeer(d.peerRecord!()));
+    await this.retryEtcd('acknowledge the ring', () => this.ack());
+    await this.refreshPeers();
+    this.live = true;
+    d.onLiveChange?.(true);
+  }
+
+  /** Blocks the local store holds as suspect (after an unclean stop) must be in etcd before anyone reads around them. */
+  private async recordSuspects(): Promise<void> {
+    const store = this.deps.store!;
+    const byVolume = new Map<number, number[]>();
+    for (const ref of store.suspects()) {
+      let list = byVolume.get(ref.volumeId);
+      if (list === undefined) byVolume.set(ref.volumeId, (list = []));
+      list.push(ref.index);
+    }
+    for (const [volumeId, indexes] of byVolume) {
+      indexes.sort((a, b) => a - b);
+      await this.deps.metadata.addStale(volumeId, this.uuid, { ranges: indexesToRanges([...new Set(indexes)]) });
+    }
+    if (byVolume.size > 0) this.log.warn({ volumes: byVolume.size, blocks: [...byVolume.values()].reduce((s, l) => s + l.length, 0) }, 'blocks written before an unclean stop are recorded stale until compared with another copy');
+  }
+
+  private reportSuspect(ref: BlockRef, why: string): void {
+    this.log.warn({ volumeId: ref.volumeId, block: ref.index, why }, 'a local copy became suspect; recording it stale');
+    void this.deps.metadata.addStale(ref.volumeId, this.uuid, { ranges: [[ref.index, ref.index + 1]] }).catch((err) => this.log.warn({ err }, 'could not record a suspect block in etcd (it stays refused here)'));
+  }
+
+  private async onSessionLost(): Promise<void> {
+    if (this.reconnecting || this.stopped) return;
+    this.reconnecting = true;
+    this.live = false;
+    this.deps.onLiveChange?.(false);
+    this.log.error({}, 'etcd session lost: serving nothing until re-registered; volume locks are gone');
+    await this.volumes.leaseLost();
+    const old = this.session;
+    this.session = null;
+    try {
+      if (old) {
+        await this.deps.metadata.revokeStaleLease(old.id).catch(() => undefined);
+        await old.close().catch(() => undefined);
+      }
+      await this.becomeLive();
+      await this.volumes.relock();
+      this.log.info({}, 'etcd session re-established');
+    } finally {
+      this.reconnecting = false;
+    }
+  }
+
+  // ------------------------------------------------------------ ring
+
+  private applyRing(ring: RingRecord): void {
+    if (ring.version <= (this.ring?.version ?? 0)) return;
+    this.ring = ring;
+    this.log.info({ ringVersion: ring.version, phase: ring.transition?.phase ?? 'stable', members: ring.members.length }, 'ring changed');
+    void this.ack().catch((err) => this.log.warn({ err }, 'could not acknowledge the ring'));
+    this.updateDown();
+  }
+
+  /** Re-reads the ring if ours is older than `minVersion` (one read at a time). */
+  async refreshRing(minVersion: number): Promise<void> {
+    if (this.ring.version >= minVersion) return;
+    if (this.ringRefresh === null) {
+      this.ringRefresh = this.deps.metadata
+        .getRing()
+        .then((r) => this.applyRing(r))
+        .finally(() => (this.ringRefresh = null));
+    }
+    await this.ringRefresh;
+  }
+
+  private async ack(): Promise<void> {
+    const s = this.session;
+    if (s === null) return;
+    await s.ackRing({ peer: this.deps.store === null ? null : this.uuid, kind: this.deps.store === null ? 'client' : 'peer', ringVersion: this.ring.version, fenceRevision: this.fenceRevision });
+  }
+
+  /**
+   * Has every live peer (and, with `clients`, every process doing I/O)
+   * acknowledged this ring version? Positive answers are remembered.
+   */
+  async ringAcknowledged(version: number, clients: boolean): Promise<boolean> {
+    const key = clients ? -version : version;
+    if (this.acked.has(key)) return true;
+    try {
+      const [acks, peers] = await Promise.all([this.deps.metadata.listRingAcks(), this.deps.metadata.listPeers()]);
+      const peerAck = new Map<string, number>();
+      for (const a of acks) if (a.peer !== null) peerAck.set(a.peer, Math.max(peerAck.get(a.peer) ?? 0, a.ringVersion));
+      const members = new Set(ringPeers(this.ring));
+      for (const p of peers) if (members.has(p.uuid) && (peerAck.get(p.uuid) ?? 0) < version) return false;
+      if (clients && acks.some((a) => a.ringVersion < version)) return false;
+      this.acked.add(key);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  // ------------------------------------------------------------ peers
+
+  private replicaOf(u: string): ReplicaApi | null {
+    if (u === this.uuid && this.replicaObj !== null) return this.replicaObj;
+    return this.deps.transport.peer(u);
+  }
+
+  private async refreshPeers(): Promise<void> {
+    try {
+      const peers = await this.deps.metadata.listPeers();
+      this.peersKnown = new Set(peers.map((p) => p.uuid));
+      this.updateDown();
+      this.driver?.observePeers(this.peersKnown);
+    } catch (err) {
+      this.log.debug({ err }, 'could not list peers');
+    }
+  }
+
+  /** Ring members without a live peer record are DOWN (never this node itself while it runs). */
+  private updateDown(): void {
+    if (this.ring === undefined) return;
+    this.health.setDown(ringPeers(this.ring).filter((u) => u !== this.uuid && !this.peersKnown.has(u)));
+  }
+
+  /** Peers peers may hold: for transports that need addresses (torusd) and status. */
+  knownPeers(): ReadonlySet<string> {
+    return this.peersKnown;
+  }
+
+  private async probe(): Promise<void> {
+    await Promise.all(
+      this.health.failingPeers().map(async (u) => {
+        const api = this.deps.transport.peer(u);
+        if (api === null) return;
+        try {
+          await withTimeout(api.hello(this.ctx.requestContext()), this.deps.settings.replication.replicaTimeoutMs, this.deps.clock, `probe of peer ${u}`);
+          this.health.succeeded(u);
+          this.log.info({ peer: u }, 'peer answers again');
+        } catch {
+          // still failing
+        }
+      }),
+    );
+  }
+
+  private async heartbeat(): Promise<void> {
+    const s = this.session;
+    if (s === null || !this.live) return;
+    try {
+      if (this.deps.peerRecord) await s.putPeer(this.deps.peerRecord());
+      await this.ack();
+      await this.volumes.relock();
+    } catch (err) {
+      this.log.warn({ err }, 'heartbeat to etcd failed');
+    }
+    await this.refreshPeers();
+  }
+
+  // ------------------------------------------------------------ background
+
+  private async background(): Promise<void> {
+    if (!this.live) return;
+    for (const ov of await this.volumes.list()) {
+      if (ov.jobs === null || ov.lockLost) continue;
+      try {
+        await ov.jobs.runOnce();
+      } catch (err) {
+        if (!isTorusError(err, 'TORUS_ERR_VOLUME_FENCED')) this.log.warn({ err, volume: ov.name }, 'background work of an open volume failed');
+      }
+    }
+    await this.driver?.run().catch((err: unknown) => this.log.warn({ err }, 'transition driver failed'));
+    await this.maintenance?.run().catch((err: unknown) => this.log.warn({ err }, 'maintenance failed'));
+  }
+
+  /** Runs background work now (tests and the simulation drive it explicitly too). */
+  runBackground(): Promise<void> {
+    return this.background();
+  }
+
+  // ------------------------------------------------------------ lifecycle
+
+  /** Orderly stop: volumes flushed and unlocked, watches cancelled, the session revoked. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.timers.cancelAll();
+    await this.volumes.closeAll();
+    this.live = false;
+    await this.stopRingWatch?.().catch(() => undefined);
+    await this.stopFenceWatch?.().catch(() => undefined);
+    await this.session?.close().catch((err: unknown) => this.log.warn({ err }, 'could not revoke the session lease'));
+    this.log.info({}, 'node stopped');
+  }
+
+  /** Stops as a killed process would (simulation): no flush, no unlock, nothing more happens. */
+  halt(): void {
+    this.stopped = true;
+    this.live = false;
+    this.timers.cancelAll();
+  }
+
+  private async retryEtcd<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    let delay = this.deps.settings.retryMs;
+    for (;;) {
+      if (this.stopped) throw new TorusError('TORUS_ERR_STORE_CLOSED', `node stopped while trying to ${what}`);
+      try {
+        return await fn();
+      } catch (err) {
+        if (!isTorusError(err, 'TORUS_ERR_ETCD_UNAVAILABLE') && !isTorusError(err, 'TORUS_ERR_CLUSTER_CONFLICT') && !isTorusError(err, 'TORUS_ERR_TIMEOUT')) throw err;
+        this.log.warn({ err, retryMs: delay }, `could not ${what}; retrying`);
+        await new Promise<void>((r) => this.deps.clock.setTimeout(r, delay));
+        delay = Math.min(5_000, delay * 2);
+      }
+    }
+  }
+}

@@ -1,0 +1,65 @@
+import type { Logger } from 'pino';
+import type { PeerTransport, ReplicaApi } from '../model/replica-api.js';
+import type { PeerRecord } from '../model/records.js';
+import { PeerClient } from '../peer/client.js';
+import type { Clock } from '../util/clock.js';
+
+export interface PeerDirectoryOptions {
+  readonly blockSize: number;
+  readonly clusterId: string;
+  /** This process's uuid in peer handshakes. */
+  readonly localUuid: string;
+  readonly secret: string;
+  readonly clock: Clock;
+  readonly logger: Logger;
+}
+
+/**
+ * The TCP transport of torusd and torusblk: one peer client per peer uuid,
+ * dialled at the address the peer publishes in etcd. A peer that moved
+ * gets a new client; one that is unknown has no replica API (the
+ * coordinator counts it as unreachable).
+ */
+export class PeerDirectory implements PeerTransport {
+  private readonly addresses = new Map<string, string>();
+  private readonly clients = new Map<string, PeerClient>();
+
+  constructor(private readonly opts: PeerDirectoryOptions) {}
+
+  setPeers(peers: readonly PeerRecord[]): void {
+    for (const p of peers) {
+      const before = this.addresses.get(p.uuid);
+      if (before !== undefined && before !== p.address) {
+        const old = this.clients.get(p.uuid);
+        this.clients.delete(p.uuid);
+        void old?.close();
+      }
+      this.addresses.set(p.uuid, p.address);
+    }
+  }
+
+  peer(uuid: string): ReplicaApi | null {
+    let c = this.clients.get(uuid);
+    if (c === undefined) {
+      const address = this.addresses.get(uuid);
+      if (address === undefined) return null;
+      c = new PeerClient({
+        address,
+        blockSize: this.opts.blockSize,
+        clusterId: this.opts.clusterId,
+        peerUuid: this.opts.localUuid,
+        remotePeerUuid: uuid,
+        secret: this.opts.secret,
+        clock: this.opts.clock,
+        logger: this.opts.logger,
+      });
+      this.clients.set(uuid, c);
+    }
+    return c;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.clients.values()].map((c) => c.close()));
+    this.clients.clear();
+  }
+}

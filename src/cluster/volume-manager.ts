@@ -1,0 +1,181 @@
+import type { Logger } from 'pino';
+import { TorusError } from '../errors/torus-error.js';
+import type { MetadataSession, VolumeLock } from '../metadata/metadata-service.js';
+import { VolumeJobs } from '../replication/block-jobs.js';
+import type { ClusterContext } from '../replication/cluster-context.js';
+import { VolumeCoordinator } from '../replication/coordinator.js';
+import { VolumeReader } from '../replication/reader.js';
+import type { WriteLevel } from '../replication/settings.js';
+import { readOnlyIo, Volume } from '../volume/volume.js';
+
+export type OpenMode = 'rw' | 'ro';
+
+export interface OpenVolume {
+  readonly name: string;
+  readonly mode: OpenMode;
+  readonly volume: Volume;
+  /** The writer's coordinator (null for readers). */
+  readonly coordinator: VolumeCoordinator | null;
+  readonly jobs: VolumeJobs | null;
+  /** Connections (or other users) holding it open. */
+  users: number;
+  lock: VolumeLock | null;
+  /** Set when the lease under the lock was lost; changes are refused until it is taken again. */
+  lockLost: boolean;
+}
+
+export interface VolumeManagerOptions {
+  readonly ctx: ClusterContext;
+  /** The current etcd session (replaced after a lost lease). */
+  readonly session: () => MetadataSession | null;
+  /** Who we are, for lock records: `torusd <uuid> on <host> (pid N)`. */
+  readonly holder: string;
+  readonly writeLevel?: WriteLevel;
+  readonly logger: Logger;
+}
+
+/**
+ * Opens volumes for the NBD server. Opening for writing takes the volume's
+ * lock in etcd under this process's lease and makes this process the
+ * volume's coordinator (docs/replication.md); every connection of this
+ * process shares the one open volume, and the lock is released (after a
+ * flush) when the last one goes. Opening read-only needs no lock.
+ */
+export class VolumeManager {
+  private readonly opts: VolumeManagerOptions;
+  private readonly log: Logger;
+  private readonly open = new Map<string, Promise<OpenVolume>>();
+  /** Volumes whose last user left and that are flushing and unlocking now. */
+  private readonly closing = new Map<string, Promise<void>>();
+
+  constructor(opts: VolumeManagerOptions) {
+    this.opts = opts;
+    this.log = opts.logger.child({ module: 'volumes' });
+  }
+
+  async acquire(name: string, mode: OpenMode): Promise<OpenVolume> {
+    const key = `${mode}:${name}`;
+    // A client that reconnects right after disconnecting must not race our
+    // own lock release (it would find the lock still held by this process).
+    while (!this.open.has(key) && this.closing.has(key)) await this.closing.get(key);
+    let p = this.open.get(key);
+    if (!p) {
+      p = this.openVolume(name, mode);
+      this.open.set(key, p);
+      p.catch(() => this.open.delete(key));
+    }
+    const ov = await p;
+    ov.users++;
+    return ov;
+  }
+
+  async release(ov: OpenVolume): Promise<void> {
+    ov.users--;
+    if (ov.users > 0) return;
+    const key = `${ov.mode}:${ov.name}`;
+    this.open.delete(key);
+    const done = this.closeVolume(ov);
+    const settled: Promise<void> = done.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.closing.set(key, settled);
+    void settled.then(() => {
+      if (this.closing.get(key) === settled) this.closing.delete(key);
+    });
+    await done;
+  }
+
+  /** Open volumes, for status and the background scheduler. */
+  async list(): Promise<OpenVolume[]> {
+    const all = await Promise.allSettled([...this.open.values()]);
+    return all.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  }
+
+  /** Is this process the writer of the volume? (Maintenance leaves it alone then.) */
+  async writes(volumeId: number): Promise<boolean> {
+    return (await this.list()).some((ov) => ov.mode === 'rw' && ov.volume.record.id === volumeId);
+  }
+
+  /** The lease is gone: its locks may be someone else's now. */
+  async leaseLost(): Promise<void> {
+    for (const ov of await this.list()) {
+      if (ov.mode === 'rw' && ov.lock) {
+        ov.lockLost = true;
+        this.log.error({ volume: ov.name, token: ov.lock.token }, 'volume lock lost with the etcd lease; changes are refused until it is taken again');
+      }
+    }
+  }
+
+  /** After a new session: take the locks of open volumes again (newer tokens, published to the peers). */
+  async relock(): Promise<void> {
+    const session = this.opts.session();
+    if (!session) return;
+    for (const ov of await this.list()) {
+      if (ov.mode !== 'rw' || !ov.lockLost) continue;
+      try {
+        const lock = await session.lockVolume(ov.name, this.opts.holder);
+        await ov.coordinator!.renewToken(lock);
+        ov.lock = lock;
+        ov.lockLost = false;
+        this.log.info({ volume: ov.name, token: lock.token }, 'volume lock taken again; changes resume');
+      } catch (err) {
+        this.log.error({ err, volume: ov.name }, 'could not take the volume lock again; changes stay refused');
+      }
+    }
+  }
+
+  async closeAll(): Promise<void> {
+    for (const ov of await this.list()) {
+      this.open.delete(`${ov.mode}:${ov.name}`);
+      await this.closeVolume(ov).catch((err) => this.log.error({ err, volume: ov.name }, 'closing volume failed'));
+    }
+  }
+
+  private async openVolume(name: string, mode: OpenMode): Promise<OpenVolume> {
+    const ctx = this.opts.ctx;
+    if (mode === 'ro') {
+      const record = await ctx.metadata.getVolume(name);
+      const reader = await VolumeReader.open(ctx, record);
+      this.log.info({ volume: name, id: record.id, mode }, 'volume opened');
+      return { name, mode, users: 0, lock: null, lockLost: false, coordinator: null, jobs: null, volume: new Volume(record, readOnlyIo(reader, name), this.opts.logger) };
+    }
+    const session = this.opts.session();
+    if (!session) throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `cannot lock volume "${name}" for writing: no etcd session`);
+    const lock = await session.lockVolume(name, this.opts.holder);
+    let coordinator: VolumeCoordinator;
+    try {
+      coordinator = await VolumeCoordinator.open({ ctx, volume: lock.volume, lock, ...(this.opts.writeLevel ? { writeLevel: this.opts.writeLevel } : {}) });
+    } catch (err) {
+      await lock.release().catch(() => undefined);
+      throw err;
+    }
+    const ov: OpenVolume = { name, mode, users: 0, lock, lockLost: false, coordinator, jobs: new VolumeJobs(coordinator), volume: undefined as unknown as Volume };
+    const io = {
+      read: (i: number, o: number, l: number) => coordinator.read(i, o, l),
+      allocated: (i: number) => coordinator.allocated(i),
+      write: (i: number, o: number, d: Buffer, fua: boolean) => (this.checkLock(ov), coordinator.write(i, o, d, fua)),
+      zero: (i: number, o: number, l: number, z: { punch: boolean; fua: boolean }) => (this.checkLock(ov), coordinator.zero(i, o, l, z)),
+      flush: () => (this.checkLock(ov), coordinator.flush()),
+    };
+    (ov as { volume: Volume }).volume = new Volume(lock.volume, io, this.opts.logger);
+    this.log.info({ volume: name, id: lock.volume.id, mode, token: lock.token }, 'volume opened');
+    return ov;
+  }
+
+  private checkLock(ov: OpenVolume): void {
+    if (ov.lockLost || !ov.lock) {
+      throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${ov.name}": the write lock may have expired (etcd unreachable); changes are refused until it is taken again`);
+    }
+  }
+
+  private async closeVolume(ov: OpenVolume): Promise<void> {
+    try {
+      if (ov.mode === 'rw' && !ov.lockLost) await ov.volume.flush();
+    } finally {
+      await ov.coordinator?.close();
+      if (ov.lock && !ov.lockLost) await ov.lock.release().catch((err) => this.log.warn({ err, volume: ov.name }, 'releasing the volume lock failed; it ends with the lease'));
+      this.log.info({ volume: ov.name, mode: ov.mode }, 'volume closed');
+    }
+  }
+}

@@ -1,0 +1,308 @@
+import type { Logger } from 'pino';
+import { isTorusError } from '../errors/torus-error.js';
+import type { ListedBlock } from '../model/block-meta.js';
+import { LIST_BLOCKS_MAX } from '../model/replica-api.js';
+import { withTimeout } from '../util/timeout.js';
+import type { VolumeCoordinator } from './coordinator.js';
+import { ownersOf } from './owners.js';
+
+/** What one pass of background work did, for logs, metrics and tests. */
+export interface JobReport {
+  readonly caughtUp: number;
+  readonly moved: number;
+  readonly scrubbed: number;
+  readonly repaired: number;
+  /** Blocks that could not be fixed this pass (an owner or every source unreachable). */
+  readonly pending: number;
+  /** True when nothing is left to do for now. */
+  readonly idle: boolean;
+}
+
+/** Blocks between two progress records of a move. */
+const MOVE_PROGRESS_EVERY_BLOCKS = 256;
+
+/**
+ * Background work of one coordinator (docs/replication.md, "Maintenance"):
+ * catch-up of owners named by stale records, moving blocks to their new
+ * owners during a ring transition, and scrub. Every copy goes through the
+ * coordinator's syncBlock (under the block's order alone) and the shared
+ * copy budget.
+ */
+export class VolumeJobs {
+  private readonly log: Logger;
+  private running: Promise<JobReport> | null = null;
+  private lastScrubAt = -Infinity;
+
+  constructor(private readonly c: VolumeCoordinator) {
+    this.log = c.log.child({ job: 'background' });
+  }
+
+  /** One pass of everything that is due. Concurrent callers share the pass. */
+  runOnce(opts: { scrub?: boolean } = {}): Promise<JobReport> {
+    if (this.running === null) {
+      this.running = this.pass(opts).finally(() => (this.running = null));
+    }
+    return this.running;
+  }
+
+  private async pass(opts: { scrub?: boolean }): Promise<JobReport> {
+    const report = { caughtUp: 0, moved: 0, scrubbed: 0, repaired: 0, pending: 0, idle: true };
+    try {
+      await this.c.stale.refresh();
+    } catch (err) {
+      this.log.debug({ err }, 'could not refresh stale records; working from memory');
+    }
+    await this.catchUp(report);
+    await this.move(report);
+    if (opts.scrub === true || this.scrubDue()) await this.scrub(report);
+    const stats = this.c.ctx.stats;
+    stats.caughtUp += report.caughtUp;
+    stats.moved += report.moved;
+    stats.scrubbed += report.scrubbed;
+    stats.repaired += report.repaired;
+    report.idle = report.pending === 0 && this.c.stale.stalePeers().length === 0 && this.c.ctx.ring().transition?.phase !== 'moving';
+    return report;
+  }
+
+  private budget = (bytes: number): Promise<void> => this.c.ctx.throttle.take(bytes);
+
+  // ------------------------------------------------------------ catch-up
+
+  /** Copies to each reachable stale peer exactly the blocks it missed. */
+  private async catchUp(report: { caughtUp: number; pending: number }): Promise<void> {
+    const c = this.c;
+    for (const peer of c.stale.stalePeers()) {
+      const api = c.replica(peer);
+      if (api === null || !c.ctx.health.usable(peer)) {
+        report.pending++;
+        continue;
+      }
+      try {
+        // It must refuse older coordinators before it can be trusted again.
+        await withTimeout(api.fence(c.ctx.requestContext(), c.volume.id, c.currentToken), c.ctx.settings.replicaTimeoutMs, c.ctx.clock, `fence on peer ${peer}`);
+      } catch (err) {
+        if (isTorusError(err, 'TORUS_ERR_VOLUME_FENCED')) throw err;
+        c.ctx.health.failed(peer);
+        report.pending++;
+        continue;
+      }
+      const generation = c.stale.generation(peer);
+      const missed = c.stale.missed(peer);
+      const indexes = missed === 'all' ? range(c.blockCount) : missed;
+      let allFixed = true;
+      let copied = 0;
+      for (const index of indexes) {
+        if (c.isClosed || c.fencedBy) return;
+        const owners = ownersOf(c.ctx.ring(), c.refOf(index));
+        if (!owners.all.includes(peer)) {
+          // No longer an owner of this block: nothing to catch up.
+          if (missed !== 'all') void c.stale.clear(peer, [index], c.currentToken).catch(() => undefined);
+          continue;
+        }
+        const r = await c.syncBlock(index, [peer], this.budget, (fixed) => {
+          if (fixed.includes(peer) && missed !== 'all') void c.stale.clear(peer, [index], c.currentToken).catch(() => undefined);
+        });
+        if (r.fixed.includes(peer)) copied++;
+        else {
+          allFixed = false;
+          report.pending++;
+        }
+      }
+      if (missed === 'all' && allFixed) {
+        const cleared = await c.stale.clearAll(peer, generation, c.currentToken).catch(() => false);
+        if (!cleared) report.pending++;
+      }
+      report.caughtUp += copied;
+      if (copied > 0) this.log.info({ peer, blocks: copied, of: indexes.length, whole: missed === 'all' }, 'caught a replica up');
+    }
+  }
+
+  // ------------------------------------------------------------ moves
+
+  /**
+   * During a moving transition: every block of the volume that exists
+   * reaches all its new owners. Blocks whose old owners are all unreachable
+   * keep the move from finishing (their copies may be there).
+   */
+  private async move(report: { moved: number; pending: number }): Promise<void> {
+    const c = this.c;
+    const ring = c.ctx.ring();
+    const t = ring.transition;
+    if (t === null || t.phase !== 'moving') return;
+    const v = t.startedVersion;
+    const records = await c.ctx.metadata.listVolumeMoves(v).catch(() => null);
+    if (records === null) {
+      report.pending++;
+      return;
+    }
+    if (records.some((r) => r.volumeId === c.volume.id && r.done)) {
+      c.markAllMoved(v);
+      return;
+    }
+    if (!(await c.ctx.ringAcknowledged(ring.version))) {
+      // A peer still places with the old ring: copies could miss its writes.
+      report.pending++;
+      return;
+    }
+    const listed = new Set<number>();
+    const listedFrom = new Set<string>();
+    for (const u of t.from.members.map((m) => m.uuid)) {
+      const blocks = await this.listAll(u);
+      if (blocks === null) continue;
+      listedFrom.add(u);
+      for (const b of blocks) listed.add(b.ref.index);
+    }
+    const recorded = c.stale.allRecordedBlocks();
+    const everything = c.stale.anyAll();
+    let scanned = 0;
+    let copied = 0;
+    let unavailable = 0;
+    for (let index = 0; index < c.blockCount; index++) {
+      if (c.isClosed || c.fencedBy) return;
+      const cur = c.ctx.ring();
+      if (cur.transition?.startedVersion !== v) return; // a newer change: start again under it
+      const owners = ownersOf(cur, c.refOf(index));
+      if (!listed.has(index) && !recorded.has(index) && !everything) {
+        // An old owner that answered, is trusted and does not hold it: it does not exist.
+        const known = owners.old!.some((u) => listedFrom.has(u) && !c.stale.isStale(u, index));
+        if (known) {
+          c.markMoved(index, v);
+          continue;
+        }
+        unavailable++;
+        continue;
+      }
+      scanned++;
+      const r = await c.syncBlock(index, owners.now, this.budget, (fixed) => {
+        for (const u of fixed) if (c.stale.isStale(u, index)) void c.stale.clear(u, [index], c.currentToken).catch(() => undefined);
+      });
+      if (!r.unavailable && r.failed.length === 0) {
+        c.markMoved(index, v);
+        copied += r.fixed.length;
+      } else {
+        unavailable++;
+      }
+      if (scanned % MOVE_PROGRESS_EVERY_BLOCKS === 0) await this.progress(v, scanned, copied, unavailable, false);
+    }
+    report.moved += copied;
+    report.pending += unavailable;
+    await this.progress(v, scanned, copied, unavailable, unavailable === 0);
+    if (unavailable === 0) {
+      c.markAllMoved(v);
+      this.log.info({ ringVersion: v, blocks: scanned }, 'volume moved to its new owners');
+    } else {
+      this.log.warn({ ringVersion: v, unavailable }, 'some blocks could not be moved yet (their owners are unreachable); will retry');
+    }
+  }
+
+  private async progress(ringVersion: number, scanned: number, copied: number, unavailable: number, done: boolean): Promise<void> {
+    const c = this.c;
+    await c.ctx.metadata
+      .putVolumeMove(
+        { schema: 1, ringVersion, volumeId: c.volume.id, done, scanned, copied, unavailable, updatedAt: new Date(c.ctx.clock.now()).toISOString() },
+        c.currentToken,
+      )
+      .catch((err: unknown) => {
+        this.log.warn({ err }, 'could not record move progress');
+        if (done) throw err;
+      });
+  }
+
+  // ------------------------------------------------------------ scrub
+
+  private scrubDue(): boolean {
+    const every = this.c.ctx.settings.scrubIntervalMs;
+    return every > 0 && this.c.ctx.ring().transition === null && this.c.ctx.clock.monotonic() - this.lastScrubAt >= every;
+  }
+
+  /**
+   * Compares every owner's copy of every block: missing, behind or suspect
+   * copies are brought up to date; every page of every current copy is
+   * checked against its CRC, and a copy that fails is replaced.
+   */
+  private async scrub(report: { scrubbed: number; repaired: number; pending: number }): Promise<void> {
+    const c = this.c;
+    const ring = c.ctx.ring();
+    const indexes = new Set<number>(c.stale.allRecordedBlocks());
+    const members = ring.members.map((m) => m.uuid);
+    for (const u of members) {
+      const blocks = await this.listAll(u);
+      if (blocks === null) {
+        report.pending++;
+        continue;
+      }
+      for (const b of blocks) indexes.add(b.ref.index);
+    }
+    let short = 0;
+    let repaired = 0;
+    let divergent = 0;
+    const sorted = [...indexes].sort((a, b) => a - b);
+    for (const index of sorted) {
+      if (c.isClosed || c.fencedBy) return;
+      const owners = ownersOf(c.ctx.ring(), c.refOf(index));
+      const before = c.lagging(index);
+      const r = await c.syncBlock(index, owners.now, this.budget, (fixed) => {
+        for (const u of fixed) if (c.stale.isStale(u, index)) void c.stale.clear(u, [index], c.currentToken).catch(() => undefined);
+      });
+      if (r.unavailable || r.failed.length > 0) short++;
+      repaired += r.fixed.filter((u) => before.includes(u)).length;
+      // Every page of every copy against its CRC.
+      const digests = new Set<number>();
+      for (const u of r.fixed) {
+        const api = c.replica(u);
+        if (api === null) continue;
+        try {
+          const meta = await withTimeout(api.verify(c.ctx.requestContext(), c.refOf(index)), c.ctx.settings.replicaTimeoutMs, c.ctx.clock, `verify on peer ${u}`);
+          if (meta.state === 'data') digests.add(meta.digest);
+        } catch (err) {
+          if (isTorusError(err, 'TORUS_ERR_STORE_CRC_MISMATCH') || isTorusError(err, 'TORUS_ERR_REPLICA_STALE')) {
+            this.log.warn({ block: index, peer: u }, 'scrub found a corrupt copy; replacing it');
+            await c.stale.record(u, [index]).catch(() => undefined);
+            const again = await c.syncBlock(index, [u], this.budget, (fixed) => {
+              if (fixed.includes(u)) void c.stale.clear(u, [index], c.currentToken).catch(() => undefined);
+            });
+            if (again.fixed.includes(u)) repaired++;
+            else short++;
+          }
+        }
+      }
+      if (digests.size > 1) {
+        divergent++;
+        c.ctx.stats.divergent++;
+        this.log.error({ block: index }, 'copies at one version differ in content (a bug or silent corruption the CRCs did not catch)');
+      }
+      report.scrubbed++;
+    }
+    report.repaired += repaired;
+    report.pending += short;
+    this.lastScrubAt = c.ctx.clock.monotonic();
+    await c.ctx.metadata
+      .putVolumeHealth({ schema: 1, volumeId: c.volume.id, ringVersion: ring.version, blocks: sorted.length, short, repaired, divergent, checkedAt: new Date(c.ctx.clock.now()).toISOString() })
+      .catch((err: unknown) => this.log.warn({ err }, 'could not record the scrub result'));
+    this.log.info({ blocks: sorted.length, short, repaired, divergent }, 'scrub done');
+  }
+
+  /** Every block of the volume a peer holds, or null if it could not be listed completely. */
+  private async listAll(u: string): Promise<ListedBlock[] | null> {
+    const c = this.c;
+    const api = c.replica(u);
+    if (api === null || !c.ctx.health.usable(u)) return null;
+    const out: ListedBlock[] = [];
+    let after = null as ListedBlock['ref'] | null;
+    try {
+      for (;;) {
+        const page = await withTimeout(api.list(c.ctx.requestContext(), c.volume.id, after, LIST_BLOCKS_MAX), c.ctx.settings.replicaTimeoutMs, c.ctx.clock, `list on peer ${u}`);
+        for (const b of page.blocks) if (b.ref.generation === c.volume.generation) out.push(b);
+        if (!page.more || page.blocks.length === 0) return out;
+        after = page.blocks[page.blocks.length - 1]!.ref;
+      }
+    } catch (err) {
+      this.log.debug({ err, peer: u }, 'could not list a peer\'s blocks');
+      return null;
+    }
+  }
+}
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
+}

@@ -1,0 +1,78 @@
+import type { BlockMeta, BlockState } from '../model/block-meta.js';
+import type { Version } from '../model/version.js';
+import { assert } from '../util/assert.js';
+
+/**
+ * What a coordinator knows about the blocks of its volume: each block's
+ * current version (the newest copy any trusted owner has, or the newest
+ * change this coordinator made) and what each owner holds. Learnt on the
+ * first touch of a block (docs/replication.md, "Versions"), kept up to date
+ * by the coordinator's own changes, and bounded: idle entries go least
+ * recently used first and are learnt again on the next touch.
+ */
+export interface BlockEntry {
+  readonly index: number;
+  version: Version;
+  state: BlockState;
+  /** Digest of the newest copy when known from an owner's metadata (for confirming suspect copies). */
+  digest: number | null;
+  /**
+   * The newest version this coordinator acknowledged or returned from a
+   * read: learning the block again must never settle below it.
+   */
+  floor: Version;
+  /** Owner → the version it holds (VERSION_ABSENT for nothing). Unknown owners are missing. */
+  readonly holders: Map<string, Version>;
+  /** Owner → its metadata as last asked (a move compares new owners' copies with it). */
+  readonly metas: Map<string, BlockMeta>;
+  /** A change failed half way: owners may disagree; learn again before the next use. */
+  unsure: boolean;
+  /** Changes and flush bookkeeping that need this entry kept in memory. */
+  pins: number;
+}
+
+export class BlockTable {
+  /** Insertion order is recency order: touched entries move to the end. */
+  private readonly entries = new Map<number, BlockEntry>();
+
+  constructor(private readonly max: number) {
+    assert(max >= 16, 'the block table keeps at least 16 entries');
+  }
+
+  get(index: number): BlockEntry | undefined {
+    const e = this.entries.get(index);
+    if (e !== undefined) {
+      this.entries.delete(index);
+      this.entries.set(index, e);
+    }
+    return e;
+  }
+
+  peek(index: number): BlockEntry | undefined {
+    return this.entries.get(index);
+  }
+
+  set(e: BlockEntry): void {
+    this.entries.delete(e.index);
+    this.entries.set(e.index, e);
+    if (this.entries.size > this.max) this.evict();
+  }
+
+  forget(index: number): void {
+    const e = this.entries.get(index);
+    if (e !== undefined && e.pins === 0) this.entries.delete(index);
+  }
+
+  size(): number {
+    return this.entries.size;
+  }
+
+  /** Drops idle entries, oldest first, down to 90 % of the limit. */
+  private evict(): void {
+    const target = Math.floor(this.max * 0.9);
+    for (const [index, e] of this.entries) {
+      if (this.entries.size <= target) break;
+      if (e.pins === 0) this.entries.delete(index);
+    }
+  }
+}

@@ -1,0 +1,808 @@
+import type { Logger } from 'pino';
+import { isTorusError, TorusError } from '../errors/torus-error.js';
+import type { VolumeLock } from '../metadata/metadata-service.js';
+import { compareCopies, type BlockMeta } from '../model/block-meta.js';
+import { blockRef, type BlockRef } from '../model/block-ref.js';
+import type { ChangeStamp, ReplicaApi } from '../model/replica-api.js';
+import type { VolumeRecord } from '../model/records.js';
+import { nextVersion, VERSION_ABSENT, type Version } from '../model/version.js';
+import { assert } from '../util/assert.js';
+import { withTimeout } from '../util/timeout.js';
+import { BlockOrder } from './block-order.js';
+import { BlockTable, type BlockEntry } from './block-table.js';
+import type { ClusterContext } from './cluster-context.js';
+import { ownersOf, quorumOf, ringPeers, type BlockOwners } from './owners.js';
+import type { WriteLevel } from './settings.js';
+import { StaleBook } from './stale-book.js';
+
+/** How a replica's refusal or silence is taken. */
+type Failure = 'outdated' | 'fenced' | 'peer' | 'block';
+
+export function classifyFailure(err: unknown): Failure {
+  if (isTorusError(err, 'TORUS_ERR_RING_OUTDATED')) return 'outdated';
+  if (isTorusError(err, 'TORUS_ERR_VOLUME_FENCED')) return 'fenced';
+  if (isTorusError(err, 'TORUS_ERR_ASSERTION')) throw err;
+  if (
+    isTorusError(err, 'TORUS_ERR_REPLICA_STALE') ||
+    isTorusError(err, 'TORUS_ERR_STORE_NO_SPACE') ||
+    isTorusError(err, 'TORUS_ERR_STORE_CRC_MISMATCH') ||
+    isTorusError(err, 'TORUS_ERR_STORE_IO') ||
+    isTorusError(err, 'TORUS_ERR_STORE_BUSY')
+  ) {
+    // The peer is alive; this block on it is not usable.
+    return 'block';
+  }
+  return 'peer';
+}
+
+export interface CoordinatorOptions {
+  readonly ctx: ClusterContext;
+  readonly volume: VolumeRecord;
+  readonly lock: VolumeLock;
+  readonly writeLevel?: WriteLevel;
+}
+
+/** One change to one block, as the NBD layer asks it. */
+type Change = { readonly kind: 'write'; readonly offset: number; readonly data: Buffer } | { readonly kind: 'zero'; readonly offset: number; readonly length: number; readonly punch: boolean };
+
+/**
+ * The coordinator of one volume (docs/replication.md): the one process
+ * that changes its blocks, holding its newest fencing token, as its writer
+ * (NBD) or its maintainer (moves, catch-up, scrub while no one writes).
+ *
+ * It stamps every change with a version, sends it to the block's owners,
+ * records in etcd the owners that did not take it before it acknowledges,
+ * reads only from owners known to hold the newest version, and copies
+ * blocks to owners that are behind. Background work (block-jobs.ts) runs
+ * through the same per-block order and the same bookkeeping.
+ */
+export class VolumeCoordinator {
+  readonly volume: VolumeRecord;
+  readonly ctx: ClusterContext;
+  readonly stale: StaleBook;
+  readonly order = new BlockOrder();
+  readonly blocks: BlockTable;
+  readonly log: Logger;
+  private token: number;
+  readonly kind: 'writer' | 'maintainer';
+  private readonly writeLevel: WriteLevel;
+  private readonly reconciling = new Map<number, Promise<BlockEntry>>();
+  /** Owner → blocks it took since its last flush (what a flush must reach). */
+  private readonly unflushed = new Map<string, Set<number>>();
+  /** Changes still finishing after an early acknowledgement (write levels one and local). */
+  private readonly background = new Set<Promise<void>>();
+  /** A background change that could not reach minReplicas: the next flush fails with it. */
+  private lostSinceFlush: TorusError | null = null;
+  /** Blocks moved to their new owners in the transition with this (moving) ring version. */
+  private movedIn = { ringVersion: 0, blocks: new Set<number>(), all: false };
+  private fenced: TorusError | null = null;
+  private closed = false;
+
+  private constructor(opts: CoordinatorOptions) {
+    this.ctx = opts.ctx;
+    this.volume = opts.volume;
+    this.token = opts.lock.token;
+    this.kind = opts.lock.kind;
+    this.writeLevel = opts.writeLevel ?? opts.ctx.settings.writeLevel;
+    this.log = opts.ctx.logger.child({ module: 'coordinator', volume: opts.volume.name, volumeId: opts.volume.id, role: opts.lock.kind });
+    this.blocks = new BlockTable(opts.ctx.settings.blockCacheMax);
+    this.stale = new StaleBook(opts.volume.id, opts.ctx.metadata, opts.ctx.clock, this.log);
+  }
+
+  /**
+   * Takes over the volume: every peer that may hold its blocks learns the
+   * token (a peer that cannot be reached and is not DOWN is recorded stale
+   * for the whole volume), then the stale records are loaded.
+   */
+  static async open(opts: CoordinatorOptions): Promise<VolumeCoordinator> {
+    const c = new VolumeCoordinator(opts);
+    await opts.ctx.refreshPeers();
+    await c.publishToken();
+    await c.stale.refresh();
+    return c;
+  }
+
+  get currentToken(): number {
+    return this.token;
+  }
+
+  get blockSize(): number {
+    return this.volume.blockSize;
+  }
+
+  get blockCount(): number {
+    return Math.ceil(this.volume.size / this.volume.blockSize);
+  }
+
+  refOf(index: number): BlockRef {
+    return blockRef(this.volume.id, this.volume.generation, index);
+  }
+
+  /** A lock taken again after a lost lease comes with a newer token. */
+  async renewToken(lock: VolumeLock): Promise<void> {
+    assert(lock.token > this.token, 'a renewed lock has a newer token');
+    this.token = lock.token;
+    this.fenced = null;
+    await this.publishToken();
+  }
+
+  private async publishToken(): Promise<void> {
+    const ring = this.ctx.ring();
+    const peers = ringPeers(ring);
+    const results = await Promise.allSettled(
+      peers.map(async (u) => {
+        const api = this.ctx.replica(u);
+        if (api === null) throw new TorusError('TORUS_ERR_RING_PEER_UNKNOWN', `peer ${u} has no known address`);
+        await withTimeout(api.fence(this.ctx.requestContext(), this.volume.id, this.token), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `fence on peer ${u}`);
+      }),
+    );
+    const missed: string[] = [];
+    results.forEach((r, i) => {
+      const u = peers[i]!;
+      if (r.status === 'fulfilled') {
+        this.ctx.health.succeeded(u);
+        return;
+      }
+      if (isTorusError(r.reason, 'TORUS_ERR_VOLUME_FENCED')) throw r.reason;
+      // A DOWN peer re-reads every fence from etcd before it serves again;
+      // any other peer that did not learn the token is not trusted for this
+      // volume until a catch-up (which starts by teaching it the token).
+      if (!this.ctx.health.isDown(u)) missed.push(u);
+      if (classifyFailure(r.reason) === 'peer') this.ctx.health.failed(u);
+    });
+    await Promise.all(missed.map((u) => this.stale.record(u, 'all')));
+    if (missed.length > 0) this.log.warn({ peers: missed, token: this.token }, 'peers did not learn the fencing token; they are recorded stale for the whole volume');
+    this.log.info({ token: this.token, peers: peers.length }, 'fencing token published');
+  }
+
+  // ------------------------------------------------------------ client I/O
+
+  async read(index: number, offset: number, length: number): Promise<Buffer> {
+    this.checkUsable();
+    const release = await this.order.shared(index);
+    try {
+      return await this.readNow(index, offset, length);
+    } finally {
+      release();
+    }
+  }
+
+  /** Whether a block holds data (NBD block status). */
+  async allocated(index: number): Promise<boolean> {
+    this.checkUsable();
+    const release = await this.order.shared(index);
+    try {
+      const e = await this.touch(index);
+      return e.state === 'data';
+    } finally {
+      release();
+    }
+  }
+
+  write(index: number, offset: number, data: Buffer, fua: boolean): Promise<void> {
+    return this.change(index, { kind: 'write', offset, data }, fua);
+  }
+
+  zero(index: number, offset: number, length: number, opts: { punch: boolean; fua: boolean }): Promise<void> {
+    return this.change(index, { kind: 'zero', offset, length, punch: opts.punch }, opts.fua);
+  }
+
+  /**
+   * FLUSH: every owner that took changes since its last flush makes them
+   * durable. An owner that cannot is recorded stale for those blocks; the
+   * flush fails if a block is left with fewer than minReplicas durable
+   * copies (docs/replication.md, "The write path").
+   */
+  async flush(): Promise<void> {
+    this.checkUsable();
+    while (this.background.size > 0) await Promise.allSettled([...this.background]);
+    const lost = this.lostSinceFlush;
+    this.lostSinceFlush = null;
+    const batches = [...this.unflushed.entries()].filter(([, s]) => s.size > 0);
+    for (const [u] of batches) this.unflushed.set(u, new Set());
+    const results = await Promise.allSettled(
+      batches.map(async ([u]) => {
+        const api = this.ctx.replica(u);
+        if (api === null || !this.ctx.health.usable(u)) throw new TorusError('TORUS_ERR_PEER_UNAVAILABLE', `peer ${u} is not reachable`);
+        await withTimeout(api.flush(this.ctx.requestContext()), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `flush on peer ${u}`);
+      }),
+    );
+    const records: Promise<void>[] = [];
+    const short: number[] = [];
+    results.forEach((r, i) => {
+      const [u, blocks] = batches[i]!;
+      if (r.status === 'fulfilled') {
+        this.ctx.health.succeeded(u);
+        for (const b of blocks) this.unpin(b);
+        return;
+      }
+      if (classifyFailure(r.reason) === 'peer') this.ctx.health.failed(u);
+      this.log.warn({ err: r.reason, peer: u, blocks: blocks.size }, 'flush failed on a replica; its unflushed blocks are recorded stale');
+      records.push(this.stale.record(u, [...blocks]));
+      for (const b of blocks) {
+        const e = this.blocks.peek(b);
+        e?.holders.delete(u);
+        if (e !== undefined && this.trustedHolders(e, ownersOf(this.ctx.ring(), this.refOf(b))).length < this.quorumFor(b)) short.push(b);
+        this.unpin(b);
+      }
+    });
+    await Promise.all(records);
+    this.checkLease();
+    if (lost) throw lost;
+    if (short.length > 0) {
+      throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `flush of volume ${this.volume.name}: ${short.length} block(s) have fewer than the minimum of durable copies`, { details: { blocks: short.slice(0, 16) } });
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    while (this.background.size > 0) await Promise.allSettled([...this.background]);
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Set when a peer refused our token: a newer coordinator holds the volume. */
+  get fencedBy(): TorusError | null {
+    return this.fenced;
+  }
+
+  // ------------------------------------------------------------ changes
+
+  private async change(index: number, change: Change, fua: boolean): Promise<void> {
+    this.checkUsable();
+    const release = await this.order.shared(index);
+    try {
+      const e = await this.touch(index);
+      const ref = this.refOf(index);
+      const whole = change.kind === 'write' ? change.offset === 0 && change.data.length === this.blockSize : change.offset === 0 && change.length === this.blockSize;
+      // Zeroing what already reads as zeroes changes nothing (and a trim of a
+      // block no trusted owner holds leaves no tombstone behind).
+      if (change.kind === 'zero' && !whole && e.state !== 'data') return this.checkLease();
+      if (change.kind === 'zero' && whole && change.punch && e.state === 'absent') return this.checkLease();
+      const version = nextVersion(e.version, this.token);
+      if (version === null) throw new TorusError('TORUS_ERR_VERSION_EXHAUSTED', `block ${index} of ${this.volume.name} changed 2^32 - 1 times under token ${this.token}`);
+      const stamp: ChangeStamp = { token: this.token, version, prev: e.version };
+      // Assigned and sent in the same turn: concurrent changes to one block
+      // leave in version order on every connection.
+      e.version = version;
+      e.state = change.kind === 'zero' && whole && change.punch ? 'zero' : 'data';
+      e.digest = null;
+      e.pins++;
+      const done = this.send(e, ref, change, stamp, fua);
+      if (this.writeLevel === 'all') {
+        await done.finished;
+      } else {
+        await done.early;
+        const tracked = done.finished.then(
+          () => undefined,
+          (err: unknown) => {
+            this.lostSinceFlush ??= err instanceof TorusError ? err : new TorusError('TORUS_ERR_REPLICA_QUORUM', String(err));
+          },
+        );
+        this.background.add(tracked);
+        void tracked.finally(() => this.background.delete(tracked));
+      }
+      if (e.floor < version) e.floor = version;
+      this.checkLease();
+    } finally {
+      release();
+    }
+  }
+
+  /**
+   * Sends one stamped change to the block's owners and settles the
+   * bookkeeping. `early` resolves when the write level allows an answer;
+   * `finished` when every owner answered, failed or was recorded stale.
+   */
+  private send(e: BlockEntry, ref: BlockRef, change: Change, stamp: ChangeStamp, fua: boolean): { early: Promise<void>; finished: Promise<void> } {
+    let earlyResolve!: () => void;
+    let earlyReject!: (err: unknown) => void;
+    const early = new Promise<void>((res, rej) => {
+      earlyResolve = res;
+      earlyReject = rej;
+    });
+    const finished = (async () => {
+      const acked = new Set<string>();
+      let owners = ownersOf(this.ctx.ring(), ref);
+      let plan = this.targets(e.index, owners);
+      let send = plan.send;
+      let noSpace = 0;
+      let earlyDone = false;
+      const self = this.ctx.selfUuid;
+      const onAck = (u: string) => {
+        acked.add(u);
+        if (earlyDone || this.writeLevel === 'all') return;
+        if (this.writeLevel === 'one' || u === self || self === null || !plan.required.includes(self)) {
+          earlyDone = true;
+          earlyResolve();
+        }
+      };
+      for (let attempt = 0; ; attempt++) {
+        const outcomes = await Promise.allSettled(
+          send.map(async (u) => {
+            const api = this.ctx.replica(u);
+            if (api === null) throw new TorusError('TORUS_ERR_RING_PEER_UNKNOWN', `peer ${u} has no known address`);
+            const ctx = this.ctx.requestContext();
+            const p =
+              change.kind === 'write'
+                ? api.write(ctx, ref, change.offset, change.data, stamp, { fua })
+                : api.zero(ctx, ref, change.offset, change.length, stamp, { punch: change.punch, fua });
+            await withTimeout(p, this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `change on peer ${u}`);
+            onAck(u);
+          }),
+        );
+        let outdated = 0;
+        outcomes.forEach((o, i) => {
+          const u = send[i]!;
+          if (o.status === 'fulfilled') {
+            this.ctx.health.succeeded(u);
+            return;
+          }
+          const kind = classifyFailure(o.reason);
+          if (kind === 'outdated') {
+            const v = (o.reason as TorusError).details?.['ringVersion'];
+            outdated = Math.max(outdated, typeof v === 'number' ? v : this.ctx.ring().version + 1);
+            return;
+          }
+          if (kind === 'fenced') {
+            this.fenced = o.reason as TorusError;
+            return;
+          }
+          if (kind === 'peer') this.ctx.health.failed(u);
+          if (isTorusError(o.reason, 'TORUS_ERR_STORE_NO_SPACE')) noSpace++;
+        });
+        if (this.fenced) throw this.fenced;
+        if (outdated === 0 || attempt >= this.ctx.settings.ringRetriesMax) break;
+        // Our ring is behind: re-place, and send to owners that have not
+        // taken it yet (a duplicate is harmless: it is taken as done).
+        await this.ctx.refreshRing(outdated);
+        owners = ownersOf(this.ctx.ring(), ref);
+        plan = this.targets(e.index, owners);
+        send = plan.send.filter((u) => !acked.has(u));
+      }
+      // Every owner that must have the change and did not take it is
+      // recorded stale before anything is acknowledged.
+      for (const u of acked) {
+        e.holders.set(u, stamp.version);
+        if (!fua) {
+          let s = this.unflushed.get(u);
+          if (s === undefined) this.unflushed.set(u, (s = new Set()));
+          if (!s.has(e.index)) {
+            s.add(e.index);
+            e.pins++;
+          }
+        }
+      }
+      const missed = plan.required.filter((u) => !acked.has(u));
+      for (const u of missed) e.holders.delete(u);
+      const quorumOk = this.quorumMet(e.index, owners, acked);
+      try {
+        await Promise.all(missed.map((u) => this.stale.record(u, [e.index])));
+      } catch (err) {
+        this.markUnsure(e);
+        throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `block ${e.index} of ${this.volume.name}: owners that missed the change could not be recorded stale in etcd, so it is not acknowledged`, { cause: err });
+      }
+      this.ctx.stats.staleRecorded += missed.length;
+      if (!quorumOk) {
+        this.ctx.stats.failedChanges++;
+        this.markUnsure(e);
+        if (noSpace > 0 && acked.size === 0) {
+          throw new TorusError('TORUS_ERR_STORE_NO_SPACE', `block ${e.index} of ${this.volume.name}: the owners are out of space`);
+        }
+        throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `block ${e.index} of ${this.volume.name}: ${acked.size} owner(s) took the change, fewer than the minimum`, {
+          details: { acked: [...acked], missed },
+        });
+      }
+      if (missed.length > 0) {
+        this.ctx.stats.degradedChanges++;
+        this.log.debug({ block: e.index, missed }, 'degraded change: the owners that missed it are recorded stale');
+      }
+    })();
+    const settled = finished.finally(() => this.unpin(e.index));
+    settled.then(
+      () => earlyResolve(),
+      (err: unknown) => earlyReject(err),
+    );
+    // Either may go unobserved, depending on the write level.
+    early.catch(() => undefined);
+    settled.catch(() => undefined);
+    return { early, finished: settled };
+  }
+
+  /** A change failed half way: owners may disagree. Kept in memory (with its floor) until learnt again. */
+  private markUnsure(e: BlockEntry): void {
+    if (!e.unsure) {
+      e.unsure = true;
+      e.pins++;
+    }
+  }
+
+  /**
+   * The owners a change goes to: `send` are sent it now; `skipped` are
+   * owners that must have it but are unusable (DOWN, failing) and are
+   * recorded stale at once; `required` are the owners whose failure must be
+   * recorded. Owners already recorded stale for the block are left out:
+   * their chain is broken and a catch-up will replace their copy.
+   */
+  targets(index: number, owners: BlockOwners): { send: string[]; skipped: string[]; required: string[] } {
+    const send: string[] = [];
+    const skipped: string[] = [];
+    const required: string[] = [];
+    for (const u of owners.all) {
+      if (!this.requiredFor(index, owners, u)) continue;
+      if (this.stale.isStale(u, index)) continue;
+      required.push(u);
+      if (this.ctx.health.usable(u) && this.ctx.replica(u) !== null) send.push(u);
+      else skipped.push(u);
+    }
+    return { send, skipped, required };
+  }
+
+  /** Must this owner take changes to the block? New owners in a moving transition only once the block moved to them. */
+  private requiredFor(index: number, owners: BlockOwners, u: string): boolean {
+    if (owners.phase !== 'moving') return true;
+    if (owners.old!.includes(u)) return true;
+    return this.isMoved(index);
+  }
+
+  private quorumMet(index: number, owners: BlockOwners, acked: ReadonlySet<string>): boolean {
+    const ring = this.ctx.ring();
+    const count = (set: readonly string[]) => set.filter((u) => acked.has(u)).length;
+    if (owners.phase === 'moving') {
+      const old = owners.old!;
+      if (count(old) < quorumOf(ring, old.length)) return false;
+      if (this.isMoved(index) && count(owners.now) < quorumOf(ring, owners.now.length)) return false;
+      return true;
+    }
+    return count(owners.now) >= quorumOf(ring, owners.now.length);
+  }
+
+  private quorumFor(index: number): number {
+    const ring = this.ctx.ring();
+    const owners = ownersOf(ring, this.refOf(index));
+    return quorumOf(ring, (owners.phase === 'moving' ? owners.old! : owners.now).length);
+  }
+
+  // ------------------------------------------------------------ reads
+
+  private async readNow(index: number, offset: number, length: number): Promise<Buffer> {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const e = await this.touch(index);
+      const owners = ownersOf(this.ctx.ring(), this.refOf(index));
+      for (const u of this.trustedHolders(e, owners)) {
+        const api = this.ctx.replica(u);
+        if (api === null || !this.ctx.health.usable(u)) continue;
+        try {
+          const reply = await withTimeout(api.read(this.ctx.requestContext(), this.refOf(index), offset, length), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `read on peer ${u}`);
+          this.ctx.health.succeeded(u);
+          if (reply.meta.version === e.version) {
+            if (e.floor < e.version) e.floor = e.version;
+            return reply.data;
+          }
+          // Not what it was known to hold: it lost or missed something.
+          this.log.warn({ block: index, peer: u, have: reply.meta.version, want: e.version }, 'replica does not hold the version it was known to hold; recording it stale');
+          e.holders.delete(u);
+          await this.stale.record(u, [index]);
+        } catch (err) {
+          const kind = classifyFailure(err);
+          if (kind === 'outdated') {
+            await this.ctx.refreshRing(this.ctx.ring().version + 1);
+            continue;
+          }
+          if (kind === 'fenced') throw err;
+          if (kind === 'peer') this.ctx.health.failed(u);
+          else {
+            // The copy is bad (suspect, checksum): never read it again until caught up.
+            e.holders.delete(u);
+            await this.stale.record(u, [index]);
+          }
+          this.log.debug({ err, block: index, peer: u }, 'replica read failed; trying the next');
+        }
+      }
+      // Nobody known to hold the newest version answered: learn again once.
+      this.markUnsure(e);
+    }
+    throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: no owner holding its newest version is reachable`, { details: { block: index } });
+  }
+
+  /** Owners a read may use for the block: trusted under the phase and known to hold its newest version, the local one first. */
+  trustedHolders(e: BlockEntry, owners: BlockOwners): string[] {
+    const trusted = this.trustedOwners(e.index, owners);
+    const out = trusted.filter((u) => e.holders.get(u) === e.version);
+    const self = this.ctx.selfUuid;
+    const i = self === null ? -1 : out.indexOf(self);
+    if (i > 0) {
+      out.splice(i, 1);
+      out.unshift(self!);
+    }
+    return out;
+  }
+
+  /** Owners whose copy of the block is trusted (docs/replication.md, "Ring transitions"). */
+  trustedOwners(index: number, owners: BlockOwners): string[] {
+    let set: readonly string[];
+    if (owners.phase === 'stable') set = owners.now;
+    else if (owners.phase === 'moving') set = this.isMoved(index) ? owners.all : owners.old!;
+    else set = [...owners.now, ...owners.old!.filter((u) => !owners.now.includes(u))];
+    return set.filter((u) => !this.stale.isStale(u, index));
+  }
+
+  // ------------------------------------------------------------ learning versions
+
+  /**
+   * The block's entry, learning it from the owners on first touch (or after
+   * a failed change): asks every reachable owner for its metadata, takes the
+   * newest trusted copy as the block's version, and records trusted owners
+   * that are behind as stale.
+   */
+  touch(index: number, opts: { fresh?: boolean } = {}): Promise<BlockEntry> {
+    const e = this.blocks.get(index);
+    if (e !== undefined && !e.unsure && !opts.fresh) return Promise.resolve(e);
+    let p = this.reconciling.get(index);
+    if (p === undefined) {
+      p = this.reconcile(index, e).finally(() => this.reconciling.delete(index));
+      this.reconciling.set(index, p);
+    }
+    return p;
+  }
+
+  private async reconcile(index: number, previous: BlockEntry | undefined): Promise<BlockEntry> {
+    const ref = this.refOf(index);
+    for (let attempt = 0; ; attempt++) {
+      const owners = ownersOf(this.ctx.ring(), ref);
+      const metas = await this.askMeta(ref, owners.all);
+      if (metas.outdated && attempt < this.ctx.settings.ringRetriesMax) {
+        await this.ctx.refreshRing(metas.outdated);
+        continue;
+      }
+      const trusted = this.trustedOwners(index, owners);
+      let newest: BlockMeta | null = null;
+      for (const u of trusted) {
+        const m = metas.got.get(u);
+        if (m === undefined || m.suspect) continue;
+        if (newest === null || compareCopies(m, newest) > 0) newest = m;
+      }
+      const floor = previous?.floor ?? VERSION_ABSENT;
+      if (newest === null || newest.version < floor) {
+        // Never back in time: owners that answered with less than this
+        // coordinator already acknowledged or returned are behind.
+        const behind = trusted.filter((u) => {
+          const m = metas.got.get(u);
+          return m !== undefined && (m.suspect || m.version < floor);
+        });
+        await Promise.all(behind.map((u) => this.stale.record(u, [index])));
+        throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: no owner with its newest copy answered`, {
+          details: { block: index, asked: owners.all, trusted },
+        });
+      }
+      const e: BlockEntry = previous ?? { index, version: VERSION_ABSENT, state: 'absent', digest: null, floor: VERSION_ABSENT, holders: new Map(), metas: new Map(), unsure: false, pins: 0 };
+      e.version = newest.version;
+      e.state = newest.state;
+      e.digest = newest.state === 'data' ? newest.digest : 0;
+      e.holders.clear();
+      e.metas.clear();
+      const behind: string[] = [];
+      for (const [u, m] of metas.got) {
+        e.metas.set(u, m);
+        if (!m.suspect) e.holders.set(u, m.version);
+        const equal = !m.suspect && compareCopies(m, newest) === 0;
+        if (!equal && trusted.includes(u)) behind.push(u);
+      }
+      // Behind without a record: a change that failed half way. They must
+      // not be read for this block, and etcd must say so for other readers.
+      for (const u of behind) e.holders.delete(u);
+      await Promise.all(behind.map((u) => this.stale.record(u, [index])));
+      if (e.unsure) {
+        e.unsure = false;
+        e.pins--;
+      }
+      this.blocks.set(e);
+      return e;
+    }
+  }
+
+  /** Metadata of one block from each reachable owner. `outdated` is the newest ring a refusal named. */
+  async askMeta(ref: BlockRef, owners: readonly string[]): Promise<{ got: Map<string, BlockMeta>; outdated: number }> {
+    const got = new Map<string, BlockMeta>();
+    let outdated = 0;
+    await Promise.all(
+      owners.map(async (u) => {
+        // DOWN is etcd's view and may lag a peer that just registered: ask
+        // anyone not known to be failing; a dead one costs one timeout.
+        const api = this.ctx.replica(u);
+        if (api === null || this.ctx.health.isFailing(u)) return;
+        try {
+          const [m] = await withTimeout(api.meta(this.ctx.requestContext(), [ref]), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `meta on peer ${u}`);
+          this.ctx.health.succeeded(u);
+          got.set(u, m!);
+        } catch (err) {
+          this.log.debug({ err, peer: u, block: ref.index }, 'metadata request failed');
+          const kind = classifyFailure(err);
+          if (kind === 'outdated') {
+            const v = (err as TorusError).details?.['ringVersion'];
+            outdated = Math.max(outdated, typeof v === 'number' ? v : this.ctx.ring().version + 1);
+          } else if (kind === 'peer') this.ctx.health.failed(u);
+        }
+      }),
+    );
+    return { got, outdated };
+  }
+
+  // ------------------------------------------------------------ moves (used by block-jobs.ts)
+
+  /** Was the block moved to its new owners in the current transition (so they are trusted and must take changes)? */
+  isMoved(index: number): boolean {
+    const t = this.ctx.ring().transition;
+    if (t === null || t.phase === 'settled') return true;
+    if (this.movedIn.ringVersion !== t.startedVersion) return false;
+    return this.movedIn.all || this.movedIn.blocks.has(index);
+  }
+
+  markMoved(index: number, transitionVersion: number): void {
+    if (this.movedIn.ringVersion !== transitionVersion) this.movedIn = { ringVersion: transitionVersion, blocks: new Set(), all: false };
+    this.movedIn.blocks.add(index);
+  }
+
+  /** The whole volume moved in this transition (its move record says done). */
+  markAllMoved(transitionVersion: number): void {
+    this.movedIn = { ringVersion: transitionVersion, blocks: new Set(), all: true };
+  }
+
+  /**
+   * Brings owners of a block to its newest version, under the block's order
+   * alone (no change is in flight meanwhile): confirms a suspect copy whose
+   * digest matches, installs a copy read from a trusted holder otherwise.
+   * Returns the owners that now hold the newest version and those that
+   * could not be brought there.
+   */
+  async syncBlock(
+    index: number,
+    targets: readonly string[],
+    copyBudget: (bytes: number) => Promise<void>,
+    onFixed?: (fixed: readonly string[]) => void,
+  ): Promise<{ fixed: string[]; failed: string[]; unavailable: boolean }> {
+    const release = await this.order.exclusive(index);
+    try {
+      this.checkUsable();
+      const ref = this.refOf(index);
+      let e: BlockEntry;
+      try {
+        e = await this.touch(index, { fresh: true });
+      } catch (err) {
+        if (isTorusError(err, 'TORUS_ERR_BLOCK_UNAVAILABLE')) return { fixed: [], failed: [...targets], unavailable: true };
+        throw err;
+      }
+      const owners = ownersOf(this.ctx.ring(), ref);
+      const sources = this.trustedHolders(e, owners).filter((u) => this.ctx.health.usable(u));
+      const fixed: string[] = [];
+      const failed: string[] = [];
+      let copy: { state: 'data' | 'zero'; data: Buffer | null } | null = null;
+      for (const t of targets) {
+        const api = this.ctx.replica(t);
+        if (api === null || !this.ctx.health.usable(t)) {
+          failed.push(t);
+          continue;
+        }
+        const m = e.metas.get(t);
+        try {
+          if (m !== undefined && !m.suspect && compareCopies(m, e) === 0 && (e.state !== 'data' || e.digest === null || m.digest === e.digest)) {
+            fixed.push(t);
+            continue;
+          }
+          if (e.state === 'absent') {
+            // The newest trusted state is "nothing": the target's copy is a leftover of a change that never counted.
+            const dropped = await withTimeout(api.drop(this.ctx.requestContext(), ref, m?.version ?? VERSION_ABSENT, { token: this.token }), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `drop on peer ${t}`);
+            (dropped ? fixed : failed).push(t);
+            if (dropped) e.holders.set(t, VERSION_ABSENT);
+            continue;
+          }
+          if (m !== undefined && m.suspect && e.digest !== null && m.digest === e.digest && m.state === e.state) {
+            const ok = await withTimeout(api.confirm(this.ctx.requestContext(), ref, e.version, e.digest, { token: this.token }), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `confirm on peer ${t}`);
+            if (ok) {
+              e.holders.set(t, e.version);
+              fixed.push(t);
+              continue;
+            }
+          }
+          if (copy === null) {
+            copy = await this.readWhole(e, sources, copyBudget);
+            if (copy === null) {
+              onFixed?.(fixed);
+              return { fixed, failed: targets.filter((x) => !fixed.includes(x)), unavailable: true };
+            }
+          }
+          const outcome = await withTimeout(
+            api.install(this.ctx.requestContext(), ref, { state: copy.state, version: e.version, data: copy.data }, { token: this.token, fua: true }),
+            this.ctx.settings.replicaTimeoutMs,
+            this.ctx.clock,
+            `install on peer ${t}`,
+          );
+          if (outcome === 'newer') {
+            // A copy newer than every trusted owner's: only a change that failed half way leaves one. Learn again next time.
+            this.log.warn({ block: index, peer: t }, 'target holds a newer copy than the trusted owners; leaving it for the next pass');
+            this.markUnsure(e);
+            failed.push(t);
+            continue;
+          }
+          e.holders.set(t, e.version);
+          fixed.push(t);
+        } catch (err) {
+          const kind = classifyFailure(err);
+          if (kind === 'fenced') {
+            this.fenced = err as TorusError;
+            throw err;
+          }
+          if (kind === 'peer') this.ctx.health.failed(t);
+          this.log.debug({ err, block: index, peer: t }, 'bringing a replica up to date failed');
+          failed.push(t);
+        }
+      }
+      // Still alone on the block: a change that misses these owners from
+      // now on records them again after this.
+      onFixed?.(fixed);
+      return { fixed, failed, unavailable: false };
+    } finally {
+      release();
+    }
+  }
+
+  /** The whole newest copy of a block from a trusted holder (budgeted), or null if none answers. */
+  private async readWhole(e: BlockEntry, sources: readonly string[], copyBudget: (bytes: number) => Promise<void>): Promise<{ state: 'data' | 'zero'; data: Buffer | null } | null> {
+    if (e.state === 'zero') return { state: 'zero', data: null };
+    await copyBudget(this.blockSize);
+    for (const u of sources) {
+      const api = this.ctx.replica(u);
+      if (api === null) continue;
+      try {
+        const reply = await withTimeout(api.read(this.ctx.requestContext(), this.refOf(e.index), 0, this.blockSize), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `read on peer ${u}`);
+        if (reply.meta.version !== e.version) continue;
+        return { state: 'data', data: reply.data };
+      } catch (err) {
+        if (classifyFailure(err) === 'peer') this.ctx.health.failed(u);
+      }
+    }
+    return null;
+  }
+
+  // ------------------------------------------------------------ guards
+
+  /** Never acknowledge past the lease deadline: the lock may be someone else's by now. */
+  checkLease(): void {
+    if (this.ctx.clock.monotonic() > this.ctx.leaseDeadline()) {
+      throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${this.volume.name}": the lease under its lock may have expired; nothing is acknowledged past it`);
+    }
+  }
+
+  private checkUsable(): void {
+    if (this.fenced) throw this.fenced;
+    if (this.closed) throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${this.volume.name}" is closed`);
+    this.checkLease();
+  }
+
+  private unpin(index: number): void {
+    const e = this.blocks.peek(index);
+    if (e !== undefined && e.pins > 0) e.pins--;
+  }
+
+  /** A peer helper for jobs: the replica API or null. */
+  replica(u: string): ReplicaApi | null {
+    return this.ctx.replica(u);
+  }
+
+  get tokenForJobs(): number {
+    return this.token;
+  }
+
+  /** Owners a change to this version still lacks (for tests and status). */
+  lagging(index: number): string[] {
+    const e = this.blocks.peek(index);
+    if (e === undefined) return [];
+    const owners = ownersOf(this.ctx.ring(), this.refOf(index));
+    return owners.all.filter((u) => e.holders.get(u) !== e.version);
+  }
+}
+
+/** For modules that compare versions without importing the table. */
+export type { Version };

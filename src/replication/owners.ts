@@ -1,0 +1,39 @@
+import type { BlockRef } from '../model/block-ref.js';
+import type { RingRecord } from '../model/records.js';
+import { replicasOf } from '../ring/placement.js';
+
+/**
+ * Who owns a block under a ring, during a transition too
+ * (docs/replication.md, "Ring transitions"). Pure.
+ */
+export interface BlockOwners {
+  readonly phase: 'stable' | 'moving' | 'settled';
+  /** Owners under the placement being left (null when stable). */
+  readonly old: readonly string[] | null;
+  /** Owners under the ring's own members. */
+  readonly now: readonly string[];
+  /** old ∪ now, old first: every owner a change must reach. */
+  readonly all: readonly string[];
+}
+
+export function ownersOf(ring: RingRecord, ref: BlockRef): BlockOwners {
+  const now = replicasOf(ring, ref);
+  const t = ring.transition;
+  if (t === null) return { phase: 'stable', old: null, now, all: now };
+  const old = replicasOf(t.from, ref);
+  const all = [...old];
+  for (const u of now) if (!all.includes(u)) all.push(u);
+  return { phase: t.phase, old, now, all };
+}
+
+/** Every peer that may hold blocks under this ring: members of both placements. */
+export function ringPeers(ring: RingRecord): string[] {
+  const out = ring.members.map((m) => m.uuid);
+  for (const m of ring.transition?.from.members ?? []) if (!out.includes(m.uuid)) out.push(m.uuid);
+  return out;
+}
+
+/** How many of `owners` must take a change: minReplicas, or all of them when there are fewer. */
+export function quorumOf(ring: RingRecord, owners: number): number {
+  return Math.max(1, Math.min(ring.minReplicas, owners));
+}

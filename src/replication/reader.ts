@@ -1,0 +1,146 @@
+import type { Logger } from 'pino';
+import { TorusError } from '../errors/torus-error.js';
+import { compareCopies, type BlockMeta } from '../model/block-meta.js';
+import { blockRef, type BlockRef } from '../model/block-ref.js';
+import type { VolumeMoveRecord, VolumeRecord } from '../model/records.js';
+import { VERSION_ABSENT, type Version } from '../model/version.js';
+import { withTimeout } from '../util/timeout.js';
+import type { ClusterContext } from './cluster-context.js';
+import { classifyFailure } from './coordinator.js';
+import { ownersOf } from './owners.js';
+import { StaleBook } from './stale-book.js';
+
+/** Blocks whose newest seen version a reader remembers (so it never goes back in time). */
+const FLOORS_MAX = 65_536;
+
+/**
+ * Reads of a volume by a process that is not its coordinator (a read-only
+ * opener): it did not make the changes, so it asks every trusted owner for
+ * the block's version alongside the read and uses the newest. When an
+ * owner does not answer it re-reads the stale records from etcd first: a
+ * degraded write's record is durable before that write was acknowledged,
+ * so an owner that missed it is never taken for current
+ * (docs/replication.md, "The read path").
+ */
+export class VolumeReader {
+  private readonly stale: StaleBook;
+  private readonly log: Logger;
+  private readonly floors = new Map<number, Version>();
+  private movedVersion = 0;
+
+  private constructor(
+    private readonly ctx: ClusterContext,
+    readonly volume: VolumeRecord,
+  ) {
+    this.log = ctx.logger.child({ module: 'reader', volume: volume.name });
+    this.stale = new StaleBook(volume.id, ctx.metadata, ctx.clock, this.log);
+  }
+
+  static async open(ctx: ClusterContext, volume: VolumeRecord): Promise<VolumeReader> {
+    const r = new VolumeReader(ctx, volume);
+    await r.stale.refresh();
+    return r;
+  }
+
+  private refOf(index: number): BlockRef {
+    return blockRef(this.volume.id, this.volume.generation, index);
+  }
+
+  async read(index: number, offset: number, length: number): Promise<Buffer> {
+    const { meta, data } = await this.readBlock(index, offset, length);
+    void meta;
+    return data;
+  }
+
+  async allocated(index: number): Promise<boolean> {
+    const newest = await this.newestMeta(index);
+    return newest.meta.state === 'data';
+  }
+
+  private async readBlock(index: number, offset: number, length: number): Promise<{ meta: BlockMeta; data: Buffer }> {
+    const ref = this.refOf(index);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const { meta, holders } = await this.newestMeta(index);
+      for (const u of holders) {
+        const api = this.ctx.replica(u);
+        if (api === null) continue;
+        try {
+          const reply = await withTimeout(api.read(this.ctx.requestContext(), ref, offset, length), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `read on peer ${u}`);
+          if (reply.meta.version < meta.version) continue;
+          this.raiseFloor(index, reply.meta.version);
+          return reply;
+        } catch (err) {
+          const kind = classifyFailure(err);
+          if (kind === 'outdated') await this.ctx.refreshRing(this.ctx.ring().version + 1);
+          else if (kind === 'peer') this.ctx.health.failed(u);
+        }
+      }
+    }
+    throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: no owner holding its newest version is reachable`, { details: { block: index } });
+  }
+
+  /** The newest trusted copy's metadata and the owners holding it (local first). */
+  private async newestMeta(index: number): Promise<{ meta: BlockMeta; holders: string[] }> {
+    const ref = this.refOf(index);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      await this.refreshMoved();
+      const ring = this.ctx.ring();
+      const owners = ownersOf(ring, ref);
+      const set = owners.phase === 'stable' ? owners.now : owners.phase === 'settled' || this.movedVersion === ring.transition?.startedVersion ? owners.all : owners.old!;
+      const trusted = set.filter((u) => !this.stale.isStale(u, index));
+      const got = new Map<string, BlockMeta>();
+      let silent = 0;
+      await Promise.all(
+        trusted.map(async (u) => {
+          const api = this.ctx.replica(u);
+          if (api === null) {
+            silent++;
+            return;
+          }
+          try {
+            const [m] = await withTimeout(api.meta(this.ctx.requestContext(), [ref]), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `meta on peer ${u}`);
+            got.set(u, m!);
+          } catch (err) {
+            silent++;
+            const kind = classifyFailure(err);
+            if (kind === 'outdated') await this.ctx.refreshRing(this.ctx.ring().version + 1);
+            else if (kind === 'peer') this.ctx.health.failed(u);
+          }
+        }),
+      );
+      if (silent > 0 && attempt === 0) {
+        // An owner we cannot ask may hold a newer version: only etcd can say
+        // whether the ones that answered missed it.
+        await this.stale.refresh();
+        continue;
+      }
+      let newest: BlockMeta | null = null;
+      for (const m of got.values()) if (!m.suspect && (newest === null || compareCopies(m, newest) > 0)) newest = m;
+      const floor = this.floors.get(index) ?? VERSION_ABSENT;
+      if (newest === null || newest.version < floor) break;
+      const holders = [...got.entries()].filter(([, m]) => !m.suspect && compareCopies(m, newest!) === 0).map(([u]) => u);
+      const self = this.ctx.selfUuid;
+      holders.sort((a, b) => (a === self ? -1 : b === self ? 1 : 0));
+      return { meta: newest, holders };
+    }
+    throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: no owner with its newest copy answered`, { details: { block: index } });
+  }
+
+  /** During a moving transition, a volume whose move is done may be read from its new owners too. */
+  private async refreshMoved(): Promise<void> {
+    const t = this.ctx.ring().transition;
+    if (t === null || t.phase !== 'moving' || this.movedVersion === t.startedVersion) return;
+    const records: VolumeMoveRecord[] = await this.ctx.metadata.listVolumeMoves(t.startedVersion).catch(() => []);
+    if (records.some((r) => r.volumeId === this.volume.id && r.done)) this.movedVersion = t.startedVersion;
+  }
+
+  private raiseFloor(index: number, v: Version): void {
+    const cur = this.floors.get(index) ?? VERSION_ABSENT;
+    this.floors.delete(index);
+    this.floors.set(index, Math.max(cur, v));
+    if (this.floors.size > FLOORS_MAX) {
+      const oldest = this.floors.keys().next().value;
+      if (oldest !== undefined) this.floors.delete(oldest);
+    }
+  }
+}

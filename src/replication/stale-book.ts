@@ -1,0 +1,241 @@
+import type { Logger } from 'pino';
+import type { MetadataService } from '../metadata/metadata-service.js';
+import type { StaleRecord } from '../model/records.js';
+import type { Clock } from '../util/clock.js';
+import { indexesToRanges } from '../model/ranges.js';
+
+/**
+ * A coordinator's view of its volume's stale records (docs/replication.md,
+ * "Stale records"): which peers must not be read for which blocks.
+ *
+ * Memory is updated at once, so the coordinator stops trusting a peer the
+ * moment it decides to; etcd is updated by one FIFO queue of transactions
+ * (additions coalesced, group commit), and record() resolves only once the
+ * addition is durable there: a degraded write waits for it before it is
+ * acknowledged. Removals go through the same queue, so an addition made
+ * after a removal can never be overtaken by it.
+ */
+interface PeerEntry {
+  all: boolean;
+  blocks: Set<number>;
+  /** What etcd is known to hold (memory may be ahead while an addition is queued or after one failed). */
+  allDurable: boolean;
+  durable: Set<number>;
+  /** Bumped by every addition: a catch-up pass that saw no bump may clear 'all'. */
+  generation: number;
+}
+
+type Op =
+  | { kind: 'add'; peer: string; all: boolean; blocks: number[]; waiters: { resolve(): void; reject(err: unknown): void }[] }
+  | { kind: 'remove'; peer: string; what: number[] | 'all'; token: number; waiters: { resolve(): void; reject(err: unknown): void }[] };
+
+/** Indexes per addStale transaction; a larger batch is split. */
+const ADD_BLOCKS_PER_TXN_MAX = 4096;
+
+export class StaleBook {
+  private readonly peers = new Map<string, PeerEntry>();
+  private readonly queue: Op[] = [];
+  private running = false;
+
+  constructor(
+    private readonly volumeId: number,
+    private readonly metadata: MetadataService,
+    private readonly clock: Clock,
+    private readonly log: Logger,
+  ) {}
+
+  /** Merges what etcd holds (records made by peers themselves, or by an earlier coordinator). */
+  async refresh(): Promise<void> {
+    const records = await this.metadata.getStale(this.volumeId);
+    for (const r of records) this.absorb(r);
+  }
+
+  private absorb(r: StaleRecord): void {
+    const e = this.entry(r.peer);
+    if (r.all) {
+      if (!e.all) e.generation++;
+      e.all = true;
+      e.allDurable = true;
+    }
+    for (const [start, end] of r.ranges) {
+      for (let i = start; i < end; i++) {
+        if (!e.blocks.has(i)) {
+          e.blocks.add(i);
+          e.generation++;
+        }
+        e.durable.add(i);
+      }
+    }
+  }
+
+  isStale(peer: string, index: number): boolean {
+    const e = this.peers.get(peer);
+    return e !== undefined && (e.all || e.blocks.has(index));
+  }
+
+  /** Peers with anything recorded. */
+  stalePeers(): string[] {
+    return [...this.peers.entries()].filter(([, e]) => e.all || e.blocks.size > 0).map(([p]) => p);
+  }
+
+  /** What a peer missed: 'all', or its block indexes in order. */
+  missed(peer: string): 'all' | number[] {
+    const e = this.peers.get(peer);
+    if (e === undefined) return [];
+    if (e.all) return 'all';
+    return [...e.blocks].sort((a, b) => a - b);
+  }
+
+  generation(peer: string): number {
+    return this.peers.get(peer)?.generation ?? 0;
+  }
+
+  /** Blocks recorded for any peer (moves must look at them too). */
+  allRecordedBlocks(): Set<number> {
+    const out = new Set<number>();
+    for (const e of this.peers.values()) for (const i of e.blocks) out.add(i);
+    return out;
+  }
+
+  anyAll(): boolean {
+    return [...this.peers.values()].some((e) => e.all);
+  }
+
+  /**
+   * Records that `peer` missed changes to these blocks (or to the whole
+   * volume). Memory at once; resolves when durable in etcd.
+   */
+  record(peer: string, blocks: readonly number[] | 'all'): Promise<void> {
+    const e = this.entry(peer);
+    if (blocks === 'all') {
+      if (!e.all) {
+        e.all = true;
+        e.generation++;
+      }
+      if (e.allDurable) return Promise.resolve();
+    } else {
+      let fresh = false;
+      for (const i of blocks) {
+        if (!e.blocks.has(i)) {
+          e.blocks.add(i);
+          fresh = true;
+        }
+      }
+      if (fresh) e.generation++;
+      // Memory may have had them while their addition is still queued or
+      // failed: only what etcd holds lets the caller go on.
+      if (e.allDurable || blocks.every((i) => e.durable.has(i))) return Promise.resolve();
+    }
+    const all = blocks === 'all';
+    const list = all ? [] : blocks.filter((i) => !e.durable.has(i));
+    return new Promise((resolve, reject) => {
+      const last = this.queue[this.queue.length - 1];
+      // Ops still queued have not started: joining the last one keeps the order.
+      if (last !== undefined && last.kind === 'add' && last.peer === peer) {
+        last.all ||= all;
+        for (const i of list) last.blocks.push(i);
+        last.waiters.push({ resolve, reject });
+      } else {
+        this.queue.push({ kind: 'add', peer, all, blocks: list, waiters: [{ resolve, reject }] });
+      }
+      this.kick();
+    });
+  }
+
+  /**
+   * Clears blocks a peer has caught up on (docs/replication.md: only the
+   * holder of the newest token may). Memory at once, etcd in order.
+   */
+  clear(peer: string, blocks: readonly number[], token: number): Promise<void> {
+    const e = this.peers.get(peer);
+    if (e !== undefined) {
+      for (const i of blocks) {
+        e.blocks.delete(i);
+        e.durable.delete(i);
+      }
+    }
+    return this.enqueueRemove(peer, [...blocks], token);
+  }
+
+  /** Clears a whole-volume record, only if nothing was added since `sinceGeneration`. */
+  clearAll(peer: string, sinceGeneration: number, token: number): Promise<boolean> {
+    const e = this.peers.get(peer);
+    if (e === undefined) return Promise.resolve(true);
+    if (e.generation !== sinceGeneration) return Promise.resolve(false);
+    e.all = false;
+    e.allDurable = false;
+    e.blocks.clear();
+    e.durable.clear();
+    return this.enqueueRemove(peer, 'all', token).then(() => true);
+  }
+
+  private enqueueRemove(peer: string, what: number[] | 'all', token: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const last = this.queue[this.queue.length - 1];
+      if (last !== undefined && last.kind === 'remove' && last.peer === peer && last.token === token && last.what !== 'all' && what !== 'all') {
+        for (const i of what) last.what.push(i);
+        last.waiters.push({ resolve, reject });
+      } else {
+        this.queue.push({ kind: 'remove', peer, what, token, waiters: [{ resolve, reject }] });
+      }
+      this.kick();
+    });
+  }
+
+  private entry(peer: string): PeerEntry {
+    let e = this.peers.get(peer);
+    if (e === undefined) {
+      e = { all: false, blocks: new Set(), allDurable: false, durable: new Set(), generation: 0 };
+      this.peers.set(peer, e);
+    }
+    return e;
+  }
+
+  private kick(): void {
+    if (this.running) return;
+    this.running = true;
+    // One turn later, so additions made in the same turn share a transaction.
+    this.clock.setTimeout(() => void this.drain(), 0);
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      for (;;) {
+        const op = this.queue.shift();
+        if (op === undefined) return;
+        try {
+          if (op.kind === 'add') {
+            const e = this.entry(op.peer);
+            if (op.all) {
+              await this.metadata.addStale(this.volumeId, op.peer, { all: true });
+              e.allDurable = true;
+            } else {
+              const sorted = [...new Set(op.blocks)].sort((a, b) => a - b);
+              for (let at = 0; at < sorted.length; at += ADD_BLOCKS_PER_TXN_MAX) {
+                const part = sorted.slice(at, at + ADD_BLOCKS_PER_TXN_MAX);
+                await this.metadata.addStale(this.volumeId, op.peer, { ranges: indexesToRanges(part) });
+                for (const i of part) e.durable.add(i);
+              }
+            }
+          } else {
+            const ranges = op.what === 'all' ? 'all' : indexesToRanges([...new Set(op.what)].sort((a, b) => a - b));
+            if (ranges === 'all' || ranges.length > 0) await this.metadata.removeStale(this.volumeId, op.peer, ranges, op.token);
+          }
+          for (const w of op.waiters) w.resolve();
+        } catch (err) {
+          if (op.kind === 'remove') {
+            // Memory already trusts the peer again for these blocks; etcd
+            // still names them, which only makes other readers more careful.
+            this.log.warn({ err, volumeId: this.volumeId, peer: op.peer }, 'could not clear a stale record in etcd');
+          } else {
+            this.log.warn({ err, volumeId: this.volumeId, peer: op.peer }, 'could not record a stale replica in etcd; the change that needed it fails');
+          }
+          for (const w of op.waiters) w.reject(err);
+        }
+      }
+    } finally {
+      this.running = false;
+      if (this.queue.length > 0) this.kick();
+    }
+  }
+}

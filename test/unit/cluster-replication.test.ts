@@ -1,0 +1,419 @@
+/**
+ * The replication core on whole clusters in one process (simulated time,
+ * network and stores): writes through peer death, catch-up after a
+ * restart, moves when a peer joins, no stale reads. The randomized,
+ * fault-heavy proof is the simulation (test/sim); these are the scenarios
+ * of the issue, one by one, with exact expectations.
+ */
+import pino from 'pino';
+import { describe, expect, it } from 'vitest';
+import { ClusterNode, DEFAULT_NODE_SETTINGS } from '../../src/cluster/node.js';
+import { isTorusError } from '../../src/errors/torus-error.js';
+import { blockRef } from '../../src/model/block-ref.js';
+import type { NodeEnv, NodeUnderTest, VolumeIo } from '../sim/node-under-test.js';
+import { SIM_TIMING } from '../sim/node-under-test.js';
+import { runUntil } from '../sim/sim-clock.js';
+import { SimCluster, type SimPeer } from '../sim/sim-cluster.js';
+
+const BLOCK = 4096;
+const VOLUME_BLOCKS = 32;
+
+function realNode(env: NodeEnv): NodeUnderTest {
+  const t = env.timing;
+  const node = new ClusterNode({
+    uuid: env.uuid,
+    metadata: env.metadata,
+    store: env.store,
+    fences: env.fences,
+    transport: env.transport,
+    clock: env.clock,
+    random: env.random,
+    ids: env.ids,
+    logger: env.logger,
+    settings: {
+      ...DEFAULT_NODE_SETTINGS,
+      sessionTtlSeconds: t.sessionTtlSeconds,
+      heartbeatMs: t.heartbeatMs,
+      downOutIntervalMs: t.downOutIntervalMs,
+      gcIntervalMs: t.gcIntervalMs,
+      retryMs: t.retryMs,
+      replication: {
+        ...DEFAULT_NODE_SETTINGS.replication,
+        replicaTimeoutMs: t.replicaTimeoutMs,
+        probeIntervalMs: t.probeIntervalMs,
+        backgroundIntervalMs: t.backgroundIntervalMs,
+        scrubIntervalMs: t.scrubIntervalMs,
+        writeLevel: t.writeLevel,
+        copyBytesPerSec: 64 * 1024 * 1024,
+      },
+    },
+    holder: `sim ${env.uuid}`,
+    peerRecord: env.peerRecord,
+    onApplied: env.onApplied,
+  });
+  return {
+    get replica() {
+      return node.replica;
+    },
+    start: () => node.start(),
+    stop: () => node.stop(),
+    async open(name, mode): Promise<VolumeIo> {
+      const ov = await node.volumes.acquire(name, mode);
+      return {
+        read: (o, l) => ov.volume.read(o, l),
+        write: (o, d, f) => ov.volume.write(o, d, f),
+        zero: (o, l, z) => ov.volume.zero(o, l, z),
+        flush: () => ov.volume.flush(),
+        close: () => node.volumes.release(ov),
+      };
+    },
+  };
+}
+
+function cluster(opts: { peers: number; members: number; replication: number; seed?: number }): SimCluster {
+  return new SimCluster(clusterOptions(opts));
+}
+
+function clusterOptions(opts: { peers: number; members: number; replication: number; seed?: number }): ConstructorParameters<typeof SimCluster>[0] {
+  return {
+    seed: opts.seed ?? 1,
+    blockSize: BLOCK,
+    peers: opts.peers,
+    members: opts.members,
+    replication: opts.replication,
+    capacity: 64 * 1024 * 1024,
+    timing: SIM_TIMING,
+    factory: realNode,
+    network: { delayMinMs: 1, delayMaxMs: 3, reorderMaxMs: 0 },
+    onBug: (where, err) => {
+      throw new Error(`bug at ${where}: ${String(err)}`);
+    },
+    onApplied: () => undefined,
+    logger: pino({ level: process.env['SIM_LOG'] ?? 'silent' }),
+  };
+}
+
+/** Runs the simulation until the promise settles (or fails the test). */
+async function until<T>(c: SimCluster, p: Promise<T>, budgetMs = 120_000): Promise<T> {
+  let done = false;
+  let value: T | undefined;
+  let error: unknown;
+  p.then(
+    (v) => {
+      done = true;
+      value = v;
+    },
+    (e) => {
+      done = true;
+      error = e;
+    },
+  );
+  const r = await runUntil(c.clock, () => done, c.clock.monotonic() + budgetMs);
+  if (!done) throw new Error(`did not settle within ${budgetMs} simulated ms (${r})`);
+  if (error !== undefined) throw error;
+  return value as T;
+}
+
+async function runFor(c: SimCluster, ms: number): Promise<void> {
+  await runUntil(c.clock, () => false, c.clock.monotonic() + ms);
+}
+
+function pattern(seed: number, n: number): Buffer {
+  const b = Buffer.alloc(n);
+  for (let i = 0; i < n; i++) b[i] = (seed * 31 + i * 7) & 0xff;
+  return b;
+}
+
+/** An orderly stop (SIGTERM): the node flushes and lets go, then its process ends. */
+async function stopPeer(c: SimCluster, p: SimPeer): Promise<void> {
+  await c.inside(p.process!, () => p.node!.stop());
+  p.process!.kill();
+  p.started = false;
+}
+
+async function startAll(c: SimCluster, peers: SimPeer[]): Promise<void> {
+  await until(c, Promise.all(peers.map((p) => c.start(p))));
+}
+
+/** Every block of the volume: copies on its ring owners only, all equal. */
+function copies(c: SimCluster, volumeId: number, index: number): { uuid: string; version: number; state: string; digest: number }[] {
+  const out = [];
+  for (const p of c.peers) {
+    const m = p.store.meta(blockRef(volumeId, 1, index));
+    if (m.state !== 'absent') out.push({ uuid: p.uuid, version: m.version, state: m.state, digest: m.digest });
+  }
+  return out;
+}
+
+describe('replication on a simulated cluster', () => {
+  it('writes through one dead peer, refuses stale reads, and catches the peer up when it returns', async () => {
+    const c = cluster({ peers: 3, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, d] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    const data = pattern(1, VOLUME_BLOCKS * BLOCK);
+    await until(c, io.write(0, data, false));
+    await until(c, io.flush());
+    expect((await until(c, io.read(0, data.length))).equals(data)).toBe(true);
+    // Every block has exactly two copies, equal.
+    for (let i = 0; i < VOLUME_BLOCKS; i++) {
+      const cs = copies(c, 1, i);
+      expect(cs.length).toBe(2);
+      expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size).toBe(1);
+    }
+    // Kill d: writes keep going (min 1), the blocks it misses are recorded stale.
+    c.crash(d);
+    const next = pattern(2, VOLUME_BLOCKS * BLOCK);
+    await until(c, io.write(0, next, false));
+    await until(c, io.flush());
+    expect((await until(c, io.read(0, next.length))).equals(next)).toBe(true);
+    const stale = await until(c, c.adminMetadata.getStale(1));
+    expect(stale.map((s) => s.peer)).toEqual([d.uuid]);
+    // d returns: it is caught up, copying only what it missed.
+    await until(c, c.start(d));
+    await runFor(c, 20_000);
+    expect(await until(c, c.adminMetadata.getStale(1))).toEqual([]);
+    for (let i = 0; i < VOLUME_BLOCKS; i++) {
+      const cs = copies(c, 1, i);
+      expect(cs.length).toBe(2);
+      expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size).toBe(1);
+    }
+    // Reads through another peer see the newest data.
+    await until(c, io.close());
+    const io2 = await until(c, c.open(b, 'v', 'rw'));
+    expect((await until(c, io2.read(0, next.length))).equals(next)).toBe(true);
+  });
+
+  it('never goes back in time: A down, B takes writes, B dies, A returns: reads fail until B is back', async () => {
+    const c = cluster({ peers: 2, members: 2, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b] = c.peers as [SimPeer, SimPeer];
+    // The writer is a third process: a client without a store would be
+    // closer to torusblk, but a peer serves here; open through b.
+    let io = await until(c, c.open(b, 'v', 'rw'));
+    await until(c, io.write(0, pattern(1, 4 * BLOCK), false));
+    await until(c, io.flush());
+    c.crash(a);
+    await until(c, io.write(0, pattern(2, 4 * BLOCK), false));
+    await until(c, io.flush());
+    c.crash(b);
+    await until(c, c.start(a));
+    await runFor(c, 10_000);
+    // Open through a (b's lock died with its lease).
+    io = await until(c, c.open(a, 'v', 'rw'), 60_000);
+    let err: unknown;
+    try {
+      await until(c, io.read(0, BLOCK));
+    } catch (e) {
+      err = e;
+    }
+    expect(isTorusError(err, 'TORUS_ERR_BLOCK_UNAVAILABLE')).toBe(true);
+    await until(c, c.start(b));
+    await runFor(c, 20_000);
+    expect((await until(c, io.read(0, 4 * BLOCK))).equals(pattern(2, 4 * BLOCK))).toBe(true);
+  });
+
+  it('moves blocks to a joining peer: data intact through every peer, exactly R copies, no leftovers', async () => {
+    const c = cluster({ peers: 3, members: 1, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, d] = c.peers as [SimPeer, SimPeer, SimPeer];
+    let io = await until(c, c.open(a, 'v', 'rw'));
+    const data = pattern(3, VOLUME_BLOCKS * BLOCK);
+    await until(c, io.write(0, data, false));
+    await until(c, io.flush());
+    await until(c, io.close());
+    await until(c, c.changeRing([a.uuid, b.uuid], 2, 'add b'));
+    // Reads through b during the move are right (they come from a).
+    io = await until(c, c.open(b, 'v', 'rw'));
+    expect((await until(c, io.read(0, data.length))).equals(data)).toBe(true);
+    await until(c, io.close());
+    await runFor(c, 30_000);
+    expect((await until(c, c.ring())).transition).toBeNull();
+    await until(c, c.changeRing([a.uuid, b.uuid, d.uuid], 2, 'add d'));
+    await runFor(c, 60_000);
+    const ring = await until(c, c.ring());
+    expect(ring.transition).toBeNull();
+    for (const p of [a, b, d]) {
+      io = await until(c, c.open(p, 'v', 'rw'));
+      expect((await until(c, io.read(0, data.length))).equals(data)).toBe(true);
+      await until(c, io.close());
+    }
+    for (let i = 0; i < VOLUME_BLOCKS; i++) {
+      const cs = copies(c, 1, i);
+      expect(cs.length, `block ${i}: ${JSON.stringify(cs)}`).toBe(2);
+      expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size).toBe(1);
+    }
+    // The first peer dies: everything is still there.
+    c.crash(a);
+    await runFor(c, 15_000);
+    io = await until(c, c.open(b, 'v', 'rw'), 60_000);
+    expect((await until(c, io.read(0, data.length))).equals(data)).toBe(true);
+  });
+
+  it('keeps a trim made while a replica was down: it reads as zeroes after the replica returns, and no repair brings the data back', async () => {
+    const c = cluster({ peers: 2, members: 2, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b] = c.peers as [SimPeer, SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    await until(c, io.write(0, pattern(5, 4 * BLOCK), false));
+    await until(c, io.flush());
+    await until(c, stopPeer(c, b));
+    await until(c, io.zero(0, 4 * BLOCK, { punch: true, fua: false }));
+    await until(c, io.flush());
+    await until(c, c.start(b));
+    await runFor(c, 20_000);
+    expect((await until(c, io.read(0, 4 * BLOCK))).equals(Buffer.alloc(4 * BLOCK))).toBe(true);
+    for (let i = 0; i < 4; i++) {
+      const cs = copies(c, 1, i);
+      expect(cs.map((x) => x.state)).toEqual(['zero', 'zero']);
+    }
+  });
+
+  it('answers reads around a corrupt copy and repairs it', async () => {
+    const c = cluster({ peers: 2, members: 2, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b] = c.peers as [SimPeer, SimPeer];
+    let io = await until(c, c.open(a, 'v', 'rw'));
+    const data = pattern(7, 4 * BLOCK);
+    await until(c, io.write(0, data, true));
+    await until(c, io.close());
+    b.store.corrupt(blockRef(1, 1, 2), 0);
+    // Read through b: its own copy is bad, the read is answered from a.
+    io = await until(c, c.open(b, 'v', 'rw'));
+    expect((await until(c, io.read(0, data.length))).equals(data)).toBe(true);
+    await runFor(c, 20_000);
+    expect(b.store.meta(blockRef(1, 1, 2)).suspect).toBe(false);
+    const cs = copies(c, 1, 2);
+    expect(cs.length).toBe(2);
+    expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size).toBe(1);
+    expect(await until(c, c.adminMetadata.getStale(1))).toEqual([]);
+  });
+
+  it('drains a live peer: blocks leave it before the ring forgets it, nothing is lost when it stops', async () => {
+    const c = cluster({ peers: 3, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, d] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    const data = pattern(9, VOLUME_BLOCKS * BLOCK);
+    await until(c, io.write(0, data, false));
+    await until(c, io.flush());
+    await until(c, c.changeRing([a.uuid, b.uuid], 2, 'remove d'));
+    // Writes go on during the drain.
+    const more = pattern(10, 8 * BLOCK);
+    await until(c, io.write(0, more, false));
+    await runFor(c, 40_000);
+    expect((await until(c, c.ring())).transition).toBeNull();
+    await until(c, stopPeer(c, d));
+    const want = Buffer.concat([more, data.subarray(8 * BLOCK)]);
+    expect((await until(c, io.read(0, want.length))).equals(want)).toBe(true);
+    for (let i = 0; i < VOLUME_BLOCKS; i++) {
+      const cs = copies(c, 1, i);
+      expect(cs.map((x) => x.uuid).sort()).toEqual([a.uuid, b.uuid].sort());
+      expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size).toBe(1);
+    }
+  });
+
+  it('re-replicates after a dead peer is force-removed and a fresh one added, so losing another peer loses nothing', async () => {
+    const c = cluster({ peers: 4, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+    await startAll(c, c.peers.slice(0, 3));
+    const [a, b, d, e] = c.peers as [SimPeer, SimPeer, SimPeer, SimPeer];
+    let io = await until(c, c.open(a, 'v', 'rw'));
+    const data = pattern(11, VOLUME_BLOCKS * BLOCK);
+    await until(c, io.write(0, data, false));
+    await until(c, io.flush());
+    await until(c, io.close());
+    c.crash(d);
+    await runFor(c, 10_000);
+    await until(c, c.changeRing([a.uuid, b.uuid], 2, 'peer remove --force d'));
+    await until(c, c.start(e));
+    await until(c, c.changeRing([a.uuid, b.uuid, e.uuid], 2, 'peer add e'));
+    await runFor(c, 60_000);
+    expect((await until(c, c.ring())).transition).toBeNull();
+    for (let i = 0; i < VOLUME_BLOCKS; i++) {
+      const cs = copies(c, 1, i).filter((x) => x.uuid !== d.uuid);
+      expect(cs.length, `block ${i}`).toBe(2);
+      expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size).toBe(1);
+    }
+    c.crash(a);
+    await runFor(c, 10_000);
+    io = await until(c, c.open(b, 'v', 'rw'), 60_000);
+    expect((await until(c, io.read(0, data.length))).equals(data)).toBe(true);
+  });
+
+  it('refuses every queued write of a writer frozen past its lease once another took over', async () => {
+    const c = cluster({ peers: 3, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const old = await until(c, c.open(a, 'v', 'rw'));
+    await until(c, old.write(0, pattern(1, 4 * BLOCK), false));
+    await until(c, old.flush());
+    // The writer is frozen with writes queued (SIGSTOP).
+    c.freeze(a);
+    const queued = [old.write(0, pattern(66, BLOCK), false), old.write(BLOCK, pattern(67, BLOCK), true)];
+    const outcomes: string[] = [];
+    for (const q of queued) q.then(() => outcomes.push('ok'), (err: unknown) => outcomes.push(isTorusError(err) ? err.code : String(err)));
+    await runFor(c, 3 * SIM_TIMING.sessionTtlSeconds * 1000);
+    const fresh = await until(c, c.open(b, 'v', 'rw'), 60_000);
+    c.thaw(a);
+    await runFor(c, 20_000);
+    expect(outcomes.length).toBe(2);
+    expect(outcomes.every((o) => o !== 'ok')).toBe(true);
+    expect((await until(c, fresh.read(0, 4 * BLOCK))).equals(pattern(1, 4 * BLOCK))).toBe(true);
+  });
+
+  it('changes replication from 2 to 3 and back, copying to the new owners', async () => {
+    const c = cluster({ peers: 3, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a] = c.peers as [SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    const data = pattern(13, VOLUME_BLOCKS * BLOCK);
+    await until(c, io.write(0, data, false));
+    await until(c, io.flush());
+    await until(c, c.changeRing(c.peers.map((p) => p.uuid), 3, 'set-replication 3'));
+    await runFor(c, 40_000);
+    expect((await until(c, c.ring())).transition).toBeNull();
+    for (let i = 0; i < VOLUME_BLOCKS; i++) expect(copies(c, 1, i).length).toBe(3);
+    await until(c, c.changeRing(c.peers.map((p) => p.uuid), 2, 'set-replication 2'));
+    await runFor(c, 40_000);
+    for (let i = 0; i < VOLUME_BLOCKS; i++) expect(copies(c, 1, i).length).toBe(2);
+    expect((await until(c, io.read(0, data.length))).equals(data)).toBe(true);
+  });
+
+  it('lets a read-only opener see the newest data while the writer runs degraded', async () => {
+    const c = cluster({ peers: 3, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 8 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, d] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    await until(c, io.write(0, pattern(1, 8 * BLOCK), false));
+    const ro = await until(c, c.open(b, 'v', 'ro'));
+    expect((await until(c, ro.read(0, 8 * BLOCK))).equals(pattern(1, 8 * BLOCK))).toBe(true);
+    c.crash(d);
+    await until(c, io.write(0, pattern(2, 8 * BLOCK), false));
+    expect((await until(c, ro.read(0, 8 * BLOCK))).equals(pattern(2, 8 * BLOCK))).toBe(true);
+    let refused = '';
+    await until(c, ro.write(0, Buffer.alloc(BLOCK), false)).catch((err: unknown) => (refused = isTorusError(err) ? err.code : String(err)));
+    expect(refused).toBe('TORUS_ERR_VOLUME_READ_ONLY');
+  });
+
+  it('acknowledges at write level one after one copy and still has minReplicas durable at flush', async () => {
+    const c = new SimCluster({ ...clusterOptions({ peers: 3, members: 3, replication: 3 }), timing: { ...SIM_TIMING, writeLevel: 'one' } });
+    await until(c, c.bootstrap([{ name: 'v', size: 8 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a] = c.peers as [SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    await until(c, io.write(0, pattern(4, 8 * BLOCK), false));
+    await until(c, io.flush());
+    for (let i = 0; i < 8; i++) expect(copies(c, 1, i).length).toBe(3);
+    expect((await until(c, io.read(0, 8 * BLOCK))).equals(pattern(4, 8 * BLOCK))).toBe(true);
+  });
+});
