@@ -18,6 +18,8 @@ export type Guarantee = 'G1/G4' | 'G3' | 'G5' | 'G6' | 'liveness' | 'bug';
 export interface Violation {
   readonly guarantee: Guarantee;
   readonly message: string;
+  /** Blocks involved (volume id, index), for the failure report's dump. */
+  readonly blocks?: readonly (readonly [number, number])[];
 }
 
 /** One peer's disk as the checkers see it: alive or not, it keeps what it holds. */

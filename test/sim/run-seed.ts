@@ -1,3 +1,4 @@
+import pino from 'pino';
 import type { RingRecord } from '../../src/model/records.js';
 import { SeededRandom } from '../../src/util/random.js';
 import { Checker, type Guarantee, type Violation } from './checker.js';
@@ -76,6 +77,8 @@ export interface SeedResult {
   readonly config: SeedConfig;
   /** The last events before the end (for a failure report). */
   readonly tail: readonly string[];
+  /** The cluster's state when the failure was found: ring, peers, stale records, the blocks involved. */
+  readonly diagnosis: readonly string[];
 }
 
 export interface RunOptions {
@@ -85,6 +88,8 @@ export interface RunOptions {
   /** Named in the replay command. */
   readonly variant?: string | null;
   readonly verbose?: boolean;
+  /** The peers' own logs (pino level; default silent: logging costs more than the simulation). */
+  readonly logLevel?: string;
   /** Wraps each writer's io (variants that act at the client boundary). */
   readonly wrapIo?: (io: VolumeIo) => VolumeIo;
 }
@@ -101,10 +106,12 @@ export async function runSeed(opts: RunOptions): Promise<SeedResult> {
   // Assigned below; the closures that use them run only after.
   let workload: Workload | undefined;
   let cluster: SimCluster;
+  let diagnosis: string[] = [];
   const fail = (v: Violation): void => {
     if (failure !== null) return;
     failure = { ...v, step: workload?.opsIssued ?? 0, timeMs: cluster.clock.monotonic(), phase };
     log.add(`VIOLATION ${v.guarantee}: ${v.message}`);
+    diagnosis = diagnose(cluster, v.blocks ?? []);
   };
   const failed = (): boolean => failure !== null;
   const blockSize = SIM_BLOCK_SIZE;
@@ -119,6 +126,7 @@ export async function runSeed(opts: RunOptions): Promise<SeedResult> {
     capacity: 1024 * blockSize,
     timing: cfg.timing,
     factory: opts.factory,
+    logger: pino({ level: opts.logLevel ?? 'silent', base: null, timestamp: () => `,"t":${(cluster?.clock.monotonic() ?? 0).toFixed(3)}` }, pino.destination(1)),
     network: { delayMinMs: 0.2, delayMaxMs: 3, reorderMaxMs: 30 },
     onBug: (where, err) => fail({ guarantee: 'bug', message: `${where}: ${err instanceof Error ? err.message : String(err)}` }),
     onApplied: (uuid, c) => {
@@ -223,6 +231,7 @@ export async function runSeed(opts: RunOptions): Promise<SeedResult> {
     faults: Object.fromEntries(faults.done),
     config: cfg,
     tail: log.lastLines(),
+    diagnosis,
   };
   return result;
 
@@ -312,6 +321,32 @@ export async function runSeed(opts: RunOptions): Promise<SeedResult> {
     }
     log.add('settle: read-back matches the model');
   }
+}
+
+/** The state a failure is judged against, read straight from the twins (no client, no fault in the way). */
+function diagnose(cluster: SimCluster, blocks: readonly (readonly [number, number])[]): string[] {
+  const out: string[] = [];
+  const ringEntry = cluster.etcd.get('ring');
+  out.push(`ring: ${ringEntry?.value ?? 'none'}`);
+  for (const p of cluster.peers) {
+    const state = p.process === null ? 'never started' : p.process.state;
+    const fence = [...(p.fences as unknown as { durable: Map<number, number> }).durable ?? []].map(([v, t]) => `${v}:${t}`).join(',');
+    out.push(`peer ${p.index} ${p.uuid.slice(0, 8)} ${state}${p.started ? ' started' : ''} incarnation ${p.incarnations} fences ${fence}`);
+  }
+  for (const { key, entry } of cluster.etcd.range('stale/')) out.push(`${key}: ${entry.value}`);
+  for (const { key, entry } of cluster.etcd.range('volume-locks/')) out.push(`${key}: ${entry.value}`);
+  for (const { key, entry } of cluster.etcd.range('volume-maint/')) out.push(`${key}: ${entry.value}`);
+  for (const { key, entry } of cluster.etcd.range('volume-fence/')) out.push(`${key}: ${entry.value}`);
+  for (const { key, entry } of cluster.etcd.range('moves/')) out.push(`${key}: ${entry.value}`);
+  for (const [volumeId, index] of blocks) {
+    const ref = { volumeId, generation: 1, index };
+    for (const p of cluster.peers) {
+      const m = p.store.meta(ref);
+      const i = p.store.inspect(ref);
+      out.push(`volume ${volumeId} block ${index} on peer ${p.index}: ${m.state} v${m.version} (t${Math.floor(m.version / 2 ** 32)}.${m.version % 2 ** 32})${m.suspect ? ' suspect' : ''} durable ${i.durable ? `${i.durable.state} v${i.durable.version}` : 'absent'}`);
+    }
+  }
+  return out;
 }
 
 /** One line for a failed seed: what, where, and how to replay it. */

@@ -53,6 +53,7 @@ export interface VolumeState {
   readonly model: VolumeModel;
   writer: Writer | null;
   opening: boolean;
+  retryPending: boolean;
   /** Since when the volume has had no usable writer (liveness). */
   writerLostAt: number | null;
   /** No new requests (a takeover or the settle phase is draining it). */
@@ -126,6 +127,7 @@ export class Workload {
       model: new VolumeModel(v.name, v.id, v.blocks * sectorsPerBlock),
       writer: null,
       opening: false,
+      retryPending: false,
       writerLostAt: null,
       paused: false,
       inflight: new Set(),
@@ -154,10 +156,10 @@ export class Workload {
   }
 
   ensureWriter(vol: VolumeState): void {
-    if (vol.writer !== null || vol.opening) return;
+    if (vol.writer !== null || vol.opening || vol.retryPending) return;
     const candidates = this.cluster.peers.filter((p) => p.started && this.cluster.isRunning(p) && p !== vol.avoid);
     if (candidates.length === 0) {
-      this.later(REOPEN_RETRY_MS, () => this.ensureWriter(vol));
+      this.retryOpen(vol);
       return;
     }
     const peer = candidates[this.random.int(candidates.length)]!;
@@ -166,7 +168,7 @@ export class Workload {
       (io) => {
         vol.opening = false;
         if (!this.cluster.isAlive(peer)) {
-          this.later(REOPEN_RETRY_MS, () => this.ensureWriter(vol));
+          this.retryOpen(vol);
           return;
         }
         const handle = this.nextHandle++;
@@ -185,9 +187,19 @@ export class Workload {
           this.opts.fail({ guarantee: 'bug', message: `opening ${vol.name} on peer ${peer.index} failed with a bug: ${String(err)}` });
           return;
         }
-        this.later(REOPEN_RETRY_MS, () => this.ensureWriter(vol));
+        this.retryOpen(vol);
       },
     );
+  }
+
+  /** One retry timer per volume, however many callers ask. */
+  private retryOpen(vol: VolumeState): void {
+    if (vol.retryPending) return;
+    vol.retryPending = true;
+    this.later(REOPEN_RETRY_MS, () => {
+      vol.retryPending = false;
+      this.ensureWriter(vol);
+    });
   }
 
   /** The client lost its connection to a writer (its peer died or froze): what was in flight is uncertain. */
@@ -458,7 +470,7 @@ export class Workload {
       this.opts.log.add(`op ${op.id} failed ${code}`);
       if (op.kind !== 'read' && op.kind !== 'flush') vol.model.uncertain(this.candidate(op), op.first, op.count);
       const v = checker.checkFailure(`op ${op.id} (${op.kind} of ${vol.name} sectors ${op.first}+${op.count} through peer ${op.writer.peer.index})`, value, !this.quietThroughout(op));
-      if (v) fail(v);
+      if (v) fail({ ...v, blocks: this.blocksOf(op) });
       return;
     }
     const latency = now - op.issuedAt;
@@ -474,7 +486,7 @@ export class Workload {
         const data = value as Buffer;
         this.opts.log.add(`op ${op.id} read ${digest(data)}`);
         const v = checker.checkRead(vol.model, op.first, data);
-        if (v) fail({ ...v, message: `op ${op.id} (read through peer ${op.writer.peer.index}): ${v.message}` });
+        if (v) fail({ ...v, message: `op ${op.id} (read through peer ${op.writer.peer.index}): ${v.message}`, blocks: this.blocksOf(op) });
         return;
       }
       case 'flush':
@@ -487,9 +499,16 @@ export class Workload {
         vol.model.acked(c, op.first, op.count);
         const min = this.opts.timing.writeLevel === 'all' ? this.opts.minReplicas() : 1;
         const v = checker.checkWriteAck(vol.model, { ...c, acked: true }, op.first, op.count, min);
-        if (v) fail({ ...v, message: `op ${op.id}: ${v.message}` });
+        if (v) fail({ ...v, message: `op ${op.id}: ${v.message}`, blocks: this.blocksOf(op) });
       }
     }
+  }
+
+  private blocksOf(op: OpRun): [number, number][] {
+    const spb = this.opts.blockSize / SECTOR_BYTES;
+    const out: [number, number][] = [];
+    for (let b = Math.floor(op.first / spb); b * spb < op.first + op.count; b++) out.push([op.vol.id, b]);
+    return out;
   }
 
   private afterFlush(vol: VolumeState, w: Writer, issueSeq: number): void {
