@@ -5,7 +5,7 @@ import type { RingRecord } from '../../src/model/records.js';
 import { replicasOf } from '../../src/ring/placement.js';
 import type { InspectedCopy, MemoryBlockStore } from '../../src/store/memory-block-store.js';
 import type { Candidate, VolumeModel } from './model.js';
-import { SECTOR_BYTES, decodeSector, sectorValue } from './sectors.js';
+import { SECTOR_BYTES, decodeSector, sectorValueAt } from './sectors.js';
 
 /**
  * The invariant checkers (docs/replication.md, "The guarantees"). Each
@@ -70,7 +70,7 @@ export class Checker {
     const n = data.length / SECTOR_BYTES;
     for (let i = 0; i < n; i++) {
       const s = firstSector + i;
-      const v = sectorValue(decodeSector(data, i * SECTOR_BYTES, model.volumeId, s));
+      const v = sectorValueAt(data, i * SECTOR_BYTES, model.volumeId, s);
       if (v === null) {
         const d = decodeSector(data, i * SECTOR_BYTES, model.volumeId, s);
         return { guarantee: 'G1/G4', message: `volume ${model.name} sector ${s}: read garbage (${d.kind === 'garbage' ? d.why : ''})` };
@@ -229,7 +229,7 @@ export class Checker {
         const c = v.store.inspect(b.ref).visible;
         for (let i = 0; i < spb; i++) {
           const s = b.ref.index * spb + i;
-          const value = c === null || c.state === 'zero' ? 0 : sectorValue(decodeSector(c.data!, i * SECTOR_BYTES, model.volumeId, s));
+          const value = c === null || c.state === 'zero' ? 0 : sectorValueAt(c.data!, i * SECTOR_BYTES, model.volumeId, s);
           if (value !== null) held[s]!.add(value);
         }
       }
@@ -261,7 +261,7 @@ export class Checker {
     for (const s of sectors) {
       let value: number | null;
       if (c === null || c.state === 'zero') value = 0;
-      else value = sectorValue(decodeSector(c.data!, (s - base) * SECTOR_BYTES, model.volumeId, s));
+      else value = sectorValueAt(c.data!, (s - base) * SECTOR_BYTES, model.volumeId, s);
       if (value === null || !ok(value, s)) return false;
     }
     return true;

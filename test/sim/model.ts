@@ -58,6 +58,8 @@ export type Observation = { ok: true } | { ok: false; why: string };
 
 export class VolumeModel {
   private readonly sectors: SectorTrack[];
+  /** Sectors with history since their durable base: the only ones a flush or a crash can change. */
+  private readonly unsettled = new Set<number>();
 
   constructor(
     readonly name: string,
@@ -73,7 +75,7 @@ export class VolumeModel {
     for (let s = first; s < first + count; s++) {
       const t = this.track(s);
       t.cands = [cand];
-      this.append(t, cand);
+      this.append(s, t, cand);
     }
   }
 
@@ -83,7 +85,7 @@ export class VolumeModel {
     for (let s = first; s < first + count; s++) {
       const t = this.track(s);
       t.cands.push(cand);
-      this.append(t, cand);
+      this.append(s, t, cand);
     }
   }
 
@@ -117,7 +119,7 @@ export class VolumeModel {
    */
   flushed(handle: number, issueSeq: number): Map<number, Candidate> {
     const moved = new Map<number, Candidate>();
-    for (let s = 0; s < this.sectorCount; s++) {
+    for (const s of this.unsettled) {
       const t = this.sectors[s]!;
       let base = -1;
       for (let i = t.timeline.length - 1; i > 0; i--) {
@@ -130,6 +132,7 @@ export class VolumeModel {
       if (base <= 0) continue;
       t.timeline = t.timeline.slice(base);
       moved.set(s, t.timeline[0]!);
+      if (t.timeline.length === 1) this.unsettled.delete(s);
     }
     return moved;
   }
@@ -141,9 +144,8 @@ export class VolumeModel {
    * still held (at worst its durable base) onwards.
    */
   crashed(held: (s: number) => ReadonlySet<number>): void {
-    for (let s = 0; s < this.sectorCount; s++) {
+    for (const s of this.unsettled) {
       const t = this.sectors[s]!;
-      if (t.timeline.length === 1) continue;
       const values = held(s);
       let from = 0;
       for (let i = t.timeline.length - 1; i > 0; i--) {
@@ -172,8 +174,9 @@ export class VolumeModel {
     return t;
   }
 
-  private append(t: SectorTrack, c: Candidate): void {
+  private append(s: number, t: SectorTrack, c: Candidate): void {
     t.timeline.push(c);
+    this.unsettled.add(s);
     assert(t.timeline.length <= TIMELINE_MAX, 'a sector\'s unflushed history stays bounded (the workload flushes)');
   }
 }

@@ -139,8 +139,8 @@ export class SimCluster {
     const node = this.opts.factory({
       uuid: peer.uuid,
       metadata: guardObject(metadata, process),
-      store: guardObject(peer.store, process, { syncMethods: STORE_SYNC_METHODS }),
-      fences: guardObject(peer.fences, process),
+      store: guardObject(peer.store, process, { syncMethods: STORE_SYNC_METHODS, guardResults: false }),
+      fences: guardObject(peer.fences, process, { guardResults: false }),
       transport: this.network.transportFor(peer.uuid, process),
       clock,
       random,
