@@ -1,27 +1,38 @@
 /**
- * `npm run sim -- [--seeds N] [--from S] [--seed S] [--ops N] [--variant NAME] [--verbose] [--log LEVEL]`
+ * npm run sim -- [--seeds N] [--from S] [--seed S] [--ops N] [--variant NAME]
+ *                [--jobs N] [--verbose] [--log LEVEL]
  *
  * Runs seeds of the whole-cluster simulation and prints one line per
- * failing seed with its replay command; exits 1 if any failed. With
- * --variant, runs a deliberately broken build (variants.ts) and reports
- * which seeds catch it.
+ * failing seed with its replay command; exits 1 if any failed. --seed S
+ * replays one seed and, when it fails, prints its last events and the
+ * cluster's state at the failure. --variant runs a deliberately broken
+ * build (variants.ts). --jobs N spreads seeds over N processes. --verbose
+ * prints every event; --log LEVEL the peers' own logs.
+ *
+ * For the test suite (parallel.ts): --json prints one JSON line per seed,
+ * --list S1,S2,... names the seeds, --stop-at-first-failure ends early.
  */
 import { OPS_DEFAULT, describeFailure, runSeed } from './run-seed.js';
-import { VARIANTS, variantNames, type VariantName } from './variants.js';
+import { runSeedsInChildren, type SeedLine } from './parallel.js';
 import { realNode } from './real-node.js';
+import { VARIANTS, variantNames, type VariantName } from './variants.js';
 
 interface Args {
   seeds: number;
   from: number;
   seed: number | null;
+  list: number[] | null;
   ops: number;
   variant: VariantName | null;
+  jobs: number;
   verbose: boolean;
   log: string | undefined;
+  json: boolean;
+  stopAtFirstFailure: boolean;
 }
 
 function parse(argv: readonly string[]): Args {
-  const a: Args = { seeds: 20, from: 1, seed: null, ops: OPS_DEFAULT, variant: null, verbose: false, log: undefined };
+  const a: Args = { seeds: 20, from: 1, seed: null, list: null, ops: OPS_DEFAULT, variant: null, jobs: 1, verbose: false, log: undefined, json: false, stopAtFirstFailure: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const v = (): string => {
@@ -29,9 +40,9 @@ function parse(argv: readonly string[]): Args {
       if (x === undefined) throw new Error(`${k} needs a value`);
       return x;
     };
-    const int = (): number => {
-      const n = Number(v());
-      if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${k} needs a whole number`);
+    const int = (s = v()): number => {
+      const n = Number(s);
+      if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${k} needs whole numbers, not ${s}`);
       return n;
     };
     switch (k) {
@@ -44,8 +55,14 @@ function parse(argv: readonly string[]): Args {
       case '--seed':
         a.seed = int();
         break;
+      case '--list':
+        a.list = v().split(',').map((s) => int(s));
+        break;
       case '--ops':
         a.ops = int();
+        break;
+      case '--jobs':
+        a.jobs = Math.max(1, int());
         break;
       case '--variant': {
         const name = v();
@@ -58,6 +75,12 @@ function parse(argv: readonly string[]): Args {
         break;
       case '--log':
         a.log = v();
+        break;
+      case '--json':
+        a.json = true;
+        break;
+      case '--stop-at-first-failure':
+        a.stopAtFirstFailure = true;
         break;
       default:
         throw new Error(`unknown argument ${k}`);
@@ -74,12 +97,19 @@ async function main(): Promise<number> {
     process.stderr.write(`sim: ${(err as Error).message}\n`);
     return 2;
   }
-  const seeds = args.seed !== null ? [args.seed] : Array.from({ length: args.seeds }, (_, i) => args.from + i);
+  const seeds = args.seed !== null ? [args.seed] : (args.list ?? Array.from({ length: args.seeds }, (_, i) => args.from + i));
+  const started = performance.now();
+  if (args.jobs > 1 && args.seed === null) {
+    const lines = await runSeedsInChildren(seeds, { jobs: args.jobs, variant: args.variant, ops: args.ops });
+    const failed = lines.filter((l) => !l.ok);
+    for (const l of failed) process.stdout.write(`${l.report}\n`);
+    summary(seeds.length, failed.length, args.variant, started);
+    return failed.length > 0 ? 1 : 0;
+  }
   const variant = args.variant === null ? null : VARIANTS[args.variant];
   let failed = 0;
-  const started = performance.now();
   for (const seed of seeds) {
-    const t0 = performance.now();
+    const c0 = process.cpuUsage();
     const r = await runSeed({
       seed,
       ops: args.ops,
@@ -87,11 +117,14 @@ async function main(): Promise<number> {
       variant: args.variant,
       verbose: args.verbose,
       ...(args.log ? { logLevel: args.log } : {}),
-      ...(variant?.wrapIo ? { wrapIo: variant.wrapIo } : {}),
     });
-    const ms = performance.now() - t0;
-    if (!r.ok) {
-      failed++;
+    const c = process.cpuUsage(c0);
+    const cpuMs = (c.user + c.system) / 1000;
+    if (!r.ok) failed++;
+    if (args.json) {
+      const line: SeedLine = { seed, variant: args.variant, ok: r.ok, guarantee: r.failure?.guarantee ?? null, report: r.ok ? null : describeFailure(r), hash: r.hash, ops: r.opsIssued, cpuMs: Math.round(cpuMs) };
+      process.stdout.write(`${JSON.stringify(line)}\n`);
+    } else if (!r.ok) {
       process.stdout.write(`${describeFailure(r)}\n`);
       if (args.seed !== null) {
         process.stdout.write('  last events:\n');
@@ -100,12 +133,17 @@ async function main(): Promise<number> {
         for (const line of r.diagnosis) process.stdout.write(`    ${line}\n`);
       }
     } else if (args.seed !== null || args.verbose) {
-      process.stdout.write(`seed ${seed}: ok (${r.opsIssued} requests, ${(r.simMs / 1000).toFixed(1)} s simulated, ${r.events} events, hash ${r.hash}, faults ${JSON.stringify(r.faults)}) in ${ms.toFixed(0)} ms\n`);
+      process.stdout.write(`seed ${seed}: ok (${r.opsIssued} requests, ${(r.simMs / 1000).toFixed(1)} s simulated, ${r.events} events, hash ${r.hash}, faults ${JSON.stringify(r.faults)}) in ${cpuMs.toFixed(0)} ms of CPU\n`);
     }
+    if (!r.ok && args.stopAtFirstFailure) break;
   }
-  const total = (performance.now() - started) / 1000;
-  process.stdout.write(`sim: ${seeds.length - failed} of ${seeds.length} seeds passed${args.variant ? ` (variant ${args.variant})` : ''} in ${total.toFixed(1)} s\n`);
+  if (!args.json) summary(seeds.length, failed, args.variant, started);
   return failed > 0 ? 1 : 0;
+}
+
+function summary(total: number, failed: number, variant: string | null, started: number): void {
+  const s = (performance.now() - started) / 1000;
+  process.stdout.write(`sim: ${total - failed} of ${total} seeds passed${variant ? ` (variant ${variant})` : ''} in ${s.toFixed(1)} s\n`);
 }
 
 process.exitCode = await main();

@@ -42,6 +42,8 @@ export interface NodeEnv {
 
 /** The volume as a client (NBD) uses it: byte ranges. */
 export interface VolumeIo {
+  /** The volume's id (variants that look behind the volume use it). */
+  readonly volumeId?: number;
   read(offset: number, length: number): Promise<Buffer>;
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   zero(offset: number, length: number, opts: { punch: boolean; fua: boolean }): Promise<void>;

@@ -57,6 +57,7 @@ export function adaptNode(node: ClusterNode): NodeUnderTest {
       const ov = await node.volumes.acquire(name, mode);
       let closed = false;
       return {
+        volumeId: ov.volume.record.id,
         read: (o, l) => ov.volume.read(o, l),
         write: (o, d, f) => ov.volume.write(o, d, f),
         zero: (o, l, z) => ov.volume.zero(o, l, z),

@@ -79,6 +79,8 @@ export interface SeedResult {
   readonly tail: readonly string[];
   /** The cluster's state when the failure was found: ring, peers, stale records, the blocks involved. */
   readonly diagnosis: readonly string[];
+  /** Where the time went (CPU ms of this process, simulated ms): not part of the replayed outcome. */
+  readonly timing: { readonly workloadCpuMs: number; readonly settleCpuMs: number; readonly workloadSimMs: number; readonly settleSimMs: number };
 }
 
 export interface RunOptions {
@@ -142,7 +144,7 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     timing: cfg.timing,
     factory: opts.factory,
     logger: pino({ level: opts.logLevel ?? 'silent', base: null, timestamp: () => `,"t":${(cluster?.clock.monotonic() ?? 0).toFixed(3)}` }, pino.destination(1)),
-    network: { delayMinMs: 0.2, delayMaxMs: 3, reorderMaxMs: 30 },
+    network: { delayMinMs: 0.2, delayMaxMs: 3, reorderMaxMs: 300 },
     onBug: (where, err) => fail({ guarantee: 'bug', message: `${where}: ${err instanceof Error ? err.message : String(err)}` }),
     onApplied: (uuid, c) => {
       const v = checker.checkApplied(uuid, c.ref.volumeId, c.token, `${c.kind} of block ${c.ref.index}`, () => cluster.isRecordedStale(c.ref.volumeId, uuid, c.ref.index));
@@ -213,6 +215,13 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
 
   // ---- workload with faults
   phase = 'workload';
+  const cpuAt = (): number => {
+    const c = process.cpuUsage();
+    return (c.user + c.system) / 1000;
+  };
+  const timing = { workloadCpuMs: 0, settleCpuMs: 0, workloadSimMs: 0, settleSimMs: 0 };
+  let mark = cpuAt();
+  let simMark = clock.monotonic();
   const opsMax = 2 * cfg.ops; // required faults that keep failing to start get this long
   const tick = (): void => {
     if (failed()) return;
@@ -230,8 +239,14 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     fail({ guarantee: 'bug', message: `the seed could not inject a ring change, a crash and a partition within ${opsMax} requests (harness)` });
   }
 
+  timing.workloadCpuMs = cpuAt() - mark;
+  timing.workloadSimMs = clock.monotonic() - simMark;
+  mark = cpuAt();
+  simMark = clock.monotonic();
   // ---- settle: faults stop; then everything must work and converge
   if (!failed()) await settle();
+  timing.settleCpuMs = cpuAt() - mark;
+  timing.settleSimMs = clock.monotonic() - simMark;
 
   const result: SeedResult = {
     seed: cfg.seed,
@@ -247,6 +262,7 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     config: cfg,
     tail: log.lastLines(),
     diagnosis,
+    timing,
   };
   return result;
 
