@@ -8,5 +8,6 @@ process.exitCode = await runCli(process.argv.slice(2), {
     stdin: process.stdin,
     env: process.env,
     now: () => Date.now(),
+    stdoutIsTTY: process.stdout.isTTY === true,
   },
 });

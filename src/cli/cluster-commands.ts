@@ -6,7 +6,8 @@ import { examples, type CommandKit } from './action.js';
 import { readLine } from './confirm.js';
 import type { CliContext } from './context.js';
 import { CONFIRM_LINE_BYTES_MAX, CONFIRM_TIMEOUT_MS, DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_REPLICATION } from './defaults.js';
-import { renderJson, renderKeyValues } from './output.js';
+import { buildClusterStatus, type ClusterStatus } from './cluster-view.js';
+import { formatRate, renderJson, renderKeyValues, renderPlainTable } from './output.js';
 import { parseCount } from './parse.js';
 
 function describeConfig(ctx: CliContext, config: ClusterConfig, ring: RingRecord | null): string {
@@ -17,7 +18,13 @@ function describeConfig(ctx: CliContext, config: ClusterConfig, ring: RingRecord
     ['created', config.createdAt],
   ];
   if (ring) {
-    pairs.push(['ring version', String(ring.version)], ['ring replication', String(ring.replication)], ['ring members', String(ring.members.length)]);
+    pairs.push(
+      ['ring version', String(ring.version)],
+      ['ring phase', ring.transition?.phase ?? 'stable'],
+      ['ring replication', String(ring.replication)],
+      ['ring minReplicas', String(ring.minReplicas)],
+      ['ring members', String(ring.members.length)],
+    );
   }
   return renderKeyValues(pairs);
 }
@@ -75,12 +82,93 @@ async function wipe(ctx: CliContext, opts: { yesIAmSure?: boolean }): Promise<vo
   else ctx.out(`wiped torus data in etcd at ${ctx.endpoint}: ${deleted} key(s) deleted\n`);
 }
 
+async function clusterStatus(ctx: CliContext): Promise<void> {
+  const md = ctx.metadata();
+  const ring = await md.getRing();
+  const t = ring.transition;
+  const [peers, volumes, stale, moves, health, acks] = await Promise.all([
+    md.listPeers(),
+    md.listVolumes(),
+    md.listStale(),
+    t === null ? Promise.resolve([]) : md.listVolumeMoves(t.startedVersion),
+    md.listVolumeHealth(),
+    md.listRingAcks(),
+  ]);
+  const status = buildClusterStatus({ ring, peers, volumes, stale, moves, health, acks });
+  ctx.out(ctx.json ? renderJson(status) : describeStatus(status));
+}
+
+function describeStatus(s: ClusterStatus): string {
+  const r = s.ring;
+  const pairs: [string, string][] = [['ring', `version ${r.version}, ${r.phase}, replication ${r.replication}, minReplicas ${r.minReplicas}, ${r.members.length} member(s)`]];
+  if (r.transition !== null) {
+    const t = r.transition;
+    pairs.push(['transition', `started at version ${t.startedVersion} on ${t.startedAt}: ${t.reason}; from replication ${t.fromReplication} over ${t.fromMembers.length} member(s)`]);
+  }
+  const p = s.progress;
+  if (p !== null) {
+    const unavailable = p.unavailable > 0 ? `, ${p.unavailable} block(s) with no reachable current copy (the move cannot finish)` : '';
+    pairs.push(['moves', `${p.volumesDone}/${p.volumes} volume(s) moved (${p.percent.toFixed(1)}%), ${p.scanned} block(s) scanned, ${p.copied} copied${unavailable}`]);
+  }
+  pairs.push(
+    ['ring acks', `${s.acks.current}/${s.acks.live} live process(es) use version ${r.version}`],
+    ['rebalance', formatRate(s.rebalanceBytesPerSec)],
+    ['down', s.down.length === 0 ? 'none' : s.down.join(', ')],
+    ['stale', `${s.stale.length} record(s), ${s.stale.reduce((n, x) => n + x.blocks, 0)} block(s)`],
+    ['degraded', `${s.degraded.length} volume(s)`],
+    ['balanced', s.balanced ? 'true' : `false (${s.unbalancedBecause.join('; ')})`],
+  );
+  let text = renderKeyValues(pairs);
+  if (s.stale.length > 0) {
+    text += `\nstale replicas (the peer is not read for these blocks until it has caught up):\n`;
+    text += renderPlainTable(['VOLUME', 'ID', 'PEER', 'BLOCKS', 'ALL'], s.stale.map((x) => [x.volume, String(x.volumeId), x.peer, String(x.blocks), x.all ? 'yes' : 'no']), {
+      align: ['left', 'right', 'left', 'right', 'left'],
+    });
+  }
+  if (s.degraded.length > 0) {
+    text += `\ndegraded volumes (blocks with fewer than ${r.replication} current copies):\n`;
+    text += renderPlainTable(
+      ['VOLUME', 'ID', 'SHORT BLOCKS', 'STALE PEERS', 'LAST CHECK SHORT'],
+      s.degraded.map((d) => [d.volume, String(d.volumeId), String(d.shortBlocks), d.stalePeers.join(',') || '-', d.healthShort === null ? '-' : String(d.healthShort)]),
+      { align: ['left', 'right', 'right', 'left', 'right'] },
+    );
+  }
+  return text;
+}
+
+const STATUS_HELP =
+  'Shows where replication stands. ring: version, phase (stable; moving: blocks are being copied to new owners, ' +
+  'writes reach old and new owners; settled: every volume moved, waiting for every process to use the new placement), ' +
+  'replication R, minReplicas (owners that must take a write) and members. transition: where and why the change ' +
+  'started, and the placement it moves from. moves: volumes whose move for this transition is done, out of all volumes, ' +
+  'with blocks scanned and copied so far, and blocks whose every current copy is on peers that are down (the ' +
+  'transition cannot finish while there are any). ring acks: live processes doing I/O that use the current ring ' +
+  'version (a transition advances only when all do). rebalance: bytes per second the peers copy, summed. down: ring ' +
+  'members with no live peer record (not written, not read). stale: replicas that missed writes, per volume and peer, ' +
+  'with their block counts (ALL: the whole volume). degraded: volumes with blocks that have fewer than R current ' +
+  'copies (some replica is stale for them), or whose last check found such blocks. balanced: stable ring, no stale ' +
+  'replica, every volume checked at this ring version and complete.';
+
 export function registerClusterCommands(program: Command, kit: CommandKit): void {
+  const cluster = program
+    .command('cluster')
+    .summary('the state of the cluster as a whole')
+    .description('Commands about the whole cluster: replication state, ring transitions, stale replicas.')
+    .addHelpText('after', examples(['$ torusctl cluster status', '$ torusctl cluster status -o json']));
+
+  cluster
+    .command('status')
+    .summary('ring phase, transition progress, stale and degraded volumes, down members, rebalance rate')
+    .description(STATUS_HELP)
+    .addHelpText('after', examples(['$ torusctl cluster status', '$ torusctl -o json cluster status']))
+    .action(kit.action((ctx) => clusterStatus(ctx)));
+
   program
     .command('init')
     .summary('format the cluster: set block size and replication in etcd')
     .description(
-      'Formats a new torus cluster by writing its configuration (block size, replication) and an empty ring to etcd. ' +
+      'Formats a new torus cluster by writing its configuration (block size, replication), an empty ring (minReplicas ' +
+        'R - floor(R/2)) and a random cluster secret (peers authenticate with it) to etcd, in one transaction. ' +
         'The block size is fixed for the life of the cluster. Refuses to touch a cluster that is already initialised ' +
         'unless --force is given, which first deletes ALL torus data in etcd (every volume). --view only prints the ' +
         'current configuration.',
@@ -96,7 +184,8 @@ export function registerClusterCommands(program: Command, kit: CommandKit): void
     .command('wipe')
     .summary('delete ALL torus data (config, volumes, ring) from etcd')
     .description(
-      'Deletes every key under the torus prefix in etcd: cluster configuration, volumes, locks and ring. ' +
+      'Deletes every key under the torus prefix in etcd: cluster configuration and secret, volumes, locks, ring and the ' +
+        'replication records (stale, move, health). ' +
         'Without --yes-i-am-sure it asks you to type YES on the terminal, and refuses when stdin is not a terminal. ' +
         'Peers keep their data dirs; a freshly initialised cluster does not reuse them.',
     )

@@ -3,6 +3,7 @@ import pino, { type Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
 import { EtcdMetadata } from '../metadata/etcd-metadata.js';
 import type { MetadataService } from '../metadata/metadata-service.js';
+import { systemClock, type Clock } from '../util/clock.js';
 import { CLI_ETCD_CALL_TIMEOUT_MS } from './defaults.js';
 import type { OutputFormat } from './output.js';
 
@@ -12,8 +13,12 @@ export interface CliIo {
   readonly stderr: (text: string) => void;
   readonly stdin: Readable & { isTTY?: boolean };
   readonly env: Readonly<Record<string, string | undefined>>;
-  /** Wall-clock ms (for "updated 3s ago"). */
+  /** Wall-clock ms (for "updated 3 seconds ago"). */
   readonly now: () => number;
+  /** stdout is a terminal: progress is one line redrawn in place. Default false. */
+  readonly stdoutIsTTY?: boolean;
+  /** Timers for commands that wait (peer remove); default the system clock. */
+  readonly clock?: Clock;
 }
 
 export type MetadataFactory = (opts: { endpoint: string; logger: Logger }) => MetadataService;
@@ -46,6 +51,14 @@ export class CliContext {
 
   get json(): boolean {
     return this.opts.output === 'json';
+  }
+
+  get clock(): Clock {
+    return this.io.clock ?? systemClock;
+  }
+
+  sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => this.clock.setTimeout(resolve, ms));
   }
 
   metadata(): MetadataService {

@@ -8,11 +8,8 @@ export { DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_REPLICATION, DEFAULT_ETCD_HOST, DEFAU
 /** Bound on each etcd call torusctl makes. */
 export const CLI_ETCD_CALL_TIMEOUT_MS = 5_000;
 
-/**
- * `list-peers` calls the ring balanced when every member's used/capacity is
- * within this many percentage points of the mean over the members.
- */
-export const BALANCE_TOLERANCE_PERCENT = 10;
+/** `peer remove` re-reads the ring and move records this often while it waits for a drain. */
+export const DRAIN_POLL_INTERVAL_MS = 1_000;
 
 /** Compare-and-swap retries of ring edits before giving up. */
 export const RING_EDIT_ATTEMPTS_MAX = 5;

@@ -1,6 +1,6 @@
 /**
- * Rendering of command output: bordered tables in the style of Torus's
- * tablewriter output, CSV, and JSON. Pure: callers write the strings.
+ * Rendering of command output: bordered and plain tables in the style of
+ * Torus's tablewriter output, sizes, rates, ages, CSV and JSON. Pure: callers write the strings.
  */
 
 export type OutputFormat = 'table' | 'json';
@@ -70,4 +70,45 @@ export function renderJson(value: unknown): string {
 export function renderKeyValues(pairs: readonly (readonly [string, string])[]): string {
   const w = Math.max(0, ...pairs.map(([k]) => width(k) + 1));
   return pairs.map(([k, v]) => `${pad(`${k}:`, w, 'left')} ${clean(v)}`).join('\n') + '\n';
+}
+
+/**
+ * Columns padded with spaces, two between columns, no borders (Torus's
+ * `list-peers` look). Trailing spaces are trimmed.
+ */
+export function renderPlainTable(headers: readonly string[], rows: readonly (readonly string[])[], opts: TableOptions = {}): string {
+  const cells = rows.map((r) => headers.map((_, i) => clean(r[i] ?? '')));
+  const widths = headers.map((h, i) => Math.max(width(h), ...cells.map((r) => width(r[i] ?? ''))));
+  const line = (parts: readonly string[], align: boolean): string =>
+    parts.map((c, i) => pad(c, widths[i] ?? 0, align ? (opts.align?.[i] ?? 'left') : 'left')).join('  ').trimEnd();
+  return [line(headers, false), ...cells.map((r) => line(r, true))].join('\n') + '\n';
+}
+
+/** `0 B`, `512 B`, `5.0 GiB`, `12.3 MiB` (or kB, MB, GB with `si`): one decimal from the first unit up. */
+export function formatBytes(bytes: number, si = false): string {
+  const base = si ? 1000 : 1024;
+  const units = si ? ['B', 'kB', 'MB', 'GB', 'TB', 'PB'] : ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let value = Math.max(0, bytes);
+  let i = 0;
+  while (value >= base && i < units.length - 1) {
+    value /= base;
+    i++;
+  }
+  return i === 0 ? `${Math.round(value)} B` : `${value.toFixed(1)} ${units[i]}`;
+}
+
+/** `0 B/s`, `12.0 MiB/s`. */
+export function formatRate(bytesPerSec: number, si = false): string {
+  return `${formatBytes(bytesPerSec, si)}/s`;
+}
+
+/** `now`, `1 second ago`, `4 seconds ago`, `3 minutes ago`, `2 hours ago`, `5 days ago` (as Torus printed it). */
+export function formatAgo(ms: number): string {
+  const s = Math.floor(ms / 1000);
+  const ago = (n: number, unit: string): string => `${n} ${unit}${n === 1 ? '' : 's'} ago`;
+  if (s < 1) return 'now';
+  if (s < 60) return ago(s, 'second');
+  if (s < 3600) return ago(Math.floor(s / 60), 'minute');
+  if (s < 86_400) return ago(Math.floor(s / 3600), 'hour');
+  return ago(Math.floor(s / 86_400), 'day');
 }

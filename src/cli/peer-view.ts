@@ -1,9 +1,10 @@
 import type { PeerRecord, RingRecord } from '../model/records.js';
-import { formatSize } from '../util/size.js';
+import { formatAgo, formatBytes, formatRate } from './output.js';
 
 /**
  * What `list-peers` shows, computed from the peer records and the ring.
- * Pure: the caller passes the time.
+ * Pure: the caller passes the time and whether the cluster is balanced
+ * (cluster-view.ts decides that from the ring, stale and health records).
  */
 
 /** OK: in the ring and reporting. Avail: reporting, not in the ring. DOWN: in the ring, no record. */
@@ -19,7 +20,7 @@ export interface PeerRow {
   readonly weight: number | null;
   readonly updatedAt: string | null;
   readonly updatedAgoMs: number | null;
-  /** Rebalance/replication traffic; always 0 until rebalancing exists. */
+  /** Bytes per second the peer copies for rebalance, catch-up and repair (REB/REP DATA). */
   readonly rebalanceBytesPerSec: number;
   readonly usedPercent: number | null;
 }
@@ -27,9 +28,12 @@ export interface PeerRow {
 export interface PeerView {
   readonly peers: PeerRow[];
   readonly ringVersion: number;
+  readonly ringPhase: 'stable' | 'moving' | 'settled';
   readonly replication: number;
-  /** Every OK member's usage is within the tolerance of the members' mean. */
+  readonly minReplicas: number;
+  /** Stable ring, no stale record, every volume checked at this ring version with no block short of R copies. */
   readonly balanced: boolean;
+  readonly unbalancedBecause: readonly string[];
   /** Used over capacity of every reporting peer, in percent. */
   readonly usagePercent: number;
 }
@@ -38,7 +42,7 @@ function percent(used: number, capacity: number): number {
   return capacity > 0 ? (used / capacity) * 100 : 0;
 }
 
-export function buildPeerView(peers: readonly PeerRecord[], ring: RingRecord, nowMs: number, tolerancePercent: number): PeerView {
+export function buildPeerView(peers: readonly PeerRecord[], ring: RingRecord, nowMs: number, unbalancedBecause: readonly string[]): PeerView {
   const weights = new Map(ring.members.map((m) => [m.uuid, m.weight]));
   const reporting = new Set(peers.map((p) => p.uuid));
   const rows: PeerRow[] = peers.map((p) => {
@@ -53,7 +57,7 @@ export function buildPeerView(peers: readonly PeerRecord[], ring: RingRecord, no
       weight: weights.get(p.uuid) ?? null,
       updatedAt: p.updatedAt,
       updatedAgoMs: Number.isFinite(updated) ? Math.max(0, nowMs - updated) : null,
-      rebalanceBytesPerSec: 0,
+      rebalanceBytesPerSec: p.rebalanceBytesPerSec ?? 0,
       usedPercent: percent(p.used, p.capacity),
     };
   });
@@ -78,35 +82,33 @@ export function buildPeerView(peers: readonly PeerRecord[], ring: RingRecord, no
     const kb = `${b.address === null ? '1' : '0'}${b.address ?? ''} ${b.uuid}`;
     return ka < kb ? -1 : ka > kb ? 1 : 0;
   });
-  const members = rows.filter((r) => r.member === 'OK' && r.usedPercent !== null);
-  const mean = members.reduce((s, r) => s + (r.usedPercent ?? 0), 0) / Math.max(1, members.length);
-  const balanced = members.every((r) => Math.abs((r.usedPercent ?? 0) - mean) <= tolerancePercent);
   const used = peers.reduce((s, p) => s + p.used, 0);
   const capacity = peers.reduce((s, p) => s + p.capacity, 0);
-  return { peers: rows, ringVersion: ring.version, replication: ring.replication, balanced, usagePercent: percent(used, capacity) };
+  return {
+    peers: rows,
+    ringVersion: ring.version,
+    ringPhase: ring.transition?.phase ?? 'stable',
+    replication: ring.replication,
+    minReplicas: ring.minReplicas,
+    balanced: unbalancedBecause.length === 0,
+    unbalancedBecause,
+    usagePercent: percent(used, capacity),
+  };
 }
 
-/** `3s ago`, `5m ago`, `2h ago`, `4d ago`. */
-export function formatAgo(ms: number): string {
-  const s = Math.floor(ms / 1000);
-  if (s < 120) return `${s}s ago`;
-  if (s < 120 * 60) return `${Math.floor(s / 60)}m ago`;
-  if (s < 48 * 3600) return `${Math.floor(s / 3600)}h ago`;
-  return `${Math.floor(s / 86400)}d ago`;
-}
-
-export const PEER_HEADERS = ['ADDRESS', 'UUID', 'SIZE', 'USED', 'MEMBER', 'UPDATED', 'REB/REP', 'DATA'] as const;
+/** Torus's columns; `REB/REP DATA` is one column (a rate). */
+export const PEER_HEADERS = ['ADDRESS', 'UUID', 'SIZE', 'USED', 'MEMBER', 'UPDATED', 'REB/REP DATA'] as const;
+export const PEER_ALIGN = ['left', 'left', 'right', 'right', 'left', 'left', 'right'] as const;
 
 export function peerRows(view: PeerView, si: boolean): string[][] {
   return view.peers.map((r) => [
     r.address ?? '',
     r.uuid,
-    r.capacity === null ? '' : formatSize(r.capacity, si),
-    r.used === null ? '' : formatSize(r.used, si),
+    r.capacity === null ? '' : formatBytes(r.capacity, si),
+    r.used === null ? '' : formatBytes(r.used, si),
     r.member,
     r.updatedAgoMs === null ? '' : formatAgo(r.updatedAgoMs),
-    `${formatSize(r.rebalanceBytesPerSec, si)}/sec`,
-    r.usedPercent === null ? '' : `${r.usedPercent.toFixed(2)}%`,
+    r.member === 'DOWN' ? '' : formatRate(r.rebalanceBytesPerSec, si),
   ]);
 }
 

@@ -1,11 +1,14 @@
 import { TorusError } from '../errors/torus-error.js';
 import { validateReplication } from '../metadata/validate.js';
 import type { PeerRecord, RingMember, RingRecord } from '../model/records.js';
+import { minReplicasDefault, planRingChange } from '../ring/transition.js';
 
 /**
  * Ring edits torusctl makes, as pure functions from the current ring (and
- * peer records) to the next ring. Each next ring carries version + 1; the
- * caller writes it by compare-and-swap and re-plans when it loses a race.
+ * peer records) to the next ring. Every change of placement is a ring
+ * transition (src/ring/transition.ts): the peers move blocks before the old
+ * owners stop taking them. Each next ring carries version + 1; the caller
+ * writes it by compare-and-swap and re-plans when it loses a race.
  */
 
 function bareAddress(address: string): string {
@@ -31,7 +34,7 @@ export interface AddPlan {
   readonly alreadyMembers: readonly PeerRecord[];
 }
 
-export function planAddMembers(ring: RingRecord, peers: readonly PeerRecord[], selectors: readonly string[], allPeers: boolean): AddPlan {
+export function planAddMembers(ring: RingRecord, peers: readonly PeerRecord[], selectors: readonly string[], allPeers: boolean, nowMs: number): AddPlan {
   const chosen = new Map<string, PeerRecord>();
   for (const sel of selectors) {
     const peer = findPeer(sel, peers);
@@ -47,20 +50,25 @@ export function planAddMembers(ring: RingRecord, peers: readonly PeerRecord[], s
   const added = [...chosen.values()].filter((p) => !members.has(p.uuid));
   const alreadyMembers = [...chosen.values()].filter((p) => members.has(p.uuid));
   if (added.length === 0) return { next: null, added, alreadyMembers };
-  const next: RingRecord = {
-    ...ring,
-    version: ring.version + 1,
-    members: [...ring.members, ...added.map((p): RingMember => ({ uuid: p.uuid, weight: memberWeight(p) }))],
-  };
+  const nextMembers = [...ring.members, ...added.map((p): RingMember => ({ uuid: p.uuid, weight: memberWeight(p) }))];
+  const next = planRingChange(ring, nextMembers, ring.replication, ring.minReplicas, `peer add ${added.map((p) => p.uuid).join(' ')}`, nowMs);
   return { next, added, alreadyMembers };
 }
 
 export interface RemovePlan {
   readonly next: RingRecord;
   readonly removed: RingMember;
+  /** The member has no peer record: its blocks are re-replicated from the other owners, not drained from it. */
+  readonly wasDown: boolean;
 }
 
-export function planRemoveMember(ring: RingRecord, peers: readonly PeerRecord[], selector: string, force: boolean): RemovePlan {
+/**
+ * Removing a member is a transition that drains it. Refused without force
+ * when the member is DOWN (no copy can leave it: its blocks are copied from
+ * the other owners, and a block whose only current copy it holds cannot
+ * move) or when fewer members than the replication would remain.
+ */
+export function planRemoveMember(ring: RingRecord, peers: readonly PeerRecord[], selector: string, force: boolean, nowMs: number): RemovePlan {
   const uuid = ring.members.some((m) => m.uuid === selector) ? selector : findPeer(selector, peers)?.uuid;
   const removed = ring.members.find((m) => m.uuid === uuid);
   if (!removed) {
@@ -68,20 +76,92 @@ export function planRemoveMember(ring: RingRecord, peers: readonly PeerRecord[],
       details: { selector },
     });
   }
+  const wasDown = !peers.some((p) => p.uuid === removed.uuid);
+  if (wasDown && !force) {
+    throw new TorusError(
+      'TORUS_ERR_RING_UNSAFE',
+      `ring member ${removed.uuid} is DOWN (no live peer record), so its blocks cannot be drained from it; they are re-replicated from the other owners, and blocks whose only current copy it holds stay unavailable until it returns. Use --force to remove it anyway`,
+      { details: { uuid: removed.uuid } },
+    );
+  }
   const members = ring.members.filter((m) => m.uuid !== removed.uuid);
   if (members.length < ring.replication && !force) {
     throw new TorusError(
       'TORUS_ERR_RING_UNSAFE',
-      `removing ${removed.uuid} would leave ${members.length} ring member(s) for replication ${ring.replication}: blocks would lose copies; use --force to remove it anyway`,
+      `removing ${removed.uuid} would leave ${members.length} ring member(s) for replication ${ring.replication}: blocks would have fewer copies; use --force to remove it anyway`,
       { details: { uuid: removed.uuid, remaining: members.length, replication: ring.replication } },
     );
   }
-  return { next: { ...ring, version: ring.version + 1, members }, removed };
+  const next = planRingChange(ring, members, ring.replication, ring.minReplicas, `peer remove ${removed.uuid}${wasDown ? ' (DOWN, forced)' : ''}`, nowMs);
+  // A member is always in the placement, so removing it always changes the ring.
+  if (next === null) throw new TorusError('TORUS_ERR_ASSERTION', `removing ring member ${removed.uuid} changed nothing`);
+  return { next, removed, wasDown };
 }
 
-/** null when the ring already has that replication. */
-export function planSetReplication(ring: RingRecord, replication: number): RingRecord | null {
+/** minReplicas for N copies: given, or the default; 1 <= M <= N. */
+export function resolveMinReplicas(replication: number, min: number | undefined): number {
   validateReplication(replication);
-  if (ring.replication === replication) return null;
-  return { ...ring, version: ring.version + 1, replication };
+  const m = min ?? minReplicasDefault(replication);
+  if (!Number.isSafeInteger(m) || m < 1 || m > replication) {
+    throw new TorusError('TORUS_ERR_ARG_INVALID', `invalid --min ${String(m)}: it must be a whole number from 1 to the replication (${replication})`);
+  }
+  return m;
+}
+
+/** null when the ring already has that replication and minReplicas. */
+export function planSetReplication(ring: RingRecord, replication: number, min: number | undefined, nowMs: number): RingRecord | null {
+  const m = resolveMinReplicas(replication, min);
+  return planRingChange(ring, ring.members, replication, m, `set-replication ${replication} (min ${m})`, nowMs);
+}
+
+export const MANUAL_CHANGE_TYPES = ['empty', 'single', 'mod', 'ketama'] as const;
+export type ManualChangeType = (typeof MANUAL_CHANGE_TYPES)[number];
+
+export interface ManualChange {
+  readonly type: ManualChangeType;
+  readonly replication: number;
+  readonly min: number | undefined;
+  /** Members by UUID, or every live peer. */
+  readonly uuids: readonly string[];
+  readonly allPeers: boolean;
+  readonly force: boolean;
+}
+
+/**
+ * `ring manual-change`, accepted for Torus compatibility. Torus's ring types
+ * were placement algorithms; torus always places by weighted rendezvous
+ * hashing, so the type only says which members the ring gets: none (empty),
+ * exactly one (single), or those named (mod, ketama). A member's weight is
+ * its peer's capacity, or its current ring weight when it does not report.
+ */
+export function planManualChange(ring: RingRecord, peers: readonly PeerRecord[], change: ManualChange, volumeCount: number, nowMs: number): RingRecord | null {
+  const min = resolveMinReplicas(change.replication, change.min);
+  let members: RingMember[];
+  if (change.type === 'empty') {
+    if (change.uuids.length > 0 || change.allPeers) throw new TorusError('TORUS_ERR_ARG_INVALID', 'an empty ring takes no --uuids or --all-peers');
+    if (volumeCount > 0 && !change.force) {
+      throw new TorusError(
+        'TORUS_ERR_RING_UNSAFE',
+        `an empty ring leaves the blocks of ${volumeCount} volume(s) with no owner; use --force to empty it anyway`,
+        { details: { volumes: volumeCount } },
+      );
+    }
+    members = [];
+  } else {
+    const uuids = change.allPeers ? peers.map((p) => p.uuid) : [...new Set(change.uuids)];
+    if (uuids.length === 0) throw new TorusError('TORUS_ERR_ARG_INVALID', `a ${change.type} ring needs members: --uuids a,b,... or --all-peers`);
+    if (change.type === 'single' && uuids.length !== 1) {
+      throw new TorusError('TORUS_ERR_ARG_INVALID', `a single ring has exactly one member, not ${uuids.length}`);
+    }
+    const current = new Map(ring.members.map((m) => [m.uuid, m.weight]));
+    members = uuids.map((uuid) => {
+      const peer = peers.find((p) => p.uuid === uuid);
+      const weight = peer ? memberWeight(peer) : current.get(uuid);
+      if (weight === undefined) {
+        throw new TorusError('TORUS_ERR_PEER_NOT_FOUND', `no live peer or ring member has UUID "${uuid}" (list them with "torusctl list-peers")`, { details: { uuid } });
+      }
+      return { uuid, weight };
+    });
+  }
+  return planRingChange(ring, members, change.replication, min, `manual-change --type ${change.type}`, nowMs);
 }

@@ -47,13 +47,15 @@ export class NbdGateway {
     if (!cluster) throw new TorusError('TORUS_ERR_CLUSTER_NOT_INITIALISED', 'the cluster is not initialised: run "torusctl init"');
     const secret = await resolveClusterSecret({ file: this.opts.secretFile, dataDir: null, metadata, logger: log });
     const uuid = systemIds.uuid();
-    const peers = (this.peers = new PeerDirectory({ blockSize: cluster.blockSize, clusterId: cluster.id, localUuid: uuid, secret, clock: systemClock, logger: log }));
+    const incarnation = systemIds.uuid();
+    const peers = (this.peers = new PeerDirectory({ blockSize: cluster.blockSize, clusterId: cluster.id, localUuid: uuid, incarnation, secret, clock: systemClock, logger: log }));
     peers.setPeers(await metadata.listPeers());
     this.peerTimer = setInterval(() => void metadata.listPeers().then((p) => peers.setPeers(p), () => undefined), PEER_REFRESH_MS);
     this.peerTimer.unref();
     const settings = { ...DEFAULT_NODE_SETTINGS, replication: { ...DEFAULT_NODE_SETTINGS.replication, ...(this.opts.writeLevel ? { writeLevel: this.opts.writeLevel } : {}) } };
     this.node = new ClusterNode({
       uuid,
+      incarnation,
       metadata,
       store: null,
       fences: null,

@@ -62,6 +62,8 @@ export interface NodeDeps {
   readonly ids: Ids;
   readonly logger: Logger;
   readonly settings: NodeSettings;
+  /** New at every start of the process (default: a fresh id); the transport sends it in handshakes too. */
+  readonly incarnation?: string;
   /** `torusd <uuid> on <host> (pid N)`: who holds locks. */
   readonly holder: string;
   /** The peer record to publish (addresses, capacity); null for clients. */
@@ -114,7 +116,7 @@ export class ClusterNode {
   constructor(deps: NodeDeps) {
     this.deps = deps;
     this.uuid = deps.uuid;
-    this.incarnation = deps.ids.uuid();
+    this.incarnation = deps.incarnation ?? deps.ids.uuid();
     this.log = deps.logger.child({ module: 'node', peer: deps.uuid });
     this.timers = new Timers(deps.clock);
     this.health = new PeerHealth(deps.clock);
@@ -139,6 +141,12 @@ export class ClusterNode {
       leaseDeadline: () => self.session?.leaseDeadline() ?? -Infinity,
     };
     this.volumes = new VolumeManager({ ctx: this.ctx, session: () => this.session, holder: deps.holder, logger: deps.logger, writeLevel: deps.settings.replication.writeLevel });
+    deps.transport.onPeerRestart?.((u) => {
+      this.log.info({ peer: u }, 'peer restarted');
+      void this.volumes.list().then((all) => {
+        for (const ov of all) ov.coordinator?.peerRestarted(u);
+      });
+    });
   }
 
   /** What other peers reach through the peer protocol (null for a client). */
@@ -268,15 +276,21 @@ export class ClusterNode {
       list.push(ref.index);
     }
     for (const [volumeId, indexes] of byVolume) {
-      indexes.sort((a, b) => a - b);
-      await this.deps.metadata.addStale(volumeId, this.uuid, { ranges: indexesToRanges([...new Set(indexes)]) });
+      try {
+        await this.deps.metadata.addStale(volumeId, this.uuid, { ranges: indexesToRanges(indexes) });
+      } catch (err) {
+        // A deleted volume: its blocks are garbage, nothing to protect.
+        if (!isTorusError(err, 'TORUS_ERR_VOLUME_NOT_FOUND')) throw err;
+      }
     }
     if (byVolume.size > 0) this.log.warn({ volumes: byVolume.size, blocks: [...byVolume.values()].reduce((s, l) => s + l.length, 0) }, 'blocks written before an unclean stop are recorded stale until compared with another copy');
   }
 
   private reportSuspect(ref: BlockRef, why: string): void {
     this.log.warn({ volumeId: ref.volumeId, block: ref.index, why }, 'a local copy became suspect; recording it stale');
-    void this.deps.metadata.addStale(ref.volumeId, this.uuid, { ranges: [[ref.index, ref.index + 1]] }).catch((err) => this.log.warn({ err }, 'could not record a suspect block in etcd (it stays refused here)'));
+    void this.deps.metadata.addStale(ref.volumeId, this.uuid, { ranges: [[ref.index, ref.index + 1]] }).catch((err: unknown) => {
+      if (!isTorusError(err, 'TORUS_ERR_VOLUME_NOT_FOUND')) this.log.warn({ err }, 'could not record a suspect block in etcd (it stays refused here)');
+    });
   }
 
   private async onSessionLost(): Promise<void> {

@@ -9,6 +9,8 @@ export interface PeerDirectoryOptions {
   readonly clusterId: string;
   /** This process's uuid in peer handshakes. */
   readonly localUuid: string;
+  /** This process's incarnation, sent in handshakes. */
+  readonly incarnation: string;
   readonly secret: string;
   readonly clock: Clock;
   readonly logger: Logger;
@@ -23,6 +25,7 @@ export interface PeerDirectoryOptions {
 export class PeerDirectory implements PeerTransport {
   private readonly addresses = new Map<string, string>();
   private readonly clients = new Map<string, PeerClient>();
+  private readonly restartListeners: ((uuid: string) => void)[] = [];
 
   constructor(private readonly opts: PeerDirectoryOptions) {}
 
@@ -52,10 +55,18 @@ export class PeerDirectory implements PeerTransport {
         secret: this.opts.secret,
         clock: this.opts.clock,
         logger: this.opts.logger,
+        incarnation: this.opts.incarnation,
+        onIncarnationChange: () => {
+          for (const l of this.restartListeners) l(uuid);
+        },
       });
       this.clients.set(uuid, c);
     }
     return c;
+  }
+
+  onPeerRestart(listener: (uuid: string) => void): void {
+    this.restartListeners.push(listener);
   }
 
   async close(): Promise<void> {

@@ -97,7 +97,8 @@ export class TorusDaemon {
       return { capacityBytes: u.capacity, usedBytes: u.used };
     });
 
-    this.peers = new PeerDirectory({ blockSize: this.cluster.blockSize, clusterId: this.cluster.id, localUuid: uuid, secret, clock: this.clock, logger: this.root });
+    const incarnation = systemIds.uuid();
+    this.peers = new PeerDirectory({ blockSize: this.cluster.blockSize, clusterId: this.cluster.id, localUuid: uuid, incarnation, secret, clock: this.clock, logger: this.root });
     this.peers.setPeers(await this.metadata.listPeers().catch(() => []));
     this.node = new ClusterNode({
       uuid,
@@ -109,6 +110,7 @@ export class TorusDaemon {
       random: systemRandom,
       ids: systemIds,
       logger: this.root,
+      incarnation,
       settings: {
         ...DEFAULT_NODE_SETTINGS,
         downOutIntervalMs: cfg.downOutIntervalMs,
@@ -126,7 +128,16 @@ export class TorusDaemon {
       onLiveChange: (live) => this.metrics.setEtcdHealthy(live),
     });
 
-    this.peerServer = new PeerServer({ replica: this.node.replicaHandle(), logger: this.root, clusterId: this.cluster.id, peerUuid: uuid, secret, clock: this.clock });
+    this.peerServer = new PeerServer({
+      replica: this.node.replicaHandle(),
+      blockSize: this.cluster.blockSize,
+      logger: this.root,
+      clusterId: this.cluster.id,
+      peerUuid: uuid,
+      incarnation,
+      secret,
+      clock: this.clock,
+    });
     const peerBound = await this.peerServer.listen(cfg.peerAddress.host, cfg.peerAddress.port);
     // Others dial the configured address; a port of 0 (tests) means the bound one.
     this.addresses.peer = formatPeerAddress({ host: cfg.peerAddress.host, port: peerBound.port });
@@ -165,7 +176,7 @@ export class TorusDaemon {
     const nbdBound = await this.nbd.listen(cfg.nbd.host, cfg.nbd.port);
     this.addresses.nbd = `${cfg.nbd.host}:${nbdBound.port}`;
 
-    this.http = buildHttpApp({ registry, status: () => this.status(), health: () => this.health(), logger: this.root, clock: this.clock });
+    this.http = buildHttpApp({ registry, status: () => this.status(), health: () => this.health(), blocks: (id) => this.localBlocks(id), logger: this.root, clock: this.clock });
     await this.http.listen({ host: cfg.http.host, port: cfg.http.port });
     const httpAddr = this.http.server.address();
     this.addresses.http = `${cfg.http.host}:${typeof httpAddr === 'object' && httpAddr ? httpAddr.port : cfg.http.port}`;
@@ -277,6 +288,18 @@ export class TorusDaemon {
       incarnation: this.node?.incarnation ?? '',
       rebalanceBytesPerSec: Math.round(this.node?.throttle.rate() ?? 0),
     };
+  }
+
+  /** This peer's copies of one volume's blocks, for GET /v1/blocks. */
+  private localBlocks(volumeId: number) {
+    const out = [];
+    let after = null;
+    for (;;) {
+      const page = this.store.list({ volumeId, after, limit: 4096 });
+      for (const b of page) out.push({ index: b.ref.index, generation: b.ref.generation, state: b.state, version: b.version, digest: b.digest, suspect: b.suspect });
+      if (page.length < 4096) return out;
+      after = page[page.length - 1]!.ref;
+    }
   }
 
   private async resolveCapacity(): Promise<number> {

@@ -16,9 +16,25 @@ export interface HttpAppOptions {
   status: () => Promise<StatusDocument>;
   health: () => HealthReport | Promise<HealthReport>;
   logger: Logger;
+  /**
+   * GET /v1/blocks?volume=ID: this peer's copies of a volume's blocks
+   * (index, state, version, digest, suspect), for `torusctl block check`
+   * and tests that compare copies block by block. Absent on clients.
+   */
+  blocks?: (volumeId: number) => BlockCopyInfo[];
   /** GET /v1/status answers 504 when `status` takes longer (it may wait on etcd). Default 5000. */
   statusTimeoutMs?: number;
   clock?: Clock;
+}
+
+/** One copy as GET /v1/blocks lists it. */
+export interface BlockCopyInfo {
+  readonly index: number;
+  readonly generation: number;
+  readonly state: 'data' | 'zero' | 'absent';
+  readonly version: number;
+  readonly digest: number;
+  readonly suspect: boolean;
 }
 
 /** No route takes a body; anything larger is refused before it is read. */
@@ -109,6 +125,16 @@ export function buildHttpApp(options: HttpAppOptions): FastifyInstance {
       if (isTorusError(err)) return reply.code(503).send(errorBody(err.code, err.message));
       return reply.code(500).send(errorBody('TORUS_ERR_ASSERTION', 'status failed: internal error'));
     }
+  });
+
+  app.get('/v1/blocks', async (request, reply) => {
+    const q = request.query as Record<string, unknown>;
+    const raw = typeof q['volume'] === 'string' ? q['volume'] : '';
+    if (!/^[1-9][0-9]{0,9}$/.test(raw) || Number(raw) > 0xffffffff) {
+      return reply.code(400).send(errorBody('TORUS_ERR_HTTP_REQUEST_INVALID', 'GET /v1/blocks needs ?volume=<volume id> (a positive integer)'));
+    }
+    if (options.blocks === undefined) return reply.code(404).send(errorBody('TORUS_ERR_HTTP_NOT_FOUND', 'this process holds no blocks'));
+    return reply.code(200).send({ volumeId: Number(raw), blocks: options.blocks(Number(raw)) });
   });
 
   app.setNotFoundHandler(async (request, reply) => {

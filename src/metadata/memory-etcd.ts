@@ -10,10 +10,12 @@ import type { Clock } from '../util/clock.js';
  * Several MemoryMetadata clients may share one MemoryEtcd, each with its own
  * faults (a partition between one peer and etcd), as peers share one etcd.
  *
- * Watch delivery is deterministic: events are queued per watch in revision
- * order and handed over by the clock's setTimeout(fn, 0), never by real
- * timers or setImmediate, so a simulation on a virtual clock sees them at a
- * well-defined point and in the same order on every run.
+ * Watch delivery is deterministic: events go into one queue, in revision
+ * order across all watches, and are handed over by the clock's
+ * setTimeout(fn, 0), never by real timers or setImmediate, so a simulation
+ * on a virtual clock sees them at a well-defined point (its next timer
+ * step) and in the same order on every run. Events a callback causes are
+ * delivered at the next step, not nested in the current one.
  */
 
 export interface KvEntry {
@@ -59,10 +61,11 @@ interface ServerWatch {
   readonly exact: boolean;
   readonly onEvents: (events: KvEvent[]) => void;
   readonly onCompacted: () => void;
-  queue: KvEvent[];
-  scheduled: boolean;
   live: boolean;
 }
+
+/** One hand-over: events for a watch, or the news that its history is gone. */
+type Delivery = { readonly watch: ServerWatch; readonly events: KvEvent[] } | { readonly watch: ServerWatch; readonly compacted: true };
 
 function matches(w: { prefix: string; exact: boolean }, key: string): boolean {
   return w.exact ? key === w.prefix : key.startsWith(w.prefix);
@@ -78,6 +81,8 @@ export class MemoryEtcd {
   private compactedRevision = 0;
   private readonly leases = new Map<string, Lease>();
   private readonly watches = new Set<ServerWatch>();
+  private deliveries: Delivery[] = [];
+  private deliveryScheduled = false;
   private nextLeaseId = 7_000_000_001n;
 
   constructor(opts: MemoryEtcdOptions) {
@@ -152,19 +157,23 @@ export class MemoryEtcd {
     }
     for (const w of this.watches) {
       const mine = events.filter((e) => matches(w, e.key));
-      if (mine.length > 0) this.enqueue(w, mine);
+      if (mine.length > 0) this.enqueue({ watch: w, events: mine });
     }
   }
 
-  private enqueue(w: ServerWatch, events: KvEvent[]): void {
-    w.queue.push(...events);
-    if (w.scheduled) return;
-    w.scheduled = true;
+  private enqueue(d: Delivery): void {
+    this.deliveries.push(d);
+    if (this.deliveryScheduled) return;
+    this.deliveryScheduled = true;
     this.clock.setTimeout(() => {
-      w.scheduled = false;
-      const batch = w.queue;
-      w.queue = [];
-      if (w.live && batch.length > 0) w.onEvents(batch);
+      this.deliveryScheduled = false;
+      const batch = this.deliveries;
+      this.deliveries = [];
+      for (const item of batch) {
+        if (!item.watch.live) continue;
+        if ('compacted' in item) item.watch.onCompacted();
+        else item.watch.onEvents(item.events);
+      }
     }, 0);
   }
 
@@ -181,16 +190,14 @@ export class MemoryEtcd {
     onCompacted: () => void,
   ): { cancel(): void } {
     this.expireDue();
-    const w: ServerWatch = { prefix, exact: opts.exact, onEvents, onCompacted, queue: [], scheduled: false, live: true };
+    const w: ServerWatch = { prefix, exact: opts.exact, onEvents, onCompacted, live: true };
     if (opts.startRevision <= this.compactedRevision) {
-      this.clock.setTimeout(() => {
-        if (w.live) w.onCompacted();
-      }, 0);
+      this.enqueue({ watch: w, compacted: true });
       return { cancel: () => void (w.live = false) };
     }
     const past = this.history.filter((e) => e.revision >= opts.startRevision && matches(w, e.key));
     this.watches.add(w);
-    if (past.length > 0) this.enqueue(w, past);
+    if (past.length > 0) this.enqueue({ watch: w, events: past });
     return {
       cancel: () => {
         w.live = false;

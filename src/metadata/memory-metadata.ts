@@ -60,6 +60,7 @@ import {
   validatePeerUuid,
   validateRing,
   validateRingAck,
+  validateVolumeId,
   validateVolumeName,
   validateVolumeSize,
   volumeFencedError,
@@ -195,15 +196,19 @@ export class MemoryMetadata implements MetadataService {
    * that runs in one synchronous step (so it is atomic, like a transaction).
    */
   async op<T>(op: string, body: () => T): Promise<T> {
+    // The link as it is when the call is made decides its fate, and a hung
+    // call's timeout runs from then, as withEtcd's does.
+    const fault = this.fault;
+    const timeout = fault === 'hang' || fault === 'lose-replies' ? this.sleep(this.callTimeoutMs) : null;
     await Promise.resolve();
     if (this.closed) throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd client for ${ENDPOINT} is closed (${op})`);
-    switch (this.fault) {
+    switch (fault) {
       case 'none':
         return body();
       case 'unavailable':
         throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd at ${ENDPOINT} is unavailable (${op}): simulated outage`, { details: { endpoints: ENDPOINT, op } });
       case 'hang':
-        await this.sleep(this.callTimeoutMs);
+        await timeout;
         throw this.timedOut(op);
       case 'lose-replies':
         try {
@@ -211,7 +216,7 @@ export class MemoryMetadata implements MetadataService {
         } catch {
           // The answer is lost either way.
         }
-        await this.sleep(this.callTimeoutMs);
+        await timeout;
         throw this.timedOut(op);
     }
   }
@@ -858,6 +863,7 @@ class MemorySession implements MetadataSession {
   }
 
   async lockVolumeForMaintenance(volumeId: number, holder: string): Promise<VolumeLock> {
+    validateVolumeId(volumeId);
     validateHolder(holder);
     const { volume, record } = await this.leased(`lock volume ${volumeId} for maintenance`, () => this.md.tryLockForMaintenance(volumeId, holder, this.id));
     return new MemoryVolumeLock(this.md, this.id, volume, record, volumeMaintKey(volume.id));

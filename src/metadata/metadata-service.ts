@@ -40,8 +40,10 @@ export interface MetadataService {
   listFences(): Promise<{ fences: Map<number, number>; revision: number }>;
   /**
    * Calls back with each token handed out after `revision`, in order, with
-   * the revision it was written at. After lost history it calls `onResync`
-   * with a fresh listFences() instead. Returns a stop function.
+   * the revision it was written at. After lost history (compaction) or a
+   * lost stream it calls `onResync` with a fresh listFences() instead and
+   * goes on from that listing's revision. Deleted fences (deleted volumes)
+   * are not reported. Returns a stop function.
    */
   watchFences(
     revision: number,
@@ -56,13 +58,19 @@ export interface MetadataService {
   /**
    * Adds blocks (ranges of [start, end) indexes, or the whole volume) to a
    * peer's stale record, merging by compare-and-swap. Needs no lock: adding
-   * is always safe. Resolves once durable in etcd.
+   * is always safe. Resolves once durable in etcd. More than
+   * STALE_RANGES_MAX (1024) ranges collapse to the whole volume. Refused
+   * with TORUS_ERR_VOLUME_NOT_FOUND when the volume has no fencing token
+   * (deleted, or never opened): records of a deleted id never come back.
    */
   addStale(volumeId: number, peer: string, add: { readonly all?: boolean; readonly ranges?: readonly (readonly [number, number])[] }): Promise<void>;
   /**
    * Removes blocks from a peer's stale record (the record goes when empty),
-   * only while `token` is the volume's newest fencing token; otherwise
-   * TORUS_ERR_VOLUME_FENCED and nothing changes. `ranges: 'all'` clears it.
+   * only while `token` is the volume's newest fencing token (checked in the
+   * same etcd transaction); otherwise TORUS_ERR_VOLUME_FENCED and nothing
+   * changes, also when there is nothing to remove. `ranges: 'all'` clears
+   * it; ranges removed from a record that is `all` leave it `all` (the
+   * metadata layer does not know the volume's size in blocks).
    */
   removeStale(volumeId: number, peer: string, ranges: readonly (readonly [number, number])[] | 'all', token: number): Promise<void>;
 
@@ -78,6 +86,7 @@ export interface MetadataService {
 
   // ---- health and scrub
   listVolumeHealth(): Promise<VolumeHealthRecord[]>;
+  /** TORUS_ERR_VOLUME_NOT_FOUND when the volume has no fencing token (as addStale). */
   putVolumeHealth(record: VolumeHealthRecord): Promise<void>;
 
   /** Validates name and size; TORUS_ERR_VOLUME_EXISTS, TORUS_ERR_CLUSTER_NOT_INITIALISED. */
@@ -85,7 +94,11 @@ export interface MetadataService {
   /** TORUS_ERR_VOLUME_NOT_FOUND. */
   getVolume(name: string): Promise<VolumeRecord>;
   listVolumes(): Promise<VolumeRecord[]>;
-  /** Refused with TORUS_ERR_VOLUME_IN_USE while a write lock is held. */
+  /**
+   * Refused with TORUS_ERR_VOLUME_IN_USE while a write lock is held (a
+   * maintenance lock does not stop it). Deletes the volume's fence,
+   * maintenance lock, stale, move and health records with it.
+   */
   deleteVolume(name: string): Promise<VolumeRecord>;
   getVolumeLock(volumeId: number): Promise<VolumeLockRecord | null>;
   /**
@@ -94,7 +107,10 @@ export interface MetadataService {
    * belongs to a deleted volume (never to one being created).
    */
   volumeIdsForGc(): Promise<{ live: number[]; lastId: number }>;
-  /** Calls back (no argument) after any volume is deleted. Returns a stop function. */
+  /**
+   * Calls back (no argument) after any volume is deleted, and once after a
+   * lost stream (a deletion may have been missed). Returns a stop function.
+   */
   watchVolumeDeletes(onDelete: () => void): Promise<() => Promise<void>>;
 
   /**

@@ -137,4 +137,9 @@ export const LIST_BLOCKS_MAX = 4096;
 export interface PeerTransport {
   /** The replica API of a peer, or null while its address is unknown (it is not reporting). */
   peer(uuid: string): ReplicaApi | null;
+  /**
+   * Calls back when a peer is found to have restarted (a new incarnation
+   * answers): changes it took but had not made durable may be gone.
+   */
+  onPeerRestart?(listener: (uuid: string) => void): void;
 }

@@ -1,36 +1,47 @@
-import { randomBytes as cryptoRandomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
+import type { BlockMeta, ListedBlock } from '../model/block-meta.js';
 import type { BlockRef } from '../model/block-ref.js';
-import type { BlockStore, StoreUsage, WriteOptions, ZeroOptions } from '../store/block-store.js';
+import type {
+  BlockCopy,
+  ChangeStamp,
+  InstallOutcome,
+  PeerInfo,
+  ReadReply,
+  ReplicaApi,
+  RequestContext,
+  StoreUsageInfo,
+} from '../model/replica-api.js';
+import type { Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
 import { systemClock, type Clock } from '../util/clock.js';
+import { systemRandom, type Random } from '../util/random.js';
 import { formatPeerAddress, parsePeerAddress, type PeerAddress } from './address.js';
+import { resolveSecret } from './auth.js';
 import {
   ResponseDecoder,
-  decodeBitmap,
+  checkRequest,
   decodeErrorPayload,
-  decodeUsage,
-  encodeRefList,
-  encodeRequestHeader,
-  encodeVolumeId,
-  type RequestHead,
+  decodeReply,
+  encodeRequest,
+  type PeerRequest,
+  type ReplyOf,
   type ResponseFrame,
 } from './codec.js';
 import { readHandshakeMessage } from './handshake-codec.js';
 import { ClientHandshake, type HandshakeStep } from './handshake.js';
-import {
-  ALLOCATED_REFS_MAX,
-  FLAG_FUA,
-  FLAG_PUNCH,
-  NONCE_BYTES,
-  OPCODE_NAMES,
-  Opcode,
-  STATUS_ERROR,
-  payloadBytesMaxFor,
-} from './protocol.js';
+import { NONCE_BYTES, OPCODE_NAMES, Opcode, PAYLOAD_BYTES_MAX, STATUS_ERROR, replyPayloadBytesMaxFor } from './protocol.js';
 import { CorkedWriter, tcpConnector, type PeerConnector } from './transport.js';
+
+/** The server's incarnation differs from the one the client saw before: the peer restarted. */
+export interface IncarnationChange {
+  /** The server's peer uuid. */
+  readonly peerUuid: string;
+  /** Null at the first handshake of this client. */
+  readonly previous: string | null;
+  readonly current: string;
+}
 
 export interface PeerClientOptions {
   /** The remote peer: a PeerAddress or any --peer-address form. */
@@ -38,18 +49,28 @@ export interface PeerClientOptions {
   /** The cluster block size; the handshake refuses a peer with another. */
   readonly blockSize: number;
   readonly clusterId: string;
-  /** This (local) peer's uuid, sent in the handshake. */
+  /** This (local) process's peer uuid, sent in the handshake. */
   readonly peerUuid: string;
-  /** The shared cluster secret; '' means no authentication (the server must have none either). */
+  /** This (local) process's incarnation, sent in the handshake. */
+  readonly incarnation: string;
+  /** The shared cluster secret. Required: an empty one is refused unless `insecure`. */
   readonly secret: string | Buffer;
+  /** Allows an empty secret (no authentication). For tests only. */
+  readonly insecure?: boolean;
   readonly logger: Logger;
   /** When set, a peer answering with another uuid is refused (the address moved to another peer). */
   readonly remotePeerUuid?: string;
   readonly clock?: Clock;
-  readonly randomBytes?: (size: number) => Buffer;
+  /** Handshake nonces and reconnect jitter. */
+  readonly random?: Random;
   /** Opens the byte stream; default TCP. */
   readonly connect?: PeerConnector;
-  /** Whole life of one request, queueing and connecting included. Default 10 s. */
+  /**
+   * Upper bound on the whole life of one request, queueing and connecting
+   * included. Default 30 s. The replication layer bounds its calls with its
+   * own, shorter replica timeout; this one only guarantees that nothing
+   * waits forever.
+   */
   readonly requestTimeoutMs?: number;
   /** TCP connect plus handshake. Default 5 s. */
   readonly connectTimeoutMs?: number;
@@ -57,39 +78,37 @@ export interface PeerClientOptions {
   readonly inflightMax?: number;
   /** Requests waiting for an in-flight slot; beyond it calls fail with TORUS_ERR_STORE_BUSY. Default 4096. */
   readonly waitQueueMax?: number;
-  /** After a failed connection, no new attempt for this long, doubling per failure up to the max. Defaults 50 ms, 5 s. */
+  /**
+   * After a failed connection, no new attempt for a while: the delay starts
+   * at the min, doubles per failure up to the max, and is jittered down by
+   * up to half so that many clients of a restarted peer do not redial in
+   * step. Defaults 50 ms, 5 s.
+   */
   readonly reconnectDelayMinMs?: number;
   readonly reconnectDelayMaxMs?: number;
-  /** usage() starts a background refresh when its value is older than this. Default 1 s. */
-  readonly usageRefreshMs?: number;
+  /**
+   * Called when a handshake shows a server incarnation other than the last
+   * one seen (and at the first handshake, with previous null), before any
+   * request is sent on the new connection: the peer restarted, and writes
+   * it acknowledged but had not flushed may be gone.
+   */
+  readonly onIncarnationChange?: (change: IncarnationChange) => void;
 }
 
 const DEFAULTS = {
-  requestTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
   connectTimeoutMs: 5_000,
   inflightMax: 128,
   waitQueueMax: 4096,
   reconnectDelayMinMs: 50,
   reconnectDelayMaxMs: 5_000,
-  usageRefreshMs: 1_000,
 };
 
-/**
- * WriteOptions plus the CRC-32C of the data when the caller already has it:
- * a writer replicating one block to R peers computes it once, not R times.
- */
-export interface PeerWriteOptions extends WriteOptions {
-  readonly crc32c?: number;
-}
-
-type Decode<T> = (frame: ResponseFrame) => T;
-
-interface Pending<T = unknown> {
-  readonly head: Omit<RequestHead, 'requestId'>;
-  readonly payload: Buffer;
+interface Pending {
+  readonly req: PeerRequest;
+  /** Known CRC-32C of the payload (a block sent to several replicas is summed once). */
   readonly payloadCrc: number | undefined;
-  readonly decode: Decode<T>;
-  readonly resolve: (value: T) => void;
+  readonly resolve: (value: unknown) => void;
   readonly reject: (err: unknown) => void;
   timer: { cancel(): void } | null;
   /** waiting: for a slot; queued: holds a slot, waits for the connection; sent: on the wire. */
@@ -107,25 +126,31 @@ interface Connection {
   connectTimer: { cancel(): void } | null;
   /** Requests sent on this connection, by request id. */
   readonly sent: Map<number, Pending>;
-  /** Requests holding a slot, waiting for the handshake to finish. */
+  /** Requests holding a slot, waiting for the handshake to finish, in call order. */
   readonly queued: Pending[];
 }
 
-const EMPTY = Buffer.alloc(0);
-
 /**
- * A BlockStore held by a remote peer. One connection, opened on first use,
- * carries many requests at once; replies are matched by request id. When the
- * connection fails, the requests on it fail (TORUS_ERR_PEER_UNAVAILABLE, or
- * the checksum/protocol error that broke it) and the next request after a
- * backoff reconnects; within the backoff requests fail at once, so a writer
- * replicating to a dead peer is not held up.
+ * The ReplicaApi of a remote peer. One connection, opened on first use,
+ * carries many requests at once; replies are matched by request id.
+ *
+ * Order: requests are written to the connection in the order the methods
+ * were called (FIFO through the wait queue and the handshake), and the
+ * server hands them to its replica in arrival order, so changes to one
+ * block sent through one client apply in call order. Requests never move
+ * to another connection: when the connection fails, the requests on it fail
+ * (TORUS_ERR_PEER_UNAVAILABLE, or the checksum/protocol error that broke it)
+ * and the next request after a backoff reconnects; within the backoff
+ * requests fail at once, so a writer replicating to a dead peer is not held up.
  */
-export class PeerClient implements BlockStore {
+export class PeerClient implements ReplicaApi {
   readonly blockSize: number;
   readonly address: PeerAddress;
-  private readonly opts: Required<Omit<PeerClientOptions, 'secret' | 'address' | 'remotePeerUuid'>> & { secret: Buffer };
+  private readonly opts: Required<Omit<PeerClientOptions, 'secret' | 'address' | 'remotePeerUuid' | 'insecure' | 'onIncarnationChange'>> & {
+    secret: Buffer;
+  };
   private readonly expectedPeerUuid: string | undefined;
+  private readonly onIncarnationChange: ((change: IncarnationChange) => void) | undefined;
   private readonly log: Logger;
   private readonly label: string;
   private conn: Connection | null = null;
@@ -140,112 +165,115 @@ export class PeerClient implements BlockStore {
   /** close() callers waiting for pendingAll to empty. */
   private idleWaiters: (() => void)[] = [];
   private admitting = false;
-  private lastUsage: StoreUsage = { capacity: 0, used: 0, blocks: 0 };
-  private usageAt = -Infinity;
-  private usageRefreshing = false;
+  private serverIncarnation: string | null = null;
+  private serverUuid: string | null = null;
 
   constructor(options: PeerClientOptions) {
-    this.address = typeof options.address === 'string' ? parsePeerAddress(options.address) : options.address;
+    const { secret, insecure, address, remotePeerUuid, onIncarnationChange, ...rest } = options;
+    this.address = typeof address === 'string' ? parsePeerAddress(address) : address;
     this.blockSize = options.blockSize;
-    this.expectedPeerUuid = options.remotePeerUuid;
+    this.expectedPeerUuid = remotePeerUuid;
+    this.onIncarnationChange = onIncarnationChange;
     this.opts = {
       ...DEFAULTS,
       clock: systemClock,
-      randomBytes: cryptoRandomBytes,
+      random: systemRandom,
       connect: tcpConnector,
-      ...(Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as PeerClientOptions),
-      secret: typeof options.secret === 'string' ? Buffer.from(options.secret, 'utf8') : options.secret,
+      ...(Object.fromEntries(Object.entries(rest).filter(([, v]) => v !== undefined)) as typeof rest),
+      secret: resolveSecret(secret, insecure, 'peer client'),
     };
-    assert(Number.isInteger(this.blockSize) && this.blockSize > 0, 'blockSize is a positive integer');
+    assert(Number.isInteger(this.blockSize) && this.blockSize > 0 && this.blockSize <= PAYLOAD_BYTES_MAX, 'blockSize is sane');
+    assert(this.opts.incarnation.length > 0, 'an incarnation is set');
     assert(this.opts.inflightMax > 0 && this.opts.waitQueueMax >= 0, 'client limits are sane');
+    assert(this.opts.requestTimeoutMs > 0 && this.opts.connectTimeoutMs > 0, 'timeouts are positive');
     assert(this.opts.reconnectDelayMinMs > 0 && this.opts.reconnectDelayMaxMs >= this.opts.reconnectDelayMinMs, 'reconnect delays are sane');
     this.label = formatPeerAddress(this.address);
     this.log = options.logger.child({ module: 'peer-client', peer: this.label });
   }
 
-  // ------------------------------------------------------------ BlockStore
+  // ------------------------------------------------------------ ReplicaApi
 
   /**
    * The bytes may be a view into a larger receive buffer (no copy on the
    * read path): copy them before keeping them for long, e.g. in a cache.
    */
-  read(ref: BlockRef, offset: number, length: number): Promise<Buffer> {
-    this.checkRange(offset, length);
-    return this.request({ opcode: Opcode.READ, flags: 0, ref, offset, length, fence: undefined }, EMPTY, (f) => {
-      if (f.payload.length !== length) throw this.brokenReply(`READ answered ${f.payload.length} bytes, asked ${length}`);
-      return f.payload;
-    });
-  }
-
-  /** `data` is sent as is, not copied: the caller must not change it until the promise settles. */
-  write(ref: BlockRef, offset: number, data: Buffer, opts: PeerWriteOptions): Promise<void> {
-    this.checkRange(offset, data.length);
-    const head = { opcode: Opcode.WRITE, flags: opts.fua ? FLAG_FUA : 0, ref, offset, length: data.length, fence: opts.fence };
-    return this.request(head, data, this.expectEmpty, opts.crc32c);
-  }
-
-  zero(ref: BlockRef, offset: number, length: number, opts: ZeroOptions): Promise<void> {
-    this.checkRange(offset, length);
-    const flags = (opts.fua ? FLAG_FUA : 0) | (opts.punch ? FLAG_PUNCH : 0);
-    return this.request({ opcode: Opcode.ZERO, flags, ref, offset, length, fence: opts.fence }, EMPTY, this.expectEmpty);
-  }
-
-  flush(): Promise<void> {
-    return this.request(noBlock(Opcode.FLUSH), EMPTY, this.expectEmpty);
-  }
-
-  async allocated(refs: readonly BlockRef[]): Promise<boolean[]> {
-    const parts: Promise<boolean[]>[] = [];
-    for (let i = 0; i < refs.length; i += ALLOCATED_REFS_MAX) {
-      const slice = refs.slice(i, i + ALLOCATED_REFS_MAX);
-      const head = { ...noBlock(Opcode.ALLOCATED), length: slice.length };
-      parts.push(
-        this.request(head, encodeRefList(slice), (f) => {
-          const bits = decodeBitmap(f.payload, slice.length);
-          if (bits === null) throw this.brokenReply(`ALLOCATED answered a ${f.payload.length}-byte bitmap for ${slice.length} refs`);
-          return bits;
-        }),
-      );
-    }
-    return (await Promise.all(parts)).flat();
-  }
-
-  deleteVolume(volumeId: number): Promise<void> {
-    assert(Number.isInteger(volumeId) && volumeId > 0 && volumeId <= 0xffffffff, 'volumeId is a positive u32');
-    return this.request(noBlock(Opcode.DELETE_VOLUME), encodeVolumeId(volumeId), this.expectEmpty);
+  read(ctx: RequestContext, ref: BlockRef, offset: number, length: number): Promise<ReadReply> {
+    return this.call({ opcode: Opcode.READ, ctx, ref, offset, length });
   }
 
   /**
-   * The peer's usage as last fetched (zeroes before the first answer). A
-   * value older than usageRefreshMs starts a refresh in the background.
+   * `data` is sent as is, not copied: the caller must not change it until
+   * the promise settles. `crc32c` may carry the data's CRC-32C when the
+   * caller already has it (one block sent to R replicas is summed once).
    */
-  usage(): StoreUsage {
-    if (!this.closed && !this.usageRefreshing && this.opts.clock.monotonic() - this.usageAt >= this.opts.usageRefreshMs) {
-      this.refreshUsage().catch((err: unknown) => this.log.debug({ err }, 'peer usage refresh failed'));
-    }
-    return this.lastUsage;
+  write(ctx: RequestContext, ref: BlockRef, offset: number, data: Buffer, stamp: ChangeStamp, opts: { readonly fua: boolean; readonly crc32c?: number }): Promise<void> {
+    return this.call({ opcode: Opcode.WRITE, ctx, ref, offset, data, stamp, fua: opts.fua }, opts.crc32c);
   }
 
-  /** Asks the peer for its usage now. */
-  async refreshUsage(): Promise<StoreUsage> {
-    this.usageRefreshing = true;
-    this.usageAt = this.opts.clock.monotonic();
-    try {
-      const usage = await this.request(noBlock(Opcode.USAGE), EMPTY, (f) => {
-        const u = decodeUsage(f.payload);
-        if (u === null) throw this.brokenReply(`USAGE answered ${f.payload.length} bytes`);
-        return u;
-      });
-      this.lastUsage = usage;
-      return usage;
-    } finally {
-      this.usageRefreshing = false;
-    }
+  zero(ctx: RequestContext, ref: BlockRef, offset: number, length: number, stamp: ChangeStamp, opts: { readonly punch: boolean; readonly fua: boolean }): Promise<void> {
+    return this.call({ opcode: Opcode.ZERO, ctx, ref, offset, length, stamp, punch: opts.punch, fua: opts.fua });
   }
 
-  /** A round trip that touches no block (health checks, tests). */
-  ping(): Promise<void> {
-    return this.request(noBlock(Opcode.PING), EMPTY, this.expectEmpty);
+  install(ctx: RequestContext, ref: BlockRef, copy: BlockCopy, opts: { readonly token: number; readonly fua: boolean }): Promise<InstallOutcome> {
+    return this.call({ opcode: Opcode.INSTALL, ctx, ref, copy, token: opts.token, fua: opts.fua });
+  }
+
+  confirm(ctx: RequestContext, ref: BlockRef, version: Version, digest: number, opts: { readonly token: number }): Promise<boolean> {
+    return this.call({ opcode: Opcode.CONFIRM, ctx, ref, version, digest, token: opts.token });
+  }
+
+  meta(ctx: RequestContext, refs: readonly BlockRef[]): Promise<BlockMeta[]> {
+    return this.call({ opcode: Opcode.META, ctx, refs });
+  }
+
+  list(ctx: RequestContext, volumeId: number, after: BlockRef | null, limit: number): Promise<{ blocks: ListedBlock[]; more: boolean }> {
+    return this.call({ opcode: Opcode.LIST, ctx, volumeId, after, limit });
+  }
+
+  verify(ctx: RequestContext, ref: BlockRef): Promise<BlockMeta> {
+    return this.call({ opcode: Opcode.VERIFY, ctx, ref });
+  }
+
+  drop(ctx: RequestContext, ref: BlockRef, version: Version, opts: { readonly token: number }): Promise<boolean> {
+    return this.call({ opcode: Opcode.DROP, ctx, ref, version, token: opts.token });
+  }
+
+  fence(ctx: RequestContext, volumeId: number, token: number): Promise<void> {
+    return this.call({ opcode: Opcode.FENCE, ctx, volumeId, token });
+  }
+
+  flush(ctx: RequestContext): Promise<void> {
+    return this.call({ opcode: Opcode.FLUSH, ctx });
+  }
+
+  deleteVolume(ctx: RequestContext, volumeId: number): Promise<void> {
+    return this.call({ opcode: Opcode.DELETE_VOLUME, ctx, volumeId });
+  }
+
+  usage(ctx: RequestContext): Promise<StoreUsageInfo> {
+    return this.call({ opcode: Opcode.USAGE, ctx });
+  }
+
+  /** Who answers; also the cheapest round trip (health checks, tests). */
+  hello(ctx: RequestContext): Promise<PeerInfo> {
+    return this.call({ opcode: Opcode.HELLO, ctx });
+  }
+
+  // ------------------------------------------------------------ state
+
+  /** The server's incarnation as of the last handshake; null before the first. */
+  get incarnation(): string | null {
+    return this.serverIncarnation;
+  }
+
+  /** The server's peer uuid as of the last handshake; null before the first. */
+  get remotePeerUuid(): string | null {
+    return this.serverUuid;
+  }
+
+  /** Requests on the wire or waiting for the connection (tests, metrics). */
+  get inflightCount(): number {
+    return this.inflight;
   }
 
   /** Fails new requests, waits for those already made to finish, then closes the connection. */
@@ -264,29 +292,30 @@ export class PeerClient implements BlockStore {
     }
   }
 
-  /** Requests on the wire or waiting for the connection (tests, metrics). */
-  get inflightCount(): number {
-    return this.inflight;
-  }
-
   // ------------------------------------------------------------ requests
 
-  private readonly expectEmpty = (f: ResponseFrame): void => {
-    if (f.payload.length !== 0) throw this.brokenReply(`${OPCODE_NAMES[f.opcode]} answered ${f.payload.length} unexpected bytes`);
-  };
-
-  private checkRange(offset: number, length: number): void {
-    assert(Number.isInteger(offset) && offset >= 0, 'offset is a non-negative integer');
-    assert(Number.isInteger(length) && length >= 0, 'length is a non-negative integer');
-    assert(offset + length <= this.blockSize, 'offset + length lies within the block');
-  }
-
-  private request<T>(head: Omit<RequestHead, 'requestId'>, payload: Buffer, decode: Decode<T>, payloadCrc?: number): Promise<T> {
+  /**
+   * Checks the request (a bad one is a caller bug: it throws at once) and
+   * queues it behind every earlier call.
+   */
+  private call<R extends PeerRequest>(req: R, payloadCrc?: number): Promise<ReplyOf<R>> {
+    const bad = checkRequest(req, this.blockSize);
+    assert(bad === null, `a valid ${OPCODE_NAMES[req.opcode]} request (${bad?.message ?? ''})`);
     if (this.closed) {
       return Promise.reject(new TorusError('TORUS_ERR_STORE_CLOSED', `the client of peer ${this.label} is closed`));
     }
-    return new Promise<T>((resolve, reject) => {
-      const p: Pending<T> = { head, payload, payloadCrc, decode, resolve, reject, timer: null, state: 'waiting', requestId: 0, conn: null };
+    return new Promise<ReplyOf<R>>((resolve, reject) => {
+      const p: Pending = {
+        req,
+        payloadCrc,
+        resolve: resolve as (value: unknown) => void,
+        reject,
+        timer: null,
+        state: 'waiting',
+        requestId: 0,
+        conn: null,
+      };
+      // Anyone already waiting goes first: FIFO.
       const mustWait = this.inflight >= this.opts.inflightMax || this.waiting.length > 0;
       if (mustWait && this.waiting.length >= this.opts.waitQueueMax) {
         reject(
@@ -296,10 +325,10 @@ export class PeerClient implements BlockStore {
         );
         return;
       }
-      this.pendingAll.add(p as Pending);
-      p.timer = this.opts.clock.setTimeout(() => this.onTimeout(p as Pending), this.opts.requestTimeoutMs);
-      if (mustWait) this.waiting.push(p as Pending);
-      else this.start(p as Pending);
+      this.pendingAll.add(p);
+      p.timer = this.opts.clock.setTimeout(() => this.onTimeout(p), this.opts.requestTimeoutMs);
+      if (mustWait) this.waiting.push(p);
+      else this.start(p);
     });
   }
 
@@ -324,7 +353,8 @@ export class PeerClient implements BlockStore {
     p.requestId = id;
     p.state = 'sent';
     conn.sent.set(id, p);
-    conn.writer.write(encodeRequestHeader({ ...p.head, requestId: id }, p.payload, p.payloadCrc), p.payload);
+    const { header, payload } = encodeRequest(p.req, id, p.payloadCrc);
+    conn.writer.write(header, payload);
   }
 
   /** Resolves or rejects once, frees its slot and lets the next waiter in. */
@@ -353,7 +383,7 @@ export class PeerClient implements BlockStore {
     if (this.pendingAll.size === 0 && this.idleWaiters.length > 0) for (const w of this.idleWaiters.splice(0)) w();
   }
 
-  /** Lets waiters into free slots; a loop, not recursion, as a start() may fail (and free its slot) at once. */
+  /** Lets waiters into free slots, oldest first; a loop, not recursion, as a start() may fail (and free its slot) at once. */
   private admit(): void {
     if (this.admitting) return;
     this.admitting = true;
@@ -366,7 +396,7 @@ export class PeerClient implements BlockStore {
 
   private onTimeout(p: Pending): void {
     p.timer = null;
-    const name = OPCODE_NAMES[p.head.opcode];
+    const name = OPCODE_NAMES[p.req.opcode];
     this.log.debug({ opcode: name, timeoutMs: this.opts.requestTimeoutMs, state: p.state }, 'peer request timed out');
     this.settle(
       p,
@@ -394,13 +424,19 @@ export class PeerClient implements BlockStore {
   private open(): Connection {
     const socket = this.opts.connect(this.address);
     const handshake = new ClientHandshake(
-      { clusterId: this.opts.clusterId, peerUuid: this.opts.peerUuid, secret: this.opts.secret, blockSize: this.blockSize },
-      this.opts.randomBytes(NONCE_BYTES),
+      {
+        clusterId: this.opts.clusterId,
+        peerUuid: this.opts.peerUuid,
+        incarnation: this.opts.incarnation,
+        secret: this.opts.secret,
+        blockSize: this.blockSize,
+      },
+      this.opts.random.bytes(NONCE_BYTES),
     );
     const conn: Connection = {
       socket,
       writer: new CorkedWriter(socket),
-      decoder: new ResponseDecoder(payloadBytesMaxFor(this.blockSize)),
+      decoder: new ResponseDecoder(replyPayloadBytesMaxFor(this.blockSize)),
       handshake,
       state: 'handshake',
       connectTimer: null,
@@ -449,11 +485,9 @@ export class PeerClient implements BlockStore {
     }
     for (const out of step.out) conn.writer.write(out);
     if (step.kind === 'continue') return;
-    if (this.expectedPeerUuid !== undefined && step.result.remotePeerUuid !== this.expectedPeerUuid) {
-      this.fail(
-        conn,
-        new TorusError('TORUS_ERR_PEER_UNAVAILABLE', `the peer at ${this.label} is ${step.result.remotePeerUuid}, not ${this.expectedPeerUuid}`),
-      );
+    const { remotePeerUuid, remoteIncarnation, version } = step.result;
+    if (this.expectedPeerUuid !== undefined && remotePeerUuid !== this.expectedPeerUuid) {
+      this.fail(conn, new TorusError('TORUS_ERR_PEER_UNAVAILABLE', `the peer at ${this.label} is ${remotePeerUuid}, not ${this.expectedPeerUuid}`));
       return;
     }
     conn.state = 'ready';
@@ -461,10 +495,22 @@ export class PeerClient implements BlockStore {
     conn.connectTimer = null;
     this.failures = 0;
     this.lastError = null;
-    this.log.debug({ remotePeerUuid: step.result.remotePeerUuid, version: step.result.version }, 'peer connection ready');
+    this.log.debug({ remotePeerUuid, incarnation: remoteIncarnation, version }, 'peer connection ready');
+    const previous = this.serverIncarnation;
+    this.serverIncarnation = remoteIncarnation;
+    this.serverUuid = remotePeerUuid;
+    // Before any request goes out on this connection: whoever tracks what
+    // the peer holds in memory must learn of a restart before it sees
+    // answers from the new incarnation.
+    if (previous !== remoteIncarnation) {
+      if (previous !== null) this.log.info({ remotePeerUuid, previous, current: remoteIncarnation }, 'peer restarted (new incarnation)');
+      try {
+        this.onIncarnationChange?.({ peerUuid: remotePeerUuid, previous, current: remoteIncarnation });
+      } catch (err) {
+        this.log.error({ err }, 'onIncarnationChange threw');
+      }
+    }
     for (const p of conn.queued.splice(0)) this.send(conn, p);
-    // Learn the peer's usage as soon as it can answer.
-    if (!this.usageRefreshing) this.refreshUsage().catch((err: unknown) => this.log.debug({ err }, 'peer usage refresh failed'));
   }
 
   private onResponse(conn: Connection, frame: ResponseFrame): void {
@@ -474,8 +520,8 @@ export class PeerClient implements BlockStore {
       this.log.debug({ requestId: frame.requestId }, 'peer answer for an unknown request');
       return;
     }
-    if (frame.opcode !== p.head.opcode) {
-      throw this.brokenReply(`request ${frame.requestId} was ${OPCODE_NAMES[p.head.opcode]}, the answer is for opcode ${frame.opcode}`);
+    if (frame.opcode !== p.req.opcode) {
+      throw this.brokenReply(`request ${frame.requestId} was ${OPCODE_NAMES[p.req.opcode]}, the answer is for opcode ${frame.opcode}`);
     }
     if (frame.status === STATUS_ERROR) {
       this.settle(p, decodeErrorPayload(frame.payload, { peer: this.label }));
@@ -483,11 +529,12 @@ export class PeerClient implements BlockStore {
     }
     let value: unknown;
     try {
-      value = p.decode(frame);
+      value = decodeReply(p.req, frame.payload);
     } catch (err) {
       // A reply that does not fit its request: this peer cannot be trusted; drop the connection.
-      this.settle(p, err);
-      throw err;
+      const broken = err instanceof TorusError ? this.brokenReply(err.message) : err;
+      this.settle(p, broken);
+      throw broken;
     }
     this.settle(p, null, value);
   }
@@ -510,7 +557,8 @@ export class PeerClient implements BlockStore {
       conn.socket.destroy();
     }
     this.failures++;
-    const delay = Math.min(this.opts.reconnectDelayMaxMs, this.opts.reconnectDelayMinMs * 2 ** Math.min(this.failures - 1, 30));
+    const ceiling = Math.min(this.opts.reconnectDelayMaxMs, this.opts.reconnectDelayMinMs * 2 ** Math.min(this.failures - 1, 30));
+    const delay = Math.max(1, Math.round(ceiling / 2 + (this.opts.random.next() * ceiling) / 2));
     this.retryAt = this.opts.clock.monotonic() + delay;
     this.lastError = err;
     const fields = { err, inflight: conn.sent.size + conn.queued.length, retryInMs: delay };
@@ -519,8 +567,4 @@ export class PeerClient implements BlockStore {
     // A damaged or misbehaving stream fails every request on it with that error; a drop is "unavailable".
     for (const p of [...conn.queued, ...conn.sent.values()]) this.settle(p, err);
   }
-}
-
-function noBlock(opcode: Opcode): Omit<RequestHead, 'requestId'> {
-  return { opcode, flags: 0, ref: null, offset: 0, length: 0, fence: undefined };
 }

@@ -1,226 +1,191 @@
 import { ERROR_CODES, type ErrorCode } from '../errors/codes.js';
 import { TorusError } from '../errors/torus-error.js';
-import { blockRef, encodeBlockRef, BLOCK_REF_BYTES, type BlockRef } from '../model/block-ref.js';
-import { assert } from '../util/assert.js';
-import { crc32c } from '../util/crc32c.js';
-import { ByteQueue } from '../util/byte-queue.js';
+import type { BlockMeta, BlockState, ListedBlock } from '../model/block-meta.js';
+import { blockRef, encodeBlockRef, type BlockRef } from '../model/block-ref.js';
 import {
-  ALLOCATED_REFS_MAX,
-  DELETE_VOLUME_PAYLOAD_BYTES,
+  LIST_BLOCKS_MAX,
+  META_REFS_MAX,
+  type BlockCopy,
+  type ChangeStamp,
+  type InstallOutcome,
+  type PeerInfo,
+  type ReadReply,
+  type RequestContext,
+  type StoreUsageInfo,
+} from '../model/replica-api.js';
+import { TOKEN_MAX, VERSION_ABSENT, type Version } from '../model/version.js';
+import { assert } from '../util/assert.js';
+import { ByteQueue } from '../util/byte-queue.js';
+import { crc32c } from '../util/crc32c.js';
+import {
+  BLOCK_META_BYTES,
+  BLOCK_REF_WIRE_BYTES,
+  BLOCK_STATE_CODES,
+  BYTE_REPLY_BYTES,
+  CONFIRM_PAYLOAD_BYTES,
+  COPY_STATE_DATA,
+  COPY_STATE_ZERO,
   ERROR_CODE_BYTES_MAX,
+  ERROR_DETAILS_BYTES_MAX,
   ERROR_PAYLOAD_BYTES_MAX,
-  FLAG_FENCE,
   FLAG_FUA,
   FLAG_PUNCH,
+  INCARNATION_BYTES_MAX,
+  INSTALL_OUTCOME_CODES,
+  LIST_ENTRY_BYTES,
+  LIST_REPLY_HEAD_BYTES,
   OPCODE_FLAGS,
   OPCODE_NAMES,
-  OPCODES_WITH_REF,
   Opcode,
   PAYLOAD_BYTES_MAX,
+  PEER_UUID_BYTES_MAX,
+  REQ,
   REQUEST_HEADER_BYTES,
   REQUEST_ID_MAX,
   REQUEST_MAGIC,
+  RES,
   RESPONSE_HEADER_BYTES,
   RESPONSE_MAGIC,
   STATUS_ERROR,
   STATUS_OK,
+  U64_HIGH_SAFE_MAX,
   USAGE_PAYLOAD_BYTES,
+  VOLUME_ID_PAYLOAD_BYTES,
 } from './protocol.js';
-import type { StoreUsage } from '../store/block-store.js';
+
+/**
+ * Pure encoders, decoders and validation for the frames of protocol.ts: no
+ * sockets, no clock, no logger. The server validates every request here
+ * before it reaches the replica; the client checks its own requests with
+ * the same rules (a failure there is a caller bug) and every reply against
+ * the request it answers.
+ */
 
 const TWO_32 = 2 ** 32;
-/** Fence tokens are safe integers: the high word stays below 2^21. */
-const FENCE_HIGH_MAX = 2 ** 21 - 1;
-
-/** What a client asks; `ref` is null for opcodes that name no block. */
-export interface RequestHead {
-  readonly opcode: Opcode;
-  readonly flags: number;
-  readonly requestId: number;
-  readonly ref: BlockRef | null;
-  readonly offset: number;
-  readonly length: number;
-  /** Sent (with FLAG_FENCE) when defined. */
-  readonly fence: number | undefined;
-}
-
-/** A request as read off the wire: framing checked, meaning not yet (see validateRequest). */
-export interface RequestFrame {
-  readonly opcode: number;
-  readonly flags: number;
-  readonly requestId: number;
-  /** Null when the ref field is not a valid BlockRef (all zeroes included). */
-  readonly ref: BlockRef | null;
-  readonly refZero: boolean;
-  readonly offset: number;
-  readonly length: number;
-  /** The raw u64 as a number; may be unsafe if the peer is broken (validateRequest checks). */
-  readonly fenceHigh: number;
-  readonly fenceLow: number;
-  readonly payload: Buffer;
-}
-
-export interface ResponseFrame {
-  readonly opcode: number;
-  readonly status: number;
-  readonly requestId: number;
-  readonly payload: Buffer;
-}
+const EMPTY = Buffer.alloc(0);
 
 function protocolError(message: string, details?: Record<string, unknown>): TorusError {
   return new TorusError('TORUS_ERR_PEER_PROTOCOL', message, details === undefined ? undefined : { details });
 }
 
-// ---------------------------------------------------------------- encoding
+// ---------------------------------------------------------------- requests as values
 
-/**
- * The header of a request carrying `payload` (empty buffer for none). The
- * caller writes header and payload back to back: the payload is not copied.
- * `payloadCrc` may be passed when already known (a block sent to R replicas).
- */
-export function encodeRequestHeader(head: RequestHead, payload: Buffer, payloadCrc?: number): Buffer {
-  assert(head.requestId >= 0 && head.requestId <= REQUEST_ID_MAX, 'request id is a u32');
-  assert(payload.length <= PAYLOAD_BYTES_MAX, 'payload within PAYLOAD_BYTES_MAX');
-  const h = Buffer.allocUnsafe(REQUEST_HEADER_BYTES);
-  h.writeUInt32BE(REQUEST_MAGIC, 0);
-  h[4] = head.opcode;
-  h[5] = head.fence === undefined ? head.flags & ~FLAG_FENCE : head.flags | FLAG_FENCE;
-  h.writeUInt16BE(0, 6);
-  h.writeUInt32BE(head.requestId, 8);
-  if (head.ref === null) h.fill(0, 12, 12 + BLOCK_REF_BYTES);
-  else encodeBlockRef(head.ref, h, 12);
-  h.writeUInt32BE(head.offset, 28);
-  h.writeUInt32BE(head.length, 32);
-  const fence = head.fence ?? 0;
-  assert(Number.isSafeInteger(fence) && fence >= 0, 'fence is a non-negative safe integer');
-  h.writeUInt32BE(Math.floor(fence / TWO_32), 36);
-  h.writeUInt32BE(fence >>> 0, 40);
-  h.writeUInt32BE(payload.length, 44);
-  h.writeUInt32BE(payloadCrc ?? (payload.length === 0 ? 0 : crc32c(payload)), 48);
-  h.writeUInt32BE(crc32c(h.subarray(0, 52)), 52);
-  return h;
+/** One ReplicaApi call, as it crosses the wire. */
+export type PeerRequest =
+  | { readonly opcode: typeof Opcode.READ; readonly ctx: RequestContext; readonly ref: BlockRef; readonly offset: number; readonly length: number }
+  | {
+      readonly opcode: typeof Opcode.WRITE;
+      readonly ctx: RequestContext;
+      readonly ref: BlockRef;
+      readonly offset: number;
+      readonly data: Buffer;
+      readonly stamp: ChangeStamp;
+      readonly fua: boolean;
+    }
+  | {
+      readonly opcode: typeof Opcode.ZERO;
+      readonly ctx: RequestContext;
+      readonly ref: BlockRef;
+      readonly offset: number;
+      readonly length: number;
+      readonly stamp: ChangeStamp;
+      readonly punch: boolean;
+      readonly fua: boolean;
+    }
+  | {
+      readonly opcode: typeof Opcode.INSTALL;
+      readonly ctx: RequestContext;
+      readonly ref: BlockRef;
+      readonly copy: BlockCopy;
+      readonly token: number;
+      readonly fua: boolean;
+    }
+  | {
+      readonly opcode: typeof Opcode.CONFIRM;
+      readonly ctx: RequestContext;
+      readonly ref: BlockRef;
+      readonly version: Version;
+      readonly digest: number;
+      readonly token: number;
+    }
+  | { readonly opcode: typeof Opcode.META; readonly ctx: RequestContext; readonly refs: readonly BlockRef[] }
+  | { readonly opcode: typeof Opcode.LIST; readonly ctx: RequestContext; readonly volumeId: number; readonly after: BlockRef | null; readonly limit: number }
+  | { readonly opcode: typeof Opcode.VERIFY; readonly ctx: RequestContext; readonly ref: BlockRef }
+  | { readonly opcode: typeof Opcode.DROP; readonly ctx: RequestContext; readonly ref: BlockRef; readonly version: Version; readonly token: number }
+  | { readonly opcode: typeof Opcode.FENCE; readonly ctx: RequestContext; readonly volumeId: number; readonly token: number }
+  | { readonly opcode: typeof Opcode.FLUSH; readonly ctx: RequestContext }
+  | { readonly opcode: typeof Opcode.DELETE_VOLUME; readonly ctx: RequestContext; readonly volumeId: number }
+  | { readonly opcode: typeof Opcode.USAGE; readonly ctx: RequestContext }
+  | { readonly opcode: typeof Opcode.HELLO; readonly ctx: RequestContext };
+
+/** What each opcode answers (the ReplicaApi method's result). */
+export interface ReplyValues {
+  [Opcode.READ]: ReadReply;
+  [Opcode.WRITE]: void;
+  [Opcode.ZERO]: void;
+  [Opcode.INSTALL]: InstallOutcome;
+  [Opcode.CONFIRM]: boolean;
+  [Opcode.META]: BlockMeta[];
+  [Opcode.LIST]: { blocks: ListedBlock[]; more: boolean };
+  [Opcode.VERIFY]: BlockMeta;
+  [Opcode.DROP]: boolean;
+  [Opcode.FENCE]: void;
+  [Opcode.FLUSH]: void;
+  [Opcode.DELETE_VOLUME]: void;
+  [Opcode.USAGE]: StoreUsageInfo;
+  [Opcode.HELLO]: PeerInfo;
 }
+export type ReplyOf<R extends PeerRequest> = ReplyValues[R['opcode']];
 
-/** The header of a response carrying `payload` (empty for none). */
-export function encodeResponseHeader(opcode: number, requestId: number, status: number, payload: Buffer): Buffer {
-  assert(payload.length <= PAYLOAD_BYTES_MAX, 'payload within PAYLOAD_BYTES_MAX');
-  const h = Buffer.allocUnsafe(RESPONSE_HEADER_BYTES);
-  h.writeUInt32BE(RESPONSE_MAGIC, 0);
-  h[4] = opcode & 0xff;
-  h[5] = status;
-  h.writeUInt16BE(0, 6);
-  h.writeUInt32BE(requestId >>> 0, 8);
-  h.writeUInt32BE(payload.length, 12);
-  h.writeUInt32BE(payload.length === 0 ? 0 : crc32c(payload), 16);
-  h.writeUInt32BE(crc32c(h.subarray(0, 20)), 20);
-  return h;
-}
+// ---------------------------------------------------------------- numbers
 
-export function encodeRefList(refs: readonly BlockRef[]): Buffer {
-  assert(refs.length <= ALLOCATED_REFS_MAX, 'at most ALLOCATED_REFS_MAX refs per request');
-  const buf = Buffer.allocUnsafe(refs.length * BLOCK_REF_BYTES);
-  for (let i = 0; i < refs.length; i++) encodeBlockRef(refs[i]!, buf, i * BLOCK_REF_BYTES);
-  return buf;
-}
-
-/** Decodes an ALLOCATED payload; null when a ref in it is not valid. */
-export function decodeRefList(buf: Buffer): BlockRef[] | null {
-  if (buf.length % BLOCK_REF_BYTES !== 0) return null;
-  const refs: BlockRef[] = [];
-  for (let at = 0; at < buf.length; at += BLOCK_REF_BYTES) {
-    const ref = readRef(buf, at);
-    if (ref === null) return null;
-    refs.push(ref);
-  }
-  return refs;
-}
-
-/** Bit i (MSB first within each byte) is refs[i]. */
-export function encodeBitmap(bits: readonly boolean[]): Buffer {
-  const buf = Buffer.alloc(Math.ceil(bits.length / 8));
-  for (let i = 0; i < bits.length; i++) if (bits[i]) buf[i >> 3]! |= 0x80 >> (i & 7);
-  return buf;
-}
-
-export function decodeBitmap(buf: Buffer, count: number): boolean[] | null {
-  if (buf.length !== Math.ceil(count / 8)) return null;
-  const out = new Array<boolean>(count);
-  for (let i = 0; i < count; i++) out[i] = (buf[i >> 3]! & (0x80 >> (i & 7))) !== 0;
-  return out;
-}
-
-export function encodeUsage(u: StoreUsage): Buffer {
-  const buf = Buffer.allocUnsafe(USAGE_PAYLOAD_BYTES);
-  writeU64(buf, 0, u.capacity);
-  writeU64(buf, 8, u.used);
-  writeU64(buf, 16, u.blocks);
-  return buf;
-}
-
-export function decodeUsage(buf: Buffer): StoreUsage | null {
-  if (buf.length !== USAGE_PAYLOAD_BYTES) return null;
-  const capacity = readU64(buf, 0);
-  const used = readU64(buf, 8);
-  const blocks = readU64(buf, 16);
-  if (capacity === null || used === null || blocks === null) return null;
-  return { capacity, used, blocks };
-}
-
-export function encodeVolumeId(volumeId: number): Buffer {
-  const buf = Buffer.allocUnsafe(DELETE_VOLUME_PAYLOAD_BYTES);
-  buf.writeUInt32BE(volumeId, 0);
-  return buf;
-}
-
-/** An error as the payload of a STATUS_ERROR response (or a handshake REJECT). */
-export function encodeErrorPayload(code: string, message: string): Buffer {
-  assert(code.length > 0 && code.length <= ERROR_CODE_BYTES_MAX && /^[A-Z0-9_]+$/.test(code), 'error code is short upper-case ASCII');
-  const msg = Buffer.from(message, 'utf8');
-  const msgBytes = Math.min(msg.length, ERROR_PAYLOAD_BYTES_MAX - 2 - code.length);
-  const buf = Buffer.allocUnsafe(2 + code.length + msgBytes);
-  buf.writeUInt16BE(code.length, 0);
-  buf.write(code, 2, 'ascii');
-  msg.copy(buf, 2 + code.length, 0, msgBytes);
-  return buf;
-}
-
-/** The one place internal errors become wire errors: anything not a TorusError is an I/O error. */
-export function errorToPayload(err: unknown): Buffer {
-  if (err instanceof TorusError) return encodeErrorPayload(err.code, err.message);
-  const message = err instanceof Error ? err.message : String(err);
-  return encodeErrorPayload('TORUS_ERR_STORE_IO', message);
-}
-
-/**
- * The error a peer reported, as a TorusError with the same code, so callers
- * handle a remote TORUS_ERR_STORE_NO_SPACE exactly like a local one.
- */
-export function decodeErrorPayload(buf: Buffer, context: Record<string, unknown> = {}): TorusError {
-  if (buf.length < 2 || buf.length > ERROR_PAYLOAD_BYTES_MAX) return protocolError('malformed error payload from peer', context);
-  const codeLength = buf.readUInt16BE(0);
-  if (codeLength === 0 || codeLength > ERROR_CODE_BYTES_MAX || 2 + codeLength > buf.length) {
-    return protocolError('malformed error payload from peer', context);
-  }
-  const code = buf.toString('latin1', 2, 2 + codeLength);
-  const message = buf.toString('utf8', 2 + codeLength);
-  if (!Object.hasOwn(ERROR_CODES, code)) {
-    return protocolError(`peer reported an unknown error code ${code}: ${message}`, { ...context, remoteCode: code });
-  }
-  return new TorusError(code as ErrorCode, message, { details: { ...context, remote: true } });
-}
-
-// ---------------------------------------------------------------- decoding
-
+/** A non-negative safe integer as a u64. */
 function writeU64(buf: Buffer, at: number, value: number): void {
   assert(Number.isSafeInteger(value) && value >= 0, 'u64 field is a non-negative safe integer');
   buf.writeUInt32BE(Math.floor(value / TWO_32), at);
   buf.writeUInt32BE(value >>> 0, at + 4);
 }
 
+/** A u64 from untrusted bytes; null when it is not a safe integer. */
 function readU64(buf: Buffer, at: number): number | null {
   const high = buf.readUInt32BE(at);
-  if (high > FENCE_HIGH_MAX) return null;
+  if (high > U64_HIGH_SAFE_MAX) return null;
   return high * TWO_32 + buf.readUInt32BE(at + 4);
+}
+
+/** A version: VERSION_ABSENT as all ones, anything else as a u64. */
+function writeVersion(buf: Buffer, at: number, v: Version): void {
+  if (v === VERSION_ABSENT) {
+    buf.writeUInt32BE(0xffffffff, at);
+    buf.writeUInt32BE(0xffffffff, at + 4);
+  } else {
+    writeU64(buf, at, v);
+  }
+}
+
+function readVersion(buf: Buffer, at: number): Version | null {
+  if (buf.readUInt32BE(at) === 0xffffffff && buf.readUInt32BE(at + 4) === 0xffffffff) return VERSION_ABSENT;
+  return readU64(buf, at);
+}
+
+function isU32(n: number): boolean {
+  return Number.isInteger(n) && n >= 0 && n <= 0xffffffff;
+}
+
+/**
+ * A CRC-32C digest: 32 bits, as a u32 or as the int32 a JS bit operation
+ * yields (`digest ^ 1`); both cross as the same bits and arrive as a u32.
+ */
+function isDigest(n: number): boolean {
+  return Number.isInteger(n) && n >= -(2 ** 31) && n <= 0xffffffff;
+}
+
+function isToken(n: number): boolean {
+  return Number.isInteger(n) && n >= 0 && n <= TOKEN_MAX;
+}
+
+function isWireVersion(v: number): boolean {
+  return Number.isSafeInteger(v) && v >= VERSION_ABSENT;
 }
 
 /** A BlockRef from untrusted bytes, or null when it is not a valid one. */
@@ -235,6 +200,739 @@ function isZero(buf: Buffer, from: number, to: number): boolean {
   for (let i = from; i < to; i++) if (buf[i] !== 0) return false;
   return true;
 }
+
+/** Orders refs as stores list them: (volumeId, generation, index). */
+export function compareRefs(a: BlockRef, b: BlockRef): number {
+  return a.volumeId - b.volumeId || a.generation - b.generation || a.index - b.index;
+}
+
+// ---------------------------------------------------------------- small payloads
+
+const STATE_BY_CODE: readonly (BlockState | undefined)[] = ['absent', 'data', 'zero'];
+const OUTCOME_BY_CODE: readonly (InstallOutcome | undefined)[] = [undefined, 'installed', 'same', 'newer'];
+
+export function encodeBlockMeta(m: BlockMeta, buf: Buffer, at: number): void {
+  const code = BLOCK_STATE_CODES[m.state];
+  assert(code !== undefined, 'block state is absent, data or zero');
+  assert(isWireVersion(m.version), 'block version is a version');
+  assert((m.state === 'absent') === (m.version === VERSION_ABSENT), 'a block is absent exactly when it has no version');
+  assert(isU32(m.digest), 'digest is a u32');
+  buf[at] = code;
+  buf[at + 1] = m.suspect ? 1 : 0;
+  writeVersion(buf, at + 2, m.version);
+  buf.writeUInt32BE(m.digest, at + 10);
+}
+
+/** BlockMeta from untrusted bytes; null when it breaks the rules of block-meta.ts. */
+export function decodeBlockMeta(buf: Buffer, at: number): BlockMeta | null {
+  const state = STATE_BY_CODE[buf[at]!];
+  const suspect = buf[at + 1]!;
+  const version = readVersion(buf, at + 2);
+  if (state === undefined || suspect > 1 || version === null) return null;
+  if ((state === 'absent') !== (version === VERSION_ABSENT)) return null;
+  return { state, version, suspect: suspect === 1, digest: buf.readUInt32BE(at + 10) };
+}
+
+function encodeVolumeId(volumeId: number): Buffer {
+  const buf = Buffer.allocUnsafe(VOLUME_ID_PAYLOAD_BYTES);
+  buf.writeUInt32BE(volumeId, 0);
+  return buf;
+}
+
+function encodeRefList(refs: readonly BlockRef[]): Buffer {
+  const buf = Buffer.allocUnsafe(refs.length * BLOCK_REF_WIRE_BYTES);
+  for (let i = 0; i < refs.length; i++) encodeBlockRef(refs[i]!, buf, i * BLOCK_REF_WIRE_BYTES);
+  return buf;
+}
+
+/** Decodes a META payload; null when a ref in it is not valid. */
+function decodeRefList(buf: Buffer): BlockRef[] | null {
+  if (buf.length % BLOCK_REF_WIRE_BYTES !== 0) return null;
+  const refs: BlockRef[] = [];
+  for (let at = 0; at < buf.length; at += BLOCK_REF_WIRE_BYTES) {
+    const ref = readRef(buf, at);
+    if (ref === null) return null;
+    refs.push(ref);
+  }
+  return refs;
+}
+
+function encodeShortString(s: string, max: number, what: string): Buffer {
+  const b = Buffer.from(s, 'utf8');
+  assert(b.length <= max, `${what} fits in ${max} bytes`);
+  return Buffer.concat([Buffer.from([b.length]), b]);
+}
+
+// ---------------------------------------------------------------- request encoding
+
+interface HeaderFields {
+  ref: BlockRef | null;
+  offset: number;
+  length: number;
+  token: number;
+  version: Version;
+  prev: Version;
+  copyState: number;
+  flags: number;
+  payload: Buffer;
+}
+
+function fieldsOf(req: PeerRequest): HeaderFields {
+  const f: HeaderFields = { ref: null, offset: 0, length: 0, token: 0, version: 0, prev: 0, copyState: 0, flags: 0, payload: EMPTY };
+  switch (req.opcode) {
+    case Opcode.READ:
+      return { ...f, ref: req.ref, offset: req.offset, length: req.length };
+    case Opcode.WRITE:
+      return {
+        ...f,
+        ref: req.ref,
+        offset: req.offset,
+        length: req.data.length,
+        token: req.stamp.token,
+        version: req.stamp.version,
+        prev: req.stamp.prev,
+        flags: req.fua ? FLAG_FUA : 0,
+        payload: req.data,
+      };
+    case Opcode.ZERO:
+      return {
+        ...f,
+        ref: req.ref,
+        offset: req.offset,
+        length: req.length,
+        token: req.stamp.token,
+        version: req.stamp.version,
+        prev: req.stamp.prev,
+        flags: (req.fua ? FLAG_FUA : 0) | (req.punch ? FLAG_PUNCH : 0),
+      };
+    case Opcode.INSTALL: {
+      const data = req.copy.state === 'data' ? req.copy.data : null;
+      assert(req.copy.state === 'zero' || data !== null, 'a data copy carries its bytes');
+      assert(req.copy.state === 'data' || req.copy.data === null, 'a tombstone carries no bytes');
+      return {
+        ...f,
+        ref: req.ref,
+        length: data?.length ?? 0,
+        token: req.token,
+        version: req.copy.version,
+        copyState: req.copy.state === 'data' ? COPY_STATE_DATA : COPY_STATE_ZERO,
+        flags: req.fua ? FLAG_FUA : 0,
+        payload: data ?? EMPTY,
+      };
+    }
+    case Opcode.CONFIRM: {
+      assert(isDigest(req.digest), 'digest is 32 bits');
+      const payload = Buffer.allocUnsafe(CONFIRM_PAYLOAD_BYTES);
+      payload.writeUInt32BE(req.digest >>> 0, 0);
+      return { ...f, ref: req.ref, token: req.token, version: req.version, payload };
+    }
+    case Opcode.META:
+      return { ...f, length: req.refs.length, payload: encodeRefList(req.refs) };
+    case Opcode.LIST:
+      return { ...f, ref: req.after, length: req.limit, payload: encodeVolumeId(req.volumeId) };
+    case Opcode.VERIFY:
+      return { ...f, ref: req.ref };
+    case Opcode.DROP:
+      return { ...f, ref: req.ref, token: req.token, version: req.version };
+    case Opcode.FENCE:
+      return { ...f, token: req.token, payload: encodeVolumeId(req.volumeId) };
+    case Opcode.DELETE_VOLUME:
+      return { ...f, payload: encodeVolumeId(req.volumeId) };
+    case Opcode.FLUSH:
+    case Opcode.USAGE:
+    case Opcode.HELLO:
+      return f;
+  }
+}
+
+/**
+ * A request as header and payload, written back to back by the caller (the
+ * payload, e.g. a block, is not copied). `payloadCrc` may be passed when
+ * already known: a coordinator sending one block to R replicas computes it once.
+ */
+export function encodeRequest(req: PeerRequest, requestId: number, payloadCrc?: number): { header: Buffer; payload: Buffer } {
+  assert(isU32(requestId) && requestId <= REQUEST_ID_MAX, 'request id is a u32');
+  const f = fieldsOf(req);
+  assert(f.payload.length <= PAYLOAD_BYTES_MAX, 'payload within PAYLOAD_BYTES_MAX');
+  assert(isU32(f.offset) && isU32(f.length), 'offset and length are u32');
+  assert(isToken(f.token), 'token is within 0..TOKEN_MAX');
+  assert(isWireVersion(f.version) && isWireVersion(f.prev), 'versions are versions');
+  const h = Buffer.allocUnsafe(REQUEST_HEADER_BYTES);
+  h.writeUInt32BE(REQUEST_MAGIC, REQ.MAGIC);
+  h[REQ.OPCODE] = req.opcode;
+  h[REQ.FLAGS] = f.flags;
+  h[REQ.COPY_STATE] = f.copyState;
+  h[REQ.RESERVED] = 0;
+  h.writeUInt32BE(requestId, REQ.REQUEST_ID);
+  writeU64(h, REQ.RING_VERSION, req.ctx.ringVersion);
+  if (f.ref === null) h.fill(0, REQ.REF, REQ.REF + BLOCK_REF_WIRE_BYTES);
+  else encodeBlockRef(f.ref, h, REQ.REF);
+  h.writeUInt32BE(f.offset, REQ.OFFSET);
+  h.writeUInt32BE(f.length, REQ.LENGTH);
+  writeU64(h, REQ.TOKEN, f.token);
+  writeVersion(h, REQ.VERSION, f.version);
+  writeVersion(h, REQ.PREV, f.prev);
+  h.writeUInt32BE(f.payload.length, REQ.PAYLOAD_LENGTH);
+  h.writeUInt32BE(payloadCrc ?? (f.payload.length === 0 ? 0 : crc32c(f.payload)), REQ.PAYLOAD_CRC);
+  h.writeUInt32BE(crc32c(h.subarray(0, REQ.HEADER_CRC)), REQ.HEADER_CRC);
+  return { header: h, payload: f.payload };
+}
+
+// ---------------------------------------------------------------- request validation
+
+/** A request as read off the wire: framing checked, meaning not yet (see validateRequest). */
+export interface RequestFrame {
+  readonly opcode: number;
+  readonly flags: number;
+  readonly copyState: number;
+  readonly reserved: number;
+  readonly requestId: number;
+  /** Null where the u64 is not a safe integer (a broken or hostile peer). */
+  readonly ringVersion: number | null;
+  /** Null when the ref field is not a valid BlockRef (all zeroes included). */
+  readonly ref: BlockRef | null;
+  readonly refZero: boolean;
+  readonly offset: number;
+  readonly length: number;
+  readonly token: number | null;
+  /** VERSION_ABSENT for all ones. */
+  readonly version: Version | null;
+  readonly prev: Version | null;
+  readonly payload: Buffer;
+}
+
+const OPCODES_WITH_REF: ReadonlySet<number> = new Set([
+  Opcode.READ,
+  Opcode.WRITE,
+  Opcode.ZERO,
+  Opcode.INSTALL,
+  Opcode.CONFIRM,
+  Opcode.VERIFY,
+  Opcode.DROP,
+]);
+const OPCODES_WITH_TOKEN: ReadonlySet<number> = new Set([Opcode.WRITE, Opcode.ZERO, Opcode.INSTALL, Opcode.CONFIRM, Opcode.DROP, Opcode.FENCE]);
+const OPCODES_WITH_VERSION: ReadonlySet<number> = new Set([Opcode.WRITE, Opcode.ZERO, Opcode.INSTALL, Opcode.CONFIRM, Opcode.DROP]);
+const OPCODES_WITH_PREV: ReadonlySet<number> = new Set([Opcode.WRITE, Opcode.ZERO]);
+const OPCODES_WITH_OFFSET: ReadonlySet<number> = new Set([Opcode.READ, Opcode.WRITE, Opcode.ZERO]);
+const OPCODES_WITH_LENGTH: ReadonlySet<number> = new Set([Opcode.READ, Opcode.WRITE, Opcode.ZERO, Opcode.INSTALL, Opcode.META, Opcode.LIST]);
+
+/**
+ * Judges a well-framed request: the fields its opcode uses make sense on
+ * their own and together, the others are zero, and it fits the block size.
+ * An invalid request gets an error reply and the connection lives on (its
+ * framing is intact). Returns the request or the error to reply with.
+ */
+export function validateRequest(f: RequestFrame, blockSize: number): PeerRequest | TorusError {
+  const req = decodeRequest(f);
+  if (req instanceof TorusError) return req;
+  return checkRequest(req, blockSize) ?? req;
+}
+
+/** Field by field: which fields the opcode uses, and that each is representable. */
+function decodeRequest(f: RequestFrame): PeerRequest | TorusError {
+  const name = OPCODE_NAMES[f.opcode];
+  const allowedFlags = OPCODE_FLAGS[f.opcode];
+  if (name === undefined || allowedFlags === undefined) return protocolError(`unknown opcode ${f.opcode}`, { opcode: f.opcode });
+  if ((f.flags & ~allowedFlags) !== 0) return protocolError(`${name}: flags 0x${f.flags.toString(16)} not allowed`, { flags: f.flags });
+  if (f.reserved !== 0) return protocolError(`${name}: reserved header byte is not zero`);
+  if (f.opcode === Opcode.INSTALL) {
+    if (f.copyState !== COPY_STATE_DATA && f.copyState !== COPY_STATE_ZERO) return protocolError(`INSTALL: unknown copy state ${f.copyState}`);
+  } else if (f.copyState !== 0) {
+    return protocolError(`${name}: copy state must be zero`);
+  }
+  if (f.ringVersion === null) return protocolError(`${name}: ring version is not a safe integer`);
+  if (OPCODES_WITH_REF.has(f.opcode)) {
+    if (f.ref === null) return protocolError(`${name}: the block ref is not valid`);
+  } else if (f.opcode === Opcode.LIST) {
+    if (f.ref === null && !f.refZero) return protocolError('LIST: the after ref is not valid');
+  } else if (!f.refZero) {
+    return protocolError(`${name}: the block ref field must be zero`);
+  }
+  if (!OPCODES_WITH_OFFSET.has(f.opcode) && f.offset !== 0) return protocolError(`${name}: offset must be zero`);
+  if (!OPCODES_WITH_LENGTH.has(f.opcode) && f.length !== 0) return protocolError(`${name}: length must be zero`);
+  if (f.token === null || f.version === null || f.prev === null) return protocolError(`${name}: a u64 field is not a safe integer`);
+  if (OPCODES_WITH_TOKEN.has(f.opcode)) {
+    if (!isToken(f.token)) return protocolError(`${name}: token ${f.token} is above TOKEN_MAX`);
+  } else if (f.token !== 0) {
+    return protocolError(`${name}: token must be zero`);
+  }
+  if (!OPCODES_WITH_VERSION.has(f.opcode) && f.version !== 0) return protocolError(`${name}: version must be zero`);
+  if (!OPCODES_WITH_PREV.has(f.opcode) && f.prev !== 0) return protocolError(`${name}: prev must be zero`);
+
+  const ctx: RequestContext = { ringVersion: f.ringVersion };
+  const fua = (f.flags & FLAG_FUA) !== 0;
+  const payloadMust = (bytes: number): TorusError | null =>
+    f.payload.length === bytes ? null : protocolError(`${name}: payload of ${f.payload.length} bytes, expected ${bytes}`);
+  const volumeId = (): number | TorusError => {
+    const bad = payloadMust(VOLUME_ID_PAYLOAD_BYTES);
+    if (bad !== null) return bad;
+    const id = f.payload.readUInt32BE(0);
+    return id === 0 ? protocolError(`${name}: volume id 0`) : id;
+  };
+  const ref = f.ref!;
+  const stamp = (): ChangeStamp => ({ token: f.token!, version: f.version!, prev: f.prev! });
+
+  switch (f.opcode) {
+    case Opcode.READ:
+      return payloadMust(0) ?? { opcode: Opcode.READ, ctx, ref, offset: f.offset, length: f.length };
+    case Opcode.WRITE:
+      return payloadMust(f.length) ?? { opcode: Opcode.WRITE, ctx, ref, offset: f.offset, data: f.payload, stamp: stamp(), fua };
+    case Opcode.ZERO:
+      return (
+        payloadMust(0) ?? {
+          opcode: Opcode.ZERO,
+          ctx,
+          ref,
+          offset: f.offset,
+          length: f.length,
+          stamp: stamp(),
+          punch: (f.flags & FLAG_PUNCH) !== 0,
+          fua,
+        }
+      );
+    case Opcode.INSTALL: {
+      const bad = payloadMust(f.length);
+      if (bad !== null) return bad;
+      if (f.copyState === COPY_STATE_ZERO) {
+        if (f.length !== 0) return protocolError('INSTALL: a tombstone carries no bytes');
+        return { opcode: Opcode.INSTALL, ctx, ref, copy: { state: 'zero', version: f.version, data: null }, token: f.token, fua };
+      }
+      return { opcode: Opcode.INSTALL, ctx, ref, copy: { state: 'data', version: f.version, data: f.payload }, token: f.token, fua };
+    }
+    case Opcode.CONFIRM:
+      return (
+        payloadMust(CONFIRM_PAYLOAD_BYTES) ?? {
+          opcode: Opcode.CONFIRM,
+          ctx,
+          ref,
+          version: f.version,
+          digest: f.payload.readUInt32BE(0),
+          token: f.token,
+        }
+      );
+    case Opcode.META: {
+      if (f.length > META_REFS_MAX) return protocolError(`META: ${f.length} refs exceed the limit of ${META_REFS_MAX}`);
+      const bad = payloadMust(f.length * BLOCK_REF_WIRE_BYTES);
+      if (bad !== null) return bad;
+      const refs = decodeRefList(f.payload);
+      if (refs === null) return protocolError('META: a block ref is not valid');
+      return { opcode: Opcode.META, ctx, refs };
+    }
+    case Opcode.LIST: {
+      const id = volumeId();
+      if (id instanceof TorusError) return id;
+      return { opcode: Opcode.LIST, ctx, volumeId: id, after: f.ref, limit: f.length };
+    }
+    case Opcode.VERIFY:
+      return payloadMust(0) ?? { opcode: Opcode.VERIFY, ctx, ref };
+    case Opcode.DROP:
+      return payloadMust(0) ?? { opcode: Opcode.DROP, ctx, ref, version: f.version, token: f.token };
+    case Opcode.FENCE: {
+      const id = volumeId();
+      if (id instanceof TorusError) return id;
+      return { opcode: Opcode.FENCE, ctx, volumeId: id, token: f.token };
+    }
+    case Opcode.DELETE_VOLUME: {
+      const id = volumeId();
+      if (id instanceof TorusError) return id;
+      return { opcode: Opcode.DELETE_VOLUME, ctx, volumeId: id };
+    }
+    case Opcode.FLUSH:
+      return payloadMust(0) ?? { opcode: Opcode.FLUSH, ctx };
+    case Opcode.USAGE:
+      return payloadMust(0) ?? { opcode: Opcode.USAGE, ctx };
+    case Opcode.HELLO:
+      return payloadMust(0) ?? { opcode: Opcode.HELLO, ctx };
+    default:
+      return protocolError(`unknown opcode ${f.opcode}`);
+  }
+}
+
+/**
+ * The rules a request must follow beyond its encoding: ranges within the
+ * block, versions that make sense, counts within their limits. The server
+ * applies them to every request it reads; the client asserts them on every
+ * request it sends (breaking one is a bug in the caller).
+ */
+export function checkRequest(req: PeerRequest, blockSize: number): TorusError | null {
+  const name = OPCODE_NAMES[req.opcode]!;
+  if (!Number.isSafeInteger(req.ctx.ringVersion) || req.ctx.ringVersion < 0) return protocolError(`${name}: ring version is not a u64`);
+  const range = (offset: number, length: number): TorusError | null =>
+    isU32(offset) && isU32(length) && offset + length <= blockSize
+      ? null
+      : new TorusError('TORUS_ERR_IO_OUT_OF_RANGE', `${name}: offset ${offset} + length ${length} exceeds the block size ${blockSize}`);
+  const change = (s: ChangeStamp): TorusError | null => {
+    if (!isToken(s.token)) return protocolError(`${name}: token ${s.token} is not within 0..TOKEN_MAX`);
+    if (!isWireVersion(s.version) || s.version < 0) return protocolError(`${name}: a change must create a version, not ${s.version}`);
+    if (!isWireVersion(s.prev)) return protocolError(`${name}: prev ${s.prev} is not a version`);
+    // Versions of a block only grow: a change builds on an older version.
+    if (s.version <= s.prev) return protocolError(`${name}: version ${s.version} does not follow prev ${s.prev}`);
+    return null;
+  };
+  const token = (t: number): TorusError | null => (isToken(t) ? null : protocolError(`${name}: token ${t} is not within 0..TOKEN_MAX`));
+  const volume = (id: number): TorusError | null => (isU32(id) && id > 0 ? null : protocolError(`${name}: volume id ${id} is not a positive u32`));
+
+  switch (req.opcode) {
+    case Opcode.READ:
+      return range(req.offset, req.length);
+    case Opcode.WRITE:
+      return range(req.offset, req.data.length) ?? change(req.stamp);
+    case Opcode.ZERO:
+      return range(req.offset, req.length) ?? change(req.stamp);
+    case Opcode.INSTALL: {
+      const c = req.copy;
+      if (c.state !== 'data' && c.state !== 'zero') return protocolError(`INSTALL: a copy is data or zero, not ${String(c.state)}`);
+      if (!isWireVersion(c.version) || c.version < 0) return protocolError(`INSTALL: a copy has a version, not ${c.version}`);
+      if (c.state === 'data' && c.data?.length !== blockSize) {
+        return protocolError(`INSTALL: a data copy is a whole block of ${blockSize} bytes, not ${c.data?.length ?? 'none'}`);
+      }
+      if (c.state === 'zero' && c.data !== null) return protocolError('INSTALL: a tombstone carries no bytes');
+      return token(req.token);
+    }
+    case Opcode.CONFIRM:
+      if (!isWireVersion(req.version) || req.version < 0) return protocolError(`CONFIRM: a confirmed copy has a version, not ${req.version}`);
+      if (!isDigest(req.digest)) return protocolError('CONFIRM: digest is not 32 bits');
+      return token(req.token);
+    case Opcode.META:
+      return req.refs.length <= META_REFS_MAX ? null : protocolError(`META: ${req.refs.length} refs exceed the limit of ${META_REFS_MAX}`);
+    case Opcode.LIST:
+      if (!Number.isInteger(req.limit) || req.limit < 1 || req.limit > LIST_BLOCKS_MAX) {
+        return protocolError(`LIST: limit ${req.limit} is not within 1..${LIST_BLOCKS_MAX}`);
+      }
+      if (req.after !== null && req.after.volumeId !== req.volumeId) return protocolError('LIST: the after ref is in another volume');
+      return volume(req.volumeId);
+    case Opcode.DROP:
+      return isWireVersion(req.version) ? token(req.token) : protocolError(`DROP: ${req.version} is not a version`);
+    case Opcode.FENCE:
+      return volume(req.volumeId) ?? token(req.token);
+    case Opcode.DELETE_VOLUME:
+      return volume(req.volumeId);
+    case Opcode.VERIFY:
+    case Opcode.FLUSH:
+    case Opcode.USAGE:
+    case Opcode.HELLO:
+      return null;
+  }
+}
+
+// ---------------------------------------------------------------- replies
+
+/**
+ * The payload of a successful reply to `req`, in parts written back to back
+ * (a READ's bytes follow its metadata without being copied). Asserts the
+ * value is one the protocol can carry: a replica bug otherwise.
+ */
+export function encodeReply<R extends PeerRequest>(req: R, value: ReplyOf<R>): Buffer[] {
+  const v = value as ReplyValues[keyof ReplyValues];
+  if (req.opcode === Opcode.READ) {
+    const r = v as ReadReply;
+    assert(Buffer.isBuffer(r.data) && r.data.length === req.length, 'a read answers the length asked');
+    const head = Buffer.allocUnsafe(BLOCK_META_BYTES);
+    encodeBlockMeta(r.meta, head, 0);
+    return [head, r.data];
+  }
+  return [encodeSmallReply(req, v)];
+}
+
+function encodeSmallReply(req: PeerRequest, v: ReplyValues[keyof ReplyValues]): Buffer {
+  switch (req.opcode) {
+    case Opcode.READ:
+      throw new TorusError('TORUS_ERR_ASSERTION', 'assertion failed: READ replies are encoded by encodeReply');
+    case Opcode.WRITE:
+    case Opcode.ZERO:
+    case Opcode.FENCE:
+    case Opcode.FLUSH:
+    case Opcode.DELETE_VOLUME:
+      return EMPTY;
+    case Opcode.INSTALL: {
+      const code = INSTALL_OUTCOME_CODES[v as InstallOutcome];
+      assert(code !== undefined, 'install outcome is installed, same or newer');
+      return Buffer.from([code]);
+    }
+    case Opcode.CONFIRM:
+    case Opcode.DROP:
+      assert(typeof v === 'boolean', 'the answer is a boolean');
+      return Buffer.from([v ? 1 : 0]);
+    case Opcode.META: {
+      const metas = v as BlockMeta[];
+      assert(metas.length === req.refs.length, 'meta answers one entry per ref');
+      const buf = Buffer.allocUnsafe(metas.length * BLOCK_META_BYTES);
+      metas.forEach((m, i) => encodeBlockMeta(m, buf, i * BLOCK_META_BYTES));
+      return buf;
+    }
+    case Opcode.VERIFY: {
+      const buf = Buffer.allocUnsafe(BLOCK_META_BYTES);
+      encodeBlockMeta(v as BlockMeta, buf, 0);
+      return buf;
+    }
+    case Opcode.LIST: {
+      const { blocks, more } = v as ReplyValues[typeof Opcode.LIST];
+      assert(blocks.length <= req.limit, 'list answers at most limit blocks');
+      const buf = Buffer.allocUnsafe(LIST_REPLY_HEAD_BYTES + blocks.length * LIST_ENTRY_BYTES);
+      buf[0] = more ? 1 : 0;
+      buf.writeUInt32BE(blocks.length, 1);
+      blocks.forEach((b, i) => {
+        const at = LIST_REPLY_HEAD_BYTES + i * LIST_ENTRY_BYTES;
+        encodeBlockRef(b.ref, buf, at);
+        encodeBlockMeta(b, buf, at + BLOCK_REF_WIRE_BYTES);
+      });
+      return buf;
+    }
+    case Opcode.USAGE: {
+      const u = v as StoreUsageInfo;
+      const buf = Buffer.allocUnsafe(USAGE_PAYLOAD_BYTES);
+      writeU64(buf, 0, u.capacity);
+      writeU64(buf, 8, u.used);
+      writeU64(buf, 16, u.blocks);
+      return buf;
+    }
+    case Opcode.HELLO: {
+      const p = v as PeerInfo;
+      const ring = Buffer.allocUnsafe(8);
+      writeU64(ring, 0, p.ringVersion);
+      return Buffer.concat([
+        ring,
+        encodeShortString(p.uuid, PEER_UUID_BYTES_MAX, 'peer uuid'),
+        encodeShortString(p.incarnation, INCARNATION_BYTES_MAX, 'incarnation'),
+      ]);
+    }
+  }
+}
+
+/**
+ * The value of a successful reply to `req`, checked against the request:
+ * a reply that does not fit its request throws TORUS_ERR_PEER_PROTOCOL (the
+ * peer cannot be trusted; the caller drops the connection). A READ's bytes
+ * are a view into `payload` (no copy).
+ */
+export function decodeReply<R extends PeerRequest>(req: R, payload: Buffer): ReplyOf<R> {
+  return decodeReplyValue(req, payload) as ReplyOf<R>;
+}
+
+function decodeReplyValue(req: PeerRequest, p: Buffer): ReplyValues[keyof ReplyValues] {
+  const name = OPCODE_NAMES[req.opcode]!;
+  const bad = (why: string): TorusError => protocolError(`${name} reply: ${why}`);
+  const size = (bytes: number): void => {
+    if (p.length !== bytes) throw bad(`${p.length} bytes, expected ${bytes}`);
+  };
+  const meta = (at: number): BlockMeta => {
+    const m = decodeBlockMeta(p, at);
+    if (m === null) throw bad('block metadata is not valid');
+    return m;
+  };
+  const bool = (): boolean => {
+    size(BYTE_REPLY_BYTES);
+    if (p[0]! > 1) throw bad(`${p[0]} is not a boolean`);
+    return p[0] === 1;
+  };
+  switch (req.opcode) {
+    case Opcode.READ:
+      size(BLOCK_META_BYTES + req.length);
+      return { meta: meta(0), data: p.subarray(BLOCK_META_BYTES) };
+    case Opcode.WRITE:
+    case Opcode.ZERO:
+    case Opcode.FENCE:
+    case Opcode.FLUSH:
+    case Opcode.DELETE_VOLUME:
+      size(0);
+      return undefined;
+    case Opcode.INSTALL: {
+      size(BYTE_REPLY_BYTES);
+      const outcome = OUTCOME_BY_CODE[p[0]!];
+      if (outcome === undefined) throw bad(`unknown outcome ${p[0]}`);
+      return outcome;
+    }
+    case Opcode.CONFIRM:
+    case Opcode.DROP:
+      return bool();
+    case Opcode.META: {
+      size(req.refs.length * BLOCK_META_BYTES);
+      const out: BlockMeta[] = [];
+      for (let i = 0; i < req.refs.length; i++) out.push(meta(i * BLOCK_META_BYTES));
+      return out;
+    }
+    case Opcode.VERIFY:
+      size(BLOCK_META_BYTES);
+      return meta(0);
+    case Opcode.LIST: {
+      if (p.length < LIST_REPLY_HEAD_BYTES) throw bad('too short');
+      if (p[0]! > 1) throw bad('more is not a boolean');
+      const count = p.readUInt32BE(1);
+      if (count > req.limit) throw bad(`${count} blocks, asked at most ${req.limit}`);
+      size(LIST_REPLY_HEAD_BYTES + count * LIST_ENTRY_BYTES);
+      const blocks: ListedBlock[] = [];
+      let last = req.after;
+      for (let i = 0; i < count; i++) {
+        const at = LIST_REPLY_HEAD_BYTES + i * LIST_ENTRY_BYTES;
+        const ref = readRef(p, at);
+        if (ref === null || ref.volumeId !== req.volumeId) throw bad('a listed ref is not a block of the volume');
+        // In order and after `after`: a caller pages with the last ref, so a disorder would skip blocks.
+        if (last !== null && compareRefs(ref, last) <= 0) throw bad('listed refs are not in order after the one asked');
+        blocks.push({ ref, ...meta(at + BLOCK_REF_WIRE_BYTES) });
+        last = ref;
+      }
+      return { blocks, more: p[0] === 1 };
+    }
+    case Opcode.USAGE: {
+      size(USAGE_PAYLOAD_BYTES);
+      const capacity = readU64(p, 0);
+      const used = readU64(p, 8);
+      const blocks = readU64(p, 16);
+      if (capacity === null || used === null || blocks === null) throw bad('a count is not a safe integer');
+      return { capacity, used, blocks };
+    }
+    case Opcode.HELLO: {
+      if (p.length < 10) throw bad('too short');
+      const ringVersion = readU64(p, 0);
+      if (ringVersion === null) throw bad('ring version is not a safe integer');
+      let at = 8;
+      const uuidLength = p[at++]!;
+      if (at + uuidLength + 1 > p.length) throw bad('uuid overruns the reply');
+      const uuid = p.toString('utf8', at, at + uuidLength);
+      at += uuidLength;
+      const incLength = p[at++]!;
+      if (at + incLength !== p.length) throw bad('length does not match its fields');
+      return { uuid, incarnation: p.toString('utf8', at, at + incLength), ringVersion };
+    }
+  }
+}
+
+// ---------------------------------------------------------------- response headers
+
+/** The header of a response whose payload is `payload` (its parts back to back; empty for none). */
+export function encodeResponseHeader(opcode: number, requestId: number, status: number, payload: Buffer | readonly Buffer[]): Buffer {
+  const parts = Buffer.isBuffer(payload) ? [payload] : payload;
+  let length = 0;
+  let crc = 0;
+  for (const part of parts) {
+    if (part.length === 0) continue;
+    crc = crc32c(part, crc);
+    length += part.length;
+  }
+  assert(length <= PAYLOAD_BYTES_MAX, 'payload within PAYLOAD_BYTES_MAX');
+  const h = Buffer.allocUnsafe(RESPONSE_HEADER_BYTES);
+  h.writeUInt32BE(RESPONSE_MAGIC, RES.MAGIC);
+  h[RES.OPCODE] = opcode & 0xff;
+  h[RES.STATUS] = status;
+  h.writeUInt16BE(0, RES.RESERVED);
+  h.writeUInt32BE(requestId >>> 0, RES.REQUEST_ID);
+  h.writeUInt32BE(length, RES.PAYLOAD_LENGTH);
+  h.writeUInt32BE(crc, RES.PAYLOAD_CRC);
+  h.writeUInt32BE(crc32c(h.subarray(0, RES.HEADER_CRC)), RES.HEADER_CRC);
+  return h;
+}
+
+export interface ResponseFrame {
+  readonly opcode: number;
+  readonly status: number;
+  readonly requestId: number;
+  readonly payload: Buffer;
+}
+
+// ---------------------------------------------------------------- errors
+
+/** Details that cross the wire: top-level plain values only, within ERROR_DETAILS_BYTES_MAX as JSON. */
+function wireDetails(details: Record<string, unknown> | undefined): Buffer {
+  if (details === undefined) return EMPTY;
+  const plain: [string, unknown][] = Object.entries(details).filter(
+    ([, v]) => v === null || typeof v === 'string' || typeof v === 'boolean' || (typeof v === 'number' && Number.isFinite(v)),
+  );
+  // Drop keys from the end until it fits: the first keys are the ones errors are built around.
+  while (plain.length > 0) {
+    const json = Buffer.from(JSON.stringify(Object.fromEntries(plain)), 'utf8');
+    if (json.length <= ERROR_DETAILS_BYTES_MAX) return json;
+    plain.pop();
+  }
+  return EMPTY;
+}
+
+/**
+ * An error as the payload of a STATUS_ERROR reply: code, details, message
+ * (cut to fit ERROR_PAYLOAD_BYTES_MAX).
+ */
+export function encodeErrorPayload(code: string, message: string, details?: Record<string, unknown>): Buffer {
+  assert(code.length > 0 && code.length <= ERROR_CODE_BYTES_MAX && /^[A-Z0-9_]+$/.test(code), 'error code is short upper-case ASCII');
+  const det = wireDetails(details);
+  const msg = Buffer.from(message, 'utf8');
+  const head = 2 + code.length + 2 + det.length;
+  const msgBytes = Math.min(msg.length, ERROR_PAYLOAD_BYTES_MAX - head);
+  const buf = Buffer.allocUnsafe(head + msgBytes);
+  buf.writeUInt16BE(code.length, 0);
+  buf.write(code, 2, 'ascii');
+  buf.writeUInt16BE(det.length, 2 + code.length);
+  det.copy(buf, 4 + code.length);
+  msg.copy(buf, head, 0, msgBytes);
+  return buf;
+}
+
+/** The one place internal errors become wire errors: anything not a TorusError is an I/O error. */
+export function errorToPayload(err: unknown): Buffer {
+  if (err instanceof TorusError) return encodeErrorPayload(err.code, err.message, err.details);
+  const message = err instanceof Error ? err.message : String(err);
+  return encodeErrorPayload('TORUS_ERR_STORE_IO', message);
+}
+
+function knownCode(code: string, message: string, context: Record<string, unknown>): TorusError | null {
+  if (Object.hasOwn(ERROR_CODES, code)) return null;
+  return protocolError(`peer reported an unknown error code ${code}: ${message}`, { ...context, remoteCode: code });
+}
+
+/**
+ * The error a peer reported, as a TorusError with the same code and its
+ * details, so callers handle a remote TORUS_ERR_STORE_NO_SPACE (or a
+ * TORUS_ERR_RING_OUTDATED with its ringVersion) exactly like a local one.
+ */
+export function decodeErrorPayload(buf: Buffer, context: Record<string, unknown> = {}): TorusError {
+  const malformed = (): TorusError => protocolError('malformed error payload from peer', context);
+  if (buf.length < 4 || buf.length > ERROR_PAYLOAD_BYTES_MAX) return malformed();
+  const codeLength = buf.readUInt16BE(0);
+  if (codeLength === 0 || codeLength > ERROR_CODE_BYTES_MAX || 4 + codeLength > buf.length) return malformed();
+  const code = buf.toString('latin1', 2, 2 + codeLength);
+  const detailsLength = buf.readUInt16BE(2 + codeLength);
+  const detailsAt = 4 + codeLength;
+  if (detailsLength > ERROR_DETAILS_BYTES_MAX || detailsAt + detailsLength > buf.length) return malformed();
+  let remote: Record<string, unknown> = {};
+  if (detailsLength > 0) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(buf.toString('utf8', detailsAt, detailsAt + detailsLength));
+    } catch {
+      return malformed();
+    }
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return malformed();
+    remote = parsed as Record<string, unknown>;
+  }
+  const message = buf.toString('utf8', detailsAt + detailsLength);
+  return knownCode(code, message, context) ?? new TorusError(code as ErrorCode, message, { details: { ...remote, ...context, remote: true } });
+}
+
+/**
+ * A handshake REJECT payload: `u16 code length, code, message`, the layout
+ * of protocol 1, so that a peer of either version can read why it was refused.
+ */
+export function encodeRejectPayload(code: string, message: string): Buffer {
+  assert(code.length > 0 && code.length <= ERROR_CODE_BYTES_MAX && /^[A-Z0-9_]+$/.test(code), 'error code is short upper-case ASCII');
+  const msg = Buffer.from(message, 'utf8');
+  const msgBytes = Math.min(msg.length, ERROR_PAYLOAD_BYTES_MAX - 2 - code.length);
+  const buf = Buffer.allocUnsafe(2 + code.length + msgBytes);
+  buf.writeUInt16BE(code.length, 0);
+  buf.write(code, 2, 'ascii');
+  msg.copy(buf, 2 + code.length, 0, msgBytes);
+  return buf;
+}
+
+export function decodeRejectPayload(buf: Buffer, context: Record<string, unknown> = {}): TorusError {
+  if (buf.length < 2 || buf.length > ERROR_PAYLOAD_BYTES_MAX) return protocolError('malformed handshake refusal from peer', context);
+  const codeLength = buf.readUInt16BE(0);
+  if (codeLength === 0 || codeLength > ERROR_CODE_BYTES_MAX || 2 + codeLength > buf.length) {
+    return protocolError('malformed handshake refusal from peer', context);
+  }
+  const code = buf.toString('latin1', 2, 2 + codeLength);
+  const message = buf.toString('utf8', 2 + codeLength);
+  return knownCode(code, message, context) ?? new TorusError(code as ErrorCode, message, { details: { ...context, remote: true } });
+}
+
+// ---------------------------------------------------------------- frame decoding
 
 /**
  * Cuts frames out of the byte stream of one connection. Framing errors
@@ -251,6 +949,8 @@ abstract class FrameDecoder<F> {
   constructor(
     private readonly headerBytes: number,
     private readonly magic: number,
+    /** Offset of the u32 payload length; the payload CRC and the header CRC follow it. */
+    private readonly payloadLengthAt: number,
     protected readonly payloadBytesMax: number,
   ) {
     assert(payloadBytesMax >= 0 && payloadBytesMax <= PAYLOAD_BYTES_MAX, 'payloadBytesMax within PAYLOAD_BYTES_MAX');
@@ -282,17 +982,17 @@ abstract class FrameDecoder<F> {
       const header = this.queue.peek(this.headerBytes);
       const crcAt = this.headerBytes - 4;
       if (header.readUInt32BE(0) !== this.magic) {
-        throw protocolError('frame does not start with the peer protocol magic', { magic: header.readUInt32BE(0) });
+        throw protocolError('frame does not start with the peer protocol 2 magic', { magic: header.readUInt32BE(0) });
       }
       if (crc32c(header.subarray(0, crcAt)) !== header.readUInt32BE(crcAt)) {
         throw new TorusError('TORUS_ERR_PEER_CHECKSUM', 'frame header failed its checksum');
       }
-      const payloadLength = header.readUInt32BE(crcAt - 8);
+      const payloadLength = header.readUInt32BE(this.payloadLengthAt);
       if (payloadLength > this.payloadBytesMax) {
         throw protocolError(`frame payload of ${payloadLength} bytes exceeds the limit of ${this.payloadBytesMax}`, { payloadLength });
       }
       // Copy the header out: a view would pin the chunk it lies in.
-      this.pending = { header: Buffer.from(header), payloadLength, payloadCrc: header.readUInt32BE(crcAt - 4) };
+      this.pending = { header: Buffer.from(header), payloadLength, payloadCrc: header.readUInt32BE(this.payloadLengthAt + 4) };
       this.queue.skip(this.headerBytes);
     }
     const { header, payloadLength, payloadCrc } = this.pending;
@@ -319,20 +1019,24 @@ abstract class FrameDecoder<F> {
 
 export class RequestDecoder extends FrameDecoder<RequestFrame> {
   constructor(payloadBytesMax = PAYLOAD_BYTES_MAX) {
-    super(REQUEST_HEADER_BYTES, REQUEST_MAGIC, payloadBytesMax);
+    super(REQUEST_HEADER_BYTES, REQUEST_MAGIC, REQ.PAYLOAD_LENGTH, payloadBytesMax);
   }
 
   protected parse(h: Buffer, payload: Buffer): RequestFrame {
     return {
-      opcode: h[4]!,
-      flags: h[5]!,
-      requestId: h.readUInt32BE(8),
-      ref: readRef(h, 12),
-      refZero: isZero(h, 12, 12 + BLOCK_REF_BYTES),
-      offset: h.readUInt32BE(28),
-      length: h.readUInt32BE(32),
-      fenceHigh: h.readUInt32BE(36),
-      fenceLow: h.readUInt32BE(40),
+      opcode: h[REQ.OPCODE]!,
+      flags: h[REQ.FLAGS]!,
+      copyState: h[REQ.COPY_STATE]!,
+      reserved: h[REQ.RESERVED]!,
+      requestId: h.readUInt32BE(REQ.REQUEST_ID),
+      ringVersion: readU64(h, REQ.RING_VERSION),
+      ref: readRef(h, REQ.REF),
+      refZero: isZero(h, REQ.REF, REQ.REF + BLOCK_REF_WIRE_BYTES),
+      offset: h.readUInt32BE(REQ.OFFSET),
+      length: h.readUInt32BE(REQ.LENGTH),
+      token: readU64(h, REQ.TOKEN),
+      version: readVersion(h, REQ.VERSION),
+      prev: readVersion(h, REQ.PREV),
       payload,
     };
   }
@@ -340,110 +1044,13 @@ export class RequestDecoder extends FrameDecoder<RequestFrame> {
 
 export class ResponseDecoder extends FrameDecoder<ResponseFrame> {
   constructor(payloadBytesMax = PAYLOAD_BYTES_MAX) {
-    super(RESPONSE_HEADER_BYTES, RESPONSE_MAGIC, payloadBytesMax);
+    super(RESPONSE_HEADER_BYTES, RESPONSE_MAGIC, RES.PAYLOAD_LENGTH, payloadBytesMax);
   }
 
   protected parse(h: Buffer, payload: Buffer): ResponseFrame {
-    const status = h[5]!;
+    const status = h[RES.STATUS]!;
     if (status !== STATUS_OK && status !== STATUS_ERROR) throw protocolError(`unknown response status ${status}`, { status });
-    if (h.readUInt16BE(6) !== 0) throw protocolError('reserved response header bits are set');
-    return { opcode: h[4]!, status, requestId: h.readUInt32BE(8), payload };
-  }
-}
-
-// ---------------------------------------------------------------- validation
-
-/** A request whose fields make sense together, ready to hand to a BlockStore. */
-export type ValidRequest =
-  | { readonly opcode: typeof Opcode.READ; readonly ref: BlockRef; readonly offset: number; readonly length: number }
-  | {
-      readonly opcode: typeof Opcode.WRITE;
-      readonly ref: BlockRef;
-      readonly offset: number;
-      readonly data: Buffer;
-      readonly fua: boolean;
-      readonly fence: number | undefined;
-    }
-  | {
-      readonly opcode: typeof Opcode.ZERO;
-      readonly ref: BlockRef;
-      readonly offset: number;
-      readonly length: number;
-      readonly fua: boolean;
-      readonly punch: boolean;
-      readonly fence: number | undefined;
-    }
-  | { readonly opcode: typeof Opcode.FLUSH }
-  | { readonly opcode: typeof Opcode.ALLOCATED; readonly refs: BlockRef[] }
-  | { readonly opcode: typeof Opcode.DELETE_VOLUME; readonly volumeId: number }
-  | { readonly opcode: typeof Opcode.USAGE }
-  | { readonly opcode: typeof Opcode.PING };
-
-/**
- * Judges a well-framed request against the protocol and the block size. An
- * invalid request gets an error reply; the connection lives on (its framing
- * is intact). Returns the request or the TorusError to reply with.
- */
-export function validateRequest(f: RequestFrame, blockSize: number): ValidRequest | TorusError {
-  const name = OPCODE_NAMES[f.opcode];
-  const allowedFlags = OPCODE_FLAGS[f.opcode];
-  if (name === undefined || allowedFlags === undefined) return protocolError(`unknown opcode ${f.opcode}`, { opcode: f.opcode });
-  if ((f.flags & ~allowedFlags) !== 0) return protocolError(`${name}: flags 0x${f.flags.toString(16)} not allowed`, { flags: f.flags });
-  if (OPCODES_WITH_REF.has(f.opcode)) {
-    if (f.ref === null) return protocolError(`${name}: the block ref is not valid`);
-  } else if (!f.refZero) {
-    return protocolError(`${name}: the block ref field must be zero`);
-  }
-  if (f.fenceHigh > FENCE_HIGH_MAX) return protocolError(`${name}: fence token is not a safe integer`);
-  const fence = (f.flags & FLAG_FENCE) !== 0 ? f.fenceHigh * TWO_32 + f.fenceLow : undefined;
-  if (fence === undefined && (f.fenceHigh !== 0 || f.fenceLow !== 0)) return protocolError(`${name}: fence token without FLAG_FENCE`);
-  const fua = (f.flags & FLAG_FUA) !== 0;
-  const punch = (f.flags & FLAG_PUNCH) !== 0;
-  const payloadMust = (bytes: number): TorusError | null =>
-    f.payload.length === bytes ? null : protocolError(`${name}: payload of ${f.payload.length} bytes, expected ${bytes}`);
-  const range = (): TorusError | null =>
-    f.offset + f.length <= blockSize
-      ? null
-      : new TorusError('TORUS_ERR_IO_OUT_OF_RANGE', `${name}: offset ${f.offset} + length ${f.length} exceeds the block size ${blockSize}`);
-  const noRange = (): TorusError | null =>
-    f.offset === 0 && f.length === 0 ? null : protocolError(`${name}: offset and length must be zero`);
-
-  switch (f.opcode) {
-    case Opcode.READ:
-      return payloadMust(0) ?? range() ?? { opcode: Opcode.READ, ref: f.ref!, offset: f.offset, length: f.length };
-    case Opcode.WRITE:
-      return (
-        payloadMust(f.length) ??
-        range() ?? { opcode: Opcode.WRITE, ref: f.ref!, offset: f.offset, data: f.payload, fua, fence }
-      );
-    case Opcode.ZERO:
-      return (
-        payloadMust(0) ??
-        range() ?? { opcode: Opcode.ZERO, ref: f.ref!, offset: f.offset, length: f.length, fua, punch, fence }
-      );
-    case Opcode.FLUSH:
-      return payloadMust(0) ?? noRange() ?? { opcode: Opcode.FLUSH };
-    case Opcode.ALLOCATED: {
-      if (f.offset !== 0) return protocolError('ALLOCATED: offset must be zero');
-      if (f.length > ALLOCATED_REFS_MAX) return protocolError(`ALLOCATED: ${f.length} refs exceed the limit of ${ALLOCATED_REFS_MAX}`);
-      const bad = payloadMust(f.length * BLOCK_REF_BYTES);
-      if (bad !== null) return bad;
-      const refs = decodeRefList(f.payload);
-      if (refs === null) return protocolError('ALLOCATED: a block ref is not valid');
-      return { opcode: Opcode.ALLOCATED, refs };
-    }
-    case Opcode.DELETE_VOLUME: {
-      const bad = payloadMust(DELETE_VOLUME_PAYLOAD_BYTES) ?? noRange();
-      if (bad !== null) return bad;
-      const volumeId = f.payload.readUInt32BE(0);
-      if (volumeId === 0) return protocolError('DELETE_VOLUME: volume id 0');
-      return { opcode: Opcode.DELETE_VOLUME, volumeId };
-    }
-    case Opcode.USAGE:
-      return payloadMust(0) ?? noRange() ?? { opcode: Opcode.USAGE };
-    case Opcode.PING:
-      return payloadMust(0) ?? noRange() ?? { opcode: Opcode.PING };
-    default:
-      return protocolError(`unknown opcode ${f.opcode}`);
+    if (h.readUInt16BE(RES.RESERVED) !== 0) throw protocolError('reserved response header bits are set');
+    return { opcode: h[RES.OPCODE]!, status, requestId: h.readUInt32BE(RES.REQUEST_ID), payload };
   }
 }

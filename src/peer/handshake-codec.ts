@@ -5,6 +5,7 @@ import type { ByteQueue } from '../util/byte-queue.js';
 import {
   CLUSTER_ID_BYTES_MAX,
   HANDSHAKE_BODY_BYTES_MAX,
+  INCARNATION_BYTES_MAX,
   HANDSHAKE_CRC_BYTES,
   HANDSHAKE_MAGIC,
   HANDSHAKE_PREFIX_BYTES,
@@ -23,6 +24,8 @@ export interface Hello {
   readonly nonce: Buffer;
   readonly clusterId: string;
   readonly peerUuid: string;
+  /** New at every start of the peer (protocol 2). */
+  readonly incarnation: string;
 }
 
 export interface HandshakeMessage {
@@ -36,14 +39,19 @@ function protocolError(message: string): TorusError {
   return new TorusError('TORUS_ERR_PEER_PROTOCOL', message);
 }
 
-/** HELLO body: u16 versionMin, u16 versionMax, u16 flags, u16 0, u32 blockSize, nonce, u8+cluster id, u8+peer uuid. */
+/**
+ * HELLO body: u16 versionMin, u16 versionMax, u16 flags, u16 0, u32
+ * blockSize, nonce, u8+cluster id, u8+peer uuid, u8+incarnation.
+ */
 export function encodeHelloBody(h: Hello): Buffer {
   const cluster = Buffer.from(h.clusterId, 'utf8');
   const uuid = Buffer.from(h.peerUuid, 'utf8');
+  const incarnation = Buffer.from(h.incarnation, 'utf8');
   assert(cluster.length <= CLUSTER_ID_BYTES_MAX, 'cluster id fits in HELLO');
   assert(uuid.length <= PEER_UUID_BYTES_MAX, 'peer uuid fits in HELLO');
+  assert(incarnation.length <= INCARNATION_BYTES_MAX, 'incarnation fits in HELLO');
   assert(h.nonce.length === NONCE_BYTES, 'nonce has NONCE_BYTES');
-  const body = Buffer.alloc(HELLO_FIXED_BYTES + 2 + cluster.length + uuid.length);
+  const body = Buffer.alloc(HELLO_FIXED_BYTES + 3 + cluster.length + uuid.length + incarnation.length);
   body.writeUInt16BE(h.versionMin, 0);
   body.writeUInt16BE(h.versionMax, 2);
   body.writeUInt16BE(h.flags, 4);
@@ -53,8 +61,20 @@ export function encodeHelloBody(h: Hello): Buffer {
   body[at++] = cluster.length;
   at += cluster.copy(body, at);
   body[at++] = uuid.length;
-  uuid.copy(body, at);
+  at += uuid.copy(body, at);
+  body[at++] = incarnation.length;
+  incarnation.copy(body, at);
   return body;
+}
+
+/**
+ * The version range of a HELLO, read before anything else in it: the only
+ * fields every protocol version keeps in place, so that a peer of another
+ * version is refused naming both ranges rather than for a field it lacks.
+ */
+export function decodeHelloVersions(body: Buffer): { versionMin: number; versionMax: number } {
+  if (body.length < 4) throw protocolError('HELLO is too short');
+  return { versionMin: body.readUInt16BE(0), versionMax: body.readUInt16BE(2) };
 }
 
 /**
@@ -63,7 +83,7 @@ export function encodeHelloBody(h: Hello): Buffer {
  */
 export function decodeHelloBody(body: Buffer, withProof: boolean): { hello: Hello; proof: Buffer | null; signed: Buffer } {
   const proofBytes = withProof ? PROOF_BYTES : 0;
-  if (body.length < HELLO_FIXED_BYTES + 2 + proofBytes) throw protocolError('HELLO is too short');
+  if (body.length < HELLO_FIXED_BYTES + 3 + proofBytes) throw protocolError('HELLO is too short');
   if (body.readUInt16BE(6) !== 0) throw protocolError('HELLO reserved field is not zero');
   let at = HELLO_FIXED_BYTES;
   const clusterLength = body[at++]!;
@@ -71,9 +91,13 @@ export function decodeHelloBody(body: Buffer, withProof: boolean): { hello: Hell
   const clusterId = body.toString('utf8', at, at + clusterLength);
   at += clusterLength;
   const uuidLength = body[at++]!;
-  if (at + uuidLength + proofBytes !== body.length) throw protocolError('HELLO length does not match its fields');
+  if (at + uuidLength + 1 + proofBytes > body.length) throw protocolError('HELLO peer uuid overruns the message');
   const peerUuid = body.toString('utf8', at, at + uuidLength);
   at += uuidLength;
+  const incarnationLength = body[at++]!;
+  if (at + incarnationLength + proofBytes !== body.length) throw protocolError('HELLO length does not match its fields');
+  const incarnation = body.toString('utf8', at, at + incarnationLength);
+  at += incarnationLength;
   const hello: Hello = {
     versionMin: body.readUInt16BE(0),
     versionMax: body.readUInt16BE(2),
@@ -82,6 +106,7 @@ export function decodeHelloBody(body: Buffer, withProof: boolean): { hello: Hell
     nonce: Buffer.from(body.subarray(12, 12 + NONCE_BYTES)),
     clusterId,
     peerUuid,
+    incarnation,
   };
   return { hello, proof: withProof ? Buffer.from(body.subarray(at)) : null, signed: Buffer.from(body.subarray(0, at)) };
 }

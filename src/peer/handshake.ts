@@ -1,8 +1,8 @@
 import { TorusError } from '../errors/torus-error.js';
 import { assert } from '../util/assert.js';
 import { handshakeProof, proofMatches } from './auth.js';
-import { decodeErrorPayload, encodeErrorPayload } from './codec.js';
-import { decodeHelloBody, encodeHandshakeMessage, encodeHelloBody, type Hello, type HandshakeMessage } from './handshake-codec.js';
+import { decodeRejectPayload, encodeRejectPayload } from './codec.js';
+import { decodeHelloBody, decodeHelloVersions, encodeHandshakeMessage, encodeHelloBody, type Hello, type HandshakeMessage } from './handshake-codec.js';
 import {
   HELLO_FLAG_AUTH,
   HELLO_FLAGS_KNOWN,
@@ -18,7 +18,13 @@ import {
 export interface HandshakeConfig {
   readonly clusterId: string;
   readonly peerUuid: string;
-  /** The shared cluster secret; empty means no authentication is configured. */
+  /** This side's incarnation: new at every start of the process. */
+  readonly incarnation: string;
+  /**
+   * The shared cluster secret. Empty only where authentication was turned
+   * off explicitly (resolveSecret in auth.ts): then the HELLO says so and a
+   * peer with a secret refuses the connection.
+   */
   readonly secret: Buffer;
   readonly blockSize: number;
 }
@@ -26,6 +32,7 @@ export interface HandshakeConfig {
 export interface HandshakeResult {
   readonly version: number;
   readonly remotePeerUuid: string;
+  readonly remoteIncarnation: string;
 }
 
 /**
@@ -38,7 +45,7 @@ export type HandshakeStep =
   | { readonly kind: 'fail'; readonly out: Buffer[]; readonly error: TorusError };
 
 function reject(error: TorusError): HandshakeStep {
-  return { kind: 'fail', out: [encodeHandshakeMessage(HandshakeKind.REJECT, encodeErrorPayload(error.code, error.message))], error };
+  return { kind: 'fail', out: [encodeHandshakeMessage(HandshakeKind.REJECT, encodeRejectPayload(error.code, error.message))], error };
 }
 
 function failSilently(error: TorusError): HandshakeStep {
@@ -58,6 +65,7 @@ function myHello(cfg: HandshakeConfig, nonce: Buffer, versionMin: number, versio
     nonce,
     clusterId: cfg.clusterId,
     peerUuid: cfg.peerUuid,
+    incarnation: cfg.incarnation,
   };
 }
 
@@ -79,6 +87,7 @@ function mismatch(cfg: HandshakeConfig, remote: Hello, me: 'client' | 'server'):
   if (remote.blockSize !== cfg.blockSize) {
     return protocolError(`${them} peer ${remote.peerUuid} uses block size ${remote.blockSize}, this ${me} ${cfg.blockSize}`);
   }
+  if (remote.incarnation.length === 0) return protocolError(`${them} peer ${remote.peerUuid} sent no incarnation`);
   return null;
 }
 
@@ -97,6 +106,7 @@ export class ClientHandshake {
     private readonly nonce: Buffer,
   ) {
     assert(nonce.length === NONCE_BYTES, 'nonce has NONCE_BYTES');
+    assert(cfg.incarnation.length > 0, 'an incarnation is set');
   }
 
   hello(): Buffer {
@@ -114,7 +124,16 @@ export class ClientHandshake {
   }
 
   private step(msg: HandshakeMessage): HandshakeStep {
-    if (msg.kind === HandshakeKind.REJECT) return failSilently(decodeErrorPayload(msg.body, { during: 'handshake' }));
+    if (msg.kind === HandshakeKind.REJECT) {
+      const err = decodeRejectPayload(msg.body, { during: 'handshake' });
+      if (this.state === 'hello-sent' && err.code === 'TORUS_ERR_PEER_PROTOCOL') {
+        // A server of protocol 1 refuses our HELLO for its layout without
+        // naming versions: say which this client speaks.
+        const versions = `this client speaks protocol ${PROTOCOL_VERSION_MIN}..${PROTOCOL_VERSION_MAX}`;
+        return failSilently(new TorusError(err.code, `the server refused the HELLO: ${err.message} (${versions})`, { details: err.details }));
+      }
+      return failSilently(err);
+    }
     if (this.state === 'hello-sent') {
       if (msg.kind !== HandshakeKind.HELLO) return reject(protocolError(`expected the server HELLO, got message kind ${msg.kind}`));
       let decoded: ReturnType<typeof decodeHelloBody>;
@@ -131,7 +150,7 @@ export class ClientHandshake {
       if (bad !== null) return reject(bad);
       const expected = handshakeProof(this.cfg.secret, PROOF_LABEL_SERVER, this.helloBody!, signed);
       if (!proofMatches(expected, proof!)) return reject(badProofError('server', hello.peerUuid));
-      this.result = { version: hello.versionMin, remotePeerUuid: hello.peerUuid };
+      this.result = { version: hello.versionMin, remotePeerUuid: hello.peerUuid, remoteIncarnation: hello.incarnation };
       this.state = 'proof-sent';
       const mine = handshakeProof(this.cfg.secret, PROOF_LABEL_CLIENT, this.helloBody!, signed);
       return { kind: 'continue', out: [encodeHandshakeMessage(HandshakeKind.PROOF, mine)] };
@@ -152,6 +171,7 @@ export class ServerHandshake {
     private readonly nonce: Buffer,
   ) {
     assert(nonce.length === NONCE_BYTES, 'nonce has NONCE_BYTES');
+    assert(cfg.incarnation.length > 0, 'an incarnation is set');
   }
 
   receive(msg: HandshakeMessage): HandshakeStep {
@@ -162,29 +182,32 @@ export class ServerHandshake {
   }
 
   private step(msg: HandshakeMessage): HandshakeStep {
-    if (msg.kind === HandshakeKind.REJECT) return failSilently(decodeErrorPayload(msg.body, { during: 'handshake' }));
+    if (msg.kind === HandshakeKind.REJECT) return failSilently(decodeRejectPayload(msg.body, { during: 'handshake' }));
     if (this.state === 'wait-hello') {
       if (msg.kind !== HandshakeKind.HELLO) return reject(protocolError(`expected the client HELLO, got message kind ${msg.kind}`));
       let hello: Hello;
+      let version: number;
       try {
+        // Versions first: a HELLO of another protocol version has other fields after them.
+        const range = decodeHelloVersions(msg.body);
+        version = Math.min(PROTOCOL_VERSION_MAX, range.versionMax);
+        if (version < Math.max(PROTOCOL_VERSION_MIN, range.versionMin)) {
+          return reject(
+            protocolError(
+              `the client speaks protocol versions ${range.versionMin}..${range.versionMax}, this server ${PROTOCOL_VERSION_MIN}..${PROTOCOL_VERSION_MAX}`,
+            ),
+          );
+        }
         hello = decodeHelloBody(msg.body, false).hello;
       } catch (err) {
         return reject(err as TorusError);
-      }
-      const version = Math.min(PROTOCOL_VERSION_MAX, hello.versionMax);
-      if (version < Math.max(PROTOCOL_VERSION_MIN, hello.versionMin)) {
-        return reject(
-          protocolError(
-            `the client speaks protocol versions ${hello.versionMin}..${hello.versionMax}, this server ${PROTOCOL_VERSION_MIN}..${PROTOCOL_VERSION_MAX}`,
-          ),
-        );
       }
       const bad = mismatch(this.cfg, hello, 'server');
       if (bad !== null) return reject(bad);
       const signed = encodeHelloBody(myHello(this.cfg, this.nonce, version, version));
       const proof = handshakeProof(this.cfg.secret, PROOF_LABEL_SERVER, msg.body, signed);
       this.expectedProof = handshakeProof(this.cfg.secret, PROOF_LABEL_CLIENT, msg.body, signed);
-      this.result = { version, remotePeerUuid: hello.peerUuid };
+      this.result = { version, remotePeerUuid: hello.peerUuid, remoteIncarnation: hello.incarnation };
       this.state = 'wait-proof';
       return { kind: 'continue', out: [encodeHandshakeMessage(HandshakeKind.HELLO, Buffer.concat([signed, proof]))] };
     }

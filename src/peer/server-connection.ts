@@ -1,35 +1,52 @@
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
-import type { BlockStore } from '../store/block-store.js';
+import type { ReplicaApi } from '../model/replica-api.js';
 import type { Clock } from '../util/clock.js';
 import {
   RequestDecoder,
-  encodeBitmap,
+  encodeReply,
   encodeResponseHeader,
-  encodeUsage,
   errorToPayload,
   validateRequest,
+  type PeerRequest,
   type RequestFrame,
-  type ValidRequest,
 } from './codec.js';
 import { readHandshakeMessage } from './handshake-codec.js';
 import { ServerHandshake, type HandshakeConfig } from './handshake.js';
-import { Opcode, STATUS_ERROR, STATUS_OK, payloadBytesMaxFor } from './protocol.js';
+import { OPCODE_NAMES, Opcode, STATUS_ERROR, STATUS_OK, requestPayloadBytesMaxFor } from './protocol.js';
+import type { RefusalLog } from './refusal-log.js';
 import { CorkedWriter } from './transport.js';
 
+/**
+ * After the server ends its side (a refusal, a damaged stream, a drain), the
+ * client has this long to close its own before the socket is cut: a peer
+ * that never closes must not hold a connection slot forever.
+ */
+export const END_LINGER_MS = 5_000;
+
 export interface ServerConnectionLimits {
+  /** Requests handed to the replica at once; further requests wait in the socket. */
   readonly inflightMax: number;
+  /** Payload bytes of the requests handed to the replica plus unsent replies before reading stops. */
   readonly inflightBytesMax: number;
   readonly handshakeTimeoutMs: number;
 }
 
-const EMPTY = Buffer.alloc(0);
+/** Who is on the other end, for logs and the refusal log. */
+export interface RemoteEnd {
+  /** host:port, for log lines. */
+  readonly label: string;
+  /** The host alone: refusals are counted per address, whatever the port. */
+  readonly host: string;
+}
 
 /**
- * One client connection of a PeerServer: handshake, then requests handled
- * concurrently and answered as they finish. Reading stops while the
- * connection is at its in-flight limits or its replies are not being read.
+ * One client connection of a PeerServer: handshake, then requests handed to
+ * the replica in the order they arrive (synchronously: the replica queues
+ * changes per block on call order) and answered as they finish, in any
+ * order. Reading stops while the connection is at its in-flight limits or
+ * its replies are not being read.
  */
 export class ServerConnection {
   private state: 'handshake' | 'serving' | 'draining' | 'closed' = 'handshake';
@@ -37,6 +54,7 @@ export class ServerConnection {
   private readonly handshake: ServerHandshake;
   private readonly writer: CorkedWriter;
   private handshakeTimer: { cancel(): void } | null;
+  private lingerTimer: { cancel(): void } | null = null;
   private inflight = 0;
   private inflightBytes = 0;
   private paused = false;
@@ -45,21 +63,27 @@ export class ServerConnection {
 
   constructor(
     private readonly socket: Duplex,
-    private readonly store: BlockStore,
-    handshakeConfig: HandshakeConfig,
+    private readonly api: ReplicaApi,
+    private readonly handshakeConfig: HandshakeConfig,
     nonce: Buffer,
     private readonly limits: ServerConnectionLimits,
-    clock: Clock,
+    private readonly clock: Clock,
+    private readonly remote: RemoteEnd,
+    private readonly refusals: RefusalLog,
     private readonly log: Logger,
   ) {
-    this.decoder = new RequestDecoder(payloadBytesMaxFor(store.blockSize));
+    this.decoder = new RequestDecoder(requestPayloadBytesMaxFor(handshakeConfig.blockSize));
     this.handshake = new ServerHandshake(handshakeConfig, nonce);
     this.writer = new CorkedWriter(socket);
     this.closedPromise = new Promise((resolve) => (this.resolveClosed = resolve));
     this.handshakeTimer = clock.setTimeout(() => {
       this.handshakeTimer = null;
       if (this.state === 'handshake') {
-        this.log.warn({ timeoutMs: limits.handshakeTimeoutMs }, 'peer handshake timed out');
+        this.refusals.refused(
+          this.remote.host,
+          new TorusError('TORUS_ERR_TIMEOUT', `no handshake within ${limits.handshakeTimeoutMs} ms`),
+          { remote: this.remote.label },
+        );
         this.destroy();
       }
     }, limits.handshakeTimeoutMs);
@@ -103,6 +127,8 @@ export class ServerConnection {
     this.state = 'closed';
     this.handshakeTimer?.cancel();
     this.handshakeTimer = null;
+    this.lingerTimer?.cancel();
+    this.lingerTimer = null;
     this.decoder.queue.clear();
     this.resolveClosed();
   }
@@ -120,7 +146,7 @@ export class ServerConnection {
       try {
         msg = readHandshakeMessage(this.decoder.queue);
       } catch (err) {
-        this.log.warn({ err }, 'peer handshake failed');
+        this.refusals.refused(this.remote.host, err, { remote: this.remote.label });
         this.destroy();
         return;
       }
@@ -128,16 +154,19 @@ export class ServerConnection {
       const step = this.handshake.receive(msg);
       for (const out of step.out) this.writer.write(out);
       if (step.kind === 'fail') {
-        this.log.warn({ err: step.error }, 'peer handshake failed');
+        this.refusals.refused(this.remote.host, step.error, { remote: this.remote.label });
         this.state = 'draining';
-        this.socket.end();
+        this.endThenCut();
         return;
       }
       if (step.kind === 'done') {
         this.handshakeTimer?.cancel();
         this.handshakeTimer = null;
         this.state = 'serving';
-        this.log.debug({ peer: step.result.remotePeerUuid, version: step.result.version }, 'peer connection ready');
+        this.log.debug(
+          { peer: step.result.remotePeerUuid, incarnation: step.result.remoteIncarnation, version: step.result.version },
+          'peer connection ready',
+        );
         return;
       }
     }
@@ -183,75 +212,108 @@ export class ServerConnection {
     const requestId = err.details?.['requestId'];
     if (typeof requestId === 'number') {
       const opcode = typeof err.details?.['opcode'] === 'number' ? (err.details['opcode'] as number) : 0;
-      this.reply(opcode, requestId, STATUS_ERROR, errorToPayload(err));
+      this.reply(opcode, requestId, STATUS_ERROR, [errorToPayload(err)]);
     }
     this.drain();
   }
 
+  /** Validates, then calls the replica at once: requests reach it in arrival order. */
   private dispatch(frame: RequestFrame): void {
-    const req = validateRequest(frame, this.store.blockSize);
+    const req = validateRequest(frame, this.handshakeConfig.blockSize);
     if (req instanceof TorusError) {
-      this.log.debug({ err: req, requestId: frame.requestId }, 'invalid peer request');
-      this.reply(frame.opcode, frame.requestId, STATUS_ERROR, errorToPayload(req));
+      this.log.debug({ err: req, requestId: frame.requestId, opcode: frame.opcode }, 'invalid peer request');
+      this.reply(frame.opcode, frame.requestId, STATUS_ERROR, [errorToPayload(req)]);
       return;
     }
     const cost = frame.payload.length + (req.opcode === Opcode.READ ? req.length : 0);
     this.inflight++;
     this.inflightBytes += cost;
-    this.handle(req).then(
-      (payload) => this.finish(frame, cost, STATUS_OK, payload),
+    this.call(req).then(
+      (parts) => this.finish(frame, cost, STATUS_OK, parts),
       (err: unknown) => {
         if (err instanceof TorusError && err.code === 'TORUS_ERR_ASSERTION') {
-          // The request was validated, so the store broke an invariant: a bug worth an error log.
-          this.log.error({ err, requestId: frame.requestId }, 'block store assertion failed');
+          // The request was validated, so the replica (or its answer) broke an invariant: a bug worth an error log.
+          this.log.error({ err, requestId: frame.requestId, opcode: OPCODE_NAMES[req.opcode] }, 'replica assertion failed');
         } else {
           this.log.debug({ err, requestId: frame.requestId }, 'peer request failed');
         }
-        this.finish(frame, cost, STATUS_ERROR, errorToPayload(err));
+        this.finish(frame, cost, STATUS_ERROR, [errorToPayload(err)]);
       },
     );
   }
 
-  private finish(frame: RequestFrame, cost: number, status: number, payload: Buffer): void {
+  /**
+   * Calls the replica method synchronously (no await before it) and encodes
+   * its answer. A method that throws instead of rejecting becomes a rejection.
+   */
+  private call(req: PeerRequest): Promise<Buffer[]> {
+    let pending: Promise<unknown>;
+    try {
+      pending = this.invoke(req);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    // Encoding inside the promise chain: a value the protocol cannot carry is an error reply, not a crash of the reply path.
+    return pending.then((value) => encodeReply(req, value as never));
+  }
+
+  private invoke(req: PeerRequest): Promise<unknown> {
+    const api = this.api;
+    switch (req.opcode) {
+      case Opcode.READ:
+        return api.read(req.ctx, req.ref, req.offset, req.length);
+      case Opcode.WRITE:
+        return api.write(req.ctx, req.ref, req.offset, req.data, req.stamp, { fua: req.fua });
+      case Opcode.ZERO:
+        return api.zero(req.ctx, req.ref, req.offset, req.length, req.stamp, { punch: req.punch, fua: req.fua });
+      case Opcode.INSTALL:
+        return api.install(req.ctx, req.ref, req.copy, { token: req.token, fua: req.fua });
+      case Opcode.CONFIRM:
+        return api.confirm(req.ctx, req.ref, req.version, req.digest, { token: req.token });
+      case Opcode.META:
+        return api.meta(req.ctx, req.refs);
+      case Opcode.LIST:
+        return api.list(req.ctx, req.volumeId, req.after, req.limit);
+      case Opcode.VERIFY:
+        return api.verify(req.ctx, req.ref);
+      case Opcode.DROP:
+        return api.drop(req.ctx, req.ref, req.version, { token: req.token });
+      case Opcode.FENCE:
+        return api.fence(req.ctx, req.volumeId, req.token);
+      case Opcode.FLUSH:
+        return api.flush(req.ctx);
+      case Opcode.DELETE_VOLUME:
+        return api.deleteVolume(req.ctx, req.volumeId);
+      case Opcode.USAGE:
+        return api.usage(req.ctx);
+      case Opcode.HELLO:
+        return api.hello(req.ctx);
+    }
+  }
+
+  private finish(frame: RequestFrame, cost: number, status: number, parts: Buffer[]): void {
     this.inflight--;
     this.inflightBytes -= cost;
-    this.reply(frame.opcode, frame.requestId, status, payload);
+    this.reply(frame.opcode, frame.requestId, status, parts);
     if (this.state === 'draining') this.maybeFinishDrain();
     else this.pump();
   }
 
-  private async handle(req: ValidRequest): Promise<Buffer> {
-    const store = this.store;
-    switch (req.opcode) {
-      case Opcode.READ:
-        return store.read(req.ref, req.offset, req.length);
-      case Opcode.WRITE:
-        await store.write(req.ref, req.offset, req.data, { fua: req.fua, fence: req.fence });
-        return EMPTY;
-      case Opcode.ZERO:
-        await store.zero(req.ref, req.offset, req.length, { fua: req.fua, punch: req.punch, fence: req.fence });
-        return EMPTY;
-      case Opcode.FLUSH:
-        await store.flush();
-        return EMPTY;
-      case Opcode.ALLOCATED:
-        return encodeBitmap(await store.allocated(req.refs));
-      case Opcode.DELETE_VOLUME:
-        await store.deleteVolume(req.volumeId);
-        return EMPTY;
-      case Opcode.USAGE:
-        return encodeUsage(store.usage());
-      case Opcode.PING:
-        return EMPTY;
-    }
-  }
-
-  private reply(opcode: number, requestId: number, status: number, payload: Buffer): void {
+  private reply(opcode: number, requestId: number, status: number, parts: Buffer[]): void {
     if (this.state === 'closed') return;
-    this.writer.write(encodeResponseHeader(opcode, requestId, status, payload), payload);
+    this.writer.write(encodeResponseHeader(opcode, requestId, status, parts), ...parts);
   }
 
   private maybeFinishDrain(): void {
-    if (this.state === 'draining' && this.inflight === 0) this.socket.end();
+    if (this.state === 'draining' && this.inflight === 0) this.endThenCut();
+  }
+
+  private endThenCut(): void {
+    this.socket.end();
+    if (this.lingerTimer !== null || this.state === 'closed') return;
+    this.lingerTimer = this.clock.setTimeout(() => {
+      this.lingerTimer = null;
+      this.destroy();
+    }, END_LINGER_MS);
   }
 }

@@ -1,28 +1,37 @@
-import { randomBytes as cryptoRandomBytes } from 'node:crypto';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
-import type { BlockStore } from '../store/block-store.js';
+import type { ReplicaApi } from '../model/replica-api.js';
 import { assert } from '../util/assert.js';
 import { systemClock, type Clock } from '../util/clock.js';
+import { systemRandom, type Random } from '../util/random.js';
 import { formatPeerAddress, type PeerAddress } from './address.js';
+import { resolveSecret } from './auth.js';
 import type { HandshakeConfig } from './handshake.js';
-import { NONCE_BYTES } from './protocol.js';
+import { NONCE_BYTES, PAYLOAD_BYTES_MAX } from './protocol.js';
+import { RefusalLog } from './refusal-log.js';
 import { ServerConnection } from './server-connection.js';
 import { tuneSocket } from './transport.js';
 
 export interface PeerServerOptions {
-  /** The blocks this peer serves (its disk store, or a MemoryBlockStore in tests). */
-  readonly store: BlockStore;
+  /** What this peer serves: its replica rules over its store (src/replication/replica.ts), or a fake in tests. */
+  readonly replica: ReplicaApi;
+  /** The cluster block size: the handshake refuses a client with another, and requests are validated against it. */
+  readonly blockSize: number;
   readonly logger: Logger;
   readonly clusterId: string;
   /** This peer's uuid, sent in the handshake. */
   readonly peerUuid: string;
-  /** The shared cluster secret; '' means no authentication (then clients must have none either). */
+  /** New at every start of this peer, sent in the handshake so clients learn of a restart. */
+  readonly incarnation: string;
+  /** The shared cluster secret. Required: an empty one is refused unless `insecure`. */
   readonly secret: string | Buffer;
+  /** Allows an empty secret (no authentication). For tests only. */
+  readonly insecure?: boolean;
   readonly clock?: Clock;
-  readonly randomBytes?: (size: number) => Buffer;
+  /** Handshake nonces. */
+  readonly random?: Random;
   /** Requests handled at once per connection; further requests wait in the socket. Default 64. */
   readonly inflightMax?: number;
   /**
@@ -47,36 +56,43 @@ const DEFAULTS = {
 };
 
 /**
- * Serves a BlockStore to other peers over the peer protocol. The listener is
+ * Serves a ReplicaApi to other peers over the peer protocol. The listener is
  * optional: handleConnection() takes any byte stream, so the server can be
- * driven without a network.
+ * driven without a network. Refused connections (wrong secret, another
+ * cluster, an old protocol, garbage) are logged at most once per address per
+ * minute and never disturb the other connections.
  */
 export class PeerServer {
-  private readonly opts: Required<Omit<PeerServerOptions, 'secret'>> & { secret: Buffer };
+  private readonly opts: Required<Omit<PeerServerOptions, 'secret' | 'insecure'>> & { secret: Buffer };
   private readonly log: Logger;
+  private readonly refusals: RefusalLog;
   private readonly connections = new Set<ServerConnection>();
   private server: net.Server | null = null;
   private bound: PeerAddress | null = null;
   private closing = false;
 
   constructor(options: PeerServerOptions) {
+    const { insecure, ...rest } = options;
     this.opts = {
       ...DEFAULTS,
       clock: systemClock,
-      randomBytes: cryptoRandomBytes,
-      ...stripUndefined(options),
-      secret: typeof options.secret === 'string' ? Buffer.from(options.secret, 'utf8') : options.secret,
+      random: systemRandom,
+      ...stripUndefined(rest),
+      secret: resolveSecret(options.secret, insecure, 'peer server'),
     };
+    assert(Number.isInteger(this.opts.blockSize) && this.opts.blockSize > 0 && this.opts.blockSize <= PAYLOAD_BYTES_MAX, 'blockSize is sane');
+    assert(this.opts.incarnation.length > 0, 'an incarnation is set');
     assert(this.opts.inflightMax > 0, 'inflightMax is positive');
     assert(this.opts.inflightBytesMax > 0, 'inflightBytesMax is positive');
     this.log = options.logger.child({ module: 'peer-server' });
+    this.refusals = new RefusalLog(this.log, this.opts.clock);
   }
 
   /** Listens on host:port (port 0 picks a free one) and resolves with the bound address. */
   async listen(host: string, port: number): Promise<PeerAddress> {
     assert(this.server === null, 'listen() is called once');
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (socket) => {
-      this.handleConnection(socket, formatPeerAddress({ host: socket.remoteAddress ?? '?', port: socket.remotePort ?? 0 }));
+      this.handleConnection(socket, { host: socket.remoteAddress ?? '?', port: socket.remotePort ?? 0 });
     });
     this.server = server;
     await new Promise<void>((resolve, reject) => {
@@ -107,11 +123,16 @@ export class PeerServer {
     return this.bound;
   }
 
-  /** Serves one client connection over any byte stream. */
-  handleConnection(socket: Duplex, remote: string): void {
-    const log = this.opts.logger.child({ module: 'peer-server', remote });
+  /** Serves one client connection over any byte stream (`remote` names the other end in logs). */
+  handleConnection(socket: Duplex, remote: PeerAddress): void {
+    const label = formatPeerAddress(remote);
+    const log = this.opts.logger.child({ module: 'peer-server', remote: label });
     if (this.closing || this.connections.size >= this.opts.connectionsMax) {
-      log.warn({ connectionsMax: this.opts.connectionsMax, closing: this.closing }, 'peer connection refused');
+      this.refusals.refused(
+        remote.host,
+        new TorusError('TORUS_ERR_PEER_UNAVAILABLE', this.closing ? 'the peer server is closing' : 'too many peer connections'),
+        { connectionsMax: this.opts.connectionsMax },
+      );
       socket.destroy();
       return;
     }
@@ -119,16 +140,19 @@ export class PeerServer {
     const handshake: HandshakeConfig = {
       clusterId: this.opts.clusterId,
       peerUuid: this.opts.peerUuid,
+      incarnation: this.opts.incarnation,
       secret: this.opts.secret,
-      blockSize: this.opts.store.blockSize,
+      blockSize: this.opts.blockSize,
     };
     const conn = new ServerConnection(
       socket,
-      this.opts.store,
+      this.opts.replica,
       handshake,
-      this.opts.randomBytes(NONCE_BYTES),
+      this.opts.random.bytes(NONCE_BYTES),
       this.opts,
       this.opts.clock,
+      { label, host: remote.host },
+      this.refusals,
       log,
     );
     this.connections.add(conn);

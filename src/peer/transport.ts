@@ -29,13 +29,16 @@ export function tuneSocket(socket: Duplex): void {
 /**
  * Batches the writes made in one tick into one writev: header and payload of
  * a frame, and the frames of requests issued together, leave in one syscall.
+ * Writes leave in the order they were made: the peer client relies on it
+ * for requests (FIFO on the wire).
  */
 export class CorkedWriter {
   private corked = false;
 
   constructor(private readonly stream: Duplex) {}
 
-  write(a: Buffer, b?: Buffer): void {
+  /** Writes the buffers in order; nothing after the stream ended. */
+  write(...bufs: Buffer[]): void {
     const s = this.stream;
     if (s.destroyed || s.writableEnded) return;
     if (!this.corked) {
@@ -43,8 +46,7 @@ export class CorkedWriter {
       s.cork();
       process.nextTick(this.uncork);
     }
-    s.write(a);
-    if (b !== undefined && b.length > 0) s.write(b);
+    for (const b of bufs) if (b.length > 0) s.write(b);
   }
 
   private readonly uncork = (): void => {

@@ -73,6 +73,8 @@ export class VolumeCoordinator {
   private readonly background = new Set<Promise<void>>();
   /** A background change that could not reach minReplicas: the next flush fails with it. */
   private lostSinceFlush: TorusError | null = null;
+  /** Blocks an owner may have lost in a restart since the last flush: the next flush checks they keep minReplicas copies. */
+  private readonly lostInRestart = new Set<number>();
   /** Blocks moved to their new owners in the transition with this (moving) ring version. */
   private movedIn = { ringVersion: 0, blocks: new Set<number>(), all: false };
   private fenced: TorusError | null = null;
@@ -227,11 +229,40 @@ export class VolumeCoordinator {
       }
     });
     await Promise.all(records);
+    for (const b of this.lostInRestart) {
+      const e = this.blocks.peek(b);
+      if (e !== undefined && this.trustedHolders(e, ownersOf(this.ctx.ring(), this.refOf(b))).length < this.quorumFor(b)) short.push(b);
+    }
+    this.lostInRestart.clear();
     this.checkLease();
     if (lost) throw lost;
     if (short.length > 0) {
       throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `flush of volume ${this.volume.name}: ${short.length} block(s) have fewer than the minimum of durable copies`, { details: { blocks: short.slice(0, 16) } });
     }
+  }
+
+  /**
+   * A peer restarted: what it took since its last flush may be gone. Those
+   * blocks are recorded stale for it (it records its suspect blocks itself
+   * too), and the next flush fails if one is left with fewer than
+   * minReplicas durable copies.
+   */
+  peerRestarted(u: string): void {
+    const s = this.unflushed.get(u);
+    if (s === undefined || s.size === 0) return;
+    this.unflushed.set(u, new Set());
+    const blocks = [...s];
+    for (const b of blocks) {
+      this.blocks.peek(b)?.holders.delete(u);
+      this.lostInRestart.add(b);
+      this.unpin(b);
+    }
+    this.log.warn({ peer: u, blocks: blocks.length }, 'a replica restarted with unflushed changes; they are recorded stale for it');
+    const recorded = this.stale.record(u, blocks).catch((err: unknown) => {
+      this.lostSinceFlush ??= new TorusError('TORUS_ERR_REPLICA_QUORUM', `changes a restarted replica lost could not be recorded stale`, { cause: err });
+    });
+    this.background.add(recorded);
+    void recorded.finally(() => this.background.delete(recorded));
   }
 
   async close(): Promise<void> {

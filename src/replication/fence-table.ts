@@ -2,15 +2,10 @@ import { TorusError } from '../errors/torus-error.js';
 import { TOKEN_MAX } from '../model/version.js';
 import { assert } from '../util/assert.js';
 
-/**
- * Where a peer keeps the newest fencing token per volume so that it
- * survives a restart (src/store/fence-file.ts on disk; a memory twin with a
- * crash model in tests). save() resolves once the whole table is durable.
- */
-export interface FencePersistence {
-  load(): Promise<Map<number, number>>;
-  save(fences: ReadonlyMap<number, number>): Promise<void>;
-}
+import type { FencePersistence } from '../store/fence-file.js';
+
+/** Where a peer keeps its tokens (src/store/fence-file.ts): save() resolves once the whole table is durable. */
+export type { FencePersistence };
 
 /**
  * The newest fencing token this peer has seen for each volume

@@ -159,6 +159,7 @@ export class FileBlockStore implements LocalBlockStore {
   private checkpointing: Promise<void> | null = null;
   /** suspects.json as last written (to skip rewriting it unchanged). */
   private suspectsSaved = '';
+  private suspectsSaving: Promise<void> = Promise.resolve();
   /** The store folder, held open as the handle for syncfs. */
   private dirFd: number | null = null;
   private checkpointTimer: { cancel(): void } | null = null;
@@ -324,6 +325,8 @@ export class FileBlockStore implements LocalBlockStore {
         e.digest = null;
         e.state = 'data';
         e.version = version;
+        this.recount(e);
+        this.reindex(e);
         this.flushFiles.add(e);
       }
       e.suspect = false;
@@ -438,6 +441,12 @@ export class FileBlockStore implements LocalBlockStore {
     for (const d of [...this.knownDirs]) if (d.startsWith(dir + path.sep)) this.knownDirs.delete(d);
     this.flushDirs.add(this.blocksDir);
     await this.flush();
+    try {
+      await this.saveSuspectsIfChanged();
+    } catch (err) {
+      this.setFailed(err, 'the suspect list could not be made durable');
+      throw this.failed;
+    }
   }
 
   /** Flushes and checkpoints everything; the next open needs no repair. */
@@ -484,7 +493,12 @@ export class FileBlockStore implements LocalBlockStore {
    * under the block's write lock; with fua, a flush after.
    */
   private async change(e: Entry, opts: { readonly reserve: boolean; readonly fua: boolean }, what: string, body: () => Promise<void>): Promise<void> {
-    this.checkWritable();
+    try {
+      this.checkWritable();
+    } catch (err) {
+      this.dropIfIdle(e); // a refused change leaves no entry behind
+      throw err;
+    }
     let reserved = false;
     if (opts.reserve && !e.allocated) {
       if (this.allocatedCount >= this.blockSlots) {
@@ -553,6 +567,7 @@ export class FileBlockStore implements LocalBlockStore {
     e.digest = null;
     e.state = 'data';
     this.recount(e);
+    this.reindex(e);
     this.flushFiles.add(e);
   }
 
@@ -569,6 +584,7 @@ export class FileBlockStore implements LocalBlockStore {
     e.state = 'zero';
     e.version = version;
     this.recount(e);
+    this.reindex(e);
     this.flushFiles.add(e);
   }
 
@@ -672,6 +688,7 @@ export class FileBlockStore implements LocalBlockStore {
     e.crc = null;
     e.digest = null;
     this.recount(e);
+    this.reindex(e);
   }
 
   // ---------------------------------------------------------------- flush and checkpoints
@@ -778,12 +795,17 @@ export class FileBlockStore implements LocalBlockStore {
     this.log.debug({ epoch: old, blocks: entries.length }, 'checkpoint done');
   }
 
-  private async saveSuspectsIfChanged(): Promise<void> {
-    const refs = this.suspects();
-    const text = JSON.stringify(refs.map((r) => [r.volumeId, r.generation, r.index]));
-    if (text === this.suspectsSaved) return;
-    await saveSuspects(path.join(this.opts.dir, SUSPECTS), refs);
-    this.suspectsSaved = text;
+  /** Saves run one at a time (they share a temp file), each with the list as it is when it starts. */
+  private saveSuspectsIfChanged(): Promise<void> {
+    const run = this.suspectsSaving.catch(() => undefined).then(async () => {
+      const refs = this.suspects();
+      const text = JSON.stringify(refs.map((r) => [r.volumeId, r.generation, r.index]));
+      if (text === this.suspectsSaved) return;
+      await saveSuspects(path.join(this.opts.dir, SUSPECTS), refs);
+      this.suspectsSaved = text;
+    });
+    this.suspectsSaving = run;
+    return run;
   }
 
   private scheduleCheckpoints(): void {
@@ -856,7 +878,11 @@ export class FileBlockStore implements LocalBlockStore {
     this.allocatedCount += want ? 1 : -1;
   }
 
-  /** Keeps the ordered index in step: it lists blocks held here and suspect ones. */
+  /**
+   * Keeps the ordered index in step: it lists blocks held here and suspect
+   * ones. Called as soon as a state changes, so a scan never misses a block
+   * that meta() already reports.
+   */
   private reindex(e: Entry): void {
     const want = e.state !== 'absent' || e.suspect;
     if (want === e.indexed) return;

@@ -2,7 +2,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { isTorusError, TorusError } from '../../src/errors/torus-error.js';
 import type { ErrorCode } from '../../src/errors/codes.js';
 import type { MetadataService, MetadataSession, SessionEvent } from '../../src/metadata/metadata-service.js';
-import type { PeerRecord, RingRecord } from '../../src/model/records.js';
+import type { PeerRecord, RingRecord, VolumeHealthRecord, VolumeMoveRecord } from '../../src/model/records.js';
 import type { Clock } from '../../src/util/clock.js';
 
 /** A clock that moves only when told to; timers fire in due order during advance(). */
@@ -53,6 +53,16 @@ export class ManualClock implements Clock {
 export interface MetadataHarness {
   /** A fresh, empty metadata service. */
   create(): Promise<MetadataService>;
+  /** Compacts the backend's whole event history (etcdctl compact <current revision>). */
+  compact(md: MetadataService): Promise<void>;
+  /**
+   * Cuts `md`'s link to etcd (its watch streams break, its calls fail),
+   * runs `during` with a second service on the same data that still reaches
+   * etcd, then restores the link.
+   */
+  outage(md: MetadataService, during: (other: MetadataService) => Promise<void>): Promise<void>;
+  /** After each test, once the service is closed. */
+  cleanup?(): Promise<void>;
   /** Revokes a session's lease behind its owner's back (etcdctl lease revoke). */
   revokeExternally(md: MetadataService, sessionId: string): Promise<void>;
   /** Waits for a condition; real backends poll with a bound, the twin may move its clock. */
@@ -118,6 +128,7 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
     afterEach(async () => {
       for (const s of sessions.splice(0)) await s.close().catch(() => undefined);
       await md.close();
+      await h.cleanup?.();
     });
 
     it('init stores the config and an empty ring; re-init is refused; force re-initialises from scratch', async () => {
@@ -125,7 +136,7 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       const cfg = await md.initCluster({ blockSize: MiB, replication: 2 }, { force: false });
       expect(cfg).toMatchObject({ schema: 1, blockSize: MiB, replication: 2 });
       expect(await md.getClusterConfig()).toEqual(cfg);
-      expect(await md.getRing()).toEqual({ schema: 1, version: 1, replication: 2, members: [] });
+      expect(await md.getRing()).toEqual({ schema: 2, version: 1, replication: 2, minReplicas: 1, members: [], transition: null });
 
       const err = await expectCode(md.initCluster({ blockSize: 4096, replication: 1 }, { force: false }), 'TORUS_ERR_CLUSTER_ALREADY_INITIALISED');
       expect(err.message).toContain('1 MiB');
@@ -135,7 +146,7 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       const again = await md.initCluster({ blockSize: 4096, replication: 1 }, { force: true });
       expect(again).toMatchObject({ blockSize: 4096, replication: 1 });
       expect(await md.listVolumes()).toEqual([]);
-      expect((await md.getRing()).replication).toBe(1);
+      expect(await md.getRing()).toMatchObject({ replication: 1, minReplicas: 1, version: 1 });
     });
 
     it('init validates block size and replication', async () => {
@@ -342,7 +353,7 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       const r1 = await md.getRing();
       await md.setRing({ ...r1, version: 2, members: [{ uuid: 'x', weight: 3 }] });
       await h.eventually('ring v2 seen', async () => seen.length === 2);
-      expect(seen[1]).toEqual({ schema: 1, version: 2, replication: 2, members: [{ uuid: 'x', weight: 3 }] });
+      expect(seen[1]).toEqual({ schema: 2, version: 2, replication: 2, minReplicas: 1, members: [{ uuid: 'x', weight: 3 }], transition: null });
       await md.setRing({ ...seen[1]!, version: 3, replication: 1 });
       await h.eventually('ring v3 seen', async () => seen.length === 3);
       await stop();
@@ -371,6 +382,365 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
     it('getVolumeLock of an unknown volume is null', async () => {
       await initialised();
       expect(await md.getVolumeLock(12345)).toBeNull();
+    });
+
+    // ---------------------------------------------------------------- replication metadata
+
+    it('the cluster secret: created at init (or before, by the first peer), kept by init, new after a forced init', async () => {
+      expect(await md.getClusterSecret()).toBeNull();
+      const early = await md.ensureClusterSecret();
+      expect(early).toMatch(/^[0-9a-f]{64}$/);
+      expect(await md.ensureClusterSecret()).toBe(early);
+      await initialised();
+      expect(await md.getClusterSecret()).toBe(early);
+      await md.initCluster({ blockSize: MiB, replication: 2 }, { force: true });
+      const fresh = await md.getClusterSecret();
+      expect(fresh).toMatch(/^[0-9a-f]{64}$/);
+      expect(fresh).not.toBe(early);
+      // Racing peers all end with the one secret that was stored.
+      await md.wipe();
+      const raced = await Promise.all([md.ensureClusterSecret(), md.ensureClusterSecret(), md.ensureClusterSecret()]);
+      expect(new Set(raced).size).toBe(1);
+      expect(await md.getClusterSecret()).toBe(raced[0]);
+    });
+
+    it('setRing takes schema-2 rings with a transition and refuses bad minReplicas and transition shapes', async () => {
+      await initialised();
+      const r1 = await md.getRing();
+      const moving: RingRecord = {
+        ...r1,
+        version: 2,
+        members: [{ uuid: 'a', weight: 1 }, { uuid: 'b', weight: 1 }],
+        transition: { from: { members: [{ uuid: 'a', weight: 1 }], replication: 2 }, phase: 'moving', startedVersion: 2, startedAt: '2024-01-01T00:00:00.000Z', reason: 'peer add b' },
+      };
+      await md.setRing(moving);
+      expect(await md.getRing()).toEqual(moving);
+      const bad: RingRecord[] = [
+        { ...moving, version: 3, minReplicas: 0 },
+        { ...moving, version: 3, minReplicas: 3 },
+        { ...moving, version: 3, transition: { ...moving.transition!, startedVersion: 4 } },
+        { ...moving, version: 3, transition: { ...moving.transition!, phase: 'done' as 'moving' } },
+        { ...moving, version: 3, transition: { ...moving.transition!, from: { members: [{ uuid: 'a', weight: 0 }], replication: 1 } } },
+        { ...moving, version: 3, transition: { ...moving.transition!, from: { members: [], replication: 0 } } },
+        { ...moving, version: 3, schema: 1 as 2 },
+      ];
+      for (const r of bad) await expectCode(md.setRing(r), 'TORUS_ERR_ARG_INVALID');
+      expect(await md.getRing()).toEqual(moving);
+    });
+
+    it('fences: each lock bumps the volume token; listFences reads them all with the revision', async () => {
+      await initialised();
+      const a = await md.createVolume('a', MiB);
+      const b = await md.createVolume('b', MiB);
+      expect(await md.getFence(a.id)).toBe(0);
+      expect((await md.listFences()).fences.size).toBe(0);
+      const s = await session();
+      await (await s.lockVolume('a', 'x')).release();
+      await s.lockVolume('a', 'x');
+      await s.lockVolumeForMaintenance(b.id, 'm');
+      expect(await md.getFence(a.id)).toBe(2);
+      const all = await md.listFences();
+      expect([...all.fences.entries()].sort()).toEqual([[a.id, 2], [b.id, 1]]);
+      expect(all.revision).toBeGreaterThan(0);
+    });
+
+    it('watchFences delivers every token after the revision, in order, each with its revision', async () => {
+      await initialised();
+      await md.createVolume('a', MiB);
+      const b = await md.createVolume('b', MiB);
+      const s = await session();
+      await (await s.lockVolume('a', 'x')).release();
+      const start = await md.listFences();
+      const seen: [number, number, number][] = [];
+      let resyncs = 0;
+      const stop = await md.watchFences(start.revision, (id, token, rev) => seen.push([id, token, rev]), () => resyncs++);
+      await (await s.lockVolume('a', 'x')).release();
+      await s.lockVolumeForMaintenance(b.id, 'm');
+      await s.lockVolume('a', 'x');
+      await h.eventually('three fences seen', async () => seen.length === 3);
+      const a = (await md.getVolume('a')).id;
+      expect(seen.map(([id, token]) => [id, token])).toEqual([[a, 2], [b.id, 1], [a, 3]]);
+      const revs = seen.map(([, , rev]) => rev);
+      expect(revs[0]).toBeGreaterThan(start.revision);
+      expect([...revs].sort((x, y) => x - y)).toEqual(revs);
+      expect(resyncs).toBe(0);
+      await stop();
+      await md.deleteVolume('b');
+      await expectCode(s.lockVolumeForMaintenance(b.id, 'm'), 'TORUS_ERR_VOLUME_NOT_FOUND');
+    });
+
+    it('watchFences from a compacted revision resyncs with a fresh listing instead', async () => {
+      await initialised();
+      const v = await md.createVolume('a', MiB);
+      const s = await session();
+      const before = await md.listFences();
+      await (await s.lockVolume('a', 'x')).release();
+      await (await s.lockVolume('a', 'x')).release();
+      await h.compact(md);
+      const fences: number[] = [];
+      const resyncs: { fences: Map<number, number>; revision: number }[] = [];
+      const stop = await md.watchFences(before.revision, (_id, token) => fences.push(token), (all) => resyncs.push(all));
+      await h.eventually('resync after compaction', async () => resyncs.length > 0);
+      expect(resyncs[0]!.fences.get(v.id)).toBe(2);
+      expect(resyncs[0]!.revision).toBeGreaterThan(before.revision);
+      // It goes on watching from the resync's revision.
+      await s.lockVolume('a', 'x');
+      await h.eventually('token 3 after the resync', async () => fences.includes(3));
+      expect(fences).toEqual([3]);
+      await stop();
+    });
+
+    it('watches survive a lost stream with compaction meanwhile: ring re-read, fences resynced, deletes reported', async () => {
+      await initialised();
+      await md.createVolume('gone', MiB);
+      const v = await md.createVolume('kept', MiB);
+      const rings: RingRecord[] = [];
+      const resyncs: Map<number, number>[] = [];
+      let deletes = 0;
+      const stops = [
+        await md.watchRing((r) => rings.push(r)),
+        await md.watchFences((await md.listFences()).revision, () => undefined, (all) => resyncs.push(all.fences)),
+        await md.watchVolumeDeletes(() => deletes++),
+      ];
+      await h.outage(md, async (other) => {
+        const r1 = await other.getRing();
+        await other.setRing({ ...r1, version: 2, members: [{ uuid: 'x', weight: 1 }] });
+        await other.setRing({ ...r1, version: 3, members: [{ uuid: 'y', weight: 1 }] });
+        const s = await other.openSession({ ttlSeconds: 10 });
+        await s.lockVolume('kept', 'other');
+        await other.deleteVolume('gone');
+        await h.compact(other);
+        await s.close();
+      });
+      await h.eventually('ring v3, a fence resync and a delete after the outage', async () => rings.some((r) => r.version === 3) && resyncs.length > 0 && deletes > 0);
+      expect(rings.map((r) => r.version)).toEqual([1, 3]);
+      expect(resyncs[resyncs.length - 1]!.get(v.id)).toBe(1);
+      // Live again: the next change arrives through the new watch.
+      const r3 = await md.getRing();
+      await md.setRing({ ...r3, version: 4 });
+      await h.eventually('ring v4', async () => rings.some((r) => r.version === 4));
+      for (const stop of stops) await stop();
+    });
+
+    it('maintenance locks: one maintainer, no writer; a writer overrides it with a newer token', async () => {
+      await initialised();
+      const vol = await md.createVolume('pad', MiB);
+      const s1 = await session();
+      const s2 = await session();
+      const maint = await s1.lockVolumeForMaintenance(vol.id, 'torusd m1 (maintenance)');
+      expect(maint).toMatchObject({ kind: 'maintainer', token: 1, holder: 'torusd m1 (maintenance)' });
+      expect(maint.volume).toEqual(vol);
+      expect(await maint.stillHeld()).toBe(true);
+      const other = await expectCode(s2.lockVolumeForMaintenance(vol.id, 'torusd m2'), 'TORUS_ERR_VOLUME_IN_USE');
+      expect(other.message).toContain('under maintenance by torusd m1 (maintenance)');
+      // The write lock is not blocked by maintenance: its newer token fences the maintainer.
+      const writer = await s2.lockVolume('pad', 'torusd w');
+      expect(writer).toMatchObject({ kind: 'writer', token: 2 });
+      expect(await writer.stillHeld()).toBe(true);
+      expect(await md.getFence(vol.id)).toBe(2);
+      expect(await md.getVolumeLock(vol.id)).toMatchObject({ holder: 'torusd w', token: 2, kind: 'writer' });
+      await maint.release();
+      expect(await maint.stillHeld()).toBe(false);
+      const refused = await expectCode(s1.lockVolumeForMaintenance(vol.id, 'torusd m1'), 'TORUS_ERR_VOLUME_IN_USE');
+      expect(refused.message).toContain('in use by torusd w');
+      await writer.release();
+      expect(await writer.stillHeld()).toBe(false);
+      const again = await s1.lockVolumeForMaintenance(vol.id, 'torusd m1');
+      expect(again.token).toBe(3);
+      await expectCode(s1.lockVolumeForMaintenance(999, 'x'), 'TORUS_ERR_VOLUME_NOT_FOUND');
+      await expectCode(s1.lockVolumeForMaintenance(0, 'x'), 'TORUS_ERR_ARG_INVALID');
+      await expectCode(s1.lockVolumeForMaintenance(vol.id, ''), 'TORUS_ERR_ARG_INVALID');
+    });
+
+    it('a maintenance lock dies with its lease; stillHeld says so', async () => {
+      await initialised();
+      const vol = await md.createVolume('pad', MiB);
+      const s1 = await session(3);
+      const maint = await s1.lockVolumeForMaintenance(vol.id, 'm');
+      await h.revokeExternally(md, s1.id);
+      await h.eventually('maintenance lock gone', async () => !(await maint.stillHeld()));
+      const s2 = await session();
+      expect((await s2.lockVolumeForMaintenance(vol.id, 'm2')).token).toBe(2);
+    });
+
+    it('deleting a volume takes its stale, move and health records and maintenance lock with it; refused while written', async () => {
+      await initialised();
+      const vol = await md.createVolume('pad', MiB);
+      const keep = await md.createVolume('keep', MiB);
+      const s = await session();
+      const writer = await s.lockVolume('pad', 'w');
+      await md.addStale(vol.id, 'peer-a', { ranges: [[0, 4]] });
+      await md.putVolumeMove({ schema: 1, ringVersion: 3, volumeId: vol.id, done: true, scanned: 4, copied: 1, unavailable: 0, updatedAt: 'now' }, writer.token);
+      await md.putVolumeHealth({ schema: 1, volumeId: vol.id, ringVersion: 3, blocks: 4, short: 0, repaired: 0, divergent: 0, checkedAt: 'now' });
+      const kw = await s.lockVolume('keep', 'w');
+      await md.addStale(keep.id, 'peer-a', { all: true });
+      await md.putVolumeMove({ schema: 1, ringVersion: 3, volumeId: keep.id, done: false, scanned: 0, copied: 0, unavailable: 0, updatedAt: 'now' }, kw.token);
+      await expectCode(md.deleteVolume('pad'), 'TORUS_ERR_VOLUME_IN_USE');
+      await writer.release();
+      const maint = await s.lockVolumeForMaintenance(vol.id, 'm');
+      await md.deleteVolume('pad'); // a maintainer does not block a delete
+      expect(await maint.stillHeld()).toBe(false);
+      expect(await md.getStale(vol.id)).toEqual([]);
+      expect((await md.listStale()).map((r) => r.volumeId)).toEqual([keep.id]);
+      expect((await md.listVolumeMoves(3)).map((r) => r.volumeId)).toEqual([keep.id]);
+      expect((await md.listVolumeHealth()).map((r) => r.volumeId)).toEqual([]);
+      expect(await md.getFence(vol.id)).toBe(0);
+      // Nothing keyed by the dead id can come back.
+      await expectCode(md.addStale(vol.id, 'peer-a', { ranges: [[0, 1]] }), 'TORUS_ERR_VOLUME_NOT_FOUND');
+      await expectCode(md.putVolumeHealth({ schema: 1, volumeId: vol.id, ringVersion: 3, blocks: 4, short: 0, repaired: 0, divergent: 0, checkedAt: 'now' }), 'TORUS_ERR_VOLUME_NOT_FOUND');
+      await expectCode(md.removeStale(vol.id, 'peer-a', 'all', maint.token), 'TORUS_ERR_VOLUME_FENCED');
+      await expectCode(
+        md.putVolumeMove({ schema: 1, ringVersion: 3, volumeId: vol.id, done: true, scanned: 0, copied: 0, unavailable: 0, updatedAt: 'now' }, maint.token),
+        'TORUS_ERR_VOLUME_FENCED',
+      );
+    });
+
+    it('stale records: additions merge by compare-and-swap, all absorbs ranges, volumes and peers stay apart', async () => {
+      await initialised();
+      const vols: number[] = [];
+      const s = await session();
+      for (let i = 0; i < 10; i++) {
+        const v = await md.createVolume(`v${i}`, MiB);
+        await (await s.lockVolume(`v${i}`, 'w')).release();
+        vols.push(v.id);
+      }
+      const [v1, , , , , , , , , v10] = vols as [number, number, number, number, number, number, number, number, number, number];
+      expect(await md.getStale(v1)).toEqual([]);
+      await md.addStale(v1, 'peer-a', { ranges: [[10, 20]] });
+      await md.addStale(v1, 'peer-a', { ranges: [[0, 5], [20, 25]] });
+      await md.addStale(v1, 'peer-b', { ranges: [[7, 8]] });
+      await md.addStale(v10, 'peer-a', { all: true });
+      const recs = await md.getStale(v1);
+      expect(recs.map((r) => [r.peer, r.all, r.ranges])).toEqual([
+        ['peer-a', false, [[0, 5], [10, 25]]],
+        ['peer-b', false, [[7, 8]]],
+      ]);
+      expect(recs[0]).toMatchObject({ schema: 1, volumeId: v1 });
+      expect(typeof recs[0]!.updatedAt).toBe('string');
+      expect((await md.getStale(v10)).map((r) => [r.peer, r.all, r.ranges])).toEqual([['peer-a', true, []]]);
+      expect((await md.listStale()).length).toBe(3);
+      await md.addStale(v1, 'peer-b', { all: true });
+      await md.addStale(v1, 'peer-b', { ranges: [[100, 101]] });
+      expect((await md.getStale(v1)).find((r) => r.peer === 'peer-b')).toMatchObject({ all: true, ranges: [] });
+      // Concurrent additions all land (compare-and-swap, no lock).
+      await Promise.all(Array.from({ length: 6 }, (_, i) => md.addStale(vols[2]!, 'peer-c', { ranges: [[i * 10, i * 10 + 1]] })));
+      expect((await md.getStale(vols[2]!))[0]!.ranges).toEqual(Array.from({ length: 6 }, (_, i) => [i * 10, i * 10 + 1]));
+      // Past the cap a record names the whole volume.
+      const scattered = Array.from({ length: 1025 }, (_, i) => [i * 2, i * 2 + 1] as const);
+      await md.addStale(vols[3]!, 'peer-a', { ranges: scattered });
+      expect((await md.getStale(vols[3]!))[0]).toMatchObject({ all: true, ranges: [] });
+      await expectCode(md.addStale(v1, 'peer-a', {}), 'TORUS_ERR_ARG_INVALID');
+      await expectCode(md.addStale(v1, 'peer-a', { ranges: [[5, 5]] }), 'TORUS_ERR_ARG_INVALID');
+      await expectCode(md.addStale(v1, 'bad uuid', { all: true }), 'TORUS_ERR_ARG_INVALID');
+      await expectCode(md.addStale(4242, 'peer-a', { all: true }), 'TORUS_ERR_VOLUME_NOT_FOUND');
+    });
+
+    it('stale records are removed only under the newest fencing token', async () => {
+      await initialised();
+      const vol = await md.createVolume('pad', MiB);
+      const s = await session();
+      const old = await s.lockVolume('pad', 'old');
+      await old.release();
+      const lock = await s.lockVolume('pad', 'coordinator');
+      await md.addStale(vol.id, 'peer-a', { ranges: [[0, 10], [20, 30]] });
+      await md.addStale(vol.id, 'peer-b', { all: true });
+      const fenced = await expectCode(md.removeStale(vol.id, 'peer-a', [[0, 10]], old.token), 'TORUS_ERR_VOLUME_FENCED');
+      expect(fenced.message).toContain(`newest fencing token is ${lock.token}`);
+      await expectCode(md.removeStale(vol.id, 'peer-a', 'all', lock.token + 1), 'TORUS_ERR_VOLUME_FENCED');
+      expect((await md.getStale(vol.id))[0]!.ranges).toEqual([[0, 10], [20, 30]]);
+      await md.removeStale(vol.id, 'peer-a', [[0, 5], [25, 40]], lock.token);
+      expect((await md.getStale(vol.id))[0]!.ranges).toEqual([[5, 10], [20, 25]]);
+      // Ranges leave an `all` record whole; only 'all' clears it.
+      await md.removeStale(vol.id, 'peer-b', [[0, 1000]], lock.token);
+      expect((await md.getStale(vol.id)).find((r) => r.peer === 'peer-b')).toMatchObject({ all: true });
+      await md.removeStale(vol.id, 'peer-b', 'all', lock.token);
+      await md.removeStale(vol.id, 'peer-a', [[5, 10], [20, 25]], lock.token);
+      expect(await md.getStale(vol.id)).toEqual([]);
+      // Nothing to remove: still a fenced coordinator learns it is fenced.
+      await md.removeStale(vol.id, 'peer-a', 'all', lock.token);
+      await expectCode(md.removeStale(vol.id, 'peer-a', 'all', old.token), 'TORUS_ERR_VOLUME_FENCED');
+      // A maintainer's token is the newest once it holds the maintenance lock.
+      await lock.release();
+      const maint = await s.lockVolumeForMaintenance(vol.id, 'm');
+      await md.addStale(vol.id, 'peer-a', { ranges: [[1, 2]] });
+      await expectCode(md.removeStale(vol.id, 'peer-a', 'all', lock.token), 'TORUS_ERR_VOLUME_FENCED');
+      await md.removeStale(vol.id, 'peer-a', 'all', maint.token);
+      expect(await md.getStale(vol.id)).toEqual([]);
+    });
+
+    it('ring acknowledgements live under the session lease', async () => {
+      const s1 = await session();
+      const s2 = await session();
+      expect(await md.listRingAcks()).toEqual([]);
+      await s1.ackRing({ peer: 'peer-a', kind: 'peer', ringVersion: 3, fenceRevision: 17 });
+      await s1.ackRing({ peer: 'peer-a', kind: 'peer', ringVersion: 4, fenceRevision: 20 }); // refresh
+      await s2.ackRing({ peer: null, kind: 'client', ringVersion: 4, fenceRevision: 0 });
+      const acks = await md.listRingAcks();
+      expect(acks.map((a) => [a.lease, a.peer, a.kind, a.ringVersion, a.fenceRevision]).sort()).toEqual(
+        [
+          [s1.id, 'peer-a', 'peer', 4, 20],
+          [s2.id, null, 'client', 4, 0],
+        ].sort(),
+      );
+      expect(acks[0]).toMatchObject({ schema: 1 });
+      await expectCode(s1.ackRing({ peer: null, kind: 'peer', ringVersion: 4, fenceRevision: 0 }), 'TORUS_ERR_ARG_INVALID');
+      await expectCode(s1.ackRing({ peer: 'peer-a', kind: 'peer', ringVersion: -1, fenceRevision: 0 }), 'TORUS_ERR_ARG_INVALID');
+      await s2.close();
+      await h.eventually('client ack gone', async () => (await md.listRingAcks()).length === 1);
+      await h.revokeExternally(md, s1.id);
+      await h.eventually('peer ack gone', async () => (await md.listRingAcks()).length === 0);
+      await expectCode(s1.ackRing({ peer: 'peer-a', kind: 'peer', ringVersion: 4, fenceRevision: 0 }), 'TORUS_ERR_SESSION_LOST');
+    });
+
+    it('move records: written under the fence, listed per transition, pruned below a version', async () => {
+      await initialised();
+      const s = await session();
+      const a = await md.createVolume('a', MiB);
+      const b = await md.createVolume('b', MiB);
+      const la = await s.lockVolume('a', 'w');
+      const lb = await s.lockVolumeForMaintenance(b.id, 'm');
+      const move = (ringVersion: number, volumeId: number, done: boolean): VolumeMoveRecord => ({
+        schema: 1,
+        ringVersion,
+        volumeId,
+        done,
+        scanned: 10,
+        copied: 3,
+        unavailable: 0,
+        updatedAt: '2024-01-01T00:00:00.000Z',
+      });
+      await md.putVolumeMove(move(4, b.id, false), lb.token);
+      await md.putVolumeMove(move(4, a.id, true), la.token);
+      await md.putVolumeMove(move(4, b.id, true), lb.token); // progress overwrites
+      await md.putVolumeMove(move(12, a.id, false), la.token);
+      await md.putVolumeMove(move(40, a.id, false), la.token);
+      expect(await md.listVolumeMoves(4)).toEqual([move(4, a.id, true), move(4, b.id, true)]);
+      expect(await md.listVolumeMoves(1)).toEqual([]);
+      await expectCode(md.putVolumeMove(move(4, a.id, false), la.token + 5), 'TORUS_ERR_VOLUME_FENCED');
+      await expectCode(md.putVolumeMove({ ...move(4, a.id, false), scanned: -1 }, la.token), 'TORUS_ERR_ARG_INVALID');
+      await md.pruneVolumeMoves(12);
+      expect(await md.listVolumeMoves(4)).toEqual([]);
+      expect(await md.listVolumeMoves(12)).toEqual([move(12, a.id, false)]);
+      expect(await md.listVolumeMoves(40)).toEqual([move(40, a.id, false)]);
+    });
+
+    it('health records: one per volume, the last one wins', async () => {
+      await initialised();
+      const s = await session();
+      const a = await md.createVolume('a', MiB);
+      await (await s.lockVolume('a', 'w')).release();
+      const rec = (short: number): VolumeHealthRecord => ({ schema: 1, volumeId: a.id, ringVersion: 7, blocks: 100, short, repaired: 1, divergent: 0, checkedAt: '2024-01-01T00:00:00.000Z' });
+      expect(await md.listVolumeHealth()).toEqual([]);
+      await md.putVolumeHealth(rec(5));
+      await md.putVolumeHealth(rec(0));
+      expect(await md.listVolumeHealth()).toEqual([rec(0)]);
+      await expectCode(md.putVolumeHealth({ ...rec(0), short: 1.5 }), 'TORUS_ERR_ARG_INVALID');
+    });
+
+    it('a peer record keeps its incarnation and rebalance rate', async () => {
+      const s = await session();
+      await s.putPeer(peerRecord('peer-r', { incarnation: 'inc-1', rebalanceBytesPerSec: 12.5 * MiB }));
+      expect((await md.listPeers())[0]).toMatchObject({ incarnation: 'inc-1', rebalanceBytesPerSec: 12.5 * MiB });
     });
   });
 }

@@ -1,16 +1,20 @@
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Etcd3 } from 'etcd3';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EtcdMetadata } from '../../src/metadata/etcd-metadata.js';
+import { EtcdMetadata, LIST_PAGE_KEYS } from '../../src/metadata/etcd-metadata.js';
+import { describeKeyLayout } from '../../src/metadata/keys.js';
+import { planRingChange } from '../../src/ring/transition.js';
 import type { MetadataService, SessionEvent } from '../../src/metadata/metadata-service.js';
-import { DIST, ensureBuilt } from '../helpers/build.js';
+import { DIST, ROOT, ensureBuilt } from '../helpers/build.js';
 import { startEtcd, type EtcdHandle } from '../helpers/etcd.js';
 import { expectCode, metadataContract, peerRecord, type MetadataHarness } from '../helpers/metadata-contract.js';
 import { freePort } from '../helpers/ports.js';
+import { startTcpProxy, type TcpProxy } from '../helpers/tcp-proxy.js';
 import { waitFor } from '../helpers/wait.js';
 
 const logger = pino({ level: 'silent' });
@@ -29,12 +33,44 @@ afterAll(async () => {
   await etcd?.stop();
 });
 
+/** Compacts etcd's whole history, as `etcdctl compact <revision>` does. */
+async function compactAll(): Promise<void> {
+  const revision = (await raw.get('compact-probe').exec()).header.revision;
+  await raw.kv.compact({ revision, physical: true });
+}
+
 function etcdHarness(): MetadataHarness {
+  // Each service talks to etcd through its own proxy, so a test can cut its link alone.
+  const links = new Map<MetadataService, { proxy: TcpProxy; prefix: string }>();
+  const proxies: TcpProxy[] = [];
   return {
+    async cleanup() {
+      for (const p of proxies.splice(0)) await p.close();
+    },
     // Each test gets its own prefix in the shared etcd: wipe stays inside it.
-    create: async () => new EtcdMetadata({ endpoints: [etcd.endpoint], prefix: `/contract-${process.pid}-${++prefixSeq}/`, logger, callTimeoutMs: 3000 }),
+    async create() {
+      const proxy = await startTcpProxy({ host: '127.0.0.1', port: etcd.clientPort });
+      proxies.push(proxy);
+      const prefix = `/contract-${process.pid}-${++prefixSeq}/`;
+      const md = new EtcdMetadata({ endpoints: [proxy.endpoint], prefix, logger, callTimeoutMs: 3000 });
+      links.set(md, { proxy, prefix });
+      return md;
+    },
     async revokeExternally(_md, id) {
       await raw.leaseClient.leaseRevoke({ ID: id });
+    },
+    compact: () => compactAll(),
+    async outage(md, during) {
+      const link = links.get(md);
+      if (!link) throw new Error('outage(): not a service this harness created');
+      link.proxy.cut();
+      const other = new EtcdMetadata({ endpoints: [etcd.endpoint], prefix: link.prefix, logger, callTimeoutMs: 3000 });
+      try {
+        await during(other);
+      } finally {
+        await other.close();
+        link.proxy.restore();
+      }
     },
     eventually: (what, probe) => waitFor(what, probe, 10_000, 25),
     monotonic: () => performance.now(),
@@ -50,17 +86,113 @@ describe('EtcdMetadata against real etcd', () => {
     try {
       await md.initCluster({ blockSize: 4096, replication: 1 }, { force: false });
       const v = await md.createVolume('pad', 4096);
+      const w = await md.createVolume('other', 4096);
       const s = await md.openSession({ ttlSeconds: 5 });
       await s.putPeer(peerRecord('u1'));
-      await s.lockVolume('pad', 'me');
+      const lock = await s.lockVolume('pad', 'me');
+      await s.lockVolumeForMaintenance(w.id, 'maint');
+      await s.ackRing({ peer: 'u1', kind: 'peer', ringVersion: 1, fenceRevision: 0 });
+      await md.addStale(v.id, 'u1', { ranges: [[0, 1]] });
+      await md.putVolumeMove({ schema: 1, ringVersion: 2, volumeId: v.id, done: false, scanned: 0, copied: 0, unavailable: 0, updatedAt: 'now' }, lock.token);
+      await md.putVolumeHealth({ schema: 1, volumeId: v.id, ringVersion: 1, blocks: 1, short: 0, repaired: 0, divergent: 0, checkedAt: 'now' });
       const keys = (await raw.getAll().prefix(prefix).keys()).sort();
       expect(keys).toEqual(
-        ['config', 'meta/volume-id', 'peers/u1', 'ring', `volume-fence/${v.id}`, `volume-locks/${v.id}`, 'volumes/pad'].map((k) => prefix + k),
+        [
+          'config',
+          `health/${v.id}`,
+          'meta/volume-id',
+          `moves/2/${v.id}`,
+          'peers/u1',
+          'ring',
+          `ring-acks/${s.id}`,
+          'secret',
+          `stale/${v.id}/u1`,
+          `volume-fence/${v.id}`,
+          `volume-fence/${w.id}`,
+          `volume-locks/${v.id}`,
+          `volume-maint/${w.id}`,
+          'volumes/other',
+          'volumes/pad',
+        ].map((k) => prefix + k),
       );
+      // Every key matches one documented pattern.
+      const patterns = describeKeyLayout(prefix).map((d) => new RegExp(`^${d.key.replace(/[.*+?^${}()|[\]\\]/g, '\\$&').replace(/<[a-zA-Z]+>/g, '[^/]+')}$`));
+      for (const k of keys) expect(patterns.some((p) => p.test(k)), k).toBe(true);
       expect(await raw.get(`${prefix}volume-fence/${v.id}`).string()).toBe('1');
-      const lease = (await raw.get(`${prefix}peers/u1`).exec()).kvs[0]?.lease;
-      expect(lease).toBe(s.id);
+      for (const k of ['peers/u1', `ring-acks/${s.id}`, `volume-locks/${v.id}`, `volume-maint/${w.id}`]) {
+        expect((await raw.get(prefix + k).exec()).kvs[0]?.lease, k).toBe(s.id);
+      }
       await s.close();
+    } finally {
+      await md.close();
+    }
+  });
+
+  it('upgrade in place: reads every record a 0.1.0 cluster wrote (test/fixtures/upgrade-0.1.0/etcd.json) and goes on from it', async () => {
+    const fixture = JSON.parse(readFileSync(path.join(ROOT, 'test/fixtures/upgrade-0.1.0/etcd.json'), 'utf8')) as Record<string, string>;
+    const prefix = `/upgrade-${process.pid}/`;
+    for (const [key, value] of Object.entries(fixture)) {
+      expect(key.startsWith('/torus/'), key).toBe(true);
+      await raw.put(prefix + key.slice('/torus/'.length)).value(value);
+    }
+    const old = (key: string): Record<string, unknown> => JSON.parse(fixture[`/torus/${key}`]!) as Record<string, unknown>;
+    const md = new EtcdMetadata({ endpoints: [etcd.endpoint], prefix, logger });
+    try {
+      const cfg = await md.getClusterConfig();
+      expect(cfg).toEqual(old('config'));
+      const ring = await md.getRing();
+      const oldRing = old('ring') as { version: number; replication: number; members: unknown[] };
+      expect(ring).toEqual({ schema: 2, version: oldRing.version, replication: 2, minReplicas: 1, members: oldRing.members, transition: null });
+      const volumes = await md.listVolumes();
+      expect(volumes).toEqual([old('volumes/legacy')]);
+      const legacy = volumes[0]!;
+      expect(await md.getVolume('legacy')).toEqual(legacy);
+      expect(await md.getFence(legacy.id)).toBe(1);
+      expect([...(await md.listFences()).fences]).toEqual([[legacy.id, 1]]);
+      expect(await md.volumeIdsForGc()).toEqual({ live: [legacy.id], lastId: 1 });
+      expect(await md.getVolumeLock(legacy.id)).toBeNull();
+      expect(await md.listPeers()).toEqual([]);
+      expect(await md.listStale()).toEqual([]);
+      expect(await md.listRingAcks()).toEqual([]);
+      expect(await md.listVolumeHealth()).toEqual([]);
+      expect(await md.listVolumeMoves(ring.version)).toEqual([]);
+      // A 0.1.0 cluster has no secret: the first peer makes one.
+      expect(await md.getClusterSecret()).toBeNull();
+      const secret = await md.ensureClusterSecret();
+      expect(await md.getClusterSecret()).toBe(secret);
+      // Tokens go on from the 0.1.0 fence; the ring changes as schema 2.
+      const s = await md.openSession({ ttlSeconds: 5 });
+      const lock = await s.lockVolume('legacy', 'upgrade test');
+      expect(lock.token).toBe(2);
+      await lock.release();
+      expect((await s.lockVolumeForMaintenance(legacy.id, 'upgrade test')).token).toBe(3);
+      await s.close();
+      const next = planRingChange(ring, [...ring.members, { uuid: 'new-peer', weight: 1 }], ring.replication, ring.minReplicas, 'peer add new-peer', Date.now());
+      await md.setRing(next!);
+      const stored = JSON.parse((await raw.get(`${prefix}ring`).string())!) as { schema: number; transition: { phase: string } };
+      expect(stored.schema).toBe(2);
+      expect(stored.transition.phase).toBe('moving');
+      expect(await md.getRing()).toEqual(next);
+    } finally {
+      await md.close();
+    }
+  });
+
+  it('complete listings read page after page at one revision', async () => {
+    const prefix = `/pages-${process.pid}/`;
+    const n = LIST_PAGE_KEYS * 2 + 34;
+    for (let i = 0; i < n; i += 100) {
+      await Promise.all(Array.from({ length: Math.min(100, n - i) }, (_, k) => raw.put(`${prefix}volume-fence/${i + k + 1}`).value(String(i + k + 7))));
+    }
+    // A key just past the prefix must not be listed.
+    await raw.put(`${prefix}volume-fence0`).value('x');
+    const md = new EtcdMetadata({ endpoints: [etcd.endpoint], prefix, logger });
+    try {
+      const { fences, revision } = await md.listFences();
+      expect(fences.size).toBe(n);
+      expect(fences.get(1)).toBe(7);
+      expect(fences.get(n)).toBe(n + 6);
+      expect(revision).toBeGreaterThan(0);
     } finally {
       await md.close();
     }

@@ -5,7 +5,9 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { EtcdMetadata } from '../../src/metadata/etcd-metadata.js';
 import { DIST, ROOT, ensureBuilt } from '../helpers/build.js';
 import { startEtcd, type EtcdHandle } from '../helpers/etcd.js';
+import { advanceRing } from '../../src/ring/transition.js';
 import { peerRecord } from '../helpers/metadata-contract.js';
+import { waitFor } from '../helpers/wait.js';
 
 const CLI = path.join(DIST, 'cmd/torusctl.js');
 const RUN_TIMEOUT_MS = 20_000;
@@ -19,14 +21,17 @@ interface Result {
 }
 
 /** Runs the compiled torusctl as a real process; stdin is a pipe (never a TTY). */
-function torusctl(args: string[], opts: { endpoint?: string; input?: string; env?: Record<string, string> } = {}): Promise<Result> {
+function torusctl(args: string[], opts: { endpoint?: string; input?: string; env?: Record<string, string>; onStdout?: (soFar: string) => void } = {}): Promise<Result> {
   const t0 = Date.now();
   const argv = opts.endpoint === undefined ? args : ['-C', opts.endpoint, ...args];
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, ...argv], { cwd: ROOT, env: { ...process.env, ETCD_HOST: '', ETCD_PORT: '', ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+      opts.onStdout?.(stdout);
+    });
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
@@ -77,6 +82,9 @@ describe('torusctl against a real etcd', () => {
     expect(init.code, init.stderr).toBe(0);
     expect(init.stdout).toBe(`initialised torus in etcd at ${ep}: block size 512 KiB, replication 3\n`);
     expect(await md.getClusterConfig()).toMatchObject({ blockSize: 512 * 1024, replication: 3 });
+    expect(await md.getRing()).toMatchObject({ schema: 2, replication: 3, minReplicas: 2, transition: null });
+    const secret = await md.getClusterSecret();
+    expect(secret).toMatch(/^[0-9a-f]{64}$/);
 
     const view = await torusctl(['init', '--view'], { endpoint: ep });
     expect(view.code).toBe(0);
@@ -92,6 +100,9 @@ describe('torusctl against a real etcd', () => {
     expect(forced.code, forced.stderr).toBe(0);
     expect(JSON.parse(forced.stdout)).toMatchObject({ etcd: ep, forced: true, config: { blockSize: 1024 * 1024, replication: 2 } });
     expect(await md.listVolumes()).toEqual([]);
+    const fresh = await md.getClusterSecret();
+    expect(fresh).toMatch(/^[0-9a-f]{64}$/);
+    expect(fresh).not.toBe(secret);
   });
 
   it('takes the endpoint from ETCD_HOST and ETCD_PORT', async () => {
@@ -184,8 +195,8 @@ describe('torusctl against a real etcd', () => {
       const before = await torusctl(['list-peers'], { endpoint: ep });
       expect(before.code, before.stderr).toBe(0);
       const lines = before.stdout.split('\n');
-      expect(lines[1]).toMatch(/^\|\s+ADDRESS\s+\|\s+UUID\s+\|\s+SIZE\s+\|\s+USED\s+\|\s+MEMBER\s+\|\s+UPDATED\s+\|\s+REB\/REP\s+\|\s+DATA\s+\|$/);
-      expect(lines[3]).toMatch(new RegExp(`^\\| 127\\.0\\.0\\.1:40000 \\| ${uuid} \\|\\s+8 GiB \\|\\s+2 GiB \\| Avail\\s+\\| \\d+s ago\\s+\\|\\s+0 B/sec \\|\\s+25\\.00% \\|$`));
+      expect(lines[0]).toMatch(/^ADDRESS\s+UUID\s+SIZE\s+USED\s+MEMBER\s+UPDATED\s+REB\/REP DATA$/);
+      expect(lines[1]).toMatch(new RegExp(`^127\\.0\\.0\\.1:40000  ${uuid}  8\\.0 GiB  2\\.0 GiB  Avail   (now|\\d+ seconds? ago)\\s+0 B/s$`));
       expect(before.stdout).toContain('Balanced: true Usage: 25.00%\n');
 
       const add = await torusctl(['peer', 'add', '127.0.0.1:40000'], { endpoint: ep });
@@ -194,17 +205,53 @@ describe('torusctl against a real etcd', () => {
       expect((await md.getRing()).members).toEqual([{ uuid, weight: 8 * 1024 ** 3 }]);
 
       const after = await torusctl(['peer', 'list', '--csv'], { endpoint: ep });
-      expect(after.stdout.split('\n')[1]).toMatch(new RegExp(`^127\\.0\\.0\\.1:40000,${uuid},8 GiB,2 GiB,OK,\\d+s ago,0 B/sec,25\\.00%$`));
+      expect(after.stdout.split('\n')[1]).toMatch(new RegExp(`^127\\.0\\.0\\.1:40000,${uuid},8\\.0 GiB,2\\.0 GiB,OK,(now|\\d+ seconds? ago),0 B/s$`));
       const json = JSON.parse((await torusctl(['-o', 'json', 'list-peers'], { endpoint: ep })).stdout);
-      expect(json).toMatchObject({ balanced: true, ringVersion: 2, peers: [{ uuid, member: 'OK', capacity: 8 * 1024 ** 3 }] });
+      expect(json).toMatchObject({ balanced: true, ringVersion: 2, ringPhase: 'stable', peers: [{ uuid, member: 'OK', capacity: 8 * 1024 ** 3 }] });
 
       const ring = JSON.parse((await torusctl(['ring', 'get', '-o', 'json'], { endpoint: ep })).stdout);
-      expect(ring).toMatchObject({ version: 2, replication: 1, members: [{ uuid }] });
-      expect((await torusctl(['ring', 'set-replication', '2'], { endpoint: ep })).code).toBe(0);
-      expect((await md.getRing()).replication).toBe(2);
+      expect(ring).toMatchObject({ schema: 2, version: 2, replication: 1, minReplicas: 1, members: [{ uuid }], transition: null });
+      const set = await torusctl(['ring', 'set-replication', '2'], { endpoint: ep });
+      expect(set.code, set.stderr).toBe(0);
+      expect(set.stderr).toContain('blocks get min(2, members) copies');
+      expect(await md.getRing()).toMatchObject({ version: 3, replication: 2, minReplicas: 1, transition: { phase: 'moving', from: { replication: 1 } } });
+      expectOneErrorLine(await torusctl(['ring', 'set-replication', '2', '--min', '3'], { endpoint: ep }), 'TORUS_ERR_ARG_INVALID');
       expectOneErrorLine(await torusctl(['peer', 'remove', uuid], { endpoint: ep }), 'TORUS_ERR_RING_UNSAFE');
-      expect((await torusctl(['peer', 'remove', uuid, '--force'], { endpoint: ep })).code).toBe(0);
+      const removed = await torusctl(['-o', 'json', 'peer', 'remove', uuid, '--force', '--no-wait'], { endpoint: ep });
+      expect(removed.code, removed.stderr).toBe(0);
+      expect(JSON.parse(removed.stdout)).toMatchObject({ changed: true, removed: uuid, wasDown: false, ring: { members: [] } });
       expect((await md.getRing()).members).toEqual([]);
+    } finally {
+      await session.close();
+    }
+  });
+
+  it('peer remove waits for the drain, printing plain progress lines when stdout is not a terminal', async () => {
+    const ep = etcd.endpoint;
+    await md.initCluster({ blockSize: 1024 * 1024, replication: 1 }, { force: false });
+    const session = await md.openSession({ ttlSeconds: 30 });
+    try {
+      for (const u of ['peer-1', 'peer-2']) await session.putPeer(peerRecord(u, { address: `127.0.0.1:${u === 'peer-1' ? 40001 : 40002}` }));
+      expect((await torusctl(['peer', 'add', '--all-peers'], { endpoint: ep })).code).toBe(0);
+      const vol = await md.createVolume('pad', 1024 ** 2);
+      const lock = await session.lockVolume('pad', 'test');
+      let shown = '';
+      const child = torusctl(['peer', 'remove', 'peer-2'], { endpoint: ep, onStdout: (t) => (shown = t) });
+      // Play the transition driver once the drain shows progress: record the move, advance the ring.
+      await waitFor('first progress line', () => shown.includes('draining peer-2: ring version 3 moving'));
+      const moving = await md.getRing();
+      await md.putVolumeMove({ schema: 1, ringVersion: moving.version, volumeId: vol.id, done: true, scanned: 1, copied: 1, unavailable: 0, updatedAt: new Date().toISOString() }, lock.token);
+      await md.setRing(advanceRing(moving));
+      await md.setRing(advanceRing(await md.getRing()));
+      const r = await child;
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toContain('removing peer peer-2 from the ring: its blocks move to the other members\n');
+      expect(r.stdout).toMatch(/draining peer-2: ring version \d+ (moving|settled)/);
+      expect(r.stdout.endsWith('peer peer-2 has left the ring (ring version 5, stable)\n')).toBe(true);
+      expect(r.stdout).not.toContain('\r');
+      const status = JSON.parse((await torusctl(['-o', 'json', 'cluster', 'status'], { endpoint: ep })).stdout);
+      expect(status).toMatchObject({ ring: { version: 5, phase: 'stable', members: ['peer-1'] }, progress: null, down: [], stale: [], balanced: false });
+      expect(status.unbalancedBecause).toEqual(['1 volume(s) not checked at ring version 5']);
     } finally {
       await session.close();
     }
@@ -241,7 +288,7 @@ describe('torusctl against a real etcd', () => {
 
     const wiped = await torusctl(['wipe', '--yes-i-am-sure', '-o', 'json'], { endpoint: ep });
     expect(wiped.code, wiped.stderr).toBe(0);
-    expect(JSON.parse(wiped.stdout)).toEqual({ etcd: ep, keysDeleted: 4 });
+    expect(JSON.parse(wiped.stdout)).toEqual({ etcd: ep, keysDeleted: 5 }); // config, ring, secret, volume id counter, volume
     expect(await md.getClusterConfig()).toBeNull();
     expect(await md.listVolumes()).toEqual([]);
   });
@@ -252,7 +299,7 @@ describe('torusctl without etcd', () => {
     const own = await startEtcd();
     const ep = own.endpoint;
     await own.stop();
-    for (const args of [['volume', 'list'], ['init', '--view'], ['list-peers']]) {
+    for (const args of [['volume', 'list'], ['init', '--view'], ['list-peers'], ['cluster', 'status'], ['peer', 'remove', 'x']]) {
       const r = await torusctl(args, { endpoint: ep });
       expectOneErrorLine(r, 'TORUS_ERR_ETCD_UNAVAILABLE');
       expect(r.stderr).toContain(ep);

@@ -1,14 +1,37 @@
+import pino from 'pino';
 import { describe, expect, it } from 'vitest';
 import { isTorusError } from '../../src/errors/torus-error.js';
 import { ByteQueue } from '../../src/util/byte-queue.js';
+import { resolveSecret } from '../../src/peer/auth.js';
+import { decodeRejectPayload, encodeRejectPayload } from '../../src/peer/codec.js';
 import { decodeHelloBody, encodeHandshakeMessage, encodeHelloBody, readHandshakeMessage } from '../../src/peer/handshake-codec.js';
 import { ClientHandshake, ServerHandshake, type HandshakeConfig, type HandshakeStep } from '../../src/peer/handshake.js';
 import { HANDSHAKE_BODY_BYTES_MAX, HandshakeKind, NONCE_BYTES, PROOF_BYTES } from '../../src/peer/protocol.js';
+import { RefusalLog } from '../../src/peer/refusal-log.js';
+import { ManualClock } from '../helpers/metadata-contract.js';
 
 const SECRET = Buffer.from('correct horse battery staple');
 
 function cfg(over: Partial<HandshakeConfig> = {}): HandshakeConfig {
-  return { clusterId: 'cluster-a', peerUuid: 'peer-1', secret: SECRET, blockSize: 4096, ...over };
+  return { clusterId: 'cluster-a', peerUuid: 'peer-1', incarnation: 'inc-1', secret: SECRET, blockSize: 4096, ...over };
+}
+
+/** A protocol 1 HELLO body, byte by byte as 0.1.0 sent it: no incarnation. */
+function v1HelloBody(): Buffer {
+  const cluster = Buffer.from('cluster-a');
+  const uuid = Buffer.from('old-peer');
+  const body = Buffer.alloc(12 + NONCE_BYTES + 2 + cluster.length + uuid.length);
+  body.writeUInt16BE(1, 0);
+  body.writeUInt16BE(1, 2);
+  body.writeUInt16BE(1, 4); // HELLO_FLAG_AUTH
+  body.writeUInt32BE(4096, 8);
+  body.fill(7, 12, 12 + NONCE_BYTES);
+  let at = 12 + NONCE_BYTES;
+  body[at++] = cluster.length;
+  at += cluster.copy(body, at);
+  body[at++] = uuid.length;
+  uuid.copy(body, at);
+  return body;
 }
 
 let nonceSeed = 0;
@@ -72,8 +95,8 @@ function failCode(step: HandshakeStep | null): string | undefined {
 describe('peer handshake', () => {
   it('completes when both sides share the secret', () => {
     const r = play(new ClientHandshake(cfg(), nonce()), new ServerHandshake(cfg({ peerUuid: 'peer-2' }), nonce()));
-    expect(r.client).toMatchObject({ kind: 'done', result: { version: 1, remotePeerUuid: 'peer-2' } });
-    expect(r.server).toMatchObject({ kind: 'done', result: { version: 1, remotePeerUuid: 'peer-1' } });
+    expect(r.client).toMatchObject({ kind: 'done', result: { version: 2, remotePeerUuid: 'peer-2', remoteIncarnation: 'inc-1' } });
+    expect(r.server).toMatchObject({ kind: 'done', result: { version: 2, remotePeerUuid: 'peer-1', remoteIncarnation: 'inc-1' } });
   });
 
   it('never puts the secret on the wire', () => {
@@ -83,7 +106,28 @@ describe('peer handshake', () => {
     expect(wire.includes(Buffer.from('battery'))).toBe(false);
   });
 
-  it('completes with no secret on either side', () => {
+  it('each side learns the other\'s incarnation, and the proofs cover it', () => {
+    const r = play(new ClientHandshake(cfg({ incarnation: 'client-boot-7' }), nonce()), new ServerHandshake(cfg({ incarnation: 'server-boot-3' }), nonce()));
+    expect(r.client).toMatchObject({ kind: 'done', result: { remoteIncarnation: 'server-boot-3' } });
+    expect(r.server).toMatchObject({ kind: 'done', result: { remoteIncarnation: 'client-boot-7' } });
+    // A man in the middle who rewrites the server's incarnation breaks the server proof.
+    const c = new ClientHandshake(cfg(), nonce());
+    const s = new ServerHandshake(cfg({ incarnation: 'server-boot-3' }), nonce());
+    const [hello] = messages([c.hello()]);
+    const [serverHello] = messages(s.receive(hello!).out);
+    const body = Buffer.from(serverHello!.body);
+    const at = body.indexOf(Buffer.from('server-boot-3'));
+    body[at + 12] = '4'.charCodeAt(0);
+    expect(failCode(c.receive({ kind: HandshakeKind.HELLO, body }))).toBe('TORUS_ERR_PEER_AUTH');
+  });
+
+  it('refuses a HELLO without an incarnation', () => {
+    const s = new ServerHandshake(cfg(), nonce());
+    const body = encodeHelloBody({ versionMin: 2, versionMax: 2, flags: 1, blockSize: 4096, nonce: nonce(), clusterId: 'cluster-a', peerUuid: 'x', incarnation: '' });
+    expect(failCode(s.receive({ kind: HandshakeKind.HELLO, body }))).toBe('TORUS_ERR_PEER_PROTOCOL');
+  });
+
+  it('completes with no secret on either side (authentication turned off explicitly)', () => {
     const none = Buffer.alloc(0);
     const r = play(new ClientHandshake(cfg({ secret: none }), nonce()), new ServerHandshake(cfg({ secret: none }), nonce()));
     expect(r.client?.kind).toBe('done');
@@ -144,19 +188,47 @@ describe('peer handshake', () => {
     expect(failCode(r.client)).toBe('TORUS_ERR_PEER_PROTOCOL');
   });
 
-  it('no common protocol version fails with TORUS_ERR_PEER_PROTOCOL', () => {
+  it('refuses a protocol 1 client with TORUS_ERR_PEER_PROTOCOL naming both versions, in a REJECT it can read', () => {
     const s = new ServerHandshake(cfg(), nonce());
-    const body = encodeHelloBody({ versionMin: 2, versionMax: 3, flags: 1, blockSize: 4096, nonce: nonce(), clusterId: 'cluster-a', peerUuid: 'x' });
-    expect(failCode(s.receive({ kind: HandshakeKind.HELLO, body }))).toBe('TORUS_ERR_PEER_PROTOCOL');
+    const step = s.receive({ kind: HandshakeKind.HELLO, body: v1HelloBody() });
+    expect(failCode(step)).toBe('TORUS_ERR_PEER_PROTOCOL');
+    expect(step.kind === 'fail' && step.error.message).toBe('the client speaks protocol versions 1..1, this server 2..2');
+    const [reject] = messages(step.out);
+    expect(reject!.kind).toBe(HandshakeKind.REJECT);
+    // The v1 layout: u16 code length, code, message.
+    const code = reject!.body.toString('latin1', 2, 2 + reject!.body.readUInt16BE(0));
+    expect(code).toBe('TORUS_ERR_PEER_PROTOCOL');
+    expect(reject!.body.toString('utf8', 2 + code.length)).toContain('1..1');
+  });
+
+  it('a protocol 1 server\'s refusal of our HELLO says which versions this client speaks', () => {
+    const c = new ClientHandshake(cfg(), nonce());
+    c.hello();
+    // What 0.1.0 answers a HELLO longer than it expects.
+    const step = c.receive({ kind: HandshakeKind.REJECT, body: encodeRejectPayload('TORUS_ERR_PEER_PROTOCOL', 'HELLO length does not match its fields') });
+    expect(failCode(step)).toBe('TORUS_ERR_PEER_PROTOCOL');
+    expect(step.kind === 'fail' && step.error.message).toBe(
+      'the server refused the HELLO: HELLO length does not match its fields (this client speaks protocol 2..2)',
+    );
+    expect(decodeRejectPayload(encodeRejectPayload('TORUS_ERR_PEER_AUTH', 'x')).code).toBe('TORUS_ERR_PEER_AUTH');
+  });
+
+  it('no common protocol version fails with TORUS_ERR_PEER_PROTOCOL, from the versions alone', () => {
+    const s = new ServerHandshake(cfg(), nonce());
+    // A future client: only the version fields are in place.
+    const future = Buffer.concat([Buffer.from([0, 3, 0, 4]), Buffer.alloc(3)]);
+    const step = s.receive({ kind: HandshakeKind.HELLO, body: future });
+    expect(step.kind === 'fail' && step.error.message).toBe('the client speaks protocol versions 3..4, this server 2..2');
   });
 
   it('picks the highest common version with a newer client', () => {
     const s = new ServerHandshake(cfg(), nonce());
-    const body = encodeHelloBody({ versionMin: 1, versionMax: 9, flags: 1, blockSize: 4096, nonce: nonce(), clusterId: 'cluster-a', peerUuid: 'x' });
+    const body = encodeHelloBody({ versionMin: 1, versionMax: 9, flags: 1, blockSize: 4096, nonce: nonce(), clusterId: 'cluster-a', peerUuid: 'x', incarnation: 'i' });
     const step = s.receive({ kind: HandshakeKind.HELLO, body });
     const [hello] = messages(step.out);
     const { hello: h } = decodeHelloBody(hello!.body, true);
-    expect([h.versionMin, h.versionMax]).toEqual([1, 1]);
+    expect([h.versionMin, h.versionMax]).toEqual([2, 2]);
+    expect(h.incarnation).toBe('inc-1');
   });
 
   it('refuses malformed and out-of-order messages', () => {
@@ -166,7 +238,7 @@ describe('peer handshake', () => {
     expect(failCode(new ServerHandshake(cfg(), nonce()).receive({ kind: HandshakeKind.PROOF, body: Buffer.alloc(PROOF_BYTES) }))).toBe(
       'TORUS_ERR_PEER_PROTOCOL',
     );
-    const good = encodeHelloBody({ versionMin: 1, versionMax: 1, flags: 1, blockSize: 4096, nonce: nonce(), clusterId: 'cluster-a', peerUuid: 'x' });
+    const good = encodeHelloBody({ versionMin: 2, versionMax: 2, flags: 1, blockSize: 4096, nonce: nonce(), clusterId: 'cluster-a', peerUuid: 'x', incarnation: 'i' });
     const longer = Buffer.concat([good, Buffer.from([0])]);
     expect(failCode(new ServerHandshake(cfg(), nonce()).receive({ kind: HandshakeKind.HELLO, body: longer }))).toBe('TORUS_ERR_PEER_PROTOCOL');
     const flagged = Buffer.from(good);
@@ -178,7 +250,7 @@ describe('peer handshake', () => {
   });
 
   it('round-trips HELLO bodies', () => {
-    const h = { versionMin: 1, versionMax: 4, flags: 1, blockSize: 1 << 20, nonce: nonce(), clusterId: 'clüster', peerUuid: 'a'.repeat(255) };
+    const h = { versionMin: 1, versionMax: 4, flags: 1, blockSize: 1 << 20, nonce: nonce(), clusterId: 'clüster', peerUuid: 'a'.repeat(255), incarnation: 'b'.repeat(255) };
     expect(decodeHelloBody(encodeHelloBody(h), false).hello).toEqual(h);
   });
 });
@@ -229,5 +301,56 @@ describe('handshake message framing', () => {
     }
     q.push(msg.subarray(msg.length - 1));
     expect(readHandshakeMessage(q)).toEqual({ kind: HandshakeKind.READY, body: Buffer.alloc(0) });
+  });
+});
+
+describe('authentication is on by default', () => {
+  it('refuses an empty secret unless insecure is set explicitly', () => {
+    let err: unknown;
+    try {
+      resolveSecret('', undefined, 'peer server');
+    } catch (e) {
+      err = e;
+    }
+    expect(isTorusError(err, 'TORUS_ERR_PEER_AUTH')).toBe(true);
+    expect((err as Error).message).toContain('no cluster secret');
+    expect(() => resolveSecret(Buffer.alloc(0), false, 'peer client')).toThrow(/no cluster secret/);
+    expect(resolveSecret('', true, 'x').length).toBe(0);
+    expect(resolveSecret('s3cret', undefined, 'x')).toEqual(Buffer.from('s3cret'));
+  });
+});
+
+describe('refusal log', () => {
+  function capture(level: string) {
+    const lines: { level: number; address?: string; suppressed?: number; msg: string }[] = [];
+    const logger = pino({ level }, { write: (s: string) => void lines.push(JSON.parse(s)) });
+    return { logger, lines, warns: () => lines.filter((l) => l.level === 40) };
+  }
+
+  it('warns once per address per minute, counting what it held back', async () => {
+    const clock = new ManualClock();
+    const { logger, lines, warns } = capture('debug');
+    const log = new RefusalLog(logger, clock);
+    for (let i = 0; i < 5; i++) log.refused('10.0.0.1', new Error('wrong secret'));
+    log.refused('10.0.0.2', new Error('wrong secret'));
+    expect(warns().map((l) => l.address)).toEqual(['10.0.0.1', '10.0.0.2']);
+    expect(lines.filter((l) => l.level === 20).length).toBe(4);
+    await clock.advance(59_999);
+    log.refused('10.0.0.1', new Error('wrong secret'));
+    expect(warns().length).toBe(2);
+    await clock.advance(1);
+    log.refused('10.0.0.1', new Error('wrong secret'));
+    expect(warns().length).toBe(3);
+    expect(warns()[2]).toMatchObject({ address: '10.0.0.1', suppressed: 5 });
+  });
+
+  it('remembers a bounded number of addresses', () => {
+    const { logger, warns } = capture('warn');
+    const log = new RefusalLog(logger, new ManualClock(), 60_000, 3);
+    for (const a of ['a', 'b', 'c', 'd']) log.refused(a, new Error('x'));
+    // 'a' was forgotten to make room for 'd': it may warn again early; 'd' may not.
+    log.refused('a', new Error('x'));
+    log.refused('d', new Error('x'));
+    expect(warns().map((l) => l.address)).toEqual(['a', 'b', 'c', 'd', 'a']);
   });
 });
