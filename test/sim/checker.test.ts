@@ -49,8 +49,11 @@ describe('Checker', () => {
     await views[0]!.store.write(ref, 0, data, makeVersion(1, 1), { fua: false });
     model.acked({ op: 5, value: 5, handle: 1, doneSeq: 1 }, 0, SPB);
     const cand = model.allowed(0)[0]!;
-    expect(checker.checkWriteAck(model, cand, 0, SPB, 1)).toBeNull();
-    expect(checker.checkWriteAck(model, cand, 0, SPB, 2)?.guarantee).toBe('G3');
+    const all = () => new Set(views.map((v) => v.uuid));
+    expect(checker.checkWriteAck(model, cand, 0, SPB, 1, all)).toBeNull();
+    expect(checker.checkWriteAck(model, cand, 0, SPB, 2, all)?.guarantee).toBe('G3');
+    // A copy on a peer that does not own the block does not count.
+    expect(checker.checkWriteAck(model, cand, 0, SPB, 1, () => new Set([views[1]!.uuid]))?.guarantee).toBe('G3');
     const moved = model.flushed(1, 2);
     expect(checker.checkFlushAck(model, moved, 1)?.message).toMatch(/0 durable copies/);
     await views[0]!.store.flush();

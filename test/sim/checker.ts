@@ -94,15 +94,18 @@ export class Checker {
 
   /**
    * A write acknowledged at level `all` is in the visible state of at least
-   * `minCopies` stores (one for the levels `one` and `local`): counted per
-   * block it touched, as the sectors it wrote.
+   * `minCopies` of the block's owners (one for the levels `one` and
+   * `local`): counted per block it touched, as the sectors it wrote. The
+   * owners are those of every ring seen lately, old and new placements.
    */
-  checkWriteAck(model: VolumeModel, op: Candidate, firstSector: number, count: number, minCopies: number): Violation | null {
+  checkWriteAck(model: VolumeModel, op: Candidate, firstSector: number, count: number, minCopies: number, owners: (ref: BlockRef) => ReadonlySet<string>): Violation | null {
     for (const [index, sectors] of this.blocksOf(firstSector, count)) {
       const ref = blockRef(model.volumeId, 1, index);
+      const own = owners(ref);
       let copies = 0;
       const holders: string[] = [];
       for (const v of this.stores()) {
+        if (!own.has(v.uuid)) continue;
         const c = v.store.inspect(ref).visible;
         if (this.copyHolds(c, model, index, sectors, (value) => value === op.value)) {
           copies++;

@@ -1,5 +1,7 @@
 import pino from 'pino';
+import type { BlockRef } from '../../src/model/block-ref.js';
 import type { RingRecord } from '../../src/model/records.js';
+import { ownersOf } from '../../src/replication/owners.js';
 import { SeededRandom, type Random } from '../../src/util/random.js';
 import { Checker, type Guarantee, type Violation } from './checker.js';
 import { EventLog } from './event-log.js';
@@ -178,6 +180,11 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     log.add(`ring ${ring.version} ${ring.transition?.phase ?? 'stable'} R=${ring.replication} min=${ring.minReplicas}`);
   });
   const minReplicas = (): number => Math.min(...rings.map((r) => r.minReplicas));
+  const owners = (ref: BlockRef): ReadonlySet<string> => {
+    const out = new Set<string>();
+    for (const r of rings) for (const u of ownersOf(r, ref).all) out.add(u);
+    return out;
+  };
 
   const random = cluster.fork();
   // The injector needs the workload and the workload asks the injector about quiet: a late-bound view.
@@ -199,6 +206,7 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     volumes: cfg.volumes.map((v) => ({ name: v.name, id: ids.get(v.name)!, blocks: v.blocks })),
     blockSize,
     minReplicas,
+    owners,
     fail,
     ...(opts.wrapIo ? { wrapIo: opts.wrapIo } : {}),
   });
@@ -372,7 +380,7 @@ function diagnose(cluster: SimCluster, blocks: readonly (readonly [number, numbe
   out.push(`ring: ${ringEntry?.value ?? 'none'}`);
   for (const p of cluster.peers) {
     const state = p.process === null ? 'never started' : p.process.state;
-    const fence = [...(p.fences as unknown as { durable: Map<number, number> }).durable ?? []].map(([v, t]) => `${v}:${t}`).join(',');
+    const fence = [...p.fences.durable()].map(([v, t]) => `${v}:${t}`).join(',');
     out.push(`peer ${p.index} ${p.uuid.slice(0, 8)} ${state}${p.started ? ' started' : ''} incarnation ${p.incarnations} fences ${fence}`);
   }
   for (const { key, entry } of cluster.etcd.range('stale/')) out.push(`${key}: ${entry.value}`);

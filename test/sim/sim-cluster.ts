@@ -7,6 +7,7 @@ import { MemoryMetadata, type MemoryFault } from '../../src/metadata/memory-meta
 import type { ReplicaApi } from '../../src/model/replica-api.js';
 import type { PeerRecord, RingMember, RingRecord } from '../../src/model/records.js';
 import { minReplicasDefault, planRingChange } from '../../src/ring/transition.js';
+import { MemoryFencePersistence } from '../../src/store/fence-file.js';
 import { MemoryBlockStore } from '../../src/store/memory-block-store.js';
 import type { Clock } from '../../src/util/clock.js';
 import { SeededIds, SeededRandom, type Random } from '../../src/util/random.js';
@@ -15,7 +16,6 @@ import type { StoreView } from './checker.js';
 import type { AppliedChangeLike, NodeFactory, NodeUnderTest, SimTiming, VolumeIo } from './node-under-test.js';
 import { guardObject } from './process-guard.js';
 import { SimClock, SimProcess } from './sim-clock.js';
-import { SimFenceDisk } from './sim-fence-disk.js';
 import { SimNetwork } from './sim-network.js';
 
 /** Sync methods of LocalBlockStore: after a crash they throw instead of hanging. */
@@ -47,7 +47,7 @@ export interface SimPeer {
   readonly uuid: string;
   readonly index: number;
   readonly store: MemoryBlockStore;
-  readonly fences: SimFenceDisk;
+  readonly fences: MemoryFencePersistence;
   process: SimProcess | null;
   node: NodeUnderTest | null;
   metadata: MemoryMetadata | null;
@@ -90,7 +90,7 @@ export class SimCluster {
         uuid: ids.uuid(),
         index: i,
         store: new MemoryBlockStore({ blockSize: opts.blockSize, capacity: opts.capacity }),
-        fences: new SimFenceDisk(),
+        fences: new MemoryFencePersistence(),
         process: null,
         node: null,
         metadata: null,
@@ -164,6 +164,7 @@ export class SimCluster {
     peer.process.kill();
     peer.started = false;
     peer.store.crash(this.fork());
+    peer.fences.crash(this.fork());
   }
 
   freeze(peer: SimPeer): void {

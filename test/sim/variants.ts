@@ -5,7 +5,7 @@ import type { Version } from '../../src/model/version.js';
 import type { LocalBlockStore } from '../../src/store/local-store.js';
 import type { NodeEnv, NodeFactory, NodeUnderTest, VolumeIo } from './node-under-test.js';
 import { adaptNode, nodeDeps } from './real-node.js';
-import type { FencePersistenceLike } from './sim-fence-disk.js';
+import type { FencePersistence } from '../../src/store/fence-file.js';
 
 /**
  * Deliberately broken builds of the peer, each a small wrapper or an
@@ -178,7 +178,7 @@ function copyOverNewer(env: NodeEnv): NodeUnderTest {
  * without writing anything, so a restarted peer starts with none.
  */
 function fenceInMemory(env: NodeEnv): NodeUnderTest {
-  const volatile: FencePersistenceLike = {
+  const volatile: FencePersistence = {
     load: async () => new Map(),
     save: async () => undefined,
   };

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { isTorusError } from '../../src/errors/torus-error.js';
+import type { BlockRef } from '../../src/model/block-ref.js';
 import type { Random } from '../../src/util/random.js';
 import { assert } from '../../src/util/assert.js';
 import type { Checker, Violation } from './checker.js';
@@ -101,6 +102,8 @@ export interface WorkloadOptions {
   readonly blockSize: number;
   /** The ring's minReplicas as the checkers must count it now (the smallest of recent rings). */
   readonly minReplicas: () => number;
+  /** A block's owners under the rings seen lately (both placements of a transition). */
+  readonly owners: (ref: BlockRef) => ReadonlySet<string>;
   readonly fail: (v: Violation) => void;
   /** Wraps a writer's io (the broken variants hook in here). */
   readonly wrapIo?: (io: VolumeIo) => VolumeIo;
@@ -498,7 +501,7 @@ export class Workload {
         const c = this.candidate(op);
         vol.model.acked(c, op.first, op.count);
         const min = this.opts.timing.writeLevel === 'all' ? this.opts.minReplicas() : 1;
-        const v = checker.checkWriteAck(vol.model, { ...c, acked: true }, op.first, op.count, min);
+        const v = checker.checkWriteAck(vol.model, { ...c, acked: true }, op.first, op.count, min, this.opts.owners);
         if (v) fail({ ...v, message: `op ${op.id}: ${v.message}`, blocks: this.blocksOf(op) });
       }
     }
