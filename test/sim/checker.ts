@@ -102,6 +102,8 @@ export class Checker {
     for (const [index, sectors] of this.blocksOf(firstSector, count)) {
       const ref = blockRef(model.volumeId, 1, index);
       const own = owners(ref);
+      // A replica applies a change to a block whole (one store call), so the first sector it touched tells.
+      sectors.length = 1;
       let copies = 0;
       const holders: string[] = [];
       for (const v of this.stores()) {
@@ -138,6 +140,7 @@ export class Checker {
     }
     for (const [index, sectors] of byBlock) {
       const ref = blockRef(model.volumeId, 1, index);
+      sectors.length = 1; // as in checkWriteAck: changes land whole per block
       const copies = this.stores().filter((v) =>
         this.copyHolds(v.store.inspect(ref).durable, model, index, sectors, (value, s) => model.timeline(s).some((c) => c.value === value)),
       ).length;
@@ -223,21 +226,21 @@ export class Checker {
    * (any peer, dead or alive, in the state a restart finds). A block a store
    * does not hold contributes nothing: absence is not a zero that survived.
    */
-  heldValues(model: VolumeModel, blocks: number): (s: number) => ReadonlySet<number> {
+  heldValues(model: VolumeModel): (s: number) => ReadonlySet<number> {
     const spb = this.sectorsPerBlock;
-    const held: Set<number>[] = Array.from({ length: blocks * spb }, () => new Set<number>());
-    for (const v of this.stores()) {
-      for (const b of v.store.list({ volumeId: model.volumeId, limit: Number.MAX_SAFE_INTEGER })) {
-        if (b.ref.index >= blocks || b.state === 'absent') continue;
-        const c = v.store.inspect(b.ref).visible;
-        for (let i = 0; i < spb; i++) {
-          const s = b.ref.index * spb + i;
-          const value = c === null || c.state === 'zero' ? 0 : sectorValueAt(c.data!, i * SECTOR_BYTES, model.volumeId, s);
-          if (value !== null) held[s]!.add(value);
-        }
+    const stores = this.stores();
+    return (s) => {
+      const held = new Set<number>();
+      const index = Math.floor(s / spb);
+      const ref = blockRef(model.volumeId, 1, index);
+      for (const v of stores) {
+        const c = v.store.inspect(ref).visible;
+        if (c === null) continue;
+        const value = c.state === 'zero' ? 0 : sectorValueAt(c.data!, (s - index * spb) * SECTOR_BYTES, model.volumeId, s);
+        if (value !== null) held.add(value);
       }
-    }
-    return (s) => held[s] ?? new Set();
+      return held;
+    };
   }
 
   // ------------------------------------------------------------ helpers

@@ -403,7 +403,7 @@ export class FaultInjector implements QuietState {
 
   /** After a power loss: the model widens what may be lost (per sector, back to what some store still holds). */
   private afterCrash(): void {
-    for (const v of this.opts.workload.volumes) v.model.crashed(this.opts.checker.heldValues(v.model, v.blocks));
+    for (const v of this.opts.workload.volumes) v.model.crashed(this.opts.checker.heldValues(v.model));
   }
 
   // ------------------------------------------------------------ bookkeeping

@@ -45,6 +45,7 @@ export function encodeSectors(volumeId: number, writeId: number, firstSector: nu
 
 
 const ZERO: SectorValue = Object.freeze({ kind: 'zero' });
+const ZERO_SECTOR = Buffer.alloc(SECTOR_BYTES);
 
 /**
  * The value of the sector at `at` in `buf`, read from `sector` of
@@ -54,21 +55,13 @@ const ZERO: SectorValue = Object.freeze({ kind: 'zero' });
  */
 export function sectorValueAt(buf: Buffer, at: number, volumeId: number, sector: number): number | null {
   const end = at + SECTOR_BYTES;
-  if (buf.readUInt32BE(at) !== MAGIC) {
-    for (let i = at; i < end; i += 4) if (buf.readUInt32LE(i) !== 0) return null;
-    return 0;
-  }
+  if (buf.readUInt32BE(at) !== MAGIC) return buf.compare(ZERO_SECTOR, 0, SECTOR_BYTES, at, end) === 0 ? 0 : null;
   const writeId = buf.readUInt32BE(at + 4);
   if (buf.readUInt32BE(at + 8) !== sector >>> 0 || buf.readUInt16BE(at + 12) !== (volumeId & 0xffff) || buf.readUInt16BE(at + 14) !== check(writeId, sector, volumeId)) return null;
-  // Every record of the sector equals the first: not torn, not partly corrupt.
-  const w0 = buf.readUInt32LE(at);
-  const w1 = buf.readUInt32LE(at + 4);
-  const w2 = buf.readUInt32LE(at + 8);
-  const w3 = buf.readUInt32LE(at + 12);
-  for (let i = at + RECORD_BYTES; i < end; i += RECORD_BYTES) {
-    if (buf.readUInt32LE(i) !== w0 || buf.readUInt32LE(i + 4) !== w1 || buf.readUInt32LE(i + 8) !== w2 || buf.readUInt32LE(i + 12) !== w3) return null;
-  }
-  return writeId;
+  // Every record equals the first (not torn, not partly corrupt): the sector
+  // has period RECORD_BYTES, i.e. it equals itself shifted by one record.
+  // One native comparison instead of a loop.
+  return buf.compare(buf, at, end - RECORD_BYTES, at + RECORD_BYTES, end) === 0 ? writeId : null;
 }
 
 /** What the sector at `at` in `buf` holds, given it was read from `sector` of `volumeId` (with the reason when garbage). */

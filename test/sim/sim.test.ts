@@ -19,8 +19,6 @@ const CI_SEEDS = 200;
 const CI_BUDGET_MS = 180_000;
 /** Child processes: one per core of a CI machine. */
 const JOBS = 2;
-/** Seeds a variant search runs per round (the search stops at the first catch). */
-const VARIANT_ROUND_SEEDS = 4;
 
 const seeds = Array.from({ length: CI_SEEDS }, (_, i) => i + 1);
 /** Baseline outcome per seed: a variant counts as caught only on a seed the real code passes. */
@@ -58,14 +56,19 @@ describe('whole-cluster simulation', () => {
   describe('the checkers catch each deliberately broken variant within the CI seed budget', () => {
     for (const name of variantNames()) {
       it(name, async () => {
+        // Seeds the real code is known to fail cannot tell a variant apart: skip them.
+        let todo = seeds.filter((s) => baseline.get(s)?.ok !== false);
         let caught: SeedLine | null = null;
-        for (let from = 0; from < seeds.length && caught === null; from += VARIANT_ROUND_SEEDS) {
-          const round = seeds.slice(from, from + VARIANT_ROUND_SEEDS);
-          const lines = await runSeedsInChildren(round, { jobs: JOBS, variant: name });
+        while (caught === null && todo.length > 0) {
+          // Each child stops at its first failing seed; a failure counts only where the real code passes.
+          const lines = await runSeedsInChildren(todo, { jobs: JOBS, variant: name, stopAtFirstFailure: true });
           const failing = lines.filter((l) => !l.ok);
-          if (failing.length === 0) continue;
+          if (failing.length === 0) break;
           await baselineOf(failing.map((l) => l.seed));
           caught = failing.find((l) => baseline.get(l.seed)?.ok === true) ?? null;
+          // Each child ran its share in order up to its stop: what is left is what no child reached.
+          const done = new Set(lines.map((l) => l.seed));
+          todo = todo.filter((s) => !done.has(s));
         }
         expect(caught, `variant ${name} passed every seed the real code passes`).not.toBeNull();
         // Which check caught it, for the record.
