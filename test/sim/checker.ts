@@ -2,10 +2,12 @@ import { isTorusError } from '../../src/errors/torus-error.js';
 import type { ErrorCode } from '../../src/errors/codes.js';
 import { blockRef, type BlockRef } from '../../src/model/block-ref.js';
 import type { RingRecord } from '../../src/model/records.js';
+import { formatVersion } from '../../src/model/version.js';
 import { replicasOf } from '../../src/ring/placement.js';
 import type { InspectedCopy, MemoryBlockStore } from '../../src/store/memory-block-store.js';
 import type { Candidate, VolumeModel } from './model.js';
 import { SECTOR_BYTES, decodeSector, sectorValueAt } from './sectors.js';
+import type { StoreChange } from './store-watch.js';
 
 /**
  * The invariant checkers (docs/replication.md, "The guarantees"). Each
@@ -170,6 +172,23 @@ export class Checker {
     }
     if (token > newest) this.newestToken.set(volumeId, token);
     return null;
+  }
+
+  /**
+   * A change about to reach a store never takes a copy back to an older
+   * version: writes and zeroes build on older versions, an install replaces
+   * only an older or suspect copy, a confirm relabels only a suspect one
+   * (docs/replication.md, "Versions": "A copy can never overwrite a newer
+   * write"). Checked at the store's boundary, before the change.
+   */
+  checkStoreChange(uuid: string, c: StoreChange): Violation | null {
+    const b = c.before;
+    if (b.suspect || b.state === 'absent' || c.version >= b.version) return null;
+    return {
+      guarantee: 'G1/G4',
+      message: `peer ${uuid.slice(0, 8)}: a ${c.kind} at ${formatVersion(c.version)} reached a copy of volume ${c.ref.volumeId} block ${c.ref.index} at ${formatVersion(b.version)} (newer, not suspect): a copy overwrote a newer one`,
+      blocks: [[c.ref.volumeId, c.ref.index]],
+    };
   }
 
   // ------------------------------------------------------------ G5: placement at rest

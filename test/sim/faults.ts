@@ -112,6 +112,13 @@ export function planFaults(random: Random, opsTotal: number): PlannedFault[] {
   return plan.sort((a, b) => a.atOp - b.atOp);
 }
 
+interface FaultRecord {
+  readonly what: string;
+  /** Peers it touches, or the whole cluster (etcd, every link). */
+  readonly peers: ReadonlySet<string> | 'cluster';
+  endedAt: number | null;
+}
+
 export interface FaultInjectorOptions {
   readonly cluster: SimCluster;
   readonly workload: Workload;
@@ -127,7 +134,9 @@ export interface FaultInjectorOptions {
 /** Applies planned faults and knows whether any is active (the liveness checks' "quiet"). */
 export class FaultInjector implements QuietState {
   private readonly pending: (PlannedFault & { attempts: number; required: boolean })[];
-  private readonly active = new Set<string>();
+  private readonly active = new Map<number, FaultRecord>();
+  /** Faults that ended within the grace period: their peers may still be catching up. */
+  private recent: FaultRecord[] = [];
   private nextId = 1;
   private epochNow = 0;
   private lastEndAt = -Infinity;
@@ -163,6 +172,21 @@ export class FaultInjector implements QuietState {
 
   isQuiet(): boolean {
     return this.active.size === 0 && this.cluster.clock.monotonic() - this.lastEndAt >= this.opts.graceMs;
+  }
+
+  /**
+   * Peers a fault touches now or touched within the grace period, or
+   * 'cluster' when etcd or the whole network is (or just was) faulty.
+   */
+  unhealthy(): Set<string> | 'cluster' {
+    const now = this.cluster.clock.monotonic();
+    this.recent = this.recent.filter((f) => now - f.endedAt! < this.opts.graceMs);
+    const out = new Set<string>();
+    for (const f of [...this.active.values(), ...this.recent]) {
+      if (f.peers === 'cluster') return 'cluster';
+      for (const u of f.peers) out.add(u);
+    }
+    return out;
   }
 
   /** Planned faults not yet applied. */
@@ -212,7 +236,7 @@ export class FaultInjector implements QuietState {
         if (this.down.size > 0) return false;
         const p = pick(running);
         if (!p) return false;
-        const end = this.begin(`crash ${p.index}`);
+        const end = this.begin(`crash ${p.index}`, [p.uuid]);
         this.down.add(p);
         c.crash(p);
         this.opts.workload.peerDied(p);
@@ -238,7 +262,7 @@ export class FaultInjector implements QuietState {
           if (f.kind === 'partition') links.push([b.uuid, a.uuid]);
         }
         if (f.kind === 'partition-one-way' && r.int(2) === 0) links.forEach((l) => l.reverse());
-        const end = this.begin(`${f.kind} ${links.map(([x, y]) => `${c.peerByUuid(x)!.index}>${c.peerByUuid(y)!.index}`).join(',')}`);
+        const end = this.begin(`${f.kind} ${links.map(([x, y]) => `${c.peerByUuid(x)!.index}>${c.peerByUuid(y)!.index}`).join(',')}`, links.flat());
         for (const [x, y] of links) this.blockLink(x, y);
         this.until(f.durationMs, () => {
           for (const [x, y] of links) this.healLink(x, y);
@@ -247,9 +271,9 @@ export class FaultInjector implements QuietState {
         return true;
       }
       case 'etcd-outage': {
-        if ([...this.active].some((a) => a.startsWith('etcd-outage'))) return false;
+        if ([...this.active.values()].some((a) => a.what.startsWith('etcd-outage'))) return false;
         const mode = (['unavailable', 'hang', 'lose-replies'] as const)[r.int(3)]!;
-        const end = this.begin(`etcd-outage ${mode}`);
+        const end = this.begin(`etcd-outage ${mode}`, 'cluster');
         c.setEtcdFault(mode);
         this.until(f.durationMs, () => {
           c.setEtcdFault('none');
@@ -261,7 +285,7 @@ export class FaultInjector implements QuietState {
         const p = pick(running);
         if (!p) return false;
         const mode: MemoryFault = r.int(2) === 0 ? 'unavailable' : 'hang';
-        const end = this.begin(`peer-etcd-cut ${p.index} ${mode}`);
+        const end = this.begin(`peer-etcd-cut ${p.index} ${mode}`, [p.uuid]);
         c.setPeerEtcdFault(p, mode);
         this.until(f.durationMs, () => {
           c.setPeerEtcdFault(p, 'none');
@@ -273,7 +297,7 @@ export class FaultInjector implements QuietState {
         if (this.down.size > 0) return false;
         const p = pick(running);
         if (!p) return false;
-        const end = this.begin(`freeze ${p.index}`);
+        const end = this.begin(`freeze ${p.index}`, [p.uuid]);
         this.down.add(p);
         c.freeze(p);
         this.until(f.durationMs, () => {
@@ -288,7 +312,7 @@ export class FaultInjector implements QuietState {
         const writers = running.filter((p) => this.opts.workload.volumes.some((v) => v.writer?.peer === p));
         const p = pick(writers);
         if (!p) return false;
-        const end = this.begin(`takeover-lease freeze ${p.index}`);
+        const end = this.begin(`takeover-lease freeze ${p.index}`, [p.uuid]);
         this.down.add(p);
         c.freeze(p);
         const taken = this.opts.workload.takeOverFrozen(p);
@@ -303,11 +327,36 @@ export class FaultInjector implements QuietState {
           }
           end();
         };
+        // Half the time a replica restarts while the old writer is paused,
+        // after the new writers published their tokens: a peer that forgot
+        // them would take the old writer's queued changes on the thaw.
+        const restartOne = r.int(2) === 0;
         const check = (): void => {
           if (p.process?.state !== 'frozen') return;
           const allNew = taken.every((v) => v.writer !== null && v.writer.peer !== p);
-          if (allNew || c.clock.monotonic() - startedAt > 60_000) this.later(500 + r.int(2_500), thaw);
-          else this.later(500, check);
+          if (!allNew && c.clock.monotonic() - startedAt <= 60_000) {
+            this.later(500, check);
+            return;
+          }
+          const others = c.peers.filter((x) => x !== p && x.started && c.isRunning(x));
+          const q = restartOne ? pick(others) : undefined;
+          if (q === undefined) {
+            this.later(500 + r.int(2_500), thaw);
+            return;
+          }
+          log.add(`crash ${q.index} while ${p.index} is paused`);
+          const endQ = this.begin(`crash ${q.index}`, [q.uuid]);
+          c.crash(q);
+          this.opts.workload.peerDied(q);
+          this.afterCrash();
+          this.later(200 + r.int(800), () => {
+            log.add(`restart ${q.index}`);
+            endQ();
+            void c.start(q).then(() => {
+              log.add(`peer ${q.index} started`);
+              this.later(200 + r.int(1_800), thaw);
+            });
+          });
         };
         this.restores.push(thaw);
         this.later(500, check);
@@ -323,9 +372,9 @@ export class FaultInjector implements QuietState {
         return true;
       }
       case 'messages': {
-        if ([...this.active].some((a) => a.startsWith('messages'))) return false;
+        if ([...this.active.values()].some((a) => a.what.startsWith('messages'))) return false;
         const faults = { dropRequest: 0.02 + 0.1 * r.next(), dropReply: 0.02 + 0.1 * r.next(), duplicate: 0.05 + 0.15 * r.next(), reorder: 0.05 + 0.2 * r.next() };
-        const end = this.begin(`messages drop ${faults.dropRequest.toFixed(2)}/${faults.dropReply.toFixed(2)} dup ${faults.duplicate.toFixed(2)} reorder ${faults.reorder.toFixed(2)}`);
+        const end = this.begin(`messages drop ${faults.dropRequest.toFixed(2)}/${faults.dropReply.toFixed(2)} dup ${faults.duplicate.toFixed(2)} reorder ${faults.reorder.toFixed(2)}`, 'cluster');
         c.network.setFaults(faults);
         this.until(f.durationMs, () => {
           c.network.setFaults(NO_FAULTS);
@@ -341,7 +390,7 @@ export class FaultInjector implements QuietState {
         const b = pick(data);
         if (!b) return false;
         const page = r.int(p.store.blockSize / PAGE_BYTES);
-        const end = this.begin(`corrupt ${p.index} volume ${b.ref.volumeId} block ${b.ref.index} page ${page}`);
+        const end = this.begin(`corrupt ${p.index} volume ${b.ref.volumeId} block ${b.ref.index} page ${page}`, [p.uuid]);
         p.store.corrupt(b.ref, page);
         end();
         return true;
@@ -350,7 +399,7 @@ export class FaultInjector implements QuietState {
         const p = pick(running);
         if (!p) return false;
         const capacity = p.store.capacity;
-        const end = this.begin(`full-store ${p.index}`);
+        const end = this.begin(`full-store ${p.index}`, [p.uuid]);
         p.store.setCapacity(p.store.usage().used);
         this.until(f.durationMs, () => {
           p.store.setCapacity(capacity);
@@ -408,18 +457,19 @@ export class FaultInjector implements QuietState {
 
   // ------------------------------------------------------------ bookkeeping
 
-  /** Marks a fault active; returns its end (idempotent). */
-  private begin(what: string): () => void {
-    const id = `${what}#${this.nextId++}`;
-    this.active.add(id);
+  /** Marks a fault active, touching `peers` (or the whole cluster); returns its end (idempotent). */
+  private begin(what: string, peers: readonly string[] | 'cluster'): () => void {
+    const id = this.nextId++;
+    const rec: FaultRecord = { what, peers: peers === 'cluster' ? 'cluster' : new Set(peers), endedAt: null };
+    this.active.set(id, rec);
     this.epochNow++;
     this.opts.log.add(`fault start ${what}`);
-    let ended = false;
     return () => {
-      if (ended) return;
-      ended = true;
+      if (rec.endedAt !== null) return;
+      rec.endedAt = this.cluster.clock.monotonic();
       this.active.delete(id);
-      this.lastEndAt = this.cluster.clock.monotonic();
+      this.recent.push(rec);
+      this.lastEndAt = rec.endedAt;
       this.opts.log.add(`fault end ${what}`);
     };
   }

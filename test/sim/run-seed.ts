@@ -148,6 +148,10 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     logger: pino({ level: opts.logLevel ?? 'silent', base: null, timestamp: () => `,"t":${(cluster?.clock.monotonic() ?? 0).toFixed(3)}` }, pino.destination(1)),
     network: { delayMinMs: 0.2, delayMaxMs: 3, reorderMaxMs: 300 },
     onBug: (where, err) => fail({ guarantee: 'bug', message: `${where}: ${err instanceof Error ? err.message : String(err)}` }),
+    onStoreChange: (uuid, c) => {
+      const v = checker.checkStoreChange(uuid, c);
+      if (v) fail(v);
+    },
     onApplied: (uuid, c) => {
       const v = checker.checkApplied(uuid, c.ref.volumeId, c.token, `${c.kind} of block ${c.ref.index}`, () => cluster.isRecordedStale(c.ref.volumeId, uuid, c.ref.index));
       if (v) fail(v);
@@ -191,6 +195,7 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
   let injector: FaultInjector | null = null;
   const quiet: QuietState = {
     isQuiet: (): boolean => injector === null || injector.isQuiet(),
+    unhealthy: () => injector?.unhealthy() ?? new Set<string>(),
     get epoch(): number {
       return injector?.epoch ?? 0;
     },
@@ -207,6 +212,7 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     blockSize,
     minReplicas,
     owners,
+    rings: () => rings,
     fail,
     ...(opts.wrapIo ? { wrapIo: opts.wrapIo } : {}),
   });

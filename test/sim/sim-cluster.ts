@@ -17,6 +17,7 @@ import type { AppliedChangeLike, NodeFactory, NodeUnderTest, SimTiming, VolumeIo
 import { guardObject } from './process-guard.js';
 import { SimClock, SimProcess } from './sim-clock.js';
 import { SimNetwork } from './sim-network.js';
+import { watchStore, type StoreChange } from './store-watch.js';
 
 /** Sync methods of LocalBlockStore: after a crash they throw instead of hanging. */
 const STORE_SYNC_METHODS: ReadonlySet<string> = new Set(['meta', 'markSuspect', 'list', 'suspects', 'volumeIds', 'usage']);
@@ -39,6 +40,8 @@ export interface SimClusterOptions {
   /** A bug surfaced (an assertion or a non-TorusError crossing the wire). */
   readonly onBug: (where: string, err: unknown) => void;
   readonly onApplied: (uuid: string, change: AppliedChangeLike) => void;
+  /** Every change a peer is about to make to its store (the version checks). */
+  readonly onStoreChange?: (uuid: string, change: StoreChange) => void;
   readonly logger?: Logger;
 }
 
@@ -139,7 +142,7 @@ export class SimCluster {
     const node = this.opts.factory({
       uuid: peer.uuid,
       metadata: guardObject(metadata, process),
-      store: guardObject(peer.store, process, { syncMethods: STORE_SYNC_METHODS, guardResults: false }),
+      store: guardObject(this.opts.onStoreChange ? watchStore(peer.store, (c) => this.opts.onStoreChange!(peer.uuid, c)) : peer.store, process, { syncMethods: STORE_SYNC_METHODS, guardResults: false }),
       fences: guardObject(peer.fences, process, { guardResults: false }),
       transport: this.network.transportFor(peer.uuid, process),
       clock,

@@ -11,7 +11,7 @@ import { describe, expect, it } from 'vitest';
 import { runSeedsInChildren, type SeedLine } from './parallel.js';
 import { OPS_DEFAULT, runSeed } from './run-seed.js';
 import { realNode } from './real-node.js';
-import { variantNames } from './variants.js';
+import { VARIANTS, variantNames } from './variants.js';
 
 /** Seeds CI runs; `npm run sim -- --seeds N` runs more. */
 const CI_SEEDS = 200;
@@ -65,12 +65,12 @@ describe('whole-cluster simulation', () => {
           const failing = lines.filter((l) => !l.ok);
           if (failing.length === 0) break;
           await baselineOf(failing.map((l) => l.seed));
-          caught = failing.find((l) => baseline.get(l.seed)?.ok === true) ?? null;
+          caught = failing.find((l) => baseline.get(l.seed)?.ok === true && (VARIANTS[name].caughtBy as readonly string[]).includes(l.guarantee ?? '')) ?? null;
           // Each child ran its share in order up to its stop: what is left is what no child reached.
           const done = new Set(lines.map((l) => l.seed));
           todo = todo.filter((s) => !done.has(s));
         }
-        expect(caught, `variant ${name} passed every seed the real code passes`).not.toBeNull();
+        expect(caught, `variant ${name} (${VARIANTS[name].what}) was not caught by ${VARIANTS[name].caughtBy.join(' or ')} on any of the ${CI_SEEDS} seeds the real code passes`).not.toBeNull();
         // Which check caught it, for the record.
         console.log(`variant ${name}: caught by ${caught!.guarantee} on ${caught!.report}`);
       }, CI_BUDGET_MS * 3);

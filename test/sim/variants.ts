@@ -3,6 +3,7 @@ import type { BlockRef } from '../../src/model/block-ref.js';
 import type { BlockCopy, InstallOutcome, ReplicaApi, RequestContext } from '../../src/model/replica-api.js';
 import type { Version } from '../../src/model/version.js';
 import type { LocalBlockStore } from '../../src/store/local-store.js';
+import type { Guarantee } from './checker.js';
 import type { NodeEnv, NodeFactory, NodeUnderTest, VolumeIo } from './node-under-test.js';
 import { adaptNode, nodeDeps } from './real-node.js';
 import type { FencePersistence } from '../../src/store/fence-file.js';
@@ -20,15 +21,17 @@ export interface Variant {
   /** The bug, in the words. */
   readonly what: string;
   readonly factory: NodeFactory;
+  /** The checks that catch it for the right reason (a failure of another kind may be a bug of the real code the variant's timing exposed). */
+  readonly caughtBy: readonly Guarantee[];
 }
 
 export const VARIANTS: Record<VariantName, Variant> = {
-  'ack-early': { name: 'ack-early', what: 'acknowledge before the replicas have it', factory: ackEarly },
-  'stale-read': { name: 'stale-read', what: 'read from a replica that missed writes', factory: staleRead },
-  'gc-needed': { name: 'gc-needed', what: 'garbage-collect a block still needed', factory: gcNeeded },
-  'copy-over-newer': { name: 'copy-over-newer', what: 'let a rebalance copy overwrite a newer write', factory: copyOverNewer },
-  'fence-in-memory': { name: 'fence-in-memory', what: 'keep the fence only in memory', factory: fenceInMemory },
-  'no-tombstone': { name: 'no-tombstone', what: 'drop the trim tombstone', factory: noTombstone },
+  'ack-early': { name: 'ack-early', what: 'acknowledge before the replicas have it', factory: ackEarly, caughtBy: ['G3', 'G1/G4'] },
+  'stale-read': { name: 'stale-read', what: 'read from a replica that missed writes', factory: staleRead, caughtBy: ['G1/G4'] },
+  'gc-needed': { name: 'gc-needed', what: 'garbage-collect a block still needed', factory: gcNeeded, caughtBy: ['G1/G4', 'G3', 'G5'] },
+  'copy-over-newer': { name: 'copy-over-newer', what: 'let a rebalance copy overwrite a newer write', factory: copyOverNewer, caughtBy: ['G1/G4', 'G5'] },
+  'fence-in-memory': { name: 'fence-in-memory', what: 'keep the fence only in memory', factory: fenceInMemory, caughtBy: ['G6'] },
+  'no-tombstone': { name: 'no-tombstone', what: 'drop the trim tombstone', factory: noTombstone, caughtBy: ['G1/G4', 'G5', 'liveness'] },
 };
 
 export function variantNames(): VariantName[] {
@@ -175,14 +178,31 @@ function copyOverNewer(env: NodeEnv): NodeUnderTest {
 
 /**
  * (e) Fencing tokens kept only in the peer's memory: save() resolves
- * without writing anything, so a restarted peer starts with none.
+ * without writing anything, and a (re)starting peer takes no tokens from
+ * etcd either, only those it is sent or sees on the watch from then on. A
+ * restarted peer therefore forgets every token it had learnt.
+ *
+ * Why both: the real node re-reads every fence from etcd before it serves
+ * (node.ts, becomeLive), which alone makes a lost fences.json harmless, so
+ * dropping only the file is a bug no run can see. Dropping the file and
+ * the re-read is "the fence lives only in memory".
  */
 function fenceInMemory(env: NodeEnv): NodeUnderTest {
   const volatile: FencePersistence = {
     load: async () => new Map(),
     save: async () => undefined,
   };
-  return adaptNode(new ClusterNode({ ...nodeDeps(env), fences: volatile }));
+  const md = env.metadata;
+  const forgetful = new Proxy(md, {
+    get(t, prop, receiver) {
+      if (prop === 'listFences') {
+        return async () => ({ fences: new Map<number, number>(), revision: (await t.listFences()).revision });
+      }
+      const v: unknown = Reflect.get(t, prop, receiver);
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+    },
+  });
+  return adaptNode(new ClusterNode({ ...nodeDeps(env), fences: volatile, metadata: forgetful }));
 }
 
 /**

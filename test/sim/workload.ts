@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto';
 import { isTorusError } from '../../src/errors/torus-error.js';
 import type { BlockRef } from '../../src/model/block-ref.js';
+import type { RingRecord } from '../../src/model/records.js';
+import { ownersOf, quorumOf } from '../../src/replication/owners.js';
 import type { Random } from '../../src/util/random.js';
 import { assert } from '../../src/util/assert.js';
 import type { Checker, Violation } from './checker.js';
@@ -78,6 +80,8 @@ interface OpRun {
   readonly issueSeq: number;
   /** No fault was active, nor had one ended recently, when it was issued. */
   readonly quietAtIssue: boolean;
+  /** Guarantee 2 applies when it was issued: etcd and minReplicas trusted owners of each block it touches were reachable. */
+  readonly reachableAtIssue: boolean;
   readonly faultEpoch: number;
   done: boolean;
   timer: { cancel(): void } | null;
@@ -86,6 +90,8 @@ interface OpRun {
 export interface QuietState {
   /** True when no fault is active and none ended within the grace period. */
   isQuiet(): boolean;
+  /** Peers a fault touches now or did within the grace period; 'cluster' for etcd or the whole network. */
+  unhealthy(): ReadonlySet<string> | 'cluster';
   /** Counts fault starts: an operation that saw it change was not quiet throughout. */
   readonly epoch: number;
   anyActive(): boolean;
@@ -104,6 +110,8 @@ export interface WorkloadOptions {
   readonly minReplicas: () => number;
   /** A block's owners under the rings seen lately (both placements of a transition). */
   readonly owners: (ref: BlockRef) => ReadonlySet<string>;
+  /** The rings seen lately. */
+  readonly rings: () => readonly RingRecord[];
   readonly fail: (v: Violation) => void;
   /** Wraps a writer's io (the broken variants hook in here). */
   readonly wrapIo?: (io: VolumeIo) => VolumeIo;
@@ -378,6 +386,7 @@ export class Workload {
       issuedAt: this.cluster.clock.monotonic(),
       issueSeq: kind === 'flush' ? ++this.seq : this.seq,
       quietAtIssue: quiet.isQuiet(),
+      reachableAtIssue: kind !== 'read' && kind !== 'flush' && this.ownersReachable(vol, span.first, span.count, w),
       faultEpoch: quiet.epoch,
       done: false,
       timer: null,
@@ -468,6 +477,24 @@ export class Workload {
     const vol = op.vol;
     const fail = this.opts.fail;
     const checker = this.opts.checker;
+    // Guarantee 2: with etcd and minReplicas trusted owners of every block reachable
+    // (before and after), a write succeeds, within the bound.
+    const mustGoOn = op.reachableAtIssue && this.ownersReachable(vol, op.first, op.count, op.writer);
+    if (mustGoOn && !this.quietThroughout(op)) {
+      const latency = now - op.issuedAt;
+      if (!ok) {
+        fail({
+          guarantee: 'liveness',
+          message: `op ${op.id} (${op.kind} of ${vol.name} through peer ${op.writer.peer.index}) failed with ${isTorusError(value) ? value.code : String(value)} although etcd and minReplicas trusted owners of each block it touches were reachable (guarantee 2)`,
+          blocks: this.blocksOf(op),
+        });
+        return;
+      }
+      if (latency > this.writeBoundMs()) {
+        fail({ guarantee: 'liveness', message: `op ${op.id} (${op.kind} of ${vol.name}) took ${latency.toFixed(0)} ms although etcd and minReplicas trusted owners were reachable; the bound is ${this.writeBoundMs()} ms (guarantee 2)`, blocks: this.blocksOf(op) });
+        return;
+      }
+    }
     if (!ok) {
       const code = isTorusError(value) ? value.code : String(value);
       this.opts.log.add(`op ${op.id} failed ${code}`);
@@ -524,6 +551,34 @@ export class Workload {
   /** Liveness bound on a write with no fault: one replica timeout plus one etcd call timeout. */
   writeBoundMs(): number {
     return this.opts.timing.replicaTimeoutMs + this.opts.timing.etcdCallTimeoutMs;
+  }
+
+  /**
+   * Whether guarantee 2 binds a change now: no fault touches etcd, the
+   * network as a whole, or the writer's peer (nor did within the grace
+   * period), and every block it touches has, under each ring seen lately,
+   * at least minReplicas owners of each placement that are running, touched
+   * by no fault, and not recorded stale for the block (an owner that missed
+   * writes does not count towards a write's quorum).
+   */
+  private ownersReachable(vol: VolumeState, first: number, count: number, w: Writer): boolean {
+    const bad = this.opts.quiet.unhealthy();
+    if (bad === 'cluster' || bad.has(w.peer.uuid) || !this.cluster.isRunning(w.peer)) return false;
+    const spb = this.opts.blockSize / SECTOR_BYTES;
+    const usable = (u: string, index: number): boolean => {
+      const p = this.cluster.peerByUuid(u);
+      return p !== undefined && p.started && this.cluster.isRunning(p) && !bad.has(u) && !this.cluster.isRecordedStale(vol.id, u, index);
+    };
+    for (let b = Math.floor(first / spb); b * spb < first + count; b++) {
+      const ref = { volumeId: vol.id, generation: 1, index: b };
+      for (const ring of this.opts.rings()) {
+        const o = ownersOf(ring, ref);
+        for (const set of o.old === null ? [o.now] : [o.old, o.now]) {
+          if (set.filter((u) => usable(u, b)).length < quorumOf(ring, set.length)) return false;
+        }
+      }
+    }
+    return true;
   }
 
   private quietThroughout(op: OpRun): boolean {
