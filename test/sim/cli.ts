@@ -133,7 +133,7 @@ async function main(): Promise<number> {
         for (const line of r.diagnosis) process.stdout.write(`    ${line}\n`);
       }
     } else if (args.seed !== null || args.verbose) {
-      process.stdout.write(`seed ${seed}: ok (${r.opsIssued} requests, ${(r.simMs / 1000).toFixed(1)} s simulated, ${r.events} events, hash ${r.hash}, faults ${JSON.stringify(r.faults)}) in ${cpuMs.toFixed(0)} ms of CPU\n`);
+      process.stdout.write(`seed ${seed}: ok (${r.opsIssued} requests, ${(r.simMs / 1000).toFixed(1)} s simulated, ${r.events} events, hash ${r.hash}, faults ${JSON.stringify(r.faults)}, checked ${JSON.stringify(r.coverage)}) in ${cpuMs.toFixed(0)} ms of CPU\n`);
     }
     if (!r.ok && args.stopAtFirstFailure) break;
   }

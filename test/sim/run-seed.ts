@@ -81,6 +81,8 @@ export interface SeedResult {
   readonly tail: readonly string[];
   /** The cluster's state when the failure was found: ring, peers, stale records, the blocks involved. */
   readonly diagnosis: readonly string[];
+  /** How often each liveness rule applied, and how many reads the model checked. */
+  readonly coverage: Workload['coverage'];
   /** Where the time went (CPU ms of this process, simulated ms): not part of the replayed outcome. */
   readonly timing: { readonly workloadCpuMs: number; readonly settleCpuMs: number; readonly workloadSimMs: number; readonly settleSimMs: number };
 }
@@ -277,6 +279,7 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     tail: log.lastLines(),
     diagnosis,
     timing,
+    coverage: { ...wl.coverage },
   };
   return result;
 

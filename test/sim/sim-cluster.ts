@@ -5,7 +5,7 @@ import { MemoryEtcd } from '../../src/metadata/memory-etcd.js';
 import { decodeStaleRecord } from '../../src/metadata/record-codec.js';
 import { MemoryMetadata, type MemoryFault } from '../../src/metadata/memory-metadata.js';
 import type { ReplicaApi } from '../../src/model/replica-api.js';
-import type { PeerRecord, RingMember, RingRecord } from '../../src/model/records.js';
+import type { PeerRecord, RingMember, RingRecord, StaleRecord } from '../../src/model/records.js';
 import { minReplicasDefault, planRingChange } from '../../src/ring/transition.js';
 import { MemoryFencePersistence } from '../../src/store/fence-file.js';
 import { MemoryBlockStore } from '../../src/store/memory-block-store.js';
@@ -303,9 +303,17 @@ export class SimCluster {
     const key = staleKey(volumeId, peer);
     const entry = this.etcd.get(key);
     if (entry === undefined) return false;
-    const rec = decodeStaleRecord(key, entry.value);
+    // Decoded once per version of the record: the liveness checks ask on every write.
+    let cached = this.staleCache.get(key);
+    if (cached === undefined || cached.revision !== entry.modRevision) {
+      cached = { revision: entry.modRevision, record: decodeStaleRecord(key, entry.value) };
+      this.staleCache.set(key, cached);
+    }
+    const rec = cached.record;
     return rec.all || rec.ranges.some(([s, e]) => index >= s && index < e);
   }
+
+  private readonly staleCache = new Map<string, { revision: number; record: StaleRecord }>();
 
   peerByUuid(uuid: string): SimPeer | undefined {
     return this.peers.find((p) => p.uuid === uuid);

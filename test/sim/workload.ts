@@ -124,6 +124,8 @@ export class Workload {
   private seq = 0;
   private issued = 0;
   private completed = 0;
+  /** How often each liveness rule was in force at a completion (a rule that never applies proves nothing). */
+  readonly coverage = { quietOps: 0, reachableWritesUnderFaults: 0, failedOps: 0, readsChecked: 0 };
   private readonly cluster: SimCluster;
   private readonly random: Random;
 
@@ -480,7 +482,11 @@ export class Workload {
     // Guarantee 2: with etcd and minReplicas trusted owners of every block reachable
     // (before and after), a write succeeds, within the bound.
     const mustGoOn = op.reachableAtIssue && this.ownersReachable(vol, op.first, op.count, op.writer);
+    if (this.quietThroughout(op)) this.coverage.quietOps++;
+    if (!ok) this.coverage.failedOps++;
+    if (ok && op.kind === 'read') this.coverage.readsChecked++;
     if (mustGoOn && !this.quietThroughout(op)) {
+      this.coverage.reachableWritesUnderFaults++;
       const latency = now - op.issuedAt;
       if (!ok) {
         fail({
