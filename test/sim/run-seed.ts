@@ -47,14 +47,17 @@ export interface SeedConfig {
   readonly timing: SimTiming;
 }
 
-/** The cluster shape a seed gets: 3 to 5 peers (one may start outside the ring), R = 2 or 3, 1 to 3 volumes of 32 to 128 blocks. */
+/** The cluster shape a seed gets: 3 to 5 peers (one may start outside the ring), R = 2 or 3, 1 to 3 volumes of 32 to 128 blocks, a write level. */
 export function configFor(seed: number, ops = OPS_DEFAULT): SeedConfig {
   const r = new SeededRandom(seed ^ 0x51ed);
   const peers = 3 + r.int(3);
   const members = peers - r.int(2);
   const replication = members >= 3 && r.int(2) === 0 ? 3 : 2;
   const volumes = Array.from({ length: 1 + r.int(3) }, (_, i) => ({ name: `vol${i}`, blocks: 32 + r.int(97) }));
-  return { seed, peers, members, replication, volumes, ops, timing: SIM_TIMING };
+  // Mostly the default level; a fifth of the seeds acknowledge early (docs/replication.md, "Write levels").
+  const level = r.int(10);
+  const writeLevel = level < 8 ? 'all' : level === 8 ? 'one' : 'local';
+  return { seed, peers, members, replication, volumes, ops, timing: { ...SIM_TIMING, writeLevel } };
 }
 
 export interface SeedFailure extends Violation {
@@ -165,7 +168,7 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
   const run = (done: () => boolean, forMs: number) => runUntil(clock, () => failed() || done(), clock.monotonic() + forMs);
 
   // ---- start: format, first ring, volumes, peers
-  log.add(`seed ${cfg.seed} peers ${cfg.peers} members ${cfg.members} R=${cfg.replication} volumes ${cfg.volumes.map((v) => `${v.name}:${v.blocks}`).join(',')}`);
+  log.add(`seed ${cfg.seed} peers ${cfg.peers} members ${cfg.members} R=${cfg.replication} level ${cfg.timing.writeLevel} volumes ${cfg.volumes.map((v) => `${v.name}:${v.blocks}`).join(',')}`);
   let booted = false;
   void cluster.inside(cluster.admin, () => cluster.bootstrap(cfg.volumes.map((v) => ({ name: v.name, size: v.blocks * blockSize })))).then(
     () => (booted = true),

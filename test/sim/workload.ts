@@ -27,6 +27,9 @@ export const CLIENT_TIMEOUT_MS = 30_000;
 const REOPEN_RETRY_MS = 500;
 /** Largest unaligned request, in sectors (two blocks of 4 KiB at most). */
 const SPAN_SECTORS_MAX = 16;
+/** Requests aimed at a volume's hot blocks, in percent, and how many hot blocks it has. */
+const HOT_SHARE_PERCENT = 40;
+const HOT_BLOCKS = 6;
 
 export type OpKind = 'write' | 'read' | 'flush' | 'trim' | 'zero';
 
@@ -66,6 +69,8 @@ export interface VolumeState {
   avoid: SimPeer | null;
   /** Writers given up on peers that still run (frozen): closed when they run again. */
   readonly abandoned: Writer[];
+  /** Block indexes that get a large share of the requests. */
+  readonly hot: readonly number[];
 }
 
 interface OpRun {
@@ -146,6 +151,7 @@ export class Workload {
       inflight: new Set(),
       avoid: null,
       abandoned: [],
+      hot: Array.from({ length: HOT_BLOCKS }, () => this.random.int(v.blocks)),
     }));
   }
 
@@ -358,14 +364,19 @@ export class Workload {
     const sectors = vol.blocks * spb;
     let first: number;
     let count: number;
+    // A share of requests goes to a few hot blocks (as a file system's
+    // metadata does): changes to one block then race each other, and the
+    // copies moving it, far more often than uniform picks would make them.
+    const hot = this.random.int(100) < HOT_SHARE_PERCENT;
+    const pickBlock = (span: number): number => (hot ? vol.hot[this.random.int(vol.hot.length)]! : this.random.int(vol.blocks - span + 1));
     if (!unalignedOk || this.random.int(2) === 0) {
       const blocks = 1 + this.random.int(2);
-      const b = this.random.int(vol.blocks - blocks + 1);
+      const b = Math.min(pickBlock(blocks), vol.blocks - blocks);
       first = b * spb;
       count = blocks * spb;
     } else {
       count = 1 + this.random.int(SPAN_SECTORS_MAX);
-      first = this.random.int(sectors - count + 1);
+      first = hot ? Math.min(pickBlock(1) * spb + this.random.int(spb), sectors - count) : this.random.int(sectors - count + 1);
     }
     for (const op of vol.inflight) {
       if (op.kind === 'flush') continue;
