@@ -3,12 +3,11 @@ import { isTorusError, TorusError } from '../errors/torus-error.js';
 import type { MetadataService, MetadataSession } from '../metadata/metadata-service.js';
 import type { BlockRef } from '../model/block-ref.js';
 import type { PeerTransport, ReplicaApi, RequestContext } from '../model/replica-api.js';
-import type { PeerRecord, RingRecord } from '../model/records.js';
+import { PEER_SUSPECT_VOLUMES_MAX, type PeerRecord, type RingRecord } from '../model/records.js';
 import type { ClusterContext } from '../replication/cluster-context.js';
 import { FenceTable, type FencePersistence } from '../replication/fence-table.js';
 import { ringPeers } from '../replication/owners.js';
 import { PeerHealth } from '../replication/peer-health.js';
-import { indexesToRanges } from '../model/ranges.js';
 import { Replica, type AppliedChange } from '../replication/replica.js';
 import { DEFAULT_REPLICATION_SETTINGS, type ReplicationSettings } from '../replication/settings.js';
 import { ReplicationStats } from '../replication/stats.js';
@@ -21,7 +20,7 @@ import { GarbageCollector } from './gc.js';
 import { Maintenance } from './maintenance.js';
 import { Timers } from './timers.js';
 import { TransitionDriver } from './transition-driver.js';
-import { VolumeManager } from './volume-manager.js';
+import { VolumeManager, type OpenVolume } from './volume-manager.js';
 
 export interface NodeSettings {
   readonly replication: ReplicationSettings;
@@ -112,6 +111,8 @@ export class ClusterNode {
   private reconnecting = false;
   private stopped = false;
   private peersKnown = new Set<string>();
+  private peerRecords = new Map<string, PeerRecord>();
+  private suspectVolumes = new Set<number>();
 
   constructor(deps: NodeDeps) {
     this.deps = deps;
@@ -137,6 +138,7 @@ export class ClusterNode {
       replica: (u) => self.replicaOf(u),
       refreshRing: (min) => self.refreshRing(min),
       refreshPeers: () => self.refreshPeers(),
+      suspectVolumesOf: (u) => self.suspectVolumesOf(u),
       ringAcknowledged: (v) => self.ringAcknowledged(v, false),
       leaseDeadline: () => self.session?.leaseDeadline() ?? -Infinity,
     };
@@ -200,7 +202,7 @@ export class ClusterNode {
    * learns every fence from etcd, records blocks left suspect by an unclean
    * stop as stale, then serves.
    */
-  async start(): Promise<void> {
+  async start(opts: { resumeLeaseId?: string | null } = {}): Promise<{ resumed: boolean }> {
     const d = this.deps;
     if (d.store !== null) {
       if (d.fences === null) throw new TorusError('TORUS_ERR_ASSERTION', 'a node with a store needs fence persistence');
@@ -219,24 +221,38 @@ export class ClusterNode {
       });
     }
     this.ring = await this.retryEtcd('read the ring', () => d.metadata.getRing());
-    await this.becomeLive();
+    const resumed = await this.becomeLive(opts.resumeLeaseId ?? null);
     this.stopRingWatch = await this.retryEtcd('watch the ring', () => d.metadata.watchRing((ring) => this.applyRing(ring)));
     if (d.store !== null) {
       this.maintenance = new Maintenance({ node: this, ctx: this.ctx, logger: d.logger, holder: d.holder, volumesMax: d.settings.maintenanceVolumesMax });
       this.driver = new TransitionDriver({ node: this, ctx: this.ctx, logger: d.logger, downOutIntervalMs: d.settings.downOutIntervalMs });
       this.gc = new GarbageCollector({ node: this, store: d.store, metadata: d.metadata, logger: d.logger });
     }
+    // Suspect blocks left by an unclean stop are compared and repaired (or
+    // adopted) now rather than at the first background tick: until then a
+    // read-only opener cannot read them.
+    if (this.suspectVolumes.size > 0) void this.background();
     this.timers.every(d.settings.heartbeatMs, () => this.heartbeat());
     this.timers.every(d.settings.replication.probeIntervalMs, () => this.probe());
     this.timers.every(d.settings.replication.backgroundIntervalMs, () => this.background());
     if (this.gc) this.timers.every(d.settings.gcIntervalMs, async () => void (await this.gc!.run()));
-    this.log.info({ incarnation: this.incarnation, ringVersion: this.ring.version, store: d.store !== null }, 'node started');
+    this.log.info({ incarnation: this.incarnation, ringVersion: this.ring.version, store: d.store !== null, resumedLease: resumed }, 'node started');
+    return { resumed };
   }
 
   /** A new session, fences from etcd, suspects recorded, acknowledgement published: then live. */
-  private async becomeLive(): Promise<void> {
+  private async becomeLive(resumeLeaseId: string | null = null): Promise<boolean> {
     const d = this.deps;
-    const session = await this.retryEtcd('open a session', () => d.metadata.openSession({ ttlSeconds: d.settings.sessionTtlSeconds }));
+    let session: MetadataSession | null = null;
+    if (resumeLeaseId !== null) {
+      // Kernel attachments of the previous run keep their locks on its lease.
+      session = await d.metadata.resumeSession({ leaseId: resumeLeaseId, ttlSeconds: d.settings.sessionTtlSeconds }).catch((err: unknown) => {
+        this.log.error({ err, lease: resumeLeaseId }, 'could not resume the lease of the previous run; its locks may have been taken over');
+        return null;
+      });
+    }
+    const resumed = session !== null;
+    session ??= await this.retryEtcd('open a session', () => d.metadata.openSession({ ttlSeconds: d.settings.sessionTtlSeconds }));
     session.on((ev) => {
       if (ev.type === 'lost' && this.session === session) void this.onSessionLost();
     });
@@ -257,40 +273,44 @@ export class ClusterNode {
           },
         ),
       );
-      await this.retryEtcd('record suspect blocks', () => this.recordSuspects());
     }
-    if (d.peerRecord) await this.retryEtcd('publish the peer record', () => session.putPeer(d.peerRecord!()));
+    this.refreshSuspectVolumes();
+    if (d.peerRecord) await this.retryEtcd('publish the peer record', () => session.putPeer(this.record()));
     await this.retryEtcd('acknowledge the ring', () => this.ack());
     await this.refreshPeers();
     this.live = true;
     d.onLiveChange?.(true);
+    return resumed;
   }
 
-  /** Blocks the local store holds as suspect (after an unclean stop) must be in etcd before anyone reads around them. */
-  private async recordSuspects(): Promise<void> {
-    const store = this.deps.store!;
-    const byVolume = new Map<number, number[]>();
-    for (const ref of store.suspects()) {
-      let list = byVolume.get(ref.volumeId);
-      if (list === undefined) byVolume.set(ref.volumeId, (list = []));
-      list.push(ref.index);
-    }
-    for (const [volumeId, indexes] of byVolume) {
-      try {
-        await this.deps.metadata.addStale(volumeId, this.uuid, { ranges: indexesToRanges(indexes) });
-      } catch (err) {
-        // A deleted volume: its blocks are garbage, nothing to protect.
-        if (!isTorusError(err, 'TORUS_ERR_VOLUME_NOT_FOUND')) throw err;
-      }
-    }
-    if (byVolume.size > 0) this.log.warn({ volumes: byVolume.size, blocks: [...byVolume.values()].reduce((s, l) => s + l.length, 0) }, 'blocks written before an unclean stop are recorded stale until compared with another copy');
-  }
-
+  /**
+   * A local copy became suspect (a gap, a checksum failure). The replica
+   * already refuses to serve it; the peer record names its volume so that a
+   * coordinator or maintainer compares and repairs it (docs/replication.md,
+   * "Versions").
+   */
   private reportSuspect(ref: BlockRef, why: string): void {
-    this.log.warn({ volumeId: ref.volumeId, block: ref.index, why }, 'a local copy became suspect; recording it stale');
-    void this.deps.metadata.addStale(ref.volumeId, this.uuid, { ranges: [[ref.index, ref.index + 1]] }).catch((err: unknown) => {
-      if (!isTorusError(err, 'TORUS_ERR_VOLUME_NOT_FOUND')) this.log.warn({ err }, 'could not record a suspect block in etcd (it stays refused here)');
-    });
+    this.log.warn({ volumeId: ref.volumeId, block: ref.index, why }, 'a local copy became suspect; it is not served until repaired');
+    this.suspectVolumes.add(ref.volumeId);
+  }
+
+  /** Volumes with suspect blocks here, from the store (after an unclean stop) and since. */
+  private refreshSuspectVolumes(): void {
+    const store = this.deps.store;
+    if (store === null) return;
+    this.suspectVolumes = new Set(store.suspects().map((r) => r.volumeId));
+  }
+
+  /** The peer record as the shell builds it, plus what only the node knows. */
+  private record(): PeerRecord {
+    const base = this.deps.peerRecord!();
+    const suspectVolumes = [...this.suspectVolumes].sort((a, b) => a - b).slice(0, PEER_SUSPECT_VOLUMES_MAX);
+    return suspectVolumes.length === 0 ? base : { ...base, suspectVolumes };
+  }
+
+  /** Volumes a peer says hold suspect blocks (from its last record). */
+  suspectVolumesOf(uuid: string): readonly number[] {
+    return this.peerRecords.get(uuid)?.suspectVolumes ?? [];
   }
 
   private async onSessionLost(): Promise<void> {
@@ -375,6 +395,7 @@ export class ClusterNode {
     try {
       const peers = await this.deps.metadata.listPeers();
       this.peersKnown = new Set(peers.map((p) => p.uuid));
+      this.peerRecords = new Map(peers.map((p) => [p.uuid, p]));
       this.updateDown();
       this.driver?.observePeers(this.peersKnown);
     } catch (err) {
@@ -413,7 +434,8 @@ export class ClusterNode {
     const s = this.session;
     if (s === null || !this.live) return;
     try {
-      if (this.deps.peerRecord) await s.putPeer(this.deps.peerRecord());
+      this.refreshSuspectVolumes();
+      if (this.deps.peerRecord) await s.putPeer(this.record());
       await this.ack();
       await this.volumes.relock();
     } catch (err) {
@@ -445,16 +467,21 @@ export class ClusterNode {
 
   // ------------------------------------------------------------ lifecycle
 
-  /** Orderly stop: volumes flushed and unlocked, watches cancelled, the session revoked. */
-  async stop(): Promise<void> {
+  /**
+   * Orderly stop: volumes flushed and unlocked, watches cancelled, the
+   * session revoked. Kernel attachments (src/attach/) keep some locks and the
+   * lease itself alive for the next run: `keepLock` and `keepLease`.
+   */
+  async stop(opts: { keepLock?: (ov: OpenVolume) => boolean; keepLease?: boolean } = {}): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     this.timers.cancelAll();
-    await this.volumes.closeAll();
+    await this.volumes.closeAll(opts.keepLock ? { keepLock: opts.keepLock } : {});
     this.live = false;
     await this.stopRingWatch?.().catch(() => undefined);
     await this.stopFenceWatch?.().catch(() => undefined);
-    await this.session?.close().catch((err: unknown) => this.log.warn({ err }, 'could not revoke the session lease'));
+    if (opts.keepLease) await this.session?.suspend().catch((err: unknown) => this.log.warn({ err }, 'could not suspend the session lease'));
+    else await this.session?.close().catch((err: unknown) => this.log.warn({ err }, 'could not revoke the session lease'));
     this.log.info({}, 'node stopped');
   }
 

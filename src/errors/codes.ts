@@ -68,6 +68,33 @@ export const ERROR_CODES = {
   TORUS_ERR_HTTP_NOT_FOUND: 'torusd has no HTTP endpoint at that method and path',
   TORUS_ERR_HTTP_REQUEST_INVALID: 'an HTTP request to torusd was malformed or too large',
 
+  // FlexVolume driver (src/k8s/flex, native/flex).
+  TORUS_ERR_FLEX_REQUEST_INVALID: 'a FlexVolume call is malformed: bad JSON, a missing volume option, a bad target path',
+  TORUS_ERR_FLEX_UNREACHABLE: 'the FlexVolume driver could not reach torusd on this node (or torusd answered nonsense)',
+  TORUS_ERR_FLEX_FS_TYPE_UNSUPPORTED: 'the pod asks for a filesystem type torus does not make (ext4, ext3, xfs)',
+  TORUS_ERR_FLEX_FS_MISMATCH: 'the volume holds another filesystem type than the pod asks for; nothing was changed',
+  TORUS_ERR_FLEX_FS_MISSING: 'the volume was formatted before but shows no filesystem now; torus refuses to format it again',
+  TORUS_ERR_FLEX_NOT_FORMATTED_RO: 'a read-only mount of a volume that has no filesystem yet (mount it read-write once first)',
+  TORUS_ERR_FLEX_PROBE_AMBIGUOUS: 'blkid found data on the volume that is not one known filesystem; neither mkfs nor mount',
+  TORUS_ERR_FLEX_DEVICE_READ: 'the attached device could not be read or probed, so it is not proven empty; no mkfs',
+  TORUS_ERR_FLEX_MODE_CONFLICT: 'the volume is attached read-only on this node and a read-write mount was asked for',
+  TORUS_ERR_FLEX_MOUNT_FAILED: 'mkfs, mount or unmount failed on the node, or the target is already a mount point',
+  TORUS_ERR_FLEX_NOT_TORUS_MOUNT: 'unmount of a directory that holds a mount torus did not make',
+  TORUS_ERR_FLEX_FOREIGN_CLUSTER: "the pod's etcd option names another torus cluster than the node's torusd belongs to",
+  TORUS_ERR_FLEX_STATE: "the node's record of its FlexVolume attachments is unreadable",
+  // Kernel attach (torusblk nbd, torusd's attach API, native/).
+  TORUS_ERR_ATTACH_UNAVAILABLE: 'kernel attach cannot work here (no native addon, not Linux); the message says why',
+  TORUS_ERR_ATTACH_NO_MODULE: 'the kernel has no nbd driver loaded: load it with `modprobe nbd`',
+  TORUS_ERR_ATTACH_NO_DEVICE: 'no free /dev/nbdN device could be found or created',
+  TORUS_ERR_ATTACH_DEVICE_BUSY: 'the named /dev/nbdN is already connected to a server',
+  TORUS_ERR_ATTACH_PERMISSION: 'kernel attach needs root (CAP_SYS_ADMIN); permission was denied',
+  TORUS_ERR_ATTACH_KERNEL: 'the kernel refused an nbd request; the errno is named',
+  TORUS_ERR_ATTACH_NOT_FOUND: 'no attachment of this torusd uses that device',
+  TORUS_ERR_ATTACH_LOCK_LOST: 'an attachment could not keep its volume lock across a torusd restart; its device fails with EIO for good',
+  TORUS_ERR_ATTACH_STATE_CORRUPT: 'attachments.json in the data dir is not in the expected format',
+  TORUS_ERR_ATTACH_DAEMON_UNREACHABLE: "torusd's attach socket could not be reached (is torusd running with that data dir?)",
+  TORUS_ERR_ATTACH_FAULT_INJECTED: 'a test fault armed through the attach API (TORUS_FAULT_INJECTION=1) failed this request',
+
   // Internal.
   TORUS_ERR_ASSERTION: 'an internal invariant was broken (a bug)',
   TORUS_ERR_TIMEOUT: 'an operation did not finish within its time limit',

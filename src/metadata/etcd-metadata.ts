@@ -687,6 +687,26 @@ export class EtcdMetadata implements MetadataService {
     return session;
   }
 
+  async resumeSession(opts: { leaseId: string; ttlSeconds: number }): Promise<MetadataSession> {
+    if (this.closed) throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd client for ${this.ctx.endpoints} is closed (resume session)`);
+    const session = await EtcdSession.resume(this.sessionDeps(opts.ttlSeconds), opts.leaseId);
+    this.sessions.add(session);
+    return session;
+  }
+
+  private sessionDeps(ttlSeconds: number) {
+    return {
+      ns: this.ns,
+      prefix: this.prefix,
+      endpoints: this.ctx.endpoints,
+      ttlSeconds,
+      call: <T>(op: string, fn: () => Promise<T>) => this.call(op, fn),
+      clock: this.clock,
+      logger: this.log,
+      onClosed: (s: EtcdSession) => this.sessions.delete(s),
+    };
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     const sessions = [...this.sessions];

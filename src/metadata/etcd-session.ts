@@ -1,4 +1,5 @@
 import type { Lease, Namespace } from 'etcd3';
+import { ResumedLease } from './resumed-lease.js';
 import { assertSessionUsable, SessionListeners, type SessionState } from './session-listeners.js';
 import type { Logger } from 'pino';
 import { isTorusError, TorusError } from '../errors/torus-error.js';
@@ -47,7 +48,7 @@ export interface EtcdSessionDeps {
  */
 export class EtcdSession implements MetadataSession {
   readonly id: string;
-  private readonly lease: Lease;
+  private readonly lease: Lease | ResumedLease;
   private readonly deps: EtcdSessionDeps;
   private readonly log: Logger;
   private readonly listeners = new SessionListeners();
@@ -56,12 +57,12 @@ export class EtcdSession implements MetadataSession {
   private deadline: number;
   private watchdog: { cancel(): void } | undefined;
 
-  private constructor(deps: EtcdSessionDeps, lease: Lease, id: string, grantedAt: number) {
+  private constructor(deps: EtcdSessionDeps, lease: Lease | ResumedLease, id: string, deadline: number) {
     this.deps = deps;
     this.lease = lease;
     this.id = id;
     this.log = deps.logger.child({ session: id });
-    this.deadline = grantedAt + deps.ttlSeconds * 1000;
+    this.deadline = deadline;
     lease.on('keepaliveFired', () => {
       if (this.pendingKeepalives.length < PENDING_KEEPALIVES_MAX) this.pendingKeepalives.push(deps.clock.monotonic());
     });
@@ -100,7 +101,26 @@ export class EtcdSession implements MetadataSession {
       throw err;
     }
     deps.logger.debug({ session: id, ttlSeconds: deps.ttlSeconds }, 'session opened');
-    return new EtcdSession(deps, lease, id, grantedAt);
+    return new EtcdSession(deps, lease, id, grantedAt + deps.ttlSeconds * 1000);
+  }
+
+  /**
+   * Takes over a lease granted by an earlier run of this process (kernel
+   * attachments keep their volume locks across a torusd restart). Refused
+   * with TORUS_ERR_SESSION_LOST when etcd no longer has it: its locks are
+   * gone and may be someone else's by now.
+   */
+  static async resume(deps: EtcdSessionDeps, leaseId: string): Promise<EtcdSession> {
+    if (!/^[0-9]+$/.test(leaseId)) throw new TorusError('TORUS_ERR_ARG_INVALID', `lease id "${leaseId}" is not a decimal number`);
+    const askedAt = deps.clock.monotonic();
+    const res = await deps.call(`time to live of lease ${leaseId}`, () => deps.ns.leaseClient.leaseTimeToLive({ ID: leaseId }));
+    const remaining = Number(res.TTL);
+    if (!(remaining > 0)) throw new TorusError('TORUS_ERR_SESSION_LOST', `etcd lease ${leaseId} has expired or was revoked`);
+    const lease = new ResumedLease(deps.ns, leaseId, deps.ttlSeconds);
+    deps.logger.info({ session: leaseId, remainingSeconds: remaining }, 'session resumed');
+    // etcd says "expires in under TTL+1 s" from when it answered, which is
+    // after we asked: counting from the ask keeps the deadline early.
+    return new EtcdSession(deps, lease, leaseId, askedAt + remaining * 1000);
   }
 
   /** Past the deadline the lease is gone server-side whatever the client thinks. */
@@ -260,6 +280,52 @@ export class EtcdSession implements MetadataSession {
     await this.leased(`ack ring ${ack.ringVersion}`, () => this.deps.ns.put(ringAckKey(this.id)).value(encodeRecord(record)).lease(this.id).exec());
   }
 
+  /**
+   * Takes over a lock that this session's lease already holds (taken by an
+   * earlier run of this process before a restart), keeping its token.
+   * Refused with TORUS_ERR_VOLUME_LOCK_LOST when the lock is gone, is on
+   * another lease, or carries another token.
+   */
+  async adoptVolumeLock(name: string, token: number): Promise<VolumeLock> {
+    validateVolumeName(name);
+    this.assertUsable(`adopt lock of volume ${name}`);
+    const { ns, call, prefix } = this.deps;
+    const vKey = volumeKey(name);
+    const vRes = await call(`get ${prefix}${vKey}`, () => ns.get(vKey).exec());
+    const vKv = vRes.kvs[0];
+    if (vKv === undefined) throw volumeNotFoundError(name);
+    const volume = decodeVolumeRecord(prefix + vKey, vKv.value.toString('utf8'));
+    const lockKey = volumeLockKey(volume.id);
+    const lRes = await call(`get ${prefix}${lockKey}`, () => ns.get(lockKey).exec());
+    const lKv = lRes.kvs[0];
+    if (lKv === undefined) throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${name}" is no longer locked: the lock of lease ${this.id} is gone`);
+    const record = decodeVolumeLockRecord(prefix + lockKey, lKv.value.toString('utf8'));
+    if (String(lKv.lease) !== this.id || record.token !== token) {
+      throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${name}" is locked by ${record.holder} (token ${record.token}, lease ${String(lKv.lease)}), not by lease ${this.id} with token ${token}`);
+    }
+    this.log.info({ volume: name, volumeId: volume.id, token }, 'volume lock adopted');
+    return new EtcdVolumeLock(this.deps, this.id, volume, record, lockKey);
+  }
+
+  /**
+   * Stops keeping the lease alive without revoking it: its locks and
+   * records stay until the TTL runs out, so a restarted process can resume
+   * it. One last keepalive first gives the restart the whole TTL.
+   */
+  async suspend(): Promise<void> {
+    if (this.state === 'closed' || this.state === 'lost') return;
+    try {
+      await this.deps.call(`keepalive lease ${this.id}`, () => this.lease.keepaliveOnce());
+    } catch (err) {
+      this.log.warn({ err }, 'last keepalive before suspending the lease failed');
+    }
+    this.state = 'closed';
+    this.watchdog?.cancel();
+    this.lease.release();
+    this.deps.onClosed(this);
+    this.log.info('session suspended; the lease lives on until its TTL');
+  }
+
   async close(): Promise<void> {
     if (this.state === 'closed') return;
     const wasLost = this.state === 'lost';
@@ -299,6 +365,31 @@ class EtcdVolumeLock implements VolumeLock {
     const kv = res.kvs[0];
     if (kv === undefined || kv.lease !== this.leaseId) return false;
     return decodeVolumeLockRecord(prefix + this.key, kv.value.toString('utf8')).token === this.token;
+  }
+
+  async renew(): Promise<VolumeLock> {
+    const { ns, call, prefix } = this.deps;
+    const fenceKey = volumeFenceKey(this.volume.id);
+    for (let attempt = 0; attempt < LOCK_ATTEMPTS_MAX; attempt++) {
+      const fRes = await call(`get ${prefix}${fenceKey}`, () => ns.get(fenceKey).exec());
+      const fKv = fRes.kvs[0];
+      const token = decodeCounter(prefix + fenceKey, fKv ? fKv.value.toString('utf8') : null) + 1;
+      const record: VolumeLockRecord = { schema: 1, volumeId: this.volume.id, holder: this.holder, token, acquiredAt: new Date(this.deps.clock.now()).toISOString(), kind: this.kind };
+      const res = await call(`renew lock ${this.key}`, () =>
+        ns
+          .if(this.key, 'Lease', '==', this.leaseId)
+          .and(fenceKey, 'Mod', '==', fKv ? fKv.mod_revision : 0)
+          .then(ns.put(this.key).value(encodeRecord(record)).lease(this.leaseId), ns.put(fenceKey).value(String(token)))
+          .else(ns.get(this.key))
+          .commit(),
+      );
+      if (res.succeeded) return new EtcdVolumeLock(this.deps, this.leaseId, this.volume, record, this.key);
+      const held = res.responses[0]?.response_range.kvs[0];
+      if (held === undefined || held.lease !== this.leaseId) {
+        throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${this.volume.name}": the lock is no longer held under lease ${this.leaseId}`);
+      }
+    }
+    throw new TorusError('TORUS_ERR_CLUSTER_CONFLICT', `renew lock of volume "${this.volume.name}" lost ${LOCK_ATTEMPTS_MAX} races; retry`);
   }
 
   async release(): Promise<void> {

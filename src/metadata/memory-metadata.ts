@@ -281,6 +281,37 @@ export class MemoryMetadata implements MetadataService {
     return entry !== undefined && entry.lease === leaseId && decodeVolumeLockRecord(key, entry.value).token === token;
   }
 
+  /** The lock record when `leaseId` holds the volume's writer lock under `token`; else TORUS_ERR_VOLUME_LOCK_LOST. */
+  adoptLock(name: string, token: number, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord } {
+    const vText = this.getJson(volumeKey(name));
+    if (vText === null) throw volumeNotFoundError(name);
+    const volume = decodeVolumeRecord(volumeKey(name), vText);
+    const key = volumeLockKey(volume.id);
+    const entry = this.server.get(key);
+    if (entry === undefined) throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${name}" is no longer locked: the lock of lease ${leaseId} is gone`);
+    const record = decodeVolumeLockRecord(key, entry.value);
+    if (entry.lease !== leaseId || record.token !== token) {
+      throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${name}" is locked by ${record.holder} (token ${record.token}, lease ${String(entry.lease)}), not by lease ${leaseId} with token ${token}`);
+    }
+    return { volume, record };
+  }
+
+  /** Keeps a lock under its lease with the next token. */
+  renewLockKey(key: string, leaseId: string, volumeId: number): VolumeLockRecord {
+    const entry = this.server.get(key);
+    if (entry === undefined || entry.lease !== leaseId) {
+      throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `the lock ${key} is no longer held under lease ${leaseId}`);
+    }
+    const old = decodeVolumeLockRecord(key, entry.value);
+    const token = this.fenceOf(volumeId) + 1;
+    const record: VolumeLockRecord = { ...old, token, acquiredAt: this.nowIso() };
+    this.server.commit([
+      { type: 'put', key, value: encodeRecord(record), lease: leaseId },
+      { type: 'put', key: volumeFenceKey(volumeId), value: String(token) },
+    ]);
+    return record;
+  }
+
   unlockKey(key: string, leaseId: string): void {
     if (this.server.get(key)?.lease === leaseId) this.server.commit([{ type: 'delete', key }]);
   }
@@ -743,6 +774,20 @@ export class MemoryMetadata implements MetadataService {
     return session;
   }
 
+  async resumeSession(opts: { leaseId: string; ttlSeconds: number }): Promise<MetadataSession> {
+    const ttl = opts.ttlSeconds;
+    if (!Number.isInteger(ttl) || ttl < 1 || ttl > SESSION_TTL_MAX_SECONDS) {
+      throw new TorusError('TORUS_ERR_ARG_INVALID', `session TTL ${String(ttl)} s must be a whole number from 1 to ${SESSION_TTL_MAX_SECONDS}`);
+    }
+    const sentAt = this.clock.monotonic();
+    // A keepalive answered for the lease is the proof it still exists; the deadline runs from it.
+    const alive = await this.op(`resume lease ${opts.leaseId}`, () => this.server.keepalive(opts.leaseId));
+    if (!alive) throw new TorusError('TORUS_ERR_SESSION_LOST', `etcd lease ${opts.leaseId} has expired or was revoked`);
+    const session = new MemorySession(this, opts.leaseId, ttl * 1000, sentAt, this.clock, () => this.sessions.delete(session));
+    this.sessions.add(session);
+    return session;
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     for (const s of [...this.sessions]) s.stopAndRevoke();
@@ -877,6 +922,22 @@ class MemorySession implements MetadataSession {
     });
   }
 
+  async adoptVolumeLock(name: string, token: number): Promise<VolumeLock> {
+    validateVolumeName(name);
+    const { volume, record } = await this.leased(`adopt lock of volume ${name}`, () => this.md.adoptLock(name, token, this.id));
+    return new MemoryVolumeLock(this.md, this.id, volume, record, volumeLockKey(volume.id));
+  }
+
+  /** Stops keepalives without revoking: the lease and its keys live until the TTL (see resumeSession). */
+  async suspend(): Promise<void> {
+    if (this.state === 'closed' || this.state === 'lost') return;
+    await this.md.op(`keepalive lease ${this.id}`, () => this.md.server.keepalive(this.id)).catch(() => undefined);
+    this.state = 'closed';
+    this.timer?.cancel();
+    this.unsubscribe();
+    this.onClosed();
+  }
+
   /** The client is closing: no more keepalives, and the lease goes without a 'lost' event. */
   stopAndRevoke(): void {
     const wasLive = this.state !== 'lost' && this.state !== 'closed';
@@ -919,6 +980,11 @@ class MemoryVolumeLock implements VolumeLock {
 
   async stillHeld(): Promise<boolean> {
     return this.md.op(`check lock ${this.key}`, () => this.md.lockKeyHeld(this.key, this.leaseId, this.token));
+  }
+
+  async renew(): Promise<VolumeLock> {
+    const record = await this.md.op(`renew ${this.key}`, () => this.md.renewLockKey(this.key, this.leaseId, this.volume.id));
+    return new MemoryVolumeLock(this.md, this.leaseId, this.volume, record, this.key);
   }
 
   async release(): Promise<void> {

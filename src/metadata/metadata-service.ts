@@ -121,6 +121,12 @@ export interface MetadataService {
   revokeStaleLease(id: string): Promise<void>;
   /** A session owns one etcd lease; what it registers or locks dies with it. */
   openSession(opts: { ttlSeconds: number }): Promise<MetadataSession>;
+  /**
+   * Takes over a lease that an earlier run of this process was granted and
+   * did not revoke (kernel attachments across a torusd restart).
+   * TORUS_ERR_SESSION_LOST when etcd no longer has it.
+   */
+  resumeSession(opts: { leaseId: string; ttlSeconds: number }): Promise<MetadataSession>;
   close(): Promise<void>;
 }
 
@@ -152,6 +158,14 @@ export interface MetadataSession {
   lockVolumeForMaintenance(volumeId: number, holder: string): Promise<VolumeLock>;
   /** Publishes (or refreshes) this process's ring acknowledgement under the lease. */
   ackRing(ack: { readonly peer: string | null; readonly kind: 'peer' | 'client'; readonly ringVersion: number; readonly fenceRevision: number }): Promise<void>;
+  /**
+   * Takes over a lock this session's lease holds already, with its token
+   * (after resumeSession). TORUS_ERR_VOLUME_LOCK_LOST when the lock is gone,
+   * on another lease or under another token.
+   */
+  adoptVolumeLock(name: string, token: number): Promise<VolumeLock>;
+  /** Stops keepalives without revoking: locks and records live until the TTL (see resumeSession). */
+  suspend(): Promise<void>;
   on(listener: (event: SessionEvent) => void): () => void;
   /** Monotonic ms deadline after which the lease must be assumed expired. */
   leaseDeadline(): number;
@@ -166,6 +180,15 @@ export interface VolumeLock {
   readonly kind: 'writer' | 'maintainer';
   /** True while the lock key still exists under this session's lease (read from etcd). */
   stillHeld(): Promise<boolean>;
+  /**
+   * Keeps the lock and takes a newer fencing token (the volume's counter + 1),
+   * in one transaction: a coordinator that may have used every version of its
+   * token (docs/replication.md, "Versions"), or a process that took its
+   * predecessor's lock over, starts a fresh version space. The returned lock
+   * replaces this one. TORUS_ERR_VOLUME_LOCK_LOST when the lock is no longer
+   * held under this lease.
+   */
+  renew(): Promise<VolumeLock>;
   release(): Promise<void>;
 }
 

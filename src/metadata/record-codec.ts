@@ -123,7 +123,14 @@ export function decodePeerRecord(key: string, text: string): PeerRecord {
     // Absent from 0.1.0 records: left out rather than invented.
     ...(o['incarnation'] === undefined ? {} : { incarnation: str(key, o, 'incarnation') }),
     ...(o['rebalanceBytesPerSec'] === undefined ? {} : { rebalanceBytesPerSec: num(key, o, 'rebalanceBytesPerSec') }),
+    ...(o['suspectVolumes'] === undefined ? {} : { suspectVolumes: intList(key, o, 'suspectVolumes') }),
   };
+}
+
+function intList(key: string, o: Json, field: string): number[] {
+  const v = o[field];
+  if (!Array.isArray(v) || !v.every((x) => typeof x === 'number' && Number.isSafeInteger(x))) throw corrupt(key, `field "${field}" is not a list of integers`);
+  return v as number[];
 }
 
 function members(key: string, o: Json, where: string): RingMember[] {

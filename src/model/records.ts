@@ -45,7 +45,16 @@ export interface PeerRecord {
   readonly incarnation?: string;
   /** Bytes per second this peer copies for rebalance, catch-up and repair (the REB/REP column). */
   readonly rebalanceBytesPerSec?: number;
+  /**
+   * Volumes with blocks suspect on this peer (after an unclean stop, a
+   * checksum failure, a gap): coordinators and maintainers compare and
+   * repair them. At most PEER_SUSPECT_VOLUMES_MAX ids.
+   */
+  readonly suspectVolumes?: readonly number[];
 }
+
+/** Volume ids a peer record lists as holding suspect blocks, at most. */
+export const PEER_SUSPECT_VOLUMES_MAX = 256;
 
 export interface RingMember {
   readonly uuid: string;

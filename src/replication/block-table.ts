@@ -12,7 +12,17 @@ import { assert } from '../util/assert.js';
  */
 export interface BlockEntry {
   readonly index: number;
+  /** The head of the block's chain: the newest version assigned or learnt; the next change builds on it. */
   version: Version;
+  /**
+   * The newest version whose change was acknowledged (or that was learnt
+   * from the owners): a read must return at least this.
+   */
+  committed: Version;
+  /** Changes sent and not yet settled. */
+  inflight: number;
+  /** Resolves when inflight drops to 0 (set while someone waits). */
+  drained: { promise: Promise<void>; resolve: () => void } | null;
   state: BlockState;
   /** Digest of the newest copy when known from an owner's metadata (for confirming suspect copies). */
   digest: number | null;

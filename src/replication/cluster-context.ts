@@ -35,6 +35,8 @@ export interface ClusterContext {
   refreshRing(minVersion: number): Promise<void>;
   /** Re-reads which peers are live (DOWN is a ring member without a peer record). */
   refreshPeers(): Promise<void>;
+  /** Volumes a peer says hold suspect blocks (its peer record). */
+  suspectVolumesOf(uuid: string): readonly number[];
   /** True once every live peer acknowledged this ring version (moves wait for it). */
   ringAcknowledged(ringVersion: number): Promise<boolean>;
   /** Monotonic ms after which this process's lease (and its locks) must be assumed gone. */

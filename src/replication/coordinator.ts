@@ -1,11 +1,11 @@
 import type { Logger } from 'pino';
 import { isTorusError, TorusError } from '../errors/torus-error.js';
 import type { VolumeLock } from '../metadata/metadata-service.js';
-import { compareCopies, type BlockMeta } from '../model/block-meta.js';
+import { ABSENT_META, compareCopies, type BlockMeta } from '../model/block-meta.js';
 import { blockRef, type BlockRef } from '../model/block-ref.js';
 import type { ChangeStamp, ReplicaApi } from '../model/replica-api.js';
 import type { VolumeRecord } from '../model/records.js';
-import { nextVersion, VERSION_ABSENT, type Version } from '../model/version.js';
+import { makeVersion, SEQ_MAX, VERSION_ABSENT, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
 import { withTimeout } from '../util/timeout.js';
 import { BlockOrder } from './block-order.js';
@@ -14,6 +14,9 @@ import type { ClusterContext } from './cluster-context.js';
 import { ownersOf, quorumOf, ringPeers, type BlockOwners } from './owners.js';
 import type { WriteLevel } from './settings.js';
 import { StaleBook } from './stale-book.js';
+
+/** Versions left under a token when the coordinator renews it (changes in flight meanwhile still fit). */
+const SEQ_RENEW_MARGIN = 1 << 20;
 
 /** How a replica's refusal or silence is taken. */
 type Failure = 'outdated' | 'fenced' | 'peer' | 'block';
@@ -40,6 +43,8 @@ export interface CoordinatorOptions {
   readonly volume: VolumeRecord;
   readonly lock: VolumeLock;
   readonly writeLevel?: WriteLevel;
+  /** The lock was renewed or taken again (a newer token): whoever records it updates. */
+  readonly onLockChanged?: (lock: VolumeLock) => void;
 }
 
 /** One change to one block, as the NBD layer asks it. */
@@ -64,6 +69,9 @@ export class VolumeCoordinator {
   readonly blocks: BlockTable;
   readonly log: Logger;
   private token: number;
+  private lock: VolumeLock;
+  private renewing: Promise<void> | null = null;
+  private readonly onLockChanged: ((lock: VolumeLock) => void) | undefined;
   readonly kind: 'writer' | 'maintainer';
   private readonly writeLevel: WriteLevel;
   private readonly reconciling = new Map<number, Promise<BlockEntry>>();
@@ -79,11 +87,19 @@ export class VolumeCoordinator {
   private movedIn = { ringVersion: 0, blocks: new Set<number>(), all: false };
   private fenced: TorusError | null = null;
   private closed = false;
+  /**
+   * Changes this coordinator made under its current token, across all
+   * blocks: a version is (token, seq), so no two changes it makes to any
+   * block ever share a version, even after it forgot a block's history.
+   */
+  private seq = 0;
 
   private constructor(opts: CoordinatorOptions) {
     this.ctx = opts.ctx;
     this.volume = opts.volume;
     this.token = opts.lock.token;
+    this.lock = opts.lock;
+    this.onLockChanged = opts.onLockChanged;
     this.kind = opts.lock.kind;
     this.writeLevel = opts.writeLevel ?? opts.ctx.settings.writeLevel;
     this.log = opts.ctx.logger.child({ module: 'coordinator', volume: opts.volume.name, volumeId: opts.volume.id, role: opts.lock.kind });
@@ -120,10 +136,18 @@ export class VolumeCoordinator {
     return blockRef(this.volume.id, this.volume.generation, index);
   }
 
-  /** A lock taken again after a lost lease comes with a newer token. */
+  /** The lock this coordinator holds now (renewals replace it). */
+  get currentLock(): VolumeLock {
+    return this.lock;
+  }
+
+  /** A lock taken again after a lost lease, or renewed, comes with a newer token. */
   async renewToken(lock: VolumeLock): Promise<void> {
     assert(lock.token > this.token, 'a renewed lock has a newer token');
+    this.lock = lock;
     this.token = lock.token;
+    this.seq = 0;
+    this.onLockChanged?.(lock);
     this.fenced = null;
     await this.publishToken();
   }
@@ -283,6 +307,7 @@ export class VolumeCoordinator {
 
   private async change(index: number, change: Change, fua: boolean): Promise<void> {
     this.checkUsable();
+    if (this.seq >= SEQ_MAX - SEQ_RENEW_MARGIN) await this.renewVersionSpace();
     const release = await this.order.shared(index);
     try {
       const e = await this.touch(index);
@@ -292,8 +317,7 @@ export class VolumeCoordinator {
       // block no trusted owner holds leaves no tombstone behind).
       if (change.kind === 'zero' && !whole && e.state !== 'data') return this.checkLease();
       if (change.kind === 'zero' && whole && change.punch && e.state === 'absent') return this.checkLease();
-      const version = nextVersion(e.version, this.token);
-      if (version === null) throw new TorusError('TORUS_ERR_VERSION_EXHAUSTED', `block ${index} of ${this.volume.name} changed 2^32 - 1 times under token ${this.token}`);
+      const version = this.nextVersion(e.version);
       const stamp: ChangeStamp = { token: this.token, version, prev: e.version };
       // Assigned and sent in the same turn: concurrent changes to one block
       // leave in version order on every connection.
@@ -301,6 +325,7 @@ export class VolumeCoordinator {
       e.state = change.kind === 'zero' && whole && change.punch ? 'zero' : 'data';
       e.digest = null;
       e.pins++;
+      e.inflight++;
       const done = this.send(e, ref, change, stamp, fua);
       if (this.writeLevel === 'all') {
         await done.finished;
@@ -315,11 +340,36 @@ export class VolumeCoordinator {
         this.background.add(tracked);
         void tracked.finally(() => this.background.delete(tracked));
       }
-      if (e.floor < version) e.floor = version;
       this.checkLease();
     } finally {
       release();
     }
+  }
+
+  /**
+   * Nearly every version of the token is used: keep the lock and take the
+   * next token (docs/replication.md, "Versions"). Changes already under way
+   * keep their versions; later ones use the new token.
+   */
+  private renewVersionSpace(): Promise<void> {
+    if (this.renewing === null) {
+      this.renewing = (async () => {
+        const lock = await this.lock.renew();
+        this.log.info({ token: lock.token, previous: this.token }, 'fencing token renewed: the versions of the old one are nearly used up');
+        await this.renewToken(lock);
+      })().finally(() => (this.renewing = null));
+    }
+    return this.renewing;
+  }
+
+  /** The next version of this coordinator: (token, seq), newer than `prev`. */
+  private nextVersion(prev: Version): Version {
+    if (this.seq >= SEQ_MAX) {
+      throw new TorusError('TORUS_ERR_VERSION_EXHAUSTED', `volume ${this.volume.name}: 2^32 - 1 changes under token ${this.token}; it must be opened again to take a new token`);
+    }
+    const version = makeVersion(this.token, ++this.seq);
+    assert(version > prev, 'a new version is newer than the one it builds on');
+    return version;
   }
 
   /**
@@ -396,7 +446,7 @@ export class VolumeCoordinator {
       // Every owner that must have the change and did not take it is
       // recorded stale before anything is acknowledged.
       for (const u of acked) {
-        e.holders.set(u, stamp.version);
+        if ((e.holders.get(u) ?? VERSION_ABSENT) < stamp.version) e.holders.set(u, stamp.version);
         if (!fua) {
           let s = this.unflushed.get(u);
           if (s === undefined) this.unflushed.set(u, (s = new Set()));
@@ -431,7 +481,13 @@ export class VolumeCoordinator {
         this.log.debug({ block: e.index, missed }, 'degraded change: the owners that missed it are recorded stale');
       }
     })();
-    const settled = finished.finally(() => this.unpin(e.index));
+    const settled = finished.then(() => {
+      if (e.committed < stamp.version) e.committed = stamp.version;
+    });
+    void settled.then(
+      () => this.settledOne(e),
+      () => this.settledOne(e),
+    );
     settled.then(
       () => earlyResolve(),
       (err: unknown) => earlyReject(err),
@@ -440,6 +496,28 @@ export class VolumeCoordinator {
     early.catch(() => undefined);
     settled.catch(() => undefined);
     return { early, finished: settled };
+  }
+
+  /** One change to the block settled (either way). */
+  private settledOne(e: BlockEntry): void {
+    e.inflight--;
+    this.unpin(e.index);
+    if (e.inflight === 0 && e.drained !== null) {
+      const d = e.drained;
+      e.drained = null;
+      d.resolve();
+    }
+  }
+
+  /** Resolves once no change to the block is in flight. */
+  private drain(e: BlockEntry): Promise<void> {
+    if (e.inflight === 0) return Promise.resolve();
+    if (e.drained === null) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => (resolve = r));
+      e.drained = { promise, resolve };
+    }
+    return e.drained.promise;
   }
 
   /** A change failed half way: owners may disagree. Kept in memory (with its floor) until learnt again. */
@@ -508,12 +586,14 @@ export class VolumeCoordinator {
         try {
           const reply = await withTimeout(api.read(this.ctx.requestContext(), this.refOf(index), offset, length), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `read on peer ${u}`);
           this.ctx.health.succeeded(u);
-          if (reply.meta.version === e.version) {
-            if (e.floor < e.version) e.floor = e.version;
+          const need = Math.max(e.committed, e.floor);
+          if (reply.meta.version >= need) {
+            // Never back in time: later reads return at least this.
+            if (e.floor < reply.meta.version) e.floor = reply.meta.version;
             return reply.data;
           }
-          // Not what it was known to hold: it lost or missed something.
-          this.log.warn({ block: index, peer: u, have: reply.meta.version, want: e.version }, 'replica does not hold the version it was known to hold; recording it stale');
+          // Less than it was known to hold: it lost or missed something.
+          this.log.warn({ block: index, peer: u, have: reply.meta.version, want: need }, 'replica does not hold the version it was known to hold; recording it stale');
           e.holders.delete(u);
           await this.stale.record(u, [index]);
         } catch (err) {
@@ -524,11 +604,10 @@ export class VolumeCoordinator {
           }
           if (kind === 'fenced') throw err;
           if (kind === 'peer') this.ctx.health.failed(u);
-          else {
-            // The copy is bad (suspect, checksum): never read it again until caught up.
-            e.holders.delete(u);
-            await this.stale.record(u, [index]);
-          }
+          // A suspect or corrupt copy (the replica marked it suspect): not
+          // read again; learning the block again records it behind, or
+          // adopts a copy if every one is suspect.
+          else e.holders.delete(u);
           this.log.debug({ err, block: index, peer: u }, 'replica read failed; trying the next');
         }
       }
@@ -541,7 +620,8 @@ export class VolumeCoordinator {
   /** Owners a read may use for the block: trusted under the phase and known to hold its newest version, the local one first. */
   trustedHolders(e: BlockEntry, owners: BlockOwners): string[] {
     const trusted = this.trustedOwners(e.index, owners);
-    const out = trusted.filter((u) => e.holders.get(u) === e.version);
+    const need = Math.max(e.committed, e.floor);
+    const out = trusted.filter((u) => (e.holders.get(u) ?? VERSION_ABSENT) >= need && e.holders.has(u));
     const self = this.ctx.selfUuid;
     const i = self === null ? -1 : out.indexOf(self);
     if (i > 0) {
@@ -573,7 +653,9 @@ export class VolumeCoordinator {
     if (e !== undefined && !e.unsure && !opts.fresh) return Promise.resolve(e);
     let p = this.reconciling.get(index);
     if (p === undefined) {
-      p = this.reconcile(index, e).finally(() => this.reconciling.delete(index));
+      // Learning while changes are in flight could settle below them: wait.
+      const ready = e === undefined ? Promise.resolve() : this.drain(e);
+      p = ready.then(() => this.reconcile(index, e)).finally(() => this.reconciling.delete(index));
       this.reconciling.set(index, p);
     }
     return p;
@@ -596,20 +678,44 @@ export class VolumeCoordinator {
         if (newest === null || compareCopies(m, newest) > 0) newest = m;
       }
       const floor = previous?.floor ?? VERSION_ABSENT;
-      if (newest === null || newest.version < floor) {
+      if (newest === null && trusted.length > 0 && trusted.every((u) => metas.got.get(u)?.suspect === true)) {
+        // Every trusted copy is suspect: every owner stopped uncleanly (a
+        // power loss of all of them). Each holds everything it was flushed
+        // with; adopt the newest that passes its checksums.
+        newest = await this.adopt(ref, trusted, metas.got);
+        if (newest !== null) {
+          this.log.warn({ block: index, version: newest.version }, 'every copy of the block was suspect; adopted the newest one that checks out (unflushed changes may be lost, as after a power loss)');
+          if (previous !== undefined) previous.floor = VERSION_ABSENT;
+        }
+      }
+      if (newest === null || newest.version < (previous?.floor ?? floor)) {
         // Never back in time: owners that answered with less than this
         // coordinator already acknowledged or returned are behind.
         const behind = trusted.filter((u) => {
           const m = metas.got.get(u);
-          return m !== undefined && (m.suspect || m.version < floor);
+          return m !== undefined && !m.suspect && m.version < floor;
         });
         await Promise.all(behind.map((u) => this.stale.record(u, [index])));
         throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: no owner with its newest copy answered`, {
           details: { block: index, asked: owners.all, trusted },
         });
       }
-      const e: BlockEntry = previous ?? { index, version: VERSION_ABSENT, state: 'absent', digest: null, floor: VERSION_ABSENT, holders: new Map(), metas: new Map(), unsure: false, pins: 0 };
+      const e: BlockEntry = previous ?? {
+        index,
+        version: VERSION_ABSENT,
+        committed: VERSION_ABSENT,
+        inflight: 0,
+        drained: null,
+        state: 'absent',
+        digest: null,
+        floor: VERSION_ABSENT,
+        holders: new Map(),
+        metas: new Map(),
+        unsure: false,
+        pins: 0,
+      };
       e.version = newest.version;
+      e.committed = newest.version;
       e.state = newest.state;
       e.digest = newest.state === 'data' ? newest.digest : 0;
       e.holders.clear();
@@ -632,6 +738,50 @@ export class VolumeCoordinator {
       this.blocks.set(e);
       return e;
     }
+  }
+
+  /**
+   * Adopts the best suspect copy when every trusted owner's copy is
+   * suspect: the newest (by its recorded version) that passes a full
+   * checksum check is confirmed in place at a fresh version of ours, so
+   * that copies stay comparable by version; the others are then behind and
+   * caught up from it. Copies lost outright (suspect and absent) leave the
+   * block absent. Null when none can be adopted.
+   */
+  private async adopt(ref: BlockRef, trusted: readonly string[], got: Map<string, BlockMeta>): Promise<BlockMeta | null> {
+    const candidates = trusted.map((u) => ({ u, m: got.get(u)! })).sort((a, b) => b.m.version - a.m.version);
+    const top = Math.max(0, ...candidates.map((c) => c.m.version));
+    const version = this.nextVersion(top);
+    for (const { u, m } of candidates) {
+      if (m.state === 'absent') continue;
+      const api = this.ctx.replica(u);
+      if (api === null) continue;
+      try {
+        const checked = await withTimeout(api.verify(this.ctx.requestContext(), ref), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `verify on peer ${u}`);
+        const digest = checked.state === 'data' ? checked.digest : 0;
+        const ok = await withTimeout(api.confirm(this.ctx.requestContext(), ref, version, digest, { token: this.token }), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `confirm on peer ${u}`);
+        if (!ok) continue;
+        const adopted: BlockMeta = { state: checked.state, version, suspect: false, digest };
+        got.set(u, adopted);
+        return adopted;
+      } catch (err) {
+        const kind = classifyFailure(err);
+        if (kind === 'fenced') throw err;
+        this.log.warn({ err, block: ref.index, peer: u }, 'a suspect copy could not be adopted');
+      }
+    }
+    if (candidates.every(({ m }) => m.state === 'absent')) {
+      // Nothing survived anywhere: the block's unflushed creation was lost.
+      for (const { u, m } of candidates) {
+        const api = this.ctx.replica(u);
+        if (api === null) return null;
+        const dropped = await withTimeout(api.drop(this.ctx.requestContext(), ref, m.version, { token: this.token }), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `drop on peer ${u}`).catch(() => false);
+        if (!dropped) return null;
+        got.set(u, ABSENT_META);
+      }
+      return ABSENT_META;
+    }
+    return null;
   }
 
   /** Metadata of one block from each reachable owner. `outdated` is the newest ring a refusal named. */

@@ -78,7 +78,7 @@ export class Replica implements ReplicaApi {
   // ------------------------------------------------------------ reads
 
   async read(ctx: RequestContext, ref: BlockRef, offset: number, length: number): Promise<ReadReply> {
-    this.admitRequest(ctx);
+    this.admitRequest(ctx, false);
     this.checkRange(offset, length);
     // Metadata first, then bytes: the bytes are at least as new as the version reported.
     const meta = this.store.meta(ref);
@@ -94,13 +94,13 @@ export class Replica implements ReplicaApi {
   }
 
   async meta(ctx: RequestContext, refs: readonly BlockRef[]): Promise<BlockMeta[]> {
-    this.admitRequest(ctx);
+    this.admitRequest(ctx, false);
     assert(refs.length <= META_REFS_MAX, 'at most META_REFS_MAX refs per meta request');
     return refs.map((r) => this.store.meta(r));
   }
 
   async list(ctx: RequestContext, volumeId: number, after: BlockRef | null, limit: number): Promise<{ blocks: ListedBlock[]; more: boolean }> {
-    this.admitRequest(ctx);
+    this.admitRequest(ctx, false);
     assert(Number.isInteger(limit) && limit > 0, 'list limit is positive');
     const n = Math.min(limit, LIST_BLOCKS_MAX);
     const blocks = this.store.list({ volumeId, after, limit: n + 1 });
@@ -108,7 +108,7 @@ export class Replica implements ReplicaApi {
   }
 
   async verify(ctx: RequestContext, ref: BlockRef): Promise<BlockMeta> {
-    this.admitRequest(ctx);
+    this.admitRequest(ctx, false);
     try {
       return await this.store.verify(ref);
     } catch (err) {
@@ -231,12 +231,12 @@ export class Replica implements ReplicaApi {
   }
 
   async fence(ctx: RequestContext, volumeId: number, token: number): Promise<void> {
-    this.admitRequest(ctx);
+    this.admitRequest(ctx, false);
     await this.opts.fences.learn(volumeId, token);
   }
 
   async flush(ctx: RequestContext): Promise<void> {
-    this.admitRequest(ctx);
+    this.admitRequest(ctx, false);
     await this.store.flush();
   }
 
@@ -246,7 +246,7 @@ export class Replica implements ReplicaApi {
   }
 
   async usage(ctx: RequestContext): Promise<StoreUsageInfo> {
-    this.admitRequest(ctx);
+    this.admitRequest(ctx, false);
     return this.store.usage();
   }
 
@@ -289,9 +289,14 @@ export class Replica implements ReplicaApi {
     }
   }
 
-  /** Refusals that apply to every request: not live, or a sender with an older ring. */
-  private admitRequest(ctx: RequestContext): void {
-    if (!this.opts.live()) {
+  /**
+   * Refusals that apply to every request: a sender with an older ring; and
+   * for changes, a peer without an etcd session (its fences and ring may be
+   * behind: docs/replication.md, "Fencing"). Reads, metadata and flushes are
+   * served regardless: the caller judges copies by their versions.
+   */
+  private admitRequest(ctx: RequestContext, change = true): void {
+    if (change && !this.opts.live()) {
       throw new TorusError('TORUS_ERR_PEER_NOT_LIVE', `peer ${this.opts.uuid} has no etcd session; it serves nothing until it has re-registered`);
     }
     const mine = this.opts.ringVersion();

@@ -131,6 +131,30 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       await h.cleanup?.();
     });
 
+    it('a suspended lease is resumed with its locks and tokens (kernel attach across a torusd restart)', async () => {
+      await initialised();
+      await md.createVolume('att', MiB);
+      const first = await session();
+      const lock = await first.lockVolume('att', 'torusd A');
+      await first.suspend();
+      const resumed = await md.resumeSession({ leaseId: first.id, ttlSeconds: 10 });
+      sessions.push(resumed);
+      expect(resumed.id).toBe(first.id);
+      await expectCode(resumed.adoptVolumeLock('att', lock.token + 1), 'TORUS_ERR_VOLUME_LOCK_LOST');
+      const adopted = await resumed.adoptVolumeLock('att', lock.token);
+      expect(adopted.token).toBe(lock.token);
+      // Still ours: nobody else can take it.
+      const other = await session();
+      await expectCode(other.lockVolume('att', 'torusd B'), 'TORUS_ERR_VOLUME_IN_USE');
+      await expectCode(other.adoptVolumeLock('att', lock.token), 'TORUS_ERR_VOLUME_LOCK_LOST');
+      await adopted.release();
+      const taken = await other.lockVolume('att', 'torusd B');
+      expect(taken.token).toBeGreaterThan(lock.token);
+      // A revoked (or expired) lease cannot be resumed.
+      await md.revokeStaleLease(resumed.id);
+      await expectCode(md.resumeSession({ leaseId: resumed.id, ttlSeconds: 10 }), 'TORUS_ERR_SESSION_LOST');
+    });
+
     it('init stores the config and an empty ring; re-init is refused; force re-initialises from scratch', async () => {
       expect(await md.getClusterConfig()).toBeNull();
       const cfg = await md.initCluster({ blockSize: MiB, replication: 2 }, { force: false });
@@ -520,6 +544,23 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       await md.setRing({ ...r3, version: 4 });
       await h.eventually('ring v4', async () => rings.some((r) => r.version === 4));
       for (const stop of stops) await stop();
+    });
+
+    it('renew keeps a lock and hands out the next token; a lock lost with its lease cannot be renewed', async () => {
+      await initialised();
+      await md.createVolume('renewed', MiB);
+      const s = await session();
+      const first = await s.lockVolume('renewed', 'writer one');
+      const second = await first.renew();
+      expect(second.token).toBe(first.token + 1);
+      expect(second.kind).toBe('writer');
+      expect(await md.getFence(first.volume.id)).toBe(second.token);
+      expect(await second.stillHeld()).toBe(true);
+      expect(await first.stillHeld()).toBe(false);
+      const other = await session();
+      await expect(other.lockVolume('renewed', 'writer two')).rejects.toMatchObject({ code: 'TORUS_ERR_VOLUME_IN_USE' });
+      await s.close();
+      await expect(second.renew()).rejects.toMatchObject({ code: 'TORUS_ERR_VOLUME_LOCK_LOST' });
     });
 
     it('maintenance locks: one maintainer, no writer; a writer overrides it with a newer token', async () => {

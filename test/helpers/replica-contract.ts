@@ -235,10 +235,16 @@ export function replicaContract(name: string, make: () => Promise<ReplicaUnderTe
       await api.write({ ringVersion: 9 }, ref, 0, fill(1), stamp(v(1), VERSION_ABSENT), { fua: false });
     });
 
-    it('serves nothing but hello while it is not live', async () => {
+    it('takes no change while it is not live, but still serves reads, metadata and flushes', async () => {
+      await api.write(CTX, ref, 0, fill(1), stamp(v(1), VERSION_ABSENT), { fua: false });
       r.setLive(false);
-      expect(await code(api.read(CTX, ref, 0, 16))).toBe('TORUS_ERR_PEER_NOT_LIVE');
-      expect(await code(api.write(CTX, ref, 0, fill(1), stamp(v(1), VERSION_ABSENT), { fua: false }))).toBe('TORUS_ERR_PEER_NOT_LIVE');
+      expect(await code(api.write(CTX, ref, 0, fill(2), stamp(v(2), v(1)), { fua: false }))).toBe('TORUS_ERR_PEER_NOT_LIVE');
+      expect(await code(api.zero(CTX, ref, 0, bs, stamp(v(2), v(1)), { punch: true, fua: false }))).toBe('TORUS_ERR_PEER_NOT_LIVE');
+      expect(await code(api.install(CTX, ref, { state: 'data', version: v(3), data: fill(3) }, { token: T, fua: false }))).toBe('TORUS_ERR_PEER_NOT_LIVE');
+      expect(await code(api.drop(CTX, ref, v(9), { token: T }))).toBe('TORUS_ERR_PEER_NOT_LIVE');
+      expect((await api.read(CTX, ref, 0, 16)).data.equals(fill(1, 16))).toBe(true);
+      expect((await api.meta(CTX, [ref]))[0]!.version).toBe(v(1));
+      await api.flush(CTX);
       const info = await api.hello(CTX);
       expect(info.ringVersion).toBe(5);
       expect(info.uuid.length).toBeGreaterThan(0);

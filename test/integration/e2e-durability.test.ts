@@ -139,9 +139,12 @@ describe('kill -9', () => {
 
     await d.restart();
     expect(recoveredIn(d.lines()), d.tail()).toBe(true);
+    // The blocks written since the last checkpoint are suspect after the
+    // kill: torusd compares (here, with one copy, adopts) them right after
+    // it starts. A writer does that inline; a read-only reader cannot.
+    await waitFor('suspect blocks of "stream" to be repaired', async () => (await suspectBlocks(d, etcd!.endpoint, 'stream')) === 0, 30_000);
 
-    // The killed daemon's volume locks live until its etcd lease ends; a
-    // read-only gateway takes no lock, so it can check the data at once.
+    // A read-only gateway takes no lock, so it can check the data at once.
     const ro = await startTorusblkServe({ etcd: etcd!.endpoint, readOnly: true });
     cleanups.push(() => ro.stop());
     await checkFlushedPatterns(ro, patterns, patternBytes, where);
@@ -181,6 +184,15 @@ describe('SIGTERM', () => {
 });
 
 // ------------------------------------------------------------------ helpers
+
+/** Blocks of a volume this torusd holds as suspect (GET /v1/blocks). */
+async function suspectBlocks(h: TorusdHandle, etcdEndpoint: string, volume: string): Promise<number> {
+  const list = JSON.parse((await torusctlOk(etcdEndpoint, ['-o', 'json', 'volume', 'list'])).stdout) as { name: string; id: number }[] | { volumes: { name: string; id: number }[] };
+  const volumes = Array.isArray(list) ? list : list.volumes;
+  const id = volumes.find((v) => v.name === volume)!.id;
+  const r = await httpGet(`${h.httpUrl}/v1/blocks?volume=${id}`);
+  return (JSON.parse(r.body) as { blocks: { suspect: boolean }[] }).blocks.filter((b) => b.suspect).length;
+}
 
 async function writtenBytes(h: TorusdHandle): Promise<number> {
   const r = await httpGet(`${h.httpUrl}/metrics`);

@@ -1,10 +1,12 @@
 /**
- * torusd when etcd stops answering (the process is frozen with SIGSTOP):
- * an open NBD connection keeps reading; writes go on until the lease may
- * have expired, then are refused (EIO) so that no other writer can overlap
- * with us; when etcd is back, torusd takes a new lease and the lock again and
- * writes resume on the same connection. Takes about 40 s: the lease TTL is
- * 30 s and no test may shorten waiting for it with a sleep.
+ * torusd when etcd stops answering (the process is frozen with SIGSTOP): an
+ * open NBD connection reads and writes as before while the lease may still
+ * be alive; past its deadline another writer could hold the volume, so
+ * reads and writes are refused (EIO) rather than risk overlapping with it
+ * or returning data older than its writes (docs/replication.md, guarantee
+ * 6); when etcd is back, torusd takes a new lease and the lock again (a
+ * newer token) and I/O resumes on the same connection. Takes about 40 s:
+ * the lease TTL is 30 s and no test may shorten waiting for it with a sleep.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBuilt } from '../helpers/build.js';
@@ -30,7 +32,7 @@ afterAll(async () => {
 });
 
 describe('etcd outage', () => {
-  it('reads go on, writes stop at the lease deadline, and both resume when etcd is back', async () => {
+  it('I/O goes on within the lease, stops at its deadline, and resumes when etcd is back', async () => {
     const c = await nbdConnect(d!.nbdPort, 'pad');
     const A = Buffer.alloc(4096, 0xa1);
     const B = Buffer.alloc(4096, 0xb2);
@@ -47,9 +49,9 @@ describe('etcd outage', () => {
 
     // Past the lease deadline another writer could hold the lock: torusd must
     // have stopped writing by then, and says so.
-    await d!.waitForLog('the lease to be given up', (l) => l.msg === 'etcd lease lost: volume locks are gone; reconnecting', 45_000);
+    await d!.waitForLog('the lease to be given up', (l) => String(l.msg).startsWith('etcd session lost'), 45_000);
     await expect(c.write(8192, C)).rejects.toThrow(/write failed with 5\b/);
-    expect((await c.read(4096, 4096)).equals(B)).toBe(true);
+    await expect(c.read(4096, 4096)).rejects.toThrow(/read failed with 5\b/);
 
     etcd!.process.kill('SIGCONT');
     frozen = false;

@@ -416,4 +416,29 @@ describe('replication on a simulated cluster', () => {
     for (let i = 0; i < 8; i++) expect(copies(c, 1, i).length).toBe(3);
     expect((await until(c, io.read(0, 8 * BLOCK))).equals(pattern(4, 8 * BLOCK))).toBe(true);
   });
+
+  it('takes a member that stayed DOWN past the down-out interval out of the ring and re-replicates its blocks', async () => {
+    const c = new SimCluster({ ...clusterOptions({ peers: 3, members: 3, replication: 2 }), timing: { ...SIM_TIMING, downOutIntervalMs: 30_000 } });
+    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, d] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    const data = pattern(21, VOLUME_BLOCKS * BLOCK);
+    await until(c, io.write(0, data, false));
+    await until(c, io.flush());
+    await until(c, io.close());
+    c.crash(d);
+    // Not before the interval: DOWN changes who is written, not where blocks belong.
+    await runFor(c, 20_000);
+    expect((await until(c, c.ring())).members.map((m) => m.uuid)).toContain(d.uuid);
+    await runFor(c, 120_000);
+    const ring = await until(c, c.ring());
+    expect(ring.members.map((m) => m.uuid).sort()).toEqual([a.uuid, b.uuid].sort());
+    expect(ring.transition).toBeNull();
+    for (let i = 0; i < VOLUME_BLOCKS; i++) {
+      const cs = copies(c, 1, i).filter((x) => x.uuid !== d.uuid);
+      expect(cs.length, `block ${i}`).toBe(2);
+      expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size).toBe(1);
+    }
+  });
 });
