@@ -51,7 +51,10 @@ export function adaptNode(node: ClusterNode): NodeUnderTest {
     get replica() {
       return node.replica;
     },
-    start: () => node.start(),
+    start: async () => {
+      // A restart is a new process with no lease to resume (the simulation kills, it never hands a lease on).
+      await node.start();
+    },
     stop: () => node.stop(),
     async open(name, mode): Promise<VolumeIo> {
       const ov = await node.volumes.acquire(name, mode);
