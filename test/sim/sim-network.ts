@@ -20,7 +20,7 @@ export interface NetworkFaults {
   readonly dropRequest: number;
   /** The request is served but the reply vanishes. */
   readonly dropReply: number;
-  /** The request is delivered twice (a retransmission that got through). */
+  /** The request is delivered twice: a resend that got through late, outside the link's order. */
   readonly duplicate: number;
   /** The message ignores the FIFO order of its link. */
   readonly reorder: number;
@@ -205,10 +205,14 @@ export class SimNetwork {
         return;
       }
       if (link.blocked || this.chance(this.faultsNow.dropRequest)) return;
-      const copies = this.chance(this.faultsNow.duplicate) ? 2 : 1;
-      for (let i = 0; i < copies; i++) {
-        const at = this.deliveryTime(link);
-        this.clock.schedule(this.wire, at - this.clock.monotonic(), () => this.deliver(ep, call, method, i === 0 ? args : args.map(copyValue)));
+      const at = this.deliveryTime(link);
+      this.clock.schedule(this.wire, at - this.clock.monotonic(), () => this.deliver(ep, call, method, args));
+      if (this.chance(this.faultsNow.duplicate)) {
+        // A resend that got through late: outside the link's FIFO order, up
+        // to reorderMaxMs behind, possibly after requests sent since.
+        const late = this.delay() + this.random.next() * this.opts.reorderMaxMs;
+        const copy = args.map(copyValue);
+        this.clock.schedule(this.wire, late, () => this.deliver(ep, call, method, copy));
       }
     });
   }
