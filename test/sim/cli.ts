@@ -122,7 +122,7 @@ async function main(): Promise<number> {
     const cpuMs = (c.user + c.system) / 1000;
     if (!r.ok) failed++;
     if (args.json) {
-      const line: SeedLine = { seed, variant: args.variant, ok: r.ok, guarantee: r.failure?.guarantee ?? null, report: r.ok ? null : describeFailure(r), hash: r.hash, ops: r.opsIssued, cpuMs: Math.round(cpuMs) };
+      const line: SeedLine = { seed, variant: args.variant, ok: r.ok, guarantee: r.failure?.guarantee ?? null, failedAtMs: r.failure?.timeMs ?? null, report: r.ok ? null : describeFailure(r), hash: r.hash, ops: r.opsIssued, cpuMs: Math.round(cpuMs) };
       process.stdout.write(`${JSON.stringify(line)}\n`);
     } else if (!r.ok) {
       process.stdout.write(`${describeFailure(r)}\n`);

@@ -65,6 +65,9 @@ const EXTRA: readonly [FaultKind, number][] = [
   ['full-store', 5],
 ];
 
+/** A flaky network while a ring change moves blocks, ms [min, max]. */
+const MOVE_MESSAGE_FAULT_MS: readonly [number, number] = [3_000, 8_000];
+
 /** How long each kind lasts, ms [min, max]. */
 const DURATION_MS: Record<FaultKind, readonly [number, number]> = {
   crash: [500, 15_000],
@@ -371,17 +374,8 @@ export class FaultInjector implements QuietState {
         void this.opts.workload.closeWriter(v, 'takeover').then(() => this.opts.workload.ensureWriter(v));
         return true;
       }
-      case 'messages': {
-        if ([...this.active.values()].some((a) => a.what.startsWith('messages'))) return false;
-        const faults = { dropRequest: 0.02 + 0.1 * r.next(), dropReply: 0.02 + 0.1 * r.next(), duplicate: 0.05 + 0.15 * r.next(), reorder: 0.05 + 0.2 * r.next() };
-        const end = this.begin(`messages drop ${faults.dropRequest.toFixed(2)}/${faults.dropReply.toFixed(2)} dup ${faults.duplicate.toFixed(2)} reorder ${faults.reorder.toFixed(2)}`, 'cluster');
-        c.network.setFaults(faults);
-        this.until(f.durationMs, () => {
-          c.network.setFaults(NO_FAULTS);
-          end();
-        });
-        return true;
-      }
+      case 'messages':
+        return this.messageFaults(f.durationMs);
       case 'corrupt': {
         const holders = running.filter((p) => p.store.list({ limit: 1 }).length > 0);
         const p = pick(holders);
@@ -414,6 +408,20 @@ export class FaultInjector implements QuietState {
     }
   }
 
+  /** Drops, duplicates and reordering on every link for `ms`; false if such a window is already open. */
+  private messageFaults(ms: number): boolean {
+    if ([...this.active.values()].some((a) => a.what.startsWith('messages'))) return false;
+    const r = this.opts.random;
+    const faults = { dropRequest: 0.02 + 0.1 * r.next(), dropReply: 0.02 + 0.1 * r.next(), duplicate: 0.1 + 0.3 * r.next(), reorder: 0.05 + 0.2 * r.next() };
+    const end = this.begin(`messages drop ${faults.dropRequest.toFixed(2)}/${faults.dropReply.toFixed(2)} dup ${faults.duplicate.toFixed(2)} reorder ${faults.reorder.toFixed(2)}`, 'cluster');
+    this.cluster.network.setFaults(faults);
+    this.until(ms, () => {
+      this.cluster.network.setFaults(NO_FAULTS);
+      end();
+    });
+    return true;
+  }
+
   private async ringChange(kind: 'ring-add' | 'ring-remove' | 'ring-replication'): Promise<boolean> {
     const c = this.cluster;
     const r = this.opts.random;
@@ -443,6 +451,9 @@ export class FaultInjector implements QuietState {
       const done = await c.changeRing(next, replication, what);
       if (done === null) return false;
       this.opts.log.add(`${what} -> ring ${done.version} members ${done.members.map((m) => c.peerByUuid(m.uuid)!.index).join(',')} R=${done.replication} min=${done.minReplicas}`);
+      // A third of the ring changes move blocks over a flaky network: copies
+      // dropped, duplicated and reordered while writes go on.
+      if (r.int(3) === 0) this.messageFaults(MOVE_MESSAGE_FAULT_MS[0] + r.int(MOVE_MESSAGE_FAULT_MS[1] - MOVE_MESSAGE_FAULT_MS[0]));
       return true;
     } catch (err) {
       this.opts.log.add(`${what} failed ${err instanceof Error ? err.message : String(err)}`);

@@ -14,6 +14,8 @@ export interface SeedLine {
   readonly variant: string | null;
   readonly ok: boolean;
   readonly guarantee: string | null;
+  /** Virtual time of the failure (ms), null when it passed. */
+  readonly failedAtMs: number | null;
   /** The one-line report (with the replay command) when it failed. */
   readonly report: string | null;
   readonly hash: string;
