@@ -29,7 +29,7 @@ const seeds = Array.from({ length: CI_SEEDS }, (_, i) => i + 1);
  */
 const baseline = new Map<number, SeedLine>();
 
-function fewerFailures(variant: SeedLine, real: SeedLine): boolean {
+function failsFirst(variant: SeedLine, real: SeedLine): boolean {
   return real.ok || (real.failedAtMs !== null && variant.failedAtMs !== null && variant.failedAtMs < real.failedAtMs);
 }
 
@@ -73,7 +73,7 @@ describe('whole-cluster simulation', () => {
           const failing = lines.filter((l) => !l.ok);
           if (failing.length === 0) break;
           await baselineOf(failing.map((l) => l.seed));
-          caught = failing.find((l) => (VARIANTS[name].caughtBy as readonly string[]).includes(l.guarantee ?? '') && fewerFailures(l, baseline.get(l.seed)!)) ?? null;
+          caught = failing.find((l) => (VARIANTS[name].caughtBy as readonly string[]).includes(l.guarantee ?? '') && failsFirst(l, baseline.get(l.seed)!)) ?? null;
           // Each child ran its share in order up to its stop: what is left is what no child reached.
           const done = new Set(lines.map((l) => l.seed));
           todo = todo.filter((s) => !done.has(s));
