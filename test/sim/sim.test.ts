@@ -59,6 +59,9 @@ describe('whole-cluster simulation', () => {
     for (const l of lines) baseline.set(l.seed, l);
     expect(lines.map((l) => l.seed)).toEqual(seeds);
     const failed = lines.filter((l) => !l.ok).map((l) => l.report);
+    // Every failing seed with its replay command, whole (an assertion message would be cut short).
+    if (failed.length > 0) console.log(`${failed.length} of ${CI_SEEDS} seeds failed:\n${failed.join('\n')}`);
+    console.log(`${CI_SEEDS} seeds in ${(elapsed / 1000).toFixed(1)} s on ${JOBS} processes`);
     expect(failed, `${failed.length} of ${CI_SEEDS} seeds failed`).toEqual([]);
     expect(lines.filter((l) => l.ops < OPS_DEFAULT).map((l) => l.seed)).toEqual([]);
     expect(elapsed).toBeLessThan(CI_BUDGET_MS);
