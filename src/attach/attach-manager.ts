@@ -169,6 +169,7 @@ export class AttachManager {
       const log = this.log.child({ device: devicePath(r.index), volume: r.volume });
       if (!av.available || av.mode !== 'netlink') {
         log.error({ err: av.available ? undefined : av.error }, 'cannot take back the kernel device: no nbd netlink interface now');
+        await this.releaseOrphanLock(r, resumed);
         continue;
       }
       try {
@@ -176,20 +177,15 @@ export class AttachManager {
         const backend = await this.kernel.backendOf(r.index);
         if (!status.some((s) => s.index === r.index && s.connected) || (backend !== null && backend !== r.backend)) {
           log.warn({ backend }, 'device no longer connected to this attachment (detached, or the node rebooted); forgetting it');
+          await this.releaseOrphanLock(r, resumed);
           continue;
         }
       } catch (err) {
         log.error({ err }, 'cannot read the device status; forgetting it');
+        await this.releaseOrphanLock(r, resumed);
         continue;
       }
-      const a = this.track(r.index, r.volume, r.mode, 'netlink', {
-        token: r.token,
-        sizeBytes: r.sizeBytes,
-        timeoutSeconds: r.timeoutSeconds,
-        deadConnTimeoutSeconds: r.deadConnTimeoutSeconds,
-        backend: r.backend,
-        attachedAt: r.attachedAt,
-      });
+      const a = this.track(r.index, r.volume, r.mode, 'netlink', r);
       a.state = 'reconnecting';
       try {
         if (r.mode === 'rw' && !resumed) {
@@ -203,6 +199,23 @@ export class AttachManager {
       await this.reconnect(a, 'torusd restarted');
     }
     await this.record();
+  }
+
+  /**
+   * A recorded read-write device we do not take back: its lock is still on
+   * the resumed lease, which we keep alive; release it, or the volume would
+   * stay locked for as long as this torusd runs.
+   */
+  private async releaseOrphanLock(r: RecordedAttachment, resumed: boolean): Promise<void> {
+    const session = this.opts.session();
+    if (!resumed || r.mode !== 'rw' || r.token === null || session === null) return;
+    try {
+      const lock = await session.adoptVolumeLock(r.volume, r.token);
+      await lock.release();
+      this.log.info({ volume: r.volume, token: r.token }, 'released the lock of a device not taken back');
+    } catch (err) {
+      if (!isTorusError(err, 'TORUS_ERR_VOLUME_LOCK_LOST')) this.log.warn({ err, volume: r.volume }, 'could not release the lock of a device not taken back');
+    }
   }
 
   /** The device fails with EIO for good: DISCONNECT, say why, keep it listed as failed. */

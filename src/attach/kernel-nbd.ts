@@ -84,6 +84,12 @@ export interface KernelNbdOptions {
   /** Root of sysfs, for tests. */
   readonly sysRoot?: string;
   readonly devRoot?: string;
+  /**
+   * Use the ioctl path even where netlink works (env TORUS_NBD_IOCTL=1): for
+   * a kernel whose netlink interface misbehaves, and so the VM suite proves
+   * the fallback on a real kernel.
+   */
+  readonly forceIoctl?: boolean;
 }
 
 /** Typed access to the kernel's nbd driver. One per process is enough; it holds no state but the family id. */
@@ -91,6 +97,7 @@ export class KernelNbd {
   private readonly addon: NativeAddon | null;
   private readonly sysRoot: string;
   private readonly devRoot: string;
+  private readonly forceIoctl: boolean;
   private family: number | null = null;
   private seq = Math.floor(Math.random() * 0x7fffffff);
 
@@ -98,6 +105,7 @@ export class KernelNbd {
     this.addon = opts.addon === undefined ? nativeAddon : opts.addon;
     this.sysRoot = opts.sysRoot ?? '/sys';
     this.devRoot = opts.devRoot ?? '/dev';
+    this.forceIoctl = opts.forceIoctl ?? process.env.TORUS_NBD_IOCTL === '1';
   }
 
   /** Whether kernel attach can work here, and how; never throws. */
@@ -111,6 +119,10 @@ export class KernelNbd {
         available: false,
         error: new TorusError('TORUS_ERR_ATTACH_UNAVAILABLE', 'kernel attach needs the native addon (native/build/Release/torus_native.node), which is missing or stale: run `npm run build` (needs g++, make, python3)'),
       };
+    }
+    if (this.forceIoctl) {
+      if (await this.exists(`${this.devRoot}/nbd0`)) return { available: true, mode: 'ioctl', detail: 'ioctl mode forced (TORUS_NBD_IOCTL=1): attachments do NOT survive a torusd restart' };
+      return { available: false, error: noModuleError() };
     }
     try {
       await this.familyId();

@@ -170,14 +170,17 @@ export class VolumeCoordinator {
         return;
       }
       if (isTorusError(r.reason, 'TORUS_ERR_VOLUME_FENCED')) throw r.reason;
-      // A DOWN peer re-reads every fence from etcd before it serves again;
-      // any other peer that did not learn the token is not trusted for this
-      // volume until a catch-up (which starts by teaching it the token).
-      if (!this.ctx.health.isDown(u)) missed.push(u);
+      // A peer that did not learn the token now learns it from etcd (its
+      // fence watch, or the full re-read every peer makes before it takes
+      // changes again after losing its session) or from the first change
+      // this coordinator sends it, whichever comes first. Its copies stay
+      // trusted: the old writer acknowledged nothing past its own lease
+      // deadline, which passed before this lock could be taken, so anything
+      // it may still land there is a write nobody was told succeeded.
+      missed.push(u);
       if (classifyFailure(r.reason) === 'peer') this.ctx.health.failed(u);
     });
-    await Promise.all(missed.map((u) => this.stale.record(u, 'all')));
-    if (missed.length > 0) this.log.warn({ peers: missed, token: this.token }, 'peers did not learn the fencing token; they are recorded stale for the whole volume');
+    if (missed.length > 0) this.log.warn({ peers: missed, token: this.token }, 'peers did not answer the fencing token; they learn it from etcd or from our first change');
     this.log.info({ token: this.token, peers: peers.length }, 'fencing token published');
   }
 

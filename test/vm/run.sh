@@ -11,7 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 bash scripts/install-deps.sh
 started=$(date +%s)
 set +e
-bash test/vm/harness/run-in-vm.sh env TORUS_VM_ONLY="${TORUS_VM_ONLY:-}" TORUS_VM_LEASE_TTL="${TORUS_VM_LEASE_TTL:-40}" node test/vm/guest/scenarios.mjs
+bash test/vm/harness/run-in-vm.sh env TORUS_VM_ONLY="${TORUS_VM_ONLY:-}" TORUS_VM_LEASE_TTL="${TORUS_VM_LEASE_TTL:-90}" bash test/vm/guest/stage.sh
 code=$?
 set -e
 echo "vm suite: exit $code after $(( $(date +%s) - started )) s"

@@ -40,8 +40,11 @@ if [ ${#need[@]} -gt 0 ]; then
   command -v apt-get >/dev/null 2>&1 || die "missing ${need[*]} and no apt-get: install them by hand"
   [ "$(id -u)" -eq 0 ] || die "missing ${need[*]}: run as root, or apt-get install them"
   say "installing ${need[*]}"
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+  aptlog=$(mktemp)
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"; } >"$aptlog" 2>&1; then
+    tail -n 30 "$aptlog" >&2; rm -f "$aptlog"; die "apt-get install ${need[*]} failed"
+  fi
+  rm -f "$aptlog"
 fi
 { [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; } || die "/bin/busybox must be the static build (apt-get install busybox-static)"
 
@@ -53,7 +56,7 @@ if [ ! -s "$CACHE/vmlinux" ] || [ ! -s "$CACHE/kernel-version" ]; then
   [ -n "$pkg" ] || die "apt knows no linux-image-amd64: cannot get a kernel with nbd"
   say "downloading $pkg"
   rm -rf "$CACHE/deb" "$CACHE/kernel"; mkdir -p "$CACHE/deb" "$CACHE/kernel"
-  (cd "$CACHE/deb" && apt-get download "$pkg" >&2) || die "apt-get download $pkg failed"
+  (cd "$CACHE/deb" && apt-get download "$pkg" >/dev/null 2>&1) || die "apt-get download $pkg failed"
   dpkg-deb -x "$CACHE"/deb/*.deb "$CACHE/kernel"
   kv=$(ls "$CACHE/kernel/lib/modules")
   # QEMU boots an ELF vmlinux directly (PVH), which skips the kernel's own
