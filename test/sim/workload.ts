@@ -575,8 +575,11 @@ export class Workload {
    * network as a whole, or the writer's peer (nor did within the grace
    * period), and every block it touches has, under each ring seen lately,
    * at least minReplicas owners of each placement that are running, touched
-   * by no fault, and not recorded stale for the block (an owner that missed
-   * writes does not count towards a write's quorum).
+   * by no fault, not recorded stale for the block (an owner that missed
+   * writes does not count towards a write's quorum) and holding its newest
+   * copy: when the only copy of the newest version went down with a peer
+   * (or was lost unflushed), the block is unavailable by guarantee 4, not
+   * writable by guarantee 2.
    */
   private ownersReachable(vol: VolumeState, first: number, count: number, w: Writer): boolean {
     const bad = this.opts.quiet.unhealthy();
@@ -588,12 +591,22 @@ export class Workload {
     };
     for (let b = Math.floor(first / spb); b * spb < first + count; b++) {
       const ref = { volumeId: vol.id, generation: 1, index: b };
+      // The newest version any disk holds (dead peers' included).
+      let newest = -1;
+      for (const p of this.cluster.peers) newest = Math.max(newest, p.store.meta(ref).version);
+      const current = (u: string): boolean => {
+        const m = this.cluster.peerByUuid(u)!.store.meta(ref);
+        return !m.suspect && m.version === newest;
+      };
+      let currentOwners = 0;
       for (const ring of this.opts.rings()) {
         const o = ownersOf(ring, ref);
         for (const set of o.old === null ? [o.now] : [o.old, o.now]) {
           if (set.filter((u) => usable(u, b)).length < quorumOf(ring, set.length)) return false;
+          currentOwners += set.filter((u) => usable(u, b) && current(u)).length;
         }
       }
+      if (newest >= 0 && currentOwners === 0) return false;
     }
     return true;
   }
