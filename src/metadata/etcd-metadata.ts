@@ -19,7 +19,7 @@ import { minReplicasDefault } from '../ring/transition.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { formatSize } from '../util/size.js';
 import { withEtcd, type EtcdCallContext } from './etcd-errors.js';
-import { EtcdSession } from './etcd-session.js';
+import { andNoKeyUnder, EtcdSession } from './etcd-session.js';
 import { ResilientWatch, type ResilientWatchSpec } from './etcd-watch.js';
 import {
   DEFAULT_PREFIX,
@@ -36,6 +36,7 @@ import {
   volumeKey,
   volumeLockKey,
   volumeMaintKey,
+  volumeReadersPrefix,
 } from './keys.js';
 import type { MetadataService, MetadataSession } from './metadata-service.js';
 import {
@@ -68,6 +69,7 @@ import {
   volumeIdNotFoundError,
   volumeInUseError,
   volumeNotFoundError,
+  volumeReadersError,
   VOLUME_ID_MAX,
 } from './validate.js';
 
@@ -93,6 +95,8 @@ export const VOLUMES_LIST_MAX = 65_536;
 export const LIST_PAGE_KEYS = 1_000;
 /** ... up to this many keys; more is not a state torus makes, so it is reported rather than truncated. */
 export const LIST_COMPLETE_KEYS_MAX = 1_048_576;
+/** A refusal names the first reader and counts them from a listing of at most this many. */
+const READERS_SHOWN_MAX = 1_000;
 /** etcd's default --max-txn-ops is 128: deletes of move records beyond this go in later transactions. */
 export const TXN_OPS_MAX = 100;
 
@@ -634,10 +638,9 @@ export class EtcdMetadata implements MetadataService {
       // volume. A maintainer still at work finds its lock and fence gone
       // (its guarded writes fail as fenced), and stale and health records
       // cannot come back (they need the fence key).
+      const readers = volumeReadersPrefix(record.id);
       const res = await this.call(`delete volume ${name}`, () =>
-        this.ns
-          .if(vKey, 'Mod', '==', kv.modRevision)
-          .and(lockKey, 'Version', '==', 0)
+        andNoKeyUnder(this.ns.if(vKey, 'Mod', '==', kv.modRevision).and(lockKey, 'Version', '==', 0), readers)
           .then(
             this.ns.delete().key(vKey),
             this.ns.delete().key(volumeFenceKey(record.id)),
@@ -646,7 +649,7 @@ export class EtcdMetadata implements MetadataService {
             this.ns.delete().prefix(staleVolumePrefix(record.id)),
             ...inTxn.map((m) => this.ns.delete().key(m)),
           )
-          .else(this.ns.get(lockKey), this.ns.get(vKey))
+          .else(this.ns.get(lockKey), this.ns.get(vKey), this.ns.getAll().prefix(readers).limit(READERS_SHOWN_MAX))
           .commit(),
       );
       if (res.succeeded) {
@@ -658,6 +661,11 @@ export class EtcdMetadata implements MetadataService {
       const lock = firstKv(res, 0);
       if (lock !== null) throw volumeInUseError(name, decodeVolumeLockRecord(this.k(lockKey), lock.value));
       if (firstKv(res, 1) === null) throw volumeNotFoundError(name);
+      const readerRange = res.responses[2]?.response_range;
+      if (readerRange && readerRange.kvs.length > 0) {
+        const recs = readerRange.kvs.map((r) => decodeVolumeLockRecord(this.k(r.key.toString('utf8')), r.value.toString('utf8')));
+        throw volumeReadersError(name, recs, Number(readerRange.count));
+      }
     }
     throw conflictError(`delete volume "${name}"`);
   }
@@ -665,6 +673,11 @@ export class EtcdMetadata implements MetadataService {
   async getVolumeLock(volumeId: number): Promise<VolumeLockRecord | null> {
     const kv = await this.getKv(volumeLockKey(volumeId));
     return kv === null ? null : decodeVolumeLockRecord(this.k(volumeLockKey(volumeId)), kv.value);
+  }
+
+  async listVolumeReaders(volumeId: number): Promise<VolumeLockRecord[]> {
+    const { kvs } = await this.listComplete(volumeReadersPrefix(volumeId));
+    return kvs.map((kv) => decodeVolumeLockRecord(this.k(kv.key), kv.value)).sort((a, b) => (a.acquiredAt < b.acquiredAt ? -1 : a.acquiredAt > b.acquiredAt ? 1 : 0));
   }
 
   async openSession(opts: { ttlSeconds: number }): Promise<MetadataSession> {

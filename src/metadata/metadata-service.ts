@@ -95,12 +95,14 @@ export interface MetadataService {
   getVolume(name: string): Promise<VolumeRecord>;
   listVolumes(): Promise<VolumeRecord[]>;
   /**
-   * Refused with TORUS_ERR_VOLUME_IN_USE while a write lock is held (a
-   * maintenance lock does not stop it). Deletes the volume's fence,
+   * Refused with TORUS_ERR_VOLUME_IN_USE while a write lock or a reader lock
+   * is held (a maintenance lock does not stop it). Deletes the volume's fence,
    * maintenance lock, stale, move and health records with it.
    */
   deleteVolume(name: string): Promise<VolumeRecord>;
   getVolumeLock(volumeId: number): Promise<VolumeLockRecord | null>;
+  /** The reader locks held on a volume (kind reader), oldest first. */
+  listVolumeReaders(volumeId: number): Promise<VolumeLockRecord[]>;
   /**
    * For garbage collection: the ids of live volumes and the highest id ever
    * handed out, read so that an id at or below `lastId` that is not live
@@ -151,6 +153,16 @@ export interface MetadataSession {
    */
   lockVolume(name: string, holder: string): Promise<VolumeLock>;
   /**
+   * Takes a reader lock on a volume: any number of sessions may hold one at
+   * once. Refused with TORUS_ERR_VOLUME_IN_USE, naming the writer, while a
+   * writer holds the volume; while any reader holds it, lockVolume and
+   * deleteVolume are refused. Maintainers neither block readers nor are
+   * blocked by them (they copy blocks, they do not change what a reader
+   * reads). Readers never write, so no fencing token is drawn. One reader
+   * lock per session and volume: taking it again keeps the one lock.
+   */
+  lockVolumeForReading(name: string, holder: string): Promise<VolumeReaderLock>;
+  /**
    * Takes a volume's maintenance lock (docs/replication.md, "Maintenance"):
    * refused with TORUS_ERR_VOLUME_IN_USE while a writer or another maintainer
    * holds it. Draws a token from the same counter as lockVolume.
@@ -189,6 +201,15 @@ export interface VolumeLock {
    * held under this lease.
    */
   renew(): Promise<VolumeLock>;
+  release(): Promise<void>;
+}
+
+export interface VolumeReaderLock {
+  readonly volume: VolumeRecord;
+  readonly holder: string;
+  readonly kind: 'reader';
+  /** True while the reader key still exists under this session's lease (read from etcd). */
+  stillHeld(): Promise<boolean>;
   release(): Promise<void>;
 }
 
