@@ -535,7 +535,7 @@ export class EtcdMetadata implements MetadataService {
 
   // ---- volumes
 
-  async createVolume(name: string, size: number): Promise<VolumeRecord> {
+  async createVolume(name: string, size: number, opts: { readonly admit?: (volumes: readonly VolumeRecord[]) => void } = {}): Promise<VolumeRecord> {
     validateVolumeName(name);
     validateVolumeSize(size);
     const vKey = volumeKey(name);
@@ -544,6 +544,14 @@ export class EtcdMetadata implements MetadataService {
       if (cfgKv === null) throw notInitialisedError();
       const config = decodeClusterConfig(this.k(KEYS.config), cfgKv.value);
       const counter = await this.getKv(KEYS.volumeIdCounter);
+      if (opts.admit) {
+        // Listed after the counter was read: every create bumps the counter
+        // in its own transaction, so one that lands after this listing fails
+        // the comparison below and this create lists again.
+        const volumes = (await this.listComplete(KEYS.volumesPrefix)).kvs.map((kv) => decodeVolumeRecord(this.k(kv.key), kv.value));
+        if (volumes.some((v) => v.name === name)) throw new TorusError('TORUS_ERR_VOLUME_EXISTS', `a volume named "${name}" already exists`, { details: { volume: name } });
+        opts.admit(volumes);
+      }
       const id = decodeCounter(this.k(KEYS.volumeIdCounter), counter?.value ?? null) + 1;
       if (id > VOLUME_ID_MAX) throw new TorusError('TORUS_ERR_ARG_INVALID', 'no volume ids are left in this cluster');
       const record: VolumeRecord = { schema: 1, id, name, type: 'block', size, blockSize: config.blockSize, generation: 1, createdAt: this.now() };

@@ -683,12 +683,14 @@ export class MemoryMetadata implements MetadataService {
 
   // ---- volumes
 
-  async createVolume(name: string, size: number): Promise<VolumeRecord> {
+  async createVolume(name: string, size: number, opts: { readonly admit?: (volumes: readonly VolumeRecord[]) => void } = {}): Promise<VolumeRecord> {
     validateVolumeName(name);
     validateVolumeSize(size);
     return this.op(`create volume ${name}`, () => {
       const config = this.requireConfig();
       if (this.getJson(volumeKey(name)) !== null) throw new TorusError('TORUS_ERR_VOLUME_EXISTS', `a volume named "${name}" already exists`, { details: { volume: name } });
+      // One synchronous step: the listing and the create are one transaction.
+      opts.admit?.(this.server.range(KEYS.volumesPrefix).map(({ key, entry }) => decodeVolumeRecord(key, entry.value)));
       const id = decodeCounter(KEYS.volumeIdCounter, this.getJson(KEYS.volumeIdCounter)) + 1;
       if (id > VOLUME_ID_MAX) throw new TorusError('TORUS_ERR_ARG_INVALID', 'no volume ids are left in this cluster');
       const record: VolumeRecord = { schema: 1, id, name, type: 'block', size, blockSize: config.blockSize, generation: 1, createdAt: this.nowIso() };

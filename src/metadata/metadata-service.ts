@@ -89,8 +89,16 @@ export interface MetadataService {
   /** TORUS_ERR_VOLUME_NOT_FOUND when the volume has no fencing token (as addStale). */
   putVolumeHealth(record: VolumeHealthRecord): Promise<void>;
 
-  /** Validates name and size; TORUS_ERR_VOLUME_EXISTS, TORUS_ERR_CLUSTER_NOT_INITIALISED. */
-  createVolume(name: string, size: number): Promise<VolumeRecord>;
+  /**
+   * Validates name and size; TORUS_ERR_VOLUME_EXISTS, TORUS_ERR_CLUSTER_NOT_INITIALISED.
+   * `admit` (capacity reservations) is shown every volume of the cluster,
+   * read within the compare-and-swap that creates this one: it throws to
+   * refuse, and a volume created by anyone between its listing and the
+   * create makes the create list again and ask again. So concurrent creates
+   * never admit more than `admit` would one at a time. An existing volume
+   * of this name is TORUS_ERR_VOLUME_EXISTS before `admit` is asked.
+   */
+  createVolume(name: string, size: number, opts?: { readonly admit?: (volumes: readonly VolumeRecord[]) => void }): Promise<VolumeRecord>;
   /** TORUS_ERR_VOLUME_NOT_FOUND. */
   getVolume(name: string): Promise<VolumeRecord>;
   listVolumes(): Promise<VolumeRecord[]>;

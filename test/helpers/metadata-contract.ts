@@ -235,6 +235,29 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       expect((await md.createVolume('next', MiB)).id).toBe(2);
     });
 
+    it('createVolume admits by a check over every volume, read in the same compare-and-swap: concurrent creates never overshoot', async () => {
+      await initialised();
+      await md.createVolume('first', MiB);
+      let seen: string[] = [];
+      const v = await md.createVolume('second', 2 * MiB, { admit: (vols) => void (seen = vols.map((x) => x.name).sort()) });
+      expect(seen).toEqual(['first']);
+      expect(v.size).toBe(2 * MiB);
+      const limit = (vols: readonly { size: number }[]) => {
+        if (vols.reduce((n, x) => n + x.size, 0) + MiB > 6 * MiB) throw new TorusError('TORUS_ERR_ARG_INVALID', 'full');
+      };
+      const refused = await expectCode(md.createVolume('big', 4 * MiB, { admit: (vols) => limit([...vols, { size: 3 * MiB }]) }), 'TORUS_ERR_ARG_INVALID');
+      expect(refused.message).toBe('full');
+      // A refusal uses up no id.
+      expect((await md.volumeIdsForGc()).lastId).toBe(2);
+      // An existing name is "exists", whatever admit would say.
+      await expectCode(md.createVolume('first', MiB, { admit: () => { throw new Error('not asked'); } }), 'TORUS_ERR_VOLUME_EXISTS');
+      // 3 MiB used, 6 MiB allowed: of six concurrent 1 MiB creates, exactly three get in.
+      const results = await Promise.allSettled([0, 1, 2, 3, 4, 5].map((i) => md.createVolume(`c${i}`, MiB, { admit: limit })));
+      expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(3);
+      for (const r of results) if (r.status === 'rejected') expect((r.reason as TorusError).message).toBe('full');
+      expect((await md.listVolumes()).reduce((n, x) => n + x.size, 0)).toBe(6 * MiB);
+    });
+
     it('a second writer is refused with a message naming the holder', async () => {
       await initialised();
       const vol = await md.createVolume('pad', MiB);
