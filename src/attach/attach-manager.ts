@@ -27,7 +27,8 @@ import { open as openFile } from 'node:fs/promises';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { TorusError, isTorusError } from '../errors/torus-error.js';
-import type { MetadataService, MetadataSession } from '../metadata/metadata-service.js';
+import type { MetadataService, MetadataSession, VolumeReaderLock } from '../metadata/metadata-service.js';
+import { parseWriteLevel, type WriteLevel } from '../replication/settings.js';
 import { VOLUME_NAME_PATTERN } from '../metadata/metadata-service.js';
 import type { ExportProvider, NbdExport } from '../nbd/export.js';
 import { NbdServer } from '../nbd/server.js';
@@ -69,6 +70,11 @@ interface Attachment {
   readonly volume: string;
   readonly mode: OpenMode;
   readonly kernel: KernelMode;
+  /** A read-only attachment that must hold a reader lock while attached. */
+  readonly readerLock: boolean;
+  readonly writeLevel: WriteLevel | null;
+  /** The reader lock and the session (lease) it lives on: taken again when torusd's session changes. */
+  reader: { lock: VolumeReaderLock; session: string } | null;
   /** Our own reference to the open volume: it keeps the volume (and lock) open between sockets. */
   ov: OpenVolume | null;
   token: number | null;
@@ -97,6 +103,8 @@ export interface AttachManagerOptions {
   readonly kernel?: KernelNbd;
   /** Allows FaultRequest (TORUS_FAULT_INJECTION=1); off in production. */
   readonly faultInjection?: boolean;
+  /** Who holds reader locks, for messages: `torusd <uuid> on <node> (pid N)`. */
+  readonly holder?: string;
 }
 
 export class AttachManager {
@@ -147,7 +155,7 @@ export class AttachManager {
   async load(): Promise<string | null> {
     this.recorded = await readState(this.opts.dataDir);
     this.recordedText = JSON.stringify(this.recorded);
-    const rw = this.recorded.attachments.some((a) => a.mode === 'rw');
+    const rw = this.recorded.attachments.some((a) => a.mode === 'rw' || a.readerLock === true);
     if (this.recorded.attachments.length > 0) {
       this.log.info({ attachments: this.recorded.attachments.length, leaseId: this.recorded.leaseId }, 'kernel attachments of the previous run found');
     }
@@ -183,6 +191,8 @@ export class AttachManager {
         continue;
       }
       const a = this.track(r.index, r.volume, r.mode, 'netlink', {
+        readerLock: r.readerLock === true,
+        writeLevel: r.writeLevel ?? null,
         token: r.token,
         sizeBytes: r.sizeBytes,
         timeoutSeconds: r.timeoutSeconds,
@@ -192,10 +202,15 @@ export class AttachManager {
       });
       a.state = 'reconnecting';
       try {
-        if (r.mode === 'rw' && !resumed) {
+        if ((r.mode === 'rw' || r.readerLock === true) && !resumed) {
           throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `the lease ${this.recorded?.leaseId ?? '?'} that held the lock expired while torusd was down (longer than the restart budget); another node may have taken the volume`);
         }
-        a.ov = await this.opts.volumes.acquire(r.volume, r.mode, r.mode === 'rw' && r.token !== null ? { adoptToken: r.token } : {});
+        // The resumed lease still holds the reader key: taking it again on it keeps the one lock.
+        if (a.readerLock) await this.takeReaderLock(a);
+        a.ov = await this.opts.volumes.acquire(r.volume, r.mode, {
+          ...(r.mode === 'rw' && r.token !== null ? { adoptToken: r.token } : {}),
+          ...(r.writeLevel ? { writeLevel: r.writeLevel } : {}),
+        });
       } catch (err) {
         await this.failForGood(a, err);
         continue;
@@ -223,7 +238,22 @@ export class AttachManager {
       // Our lock is gone: releasing only flushes and drops our reference.
       await this.opts.volumes.release(ov).catch(() => undefined);
     }
+    await this.dropReaderLock(a);
     await this.record();
+  }
+
+  /** Takes (or takes again, on the current session) the reader lock of a reader-locked attachment. */
+  private async takeReaderLock(a: Attachment): Promise<void> {
+    const session = this.opts.session();
+    if (!session) throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `cannot take a reader lock on volume "${a.volume}": no etcd session`);
+    const lock = await session.lockVolumeForReading(a.volume, this.opts.holder ?? `torusd ${this.opts.uuid}`);
+    a.reader = { lock, session: session.id };
+  }
+
+  private async dropReaderLock(a: Attachment): Promise<void> {
+    const r = a.reader;
+    a.reader = null;
+    if (r) await r.lock.release().catch((err) => this.log.warn({ err, volume: a.volume }, 'releasing the reader lock failed; it ends with the lease'));
   }
 
   // ------------------------------------------------------------ API
@@ -243,6 +273,15 @@ export class AttachManager {
       throw new TorusError('TORUS_ERR_NAME_INVALID', `volume name ${JSON.stringify(req.volume)} is not [A-Za-z0-9][A-Za-z0-9._-]{0,127}`);
     }
     const mode: OpenMode = req.readOnly === true ? 'ro' : 'rw';
+    if (req.readerLock !== undefined && typeof req.readerLock !== 'boolean') throw new TorusError('TORUS_ERR_ARG_INVALID', 'readerLock must be true or false');
+    const readerLock = req.readerLock === true;
+    if (readerLock && mode !== 'ro') throw new TorusError('TORUS_ERR_ARG_INVALID', 'readerLock needs readOnly: a writer holds the write lock');
+    let writeLevel: WriteLevel | null = null;
+    if (req.writeLevel !== undefined) {
+      writeLevel = typeof req.writeLevel === 'string' ? parseWriteLevel(req.writeLevel) : null;
+      if (writeLevel === null) throw new TorusError('TORUS_ERR_ARG_INVALID', `writeLevel ${JSON.stringify(req.writeLevel)} is not all, one or local`);
+      if (mode !== 'rw') throw new TorusError('TORUS_ERR_ARG_INVALID', 'writeLevel applies to read-write attachments only');
+    }
     const timeoutSeconds = seconds(req.timeoutSeconds, DEFAULT_TIMEOUT_SECONDS, 'timeoutSeconds');
     const deadConnTimeoutSeconds = seconds(req.deadConnTimeoutSeconds, DEFAULT_DEAD_CONN_TIMEOUT_SECONDS, 'deadConnTimeoutSeconds');
     let index: number | null = null;
@@ -268,17 +307,29 @@ export class AttachManager {
       const st = await this.kernel.status(index);
       if (st.some((s) => s.index === index && s.connected)) throw new TorusError('TORUS_ERR_ATTACH_DEVICE_BUSY', `${devicePath(index)} is connected to another server; detach it first or pick another device`);
     }
-    const ov = await this.opts.volumes.acquire(req.volume, mode);
     const id = `attach-${process.pid}-${this.nextId++}`;
     // A placeholder index until the kernel picks one.
     const pending: Attachment = this.newAttachment(id, index ?? -1, req.volume, mode, kernel, {
-      token: ov.lock?.token ?? null,
-      sizeBytes: ov.volume.size,
+      readerLock,
+      writeLevel,
+      token: null,
+      sizeBytes: 0,
       timeoutSeconds,
       deadConnTimeoutSeconds,
       backend: `torus:${this.opts.uuid}:${req.volume}:${id}`,
       attachedAt: new Date().toISOString(),
     });
+    // The reader lock first: while it is held no writer can take the volume, so what is opened next is what stays.
+    if (readerLock) await this.takeReaderLock(pending);
+    let ov: OpenVolume;
+    try {
+      ov = await this.opts.volumes.acquire(req.volume, mode, writeLevel ? { writeLevel } : {});
+    } catch (err) {
+      await this.dropReaderLock(pending);
+      throw err;
+    }
+    pending.token = ov.lock?.token ?? null;
+    pending.sizeBytes = ov.volume.size;
     pending.ov = ov;
     this.byId.set(id, pending);
     let conn: Connection | null = null;
@@ -314,6 +365,7 @@ export class AttachManager {
       conn?.kernelSide.destroy();
       conn?.session.destroy();
       await this.opts.volumes.release(ov).catch(() => undefined);
+      await this.dropReaderLock(pending);
       throw err;
     }
   }
@@ -344,6 +396,7 @@ export class AttachManager {
       a.ov = null;
       await this.opts.volumes.release(ov);
     }
+    await this.dropReaderLock(a);
     await this.record();
     log.info({}, 'volume detached');
     return { device: devicePath(index), volume: a.volume, detached: true };
@@ -364,7 +417,7 @@ export class AttachManager {
 
   /** Read-write attachments whose lease and locks must outlive this process. */
   keepsLease(): boolean {
-    return [...this.attachments.values()].some((a) => a.kernel === 'netlink' && a.mode === 'rw' && a.state !== 'failed' && a.ov !== null);
+    return [...this.attachments.values()].some((a) => a.kernel === 'netlink' && (a.mode === 'rw' || a.readerLock) && a.state !== 'failed' && a.ov !== null);
   }
 
   keepsLock(ov: OpenVolume): boolean {
@@ -393,7 +446,7 @@ export class AttachManager {
 
   // ------------------------------------------------------------ sockets
 
-  private track(index: number, volume: string, mode: OpenMode, kernel: KernelMode, r: Omit<RecordedAttachment, 'index' | 'volume' | 'mode'>): Attachment {
+  private track(index: number, volume: string, mode: OpenMode, kernel: KernelMode, r: AttachmentParams): Attachment {
     const id = `attach-${process.pid}-${this.nextId++}`;
     const a = this.newAttachment(id, index, volume, mode, kernel, r);
     this.attachments.set(index, a);
@@ -401,13 +454,16 @@ export class AttachManager {
     return a;
   }
 
-  private newAttachment(id: string, index: number, volume: string, mode: OpenMode, kernel: KernelMode, r: Omit<RecordedAttachment, 'index' | 'volume' | 'mode'>): Attachment {
+  private newAttachment(id: string, index: number, volume: string, mode: OpenMode, kernel: KernelMode, r: AttachmentParams): Attachment {
     return {
       id,
       index,
       volume,
       mode,
       kernel,
+      readerLock: r.readerLock,
+      writeLevel: r.writeLevel,
+      reader: null,
       ov: null,
       token: r.token,
       sizeBytes: r.sizeBytes,
@@ -493,6 +549,7 @@ export class AttachManager {
             this.forget(a);
             if (a.ov) await this.opts.volumes.release(a.ov).catch(() => undefined);
             a.ov = null;
+            await this.dropReaderLock(a);
             await this.record();
             return;
           }
@@ -519,6 +576,7 @@ export class AttachManager {
       this.forget(a);
       if (a.ov) void this.opts.volumes.release(a.ov).catch(() => undefined);
       a.ov = null;
+      void this.dropReaderLock(a);
     }
   }
 
@@ -529,7 +587,9 @@ export class AttachManager {
       device: devicePath(a.index),
       index: a.index,
       volume: a.volume,
+      volumeId: a.ov?.volume.record.id ?? 0,
       mode: a.mode,
+      readerLock: a.readerLock,
       kernel: a.kernel,
       survivesRestart: a.kernel === 'netlink',
       sizeBytes: a.sizeBytes,
@@ -546,7 +606,7 @@ export class AttachManager {
 
   private current(): AttachState {
     const list = [...this.attachments.values()].filter((a) => a.kernel === 'netlink' && a.state !== 'failed' && a.ov !== null);
-    const rw = list.some((a) => a.mode === 'rw');
+    const rw = list.some((a) => a.mode === 'rw' || a.readerLock);
     return {
       leaseId: rw ? (this.opts.session()?.id ?? this.recorded?.leaseId ?? null) : null,
       attachments: list
@@ -556,6 +616,8 @@ export class AttachManager {
           volume: a.volume,
           mode: a.mode,
           token: a.mode === 'rw' ? (a.ov?.lock?.token ?? a.token) : null,
+          ...(a.readerLock ? { readerLock: true } : {}),
+          ...(a.writeLevel ? { writeLevel: a.writeLevel } : {}),
           sizeBytes: a.sizeBytes,
           timeoutSeconds: a.timeoutSeconds,
           deadConnTimeoutSeconds: a.deadConnTimeoutSeconds,
@@ -580,12 +642,36 @@ export class AttachManager {
     return next;
   }
 
+  /**
+   * After an etcd outage torusd has a new session, and reader locks on the
+   * old lease are gone: take them again on the new one. While a writer
+   * holds the volume by then, the device fails for good, as a writer's
+   * does when its lease was lost: it would show another node's writes.
+   */
+  private async checkReaderLocks(): Promise<void> {
+    const session = this.opts.session();
+    if (!session) return;
+    for (const a of [...this.attachments.values()]) {
+      if (!a.readerLock || a.state === 'failed' || a.detaching || a.reader?.session === session.id) continue;
+      try {
+        await this.takeReaderLock(a);
+        this.log.info({ device: devicePath(a.index), volume: a.volume, session: session.id }, 'reader lock taken again on the new etcd session');
+      } catch (err) {
+        if (isTorusError(err, 'TORUS_ERR_VOLUME_IN_USE')) await this.failForGood(a, err);
+        else this.log.warn({ err, volume: a.volume }, 'could not take the reader lock again yet; retrying');
+      }
+    }
+  }
+
   private async checkRecord(): Promise<void> {
     if (this.stopping) return;
+    await this.checkReaderLocks();
     // After an etcd outage torusd takes a new lease and new lock tokens.
     if (JSON.stringify(this.current()) !== this.recordedText) await this.record().catch(() => undefined);
   }
 }
+
+type AttachmentParams = Omit<RecordedAttachment, 'index' | 'volume' | 'mode' | 'readerLock' | 'writeLevel'> & { readonly readerLock: boolean; readonly writeLevel: WriteLevel | null };
 
 interface Connection {
   readonly kernelFd: number;

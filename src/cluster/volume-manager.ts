@@ -60,14 +60,14 @@ export class VolumeManager {
    * (a newer token, the same lock) so that the new coordinator's versions
    * never repeat the previous run's.
    */
-  async acquire(name: string, mode: OpenMode, opts: { adoptToken?: number } = {}): Promise<OpenVolume> {
+  async acquire(name: string, mode: OpenMode, opts: { adoptToken?: number; writeLevel?: WriteLevel } = {}): Promise<OpenVolume> {
     const key = `${mode}:${name}`;
     // A client that reconnects right after disconnecting must not race our
     // own lock release (it would find the lock still held by this process).
     while (!this.open.has(key) && this.closing.has(key)) await this.closing.get(key);
     let p = this.open.get(key);
     if (!p) {
-      p = this.openVolume(name, mode, opts.adoptToken);
+      p = this.openVolume(name, mode, opts.adoptToken, opts.writeLevel);
       this.open.set(key, p);
       p.catch(() => this.open.delete(key));
     }
@@ -143,7 +143,8 @@ export class VolumeManager {
     }
   }
 
-  private async openVolume(name: string, mode: OpenMode, adoptToken?: number): Promise<OpenVolume> {
+  /** `writeLevel` (a CSI StorageClass's) overrides this process's own for the volume while it is open; users that share it later share its level. */
+  private async openVolume(name: string, mode: OpenMode, adoptToken?: number, writeLevel?: WriteLevel): Promise<OpenVolume> {
     const ctx = this.opts.ctx;
     if (mode === 'ro') {
       const record = await ctx.metadata.getVolume(name);
@@ -162,7 +163,7 @@ export class VolumeManager {
         ctx,
         volume: lock.volume,
         lock,
-        ...(this.opts.writeLevel ? { writeLevel: this.opts.writeLevel } : {}),
+        ...((writeLevel ?? this.opts.writeLevel) ? { writeLevel: writeLevel ?? this.opts.writeLevel } : {}),
         onLockChanged: (l) => {
           if (holder.ov) holder.ov.lock = l;
         },
