@@ -632,13 +632,15 @@ export class EtcdMetadata implements MetadataService {
     });
   }
 
-  async deleteVolume(name: string): Promise<VolumeRecord> {
+  async deleteVolume(name: string, opts: { readonly id?: number } = {}): Promise<VolumeRecord> {
     validateVolumeName(name);
     const vKey = volumeKey(name);
     for (let attempt = 0; attempt < CAS_ATTEMPTS_MAX; attempt++) {
       const kv = await this.getKv(vKey);
       if (kv === null) throw volumeNotFoundError(name);
       const record = decodeVolumeRecord(this.k(vKey), kv.value);
+      // The transaction below checks the record is still this one (its mod revision).
+      if (opts.id !== undefined && record.id !== opts.id) throw volumeNotFoundError(name);
       const lockKey = volumeLockKey(record.id);
       const moves = (await this.listComplete(KEYS.movesPrefix)).kvs.filter((m) => parseMoveKey(m.key)?.volumeId === record.id).map((m) => m.key);
       const inTxn = moves.slice(0, TXN_OPS_MAX);

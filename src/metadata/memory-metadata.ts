@@ -720,12 +720,13 @@ export class MemoryMetadata implements MetadataService {
     );
   }
 
-  async deleteVolume(name: string): Promise<VolumeRecord> {
+  async deleteVolume(name: string, opts: { readonly id?: number } = {}): Promise<VolumeRecord> {
     validateVolumeName(name);
     return this.op(`delete volume ${name}`, () => {
       const text = this.getJson(volumeKey(name));
       if (text === null) throw volumeNotFoundError(name);
       const record = decodeVolumeRecord(volumeKey(name), text);
+      if (opts.id !== undefined && record.id !== opts.id) throw volumeNotFoundError(name);
       const lock = this.getJson(volumeLockKey(record.id));
       if (lock !== null) throw volumeInUseError(name, decodeVolumeLockRecord(volumeLockKey(record.id), lock));
       const readers = this.readersOf(record.id);

@@ -105,9 +105,11 @@ export interface MetadataService {
   /**
    * Refused with TORUS_ERR_VOLUME_IN_USE while a write lock or a reader lock
    * is held (a maintenance lock does not stop it). Deletes the volume's fence,
-   * maintenance lock, stale, move and health records with it.
+   * maintenance lock, stale, move and health records with it. With `id`,
+   * only the volume of that id: a volume that took the name since is
+   * TORUS_ERR_VOLUME_NOT_FOUND and stays (ids are never reused).
    */
-  deleteVolume(name: string): Promise<VolumeRecord>;
+  deleteVolume(name: string, opts?: { readonly id?: number }): Promise<VolumeRecord>;
   getVolumeLock(volumeId: number): Promise<VolumeLockRecord | null>;
   /** The reader locks held on a volume (kind reader), oldest first. */
   listVolumeReaders(volumeId: number): Promise<VolumeLockRecord[]>;

@@ -226,6 +226,16 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       expect((await md.listVolumes()).length).toBe(1);
     });
 
+    it('deleteVolume by name and id never deletes a later volume that took the name', async () => {
+      await initialised();
+      const old = await md.createVolume('pvc-1', MiB);
+      await md.deleteVolume('pvc-1', { id: old.id });
+      const reborn = await md.createVolume('pvc-1', MiB);
+      await expectCode(md.deleteVolume('pvc-1', { id: old.id }), 'TORUS_ERR_VOLUME_NOT_FOUND');
+      expect((await md.getVolume('pvc-1')).id).toBe(reborn.id);
+      expect((await md.deleteVolume('pvc-1', { id: reborn.id })).id).toBe(reborn.id);
+    });
+
     it('refuses a duplicate name without using up an id', async () => {
       await initialised();
       await md.createVolume('pad', MiB);
