@@ -68,6 +68,8 @@ interface Attachment {
   /** -1 until the kernel picks the device. */
   index: number;
   readonly volume: string;
+  /** The volume's id once known (0 before): stays with a failed attachment, which has no open volume. */
+  volumeId: number;
   readonly mode: OpenMode;
   readonly kernel: KernelMode;
   /** A read-only attachment that must hold a reader lock while attached. */
@@ -193,6 +195,7 @@ export class AttachManager {
       const a = this.track(r.index, r.volume, r.mode, 'netlink', {
         readerLock: r.readerLock === true,
         writeLevel: r.writeLevel ?? null,
+        ...(r.volumeId !== undefined ? { volumeId: r.volumeId } : {}),
         token: r.token,
         sizeBytes: r.sizeBytes,
         timeoutSeconds: r.timeoutSeconds,
@@ -211,6 +214,7 @@ export class AttachManager {
           ...(r.mode === 'rw' && r.token !== null ? { adoptToken: r.token } : {}),
           ...(r.writeLevel ? { writeLevel: r.writeLevel } : {}),
         });
+        a.volumeId = a.ov.volume.record.id;
       } catch (err) {
         await this.failForGood(a, err);
         continue;
@@ -330,6 +334,7 @@ export class AttachManager {
     }
     pending.token = ov.lock?.token ?? null;
     pending.sizeBytes = ov.volume.size;
+    pending.volumeId = ov.volume.record.id;
     pending.ov = ov;
     this.byId.set(id, pending);
     let conn: Connection | null = null;
@@ -459,6 +464,7 @@ export class AttachManager {
       id,
       index,
       volume,
+      volumeId: r.volumeId ?? 0,
       mode,
       kernel,
       readerLock: r.readerLock,
@@ -587,7 +593,7 @@ export class AttachManager {
       device: devicePath(a.index),
       index: a.index,
       volume: a.volume,
-      volumeId: a.ov?.volume.record.id ?? 0,
+      volumeId: a.ov?.volume.record.id ?? a.volumeId,
       mode: a.mode,
       readerLock: a.readerLock,
       kernel: a.kernel,
@@ -618,6 +624,7 @@ export class AttachManager {
           token: a.mode === 'rw' ? (a.ov?.lock?.token ?? a.token) : null,
           ...(a.readerLock ? { readerLock: true } : {}),
           ...(a.writeLevel ? { writeLevel: a.writeLevel } : {}),
+          ...(a.volumeId > 0 ? { volumeId: a.volumeId } : {}),
           sizeBytes: a.sizeBytes,
           timeoutSeconds: a.timeoutSeconds,
           deadConnTimeoutSeconds: a.deadConnTimeoutSeconds,

@@ -21,6 +21,8 @@ export interface RecordedAttachment {
   readonly token: number | null;
   /** A read-only attachment holding a reader lock on the lease (absent in older files: false). */
   readonly readerLock?: boolean;
+  /** The volume's id (absent in older files). */
+  readonly volumeId?: number;
   /** The write level asked for at attach (absent: torusd's own). */
   readonly writeLevel?: 'all' | 'one' | 'local';
   readonly sizeBytes: number;
@@ -84,7 +86,8 @@ export function parseState(text: string, file = STATE_FILE_NAME): AttachState {
       mode: r.mode,
       token,
       ...(r.readerLock === true ? { readerLock: true } : {}),
-      ...(r.writeLevel !== undefined ? { writeLevel: r.writeLevel } : {}),
+      ...(r.writeLevel !== undefined ? { writeLevel: r.writeLevel as 'all' | 'one' | 'local' } : {}),
+      ...(r.volumeId !== undefined ? { volumeId: int('volumeId', 1) } : {}),
       sizeBytes: int('sizeBytes', 0),
       timeoutSeconds: int('timeoutSeconds', 1),
       deadConnTimeoutSeconds: int('deadConnTimeoutSeconds', 1),
