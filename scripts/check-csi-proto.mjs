@@ -13,6 +13,7 @@
 // release named in csi.proto's header, e.g.
 //   curl -fsSLo /tmp/csi.proto https://raw.githubusercontent.com/container-storage-interface/spec/v1.12.0/csi.proto
 // Exit code 0 when everything matches, 1 on a difference, 2 on a usage error.
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
@@ -20,7 +21,7 @@ import protobuf from 'protobufjs';
 /** Loads a .proto with the google/protobuf imports resolved to protobufjs's bundled copies. */
 export function loadProto(file) {
   const root = new protobuf.Root();
-  const bundled = path.join(path.dirname(fileURLToPath(import.meta.resolve('protobufjs/package.json'))));
+  const bundled = path.dirname(createRequire(import.meta.url).resolve('protobufjs/package.json'));
   root.resolvePath = (origin, target) => {
     if (target.startsWith('google/protobuf/')) return path.join(bundled, target);
     return protobuf.util.path.resolve(origin, target);

@@ -83,7 +83,10 @@ export function parseVolumeId(volumeId: string): VolumeRef | null {
 export function torusNameFor(csiName: string): string {
   if (VOLUME_NAME_PATTERN.test(csiName) && !csiName.startsWith('csi-')) return csiName;
   // `csi-` names are mapped too, so no other name's mapping can equal one kept as it is.
-  const safe = csiName.replace(/[^A-Za-z0-9._-]+/g, '-').slice(0, 96);
+  const safe = csiName
+    .replace(/[^A-Za-z0-9._-]+/g, '-')
+    .slice(0, 96)
+    .replace(/^-+|-+$/g, '');
   const hash = createHash('sha256').update(csiName, 'utf8').digest('hex').slice(0, 12);
   return `csi-${safe}${safe === '' ? '' : '-'}${hash}`;
 }
