@@ -113,9 +113,13 @@ export class FakeNode implements MountSystem {
     throw new TorusError('TORUS_ERR_FLEX_MOUNT_FAILED', `umount: ${target}: not mounted`);
   }
 
+  /** errno the next flushes fail with (e.g. EIO: a writer fenced off). */
+  flushFails: string | null = null;
+
   async flush(device: string): Promise<void> {
     this.dev(device);
     this.log.push(`flush ${device}`);
+    if (this.flushFails) throw errno(this.flushFails, `${this.flushFails}: fsync ${device}`);
   }
 
   async mountTable(): Promise<MountEntry[]> {

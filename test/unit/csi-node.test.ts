@@ -265,6 +265,21 @@ describe('requests the node service refuses', () => {
     expect((await a.attach.list())[0]!.state).toBe('serving');
   });
 
+  it('a flush that fails keeps the device for a retry, unless another node holds the volume with a newer token (fenced off: detach)', async () => {
+    const a = node('node-a');
+    await stage(a);
+    a.attach.node.flushFails = 'EIO';
+    expect(await code(unstage(a))).toBe('TORUS_ERR_CSI_MOUNT_FAILED');
+    expect(await a.attach.list()).toHaveLength(1);
+    // Node A's lease ran out and node B took the volume: tokens 2, 3 are past A's 1.
+    cluster.writers.delete('pvc-1');
+    const s = await md.openSession({ ttlSeconds: 30 });
+    await (await s.lockVolume('pvc-1', 'torusd on node-b')).release();
+    await s.lockVolume('pvc-1', 'torusd on node-b');
+    await unstage(a);
+    expect(await a.attach.list()).toEqual([]);
+  });
+
   it('advertises staging, stats and single-node multi-writer; reports its node id', async () => {
     const a = node('node-a');
     expect(((await a.rpc.NodeGetCapabilities({} as never)) as any).capabilities.map((c: any) => c.rpc.type)).toEqual(['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'SINGLE_NODE_MULTI_WRITER']);

@@ -240,9 +240,10 @@ export class NodeService {
       try {
         await this.o.system.flush(att.device);
       } catch (err) {
-        if (att.state !== 'failed' && !GONE_DEVICE_ERRNOS.has((err as NodeJS.ErrnoException).code ?? '')) {
+        if (att.state !== 'failed' && !GONE_DEVICE_ERRNOS.has((err as NodeJS.ErrnoException).code ?? '') && !(await this.fencedOff(att))) {
           throw new TorusError('TORUS_ERR_CSI_MOUNT_FAILED', `flushing ${att.device} (volume ${att.volume}) failed; the device stays attached: ${(err as Error).message}`, { cause: err });
         }
+        log.warn({ err, device: att.device }, 'flush failed, but the volume is written elsewhere now (fenced off): detaching; those writes could never land');
       }
       try {
         await this.o.attach.detach(att.device);
@@ -252,6 +253,24 @@ export class NodeService {
       log.info({ device: att.device, volume: att.volume }, 'unstaged: flushed and detached');
       return {};
     });
+  }
+
+  /**
+   * A writer whose flush fails may be fenced off: its lease expired (the
+   * node was cut off or frozen) and another node holds the volume with a
+   * newer token. Its unflushed writes can never land, so keeping the device
+   * attached would only keep the node from ever unstaging. A flush that
+   * fails while the lock is still ours, or held by no one (an etcd outage
+   * this torusd may recover from), keeps the device for a retry.
+   */
+  private async fencedOff(att: AttachmentInfo): Promise<boolean> {
+    if (att.mode !== 'rw' || att.lockToken === null) return false;
+    try {
+      const lock = await this.o.metadata.getVolumeLock(att.volumeId);
+      return lock !== null && lock.token > att.lockToken;
+    } catch {
+      return false;
+    }
   }
 
   // ------------------------------------------------------------------ publish
