@@ -673,6 +673,12 @@ export class AttachManager {
   private async checkRecord(): Promise<void> {
     if (this.stopping) return;
     await this.checkReaderLocks();
+    for (const a of [...this.attachments.values()]) {
+      // Another node wrote the volume while our lease was gone: the device must not go on as if nothing happened.
+      if (a.ov?.fenced && a.state !== 'failed' && !a.detaching) {
+        await this.failForGood(a, new TorusError('TORUS_ERR_VOLUME_FENCED', `another holder took volume "${a.volume}" while this torusd's lease was gone`));
+      }
+    }
     // After an etcd outage torusd takes a new lease and new lock tokens.
     if (JSON.stringify(this.current()) !== this.recordedText) await this.record().catch(() => undefined);
   }
