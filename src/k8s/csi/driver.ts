@@ -54,6 +54,11 @@ export async function startCsiDriver(opts: CsiDriverOptions): Promise<CsiDriver>
     logger: opts.logger,
     clock: opts.clock,
   });
+  // Connect to etcd now rather than in the first RPC: the gRPC channel's
+  // first connection can take seconds on a loaded node, and the CO's first
+  // call should not spend its deadline on it. Failure here is Probe's to
+  // report, not a reason not to start.
+  void metadata.getClusterConfig().catch((err: unknown) => opts.logger.warn({ err }, 'etcd does not answer yet; Probe says not ready until it does'));
   try {
     await server.listen();
   } catch (err) {
