@@ -202,22 +202,30 @@ export class EtcdSession implements MetadataSession {
     );
   }
 
+  /** The volume's record and its fence, with the revisions a lock transaction compares. */
+  private async volumeAndFence(name: string) {
+    const { ns, call, prefix } = this.deps;
+    const vKey = volumeKey(name);
+    const vRes = await call(`get ${prefix}${vKey}`, () => ns.get(vKey).exec());
+    const vKv = vRes.kvs[0];
+    if (vKv === undefined) throw volumeNotFoundError(name);
+    const volume = decodeVolumeRecord(prefix + vKey, vKv.value.toString('utf8'));
+    const fenceKey = volumeFenceKey(volume.id);
+    const fRes = await call(`get ${prefix}${fenceKey}`, () => ns.get(fenceKey).exec());
+    const fKv = fRes.kvs[0];
+    const fence = decodeCounter(prefix + fenceKey, fKv ? fKv.value.toString('utf8') : null);
+    return { vKey, volumeRevision: vKv.mod_revision, volume, fenceKey, fenceRevision: fKv ? fKv.mod_revision : 0, fence };
+  }
+
   async lockVolume(name: string, holder: string): Promise<VolumeLock> {
     validateVolumeName(name);
     validateHolder(holder);
     this.assertUsable(`lock volume ${name}`);
-    const { ns, call, prefix } = this.deps;
-    const vKey = volumeKey(name);
+    const { ns, prefix } = this.deps;
     for (let attempt = 0; attempt < LOCK_ATTEMPTS_MAX; attempt++) {
-      const vRes = await call(`get ${prefix}${vKey}`, () => ns.get(vKey).exec());
-      const vKv = vRes.kvs[0];
-      if (vKv === undefined) throw volumeNotFoundError(name);
-      const volume = decodeVolumeRecord(prefix + vKey, vKv.value.toString('utf8'));
+      const { vKey, volumeRevision, volume, fenceKey, fenceRevision, fence } = await this.volumeAndFence(name);
       const lockKey = volumeLockKey(volume.id);
-      const fenceKey = volumeFenceKey(volume.id);
-      const fRes = await call(`get ${prefix}${fenceKey}`, () => ns.get(fenceKey).exec());
-      const fKv = fRes.kvs[0];
-      const token = decodeCounter(prefix + fenceKey, fKv ? fKv.value.toString('utf8') : null) + 1;
+      const token = fence + 1;
       const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token, acquiredAt: new Date(this.deps.clock.now()).toISOString(), kind: 'writer' };
       // Lock and fence move together: a token is handed out only with the
       // lock. A maintenance lock does not block a writer: the newer token
@@ -225,7 +233,7 @@ export class EtcdSession implements MetadataSession {
       const readers = volumeReadersPrefix(volume.id);
       // Readers exclude a writer: no reader key may exist when the lock is taken.
       const res = await this.leased(`lock volume ${name}`, () =>
-        andNoKeyUnder(ns.if(vKey, 'Mod', '==', vKv.mod_revision).and(lockKey, 'Create', '==', 0).and(fenceKey, 'Mod', '==', fKv ? fKv.mod_revision : 0), readers)
+        andNoKeyUnder(ns.if(vKey, 'Mod', '==', volumeRevision).and(lockKey, 'Create', '==', 0).and(fenceKey, 'Mod', '==', fenceRevision), readers)
           .then(ns.put(lockKey).value(encodeRecord(record)).lease(this.id), ns.put(fenceKey).value(String(token)))
           .else(ns.get(lockKey), ns.getAll().prefix(readers).limit(READERS_SHOWN_MAX))
           .commit(),
@@ -250,25 +258,17 @@ export class EtcdSession implements MetadataSession {
     validateVolumeName(name);
     validateHolder(holder);
     this.assertUsable(`lock volume ${name} for reading`);
-    const { ns, call, prefix } = this.deps;
-    const vKey = volumeKey(name);
+    const { ns, prefix } = this.deps;
     for (let attempt = 0; attempt < LOCK_ATTEMPTS_MAX; attempt++) {
-      const vRes = await call(`get ${prefix}${vKey}`, () => ns.get(vKey).exec());
-      const vKv = vRes.kvs[0];
-      if (vKv === undefined) throw volumeNotFoundError(name);
-      const volume = decodeVolumeRecord(prefix + vKey, vKv.value.toString('utf8'));
+      const { vKey, volumeRevision, volume, fence } = await this.volumeAndFence(name);
       const lockKey = volumeLockKey(volume.id);
       const readerKey = volumeReaderKey(volume.id, this.id);
-      const fenceKey = volumeFenceKey(volume.id);
-      const fRes = await call(`get ${prefix}${fenceKey}`, () => ns.get(fenceKey).exec());
-      const fKv = fRes.kvs[0];
-      const token = decodeCounter(prefix + fenceKey, fKv ? fKv.value.toString('utf8') : null);
-      const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token, acquiredAt: new Date(this.deps.clock.now()).toISOString(), kind: 'reader' };
+      const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token: fence, acquiredAt: new Date(this.deps.clock.now()).toISOString(), kind: 'reader' };
       // The volume must still be this record (not deleted and re-created
       // under the name) and no writer may hold it.
       const res = await this.leased(`lock volume ${name} for reading`, () =>
         ns
-          .if(vKey, 'Mod', '==', vKv.mod_revision)
+          .if(vKey, 'Mod', '==', volumeRevision)
           .and(lockKey, 'Create', '==', 0)
           .then(ns.put(readerKey).value(encodeRecord(record)).lease(this.id))
           .else(ns.get(lockKey))

@@ -111,3 +111,14 @@ export class FakeNodeAttach implements NodeAttach {
     return { device, volume: a.volume, detached: true };
   }
 }
+
+/** The TorusError code a call fails with, or 'OK' (services are called directly, without gRPC). */
+export async function torusCodeOf(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return 'OK';
+  } catch (err) {
+    if (err instanceof TorusError) return err.code;
+    throw err;
+  }
+}

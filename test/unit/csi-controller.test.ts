@@ -10,6 +10,7 @@ import { ControllerService } from '../../src/k8s/csi/controller.js';
 import { MemoryMetadata } from '../../src/metadata/memory-metadata.js';
 import type { MetadataSession } from '../../src/metadata/metadata-service.js';
 import { ManualClock, peerRecord } from '../helpers/metadata-contract.js';
+import { torusCodeOf } from '../helpers/csi-fakes.js';
 
 const MiB = 1024 * 1024;
 const silent = pino({ level: 'silent' });
@@ -20,15 +21,7 @@ let session: MetadataSession;
 let c: ReturnType<ControllerService['handlers']>;
 let clusterId: string;
 
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'OK';
-  } catch (err) {
-    if (err instanceof TorusError) return err.code;
-    throw err;
-  }
-}
+const code = torusCodeOf;
 
 function create(name: string, required: number, extra: Record<string, unknown> = {}): Promise<any> {
   return c.CreateVolume({ name, capacity_range: { required_bytes: String(required), limit_bytes: '0' }, volume_capabilities: [cap()], parameters: {}, ...extra } as never);

@@ -9,7 +9,7 @@ import { TorusError } from '../../src/errors/torus-error.js';
 import { NodeService } from '../../src/k8s/csi/node.js';
 import { MemoryFormatMarks } from '../../src/k8s/mount/format-marks.js';
 import { MemoryMetadata } from '../../src/metadata/memory-metadata.js';
-import { FakeCluster, FakeNodeAttach } from '../helpers/csi-fakes.js';
+import { FakeCluster, FakeNodeAttach, torusCodeOf } from '../helpers/csi-fakes.js';
 import { ManualClock } from '../helpers/metadata-contract.js';
 
 const MiB = 1024 * 1024;
@@ -33,15 +33,7 @@ function node(name: string): TestNode {
   return { attach, rpc: svc.handlers() };
 }
 
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'OK';
-  } catch (err) {
-    if (err instanceof TorusError) return err.code;
-    throw err;
-  }
-}
+const code = torusCodeOf;
 
 const STAGE = '/var/lib/kubelet/plugins/kubernetes.io/csi/torus.csi.coreos.com/abc/globalmount';
 const POD1 = '/var/lib/kubelet/pods/p1/volumes/kubernetes.io~csi/pvc-1/mount';

@@ -4,12 +4,13 @@
  * logged once, as a JSON line with its name, volume, duration and outcome,
  * and every failure leaves through toServiceError (errors.ts).
  */
-import { lstat, mkdir, unlink } from 'node:fs/promises';
+import { mkdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { TorusError } from '../../errors/torus-error.js';
 import type { Clock } from '../../util/clock.js';
+import { removeStaleSocket } from '../../util/unix-socket.js';
 import { toServiceError } from './errors.js';
 import { csiServices } from './proto.js';
 
@@ -88,15 +89,7 @@ export class CsiServer {
   async listen(): Promise<void> {
     const file = this.socketPath;
     await mkdir(path.dirname(file), { recursive: true });
-    // A socket left by a previous run (a killed container) would make bind
-    // fail; only a socket is removed, never a file of another kind.
-    try {
-      const st = await lstat(file);
-      if (!st.isSocket()) throw new TorusError('TORUS_ERR_DAEMON_START', `${file} exists and is not a socket; not replacing it`);
-      await unlink(file);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    }
+    await removeStaleSocket(file);
     await new Promise<void>((resolve, reject) => {
       this.server.bindAsync(`unix://${file}`, grpc.ServerCredentials.createInsecure(), (err) => {
         if (err) reject(new TorusError('TORUS_ERR_DAEMON_START', `cannot listen on the CSI endpoint ${file}: ${err.message}`, { cause: err }));
