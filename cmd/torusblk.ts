@@ -133,6 +133,50 @@ program
   });
 
 program
+  .command('csi')
+  .description(
+    'The CSI driver (torus.csi.coreos.com): Identity, Controller and Node services over gRPC on a unix socket, until SIGINT/SIGTERM. ' +
+      "The node service attaches through this node's torusd (its attach socket) and mounts here, so it runs where it can mount into kubelet's directories. " +
+      'Logs one JSON line per RPC on stderr.\n\n' +
+      'Examples:\n  torusblk csi --endpoint unix:///csi/csi.sock --node-id $NODE_NAME -C etcd-torus:2379\n  torusblk csi --controller-only --endpoint unix:///csi/csi.sock -C etcd-torus:2379',
+  )
+  .requiredOption('--endpoint <unix:///path>', 'the CSI endpoint: a unix socket (env CSI_ENDPOINT)', process.env.CSI_ENDPOINT)
+  .option('--node-id <name>', "this node's id, as kubelet knows the node (env NODE_NAME); required unless --controller-only", process.env.NODE_NAME)
+  .option('--controller-only', 'serve Identity and Controller only (the controller Deployment)')
+  .option('--node-only', 'serve Identity and Node only (the node DaemonSet)')
+  .option('--data-dir <dir>', `torusd's --data-dir on this node, where its attach socket lives (env TORUS_DATA_DIR; default ${DEFAULTS.dataDir})`)
+  .option('--attach-socket <path>', "torusd's attach socket (default <data-dir>/attach.sock)")
+  .action(async (opts: { endpoint: string; nodeId?: string; controllerOnly?: boolean; nodeOnly?: boolean; dataDir?: string; attachSocket?: string }) => {
+    const global = program.opts<{ etcd: string; debug?: boolean }>();
+    const logger = pino({ level: global.debug ? 'debug' : 'info' }, pino.destination(2));
+    if (opts.controllerOnly && opts.nodeOnly) fail(new TorusError('TORUS_ERR_ARG_INVALID', '--controller-only and --node-only exclude each other'));
+    const role = opts.controllerOnly ? 'controller' : opts.nodeOnly ? 'node' : 'all';
+    if (role !== 'controller' && !opts.nodeId) fail(new TorusError('TORUS_ERR_ARG_INVALID', 'the node service needs --node-id (or env NODE_NAME)'));
+    const { startCsiDriver } = await import('../src/k8s/csi/driver.js');
+    const { systemClock } = await import('../src/util/clock.js');
+    let driver: Awaited<ReturnType<typeof startCsiDriver>>;
+    try {
+      driver = await startCsiDriver({
+        endpoint: opts.endpoint,
+        nodeId: opts.nodeId ?? '',
+        role,
+        etcd: global.etcd.split(','),
+        attachSocket: opts.attachSocket ?? attachSocketPath(opts.dataDir ?? (process.env.TORUS_DATA_DIR || DEFAULTS.dataDir)),
+        logger,
+        clock: systemClock,
+      });
+    } catch (err) {
+      fail(err);
+    }
+    logger.info({ endpoint: opts.endpoint, role, node: opts.nodeId ?? null, version: VERSION }, 'torusblk csi ready');
+    const stop = () => {
+      void driver.close().then(() => process.exit(0), () => process.exit(1));
+    };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+
+program
   .command('flex')
   .description(
     `The kubelet FlexVolume driver (coreos.com/torus): init, mount DIR JSON, unmount DIR; one JSON object on stdout. mount and unmount go to the node's torusd over its unix socket (env ${FLEX_SOCKET_ENV}, default ${DEFAULT_FLEX_SOCKET}). Must be the first argument: torusblk flex init`,

@@ -18,6 +18,10 @@
 #   TORUS_FLEX_SOCKET=/run/torus/flex.sock -> --flex-socket (empty: no FlexVolume service)
 #   TORUS_FLEX_STATE_DIR=/var/lib/kubelet/plugins/coreos.com~torus -> --flex-state-dir
 #   TORUS_CLUSTER_SECRET_FILE              -> --cluster-secret-file
+#   TORUS_NODE_NAME                        -> passed on to torusd, which names the
+#                                             node so in lock holders ("in use by
+#                                             torusd ... on <node>"); default: the
+#                                             pod's hostname
 #   TORUS_PLUGIN_DIR=/plugin, TORUS_FLEX_DRIVER=/opt/torus/bin/torus-flex, TORUSD=torusd
 #     (where the driver goes and comes from, and the torusd to run: tests
 #     point them elsewhere)
@@ -54,6 +58,8 @@ TORUS_FLEX_STATE_DIR=${TORUS_FLEX_STATE_DIR:-/var/lib/kubelet/plugins/coreos.com
 TORUS_PLUGIN_DIR=${TORUS_PLUGIN_DIR:-/plugin}
 TORUS_FLEX_DRIVER=${TORUS_FLEX_DRIVER:-/opt/torus/bin/torus-flex}
 TORUSD=${TORUSD:-torusd}
+TORUS_NODE_NAME=${TORUS_NODE_NAME:-}
+export TORUS_NODE_NAME
 
 case "$ETCD_HOST" in
   *:*) die "ETCD_HOST=\"$ETCD_HOST\" holds a port: put the port in ETCD_PORT" ;;

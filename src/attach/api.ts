@@ -16,6 +16,7 @@
  */
 import path from 'node:path';
 import type { ErrorCode } from '../errors/codes.js';
+import type { WriteLevel } from '../replication/settings.js';
 
 export const ATTACH_SOCKET_NAME = 'attach.sock';
 
@@ -37,6 +38,16 @@ export interface AttachRequest {
   readonly volume: string;
   /** Default false: read-write, which takes the volume lock. */
   readonly readOnly?: boolean;
+  /**
+   * With readOnly: hold a reader lock on the volume while attached (the CSI
+   * driver's multi-node read-only stages). Readers share it; a writer
+   * anywhere is refused while it is held, and it is refused while a writer
+   * holds the volume (TORUS_ERR_VOLUME_IN_USE naming the writer). Without
+   * it a read-only attach takes no lock and works beside a writer.
+   */
+  readonly readerLock?: boolean;
+  /** With read-write: the write level for the volume while this node writes it (default: torusd's --write-level). */
+  readonly writeLevel?: WriteLevel;
   /** "/dev/nbdN" to use that device; default: the kernel picks a free one. */
   readonly device?: string;
   readonly timeoutSeconds?: number;
@@ -55,7 +66,11 @@ export interface AttachmentInfo {
   readonly device: string;
   readonly index: number;
   readonly volume: string;
+  /** The volume's id (ids are never reused): tells a volume from a later one of the same name. */
+  readonly volumeId: number;
   readonly mode: 'rw' | 'ro';
+  /** A read-only attachment that holds a reader lock (see AttachRequest.readerLock). */
+  readonly readerLock: boolean;
   /** netlink attachments survive a torusd restart; ioctl ones do not. */
   readonly kernel: 'netlink' | 'ioctl';
   readonly survivesRestart: boolean;

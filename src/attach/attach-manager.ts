@@ -27,7 +27,8 @@ import { open as openFile } from 'node:fs/promises';
 import net from 'node:net';
 import type { Logger } from 'pino';
 import { TorusError, isTorusError } from '../errors/torus-error.js';
-import type { MetadataService, MetadataSession } from '../metadata/metadata-service.js';
+import type { MetadataService, MetadataSession, VolumeReaderLock } from '../metadata/metadata-service.js';
+import { parseWriteLevel, type WriteLevel } from '../replication/settings.js';
 import { VOLUME_NAME_PATTERN } from '../metadata/metadata-service.js';
 import type { ExportProvider, NbdExport } from '../nbd/export.js';
 import { NbdServer } from '../nbd/server.js';
@@ -67,8 +68,15 @@ interface Attachment {
   /** -1 until the kernel picks the device. */
   index: number;
   readonly volume: string;
+  /** The volume's id once known (0 before): stays with a failed attachment, which has no open volume. */
+  volumeId: number;
   readonly mode: OpenMode;
   readonly kernel: KernelMode;
+  /** A read-only attachment that must hold a reader lock while attached. */
+  readonly readerLock: boolean;
+  readonly writeLevel: WriteLevel | null;
+  /** The reader lock and the session (lease) it lives on: taken again when torusd's session changes. */
+  reader: { lock: VolumeReaderLock; session: string } | null;
   /** Our own reference to the open volume: it keeps the volume (and lock) open between sockets. */
   ov: OpenVolume | null;
   token: number | null;
@@ -97,6 +105,8 @@ export interface AttachManagerOptions {
   readonly kernel?: KernelNbd;
   /** Allows FaultRequest (TORUS_FAULT_INJECTION=1); off in production. */
   readonly faultInjection?: boolean;
+  /** Who holds reader locks, for messages: `torusd <uuid> on <node> (pid N)`. */
+  readonly holder?: string;
 }
 
 export class AttachManager {
@@ -147,7 +157,7 @@ export class AttachManager {
   async load(): Promise<string | null> {
     this.recorded = await readState(this.opts.dataDir);
     this.recordedText = JSON.stringify(this.recorded);
-    const rw = this.recorded.attachments.some((a) => a.mode === 'rw');
+    const rw = this.recorded.attachments.some((a) => a.mode === 'rw' || a.readerLock === true);
     if (this.recorded.attachments.length > 0) {
       this.log.info({ attachments: this.recorded.attachments.length, leaseId: this.recorded.leaseId }, 'kernel attachments of the previous run found');
     }
@@ -185,13 +195,29 @@ export class AttachManager {
         await this.releaseOrphanLock(r, resumed);
         continue;
       }
-      const a = this.track(r.index, r.volume, r.mode, 'netlink', r);
+      const a = this.track(r.index, r.volume, r.mode, 'netlink', {
+        readerLock: r.readerLock === true,
+        writeLevel: r.writeLevel ?? null,
+        ...(r.volumeId !== undefined ? { volumeId: r.volumeId } : {}),
+        token: r.token,
+        sizeBytes: r.sizeBytes,
+        timeoutSeconds: r.timeoutSeconds,
+        deadConnTimeoutSeconds: r.deadConnTimeoutSeconds,
+        backend: r.backend,
+        attachedAt: r.attachedAt,
+      });
       a.state = 'reconnecting';
       try {
-        if (r.mode === 'rw' && !resumed) {
+        if ((r.mode === 'rw' || r.readerLock === true) && !resumed) {
           throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `the lease ${this.recorded?.leaseId ?? '?'} that held the lock expired while torusd was down (longer than the restart budget); another node may have taken the volume`);
         }
-        a.ov = await this.opts.volumes.acquire(r.volume, r.mode, r.mode === 'rw' && r.token !== null ? { adoptToken: r.token } : {});
+        // The resumed lease still holds the reader key: taking it again on it keeps the one lock.
+        if (a.readerLock) await this.takeReaderLock(a);
+        a.ov = await this.opts.volumes.acquire(r.volume, r.mode, {
+          ...(r.mode === 'rw' && r.token !== null ? { adoptToken: r.token } : {}),
+          ...(r.writeLevel ? { writeLevel: r.writeLevel } : {}),
+        });
+        a.volumeId = a.ov.volume.record.id;
       } catch (err) {
         await this.failForGood(a, err);
         continue;
@@ -208,7 +234,19 @@ export class AttachManager {
    */
   private async releaseOrphanLock(r: RecordedAttachment, resumed: boolean): Promise<void> {
     const session = this.opts.session();
-    if (!resumed || r.mode !== 'rw' || r.token === null || session === null) return;
+    if (!resumed || session === null) return;
+    if (r.readerLock === true) {
+      // The reader key lives on the resumed lease, which outlives this
+      // device: left alone it would refuse every writer until torusd stops.
+      try {
+        await (await session.lockVolumeForReading(r.volume, this.opts.holder ?? `torusd ${this.opts.uuid}`)).release();
+        this.log.info({ volume: r.volume }, 'released the reader lock of a device not taken back');
+      } catch (err) {
+        this.log.warn({ err, volume: r.volume }, 'could not release the reader lock of a device not taken back');
+      }
+      return;
+    }
+    if (r.mode !== 'rw' || r.token === null) return;
     try {
       const lock = await session.adoptVolumeLock(r.volume, r.token);
       await lock.release();
@@ -236,7 +274,22 @@ export class AttachManager {
       // Our lock is gone: releasing only flushes and drops our reference.
       await this.opts.volumes.release(ov).catch(() => undefined);
     }
+    await this.dropReaderLock(a);
     await this.record();
+  }
+
+  /** Takes (or takes again, on the current session) the reader lock of a reader-locked attachment. */
+  private async takeReaderLock(a: Attachment): Promise<void> {
+    const session = this.opts.session();
+    if (!session) throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `cannot take a reader lock on volume "${a.volume}": no etcd session`);
+    const lock = await session.lockVolumeForReading(a.volume, this.opts.holder ?? `torusd ${this.opts.uuid}`);
+    a.reader = { lock, session: session.id };
+  }
+
+  private async dropReaderLock(a: Attachment): Promise<void> {
+    const r = a.reader;
+    a.reader = null;
+    if (r) await r.lock.release().catch((err) => this.log.warn({ err, volume: a.volume }, 'releasing the reader lock failed; it ends with the lease'));
   }
 
   // ------------------------------------------------------------ API
@@ -256,6 +309,15 @@ export class AttachManager {
       throw new TorusError('TORUS_ERR_NAME_INVALID', `volume name ${JSON.stringify(req.volume)} is not [A-Za-z0-9][A-Za-z0-9._-]{0,127}`);
     }
     const mode: OpenMode = req.readOnly === true ? 'ro' : 'rw';
+    if (req.readerLock !== undefined && typeof req.readerLock !== 'boolean') throw new TorusError('TORUS_ERR_ARG_INVALID', 'readerLock must be true or false');
+    const readerLock = req.readerLock === true;
+    if (readerLock && mode !== 'ro') throw new TorusError('TORUS_ERR_ARG_INVALID', 'readerLock needs readOnly: a writer holds the write lock');
+    let writeLevel: WriteLevel | null = null;
+    if (req.writeLevel !== undefined) {
+      writeLevel = typeof req.writeLevel === 'string' ? parseWriteLevel(req.writeLevel) : null;
+      if (writeLevel === null) throw new TorusError('TORUS_ERR_ARG_INVALID', `writeLevel ${JSON.stringify(req.writeLevel)} is not all, one or local`);
+      if (mode !== 'rw') throw new TorusError('TORUS_ERR_ARG_INVALID', 'writeLevel applies to read-write attachments only');
+    }
     const timeoutSeconds = seconds(req.timeoutSeconds, DEFAULT_TIMEOUT_SECONDS, 'timeoutSeconds');
     const deadConnTimeoutSeconds = seconds(req.deadConnTimeoutSeconds, DEFAULT_DEAD_CONN_TIMEOUT_SECONDS, 'deadConnTimeoutSeconds');
     let index: number | null = null;
@@ -281,17 +343,30 @@ export class AttachManager {
       const st = await this.kernel.status(index);
       if (st.some((s) => s.index === index && s.connected)) throw new TorusError('TORUS_ERR_ATTACH_DEVICE_BUSY', `${devicePath(index)} is connected to another server; detach it first or pick another device`);
     }
-    const ov = await this.opts.volumes.acquire(req.volume, mode);
     const id = `attach-${process.pid}-${this.nextId++}`;
     // A placeholder index until the kernel picks one.
     const pending: Attachment = this.newAttachment(id, index ?? -1, req.volume, mode, kernel, {
-      token: ov.lock?.token ?? null,
-      sizeBytes: ov.volume.size,
+      readerLock,
+      writeLevel,
+      token: null,
+      sizeBytes: 0,
       timeoutSeconds,
       deadConnTimeoutSeconds,
       backend: `torus:${this.opts.uuid}:${req.volume}:${id}`,
       attachedAt: new Date().toISOString(),
     });
+    // The reader lock first: while it is held no writer can take the volume, so what is opened next is what stays.
+    if (readerLock) await this.takeReaderLock(pending);
+    let ov: OpenVolume;
+    try {
+      ov = await this.opts.volumes.acquire(req.volume, mode, writeLevel ? { writeLevel } : {});
+    } catch (err) {
+      await this.dropReaderLock(pending);
+      throw err;
+    }
+    pending.token = ov.lock?.token ?? null;
+    pending.sizeBytes = ov.volume.size;
+    pending.volumeId = ov.volume.record.id;
     pending.ov = ov;
     this.byId.set(id, pending);
     let conn: Connection | null = null;
@@ -327,6 +402,7 @@ export class AttachManager {
       conn?.kernelSide.destroy();
       conn?.session.destroy();
       await this.opts.volumes.release(ov).catch(() => undefined);
+      await this.dropReaderLock(pending);
       throw err;
     }
   }
@@ -357,6 +433,7 @@ export class AttachManager {
       a.ov = null;
       await this.opts.volumes.release(ov);
     }
+    await this.dropReaderLock(a);
     await this.record();
     log.info({}, 'volume detached');
     return { device: devicePath(index), volume: a.volume, detached: true };
@@ -377,7 +454,7 @@ export class AttachManager {
 
   /** Read-write attachments whose lease and locks must outlive this process. */
   keepsLease(): boolean {
-    return [...this.attachments.values()].some((a) => a.kernel === 'netlink' && a.mode === 'rw' && a.state !== 'failed' && a.ov !== null);
+    return [...this.attachments.values()].some((a) => a.kernel === 'netlink' && (a.mode === 'rw' || a.readerLock) && a.state !== 'failed' && a.ov !== null);
   }
 
   keepsLock(ov: OpenVolume): boolean {
@@ -406,7 +483,7 @@ export class AttachManager {
 
   // ------------------------------------------------------------ sockets
 
-  private track(index: number, volume: string, mode: OpenMode, kernel: KernelMode, r: Omit<RecordedAttachment, 'index' | 'volume' | 'mode'>): Attachment {
+  private track(index: number, volume: string, mode: OpenMode, kernel: KernelMode, r: AttachmentParams): Attachment {
     const id = `attach-${process.pid}-${this.nextId++}`;
     const a = this.newAttachment(id, index, volume, mode, kernel, r);
     this.attachments.set(index, a);
@@ -414,13 +491,17 @@ export class AttachManager {
     return a;
   }
 
-  private newAttachment(id: string, index: number, volume: string, mode: OpenMode, kernel: KernelMode, r: Omit<RecordedAttachment, 'index' | 'volume' | 'mode'>): Attachment {
+  private newAttachment(id: string, index: number, volume: string, mode: OpenMode, kernel: KernelMode, r: AttachmentParams): Attachment {
     return {
       id,
       index,
       volume,
+      volumeId: r.volumeId ?? 0,
       mode,
       kernel,
+      readerLock: r.readerLock,
+      writeLevel: r.writeLevel,
+      reader: null,
       ov: null,
       token: r.token,
       sizeBytes: r.sizeBytes,
@@ -506,6 +587,7 @@ export class AttachManager {
             this.forget(a);
             if (a.ov) await this.opts.volumes.release(a.ov).catch(() => undefined);
             a.ov = null;
+            await this.dropReaderLock(a);
             await this.record();
             return;
           }
@@ -532,6 +614,7 @@ export class AttachManager {
       this.forget(a);
       if (a.ov) void this.opts.volumes.release(a.ov).catch(() => undefined);
       a.ov = null;
+      void this.dropReaderLock(a);
     }
   }
 
@@ -542,7 +625,9 @@ export class AttachManager {
       device: devicePath(a.index),
       index: a.index,
       volume: a.volume,
+      volumeId: a.ov?.volume.record.id ?? a.volumeId,
       mode: a.mode,
+      readerLock: a.readerLock,
       kernel: a.kernel,
       survivesRestart: a.kernel === 'netlink',
       sizeBytes: a.sizeBytes,
@@ -559,7 +644,7 @@ export class AttachManager {
 
   private current(): AttachState {
     const list = [...this.attachments.values()].filter((a) => a.kernel === 'netlink' && a.state !== 'failed' && a.ov !== null);
-    const rw = list.some((a) => a.mode === 'rw');
+    const rw = list.some((a) => a.mode === 'rw' || a.readerLock);
     return {
       leaseId: rw ? (this.opts.session()?.id ?? this.recorded?.leaseId ?? null) : null,
       attachments: list
@@ -569,6 +654,9 @@ export class AttachManager {
           volume: a.volume,
           mode: a.mode,
           token: a.mode === 'rw' ? (a.ov?.lock?.token ?? a.token) : null,
+          ...(a.readerLock ? { readerLock: true } : {}),
+          ...(a.writeLevel ? { writeLevel: a.writeLevel } : {}),
+          ...(a.volumeId > 0 ? { volumeId: a.volumeId } : {}),
           sizeBytes: a.sizeBytes,
           timeoutSeconds: a.timeoutSeconds,
           deadConnTimeoutSeconds: a.deadConnTimeoutSeconds,
@@ -593,12 +681,42 @@ export class AttachManager {
     return next;
   }
 
+  /**
+   * After an etcd outage torusd has a new session, and reader locks on the
+   * old lease are gone: take them again on the new one. While a writer
+   * holds the volume by then, the device fails for good, as a writer's
+   * does when its lease was lost: it would show another node's writes.
+   */
+  private async checkReaderLocks(): Promise<void> {
+    const session = this.opts.session();
+    if (!session) return;
+    for (const a of [...this.attachments.values()]) {
+      if (!a.readerLock || a.state === 'failed' || a.detaching || a.reader?.session === session.id) continue;
+      try {
+        await this.takeReaderLock(a);
+        this.log.info({ device: devicePath(a.index), volume: a.volume, session: session.id }, 'reader lock taken again on the new etcd session');
+      } catch (err) {
+        if (isTorusError(err, 'TORUS_ERR_VOLUME_IN_USE')) await this.failForGood(a, err);
+        else this.log.warn({ err, volume: a.volume }, 'could not take the reader lock again yet; retrying');
+      }
+    }
+  }
+
   private async checkRecord(): Promise<void> {
     if (this.stopping) return;
+    await this.checkReaderLocks();
+    for (const a of [...this.attachments.values()]) {
+      // Another node wrote the volume while our lease was gone: the device must not go on as if nothing happened.
+      if (a.ov?.fenced && a.state !== 'failed' && !a.detaching) {
+        await this.failForGood(a, new TorusError('TORUS_ERR_VOLUME_FENCED', `another holder took volume "${a.volume}" while this torusd's lease was gone`));
+      }
+    }
     // After an etcd outage torusd takes a new lease and new lock tokens.
     if (JSON.stringify(this.current()) !== this.recordedText) await this.record().catch(() => undefined);
   }
 }
+
+type AttachmentParams = Omit<RecordedAttachment, 'index' | 'volume' | 'mode' | 'readerLock' | 'writeLevel'> & { readonly readerLock: boolean; readonly writeLevel: WriteLevel | null };
 
 interface Connection {
   readonly kernelFd: number;

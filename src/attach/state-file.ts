@@ -19,6 +19,12 @@ export interface RecordedAttachment {
   readonly mode: 'rw' | 'ro';
   /** Fencing token of the volume lock, for rw. */
   readonly token: number | null;
+  /** A read-only attachment holding a reader lock on the lease (absent in older files: false). */
+  readonly readerLock?: boolean;
+  /** The volume's id (absent in older files). */
+  readonly volumeId?: number;
+  /** The write level asked for at attach (absent: torusd's own). */
+  readonly writeLevel?: 'all' | 'one' | 'local';
   readonly sizeBytes: number;
   readonly timeoutSeconds: number;
   readonly deadConnTimeoutSeconds: number;
@@ -28,7 +34,7 @@ export interface RecordedAttachment {
 }
 
 export interface AttachState {
-  /** The etcd lease the rw attachments' locks live on (null without rw attachments). */
+  /** The etcd lease the rw attachments' locks and the reader locks live on (null without either). */
   readonly leaseId: string | null;
   readonly attachments: RecordedAttachment[];
 }
@@ -71,12 +77,17 @@ export function parseState(text: string, file = STATE_FILE_NAME): AttachState {
     if (r.mode !== 'rw' && r.mode !== 'ro') throw corrupt(file, `${where}.mode is not rw or ro`);
     const token = r.token === null ? null : int('token', 1);
     if (r.mode === 'rw' && token === null) throw corrupt(file, `${where} is read-write without a lock token`);
+    if (r.readerLock !== undefined && (typeof r.readerLock !== 'boolean' || (r.readerLock && r.mode !== 'ro'))) throw corrupt(file, `${where}.readerLock is not a boolean on a read-only attachment`);
+    if (r.writeLevel !== undefined && r.writeLevel !== 'all' && r.writeLevel !== 'one' && r.writeLevel !== 'local') throw corrupt(file, `${where}.writeLevel is not all, one or local`);
     if (typeof r.backend !== 'string' || typeof r.attachedAt !== 'string') throw corrupt(file, `${where} lacks backend or attachedAt`);
     return {
       index,
       volume: r.volume,
       mode: r.mode,
       token,
+      ...(r.readerLock === true ? { readerLock: true } : {}),
+      ...(r.writeLevel !== undefined ? { writeLevel: r.writeLevel as 'all' | 'one' | 'local' } : {}),
+      ...(r.volumeId !== undefined ? { volumeId: int('volumeId', 1) } : {}),
       sizeBytes: int('sizeBytes', 0),
       timeoutSeconds: int('timeoutSeconds', 1),
       deadConnTimeoutSeconds: int('deadConnTimeoutSeconds', 1),
@@ -84,7 +95,7 @@ export function parseState(text: string, file = STATE_FILE_NAME): AttachState {
       attachedAt: r.attachedAt,
     };
   });
-  if (attachments.some((a) => a.mode === 'rw') && d.leaseId === null) throw corrupt(file, 'read-write attachments without a lease id');
+  if (attachments.some((a) => a.mode === 'rw' || a.readerLock === true) && d.leaseId === null) throw corrupt(file, 'read-write or reader-locked attachments without a lease id');
   return { leaseId: d.leaseId as string | null, attachments };
 }
 

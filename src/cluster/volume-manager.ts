@@ -22,6 +22,13 @@ export interface OpenVolume {
   lock: VolumeLock | null;
   /** Set when the lease under the lock was lost; changes are refused until it is taken again. */
   lockLost: boolean;
+  /**
+   * Set when, while our lease was gone, someone else took a token on the
+   * volume (another node wrote it, or maintained it): what this process
+   * still holds (a kernel's page cache, queued writes) predates their
+   * changes, so changes stay refused for good.
+   */
+  fenced: boolean;
 }
 
 export interface VolumeManagerOptions {
@@ -60,14 +67,14 @@ export class VolumeManager {
    * (a newer token, the same lock) so that the new coordinator's versions
    * never repeat the previous run's.
    */
-  async acquire(name: string, mode: OpenMode, opts: { adoptToken?: number } = {}): Promise<OpenVolume> {
+  async acquire(name: string, mode: OpenMode, opts: { adoptToken?: number; writeLevel?: WriteLevel } = {}): Promise<OpenVolume> {
     const key = `${mode}:${name}`;
     // A client that reconnects right after disconnecting must not race our
     // own lock release (it would find the lock still held by this process).
     while (!this.open.has(key) && this.closing.has(key)) await this.closing.get(key);
     let p = this.open.get(key);
     if (!p) {
-      p = this.openVolume(name, mode, opts.adoptToken);
+      p = this.openVolume(name, mode, opts.adoptToken, opts.writeLevel);
       this.open.set(key, p);
       p.catch(() => this.open.delete(key));
     }
@@ -114,14 +121,31 @@ export class VolumeManager {
     }
   }
 
-  /** After a new session: take the locks of open volumes again (newer tokens, published to the peers). */
+  /**
+   * After a new session: take the locks of open volumes again (newer tokens,
+   * published to the peers), but only where no one else took a token since
+   * our last one. Tokens are handed out one after another, so the new lock's
+   * token is our last + 1 exactly when nobody held the volume in between;
+   * otherwise another node may have written it, and resuming would let our
+   * stale writes land on top of theirs.
+   */
   async relock(): Promise<void> {
     const session = this.opts.session();
     if (!session) return;
     for (const ov of await this.list()) {
-      if (ov.mode !== 'rw' || !ov.lockLost) continue;
+      if (ov.mode !== 'rw' || !ov.lockLost || ov.fenced) continue;
+      const last = ov.coordinator?.currentLock.token ?? ov.lock?.token ?? 0;
       try {
         const lock = await session.lockVolume(ov.name, this.opts.holder);
+        if (lock.token !== last + 1) {
+          await lock.release().catch((err) => this.log.warn({ err, volume: ov.name }, 'releasing a lock not to be used failed; it ends with the lease'));
+          ov.fenced = true;
+          this.log.error(
+            { volume: ov.name, lastToken: last, newToken: lock.token },
+            'the volume was taken by another holder while our lease was gone; our changes stay refused for good (detach and attach again)',
+          );
+          continue;
+        }
         await ov.coordinator!.renewToken(lock);
         ov.lockLost = false;
         this.log.info({ volume: ov.name, token: lock.token }, 'volume lock taken again; changes resume');
@@ -143,13 +167,14 @@ export class VolumeManager {
     }
   }
 
-  private async openVolume(name: string, mode: OpenMode, adoptToken?: number): Promise<OpenVolume> {
+  /** `writeLevel` (a CSI StorageClass's) overrides this process's own for the volume while it is open; users that share it later share its level. */
+  private async openVolume(name: string, mode: OpenMode, adoptToken?: number, writeLevel?: WriteLevel): Promise<OpenVolume> {
     const ctx = this.opts.ctx;
     if (mode === 'ro') {
       const record = await ctx.metadata.getVolume(name);
       const reader = await VolumeReader.open(ctx, record);
       this.log.info({ volume: name, id: record.id, mode }, 'volume opened');
-      return { name, mode, users: 0, lock: null, lockLost: false, coordinator: null, jobs: null, volume: new Volume(record, readOnlyIo(reader, name), this.opts.logger) };
+      return { name, mode, users: 0, lock: null, lockLost: false, fenced: false, coordinator: null, jobs: null, volume: new Volume(record, readOnlyIo(reader, name), this.opts.logger) };
     }
     const session = this.opts.session();
     if (!session) throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `cannot lock volume "${name}" for writing: no etcd session`);
@@ -162,7 +187,7 @@ export class VolumeManager {
         ctx,
         volume: lock.volume,
         lock,
-        ...(this.opts.writeLevel ? { writeLevel: this.opts.writeLevel } : {}),
+        ...((writeLevel ?? this.opts.writeLevel) ? { writeLevel: writeLevel ?? this.opts.writeLevel } : {}),
         onLockChanged: (l) => {
           if (holder.ov) holder.ov.lock = l;
         },
@@ -171,7 +196,7 @@ export class VolumeManager {
       if (adoptToken === undefined) await lock.release().catch(() => undefined);
       throw err;
     }
-    const ov: OpenVolume = { name, mode, users: 0, lock, lockLost: false, coordinator, jobs: new VolumeJobs(coordinator), volume: undefined as unknown as Volume };
+    const ov: OpenVolume = { name, mode, users: 0, lock, lockLost: false, fenced: false, coordinator, jobs: new VolumeJobs(coordinator), volume: undefined as unknown as Volume };
     holder.ov = ov;
     const io = {
       read: (i: number, o: number, l: number) => coordinator.read(i, o, l),

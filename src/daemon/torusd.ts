@@ -145,7 +145,7 @@ export class TorusDaemon {
           scrubIntervalMs: cfg.scrubIntervalMs,
         },
       },
-      holder: `torusd ${uuid} on ${os.hostname()} (pid ${process.pid})`,
+      holder: `torusd ${uuid} on ${nodeName()} (pid ${process.pid})`,
       peerRecord: () => this.peerRecord(),
       onSessionOpened: (id) => writeLeaseFile(cfg.dataDir, id),
       onLiveChange: (live) => this.metrics.setEtcdHealthy(live),
@@ -173,6 +173,7 @@ export class TorusDaemon {
       volumes: this.node.volumes,
       session: () => this.node.currentSession(),
       uuid,
+      holder: `torusd ${uuid} on ${nodeName()} (pid ${process.pid})`,
       logger: this.root,
       faultInjection: process.env['TORUS_FAULT_INJECTION'] === '1',
     });
@@ -339,7 +340,7 @@ export class TorusDaemon {
       capacity: u.capacity,
       used: u.used,
       updatedAt: new Date(this.clock.now()).toISOString(),
-      hostname: os.hostname(),
+      hostname: nodeName(),
       pid: process.pid,
       version: VERSION,
       incarnation: this.node?.incarnation ?? '',
@@ -396,4 +397,14 @@ export class TorusDaemon {
       },
     };
   }
+}
+
+/**
+ * The name this node goes by in lock holders and the peer record. In a pod
+ * the hostname is the pod's name; the DaemonSet passes the node's name in
+ * TORUS_NODE_NAME, so "in use by torusd ... on <node>" names the node.
+ */
+function nodeName(): string {
+  const fromEnv = process.env['TORUS_NODE_NAME']?.trim();
+  return fromEnv ? fromEnv : os.hostname();
 }

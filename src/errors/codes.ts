@@ -94,6 +94,24 @@ export const ERROR_CODES = {
   TORUS_ERR_ATTACH_STATE_CORRUPT: 'attachments.json in the data dir is not in the expected format',
   TORUS_ERR_ATTACH_DAEMON_UNREACHABLE: "torusd's attach socket could not be reached (is torusd running with that data dir?)",
   TORUS_ERR_ATTACH_FAULT_INJECTED: 'a test fault armed through the attach API (TORUS_FAULT_INJECTION=1) failed this request',
+  // Volume administration shared by torusctl and the drivers (src/admin/).
+  TORUS_ERR_CAPACITY_EXHAUSTED: "a new volume would reserve more than the ring's usable capacity times the overcommit ratio",
+  // The CSI driver (torusblk csi, src/k8s/csi/).
+  TORUS_ERR_CSI_REQUEST_INVALID: 'a CSI request lacks a required field or has a malformed one (gRPC INVALID_ARGUMENT)',
+  TORUS_ERR_CSI_ACCESS_MODE_UNSUPPORTED: 'a CSI volume capability asks for an access mode or type torus does not serve',
+  TORUS_ERR_CSI_PARAMETER_INVALID: 'a StorageClass parameter is unknown or has a value torus does not take',
+  TORUS_ERR_CSI_CAPACITY_OUT_OF_RANGE: 'the capacity range cannot be met: rounded to whole blocks it passes limit_bytes, or it is too large',
+  TORUS_ERR_CSI_VOLUME_INCOMPATIBLE: 'a volume of that name exists with a size outside the requested range, or a path holds another mount',
+  TORUS_ERR_CSI_BUSY: 'another CSI call on the same volume is in progress on this node; the CO retries',
+  TORUS_ERR_CSI_PAGE_TOKEN: 'a ListVolumes starting_token that this driver did not hand out',
+  TORUS_ERR_CSI_NOT_STAGED: 'NodePublishVolume before NodeStageVolume: the staging path holds no mount of the volume',
+  TORUS_ERR_CSI_NOT_TORUS_MOUNT: 'a target path holds a mount that is not of this volume; not unmounting it',
+  TORUS_ERR_CSI_DEVICE_READ: 'the attached device could not be read or probed, so it is not proven empty; no mkfs',
+  TORUS_ERR_CSI_PROBE_AMBIGUOUS: 'blkid found data on the volume that is not one known filesystem; neither mkfs nor mount',
+  TORUS_ERR_CSI_FS_MISMATCH: 'the volume holds another filesystem type than the volume capability asks for; nothing was changed',
+  TORUS_ERR_CSI_FS_MISSING: 'the volume was formatted before but shows no filesystem now; torus refuses to format it again',
+  TORUS_ERR_CSI_NOT_FORMATTED_RO: 'a read-only stage of a volume that has no filesystem yet (stage it read-write once first)',
+  TORUS_ERR_CSI_MOUNT_FAILED: 'mkfs, mount or unmount failed on the node',
 
   // Internal.
   TORUS_ERR_ASSERTION: 'an internal invariant was broken (a bug)',

@@ -5,9 +5,9 @@
  */
 import { TorusError } from '../../src/errors/torus-error.js';
 import type { Attacher, AttachOptions } from '../../src/k8s/flex/attacher.js';
-import type { MountEntry, Probe } from '../../src/k8s/flex/mountinfo.js';
-import type { FsType } from '../../src/k8s/flex/options.js';
-import type { FlexSystem } from '../../src/k8s/flex/system.js';
+import type { MountEntry, Probe } from '../../src/k8s/mount/mountinfo.js';
+import type { FsType } from '../../src/k8s/mount/filesystem.js';
+import type { FsStats, MountSystem } from '../../src/k8s/mount/system.js';
 
 export interface FakeDisk {
   size: number;
@@ -28,7 +28,7 @@ function errno(code: string, message: string): NodeJS.ErrnoException {
   return e;
 }
 
-export class FakeNode implements FlexSystem {
+export class FakeNode implements MountSystem {
   /** device path -> disk behind it while attached */
   readonly devices = new Map<string, { disk: FakeDisk; readOnly: boolean; minor: number }>();
   mounts: MountEntry[] = [];
@@ -90,6 +90,13 @@ export class FakeNode implements FlexSystem {
 
   async bind(source: string, target: string, readOnly: boolean): Promise<void> {
     this.log.push(`bind ${source} ${target}${readOnly ? ' ro' : ''}`);
+    const device = this.devices.get(source);
+    if (device) {
+      // A device node bound onto a file, as /proc/self/mountinfo shows it: devtmpfs, rooted at the node's name.
+      if (!this.files.has(target)) throw new TorusError('TORUS_ERR_FLEX_MOUNT_FAILED', `mount --bind: ${target} does not exist`);
+      this.mounts.push({ dev: '0:5', root: `/${source.replace(/^\/dev\//, '')}`, mountPoint: target, options: readOnly ? ['ro'] : ['rw'], fsType: 'devtmpfs', source: 'udev' });
+      return;
+    }
     const m = [...this.mounts].reverse().find((e) => e.mountPoint === source);
     if (!m) throw new TorusError('TORUS_ERR_FLEX_MOUNT_FAILED', `mount --bind: ${source} is not mounted`);
     this.mounts.push({ ...m, mountPoint: target, options: readOnly ? ['ro'] : [...m.options] });
@@ -106,16 +113,46 @@ export class FakeNode implements FlexSystem {
     throw new TorusError('TORUS_ERR_FLEX_MOUNT_FAILED', `umount: ${target}: not mounted`);
   }
 
+  /** errno the next flushes fail with (e.g. EIO: a writer fenced off). */
+  flushFails: string | null = null;
+
   async flush(device: string): Promise<void> {
     this.dev(device);
     this.log.push(`flush ${device}`);
+    if (this.flushFails) throw errno(this.flushFails, `${this.flushFails}: fsync ${device}`);
   }
 
   async mountTable(): Promise<MountEntry[]> {
     return this.mounts.map((m) => ({ ...m }));
   }
 
-  async mkdirp(): Promise<void> {}
+  /** Paths made by mkdirp or touch (only what the code under test made). */
+  readonly dirs = new Set<string>();
+  readonly files = new Set<string>();
+  /** statfs answers per mount point. */
+  readonly stats = new Map<string, FsStats>();
+
+  async mkdirp(dir: string): Promise<void> {
+    this.dirs.add(dir);
+  }
+
+  async touch(file: string): Promise<void> {
+    this.log.push(`touch ${file}`);
+    this.files.add(file);
+  }
+
+  async remove(target: string): Promise<void> {
+    if (this.mounts.some((m) => m.mountPoint === target)) throw Object.assign(new Error(`EBUSY: ${target}`), { code: 'EBUSY' });
+    this.log.push(`remove ${target}`);
+    this.dirs.delete(target);
+    this.files.delete(target);
+  }
+
+  async statfs(dir: string): Promise<FsStats> {
+    const s = this.stats.get(dir);
+    if (!s) throw Object.assign(new Error(`ENOENT: statfs ${dir}`), { code: 'ENOENT' });
+    return s;
+  }
 }
 
 export class FakeAttacher implements Attacher {

@@ -417,6 +417,44 @@ export async function startTorusblkServe(opts: { etcd: string; readOnly?: boolea
   };
 }
 
+export interface TorusblkCsiHandle {
+  readonly socketPath: string;
+  readonly pid: number;
+  output(): string;
+  lines(): LogLine[];
+  waitForLog(what: string, pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
+  /** SIGTERM and wait (bounded). Never throws. */
+  stop(): Promise<ExitStatus>;
+}
+
+/** Spawns `torusblk csi` on a unix socket and resolves once it logs that it is ready. */
+export async function startTorusblkCsi(opts: { etcd: string; socketPath: string; nodeId?: string; dataDir?: string; extraArgs?: string[]; env?: NodeJS.ProcessEnv }): Promise<TorusblkCsiHandle> {
+  const args = [
+    TORUSBLK,
+    '-C', opts.etcd,
+    'csi',
+    '--endpoint', `unix://${opts.socketPath}`,
+    ...(opts.nodeId ? ['--node-id', opts.nodeId] : []),
+    ...(opts.dataDir ? ['--data-dir', opts.dataDir] : []),
+    ...(opts.extraArgs ?? []),
+  ];
+  const run = spawnLogged(args, cleanEnv(opts.env));
+  try {
+    await run.out.waitForLine('"torusblk csi ready"', (l) => l.msg === 'torusblk csi ready', READY_TIMEOUT_MS, run.exited);
+  } catch (err) {
+    await killAndWait(run, 'SIGKILL', STOP_TIMEOUT_MS, 'torusblk').catch(() => undefined);
+    throw err;
+  }
+  return {
+    socketPath: opts.socketPath,
+    pid: run.child.pid ?? -1,
+    output: () => run.out.all(),
+    lines: () => run.out.lines,
+    waitForLog: (what, pred, timeoutMs = 20_000) => run.out.waitForLine(what, pred, timeoutMs, run.exited),
+    stop: () => killAndWait(run, 'SIGTERM', STOP_TIMEOUT_MS, 'torusblk').catch(() => ({ code: null, signal: 'SIGKILL' as const })),
+  };
+}
+
 /** GET a torusd HTTP path; resolves with status and body text (bounded). */
 export async function httpGet(url: string, timeoutMs = 5000): Promise<{ status: number; body: string }> {
   const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });

@@ -9,6 +9,8 @@ const sample: AttachState = {
   attachments: [
     { index: 0, volume: 'pad', mode: 'rw', token: 3, sizeBytes: 1 << 30, timeoutSeconds: 10, deadConnTimeoutSeconds: 30, backend: 'torus:u:pad:attach-1', attachedAt: '2026-01-01T00:00:00.000Z' },
     { index: 2, volume: 'logs', mode: 'ro', token: null, sizeBytes: 1 << 20, timeoutSeconds: 10, deadConnTimeoutSeconds: 30, backend: 'torus:u:logs:attach-2', attachedAt: '2026-01-01T00:00:00.000Z' },
+    { index: 3, volume: 'shared', mode: 'ro', token: null, readerLock: true, sizeBytes: 1 << 20, timeoutSeconds: 10, deadConnTimeoutSeconds: 30, backend: 'torus:u:shared:attach-3', attachedAt: '2026-01-01T00:00:00.000Z' },
+    { index: 4, volume: 'db', mode: 'rw', token: 9, writeLevel: 'one', sizeBytes: 1 << 20, timeoutSeconds: 10, deadConnTimeoutSeconds: 30, backend: 'torus:u:db:attach-4', attachedAt: '2026-01-01T00:00:00.000Z' },
   ],
 };
 
@@ -37,6 +39,9 @@ describe('attachments.json', () => {
     ['a bad lease id', JSON.stringify({ schema: 1, leaseId: 'abc', attachments: [] }), /leaseId/],
     ['rw without a token', formatState({ ...sample, attachments: [{ ...sample.attachments[0]!, token: null }] }), /without a lock token/],
     ['rw without a lease', formatState({ leaseId: null, attachments: [sample.attachments[0]!] }), /without a lease id/],
+    ['a reader lock without a lease', formatState({ leaseId: null, attachments: [sample.attachments[2]!] }), /without a lease id/],
+    ['a reader lock on a rw attachment', formatState({ ...sample, attachments: [{ ...sample.attachments[0]!, readerLock: true }] }), /readerLock/],
+    ['a bad write level', formatState(sample).replace('"one"', '"most"'), /writeLevel/],
     ['a device twice', formatState({ ...sample, attachments: [sample.attachments[0]!, sample.attachments[0]!] }), /listed twice/],
     ['a bad mode', formatState(sample).replace('"ro"', '"rx"'), /mode/],
     ['a zero timeout', formatState(sample).replace('"timeoutSeconds": 10', '"timeoutSeconds": 0'), /timeoutSeconds/],

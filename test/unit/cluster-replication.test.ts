@@ -369,6 +369,27 @@ describe('replication on a simulated cluster', () => {
     expect((await until(c, fresh.read(0, 4 * BLOCK))).equals(pattern(1, 4 * BLOCK))).toBe(true);
   });
 
+  it('a writer frozen past its lease never writes again once another held the volume, even after that one let go', async () => {
+    const c = cluster({ peers: 3, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const old = await until(c, c.open(a, 'v', 'rw'));
+    await until(c, old.write(0, pattern(1, 4 * BLOCK), true));
+    c.freeze(a);
+    await runFor(c, 3 * SIM_TIMING.sessionTtlSeconds * 1000);
+    const other = await until(c, c.open(b, 'v', 'rw'), 60_000);
+    await until(c, other.write(0, pattern(2, BLOCK), true));
+    await until(c, other.close());
+    // The lock is free again: the old writer comes back and must not take it.
+    c.thaw(a);
+    await runFor(c, 30_000);
+    const late = await until(c, old.write(BLOCK, pattern(3, BLOCK), true).then(() => 'ok', (err: unknown) => (isTorusError(err) ? err.code : String(err))));
+    expect(late).toBe('TORUS_ERR_VOLUME_LOCK_LOST');
+    const check = await until(c, c.open(b, 'v', 'ro'));
+    expect((await until(c, check.read(0, 2 * BLOCK))).equals(Buffer.concat([pattern(2, BLOCK), pattern(1, 4 * BLOCK).subarray(BLOCK, 2 * BLOCK)]))).toBe(true);
+  });
+
   it('changes replication from 2 to 3 and back, copying to the new owners', async () => {
     const c = cluster({ peers: 3, members: 3, replication: 2 });
     await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));

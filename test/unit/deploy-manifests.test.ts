@@ -1,5 +1,5 @@
 /**
- * Every manifest in deploy/kubernetes/ against the Kubernetes API schemas,
+ * Every manifest in deploy/kubernetes/ (and its flexvolume/ folder) against the Kubernetes API schemas,
  * twice: kubernetes-models' JSON-schema validators (types, required fields,
  * formats) and TypeScript's excess-property check against the same models'
  * interfaces (an unknown or misspelled field, which the API server refuses
@@ -15,9 +15,14 @@ import { parseAllDocuments } from 'yaml';
 import { describe, expect, it } from 'vitest';
 import { DaemonSet, Deployment, StatefulSet } from 'kubernetes-models/apps/v1';
 import { PodDisruptionBudget } from 'kubernetes-models/policy/v1';
-import { Service } from 'kubernetes-models/v1';
+import { ClusterRole, ClusterRoleBinding, Role, RoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1';
+import { CSIDriver, StorageClass } from 'kubernetes-models/storage.k8s.io/v1';
+import { PersistentVolumeClaim, Service, ServiceAccount } from 'kubernetes-models/v1';
 import { DEFAULT_FLEX_SOCKET } from '../../src/k8s/flex/protocol.js';
 import { DEFAULTS } from '../../src/daemon/config.js';
+import { DRIVER_NAME } from '../../src/k8s/csi/identity.js';
+import { parseParameters } from '../../src/k8s/csi/validate.js';
+import { ATTACH_SOCKET_NAME } from '../../src/attach/api.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const DIR = path.join(ROOT, 'deploy/kubernetes');
@@ -48,12 +53,26 @@ const MODELS: Record<string, { cls: { new (d: any): { validate(): void } }; modu
   'apps/v1/Deployment': { cls: Deployment, module: 'kubernetes-models/apps/v1/Deployment', iface: 'IDeployment' },
   'apps/v1/StatefulSet': { cls: StatefulSet, module: 'kubernetes-models/apps/v1/StatefulSet', iface: 'IStatefulSet' },
   'policy/v1/PodDisruptionBudget': { cls: PodDisruptionBudget, module: 'kubernetes-models/policy/v1/PodDisruptionBudget', iface: 'IPodDisruptionBudget' },
+  'v1/ServiceAccount': { cls: ServiceAccount, module: 'kubernetes-models/v1/ServiceAccount', iface: 'IServiceAccount' },
+  'v1/PersistentVolumeClaim': { cls: PersistentVolumeClaim, module: 'kubernetes-models/v1/PersistentVolumeClaim', iface: 'IPersistentVolumeClaim' },
+  'storage.k8s.io/v1/CSIDriver': { cls: CSIDriver, module: 'kubernetes-models/storage.k8s.io/v1/CSIDriver', iface: 'ICSIDriver' },
+  'storage.k8s.io/v1/StorageClass': { cls: StorageClass, module: 'kubernetes-models/storage.k8s.io/v1/StorageClass', iface: 'IStorageClass' },
+  'rbac.authorization.k8s.io/v1/ClusterRole': { cls: ClusterRole, module: 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRole', iface: 'IClusterRole' },
+  'rbac.authorization.k8s.io/v1/ClusterRoleBinding': { cls: ClusterRoleBinding, module: 'kubernetes-models/rbac.authorization.k8s.io/v1/ClusterRoleBinding', iface: 'IClusterRoleBinding' },
+  'rbac.authorization.k8s.io/v1/Role': { cls: Role, module: 'kubernetes-models/rbac.authorization.k8s.io/v1/Role', iface: 'IRole' },
+  'rbac.authorization.k8s.io/v1/RoleBinding': { cls: RoleBinding, module: 'kubernetes-models/rbac.authorization.k8s.io/v1/RoleBinding', iface: 'IRoleBinding' },
 };
+
+/** The numbered manifests (the install order) and the FlexVolume variants in flexvolume/. */
+function manifestFiles(): string[] {
+  const top = readdirSync(DIR).filter((f) => /\.ya?ml$/.test(f)).sort();
+  const flex = readdirSync(path.join(DIR, 'flexvolume')).filter((f) => /\.ya?ml$/.test(f)).sort().map((f) => `flexvolume/${f}`);
+  return [...top, ...flex];
+}
 
 function loadDocs(): Doc[] {
   const out: Doc[] = [];
-  const files = readdirSync(DIR).filter((f) => /\.ya?ml$/.test(f)).sort();
-  for (const file of files) {
+  for (const file of manifestFiles()) {
     parseAllDocuments(readFileSync(path.join(DIR, file), 'utf8')).forEach((d, index) => {
       if (d.errors.length > 0) throw new Error(`${file} document ${index}: ${d.errors.map((e) => e.message).join('; ')}`);
       const obj = d.toJS() as Obj | null;
@@ -88,9 +107,30 @@ function entrypointReads(): Set<string> {
 }
 
 describe('deploy/kubernetes: schema validation', () => {
-  it('has the manifests the issue asks for', () => {
+  it('has the manifests the issues ask for', () => {
     expect(docs.map(kindOf).sort()).toEqual(
-      ['apps/v1/DaemonSet', 'apps/v1/Deployment', 'apps/v1/StatefulSet', 'policy/v1/PodDisruptionBudget', 'v1/Service', 'v1/Service', 'v1/Service', 'v1/Service', 'v1/Service'].sort(),
+      [
+        'apps/v1/DaemonSet',
+        'apps/v1/Deployment',
+        'apps/v1/Deployment',
+        'apps/v1/Deployment',
+        'apps/v1/StatefulSet',
+        'policy/v1/PodDisruptionBudget',
+        'v1/Service',
+        'v1/Service',
+        'v1/Service',
+        'v1/Service',
+        'v1/Service',
+        'v1/Service',
+        'v1/ServiceAccount',
+        'v1/PersistentVolumeClaim',
+        'storage.k8s.io/v1/CSIDriver',
+        'storage.k8s.io/v1/StorageClass',
+        'rbac.authorization.k8s.io/v1/ClusterRole',
+        'rbac.authorization.k8s.io/v1/ClusterRoleBinding',
+        'rbac.authorization.k8s.io/v1/Role',
+        'rbac.authorization.k8s.io/v1/RoleBinding',
+      ].sort(),
     );
   });
 
@@ -147,7 +187,10 @@ describe('deploy/kubernetes: cross-checks', () => {
 
   it('every Service selects pods of some workload, on ports those pods expose', () => {
     for (const svc of byKind('Service')) {
-      const targets = workloads().filter((w) => matches(svc.spec.selector, w.spec.template.metadata.labels));
+      // A Service selects the workloads of its own file (or the shared ones in the numbered files).
+      const home = docs.find((d) => d.obj === svc)!.file;
+      const visible = docs.filter((d) => ['Deployment', 'DaemonSet', 'StatefulSet'].includes(d.obj.kind) && (d.file === home || !d.file.includes('/'))).map((d) => d.obj);
+      const targets = visible.filter((w) => matches(svc.spec.selector, w.spec.template.metadata.labels));
       expect(targets.length, `Service ${svc.metadata.name} selects no workload`).toBeGreaterThan(0);
       for (const w of targets) {
         const ports = containersOf(w).flatMap((c) => c.ports ?? []);
@@ -245,8 +288,8 @@ describe('deploy/kubernetes: cross-checks', () => {
     expect(svc.spec.ports.map((p: Obj) => p.port)).toContain(port);
   });
 
-  it('the etherpad volume is the walkthrough\'s, and its etcd address is served by our etcd', () => {
-    const dep = byKind('Deployment').find((d) => d.metadata.name === 'etherpad')!;
+  it('the FlexVolume etherpad volume is the walkthrough\'s, and its etcd address is served by our etcd', () => {
+    const dep = docs.find((d) => d.file === 'flexvolume/etherpad.yaml' && d.obj.kind === 'Deployment')!.obj;
     expect(dep.spec.template.spec.volumes).toEqual([WALKTHROUGH_ETHERPAD_VOLUME]);
     const [ip, port] = WALKTHROUGH_ETHERPAD_VOLUME.flexVolume.options.etcd.split(':');
     const svc = byKind('Service').find((s) => s.spec.clusterIP === ip)!;
@@ -264,6 +307,117 @@ describe('deploy/kubernetes: cross-checks', () => {
     const order = files.map((f) => readme.indexOf(`kubectl apply -f deploy/kubernetes/${f}`));
     expect(order.every((i) => i >= 0), `README must show kubectl apply for each of ${files.join(', ')}`).toBe(true);
     expect([...order].sort((a, b) => a - b)).toEqual(order);
+    expect(readme).toContain('kubectl apply -f deploy/kubernetes/flexvolume/etherpad.yaml');
+  });
+});
+
+describe('deploy/kubernetes: the CSI driver', () => {
+  const ds = () => torusDaemonSet();
+  const container = (w: Obj, name: string): Obj => {
+    const c = containersOf(w).find((x) => x.name === name);
+    if (!c) throw new Error(`${w.kind}/${w.metadata.name} has no container ${name}`);
+    return c;
+  };
+  const hostPathOf = (w: Obj, c: Obj, mountPath: string): string | undefined => {
+    const m = c.volumeMounts.find((v: Obj) => v.mountPath === mountPath);
+    return w.spec.template.spec.volumes.find((v: Obj) => v.name === m?.name)?.hostPath?.path;
+  };
+  const controller = () => byKind('Deployment').find((d) => d.metadata.name === 'torus-csi-controller')!;
+  const argAfter = (args: string[], flag: string) => args[args.indexOf(flag) + 1];
+
+  it('the CSIDriver object names the driver, with attachRequired: false', () => {
+    const [drv] = byKind('CSIDriver');
+    expect(drv!.metadata.name).toBe(DRIVER_NAME);
+    expect(drv!.spec.attachRequired).toBe(false);
+    expect(drv!.spec.volumeLifecycleModes).toEqual(['Persistent']);
+  });
+
+  it('the StorageClass `torus`: this driver, Delete, Immediate, no expansion, parameters the driver takes', () => {
+    const sc = byKind('StorageClass').find((c) => c.metadata.name === 'torus')!;
+    expect(sc.provisioner).toBe(DRIVER_NAME);
+    expect(sc.reclaimPolicy).toBe('Delete');
+    expect(sc.volumeBindingMode).toBe('Immediate');
+    // torus volumes cannot grow yet (README): no resizer, no expansion.
+    expect(sc.allowVolumeExpansion).toBe(false);
+    expect(() => parseParameters(sc.parameters)).not.toThrow();
+    expect(sc.parameters['csi.storage.k8s.io/fstype']).toBe('ext4');
+  });
+
+  it('the node plugin runs beside torusd, registered with kubelet at the path its socket has on the host', () => {
+    const node = container(ds(), 'csi-node');
+    const endpoint = argAfter(node.args, '--endpoint')!;
+    expect(endpoint).toBe('unix:///csi/csi.sock');
+    expect(node.args).toContain('--node-only');
+    expect(argAfter(node.args, '--node-id')).toBe('$(NODE_NAME)');
+    expect(node.env.find((e: Obj) => e.name === 'NODE_NAME').valueFrom.fieldRef.fieldPath).toBe('spec.nodeName');
+    const pluginDir = hostPathOf(ds(), node, '/csi')!;
+    expect(pluginDir).toBe(`/var/lib/kubelet/plugins/${DRIVER_NAME}`);
+    const reg = container(ds(), 'csi-node-driver-registrar');
+    expect(reg.image).toMatch(/^registry\.k8s\.io\/sig-storage\/csi-node-driver-registrar:v\d+\.\d+\.\d+$/);
+    expect(reg.args).toContain('--csi-address=/csi/csi.sock');
+    expect(reg.args).toContain(`--kubelet-registration-path=${pluginDir}/csi.sock`);
+    expect(hostPathOf(ds(), reg, '/csi')).toBe(pluginDir);
+    expect(hostPathOf(ds(), reg, '/registration')).toBe('/var/lib/kubelet/plugins_registry');
+  });
+
+  it('the node plugin reaches torusd\'s attach socket and mounts where kubelet and the pods see it', () => {
+    const node = container(ds(), 'csi-node');
+    const torus = containersOf(ds())[0]!;
+    const dataDir = argAfter(node.args, '--data-dir')!;
+    // The same host folder as torusd's data dir, where attach.sock lives.
+    expect(hostPathOf(ds(), node, dataDir)).toBe(hostPathOf(ds(), torus, '/data'));
+    expect(path.posix.join(dataDir, ATTACH_SOCKET_NAME)).toBe('/data/attach.sock');
+    expect(node.volumeMounts.find((m: Obj) => m.mountPath === '/var/lib/kubelet').mountPropagation).toBe('Bidirectional');
+    expect(hostPathOf(ds(), node, '/var/lib/kubelet')).toBe('/var/lib/kubelet');
+    expect(hostPathOf(ds(), node, '/dev')).toBe('/dev');
+    expect(node.securityContext).toEqual({ privileged: true });
+    // torusd names the node in lock holders, which the plugin's refusals show.
+    expect(torus.env.find((e: Obj) => e.name === 'TORUS_NODE_NAME').valueFrom.fieldRef.fieldPath).toBe('spec.nodeName');
+  });
+
+  it('Probe readiness restarts nothing on an etcd blip: liveness waits long, readiness reports', () => {
+    for (const [w, name, port] of [[ds(), 'csi-node', 9809], [controller(), 'csi-controller', 9808]] as const) {
+      const c = container(w, name);
+      const probe = container(w, 'csi-liveness-probe');
+      expect(probe.args).toContain(`--health-port=${port}`);
+      expect(c.ports.find((p: Obj) => p.name === 'csi-healthz').containerPort).toBe(port);
+      expect(c.readinessProbe.httpGet.port).toBe('csi-healthz');
+      expect(c.livenessProbe.periodSeconds * c.livenessProbe.failureThreshold).toBeGreaterThanOrEqual(600);
+    }
+  });
+
+  it('the controller: the provisioner and the driver share a socket; RBAC lets the provisioner make PVs and elect a leader', () => {
+    const dep = controller();
+    const ctl = container(dep, 'csi-controller');
+    expect(ctl.args).toContain('--controller-only');
+    expect(argAfter(ctl.args, '--endpoint')).toBe('unix:///csi/csi.sock');
+    expect(ctl.securityContext.privileged ?? false).toBe(false);
+    const prov = container(dep, 'csi-provisioner');
+    expect(prov.image).toMatch(/^registry\.k8s\.io\/sig-storage\/csi-provisioner:v\d+\.\d+\.\d+$/);
+    expect(prov.args).toContain('--csi-address=/csi/csi.sock');
+    expect(prov.args).toContain('--leader-election');
+    const socketVolume = (c: Obj) => c.volumeMounts.find((m: Obj) => m.mountPath === '/csi').name;
+    expect(socketVolume(prov)).toBe(socketVolume(ctl));
+    const sa = dep.spec.template.spec.serviceAccountName;
+    expect(byKind('ServiceAccount').map((x) => x.metadata.name)).toContain(sa);
+    const rules = byKind('ClusterRole').find((r) => r.metadata.name === byKind('ClusterRoleBinding')[0]!.roleRef.name)!.rules;
+    const can = (group: string, resource: string, verb: string, list: Obj[]) => list.some((r) => r.apiGroups.includes(group) && r.resources.includes(resource) && r.verbs.includes(verb));
+    for (const verb of ['create', 'delete', 'watch']) expect(can('', 'persistentvolumes', verb, rules), `persistentvolumes ${verb}`).toBe(true);
+    expect(can('', 'persistentvolumeclaims', 'update', rules)).toBe(true);
+    expect(can('storage.k8s.io', 'storageclasses', 'watch', rules)).toBe(true);
+    expect(can('', 'events', 'create', rules)).toBe(true);
+    const role = byKind('Role').find((r) => r.metadata.name === byKind('RoleBinding')[0]!.roleRef.name)!;
+    expect(can('coordination.k8s.io', 'leases', 'update', role.rules)).toBe(true);
+    for (const b of [...byKind('ClusterRoleBinding'), ...byKind('RoleBinding')]) expect(b.subjects).toEqual([{ kind: 'ServiceAccount', name: sa, namespace: 'default' }]);
+  });
+
+  it('the etherpad example claims a volume of the torus class and mounts the claim', () => {
+    const pvc = byKind('PersistentVolumeClaim').find((c) => c.metadata.name === 'etherpad')!;
+    expect(pvc.spec.storageClassName).toBe('torus');
+    expect(pvc.spec.accessModes).toEqual(['ReadWriteOnce']);
+    const dep = docs.find((d) => d.file === '04-etherpad.yaml' && d.obj.kind === 'Deployment')!.obj;
+    expect(dep.spec.template.spec.volumes).toEqual([{ name: 'etherpad', persistentVolumeClaim: { claimName: 'etherpad' } }]);
+    expect(dep.spec.strategy.type).toBe('Recreate');
   });
 });
 

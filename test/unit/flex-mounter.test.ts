@@ -1,7 +1,7 @@
 import pino from 'pino';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { flexHandler } from '../../src/k8s/flex/driver.js';
-import { MemoryFormatMarks } from '../../src/k8s/flex/format-marks.js';
+import { MemoryFormatMarks } from '../../src/k8s/mount/format-marks.js';
 import { FlexMounter, PROBE_BYTES } from '../../src/k8s/flex/mounter.js';
 import type { FlexResult } from '../../src/k8s/flex/protocol.js';
 import { MemoryStateStore } from '../../src/k8s/flex/state.js';

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { interpretBlkid, mountAt, parseMountInfo } from '../../src/k8s/flex/mountinfo.js';
-import { parseMountRequest, parseTargetDir, stagingMountOptions } from '../../src/k8s/flex/options.js';
+import { stagingMountOptions } from '../../src/k8s/mount/filesystem.js';
+import { interpretBlkid, mountAt, parseMountInfo } from '../../src/k8s/mount/mountinfo.js';
+import { parseMountRequest, parseTargetDir } from '../../src/k8s/flex/options.js';
 import {
   decodeReply,
   decodeRequest,

@@ -14,18 +14,18 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { TorusError, isTorusError } from '../../errors/torus-error.js';
 import type { Attacher } from './attacher.js';
-import type { FormatMarks } from './format-marks.js';
-import { mountAt, type MountEntry } from './mountinfo.js';
-import { stagingMountOptions, type MountRequest } from './options.js';
+import { FLEX_MOUNT_CODES, prepareFilesystem, stagingMountOptions } from '../mount/filesystem.js';
+import type { FormatMarks } from '../mount/format-marks.js';
+import { mountAt, type MountEntry } from '../mount/mountinfo.js';
+import type { MountSystem } from '../mount/system.js';
+import type { MountRequest } from './options.js';
 import type { Attachment, StateStore } from './state.js';
-import type { FlexSystem } from './system.js';
 
-/** How much of each end of the device must read back before blkid's "nothing" is trusted. */
-export const PROBE_BYTES = 1024 * 1024;
+export { PROBE_BYTES } from '../mount/filesystem.js';
 
 export interface FlexMounterOptions {
   readonly attacher: Attacher;
-  readonly system: FlexSystem;
+  readonly system: MountSystem;
   readonly marks: FormatMarks;
   readonly state: StateStore;
   /** Parent of the per-volume staging mounts; on the host, under kubelet's plugin folder. */
@@ -167,57 +167,9 @@ export class FlexMounter {
     }
   }
 
-  /**
-   * mkfs only when the device is provably empty: its first and last MiB read
-   * back without error, `blkid -p` finds no signature at all, and the volume
-   * has no "formatted" mark. A read error is never "empty".
-   */
+  /** mkfs only when the device is provably empty (see prepareFilesystem). */
   private async prepareFilesystem(device: string, req: MountRequest, log: Logger): Promise<void> {
-    const { system: sys, marks } = this.o;
-    let size: number;
-    try {
-      size = await sys.deviceSize(device);
-      if (!(Number.isSafeInteger(size) && size > 0)) throw new Error(`size ${size}`);
-      const n = Math.min(PROBE_BYTES, size);
-      await sys.readExact(device, 0, n);
-      await sys.readExact(device, size - n, n);
-    } catch (err) {
-      throw new TorusError('TORUS_ERR_FLEX_DEVICE_READ', `reading ${device} (volume ${req.volume}) failed, so it cannot be proven empty; nothing was written: ${reason(err)}`, { cause: err });
-    }
-    let probe;
-    try {
-      probe = await sys.probe(device);
-    } catch (err) {
-      throw new TorusError('TORUS_ERR_FLEX_DEVICE_READ', `blkid -p could not probe ${device} (volume ${req.volume}); nothing was written: ${reason(err)}`, { cause: err });
-    }
-    if (probe.kind === 'ambiguous') {
-      throw new TorusError('TORUS_ERR_FLEX_PROBE_AMBIGUOUS', `volume ${req.volume} carries data blkid cannot name as one filesystem (${probe.detail}); torus will neither format nor mount it`);
-    }
-    const mark = await marks.get(req.volume, req.etcd);
-    if (probe.kind === 'filesystem') {
-      if (probe.type !== req.fsType) {
-        throw new TorusError('TORUS_ERR_FLEX_FS_MISMATCH', `volume ${req.volume} holds a ${probe.type} filesystem but the pod asks for ${req.fsType}; nothing was changed`);
-      }
-      if (mark === null && !req.readOnly) await marks.set(req.volume, req.etcd, req.fsType);
-      return;
-    }
-    if (mark !== null) {
-      throw new TorusError(
-        'TORUS_ERR_FLEX_FS_MISSING',
-        `volume ${req.volume} was formatted (${mark.fsType}, ${mark.at}) but ${device} shows no filesystem now; torus will not format it again`,
-      );
-    }
-    if (req.readOnly) {
-      throw new TorusError('TORUS_ERR_FLEX_NOT_FORMATTED_RO', `volume ${req.volume} has no filesystem yet and the pod mounts it read-only; mount it read-write once first`);
-    }
-    log.info({ device, fsType: req.fsType }, 'device is empty; making a filesystem');
-    await sys.mkfs(device, req.fsType);
-    // Check after writing, as the check before: the filesystem must be there.
-    const after = await sys.probe(device);
-    if (after.kind !== 'filesystem' || after.type !== req.fsType) {
-      throw mountFailed(`mkfs.${req.fsType} on ${device} finished but blkid -p finds ${after.kind === 'filesystem' ? after.type : after.kind}`);
-    }
-    await marks.set(req.volume, req.etcd, req.fsType);
+    await prepareFilesystem({ system: this.o.system, marks: this.o.marks, codes: FLEX_MOUNT_CODES }, device, req, log);
   }
 
   /** Finishes the teardown of an attachment whose staging mount is gone. */

@@ -10,11 +10,8 @@
  */
 import path from 'node:path';
 import { TorusError } from '../../errors/torus-error.js';
+import { DEFAULT_FS_TYPE, FS_TYPES, type FsType } from '../mount/filesystem.js';
 
-/** Filesystems torus will make and mount: the ones whose mkfs the image ships. */
-export const FS_TYPES = ['ext4', 'ext3', 'xfs'] as const;
-export type FsType = (typeof FS_TYPES)[number];
-export const DEFAULT_FS_TYPE: FsType = 'ext4';
 
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 const ETCD_ENDPOINT = /^(?:https?:\/\/)?[A-Za-z0-9.\-_[\]:]+:\d{1,5}$/;
@@ -119,18 +116,4 @@ export function parseMountRequest(dirArg: string | undefined, jsonArg: string | 
       uid: opts['kubernetes.io/pod.uid'] ?? null,
     },
   };
-}
-
-/**
- * Mount options for the volume's own (staging) mount. `noatime`: reads must
- * not turn into writes over the network. A read-only mount also skips journal
- * replay (`noload` for ext3/4, `norecovery` for xfs): without it the kernel
- * replays the journal even on a `ro` mount, a write to a device that is
- * read-only (and may be written by its owner elsewhere).
- */
-export function stagingMountOptions(fsType: FsType, readOnly: boolean, trim: boolean): string[] {
-  const opts = ['noatime'];
-  if (trim && !readOnly) opts.push('discard');
-  if (readOnly) opts.push('ro', fsType === 'xfs' ? 'norecovery' : 'noload');
-  return opts;
 }

@@ -3,11 +3,12 @@
  * requests cannot come from the network. The socket is 0600 in a 0700
  * folder: only root on the node (kubelet runs the driver as root) reaches it.
  */
-import { chmod, lstat, mkdir, unlink } from 'node:fs/promises';
+import { chmod, mkdir } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { TorusError } from '../../errors/torus-error.js';
+import { removeStaleSocket } from '../../util/unix-socket.js';
 import { decodeRequest, encodeReply, failure, REQUEST_BYTES_MAX, type FlexResult } from './protocol.js';
 
 /** A driver sends its arguments at once; a client that dawdles longer is not kubelet's driver. */
@@ -36,16 +37,7 @@ export class FlexServer {
   async listen(): Promise<void> {
     const file = this.opts.socketPath;
     await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-    // A socket left by a previous run (kill -9, container restart) would
-    // make listen fail with EADDRINUSE. Only a socket is removed, never a
-    // file of another kind at that path.
-    try {
-      const st = await lstat(file);
-      if (!st.isSocket()) throw new TorusError('TORUS_ERR_DAEMON_START', `${file} exists and is not a socket; not replacing it`);
-      await unlink(file);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    }
+    await removeStaleSocket(file);
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
       this.server.listen(file, () => {

@@ -8,9 +8,10 @@ import type { Logger } from 'pino';
 import type { Attacher } from './attacher.js';
 import { ownClusterOnly } from './cluster-check.js';
 import { flexHandler } from './driver.js';
-import { EtcdFormatMarks } from './etcd-format-marks.js';
+import { FLEX_MOUNT_CODES } from '../mount/filesystem.js';
+import { EtcdFormatMarks } from '../mount/etcd-format-marks.js';
 import { FlexMounter } from './mounter.js';
-import { NodeSystem } from './node-system.js';
+import { NodeSystem } from '../mount/node-system.js';
 import { FlexServer } from './server.js';
 import { FileStateStore } from './state.js';
 
@@ -29,7 +30,7 @@ export async function startFlexService(opts: FlexServiceOptions): Promise<{ clos
   const marks = new EtcdFormatMarks({ localEtcd: opts.localEtcd, logger: opts.logger });
   const mounter = new FlexMounter({
     attacher: ownClusterOnly(opts.attacher, { localClusterId: opts.localClusterId, clusterIdAt: (etcd) => marks.clusterId(etcd) }),
-    system: new NodeSystem(),
+    system: new NodeSystem(FLEX_MOUNT_CODES),
     marks,
     state: new FileStateStore(opts.stateDir),
     stagingRoot: path.join(opts.stateDir, 'mounts'),

@@ -9,7 +9,7 @@
 import { mkdir, open, readFile, rename } from 'node:fs/promises';
 import path from 'node:path';
 import { TorusError } from '../../errors/torus-error.js';
-import { FS_TYPES, type FsType } from './options.js';
+import { FS_TYPES, type FsType } from '../mount/filesystem.js';
 
 export interface Attachment {
   /** Volume name; with another cluster's etcd, the key below also names the cluster. */

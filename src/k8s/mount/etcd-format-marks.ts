@@ -2,6 +2,9 @@
  * Format marks in the volume's own cluster: `/torus/flex/formatted/<volumeId>`
  * holds `{"fsType":"ext4","at":"..."}`. Keyed by the volume id, which is never
  * reused, so a new volume that takes a deleted one's name starts unmarked.
+ * The FlexVolume and CSI drivers share the marks (the key kept the name it
+ * had when only the FlexVolume driver wrote it), so a volume moved from one
+ * driver to the other is never formatted again.
  */
 import { Etcd3 } from 'etcd3';
 import type { Logger } from 'pino';
@@ -11,7 +14,7 @@ import { EtcdMetadata } from '../../metadata/etcd-metadata.js';
 import { DEFAULT_PREFIX } from '../../metadata/keys.js';
 import { systemClock, type Clock } from '../../util/clock.js';
 import type { FormatMark, FormatMarks } from './format-marks.js';
-import type { FsType } from './options.js';
+import type { FsType } from './filesystem.js';
 
 const CALL_TIMEOUT_MS = 5_000;
 /** Pods may name other clusters' etcd; one client pair per cluster, and a bound on how many. */
@@ -43,7 +46,7 @@ export class EtcdFormatMarks implements FormatMarks {
     const have = this.clusters.get(id);
     if (have) return have;
     if (this.clusters.size >= CLUSTERS_MAX) {
-      throw new TorusError('TORUS_ERR_FLEX_REQUEST_INVALID', `pods on this node name more than ${CLUSTERS_MAX} etcd clusters`);
+      throw new TorusError('TORUS_ERR_ARG_INVALID', `pods on this node name more than ${CLUSTERS_MAX} etcd clusters`);
     }
     const made: ClusterClients = {
       metadata: new EtcdMetadata({ endpoints, logger: this.opts.logger, clock: this.clock, callTimeoutMs: CALL_TIMEOUT_MS }),

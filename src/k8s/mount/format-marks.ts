@@ -1,4 +1,4 @@
-import type { FsType } from './options.js';
+import type { FsType } from './filesystem.js';
 
 /**
  * "This volume has been formatted": recorded in the volume's own cluster (in

@@ -1,12 +1,12 @@
-import type { FsType } from './options.js';
+import type { FsType } from './filesystem.js';
 import type { MountEntry, Probe } from './mountinfo.js';
 
 /**
- * The node operations the FlexVolume driver performs, as an interface so the
- * mount logic is tested with a fake (test/unit/flex-mounter.test.ts) and run
- * for real by node-system.ts inside torusd's container.
+ * The node operations the Kubernetes drivers perform (FlexVolume and CSI),
+ * as an interface so the mount logic is tested with a fake
+ * (test/helpers/flex-fakes.ts) and run for real by node-system.ts.
  */
-export interface FlexSystem {
+export interface MountSystem {
   /** The device's size in bytes. */
   deviceSize(device: string): Promise<number>;
   /** Reads exactly `length` bytes at `offset`, or throws: a short read is an error. */
@@ -23,4 +23,19 @@ export interface FlexSystem {
   /** The kernel's mount table (/proc/self/mountinfo). */
   mountTable(): Promise<MountEntry[]>;
   mkdirp(dir: string): Promise<void>;
+  /** Creates an empty regular file if nothing is at `file` (a raw block volume is bind-mounted onto one). */
+  touch(file: string): Promise<void>;
+  /** Removes an empty directory or a file at `target`; nothing there is not an error. */
+  remove(target: string): Promise<void>;
+  /** statfs(2) of the filesystem holding `dir`: bytes and inodes. */
+  statfs(dir: string): Promise<FsStats>;
+}
+
+export interface FsStats {
+  readonly totalBytes: number;
+  readonly availableBytes: number;
+  readonly usedBytes: number;
+  readonly totalInodes: number;
+  readonly freeInodes: number;
+  readonly usedInodes: number;
 }
