@@ -28,6 +28,8 @@ const program = new Command('torusd')
   .addOption(new Option('--down-out-interval <duration>', `a ring member DOWN this long is taken out of the ring and its blocks re-replicated; 0 never (default ${DEFAULTS.downOutInterval})`))
   .addOption(new Option('--rebalance-rate <rate>', `bytes per second this peer copies for rebalancing, catch-up, repair and scrub, e.g. 50MiB (default ${DEFAULTS.rebalanceRate})`))
   .addOption(new Option('--scrub-interval <duration>', `compare and check every copy of every volume this often; 0 never (default ${DEFAULTS.scrubInterval})`))
+  .addOption(new Option('--flex-socket <path>', 'serve the FlexVolume driver on this unix socket, e.g. /run/torus/flex.sock (env TORUS_FLEX_SOCKET; default off)'))
+  .addOption(new Option('--flex-state-dir <dir>', `FlexVolume attachments record and staging mounts (default ${DEFAULTS.flexStateDir})`))
   .addOption(new Option('--debug', 'log data-path detail (env DEBUG=1)'))
   .showHelpAfterError('(run torusd --help for usage)')
   .configureOutput({ outputError: (str, write) => write(str.split('\n')[0] + '\n') });

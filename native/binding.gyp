@@ -8,7 +8,8 @@
       "sources": [
         "src/addon.cc",
         "src/crc32c.cc",
-        "src/nowait-io.cc"
+        "src/nowait-io.cc",
+        "src/kernel-nbd.cc"
       ],
       # node_addon_api (not _except): the addon reports errors as pending JS
       # exceptions and is compiled without C++ exception support.

@@ -12,8 +12,12 @@
 
 #include "crc32c.h"
 #include "nowait-io.h"
+#include "kernel-nbd.h"
 
 #include <cerrno>
+#include <cstring>
+#include <string>
+#include <vector>
 #include <unistd.h>
 
 namespace {
@@ -123,6 +127,144 @@ Napi::Value Syncfs(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// ------------------------------------------------------------ kernel nbd
+// The JS side is src/attach/kernel-nbd.ts. Every call that can block (a
+// netlink round trip, opening a device, NBD_DO_IT) runs on a worker thread.
+
+Napi::Error ErrnoError(Napi::Env env, const char* what, int err) {
+  Napi::Error e = Napi::Error::New(env, std::string(what) + ": " + std::strerror(err));
+  e.Set("errno", Napi::Number::New(env, err));
+  return e;
+}
+
+// nbdSocketpair(): [fd, fd] (AF_UNIX stream, close-on-exec).
+Napi::Value NbdSocketpair(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fds[2];
+  int err = torus::unix_socketpair(fds);
+  if (err != 0) {
+    ErrnoError(env, "socketpair", err).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Array out = Napi::Array::New(env, 2);
+  out.Set(uint32_t{0}, Napi::Number::New(env, fds[0]));
+  out.Set(uint32_t{1}, Napi::Number::New(env, fds[1]));
+  return out;
+}
+
+class NetlinkWorker : public Napi::AsyncWorker {
+ public:
+  NetlinkWorker(const Napi::Function& cb, const uint8_t* data, size_t len)
+      : Napi::AsyncWorker(cb, "torus.netlink"), req_(data, data + len) {}
+  void Execute() override { err_ = torus::netlink_transact(req_.data(), req_.size(), &reply_); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::Value reply = err_ == 0 ? Napi::Buffer<uint8_t>::Copy(env, reply_.data(), reply_.size()).As<Napi::Value>() : env.Null();
+    Callback().Call({Napi::Number::New(env, err_), reply});
+  }
+
+ private:
+  std::vector<uint8_t> req_;
+  std::vector<uint8_t> reply_;
+  int err_ = 0;
+};
+
+// netlinkTransact(request: Uint8Array, callback(errno, reply: Buffer | null))
+Napi::Value NetlinkTransact(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsFunction()) {
+    Napi::TypeError::New(env, "netlinkTransact: (request, callback)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Uint8Array req = info[0].As<Napi::Uint8Array>();
+  (new NetlinkWorker(info[1].As<Napi::Function>(), req.Data(), req.ByteLength()))->Queue();
+  return env.Undefined();
+}
+
+// The ioctl path: configure the device, then NBD_DO_IT, which blocks for the
+// whole life of the attachment, on this worker's thread. `onReady(errno,
+// stage)` once configuring is done or failed; `onDone(errno)` when DO_IT
+// returns (after a disconnect), only if onReady reported success.
+class IoctlServeWorker : public Napi::AsyncProgressWorker<int> {
+ public:
+  IoctlServeWorker(const Napi::Function& onDone, const Napi::Function& onReady, torus::IoctlConfig cfg)
+      : Napi::AsyncProgressWorker<int>(onDone, "torus.nbd-do-it"), cfg_(std::move(cfg)) {
+    on_ready_ = Napi::Persistent(onReady);
+  }
+  void Execute(const ExecutionProgress& progress) override {
+    int dev = -1;
+    setup_err_ = torus::nbd_ioctl_setup(cfg_, &dev, &stage_);
+    if (setup_err_ != 0) return;
+    int ok = 0;
+    progress.Send(&ok, 1);
+    run_err_ = torus::nbd_ioctl_run(dev);
+  }
+  void OnProgress(const int*, size_t) override { Ready(); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (setup_err_ != 0) {
+      on_ready_.Call({Napi::Number::New(env, setup_err_), Napi::String::New(env, stage_)});
+      return;
+    }
+    Ready();
+    Callback().Call({Napi::Number::New(env, run_err_)});
+  }
+
+ private:
+  void Ready() {
+    if (ready_sent_) return;
+    ready_sent_ = true;
+    on_ready_.Call({Napi::Number::New(Env(), 0), Napi::String::New(Env(), "")});
+  }
+  torus::IoctlConfig cfg_;
+  Napi::FunctionReference on_ready_;
+  const char* stage_ = "";
+  int setup_err_ = 0;
+  int run_err_ = 0;
+  bool ready_sent_ = false;
+};
+
+// nbdIoctlServe(path, sockFd, sizeBytes, blockSize, flags, timeoutS, onReady, onDone)
+Napi::Value NbdIoctlServe(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 8 || !info[0].IsString() || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsNumber() ||
+      !info[4].IsNumber() || !info[5].IsNumber() || !info[6].IsFunction() || !info[7].IsFunction()) {
+    Napi::TypeError::New(env, "nbdIoctlServe: (path, sockFd, sizeBytes, blockSize, flags, timeoutS, onReady, onDone)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  torus::IoctlConfig cfg;
+  cfg.path = info[0].As<Napi::String>().Utf8Value();
+  cfg.sock_fd = info[1].As<Napi::Number>().Int32Value();
+  cfg.size_bytes = static_cast<uint64_t>(info[2].As<Napi::Number>().Int64Value());
+  cfg.block_size = static_cast<uint64_t>(info[3].As<Napi::Number>().Int64Value());
+  cfg.flags = static_cast<uint64_t>(info[4].As<Napi::Number>().Int64Value());
+  cfg.timeout_s = static_cast<uint64_t>(info[5].As<Napi::Number>().Int64Value());
+  (new IoctlServeWorker(info[7].As<Napi::Function>(), info[6].As<Napi::Function>(), std::move(cfg)))->Queue();
+  return env.Undefined();
+}
+
+class IoctlDisconnectWorker : public Napi::AsyncWorker {
+ public:
+  IoctlDisconnectWorker(const Napi::Function& cb, std::string path) : Napi::AsyncWorker(cb, "torus.nbd-disconnect"), path_(std::move(path)) {}
+  void Execute() override { err_ = torus::nbd_ioctl_disconnect(path_); }
+  void OnOK() override { Callback().Call({Napi::Number::New(Env(), err_)}); }
+
+ private:
+  std::string path_;
+  int err_ = 0;
+};
+
+// nbdIoctlDisconnect(path, callback(errno))
+Napi::Value NbdIoctlDisconnect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsFunction()) {
+    Napi::TypeError::New(env, "nbdIoctlDisconnect: (path, callback)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  (new IoctlDisconnectWorker(info[1].As<Napi::Function>(), info[0].As<Napi::String>().Utf8Value()))->Queue();
+  return env.Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   torus::crc32c_init();
   exports.Set("crc32c", Napi::Function::New(env, Crc32c<torus::crc32c>, "crc32c"));
@@ -132,6 +274,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("crc32cPages", Napi::Function::New(env, Crc32cPages, "crc32cPages"));
   exports.Set("syncfs", Napi::Function::New(env, Syncfs, "syncfs"));
   exports.Set("preadNowait", Napi::Function::New(env, NowaitIo<torus::pread_nowait>, "preadNowait"));
+  exports.Set("nbdSocketpair", Napi::Function::New(env, NbdSocketpair, "nbdSocketpair"));
+  exports.Set("netlinkTransact", Napi::Function::New(env, NetlinkTransact, "netlinkTransact"));
+  exports.Set("nbdIoctlServe", Napi::Function::New(env, NbdIoctlServe, "nbdIoctlServe"));
+  exports.Set("nbdIoctlDisconnect", Napi::Function::New(env, NbdIoctlDisconnect, "nbdIoctlDisconnect"));
   return exports;
 }
 

@@ -1,13 +1,20 @@
 import type { Command } from 'commander';
+import { createVolume, deleteVolume } from '../admin/volumes.js';
+import { TorusError } from '../errors/torus-error.js';
 import type { VolumeLockRecord, VolumeRecord } from '../model/records.js';
 import { formatSize, parseSize } from '../util/size.js';
 import { arg, examples, type CommandKit } from './action.js';
 import type { CliContext } from './context.js';
 import { renderCsv, renderJson, renderTable } from './output.js';
 
-async function createBlock(ctx: CliContext, name: string, sizeText: string): Promise<void> {
+async function createBlock(ctx: CliContext, name: string, sizeText: string, opts: { overcommit?: string }): Promise<void> {
   const size = parseSize(sizeText);
-  const volume = await ctx.metadata().createVolume(name, size);
+  let overcommit: number | null = null;
+  if (opts.overcommit !== undefined) {
+    overcommit = Number(opts.overcommit);
+    if (opts.overcommit.trim() === '' || !Number.isFinite(overcommit)) throw new TorusError('TORUS_ERR_ARG_INVALID', `--overcommit ${JSON.stringify(opts.overcommit)} is not a number`);
+  }
+  const volume = await createVolume(ctx.metadata(), name, size, { overcommit });
   if (ctx.json) ctx.out(renderJson(volume));
   else ctx.out(`created block volume "${volume.name}" (id ${volume.id}): ${formatSize(volume.size)}, block size ${formatSize(volume.blockSize)}\n`);
 }
@@ -43,7 +50,7 @@ async function list(ctx: CliContext, opts: { csv?: boolean; si?: boolean }): Pro
 }
 
 async function remove(ctx: CliContext, name: string): Promise<void> {
-  const volume = await ctx.metadata().deleteVolume(name);
+  const volume = await deleteVolume(ctx.metadata(), name);
   if (ctx.json) ctx.out(renderJson({ deleted: volume }));
   else ctx.out(`deleted volume "${volume.name}" (id ${volume.id}, ${formatSize(volume.size)}); the peers free its blocks in the background\n`);
 }
@@ -59,10 +66,14 @@ export function registerVolumeCommands(program: Command, kit: CommandKit): void 
     .command('create-block')
     .argument('<name>', 'volume name: 1-128 characters from [A-Za-z0-9._-], starting with a letter or digit')
     .argument('<size>', 'size such as 1GiB, 500MiB, 2G (binary) or 500MB (decimal); a multiple of 512 bytes')
+    .option('--overcommit <ratio>', 'reserve SIZE x replication against the live ring capacity times this ratio (1 = no overcommit), as the CSI driver does; refused beyond it')
     .summary('create a block volume')
-    .description('Creates a block volume of the given size. Space is used on the peers only as blocks are written.')
-    .addHelpText('after', examples(['$ torusctl volume create-block pad 1GiB', '$ torusctl -o json volume create-block db 500MiB']))
-    .action(kit.action((ctx, cmd) => createBlock(ctx, arg(cmd, 0), arg(cmd, 1))));
+    .description(
+      'Creates a block volume of the given size. Space is used on the peers only as blocks are written; without --overcommit ' +
+        'nothing is reserved (thin provisioning), with it the create is refused when the volumes would reserve more than the ring has.',
+    )
+    .addHelpText('after', examples(['$ torusctl volume create-block pad 1GiB', '$ torusctl -o json volume create-block db 500MiB', '$ torusctl volume create-block db 20GiB --overcommit 1']))
+    .action(kit.action((ctx, cmd) => createBlock(ctx, arg(cmd, 0), arg(cmd, 1), cmd.opts())));
 
   volume
     .command('list')
@@ -81,7 +92,7 @@ export function registerVolumeCommands(program: Command, kit: CommandKit): void 
     .argument('<name>', 'the volume to delete')
     .summary('delete a volume (refused while it is in use)')
     .description(
-      'Deletes the volume record. Refused while a writer holds the volume (the error names it). The peers watch ' +
+      'Deletes the volume record. Refused while a writer or a reader lock holds the volume (the error names it). The peers watch ' +
         'for deleted volumes and free their blocks in the background.',
     )
     .addHelpText('after', examples(['$ torusctl volume delete pad']))

@@ -49,7 +49,7 @@ export class Maintenance {
     }
     const checked = new Map(health.map((h) => [h.volumeId, h]));
     const scrubEvery = ctx.settings.scrubIntervalMs;
-    const due: { v: VolumeRecord; scrub: boolean }[] = [];
+    const due: { v: VolumeRecord; scrub: 'deep' | 'scan' | undefined }[] = [];
     for (const v of volumes) {
       if (await this.opts.node.volumes.writes(v.id)) continue;
       const peers = [...(stalePeers.get(v.id) ?? [])];
@@ -58,8 +58,11 @@ export class Maintenance {
       const move = ring.transition?.phase === 'moving' && !moved.has(v.id);
       const h = checked.get(v.id);
       // A check at the current ring version backs `Balanced: true`; a deep scrub repeats at the interval.
-      const scrub = ring.transition === null && (h === undefined || h.ringVersion !== ring.version || (scrubEvery > 0 && ctx.clock.now() - Date.parse(h.checkedAt) >= scrubEvery));
-      if (catchUp || move || scrub) due.push({ v, scrub });
+      const stable = ring.transition === null;
+      const deep = stable && scrubEvery > 0 && h !== undefined && ctx.clock.now() - Date.parse(h.checkedAt) >= scrubEvery;
+      const scan = stable && (h === undefined || h.ringVersion !== ring.version);
+      const scrub = deep ? ('deep' as const) : scan ? ('scan' as const) : undefined;
+      if (catchUp || move || scrub !== undefined) due.push({ v, scrub });
     }
     // Peers pick in their own random order, so they spread over the volumes.
     for (let i = due.length - 1; i > 0; i--) {
@@ -79,7 +82,7 @@ export class Maintenance {
       taken++;
       try {
         const c = await VolumeCoordinator.open({ ctx, volume: lock.volume, lock });
-        const report = await new VolumeJobs(c).runOnce({ scrub });
+        const report = await new VolumeJobs(c).runOnce(scrub === undefined ? {} : { scrub });
         await c.close();
         this.log.info({ volume: v.name, ...report }, 'maintenance pass');
       } catch (err) {

@@ -20,7 +20,7 @@ import { GarbageCollector } from './gc.js';
 import { Maintenance } from './maintenance.js';
 import { Timers } from './timers.js';
 import { TransitionDriver } from './transition-driver.js';
-import { VolumeManager } from './volume-manager.js';
+import { VolumeManager, type OpenVolume } from './volume-manager.js';
 
 export interface NodeSettings {
   readonly replication: ReplicationSettings;
@@ -102,6 +102,7 @@ export class ClusterNode {
   private live = false;
   private fenceRevision = 0;
   private stopRingWatch: (() => Promise<void>) | null = null;
+  private stopDeleteWatch: (() => Promise<void>) | null = null;
   private stopFenceWatch: (() => Promise<void>) | null = null;
   private ringRefresh: Promise<void> | null = null;
   private readonly acked = new Set<number>();
@@ -202,7 +203,7 @@ export class ClusterNode {
    * learns every fence from etcd, records blocks left suspect by an unclean
    * stop as stale, then serves.
    */
-  async start(): Promise<void> {
+  async start(opts: { resumeLeaseId?: string | null } = {}): Promise<{ resumed: boolean }> {
     const d = this.deps;
     if (d.store !== null) {
       if (d.fences === null) throw new TorusError('TORUS_ERR_ASSERTION', 'a node with a store needs fence persistence');
@@ -221,7 +222,7 @@ export class ClusterNode {
       });
     }
     this.ring = await this.retryEtcd('read the ring', () => d.metadata.getRing());
-    await this.becomeLive();
+    const resumed = await this.becomeLive(opts.resumeLeaseId ?? null);
     this.stopRingWatch = await this.retryEtcd('watch the ring', () => d.metadata.watchRing((ring) => this.applyRing(ring)));
     if (d.store !== null) {
       this.maintenance = new Maintenance({ node: this, ctx: this.ctx, logger: d.logger, holder: d.holder, volumesMax: d.settings.maintenanceVolumesMax });
@@ -235,14 +236,35 @@ export class ClusterNode {
     this.timers.every(d.settings.heartbeatMs, () => this.heartbeat());
     this.timers.every(d.settings.replication.probeIntervalMs, () => this.probe());
     this.timers.every(d.settings.replication.backgroundIntervalMs, () => this.background());
-    if (this.gc) this.timers.every(d.settings.gcIntervalMs, async () => void (await this.gc!.run()));
-    this.log.info({ incarnation: this.incarnation, ringVersion: this.ring.version, store: d.store !== null }, 'node started');
+    if (this.gc) {
+      this.timers.every(d.settings.gcIntervalMs, async () => void (await this.gc!.run()));
+      // A deleted volume's space comes back at once, not at the next pass;
+      // the pass itself still re-reads etcd and frees only what it lists.
+      const gc = this.gc;
+      this.stopDeleteWatch = await d.metadata
+        .watchVolumeDeletes(() => void gc.run().catch((err: unknown) => this.log.warn({ err }, 'garbage collection after a volume delete failed')))
+        .catch((err: unknown) => {
+          this.log.warn({ err }, 'could not watch volume deletions; deleted volumes are freed at the periodic pass');
+          return null;
+        });
+    }
+    this.log.info({ incarnation: this.incarnation, ringVersion: this.ring.version, store: d.store !== null, resumedLease: resumed }, 'node started');
+    return { resumed };
   }
 
   /** A new session, fences from etcd, suspects recorded, acknowledgement published: then live. */
-  private async becomeLive(): Promise<void> {
+  private async becomeLive(resumeLeaseId: string | null = null): Promise<boolean> {
     const d = this.deps;
-    const session = await this.retryEtcd('open a session', () => d.metadata.openSession({ ttlSeconds: d.settings.sessionTtlSeconds }));
+    let session: MetadataSession | null = null;
+    if (resumeLeaseId !== null) {
+      // Kernel attachments of the previous run keep their locks on its lease.
+      session = await d.metadata.resumeSession({ leaseId: resumeLeaseId, ttlSeconds: d.settings.sessionTtlSeconds }).catch((err: unknown) => {
+        this.log.error({ err, lease: resumeLeaseId }, 'could not resume the lease of the previous run; its locks may have been taken over');
+        return null;
+      });
+    }
+    const resumed = session !== null;
+    session ??= await this.retryEtcd('open a session', () => d.metadata.openSession({ ttlSeconds: d.settings.sessionTtlSeconds }));
     session.on((ev) => {
       if (ev.type === 'lost' && this.session === session) void this.onSessionLost();
     });
@@ -270,6 +292,7 @@ export class ClusterNode {
     await this.refreshPeers();
     this.live = true;
     d.onLiveChange?.(true);
+    return resumed;
   }
 
   /**
@@ -383,6 +406,9 @@ export class ClusterNode {
   private async refreshPeers(): Promise<void> {
     try {
       const peers = await this.deps.metadata.listPeers();
+      // Before anything dials them: a coordinator opening a volume right
+      // after a peer restarted on a new address must reach the new one.
+      this.deps.transport.setPeers?.(peers);
       this.peersKnown = new Set(peers.map((p) => p.uuid));
       this.peerRecords = new Map(peers.map((p) => [p.uuid, p]));
       this.updateDown();
@@ -456,16 +482,22 @@ export class ClusterNode {
 
   // ------------------------------------------------------------ lifecycle
 
-  /** Orderly stop: volumes flushed and unlocked, watches cancelled, the session revoked. */
-  async stop(): Promise<void> {
+  /**
+   * Orderly stop: volumes flushed and unlocked, watches cancelled, the
+   * session revoked. Kernel attachments (src/attach/) keep some locks and the
+   * lease itself alive for the next run: `keepLock` and `keepLease`.
+   */
+  async stop(opts: { keepLock?: (ov: OpenVolume) => boolean; keepLease?: boolean } = {}): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     this.timers.cancelAll();
-    await this.volumes.closeAll();
+    await this.volumes.closeAll(opts.keepLock ? { keepLock: opts.keepLock } : {});
     this.live = false;
     await this.stopRingWatch?.().catch(() => undefined);
+    await this.stopDeleteWatch?.().catch(() => undefined);
     await this.stopFenceWatch?.().catch(() => undefined);
-    await this.session?.close().catch((err: unknown) => this.log.warn({ err }, 'could not revoke the session lease'));
+    if (opts.keepLease) await this.session?.suspend().catch((err: unknown) => this.log.warn({ err }, 'could not suspend the session lease'));
+    else await this.session?.close().catch((err: unknown) => this.log.warn({ err }, 'could not revoke the session lease'));
     this.log.info({}, 'node stopped');
   }
 

@@ -22,6 +22,13 @@ export interface OpenVolume {
   lock: VolumeLock | null;
   /** Set when the lease under the lock was lost; changes are refused until it is taken again. */
   lockLost: boolean;
+  /**
+   * Set when, while our lease was gone, someone else took a token on the
+   * volume (another node wrote it, or maintained it): what this process
+   * still holds (a kernel's page cache, queued writes) predates their
+   * changes, so changes stay refused for good.
+   */
+  fenced: boolean;
 }
 
 export interface VolumeManagerOptions {
@@ -53,14 +60,21 @@ export class VolumeManager {
     this.log = opts.logger.child({ module: 'volumes' });
   }
 
-  async acquire(name: string, mode: OpenMode): Promise<OpenVolume> {
+  /**
+   * `adoptToken` (kernel attach, src/attach/): take over the lock this
+   * process's lease already holds under that token, from before a torusd
+   * restart, instead of taking a new one. The lock is then renewed at once
+   * (a newer token, the same lock) so that the new coordinator's versions
+   * never repeat the previous run's.
+   */
+  async acquire(name: string, mode: OpenMode, opts: { adoptToken?: number; writeLevel?: WriteLevel } = {}): Promise<OpenVolume> {
     const key = `${mode}:${name}`;
     // A client that reconnects right after disconnecting must not race our
     // own lock release (it would find the lock still held by this process).
     while (!this.open.has(key) && this.closing.has(key)) await this.closing.get(key);
     let p = this.open.get(key);
     if (!p) {
-      p = this.openVolume(name, mode);
+      p = this.openVolume(name, mode, opts.adoptToken, opts.writeLevel);
       this.open.set(key, p);
       p.catch(() => this.open.delete(key));
     }
@@ -107,16 +121,32 @@ export class VolumeManager {
     }
   }
 
-  /** After a new session: take the locks of open volumes again (newer tokens, published to the peers). */
+  /**
+   * After a new session: take the locks of open volumes again (newer tokens,
+   * published to the peers), but only where no one else took a token since
+   * our last one. Tokens are handed out one after another, so the new lock's
+   * token is our last + 1 exactly when nobody held the volume in between;
+   * otherwise another node may have written it, and resuming would let our
+   * stale writes land on top of theirs.
+   */
   async relock(): Promise<void> {
     const session = this.opts.session();
     if (!session) return;
     for (const ov of await this.list()) {
-      if (ov.mode !== 'rw' || !ov.lockLost) continue;
+      if (ov.mode !== 'rw' || !ov.lockLost || ov.fenced) continue;
+      const last = ov.coordinator?.currentLock.token ?? ov.lock?.token ?? 0;
       try {
         const lock = await session.lockVolume(ov.name, this.opts.holder);
+        if (lock.token !== last + 1) {
+          await lock.release().catch((err) => this.log.warn({ err, volume: ov.name }, 'releasing a lock not to be used failed; it ends with the lease'));
+          ov.fenced = true;
+          this.log.error(
+            { volume: ov.name, lastToken: last, newToken: lock.token },
+            'the volume was taken by another holder while our lease was gone; our changes stay refused for good (detach and attach again)',
+          );
+          continue;
+        }
         await ov.coordinator!.renewToken(lock);
-        ov.lock = lock;
         ov.lockLost = false;
         this.log.info({ volume: ov.name, token: lock.token }, 'volume lock taken again; changes resume');
       } catch (err) {
@@ -125,32 +155,49 @@ export class VolumeManager {
     }
   }
 
-  async closeAll(): Promise<void> {
+  /**
+   * `keepLock` (kernel attach): volumes whose lock must outlive this process,
+   * because a restarted torusd resumes the lease and the lock with it. They
+   * are flushed, not unlocked.
+   */
+  async closeAll(opts: { keepLock?: (ov: OpenVolume) => boolean } = {}): Promise<void> {
     for (const ov of await this.list()) {
       this.open.delete(`${ov.mode}:${ov.name}`);
-      await this.closeVolume(ov).catch((err) => this.log.error({ err, volume: ov.name }, 'closing volume failed'));
+      await this.closeVolume(ov, opts.keepLock?.(ov) ?? false).catch((err) => this.log.error({ err, volume: ov.name }, 'closing volume failed'));
     }
   }
 
-  private async openVolume(name: string, mode: OpenMode): Promise<OpenVolume> {
+  /** `writeLevel` (a CSI StorageClass's) overrides this process's own for the volume while it is open; users that share it later share its level. */
+  private async openVolume(name: string, mode: OpenMode, adoptToken?: number, writeLevel?: WriteLevel): Promise<OpenVolume> {
     const ctx = this.opts.ctx;
     if (mode === 'ro') {
       const record = await ctx.metadata.getVolume(name);
       const reader = await VolumeReader.open(ctx, record);
       this.log.info({ volume: name, id: record.id, mode }, 'volume opened');
-      return { name, mode, users: 0, lock: null, lockLost: false, coordinator: null, jobs: null, volume: new Volume(record, readOnlyIo(reader, name), this.opts.logger) };
+      return { name, mode, users: 0, lock: null, lockLost: false, fenced: false, coordinator: null, jobs: null, volume: new Volume(record, readOnlyIo(reader, name), this.opts.logger) };
     }
     const session = this.opts.session();
     if (!session) throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `cannot lock volume "${name}" for writing: no etcd session`);
-    const lock = await session.lockVolume(name, this.opts.holder);
+    let lock = adoptToken === undefined ? await session.lockVolume(name, this.opts.holder) : await session.adoptVolumeLock(name, adoptToken);
+    if (adoptToken !== undefined) lock = await lock.renew();
+    const holder: { ov: OpenVolume | null } = { ov: null };
     let coordinator: VolumeCoordinator;
     try {
-      coordinator = await VolumeCoordinator.open({ ctx, volume: lock.volume, lock, ...(this.opts.writeLevel ? { writeLevel: this.opts.writeLevel } : {}) });
+      coordinator = await VolumeCoordinator.open({
+        ctx,
+        volume: lock.volume,
+        lock,
+        ...((writeLevel ?? this.opts.writeLevel) ? { writeLevel: writeLevel ?? this.opts.writeLevel } : {}),
+        onLockChanged: (l) => {
+          if (holder.ov) holder.ov.lock = l;
+        },
+      });
     } catch (err) {
-      await lock.release().catch(() => undefined);
+      if (adoptToken === undefined) await lock.release().catch(() => undefined);
       throw err;
     }
-    const ov: OpenVolume = { name, mode, users: 0, lock, lockLost: false, coordinator, jobs: new VolumeJobs(coordinator), volume: undefined as unknown as Volume };
+    const ov: OpenVolume = { name, mode, users: 0, lock, lockLost: false, fenced: false, coordinator, jobs: new VolumeJobs(coordinator), volume: undefined as unknown as Volume };
+    holder.ov = ov;
     const io = {
       read: (i: number, o: number, l: number) => coordinator.read(i, o, l),
       allocated: (i: number) => coordinator.allocated(i),
@@ -169,14 +216,14 @@ export class VolumeManager {
     }
   }
 
-  private async closeVolume(ov: OpenVolume): Promise<void> {
+  private async closeVolume(ov: OpenVolume, keepLock = false): Promise<void> {
     try {
       if (ov.mode === 'rw' && !ov.lockLost) await ov.volume.flush();
     } finally {
       await ov.coordinator?.close();
       const lock = ov.coordinator?.currentLock ?? ov.lock;
-      if (lock && !ov.lockLost) await lock.release().catch((err) => this.log.warn({ err, volume: ov.name }, 'releasing the volume lock failed; it ends with the lease'));
-      this.log.info({ volume: ov.name, mode: ov.mode }, 'volume closed');
+      if (lock && !ov.lockLost && !keepLock) await lock.release().catch((err) => this.log.warn({ err, volume: ov.name }, 'releasing the volume lock failed; it ends with the lease'));
+      this.log.info({ volume: ov.name, mode: ov.mode, lockKept: keepLock }, 'volume closed');
     }
   }
 }

@@ -25,6 +25,8 @@ export interface DaemonFlags {
   downOutInterval?: string;
   rebalanceRate?: string;
   scrubInterval?: string;
+  flexSocket?: string;
+  flexStateDir?: string;
 }
 
 export interface DaemonConfig {
@@ -47,6 +49,8 @@ export interface DaemonConfig {
   readonly rebalanceBytesPerSec: number;
   /** 0: no periodic scrub. */
   readonly scrubIntervalMs: number;
+  /** The FlexVolume driver's unix socket and state folder; null: no FlexVolume service. */
+  readonly flex: { readonly socket: string; readonly stateDir: string } | null;
 }
 
 export const DEFAULTS = {
@@ -62,6 +66,8 @@ export const DEFAULTS = {
   downOutInterval: '10m',
   rebalanceRate: '100MiB',
   scrubInterval: '24h',
+  /** Under kubelet's own plugin folder, so staging mounts propagate to the host and outlive a torusd container. */
+  flexStateDir: '/var/lib/kubelet/plugins/coreos.com~torus',
 } as const;
 
 export function resolveDaemonConfig(flags: DaemonFlags, env: Record<string, string | undefined>): DaemonConfig {
@@ -87,6 +93,7 @@ export function resolveDaemonConfig(flags: DaemonFlags, env: Record<string, stri
     downOutIntervalMs: parseDuration(flags.downOutInterval ?? DEFAULTS.downOutInterval, '--down-out-interval', 0),
     rebalanceBytesPerSec: parseRate(flags.rebalanceRate ?? DEFAULTS.rebalanceRate),
     scrubIntervalMs: parseDuration(flags.scrubInterval ?? DEFAULTS.scrubInterval, '--scrub-interval', 0),
+    flex: resolveFlex(flags, env),
   };
 }
 
@@ -112,6 +119,16 @@ function parseRate(text: string): number {
   const bytes = parseSize(text.replace(/\/s(ec)?$/, ''));
   if (bytes <= 0) throw new TorusError('TORUS_ERR_ARG_INVALID', `--rebalance-rate "${text}": expected a positive rate such as 100MiB`);
   return bytes;
+}
+
+function resolveFlex(flags: DaemonFlags, env: Record<string, string | undefined>): DaemonConfig['flex'] {
+  const socket = flags.flexSocket ?? (env.TORUS_FLEX_SOCKET || undefined);
+  if (socket === undefined) return null;
+  const stateDir = flags.flexStateDir ?? DEFAULTS.flexStateDir;
+  for (const [flag, p] of [['--flex-socket', socket], ['--flex-state-dir', stateDir]] as const) {
+    if (!p.startsWith('/')) throw new TorusError('TORUS_ERR_ARG_INVALID', `${flag} "${p}": expected an absolute path`);
+  }
+  return { socket, stateDir };
 }
 
 function truthy(v: string | undefined): boolean {

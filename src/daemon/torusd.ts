@@ -25,9 +25,27 @@ import { systemIds, systemRandom } from '../util/random.js';
 import { sleep } from '../util/timeout.js';
 import { VolumeExports } from '../volume/volume-exports.js';
 import { VERSION } from '../version.js';
+import { kernelAttacher } from '../k8s/flex/attacher.js';
+import { startFlexService } from '../k8s/flex/service.js';
+import { AttachManager } from '../attach/attach-manager.js';
+import { AttachApiServer } from '../attach/api-server.js';
+import { attachSocketPath } from '../attach/api.js';
 import type { DaemonConfig } from './config.js';
 import { bindDataDirToCluster, claimDataDir, loadOrCreatePeerId, readLeaseFile, releaseDataDir, writeLeaseFile } from './identity.js';
 import { resolveClusterSecret } from './secret.js';
+
+/**
+ * Lease TTL of the peer record and volume locks (Torus used 30 s). It bounds
+ * both how long a restart may take without losing kernel attachments and how
+ * soon another node can take a dead node's volumes; TORUS_LEASE_TTL_SECONDS
+ * trades one for the other (README, "Kernel attach").
+ */
+function leaseTtlFromEnv(v: string | undefined): number {
+  if (v === undefined || v === '') return 30;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 5 || n > 3600) throw new TorusError('TORUS_ERR_ARG_INVALID', `TORUS_LEASE_TTL_SECONDS must be a whole number from 5 to 3600, got "${v}"`);
+  return n;
+}
 
 const PEER_REFRESH_MS = 5_000;
 const RETRY_MS_MAX = 5_000;
@@ -57,6 +75,10 @@ export class TorusDaemon {
   private peerTimer: { cancel(): void } | null = null;
   private claimed = false;
   private stopping = false;
+  private flex: { close(): Promise<void> } | null = null;
+  // Kernel attach (src/attach/): devices that outlive this process.
+  private attach: AttachManager | null = null;
+  private attachApi: AttachApiServer | null = null;
 
   constructor(
     private readonly config: DaemonConfig,
@@ -113,6 +135,7 @@ export class TorusDaemon {
       incarnation,
       settings: {
         ...DEFAULT_NODE_SETTINGS,
+        sessionTtlSeconds: leaseTtlFromEnv(process.env['TORUS_LEASE_TTL_SECONDS']),
         downOutIntervalMs: cfg.downOutIntervalMs,
         replication: {
           ...DEFAULT_NODE_SETTINGS.replication,
@@ -122,7 +145,7 @@ export class TorusDaemon {
           scrubIntervalMs: cfg.scrubIntervalMs,
         },
       },
-      holder: `torusd ${uuid} on ${os.hostname()} (pid ${process.pid})`,
+      holder: `torusd ${uuid} on ${nodeName()} (pid ${process.pid})`,
       peerRecord: () => this.peerRecord(),
       onSessionOpened: (id) => writeLeaseFile(cfg.dataDir, id),
       onLiveChange: (live) => this.metrics.setEtcdHealthy(live),
@@ -142,17 +165,31 @@ export class TorusDaemon {
     // Others dial the configured address; a port of 0 (tests) means the bound one.
     this.addresses.peer = formatPeerAddress({ host: cfg.peerAddress.host, port: peerBound.port });
 
+    // Kernel attach: devices attached by the previous run keep their locks on
+    // its lease; that lease is resumed below, not revoked.
+    this.attach = new AttachManager({
+      dataDir: cfg.dataDir,
+      metadata: this.metadata,
+      volumes: this.node.volumes,
+      session: () => this.node.currentSession(),
+      uuid,
+      holder: `torusd ${uuid} on ${nodeName()} (pid ${process.pid})`,
+      logger: this.root,
+      faultInjection: process.env['TORUS_FAULT_INJECTION'] === '1',
+    });
+    const resumeLease = await this.attach.load();
+
     // A predecessor killed with -9 left its lease (and with it the locks of
     // the volumes it served) alive for up to a TTL. It is dead (we hold its
     // data dir), so revoke it: clients can reconnect at once.
     const stale = await readLeaseFile(cfg.dataDir);
-    if (stale !== null) {
+    if (stale !== null && stale !== resumeLease) {
       await this.metadata.revokeStaleLease(stale).then(
         () => this.log.info({ lease: stale }, 'revoked the lease of the previous run'),
         (err) => this.log.warn({ err, lease: stale }, 'could not revoke the lease of the previous run; its locks expire with it'),
       );
     }
-    await this.node.start();
+    const { resumed } = await this.node.start({ resumeLeaseId: resumeLease });
     this.metrics.setReplicationSource(() => {
       const ring = this.node.currentRing();
       return {
@@ -182,6 +219,22 @@ export class TorusDaemon {
     this.addresses.http = `${cfg.http.host}:${typeof httpAddr === 'object' && httpAddr ? httpAddr.port : cfg.http.port}`;
     // The first record went out before the NBD and HTTP listeners were bound.
     await this.node.currentSession()?.putPeer(this.peerRecord()).catch((err) => this.log.warn({ err }, 'could not publish the peer record'));
+    // Kernel attach: take back the previous run's devices, then serve the local attach API.
+    await this.attach.resume(resumed);
+    this.attachApi = new AttachApiServer(this.attach, this.root);
+    await this.attachApi.listen(attachSocketPath(cfg.dataDir));
+    if (cfg.flex) {
+      // The FlexVolume driver's requests (src/k8s/flex), on a unix socket
+      // only; attachments go through the same AttachManager as the attach API.
+      this.flex = await startFlexService({
+        socketPath: cfg.flex.socket,
+        stateDir: cfg.flex.stateDir,
+        localEtcd: cfg.etcdEndpoints,
+        localClusterId: this.cluster.id,
+        attacher: kernelAttacher(this.attach),
+        logger: this.root,
+      });
+    }
     this.log.info({ uuid, peer: this.addresses.peer, nbd: this.addresses.nbd, http: this.addresses.http, capacity: this.capacity, blockSize: this.cluster.blockSize }, 'torusd ready');
   }
 
@@ -197,9 +250,14 @@ export class TorusDaemon {
         this.log.error({ err, step: what }, 'shutdown step failed');
       }
     };
+    if (this.flex) await step('flex', () => this.flex!.close());
+    // Kernel attach: devices stay attached; their volumes flush but keep their locks and our lease.
+    if (this.attachApi) await step('attach api', () => this.attachApi!.close());
+    if (this.attach) await step('attachments', () => this.attach!.suspend());
+    const keepLease = this.attach?.keepsLease() ?? false;
     if (this.nbd) await step('nbd', () => this.nbd.close());
     if (this.http) await step('http', () => this.http.close());
-    if (this.node) await step('node', () => this.node.stop());
+    if (this.node) await step('node', () => this.node.stop({ keepLock: (ov) => this.attach?.keepsLock(ov) ?? false, keepLease }));
     if (this.peerServer) await step('peer server', () => this.peerServer.close());
     if (this.peers) await step('peer clients', () => this.peers.close());
     if (this.store) await step('store', () => this.store.close());
@@ -282,7 +340,7 @@ export class TorusDaemon {
       capacity: u.capacity,
       used: u.used,
       updatedAt: new Date(this.clock.now()).toISOString(),
-      hostname: os.hostname(),
+      hostname: nodeName(),
       pid: process.pid,
       version: VERSION,
       incarnation: this.node?.incarnation ?? '',
@@ -339,4 +397,14 @@ export class TorusDaemon {
       },
     };
   }
+}
+
+/**
+ * The name this node goes by in lock holders and the peer record. In a pod
+ * the hostname is the pod's name; the DaemonSet passes the node's name in
+ * TORUS_NODE_NAME, so "in use by torusd ... on <node>" names the node.
+ */
+function nodeName(): string {
+  const fromEnv = process.env['TORUS_NODE_NAME']?.trim();
+  return fromEnv ? fromEnv : os.hostname();
 }

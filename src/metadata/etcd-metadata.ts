@@ -19,7 +19,7 @@ import { minReplicasDefault } from '../ring/transition.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { formatSize } from '../util/size.js';
 import { withEtcd, type EtcdCallContext } from './etcd-errors.js';
-import { EtcdSession } from './etcd-session.js';
+import { andNoKeyUnder, EtcdSession } from './etcd-session.js';
 import { ResilientWatch, type ResilientWatchSpec } from './etcd-watch.js';
 import {
   DEFAULT_PREFIX,
@@ -36,6 +36,7 @@ import {
   volumeKey,
   volumeLockKey,
   volumeMaintKey,
+  volumeReadersPrefix,
 } from './keys.js';
 import type { MetadataService, MetadataSession } from './metadata-service.js';
 import {
@@ -68,6 +69,7 @@ import {
   volumeIdNotFoundError,
   volumeInUseError,
   volumeNotFoundError,
+  volumeReadersError,
   VOLUME_ID_MAX,
 } from './validate.js';
 
@@ -93,6 +95,8 @@ export const VOLUMES_LIST_MAX = 65_536;
 export const LIST_PAGE_KEYS = 1_000;
 /** ... up to this many keys; more is not a state torus makes, so it is reported rather than truncated. */
 export const LIST_COMPLETE_KEYS_MAX = 1_048_576;
+/** A refusal names the first reader and counts them from a listing of at most this many. */
+const READERS_SHOWN_MAX = 1_000;
 /** etcd's default --max-txn-ops is 128: deletes of move records beyond this go in later transactions. */
 export const TXN_OPS_MAX = 100;
 
@@ -531,7 +535,7 @@ export class EtcdMetadata implements MetadataService {
 
   // ---- volumes
 
-  async createVolume(name: string, size: number): Promise<VolumeRecord> {
+  async createVolume(name: string, size: number, opts: { readonly admit?: (volumes: readonly VolumeRecord[]) => void } = {}): Promise<VolumeRecord> {
     validateVolumeName(name);
     validateVolumeSize(size);
     const vKey = volumeKey(name);
@@ -540,6 +544,14 @@ export class EtcdMetadata implements MetadataService {
       if (cfgKv === null) throw notInitialisedError();
       const config = decodeClusterConfig(this.k(KEYS.config), cfgKv.value);
       const counter = await this.getKv(KEYS.volumeIdCounter);
+      if (opts.admit) {
+        // Listed after the counter was read: every create bumps the counter
+        // in its own transaction, so one that lands after this listing fails
+        // the comparison below and this create lists again.
+        const volumes = (await this.listComplete(KEYS.volumesPrefix)).kvs.map((kv) => decodeVolumeRecord(this.k(kv.key), kv.value));
+        if (volumes.some((v) => v.name === name)) throw new TorusError('TORUS_ERR_VOLUME_EXISTS', `a volume named "${name}" already exists`, { details: { volume: name } });
+        opts.admit(volumes);
+      }
       const id = decodeCounter(this.k(KEYS.volumeIdCounter), counter?.value ?? null) + 1;
       if (id > VOLUME_ID_MAX) throw new TorusError('TORUS_ERR_ARG_INVALID', 'no volume ids are left in this cluster');
       const record: VolumeRecord = { schema: 1, id, name, type: 'block', size, blockSize: config.blockSize, generation: 1, createdAt: this.now() };
@@ -620,13 +632,15 @@ export class EtcdMetadata implements MetadataService {
     });
   }
 
-  async deleteVolume(name: string): Promise<VolumeRecord> {
+  async deleteVolume(name: string, opts: { readonly id?: number } = {}): Promise<VolumeRecord> {
     validateVolumeName(name);
     const vKey = volumeKey(name);
     for (let attempt = 0; attempt < CAS_ATTEMPTS_MAX; attempt++) {
       const kv = await this.getKv(vKey);
       if (kv === null) throw volumeNotFoundError(name);
       const record = decodeVolumeRecord(this.k(vKey), kv.value);
+      // The transaction below checks the record is still this one (its mod revision).
+      if (opts.id !== undefined && record.id !== opts.id) throw volumeNotFoundError(name);
       const lockKey = volumeLockKey(record.id);
       const moves = (await this.listComplete(KEYS.movesPrefix)).kvs.filter((m) => parseMoveKey(m.key)?.volumeId === record.id).map((m) => m.key);
       const inTxn = moves.slice(0, TXN_OPS_MAX);
@@ -634,10 +648,9 @@ export class EtcdMetadata implements MetadataService {
       // volume. A maintainer still at work finds its lock and fence gone
       // (its guarded writes fail as fenced), and stale and health records
       // cannot come back (they need the fence key).
+      const readers = volumeReadersPrefix(record.id);
       const res = await this.call(`delete volume ${name}`, () =>
-        this.ns
-          .if(vKey, 'Mod', '==', kv.modRevision)
-          .and(lockKey, 'Version', '==', 0)
+        andNoKeyUnder(this.ns.if(vKey, 'Mod', '==', kv.modRevision).and(lockKey, 'Version', '==', 0), readers)
           .then(
             this.ns.delete().key(vKey),
             this.ns.delete().key(volumeFenceKey(record.id)),
@@ -646,7 +659,7 @@ export class EtcdMetadata implements MetadataService {
             this.ns.delete().prefix(staleVolumePrefix(record.id)),
             ...inTxn.map((m) => this.ns.delete().key(m)),
           )
-          .else(this.ns.get(lockKey), this.ns.get(vKey))
+          .else(this.ns.get(lockKey), this.ns.get(vKey), this.ns.getAll().prefix(readers).limit(READERS_SHOWN_MAX))
           .commit(),
       );
       if (res.succeeded) {
@@ -658,6 +671,11 @@ export class EtcdMetadata implements MetadataService {
       const lock = firstKv(res, 0);
       if (lock !== null) throw volumeInUseError(name, decodeVolumeLockRecord(this.k(lockKey), lock.value));
       if (firstKv(res, 1) === null) throw volumeNotFoundError(name);
+      const readerRange = res.responses[2]?.response_range;
+      if (readerRange && readerRange.kvs.length > 0) {
+        const recs = readerRange.kvs.map((r) => decodeVolumeLockRecord(this.k(r.key.toString('utf8')), r.value.toString('utf8')));
+        throw volumeReadersError(name, recs, Number(readerRange.count));
+      }
     }
     throw conflictError(`delete volume "${name}"`);
   }
@@ -665,6 +683,11 @@ export class EtcdMetadata implements MetadataService {
   async getVolumeLock(volumeId: number): Promise<VolumeLockRecord | null> {
     const kv = await this.getKv(volumeLockKey(volumeId));
     return kv === null ? null : decodeVolumeLockRecord(this.k(volumeLockKey(volumeId)), kv.value);
+  }
+
+  async listVolumeReaders(volumeId: number): Promise<VolumeLockRecord[]> {
+    const { kvs } = await this.listComplete(volumeReadersPrefix(volumeId));
+    return kvs.map((kv) => decodeVolumeLockRecord(this.k(kv.key), kv.value)).sort((a, b) => (a.acquiredAt < b.acquiredAt ? -1 : a.acquiredAt > b.acquiredAt ? 1 : 0));
   }
 
   async openSession(opts: { ttlSeconds: number }): Promise<MetadataSession> {
@@ -685,6 +708,26 @@ export class EtcdMetadata implements MetadataService {
     });
     this.sessions.add(session);
     return session;
+  }
+
+  async resumeSession(opts: { leaseId: string; ttlSeconds: number }): Promise<MetadataSession> {
+    if (this.closed) throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd client for ${this.ctx.endpoints} is closed (resume session)`);
+    const session = await EtcdSession.resume(this.sessionDeps(opts.ttlSeconds), opts.leaseId);
+    this.sessions.add(session);
+    return session;
+  }
+
+  private sessionDeps(ttlSeconds: number) {
+    return {
+      ns: this.ns,
+      prefix: this.prefix,
+      endpoints: this.ctx.endpoints,
+      ttlSeconds,
+      call: <T>(op: string, fn: () => Promise<T>) => this.call(op, fn),
+      clock: this.clock,
+      logger: this.log,
+      onClosed: (s: EtcdSession) => this.sessions.delete(s),
+    };
   }
 
   async close(): Promise<void> {

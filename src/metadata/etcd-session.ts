@@ -1,12 +1,14 @@
-import type { Lease, Namespace } from 'etcd3';
+import { Range, type ComparatorBuilder, type Lease, type Namespace } from 'etcd3';
+import { ResumedLease } from './resumed-lease.js';
 import { assertSessionUsable, SessionListeners, type SessionState } from './session-listeners.js';
 import type { Logger } from 'pino';
 import { isTorusError, TorusError } from '../errors/torus-error.js';
+import { assert } from '../util/assert.js';
 import type { PeerRecord, RingAck, VolumeLockRecord, VolumeRecord } from '../model/records.js';
 import type { Clock } from '../util/clock.js';
 import { toTorusError } from './etcd-errors.js';
-import { KEYS, peerKey, ringAckKey, volumeFenceKey, volumeKey, volumeLockKey, volumeMaintKey } from './keys.js';
-import type { MetadataSession, SessionEvent, VolumeLock } from './metadata-service.js';
+import { KEYS, peerKey, ringAckKey, volumeFenceKey, volumeKey, volumeLockKey, volumeMaintKey, volumeReaderKey, volumeReadersPrefix } from './keys.js';
+import type { MetadataSession, SessionEvent, VolumeLock, VolumeReaderLock } from './metadata-service.js';
 import { decodeCounter, decodeVolumeLockRecord, decodeVolumeRecord, encodeRecord } from './record-codec.js';
 import {
   validateHolder,
@@ -17,6 +19,7 @@ import {
   volumeIdNotFoundError,
   volumeInUseError,
   volumeNotFoundError,
+  volumeReadersError,
 } from './validate.js';
 
 export const LOCK_ATTEMPTS_MAX = 8;
@@ -26,6 +29,26 @@ const PENDING_KEEPALIVES_MAX = 64;
 const VOLUMES_SCAN_MAX = 65_536;
 
 type Call = <T>(op: string, fn: () => Promise<T>) => Promise<T>;
+
+/**
+ * Adds "no key exists under `prefix`" to a transaction's conditions. etcd
+ * (3.3 and later) compares a target over a key range when the comparison
+ * carries a range_end, and CREATE == 0 over a range holds exactly when the
+ * range is empty. etcd3's builder cannot say range_end, so the clause is
+ * made by its own `and` (which applies the namespace) and then given the
+ * range end of its namespaced key. The contract suite runs this against a
+ * real etcd.
+ */
+export function andNoKeyUnder(txn: ComparatorBuilder, prefix: string): ComparatorBuilder {
+  txn.and(prefix, 'Create', '==', 0);
+  const compare = (txn as unknown as { request: { compare: Promise<{ key: Buffer }>[] } }).request.compare;
+  const i = compare.length - 1;
+  compare[i] = compare[i]!.then((c) => ({ ...c, range_end: Range.prefix(c.key).end }));
+  return txn;
+}
+
+/** How many reader records a refusal reads to name the first reader and count them. */
+const READERS_SHOWN_MAX = 1_000;
 
 export interface EtcdSessionDeps {
   readonly ns: Namespace;
@@ -47,7 +70,7 @@ export interface EtcdSessionDeps {
  */
 export class EtcdSession implements MetadataSession {
   readonly id: string;
-  private readonly lease: Lease;
+  private readonly lease: Lease | ResumedLease;
   private readonly deps: EtcdSessionDeps;
   private readonly log: Logger;
   private readonly listeners = new SessionListeners();
@@ -56,12 +79,12 @@ export class EtcdSession implements MetadataSession {
   private deadline: number;
   private watchdog: { cancel(): void } | undefined;
 
-  private constructor(deps: EtcdSessionDeps, lease: Lease, id: string, grantedAt: number) {
+  private constructor(deps: EtcdSessionDeps, lease: Lease | ResumedLease, id: string, deadline: number) {
     this.deps = deps;
     this.lease = lease;
     this.id = id;
     this.log = deps.logger.child({ session: id });
-    this.deadline = grantedAt + deps.ttlSeconds * 1000;
+    this.deadline = deadline;
     lease.on('keepaliveFired', () => {
       if (this.pendingKeepalives.length < PENDING_KEEPALIVES_MAX) this.pendingKeepalives.push(deps.clock.monotonic());
     });
@@ -100,7 +123,26 @@ export class EtcdSession implements MetadataSession {
       throw err;
     }
     deps.logger.debug({ session: id, ttlSeconds: deps.ttlSeconds }, 'session opened');
-    return new EtcdSession(deps, lease, id, grantedAt);
+    return new EtcdSession(deps, lease, id, grantedAt + deps.ttlSeconds * 1000);
+  }
+
+  /**
+   * Takes over a lease granted by an earlier run of this process (kernel
+   * attachments keep their volume locks across a torusd restart). Refused
+   * with TORUS_ERR_SESSION_LOST when etcd no longer has it: its locks are
+   * gone and may be someone else's by now.
+   */
+  static async resume(deps: EtcdSessionDeps, leaseId: string): Promise<EtcdSession> {
+    if (!/^[0-9]+$/.test(leaseId)) throw new TorusError('TORUS_ERR_ARG_INVALID', `lease id "${leaseId}" is not a decimal number`);
+    const askedAt = deps.clock.monotonic();
+    const res = await deps.call(`time to live of lease ${leaseId}`, () => deps.ns.leaseClient.leaseTimeToLive({ ID: leaseId }));
+    const remaining = Number(res.TTL);
+    if (!(remaining > 0)) throw new TorusError('TORUS_ERR_SESSION_LOST', `etcd lease ${leaseId} has expired or was revoked`);
+    const lease = new ResumedLease(deps.ns, leaseId, deps.ttlSeconds);
+    deps.logger.info({ session: leaseId, remainingSeconds: remaining }, 'session resumed');
+    // etcd says "expires in under TTL+1 s" from when it answered, which is
+    // after we asked: counting from the ask keeps the deadline early.
+    return new EtcdSession(deps, lease, leaseId, askedAt + remaining * 1000);
   }
 
   /** Past the deadline the lease is gone server-side whatever the client thinks. */
@@ -160,33 +202,40 @@ export class EtcdSession implements MetadataSession {
     );
   }
 
+  /** The volume's record and its fence, with the revisions a lock transaction compares. */
+  private async volumeAndFence(name: string) {
+    const { ns, call, prefix } = this.deps;
+    const vKey = volumeKey(name);
+    const vRes = await call(`get ${prefix}${vKey}`, () => ns.get(vKey).exec());
+    const vKv = vRes.kvs[0];
+    if (vKv === undefined) throw volumeNotFoundError(name);
+    const volume = decodeVolumeRecord(prefix + vKey, vKv.value.toString('utf8'));
+    const fenceKey = volumeFenceKey(volume.id);
+    const fRes = await call(`get ${prefix}${fenceKey}`, () => ns.get(fenceKey).exec());
+    const fKv = fRes.kvs[0];
+    const fence = decodeCounter(prefix + fenceKey, fKv ? fKv.value.toString('utf8') : null);
+    return { vKey, volumeRevision: vKv.mod_revision, volume, fenceKey, fenceRevision: fKv ? fKv.mod_revision : 0, fence };
+  }
+
   async lockVolume(name: string, holder: string): Promise<VolumeLock> {
     validateVolumeName(name);
     validateHolder(holder);
     this.assertUsable(`lock volume ${name}`);
-    const { ns, call, prefix } = this.deps;
-    const vKey = volumeKey(name);
+    const { ns, prefix } = this.deps;
     for (let attempt = 0; attempt < LOCK_ATTEMPTS_MAX; attempt++) {
-      const vRes = await call(`get ${prefix}${vKey}`, () => ns.get(vKey).exec());
-      const vKv = vRes.kvs[0];
-      if (vKv === undefined) throw volumeNotFoundError(name);
-      const volume = decodeVolumeRecord(prefix + vKey, vKv.value.toString('utf8'));
+      const { vKey, volumeRevision, volume, fenceKey, fenceRevision, fence } = await this.volumeAndFence(name);
       const lockKey = volumeLockKey(volume.id);
-      const fenceKey = volumeFenceKey(volume.id);
-      const fRes = await call(`get ${prefix}${fenceKey}`, () => ns.get(fenceKey).exec());
-      const fKv = fRes.kvs[0];
-      const token = decodeCounter(prefix + fenceKey, fKv ? fKv.value.toString('utf8') : null) + 1;
+      const token = fence + 1;
       const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token, acquiredAt: new Date(this.deps.clock.now()).toISOString(), kind: 'writer' };
       // Lock and fence move together: a token is handed out only with the
       // lock. A maintenance lock does not block a writer: the newer token
       // fences the maintainer off.
+      const readers = volumeReadersPrefix(volume.id);
+      // Readers exclude a writer: no reader key may exist when the lock is taken.
       const res = await this.leased(`lock volume ${name}`, () =>
-        ns
-          .if(vKey, 'Mod', '==', vKv.mod_revision)
-          .and(lockKey, 'Create', '==', 0)
-          .and(fenceKey, 'Mod', '==', fKv ? fKv.mod_revision : 0)
+        andNoKeyUnder(ns.if(vKey, 'Mod', '==', volumeRevision).and(lockKey, 'Create', '==', 0).and(fenceKey, 'Mod', '==', fenceRevision), readers)
           .then(ns.put(lockKey).value(encodeRecord(record)).lease(this.id), ns.put(fenceKey).value(String(token)))
-          .else(ns.get(lockKey))
+          .else(ns.get(lockKey), ns.getAll().prefix(readers).limit(READERS_SHOWN_MAX))
           .commit(),
       );
       if (res.succeeded) {
@@ -195,9 +244,45 @@ export class EtcdSession implements MetadataSession {
       }
       const held = res.responses[0]?.response_range.kvs[0];
       if (held !== undefined) throw volumeInUseError(name, decodeVolumeLockRecord(prefix + lockKey, held.value.toString('utf8')));
+      const readerKvs = res.responses[1]?.response_range.kvs ?? [];
+      if (readerKvs.length > 0) {
+        const recs = readerKvs.map((kv) => decodeVolumeLockRecord(prefix + kv.key.toString('utf8'), kv.value.toString('utf8')));
+        throw volumeReadersError(name, recs, Number(res.responses[1]!.response_range.count));
+      }
       // The volume record or the fence moved under us: read again.
     }
     throw new TorusError('TORUS_ERR_CLUSTER_CONFLICT', `lock volume "${name}" lost ${LOCK_ATTEMPTS_MAX} races with concurrent changes; retry`);
+  }
+
+  async lockVolumeForReading(name: string, holder: string): Promise<VolumeReaderLock> {
+    validateVolumeName(name);
+    validateHolder(holder);
+    this.assertUsable(`lock volume ${name} for reading`);
+    const { ns, prefix } = this.deps;
+    for (let attempt = 0; attempt < LOCK_ATTEMPTS_MAX; attempt++) {
+      const { vKey, volumeRevision, volume, fence } = await this.volumeAndFence(name);
+      const lockKey = volumeLockKey(volume.id);
+      const readerKey = volumeReaderKey(volume.id, this.id);
+      const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token: fence, acquiredAt: new Date(this.deps.clock.now()).toISOString(), kind: 'reader' };
+      // The volume must still be this record (not deleted and re-created
+      // under the name) and no writer may hold it.
+      const res = await this.leased(`lock volume ${name} for reading`, () =>
+        ns
+          .if(vKey, 'Mod', '==', volumeRevision)
+          .and(lockKey, 'Create', '==', 0)
+          .then(ns.put(readerKey).value(encodeRecord(record)).lease(this.id))
+          .else(ns.get(lockKey))
+          .commit(),
+      );
+      if (res.succeeded) {
+        this.log.info({ volume: name, volumeId: volume.id }, 'volume locked for reading');
+        return new EtcdVolumeReaderLock(this.deps, this.id, volume, holder, readerKey);
+      }
+      const held = res.responses[0]?.response_range.kvs[0];
+      if (held !== undefined) throw volumeInUseError(name, decodeVolumeLockRecord(prefix + lockKey, held.value.toString('utf8')));
+      // The volume record moved under us: read again.
+    }
+    throw new TorusError('TORUS_ERR_CLUSTER_CONFLICT', `lock volume "${name}" for reading lost ${LOCK_ATTEMPTS_MAX} races with concurrent changes; retry`);
   }
 
   async lockVolumeForMaintenance(volumeId: number, holder: string): Promise<VolumeLock> {
@@ -260,6 +345,52 @@ export class EtcdSession implements MetadataSession {
     await this.leased(`ack ring ${ack.ringVersion}`, () => this.deps.ns.put(ringAckKey(this.id)).value(encodeRecord(record)).lease(this.id).exec());
   }
 
+  /**
+   * Takes over a lock that this session's lease already holds (taken by an
+   * earlier run of this process before a restart), keeping its token.
+   * Refused with TORUS_ERR_VOLUME_LOCK_LOST when the lock is gone, is on
+   * another lease, or carries another token.
+   */
+  async adoptVolumeLock(name: string, token: number): Promise<VolumeLock> {
+    validateVolumeName(name);
+    this.assertUsable(`adopt lock of volume ${name}`);
+    const { ns, call, prefix } = this.deps;
+    const vKey = volumeKey(name);
+    const vRes = await call(`get ${prefix}${vKey}`, () => ns.get(vKey).exec());
+    const vKv = vRes.kvs[0];
+    if (vKv === undefined) throw volumeNotFoundError(name);
+    const volume = decodeVolumeRecord(prefix + vKey, vKv.value.toString('utf8'));
+    const lockKey = volumeLockKey(volume.id);
+    const lRes = await call(`get ${prefix}${lockKey}`, () => ns.get(lockKey).exec());
+    const lKv = lRes.kvs[0];
+    if (lKv === undefined) throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${name}" is no longer locked: the lock of lease ${this.id} is gone`);
+    const record = decodeVolumeLockRecord(prefix + lockKey, lKv.value.toString('utf8'));
+    if (String(lKv.lease) !== this.id || record.token !== token) {
+      throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${name}" is locked by ${record.holder} (token ${record.token}, lease ${String(lKv.lease)}), not by lease ${this.id} with token ${token}`);
+    }
+    this.log.info({ volume: name, volumeId: volume.id, token }, 'volume lock adopted');
+    return new EtcdVolumeLock(this.deps, this.id, volume, record, lockKey);
+  }
+
+  /**
+   * Stops keeping the lease alive without revoking it: its locks and
+   * records stay until the TTL runs out, so a restarted process can resume
+   * it. One last keepalive first gives the restart the whole TTL.
+   */
+  async suspend(): Promise<void> {
+    if (this.state === 'closed' || this.state === 'lost') return;
+    try {
+      await this.deps.call(`keepalive lease ${this.id}`, () => this.lease.keepaliveOnce());
+    } catch (err) {
+      this.log.warn({ err }, 'last keepalive before suspending the lease failed');
+    }
+    this.state = 'closed';
+    this.watchdog?.cancel();
+    this.lease.release();
+    this.deps.onClosed(this);
+    this.log.info('session suspended; the lease lives on until its TTL');
+  }
+
   async close(): Promise<void> {
     if (this.state === 'closed') return;
     const wasLost = this.state === 'lost';
@@ -290,7 +421,10 @@ class EtcdVolumeLock implements VolumeLock {
     this.volume = volume;
     this.token = record.token;
     this.holder = record.holder;
-    this.kind = record.kind ?? 'writer';
+    const kind = record.kind ?? 'writer';
+    // Reader locks are VolumeReaderLocks: a writer or maintainer lock is never made from a reader record.
+    assert(kind !== 'reader', `lock ${key} made from a reader record`);
+    this.kind = kind;
   }
 
   async stillHeld(): Promise<boolean> {
@@ -330,6 +464,34 @@ class EtcdVolumeLock implements VolumeLock {
     if (this.released) return;
     const { ns, call } = this.deps;
     // Delete only our own lock: after a lease loss someone else may hold it.
+    await call(`unlock ${this.key} of volume ${this.volume.name}`, () => ns.if(this.key, 'Lease', '==', this.leaseId).then(ns.delete().key(this.key)).commit());
+    this.released = true;
+  }
+}
+
+class EtcdVolumeReaderLock implements VolumeReaderLock {
+  readonly kind = 'reader' as const;
+  private released = false;
+
+  constructor(
+    private readonly deps: EtcdSessionDeps,
+    private readonly leaseId: string,
+    readonly volume: VolumeRecord,
+    readonly holder: string,
+    /** volume-readers/<id>/<lease> */
+    private readonly key: string,
+  ) {}
+
+  async stillHeld(): Promise<boolean> {
+    const { ns, call, prefix } = this.deps;
+    const res = await call(`get ${prefix}${this.key}`, () => ns.get(this.key).exec());
+    const kv = res.kvs[0];
+    return kv !== undefined && kv.lease === this.leaseId;
+  }
+
+  async release(): Promise<void> {
+    if (this.released) return;
+    const { ns, call } = this.deps;
     await call(`unlock ${this.key} of volume ${this.volume.name}`, () => ns.if(this.key, 'Lease', '==', this.leaseId).then(ns.delete().key(this.key)).commit());
     this.released = true;
   }

@@ -21,6 +21,7 @@ export const KEYS = {
   movesPrefix: 'moves/',
   healthPrefix: 'health/',
   volumeMaintPrefix: 'volume-maint/',
+  volumeReadersPrefix: 'volume-readers/',
 } as const;
 
 export function volumeKey(name: string): string {
@@ -49,6 +50,16 @@ export function peerKey(uuid: string): string {
 /** The volume's maintenance lock (leased), beside its writer lock. */
 export function volumeMaintKey(volumeId: number): string {
   return KEYS.volumeMaintPrefix + String(volumeId);
+}
+
+/** Every reader lock of one volume: the trailing slash keeps volume 1 from matching 10. */
+export function volumeReadersPrefix(volumeId: number): string {
+  return `${KEYS.volumeReadersPrefix}${volumeId}/`;
+}
+
+/** One session's reader lock on a volume (leased): one key per lease, so a session holds at most one. */
+export function volumeReaderKey(volumeId: number, leaseId: string): string {
+  return volumeReadersPrefix(volumeId) + leaseId;
 }
 
 /** Every stale record of one volume: the trailing slash keeps volume 1 from matching 10. */
@@ -113,6 +124,7 @@ export function describeKeyLayout(prefix: string = DEFAULT_PREFIX): KeyDoc[] {
     { key: `${p}${KEYS.ring}`, what: 'RingRecord JSON (schema 2): version, members, weights, replication, minReplicas and the transition in progress; changed by compare-and-swap on its version' },
     { key: `${p}${KEYS.secret}`, what: 'the cluster secret peers authenticate with (64 hex digits), written once by init or by the first peer of a 0.1.0 cluster' },
     { key: `${p}${KEYS.volumeMaintPrefix}<volumeId>`, what: 'VolumeLockRecord JSON of the maintainer moving, catching up or scrubbing the volume while no one writes it, attached to its lease' },
+    { key: `${p}${KEYS.volumeReadersPrefix}<volumeId>/<lease>`, what: 'VolumeLockRecord JSON (kind reader) of each session reading the volume under a reader lock, attached to its lease; readers and a writer exclude each other' },
     { key: `${p}${KEYS.stalePrefix}<volumeId>/<uuid>`, what: 'StaleRecord JSON: blocks of the volume (ranges, or all) that peer must not be read for until it has caught up' },
     { key: `${p}${KEYS.ringAcksPrefix}<lease>`, what: 'RingAck JSON of each process doing I/O: the ring version it uses and the fence revision it has learnt, attached to its lease' },
     { key: `${p}${KEYS.movesPrefix}<ringVersion>/<volumeId>`, what: "VolumeMoveRecord JSON: a volume's progress in the transition that started at that ring version (done, scanned, copied)" },

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { assert } from '../util/assert.js';
 import { TorusError } from '../errors/torus-error.js';
 import { addToStale, removeFromStale, type BlockRange } from '../model/ranges.js';
 import type {
@@ -31,9 +32,11 @@ import {
   volumeKey,
   volumeLockKey,
   volumeMaintKey,
+  volumeReaderKey,
+  volumeReadersPrefix,
 } from './keys.js';
 import { MemoryEtcd, type KvEvent, type KvOp } from './memory-etcd.js';
-import type { MetadataService, MetadataSession, SessionEvent, VolumeLock } from './metadata-service.js';
+import type { MetadataService, MetadataSession, SessionEvent, VolumeLock, VolumeReaderLock } from './metadata-service.js';
 import {
   decodeClusterConfig,
   decodeClusterSecret,
@@ -70,6 +73,7 @@ import {
   VOLUME_ID_MAX,
   CLUSTER_SECRET_BYTES,
   SESSION_TTL_MAX_SECONDS,
+  volumeReadersError,
 } from './validate.js';
 
 /**
@@ -244,13 +248,20 @@ export class MemoryMetadata implements MetadataService {
     return decodeCounter(volumeFenceKey(volumeId), this.getJson(volumeFenceKey(volumeId)));
   }
 
-  /** Writer locks only: a maintainer never blocks a writer. */
+  /** The reader locks of a volume, as stored. */
+  readersOf(volumeId: number): VolumeLockRecord[] {
+    return this.server.range(volumeReadersPrefix(volumeId)).map(({ key, entry }) => decodeVolumeLockRecord(key, entry.value));
+  }
+
+  /** Writer locks and reader locks exclude each other: a maintainer never blocks a writer. */
   tryLock(name: string, holder: string, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord } {
     const vText = this.getJson(volumeKey(name));
     if (vText === null) throw volumeNotFoundError(name);
     const volume = decodeVolumeRecord(volumeKey(name), vText);
     const held = this.getJson(volumeLockKey(volume.id));
     if (held !== null) throw volumeInUseError(name, decodeVolumeLockRecord(volumeLockKey(volume.id), held));
+    const readers = this.readersOf(volume.id);
+    if (readers.length > 0) throw volumeReadersError(name, readers, readers.length);
     const token = this.fenceOf(volume.id) + 1;
     const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token, acquiredAt: this.nowIso(), kind: 'writer' };
     this.server.commit([
@@ -258,6 +269,23 @@ export class MemoryMetadata implements MetadataService {
       { type: 'put', key: volumeFenceKey(volume.id), value: String(token) },
     ]);
     return { volume, record };
+  }
+
+  /** A reader lock: refused while a writer holds the volume; readers share it. */
+  tryLockForReading(name: string, holder: string, leaseId: string): { volume: VolumeRecord; key: string } {
+    const vText = this.getJson(volumeKey(name));
+    if (vText === null) throw volumeNotFoundError(name);
+    const volume = decodeVolumeRecord(volumeKey(name), vText);
+    const held = this.getJson(volumeLockKey(volume.id));
+    if (held !== null) throw volumeInUseError(name, decodeVolumeLockRecord(volumeLockKey(volume.id), held));
+    const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token: this.fenceOf(volume.id), acquiredAt: this.nowIso(), kind: 'reader' };
+    const key = volumeReaderKey(volume.id, leaseId);
+    this.server.commit([{ type: 'put', key, value: encodeRecord(record), lease: leaseId }]);
+    return { volume, key };
+  }
+
+  readerKeyHeld(key: string, leaseId: string): boolean {
+    return this.server.get(key)?.lease === leaseId;
   }
 
   tryLockForMaintenance(volumeId: number, holder: string, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord } {
@@ -279,6 +307,21 @@ export class MemoryMetadata implements MetadataService {
   lockKeyHeld(key: string, leaseId: string, token: number): boolean {
     const entry = this.server.get(key);
     return entry !== undefined && entry.lease === leaseId && decodeVolumeLockRecord(key, entry.value).token === token;
+  }
+
+  /** The lock record when `leaseId` holds the volume's writer lock under `token`; else TORUS_ERR_VOLUME_LOCK_LOST. */
+  adoptLock(name: string, token: number, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord } {
+    const vText = this.getJson(volumeKey(name));
+    if (vText === null) throw volumeNotFoundError(name);
+    const volume = decodeVolumeRecord(volumeKey(name), vText);
+    const key = volumeLockKey(volume.id);
+    const entry = this.server.get(key);
+    if (entry === undefined) throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${name}" is no longer locked: the lock of lease ${leaseId} is gone`);
+    const record = decodeVolumeLockRecord(key, entry.value);
+    if (entry.lease !== leaseId || record.token !== token) {
+      throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${name}" is locked by ${record.holder} (token ${record.token}, lease ${String(entry.lease)}), not by lease ${leaseId} with token ${token}`);
+    }
+    return { volume, record };
   }
 
   /** Keeps a lock under its lease with the next token. */
@@ -640,12 +683,14 @@ export class MemoryMetadata implements MetadataService {
 
   // ---- volumes
 
-  async createVolume(name: string, size: number): Promise<VolumeRecord> {
+  async createVolume(name: string, size: number, opts: { readonly admit?: (volumes: readonly VolumeRecord[]) => void } = {}): Promise<VolumeRecord> {
     validateVolumeName(name);
     validateVolumeSize(size);
     return this.op(`create volume ${name}`, () => {
       const config = this.requireConfig();
       if (this.getJson(volumeKey(name)) !== null) throw new TorusError('TORUS_ERR_VOLUME_EXISTS', `a volume named "${name}" already exists`, { details: { volume: name } });
+      // One synchronous step: the listing and the create are one transaction.
+      opts.admit?.(this.server.range(KEYS.volumesPrefix).map(({ key, entry }) => decodeVolumeRecord(key, entry.value)));
       const id = decodeCounter(KEYS.volumeIdCounter, this.getJson(KEYS.volumeIdCounter)) + 1;
       if (id > VOLUME_ID_MAX) throw new TorusError('TORUS_ERR_ARG_INVALID', 'no volume ids are left in this cluster');
       const record: VolumeRecord = { schema: 1, id, name, type: 'block', size, blockSize: config.blockSize, generation: 1, createdAt: this.nowIso() };
@@ -675,14 +720,17 @@ export class MemoryMetadata implements MetadataService {
     );
   }
 
-  async deleteVolume(name: string): Promise<VolumeRecord> {
+  async deleteVolume(name: string, opts: { readonly id?: number } = {}): Promise<VolumeRecord> {
     validateVolumeName(name);
     return this.op(`delete volume ${name}`, () => {
       const text = this.getJson(volumeKey(name));
       if (text === null) throw volumeNotFoundError(name);
       const record = decodeVolumeRecord(volumeKey(name), text);
+      if (opts.id !== undefined && record.id !== opts.id) throw volumeNotFoundError(name);
       const lock = this.getJson(volumeLockKey(record.id));
       if (lock !== null) throw volumeInUseError(name, decodeVolumeLockRecord(volumeLockKey(record.id), lock));
+      const readers = this.readersOf(record.id);
+      if (readers.length > 0) throw volumeReadersError(name, readers, readers.length);
       // Ids are never reused: every record keyed by this id can go, and a
       // maintainer still at work finds its lock and fence gone.
       const moves = this.server.range(KEYS.movesPrefix).filter(({ key }) => parseMoveKey(key)?.volumeId === record.id);
@@ -703,6 +751,10 @@ export class MemoryMetadata implements MetadataService {
       const text = this.getJson(volumeLockKey(volumeId));
       return text === null ? null : decodeVolumeLockRecord(volumeLockKey(volumeId), text);
     });
+  }
+
+  async listVolumeReaders(volumeId: number): Promise<VolumeLockRecord[]> {
+    return this.op(`list readers of volume ${volumeId}`, () => this.readersOf(volumeId).sort((a, b) => (a.acquiredAt < b.acquiredAt ? -1 : a.acquiredAt > b.acquiredAt ? 1 : 0)));
   }
 
   async volumeIdsForGc(): Promise<{ live: number[]; lastId: number }> {
@@ -755,6 +807,20 @@ export class MemoryMetadata implements MetadataService {
     const grantedAt = this.clock.monotonic();
     const leaseId = await this.op('grant lease', () => this.server.grantLease(ttl * 1000));
     const session = new MemorySession(this, leaseId, ttl * 1000, grantedAt, this.clock, () => this.sessions.delete(session));
+    this.sessions.add(session);
+    return session;
+  }
+
+  async resumeSession(opts: { leaseId: string; ttlSeconds: number }): Promise<MetadataSession> {
+    const ttl = opts.ttlSeconds;
+    if (!Number.isInteger(ttl) || ttl < 1 || ttl > SESSION_TTL_MAX_SECONDS) {
+      throw new TorusError('TORUS_ERR_ARG_INVALID', `session TTL ${String(ttl)} s must be a whole number from 1 to ${SESSION_TTL_MAX_SECONDS}`);
+    }
+    const sentAt = this.clock.monotonic();
+    // A keepalive answered for the lease is the proof it still exists; the deadline runs from it.
+    const alive = await this.op(`resume lease ${opts.leaseId}`, () => this.server.keepalive(opts.leaseId));
+    if (!alive) throw new TorusError('TORUS_ERR_SESSION_LOST', `etcd lease ${opts.leaseId} has expired or was revoked`);
+    const session = new MemorySession(this, opts.leaseId, ttl * 1000, sentAt, this.clock, () => this.sessions.delete(session));
     this.sessions.add(session);
     return session;
   }
@@ -878,6 +944,13 @@ class MemorySession implements MetadataSession {
     return new MemoryVolumeLock(this.md, this.id, volume, record, volumeLockKey(volume.id));
   }
 
+  async lockVolumeForReading(name: string, holder: string): Promise<VolumeReaderLock> {
+    validateVolumeName(name);
+    validateHolder(holder);
+    const { volume, key } = await this.leased(`lock volume ${name} for reading`, () => this.md.tryLockForReading(name, holder, this.id));
+    return new MemoryVolumeReaderLock(this.md, this.id, volume, holder, key);
+  }
+
   async lockVolumeForMaintenance(volumeId: number, holder: string): Promise<VolumeLock> {
     validateVolumeId(volumeId);
     validateHolder(holder);
@@ -891,6 +964,22 @@ class MemorySession implements MetadataSession {
     await this.leased('ack ring', () => {
       this.md.server.commit([{ type: 'put', key: ringAckKey(this.id), value: encodeRecord(record), lease: this.id }]);
     });
+  }
+
+  async adoptVolumeLock(name: string, token: number): Promise<VolumeLock> {
+    validateVolumeName(name);
+    const { volume, record } = await this.leased(`adopt lock of volume ${name}`, () => this.md.adoptLock(name, token, this.id));
+    return new MemoryVolumeLock(this.md, this.id, volume, record, volumeLockKey(volume.id));
+  }
+
+  /** Stops keepalives without revoking: the lease and its keys live until the TTL (see resumeSession). */
+  async suspend(): Promise<void> {
+    if (this.state === 'closed' || this.state === 'lost') return;
+    await this.md.op(`keepalive lease ${this.id}`, () => this.md.server.keepalive(this.id)).catch(() => undefined);
+    this.state = 'closed';
+    this.timer?.cancel();
+    this.unsubscribe();
+    this.onClosed();
   }
 
   /** The client is closing: no more keepalives, and the lease goes without a 'lost' event. */
@@ -930,7 +1019,10 @@ class MemoryVolumeLock implements VolumeLock {
   ) {
     this.token = record.token;
     this.holder = record.holder;
-    this.kind = record.kind ?? 'writer';
+    const kind = record.kind ?? 'writer';
+    // Reader locks are VolumeReaderLocks: a writer or maintainer lock is never made from a reader record.
+    assert(kind !== 'reader', `lock ${key} made from a reader record`);
+    this.kind = kind;
   }
 
   async stillHeld(): Promise<boolean> {
@@ -940,6 +1032,29 @@ class MemoryVolumeLock implements VolumeLock {
   async renew(): Promise<VolumeLock> {
     const record = await this.md.op(`renew ${this.key}`, () => this.md.renewLockKey(this.key, this.leaseId, this.volume.id));
     return new MemoryVolumeLock(this.md, this.leaseId, this.volume, record, this.key);
+  }
+
+  async release(): Promise<void> {
+    if (this.released) return;
+    await this.md.op(`unlock ${this.key}`, () => this.md.unlockKey(this.key, this.leaseId));
+    this.released = true;
+  }
+}
+
+class MemoryVolumeReaderLock implements VolumeReaderLock {
+  readonly kind = 'reader' as const;
+  private released = false;
+
+  constructor(
+    private readonly md: MemoryMetadata,
+    private readonly leaseId: string,
+    readonly volume: VolumeRecord,
+    readonly holder: string,
+    private readonly key: string,
+  ) {}
+
+  async stillHeld(): Promise<boolean> {
+    return this.md.op(`check lock ${this.key}`, () => this.md.readerKeyHeld(this.key, this.leaseId));
   }
 
   async release(): Promise<void> {

@@ -89,18 +89,30 @@ export interface MetadataService {
   /** TORUS_ERR_VOLUME_NOT_FOUND when the volume has no fencing token (as addStale). */
   putVolumeHealth(record: VolumeHealthRecord): Promise<void>;
 
-  /** Validates name and size; TORUS_ERR_VOLUME_EXISTS, TORUS_ERR_CLUSTER_NOT_INITIALISED. */
-  createVolume(name: string, size: number): Promise<VolumeRecord>;
+  /**
+   * Validates name and size; TORUS_ERR_VOLUME_EXISTS, TORUS_ERR_CLUSTER_NOT_INITIALISED.
+   * `admit` (capacity reservations) is shown every volume of the cluster,
+   * read within the compare-and-swap that creates this one: it throws to
+   * refuse, and a volume created by anyone between its listing and the
+   * create makes the create list again and ask again. So concurrent creates
+   * never admit more than `admit` would one at a time. An existing volume
+   * of this name is TORUS_ERR_VOLUME_EXISTS before `admit` is asked.
+   */
+  createVolume(name: string, size: number, opts?: { readonly admit?: (volumes: readonly VolumeRecord[]) => void }): Promise<VolumeRecord>;
   /** TORUS_ERR_VOLUME_NOT_FOUND. */
   getVolume(name: string): Promise<VolumeRecord>;
   listVolumes(): Promise<VolumeRecord[]>;
   /**
-   * Refused with TORUS_ERR_VOLUME_IN_USE while a write lock is held (a
-   * maintenance lock does not stop it). Deletes the volume's fence,
-   * maintenance lock, stale, move and health records with it.
+   * Refused with TORUS_ERR_VOLUME_IN_USE while a write lock or a reader lock
+   * is held (a maintenance lock does not stop it). Deletes the volume's fence,
+   * maintenance lock, stale, move and health records with it. With `id`,
+   * only the volume of that id: a volume that took the name since is
+   * TORUS_ERR_VOLUME_NOT_FOUND and stays (ids are never reused).
    */
-  deleteVolume(name: string): Promise<VolumeRecord>;
+  deleteVolume(name: string, opts?: { readonly id?: number }): Promise<VolumeRecord>;
   getVolumeLock(volumeId: number): Promise<VolumeLockRecord | null>;
+  /** The reader locks held on a volume (kind reader), oldest first. */
+  listVolumeReaders(volumeId: number): Promise<VolumeLockRecord[]>;
   /**
    * For garbage collection: the ids of live volumes and the highest id ever
    * handed out, read so that an id at or below `lastId` that is not live
@@ -121,6 +133,12 @@ export interface MetadataService {
   revokeStaleLease(id: string): Promise<void>;
   /** A session owns one etcd lease; what it registers or locks dies with it. */
   openSession(opts: { ttlSeconds: number }): Promise<MetadataSession>;
+  /**
+   * Takes over a lease that an earlier run of this process was granted and
+   * did not revoke (kernel attachments across a torusd restart).
+   * TORUS_ERR_SESSION_LOST when etcd no longer has it.
+   */
+  resumeSession(opts: { leaseId: string; ttlSeconds: number }): Promise<MetadataSession>;
   close(): Promise<void>;
 }
 
@@ -145,6 +163,16 @@ export interface MetadataSession {
    */
   lockVolume(name: string, holder: string): Promise<VolumeLock>;
   /**
+   * Takes a reader lock on a volume: any number of sessions may hold one at
+   * once. Refused with TORUS_ERR_VOLUME_IN_USE, naming the writer, while a
+   * writer holds the volume; while any reader holds it, lockVolume and
+   * deleteVolume are refused. Maintainers neither block readers nor are
+   * blocked by them (they copy blocks, they do not change what a reader
+   * reads). Readers never write, so no fencing token is drawn. One reader
+   * lock per session and volume: taking it again keeps the one lock.
+   */
+  lockVolumeForReading(name: string, holder: string): Promise<VolumeReaderLock>;
+  /**
    * Takes a volume's maintenance lock (docs/replication.md, "Maintenance"):
    * refused with TORUS_ERR_VOLUME_IN_USE while a writer or another maintainer
    * holds it. Draws a token from the same counter as lockVolume.
@@ -152,6 +180,14 @@ export interface MetadataSession {
   lockVolumeForMaintenance(volumeId: number, holder: string): Promise<VolumeLock>;
   /** Publishes (or refreshes) this process's ring acknowledgement under the lease. */
   ackRing(ack: { readonly peer: string | null; readonly kind: 'peer' | 'client'; readonly ringVersion: number; readonly fenceRevision: number }): Promise<void>;
+  /**
+   * Takes over a lock this session's lease holds already, with its token
+   * (after resumeSession). TORUS_ERR_VOLUME_LOCK_LOST when the lock is gone,
+   * on another lease or under another token.
+   */
+  adoptVolumeLock(name: string, token: number): Promise<VolumeLock>;
+  /** Stops keepalives without revoking: locks and records live until the TTL (see resumeSession). */
+  suspend(): Promise<void>;
   on(listener: (event: SessionEvent) => void): () => void;
   /** Monotonic ms deadline after which the lease must be assumed expired. */
   leaseDeadline(): number;
@@ -175,6 +211,15 @@ export interface VolumeLock {
    * held under this lease.
    */
   renew(): Promise<VolumeLock>;
+  release(): Promise<void>;
+}
+
+export interface VolumeReaderLock {
+  readonly volume: VolumeRecord;
+  readonly holder: string;
+  readonly kind: 'reader';
+  /** True while the reader key still exists under this session's lease (read from etcd). */
+  stillHeld(): Promise<boolean>;
   release(): Promise<void>;
 }
 

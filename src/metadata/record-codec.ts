@@ -257,11 +257,11 @@ export function decodeVolumeLockRecord(key: string, text: string): VolumeLockRec
 }
 
 /** 0.1.0 lock records have no kind: only writers existed. */
-function lockKind(key: string, o: Json): 'writer' | 'maintainer' {
+function lockKind(key: string, o: Json): 'writer' | 'maintainer' | 'reader' {
   const v = o['kind'];
   if (v === undefined || v === 'writer') return 'writer';
-  if (v === 'maintainer') return 'maintainer';
-  throw corrupt(key, `lock kind ${JSON.stringify(v)} is not writer or maintainer`);
+  if (v === 'maintainer' || v === 'reader') return v;
+  throw corrupt(key, `lock kind ${JSON.stringify(v)} is not writer, maintainer or reader`);
 }
 
 /** The cluster secret: 32 bytes as 64 lowercase hex digits. */

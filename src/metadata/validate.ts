@@ -100,9 +100,18 @@ export function validateRing(ring: RingRecord): void {
 }
 
 export function volumeInUseError(name: string, lock: VolumeLockRecord): TorusError {
-  const what = lock.kind === 'maintainer' ? 'under maintenance by' : 'in use by';
+  const what = lock.kind === 'maintainer' ? 'under maintenance by' : lock.kind === 'reader' ? 'read (under a reader lock) by' : 'in use by';
   return new TorusError('TORUS_ERR_VOLUME_IN_USE', `volume "${name}" is ${what} ${lock.holder} since ${lock.acquiredAt}`, {
     details: { volume: name, volumeId: lock.volumeId, holder: lock.holder, token: lock.token, acquiredAt: lock.acquiredAt, kind: lock.kind ?? 'writer' },
+  });
+}
+
+/** A writer (or a delete) refused while readers hold the volume: the first reader is named, with how many more there are. */
+export function volumeReadersError(name: string, readers: readonly VolumeLockRecord[], total: number): TorusError {
+  const first = readers[0]!;
+  const more = total > 1 ? ` and ${total - 1} other reader${total > 2 ? 's' : ''}` : '';
+  return new TorusError('TORUS_ERR_VOLUME_IN_USE', `volume "${name}" is read (under a reader lock) by ${first.holder} since ${first.acquiredAt}${more}`, {
+    details: { volume: name, volumeId: first.volumeId, holder: first.holder, acquiredAt: first.acquiredAt, kind: 'reader', readers: total },
   });
 }
 

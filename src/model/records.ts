@@ -172,6 +172,11 @@ export interface VolumeLockRecord {
    */
   readonly token: number;
   readonly acquiredAt: string;
-  /** writer: serves the volume (NBD); maintainer: moves, catches up or scrubs it while no one writes. Absent (0.1.0) means writer. */
-  readonly kind?: 'writer' | 'maintainer';
+  /**
+   * writer: serves the volume (NBD); maintainer: moves, catches up or
+   * scrubs it while no one writes; reader: reads it under a shared reader
+   * lock (no writer meanwhile; its token is the volume's newest when it
+   * began, for messages only). Absent (0.1.0) means writer.
+   */
+  readonly kind?: 'writer' | 'maintainer' | 'reader';
 }

@@ -1,6 +1,7 @@
 import type { BlockMeta, ListedBlock } from './block-meta.js';
 import type { BlockRef } from './block-ref.js';
 import type { Version } from './version.js';
+import type { PeerRecord } from './records.js';
 
 /**
  * What one peer asks of another: the peer protocol's meaning, independent
@@ -142,4 +143,9 @@ export interface PeerTransport {
    * answers): changes it took but had not made durable may be gone.
    */
   onPeerRestart?(listener: (uuid: string) => void): void;
+  /**
+   * The peer records just read from etcd: a transport that dials addresses
+   * takes each peer's current one (a restarted peer may listen elsewhere).
+   */
+  setPeers?(peers: readonly PeerRecord[]): void;
 }

@@ -31,21 +31,31 @@ const MOVE_PROGRESS_EVERY_BLOCKS = 256;
 export class VolumeJobs {
   private readonly log: Logger;
   private running: Promise<JobReport> | null = null;
-  private lastScrubAt = -Infinity;
+  /** A writer's first deep scrub comes one interval after it opened the volume, not at once. */
+  private lastScrubAt: number;
+  /** The ring version of the last check of every copy that this coordinator made or read back. */
+  private checkedRing = -1;
 
   constructor(private readonly c: VolumeCoordinator) {
     this.log = c.log.child({ job: 'background' });
+    this.lastScrubAt = c.ctx.clock.monotonic();
   }
 
-  /** One pass of everything that is due. Concurrent callers share the pass. */
-  runOnce(opts: { scrub?: boolean } = {}): Promise<JobReport> {
+  /**
+   * One pass of everything that is due. Concurrent callers share the pass.
+   * `scrub`: 'deep' reads every page of every copy, 'scan' compares copies
+   * by version and digest only; by default a deep scrub runs at the scrub
+   * interval and a scan whenever the last check of the volume is from an
+   * older ring (it backs `Balanced: true`).
+   */
+  runOnce(opts: { scrub?: 'deep' | 'scan' } = {}): Promise<JobReport> {
     if (this.running === null) {
       this.running = this.pass(opts).finally(() => (this.running = null));
     }
     return this.running;
   }
 
-  private async pass(opts: { scrub?: boolean }): Promise<JobReport> {
+  private async pass(opts: { scrub?: 'deep' | 'scan' }): Promise<JobReport> {
     const report = { caughtUp: 0, moved: 0, scrubbed: 0, repaired: 0, pending: 0, idle: true };
     try {
       await this.c.stale.refresh();
@@ -55,7 +65,8 @@ export class VolumeJobs {
     await this.catchUp(report);
     await this.repairSuspects(report);
     await this.move(report);
-    if (opts.scrub === true || this.scrubDue()) await this.scrub(report);
+    const kind = opts.scrub ?? (this.scrubDue() ? 'deep' : (await this.scanDue()) ? 'scan' : null);
+    if (kind !== null) await this.scrub(report, kind === 'deep');
     const stats = this.c.ctx.stats;
     stats.caughtUp += report.caughtUp;
     stats.moved += report.moved;
@@ -244,12 +255,26 @@ export class VolumeJobs {
     return every > 0 && this.c.ctx.ring().transition === null && this.c.ctx.clock.monotonic() - this.lastScrubAt >= every;
   }
 
+  /** The ring is stable and the volume's last check was made under another ring version. */
+  private async scanDue(): Promise<boolean> {
+    const ring = this.c.ctx.ring();
+    if (ring.transition !== null || this.checkedRing === ring.version) return false;
+    const health = await this.c.ctx.metadata.listVolumeHealth().catch(() => null);
+    if (health === null) return false;
+    const h = health.find((x) => x.volumeId === this.c.volume.id);
+    if (h !== undefined && h.ringVersion === ring.version) {
+      this.checkedRing = ring.version;
+      return false;
+    }
+    return true;
+  }
+
   /**
    * Compares every owner's copy of every block: missing, behind or suspect
    * copies are brought up to date; every page of every current copy is
    * checked against its CRC, and a copy that fails is replaced.
    */
-  private async scrub(report: { scrubbed: number; repaired: number; pending: number }): Promise<void> {
+  private async scrub(report: { scrubbed: number; repaired: number; pending: number }, deep: boolean): Promise<void> {
     const c = this.c;
     const ring = c.ctx.ring();
     const indexes = new Set<number>(c.stale.allRecordedBlocks());
@@ -275,14 +300,21 @@ export class VolumeJobs {
       });
       if (r.unavailable || r.failed.length > 0) short++;
       repaired += r.fixed.filter((u) => before.includes(u)).length;
-      // Every page of every copy against its CRC.
-      const digests = new Set<number>();
-      for (const u of r.fixed) {
+      // Every page of every copy against its CRC (a deep scrub only). The
+      // checks run after the block's order is released, so a client write
+      // may land between two of them: only copies at one version must have
+      // one digest.
+      const digests = new Map<number, Set<number>>();
+      for (const u of deep ? r.fixed : []) {
         const api = c.replica(u);
         if (api === null) continue;
         try {
           const meta = await withTimeout(api.verify(c.ctx.requestContext(), c.refOf(index)), c.ctx.settings.replicaTimeoutMs, c.ctx.clock, `verify on peer ${u}`);
-          if (meta.state === 'data') digests.add(meta.digest);
+          if (meta.state === 'data') {
+            let atVersion = digests.get(meta.version);
+            if (atVersion === undefined) digests.set(meta.version, (atVersion = new Set()));
+            atVersion.add(meta.digest);
+          }
         } catch (err) {
           if (isTorusError(err, 'TORUS_ERR_STORE_CRC_MISMATCH') || isTorusError(err, 'TORUS_ERR_REPLICA_STALE')) {
             this.log.warn({ block: index, peer: u }, 'scrub found a corrupt copy; replacing it');
@@ -295,7 +327,7 @@ export class VolumeJobs {
           }
         }
       }
-      if (digests.size > 1) {
+      if ([...digests.values()].some((d) => d.size > 1)) {
         divergent++;
         c.ctx.stats.divergent++;
         this.log.error({ block: index }, 'copies at one version differ in content (a bug or silent corruption the CRCs did not catch)');
@@ -304,11 +336,12 @@ export class VolumeJobs {
     }
     report.repaired += repaired;
     report.pending += short;
-    this.lastScrubAt = c.ctx.clock.monotonic();
+    if (deep) this.lastScrubAt = c.ctx.clock.monotonic();
+    if (short === 0) this.checkedRing = ring.version;
     await c.ctx.metadata
       .putVolumeHealth({ schema: 1, volumeId: c.volume.id, ringVersion: ring.version, blocks: sorted.length, short, repaired, divergent, checkedAt: new Date(c.ctx.clock.now()).toISOString() })
       .catch((err: unknown) => this.log.warn({ err }, 'could not record the scrub result'));
-    this.log.info({ blocks: sorted.length, short, repaired, divergent }, 'scrub done');
+    this.log.info({ blocks: sorted.length, short, repaired, divergent, deep }, deep ? 'scrub done' : 'copies checked');
   }
 
   /** Every block of the volume a peer holds, or null if it could not be listed completely. */

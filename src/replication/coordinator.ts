@@ -43,6 +43,8 @@ export interface CoordinatorOptions {
   readonly volume: VolumeRecord;
   readonly lock: VolumeLock;
   readonly writeLevel?: WriteLevel;
+  /** The lock was renewed or taken again (a newer token): whoever records it updates. */
+  readonly onLockChanged?: (lock: VolumeLock) => void;
 }
 
 /** One change to one block, as the NBD layer asks it. */
@@ -69,6 +71,7 @@ export class VolumeCoordinator {
   private token: number;
   private lock: VolumeLock;
   private renewing: Promise<void> | null = null;
+  private readonly onLockChanged: ((lock: VolumeLock) => void) | undefined;
   readonly kind: 'writer' | 'maintainer';
   private readonly writeLevel: WriteLevel;
   private readonly reconciling = new Map<number, Promise<BlockEntry>>();
@@ -96,6 +99,7 @@ export class VolumeCoordinator {
     this.volume = opts.volume;
     this.token = opts.lock.token;
     this.lock = opts.lock;
+    this.onLockChanged = opts.onLockChanged;
     this.kind = opts.lock.kind;
     this.writeLevel = opts.writeLevel ?? opts.ctx.settings.writeLevel;
     this.log = opts.ctx.logger.child({ module: 'coordinator', volume: opts.volume.name, volumeId: opts.volume.id, role: opts.lock.kind });
@@ -143,6 +147,7 @@ export class VolumeCoordinator {
     this.lock = lock;
     this.token = lock.token;
     this.seq = 0;
+    this.onLockChanged?.(lock);
     this.fenced = null;
     await this.publishToken();
   }
@@ -165,14 +170,17 @@ export class VolumeCoordinator {
         return;
       }
       if (isTorusError(r.reason, 'TORUS_ERR_VOLUME_FENCED')) throw r.reason;
-      // A DOWN peer re-reads every fence from etcd before it serves again;
-      // any other peer that did not learn the token is not trusted for this
-      // volume until a catch-up (which starts by teaching it the token).
-      if (!this.ctx.health.isDown(u)) missed.push(u);
+      // A peer that did not learn the token now learns it from etcd (its
+      // fence watch, or the full re-read every peer makes before it takes
+      // changes again after losing its session) or from the first change
+      // this coordinator sends it, whichever comes first. Its copies stay
+      // trusted: the old writer acknowledged nothing past its own lease
+      // deadline, which passed before this lock could be taken, so anything
+      // it may still land there is a write nobody was told succeeded.
+      missed.push(u);
       if (classifyFailure(r.reason) === 'peer') this.ctx.health.failed(u);
     });
-    await Promise.all(missed.map((u) => this.stale.record(u, 'all')));
-    if (missed.length > 0) this.log.warn({ peers: missed, token: this.token }, 'peers did not learn the fencing token; they are recorded stale for the whole volume');
+    if (missed.length > 0) this.log.warn({ peers: missed, token: this.token }, 'peers did not answer the fencing token; they learn it from etcd or from our first change');
     this.log.info({ token: this.token, peers: peers.length }, 'fencing token published');
   }
 

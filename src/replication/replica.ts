@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { TorusError } from '../errors/torus-error.js';
+import { isTorusError, TorusError } from '../errors/torus-error.js';
 import { compareCopies, type BlockMeta, type ListedBlock } from '../model/block-meta.js';
 import { blockRefKey, type BlockRef } from '../model/block-ref.js';
 import {
@@ -190,6 +190,20 @@ export class Replica implements ReplicaApi {
       if (!meta.suspect && meta.version === version) return true;
       // A copy that is not suspect and not older must not be relabelled.
       if (!meta.suspect && meta.version > version) return false;
+      // The digest sums up the copy's checksum table, not its bytes. A copy
+      // made suspect by a checksum failure still has the table it was
+      // written with (equal digests) over damaged pages: every page must
+      // match its checksum before the copy is trusted again; otherwise the
+      // coordinator installs a fresh copy.
+      if (meta.state === 'data') {
+        try {
+          await this.store.verify(ref);
+        } catch (err) {
+          if (!isTorusError(err, 'TORUS_ERR_STORE_CRC_MISMATCH')) throw err;
+          this.noteCrcFailure(ref, err);
+          return false;
+        }
+      }
       await this.store.confirm(ref, version);
       this.opts.onApplied?.({ ref, kind: 'confirm', token: opts.token, version });
       return true;

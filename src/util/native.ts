@@ -18,6 +18,22 @@ export interface NativeAddon {
   syncfs?(fd: number, callback: (errno: number) => void): void;
   /** Bytes read, or -errno; -EAGAIN when the data is not in the page cache. */
   preadNowait?(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
+  /** Kernel nbd plumbing (src/attach/kernel-nbd.ts): an AF_UNIX stream pair; throws an Error with .errno. */
+  nbdSocketpair?(): [number, number];
+  /** One generic netlink request and its replies up to the ack, on a worker thread. */
+  netlinkTransact?(request: Uint8Array, callback: (errno: number, reply: Buffer | null) => void): void;
+  /** Configures /dev/nbdN by ioctl, then runs NBD_DO_IT on a worker thread until disconnect. */
+  nbdIoctlServe?(
+    path: string,
+    sockFd: number,
+    sizeBytes: number,
+    blockSize: number,
+    flags: number,
+    timeoutS: number,
+    onReady: (errno: number, stage: string) => void,
+    onDone: (errno: number) => void,
+  ): void;
+  nbdIoctlDisconnect?(path: string, callback: (errno: number) => void): void;
 }
 
 /** Directory holding package.json, found from this file in src/util or dist/src/util. */

@@ -10,9 +10,14 @@ export interface EtcdHandle {
   readonly endpoint: string;
   readonly clientPort: number;
   readonly dataDir: string;
+  /** The current run's process (a new one after restart()). */
   readonly process: ChildProcess;
+  /** Stops etcd (SIGTERM, or SIGKILL with `hard`) and starts it again on the same data dir and ports; resolves once it serves. */
+  restart(opts?: { hard?: boolean }): Promise<void>;
   stop(): Promise<void>;
 }
+
+const READY_TIMEOUT_MS = 30_000;
 
 /**
  * Starts a real etcd (Debian's etcd-server) on free loopback ports with a
@@ -25,7 +30,7 @@ export async function startEtcd(): Promise<EtcdHandle> {
   const peerPort = await freePort();
   const client = `http://127.0.0.1:${clientPort}`;
   const peer = `http://127.0.0.1:${peerPort}`;
-  const child = spawn(bin, [
+  const args = [
     '--name', 'test',
     '--data-dir', dataDir,
     '--listen-client-urls', client,
@@ -35,35 +40,56 @@ export async function startEtcd(): Promise<EtcdHandle> {
     '--initial-cluster', `test=${peer}`,
     '--log-level', 'error',
     '--logger', 'zap',
-  ], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ETCD_UNSUPPORTED_ARCH: process.arch === 'arm64' ? 'arm64' : '' } });
+  ];
   let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-4000); });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let child!: ChildProcess;
+  let exited!: Promise<void>;
+  const launch = (): void => {
+    child = spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ETCD_UNSUPPORTED_ARCH: process.arch === 'arm64' ? 'arm64' : '' } });
+    child.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-4000); });
+    exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  };
+  const alive = (): boolean => child.exitCode === null && child.signalCode === null;
+  // Ready when /health answers; etcd prints no stable readiness line at --log-level error.
+  const ready = async (): Promise<void> => {
+    const deadline = Date.now() + READY_TIMEOUT_MS;
+    for (;;) {
+      if (!alive()) throw new Error(`etcd exited with ${child.exitCode ?? child.signalCode}: ${stderr}`);
+      try {
+        const res = await fetch(`${client}/health`, { signal: AbortSignal.timeout(1000) });
+        if (res.ok && ((await res.json()) as { health?: string }).health === 'true') return;
+      } catch {
+        // not listening yet
+      }
+      if (Date.now() > deadline) throw new Error(`etcd did not become healthy within ${READY_TIMEOUT_MS} ms: ${stderr}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  launch();
   const handle: EtcdHandle = {
     endpoint: `127.0.0.1:${clientPort}`,
     clientPort,
     dataDir,
-    process: child,
+    get process() {
+      return child;
+    },
+    async restart(opts = {}) {
+      if (alive()) child.kill(opts.hard ? 'SIGKILL' : 'SIGTERM');
+      await exited;
+      launch();
+      await ready();
+    },
     async stop() {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      if (alive()) child.kill('SIGKILL');
       await exited;
       await rm(dataDir, { recursive: true, force: true });
     },
   };
-  // Ready when /health answers; etcd prints no stable readiness line at --log-level error.
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`etcd exited with ${child.exitCode}: ${stderr}`);
-    try {
-      const res = await fetch(`${client}/health`, { signal: AbortSignal.timeout(1000) });
-      if (res.ok && ((await res.json()) as { health?: string }).health === 'true') return handle;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) {
-      await handle.stop();
-      throw new Error(`etcd did not become healthy within 30 s: ${stderr}`);
-    }
-    await new Promise((r) => setTimeout(r, 50));
+  try {
+    await ready();
+  } catch (err) {
+    await handle.stop();
+    throw err;
   }
+  return handle;
 }

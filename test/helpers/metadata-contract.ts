@@ -131,6 +131,30 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       await h.cleanup?.();
     });
 
+    it('a suspended lease is resumed with its locks and tokens (kernel attach across a torusd restart)', async () => {
+      await initialised();
+      await md.createVolume('att', MiB);
+      const first = await session();
+      const lock = await first.lockVolume('att', 'torusd A');
+      await first.suspend();
+      const resumed = await md.resumeSession({ leaseId: first.id, ttlSeconds: 10 });
+      sessions.push(resumed);
+      expect(resumed.id).toBe(first.id);
+      await expectCode(resumed.adoptVolumeLock('att', lock.token + 1), 'TORUS_ERR_VOLUME_LOCK_LOST');
+      const adopted = await resumed.adoptVolumeLock('att', lock.token);
+      expect(adopted.token).toBe(lock.token);
+      // Still ours: nobody else can take it.
+      const other = await session();
+      await expectCode(other.lockVolume('att', 'torusd B'), 'TORUS_ERR_VOLUME_IN_USE');
+      await expectCode(other.adoptVolumeLock('att', lock.token), 'TORUS_ERR_VOLUME_LOCK_LOST');
+      await adopted.release();
+      const taken = await other.lockVolume('att', 'torusd B');
+      expect(taken.token).toBeGreaterThan(lock.token);
+      // A revoked (or expired) lease cannot be resumed.
+      await md.revokeStaleLease(resumed.id);
+      await expectCode(md.resumeSession({ leaseId: resumed.id, ttlSeconds: 10 }), 'TORUS_ERR_SESSION_LOST');
+    });
+
     it('init stores the config and an empty ring; re-init is refused; force re-initialises from scratch', async () => {
       expect(await md.getClusterConfig()).toBeNull();
       const cfg = await md.initCluster({ blockSize: MiB, replication: 2 }, { force: false });
@@ -202,6 +226,16 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       expect((await md.listVolumes()).length).toBe(1);
     });
 
+    it('deleteVolume by name and id never deletes a later volume that took the name', async () => {
+      await initialised();
+      const old = await md.createVolume('pvc-1', MiB);
+      await md.deleteVolume('pvc-1', { id: old.id });
+      const reborn = await md.createVolume('pvc-1', MiB);
+      await expectCode(md.deleteVolume('pvc-1', { id: old.id }), 'TORUS_ERR_VOLUME_NOT_FOUND');
+      expect((await md.getVolume('pvc-1')).id).toBe(reborn.id);
+      expect((await md.deleteVolume('pvc-1', { id: reborn.id })).id).toBe(reborn.id);
+    });
+
     it('refuses a duplicate name without using up an id', async () => {
       await initialised();
       await md.createVolume('pad', MiB);
@@ -209,6 +243,29 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       expect(err.message).toContain('"pad"');
       expect((await md.getVolume('pad')).size).toBe(MiB);
       expect((await md.createVolume('next', MiB)).id).toBe(2);
+    });
+
+    it('createVolume admits by a check over every volume, read in the same compare-and-swap: concurrent creates never overshoot', async () => {
+      await initialised();
+      await md.createVolume('first', MiB);
+      let seen: string[] = [];
+      const v = await md.createVolume('second', 2 * MiB, { admit: (vols) => void (seen = vols.map((x) => x.name).sort()) });
+      expect(seen).toEqual(['first']);
+      expect(v.size).toBe(2 * MiB);
+      const limit = (vols: readonly { size: number }[]) => {
+        if (vols.reduce((n, x) => n + x.size, 0) + MiB > 6 * MiB) throw new TorusError('TORUS_ERR_ARG_INVALID', 'full');
+      };
+      const refused = await expectCode(md.createVolume('big', 4 * MiB, { admit: (vols) => limit([...vols, { size: 3 * MiB }]) }), 'TORUS_ERR_ARG_INVALID');
+      expect(refused.message).toBe('full');
+      // A refusal uses up no id.
+      expect((await md.volumeIdsForGc()).lastId).toBe(2);
+      // An existing name is "exists", whatever admit would say.
+      await expectCode(md.createVolume('first', MiB, { admit: () => { throw new Error('not asked'); } }), 'TORUS_ERR_VOLUME_EXISTS');
+      // 3 MiB used, 6 MiB allowed: of six concurrent 1 MiB creates, exactly three get in.
+      const results = await Promise.allSettled([0, 1, 2, 3, 4, 5].map((i) => md.createVolume(`c${i}`, MiB, { admit: limit })));
+      expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(3);
+      for (const r of results) if (r.status === 'rejected') expect((r.reason as TorusError).message).toBe('full');
+      expect((await md.listVolumes()).reduce((n, x) => n + x.size, 0)).toBe(6 * MiB);
     });
 
     it('a second writer is refused with a message naming the holder', async () => {
@@ -567,6 +624,84 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       await expectCode(s1.lockVolumeForMaintenance(999, 'x'), 'TORUS_ERR_VOLUME_NOT_FOUND');
       await expectCode(s1.lockVolumeForMaintenance(0, 'x'), 'TORUS_ERR_ARG_INVALID');
       await expectCode(s1.lockVolumeForMaintenance(vol.id, ''), 'TORUS_ERR_ARG_INVALID');
+    });
+
+    it('reader locks: readers share a volume; a writer and a delete are refused while any reads, a reader while a writer writes', async () => {
+      await initialised();
+      const vol = await md.createVolume('pad', MiB);
+      const s1 = await session();
+      const s2 = await session();
+      const s3 = await session();
+      const r1 = await s1.lockVolumeForReading('pad', 'csi node-1');
+      const r2 = await s2.lockVolumeForReading('pad', 'csi node-2');
+      expect(r1).toMatchObject({ kind: 'reader', holder: 'csi node-1' });
+      expect(r1.volume).toEqual(vol);
+      expect(await r1.stillHeld()).toBe(true);
+      expect(await r2.stillHeld()).toBe(true);
+      const readers = await md.listVolumeReaders(vol.id);
+      expect(readers.map((r) => [r.holder, r.kind, r.volumeId]).sort()).toEqual([
+        ['csi node-1', 'reader', vol.id],
+        ['csi node-2', 'reader', vol.id],
+      ]);
+      // Readers draw no fencing token.
+      expect(await md.getFence(vol.id)).toBe(0);
+      const refused = await expectCode(s3.lockVolume('pad', 'writer w'), 'TORUS_ERR_VOLUME_IN_USE');
+      expect(refused.message).toMatch(/read \(under a reader lock\) by csi node-[12] since .* and 1 other reader$/);
+      expect(await md.getVolumeLock(vol.id)).toBeNull();
+      expect(await md.getFence(vol.id)).toBe(0);
+      await expectCode(md.deleteVolume('pad'), 'TORUS_ERR_VOLUME_IN_USE');
+      // A maintainer is not blocked by readers (it copies blocks, it does not change them).
+      const maint = await s3.lockVolumeForMaintenance(vol.id, 'maintainer m');
+      await maint.release();
+      // Taking it again on the same session keeps the one lock.
+      const again = await s1.lockVolumeForReading('pad', 'csi node-1');
+      expect(await again.stillHeld()).toBe(true);
+      expect(await md.listVolumeReaders(vol.id)).toHaveLength(2);
+      await r1.release();
+      expect(await r1.stillHeld()).toBe(false);
+      expect(await again.stillHeld()).toBe(false);
+      await expectCode(s3.lockVolume('pad', 'writer w'), 'TORUS_ERR_VOLUME_IN_USE');
+      await r2.release();
+      expect(await md.listVolumeReaders(vol.id)).toEqual([]);
+      const writer = await s3.lockVolume('pad', 'writer w');
+      const notRead = await expectCode(s1.lockVolumeForReading('pad', 'csi node-1'), 'TORUS_ERR_VOLUME_IN_USE');
+      expect(notRead.message).toContain('in use by writer w');
+      expect(await md.listVolumeReaders(vol.id)).toEqual([]);
+      await writer.release();
+      const r3 = await s1.lockVolumeForReading('pad', 'csi node-1');
+      await r3.release();
+      await md.deleteVolume('pad');
+      await expectCode(s1.lockVolumeForReading('pad', 'x'), 'TORUS_ERR_VOLUME_NOT_FOUND');
+      await expectCode(s1.lockVolumeForReading('bad name', 'x'), 'TORUS_ERR_NAME_INVALID');
+      await md.createVolume('pad2', MiB);
+      await expectCode(s1.lockVolumeForReading('pad2', ''), 'TORUS_ERR_ARG_INVALID');
+    });
+
+    it('a reader lock dies with its lease, and a writer may then take the volume', async () => {
+      await initialised();
+      const vol = await md.createVolume('pad', MiB);
+      const s1 = await session(3);
+      const reader = await s1.lockVolumeForReading('pad', 'r');
+      const s2 = await session();
+      await expectCode(s2.lockVolume('pad', 'w'), 'TORUS_ERR_VOLUME_IN_USE');
+      await h.revokeExternally(md, s1.id);
+      await h.eventually('reader lock gone', async () => !(await reader.stillHeld()));
+      expect(await md.listVolumeReaders(vol.id)).toEqual([]);
+      expect((await s2.lockVolume('pad', 'w')).token).toBe(1);
+    });
+
+    it('a reader and a writer racing for one volume: never both', async () => {
+      await initialised();
+      for (let i = 0; i < 6; i++) {
+        const name = `race${i}`;
+        await md.createVolume(name, MiB);
+        const [sr, sw] = [await session(), await session()];
+        const order = i % 2 === 0 ? [sr.lockVolumeForReading(name, 'r'), sw.lockVolume(name, 'w')] : [sw.lockVolume(name, 'w'), sr.lockVolumeForReading(name, 'r')];
+        const results = await Promise.allSettled(order);
+        const won = results.filter((r) => r.status === 'fulfilled').length;
+        expect(won, `${name}: ${results.map((r) => r.status).join(', ')}`).toBe(1);
+        for (const r of results) if (r.status === 'rejected') expect((r.reason as TorusError).code).toBe('TORUS_ERR_VOLUME_IN_USE');
+      }
     });
 
     it('a maintenance lock dies with its lease; stillHeld says so', async () => {

@@ -14,7 +14,8 @@ export interface TcpProxy {
   close(): Promise<void>;
 }
 
-export async function startTcpProxy(target: { host: string; port: number }): Promise<TcpProxy> {
+/** `listenHost` (default 127.0.0.1) is where clients connect: a veth address lets a network namespace reach a server on loopback. */
+export async function startTcpProxy(target: { host: string; port: number }, listenHost = '127.0.0.1'): Promise<TcpProxy> {
   const sockets = new Set<net.Socket>();
   let cut = false;
   const server = net.createServer((client) => {
@@ -38,10 +39,10 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
     client.pipe(upstream);
     upstream.pipe(client);
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  await new Promise<void>((resolve) => server.listen(0, listenHost, resolve));
   const addr = server.address() as net.AddressInfo;
   return {
-    endpoint: `127.0.0.1:${addr.port}`,
+    endpoint: `${listenHost}:${addr.port}`,
     cut() {
       cut = true;
       for (const s of sockets) s.destroy();

@@ -200,8 +200,12 @@ function registerChild(child: ChildProcess): void {
   });
 }
 
-function spawnLogged(args: string[], env: NodeJS.ProcessEnv): Run {
-  const child = spawn(process.execPath, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+/** Spawns node with `args`; inside network namespace `netns` (`ip netns exec`, which execs: the pid is node's) when given. */
+function spawnLogged(args: string[], env: NodeJS.ProcessEnv, netns?: string): Run {
+  const child =
+    netns === undefined
+      ? spawn(process.execPath, args, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn('ip', ['netns', 'exec', netns, process.execPath, ...args], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
   registerChild(child);
   const out = new OutputLog();
   child.stdout!.setEncoding('utf8').on('data', (d: string) => out.append(d));
@@ -253,12 +257,20 @@ export interface TorusdOptions {
   readonly nbdPort?: number;
   readonly extraArgs?: string[];
   readonly env?: NodeJS.ProcessEnv;
+  /** --auto-join (default true); false leaves the peer out of the ring until `torusctl peer add`. */
+  readonly autoJoin?: boolean;
+  /** Address the peer, NBD and HTTP listeners bind (default 127.0.0.1): a network namespace's own address. */
+  readonly host?: string;
+  /** Runs torusd inside this network namespace (`ip netns exec`); `host` must be an address there. */
+  readonly netns?: string;
 }
 
 export interface TorusdHandle {
   readonly etcd: string;
   readonly dataDir: string;
   readonly nbdPort: number;
+  /** Where the NBD listener is (127.0.0.1 unless started with `host`). */
+  readonly nbdHost: string;
   /** From the current run's "torusd ready" line. */
   readonly httpUrl: string;
   readonly peerAddress: string;
@@ -280,8 +292,8 @@ export interface TorusdHandle {
   kill(signal: NodeJS.Signals): Promise<ExitStatus>;
   /** SIGTERM and wait (bounded); fails if the daemon does not exit cleanly with code 0. */
   stop(): Promise<void>;
-  /** Starts the daemon again on the same data dir and NBD port (stops it first if running). */
-  restart(): Promise<void>;
+  /** Starts the daemon again on the same data dir and NBD port (stops it first if running); `extraArgs` are added for this run only. */
+  restart(extraArgs?: string[]): Promise<void>;
   /** Stops (SIGKILL if it will not stop) and removes a temporary data dir. Never throws. */
   destroy(): Promise<void>;
 }
@@ -291,16 +303,17 @@ export async function startTorusd(opts: TorusdOptions): Promise<TorusdHandle> {
   const ownDir = opts.dataDir === undefined;
   const dataDir = opts.dataDir ?? (await mkdtemp(path.join(os.tmpdir(), 'torus-e2e-data-')));
   const nbdPort = opts.nbdPort ?? (await freePort());
+  const host = opts.host ?? '127.0.0.1';
   const args = [
     TORUSD,
     '-C', opts.etcd,
     '--data-dir', dataDir,
     '--size', opts.size ?? '2GiB',
-    '--peer-address', '127.0.0.1:0',
-    '--host', '127.0.0.1',
+    '--peer-address', `${host}:0`,
+    '--host', host,
     '--port', '0',
-    '--nbd-address', `127.0.0.1:${nbdPort}`,
-    '--auto-join',
+    '--nbd-address', `${host}:${nbdPort}`,
+    ...(opts.autoJoin === false ? [] : ['--auto-join']),
     '--debug-init',
     ...(opts.extraArgs ?? []),
   ];
@@ -310,10 +323,10 @@ export async function startTorusd(opts: TorusdOptions): Promise<TorusdHandle> {
   let runs = 0;
   let destroyed = false;
 
-  async function launch(): Promise<void> {
+  async function launch(extraArgs: string[] = []): Promise<void> {
     // A test that timed out may still be running after afterAll destroyed the daemon.
     if (destroyed) throw new Error('torusd was destroyed; not starting it again');
-    run = spawnLogged(args, env);
+    run = spawnLogged([...args, ...extraArgs], env, opts.netns);
     runs++;
     try {
       ready = await run.out.waitForLine('"torusd ready"', (l) => l.msg === 'torusd ready', READY_TIMEOUT_MS, run.exited);
@@ -329,6 +342,7 @@ export async function startTorusd(opts: TorusdOptions): Promise<TorusdHandle> {
     etcd: opts.etcd,
     dataDir,
     nbdPort,
+    nbdHost: host,
     get httpUrl() {
       return `http://${String(ready.http)}`;
     },
@@ -347,7 +361,7 @@ export async function startTorusd(opts: TorusdOptions): Promise<TorusdHandle> {
     get runs() {
       return runs;
     },
-    nbdUri: (name) => `nbd://127.0.0.1:${nbdPort}/${name}`,
+    nbdUri: (name) => `nbd://${host}:${nbdPort}/${name}`,
     output: () => run.out.all(),
     tail: (chars) => run.out.tail(chars),
     lines: () => run.out.lines,
@@ -357,9 +371,9 @@ export async function startTorusd(opts: TorusdOptions): Promise<TorusdHandle> {
       const st = await killAndWait(run, 'SIGTERM', STOP_TIMEOUT_MS, 'torusd');
       if (st.code !== 0) throw new Error(`torusd exited with ${st.code ?? st.signal} on SIGTERM\n${run.out.tail()}`);
     },
-    async restart() {
+    async restart(extraArgs) {
       if (run.exit === null) await handle.stop();
-      await launch();
+      await launch(extraArgs);
     },
     async destroy() {
       destroyed = true;
@@ -396,6 +410,44 @@ export async function startTorusblkServe(opts: { etcd: string; readOnly?: boolea
     port,
     pid: run.child.pid ?? -1,
     nbdUri: (name) => `nbd://127.0.0.1:${port}/${name}`,
+    output: () => run.out.all(),
+    lines: () => run.out.lines,
+    waitForLog: (what, pred, timeoutMs = 20_000) => run.out.waitForLine(what, pred, timeoutMs, run.exited),
+    stop: () => killAndWait(run, 'SIGTERM', STOP_TIMEOUT_MS, 'torusblk').catch(() => ({ code: null, signal: 'SIGKILL' as const })),
+  };
+}
+
+export interface TorusblkCsiHandle {
+  readonly socketPath: string;
+  readonly pid: number;
+  output(): string;
+  lines(): LogLine[];
+  waitForLog(what: string, pred: (l: LogLine) => boolean, timeoutMs?: number): Promise<LogLine>;
+  /** SIGTERM and wait (bounded). Never throws. */
+  stop(): Promise<ExitStatus>;
+}
+
+/** Spawns `torusblk csi` on a unix socket and resolves once it logs that it is ready. */
+export async function startTorusblkCsi(opts: { etcd: string; socketPath: string; nodeId?: string; dataDir?: string; extraArgs?: string[]; env?: NodeJS.ProcessEnv }): Promise<TorusblkCsiHandle> {
+  const args = [
+    TORUSBLK,
+    '-C', opts.etcd,
+    'csi',
+    '--endpoint', `unix://${opts.socketPath}`,
+    ...(opts.nodeId ? ['--node-id', opts.nodeId] : []),
+    ...(opts.dataDir ? ['--data-dir', opts.dataDir] : []),
+    ...(opts.extraArgs ?? []),
+  ];
+  const run = spawnLogged(args, cleanEnv(opts.env));
+  try {
+    await run.out.waitForLine('"torusblk csi ready"', (l) => l.msg === 'torusblk csi ready', READY_TIMEOUT_MS, run.exited);
+  } catch (err) {
+    await killAndWait(run, 'SIGKILL', STOP_TIMEOUT_MS, 'torusblk').catch(() => undefined);
+    throw err;
+  }
+  return {
+    socketPath: opts.socketPath,
+    pid: run.child.pid ?? -1,
     output: () => run.out.all(),
     lines: () => run.out.lines,
     waitForLog: (what, pred, timeoutMs = 20_000) => run.out.waitForLine(what, pred, timeoutMs, run.exited),
@@ -454,8 +506,8 @@ export async function qemuIoOk(uri: string, commands: string[], opts: { readOnly
 }
 
 /** A raw NBD client over TCP that negotiated structured replies, base:allocation and GO for `name`. */
-export async function nbdConnect(port: number, name: string): Promise<NbdTestClient> {
-  const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+export async function nbdConnect(port: number, name: string, host = '127.0.0.1'): Promise<NbdTestClient> {
+  const socket = net.connect({ port, host, allowHalfOpen: true });
   socket.setNoDelay(true);
   await new Promise<void>((resolve, reject) => {
     socket.once('connect', () => resolve());

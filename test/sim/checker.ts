@@ -2,11 +2,12 @@ import { isTorusError } from '../../src/errors/torus-error.js';
 import type { ErrorCode } from '../../src/errors/codes.js';
 import { blockRef, type BlockRef } from '../../src/model/block-ref.js';
 import type { RingRecord } from '../../src/model/records.js';
-import { versionToken } from '../../src/model/version.js';
+import { formatVersion } from '../../src/model/version.js';
 import { replicasOf } from '../../src/ring/placement.js';
 import type { InspectedCopy, MemoryBlockStore } from '../../src/store/memory-block-store.js';
 import type { Candidate, VolumeModel } from './model.js';
-import { SECTOR_BYTES, decodeSector, sectorValue } from './sectors.js';
+import { SECTOR_BYTES, decodeSector, sectorValueAt } from './sectors.js';
+import type { StoreChange } from './store-watch.js';
 
 /**
  * The invariant checkers (docs/replication.md, "The guarantees"). Each
@@ -19,6 +20,8 @@ export type Guarantee = 'G1/G4' | 'G3' | 'G5' | 'G6' | 'liveness' | 'bug';
 export interface Violation {
   readonly guarantee: Guarantee;
   readonly message: string;
+  /** Blocks involved (volume id, index), for the failure report's dump. */
+  readonly blocks?: readonly (readonly [number, number])[];
 }
 
 /** One peer's disk as the checkers see it: alive or not, it keeps what it holds. */
@@ -69,7 +72,7 @@ export class Checker {
     const n = data.length / SECTOR_BYTES;
     for (let i = 0; i < n; i++) {
       const s = firstSector + i;
-      const v = sectorValue(decodeSector(data, i * SECTOR_BYTES, model.volumeId, s));
+      const v = sectorValueAt(data, i * SECTOR_BYTES, model.volumeId, s);
       if (v === null) {
         const d = decodeSector(data, i * SECTOR_BYTES, model.volumeId, s);
         return { guarantee: 'G1/G4', message: `volume ${model.name} sector ${s}: read garbage (${d.kind === 'garbage' ? d.why : ''})` };
@@ -93,15 +96,20 @@ export class Checker {
 
   /**
    * A write acknowledged at level `all` is in the visible state of at least
-   * `minCopies` stores (one for the levels `one` and `local`): counted per
-   * block it touched, as the sectors it wrote.
+   * `minCopies` of the block's owners (one for the levels `one` and
+   * `local`): counted per block it touched, as the sectors it wrote. The
+   * owners are those of every ring seen lately, old and new placements.
    */
-  checkWriteAck(model: VolumeModel, op: Candidate, firstSector: number, count: number, minCopies: number): Violation | null {
+  checkWriteAck(model: VolumeModel, op: Candidate, firstSector: number, count: number, minCopies: number, owners: (ref: BlockRef) => ReadonlySet<string>): Violation | null {
     for (const [index, sectors] of this.blocksOf(firstSector, count)) {
       const ref = blockRef(model.volumeId, 1, index);
+      const own = owners(ref);
+      // A replica applies a change to a block whole (one store call), so the first sector it touched tells.
+      sectors.length = 1;
       let copies = 0;
       const holders: string[] = [];
       for (const v of this.stores()) {
+        if (!own.has(v.uuid)) continue;
         const c = v.store.inspect(ref).visible;
         if (this.copyHolds(c, model, index, sectors, (value) => value === op.value)) {
           copies++;
@@ -134,6 +142,7 @@ export class Checker {
     }
     for (const [index, sectors] of byBlock) {
       const ref = blockRef(model.volumeId, 1, index);
+      sectors.length = 1; // as in checkWriteAck: changes land whole per block
       const copies = this.stores().filter((v) =>
         this.copyHolds(v.store.inspect(ref).durable, model, index, sectors, (value, s) => model.timeline(s).some((c) => c.value === value)),
       ).length;
@@ -148,19 +157,38 @@ export class Checker {
 
   private readonly newestToken = new Map<number, number>();
 
-  /** A change with a write's token was applied at some store: never after a newer token's change anywhere. */
-  checkApplied(uuid: string, volumeId: number, token: number, what: string): Violation | null {
+  /**
+   * A change carrying a coordinator's token was applied at some replica:
+   * never after a change with a newer token was applied anywhere, except on
+   * a replica etcd names stale for that block (a peer that could not learn
+   * the newer token is recorded stale for the whole volume before the newer
+   * coordinator writes; what it holds is not trusted until caught up).
+   */
+  checkApplied(uuid: string, volumeId: number, token: number, what: string, recordedStale: () => boolean): Violation | null {
+    if (token <= 0) return null; // a peer's own leftover drop: no coordinator
     const newest = this.newestToken.get(volumeId) ?? 0;
-    if (token < newest) {
+    if (token < newest && !recordedStale()) {
       return { guarantee: 'G6', message: `peer ${uuid.slice(0, 8)} applied ${what} of volume ${volumeId} with token ${token} after a change with token ${newest} was applied` };
     }
     if (token > newest) this.newestToken.set(volumeId, token);
     return null;
   }
 
-  /** A version a store now holds: its token counts as applied. */
-  tokenOfVersion(version: number): number {
-    return versionToken(version);
+  /**
+   * A change about to reach a store never takes a copy back to an older
+   * version: writes and zeroes build on older versions, an install replaces
+   * only an older or suspect copy, a confirm relabels only a suspect one
+   * (docs/replication.md, "Versions": "A copy can never overwrite a newer
+   * write"). Checked at the store's boundary, before the change.
+   */
+  checkStoreChange(uuid: string, c: StoreChange): Violation | null {
+    const b = c.before;
+    if (b.suspect || b.state === 'absent' || c.version >= b.version) return null;
+    return {
+      guarantee: 'G1/G4',
+      message: `peer ${uuid.slice(0, 8)}: a ${c.kind} at ${formatVersion(c.version)} reached a copy of volume ${c.ref.volumeId} block ${c.ref.index} at ${formatVersion(b.version)} (newer, not suspect): a copy overwrote a newer one`,
+      blocks: [[c.ref.volumeId, c.ref.index]],
+    };
   }
 
   // ------------------------------------------------------------ G5: placement at rest
@@ -195,6 +223,12 @@ export class Checker {
         if (differ) {
           return { guarantee: 'G5', message: `${where}: copies differ (${holders.map((h) => `${h.uuid.slice(0, 8)}=${h.meta.state}@${h.meta.version}/${h.meta.digest}`).join(', ')})` };
         }
+        // Byte for byte too: a copy rotted on the medium keeps its stored checksums, so only its bytes tell.
+        if (first.state === 'data') {
+          const bytes = holders.map((h) => live.find((v) => v.uuid === h.uuid)!.store.inspect(ref).visible!.data!);
+          const odd = bytes.findIndex((b) => !b.equals(bytes[0]!));
+          if (odd >= 0) return { guarantee: 'G5', message: `${where}: copies on ${holders[0]!.uuid.slice(0, 8)} and ${holders[odd]!.uuid.slice(0, 8)} have the same version and digest but different bytes` };
+        }
       }
     }
     // No blocks of deleted volumes, and none beyond a volume's end, on running peers.
@@ -211,21 +245,21 @@ export class Checker {
    * (any peer, dead or alive, in the state a restart finds). A block a store
    * does not hold contributes nothing: absence is not a zero that survived.
    */
-  heldValues(model: VolumeModel, blocks: number): (s: number) => ReadonlySet<number> {
+  heldValues(model: VolumeModel): (s: number) => ReadonlySet<number> {
     const spb = this.sectorsPerBlock;
-    const held: Set<number>[] = Array.from({ length: blocks * spb }, () => new Set<number>());
-    for (const v of this.stores()) {
-      for (const b of v.store.list({ volumeId: model.volumeId, limit: Number.MAX_SAFE_INTEGER })) {
-        if (b.ref.index >= blocks || b.state === 'absent') continue;
-        const c = v.store.inspect(b.ref).visible;
-        for (let i = 0; i < spb; i++) {
-          const s = b.ref.index * spb + i;
-          const value = c === null || c.state === 'zero' ? 0 : sectorValue(decodeSector(c.data!, i * SECTOR_BYTES, model.volumeId, s));
-          if (value !== null) held[s]!.add(value);
-        }
+    const stores = this.stores();
+    return (s) => {
+      const held = new Set<number>();
+      const index = Math.floor(s / spb);
+      const ref = blockRef(model.volumeId, 1, index);
+      for (const v of stores) {
+        const c = v.store.inspect(ref).visible;
+        if (c === null) continue;
+        const value = c.state === 'zero' ? 0 : sectorValueAt(c.data!, (s - index * spb) * SECTOR_BYTES, model.volumeId, s);
+        if (value !== null) held.add(value);
       }
-    }
-    return (s) => held[s] ?? new Set();
+      return held;
+    };
   }
 
   // ------------------------------------------------------------ helpers
@@ -252,7 +286,7 @@ export class Checker {
     for (const s of sectors) {
       let value: number | null;
       if (c === null || c.state === 'zero') value = 0;
-      else value = sectorValue(decodeSector(c.data!, (s - base) * SECTOR_BYTES, model.volumeId, s));
+      else value = sectorValueAt(c.data!, (s - base) * SECTOR_BYTES, model.volumeId, s);
       if (value === null || !ok(value, s)) return false;
     }
     return true;

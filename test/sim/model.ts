@@ -58,6 +58,10 @@ export type Observation = { ok: true } | { ok: false; why: string };
 
 export class VolumeModel {
   private readonly sectors: SectorTrack[];
+  /** Sectors with history since their durable base: the only ones a crash can change. */
+  private readonly unsettled = new Set<number>();
+  /** Per writer handle, the sectors with an acknowledged change of its since their durable base: the only ones its flush can move. */
+  private readonly byHandle = new Map<number, Set<number>>();
 
   constructor(
     readonly name: string,
@@ -70,10 +74,13 @@ export class VolumeModel {
   /** An operation's outcome is known: it was acknowledged. */
   acked(c: Omit<Candidate, 'acked'>, first: number, count: number): void {
     const cand: Candidate = { ...c, acked: true };
+    let mine = this.byHandle.get(c.handle);
+    if (mine === undefined) this.byHandle.set(c.handle, (mine = new Set()));
     for (let s = first; s < first + count; s++) {
       const t = this.track(s);
       t.cands = [cand];
-      this.append(t, cand);
+      this.append(s, t, cand);
+      mine.add(s);
     }
   }
 
@@ -83,7 +90,7 @@ export class VolumeModel {
     for (let s = first; s < first + count; s++) {
       const t = this.track(s);
       t.cands.push(cand);
-      this.append(t, cand);
+      this.append(s, t, cand);
     }
   }
 
@@ -117,7 +124,9 @@ export class VolumeModel {
    */
   flushed(handle: number, issueSeq: number): Map<number, Candidate> {
     const moved = new Map<number, Candidate>();
-    for (let s = 0; s < this.sectorCount; s++) {
+    const mine = this.byHandle.get(handle);
+    if (mine === undefined) return moved;
+    for (const s of [...mine]) {
       const t = this.sectors[s]!;
       let base = -1;
       for (let i = t.timeline.length - 1; i > 0; i--) {
@@ -127,9 +136,13 @@ export class VolumeModel {
           break;
         }
       }
-      if (base <= 0) continue;
-      t.timeline = t.timeline.slice(base);
-      moved.set(s, t.timeline[0]!);
+      if (base > 0) {
+        t.timeline = t.timeline.slice(base);
+        moved.set(s, t.timeline[0]!);
+        if (t.timeline.length === 1) this.unsettled.delete(s);
+      }
+      // Still listed only while a later acknowledged change of this handle waits for its flush.
+      if (!t.timeline.some((c, i) => i > 0 && c.acked && c.handle === handle)) mine.delete(s);
     }
     return moved;
   }
@@ -141,9 +154,8 @@ export class VolumeModel {
    * still held (at worst its durable base) onwards.
    */
   crashed(held: (s: number) => ReadonlySet<number>): void {
-    for (let s = 0; s < this.sectorCount; s++) {
+    for (const s of this.unsettled) {
       const t = this.sectors[s]!;
-      if (t.timeline.length === 1) continue;
       const values = held(s);
       let from = 0;
       for (let i = t.timeline.length - 1; i > 0; i--) {
@@ -172,8 +184,9 @@ export class VolumeModel {
     return t;
   }
 
-  private append(t: SectorTrack, c: Candidate): void {
+  private append(s: number, t: SectorTrack, c: Candidate): void {
     t.timeline.push(c);
+    this.unsettled.add(s);
     assert(t.timeline.length <= TIMELINE_MAX, 'a sector\'s unflushed history stays bounded (the workload flushes)');
   }
 }

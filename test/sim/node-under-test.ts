@@ -7,7 +7,7 @@ import type { BlockRef } from '../../src/model/block-ref.js';
 import type { LocalBlockStore } from '../../src/store/local-store.js';
 import type { Clock } from '../../src/util/clock.js';
 import type { Ids, Random } from '../../src/util/random.js';
-import type { FencePersistenceLike } from './sim-fence-disk.js';
+import type { FencePersistence } from '../../src/store/fence-file.js';
 
 /**
  * What the simulation needs of one peer, and what it gives it. The real
@@ -28,7 +28,7 @@ export interface NodeEnv {
   readonly uuid: string;
   readonly metadata: MetadataService;
   readonly store: LocalBlockStore;
-  readonly fences: FencePersistenceLike;
+  readonly fences: FencePersistence;
   readonly transport: PeerTransport;
   readonly clock: Clock;
   readonly random: Random;
@@ -42,6 +42,8 @@ export interface NodeEnv {
 
 /** The volume as a client (NBD) uses it: byte ranges. */
 export interface VolumeIo {
+  /** The volume's id (variants that look behind the volume use it). */
+  readonly volumeId?: number;
   read(offset: number, length: number): Promise<Buffer>;
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   zero(offset: number, length: number, opts: { punch: boolean; fua: boolean }): Promise<void>;

@@ -15,7 +15,19 @@ import type { SimProcess } from './sim-clock.js';
  * Objects handed back (sessions, locks, stop functions) are guarded the
  * same way; plain records pass through untouched.
  */
-export function guardObject<T extends object>(target: T, process: SimProcess, opts: { readonly syncMethods?: ReadonlySet<string> } = {}): T {
+export interface GuardOptions {
+  /** Methods that answer synchronously: after death they throw instead of hanging. */
+  readonly syncMethods?: ReadonlySet<string>;
+  /**
+   * Guard what calls return (default true). A store hands back only data,
+   * and a result that settles after the death changes nothing outside the
+   * dead process, so the store skips this (it is on every I/O).
+   */
+  readonly guardResults?: boolean;
+}
+
+export function guardObject<T extends object>(target: T, process: SimProcess, opts: GuardOptions = {}): T {
+  const results = opts.guardResults ?? true;
   const cache = new Map<PropertyKey, unknown>();
   return new Proxy(target, {
     get(t, prop, receiver) {
@@ -25,10 +37,12 @@ export function guardObject<T extends object>(target: T, process: SimProcess, op
       if (wrapped === undefined) {
         const name = String(prop);
         const sync = opts.syncMethods?.has(name) ?? false;
+        const fn = v as (...a: unknown[]) => unknown;
         wrapped = (...args: unknown[]) => {
           if (!process.alive) return dead(name, sync);
-          const result: unknown = (v as (...a: unknown[]) => unknown).apply(t, args.map((a) => guardCallback(a, process)));
-          return guardResult(result, process);
+          for (let i = 0; i < args.length; i++) if (typeof args[i] === 'function') args[i] = guardCallback(args[i], process);
+          const result = fn.apply(t, args);
+          return results ? guardResult(result, process) : result;
         };
         cache.set(prop, wrapped);
       }

@@ -24,14 +24,16 @@ function check(writeId: number, sector: number, volumeId: number): number {
   return (Math.imul(writeId ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul(sector + 1, 0xc2b2ae35) ^ volumeId) & 0xffff;
 }
 
+const scratch = Buffer.alloc(RECORD_BYTES);
+
 function writeSector(buf: Buffer, at: number, volumeId: number, writeId: number, sector: number): void {
-  const c = check(writeId, sector, volumeId);
-  buf.writeUInt32BE(MAGIC, at);
-  buf.writeUInt32BE(writeId >>> 0, at + 4);
-  buf.writeUInt32BE(sector >>> 0, at + 8);
-  buf.writeUInt16BE(volumeId & 0xffff, at + 12);
-  buf.writeUInt16BE(c, at + 14);
-  for (let r = 1; r < RECORDS_PER_SECTOR; r++) buf.copy(buf, at + r * RECORD_BYTES, at, at + RECORD_BYTES);
+  scratch.writeUInt32BE(MAGIC, 0);
+  scratch.writeUInt32BE(writeId >>> 0, 4);
+  scratch.writeUInt32BE(sector >>> 0, 8);
+  scratch.writeUInt16BE(volumeId & 0xffff, 12);
+  scratch.writeUInt16BE(check(writeId, sector, volumeId), 14);
+  // fill() repeats the record natively: the simulation encodes every sector it writes.
+  buf.fill(scratch, at, at + SECTOR_BYTES);
 }
 
 /** The bytes write `writeId` puts in sectors [firstSector, firstSector + count) of a volume. */
@@ -41,17 +43,35 @@ export function encodeSectors(volumeId: number, writeId: number, firstSector: nu
   return buf;
 }
 
+
+const ZERO: SectorValue = Object.freeze({ kind: 'zero' });
 const ZERO_SECTOR = Buffer.alloc(SECTOR_BYTES);
 
-/** What the sector at `at` in `buf` holds, given it was read from `sector` of `volumeId`. */
+/**
+ * The value of the sector at `at` in `buf`, read from `sector` of
+ * `volumeId`, as the model counts it: 0 for zeroes, the write id, or null
+ * for anything else. Allocation-free: the checkers decode every sector of
+ * every copy they look at.
+ */
+export function sectorValueAt(buf: Buffer, at: number, volumeId: number, sector: number): number | null {
+  const end = at + SECTOR_BYTES;
+  if (buf.readUInt32BE(at) !== MAGIC) return buf.compare(ZERO_SECTOR, 0, SECTOR_BYTES, at, end) === 0 ? 0 : null;
+  const writeId = buf.readUInt32BE(at + 4);
+  if (buf.readUInt32BE(at + 8) !== sector >>> 0 || buf.readUInt16BE(at + 12) !== (volumeId & 0xffff) || buf.readUInt16BE(at + 14) !== check(writeId, sector, volumeId)) return null;
+  // Every record equals the first (not torn, not partly corrupt): the sector
+  // has period RECORD_BYTES, i.e. it equals itself shifted by one record.
+  // One native comparison instead of a loop.
+  return buf.compare(buf, at, end - RECORD_BYTES, at + RECORD_BYTES, end) === 0 ? writeId : null;
+}
+
+/** What the sector at `at` in `buf` holds, given it was read from `sector` of `volumeId` (with the reason when garbage). */
 export function decodeSector(buf: Buffer, at: number, volumeId: number, sector: number): SectorValue {
+  const v = sectorValueAt(buf, at, volumeId, sector);
+  if (v === 0) return ZERO;
+  if (v !== null) return { kind: 'write', writeId: v };
   const s = buf.subarray(at, at + SECTOR_BYTES);
-  if (s.equals(ZERO_SECTOR)) return { kind: 'zero' };
   if (s.readUInt32BE(0) !== MAGIC) return { kind: 'garbage', why: 'no magic' };
   const writeId = s.readUInt32BE(4);
-  const expected = Buffer.allocUnsafe(SECTOR_BYTES);
-  writeSector(expected, 0, volumeId, writeId, sector);
-  if (s.equals(expected)) return { kind: 'write', writeId };
   const claimed = s.readUInt32BE(8);
   const claimedVolume = s.readUInt16BE(12);
   if (claimed !== sector >>> 0 || claimedVolume !== (volumeId & 0xffff)) {
@@ -60,7 +80,7 @@ export function decodeSector(buf: Buffer, at: number, volumeId: number, sector: 
   return { kind: 'garbage', why: `torn or corrupt sector of write ${writeId}` };
 }
 
-/** The value of a sector as the model counts it: 0 for zeroes, the write id otherwise, null for garbage. */
+/** The value of a decoded sector as the model counts it: 0 for zeroes, the write id otherwise, null for garbage. */
 export function sectorValue(v: SectorValue): number | null {
   return v.kind === 'zero' ? 0 : v.kind === 'write' ? v.writeId : null;
 }

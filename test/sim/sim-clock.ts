@@ -186,7 +186,9 @@ class TimerHeap {
     while (i > 0) {
       const p = (i - 1) >> 1;
       if (!less(a[i]!, a[p]!)) break;
-      [a[i], a[p]] = [a[p]!, a[i]!];
+      const t = a[i]!;
+      a[i] = a[p]!;
+      a[p] = t;
       i = p;
     }
   }
@@ -216,7 +218,9 @@ class TimerHeap {
         if (l < a.length && less(a[l]!, a[m]!)) m = l;
         if (r < a.length && less(a[r]!, a[m]!)) m = r;
         if (m === i) break;
-        [a[i], a[m]] = [a[m]!, a[i]!];
+        const t = a[i]!;
+        a[i] = a[m]!;
+        a[m] = t;
         i = m;
       }
     }

@@ -1,10 +1,13 @@
 import pino, { type Logger } from 'pino';
 import { TorusError } from '../../src/errors/torus-error.js';
+import { staleKey } from '../../src/metadata/keys.js';
 import { MemoryEtcd } from '../../src/metadata/memory-etcd.js';
+import { decodeStaleRecord } from '../../src/metadata/record-codec.js';
 import { MemoryMetadata, type MemoryFault } from '../../src/metadata/memory-metadata.js';
 import type { ReplicaApi } from '../../src/model/replica-api.js';
-import type { PeerRecord, RingMember, RingRecord } from '../../src/model/records.js';
+import type { PeerRecord, RingMember, RingRecord, StaleRecord } from '../../src/model/records.js';
 import { minReplicasDefault, planRingChange } from '../../src/ring/transition.js';
+import { MemoryFencePersistence } from '../../src/store/fence-file.js';
 import { MemoryBlockStore } from '../../src/store/memory-block-store.js';
 import type { Clock } from '../../src/util/clock.js';
 import { SeededIds, SeededRandom, type Random } from '../../src/util/random.js';
@@ -13,8 +16,8 @@ import type { StoreView } from './checker.js';
 import type { AppliedChangeLike, NodeFactory, NodeUnderTest, SimTiming, VolumeIo } from './node-under-test.js';
 import { guardObject } from './process-guard.js';
 import { SimClock, SimProcess } from './sim-clock.js';
-import { SimFenceDisk } from './sim-fence-disk.js';
 import { SimNetwork } from './sim-network.js';
+import { watchStore, type StoreChange } from './store-watch.js';
 
 /** Sync methods of LocalBlockStore: after a crash they throw instead of hanging. */
 const STORE_SYNC_METHODS: ReadonlySet<string> = new Set(['meta', 'markSuspect', 'list', 'suspects', 'volumeIds', 'usage']);
@@ -37,6 +40,8 @@ export interface SimClusterOptions {
   /** A bug surfaced (an assertion or a non-TorusError crossing the wire). */
   readonly onBug: (where: string, err: unknown) => void;
   readonly onApplied: (uuid: string, change: AppliedChangeLike) => void;
+  /** Every change a peer is about to make to its store (the version checks). */
+  readonly onStoreChange?: (uuid: string, change: StoreChange) => void;
   readonly logger?: Logger;
 }
 
@@ -45,7 +50,7 @@ export interface SimPeer {
   readonly uuid: string;
   readonly index: number;
   readonly store: MemoryBlockStore;
-  readonly fences: SimFenceDisk;
+  readonly fences: MemoryFencePersistence;
   process: SimProcess | null;
   node: NodeUnderTest | null;
   metadata: MemoryMetadata | null;
@@ -88,7 +93,7 @@ export class SimCluster {
         uuid: ids.uuid(),
         index: i,
         store: new MemoryBlockStore({ blockSize: opts.blockSize, capacity: opts.capacity }),
-        fences: new SimFenceDisk(),
+        fences: new MemoryFencePersistence(),
         process: null,
         node: null,
         metadata: null,
@@ -137,8 +142,8 @@ export class SimCluster {
     const node = this.opts.factory({
       uuid: peer.uuid,
       metadata: guardObject(metadata, process),
-      store: guardObject(peer.store, process, { syncMethods: STORE_SYNC_METHODS }),
-      fences: guardObject(peer.fences, process),
+      store: guardObject(this.opts.onStoreChange ? watchStore(peer.store, (c) => this.opts.onStoreChange!(peer.uuid, c)) : peer.store, process, { syncMethods: STORE_SYNC_METHODS, guardResults: false }),
+      fences: guardObject(peer.fences, process, { guardResults: false }),
       transport: this.network.transportFor(peer.uuid, process),
       clock,
       random,
@@ -162,6 +167,7 @@ export class SimCluster {
     peer.process.kill();
     peer.started = false;
     peer.store.crash(this.fork());
+    peer.fences.crash(this.fork());
   }
 
   freeze(peer: SimPeer): void {
@@ -291,6 +297,23 @@ export class SimCluster {
   storeViews(): StoreView[] {
     return this.peers.map((p) => ({ uuid: p.uuid, alive: this.isAlive(p), store: p.store }));
   }
+
+  /** Whether etcd names `peer` stale for this block now (read straight from the twin's store). */
+  isRecordedStale(volumeId: number, peer: string, index: number): boolean {
+    const key = staleKey(volumeId, peer);
+    const entry = this.etcd.get(key);
+    if (entry === undefined) return false;
+    // Decoded once per version of the record: the liveness checks ask on every write.
+    let cached = this.staleCache.get(key);
+    if (cached === undefined || cached.revision !== entry.modRevision) {
+      cached = { revision: entry.modRevision, record: decodeStaleRecord(key, entry.value) };
+      this.staleCache.set(key, cached);
+    }
+    const rec = cached.record;
+    return rec.all || rec.ranges.some(([s, e]) => index >= s && index < e);
+  }
+
+  private readonly staleCache = new Map<string, { revision: number; record: StaleRecord }>();
 
   peerByUuid(uuid: string): SimPeer | undefined {
     return this.peers.find((p) => p.uuid === uuid);

@@ -20,7 +20,7 @@ export interface NetworkFaults {
   readonly dropRequest: number;
   /** The request is served but the reply vanishes. */
   readonly dropReply: number;
-  /** The request is delivered twice (a retransmission that got through). */
+  /** The request is delivered twice: a resend that got through late, outside the link's order. */
   readonly duplicate: number;
   /** The message ignores the FIFO order of its link. */
   readonly reorder: number;
@@ -79,11 +79,9 @@ export class SimNetwork {
   private readonly endpoints = new Map<string, Endpoint>();
   /** Every uuid that was ever attached: peer() knows their address. */
   private readonly known = new Set<string>();
-  /** Latest delivery time per link: FIFO order. */
-  private readonly lastAt = new Map<string, number>();
-  /** Blocked directed links `from>to`. */
-  private readonly blocked = new Set<string>();
-  private readonly stats = new Map<string, LinkStats>();
+  /** Directed links by sender, then receiver (no string keys on the per-message path). */
+  private readonly links = new Map<string, Map<string, Link>>();
+  private blockedCount = 0;
   private faultsNow: NetworkFaults = NO_FAULTS;
 
   constructor(
@@ -137,7 +135,9 @@ export class SimNetwork {
 
   /** Cuts from -> to (one way). */
   block(from: string, to: string): void {
-    this.blocked.add(`${from}>${to}`);
+    const l = this.link(from, to);
+    if (!l.blocked) this.blockedCount++;
+    l.blocked = true;
   }
 
   /** Cuts both ways. */
@@ -147,24 +147,37 @@ export class SimNetwork {
   }
 
   heal(from: string, to: string): void {
-    this.blocked.delete(`${from}>${to}`);
+    const l = this.link(from, to);
+    if (l.blocked) this.blockedCount--;
+    l.blocked = false;
   }
 
   healAll(): void {
-    this.blocked.clear();
+    for (const m of this.links.values()) for (const l of m.values()) l.blocked = false;
+    this.blockedCount = 0;
   }
 
   isBlocked(from: string, to: string): boolean {
-    return this.blocked.has(`${from}>${to}`);
+    return this.link(from, to).blocked;
   }
 
   anyBlocked(): boolean {
-    return this.blocked.size > 0;
+    return this.blockedCount > 0;
   }
 
   /** Messages and bytes per directed link `from>to`. */
   linkStats(): ReadonlyMap<string, LinkStats> {
-    return this.stats;
+    const out = new Map<string, LinkStats>();
+    for (const m of this.links.values()) for (const l of m.values()) if (l.messages > 0) out.set(`${l.from}>${l.to}`, { messages: l.messages, bytes: l.bytes });
+    return out;
+  }
+
+  private link(from: string, to: string): Link {
+    let m = this.links.get(from);
+    if (m === undefined) this.links.set(from, (m = new Map()));
+    let l = m.get(to);
+    if (l === undefined) m.set(to, (l = { from, to, blocked: false, lastAt: 0, messages: 0, bytes: 0 }));
+    return l;
   }
 
   private proxy(from: string, caller: SimProcess, to: string): ReplicaApi {
@@ -182,19 +195,24 @@ export class SimNetwork {
     const args = rawArgs.map(copyValue);
     return new Promise((resolve, reject) => {
       const call: Call = { from, caller, settled: false, resolve, reject };
-      this.count(from, to, args);
+      const link = this.link(from, to);
+      count(link, args);
       const ep = this.endpoints.get(to);
       if (ep === undefined || !ep.process.alive) {
         // Nothing listens: the connect is refused after one round trip.
-        if (this.isBlocked(from, to)) return;
+        if (link.blocked) return;
         this.clock.schedule(caller, 2 * this.delay(), () => this.settleCall(call, { ok: false, err: refusedError(to) }));
         return;
       }
-      if (this.isBlocked(from, to) || this.chance(this.faultsNow.dropRequest)) return;
-      const copies = this.chance(this.faultsNow.duplicate) ? 2 : 1;
-      for (let i = 0; i < copies; i++) {
-        const at = this.deliveryTime(from, to);
-        this.clock.schedule(this.wire, at - this.clock.monotonic(), () => this.deliver(ep, call, method, i === 0 ? args : args.map(copyValue)));
+      if (link.blocked || this.chance(this.faultsNow.dropRequest)) return;
+      const at = this.deliveryTime(link);
+      this.clock.schedule(this.wire, at - this.clock.monotonic(), () => this.deliver(ep, call, method, args));
+      if (this.chance(this.faultsNow.duplicate)) {
+        // A resend that got through late: outside the link's FIFO order, up
+        // to reorderMaxMs behind, possibly after requests sent since.
+        const late = this.delay() + this.random.next() * this.opts.reorderMaxMs;
+        const copy = args.map(copyValue);
+        this.clock.schedule(this.wire, late, () => this.deliver(ep, call, method, copy));
       }
     });
   }
@@ -233,10 +251,11 @@ export class SimNetwork {
   /** Sends an outcome back to the caller over the reverse link. */
   private answer(from: string, call: Call, outcome: Outcome, reset: boolean): void {
     if (call.settled) return;
-    if (this.isBlocked(from, call.from)) return;
+    const link = this.link(from, call.from);
+    if (link.blocked) return;
     if (!reset && this.chance(this.faultsNow.dropReply)) return;
-    this.count(from, call.from, outcome.ok ? [outcome.value] : []);
-    const at = this.deliveryTime(from, call.from);
+    count(link, outcome.ok ? [outcome.value] : []);
+    const at = this.deliveryTime(link);
     this.clock.schedule(call.caller, at - this.clock.monotonic(), () => this.settleCall(call, outcome));
   }
 
@@ -247,15 +266,14 @@ export class SimNetwork {
     else call.reject(outcome.err);
   }
 
-  private deliveryTime(from: string, to: string): number {
-    const link = `${from}>${to}`;
+  private deliveryTime(link: Link): number {
     const at = this.clock.monotonic() + this.delay();
     if (this.chance(this.faultsNow.reorder)) {
       // Overtakes or falls behind its neighbours; the link's FIFO mark is left alone.
       return at + this.random.next() * this.opts.reorderMaxMs;
     }
-    const fifo = Math.max(at, this.lastAt.get(link) ?? 0);
-    this.lastAt.set(link, fifo);
+    const fifo = Math.max(at, link.lastAt);
+    link.lastAt = fifo;
     return fifo;
   }
 
@@ -268,16 +286,25 @@ export class SimNetwork {
     return p > 0 && this.random.next() < p;
   }
 
-  private count(from: string, to: string, values: unknown[]): void {
-    const link = `${from}>${to}`;
-    let s = this.stats.get(link);
-    if (s === undefined) {
-      s = { messages: 0, bytes: 0 };
-      this.stats.set(link, s);
-    }
-    s.messages++;
-    s.bytes += MESSAGE_OVERHEAD_BYTES + values.reduce<number>((n, v) => n + bufferBytes(v), 0);
-  }
+
+}
+
+/** One direction between two peers: its FIFO mark, whether it is cut, what crossed it. */
+interface Link {
+  readonly from: string;
+  readonly to: string;
+  blocked: boolean;
+  /** Latest delivery time scheduled on it: FIFO order. */
+  lastAt: number;
+  messages: number;
+  bytes: number;
+}
+
+function count(link: Link, values: unknown[]): void {
+  link.messages++;
+  let bytes = MESSAGE_OVERHEAD_BYTES;
+  for (const v of values) bytes += bufferBytes(v);
+  link.bytes += bytes;
 }
 
 type Outcome = { ok: true; value: unknown } | { ok: false; err: unknown };
@@ -298,10 +325,14 @@ function isBug(err: unknown): boolean {
 export function copyValue(v: unknown): unknown {
   if (v === null || typeof v !== 'object') return v;
   if (Buffer.isBuffer(v)) return Buffer.from(v);
-  if (Array.isArray(v)) return v.map(copyValue);
+  if (Array.isArray(v)) {
+    const out = new Array<unknown>(v.length);
+    for (let i = 0; i < v.length; i++) out[i] = copyValue(v[i]);
+    return out;
+  }
   if (v instanceof Map) return new Map([...v].map(([k, x]) => [copyValue(k), copyValue(x)]));
   const out: Record<string, unknown> = {};
-  for (const [k, x] of Object.entries(v)) out[k] = copyValue(x);
+  for (const k in v) out[k] = copyValue((v as Record<string, unknown>)[k]);
   return out;
 }
 
@@ -313,11 +344,15 @@ function copyError(err: unknown): unknown {
   return err;
 }
 
+/** Payload bytes: the buffers a value carries (data of writes, reads and copies), found one level down at most. */
 function bufferBytes(v: unknown): number {
   if (v === null || typeof v !== 'object') return 0;
   if (Buffer.isBuffer(v)) return v.length;
-  if (Array.isArray(v)) return v.reduce<number>((n, x) => n + bufferBytes(x), 0);
+  if (Array.isArray(v)) return 0; // lists of metadata: counted by the overhead
   let n = 0;
-  for (const x of Object.values(v)) n += bufferBytes(x);
+  for (const k in v) {
+    const x = (v as Record<string, unknown>)[k];
+    if (Buffer.isBuffer(x)) n += x.length;
+  }
   return n;
 }

@@ -369,6 +369,27 @@ describe('replication on a simulated cluster', () => {
     expect((await until(c, fresh.read(0, 4 * BLOCK))).equals(pattern(1, 4 * BLOCK))).toBe(true);
   });
 
+  it('a writer frozen past its lease never writes again once another held the volume, even after that one let go', async () => {
+    const c = cluster({ peers: 3, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const old = await until(c, c.open(a, 'v', 'rw'));
+    await until(c, old.write(0, pattern(1, 4 * BLOCK), true));
+    c.freeze(a);
+    await runFor(c, 3 * SIM_TIMING.sessionTtlSeconds * 1000);
+    const other = await until(c, c.open(b, 'v', 'rw'), 60_000);
+    await until(c, other.write(0, pattern(2, BLOCK), true));
+    await until(c, other.close());
+    // The lock is free again: the old writer comes back and must not take it.
+    c.thaw(a);
+    await runFor(c, 30_000);
+    const late = await until(c, old.write(BLOCK, pattern(3, BLOCK), true).then(() => 'ok', (err: unknown) => (isTorusError(err) ? err.code : String(err))));
+    expect(late).toBe('TORUS_ERR_VOLUME_LOCK_LOST');
+    const check = await until(c, c.open(b, 'v', 'ro'));
+    expect((await until(c, check.read(0, 2 * BLOCK))).equals(Buffer.concat([pattern(2, BLOCK), pattern(1, 4 * BLOCK).subarray(BLOCK, 2 * BLOCK)]))).toBe(true);
+  });
+
   it('changes replication from 2 to 3 and back, copying to the new owners', async () => {
     const c = cluster({ peers: 3, members: 3, replication: 2 });
     await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
@@ -415,5 +436,30 @@ describe('replication on a simulated cluster', () => {
     await until(c, io.flush());
     for (let i = 0; i < 8; i++) expect(copies(c, 1, i).length).toBe(3);
     expect((await until(c, io.read(0, 8 * BLOCK))).equals(pattern(4, 8 * BLOCK))).toBe(true);
+  });
+
+  it('takes a member that stayed DOWN past the down-out interval out of the ring and re-replicates its blocks', async () => {
+    const c = new SimCluster({ ...clusterOptions({ peers: 3, members: 3, replication: 2 }), timing: { ...SIM_TIMING, downOutIntervalMs: 30_000 } });
+    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, d] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    const data = pattern(21, VOLUME_BLOCKS * BLOCK);
+    await until(c, io.write(0, data, false));
+    await until(c, io.flush());
+    await until(c, io.close());
+    c.crash(d);
+    // Not before the interval: DOWN changes who is written, not where blocks belong.
+    await runFor(c, 20_000);
+    expect((await until(c, c.ring())).members.map((m) => m.uuid)).toContain(d.uuid);
+    await runFor(c, 120_000);
+    const ring = await until(c, c.ring());
+    expect(ring.members.map((m) => m.uuid).sort()).toEqual([a.uuid, b.uuid].sort());
+    expect(ring.transition).toBeNull();
+    for (let i = 0; i < VOLUME_BLOCKS; i++) {
+      const cs = copies(c, 1, i).filter((x) => x.uuid !== d.uuid);
+      expect(cs.length, `block ${i}`).toBe(2);
+      expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size).toBe(1);
+    }
   });
 });

@@ -21,6 +21,8 @@ import {
   volumeKey,
   volumeLockKey,
   volumeMaintKey,
+  volumeReaderKey,
+  volumeReadersPrefix,
 } from '../../src/metadata/keys.js';
 import {
   decodeClusterSecret,
@@ -51,6 +53,7 @@ describe('key layout', () => {
       '/torus/ring',
       '/torus/secret',
       '/torus/volume-maint/<volumeId>',
+      '/torus/volume-readers/<volumeId>/<lease>',
       '/torus/stale/<volumeId>/<uuid>',
       '/torus/ring-acks/<lease>',
       '/torus/moves/<ringVersion>/<volumeId>',
@@ -58,6 +61,7 @@ describe('key layout', () => {
     ]);
     for (const d of doc) expect(d.what.length).toBeGreaterThan(10);
     expect([volumeKey('pad'), volumeLockKey(7), volumeFenceKey(7), volumeMaintKey(7)]).toEqual(['volumes/pad', 'volume-locks/7', 'volume-fence/7', 'volume-maint/7']);
+    expect([volumeReadersPrefix(1), volumeReaderKey(1, '99')]).toEqual(['volume-readers/1/', 'volume-readers/1/99']);
     expect([staleKey(1, 'p'), staleVolumePrefix(1), ringAckKey('99'), moveKey(3, 7), movesVersionPrefix(3), healthKey(7)]).toEqual([
       'stale/1/p',
       'stale/1/',
@@ -161,7 +165,7 @@ describe('record codec', () => {
       () => decodeRingAck('/torus/ring-acks/1', encodeRecord({ schema: 1, lease: '1', peer: null, kind: 'daemon', ringVersion: 1, fenceRevision: 0, updatedAt: 't' })),
       () => decodeVolumeMoveRecord('/torus/moves/1/1', encodeRecord({ schema: 1, ringVersion: 1, volumeId: 1, done: true, scanned: -1, copied: 0, unavailable: 0, updatedAt: 't' })),
       () => decodeVolumeHealthRecord('/torus/health/1', encodeRecord({ schema: 1, volumeId: 1, ringVersion: 1, blocks: 1, short: 0, repaired: 0, checkedAt: 't' })),
-      () => decodeVolumeLockRecord('/torus/volume-maint/1', encodeRecord({ schema: 1, volumeId: 1, holder: 'h', token: 1, acquiredAt: 't', kind: 'reader' })),
+      () => decodeVolumeLockRecord('/torus/volume-maint/1', encodeRecord({ schema: 1, volumeId: 1, holder: 'h', token: 1, acquiredAt: 't', kind: 'spectator' })),
       () => decodeClusterSecret('/torus/secret', 'not hex'),
       () => decodePeerRecord('/torus/peers/u', encodeRecord({ ...peerRecord('u'), rebalanceBytesPerSec: 'fast' })),
     ];

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# `npm run test:vm:flex`: the FlexVolume driver in the VM (Debian's kernel
+# with nbd, under QEMU; see test/vm/harness/run-in-vm.sh), run as kubelet
+# runs it against two torusds with kernel attach: test/vm/guest/flex.mjs.
+# Runs on Node 24 (scripts/node24.sh) like the other suites. Fails, never
+# skips, when the VM cannot run.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+node24_bin=$(bash scripts/node24.sh --bin)
+[ -n "$node24_bin" ] && export PATH="$node24_bin:$PATH"
+bash scripts/install-deps.sh
+node=$(command -v node)
+started=$(date +%s)
+set +e
+bash test/vm/harness/run-in-vm.sh "$node" test/vm/guest/flex.mjs
+code=$?
+set -e
+echo "vm flex suite: exit $code after $(( $(date +%s) - started )) s"
+exit $code

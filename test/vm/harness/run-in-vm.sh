@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Runs one command inside a throw-away QEMU VM that boots Debian's own kernel,
+# whose nbd driver this host's kernel may lack. The host's / is shared
+# read-only over 9p and the command runs chrooted into it, so the host's node,
+# etcd, mkfs.ext4 and this checkout's build run unchanged; the checkout is
+# shared read-write at the same path. Exit status = the command's (125 when
+# the guest died without reporting one).
+#
+#   test/vm/harness/run-in-vm.sh [--] COMMAND [ARGS...]
+#
+# Environment: TORUS_VM_CACHE (kernel and initramfs; default
+# ~/.cache/torus-vm-harness), TORUS_VM_MEM (MiB, 2048), TORUS_VM_CPUS (2),
+# TORUS_VM_TIMEOUT (s, 900), TORUS_VM_VERBOSE=1 (kernel messages on the
+# console). QEMU runs with TCG (software emulation): it needs no /dev/kvm and
+# boots Debian's kernel where a nested KVM would not.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+ROOT=$(cd "$HERE/../../.." && pwd -P)
+CACHE=${TORUS_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/torus-vm-harness}
+MEM=${TORUS_VM_MEM:-2048}
+CPUS=${TORUS_VM_CPUS:-2}
+TIMEOUT=${TORUS_VM_TIMEOUT:-900}
+# Copied into the initramfs (with their dependencies) and loaded at boot.
+MODULES="virtio_pci virtio_net virtio_rng 9pnet_virtio 9p nbd ext4 crc32c_generic"
+
+say() { printf 'vm: %s\n' "$*" >&2; }
+die() { printf 'vm: error: %s\n' "$*" >&2; exit 2; }
+
+[ "${1-}" = "--" ] && shift
+[ $# -ge 1 ] || die "usage: $0 [--] COMMAND [ARGS...]"
+
+# ---- host tools -------------------------------------------------------------
+need=()
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
+{ [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; } || need+=(busybox-static)
+command -v xz >/dev/null 2>&1 || need+=(xz-utils)
+command -v mke2fs >/dev/null 2>&1 || need+=(e2fsprogs)
+if [ ${#need[@]} -gt 0 ]; then
+  command -v apt-get >/dev/null 2>&1 || die "missing ${need[*]} and no apt-get: install them by hand"
+  [ "$(id -u)" -eq 0 ] || die "missing ${need[*]}: run as root, or apt-get install them"
+  say "installing ${need[*]}"
+  aptlog=$(mktemp)
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"; } >"$aptlog" 2>&1; then
+    tail -n 30 "$aptlog" >&2; rm -f "$aptlog"; die "apt-get install ${need[*]} failed"
+  fi
+  rm -f "$aptlog"
+fi
+{ [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; } || die "/bin/busybox must be the static build (apt-get install busybox-static)"
+
+# ---- Debian's kernel ----------------------------------------------------------
+mkdir -p "$CACHE"
+if [ ! -s "$CACHE/vmlinux" ] || [ ! -s "$CACHE/kernel-version" ]; then
+  pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  if [ -z "$pkg" ]; then apt-get update -qq >&2; pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'); fi
+  [ -n "$pkg" ] || die "apt knows no linux-image-amd64: cannot get a kernel with nbd"
+  say "downloading $pkg"
+  rm -rf "$CACHE/deb" "$CACHE/kernel"; mkdir -p "$CACHE/deb" "$CACHE/kernel"
+  (cd "$CACHE/deb" && apt-get download "$pkg" >/dev/null 2>&1) || die "apt-get download $pkg failed"
+  dpkg-deb -x "$CACHE"/deb/*.deb "$CACHE/kernel"
+  kv=$(ls "$CACHE/kernel/lib/modules")
+  # QEMU boots an ELF vmlinux directly (PVH), which skips the kernel's own
+  # decompressor: several seconds under TCG. The bzImage carries it as an
+  # xz stream; find its magic and unpack from there.
+  start=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$CACHE/kernel/boot/vmlinuz-$kv" | head -n1 | cut -d: -f1)
+  [ -n "$start" ] || die "no xz stream in vmlinuz-$kv"
+  tail -c +"$((start + 1))" "$CACHE/kernel/boot/vmlinuz-$kv" | xz -dc >"$CACHE/vmlinux.part" 2>/dev/null || true
+  [ "$(head -c 4 "$CACHE/vmlinux.part" | od -An -tx1 | tr -d ' \n')" = "7f454c46" ] || die "could not unpack an ELF vmlinux from vmlinuz-$kv"
+  mv "$CACHE/vmlinux.part" "$CACHE/vmlinux"
+  echo "$kv" >"$CACHE/kernel-version"
+  rm -f "$CACHE/initrd.img"
+fi
+kv=$(cat "$CACHE/kernel-version")
+
+# ---- initramfs: busybox, the modules, our init ---------------------------------
+if [ ! -s "$CACHE/initrd.img" ] || [ "$HERE/init.sh" -nt "$CACHE/initrd.img" ] || [ "$0" -nt "$CACHE/initrd.img" ]; then
+  say "building the initramfs"
+  r="$CACHE/initramfs"; rm -rf "$r"
+  mkdir -p "$r"/{bin,dev,proc,sys,tmp,run,ctl,host,lib/modules/"$kv"}
+  cp /bin/busybox "$r/bin/busybox"
+  for applet in $("$r/bin/busybox" --list); do [ -e "$r/bin/$applet" ] || ln -s busybox "$r/bin/$applet"; done
+  mods="$CACHE/kernel/lib/modules/$kv"
+  [ -s "$mods/modules.dep" ] || /bin/busybox depmod -b "$CACHE/kernel" "$kv"
+  for m in $MODULES; do
+    # modules.dep names use - or _ as the file has it; match either.
+    pat=$(echo "$m" | sed 's/[-_]/[-_]/g')
+    line=$(grep -E "(^|/)${pat}\.ko(\.xz)?:" "$mods/modules.dep" | head -n1) || die "module $m is not in $kv"
+    for f in ${line/:/}; do
+      mkdir -p "$r/lib/modules/$kv/$(dirname "$f")"
+      cp "$mods/$f" "$r/lib/modules/$kv/$f"
+    done
+  done
+  cp "$mods"/modules.builtin "$mods"/modules.order "$r/lib/modules/$kv/" 2>/dev/null || true
+  /bin/busybox depmod -b "$r" "$kv"
+  cp "$HERE/init.sh" "$r/init"; chmod +x "$r/init"
+  echo "$MODULES" >"$r/modules"
+  (cd "$r" && find . | /bin/busybox cpio -o -H newc 2>/dev/null) >"$CACHE/initrd.part"
+  mv "$CACHE/initrd.part" "$CACHE/initrd.img"
+fi
+
+# ---- run --------------------------------------------------------------------------
+ctl=$(mktemp -d -t torus-vm-ctl.XXXXXX)
+trap 'rm -rf "$ctl"' EXIT
+{ printf 'cd %q && exec' "$ROOT"; printf ' %q' "$@"; echo; } >"$ctl/cmd"
+printf 'SHARED=%q\n' "$ROOT" >"$ctl/env"
+quiet="quiet loglevel=1"; [ "${TORUS_VM_VERBOSE:-0}" = 1 ] && quiet="loglevel=6"
+say "booting Debian $kv under QEMU TCG ($CPUS vCPU, $MEM MiB)"
+set +e
+timeout "$TIMEOUT" qemu-system-x86_64 \
+  -M q35 -accel tcg -cpu max -smp "$CPUS" -m "$MEM" -no-reboot -nodefaults -display none \
+  -chardev stdio,id=con,signal=on -serial chardev:con \
+  -kernel "$CACHE/vmlinux" -initrd "$CACHE/initrd.img" \
+  -append "console=ttyS0 panic=-1 rdinit=/init mitigations=off $quiet" \
+  -netdev user,id=net0 -device virtio-net-pci,netdev=net0 -device virtio-rng-pci \
+  -virtfs "local,path=$ctl,mount_tag=ctl,security_model=none" \
+  -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
+  -virtfs "local,path=$ROOT,mount_tag=shared,security_model=passthrough,multidevs=remap" \
+  </dev/null
+qrc=$?
+set -e
+[ $qrc -eq 124 ] && say "the VM did not finish within ${TIMEOUT} s (TORUS_VM_TIMEOUT)"
+[ -s "$ctl/rc" ] || { say "the guest did not report an exit status"; exit 125; }
+exit "$(cat "$ctl/rc")"
