@@ -17,21 +17,34 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync, statfsSync, writeFileSync 
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { resolveConfig } from './lib/config.mjs';
+import { parseArgs, resolveConfig, USAGE } from './lib/config.mjs';
 import { checkCopies, describeCheck } from './lib/copies.mjs';
 import { DEVICE_BYTES, FILL_JOB, JOBS, figureOf, fioArgs, readFio } from './lib/fio.mjs';
 import { NbdkitTarget } from './lib/nbdkit.mjs';
-import { BenchError, logTail, run, runOk, Supervisor } from './lib/procs.mjs';
-import { coresTable, latencyTable, ratios, ratioTable, rssLines, spreadWarnings, throughputTable } from './lib/report.mjs';
+import { BenchError, logTail, run, runOk, sleep, Supervisor } from './lib/procs.mjs';
+import {
+  coresTable,
+  goalTally,
+  IDLE_CORES_MAX,
+  idleLines,
+  idleVerdicts,
+  latencyTable,
+  ratios,
+  ratioTable,
+  RSS_MAX_BYTES,
+  rssLines,
+  rssVerdicts,
+  spreadWarnings,
+  throughputTable,
+} from './lib/report.mjs';
 import { measureFileCopy, measureJoin, measureRebuild } from './lib/rebuild.mjs';
-import { cpuSeconds } from './lib/cpu.mjs';
-import { RssSampler } from './lib/rss.mjs';
+import { coresOver, cpuSeconds, treeCpuSeconds } from './lib/cpu.mjs';
+import { descendantsOf, RssSampler } from './lib/rss.mjs';
 import { median, SPREAD_WARN, summarize } from './lib/stats.mjs';
 import { quietState, TorusCluster } from './lib/torus.mjs';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const VOLUME_SIZE = '1GiB';
-const RSS_LIMIT_BYTES = 128 * 2 ** 20;
 const DISK_FREE_MIN_BYTES = 16 * 2 ** 30;
 /**
  * torusd counters read from every peer after every job.
@@ -63,9 +76,16 @@ const say = (msg) => {
 
 let cfg;
 try {
-  cfg = resolveConfig(process.env, REPO);
+  const args = parseArgs(process.argv.slice(2), process.env);
+  if (args.help) {
+    console.log(USAGE);
+    process.exit(0);
+  }
+  cfg = resolveConfig(args.env, REPO);
+  // run.sh works from the repository root; a relative --json names a file where the caller was.
+  cfg.out = path.resolve(process.env.BENCH_CALLER_CWD || process.cwd(), cfg.out);
 } catch (err) {
-  console.error(`bench: ${err.message}`);
+  console.error(`bench: ${err.message}\n\n${USAGE}`);
   process.exit(2);
 }
 
@@ -122,7 +142,7 @@ async function main() {
   say(`work folder ${work} (${(freeBytes / 2 ** 30).toFixed(0)} GiB free on its disk)`);
   say(
     `${cfg.rounds} round(s) x ${JOBS.length} jobs x ${cfg.targets.length} targets, ${cfg.seconds} s per timed job after ${cfg.rampSeconds} s ramp` +
-      `${cfg.quick ? ' (BENCH_QUICK)' : ''}; re-replication: ${cfg.rebuild === '0' ? 'skipped' : cfg.rebuild}`,
+      `${cfg.quick ? ' (quick)' : ''}; idle CPU over ${cfg.idleSeconds} s; re-replication: ${cfg.rebuild === '0' ? 'skipped' : cfg.rebuild}`,
   );
   sampler.start();
   sampler.setPhase('setup');
@@ -227,6 +247,17 @@ async function main() {
   sampler.setPhase('checks');
   for (const t of targets) await t.finalCheck?.();
 
+  // --- idle CPU ---------------------------------------------------------------------
+  // After the load, once every cluster is quiet: the state a torusd spends
+  // most of its life in. Nothing polls the targets during the window.
+  let idle = null;
+  if (cfg.idleSeconds > 0) {
+    sampler.setPhase('idle');
+    await quiesce('the idle window');
+    say(`idle CPU: ${cfg.idleSeconds} s with no client and no polling of any target`);
+    idle = await measureIdle(targets, cfg.idleSeconds);
+  }
+
   // --- re-replication -------------------------------------------------------------
   const r2 = clusters.find((c) => c.name === 'torusd-r2');
   const rebuild = { mode: cfg.rebuild, runs: [], join: null, fileCopy: null };
@@ -287,6 +318,9 @@ async function main() {
   const ratioRows = ratios(jobs);
   const warnings = spreadWarnings(jobs);
   const rss = sampler.report();
+  const rssV = rssVerdicts(rss);
+  const idleV = idleVerdicts(idle);
+  const tally = goalTally(ratioRows, rssV, idleV);
   const elapsedS = (Date.now() - startedAt) / 1000;
   const machine = { ...(await describeMachine()), loadAvgAtStart: loadAtStart };
 
@@ -308,7 +342,12 @@ async function main() {
   for (const w of quietWarnings) console.log(`WARNING: ${w}`);
   console.log();
   console.log(`Peak RSS, sampled from /proc every ${rss.intervalMs} ms through the whole bench, summed over each target's processes (VmHWM: the kernel's per-process peak):`);
-  for (const l of rssLines(rss, names, RSS_LIMIT_BYTES)) console.log(l);
+  for (const l of rssLines(rss, names, RSS_MAX_BYTES)) console.log(l);
+  if (idle) {
+    console.log();
+    console.log(`Idle CPU after the jobs, averaged over ${idle.seconds} s with no client (issue 7: torusd ≤ ${IDLE_CORES_MAX * 100}% of a core; % of one core, each process with its children and threads):`);
+    for (const l of idleLines(idle, names)) console.log(l);
+  }
   console.log();
   console.log('nbdkit command lines (exactly as run):');
   for (const t of targets.filter((x) => x.nbdkit)) {
@@ -326,7 +365,9 @@ async function main() {
   );
   console.log(`${cfg.seconds} s per timed job after ${cfg.rampSeconds} s ramp, ${cfg.rounds} round(s); the bench took ${(elapsedS / 60).toFixed(1)} min; JSON in ${path.relative(process.cwd(), cfg.out) || cfg.out}`);
 
-  const missed = ratioRows.flatMap((r) => [r.single, r.replicated].filter((x) => x.met === false).map((x) => `${r.job} ${x.label}`));
+  console.log();
+  console.log(`Issue 7 targets: ${tally.met} of ${tally.total} met in this run${tally.missed.length ? `; missed: ${tally.missed.join('; ')}` : ''}`);
+  const missed = tally.missed;
   const report = {
     generatedAt: new Date().toISOString(),
     elapsedSeconds: elapsedS,
@@ -351,6 +392,10 @@ async function main() {
     spreadWarnings: warnings,
     quiet: { warnings: quietWarnings, waitMsMedian: median(quietWaits), waitMsMax: quietWaits.length ? Math.max(...quietWaits) : null },
     peakRss: rss,
+    rssVerdicts: rssV,
+    idleCpu: idle,
+    idleVerdicts: idleV,
+    goals: tally,
     honesty,
     replicatedFront: frontLocality,
     rebuild,
@@ -403,6 +448,29 @@ async function main() {
     const cpuByProcess = Object.fromEntries(procs.map((p) => [p.name, cpu1[p.pid] - cpu0[p.pid]]));
     const targetCpuSeconds = Object.values(cpuByProcess).reduce((a, b) => a + b, 0);
     return { ...readFio(out), wallSeconds, targetCpuSeconds, targetCores: targetCpuSeconds / wallSeconds, cpuByProcess };
+  }
+
+  /**
+   * CPU of every target's processes (each with the processes it spawned)
+   * over `seconds` of idling. The process trees are taken once, before the
+   * window, and read at both ends.
+   */
+  async function measureIdle(ts, seconds) {
+    const byTarget = ts.map((t) => ({ t, procs: t.processes().filter((p) => !p.done) }));
+    const roots = byTarget.flatMap((x) => x.procs.map((p) => p.pid));
+    const trees = descendantsOf(roots);
+    const cpu0 = treeCpuSeconds(roots, trees);
+    const t0 = process.hrtime.bigint();
+    await sleep(seconds * 1000);
+    const cpu1 = treeCpuSeconds(roots, trees);
+    const wall = Number(process.hrtime.bigint() - t0) / 1e9;
+    const cores = coresOver(cpu0, cpu1, wall);
+    const out = { seconds: wall, targets: {} };
+    for (const { t, procs } of byTarget) {
+      const processes = Object.fromEntries(procs.map((p) => [p.name, cores[p.pid]]));
+      out.targets[t.name] = { processes, totalCores: Object.values(processes).reduce((a, b) => a + b, 0) };
+    }
+    return out;
   }
 
   function reportRebuildRun(r, h) {
@@ -585,22 +653,26 @@ function printHonesty(honesty, clusters) {
 
 function printRebuild(rebuild) {
   console.log();
-  console.log('Re-replication of the 1 GiB bench volume after kill -9 of one of 3 peers and `torusctl peer remove --force --no-wait` (R=2), MB = 10^6 bytes:');
+  console.log('Re-replication of the 1 GiB bench volume after kill -9 of one of 3 peers and `torusctl peer remove --force --no-wait` (R=2), MB = 10^6 bytes.');
+  console.log('  end to end: from the kill until the ring is stable and every block has 2 equal copies on its owners; copying: while torusd\'s copied-bytes counter moved (a lower bound on the copy rate)');
+  const copying = (c) => (c ? `copying ${c.mbPerSec.toFixed(1)} MB/s (${c.startedAfterSeconds.toFixed(1)}-${c.endedAfterSeconds.toFixed(1)} s)` : 'copying: counter did not move');
   for (const r of rebuild.runs) {
     console.log(
-      `  ${r.rateNote.padEnd(36)} ${(r.bytesToCopy / 1e6).toFixed(0)} MB (${r.blocksLost} blocks) re-copied in ${r.seconds.toFixed(1)} s = ${r.mbPerSec.toFixed(1)} MB/s` +
+      `  ${r.rateNote.padEnd(36)} ${(r.bytesToCopy / 1e6).toFixed(0)} MB (${r.blocksLost} blocks) in ${r.seconds.toFixed(1)} s = ${r.mbPerSec.toFixed(1)} MB/s end to end; ${copying(r.copying)}` +
         `; ring stable after ${r.ringStableSeconds.toFixed(1)} s; survivors used ${r.survivorCores.toFixed(2)} cores; ${r.check.ok ? 'every block 2 equal copies after' : 'COPIES WRONG after'}`,
     );
   }
   if (rebuild.join) {
     const j = rebuild.join;
-    console.log(`  join of a fresh peer (${j.rateNote}): ${(j.bytesMoved / 1e6).toFixed(0)} MB moved to it in ${j.seconds.toFixed(1)} s (from its start) = ${j.mbPerSec.toFixed(1)} MB/s`);
+    console.log(`  join of a fresh peer (${j.rateNote}): ${(j.bytesMoved / 1e6).toFixed(0)} MB moved to it in ${j.seconds.toFixed(1)} s (from its start) = ${j.mbPerSec.toFixed(1)} MB/s end to end; ${copying(j.copying)}`);
   }
   if (rebuild.fileCopy) {
     const f = rebuild.fileCopy;
+    const first = rebuild.runs[0];
     console.log(
       `  plain file copy (${f.command}, 1 GiB, same disk): ${f.mbPerSec.median.toFixed(0)} MB/s (median of ${f.seconds.length}, spread ${Math.round(f.mbPerSec.spread * 100)}%)` +
-        (rebuild.runs[0] ? `; torus re-replication / cp = ${(rebuild.runs[0].mbPerSec / f.mbPerSec.median).toFixed(3)}` : ''),
+        (first ? `; torus / cp: ${(first.mbPerSec / f.mbPerSec.median).toFixed(3)} end to end` : '') +
+        (first?.copying ? `, ${(first.copying.mbPerSec / f.mbPerSec.median).toFixed(3)} copying` : ''),
     );
   }
 }

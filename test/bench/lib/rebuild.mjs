@@ -26,17 +26,36 @@ async function copiedBytesTotal(cluster, peers) {
 }
 
 /**
+ * When the copying itself ran, from samples { atMs, bytes } of torusd's
+ * copied-bytes counter (summed over the peers) taken while waiting: from
+ * the last sample before the counter first moved to the first sample that
+ * shows its final value. The window is at least as long as the copying, so
+ * the rate it gives is a lower bound. Pure.
+ */
+export function copyWindow(samples) {
+  if (samples.length < 2) return null;
+  const base = samples[0].bytes;
+  const final = samples.at(-1).bytes;
+  if (final <= base) return null;
+  const firstMoved = samples.findIndex((s) => s.bytes > base);
+  const startMs = samples[firstMoved - 1].atMs;
+  const endMs = samples.find((s) => s.bytes === final).atMs;
+  return { startMs, endMs, bytes: final - base };
+}
+
+/**
  * Polls until every survivor's view of the ring is stable with exactly the
  * survivors as members, torusctl agrees, and every block has R equal copies
  * on its owners. Returns the times (ms since t0) each condition was first
- * seen, and the final copy check.
+ * seen, the final copy check, and samples of the copied-bytes counter.
  */
-async function waitRestored({ cluster, survivors, volume, ownersOf, t0, timeoutMs }) {
+async function waitRestored({ cluster, survivors, volume, ownersOf, t0, timeoutMs, copiedSamples }) {
   const deadline = t0 + timeoutMs;
   let ringStableMs = null;
   let lastCheck = null;
   let polls = 0;
   for (;;) {
+    copiedSamples.push({ atMs: Date.now() - t0, bytes: await copiedBytesTotal(cluster, survivors).catch(() => copiedSamples.at(-1)?.bytes ?? 0) });
     if (Date.now() > deadline) {
       throw new BenchError(
         `${cluster.name}: not restored within ${timeoutMs / 1000}s: ring ${ringStableMs === null ? 'still in transition' : 'stable'}` +
@@ -66,7 +85,10 @@ async function waitRestored({ cluster, survivors, volume, ownersOf, t0, timeoutM
         expectFull: true,
         ownersOf,
       });
-      if (lastCheck.ok) return { ringStableMs, copiesCompleteMs: Math.max(at, ringStableMs), check: lastCheck, polls };
+      if (lastCheck.ok) {
+        copiedSamples.push({ atMs: Date.now() - t0, bytes: await copiedBytesTotal(cluster, survivors) });
+        return { ringStableMs, copiesCompleteMs: Math.max(at, ringStableMs), check: lastCheck, polls };
+      }
     }
     await sleep(POLL_MS);
   }
@@ -87,12 +109,13 @@ export async function measureRebuild({ cluster, volume, victim, ownersOf, timeou
   say(`${cluster.name}: kill -9 ${victim.label} (${victim.uuid.slice(0, 8)}, holds ${lost.length} blocks = ${(bytesToCopy / 1e6).toFixed(0)} MB), then peer remove --force (${rateNote})`);
 
   const cpu0 = cpuSeconds(survivors.map((p) => p.handle.pid));
+  const copiedSamples = [{ atMs: 0, bytes: copiedBefore }];
   const t0 = Date.now();
   await cluster.sup.kill9(victim.handle);
   const remove = await cluster.ctl(['peer', 'remove', '--force', '--no-wait', victim.uuid], 60_000);
   const removeMs = Date.now() - t0;
   if (remove.code !== 0) throw new BenchError(`torusctl peer remove --force --no-wait ${victim.uuid} exited ${remove.code}: ${(remove.stderr || remove.stdout).trim()}`);
-  const done = await waitRestored({ cluster, survivors, volume, ownersOf, t0, timeoutMs });
+  const done = await waitRestored({ cluster, survivors, volume, ownersOf, t0, timeoutMs, copiedSamples });
   const seconds = done.copiesCompleteMs / 1000;
   const cpu1 = cpuSeconds(survivors.map((p) => p.handle.pid));
   const cpuWallSeconds = (Date.now() - t0) / 1000;
@@ -110,6 +133,7 @@ export async function measureRebuild({ cluster, volume, victim, ownersOf, timeou
     ringStableSeconds: done.ringStableMs / 1000,
     seconds,
     mbPerSec: bytesToCopy / seconds / 1e6,
+    copying: copyingFigures(copiedSamples),
     /** CPU cores the survivors kept busy, from kill to restored (includes the copy checks' polling). */
     survivorCores: Object.values(cpuBySurvivor).reduce((a, b) => a + b, 0) / cpuWallSeconds,
     cpuSecondsBySurvivor: cpuBySurvivor,
@@ -130,11 +154,29 @@ export async function measureJoin({ cluster, volume, ownersOf, extraArgs, timeou
   peer.rebalanceRate = rateNote;
   say(`${cluster.name}: ${peer.label} (${peer.uuid.slice(0, 8)}) joined; waiting for the ring to be stable and every block in place`);
   const survivors = cluster.live();
-  const done = await waitRestored({ cluster, survivors, volume, ownersOf, t0, timeoutMs });
+  const copiedSamples = [{ atMs: Date.now() - t0, bytes: await copiedBytesTotal(cluster, survivors) }];
+  const done = await waitRestored({ cluster, survivors, volume, ownersOf, t0, timeoutMs, copiedSamples });
   const copies = await cluster.blocksOf(peer, volume.id);
   const bytes = dataBytes(copies, volume);
   const seconds = done.copiesCompleteMs / 1000;
-  return { rateNote, peer: { label: peer.label, uuid: peer.uuid }, blocksMoved: copies.length, bytesMoved: bytes, seconds, mbPerSec: bytes / seconds / 1e6, check: done.check };
+  return {
+    rateNote,
+    peer: { label: peer.label, uuid: peer.uuid },
+    blocksMoved: copies.length,
+    bytesMoved: bytes,
+    seconds,
+    mbPerSec: bytes / seconds / 1e6,
+    copying: copyingFigures(copiedSamples),
+    check: done.check,
+  };
+}
+
+/** The copy phase alone: when it started and ended (s since the kill or start) and its rate in MB/s. */
+function copyingFigures(samples) {
+  const w = copyWindow(samples);
+  if (!w) return null;
+  const seconds = (w.endMs - w.startMs) / 1000;
+  return { startedAfterSeconds: w.startMs / 1000, endedAfterSeconds: w.endMs / 1000, seconds, bytes: w.bytes, mbPerSec: w.bytes / seconds / 1e6 };
 }
 
 /**

@@ -120,7 +120,7 @@ export function ratioTable(rows) {
   return table(header, body, 1);
 }
 
-export function rssLines(rss, targets, limitBytes) {
+export function rssLines(rss, targets, limitBytes = RSS_MAX_BYTES) {
   const lines = [];
   const mib = (b) => `${(b / MiB).toFixed(1)} MiB`;
   for (const t of [...targets, 'etcd']) {
@@ -129,16 +129,76 @@ export function rssLines(rss, targets, limitBytes) {
     const procs = Object.entries(r.processes);
     let line = `  ${t.padEnd(14)} peak ${mib(r.peakBytes).padStart(11)}`;
     if (t.startsWith('torusd')) {
-      const over = procs.filter(([, p]) => Math.max(p.peakBytes, p.hwmBytes) > limitBytes);
+      const verdicts = rssVerdicts({ targets: { [t]: r } }, limitBytes);
+      const over = verdicts.filter((v) => !v.met);
       const perPeer = procs.map(([label, p]) => `${label} ${mib(p.peakBytes)} (VmHWM ${mib(p.hwmBytes)})`).join(', ');
       line += procs.length > 1 ? ` summed over peers; per peer: ${perPeer}` : ` (VmHWM ${mib(r.hwmSumBytes)})`;
-      line += over.length === 0 ? `; every torusd ≤ ${mib(limitBytes)}` : `; OVER the ${mib(limitBytes)} target: ${over.map(([l]) => l).join(', ')}`;
+      line += over.length === 0 ? `; every torusd ≤ ${mib(limitBytes)}: meets` : `; OVER the ${mib(limitBytes)} target: ${over.map((v) => v.process).join(', ')}`;
     } else if (procs.length > 1) {
       line += ` (${procs.length} processes over the run, summed while alive)`;
     } else if (procs.length === 1) {
       line += ` (VmHWM ${mib(r.hwmSumBytes)})`;
     }
     lines.push(line);
+  }
+  return lines;
+}
+
+/** Issue 7: torusd's peak RSS, summed over its processes and workers, through the whole bench. */
+export const RSS_MAX_BYTES = 128 * MiB;
+/** Issue 7: torusd's idle CPU, averaged over a window (60 s in a full run). */
+export const IDLE_CORES_MAX = 0.01;
+
+/**
+ * One verdict per torusd process (each peer of the cluster is one torusd):
+ * its peak is the larger of the sampled peak of its process tree and the
+ * kernel's VmHWM summed over that tree (VmHWM catches what fell between
+ * two samples).
+ */
+export function rssVerdicts(rss, limitBytes = RSS_MAX_BYTES) {
+  const out = [];
+  for (const [target, r] of Object.entries(rss.targets)) {
+    if (!target.startsWith('torusd')) continue;
+    for (const [label, p] of Object.entries(r.processes)) {
+      const peak = Math.max(p.peakBytes, p.hwmBytes);
+      out.push({ target, process: label, peakBytes: peak, limitBytes, met: peak <= limitBytes });
+    }
+  }
+  return out;
+}
+
+/** idle: { seconds, targets: { name: { processes: { label: cores } } } }; one verdict per torusd process. */
+export function idleVerdicts(idle, limitCores = IDLE_CORES_MAX) {
+  if (!idle) return [];
+  const out = [];
+  for (const [target, t] of Object.entries(idle.targets)) {
+    if (!target.startsWith('torusd')) continue;
+    for (const [label, cores] of Object.entries(t.processes)) out.push({ target, process: label, cores, limitCores, met: cores <= limitCores });
+  }
+  return out;
+}
+
+/** Every issue-7 target the run could judge, with the ones missed named. */
+export function goalTally(ratioRows, rssV, idleV) {
+  const all = [
+    ...ratioRows.flatMap((r) => [r.single, r.replicated].filter((x) => x.met !== null).map((x) => ({ what: `${r.job} ${x.label} ≥${x.min}`, met: x.met }))),
+    ...rssV.map((v) => ({ what: `${v.process} peak RSS ≤ ${v.limitBytes / MiB} MiB`, met: v.met })),
+    ...idleV.map((v) => ({ what: `${v.process} idle CPU ≤ ${v.limitCores * 100}% of a core`, met: v.met })),
+  ];
+  return { total: all.length, met: all.filter((x) => x.met).length, missed: all.filter((x) => !x.met).map((x) => x.what) };
+}
+
+export function idleLines(idle, targets, limitCores = IDLE_CORES_MAX) {
+  const verdicts = new Map(idleVerdicts(idle, limitCores).map((v) => [v.process, v]));
+  const lines = [];
+  for (const t of targets) {
+    const r = idle.targets[t];
+    if (!r) continue;
+    const per = Object.entries(r.processes).map(([label, cores]) => {
+      const v = verdicts.get(label);
+      return `${label} ${(cores * 100).toFixed(2)}%${v ? (v.met ? ' meets' : ' OVER') : ''}`;
+    });
+    lines.push(`  ${t.padEnd(14)} ${per.join(', ')}`);
   }
   return lines;
 }

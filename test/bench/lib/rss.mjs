@@ -27,7 +27,7 @@ function statusKib(pid) {
 }
 
 /** pid -> ppid for every process on the machine. */
-function parentMap() {
+export function parentMap() {
   const out = new Map();
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue;
@@ -39,6 +39,27 @@ function parentMap() {
     } catch {
       // exited while listing
     }
+  }
+  return out;
+}
+
+/** Every process below each root pid (children, their children, ...), from one parentMap(). */
+export function descendantsOf(roots, parents = parentMap()) {
+  const children = new Map();
+  for (const [pid, ppid] of parents) {
+    if (!children.has(ppid)) children.set(ppid, []);
+    children.get(ppid).push(pid);
+  }
+  const out = new Map();
+  for (const root of roots) {
+    const below = [];
+    const stack = [...(children.get(root) ?? [])];
+    while (stack.length > 0) {
+      const p = stack.pop();
+      below.push(p);
+      stack.push(...(children.get(p) ?? []));
+    }
+    out.set(root, below);
   }
   return out;
 }
@@ -120,23 +141,7 @@ export class RssSampler {
   }
 
   #refreshDescendants() {
-    const parents = parentMap();
-    const children = new Map();
-    for (const [pid, ppid] of parents) {
-      if (!children.has(ppid)) children.set(ppid, []);
-      children.get(ppid).push(pid);
-    }
-    this.#descendants.clear();
-    for (const { pid } of this.#procs.values()) {
-      const below = [];
-      const stack = [...(children.get(pid) ?? [])];
-      while (stack.length > 0) {
-        const p = stack.pop();
-        below.push(p);
-        stack.push(...(children.get(p) ?? []));
-      }
-      this.#descendants.set(pid, below);
-    }
+    this.#descendants = descendantsOf([...this.#procs.values()].map((p) => p.pid));
   }
 
   /**

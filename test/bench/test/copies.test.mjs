@@ -1,7 +1,7 @@
 // The replication check must catch every way a block can end up wrong; a
 // checker that never fails proves nothing.
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { test } from 'vitest';
 import { checkCopies, describeCheck } from '../lib/copies.mjs';
 
 const volume = { id: 7, generation: 1, blocks: 4 };

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { test } from 'vitest';
 import { quietState } from '../lib/torus.mjs';
 
 const base = { ring: { members: ['a', 'b'], transition: null }, stale: [], degraded: [], balanced: true, unbalancedBecause: [] };

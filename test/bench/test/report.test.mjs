@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
-import { formatFigure, ratios, spreadWarnings } from '../lib/report.mjs';
+import { test } from 'vitest';
+import { formatFigure, goalTally, idleVerdicts, ratios, rssVerdicts, spreadWarnings } from '../lib/report.mjs';
 import { summarize } from '../lib/stats.mjs';
 
 const MiB = 2 ** 20;
@@ -46,4 +46,26 @@ test('ratios are also given round by round', () => {
   assert.deepEqual(rows[0].single.paired.rounds, [0.5, 1, 1]);
   assert.equal(rows[0].single.paired.median, 1);
   assert.deepEqual(rows[0].replicated.paired.rounds, [0.5, 0.5, 0.5]);
+});
+
+test('issue 7 verdicts: RSS per torusd process (VmHWM counts), idle CPU per torusd, nbdkit not judged', () => {
+  const rss = {
+    targets: {
+      'nbdkit-memory': { processes: { 'nbdkit-memory-1': { peakBytes: 2 ** 30, hwmBytes: 2 ** 30 } } },
+      torusd: { processes: { 'torusd-p1': { peakBytes: 100 * MiB, hwmBytes: 130 * MiB } } },
+      'torusd-r2': { processes: { 'torusd-r2-p1': { peakBytes: 120 * MiB, hwmBytes: 120 * MiB }, 'torusd-r2-p2': { peakBytes: 128 * MiB, hwmBytes: 1 } } },
+    },
+  };
+  const rv = rssVerdicts(rss);
+  assert.deepEqual(rv.map((v) => [v.process, v.met]), [['torusd-p1', false], ['torusd-r2-p1', true], ['torusd-r2-p2', true]]);
+  const idle = { seconds: 60, targets: { 'nbdkit-file': { processes: { 'nbdkit-file-1': 0.5 } }, torusd: { processes: { 'torusd-p1': 0.011 } }, 'torusd-r2': { processes: { 'torusd-r2-p1': 0.01 } } } };
+  const iv = idleVerdicts(idle);
+  assert.deepEqual(iv.map((v) => [v.process, v.met]), [['torusd-p1', false], ['torusd-r2-p1', true]]);
+  assert.deepEqual(idleVerdicts(null), []);
+  const fig = (v) => summarize([v]);
+  const rows = ratios([{ job: job('r', 'read', 'IOPS'), figures: { 'nbdkit-file': fig(100), torusd: fig(120) } }]);
+  const t = goalTally(rows, rv, iv);
+  assert.equal(t.total, 1 + 3 + 2);
+  assert.equal(t.met, 1 + 2 + 1);
+  assert.deepEqual(t.missed, ['torusd-p1 peak RSS ≤ 128 MiB', 'torusd-p1 idle CPU ≤ 1% of a core']);
 });

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { test } from 'vitest';
 import { median, ratio, spread, summarize } from '../lib/stats.mjs';
 
 test('median of odd and even counts, never the best', () => {
