@@ -19,7 +19,7 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs, resolveConfig, USAGE } from './lib/config.mjs';
 import { checkCopies, describeCheck } from './lib/copies.mjs';
-import { DEVICE_BYTES, FILL_JOB, JOBS, figureOf, fioArgs, readFio } from './lib/fio.mjs';
+import { FILL_JOB, JOBS, figureOf, fioArgs, readFio } from './lib/fio.mjs';
 import { NbdkitTarget } from './lib/nbdkit.mjs';
 import { BenchError, logTail, run, runOk, sleep, Supervisor } from './lib/procs.mjs';
 import {
@@ -44,7 +44,6 @@ import { median, SPREAD_WARN, summarize } from './lib/stats.mjs';
 import { quietState, TorusCluster } from './lib/torus.mjs';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const VOLUME_SIZE = '1GiB';
 const DISK_FREE_MIN_BYTES = 16 * 2 ** 30;
 /**
  * torusd counters read from every peer after every job.
@@ -153,7 +152,7 @@ async function main() {
   for (const plugin of ['file', 'memory', 'null']) {
     const name = `nbdkit-${plugin}`;
     if (!cfg.targets.includes(name)) continue;
-    const t = new NbdkitTarget({ name, plugin, work, sup, sampler, size: '1G' });
+    const t = new NbdkitTarget({ name, plugin, work, sup, sampler, size: `${cfg.sizeMiB}M` });
     await t.start();
     say(`${name} ready: ${t.mainCommandLine}`);
     targets.push(nbdkitTarget(t));
@@ -165,7 +164,7 @@ async function main() {
     await c.startEtcd();
     const p = await c.addPeer();
     await c.waitRingOf([p]);
-    const volume = await c.createVolume('bench', VOLUME_SIZE);
+    const volume = await c.createVolume('bench', volumeSize());
     say(`torusd ready: NBD ${p.nbd}, replication 1, volume bench (id ${volume.id})`);
     clusters.push(c);
     targets.push(torusTarget(c, volume, p, honesty, ownersOf));
@@ -178,7 +177,7 @@ async function main() {
       await c.addPeer();
       await c.waitRingOf(c.peers);
     }
-    const volume = await c.createVolume('bench', VOLUME_SIZE);
+    const volume = await c.createVolume('bench', volumeSize());
     const front = c.peers[0];
     const ring = await c.ring();
     let local = 0;
@@ -213,7 +212,7 @@ async function main() {
   const fills = {};
   for (const t of targets) {
     await quiesce(`${t.name} fill`);
-    say(`fill ${t.name}: one sequential 1 MiB pass over 1 GiB`);
+    say(`fill ${t.name}: one sequential 1 MiB pass over ${sizeText()}`);
     fills[t.name] = await runFio(t, FILL_JOB, t.uri(), 0);
     await t.checkAfter?.(FILL_JOB.name, 0, t.volume, true);
   }
@@ -294,7 +293,7 @@ async function main() {
       await settleAndCheck(r2, volume, `after re-replication (${slow.rateNote})`, honesty, ownersOf);
     }
     const src = targets.find((t) => t.name === 'nbdkit-file')?.imagePath ?? (await makeCopySource());
-    say(`plain file copy baseline: cp of ${src} (1 GiB) + sync of the copy, ${Math.max(3, cfg.rounds)} times`);
+    say(`plain file copy baseline: cp of ${src} (${sizeText()}) + sync of the copy, ${Math.max(3, cfg.rounds)} times`);
     rebuild.fileCopy = await measureFileCopy({ src, work, rounds: Math.max(3, cfg.rounds) });
   }
   sampler.setPhase('end');
@@ -345,7 +344,7 @@ async function main() {
   for (const l of rssLines(rss, names, RSS_MAX_BYTES)) console.log(l);
   if (idle) {
     console.log();
-    console.log(`Idle CPU after the jobs, averaged over ${idle.seconds} s with no client (issue 7: torusd ≤ ${IDLE_CORES_MAX * 100}% of a core; % of one core, each process with its children and threads):`);
+    console.log(`Idle CPU after the jobs, averaged over ${idle.seconds.toFixed(0)} s with no client (issue 7: torusd ≤ ${IDLE_CORES_MAX * 100}% of a core; % of one core, each process with its children and threads):`);
     for (const l of idleLines(idle, names)) console.log(l);
   }
   console.log();
@@ -363,7 +362,7 @@ async function main() {
     `machine: ${machine.cpus} CPUs (${machine.cpuModel}), ${(machine.memoryBytes / 2 ** 30).toFixed(1)} GiB RAM, load average ${machine.loadAvgAtStart.map((x) => x.toFixed(1)).join(' ')} at start, ${machine.loadAvg.map((x) => x.toFixed(1)).join(' ')} at end, ` +
       `kernel ${machine.kernel}; ${Object.entries(machine.versions).map(([k, v]) => `${k} ${v}`).join(', ')}`,
   );
-  console.log(`${cfg.seconds} s per timed job after ${cfg.rampSeconds} s ramp, ${cfg.rounds} round(s); the bench took ${(elapsedS / 60).toFixed(1)} min; JSON in ${path.relative(process.cwd(), cfg.out) || cfg.out}`);
+  console.log(`${cfg.seconds} s per timed job after ${cfg.rampSeconds} s ramp, ${cfg.rounds} round(s); the bench took ${(elapsedS / 60).toFixed(1)} min; JSON in ${shortPath(cfg.out)}`);
 
   console.log();
   console.log(`Issue 7 targets: ${tally.met} of ${tally.total} met in this run${tally.missed.length ? `; missed: ${tally.missed.join('; ')}` : ''}`);
@@ -430,7 +429,7 @@ async function main() {
     // No writeback from the previous job (another target's, maybe) during this one.
     await runOk('sync', [], { timeoutMs: 600_000 });
     const out = path.join(work, 'fio', `${t.name}-${job.name}-r${round}.json`);
-    const args = fioArgs(job, uri, { outFile: out, seconds: cfg.seconds, rampSeconds: cfg.rampSeconds });
+    const args = fioArgs(job, uri, { outFile: out, seconds: cfg.seconds, rampSeconds: cfg.rampSeconds, sizeMiB: cfg.sizeMiB });
     const procs = t.processes().filter((p) => !p.done);
     const cpu0 = cpuSeconds(procs.map((p) => p.pid));
     const t0 = process.hrtime.bigint();
@@ -521,7 +520,7 @@ function torusTarget(c, volume, front, honesty, ownersOf) {
     uri: () => `nbd://${front.nbd}/${volume.name}`,
     processes: () => c.peers.map((p) => p.handle),
     async fresh(round) {
-      const v = await c.createVolume(`prefill-${round}`, VOLUME_SIZE);
+      const v = await c.createVolume(`prefill-${round}`, volumeSize());
       return {
         uri: `nbd://${front.nbd}/${v.name}`,
         volume: v,
@@ -653,7 +652,7 @@ function printHonesty(honesty, clusters) {
 
 function printRebuild(rebuild) {
   console.log();
-  console.log('Re-replication of the 1 GiB bench volume after kill -9 of one of 3 peers and `torusctl peer remove --force --no-wait` (R=2), MB = 10^6 bytes.');
+  console.log(`Re-replication of the ${sizeText()} bench volume after kill -9 of one of 3 peers and \`torusctl peer remove --force --no-wait\` (R=2), MB = 10^6 bytes.`);
   console.log('  end to end: from the kill until the ring is stable and every block has 2 equal copies on its owners; copying: while torusd\'s copied-bytes counter moved (a lower bound on the copy rate)');
   const copying = (c) => (c ? `copying ${c.mbPerSec.toFixed(1)} MB/s (${c.startedAfterSeconds.toFixed(1)}-${c.endedAfterSeconds.toFixed(1)} s)` : 'copying: counter did not move');
   for (const r of rebuild.runs) {
@@ -670,16 +669,30 @@ function printRebuild(rebuild) {
     const f = rebuild.fileCopy;
     const first = rebuild.runs[0];
     console.log(
-      `  plain file copy (${f.command}, 1 GiB, same disk): ${f.mbPerSec.median.toFixed(0)} MB/s (median of ${f.seconds.length}, spread ${Math.round(f.mbPerSec.spread * 100)}%)` +
+      `  plain file copy (${f.command}, ${sizeText()}, same disk): ${f.mbPerSec.median.toFixed(0)} MB/s (median of ${f.seconds.length}, spread ${Math.round(f.mbPerSec.spread * 100)}%)` +
         (first ? `; torus / cp: ${(first.mbPerSec / f.mbPerSec.median).toFixed(3)} end to end` : '') +
         (first?.copying ? `, ${(first.copying.mbPerSec / f.mbPerSec.median).toFixed(3)} copying` : ''),
     );
   }
 }
 
+/** A path relative to the current folder when it lies below it, else absolute. */
+function shortPath(p) {
+  const rel = path.relative(process.cwd(), p);
+  return rel && !rel.startsWith('..') ? rel : p;
+}
+
+function volumeSize() {
+  return `${cfg.sizeMiB}MiB`;
+}
+
+function sizeText() {
+  return cfg.sizeMiB % 1024 === 0 ? `${cfg.sizeMiB / 1024} GiB` : `${cfg.sizeMiB} MiB`;
+}
+
 async function makeCopySource() {
   const file = path.join(work, 'cp-source.img');
-  await runOk('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', `count=${DEVICE_BYTES / 2 ** 20}`, 'status=none'], { timeoutMs: 600_000 });
+  await runOk('dd', ['if=/dev/urandom', `of=${file}`, 'bs=1M', `count=${cfg.sizeMiB}`, 'status=none'], { timeoutMs: 600_000 });
   return file;
 }
 

@@ -5,14 +5,15 @@ export const ALL_TARGETS = ['nbdkit-file', 'nbdkit-memory', 'nbdkit-null', 'toru
 
 export const USAGE = `Usage: npm run bench -- [options]   (or: bash test/bench/run.sh [options])
 
-  --quick               development run: 1 round of 3 s jobs, a 10 s idle window,
-                        one re-replication (env BENCH_QUICK=1)
+  --quick               development run: 1 round of 3 s jobs on 256 MiB devices, a 10 s
+                        idle window, one re-replication (env BENCH_QUICK=1)
   --json FILE           write every figure, round by round, to FILE
                         (env BENCH_OUT; default test/bench/results/latest.json)
   --rounds N            rounds of every job on every target, interleaved
                         (env BENCH_ROUNDS; default 3, 1 with --quick)
   --seconds N           seconds per timed fio job (env BENCH_SECONDS; default 20, 3 with --quick)
   --ramp N              unmeasured fio --ramp_time per timed job (env BENCH_RAMP_SECONDS; default 2, 1 with --quick)
+  --size-mib N          what every target exports, MiB (env BENCH_SIZE_MIB; default 1024, 256 with --quick)
   --idle-seconds N      window over which torusd's idle CPU is averaged, 0 to skip
                         (env BENCH_IDLE_SECONDS; default 60, 10 with --quick)
   --targets LIST        comma-separated subset of ${ALL_TARGETS.join(',')} (env BENCH_TARGETS)
@@ -35,6 +36,7 @@ const VALUE_FLAGS = {
   '--seconds': 'BENCH_SECONDS',
   '--ramp': 'BENCH_RAMP_SECONDS',
   '--idle-seconds': 'BENCH_IDLE_SECONDS',
+  '--size-mib': 'BENCH_SIZE_MIB',
   '--targets': 'BENCH_TARGETS',
   '--rebuild': 'BENCH_REBUILD',
 };
@@ -84,6 +86,7 @@ export function resolveConfig(env, repo) {
     rounds: int('BENCH_ROUNDS', quick ? 1 : 3),
     rampSeconds: int('BENCH_RAMP_SECONDS', quick ? 1 : 2, 0),
     idleSeconds: int('BENCH_IDLE_SECONDS', quick ? 10 : 60, 0),
+    sizeMiB: int('BENCH_SIZE_MIB', quick ? 256 : 1024, 16),
     dir: env.BENCH_DIR || `${repo}/.local/bench`,
     keep: env.BENCH_KEEP === '1',
     torusSize: env.BENCH_TORUS_SIZE || '8GiB',

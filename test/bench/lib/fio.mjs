@@ -1,9 +1,6 @@
 // The fio jobs of `npm run bench` and the reading of fio's JSON output.
 import { readFileSync } from 'node:fs';
 
-/** fio --size: every target exports (at least) this much; the volume size too. */
-export const DEVICE_SIZE = '1g';
-export const DEVICE_BYTES = 2 ** 30;
 
 /**
  * The measured jobs, in the order a round runs them. `fresh`: the job gets a
@@ -25,10 +22,10 @@ export const JOBS = [
 /** The untimed pass that writes every target's bench device once before the rounds (reads need data; everyone gets the same warm-up). */
 export const FILL_JOB = { name: 'fill-write-1m-qd4', args: ['--rw=write', '--bs=1M', '--iodepth=4'] };
 
-/** fio's command line for one job against one NBD URI. */
-export function fioArgs(job, uri, { outFile, seconds, rampSeconds }) {
+/** fio's command line for one job against one NBD URI; every target exports sizeMiB (the config's device size). */
+export function fioArgs(job, uri, { outFile, seconds, rampSeconds, sizeMiB }) {
   const timed = job.fresh || job === FILL_JOB ? [] : ['--time_based', `--runtime=${seconds}`, ...(rampSeconds > 0 ? [`--ramp_time=${rampSeconds}`] : [])];
-  return [`--name=${job.name}`, '--ioengine=nbd', `--uri=${uri}`, `--size=${DEVICE_SIZE}`, ...job.args, ...timed, '--output-format=json', `--output=${outFile}`];
+  return [`--name=${job.name}`, '--ioengine=nbd', `--uri=${uri}`, `--size=${sizeMiB}m`, ...job.args, ...timed, '--output-format=json', `--output=${outFile}`];
 }
 
 /** One fio run: throughput, latency percentiles, flushes. Throws on a missing or failed job. */

@@ -180,7 +180,7 @@ function copyingFigures(samples) {
 }
 
 /**
- * The plain-copy baseline: `cp` of a 1 GiB file to a new file on the same
+ * The plain-copy baseline: `cp` of a file as large as the volume to a new file on the same
  * disk, then `sync` of that file (fsync: torus makes each copied block
  * durable too). The source was written before and may be in the page
  * cache, as torus's blocks are.
