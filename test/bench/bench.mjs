@@ -29,6 +29,7 @@ import {
   idleLines,
   idleVerdicts,
   latencyTable,
+  pairedTable,
   ratios,
   ratioTable,
   RSS_MAX_BYTES,
@@ -335,6 +336,10 @@ async function main() {
   console.log('replicated: torusd-r2 (3 peers, R=2, write level all) vs its target: reads vs single-peer torusd, sequential writes vs nbdkit file ÷ 2, random writes vs nbdkit file.');
   console.log('Ceilings: nbdkit memory and nbdkit null are NBD over loopback with (almost) no storage behind it.');
   console.log(ratioTable(ratioRows));
+  if (cfg.rounds > 1) {
+    console.log();
+    console.log(pairedTable(ratioRows));
+  }
   for (const w of warnings) {
     console.log(`WARNING: spread ${Math.round(w.spread * 100)}% > ${SPREAD_WARN * 100}%: ${w.job} on ${w.target} (rounds: ${w.rounds.map((v) => (w.unit === 'IOPS' ? Math.round(v) : (v / 2 ** 20).toFixed(0))).join(', ')} ${w.unit})`);
   }

@@ -120,6 +120,19 @@ export function ratioTable(rows) {
   return table(header, body, 1);
 }
 
+/**
+ * The same ratios taken round by round (each round's targets ran minutes
+ * apart at most, so a slow spell of the machine hits both sides of a
+ * ratio): median and spread of the per-round ratios. A second view beside
+ * the ratio of medians when the machine is noisy.
+ */
+export function pairedTable(rows) {
+  const cell = (x) => (x.paired == null ? '-' : `${fix2(x.paired.median)} ${pct(x.paired.spread).padStart(4)}`);
+  const header = ['job (ratios per round: median, spread)', 'torusd/file', 'replicated', ''];
+  const body = rows.map((r) => [r.job, cell(r.single), cell(r.replicated), r.replicated.label]);
+  return table(header, body, 1);
+}
+
 export function rssLines(rss, targets, limitBytes = RSS_MAX_BYTES) {
   const lines = [];
   const mib = (b) => `${(b / MiB).toFixed(1)} MiB`;

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'vitest';
-import { formatFigure, goalTally, idleVerdicts, ratios, rssVerdicts, spreadWarnings } from '../lib/report.mjs';
+import { formatFigure, goalTally, idleVerdicts, pairedTable, ratios, rssVerdicts, spreadWarnings } from '../lib/report.mjs';
 import { summarize } from '../lib/stats.mjs';
 
 const MiB = 2 ** 20;
@@ -46,6 +46,8 @@ test('ratios are also given round by round', () => {
   assert.deepEqual(rows[0].single.paired.rounds, [0.5, 1, 1]);
   assert.equal(rows[0].single.paired.median, 1);
   assert.deepEqual(rows[0].replicated.paired.rounds, [0.5, 0.5, 0.5]);
+  const lines = pairedTable(rows).split('\n');
+  assert.match(lines[2], /^r\s+1\.00\s+50%\s+0\.50\s+0%\s+r2\/file$/);
 });
 
 test('issue 7 verdicts: RSS per torusd process (VmHWM counts), idle CPU per torusd, nbdkit not judged', () => {
