@@ -109,8 +109,8 @@ export class VolumeCoordinator {
 
   /**
    * Takes over the volume: every peer that may hold its blocks learns the
-   * token (a peer that cannot be reached and is not DOWN is recorded stale
-   * for the whole volume), then the stale records are loaded.
+   * token (one that cannot be reached learns it from etcd or with our first
+   * change), then the stale records are loaded.
    */
   static async open(opts: CoordinatorOptions): Promise<VolumeCoordinator> {
     const c = new VolumeCoordinator(opts);
