@@ -4,7 +4,10 @@
 # guest's tmpfs once: under emulation every file open over 9p is a slow round
 # trip, and each torusd start opens hundreds of module files. Then runs the
 # scenarios from the copy; results go back to the checkout.
+#   stage.sh [SCRIPT [ARGS...]]   SCRIPT under test/vm/guest/, default scenarios.mjs
 set -euo pipefail
+script=${1:-scenarios.mjs}
+[ $# -gt 0 ] && shift
 src=$(pwd -P)
 app=/tmp/torus-app
 started=$(date +%s)
@@ -17,4 +20,4 @@ tar -C "$src" -cf - \
 echo "stage: copied the build into the guest in $(( $(date +%s) - started )) s"
 cd "$app"
 export TORUS_VM_RESULTS="$src/test/vm/last-run.json"
-exec node test/vm/guest/scenarios.mjs
+exec node "test/vm/guest/$script" "$@"
