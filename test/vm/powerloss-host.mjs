@@ -25,6 +25,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const RUN = path.join(ROOT, 'test/vm/powerloss-run');
 const DISK = path.join(RUN, 'disk.img');
 const PIDFILE = path.join(RUN, 'qemu.pid');
+const STAGE_TAR = path.join(RUN, 'app.tar');
 const DISK_BYTES = 512 * 1024 * 1024;
 const VOLUME = 'powerloss';
 const VOLUME_SIZE = '16MiB';
@@ -84,6 +85,9 @@ mkdirSync(RUN, { recursive: true });
 closeSync(openSync(DISK, 'w'));
 await runOk('truncate', ['-s', String(DISK_BYTES), DISK]);
 
+// The build, packed once for the guest's tmpfs (test/vm/guest/stage.sh).
+await runOk('bash', [path.join(ROOT, 'test/vm/guest/stage.sh'), '--pack', STAGE_TAR]);
+
 const clientPort = await freePort();
 const peerPort = await freePort();
 const etcdUrl = `http://127.0.0.1:${clientPort}`;
@@ -126,6 +130,10 @@ async function boot(round, mode, lastAck, kill) {
   const child = spawn('bash', [path.join(ROOT, 'test/vm/harness/run-in-vm.sh'), 'env',
     `TORUS_PL_ROUND=${round}`, `TORUS_PL_MODE=${mode}`, `TORUS_PL_STATE=${RUN}`, `TORUS_PL_ETCD=10.0.2.2:${clientPort}`,
     `TORUS_PL_VOLUME=${VOLUME}`, `TORUS_PL_VOLUME_ID=${volumeId}`, `TORUS_PL_SEED=${SEED}`, `TORUS_PL_LAST_ACK=${lastAck}`,
+    `TORUS_VM_STAGE_TAR=${STAGE_TAR}`,
+    // The guest runs this same node (Node 24 from scripts/node24.sh when the
+    // system's is older): the checkout is shared at the same path.
+    `PATH=${path.dirname(process.execPath)}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`,
     'bash', 'test/vm/guest/stage.sh', 'powerloss.mjs'], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, TORUS_VM_DRIVE: DISK, TORUS_VM_PIDFILE: PIDFILE, TORUS_VM_TIMEOUT: String(BOOT_TIMEOUT_S) },
@@ -234,6 +242,7 @@ for (let i = 0; i < rounds.length; i++) {
   ].join(' | '));
 }
 for (const r of rounds) for (const f of r.fails) console.log(`FAIL round ${r.round}: ${f}`);
+rmSync(STAGE_TAR, { force: true });
 if (!failed && process.env.TORUS_PL_KEEP !== '1') rmSync(DISK, { force: true });
 stopEtcd();
 console.log(`vm powerloss suite: ${failed ? 'FAILED' : 'passed'}, ${KILLS} power cuts, ${totalS} s (files in ${path.relative(ROOT, RUN)})`);

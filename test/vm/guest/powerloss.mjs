@@ -45,7 +45,8 @@ const LAST_ACK = ROUND > 0 ? Number(env('TORUS_PL_LAST_ACK')) : 0;
 /** The writer stops by itself (and fails the round) if the host never pulls the plug. */
 const WRITE_SECONDS_MAX = Number(process.env.TORUS_PL_WRITE_SECONDS ?? 120);
 const DISK = '/dev/vda';
-const MNT = '/mnt/powerloss';
+// The guest's / is the host's, read-only; /tmp is the guest's own tmpfs.
+const MNT = '/tmp/powerloss-mnt';
 const DATA_DIR = path.join(MNT, 'torusd');
 /** Writes in flight at once, and bytes per read while checking. */
 const WRITE_QUEUE_MAX = 8;
@@ -77,6 +78,7 @@ async function waitFor(what, probe, timeoutMs, intervalMs = 250) {
       const v = await probe();
       if (v) return v;
     } catch (err) {
+      if (err.fatal) throw err;
       last = err;
     }
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${last.message}` : ''}`);
@@ -144,7 +146,7 @@ const logLines = () => readFileSync(logFile, 'utf8').split('\n').filter(Boolean)
   }
 });
 const ready = await waitFor('torusd ready', () => {
-  if (torusd.exitCode !== null) throw new Error(`torusd exited ${torusd.exitCode}: ${readFileSync(logFile, 'utf8').slice(-2000)}`);
+  if (torusd.exitCode !== null) throw Object.assign(new Error(`torusd exited ${torusd.exitCode}: ${readFileSync(logFile, 'utf8').slice(-2000)}`), { fatal: true });
   return logLines().find((l) => l.msg === 'torusd ready');
 }, 240_000);
 const startS = (Date.now() - started) / 1000;
