@@ -228,17 +228,20 @@ for (let round = 0; round <= KILLS; round++) {
 const totalS = secs(t0);
 writeFileSync(path.join(RUN, 'summary.json'), JSON.stringify({ when: new Date().toISOString(), seed: SEED, totalS, failed, rounds }, null, 2) + '\n');
 console.log('\npower-loss summary (seed ' + SEED + ')');
-console.log('cut | how                     | FLUSH acks | then: torusd start | flushed sectors intact | unflushed new | unflushed window old | lost | garbage | repaired (suspect) blocks | suspect after read | CRC failures');
+// Per power cut, what the next boot found. "flushed": sectors some
+// acknowledged FLUSH covered; of those, "as flushed" hold exactly that
+// generation and "newer" a later, unacknowledged one (allowed); "lost" and
+// "garbage" must be 0.
+console.log('cut | how                      | FLUSH acks | torusd start after | flushed | as flushed | newer (unflushed) | lost | garbage | blocks suspect at start | suspect after reading | CRC failures');
 for (let i = 0; i < rounds.length; i++) {
   const r = rounds[i];
   if (r.mode !== 'write') continue;
   const v = rounds[i + 1]?.verified;
-  const how = r.kill === 'ack' ? `at ack #${r.acks > 0 ? Math.min(r.acks, 99) : 0} (+${r.killLatencyMs ?? '?'} ms)` : `random, ${r.killedAfterMs} ms in`;
+  const how = r.kill === 'ack' ? `at FLUSH ack ${r.acks} (+${r.killLatencyMs ?? '?'} ms)` : `random, ${r.killedAfterMs} ms in`;
+  const col = (x, w) => (v ? String(x) : '-').padStart(w);
   console.log([
-    ` ${r.round + 1} `, how.padEnd(23), String(r.acks).padStart(10),
-    v ? `${v.startS} s`.padStart(18) : '-', v ? `${v.flushedWritten}/${v.flushedSectors}`.padStart(22) : '-', v ? String(v.unflushed).padStart(13) : '-',
-    v ? String(v.windowOld).padStart(20) : '-', v ? String(v.lost).padStart(4) : '-', v ? String(v.garbage).padStart(7) : '-',
-    v ? String(v.repairedBlocks).padStart(25) : '-', v ? String(v.suspectAfter).padStart(18) : '-', v ? String(v.crcFailures).padStart(12) : '-',
+    String(r.round + 1).padStart(3), how.padEnd(24), String(r.acks).padStart(10), col(v ? `${v.startS.toFixed(1)} s` : '', 18), col(v?.flushedSectors, 7),
+    col(v?.flushedWritten, 10), col(v?.flushedNewer, 17), col(v?.lost, 4), col(v?.garbage, 7), col(v?.suspectBefore, 23), col(v?.suspectAfter, 21), col(v?.crcFailures, 12),
   ].join(' | '));
 }
 for (const r of rounds) for (const f of r.fails) console.log(`FAIL round ${r.round}: ${f}`);

@@ -185,7 +185,7 @@ if (!Number.isInteger(SECTORS) || SECTORS <= 0) throw new Error(`volume size ${n
 /** Reads the whole volume; returns the generation each sector holds. */
 async function checkVolume(exp) {
   const now = new Uint32Array(SECTORS);
-  const counts = { flushed: 0, flushedWritten: 0, unflushed: 0, windowOld: 0, lost: 0, garbage: 0, unknown: 0 };
+  const counts = { flushed: 0, flushedWritten: 0, flushedNewer: 0, unflushed: 0, windowOld: 0, lost: 0, garbage: 0, unknown: 0 };
   const examples = [];
   let next = 0;
   const worker = async () => {
@@ -210,6 +210,7 @@ async function checkVolume(exp) {
         // In the unacknowledged window but old: those writes did not land (or never started).
         if (verdict === 'flushed' && exp.later.has(s)) counts.windowOld++;
         if (verdict === 'flushed' && exp.floor[s] > 0) counts.flushedWritten++;
+        if (verdict === 'unflushed' && exp.floor[s] > 0) counts.flushedNewer++;
         if (verdict !== 'flushed' && verdict !== 'unflushed' && examples.length < 8) {
           examples.push(`sector ${s}: ${verdict}, holds ${got.garbage ?? `generation ${got.gen}`}, flushed generation ${exp.floor[s]}, unflushed ${JSON.stringify(exp.later.get(s) ?? [])}`);
         }
