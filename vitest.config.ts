@@ -3,9 +3,10 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
-    // Tests of known bugs that fail today (each file says why); run them with
-    // `npx vitest run --config test/pending/vitest.config.ts`.
-    exclude: ['**/node_modules/**', 'test/pending/**'],
+    // Tests of known bugs that fail today (each file says why; run them with
+    // `npx vitest run --config test/pending/vitest.config.ts`), and the
+    // fault suites, which have their own script (`npm run test:faults`).
+    exclude: ['**/node_modules/**', 'test/pending/**', 'test/faults/**'],
     // Integration suites start real etcd, torusd and NBD clients; they share the
     // two cores of a CI machine, so files run one at a time to keep timings sane.
     fileParallelism: false,
