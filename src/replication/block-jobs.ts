@@ -107,7 +107,12 @@ export class VolumeJobs {
       let allFixed = true;
       let copied = 0;
       for (const index of indexes) {
-        if (c.isClosed || c.fencedBy) return;
+        if (c.isClosed || c.fencedBy) {
+          // Each block copied was cleared on its own: the next coordinator goes on from here.
+          if (copied > 0) this.log.info({ peer, blocks: copied, of: indexes.length, whole: missed === 'all' }, 'catch-up interrupted (volume closed or fenced off); the blocks copied stay caught up');
+          report.caughtUp += copied;
+          return;
+        }
         const owners = ownersOf(c.ctx.ring(), c.refOf(index));
         if (!owners.all.includes(peer)) {
           // No longer an owner of this block: nothing to catch up.
