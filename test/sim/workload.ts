@@ -518,6 +518,10 @@ export class Workload {
       if (op.kind !== 'read' && op.kind !== 'flush') vol.model.uncertain(this.candidate(op), op.first, op.count);
       const v = checker.checkFailure(`op ${op.id} (${op.kind} of ${vol.name} sectors ${op.first}+${op.count} through peer ${op.writer.peer.index})`, value, !this.quietThroughout(op));
       if (v) fail({ ...v, blocks: this.blocksOf(op) });
+      // Fenced for good (another holder took the volume while this writer's
+      // lease was gone: volume-manager.ts, relock): its device fails until it
+      // is detached and attached again, which is what a client does.
+      if (isTorusError(value, 'TORUS_ERR_VOLUME_FENCED') && vol.writer === op.writer) this.abandonWriter(vol, 'fenced for good: attach again');
       return;
     }
     const latency = now - op.issuedAt;
