@@ -385,7 +385,7 @@ describe('replication on a simulated cluster', () => {
     c.thaw(a);
     await runFor(c, 30_000);
     const late = await until(c, old.write(BLOCK, pattern(3, BLOCK), true).then(() => 'ok', (err: unknown) => (isTorusError(err) ? err.code : String(err))));
-    expect(late).toBe('TORUS_ERR_VOLUME_LOCK_LOST');
+    expect(late).toBe('TORUS_ERR_VOLUME_FENCED');
     const check = await until(c, c.open(b, 'v', 'ro'));
     expect((await until(c, check.read(0, 2 * BLOCK))).equals(Buffer.concat([pattern(2, BLOCK), pattern(1, 4 * BLOCK).subarray(BLOCK, 2 * BLOCK)]))).toBe(true);
   });
