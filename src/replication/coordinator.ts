@@ -83,6 +83,16 @@ export class VolumeCoordinator {
   private lostSinceFlush: TorusError | null = null;
   /** Blocks an owner may have lost in a restart since the last flush: the next flush checks they keep minReplicas copies. */
   private readonly lostInRestart = new Set<number>();
+  /**
+   * Blocks a failed flush (or a replica restart) left with fewer than
+   * minReplicas durable copies. Every later flush fails while one is left:
+   * a successful FLUSH covers every write completed before it (NBD spec),
+   * also those an earlier failed FLUSH covered. A block leaves the set once
+   * enough owners hold its newest version durably again (a catch-up or
+   * repair installs with FUA; a later change is flushed by this flush).
+   * Pinned, so the block table keeps what it knows of them.
+   */
+  private readonly shortSinceFlush = new Set<number>();
   /** Blocks moved to their new owners in the transition with this (moving) ring version. */
   private movedIn = { ringVersion: 0, blocks: new Set<number>(), all: false };
   private fenced: TorusError | null = null;
@@ -258,14 +268,42 @@ export class VolumeCoordinator {
     await Promise.all(records);
     for (const b of this.lostInRestart) {
       const e = this.blocks.peek(b);
-      if (e !== undefined && this.trustedHolders(e, ownersOf(this.ctx.ring(), this.refOf(b))).length < this.quorumFor(b)) short.push(b);
+      if (e === undefined || this.trustedHolders(e, ownersOf(this.ctx.ring(), this.refOf(b))).length < this.quorumFor(b)) short.push(b);
+      this.unpin(b);
     }
     this.lostInRestart.clear();
+    // What earlier flushes left short counts until it is durable again.
+    for (const b of this.shortSinceFlush) {
+      if (short.includes(b)) continue;
+      if (await this.durableEnough(b)) {
+        this.shortSinceFlush.delete(b);
+        this.unpin(b);
+      } else short.push(b);
+    }
+    for (const b of short) {
+      if (this.shortSinceFlush.has(b)) continue;
+      const e = this.blocks.peek(b);
+      if (e !== undefined) e.pins++;
+      this.shortSinceFlush.add(b);
+    }
     this.checkLease();
     if (lost) throw lost;
     if (short.length > 0) {
       throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `flush of volume ${this.volume.name}: ${short.length} block(s) have fewer than the minimum of durable copies`, { details: { blocks: short.slice(0, 16) } });
     }
+  }
+
+  /** Whether at least minReplicas trusted owners hold the block's newest version (learnt again if the table lost it). */
+  private async durableEnough(index: number): Promise<boolean> {
+    let e = this.blocks.peek(index);
+    if (e === undefined) {
+      try {
+        e = await this.touch(index);
+      } catch {
+        return false;
+      }
+    }
+    return this.trustedHolders(e, ownersOf(this.ctx.ring(), this.refOf(index))).length >= this.quorumFor(index);
   }
 
   /**
@@ -280,9 +318,11 @@ export class VolumeCoordinator {
     this.unflushed.set(u, new Set());
     const blocks = [...s];
     for (const b of blocks) {
+      // Still pinned (its unflushed pin moves to lostInRestart), so the
+      // next flush can tell how many durable copies are left.
       this.blocks.peek(b)?.holders.delete(u);
+      if (this.lostInRestart.has(b)) this.unpin(b);
       this.lostInRestart.add(b);
-      this.unpin(b);
     }
     this.log.warn({ peer: u, blocks: blocks.length }, 'a replica restarted with unflushed changes; they are recorded stale for it');
     const recorded = this.stale.record(u, blocks).catch((err: unknown) => {
