@@ -74,7 +74,7 @@ describe('whole-cluster simulation', () => {
   }, HANG_GUARD_MS);
 
   describe('the checkers catch each deliberately broken variant within the CI seed budget', () => {
-    for (const name of variantNames()) {
+    for (const name of variantNames().filter((n) => VARIANTS[n].pending === undefined)) {
       it(name, async () => {
         const variant = VARIANTS[name];
         let caught: SeedLine | null = null;
