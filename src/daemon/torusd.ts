@@ -19,6 +19,7 @@ import { PeerServer } from '../peer/server.js';
 import { planRingChange } from '../ring/transition.js';
 import { FileFencePersistence } from '../store/fence-file.js';
 import { FileBlockStore } from '../store/file-block-store.js';
+import { BufferPool, poisonFromEnv } from '../util/buffer-pool.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { crc32cDescription } from '../util/crc32c.js';
 import { systemIds, systemRandom } from '../util/random.js';
@@ -60,6 +61,8 @@ export class TorusDaemon {
   private readonly log: Logger;
   private readonly root: Logger;
   private readonly clock: Clock;
+  /** One pool, so one bound, for the data path: NBD payloads and the store's read regions. */
+  private readonly pool = new BufferPool({ poison: poisonFromEnv(process.env) });
   private metadata!: EtcdMetadata;
   private store!: FileBlockStore;
   private peerServer!: PeerServer;
@@ -113,7 +116,9 @@ export class TorusDaemon {
       logger: this.root,
       clock: this.clock,
       onCrcFailure: () => this.metrics.storeCrcFailure(),
+      pool: this.pool,
     });
+    if (this.pool.poison) this.root.warn('buffer pool poisoning is on (TORUS_POOL_POISON=1): a debugging mode, slower');
     this.metrics.setStoreUsageSource(() => {
       const u = this.store.usage();
       return { capacityBytes: u.capacity, usedBytes: u.used };
@@ -209,6 +214,7 @@ export class TorusDaemon {
       logger: this.root,
       onRequest: (r) => this.metrics.nbdRequest(r.command as NbdCommandName, r.bytes, r.latencyMs, r.error),
       onConnection: (event) => (event === 'open' ? this.metrics.nbdConnectionOpened() : this.metrics.nbdConnectionClosed()),
+      pool: this.pool,
     });
     const nbdBound = await this.nbd.listen(cfg.nbd.host, cfg.nbd.port);
     this.addresses.nbd = `${cfg.nbd.host}:${nbdBound.port}`;
