@@ -34,6 +34,7 @@ import { attachSocketPath } from '../attach/api.js';
 import type { DaemonConfig } from './config.js';
 import { bindDataDirToCluster, claimDataDir, loadOrCreatePeerId, readLeaseFile, releaseDataDir, writeLeaseFile } from './identity.js';
 import { resolveClusterSecret } from './secret.js';
+import { libuvWorkerThreads } from './threadpool.js';
 
 /**
  * Lease TTL of the peer record and volume locks (Torus used 30 s). It bounds
@@ -241,7 +242,7 @@ export class TorusDaemon {
         logger: this.root,
       });
     }
-    this.log.info({ uuid, peer: this.addresses.peer, nbd: this.addresses.nbd, http: this.addresses.http, capacity: this.capacity, blockSize: this.cluster.blockSize }, 'torusd ready');
+    this.log.info({ uuid, peer: this.addresses.peer, nbd: this.addresses.nbd, http: this.addresses.http, capacity: this.capacity, blockSize: this.cluster.blockSize, threadpoolThreads: libuvWorkerThreads() }, 'torusd ready');
   }
 
   /** Orderly stop: NBD clients get their replies, volumes flush, locks and the lease are released. */

@@ -1,0 +1,38 @@
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { THREADPOOL_SIZE } from '../../src/daemon/threadpool.js';
+
+const probe = path.join(import.meta.dirname, '..', 'fixtures', 'threadpool-probe.mjs');
+
+async function run(args: string[], env: NodeJS.ProcessEnv): Promise<{ workers: number | null; env: string }> {
+  const { stdout } = await promisify(execFile)(process.execPath, [probe, ...args], { env, timeout: 30_000 });
+  return JSON.parse(stdout.trim().split('\n').pop()!) as { workers: number | null; env: string };
+}
+
+function cleanEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  delete env.UV_THREADPOOL_SIZE;
+  return env;
+}
+
+describe('libuv thread pool size', () => {
+  it('is the size torusd asks for when the module is loaded before the pool starts', async () => {
+    const r = await run([], cleanEnv());
+    expect(r.env).toBe(String(THREADPOOL_SIZE));
+    if (r.workers !== null) expect(r.workers).toBe(THREADPOOL_SIZE);
+  });
+
+  it('is still that size when the pool had started first (the process re-executes itself)', async () => {
+    const r = await run(['pool-started-first'], cleanEnv());
+    expect(r.env).toBe(String(THREADPOOL_SIZE));
+    if (r.workers !== null) expect(r.workers).toBe(THREADPOOL_SIZE);
+  });
+
+  it('leaves a size the user set alone', async () => {
+    const r = await run([], { ...cleanEnv(), UV_THREADPOOL_SIZE: '3' });
+    expect(r.env).toBe('3');
+    if (r.workers !== null) expect(r.workers).toBe(3);
+  });
+});
