@@ -10,38 +10,32 @@
  * loader reads modules synchronously, setting it here comes first. A loader
  * that reads files through the pool (Node 20's does) has started it by then:
  * that shows as libuv worker threads already running, and the process
- * re-executes itself (same pid, same arguments) with the variable set.
+ * re-executes itself (process.execve: same pid, same arguments) with the
+ * variable set. Where execve is missing (Node before 23.11) it runs as it is.
  *
- * No imports but node:fs: nothing here may use the pool.
+ * The young generation's size (SEMI_SPACE_MAX_MB, daemon/process-limits.ts)
+ * can only be set from process start too, so it rides on the same re-exec.
+ *
+ * Importing this module has those effects on the importing process: only
+ * the cmd entries import it, first. Nothing it imports may use the pool.
  */
-import fs from 'node:fs';
+import { libuvWorkerThreads, SEMI_SPACE_MAX_MB, THREADPOOL_SIZE } from './process-limits.js';
 
-export const THREADPOOL_SIZE = 8;
+/** Set in the environment of the re-executed process: never more than once. */
+const REEXEC_MARK = 'TORUS_PROCESS_SETUP';
 
-/** libuv's worker threads running now (Linux names them), or null where that cannot be read. */
-export function libuvWorkerThreads(): number | null {
-  let tasks: string[];
-  try {
-    tasks = fs.readdirSync('/proc/self/task');
-  } catch {
-    return null;
-  }
-  let n = 0;
-  for (const t of tasks) {
-    try {
-      if (fs.readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim() === 'libuv-worker') n++;
-    } catch {
-      // the thread ended meanwhile
-    }
-  }
-  return n;
-}
-
-if (!process.env.UV_THREADPOOL_SIZE) {
-  process.env.UV_THREADPOOL_SIZE = String(THREADPOOL_SIZE);
+const env = process.env;
+let reexec = false;
+if (!env.UV_THREADPOOL_SIZE) {
+  env.UV_THREADPOOL_SIZE = String(THREADPOOL_SIZE);
   const running = libuvWorkerThreads();
-  const execve = (process as unknown as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve;
-  if (running !== null && running > 0 && running < THREADPOOL_SIZE && typeof execve === 'function') {
-    execve(process.execPath, [process.execPath, ...process.execArgv, ...process.argv.slice(1)], process.env);
-  }
+  if (running !== null && running > 0 && running < THREADPOOL_SIZE) reexec = true;
+}
+const semiSpaceSet = [...process.execArgv, ...(env.NODE_OPTIONS ?? '').split(/\s+/)].some((a) => a.startsWith('--max-semi-space-size'));
+const execArgv = semiSpaceSet ? process.execArgv : [...process.execArgv, `--max-semi-space-size=${SEMI_SPACE_MAX_MB}`];
+if (!semiSpaceSet) reexec = true;
+const execve = (process as unknown as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve;
+if (reexec && env[REEXEC_MARK] === undefined && typeof execve === 'function') {
+  env[REEXEC_MARK] = '1';
+  execve(process.execPath, [process.execPath, ...execArgv, ...process.argv.slice(1)], env);
 }

@@ -34,7 +34,7 @@ import { attachSocketPath } from '../attach/api.js';
 import type { DaemonConfig } from './config.js';
 import { bindDataDirToCluster, claimDataDir, loadOrCreatePeerId, readLeaseFile, releaseDataDir, writeLeaseFile } from './identity.js';
 import { resolveClusterSecret } from './secret.js';
-import { libuvWorkerThreads } from './threadpool.js';
+import { libuvWorkerThreads } from './process-limits.js';
 
 /**
  * Lease TTL of the peer record and volume locks (Torus used 30 s). It bounds

@@ -38,7 +38,7 @@ export interface BufferPoolOptions {
   readonly classMinBytes?: number;
   /** Largest pooled class; larger requests are plain allocations. Default 4 MiB. */
   readonly classMaxBytes?: number;
-  /** Bytes kept on the free lists at most; buffers released beyond it are left to the GC. Default 32 MiB. */
+  /** Bytes kept on the free lists at most; buffers released beyond it are left to the GC. Default 16 MiB. */
   readonly freeBytesMax?: number;
   /** Poison released buffers (see above). Default: TORUS_POOL_POISON=1 in the environment. */
   readonly poison?: boolean;
@@ -114,7 +114,7 @@ export class BufferPool {
   constructor(opts: BufferPoolOptions = {}) {
     this.classMinBytes = opts.classMinBytes ?? 4096;
     this.classMaxBytes = opts.classMaxBytes ?? 4 * 1024 * 1024;
-    this.freeBytesMax = opts.freeBytesMax ?? 32 * 1024 * 1024;
+    this.freeBytesMax = opts.freeBytesMax ?? 16 * 1024 * 1024;
     this.poison = opts.poison ?? poisonFromEnv();
     assert(isPowerOfTwo(this.classMinBytes) && isPowerOfTwo(this.classMaxBytes) && this.classMinBytes <= this.classMaxBytes, 'pool classes are powers of two, min <= max');
     assert(Number.isSafeInteger(this.freeBytesMax) && this.freeBytesMax >= 0, 'freeBytesMax is a non-negative integer');
