@@ -1,5 +1,6 @@
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
+import { isPooled, releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
 import type { PeerAddress } from './address.js';
 
 /**
@@ -46,7 +47,17 @@ export class CorkedWriter {
       s.cork();
       process.nextTick(this.uncork);
     }
-    for (const b of bufs) if (b.length > 0) s.write(b);
+    for (const b of bufs) {
+      if (b.length === 0) continue;
+      // A pooled payload stays referenced while queued on the socket, even
+      // if the request it belongs to timed out meanwhile.
+      if (isPooled(b)) {
+        retainBuffer(b);
+        s.write(b, () => releaseBuffer(b));
+      } else {
+        s.write(b);
+      }
+    }
   }
 
   private readonly uncork = (): void => {

@@ -7,6 +7,7 @@ import type { ChangeStamp, ReplicaApi } from '../model/replica-api.js';
 import type { VolumeRecord } from '../model/records.js';
 import { makeVersion, SEQ_MAX, VERSION_ABSENT, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
+import { releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
 import { withTimeout } from '../util/timeout.js';
 import { BlockOrder } from './block-order.js';
 import { BlockTable, type BlockEntry } from './block-table.js';
@@ -427,6 +428,9 @@ export class VolumeCoordinator {
       earlyResolve = res;
       earlyReject = rej;
     });
+    // The payload may be sent again (a ring retry) after the write level let
+    // the caller go on: hold it until every owner has answered.
+    if (change.kind === 'write') retainBuffer(change.data);
     const finished = (async () => {
       const acked = new Set<string>();
       let owners = ownersOf(this.ctx.ring(), ref);
@@ -527,10 +531,11 @@ export class VolumeCoordinator {
     const settled = finished.then(() => {
       if (e.committed < stamp.version) e.committed = stamp.version;
     });
-    void settled.then(
-      () => this.settledOne(e),
-      () => this.settledOne(e),
-    );
+    const done = () => {
+      if (change.kind === 'write') releaseBuffer(change.data);
+      this.settledOne(e);
+    };
+    void settled.then(done, done);
     settled.then(
       () => earlyResolve(),
       (err: unknown) => earlyReject(err),
