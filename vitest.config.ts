@@ -5,7 +5,8 @@ export default defineConfig({
     include: ['test/**/*.test.ts'],
     // Tests of known bugs that fail today (each file says why); run them with
     // `npx vitest run --config test/pending/vitest.config.ts`.
-    exclude: ['**/node_modules/**', 'test/pending/**'],
+    // Long load and memory suites: `npm run test:stress` (test/stress/vitest.config.ts).
+    exclude: ['**/node_modules/**', 'test/pending/**', 'test/stress/**'],
     // Integration suites start real etcd, torusd and NBD clients; they share the
     // two cores of a CI machine, so files run one at a time to keep timings sane.
     fileParallelism: false,

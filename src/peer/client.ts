@@ -34,7 +34,7 @@ import {
 import { DeadlineQueue } from './deadline-queue.js';
 import { readHandshakeMessage } from './handshake-codec.js';
 import { ClientHandshake, type HandshakeStep } from './handshake.js';
-import { NONCE_BYTES, OPCODE_NAMES, Opcode, PAYLOAD_BYTES_MAX, STATUS_ERROR, replyPayloadBytesMaxFor } from './protocol.js';
+import { CLIENT_INFLIGHT_BYTES_MAX, NONCE_BYTES, OPCODE_NAMES, Opcode, PAYLOAD_BYTES_MAX, STATUS_ERROR, replyPayloadBytesMaxFor } from './protocol.js';
 import { attachInput, CorkedWriter, tcpConnector, type PeerConnector } from './transport.js';
 
 /** The server's incarnation differs from the one the client saw before: the peer restarted. */
@@ -112,7 +112,7 @@ const DEFAULTS = {
   requestTimeoutMs: 30_000,
   connectTimeoutMs: 5_000,
   inflightMax: 128,
-  inflightBytesMax: 8 * 1024 * 1024,
+  inflightBytesMax: CLIENT_INFLIGHT_BYTES_MAX,
   waitQueueMax: 4096,
   reconnectDelayMinMs: 50,
   reconnectDelayMaxMs: 5_000,

@@ -11,7 +11,7 @@ import { formatPeerAddress, type PeerAddress } from './address.js';
 import { resolveSecret } from './auth.js';
 import type { PayloadBuffers } from './codec.js';
 import type { HandshakeConfig } from './handshake.js';
-import { NONCE_BYTES, PAYLOAD_BYTES_MAX } from './protocol.js';
+import { NONCE_BYTES, PAYLOAD_BYTES_MAX, SERVER_INFLIGHT_BYTES_MAX } from './protocol.js';
 import { RefusalLog } from './refusal-log.js';
 import { ServerConnection } from './server-connection.js';
 import { tuneSocket } from './transport.js';
@@ -56,7 +56,7 @@ export interface PeerServerOptions {
 
 const DEFAULTS = {
   inflightMax: 64,
-  inflightBytesMax: 8 * 1024 * 1024,
+  inflightBytesMax: SERVER_INFLIGHT_BYTES_MAX,
   connectionsMax: 1024,
   handshakeTimeoutMs: 5_000,
   closeTimeoutMs: 10_000,

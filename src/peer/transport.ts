@@ -4,6 +4,7 @@ import { isPooled, releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
 import type { ByteQueue } from '../util/byte-queue.js';
 import { enableDirectReads, type DirectReadTarget } from '../util/socket-direct-reads.js';
 import type { PeerAddress } from './address.js';
+import { READ_BUFFER_BYTES } from './protocol.js';
 
 /**
  * Opens a byte stream to a peer. Injected so that tests (and fault layers)
@@ -76,8 +77,6 @@ export interface InputSink {
   directFilled(n: number): void;
 }
 
-/** Reads that are not for a payload (headers, small frames) land in one reused buffer of this size per connection. */
-const READ_BUFFER_BYTES = 64 * 1024;
 
 /**
  * Feeds a peer connection's decoder from its stream. On a TCP socket the
