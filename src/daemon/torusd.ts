@@ -126,7 +126,7 @@ export class TorusDaemon {
     });
 
     const incarnation = systemIds.uuid();
-    this.peers = new PeerDirectory({ blockSize: this.cluster.blockSize, clusterId: this.cluster.id, localUuid: uuid, incarnation, secret, clock: this.clock, logger: this.root });
+    this.peers = new PeerDirectory({ blockSize: this.cluster.blockSize, clusterId: this.cluster.id, localUuid: uuid, incarnation, secret, clock: this.clock, logger: this.root, pool: this.pool });
     this.peers.setPeers(await this.metadata.listPeers().catch(() => []));
     this.node = new ClusterNode({
       uuid,
@@ -166,6 +166,7 @@ export class TorusDaemon {
       incarnation,
       secret,
       clock: this.clock,
+      pool: this.pool,
     });
     const peerBound = await this.peerServer.listen(cfg.peerAddress.host, cfg.peerAddress.port);
     // Others dial the configured address; a port of 0 (tests) means the bound one.
