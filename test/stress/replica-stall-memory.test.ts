@@ -26,7 +26,6 @@ const CONNECTIONS = 16;
 const WRITE_BYTES = 32 * MiB;
 const BLOCK_BYTES = MiB;
 const PEERS = 3;
-const REPLICA_TIMEOUT_MS = 3_000;
 /** The data-path pool keeps at most this much on its free lists (util/buffer-pool.ts default). */
 const POOL_FREE_BYTES_MAX = 32 * MiB;
 /** V8 and allocator slack over what is live: garbage not yet collected, fragmentation. */
@@ -64,7 +63,8 @@ describe('a stalled replica under 16 NBD connections of 32 MiB writes', () => {
       blockSize: '1MiB',
       replication: 2,
       size: '4GiB',
-      peerArgs: ['--replica-timeout', `${REPLICA_TIMEOUT_MS}ms`],
+      // The default --replica-timeout (8 s): a shorter one lets queueing
+      // behind 512 MiB of writes count as a failure of the healthy owner too.
     });
     await cluster.createVolume('stall', `${(CONNECTIONS * WRITE_BYTES) / MiB}MiB`);
   }, 240_000);
@@ -74,7 +74,9 @@ describe('a stalled replica under 16 NBD connections of 32 MiB writes', () => {
     await cluster?.destroy();
   });
 
-  it('keeps the writer under the stated bound and ends with every write done or failed cleanly', async () => {
+  let fioFailed = false;
+
+  it('keeps the writer under the stated bound, and every write is done or failed cleanly', async () => {
     const writer = cluster.peers[0]!;
     const stalled = cluster.peers[1]!;
     // Warm the connections and the first touch of every block, then measure idle.
@@ -127,17 +129,20 @@ describe('a stalled replica under 16 NBD connections of 32 MiB writes', () => {
       peerTermMiB: bound.peer / MiB,
       fioExit: fio.code,
       elapsedMs: elapsed,
+      ...(fio.code === 0 ? {} : { fioErrors: (fio.stdout + fio.stderr).split('\n').filter((l) => /err/i.test(l)).slice(0, 5) }),
     };
     console.log('replica stall:', JSON.stringify(report));
     expect(writer.running, writer.tail()).toBe(true);
     expect(peak, JSON.stringify(report)).toBeLessThanOrEqual(bound.total);
     // Done, or failed with an error fio reports: never a hang past the kernel's 30 s NBD timeout per request.
-    if (fio.code !== 0) expect(fio.stdout + fio.stderr).toMatch(/error|Input\/output/i);
+    fioFailed = fio.code !== 0;
+    if (fioFailed) expect(fio.stdout + fio.stderr).toMatch(/error|Input\/output/i);
     expect(elapsed).toBeLessThan(CONNECTIONS * 30_000);
+  }, 600_000);
 
-    // The stalled owner catches up once it runs again: exactly R copies.
+  it('ends with exactly R copies of every block once the stopped replica runs again', async () => {
     await cluster.waitBalanced(240_000);
     const check = await cluster.checkCopies('stall');
-    expect(check.problems).toEqual([]);
-  }, 600_000);
+    expect(check.problems, `fio ${fioFailed ? 'reported errors' : 'succeeded'}`).toEqual([]);
+  }, 300_000);
 });
