@@ -4,9 +4,10 @@ export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
     // Tests of known bugs that fail today (each file says why; run them with
-    // `npx vitest run --config test/pending/vitest.config.ts`), and the
-    // fault suites, which have their own script (`npm run test:faults`).
-    exclude: ['**/node_modules/**', 'test/pending/**', 'test/faults/**'],
+    // `npx vitest run --config test/pending/vitest.config.ts`), the fault
+    // suites (`npm run test:faults`) and the long load and memory suites
+    // (`npm run test:stress`) have their own scripts.
+    exclude: ['**/node_modules/**', 'test/pending/**', 'test/faults/**', 'test/stress/**'],
     // Integration suites start real etcd, torusd and NBD clients; they share the
     // two cores of a CI machine, so files run one at a time to keep timings sane.
     fileParallelism: false,

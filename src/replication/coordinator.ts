@@ -3,10 +3,12 @@ import { isTorusError, TorusError } from '../errors/torus-error.js';
 import type { VolumeLock } from '../metadata/metadata-service.js';
 import { ABSENT_META, compareCopies, type BlockMeta } from '../model/block-meta.js';
 import { blockRef, type BlockRef } from '../model/block-ref.js';
-import type { ChangeStamp, ReplicaApi } from '../model/replica-api.js';
+import type { ChangeStamp, ReplicaApi, RequestContext } from '../model/replica-api.js';
 import type { VolumeRecord } from '../model/records.js';
 import { makeVersion, SEQ_MAX, VERSION_ABSENT, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
+import { releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
+import { crc32c } from '../util/crc32c.js';
 import { withTimeout } from '../util/timeout.js';
 import { BlockOrder } from './block-order.js';
 import { BlockTable, type BlockEntry } from './block-table.js';
@@ -405,6 +407,21 @@ export class VolumeCoordinator {
     return this.renewing;
   }
 
+  /**
+   * One call to a replica on the data path, bounded by the replica timeout.
+   * A peer client enforces the deadline itself, on one timer per client,
+   * and drops a request still queued when it passes (its payload is not
+   * held past it); anything else (the local replica, the simulated network)
+   * is raced against a timer here, as every call used to be.
+   */
+  private bounded<T>(api: ReplicaApi, u: string, what: string, call: (ctx: RequestContext) => Promise<T>): Promise<T> {
+    const ms = this.ctx.settings.replicaTimeoutMs;
+    if (api.enforcesDeadline === true) {
+      return call({ ringVersion: this.ctx.requestContext().ringVersion, deadline: this.ctx.clock.monotonic() + ms });
+    }
+    return withTimeout(call(this.ctx.requestContext()), ms, this.ctx.clock, `${what} on peer ${u}`);
+  }
+
   /** The next version of this coordinator: (token, seq), newer than `prev`. */
   private nextVersion(prev: Version): Version {
     if (this.seq >= SEQ_MAX) {
@@ -427,6 +444,9 @@ export class VolumeCoordinator {
       earlyResolve = res;
       earlyReject = rej;
     });
+    // The payload may be sent again (a ring retry) after the write level let
+    // the caller go on: hold it until every owner has answered.
+    if (change.kind === 'write') retainBuffer(change.data);
     const finished = (async () => {
       const acked = new Set<string>();
       let owners = ownersOf(this.ctx.ring(), ref);
@@ -443,17 +463,21 @@ export class VolumeCoordinator {
           earlyResolve();
         }
       };
+      // The payload's CRC, summed once when it goes to more than one peer over the wire.
+      let writeOpts: { readonly fua: boolean; readonly crc32c?: number } = { fua };
       for (let attempt = 0; ; attempt++) {
+        if (change.kind === 'write' && writeOpts.crc32c === undefined && send.filter((u) => this.ctx.replica(u)?.enforcesDeadline === true).length > 1) {
+          writeOpts = { fua, crc32c: crc32c(change.data) };
+        }
         const outcomes = await Promise.allSettled(
           send.map(async (u) => {
             const api = this.ctx.replica(u);
             if (api === null) throw new TorusError('TORUS_ERR_RING_PEER_UNKNOWN', `peer ${u} has no known address`);
-            const ctx = this.ctx.requestContext();
-            const p =
+            await this.bounded(api, u, 'change', (ctx) =>
               change.kind === 'write'
-                ? api.write(ctx, ref, change.offset, change.data, stamp, { fua })
-                : api.zero(ctx, ref, change.offset, change.length, stamp, { punch: change.punch, fua });
-            await withTimeout(p, this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `change on peer ${u}`);
+                ? api.write(ctx, ref, change.offset, change.data, stamp, writeOpts)
+                : api.zero(ctx, ref, change.offset, change.length, stamp, { punch: change.punch, fua }),
+            );
             onAck(u);
           }),
         );
@@ -527,10 +551,11 @@ export class VolumeCoordinator {
     const settled = finished.then(() => {
       if (e.committed < stamp.version) e.committed = stamp.version;
     });
-    void settled.then(
-      () => this.settledOne(e),
-      () => this.settledOne(e),
-    );
+    const done = () => {
+      if (change.kind === 'write') releaseBuffer(change.data);
+      this.settledOne(e);
+    };
+    void settled.then(done, done);
     settled.then(
       () => earlyResolve(),
       (err: unknown) => earlyReject(err),
@@ -627,7 +652,7 @@ export class VolumeCoordinator {
         const api = this.ctx.replica(u);
         if (api === null || !this.ctx.health.usable(u)) continue;
         try {
-          const reply = await withTimeout(api.read(this.ctx.requestContext(), this.refOf(index), offset, length), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `read on peer ${u}`);
+          const reply = await this.bounded(api, u, 'read', (ctx) => api.read(ctx, this.refOf(index), offset, length));
           this.ctx.health.succeeded(u);
           const need = Math.max(e.committed, e.floor);
           if (reply.meta.version >= need) {
