@@ -2,7 +2,9 @@ import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
-    include: ['test/**/*.test.ts'],
+    // The bench's pure checks (test/bench/test/*.test.mjs) are fast and run here
+    // too; the benchmark itself (npm run bench) never does.
+    include: ['test/**/*.test.ts', 'test/bench/test/**/*.test.mjs'],
     // Tests of known bugs that fail today (each file says why; run them with
     // `npx vitest run --config test/pending/vitest.config.ts`), the fault
     // suites (`npm run test:faults`) and the long load and memory suites
