@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { PeerTransport, ReplicaApi } from '../model/replica-api.js';
 import type { PeerRecord } from '../model/records.js';
 import { PeerClient } from '../peer/client.js';
+import type { BufferPool } from '../util/buffer-pool.js';
 import type { Clock } from '../util/clock.js';
 
 export interface PeerDirectoryOptions {
@@ -14,6 +15,8 @@ export interface PeerDirectoryOptions {
   readonly secret: string;
   readonly clock: Clock;
   readonly logger: Logger;
+  /** Where READ replies are received (the daemon's data-path pool); plain buffers by default. */
+  readonly pool?: BufferPool;
 }
 
 /**
@@ -56,6 +59,7 @@ export class PeerDirectory implements PeerTransport {
         clock: this.opts.clock,
         logger: this.opts.logger,
         incarnation: this.opts.incarnation,
+        pool: this.opts.pool,
         onIncarnationChange: () => {
           for (const l of this.restartListeners) l(uuid);
         },

@@ -211,6 +211,12 @@ export class VolumeManager {
   }
 
   private checkLock(ov: OpenVolume): void {
+    // Refused for good is not the same answer as refused until the lock is
+    // back: a client tells them apart by the code (and attaches again on
+    // this one, as attach-manager does for its own attachments).
+    if (ov.fenced) {
+      throw new TorusError('TORUS_ERR_VOLUME_FENCED', `volume "${ov.name}": another holder took the volume while our lease was gone; changes stay refused (detach and attach again)`);
+    }
     if (ov.lockLost || !ov.lock) {
       throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${ov.name}": the write lock may have expired (etcd unreachable); changes are refused until it is taken again`);
     }

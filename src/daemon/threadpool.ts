@@ -3,10 +3,39 @@
  * An fdatasync holds a thread for milliseconds, and with 4 threads reads and
  * writes queue behind a flush; with many more, threads fight over 2 cores.
  * Measured with fio 4 KiB random I/O at iodepth 16 on 2 cores: 8 beat 4 and
- * 16. This module must be imported before anything that touches the file
- * system (ESM evaluates imports in order); UV_THREADPOOL_SIZE set by the user
- * wins.
+ * 16. UV_THREADPOOL_SIZE set by the user wins.
+ *
+ * libuv reads UV_THREADPOOL_SIZE once, when the pool first starts. This
+ * module is the first import of the cmd entries, so on Node 24, whose ESM
+ * loader reads modules synchronously, setting it here comes first. A loader
+ * that reads files through the pool (Node 20's does) has started it by then:
+ * that shows as libuv worker threads already running, and the process
+ * re-executes itself (process.execve: same pid, same arguments) with the
+ * variable set. Where execve is missing (Node before 23.11) it runs as it is.
+ *
+ * The young generation's size (SEMI_SPACE_MAX_MB, daemon/process-limits.ts)
+ * can only be set from process start too, so it rides on the same re-exec.
+ *
+ * Importing this module has those effects on the importing process: only
+ * the cmd entries import it, first. Nothing it imports may use the pool.
  */
-const THREADPOOL_SIZE = 8;
-if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = String(THREADPOOL_SIZE);
-export {};
+import { libuvWorkerThreads, SEMI_SPACE_MAX_MB, THREADPOOL_SIZE } from './process-limits.js';
+
+/** Set in the environment of the re-executed process: never more than once. */
+const REEXEC_MARK = 'TORUS_PROCESS_SETUP';
+
+const env = process.env;
+let reexec = false;
+if (!env.UV_THREADPOOL_SIZE) {
+  env.UV_THREADPOOL_SIZE = String(THREADPOOL_SIZE);
+  const running = libuvWorkerThreads();
+  if (running !== null && running > 0 && running < THREADPOOL_SIZE) reexec = true;
+}
+const semiSpaceSet = [...process.execArgv, ...(env.NODE_OPTIONS ?? '').split(/\s+/)].some((a) => a.startsWith('--max-semi-space-size'));
+const execArgv = semiSpaceSet ? process.execArgv : [...process.execArgv, `--max-semi-space-size=${SEMI_SPACE_MAX_MB}`];
+if (!semiSpaceSet) reexec = true;
+const execve = (process as unknown as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve;
+if (reexec && env[REEXEC_MARK] === undefined && typeof execve === 'function') {
+  env[REEXEC_MARK] = '1';
+  execve(process.execPath, [process.execPath, ...execArgv, ...process.argv.slice(1)], env);
+}

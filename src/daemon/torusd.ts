@@ -19,6 +19,7 @@ import { PeerServer } from '../peer/server.js';
 import { planRingChange } from '../ring/transition.js';
 import { FileFencePersistence } from '../store/fence-file.js';
 import { FileBlockStore } from '../store/file-block-store.js';
+import { BufferPool, poisonFromEnv } from '../util/buffer-pool.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { crc32cDescription } from '../util/crc32c.js';
 import { systemIds, systemRandom } from '../util/random.js';
@@ -33,6 +34,7 @@ import { attachSocketPath } from '../attach/api.js';
 import type { DaemonConfig } from './config.js';
 import { bindDataDirToCluster, claimDataDir, loadOrCreatePeerId, readLeaseFile, releaseDataDir, writeLeaseFile } from './identity.js';
 import { resolveClusterSecret } from './secret.js';
+import { libuvWorkerThreads } from './process-limits.js';
 
 /**
  * Lease TTL of the peer record and volume locks (Torus used 30 s). It bounds
@@ -60,6 +62,8 @@ export class TorusDaemon {
   private readonly log: Logger;
   private readonly root: Logger;
   private readonly clock: Clock;
+  /** One pool, so one bound, for the data path: NBD payloads and the store's read regions. */
+  private readonly pool = new BufferPool({ poison: poisonFromEnv(process.env) });
   private metadata!: EtcdMetadata;
   private store!: FileBlockStore;
   private peerServer!: PeerServer;
@@ -113,14 +117,16 @@ export class TorusDaemon {
       logger: this.root,
       clock: this.clock,
       onCrcFailure: () => this.metrics.storeCrcFailure(),
+      pool: this.pool,
     });
+    if (this.pool.poison) this.root.warn('buffer pool poisoning is on (TORUS_POOL_POISON=1): a debugging mode, slower');
     this.metrics.setStoreUsageSource(() => {
       const u = this.store.usage();
       return { capacityBytes: u.capacity, usedBytes: u.used };
     });
 
     const incarnation = systemIds.uuid();
-    this.peers = new PeerDirectory({ blockSize: this.cluster.blockSize, clusterId: this.cluster.id, localUuid: uuid, incarnation, secret, clock: this.clock, logger: this.root });
+    this.peers = new PeerDirectory({ blockSize: this.cluster.blockSize, clusterId: this.cluster.id, localUuid: uuid, incarnation, secret, clock: this.clock, logger: this.root, pool: this.pool });
     this.peers.setPeers(await this.metadata.listPeers().catch(() => []));
     this.node = new ClusterNode({
       uuid,
@@ -160,6 +166,7 @@ export class TorusDaemon {
       incarnation,
       secret,
       clock: this.clock,
+      pool: this.pool,
     });
     const peerBound = await this.peerServer.listen(cfg.peerAddress.host, cfg.peerAddress.port);
     // Others dial the configured address; a port of 0 (tests) means the bound one.
@@ -209,6 +216,7 @@ export class TorusDaemon {
       logger: this.root,
       onRequest: (r) => this.metrics.nbdRequest(r.command as NbdCommandName, r.bytes, r.latencyMs, r.error),
       onConnection: (event) => (event === 'open' ? this.metrics.nbdConnectionOpened() : this.metrics.nbdConnectionClosed()),
+      pool: this.pool,
     });
     const nbdBound = await this.nbd.listen(cfg.nbd.host, cfg.nbd.port);
     this.addresses.nbd = `${cfg.nbd.host}:${nbdBound.port}`;
@@ -235,7 +243,7 @@ export class TorusDaemon {
         logger: this.root,
       });
     }
-    this.log.info({ uuid, peer: this.addresses.peer, nbd: this.addresses.nbd, http: this.addresses.http, capacity: this.capacity, blockSize: this.cluster.blockSize }, 'torusd ready');
+    this.log.info({ uuid, peer: this.addresses.peer, nbd: this.addresses.nbd, http: this.addresses.http, capacity: this.capacity, blockSize: this.cluster.blockSize, threadpoolThreads: libuvWorkerThreads() }, 'torusd ready');
   }
 
   /** Orderly stop: NBD clients get their replies, volumes flush, locks and the lease are released. */

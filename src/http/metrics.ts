@@ -5,7 +5,7 @@
  * methods of TorusMetrics; state that already lives elsewhere (store usage) is
  * read at scrape time from an injected function.
  */
-import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from 'prom-client';
+import { Counter, Gauge, collectDefaultMetrics, type Registry } from 'prom-client';
 
 /** NBD transmission commands, named as the NBD spec does (NBD_CMD_*), lower case. */
 export const NBD_COMMANDS = ['read', 'write', 'disc', 'flush', 'trim', 'cache', 'write_zeroes', 'block_status'] as const;
@@ -79,11 +79,6 @@ export interface TorusMetrics {
   setReplicationSource(source: () => ReplicationReading): void;
 }
 
-/** Keeps label values to a fixed set so a misbehaving caller cannot grow the series count. */
-function commandLabel(command: string): string {
-  return (NBD_COMMANDS as readonly string[]).includes(command) ? command : 'other';
-}
-
 function errnoLabel(errno: number): string {
   return NBD_ERRNO_NAMES[errno] ?? 'other';
 }
@@ -92,34 +87,52 @@ export function createMetrics(registry: Registry, options: MetricsOptions = {}):
   const registers = [registry];
   if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: registry });
 
-  const requests = new Counter({
+  // The NBD request figures are tallied in plain arrays on the data path
+  // (a few additions per request) and copied into prom-client at scrape
+  // time: labelled Counter.inc and Histogram.observe cost about 7 % of a
+  // 4 KiB request's CPU.
+  const tally = new NbdTally();
+  new Counter({
     name: 'torus_nbd_requests_total',
     help: 'NBD requests handled, by command and result (ok or error)',
     labelNames: ['command', 'result'] as const,
     registers,
+    collect() {
+      this.reset();
+      tally.commands.forEach((command, c) => {
+        if (tally.ok[c]! > 0) this.inc({ command, result: 'ok' }, tally.ok[c]!);
+        if (tally.failed[c]! > 0) this.inc({ command, result: 'error' }, tally.failed[c]!);
+      });
+    },
   });
-  const readBytes = new Counter({
+  new Counter({
     name: 'torus_nbd_read_bytes_total',
     help: 'Bytes returned to NBD clients by successful reads',
     registers,
+    collect() {
+      this.reset();
+      this.inc(tally.readBytes);
+    },
   });
-  const writtenBytes = new Counter({
+  new Counter({
     name: 'torus_nbd_written_bytes_total',
     help: 'Bytes accepted from NBD clients by successful writes',
     registers,
+    collect() {
+      this.reset();
+      this.inc(tally.writtenBytes);
+    },
   });
-  const latency = new Histogram({
-    name: 'torus_nbd_request_duration_seconds',
-    help: 'Time from receiving an NBD request to sending its reply, by command',
-    labelNames: ['command'] as const,
-    buckets: NBD_LATENCY_BUCKETS_SECONDS,
-    registers,
-  });
-  const errors = new Counter({
+  registry.registerMetric(tally.latencyMetric('torus_nbd_request_duration_seconds', 'Time from receiving an NBD request to sending its reply, by command') as never);
+  new Counter({
     name: 'torus_nbd_errors_total',
     help: 'NBD replies carrying an error, by errno name',
     labelNames: ['errno'] as const,
     registers,
+    collect() {
+      this.reset();
+      for (const [errno, n] of tally.errors) this.inc({ errno }, n);
+    },
   });
   const connections = new Gauge({
     name: 'torus_nbd_connections',
@@ -234,16 +247,7 @@ export function createMetrics(registry: Registry, options: MetricsOptions = {}):
   return {
     registry,
     nbdRequest(command, bytes, latencyMs, errno) {
-      const cmd = commandLabel(command);
-      const failed = errno !== undefined && errno !== 0;
-      requests.inc({ command: cmd, result: failed ? 'error' : 'ok' });
-      latency.observe({ command: cmd }, latencyMs / 1000);
-      if (failed) {
-        errors.inc({ errno: errnoLabel(errno) });
-      } else if (bytes > 0) {
-        if (cmd === 'read') readBytes.inc(bytes);
-        else if (cmd === 'write') writtenBytes.inc(bytes);
-      }
+      tally.add(command, bytes, latencyMs, errno);
     },
     nbdConnectionOpened() {
       connections.inc();
@@ -267,4 +271,62 @@ export function createMetrics(registry: Registry, options: MetricsOptions = {}):
       replication = source;
     },
   };
+}
+
+/** Per-command request counts and latency buckets, in plain arrays. */
+class NbdTally {
+  /** Label values by index; the last, 'other', keeps a misbehaving caller from growing the series count. */
+  readonly commands: readonly string[] = [...NBD_COMMANDS, 'other'];
+  readonly ok = new Float64Array(NBD_COMMANDS.length + 1);
+  readonly failed = new Float64Array(NBD_COMMANDS.length + 1);
+  /** Non-cumulative counts per command, one slot per bucket plus +Inf. */
+  private readonly buckets = new Float64Array((NBD_COMMANDS.length + 1) * (NBD_LATENCY_BUCKETS_SECONDS.length + 1));
+  private readonly sums = new Float64Array(NBD_COMMANDS.length + 1);
+  readonly errors = new Map<string, number>();
+  readBytes = 0;
+  writtenBytes = 0;
+
+  add(command: string, bytes: number, latencyMs: number, errno: number | undefined): void {
+    let c = (NBD_COMMANDS as readonly string[]).indexOf(command);
+    if (c < 0) c = NBD_COMMANDS.length;
+    const failed = errno !== undefined && errno !== 0;
+    if (failed) {
+      this.failed[c]!++;
+      const name = errnoLabel(errno);
+      this.errors.set(name, (this.errors.get(name) ?? 0) + 1);
+    } else {
+      this.ok[c]!++;
+      if (bytes > 0) {
+        if (c === 0) this.readBytes += bytes;
+        else if (c === 1) this.writtenBytes += bytes;
+      }
+    }
+    const seconds = latencyMs / 1000;
+    const bounds = NBD_LATENCY_BUCKETS_SECONDS;
+    let b = 0;
+    while (b < bounds.length && seconds > bounds[b]!) b++;
+    this.buckets[c * (bounds.length + 1) + b]!++;
+    this.sums[c]! += seconds;
+  }
+
+  /** A histogram in prom-client's registry format, built from the tally at each scrape. */
+  latencyMetric(name: string, help: string) {
+    const get = async () => {
+      const values: { value: number; labels: Record<string, string | number>; metricName: string }[] = [];
+      const bounds = NBD_LATENCY_BUCKETS_SECONDS;
+      this.commands.forEach((command, c) => {
+        const count = this.ok[c]! + this.failed[c]!;
+        if (count === 0) return;
+        let cumulative = 0;
+        for (let b = 0; b <= bounds.length; b++) {
+          cumulative += this.buckets[c * (bounds.length + 1) + b]!;
+          values.push({ value: cumulative, labels: { le: b < bounds.length ? bounds[b]! : '+Inf', command }, metricName: `${name}_bucket` });
+        }
+        values.push({ value: this.sums[c]!, labels: { command }, metricName: `${name}_sum` });
+        values.push({ value: count, labels: { command }, metricName: `${name}_count` });
+      });
+      return { name, help, type: 'histogram', values, aggregator: 'sum' };
+    };
+    return { name, help, type: 'histogram', aggregator: 'sum', get, reset: () => undefined };
+  }
 }

@@ -3,7 +3,7 @@ import { ExponentialBackoff, handleWhen, noop, retry, type IBackoff, type IPolic
 import { Etcd3, isRecoverableError, Range, type IKeyValue, type IRangeResponse, type Namespace } from 'etcd3';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
-import { addToStale, removeFromStale, type BlockRange } from '../model/ranges.js';
+import { addToStale, narrowStaleSet, removeFromStale, type BlockRange } from '../model/ranges.js';
 import type {
   ClusterConfig,
   PeerRecord,
@@ -55,6 +55,7 @@ import {
 } from './record-codec.js';
 import {
   checkStaleAdd,
+  checkStaleNarrow,
   checkStaleRemove,
   CLUSTER_SECRET_BYTES,
   notInitialisedError,
@@ -448,21 +449,26 @@ export class EtcdMetadata implements MetadataService {
 
   async removeStale(volumeId: number, peer: string, ranges: readonly BlockRange[] | 'all', token: number): Promise<void> {
     const remove = checkStaleRemove(volumeId, peer, ranges, token);
+    await this.changeStale(volumeId, peer, token, 'remove', (current) => removeFromStale(current, remove));
+  }
+
+  /** A fenced compare-and-swap of one stale record: `next` returns the record itself when nothing changes. */
+  private async changeStale(volumeId: number, peer: string, token: number, what: string, next: (current: StaleRecord | null) => { all: boolean; ranges: readonly BlockRange[] } | null): Promise<void> {
     const key = staleKey(volumeId, peer);
     const fenceKey = volumeFenceKey(volumeId);
     for (let attempt = 0; attempt < CAS_ATTEMPTS_MAX; attempt++) {
       const kv = await this.getKv(key);
       const current = kv === null ? null : decodeStaleRecord(this.k(key), kv.value);
-      const next = removeFromStale(current, remove);
+      const after = next(current);
       // The fence check runs in the same transaction as the change: a
       // coordinator fenced off after it read the record changes nothing.
-      const res = await this.call(`remove stale ${this.k(key)}`, () => {
+      const res = await this.call(`${what} stale ${this.k(key)}`, () => {
         const ops =
-          current === null || next === current
+          current === null || after === current
             ? []
-            : next === null
+            : after === null
               ? [this.ns.delete().key(key)]
-              : [this.ns.put(key).value(encodeRecord({ ...current, all: next.all, ranges: next.ranges, updatedAt: this.now() }))];
+              : [this.ns.put(key).value(encodeRecord({ ...current, all: after.all, ranges: after.ranges, updatedAt: this.now() }))];
         return this.ns
           .if(fenceKey, 'Value', '==', String(token))
           .and(key, 'Mod', '==', kv?.modRevision ?? 0)
@@ -474,7 +480,12 @@ export class EtcdMetadata implements MetadataService {
       const fence = decodeCounter(this.k(fenceKey), firstKv(res, 0)?.value ?? null);
       if (fence !== token) throw volumeFencedError(volumeId, token, fence);
     }
-    throw conflictError(`remove stale blocks of volume ${volumeId} for ${peer}`);
+    throw conflictError(`${what} stale blocks of volume ${volumeId} for ${peer}`);
+  }
+
+  async narrowStale(volumeId: number, peer: string, keep: readonly BlockRange[], token: number): Promise<void> {
+    const kept = checkStaleNarrow(volumeId, peer, keep, token);
+    await this.changeStale(volumeId, peer, token, 'narrow', (current) => narrowStaleSet(current, kept));
   }
 
   // ---- ring transitions

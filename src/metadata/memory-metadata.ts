@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { assert } from '../util/assert.js';
 import { TorusError } from '../errors/torus-error.js';
-import { addToStale, removeFromStale, type BlockRange } from '../model/ranges.js';
+import { addToStale, narrowStaleSet, removeFromStale, type BlockRange } from '../model/ranges.js';
 import type {
   ClusterConfig,
   PeerRecord,
@@ -54,6 +54,7 @@ import {
 import { assertSessionUsable, SessionListeners, type SessionState } from './session-listeners.js';
 import {
   checkStaleAdd,
+  checkStaleNarrow,
   checkStaleRemove,
   notInitialisedError,
   validateClusterParams,
@@ -623,6 +624,21 @@ export class MemoryMetadata implements MetadataService {
       if (text === null) return;
       const current = decodeStaleRecord(key, text);
       const next = removeFromStale(current, remove);
+      if (next === null) this.server.commit([{ type: 'delete', key }]);
+      else if (next !== current) this.server.commit([{ type: 'put', key, value: encodeRecord({ ...current, all: next.all, ranges: next.ranges, updatedAt: this.nowIso() }) }]);
+    });
+  }
+
+  async narrowStale(volumeId: number, peer: string, keep: readonly BlockRange[], token: number): Promise<void> {
+    const kept = checkStaleNarrow(volumeId, peer, keep, token);
+    await this.op(`narrow stale ${volumeId}/${peer}`, () => {
+      const fence = this.fenceOf(volumeId);
+      if (fence !== token) throw volumeFencedError(volumeId, token, fence);
+      const key = staleKey(volumeId, peer);
+      const text = this.getJson(key);
+      if (text === null) return;
+      const current = decodeStaleRecord(key, text);
+      const next = narrowStaleSet(current, kept);
       if (next === null) this.server.commit([{ type: 'delete', key }]);
       else if (next !== current) this.server.commit([{ type: 'put', key, value: encodeRecord({ ...current, all: next.all, ranges: next.ranges, updatedAt: this.nowIso() }) }]);
     });

@@ -73,6 +73,15 @@ export interface MetadataService {
    * metadata layer does not know the volume's size in blocks).
    */
   removeStale(volumeId: number, peer: string, ranges: readonly (readonly [number, number])[] | 'all', token: number): Promise<void>;
+  /**
+   * Narrows a peer's stale record to `keep`: every block outside it has
+   * caught up (a catch-up plan compared the peer's copies with the trusted
+   * owners'). A whole-volume record becomes `keep`; a listed one keeps only
+   * what is also in `keep`; the record goes when nothing is left; a `keep`
+   * of more than STALE_RANGES_MAX ranges changes nothing. Fenced like
+   * removeStale: only while `token` is the volume's newest fencing token.
+   */
+  narrowStale(volumeId: number, peer: string, keep: readonly (readonly [number, number])[], token: number): Promise<void>;
 
   // ---- ring transitions
   /** Every live process's ring acknowledgement. */

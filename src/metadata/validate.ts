@@ -168,6 +168,14 @@ export function checkStaleRemove(volumeId: number, peer: string, ranges: readonl
   return ranges === 'all' ? 'all' : checkRanges(ranges);
 }
 
+/** Checks the arguments of narrowStale; returns the ranges to keep, each checked. */
+export function checkStaleNarrow(volumeId: number, peer: string, keep: readonly BlockRange[], token: number): BlockRange[] {
+  validateVolumeId(volumeId);
+  validatePeerUuid(peer);
+  validateToken(token);
+  return checkRanges(keep);
+}
+
 export function validateMoveRecord(record: VolumeMoveRecord, token: number): void {
   validateVolumeId(record.volumeId);
   validateToken(token);

@@ -91,6 +91,27 @@ export function subtractRanges(a: readonly BlockRange[], b: readonly BlockRange[
   return out;
 }
 
+/**
+ * The fewest changes to cover `ranges` with at most `max` ranges: the
+ * smallest gaps are filled first. A superset, never a subset (for stale
+ * sets, naming more blocks is the safe side).
+ */
+export function coarsenRanges(ranges: readonly BlockRange[], max: number): BlockRange[] {
+  const sorted = normalizeRanges(ranges);
+  if (sorted.length <= max) return sorted;
+  if (max < 1) throw new TorusError('TORUS_ERR_ARG_INVALID', `cannot cover ${sorted.length} ranges with ${max}`);
+  // Gaps by size (ties: the earlier first); the k smallest are filled.
+  const gaps = sorted.slice(1).map((r, i) => ({ i, size: r[0] - sorted[i]![1] }));
+  gaps.sort((a, b) => a.size - b.size || a.i - b.i);
+  const fill = new Set(gaps.slice(0, sorted.length - max).map((g) => g.i));
+  const out: [number, number][] = [[sorted[0]![0], sorted[0]![1]]];
+  for (let i = 1; i < sorted.length; i++) {
+    if (fill.has(i - 1)) out[out.length - 1]![1] = sorted[i]![1];
+    else out.push([sorted[i]![0], sorted[i]![1]]);
+  }
+  return out;
+}
+
 /** The blocks in both sets. */
 export function intersectRanges(a: readonly BlockRange[], b: readonly BlockRange[]): BlockRange[] {
   const x = normalizeRanges(a);
@@ -170,6 +191,21 @@ export function removeFromStale(current: StaleSet | null, remove: readonly Block
   if (current === null || remove === 'all') return null;
   if (current.all) return current;
   const ranges = subtractRanges(current.ranges, remove);
+  return ranges.length === 0 ? null : { all: false, ranges };
+}
+
+/**
+ * A stale set after a catch-up plan showed that only the blocks in `keep`
+ * may still be behind (src/replication/catch-up-plan.ts). A whole-volume
+ * set becomes `keep`; a listed set keeps only what is also in `keep`.
+ * Null when nothing is left. A `keep` too fragmented to list leaves the set
+ * as it is (still the safe side).
+ */
+export function narrowStaleSet(current: StaleSet | null, keep: readonly BlockRange[], rangesMax = STALE_RANGES_MAX): StaleSet | null {
+  if (current === null) return null;
+  const kept = normalizeRanges(keep);
+  if (kept.length > rangesMax) return current;
+  const ranges = current.all ? kept : intersectRanges(current.ranges, kept);
   return ranges.length === 0 ? null : { all: false, ranges };
 }
 

@@ -19,6 +19,14 @@ import type { PeerRecord } from './records.js';
 export interface RequestContext {
   /** The ring version the sender placed this request with. */
   readonly ringVersion: number;
+  /**
+   * When the caller stops waiting: a monotonic time of the caller's clock
+   * (the one the transport was built with). An implementation that
+   * enforces it (ReplicaApi.enforcesDeadline) fails the call with
+   * TORUS_ERR_TIMEOUT then, and never sends a request still queued; the
+   * others ignore it. Not part of the wire format.
+   */
+  readonly deadline?: number;
 }
 
 /** A change made by a coordinator: who (token) and which version it creates on top of which. */
@@ -69,6 +77,13 @@ export interface StoreUsageInfo {
 }
 
 export interface ReplicaApi {
+  /**
+   * True when calls fail with TORUS_ERR_TIMEOUT at RequestContext.deadline
+   * on their own (the peer client): a caller then need not bound them with
+   * a timer of its own.
+   */
+  readonly enforcesDeadline?: boolean;
+
   /**
    * Bytes and metadata of a block. TORUS_ERR_REPLICA_STALE for a suspect
    * block; TORUS_ERR_STORE_CRC_MISMATCH (the block is then suspect).

@@ -20,7 +20,18 @@ export interface NbdExport {
    * on every other connection durable (NBD_FLAG_CAN_MULTI_CONN).
    */
   readonly multiConn: boolean;
+  /**
+   * The buffer returned becomes the caller's: the session hands a pooled one
+   * back to its pool (util/buffer-pool.ts) once the reply is written, so an
+   * export must not keep or reuse it.
+   */
   read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * `data` is the session's until the returned promise settles; then it may
+   * be reused for another request. An export that still needs it later (a
+   * socket write still queued, a replica that may answer after a timeout)
+   * takes its own reference with retainBuffer().
+   */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, length: number, fua: boolean): Promise<void>;

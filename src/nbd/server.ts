@@ -7,7 +7,9 @@ import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
+import { BufferPool } from '../util/buffer-pool.js';
 import { systemClock, type Clock } from '../util/clock.js';
+import { enableDirectReads, type DirectReadTarget } from '../util/socket-direct-reads.js';
 import type { ExportProvider } from './export.js';
 import { resolveLimits, type NbdLimits } from './limits.js';
 import { NbdSession, type RequestObserver } from './session.js';
@@ -22,6 +24,8 @@ export interface NbdServerOptions extends Partial<NbdLimits> {
   readonly connectionsMax?: number;
   /** Called when a connection is handed to a session and when it ends (for a gauge). */
   readonly onConnection?: (event: 'open' | 'close') => void;
+  /** Buffers for WRITE payloads; the daemon shares one pool with its block store. */
+  readonly pool?: BufferPool;
 }
 
 export interface NbdServerAddress {
@@ -40,13 +44,15 @@ export class NbdServer {
   private readonly onRequest: RequestObserver | undefined;
   private readonly connectionsMax: number;
   private readonly onConnection: ((event: 'open' | 'close') => void) | undefined;
+  private readonly pool: BufferPool;
   private readonly sessions = new Set<NbdSession>();
   private server: net.Server | null = null;
   private closing: Promise<void> | null = null;
 
   constructor(opts: NbdServerOptions) {
-    const { provider, logger, clock, onRequest, connectionsMax, onConnection, ...limits } = opts;
+    const { provider, logger, clock, onRequest, connectionsMax, onConnection, pool, ...limits } = opts;
     this.onConnection = onConnection;
+    this.pool = pool ?? new BufferPool();
     this.limits = resolveLimits(limits);
     this.provider = provider;
     this.rootLogger = logger;
@@ -95,7 +101,7 @@ export class NbdServer {
    * Serves one already-connected stream (a socket from elsewhere, or a
    * stream pair in tests). Counts against connectionsMax.
    */
-  handle(stream: Duplex, remote: string): NbdSession | null {
+  handle(stream: Duplex, remote: string, attachInput?: (target: DirectReadTarget) => boolean): NbdSession | null {
     if (this.closing !== null || this.sessions.size >= this.connectionsMax) {
       this.log.warn({ remote, connectionsMax: this.connectionsMax, closing: this.closing !== null }, 'nbd connection refused');
       stream.destroy();
@@ -109,6 +115,8 @@ export class NbdServer {
       clock: this.clock,
       limits: this.limits,
       onRequest: this.onRequest,
+      pool: this.pool,
+      attachInput,
     });
     this.sessions.add(session);
     this.onConnection?.('open');
@@ -123,7 +131,7 @@ export class NbdServer {
     const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
-    this.handle(socket, remote);
+    this.handle(socket, remote, (target) => enableDirectReads(socket, target));
   }
 
   /**

@@ -11,7 +11,10 @@
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Clock } from '../util/clock.js';
+import { BufferPool, releaseBuffer } from '../util/buffer-pool.js';
+import { assert } from '../util/assert.js';
 import { ByteQueue } from '../util/byte-queue.js';
+import type { DirectReadTarget } from '../util/socket-direct-reads.js';
 import {
   clipExtents,
   decodeOptionHeader,
@@ -106,14 +109,25 @@ export interface NbdSessionOptions {
   readonly clock: Clock;
   readonly limits: NbdLimits;
   readonly onRequest?: RequestObserver;
+  /** Where WRITE payloads are read into; each is released once its request is done. */
+  readonly pool?: BufferPool;
+  /**
+   * Lets the transport read straight into the session's buffers (a TCP
+   * socket, see util/socket-direct-reads.ts); returns false when it cannot,
+   * and the session reads 'data' events instead.
+   */
+  readonly attachInput?: (target: DirectReadTarget) => boolean;
 }
+
+/** The reused buffer socket reads land in when no payload is being read. */
+const READ_BUFFER_BYTES = 64 * 1024;
 
 type Phase =
   | 'client-flags'
   | 'option-header'
-  | 'option-data'
   | 'request-header'
-  | 'request-payload'
+  /** Filling a buffer of known length (an option's data, a WRITE payload). */
+  | 'target'
   /** Dropping a payload we refused (oversized option, invalid WRITE). */
   | 'skip'
   | 'stopped';
@@ -144,6 +158,13 @@ export class NbdSession {
   private readonly limits: NbdLimits;
   private readonly onRequest: RequestObserver | undefined;
   private readonly queue = new ByteQueue();
+  private readonly pool: BufferPool;
+  /** Direct reads only: the buffer reads land in while no target takes them. */
+  private readBuf: Buffer | null = null;
+  private target: Buffer | null = null;
+  private targetFilled = 0;
+  private targetNext: Phase = 'request-header';
+  private targetDone: ((b: Buffer) => void) | null = null;
   private resolveClosed!: () => void;
 
   private phase: Phase = 'client-flags';
@@ -154,8 +175,6 @@ export class NbdSession {
   private metaContextExport: string | null = null;
   private optionCount = 0;
   private optionBusy = false;
-  private pendingOption: OptionHeader | null = null;
-  private pendingRequest: RequestHeader | null = null;
   private skipRemaining = 0;
   private afterSkip: (() => void) | null = null;
   private skipNextPhase: Phase = 'request-header';
@@ -188,18 +207,22 @@ export class NbdSession {
     this.clock = opts.clock;
     this.limits = opts.limits;
     this.onRequest = opts.onRequest;
+    this.pool = opts.pool ?? new BufferPool();
     this.log = opts.logger.child({ module: 'nbd', remote: opts.remote });
     this.debug = this.log.isLevelEnabled('debug');
     this.closed = new Promise((resolve) => {
       this.resolveClosed = resolve;
     });
 
-    this.stream.on('data', (chunk: Buffer) => {
-      // Once our side is ending, input is only drained so the peer's FIN is seen.
-      if (this.finished || this.outputEnding) return;
-      this.queue.push(chunk);
-      this.pump();
-    });
+    const direct = opts.attachInput?.(this.directTarget) ?? false;
+    if (!direct) {
+      this.stream.on('data', (chunk: Buffer) => {
+        // Once our side is ending, input is only drained so the peer's FIN is seen.
+        if (this.finished || this.outputEnding) return;
+        this.queue.push(chunk);
+        this.pump();
+      });
+    }
     this.stream.on('end', () => {
       this.inputEnded = true;
       this.pump();
@@ -305,17 +328,20 @@ export class NbdSession {
           );
           return true;
         }
-        this.pendingOption = h;
-        this.phase = 'option-data';
+        // Copied out: option handling outlives the bytes' place in the queue.
+        this.startTarget(Buffer.allocUnsafe(h.length), 'option-header', (data) => this.runOption(h.option, data));
         return true;
       }
-      case 'option-data': {
-        const h = this.pendingOption!;
-        if (q.length < h.length) return false;
-        const data = q.take(h.length);
-        this.pendingOption = null;
-        this.phase = 'option-header';
-        this.runOption(h.option, data);
+      case 'target': {
+        const t = this.target!;
+        if (this.targetFilled < t.length && q.length > 0) this.targetFilled += q.copyTo(t, this.targetFilled, Math.min(q.length, t.length - this.targetFilled));
+        if (this.targetFilled < t.length) return false;
+        const done = this.targetDone!;
+        this.target = null;
+        this.targetDone = null;
+        this.targetFilled = 0;
+        this.phase = this.targetNext;
+        done(t);
         return true;
       }
       case 'skip': {
@@ -355,26 +381,53 @@ export class NbdSession {
           return false;
         }
         if (h.type === CMD_WRITE) {
-          this.pendingRequest = h;
-          this.phase = 'request-payload';
+          // The payload is read into its final buffer: with direct reads the
+          // socket fills it itself, without them one copy from the queue.
+          this.startTarget(this.pool.acquire(h.length), 'request-header', (payload) => this.dispatch(h, payload));
           return true;
         }
         this.dispatch(h, undefined);
-        return true;
-      }
-      case 'request-payload': {
-        const h = this.pendingRequest!;
-        if (q.length < h.length) return false;
-        const payload = q.take(h.length);
-        this.pendingRequest = null;
-        this.phase = 'request-header';
-        this.dispatch(h, payload);
         return true;
       }
       case 'stopped':
         return false;
     }
   }
+
+  private startTarget(buf: Buffer, next: Phase, done: (b: Buffer) => void): void {
+    this.phase = 'target';
+    this.target = buf;
+    this.targetFilled = 0;
+    this.targetNext = next;
+    this.targetDone = done;
+  }
+
+  /**
+   * Direct reads (util/socket-direct-reads.ts): a read goes straight into
+   * the rest of the payload being read when nothing is queued ahead of it,
+   * otherwise into the one reused read buffer.
+   */
+  private readonly directTarget: DirectReadTarget = {
+    buffer: (): Buffer => {
+      const t = this.target;
+      if (t !== null && this.phase === 'target' && this.queue.length === 0 && this.targetFilled < t.length) return t.subarray(this.targetFilled);
+      this.readBuf ??= Buffer.allocUnsafeSlow(READ_BUFFER_BYTES);
+      return this.readBuf;
+    },
+    onRead: (n: number, buf: Buffer): void => {
+      if (this.finished || this.outputEnding) return;
+      const t = this.target;
+      if (t !== null && buf.buffer === t.buffer && buf.byteOffset === t.byteOffset + this.targetFilled) {
+        assert(this.queue.length === 0 && this.targetFilled + n <= t.length, 'a direct read lands at the end of what the target holds');
+        this.targetFilled += n;
+      } else {
+        this.queue.push(buf.subarray(0, n));
+      }
+      this.pump();
+      // The read buffer is read into again next: keep what is left of it.
+      if (buf === this.readBuf) this.queue.detach();
+    },
+  };
 
   private startSkip(bytes: number, next: Phase, then: () => void): void {
     this.phase = 'skip';
@@ -594,6 +647,8 @@ export class NbdSession {
     const writeLike = h.type === CMD_WRITE || h.type === CMD_TRIM || h.type === CMD_WRITE_ZEROES;
     if (writeLike) this.writes.add(handling);
     void handling.then((errno) => {
+      // The export is done with the payload (one that keeps it longer retains it).
+      if (payload !== undefined) releaseBuffer(payload);
       if (writeLike) this.writes.delete(handling);
       this.inflight--;
       this.inflightBytes -= bytes;
@@ -611,9 +666,13 @@ export class NbdSession {
       switch (h.type) {
         case CMD_READ: {
           const data = await call(() => exp.read(h.offset, h.length));
-          if (data.length !== h.length) throw new Error(`export returned ${data.length} bytes for a ${h.length}-byte read`);
-          if (this.structured) this.write(encodeReadChunkHeader(h.cookie, h.offset, data.length), data);
-          else this.write(encodeSimpleReply(h.cookie, 0), data);
+          if (data.length !== h.length) {
+            releaseBuffer(data);
+            throw new Error(`export returned ${data.length} bytes for a ${h.length}-byte read`);
+          }
+          // The data is ours now; it goes back to its pool once the socket wrote it.
+          if (this.structured) this.write(encodeReadChunkHeader(h.cookie, h.offset, data.length), data, true);
+          else this.write(encodeSimpleReply(h.cookie, 0), data, true);
           return 0;
         }
         case CMD_WRITE:
@@ -673,21 +732,30 @@ export class NbdSession {
   // -------------------------------------------------------------- output
 
   /**
-   * Writes one message whole. Messages written before the event loop's check
-   * phase share one syscall: replies completed by several thread-pool
-   * callbacks of one poll phase go out together (a loopback write costs as
-   * much as serving a cached 4 KiB read).
+   * Writes one message whole; with `releaseB`, b goes back to its pool once
+   * written. Messages written in one turn of the event loop (the replies of
+   * requests that finished without waiting for the thread pool: cached
+   * reads, small writes) share one writev; they go out at the end of that
+   * turn, never held for a later phase.
    */
-  private write(a: Buffer, b?: Buffer): void {
+  private write(a: Buffer, b?: Buffer, releaseB = false): void {
     const s = this.stream;
-    if (s.destroyed || s.writableEnded) return;
+    if (s.destroyed || s.writableEnded) {
+      if (releaseB && b !== undefined) releaseBuffer(b);
+      return;
+    }
     if (!this.corked) {
       this.corked = true;
       s.cork();
-      setImmediate(this.uncork);
+      process.nextTick(this.uncork);
     }
     s.write(a);
-    if (b !== undefined) s.write(b);
+    if (b !== undefined) {
+      // The callback runs once the bytes are handed to the kernel, or with
+      // an error if the stream is torn down first: either way once.
+      if (releaseB) s.write(b, () => releaseBuffer(b));
+      else s.write(b);
+    }
     if (!this.waitingDrain && s.writableNeedDrain && s.writableLength > this.limits.replyBytesMax) {
       this.waitingDrain = true;
       s.once('drain', this.onDrain);
@@ -764,6 +832,10 @@ export class NbdSession {
     this.closeTimer?.cancel();
     this.closeTimer = null;
     this.queue.clear();
+    // The stream is closed: no read can land in a target any more.
+    if (this.target !== null && this.targetNext === 'request-header') releaseBuffer(this.target);
+    this.target = null;
+    this.targetDone = null;
     if (this.debug) this.log.debug({ inflight: this.inflight }, 'nbd connection closed');
     this.whenIdle(() => {
       void this.release().then(() => this.resolveClosed());

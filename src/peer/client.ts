@@ -15,6 +15,7 @@ import type {
 } from '../model/replica-api.js';
 import type { Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
+import { releaseBuffer, retainBuffer, type BufferPool } from '../util/buffer-pool.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { systemRandom, type Random } from '../util/random.js';
 import { formatPeerAddress, parsePeerAddress, type PeerAddress } from './address.js';
@@ -25,14 +26,16 @@ import {
   decodeErrorPayload,
   decodeReply,
   encodeRequest,
+  type PayloadBuffers,
   type PeerRequest,
   type ReplyOf,
   type ResponseFrame,
 } from './codec.js';
+import { DeadlineQueue } from './deadline-queue.js';
 import { readHandshakeMessage } from './handshake-codec.js';
 import { ClientHandshake, type HandshakeStep } from './handshake.js';
-import { NONCE_BYTES, OPCODE_NAMES, Opcode, PAYLOAD_BYTES_MAX, STATUS_ERROR, replyPayloadBytesMaxFor } from './protocol.js';
-import { CorkedWriter, tcpConnector, type PeerConnector } from './transport.js';
+import { CLIENT_INFLIGHT_BYTES_MAX, NONCE_BYTES, OPCODE_NAMES, Opcode, PAYLOAD_BYTES_MAX, STATUS_ERROR, replyPayloadBytesMaxFor } from './protocol.js';
+import { attachInput, CorkedWriter, tcpConnector, type PeerConnector } from './transport.js';
 
 /** The server's incarnation differs from the one the client saw before: the peer restarted. */
 export interface IncarnationChange {
@@ -76,6 +79,16 @@ export interface PeerClientOptions {
   readonly connectTimeoutMs?: number;
   /** Requests on the wire at once. Default 128. */
   readonly inflightMax?: number;
+  /**
+   * Request payload bytes (WRITE, INSTALL blocks) on the connection and not
+   * yet answered, those of requests the caller gave up on included: a peer
+   * that stops reading holds at most this much of this process's memory
+   * (README, "Memory"). Beyond it requests wait their turn. One request is
+   * always let through. Default 8 MiB.
+   */
+  readonly inflightBytesMax?: number;
+  /** Where replies are received (the daemon's data-path pool); a READ's bytes then are a pooled view the caller may release. */
+  readonly pool?: BufferPool;
   /** Requests waiting for an in-flight slot; beyond it calls fail with TORUS_ERR_STORE_BUSY. Default 4096. */
   readonly waitQueueMax?: number;
   /**
@@ -99,6 +112,7 @@ const DEFAULTS = {
   requestTimeoutMs: 30_000,
   connectTimeoutMs: 5_000,
   inflightMax: 128,
+  inflightBytesMax: CLIENT_INFLIGHT_BYTES_MAX,
   waitQueueMax: 4096,
   reconnectDelayMinMs: 50,
   reconnectDelayMaxMs: 5_000,
@@ -108,9 +122,15 @@ interface Pending {
   readonly req: PeerRequest;
   /** Known CRC-32C of the payload (a block sent to several replicas is summed once). */
   readonly payloadCrc: number | undefined;
+  /** Request payload bytes (counted against inflightBytesMax while on the wire). */
+  readonly bytes: number;
   readonly resolve: (value: unknown) => void;
   readonly reject: (err: unknown) => void;
-  timer: { cancel(): void } | null;
+  /** Monotonic time (the client's clock) the request is given up at. */
+  readonly deadline: number;
+  readonly startedAt: number;
+  /** The request holds a reference on its (pooled) payload until it is written or given up. */
+  holdsPayload: boolean;
   /** waiting: for a slot; queued: holds a slot, waits for the connection; sent: on the wire. */
   state: 'waiting' | 'queued' | 'sent' | 'done';
   requestId: number;
@@ -128,6 +148,13 @@ interface Connection {
   readonly sent: Map<number, Pending>;
   /** Requests holding a slot, waiting for the handshake to finish, in call order. */
   readonly queued: Pending[];
+  /**
+   * Requests sent on this connection whose caller gave up (timed out)
+   * before the answer: request id -> payload bytes. Their bytes still count
+   * against inflightBytesMax until the late answer comes or the connection
+   * closes: they may still be queued on the socket.
+   */
+  readonly abandoned: Map<number, number>;
 }
 
 /**
@@ -146,7 +173,9 @@ interface Connection {
 export class PeerClient implements ReplicaApi {
   readonly blockSize: number;
   readonly address: PeerAddress;
-  private readonly opts: Required<Omit<PeerClientOptions, 'secret' | 'address' | 'remotePeerUuid' | 'insecure' | 'onIncarnationChange'>> & {
+  /** Calls are bounded by RequestContext.deadline here, on one timer per client; the caller need not race them against a timer of its own. */
+  readonly enforcesDeadline = true;
+  private readonly opts: Required<Omit<PeerClientOptions, 'secret' | 'address' | 'remotePeerUuid' | 'insecure' | 'onIncarnationChange' | 'pool'>> & {
     secret: Buffer;
   };
   private readonly expectedPeerUuid: string | undefined;
@@ -155,6 +184,10 @@ export class PeerClient implements ReplicaApi {
   private readonly label: string;
   private conn: Connection | null = null;
   private inflight = 0;
+  /** Payload bytes of requests holding a slot, plus those abandoned on the connection. */
+  private inflightBytes = 0;
+  private readonly deadlines: DeadlineQueue<Pending>;
+  private readonly buffers: PayloadBuffers | undefined;
   private readonly waiting: Pending[] = [];
   private nextRequestId = 1;
   private failures = 0;
@@ -169,7 +202,8 @@ export class PeerClient implements ReplicaApi {
   private serverUuid: string | null = null;
 
   constructor(options: PeerClientOptions) {
-    const { secret, insecure, address, remotePeerUuid, onIncarnationChange, ...rest } = options;
+    const { secret, insecure, address, remotePeerUuid, onIncarnationChange, pool, ...rest } = options;
+    this.buffers = pool === undefined ? undefined : { acquire: (n) => pool.acquire(n) };
     this.address = typeof address === 'string' ? parsePeerAddress(address) : address;
     this.blockSize = options.blockSize;
     this.expectedPeerUuid = remotePeerUuid;
@@ -184,18 +218,25 @@ export class PeerClient implements ReplicaApi {
     };
     assert(Number.isInteger(this.blockSize) && this.blockSize > 0 && this.blockSize <= PAYLOAD_BYTES_MAX, 'blockSize is sane');
     assert(this.opts.incarnation.length > 0, 'an incarnation is set');
-    assert(this.opts.inflightMax > 0 && this.opts.waitQueueMax >= 0, 'client limits are sane');
+    assert(this.opts.inflightMax > 0 && this.opts.waitQueueMax >= 0 && this.opts.inflightBytesMax > 0, 'client limits are sane');
     assert(this.opts.requestTimeoutMs > 0 && this.opts.connectTimeoutMs > 0, 'timeouts are positive');
     assert(this.opts.reconnectDelayMinMs > 0 && this.opts.reconnectDelayMaxMs >= this.opts.reconnectDelayMinMs, 'reconnect delays are sane');
     this.label = formatPeerAddress(this.address);
     this.log = options.logger.child({ module: 'peer-client', peer: this.label });
+    this.deadlines = new DeadlineQueue<Pending>(
+      this.opts.clock,
+      (p) => p.state !== 'done',
+      (p) => this.onTimeout(p),
+    );
   }
 
   // ------------------------------------------------------------ ReplicaApi
 
   /**
-   * The bytes may be a view into a larger receive buffer (no copy on the
-   * read path): copy them before keeping them for long, e.g. in a cache.
+   * The bytes are a view into the buffer the reply was received into (no
+   * copy on the read path); with a pool it is pooled and the caller may
+   * release it (util/buffer-pool.ts) when done. Copy them before keeping
+   * them for long, e.g. in a cache.
    */
   read(ctx: RequestContext, ref: BlockRef, offset: number, length: number): Promise<ReadReply> {
     return this.call({ opcode: Opcode.READ, ctx, ref, offset, length });
@@ -283,6 +324,7 @@ export class PeerClient implements ReplicaApi {
     const closedErr = new TorusError('TORUS_ERR_STORE_CLOSED', `the client of peer ${this.label} is closed`);
     for (const p of [...this.waiting]) this.settle(p, closedErr);
     if (this.pendingAll.size > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    this.deadlines.clear();
     const conn = this.conn;
     if (conn !== null) {
       conn.state = 'closed';
@@ -305,18 +347,23 @@ export class PeerClient implements ReplicaApi {
       return Promise.reject(new TorusError('TORUS_ERR_STORE_CLOSED', `the client of peer ${this.label} is closed`));
     }
     return new Promise<ReplyOf<R>>((resolve, reject) => {
+      const payload = req.opcode === Opcode.WRITE ? req.data : req.opcode === Opcode.INSTALL ? req.copy.data : null;
+      const now = this.opts.clock.monotonic();
       const p: Pending = {
         req,
         payloadCrc,
+        bytes: payload?.length ?? 0,
         resolve: resolve as (value: unknown) => void,
         reject,
-        timer: null,
+        deadline: Math.min(req.ctx.deadline ?? Infinity, now + this.opts.requestTimeoutMs),
+        startedAt: now,
+        holdsPayload: false,
         state: 'waiting',
         requestId: 0,
         conn: null,
       };
       // Anyone already waiting goes first: FIFO.
-      const mustWait = this.inflight >= this.opts.inflightMax || this.waiting.length > 0;
+      const mustWait = this.waiting.length > 0 || !this.fits(p);
       if (mustWait && this.waiting.length >= this.opts.waitQueueMax) {
         reject(
           new TorusError('TORUS_ERR_STORE_BUSY', `too many requests waiting for peer ${this.label}`, {
@@ -326,15 +373,28 @@ export class PeerClient implements ReplicaApi {
         return;
       }
       this.pendingAll.add(p);
-      p.timer = this.opts.clock.setTimeout(() => this.onTimeout(p), this.opts.requestTimeoutMs);
+      // The caller may give up (and recycle a pooled payload) while this
+      // waits; the bytes must stay as they were until they are written.
+      if (payload !== null && payload.length > 0) {
+        retainBuffer(payload);
+        p.holdsPayload = true;
+      }
+      this.deadlines.add(p);
       if (mustWait) this.waiting.push(p);
       else this.start(p);
     });
   }
 
+  /** Is there a slot, and room for its payload under inflightBytesMax (one request always fits)? */
+  private fits(p: Pending): boolean {
+    if (this.inflight >= this.opts.inflightMax) return false;
+    return this.inflightBytes === 0 || this.inflightBytes + p.bytes <= this.opts.inflightBytesMax;
+  }
+
   /** Takes a slot and sends, or queues on the connection being opened. */
   private start(p: Pending): void {
     this.inflight++;
+    this.inflightBytes += p.bytes;
     p.state = 'queued';
     const conn = this.connection();
     if (conn instanceof TorusError) {
@@ -348,31 +408,51 @@ export class PeerClient implements ReplicaApi {
 
   private send(conn: Connection, p: Pending): void {
     let id = this.nextRequestId;
-    while (conn.sent.has(id)) id = (id + 1) >>> 0;
+    while (conn.sent.has(id) || conn.abandoned.has(id)) id = (id + 1) >>> 0;
     this.nextRequestId = (id + 1) >>> 0;
     p.requestId = id;
     p.state = 'sent';
     conn.sent.set(id, p);
     const { header, payload } = encodeRequest(p.req, id, p.payloadCrc);
     conn.writer.write(header, payload);
+    // The socket holds its own reference while the bytes are queued on it.
+    this.dropPayload(p);
   }
 
-  /** Resolves or rejects once, frees its slot and lets the next waiter in. */
-  private settle(p: Pending, err: unknown, value?: unknown): void {
+  private dropPayload(p: Pending): void {
+    if (!p.holdsPayload) return;
+    p.holdsPayload = false;
+    const payload = p.req.opcode === Opcode.WRITE ? p.req.data : p.req.opcode === Opcode.INSTALL ? p.req.copy.data : null;
+    if (payload !== null) releaseBuffer(payload);
+  }
+
+  /**
+   * Resolves or rejects once, frees its slot and lets the next waiter in.
+   * `abandon`: the caller gives up on a request that is on the wire; its
+   * payload bytes stay counted until its answer comes or the connection closes.
+   */
+  private settle(p: Pending, err: unknown, value?: unknown, abandon = false): void {
     if (p.state === 'done') return;
     const held = p.state === 'queued' || p.state === 'sent';
     if (p.state === 'waiting') {
       const i = this.waiting.indexOf(p);
       if (i >= 0) this.waiting.splice(i, 1);
     }
-    if (p.state === 'sent') p.conn?.sent.delete(p.requestId);
+    if (p.state === 'sent') {
+      p.conn?.sent.delete(p.requestId);
+      if (abandon && p.bytes > 0 && p.conn !== null && p.conn.state !== 'closed') {
+        p.conn.abandoned.set(p.requestId, p.bytes);
+        this.inflightBytes += p.bytes; // handed over from the slot to the connection
+      }
+    }
     if (p.state === 'queued' && p.conn !== null) {
       const i = p.conn.queued.indexOf(p);
       if (i >= 0) p.conn.queued.splice(i, 1);
     }
     p.state = 'done';
-    p.timer?.cancel();
-    p.timer = null;
+    if (!abandon) this.deadlines.forgot();
+    this.dropPayload(p);
+    if (held) this.inflightBytes -= p.bytes;
     this.pendingAll.delete(p);
     if (err === null) p.resolve(value);
     else p.reject(err);
@@ -388,21 +468,23 @@ export class PeerClient implements ReplicaApi {
     if (this.admitting) return;
     this.admitting = true;
     try {
-      while (this.inflight < this.opts.inflightMax && this.waiting.length > 0) this.start(this.waiting.shift()!);
+      while (this.waiting.length > 0 && this.fits(this.waiting[0]!)) this.start(this.waiting.shift()!);
     } finally {
       this.admitting = false;
     }
   }
 
   private onTimeout(p: Pending): void {
-    p.timer = null;
     const name = OPCODE_NAMES[p.req.opcode];
-    this.log.debug({ opcode: name, timeoutMs: this.opts.requestTimeoutMs, state: p.state }, 'peer request timed out');
+    const timeoutMs = Math.round(p.deadline - p.startedAt);
+    this.log.debug({ opcode: name, timeoutMs, state: p.state }, 'peer request timed out');
     this.settle(
       p,
-      new TorusError('TORUS_ERR_TIMEOUT', `${name} to peer ${this.label} did not finish within ${this.opts.requestTimeoutMs} ms`, {
-        details: { peer: this.label, timeoutMs: this.opts.requestTimeoutMs },
+      new TorusError('TORUS_ERR_TIMEOUT', `${name} to peer ${this.label} did not finish within ${timeoutMs} ms`, {
+        details: { peer: this.label, timeoutMs },
       }),
+      undefined,
+      true,
     );
   }
 
@@ -436,19 +518,20 @@ export class PeerClient implements ReplicaApi {
     const conn: Connection = {
       socket,
       writer: new CorkedWriter(socket),
-      decoder: new ResponseDecoder(replyPayloadBytesMaxFor(this.blockSize)),
+      decoder: new ResponseDecoder(replyPayloadBytesMaxFor(this.blockSize), this.buffers),
       handshake,
       state: 'handshake',
       connectTimer: null,
       sent: new Map(),
       queued: [],
+      abandoned: new Map(),
     };
     this.conn = conn;
     conn.connectTimer = this.opts.clock.setTimeout(() => {
       conn.connectTimer = null;
       this.fail(conn, new TorusError('TORUS_ERR_PEER_UNAVAILABLE', `peer ${this.label} did not complete the handshake within ${this.opts.connectTimeoutMs} ms`));
     }, this.opts.connectTimeoutMs);
-    socket.on('data', (chunk: Buffer) => this.onData(conn, chunk));
+    attachInput(socket, conn.decoder, () => this.onInput(conn), () => conn.state === 'handshake');
     socket.on('error', (err) => this.fail(conn, new TorusError('TORUS_ERR_PEER_UNAVAILABLE', `peer ${this.label}: ${err.message}`, { cause: err })));
     // The server half-closing means it reads no more requests (it is closing or found the stream damaged).
     socket.on('end', () => this.fail(conn, new TorusError('TORUS_ERR_PEER_UNAVAILABLE', `peer ${this.label} closed the connection`)));
@@ -457,9 +540,12 @@ export class PeerClient implements ReplicaApi {
     return conn;
   }
 
-  private onData(conn: Connection, chunk: Buffer): void {
-    if (conn.state === 'closed') return;
-    conn.decoder.push(chunk);
+  /** Bytes arrived (queued in the decoder, or read straight into the reply payload being received). */
+  private onInput(conn: Connection): void {
+    if (conn.state === 'closed') {
+      conn.decoder.dispose();
+      return;
+    }
     try {
       while (conn.state === 'handshake') {
         const msg = readHandshakeMessage(conn.decoder.queue);
@@ -517,25 +603,38 @@ export class PeerClient implements ReplicaApi {
     const p = conn.sent.get(frame.requestId);
     if (p === undefined) {
       // Its request timed out; the late answer has nobody waiting.
+      releaseBuffer(frame.payload);
+      const bytes = conn.abandoned.get(frame.requestId);
+      if (bytes !== undefined) {
+        conn.abandoned.delete(frame.requestId);
+        this.inflightBytes -= bytes;
+        this.admit();
+      }
       this.log.debug({ requestId: frame.requestId }, 'peer answer for an unknown request');
       return;
     }
     if (frame.opcode !== p.req.opcode) {
+      releaseBuffer(frame.payload);
       throw this.brokenReply(`request ${frame.requestId} was ${OPCODE_NAMES[p.req.opcode]}, the answer is for opcode ${frame.opcode}`);
     }
     if (frame.status === STATUS_ERROR) {
-      this.settle(p, decodeErrorPayload(frame.payload, { peer: this.label }));
+      const err = decodeErrorPayload(frame.payload, { peer: this.label });
+      releaseBuffer(frame.payload);
+      this.settle(p, err);
       return;
     }
     let value: unknown;
     try {
       value = decodeReply(p.req, frame.payload);
     } catch (err) {
+      releaseBuffer(frame.payload);
       // A reply that does not fit its request: this peer cannot be trusted; drop the connection.
       const broken = err instanceof TorusError ? this.brokenReply(err.message) : err;
       this.settle(p, broken);
       throw broken;
     }
+    // A READ's bytes are a view of the payload and go to the caller with it; nothing else keeps it.
+    if (p.req.opcode !== Opcode.READ) releaseBuffer(frame.payload);
     this.settle(p, null, value);
   }
 
@@ -551,6 +650,9 @@ export class PeerClient implements ReplicaApi {
     conn.connectTimer?.cancel();
     conn.connectTimer = null;
     if (this.conn === conn) this.conn = null;
+    conn.decoder.dispose();
+    for (const bytes of conn.abandoned.values()) this.inflightBytes -= bytes;
+    conn.abandoned.clear();
     if (lastWords.length > 0 && !conn.socket.destroyed) {
       conn.socket.end(Buffer.concat(lastWords), () => conn.socket.destroy());
     } else {

@@ -270,6 +270,18 @@ export const ERROR_DETAILS_BYTES_MAX = 512;
  */
 export const PAYLOAD_BYTES_MAX = 64 * 1024 * 1024 + 64 * 1024;
 
+/**
+ * Default memory limits of the peer path (README, "Memory"). A client holds
+ * at most CLIENT_INFLIGHT_BYTES_MAX of request payloads on its connection
+ * (a stalled peer holds no more than that of the writer's memory); a server
+ * connection stops reading at SERVER_INFLIGHT_BYTES_MAX of requests being
+ * handled, and again at as many reply bytes queued on its socket.
+ */
+export const CLIENT_INFLIGHT_BYTES_MAX = 8 * 1024 * 1024;
+export const SERVER_INFLIGHT_BYTES_MAX = 8 * 1024 * 1024;
+/** Socket reads that are not straight into a payload land in one reused buffer of this size per connection. */
+export const READ_BUFFER_BYTES = 64 * 1024;
+
 /** Request ids are u32 and wrap; ids still in flight are skipped. */
 export const REQUEST_ID_MAX = 0xffffffff;
 

@@ -2,9 +2,11 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
 import type { ReplicaApi } from '../model/replica-api.js';
+import { releaseBuffer } from '../util/buffer-pool.js';
 import type { Clock } from '../util/clock.js';
 import {
   RequestDecoder,
+  type PayloadBuffers,
   encodeReply,
   encodeResponseHeader,
   errorToPayload,
@@ -16,7 +18,7 @@ import { readHandshakeMessage } from './handshake-codec.js';
 import { ServerHandshake, type HandshakeConfig } from './handshake.js';
 import { OPCODE_NAMES, Opcode, STATUS_ERROR, STATUS_OK, requestPayloadBytesMaxFor } from './protocol.js';
 import type { RefusalLog } from './refusal-log.js';
-import { CorkedWriter } from './transport.js';
+import { attachInput, CorkedWriter } from './transport.js';
 
 /**
  * After the server ends its side (a refusal, a damaged stream, a drain), the
@@ -71,8 +73,10 @@ export class ServerConnection {
     private readonly remote: RemoteEnd,
     private readonly refusals: RefusalLog,
     private readonly log: Logger,
+    /** Where request payloads are received (the daemon's pool); plain buffers by default. */
+    buffers?: PayloadBuffers,
   ) {
-    this.decoder = new RequestDecoder(requestPayloadBytesMaxFor(handshakeConfig.blockSize));
+    this.decoder = new RequestDecoder(requestPayloadBytesMaxFor(handshakeConfig.blockSize), buffers);
     this.handshake = new ServerHandshake(handshakeConfig, nonce);
     this.writer = new CorkedWriter(socket);
     this.closedPromise = new Promise((resolve) => (this.resolveClosed = resolve));
@@ -87,7 +91,7 @@ export class ServerConnection {
         this.destroy();
       }
     }, limits.handshakeTimeoutMs);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    attachInput(socket, this.decoder, () => this.onInput(), () => this.state === 'handshake');
     // The client half-closing means "no more requests": answer those in flight, then close.
     socket.on('end', () => this.drain());
     socket.on('drain', () => this.pump());
@@ -113,7 +117,7 @@ export class ServerConnection {
       this.paused = false;
       this.socket.resume();
     }
-    this.decoder.queue.clear();
+    this.decoder.dispose();
     this.maybeFinishDrain();
   }
 
@@ -129,13 +133,16 @@ export class ServerConnection {
     this.handshakeTimer = null;
     this.lingerTimer?.cancel();
     this.lingerTimer = null;
-    this.decoder.queue.clear();
+    this.decoder.dispose();
     this.resolveClosed();
   }
 
-  private onData(chunk: Buffer): void {
-    if (this.state === 'draining' || this.state === 'closed') return;
-    this.decoder.push(chunk);
+  /** Bytes arrived (queued in the decoder, or read straight into the payload being received). */
+  private onInput(): void {
+    if (this.state === 'draining' || this.state === 'closed') {
+      this.decoder.dispose();
+      return;
+    }
     if (this.state === 'handshake') this.continueHandshake();
     if (this.state === 'serving') this.pump();
   }
@@ -222,6 +229,7 @@ export class ServerConnection {
     const req = validateRequest(frame, this.handshakeConfig.blockSize);
     if (req instanceof TorusError) {
       this.log.debug({ err: req, requestId: frame.requestId, opcode: frame.opcode }, 'invalid peer request');
+      releaseBuffer(frame.payload);
       this.reply(frame.opcode, frame.requestId, STATUS_ERROR, [errorToPayload(req)]);
       return;
     }
@@ -292,9 +300,13 @@ export class ServerConnection {
   }
 
   private finish(frame: RequestFrame, cost: number, status: number, parts: Buffer[]): void {
+    // The replica is done with the payload (a store that keeps it longer, e.g. for a pwrite still running, retains it).
+    releaseBuffer(frame.payload);
     this.inflight--;
     this.inflightBytes -= cost;
     this.reply(frame.opcode, frame.requestId, status, parts);
+    // A READ's bytes may be a pooled read region of the store: the socket holds its own reference while they are queued.
+    for (const part of parts) releaseBuffer(part);
     if (this.state === 'draining') this.maybeFinishDrain();
     else this.pump();
   }

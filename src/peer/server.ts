@@ -4,12 +4,14 @@ import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
 import type { ReplicaApi } from '../model/replica-api.js';
 import { assert } from '../util/assert.js';
+import type { BufferPool } from '../util/buffer-pool.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { systemRandom, type Random } from '../util/random.js';
 import { formatPeerAddress, type PeerAddress } from './address.js';
 import { resolveSecret } from './auth.js';
+import type { PayloadBuffers } from './codec.js';
 import type { HandshakeConfig } from './handshake.js';
-import { NONCE_BYTES, PAYLOAD_BYTES_MAX } from './protocol.js';
+import { NONCE_BYTES, PAYLOAD_BYTES_MAX, SERVER_INFLIGHT_BYTES_MAX } from './protocol.js';
 import { RefusalLog } from './refusal-log.js';
 import { ServerConnection } from './server-connection.js';
 import { tuneSocket } from './transport.js';
@@ -35,10 +37,15 @@ export interface PeerServerOptions {
   /** Requests handled at once per connection; further requests wait in the socket. Default 64. */
   readonly inflightMax?: number;
   /**
-   * Payload bytes of the requests handled at once plus unsent replies, per
-   * connection, before reading stops. Default 64 MiB; one request is always admitted.
+   * Per connection: payload bytes of the requests being handled (a READ
+   * counts the bytes it asked for) before reading stops, and reply bytes
+   * queued on the socket before reading stops. One request is always
+   * admitted, so a connection holds at most inflightBytesMax + one block of
+   * requests and as much again of replies (README, "Memory"). Default 8 MiB.
    */
   readonly inflightBytesMax?: number;
+  /** Where request payloads are received; the daemon shares its data-path pool. Default: plain buffers. */
+  readonly pool?: BufferPool;
   /** Connections at once; more are refused. Default 1024. */
   readonly connectionsMax?: number;
   /** Time from accept to a finished handshake. Default 5 s. */
@@ -49,7 +56,7 @@ export interface PeerServerOptions {
 
 const DEFAULTS = {
   inflightMax: 64,
-  inflightBytesMax: 64 * 1024 * 1024,
+  inflightBytesMax: SERVER_INFLIGHT_BYTES_MAX,
   connectionsMax: 1024,
   handshakeTimeoutMs: 5_000,
   closeTimeoutMs: 10_000,
@@ -63,7 +70,8 @@ const DEFAULTS = {
  * minute and never disturb the other connections.
  */
 export class PeerServer {
-  private readonly opts: Required<Omit<PeerServerOptions, 'secret' | 'insecure'>> & { secret: Buffer };
+  private readonly opts: Required<Omit<PeerServerOptions, 'secret' | 'insecure' | 'pool'>> & { secret: Buffer };
+  private readonly buffers: PayloadBuffers | undefined;
   private readonly log: Logger;
   private readonly refusals: RefusalLog;
   private readonly connections = new Set<ServerConnection>();
@@ -72,7 +80,8 @@ export class PeerServer {
   private closing = false;
 
   constructor(options: PeerServerOptions) {
-    const { insecure, ...rest } = options;
+    const { insecure, pool, ...rest } = options;
+    this.buffers = pool === undefined ? undefined : { acquire: (n) => pool.acquire(n) };
     this.opts = {
       ...DEFAULTS,
       clock: systemClock,
@@ -154,6 +163,7 @@ export class PeerServer {
       { label, host: remote.host },
       this.refusals,
       log,
+      this.buffers,
     );
     this.connections.add(conn);
     void conn.closed.then(() => this.connections.delete(conn));

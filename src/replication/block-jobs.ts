@@ -4,7 +4,8 @@ import type { ListedBlock } from '../model/block-meta.js';
 import { LIST_BLOCKS_MAX } from '../model/replica-api.js';
 import { withTimeout } from '../util/timeout.js';
 import type { VolumeCoordinator } from './coordinator.js';
-import { ownersOf } from './owners.js';
+import { planCatchUp } from './catch-up-plan.js';
+import { ownersOf, ringPeers } from './owners.js';
 
 /** What one pass of background work did, for logs, metrics and tests. */
 export interface JobReport {
@@ -98,13 +99,20 @@ export class VolumeJobs {
         report.pending++;
         continue;
       }
+      if (c.stale.missed(peer) === 'all') await this.narrowWhole(peer);
+      if (c.isClosed || c.fencedBy) return;
       const generation = c.stale.generation(peer);
       const missed = c.stale.missed(peer);
       const indexes = missed === 'all' ? range(c.blockCount) : missed;
       let allFixed = true;
       let copied = 0;
       for (const index of indexes) {
-        if (c.isClosed || c.fencedBy) return;
+        if (c.isClosed || c.fencedBy) {
+          // Each block copied was cleared on its own: the next coordinator goes on from here.
+          if (copied > 0) this.log.info({ peer, blocks: copied, of: indexes.length, whole: missed === 'all' }, 'catch-up interrupted (volume closed or fenced off); the blocks copied stay caught up');
+          report.caughtUp += copied;
+          return;
+        }
         const owners = ownersOf(c.ctx.ring(), c.refOf(index));
         if (!owners.all.includes(peer)) {
           // No longer an owner of this block: nothing to catch up.
@@ -127,6 +135,41 @@ export class VolumeJobs {
       report.caughtUp += copied;
       if (copied > 0) this.log.info({ peer, blocks: copied, of: indexes.length, whole: missed === 'all' }, 'caught a replica up');
     }
+  }
+
+  /**
+   * Narrows a whole-volume stale record to the blocks the peer may still
+   * lack, found by comparing complete listings (src/replication/
+   * catch-up-plan.ts). Without it only one coordinator's complete pass
+   * could clear the record, and a volume whose writer changes every few
+   * seconds (a client that reconnects) would never see one. Any listing
+   * that fails keeps the blocks it concerns; the peer's own keeps all.
+   */
+  private async narrowWhole(peer: string): Promise<void> {
+    const c = this.c;
+    const ring = c.ctx.ring();
+    const own = await this.listAll(peer);
+    if (own === null) return;
+    const listings = new Map<string, Map<number, ListedBlock>>();
+    for (const u of ringPeers(ring)) {
+      if (u === peer) continue;
+      const listed = await this.listAll(u);
+      if (listed !== null) listings.set(u, new Map(listed.map((b) => [b.ref.index, b])));
+    }
+    if (c.isClosed || c.fencedBy || c.ctx.ring().version !== ring.version) return;
+    const keep = planCatchUp({
+      blockCount: c.blockCount,
+      peer,
+      peerCopies: new Map(own.map((b) => [b.ref.index, b])),
+      listings,
+      ownersOf: (index) => ownersOf(ring, c.refOf(index)).all,
+      trustedOf: (index) => c.trustedOwners(index, ownersOf(ring, c.refOf(index))),
+    });
+    const narrowed = await c.stale.narrow(peer, keep, c.currentToken).catch((err: unknown) => {
+      this.log.debug({ err, peer }, 'could not narrow a whole-volume stale record');
+      return false;
+    });
+    if (narrowed) this.log.info({ peer, behind: keep.length, of: c.blockCount }, 'planned a catch-up from the listings');
   }
 
   /**

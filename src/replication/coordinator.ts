@@ -3,10 +3,12 @@ import { isTorusError, TorusError } from '../errors/torus-error.js';
 import type { VolumeLock } from '../metadata/metadata-service.js';
 import { ABSENT_META, compareCopies, type BlockMeta } from '../model/block-meta.js';
 import { blockRef, type BlockRef } from '../model/block-ref.js';
-import type { ChangeStamp, ReplicaApi } from '../model/replica-api.js';
+import type { ChangeStamp, ReplicaApi, RequestContext } from '../model/replica-api.js';
 import type { VolumeRecord } from '../model/records.js';
 import { makeVersion, SEQ_MAX, VERSION_ABSENT, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
+import { releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
+import { crc32c } from '../util/crc32c.js';
 import { withTimeout } from '../util/timeout.js';
 import { BlockOrder } from './block-order.js';
 import { BlockTable, type BlockEntry } from './block-table.js';
@@ -83,6 +85,16 @@ export class VolumeCoordinator {
   private lostSinceFlush: TorusError | null = null;
   /** Blocks an owner may have lost in a restart since the last flush: the next flush checks they keep minReplicas copies. */
   private readonly lostInRestart = new Set<number>();
+  /**
+   * Blocks a failed flush (or a replica restart) left with fewer than
+   * minReplicas durable copies. Every later flush fails while one is left:
+   * a successful FLUSH covers every write completed before it (NBD spec),
+   * also those an earlier failed FLUSH covered. A block leaves the set once
+   * enough owners hold its newest version durably again (a catch-up or
+   * repair installs with FUA; a later change is flushed by this flush).
+   * Pinned, so the block table keeps what it knows of them.
+   */
+  private readonly shortSinceFlush = new Set<number>();
   /** Blocks moved to their new owners in the transition with this (moving) ring version. */
   private movedIn = { ringVersion: 0, blocks: new Set<number>(), all: false };
   private fenced: TorusError | null = null;
@@ -109,8 +121,8 @@ export class VolumeCoordinator {
 
   /**
    * Takes over the volume: every peer that may hold its blocks learns the
-   * token (a peer that cannot be reached and is not DOWN is recorded stale
-   * for the whole volume), then the stale records are loaded.
+   * token (one that cannot be reached learns it from etcd or with our first
+   * change), then the stale records are loaded.
    */
   static async open(opts: CoordinatorOptions): Promise<VolumeCoordinator> {
     const c = new VolumeCoordinator(opts);
@@ -258,14 +270,42 @@ export class VolumeCoordinator {
     await Promise.all(records);
     for (const b of this.lostInRestart) {
       const e = this.blocks.peek(b);
-      if (e !== undefined && this.trustedHolders(e, ownersOf(this.ctx.ring(), this.refOf(b))).length < this.quorumFor(b)) short.push(b);
+      if (e === undefined || this.trustedHolders(e, ownersOf(this.ctx.ring(), this.refOf(b))).length < this.quorumFor(b)) short.push(b);
+      this.unpin(b);
     }
     this.lostInRestart.clear();
+    // What earlier flushes left short counts until it is durable again.
+    for (const b of this.shortSinceFlush) {
+      if (short.includes(b)) continue;
+      if (await this.durableEnough(b)) {
+        this.shortSinceFlush.delete(b);
+        this.unpin(b);
+      } else short.push(b);
+    }
+    for (const b of short) {
+      if (this.shortSinceFlush.has(b)) continue;
+      const e = this.blocks.peek(b);
+      if (e !== undefined) e.pins++;
+      this.shortSinceFlush.add(b);
+    }
     this.checkLease();
     if (lost) throw lost;
     if (short.length > 0) {
       throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `flush of volume ${this.volume.name}: ${short.length} block(s) have fewer than the minimum of durable copies`, { details: { blocks: short.slice(0, 16) } });
     }
+  }
+
+  /** Whether at least minReplicas trusted owners hold the block's newest version (learnt again if the table lost it). */
+  private async durableEnough(index: number): Promise<boolean> {
+    let e = this.blocks.peek(index);
+    if (e === undefined) {
+      try {
+        e = await this.touch(index);
+      } catch {
+        return false;
+      }
+    }
+    return this.trustedHolders(e, ownersOf(this.ctx.ring(), this.refOf(index))).length >= this.quorumFor(index);
   }
 
   /**
@@ -280,9 +320,11 @@ export class VolumeCoordinator {
     this.unflushed.set(u, new Set());
     const blocks = [...s];
     for (const b of blocks) {
+      // Still pinned (its unflushed pin moves to lostInRestart), so the
+      // next flush can tell how many durable copies are left.
       this.blocks.peek(b)?.holders.delete(u);
+      if (this.lostInRestart.has(b)) this.unpin(b);
       this.lostInRestart.add(b);
-      this.unpin(b);
     }
     this.log.warn({ peer: u, blocks: blocks.length }, 'a replica restarted with unflushed changes; they are recorded stale for it');
     const recorded = this.stale.record(u, blocks).catch((err: unknown) => {
@@ -365,6 +407,21 @@ export class VolumeCoordinator {
     return this.renewing;
   }
 
+  /**
+   * One call to a replica on the data path, bounded by the replica timeout.
+   * A peer client enforces the deadline itself, on one timer per client,
+   * and drops a request still queued when it passes (its payload is not
+   * held past it); anything else (the local replica, the simulated network)
+   * is raced against a timer here, as every call used to be.
+   */
+  private bounded<T>(api: ReplicaApi, u: string, what: string, call: (ctx: RequestContext) => Promise<T>): Promise<T> {
+    const ms = this.ctx.settings.replicaTimeoutMs;
+    if (api.enforcesDeadline === true) {
+      return call({ ringVersion: this.ctx.requestContext().ringVersion, deadline: this.ctx.clock.monotonic() + ms });
+    }
+    return withTimeout(call(this.ctx.requestContext()), ms, this.ctx.clock, `${what} on peer ${u}`);
+  }
+
   /** The next version of this coordinator: (token, seq), newer than `prev`. */
   private nextVersion(prev: Version): Version {
     if (this.seq >= SEQ_MAX) {
@@ -387,6 +444,9 @@ export class VolumeCoordinator {
       earlyResolve = res;
       earlyReject = rej;
     });
+    // The payload may be sent again (a ring retry) after the write level let
+    // the caller go on: hold it until every owner has answered.
+    if (change.kind === 'write') retainBuffer(change.data);
     const finished = (async () => {
       const acked = new Set<string>();
       let owners = ownersOf(this.ctx.ring(), ref);
@@ -403,17 +463,21 @@ export class VolumeCoordinator {
           earlyResolve();
         }
       };
+      // The payload's CRC, summed once when it goes to more than one peer over the wire.
+      let writeOpts: { readonly fua: boolean; readonly crc32c?: number } = { fua };
       for (let attempt = 0; ; attempt++) {
+        if (change.kind === 'write' && writeOpts.crc32c === undefined && send.filter((u) => this.ctx.replica(u)?.enforcesDeadline === true).length > 1) {
+          writeOpts = { fua, crc32c: crc32c(change.data) };
+        }
         const outcomes = await Promise.allSettled(
           send.map(async (u) => {
             const api = this.ctx.replica(u);
             if (api === null) throw new TorusError('TORUS_ERR_RING_PEER_UNKNOWN', `peer ${u} has no known address`);
-            const ctx = this.ctx.requestContext();
-            const p =
+            await this.bounded(api, u, 'change', (ctx) =>
               change.kind === 'write'
-                ? api.write(ctx, ref, change.offset, change.data, stamp, { fua })
-                : api.zero(ctx, ref, change.offset, change.length, stamp, { punch: change.punch, fua });
-            await withTimeout(p, this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `change on peer ${u}`);
+                ? api.write(ctx, ref, change.offset, change.data, stamp, writeOpts)
+                : api.zero(ctx, ref, change.offset, change.length, stamp, { punch: change.punch, fua }),
+            );
             onAck(u);
           }),
         );
@@ -487,10 +551,11 @@ export class VolumeCoordinator {
     const settled = finished.then(() => {
       if (e.committed < stamp.version) e.committed = stamp.version;
     });
-    void settled.then(
-      () => this.settledOne(e),
-      () => this.settledOne(e),
-    );
+    const done = () => {
+      if (change.kind === 'write') releaseBuffer(change.data);
+      this.settledOne(e);
+    };
+    void settled.then(done, done);
     settled.then(
       () => earlyResolve(),
       (err: unknown) => earlyReject(err),
@@ -587,7 +652,7 @@ export class VolumeCoordinator {
         const api = this.ctx.replica(u);
         if (api === null || !this.ctx.health.usable(u)) continue;
         try {
-          const reply = await withTimeout(api.read(this.ctx.requestContext(), this.refOf(index), offset, length), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `read on peer ${u}`);
+          const reply = await this.bounded(api, u, 'read', (ctx) => api.read(ctx, this.refOf(index), offset, length));
           this.ctx.health.succeeded(u);
           const need = Math.max(e.committed, e.floor);
           if (reply.meta.version >= need) {

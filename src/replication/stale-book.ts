@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { MetadataService } from '../metadata/metadata-service.js';
 import type { StaleRecord } from '../model/records.js';
 import type { Clock } from '../util/clock.js';
-import { indexesToRanges } from '../model/ranges.js';
+import { coarsenRanges, indexesToRanges, STALE_RANGES_MAX } from '../model/ranges.js';
 
 /**
  * A coordinator's view of its volume's stale records (docs/replication.md,
@@ -23,11 +23,14 @@ interface PeerEntry {
   durable: Set<number>;
   /** Bumped by every addition: a catch-up pass that saw no bump may clear 'all'. */
   generation: number;
+  /** A narrowing of 'all' is on its way to etcd: additions must reach etcd themselves until it settles. */
+  narrowing: boolean;
 }
 
 type Op =
   | { kind: 'add'; peer: string; all: boolean; blocks: number[]; waiters: { resolve(): void; reject(err: unknown): void }[] }
-  | { kind: 'remove'; peer: string; what: number[] | 'all'; token: number; waiters: { resolve(): void; reject(err: unknown): void }[] };
+  | { kind: 'remove'; peer: string; what: number[] | 'all'; token: number; waiters: { resolve(): void; reject(err: unknown): void }[] }
+  | { kind: 'narrow'; peer: string; keep: readonly number[]; token: number; waiters: { resolve(narrowed: boolean): void; reject(err: unknown): void }[] };
 
 /** Indexes per addStale transaction; a larger batch is split. */
 const ADD_BLOCKS_PER_TXN_MAX = 4096;
@@ -55,7 +58,9 @@ export class StaleBook {
     if (r.all) {
       if (!e.all) e.generation++;
       e.all = true;
-      e.allDurable = true;
+      // While a narrowing is in flight, etcd may be read just before it
+      // commits: additions must not take 'all' there for durable.
+      if (!e.narrowing) e.allDurable = true;
     }
     for (const [start, end] of r.ranges) {
       for (let i = start; i < end; i++) {
@@ -169,6 +174,22 @@ export class StaleBook {
     return this.enqueueRemove(peer, 'all', token).then(() => true);
   }
 
+  /**
+   * Replaces a whole-volume record with the blocks a catch-up plan found
+   * behind (src/replication/catch-up-plan.ts), plus whatever was recorded
+   * for the peer meanwhile; from then on each block clears on its own, so
+   * the progress of one coordinator outlives it. Fenced like a removal.
+   * Resolves false when there was nothing to narrow.
+   */
+  narrow(peer: string, keep: readonly number[], token: number): Promise<boolean> {
+    const e = this.peers.get(peer);
+    if (e === undefined || !e.all) return Promise.resolve(false);
+    return new Promise((resolve, reject) => {
+      this.queue.push({ kind: 'narrow', peer, keep: [...keep], token, waiters: [{ resolve, reject }] });
+      this.kick();
+    });
+  }
+
   private enqueueRemove(peer: string, what: number[] | 'all', token: number): Promise<void> {
     return new Promise((resolve, reject) => {
       const last = this.queue[this.queue.length - 1];
@@ -185,7 +206,7 @@ export class StaleBook {
   private entry(peer: string): PeerEntry {
     let e = this.peers.get(peer);
     if (e === undefined) {
-      e = { all: false, blocks: new Set(), allDurable: false, durable: new Set(), generation: 0 };
+      e = { all: false, blocks: new Set(), allDurable: false, durable: new Set(), generation: 0, narrowing: false };
       this.peers.set(peer, e);
     }
     return e;
@@ -217,13 +238,17 @@ export class StaleBook {
                 for (const i of part) e.durable.add(i);
               }
             }
+          } else if (op.kind === 'narrow') {
+            const narrowed = await this.applyNarrow(op.peer, op.keep, op.token);
+            for (const w of op.waiters) w.resolve(narrowed);
+            continue;
           } else {
             const ranges = op.what === 'all' ? 'all' : indexesToRanges([...new Set(op.what)].sort((a, b) => a - b));
             if (ranges === 'all' || ranges.length > 0) await this.metadata.removeStale(this.volumeId, op.peer, ranges, op.token);
           }
           for (const w of op.waiters) w.resolve();
         } catch (err) {
-          if (op.kind === 'remove') {
+          if (op.kind === 'remove' || op.kind === 'narrow') {
             // Memory already trusts the peer again for these blocks; etcd
             // still names them, which only makes other readers more careful.
             this.log.warn({ err, volumeId: this.volumeId, peer: op.peer }, 'could not clear a stale record in etcd');
@@ -237,5 +262,39 @@ export class StaleBook {
       this.running = false;
       if (this.queue.length > 0) this.kick();
     }
+  }
+
+  private async applyNarrow(peer: string, plan: readonly number[], token: number): Promise<boolean> {
+    const e = this.entry(peer);
+    if (!e.all) return false;
+    // Everything recorded for the peer so far is kept, and from this turn
+    // on additions queue behind this op and reach etcd on their own: the
+    // record there is about to stop being whole.
+    const exact = new Set(plan);
+    for (const i of e.blocks) exact.add(i);
+    // A plan too scattered to list is widened over its smallest gaps: the
+    // blocks in them are compared again (cheap when equal), never trusted early.
+    const ranges = coarsenRanges(indexesToRanges([...exact]), STALE_RANGES_MAX);
+    const keep = new Set<number>();
+    for (const [start, end] of ranges) for (let i = start; i < end; i++) keep.add(i);
+    e.narrowing = true;
+    const wasDurable = e.allDurable;
+    e.allDurable = false;
+    try {
+      await this.metadata.narrowStale(this.volumeId, peer, ranges, token);
+    } catch (err) {
+      e.allDurable = wasDurable;
+      throw err;
+    } finally {
+      e.narrowing = false;
+    }
+    e.all = false;
+    for (const i of keep) {
+      e.blocks.add(i);
+      e.durable.add(i);
+    }
+    e.generation++;
+    this.log.info({ volumeId: this.volumeId, peer, blocks: keep.size }, 'narrowed a whole-volume stale record to the blocks still behind');
+    return true;
   }
 }

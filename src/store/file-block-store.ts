@@ -7,6 +7,7 @@ import { ABSENT_META, type BlockMeta, type BlockState, type ListedBlock } from '
 import { blockRef, blockRefKey, type BlockRef } from '../model/block-ref.js';
 import { isVersion, VERSION_ABSENT, VERSION_LEGACY, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
+import { BufferPool, releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { crc32cPages } from '../util/crc32c.js';
 import { VERSION as RELEASE } from '../version.js';
@@ -78,6 +79,11 @@ export interface FileBlockStoreOptions {
   readonly fdMax?: number;
   /** Called on every CRC mismatch (torusd counts them in a metric). */
   readonly onCrcFailure?: (ref: BlockRef, page: number) => void;
+  /**
+   * Where read regions come from: read() returns a view of a pooled buffer,
+   * which the caller may hand back with releaseBuffer() once done with it.
+   */
+  readonly pool?: BufferPool;
 }
 
 interface Entry {
@@ -131,6 +137,7 @@ const SYNCFS_MIN_ITEMS = 3;
 export class FileBlockStore implements LocalBlockStore {
   readonly blockSize: number;
   private readonly opts: FileBlockStoreOptions;
+  private readonly pool: BufferPool;
   private readonly log: Logger;
   private readonly clock: Clock;
   private readonly blocksDir: string;
@@ -170,6 +177,7 @@ export class FileBlockStore implements LocalBlockStore {
   private constructor(opts: FileBlockStoreOptions) {
     assert(opts.blockSize >= PAGE_BYTES && (opts.blockSize & (opts.blockSize - 1)) === 0, 'block size is a power of two of at least one page');
     this.opts = opts;
+    this.pool = opts.pool ?? new BufferPool();
     this.blockSize = opts.blockSize;
     this.log = opts.logger.child({ module: 'store' });
     this.clock = opts.clock ?? systemClock;
@@ -198,26 +206,37 @@ export class FileBlockStore implements LocalBlockStore {
     this.checkRange(offset, length);
     if (this.closed) throw new TorusError('TORUS_ERR_STORE_CLOSED', 'block store is closed');
     const e = this.entries.get(blockRefKey(ref));
-    if (!e) return Buffer.alloc(length);
+    if (!e) return this.zeroes(length);
     // Fast paths avoid awaiting what is already at hand: each await is a
     // microtask turn on the hot path of every read.
     if (e.writing || e.writersWaiting > 0) await this.lockRead(e);
     else e.readers++;
+    let region: Buffer | null = null;
     try {
-      if (e.state !== 'data' || length === 0) return Buffer.alloc(length);
+      if (e.state !== 'data' || length === 0) return this.zeroes(length);
       const p0 = Math.floor(offset / PAGE_BYTES);
       const p1 = Math.ceil((offset + length) / PAGE_BYTES);
       const base = p0 * PAGE_BYTES;
-      const region = Buffer.allocUnsafe((p1 - p0) * PAGE_BYTES);
       const fd = e.fd !== null ? this.touchFd(e) : await this.fdOf(e);
       const table = e.crc ?? (await this.tableOf(e));
+      region = this.pool.acquire((p1 - p0) * PAGE_BYTES);
       const pending = preadCached(fd, region, 0, region.length, this.hdrBytes + base);
       if (pending !== null) await pending;
       this.checkPages(e, region, p0, p1, table);
-      return region.subarray(offset - base, offset - base + length);
+      const out = region.subarray(offset - base, offset - base + length);
+      region = null;
+      return out;
     } finally {
+      // Not handed out (a failed read or check): back to the pool. A pread
+      // still running cannot be: the await above saw it finish or fail.
+      if (region !== null) releaseBuffer(region);
       this.unlockRead(e);
     }
+  }
+
+  /** Zeroes for a block or range that holds none, from the pool like any read. */
+  private zeroes(length: number): Buffer {
+    return this.pool.acquire(length).fill(0);
   }
 
   async verify(ref: BlockRef): Promise<BlockMeta> {
@@ -269,12 +288,19 @@ export class FileBlockStore implements LocalBlockStore {
     this.checkRange(offset, data.length);
     this.checkVersion(version);
     const e = this.entryFor(ref);
-    await this.change(e, { reserve: true, fua: opts.fua }, 'block write failed', async () => {
-      await this.makeData(e, version);
-      await this.writePages(e, offset, data.length, data);
-      e.version = version;
-      if (opts.fua) await this.writeHeader(e);
-    });
+    // Our own reference for as long as the write runs: a caller that gave up
+    // (a timeout above us) may release its own while a pwrite still reads it.
+    retainBuffer(data);
+    try {
+      await this.change(e, { reserve: true, fua: opts.fua }, 'block write failed', async () => {
+        await this.makeData(e, version);
+        await this.writePages(e, offset, data.length, data);
+        e.version = version;
+        if (opts.fua) await this.writeHeader(e);
+      });
+    } finally {
+      releaseBuffer(data);
+    }
   }
 
   async zero(ref: BlockRef, offset: number, length: number, version: Version, opts: { readonly punch: boolean; readonly fua: boolean }): Promise<void> {
@@ -608,10 +634,11 @@ export class FileBlockStore implements LocalBlockStore {
     const base = p0 * PAGE_BYTES;
     const aligned = offset === base && length === (p1 - p0) * PAGE_BYTES;
     let region: Buffer;
+    let own: Buffer | null = null;
     if (aligned && data !== null) {
       region = data; // whole pages: write the caller's buffer as it is
     } else {
-      region = Buffer.allocUnsafe((p1 - p0) * PAGE_BYTES);
+      region = own = this.pool.acquire((p1 - p0) * PAGE_BYTES);
       if (offset !== base) await preadFull(fd, region, 0, PAGE_BYTES, this.hdrBytes + base);
       if ((offset + length) % PAGE_BYTES !== 0 && (p1 - 1 > p0 || offset === base)) {
         const at = (p1 - 1 - p0) * PAGE_BYTES;
@@ -630,6 +657,8 @@ export class FileBlockStore implements LocalBlockStore {
       // the file holds, so they do not read as corrupt later.
       await this.rehashPages(e, fd, p0, p1).catch(() => undefined);
       throw err;
+    } finally {
+      if (own !== null) releaseBuffer(own);
     }
     table.set(crcs, p0);
     e.digest = null;

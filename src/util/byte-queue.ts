@@ -63,6 +63,37 @@ export class ByteQueue {
     return out;
   }
 
+  /**
+   * Moves up to n bytes into dest at destOffset (consumed from the queue);
+   * returns how many were moved. Fills a payload's final buffer without an
+   * intermediate allocation.
+   */
+  copyTo(dest: Uint8Array, destOffset: number, n: number): number {
+    assert(n >= 0 && destOffset >= 0 && destOffset + n <= dest.length, 'copy within the destination');
+    let moved = 0;
+    while (moved < n && this.total > 0) {
+      const c = this.chunks[this.head]!;
+      const len = Math.min(c.length - this.headOffset, n - moved);
+      c.copy(dest, destOffset + moved, this.headOffset, this.headOffset + len);
+      moved += len;
+      this.advance(len);
+    }
+    return moved;
+  }
+
+  /**
+   * Replaces every queued chunk by one copy of the unread bytes: for a
+   * caller that reuses the buffers it pushed (a socket reading into one
+   * buffer again and again).
+   */
+  detach(): void {
+    if (this.total === 0) return;
+    const rest = Buffer.allocUnsafe(this.total);
+    this.copyTo(rest, 0, rest.length);
+    this.clear();
+    this.push(rest);
+  }
+
   /** Drops up to n bytes without copying them; returns how many were dropped. */
   skip(n: number): number {
     let dropped = 0;

@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
 import type { VolumeRecord } from '../model/records.js';
 import { assert } from '../util/assert.js';
+import { releaseBuffer } from '../util/buffer-pool.js';
 import { splitRange, type BlockPiece } from './block-map.js';
 
 /** NBD base:allocation flags. */
@@ -46,7 +47,10 @@ export class Volume {
     const pieces = this.pieces(offset, length);
     if (pieces.length === 1) return this.io.read(pieces[0]!.index, pieces[0]!.offset, pieces[0]!.length);
     const parts = await Promise.all(pieces.map((p) => this.io.read(p.index, p.offset, p.length)));
-    return Buffer.concat(parts, length);
+    const out = Buffer.concat(parts, length);
+    // The pieces are ours (pooled ones go back); the caller gets the whole.
+    for (const p of parts) releaseBuffer(p);
+    return out;
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {

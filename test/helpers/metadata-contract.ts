@@ -787,6 +787,31 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       await expectCode(md.addStale(4242, 'peer-a', { all: true }), 'TORUS_ERR_VOLUME_NOT_FOUND');
     });
 
+    it('a whole-volume stale record narrows to the blocks still behind, only under the newest token', async () => {
+      await initialised();
+      const vol = await md.createVolume('pad', MiB);
+      const s = await session();
+      const old = await s.lockVolume('pad', 'old');
+      await old.release();
+      const lock = await s.lockVolume('pad', 'coordinator');
+      await md.addStale(vol.id, 'peer-a', { all: true });
+      await md.addStale(vol.id, 'peer-b', { ranges: [[0, 10], [20, 30]] });
+      await expectCode(md.narrowStale(vol.id, 'peer-a', [[3, 4]], old.token), 'TORUS_ERR_VOLUME_FENCED');
+      expect((await md.getStale(vol.id)).find((r) => r.peer === 'peer-a')).toMatchObject({ all: true, ranges: [] });
+      await md.narrowStale(vol.id, 'peer-a', [[7, 9], [3, 4]], lock.token);
+      expect((await md.getStale(vol.id)).find((r) => r.peer === 'peer-a')).toMatchObject({ all: false, ranges: [[3, 4], [7, 9]] });
+      // A listed record keeps only what is in both.
+      await md.narrowStale(vol.id, 'peer-b', [[5, 25]], lock.token);
+      expect((await md.getStale(vol.id)).find((r) => r.peer === 'peer-b')!.ranges).toEqual([[5, 10], [20, 25]]);
+      // Nothing kept: the record goes; no record: nothing changes, fencing still checked.
+      await md.narrowStale(vol.id, 'peer-a', [], lock.token);
+      expect((await md.getStale(vol.id)).map((r) => r.peer)).toEqual(['peer-b']);
+      await md.narrowStale(vol.id, 'peer-a', [[0, 1]], lock.token);
+      expect((await md.getStale(vol.id)).map((r) => r.peer)).toEqual(['peer-b']);
+      await expectCode(md.narrowStale(vol.id, 'peer-a', [], old.token), 'TORUS_ERR_VOLUME_FENCED');
+      await expectCode(md.narrowStale(vol.id, 'peer-a', [[2, 1]], lock.token), 'TORUS_ERR_ARG_INVALID');
+    });
+
     it('stale records are removed only under the newest fencing token', async () => {
       await initialised();
       const vol = await md.createVolume('pad', MiB);

@@ -16,7 +16,9 @@ export function streamPair(): [Duplex, Duplex] {
       },
       write(chunk: Buffer, _enc, cb) {
         const p = peer();
-        if (!p.destroyed) p.push(chunk);
+        // A copy, as a socket makes: the writer may reuse the buffer once
+        // the write called back (pooled buffers do).
+        if (!p.destroyed) p.push(Buffer.from(chunk));
         cb();
       },
       final(cb) {

@@ -63,6 +63,15 @@ function expectAlive(): void {
   if (!d.running) throw new Error(`torusd is not running any more:\n${d.tail()}`);
 }
 
+describe('torusd', () => {
+  it('runs libuv with the thread pool size it asks for (set before the pool starts)', () => {
+    const ready = d.lines().find((l) => l.msg === 'torusd ready') as { threadpoolThreads?: number | null } | undefined;
+    expect(ready).toBeDefined();
+    // null only where /proc cannot tell; Linux CI can.
+    expect(ready!.threadpoolThreads).toBe(8);
+  });
+});
+
 describe('nbdinfo', () => {
   it('--json describes the 1 GiB volume: size, block sizes, flags and base:allocation', async () => {
     const r = await runOk('nbdinfo', ['--json', d.nbdUri('pad')]);

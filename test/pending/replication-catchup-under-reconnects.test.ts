@@ -10,17 +10,21 @@
  * Expected: D's stale blocks are copied and its stale record cleared
  * within a minute or two.
  *
- * What happens: every fio run opens the volume with a new writer token;
- * between two runs a maintainer (on any peer) takes the maintenance lock
- * for the volume, because a stale record names a live peer, and is fenced
- * off by the next run's writer moments later. Each coordinator copies
- * some blocks and enqueues the clears, but by the time the clear reaches
- * etcd a newer token exists (StaleBook.drain logs "could not clear a stale
- * record in etcd": token N is fenced off); catch-up passes for a
- * whole-volume record can only clear at the very end of a full pass. The
- * record for D outlived the 120 s wait in the e2e fault suite; once the
- * load stopped, the catch-up finished within seconds. (After an outage of
- * a few seconds, a few dozen blocks, it does finish under the same load.)
+ * What happened: a record that collapsed to the whole volume (more than
+ * 1024 ranges) could only be cleared at the end of one coordinator's full
+ * pass, and every fio run opens the volume with a new writer token, so no
+ * pass ever finished. Catch-up now narrows such a record to the blocks
+ * still behind (src/replication/catch-up-plan.ts) and clears block by
+ * block, and test/unit/cluster-replication.test.ts proves that on the
+ * simulated cluster.
+ *
+ * Why it is still pending: on real processes it passed in one run of two on
+ * a host loaded by other work (168 s to catch up; the other run exceeded the
+ * 120 s wait). Maintainers between fio runs are fenced within a second or
+ * two and their clears fail ("could not clear a stale record in etcd");
+ * the writers make progress block by block but slowly. What takes the time
+ * is not yet measured: the log line "catch-up interrupted" now says how much
+ * each coordinator copied before it closed.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBuilt } from '../helpers/build.js';

@@ -130,9 +130,13 @@ export class Checker {
    * A FLUSH was acknowledged: each sector whose durable base moved (the
    * candidate the model now counts as durable) is, at this instant, in the
    * durable state of at least `minCopies` stores, as that value or a newer
-   * one.
+   * one. Newer is the rest of the sector's timeline, and also a change
+   * still in flight on the sector (`pending`): the model learns of a change
+   * only when it completes, but the flush makes durable whatever the
+   * replicas took before it, and a write issued before the flush's
+   * acknowledgement may be among it.
    */
-  checkFlushAck(model: VolumeModel, moved: ReadonlyMap<number, Candidate>, minCopies: number): Violation | null {
+  checkFlushAck(model: VolumeModel, moved: ReadonlyMap<number, Candidate>, minCopies: number, pending: (s: number, value: number) => boolean = () => false): Violation | null {
     const byBlock = new Map<number, number[]>();
     for (const s of moved.keys()) {
       const b = Math.floor(s / this.sectorsPerBlock);
@@ -144,10 +148,10 @@ export class Checker {
       const ref = blockRef(model.volumeId, 1, index);
       sectors.length = 1; // as in checkWriteAck: changes land whole per block
       const copies = this.stores().filter((v) =>
-        this.copyHolds(v.store.inspect(ref).durable, model, index, sectors, (value, s) => model.timeline(s).some((c) => c.value === value)),
+        this.copyHolds(v.store.inspect(ref).durable, model, index, sectors, (value, s) => model.timeline(s).some((c) => c.value === value) || pending(s, value)),
       ).length;
       if (copies < minCopies) {
-        return { guarantee: 'G3', message: `volume ${model.name} block ${index}: FLUSH acknowledged with ${copies} durable copies; at least ${minCopies} required` };
+        return { guarantee: 'G3', message: `volume ${model.name} block ${index}: FLUSH acknowledged with ${copies} durable copies; at least ${minCopies} required`, blocks: [[model.volumeId, index]] };
       }
     }
     return null;

@@ -13,7 +13,7 @@
  * --list S1,S2,... names the seeds, --stop-at-first-failure ends early.
  */
 import { OPS_DEFAULT, describeFailure, runSeed } from './run-seed.js';
-import { runSeedsInChildren, type SeedLine } from './parallel.js';
+import { crashLine, runSeedsInChildren, type SeedLine } from './parallel.js';
 import { realNode } from './real-node.js';
 import { VARIANTS, variantNames, type VariantName } from './variants.js';
 
@@ -110,14 +110,26 @@ async function main(): Promise<number> {
   let failed = 0;
   for (const seed of seeds) {
     const c0 = process.cpuUsage();
-    const r = await runSeed({
-      seed,
-      ops: args.ops,
-      factory: variant?.factory ?? realNode,
-      variant: args.variant,
-      verbose: args.verbose,
-      ...(args.log ? { logLevel: args.log } : {}),
-    });
+    let r: Awaited<ReturnType<typeof runSeed>>;
+    try {
+      r = await runSeed({
+        seed,
+        ops: args.ops,
+        factory: variant?.factory ?? realNode,
+        variant: args.variant,
+        verbose: args.verbose,
+        ...(args.log ? { logLevel: args.log } : {}),
+      });
+    } catch (err) {
+      // The harness itself threw (a model assertion, a bug in the
+      // simulation): the seed failed, and the seeds after it still run.
+      failed++;
+      const line = crashLine(seed, args.variant, args.ops, err);
+      if (args.json) process.stdout.write(`${JSON.stringify(line)}\n`);
+      else process.stdout.write(`${line.report}\n${args.seed !== null && err instanceof Error && err.stack ? `${err.stack}\n` : ''}`);
+      if (args.stopAtFirstFailure) break;
+      continue;
+    }
     const c = process.cpuUsage(c0);
     const cpuMs = (c.user + c.system) / 1000;
     if (!r.ok) failed++;

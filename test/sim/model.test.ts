@@ -76,4 +76,30 @@ describe('VolumeModel', () => {
     expect(m.allowed(0).map((c) => c.value)).toEqual([1]);
     expect(m.allowed(1).map((c) => c.value)).toEqual([0, 2]);
   });
+
+  it('a flush acknowledged after a crash widened the candidates narrows them to its durable base (seed 69)', () => {
+    // Seed 69: a trim of a block no one held (a no-op, no tombstone), a
+    // crash that found nothing held and widened back to the initial
+    // zeroes, then a flush of the trim's handle: the model kept the
+    // initial value as a candidate while the timeline dropped it, and the
+    // next crash asserted.
+    const m = new VolumeModel('v', 1, 1);
+    m.acked(zero(1, 7, 1), 0, 1);
+    m.crashed(() => new Set());
+    expect(m.allowed(0).map((c) => c.op)).toEqual([0, 1]);
+    m.flushed(7, 2);
+    expect(m.allowed(0).map((c) => c.op)).toEqual([1]);
+    m.uncertain(at(3, 7, 3), 0, 1);
+    m.crashed(() => new Set());
+    expect(m.allowed(0).map((c) => c.op)).toEqual([1, 3]);
+    // A write acknowledged, lost by a crash, then flushed: the flush says it survived.
+    m.acked(at(4, 7, 4), 0, 1);
+    m.crashed(() => new Set());
+    expect(m.allowed(0).map((c) => c.value)).toEqual([0, 3, 4]);
+    m.flushed(7, 5);
+    expect(m.allowed(0).map((c) => c.value)).toEqual([4]);
+    expect(m.observe(0, 0).ok).toBe(false);
+    expect(m.observe(0, 3).ok).toBe(false);
+    expect(m.observe(0, 4).ok).toBe(true);
+  });
 });

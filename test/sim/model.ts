@@ -138,6 +138,14 @@ export class VolumeModel {
       }
       if (base > 0) {
         t.timeline = t.timeline.slice(base);
+        // A crash before this flush's acknowledgement may have widened the
+        // candidates back past the new durable base; the acknowledgement
+        // says the base survived it (checkFlushAck holds the stores to
+        // that), so nothing older may be read any more. The candidates are
+        // a suffix of the sector's history, so an older start means the
+        // base is among them.
+        const k = t.cands.indexOf(t.timeline[0]!);
+        if (k > 0) t.cands = t.cands.slice(k);
         moved.set(s, t.timeline[0]!);
         if (t.timeline.length === 1) this.unsettled.delete(s);
       }

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
+import { OPS_DEFAULT, replayCommand } from './run-seed.js';
 
 /**
  * Runs seeds in child processes, one per CPU the caller grants: each seed
@@ -27,21 +28,61 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '../..');
 const VITE_NODE = path.join(ROOT, 'node_modules/vite-node/vite-node.mjs');
 
-/** Runs `seeds` split round-robin over `jobs` children; resolves with every seed's line, in seed order. */
+/** Error text kept from a child's stderr for a seed it could not finish. */
+const STDERR_TAIL_CHARS = 2_000;
+
+/**
+ * The line of a seed whose run threw or whose process died before it
+ * reported: a failure like any other, with the error and the replay
+ * command, so no seed vanishes from a run.
+ */
+export function crashLine(seed: number, variant: string | null, ops: number | undefined, err: unknown): SeedLine {
+  const why = err instanceof Error ? `${(err as { code?: string }).code ?? err.name}: ${err.message}` : String(err);
+  const replay = replayCommand(seed, variant, ops ?? OPS_DEFAULT);
+  return { seed, variant, ok: false, guarantee: 'crash', failedAtMs: null, report: `seed ${seed}${variant ? ` (variant ${variant})` : ''}: crash: the run did not finish: ${why}\n  replay: ${replay}`, hash: '', ops: 0, cpuMs: 0 };
+}
+
+/**
+ * Runs `seeds` split round-robin over `jobs` children; resolves with every
+ * seed's line, in seed order. A child that dies costs the seed it was on
+ * (reported as a crash with its stderr), never the seeds after it: they
+ * run in a new child.
+ */
 export async function runSeedsInChildren(seeds: readonly number[], opts: { jobs: number; variant?: string | null; ops?: number; stopAtFirstFailure?: boolean }): Promise<SeedLine[]> {
   const jobs = Math.max(1, Math.min(opts.jobs, seeds.length));
   const parts: number[][] = Array.from({ length: jobs }, () => []);
   seeds.forEach((s, i) => parts[i % jobs]!.push(s));
-  const results = await Promise.all(parts.map((p) => runChild(p, opts)));
+  const results = await Promise.all(parts.map((p) => runPart(p, opts)));
   return results.flat().sort((a, b) => a.seed - b.seed);
 }
 
-function runChild(seeds: readonly number[], opts: { variant?: string | null; ops?: number; stopAtFirstFailure?: boolean }): Promise<SeedLine[]> {
+async function runPart(seeds: readonly number[], opts: { variant?: string | null; ops?: number; stopAtFirstFailure?: boolean }): Promise<SeedLine[]> {
+  const out: SeedLine[] = [];
+  let left = [...seeds];
+  // Each round either finishes or costs one seed, so this ends.
+  while (left.length > 0) {
+    const { lines, code, stderr } = await runChild(left, opts);
+    out.push(...lines);
+    const done = new Set(lines.map((l) => l.seed));
+    left = left.filter((s) => !done.has(s));
+    if (left.length === 0) break;
+    // A child told to stop at a failure leaves the rest unrun on purpose.
+    if (opts.stopAtFirstFailure && lines.some((l) => !l.ok)) break;
+    // The child ran its seeds in order: the first one without a line is where it died.
+    const [lost, ...rest] = left;
+    out.push(crashLine(lost!, opts.variant ?? null, opts.ops, new Error(`the simulation process exited with ${code} on this seed: ${stderr.slice(-STDERR_TAIL_CHARS).trim()}`)));
+    if (opts.stopAtFirstFailure) break;
+    left = rest;
+  }
+  return out;
+}
+
+function runChild(seeds: readonly number[], opts: { variant?: string | null; ops?: number; stopAtFirstFailure?: boolean }): Promise<{ lines: SeedLine[]; code: number | null; stderr: string }> {
   const args = [VITE_NODE, path.join(HERE, 'cli.ts'), '--json', '--list', seeds.join(',')];
   if (opts.variant) args.push('--variant', opts.variant);
   if (opts.ops !== undefined) args.push('--ops', String(opts.ops));
   if (opts.stopAtFirstFailure) args.push('--stop-at-first-failure');
-  return new Promise((resolve, reject) => {
+  return new Promise((resolve) => {
     const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     const lines: SeedLine[] = [];
     let out = '';
@@ -54,17 +95,18 @@ function runChild(seeds: readonly number[], opts: { variant?: string | null; ops
       while ((nl = out.indexOf('\n')) >= 0) {
         const line = out.slice(0, nl);
         out = out.slice(nl + 1);
-        if (line.startsWith('{')) lines.push(JSON.parse(line) as SeedLine);
+        if (!line.startsWith('{')) continue;
+        try {
+          lines.push(JSON.parse(line) as SeedLine);
+        } catch {
+          // A line cut by the child's death: its seed counts as not finished.
+        }
       }
     });
     child.stderr.on('data', (chunk: string) => {
-      err += chunk;
+      err = (err + chunk).slice(-4 * STDERR_TAIL_CHARS);
     });
-    child.on('error', reject);
-    child.on('close', (code) => {
-      // 0: all passed, 1: some failed; anything else is the harness itself.
-      if (code !== 0 && code !== 1) reject(new Error(`simulation child exited with ${code}: ${err.slice(-2000)}`));
-      else resolve(lines);
-    });
+    child.on('error', (e) => resolve({ lines, code: null, stderr: `${err}\n${e.message}` }));
+    child.on('close', (code, signal) => resolve({ lines, code: code ?? null, stderr: signal ? `${err}\nkilled by ${signal}` : err }));
   });
 }

@@ -518,6 +518,10 @@ export class Workload {
       if (op.kind !== 'read' && op.kind !== 'flush') vol.model.uncertain(this.candidate(op), op.first, op.count);
       const v = checker.checkFailure(`op ${op.id} (${op.kind} of ${vol.name} sectors ${op.first}+${op.count} through peer ${op.writer.peer.index})`, value, !this.quietThroughout(op));
       if (v) fail({ ...v, blocks: this.blocksOf(op) });
+      // Fenced for good (another holder took the volume while this writer's
+      // lease was gone: volume-manager.ts, relock): its device fails until it
+      // is detached and attached again, which is what a client does.
+      if (isTorusError(value, 'TORUS_ERR_VOLUME_FENCED') && vol.writer === op.writer) this.abandonWriter(vol, 'fenced for good: attach again');
       return;
     }
     const latency = now - op.issuedAt;
@@ -561,7 +565,17 @@ export class Workload {
   private afterFlush(vol: VolumeState, w: Writer, issueSeq: number): void {
     const moved = vol.model.flushed(w.handle, issueSeq);
     if (moved.size === 0) return;
-    const v = this.opts.checker.checkFlushAck(vol.model, moved, this.opts.minReplicas());
+    // Changes in flight now were issued after everything on the model's
+    // timelines completed (changes to a sector are never in flight
+    // together), so a durable copy may already hold one of them.
+    const pending = (s: number, value: number): boolean => {
+      for (const op of vol.inflight) {
+        if (op.kind === 'read' || op.kind === 'flush' || s < op.first || s >= op.first + op.count) continue;
+        if ((op.kind === 'write' ? op.id : 0) === value) return true;
+      }
+      return false;
+    };
+    const v = this.opts.checker.checkFlushAck(vol.model, moved, this.opts.minReplicas(), pending);
     if (v) this.opts.fail(v);
   }
 

@@ -1,8 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import {
+  coarsenRanges,
+  narrowStaleSet,
   addToStale,
   countBlocks,
   intersectRanges,
+  indexesToRanges,
   isSortedDisjoint,
   mergeRanges,
   normalizeRanges,
@@ -119,3 +122,32 @@ describe('stale sets', () => {
     expect(removeFromStale(all, 'all')).toBeNull();
   });
 });
+
+describe('narrowing and coarsening', () => {
+  it('narrows a whole set to the kept blocks and a listed set to the blocks in both', () => {
+    expect(narrowStaleSet({ all: true, ranges: [] }, [[5, 6], [1, 3]])).toEqual({ all: false, ranges: [[1, 3], [5, 6]] });
+    expect(narrowStaleSet({ all: false, ranges: [[0, 10], [20, 30]] }, [[5, 25]])).toEqual({ all: false, ranges: [[5, 10], [20, 25]] });
+    expect(narrowStaleSet({ all: true, ranges: [] }, [])).toBeNull();
+    expect(narrowStaleSet(null, [[1, 2]])).toBeNull();
+    const whole = { all: true, ranges: [] };
+    expect(narrowStaleSet(whole, [[0, 1], [2, 3], [4, 5]], 2)).toBe(whole);
+  });
+
+  it('coarsens to at most max ranges, filling the smallest gaps, and always covers the input', () => {
+    expect(coarsenRanges([[0, 1], [2, 3], [10, 11], [12, 13]], 2)).toEqual([[0, 3], [10, 13]]);
+    expect(coarsenRanges([[0, 1], [5, 6]], 4)).toEqual([[0, 1], [5, 6]]);
+    expect(coarsenRanges([[0, 1], [5, 6], [7, 8]], 1)).toEqual([[0, 8]]);
+    const rnd = new SeededRandom(11);
+    for (let round = 0; round < 200; round++) {
+      const idx = Array.from({ length: 1 + rnd.int(300) }, () => rnd.int(5000));
+      const exact = indexesToRanges(idx);
+      const max = 1 + rnd.int(40);
+      const out = coarsenRanges(exact, max);
+      expect(out.length).toBeLessThanOrEqual(max);
+      expect(isSortedDisjoint(out)).toBe(true);
+      expect(subtractRanges(exact, out)).toEqual([]);
+      if (exact.length <= max) expect(out).toEqual(exact);
+    }
+  });
+});
+

@@ -2,7 +2,7 @@
  * A copy that became suspect through a checksum failure must not be
  * confirmed in place: its digest is that of its checksum table, which the
  * damage did not touch, so only a check of every page can tell. Found by
- * the end-to-end test that damages a block file (e2e-replication-faults):
+ * the end-to-end test that damages a block file (test/faults/replication-faults):
  * the coordinator confirmed the damaged copy on every pass and the bad
  * bytes stayed on disk.
  */

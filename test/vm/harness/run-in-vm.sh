@@ -11,7 +11,10 @@
 # Environment: TORUS_VM_CACHE (kernel and initramfs; default
 # ~/.cache/torus-vm-harness), TORUS_VM_MEM (MiB, 2048), TORUS_VM_CPUS (2),
 # TORUS_VM_TIMEOUT (s, 900), TORUS_VM_VERBOSE=1 (kernel messages on the
-# console). QEMU runs with TCG (software emulation): it needs no /dev/kvm and
+# console), TORUS_VM_DRIVE (a raw image file on the host, attached as the
+# guest's /dev/vda; see below for its cache mode), TORUS_VM_PIDFILE (QEMU
+# writes its pid there, for a caller that kills it on purpose: the power-loss
+# suite). QEMU runs with TCG (software emulation): it needs no /dev/kvm and
 # boots Debian's kernel where a nested KVM would not.
 set -euo pipefail
 
@@ -22,7 +25,7 @@ MEM=${TORUS_VM_MEM:-2048}
 CPUS=${TORUS_VM_CPUS:-2}
 TIMEOUT=${TORUS_VM_TIMEOUT:-900}
 # Copied into the initramfs (with their dependencies) and loaded at boot.
-MODULES="virtio_pci virtio_net virtio_rng 9pnet_virtio 9p nbd ext4 crc32c_generic"
+MODULES="virtio_pci virtio_net virtio_rng virtio_blk 9pnet_virtio 9p nbd ext4 crc32c_generic"
 
 say() { printf 'vm: %s\n' "$*" >&2; }
 die() { printf 'vm: error: %s\n' "$*" >&2; exit 2; }
@@ -73,7 +76,10 @@ fi
 kv=$(cat "$CACHE/kernel-version")
 
 # ---- initramfs: busybox, the modules, our init ---------------------------------
-if [ ! -s "$CACHE/initrd.img" ] || [ "$HERE/init.sh" -nt "$CACHE/initrd.img" ] || [ "$0" -nt "$CACHE/initrd.img" ]; then
+# The cache is shared by every checkout of this user: a checkout whose list of
+# modules differs rebuilds it rather than booting without a module it needs.
+if [ ! -s "$CACHE/initrd.img" ] || [ "$HERE/init.sh" -nt "$CACHE/initrd.img" ] || [ "$0" -nt "$CACHE/initrd.img" ] ||
+  [ "$(cat "$CACHE/initrd.modules" 2>/dev/null)" != "$MODULES" ]; then
   say "building the initramfs"
   r="$CACHE/initramfs"; rm -rf "$r"
   mkdir -p "$r"/{bin,dev,proc,sys,tmp,run,ctl,host,lib/modules/"$kv"}
@@ -96,6 +102,7 @@ if [ ! -s "$CACHE/initrd.img" ] || [ "$HERE/init.sh" -nt "$CACHE/initrd.img" ] |
   echo "$MODULES" >"$r/modules"
   (cd "$r" && find . | /bin/busybox cpio -o -H newc 2>/dev/null) >"$CACHE/initrd.part"
   mv "$CACHE/initrd.part" "$CACHE/initrd.img"
+  echo "$MODULES" >"$CACHE/initrd.modules"
 fi
 
 # ---- run --------------------------------------------------------------------------
@@ -104,6 +111,21 @@ trap 'rm -rf "$ctl"' EXIT
 { printf 'cd %q && exec' "$ROOT"; printf ' %q' "$@"; echo; } >"$ctl/cmd"
 printf 'SHARED=%q\n' "$ROOT" >"$ctl/env"
 quiet="quiet loglevel=1"; [ "${TORUS_VM_VERBOSE:-0}" = 1 ] && quiet="loglevel=6"
+extra=()
+if [ -n "${TORUS_VM_DRIVE:-}" ]; then
+  [ -f "$TORUS_VM_DRIVE" ] || die "TORUS_VM_DRIVE=$TORUS_VM_DRIVE is not a file"
+  # cache=none: QEMU opens the image with O_DIRECT and shows the guest a
+  # volatile write cache, so every FLUSH the guest sends becomes an
+  # fdatasync of the image, and a write reaches the file only when the guest
+  # kernel submitted it. Killing QEMU then loses exactly what a power loss
+  # loses inside the guest: its page cache and every process's memory. (No
+  # host cache mode makes a QEMU kill drop writes the virtual disk had
+  # completed, as a real disk's volatile cache may: the host's page cache
+  # outlives QEMU. cache=none also keeps the image right should the host
+  # itself crash, and keeps these writes out of the shared host's page cache.)
+  extra+=(-drive "file=$TORUS_VM_DRIVE,if=virtio,format=raw,cache=none,aio=threads")
+fi
+[ -n "${TORUS_VM_PIDFILE:-}" ] && extra+=(-pidfile "$TORUS_VM_PIDFILE")
 say "booting Debian $kv under QEMU TCG ($CPUS vCPU, $MEM MiB)"
 set +e
 timeout "$TIMEOUT" qemu-system-x86_64 \
@@ -115,7 +137,7 @@ timeout "$TIMEOUT" qemu-system-x86_64 \
   -virtfs "local,path=$ctl,mount_tag=ctl,security_model=none" \
   -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
   -virtfs "local,path=$ROOT,mount_tag=shared,security_model=passthrough,multidevs=remap" \
-  </dev/null
+  "${extra[@]}" </dev/null
 qrc=$?
 set -e
 [ $qrc -eq 124 ] && say "the VM did not finish within ${TIMEOUT} s (TORUS_VM_TIMEOUT)"

@@ -1,7 +1,4 @@
 /**
- * PENDING (fails today; not in the default run: vitest.config.ts excludes
- * test/pending/). Run it with `npx vitest run --config test/pending/vitest.config.ts`.
- *
  * Guarantee 1 (docs/replication.md): an acknowledged write is never lost or
  * hidden "as long as one replica that holds it survives". Two peers, R=2,
  * minReplicas 1:
@@ -11,18 +8,12 @@
  *   3. A restarts and a client opens the volume through A, within the lease.
  *   4. B restarts.
  *
- * Expected: B holds the only current copies of blocks 0..3; once it is back
- * they read the new bytes and A is caught up.
- *
- * What happens: at step 3 A's coordinator publishes its fencing token; B
- * does not answer (connection refused) and is not DOWN yet (its record
- * lives until the lease expires), so publishToken records B stale for the
- * whole volume (coordinator.ts, publishToken). Now blocks 0..3 have no
- * trusted owner: A is stale for them (missed writes) and B for everything
- * (missed token). After B returns, every maintenance pass logs "caught a
- * replica up" with blocks 60 of 64 for B and the 4 blocks stay pending
- * forever; reads of them fail with EIO through any peer. The acknowledged
- * writes are hidden for good although their replica survived.
+ * B holds the only current copies of blocks 0..3; once it is back they read
+ * the new bytes and A is caught up. (This failed while a coordinator
+ * recorded a peer that missed its fencing token stale for the whole volume:
+ * blocks 0..3 then had no trusted owner at all and stayed unreadable. A
+ * peer that misses the token now learns it from etcd or from the first
+ * change, and its copies stay trusted.)
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBuilt } from '../helpers/build.js';
@@ -46,7 +37,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await cluster?.saveLogs('pending-stale-after-return');
+  await cluster?.saveLogs('stale-after-return');
   await cluster?.destroy();
 });
 

@@ -1,0 +1,302 @@
+// One boot of the power-loss suite, run INSIDE the test VM (the host side is
+// test/vm/powerloss-host.mjs, which boots the VM once per round and kills
+// QEMU with SIGKILL). torusd keeps its data dir on ext4 on the guest's virtio
+// disk (/dev/vda); etcd runs on the host, reached at 10.0.2.2.
+//
+// Every boot after the first checks what the last power loss left: each 4 KiB
+// sector must hold exactly the generation the last acknowledged FLUSH made
+// durable for it, or one of the unacknowledged generations that wrote it
+// (powerloss-pattern.mjs), never anything else; the whole volume must read;
+// torusd must count no CRC failure and keep no suspect block once every block
+// was read. Then, in a writing round, it records the volume as it found it
+// (map.bin in the state folder on the host, not on the disk under test) and
+// writes generation after generation, each ended by a FLUSH, printing
+// "powerloss: ack round=R gen=G" on the serial console the moment the FLUSH
+// is acknowledged, until the host pulls the plug. The last boot only checks,
+// stops torusd cleanly and runs e2fsck on the unmounted filesystem.
+//
+// Console lines starting with "powerloss: " are the protocol with the host;
+// everything else is for people.
+import { spawn, execFile } from 'node:child_process';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync, writeSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { SECTOR_BYTES, classify, expectations, judge, roundBase, runsOf, sectorBytes } from './powerloss-pattern.mjs';
+import { loadNbdClient } from './nbd-client.mjs';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const DIST = path.join(ROOT, 'dist');
+const NbdClient = await loadNbdClient(DIST);
+
+const env = (k) => {
+  const v = process.env[k];
+  if (v === undefined || v === '') throw new Error(`${k} is not set (the host script sets it)`);
+  return v;
+};
+const ROUND = Number(env('TORUS_PL_ROUND'));
+const MODE = env('TORUS_PL_MODE'); // write | verify
+const STATE = env('TORUS_PL_STATE');
+const ETCD = env('TORUS_PL_ETCD');
+const VOLUME = env('TORUS_PL_VOLUME');
+const VOLUME_ID = Number(env('TORUS_PL_VOLUME_ID'));
+const SEED = Number(env('TORUS_PL_SEED')) >>> 0;
+/** The previous round's last generation the host saw acknowledged (its base - 1 when none). */
+const LAST_ACK = ROUND > 0 ? Number(env('TORUS_PL_LAST_ACK')) : 0;
+/** The writer stops by itself (and fails the round) if the host never pulls the plug. */
+const WRITE_SECONDS_MAX = Number(process.env.TORUS_PL_WRITE_SECONDS ?? 120);
+const DISK = '/dev/vda';
+// The guest's / is the host's, read-only; /tmp is the guest's own tmpfs.
+const MNT = '/tmp/powerloss-mnt';
+const DATA_DIR = path.join(MNT, 'torusd');
+/** Writes in flight at once, and bytes per read while checking. */
+const WRITE_QUEUE_MAX = 8;
+const READ_CHUNK_BYTES = 256 * 1024;
+const READ_QUEUE_MAX = 4;
+
+const t0 = Date.now();
+const elapsed = () => `${((Date.now() - t0) / 1000).toFixed(1)}s`;
+const log = (...a) => console.log(`[guest ${elapsed()}]`, ...a);
+/** A protocol line for the host; written straight to the console (a tty: synchronous). */
+const tell = (line) => writeSync(1, `powerloss: ${line}\n`);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function run(cmd, args, { timeoutMs = 120_000, allowFail = false } = {}) {
+  return new Promise((resolve, reject) => {
+    execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 16 << 20, encoding: 'utf8' }, (err, stdout, stderr) => {
+      const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
+      if (code !== 0 && !allowFail) reject(new Error(`${cmd} ${args.join(' ')} failed (${code}): ${stderr || stdout || err?.message}`));
+      else resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+async function waitFor(what, probe, timeoutMs, intervalMs = 250) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v) return v;
+    } catch (err) {
+      if (err.fatal) throw err;
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${last.message}` : ''}`);
+    await sleep(intervalMs);
+  }
+}
+
+/** Writes a file on the host's share durably: the next boot reads it after a power loss. */
+function writeDurably(file, data) {
+  const tmp = `${file}.tmp`;
+  const fd = openSync(tmp, 'w');
+  try {
+    writeSync(fd, data);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, file);
+  const dfd = openSync(path.dirname(file), 'r');
+  try {
+    fsyncSync(dfd);
+  } finally {
+    closeSync(dfd);
+  }
+}
+
+// ------------------------------------------------------------ the disk and torusd
+
+const failures = [];
+const fail = (what) => {
+  failures.push(what);
+  tell(`fail ${what}`);
+};
+
+if (!existsSync(DISK)) throw new Error(`${DISK} is missing: the VM has no virtio disk (TORUS_VM_DRIVE) or no virtio_blk`);
+await run('dmesg', ['-C'], { allowFail: true });
+if (ROUND === 0) {
+  const f = await run('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', DISK]);
+  log(`formatted ${DISK} ext4 ${f.stdout.trim()}`);
+}
+mkdirSync(MNT, { recursive: true });
+// Default ext4 options (data=ordered, barriers on): what a node runs.
+const mounted = Date.now();
+await run('mount', [DISK, MNT]);
+const mountOpts = readFileSync('/proc/mounts', 'utf8').split('\n').find((l) => l.split(' ')[1] === MNT)?.split(' ')[3];
+log(`mounted ${DISK} on ${MNT} (${mountOpts}) in ${Date.now() - mounted} ms`);
+mkdirSync(DATA_DIR, { recursive: true });
+
+const logFile = path.join(STATE, `torusd-round${ROUND}.log`);
+const started = Date.now();
+const out = openSync(logFile, 'a');
+const torusd = spawn(process.execPath, [path.join(DIST, 'cmd/torusd.js'), '-C', ETCD, '--data-dir', DATA_DIR, '--size', '256MiB',
+  // A fixed peer port like a real node's (it is recorded in etcd and must be
+  // the same after the reboot); the guest's loopback belongs to this test.
+  '--peer-address', '127.0.0.1:40000', '--nbd-address', '127.0.0.1:0', '--port', '0', '--auto-join'], {
+  stdio: ['ignore', out, out],
+  env: { ...process.env },
+});
+const torusdExit = new Promise((r) => torusd.once('exit', (code, signal) => r({ code, signal })));
+const logLines = () => readFileSync(logFile, 'utf8').split('\n').filter(Boolean).flatMap((l) => {
+  try {
+    return [JSON.parse(l)];
+  } catch {
+    return [];
+  }
+});
+const ready = await waitFor('torusd ready', () => {
+  if (torusd.exitCode !== null) throw Object.assign(new Error(`torusd exited ${torusd.exitCode}: ${readFileSync(logFile, 'utf8').slice(-2000)}`), { fatal: true });
+  return logLines().find((l) => l.msg === 'torusd ready');
+}, 240_000);
+const startS = (Date.now() - started) / 1000;
+const [nbdHost, nbdPort] = ready.nbd.split(':');
+const http = `http://${ready.http}`;
+const lines0 = logLines();
+const repaired = lines0.find((l) => /unclean stop/.test(l.msg ?? ''));
+const revoked = lines0.some((l) => l.msg === 'revoked the lease of the previous run');
+log(`torusd ready in ${startS} s (nbd ${ready.nbd}, http ${ready.http})${repaired ? `; after the unclean stop: ${repaired.msg} (${repaired.blocks} blocks)` : ''}${revoked ? '; revoked the previous run\'s lease' : ''}`);
+
+async function getJson(url) {
+  const r = await fetch(url, { signal: AbortSignal.timeout(30_000) });
+  if (!r.ok) throw new Error(`GET ${url}: ${r.status} ${await r.text()}`);
+  return r.json();
+}
+async function suspectBlocks() {
+  const doc = await getJson(`${http}/v1/blocks?volume=${VOLUME_ID}`);
+  return { blocks: doc.blocks.length, suspect: doc.blocks.filter((b) => b.suspect).length };
+}
+async function crcFailures() {
+  const r = await fetch(`${http}/metrics`, { signal: AbortSignal.timeout(30_000) });
+  const text = await r.text();
+  const m = /^torus_store_crc_failures_total (\S+)$/m.exec(text);
+  if (m === null) throw new Error('torus_store_crc_failures_total is missing from /metrics');
+  return Number(m[1]);
+}
+
+// The lock of the killed run's session is dropped when torusd revokes that
+// run's lease; should it not have, the lock lives until the lease's TTL.
+const nbd = await waitFor(`NBD export ${VOLUME}`, () => NbdClient.connect(nbdHost, Number(nbdPort), VOLUME), 90_000, 1000);
+const SECTORS = nbd.size / SECTOR_BYTES;
+if (!Number.isInteger(SECTORS) || SECTORS <= 0) throw new Error(`volume size ${nbd.size} is not a whole number of sectors`);
+
+// ------------------------------------------------------------ check what the power loss left
+
+/** Reads the whole volume; returns the generation each sector holds. */
+async function checkVolume(exp) {
+  const now = new Uint32Array(SECTORS);
+  const counts = { flushed: 0, flushedWritten: 0, flushedNewer: 0, unflushed: 0, windowOld: 0, lost: 0, garbage: 0, unknown: 0 };
+  const examples = [];
+  let next = 0;
+  const worker = async () => {
+    while (next < nbd.size) {
+      const offset = next;
+      const length = Math.min(READ_CHUNK_BYTES, nbd.size - offset);
+      next += length;
+      let buf;
+      try {
+        buf = await nbd.read(offset, length);
+      } catch (err) {
+        fail(`reading ${offset}+${length} failed: ${err.message}`);
+        continue;
+      }
+      for (let at = 0; at < length; at += SECTOR_BYTES) {
+        const s = (offset + at) / SECTOR_BYTES;
+        const got = classify(SEED, s, buf, at);
+        now[s] = got.gen ?? 0;
+        if (exp === null) continue;
+        const verdict = judge(exp, s, got);
+        counts[verdict]++;
+        // In the unacknowledged window but old: those writes did not land (or never started).
+        if (verdict === 'flushed' && exp.later.has(s)) counts.windowOld++;
+        if (verdict === 'flushed' && exp.floor[s] > 0) counts.flushedWritten++;
+        if (verdict === 'unflushed' && exp.floor[s] > 0) counts.flushedNewer++;
+        if (verdict !== 'flushed' && verdict !== 'unflushed' && examples.length < 8) {
+          examples.push(`sector ${s}: ${verdict}, holds ${got.garbage ?? `generation ${got.gen}`}, flushed generation ${exp.floor[s]}, unflushed ${JSON.stringify(exp.later.get(s) ?? [])}`);
+        }
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: READ_QUEUE_MAX }, worker));
+  return { now, counts, examples };
+}
+
+let found = new Uint32Array(SECTORS);
+let verified = null;
+if (ROUND > 0) {
+  const prev = JSON.parse(readFileSync(path.join(STATE, 'state.json'), 'utf8'));
+  if (prev.round !== ROUND - 1 || prev.seed !== SEED || prev.sectors !== SECTORS) throw new Error(`state.json is from another run: ${JSON.stringify(prev)}`);
+  const raw = readFileSync(path.join(STATE, 'map.bin'));
+  const before = new Uint32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.length));
+  if (before.length !== SECTORS) throw new Error(`map.bin holds ${before.length} sectors, the volume ${SECTORS}`);
+  const exp = expectations(SEED, SECTORS, before, prev.base, LAST_ACK);
+  const suspectBefore = await suspectBlocks();
+  const checkStarted = Date.now();
+  const r = await checkVolume(exp);
+  const readS = (Date.now() - checkStarted) / 1000;
+  found = r.now;
+  const suspectAfter = await suspectBlocks();
+  const crc = await crcFailures();
+  const crcLogged = logLines().filter((l) => l.msg === 'block page failed its checksum' || /CRC_MISMATCH/.test(JSON.stringify(l))).length;
+  const ext4 = (await run('dmesg', [], { allowFail: true })).stdout.split('\n').filter((l) => /EXT4-fs error|I\/O error|Remounting filesystem read-only|journal.*(error|abort)/i.test(l));
+  const flushedSectors = exp.floor.reduce((n, g) => n + (g > 0 ? 1 : 0), 0);
+  verified = {
+    round: ROUND - 1, lastAck: LAST_ACK, startS, readS, sectors: SECTORS, flushedSectors, ...r.counts,
+    repairedBlocks: repaired?.blocks ?? 0, suspectBefore: suspectBefore.suspect, suspectAfter: suspectAfter.suspect, blocks: suspectAfter.blocks,
+    crcFailures: crc, crcLogged, ext4Errors: ext4.length, leaseRevoked: revoked,
+  };
+  for (const e of r.examples) log(`  ${e}`);
+  if (r.counts.lost > 0) fail(`${r.counts.lost} sectors lost a write a FLUSH had acknowledged`);
+  if (r.counts.garbage > 0) fail(`${r.counts.garbage} sectors hold neither the old nor a new generation (torn or damaged)`);
+  if (r.counts.unknown > 0) fail(`${r.counts.unknown} sectors hold a generation that never wrote them in this window`);
+  if (crc > 0 || crcLogged > 0) fail(`torusd counted ${crc} CRC failures (${crcLogged} logged)`);
+  if (suspectAfter.suspect > 0) fail(`${suspectAfter.suspect} blocks are still suspect after every block was read`);
+  if (ext4.length > 0) fail(`kernel log: ${ext4.slice(0, 3).join(' | ')}`);
+  tell(`verified ${JSON.stringify(verified)}`);
+}
+
+// ------------------------------------------------------------ write until the power goes
+
+if (MODE === 'write' && failures.length === 0) {
+  const base = roundBase(ROUND);
+  writeDurably(path.join(STATE, 'map.bin'), Buffer.from(found.buffer));
+  writeDurably(path.join(STATE, 'state.json'), JSON.stringify({ round: ROUND, base, seed: SEED, sectors: SECTORS }) + '\n');
+  tell(`writing round=${ROUND} base=${base}`);
+  const deadline = Date.now() + WRITE_SECONDS_MAX * 1000;
+  for (let gen = base; Date.now() < deadline; gen++) {
+    const writes = [];
+    for (const r of runsOf(SEED, gen, SECTORS)) {
+      const data = Buffer.allocUnsafe(r.count * SECTOR_BYTES);
+      for (let i = 0; i < r.count; i++) sectorBytes(SEED, r.start + i, gen, data, i * SECTOR_BYTES);
+      writes.push({ offset: r.start * SECTOR_BYTES, data });
+    }
+    let i = 0;
+    await Promise.all(Array.from({ length: WRITE_QUEUE_MAX }, async () => {
+      while (i < writes.length) {
+        const w = writes[i++];
+        await nbd.write(w.offset, w.data);
+      }
+    }));
+    await nbd.flush();
+    tell(`ack round=${ROUND} gen=${gen}`);
+  }
+  fail(`the host did not cut the power within ${WRITE_SECONDS_MAX} s of writing`);
+}
+
+// ------------------------------------------------------------ the last boot: a clean stop
+
+if (MODE === 'verify' || failures.length > 0) {
+  await nbd.disconnect().catch(() => undefined);
+  torusd.kill('SIGTERM');
+  const st = await Promise.race([torusdExit, sleep(60_000).then(() => null)]);
+  if (st === null) {
+    torusd.kill('SIGKILL');
+    fail('torusd did not stop within 60 s of SIGTERM');
+  } else if (st.code !== 0) fail(`torusd exited ${st.code ?? st.signal} on SIGTERM`);
+  await run('umount', [MNT]);
+  const fsck = await run('e2fsck', ['-fn', DISK], { allowFail: true });
+  if (fsck.code !== 0) fail(`e2fsck -fn exited ${fsck.code}: ${fsck.stdout.slice(-500)}`);
+  else log('e2fsck -fn: the filesystem is clean');
+}
+tell(failures.length === 0 ? 'done ok' : `done failed ${failures.length}`);
+process.exit(failures.length === 0 ? 0 : 1);
