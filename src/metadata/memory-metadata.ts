@@ -616,31 +616,26 @@ export class MemoryMetadata implements MetadataService {
 
   async removeStale(volumeId: number, peer: string, ranges: readonly BlockRange[] | 'all', token: number): Promise<void> {
     const remove = checkStaleRemove(volumeId, peer, ranges, token);
-    await this.op(`remove stale ${volumeId}/${peer}`, () => {
-      const fence = this.fenceOf(volumeId);
-      if (fence !== token) throw volumeFencedError(volumeId, token, fence);
-      const key = staleKey(volumeId, peer);
-      const text = this.getJson(key);
-      if (text === null) return;
-      const current = decodeStaleRecord(key, text);
-      const next = removeFromStale(current, remove);
-      if (next === null) this.server.commit([{ type: 'delete', key }]);
-      else if (next !== current) this.server.commit([{ type: 'put', key, value: encodeRecord({ ...current, all: next.all, ranges: next.ranges, updatedAt: this.nowIso() }) }]);
-    });
+    await this.changeStale(volumeId, peer, token, 'remove', (current) => removeFromStale(current, remove));
   }
 
   async narrowStale(volumeId: number, peer: string, keep: readonly BlockRange[], token: number): Promise<void> {
     const kept = checkStaleNarrow(volumeId, peer, keep, token);
-    await this.op(`narrow stale ${volumeId}/${peer}`, () => {
+    await this.changeStale(volumeId, peer, token, 'narrow', (current) => narrowStaleSet(current, kept));
+  }
+
+  /** A fenced change of one stale record: `next` returns the record itself when nothing changes. */
+  private async changeStale(volumeId: number, peer: string, token: number, what: string, next: (current: StaleRecord) => { all: boolean; ranges: readonly BlockRange[] } | null): Promise<void> {
+    await this.op(`${what} stale ${volumeId}/${peer}`, () => {
       const fence = this.fenceOf(volumeId);
       if (fence !== token) throw volumeFencedError(volumeId, token, fence);
       const key = staleKey(volumeId, peer);
       const text = this.getJson(key);
       if (text === null) return;
       const current = decodeStaleRecord(key, text);
-      const next = narrowStaleSet(current, kept);
-      if (next === null) this.server.commit([{ type: 'delete', key }]);
-      else if (next !== current) this.server.commit([{ type: 'put', key, value: encodeRecord({ ...current, all: next.all, ranges: next.ranges, updatedAt: this.nowIso() }) }]);
+      const after = next(current);
+      if (after === null) this.server.commit([{ type: 'delete', key }]);
+      else if (after !== current) this.server.commit([{ type: 'put', key, value: encodeRecord({ ...current, all: after.all, ranges: after.ranges, updatedAt: this.nowIso() }) }]);
     });
   }
 
