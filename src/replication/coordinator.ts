@@ -234,7 +234,22 @@ export class VolumeCoordinator {
    * flush fails if a block is left with fewer than minReplicas durable
    * copies (docs/replication.md, "The write path").
    */
-  async flush(): Promise<void> {
+  flush(): Promise<void> {
+    // Flushes run one at a time: a flush that found nothing new to flush
+    // must not answer while an earlier one still makes the same changes
+    // durable (NBD: a flush covers every write completed before it).
+    const previous = this.flushing;
+    const mine = previous.then(
+      () => this.flushNow(),
+      () => this.flushNow(),
+    );
+    this.flushing = mine.catch(() => undefined);
+    return mine;
+  }
+
+  private flushing: Promise<void> = Promise.resolve();
+
+  private async flushNow(): Promise<void> {
     this.checkUsable();
     while (this.background.size > 0) await Promise.allSettled([...this.background]);
     const lost = this.lostSinceFlush;
@@ -245,11 +260,29 @@ export class VolumeCoordinator {
       batches.map(async ([u]) => {
         const api = this.ctx.replica(u);
         if (api === null || !this.ctx.health.usable(u)) throw new TorusError('TORUS_ERR_PEER_UNAVAILABLE', `peer ${u} is not reachable`);
-        await withTimeout(api.flush(this.ctx.requestContext()), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `flush on peer ${u}`);
+        // A refusal for an outdated ring is not a replica failure: re-read
+        // the ring and ask again (docs/replication.md, "Ring transitions").
+        for (let attempt = 0; ; attempt++) {
+          try {
+            await withTimeout(api.flush(this.ctx.requestContext()), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `flush on peer ${u}`);
+            return;
+          } catch (err) {
+            if (classifyFailure(err) !== 'outdated' || attempt >= this.ctx.settings.ringRetriesMax) throw err;
+            const v = (err as TorusError).details?.['ringVersion'];
+            await this.ctx.refreshRing(typeof v === 'number' ? v : this.ctx.ring().version + 1);
+          }
+        }
       }),
     );
+    const fenced = results.find((r) => r.status === 'rejected' && classifyFailure(r.reason) === 'fenced');
+    if (fenced !== undefined) {
+      // Another coordinator took over: nothing of ours is recorded any more.
+      this.fenced = (fenced as PromiseRejectedResult).reason as TorusError;
+      throw this.fenced;
+    }
     const records: Promise<void>[] = [];
     const short: number[] = [];
+    const unconfirmed: [string, Set<number>][] = [];
     results.forEach((r, i) => {
       const [u, blocks] = batches[i]!;
       if (r.status === 'fulfilled') {
@@ -257,20 +290,46 @@ export class VolumeCoordinator {
         for (const b of blocks) this.unpin(b);
         return;
       }
-      if (classifyFailure(r.reason) === 'peer') this.ctx.health.failed(u);
+      const kind = classifyFailure(r.reason);
+      if (kind === 'peer') this.ctx.health.failed(u);
+      if (kind === 'peer' && this.isMember(u)) {
+        // No answer (a timeout, a lost connection): the replica's copies are
+        // still the newest, only their durability is unconfirmed. They stay
+        // to be flushed again by the next FLUSH; if the peer restarted and
+        // lost them, it marks them suspect itself and peerRestarted records
+        // them stale. Recording them stale now would leave a block whose
+        // every owner timed out with no trusted copy at all.
+        this.log.warn({ err: r.reason, peer: u, blocks: blocks.size }, 'flush got no answer from a replica; its changes count as not durable until a later flush confirms them');
+        unconfirmed.push([u, blocks]);
+        return;
+      }
       this.log.warn({ err: r.reason, peer: u, blocks: blocks.size }, 'flush failed on a replica; its unflushed blocks are recorded stale');
       records.push(this.stale.record(u, [...blocks]));
       for (const b of blocks) {
-        const e = this.blocks.peek(b);
-        e?.holders.delete(u);
-        if (e !== undefined && this.trustedHolders(e, ownersOf(this.ctx.ring(), this.refOf(b))).length < this.quorumFor(b)) short.push(b);
-        this.unpin(b);
+        this.blocks.peek(b)?.holders.delete(u);
+        short.push(b);
       }
     });
+    for (const [u, blocks] of unconfirmed) {
+      let s = this.unflushed.get(u);
+      if (s === undefined) this.unflushed.set(u, (s = new Set()));
+      for (const b of blocks) {
+        // Still pinned: the pin moves back with the block.
+        if (s.has(b)) this.unpin(b);
+        else s.add(b);
+        short.push(b);
+      }
+    }
+    // Only blocks left with fewer than minReplicas durable copies fail the flush.
+    for (let i = short.length - 1; i >= 0; i--) {
+      if (this.durableCopies(short[i]!) >= this.quorumFor(short[i]!)) short.splice(i, 1);
+    }
+    for (const [, blocks] of batches.filter((_, i) => results[i]!.status === 'rejected' && !unconfirmed.some(([u]) => u === batches[i]![0]))) {
+      for (const b of blocks) this.unpin(b);
+    }
     await Promise.all(records);
     for (const b of this.lostInRestart) {
-      const e = this.blocks.peek(b);
-      if (e === undefined || this.trustedHolders(e, ownersOf(this.ctx.ring(), this.refOf(b))).length < this.quorumFor(b)) short.push(b);
+      if (this.durableCopies(b) < this.quorumFor(b)) short.push(b);
       this.unpin(b);
     }
     this.lostInRestart.clear();
@@ -282,7 +341,7 @@ export class VolumeCoordinator {
         this.unpin(b);
       } else short.push(b);
     }
-    for (const b of short) {
+    for (const b of new Set(short)) {
       if (this.shortSinceFlush.has(b)) continue;
       const e = this.blocks.peek(b);
       if (e !== undefined) e.pins++;
@@ -305,7 +364,20 @@ export class VolumeCoordinator {
         return false;
       }
     }
-    return this.trustedHolders(e, ownersOf(this.ctx.ring(), this.refOf(index))).length >= this.quorumFor(index);
+    return this.durableCopies(index) >= this.quorumFor(index);
+  }
+
+  /** Trusted owners known to hold the block's newest version with no flush of it outstanding (0 when the block is not in the table). */
+  private durableCopies(index: number): number {
+    const e = this.blocks.peek(index);
+    if (e === undefined) return 0;
+    return this.trustedHolders(e, ownersOf(this.ctx.ring(), this.refOf(index))).filter((u) => this.unflushed.get(u)?.has(index) !== true).length;
+  }
+
+  /** Whether the peer is a member of the ring (either placement of a transition). */
+  private isMember(u: string): boolean {
+    const ring = this.ctx.ring();
+    return ring.members.some((m) => m.uuid === u) || (ring.transition?.from.members.some((m) => m.uuid === u) ?? false);
   }
 
   /**
@@ -526,13 +598,20 @@ export class VolumeCoordinator {
       const missed = plan.required.filter((u) => !acked.has(u));
       for (const u of missed) e.holders.delete(u);
       const quorumOk = this.quorumMet(e.index, owners, acked);
+      // A change that no owner confirmed is not acknowledged, and no owner
+      // is known to hold anything newer than the others: recording every
+      // owner stale would only leave the block with no trusted copy for
+      // good. Owners that took it silently (a lost answer) hold a version
+      // the others lack; learning the block again (it is unsure) finds it,
+      // or a later change finds the gap.
+      const record = quorumOk || earlyDone || acked.size > 0 ? missed : [];
       try {
-        await Promise.all(missed.map((u) => this.stale.record(u, [e.index])));
+        await Promise.all(record.map((u) => this.stale.record(u, [e.index])));
       } catch (err) {
         this.markUnsure(e);
         throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `block ${e.index} of ${this.volume.name}: owners that missed the change could not be recorded stale in etcd, so it is not acknowledged`, { cause: err });
       }
-      this.ctx.stats.staleRecorded += missed.length;
+      this.ctx.stats.staleRecorded += record.length;
       if (!quorumOk) {
         this.ctx.stats.failedChanges++;
         this.markUnsure(e);

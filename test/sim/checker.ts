@@ -111,7 +111,7 @@ export class Checker {
       for (const v of this.stores()) {
         if (!own.has(v.uuid)) continue;
         const c = v.store.inspect(ref).visible;
-        if (this.copyHolds(c, model, index, sectors, (value) => value === op.value)) {
+        if (this.copyHolds(c, model, index, sectors, (value) => value === op.value, this.wasCorrupted(v.uuid, model.volumeId, index))) {
           copies++;
           holders.push(v.uuid.slice(0, 8));
         }
@@ -148,10 +148,21 @@ export class Checker {
       const ref = blockRef(model.volumeId, 1, index);
       sectors.length = 1; // as in checkWriteAck: changes land whole per block
       const copies = this.stores().filter((v) =>
-        this.copyHolds(v.store.inspect(ref).durable, model, index, sectors, (value, s) => model.timeline(s).some((c) => c.value === value) || pending(s, value)),
+        this.copyHolds(v.store.inspect(ref).durable, model, index, sectors, (value, s) => model.timeline(s).some((c) => c.value === value) || pending(s, value), this.wasCorrupted(v.uuid, model.volumeId, index)),
       ).length;
       if (copies < minCopies) {
-        return { guarantee: 'G3', message: `volume ${model.name} block ${index}: FLUSH acknowledged with ${copies} durable copies; at least ${minCopies} required`, blocks: [[model.volumeId, index]] };
+        const s0 = sectors[0]!;
+        const want = moved.get(s0);
+        const seen = this.stores().map((v) => {
+          const c = v.store.inspect(ref).durable;
+          const value = c === null || c.state === 'zero' ? 0 : sectorValueAt(c.data!, (s0 - index * this.sectorsPerBlock) * SECTOR_BYTES, model.volumeId, s0);
+          return `${v.uuid.slice(0, 8)}:${value === null ? 'garbage' : value === 0 ? 'zeroes' : `#${value}`}`;
+        });
+        return {
+          guarantee: 'G3',
+          message: `volume ${model.name} block ${index}: FLUSH acknowledged with ${copies} durable copies; at least ${minCopies} required (sector ${s0} must hold ${want?.value === 0 ? 'zeroes' : `#${want?.value}`} or newer; durable: ${seen.join(' ')})`,
+          blocks: [[model.volumeId, index]],
+        };
       }
     }
     return null;
@@ -285,15 +296,30 @@ export class Checker {
    * `ok` accepts. A missing block reads as zeroes (a trim of a block no
    * owner held leaves nothing), so it holds the value 0 only.
    */
-  private copyHolds(c: InspectedCopy | null, model: VolumeModel, index: number, sectors: readonly number[], ok: (value: number, sector: number) => boolean): boolean {
+  private copyHolds(c: InspectedCopy | null, model: VolumeModel, index: number, sectors: readonly number[], ok: (value: number, sector: number) => boolean, corrupted = false): boolean {
     const base = index * this.sectorsPerBlock;
     for (const s of sectors) {
       let value: number | null;
       if (c === null || c.state === 'zero') value = 0;
       else value = sectorValueAt(c.data!, (s - base) * SECTOR_BYTES, model.volumeId, s);
+      // A sector a fault flipped bits in tells nothing of what the copy
+      // took: G3 is about what was acknowledged, bit rot after it is the
+      // fault's (reads and scrubs are checked for it by G1/G4 and G5).
+      if (value === null && corrupted) continue;
       if (value === null || !ok(value, s)) return false;
     }
     return true;
+  }
+
+  /** Blocks whose copy on a peer a fault corrupted (`uuid/volumeId/index`); G3 does not count the flipped sectors against the copy. */
+  private readonly corruptedCopies = new Set<string>();
+
+  corrupted(uuid: string, ref: BlockRef): void {
+    this.corruptedCopies.add(`${uuid}/${ref.volumeId}/${ref.index}`);
+  }
+
+  private wasCorrupted(uuid: string, volumeId: number, index: number): boolean {
+    return this.corruptedCopies.has(`${uuid}/${volumeId}/${index}`);
   }
 }
 

@@ -386,6 +386,7 @@ export class FaultInjector implements QuietState {
         const page = r.int(p.store.blockSize / PAGE_BYTES);
         const end = this.begin(`corrupt ${p.index} volume ${b.ref.volumeId} block ${b.ref.index} page ${page}`, [p.uuid]);
         p.store.corrupt(b.ref, page);
+        this.opts.checker.corrupted(p.uuid, b.ref);
         end();
         return true;
       }

@@ -463,6 +463,75 @@ describe('replication on a simulated cluster', () => {
     }
   });
 
+  it('a change that reaches no owner records no one stale: the block stays readable once the writer reaches its owners again', async () => {
+    // The writer (c) is not a ring member; a and b own every block.
+    const c = cluster({ peers: 3, members: 2, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(w, 'v', 'rw'));
+    await until(c, io.write(0, pattern(1, 4 * BLOCK), false));
+    await until(c, io.flush());
+    // The writer's requests to both owners are lost (etcd still answers).
+    c.network.block(w.uuid, a.uuid);
+    c.network.block(w.uuid, b.uuid);
+    const failed = await until(c, io.write(0, pattern(2, BLOCK), false).then(() => null, (e: unknown) => e));
+    expect(isTorusError(failed, 'TORUS_ERR_REPLICA_QUORUM')).toBe(true);
+    // Recording both owners stale would leave block 0 with no trusted copy for good.
+    expect(await until(c, c.adminMetadata.getStale(1))).toEqual([]);
+    c.network.healAll();
+    await runFor(c, 3_000);
+    const now = pattern(3, BLOCK);
+    await until(c, io.write(0, now, false));
+    await until(c, io.flush());
+    expect((await until(c, io.read(0, BLOCK))).equals(now)).toBe(true);
+    expect((await until(c, io.read(BLOCK, BLOCK))).equals(pattern(1, 4 * BLOCK).subarray(BLOCK, 2 * BLOCK))).toBe(true);
+    await until(c, io.close());
+  });
+
+  it('a flush no owner answers fails, records no one stale, and the next flush makes the same changes durable', async () => {
+    const c = cluster({ peers: 3, members: 2, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(w, 'v', 'rw'));
+    const data = pattern(4, 4 * BLOCK);
+    await until(c, io.write(0, data, false));
+    c.network.block(w.uuid, a.uuid);
+    c.network.block(w.uuid, b.uuid);
+    const failed = await until(c, io.flush().then(() => null, (e: unknown) => e));
+    expect(isTorusError(failed, 'TORUS_ERR_REPLICA_QUORUM')).toBe(true);
+    expect(await until(c, c.adminMetadata.getStale(1))).toEqual([]);
+    // Nothing is durable yet on either owner.
+    for (const p of [a, b]) expect(p.store.inspect(blockRef(1, 1, 0)).durable).toBeNull();
+    c.network.healAll();
+    await runFor(c, 3_000);
+    await until(c, io.flush());
+    for (const p of [a, b]) expect(p.store.inspect(blockRef(1, 1, 0)).durable?.data?.equals(data.subarray(0, BLOCK))).toBe(true);
+    expect((await until(c, io.read(0, data.length))).equals(data)).toBe(true);
+    await until(c, io.close());
+  });
+
+  it('runs flushes one after another: a flush with nothing new to flush does not answer before an earlier one', async () => {
+    const c = cluster({ peers: 3, members: 2, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(w, 'v', 'rw'));
+    await until(c, io.write(0, pattern(5, BLOCK), false));
+    c.network.block(w.uuid, a.uuid);
+    c.network.block(w.uuid, b.uuid);
+    const order: string[] = [];
+    const first = io.flush().then(() => order.push('first ok'), () => order.push('first failed'));
+    await runFor(c, 100);
+    const second = io.flush().then(() => order.push('second ok'), () => order.push('second failed'));
+    await until(c, Promise.all([first, second]));
+    // The second had nothing of its own to flush, yet it covers the write
+    // the first could not make durable: it neither answers first nor succeeds.
+    expect(order).toEqual(['first failed', 'second failed']);
+    await until(c, io.close().catch(() => undefined));
+  });
+
   it('catches up a peer recorded stale for the whole volume while the writer changes every two seconds', async () => {
     // 2048 blocks: one coordinator comparing every block takes longer than
     // a writer lasts here, so only a catch-up whose progress outlives its
