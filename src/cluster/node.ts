@@ -142,6 +142,7 @@ export class ClusterNode {
       suspectVolumesOf: (u) => self.suspectVolumesOf(u),
       ringAcknowledged: (v) => self.ringAcknowledged(v, false),
       leaseDeadline: () => self.session?.leaseDeadline() ?? -Infinity,
+      sessionId: () => self.session?.id ?? null,
     };
     this.volumes = new VolumeManager({ ctx: this.ctx, session: () => this.session, holder: deps.holder, logger: deps.logger, writeLevel: deps.settings.replication.writeLevel });
     deps.transport.onPeerRestart?.((u) => {

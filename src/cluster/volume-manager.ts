@@ -29,6 +29,8 @@ export interface OpenVolume {
    * changes, so changes stay refused for good.
    */
   fenced: boolean;
+  /** Set once a fenced open stopped being shared: new users got a fresh open; this one ends with its last user. */
+  retired?: boolean;
 }
 
 export interface VolumeManagerOptions {
@@ -73,6 +75,18 @@ export class VolumeManager {
     // own lock release (it would find the lock still held by this process).
     while (!this.open.has(key) && this.closing.has(key)) await this.closing.get(key);
     let p = this.open.get(key);
+    if (p) {
+      // An open fenced for good is never handed to a new user: its writes
+      // would all be refused (a client would reconnect into the same dead
+      // open). Its users keep it until they let go; the newcomer opens afresh.
+      const existing = await p.catch(() => null);
+      if (existing !== null && (existing.fenced || existing.coordinator?.fencedBy != null)) {
+        if (this.open.get(key) === p) this.open.delete(key);
+        existing.retired = true;
+        this.log.info({ volume: name, mode }, 'the open volume is fenced for good; a new user opens it afresh');
+        p = this.open.get(key);
+      }
+    }
     if (!p) {
       p = this.openVolume(name, mode, opts.adoptToken, opts.writeLevel);
       this.open.set(key, p);
@@ -87,6 +101,11 @@ export class VolumeManager {
     ov.users--;
     if (ov.users > 0) return;
     const key = `${ov.mode}:${ov.name}`;
+    if (ov.retired === true) {
+      // No longer the shared open: the key belongs to its successor.
+      await this.closeVolume(ov);
+      return;
+    }
     this.open.delete(key);
     const done = this.closeVolume(ov);
     const settled: Promise<void> = done.then(

@@ -410,6 +410,10 @@ class EtcdVolumeLock implements VolumeLock {
   readonly kind: 'writer' | 'maintainer';
   private released = false;
 
+  get session(): string {
+    return this.leaseId;
+  }
+
   constructor(
     private readonly deps: EtcdSessionDeps,
     private readonly leaseId: string,

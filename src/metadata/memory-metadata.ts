@@ -1021,6 +1021,10 @@ class MemoryVolumeLock implements VolumeLock {
   readonly kind: 'writer' | 'maintainer';
   private released = false;
 
+  get session(): string {
+    return this.leaseId;
+  }
+
   constructor(
     private readonly md: MemoryMetadata,
     private readonly leaseId: string,

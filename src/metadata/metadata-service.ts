@@ -209,6 +209,8 @@ export interface VolumeLock {
   readonly token: number;
   readonly holder: string;
   readonly kind: 'writer' | 'maintainer';
+  /** The id of the session (lease) the lock is held under: it ends with that lease, whatever session the process has next. */
+  readonly session: string;
   /** True while the lock key still exists under this session's lease (read from etcd). */
   stillHeld(): Promise<boolean>;
   /**

@@ -41,4 +41,6 @@ export interface ClusterContext {
   ringAcknowledged(ringVersion: number): Promise<boolean>;
   /** Monotonic ms after which this process's lease (and its locks) must be assumed gone. */
   leaseDeadline(): number;
+  /** The id of this process's etcd session now (null while it has none): a lock held under another one is gone. */
+  sessionId(): string | null;
 }

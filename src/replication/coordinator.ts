@@ -1098,7 +1098,10 @@ export class VolumeCoordinator {
 
   /** Never acknowledge past the lease deadline: the lock may be someone else's by now. */
   checkLease(): void {
-    if (this.ctx.clock.monotonic() > this.ctx.leaseDeadline()) {
+    // A deadline is the current session's: once the lease under our lock
+    // was lost, a new session's deadline says nothing about our lock (a
+    // change in flight across a freeze must not be acknowledged by it).
+    if (this.ctx.sessionId() !== this.lock.session || this.ctx.clock.monotonic() > this.ctx.leaseDeadline()) {
       throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${this.volume.name}": the lease under its lock may have expired; nothing is acknowledged past it`);
     }
   }

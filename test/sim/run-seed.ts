@@ -150,7 +150,7 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     capacity: 1024 * blockSize,
     timing: cfg.timing,
     factory: opts.factory,
-    logger: pino({ level: opts.logLevel ?? 'silent', base: null, timestamp: () => `,"t":${(cluster?.clock.monotonic() ?? 0).toFixed(3)}` }, pino.destination(1)),
+    logger: pino({ level: opts.logLevel ?? 'silent', base: null, timestamp: () => `,"t":${(cluster?.clock.monotonic() ?? 0).toFixed(3)}` }, pino.destination({ dest: 1, sync: true })),
     network: { delayMinMs: 0.2, delayMaxMs: 3, reorderMaxMs: 300 },
     onBug: (where, err) => fail({ guarantee: 'bug', message: `${where}: ${err instanceof Error ? err.message : String(err)}` }),
     onStoreChange: (uuid, c) => {
