@@ -6,7 +6,7 @@
  * says why in test/sim/variants.ts, `pending`). fence-in-memory keeps the
  * fencing token in memory only; the checker for guarantee 6 must catch it
  * on a seed where the real code passes or fails later. Today the real code
- * fails G6 itself on several seeds (test/pending/sim-seeds.test.ts), and on
+ * fails G6 itself on several seeds (test/sim/sim-seeds.test.ts), and on
  * none of the 200 CI seeds does the variant fail G6 first.
  */
 import { describe, expect, it } from 'vitest';

@@ -3,8 +3,8 @@
  * broken variants each caught within the CI seed budget (on a seed the real
  * code passes, or fails later). The run of CI_SEEDS seeds against the real
  * code (each at least 1,000 requests with at least one ring change, one
- * crash and one partition) is in test/pending/sim-seeds.test.ts: it fails
- * today on known product bugs listed there.
+ * crash and one partition) is in sim-seeds.test.ts, with the seeds that
+ * still fail on known product bugs listed there.
  *
  * Seeds run in child processes (parallel.ts), JOBS at a time: a seed is one
  * thread, and CI machines have two cores.

@@ -1,0 +1,61 @@
+/**
+ * The whole-cluster simulation against the real code: seeds 1..200, each
+ * at least 1,000 requests with faults (crashes, partitions, message loss,
+ * freezes past the lease, ring changes, full disks, corrupt pages).
+ *
+ * Every seed must pass except the ones listed in KNOWN_FAILING, each a
+ * product bug (or, for `bug`, a harness limit) still open under issue 5,
+ * with the guarantee it breaks. The list only shrinks: a listed seed that
+ * passes fails this test too, so the list is kept exact. A seed is a pure
+ * function of its number and the code, so this is not flaky: a change in
+ * outcome is a change in behaviour. `npm run sim -- --seed N` replays one.
+ *
+ * Nothing here depends on wall-clock time: how long the seeds took is
+ * printed, never asserted.
+ */
+import { describe, expect, it } from 'vitest';
+import { runSeedsInChildren } from './parallel.js';
+import { OPS_DEFAULT } from './run-seed.js';
+
+const SEEDS = 200;
+const JOBS = 2;
+
+/**
+ * Seeds that fail today, and what they break (the run of 2026-11-30):
+ * - G3: a FLUSH acknowledged with fewer durable copies than promised. Seed
+ *   21 is an acknowledged, unflushed write lost with the one replica that
+ *   took it (minReplicas 1): the coordinator adopts the older copy and a
+ *   later flush succeeds; the others are not yet diagnosed.
+ * - G6: an old writer's change applied after a newer token's (not yet diagnosed).
+ * - G5: a ring left in "moving", or copies that differ at rest.
+ * - G1/G4: a read older than an acknowledged write, or garbage (seed 92).
+ * - liveness: a block left with no trusted copy, or flushes failing for good
+ *   on blocks no catch-up makes durable again.
+ * - bug (harness): the seed could not place its required faults.
+ */
+const KNOWN_FAILING: ReadonlyMap<number, string> = new Map([
+  [3, 'G3'], [6, 'G6'], [21, 'G3'], [29, 'G3'], [35, 'bug'], [36, 'G3'], [47, 'G5'], [58, 'G5'],
+  [70, 'bug'], [89, 'liveness'], [92, 'G1/G4'], [96, 'G6'], [98, 'liveness'], [102, 'G3'], [105, 'G6'],
+  [115, 'bug'], [122, 'G3'], [127, 'G5'], [132, 'liveness'], [146, 'G6'], [151, 'G3'], [155, 'G6'],
+  [156, 'G3'], [167, 'G1/G4'], [169, 'liveness'], [172, 'G1/G4'], [174, 'G1/G4'], [178, 'G6'],
+  [180, 'G3'], [186, 'liveness'], [188, 'G3'], [196, 'liveness'],
+]);
+
+describe('whole-cluster simulation against the real code', () => {
+  it(`passes every one of ${SEEDS} seeds but the ${KNOWN_FAILING.size} known failures, which still fail as listed`, async () => {
+    const seeds = Array.from({ length: SEEDS }, (_, i) => i + 1);
+    const started = Date.now();
+    const lines = await runSeedsInChildren(seeds, { jobs: JOBS });
+    // A seed whose process died is a failure line too (parallel.ts): none vanishes.
+    expect(lines.map((l) => l.seed)).toEqual(seeds);
+    const unexpected = lines.filter((l) => !l.ok && !KNOWN_FAILING.has(l.seed)).map((l) => l.report);
+    const nowPassing = lines.filter((l) => l.ok && KNOWN_FAILING.has(l.seed)).map((l) => l.seed);
+    const changed = lines.filter((l) => !l.ok && KNOWN_FAILING.has(l.seed) && KNOWN_FAILING.get(l.seed) !== l.guarantee).map((l) => `${l.seed}: listed ${KNOWN_FAILING.get(l.seed)}, now ${l.guarantee}`);
+    console.log(`${SEEDS} seeds in ${((Date.now() - started) / 1000).toFixed(1)} s on ${JOBS} processes: ${lines.filter((l) => l.ok).length} passed`);
+    expect(unexpected, `seeds that passed before now fail:\n${unexpected.join('\n')}`).toEqual([]);
+    expect(nowPassing, 'these listed seeds pass now: take them off KNOWN_FAILING').toEqual([]);
+    expect(changed, 'these listed seeds fail differently now: look at them and update KNOWN_FAILING').toEqual([]);
+    // A seed that passed ran its whole workload (a failure stops it early).
+    expect(lines.filter((l) => l.ok && l.ops < OPS_DEFAULT).map((l) => l.seed), 'passing seeds that ran fewer requests than the minimum').toEqual([]);
+  }, 30 * 60_000);
+});
