@@ -639,10 +639,22 @@ export class FileBlockStore implements LocalBlockStore {
       region = data; // whole pages: write the caller's buffer as it is
     } else {
       region = own = this.pool.acquire((p1 - p0) * PAGE_BYTES);
-      if (offset !== base) await preadFull(fd, region, 0, PAGE_BYTES, this.hdrBytes + base);
-      if ((offset + length) % PAGE_BYTES !== 0 && (p1 - 1 > p0 || offset === base)) {
-        const at = (p1 - 1 - p0) * PAGE_BYTES;
-        await preadFull(fd, region, at, PAGE_BYTES, this.hdrBytes + base + at);
+      // The edge pages keep bytes of what they held: those are checked
+      // first, or a fresh CRC over the merged page would hide a corrupt
+      // one for good (the copy is marked suspect and repaired instead).
+      try {
+        if (offset !== base) {
+          await preadFull(fd, region, 0, PAGE_BYTES, this.hdrBytes + base);
+          this.checkPages(e, region.subarray(0, PAGE_BYTES), p0, p0 + 1, table);
+        }
+        if ((offset + length) % PAGE_BYTES !== 0 && (p1 - 1 > p0 || offset === base)) {
+          const at = (p1 - 1 - p0) * PAGE_BYTES;
+          await preadFull(fd, region, at, PAGE_BYTES, this.hdrBytes + base + at);
+          this.checkPages(e, region.subarray(at, at + PAGE_BYTES), p1 - 1, p1, table);
+        }
+      } catch (err) {
+        releaseBuffer(own);
+        throw err;
       }
       if (data !== null) data.copy(region, offset - base);
       else region.fill(0, offset - base, offset - base + length);

@@ -140,6 +140,7 @@ export class MemoryBlockStore implements LocalBlockStore {
     this.checkRange(offset, data.length);
     this.checkVersion(version);
     const s = this.slotFor(ref);
+    this.checkEdgePages(s, offset, data.length);
     const buf = this.dataFor(s, version);
     data.copy(buf.data, offset);
     this.rehash(buf.data, buf.crc, offset, data.length);
@@ -165,6 +166,7 @@ export class MemoryBlockStore implements LocalBlockStore {
     // Without punch (NBD NO_HOLE) the range must end up allocated, so that
     // later writes to it cannot fail for space.
     const s = this.slotFor(ref);
+    this.checkEdgePages(s, offset, length);
     const buf = this.dataFor(s, version);
     buf.data.fill(0, offset, offset + length);
     this.rehash(buf.data, buf.crc, offset, length);
@@ -416,6 +418,19 @@ export class MemoryBlockStore implements LocalBlockStore {
     if (!was && now) this.dataBlocks++;
     if (copy === null || copy.data !== s.copy?.data) s.shared = false;
     s.copy = copy;
+  }
+
+  /**
+   * The pages a range covers only in part keep bytes of what they held:
+   * they are checked before the change, or a fresh CRC over the merged page
+   * would hide a corrupt one for good.
+   */
+  private checkEdgePages(s: Slot, offset: number, length: number): void {
+    if (s.copy?.state !== 'data' || length === 0) return;
+    const p0 = Math.floor(offset / PAGE_BYTES);
+    const p1 = Math.ceil((offset + length) / PAGE_BYTES);
+    if (offset % PAGE_BYTES !== 0) this.checkPages(s, p0, p0 + 1);
+    if ((offset + length) % PAGE_BYTES !== 0 && (p1 - 1 > p0 || offset % PAGE_BYTES === 0)) this.checkPages(s, p1 - 1, p1);
   }
 
   /** Recomputes the stored CRCs of the pages a range touches, from what they hold now. */

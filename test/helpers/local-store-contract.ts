@@ -420,6 +420,25 @@ export function localStoreContract(name: string, makeHarness: () => Promise<Loca
         expect(await s.verify(r)).toMatchObject({ suspect: false });
       });
 
+      it('a write or zero covering part of a corrupt page fails with CRC_MISMATCH and never gives the page a fresh CRC', async () => {
+        const r = blockRef(1, 1, 0);
+        await s.write(r, 0, pattern(bs, 3), v(1, 1), W);
+        await s.flush();
+        await h.corrupt(s, r, 1);
+        // Whole pages elsewhere are fine to write (they keep nothing of the old bytes).
+        await s.write(r, 0, pattern(4096, 4), v(1, 2), W);
+        expect(s.meta(r).suspect).toBe(false);
+        // Part of the corrupt page: refused, nothing changes, the copy is suspect.
+        expect(await codeOf(s.write(r, 4096 + 100, Buffer.from('abc'), v(1, 3), W))).toBe('TORUS_ERR_STORE_CRC_MISMATCH');
+        expect(s.meta(r)).toMatchObject({ version: v(1, 2), suspect: true });
+        expect(await codeOf(s.zero(r, 2 * 4096 - 10, 20, v(1, 3), NO_HOLE))).toBe('TORUS_ERR_STORE_CRC_MISMATCH');
+        expect(await codeOf(s.verify(r))).toBe('TORUS_ERR_STORE_CRC_MISMATCH');
+        // A fresh copy repairs it.
+        await s.install(r, pattern(bs, 3), v(1, 3), W);
+        await s.write(r, 4096 + 100, Buffer.from('abc'), v(1, 4), W);
+        expect(await s.verify(r)).toMatchObject({ suspect: false, version: v(1, 4) });
+      });
+
       it('a read of a corrupt page marks the block suspect', async () => {
         const r = blockRef(1, 1, 0);
         await s.write(r, 0, pattern(bs, 2), v(1, 1), W);
