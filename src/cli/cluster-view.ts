@@ -136,7 +136,7 @@ export function buildClusterStatus(s: ClusterSnapshot): ClusterStatus {
     if (v === undefined) continue; // a record of a deleted volume
     const total = volumeBlocks(v);
     // Stale ranges may reach past the end (a record cannot know the size): count what exists.
-    const ranges = r.all ? [[0, total] as const] : normalizeRanges(r.ranges.filter(([a]) => a < total).map(([a, b]) => [a, Math.min(b, total)] as const));
+    const ranges = r.all ? [[0, total] as const] : normalizeRanges([...r.ranges, ...(r.unsure ?? [])].filter(([a]) => a < total).map(([a, b]) => [a, Math.min(b, total)] as const));
     stale.push({ volume: v.name, volumeId: v.id, peer: r.peer, all: r.all, blocks: countBlocks(ranges) });
     const agg = staleByVolume.get(v.id) ?? { all: false, ranges: [], peers: [] };
     agg.all ||= r.all;

@@ -215,7 +215,11 @@ export class ClusterNode {
         store: d.store,
         fences: this.fenceTable,
         ringVersion: () => this.ring?.version ?? 0,
-        live: () => this.live,
+        // Past our own lease deadline (a pause, a partition from etcd) our
+        // fences may be behind: tokens taken meanwhile reach us through
+        // etcd only. Changes wait for a renewed lease, or for the new
+        // session that re-reads every fence (docs/replication.md, "Fencing").
+        live: () => this.live && d.clock.monotonic() <= (this.session?.leaseDeadline() ?? -Infinity),
         onNewerRing: (v) => void this.refreshRing(v).catch(() => undefined),
         onSuspect: (ref, why) => this.reportSuspect(ref, why),
         ...(d.onApplied ? { onApplied: d.onApplied } : {}),

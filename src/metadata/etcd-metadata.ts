@@ -3,7 +3,7 @@ import { ExponentialBackoff, handleWhen, noop, retry, type IBackoff, type IPolic
 import { Etcd3, isRecoverableError, Range, type IKeyValue, type IRangeResponse, type Namespace } from 'etcd3';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
-import { addToStale, narrowStaleSet, removeFromStale, type BlockRange } from '../model/ranges.js';
+import { addToStale, narrowStaleSet, removeFromStale, staleRecordOf, type BlockRange, type StaleSet } from '../model/ranges.js';
 import type {
   ClusterConfig,
   PeerRecord,
@@ -55,6 +55,7 @@ import {
 } from './record-codec.js';
 import {
   checkStaleAdd,
+  type StaleAdd,
   checkStaleNarrow,
   checkStaleRemove,
   CLUSTER_SECRET_BYTES,
@@ -423,15 +424,15 @@ export class EtcdMetadata implements MetadataService {
     return kvs.map((kv) => decodeStaleRecord(this.k(kv.key), kv.value));
   }
 
-  async addStale(volumeId: number, peer: string, add: { readonly all?: boolean; readonly ranges?: readonly BlockRange[] }): Promise<void> {
-    const ranges = checkStaleAdd(volumeId, peer, add);
+  async addStale(volumeId: number, peer: string, add: StaleAdd): Promise<void> {
+    const { ranges, unsure } = checkStaleAdd(volumeId, peer, add);
     const key = staleKey(volumeId, peer);
     const fenceKey = volumeFenceKey(volumeId);
     for (let attempt = 0; attempt < CAS_ATTEMPTS_MAX; attempt++) {
       const kv = await this.getKv(key);
       const current = kv === null ? null : decodeStaleRecord(this.k(key), kv.value);
-      const next = addToStale(current, { all: add.all === true, ranges });
-      const record: StaleRecord = { schema: 1, volumeId, peer, all: next.all, ranges: next.ranges, updatedAt: this.now() };
+      const next = addToStale(current, { all: add.all === true, ranges, unsure });
+      const record: StaleRecord = { schema: 1, volumeId, peer, all: next.all, ranges: next.ranges, ...(next.unsure ? { unsure: next.unsure } : {}), updatedAt: this.now() };
       // A deleted volume has no fence key: its records must not come back.
       const res = await this.call(`add stale ${this.k(key)}`, () =>
         this.ns
@@ -453,7 +454,7 @@ export class EtcdMetadata implements MetadataService {
   }
 
   /** A fenced compare-and-swap of one stale record: `next` returns the record itself when nothing changes. */
-  private async changeStale(volumeId: number, peer: string, token: number, what: string, next: (current: StaleRecord | null) => { all: boolean; ranges: readonly BlockRange[] } | null): Promise<void> {
+  private async changeStale(volumeId: number, peer: string, token: number, what: string, next: (current: StaleRecord | null) => StaleSet | null): Promise<void> {
     const key = staleKey(volumeId, peer);
     const fenceKey = volumeFenceKey(volumeId);
     for (let attempt = 0; attempt < CAS_ATTEMPTS_MAX; attempt++) {
@@ -468,7 +469,7 @@ export class EtcdMetadata implements MetadataService {
             ? []
             : after === null
               ? [this.ns.delete().key(key)]
-              : [this.ns.put(key).value(encodeRecord({ ...current, all: after.all, ranges: after.ranges, updatedAt: this.now() }))];
+              : [this.ns.put(key).value(encodeRecord(staleRecordOf(current, after, this.now())))];
         return this.ns
           .if(fenceKey, 'Value', '==', String(token))
           .and(key, 'Mod', '==', kv?.modRevision ?? 0)

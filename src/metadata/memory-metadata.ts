@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { assert } from '../util/assert.js';
 import { TorusError } from '../errors/torus-error.js';
-import { addToStale, narrowStaleSet, removeFromStale, type BlockRange } from '../model/ranges.js';
+import { addToStale, narrowStaleSet, removeFromStale, staleRecordOf, type BlockRange, type StaleSet } from '../model/ranges.js';
 import type {
   ClusterConfig,
   PeerRecord,
@@ -54,6 +54,7 @@ import {
 import { assertSessionUsable, SessionListeners, type SessionState } from './session-listeners.js';
 import {
   checkStaleAdd,
+  type StaleAdd,
   checkStaleNarrow,
   checkStaleRemove,
   notInitialisedError,
@@ -600,16 +601,16 @@ export class MemoryMetadata implements MetadataService {
     return this.op('list stale', () => this.server.range(KEYS.stalePrefix).map(({ key, entry }) => decodeStaleRecord(key, entry.value)));
   }
 
-  async addStale(volumeId: number, peer: string, add: { readonly all?: boolean; readonly ranges?: readonly BlockRange[] }): Promise<void> {
-    const ranges = checkStaleAdd(volumeId, peer, add);
+  async addStale(volumeId: number, peer: string, add: StaleAdd): Promise<void> {
+    const { ranges, unsure } = checkStaleAdd(volumeId, peer, add);
     await this.op(`add stale ${volumeId}/${peer}`, () => {
       if (this.getJson(volumeFenceKey(volumeId)) === null) throw volumeIdNotFoundError(volumeId);
       const key = staleKey(volumeId, peer);
       const text = this.getJson(key);
       const current = text === null ? null : decodeStaleRecord(key, text);
-      const next = addToStale(current, { all: add.all === true, ranges });
-      if (current !== null && current.all === next.all && sameRanges(current.ranges, next.ranges)) return;
-      const record: StaleRecord = { schema: 1, volumeId, peer, all: next.all, ranges: next.ranges, updatedAt: this.nowIso() };
+      const next = addToStale(current, { all: add.all === true, ranges, unsure });
+      if (current !== null && current.all === next.all && sameRanges(current.ranges, next.ranges) && sameRanges(current.unsure ?? [], next.unsure ?? [])) return;
+      const record: StaleRecord = { schema: 1, volumeId, peer, all: next.all, ranges: next.ranges, ...(next.unsure ? { unsure: next.unsure } : {}), updatedAt: this.nowIso() };
       this.server.commit([{ type: 'put', key, value: encodeRecord(record) }]);
     });
   }
@@ -625,7 +626,7 @@ export class MemoryMetadata implements MetadataService {
   }
 
   /** A fenced change of one stale record: `next` returns the record itself when nothing changes. */
-  private async changeStale(volumeId: number, peer: string, token: number, what: string, next: (current: StaleRecord) => { all: boolean; ranges: readonly BlockRange[] } | null): Promise<void> {
+  private async changeStale(volumeId: number, peer: string, token: number, what: string, next: (current: StaleRecord) => StaleSet | null): Promise<void> {
     await this.op(`${what} stale ${volumeId}/${peer}`, () => {
       const fence = this.fenceOf(volumeId);
       if (fence !== token) throw volumeFencedError(volumeId, token, fence);
@@ -635,7 +636,7 @@ export class MemoryMetadata implements MetadataService {
       const current = decodeStaleRecord(key, text);
       const after = next(current);
       if (after === null) this.server.commit([{ type: 'delete', key }]);
-      else if (after !== current) this.server.commit([{ type: 'put', key, value: encodeRecord({ ...current, all: after.all, ranges: after.ranges, updatedAt: this.nowIso() }) }]);
+      else if (after !== current) this.server.commit([{ type: 'put', key, value: encodeRecord(staleRecordOf(current, after, this.nowIso())) }]);
     });
   }
 

@@ -62,8 +62,10 @@ export interface MetadataService {
    * STALE_RANGES_MAX (1024) ranges collapse to the whole volume. Refused
    * with TORUS_ERR_VOLUME_NOT_FOUND when the volume has no fencing token
    * (deleted, or never opened): records of a deleted id never come back.
+   * `unsure` blocks are untrusted like the others, but say the peer missed
+   * no acknowledged change there (docs/replication.md, "Unsure blocks").
    */
-  addStale(volumeId: number, peer: string, add: { readonly all?: boolean; readonly ranges?: readonly (readonly [number, number])[] }): Promise<void>;
+  addStale(volumeId: number, peer: string, add: { readonly all?: boolean; readonly ranges?: readonly (readonly [number, number])[]; readonly unsure?: readonly (readonly [number, number])[] }): Promise<void>;
   /**
    * Removes blocks from a peer's stale record (the record goes when empty),
    * only while `token` is the volume's newest fencing token (checked in the

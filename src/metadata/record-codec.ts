@@ -181,9 +181,9 @@ export function decodeRingRecord(key: string, text: string): RingRecord {
   return { schema: 2, version, replication, minReplicas, members: ms, transition: transition(key, o, version) };
 }
 
-function ranges(key: string, o: Json): BlockRange[] {
-  const v = o['ranges'];
-  if (!Array.isArray(v) || !isSortedDisjoint(v as BlockRange[])) throw corrupt(key, 'field "ranges" is not a sorted list of disjoint [start, end) block ranges');
+function ranges(key: string, o: Json, field = 'ranges'): BlockRange[] {
+  const v = o[field];
+  if (!Array.isArray(v) || !isSortedDisjoint(v as BlockRange[])) throw corrupt(key, `field "${field}" is not a sorted list of disjoint [start, end) block ranges`);
   return normalizeRanges(v as BlockRange[]);
 }
 
@@ -197,6 +197,7 @@ export function decodeStaleRecord(key: string, text: string): StaleRecord {
     all,
     // `all` absorbs ranges; a record that has both reads as `all`.
     ranges: all ? [] : ranges(key, o),
+    ...(!all && o['unsure'] !== undefined ? { unsure: ranges(key, o, 'unsure') } : {}),
     updatedAt: str(key, o, 'updatedAt'),
   };
 }

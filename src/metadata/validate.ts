@@ -153,12 +153,20 @@ function checkRanges(ranges: readonly BlockRange[]): BlockRange[] {
 }
 
 /** Checks the arguments of addStale; returns its ranges, each checked. */
-export function checkStaleAdd(volumeId: number, peer: string, add: { readonly all?: boolean; readonly ranges?: readonly BlockRange[] }): BlockRange[] {
+export function checkStaleAdd(volumeId: number, peer: string, add: StaleAdd): { ranges: BlockRange[]; unsure: BlockRange[] } {
   validateVolumeId(volumeId);
   validatePeerUuid(peer);
   const ranges = checkRanges(add.ranges ?? []);
-  if (add.all !== true && ranges.length === 0) throw new TorusError('TORUS_ERR_ARG_INVALID', `add stale ${volumeId}/${peer}: nothing to add (no ranges and not all)`);
-  return ranges;
+  const unsure = checkRanges(add.unsure ?? []);
+  if (add.all !== true && ranges.length === 0 && unsure.length === 0) throw new TorusError('TORUS_ERR_ARG_INVALID', `add stale ${volumeId}/${peer}: nothing to add (no ranges and not all)`);
+  return { ranges, unsure };
+}
+
+/** What addStale adds: the whole volume, blocks the peer missed, blocks it is unsure for. */
+export interface StaleAdd {
+  readonly all?: boolean;
+  readonly ranges?: readonly BlockRange[];
+  readonly unsure?: readonly BlockRange[];
 }
 
 export function checkStaleRemove(volumeId: number, peer: string, ranges: readonly BlockRange[] | 'all', token: number): BlockRange[] | 'all' {

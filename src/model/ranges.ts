@@ -162,56 +162,78 @@ export function countBlocks(ranges: readonly BlockRange[]): number {
   return normalizeRanges(ranges).reduce((n, [s, e]) => n + (e - s), 0);
 }
 
-/** The content of a stale record: the whole volume, or some blocks of it. */
+/**
+ * The content of a stale record: the whole volume, or some blocks of it;
+ * and `unsure` blocks, where the peer may hold a change no client was told
+ * succeeded (it missed no acknowledged one there). Every one of them is
+ * untrusted; only a coordinator may resolve the unsure ones, by comparing
+ * versions (docs/replication.md, "Unsure blocks").
+ */
 export interface StaleSet {
   readonly all: boolean;
   readonly ranges: readonly BlockRange[];
+  readonly unsure?: readonly BlockRange[];
+}
+
+function withUnsure(all: boolean, ranges: readonly BlockRange[], unsure: readonly BlockRange[]): StaleSet {
+  return unsure.length === 0 ? { all, ranges } : { all, ranges, unsure };
 }
 
 /**
  * A stale set after adding blocks (or the whole volume): `all` absorbs every
- * range, and more than `rangesMax` ranges collapse to `all` (safe: a record
- * may name more blocks than were missed, never fewer).
+ * range, unsure ones too, and more than `rangesMax` ranges collapse to `all`
+ * (safe: a record may name more blocks than were missed, never fewer).
  */
-export function addToStale(current: StaleSet | null, add: { readonly all?: boolean; readonly ranges?: readonly BlockRange[] }, rangesMax = STALE_RANGES_MAX): StaleSet {
+export function addToStale(current: StaleSet | null, add: { readonly all?: boolean; readonly ranges?: readonly BlockRange[]; readonly unsure?: readonly BlockRange[] }, rangesMax = STALE_RANGES_MAX): StaleSet {
   if (current?.all === true || add.all === true) return { all: true, ranges: [] };
   const ranges = mergeRanges(current?.ranges ?? [], add.ranges ?? []);
-  if (ranges.length > rangesMax) return { all: true, ranges: [] };
-  return { all: false, ranges };
+  const unsure = mergeRanges(current?.unsure ?? [], add.unsure ?? []);
+  if (ranges.length + unsure.length > rangesMax) return { all: true, ranges: [] };
+  return withUnsure(false, ranges, unsure);
 }
 
 /**
- * A stale set after the blocks in `remove` caught up; null when nothing is
- * left (the record goes). A set that is `all` stays `all` unless `remove` is
- * 'all': the metadata layer does not know the volume's size, so "the whole
- * volume except these blocks" cannot be written down, and keeping the
- * record whole is the safe side (the blocks are copied again).
+ * A stale set after the blocks in `remove` caught up (or were resolved);
+ * null when nothing is left (the record goes). Both kinds of a block go. A
+ * set that is `all` stays `all` unless `remove` is 'all': the metadata
+ * layer does not know the volume's size, so "the whole volume except these
+ * blocks" cannot be written down, and keeping the record whole is the safe
+ * side (the blocks are copied again).
  */
 export function removeFromStale(current: StaleSet | null, remove: readonly BlockRange[] | 'all'): StaleSet | null {
   if (current === null || remove === 'all') return null;
   if (current.all) return current;
   const ranges = subtractRanges(current.ranges, remove);
-  return ranges.length === 0 ? null : { all: false, ranges };
+  const unsure = subtractRanges(current.unsure ?? [], remove);
+  return ranges.length === 0 && unsure.length === 0 ? null : withUnsure(false, ranges, unsure);
 }
 
 /**
  * A stale set after a catch-up plan showed that only the blocks in `keep`
  * may still be behind (src/replication/catch-up-plan.ts). A whole-volume
- * set becomes `keep`; a listed set keeps only what is also in `keep`.
- * Null when nothing is left. A `keep` too fragmented to list leaves the set
- * as it is (still the safe side).
+ * set becomes `keep`; a listed set keeps only what is also in `keep`;
+ * unsure blocks stay (only a coordinator's comparison resolves them). Null
+ * when nothing is left. A `keep` too fragmented to list leaves the set as
+ * it is (still the safe side).
  */
 export function narrowStaleSet(current: StaleSet | null, keep: readonly BlockRange[], rangesMax = STALE_RANGES_MAX): StaleSet | null {
   if (current === null) return null;
   const kept = normalizeRanges(keep);
   if (kept.length > rangesMax) return current;
   const ranges = current.all ? kept : intersectRanges(current.ranges, kept);
-  return ranges.length === 0 ? null : { all: false, ranges };
+  const unsure = current.unsure ?? [];
+  return ranges.length === 0 && unsure.length === 0 ? null : withUnsure(false, ranges, unsure);
 }
 
-/** Whether a stale set names block `index`. */
+/** The record that holds `set` in place of `current` (an empty unsure list is left out). */
+export function staleRecordOf<R extends StaleSet & { readonly updatedAt: string }>(current: R, set: StaleSet, updatedAt: string): R {
+  const { unsure: _drop, ...rest } = current;
+  return { ...rest, all: set.all, ranges: set.ranges, ...(set.unsure && set.unsure.length > 0 ? { unsure: set.unsure } : {}), updatedAt } as R;
+}
+
+/** Whether a stale set names block `index` (either kind). */
 export function staleContains(set: StaleSet, index: number): boolean {
-  return set.all || rangesContain(set.ranges, index);
+  return set.all || rangesContain(set.ranges, index) || rangesContain(set.unsure ?? [], index);
 }
 
 /** Indexes (any order, repeats allowed) → the fewest ranges covering exactly them. */

@@ -113,6 +113,13 @@ export interface StaleRecord {
   /** The whole volume: the peer missed the coordinator's fencing token, or too many ranges to list. */
   readonly all: boolean;
   readonly ranges: readonly (readonly [number, number])[];
+  /**
+   * Blocks where the peer may hold a change no client was told succeeded (a
+   * change no owner confirmed): it missed no acknowledged change there, but
+   * is not read until a coordinator compared its copy (docs/replication.md,
+   * "Unsure blocks"). Absent when empty.
+   */
+  readonly unsure?: readonly (readonly [number, number])[];
   readonly updatedAt: string;
 }
 

@@ -341,17 +341,20 @@ export class VolumeCoordinator {
         this.unpin(b);
       } else short.push(b);
     }
-    for (const b of new Set(short)) {
-      if (this.shortSinceFlush.has(b)) continue;
-      const e = this.blocks.peek(b);
-      if (e !== undefined) e.pins++;
-      this.shortSinceFlush.add(b);
-    }
+    for (const b of new Set(short)) this.markShort(b);
     this.checkLease();
     if (lost) throw lost;
     if (short.length > 0) {
       throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `flush of volume ${this.volume.name}: ${short.length} block(s) have fewer than the minimum of durable copies`, { details: { blocks: short.slice(0, 16) } });
     }
+  }
+
+  /** A block left with fewer than minReplicas durable copies: flushes fail until it has them (pinned until then). */
+  private markShort(index: number): void {
+    if (this.shortSinceFlush.has(index)) return;
+    const e = this.blocks.peek(index);
+    if (e !== undefined) e.pins++;
+    this.shortSinceFlush.add(index);
   }
 
   /** Whether at least minReplicas trusted owners hold the block's newest version (learnt again if the table lost it). */
@@ -434,6 +437,10 @@ export class VolumeCoordinator {
       // block no trusted owner holds leaves no tombstone behind).
       if (change.kind === 'zero' && !whole && e.state !== 'data') return this.checkLease();
       if (change.kind === 'zero' && whole && change.punch && e.state === 'absent') return this.checkLease();
+      // Nothing is sent past the lease deadline either: waiting for the
+      // block (its order, learning it) may have taken us past it, or the
+      // process was paused there; a newer coordinator may hold the volume.
+      this.checkLease();
       const version = this.nextVersion(e.version);
       const stamp: ChangeStamp = { token: this.token, version, prev: e.version };
       // Assigned and sent in the same turn: concurrent changes to one block
@@ -452,6 +459,9 @@ export class VolumeCoordinator {
           () => undefined,
           (err: unknown) => {
             this.lostSinceFlush ??= err instanceof TorusError ? err : new TorusError('TORUS_ERR_REPLICA_QUORUM', String(err));
+            // Acknowledged with fewer than minReplicas copies: every later
+            // flush fails too until the block has them durable again.
+            this.markShort(index);
           },
         );
         this.background.add(tracked);
@@ -529,15 +539,21 @@ export class VolumeCoordinator {
       const self = this.ctx.selfUuid;
       const onAck = (u: string) => {
         acked.add(u);
-        if (earlyDone || this.writeLevel === 'all') return;
+        if (this.writeLevel === 'all') return;
+        // Acknowledged early, the change must be what reads through this
+        // coordinator see from now on: only owners that took it serve them.
+        if ((e.holders.get(u) ?? VERSION_ABSENT) < stamp.version) e.holders.set(u, stamp.version);
+        if (earlyDone) return;
         if (this.writeLevel === 'one' || u === self || self === null || !plan.required.includes(self)) {
           earlyDone = true;
+          if (e.floor < stamp.version) e.floor = stamp.version;
           earlyResolve();
         }
       };
       // The payload's CRC, summed once when it goes to more than one peer over the wire.
       let writeOpts: { readonly fua: boolean; readonly crc32c?: number } = { fua };
       for (let attempt = 0; ; attempt++) {
+        if (attempt > 0) this.checkLease();
         if (change.kind === 'write' && writeOpts.crc32c === undefined && send.filter((u) => this.ctx.replica(u)?.enforcesDeadline === true).length > 1) {
           writeOpts = { fua, crc32c: crc32c(change.data) };
         }
@@ -601,12 +617,16 @@ export class VolumeCoordinator {
       // A change that no owner confirmed is not acknowledged, and no owner
       // is known to hold anything newer than the others: recording every
       // owner stale would only leave the block with no trusted copy for
-      // good. Owners that took it silently (a lost answer) hold a version
-      // the others lack; learning the block again (it is unsure) finds it,
-      // or a later change finds the gap.
+      // good...
       const record = quorumOk || earlyDone || acked.size > 0 ? missed : [];
+      // ... but they may have taken it silently (a lost answer), and such a
+      // change may still land later (a message held by a partition): they
+      // are recorded unsure, untrusted like stale owners, until the next
+      // learning of the block compares their versions (docs/replication.md,
+      // "Unsure blocks").
+      const unsure = record.length === 0 ? missed : [];
       try {
-        await Promise.all(record.map((u) => this.stale.record(u, [e.index])));
+        await Promise.all([...record.map((u) => this.stale.record(u, [e.index])), ...unsure.map((u) => this.stale.recordUnsure(u, [e.index]))]);
       } catch (err) {
         this.markUnsure(e);
         throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `block ${e.index} of ${this.volume.name}: owners that missed the change could not be recorded stale in etcd, so it is not acknowledged`, { cause: err });
@@ -688,6 +708,13 @@ export class VolumeCoordinator {
     const required: string[] = [];
     for (const u of owners.all) {
       if (!this.requiredFor(index, owners, u)) continue;
+      if (this.stale.isUnsureOnly(u, index)) {
+        // Not learnt since its unsure change (it did not answer): not sent
+        // to, and recorded stale if this change counts, since it misses it.
+        required.push(u);
+        skipped.push(u);
+        continue;
+      }
       if (this.stale.isStale(u, index)) continue;
       required.push(u);
       if (this.ctx.health.usable(u) && this.ctx.replica(u) !== null) send.push(u);
@@ -780,11 +807,14 @@ export class VolumeCoordinator {
 
   /** Owners whose copy of the block is trusted (docs/replication.md, "Ring transitions"). */
   trustedOwners(index: number, owners: BlockOwners): string[] {
-    let set: readonly string[];
-    if (owners.phase === 'stable') set = owners.now;
-    else if (owners.phase === 'moving') set = this.isMoved(index) ? owners.all : owners.old!;
-    else set = [...owners.now, ...owners.old!.filter((u) => !owners.now.includes(u))];
-    return set.filter((u) => !this.stale.isStale(u, index));
+    return this.readableOwners(index, owners).filter((u) => !this.stale.isStale(u, index));
+  }
+
+  /** Owners a read may use under the ring phase, stale records aside. */
+  private readableOwners(index: number, owners: BlockOwners): readonly string[] {
+    if (owners.phase === 'stable') return owners.now;
+    if (owners.phase === 'moving') return this.isMoved(index) ? owners.all : owners.old!;
+    return [...owners.now, ...owners.old!.filter((u) => !owners.now.includes(u))];
   }
 
   // ------------------------------------------------------------ learning versions
@@ -817,7 +847,11 @@ export class VolumeCoordinator {
         await this.ctx.refreshRing(metas.outdated);
         continue;
       }
-      const trusted = this.trustedOwners(index, owners);
+      // Owners unsure for the block (a change no one confirmed) hold every
+      // acknowledged change, maybe one more: they count in the comparison,
+      // and are trusted again if they hold the newest copy.
+      const unsureOnly = this.readableOwners(index, owners).filter((u) => this.stale.isUnsureOnly(u, index));
+      const trusted = [...this.trustedOwners(index, owners), ...unsureOnly];
       let newest: BlockMeta | null = null;
       for (const u of trusted) {
         const m = metas.got.get(u);
@@ -878,6 +912,20 @@ export class VolumeCoordinator {
       // not be read for this block, and etcd must say so for other readers.
       for (const u of behind) e.holders.delete(u);
       await Promise.all(behind.map((u) => this.stale.record(u, [index])));
+      // Unsure owners that hold the newest copy are trusted again (the
+      // removal is fenced by our token; if etcd refuses it, other readers
+      // only stay more careful). Those that did not answer stay unsure.
+      const resolved = unsureOnly.filter((u) => metas.got.has(u) && !behind.includes(u));
+      if (resolved.length > 0) {
+        await Promise.all(
+          resolved.map((u) =>
+            this.stale.clear(u, [index], this.token).catch((err: unknown) => {
+              this.log.debug({ err, block: index, peer: u }, 'could not clear an unsure record in etcd');
+            }),
+          ),
+        );
+        this.log.debug({ block: index, peers: resolved, version: newest.version }, 'unsure owners hold the newest copy: trusted again');
+      }
       if (e.unsure) {
         e.unsure = false;
         e.pins--;
@@ -1008,6 +1056,8 @@ export class VolumeCoordinator {
       const failed: string[] = [];
       let copy: { state: 'data' | 'zero'; data: Buffer | null } | null = null;
       for (const t of targets) {
+        // Nothing is sent past the lease deadline (copies take a while).
+        this.checkLease();
         const api = this.ctx.replica(t);
         if (api === null || !this.ctx.health.usable(t)) {
           failed.push(t);

@@ -25,10 +25,13 @@ interface PeerEntry {
   generation: number;
   /** A narrowing of 'all' is on its way to etcd: additions must reach etcd themselves until it settles. */
   narrowing: boolean;
+  /** Blocks the peer may hold an unacknowledged change of (docs/replication.md, "Unsure blocks"); untrusted like the others. */
+  unsure: Set<number>;
+  unsureDurable: Set<number>;
 }
 
 type Op =
-  | { kind: 'add'; peer: string; all: boolean; blocks: number[]; waiters: { resolve(): void; reject(err: unknown): void }[] }
+  | { kind: 'add'; peer: string; all: boolean; blocks: number[]; unsure: number[]; waiters: { resolve(): void; reject(err: unknown): void }[] }
   | { kind: 'remove'; peer: string; what: number[] | 'all'; token: number; waiters: { resolve(): void; reject(err: unknown): void }[] }
   | { kind: 'narrow'; peer: string; keep: readonly number[]; token: number; waiters: { resolve(narrowed: boolean): void; reject(err: unknown): void }[] };
 
@@ -71,24 +74,40 @@ export class StaleBook {
         e.durable.add(i);
       }
     }
+    for (const [start, end] of r.unsure ?? []) {
+      for (let i = start; i < end; i++) {
+        if (!e.unsure.has(i)) {
+          e.unsure.add(i);
+          e.generation++;
+        }
+        e.unsureDurable.add(i);
+      }
+    }
   }
 
+  /** Not to be read for the block: it missed changes, or may hold one no client was told succeeded. */
   isStale(peer: string, index: number): boolean {
     const e = this.peers.get(peer);
-    return e !== undefined && (e.all || e.blocks.has(index));
+    return e !== undefined && (e.all || e.blocks.has(index) || e.unsure.has(index));
+  }
+
+  /** Unsure for the block and nothing worse: it holds every acknowledged change, maybe one more (a coordinator may compare it). */
+  isUnsureOnly(peer: string, index: number): boolean {
+    const e = this.peers.get(peer);
+    return e !== undefined && !e.all && !e.blocks.has(index) && e.unsure.has(index);
   }
 
   /** Peers with anything recorded. */
   stalePeers(): string[] {
-    return [...this.peers.entries()].filter(([, e]) => e.all || e.blocks.size > 0).map(([p]) => p);
+    return [...this.peers.entries()].filter(([, e]) => e.all || e.blocks.size > 0 || e.unsure.size > 0).map(([p]) => p);
   }
 
-  /** What a peer missed: 'all', or its block indexes in order. */
+  /** What a peer missed (or is unsure for): 'all', or its block indexes in order. */
   missed(peer: string): 'all' | number[] {
     const e = this.peers.get(peer);
     if (e === undefined) return [];
     if (e.all) return 'all';
-    return [...e.blocks].sort((a, b) => a - b);
+    return [...new Set([...e.blocks, ...e.unsure])].sort((a, b) => a - b);
   }
 
   generation(peer: string): number {
@@ -98,7 +117,10 @@ export class StaleBook {
   /** Blocks recorded for any peer (moves must look at them too). */
   allRecordedBlocks(): Set<number> {
     const out = new Set<number>();
-    for (const e of this.peers.values()) for (const i of e.blocks) out.add(i);
+    for (const e of this.peers.values()) {
+      for (const i of e.blocks) out.add(i);
+      for (const i of e.unsure) out.add(i);
+    }
     return out;
   }
 
@@ -133,15 +155,39 @@ export class StaleBook {
     }
     const all = blocks === 'all';
     const list = all ? [] : blocks.filter((i) => !e.durable.has(i));
+    return this.enqueueAdd(peer, all, list, []);
+  }
+
+  /**
+   * Records that `peer` may hold a change to these blocks that no owner
+   * confirmed and no client was told succeeded (docs/replication.md,
+   * "Unsure blocks"). Memory at once; resolves when durable in etcd.
+   */
+  recordUnsure(peer: string, blocks: readonly number[]): Promise<void> {
+    const e = this.entry(peer);
+    let fresh = false;
+    for (const i of blocks) {
+      if (!e.unsure.has(i)) {
+        e.unsure.add(i);
+        fresh = true;
+      }
+    }
+    if (fresh) e.generation++;
+    if (e.allDurable || blocks.every((i) => e.unsureDurable.has(i) || e.durable.has(i))) return Promise.resolve();
+    return this.enqueueAdd(peer, false, [], blocks.filter((i) => !e.unsureDurable.has(i)));
+  }
+
+  private enqueueAdd(peer: string, all: boolean, list: number[], unsure: number[]): Promise<void> {
     return new Promise((resolve, reject) => {
       const last = this.queue[this.queue.length - 1];
       // Ops still queued have not started: joining the last one keeps the order.
       if (last !== undefined && last.kind === 'add' && last.peer === peer) {
         last.all ||= all;
         for (const i of list) last.blocks.push(i);
+        for (const i of unsure) last.unsure.push(i);
         last.waiters.push({ resolve, reject });
       } else {
-        this.queue.push({ kind: 'add', peer, all, blocks: list, waiters: [{ resolve, reject }] });
+        this.queue.push({ kind: 'add', peer, all, blocks: list, unsure, waiters: [{ resolve, reject }] });
       }
       this.kick();
     });
@@ -157,6 +203,8 @@ export class StaleBook {
       for (const i of blocks) {
         e.blocks.delete(i);
         e.durable.delete(i);
+        e.unsure.delete(i);
+        e.unsureDurable.delete(i);
       }
     }
     return this.enqueueRemove(peer, [...blocks], token);
@@ -171,6 +219,8 @@ export class StaleBook {
     e.allDurable = false;
     e.blocks.clear();
     e.durable.clear();
+    e.unsure.clear();
+    e.unsureDurable.clear();
     return this.enqueueRemove(peer, 'all', token).then(() => true);
   }
 
@@ -206,7 +256,7 @@ export class StaleBook {
   private entry(peer: string): PeerEntry {
     let e = this.peers.get(peer);
     if (e === undefined) {
-      e = { all: false, blocks: new Set(), allDurable: false, durable: new Set(), generation: 0, narrowing: false };
+      e = { all: false, blocks: new Set(), allDurable: false, durable: new Set(), generation: 0, narrowing: false, unsure: new Set(), unsureDurable: new Set() };
       this.peers.set(peer, e);
     }
     return e;
@@ -236,6 +286,12 @@ export class StaleBook {
                 const part = sorted.slice(at, at + ADD_BLOCKS_PER_TXN_MAX);
                 await this.metadata.addStale(this.volumeId, op.peer, { ranges: indexesToRanges(part) });
                 for (const i of part) e.durable.add(i);
+              }
+              const unsure = [...new Set(op.unsure)].sort((a, b) => a - b);
+              for (let at = 0; at < unsure.length; at += ADD_BLOCKS_PER_TXN_MAX) {
+                const part = unsure.slice(at, at + ADD_BLOCKS_PER_TXN_MAX);
+                await this.metadata.addStale(this.volumeId, op.peer, { unsure: indexesToRanges(part) });
+                for (const i of part) e.unsureDurable.add(i);
               }
             }
           } else if (op.kind === 'narrow') {

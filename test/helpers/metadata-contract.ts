@@ -787,6 +787,25 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       await expectCode(md.addStale(4242, 'peer-a', { all: true }), 'TORUS_ERR_VOLUME_NOT_FOUND');
     });
 
+    it('stale records keep unsure blocks apart from missed ones; a removal under the newest token clears both', async () => {
+      await initialised();
+      const vol = await md.createVolume('pad', MiB);
+      const s = await session();
+      const lock = await s.lockVolume('pad', 'coordinator');
+      await md.addStale(vol.id, 'peer-a', { unsure: [[4, 6]] });
+      expect(await md.getStale(vol.id)).toMatchObject([{ peer: 'peer-a', all: false, ranges: [], unsure: [[4, 6]] }]);
+      await md.addStale(vol.id, 'peer-a', { ranges: [[0, 1]], unsure: [[6, 7]] });
+      expect((await md.getStale(vol.id))[0]).toMatchObject({ ranges: [[0, 1]], unsure: [[4, 7]] });
+      await md.removeStale(vol.id, 'peer-a', [[0, 5]], lock.token);
+      expect((await md.getStale(vol.id))[0]).toMatchObject({ ranges: [], unsure: [[5, 7]] });
+      await md.removeStale(vol.id, 'peer-a', [[5, 7]], lock.token);
+      expect(await md.getStale(vol.id)).toEqual([]);
+      // A record without unsure blocks has no unsure field at all.
+      await md.addStale(vol.id, 'peer-b', { ranges: [[1, 2]] });
+      expect((await md.getStale(vol.id))[0]!.unsure).toBeUndefined();
+      await expectCode(md.addStale(vol.id, 'peer-b', { unsure: [[3, 2]] }), 'TORUS_ERR_ARG_INVALID');
+    });
+
     it('a whole-volume stale record narrows to the blocks still behind, only under the newest token', async () => {
       await initialised();
       const vol = await md.createVolume('pad', MiB);

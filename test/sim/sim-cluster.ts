@@ -17,6 +17,7 @@ import type { AppliedChangeLike, NodeFactory, NodeUnderTest, SimTiming, VolumeIo
 import { guardObject } from './process-guard.js';
 import { SimClock, SimProcess } from './sim-clock.js';
 import { SimNetwork } from './sim-network.js';
+import { staleContains } from '../../src/model/ranges.js';
 import { watchStore, type StoreChange } from './store-watch.js';
 
 /** Sync methods of LocalBlockStore: after a crash they throw instead of hanging. */
@@ -310,7 +311,7 @@ export class SimCluster {
       this.staleCache.set(key, cached);
     }
     const rec = cached.record;
-    return rec.all || rec.ranges.some(([s, e]) => index >= s && index < e);
+    return staleContains(rec, index);
   }
 
   private readonly staleCache = new Map<string, { revision: number; record: StaleRecord }>();

@@ -123,6 +123,27 @@ describe('stale sets', () => {
   });
 });
 
+describe('unsure blocks in stale sets', () => {
+  it('are kept apart from missed blocks, named by staleContains, absorbed by all, and removed with them', () => {
+    const set = addToStale(addToStale(null, { ranges: [[0, 2]] }), { unsure: [[5, 7]] });
+    expect(set).toEqual({ all: false, ranges: [[0, 2]], unsure: [[5, 7]] });
+    expect(staleContains(set, 6)).toBe(true);
+    expect(staleContains(set, 3)).toBe(false);
+    // Only unsure: still a record.
+    expect(addToStale(null, { unsure: [[9, 10]] })).toEqual({ all: false, ranges: [], unsure: [[9, 10]] });
+    expect(addToStale(set, { all: true })).toEqual({ all: true, ranges: [] });
+    // A removal clears both kinds; the record goes when both are empty.
+    expect(removeFromStale(set, [[1, 6]])).toEqual({ all: false, ranges: [[0, 1]], unsure: [[6, 7]] });
+    expect(removeFromStale(set, [[0, 2]])).toEqual({ all: false, ranges: [], unsure: [[5, 7]] });
+    expect(removeFromStale(set, [[0, 10]])).toBeNull();
+    // Narrowing is about missed blocks: unsure ones stay until a coordinator compares them.
+    expect(narrowStaleSet(set, [[1, 2]])).toEqual({ all: false, ranges: [[1, 2]], unsure: [[5, 7]] });
+    expect(narrowStaleSet(set, [])).toEqual({ all: false, ranges: [], unsure: [[5, 7]] });
+    // Both kinds count toward the cap.
+    expect(addToStale({ all: false, ranges: [[0, 1]] }, { unsure: [[2, 3]] }, 1)).toEqual({ all: true, ranges: [] });
+  });
+});
+
 describe('narrowing and coarsening', () => {
   it('narrows a whole set to the kept blocks and a listed set to the blocks in both', () => {
     expect(narrowStaleSet({ all: true, ranges: [] }, [[5, 6], [1, 3]])).toEqual({ all: false, ranges: [[1, 3], [5, 6]] });
