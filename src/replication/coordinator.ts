@@ -611,7 +611,10 @@ export class VolumeCoordinator {
           }
         }
       }
-      const missed = plan.required.filter((u) => !acked.has(u));
+      // An owner that already took a later change replacing this one (a
+      // whole-block write or zero sent after it, answered first) misses
+      // nothing: its copy is newer than this change could make it.
+      const missed = plan.required.filter((u) => !acked.has(u) && (e.holders.get(u) ?? VERSION_ABSENT) < stamp.version);
       for (const u of missed) e.holders.delete(u);
       const quorumOk = this.quorumMet(e.index, owners, acked);
       // A change that no owner confirmed is not acknowledged, and no owner
@@ -851,7 +854,17 @@ export class VolumeCoordinator {
       // acknowledged change, maybe one more: they count in the comparison,
       // and are trusted again if they hold the newest copy.
       const unsureOnly = this.readableOwners(index, owners).filter((u) => this.stale.isUnsureOnly(u, index));
-      const trusted = [...this.trustedOwners(index, owners), ...unsureOnly];
+      let trusted = [...this.trustedOwners(index, owners), ...unsureOnly];
+      // Every owner recorded stale (each missed something, or restarted and
+      // lost what it had not flushed), and every one answered: no copy
+      // anywhere is newer than the newest of theirs, so waiting cannot bring
+      // anything back. Their newest copy is taken (changes none of them
+      // holds were lost with them, as after a power loss; a flush that
+      // counted on them keeps failing). While one does not answer, the block
+      // stays unavailable: that one may hold the newest copy.
+      const readable = this.readableOwners(index, owners);
+      const rescue = trusted.length === 0 && readable.length > 0 && readable.every((u) => metas.got.has(u));
+      if (rescue) trusted = [...readable];
       let newest: BlockMeta | null = null;
       for (const u of trusted) {
         const m = metas.got.get(u);
@@ -915,7 +928,8 @@ export class VolumeCoordinator {
       // Unsure owners that hold the newest copy are trusted again (the
       // removal is fenced by our token; if etcd refuses it, other readers
       // only stay more careful). Those that did not answer stay unsure.
-      const resolved = unsureOnly.filter((u) => metas.got.has(u) && !behind.includes(u));
+      if (rescue) this.log.warn({ block: index, version: newest.version, owners: readable }, 'every owner of the block was recorded stale and all answered: the newest copy is taken');
+      const resolved = (rescue ? readable : unsureOnly).filter((u) => metas.got.has(u) && !behind.includes(u) && metas.got.get(u)!.suspect !== true);
       if (resolved.length > 0) {
         await Promise.all(
           resolved.map((u) =>
