@@ -404,6 +404,15 @@ async function startNbdfuse(file: string, uri: string): Promise<void> {
 async function stopNbdfuse(): Promise<void> {
   const child = fuse.child;
   if (!child || !fuse.dir) return;
+  // umount of a loop mount lets go of the loop device a little later (the
+  // kernel detaches it asynchronously): until then the FUSE file is open
+  // and fusermount3 -u answers "Device or resource busy".
+  const disk = path.join(fuse.dir, 'disk');
+  await waitFor(
+    `the loop device on ${disk} to be released after umount`,
+    async () => (await run('losetup', ['-j', disk])).stdout.trim() === '',
+    15_000,
+  );
   await runOk('fusermount3', ['-u', fuse.dir]);
   const exit = await exitOf(child, 15_000);
   expect(exit, `nbdfuse did not exit cleanly after fusermount3 -u: ${fuse.output}`).toEqual({ code: 0, signal: null });
