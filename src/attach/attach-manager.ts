@@ -128,8 +128,8 @@ export class AttachManager {
     this.log = opts.logger.child({ module: 'attach' });
     this.kernel = opts.kernel ?? new KernelNbd();
     const exports: Record<OpenMode, VolumeExports> = {
-      rw: new VolumeExports(opts.metadata, opts.volumes, 'rw'),
-      ro: new VolumeExports(opts.metadata, opts.volumes, 'ro'),
+      rw: new VolumeExports(opts.metadata, opts.volumes, 'rw', { logger: opts.logger }),
+      ro: new VolumeExports(opts.metadata, opts.volumes, 'ro', { logger: opts.logger }),
     };
     const provider: ExportProvider = {
       list: async () => [],

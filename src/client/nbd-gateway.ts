@@ -69,7 +69,7 @@ export class NbdGateway {
       peerRecord: null,
     });
     await this.node.start();
-    this.nbd = new NbdServer({ provider: new VolumeExports(metadata, this.node.volumes, this.opts.mode), logger: log });
+    this.nbd = new NbdServer({ provider: new VolumeExports(metadata, this.node.volumes, this.opts.mode, { clock: systemClock, logger: log }), logger: log });
     const bound = await this.nbd.listen(this.opts.listen.host, this.opts.listen.port);
     return { host: this.opts.listen.host, port: bound.port };
   }

@@ -6,14 +6,17 @@ import type { ClusterContext } from '../replication/cluster-context.js';
 import { VolumeCoordinator } from '../replication/coordinator.js';
 import type { VolumeManager } from './volume-manager.js';
 import type { MetadataSession } from '../metadata/metadata-service.js';
+import { releaseLock } from './lock-release.js';
 
 export interface MaintenanceOptions {
-  readonly node: { readonly volumes: VolumeManager; currentSession(): MetadataSession | null };
+  readonly node: { readonly volumes: VolumeManager; readonly isLive: boolean; currentSession(): MetadataSession | null };
   readonly ctx: ClusterContext;
   readonly logger: Logger;
   readonly holder: string;
   /** Volumes this peer maintains in one pass at most. */
   readonly volumesMax: number;
+  /** A lock release that etcd did not answer is tried again after this long (doubling up to 5 s). */
+  readonly releaseRetryMs: number;
 }
 
 /**
@@ -88,7 +91,17 @@ export class Maintenance {
       } catch (err) {
         if (!isTorusError(err, 'TORUS_ERR_VOLUME_FENCED')) this.log.warn({ err, volume: v.name }, 'maintenance of a volume failed');
       } finally {
-        await lock.release().catch(() => undefined);
+        // A maintenance key left on our lease would refuse every other
+        // maintainer the volume for as long as this process runs (a ring
+        // transition waiting for the volume to move would never end).
+        await releaseLock(lock, {
+          clock: ctx.clock,
+          logger: this.log,
+          session,
+          stillWanted: () => this.opts.node.isLive && this.opts.node.currentSession() === session,
+          retryMs: this.opts.releaseRetryMs,
+          fields: { volume: v.name },
+        });
       }
     }
   }

@@ -144,7 +144,14 @@ export class ClusterNode {
       leaseDeadline: () => self.session?.leaseDeadline() ?? -Infinity,
       sessionId: () => self.session?.id ?? null,
     };
-    this.volumes = new VolumeManager({ ctx: this.ctx, session: () => this.session, holder: deps.holder, logger: deps.logger, writeLevel: deps.settings.replication.writeLevel });
+    this.volumes = new VolumeManager({
+      ctx: this.ctx,
+      session: () => this.session,
+      holder: deps.holder,
+      logger: deps.logger,
+      writeLevel: deps.settings.replication.writeLevel,
+      releaseRetryMs: deps.settings.retryMs,
+    });
     deps.transport.onPeerRestart?.((u) => {
       this.log.info({ peer: u }, 'peer restarted');
       void this.volumes.list().then((all) => {
@@ -230,7 +237,7 @@ export class ClusterNode {
     const resumed = await this.becomeLive(opts.resumeLeaseId ?? null);
     this.stopRingWatch = await this.retryEtcd('watch the ring', () => d.metadata.watchRing((ring) => this.applyRing(ring)));
     if (d.store !== null) {
-      this.maintenance = new Maintenance({ node: this, ctx: this.ctx, logger: d.logger, holder: d.holder, volumesMax: d.settings.maintenanceVolumesMax });
+      this.maintenance = new Maintenance({ node: this, ctx: this.ctx, logger: d.logger, holder: d.holder, volumesMax: d.settings.maintenanceVolumesMax, releaseRetryMs: d.settings.retryMs });
       this.driver = new TransitionDriver({ node: this, ctx: this.ctx, logger: d.logger, downOutIntervalMs: d.settings.downOutIntervalMs });
       this.gc = new GarbageCollector({ node: this, store: d.store, metadata: d.metadata, logger: d.logger });
     }

@@ -7,6 +7,7 @@ import { VolumeCoordinator } from '../replication/coordinator.js';
 import { VolumeReader } from '../replication/reader.js';
 import type { WriteLevel } from '../replication/settings.js';
 import { readOnlyIo, Volume } from '../volume/volume.js';
+import { releaseLock, type ReleasableLock } from './lock-release.js';
 
 export type OpenMode = 'rw' | 'ro';
 
@@ -41,6 +42,8 @@ export interface VolumeManagerOptions {
   readonly holder: string;
   readonly writeLevel?: WriteLevel;
   readonly logger: Logger;
+  /** A lock release that etcd did not answer is tried again after this long (doubling up to 5 s). Default 200 ms. */
+  readonly releaseRetryMs?: number;
 }
 
 /**
@@ -56,6 +59,8 @@ export class VolumeManager {
   private readonly open = new Map<string, Promise<OpenVolume>>();
   /** Volumes whose last user left and that are flushing and unlocking now. */
   private readonly closing = new Map<string, Promise<void>>();
+  /** closeAll() was called: the process is stopping and its lease ends with it. */
+  private stopping = false;
 
   constructor(opts: VolumeManagerOptions) {
     this.opts = opts;
@@ -157,7 +162,7 @@ export class VolumeManager {
       try {
         const lock = await session.lockVolume(ov.name, this.opts.holder);
         if (lock.token !== last + 1) {
-          await lock.release().catch((err) => this.log.warn({ err, volume: ov.name }, 'releasing a lock not to be used failed; it ends with the lease'));
+          await this.releaseLock(lock, session, ov.name);
           ov.fenced = true;
           this.log.error(
             { volume: ov.name, lastToken: last, newToken: lock.token },
@@ -180,6 +185,7 @@ export class VolumeManager {
    * are flushed, not unlocked.
    */
   async closeAll(opts: { keepLock?: (ov: OpenVolume) => boolean } = {}): Promise<void> {
+    this.stopping = true;
     for (const ov of await this.list()) {
       this.open.delete(`${ov.mode}:${ov.name}`);
       await this.closeVolume(ov, opts.keepLock?.(ov) ?? false).catch((err) => this.log.error({ err, volume: ov.name }, 'closing volume failed'));
@@ -212,7 +218,7 @@ export class VolumeManager {
         },
       });
     } catch (err) {
-      if (adoptToken === undefined) await lock.release().catch(() => undefined);
+      if (adoptToken === undefined) await this.releaseLock(lock, session, name);
       throw err;
     }
     const ov: OpenVolume = { name, mode, users: 0, lock, lockLost: false, fenced: false, coordinator, jobs: new VolumeJobs(coordinator), volume: undefined as unknown as Volume };
@@ -247,8 +253,28 @@ export class VolumeManager {
     } finally {
       await ov.coordinator?.close();
       const lock = ov.coordinator?.currentLock ?? ov.lock;
-      if (lock && !ov.lockLost && !keepLock) await lock.release().catch((err) => this.log.warn({ err, volume: ov.name }, 'releasing the volume lock failed; it ends with the lease'));
+      // Not lost: the lock is on the current session's lease (a new session
+      // marks every lock lost until relock() takes it again under the new one).
+      const session = this.opts.session();
+      if (lock && !ov.lockLost && !keepLock && session !== null) await this.releaseLock(lock, session, ov.name);
       this.log.info({ volume: ov.name, mode: ov.mode, lockKept: keepLock }, 'volume closed');
     }
+  }
+
+  /**
+   * Releases a lock taken under `session`, trying again while etcd does not
+   * answer (lock-release.ts): until the session is replaced (the lock went
+   * with the old lease) or this process stops (its lease goes with it). A
+   * client that reconnects meanwhile waits for it (acquire waits on closing).
+   */
+  private releaseLock(lock: ReleasableLock, session: MetadataSession, volume: string): Promise<boolean> {
+    return releaseLock(lock, {
+      clock: this.opts.ctx.clock,
+      logger: this.log,
+      session,
+      stillWanted: () => !this.stopping && this.opts.session() === session,
+      retryMs: this.opts.releaseRetryMs ?? 200,
+      fields: { volume },
+    });
   }
 }

@@ -212,7 +212,7 @@ export class TorusDaemon {
     if (cfg.autoJoin) await this.joinRing();
 
     this.nbd = new NbdServer({
-      provider: new VolumeExports(this.metadata, this.node.volumes, 'rw'),
+      provider: new VolumeExports(this.metadata, this.node.volumes, 'rw', { clock: this.clock, logger: this.root }),
       logger: this.root,
       onRequest: (r) => this.metrics.nbdRequest(r.command as NbdCommandName, r.bytes, r.latencyMs, r.error),
       onConnection: (event) => (event === 'open' ? this.metrics.nbdConnectionOpened() : this.metrics.nbdConnectionClosed()),

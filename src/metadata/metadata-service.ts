@@ -1,3 +1,4 @@
+import { isTorusError } from '../errors/torus-error.js';
 import type { ClusterConfig, PeerRecord, RingAck, RingRecord, StaleRecord, VolumeHealthRecord, VolumeLockRecord, VolumeMoveRecord, VolumeRecord } from '../model/records.js';
 
 /**
@@ -237,3 +238,12 @@ export interface VolumeReaderLock {
 }
 
 export const VOLUME_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+/**
+ * Failures after which the same metadata call may succeed when tried again:
+ * etcd did not answer (down, restarting, electing a leader, slow) or a
+ * compare-and-swap lost its races. Everything else is an answer.
+ */
+export function isTransientMetadataError(err: unknown): boolean {
+  return isTorusError(err, 'TORUS_ERR_ETCD_UNAVAILABLE') || isTorusError(err, 'TORUS_ERR_TIMEOUT') || isTorusError(err, 'TORUS_ERR_CLUSTER_CONFLICT');
+}

@@ -37,7 +37,7 @@ import {
   type OptionHeader,
   type RequestHeader,
 } from './codec.js';
-import { errnoName, errorMessage, toNbdErrno, toOptionError } from './errno.js';
+import { errnoName, errorMessage, optionReplyName, toNbdErrno, toOptionError } from './errno.js';
 import type { ExportProvider, NbdExport } from './export.js';
 import type { NbdLimits } from './limits.js';
 import {
@@ -557,8 +557,7 @@ export class NbdSession {
         info = await this.provider.describe(name);
       }
     } catch (err) {
-      if (option === OPT_GO) this.log.info({ export: name, err }, 'nbd export refused');
-      return this.replyOptionError(option, err);
+      return this.replyOptionError(option, err, name);
     }
     if (exp !== null && (this.finished || this.ending)) {
       await this.releaseQuietly(exp);
@@ -590,7 +589,7 @@ export class NbdSession {
     try {
       await this.provider.describe(exportName);
     } catch (err) {
-      return this.replyOptionError(option, err);
+      return this.replyOptionError(option, err, exportName);
     }
     let match: boolean;
     if (isSet) {
@@ -607,8 +606,17 @@ export class NbdSession {
     this.reply(option, REP_ACK);
   }
 
-  private replyOptionError(option: number, err: unknown): void {
+  /**
+   * Answers a failed open/describe/list with its reply (errno.ts) and logs
+   * the real error: the client may show only its own text for the reply.
+   * A refusal about the export itself (missing, held elsewhere) is logged
+   * at info; a failure of this server (etcd unreachable, a bug) at warn.
+   */
+  private replyOptionError(option: number, err: unknown, exportName?: string): void {
     const e = toOptionError(err);
+    const fields = { option: optionName(option), export: exportName, reply: optionReplyName(e.type), err };
+    if (e.aboutExport) this.log.info(fields, 'nbd export refused');
+    else this.log.warn(fields, 'nbd export refused');
     this.reply(option, e.type, Buffer.from(e.message.slice(0, 1024), 'utf8'));
   }
 

@@ -5,13 +5,17 @@
  * reads and writes are refused (EIO) rather than risk overlapping with it
  * or returning data older than its writes (docs/replication.md, guarantee
  * 6); when etcd is back, torusd takes a new lease and the lock again (a
- * newer token) and I/O resumes on the same connection. Takes about 40 s:
- * the lease TTL is 30 s and no test may shorten waiting for it with a sleep.
+ * newer token) and I/O resumes on the same connection. Then, with etcd
+ * frozen for a few seconds (well within the lease): a client that hangs up
+ * leaves no lock behind (the unlock is tried again until etcd answers), and
+ * a client that connects meanwhile is served once etcd is back. Takes about
+ * 50 s: the lease TTL is 30 s and no test may shorten waiting for it with a
+ * sleep.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBuilt } from '../helpers/build.js';
 import { startEtcd, type EtcdHandle } from '../helpers/etcd.js';
-import { nbdConnect, startTorusd, torusctlOk, type TorusdHandle } from '../helpers/torusd.js';
+import { nbdConnect, startTorusd, torusctlOk, volumeList, type TorusdHandle } from '../helpers/torusd.js';
 import { waitFor } from '../helpers/wait.js';
 
 let etcd: EtcdHandle | undefined;
@@ -60,5 +64,34 @@ describe('etcd outage', () => {
     expect((await c.flush()).error).toBe(0);
     expect((await c.read(0, 3 * 4096)).equals(Buffer.concat([A, B, C]))).toBe(true);
     c.close();
+  }, 120_000);
+
+  it('a client that hangs up while etcd does not answer leaves no lock behind, and one that connects meanwhile gets the volume once etcd answers', async () => {
+    await waitFor('pad to be free', async () => (await volumeList(etcd!.endpoint)).get('pad')?.status === 'free', 15_000, 250);
+    const c1 = await nbdConnect(d!.nbdPort, 'pad');
+    const D = Buffer.alloc(4096, 0xd4);
+    await c1.write(3 * 4096, D);
+    expect((await c1.flush()).error).toBe(0);
+
+    etcd!.process.kill('SIGSTOP');
+    frozen = true;
+    const since = Date.now();
+    // Its lock cannot be released now: the unlock times out (5 s) and is
+    // tried again, on a lease that lives on (30 s TTL).
+    await c1.disconnect();
+    const c2 = nbdConnect(d!.nbdPort, 'pad');
+    c2.catch(() => undefined);
+    await d!.waitForLog('the unlock to fail and be retried', (l) => l.msg === 'releasing the volume lock failed; retrying while etcd is unreachable' && Number(l.time) >= since, 20_000);
+    etcd!.process.kill('SIGCONT');
+    frozen = false;
+
+    // The client that connected during the outage is served once etcd is back
+    // (not told the export does not exist), and sees what c1 wrote.
+    const w = await c2;
+    expect((await w.read(3 * 4096, 4096)).equals(D)).toBe(true);
+    await w.disconnect();
+    // Nothing holds the volume any more: no lock was left on torusd's lease.
+    await waitFor('pad to be free again', async () => (await volumeList(etcd!.endpoint)).get('pad')?.status === 'free', 15_000, 250);
+    await d!.waitForLog('the unlock to succeed once etcd answered', (l) => l.msg === 'volume lock released after etcd answered again' && Number(l.time) >= since, 5_000);
   }, 120_000);
 });

@@ -145,6 +145,24 @@ async function oldWriterWrite(p: TorusdHandle, token: number, index: number): Pr
   }
 }
 
+function explained(err: Error, block: number): Error {
+  return Object.assign(new Error(`block ${block} through C: ${err.message}`), { block });
+}
+
+/** Cluster status and each peer's copy of a block, for a failed read. */
+async function readContext(block: number | undefined, since: number): Promise<string> {
+  const cl = cluster!;
+  const out = [`${Date.now() - since} ms after SIGCONT of B (${b.uuid}); A ${a.uuid}, C ${c.uuid}`];
+  out.push(`cluster status: ${JSON.stringify(await cl.status().catch((e: unknown) => String(e)))}`);
+  if (block !== undefined) {
+    for (const p of [a, b, c]) {
+      const copy = await cl.copies(p, volumeId).then((all) => JSON.stringify(all.find((x) => x.index === block) ?? 'none'), (e: unknown) => String(e));
+      out.push(`peer ${p.uuid}: block ${block}: ${copy}`);
+    }
+  }
+  return out.join('\n');
+}
+
 describe('fencing on real processes', () => {
   it('a writer cut off from etcd stops at its lease deadline; B takes over; the old writer is refused everywhere; nothing it acknowledged is lost', async () => {
     const cl = cluster!;
@@ -236,6 +254,7 @@ describe('fencing on real processes', () => {
 
     process.kill(b.pid, 'SIGCONT');
     frozen = null;
+    const contAt = Date.now();
     const answers = await Promise.race([
       Promise.all(queued.map((q) => q.reply)),
       new Promise<never>((_, reject) => setTimeout(() => reject(new Error('B did not answer its queued writes within 60 s of SIGCONT')), 60_000)),
@@ -243,11 +262,17 @@ describe('fencing on real processes', () => {
     answers.forEach((e, k) => expect(e, `queued write ${k} (block ${queued[k]!.index})`).not.toBe(0));
 
     // None of them landed anywhere: C reads what B had acknowledged.
-    for (const q of queued) {
-      const got = await w3.read(q.index * BLOCK, BLOCK);
-      expect(got.equals(q.data), `block ${q.index}: a queued write of the frozen writer shows`).toBe(false);
+    try {
+      for (const q of queued) {
+        const got = await w3.read(q.index * BLOCK, BLOCK).catch((err: Error) => Promise.reject(explained(err, q.index)));
+        expect(got.equals(q.data), `block ${q.index}: a queued write of the frozen writer shows`).toBe(false);
+      }
+      await expectAcked(w3, 'C');
+    } catch (err) {
+      // A read refused with EIO says nothing of why (the data path logs
+      // nothing above debug): add what etcd and every peer hold.
+      throw new Error(`${(err as Error).message}\n${await readContext((err as { block?: number }).block, contAt)}`);
     }
-    await expectAcked(w3, 'C');
     console.log(`fencing: all ${queued.length} writes queued on the frozen writer were refused (${answers.join(', ')})`);
   }, 240_000);
 });

@@ -55,7 +55,9 @@ function realNode(env: NodeEnv): NodeUnderTest {
     get replica() {
       return node.replica;
     },
-    start: () => node.start(),
+    start: async () => {
+      await node.start();
+    },
     stop: () => node.stop(),
     async open(name, mode): Promise<VolumeIo> {
       const ov = await node.volumes.acquire(name, mode);
@@ -575,5 +577,29 @@ describe('replication on a simulated cluster', () => {
     const through = await until(c, c.open(d, 'v', 'ro'));
     for (const i of missed) expect((await until(c, through.read(i * BLOCK, BLOCK))).equals(pattern(32 + i, BLOCK))).toBe(true);
     await until(c, through.close());
+  });
+
+  it('a writer that lets go while etcd does not answer releases its lock once etcd is back: the volume is not held for good', async () => {
+    const c = cluster({ peers: 3, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b] = c.peers as [SimPeer, SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    await until(c, io.write(0, pattern(7, 4 * BLOCK), false));
+    await until(c, io.flush());
+    // The client hangs up while a's etcd does not answer (an etcd restart),
+    // well within a's lease: the lease lives on, and so would a lock key
+    // left on it.
+    c.setPeerEtcdFault(a, 'unavailable');
+    const closing = io.close();
+    await runFor(c, 2_000);
+    expect(await until(c, c.adminMetadata.getVolumeLock(1)), 'the lock while etcd is away').not.toBeNull();
+    c.setPeerEtcdFault(a, 'none');
+    await until(c, closing);
+    expect(await until(c, c.adminMetadata.getVolumeLock(1)), 'the lock once etcd is back').toBeNull();
+    // Another writer opens it (not refused as in use by a, which still runs).
+    const io2 = await until(c, c.open(b, 'v', 'rw'));
+    expect((await until(c, io2.read(0, 4 * BLOCK))).equals(pattern(7, 4 * BLOCK))).toBe(true);
+    await until(c, io2.close());
   });
 });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { TorusError } from '../../src/errors/torus-error.js';
-import { errnoName, errorMessage, toNbdErrno, toOptionError } from '../../src/nbd/errno.js';
+import { errnoName, errorMessage, optionReplyName, toNbdErrno, toOptionError } from '../../src/nbd/errno.js';
 import { resolveLimits, DEFAULT_NBD_LIMITS } from '../../src/nbd/limits.js';
 import * as P from '../../src/nbd/protocol.js';
 
@@ -46,14 +46,43 @@ describe('toOptionError', () => {
     const e = toOptionError(new TorusError('TORUS_ERR_VOLUME_IN_USE', 'volume v is in use by 10.0.0.7:4321'));
     expect(e.type).toBe(P.REP_ERR_POLICY);
     expect(e.message).toContain('10.0.0.7:4321');
+    expect(e.aboutExport).toBe(true);
   });
 
-  it('answers unknown exports and other failures with ERR_UNKNOWN, shutdown with ERR_SHUTDOWN', () => {
-    expect(toOptionError(te('TORUS_ERR_NBD_EXPORT_UNKNOWN')).type).toBe(P.REP_ERR_UNKNOWN);
-    expect(toOptionError(te('TORUS_ERR_VOLUME_NOT_FOUND')).type).toBe(P.REP_ERR_UNKNOWN);
-    expect(toOptionError(te('TORUS_ERR_ETCD_UNAVAILABLE')).type).toBe(P.REP_ERR_UNKNOWN);
-    expect(toOptionError(new Error('boom')).type).toBe(P.REP_ERR_UNKNOWN);
-    expect(toOptionError(te('TORUS_ERR_STORE_CLOSED')).type).toBe(P.REP_ERR_SHUTDOWN);
+  it('answers NBD_REP_ERR_UNKNOWN only when the export does not exist', () => {
+    for (const code of ['TORUS_ERR_NBD_EXPORT_UNKNOWN', 'TORUS_ERR_VOLUME_NOT_FOUND', 'TORUS_ERR_NAME_INVALID'] as const) {
+      expect(toOptionError(te(code)), code).toEqual({ type: P.REP_ERR_UNKNOWN, message: `${code}: m`, aboutExport: true });
+    }
+  });
+
+  it('answers failures to open an existing export now (etcd, lease, races, timeouts) with POLICY, never UNKNOWN, and carries the code', () => {
+    for (const code of ['TORUS_ERR_ETCD_UNAVAILABLE', 'TORUS_ERR_ETCD_FAILED', 'TORUS_ERR_TIMEOUT', 'TORUS_ERR_SESSION_LOST', 'TORUS_ERR_CLUSTER_CONFLICT', 'TORUS_ERR_RING_EMPTY'] as const) {
+      const e = toOptionError(te(code));
+      expect(e.type, code).toBe(P.REP_ERR_POLICY);
+      expect(e.message).toBe(`${code}: m`);
+      expect(e.aboutExport, code).toBe(false);
+    }
+    for (const code of ['TORUS_ERR_VOLUME_FENCED', 'TORUS_ERR_VOLUME_READ_ONLY'] as const) {
+      expect(toOptionError(te(code)), code).toEqual({ type: P.REP_ERR_POLICY, message: `${code}: m`, aboutExport: true });
+    }
+  });
+
+  it('answers a server going down with NBD_REP_ERR_SHUTDOWN', () => {
+    expect(toOptionError(te('TORUS_ERR_STORE_CLOSED'))).toEqual({ type: P.REP_ERR_SHUTDOWN, message: 'TORUS_ERR_STORE_CLOSED: m', aboutExport: false });
+  });
+
+  it('answers an error that is not a TorusError (a bug) with POLICY and a stable code', () => {
+    const e = toOptionError(new Error('boom'));
+    expect(e.type).toBe(P.REP_ERR_POLICY);
+    expect(e.message).toMatch(/^TORUS_ERR_ASSERTION: .*boom/);
+    expect(e.aboutExport).toBe(false);
+  });
+
+  it('names option error replies as the spec does', () => {
+    expect(optionReplyName(P.REP_ERR_UNKNOWN)).toBe('NBD_REP_ERR_UNKNOWN');
+    expect(optionReplyName(P.REP_ERR_POLICY)).toBe('NBD_REP_ERR_POLICY');
+    expect(optionReplyName(P.REP_ERR_SHUTDOWN)).toBe('NBD_REP_ERR_SHUTDOWN');
+    expect(optionReplyName(0x8000_00ff)).toBe('NBD_REP_ERR_0x800000ff');
   });
 });
 

@@ -141,6 +141,30 @@ describe('NbdSession handshake', () => {
     expect(c.exportSize).toBe(64 * MiB);
   });
 
+  it('refuses an existing export it cannot open now (etcd unreachable) with POLICY, not UNKNOWN, carrying the code, and logs the real error', async () => {
+    const h = harness();
+    const down = new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', 'etcd at 127.0.0.1:2379 is unavailable (get /torus/volumes/disk): connection refused');
+    const open = h.provider.open.bind(h.provider);
+    const describe = h.provider.describe.bind(h.provider);
+    let failing = true;
+    h.provider.open = (name, client) => (failing ? Promise.reject(down) : open(name, client));
+    h.provider.describe = (name) => (failing ? Promise.reject(down) : describe(name));
+    const c = await NbdTestClient.connect(h.start().client);
+    for (const option of [P.OPT_GO, P.OPT_INFO]) {
+      const r = await c.option(option, encodeInfoRequest('disk', []));
+      expect(r).toHaveLength(1);
+      expect(r[0]!.type).toBe(P.REP_ERR_POLICY);
+      expect(r[0]!.data.toString()).toMatch(/^TORUS_ERR_ETCD_UNAVAILABLE: etcd at .* connection refused/);
+    }
+    const logged = h.logs.filter((l) => l.msg === 'nbd export refused');
+    expect(logged).toHaveLength(2);
+    expect(logged[0]).toMatchObject({ level: 40, option: 'go', export: 'disk', reply: 'NBD_REP_ERR_POLICY', err: { code: 'TORUS_ERR_ETCD_UNAVAILABLE' } });
+    // Negotiation goes on: once etcd answers, the same connection gets the export.
+    failing = false;
+    await c.go('disk');
+    expect(c.exportSize).toBe(64 * MiB);
+  });
+
   it('refuses an export in use by policy, naming the holder', async () => {
     const h = harness();
     const first = await openExport(h.start().client, 'excl');
