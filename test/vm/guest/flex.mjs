@@ -37,9 +37,17 @@ function run(cmd, args, { timeoutMs = 300_000, allowFail = false, env } = {}) {
   });
 }
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+/** A line this often while waiting: the harness (run-in-vm.sh) takes a silent guest for a hung one. */
+const HEARTBEAT_MS = 60_000;
 async function waitFor(what, probe, timeoutMs, intervalMs = 250) {
-  const deadline = Date.now() + timeoutMs;
+  const started = Date.now();
+  const deadline = started + timeoutMs;
+  let beat = started + HEARTBEAT_MS;
   for (;;) {
+    if (Date.now() >= beat) {
+      beat += HEARTBEAT_MS;
+      log(`  still waiting for ${what} (${Math.round((Date.now() - started) / 1000)} s of ${timeoutMs / 1000} s)`);
+    }
     if (await probe().catch(() => false)) return;
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await sleep(intervalMs);
@@ -138,11 +146,13 @@ const torusctl = (...args) => run(process.execPath, [path.join(DIST, 'cmd/torusc
 await torusctl('init', '--replication', '1');
 await torusctl('volume', 'create-block', 'pad', '64MiB');
 await torusctl('volume', 'create-block', 'faulty', '64MiB');
+log('cluster initialised, volumes pad and faulty created (torusctl)');
 const B = new Node('b', ['--peer-address', '127.0.0.1:40001', '--nbd-address', '127.0.0.1:10810', '--auto-join']);
 const A = new Node('a', ['--peer-address', '127.0.0.1:40000', '--nbd-address', '127.0.0.1:10809']);
 await B.start();
+log('torusd B ready');
 await A.start();
-log('torusd A and B ready');
+log('torusd A ready');
 
 // ------------------------------------------------------------ checks
 
