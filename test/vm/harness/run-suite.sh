@@ -10,7 +10,7 @@
 # SCRIPT is under test/vm/guest/; VAR=VALUE pairs go to its environment.
 # Exit status: the guest script's (124: run-in-vm.sh gave up on the VM).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 label=$1
 script=$2
 shift 2
