@@ -20,8 +20,14 @@ const { AttachClient } = await import(path.join(DIST, 'src/attach/api-client.js'
 
 const WORK = '/tmp/torus-vm';
 const ETCD = '127.0.0.1:2379';
-/** Long enough that a torusd start under emulation on a busy host (seen up to 70 s) fits the kill -9 budget (2/3 of it); the death check uses the default 30 s. */
-const LEASE_TTL = Number(process.env.TORUS_VM_LEASE_TTL ?? 90);
+/**
+ * Long enough that a torusd start under emulation on a busy host fits the
+ * kill -9 budget (at least 2/3 of it: torusd renews its lease every third
+ * of the TTL). Starts of 58 to 70 s were seen at a load average of 6 to 8,
+ * past what a 90 s lease surely allows; 120 s costs the budget check 30 s.
+ * The death check uses the default 30 s.
+ */
+const LEASE_TTL = Number(process.env.TORUS_VM_LEASE_TTL ?? 120);
 const REQUEST_TIMEOUT = 10;
 const DEAD_CONN_TIMEOUT = LEASE_TTL;
 const only = process.env.TORUS_VM_ONLY ? new Set(process.env.TORUS_VM_ONLY.split(',')) : null;
