@@ -13,7 +13,9 @@
  *   anyway until the lease TTL.
  * - The next torusd resumes that lease instead of revoking it, takes over
  *   each lock only if the lease still holds it with the recorded token
- *   (adoptVolumeLock), and hands the kernel a new socket with RECONFIGURE.
+ *   (adoptVolumeLock) and renews it at once (the volume's next token, so
+ *   the new coordinator's versions never repeat the previous run's), and
+ *   hands the kernel a new socket with RECONFIGURE.
  *   Requests the kernel had sent to the dead socket time out and are
  *   re-sent on the new one; reads and writes are idempotent, flushes too.
  * - Past the budget (lease expired: the lock may be someone else's), the
@@ -171,6 +173,9 @@ export class AttachManager {
    */
   async resume(resumed: boolean): Promise<void> {
     const recorded = this.recorded?.attachments ?? [];
+    // Read now: a device failed in the loop below rewrites this.recorded,
+    // and with no read-write device left its lease id is null.
+    const recordedLease = this.recorded?.leaseId ?? null;
     this.timer = setInterval(() => void this.checkRecord(), RECORD_CHECK_MS);
     this.timer.unref();
     if (recorded.length === 0) return;
@@ -209,7 +214,7 @@ export class AttachManager {
       a.state = 'reconnecting';
       try {
         if ((r.mode === 'rw' || r.readerLock === true) && !resumed) {
-          throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `the lease ${this.recorded?.leaseId ?? '?'} that held the lock expired while torusd was down (longer than the restart budget); another node may have taken the volume`);
+          throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `the lease ${recordedLease ?? '?'} that held the lock expired while torusd was down (longer than the restart budget); another node may have taken the volume`);
         }
         // The resumed lease still holds the reader key: taking it again on it keeps the one lock.
         if (a.readerLock) await this.takeReaderLock(a);

@@ -19,6 +19,8 @@ import { StaleBook } from './stale-book.js';
 
 /** Versions left under a token when the coordinator renews it (changes in flight meanwhile still fit). */
 const SEQ_RENEW_MARGIN = 1 << 20;
+/** Reads of one replica again when a change to the block committed while the read was in flight (readNow). */
+const READ_AGAIN_MAX = 3;
 
 /** How a replica's refusal or silence is taken. */
 type Failure = 'outdated' | 'fenced' | 'peer' | 'block';
@@ -760,10 +762,26 @@ export class VolumeCoordinator {
       for (const u of this.trustedHolders(e, owners)) {
         const api = this.ctx.replica(u);
         if (api === null || !this.ctx.health.usable(u)) continue;
+        // A replica is behind when it answers with less than was committed
+        // (or returned) when the read was SENT. A change to the block that
+        // commits while the read is in flight (another range of the block,
+        // or the same one) may have reached the replica only after it
+        // served the read: judged against that change, a good replica
+        // would be recorded stale and, as the only copy, make the block
+        // unavailable (seen in the VM suites: blkid racing ext4's writes
+        // to block 0). Such an answer is not stale; it is read again, a
+        // bounded number of times, so that below write level "all" (where
+        // a change is acknowledged before it commits) it does not return
+        // data older than a change committed meanwhile.
+        const need = Math.max(e.committed, e.floor);
         try {
-          const reply = await this.bounded(api, u, 'read', (ctx) => api.read(ctx, this.refOf(index), offset, length));
+          const readOnce = () => this.bounded(api, u, 'read', (ctx) => api.read(ctx, this.refOf(index), offset, length));
+          let reply = await readOnce();
+          for (let again = 0; again < READ_AGAIN_MAX && reply.meta.version >= need && reply.meta.version < Math.max(e.committed, e.floor); again++) {
+            releaseBuffer(reply.data);
+            reply = await readOnce();
+          }
           this.ctx.health.succeeded(u);
-          const need = Math.max(e.committed, e.floor);
           if (reply.meta.version >= need) {
             // Never back in time: later reads return at least this.
             if (e.floor < reply.meta.version) e.floor = reply.meta.version;

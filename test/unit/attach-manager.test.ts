@@ -103,6 +103,28 @@ describe('AttachManager across a torusd restart', () => {
     expect(t.manager.list()).toEqual([]);
   });
 
+  it('names the expired lease in every failed device, not only the first', async () => {
+    // Failing the first device rewrites attachments.json (no read-write
+    // device left: no lease id); the second one's reason still names it.
+    const kernel = fakeKernel(
+      new Map([
+        [3, { connected: true, backend: 'torus:u:pad:attach-1' }],
+        [4, { connected: true, backend: 'torus:u:pad2:attach-2' }],
+      ]),
+    );
+    const t = await setup({ kernel });
+    await t.md.createVolume('pad2', 8 * MiB);
+    const two = recorded('123', 4);
+    await writeState(t.dir, { ...two, attachments: [...two.attachments, { ...two.attachments[0]!, index: 4, volume: 'pad2', backend: 'torus:u:pad2:attach-2' }] });
+    await t.manager.load();
+    t.setSession(await t.md.openSession({ ttlSeconds: 30 }));
+    await t.manager.resume(false);
+    expect(kernel.calls).toEqual(['disconnect 3', 'disconnect 4']);
+    const details = t.manager.list().map((a) => a.detail);
+    expect(details).toHaveLength(2);
+    for (const d of details) expect(d).toMatch(/the lease 123 that held the lock expired/);
+  });
+
   it('fails the device for good when the resumed lease no longer holds the lock under the recorded token', async () => {
     const kernel = fakeKernel(new Map([[3, { connected: true, backend: 'torus:u:pad:attach-1' }]]));
     const t = await setup({ kernel });

@@ -272,6 +272,21 @@ describe('requests the node service refuses', () => {
     expect(await a.attach.list()).toEqual([]);
   });
 
+  it('detaches a fenced-off device whose flush fails also when the node that took the volume has let go of it again', async () => {
+    const a = node('node-a');
+    await stage(a);
+    a.attach.node.flushFails = 'EIO';
+    // Node B took the volume with tokens past A's 1, used it and unstaged it:
+    // no lock shows that now, the volume's fence does.
+    cluster.writers.delete('pvc-1');
+    const s = await md.openSession({ ttlSeconds: 30 });
+    await (await s.lockVolume('pvc-1', 'torusd on node-b')).release();
+    await (await s.lockVolume('pvc-1', 'torusd on node-b')).release();
+    expect(await md.getVolumeLock(Number(vid.split('/')[1]))).toBeNull();
+    await unstage(a);
+    expect(await a.attach.list()).toEqual([]);
+  });
+
   it('advertises staging, stats and single-node multi-writer; reports its node id', async () => {
     const a = node('node-a');
     expect(((await a.rpc.NodeGetCapabilities({} as never)) as any).capabilities.map((c: any) => c.rpc.type)).toEqual(['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'SINGLE_NODE_MULTI_WRITER']);

@@ -6,14 +6,4 @@
 # skips, when the VM cannot run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-node24_bin=$(bash scripts/node24.sh --bin)
-[ -n "$node24_bin" ] && export PATH="$node24_bin:$PATH"
-bash scripts/install-deps.sh
-node=$(command -v node)
-started=$(date +%s)
-set +e
-bash test/vm/harness/run-in-vm.sh "$node" test/vm/guest/flex.mjs
-code=$?
-set -e
-echo "vm flex suite: exit $code after $(( $(date +%s) - started )) s"
-exit $code
+exec bash test/vm/harness/run-suite.sh "vm flex suite" flex.mjs

@@ -5,14 +5,9 @@
 # attach/mkfs/mount/detach across two torusds, a read fault while mounting,
 # torusd restarts (SIGTERM, kill -9, a long one) under a writer, a restart
 # past the budget, and the death of the serving torusd. Fails (never skips)
-# when the VM cannot run. TORUS_VM_ONLY=attach,restart runs a subset.
+# when the VM cannot run. TORUS_VM_ONLY=attach,restart runs a subset;
+# TORUS_VM_LEASE_TTL (default 120 s) is node A's lease in the restart checks.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-bash scripts/install-deps.sh
-started=$(date +%s)
-set +e
-bash test/vm/harness/run-in-vm.sh env TORUS_VM_ONLY="${TORUS_VM_ONLY:-}" TORUS_VM_LEASE_TTL="${TORUS_VM_LEASE_TTL:-90}" bash test/vm/guest/stage.sh
-code=$?
-set -e
-echo "vm suite: exit $code after $(( $(date +%s) - started )) s"
-exit $code
+exec bash test/vm/harness/run-suite.sh "vm suite" scenarios.mjs \
+  "TORUS_VM_ONLY=${TORUS_VM_ONLY:-}" "TORUS_VM_LEASE_TTL=${TORUS_VM_LEASE_TTL:-120}"

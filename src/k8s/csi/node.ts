@@ -257,17 +257,27 @@ export class NodeService {
 
   /**
    * A writer whose flush fails may be fenced off: its lease expired (the
-   * node was cut off or frozen) and another node holds the volume with a
+   * node was cut off or frozen) and another node took the volume with a
    * newer token. Its unflushed writes can never land, so keeping the device
    * attached would only keep the node from ever unstaging. A flush that
-   * fails while the lock is still ours, or held by no one (an etcd outage
-   * this torusd may recover from), keeps the device for a retry.
+   * fails while no token newer than ours was handed out (the lock is still
+   * ours, or an etcd outage this torusd may recover from by taking the next
+   * token itself) keeps the device for a retry.
+   *
+   * Judged by the volume's fence (the newest token handed out), not by who
+   * holds the lock now: the other node may have let go already (the CSI VM
+   * suite: node B staged, checked and unstaged the volume before node A's
+   * unstage), and torusd marks the device failed only once it notices.
    */
   private async fencedOff(att: AttachmentInfo): Promise<boolean> {
     if (att.mode !== 'rw' || att.lockToken === null) return false;
     try {
-      const lock = await this.o.metadata.getVolumeLock(att.volumeId);
-      return lock !== null && lock.token > att.lockToken;
+      // torusd's view now: it may have failed the device meanwhile, or taken
+      // the lock again itself (a newer token, ours).
+      const now = (await this.o.attach.list()).find((a) => a.device === att.device && a.volumeId === att.volumeId);
+      if (now?.state === 'failed') return true;
+      const ours = Math.max(att.lockToken, now?.lockToken ?? 0);
+      return (await this.o.metadata.getFence(att.volumeId)) > ours;
     } catch {
       return false;
     }

@@ -46,10 +46,18 @@ function run(cmd, args, { timeoutMs = 120_000, allowFail = false } = {}) {
 }
 const sh = (script, opts) => run('bash', ['-c', script], opts);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+/** A line this often while waiting: the harness (run-in-vm.sh) takes a silent guest for a hung one. */
+const HEARTBEAT_MS = 60_000;
 async function waitFor(what, probe, timeoutMs, intervalMs = 250) {
-  const deadline = Date.now() + timeoutMs;
+  const started = Date.now();
+  const deadline = started + timeoutMs;
+  let beat = started + HEARTBEAT_MS;
   let last;
   for (;;) {
+    if (Date.now() >= beat) {
+      beat += HEARTBEAT_MS;
+      log(`  still waiting for ${what} (${Math.round((Date.now() - started) / 1000)} s of ${timeoutMs / 1000} s)`);
+    }
     try {
       const v = await probe();
       if (v) return v;

@@ -10,8 +10,8 @@
 #
 # Environment: TORUS_VM_CACHE (kernel and initramfs; default
 # ~/.cache/torus-vm-harness), TORUS_VM_MEM (MiB, 2048), TORUS_VM_CPUS (2),
-# TORUS_VM_TIMEOUT (s, 900), TORUS_VM_VERBOSE=1 (kernel messages on the
-# console), TORUS_VM_DRIVE (a raw image file on the host, attached as the
+# TORUS_VM_IDLE_TIMEOUT (s, 600) and TORUS_VM_TIMEOUT (s, 2400): see "run"
+# below, TORUS_VM_VERBOSE=1 (kernel messages on the console), TORUS_VM_DRIVE (a raw image file on the host, attached as the
 # guest's /dev/vda; see below for its cache mode), TORUS_VM_PIDFILE (QEMU
 # writes its pid there, for a caller that kills it on purpose: the power-loss
 # suite). QEMU runs with TCG (software emulation): it needs no /dev/kvm and
@@ -23,7 +23,8 @@ ROOT=$(cd "$HERE/../../.." && pwd -P)
 CACHE=${TORUS_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/torus-vm-harness}
 MEM=${TORUS_VM_MEM:-2048}
 CPUS=${TORUS_VM_CPUS:-2}
-TIMEOUT=${TORUS_VM_TIMEOUT:-900}
+TIMEOUT=${TORUS_VM_TIMEOUT:-2400}
+IDLE_TIMEOUT=${TORUS_VM_IDLE_TIMEOUT:-600}
 # Copied into the initramfs (with their dependencies) and loaded at boot.
 MODULES="virtio_pci virtio_net virtio_rng virtio_blk 9pnet_virtio 9p nbd ext4 crc32c_generic"
 
@@ -106,8 +107,26 @@ if [ ! -s "$CACHE/initrd.img" ] || [ "$HERE/init.sh" -nt "$CACHE/initrd.img" ] |
 fi
 
 # ---- run --------------------------------------------------------------------------
+# How long a run may take depends on the host: under emulation the guest is
+# 5 to 10 times slower on a busy host than on a quiet one, so a fixed bound
+# either fails slow runs that are fine or waits far too long for a hung one.
+# The guest scripts bound each of their own waits and, while one lasts, print
+# a line at least every minute; so the console going silent for
+# TORUS_VM_IDLE_TIMEOUT seconds (longer than any single bounded step in the
+# guest) means the guest is wedged where none of its own timeouts can fire (a
+# process stuck in the kernel on a dead device, a kernel hang). QEMU is then
+# killed, and the message quotes the guest's last line, which names the step
+# it was in. TORUS_VM_TIMEOUT bounds the whole run, as a last resort.
 ctl=$(mktemp -d -t torus-vm-ctl.XXXXXX)
-trap 'rm -rf "$ctl"' EXIT
+con=$(mktemp -d -t torus-vm-con.XXXXXX)
+qpid=""
+cleanup() {
+  if [ -n "$qpid" ] && kill -0 "$qpid" 2>/dev/null; then kill -KILL "$qpid" 2>/dev/null || true; fi
+  rm -rf "$ctl" "$con"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 { printf 'cd %q && exec' "$ROOT"; printf ' %q' "$@"; echo; } >"$ctl/cmd"
 printf 'SHARED=%q\n' "$ROOT" >"$ctl/env"
 quiet="quiet loglevel=1"; [ "${TORUS_VM_VERBOSE:-0}" = 1 ] && quiet="loglevel=6"
@@ -126,9 +145,9 @@ if [ -n "${TORUS_VM_DRIVE:-}" ]; then
   extra+=(-drive "file=$TORUS_VM_DRIVE,if=virtio,format=raw,cache=none,aio=threads")
 fi
 [ -n "${TORUS_VM_PIDFILE:-}" ] && extra+=(-pidfile "$TORUS_VM_PIDFILE")
-say "booting Debian $kv under QEMU TCG ($CPUS vCPU, $MEM MiB)"
-set +e
-timeout "$TIMEOUT" qemu-system-x86_64 \
+say "booting Debian $kv under QEMU TCG ($CPUS vCPU, $MEM MiB; gives up after ${IDLE_TIMEOUT} s without a line from the guest or ${TIMEOUT} s in all)"
+mkfifo "$con/out"
+qemu-system-x86_64 \
   -M q35 -accel tcg -cpu max -smp "$CPUS" -m "$MEM" -no-reboot -nodefaults -display none \
   -chardev stdio,id=con,signal=on -serial chardev:con \
   -kernel "$CACHE/vmlinux" -initrd "$CACHE/initrd.img" \
@@ -137,9 +156,49 @@ timeout "$TIMEOUT" qemu-system-x86_64 \
   -virtfs "local,path=$ctl,mount_tag=ctl,security_model=none" \
   -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
   -virtfs "local,path=$ROOT,mount_tag=shared,security_model=passthrough,multidevs=remap" \
-  "${extra[@]}" </dev/null
+  "${extra[@]}" </dev/null >"$con/out" &
+qpid=$!
+exec 3<"$con/out"
+# Relays the console line by line and watches it. A partial line (a prompt,
+# a progress dot) counts as output too: read -t keeps what it got.
+started=$SECONDS
+last=$SECONDS
+lastline="(nothing yet: the kernel boots quietly; TORUS_VM_VERBOSE=1 shows its messages)"
+gaveup=""
+while :; do
+  line=""
+  if IFS= read -r -t 5 line <&3; then
+    printf '%s\n' "$line"
+    last=$SECONDS
+    [ -n "$line" ] && lastline=$line
+  else
+    st=$?
+    if [ -n "$line" ]; then
+      printf '%s' "$line"
+      last=$SECONDS
+      lastline=$line
+    fi
+    [ "$st" -gt 128 ] || break # end of the console: QEMU exited
+  fi
+  if [ $((SECONDS - last)) -ge "$IDLE_TIMEOUT" ]; then
+    gaveup="the guest printed nothing for ${IDLE_TIMEOUT} s (TORUS_VM_IDLE_TIMEOUT): it is hung, not slow; its last line was: $lastline"
+  elif [ $((SECONDS - started)) -ge "$TIMEOUT" ]; then
+    gaveup="the VM did not finish within ${TIMEOUT} s (TORUS_VM_TIMEOUT), though the guest was still printing; its last line was: $lastline"
+  fi
+  if [ -n "$gaveup" ]; then
+    say "error: $gaveup"
+    kill -TERM "$qpid" 2>/dev/null || true
+    for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$qpid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$qpid" 2>/dev/null || true
+    break
+  fi
+done
+exec 3<&-
+set +e
+wait "$qpid"
 qrc=$?
 set -e
-[ $qrc -eq 124 ] && say "the VM did not finish within ${TIMEOUT} s (TORUS_VM_TIMEOUT)"
-[ -s "$ctl/rc" ] || { say "the guest did not report an exit status"; exit 125; }
+qpid=""
+[ -n "$gaveup" ] && exit 124
+[ -s "$ctl/rc" ] || { say "the guest did not report an exit status (QEMU exited $qrc)"; exit 125; }
 exit "$(cat "$ctl/rc")"
