@@ -195,7 +195,9 @@ while :; do
 done
 exec 3<&-
 set +e
-wait "$qpid"
+# (Its stderr: bash's own "Killed" line when the power-loss suite or the
+# watchdog above killed QEMU on purpose.)
+wait "$qpid" 2>/dev/null
 qrc=$?
 set -e
 qpid=""
