@@ -285,6 +285,8 @@ export class VolumeCoordinator {
     const records: Promise<void>[] = [];
     const short: number[] = [];
     const unconfirmed: [string, Set<number>][] = [];
+    // Pins of blocks recorded stale, let go once the short ones are counted.
+    const released: number[] = [];
     results.forEach((r, i) => {
       const [u, blocks] = batches[i]!;
       if (r.status === 'fulfilled') {
@@ -310,6 +312,7 @@ export class VolumeCoordinator {
       for (const b of blocks) {
         this.blocks.peek(b)?.holders.delete(u);
         short.push(b);
+        released.push(b);
       }
     });
     for (const [u, blocks] of unconfirmed) {
@@ -326,9 +329,7 @@ export class VolumeCoordinator {
     for (let i = short.length - 1; i >= 0; i--) {
       if (this.durableCopies(short[i]!) >= this.quorumFor(short[i]!)) short.splice(i, 1);
     }
-    for (const [, blocks] of batches.filter((_, i) => results[i]!.status === 'rejected' && !unconfirmed.some(([u]) => u === batches[i]![0]))) {
-      for (const b of blocks) this.unpin(b);
-    }
+    for (const b of released) this.unpin(b);
     await Promise.all(records);
     for (const b of this.lostInRestart) {
       if (this.durableCopies(b) < this.quorumFor(b)) short.push(b);

@@ -35,6 +35,13 @@ type Op =
   | { kind: 'remove'; peer: string; what: number[] | 'all'; token: number; waiters: { resolve(): void; reject(err: unknown): void }[] }
   | { kind: 'narrow'; peer: string; keep: readonly number[]; token: number; waiters: { resolve(narrowed: boolean): void; reject(err: unknown): void }[] };
 
+/** Adds the indexes to the set; true when one was new. */
+function addTo(set: Set<number>, indexes: readonly number[]): boolean {
+  const before = set.size;
+  for (const i of indexes) set.add(i);
+  return set.size !== before;
+}
+
 /** Indexes per addStale transaction; a larger batch is split. */
 const ADD_BLOCKS_PER_TXN_MAX = 4096;
 
@@ -141,14 +148,7 @@ export class StaleBook {
       }
       if (e.allDurable) return Promise.resolve();
     } else {
-      let fresh = false;
-      for (const i of blocks) {
-        if (!e.blocks.has(i)) {
-          e.blocks.add(i);
-          fresh = true;
-        }
-      }
-      if (fresh) e.generation++;
+      if (addTo(e.blocks, blocks)) e.generation++;
       // Memory may have had them while their addition is still queued or
       // failed: only what etcd holds lets the caller go on.
       if (e.allDurable || blocks.every((i) => e.durable.has(i))) return Promise.resolve();
@@ -165,14 +165,7 @@ export class StaleBook {
    */
   recordUnsure(peer: string, blocks: readonly number[]): Promise<void> {
     const e = this.entry(peer);
-    let fresh = false;
-    for (const i of blocks) {
-      if (!e.unsure.has(i)) {
-        e.unsure.add(i);
-        fresh = true;
-      }
-    }
-    if (fresh) e.generation++;
+    if (addTo(e.unsure, blocks)) e.generation++;
     if (e.allDurable || blocks.every((i) => e.unsureDurable.has(i) || e.durable.has(i))) return Promise.resolve();
     return this.enqueueAdd(peer, false, [], blocks.filter((i) => !e.unsureDurable.has(i)));
   }
