@@ -433,13 +433,20 @@ export class AttachManager {
       if (session) await Promise.race([session.closed, new Promise((r) => setTimeout(r, DETACH_WAIT_MS).unref())]);
     }
     this.forget(a);
+    // The device is gone either way; a final flush that failed is reported
+    // once the attachment is cleaned up.
+    let flushErr: unknown = null;
     if (a.ov) {
       const ov = a.ov;
       a.ov = null;
-      await this.opts.volumes.release(ov);
+      await this.opts.volumes.release(ov).catch((err: unknown) => (flushErr = err));
     }
     await this.dropReaderLock(a);
     await this.record();
+    if (flushErr !== null) {
+      log.error({ err: flushErr }, 'volume detached, but its final flush failed');
+      throw flushErr;
+    }
     log.info({}, 'volume detached');
     return { device: devicePath(index), volume: a.volume, detached: true };
   }

@@ -143,6 +143,7 @@ export class ClusterNode {
       ringAcknowledged: (v) => self.ringAcknowledged(v, false),
       leaseDeadline: () => self.session?.leaseDeadline() ?? -Infinity,
       sessionId: () => self.session?.id ?? null,
+      peerRestarts: (u) => deps.transport.restarts?.(u) ?? 0,
     };
     this.volumes = new VolumeManager({
       ctx: this.ctx,

@@ -29,6 +29,13 @@ export class PeerDirectory implements PeerTransport {
   private readonly addresses = new Map<string, string>();
   private readonly clients = new Map<string, PeerClient>();
   private readonly restartListeners: ((uuid: string) => void)[] = [];
+  /**
+   * The last incarnation each peer answered as, kept across its clients (a
+   * peer that restarted on a new address gets a new client, whose first
+   * handshake has no previous incarnation of its own).
+   */
+  private readonly incarnations = new Map<string, string>();
+  private readonly restartCounts = new Map<string, number>();
 
   constructor(private readonly opts: PeerDirectoryOptions) {}
 
@@ -60,13 +67,21 @@ export class PeerDirectory implements PeerTransport {
         logger: this.opts.logger,
         incarnation: this.opts.incarnation,
         pool: this.opts.pool,
-        onIncarnationChange: () => {
+        onIncarnationChange: (change) => {
+          const before = this.incarnations.get(uuid);
+          this.incarnations.set(uuid, change.current);
+          if (before === undefined || before === change.current) return;
+          this.restartCounts.set(uuid, (this.restartCounts.get(uuid) ?? 0) + 1);
           for (const l of this.restartListeners) l(uuid);
         },
       });
       this.clients.set(uuid, c);
     }
     return c;
+  }
+
+  restarts(uuid: string): number {
+    return this.restartCounts.get(uuid) ?? 0;
   }
 
   onPeerRestart(listener: (uuid: string) => void): void {

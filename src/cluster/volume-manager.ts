@@ -249,7 +249,12 @@ export class VolumeManager {
 
   private async closeVolume(ov: OpenVolume, keepLock = false): Promise<void> {
     try {
-      if (ov.mode === 'rw' && !ov.lockLost) await ov.volume.flush();
+      if (ov.mode === 'rw') {
+        // A close flushes. Without the lock nothing may be flushed on our
+        // behalf any more: the close says so rather than pass for a flush.
+        if (ov.lockLost) throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${ov.name}" was closed without its final flush: its lock was lost with the etcd lease`);
+        await ov.volume.flush();
+      }
     } finally {
       await ov.coordinator?.close();
       const lock = ov.coordinator?.currentLock ?? ov.lock;

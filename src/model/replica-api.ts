@@ -159,6 +159,12 @@ export interface PeerTransport {
    */
   onPeerRestart?(listener: (uuid: string) => void): void;
   /**
+   * How many times this transport saw the peer answer as a new incarnation
+   * (a restart), counted before any answer of the new one is handed over:
+   * a coordinator compares it across a change and its flush.
+   */
+  restarts?(uuid: string): number;
+  /**
    * The peer records just read from etcd: a transport that dials addresses
    * takes each peer's current one (a restarted peer may listen elsewhere).
    */

@@ -31,6 +31,12 @@ export interface BlockEntry {
    * read: learning the block again must never settle below it.
    */
   floor: Version;
+  /**
+   * The newest version of a change this coordinator acknowledged to its
+   * client: learning the block again below it means that change was lost
+   * (every later flush then fails: coordinator.ts, loseData).
+   */
+  acked: Version;
   /** Owner → the version it holds (VERSION_ABSENT for nothing). Unknown owners are missing. */
   readonly holders: Map<string, Version>;
   /** Owner → its metadata as last asked (a move compares new owners' copies with it). */

@@ -43,4 +43,6 @@ export interface ClusterContext {
   leaseDeadline(): number;
   /** The id of this process's etcd session now (null while it has none): a lock held under another one is gone. */
   sessionId(): string | null;
+  /** Restarts of a peer seen so far (PeerTransport.restarts); 0 when the transport cannot tell. */
+  peerRestarts?(uuid: string): number;
 }

@@ -81,9 +81,15 @@ export class VolumeCoordinator {
   private readonly reconciling = new Map<number, Promise<BlockEntry>>();
   /** Owner → blocks it took since its last flush (what a flush must reach). */
   private readonly unflushed = new Map<string, Set<number>>();
+  /**
+   * Owner → its restart count (ClusterContext.peerRestarts) when it took
+   * what `unflushed` lists: a flush answered by a later incarnation does
+   * not make those durable, they were lost with the restart.
+   */
+  private readonly unflushedEpoch = new Map<string, number>();
   /** Changes still finishing after an early acknowledgement (write levels one and local). */
   private readonly background = new Set<Promise<void>>();
-  /** A background change that could not reach minReplicas: the next flush fails with it. */
+  /** Stale records a restart needed could not be written: the next flush fails with it. */
   private lostSinceFlush: TorusError | null = null;
   /** Blocks an owner may have lost in a restart since the last flush: the next flush checks they keep minReplicas copies. */
   private readonly lostInRestart = new Set<number>();
@@ -100,6 +106,13 @@ export class VolumeCoordinator {
   /** Blocks moved to their new owners in the transition with this (moving) ring version. */
   private movedIn = { ringVersion: 0, blocks: new Set<number>(), all: false };
   private fenced: TorusError | null = null;
+  /**
+   * Acknowledged changes were lost with every copy that held them (their
+   * owners stopped before flushing them, and an older copy was taken).
+   * Every later FLUSH of this open fails with it: a successful FLUSH would
+   * say they are durable (docs/replication.md, "Lost changes").
+   */
+  private dataLost: TorusError | null = null;
   private closed = false;
   /**
    * Changes this coordinator made under its current token, across all
@@ -258,6 +271,7 @@ export class VolumeCoordinator {
     this.lostSinceFlush = null;
     const batches = [...this.unflushed.entries()].filter(([, s]) => s.size > 0);
     for (const [u] of batches) this.unflushed.set(u, new Set());
+    const epochs = batches.map(([u]) => this.unflushedEpoch.get(u) ?? this.restartsOf(u));
     const results = await Promise.allSettled(
       batches.map(async ([u]) => {
         const api = this.ctx.replica(u);
@@ -289,9 +303,22 @@ export class VolumeCoordinator {
     const released: number[] = [];
     results.forEach((r, i) => {
       const [u, blocks] = batches[i]!;
-      if (r.status === 'fulfilled') {
+      if (r.status === 'fulfilled' && this.restartsOf(u) === epochs[i]) {
         this.ctx.health.succeeded(u);
         for (const b of blocks) this.unpin(b);
+        return;
+      }
+      if (r.status === 'fulfilled') {
+        // A later incarnation answered: it flushed what it holds, not what
+        // the one before it took and lost with its restart.
+        this.ctx.health.succeeded(u);
+        this.log.warn({ peer: u, blocks: blocks.size }, 'flush answered by a restarted replica; what it took before the restart is recorded stale');
+        records.push(this.stale.record(u, [...blocks]));
+        for (const b of blocks) {
+          this.blocks.peek(b)?.holders.delete(u);
+          short.push(b);
+          released.push(b);
+        }
         return;
       }
       const kind = classifyFailure(r.reason);
@@ -346,8 +373,13 @@ export class VolumeCoordinator {
     }
     for (const b of new Set(short)) this.markShort(b);
     this.checkLease();
-    if (lost) throw lost;
+    if (this.dataLost) throw this.dataLost;
+    if (lost) {
+      this.log.warn({ err: lost }, 'flush failed: a change acknowledged early did not reach minReplicas owners');
+      throw lost;
+    }
     if (short.length > 0) {
+      this.log.warn({ blocks: [...new Set(short)].slice(0, 16), count: new Set(short).size }, 'flush failed: blocks with fewer than minReplicas durable copies');
       throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `flush of volume ${this.volume.name}: ${short.length} block(s) have fewer than the minimum of durable copies`, { details: { blocks: short.slice(0, 16) } });
     }
   }
@@ -360,15 +392,16 @@ export class VolumeCoordinator {
     this.shortSinceFlush.add(index);
   }
 
-  /** Whether at least minReplicas trusted owners hold the block's newest version (learnt again if the table lost it). */
+  /** Whether at least minReplicas trusted owners hold the block's newest version durably (learnt again when it seems not). */
   private async durableEnough(index: number): Promise<boolean> {
-    let e = this.blocks.peek(index);
-    if (e === undefined) {
-      try {
-        e = await this.touch(index);
-      } catch {
-        return false;
-      }
+    if (this.blocks.peek(index) !== undefined && this.durableCopies(index) >= this.quorumFor(index)) return true;
+    // Learnt again: owners that did not answer when the block was last
+    // learnt are not known holders, though they may hold its newest copy
+    // durably by now (a catch-up); a block would stay short for good.
+    try {
+      await this.touch(index, { fresh: true });
+    } catch {
+      return false;
     }
     return this.durableCopies(index) >= this.quorumFor(index);
   }
@@ -394,6 +427,7 @@ export class VolumeCoordinator {
    */
   peerRestarted(u: string): void {
     const s = this.unflushed.get(u);
+    this.unflushedEpoch.set(u, this.restartsOf(u));
     if (s === undefined || s.size === 0) return;
     this.unflushed.set(u, new Set());
     const blocks = [...s];
@@ -410,6 +444,11 @@ export class VolumeCoordinator {
     });
     this.background.add(recorded);
     void recorded.finally(() => this.background.delete(recorded));
+  }
+
+  /** Restarts of peer u seen so far (0 when the transport cannot tell). */
+  private restartsOf(u: string): number {
+    return this.ctx.peerRestarts?.(u) ?? 0;
   }
 
   async close(): Promise<void> {
@@ -461,9 +500,12 @@ export class VolumeCoordinator {
         const tracked = done.finished.then(
           () => undefined,
           (err: unknown) => {
-            this.lostSinceFlush ??= err instanceof TorusError ? err : new TorusError('TORUS_ERR_REPLICA_QUORUM', String(err));
-            // Acknowledged with fewer than minReplicas copies: every later
-            // flush fails too until the block has them durable again.
+            // Acknowledged with fewer than minReplicas copies: every flush
+            // fails until the block has them durable again (a catch-up of
+            // the owners that missed it, or a later change that reaches
+            // them). If the owners that took it lose it, learning the block
+            // again finds the loss (loseData).
+            this.log.debug({ err, block: index }, 'a change acknowledged early reached fewer than minReplicas owners; flushes fail until the block has them');
             this.markShort(index);
           },
         );
@@ -471,6 +513,8 @@ export class VolumeCoordinator {
         void tracked.finally(() => this.background.delete(tracked));
       }
       this.checkLease();
+      // Acknowledged to the client from here on.
+      if (e.acked < version) e.acked = version;
     } finally {
       release();
     }
@@ -540,8 +584,12 @@ export class VolumeCoordinator {
       let noSpace = 0;
       let earlyDone = false;
       const self = this.ctx.selfUuid;
+      // The restart count of each owner when it answered: one that restarts
+      // before the change is booked as unflushed has lost it already.
+      const ackedAt = new Map<string, number>();
       const onAck = (u: string) => {
         acked.add(u);
+        ackedAt.set(u, this.restartsOf(u));
         if (this.writeLevel === 'all') return;
         // Acknowledged early, the change must be what reads through this
         // coordinator see from now on: only owners that took it serve them.
@@ -601,11 +649,18 @@ export class VolumeCoordinator {
         plan = this.targets(e.index, owners);
         send = plan.send.filter((u) => !acked.has(u));
       }
+      // An owner that restarted since it took the change (and before it was
+      // flushed) lost it: it did not take it after all.
+      if (!fua) for (const u of [...acked]) if (ackedAt.get(u) !== this.restartsOf(u)) acked.delete(u);
       // Every owner that must have the change and did not take it is
       // recorded stale before anything is acknowledged.
       for (const u of acked) {
         if ((e.holders.get(u) ?? VERSION_ABSENT) < stamp.version) e.holders.set(u, stamp.version);
         if (!fua) {
+          // What it took under an earlier incarnation is gone.
+          const now = this.restartsOf(u);
+          if ((this.unflushedEpoch.get(u) ?? now) !== now) this.peerRestarted(u);
+          this.unflushedEpoch.set(u, now);
           let s = this.unflushed.get(u);
           if (s === undefined) this.unflushed.set(u, (s = new Set()));
           if (!s.has(e.index)) {
@@ -890,18 +945,36 @@ export class VolumeCoordinator {
         if (m === undefined || m.suspect) continue;
         if (newest === null || compareCopies(m, newest) > 0) newest = m;
       }
-      const floor = previous?.floor ?? VERSION_ABSENT;
-      if (newest === null && trusted.length > 0 && trusted.every((u) => metas.got.get(u)?.suspect === true)) {
+      let floor = previous?.floor ?? VERSION_ABSENT;
+      // The newest change to the block this coordinator acknowledged.
+      const acked = previous?.acked ?? VERSION_ABSENT;
+      const allSuspect = newest === null && trusted.length > 0 && trusted.every((u) => metas.got.get(u)?.suspect === true);
+      // A rescue where some owner stopped uncleanly: its suspect copy may
+      // hold changes the others missed (what reached its disk unflushed),
+      // so it competes with theirs by the version it last made durable.
+      const suspectInRescue = rescue && trusted.some((u) => metas.got.get(u)?.suspect === true);
+      if (allSuspect || suspectInRescue) {
         // Every trusted copy is suspect: every owner stopped uncleanly (a
         // power loss of all of them). Each holds everything it was flushed
         // with; adopt the newest that passes its checksums.
-        newest = await this.adopt(ref, trusted, metas.got);
-        if (newest !== null) {
-          this.log.warn({ block: index, version: newest.version }, 'every copy of the block was suspect; adopted the newest one that checks out (unflushed changes may be lost, as after a power loss)');
+        const adopted = await this.adopt(ref, trusted, metas.got);
+        if (adopted !== null) {
+          newest = adopted.meta;
+          this.log.warn({ block: index, version: newest.version, from: adopted.from }, 'every copy of the block was suspect or stale; adopted the newest one that checks out (unflushed changes may be lost, as after a power loss)');
+          // A suspect copy's version is that of its last flush: what it
+          // holds beyond it cannot be told apart from a loss.
+          if (adopted.from < acked) this.loseData(index, acked, adopted.from);
+          floor = VERSION_ABSENT;
           if (previous !== undefined) previous.floor = VERSION_ABSENT;
         }
+      } else if (rescue && newest !== null && newest.version < acked) {
+        // Every owner answered and none holds what was acknowledged: it is
+        // gone with the copies that stopped before flushing it.
+        this.loseData(index, acked, newest.version);
+        floor = VERSION_ABSENT;
+        if (previous !== undefined) previous.floor = VERSION_ABSENT;
       }
-      if (newest === null || newest.version < (previous?.floor ?? floor)) {
+      if (newest === null || newest.version < floor) {
         // Never back in time: owners that answered with less than this
         // coordinator already acknowledged or returned are behind.
         const behind = trusted.filter((u) => {
@@ -922,6 +995,7 @@ export class VolumeCoordinator {
         state: 'absent',
         digest: null,
         floor: VERSION_ABSENT,
+        acked: VERSION_ABSENT,
         holders: new Map(),
         metas: new Map(),
         unsure: false,
@@ -976,7 +1050,7 @@ export class VolumeCoordinator {
    * caught up from it. Copies lost outright (suspect and absent) leave the
    * block absent. Null when none can be adopted.
    */
-  private async adopt(ref: BlockRef, trusted: readonly string[], got: Map<string, BlockMeta>): Promise<BlockMeta | null> {
+  private async adopt(ref: BlockRef, trusted: readonly string[], got: Map<string, BlockMeta>): Promise<{ meta: BlockMeta; from: number } | null> {
     const candidates = trusted.map((u) => ({ u, m: got.get(u)! })).sort((a, b) => b.m.version - a.m.version);
     const top = Math.max(0, ...candidates.map((c) => c.m.version));
     const version = this.nextVersion(top);
@@ -991,7 +1065,7 @@ export class VolumeCoordinator {
         if (!ok) continue;
         const adopted: BlockMeta = { state: checked.state, version, suspect: false, digest };
         got.set(u, adopted);
-        return adopted;
+        return { meta: adopted, from: m.version };
       } catch (err) {
         const kind = classifyFailure(err);
         if (kind === 'fenced') throw err;
@@ -1007,7 +1081,7 @@ export class VolumeCoordinator {
         if (!dropped) return null;
         got.set(u, ABSENT_META);
       }
-      return ABSENT_META;
+      return { meta: ABSENT_META, from: VERSION_ABSENT };
     }
     return null;
   }
@@ -1187,6 +1261,21 @@ export class VolumeCoordinator {
     if (this.ctx.sessionId() !== this.lock.session || this.ctx.clock.monotonic() > this.ctx.leaseDeadline()) {
       throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${this.volume.name}": the lease under its lock may have expired; nothing is acknowledged past it`);
     }
+  }
+
+  /** Acknowledged changes of the block are gone for good: every later flush of this open fails (docs/replication.md, "Lost changes"). */
+  private loseData(index: number, acked: number, have: number): void {
+    this.log.error({ block: index, acknowledged: acked, have }, 'acknowledged changes were lost with every copy that held them; every later flush of this open fails');
+    this.dataLost ??= new TorusError(
+      'TORUS_ERR_DATA_LOST',
+      `volume "${this.volume.name}": acknowledged changes to block ${index} were lost with every copy that held them before a flush; flushes of this open fail from now on (detach and attach again)`,
+      { details: { block: index } },
+    );
+  }
+
+  /** The loss that fails every flush of this open, if any. */
+  get lostData(): TorusError | null {
+    return this.dataLost;
   }
 
   private checkUsable(): void {

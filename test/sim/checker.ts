@@ -83,10 +83,17 @@ export class Checker {
     return null;
   }
 
-  /** A failed operation: an operating error while faults are active; never an assertion, never while quiet. */
-  checkFailure(what: string, err: unknown, faultsActive: boolean): Violation | null {
+  /** A failed operation: an operating error while faults are active; never an assertion, never while quiet (but for a loss the model confirms). */
+  checkFailure(what: string, err: unknown, faultsActive: boolean, lostAcked = false): Violation | null {
     const { code, bug } = classifyError(err);
     if (bug) return { guarantee: 'bug', message: `${what} failed with a bug: ${code}` };
+    // A flush (or close) after a crash took an acknowledged, unflushed
+    // change of this writer from every store: it must fail, faults or not
+    // (until the client attaches again). Without such a loss it is a
+    // needless failure.
+    if (code === 'TORUS_ERR_DATA_LOST') {
+      return lostAcked ? null : { guarantee: 'liveness', message: `${what} failed with ${code} although no crash could have taken an acknowledged change of this writer` };
+    }
     if (!faultsActive) return { guarantee: 'liveness', message: `${what} failed with ${code} while no fault was active` };
     if (!FAULT_ERROR_CODES.has(code as ErrorCode)) return { guarantee: 'G1/G4', message: `${what} failed with ${code}, not an error a fault explains` };
     return null;
@@ -258,7 +265,8 @@ export class Checker {
   /**
    * For the model after a crash: per sector, the values some store holds
    * (any peer, dead or alive, in the state a restart finds). A block a store
-   * does not hold contributes nothing: absence is not a zero that survived.
+   * does not hold contributes nothing: absence is not a zero that survived;
+   * nor does a suspect copy (see below).
    */
   heldValues(model: VolumeModel): (s: number) => ReadonlySet<number> {
     const spb = this.sectorsPerBlock;
@@ -268,7 +276,13 @@ export class Checker {
       const index = Math.floor(s / spb);
       const ref = blockRef(model.volumeId, 1, index);
       for (const v of stores) {
-        const c = v.store.inspect(ref).visible;
+        const seen = v.store.inspect(ref);
+        // A suspect copy (its peer stopped uncleanly since it last made the
+        // block durable) may hold unflushed data that reached its disk, or
+        // not, or part of it: its version cannot tell, so nothing in it
+        // counts as surviving the crash until a coordinator confirms it.
+        if (seen.suspect) continue;
+        const c = seen.visible;
         if (c === null) continue;
         const value = c.state === 'zero' ? 0 : sectorValueAt(c.data!, (s - index * spb) * SECTOR_BYTES, model.volumeId, s);
         if (value !== null) held.add(value);

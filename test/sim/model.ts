@@ -62,6 +62,14 @@ export class VolumeModel {
   private readonly unsettled = new Set<number>();
   /** Per writer handle, the sectors with an acknowledged change of its since their durable base: the only ones its flush can move. */
   private readonly byHandle = new Map<number, Set<number>>();
+  /** Writer handles with an acknowledged, unflushed change when a store crashed: their flushes may fail with TORUS_ERR_DATA_LOST. */
+  private readonly lostBy = new Set<number>();
+  private crashCount = 0;
+
+  /** Crashes so far (whole-volume calls of crashed()). */
+  get crashes(): number {
+    return this.crashCount;
+  }
 
   constructor(
     readonly name: string,
@@ -159,10 +167,14 @@ export class VolumeModel {
    * A store lost what it had not made durable. `held(s)` lists the values
    * some store (any peer, in the state a restart finds) still holds for
    * sector s: the sector may now read as any candidate from the newest one
-   * still held (at worst its durable base) onwards.
+   * still held (at worst its durable base) onwards. With a sector range,
+   * only those sectors (a change in flight across a crash, acknowledged
+   * after it) and the crash is not counted again.
    */
-  crashed(held: (s: number) => ReadonlySet<number>): void {
+  crashed(held: (s: number) => ReadonlySet<number>, first = 0, count = this.sectorCount): void {
+    if (first === 0 && count === this.sectorCount) this.crashCount++;
     for (const s of this.unsettled) {
+      if (s < first || s >= first + count) continue;
       const t = this.sectors[s]!;
       const values = held(s);
       let from = 0;
@@ -178,7 +190,20 @@ export class VolumeModel {
       assert(firstNow >= 0, 'the candidates start on the sector\'s timeline');
       // Candidates only widen: a crash never makes something impossible.
       t.cands = t.timeline.slice(Math.min(from, firstNow));
+      // Whatever was acknowledged and not yet flushed may be gone as far as
+      // the writer can tell: a surviving copy of it may be the crashed
+      // peer's own (suspect, its version unknown), which the coordinator
+      // cannot tell from an older one.
+      for (let i = 1; i < t.timeline.length; i++) {
+        const c = t.timeline[i]!;
+        if (c.acked) this.lostBy.add(c.handle);
+      }
     }
+  }
+
+  /** Whether a crash may have taken an acknowledged change of this writer handle. */
+  lostAcked(handle: number): boolean {
+    return this.lostBy.has(handle);
   }
 
   /** Timeline entries of sector s (tests and failure reports). */

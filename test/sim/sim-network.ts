@@ -57,6 +57,8 @@ interface Endpoint {
 interface Call {
   readonly from: string;
   readonly caller: SimProcess;
+  /** Told which incarnation answered, before the answer is handed over (a peer client's handshake). */
+  readonly servedBy: (ep: Endpoint) => void;
   settled: boolean;
   readonly resolve: (v: unknown) => void;
   readonly reject: (e: unknown) => void;
@@ -111,16 +113,33 @@ export class SimNetwork {
   /** The PeerTransport a node incarnation uses. */
   transportFor(uuid: string, process: SimProcess): PeerTransport {
     const proxies = new Map<string, ReplicaApi>();
+    // Like the peer clients of torusd (peer-directory.ts): the incarnation
+    // each peer last answered as; a new one counts as a restart, told
+    // before its first answer is handed over.
+    const seen = new Map<string, Endpoint>();
+    const restarts = new Map<string, number>();
+    const listeners: ((uuid: string) => void)[] = [];
+    const servedBy = (ep: Endpoint): void => {
+      const before = seen.get(ep.uuid);
+      seen.set(ep.uuid, ep);
+      if (before === undefined || before === ep) return;
+      restarts.set(ep.uuid, (restarts.get(ep.uuid) ?? 0) + 1);
+      for (const l of listeners) l(ep.uuid);
+    };
     return {
       peer: (target: string): ReplicaApi | null => {
         if (!this.known.has(target)) return null;
         let p = proxies.get(target);
         if (p === undefined) {
-          p = this.proxy(uuid, process, target);
+          p = this.proxy(uuid, process, target, servedBy);
           proxies.set(target, p);
         }
         return p;
       },
+      onPeerRestart: (listener) => {
+        listeners.push(listener);
+      },
+      restarts: (target) => restarts.get(target) ?? 0,
     };
   }
 
@@ -180,21 +199,21 @@ export class SimNetwork {
     return l;
   }
 
-  private proxy(from: string, caller: SimProcess, to: string): ReplicaApi {
+  private proxy(from: string, caller: SimProcess, to: string, servedBy: (ep: Endpoint) => void): ReplicaApi {
     const api: Partial<Record<ReplicaMethod, (...args: unknown[]) => Promise<unknown>>> = {};
     for (const m of REPLICA_METHODS) {
-      api[m] = (...args: unknown[]) => this.send(from, caller, to, m, args);
+      api[m] = (...args: unknown[]) => this.send(from, caller, to, m, args, servedBy);
     }
     return api as unknown as ReplicaApi;
   }
 
-  private send(from: string, caller: SimProcess, to: string, method: ReplicaMethod, rawArgs: unknown[]): Promise<unknown> {
+  private send(from: string, caller: SimProcess, to: string, method: ReplicaMethod, rawArgs: unknown[], servedBy: (ep: Endpoint) => void): Promise<unknown> {
     // A dead process sends nothing (its code may still be unwinding).
     if (!caller.alive) return new Promise(() => undefined);
     // Copied now: the caller may reuse its buffers as soon as the call is made.
     const args = rawArgs.map(copyValue);
     return new Promise((resolve, reject) => {
-      const call: Call = { from, caller, settled: false, resolve, reject };
+      const call: Call = { from, caller, servedBy, settled: false, resolve, reject };
       const link = this.link(from, to);
       count(link, args);
       const ep = this.endpoints.get(to);
@@ -245,23 +264,24 @@ export class SimNetwork {
     if (!ep.pending.delete(call)) return; // reset already (the process died), or a duplicate answered first
     if (!ep.process.alive) return;
     if (!outcome.ok && isBug(outcome.err)) this.opts.onBug(`${ep.uuid}.${method}`, outcome.err);
-    this.answer(ep.uuid, call, outcome, false);
+    this.answer(ep.uuid, call, outcome, false, ep);
   }
 
   /** Sends an outcome back to the caller over the reverse link. */
-  private answer(from: string, call: Call, outcome: Outcome, reset: boolean): void {
+  private answer(from: string, call: Call, outcome: Outcome, reset: boolean, servedBy?: Endpoint): void {
     if (call.settled) return;
     const link = this.link(from, call.from);
     if (link.blocked) return;
     if (!reset && this.chance(this.faultsNow.dropReply)) return;
     count(link, outcome.ok ? [outcome.value] : []);
     const at = this.deliveryTime(link);
-    this.clock.schedule(call.caller, at - this.clock.monotonic(), () => this.settleCall(call, outcome));
+    this.clock.schedule(call.caller, at - this.clock.monotonic(), () => this.settleCall(call, outcome, servedBy));
   }
 
-  private settleCall(call: Call, outcome: Outcome): void {
+  private settleCall(call: Call, outcome: Outcome, servedBy?: Endpoint): void {
     if (call.settled) return;
     call.settled = true;
+    if (servedBy !== undefined) call.servedBy(servedBy);
     if (outcome.ok) call.resolve(outcome.value);
     else call.reject(outcome.err);
   }

@@ -88,6 +88,8 @@ interface OpRun {
   /** Guarantee 2 applies when it was issued: etcd and minReplicas trusted owners of each block it touches were reachable. */
   readonly reachableAtIssue: boolean;
   readonly faultEpoch: number;
+  /** The volume model's crash count at issue: a crash while it was in flight may take it even once acknowledged. */
+  readonly crashesAtIssue: number;
   done: boolean;
   timer: { cancel(): void } | null;
 }
@@ -298,8 +300,14 @@ export class Workload {
         if (err instanceof ClientTimeout) {
           if (quiet) this.opts.fail({ guarantee: 'liveness', message: `closing ${vol.name} got no answer within ${CLIENT_TIMEOUT_MS} ms while no fault was active` });
         } else {
-          const v = this.opts.checker.checkFailure(`close of ${vol.name}`, err, !quiet);
+          const v = this.opts.checker.checkFailure(`close of ${vol.name}`, err, !quiet, vol.model.lostAcked(w.handle));
           if (v) this.opts.fail(v);
+          // The close's flush reported the loss; the volume was let go all the same.
+          if (isTorusError(err, 'TORUS_ERR_DATA_LOST') && vol.writer === w) {
+            vol.writer = null;
+            vol.writerLostAt = this.cluster.clock.monotonic();
+            return true;
+          }
         }
         if (vol.writer === w) this.abandonWriter(vol, 'close failed');
         return false;
@@ -400,6 +408,7 @@ export class Workload {
       issueSeq: kind === 'flush' ? ++this.seq : this.seq,
       quietAtIssue: quiet.isQuiet(),
       reachableAtIssue: kind !== 'read' && kind !== 'flush' && this.ownersReachable(vol, span.first, span.count, w),
+      crashesAtIssue: vol.model.crashes,
       faultEpoch: quiet.epoch,
       done: false,
       timer: null,
@@ -492,7 +501,10 @@ export class Workload {
     const checker = this.opts.checker;
     // Guarantee 2: with etcd and minReplicas trusted owners of every block reachable
     // (before and after), a write succeeds, within the bound.
-    const mustGoOn = op.reachableAtIssue && this.ownersReachable(vol, op.first, op.count, op.writer);
+    // A flush that reports changes a crash took (the model agrees) is right to fail.
+    const lostAcked = vol.model.lostAcked(op.writer.handle);
+    const reportsLoss = !ok && isTorusError(value, 'TORUS_ERR_DATA_LOST') && lostAcked;
+    const mustGoOn = !reportsLoss && op.reachableAtIssue && this.ownersReachable(vol, op.first, op.count, op.writer);
     if (this.quietThroughout(op)) this.coverage.quietOps++;
     if (!ok) this.coverage.failedOps++;
     if (ok && op.kind === 'read') this.coverage.readsChecked++;
@@ -516,8 +528,12 @@ export class Workload {
       const code = isTorusError(value) ? value.code : String(value);
       this.opts.log.add(`op ${op.id} failed ${code}`);
       if (op.kind !== 'read' && op.kind !== 'flush') vol.model.uncertain(this.candidate(op), op.first, op.count);
-      const v = checker.checkFailure(`op ${op.id} (${op.kind} of ${vol.name} sectors ${op.first}+${op.count} through peer ${op.writer.peer.index})`, value, !this.quietThroughout(op));
+      const v = checker.checkFailure(`op ${op.id} (${op.kind} of ${vol.name} sectors ${op.first}+${op.count} through peer ${op.writer.peer.index})`, value, !this.quietThroughout(op), lostAcked);
       if (v) fail({ ...v, blocks: this.blocksOf(op) });
+      // Acknowledged changes were lost: every flush of this attachment fails
+      // from now on, so the client detaches and attaches again, as a
+      // filesystem would be remounted after the I/O error.
+      if (reportsLoss && vol.writer === op.writer && !vol.paused) void this.closeWriter(vol, 'data lost: attach again').then(() => this.ensureWriter(vol));
       // Fenced for good (another holder took the volume while this writer's
       // lease was gone: volume-manager.ts, relock): its device fails until it
       // is detached and attached again, which is what a client does.
@@ -548,6 +564,11 @@ export class Workload {
         this.opts.log.add(`op ${op.id} ok`);
         const c = this.candidate(op);
         vol.model.acked(c, op.first, op.count);
+        // A peer that took it may have lost it in a crash before the
+        // acknowledgement came (the coordinator learns of a restart only
+        // when the new incarnation answers): what no store holds now is
+        // as lost as after that crash.
+        if (vol.model.crashes !== op.crashesAtIssue) vol.model.crashed(checker.heldValues(vol.model), op.first, op.count);
         const min = this.opts.timing.writeLevel === 'all' ? this.opts.minReplicas() : 1;
         const v = checker.checkWriteAck(vol.model, { ...c, acked: true }, op.first, op.count, min, this.opts.owners);
         if (v) fail({ ...v, message: `op ${op.id}: ${v.message}`, blocks: this.blocksOf(op) });

@@ -518,6 +518,39 @@ describe('replication on a simulated cluster', () => {
     await until(c, io.close());
   });
 
+  it('an acknowledged, unflushed write lost with the only owner that took it fails every later flush with TORUS_ERR_DATA_LOST until the volume is opened again', async () => {
+    const c = cluster({ peers: 3, members: 2, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
+    let io = await until(c, c.open(w, 'v', 'rw'));
+    await until(c, io.write(0, pattern(6, BLOCK), false));
+    await until(c, io.flush());
+    // a is cut off: the next write reaches b alone (minReplicas 1) and is
+    // acknowledged; b then stops uncleanly before any flush.
+    c.network.partition(w.uuid, a.uuid);
+    await until(c, io.write(0, pattern(7, BLOCK), false));
+    c.crash(b);
+    c.network.healAll();
+    await until(c, c.start(b));
+    await runFor(c, 10_000);
+    const outcome = async (): Promise<string> => until(c, io.flush().then(() => 'ok', (e: unknown) => (isTorusError(e) ? e.code : String(e))));
+    // The first flush may still count copies; from the moment the loss is
+    // found, every flush says so, however many copies the block has again.
+    expect(await outcome()).not.toBe('ok');
+    await until(c, io.read(0, BLOCK));
+    expect(await outcome()).toBe('TORUS_ERR_DATA_LOST');
+    await runFor(c, 30_000);
+    expect(await outcome()).toBe('TORUS_ERR_DATA_LOST');
+    // Attached again, the client starts from what survived.
+    const closed = await until(c, io.close().then(() => 'ok', (e: unknown) => (isTorusError(e) ? e.code : String(e))));
+    expect(closed).toBe('TORUS_ERR_DATA_LOST');
+    io = await until(c, c.open(w, 'v', 'rw'), 60_000);
+    await until(c, io.write(BLOCK, pattern(8, BLOCK), false));
+    await until(c, io.flush());
+    await until(c, io.close());
+  });
+
   it('runs flushes one after another: a flush with nothing new to flush does not answer before an earlier one', async () => {
     const c = cluster({ peers: 3, members: 2, replication: 2 });
     await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
