@@ -936,9 +936,12 @@ export class VolumeCoordinator {
       // holds were lost with them, as after a power loss; a flush that
       // counted on them keeps failing). While one does not answer, the block
       // stays unavailable: that one may hold the newest copy.
+      // During a ring transition the owners not yet readable (new owners
+      // of a block this coordinator has not seen moved) count too: a change
+      // that reached only them leaves the newest copy there.
       const readable = this.readableOwners(index, owners);
-      const rescue = trusted.length === 0 && readable.length > 0 && readable.every((u) => metas.got.has(u));
-      if (rescue) trusted = [...readable];
+      const rescue = trusted.length === 0 && readable.length > 0 && owners.all.every((u) => metas.got.has(u));
+      if (rescue) trusted = [...owners.all];
       let newest: BlockMeta | null = null;
       for (const u of trusted) {
         const m = metas.got.get(u);
@@ -1021,8 +1024,8 @@ export class VolumeCoordinator {
       // Unsure owners that hold the newest copy are trusted again (the
       // removal is fenced by our token; if etcd refuses it, other readers
       // only stay more careful). Those that did not answer stay unsure.
-      if (rescue) this.log.warn({ block: index, version: newest.version, owners: readable }, 'every owner of the block was recorded stale and all answered: the newest copy is taken');
-      const resolved = (rescue ? readable : unsureOnly).filter((u) => metas.got.has(u) && !behind.includes(u) && metas.got.get(u)!.suspect !== true);
+      if (rescue) this.log.warn({ block: index, version: newest.version, owners: owners.all }, 'every owner of the block was recorded stale and all answered: the newest copy is taken');
+      const resolved = (rescue ? owners.all : unsureOnly).filter((u) => metas.got.has(u) && !behind.includes(u) && metas.got.get(u)!.suspect !== true);
       if (resolved.length > 0) {
         await Promise.all(
           resolved.map((u) =>

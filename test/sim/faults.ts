@@ -1,4 +1,5 @@
 import type { MemoryFault } from '../../src/metadata/memory-metadata.js';
+import type { BlockRef } from '../../src/model/block-ref.js';
 import { PAGE_BYTES } from '../../src/store/block-file.js';
 import type { Random } from '../../src/util/random.js';
 import type { Checker } from './checker.js';
@@ -147,6 +148,8 @@ export class FaultInjector implements QuietState {
   private readonly linkRefs = new Map<string, number>();
   /** Peers down (crashed) or frozen by a fault now. */
   private readonly down = new Set<SimPeer>();
+  /** Peers whose store is held full now (full-store). */
+  private readonly full = new Set<SimPeer>();
   private readonly restores: (() => void)[] = [];
   /** What each kind did, for the seed's report. */
   readonly done = new Map<FaultKind, number>();
@@ -380,7 +383,19 @@ export class FaultInjector implements QuietState {
         const holders = running.filter((p) => p.store.list({ limit: 1 }).length > 0);
         const p = pick(holders);
         if (!p) return false;
-        const data = p.store.list({ limit: Number.MAX_SAFE_INTEGER }).filter((b) => b.state === 'data' && !b.suspect);
+        // Bit rot is one fault: some other peer keeps the same copy durably,
+        // so a repair can come from it even if its peer crashes later. Rot
+        // of the only good copy is a double fault no replication survives.
+        const durableElsewhere = (ref: BlockRef): boolean => {
+          const mine = p.store.inspect(ref).visible;
+          if (mine === null || mine.data === null) return false;
+          return c.peers.some((q) => {
+            if (q === p) return false;
+            const theirs = q.store.inspect(ref).durable;
+            return theirs !== null && theirs.version === mine.version && theirs.data !== null && theirs.data.equals(mine.data!);
+          });
+        };
+        const data = p.store.list({ limit: Number.MAX_SAFE_INTEGER }).filter((b) => b.state === 'data' && !b.suspect && durableElsewhere(b.ref));
         const b = pick(data);
         if (!b) return false;
         const page = r.int(p.store.blockSize / PAGE_BYTES);
@@ -391,13 +406,17 @@ export class FaultInjector implements QuietState {
         return true;
       }
       case 'full-store': {
-        const p = pick(running);
+        // One at a time per peer: a second one would save the first one's
+        // reduced capacity and leave the store full for good when it ends.
+        const p = pick(running.filter((x) => !this.full.has(x)));
         if (!p) return false;
         const capacity = p.store.capacity;
         const end = this.begin(`full-store ${p.index}`, [p.uuid]);
+        this.full.add(p);
         p.store.setCapacity(p.store.usage().used);
         this.until(f.durationMs, () => {
           p.store.setCapacity(capacity);
+          this.full.delete(p);
           end();
         });
         return true;
@@ -439,6 +458,8 @@ export class FaultInjector implements QuietState {
     let what = kind as string;
     if (kind === 'ring-add' && outside.length === 0) what = 'ring-remove';
     if (what === 'ring-remove' && members.length - 1 < Math.max(replication, 2)) what = outside.length > 0 ? 'ring-add' : 'ring-replication';
+    // Two members at R=2 leave no other replication to go to: grow instead.
+    if (what === 'ring-replication' && replication === 2 && members.length < 3 && outside.length > 0) what = 'ring-add';
     if (what === 'ring-add') {
       const p = outside[r.int(outside.length)]!;
       next = [...members, p.uuid];
@@ -450,7 +471,10 @@ export class FaultInjector implements QuietState {
     }
     try {
       const done = await c.changeRing(next, replication, what);
-      if (done === null) return false;
+      if (done === null) {
+        this.opts.log.add(`${what} not started: it would change nothing (ring ${ring.version}${ring.transition ? ' in transition' : ''})`);
+        return false;
+      }
       this.opts.log.add(`${what} -> ring ${done.version} members ${done.members.map((m) => c.peerByUuid(m.uuid)!.index).join(',')} R=${done.replication} min=${done.minReplicas}`);
       // A third of the ring changes move blocks over a flaky network: copies
       // dropped, duplicated and reordered while writes go on.
