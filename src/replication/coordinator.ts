@@ -815,8 +815,10 @@ export class VolumeCoordinator {
     for (let attempt = 0; attempt < 2; attempt++) {
       const e = await this.touch(index);
       const owners = ownersOf(this.ctx.ring(), this.refOf(index));
+      let skippedDown = false;
       for (const u of this.trustedHolders(e, owners)) {
         const api = this.ctx.replica(u);
+        if (this.ctx.health.isDown(u)) skippedDown = true;
         if (api === null || !this.ctx.health.usable(u)) continue;
         // A replica is behind when it answers with less than was committed
         // (or returned) when the read was SENT. A change to the block that
@@ -864,6 +866,10 @@ export class VolumeCoordinator {
       }
       // Nobody known to hold the newest version answered: learn again once.
       this.markUnsure(e);
+      // A holder DOWN by our last look at etcd may have registered again
+      // since (a peer thawed after a pause past its lease, seen at our next
+      // heartbeat only): look now rather than fail the read.
+      if (skippedDown && attempt === 0) await this.ctx.refreshPeers();
     }
     throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: no owner holding its newest version is reachable`, { details: { block: index } });
   }

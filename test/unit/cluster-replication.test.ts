@@ -371,13 +371,12 @@ describe('replication on a simulated cluster', () => {
     expect((await until(c, fresh.read(0, 4 * BLOCK))).equals(pattern(1, 4 * BLOCK))).toBe(true);
   });
 
-  // Known bug (e2e-replication-fencing, "frozen past its lease ... SIGCONT"):
-  // the new writer skips a thawed writer that holds the only current copy
-  // of a block while etcd still says it is DOWN (until its next heartbeat),
-  // and answers EIO. Reading DOWN holders last fixes this test but made
-  // sim seeds 3 (G3) and 178 (G1/G4, a stale read) fail: not fixed yet.
-  // it.fails: this passes while the bug is there; remove `.fails` with the fix.
-  it.fails('reads through the new writer from a thawed writer that holds the only current copy while etcd still says it is DOWN', async () => {
+  // e2e-replication-fencing, "frozen past its lease ... SIGCONT": the new
+  // writer skipped a thawed writer that holds the only current copy of a
+  // block while its own view of etcd still said DOWN (until its next
+  // heartbeat), and answered EIO. A read that skipped a DOWN holder now
+  // re-reads the peer records before it gives up.
+  it('reads through the new writer from a thawed writer that holds the only current copy while etcd still says it is DOWN', async () => {
     const c = cluster({ peers: 3, members: 3, replication: 2 });
     await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
     await startAll(c, c.peers);
