@@ -879,6 +879,15 @@ export class VolumeCoordinator {
     const trusted = this.trustedOwners(e.index, owners);
     const need = Math.max(e.committed, e.floor);
     const out = trusted.filter((u) => (e.holders.get(u) ?? VERSION_ABSENT) >= need && e.holders.has(u));
+    // A new owner of a block not yet moved is not read for what it lacks,
+    // but one known to hold exactly the newest version (not recorded stale)
+    // serves it: a rescue may have found the only current copy there, and
+    // the move needs it as its source.
+    if (e.committed >= need && e.committed !== VERSION_ABSENT) {
+      for (const u of owners.all) {
+        if (!trusted.includes(u) && e.holders.get(u) === e.committed && !this.stale.isStale(u, e.index)) out.push(u);
+      }
+    }
     const self = this.ctx.selfUuid;
     const i = self === null ? -1 : out.indexOf(self);
     if (i > 0) {
