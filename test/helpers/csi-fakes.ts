@@ -34,6 +34,8 @@ export class FakeNodeAttach implements NodeAttach {
   private next = 0;
   /** Makes the next attach hang until released (for concurrency tests). */
   gate: Promise<void> | null = null;
+  /** Detach cleans up, then reports this error, as torusd does when the final flush fails. */
+  detachError: TorusError | null = null;
 
   constructor(
     readonly name: string,
@@ -108,6 +110,7 @@ export class FakeNodeAttach implements NodeAttach {
     this.node.unplug(device);
     if (this.cluster.writers.get(a.volume) === this.name) this.cluster.writers.delete(a.volume);
     this.cluster.readers.get(a.volume)?.delete(this.name);
+    if (this.detachError) throw this.detachError;
     return { device, volume: a.volume, detached: true };
   }
 }

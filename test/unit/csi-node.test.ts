@@ -268,8 +268,19 @@ describe('requests the node service refuses', () => {
     const s = await md.openSession({ ttlSeconds: 30 });
     await (await s.lockVolume('pvc-1', 'torusd on node-b')).release();
     await s.lockVolume('pvc-1', 'torusd on node-b');
-    await unstage(a);
+    // torusd detaches, then says it could not make the final flush without
+    // the lock: for a fenced-off device that is the expected end, not a failure.
+    a.attach.detachError = new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', 'volume "pvc-1" was closed without its final flush (test)');
+    expect(await code(unstage(a))).toBe('OK');
     expect(await a.attach.list()).toEqual([]);
+  });
+
+  it('a final flush that fails at detach on a device not fenced off is returned to kubelet; its retry finds the device gone', async () => {
+    const a = node('node-a');
+    await stage(a);
+    a.attach.detachError = new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', 'volume "pvc-1" was closed without its final flush (test)');
+    expect(await code(unstage(a))).toBe('TORUS_ERR_VOLUME_LOCK_LOST');
+    expect(await code(unstage(a))).toBe('OK');
   });
 
   it('detaches a fenced-off device whose flush fails also when the node that took the volume has let go of it again', async () => {

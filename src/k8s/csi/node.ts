@@ -60,6 +60,8 @@ export const NODE_CAPABILITIES = ['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'S
 /** Unmounts of one path, at most, when mounts are stacked there. */
 const STACKED_UNMOUNTS_MAX = 8;
 const GONE_DEVICE_ERRNOS = new Set(['ENOENT', 'ENXIO', 'ENODEV']);
+/** Final-flush failures of a close that are the expected end of a fenced-off writer. */
+const FENCED_CLOSE_CODES = ['TORUS_ERR_VOLUME_LOCK_LOST', 'TORUS_ERR_VOLUME_FENCED', 'TORUS_ERR_DATA_LOST'] as const;
 
 function notFound(message: string): TorusError {
   return new TorusError('TORUS_ERR_VOLUME_NOT_FOUND', message);
@@ -237,18 +239,26 @@ export class NodeService {
       if (users.length > 0) {
         throw new TorusError('TORUS_ERR_VOLUME_IN_USE', `volume ${volumeId} (${att.device}) is still mounted at ${users.map((m) => m.mountPoint).join(', ')}; unpublish and unstage those first`);
       }
+      let lostAnyway = false;
       try {
         await this.o.system.flush(att.device);
       } catch (err) {
         if (att.state !== 'failed' && !GONE_DEVICE_ERRNOS.has((err as NodeJS.ErrnoException).code ?? '') && !(await this.fencedOff(att))) {
           throw new TorusError('TORUS_ERR_CSI_MOUNT_FAILED', `flushing ${att.device} (volume ${att.volume}) failed; the device stays attached: ${(err as Error).message}`, { cause: err });
         }
+        lostAnyway = true;
         log.warn({ err, device: att.device }, 'flush failed, but the volume is written elsewhere now (fenced off): detaching; those writes could never land');
       }
       try {
         await this.o.attach.detach(att.device);
       } catch (err) {
-        if (!isTorusError(err, 'TORUS_ERR_ATTACH_NOT_FOUND')) throw err;
+        // torusd detaches first and then reports a final flush it could not
+        // make. For a device already judged fenced off that is the expected
+        // answer (the lock went to another node); anything else is returned
+        // to kubelet, whose retry then finds the device gone.
+        const fencedClose = lostAnyway && FENCED_CLOSE_CODES.some((code) => isTorusError(err, code));
+        if (!isTorusError(err, 'TORUS_ERR_ATTACH_NOT_FOUND') && !fencedClose) throw err;
+        if (fencedClose) log.warn({ err, device: att.device }, 'detached; torusd could not make the final flush of the fenced-off volume, as expected');
       }
       log.info({ device: att.device, volume: att.volume }, 'unstaged: flushed and detached');
       return {};
