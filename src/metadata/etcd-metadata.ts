@@ -434,16 +434,21 @@ export class EtcdMetadata implements MetadataService {
       const next = addToStale(current, { all: add.all === true, ranges, unsure });
       const record: StaleRecord = { schema: 1, volumeId, peer, all: next.all, ranges: next.ranges, ...(next.unsure ? { unsure: next.unsure } : {}), updatedAt: this.now() };
       // A deleted volume has no fence key: its records must not come back.
-      const res = await this.call(`add stale ${this.k(key)}`, () =>
-        this.ns
-          .if(fenceKey, 'Version', '>', 0)
+      const res = await this.call(`add stale ${this.k(key)}`, () => {
+        const fenced = add.token === undefined ? this.ns.if(fenceKey, 'Version', '>', 0) : this.ns.if(fenceKey, 'Value', '==', String(add.token));
+        return fenced
           .and(key, 'Mod', '==', kv?.modRevision ?? 0)
           .then(this.ns.put(key).value(encodeRecord(record)))
           .else(this.ns.get(fenceKey))
-          .commit(),
-      );
+          .commit();
+      });
       if (res.succeeded) return;
-      if (firstKv(res, 0) === null) throw volumeIdNotFoundError(volumeId);
+      const fenceKv = firstKv(res, 0);
+      if (fenceKv === null) throw volumeIdNotFoundError(volumeId);
+      if (add.token !== undefined) {
+        const fence = decodeCounter(this.k(fenceKey), fenceKv.value);
+        if (fence !== add.token) throw volumeFencedError(volumeId, add.token, fence);
+      }
     }
     throw conflictError(`add stale blocks of volume ${volumeId} for ${peer}`);
   }

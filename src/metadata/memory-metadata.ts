@@ -605,6 +605,7 @@ export class MemoryMetadata implements MetadataService {
     const { ranges, unsure } = checkStaleAdd(volumeId, peer, add);
     await this.op(`add stale ${volumeId}/${peer}`, () => {
       if (this.getJson(volumeFenceKey(volumeId)) === null) throw volumeIdNotFoundError(volumeId);
+      if (add.token !== undefined && this.fenceOf(volumeId) !== add.token) throw volumeFencedError(volumeId, add.token, this.fenceOf(volumeId));
       const key = staleKey(volumeId, peer);
       const text = this.getJson(key);
       const current = text === null ? null : decodeStaleRecord(key, text);

@@ -158,6 +158,7 @@ export function checkStaleAdd(volumeId: number, peer: string, add: StaleAdd): { 
   validatePeerUuid(peer);
   const ranges = checkRanges(add.ranges ?? []);
   const unsure = checkRanges(add.unsure ?? []);
+  if (add.token !== undefined) validateToken(add.token);
   if (add.all !== true && ranges.length === 0 && unsure.length === 0) throw new TorusError('TORUS_ERR_ARG_INVALID', `add stale ${volumeId}/${peer}: nothing to add (no ranges and not all)`);
   return { ranges, unsure };
 }
@@ -167,6 +168,12 @@ export interface StaleAdd {
   readonly all?: boolean;
   readonly ranges?: readonly BlockRange[];
   readonly unsure?: readonly BlockRange[];
+  /**
+   * The adding coordinator's fencing token: the add is made only while it
+   * is the volume's newest (TORUS_ERR_VOLUME_FENCED otherwise), so a writer
+   * fenced off cannot distrust the copies of the one that took over.
+   */
+  readonly token?: number;
 }
 
 export function checkStaleRemove(volumeId: number, peer: string, ranges: readonly BlockRange[] | 'all', token: number): BlockRange[] | 'all' {

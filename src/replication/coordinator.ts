@@ -131,7 +131,7 @@ export class VolumeCoordinator {
     this.writeLevel = opts.writeLevel ?? opts.ctx.settings.writeLevel;
     this.log = opts.ctx.logger.child({ module: 'coordinator', volume: opts.volume.name, volumeId: opts.volume.id, role: opts.lock.kind });
     this.blocks = new BlockTable(opts.ctx.settings.blockCacheMax);
-    this.stale = new StaleBook(opts.volume.id, opts.ctx.metadata, opts.ctx.clock, this.log);
+    this.stale = new StaleBook(opts.volume.id, opts.ctx.metadata, opts.ctx.clock, this.log, () => this.token);
   }
 
   /**
@@ -197,16 +197,18 @@ export class VolumeCoordinator {
         return;
       }
       if (isTorusError(r.reason, 'TORUS_ERR_VOLUME_FENCED')) throw r.reason;
-      // A peer that did not learn the token now learns it from etcd (its
-      // fence watch, or the full re-read every peer makes before it takes
-      // changes again after losing its session) or from the first change
-      // this coordinator sends it, whichever comes first. Its copies stay
-      // trusted: the old writer acknowledged nothing past its own lease
-      // deadline, which passed before this lock could be taken, so anything
-      // it may still land there is a write nobody was told succeeded.
       missed.push(u);
       if (classifyFailure(r.reason) === 'peer') this.ctx.health.failed(u);
     });
+    // A peer that did not learn the token now learns it from etcd (its
+    // fence watch, or the full re-read every peer makes before it takes
+    // changes again after losing its session) or from the first change
+    // this coordinator sends it, whichever comes first. Its copies stay
+    // trusted: the old writer acknowledged nothing past its own lease
+    // deadline, which passed before this lock could be taken, so anything
+    // it may still land there is a write nobody was told succeeded. (Not
+    // so for a writer whose clocks stopped, a suspended VM: docs/
+    // replication.md, "Fencing", says what is open there.)
     if (missed.length > 0) this.log.warn({ peers: missed, token: this.token }, 'peers did not answer the fencing token; they learn it from etcd or from our first change');
     this.log.info({ token: this.token, peers: peers.length }, 'fencing token published');
   }

@@ -55,7 +55,15 @@ export class StaleBook {
     private readonly metadata: MetadataService,
     private readonly clock: Clock,
     private readonly log: Logger,
+    /** The coordinator's current fencing token: its additions are made only while it is the newest. None for readers. */
+    private readonly tokenOf: () => number | undefined = () => undefined,
   ) {}
+
+  /** The fence condition of an addition (metadata-service.ts, addStale). */
+  private fence(): { token?: number } {
+    const token = this.tokenOf();
+    return token === undefined ? {} : { token };
+  }
 
   /** Merges what etcd holds (records made by peers themselves, or by an earlier coordinator). */
   async refresh(): Promise<void> {
@@ -271,19 +279,19 @@ export class StaleBook {
           if (op.kind === 'add') {
             const e = this.entry(op.peer);
             if (op.all) {
-              await this.metadata.addStale(this.volumeId, op.peer, { all: true });
+              await this.metadata.addStale(this.volumeId, op.peer, { all: true, ...this.fence() });
               e.allDurable = true;
             } else {
               const sorted = [...new Set(op.blocks)].sort((a, b) => a - b);
               for (let at = 0; at < sorted.length; at += ADD_BLOCKS_PER_TXN_MAX) {
                 const part = sorted.slice(at, at + ADD_BLOCKS_PER_TXN_MAX);
-                await this.metadata.addStale(this.volumeId, op.peer, { ranges: indexesToRanges(part) });
+                await this.metadata.addStale(this.volumeId, op.peer, { ranges: indexesToRanges(part), ...this.fence() });
                 for (const i of part) e.durable.add(i);
               }
               const unsure = [...new Set(op.unsure)].sort((a, b) => a - b);
               for (let at = 0; at < unsure.length; at += ADD_BLOCKS_PER_TXN_MAX) {
                 const part = unsure.slice(at, at + ADD_BLOCKS_PER_TXN_MAX);
-                await this.metadata.addStale(this.volumeId, op.peer, { unsure: indexesToRanges(part) });
+                await this.metadata.addStale(this.volumeId, op.peer, { unsure: indexesToRanges(part), ...this.fence() });
                 for (const i of part) e.unsureDurable.add(i);
               }
             }

@@ -831,6 +831,28 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       await expectCode(md.narrowStale(vol.id, 'peer-a', [[2, 1]], lock.token), 'TORUS_ERR_ARG_INVALID');
     });
 
+    it('an addition that names a token is made only while it is the newest: a fenced-off writer cannot distrust the copies of the one that took over', async () => {
+      await initialised();
+      const vol = await md.createVolume('pad', MiB);
+      const s = await session();
+      const old = await s.lockVolume('pad', 'old');
+      await old.release();
+      const lock = await s.lockVolume('pad', 'coordinator');
+      const fenced = await expectCode(md.addStale(vol.id, 'peer-a', { ranges: [[0, 10]], token: old.token }), 'TORUS_ERR_VOLUME_FENCED');
+      expect(fenced.message).toContain(`newest fencing token is ${lock.token}`);
+      await expectCode(md.addStale(vol.id, 'peer-a', { all: true, token: old.token }), 'TORUS_ERR_VOLUME_FENCED');
+      await expectCode(md.addStale(vol.id, 'peer-a', { unsure: [[3, 4]], token: lock.token + 1 }), 'TORUS_ERR_VOLUME_FENCED');
+      expect(await md.getStale(vol.id)).toEqual([]);
+      await md.addStale(vol.id, 'peer-a', { ranges: [[0, 10]], token: lock.token });
+      await md.addStale(vol.id, 'peer-a', { unsure: [[20, 21]], token: lock.token });
+      // Without a token (a peer recording its own suspect blocks) it needs only the volume.
+      await md.addStale(vol.id, 'peer-b', { ranges: [[5, 6]] });
+      expect((await md.getStale(vol.id)).map((r) => [r.peer, r.ranges, r.unsure ?? []])).toEqual([
+        ['peer-a', [[0, 10]], [[20, 21]]],
+        ['peer-b', [[5, 6]], []],
+      ]);
+    });
+
     it('stale records are removed only under the newest fencing token', async () => {
       await initialised();
       const vol = await md.createVolume('pad', MiB);

@@ -1,13 +1,15 @@
 /**
  * npm run sim -- [--seeds N] [--from S] [--seed S] [--ops N] [--variant NAME]
- *                [--jobs N] [--verbose] [--log LEVEL]
+ *                [--jobs N] [--verbose] [--log LEVEL] [--suspend]
  *
  * Runs seeds of the whole-cluster simulation and prints one line per
  * failing seed with its replay command; exits 1 if any failed. --seed S
  * replays one seed and, when it fails, prints its last events and the
  * cluster's state at the failure. --variant runs a deliberately broken
  * build (variants.ts). --jobs N spreads seeds over N processes. --verbose
- * prints every event; --log LEVEL the peers' own logs.
+ * prints every event; --log LEVEL the peers' own logs. --suspend pauses
+ * the old writer of half the lease takeovers as a suspended VM (its clocks
+ * stop too): not in the CI seeds yet, see test/sim/README.md.
  *
  * For the test suite (parallel.ts): --json prints one JSON line per seed,
  * --list S1,S2,... names the seeds, --stop-at-first-failure ends early.
@@ -29,10 +31,11 @@ interface Args {
   log: string | undefined;
   json: boolean;
   stopAtFirstFailure: boolean;
+  suspend: boolean;
 }
 
 function parse(argv: readonly string[]): Args {
-  const a: Args = { seeds: 20, from: 1, seed: null, list: null, ops: OPS_DEFAULT, variant: null, jobs: 1, verbose: false, log: undefined, json: false, stopAtFirstFailure: false };
+  const a: Args = { seeds: 20, from: 1, seed: null, list: null, ops: OPS_DEFAULT, variant: null, jobs: 1, verbose: false, log: undefined, json: false, stopAtFirstFailure: false, suspend: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const v = (): string => {
@@ -79,6 +82,9 @@ function parse(argv: readonly string[]): Args {
       case '--json':
         a.json = true;
         break;
+      case '--suspend':
+        a.suspend = true;
+        break;
       case '--stop-at-first-failure':
         a.stopAtFirstFailure = true;
         break;
@@ -100,7 +106,7 @@ async function main(): Promise<number> {
   const seeds = args.seed !== null ? [args.seed] : (args.list ?? Array.from({ length: args.seeds }, (_, i) => args.from + i));
   const started = performance.now();
   if (args.jobs > 1 && args.seed === null) {
-    const lines = await runSeedsInChildren(seeds, { jobs: args.jobs, variant: args.variant, ops: args.ops });
+    const lines = await runSeedsInChildren(seeds, { jobs: args.jobs, variant: args.variant, ops: args.ops, suspend: args.suspend });
     const failed = lines.filter((l) => !l.ok);
     for (const l of failed) process.stdout.write(`${l.report}\n`);
     summary(seeds.length, failed.length, args.variant, started);
@@ -118,13 +124,14 @@ async function main(): Promise<number> {
         factory: variant?.factory ?? realNode,
         variant: args.variant,
         verbose: args.verbose,
+        suspend: args.suspend,
         ...(args.log ? { logLevel: args.log } : {}),
       });
     } catch (err) {
       // The harness itself threw (a model assertion, a bug in the
       // simulation): the seed failed, and the seeds after it still run.
       failed++;
-      const line = crashLine(seed, args.variant, args.ops, err);
+      const line = crashLine(seed, args.variant, args.ops, err, args.suspend);
       if (args.json) process.stdout.write(`${JSON.stringify(line)}\n`);
       else process.stdout.write(`${line.report}\n${args.seed !== null && err instanceof Error && err.stack ? `${err.stack}\n` : ''}`);
       if (args.stopAtFirstFailure) break;

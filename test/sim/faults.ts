@@ -129,6 +129,12 @@ export interface FaultInjectorOptions {
   readonly checker: Checker;
   readonly log: EventLog;
   readonly random: Random;
+  /**
+   * With `--suspend`: picks which lease takeovers suspend the old writer's
+   * clocks too (half of them). A stream of its own, so that the choice
+   * leaves every other draw of a seed where it was. Null: SIGSTOP only.
+   */
+  readonly suspendRandom: Random | null;
   readonly timing: SimTiming;
   readonly volumeBlocks: (name: string) => number;
   /** Quiet returns this long after the last fault ends: time to notice, re-register and catch up. */
@@ -318,9 +324,13 @@ export class FaultInjector implements QuietState {
         const writers = running.filter((p) => this.opts.workload.volumes.some((v) => v.writer?.peer === p));
         const p = pick(writers);
         if (!p) return false;
-        const end = this.begin(`takeover-lease freeze ${p.index}`, [p.uuid]);
+        // Half the time as a paused VM: its clocks stop, so on resume it
+        // believes its lease still runs and sends what it had queued, with
+        // its old token. The fences the other peers keep must stop it.
+        const suspend = this.opts.suspendRandom !== null && this.opts.suspendRandom.int(2) === 0;
+        const end = this.begin(`takeover-lease ${suspend ? 'suspend' : 'freeze'} ${p.index}`, [p.uuid]);
         this.down.add(p);
-        c.freeze(p);
+        c.freeze(p, { suspend });
         const taken = this.opts.workload.takeOverFrozen(p);
         // Thawed once every volume it wrote has a new writer (its lease ran out first), or at the latest after a minute.
         const startedAt = c.clock.monotonic();

@@ -47,6 +47,9 @@ export interface SeedConfig {
   readonly timing: SimTiming;
 }
 
+/** Mixed into the seed for the stream that picks suspended takeovers (faults.ts). */
+const SUSPEND_STREAM = 0x5a5e;
+
 /** The cluster shape a seed gets: 3 to 5 peers (one may start outside the ring), R = 2 or 3, 1 to 3 volumes of 32 to 128 blocks, a write level. */
 export function configFor(seed: number, ops = OPS_DEFAULT): SeedConfig {
   const r = new SeededRandom(seed ^ 0x51ed);
@@ -101,10 +104,12 @@ export interface RunOptions {
   readonly logLevel?: string;
   /** Wraps each writer's io (variants that act at the client boundary). */
   readonly wrapIo?: (io: VolumeIo) => VolumeIo;
+  /** Half the lease takeovers pause the old writer as a suspended VM: its clocks stop too (faults.ts). */
+  readonly suspend?: boolean;
 }
 
-export function replayCommand(seed: number, variant: string | null, ops: number): string {
-  return `npm run sim -- --seed ${seed}${variant ? ` --variant ${variant}` : ''}${ops !== OPS_DEFAULT ? ` --ops ${ops}` : ''}`;
+export function replayCommand(seed: number, variant: string | null, ops: number, suspend = false): string {
+  return `npm run sim -- --seed ${seed}${variant ? ` --variant ${variant}` : ''}${ops !== OPS_DEFAULT ? ` --ops ${ops}` : ''}${suspend ? ' --suspend' : ''}`;
 }
 
 /**
@@ -224,7 +229,7 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
   workload = wl;
   const graceMs = cfg.timing.sessionTtlSeconds * 1000 + cfg.timing.replicaTimeoutMs + cfg.timing.etcdCallTimeoutMs + 5 * cfg.timing.backgroundIntervalMs;
   const faults = new FaultInjector(
-    { cluster, workload: wl, checker, log, random: cluster.fork(), timing: cfg.timing, volumeBlocks: (n) => cfg.volumes.find((v) => v.name === n)!.blocks, graceMs },
+    { cluster, workload: wl, checker, log, random: cluster.fork(), suspendRandom: opts.suspend === true ? new SeededRandom((cfg.seed ^ SUSPEND_STREAM) >>> 0) : null, timing: cfg.timing, volumeBlocks: (n) => cfg.volumes.find((v) => v.name === n)!.blocks, graceMs },
     planFaults(cluster.fork(), cfg.ops),
   );
   injector = faults;
@@ -272,7 +277,7 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     variant,
     ok: failure === null,
     failure,
-    replay: replayCommand(cfg.seed, variant, cfg.ops),
+    replay: replayCommand(cfg.seed, variant, cfg.ops, opts.suspend === true),
     hash: log.digest(),
     opsIssued: wl.opsIssued,
     simMs: clock.monotonic(),

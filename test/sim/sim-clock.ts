@@ -12,7 +12,11 @@ import { assert } from '../../src/util/assert.js';
  * - a dead process's timers never fire and new ones are ignored (SIGKILL:
  *   its code simply stops running);
  * - a frozen process's timers that fall due are held, in order, and run
- *   when it is thawed (SIGSTOP/SIGCONT: time went on without it).
+ *   when it is thawed (SIGSTOP/SIGCONT: time went on without it);
+ * - a suspended process (a VM paused by its hypervisor) is frozen and its
+ *   own clocks stop too: on resume it reads the time it was suspended at
+ *   plus what has passed since, and its timers fall due that much later.
+ *   Only the fences the other peers keep stop what it then sends.
  */
 export class SimClock {
   /** The wall clock at virtual time 0: fixed, so that ISO dates in records replay too. */
@@ -72,8 +76,13 @@ export class SimClock {
     // A timer held while its owner is frozen may still be cancelled before the thaw.
     t.owner.fire(() => {
       if (!t.cancelled) t.fn();
-    });
+    }, t.at);
     return true;
+  }
+
+  /** Moves every pending timer of `owner` `ms` later (its clock stood still that long). */
+  delayOwned(owner: SimProcess, ms: number): void {
+    this.heap.shift((t) => t.owner === owner, ms);
   }
 
   /** Moves time forward with nothing to run (the next timer lies beyond `at`). */
@@ -86,14 +95,20 @@ export class SimClock {
   /** A Clock for code running inside `owner`. */
   clockFor(owner: SimProcess): Clock {
     return {
-      now: () => this.now(),
-      monotonic: () => this.monotonic(),
+      now: () => this.now() - owner.clockLagMs(),
+      monotonic: () => this.monotonic() - owner.clockLagMs(),
       setTimeout: (fn, ms) => this.schedule(owner, ms, fn),
     };
   }
 }
 
 export type ProcessState = 'running' | 'frozen' | 'dead';
+
+/** Work that reached a frozen process: a timer that fell due (at: when), or a message (at: null). */
+interface Held {
+  readonly at: number | null;
+  readonly fn: () => void;
+}
 
 /**
  * One simulated OS process. Everything it does asynchronously starts from
@@ -102,7 +117,11 @@ export type ProcessState = 'running' | 'frozen' | 'dead';
  */
 export class SimProcess {
   private stateNow: ProcessState = 'running';
-  private held: (() => void)[] = [];
+  private held: Held[] = [];
+  /** When the current suspension began (virtual ms), or null when not suspended. */
+  private suspendedAt: number | null = null;
+  /** How far this process's clocks are behind the cluster's, from past suspensions. */
+  private lagMs = 0;
   /** Called when the process dies, so that pending work elsewhere can see its connection reset. */
   private readonly onDeath: (() => void)[] = [];
 
@@ -124,27 +143,59 @@ export class SimProcess {
     this.clock.schedule(this, 0, fn);
   }
 
-  fire(fn: () => void): void {
+  get suspended(): boolean {
+    return this.suspendedAt !== null;
+  }
+
+  /** Whether its clocks ever stopped (see clockLagMs). */
+  get suspendedOnce(): boolean {
+    return this.suspendedAt !== null || this.lagMs > 0;
+  }
+
+  /** How far behind the cluster's time this process's own clocks read. */
+  clockLagMs(): number {
+    return this.lagMs + (this.suspendedAt === null ? 0 : this.clock.monotonic() - this.suspendedAt);
+  }
+
+  /** Runs `fn` (a message, or a timer due at `at`) now, or holds it while frozen. */
+  fire(fn: () => void, at: number | null = null): void {
     if (this.stateNow === 'dead') return;
     if (this.stateNow === 'frozen') {
-      this.held.push(fn);
+      this.held.push({ at, fn });
       return;
     }
     fn();
   }
 
-  freeze(): void {
+  /** SIGSTOP; with `suspend`, the process's clocks stop too (a paused VM). */
+  freeze(opts: { suspend?: boolean } = {}): void {
     assert(this.stateNow === 'running', 'only a running process can be frozen');
     this.stateNow = 'frozen';
+    if (opts.suspend === true) this.suspendedAt = this.clock.monotonic();
   }
 
-  /** Runs what was held, in the order it fell due, at the current instant. */
+  /**
+   * Runs what was held, in the order it arrived: at the current instant
+   * after a SIGSTOP. After a suspension, messages are taken at once (the
+   * host kept them) but timers run by the process's own clock: each held
+   * one as long after the resume as it fell due after the suspension
+   * began, and every pending one moved later by the suspension's length.
+   */
   thaw(): void {
     assert(this.stateNow === 'frozen', 'only a frozen process can be thawed');
     this.stateNow = 'running';
     const held = this.held;
     this.held = [];
-    for (const fn of held) this.post(fn);
+    const since = this.suspendedAt;
+    if (since === null) {
+      for (const h of held) this.post(h.fn);
+      return;
+    }
+    const pausedMs = this.clock.monotonic() - since;
+    this.suspendedAt = null;
+    this.lagMs += pausedMs;
+    this.clock.delayOwned(this, pausedMs);
+    for (const h of held) this.clock.schedule(this, h.at === null ? 0 : h.at - since, h.fn);
   }
 
   /** SIGKILL: nothing of this process runs again. */
@@ -152,6 +203,7 @@ export class SimProcess {
     if (this.stateNow === 'dead') return;
     this.stateNow = 'dead';
     this.held = [];
+    this.suspendedAt = null;
     for (const fn of this.onDeath.splice(0)) fn();
   }
 
@@ -162,7 +214,7 @@ export class SimProcess {
 }
 
 interface Timer {
-  readonly at: number;
+  at: number;
   readonly seq: number;
   readonly fn: () => void;
   readonly owner: SimProcess;
@@ -191,6 +243,21 @@ class TimerHeap {
       a[p] = t;
       i = p;
     }
+  }
+
+  /** Moves the timers `which` picks `ms` later, keeping the heap in order. */
+  shift(which: (t: Timer) => boolean, ms: number): void {
+    const a = this.a;
+    let moved = false;
+    for (const t of a) {
+      if (t.live && which(t)) {
+        t.at += ms;
+        moved = true;
+      }
+    }
+    if (!moved) return;
+    const all = a.splice(0);
+    for (const t of all) this.push(t);
   }
 
   peekLive(): Timer | undefined {

@@ -171,8 +171,9 @@ export class SimCluster {
     peer.fences.crash(this.fork());
   }
 
-  freeze(peer: SimPeer): void {
-    peer.process!.freeze();
+  /** SIGSTOP; with `suspend`, its clocks stop too (a VM paused by its hypervisor). */
+  freeze(peer: SimPeer, opts: { suspend?: boolean } = {}): void {
+    peer.process!.freeze(opts);
   }
 
   thaw(peer: SimPeer): void {

@@ -61,6 +61,24 @@ describe('SimClock', () => {
     expect(seen).toEqual(['p1@50', 'p2@50']);
   });
 
+  it('a suspended process (a paused VM) reads stopped clocks, takes held messages at the resume and runs its timers by its own clock', async () => {
+    const clock = new SimClock();
+    const p = new SimProcess('p', clock);
+    const ops = new SimProcess('ops', clock);
+    const c = clock.clockFor(p);
+    const seen: string[] = [];
+    c.setTimeout(() => seen.push(`held timer@${clock.monotonic()}/${c.monotonic()}`), 30);
+    c.setTimeout(() => seen.push(`later timer@${clock.monotonic()}/${c.monotonic()}`), 200);
+    clock.schedule(ops, 20, () => p.freeze({ suspend: true }));
+    clock.schedule(ops, 40, () => p.fire(() => seen.push(`message@${clock.monotonic()}/${c.monotonic()}`)));
+    clock.schedule(ops, 60, () => seen.push(`while suspended p reads ${c.monotonic()}`));
+    clock.schedule(ops, 120, () => p.thaw());
+    await runUntil(clock, () => false, 1_000);
+    // 100 ms suspended: p's clocks read 100 less from then on; its timers fall due 100 later.
+    expect(seen).toEqual(['while suspended p reads 20', 'message@120/20', 'held timer@130/30', 'later timer@300/200']);
+    expect(c.now() - clock.now()).toBe(-100);
+  });
+
   it('stops at a deadline with time moved to it', async () => {
     const clock = new SimClock();
     const p = new SimProcess('p', clock);
