@@ -229,6 +229,7 @@ export class VolumeManager {
       write: (i: number, o: number, d: Buffer, fua: boolean) => (this.checkLock(ov), coordinator.write(i, o, d, fua)),
       zero: (i: number, o: number, l: number, z: { punch: boolean; fua: boolean }) => (this.checkLock(ov), coordinator.zero(i, o, l, z)),
       flush: () => (this.checkLock(ov), coordinator.flush()),
+      acknowledged: (changes: readonly (readonly [number, number])[]) => coordinator.acknowledged(changes),
     };
     (ov as { volume: Volume }).volume = new Volume(lock.volume, io, this.opts.logger);
     this.log.info({ volume: name, id: lock.volume.id, mode, token: lock.token }, 'volume opened');

@@ -41,6 +41,12 @@ export interface BlockEntry {
   readonly holders: Map<string, Version>;
   /** Owner → its metadata as last asked (a move compares new owners' copies with it). */
   readonly metas: Map<string, BlockMeta>;
+  /**
+   * Owners a rescue found holding the newest copy while a whole-volume
+   * stale record still names them (it is narrowed, then cleared, by the
+   * catch-up): they serve this version of the block meanwhile.
+   */
+  vouched?: ReadonlySet<string>;
   /** A change failed half way: owners may disagree; learn again before the next use. */
   unsure: boolean;
   /** Changes and flush bookkeeping that need this entry kept in memory. */

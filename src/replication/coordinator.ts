@@ -5,7 +5,7 @@ import { ABSENT_META, compareCopies, type BlockMeta } from '../model/block-meta.
 import { blockRef, type BlockRef } from '../model/block-ref.js';
 import type { ChangeStamp, ReplicaApi, RequestContext } from '../model/replica-api.js';
 import type { VolumeRecord } from '../model/records.js';
-import { makeVersion, SEQ_MAX, VERSION_ABSENT, type Version } from '../model/version.js';
+import { formatVersion, makeVersion, SEQ_MAX, VERSION_ABSENT, versionToken, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
 import { releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
 import { crc32c } from '../util/crc32c.js';
@@ -120,6 +120,9 @@ export class VolumeCoordinator {
    * block ever share a version, even after it forgot a block's history.
    */
   private seq = 0;
+  /** The etcd fence read under way, and the one queued behind it (confirmFence). */
+  private fenceProbeRunning: Promise<void> | null = null;
+  private fenceProbeQueued: Promise<void> | null = null;
 
   private constructor(opts: CoordinatorOptions) {
     this.ctx = opts.ctx;
@@ -200,16 +203,22 @@ export class VolumeCoordinator {
       missed.push(u);
       if (classifyFailure(r.reason) === 'peer') this.ctx.health.failed(u);
     });
-    // A peer that did not learn the token now learns it from etcd (its
-    // fence watch, or the full re-read every peer makes before it takes
-    // changes again after losing its session) or from the first change
-    // this coordinator sends it, whichever comes first. Its copies stay
-    // trusted: the old writer acknowledged nothing past its own lease
-    // deadline, which passed before this lock could be taken, so anything
-    // it may still land there is a write nobody was told succeeded. (Not
-    // so for a writer whose clocks stopped, a suspended VM: docs/
-    // replication.md, "Fencing", says what is open there.)
-    if (missed.length > 0) this.log.warn({ peers: missed, token: this.token }, 'peers did not answer the fencing token; they learn it from etcd or from our first change');
+    // A peer that did not answer learns the token from etcd (its fence
+    // watch, or the full re-read every peer makes before it takes changes
+    // again after losing its session) or from our first change, whichever
+    // comes first. Until then it takes the old writer's changes, and the
+    // old writer cannot be trusted to have stopped: one paused with its
+    // clocks (a suspended VM) wakes believing its lease still runs and
+    // sends what it had queued, its own node among these peers (and a peer
+    // cut off from etcd but not from it takes them too). So each is
+    // recorded stale for the whole volume before we serve: nothing it
+    // holds is read until compared with the trusted copies, and a copy
+    // ahead of them is replaced (syncBlock). A record that cannot be made
+    // fails the open.
+    if (missed.length > 0) {
+      this.log.warn({ peers: missed, token: this.token }, 'peers did not answer the fencing token: recorded stale for the whole volume until caught up');
+      for (const u of missed) await this.stale.record(u, 'all');
+    }
     this.log.info({ token: this.token, peers: peers.length }, 'fencing token published');
   }
 
@@ -237,12 +246,28 @@ export class VolumeCoordinator {
     }
   }
 
-  write(index: number, offset: number, data: Buffer, fua: boolean): Promise<void> {
+  /** Resolves with the version the change gave the block; the client is told only once acknowledged() is called. */
+  write(index: number, offset: number, data: Buffer, fua: boolean): Promise<Version | undefined> {
     return this.change(index, { kind: 'write', offset, data }, fua);
   }
 
-  zero(index: number, offset: number, length: number, opts: { punch: boolean; fua: boolean }): Promise<void> {
+  /** Resolves with the version the change gave the block, or nothing when it changed nothing. */
+  zero(index: number, offset: number, length: number, opts: { punch: boolean; fua: boolean }): Promise<Version | undefined> {
     return this.change(index, { kind: 'zero', offset, length, punch: opts.punch }, opts.fua);
+  }
+
+  /**
+   * A client request whose changes these were was acknowledged (every
+   * piece succeeded): learning a block again below one of them from now on
+   * means an acknowledged change was lost (loseData). A request that
+   * failed in any piece was never acknowledged, so none of its pieces
+   * count, although some of them may have reached their owners.
+   */
+  acknowledged(changes: readonly (readonly [index: number, version: Version])[]): void {
+    for (const [index, version] of changes) {
+      const e = this.blocks.get(index);
+      if (e !== undefined && e.acked < version) e.acked = version;
+    }
   }
 
   /**
@@ -469,7 +494,7 @@ export class VolumeCoordinator {
 
   // ------------------------------------------------------------ changes
 
-  private async change(index: number, change: Change, fua: boolean): Promise<void> {
+  private async change(index: number, change: Change, fua: boolean): Promise<Version | undefined> {
     this.checkUsable();
     if (this.seq >= SEQ_MAX - SEQ_RENEW_MARGIN) await this.renewVersionSpace();
     const release = await this.order.shared(index);
@@ -479,8 +504,8 @@ export class VolumeCoordinator {
       const whole = change.kind === 'write' ? change.offset === 0 && change.data.length === this.blockSize : change.offset === 0 && change.length === this.blockSize;
       // Zeroing what already reads as zeroes changes nothing (and a trim of a
       // block no trusted owner holds leaves no tombstone behind).
-      if (change.kind === 'zero' && !whole && e.state !== 'data') return this.checkLease();
-      if (change.kind === 'zero' && whole && change.punch && e.state === 'absent') return this.checkLease();
+      if (change.kind === 'zero' && !whole && e.state !== 'data') return void this.checkLease();
+      if (change.kind === 'zero' && whole && change.punch && e.state === 'absent') return void this.checkLease();
       // Nothing is sent past the lease deadline either: waiting for the
       // block (its order, learning it) may have taken us past it, or the
       // process was paused there; a newer coordinator may hold the volume.
@@ -497,6 +522,11 @@ export class VolumeCoordinator {
       const done = this.send(e, ref, change, stamp, fua);
       if (this.writeLevel === 'all') {
         await done.finished;
+        // Fewer copies than the placement's: the owners that would refuse
+        // an old token did not all vote. Our own clocks say the lease runs,
+        // but a process paused with its clocks (a suspended VM) cannot see
+        // that it ran out: etcd's fence confirms we still hold the volume.
+        if (done.degraded()) await this.confirmFence();
       } else {
         await done.early;
         const tracked = done.finished.then(
@@ -515,11 +545,45 @@ export class VolumeCoordinator {
         void tracked.finally(() => this.background.delete(tracked));
       }
       this.checkLease();
-      // Acknowledged to the client from here on.
-      if (e.acked < version) e.acked = version;
+      // Acknowledged to the client once every piece of its request is (acknowledged()).
+      return version;
     } finally {
       release();
     }
+  }
+
+  /**
+   * Resolves once a read of the volume's fence in etcd that started after
+   * this call found our token still the newest; TORUS_ERR_VOLUME_FENCED
+   * (and fenced for good) otherwise. Callers in the same turn, or while a
+   * read runs, share the next read: one etcd round trip per batch of
+   * degraded changes.
+   */
+  private confirmFence(): Promise<void> {
+    if (this.fenceProbeQueued !== null) return this.fenceProbeQueued;
+    const start = async (): Promise<void> => {
+      this.fenceProbeQueued = null;
+      const run = (async () => {
+        const fence = await withTimeout(this.ctx.metadata.getFence(this.volume.id), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `fence of volume ${this.volume.id} in etcd`);
+        if (fence !== this.token) {
+          this.fenced = new TorusError('TORUS_ERR_VOLUME_FENCED', `volume ${this.volume.id}: token ${this.token} is fenced off: its newest fencing token is ${fence}`, { details: { volumeId: this.volume.id, token: this.token, newest: fence } });
+          this.log.error({ token: this.token, newest: fence }, 'etcd names a newer fencing token than ours (our clocks missed the end of our lease): fenced off');
+          throw this.fenced;
+        }
+      })();
+      this.fenceProbeRunning = run;
+      try {
+        await run;
+      } finally {
+        if (this.fenceProbeRunning === run) this.fenceProbeRunning = null;
+      }
+    };
+    const queued = (this.fenceProbeRunning ?? Promise.resolve()).then(
+      () => undefined,
+      () => undefined,
+    ).then(start);
+    this.fenceProbeQueued = queued;
+    return queued;
   }
 
   /**
@@ -568,7 +632,9 @@ export class VolumeCoordinator {
    * bookkeeping. `early` resolves when the write level allows an answer;
    * `finished` when every owner answered, failed or was recorded stale.
    */
-  private send(e: BlockEntry, ref: BlockRef, change: Change, stamp: ChangeStamp, fua: boolean): { early: Promise<void>; finished: Promise<void> } {
+  private send(e: BlockEntry, ref: BlockRef, change: Change, stamp: ChangeStamp, fua: boolean): { early: Promise<void>; finished: Promise<void>; degraded: () => boolean } {
+    // Set once settled: fewer owners than the placement's took the change.
+    let degraded = false;
     let earlyResolve!: () => void;
     let earlyReject!: (err: unknown) => void;
     const early = new Promise<void>((res, rej) => {
@@ -705,6 +771,7 @@ export class VolumeCoordinator {
           details: { acked: [...acked], missed },
         });
       }
+      degraded = missed.length > 0 || plan.required.length < (owners.phase === 'moving' ? owners.old!.length : owners.now.length);
       if (missed.length > 0) {
         this.ctx.stats.degradedChanges++;
         this.log.debug({ block: e.index, missed }, 'degraded change: the owners that missed it are recorded stale');
@@ -725,7 +792,7 @@ export class VolumeCoordinator {
     // Either may go unobserved, depending on the write level.
     early.catch(() => undefined);
     settled.catch(() => undefined);
-    return { early, finished: settled };
+    return { early, finished: settled, degraded: () => degraded };
   }
 
   /** One change to the block settled (either way). */
@@ -870,8 +937,10 @@ export class VolumeCoordinator {
       this.markUnsure(e);
       // A holder DOWN by our last look at etcd may have registered again
       // since (a peer thawed after a pause past its lease, seen at our next
-      // heartbeat only): look now rather than fail the read.
-      if (skippedDown && attempt === 0) await this.ctx.refreshPeers();
+      // heartbeat only): look now rather than fail the read. So may an
+      // owner whose answer a rescue needs (every owner recorded stale: the
+      // thawed old writer's node is, for the whole volume).
+      if (attempt === 0 && (skippedDown || owners.all.some((u) => this.ctx.health.isDown(u)))) await this.ctx.refreshPeers();
     }
     throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: no owner holding its newest version is reachable`, { details: { block: index } });
   }
@@ -884,10 +953,11 @@ export class VolumeCoordinator {
     // A new owner of a block not yet moved is not read for what it lacks,
     // but one known to hold exactly the newest version (not recorded stale)
     // serves it: a rescue may have found the only current copy there, and
-    // the move needs it as its source.
+    // the move needs it as its source. So does an owner the rescue found
+    // holding it although a whole-volume stale record names it (vouched).
     if (e.committed >= need && e.committed !== VERSION_ABSENT) {
       for (const u of owners.all) {
-        if (!trusted.includes(u) && e.holders.get(u) === e.committed && !this.stale.isStale(u, e.index)) out.push(u);
+        if (!trusted.includes(u) && e.holders.get(u) === e.committed && (!this.stale.isStale(u, e.index) || e.vouched?.has(u) === true)) out.push(u);
       }
     }
     const self = this.ctx.selfUuid;
@@ -977,7 +1047,13 @@ export class VolumeCoordinator {
         // Every trusted copy is suspect: every owner stopped uncleanly (a
         // power loss of all of them). Each holds everything it was flushed
         // with; adopt the newest that passes its checksums.
-        const adopted = await this.adopt(ref, trusted, metas.got);
+        let adopted = await this.adopt(ref, trusted, metas.got);
+        if (adopted === null && !rescue && owners.all.every((u) => metas.got.has(u))) {
+          // No trusted copy checks out (bit rot on the only one trusted):
+          // as in a rescue, every owner's copy competes, the stale ones too
+          // (one may hold the very version that rotted).
+          adopted = await this.adopt(ref, owners.all, metas.got);
+        }
         if (adopted !== null) {
           newest = adopted.meta;
           this.log.warn({ block: index, version: newest.version, from: adopted.from }, 'every copy of the block was suspect or stale; adopted the newest one that checks out (unflushed changes may be lost, as after a power loss)');
@@ -1053,6 +1129,8 @@ export class VolumeCoordinator {
         );
         this.log.debug({ block: index, peers: resolved, version: newest.version }, 'unsure owners hold the newest copy: trusted again');
       }
+      if (rescue) e.vouched = new Set(resolved);
+      else delete e.vouched;
       if (e.unsure) {
         e.unsure = false;
         e.pins--;
@@ -1225,6 +1303,17 @@ export class VolumeCoordinator {
             `install on peer ${t}`,
           );
           if (outcome === 'newer') {
+            if (m !== undefined && versionToken(m.version) < this.token && this.stale.isStale(t, index)) {
+              // An untrusted copy ahead of every trusted one, made by an
+              // older writer: a change it sent after it was fenced off
+              // (its clocks stopped: a suspended VM) or one that failed
+              // half way. No client was told it succeeded, and reads here
+              // may have returned the trusted copy: the trusted content
+              // wins, under a fresh version of ours that is newer than it.
+              if (await this.reversion(e, copy, t, m.version)) fixed.push(t);
+              else failed.push(t);
+              continue;
+            }
             // A copy newer than every trusted owner's: only a change that failed half way leaves one. Learn again next time.
             this.log.warn({ block: index, peer: t }, 'target holds a newer copy than the trusted owners; leaving it for the next pass');
             this.markUnsure(e);
@@ -1251,6 +1340,51 @@ export class VolumeCoordinator {
     } finally {
       release();
     }
+  }
+
+  /**
+   * Gives the block's trusted content a fresh version of ours and installs
+   * it on the stale `target` (whose copy, at `ahead`, is newer than the
+   * trusted one) and on every trusted holder, so that versions stay
+   * comparable: one version, one content. A holder that does not take it
+   * is behind from now on and recorded stale. Called with the block's
+   * order held (syncBlock). True when the target took it.
+   */
+  private async reversion(e: BlockEntry, copy: { state: 'data' | 'zero'; data: Buffer | null }, target: string, ahead: Version): Promise<boolean> {
+    const ref = this.refOf(e.index);
+    const holders = [...e.holders].filter(([u, v]) => v === e.committed && u !== target).map(([u]) => u);
+    const version = this.nextVersion(Math.max(e.version, ahead));
+    this.log.warn({ block: e.index, peer: target, ahead: formatVersion(ahead), trusted: formatVersion(e.committed), version: formatVersion(version) }, 'a stale copy is ahead of the trusted ones (an older writer\'s change after it was fenced off, or one that failed half way): the trusted content is installed everywhere under a fresh version');
+    const took = new Set<string>();
+    const behind: string[] = [];
+    for (const u of [target, ...holders]) {
+      this.checkLease();
+      const api = this.ctx.replica(u);
+      try {
+        if (api === null) throw new TorusError('TORUS_ERR_RING_PEER_UNKNOWN', `peer ${u} has no known address`);
+        const outcome = await withTimeout(api.install(this.ctx.requestContext(), ref, { state: copy.state, version, data: copy.data }, { token: this.token, fua: true }), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `install on peer ${u}`);
+        if (outcome === 'newer') throw new TorusError('TORUS_ERR_REPLICA_STALE', `peer ${u} holds a copy newer than ${formatVersion(version)}`);
+        took.add(u);
+      } catch (err) {
+        const kind = classifyFailure(err);
+        if (kind === 'fenced') {
+          this.fenced = err as TorusError;
+          throw err;
+        }
+        if (kind === 'peer') this.ctx.health.failed(u);
+        this.log.debug({ err, block: e.index, peer: u }, 'installing the re-versioned copy failed');
+        if (u !== target) behind.push(u);
+      }
+    }
+    if (took.size === 0) return false;
+    // Holders that missed the fresh version are behind it: recorded before any read trusts the new one.
+    await Promise.all(behind.map((u) => this.stale.record(u, [e.index])));
+    e.version = version;
+    e.committed = version;
+    e.digest = null;
+    for (const u of behind) e.holders.delete(u);
+    for (const u of took) e.holders.set(u, version);
+    return took.has(target);
   }
 
   /** The whole newest copy of a block from a trusted holder (budgeted), or null if none answers. */

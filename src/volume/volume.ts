@@ -15,8 +15,16 @@ export const STATE_ZERO = 2;
  */
 export interface BlockIo {
   read(index: number, offset: number, length: number): Promise<Buffer>;
-  write(index: number, offset: number, data: Buffer, fua: boolean): Promise<void>;
-  zero(index: number, offset: number, length: number, opts: { punch: boolean; fua: boolean }): Promise<void>;
+  /** Resolves with the version the change gave the block (a coordinator), or nothing. */
+  write(index: number, offset: number, data: Buffer, fua: boolean): Promise<number | void>;
+  zero(index: number, offset: number, length: number, opts: { punch: boolean; fua: boolean }): Promise<number | void>;
+  /**
+   * Every piece of a request succeeded and the client is told so: the
+   * versions its changes made (one per block; none for a piece that
+   * changed nothing). A request that fails in one piece is not
+   * acknowledged in any (docs/replication.md, "Lost changes").
+   */
+  acknowledged?(changes: readonly (readonly [index: number, version: number])[]): void;
   /** Resolves once every change acknowledged before the call is durable to the level the volume promises. */
   flush(): Promise<void>;
   /** Whether a block holds data (NBD block status). */
@@ -55,15 +63,27 @@ export class Volume {
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     this.checkRange(offset, data.length);
-    await Promise.all(
-      this.pieces(offset, data.length).map((p) => this.io.write(p.index, p.offset, data.subarray(p.volumeOffset - offset, p.volumeOffset - offset + p.length), fua)),
-    );
+    const pieces = this.pieces(offset, data.length);
+    const versions = await Promise.all(pieces.map((p) => this.io.write(p.index, p.offset, data.subarray(p.volumeOffset - offset, p.volumeOffset - offset + p.length), fua)));
+    this.acknowledged(pieces, versions);
   }
 
   /** TRIM and WRITE_ZEROES: whole blocks become tombstones unless noHole. */
   async zero(offset: number, length: number, opts: { punch: boolean; fua: boolean }): Promise<void> {
     this.checkRange(offset, length);
-    await Promise.all(this.pieces(offset, length).map((p) => this.io.zero(p.index, p.offset, p.length, opts)));
+    const pieces = this.pieces(offset, length);
+    const versions = await Promise.all(pieces.map((p) => this.io.zero(p.index, p.offset, p.length, opts)));
+    this.acknowledged(pieces, versions);
+  }
+
+  private acknowledged(pieces: readonly { index: number }[], versions: readonly (number | void)[]): void {
+    if (this.io.acknowledged === undefined) return;
+    const changes: [number, number][] = [];
+    pieces.forEach((p, i) => {
+      const v = versions[i];
+      if (typeof v === 'number') changes.push([p.index, v]);
+    });
+    if (changes.length > 0) this.io.acknowledged(changes);
   }
 
   flush(): Promise<void> {

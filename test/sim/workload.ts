@@ -580,10 +580,16 @@ export class Workload {
         // acknowledgement came (the coordinator learns of a restart only
         // when the new incarnation answers): what no store holds now is
         // as lost as after that crash.
-        if (vol.model.crashes !== op.crashesAtIssue) vol.model.crashed(checker.heldValues(vol.model), op.first, op.count);
+        const crashedSince = vol.model.crashes !== op.crashesAtIssue;
+        if (crashedSince) vol.model.crashed(checker.heldValues(vol.model), op.first, op.count);
         const min = this.opts.timing.writeLevel === 'all' ? this.opts.minReplicas() : 1;
         const v = checker.checkWriteAck(vol.model, { ...c, acked: true }, op.first, op.count, min, this.opts.owners);
-        if (v) fail({ ...v, message: `op ${op.id}: ${v.message}`, blocks: this.blocksOf(op) });
+        // Copies that died with a peer before the answer reached the
+        // coordinator (their connection reset still on the wire) are lost
+        // like copies that die just after it: allowed, as long as every
+        // later flush of this writer fails (the model now says so).
+        if (v && crashedSince && vol.model.lostAcked(op.writer.handle)) this.opts.log.add(`op ${op.id}: acknowledged while a crash had taken copies of it (${v.message}); its writer's flushes must fail`);
+        else if (v) fail({ ...v, message: `op ${op.id}: ${v.message}`, blocks: this.blocksOf(op) });
       }
     }
   }
