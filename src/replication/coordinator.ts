@@ -120,9 +120,6 @@ export class VolumeCoordinator {
    * block ever share a version, even after it forgot a block's history.
    */
   private seq = 0;
-  /** The etcd fence read under way, and the one queued behind it (confirmFence). */
-  private fenceProbeRunning: Promise<void> | null = null;
-  private fenceProbeQueued: Promise<void> | null = null;
 
   private constructor(opts: CoordinatorOptions) {
     this.ctx = opts.ctx;
@@ -203,22 +200,23 @@ export class VolumeCoordinator {
       missed.push(u);
       if (classifyFailure(r.reason) === 'peer') this.ctx.health.failed(u);
     });
-    // A peer that did not answer learns the token from etcd (its fence
-    // watch, or the full re-read every peer makes before it takes changes
-    // again after losing its session) or from our first change, whichever
-    // comes first. Until then it takes the old writer's changes, and the
-    // old writer cannot be trusted to have stopped: one paused with its
-    // clocks (a suspended VM) wakes believing its lease still runs and
-    // sends what it had queued, its own node among these peers (and a peer
-    // cut off from etcd but not from it takes them too). So each is
-    // recorded stale for the whole volume before we serve: nothing it
-    // holds is read until compared with the trusted copies, and a copy
-    // ahead of them is replaced (syncBlock). A record that cannot be made
-    // fails the open.
-    if (missed.length > 0) {
-      this.log.warn({ peers: missed, token: this.token }, 'peers did not answer the fencing token: recorded stale for the whole volume until caught up');
-      for (const u of missed) await this.stale.record(u, 'all');
-    }
+    // A peer that did not learn the token now learns it from etcd (its
+    // fence watch, or the full re-read every peer makes before it takes
+    // changes again after losing its session) or from the first change
+    // this coordinator sends it, whichever comes first. Its copies stay
+    // trusted: the old writer acknowledged nothing past its own lease
+    // deadline, which passed before this lock could be taken, so anything
+    // it may still land there is a write nobody was told succeeded.
+    //
+    // Not so for an old writer paused with its clocks (a suspended VM): it
+    // wakes believing its lease still runs and lands what it had queued on
+    // its own node's replica, which could not hear of this token either
+    // (docs/replication.md, "Fencing": open). Recording such peers stale
+    // for the whole volume closes that, but the simulation showed it
+    // exposes stale reads in the whole-volume catch-up (seeds 240, 263,
+    // 323 beyond the CI 200, without any suspension): not done until that
+    // is fixed.
+    if (missed.length > 0) this.log.warn({ peers: missed, token: this.token }, 'peers did not answer the fencing token; they learn it from etcd or from our first change');
     this.log.info({ token: this.token, peers: peers.length }, 'fencing token published');
   }
 
@@ -522,11 +520,6 @@ export class VolumeCoordinator {
       const done = this.send(e, ref, change, stamp, fua);
       if (this.writeLevel === 'all') {
         await done.finished;
-        // Fewer copies than the placement's: the owners that would refuse
-        // an old token did not all vote. Our own clocks say the lease runs,
-        // but a process paused with its clocks (a suspended VM) cannot see
-        // that it ran out: etcd's fence confirms we still hold the volume.
-        if (done.degraded()) await this.confirmFence();
       } else {
         await done.early;
         const tracked = done.finished.then(
@@ -550,40 +543,6 @@ export class VolumeCoordinator {
     } finally {
       release();
     }
-  }
-
-  /**
-   * Resolves once a read of the volume's fence in etcd that started after
-   * this call found our token still the newest; TORUS_ERR_VOLUME_FENCED
-   * (and fenced for good) otherwise. Callers in the same turn, or while a
-   * read runs, share the next read: one etcd round trip per batch of
-   * degraded changes.
-   */
-  private confirmFence(): Promise<void> {
-    if (this.fenceProbeQueued !== null) return this.fenceProbeQueued;
-    const start = async (): Promise<void> => {
-      this.fenceProbeQueued = null;
-      const run = (async () => {
-        const fence = await withTimeout(this.ctx.metadata.getFence(this.volume.id), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `fence of volume ${this.volume.id} in etcd`);
-        if (fence !== this.token) {
-          this.fenced = new TorusError('TORUS_ERR_VOLUME_FENCED', `volume ${this.volume.id}: token ${this.token} is fenced off: its newest fencing token is ${fence}`, { details: { volumeId: this.volume.id, token: this.token, newest: fence } });
-          this.log.error({ token: this.token, newest: fence }, 'etcd names a newer fencing token than ours (our clocks missed the end of our lease): fenced off');
-          throw this.fenced;
-        }
-      })();
-      this.fenceProbeRunning = run;
-      try {
-        await run;
-      } finally {
-        if (this.fenceProbeRunning === run) this.fenceProbeRunning = null;
-      }
-    };
-    const queued = (this.fenceProbeRunning ?? Promise.resolve()).then(
-      () => undefined,
-      () => undefined,
-    ).then(start);
-    this.fenceProbeQueued = queued;
-    return queued;
   }
 
   /**
@@ -632,9 +591,7 @@ export class VolumeCoordinator {
    * bookkeeping. `early` resolves when the write level allows an answer;
    * `finished` when every owner answered, failed or was recorded stale.
    */
-  private send(e: BlockEntry, ref: BlockRef, change: Change, stamp: ChangeStamp, fua: boolean): { early: Promise<void>; finished: Promise<void>; degraded: () => boolean } {
-    // Set once settled: fewer owners than the placement's took the change.
-    let degraded = false;
+  private send(e: BlockEntry, ref: BlockRef, change: Change, stamp: ChangeStamp, fua: boolean): { early: Promise<void>; finished: Promise<void> } {
     let earlyResolve!: () => void;
     let earlyReject!: (err: unknown) => void;
     const early = new Promise<void>((res, rej) => {
@@ -771,7 +728,6 @@ export class VolumeCoordinator {
           details: { acked: [...acked], missed },
         });
       }
-      degraded = missed.length > 0 || plan.required.length < (owners.phase === 'moving' ? owners.old!.length : owners.now.length);
       if (missed.length > 0) {
         this.ctx.stats.degradedChanges++;
         this.log.debug({ block: e.index, missed }, 'degraded change: the owners that missed it are recorded stale');
@@ -792,7 +748,7 @@ export class VolumeCoordinator {
     // Either may go unobserved, depending on the write level.
     early.catch(() => undefined);
     settled.catch(() => undefined);
-    return { early, finished: settled, degraded: () => degraded };
+    return { early, finished: settled };
   }
 
   /** One change to the block settled (either way). */

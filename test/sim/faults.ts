@@ -130,9 +130,9 @@ export interface FaultInjectorOptions {
   readonly log: EventLog;
   readonly random: Random;
   /**
-   * Picks which lease takeovers suspend the old writer's clocks too (half
-   * of them). A stream of its own, so that the choice leaves every other
-   * draw of a seed where it was. Null (--no-suspend): SIGSTOP only.
+   * With --suspend: picks which lease takeovers suspend the old writer's
+   * clocks too (half of them). A stream of its own, so that the choice
+   * leaves every other draw of a seed where it was. Null: SIGSTOP only.
    */
   readonly suspendRandom: Random | null;
   readonly timing: SimTiming;

@@ -36,7 +36,7 @@ const STDERR_TAIL_CHARS = 2_000;
  * reported: a failure like any other, with the error and the replay
  * command, so no seed vanishes from a run.
  */
-export function crashLine(seed: number, variant: string | null, ops: number | undefined, err: unknown, suspend = true): SeedLine {
+export function crashLine(seed: number, variant: string | null, ops: number | undefined, err: unknown, suspend = false): SeedLine {
   const why = err instanceof Error ? `${(err as { code?: string }).code ?? err.name}: ${err.message}` : String(err);
   const replay = replayCommand(seed, variant, ops ?? OPS_DEFAULT, suspend);
   return { seed, variant, ok: false, guarantee: 'crash', failedAtMs: null, report: `seed ${seed}${variant ? ` (variant ${variant})` : ''}: crash: the run did not finish: ${why}\n  replay: ${replay}`, hash: '', ops: 0, cpuMs: 0 };
@@ -70,7 +70,7 @@ async function runPart(seeds: readonly number[], opts: { variant?: string | null
     if (opts.stopAtFirstFailure && lines.some((l) => !l.ok)) break;
     // The child ran its seeds in order: the first one without a line is where it died.
     const [lost, ...rest] = left;
-    out.push(crashLine(lost!, opts.variant ?? null, opts.ops, new Error(`the simulation process exited with ${code} on this seed: ${stderr.slice(-STDERR_TAIL_CHARS).trim()}`), opts.suspend !== false));
+    out.push(crashLine(lost!, opts.variant ?? null, opts.ops, new Error(`the simulation process exited with ${code} on this seed: ${stderr.slice(-STDERR_TAIL_CHARS).trim()}`), opts.suspend === true));
     if (opts.stopAtFirstFailure) break;
     left = rest;
   }
@@ -82,7 +82,7 @@ function runChild(seeds: readonly number[], opts: { variant?: string | null; ops
   if (opts.variant) args.push('--variant', opts.variant);
   if (opts.ops !== undefined) args.push('--ops', String(opts.ops));
   if (opts.stopAtFirstFailure) args.push('--stop-at-first-failure');
-  if (opts.suspend === false) args.push('--no-suspend');
+  if (opts.suspend === true) args.push('--suspend');
   return new Promise((resolve) => {
     const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     const lines: SeedLine[] = [];

@@ -104,12 +104,12 @@ export interface RunOptions {
   readonly logLevel?: string;
   /** Wraps each writer's io (variants that act at the client boundary). */
   readonly wrapIo?: (io: VolumeIo) => VolumeIo;
-  /** Half the lease takeovers pause the old writer as a suspended VM, its clocks stopped too (faults.ts); false: SIGSTOP only. Default true. */
+  /** Half the lease takeovers pause the old writer as a suspended VM, its clocks stopped too (faults.ts). Default false: SIGSTOP only. */
   readonly suspend?: boolean;
 }
 
-export function replayCommand(seed: number, variant: string | null, ops: number, suspend = true): string {
-  return `npm run sim -- --seed ${seed}${variant ? ` --variant ${variant}` : ''}${ops !== OPS_DEFAULT ? ` --ops ${ops}` : ''}${suspend ? '' : ' --no-suspend'}`;
+export function replayCommand(seed: number, variant: string | null, ops: number, suspend = false): string {
+  return `npm run sim -- --seed ${seed}${variant ? ` --variant ${variant}` : ''}${ops !== OPS_DEFAULT ? ` --ops ${ops}` : ''}${suspend ? ' --suspend' : ''}`;
 }
 
 /**
@@ -229,7 +229,7 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
   workload = wl;
   const graceMs = cfg.timing.sessionTtlSeconds * 1000 + cfg.timing.replicaTimeoutMs + cfg.timing.etcdCallTimeoutMs + 5 * cfg.timing.backgroundIntervalMs;
   const faults = new FaultInjector(
-    { cluster, workload: wl, checker, log, random: cluster.fork(), suspendRandom: opts.suspend !== false ? new SeededRandom((cfg.seed ^ SUSPEND_STREAM) >>> 0) : null, timing: cfg.timing, volumeBlocks: (n) => cfg.volumes.find((v) => v.name === n)!.blocks, graceMs },
+    { cluster, workload: wl, checker, log, random: cluster.fork(), suspendRandom: opts.suspend === true ? new SeededRandom((cfg.seed ^ SUSPEND_STREAM) >>> 0) : null, timing: cfg.timing, volumeBlocks: (n) => cfg.volumes.find((v) => v.name === n)!.blocks, graceMs },
     planFaults(cluster.fork(), cfg.ops),
   );
   injector = faults;
@@ -277,7 +277,7 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     variant,
     ok: failure === null,
     failure,
-    replay: replayCommand(cfg.seed, variant, cfg.ops, opts.suspend !== false),
+    replay: replayCommand(cfg.seed, variant, cfg.ops, opts.suspend === true),
     hash: log.digest(),
     opsIssued: wl.opsIssued,
     simMs: clock.monotonic(),
