@@ -98,7 +98,15 @@ if ! { [ -e /dev/loop-control ] && losetup --find >/dev/null 2>&1; }; then
   say "warning: no free loop device (/dev/loop-control, losetup --find): mount -o loop tests will fail"
 fi
 
-# --- 3. node_modules ---------------------------------------------------------------
+# --- 3. Node.js 24 and node_modules ----------------------------------------------------
+# Builds and installs on the project's Node 24 toolchain (node, npm, node-gyp)
+# whoever runs this script: on a machine whose system node is older,
+# scripts/node24.sh installs it and it goes first on PATH (test/run.sh and
+# deploy/local/up.sh do the same for what they run after).
+node24_bin=$(bash scripts/node24.sh --bin)
+if [ -n "$node24_bin" ]; then
+  export PATH="$node24_bin:$PATH"
+fi
 if [ ! -d node_modules ] || [ ! -e node_modules/.package-lock.json ] ||
   [ package-lock.json -nt node_modules/.package-lock.json ]; then
   say "installing node modules (npm ci)"
@@ -108,20 +116,8 @@ if [ ! -d node_modules ] || [ ! -e node_modules/.package-lock.json ] ||
 fi
 
 # --- 4. Build (TypeScript to dist/, native addon) --------------------------------------
-# node-gyp builds against the installed Node headers rather than downloading
-# them; this machine's npm config usually says so, and this covers a config
-# that does not.
-# The project's own Node 24 (scripts/node24.sh) carries its headers.
-node_home=$(dirname "$(dirname "$(command -v node)")")
-if [ -z "${npm_config_nodedir:-}" ] && [ "$node_home" = "$PWD/.tools/node24" ]; then
-  export npm_config_nodedir="$node_home"
-fi
-if [ -z "${npm_config_nodedir:-}" ] && [ -f /usr/include/node/node.h ]; then
-  nodedir=$(npm config get nodedir 2>/dev/null || true)
-  if [ -z "$nodedir" ] || [ "$nodedir" = "undefined" ] || [ "$nodedir" = "null" ]; then
-    export npm_config_nodedir=/usr
-  fi
-fi
+# scripts/build-addon.sh (npm run build) builds the addon with the node-gyp and
+# the headers of the node on PATH, and refuses an addon that links libnode.
 
 STAMP=dist/.build-stamp
 ADDON=native/build/Release/torus_native.node
@@ -136,6 +132,10 @@ else
   done
   newer=$(find "${inputs[@]}" -path native/build -prune -o -type f -newer "$STAMP" -print -quit)
   [ -n "$newer" ] && need_build="sources changed since the last build"
+  # An addon built by Debian's node-gyp (before scripts/build-addon.sh) links
+  # libnode and crashes Node 24.
+  [ -z "$need_build" ] && ! bash scripts/build-addon.sh --check &&
+    need_build="the native addon links libnode (built by Debian's node-gyp)"
 fi
 if [ -n "$need_build" ]; then
   say "building with npm run build ($need_build)"
