@@ -21,6 +21,13 @@ VOLUME=${TORUS_VOLUME:-pad}
 VOLUME_SIZE=${TORUS_VOLUME_SIZE:-1GiB}
 READY_TIMEOUT_S=60
 
+# torusd runs on Node.js 24, the supported runtime, like `npm test`: on a
+# machine whose system node is older (Debian 12 ships 18), scripts/node24.sh
+# installs it into .tools/node24 and it goes first on PATH.
+node24_bin=$(bash scripts/node24.sh --bin)
+if [ -n "$node24_bin" ]; then
+  export PATH="$node24_bin:$PATH"
+fi
 bash scripts/install-deps.sh
 mkdir -p "$LOCAL"
 
@@ -105,10 +112,17 @@ started=()
 URI="nbd://127.0.0.1:$NBD_PORT/$VOLUME"
 ctl="node dist/cmd/torusctl.js"
 [ "$ETCD_PORT" = 2379 ] || ctl="$ctl -C $ETCD_ENDPOINT"
+node_note=""
+if [ -n "$node24_bin" ]; then
+  node_note="
+torus runs on Node.js 24 from .tools/node24 (the system node is older); for the
+torusctl commands below, put it first on PATH in this shell:
+  export PATH=\"$node24_bin:\$PATH\""
+fi
 cat <<EOF
 
 torus is up: etcd $ETCD_ENDPOINT, NBD 127.0.0.1:$NBD_PORT, HTTP 127.0.0.1:$HTTP_PORT, peer 127.0.0.1:$PEER_PORT
-logs: .local/etcd.log .local/torusd.log
+logs: .local/etcd.log .local/torusd.log$node_note
 
 Look at the volume:
   nbdinfo $URI
