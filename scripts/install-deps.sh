@@ -14,16 +14,24 @@ die() {
   exit 1
 }
 
-# Runs a noisy command with its output kept aside; shows the tail only if it fails.
+# Runs a noisy command with its output kept aside. If it fails, the output is
+# kept: its error lines are shown (a package's postinst error may come long
+# before apt's closing lines), then its tail, then where the whole log is.
 run_quiet() {
   local what=$1
   shift
-  local log
-  log=$(mktemp)
-  if ! "$@" >"$log" 2>&1; then
-    printf 'install-deps: %s failed; last lines of its output:\n' "$what" >&2
+  local log code=0 errors
+  log=$(mktemp "${TMPDIR:-/tmp}/install-deps.XXXXXX.log")
+  "$@" >"$log" 2>&1 || code=$?
+  if [ "$code" -ne 0 ]; then
+    printf 'install-deps: %s failed (exit status %s)\n' "$what" "$code" >&2
+    errors=$(grep -n -i -E '(^E: |error|fatal|failed|exit status)' "$log" | head -n 30 || true)
+    if [ -n "$errors" ]; then
+      printf 'install-deps: its error lines (line number: text):\n%s\n' "$errors" >&2
+    fi
+    printf 'install-deps: its last 40 lines:\n' >&2
     tail -n 40 "$log" >&2
-    rm -f "$log"
+    printf 'install-deps: the whole output is kept in %s\n' "$log" >&2
     exit 1
   fi
   rm -f "$log"
@@ -62,6 +70,7 @@ TOOLS=(
   gcc:gcc
   ip:iproute2
   nft:nftables
+  file:file
 )
 missing_pkgs=()
 for pair in "${TOOLS[@]}"; do
