@@ -94,6 +94,22 @@ if [ "${#missing_pkgs[@]}" -gt 0 ]; then
   for pair in "${TOOLS[@]}"; do
     have "${pair%%:*}" || die "${pair%%:*} is still missing after installing ${pair#*:}"
   done
+  # etcd-server's postinst enables and starts etcd.service, an etcd on
+  # 127.0.0.1:2379: the port of `npm run local`'s own etcd. Only when this run
+  # installed the package (it was not there a moment ago, so that etcd holds
+  # nothing), stop it and keep it from starting at boot. An etcd-server that
+  # was already installed is never touched (deploy/local/up.sh then puts its
+  # own etcd on other ports).
+  if [[ " ${missing_pkgs[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ] &&
+    command -v systemctl >/dev/null 2>&1; then
+    if "${SUDO[@]}" systemctl disable --now etcd.service >/dev/null 2>&1; then
+      say "stopped and disabled etcd.service, which installing etcd-server started on 127.0.0.1:2379:" \
+        "torus starts its own etcd (npm run local, the tests); 'systemctl enable --now etcd' undoes this"
+    else
+      say "warning: could not stop etcd.service, which installing etcd-server started on 127.0.0.1:2379;" \
+        "npm run local will put its own etcd on other ports"
+    fi
+  fi
 fi
 
 # --- 2. Kernel features some integration tests use (reported, not fixed) -------

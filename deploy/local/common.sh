@@ -2,8 +2,15 @@
 # working directory): settings, pid files and readiness checks.
 
 LOCAL=$REPO/.local
+# etcd's ports: TORUS_ETCD_PORT / TORUS_ETCD_PEER_PORT when set, else the pair
+# up.sh chose because an etcd it did not start held 2379 (.local/etcd.ports,
+# kept with the data until `npm run local:down -- --wipe`), else 2379 / 2380.
+ETCD_PORTS_FILE=$LOCAL/etcd.ports
 ETCD_PORT=${TORUS_ETCD_PORT:-2379}
 ETCD_PEER_PORT=${TORUS_ETCD_PEER_PORT:-2380}
+if [ -z "${TORUS_ETCD_PORT:-}" ] && [ -s "$ETCD_PORTS_FILE" ]; then
+  read -r ETCD_PORT ETCD_PEER_PORT <"$ETCD_PORTS_FILE" || true
+fi
 NBD_PORT=${TORUS_NBD_PORT:-10809}
 HTTP_PORT=${TORUS_HTTP_PORT:-4321}
 PEER_PORT=${TORUS_PEER_PORT:-40000}
