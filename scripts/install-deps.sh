@@ -131,6 +131,10 @@ fi
 node24_bin=$(bash scripts/node24.sh --bin)
 if [ -n "$node24_bin" ]; then
   export PATH="$node24_bin:$PATH"
+  # Set by the system's npm when it runs us (npm test, npm run local): its own
+  # node-gyp, which npm 11 would otherwise use for any dependency's native
+  # build. Debian's links libnode (scripts/build-addon.sh says why that crashes).
+  unset npm_config_node_gyp
 fi
 if [ ! -d node_modules ] || [ ! -e node_modules/.package-lock.json ] ||
   [ package-lock.json -nt node_modules/.package-lock.json ]; then
