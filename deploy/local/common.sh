@@ -105,6 +105,18 @@ wait_ready() {
   local name=$1 timeout_s=$2
   shift 2
   local deadline=$((SECONDS + timeout_s))
+  # The pid file is written as soon as bash forks, before the child has
+  # exec'd the daemon: until then its command line is up.sh's, and
+  # service_pid would take the daemon for gone ("exited while starting",
+  # seen under load). Give the exec up to 5 s while that pid is alive.
+  local pid i
+  pid=$(cat "$LOCAL/$name.pid")
+  for ((i = 0; i < 100; i++)); do
+    if service_pid "$name" >/dev/null || ! kill -0 "$pid" 2>/dev/null; then
+      break
+    fi
+    sleep 0.05
+  done
   until "$@" >/dev/null 2>&1; do
     if ! service_pid "$name" >/dev/null; then
       tail -n 20 "$LOCAL/$name.log" >&2 || true
