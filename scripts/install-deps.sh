@@ -14,16 +14,24 @@ die() {
   exit 1
 }
 
-# Runs a noisy command with its output kept aside; shows the tail only if it fails.
+# Runs a noisy command with its output kept aside. If it fails, the output is
+# kept: its error lines are shown (a package's postinst error may come long
+# before apt's closing lines), then its tail, then where the whole log is.
 run_quiet() {
   local what=$1
   shift
-  local log
-  log=$(mktemp)
-  if ! "$@" >"$log" 2>&1; then
-    printf 'install-deps: %s failed; last lines of its output:\n' "$what" >&2
+  local log code=0 errors
+  log=$(mktemp "${TMPDIR:-/tmp}/install-deps.XXXXXX.log")
+  "$@" >"$log" 2>&1 || code=$?
+  if [ "$code" -ne 0 ]; then
+    printf 'install-deps: %s failed (exit status %s)\n' "$what" "$code" >&2
+    errors=$(grep -n -i -E '(^E: |error|fatal|failed|exit status)' "$log" | head -n 30 || true)
+    if [ -n "$errors" ]; then
+      printf 'install-deps: its error lines (line number: text):\n%s\n' "$errors" >&2
+    fi
+    printf 'install-deps: its last 40 lines:\n' >&2
     tail -n 40 "$log" >&2
-    rm -f "$log"
+    printf 'install-deps: the whole output is kept in %s\n' "$log" >&2
     exit 1
   fi
   rm -f "$log"
@@ -62,6 +70,7 @@ TOOLS=(
   gcc:gcc
   ip:iproute2
   nft:nftables
+  file:file
 )
 missing_pkgs=()
 for pair in "${TOOLS[@]}"; do
@@ -85,6 +94,22 @@ if [ "${#missing_pkgs[@]}" -gt 0 ]; then
   for pair in "${TOOLS[@]}"; do
     have "${pair%%:*}" || die "${pair%%:*} is still missing after installing ${pair#*:}"
   done
+  # etcd-server's postinst enables and starts etcd.service, an etcd on
+  # 127.0.0.1:2379: the port of `npm run local`'s own etcd. Only when this run
+  # installed the package (it was not there a moment ago, so that etcd holds
+  # nothing), stop it and keep it from starting at boot. An etcd-server that
+  # was already installed is never touched (deploy/local/up.sh then puts its
+  # own etcd on other ports).
+  if [[ " ${missing_pkgs[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ] &&
+    command -v systemctl >/dev/null 2>&1; then
+    if "${SUDO[@]}" systemctl disable --now etcd.service >/dev/null 2>&1; then
+      say "stopped and disabled etcd.service, which installing etcd-server started on 127.0.0.1:2379:" \
+        "torus starts its own etcd (npm run local, the tests); 'systemctl enable --now etcd' undoes this"
+    else
+      say "warning: could not stop etcd.service, which installing etcd-server started on 127.0.0.1:2379;" \
+        "npm run local will put its own etcd on other ports"
+    fi
+  fi
 fi
 
 # --- 2. Kernel features some integration tests use (reported, not fixed) -------
@@ -98,7 +123,19 @@ if ! { [ -e /dev/loop-control ] && losetup --find >/dev/null 2>&1; }; then
   say "warning: no free loop device (/dev/loop-control, losetup --find): mount -o loop tests will fail"
 fi
 
-# --- 3. node_modules ---------------------------------------------------------------
+# --- 3. Node.js 24 and node_modules ----------------------------------------------------
+# Builds and installs on the project's Node 24 toolchain (node, npm, node-gyp)
+# whoever runs this script: on a machine whose system node is older,
+# scripts/node24.sh installs it and it goes first on PATH (test/run.sh and
+# deploy/local/up.sh do the same for what they run after).
+node24_bin=$(bash scripts/node24.sh --bin)
+if [ -n "$node24_bin" ]; then
+  export PATH="$node24_bin:$PATH"
+  # Set by the system's npm when it runs us (npm test, npm run local): its own
+  # node-gyp, which npm 11 would otherwise use for any dependency's native
+  # build. Debian's links libnode (scripts/build-addon.sh says why that crashes).
+  unset npm_config_node_gyp
+fi
 if [ ! -d node_modules ] || [ ! -e node_modules/.package-lock.json ] ||
   [ package-lock.json -nt node_modules/.package-lock.json ]; then
   say "installing node modules (npm ci)"
@@ -108,20 +145,8 @@ if [ ! -d node_modules ] || [ ! -e node_modules/.package-lock.json ] ||
 fi
 
 # --- 4. Build (TypeScript to dist/, native addon) --------------------------------------
-# node-gyp builds against the installed Node headers rather than downloading
-# them; this machine's npm config usually says so, and this covers a config
-# that does not.
-# The project's own Node 24 (scripts/node24.sh) carries its headers.
-node_home=$(dirname "$(dirname "$(command -v node)")")
-if [ -z "${npm_config_nodedir:-}" ] && [ "$node_home" = "$PWD/.tools/node24" ]; then
-  export npm_config_nodedir="$node_home"
-fi
-if [ -z "${npm_config_nodedir:-}" ] && [ -f /usr/include/node/node.h ]; then
-  nodedir=$(npm config get nodedir 2>/dev/null || true)
-  if [ -z "$nodedir" ] || [ "$nodedir" = "undefined" ] || [ "$nodedir" = "null" ]; then
-    export npm_config_nodedir=/usr
-  fi
-fi
+# scripts/build-addon.sh (npm run build) builds the addon with the node-gyp and
+# the headers of the node on PATH, and refuses an addon that links libnode.
 
 STAMP=dist/.build-stamp
 ADDON=native/build/Release/torus_native.node
@@ -136,6 +161,10 @@ else
   done
   newer=$(find "${inputs[@]}" -path native/build -prune -o -type f -newer "$STAMP" -print -quit)
   [ -n "$newer" ] && need_build="sources changed since the last build"
+  # An addon built by Debian's node-gyp (before scripts/build-addon.sh) links
+  # libnode and crashes Node 24.
+  [ -z "$need_build" ] && ! bash scripts/build-addon.sh --check &&
+    need_build="the native addon links libnode (built by Debian's node-gyp)"
 fi
 if [ -n "$need_build" ]; then
   say "building with npm run build ($need_build)"

@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Every run is on Node.js 24, the supported runtime: on a machine whose
-# system node is older (Debian 12 ships 20), scripts/node24.sh installs it
-# into .tools/node24 and it goes first on PATH, for npm, vitest and every
-# process the tests start (they use process.execPath).
+# system node is older (Debian 12 ships 18.20.4), scripts/node24.sh installs
+# it with its npm into .tools/node24 and it goes first on PATH, for npm,
+# node-gyp, vitest and every process the tests start (they use
+# process.execPath).
 node24_bin=$(bash scripts/node24.sh --bin)
 if [ -n "$node24_bin" ]; then
   export PATH="$node24_bin:$PATH"

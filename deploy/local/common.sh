@@ -2,8 +2,15 @@
 # working directory): settings, pid files and readiness checks.
 
 LOCAL=$REPO/.local
+# etcd's ports: TORUS_ETCD_PORT / TORUS_ETCD_PEER_PORT when set, else the pair
+# up.sh chose because an etcd it did not start held 2379 (.local/etcd.ports,
+# kept with the data until `npm run local:down -- --wipe`), else 2379 / 2380.
+ETCD_PORTS_FILE=$LOCAL/etcd.ports
 ETCD_PORT=${TORUS_ETCD_PORT:-2379}
 ETCD_PEER_PORT=${TORUS_ETCD_PEER_PORT:-2380}
+if [ -z "${TORUS_ETCD_PORT:-}" ] && [ -s "$ETCD_PORTS_FILE" ]; then
+  read -r ETCD_PORT ETCD_PEER_PORT <"$ETCD_PORTS_FILE" || true
+fi
 NBD_PORT=${TORUS_NBD_PORT:-10809}
 HTTP_PORT=${TORUS_HTTP_PORT:-4321}
 PEER_PORT=${TORUS_PEER_PORT:-40000}
@@ -98,6 +105,18 @@ wait_ready() {
   local name=$1 timeout_s=$2
   shift 2
   local deadline=$((SECONDS + timeout_s))
+  # The pid file is written as soon as bash forks, before the child has
+  # exec'd the daemon: until then its command line is up.sh's, and
+  # service_pid would take the daemon for gone ("exited while starting",
+  # seen under load). Give the exec up to 5 s while that pid is alive.
+  local pid i
+  pid=$(cat "$LOCAL/$name.pid")
+  for ((i = 0; i < 100; i++)); do
+    if service_pid "$name" >/dev/null || ! kill -0 "$pid" 2>/dev/null; then
+      break
+    fi
+    sleep 0.05
+  done
   until "$@" >/dev/null 2>&1; do
     if ! service_pid "$name" >/dev/null; then
       tail -n 20 "$LOCAL/$name.log" >&2 || true

@@ -26,7 +26,7 @@ say "$(stop_service torusd)"
 say "$(stop_service etcd)"
 
 if [ -n "$wipe" ]; then
-  rm -rf "$LOCAL/torusd-data" "$LOCAL/etcd" "$LOCAL/torusd.log" "$LOCAL/etcd.log"
+  rm -rf "$LOCAL/torusd-data" "$LOCAL/etcd" "$LOCAL/torusd.log" "$LOCAL/etcd.log" "$ETCD_PORTS_FILE"
   say "wiped .local/torusd-data, .local/etcd and the logs"
 else
   say "data kept in .local/torusd-data and .local/etcd (npm run local:down -- --wipe deletes it)"

@@ -21,6 +21,13 @@ VOLUME=${TORUS_VOLUME:-pad}
 VOLUME_SIZE=${TORUS_VOLUME_SIZE:-1GiB}
 READY_TIMEOUT_S=60
 
+# torusd runs on Node.js 24, the supported runtime, like `npm test`: on a
+# machine whose system node is older (Debian 12 ships 18), scripts/node24.sh
+# installs it into .tools/node24 and it goes first on PATH.
+node24_bin=$(bash scripts/node24.sh --bin)
+if [ -n "$node24_bin" ]; then
+  export PATH="$node24_bin:$PATH"
+fi
 bash scripts/install-deps.sh
 mkdir -p "$LOCAL"
 
@@ -43,8 +50,28 @@ if pid=$(service_pid etcd); then
   say "etcd is already running (pid $pid, $ETCD_ENDPOINT)"
 else
   if etcd_healthy; then
-    die "an etcd that this script did not start already answers on $ETCD_ENDPOINT." \
-      "Stop it, or pick another port: TORUS_ETCD_PORT=2479 TORUS_ETCD_PEER_PORT=2480 npm run local"
+    # Someone else's etcd (typically Debian's etcd.service, which installing
+    # etcd-server starts on 127.0.0.1:2379): never touched. On the default
+    # ports, torus's own etcd moves to the first free pair of 2479/2480,
+    # 2579/2580, ...; ports the user chose, or chose before, are kept.
+    if [ -n "${TORUS_ETCD_PORT:-}" ] || [ -s "$ETCD_PORTS_FILE" ]; then
+      die "an etcd that this script did not start already answers on $ETCD_ENDPOINT." \
+        "Stop it, or pick other ports: TORUS_ETCD_PORT=2479 TORUS_ETCD_PEER_PORT=2480 npm run local"
+    fi
+    foreign=$ETCD_ENDPOINT
+    for base in 2479 2579 2679 2779 2879; do
+      if ! port_busy "$base" && ! port_busy "$((base + 1))"; then
+        ETCD_PORT=$base
+        ETCD_PEER_PORT=$((base + 1))
+        break
+      fi
+    done
+    [ "$ETCD_PORT" != 2379 ] || die "an etcd that this script did not start already answers on $foreign, and 2479 to 2880 are busy too." \
+      "Stop it, or pick other ports: TORUS_ETCD_PORT=... TORUS_ETCD_PEER_PORT=... npm run local"
+    ETCD_ENDPOINT=127.0.0.1:$ETCD_PORT
+    echo "$ETCD_PORT $ETCD_PEER_PORT" >"$ETCD_PORTS_FILE"
+    say "an etcd that this script did not start answers on $foreign (if it is the etcd-server package's, see: systemctl status etcd); it is left alone."
+    say "torus's own etcd uses $ETCD_ENDPOINT (peer port $ETCD_PEER_PORT) instead, from now on (.local/etcd.ports): give torusctl -C $ETCD_ENDPOINT"
   fi
   for port in "$ETCD_PORT" "$ETCD_PEER_PORT"; do
     port_busy "$port" && die "port $port is in use by another program; set TORUS_ETCD_PORT / TORUS_ETCD_PEER_PORT"
@@ -105,10 +132,17 @@ started=()
 URI="nbd://127.0.0.1:$NBD_PORT/$VOLUME"
 ctl="node dist/cmd/torusctl.js"
 [ "$ETCD_PORT" = 2379 ] || ctl="$ctl -C $ETCD_ENDPOINT"
+node_note=""
+if [ -n "$node24_bin" ]; then
+  node_note="
+torus runs on Node.js 24 from .tools/node24 (the system node is older); for the
+torusctl commands below, put it first on PATH in this shell:
+  export PATH=\"$node24_bin:\$PATH\""
+fi
 cat <<EOF
 
 torus is up: etcd $ETCD_ENDPOINT, NBD 127.0.0.1:$NBD_PORT, HTTP 127.0.0.1:$HTTP_PORT, peer 127.0.0.1:$PEER_PORT
-logs: .local/etcd.log .local/torusd.log
+logs: .local/etcd.log .local/torusd.log$node_note
 
 Look at the volume:
   nbdinfo $URI
