@@ -9,7 +9,7 @@ import { formatVersion, makeVersion, SEQ_MAX, VERSION_ABSENT, versionToken, type
 import { assert } from '../util/assert.js';
 import { releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
 import { crc32c } from '../util/crc32c.js';
-import { withTimeout } from '../util/timeout.js';
+import { sleep, withTimeout } from '../util/timeout.js';
 import { BlockOrder } from './block-order.js';
 import { BlockTable, type BlockEntry } from './block-table.js';
 import type { ClusterContext } from './cluster-context.js';
@@ -21,6 +21,14 @@ import { StaleBook } from './stale-book.js';
 const SEQ_RENEW_MARGIN = 1 << 20;
 /** Reads of one replica again when a change to the block committed while the read was in flight (readNow). */
 const READ_AGAIN_MAX = 3;
+/**
+ * A read whose only current holders are briefly out (a peer waking from a
+ * pause re-registers with etcd before it serves again) asks them again
+ * this often, until the replica timeout has passed since the read began:
+ * an EIO to a kernel client breaks its filesystem, a wait of a second
+ * does not.
+ */
+const READ_RETRY_MS = 250;
 
 /** How a replica's refusal or silence is taken. */
 type Failure = 'outdated' | 'fenced' | 'peer' | 'block';
@@ -837,14 +845,32 @@ export class VolumeCoordinator {
   // ------------------------------------------------------------ reads
 
   private async readNow(index: number, offset: number, length: number): Promise<Buffer> {
-    for (let attempt = 0; attempt < 2; attempt++) {
-      const e = await this.touch(index);
+    const deadline = this.ctx.clock.monotonic() + this.ctx.settings.replicaTimeoutMs;
+    for (let attempt = 0; ; attempt++) {
+      let e: BlockEntry;
+      try {
+        e = await this.touch(index);
+      } catch (err) {
+        // No owner holding the newest copy answered the metadata request
+        // (one waking from a pause does not serve until re-registered).
+        if (!isTorusError(err, 'TORUS_ERR_BLOCK_UNAVAILABLE') || this.ctx.clock.monotonic() + READ_RETRY_MS > deadline) throw err;
+        if (attempt === 0) await this.ctx.refreshPeers();
+        await sleep(this.ctx.clock, READ_RETRY_MS);
+        continue;
+      }
       const owners = ownersOf(this.ctx.ring(), this.refOf(index));
       let skippedDown = false;
+      // A holder that is out for now (DOWN, failing, or it failed below): worth asking again.
+      let holderOut = false;
       for (const u of this.trustedHolders(e, owners)) {
         const api = this.ctx.replica(u);
         if (this.ctx.health.isDown(u)) skippedDown = true;
-        if (api === null || !this.ctx.health.usable(u)) continue;
+        if (api === null) continue;
+        // Skipped while out, except when asked again after a wait.
+        if (!this.ctx.health.usable(u) && attempt < 2) {
+          holderOut = true;
+          continue;
+        }
         // A replica is behind when it answers with less than was committed
         // (or returned) when the read was SENT. A change to the block that
         // commits while the read is in flight (another range of the block,
@@ -881,7 +907,10 @@ export class VolumeCoordinator {
             continue;
           }
           if (kind === 'fenced') throw err;
-          if (kind === 'peer') this.ctx.health.failed(u);
+          if (kind === 'peer') {
+            this.ctx.health.failed(u);
+            holderOut = true;
+          }
           // A suspect or corrupt copy (the replica marked it suspect): not
           // read again; learning the block again records it behind, or
           // adopts a copy if every one is suspect.
@@ -897,6 +926,10 @@ export class VolumeCoordinator {
       // owner whose answer a rescue needs (every owner recorded stale: the
       // thawed old writer's node is, for the whole volume).
       if (attempt === 0 && (skippedDown || owners.all.some((u) => this.ctx.health.isDown(u)))) await this.ctx.refreshPeers();
+      else if (attempt > 0) {
+        if (!holderOut || this.ctx.clock.monotonic() + READ_RETRY_MS > deadline) break;
+        await sleep(this.ctx.clock, READ_RETRY_MS);
+      }
     }
     throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: no owner holding its newest version is reachable`, { details: { block: index } });
   }
