@@ -206,7 +206,10 @@ describe('EtcdMetadata against real etcd', () => {
       s.on((e) => events.push(e.type));
       await raw.leaseClient.leaseRevoke({ ID: s.id });
       await expectCode(s.putPeer(peerRecord('p')), 'TORUS_ERR_SESSION_LOST');
-      expect(events).toEqual(['lost']);
+      // Lost by the time the write failed. A keepalive the client had in
+      // flight when the lease went may have reported 'degraded' first (seen
+      // once from a fresh clone under load); nothing else may come.
+      expect(events.filter((t) => t !== 'degraded')).toEqual(['lost']);
       expect(await md.listPeers()).toEqual([]);
     } finally {
       await md.close();
