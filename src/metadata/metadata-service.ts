@@ -1,4 +1,5 @@
 import { isTorusError } from '../errors/torus-error.js';
+import type { StaleAdd } from './validate.js';
 import type { ClusterConfig, PeerRecord, RingAck, RingRecord, StaleRecord, VolumeHealthRecord, VolumeLockRecord, VolumeMoveRecord, VolumeRecord } from '../model/records.js';
 
 /**
@@ -58,15 +59,17 @@ export interface MetadataService {
   listStale(): Promise<StaleRecord[]>;
   /**
    * Adds blocks (ranges of [start, end) indexes, or the whole volume) to a
-   * peer's stale record, merging by compare-and-swap. Needs no lock: adding
-   * is always safe. Resolves once durable in etcd. More than
+   * peer's stale record, merging by compare-and-swap. Needs no lock (a
+   * peer recording its own suspect blocks); a coordinator names its token
+   * and the add is made only while it is the volume's newest
+   * (TORUS_ERR_VOLUME_FENCED otherwise). Resolves once durable in etcd. More than
    * STALE_RANGES_MAX (1024) ranges collapse to the whole volume. Refused
    * with TORUS_ERR_VOLUME_NOT_FOUND when the volume has no fencing token
    * (deleted, or never opened): records of a deleted id never come back.
    * `unsure` blocks are untrusted like the others, but say the peer missed
    * no acknowledged change there (docs/replication.md, "Unsure blocks").
    */
-  addStale(volumeId: number, peer: string, add: { readonly all?: boolean; readonly ranges?: readonly (readonly [number, number])[]; readonly unsure?: readonly (readonly [number, number])[] }): Promise<void>;
+  addStale(volumeId: number, peer: string, add: StaleAdd): Promise<void>;
   /**
    * Removes blocks from a peer's stale record (the record goes when empty),
    * only while `token` is the volume's newest fencing token (checked in the

@@ -3,7 +3,7 @@ import { isTorusError, TorusError } from '../errors/torus-error.js';
 import type { VolumeLock } from '../metadata/metadata-service.js';
 import { ABSENT_META, compareCopies, type BlockMeta } from '../model/block-meta.js';
 import { blockRef, type BlockRef } from '../model/block-ref.js';
-import type { ChangeStamp, ReplicaApi, RequestContext } from '../model/replica-api.js';
+import type { ChangeStamp, InstallOutcome, ReplicaApi, RequestContext } from '../model/replica-api.js';
 import type { VolumeRecord } from '../model/records.js';
 import { formatVersion, makeVersion, SEQ_MAX, VERSION_ABSENT, versionToken, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
@@ -1285,12 +1285,7 @@ export class VolumeCoordinator {
               return { fixed, failed: targets.filter((x) => !fixed.includes(x)), unavailable: true };
             }
           }
-          const outcome = await withTimeout(
-            api.install(this.ctx.requestContext(), ref, { state: copy.state, version: e.version, data: copy.data }, { token: this.token, fua: true }),
-            this.ctx.settings.replicaTimeoutMs,
-            this.ctx.clock,
-            `install on peer ${t}`,
-          );
+          const outcome = await this.installCopy(api, t, ref, copy, e.version);
           if (outcome === 'newer') {
             if (m !== undefined && versionToken(m.version) < this.token && this.stale.isStale(t, index)) {
               // An untrusted copy ahead of every trusted one, made by an
@@ -1312,12 +1307,7 @@ export class VolumeCoordinator {
           e.holders.set(t, e.version);
           fixed.push(t);
         } catch (err) {
-          const kind = classifyFailure(err);
-          if (kind === 'fenced') {
-            this.fenced = err as TorusError;
-            throw err;
-          }
-          if (kind === 'peer') this.ctx.health.failed(t);
+          this.copyFailed(err, t);
           this.log.debug({ err, block: index, peer: t }, 'bringing a replica up to date failed');
           failed.push(t);
         }
@@ -1351,16 +1341,10 @@ export class VolumeCoordinator {
       const api = this.ctx.replica(u);
       try {
         if (api === null) throw new TorusError('TORUS_ERR_RING_PEER_UNKNOWN', `peer ${u} has no known address`);
-        const outcome = await withTimeout(api.install(this.ctx.requestContext(), ref, { state: copy.state, version, data: copy.data }, { token: this.token, fua: true }), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `install on peer ${u}`);
-        if (outcome === 'newer') throw new TorusError('TORUS_ERR_REPLICA_STALE', `peer ${u} holds a copy newer than ${formatVersion(version)}`);
+        if ((await this.installCopy(api, u, ref, copy, version)) === 'newer') throw new TorusError('TORUS_ERR_REPLICA_STALE', `peer ${u} holds a copy newer than ${formatVersion(version)}`);
         took.add(u);
       } catch (err) {
-        const kind = classifyFailure(err);
-        if (kind === 'fenced') {
-          this.fenced = err as TorusError;
-          throw err;
-        }
-        if (kind === 'peer') this.ctx.health.failed(u);
+        this.copyFailed(err, u);
         this.log.debug({ err, block: e.index, peer: u }, 'installing the re-versioned copy failed');
         if (u !== target) behind.push(u);
       }
@@ -1374,6 +1358,21 @@ export class VolumeCoordinator {
     for (const u of behind) e.holders.delete(u);
     for (const u of took) e.holders.set(u, version);
     return took.has(target);
+  }
+
+  /** Installs a whole copy on one owner at `version`, bounded by the replica timeout. */
+  private installCopy(api: ReplicaApi, u: string, ref: BlockRef, copy: { state: 'data' | 'zero'; data: Buffer | null }, version: Version): Promise<InstallOutcome> {
+    return withTimeout(api.install(this.ctx.requestContext(), ref, { state: copy.state, version, data: copy.data }, { token: this.token, fua: true }), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `install on peer ${u}`);
+  }
+
+  /** A copy to `u` failed: fenced off (thrown on, for good), or the peer is failing, or this block only. */
+  private copyFailed(err: unknown, u: string): void {
+    const kind = classifyFailure(err);
+    if (kind === 'fenced') {
+      this.fenced = err as TorusError;
+      throw err;
+    }
+    if (kind === 'peer') this.ctx.health.failed(u);
   }
 
   /** The whole newest copy of a block from a trusted holder (budgeted), or null if none answers. */

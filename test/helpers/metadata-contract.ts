@@ -1,8 +1,8 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { isTorusError, TorusError } from '../../src/errors/torus-error.js';
 import type { ErrorCode } from '../../src/errors/codes.js';
-import type { MetadataService, MetadataSession, SessionEvent } from '../../src/metadata/metadata-service.js';
-import type { PeerRecord, RingRecord, VolumeHealthRecord, VolumeMoveRecord } from '../../src/model/records.js';
+import type { MetadataService, MetadataSession, SessionEvent, VolumeLock } from '../../src/metadata/metadata-service.js';
+import type { PeerRecord, RingRecord, VolumeHealthRecord, VolumeMoveRecord, VolumeRecord } from '../../src/model/records.js';
 import type { Clock } from '../../src/util/clock.js';
 
 /** A clock that moves only when told to; timers fire in due order during advance(). */
@@ -118,6 +118,17 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
 
     async function initialised(): Promise<void> {
       await md.initCluster({ blockSize: MiB, replication: 2 }, { force: false });
+    }
+
+    /** Volume "pad" with a coordinator holding its newest token, and the token it fenced off. */
+    async function fencedOffAndCurrent(): Promise<{ vol: VolumeRecord; s: MetadataSession; old: VolumeLock; lock: VolumeLock }> {
+      await initialised();
+      const vol = await md.createVolume('pad', MiB);
+      const s = await session();
+      const old = await s.lockVolume('pad', 'old');
+      await old.release();
+      const lock = await s.lockVolume('pad', 'coordinator');
+      return { vol, s, old, lock };
     }
 
     beforeEach(async () => {
@@ -807,12 +818,7 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
     });
 
     it('a whole-volume stale record narrows to the blocks still behind, only under the newest token', async () => {
-      await initialised();
-      const vol = await md.createVolume('pad', MiB);
-      const s = await session();
-      const old = await s.lockVolume('pad', 'old');
-      await old.release();
-      const lock = await s.lockVolume('pad', 'coordinator');
+      const { vol, old, lock } = await fencedOffAndCurrent();
       await md.addStale(vol.id, 'peer-a', { all: true });
       await md.addStale(vol.id, 'peer-b', { ranges: [[0, 10], [20, 30]] });
       await expectCode(md.narrowStale(vol.id, 'peer-a', [[3, 4]], old.token), 'TORUS_ERR_VOLUME_FENCED');
@@ -832,12 +838,7 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
     });
 
     it('an addition that names a token is made only while it is the newest: a fenced-off writer cannot distrust the copies of the one that took over', async () => {
-      await initialised();
-      const vol = await md.createVolume('pad', MiB);
-      const s = await session();
-      const old = await s.lockVolume('pad', 'old');
-      await old.release();
-      const lock = await s.lockVolume('pad', 'coordinator');
+      const { vol, old, lock } = await fencedOffAndCurrent();
       const fenced = await expectCode(md.addStale(vol.id, 'peer-a', { ranges: [[0, 10]], token: old.token }), 'TORUS_ERR_VOLUME_FENCED');
       expect(fenced.message).toContain(`newest fencing token is ${lock.token}`);
       await expectCode(md.addStale(vol.id, 'peer-a', { all: true, token: old.token }), 'TORUS_ERR_VOLUME_FENCED');
@@ -854,12 +855,7 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
     });
 
     it('stale records are removed only under the newest fencing token', async () => {
-      await initialised();
-      const vol = await md.createVolume('pad', MiB);
-      const s = await session();
-      const old = await s.lockVolume('pad', 'old');
-      await old.release();
-      const lock = await s.lockVolume('pad', 'coordinator');
+      const { vol, s, old, lock } = await fencedOffAndCurrent();
       await md.addStale(vol.id, 'peer-a', { ranges: [[0, 10], [20, 30]] });
       await md.addStale(vol.id, 'peer-b', { all: true });
       const fenced = await expectCode(md.removeStale(vol.id, 'peer-a', [[0, 10]], old.token), 'TORUS_ERR_VOLUME_FENCED');

@@ -143,10 +143,6 @@ export class SimProcess {
     this.clock.schedule(this, 0, fn);
   }
 
-  get suspended(): boolean {
-    return this.suspendedAt !== null;
-  }
-
   /** Whether its clocks ever stopped (see clockLagMs). */
   get suspendedOnce(): boolean {
     return this.suspendedAt !== null || this.lagMs > 0;
