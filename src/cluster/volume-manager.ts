@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { TorusError } from '../errors/torus-error.js';
+import { isTorusError, TorusError } from '../errors/torus-error.js';
 import type { MetadataSession, VolumeLock } from '../metadata/metadata-service.js';
 import { VolumeJobs } from '../replication/block-jobs.js';
 import type { ClusterContext } from '../replication/cluster-context.js';
@@ -61,6 +61,7 @@ export class VolumeManager {
   private readonly closing = new Map<string, Promise<void>>();
   /** closeAll() was called: the process is stopping and its lease ends with it. */
   private stopping = false;
+  private readonly relocking = new Map<OpenVolume, Promise<void>>();
 
   constructor(opts: VolumeManagerOptions) {
     this.opts = opts;
@@ -85,6 +86,10 @@ export class VolumeManager {
       // would all be refused (a client would reconnect into the same dead
       // open). Its users keep it until they let go; the newcomer opens afresh.
       const existing = await p.catch(() => null);
+      // An open that lost its lock with the lease is not handed out as it
+      // is: it tries to take the lock again first (another holder having
+      // taken it fences it for good, below).
+      if (existing !== null && existing.lockLost && !existing.fenced) await this.relockOne(existing);
       if (existing !== null && (existing.fenced || existing.coordinator?.fencedBy != null)) {
         if (this.open.get(key) === p) this.open.delete(key);
         existing.retired = true;
@@ -154,28 +159,49 @@ export class VolumeManager {
    * stale writes land on top of theirs.
    */
   async relock(): Promise<void> {
+    for (const ov of await this.list()) await this.relockOne(ov);
+  }
+
+  /** One relock at a time per open: a second would find the lock held by the first and take it for another holder's. */
+  private relockOne(ov: OpenVolume): Promise<void> {
+    let p = this.relocking.get(ov);
+    if (p === undefined) {
+      p = this.relockNow(ov).finally(() => this.relocking.delete(ov));
+      this.relocking.set(ov, p);
+    }
+    return p;
+  }
+
+  private async relockNow(ov: OpenVolume): Promise<void> {
     const session = this.opts.session();
     if (!session) return;
-    for (const ov of await this.list()) {
-      if (ov.mode !== 'rw' || !ov.lockLost || ov.fenced) continue;
-      const last = ov.coordinator?.currentLock.token ?? ov.lock?.token ?? 0;
-      try {
-        const lock = await session.lockVolume(ov.name, this.opts.holder);
-        if (lock.token !== last + 1) {
-          await this.releaseLock(lock, session, ov.name);
-          ov.fenced = true;
-          this.log.error(
-            { volume: ov.name, lastToken: last, newToken: lock.token },
-            'the volume was taken by another holder while our lease was gone; our changes stay refused for good (detach and attach again)',
-          );
-          continue;
-        }
-        await ov.coordinator!.renewToken(lock);
-        ov.lockLost = false;
-        this.log.info({ volume: ov.name, token: lock.token }, 'volume lock taken again; changes resume');
-      } catch (err) {
-        this.log.error({ err, volume: ov.name }, 'could not take the volume lock again; changes stay refused');
+    if (ov.mode !== 'rw' || !ov.lockLost || ov.fenced) return;
+    const last = ov.coordinator?.currentLock.token ?? ov.lock?.token ?? 0;
+    try {
+      const lock = await session.lockVolume(ov.name, this.opts.holder);
+      if (lock.token !== last + 1) {
+        await this.releaseLock(lock, session, ov.name);
+        ov.fenced = true;
+        this.log.error(
+          { volume: ov.name, lastToken: last, newToken: lock.token },
+          'the volume was taken by another holder while our lease was gone; our changes stay refused for good (detach and attach again)',
+        );
+        return;
       }
+      await ov.coordinator!.renewToken(lock);
+      ov.lockLost = false;
+      this.log.info({ volume: ov.name, token: lock.token }, 'volume lock taken again; changes resume');
+    } catch (err) {
+      const heldToken = isTorusError(err, 'TORUS_ERR_VOLUME_IN_USE') ? err.details?.['token'] : undefined;
+      if (typeof heldToken === 'number' && heldToken > last) {
+        // Another holder has the lock under a token newer than ours:
+        // resuming can never be safe (readers take no token: not this case). Fenced for good, so that a new user
+        // is not handed this open (it would look like the writer).
+        ov.fenced = true;
+        this.log.error({ err, volume: ov.name, lastToken: last }, 'the volume was taken by another holder while our lease was gone; our changes stay refused for good (detach and attach again)');
+        return;
+      }
+      this.log.error({ err, volume: ov.name }, 'could not take the volume lock again; changes stay refused');
     }
   }
 

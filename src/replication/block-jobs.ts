@@ -227,6 +227,21 @@ export class VolumeJobs {
       report.pending++;
       return;
     }
+    // Changes sent from before the listing until a block is marked moved
+    // reach only the old owners (new ones take changes once it moved): a
+    // block such a change created is not in the listing, yet exists.
+    const watch = c.watchChanges();
+    try {
+      await this.moveListed(v, watch.changed, report);
+    } finally {
+      watch.stop();
+    }
+  }
+
+  private async moveListed(v: number, changed: ReadonlySet<number>, report: { moved: number; pending: number }): Promise<void> {
+    const c = this.c;
+    const t = c.ctx.ring().transition;
+    if (t === null || t.phase !== 'moving' || t.startedVersion !== v) return;
     const listed = new Set<number>();
     const listedFrom = new Set<string>();
     for (const u of t.from.members.map((m) => m.uuid)) {
@@ -245,7 +260,7 @@ export class VolumeJobs {
       const cur = c.ctx.ring();
       if (cur.transition?.startedVersion !== v) return; // a newer change: start again under it
       const owners = ownersOf(cur, c.refOf(index));
-      if (!listed.has(index) && !recorded.has(index) && !everything) {
+      if (!listed.has(index) && !recorded.has(index) && !everything && !changed.has(index)) {
         // An old owner that answered, is trusted and does not hold it: it does not exist.
         const known = owners.old!.some((u) => listedFrom.has(u) && !c.stale.isStale(u, index));
         if (known) {

@@ -89,6 +89,11 @@ export class BlockTable {
     return this.entries.size;
   }
 
+  /** Every entry held, without changing their recency. */
+  values(): IterableIterator<BlockEntry> {
+    return this.entries.values();
+  }
+
   /** Drops idle entries, oldest first, down to 90 % of the limit. */
   private evict(): void {
     const target = Math.floor(this.max * 0.9);

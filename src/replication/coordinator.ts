@@ -113,6 +113,12 @@ export class VolumeCoordinator {
   private readonly shortSinceFlush = new Set<number>();
   /** Blocks moved to their new owners in the transition with this (moving) ring version. */
   private movedIn = { ringVersion: 0, blocks: new Set<number>(), all: false };
+  /**
+   * Blocks changes were sent to while a move pass runs (one set per pass):
+   * a block its listing missed may have been created since, on old owners
+   * only, so the pass copies it rather than take its absence as the truth.
+   */
+  private readonly changeWatches = new Set<Set<number>>();
   private fenced: TorusError | null = null;
   /**
    * Acknowledged changes were lost with every copy that held them (their
@@ -525,6 +531,7 @@ export class VolumeCoordinator {
       e.digest = null;
       e.pins++;
       e.inflight++;
+      for (const w of this.changeWatches) w.add(index);
       const done = this.send(e, ref, change, stamp, fua);
       if (this.writeLevel === 'all') {
         await done.finished;
@@ -1016,6 +1023,8 @@ export class VolumeCoordinator {
       // of a block this coordinator has not seen moved) count too: a change
       // that reached only them leaves the newest copy there.
       const readable = this.readableOwners(index, owners);
+      // Owners recorded stale whose copy was adopted as the newest (below).
+      const vouched: string[] = [];
       const rescue = trusted.length === 0 && readable.length > 0 && owners.all.every((u) => metas.got.has(u));
       if (rescue) trusted = [...owners.all];
       let newest: BlockMeta | null = null;
@@ -1036,7 +1045,21 @@ export class VolumeCoordinator {
         // Every trusted copy is suspect: every owner stopped uncleanly (a
         // power loss of all of them). Each holds everything it was flushed
         // with; adopt the newest that passes its checksums.
-        let adopted = await this.adopt(ref, trusted, metas.got);
+        // An owner recorded stale whose copy (not suspect) is newer than
+        // the last durable version of every suspect one holds changes they
+        // lost: it missed only later ones, none of them flushed (a flush
+        // would have made a suspect copy's durable version newer). It
+        // competes too (seed 316: the writer crashed with a change the
+        // other owner missed; its disk kept an older copy).
+        const suspectTop = Math.max(VERSION_ABSENT, ...trusted.map((u) => metas.got.get(u)?.version ?? VERSION_ABSENT));
+        const ahead = rescue
+          ? []
+          : owners.all.filter((u) => {
+              const m = metas.got.get(u);
+              return !trusted.includes(u) && m !== undefined && !m.suspect && m.version > suspectTop;
+            });
+        let adopted = await this.adopt(ref, [...trusted, ...ahead], metas.got);
+        if (adopted !== null && ahead.includes(adopted.owner)) vouched.push(adopted.owner);
         if (adopted === null && !rescue && owners.all.every((u) => metas.got.has(u))) {
           // No trusted copy checks out (bit rot on the only one trusted):
           // as in a rescue, every owner's copy competes, the stale ones too
@@ -1107,7 +1130,7 @@ export class VolumeCoordinator {
       // removal is fenced by our token; if etcd refuses it, other readers
       // only stay more careful). Those that did not answer stay unsure.
       if (rescue) this.log.warn({ block: index, version: newest.version, owners: owners.all }, 'every owner of the block was recorded stale and all answered: the newest copy is taken');
-      const resolved = (rescue ? owners.all : unsureOnly).filter((u) => metas.got.has(u) && !behind.includes(u) && metas.got.get(u)!.suspect !== true);
+      const resolved = (rescue ? owners.all : [...unsureOnly, ...vouched]).filter((u) => metas.got.has(u) && !behind.includes(u) && metas.got.get(u)!.suspect !== true);
       if (resolved.length > 0) {
         await Promise.all(
           resolved.map((u) =>
@@ -1118,7 +1141,7 @@ export class VolumeCoordinator {
         );
         this.log.debug({ block: index, peers: resolved, version: newest.version }, 'unsure owners hold the newest copy: trusted again');
       }
-      if (rescue) e.vouched = new Set(resolved);
+      if (rescue || vouched.length > 0) e.vouched = new Set(resolved);
       else delete e.vouched;
       if (e.unsure) {
         e.unsure = false;
@@ -1137,7 +1160,7 @@ export class VolumeCoordinator {
    * caught up from it. Copies lost outright (suspect and absent) leave the
    * block absent. Null when none can be adopted.
    */
-  private async adopt(ref: BlockRef, trusted: readonly string[], got: Map<string, BlockMeta>): Promise<{ meta: BlockMeta; from: number } | null> {
+  private async adopt(ref: BlockRef, trusted: readonly string[], got: Map<string, BlockMeta>): Promise<{ meta: BlockMeta; from: number; owner: string } | null> {
     const candidates = trusted.map((u) => ({ u, m: got.get(u)! })).sort((a, b) => b.m.version - a.m.version);
     const top = Math.max(0, ...candidates.map((c) => c.m.version));
     const version = this.nextVersion(top);
@@ -1152,7 +1175,7 @@ export class VolumeCoordinator {
         if (!ok) continue;
         const adopted: BlockMeta = { state: checked.state, version, suspect: false, digest };
         got.set(u, adopted);
-        return { meta: adopted, from: m.version };
+        return { meta: adopted, from: m.version, owner: u };
       } catch (err) {
         const kind = classifyFailure(err);
         if (kind === 'fenced') throw err;
@@ -1168,7 +1191,7 @@ export class VolumeCoordinator {
         if (!dropped) return null;
         got.set(u, ABSENT_META);
       }
-      return { meta: ABSENT_META, from: VERSION_ABSENT };
+      return { meta: ABSENT_META, from: VERSION_ABSENT, owner: candidates[0]!.u };
     }
     return null;
   }
@@ -1208,6 +1231,17 @@ export class VolumeCoordinator {
     if (t === null || t.phase === 'settled') return true;
     if (this.movedIn.ringVersion !== t.startedVersion) return false;
     return this.movedIn.all || this.movedIn.blocks.has(index);
+  }
+
+  /**
+   * Starts recording the blocks changes are sent to (with those in flight
+   * now); a move calls it before listing the old owners, and stop() after.
+   */
+  watchChanges(): { readonly changed: ReadonlySet<number>; stop(): void } {
+    const changed = new Set<number>();
+    for (const e of this.blocks.values()) if (e.inflight > 0) changed.add(e.index);
+    this.changeWatches.add(changed);
+    return { changed, stop: () => void this.changeWatches.delete(changed) };
   }
 
   markMoved(index: number, transitionVersion: number): void {
