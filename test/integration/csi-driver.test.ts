@@ -234,6 +234,8 @@ describe('operations', () => {
     await client.controller.DeleteVolume({ volume_id: id });
     const line = await csi.waitForLog('DeleteVolume logged', (l) => l.rpc === 'Controller.DeleteVolume' && l.volume === id);
     expect(typeof line.ms).toBe('number');
+    // CreateVolume's request names the volume by its CSI name only: its line also carries the id it handed out.
+    expect(csi.lines().find((l) => l.rpc === 'Controller.CreateVolume' && l.volumeId === id)).toMatchObject({ volume: 'pvc-log', msg: 'csi call' });
     const failed = csi.lines().find((l) => l.rpc === 'Controller.CreateVolume' && l.grpcCode === 'RESOURCE_EXHAUSTED');
     expect(failed).toMatchObject({ code: 'TORUS_ERR_CAPACITY_EXHAUSTED', msg: 'csi call failed' });
     expect(csi.lines().some((l) => l.rpc === 'Identity.Probe')).toBe(true);

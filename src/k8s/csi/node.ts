@@ -325,6 +325,13 @@ export class NodeService {
         await this.o.system.mkdirp(path.dirname(target));
         await this.o.system.touch(target);
         try {
+          // A read-only bind of a device node does not stop writes through
+          // it: Linux applies a mount's ro flag to files, not to device
+          // nodes. What does stop them is a read-only device (every
+          // MULTI_NODE_READER_ONLY stage attaches one) and, in Kubernetes,
+          // kubelet, which hands a read-only claim's device to the container
+          // with the device-cgroup permission "r". The ro bind is kept: it is
+          // what the mount table shows and what the idempotency check reads.
           await this.o.system.bind(att.device, target, readOnly);
         } catch (err) {
           await this.o.system.remove(target).catch(() => undefined);

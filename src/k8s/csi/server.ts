@@ -34,11 +34,21 @@ export function endpointPath(endpoint: string): string {
 }
 
 /** The request field that names the volume, for the log line. */
-function volumeOf(request: unknown): string | undefined {
+export function volumeOf(request: unknown): string | undefined {
   const r = request as { volume_id?: unknown; name?: unknown } | null;
   if (r && typeof r.volume_id === 'string' && r.volume_id !== '') return r.volume_id;
   if (r && typeof r.name === 'string' && r.name !== '') return r.name;
   return undefined;
+}
+
+/**
+ * The volume id a response hands out (CreateVolume's), for the log line:
+ * its request names the volume only by its CSI name, and the id is what
+ * every later call (and the PV) carries.
+ */
+export function volumeIdOf(response: unknown): string | undefined {
+  const v = (response as { volume?: { volume_id?: unknown } | null } | null)?.volume;
+  return v && typeof v.volume_id === 'string' && v.volume_id !== '' ? v.volume_id : undefined;
 }
 
 export class CsiServer {
@@ -70,7 +80,7 @@ export class CsiServer {
         }
         result.then(
           (response) => {
-            this.log.info({ rpc: `${service}.${rpc}`, volume, ms: ms() }, 'csi call');
+            this.log.info({ rpc: `${service}.${rpc}`, volume, volumeId: volumeIdOf(response), ms: ms() }, 'csi call');
             callback(null, response);
           },
           (err: unknown) => {

@@ -223,7 +223,7 @@ async function createVolume(name, bytes) {
 
 // ------------------------------------------------------------ checks
 
-await check('move: ext4 staged and published on node A, a file written, unpublished and unstaged; staged on node B, the file is there', async () => {
+await check('move: ext4 staged and published on node A, a file written (a read-only publish beside it refuses writes), unpublished and unstaged; staged on node B, the file is there', async () => {
   // (That a CSI volume shows in `torusctl volume list` is checked by the integration suite.)
   const id = await createVolume('pvc-move', 64 * MiB);
   await A.stage(id, 'pv-move');
@@ -237,6 +237,18 @@ await check('move: ext4 staged and published on node A, a file written, unpublis
   await A.publish(id, 'pv-move', 'pod-1');
   writeFileSync(path.join(t, 'hello.txt'), 'written on node A\n');
   await run('sync', ['-f', path.join(t, 'hello.txt')]);
+  // Read-only honoured by the kernel: a read-only publish beside the read-write one refuses writes.
+  const tro = await A.publish(id, 'pv-move', 'pod-ro', mountCap(), true);
+  assert(mountAt(tro)?.options.includes('ro'), `read-only publish mount: ${JSON.stringify(mountAt(tro))}`);
+  assert(readFileSync(path.join(tro, 'hello.txt'), 'utf8') === 'written on node A\n', 'the read-only publish does not show the file');
+  let roWrite = 'accepted';
+  try {
+    writeFileSync(path.join(tro, 'nope.txt'), 'x');
+  } catch (err) {
+    roWrite = err.code;
+  }
+  assert(roWrite === 'EROFS', `a write through the read-only publish: ${roWrite}`);
+  await A.unpublish(id, tro);
   const stats = await A.rpc.node.NodeGetVolumeStats({ volume_id: id, volume_path: t });
   const bytes = stats.usage.find((u) => u.unit === 'BYTES');
   const inodes = stats.usage.find((u) => u.unit === 'INODES');
