@@ -110,6 +110,8 @@ export class ClusterNode {
   private driver: TransitionDriver | null = null;
   private gc: GarbageCollector | null = null;
   private reconnecting = false;
+  /** The session was lost again while a reconnect was under way. */
+  private lostWhileReconnecting = false;
   private stopped = false;
   private peersKnown = new Set<string>();
   private peerRecords = new Map<string, PeerRecord>();
@@ -339,7 +341,14 @@ export class ClusterNode {
   }
 
   private async onSessionLost(): Promise<void> {
-    if (this.reconnecting || this.stopped) return;
+    if (this.stopped) return;
+    if (this.reconnecting) {
+      // The new session was lost before the reconnect finished (its lease
+      // expired during an etcd outage): start again once it has, or the
+      // node would keep a dead session for good (seed 397).
+      this.lostWhileReconnecting = true;
+      return;
+    }
     this.reconnecting = true;
     this.live = false;
     this.deps.onLiveChange?.(false);
@@ -357,6 +366,10 @@ export class ClusterNode {
       this.log.info({}, 'etcd session re-established');
     } finally {
       this.reconnecting = false;
+      if (this.lostWhileReconnecting) {
+        this.lostWhileReconnecting = false;
+        void this.onSessionLost();
+      }
     }
   }
 

@@ -217,20 +217,18 @@ export class VolumeCoordinator {
     // A peer that did not learn the token now learns it from etcd (its
     // fence watch, or the full re-read every peer makes before it takes
     // changes again after losing its session) or from the first change
-    // this coordinator sends it, whichever comes first. Its copies stay
-    // trusted: the old writer acknowledged nothing past its own lease
-    // deadline, which passed before this lock could be taken, so anything
-    // it may still land there is a write nobody was told succeeded.
-    //
-    // Not so for an old writer paused with its clocks (a suspended VM): it
-    // wakes believing its lease still runs and lands what it had queued on
-    // its own node's replica, which could not hear of this token either
-    // (docs/replication.md, "Fencing": open). Recording such peers stale
-    // for the whole volume closes that, but the simulation showed it
-    // exposes stale reads in the whole-volume catch-up (seeds 240, 263,
-    // 323 beyond the CI 200, without any suspension): not done until that
-    // is fixed.
-    if (missed.length > 0) this.log.warn({ peers: missed, token: this.token }, 'peers did not answer the fencing token; they learn it from etcd or from our first change');
+    // this coordinator sends it, whichever comes first. Until then an old
+    // writer may still land changes on it: one paused with its clocks (a
+    // suspended VM) wakes believing its lease still runs and sends what it
+    // had queued to its own node's replica, which could not hear of this
+    // token either. So such a peer is recorded stale for the whole volume
+    // before our first change; the catch-up then compares its every copy
+    // with the trusted ones (docs/replication.md, "Fencing"). If etcd does
+    // not take the record, the open fails.
+    if (missed.length > 0) {
+      this.log.warn({ peers: missed, token: this.token }, 'peers did not answer the fencing token; recorded stale for the whole volume until caught up');
+      await Promise.all(missed.map((u) => this.stale.record(u, 'all')));
+    }
     this.log.info({ token: this.token, peers: peers.length }, 'fencing token published');
   }
 
@@ -627,6 +625,7 @@ export class VolumeCoordinator {
       // The restart count of each owner when it answered: one that restarts
       // before the change is booked as unflushed has lost it already.
       const ackedAt = new Map<string, number>();
+      const anchors = (u: string) => (owners.phase === 'moving' ? owners.old! : owners.now).includes(u);
       const onAck = (u: string) => {
         acked.add(u);
         ackedAt.set(u, this.restartsOf(u));
@@ -634,8 +633,14 @@ export class VolumeCoordinator {
         // Acknowledged early, the change must be what reads through this
         // coordinator see from now on: only owners that took it serve them.
         if ((e.holders.get(u) ?? VERSION_ABSENT) < stamp.version) e.holders.set(u, stamp.version);
-        if (earlyDone) return;
-        if (this.writeLevel === 'one' || u === self || self === null || !plan.required.includes(self)) {
+        // Only an owner of the placement known to hold every block may
+        // acknowledge early: the old owners while the ring is moving (a
+        // transition called off goes back to them), the new ones after.
+        // Otherwise a change only a new owner took would be lost with it
+        // when a ring change drops it (seed 240).
+        if (earlyDone || !anchors(u)) return;
+        const waitForSelf = this.writeLevel === 'local' && self !== null && plan.required.includes(self) && anchors(self);
+        if (!waitForSelf || u === self) {
           earlyDone = true;
           if (e.floor < stamp.version) e.floor = stamp.version;
           earlyResolve();
@@ -1041,6 +1046,15 @@ export class VolumeCoordinator {
       // hold changes the others missed (what reached its disk unflushed),
       // so it competes with theirs by the version it last made durable.
       const suspectInRescue = rescue && trusted.some((u) => metas.got.get(u)?.suspect === true);
+      if (allSuspect && !owners.all.every((u) => metas.got.has(u))) {
+        // Every trusted copy is suspect and an owner recorded stale did not
+        // answer: its copy may be newer than any suspect one's last flush
+        // (it missed only later, unflushed changes). Adopting without it
+        // could go back in time; the block waits for it.
+        throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: every trusted copy is suspect and an owner that may hold a newer one did not answer`, {
+          details: { block: index, asked: owners.all, trusted },
+        });
+      }
       if (allSuspect || suspectInRescue) {
         // Every trusted copy is suspect: every owner stopped uncleanly (a
         // power loss of all of them). Each holds everything it was flushed

@@ -66,6 +66,30 @@ describe('VolumeModel', () => {
     expect(m.observe(0, 4).ok).toBe(true);
   });
 
+  it('zeroes some store holds never narrow after a crash: they may be older than the durable base', () => {
+    const m = new VolumeModel('v', 1, 1);
+    m.acked(at(1, 1, 1), 0, 1);
+    m.flushed(1, 2); // op 1 is the durable base
+    m.acked(zero(3, 1, 3), 0, 1); // unflushed
+    m.crashed(() => new Set([0])); // a store holds zeroes: an old tombstone, or op 3
+    expect(m.allowed(0).map((c) => c.value)).toEqual([1, 0]);
+    expect(m.observe(0, 1).ok).toBe(true);
+  });
+
+  it('a writer that lost its lock before flushing may have lost what it acknowledged since, and nothing older', () => {
+    const m = new VolumeModel('v', 1, 2);
+    m.acked(at(1, 1, 1), 0, 2);
+    m.flushed(1, 2); // op 1 durable
+    m.acked(at(3, 1, 3), 0, 1);
+    expect(m.observe(0, 3).ok).toBe(true); // the writer read its own write back
+    m.acked(at(4, 2, 4), 1, 1); // another handle's write is not widened
+    m.writerLost(1);
+    expect(m.allowed(0).map((c) => c.value)).toEqual([1, 3]);
+    expect(m.allowed(1).map((c) => c.value)).toEqual([4]);
+    expect(m.lostAcked(1)).toBe(true);
+    expect(m.lostAcked(2)).toBe(false);
+  });
+
   it('a flush makes durable only what its own handle completed before it was issued', () => {
     const m = new VolumeModel('v', 1, 2);
     m.acked(at(1, 1, 1), 0, 1);

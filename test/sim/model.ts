@@ -177,9 +177,14 @@ export class VolumeModel {
       if (s < first || s >= first + count) continue;
       const t = this.sectors[s]!;
       const values = held(s);
+      // The newest candidate some store still holds. Zeroes are one value
+      // for every zeroing change, and a store holding zeroes may hold ones
+      // older than the durable base (a tombstone left from before it): they
+      // tell nothing, so they never narrow what the sector may read.
       let from = 0;
       for (let i = t.timeline.length - 1; i > 0; i--) {
-        if (values.has(t.timeline[i]!.value)) {
+        const value = t.timeline[i]!.value;
+        if (value !== 0 && values.has(value)) {
           from = i;
           break;
         }
@@ -198,6 +203,26 @@ export class VolumeModel {
         const c = t.timeline[i]!;
         if (c.acked) this.lostBy.add(c.handle);
       }
+    }
+  }
+
+  /**
+   * A writer at write level `one` or `local` lost its lock (paused past its
+   * lease and taken over) before flushing: what it acknowledged since its
+   * last flush may have reached only its own node, which is not trusted
+   * until caught up, so it may be lost (README, "Write levels"). Each
+   * sector it changed may read as it was before its first such change, or
+   * anything since.
+   */
+  writerLost(handle: number): void {
+    for (const s of this.unsettled) {
+      const t = this.sectors[s]!;
+      const first = t.timeline.findIndex((c, i) => i > 0 && c.acked && c.handle === handle);
+      if (first < 0) continue;
+      const firstNow = t.timeline.indexOf(t.cands[0]!);
+      assert(firstNow >= 0, 'the candidates start on the sector\'s timeline');
+      t.cands = t.timeline.slice(Math.min(first - 1, firstNow));
+      this.lostBy.add(handle);
     }
   }
 

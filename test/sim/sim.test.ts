@@ -46,16 +46,24 @@ function caughtFor(name: VariantName, l: SeedLine): boolean {
   return !l.ok && (VARIANTS[name].caughtBy as readonly string[]).includes(l.guarantee ?? '');
 }
 
-async function baselineOf(list: readonly number[]): Promise<void> {
-  const missing = list.filter((s) => !baseline.has(s));
-  if (missing.length === 0) return;
-  for (const l of await runSeedsInChildren(missing, { jobs: JOBS })) baseline.set(l.seed, l);
+/** The same with the suspended-VM fault, for the variants that need it. */
+const baselineSuspended = new Map<number, SeedLine>();
+
+function baselineFor(suspend: boolean): Map<number, SeedLine> {
+  return suspend ? baselineSuspended : baseline;
 }
 
-/** One seed in this process, as a child would report it (a seed is a pure function of seed and variant). */
-async function lineOf(seed: number, variant: VariantName | null): Promise<SeedLine> {
+async function baselineOf(list: readonly number[], suspend: boolean): Promise<void> {
+  const known = baselineFor(suspend);
+  const missing = list.filter((s) => !known.has(s));
+  if (missing.length === 0) return;
+  for (const l of await runSeedsInChildren(missing, { jobs: JOBS, suspend })) known.set(l.seed, l);
+}
+
+/** One seed in this process, as a child would report it (a seed is a pure function of seed, variant and the suspend flag). */
+async function lineOf(seed: number, variant: VariantName | null, suspend = false): Promise<SeedLine> {
   try {
-    const r = await runSeed({ seed, factory: variant === null ? realNode : VARIANTS[variant].factory, variant });
+    const r = await runSeed({ seed, factory: variant === null ? realNode : VARIANTS[variant].factory, variant, suspend });
     return { seed, variant, ok: r.ok, guarantee: r.failure?.guarantee ?? null, failedAtMs: r.failure?.timeMs ?? null, report: r.ok ? null : describeFailure(r), hash: r.hash, ops: r.opsIssued, cpuMs: 0 };
   } catch (err) {
     return crashLine(seed, variant, undefined, err);
@@ -77,14 +85,16 @@ describe('whole-cluster simulation', () => {
     for (const name of variantNames().filter((n) => VARIANTS[n].pending === undefined)) {
       it(name, async () => {
         const variant = VARIANTS[name];
+        const suspend = variant.suspend === true;
+        const known = baselineFor(suspend);
         let caught: SeedLine | null = null;
         // The seeds known to catch it first, one at a time in this process
         // (no child to start): each costs one seed, cut short at the violation.
         for (const seed of variant.knownSeeds) {
-          const l = await lineOf(seed, name);
+          const l = await lineOf(seed, name, suspend);
           if (!caughtFor(name, l)) continue;
-          if (!baseline.has(seed)) baseline.set(seed, await lineOf(seed, null));
-          if (failsFirst(l, baseline.get(seed)!)) {
+          if (!known.has(seed)) known.set(seed, await lineOf(seed, null, suspend));
+          if (failsFirst(l, known.get(seed)!)) {
             caught = l;
             break;
           }
@@ -93,11 +103,11 @@ describe('whole-cluster simulation', () => {
           // The code changed under the known seeds: search the CI seeds in
           // rounds, a child per core per round, and name the seed to list.
           for (let from = 0; from < seeds.length && caught === null; from += VARIANT_ROUND_SEEDS) {
-            const lines = await runSeedsInChildren(seeds.slice(from, from + VARIANT_ROUND_SEEDS), { jobs: JOBS, variant: name });
+            const lines = await runSeedsInChildren(seeds.slice(from, from + VARIANT_ROUND_SEEDS), { jobs: JOBS, variant: name, suspend });
             const failing = lines.filter((l) => caughtFor(name, l));
             if (failing.length === 0) continue;
-            await baselineOf(failing.map((l) => l.seed));
-            caught = failing.find((l) => failsFirst(l, baseline.get(l.seed)!)) ?? null;
+            await baselineOf(failing.map((l) => l.seed), suspend);
+            caught = failing.find((l) => failsFirst(l, known.get(l.seed)!)) ?? null;
           }
           if (caught !== null) console.log(`variant ${name}: none of its known seeds (${variant.knownSeeds.join(', ')}) catches it any more; seed ${caught.seed} does: list it in variants.ts`);
         }
