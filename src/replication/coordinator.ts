@@ -217,18 +217,20 @@ export class VolumeCoordinator {
     // A peer that did not learn the token now learns it from etcd (its
     // fence watch, or the full re-read every peer makes before it takes
     // changes again after losing its session) or from the first change
-    // this coordinator sends it, whichever comes first. Until then an old
-    // writer may still land changes on it: one paused with its clocks (a
-    // suspended VM) wakes believing its lease still runs and sends what it
-    // had queued to its own node's replica, which could not hear of this
-    // token either. So such a peer is recorded stale for the whole volume
-    // before our first change; the catch-up then compares its every copy
-    // with the trusted ones (docs/replication.md, "Fencing"). If etcd does
-    // not take the record, the open fails.
-    if (missed.length > 0) {
-      this.log.warn({ peers: missed, token: this.token }, 'peers did not answer the fencing token; recorded stale for the whole volume until caught up');
-      await Promise.all(missed.map((u) => this.stale.record(u, 'all')));
-    }
+    // this coordinator sends it, whichever comes first. Its copies stay
+    // trusted: the old writer acknowledged nothing past its own lease
+    // deadline, which passed before this lock could be taken, so anything
+    // it may still land there is a write nobody was told succeeded.
+    //
+    // Not so for an old writer paused with its clocks (a suspended VM): it
+    // wakes believing its lease still runs and lands what it had queued on
+    // its own node's replica, which could not hear of this token either
+    // (docs/replication.md, "Fencing": open). Recording such peers stale
+    // for the whole volume closes that in the simulation, but a peer that
+    // was merely down at the open then serves none of the volume's blocks
+    // once the other owners die, not only the ones it missed: it waits for
+    // a record of whether the previous lock was let go or expired.
+    if (missed.length > 0) this.log.warn({ peers: missed, token: this.token }, 'peers did not answer the fencing token; they learn it from etcd or from our first change');
     this.log.info({ token: this.token, peers: peers.length }, 'fencing token published');
   }
 
