@@ -323,8 +323,18 @@ export class TorusDaemon {
     throw new TorusError('TORUS_ERR_CLUSTER_CONFLICT', 'could not join the ring: it kept changing under us');
   }
 
+  /**
+   * Peer addresses for the transport while the node is not live (session
+   * lost, re-registering). A live node's heartbeat lists the peers and hands
+   * them to the same transport every heartbeat: listing them here too only
+   * doubled an idle torusd's etcd calls.
+   */
   private refreshPeersEvery(): void {
     const tick = () => {
+      if (this.node?.isLive) {
+        if (!this.stopping) this.peerTimer = this.clock.setTimeout(tick, PEER_REFRESH_MS);
+        return;
+      }
       void this.metadata
         .listPeers()
         .then((p) => this.peers.setPeers(p), () => undefined)
