@@ -273,6 +273,10 @@ export class NbdSession {
       this.stream.destroy();
       return this.closed;
     }
+    // A request still waiting for budget was never started: it is dropped
+    // like the requests not parsed yet.
+    this.cancelBudgetWait?.();
+    this.cancelBudgetWait = null;
     this.phase = 'stopped';
     this.updateFlow();
     this.endWhenIdle();
@@ -299,7 +303,8 @@ export class NbdSession {
     }
     if (this.finished) return;
     this.updateFlow();
-    const moreToParse = this.phase === 'request-header' && !this.ending && this.queue.length >= REQUEST_HEADER_BYTES;
+    // A request waiting for budget is still to be answered, even when its client sent its last byte.
+    const moreToParse = (this.phase === 'request-header' && !this.ending && this.queue.length >= REQUEST_HEADER_BYTES) || this.phase === 'budget';
     if (this.inputEnded && !this.optionBusy && !moreToParse) {
       // The client sent its last byte: answer what was parsed, then close.
       this.ending = true;
@@ -401,6 +406,11 @@ export class NbdSession {
           this.phase = 'budget';
           this.cancelBudgetWait = this.budget.wait(bytes, () => {
             this.cancelBudgetWait = null;
+            if (this.phase !== 'budget' || this.finished) {
+              // Closed meanwhile (close() and finish() cancel, this is a safety net): never start it.
+              this.budget?.give(bytes);
+              return;
+            }
             this.phase = 'request-header';
             this.begin(h);
             this.pump();

@@ -623,6 +623,32 @@ describe('NbdSession transmission', () => {
     expect(budget.usedBytes).toBe(0);
   });
 
+  it('answers a WRITE that waited for the shared budget after its client sent its last byte', async () => {
+    const h = harness();
+    const budget = new ByteBudget(4096);
+    const a = await openExport(h.start({}, budget).client, 'disk');
+    const bSide = h.start({}, budget);
+    const b = await openExport(bSide.client, 'disk');
+    const disk = h.provider.disk('disk');
+    const gate = deferred();
+    disk.interceptor = async () => {
+      await gate.promise;
+    };
+    const first = a.write(0, pattern(4096, 1));
+    await waitFor('the first write holds the budget', () => budget.usedBytes === 4096, 5000);
+    const second = b.write(8192, pattern(4096, 2));
+    await waitFor('the second write waits', () => budget.waiting === 1, 5000);
+    bSide.client.end();
+    await settle(20);
+    disk.interceptor = null;
+    gate.resolve();
+    await first;
+    await second;
+    expect((await a.read(8192, 4096)).equals(pattern(4096, 2))).toBe(true);
+    await settle(5);
+    expect(budget.usedBytes).toBe(0);
+  });
+
   it('closes only the offending connection on a malformed stream', async () => {
     const h = harness();
     const good = await openExport(h.start().client, 'disk');
