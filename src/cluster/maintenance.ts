@@ -35,10 +35,11 @@ export class Maintenance {
     this.log = opts.logger.child({ module: 'maintenance' });
   }
 
-  async run(): Promise<void> {
+  /** One pass; true when no volume needed maintenance. */
+  async run(): Promise<boolean> {
     const { ctx } = this.opts;
     const session = this.opts.node.currentSession();
-    if (session === null) return;
+    if (session === null) return false;
     const md = ctx.metadata;
     const ring = ctx.ring();
     const [volumes, stale, health] = await Promise.all([md.listVolumes(), md.listStale(), md.listVolumeHealth()]);
@@ -73,6 +74,7 @@ export class Maintenance {
       [due[i], due[j]] = [due[j]!, due[i]!];
     }
     let taken = 0;
+    if (due.length === 0) return true;
     for (const { v, scrub } of due) {
       if (taken >= this.opts.volumesMax) break;
       let lock;
@@ -104,5 +106,6 @@ export class Maintenance {
         });
       }
     }
+    return false;
   }
 }

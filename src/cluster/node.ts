@@ -114,6 +114,9 @@ export class ClusterNode {
   private lostWhileReconnecting = false;
   private stopped = false;
   private peersKnown = new Set<string>();
+  /** Live peers and their suspect volumes at the last listing: a change wakes the background pass. */
+  private peersSignature = '';
+  private backgroundTimer: { wake(now?: boolean): void } | null = null;
   private peerRecords = new Map<string, PeerRecord>();
   private suspectVolumes = new Set<number>();
 
@@ -250,7 +253,8 @@ export class ClusterNode {
     if (this.suspectVolumes.size > 0) void this.background();
     this.timers.every(d.settings.heartbeatMs, () => this.heartbeat());
     this.timers.every(d.settings.replication.probeIntervalMs, () => this.probe());
-    this.timers.every(d.settings.replication.backgroundIntervalMs, () => this.background());
+    const bg = d.settings.replication;
+    this.backgroundTimer = this.timers.adaptive(bg.backgroundIntervalMs, Math.max(bg.backgroundIntervalMs, bg.backgroundIdleIntervalMaxMs), () => this.background());
     if (this.gc) {
       this.timers.every(d.settings.gcIntervalMs, async () => void (await this.gc!.run()));
       // A deleted volume's space comes back at once, not at the next pass;
@@ -319,6 +323,7 @@ export class ClusterNode {
   private reportSuspect(ref: BlockRef, why: string): void {
     this.log.warn({ volumeId: ref.volumeId, block: ref.index, why }, 'a local copy became suspect; it is not served until repaired');
     this.suspectVolumes.add(ref.volumeId);
+    this.wakeBackground();
   }
 
   /** Volumes with suspect blocks here, from the store (after an unclean stop) and since. */
@@ -378,6 +383,7 @@ export class ClusterNode {
   private applyRing(ring: RingRecord): void {
     if (ring.version <= (this.ring?.version ?? 0)) return;
     this.ring = ring;
+    this.wakeBackground();
     this.log.info({ ringVersion: ring.version, phase: ring.transition?.phase ?? 'stable', members: ring.members.length }, 'ring changed');
     void this.ack().catch((err) => this.log.warn({ err }, 'could not acknowledge the ring'));
     this.updateDown();
@@ -435,6 +441,15 @@ export class ClusterNode {
       // Before anything dials them: a coordinator opening a volume right
       // after a peer restarted on a new address must reach the new one.
       this.deps.transport.setPeers?.(peers);
+      // A peer that came or went, or names other suspect volumes, may have made background work.
+      const sig = peers
+        .map((p) => `${p.uuid}:${(p.suspectVolumes ?? []).join(',')}`)
+        .sort()
+        .join(' ');
+      if (sig !== this.peersSignature) {
+        this.peersSignature = sig;
+        this.wakeBackground();
+      }
       this.peersKnown = new Set(peers.map((p) => p.uuid));
       this.peerRecords = new Map(peers.map((p) => [p.uuid, p]));
       this.updateDown();
@@ -464,6 +479,7 @@ export class ClusterNode {
           await withTimeout(api.hello(this.ctx.requestContext()), this.deps.settings.replication.replicaTimeoutMs, this.deps.clock, `probe of peer ${u}`);
           this.health.succeeded(u);
           this.log.info({ peer: u }, 'peer answers again');
+          this.wakeBackground();
         } catch {
           // still failing
         }
@@ -487,23 +503,40 @@ export class ClusterNode {
 
   // ------------------------------------------------------------ background
 
-  private async background(): Promise<void> {
-    if (!this.live) return;
+  /**
+   * One background pass; true when it found nothing to do, and the next
+   * may wait longer (settings.replication.backgroundIdleIntervalMaxMs).
+   * Anything else (work done or pending, a failure, not live) is not idle.
+   */
+  private async background(): Promise<boolean> {
+    if (!this.live) return false;
+    let idle = this.suspectVolumes.size === 0 && this.health.failingPeers().length === 0;
     for (const ov of await this.volumes.list()) {
-      if (ov.jobs === null || ov.lockLost) continue;
+      if (ov.jobs === null || ov.lockLost) {
+        idle = false;
+        continue;
+      }
       try {
-        await ov.jobs.runOnce();
+        const r = await ov.jobs.runOnce();
+        if (!r.idle || r.caughtUp + r.moved + r.scrubbed + r.repaired > 0) idle = false;
       } catch (err) {
+        idle = false;
         if (!isTorusError(err, 'TORUS_ERR_VOLUME_FENCED')) this.log.warn({ err, volume: ov.name }, 'background work of an open volume failed');
       }
     }
-    await this.driver?.run().catch((err: unknown) => this.log.warn({ err }, 'transition driver failed'));
-    await this.maintenance?.run().catch((err: unknown) => this.log.warn({ err }, 'maintenance failed'));
+    const driverIdle = (await this.driver?.run().catch((err: unknown) => void this.log.warn({ err }, 'transition driver failed'))) ?? true;
+    const maintenanceIdle = (await this.maintenance?.run().catch((err: unknown) => void this.log.warn({ err }, 'maintenance failed'))) ?? true;
+    return idle && driverIdle === true && maintenanceIdle === true;
+  }
+
+  /** The next background pass within backgroundIntervalMs (it may have backed off while idle). */
+  private wakeBackground(): void {
+    this.backgroundTimer?.wake();
   }
 
   /** Runs background work now (tests and the simulation drive it explicitly too). */
-  runBackground(): Promise<void> {
-    return this.background();
+  async runBackground(): Promise<void> {
+    await this.background();
   }
 
   // ------------------------------------------------------------ lifecycle

@@ -25,6 +25,54 @@ export class Timers {
     handle = this.clock.setTimeout(tick, ms);
   }
 
+  /**
+   * Like every(minMs), for work that is often idle: a tick that resolves
+   * true ("found nothing to do") doubles the wait before the next one, up to
+   * maxMs; a tick that did something brings it back to minMs. wake() makes
+   * the next tick due within minMs again (at once if `now`), for events that
+   * may have made work (a ring change, a peer that answers again).
+   */
+  adaptive(minMs: number, maxMs: number, fn: () => Promise<boolean>): { wake(now?: boolean): void } {
+    let delay = minMs;
+    let handle: { cancel(): void } | null = null;
+    let dueAt = 0;
+    let running = false;
+    let woken = false;
+    const slot = { cancel: () => handle?.cancel() };
+    this.handles.add(slot);
+    const schedule = (ms: number) => {
+      handle?.cancel();
+      dueAt = this.clock.monotonic() + ms;
+      handle = this.clock.setTimeout(tick, ms);
+    };
+    const tick = () => {
+      handle = null;
+      running = true;
+      woken = false;
+      void fn()
+        .catch(() => false)
+        .then((idle) => {
+          running = false;
+          delay = idle && !woken ? Math.min(maxMs, delay * 2) : minMs;
+          if (!this.cancelled) schedule(delay);
+        });
+    };
+    schedule(minMs);
+    return {
+      wake: (now = false) => {
+        if (this.cancelled) return;
+        delay = minMs;
+        if (running) {
+          // The pass under way may have looked before the event: the next is not backed off.
+          woken = true;
+          return;
+        }
+        const want = now ? 0 : minMs;
+        if (dueAt - this.clock.monotonic() > want) schedule(want);
+      },
+    };
+  }
+
   cancelAll(): void {
     this.cancelled = true;
     for (const h of this.handles) h.cancel();

@@ -42,7 +42,8 @@ export class TransitionDriver {
     for (const u of [...this.downSince.keys()]) if (!ring.members.some((m) => m.uuid === u)) this.downSince.delete(u);
   }
 
-  async run(): Promise<void> {
+  /** One pass; true when there was nothing to drive (a stable ring and no member DOWN). */
+  async run(): Promise<boolean> {
     const md = this.opts.ctx.metadata;
     const ring = await md.getRing();
     const t = ring.transition;
@@ -51,14 +52,15 @@ export class TransitionDriver {
       const done = new Set(moves.filter((m) => m.done).map((m) => m.volumeId));
       const left = volumes.filter((v) => !done.has(v.id));
       if (left.length === 0) await this.advance(ring, 'every volume moved');
-      return;
+      return false;
     }
     if (t !== null && t.phase === 'settled') {
       if (await this.opts.node.ringAcknowledged(ring.version, true)) await this.advance(ring, 'every process reads from the new owners');
-      return;
+      return false;
     }
     await md.pruneVolumeMoves(ring.version).catch(() => undefined);
     await this.downOut(ring);
+    return this.downSince.size === 0;
   }
 
   private async advance(ring: RingRecord, why: string): Promise<void> {

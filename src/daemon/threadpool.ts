@@ -13,13 +13,14 @@
  * re-executes itself (process.execve: same pid, same arguments) with the
  * variable set. Where execve is missing (Node before 23.11) it runs as it is.
  *
- * The young generation's size (SEMI_SPACE_MAX_MB, daemon/process-limits.ts)
- * can only be set from process start too, so it rides on the same re-exec.
+ * V8's heap flags (v8MemoryFlags, daemon/process-limits.ts: the young
+ * generation's size, how far the old one grows between collections) can
+ * only be set from process start too, so they ride on the same re-exec.
  *
  * Importing this module has those effects on the importing process: only
  * the cmd entries import it, first. Nothing it imports may use the pool.
  */
-import { libuvWorkerThreads, SEMI_SPACE_MAX_MB, THREADPOOL_SIZE } from './process-limits.js';
+import { libuvWorkerThreads, THREADPOOL_SIZE, v8MemoryFlags } from './process-limits.js';
 
 /** Set in the environment of the re-executed process: never more than once. */
 const REEXEC_MARK = 'TORUS_PROCESS_SETUP';
@@ -31,9 +32,11 @@ if (!env.UV_THREADPOOL_SIZE) {
   const running = libuvWorkerThreads();
   if (running !== null && running > 0 && running < THREADPOOL_SIZE) reexec = true;
 }
-const semiSpaceSet = [...process.execArgv, ...(env.NODE_OPTIONS ?? '').split(/\s+/)].some((a) => a.startsWith('--max-semi-space-size'));
-const execArgv = semiSpaceSet ? process.execArgv : [...process.execArgv, `--max-semi-space-size=${SEMI_SPACE_MAX_MB}`];
-if (!semiSpaceSet) reexec = true;
+const given = [...process.execArgv, ...(env.NODE_OPTIONS ?? '').split(/\s+/)];
+const isSet = (flag: string) => given.some((a) => a === flag || a.startsWith(`${flag}=`) || a.startsWith(flag.replaceAll('-', '_').replace(/^__/, '--')));
+const missing = v8MemoryFlags().filter(([flag]) => !isSet(flag));
+const execArgv = [...process.execArgv, ...missing.map(([flag, value]) => `${flag}=${value}`)];
+if (missing.length > 0) reexec = true;
 const execve = (process as unknown as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never }).execve;
 if (reexec && env[REEXEC_MARK] === undefined && typeof execve === 'function') {
   env[REEXEC_MARK] = '1';

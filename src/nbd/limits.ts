@@ -16,6 +16,13 @@ export interface NbdLimits {
   /** READ lengths plus WRITE payloads being handled at once; at the limit the socket is not read. */
   readonly inflightBytesMax: number;
   /**
+   * The same over every connection of the server (nbd/byte-budget.ts): a
+   * request that does not fit waits with its payload unread. What the NBD
+   * layer holds stays at max(serverInflightBytesMax, payloadBytesMax)
+   * however many connections there are.
+   */
+  readonly serverInflightBytesMax: number;
+  /**
    * Reply bytes queued on the socket above which no new request is parsed.
    * Requests already parsed still reply, so queued reply bytes stay below
    * max(replyBytesMax, the stream's high-water mark) + inflightBytesMax.
@@ -39,6 +46,7 @@ export const DEFAULT_NBD_LIMITS: NbdLimits = Object.freeze({
   metaContextQueriesMax: 128,
   inflightMax: 64,
   inflightBytesMax: 64 * 1024 * 1024,
+  serverInflightBytesMax: 32 * 1024 * 1024,
   replyBytesMax: 16 * 1024 * 1024,
   payloadBytesMax: PAYLOAD_BYTES_MAX_DEFAULT,
   payloadDiscardBytesMax: 128 * 1024 * 1024,

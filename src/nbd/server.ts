@@ -3,6 +3,7 @@
  * enforces the connection limit and closes cleanly. The protocol lives in
  * session.ts; this file only knows sockets.
  */
+import { ByteBudget } from './byte-budget.js';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
@@ -45,6 +46,8 @@ export class NbdServer {
   private readonly connectionsMax: number;
   private readonly onConnection: ((event: 'open' | 'close') => void) | undefined;
   private readonly pool: BufferPool;
+  /** READ/WRITE bytes held by all connections at once (limits.serverInflightBytesMax). */
+  readonly budget: ByteBudget;
   private readonly sessions = new Set<NbdSession>();
   private server: net.Server | null = null;
   private closing: Promise<void> | null = null;
@@ -54,6 +57,7 @@ export class NbdServer {
     this.onConnection = onConnection;
     this.pool = pool ?? new BufferPool();
     this.limits = resolveLimits(limits);
+    this.budget = new ByteBudget(this.limits.serverInflightBytesMax);
     this.provider = provider;
     this.rootLogger = logger;
     this.log = logger.child({ module: 'nbd' });
@@ -116,6 +120,7 @@ export class NbdServer {
       limits: this.limits,
       onRequest: this.onRequest,
       pool: this.pool,
+      budget: this.budget,
       attachInput,
     });
     this.sessions.add(session);

@@ -39,6 +39,7 @@ import {
 } from './codec.js';
 import { errnoName, errorMessage, optionReplyName, toNbdErrno, toOptionError } from './errno.js';
 import type { ExportProvider, NbdExport } from './export.js';
+import type { ByteBudget } from './byte-budget.js';
 import type { NbdLimits } from './limits.js';
 import {
   BLOCK_SIZE_MIN,
@@ -117,6 +118,8 @@ export interface NbdSessionOptions {
    * and the session reads 'data' events instead.
    */
   readonly attachInput?: (target: DirectReadTarget) => boolean;
+  /** Shared by every connection of a server (limits.serverInflightBytesMax); none: no shared limit. */
+  readonly budget?: ByteBudget;
 }
 
 /** The reused buffer socket reads land in when no payload is being read. */
@@ -130,10 +133,17 @@ type Phase =
   | 'target'
   /** Dropping a payload we refused (oversized option, invalid WRITE). */
   | 'skip'
+  /** A parsed READ/WRITE waits for room in the server's byte budget; its payload stays unread. */
+  | 'budget'
   | 'stopped';
 
 interface Timer {
   cancel(): void;
+}
+
+/** What a request holds of the server's byte budget: READ and WRITE lengths. */
+function budgetBytes(h: RequestHeader): number {
+  return h.type === CMD_READ || h.type === CMD_WRITE ? h.length : 0;
 }
 
 /** Starts an export call, turning a synchronous throw into a rejection. */
@@ -184,6 +194,11 @@ export class NbdSession {
   private ctx: ValidationContext | null = null;
   private inflight = 0;
   private inflightBytes = 0;
+  private readonly budget: ByteBudget | null;
+  /** Cancels this session's wait for budget, while in phase 'budget'. */
+  private cancelBudgetWait: (() => void) | null = null;
+  /** The budget of the WRITE whose payload is being read (given back if the connection ends first). */
+  private pendingWriteBytes = 0;
   /** Handlings of WRITE/TRIM/WRITE_ZEROES in flight, for FLUSH ordering. */
   private readonly writes = new Set<Promise<unknown>>();
   private idleWaiters: Array<() => void> = [];
@@ -208,6 +223,7 @@ export class NbdSession {
     this.limits = opts.limits;
     this.onRequest = opts.onRequest;
     this.pool = opts.pool ?? new BufferPool();
+    this.budget = opts.budget ?? null;
     this.log = opts.logger.child({ module: 'nbd', remote: opts.remote });
     this.debug = this.log.isLevelEnabled('debug');
     this.closed = new Promise((resolve) => {
@@ -257,6 +273,10 @@ export class NbdSession {
       this.stream.destroy();
       return this.closed;
     }
+    // A request still waiting for budget was never started: it is dropped
+    // like the requests not parsed yet.
+    this.cancelBudgetWait?.();
+    this.cancelBudgetWait = null;
     this.phase = 'stopped';
     this.updateFlow();
     this.endWhenIdle();
@@ -283,7 +303,8 @@ export class NbdSession {
     }
     if (this.finished) return;
     this.updateFlow();
-    const moreToParse = this.phase === 'request-header' && !this.ending && this.queue.length >= REQUEST_HEADER_BYTES;
+    // A request waiting for budget is still to be answered, even when its client sent its last byte.
+    const moreToParse = (this.phase === 'request-header' && !this.ending && this.queue.length >= REQUEST_HEADER_BYTES) || this.phase === 'budget';
     if (this.inputEnded && !this.optionBusy && !moreToParse) {
       // The client sent its last byte: answer what was parsed, then close.
       this.ending = true;
@@ -380,18 +401,42 @@ export class NbdSession {
           this.armCloseTimer();
           return false;
         }
-        if (h.type === CMD_WRITE) {
-          // The payload is read into its final buffer: with direct reads the
-          // socket fills it itself, without them one copy from the queue.
-          this.startTarget(this.pool.acquire(h.length), 'request-header', (payload) => this.dispatch(h, payload));
-          return true;
+        const bytes = budgetBytes(h);
+        if (bytes > 0 && this.budget !== null && !this.budget.tryTake(bytes)) {
+          this.phase = 'budget';
+          this.cancelBudgetWait = this.budget.wait(bytes, () => {
+            this.cancelBudgetWait = null;
+            if (this.phase !== 'budget' || this.finished) {
+              // Closed meanwhile (close() and finish() cancel, this is a safety net): never start it.
+              this.budget?.give(bytes);
+              return;
+            }
+            this.phase = 'request-header';
+            this.begin(h);
+            this.pump();
+          });
+          return false;
         }
-        this.dispatch(h, undefined);
+        this.begin(h);
         return true;
       }
+      case 'budget':
+        return false;
       case 'stopped':
         return false;
     }
+  }
+
+  /** Starts a request that passed validation (and holds its budget). */
+  private begin(h: RequestHeader): void {
+    if (h.type === CMD_WRITE) {
+      this.pendingWriteBytes = h.length;
+      // The payload is read into its final buffer: with direct reads the
+      // socket fills it itself, without them one copy from the queue.
+      this.startTarget(this.pool.acquire(h.length), 'request-header', (payload) => this.dispatch(h, payload));
+      return;
+    }
+    this.dispatch(h, undefined);
   }
 
   private startTarget(buf: Buffer, next: Phase, done: (b: Buffer) => void): void {
@@ -453,6 +498,10 @@ export class NbdSession {
         break;
       case 'request-header':
         want = !this.ending && !this.transmissionBlocked();
+        break;
+      case 'budget':
+        // The payload stays in the socket until the budget has room.
+        want = false;
         break;
       default:
         want = true;
@@ -647,7 +696,8 @@ export class NbdSession {
   // -------------------------------------------------------- transmission
 
   private dispatch(h: RequestHeader, payload: Buffer | undefined): void {
-    const bytes = h.type === CMD_READ || h.type === CMD_WRITE ? h.length : 0;
+    const bytes = budgetBytes(h);
+    this.pendingWriteBytes = 0;
     this.inflight++;
     this.inflightBytes += bytes;
     const started = this.onRequest === undefined ? 0 : this.clock.monotonic();
@@ -657,6 +707,8 @@ export class NbdSession {
     void handling.then((errno) => {
       // The export is done with the payload (one that keeps it longer retains it).
       if (payload !== undefined) releaseBuffer(payload);
+      // A READ answered with data gives its budget back once the socket took the data (write()).
+      if (bytes > 0 && !(h.type === CMD_READ && errno === 0)) this.budget?.give(bytes);
       if (writeLike) this.writes.delete(handling);
       this.inflight--;
       this.inflightBytes -= bytes;
@@ -679,8 +731,8 @@ export class NbdSession {
             throw new Error(`export returned ${data.length} bytes for a ${h.length}-byte read`);
           }
           // The data is ours now; it goes back to its pool once the socket wrote it.
-          if (this.structured) this.write(encodeReadChunkHeader(h.cookie, h.offset, data.length), data, true);
-          else this.write(encodeSimpleReply(h.cookie, 0), data, true);
+          if (this.structured) this.write(encodeReadChunkHeader(h.cookie, h.offset, data.length), data, true, h.length);
+          else this.write(encodeSimpleReply(h.cookie, 0), data, true, h.length);
           return 0;
         }
         case CMD_WRITE:
@@ -746,10 +798,11 @@ export class NbdSession {
    * reads, small writes) share one writev; they go out at the end of that
    * turn, never held for a later phase.
    */
-  private write(a: Buffer, b?: Buffer, releaseB = false): void {
+  private write(a: Buffer, b?: Buffer, releaseB = false, budgetBytes = 0): void {
     const s = this.stream;
     if (s.destroyed || s.writableEnded) {
       if (releaseB && b !== undefined) releaseBuffer(b);
+      if (budgetBytes > 0) this.budget?.give(budgetBytes);
       return;
     }
     if (!this.corked) {
@@ -761,8 +814,12 @@ export class NbdSession {
     if (b !== undefined) {
       // The callback runs once the bytes are handed to the kernel, or with
       // an error if the stream is torn down first: either way once.
-      if (releaseB) s.write(b, () => releaseBuffer(b));
-      else s.write(b);
+      if (releaseB || budgetBytes > 0) {
+        s.write(b, () => {
+          if (releaseB) releaseBuffer(b);
+          if (budgetBytes > 0) this.budget?.give(budgetBytes);
+        });
+      } else s.write(b);
     }
     if (!this.waitingDrain && s.writableNeedDrain && s.writableLength > this.limits.replyBytesMax) {
       this.waitingDrain = true;
@@ -840,8 +897,16 @@ export class NbdSession {
     this.closeTimer?.cancel();
     this.closeTimer = null;
     this.queue.clear();
+    // A request waiting for budget never starts.
+    this.cancelBudgetWait?.();
+    this.cancelBudgetWait = null;
     // The stream is closed: no read can land in a target any more.
-    if (this.target !== null && this.targetNext === 'request-header') releaseBuffer(this.target);
+    if (this.target !== null && this.targetNext === 'request-header') {
+      releaseBuffer(this.target);
+      // A WRITE whose payload never arrived: its budget was taken at its header.
+      if (this.pendingWriteBytes > 0) this.budget?.give(this.pendingWriteBytes);
+    }
+    this.pendingWriteBytes = 0;
     this.target = null;
     this.targetDone = null;
     if (this.debug) this.log.debug({ inflight: this.inflight }, 'nbd connection closed');

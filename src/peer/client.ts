@@ -108,6 +108,9 @@ export interface PeerClientOptions {
   readonly onIncarnationChange?: (change: IncarnationChange) => void;
 }
 
+/** Payloads on backings up to this size are sent as they are (the pool's buffers are at most twice what they hold). */
+const OWN_COPY_BACKING_MIN = 4 * 1024 * 1024;
+
 const DEFAULTS = {
   requestTimeoutMs: 30_000,
   connectTimeoutMs: 5_000,
@@ -414,9 +417,28 @@ export class PeerClient implements ReplicaApi {
     p.state = 'sent';
     conn.sent.set(id, p);
     const { header, payload } = encodeRequest(p.req, id, p.payloadCrc);
-    conn.writer.write(header, payload);
+    const own = this.ownCopy(payload);
+    conn.writer.write(header, own ?? payload);
     // The socket holds its own reference while the bytes are queued on it.
+    if (own !== null) releaseBuffer(own);
     this.dropPayload(p);
+  }
+
+  /**
+   * A payload that is a small part of a much larger buffer (one block of a
+   * 32 MiB NBD WRITE) would keep that whole buffer alive for as long as it
+   * sits on the socket, and a stalled peer keeps it there: up to
+   * inflightBytesMax / blockSize whole NBD payloads, not inflightBytesMax
+   * bytes (measured: 230 MiB in test/stress). Such a payload goes out as a
+   * pooled copy of its own size; null when it is sent as it is.
+   */
+  private ownCopy(payload: Buffer): Buffer | null {
+    if (this.buffers === undefined || payload.length === 0) return null;
+    const backing = payload.buffer.byteLength;
+    if (backing <= OWN_COPY_BACKING_MIN || backing <= 2 * payload.length) return null;
+    const copy = this.buffers.acquire(payload.length);
+    payload.copy(copy);
+    return copy;
   }
 
   private dropPayload(p: Pending): void {

@@ -16,6 +16,15 @@ export interface ReplicationSettings {
   readonly scrubIntervalMs: number;
   /** How often background work (catch-up, moves, scrub, stale record refresh) looks for something to do. */
   readonly backgroundIntervalMs: number;
+  /**
+   * A background pass that found nothing to do (no open volume with work, no
+   * ring transition, no DOWN member, no volume due for maintenance) doubles
+   * the wait before the next one up to this; any work found, a ring change,
+   * a change in the live peers or their suspect volumes, a peer answering
+   * again or a local suspect brings it back to backgroundIntervalMs. Idle
+   * polling of etcd is most of an idle torusd's CPU (issue 7).
+   */
+  readonly backgroundIdleIntervalMaxMs: number;
   /** Blocks whose versions a coordinator keeps in memory (least recently used go first). */
   readonly blockCacheMax: number;
   /** Times a change is re-sent after a peer said our ring was outdated. */
@@ -29,6 +38,7 @@ export const DEFAULT_REPLICATION_SETTINGS: ReplicationSettings = {
   copyBytesPerSec: 100 * 1024 * 1024,
   scrubIntervalMs: 24 * 3600 * 1000,
   backgroundIntervalMs: 2_000,
+  backgroundIdleIntervalMaxMs: 16_000,
   blockCacheMax: 65_536,
   ringRetriesMax: 3,
 };

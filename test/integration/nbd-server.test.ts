@@ -118,7 +118,7 @@ describe('NbdServer', () => {
 
   it('stops reading requests while replies pile up unread (replyBytesMax), and catches up', async () => {
     // Only replyBytesMax can stop this client: the in-flight limits are out of the way.
-    const { server, provider } = makeServer({ replyBytesMax: 256 * 1024, inflightMax: 1000, inflightBytesMax: 1024 * 1024 * 1024 });
+    const { server, provider } = makeServer({ replyBytesMax: 256 * 1024, inflightMax: 1000, inflightBytesMax: 1024 * 1024 * 1024, serverInflightBytesMax: 1024 * 1024 * 1024 });
     const { port } = await server.listen('127.0.0.1', 0);
     const c = await NbdTestClient.tcp(port);
     await c.go('disk');

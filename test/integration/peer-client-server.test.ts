@@ -13,6 +13,7 @@ import { decodeErrorPayload, encodeRequest } from '../../src/peer/codec.js';
 import { Opcode, REQ, STATUS_ERROR, STATUS_OK } from '../../src/peer/protocol.js';
 import { END_LINGER_MS } from '../../src/peer/server-connection.js';
 import { tcpConnector, type PeerConnector } from '../../src/peer/transport.js';
+import { BufferPool } from '../../src/util/buffer-pool.js';
 import { crc32c } from '../../src/util/crc32c.js';
 import type { Random } from '../../src/util/random.js';
 import { FakeReplica } from '../helpers/fake-replica.js';
@@ -269,6 +270,21 @@ describe('peer protocol 2 over TCP', () => {
       'TORUS_ERR_PEER_CHECKSUM',
     );
     expect(fake.peek(blockRef(1, 1, 1)).state).toBe('absent');
+  });
+
+  it('sends a block that is a small part of a large buffer as a pooled copy, byte for byte, and gives the copy back', async () => {
+    const fake = new FakeReplica(BS);
+    const { addr } = await startServer(fake);
+    const pool = new BufferPool({ poison: true });
+    const client = makeClient(addr, { pool });
+    // One block of an 8 MiB buffer (an NBD WRITE spanning many blocks): sent as it is, it would pin all 8 MiB on the socket.
+    const big = Buffer.alloc(8 * 1024 * 1024);
+    for (let i = 0; i < big.length; i += 4096) big.fill(i / 4096, i, i + 4096);
+    const view = big.subarray(3 * BS, 4 * BS);
+    await client.write(CTX, blockRef(1, 1, 0), 0, view, stamp(v(1), VERSION_ABSENT), { fua: false, crc32c: crc32c(view) });
+    expect(fake.peek(blockRef(1, 1, 0)).data).toEqual(Buffer.alloc(BS, 3));
+    await waitFor('the copy back in its pool', () => pool.stats().inUseBytes === 0, 5000);
+    expect(pool.stats().allocations).toBe(1);
   });
 
   it('serves several clients at once', async () => {

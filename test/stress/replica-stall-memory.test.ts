@@ -17,6 +17,8 @@ import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_NBD_LIMITS } from '../../src/nbd/limits.js';
 import { CLIENT_INFLIGHT_BYTES_MAX, READ_BUFFER_BYTES, SERVER_INFLIGHT_BYTES_MAX } from '../../src/peer/protocol.js';
+import { SEMI_SPACE_MAX_MB } from '../../src/daemon/process-limits.js';
+import { POOL_FREE_BYTES_MAX } from '../../src/daemon/torusd.js';
 import { TestCluster } from '../helpers/cluster.js';
 import { run } from '../helpers/nbd-exec.js';
 import { requireTool } from '../helpers/tools.js';
@@ -26,10 +28,16 @@ const CONNECTIONS = 16;
 const WRITE_BYTES = 32 * MiB;
 const BLOCK_BYTES = MiB;
 const PEERS = 3;
-/** The data-path pool keeps at most this much on its free lists (util/buffer-pool.ts default). */
-const POOL_FREE_BYTES_MAX = 32 * MiB;
 /** V8 and allocator slack over what is live: garbage not yet collected, fragmentation. */
 const SLACK_BYTES = 32 * MiB;
+/** The NBD session's reused socket read buffer (src/nbd/session.ts). */
+const NBD_READ_BUFFER_BYTES = 64 * 1024;
+/**
+ * Payloads larger than the pool's largest class (4 MiB) are plain buffers:
+ * garbage once answered, until V8's next collection, which external
+ * memory starts once it has grown by 64 MiB since the last one.
+ */
+const UNPOOLED_GARBAGE_BYTES = 64 * MiB;
 
 function rssBytes(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -39,18 +47,20 @@ function rssBytes(pid: number): number {
 /**
  * README "Memory", for the process serving the NBD connections:
  *   idle RSS
- *   + NBD: connections x (inflightBytesMax + payloadBytesMax)
+ *   + NBD: max(serverInflightBytesMax, payloadBytesMax) + connections x 64 KiB
  *   + peer clients: (peers - 1) x (CLIENT_INFLIGHT_BYTES_MAX + READ_BUFFER_BYTES)
  *   + peer server connections: (peers - 1) x (2 x SERVER_INFLIGHT_BYTES_MAX + block + READ_BUFFER_BYTES)
- *   + pool free lists + slack
- * NBD's term is per connection today (src/nbd/limits.ts); the per-peer terms
- * do not depend on how long the replica stalls or how much is written.
+ *   + pool free lists (freeBytesMax) + young generation (2 x semi-space)
+ *   + unpooled payloads awaiting collection (64 MiB; only for WRITEs over 4 MiB) + slack
+ * The NBD term is shared by every connection (src/nbd/byte-budget.ts): 16
+ * connections add 1 MiB of read buffers, not 16 x 96 MiB as before. No term
+ * depends on how long the replica stalls or how much is written.
  */
 function writerBoundBytes(idleRss: number, connections: number, peers: number): { total: number; nbd: number; peer: number } {
-  const nbd = connections * (DEFAULT_NBD_LIMITS.inflightBytesMax + DEFAULT_NBD_LIMITS.payloadBytesMax);
+  const nbd = Math.max(DEFAULT_NBD_LIMITS.serverInflightBytesMax, DEFAULT_NBD_LIMITS.payloadBytesMax) + connections * NBD_READ_BUFFER_BYTES;
   const others = peers - 1;
   const peer = others * (CLIENT_INFLIGHT_BYTES_MAX + READ_BUFFER_BYTES) + others * (2 * SERVER_INFLIGHT_BYTES_MAX + BLOCK_BYTES + READ_BUFFER_BYTES);
-  return { total: idleRss + nbd + peer + POOL_FREE_BYTES_MAX + SLACK_BYTES, nbd, peer };
+  return { total: idleRss + nbd + peer + POOL_FREE_BYTES_MAX + 2 * SEMI_SPACE_MAX_MB * MiB + UNPOOLED_GARBAGE_BYTES + SLACK_BYTES, nbd, peer };
 }
 
 describe('a stalled replica under 16 NBD connections of 32 MiB writes', () => {

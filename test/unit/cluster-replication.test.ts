@@ -42,6 +42,8 @@ function realNode(env: NodeEnv): NodeUnderTest {
         replicaTimeoutMs: t.replicaTimeoutMs,
         probeIntervalMs: t.probeIntervalMs,
         backgroundIntervalMs: t.backgroundIntervalMs,
+        // Backs off while idle as torusd does, within the checks' grace of a few intervals.
+        backgroundIdleIntervalMaxMs: 4 * t.backgroundIntervalMs,
         scrubIntervalMs: t.scrubIntervalMs,
         writeLevel: t.writeLevel,
         copyBytesPerSec: 64 * 1024 * 1024,

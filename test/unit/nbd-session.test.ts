@@ -3,6 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { TorusError } from '../../src/errors/torus-error.js';
 import { encodeInfoRequest, encodeMetaContextRequest, encodeRequestHeader, readUint64 } from '../../src/nbd/codec.js';
 import { resolveLimits, type NbdLimits } from '../../src/nbd/limits.js';
+import { ByteBudget } from '../../src/nbd/byte-budget.js';
 import { MemoryExportProvider } from '../../src/nbd/memory-export.js';
 import * as P from '../../src/nbd/protocol.js';
 import { NbdSession, type NbdRequestInfo } from '../../src/nbd/session.js';
@@ -17,7 +18,7 @@ interface Harness {
   provider: MemoryExportProvider;
   logs: Array<Record<string, unknown>>;
   requests: NbdRequestInfo[];
-  start(limits?: Partial<NbdLimits>): { session: NbdSession; client: Parameters<typeof NbdTestClient.connect>[0] };
+  start(limits?: Partial<NbdLimits>, budget?: ByteBudget): { session: NbdSession; client: Parameters<typeof NbdTestClient.connect>[0] };
 }
 
 const sessions: NbdSession[] = [];
@@ -41,7 +42,7 @@ function harness(): Harness {
     provider,
     logs,
     requests,
-    start(limits) {
+    start(limits, budget) {
       const [server, client] = streamPair();
       const session = new NbdSession({
         stream: server,
@@ -51,6 +52,7 @@ function harness(): Harness {
         clock: systemClock,
         limits: resolveLimits(limits),
         onRequest: (i) => requests.push(i),
+        ...(budget ? { budget } : {}),
       });
       sessions.push(session);
       return { session, client };
@@ -567,6 +569,84 @@ describe('NbdSession transmission', () => {
     disk.interceptor = null;
     for (const g of gates) g.resolve();
     expect((await Promise.all(reads)).every((r) => r.error === 0)).toBe(true);
+  });
+
+  it('holds READ and WRITE bytes of every connection under the shared budget, and gives all of it back', async () => {
+    const h = harness();
+    const budget = new ByteBudget(8192);
+    const conns = await Promise.all([0, 1, 2].map(() => openExport(h.start({}, budget).client, 'disk')));
+    const disk = h.provider.disk('disk');
+    const gates: Array<ReturnType<typeof deferred>> = [];
+    disk.interceptor = async () => {
+      const g = deferred();
+      gates.push(g);
+      await g.promise;
+    };
+    // Three connections, each one 4 KiB read and one 4 KiB write: two requests fit.
+    const all = conns.flatMap((c, i) => [c.request({ type: P.CMD_READ, offset: i * 8192, length: 4096 }), c.write(i * 8192 + 4096, pattern(4096, i))]);
+    await waitFor('2 requests in the export', () => gates.length === 2, 5000);
+    await settle(20);
+    expect(gates.length).toBe(2);
+    expect(budget.usedBytes).toBe(8192);
+    expect(budget.waiting).toBeGreaterThan(0);
+    disk.interceptor = null;
+    for (const g of gates) g.resolve();
+    await Promise.all(all);
+    await settle(5);
+    expect(budget.usedBytes).toBe(0);
+    expect(budget.waiting).toBe(0);
+    for (const [i, c] of conns.entries()) expect((await c.read(i * 8192 + 4096, 4096)).equals(pattern(4096, i))).toBe(true);
+  });
+
+  it('serves a request larger than the shared budget alone, and a closed connection gives back what it waited for', async () => {
+    const h = harness();
+    const budget = new ByteBudget(4096);
+    const a = await openExport(h.start({}, budget).client, 'disk');
+    const bSide = h.start({}, budget);
+    const b = await openExport(bSide.client, 'disk');
+    const disk = h.provider.disk('disk');
+    const gate = deferred();
+    disk.interceptor = async () => {
+      await gate.promise;
+    };
+    const big = a.write(0, pattern(65536, 7));
+    await waitFor('the large write holds the budget', () => budget.usedBytes === 65536, 5000);
+    const waiting = b.request({ type: P.CMD_READ, offset: 0, length: 4096 });
+    await waitFor('the read waits', () => budget.waiting === 1, 5000);
+    bSide.session.destroy();
+    await expect(waiting).rejects.toThrow();
+    expect(budget.waiting).toBe(0);
+    disk.interceptor = null;
+    gate.resolve();
+    await big;
+    await settle(5);
+    expect(budget.usedBytes).toBe(0);
+  });
+
+  it('answers a WRITE that waited for the shared budget after its client sent its last byte', async () => {
+    const h = harness();
+    const budget = new ByteBudget(4096);
+    const a = await openExport(h.start({}, budget).client, 'disk');
+    const bSide = h.start({}, budget);
+    const b = await openExport(bSide.client, 'disk');
+    const disk = h.provider.disk('disk');
+    const gate = deferred();
+    disk.interceptor = async () => {
+      await gate.promise;
+    };
+    const first = a.write(0, pattern(4096, 1));
+    await waitFor('the first write holds the budget', () => budget.usedBytes === 4096, 5000);
+    const second = b.write(8192, pattern(4096, 2));
+    await waitFor('the second write waits', () => budget.waiting === 1, 5000);
+    bSide.client.end();
+    await settle(20);
+    disk.interceptor = null;
+    gate.resolve();
+    await first;
+    await second;
+    expect((await a.read(8192, 4096)).equals(pattern(4096, 2))).toBe(true);
+    await settle(5);
+    expect(budget.usedBytes).toBe(0);
   });
 
   it('closes only the offending connection on a malformed stream', async () => {

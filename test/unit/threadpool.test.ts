@@ -4,7 +4,7 @@ import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { ensureBuilt } from '../helpers/build.js';
 // Not daemon/threadpool.ts: importing it would re-execute this test worker.
-import { SEMI_SPACE_MAX_MB, THREADPOOL_SIZE } from '../../src/daemon/process-limits.js';
+import { HEAP_GROWING_PERCENT, SEMI_SPACE_MAX_MB, THREADPOOL_SIZE } from '../../src/daemon/process-limits.js';
 
 const probe = path.join(import.meta.dirname, '..', 'fixtures', 'threadpool-probe.mjs');
 
@@ -45,7 +45,9 @@ describe('libuv thread pool size', () => {
   it('caps the young generation from process start, unless told otherwise', async () => {
     const r = await run([], cleanEnv());
     expect(r.execArgv).toContain(`--max-semi-space-size=${SEMI_SPACE_MAX_MB}`);
+    expect(r.execArgv).toContain(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`);
     const mine = await run([], { ...cleanEnv(), NODE_OPTIONS: '--max-semi-space-size=2' });
-    expect(mine.execArgv.join(' ')).not.toContain('--max-semi-space-size=8');
+    expect(mine.execArgv.join(' ')).not.toContain(`--max-semi-space-size=${SEMI_SPACE_MAX_MB}`);
+    expect(mine.execArgv).toContain(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`);
   });
 });
