@@ -19,8 +19,8 @@ export function simNodeSettings(env: NodeEnv): NodeSettings {
       replicaTimeoutMs: t.replicaTimeoutMs,
       probeIntervalMs: t.probeIntervalMs,
       backgroundIntervalMs: t.backgroundIntervalMs,
-      // The idle back-off in the ratio torusd has it: up to 8 intervals (torusd: 16 s of 2 s).
-      backgroundIdleIntervalMaxMs: 8 * t.backgroundIntervalMs,
+      // As torusd has it: no idle back-off (src/replication/settings.ts says why).
+      backgroundIdleIntervalMaxMs: t.backgroundIntervalMs,
       scrubIntervalMs: t.scrubIntervalMs,
       writeLevel: t.writeLevel,
       copyBytesPerSec: SIM_COPY_BYTES_PER_SEC,
