@@ -33,6 +33,7 @@ import {
   staleKey,
   staleVolumePrefix,
   volumeFenceKey,
+  volumeReleasedKey,
   volumeKey,
   volumeLockKey,
   volumeMaintKey,
@@ -671,6 +672,7 @@ export class EtcdMetadata implements MetadataService {
           .then(
             this.ns.delete().key(vKey),
             this.ns.delete().key(volumeFenceKey(record.id)),
+            this.ns.delete().key(volumeReleasedKey(record.id)),
             this.ns.delete().key(volumeMaintKey(record.id)),
             this.ns.delete().key(healthKey(record.id)),
             this.ns.delete().prefix(staleVolumePrefix(record.id)),

@@ -7,7 +7,7 @@ import { assert } from '../util/assert.js';
 import type { PeerRecord, RingAck, VolumeLockRecord, VolumeRecord } from '../model/records.js';
 import type { Clock } from '../util/clock.js';
 import { toTorusError } from './etcd-errors.js';
-import { KEYS, peerKey, ringAckKey, volumeFenceKey, volumeKey, volumeLockKey, volumeMaintKey, volumeReaderKey, volumeReadersPrefix } from './keys.js';
+import { KEYS, peerKey, ringAckKey, volumeFenceKey, volumeKey, volumeLockKey, volumeMaintKey, volumeReaderKey, volumeReadersPrefix, volumeReleasedKey } from './keys.js';
 import type { MetadataSession, SessionEvent, VolumeLock, VolumeReaderLock } from './metadata-service.js';
 import { decodeCounter, decodeVolumeLockRecord, decodeVolumeRecord, encodeRecord } from './record-codec.js';
 import {
@@ -202,6 +202,20 @@ export class EtcdSession implements MetadataSession {
     );
   }
 
+  /**
+   * The last token let go cleanly (volume-released/<id>, 0 when none), with
+   * the revision a lock transaction compares: the lock then reports
+   * exactly whether its predecessor was let go (it may be, by a maintainer a
+   * writer overrides, between our read and our transaction).
+   */
+  private async released(volumeId: number): Promise<{ releasedKey: string; releasedRevision: string | number; released: number }> {
+    const { ns, call, prefix } = this.deps;
+    const releasedKey = volumeReleasedKey(volumeId);
+    const res = await call(`get ${prefix}${releasedKey}`, () => ns.get(releasedKey).exec());
+    const kv = res.kvs[0];
+    return { releasedKey, releasedRevision: kv ? kv.mod_revision : 0, released: decodeCounter(prefix + releasedKey, kv ? kv.value.toString('utf8') : null) };
+  }
+
   /** The volume's record and its fence, with the revisions a lock transaction compares. */
   private async volumeAndFence(name: string) {
     const { ns, call, prefix } = this.deps;
@@ -224,6 +238,7 @@ export class EtcdSession implements MetadataSession {
     const { ns, prefix } = this.deps;
     for (let attempt = 0; attempt < LOCK_ATTEMPTS_MAX; attempt++) {
       const { vKey, volumeRevision, volume, fenceKey, fenceRevision, fence } = await this.volumeAndFence(name);
+      const { releasedKey, releasedRevision, released } = await this.released(volume.id);
       const lockKey = volumeLockKey(volume.id);
       const token = fence + 1;
       const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token, acquiredAt: new Date(this.deps.clock.now()).toISOString(), kind: 'writer' };
@@ -233,14 +248,14 @@ export class EtcdSession implements MetadataSession {
       const readers = volumeReadersPrefix(volume.id);
       // Readers exclude a writer: no reader key may exist when the lock is taken.
       const res = await this.leased(`lock volume ${name}`, () =>
-        andNoKeyUnder(ns.if(vKey, 'Mod', '==', volumeRevision).and(lockKey, 'Create', '==', 0).and(fenceKey, 'Mod', '==', fenceRevision), readers)
+        andNoKeyUnder(ns.if(vKey, 'Mod', '==', volumeRevision).and(lockKey, 'Create', '==', 0).and(fenceKey, 'Mod', '==', fenceRevision).and(releasedKey, 'Mod', '==', releasedRevision), readers)
           .then(ns.put(lockKey).value(encodeRecord(record)).lease(this.id), ns.put(fenceKey).value(String(token)))
           .else(ns.get(lockKey), ns.getAll().prefix(readers).limit(READERS_SHOWN_MAX))
           .commit(),
       );
       if (res.succeeded) {
-        this.log.info({ volume: name, volumeId: volume.id, token }, 'volume locked');
-        return new EtcdVolumeLock(this.deps, this.id, volume, record, lockKey);
+        this.log.info({ volume: name, volumeId: volume.id, token, previousReleased: released === fence }, 'volume locked');
+        return new EtcdVolumeLock(this.deps, this.id, volume, record, lockKey, released === fence);
       }
       const held = res.responses[0]?.response_range.kvs[0];
       if (held !== undefined) throw volumeInUseError(name, decodeVolumeLockRecord(prefix + lockKey, held.value.toString('utf8')));
@@ -249,7 +264,7 @@ export class EtcdSession implements MetadataSession {
         const recs = readerKvs.map((kv) => decodeVolumeLockRecord(prefix + kv.key.toString('utf8'), kv.value.toString('utf8')));
         throw volumeReadersError(name, recs, Number(res.responses[1]!.response_range.count));
       }
-      // The volume record or the fence moved under us: read again.
+      // The volume record, the fence or the release record moved under us: read again.
     }
     throw new TorusError('TORUS_ERR_CLUSTER_CONFLICT', `lock volume "${name}" lost ${LOCK_ATTEMPTS_MAX} races with concurrent changes; retry`);
   }
@@ -306,7 +321,9 @@ export class EtcdSession implements MetadataSession {
       const { volume } = found;
       const fRes = await call(`get ${prefix}${fenceKey}`, () => ns.get(fenceKey).exec());
       const fKv = fRes.kvs[0];
-      const token = decodeCounter(prefix + fenceKey, fKv ? fKv.value.toString('utf8') : null) + 1;
+      const fence = decodeCounter(prefix + fenceKey, fKv ? fKv.value.toString('utf8') : null);
+      const { releasedKey, releasedRevision, released } = await this.released(volumeId);
+      const token = fence + 1;
       const record: VolumeLockRecord = { schema: 1, volumeId, holder, token, acquiredAt: new Date(this.deps.clock.now()).toISOString(), kind: 'maintainer' };
       const res = await this.leased(`lock volume ${volume.name} for maintenance`, () =>
         ns
@@ -314,13 +331,14 @@ export class EtcdSession implements MetadataSession {
           .and(lockKey, 'Create', '==', 0)
           .and(maintKey, 'Create', '==', 0)
           .and(fenceKey, 'Mod', '==', fKv ? fKv.mod_revision : 0)
+          .and(releasedKey, 'Mod', '==', releasedRevision)
           .then(ns.put(maintKey).value(encodeRecord(record)).lease(this.id), ns.put(fenceKey).value(String(token)))
           .else(ns.get(lockKey), ns.get(maintKey))
           .commit(),
       );
       if (res.succeeded) {
-        this.log.info({ volume: volume.name, volumeId, token }, 'volume locked for maintenance');
-        return new EtcdVolumeLock(this.deps, this.id, volume, record, maintKey);
+        this.log.info({ volume: volume.name, volumeId, token, previousReleased: released === fence }, 'volume locked for maintenance');
+        return new EtcdVolumeLock(this.deps, this.id, volume, record, maintKey, released === fence);
       }
       for (const [i, key] of [lockKey, maintKey].entries()) {
         const held = res.responses[i]?.response_range.kvs[0];
@@ -368,8 +386,11 @@ export class EtcdSession implements MetadataSession {
     if (String(lKv.lease) !== this.id || record.token !== token) {
       throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${name}" is locked by ${record.holder} (token ${record.token}, lease ${String(lKv.lease)}), not by lease ${this.id} with token ${token}`);
     }
+    // Its predecessor is whatever the earlier run found; the lock itself was
+    // not let go (it lives on), so only token - 1 can have been released.
+    const { released } = await this.released(volume.id);
     this.log.info({ volume: name, volumeId: volume.id, token }, 'volume lock adopted');
-    return new EtcdVolumeLock(this.deps, this.id, volume, record, lockKey);
+    return new EtcdVolumeLock(this.deps, this.id, volume, record, lockKey, released === token - 1);
   }
 
   /**
@@ -409,6 +430,7 @@ class EtcdVolumeLock implements VolumeLock {
   readonly holder: string;
   readonly kind: 'writer' | 'maintainer';
   private released = false;
+  private fenced = false;
 
   get session(): string {
     return this.leaseId;
@@ -421,6 +443,7 @@ class EtcdVolumeLock implements VolumeLock {
     record: VolumeLockRecord,
     /** volume-locks/<id> for a writer, volume-maint/<id> for a maintainer. */
     private readonly key: string,
+    readonly previousReleased: boolean,
   ) {
     this.volume = volume;
     this.token = record.token;
@@ -429,6 +452,10 @@ class EtcdVolumeLock implements VolumeLock {
     // Reader locks are VolumeReaderLocks: a writer or maintainer lock is never made from a reader record.
     assert(kind !== 'reader', `lock ${key} made from a reader record`);
     this.kind = kind;
+  }
+
+  markFenced(): void {
+    this.fenced = true;
   }
 
   async stillHeld(): Promise<boolean> {
@@ -455,7 +482,8 @@ class EtcdVolumeLock implements VolumeLock {
           .else(ns.get(this.key))
           .commit(),
       );
-      if (res.succeeded) return new EtcdVolumeLock(this.deps, this.leaseId, this.volume, record, this.key);
+      // The previous token was ours, held without a gap: no one else's late change can come under it.
+      if (res.succeeded) return new EtcdVolumeLock(this.deps, this.leaseId, this.volume, record, this.key, true);
       const held = res.responses[0]?.response_range.kvs[0];
       if (held === undefined || held.lease !== this.leaseId) {
         throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${this.volume.name}": the lock is no longer held under lease ${this.leaseId}`);
@@ -467,6 +495,22 @@ class EtcdVolumeLock implements VolumeLock {
   async release(): Promise<void> {
     if (this.released) return;
     const { ns, call } = this.deps;
+    if (this.fenced) {
+      // Let go while still ours and still the newest token: no change can
+      // come under it any more, and the next holder reads so with the fence.
+      const fenceKey = volumeFenceKey(this.volume.id);
+      const res = await call(`unlock ${this.key} of volume ${this.volume.name}`, () =>
+        ns
+          .if(this.key, 'Lease', '==', this.leaseId)
+          .and(fenceKey, 'Value', '==', String(this.token))
+          .then(ns.delete().key(this.key), ns.put(volumeReleasedKey(this.volume.id)).value(String(this.token)))
+          .commit(),
+      );
+      if (res.succeeded) {
+        this.released = true;
+        return;
+      }
+    }
     // Delete only our own lock: after a lease loss someone else may hold it.
     await call(`unlock ${this.key} of volume ${this.volume.name}`, () => ns.if(this.key, 'Lease', '==', this.leaseId).then(ns.delete().key(this.key)).commit());
     this.released = true;

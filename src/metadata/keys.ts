@@ -22,6 +22,7 @@ export const KEYS = {
   healthPrefix: 'health/',
   volumeMaintPrefix: 'volume-maint/',
   volumeReadersPrefix: 'volume-readers/',
+  volumeReleasedPrefix: 'volume-released/',
 } as const;
 
 export function volumeKey(name: string): string {
@@ -34,6 +35,15 @@ export function volumeLockKey(volumeId: number): string {
 
 export function volumeFenceKey(volumeId: number): string {
   return KEYS.volumeFencePrefix + String(volumeId);
+}
+
+/**
+ * The last token of the volume whose lock was let go cleanly (in the
+ * transaction that deleted the lock key while this lease still held it):
+ * equal to the fence when the newest lock ended that way, not by expiry.
+ */
+export function volumeReleasedKey(volumeId: number): string {
+  return KEYS.volumeReleasedPrefix + String(volumeId);
 }
 
 /** The volume id in a `volume-fence/<id>` key; TORUS_ERR_METADATA_CORRUPT for anything else. */
@@ -120,6 +130,7 @@ export function describeKeyLayout(prefix: string = DEFAULT_PREFIX): KeyDoc[] {
     { key: `${p}${KEYS.volumesPrefix}<name>`, what: 'VolumeRecord JSON for each volume' },
     { key: `${p}${KEYS.volumeLocksPrefix}<volumeId>`, what: 'VolumeLockRecord JSON of the current writer, attached to its lease (vanishes when the writer dies)' },
     { key: `${p}${KEYS.volumeFencePrefix}<volumeId>`, what: 'the last fencing token handed out for the volume (no lease: tokens only grow)' },
+    { key: `${p}${KEYS.volumeReleasedPrefix}<volumeId>`, what: 'the last token whose writer or maintenance lock was let go cleanly (deleted by its holder in a transaction while still held), so that the next holder knows whether the previous lock expired instead (no lease)' },
     { key: `${p}${KEYS.peersPrefix}<uuid>`, what: "PeerRecord JSON of each live torusd, attached to the peer's lease" },
     { key: `${p}${KEYS.ring}`, what: 'RingRecord JSON (schema 2): version, members, weights, replication, minReplicas and the transition in progress; changed by compare-and-swap on its version' },
     { key: `${p}${KEYS.secret}`, what: 'the cluster secret peers authenticate with (64 hex digits), written once by init or by the first peer of a 0.1.0 cluster' },

@@ -29,6 +29,7 @@ import {
   staleKey,
   staleVolumePrefix,
   volumeFenceKey,
+  volumeReleasedKey,
   volumeKey,
   volumeLockKey,
   volumeMaintKey,
@@ -250,13 +251,18 @@ export class MemoryMetadata implements MetadataService {
     return decodeCounter(volumeFenceKey(volumeId), this.getJson(volumeFenceKey(volumeId)));
   }
 
+  /** Whether the volume's newest token was let go cleanly (never locked counts). */
+  newestReleased(volumeId: number): boolean {
+    return decodeCounter(volumeReleasedKey(volumeId), this.getJson(volumeReleasedKey(volumeId))) === this.fenceOf(volumeId);
+  }
+
   /** The reader locks of a volume, as stored. */
   readersOf(volumeId: number): VolumeLockRecord[] {
     return this.server.range(volumeReadersPrefix(volumeId)).map(({ key, entry }) => decodeVolumeLockRecord(key, entry.value));
   }
 
   /** Writer locks and reader locks exclude each other: a maintainer never blocks a writer. */
-  tryLock(name: string, holder: string, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord } {
+  tryLock(name: string, holder: string, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord; previousReleased: boolean } {
     const vText = this.getJson(volumeKey(name));
     if (vText === null) throw volumeNotFoundError(name);
     const volume = decodeVolumeRecord(volumeKey(name), vText);
@@ -265,12 +271,13 @@ export class MemoryMetadata implements MetadataService {
     const readers = this.readersOf(volume.id);
     if (readers.length > 0) throw volumeReadersError(name, readers, readers.length);
     const token = this.fenceOf(volume.id) + 1;
+    const previousReleased = this.newestReleased(volume.id);
     const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token, acquiredAt: this.nowIso(), kind: 'writer' };
     this.server.commit([
       { type: 'put', key: volumeLockKey(volume.id), value: encodeRecord(record), lease: leaseId },
       { type: 'put', key: volumeFenceKey(volume.id), value: String(token) },
     ]);
-    return { volume, record };
+    return { volume, record, previousReleased };
   }
 
   /** A reader lock: refused while a writer holds the volume; readers share it. */
@@ -290,7 +297,7 @@ export class MemoryMetadata implements MetadataService {
     return this.server.get(key)?.lease === leaseId;
   }
 
-  tryLockForMaintenance(volumeId: number, holder: string, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord } {
+  tryLockForMaintenance(volumeId: number, holder: string, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord; previousReleased: boolean } {
     const volume = this.volumeById(volumeId);
     if (volume === null) throw volumeIdNotFoundError(volumeId);
     for (const key of [volumeLockKey(volumeId), volumeMaintKey(volumeId)]) {
@@ -298,12 +305,13 @@ export class MemoryMetadata implements MetadataService {
       if (held !== null) throw volumeInUseError(volume.name, decodeVolumeLockRecord(key, held));
     }
     const token = this.fenceOf(volumeId) + 1;
+    const previousReleased = this.newestReleased(volumeId);
     const record: VolumeLockRecord = { schema: 1, volumeId, holder, token, acquiredAt: this.nowIso(), kind: 'maintainer' };
     this.server.commit([
       { type: 'put', key: volumeMaintKey(volumeId), value: encodeRecord(record), lease: leaseId },
       { type: 'put', key: volumeFenceKey(volumeId), value: String(token) },
     ]);
-    return { volume, record };
+    return { volume, record, previousReleased };
   }
 
   lockKeyHeld(key: string, leaseId: string, token: number): boolean {
@@ -312,7 +320,7 @@ export class MemoryMetadata implements MetadataService {
   }
 
   /** The lock record when `leaseId` holds the volume's writer lock under `token`; else TORUS_ERR_VOLUME_LOCK_LOST. */
-  adoptLock(name: string, token: number, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord } {
+  adoptLock(name: string, token: number, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord; previousReleased: boolean } {
     const vText = this.getJson(volumeKey(name));
     if (vText === null) throw volumeNotFoundError(name);
     const volume = decodeVolumeRecord(volumeKey(name), vText);
@@ -323,7 +331,9 @@ export class MemoryMetadata implements MetadataService {
     if (entry.lease !== leaseId || record.token !== token) {
       throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${name}" is locked by ${record.holder} (token ${record.token}, lease ${String(entry.lease)}), not by lease ${leaseId} with token ${token}`);
     }
-    return { volume, record };
+    // The lock itself lives on: only its predecessor can have been let go.
+    const previousReleased = decodeCounter(volumeReleasedKey(volume.id), this.getJson(volumeReleasedKey(volume.id))) === token - 1;
+    return { volume, record, previousReleased };
   }
 
   /** Keeps a lock under its lease with the next token. */
@@ -344,6 +354,16 @@ export class MemoryMetadata implements MetadataService {
 
   unlockKey(key: string, leaseId: string): void {
     if (this.server.get(key)?.lease === leaseId) this.server.commit([{ type: 'delete', key }]);
+  }
+
+  /** A fenced lock let go while still held and still the newest token: recorded for the next holder. */
+  unlockReleased(key: string, leaseId: string, volumeId: number, token: number): void {
+    if (this.server.get(key)?.lease !== leaseId) return;
+    if (this.fenceOf(volumeId) !== token) return this.unlockKey(key, leaseId);
+    this.server.commit([
+      { type: 'delete', key },
+      { type: 'put', key: volumeReleasedKey(volumeId), value: String(token) },
+    ]);
   }
 
   /**
@@ -750,6 +770,7 @@ export class MemoryMetadata implements MetadataService {
       this.server.commit([
         { type: 'delete', key: volumeKey(name) },
         { type: 'delete', key: volumeFenceKey(record.id) },
+        { type: 'delete', key: volumeReleasedKey(record.id) },
         { type: 'delete', key: volumeMaintKey(record.id) },
         { type: 'delete', key: healthKey(record.id) },
         { type: 'deletePrefix', prefix: staleVolumePrefix(record.id) },
@@ -953,8 +974,8 @@ class MemorySession implements MetadataSession {
   async lockVolume(name: string, holder: string): Promise<VolumeLock> {
     validateVolumeName(name);
     validateHolder(holder);
-    const { volume, record } = await this.leased(`lock volume ${name}`, () => this.md.tryLock(name, holder, this.id));
-    return new MemoryVolumeLock(this.md, this.id, volume, record, volumeLockKey(volume.id));
+    const { volume, record, previousReleased } = await this.leased(`lock volume ${name}`, () => this.md.tryLock(name, holder, this.id));
+    return new MemoryVolumeLock(this.md, this.id, volume, record, volumeLockKey(volume.id), previousReleased);
   }
 
   async lockVolumeForReading(name: string, holder: string): Promise<VolumeReaderLock> {
@@ -967,8 +988,8 @@ class MemorySession implements MetadataSession {
   async lockVolumeForMaintenance(volumeId: number, holder: string): Promise<VolumeLock> {
     validateVolumeId(volumeId);
     validateHolder(holder);
-    const { volume, record } = await this.leased(`lock volume ${volumeId} for maintenance`, () => this.md.tryLockForMaintenance(volumeId, holder, this.id));
-    return new MemoryVolumeLock(this.md, this.id, volume, record, volumeMaintKey(volume.id));
+    const { volume, record, previousReleased } = await this.leased(`lock volume ${volumeId} for maintenance`, () => this.md.tryLockForMaintenance(volumeId, holder, this.id));
+    return new MemoryVolumeLock(this.md, this.id, volume, record, volumeMaintKey(volume.id), previousReleased);
   }
 
   async ackRing(ack: { readonly peer: string | null; readonly kind: 'peer' | 'client'; readonly ringVersion: number; readonly fenceRevision: number }): Promise<void> {
@@ -981,8 +1002,8 @@ class MemorySession implements MetadataSession {
 
   async adoptVolumeLock(name: string, token: number): Promise<VolumeLock> {
     validateVolumeName(name);
-    const { volume, record } = await this.leased(`adopt lock of volume ${name}`, () => this.md.adoptLock(name, token, this.id));
-    return new MemoryVolumeLock(this.md, this.id, volume, record, volumeLockKey(volume.id));
+    const { volume, record, previousReleased } = await this.leased(`adopt lock of volume ${name}`, () => this.md.adoptLock(name, token, this.id));
+    return new MemoryVolumeLock(this.md, this.id, volume, record, volumeLockKey(volume.id), previousReleased);
   }
 
   /** Stops keepalives without revoking: the lease and its keys live until the TTL (see resumeSession). */
@@ -1022,6 +1043,7 @@ class MemoryVolumeLock implements VolumeLock {
   readonly holder: string;
   readonly kind: 'writer' | 'maintainer';
   private released = false;
+  private fenced = false;
 
   get session(): string {
     return this.leaseId;
@@ -1033,6 +1055,7 @@ class MemoryVolumeLock implements VolumeLock {
     readonly volume: VolumeRecord,
     record: VolumeLockRecord,
     private readonly key: string,
+    readonly previousReleased: boolean,
   ) {
     this.token = record.token;
     this.holder = record.holder;
@@ -1042,18 +1065,23 @@ class MemoryVolumeLock implements VolumeLock {
     this.kind = kind;
   }
 
+  markFenced(): void {
+    this.fenced = true;
+  }
+
   async stillHeld(): Promise<boolean> {
     return this.md.op(`check lock ${this.key}`, () => this.md.lockKeyHeld(this.key, this.leaseId, this.token));
   }
 
   async renew(): Promise<VolumeLock> {
     const record = await this.md.op(`renew ${this.key}`, () => this.md.renewLockKey(this.key, this.leaseId, this.volume.id));
-    return new MemoryVolumeLock(this.md, this.leaseId, this.volume, record, this.key);
+    // The previous token was ours, held without a gap.
+    return new MemoryVolumeLock(this.md, this.leaseId, this.volume, record, this.key, true);
   }
 
   async release(): Promise<void> {
     if (this.released) return;
-    await this.md.op(`unlock ${this.key}`, () => this.md.unlockKey(this.key, this.leaseId));
+    await this.md.op(`unlock ${this.key}`, () => (this.fenced ? this.md.unlockReleased(this.key, this.leaseId, this.volume.id, this.token) : this.md.unlockKey(this.key, this.leaseId)));
     this.released = true;
   }
 }

@@ -217,6 +217,27 @@ export interface VolumeLock {
   readonly kind: 'writer' | 'maintainer';
   /** The id of the session (lease) the lock is held under: it ends with that lease, whatever session the process has next. */
   readonly session: string;
+  /**
+   * Whether the lock before this one (the volume's previous token) was let
+   * go cleanly by a holder that had fenced off the ones before it (see
+   * markFenced), read with the fence in the transaction that took this
+   * lock. False when it expired with its lease instead (its holder may be a
+   * writer paused with its clocks, with changes still queued under the old
+   * token), when a maintainer is still at work under it, or when it was let
+   * go unfenced. True for a volume never locked, and for a lock from
+   * renew(): the previous token was this holder's own.
+   */
+  readonly previousReleased: boolean;
+  /**
+   * Tells the lock that every older holder is fenced off: every peer that
+   * may hold the volume's blocks learnt this token, or is recorded stale for
+   * whatever an older holder may still land on it. Only a lock so marked
+   * records a clean release() for the next holder (previousReleased): a lock
+   * let go before that (an open that failed, a lock taken only to find the
+   * volume was taken meanwhile) leaves an expired predecessor's late
+   * changes for the next holder to fence off.
+   */
+  markFenced(): void;
   /** True while the lock key still exists under this session's lease (read from etcd). */
   stillHeld(): Promise<boolean>;
   /**
@@ -228,6 +249,11 @@ export interface VolumeLock {
    * held under this lease.
    */
   renew(): Promise<VolumeLock>;
+  /**
+   * Deletes the lock key if this lease still holds it. When the lock was
+   * marked fenced and its token is still the volume's newest, the same
+   * transaction records the release (`volume-released/<id>` = the token).
+   */
   release(): Promise<void>;
 }
 

@@ -156,7 +156,7 @@ export class VolumeCoordinator {
   static async open(opts: CoordinatorOptions): Promise<VolumeCoordinator> {
     const c = new VolumeCoordinator(opts);
     await opts.ctx.refreshPeers();
-    await c.publishToken();
+    await c.publishToken(opts.lock.previousReleased);
     await c.stale.refresh();
     return c;
   }
@@ -190,10 +190,19 @@ export class VolumeCoordinator {
     this.seq = 0;
     this.onLockChanged?.(lock);
     this.fenced = null;
-    await this.publishToken();
+    // Renewed (renew(): previousReleased, the lease never lapsed and every
+    // change under the old token is this coordinator's own to account for),
+    // or taken again with our last token + 1 after our own lease expired:
+    // that lock was not let go, and counts as expired (previousReleased
+    // false). Its changes that failed while etcd was away could not be
+    // recorded stale or unsure (the lease was lost because etcd was away),
+    // and one still queued for a peer that misses the new token may land
+    // there later (simulation seed 57 with --suspend).
+    await this.publishToken(lock.previousReleased);
   }
 
-  private async publishToken(): Promise<void> {
+  /** `previousReleased`: the lock before ours was let go cleanly (VolumeLock.previousReleased), or was ours. */
+  private async publishToken(previousReleased: boolean): Promise<void> {
     const ring = this.ctx.ring();
     const peers = ringPeers(ring);
     const results = await Promise.allSettled(
@@ -217,20 +226,28 @@ export class VolumeCoordinator {
     // A peer that did not learn the token now learns it from etcd (its
     // fence watch, or the full re-read every peer makes before it takes
     // changes again after losing its session) or from the first change
-    // this coordinator sends it, whichever comes first. Its copies stay
-    // trusted: the old writer acknowledged nothing past its own lease
-    // deadline, which passed before this lock could be taken, so anything
-    // it may still land there is a write nobody was told succeeded.
+    // this coordinator sends it, whichever comes first.
     //
-    // Not so for an old writer paused with its clocks (a suspended VM): it
-    // wakes believing its lease still runs and lands what it had queued on
-    // its own node's replica, which could not hear of this token either
-    // (docs/replication.md, "Fencing": open). Recording such peers stale
-    // for the whole volume closes that in the simulation, but a peer that
-    // was merely down at the open then serves none of the volume's blocks
-    // once the other owners die, not only the ones it missed: it waits for
-    // a record of whether the previous lock was let go or expired.
-    if (missed.length > 0) this.log.warn({ peers: missed, token: this.token }, 'peers did not answer the fencing token; they learn it from etcd or from our first change');
+    // After a clean release its copies stay trusted: the previous holder
+    // closed the volume and let the lock go while it still held it, so no
+    // change can come under an older token any more (an older holder that
+    // expired was fenced off by the one after it: VolumeLock.markFenced).
+    //
+    // After an expiry, not so: the old holder may be a writer paused with
+    // its clocks (a suspended VM) that wakes believing its lease still runs
+    // and lands what it had queued on its own node's replica, which could
+    // not hear of this token either. Such peers are recorded stale for the
+    // whole volume before our first change; the catch-up then compares
+    // their every copy with the trusted ones (docs/replication.md,
+    // "Fencing"). If etcd does not take the record, the open fails (and the
+    // lock, not marked fenced, leaves the same duty to the next holder).
+    if (missed.length > 0 && !previousReleased) {
+      this.log.warn({ peers: missed, token: this.token }, 'the previous lock expired and peers did not answer the fencing token; recorded stale for the whole volume until caught up');
+      await Promise.all(missed.map((u) => this.stale.record(u, 'all')));
+    } else if (missed.length > 0) {
+      this.log.warn({ peers: missed, token: this.token }, 'peers did not answer the fencing token; they learn it from etcd or from our first change');
+    }
+    this.lock.markFenced();
     this.log.info({ token: this.token, peers: peers.length }, 'fencing token published');
   }
 

@@ -339,6 +339,71 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       expect(fresh.token).toBeGreaterThan(stale.token);
     });
 
+    it('previousReleased: a first lock and one after a fenced clean release say so; after an expiry, an unfenced release or a live maintainer they do not', async () => {
+      await initialised();
+      const vol = await md.createVolume('pad', MiB);
+      const s1 = await session();
+      const first = await s1.lockVolume('pad', 'one');
+      expect(first.previousReleased).toBe(true); // never locked before
+      first.markFenced();
+      await first.release();
+      const second = await s1.lockVolume('pad', 'one');
+      expect(second.token).toBe(2);
+      expect(second.previousReleased).toBe(true);
+      // Renewed: the previous token was ours, held without a gap.
+      const renewed = await second.renew();
+      expect(renewed.previousReleased).toBe(true);
+      // Let go without being marked fenced (an open that failed): it does not count.
+      await renewed.release();
+      const third = await s1.lockVolume('pad', 'one');
+      expect(third.previousReleased).toBe(false);
+      third.markFenced();
+      await third.release();
+      // An expiry (the lease revoked behind its owner's back, as a TTL running out does).
+      const s2 = await session(3);
+      const expired = await s2.lockVolume('pad', 'two');
+      expect(expired.previousReleased).toBe(true);
+      expired.markFenced();
+      await h.revokeExternally(md, s2.id);
+      await h.eventually('expired lock gone', async () => (await md.getVolumeLock(vol.id)) === null);
+      await expired.release().catch(() => undefined); // no longer ours: records nothing
+      const s3 = await session();
+      const after = await s3.lockVolume('pad', 'three');
+      expect(after.token).toBe(expired.token + 1);
+      expect(after.previousReleased).toBe(false);
+      after.markFenced();
+      await after.release();
+      // Maintenance locks read and record the same way.
+      const maint = await s3.lockVolumeForMaintenance(vol.id, 'm');
+      expect(maint.previousReleased).toBe(true);
+      maint.markFenced();
+      // A writer overriding a maintainer still at work: not released.
+      const writer = await s1.lockVolume('pad', 'four');
+      expect(writer.previousReleased).toBe(false);
+      await maint.release(); // its token is no longer the newest: records nothing
+      writer.markFenced();
+      await writer.release();
+      const last = await s3.lockVolumeForMaintenance(vol.id, 'm');
+      expect(last.previousReleased).toBe(true);
+      // Per volume: another volume's first lock.
+      await md.createVolume('other', MiB);
+      expect((await s3.lockVolume('other', 'x')).previousReleased).toBe(true);
+    });
+
+    it('an adopted lock reports whether its predecessor was let go', async () => {
+      await initialised();
+      await md.createVolume('att', MiB);
+      const s = await session();
+      const l1 = await s.lockVolume('att', 'a');
+      l1.markFenced();
+      await l1.release();
+      const l2 = await s.lockVolume('att', 'a');
+      expect((await s.adoptVolumeLock('att', l2.token)).previousReleased).toBe(true);
+      await l2.release(); // unfenced
+      const l3 = await s.lockVolume('att', 'a');
+      expect((await s.adoptVolumeLock('att', l3.token)).previousReleased).toBe(false);
+    });
+
     it('delete is refused while the volume is locked, naming the holder', async () => {
       await initialised();
       await md.createVolume('pad', MiB);

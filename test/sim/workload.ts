@@ -256,6 +256,12 @@ export class Workload {
         const span = this.pickSpan(v, true);
         if (span !== null) this.issue(v, 'write', span, w, true);
       }
+      // Below write level all, what it acknowledged and did not flush may be
+      // on its own node only, which misses the new writer's token: after an
+      // expiry the new writer records it stale for the whole volume, and the
+      // catch-up replaces its copies with the trusted ones (seed 29 with
+      // --suspend).
+      if (this.opts.timing.writeLevel !== 'all') v.model.writerLost(w.handle);
       this.abandonWriter(v, 'writer frozen, taken over');
       v.avoid = peer;
       taken.push(v);

@@ -424,6 +424,34 @@ describe('replication on a simulated cluster', () => {
     expect((await until(c, check.read(0, 2 * BLOCK))).equals(Buffer.concat([pattern(2, BLOCK), pattern(1, 4 * BLOCK).subarray(BLOCK, 2 * BLOCK)]))).toBe(true);
   });
 
+  // docs/replication.md, "Fencing": a peer that misses a new token is
+  // recorded stale for the whole volume only when the previous lock
+  // expired (its holder may be a paused writer with changes queued), not
+  // after a clean release (it would then serve none of the volume's blocks
+  // once the other owners die, not only the ones it missed).
+  it('records a peer that misses the token stale for the whole volume after an expiry, not after a clean release', async () => {
+    const c = cluster({ peers: 3, members: 3, replication: 3 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, d] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const first = await until(c, c.open(b, 'v', 'rw'));
+    await until(c, first.write(0, pattern(1, 4 * BLOCK), false));
+    await until(c, first.flush());
+    await until(c, first.close());
+    c.crash(a);
+    const second = await until(c, c.open(b, 'v', 'rw'));
+    for (let i = 0; i < 4; i++) expect(c.isRecordedStale(1, a.uuid, i), `a, block ${i}, after a clean release`).toBe(false);
+    expect((await until(c, second.read(0, 4 * BLOCK))).equals(pattern(1, 4 * BLOCK))).toBe(true);
+    // b dies holding the lock: it expires with b's lease.
+    c.crash(b);
+    await runFor(c, 3 * SIM_TIMING.sessionTtlSeconds * 1000);
+    const third = await until(c, c.open(d, 'v', 'rw'), 60_000);
+    for (const p of [a, b]) {
+      for (let i = 0; i < 4; i++) expect(c.isRecordedStale(1, p.uuid, i), `${p.uuid}, block ${i}, after an expiry`).toBe(true);
+    }
+    expect((await until(c, third.read(0, 4 * BLOCK))).equals(pattern(1, 4 * BLOCK))).toBe(true);
+  });
+
   it('changes replication from 2 to 3 and back, copying to the new owners', async () => {
     const c = cluster({ peers: 3, members: 3, replication: 2 });
     await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
