@@ -181,11 +181,7 @@ export class VolumeManager {
       const lock = await session.lockVolume(ov.name, this.opts.holder);
       if (lock.token !== last + 1) {
         await this.releaseLock(lock, session, ov.name);
-        ov.fenced = true;
-        this.log.error(
-          { volume: ov.name, lastToken: last, newToken: lock.token },
-          'the volume was taken by another holder while our lease was gone; our changes stay refused for good (detach and attach again)',
-        );
+        this.fenceForGood(ov, { lastToken: last, newToken: lock.token });
         return;
       }
       await ov.coordinator!.renewToken(lock);
@@ -195,14 +191,19 @@ export class VolumeManager {
       const heldToken = isTorusError(err, 'TORUS_ERR_VOLUME_IN_USE') ? err.details?.['token'] : undefined;
       if (typeof heldToken === 'number' && heldToken > last) {
         // Another holder has the lock under a token newer than ours:
-        // resuming can never be safe (readers take no token: not this case). Fenced for good, so that a new user
-        // is not handed this open (it would look like the writer).
-        ov.fenced = true;
-        this.log.error({ err, volume: ov.name, lastToken: last }, 'the volume was taken by another holder while our lease was gone; our changes stay refused for good (detach and attach again)');
+        // resuming can never be safe (readers take no token: not this
+        // case). Fenced for good, so that a new user is not handed this
+        // open (it would look like the writer).
+        this.fenceForGood(ov, { err, lastToken: last, newToken: heldToken });
         return;
       }
       this.log.error({ err, volume: ov.name }, 'could not take the volume lock again; changes stay refused');
     }
+  }
+
+  private fenceForGood(ov: OpenVolume, fields: Record<string, unknown>): void {
+    ov.fenced = true;
+    this.log.error({ ...fields, volume: ov.name }, 'the volume was taken by another holder while our lease was gone; our changes stay refused for good (detach and attach again)');
   }
 
   /**

@@ -1085,14 +1085,12 @@ export class VolumeCoordinator {
         // competes too (seed 316: the writer crashed with a change the
         // other owner missed; its disk kept an older copy).
         const suspectTop = Math.max(VERSION_ABSENT, ...trusted.map((u) => metas.got.get(u)?.version ?? VERSION_ABSENT));
-        const ahead = rescue
-          ? []
-          : owners.all.filter((u) => {
-              const m = metas.got.get(u);
-              return !trusted.includes(u) && m !== undefined && !m.suspect && m.version > suspectTop;
-            });
+        const ahead = owners.all.filter((u) => {
+          const m = metas.got.get(u);
+          return !trusted.includes(u) && m !== undefined && !m.suspect && m.version > suspectTop;
+        });
         let adopted = await this.adopt(ref, [...trusted, ...ahead], metas.got);
-        if (adopted !== null && ahead.includes(adopted.owner)) vouched.push(adopted.owner);
+        if (adopted?.owner != null && ahead.includes(adopted.owner)) vouched.push(adopted.owner);
         if (adopted === null && !rescue && owners.all.every((u) => metas.got.has(u))) {
           // No trusted copy checks out (bit rot on the only one trusted):
           // as in a rescue, every owner's copy competes, the stale ones too
@@ -1193,7 +1191,7 @@ export class VolumeCoordinator {
    * caught up from it. Copies lost outright (suspect and absent) leave the
    * block absent. Null when none can be adopted.
    */
-  private async adopt(ref: BlockRef, trusted: readonly string[], got: Map<string, BlockMeta>): Promise<{ meta: BlockMeta; from: number; owner: string } | null> {
+  private async adopt(ref: BlockRef, trusted: readonly string[], got: Map<string, BlockMeta>): Promise<{ meta: BlockMeta; from: number; owner: string | null } | null> {
     const candidates = trusted.map((u) => ({ u, m: got.get(u)! })).sort((a, b) => b.m.version - a.m.version);
     const top = Math.max(0, ...candidates.map((c) => c.m.version));
     const version = this.nextVersion(top);
@@ -1224,7 +1222,7 @@ export class VolumeCoordinator {
         if (!dropped) return null;
         got.set(u, ABSENT_META);
       }
-      return { meta: ABSENT_META, from: VERSION_ABSENT, owner: candidates[0]!.u };
+      return { meta: ABSENT_META, from: VERSION_ABSENT, owner: null };
     }
     return null;
   }

@@ -304,6 +304,21 @@ describe('NbdSession handshake', () => {
   });
 });
 
+/** Two sessions sharing one byte budget, over a disk whose requests wait for `gate`. */
+async function twoSessionsOnOneBudget(bytes: number) {
+  const h = harness();
+  const budget = new ByteBudget(bytes);
+  const a = await openExport(h.start({}, budget).client, 'disk');
+  const bSide = h.start({}, budget);
+  const b = await openExport(bSide.client, 'disk');
+  const disk = h.provider.disk('disk');
+  const gate = deferred();
+  disk.interceptor = async () => {
+    await gate.promise;
+  };
+  return { budget, a, b, bSide, disk, gate };
+}
+
 describe('NbdSession transmission', () => {
   for (const structured of [false, true]) {
     it(`writes and reads back at odd offsets (${structured ? 'structured' : 'simple'} replies)`, async () => {
@@ -599,16 +614,7 @@ describe('NbdSession transmission', () => {
   });
 
   it('serves a request larger than the shared budget alone, and a closed connection gives back what it waited for', async () => {
-    const h = harness();
-    const budget = new ByteBudget(4096);
-    const a = await openExport(h.start({}, budget).client, 'disk');
-    const bSide = h.start({}, budget);
-    const b = await openExport(bSide.client, 'disk');
-    const disk = h.provider.disk('disk');
-    const gate = deferred();
-    disk.interceptor = async () => {
-      await gate.promise;
-    };
+    const { budget, a, b, bSide, disk, gate } = await twoSessionsOnOneBudget(4096);
     const big = a.write(0, pattern(65536, 7));
     await waitFor('the large write holds the budget', () => budget.usedBytes === 65536, 5000);
     const waiting = b.request({ type: P.CMD_READ, offset: 0, length: 4096 });
@@ -624,16 +630,7 @@ describe('NbdSession transmission', () => {
   });
 
   it('answers a WRITE that waited for the shared budget after its client sent its last byte', async () => {
-    const h = harness();
-    const budget = new ByteBudget(4096);
-    const a = await openExport(h.start({}, budget).client, 'disk');
-    const bSide = h.start({}, budget);
-    const b = await openExport(bSide.client, 'disk');
-    const disk = h.provider.disk('disk');
-    const gate = deferred();
-    disk.interceptor = async () => {
-      await gate.promise;
-    };
+    const { budget, a, b, bSide, disk, gate } = await twoSessionsOnOneBudget(4096);
     const first = a.write(0, pattern(4096, 1));
     await waitFor('the first write holds the budget', () => budget.usedBytes === 4096, 5000);
     const second = b.write(8192, pattern(4096, 2));
