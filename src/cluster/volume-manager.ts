@@ -32,6 +32,8 @@ export interface OpenVolume {
   fenced: boolean;
   /** Set once a fenced open stopped being shared: new users got a fresh open; this one ends with its last user. */
   retired?: boolean;
+  /** Set when its close began: a relock that ends after it lets go of the lock it took. */
+  closing?: boolean;
 }
 
 export interface VolumeManagerOptions {
@@ -175,7 +177,7 @@ export class VolumeManager {
   private async relockNow(ov: OpenVolume): Promise<void> {
     const session = this.opts.session();
     if (!session) return;
-    if (ov.mode !== 'rw' || !ov.lockLost || ov.fenced) return;
+    if (ov.mode !== 'rw' || !ov.lockLost || ov.fenced || ov.closing === true) return;
     const last = ov.coordinator?.currentLock.token ?? ov.lock?.token ?? 0;
     try {
       const lock = await session.lockVolume(ov.name, this.opts.holder);
@@ -184,7 +186,13 @@ export class VolumeManager {
         this.fenceForGood(ov, { lastToken: last, newToken: lock.token });
         return;
       }
-      await ov.coordinator!.renewToken(lock);
+      try {
+        await ov.coordinator!.renewToken(lock);
+      } catch (err) {
+        // Not ours to keep: nothing would ever let it go (seed 556).
+        await this.releaseLock(lock, session, ov.name);
+        throw err;
+      }
       ov.lockLost = false;
       this.log.info({ volume: ov.name, token: lock.token }, 'volume lock taken again; changes resume');
     } catch (err) {
@@ -276,6 +284,12 @@ export class VolumeManager {
   }
 
   private async closeVolume(ov: OpenVolume, keepLock = false): Promise<void> {
+    ov.closing = true;
+    // A relock under way decides whether the lock is ours again: wait for
+    // it, so that the close flushes and lets go of the lock it takes (seed
+    // 556: a close during the relock kept that lock for good, and the
+    // volume stayed in use). No relock starts from here on.
+    await this.relocking.get(ov)?.catch(() => undefined);
     try {
       if (ov.mode === 'rw') {
         // A close flushes. Without the lock nothing may be flushed on our

@@ -182,6 +182,25 @@ export class VolumeCoordinator {
     return this.lock;
   }
 
+  /**
+   * A refusal of one of our own earlier tokens, sent before a renewal and
+   * refused by a peer that learnt the new one: it names no token newer than
+   * ours, so no one else holds the volume (seed 18: such a refusal fenced a
+   * writer off for good right after it took its lock again).
+   */
+  private ownOldToken(err: unknown): boolean {
+    if (!isTorusError(err, 'TORUS_ERR_VOLUME_FENCED')) return false;
+    const d = err.details ?? {};
+    const refused = d['token'];
+    const newest = d['newest'] ?? d['current'];
+    return typeof refused === 'number' && refused < this.token && typeof newest === 'number' && newest <= this.token;
+  }
+
+  /** What a request sent under an earlier token of ours reports once refused for it. */
+  private renewedMeanwhile(err: TorusError): TorusError {
+    return new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume ${this.volume.name}: a request sent under fencing token ${String(err.details?.['token'])} was refused: the lock was taken again under token ${this.token} meanwhile; it is not acknowledged`, { cause: err });
+  }
+
   /** A lock taken again after a lost lease, or renewed, comes with a newer token. */
   async renewToken(lock: VolumeLock): Promise<void> {
     assert(lock.token > this.token, 'a renewed lock has a newer token');
@@ -348,8 +367,10 @@ export class VolumeCoordinator {
     );
     const fenced = results.find((r) => r.status === 'rejected' && classifyFailure(r.reason) === 'fenced');
     if (fenced !== undefined) {
+      const err = (fenced as PromiseRejectedResult).reason as TorusError;
+      if (this.ownOldToken(err)) throw this.renewedMeanwhile(err);
       // Another coordinator took over: nothing of ours is recorded any more.
-      this.fenced = (fenced as PromiseRejectedResult).reason as TorusError;
+      this.fenced = err;
       throw this.fenced;
     }
     const records: Promise<void>[] = [];
@@ -526,6 +547,7 @@ export class VolumeCoordinator {
   private async change(index: number, change: Change, fua: boolean): Promise<Version | undefined> {
     this.checkUsable();
     if (this.seq >= SEQ_MAX - SEQ_RENEW_MARGIN) await this.renewVersionSpace();
+    await this.repairBelowQuorum(index);
     const release = await this.order.shared(index);
     try {
       const e = await this.touch(index);
@@ -575,6 +597,41 @@ export class VolumeCoordinator {
     } finally {
       release();
     }
+  }
+
+  /**
+   * Too few owners hold the block's newest copy for a change to reach
+   * minReplicas of them (learning found the others behind: a change that
+   * failed half way left a newer copy on one owner), while owners recorded
+   * stale for just this block answer: they are caught up from a current
+   * copy now, rather than the change fail with every peer up and wait for
+   * the background catch-up. Best effort: whatever is not fixed leaves the
+   * change to fail as before.
+   */
+  private async repairBelowQuorum(index: number): Promise<void> {
+    // Learnt here when new (cheap when known); a failure is the change's own to report.
+    const e = await this.touch(index).catch(() => null);
+    if (e === null) return;
+    const owners = ownersOf(this.ctx.ring(), this.refOf(index));
+    const plan = this.targets(index, owners);
+    if (plan.skipped.length === 0 && plan.required.length === owners.all.length) return;
+    if (this.quorumMet(index, owners, new Set(plan.send))) return;
+    const behind = owners.all.filter(
+      (u) => this.requiredFor(index, owners, u) && this.stale.missed(u) !== 'all' && this.stale.isStale(u, index) && this.ctx.health.usable(u) && this.ctx.replica(u) !== null,
+    );
+    if (behind.length === 0) return;
+    // The change counts them only once etcd trusts them again too (a clear
+    // etcd refuses leaves them stale in memory as well: stale-book.ts).
+    const clears: Promise<void>[] = [];
+    const r = await this.syncBlock(index, behind, async () => undefined, (fixed) => {
+      for (const u of fixed) if (this.stale.isStale(u, index)) clears.push(this.stale.clear(u, [index], this.token));
+    }).catch((err: unknown) => {
+      if (classifyFailure(err) === 'fenced') throw err;
+      this.log.debug({ err, block: index }, 'could not catch owners of the block up before a change');
+      return null;
+    });
+    const cleared = await Promise.allSettled(clears);
+    if (r !== null && r.fixed.length > 0) this.log.info({ block: index, peers: r.fixed, trusted: cleared.every((c) => c.status === 'fulfilled') }, 'caught owners of the block up before a change that needed them');
   }
 
   /**
@@ -698,6 +755,9 @@ export class VolumeCoordinator {
             return;
           }
           if (kind === 'fenced') {
+            // Our own token from before a renewal, refused by an owner that
+            // learnt the new one: that owner missed this change, no more.
+            if (this.ownOldToken(o.reason)) return;
             this.fenced = o.reason as TorusError;
             return;
           }
@@ -1030,6 +1090,17 @@ export class VolumeCoordinator {
       if (metas.outdated && attempt < this.ctx.settings.ringRetriesMax) {
         await this.ctx.refreshRing(metas.outdated);
         continue;
+      }
+      // An owner this coordinator stopped trusting for the block without
+      // etcd saying so yet (its addition failed, or is queued): what learning
+      // finds newer than its copy must not be returned before the record is
+      // durable, or another coordinator, after a takeover, would trust that
+      // owner and go back in time (seed 852: a change that failed for want
+      // of a stale record in an etcd outage, read back, then lost).
+      try {
+        await this.stale.ensureDurable(owners.all, index);
+      } catch (err) {
+        throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: an owner that missed a change to it could not be recorded stale in etcd`, { cause: err, details: { block: index } });
       }
       // Owners unsure for the block (a change no one confirmed) hold every
       // acknowledged change, maybe one more: they count in the comparison,
@@ -1434,6 +1505,7 @@ export class VolumeCoordinator {
   private copyFailed(err: unknown, u: string): void {
     const kind = classifyFailure(err);
     if (kind === 'fenced') {
+      if (this.ownOldToken(err)) throw this.renewedMeanwhile(err as TorusError);
       this.fenced = err as TorusError;
       throw err;
     }

@@ -32,8 +32,15 @@ interface PeerEntry {
 
 type Op =
   | { kind: 'add'; peer: string; all: boolean; blocks: number[]; unsure: number[]; waiters: { resolve(): void; reject(err: unknown): void }[] }
-  | { kind: 'remove'; peer: string; what: number[] | 'all'; token: number; waiters: { resolve(): void; reject(err: unknown): void }[] }
+  | { kind: 'remove'; peer: string; what: number[] | 'all'; token: number; undo: Undo; waiters: { resolve(): void; reject(err: unknown): void }[] }
   | { kind: 'narrow'; peer: string; keep: readonly number[]; token: number; waiters: { resolve(narrowed: boolean): void; reject(err: unknown): void }[] };
+
+/** What a removal took out of memory: put back if etcd refuses it. */
+interface Undo {
+  all: boolean;
+  blocks: number[];
+  unsure: number[];
+}
 
 /** Adds the indexes to the set; true when one was new. */
 function addTo(set: Set<number>, indexes: readonly number[]): boolean {
@@ -110,6 +117,36 @@ export class StaleBook {
   isUnsureOnly(peer: string, index: number): boolean {
     const e = this.peers.get(peer);
     return e !== undefined && !e.all && !e.blocks.has(index) && e.unsure.has(index);
+  }
+
+  /**
+   * What memory records for the peer and block that etcd does not hold yet
+   * (an addition queued, or one that failed): 'stale', 'unsure' or null.
+   * A narrowing in flight is not a missing record.
+   */
+  undurable(peer: string, index: number): 'stale' | 'unsure' | null {
+    const e = this.peers.get(peer);
+    if (e === undefined || e.allDurable) return null;
+    if (e.all && !e.narrowing) return 'stale';
+    if (e.blocks.has(index) && !e.durable.has(index)) return 'stale';
+    if (e.unsure.has(index) && !e.unsureDurable.has(index) && !e.durable.has(index)) return 'unsure';
+    return null;
+  }
+
+  /**
+   * Makes what memory records for these peers and this block durable in
+   * etcd (again, after a failed addition); resolves once it is.
+   */
+  ensureDurable(peers: readonly string[], index: number): Promise<void> {
+    const waits: Promise<void>[] = [];
+    for (const u of peers) {
+      const what = this.undurable(u, index);
+      if (what === null) continue;
+      const e = this.entry(u);
+      if (what === 'unsure') waits.push(this.recordUnsure(u, [index]));
+      else waits.push(e.all ? this.record(u, 'all') : this.record(u, [index]));
+    }
+    return Promise.all(waits).then(() => undefined);
   }
 
   /** Peers with anything recorded. */
@@ -200,15 +237,18 @@ export class StaleBook {
    */
   clear(peer: string, blocks: readonly number[], token: number): Promise<void> {
     const e = this.peers.get(peer);
+    const undo: Undo = { all: false, blocks: [], unsure: [] };
     if (e !== undefined) {
       for (const i of blocks) {
+        if (e.blocks.has(i)) undo.blocks.push(i);
+        if (e.unsure.has(i)) undo.unsure.push(i);
         e.blocks.delete(i);
         e.durable.delete(i);
         e.unsure.delete(i);
         e.unsureDurable.delete(i);
       }
     }
-    return this.enqueueRemove(peer, [...blocks], token);
+    return this.enqueueRemove(peer, [...blocks], token, undo);
   }
 
   /** Clears a whole-volume record, only if nothing was added since `sinceGeneration`. */
@@ -216,13 +256,14 @@ export class StaleBook {
     const e = this.peers.get(peer);
     if (e === undefined) return Promise.resolve(true);
     if (e.generation !== sinceGeneration) return Promise.resolve(false);
+    const undo: Undo = { all: e.all, blocks: [...e.blocks], unsure: [...e.unsure] };
     e.all = false;
     e.allDurable = false;
     e.blocks.clear();
     e.durable.clear();
     e.unsure.clear();
     e.unsureDurable.clear();
-    return this.enqueueRemove(peer, 'all', token).then(() => true);
+    return this.enqueueRemove(peer, 'all', token, undo).then(() => true);
   }
 
   /**
@@ -241,14 +282,17 @@ export class StaleBook {
     });
   }
 
-  private enqueueRemove(peer: string, what: number[] | 'all', token: number): Promise<void> {
+  private enqueueRemove(peer: string, what: number[] | 'all', token: number, undo: Undo): Promise<void> {
     return new Promise((resolve, reject) => {
       const last = this.queue[this.queue.length - 1];
       if (last !== undefined && last.kind === 'remove' && last.peer === peer && last.token === token && last.what !== 'all' && what !== 'all') {
         for (const i of what) last.what.push(i);
+        last.undo.all ||= undo.all;
+        for (const i of undo.blocks) last.undo.blocks.push(i);
+        for (const i of undo.unsure) last.undo.unsure.push(i);
         last.waiters.push({ resolve, reject });
       } else {
-        this.queue.push({ kind: 'remove', peer, what, token, waiters: [{ resolve, reject }] });
+        this.queue.push({ kind: 'remove', peer, what, token, undo, waiters: [{ resolve, reject }] });
       }
       this.kick();
     });
@@ -305,10 +349,18 @@ export class StaleBook {
           }
           for (const w of op.waiters) w.resolve();
         } catch (err) {
-          if (op.kind === 'remove' || op.kind === 'narrow') {
-            // Memory already trusts the peer again for these blocks; etcd
-            // still names them, which only makes other readers more careful.
-            this.log.warn({ err, volumeId: this.volumeId, peer: op.peer }, 'could not clear a stale record in etcd');
+          if (op.kind === 'remove') {
+            // etcd still names the peer for these blocks: memory must not
+            // trust it either, or this coordinator would count a copy that
+            // every other one distrusts (and a catch-up there could replace
+            // it with an older one: seed 180). They are put back, as not
+            // known durable (what etcd holds exactly is unknown: an
+            // addition may have been queued), and count as an addition.
+            this.undo(op.peer, op.undo);
+            this.log.warn({ err, volumeId: this.volumeId, peer: op.peer }, 'could not clear a stale record in etcd; the peer stays untrusted for those blocks');
+          } else if (op.kind === 'narrow') {
+            // The whole-volume record stands, in memory and in etcd.
+            this.log.warn({ err, volumeId: this.volumeId, peer: op.peer }, 'could not narrow a stale record in etcd');
           } else {
             this.log.warn({ err, volumeId: this.volumeId, peer: op.peer }, 'could not record a stale replica in etcd; the change that needed it fails');
           }
@@ -319,6 +371,15 @@ export class StaleBook {
       this.running = false;
       if (this.queue.length > 0) this.kick();
     }
+  }
+
+  private undo(peer: string, undo: Undo): void {
+    if (!undo.all && undo.blocks.length === 0 && undo.unsure.length === 0) return;
+    const e = this.entry(peer);
+    if (undo.all) e.all = true;
+    for (const i of undo.blocks) e.blocks.add(i);
+    for (const i of undo.unsure) e.unsure.add(i);
+    e.generation++;
   }
 
   private async applyNarrow(peer: string, plan: readonly number[], token: number): Promise<boolean> {

@@ -19,8 +19,8 @@ export function simNodeSettings(env: NodeEnv): NodeSettings {
       replicaTimeoutMs: t.replicaTimeoutMs,
       probeIntervalMs: t.probeIntervalMs,
       backgroundIntervalMs: t.backgroundIntervalMs,
-      // As torusd has it: no idle back-off (src/replication/settings.ts says why).
-      backgroundIdleIntervalMaxMs: t.backgroundIntervalMs,
+      // As torusd has it: backs off while idle to 8 intervals (2 s to 16 s).
+      backgroundIdleIntervalMaxMs: 8 * t.backgroundIntervalMs,
       scrubIntervalMs: t.scrubIntervalMs,
       writeLevel: t.writeLevel,
       copyBytesPerSec: SIM_COPY_BYTES_PER_SEC,

@@ -558,7 +558,14 @@ export class Workload {
       // Fenced for good (another holder took the volume while this writer's
       // lease was gone: volume-manager.ts, relock): its device fails until it
       // is detached and attached again, which is what a client does.
-      if (isTorusError(value, 'TORUS_ERR_VOLUME_FENCED') && vol.writer === op.writer) this.abandonWriter(vol, 'fenced for good: attach again');
+      if (isTorusError(value, 'TORUS_ERR_VOLUME_FENCED') && vol.writer === op.writer) {
+        // Below write level all, what it acknowledged and did not flush may
+        // be on its own node only, and the holder that took over need not
+        // trust that copy (README, "Write levels": a writer that loses its
+        // lock before the FLUSH; seed 553, its node cut off from etcd).
+        if (this.opts.timing.writeLevel !== 'all') vol.model.writerLost(op.writer.handle);
+        this.abandonWriter(vol, 'fenced for good: attach again');
+      }
       return;
     }
     const latency = now - op.issuedAt;

@@ -555,6 +555,67 @@ describe('replication on a simulated cluster', () => {
     await until(c, io.close());
   });
 
+  it('a change that failed because etcd could not record the owner it missed is not read back until etcd records it', async () => {
+    // Seed 852 (with the idle back-off): a read returned such a change; after
+    // a takeover the owner that missed it was trusted and read zeroes.
+    const c = cluster({ peers: 3, members: 2, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(w, 'v', 'rw'));
+    await until(c, io.write(0, pattern(1, BLOCK), false));
+    await until(c, io.flush());
+    // a misses the next change, and etcd cannot record that.
+    c.network.block(w.uuid, a.uuid);
+    c.setEtcdFault('unavailable');
+    const failed = await until(c, io.write(0, pattern(2, BLOCK), false).then(() => null, (e: unknown) => e));
+    expect(isTorusError(failed, 'TORUS_ERR_REPLICA_QUORUM')).toBe(true);
+    // b holds the failed change. Returning it now would let a later writer,
+    // which trusts a (etcd names no record), go back in time.
+    const during = await until(c, io.read(0, BLOCK).then(() => null, (e: unknown) => e));
+    expect(isTorusError(during, 'TORUS_ERR_BLOCK_UNAVAILABLE')).toBe(true);
+    c.setEtcdFault('none');
+    const after = await until(c, io.read(0, BLOCK));
+    expect(after.equals(pattern(2, BLOCK))).toBe(true);
+    const records = await until(c, c.adminMetadata.getStale(1));
+    expect(records.map((r) => [r.peer, r.ranges])).toEqual([[a.uuid, [[0, 1]]]]);
+    c.network.healAll();
+    await until(c, io.close());
+  });
+
+  it('catches owners recorded stale for a block up before a change that needs them, instead of failing it', async () => {
+    // Seed 874 (with the idle back-off): a failed change left the newest copy
+    // on one owner of three (minReplicas 2); learning the block found the
+    // other two behind, and the next write failed with every peer up.
+    const c = cluster({ peers: 3, members: 3, replication: 3 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(w, 'v', 'rw'));
+    await until(c, io.write(0, pattern(1, BLOCK), false));
+    await until(c, io.flush());
+    // The next change reaches only w's own copy: below minReplicas, it fails.
+    c.network.block(w.uuid, a.uuid);
+    c.network.block(w.uuid, b.uuid);
+    const failed = await until(c, io.write(0, pattern(2, BLOCK), false).then(() => null, (e: unknown) => e));
+    expect(isTorusError(failed, 'TORUS_ERR_REPLICA_QUORUM')).toBe(true);
+    c.network.healAll();
+    await until(c, io.close().catch(() => undefined));
+    // A new writer on a, before any background catch-up: learning the block
+    // finds a and b behind w's copy; its first write must still succeed,
+    // so they are caught up first.
+    const io2 = await until(c, c.open(a, 'v', 'rw'));
+    const now = pattern(3, 512);
+    await until(c, io2.write(512, now, false));
+    await until(c, io2.flush());
+    const want = Buffer.concat([pattern(2, BLOCK).subarray(0, 512), now, pattern(2, BLOCK).subarray(1024)]);
+    expect((await until(c, io2.read(0, BLOCK))).equals(want)).toBe(true);
+    const held = copies(c, 1, 0);
+    expect(held).toHaveLength(3);
+    expect(new Set(held.map((h) => `${h.version}/${h.digest}`)).size).toBe(1);
+    await until(c, io2.close());
+  });
+
   it('a flush no owner answers fails, records no one stale, and the next flush makes the same changes durable', async () => {
     const c = cluster({ peers: 3, members: 2, replication: 2 });
     await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
