@@ -1282,6 +1282,16 @@ export class VolumeCoordinator {
         const kind = classifyFailure(err);
         if (kind === 'fenced') throw err;
         this.log.warn({ err, block: ref.index, peer: u }, 'a suspect copy could not be adopted');
+        if (kind === 'peer') {
+          // The peer did not answer (or serves nothing for now): its copy,
+          // newer than the ones left to try, may be good. Adopting an older
+          // one would go back in time (seed 1216): the block waits.
+          this.ctx.health.failed(u);
+          throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${ref.index} of ${this.volume.name}: the newest copy left to adopt is on peer ${u}, which did not answer`, {
+            cause: err,
+            details: { block: ref.index, peer: u },
+          });
+        }
       }
     }
     if (candidates.every(({ m }) => m.state === 'absent')) {

@@ -45,8 +45,19 @@ const KNOWN_FAILING: ReadonlyMap<number, string> = new Map<number, string>([]);
  *   newer copy, did not answer.
  * - 442, 506: the checker (zeroes a store holds told nothing; a writer at
  *   level one that lost its lock may lose what it did not flush).
+ * With the background loop backing off while idle (docs/replication.md,
+ * "Maintenance"; seeds 18 and 180 among the first 200 too):
+ * - 852: a change that failed for want of a stale record was read back,
+ *   and after a takeover the owner that missed it was trusted;
+ * - 794, 874: a write failed below minReplicas with every peer up: the
+ *   owners behind a failed change's copy were not caught up first;
+ * - 556, 847: a close during a relock kept the new lock for good;
+ * - 553: the checker (a writer at level local fenced for good may lose
+ *   what it did not flush).
+ * - 1216: an adoption skipped the newest suspect copy because its peer did
+ *   not answer for a moment, and took an older one.
  */
-const FIXED_BEYOND: readonly number[] = [205, 225, 240, 289, 291, 302, 311, 316, 377, 397, 442, 495, 506, 575];
+const FIXED_BEYOND: readonly number[] = [205, 225, 240, 289, 291, 302, 311, 316, 377, 397, 442, 495, 506, 553, 556, 575, 794, 847, 852, 874, 1216];
 
 describe('whole-cluster simulation against the real code', () => {
   it(`passes every one of ${SEEDS} seeds (and ${FIXED_BEYOND.length} fixed ones past them) but the ${KNOWN_FAILING.size} known failures, which still fail as listed`, async () => {
