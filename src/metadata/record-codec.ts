@@ -14,7 +14,7 @@ import type {
   VolumeMoveRecord,
   VolumeRecord,
 } from '../model/records.js';
-import { minReplicasDefault } from '../ring/transition.js';
+import { CARRIED_PLACEMENTS_MAX, minReplicasDefault } from '../ring/transition.js';
 
 /**
  * Decodes the JSON records kept in etcd, checking their shape: a record that
@@ -147,10 +147,23 @@ function members(key: string, o: Json, where: string): RingMember[] {
   });
 }
 
-function placement(key: string, o: Json): Placement {
+function placement(key: string, o: Json, where = 'transition.from'): Placement {
   const replication = int(key, o, 'replication');
-  if (replication < 1) throw corrupt(key, 'transition.from has replication below 1');
-  return { members: members(key, o, 'transition.from: '), replication };
+  if (replication < 1) throw corrupt(key, `${where} has replication below 1`);
+  return { members: members(key, o, `${where}: `), replication };
+}
+
+/** Absent from records written before carried placements existed. */
+function carriedPlacements(key: string, t: Json): { carried?: Placement[] } {
+  const v = t['carried'];
+  if (v === undefined) return {};
+  if (!Array.isArray(v) || v.length === 0 || v.length > CARRIED_PLACEMENTS_MAX) throw corrupt(key, `transition.carried is not a list of 1 to ${CARRIED_PLACEMENTS_MAX} placements`);
+  return {
+    carried: v.map((p: unknown, i) => {
+      if (typeof p !== 'object' || p === null || Array.isArray(p)) throw corrupt(key, `transition.carried ${i} is not an object`);
+      return placement(key, p as Json, `transition.carried ${i}`);
+    }),
+  };
 }
 
 function transition(key: string, o: Json, version: number): RingTransition | null {
@@ -161,7 +174,7 @@ function transition(key: string, o: Json, version: number): RingTransition | nul
   if (phase !== 'moving' && phase !== 'settled') throw corrupt(key, `transition phase ${JSON.stringify(phase)} is not moving or settled`);
   const startedVersion = int(key, t, 'startedVersion');
   if (startedVersion < 1 || startedVersion > version) throw corrupt(key, `transition started at version ${startedVersion}, outside 1..${version}`);
-  return { from: placement(key, sub(key, t, 'from')), phase, startedVersion, startedAt: str(key, t, 'startedAt'), reason: str(key, t, 'reason') };
+  return { from: placement(key, sub(key, t, 'from')), ...carriedPlacements(key, t), phase, startedVersion, startedAt: str(key, t, 'startedAt'), reason: str(key, t, 'reason') };
 }
 
 /**

@@ -3,6 +3,7 @@ import { checkRange, type BlockRange } from '../model/ranges.js';
 import type { RingAck, RingMember, RingRecord, VolumeHealthRecord, VolumeLockRecord, VolumeMoveRecord } from '../model/records.js';
 import { formatSize } from '../util/size.js';
 import { VOLUME_NAME_PATTERN } from './metadata-service.js';
+import { CARRIED_PLACEMENTS_MAX } from '../ring/transition.js';
 
 export const BLOCK_SIZE_MIN_BYTES = 4 * 1024;
 export const BLOCK_SIZE_MAX_BYTES = 64 * 1024 * 1024;
@@ -97,6 +98,14 @@ export function validateRing(ring: RingRecord): void {
   if (typeof t.from !== 'object' || t.from === null) bad('transition from is not a placement');
   validateReplication(t.from.replication);
   validateMembers(t.from.members, bad, 'transition from: ');
+  if (t.carried !== undefined) {
+    if (!Array.isArray(t.carried) || t.carried.length === 0 || t.carried.length > CARRIED_PLACEMENTS_MAX) bad(`transition carried is not a list of 1 to ${CARRIED_PLACEMENTS_MAX} placements`);
+    for (const p of t.carried) {
+      if (typeof p !== 'object' || p === null) bad('transition carried holds something that is not a placement');
+      validateReplication(p.replication);
+      validateMembers(p.members, bad, 'transition carried: ');
+    }
+  }
 }
 
 export function volumeInUseError(name: string, lock: VolumeLockRecord): TorusError {

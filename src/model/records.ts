@@ -79,6 +79,15 @@ export interface Placement {
  */
 export interface RingTransition {
   readonly from: Placement;
+  /**
+   * Targets of earlier transitions replaced while they were still moving
+   * (oldest first; absent when none). Their owners may hold the only
+   * current copy of a block moved to them (an old owner that took a change
+   * crashed before flushing it while the other was recorded stale): they
+   * count as old owners until this transition is stable, so the move
+   * copies from them and nothing drops their copies meanwhile.
+   */
+  readonly carried?: readonly Placement[];
   readonly phase: 'moving' | 'settled';
   /** Ring version at which the transition started (its moving version). */
   readonly startedVersion: number;

@@ -5,6 +5,7 @@ import { LIST_BLOCKS_MAX } from '../model/replica-api.js';
 import { withTimeout } from '../util/timeout.js';
 import type { VolumeCoordinator } from './coordinator.js';
 import { planCatchUp } from './catch-up-plan.js';
+import { transitionPeers } from '../ring/transition.js';
 import { ownersOf, ringPeers } from './owners.js';
 
 /** What one pass of background work did, for logs, metrics and tests. */
@@ -181,7 +182,7 @@ export class VolumeJobs {
   private async repairSuspects(report: { repaired: number; pending: number }): Promise<void> {
     const c = this.c;
     const ring = c.ctx.ring();
-    const peers = [...ring.members.map((m) => m.uuid), ...(ring.transition?.from.members.map((m) => m.uuid) ?? [])];
+    const peers = [...ring.members.map((m) => m.uuid), ...(ring.transition === null ? [] : transitionPeers(ring.transition))];
     for (const peer of new Set(peers)) {
       if (!c.ctx.suspectVolumesOf(peer).includes(c.volume.id)) continue;
       const blocks = await this.listAll(peer);
@@ -244,7 +245,7 @@ export class VolumeJobs {
     if (t === null || t.phase !== 'moving' || t.startedVersion !== v) return;
     const listed = new Set<number>();
     const listedFrom = new Set<string>();
-    for (const u of t.from.members.map((m) => m.uuid)) {
+    for (const u of transitionPeers(t)) {
       const blocks = await this.listAll(u);
       if (blocks === null) continue;
       listedFrom.add(u);

@@ -13,6 +13,7 @@ import { sleep, withTimeout } from '../util/timeout.js';
 import { BlockOrder } from './block-order.js';
 import { BlockTable, type BlockEntry } from './block-table.js';
 import type { ClusterContext } from './cluster-context.js';
+import { transitionPeers } from '../ring/transition.js';
 import { ownersOf, quorumOf, ringPeers, type BlockOwners } from './owners.js';
 import type { WriteLevel } from './settings.js';
 import { StaleBook } from './stale-book.js';
@@ -493,7 +494,7 @@ export class VolumeCoordinator {
   /** Whether the peer is a member of the ring (either placement of a transition). */
   private isMember(u: string): boolean {
     const ring = this.ctx.ring();
-    return ring.members.some((m) => m.uuid === u) || (ring.transition?.from.members.some((m) => m.uuid === u) ?? false);
+    return ring.members.some((m) => m.uuid === u) || (ring.transition !== null && transitionPeers(ring.transition).includes(u));
   }
 
   /**
@@ -910,8 +911,9 @@ export class VolumeCoordinator {
 
   /** Must this owner take changes to the block? New owners in a moving transition only once the block moved to them. */
   private requiredFor(index: number, owners: BlockOwners, u: string): boolean {
+    if (owners.old?.includes(u) === true) return true;
+    if (!owners.now.includes(u)) return false; // a carried owner only
     if (owners.phase !== 'moving') return true;
-    if (owners.old!.includes(u)) return true;
     return this.isMoved(index);
   }
 
@@ -1057,7 +1059,7 @@ export class VolumeCoordinator {
   /** Owners a read may use under the ring phase, stale records aside. */
   private readableOwners(index: number, owners: BlockOwners): readonly string[] {
     if (owners.phase === 'stable') return owners.now;
-    if (owners.phase === 'moving') return this.isMoved(index) ? owners.all : owners.old!;
+    if (owners.phase === 'moving') return this.isMoved(index) ? [...owners.old!, ...owners.now.filter((u) => !owners.old!.includes(u))] : owners.old!;
     return [...owners.now, ...owners.old!.filter((u) => !owners.now.includes(u))];
   }
 

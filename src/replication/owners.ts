@@ -1,6 +1,7 @@
 import type { BlockRef } from '../model/block-ref.js';
 import type { RingRecord } from '../model/records.js';
 import { replicasOf } from '../ring/placement.js';
+import { carriedOwners, transitionPeers } from '../ring/transition.js';
 
 /**
  * Who owns a block under a ring, during a transition too
@@ -12,24 +13,31 @@ export interface BlockOwners {
   readonly old: readonly string[] | null;
   /** Owners under the ring's own members. */
   readonly now: readonly string[];
-  /** old ∪ now, old first: every owner a change must reach. */
+  /**
+   * Owners under placements a replaced transition was moving to
+   * (ring-transition.ts, `carried`), not in old or now: asked when the block
+   * is learnt, never read on their own, never required. Empty when none.
+   */
+  readonly carried: readonly string[];
+  /** old ∪ now ∪ carried, old first: every owner that may hold a copy. */
   readonly all: readonly string[];
 }
 
 export function ownersOf(ring: RingRecord, ref: BlockRef): BlockOwners {
   const now = replicasOf(ring, ref);
   const t = ring.transition;
-  if (t === null) return { phase: 'stable', old: null, now, all: now };
+  if (t === null) return { phase: 'stable', old: null, now, carried: [], all: now };
   const old = replicasOf(t.from, ref);
   const all = [...old];
   for (const u of now) if (!all.includes(u)) all.push(u);
-  return { phase: t.phase, old, now, all };
+  const carried = carriedOwners(t, ref, all);
+  return { phase: t.phase, old, now, carried, all: carried.length === 0 ? all : [...all, ...carried] };
 }
 
 /** Every peer that may hold blocks under this ring: members of both placements. */
 export function ringPeers(ring: RingRecord): string[] {
   const out = ring.members.map((m) => m.uuid);
-  for (const m of ring.transition?.from.members ?? []) if (!out.includes(m.uuid)) out.push(m.uuid);
+  for (const u of ring.transition === null ? [] : transitionPeers(ring.transition)) if (!out.includes(u)) out.push(u);
   return out;
 }
 

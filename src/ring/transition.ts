@@ -1,6 +1,6 @@
 import { TorusError } from '../errors/torus-error.js';
 import type { BlockRef } from '../model/block-ref.js';
-import type { Placement, RingMember, RingRecord } from '../model/records.js';
+import type { Placement, RingMember, RingRecord, RingTransition } from '../model/records.js';
 import { replicasOf } from './placement.js';
 
 /**
@@ -15,6 +15,9 @@ import { replicasOf } from './placement.js';
  * `from` (the last placement known to hold every block); a change during
  * settled starts one from the settled placement (the ring's own).
  */
+
+/** Targets of replaced transitions a ring carries at most (ring-transition.ts, planRingChange). */
+export const CARRIED_PLACEMENTS_MAX = 4;
 
 /** Reasons are for status lines; longer ones are cut. */
 export const TRANSITION_REASON_CHARS_MAX = 256;
@@ -63,14 +66,39 @@ export function ownersOf(ring: RingRecord, ref: BlockRef): Owners {
 }
 
 /**
+ * Owners under the carried placements that `from` and `to` do not name:
+ * they may hold a newer copy (so they are asked, and compete when every
+ * owner is recorded stale), but a copy they lack says nothing (they may
+ * never have been given the block), so they are never read on their own
+ * or required for a change.
+ */
+export function carriedOwners(t: RingTransition, ref: BlockRef, named: readonly string[]): string[] {
+  const out: string[] = [];
+  for (const p of t.carried ?? []) for (const u of replicasOf(p, ref)) if (!named.includes(u) && !out.includes(u)) out.push(u);
+  return out;
+}
+
+/** Every peer a transition's old owners come from: `from`'s members, then the carried ones. */
+export function transitionPeers(t: RingTransition): string[] {
+  const out = t.from.members.map((m) => m.uuid);
+  for (const p of t.carried ?? []) for (const m of p.members) if (!out.includes(m.uuid)) out.push(m.uuid);
+  return out;
+}
+
+/**
  * The next ring for a change of members, replication or minReplicas, or
  * null when nothing would change.
  *
  * - A change of minReplicas alone keeps the placement (and any transition)
  *   and only bumps the version: nothing moves.
- * - A change back to the complete placement while moving ends the
- *   transition at once: the old owners still hold every block, and writes
- *   never stopped reaching them.
+ * - A change while moving replaces the transition: the new one moves from
+ *   the same complete placement and carries the replaced target (with any
+ *   it carried), whose owners may hold the only current copy of a block
+ *   moved to them (seed 1375: an old owner lost an unflushed change in a
+ *   crash while the other was recorded stale). A change back to the
+ *   complete placement is such a transition too, not stable at once. At
+ *   most CARRIED_PLACEMENTS_MAX are carried: past that the change is
+ *   refused until the transition under way settles.
  * - A change when the complete placement has no members is stable at once:
  *   no block can have a copy to move.
  * - Anything else is a new moving transition from the complete placement,
@@ -95,11 +123,24 @@ export function planRingChange(
   }
   const complete = completePlacement(ring);
   const base = { schema: 2 as const, version, replication: nextReplication, minReplicas: nextMin, members: target.members };
-  if (complete.members.length === 0 || samePlacement(target, complete)) return { ...base, transition: null };
+  if (complete.members.length === 0) return { ...base, transition: null };
+  const carried: Placement[] = [];
+  const t = ring.transition;
+  if (t !== null && t.phase === 'moving') {
+    for (const p of [...(t.carried ?? []), targetPlacement(ring)]) {
+      if (p.members.length === 0 || samePlacement(p, complete) || samePlacement(p, target) || carried.some((c) => samePlacement(c, p))) continue;
+      carried.push({ members: p.members.map((m) => ({ uuid: m.uuid, weight: m.weight })), replication: p.replication });
+    }
+  }
+  if (samePlacement(target, complete) && carried.length === 0) return { ...base, transition: null };
+  if (carried.length > CARRIED_PLACEMENTS_MAX) {
+    throw new TorusError('TORUS_ERR_RING_TRANSITION', `ring version ${ring.version}: ${carried.length} ring changes were replaced while blocks were still moving; wait until the transition under way settles (torusctl cluster status)`);
+  }
   return {
     ...base,
     transition: {
       from: { members: complete.members.map((m) => ({ uuid: m.uuid, weight: m.weight })), replication: complete.replication },
+      ...(carried.length > 0 ? { carried } : {}),
       phase: 'moving',
       startedVersion: version,
       startedAt: new Date(nowMs).toISOString(),

@@ -56,8 +56,11 @@ const KNOWN_FAILING: ReadonlyMap<number, string> = new Map<number, string>([]);
  *   what it did not flush).
  * - 1216: an adoption skipped the newest suspect copy because its peer did
  *   not answer for a moment, and took an older one.
+ * - 1375: a ring change back to the placement being left called a moving
+ *   transition off at once, and the only current copy, on an owner of the
+ *   replaced target, was dropped as a leftover.
  */
-const FIXED_BEYOND: readonly number[] = [205, 225, 240, 289, 291, 302, 311, 316, 377, 397, 442, 495, 506, 553, 556, 575, 794, 847, 852, 874, 1216];
+const FIXED_BEYOND: readonly number[] = [205, 225, 240, 289, 291, 302, 311, 316, 377, 397, 442, 495, 506, 553, 556, 575, 794, 847, 852, 874, 1216, 1375];
 
 describe('whole-cluster simulation against the real code', () => {
   it(`passes every one of ${SEEDS} seeds (and ${FIXED_BEYOND.length} fixed ones past them) but the ${KNOWN_FAILING.size} known failures, which still fail as listed`, async () => {

@@ -110,6 +110,9 @@ describe('record codec', () => {
       transition: { from: { members: [{ uuid: 'b', weight: 1 }], replication: 1 }, phase: 'settled', startedVersion: 2, startedAt: '2024-01-01T00:00:00.000Z', reason: 'x' },
     };
     expect(decodeRingRecord('k', encodeRecord(r))).toEqual(r);
+    const carried: RingRecord = { ...r, transition: { ...r.transition!, phase: 'moving', carried: [{ members: [{ uuid: 'c', weight: 1 }], replication: 1 }] } };
+    expect(decodeRingRecord('k', encodeRecord(carried))).toEqual(carried);
+    expect(() => decodeRingRecord('k', encodeRecord({ ...r, transition: { ...r.transition!, carried: [] } }))).toThrow(/carried/);
     const p2 = peerRecord('u2', { incarnation: 'i', rebalanceBytesPerSec: 1.5 });
     expect(decodePeerRecord('k', encodeRecord(p2))).toEqual(p2);
     const stale: StaleRecord = { schema: 1, volumeId: 3, peer: 'u1', all: false, ranges: [[0, 4], [9, 10]], updatedAt: 't' };

@@ -3,6 +3,7 @@ import { validateRing } from '../../src/metadata/validate.js';
 import { blockRef } from '../../src/model/block-ref.js';
 import type { RingMember, RingRecord } from '../../src/model/records.js';
 import { replicasOf } from '../../src/ring/placement.js';
+import { ownersOf as blockOwners } from '../../src/replication/owners.js';
 import { advanceRing, completePlacement, minReplicasDefault, ownersOf, planRingChange, ringPhase, samePlacement } from '../../src/ring/transition.js';
 import { expectCode } from '../helpers/metadata-contract.js';
 
@@ -44,12 +45,35 @@ describe('planRingChange', () => {
     expect(ringPhase(next)).toBe('moving');
   });
 
-  it('during moving: a new moving transition from the same from', () => {
+  it('during moving: a new moving transition from the same from, carrying the replaced target', () => {
     const moving = plan(stable(m('a', 'b')), m('a', 'b', 'c'))!;
     const next = plan(moving, m('a', 'b', 'c', 'd'), 2, 1, 'peer add d')!;
     expect(next.version).toBe(7);
-    expect(next.transition).toMatchObject({ from: { members: m('a', 'b'), replication: 2 }, phase: 'moving', startedVersion: 7, reason: 'peer add d' });
+    expect(next.transition).toMatchObject({ from: { members: m('a', 'b'), replication: 2 }, carried: [{ members: m('a', 'b', 'c'), replication: 2 }], phase: 'moving', startedVersion: 7, reason: 'peer add d' });
     expect(next.members).toEqual(m('a', 'b', 'c', 'd'));
+  });
+
+  it('carried owners stay owners (asked, never read on their own) until the new transition is stable', () => {
+    const moving = plan(stable(m('a', 'b')), m('a', 'b', 'c'))!;
+    const next = plan(moving, m('a', 'b'))!;
+    let seen = 0;
+    for (let i = 0; i < 64; i++) {
+      const ref = blockRef(1, 1, i);
+      const o = blockOwners(next, ref);
+      expect(o.old).toEqual(replicasOf({ members: m('a', 'b'), replication: 2 }, ref));
+      for (const u of replicasOf({ members: m('a', 'b', 'c'), replication: 2 }, ref)) expect(o.all).toContain(u);
+      expect(o.carried.every((u) => u === 'c')).toBe(true);
+      seen += o.carried.length;
+    }
+    expect(seen).toBeGreaterThan(0); // c owned some of the 64 blocks under the replaced target
+    expect(blockOwners(advanceRing(advanceRing(next)), blockRef(1, 1, 0)).carried).toEqual([]);
+  });
+
+  it('carries at most four replaced targets, then refuses until the transition settles', async () => {
+    let ring = plan(stable(m('a', 'b')), m('a', 'b', 'c'))!;
+    for (const x of ['d', 'e', 'f', 'g']) ring = plan(ring, [...ring.members, ...m(x)])!;
+    expect(ring.transition!.carried).toHaveLength(4);
+    await expectCode(Promise.resolve().then(() => plan(ring, [...ring.members, ...m('h')])), 'TORUS_ERR_RING_TRANSITION');
   });
 
   it('during settled: a new moving transition from the settled placement', () => {
@@ -69,10 +93,14 @@ describe('planRingChange', () => {
     expect(min2).toEqual({ ...moving, version: moving.version + 1, minReplicas: 2 });
   });
 
-  it('going back to the complete placement while moving ends the transition', () => {
+  it('going back to the complete placement while moving is a transition that carries the replaced target (seed 1375), not stable at once', () => {
     const ring = stable(m('a', 'b'));
     const moving = plan(ring, m('a', 'b', 'c'))!;
-    expect(plan(moving, m('a', 'b'))).toEqual({ ...ring, version: 7 });
+    const back = plan(moving, m('a', 'b'))!;
+    expect(back.members).toEqual(m('a', 'b'));
+    expect(back.transition).toMatchObject({ from: { members: m('a', 'b'), replication: 2 }, carried: [{ members: m('a', 'b', 'c'), replication: 2 }], phase: 'moving', startedVersion: 7 });
+    // Once settled and stable, nothing is carried any more.
+    expect(advanceRing(advanceRing(back)).transition).toBeNull();
   });
 
   it('from an empty ring the change is stable at once (no block has a copy to move)', () => {
