@@ -472,6 +472,15 @@ export class VolumeCoordinator {
 
   /** Whether at least minReplicas trusted owners hold the block's newest version durably (learnt again when it seems not). */
   private async durableEnough(index: number): Promise<boolean> {
+    // A change that ended short because etcd refused the record of an owner
+    // it missed: until etcd has that record, other coordinators trust the
+    // owner, which lacks the change (seed 725: a flush passed on the copies
+    // this coordinator trusted, and a later writer read the owner's zeroes).
+    try {
+      await this.stale.ensureDurable(ownersOf(this.ctx.ring(), this.refOf(index)).all, index);
+    } catch {
+      return false;
+    }
     if (this.blocks.peek(index) !== undefined && this.durableCopies(index) >= this.quorumFor(index)) return true;
     // Learnt again: owners that did not answer when the block was last
     // learnt are not known holders, though they may hold its newest copy
@@ -555,9 +564,14 @@ export class VolumeCoordinator {
       const ref = this.refOf(index);
       const whole = change.kind === 'write' ? change.offset === 0 && change.data.length === this.blockSize : change.offset === 0 && change.length === this.blockSize;
       // Zeroing what already reads as zeroes changes nothing (and a trim of a
-      // block no trusted owner holds leaves no tombstone behind).
-      if (change.kind === 'zero' && !whole && e.state !== 'data') return void this.checkLease();
-      if (change.kind === 'zero' && whole && change.punch && e.state === 'absent') return void this.checkLease();
+      // block no trusted owner holds leaves no tombstone behind)... unless an
+      // owner is recorded stale or unsure for the block: it may hold a
+      // change that failed, newer than what was learnt, and a later learning
+      // that trusts it again would bring that change back over this one
+      // (seed 1988). Then the zero is made, under a version of its own.
+      const settled = !ownersOf(this.ctx.ring(), this.refOf(index)).all.some((u) => this.stale.isStale(u, index));
+      if (settled && change.kind === 'zero' && !whole && e.state !== 'data') return void this.checkLease();
+      if (settled && change.kind === 'zero' && whole && change.punch && e.state === 'absent') return void this.checkLease();
       // Nothing is sent past the lease deadline either: waiting for the
       // block (its order, learning it) may have taken us past it, or the
       // process was paused there; a newer coordinator may hold the volume.

@@ -59,8 +59,14 @@ const KNOWN_FAILING: ReadonlyMap<number, string> = new Map<number, string>([]);
  * - 1375: a ring change back to the placement being left called a moving
  *   transition off at once, and the only current copy, on an owner of the
  *   replaced target, was dropped as a leftover.
+ * - 725: a flush passed although an owner a change missed was recorded
+ *   stale in memory only (etcd refused it).
+ * - 1988: a trim of a block learnt as absent was skipped while an owner
+ *   unsure for it held a failed change, which was later trusted again.
+ * - 1968: the checker (a writer at level one whose node died may lose what
+ *   it did not flush).
  */
-const FIXED_BEYOND: readonly number[] = [205, 225, 240, 289, 291, 302, 311, 316, 377, 397, 442, 495, 506, 553, 556, 575, 794, 847, 852, 874, 1216, 1375];
+const FIXED_BEYOND: readonly number[] = [205, 225, 240, 289, 291, 302, 311, 316, 377, 397, 442, 495, 506, 553, 556, 575, 794, 847, 852, 874, 1216, 1375, 725, 1968, 1988];
 
 describe('whole-cluster simulation against the real code', () => {
   it(`passes every one of ${SEEDS} seeds (and ${FIXED_BEYOND.length} fixed ones past them) but the ${KNOWN_FAILING.size} known failures, which still fail as listed`, async () => {

@@ -238,7 +238,15 @@ export class Workload {
 
   /** Every writer on a peer that just died. */
   peerDied(peer: SimPeer): void {
-    for (const v of this.volumes) if (v.writer?.peer === peer) this.abandonWriter(v, 'peer died');
+    for (const v of this.volumes) {
+      if (v.writer?.peer !== peer) continue;
+      // Below write level all, the writer's node dying before a FLUSH may
+      // lose what it acknowledged (README, "Write levels": its lock goes
+      // with it; seed 1968: the only copy was on an owner a later writer
+      // did not trust, and was replaced).
+      if (this.opts.timing.writeLevel !== 'all') v.model.writerLost(v.writer.handle);
+      this.abandonWriter(v, 'peer died');
+    }
   }
 
   /**
