@@ -1,30 +1,20 @@
 /**
- * PENDING (fails today; not in the default run). Run it with
- * `npx vitest run --config test/pending/vitest.config.ts`.
- *
  * Catch-up must finish while clients keep using the volume (docs/replication.md,
  * "Maintenance", guarantee 5). Three peers, R=2; fio writes through A, one
  * short run after another (each run is a new NBD connection, as a client
- * that reconnects would be); D is stopped for 30 s and restarted.
+ * that reconnects would be, so the writer's token changes every few
+ * seconds); D is stopped for 30 s and restarted. D's stale blocks must be
+ * copied and its stale record cleared within two minutes.
  *
- * Expected: D's stale blocks are copied and its stale record cleared
- * within a minute or two.
- *
- * What happened: a record that collapsed to the whole volume (more than
- * 1024 ranges) could only be cleared at the end of one coordinator's full
- * pass, and every fio run opens the volume with a new writer token, so no
- * pass ever finished. Catch-up now narrows such a record to the blocks
- * still behind (src/replication/catch-up-plan.ts) and clears block by
- * block, and test/unit/cluster-replication.test.ts proves that on the
- * simulated cluster.
- *
- * Why it is still pending: on real processes it passed in one run of two on
- * a host loaded by other work (168 s to catch up; the other run exceeded the
- * 120 s wait). Maintainers between fio runs are fenced within a second or
- * two and their clears fail ("could not clear a stale record in etcd");
- * the writers make progress block by block but slowly. What takes the time
- * is not yet measured: the log line "catch-up interrupted" now says how much
- * each coordinator copied before it closed.
+ * History: a record that collapsed to the whole volume could only be
+ * cleared by one coordinator's full pass, which no writer lasting a few
+ * seconds finished; catch-up now narrows such a record and clears block by
+ * block, each writer going on where the last one stopped. The test was
+ * pending while it failed on real processes: fio, unthrottled, finished a
+ * run in half a second, so the loop used up its 64 regions before D was
+ * back. Throttled to 2 MiB/s (a run every 4 s or so), D was caught up 6.5 s
+ * after its restart (2026-12-01: 151 blocks behind; one writer copied 107
+ * before it closed, the next the other 24).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBuilt } from '../helpers/build.js';
@@ -53,7 +43,10 @@ describe('catch-up while a client reconnects every few seconds', () => {
     const cl = cluster!;
     const [a, , d] = cl.peers as [TorusdHandle, TorusdHandle, TorusdHandle];
     await cl.createVolume('load', '512MiB');
-    loop = new FioLoop({ uri: a.nbdUri('load'), regionBytes: 8 * MiB, regions: 64, seed: 1 });
+    // 8 MiB at 2 MiB/s: a new connection every 4 s or so, for the whole
+    // test (unthrottled, a run took half a second and the loop used up its
+    // 64 regions before D was even back).
+    loop = new FioLoop({ uri: a.nbdUri('load'), regionBytes: 8 * MiB, regions: 64, seed: 1, rate: '2m' });
     await waitFor('a first fio run', () => loop!.completed >= 1, 60_000, 200);
     await d.stop();
     const stoppedAt = Date.now();
