@@ -10,10 +10,10 @@ import { assert } from '../util/assert.js';
 import { releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
 import { crc32c } from '../util/crc32c.js';
 import { sleep, withTimeout } from '../util/timeout.js';
+import { transitionPeers } from '../ring/transition.js';
 import { BlockOrder } from './block-order.js';
 import { BlockTable, type BlockEntry } from './block-table.js';
 import type { ClusterContext } from './cluster-context.js';
-import { transitionPeers } from '../ring/transition.js';
 import { ownersOf, quorumOf, ringPeers, type BlockOwners } from './owners.js';
 import type { WriteLevel } from './settings.js';
 import { StaleBook } from './stale-book.js';
@@ -569,7 +569,7 @@ export class VolumeCoordinator {
       // change that failed, newer than what was learnt, and a later learning
       // that trusts it again would bring that change back over this one
       // (seed 1988). Then the zero is made, under a version of its own.
-      const settled = !ownersOf(this.ctx.ring(), this.refOf(index)).all.some((u) => this.stale.isStale(u, index));
+      const settled = change.kind !== 'zero' || !this.stale.anyStale(index);
       if (settled && change.kind === 'zero' && !whole && e.state !== 'data') return void this.checkLease();
       if (settled && change.kind === 'zero' && whole && change.punch && e.state === 'absent') return void this.checkLease();
       // Nothing is sent past the lease deadline either: waiting for the
@@ -624,9 +624,11 @@ export class VolumeCoordinator {
    * change to fail as before.
    */
   private async repairBelowQuorum(index: number): Promise<void> {
-    // Learnt here when new (cheap when known); a failure is the change's own to report.
+    // Learnt here when new (cheap when known; learning records owners found
+    // behind); a failure is the change's own to report.
     const e = await this.touch(index).catch(() => null);
-    if (e === null) return;
+    // Nothing recorded for the block (nearly always): nothing to repair.
+    if (e === null || !this.stale.anyStale(index)) return;
     const owners = ownersOf(this.ctx.ring(), this.refOf(index));
     const plan = this.targets(index, owners);
     if (plan.skipped.length === 0 && plan.required.length === owners.all.length) return;

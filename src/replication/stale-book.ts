@@ -113,6 +113,12 @@ export class StaleBook {
     return e !== undefined && (e.all || e.blocks.has(index) || e.unsure.has(index));
   }
 
+  /** Whether any peer is recorded stale or unsure for the block (cheap: a few peers at most). */
+  anyStale(index: number): boolean {
+    for (const e of this.peers.values()) if (e.all || e.blocks.has(index) || e.unsure.has(index)) return true;
+    return false;
+  }
+
   /** Unsure for the block and nothing worse: it holds every acknowledged change, maybe one more (a coordinator may compare it). */
   isUnsureOnly(peer: string, index: number): boolean {
     const e = this.peers.get(peer);
