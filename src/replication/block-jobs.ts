@@ -2,10 +2,10 @@ import type { Logger } from 'pino';
 import { isTorusError } from '../errors/torus-error.js';
 import type { ListedBlock } from '../model/block-meta.js';
 import { LIST_BLOCKS_MAX } from '../model/replica-api.js';
+import { transitionPeers } from '../ring/transition.js';
 import { withTimeout } from '../util/timeout.js';
 import type { VolumeCoordinator } from './coordinator.js';
 import { planCatchUp } from './catch-up-plan.js';
-import { transitionPeers } from '../ring/transition.js';
 import { ownersOf, ringPeers } from './owners.js';
 
 /** What one pass of background work did, for logs, metrics and tests. */
@@ -182,8 +182,7 @@ export class VolumeJobs {
   private async repairSuspects(report: { repaired: number; pending: number }): Promise<void> {
     const c = this.c;
     const ring = c.ctx.ring();
-    const peers = [...ring.members.map((m) => m.uuid), ...(ring.transition === null ? [] : transitionPeers(ring.transition))];
-    for (const peer of new Set(peers)) {
+    for (const peer of ringPeers(ring)) {
       if (!c.ctx.suspectVolumesOf(peer).includes(c.volume.id)) continue;
       const blocks = await this.listAll(peer);
       if (blocks === null) {

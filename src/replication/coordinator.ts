@@ -10,7 +10,6 @@ import { assert } from '../util/assert.js';
 import { releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
 import { crc32c } from '../util/crc32c.js';
 import { sleep, withTimeout } from '../util/timeout.js';
-import { transitionPeers } from '../ring/transition.js';
 import { BlockOrder } from './block-order.js';
 import { BlockTable, type BlockEntry } from './block-table.js';
 import type { ClusterContext } from './cluster-context.js';
@@ -500,10 +499,9 @@ export class VolumeCoordinator {
     return this.trustedHolders(e, ownersOf(this.ctx.ring(), this.refOf(index))).filter((u) => this.unflushed.get(u)?.has(index) !== true).length;
   }
 
-  /** Whether the peer is a member of the ring (either placement of a transition). */
+  /** Whether the peer is a member of the ring (any placement of a transition). */
   private isMember(u: string): boolean {
-    const ring = this.ctx.ring();
-    return ring.members.some((m) => m.uuid === u) || (ring.transition !== null && transitionPeers(ring.transition).includes(u));
+    return ringPeers(this.ctx.ring()).includes(u);
   }
 
   /**
@@ -1075,7 +1073,7 @@ export class VolumeCoordinator {
   /** Owners a read may use under the ring phase, stale records aside. */
   private readableOwners(index: number, owners: BlockOwners): readonly string[] {
     if (owners.phase === 'stable') return owners.now;
-    if (owners.phase === 'moving') return this.isMoved(index) ? [...owners.old!, ...owners.now.filter((u) => !owners.old!.includes(u))] : owners.old!;
+    if (owners.phase === 'moving') return this.isMoved(index) ? owners.placed : owners.old!;
     return [...owners.now, ...owners.old!.filter((u) => !owners.now.includes(u))];
   }
 

@@ -19,19 +19,21 @@ export interface BlockOwners {
    * is learnt, never read on their own, never required. Empty when none.
    */
   readonly carried: readonly string[];
-  /** old ∪ now ∪ carried, old first: every owner that may hold a copy. */
+  /** old ∪ now, old first: the owners the placements name (every owner a change may need). */
+  readonly placed: readonly string[];
+  /** placed ∪ carried: every owner that may hold a copy. */
   readonly all: readonly string[];
 }
 
 export function ownersOf(ring: RingRecord, ref: BlockRef): BlockOwners {
   const now = replicasOf(ring, ref);
   const t = ring.transition;
-  if (t === null) return { phase: 'stable', old: null, now, carried: [], all: now };
+  if (t === null) return { phase: 'stable', old: null, now, carried: [], placed: now, all: now };
   const old = replicasOf(t.from, ref);
-  const all = [...old];
-  for (const u of now) if (!all.includes(u)) all.push(u);
-  const carried = carriedOwners(t, ref, all);
-  return { phase: t.phase, old, now, carried, all: carried.length === 0 ? all : [...all, ...carried] };
+  const placed = [...old];
+  for (const u of now) if (!placed.includes(u)) placed.push(u);
+  const carried = carriedOwners(t, ref, placed);
+  return { phase: t.phase, old, now, carried, placed, all: carried.length === 0 ? placed : [...placed, ...carried] };
 }
 
 /** Every peer that may hold blocks under this ring: members of both placements. */

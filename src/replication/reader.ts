@@ -86,7 +86,7 @@ export class VolumeReader {
       await this.refreshMoved();
       const ring = this.ctx.ring();
       const owners = ownersOf(ring, ref);
-      const set = owners.phase === 'stable' ? owners.now : owners.phase === 'settled' || this.movedVersion === ring.transition?.startedVersion ? [...owners.old!, ...owners.now.filter((u) => !owners.old!.includes(u))] : owners.old!;
+      const set = owners.phase === 'stable' ? owners.now : owners.phase === 'settled' || this.movedVersion === ring.transition?.startedVersion ? owners.placed : owners.old!;
       const trusted = set.filter((u) => !this.stale.isStale(u, index));
       const got = new Map<string, BlockMeta>();
       let silent = 0;

@@ -127,13 +127,14 @@ export class StaleBook {
 
   /**
    * What memory records for the peer and block that etcd does not hold yet
-   * (an addition queued, or one that failed): 'stale', 'unsure' or null.
-   * A narrowing in flight is not a missing record.
+   * (an addition queued, or one that failed): the whole volume, the block,
+   * the block as unsure, or null. A narrowing in flight is not a missing
+   * record.
    */
-  undurable(peer: string, index: number): 'stale' | 'unsure' | null {
+  undurable(peer: string, index: number): 'all' | 'stale' | 'unsure' | null {
     const e = this.peers.get(peer);
     if (e === undefined || e.allDurable) return null;
-    if (e.all && !e.narrowing) return 'stale';
+    if (e.all && !e.narrowing) return 'all';
     if (e.blocks.has(index) && !e.durable.has(index)) return 'stale';
     if (e.unsure.has(index) && !e.unsureDurable.has(index) && !e.durable.has(index)) return 'unsure';
     return null;
@@ -147,10 +148,9 @@ export class StaleBook {
     const waits: Promise<void>[] = [];
     for (const u of peers) {
       const what = this.undurable(u, index);
-      if (what === null) continue;
-      const e = this.entry(u);
-      if (what === 'unsure') waits.push(this.recordUnsure(u, [index]));
-      else waits.push(e.all ? this.record(u, 'all') : this.record(u, [index]));
+      if (what === 'all') waits.push(this.record(u, 'all'));
+      else if (what === 'stale') waits.push(this.record(u, [index]));
+      else if (what === 'unsure') waits.push(this.recordUnsure(u, [index]));
     }
     return Promise.all(waits).then(() => undefined);
   }

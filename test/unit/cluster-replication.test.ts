@@ -149,6 +149,20 @@ function copies(c: SimCluster, volumeId: number, index: number): { uuid: string;
   return out;
 }
 
+/**
+ * Three started peers and a 4-block volume "v" opened for writing on the
+ * third (w); with `members: 2` (the default) a and b own every block and w
+ * only coordinates.
+ */
+async function writerOnThird(opts: { members?: number; replication?: number } = {}): Promise<{ c: SimCluster; a: SimPeer; b: SimPeer; w: SimPeer; io: VolumeIo }> {
+  const c = cluster({ peers: 3, members: opts.members ?? 2, replication: opts.replication ?? 2 });
+  await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+  await startAll(c, c.peers);
+  const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
+  const io = await until(c, c.open(w, 'v', 'rw'));
+  return { c, a, b, w, io };
+}
+
 describe('replication on a simulated cluster', () => {
   it('writes through one dead peer, refuses stale reads, and catches the peer up when it returns', async () => {
     const c = cluster({ peers: 3, members: 3, replication: 2 });
@@ -527,11 +541,7 @@ describe('replication on a simulated cluster', () => {
 
   it('a change that reaches no owner records its owners unsure, not stale: the block is usable again once the writer reaches them', async () => {
     // The writer (c) is not a ring member; a and b own every block.
-    const c = cluster({ peers: 3, members: 2, replication: 2 });
-    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
-    await startAll(c, c.peers);
-    const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
-    const io = await until(c, c.open(w, 'v', 'rw'));
+    const { c, a, b, w, io } = await writerOnThird();
     await until(c, io.write(0, pattern(1, 4 * BLOCK), false));
     await until(c, io.flush());
     // The writer's requests to both owners are lost (etcd still answers).
@@ -558,11 +568,7 @@ describe('replication on a simulated cluster', () => {
   it('a change that failed because etcd could not record the owner it missed is not read back until etcd records it', async () => {
     // Seed 852 (with the idle back-off): a read returned such a change; after
     // a takeover the owner that missed it was trusted and read zeroes.
-    const c = cluster({ peers: 3, members: 2, replication: 2 });
-    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
-    await startAll(c, c.peers);
-    const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
-    const io = await until(c, c.open(w, 'v', 'rw'));
+    const { c, a, b, w, io } = await writerOnThird();
     await until(c, io.write(0, pattern(1, BLOCK), false));
     await until(c, io.flush());
     // a misses the next change, and etcd cannot record that.
@@ -587,11 +593,7 @@ describe('replication on a simulated cluster', () => {
     // Seed 874 (with the idle back-off): a failed change left the newest copy
     // on one owner of three (minReplicas 2); learning the block found the
     // other two behind, and the next write failed with every peer up.
-    const c = cluster({ peers: 3, members: 3, replication: 3 });
-    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
-    await startAll(c, c.peers);
-    const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
-    const io = await until(c, c.open(w, 'v', 'rw'));
+    const { c, a, b, w, io } = await writerOnThird({ members: 3, replication: 3 });
     await until(c, io.write(0, pattern(1, BLOCK), false));
     await until(c, io.flush());
     // The next change reaches only w's own copy: below minReplicas, it fails.
@@ -617,11 +619,7 @@ describe('replication on a simulated cluster', () => {
   });
 
   it('a flush no owner answers fails, records no one stale, and the next flush makes the same changes durable', async () => {
-    const c = cluster({ peers: 3, members: 2, replication: 2 });
-    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
-    await startAll(c, c.peers);
-    const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
-    const io = await until(c, c.open(w, 'v', 'rw'));
+    const { c, a, b, w, io } = await writerOnThird();
     const data = pattern(4, 4 * BLOCK);
     await until(c, io.write(0, data, false));
     c.network.block(w.uuid, a.uuid);
@@ -640,11 +638,9 @@ describe('replication on a simulated cluster', () => {
   });
 
   it('an acknowledged, unflushed write lost with the only owner that took it fails every later flush with TORUS_ERR_DATA_LOST until the volume is opened again', async () => {
-    const c = cluster({ peers: 3, members: 2, replication: 2 });
-    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
-    await startAll(c, c.peers);
-    const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
-    let io = await until(c, c.open(w, 'v', 'rw'));
+    const set = await writerOnThird();
+    const { c, a, b, w } = set;
+    let io = set.io;
     await until(c, io.write(0, pattern(6, BLOCK), false));
     await until(c, io.flush());
     // a is cut off: the next write reaches b alone (minReplicas 1) and is
@@ -673,11 +669,7 @@ describe('replication on a simulated cluster', () => {
   });
 
   it('runs flushes one after another: a flush with nothing new to flush does not answer before an earlier one', async () => {
-    const c = cluster({ peers: 3, members: 2, replication: 2 });
-    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
-    await startAll(c, c.peers);
-    const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
-    const io = await until(c, c.open(w, 'v', 'rw'));
+    const { c, a, b, w, io } = await writerOnThird();
     await until(c, io.write(0, pattern(5, BLOCK), false));
     c.network.block(w.uuid, a.uuid);
     c.network.block(w.uuid, b.uuid);
