@@ -34,6 +34,19 @@ if [ -s "$results" ]; then
     const r = JSON.parse(require("node:fs").readFileSync(process.argv[1], "utf8"));
     const skipped = (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
     console.log(`vitest: ${r.numPassedTests} passed, ${r.numFailedTests} failed` + (skipped ? `, ${skipped} skipped` : ""));
+    // The failed tests again, one line each with the first line of the
+    // error, so that the tail of a long CI log says what failed.
+    for (const file of r.testResults ?? []) {
+      const name = file.name.replace(process.cwd() + "/", "");
+      if (file.status === "failed" && !(file.assertionResults ?? []).some((a) => a.status === "failed")) {
+        console.log(`vitest: FAILED ${name}: ${(file.message ?? "").split("\n")[0].slice(0, 300)}`);
+      }
+      for (const a of file.assertionResults ?? []) {
+        if (a.status !== "failed") continue;
+        const why = (a.failureMessages ?? [""])[0].split("\n")[0].slice(0, 300);
+        console.log(`vitest: FAILED ${name} > ${a.fullName}: ${why}`);
+      }
+    }
   ' "$results" || true
 fi
 exit "$code"
