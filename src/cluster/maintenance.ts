@@ -30,13 +30,52 @@ export interface MaintenanceOptions {
  */
 export class Maintenance {
   private readonly log: Logger;
+  /** Set by stop(): no pass starts and no further volume is taken. */
+  private stopping = false;
+  /** Passes under way (a test or the simulation may run one beside the timer's). */
+  private readonly running = new Set<Promise<boolean>>();
+  /** Coordinators of the volumes being maintained (stop() closes them). */
+  private readonly active = new Set<VolumeCoordinator>();
 
   constructor(private readonly opts: MaintenanceOptions) {
     this.log = opts.logger.child({ module: 'maintenance' });
   }
 
   /** One pass; true when no volume needed maintenance. */
-  async run(): Promise<boolean> {
+  run(): Promise<boolean> {
+    if (this.stopping) return Promise.resolve(true);
+    const pass = this.pass();
+    this.running.add(pass);
+    const done = () => void this.running.delete(pass);
+    pass.then(done, done);
+    return pass;
+  }
+
+  /**
+   * For an orderly stop, before the session goes: ends the passes under
+   * way at their next block (closing the coordinator is what a writer's
+   * close does too) and waits up to `waitMs` for them, so that their locks
+   * are released cleanly. A lock that vanishes with the lease instead counts
+   * as expired, and the volume's next holder must then record every peer
+   * that misses its token stale for the whole volume (coordinator.ts,
+   * "fencing").
+   */
+  async stop(waitMs: number): Promise<void> {
+    this.stopping = true;
+    if (this.running.size === 0) return;
+    for (const c of this.active) void c.close();
+    let timer: { cancel(): void } | null = null;
+    const ended = await Promise.race([
+      Promise.allSettled([...this.running]).then(() => true),
+      new Promise<false>((resolve) => {
+        timer = this.opts.ctx.clock.setTimeout(() => resolve(false), waitMs);
+      }),
+    ]);
+    (timer as { cancel(): void } | null)?.cancel();
+    if (!ended) this.log.warn({ waitMs }, 'a maintenance pass did not end in time for the stop; its lock goes with the lease');
+  }
+
+  private async pass(): Promise<boolean> {
     const { ctx } = this.opts;
     const session = this.opts.node.currentSession();
     if (session === null) return false;
@@ -76,7 +115,7 @@ export class Maintenance {
     let taken = 0;
     if (due.length === 0) return true;
     for (const { v, scrub } of due) {
-      if (taken >= this.opts.volumesMax) break;
+      if (taken >= this.opts.volumesMax || this.stopping) break;
       let lock;
       try {
         lock = await session.lockVolumeForMaintenance(v.id, `${this.opts.holder} (maintenance)`);
@@ -85,14 +124,26 @@ export class Maintenance {
         throw err;
       }
       taken++;
+      let active: VolumeCoordinator | null = null;
       try {
         const c = await VolumeCoordinator.open({ ctx, volume: lock.volume, lock });
-        const report = await new VolumeJobs(c).runOnce(scrub === undefined ? {} : { scrub });
+        this.active.add(c);
+        active = c;
+        if (!this.stopping) {
+          const report = await new VolumeJobs(c).runOnce(scrub === undefined ? {} : { scrub });
+          this.log.info({ volume: v.name, ...report }, 'maintenance pass');
+        }
         await c.close();
-        this.log.info({ volume: v.name, ...report }, 'maintenance pass');
       } catch (err) {
-        if (!isTorusError(err, 'TORUS_ERR_VOLUME_FENCED')) this.log.warn({ err, volume: v.name }, 'maintenance of a volume failed');
+        // stop() closing the coordinator under the pass is no failure.
+        const stopped = this.stopping && isTorusError(err, 'TORUS_ERR_VOLUME_LOCK_LOST');
+        if (!isTorusError(err, 'TORUS_ERR_VOLUME_FENCED') && !stopped) this.log.warn({ err, volume: v.name }, 'maintenance of a volume failed');
       } finally {
+        if (active !== null) {
+          // Closed before the release in every case: its stale records settle first.
+          await active.close();
+          this.active.delete(active);
+        }
         // A maintenance key left on our lease would refuse every other
         // maintainer the volume for as long as this process runs (a ring
         // transition waiting for the volume to move would never end).

@@ -38,6 +38,9 @@ export interface NodeSettings {
   readonly retryMs: number;
 }
 
+/** How long an orderly stop waits for a maintenance pass to end (Maintenance.stop). */
+const MAINTENANCE_STOP_WAIT_MS = 10_000;
+
 export const DEFAULT_NODE_SETTINGS: NodeSettings = {
   replication: DEFAULT_REPLICATION_SETTINGS,
   sessionTtlSeconds: 30,
@@ -550,7 +553,11 @@ export class ClusterNode {
     if (this.stopped) return;
     this.stopped = true;
     this.timers.cancelAll();
+    // While the session is live: a maintenance lock released cleanly spares
+    // the volume's next holder a whole-volume catch-up of this peer.
+    const maintenanceStopped = this.maintenance?.stop(MAINTENANCE_STOP_WAIT_MS);
     await this.volumes.closeAll(opts.keepLock ? { keepLock: opts.keepLock } : {});
+    await maintenanceStopped;
     this.live = false;
     await this.stopRingWatch?.().catch(() => undefined);
     await this.stopDeleteWatch?.().catch(() => undefined);

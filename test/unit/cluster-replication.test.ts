@@ -10,6 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { ClusterNode, DEFAULT_NODE_SETTINGS } from '../../src/cluster/node.js';
 import { isTorusError } from '../../src/errors/torus-error.js';
 import { blockRef } from '../../src/model/block-ref.js';
+import { volumeMaintKey } from '../../src/metadata/keys.js';
 import type { NodeEnv, NodeUnderTest, VolumeIo } from '../sim/node-under-test.js';
 import { SIM_TIMING } from '../sim/node-under-test.js';
 import { runUntil } from '../sim/sim-clock.js';
@@ -464,6 +465,37 @@ describe('replication on a simulated cluster', () => {
       for (let i = 0; i < 4; i++) expect(c.isRecordedStale(1, p.uuid, i), `${p.uuid}, block ${i}, after an expiry`).toBe(true);
     }
     expect((await until(c, third.read(0, 4 * BLOCK))).equals(pattern(1, 4 * BLOCK))).toBe(true);
+  });
+
+  // A maintenance lock that vanished with its holder's lease would count as
+  // expired, and the next writer would record every peer that misses its
+  // token stale for the whole volume (the e2e stale test saw 64 blocks
+  // recorded where a trim had changed 4, when a peer's SIGTERM met a scrub).
+  it('an orderly stop during a maintenance pass releases the maintenance lock cleanly: the next writer records no peer stale for the whole volume', async () => {
+    const c = cluster({ peers: 3, members: 3, replication: 3 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const first = await until(c, c.open(c.peers[0]!, 'v', 'rw'));
+    await until(c, first.write(0, pattern(3, 4 * BLOCK), false));
+    await until(c, first.flush());
+    await until(c, first.close());
+    // The volume was never checked at this ring version: some peer's background pass takes it.
+    const held = () => c.etcd.get(volumeMaintKey(1));
+    await runUntil(c.clock, () => held() !== undefined, c.clock.monotonic() + 60_000);
+    const entry = held();
+    expect(entry, 'a peer took the maintenance lock').toBeDefined();
+    const text = Buffer.from(entry!.value).toString();
+    const maintainer = c.peers.find((p) => text.includes(p.uuid))!;
+    expect(maintainer, `the holder of ${text}`).toBeDefined();
+    await until(c, stopPeer(c, maintainer));
+    expect(held(), 'released by the stop, not left to the lease').toBeUndefined();
+    const [other, writer] = c.peers.filter((p) => p !== maintainer) as [SimPeer, SimPeer];
+    c.crash(other);
+    const second = await until(c, c.open(writer, 'v', 'rw'));
+    for (const p of [maintainer, other]) {
+      for (let i = 0; i < 4; i++) expect(c.isRecordedStale(1, p.uuid, i), `${p.uuid}, block ${i}`).toBe(false);
+    }
+    expect((await until(c, second.read(0, 4 * BLOCK))).equals(pattern(3, 4 * BLOCK))).toBe(true);
   });
 
   it('changes replication from 2 to 3 and back, copying to the new owners', async () => {
