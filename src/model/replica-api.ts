@@ -98,6 +98,13 @@ export interface ReplicaApi {
    */
   write(ctx: RequestContext, ref: BlockRef, offset: number, data: Buffer, stamp: ChangeStamp, opts: { readonly fua: boolean }): Promise<void>;
 
+  /**
+   * A hint: whole-block writes to these blocks (inside their volume) are
+   * likely to follow (LocalBlockStore.premark). The local replica passes it
+   * to its store; a peer client does not carry it yet.
+   */
+  expectWrites?(refs: readonly BlockRef[]): void;
+
   /** As write, for zeroes; a whole block with punch leaves a tombstone. */
   zero(ctx: RequestContext, ref: BlockRef, offset: number, length: number, stamp: ChangeStamp, opts: { readonly punch: boolean; readonly fua: boolean }): Promise<void>;
 

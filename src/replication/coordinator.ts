@@ -22,6 +22,14 @@ const SEQ_RENEW_MARGIN = 1 << 20;
 /** Reads of one replica again when a change to the block committed while the read was in flight (readNow). */
 const READ_AGAIN_MAX = 3;
 /**
+ * Whole-block writes to every EXPECT_STRIDE-th block tell the owners of the
+ * next EXPECT_AHEAD_BLOCKS blocks that writes may follow (expectAhead): a
+ * sequential stream names about a stride of new blocks in one dirty-log
+ * commit, ahead of them.
+ */
+const EXPECT_STRIDE = 8;
+const EXPECT_AHEAD_BLOCKS = 2 * EXPECT_STRIDE;
+/**
  * A read whose only current holders are briefly out (a peer waking from a
  * pause re-registers with etcd before it serves again) asks them again
  * this often, until the replica timeout has passed since the read began:
@@ -296,7 +304,35 @@ export class VolumeCoordinator {
 
   /** Resolves with the version the change gave the block; the client is told only once acknowledged() is called. */
   write(index: number, offset: number, data: Buffer, fua: boolean): Promise<Version | undefined> {
+    if (offset === 0 && data.length === this.blockSize) this.expectAhead(index);
     return this.change(index, { kind: 'write', offset, data }, fua);
+  }
+
+  /**
+   * A whole-block write: the owners of the next blocks may prepare for
+   * writes to them (ReplicaApi.expectWrites). A file store makes the
+   * write-ahead records of blocks it does not hold durable now, a stride at
+   * a time, so that a stream filling a new volume neither waits for one per
+   * block (about 40 % of each request's time, docs/perf/profile.md) nor
+   * pays an fdatasync per block in the background. Only blocks inside the
+   * volume: the store keeps such a block suspect after a crash until it is
+   * compared, and nothing compares blocks past the end.
+   */
+  private expectAhead(index: number): void {
+    if (this.closed || index % EXPECT_STRIDE !== 0) return;
+    const last = Math.min(this.blockCount - 1, index + EXPECT_AHEAD_BLOCKS);
+    if (last <= index) return;
+    const ring = this.ctx.ring();
+    const byPeer = new Map<string, BlockRef[]>();
+    for (let i = index + 1; i <= last; i++) {
+      const ref = this.refOf(i);
+      for (const u of ownersOf(ring, ref).placed) {
+        let refs = byPeer.get(u);
+        if (refs === undefined) byPeer.set(u, (refs = []));
+        refs.push(ref);
+      }
+    }
+    for (const [u, refs] of byPeer) this.ctx.replica(u)?.expectWrites?.(refs);
   }
 
   /** Resolves with the version the change gave the block, or nothing when it changed nothing. */

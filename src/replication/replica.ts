@@ -136,6 +136,11 @@ export class Replica implements ReplicaApi {
     });
   }
 
+  expectWrites(refs: readonly BlockRef[]): void {
+    if (!this.opts.live()) return;
+    this.store.premark?.(refs);
+  }
+
   zero(ctx: RequestContext, ref: BlockRef, offset: number, length: number, stamp: ChangeStamp, opts: { readonly punch: boolean; readonly fua: boolean }): Promise<void> {
     try {
       this.admitRequest(ctx);

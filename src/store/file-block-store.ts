@@ -129,6 +129,8 @@ const SUSPECTS = 'suspects.json';
  */
 const STORE_SCHEMA = 2;
 const SYNC_CONCURRENCY = 8;
+/** Dirty-log records made ahead (premark) that wait unclaimed in one epoch, at most. */
+const PREMARK_MAX = 256;
 /** Header reads in flight at start-up. */
 const OPEN_READ_CONCURRENCY = 32;
 /** From this many files and folders to sync, one syncfs replaces them. */
@@ -151,6 +153,12 @@ export class FileBlockStore implements LocalBlockStore {
   private readonly fdLru = new Map<Entry, true>();
   private dirtyLog!: DirtyLog;
   private epoch = 1;
+  /**
+   * Dirty-log records made ahead of writes (premark), per epoch, by block
+   * key: a write to such a block in that epoch waits for this record instead
+   * of one of its own. Claimed ones leave; the rest go with the epoch.
+   */
+  private readonly premarked = new Map<number, Map<string, Promise<void>>>();
   /** Blocks named in the dirty log per epoch (what a checkpoint makes durable). */
   private readonly epochBlocks = new Map<number, Set<Entry>>();
   /** Changes in progress per epoch; a checkpoint waits for its epoch's to finish. */
@@ -566,12 +574,42 @@ export class FileBlockStore implements LocalBlockStore {
     if (opts.fua) await this.flush();
   }
 
+  /**
+   * Names blocks this store does not hold in the dirty log now, without
+   * waiting: the writes a sequential writer is about to make to them then
+   * find their record durable (or on its way) and skip a commit of their
+   * own. A block named and never written is only suspect after a crash,
+   * like one whose write did not survive it. At most PREMARK_MAX records
+   * wait unclaimed per epoch; a hint beyond that is dropped.
+   */
+  premark(refs: readonly BlockRef[]): void {
+    if (this.failed !== null || this.closed) return;
+    const epoch = this.epoch;
+    let ahead = this.premarked.get(epoch);
+    for (const ref of refs) {
+      if (ahead !== undefined && ahead.size >= PREMARK_MAX) return;
+      const key = blockRefKey(ref);
+      if (ahead?.has(key)) continue;
+      const e = this.entries.get(key);
+      if (e !== undefined && (e.onDisk || e.markedEpoch === epoch || e.markingEpoch === epoch)) continue;
+      if (ahead === undefined) this.premarked.set(epoch, (ahead = new Map()));
+      const record = this.dirtyLog.mark(ref, epoch);
+      // A failure reaches the write that claims the record (and the dirty
+      // log refuses every later one); unclaimed, it is nobody's.
+      record.catch(() => undefined);
+      ahead.set(key, record);
+    }
+  }
+
   /** The dirty-log record must be durable before the block file changes. */
   private async markDirty(e: Entry, epoch: number): Promise<void> {
     if (e.markedEpoch === epoch) return;
     if (e.marking === null || e.markingEpoch !== epoch) {
       e.markingEpoch = epoch;
-      e.marking = this.dirtyLog.mark(e.ref, epoch).then(() => {
+      const ahead = this.premarked.get(epoch);
+      const premarked = ahead?.get(e.key);
+      if (premarked !== undefined) ahead!.delete(e.key);
+      e.marking = (premarked ?? this.dirtyLog.mark(e.ref, epoch)).then(() => {
         e.markedEpoch = Math.max(e.markedEpoch, epoch);
         let set = this.epochBlocks.get(epoch);
         if (!set) this.epochBlocks.set(epoch, (set = new Set()));
@@ -833,6 +871,8 @@ export class FileBlockStore implements LocalBlockStore {
       throw this.failed;
     }
     this.epochBlocks.delete(old);
+    // Records made ahead and never claimed went with the epoch's file.
+    this.premarked.delete(old);
     this.log.debug({ epoch: old, blocks: entries.length }, 'checkpoint done');
   }
 

@@ -37,6 +37,15 @@ export interface LocalBlockStore {
   write(ref: BlockRef, offset: number, data: Buffer, version: Version, opts: { readonly fua: boolean }): Promise<void>;
 
   /**
+   * A hint that these blocks, absent here now, are about to be written (a
+   * sequential writer filling a volume): a store with a write-ahead record
+   * per block may make the records durable now, off the writes' path. Only
+   * blocks inside their volume: a store may keep such a block suspect after
+   * a crash until it is compared. Changes nothing a reader sees.
+   */
+  premark?(refs: readonly BlockRef[]): void;
+
+  /**
    * Zeroes a range and sets the version. With punch, a whole-block range
    * leaves a tombstone (state zero) and frees the block's data; without
    * punch (NBD NO_HOLE) the range stays allocated.

@@ -77,6 +77,55 @@ describe('FileBlockStore', () => {
     await s.close();
   });
 
+  // premark: a sequential writer's next blocks are named in the dirty log ahead of their writes.
+  it('premark: a write to a premarked block adds no dirty-log record of its own; after a crash the premarked blocks are suspect, written or not', async () => {
+    let s = await open();
+    const held = blockRef(13, 1, 0);
+    await s.write(held, 0, Buffer.alloc(BS, 1), V, { fua: false });
+    await s.flush();
+    await s.checkpoint();
+    const ahead = [blockRef(13, 1, 1), blockRef(13, 1, 2), blockRef(13, 1, 3)];
+    // A block the store holds is not named again.
+    s.premark([held, ...ahead]);
+    await s.write(ahead[0]!, 0, Buffer.alloc(BS, 2), V, { fua: false });
+    await s.flush();
+    const logs = await readdir(path.join(dir, 'dirty'));
+    expect(logs.length).toBe(1);
+    const bytes = await readFile(path.join(dir, 'dirty', logs[0]!));
+    let records = 0;
+    for (let at = 0; at + 32 <= bytes.length; at += 32) if (bytes.readUInt32BE(at) === 0x54444c31) records++;
+    expect(records, 'three premarked blocks, and nothing more for the write to one of them').toBe(3);
+    await s.abandonForTest();
+    s = await open();
+    expect(s.meta(held).suspect).toBe(false);
+    expect(ahead.map((r) => [s.meta(r).state, s.meta(r).suspect])).toEqual([
+      ['data', true],
+      ['absent', true],
+      ['absent', true],
+    ]);
+    expect((await s.read(ahead[0]!, 0, BS)).equals(Buffer.alloc(BS, 2))).toBe(true);
+    await s.close();
+  });
+
+  it('premark: a hint is bounded (256 unclaimed records per epoch), and a checkpoint forgets the unclaimed ones', async () => {
+    let s = await open();
+    s.premark(Array.from({ length: 300 }, (_, i) => blockRef(14, 1, i)));
+    await s.write(blockRef(14, 1, 0), 0, Buffer.alloc(BS, 5), V, { fua: false });
+    await s.flush();
+    const bytes = await readFile(path.join(dir, 'dirty', '00000001.log'));
+    let records = 0;
+    for (let at = 0; at + 32 <= bytes.length; at += 32) if (bytes.readUInt32BE(at) === 0x54444c31) records++;
+    expect(records, 'the first 256 of the hint; block 0 claimed one').toBe(256);
+    await s.checkpoint();
+    expect(await readdir(path.join(dir, 'dirty'))).not.toContain('00000001.log');
+    await s.write(blockRef(14, 1, 1), 0, Buffer.alloc(BS, 6), V, { fua: false });
+    await s.abandonForTest();
+    s = await open();
+    // Only the block written after the checkpoint is suspect: its own record, not a forgotten premark.
+    expect(s.suspects().map((r) => r.index)).toEqual([1]);
+    await s.close();
+  });
+
   it('after a crash, repairs the checksums of blocks written since the last checkpoint, whatever their pages hold', async () => {
     let s = await open();
     const clean = blockRef(12, 1, 1);
