@@ -7,6 +7,7 @@ import { VolumeCoordinator } from '../replication/coordinator.js';
 import type { VolumeManager } from './volume-manager.js';
 import type { MetadataSession } from '../metadata/metadata-service.js';
 import { releaseLock } from './lock-release.js';
+import { withTimeout } from '../util/timeout.js';
 
 export interface MaintenanceOptions {
   readonly node: { readonly volumes: VolumeManager; readonly isLive: boolean; currentSession(): MetadataSession | null };
@@ -64,14 +65,10 @@ export class Maintenance {
     this.stopping = true;
     if (this.running.size === 0) return;
     for (const c of this.active) void c.close();
-    let timer: { cancel(): void } | null = null;
-    const ended = await Promise.race([
-      Promise.allSettled([...this.running]).then(() => true),
-      new Promise<false>((resolve) => {
-        timer = this.opts.ctx.clock.setTimeout(() => resolve(false), waitMs);
-      }),
-    ]);
-    (timer as { cancel(): void } | null)?.cancel();
+    const ended = await withTimeout(Promise.allSettled([...this.running]), waitMs, this.opts.ctx.clock, 'maintenance pass').then(
+      () => true,
+      () => false,
+    );
     if (!ended) this.log.warn({ waitMs }, 'a maintenance pass did not end in time for the stop; its lock goes with the lease');
   }
 
@@ -124,25 +121,23 @@ export class Maintenance {
         throw err;
       }
       taken++;
-      let active: VolumeCoordinator | null = null;
+      let c: VolumeCoordinator | null = null;
       try {
-        const c = await VolumeCoordinator.open({ ctx, volume: lock.volume, lock });
+        c = await VolumeCoordinator.open({ ctx, volume: lock.volume, lock });
         this.active.add(c);
-        active = c;
         if (!this.stopping) {
           const report = await new VolumeJobs(c).runOnce(scrub === undefined ? {} : { scrub });
           this.log.info({ volume: v.name, ...report }, 'maintenance pass');
         }
-        await c.close();
       } catch (err) {
         // stop() closing the coordinator under the pass is no failure.
         const stopped = this.stopping && isTorusError(err, 'TORUS_ERR_VOLUME_LOCK_LOST');
         if (!isTorusError(err, 'TORUS_ERR_VOLUME_FENCED') && !stopped) this.log.warn({ err, volume: v.name }, 'maintenance of a volume failed');
       } finally {
-        if (active !== null) {
+        if (c !== null) {
           // Closed before the release in every case: its stale records settle first.
-          await active.close();
-          this.active.delete(active);
+          await c.close();
+          this.active.delete(c);
         }
         // A maintenance key left on our lease would refuse every other
         // maintainer the volume for as long as this process runs (a ring

@@ -27,6 +27,14 @@ afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
+/** Records in a dirty-log file of the store ('TDL1' at the start of each 32-byte record). */
+async function dirtyRecords(name: string): Promise<number> {
+  const bytes = await readFile(path.join(dir, 'dirty', name));
+  let records = 0;
+  for (let at = 0; at + 32 <= bytes.length; at += 32) if (bytes.readUInt32BE(at) === 0x54444c31) records++;
+  return records;
+}
+
 function open(extra: Partial<Parameters<typeof FileBlockStore.open>[0]> = {}) {
   return FileBlockStore.open({ dir, blockSize: BS, capacity: 64 * MiB, logger: log, checkpointIntervalMs: 3_600_000, ...extra });
 }
@@ -91,10 +99,7 @@ describe('FileBlockStore', () => {
     await s.flush();
     const logs = await readdir(path.join(dir, 'dirty'));
     expect(logs.length).toBe(1);
-    const bytes = await readFile(path.join(dir, 'dirty', logs[0]!));
-    let records = 0;
-    for (let at = 0; at + 32 <= bytes.length; at += 32) if (bytes.readUInt32BE(at) === 0x54444c31) records++;
-    expect(records, 'three premarked blocks, and nothing more for the write to one of them').toBe(3);
+    expect(await dirtyRecords(logs[0]!), 'three premarked blocks, and nothing more for the write to one of them').toBe(3);
     await s.abandonForTest();
     s = await open();
     expect(s.meta(held).suspect).toBe(false);
@@ -112,10 +117,7 @@ describe('FileBlockStore', () => {
     s.premark(Array.from({ length: 300 }, (_, i) => blockRef(14, 1, i)));
     await s.write(blockRef(14, 1, 0), 0, Buffer.alloc(BS, 5), V, { fua: false });
     await s.flush();
-    const bytes = await readFile(path.join(dir, 'dirty', '00000001.log'));
-    let records = 0;
-    for (let at = 0; at + 32 <= bytes.length; at += 32) if (bytes.readUInt32BE(at) === 0x54444c31) records++;
-    expect(records, 'the first 256 of the hint; block 0 claimed one').toBe(256);
+    expect(await dirtyRecords('00000001.log'), 'the first 256 of the hint; block 0 claimed one').toBe(256);
     await s.checkpoint();
     expect(await readdir(path.join(dir, 'dirty'))).not.toContain('00000001.log');
     await s.write(blockRef(14, 1, 1), 0, Buffer.alloc(BS, 6), V, { fua: false });
