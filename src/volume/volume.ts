@@ -54,7 +54,7 @@ export class Volume {
     this.checkRange(offset, length);
     const pieces = this.pieces(offset, length);
     if (pieces.length === 1) return this.io.read(pieces[0]!.index, pieces[0]!.offset, pieces[0]!.length);
-    const parts = await Promise.all(pieces.map((p) => this.io.read(p.index, p.offset, p.length)));
+    const parts = await settleAll(pieces.map((p) => this.io.read(p.index, p.offset, p.length)), releaseBuffer);
     const out = Buffer.concat(parts, length);
     // The pieces are ours (pooled ones go back); the caller gets the whole.
     for (const p of parts) releaseBuffer(p);
@@ -64,7 +64,7 @@ export class Volume {
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     this.checkRange(offset, data.length);
     const pieces = this.pieces(offset, data.length);
-    const versions = await Promise.all(pieces.map((p) => this.io.write(p.index, p.offset, data.subarray(p.volumeOffset - offset, p.volumeOffset - offset + p.length), fua)));
+    const versions = await settleAll(pieces.map((p) => this.io.write(p.index, p.offset, data.subarray(p.volumeOffset - offset, p.volumeOffset - offset + p.length), fua)));
     this.acknowledged(pieces, versions);
   }
 
@@ -72,7 +72,7 @@ export class Volume {
   async zero(offset: number, length: number, opts: { punch: boolean; fua: boolean }): Promise<void> {
     this.checkRange(offset, length);
     const pieces = this.pieces(offset, length);
-    const versions = await Promise.all(pieces.map((p) => this.io.zero(p.index, p.offset, p.length, opts)));
+    const versions = await settleAll(pieces.map((p) => this.io.zero(p.index, p.offset, p.length, opts)));
     this.acknowledged(pieces, versions);
   }
 
@@ -115,6 +115,24 @@ export class Volume {
     }
     void this.log;
   }
+}
+
+/**
+ * The results of every piece of one request, once every piece has settled;
+ * the first failure (in piece order) if any piece failed, after `discard`
+ * has been given what the others returned. A request is answered only when
+ * none of its pieces can still act: a failed write whose other pieces were
+ * still waiting for their block (its order, a repair) would otherwise take
+ * their versions after the client had been told of the failure and had
+ * written the same range again, and land over that newer, acknowledged
+ * write (simulation seed 2623).
+ */
+async function settleAll<T>(pending: readonly Promise<T>[], discard?: (value: T) => void): Promise<T[]> {
+  const results = await Promise.allSettled(pending);
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed === undefined) return results.map((r) => (r as PromiseFulfilledResult<T>).value);
+  if (discard) for (const r of results) if (r.status === 'fulfilled') discard(r.value);
+  throw failed.reason;
 }
 
 /** Read-only block I/O: every change is refused. */

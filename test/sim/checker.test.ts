@@ -60,6 +60,21 @@ describe('Checker', () => {
     expect(checker.checkFlushAck(model, moved, 1)).toBeNull();
   });
 
+  it('after a crash, only the owners given count as holding a value (a settled move\'s old owner does not)', async () => {
+    const { views, checker, model } = setup(2);
+    const ref = blockRef(1, 1, 0);
+    const older = Buffer.alloc(BS);
+    encodeSectors(1, 3, 0, SPB).copy(older);
+    const newer = Buffer.alloc(BS);
+    encodeSectors(1, 4, 0, SPB).copy(newer);
+    await views[0]!.store.write(ref, 0, older, makeVersion(1, 1), { fua: true });
+    await views[1]!.store.write(ref, 0, newer, makeVersion(1, 2), { fua: false });
+    const all = checker.heldValues(model);
+    expect([...all(0)].sort()).toEqual([3, 4]);
+    const owners = checker.heldValues(model, () => new Set([views[0]!.uuid]));
+    expect([...owners(0)]).toEqual([3]);
+  });
+
   it('G6: a change with an older token after a newer one, unless the peer is recorded stale', () => {
     const { checker } = setup(1);
     expect(checker.checkApplied('a', 1, 3, 'write', () => false)).toBeNull();

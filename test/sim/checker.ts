@@ -266,16 +266,24 @@ export class Checker {
    * For the model after a crash: per sector, the values some store holds
    * (any peer, dead or alive, in the state a restart finds). A block a store
    * does not hold contributes nothing: absence is not a zero that survived;
-   * nor does a suspect copy (see below).
+   * nor does a suspect copy (see below), nor, given `owners`, a copy on a
+   * peer that is not among them.
    */
-  heldValues(model: VolumeModel): (s: number) => ReadonlySet<number> {
+  heldValues(model: VolumeModel, owners?: (ref: BlockRef) => ReadonlySet<string>): (s: number) => ReadonlySet<number> {
     const spb = this.sectorsPerBlock;
     const stores = this.stores();
     return (s) => {
       const held = new Set<number>();
       const index = Math.floor(s / spb);
       const ref = blockRef(model.volumeId, 1, index);
+      const own = owners?.(ref);
       for (const v of stores) {
+        // A copy on a peer the ring no longer counts on for the block (an
+        // old owner once its move has settled) is garbage collection's to
+        // drop: it keeps nothing alive (seed 2705: a leftover held the
+        // only copy of an acknowledged, unflushed write after both owners
+        // crashed, and was then collected).
+        if (own !== undefined && !own.has(v.uuid)) continue;
         const seen = v.store.inspect(ref);
         // A suspect copy (its peer stopped uncleanly since it last made the
         // block durable) may hold unflushed data that reached its disk, or

@@ -498,7 +498,7 @@ export class FaultInjector implements QuietState {
 
   /** After a power loss: the model widens what may be lost (per sector, back to what some store still holds). */
   private afterCrash(): void {
-    for (const v of this.opts.workload.volumes) v.model.crashed(this.opts.checker.heldValues(v.model));
+    for (const v of this.opts.workload.volumes) v.model.crashed(this.opts.checker.heldValues(v.model, (ref) => this.opts.workload.currentOwners(ref)));
   }
 
   // ------------------------------------------------------------ bookkeeping

@@ -605,7 +605,7 @@ export class Workload {
         // when the new incarnation answers): what no store holds now is
         // as lost as after that crash.
         const crashedSince = vol.model.crashes !== op.crashesAtIssue;
-        if (crashedSince) vol.model.crashed(checker.heldValues(vol.model), op.first, op.count);
+        if (crashedSince) vol.model.crashed(checker.heldValues(vol.model, (ref) => this.currentOwners(ref)), op.first, op.count);
         const min = this.opts.timing.writeLevel === 'all' ? this.opts.minReplicas() : 1;
         const v = checker.checkWriteAck(vol.model, { ...c, acked: true }, op.first, op.count, min, this.opts.owners);
         // Copies that died with a peer before the answer reached the
@@ -643,6 +643,23 @@ export class Workload {
   }
 
   /** Liveness bound on a write with no fault: one replica timeout plus one etcd call timeout. */
+  /**
+   * The peers whose copies of a block count as surviving a crash: its
+   * owners under the newest ring seen, both placements (and carried ones)
+   * while it moves, the new placement alone once the move has settled.
+   * From then on the old owners' copies are leftovers the ring is about to
+   * drop (docs/replication.md, "Ring transitions"): one holding a newer,
+   * unflushed change than the new owners kept through their crash keeps
+   * nothing alive (seed 2705).
+   */
+  currentOwners(ref: BlockRef): ReadonlySet<string> {
+    const rings = this.opts.rings();
+    const ring = rings[rings.length - 1];
+    if (ring === undefined) return this.opts.owners(ref);
+    const o = ownersOf(ring, ref);
+    return new Set(o.phase === 'moving' ? o.all : o.now);
+  }
+
   writeBoundMs(): number {
     return this.opts.timing.replicaTimeoutMs + this.opts.timing.etcdCallTimeoutMs;
   }

@@ -98,4 +98,33 @@ describe('Volume', () => {
     }
     await v.flush();
   });
+
+  it('answers a request that failed in one piece only once every other piece has settled (seed 2623)', async () => {
+    const io = memoryIo();
+    const events: string[] = [];
+    let finishSlow!: () => void;
+    const slow = new Promise<void>((resolve) => (finishSlow = resolve));
+    const err = new Error('piece 0 failed');
+    io.write = async (i) => {
+      if (i === 0) throw err;
+      await slow;
+      events.push(`piece ${i} settled`);
+      return 7;
+    };
+    const acked: unknown[] = [];
+    io.acknowledged = (c) => acked.push(c);
+    const v = new Volume(record, io, log);
+    const done = v.write(0, Buffer.alloc(2 * BS, 1), false).then(
+      () => events.push('answered ok'),
+      (e: unknown) => events.push(e === err ? 'answered with the failure' : `answered with ${String(e)}`),
+    );
+    // The failed piece alone does not answer the request.
+    for (let i = 0; i < 10; i++) await Promise.resolve();
+    expect(events).toEqual([]);
+    finishSlow();
+    await done;
+    expect(events).toEqual(['piece 1 settled', 'answered with the failure']);
+    // Not acknowledged in any piece.
+    expect(acked).toEqual([]);
+  });
 });
