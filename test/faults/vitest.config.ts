@@ -2,11 +2,10 @@ import { fileURLToPath } from 'node:url';
 import { defineConfig } from 'vitest/config';
 
 /**
- * The fault suites (`npm run test:faults`, also run by CI after `npm test`):
+ * The fault suites alone (`npm run test:faults`; `npm test` runs them too):
  * real torusd processes under fio load through kill -9, SIGSTOP, dropped
- * packets, damaged block files, etcd restarts, a 30 s outage, force-removes
- * and drains. About 8 minutes on 2 cores, so they are kept out of the
- * default run (see the root vitest.config.ts).
+ * packets, damaged block files, etcd restarts, a 30 s outage,
+ * force-removes and drains. About 5 minutes on 2 cores.
  */
 export default defineConfig({
   test: {
