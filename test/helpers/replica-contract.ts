@@ -1,7 +1,8 @@
 /**
  * The ReplicaApi contract (src/model/replica-api.ts, docs/replication.md
- * "Versions" and "Fencing"): one suite run against the replica rules over a
- * local store, and over the wire through the peer protocol.
+ * "Versions" and "Fencing"): one suite run against the replica rules over
+ * the in-memory twins, over the disk store with its fence file, and over
+ * the wire through the peer protocol (targets: replica-targets.ts).
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { isTorusError } from '../../src/errors/torus-error.js';
@@ -10,11 +11,14 @@ import type { ChangeStamp, ReplicaApi, RequestContext } from '../../src/model/re
 import { makeVersion, VERSION_ABSENT, type Version } from '../../src/model/version.js';
 
 export interface ReplicaUnderTest {
+  /** Changes on restart() (a new process, and a new connection to it). */
   readonly api: ReplicaApi;
   readonly blockSize: number;
   /** The ring version the replica's peer uses. */
   setRingVersion(v: number): void;
   setLive(live: boolean): void;
+  /** The peer's process stops cleanly and starts again on the same store and fence persistence. */
+  restart(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -135,6 +139,30 @@ export function replicaContract(name: string, make: () => Promise<ReplicaUnderTe
       await api.fence(CTX, 7, 2);
       await api.write(CTX, ref, 0, fill(4), stamp(v(1, 6), v(1, 4), 6), { fua: false });
       expect((await api.read(CTX, ref, 0, 16)).meta.version).toBe(v(1, 6));
+    });
+
+    it('remembers learnt fencing tokens and flushed copies across a restart', async () => {
+      await api.write(CTX, ref, 0, fill(1), stamp(v(1, 4), VERSION_ABSENT, 4), { fua: true });
+      await api.fence(CTX, 8, 6);
+      const before = await api.hello(CTX);
+      await r.restart();
+      api = r.api;
+      expect((await api.hello(CTX)).incarnation).not.toBe(before.incarnation);
+      // Learnt with a write, and with fence(): both were made durable first.
+      expect(await code(api.write(CTX, blockRef(7, 1, 9), 0, fill(1), stamp(v(1, 3), VERSION_ABSENT, 3), { fua: false }))).toBe('TORUS_ERR_VOLUME_FENCED');
+      expect(await code(api.write(CTX, blockRef(8, 1, 0), 0, fill(1), stamp(v(1, 5), VERSION_ABSENT, 5), { fua: false }))).toBe('TORUS_ERR_VOLUME_FENCED');
+      const reply = await api.read(CTX, ref, 0, 16);
+      expect(reply.meta).toMatchObject({ state: 'data', version: v(1, 4), suspect: false });
+      expect(reply.data.equals(fill(1, 16))).toBe(true);
+    });
+
+    it('keeps a suspect copy suspect across a restart', async () => {
+      await api.write(CTX, ref, 0, fill(1), stamp(v(1), VERSION_ABSENT), { fua: true });
+      await code(api.write(CTX, ref, 0, fill(2, 512), stamp(v(3), v(2)), { fua: false }));
+      await r.restart();
+      api = r.api;
+      expect((await api.meta(CTX, [ref]))[0]).toMatchObject({ state: 'data', suspect: true });
+      expect(await code(api.read(CTX, ref, 0, 512))).toBe('TORUS_ERR_REPLICA_STALE');
     });
 
     it('installs only newer copies, and over suspect ones', async () => {

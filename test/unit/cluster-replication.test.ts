@@ -6,9 +6,11 @@
  * of the issue, one by one, with exact expectations.
  */
 import pino from 'pino';
+import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { ClusterNode, DEFAULT_NODE_SETTINGS } from '../../src/cluster/node.js';
 import { isTorusError } from '../../src/errors/torus-error.js';
+import { createMetrics } from '../../src/http/metrics.js';
 import { blockRef } from '../../src/model/block-ref.js';
 import { volumeMaintKey } from '../../src/metadata/keys.js';
 import type { NodeEnv, NodeUnderTest, VolumeIo } from '../sim/node-under-test.js';
@@ -18,6 +20,9 @@ import { SimCluster, type SimPeer } from '../sim/sim-cluster.js';
 
 const BLOCK = 4096;
 const VOLUME_BLOCKS = 32;
+
+/** The ClusterNode behind each node under test, for what the sim interface does not show (its counters). */
+const clusterNodes = new WeakMap<NodeUnderTest, ClusterNode>();
 
 function realNode(env: NodeEnv): NodeUnderTest {
   const t = env.timing;
@@ -54,7 +59,7 @@ function realNode(env: NodeEnv): NodeUnderTest {
     peerRecord: env.peerRecord,
     onApplied: env.onApplied,
   });
-  return {
+  const under: NodeUnderTest = {
     get replica() {
       return node.replica;
     },
@@ -72,6 +77,25 @@ function realNode(env: NodeEnv): NodeUnderTest {
         close: () => node.volumes.release(ov),
       };
     },
+  };
+  clusterNodes.set(under, node);
+  return under;
+}
+
+/**
+ * A /metrics registry that reads a peer's replication counters at scrape
+ * time, wired as torusd wires it (src/daemon/torusd.ts).
+ */
+function metricsOf(p: SimPeer): (name: string) => Promise<number> {
+  const registry = new Registry();
+  const metrics = createMetrics(registry, { defaultMetrics: false });
+  metrics.setReplicationSource(() => {
+    const node = clusterNodes.get(p.node!)!;
+    return { ...node.stats, copiedBytes: node.throttle.totalBytes(), copyBytesPerSec: node.throttle.rate(), failingPeers: 0, ringVersion: 0, ringPhase: 0 };
+  });
+  return async (name) => {
+    const all = (await registry.getMetricsAsJSON()) as { name: string; values: { value: number }[] }[];
+    return all.find((m) => m.name === name)?.values[0]?.value ?? 0;
   };
 }
 
@@ -301,12 +325,20 @@ describe('replication on a simulated cluster', () => {
     const data = pattern(7, 4 * BLOCK);
     await until(c, io.write(0, data, true));
     await until(c, io.close());
+    const scrapes = [a, b].map(metricsOf);
+    const total = async (name: string) => (await Promise.all(scrapes.map((scrape) => scrape(name)))).reduce((x, y) => x + y, 0);
+    expect(await total('torus_replication_repaired_blocks_total')).toBe(0);
+    const copiedBefore = await total('torus_replication_copied_bytes_total');
     b.store.corrupt(blockRef(1, 1, 2), 0);
     // Read through b: its own copy is bad, the read is answered from a.
     io = await until(c, c.open(b, 'v', 'rw'));
     expect((await until(c, io.read(0, data.length))).equals(data)).toBe(true);
     await runFor(c, 20_000);
     expect(b.store.meta(blockRef(1, 1, 2)).suspect).toBe(false);
+    // The repair shows in /metrics: one copy replaced, one block copied.
+    expect(await total('torus_replication_repaired_blocks_total')).toBe(1);
+    expect(await total('torus_replication_copied_bytes_total')).toBe(copiedBefore + BLOCK);
+    expect(await total('torus_replication_divergent_blocks_total')).toBe(0);
     const cs = copies(c, 1, 2);
     expect(cs.length).toBe(2);
     expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size).toBe(1);

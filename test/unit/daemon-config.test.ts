@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { resolveDaemonConfig } from '../../src/daemon/config.js';
+import { DEFAULTS, resolveDaemonConfig } from '../../src/daemon/config.js';
 import { isTorusError } from '../../src/errors/torus-error.js';
 
 describe('torusd configuration', () => {
@@ -12,6 +12,18 @@ describe('torusd configuration', () => {
     expect(c.http).toEqual({ host: '127.0.0.1', port: 4321 });
     expect(c.nbd).toEqual({ host: '127.0.0.1', port: 10809 });
     expect(c.autoJoin).toBe(false);
+  });
+
+  it('has the replication defaults the docs give: --replica-timeout 8s, --down-out-interval 10m, --rebalance-rate 100MiB', () => {
+    expect([DEFAULTS.replicaTimeout, DEFAULTS.downOutInterval, DEFAULTS.rebalanceRate]).toEqual(['8s', '10m', '100MiB']);
+    const c = resolveDaemonConfig({}, {});
+    expect(c.replicaTimeoutMs).toBe(8_000);
+    expect(c.downOutIntervalMs).toBe(10 * 60_000);
+    expect(c.rebalanceBytesPerSec).toBe(100 * 2 ** 20);
+    // 0 means never for the down-out interval; a copy rate of 0 is refused (there is no "unlimited").
+    expect(resolveDaemonConfig({ downOutInterval: '0' }, {}).downOutIntervalMs).toBe(0);
+    expect(() => resolveDaemonConfig({ rebalanceRate: '0' }, {})).toThrow(expect.objectContaining({ code: 'TORUS_ERR_ARG_INVALID' }));
+    expect(() => resolveDaemonConfig({ replicaTimeout: '0' }, {})).toThrow(expect.objectContaining({ code: 'TORUS_ERR_ARG_INVALID' }));
   });
 
   it('reads the Torus container environment, and flags win', () => {
