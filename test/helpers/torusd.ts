@@ -278,6 +278,8 @@ export interface TorusdHandle {
   readonly pid: number;
   /** True while the current run has not exited. */
   readonly running: boolean;
+  /** How the current run exited (a refused start, for one), or null while it runs. */
+  readonly exit: ExitStatus | null;
   /** How many times the daemon was started (1 after startTorusd). */
   readonly runs: number;
   nbdUri(exportName: string): string;
@@ -357,6 +359,9 @@ export async function startTorusd(opts: TorusdOptions): Promise<TorusdHandle> {
     },
     get running() {
       return run.exit === null;
+    },
+    get exit() {
+      return run.exit;
     },
     get runs() {
       return runs;
