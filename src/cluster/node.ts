@@ -211,6 +211,11 @@ export class ClusterNode {
     return this.ring;
   }
 
+  /** DOWN members past the down-out interval whose down-out this node holds back (too few members, a survivor too full). */
+  downOutHeld(): number {
+    return this.driver?.downOutHeld() ?? 0;
+  }
+
   currentSession(): MetadataSession | null {
     return this.session;
   }
@@ -456,7 +461,7 @@ export class ClusterNode {
       this.peersKnown = new Set(peers.map((p) => p.uuid));
       this.peerRecords = new Map(peers.map((p) => [p.uuid, p]));
       this.updateDown();
-      this.driver?.observePeers(this.peersKnown);
+      this.driver?.observePeers(peers);
     } catch (err) {
       this.log.debug({ err }, 'could not list peers');
     }

@@ -214,6 +214,7 @@ export class TorusDaemon {
         failingPeers: this.node.health.failingPeers().length,
         ringVersion: ring.version,
         ringPhase: ring.transition === null ? 0 : ring.transition.phase === 'moving' ? 1 : 2,
+        downOutHeld: this.node.downOutHeld(),
       };
     });
     this.refreshPeersEvery();

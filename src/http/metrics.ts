@@ -49,6 +49,8 @@ export interface ReplicationReading {
   readonly ringVersion: number;
   /** 0 stable, 1 moving, 2 settled. */
   readonly ringPhase: number;
+  /** DOWN members past the down-out interval that this daemon does not take out (too few members, a survivor too full or of unknown usage). */
+  readonly downOutHeld: number;
 }
 
 export interface MetricsOptions {
@@ -236,6 +238,7 @@ export function createMetrics(registry: Registry, options: MetricsOptions = {}):
     ['torus_replication_failing_peers', 'Peers this daemon skips now because they failed a request (probed every second)', 'failingPeers'],
     ['torus_ring_version', 'Version of the ring this daemon uses', 'ringVersion'],
     ['torus_ring_phase', 'Ring transition phase: 0 stable, 1 moving, 2 settled', 'ringPhase'],
+    ['torus_ring_down_out_held', 'Ring members DOWN past --down-out-interval that this daemon holds in the ring (fewer than R members would remain, a survivor would fill past 85 %, or a survivor never reported its usage)', 'downOutHeld'],
   ];
   for (const [name, help, key] of replicationGauges) {
     new Gauge({

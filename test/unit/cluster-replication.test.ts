@@ -122,6 +122,13 @@ function clusterOptions(opts: { peers: number; members: number; replication: num
   };
 }
 
+/** A warn-level logger whose lines the test reads back. */
+function captureLogs(): { logger: pino.Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const logger = pino({ level: 'warn' }, { write: (s: string) => void lines.push(JSON.parse(s) as Record<string, unknown>) });
+  return { logger, lines };
+}
+
 /** Runs the simulation until the promise settles (or fails the test). */
 async function until<T>(c: SimCluster, p: Promise<T>, budgetMs = 120_000): Promise<T> {
   let done = false;
@@ -601,6 +608,89 @@ describe('replication on a simulated cluster', () => {
       expect(cs.length, `block ${i}`).toBe(2);
       expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size).toBe(1);
     }
+  });
+
+  it('never takes a DOWN member out with a down-out interval of 0, and writes go on degraded', async () => {
+    const c = new SimCluster({ ...clusterOptions({ peers: 3, members: 3, replication: 2 }), timing: { ...SIM_TIMING, downOutIntervalMs: 0 } });
+    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, , d] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    await until(c, io.write(0, pattern(22, VOLUME_BLOCKS * BLOCK), false));
+    await until(c, io.flush());
+    const before = await until(c, c.ring());
+    c.crash(d);
+    await runFor(c, 5_000);
+    const data = pattern(23, VOLUME_BLOCKS * BLOCK);
+    await until(c, io.write(0, data, false));
+    await until(c, io.flush());
+    // Past the default interval (10 min) and then some.
+    await runFor(c, 11 * 60_000);
+    const ring = await until(c, c.ring());
+    expect(ring.version).toBe(before.version);
+    expect(ring.members.map((m) => m.uuid)).toContain(d.uuid);
+    expect((await until(c, io.read(0, VOLUME_BLOCKS * BLOCK))).equals(data)).toBe(true);
+    await until(c, io.close());
+  });
+
+  it('does not take a DOWN member out when fewer than R members would remain, and says so once', async () => {
+    const logs = captureLogs();
+    const c = new SimCluster({ ...clusterOptions({ peers: 2, members: 2, replication: 2 }), timing: { ...SIM_TIMING, downOutIntervalMs: 30_000 }, logger: logs.logger });
+    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b] = c.peers as [SimPeer, SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    const before = await until(c, c.ring());
+    c.crash(b);
+    await runFor(c, 5_000);
+    // minReplicas is 1 for R=2: writes go on to a alone, b recorded stale.
+    const data = pattern(24, VOLUME_BLOCKS * BLOCK);
+    await until(c, io.write(0, data, false));
+    await until(c, io.flush());
+    await runFor(c, 150_000);
+    const ring = await until(c, c.ring());
+    expect(ring.version).toBe(before.version);
+    expect(ring.members.map((m) => m.uuid).sort()).toEqual([a.uuid, b.uuid].sort());
+    const held = logs.lines.filter((l) => String(l['msg']).startsWith('down-out held back'));
+    expect(held.map((l) => [l['peer'], l['reason'], l['survivors'], l['replication']])).toEqual([[b.uuid, 'replication', 1, 2]]);
+    expect((await until(c, io.read(0, VOLUME_BLOCKS * BLOCK))).equals(data)).toBe(true);
+    await until(c, io.close());
+  });
+
+  it('holds a down-out that would fill a survivor past 85 %, and takes the member out once that survivor has room', async () => {
+    const logs = captureLogs();
+    const c = new SimCluster({ ...clusterOptions({ peers: 3, members: 3, replication: 2 }), timing: { ...SIM_TIMING, downOutIntervalMs: 30_000 }, logger: logs.logger });
+    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, d] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    const data = pattern(25, VOLUME_BLOCKS * BLOCK);
+    await until(c, io.write(0, data, false));
+    await until(c, io.flush());
+    await until(c, io.close());
+    // Without d, a and b each hold all 32 blocks: 32 of 34 is 94 % for b.
+    // Its own ~21 blocks are 62 %, and a and b together are far below 85 %.
+    const roomy = b.store.usage().capacity;
+    expect(b.store.usage().used).toBeLessThan(0.85 * 34 * BLOCK);
+    b.store.setCapacity(34 * BLOCK);
+    c.crash(d);
+    await runFor(c, 150_000);
+    let ring = await until(c, c.ring());
+    expect(ring.members.map((m) => m.uuid)).toContain(d.uuid);
+    expect(ring.transition).toBeNull();
+    const held = logs.lines.filter((l) => String(l['msg']).startsWith('down-out held back'));
+    // Once per peer that runs the driver (a and b), not once per pass.
+    expect(held.map((l) => [l['peer'], l['reason'], l['survivor']])).toEqual([
+      [d.uuid, 'fill', b.uuid],
+      [d.uuid, 'fill', b.uuid],
+    ]);
+    expect(held[0]!['fillAfter']).toBeGreaterThan(0.85);
+    b.store.setCapacity(roomy);
+    await runFor(c, 150_000);
+    ring = await until(c, c.ring());
+    expect(ring.members.map((m) => m.uuid).sort()).toEqual([a.uuid, b.uuid].sort());
+    expect(ring.transition).toBeNull();
+    for (let i = 0; i < VOLUME_BLOCKS; i++) expect(copies(c, 1, i).filter((x) => x.uuid !== d.uuid).length, `block ${i}`).toBe(2);
   });
 
   it('a change that reaches no owner records its owners unsure, not stale: the block is usable again once the writer reaches them', async () => {
