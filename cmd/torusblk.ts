@@ -7,6 +7,7 @@ import { DEFAULT_FLEX_SOCKET, FLEX_SOCKET_ENV } from '../src/k8s/flex/protocol.j
 import { parseHostPort } from '../src/daemon/config.js';
 import { defaultEtcdEndpoint } from '../src/model/defaults.js';
 import { TorusError } from '../src/errors/torus-error.js';
+import { exitOnInvariantBroken } from '../src/util/invariant.js';
 import { VERSION } from '../src/version.js';
 import { attachSocketPath } from '../src/attach/api.js';
 import { AttachClient } from '../src/attach/api-client.js';
@@ -54,7 +55,9 @@ program
     let gateway: InstanceType<typeof NbdGateway> | null = null;
     try {
       const listen = parseHostPort(opts.listen, '--listen');
-      gateway = new NbdGateway({ etcdEndpoints: global.etcd.split(','), listen, mode: opts.readOnly ? 'ro' : 'rw', secretFile: opts.clusterSecretFile ?? null, logger });
+      // A broken invariant stops the process with exit code 70 (README, "Error codes").
+      const onInvariantBroken = exitOnInvariantBroken(logger);
+      gateway = new NbdGateway({ etcdEndpoints: global.etcd.split(','), listen, mode: opts.readOnly ? 'ro' : 'rw', secretFile: opts.clusterSecretFile ?? null, logger, onInvariantBroken });
       const bound = await gateway.start();
       logger.info({ nbd: `${bound.host}:${bound.port}`, mode: opts.readOnly ? 'ro' : 'rw' }, 'torusblk nbdserve ready');
     } catch (err) {

@@ -5,6 +5,7 @@ import pino from 'pino';
 import { resolveDaemonConfig, DEFAULTS, type DaemonFlags } from '../src/daemon/config.js';
 import { TorusDaemon } from '../src/daemon/torusd.js';
 import { TorusError } from '../src/errors/torus-error.js';
+import { exitOnInvariantBroken, isAssertionFailure } from '../src/util/invariant.js';
 import { VERSION } from '../src/version.js';
 
 const program = new Command('torusd')
@@ -46,7 +47,9 @@ try {
 }
 
 const logger = pino({ level: config.debug ? 'debug' : 'info', base: { pid: process.pid } });
-const daemon = new TorusDaemon(config, logger);
+// A broken invariant stops the process with exit code 70 (README, "Error codes"): no clean stop, as in a crash.
+const onInvariantBroken = exitOnInvariantBroken(logger);
+const daemon = new TorusDaemon(config, logger, onInvariantBroken);
 
 let stopping = false;
 const stop = (signal: string) => {
@@ -65,6 +68,7 @@ process.on('SIGINT', () => stop('SIGINT'));
 process.on('SIGTERM', () => stop('SIGTERM'));
 
 daemon.start().catch(async (err: unknown) => {
+  if (isAssertionFailure(err)) return onInvariantBroken(err, { module: 'torusd', where: 'start' });
   logger.fatal({ err }, 'torusd could not start');
   process.stderr.write(`torusd: ${err instanceof TorusError ? err.toLine() : String(err)}\n`);
   await daemon.stop().catch(() => undefined);

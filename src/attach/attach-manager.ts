@@ -51,6 +51,7 @@ import { FaultExport, type Faults } from './fault-export.js';
 import { clientHandshake, type NegotiatedExport } from './handshake.js';
 import { devicePath, KernelNbd, parseDevice, type KernelMode } from './kernel-nbd.js';
 import { readState, writeState, type AttachState, type RecordedAttachment } from './state-file.js';
+import type { InvariantBroken } from '../util/invariant.js';
 
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 /** Re-checks the lease id and lock tokens (they change when torusd re-locks after an etcd outage). */
@@ -109,6 +110,8 @@ export interface AttachManagerOptions {
   readonly faultInjection?: boolean;
   /** Who holds reader locks, for messages: `torusd <uuid> on <node> (pid N)`. */
   readonly holder?: string;
+  /** A kernel device's request broke an invariant (util/invariant.ts); default: crash. */
+  readonly onInvariantBroken?: InvariantBroken;
 }
 
 export class AttachManager {
@@ -147,7 +150,7 @@ export class AttachManager {
       },
     };
     // No listener: each kernel socket is handed to it directly.
-    this.nbd = new NbdServer({ provider, logger: opts.logger });
+    this.nbd = new NbdServer({ provider, logger: opts.logger, onInvariantBroken: opts.onInvariantBroken });
   }
 
   // ------------------------------------------------------------ restart

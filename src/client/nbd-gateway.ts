@@ -8,6 +8,7 @@ import { EtcdMetadata } from '../metadata/etcd-metadata.js';
 import { NbdServer } from '../nbd/server.js';
 import type { WriteLevel } from '../replication/settings.js';
 import { systemClock } from '../util/clock.js';
+import type { InvariantBroken } from '../util/invariant.js';
 import { systemIds, systemRandom } from '../util/random.js';
 import { VolumeExports } from '../volume/volume-exports.js';
 import { resolveClusterSecret } from '../daemon/secret.js';
@@ -20,6 +21,8 @@ export interface NbdGatewayOptions {
   readonly secretFile: string | null;
   readonly writeLevel?: WriteLevel;
   readonly logger: Logger;
+  /** A request or background work broke an invariant (util/invariant.ts): cmd/torusblk.ts logs and exits. */
+  readonly onInvariantBroken: InvariantBroken;
 }
 
 /** How often the peer addresses are re-read from etcd. */
@@ -67,9 +70,10 @@ export class NbdGateway {
       settings,
       holder: `torusblk nbdserve on ${os.hostname()} (pid ${process.pid})`,
       peerRecord: null,
+      onInvariantBroken: this.opts.onInvariantBroken,
     });
     await this.node.start();
-    this.nbd = new NbdServer({ provider: new VolumeExports(metadata, this.node.volumes, this.opts.mode, { clock: systemClock, logger: log }), logger: log });
+    this.nbd = new NbdServer({ provider: new VolumeExports(metadata, this.node.volumes, this.opts.mode, { clock: systemClock, logger: log }), logger: log, onInvariantBroken: this.opts.onInvariantBroken });
     const bound = await this.nbd.listen(this.opts.listen.host, this.opts.listen.port);
     return { host: this.opts.listen.host, port: bound.port };
   }

@@ -5,6 +5,7 @@ import type { RingRecord } from '../model/records.js';
 import { ownersOf } from '../replication/owners.js';
 import type { Replica } from '../replication/replica.js';
 import type { LocalBlockStore } from '../store/local-store.js';
+import { rethrowAssertion } from '../util/invariant.js';
 
 export interface GarbageCollectorOptions {
   readonly node: { readonly uuid: string; readonly replica: Replica | null; currentRing(): RingRecord; readonly isLive: boolean };
@@ -47,6 +48,7 @@ export class GarbageCollector {
     try {
       gc = await this.opts.metadata.volumeIdsForGc();
     } catch (err) {
+      rethrowAssertion(err);
       this.log.warn({ err }, 'garbage collection skipped: could not list volumes');
       return 0;
     }

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import { isTransientMetadataError, type MetadataSession } from '../metadata/metadata-service.js';
 import type { Clock } from '../util/clock.js';
+import { rethrowAssertion } from '../util/invariant.js';
 
 /** A lock key on a session's lease (a writer's, a maintainer's or a reader's). */
 export interface ReleasableLock {
@@ -47,6 +48,7 @@ export async function releaseLock(lock: ReleasableLock, opts: LockReleaseOptions
       if (attempt > 1) log.info({ ...opts.fields, attempts: attempt }, 'volume lock released after etcd answered again');
       return true;
     } catch (err) {
+      rethrowAssertion(err);
       if (!isTransientMetadataError(err)) {
         log.error({ ...opts.fields, err }, 'releasing the volume lock failed; it ends with the lease');
         return false;

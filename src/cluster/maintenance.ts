@@ -8,6 +8,7 @@ import type { VolumeManager } from './volume-manager.js';
 import type { MetadataSession } from '../metadata/metadata-service.js';
 import { releaseLock } from './lock-release.js';
 import { withTimeout } from '../util/timeout.js';
+import { isAssertionFailure } from '../util/invariant.js';
 
 export interface MaintenanceOptions {
   readonly node: { readonly volumes: VolumeManager; readonly isLive: boolean; currentSession(): MetadataSession | null };
@@ -132,7 +133,9 @@ export class Maintenance {
       } catch (err) {
         // stop() closing the coordinator under the pass is no failure.
         const stopped = this.stopping && isTorusError(err, 'TORUS_ERR_VOLUME_LOCK_LOST');
-        if (!isTorusError(err, 'TORUS_ERR_VOLUME_FENCED') && !stopped) this.log.warn({ err, volume: v.name }, 'maintenance of a volume failed');
+        // A broken invariant is reported at once: the process stops before the release below, as in a crash.
+        if (isAssertionFailure(err)) ctx.invariantBroken(err, { module: 'maintenance', volume: v.name });
+        else if (!isTorusError(err, 'TORUS_ERR_VOLUME_FENCED') && !stopped) this.log.warn({ err, volume: v.name }, 'maintenance of a volume failed');
       } finally {
         if (c !== null) {
           // Closed before the release in every case: its stale records settle first.

@@ -14,6 +14,7 @@ import { ReplicationStats } from '../replication/stats.js';
 import { Throttle } from '../replication/throttle.js';
 import type { LocalBlockStore } from '../store/local-store.js';
 import type { Clock } from '../util/clock.js';
+import { crashOnInvariantBroken, isAssertionFailure, reportAssertion, rethrowAssertion, type InvariantBroken } from '../util/invariant.js';
 import type { Ids, Random } from '../util/random.js';
 import { withTimeout } from '../util/timeout.js';
 import { GarbageCollector } from './gc.js';
@@ -76,6 +77,12 @@ export interface NodeDeps {
   readonly onLiveChange?: (live: boolean) => void;
   /** A new etcd session (lease) was opened: torusd keeps its id in the data dir. */
   readonly onSessionOpened?: (leaseId: string) => Promise<void>;
+  /**
+   * Background work (or work nobody awaits) broke an invariant
+   * (util/invariant.ts): torusd logs and exits, the simulation fails the
+   * seed. Default: crash.
+   */
+  readonly onInvariantBroken?: InvariantBroken;
 }
 
 /**
@@ -97,6 +104,7 @@ export class ClusterNode {
   readonly volumes: VolumeManager;
   private readonly deps: NodeDeps;
   private readonly log: Logger;
+  private readonly invariantBroken: InvariantBroken;
   private readonly timers: Timers;
   private fenceTable: FenceTable | null = null;
   private replicaObj: Replica | null = null;
@@ -128,7 +136,8 @@ export class ClusterNode {
     this.uuid = deps.uuid;
     this.incarnation = deps.incarnation ?? deps.ids.uuid();
     this.log = deps.logger.child({ module: 'node', peer: deps.uuid });
-    this.timers = new Timers(deps.clock);
+    this.invariantBroken = deps.onInvariantBroken ?? crashOnInvariantBroken;
+    this.timers = new Timers(deps.clock, this.invariantBroken);
     this.health = new PeerHealth(deps.clock);
     this.throttle = new Throttle(deps.clock, deps.settings.replication.copyBytesPerSec);
     const self = this;
@@ -142,6 +151,7 @@ export class ClusterNode {
       throttle: this.throttle,
       stats: this.stats,
       logger: deps.logger,
+      invariantBroken: this.invariantBroken,
       ring: () => self.ring,
       requestContext: (): RequestContext => ({ ringVersion: self.ring.version }),
       replica: (u) => self.replicaOf(u),
@@ -241,7 +251,7 @@ export class ClusterNode {
         // etcd only. Changes wait for a renewed lease, or for the new
         // session that re-reads every fence (docs/replication.md, "Fencing").
         live: () => this.live && d.clock.monotonic() <= (this.session?.leaseDeadline() ?? -Infinity),
-        onNewerRing: (v) => void this.refreshRing(v).catch(() => undefined),
+        onNewerRing: (v) => void this.refreshRing(v).catch(reportAssertion(this.invariantBroken, { module: 'node', peer: this.uuid, where: 'ring refresh' })),
         onSuspect: (ref, why) => this.reportSuspect(ref, why),
         ...(d.onApplied ? { onApplied: d.onApplied } : {}),
         logger: d.logger,
@@ -269,7 +279,7 @@ export class ClusterNode {
       // the pass itself still re-reads etcd and frees only what it lists.
       const gc = this.gc;
       this.stopDeleteWatch = await d.metadata
-        .watchVolumeDeletes(() => void gc.run().catch((err: unknown) => this.log.warn({ err }, 'garbage collection after a volume delete failed')))
+        .watchVolumeDeletes(() => void gc.run().catch((err: unknown) => this.backgroundFailed(err, 'garbage collection after a volume delete failed')))
         .catch((err: unknown) => {
           this.log.warn({ err }, 'could not watch volume deletions; deleted volumes are freed at the periodic pass');
           return null;
@@ -393,7 +403,7 @@ export class ClusterNode {
     this.ring = ring;
     this.wakeBackground();
     this.log.info({ ringVersion: ring.version, phase: ring.transition?.phase ?? 'stable', members: ring.members.length }, 'ring changed');
-    void this.ack().catch((err) => this.log.warn({ err }, 'could not acknowledge the ring'));
+    void this.ack().catch((err: unknown) => this.backgroundFailed(err, 'could not acknowledge the ring'));
     this.updateDown();
   }
 
@@ -431,7 +441,8 @@ export class ClusterNode {
       if (clients && acks.some((a) => a.ringVersion < version)) return false;
       this.acked.add(key);
       return true;
-    } catch {
+    } catch (err) {
+      rethrowAssertion(err);
       return false;
     }
   }
@@ -463,6 +474,7 @@ export class ClusterNode {
       this.updateDown();
       this.driver?.observePeers(peers);
     } catch (err) {
+      rethrowAssertion(err);
       this.log.debug({ err }, 'could not list peers');
     }
   }
@@ -488,8 +500,9 @@ export class ClusterNode {
           this.health.succeeded(u);
           this.log.info({ peer: u }, 'peer answers again');
           this.wakeBackground();
-        } catch {
-          // still failing
+        } catch (err) {
+          // Still failing, unless this process broke an invariant.
+          rethrowAssertion(err);
         }
       }),
     );
@@ -504,6 +517,7 @@ export class ClusterNode {
       await this.ack();
       await this.volumes.relock();
     } catch (err) {
+      rethrowAssertion(err);
       this.log.warn({ err }, 'heartbeat to etcd failed');
     }
     await this.refreshPeers();
@@ -529,12 +543,18 @@ export class ClusterNode {
         if (!r.idle || r.caughtUp + r.moved + r.scrubbed + r.repaired > 0) idle = false;
       } catch (err) {
         idle = false;
-        if (!isTorusError(err, 'TORUS_ERR_VOLUME_FENCED')) this.log.warn({ err, volume: ov.name }, 'background work of an open volume failed');
+        if (!isTorusError(err, 'TORUS_ERR_VOLUME_FENCED')) this.backgroundFailed(err, 'background work of an open volume failed', { volume: ov.name });
       }
     }
-    const driverIdle = (await this.driver?.run().catch((err: unknown) => void this.log.warn({ err }, 'transition driver failed'))) ?? true;
-    const maintenanceIdle = (await this.maintenance?.run().catch((err: unknown) => void this.log.warn({ err }, 'maintenance failed'))) ?? true;
+    const driverIdle = (await this.driver?.run().catch((err: unknown) => this.backgroundFailed(err, 'transition driver failed'))) ?? true;
+    const maintenanceIdle = (await this.maintenance?.run().catch((err: unknown) => this.backgroundFailed(err, 'maintenance failed'))) ?? true;
     return idle && driverIdle === true && maintenanceIdle === true;
+  }
+
+  /** A failure of background work: logged, or, for a broken invariant, reported (util/invariant.ts). */
+  private backgroundFailed(err: unknown, msg: string, fields: Record<string, unknown> = {}): void {
+    if (isAssertionFailure(err)) this.invariantBroken(err, { module: 'node', peer: this.uuid, ...fields, where: msg });
+    else this.log.warn({ err, ...fields }, msg);
   }
 
   /** The next background pass within backgroundIntervalMs (it may have backed off while idle). */

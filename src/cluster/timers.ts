@@ -1,15 +1,24 @@
 import type { Clock } from '../util/clock.js';
+import { crashOnInvariantBroken, reportAssertion, type InvariantBroken } from '../util/invariant.js';
 
 /**
  * Periodic work on the injected clock, all cancelled at once when the node
  * stops or is halted. A tick starts after the previous one finished, so a
- * slow pass never overlaps the next.
+ * slow pass never overlaps the next. A tick that fails is done (the work
+ * logs its own failures), unless it broke an invariant: that goes to
+ * `invariantBroken` (util/invariant.ts).
  */
 export class Timers {
   private readonly handles = new Set<{ cancel(): void }>();
   private cancelled = false;
+  private readonly failed: (err: unknown) => void;
 
-  constructor(private readonly clock: Clock) {}
+  constructor(
+    private readonly clock: Clock,
+    invariantBroken: InvariantBroken = crashOnInvariantBroken,
+  ) {
+    this.failed = reportAssertion(invariantBroken, { module: 'node', where: 'periodic work' });
+  }
 
   every(ms: number, fn: () => Promise<void>): void {
     let handle: { cancel(): void } | null = null;
@@ -17,7 +26,7 @@ export class Timers {
     this.handles.add(slot);
     const tick = () => {
       void fn()
-        .catch(() => undefined)
+        .catch(this.failed)
         .finally(() => {
           if (!this.cancelled) handle = this.clock.setTimeout(tick, ms);
         });
@@ -50,7 +59,10 @@ export class Timers {
       running = true;
       woken = false;
       void fn()
-        .catch(() => false)
+        .catch((err: unknown) => {
+          this.failed(err);
+          return false;
+        })
         .then((idle) => {
           running = false;
           delay = idle && !woken ? Math.min(maxMs, delay * 2) : minMs;

@@ -4,6 +4,7 @@ import type { PeerRecord, RingRecord } from '../model/records.js';
 import type { ClusterContext } from '../replication/cluster-context.js';
 import { checkDownOut, downOutShares, type DownOutCheck, type DownOutShares, type PeerFigures } from '../ring/down-out.js';
 import { advanceRing, planRingChange } from '../ring/transition.js';
+import { rethrowAssertion } from '../util/invariant.js';
 
 export interface TransitionDriverOptions {
   readonly node: { ringAcknowledged(version: number, clients: boolean): Promise<boolean> };
@@ -77,7 +78,7 @@ export class TransitionDriver {
       if (await this.opts.node.ringAcknowledged(ring.version, true)) await this.advance(ring, 'every process reads from the new owners');
       return false;
     }
-    await md.pruneVolumeMoves(ring.version).catch(() => undefined);
+    await md.pruneVolumeMoves(ring.version).catch(rethrowAssertion);
     await this.downOut(ring);
     return this.downSince.size === 0;
   }

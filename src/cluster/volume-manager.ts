@@ -6,6 +6,7 @@ import type { ClusterContext } from '../replication/cluster-context.js';
 import { VolumeCoordinator } from '../replication/coordinator.js';
 import { VolumeReader } from '../replication/reader.js';
 import type { WriteLevel } from '../replication/settings.js';
+import { rethrowAssertion } from '../util/invariant.js';
 import { readOnlyIo, Volume } from '../volume/volume.js';
 import { releaseLock, type ReleasableLock } from './lock-release.js';
 
@@ -196,6 +197,7 @@ export class VolumeManager {
       ov.lockLost = false;
       this.log.info({ volume: ov.name, token: lock.token }, 'volume lock taken again; changes resume');
     } catch (err) {
+      rethrowAssertion(err);
       const heldToken = isTorusError(err, 'TORUS_ERR_VOLUME_IN_USE') ? err.details?.['token'] : undefined;
       if (typeof heldToken === 'number' && heldToken > last) {
         // Another holder has the lock under a token newer than ours:

@@ -22,6 +22,7 @@ import { FileBlockStore } from '../store/file-block-store.js';
 import { BufferPool, poisonFromEnv } from '../util/buffer-pool.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { crc32cDescription } from '../util/crc32c.js';
+import type { InvariantBroken } from '../util/invariant.js';
 import { systemIds, systemRandom } from '../util/random.js';
 import { sleep } from '../util/timeout.js';
 import { VolumeExports } from '../volume/volume-exports.js';
@@ -95,6 +96,12 @@ export class TorusDaemon {
   constructor(
     private readonly config: DaemonConfig,
     logger: Logger,
+    /**
+     * Where a broken invariant on a request path or in background work goes
+     * (util/invariant.ts): cmd/torusd.ts logs it and exits with
+     * EXIT_INVARIANT_BROKEN.
+     */
+    private readonly onInvariantBroken: InvariantBroken,
     clock: Clock = systemClock,
   ) {
     this.root = logger;
@@ -163,6 +170,7 @@ export class TorusDaemon {
       peerRecord: () => this.peerRecord(),
       onSessionOpened: (id) => writeLeaseFile(cfg.dataDir, id),
       onLiveChange: (live) => this.metrics.setEtcdHealthy(live),
+      onInvariantBroken: this.onInvariantBroken,
     });
 
     this.peerServer = new PeerServer({
@@ -175,6 +183,7 @@ export class TorusDaemon {
       secret,
       clock: this.clock,
       pool: this.pool,
+      onInvariantBroken: this.onInvariantBroken,
     });
     const peerBound = await this.peerServer.listen(cfg.peerAddress.host, cfg.peerAddress.port);
     // Others dial the configured address; a port of 0 (tests) means the bound one.
@@ -191,6 +200,7 @@ export class TorusDaemon {
       holder: `torusd ${uuid} on ${nodeName()} (pid ${process.pid})`,
       logger: this.root,
       faultInjection: process.env['TORUS_FAULT_INJECTION'] === '1',
+      onInvariantBroken: this.onInvariantBroken,
     });
     const resumeLease = await this.attach.load();
 
@@ -226,6 +236,7 @@ export class TorusDaemon {
       onRequest: (r) => this.metrics.nbdRequest(r.command as NbdCommandName, r.bytes, r.latencyMs, r.error),
       onConnection: (event) => (event === 'open' ? this.metrics.nbdConnectionOpened() : this.metrics.nbdConnectionClosed()),
       pool: this.pool,
+      onInvariantBroken: this.onInvariantBroken,
     });
     const nbdBound = await this.nbd.listen(cfg.nbd.host, cfg.nbd.port);
     this.addresses.nbd = `${cfg.nbd.host}:${nbdBound.port}`;

@@ -15,6 +15,9 @@
  *   than "broken"; stores are expected to queue (bounded) before giving up.
  * - TORUS_ERR_STORE_CLOSED -> ESHUTDOWN (the daemon is going down).
  * - Anything unknown -> EIO.
+ * - TORUS_ERR_ASSERTION never gets here: a broken invariant is no answer
+ *   for the client; the session reports it (util/invariant.ts) and the
+ *   process stops.
  *
  * Option replies (toOptionError) follow the spec's meanings, because clients
  * print their own text for each reply and not ours (libnbd says "server has

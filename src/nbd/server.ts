@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
 import { BufferPool } from '../util/buffer-pool.js';
 import { systemClock, type Clock } from '../util/clock.js';
+import type { InvariantBroken } from '../util/invariant.js';
 import { enableDirectReads, type DirectReadTarget } from '../util/socket-direct-reads.js';
 import type { ExportProvider } from './export.js';
 import { resolveLimits, type NbdLimits } from './limits.js';
@@ -27,6 +28,8 @@ export interface NbdServerOptions extends Partial<NbdLimits> {
   readonly onConnection?: (event: 'open' | 'close') => void;
   /** Buffers for WRITE payloads; the daemon shares one pool with its block store. */
   readonly pool?: BufferPool;
+  /** A request broke an invariant (util/invariant.ts): not answered; the process's hook stops it. Default: crash. */
+  readonly onInvariantBroken?: InvariantBroken;
 }
 
 export interface NbdServerAddress {
@@ -46,6 +49,7 @@ export class NbdServer {
   private readonly connectionsMax: number;
   private readonly onConnection: ((event: 'open' | 'close') => void) | undefined;
   private readonly pool: BufferPool;
+  private readonly onInvariantBroken: InvariantBroken | undefined;
   /** READ/WRITE bytes held by all connections at once (limits.serverInflightBytesMax). */
   readonly budget: ByteBudget;
   private readonly sessions = new Set<NbdSession>();
@@ -53,8 +57,9 @@ export class NbdServer {
   private closing: Promise<void> | null = null;
 
   constructor(opts: NbdServerOptions) {
-    const { provider, logger, clock, onRequest, connectionsMax, onConnection, pool, ...limits } = opts;
+    const { provider, logger, clock, onRequest, connectionsMax, onConnection, pool, onInvariantBroken, ...limits } = opts;
     this.onConnection = onConnection;
+    this.onInvariantBroken = onInvariantBroken;
     this.pool = pool ?? new BufferPool();
     this.limits = resolveLimits(limits);
     this.budget = new ByteBudget(this.limits.serverInflightBytesMax);
@@ -122,6 +127,7 @@ export class NbdServer {
       pool: this.pool,
       budget: this.budget,
       attachInput,
+      onInvariantBroken: this.onInvariantBroken,
     });
     this.sessions.add(session);
     this.onConnection?.('open');

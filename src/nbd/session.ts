@@ -10,9 +10,11 @@
  */
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
+import type { TorusError } from '../errors/torus-error.js';
 import type { Clock } from '../util/clock.js';
 import { BufferPool, releaseBuffer } from '../util/buffer-pool.js';
 import { assert } from '../util/assert.js';
+import { crashOnInvariantBroken, isAssertionFailure, type InvariantBroken } from '../util/invariant.js';
 import { ByteQueue } from '../util/byte-queue.js';
 import type { DirectReadTarget } from '../util/socket-direct-reads.js';
 import {
@@ -65,6 +67,7 @@ import {
   INFO_NAME,
   META_CONTEXT_BASE_ALLOCATION,
   META_CONTEXT_BASE_ALLOCATION_ID,
+  NBD_EIO,
   OPT_ABORT,
   OPT_EXPORT_NAME,
   OPT_GO,
@@ -120,6 +123,11 @@ export interface NbdSessionOptions {
   readonly attachInput?: (target: DirectReadTarget) => boolean;
   /** Shared by every connection of a server (limits.serverInflightBytesMax); none: no shared limit. */
   readonly budget?: ByteBudget;
+  /**
+   * An export (or this session) broke an invariant (util/invariant.ts): the
+   * request gets no reply and the connection is dropped. Default: crash.
+   */
+  readonly onInvariantBroken?: InvariantBroken;
 }
 
 /** The reused buffer socket reads land in when no payload is being read. */
@@ -167,6 +175,7 @@ export class NbdSession {
   private readonly clock: Clock;
   private readonly limits: NbdLimits;
   private readonly onRequest: RequestObserver | undefined;
+  private readonly invariantBroken: InvariantBroken;
   private readonly queue = new ByteQueue();
   private readonly pool: BufferPool;
   /** Direct reads only: the buffer reads land in while no target takes them. */
@@ -222,6 +231,7 @@ export class NbdSession {
     this.clock = opts.clock;
     this.limits = opts.limits;
     this.onRequest = opts.onRequest;
+    this.invariantBroken = opts.onInvariantBroken ?? crashOnInvariantBroken;
     this.pool = opts.pool ?? new BufferPool();
     this.budget = opts.budget ?? null;
     this.log = opts.logger.child({ module: 'nbd', remote: opts.remote });
@@ -516,6 +526,7 @@ export class NbdSession {
     this.optionBusy = true;
     this.handleOption(option, data)
       .catch((err: unknown) => {
+        if (isAssertionFailure(err)) return this.broken(err, { option: optionName(option) });
         // A bug in option handling: do not leave the client hanging.
         this.log.warn({ err, option: optionName(option) }, 'nbd option handling failed');
         this.stream.destroy();
@@ -564,6 +575,7 @@ export class NbdSession {
     try {
       exp = await this.provider.open(name, { remote: this.remote });
     } catch (err) {
+      if (isAssertionFailure(err)) return this.broken(err, { option: optionName(OPT_EXPORT_NAME), export: name });
       // The spec leaves no way to report an error here but closing.
       this.log.info({ export: name, err }, 'nbd export refused');
       this.stream.destroy();
@@ -662,6 +674,7 @@ export class NbdSession {
    * at info; a failure of this server (etcd unreachable, a bug) at warn.
    */
   private replyOptionError(option: number, err: unknown, exportName?: string): void {
+    if (isAssertionFailure(err)) return this.broken(err, { option: optionName(option), export: exportName });
     const e = toOptionError(err);
     const fields = { option: optionName(option), export: exportName, reply: optionReplyName(e.type), err };
     if (e.aboutExport) this.log.info(fields, 'nbd export refused');
@@ -728,7 +741,7 @@ export class NbdSession {
           const data = await call(() => exp.read(h.offset, h.length));
           if (data.length !== h.length) {
             releaseBuffer(data);
-            throw new Error(`export returned ${data.length} bytes for a ${h.length}-byte read`);
+            assert(false, `the export returned ${data.length} bytes for a ${h.length}-byte read`);
           }
           // The data is ours now; it goes back to its pool once the socket wrote it.
           if (this.structured) this.write(encodeReadChunkHeader(h.cookie, h.offset, data.length), data, true, h.length);
@@ -757,21 +770,36 @@ export class NbdSession {
           break;
         case CMD_BLOCK_STATUS: {
           const extents = clipExtents(await call(() => exp.blockStatus(h.offset, h.length)), h.length, (h.flags & CMD_FLAG_REQ_ONE) !== 0);
-          if (extents.length === 0) throw new Error('export returned no extents');
+          assert(extents.length > 0, 'the export returned extents');
           this.write(encodeBlockStatusReply(h.cookie, META_CONTEXT_BASE_ALLOCATION_ID, extents));
           return 0;
         }
         default:
-          throw new Error(`unhandled command ${h.type}`);
+          assert(false, `validation lets through only commands handled here, not ${h.type}`);
       }
       this.write(encodeSimpleReply(h.cookie, 0));
       return 0;
     } catch (err) {
+      if (isAssertionFailure(err)) {
+        this.broken(err, { export: this.exportName, command: commandName(h.type), offset: h.offset, length: h.length });
+        // Counted as failed (metrics, the budget); no reply goes out.
+        return NBD_EIO;
+      }
       const errno = toNbdErrno(err);
       if (this.debug) this.log.debug({ err, command: commandName(h.type), offset: h.offset, length: h.length, errno: errnoName(errno) }, 'nbd request failed');
       this.replyError(h, errno, errorMessage(err));
       return errno;
     }
+  }
+
+  /**
+   * A broken invariant is reported, never answered (an EIO would let the
+   * client go on against state that is not to be trusted); the connection
+   * is dropped, in case the hook lets the process live (tests).
+   */
+  private broken(err: TorusError, fields: Record<string, unknown>): void {
+    this.invariantBroken(err, { module: 'nbd', remote: this.remote, ...fields });
+    this.stream.destroy();
   }
 
   private replyError(h: RequestHeader, errno: number, message: string): void {

@@ -4,6 +4,7 @@ import { TorusError } from '../errors/torus-error.js';
 import type { ReplicaApi } from '../model/replica-api.js';
 import { releaseBuffer } from '../util/buffer-pool.js';
 import type { Clock } from '../util/clock.js';
+import { isAssertionFailure, type InvariantBroken } from '../util/invariant.js';
 import {
   RequestDecoder,
   type PayloadBuffers,
@@ -73,6 +74,8 @@ export class ServerConnection {
     private readonly remote: RemoteEnd,
     private readonly refusals: RefusalLog,
     private readonly log: Logger,
+    /** A request broke an invariant here (util/invariant.ts): it is not answered, the connection is cut. */
+    private readonly invariantBroken: InvariantBroken,
     /** Where request payloads are received (the daemon's pool); plain buffers by default. */
     buffers?: PayloadBuffers,
   ) {
@@ -215,6 +218,10 @@ export class ServerConnection {
    * what is in flight, then close.
    */
   private onBrokenStream(err: TorusError): void {
+    if (err.code === 'TORUS_ERR_ASSERTION') {
+      this.broken(err, {});
+      return;
+    }
     this.log.warn({ err }, 'peer connection stream is damaged; closing it');
     const requestId = err.details?.['requestId'];
     if (typeof requestId === 'number') {
@@ -239,12 +246,15 @@ export class ServerConnection {
     this.call(req).then(
       (parts) => this.finish(frame, cost, STATUS_OK, parts),
       (err: unknown) => {
-        if (err instanceof TorusError && err.code === 'TORUS_ERR_ASSERTION') {
-          // The request was validated, so the replica (or its answer) broke an invariant: a bug worth an error log.
-          this.log.error({ err, requestId: frame.requestId, opcode: OPCODE_NAMES[req.opcode] }, 'replica assertion failed');
-        } else {
-          this.log.debug({ err, requestId: frame.requestId }, 'peer request failed');
+        if (isAssertionFailure(err)) {
+          // The request was validated, so the replica (or its answer) broke
+          // an invariant: a bug of this process, not an answer for the
+          // client (which would take it as this replica's refusal and go on).
+          releaseBuffer(frame.payload);
+          this.broken(err, { requestId: frame.requestId, opcode: OPCODE_NAMES[req.opcode] });
+          return;
         }
+        this.log.debug({ err, requestId: frame.requestId }, 'peer request failed');
         this.finish(frame, cost, STATUS_ERROR, [errorToPayload(err)]);
       },
     );
@@ -261,7 +271,7 @@ export class ServerConnection {
     } catch (err) {
       return Promise.reject(err);
     }
-    // Encoding inside the promise chain: a value the protocol cannot carry is an error reply, not a crash of the reply path.
+    // Encoding inside the promise chain: a value the protocol cannot carry (an assertion of the encoder) goes where the replica's own do.
     return pending.then((value) => encodeReply(req, value as never));
   }
 
@@ -297,6 +307,16 @@ export class ServerConnection {
       case Opcode.HELLO:
         return api.hello(req.ctx);
     }
+  }
+
+  /**
+   * Reported to the process's hook, which stops it; the connection is cut
+   * without answering what is in flight (in case the hook lets the process
+   * live: tests), as a crash would.
+   */
+  private broken(err: TorusError, fields: Record<string, unknown>): void {
+    this.invariantBroken(err, { module: 'peer-server', remote: this.remote.label, ...fields });
+    this.destroy();
   }
 
   private finish(frame: RequestFrame, cost: number, status: number, parts: Buffer[]): void {

@@ -6,6 +6,7 @@ import type { ReplicaApi } from '../model/replica-api.js';
 import { assert } from '../util/assert.js';
 import type { BufferPool } from '../util/buffer-pool.js';
 import { systemClock, type Clock } from '../util/clock.js';
+import { crashOnInvariantBroken, type InvariantBroken } from '../util/invariant.js';
 import { systemRandom, type Random } from '../util/random.js';
 import { formatPeerAddress, type PeerAddress } from './address.js';
 import { resolveSecret } from './auth.js';
@@ -52,6 +53,12 @@ export interface PeerServerOptions {
   readonly handshakeTimeoutMs?: number;
   /** close() waits this long for requests in flight, then cuts connections. Default 10 s. */
   readonly closeTimeoutMs?: number;
+  /**
+   * The replica broke an invariant serving a request (util/invariant.ts):
+   * no error reply goes out, the connection is cut, and this hook (torusd:
+   * log and exit) is called. Default: crash.
+   */
+  readonly onInvariantBroken?: InvariantBroken;
 }
 
 const DEFAULTS = {
@@ -60,6 +67,7 @@ const DEFAULTS = {
   connectionsMax: 1024,
   handshakeTimeoutMs: 5_000,
   closeTimeoutMs: 10_000,
+  onInvariantBroken: crashOnInvariantBroken,
 };
 
 /**
@@ -163,6 +171,7 @@ export class PeerServer {
       { label, host: remote.host },
       this.refusals,
       log,
+      this.opts.onInvariantBroken,
       this.buffers,
     );
     this.connections.add(conn);

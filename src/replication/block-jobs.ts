@@ -3,6 +3,7 @@ import { isTorusError } from '../errors/torus-error.js';
 import type { ListedBlock } from '../model/block-meta.js';
 import { LIST_BLOCKS_MAX } from '../model/replica-api.js';
 import { transitionPeers } from '../ring/transition.js';
+import { reportAssertion, rethrowAssertion, unlessAssertion } from '../util/invariant.js';
 import { withTimeout } from '../util/timeout.js';
 import type { VolumeCoordinator } from './coordinator.js';
 import { planCatchUp } from './catch-up-plan.js';
@@ -38,9 +39,13 @@ export class VolumeJobs {
   /** The ring version of the last check of every copy that this coordinator made or read back. */
   private checkedRing = -1;
 
+  /** For a stale record cleared in passing (nobody awaits it): a failure is dropped, a broken invariant reported. */
+  private readonly dropped: (err: unknown) => void;
+
   constructor(private readonly c: VolumeCoordinator) {
     this.log = c.log.child({ job: 'background' });
     this.lastScrubAt = c.ctx.clock.monotonic();
+    this.dropped = reportAssertion(c.ctx.invariantBroken, { module: 'coordinator', volume: c.volume.name, job: 'background' });
   }
 
   /**
@@ -62,6 +67,7 @@ export class VolumeJobs {
     try {
       await this.c.stale.refresh();
     } catch (err) {
+      rethrowAssertion(err);
       this.log.debug({ err }, 'could not refresh stale records; working from memory');
     }
     await this.catchUp(report);
@@ -96,6 +102,7 @@ export class VolumeJobs {
         await withTimeout(api.fence(c.ctx.requestContext(), c.volume.id, c.currentToken), c.ctx.settings.replicaTimeoutMs, c.ctx.clock, `fence on peer ${peer}`);
       } catch (err) {
         if (isTorusError(err, 'TORUS_ERR_VOLUME_FENCED')) throw err;
+        rethrowAssertion(err);
         c.ctx.health.failed(peer);
         report.pending++;
         continue;
@@ -117,11 +124,11 @@ export class VolumeJobs {
         const owners = ownersOf(c.ctx.ring(), c.refOf(index));
         if (!owners.all.includes(peer)) {
           // No longer an owner of this block: nothing to catch up.
-          if (missed !== 'all') void c.stale.clear(peer, [index], c.currentToken).catch(() => undefined);
+          if (missed !== 'all') void c.stale.clear(peer, [index], c.currentToken).catch(this.dropped);
           continue;
         }
         const r = await c.syncBlock(index, [peer], this.budget, (fixed) => {
-          if (fixed.includes(peer) && missed !== 'all') void c.stale.clear(peer, [index], c.currentToken).catch(() => undefined);
+          if (fixed.includes(peer) && missed !== 'all') void c.stale.clear(peer, [index], c.currentToken).catch(this.dropped);
         });
         if (r.fixed.includes(peer)) copied++;
         else {
@@ -130,7 +137,7 @@ export class VolumeJobs {
         }
       }
       if (missed === 'all' && allFixed) {
-        const cleared = await c.stale.clearAll(peer, generation, c.currentToken).catch(() => false);
+        const cleared = await c.stale.clearAll(peer, generation, c.currentToken).catch(unlessAssertion(false));
         if (!cleared) report.pending++;
       }
       report.caughtUp += copied;
@@ -167,6 +174,7 @@ export class VolumeJobs {
       trustedOf: (index) => c.trustedOwners(index, ownersOf(ring, c.refOf(index))),
     });
     const narrowed = await c.stale.narrow(peer, keep, c.currentToken).catch((err: unknown) => {
+      rethrowAssertion(err);
       this.log.debug({ err, peer }, 'could not narrow a whole-volume stale record');
       return false;
     });
@@ -192,7 +200,7 @@ export class VolumeJobs {
       for (const b of blocks) {
         if (!b.suspect || c.isClosed || c.fencedBy) continue;
         const r = await c.syncBlock(b.ref.index, [peer], this.budget, (fixed) => {
-          if (fixed.includes(peer) && c.stale.isStale(peer, b.ref.index)) void c.stale.clear(peer, [b.ref.index], c.currentToken).catch(() => undefined);
+          if (fixed.includes(peer) && c.stale.isStale(peer, b.ref.index)) void c.stale.clear(peer, [b.ref.index], c.currentToken).catch(this.dropped);
         });
         if (r.fixed.includes(peer)) report.repaired++;
         else report.pending++;
@@ -213,7 +221,7 @@ export class VolumeJobs {
     const t = ring.transition;
     if (t === null || t.phase !== 'moving') return;
     const v = t.startedVersion;
-    const records = await c.ctx.metadata.listVolumeMoves(v).catch(() => null);
+    const records = await c.ctx.metadata.listVolumeMoves(v).catch(unlessAssertion(null));
     if (records === null) {
       report.pending++;
       return;
@@ -272,7 +280,7 @@ export class VolumeJobs {
       }
       scanned++;
       const r = await c.syncBlock(index, owners.now, this.budget, (fixed) => {
-        for (const u of fixed) if (c.stale.isStale(u, index)) void c.stale.clear(u, [index], c.currentToken).catch(() => undefined);
+        for (const u of fixed) if (c.stale.isStale(u, index)) void c.stale.clear(u, [index], c.currentToken).catch(this.dropped);
       });
       if (!r.unavailable && r.failed.length === 0) {
         c.markMoved(index, v);
@@ -301,6 +309,7 @@ export class VolumeJobs {
         c.currentToken,
       )
       .catch((err: unknown) => {
+        rethrowAssertion(err);
         this.log.warn({ err }, 'could not record move progress');
         if (done) throw err;
       });
@@ -317,7 +326,7 @@ export class VolumeJobs {
   private async scanDue(): Promise<boolean> {
     const ring = this.c.ctx.ring();
     if (ring.transition !== null || this.checkedRing === ring.version) return false;
-    const health = await this.c.ctx.metadata.listVolumeHealth().catch(() => null);
+    const health = await this.c.ctx.metadata.listVolumeHealth().catch(unlessAssertion(null));
     if (health === null) return false;
     const h = health.find((x) => x.volumeId === this.c.volume.id);
     if (h !== undefined && h.ringVersion === ring.version) {
@@ -354,7 +363,7 @@ export class VolumeJobs {
       const owners = ownersOf(c.ctx.ring(), c.refOf(index));
       const before = c.lagging(index);
       const r = await c.syncBlock(index, owners.now, this.budget, (fixed) => {
-        for (const u of fixed) if (c.stale.isStale(u, index)) void c.stale.clear(u, [index], c.currentToken).catch(() => undefined);
+        for (const u of fixed) if (c.stale.isStale(u, index)) void c.stale.clear(u, [index], c.currentToken).catch(this.dropped);
       });
       if (r.unavailable || r.failed.length > 0) short++;
       repaired += r.fixed.filter((u) => before.includes(u)).length;
@@ -376,9 +385,9 @@ export class VolumeJobs {
         } catch (err) {
           if (isTorusError(err, 'TORUS_ERR_STORE_CRC_MISMATCH') || isTorusError(err, 'TORUS_ERR_REPLICA_STALE')) {
             this.log.warn({ block: index, peer: u }, 'scrub found a corrupt copy; replacing it');
-            await c.stale.record(u, [index]).catch(() => undefined);
+            await c.stale.record(u, [index]).catch(rethrowAssertion);
             const again = await c.syncBlock(index, [u], this.budget, (fixed) => {
-              if (fixed.includes(u)) void c.stale.clear(u, [index], c.currentToken).catch(() => undefined);
+              if (fixed.includes(u)) void c.stale.clear(u, [index], c.currentToken).catch(this.dropped);
             });
             if (again.fixed.includes(u)) repaired++;
             else short++;
@@ -398,7 +407,10 @@ export class VolumeJobs {
     if (short === 0) this.checkedRing = ring.version;
     await c.ctx.metadata
       .putVolumeHealth({ schema: 1, volumeId: c.volume.id, ringVersion: ring.version, blocks: sorted.length, short, repaired, divergent, checkedAt: new Date(c.ctx.clock.now()).toISOString() })
-      .catch((err: unknown) => this.log.warn({ err }, 'could not record the scrub result'));
+      .catch((err: unknown) => {
+        rethrowAssertion(err);
+        this.log.warn({ err }, 'could not record the scrub result');
+      });
     this.log.info({ blocks: sorted.length, short, repaired, divergent, deep }, deep ? 'scrub done' : 'copies checked');
   }
 
@@ -417,6 +429,7 @@ export class VolumeJobs {
         after = page.blocks[page.blocks.length - 1]!.ref;
       }
     } catch (err) {
+      rethrowAssertion(err);
       this.log.debug({ err, peer: u }, 'could not list a peer\'s blocks');
       return null;
     }

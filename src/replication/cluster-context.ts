@@ -3,6 +3,7 @@ import type { MetadataService } from '../metadata/metadata-service.js';
 import type { ReplicaApi, RequestContext } from '../model/replica-api.js';
 import type { RingRecord } from '../model/records.js';
 import type { Clock } from '../util/clock.js';
+import type { InvariantBroken } from '../util/invariant.js';
 import type { Random } from '../util/random.js';
 import type { PeerHealth } from './peer-health.js';
 import type { ReplicationStats } from './stats.js';
@@ -25,6 +26,12 @@ export interface ClusterContext {
   readonly throttle: Throttle;
   readonly stats: ReplicationStats;
   readonly logger: Logger;
+  /**
+   * Where work nobody awaits (a stale record cleared in passing, a change
+   * acknowledged early) reports a broken invariant (util/invariant.ts);
+   * awaited work lets the assertion failure go on up instead.
+   */
+  readonly invariantBroken: InvariantBroken;
   /** The ring this process uses now. */
   ring(): RingRecord;
   /** The context to stamp on a request now. */

@@ -9,6 +9,7 @@ import { formatVersion, makeVersion, SEQ_MAX, VERSION_ABSENT, versionToken, type
 import { assert } from '../util/assert.js';
 import { releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
 import { crc32c } from '../util/crc32c.js';
+import { isAssertionFailure, rethrowAssertion, unlessAssertion } from '../util/invariant.js';
 import { sleep, withTimeout } from '../util/timeout.js';
 import { BlockOrder } from './block-order.js';
 import { BlockTable, type BlockEntry } from './block-table.js';
@@ -247,6 +248,7 @@ export class VolumeCoordinator {
         return;
       }
       if (isTorusError(r.reason, 'TORUS_ERR_VOLUME_FENCED')) throw r.reason;
+      rethrowAssertion(r.reason);
       missed.push(u);
       if (classifyFailure(r.reason) === 'peer') this.ctx.health.failed(u);
     });
@@ -513,7 +515,8 @@ export class VolumeCoordinator {
     // this coordinator trusted, and a later writer read the owner's zeroes).
     try {
       await this.stale.ensureDurable(ownersOf(this.ctx.ring(), this.refOf(index)).all, index);
-    } catch {
+    } catch (err) {
+      rethrowAssertion(err);
       return false;
     }
     if (this.blocks.peek(index) !== undefined && this.durableCopies(index) >= this.quorumFor(index)) return true;
@@ -522,7 +525,8 @@ export class VolumeCoordinator {
     // durably by now (a catch-up); a block would stay short for good.
     try {
       await this.touch(index, { fresh: true });
-    } catch {
+    } catch (err) {
+      rethrowAssertion(err);
       return false;
     }
     return this.durableCopies(index) >= this.quorumFor(index);
@@ -561,6 +565,8 @@ export class VolumeCoordinator {
     }
     this.log.warn({ peer: u, blocks: blocks.length }, 'a replica restarted with unflushed changes; they are recorded stale for it');
     const recorded = this.stale.record(u, blocks).catch((err: unknown) => {
+      // Nobody awaits this record: a broken invariant is reported from here.
+      if (isAssertionFailure(err)) return this.ctx.invariantBroken(err, { module: 'coordinator', volume: this.volume.name, peer: u });
       this.lostSinceFlush ??= new TorusError('TORUS_ERR_REPLICA_QUORUM', `changes a restarted replica lost could not be recorded stale`, { cause: err });
     });
     this.background.add(recorded);
@@ -628,6 +634,8 @@ export class VolumeCoordinator {
         const tracked = done.finished.then(
           () => undefined,
           (err: unknown) => {
+            // Acknowledged already, so nobody awaits the rest: a broken invariant is reported from here.
+            if (isAssertionFailure(err)) return this.ctx.invariantBroken(err, { module: 'coordinator', volume: this.volume.name, block: index });
             // Acknowledged with fewer than minReplicas copies: every flush
             // fails until the block has them durable again (a catch-up of
             // the owners that missed it, or a later change that reaches
@@ -660,7 +668,7 @@ export class VolumeCoordinator {
   private async repairBelowQuorum(index: number): Promise<void> {
     // Learnt here when new (cheap when known; learning records owners found
     // behind); a failure is the change's own to report.
-    const e = await this.touch(index).catch(() => null);
+    const e = await this.touch(index).catch(unlessAssertion(null));
     // Nothing recorded for the block (nearly always): nothing to repair.
     if (e === null || !this.stale.anyStale(index)) return;
     const owners = ownersOf(this.ctx.ring(), this.refOf(index));
@@ -682,6 +690,7 @@ export class VolumeCoordinator {
       return null;
     });
     const cleared = await Promise.allSettled(clears);
+    for (const c of cleared) if (c.status === 'rejected') rethrowAssertion(c.reason);
     if (r !== null && r.fixed.length > 0) this.log.info({ block: index, peers: r.fixed, trusted: cleared.every((c) => c.status === 'fulfilled') }, 'caught owners of the block up before a change that needed them');
   }
 
@@ -865,6 +874,7 @@ export class VolumeCoordinator {
         await Promise.all([...record.map((u) => this.stale.record(u, [e.index])), ...unsure.map((u) => this.stale.recordUnsure(u, [e.index]))]);
       } catch (err) {
         this.markUnsure(e);
+        rethrowAssertion(err);
         throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `block ${e.index} of ${this.volume.name}: owners that missed the change could not be recorded stale in etcd, so it is not acknowledged`, { cause: err });
       }
       this.ctx.stats.staleRecorded += record.length;
@@ -1152,6 +1162,7 @@ export class VolumeCoordinator {
       try {
         await this.stale.ensureDurable(owners.all, index);
       } catch (err) {
+        rethrowAssertion(err);
         throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: an owner that missed a change to it could not be recorded stale in etcd`, { cause: err, details: { block: index } });
       }
       // Owners unsure for the block (a change no one confirmed) hold every
@@ -1289,6 +1300,7 @@ export class VolumeCoordinator {
         await Promise.all(
           resolved.map((u) =>
             this.stale.clear(u, [index], this.token).catch((err: unknown) => {
+              rethrowAssertion(err);
               this.log.debug({ err, block: index, peer: u }, 'could not clear an unsure record in etcd');
             }),
           ),
@@ -1351,7 +1363,7 @@ export class VolumeCoordinator {
       for (const { u, m } of candidates) {
         const api = this.ctx.replica(u);
         if (api === null) return null;
-        const dropped = await withTimeout(api.drop(this.ctx.requestContext(), ref, m.version, { token: this.token }), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `drop on peer ${u}`).catch(() => false);
+        const dropped = await withTimeout(api.drop(this.ctx.requestContext(), ref, m.version, { token: this.token }), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `drop on peer ${u}`).catch(unlessAssertion(false));
         if (!dropped) return null;
         got.set(u, ABSENT_META);
       }

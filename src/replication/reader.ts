@@ -4,6 +4,7 @@ import { compareCopies, type BlockMeta } from '../model/block-meta.js';
 import { blockRef, type BlockRef } from '../model/block-ref.js';
 import type { VolumeMoveRecord, VolumeRecord } from '../model/records.js';
 import { VERSION_ABSENT, type Version } from '../model/version.js';
+import { unlessAssertion } from '../util/invariant.js';
 import { withTimeout } from '../util/timeout.js';
 import type { ClusterContext } from './cluster-context.js';
 import { classifyFailure } from './coordinator.js';
@@ -130,7 +131,7 @@ export class VolumeReader {
   private async refreshMoved(): Promise<void> {
     const t = this.ctx.ring().transition;
     if (t === null || t.phase !== 'moving' || this.movedVersion === t.startedVersion) return;
-    const records: VolumeMoveRecord[] = await this.ctx.metadata.listVolumeMoves(t.startedVersion).catch(() => []);
+    const records: VolumeMoveRecord[] = await this.ctx.metadata.listVolumeMoves(t.startedVersion).catch(unlessAssertion([]));
     if (records.some((r) => r.volumeId === this.volume.id && r.done)) this.movedVersion = t.startedVersion;
   }
 

@@ -6,6 +6,7 @@ import type { Version } from '../../src/model/version.js';
 import type { BlockRef } from '../../src/model/block-ref.js';
 import type { LocalBlockStore } from '../../src/store/local-store.js';
 import type { Clock } from '../../src/util/clock.js';
+import type { InvariantBroken } from '../../src/util/invariant.js';
 import type { Ids, Random } from '../../src/util/random.js';
 import type { FencePersistence } from '../../src/store/fence-file.js';
 
@@ -38,6 +39,8 @@ export interface NodeEnv {
   readonly peerRecord: () => PeerRecord;
   /** Every change the local replica applies. */
   readonly onApplied: (change: AppliedChangeLike) => void;
+  /** The node broke an invariant where no caller sees it (background work): the seed fails as a bug. */
+  readonly onInvariantBroken: InvariantBroken;
 }
 
 /** The volume as a client (NBD) uses it: byte ranges. */

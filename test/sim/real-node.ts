@@ -44,6 +44,7 @@ export function nodeDeps(env: NodeEnv): NodeDeps {
     holder: `sim ${env.uuid}`,
     peerRecord: env.peerRecord,
     onApplied: env.onApplied,
+    onInvariantBroken: env.onInvariantBroken,
   };
 }
 

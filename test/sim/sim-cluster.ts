@@ -153,6 +153,7 @@ export class SimCluster {
       timing: this.opts.timing,
       peerRecord: () => this.peerRecord(peer),
       onApplied: (c) => this.opts.onApplied(peer.uuid, c),
+      onInvariantBroken: (err, context) => this.opts.onBug(`${peer.uuid.slice(0, 8)} ${String(context['where'] ?? context['module'] ?? 'node')}`, err),
     });
     peer.node = node;
     this.network.attach(peer.uuid, process, lateReplica(peer.uuid, () => (peer.process === process ? node.replica : null)));

@@ -18,6 +18,8 @@ interface Harness {
   provider: MemoryExportProvider;
   logs: Array<Record<string, unknown>>;
   requests: NbdRequestInfo[];
+  /** What the sessions reported to their onInvariantBroken hook. */
+  broken: Array<{ err: TorusError; context: Record<string, unknown> }>;
   start(limits?: Partial<NbdLimits>, budget?: ByteBudget): { session: NbdSession; client: Parameters<typeof NbdTestClient.connect>[0] };
 }
 
@@ -37,11 +39,13 @@ function harness(): Harness {
   const logs: Array<Record<string, unknown>> = [];
   const logger = pino({ level: 'debug' }, { write: (line: string) => logs.push(JSON.parse(line) as Record<string, unknown>) });
   const requests: NbdRequestInfo[] = [];
+  const broken: Harness['broken'] = [];
   let n = 0;
   return {
     provider,
     logs,
     requests,
+    broken,
     start(limits, budget) {
       const [server, client] = streamPair();
       const session = new NbdSession({
@@ -52,6 +56,7 @@ function harness(): Harness {
         clock: systemClock,
         limits: resolveLimits(limits),
         onRequest: (i) => requests.push(i),
+        onInvariantBroken: (err, context) => broken.push({ err, context }),
         ...(budget ? { budget } : {}),
       });
       sessions.push(session);
@@ -717,5 +722,67 @@ describe('NbdSession transmission', () => {
     client.destroy();
     await session.closed;
     expect(h.provider.releases).toBe(1);
+  });
+});
+
+describe('NbdSession and broken invariants', () => {
+  const bug = () => new TorusError('TORUS_ERR_ASSERTION', 'assertion failed: a block entry is pinned');
+
+  for (const structured of [false, true]) {
+    it(`reports an assertion failure of a request to the hook and sends no error reply (${structured ? 'structured' : 'simple'} replies)`, async () => {
+      const h = harness();
+      const { session, client } = h.start();
+      const c = await openExport(client, 'disk', { structured });
+      h.provider.disk('disk').interceptor = (op) => {
+        if (op === 'read') throw bug();
+      };
+      // No EIO comes back: the connection ends without an answer.
+      await expect(c.request({ type: P.CMD_READ, offset: 4096, length: 512 })).rejects.toThrow('connection closed');
+      await session.closed;
+      expect(h.broken).toHaveLength(1);
+      expect(h.broken[0]!.err.code).toBe('TORUS_ERR_ASSERTION');
+      expect(h.broken[0]!.context).toMatchObject({ module: 'nbd', remote: 'test:1', export: 'disk', command: 'read', offset: 4096, length: 512 });
+      expect(h.provider.releases).toBe(1);
+    });
+  }
+
+  it('takes an export that breaks its contract (a short read) for an assertion failure', async () => {
+    const h = harness();
+    const open = h.provider.open.bind(h.provider);
+    h.provider.open = async (name, client) => {
+      const e = await open(name, client);
+      return Object.assign(Object.create(e) as typeof e, { read: async (o: number, l: number) => (await e.read(o, l)).subarray(0, l - 1) });
+    };
+    const { session, client } = h.start();
+    const c = await openExport(client, 'disk');
+    await expect(c.read(0, 100)).rejects.toThrow('connection closed');
+    await session.closed;
+    expect(h.broken.map((b) => b.err.message)).toEqual(['assertion failed: the export returned 99 bytes for a 100-byte read']);
+  });
+
+  it('reports an assertion failure while opening an export instead of refusing it by policy', async () => {
+    const h = harness();
+    h.provider.open = () => Promise.reject(bug());
+    const { session, client } = h.start();
+    const c = await NbdTestClient.connect(client);
+    await expect(c.option(P.OPT_GO, encodeInfoRequest('disk', []))).rejects.toThrow('connection closed');
+    await session.closed;
+    expect(h.broken.map((b) => b.context)).toEqual([{ module: 'nbd', remote: 'test:1', option: 'go', export: 'disk' }]);
+  });
+
+  it('still answers ordinary errors with their NBD error, and the connection lives', async () => {
+    const h = harness();
+    const c = await openExport(h.start().client, 'disk');
+    h.provider.disk('disk').interceptor = (op) => {
+      if (op === 'write') throw new TorusError('TORUS_ERR_STORE_NO_SPACE', 'data dir full');
+      if (op === 'read') throw new TorusError('TORUS_ERR_STORE_IO', 'disk on fire');
+    };
+    const w = await c.request({ type: P.CMD_WRITE, offset: 0, data: Buffer.alloc(8) });
+    expect([w.error, w.message]).toEqual([P.NBD_ENOSPC, 'TORUS_ERR_STORE_NO_SPACE: data dir full']);
+    const r = await c.request({ type: P.CMD_READ, offset: 0, length: 8 });
+    expect([r.error, r.message]).toEqual([P.NBD_EIO, 'TORUS_ERR_STORE_IO: disk on fire']);
+    h.provider.disk('disk').interceptor = null;
+    expect((await c.read(0, 8)).length).toBe(8);
+    expect(h.broken).toEqual([]);
   });
 });
