@@ -482,8 +482,14 @@ export class Workload {
     this.completed++;
     this.opts.log.add(`op ${op.id} given up (${why})`);
     if (op.kind !== 'read' && op.kind !== 'flush') op.vol.model.uncertain(this.candidate(op), op.first, op.count);
-    if (why === 'client timeout' && this.quietThroughout(op)) {
-      this.opts.fail({ guarantee: 'liveness', message: `op ${op.id} (${op.kind} of ${op.vol.name}) got no answer within ${CLIENT_TIMEOUT_MS} ms while no fault was active` });
+    // Guarantee 2: a request is answered within the kernel's NBD timeout,
+    // faults or not. A writer whose own peer died or froze is given up
+    // before (its client sees the connection go, not a timeout); any other
+    // fault (partitions, etcd outages, dead or frozen replicas, lost
+    // messages) must end in an answer, an error if need be, in time.
+    if (why === 'client timeout') {
+      const faults = this.quietThroughout(op) ? 'while no fault was active' : 'while faults were active (a write that cannot reach minReplicas must fail within the bound)';
+      this.opts.fail({ guarantee: 'liveness', message: `op ${op.id} (${op.kind} of ${op.vol.name} through peer ${op.writer.peer.index}) got no answer within ${CLIENT_TIMEOUT_MS} ms ${faults}` });
     }
   }
 
