@@ -65,6 +65,8 @@ export class VolumeManager {
   /** closeAll() was called: the process is stopping and its lease ends with it. */
   private stopping = false;
   private readonly relocking = new Map<OpenVolume, Promise<void>>();
+  /** Sessions lost so far (leaseLost()): a relock that spans one took its lock under a dead lease. */
+  private leasesLost = 0;
 
   constructor(opts: VolumeManagerOptions) {
     this.opts = opts;
@@ -145,6 +147,7 @@ export class VolumeManager {
 
   /** The lease is gone: its locks may be someone else's now. */
   async leaseLost(): Promise<void> {
+    this.leasesLost++;
     for (const ov of await this.list()) {
       if (ov.mode === 'rw' && ov.lock) {
         ov.lockLost = true;
@@ -180,6 +183,7 @@ export class VolumeManager {
     if (!session) return;
     if (ov.mode !== 'rw' || !ov.lockLost || ov.fenced || ov.closing === true) return;
     const last = ov.coordinator?.currentLock.token ?? ov.lock?.token ?? 0;
+    const leasesLost = this.leasesLost;
     try {
       const lock = await session.lockVolume(ov.name, this.opts.holder);
       if (lock.token !== last + 1) {
@@ -193,6 +197,15 @@ export class VolumeManager {
         // Not ours to keep: nothing would ever let it go (seed 556).
         await this.releaseLock(lock, session, ov.name);
         throw err;
+      }
+      if (this.leasesLost !== leasesLost || this.opts.session() !== session) {
+        // The session this lock was taken under was lost while its token
+        // was being published: the lock went with its lease. Changes stay
+        // refused until the next relock, under the new session (seed 2600:
+        // clearing lockLost here left the open holding a dead lease for
+        // good, every change refused with nothing to take the lock again).
+        this.log.warn({ volume: ov.name, token: lock.token }, 'the etcd session was lost while the volume lock was being taken again; taking it again under the new one');
+        return;
       }
       ov.lockLost = false;
       this.log.info({ volume: ov.name, token: lock.token }, 'volume lock taken again; changes resume');
