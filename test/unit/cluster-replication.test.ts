@@ -91,7 +91,7 @@ function metricsOf(p: SimPeer): (name: string) => Promise<number> {
   const metrics = createMetrics(registry, { defaultMetrics: false });
   metrics.setReplicationSource(() => {
     const node = clusterNodes.get(p.node!)!;
-    return { ...node.stats, copiedBytes: node.throttle.totalBytes(), copyBytesPerSec: node.throttle.rate(), failingPeers: 0, ringVersion: 0, ringPhase: 0 };
+    return { ...node.stats, copiedBytes: node.throttle.totalBytes(), copyBytesPerSec: node.throttle.rate(), failingPeers: 0, ringVersion: 0, ringPhase: 0, downOutHeld: 0 };
   });
   return async (name) => {
     const all = (await registry.getMetricsAsJSON()) as { name: string; values: { value: number }[] }[];
