@@ -69,6 +69,9 @@ process.on('SIGTERM', () => stop('SIGTERM'));
 
 daemon.start().catch(async (err: unknown) => {
   if (isAssertionFailure(err)) return onInvariantBroken(err, { module: 'torusd', where: 'start' });
+  // A stop during the start (SIGTERM while it waits for etcd) ends the
+  // start with an error: the stop exits, with its own code.
+  if (stopping) return;
   logger.fatal({ err }, 'torusd could not start');
   process.stderr.write(`torusd: ${err instanceof TorusError ? err.toLine() : String(err)}\n`);
   await daemon.stop().catch(() => undefined);

@@ -78,6 +78,12 @@ export interface NodeDeps {
   /** A new etcd session (lease) was opened: torusd keeps its id in the data dir. */
   readonly onSessionOpened?: (leaseId: string) => Promise<void>;
   /**
+   * The node took a ring of another version from etcd: torusd keeps a copy
+   * in the data dir (src/daemon/cluster-copies.ts) for a start while etcd is
+   * unreachable. Called in order; must not throw.
+   */
+  readonly onRing?: (ring: RingRecord) => void;
+  /**
    * Background work (or work nobody awaits) broke an invariant
    * (util/invariant.ts): torusd logs and exits, the simulation fails the
    * seed. Default: crash.
@@ -124,6 +130,7 @@ export class ClusterNode {
   /** The session was lost again while a reconnect was under way. */
   private lostWhileReconnecting = false;
   private stopped = false;
+  private opening: Promise<void> | null = null;
   private peersKnown = new Set<string>();
   /** Live peers and their suspect volumes at the last listing: a change wakes the background pass. */
   private peersSignature = '';
@@ -231,12 +238,21 @@ export class ClusterNode {
   }
 
   /**
-   * Joins the cluster: loads fences, reads the ring, opens a session,
-   * learns every fence from etcd, records blocks left suspect by an unclean
-   * stop as stale, then serves.
+   * Opens the local replica (fences from their file), with `ring` as the
+   * ring until etcd gives one: what other peers reach answers from here on.
+   * Without a session it admits reads, meta, list and verify and refuses
+   * every change (Replica, live()); nothing else runs until start() has a
+   * session. torusd opens early with the ring kept in its data dir when it
+   * starts while etcd is unreachable; start() opens if nobody did.
    */
-  async start(opts: { resumeLeaseId?: string | null } = {}): Promise<{ resumed: boolean }> {
+  open(opts: { ring?: RingRecord | null } = {}): Promise<void> {
+    this.opening ??= this.openReplica(opts.ring ?? null);
+    return this.opening;
+  }
+
+  private async openReplica(ring: RingRecord | null): Promise<void> {
     const d = this.deps;
+    if (ring !== null) this.ring = ring;
     if (d.store !== null) {
       if (d.fences === null) throw new TorusError('TORUS_ERR_ASSERTION', 'a node with a store needs fence persistence');
       this.fenceTable = await FenceTable.open(d.fences);
@@ -257,7 +273,19 @@ export class ClusterNode {
         logger: d.logger,
       });
     }
-    this.ring = await this.retryEtcd('read the ring', () => d.metadata.getRing());
+  }
+
+  /**
+   * Joins the cluster: opens the replica (if open() has not), reads the
+   * ring, opens a session, learns every fence from etcd, records blocks
+   * left suspect by an unclean stop as stale, then serves. Background work
+   * (maintenance, transitions and down-out, garbage collection) starts only
+   * once live.
+   */
+  async start(opts: { resumeLeaseId?: string | null } = {}): Promise<{ resumed: boolean }> {
+    const d = this.deps;
+    await this.open();
+    this.takeRing(await this.retryEtcd('read the ring', () => d.metadata.getRing()));
     const resumed = await this.becomeLive(opts.resumeLeaseId ?? null);
     this.stopRingWatch = await this.retryEtcd('watch the ring', () => d.metadata.watchRing((ring) => this.applyRing(ring)));
     if (d.store !== null) {
@@ -295,7 +323,11 @@ export class ClusterNode {
     let session: MetadataSession | null = null;
     if (resumeLeaseId !== null) {
       // Kernel attachments of the previous run keep their locks on its lease.
-      session = await d.metadata.resumeSession({ leaseId: resumeLeaseId, ttlSeconds: d.settings.sessionTtlSeconds }).catch((err: unknown) => {
+      // Tried again while etcd does not answer (a start during an outage):
+      // the lease may well outlive the outage.
+      session = await this.retryEtcd('resume the lease of the previous run', () => d.metadata.resumeSession({ leaseId: resumeLeaseId, ttlSeconds: d.settings.sessionTtlSeconds })).catch((err: unknown) => {
+        rethrowAssertion(err);
+        if (this.stopped) throw err;
         this.log.error({ err, lease: resumeLeaseId }, 'could not resume the lease of the previous run; its locks may have been taken over');
         return null;
       });
@@ -307,7 +339,7 @@ export class ClusterNode {
     });
     this.session = session;
     if (d.onSessionOpened) await d.onSessionOpened(session.id).catch((err: unknown) => this.log.warn({ err }, 'could not record the session lease'));
-    this.ring = await this.retryEtcd('read the ring', () => d.metadata.getRing());
+    this.takeRing(await this.retryEtcd('read the ring', () => d.metadata.getRing()));
     if (this.fenceTable !== null) {
       const { fences, revision } = await this.retryEtcd('read the fences', () => d.metadata.listFences());
       for (const [volumeId, token] of fences) await this.fenceTable.learn(volumeId, token);
@@ -398,9 +430,16 @@ export class ClusterNode {
 
   // ------------------------------------------------------------ ring
 
+  /** etcd's ring, whatever the node had (etcd wins over a ring kept in the data dir). */
+  private takeRing(ring: RingRecord): void {
+    const changed = this.ring?.version !== ring.version;
+    this.ring = ring;
+    if (changed) this.deps.onRing?.(ring);
+  }
+
   private applyRing(ring: RingRecord): void {
     if (ring.version <= (this.ring?.version ?? 0)) return;
-    this.ring = ring;
+    this.takeRing(ring);
     this.wakeBackground();
     this.log.info({ ringVersion: ring.version, phase: ring.transition?.phase ?? 'stable', members: ring.members.length }, 'ring changed');
     void this.ack().catch((err: unknown) => this.backgroundFailed(err, 'could not acknowledge the ring'));

@@ -32,32 +32,6 @@ export async function loadOrCreatePeerId(dataDir: string): Promise<{ uuid: strin
 }
 
 /**
- * Binds a data dir to one cluster. After `torusctl wipe` and a new `init`,
- * volume ids start again at 1, so blocks left in an old data dir would be
- * read as the new volumes' data: refuse to start on them instead.
- */
-export async function bindDataDirToCluster(dataDir: string, clusterId: string): Promise<void> {
-  const file = path.join(dataDir, 'cluster.json');
-  try {
-    const doc = JSON.parse(await readFile(file, 'utf8')) as { clusterId?: unknown };
-    if (doc.clusterId === clusterId) return;
-    throw new TorusError(
-      'TORUS_ERR_DATA_DIR_FOREIGN',
-      `data dir ${dataDir} belongs to cluster ${String(doc.clusterId)} but etcd holds cluster ${clusterId} (it was wiped and initialised again); its blocks would be mistaken for the new cluster's volumes: move or remove ${dataDir}`,
-    );
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
-      if (err instanceof TorusError) throw err;
-      throw new TorusError('TORUS_ERR_DAEMON_START', `cannot read ${file}: ${(err as Error).message}`, { cause: err });
-    }
-  }
-  const tmp = `${file}.tmp`;
-  await writeFile(tmp, JSON.stringify({ schema: 1, clusterId }) + '\n', { flush: true });
-  await rename(tmp, file);
-  await fsyncDir(dataDir);
-}
-
-/**
  * Claims a data dir for this process. A pid file names the last torusd that
  * used it, and the boot it ran in; if that process still runs (and is a
  * torusd), starting is refused: two daemons on one store would corrupt it. A

@@ -11,7 +11,7 @@ import { buildHttpApp } from '../http/app.js';
 import { createMetrics, type NbdCommandName, type TorusMetrics } from '../http/metrics.js';
 import type { StatusDocument } from '../http/status.js';
 import { EtcdMetadata } from '../metadata/etcd-metadata.js';
-import type { ClusterConfig, PeerRecord } from '../model/records.js';
+import type { ClusterConfig, PeerRecord, RingRecord } from '../model/records.js';
 import { DEFAULT_BLOCK_SIZE_BYTES, DEFAULT_REPLICATION } from '../model/defaults.js';
 import { NbdServer } from '../nbd/server.js';
 import { formatPeerAddress } from '../peer/address.js';
@@ -33,7 +33,8 @@ import { AttachManager } from '../attach/attach-manager.js';
 import { AttachApiServer } from '../attach/api-server.js';
 import { attachSocketPath } from '../attach/api.js';
 import type { DaemonConfig } from './config.js';
-import { bindDataDirToCluster, claimDataDir, loadOrCreatePeerId, readLeaseFile, releaseDataDir, writeLeaseFile } from './identity.js';
+import { bindDataDirToCluster, clusterForStart, readStartCopies, RingCopyKeeper, type StartCluster, type StartCopies } from './cluster-copies.js';
+import { claimDataDir, loadOrCreatePeerId, readLeaseFile, releaseDataDir, writeLeaseFile } from './identity.js';
 import { resolveClusterSecret } from './secret.js';
 import { libuvWorkerThreads } from './process-limits.js';
 
@@ -82,6 +83,7 @@ export class TorusDaemon {
   private http!: FastifyInstance;
   private metrics!: TorusMetrics;
   private cluster!: ClusterConfig;
+  private ringCopy: RingCopyKeeper | null = null;
   private uuid = '';
   private capacity = 0;
   private addresses = { peer: '', nbd: null as string | null, http: null as string | null };
@@ -118,10 +120,20 @@ export class TorusDaemon {
     this.log.info({ uuid, created, dataDir: path.resolve(cfg.dataDir), crc32c: crc32cDescription() }, 'peer identity');
 
     this.metadata = new EtcdMetadata({ endpoints: cfg.etcdEndpoints, logger: this.root, clock: this.clock });
-    this.cluster = await this.waitForCluster();
-    await bindDataDirToCluster(cfg.dataDir, this.cluster.id);
+    const start = await this.waitForCluster();
+    this.cluster = start.cluster;
+    // Started from the copies: etcd's config is checked against them once it answers (confirmCluster).
+    const keptRing: RingRecord | null = start.source === 'copies' ? start.ring : null;
+    if (start.source === 'etcd') await bindDataDirToCluster(cfg.dataDir, this.cluster);
+    else {
+      this.log.warn(
+        { clusterId: this.cluster.id, ringVersion: start.ring.version },
+        'etcd unreachable: starting from the cluster config and ring kept in the data dir; serving reads to peers until etcd answers',
+      );
+    }
+    this.ringCopy = new RingCopyKeeper(cfg.dataDir, this.cluster.id, this.root);
     this.capacity = await this.resolveCapacity();
-    const secret = await resolveClusterSecret({ file: cfg.clusterSecretFile, dataDir: cfg.dataDir, metadata: this.metadata, logger: this.root });
+    const secret = await this.waitForSecret(start.source === 'copies');
 
     const registry = new Registry();
     this.metrics = createMetrics(registry);
@@ -142,7 +154,8 @@ export class TorusDaemon {
 
     const incarnation = systemIds.uuid();
     this.peers = new PeerDirectory({ blockSize: this.cluster.blockSize, clusterId: this.cluster.id, localUuid: uuid, incarnation, secret, clock: this.clock, logger: this.root, pool: this.pool });
-    this.peers.setPeers(await this.metadata.listPeers().catch(() => []));
+    // From the copies nothing dials peers before the node is live, and it lists them then.
+    if (start.source === 'etcd') this.peers.setPeers(await this.metadata.listPeers().catch(() => []));
     this.node = new ClusterNode({
       uuid,
       metadata: this.metadata,
@@ -169,9 +182,16 @@ export class TorusDaemon {
       holder: `torusd ${uuid} on ${nodeName()} (pid ${process.pid})`,
       peerRecord: () => this.peerRecord(),
       onSessionOpened: (id) => writeLeaseFile(cfg.dataDir, id),
+      onRing: (ring) => this.ringCopy?.offer(ring),
       onLiveChange: (live) => this.metrics.setEtcdHealthy(live),
       onInvariantBroken: this.onInvariantBroken,
     });
+
+    // Started from the copies: the replica answers reads as soon as the peer
+    // port is bound, at the kept ring's version, and refuses every change
+    // until the node has an etcd session (docs/replication.md, "Starting
+    // while etcd is unreachable").
+    if (keptRing !== null) await this.node.open({ ring: keptRing });
 
     this.peerServer = new PeerServer({
       replica: this.node.replicaHandle(),
@@ -203,6 +223,9 @@ export class TorusDaemon {
       onInvariantBroken: this.onInvariantBroken,
     });
     const resumeLease = await this.attach.load();
+
+    // etcd has the last word on what the copies said; until it answers, only the replica serves.
+    if (keptRing !== null) await this.confirmCluster(secret);
 
     // A predecessor killed with -9 left its lease (and with it the locks of
     // the volumes it served) alive for up to a TTL. It is dead (we hold its
@@ -288,6 +311,7 @@ export class TorusDaemon {
     if (this.node) await step('node', () => this.node.stop({ keepLock: (ov) => this.attach?.keepsLock(ov) ?? false, keepLease }));
     if (this.peerServer) await step('peer server', () => this.peerServer.close());
     if (this.peers) await step('peer clients', () => this.peers.close());
+    if (this.ringCopy) await step('ring copy', () => this.ringCopy!.settled());
     if (this.store) await step('store', () => this.store.close());
     if (this.metadata) await step('etcd', () => this.metadata.close());
     if (this.claimed) await step('data dir', () => releaseDataDir(this.config.dataDir));
@@ -296,27 +320,92 @@ export class TorusDaemon {
 
   // ------------------------------------------------------------ etcd: cluster and ring
 
-  /** Waits for etcd and an initialised cluster (or makes one with --debug-init). */
-  private async waitForCluster(): Promise<ClusterConfig> {
+  /**
+   * Waits for etcd and an initialised cluster (or makes one with
+   * --debug-init). While etcd is unreachable, a data dir that kept the
+   * cluster config and a ring (src/daemon/cluster-copies.ts) starts from
+   * them instead; etcd wins whenever it answers.
+   */
+  private async waitForCluster(): Promise<StartCluster> {
+    // Read once, and only when etcd does not answer (nothing writes them meanwhile).
+    let kept: Promise<StartCopies | null> | null = null;
+    return this.retryWhileUnreachable(() => clusterForStart(() => this.clusterFromEtcd(), () => (kept ??= this.keptCopies())));
+  }
+
+  /** The copies in the data dir, or null (none, or unusable: said once, and the start waits for etcd). */
+  private async keptCopies(): Promise<StartCopies | null> {
+    try {
+      return await readStartCopies(this.config.dataDir);
+    } catch (err) {
+      this.log.warn({ err }, 'the cluster copies in the data dir cannot be used; the start waits for etcd');
+      return null;
+    }
+  }
+
+  private async clusterFromEtcd(): Promise<ClusterConfig> {
+    for (;;) {
+      const existing = await this.metadata.getClusterConfig();
+      if (existing) return existing;
+      if (!this.config.debugInit) {
+        throw new TorusError('TORUS_ERR_CLUSTER_NOT_INITIALISED', `the cluster in etcd at ${this.config.etcdEndpoints.join(',')} is not initialised: run "torusctl init" or start torusd with --debug-init`);
+      }
+      try {
+        const made = await this.metadata.initCluster({ blockSize: DEFAULT_BLOCK_SIZE_BYTES, replication: DEFAULT_REPLICATION }, { force: false });
+        this.log.info({ blockSize: made.blockSize, replication: made.replication }, 'cluster initialised (--debug-init)');
+        return made;
+      } catch (err) {
+        // Another peer with --debug-init won the race: use its config.
+        if (!isTorusError(err, 'TORUS_ERR_CLUSTER_ALREADY_INITIALISED')) throw err;
+      }
+    }
+  }
+
+  /**
+   * The cluster secret (secret.ts); while etcd is unreachable and the data
+   * dir has no copy of it, waits for etcd as for the cluster config. With
+   * `etcdUnreachable` (a start from the copies) the first attempt takes the
+   * copy without asking etcd again: confirmCluster checks it against etcd.
+   */
+  private waitForSecret(etcdUnreachable = false): Promise<string> {
+    const cfg = this.config;
+    let first = etcdUnreachable;
+    return this.retryWhileUnreachable(() => {
+      const skip = first;
+      first = false;
+      return resolveClusterSecret({ file: cfg.clusterSecretFile, dataDir: cfg.dataDir, metadata: this.metadata, logger: this.root, etcdUnreachable: skip });
+    });
+  }
+
+  /**
+   * A start from the copies goes on once etcd answers, and only if etcd
+   * holds the same cluster (else TORUS_ERR_DATA_DIR_FOREIGN) with the
+   * secret this run authenticates peers with (else it must restart to use
+   * etcd's): then the copy of the config is refreshed and the node joins.
+   */
+  private async confirmCluster(secretInUse: string): Promise<void> {
+    const cfg = this.config;
+    const fromEtcd = await this.retryWhileUnreachable(() => this.clusterFromEtcd());
+    await bindDataDirToCluster(cfg.dataDir, fromEtcd);
+    if (fromEtcd.blockSize !== this.cluster.blockSize) {
+      throw new TorusError('TORUS_ERR_DAEMON_START', `etcd holds block size ${fromEtcd.blockSize} for cluster ${fromEtcd.id}, the copy this run started from ${this.cluster.blockSize}: start again`);
+    }
+    this.cluster = fromEtcd;
+    const secret = await this.waitForSecret();
+    if (secret !== secretInUse) {
+      throw new TorusError('TORUS_ERR_DAEMON_START', 'the cluster secret etcd holds differs from the copy this run started with: start again to use it');
+    }
+    this.log.info({ clusterId: fromEtcd.id }, 'etcd answers again: joining the cluster');
+  }
+
+  /** Runs `fn` until etcd answers (backing off to RETRY_MS_MAX); a stop ends the wait. */
+  private async retryWhileUnreachable<T>(fn: () => Promise<T>): Promise<T> {
     let delay = 200;
     for (;;) {
+      if (this.stopping) throw new TorusError('TORUS_ERR_DAEMON_START', 'torusd was stopped while it waited for etcd');
       try {
-        const existing = await this.metadata.getClusterConfig();
-        if (existing) return existing;
-        if (!this.config.debugInit) {
-          throw new TorusError('TORUS_ERR_CLUSTER_NOT_INITIALISED', `the cluster in etcd at ${this.config.etcdEndpoints.join(',')} is not initialised: run "torusctl init" or start torusd with --debug-init`);
-        }
-        try {
-          const made = await this.metadata.initCluster({ blockSize: DEFAULT_BLOCK_SIZE_BYTES, replication: DEFAULT_REPLICATION }, { force: false });
-          this.log.info({ blockSize: made.blockSize, replication: made.replication }, 'cluster initialised (--debug-init)');
-          return made;
-        } catch (err) {
-          // Another peer with --debug-init won the race: use its config.
-          if (isTorusError(err, 'TORUS_ERR_CLUSTER_ALREADY_INITIALISED')) continue;
-          throw err;
-        }
+        return await fn();
       } catch (err) {
-        if (!isTorusError(err, 'TORUS_ERR_ETCD_UNAVAILABLE')) throw err;
+        if (!isTorusError(err, 'TORUS_ERR_ETCD_UNAVAILABLE') || this.stopping) throw err;
         this.log.warn({ err, retryMs: delay }, 'etcd unreachable; retrying');
         await sleep(this.clock, delay);
         delay = Math.min(RETRY_MS_MAX, delay * 2);

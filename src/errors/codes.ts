@@ -37,7 +37,7 @@ export const ERROR_CODES = {
   TORUS_ERR_REPLICA_QUORUM: 'fewer owners than minReplicas took a write or flush, so it was not acknowledged',
   TORUS_ERR_DATA_LOST: 'acknowledged, unflushed changes were lost with every copy holding them; every later FLUSH of this open fails: detach and attach again',
   TORUS_ERR_BLOCK_UNAVAILABLE: 'no current copy of a block is reachable (its newest copies are on peers that are down); the read fails rather than return older data',
-  TORUS_ERR_PEER_NOT_LIVE: 'the peer has no etcd session; it refuses requests until it has re-registered and re-read the ring and fences',
+  TORUS_ERR_PEER_NOT_LIVE: 'the peer has no etcd session; it refuses changes until it has re-registered and re-read the ring and fences',
   TORUS_ERR_VERSION_EXHAUSTED: 'one coordinator changed one block 2^32 - 1 times; it must take a new fencing token',
 
   // I/O ranges and the local block store.

@@ -14,6 +14,10 @@ export interface EtcdHandle {
   readonly process: ChildProcess;
   /** Stops etcd (SIGTERM, or SIGKILL with `hard`) and starts it again on the same data dir and ports; resolves once it serves. */
   restart(opts?: { hard?: boolean }): Promise<void>;
+  /** Stops etcd (SIGTERM) and keeps its data dir: an outage until resume(). */
+  halt(): Promise<void>;
+  /** Starts etcd again after halt() on the same data dir and ports; resolves once it serves. */
+  resume(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -76,6 +80,15 @@ export async function startEtcd(): Promise<EtcdHandle> {
     async restart(opts = {}) {
       if (alive()) child.kill(opts.hard ? 'SIGKILL' : 'SIGTERM');
       await exited;
+      launch();
+      await ready();
+    },
+    async halt() {
+      if (alive()) child.kill('SIGTERM');
+      await exited;
+    },
+    async resume() {
+      if (alive()) throw new Error('etcd is running: halt() it first');
       launch();
       await ready();
     },

@@ -294,8 +294,15 @@ export interface TorusdHandle {
   kill(signal: NodeJS.Signals): Promise<ExitStatus>;
   /** SIGTERM and wait (bounded); fails if the daemon does not exit cleanly with code 0. */
   stop(): Promise<void>;
-  /** Starts the daemon again on the same data dir and NBD port (stops it first if running); `extraArgs` are added for this run only. */
-  restart(extraArgs?: string[]): Promise<void>;
+  /**
+   * Starts the daemon again on the same data dir and NBD port (stops it
+   * first if running); `extraArgs` are added for this run only. Resolves
+   * once it is ready, or at once with `{ ready: false }` (a start that waits
+   * for etcd): then waitReady().
+   */
+  restart(extraArgs?: string[], opts?: { ready?: boolean }): Promise<void>;
+  /** Waits for the current run's "torusd ready" (after restart(args, { ready: false })). */
+  waitReady(timeoutMs?: number): Promise<void>;
   /** Stops (SIGKILL if it will not stop) and removes a temporary data dir. Never throws. */
   destroy(): Promise<void>;
 }
@@ -326,14 +333,23 @@ export async function startTorusd(opts: TorusdOptions): Promise<TorusdHandle> {
   let destroyed = false;
 
   async function launch(extraArgs: string[] = []): Promise<void> {
+    spawnRun(extraArgs);
+    await waitReady(READY_TIMEOUT_MS);
+  }
+
+  function spawnRun(extraArgs: string[]): void {
     // A test that timed out may still be running after afterAll destroyed the daemon.
     if (destroyed) throw new Error('torusd was destroyed; not starting it again');
     run = spawnLogged([...args, ...extraArgs], env, opts.netns);
     runs++;
+  }
+
+  async function waitReady(timeoutMs: number): Promise<void> {
+    const current = run;
     try {
-      ready = await run.out.waitForLine('"torusd ready"', (l) => l.msg === 'torusd ready', READY_TIMEOUT_MS, run.exited);
+      ready = await current.out.waitForLine('"torusd ready"', (l) => l.msg === 'torusd ready', timeoutMs, current.exited);
     } catch (err) {
-      await killAndWait(run, 'SIGKILL', STOP_TIMEOUT_MS, 'torusd').catch(() => undefined);
+      await killAndWait(current, 'SIGKILL', STOP_TIMEOUT_MS, 'torusd').catch(() => undefined);
       throw err;
     }
   }
@@ -376,10 +392,12 @@ export async function startTorusd(opts: TorusdOptions): Promise<TorusdHandle> {
       const st = await killAndWait(run, 'SIGTERM', STOP_TIMEOUT_MS, 'torusd');
       if (st.code !== 0) throw new Error(`torusd exited with ${st.code ?? st.signal} on SIGTERM\n${run.out.tail()}`);
     },
-    async restart(extraArgs) {
+    async restart(extraArgs, restartOpts = {}) {
       if (run.exit === null) await handle.stop();
-      await launch(extraArgs);
+      if (restartOpts.ready === false) spawnRun(extraArgs ?? []);
+      else await launch(extraArgs);
     },
+    waitReady: (timeoutMs = READY_TIMEOUT_MS) => waitReady(timeoutMs),
     async destroy() {
       destroyed = true;
       await killAndWait(run, 'SIGTERM', STOP_TIMEOUT_MS, 'torusd').catch(() => undefined);

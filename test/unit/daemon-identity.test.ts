@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { bindDataDirToCluster, loadOrCreatePeerId } from '../../src/daemon/identity.js';
+import { loadOrCreatePeerId } from '../../src/daemon/identity.js';
 import { isTorusError } from '../../src/errors/torus-error.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -21,14 +21,7 @@ describe('data dir identity', () => {
     expect(a.created).toBe(true);
     expect(b).toEqual({ uuid: a.uuid, created: false });
   });
-
-  it('refuses a data dir of another cluster with TORUS_ERR_DATA_DIR_FOREIGN', async () => {
-    await bindDataDirToCluster(dir, 'cluster-a');
-    await bindDataDirToCluster(dir, 'cluster-a');
-    const err = await bindDataDirToCluster(dir, 'cluster-b').catch((e: unknown) => e);
-    expect(isTorusError(err, 'TORUS_ERR_DATA_DIR_FOREIGN')).toBe(true);
-    expect(String((err as Error).message)).toContain('cluster-a');
-  });
+  // The binding to one cluster (cluster.json): test/unit/daemon-cluster-copies.test.ts.
 });
 
 describe('data dir claim', () => {

@@ -1,11 +1,11 @@
 /**
  * resolveClusterSecret (src/daemon/secret.ts): the secret comes from etcd,
  * each peer keeps a copy in its data dir (mode 0600), the copy is used when
- * etcd is unreachable, and --cluster-secret-file overrides both. Note: a real
- * torusd waits for etcd to read the cluster config before it gets here, so
- * today the copy only serves if etcd goes away between those two calls
- * (test/integration/e2e-peer-port.test.ts checks the copy a real torusd
- * keeps).
+ * etcd is unreachable, and --cluster-secret-file overrides both. A torusd
+ * started while etcd is unreachable uses it with the copies of the cluster
+ * config and ring (test/unit/daemon-cluster-copies.test.ts,
+ * test/integration/e2e-outage-restart.test.ts);
+ * test/integration/e2e-peer-port.test.ts checks the copy a real torusd keeps.
  */
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -66,6 +66,19 @@ describe('the copy of the cluster secret in the data dir', () => {
     const warned = rec.lines.filter((l) => l.level === 40);
     expect(warned.map((l) => l.msg)).toEqual(['etcd unreachable: using the copy of the cluster secret kept in the data dir']);
     expect(warned[0]!['err']).toMatchObject({ code: 'TORUS_ERR_ETCD_UNAVAILABLE' });
+  });
+
+  it('is used without asking etcd when the caller just found etcd unreachable (a start from the copies)', async () => {
+    const md = new MemoryMetadata();
+    const fromEtcd = await resolve(md).secret;
+    const rec = recordingLogger();
+    const asked = stubMetadata(() => Promise.reject(new Error('etcd must not be asked')));
+    expect(await resolveClusterSecret({ file: null, dataDir: dir, metadata: asked, logger: rec.logger, etcdUnreachable: true })).toBe(fromEtcd);
+    expect(rec.warns()).toBe(0);
+    // Without a copy: etcd's unavailability, for the caller to wait for etcd.
+    await rm(copyFile());
+    const err = await resolveClusterSecret({ file: null, dataDir: dir, metadata: asked, logger: rec.logger, etcdUnreachable: true }).catch((e: unknown) => e);
+    expect(isTorusError(err, 'TORUS_ERR_ETCD_UNAVAILABLE'), String(err)).toBe(true);
   });
 
   it('without a copy, an unreachable etcd is the error', async () => {
