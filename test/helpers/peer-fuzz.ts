@@ -255,7 +255,7 @@ function garbledHello(t: PeerFuzzTarget, rng: Rng): Buffer {
     incarnation: rng.pick(['inc', '']),
   });
   const trimmed = rng.chance(0.3) ? body.subarray(0, rng.int(body.length)) : body;
-  const msg = Buffer.from(encodeHandshakeMessage(rng.chance(0.9) ? HandshakeKind.HELLO : rng.int(256), trimmed));
+  const msg = Buffer.from(encodeHandshakeMessage(rng.chance(0.9) ? HandshakeKind.HELLO : (rng.int(256) as HandshakeKind), trimmed));
   if (rng.chance(0.2)) msg[HANDSHAKE_MAGIC.length + 2 + rng.int(msg.length - HANDSHAKE_MAGIC.length - 2)]! ^= 1;
   if (rng.chance(0.1)) msg.writeUInt16BE(rng.int(0x10000), HANDSHAKE_MAGIC.length + 2);
   return msg;
