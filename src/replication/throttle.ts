@@ -1,3 +1,4 @@
+import { assert } from '../util/assert.js';
 import type { Clock } from '../util/clock.js';
 
 /**
@@ -17,11 +18,13 @@ export class Throttle {
     private readonly clock: Clock,
     private bytesPerSec: number,
   ) {
+    assertRate(bytesPerSec);
     this.tokens = bytesPerSec;
     this.last = clock.monotonic();
   }
 
   setRate(bytesPerSec: number): void {
+    assertRate(bytesPerSec);
     this.bytesPerSec = bytesPerSec;
   }
 
@@ -56,4 +59,9 @@ export class Throttle {
     this.tokens = Math.min(this.bytesPerSec, this.tokens + ((now - this.last) / 1000) * this.bytesPerSec);
     this.last = now;
   }
+}
+
+/** A rate of 0 would let one copy through and hold every later one for good (config refuses it: --rebalance-rate). */
+function assertRate(bytesPerSec: number): void {
+  assert(Number.isFinite(bytesPerSec) && bytesPerSec > 0, 'the copy rate is a positive number of bytes per second');
 }

@@ -188,3 +188,20 @@ export function flippingConnector(direction: 'in' | 'out', minBytes: number): { 
     flipped: () => done,
   };
 }
+
+/**
+ * A peer client as the test itself, to a real torusd's peer port: it knows
+ * the cluster (id, block size) and the secret, and names itself `name`.
+ */
+export function testPeerClient(opts: { address: PeerAddress | string; config: { id: string; blockSize: number }; secret: string; remotePeerUuid: string; name: string; seed: number }): PeerClient {
+  return new PeerClient({
+    address: opts.address,
+    blockSize: opts.config.blockSize,
+    clusterId: opts.config.id,
+    peerUuid: opts.name,
+    incarnation: `test-${opts.seed}`,
+    secret: opts.secret,
+    remotePeerUuid: opts.remotePeerUuid,
+    logger: pino({ level: 'silent' }),
+  });
+}

@@ -14,15 +14,14 @@
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isTorusError } from '../../src/errors/torus-error.js';
 import { blockRef } from '../../src/model/block-ref.js';
 import type { ClusterConfig, RingRecord } from '../../src/model/records.js';
 import { makeVersion } from '../../src/model/version.js';
-import { PeerClient } from '../../src/peer/client.js';
 import { ensureBuilt } from '../helpers/build.js';
 import { TestCluster } from '../helpers/cluster.js';
+import { testPeerClient } from '../helpers/peer-harness.js';
 import { fuzzSeed, Rng } from '../helpers/nbd-fuzz.js';
 import { httpGet, nbdConnect, volumeList, type LogLine, type TorusdHandle } from '../helpers/torusd.js';
 import { waitFor } from '../helpers/wait.js';
@@ -112,16 +111,7 @@ describe('a peer restarted while etcd is down', () => {
       await b.waitForLog('the start from the copies', (l) => l.msg === FROM_COPIES, 20_000);
       const address = await peerListening(b);
 
-      const client = new PeerClient({
-        address,
-        blockSize: config.blockSize,
-        clusterId: config.id,
-        peerUuid: 'e2e-outage-restart-test',
-        incarnation: `test-${seed}`,
-        secret,
-        remotePeerUuid: b.uuid,
-        logger: pino({ level: 'silent' }),
-      });
+      const client = testPeerClient({ address, config, secret, remotePeerUuid: b.uuid, name: 'e2e-outage-restart-test', seed });
       try {
         const info = await client.hello({ ringVersion: 0 });
         expect(info.uuid).toBe(b.uuid);

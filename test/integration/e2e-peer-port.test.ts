@@ -19,10 +19,8 @@
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { handshakeProof } from '../../src/peer/auth.js';
-import { PeerClient } from '../../src/peer/client.js';
 import { decodeRejectPayload } from '../../src/peer/codec.js';
 import { decodeHelloBody, encodeHandshakeMessage, encodeHelloBody, readHandshakeMessage, type HandshakeMessage } from '../../src/peer/handshake-codec.js';
 import {
@@ -39,6 +37,7 @@ import { ByteQueue } from '../../src/util/byte-queue.js';
 import { VERSION } from '../../src/version.js';
 import { ensureBuilt } from '../helpers/build.js';
 import { TestCluster } from '../helpers/cluster.js';
+import { testPeerClient } from '../helpers/peer-harness.js';
 import { fuzzSeed, Rng } from '../helpers/nbd-fuzz.js';
 import type { NbdTestClient } from '../helpers/nbd-test-client.js';
 import { httpGet, nbdConnect, volumeList, type LogLine, type TorusdHandle } from '../helpers/torusd.js';
@@ -131,7 +130,7 @@ function exchange(port: number, from: string, first: Buffer, answer: (m: Handsha
 /** Random bytes that never start like the handshake magic: refused at the first byte. */
 function garbage(rng: Rng): Buffer {
   const blob = rng.bytes(16 + rng.int(4096));
-  if (blob[0] === HANDSHAKE_MAGIC[0]) blob[0] ^= 0xff;
+  if (blob[0] === HANDSHAKE_MAGIC[0]) blob[0]! ^= 0xff;
   return blob;
 }
 
@@ -300,16 +299,7 @@ describe('bad input on the peer port of a real torusd', () => {
       expect(st.mode & 0o777).toBe(0o600);
       const secret = (await readFile(file, 'utf8')).trim();
       expect(secret).toBe(await cluster!.etcdGet('secret'));
-      const client = new PeerClient({
-        address: b.peerAddress,
-        blockSize: config.blockSize,
-        clusterId: config.id,
-        peerUuid: 'e2e-peer-port-test',
-        incarnation: `test-${seed}`,
-        secret,
-        remotePeerUuid: b.uuid,
-        logger: pino({ level: 'silent' }),
-      });
+      const client = testPeerClient({ address: b.peerAddress, config, secret, remotePeerUuid: b.uuid, name: 'e2e-peer-port-test', seed });
       try {
         const info = await client.hello({ ringVersion: 0 });
         expect(info.uuid).toBe(b.uuid);

@@ -67,4 +67,11 @@ describe('Throttle', () => {
     await clock.advance(500);
     expect(g.at).toBe(t0 + 500);
   });
+
+  it('refuses a rate that is not a positive number (0 would hold every copy after the first for good)', () => {
+    const clock = new ManualClock();
+    for (const bad of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) expect(() => new Throttle(clock, bad)).toThrow(/copy rate/);
+    const t = new Throttle(clock, 1000);
+    expect(() => t.setRate(0)).toThrow(/copy rate/);
+  });
 });
