@@ -108,7 +108,7 @@ function describeStatus(s: ClusterStatus): string {
   const p = s.progress;
   if (p !== null) {
     const unavailable = p.unavailable > 0 ? `, ${p.unavailable} block(s) with no reachable current copy (the move cannot finish)` : '';
-    pairs.push(['moves', `${p.volumesDone}/${p.volumes} volume(s) moved (${p.percent.toFixed(1)}%), ${p.scanned} block(s) scanned, ${p.copied} copied${unavailable}`]);
+    pairs.push(['moves', `${p.percent.toFixed(1)}% of the blocks gone through, ${p.volumesDone}/${p.volumes} volume(s) moved, ${p.scanned} block(s) scanned, ${p.copied} copied${unavailable}`]);
   }
   pairs.push(
     ['ring acks', `${s.acks.current}/${s.acks.live} live process(es) use version ${r.version}`],

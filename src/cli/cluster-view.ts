@@ -30,7 +30,11 @@ export interface MoveProgress {
   readonly copied: number;
   /** Blocks no current copy of which is reachable: the move cannot finish while > 0. */
   readonly unavailable: number;
-  /** volumesDone / volumes, 0..100 (100 when there is no volume to move). */
+  /**
+   * Blocks gone through out of every volume's blocks, 0..100 (a volume
+   * done counts whole; one whose record has no `reached`, from an older
+   * release, counts when done; 100 when there is no volume to move).
+   */
   readonly percent: number;
 }
 
@@ -94,6 +98,15 @@ export function moveProgress(ring: RingRecord, volumes: readonly VolumeRecord[],
   const live = new Set(volumes.map((v) => v.id));
   const mine = moves.filter((m) => m.ringVersion === t.startedVersion && live.has(m.volumeId));
   const volumesDone = mine.filter((m) => m.done).length;
+  const byVolume = new Map(mine.map((m) => [m.volumeId, m]));
+  let total = 0;
+  let reached = 0;
+  for (const v of volumes) {
+    const blocks = volumeBlocks(v);
+    const m = byVolume.get(v.id);
+    total += blocks;
+    reached += m === undefined ? 0 : m.done ? blocks : Math.min(blocks, m.reached ?? 0);
+  }
   return {
     ringVersion: t.startedVersion,
     phase: t.phase,
@@ -102,7 +115,7 @@ export function moveProgress(ring: RingRecord, volumes: readonly VolumeRecord[],
     scanned: mine.reduce((n, m) => n + m.scanned, 0),
     copied: mine.reduce((n, m) => n + m.copied, 0),
     unavailable: mine.reduce((n, m) => n + m.unavailable, 0),
-    percent: live.size === 0 ? 100 : (volumesDone / live.size) * 100,
+    percent: total === 0 ? 100 : (reached / total) * 100,
   };
 }
 

@@ -162,7 +162,7 @@ export function registerPeerCommands(program: Command, kit: CommandKit): void {
     .description(
       'Removes a member from the ring by a ring transition: its blocks are copied to the members that own them next ' +
         'before the ring stops naming it, so no block loses a copy. Then it waits until the ring is stable and the member ' +
-        'gone, showing progress: volumes moved out of all volumes, blocks scanned and copied (a line redrawn in place on a ' +
+        'gone, showing progress: the share of all blocks gone through, volumes moved, blocks scanned and copied (a line redrawn in place on a ' +
         'terminal, a line every 10 s otherwise, one JSON object per line with -o json). Interrupting stops the waiting, ' +
         'not the drain. Refused without --force when the member is DOWN (no live peer record: its blocks are ' +
         're-replicated from the other owners instead) or when fewer members than the replication would remain.',

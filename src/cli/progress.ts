@@ -36,7 +36,7 @@ export function describeDrain(s: DrainState): string {
   const p = s.progress;
   if (s.phase === 'moving' && p !== null) {
     const unavailable = p.unavailable > 0 ? `, ${p.unavailable} block(s) with no reachable current copy` : '';
-    return `${head}: ${p.volumesDone}/${p.volumes} volume(s) moved (${p.percent.toFixed(0)}%), ${p.scanned} block(s) scanned, ${p.copied} copied${unavailable}`;
+    return `${head}: ${p.percent.toFixed(0)}% of the blocks gone through, ${p.volumesDone}/${p.volumes} volume(s) moved, ${p.scanned} block(s) scanned, ${p.copied} copied${unavailable}`;
   }
   if (s.phase === 'settled') return `${head}: every volume moved; ${s.acks.current}/${s.acks.live} live process(es) use this ring version`;
   if (s.member) return `${head}: the ring still names the member`;

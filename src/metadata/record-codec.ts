@@ -240,6 +240,7 @@ export function decodeVolumeMoveRecord(key: string, text: string): VolumeMoveRec
     scanned: count(key, o, 'scanned'),
     copied: count(key, o, 'copied'),
     unavailable: count(key, o, 'unavailable'),
+    ...(o['reached'] === undefined ? {} : { reached: count(key, o, 'reached') }),
     updatedAt: str(key, o, 'updatedAt'),
   };
 }

@@ -211,6 +211,7 @@ export function validateMoveRecord(record: VolumeMoveRecord, token: number): voi
   for (const f of ['scanned', 'copied', 'unavailable'] as const) {
     if (!Number.isSafeInteger(record[f]) || record[f] < 0) bad(`${f} ${String(record[f])} is not a count`);
   }
+  if (record.reached !== undefined && (!Number.isSafeInteger(record.reached) || record.reached < 0)) bad(`reached ${String(record.reached)} is not a count`);
   if (typeof record.done !== 'boolean') bad('done is not true or false');
   if (typeof record.updatedAt !== 'string') bad('updatedAt is not a string');
 }

@@ -161,6 +161,12 @@ export interface VolumeMoveRecord {
   readonly copied: number;
   /** Blocks with no current copy reachable (the move cannot finish while > 0). */
   readonly unavailable: number;
+  /**
+   * How far the pass has gone through the volume's block indexes (blocks
+   * it skipped as absent included): progress in blocks. Absent in records
+   * of an older release.
+   */
+  readonly reached?: number;
   readonly updatedAt: string;
 }
 

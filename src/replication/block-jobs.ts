@@ -21,7 +21,7 @@ export interface JobReport {
   readonly idle: boolean;
 }
 
-/** Blocks between two progress records of a move. */
+/** Block indexes a move goes through between two progress records. */
 const MOVE_PROGRESS_EVERY_BLOCKS = 256;
 
 /**
@@ -265,6 +265,7 @@ export class VolumeJobs {
     let unavailable = 0;
     for (let index = 0; index < c.blockCount; index++) {
       if (c.isClosed || c.fencedBy) return;
+      if (index > 0 && index % MOVE_PROGRESS_EVERY_BLOCKS === 0) await this.progress(v, { scanned, copied, unavailable, reached: index }, false);
       const cur = c.ctx.ring();
       if (cur.transition?.startedVersion !== v) return; // a newer change: start again under it
       const owners = ownersOf(cur, c.refOf(index));
@@ -288,11 +289,10 @@ export class VolumeJobs {
       } else {
         unavailable++;
       }
-      if (scanned % MOVE_PROGRESS_EVERY_BLOCKS === 0) await this.progress(v, scanned, copied, unavailable, false);
     }
     report.moved += copied;
     report.pending += unavailable;
-    await this.progress(v, scanned, copied, unavailable, unavailable === 0);
+    await this.progress(v, { scanned, copied, unavailable, reached: c.blockCount }, unavailable === 0);
     if (unavailable === 0) {
       c.markAllMoved(v);
       this.log.info({ ringVersion: v, blocks: scanned }, 'volume moved to its new owners');
@@ -301,11 +301,11 @@ export class VolumeJobs {
     }
   }
 
-  private async progress(ringVersion: number, scanned: number, copied: number, unavailable: number, done: boolean): Promise<void> {
+  private async progress(ringVersion: number, n: { scanned: number; copied: number; unavailable: number; reached: number }, done: boolean): Promise<void> {
     const c = this.c;
     await c.ctx.metadata
       .putVolumeMove(
-        { schema: 1, ringVersion, volumeId: c.volume.id, done, scanned, copied, unavailable, updatedAt: new Date(c.ctx.clock.now()).toISOString() },
+        { schema: 1, ringVersion, volumeId: c.volume.id, done, ...n, updatedAt: new Date(c.ctx.clock.now()).toISOString() },
         c.currentToken,
       )
       .catch((err: unknown) => {

@@ -148,7 +148,12 @@ describe('cluster view', () => {
     const moving = planRingChange(stableRing, [{ uuid: 'p1', weight: 1 }, { uuid: 'p3', weight: 1 }], 2, 1, 'x', 0)!;
     expect(moveProgress(stableRing, volumes, [])).toBeNull();
     const p = moveProgress(moving, volumes, [move(6, 1, true, 100, 40), move(6, 2, false, 3, 1, 2), move(5, 2, true, 9, 9), move(6, 9, true, 1, 1)])!;
-    expect(p).toEqual({ ringVersion: 6, phase: 'moving', volumes: 2, volumesDone: 1, scanned: 103, copied: 41, unavailable: 2, percent: 50 });
+    // In blocks: volume a (100 blocks) done, volume b (10) with no record of how far it went (an older release's).
+    expect(p).toEqual({ ringVersion: 6, phase: 'moving', volumes: 2, volumesDone: 1, scanned: 103, copied: 41, unavailable: 2, percent: (100 / 110) * 100 });
+    // Volume b's pass went through 5 of its 10 blocks; volume a has not started.
+    expect(moveProgress(moving, volumes, [{ ...move(6, 2, false, 3, 1), reached: 5 }])!.percent).toBeCloseTo((5 / 110) * 100, 9);
+    // A pass never counts past the volume's end.
+    expect(moveProgress(moving, volumes, [{ ...move(6, 2, false, 3, 1), reached: 50 }])!.percent).toBeCloseTo((10 / 110) * 100, 9);
     expect(moveProgress(moving, [], [])!.percent).toBe(100);
   });
 
@@ -209,7 +214,7 @@ describe('drain progress', () => {
   });
 
   it('describes each phase in one line', () => {
-    expect(describeDrain(state())).toBe('draining p2: ring version 6 moving: 1/4 volume(s) moved (25%), 10 block(s) scanned, 3 copied');
+    expect(describeDrain(state())).toBe('draining p2: ring version 6 moving: 25% of the blocks gone through, 1/4 volume(s) moved, 10 block(s) scanned, 3 copied');
     expect(describeDrain(state({ ringVersion: 7, phase: 'settled' }))).toBe('draining p2: ring version 7 settled: every volume moved; 1/2 live process(es) use this ring version');
     expect(describeDrain(state({ ringVersion: 8, phase: 'stable', progress: null }))).toBe('peer p2 has left the ring (ring version 8, stable)');
     expect(progressBar(25, 8)).toBe('[##......]');
@@ -222,8 +227,8 @@ describe('drain progress', () => {
     r.update(state({ progress: { ...state().progress!, volumesDone: 2, percent: 50 } }));
     r.finish(state({ ringVersion: 8, phase: 'stable', progress: null }));
     expect(out).toBe(
-      `\rdraining p2: ring version 6 moving: 1/4 volume(s) moved (25%), 10 block(s) scanned, 3 copied ${progressBar(25)}\x1b[K` +
-        `\rdraining p2: ring version 6 moving: 2/4 volume(s) moved (50%), 10 block(s) scanned, 3 copied ${progressBar(50)}\x1b[K` +
+      `\rdraining p2: ring version 6 moving: 25% of the blocks gone through, 1/4 volume(s) moved, 10 block(s) scanned, 3 copied ${progressBar(25)}\x1b[K` +
+        `\rdraining p2: ring version 6 moving: 50% of the blocks gone through, 2/4 volume(s) moved, 10 block(s) scanned, 3 copied ${progressBar(50)}\x1b[K` +
         '\r\x1b[Kpeer p2 has left the ring (ring version 8, stable)\n',
     );
   });

@@ -198,8 +198,8 @@ describe('torusctl in-process', () => {
     expect(r.code, r.err).toBe(0);
     const lines = r.out.trimEnd().split('\n');
     expect(lines[0]).toBe('removing peer p-3 from the ring: its blocks move to the other members');
-    expect(lines).toContain('draining p-3: ring version 3 moving: 0/2 volume(s) moved (0%), 0 block(s) scanned, 0 copied');
-    expect(lines).toContain('draining p-3: ring version 3 moving: 1/2 volume(s) moved (50%), 16 block(s) scanned, 6 copied');
+    expect(lines).toContain('draining p-3: ring version 3 moving: 0% of the blocks gone through, 0/2 volume(s) moved, 0 block(s) scanned, 0 copied');
+    expect(lines).toContain('draining p-3: ring version 3 moving: 50% of the blocks gone through, 1/2 volume(s) moved, 16 block(s) scanned, 6 copied');
     expect(lines.some((l) => l.startsWith('draining p-3: ring version 4 settled: every volume moved'))).toBe(true);
     expect(lines[lines.length - 1]).toBe('peer p-3 has left the ring (ring version 5, stable)');
     expect(r.out).not.toContain('\r');
@@ -219,7 +219,7 @@ describe('torusctl in-process', () => {
     };
     const tty = await finish(run(['peer', 'remove', 'p-2'], new PassThrough(), true));
     expect(tty.code, tty.err).toBe(0);
-    expect(tty.out).toContain('\rdraining p-2: ring version 3 moving: 0/0 volume(s) moved (100%)');
+    expect(tty.out).toContain('\rdraining p-2: ring version 3 moving: 100% of the blocks gone through, 0/0 volume(s) moved');
     expect(tty.out).toContain('\x1b[K');
     expect(tty.out.endsWith('\r\x1b[Kpeer p-2 has left the ring (ring version 5, stable)\n')).toBe(true);
     await s.putPeer(peerRecord('p-2', { address: '127.0.0.1:4002' }));
@@ -249,7 +249,7 @@ describe('torusctl in-process', () => {
     expect(text.code, text.err).toBe(0);
     expect(text.out).toContain('ring:       version 3, moving, replication 2, minReplicas 1, 2 member(s)\n');
     expect(text.out).toContain('transition: started at version 3 on 2024-05-01T12:00:00.000Z: peer add p-2; from replication 2 over 1 member(s)\n');
-    expect(text.out).toContain('moves:      0/1 volume(s) moved (0.0%), 5 block(s) scanned, 2 copied, 1 block(s) with no reachable current copy (the move cannot finish)\n');
+    expect(text.out).toContain('moves:      0.0% of the blocks gone through, 0/1 volume(s) moved, 5 block(s) scanned, 2 copied, 1 block(s) with no reachable current copy (the move cannot finish)\n');
     expect(text.out).toContain('ring acks:  1/1 live process(es) use version 3\n');
     expect(text.out).toContain('rebalance:  12.0 MiB/s\n');
     expect(text.out).toContain('down:       none\n');

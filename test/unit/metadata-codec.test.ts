@@ -121,6 +121,8 @@ describe('record codec', () => {
     expect(decodeRingAck('k', encodeRecord(ack))).toEqual(ack);
     const move: VolumeMoveRecord = { schema: 1, ringVersion: 4, volumeId: 3, done: true, scanned: 9, copied: 2, unavailable: 0, updatedAt: 't' };
     expect(decodeVolumeMoveRecord('k', encodeRecord(move))).toEqual(move);
+    // How far the pass went, when the release that wrote it records it.
+    expect(decodeVolumeMoveRecord('k', encodeRecord({ ...move, done: false, reached: 300 }))).toEqual({ ...move, done: false, reached: 300 });
     const health: VolumeHealthRecord = { schema: 1, volumeId: 3, ringVersion: 4, blocks: 9, short: 1, repaired: 2, divergent: 0, checkedAt: 't' };
     expect(decodeVolumeHealthRecord('k', encodeRecord(health))).toEqual(health);
     const lock: VolumeLockRecord = { schema: 1, volumeId: 3, holder: 'h', token: 2, acquiredAt: 't', kind: 'maintainer' };
