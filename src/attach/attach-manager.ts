@@ -578,10 +578,16 @@ export class AttachManager {
     const deadline = Date.now() + a.deadConnTimeoutSeconds * 1000;
     let delay = 50;
     try {
-      while (!this.stopping && !a.detaching) {
+      // A device failed for good (another holder took the volume while our
+      // lease was gone) is never fed again: a handshake would open the
+      // volume afresh, and take its lock as soon as the other holder lets
+      // go (the CSI VM suite's death check: node A's loop took the volume
+      // back between node B's unstage and its next stage).
+      while (!this.stopping && !a.detaching && !failedForGood(a)) {
         let conn: Connection | null = null;
         try {
           conn = await this.connectSocket(a);
+          if (failedForGood(a)) throw new TorusError('TORUS_ERR_ATTACH_LOCK_LOST', `${devicePath(a.index)} failed for good while a new socket was being made for it`);
           await this.kernel.reconfigure({ index: a.index, socketFds: [conn.kernelFd], timeoutSeconds: a.timeoutSeconds, deadConnTimeoutSeconds: a.deadConnTimeoutSeconds, backend: a.backend });
           conn.kernelSide.destroy();
           a.reconnects++;
@@ -593,6 +599,8 @@ export class AttachManager {
         } catch (err) {
           conn?.kernelSide.destroy();
           conn?.session.destroy();
+          // Failed for good meanwhile: it stays listed as failed (failForGood).
+          if (failedForGood(a)) return;
           const connected = await this.kernel.status(a.index).then(
             (s) => s.some((d) => d.index === a.index && d.connected),
             () => true,
@@ -729,6 +737,11 @@ export class AttachManager {
     // After an etcd outage torusd takes a new lease and new lock tokens.
     if (JSON.stringify(this.current()) !== this.recordedText) await this.record().catch(() => undefined);
   }
+}
+
+/** Read through a call: the state changes while a reconnect awaits (failForGood), which narrowing cannot see. */
+function failedForGood(a: { readonly state: string }): boolean {
+  return a.state === 'failed';
 }
 
 type AttachmentParams = Omit<RecordedAttachment, 'index' | 'volume' | 'mode' | 'readerLock' | 'writeLevel'> & { readonly readerLock: boolean; readonly writeLevel: WriteLevel | null };
