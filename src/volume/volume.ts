@@ -128,6 +128,8 @@ export class Volume {
  * write (simulation seed 2623).
  */
 async function settleAll<T>(pending: readonly Promise<T>[], discard?: (value: T) => void): Promise<T[]> {
+  // One piece (most requests): nothing else can still act.
+  if (pending.length === 1) return [await pending[0]!];
   const results = await Promise.allSettled(pending);
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed === undefined) return results.map((r) => (r as PromiseFulfilledResult<T>).value);
