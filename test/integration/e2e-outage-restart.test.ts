@@ -18,7 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isTorusError } from '../../src/errors/torus-error.js';
 import { blockRef } from '../../src/model/block-ref.js';
 import type { ClusterConfig, RingRecord } from '../../src/model/records.js';
-import { makeVersion } from '../../src/model/version.js';
+import { nextVersion, versionToken } from '../../src/model/version.js';
 import { ensureBuilt } from '../helpers/build.js';
 import { TestCluster } from '../helpers/cluster.js';
 import { testPeerClient } from '../helpers/peer-harness.js';
@@ -126,11 +126,13 @@ describe('a peer restarted while etcd is down', () => {
         // A change needs an etcd session: its fences may be behind.
         const ref = blockRef(vol.id, vol.generation, 0);
         const meta = (await client.meta(ctx, [ref]))[0]!;
+        // A well-formed change (the writer's own token, the next version): refused only for want of a session.
+        const token = versionToken(meta.version);
         const write = await client
-          .write(ctx, ref, 0, Buffer.alloc(BLOCK, 0xee), { token: 1, version: makeVersion(1, 999), prev: meta.version }, { fua: true })
+          .write(ctx, ref, 0, Buffer.alloc(BLOCK, 0xee), { token, version: nextVersion(meta.version, token)!, prev: meta.version }, { fua: true })
           .then(() => null, (e: unknown) => e);
         expect(isTorusError(write, 'TORUS_ERR_PEER_NOT_LIVE'), String(write)).toBe(true);
-        const drop = await client.drop(ctx, ref, meta.version, { token: 1 }).then(() => null, (e: unknown) => e);
+        const drop = await client.drop(ctx, ref, meta.version, { token }).then(() => null, (e: unknown) => e);
         expect(isTorusError(drop, 'TORUS_ERR_PEER_NOT_LIVE'), String(drop)).toBe(true);
       } finally {
         await client.close();
