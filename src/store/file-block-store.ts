@@ -626,7 +626,9 @@ export class FileBlockStore implements LocalBlockStore {
     const table = newCrcTable(this.blockSize);
     const fd = e.onDisk ? await this.fdOf(e) : await this.createFile(e);
     await ftruncate(fd, this.fileBytes);
-    await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), 0);
+    // Headers are small: written on the loop thread like small data writes (fs-async.ts pwriteCached).
+    const wrote = pwriteCached(fd, encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), 0);
+    if (wrote !== null) await wrote;
     e.crc = table;
     e.digest = null;
     e.state = 'data';
@@ -641,7 +643,8 @@ export class FileBlockStore implements LocalBlockStore {
     const header = encodeHeader(e.ref, this.blockSize, { state: 'zero', version, table: newCrcTable(this.blockSize) });
     // Header first: a crash between the two leaves a file that says zero
     // (and is repaired to a tombstone), not a data block with a stale table.
-    await pwriteFull(fd, header, 0);
+    const wrote = pwriteCached(fd, header, 0);
+    if (wrote !== null) await wrote;
     await ftruncate(fd, this.hdrBytes);
     e.crc = null;
     e.digest = null;
@@ -657,7 +660,8 @@ export class FileBlockStore implements LocalBlockStore {
     assert(e.state !== 'absent' && e.onDisk, 'a header is written for a block on disk');
     const fd = await this.fdOf(e);
     const table = e.state === 'data' ? (e.crc ?? (await this.tableOf(e))) : newCrcTable(this.blockSize);
-    await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, { state: e.state, version: e.version, table }), 0);
+    const wrote = pwriteCached(fd, encodeHeader(e.ref, this.blockSize, { state: e.state, version: e.version, table }), 0);
+    if (wrote !== null) await wrote;
     this.flushFiles.add(e);
   }
 
@@ -682,12 +686,14 @@ export class FileBlockStore implements LocalBlockStore {
       // one for good (the copy is marked suspect and repaired instead).
       try {
         if (offset !== base) {
-          await preadFull(fd, region, 0, PAGE_BYTES, this.hdrBytes + base);
+          const read = preadCached(fd, region, 0, PAGE_BYTES, this.hdrBytes + base);
+          if (read !== null) await read;
           this.checkPages(e, region.subarray(0, PAGE_BYTES), p0, p0 + 1, table);
         }
         if ((offset + length) % PAGE_BYTES !== 0 && (p1 - 1 > p0 || offset === base)) {
           const at = (p1 - 1 - p0) * PAGE_BYTES;
-          await preadFull(fd, region, at, PAGE_BYTES, this.hdrBytes + base + at);
+          const read = preadCached(fd, region, at, PAGE_BYTES, this.hdrBytes + base + at);
+          if (read !== null) await read;
           this.checkPages(e, region.subarray(at, at + PAGE_BYTES), p1 - 1, p1, table);
         }
       } catch (err) {

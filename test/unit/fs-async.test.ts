@@ -1,0 +1,96 @@
+/**
+ * The store's file helpers that may run a read or a write on the event loop
+ * thread (store/fs-async.ts): whatever path they take, the bytes are the
+ * same, a failure surfaces as the syscall's error, and the size limits
+ * and the slow-write rule are what the data path relies on.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NOWAIT_READ_BYTES_MAX, preadCached, pwriteCached, SYNC_WRITE_BYTES_MAX, syncWriteSlowMs } from '../../src/store/fs-async.js';
+import { nativeAddon } from '../../src/util/native.js';
+
+const MiB = 1024 * 1024;
+let dir: string;
+let fd: number;
+
+function pattern(n: number, seed: number): Buffer {
+  const b = Buffer.allocUnsafe(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff;
+  return b;
+}
+
+beforeAll(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'torus-fs-async-'));
+  fd = fs.openSync(path.join(dir, 'f'), 'w+');
+});
+
+afterAll(() => {
+  fs.closeSync(fd);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+describe('fs-async', () => {
+  it('covers a whole 1 MiB block on the loop thread, for reads and writes', () => {
+    expect(SYNC_WRITE_BYTES_MAX).toBe(MiB);
+    expect(NOWAIT_READ_BYTES_MAX).toBe(MiB);
+  });
+
+  it('allows 1 ms plus 2 ms per MiB before writes back off to the pool', () => {
+    expect(syncWriteSlowMs(0)).toBe(1);
+    expect(syncWriteSlowMs(4096)).toBeCloseTo(1.0078, 4);
+    expect(syncWriteSlowMs(MiB)).toBe(3);
+  });
+
+  it('writes a 1 MiB buffer at an offset whole, and reads it back from the page cache without the pool', async () => {
+    const data = pattern(MiB, 7);
+    const wrote = pwriteCached(fd, data, 4096);
+    if (wrote !== null) await wrote; // a slow write earlier in the process may have sent it to the pool
+    const back = Buffer.alloc(MiB);
+    expect(nativeAddon, 'the native addon must be built for this test (npm run build)').not.toBeNull();
+    // Just written, so cached: the non-blocking read takes it whole on the loop thread.
+    expect(preadCached(fd, back, 0, MiB, 4096)).toBeNull();
+    expect(back.equals(data)).toBe(true);
+  });
+
+  it('sends writes over 1 MiB to the pool, with the same result', async () => {
+    const data = pattern(MiB + 4096, 3);
+    const wrote = pwriteCached(fd, data, 0);
+    expect(wrote).not.toBeNull();
+    await wrote;
+    const back = Buffer.alloc(data.length);
+    const read = preadCached(fd, back, 0, back.length, 0);
+    expect(read, 'reads over 1 MiB go to the pool').not.toBeNull();
+    await read;
+    expect(back.equals(data)).toBe(true);
+  });
+
+  it('zero-fills a read past the end of the file (the pool path takes a short read over)', async () => {
+    const f = fs.openSync(path.join(dir, 'short'), 'w+');
+    try {
+      fs.writeSync(f, pattern(4096, 1), 0, 4096, 0);
+      const back = Buffer.alloc(8192, 0xaa);
+      const read = preadCached(f, back, 0, 8192, 0);
+      expect(read).not.toBeNull();
+      await read;
+      expect(back.subarray(0, 4096).equals(pattern(4096, 1))).toBe(true);
+      expect(back.subarray(4096).every((b) => b === 0)).toBe(true);
+    } finally {
+      fs.closeSync(f);
+    }
+  });
+
+  it("reports a write's failure as the syscall's error, whichever path the write took", async () => {
+    const ro = fs.openSync(path.join(dir, 'f'), 'r');
+    try {
+      const outcome = await (async () => {
+        const wrote = pwriteCached(ro, pattern(4096, 2), 0);
+        if (wrote !== null) await wrote;
+      })().then(() => null, (e: unknown) => e);
+      expect(outcome).toMatchObject({ code: 'EBADF' });
+    } finally {
+      fs.closeSync(ro);
+    }
+  });
+});
