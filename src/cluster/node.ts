@@ -335,7 +335,7 @@ export class ClusterNode {
     const resumed = session !== null;
     session ??= await this.retryEtcd('open a session', () => d.metadata.openSession({ ttlSeconds: d.settings.sessionTtlSeconds }));
     session.on((ev) => {
-      if (ev.type === 'lost' && this.session === session) void this.onSessionLost();
+      if (ev.type === 'lost' && this.session === session) this.sessionLost();
     });
     this.session = session;
     if (d.onSessionOpened) await d.onSessionOpened(session.id).catch((err: unknown) => this.log.warn({ err }, 'could not record the session lease'));
@@ -395,6 +395,25 @@ export class ClusterNode {
     return this.peerRecords.get(uuid)?.suspectVolumes ?? [];
   }
 
+  /**
+   * Starts the reconnect of a lost session; nothing awaits it, so its
+   * failure is handled here, never left unhandled (Node would end the
+   * process on it). A stop during the reconnect ends it quietly. Any other
+   * failure (not an etcd outage: those are retried inside) is logged and
+   * the reconnect tried again after retryMs; a broken invariant is
+   * reported as everywhere else.
+   */
+  private sessionLost(): void {
+    this.onSessionLost().catch((err: unknown) => {
+      if (this.stopped) return;
+      if (isAssertionFailure(err)) return this.invariantBroken(err, { module: 'node', peer: this.uuid, where: 'session reconnect' });
+      this.log.error({ err, retryMs: this.deps.settings.retryMs }, 'could not re-establish the etcd session; trying again');
+      this.deps.clock.setTimeout(() => {
+        if (!this.stopped && !this.reconnecting && !this.live) this.sessionLost();
+      }, this.deps.settings.retryMs);
+    });
+  }
+
   private async onSessionLost(): Promise<void> {
     if (this.stopped) return;
     if (this.reconnecting) {
@@ -423,7 +442,7 @@ export class ClusterNode {
       this.reconnecting = false;
       if (this.lostWhileReconnecting) {
         this.lostWhileReconnecting = false;
-        void this.onSessionLost();
+        this.sessionLost();
       }
     }
   }

@@ -719,6 +719,32 @@ describe('replication on a simulated cluster', () => {
     await until(c, io.close());
   });
 
+  it('a node stopped while it re-establishes a lost etcd session stops cleanly: the reconnect ends without an unhandled rejection', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (err: unknown) => void unhandled.push(err);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const { c, w, io } = await writerOnThird();
+      await until(c, io.write(0, pattern(1, BLOCK), false));
+      // w alone loses etcd: its session expires, and it keeps trying to open a new one.
+      c.setPeerEtcdFault(w, 'unavailable');
+      await runFor(c, (SIM_TIMING.sessionTtlSeconds + 4) * 1000);
+      expect(clusterNodes.get(w.node!)!.isLive, 'w lost its session').toBe(false);
+      await until(c, io.close().catch(() => undefined));
+      // An orderly stop, on simulated time (its etcd calls time out); the
+      // process lives on a while, so the reconnect's next try runs after it.
+      await until(c, c.inside(w.process!, () => w.node!.stop()));
+      await runFor(c, 10_000);
+      w.process!.kill();
+      w.started = false;
+      // Unhandled rejections surface on a macrotask after the microtasks ran.
+      await new Promise((r) => setImmediate(r));
+      expect(unhandled.map(String)).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
   it('a change that failed because etcd could not record the owner it missed is not read back until etcd records it', async () => {
     // Seed 852 (with the idle back-off): a read returned such a change; after
     // a takeover the owner that missed it was trusted and read zeroes.
