@@ -227,6 +227,31 @@ export class VolumeJobs {
       return;
     }
     if (records.some((r) => r.volumeId === c.volume.id && r.done)) {
+      // Another coordinator moved the volume. Changes this one sent before
+      // it knew reached the old owners only (seed 546 with moves of 4
+      // blocks at once): those blocks go to their new owners first, or a
+      // new owner would be trusted without them.
+      for (const index of c.changedUnmoved(v)) {
+        if (c.isClosed || c.fencedBy) return;
+        const cur = c.ctx.ring();
+        if (cur.transition?.startedVersion !== v) return;
+        const owners = ownersOf(cur, c.refOf(index));
+        const r = await c.syncBlock(index, owners.now, this.budget, (fixed) => {
+          for (const u of fixed) if (c.stale.isStale(u, index)) void c.stale.clear(u, [index], c.currentToken).catch(this.dropped);
+          // Under the block's order: a change waiting for it then reaches the new owners too.
+          if (owners.now.every((u) => fixed.includes(u))) c.markMoved(index, v);
+        });
+        if (r.unavailable || r.failed.length > 0) {
+          report.pending++;
+          return;
+        }
+        report.moved += r.fixed.length;
+      }
+      // More such changes came in meanwhile: the next pass takes them.
+      if (c.changedUnmoved(v).length > 0) {
+        report.pending++;
+        return;
+      }
       c.markAllMoved(v);
       return;
     }
@@ -282,9 +307,14 @@ export class VolumeJobs {
       scanned++;
       const r = await c.syncBlock(index, owners.now, this.budget, (fixed) => {
         for (const u of fixed) if (c.stale.isStale(u, index)) void c.stale.clear(u, [index], c.currentToken).catch(this.dropped);
+        // Marked moved while syncBlock still holds the block's order: a
+        // change that waited for the order is then sent to the new owners
+        // too. Marked after the order is released, a change could slip in
+        // between (its continuation runs first), reach the old owners only,
+        // and leave a new owner trusted without it.
+        if (owners.now.every((u) => fixed.includes(u))) c.markMoved(index, v);
       });
       if (!r.unavailable && r.failed.length === 0) {
-        c.markMoved(index, v);
         copied += r.fixed.length;
       } else {
         unavailable++;

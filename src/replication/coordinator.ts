@@ -123,6 +123,14 @@ export class VolumeCoordinator {
   /** Blocks moved to their new owners in the transition with this (moving) ring version. */
   private movedIn = { ringVersion: 0, blocks: new Set<number>(), all: false };
   /**
+   * Blocks this coordinator changed during a moving transition before it
+   * knew them moved: those changes reached the old owners only. A move
+   * record another coordinator marked done does not cover them: they are
+   * brought to their new owners before the volume counts as moved
+   * (block-jobs.ts, move).
+   */
+  private unmovedChanges = { ringVersion: 0, blocks: new Set<number>() };
+  /**
    * Blocks changes were sent to while a move pass runs (one set per pass):
    * a block its listing missed may have been created since, on old owners
    * only, so the pass copies it rather than take its absence as the truth.
@@ -278,6 +286,27 @@ export class VolumeCoordinator {
     }
     this.lock.markFenced();
     this.log.info({ token: this.token, peers: peers.length }, 'fencing token published');
+    await this.learnMoves();
+  }
+
+  /**
+   * A move of the current transition that another coordinator finished and
+   * recorded done covers every block: learnt before this coordinator's first
+   * change, so that its changes reach the new owners too. Sent to the old
+   * owners alone, they would be missing on a new owner that the record then
+   * makes trusted (seed 546, with moves of 4 blocks at once). Move records
+   * are written under the volume's fence, so none becomes done later but
+   * by this coordinator. If etcd does not answer now, the first background
+   * pass learns it, and brings the blocks changed meanwhile to their new
+   * owners first (block-jobs.ts, move).
+   */
+  private async learnMoves(): Promise<void> {
+    const t = this.ctx.ring().transition;
+    if (t === null || t.phase !== 'moving') return;
+    const records = await this.ctx.metadata.listVolumeMoves(t.startedVersion).catch(unlessAssertion(null));
+    if (records === null || !records.some((r) => r.volumeId === this.volume.id && r.done)) return;
+    if (this.ctx.ring().transition?.startedVersion !== t.startedVersion || this.changedUnmoved(t.startedVersion).length > 0) return;
+    this.markAllMoved(t.startedVersion);
   }
 
   // ------------------------------------------------------------ client I/O
@@ -626,6 +655,11 @@ export class VolumeCoordinator {
       e.pins++;
       e.inflight++;
       for (const w of this.changeWatches) w.add(index);
+      const t = this.ctx.ring().transition;
+      if (t !== null && t.phase === 'moving' && !this.isMoved(index)) {
+        if (this.unmovedChanges.ringVersion !== t.startedVersion) this.unmovedChanges = { ringVersion: t.startedVersion, blocks: new Set() };
+        this.unmovedChanges.blocks.add(index);
+      }
       const done = this.send(e, ref, change, stamp, fua);
       if (this.writeLevel === 'all') {
         await done.finished;
@@ -1423,10 +1457,17 @@ export class VolumeCoordinator {
   markMoved(index: number, transitionVersion: number): void {
     if (this.movedIn.ringVersion !== transitionVersion) this.movedIn = { ringVersion: transitionVersion, blocks: new Set(), all: false };
     this.movedIn.blocks.add(index);
+    if (this.unmovedChanges.ringVersion === transitionVersion) this.unmovedChanges.blocks.delete(index);
+  }
+
+  /** Blocks changed under transition `transitionVersion` while not known moved, and not moved since (unmovedChanges). */
+  changedUnmoved(transitionVersion: number): number[] {
+    return this.unmovedChanges.ringVersion === transitionVersion ? [...this.unmovedChanges.blocks] : [];
   }
 
   /** The whole volume moved in this transition (its move record says done). */
   markAllMoved(transitionVersion: number): void {
+    assert(this.changedUnmoved(transitionVersion).length === 0, 'a volume counts as moved only once the changes sent to its old owners alone reached the new ones');
     this.movedIn = { ringVersion: transitionVersion, blocks: new Set(), all: true };
   }
 

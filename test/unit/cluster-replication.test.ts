@@ -303,6 +303,43 @@ describe('replication on a simulated cluster', () => {
     expect((await until(c, io.read(0, data.length))).equals(data)).toBe(true);
   });
 
+  it('a writer that opens during a move another coordinator recorded done sends its changes to the new owners too', async () => {
+    // Seed 546 (with moves of 4 blocks at once): the old writer moved the
+    // volume and recorded it done; the next writer changed a block before
+    // its first pass read that record, so the change went to the old owner
+    // only; the record then made the new owner count as holding every
+    // block, and its older copy was trusted once the old owner was down.
+    const c = cluster({ peers: 3, members: 1, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b] = c.peers as [SimPeer, SimPeer, SimPeer];
+    let io = await until(c, c.open(a, 'v', 'rw'));
+    await until(c, io.write(0, pattern(1, 4 * BLOCK), false));
+    await until(c, io.flush());
+    await until(c, io.close());
+    const ring = await until(c, c.changeRing([a.uuid, b.uuid], 2, 'add b'));
+    const v = ring!.transition!.startedVersion;
+    // Moved (the copies installed on b as a move installs them) and recorded
+    // done by another coordinator: the old writer, in the seed.
+    for (let i = 0; i < 4; i++) {
+      const ref = blockRef(1, 1, i);
+      const data = await a.store.read(ref, 0, BLOCK);
+      await b.store.install(ref, data, a.store.meta(ref).version, { fua: true });
+    }
+    const token = await until(c, c.adminMetadata.getFence(1));
+    await until(c, c.adminMetadata.putVolumeMove({ schema: 1, ringVersion: v, volumeId: 1, done: true, scanned: 4, copied: 4, unavailable: 0, reached: 4, updatedAt: new Date(0).toISOString() }, token));
+    io = await until(c, c.open(b, 'v', 'rw'));
+    const now = pattern(2, BLOCK);
+    await until(c, io.write(0, now, false));
+    await until(c, io.flush());
+    // At once, before any background pass: the change is on the new owner too.
+    const cs = copies(c, 1, 0);
+    const onA = cs.find((x) => x.uuid === a.uuid)!;
+    expect(cs.find((x) => x.uuid === b.uuid), `block 0 on b: ${JSON.stringify(cs)}`).toMatchObject({ version: onA.version, digest: onA.digest });
+    c.crash(a);
+    expect((await until(c, io.read(0, BLOCK))).equals(now), 'block 0 through b with a down').toBe(true);
+  });
+
   it('keeps a trim made while a replica was down: it reads as zeroes after the replica returns, and no repair brings the data back', async () => {
     const c = cluster({ peers: 2, members: 2, replication: 2 });
     await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
