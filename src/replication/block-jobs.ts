@@ -235,12 +235,7 @@ export class VolumeJobs {
         if (c.isClosed || c.fencedBy) return;
         const cur = c.ctx.ring();
         if (cur.transition?.startedVersion !== v) return;
-        const owners = ownersOf(cur, c.refOf(index));
-        const r = await c.syncBlock(index, owners.now, this.budget, (fixed) => {
-          for (const u of fixed) if (c.stale.isStale(u, index)) void c.stale.clear(u, [index], c.currentToken).catch(this.dropped);
-          // Under the block's order: a change waiting for it then reaches the new owners too.
-          if (owners.now.every((u) => fixed.includes(u))) c.markMoved(index, v);
-        });
+        const r = await this.moveBlock(index, ownersOf(cur, c.refOf(index)).now, v);
         if (r.unavailable || r.failed.length > 0) {
           report.pending++;
           return;
@@ -305,15 +300,7 @@ export class VolumeJobs {
         continue;
       }
       scanned++;
-      const r = await c.syncBlock(index, owners.now, this.budget, (fixed) => {
-        for (const u of fixed) if (c.stale.isStale(u, index)) void c.stale.clear(u, [index], c.currentToken).catch(this.dropped);
-        // Marked moved while syncBlock still holds the block's order: a
-        // change that waited for the order is then sent to the new owners
-        // too. Marked after the order is released, a change could slip in
-        // between (its continuation runs first), reach the old owners only,
-        // and leave a new owner trusted without it.
-        if (owners.now.every((u) => fixed.includes(u))) c.markMoved(index, v);
-      });
+      const r = await this.moveBlock(index, owners.now, v);
       if (!r.unavailable && r.failed.length === 0) {
         copied += r.fixed.length;
       } else {
@@ -329,6 +316,22 @@ export class VolumeJobs {
     } else {
       this.log.warn({ ringVersion: v, unavailable }, 'some blocks could not be moved yet (their owners are unreachable); will retry');
     }
+  }
+
+  /**
+   * Brings a block's new owners to its newest copy in the transition `v`.
+   * It is marked moved while syncBlock still holds the block's order: a
+   * change that waited for the order is then sent to the new owners too.
+   * Marked after the order is released, a change could slip in between
+   * (its continuation runs first), reach the old owners only, and leave a
+   * new owner trusted without it.
+   */
+  private moveBlock(index: number, newOwners: readonly string[], v: number): ReturnType<VolumeCoordinator['syncBlock']> {
+    const c = this.c;
+    return c.syncBlock(index, newOwners, this.budget, (fixed) => {
+      for (const u of fixed) if (c.stale.isStale(u, index)) void c.stale.clear(u, [index], c.currentToken).catch(this.dropped);
+      if (newOwners.every((u) => fixed.includes(u))) c.markMoved(index, v);
+    });
   }
 
   private async progress(ringVersion: number, n: { scanned: number; copied: number; unavailable: number; reached: number }, done: boolean): Promise<void> {
