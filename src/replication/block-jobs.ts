@@ -227,10 +227,11 @@ export class VolumeJobs {
       return;
     }
     if (records.some((r) => r.volumeId === c.volume.id && r.done)) {
-      // Another coordinator moved the volume. Changes this one sent before
-      // it knew reached the old owners only (seed 546 with moves of 4
-      // blocks at once): those blocks go to their new owners first, or a
-      // new owner would be trusted without them.
+      // Done: by this coordinator, or by an earlier one, which this one
+      // learnt before its first change (coordinator.ts, learnMoves). A
+      // change sent to the old owners alone while the volume was not known
+      // moved would be missing on a new owner the record makes trusted
+      // (seed 546): should there be one, its block goes there first.
       for (const index of c.changedUnmoved(v)) {
         if (c.isClosed || c.fencedBy) return;
         const cur = c.ctx.ring();

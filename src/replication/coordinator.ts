@@ -4,7 +4,7 @@ import type { VolumeLock } from '../metadata/metadata-service.js';
 import { ABSENT_META, compareCopies, type BlockMeta } from '../model/block-meta.js';
 import { blockRef, type BlockRef } from '../model/block-ref.js';
 import type { ChangeStamp, InstallOutcome, ReplicaApi, RequestContext } from '../model/replica-api.js';
-import type { VolumeRecord } from '../model/records.js';
+import type { VolumeMoveRecord, VolumeRecord } from '../model/records.js';
 import { formatVersion, makeVersion, SEQ_MAX, VERSION_ABSENT, versionToken, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
 import { releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
@@ -296,15 +296,26 @@ export class VolumeCoordinator {
    * owners alone, they would be missing on a new owner that the record then
    * makes trusted (seed 546, with moves of 4 blocks at once). Move records
    * are written under the volume's fence, so none becomes done later but
-   * by this coordinator. If etcd does not answer now, the first background
-   * pass learns it, and brings the blocks changed meanwhile to their new
-   * owners first (block-jobs.ts, move).
+   * by this coordinator.
+   *
+   * If etcd does not answer, the token is not taken: the open (or the
+   * relock) fails and is tried again. Letting the first background pass
+   * learn the record instead left a hole: had the transition settled
+   * before that pass, nothing would ever copy the blocks changed meanwhile
+   * (move() runs only while a transition moves), and a new owner would be
+   * trusted without them. Availability gives way to that here.
    */
   private async learnMoves(): Promise<void> {
     const t = this.ctx.ring().transition;
     if (t === null || t.phase !== 'moving') return;
-    const records = await this.ctx.metadata.listVolumeMoves(t.startedVersion).catch(unlessAssertion(null));
-    if (records === null || !records.some((r) => r.volumeId === this.volume.id && r.done)) return;
+    let records: VolumeMoveRecord[];
+    try {
+      records = await this.ctx.metadata.listVolumeMoves(t.startedVersion);
+    } catch (err) {
+      rethrowAssertion(err);
+      throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `volume ${this.volume.name}: the ring is moving and the volume's move record could not be read; the volume is not taken until it is (a change sent now could miss a block's new owners)`, { cause: err });
+    }
+    if (!records.some((r) => r.volumeId === this.volume.id && r.done)) return;
     if (this.ctx.ring().transition?.startedVersion !== t.startedVersion || this.changedUnmoved(t.startedVersion).length > 0) return;
     this.markAllMoved(t.startedVersion);
   }

@@ -9,10 +9,11 @@ import pino from 'pino';
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { ClusterNode, DEFAULT_NODE_SETTINGS } from '../../src/cluster/node.js';
-import { isTorusError } from '../../src/errors/torus-error.js';
+import { isTorusError, TorusError } from '../../src/errors/torus-error.js';
 import { createMetrics } from '../../src/http/metrics.js';
 import { blockRef } from '../../src/model/block-ref.js';
 import { volumeMaintKey } from '../../src/metadata/keys.js';
+import { MemoryMetadata } from '../../src/metadata/memory-metadata.js';
 import type { NodeEnv, NodeUnderTest, VolumeIo } from '../sim/node-under-test.js';
 import { SIM_TIMING } from '../sim/node-under-test.js';
 import { runUntil } from '../sim/sim-clock.js';
@@ -338,6 +339,51 @@ describe('replication on a simulated cluster', () => {
     expect(cs.find((x) => x.uuid === b.uuid), `block 0 on b: ${JSON.stringify(cs)}`).toMatchObject({ version: onA.version, digest: onA.digest });
     c.crash(a);
     expect((await until(c, io.read(0, BLOCK))).equals(now), 'block 0 through b with a down').toBe(true);
+  });
+
+  it('does not take a volume while the ring moves and its move record cannot be read: a change sent then could miss the new owners for good', async () => {
+    // Learning the record from a later background pass came too late when
+    // the transition settled first: nothing moves blocks in a settled
+    // transition, and the new owner was trusted without the change.
+    const original = MemoryMetadata.prototype.listVolumeMoves;
+    let failFor: MemoryMetadata | null = null;
+    MemoryMetadata.prototype.listVolumeMoves = function (this: MemoryMetadata, ringVersion: number) {
+      if (this === failFor) return Promise.reject(new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', 'injected: the move records cannot be read'));
+      return original.call(this, ringVersion);
+    };
+    try {
+      const c = cluster({ peers: 3, members: 1, replication: 2 });
+      await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+      await startAll(c, c.peers);
+      const [a, b] = c.peers as [SimPeer, SimPeer, SimPeer];
+      let io = await until(c, c.open(a, 'v', 'rw'));
+      await until(c, io.write(0, pattern(1, 4 * BLOCK), false));
+      await until(c, io.flush());
+      await until(c, io.close());
+      const ring = await until(c, c.changeRing([a.uuid, b.uuid], 2, 'add b'));
+      const v = ring!.transition!.startedVersion;
+      for (let i = 0; i < 4; i++) {
+        const ref = blockRef(1, 1, i);
+        await b.store.install(ref, await a.store.read(ref, 0, BLOCK), a.store.meta(ref).version, { fua: true });
+      }
+      const token = await until(c, c.adminMetadata.getFence(1));
+      await until(c, c.adminMetadata.putVolumeMove({ schema: 1, ringVersion: v, volumeId: 1, done: true, scanned: 4, copied: 4, unavailable: 0, reached: 4, updatedAt: new Date(0).toISOString() }, token));
+      failFor = b.metadata;
+      let refused = '';
+      await until(c, c.open(b, 'v', 'rw')).catch((err: unknown) => (refused = isTorusError(err) ? err.code : String(err)));
+      expect(refused, 'open of v on b while its move record cannot be read').toBe('TORUS_ERR_ETCD_UNAVAILABLE');
+      // The lock went back with the refusal: the open succeeds once etcd answers.
+      failFor = null;
+      io = await until(c, c.open(b, 'v', 'rw'));
+      const now = pattern(2, BLOCK);
+      await until(c, io.write(0, now, false));
+      await until(c, io.flush());
+      const cs = copies(c, 1, 0);
+      const onA = cs.find((x) => x.uuid === a.uuid)!;
+      expect(cs.find((x) => x.uuid === b.uuid), `block 0 on b: ${JSON.stringify(cs)}`).toMatchObject({ version: onA.version, digest: onA.digest });
+    } finally {
+      MemoryMetadata.prototype.listVolumeMoves = original;
+    }
   });
 
   it('keeps a trim made while a replica was down: it reads as zeroes after the replica returns, and no repair brings the data back', async () => {
