@@ -147,6 +147,7 @@ export class TorusDaemon {
       pool: this.pool,
     });
     if (this.pool.poison) this.root.warn('buffer pool poisoning is on (TORUS_POOL_POISON=1): a debugging mode, slower');
+    this.metrics.setBufferPoolSource(() => this.pool.stats());
     this.metrics.setStoreUsageSource(() => {
       const u = this.store.usage();
       return { capacityBytes: u.capacity, usedBytes: u.used };

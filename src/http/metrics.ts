@@ -6,6 +6,7 @@
  * read at scrape time from an injected function.
  */
 import { Counter, Gauge, collectDefaultMetrics, type Registry } from 'prom-client';
+import type { BufferPoolStats } from '../util/buffer-pool.js';
 
 /** NBD transmission commands, named as the NBD spec does (NBD_CMD_*), lower case. */
 export const NBD_COMMANDS = ['read', 'write', 'disc', 'flush', 'trim', 'cache', 'write_zeroes', 'block_status'] as const;
@@ -79,6 +80,8 @@ export interface TorusMetrics {
   setEtcdHealthy(healthy: boolean): void;
   /** Read at every scrape. */
   setReplicationSource(source: () => ReplicationReading): void;
+  /** The data path's buffer pool (util/buffer-pool.ts), read at every scrape. */
+  setBufferPoolSource(source: () => BufferPoolStats): void;
 }
 
 function errnoLabel(errno: number): string {
@@ -251,6 +254,29 @@ export function createMetrics(registry: Registry, options: MetricsOptions = {}):
       },
     });
   }
+  let pool: (() => BufferPoolStats) | undefined;
+  // A buffer never given back stays counted in use: a rising in-use figure
+  // with no load is a leak (the GC still takes the buffer, V8 then collects
+  // on external memory growth instead).
+  const poolFigures: [string, string, keyof BufferPoolStats, 'gauge' | 'counter'][] = [
+    ['torus_buffer_pool_in_use_bytes', 'Pooled data-path buffers handed out and not given back yet, bytes', 'inUseBytes', 'gauge'],
+    ['torus_buffer_pool_free_bytes', 'Pooled buffers on the free lists, bytes (bounded)', 'freeBytes', 'gauge'],
+    ['torus_buffer_pool_allocations_total', 'Pooled buffers allocated because no free one of the size was there', 'allocations', 'counter'],
+    ['torus_buffer_pool_reuses_total', 'Pooled buffers handed out again from a free list', 'reuses', 'counter'],
+  ];
+  for (const [name, help, key, kind] of poolFigures) {
+    const collect = function (this: Gauge | Counter): void {
+      if (pool === undefined) return;
+      const v = pool()[key];
+      if (this instanceof Gauge) this.set(v);
+      else {
+        this.reset();
+        this.inc(v);
+      }
+    };
+    if (kind === 'gauge') new Gauge({ name, help, registers, collect });
+    else new Counter({ name, help, registers, collect });
+  }
   volumesOpen.set(0);
   etcdHealthy.set(0);
   connections.set(0);
@@ -280,6 +306,9 @@ export function createMetrics(registry: Registry, options: MetricsOptions = {}):
     },
     setReplicationSource(source) {
       replication = source;
+    },
+    setBufferPoolSource(source) {
+      pool = source;
     },
   };
 }

@@ -345,6 +345,17 @@ export class FileBlockStore implements LocalBlockStore {
     this.checkVersion(version);
     assert(data === null || data.length === this.blockSize, 'an installed block is blockSize bytes');
     const e = this.entryFor(ref);
+    // Our own reference while the install runs, as for a write: the copy's
+    // reader gives its buffer back once the call returns or times out.
+    if (data !== null) retainBuffer(data);
+    try {
+      await this.installNow(e, data, version, opts);
+    } finally {
+      if (data !== null) releaseBuffer(data);
+    }
+  }
+
+  private async installNow(e: Entry, data: Buffer | null, version: Version, opts: { readonly fua: boolean }): Promise<void> {
     await this.change(e, { reserve: data !== null, fua: opts.fua }, 'block install failed', async () => {
       if (data === null) {
         await this.makeTombstone(e, version);

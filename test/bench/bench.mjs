@@ -235,6 +235,8 @@ async function main() {
         const waits = await quiesce(`${job.name} on ${t.name}`);
         quietWaits.push(...waits.map((w) => w.waitedMs));
         say(`round ${round}/${cfg.rounds} ${job.name}: ${t.name}`);
+        // Each job is its own phase: the RSS report names the job a peak came in.
+        sampler.setPhase(`jobs:${job.name}`);
         const r = await runFio(t, job, device.uri, round);
         results[job.name][t.name].push(r);
         await t.checkAfter?.(job.name, round, device.volume, job.fresh);

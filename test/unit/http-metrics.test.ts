@@ -1,6 +1,7 @@
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import { createMetrics, type NbdCommandName } from '../../src/http/metrics.js';
+import { BufferPool, releaseBuffer } from '../../src/util/buffer-pool.js';
 
 interface Sample {
   value: number;
@@ -95,6 +96,23 @@ describe('createMetrics', () => {
     broken = true;
     expect(await value(registry, 'torus_store_used_bytes')).toBe(4096);
     expect(await registry.metrics()).toContain('torus_store_capacity_bytes 1073741824');
+  });
+
+  it("reads the buffer pool's figures at scrape time: a buffer not given back stays counted in use", async () => {
+    const registry = new Registry();
+    const m = createMetrics(registry, { defaultMetrics: false });
+    const pool = new BufferPool({ classMinBytes: 4096, classMaxBytes: 1 << 20, freeBytesMax: 1 << 20 });
+    m.setBufferPoolSource(() => pool.stats());
+    const a = pool.acquire(1 << 20);
+    pool.acquire(4096); // never given back
+    expect(await value(registry, 'torus_buffer_pool_in_use_bytes')).toBe((1 << 20) + 4096);
+    expect(await value(registry, 'torus_buffer_pool_allocations_total')).toBe(2);
+    releaseBuffer(a);
+    expect(await value(registry, 'torus_buffer_pool_in_use_bytes')).toBe(4096);
+    expect(await value(registry, 'torus_buffer_pool_free_bytes')).toBe(1 << 20);
+    releaseBuffer(pool.acquire(1 << 20));
+    expect(await value(registry, 'torus_buffer_pool_reuses_total')).toBe(1);
+    expect(await value(registry, 'torus_buffer_pool_allocations_total')).toBe(2);
   });
 
   it('uses only the given registry, so two daemons in one process do not collide', async () => {

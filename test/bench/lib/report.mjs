@@ -144,8 +144,8 @@ export function rssLines(rss, targets, limitBytes = RSS_MAX_BYTES) {
     if (t.startsWith('torusd')) {
       const verdicts = rssVerdicts({ targets: { [t]: r } }, limitBytes);
       const over = verdicts.filter((v) => !v.met);
-      const perPeer = procs.map(([label, p]) => `${label} ${mib(p.peakBytes)} (VmHWM ${mib(p.hwmBytes)})`).join(', ');
-      line += procs.length > 1 ? ` summed over peers; per peer: ${perPeer}` : ` (VmHWM ${mib(r.hwmSumBytes)})`;
+      const perPeer = procs.map(([label, p]) => `${label} ${mib(p.peakBytes)} (VmHWM ${mib(p.hwmBytes)}${p.peakPhase ? `; in ${p.peakPhase}` : ''})`).join(', ');
+      line += procs.length > 1 ? ` summed over peers; per peer: ${perPeer}` : ` (VmHWM ${mib(r.hwmSumBytes)}${r.peakPhase ? `; in ${r.peakPhase}` : ''})`;
       line += over.length === 0 ? `; every torusd ≤ ${mib(limitBytes)}: meets` : `; OVER the ${mib(limitBytes)} target: ${over.map((v) => v.process).join(', ')}`;
     } else if (procs.length > 1) {
       line += ` (${procs.length} processes over the run, summed while alive)`;

@@ -73,7 +73,7 @@ export class RssSampler {
   #phase = 'setup';
   /** target -> { peakKib, peakAt, phase peaks } */
   #targets = new Map();
-  /** label -> { target, pid, peakRssKib, hwmKib } */
+  /** label -> { target, pid, peakRssKib, peakPhase, hwmKib } */
   #perProcess = new Map();
 
   constructor({ intervalMs = 200 } = {}) {
@@ -83,7 +83,7 @@ export class RssSampler {
   /** Counts pid (and whatever it spawns) under target from now on, as `label` (unique per process). */
   track(target, label, pid) {
     this.#procs.set(label, { target, pid });
-    if (!this.#perProcess.has(label)) this.#perProcess.set(label, { target, pid, peakRssKib: 0, hwmKib: 0 });
+    if (!this.#perProcess.has(label)) this.#perProcess.set(label, { target, pid, peakRssKib: 0, peakPhase: null, hwmKib: 0 });
     this.#perProcess.get(label).pid = pid;
     this.#descendantsAt = 0;
   }
@@ -124,7 +124,10 @@ export class RssSampler {
       }
       if (!seen) continue;
       const pp = this.#perProcess.get(label);
-      pp.peakRssKib = Math.max(pp.peakRssKib, rss);
+      if (rss > pp.peakRssKib) {
+        pp.peakRssKib = rss;
+        pp.peakPhase = this.#phase;
+      }
       // VmHWM only grows while the process lives; the last reading is its peak so far.
       pp.hwmKib = Math.max(pp.hwmKib, hwm);
       sums.set(target, (sums.get(target) ?? 0) + rss);
@@ -158,7 +161,7 @@ export class RssSampler {
         peakPhase: t.peakPhase,
         hwmSumBytes: procs.reduce((n, [, p]) => n + p.hwmKib * 1024, 0),
         phasePeakBytes: Object.fromEntries(Object.entries(t.phases).map(([k, v]) => [k, v * 1024])),
-        processes: Object.fromEntries(procs.map(([label, p]) => [label, { peakBytes: p.peakRssKib * 1024, hwmBytes: p.hwmKib * 1024 }])),
+        processes: Object.fromEntries(procs.map(([label, p]) => [label, { peakBytes: p.peakRssKib * 1024, peakPhase: p.peakPhase, hwmBytes: p.hwmKib * 1024 }])),
       };
     }
     return { intervalMs: this.intervalMs, targets: out };
