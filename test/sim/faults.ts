@@ -1,5 +1,6 @@
 import type { MemoryFault } from '../../src/metadata/memory-metadata.js';
 import type { BlockRef } from '../../src/model/block-ref.js';
+import { ownersOf } from '../../src/replication/owners.js';
 import { PAGE_BYTES } from '../../src/store/block-file.js';
 import type { Random } from '../../src/util/random.js';
 import type { Checker } from './checker.js';
@@ -396,11 +397,17 @@ export class FaultInjector implements QuietState {
         // Bit rot is one fault: some other peer keeps the same copy durably,
         // so a repair can come from it even if its peer crashes later. Rot
         // of the only good copy is a double fault no replication survives.
+        // That peer must stay an owner: an old owner's copy is garbage once
+        // the transition is over (seed 2944: the only good copy left was on
+        // an old owner, both new owners had rotted unnoticed, and it was
+        // dropped when the ring went stable).
+        const ring = c.ringNow();
         const durableElsewhere = (ref: BlockRef): boolean => {
           const mine = p.store.inspect(ref).visible;
-          if (mine === null || mine.data === null) return false;
+          if (mine === null || mine.data === null || ring === null) return false;
+          const keeps = ownersOf(ring, ref).now;
           return c.peers.some((q) => {
-            if (q === p) return false;
+            if (q === p || !keeps.includes(q.uuid)) return false;
             const theirs = q.store.inspect(ref).durable;
             return theirs !== null && theirs.version === mine.version && theirs.data !== null && theirs.data.equals(mine.data!);
           });

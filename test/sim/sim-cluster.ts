@@ -1,8 +1,8 @@
 import pino, { type Logger } from 'pino';
 import { TorusError } from '../../src/errors/torus-error.js';
-import { staleKey } from '../../src/metadata/keys.js';
+import { KEYS, staleKey } from '../../src/metadata/keys.js';
 import { MemoryEtcd } from '../../src/metadata/memory-etcd.js';
-import { decodeStaleRecord } from '../../src/metadata/record-codec.js';
+import { decodeRingRecord, decodeStaleRecord } from '../../src/metadata/record-codec.js';
 import { MemoryMetadata, type MemoryFault } from '../../src/metadata/memory-metadata.js';
 import type { ReplicaApi } from '../../src/model/replica-api.js';
 import type { PeerRecord, RingMember, RingRecord, StaleRecord } from '../../src/model/records.js';
@@ -299,6 +299,12 @@ export class SimCluster {
 
   storeViews(): StoreView[] {
     return this.peers.map((p) => ({ uuid: p.uuid, alive: this.isAlive(p), store: p.store }));
+  }
+
+  /** The ring as etcd holds it now, read straight from the twin's store (no simulated time passes), or null before bootstrap. */
+  ringNow(): RingRecord | null {
+    const entry = this.etcd.get(KEYS.ring);
+    return entry === undefined ? null : decodeRingRecord(KEYS.ring, entry.value);
   }
 
   /** Whether etcd names `peer` stale for this block now (read straight from the twin's store). */
