@@ -4,6 +4,7 @@ import type { ListedBlock } from '../model/block-meta.js';
 import { LIST_BLOCKS_MAX } from '../model/replica-api.js';
 import { transitionPeers } from '../ring/transition.js';
 import { reportAssertion, rethrowAssertion, unlessAssertion } from '../util/invariant.js';
+import { assert } from '../util/assert.js';
 import { withTimeout } from '../util/timeout.js';
 import type { VolumeCoordinator } from './coordinator.js';
 import { planCatchUp } from './catch-up-plan.js';
@@ -23,6 +24,8 @@ export interface JobReport {
 
 /** Block indexes a move goes through between two progress records. */
 const MOVE_PROGRESS_EVERY_BLOCKS = 256;
+/** Blocks a move copies at once (moveListed). */
+export const MOVE_BLOCKS_IN_FLIGHT = 4;
 
 /**
  * Background work of one coordinator (docs/replication.md, "Maintenance"):
@@ -284,30 +287,49 @@ export class VolumeJobs {
     let scanned = 0;
     let copied = 0;
     let unavailable = 0;
-    for (let index = 0; index < c.blockCount; index++) {
-      if (c.isClosed || c.fencedBy) return;
+    // Blocks move MOVE_BLOCKS_IN_FLIGHT at a time, each under its own order
+    // (moveBlock), all through the one copy budget. One at a time, a block's
+    // learn, read and durable install (round trips and an fdatasync each)
+    // left both the budget and the disks mostly idle: 72-87 MB/s against
+    // cp's 1110 on the same disk.
+    let next = 0;
+    let stopped = false; // closed, fenced off, or a newer ring change: start again under it
+    const moveOne = async (index: number): Promise<boolean> => {
       if (index > 0 && index % MOVE_PROGRESS_EVERY_BLOCKS === 0) await this.progress(v, { scanned, copied, unavailable, reached: index }, false);
       const cur = c.ctx.ring();
-      if (cur.transition?.startedVersion !== v) return; // a newer change: start again under it
+      if (cur.transition?.startedVersion !== v) return false;
       const owners = ownersOf(cur, c.refOf(index));
       if (!listed.has(index) && !recorded.has(index) && !everything && !changed.has(index)) {
         // An old owner that answered, is trusted and does not hold it: it does not exist.
         const known = owners.old!.some((u) => listedFrom.has(u) && !c.stale.isStale(u, index));
-        if (known) {
-          c.markMoved(index, v);
-          continue;
-        }
-        unavailable++;
-        continue;
+        if (known) c.markMoved(index, v);
+        else unavailable++;
+        return true;
       }
       scanned++;
       const r = await this.moveBlock(index, owners.now, v);
-      if (!r.unavailable && r.failed.length === 0) {
-        copied += r.fixed.length;
-      } else {
-        unavailable++;
+      if (!r.unavailable && r.failed.length === 0) copied += r.fixed.length;
+      else unavailable++;
+      return true;
+    };
+    const worker = async (): Promise<void> => {
+      while (!stopped && next < c.blockCount) {
+        if (c.isClosed || c.fencedBy) {
+          stopped = true;
+          return;
+        }
+        try {
+          if (!(await moveOne(next++))) stopped = true;
+        } catch (err) {
+          stopped = true; // the other workers end after their current block
+          throw err;
+        }
       }
-    }
+    };
+    const workers = await Promise.allSettled(Array.from({ length: Math.min(MOVE_BLOCKS_IN_FLIGHT, c.blockCount) }, worker));
+    for (const w of workers) if (w.status === 'rejected') throw w.reason;
+    if (stopped) return;
+    assert(next >= c.blockCount, 'a move that was not stopped went through every block');
     report.moved += copied;
     report.pending += unavailable;
     await this.progress(v, { scanned, copied, unavailable, reached: c.blockCount }, unavailable === 0);

@@ -12,6 +12,8 @@ import { ClusterNode, DEFAULT_NODE_SETTINGS } from '../../src/cluster/node.js';
 import { isTorusError, TorusError } from '../../src/errors/torus-error.js';
 import { createMetrics } from '../../src/http/metrics.js';
 import { blockRef } from '../../src/model/block-ref.js';
+import { MOVE_BLOCKS_IN_FLIGHT } from '../../src/replication/block-jobs.js';
+import { sleep } from '../../src/util/timeout.js';
 import { volumeMaintKey } from '../../src/metadata/keys.js';
 import { MemoryMetadata } from '../../src/metadata/memory-metadata.js';
 import type { NodeEnv, NodeUnderTest, VolumeIo } from '../sim/node-under-test.js';
@@ -300,6 +302,49 @@ describe('replication on a simulated cluster', () => {
     // The first peer dies: everything is still there.
     c.crash(a);
     await runFor(c, 15_000);
+    io = await until(c, c.open(b, 'v', 'rw'), 60_000);
+    expect((await until(c, io.read(0, data.length))).equals(data)).toBe(true);
+  });
+
+  it('a move copies several blocks at once, and each arrives whole', async () => {
+    // One at a time, a block's learn, read and durable install left the
+    // disks mostly idle: re-replication ran at 72-87 MB/s against cp's 1110.
+    const c = cluster({ peers: 3, members: 1, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+    const [a, b] = c.peers as [SimPeer, SimPeer, SimPeer];
+    // Each install on b takes 5 ms of the simulated clock, so that
+    // installs sent together overlap.
+    const install = b.store.install.bind(b.store);
+    let inFlight = 0;
+    let most = 0;
+    b.store.install = async (...args: Parameters<typeof install>) => {
+      inFlight++;
+      most = Math.max(most, inFlight);
+      try {
+        await sleep(c.clock.clockFor(b.process!), 5);
+        return await install(...args);
+      } finally {
+        inFlight--;
+      }
+    };
+    await startAll(c, c.peers);
+    let io = await until(c, c.open(a, 'v', 'rw'));
+    const data = pattern(4, VOLUME_BLOCKS * BLOCK);
+    await until(c, io.write(0, data, false));
+    await until(c, io.flush());
+    await until(c, io.close());
+    await until(c, c.changeRing([a.uuid, b.uuid], 2, 'add b'));
+    await runFor(c, 30_000);
+    expect((await until(c, c.ring())).transition).toBeNull();
+    // Several at once, never more than the limit.
+    expect(most, 'installs on the new owner in flight at once').toBeGreaterThan(1);
+    expect(most, 'installs on the new owner in flight at once').toBe(MOVE_BLOCKS_IN_FLIGHT);
+    for (let i = 0; i < VOLUME_BLOCKS; i++) {
+      const cs = copies(c, 1, i);
+      expect(cs.length, `block ${i}: ${JSON.stringify(cs)}`).toBe(2);
+      expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size, `block ${i}`).toBe(1);
+    }
+    c.crash(a);
     io = await until(c, c.open(b, 'v', 'rw'), 60_000);
     expect((await until(c, io.read(0, data.length))).equals(data)).toBe(true);
   });
