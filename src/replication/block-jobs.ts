@@ -4,7 +4,7 @@ import type { ListedBlock } from '../model/block-meta.js';
 import { LIST_BLOCKS_MAX } from '../model/replica-api.js';
 import { transitionPeers } from '../ring/transition.js';
 import { reportAssertion, rethrowAssertion, unlessAssertion } from '../util/invariant.js';
-import { assert } from '../util/assert.js';
+import { eachLimited, indexesBelow } from '../util/each-limited.js';
 import { withTimeout } from '../util/timeout.js';
 import type { VolumeCoordinator } from './coordinator.js';
 import { planCatchUp } from './catch-up-plan.js';
@@ -24,8 +24,8 @@ export interface JobReport {
 
 /** Block indexes a move goes through between two progress records. */
 const MOVE_PROGRESS_EVERY_BLOCKS = 256;
-/** Blocks a move copies at once (moveListed). */
-export const MOVE_BLOCKS_IN_FLIGHT = 4;
+/** Blocks a move or a catch-up copies at once. */
+export const BLOCKS_IN_FLIGHT = 4;
 
 /**
  * Background work of one coordinator (docs/replication.md, "Maintenance"):
@@ -117,18 +117,14 @@ export class VolumeJobs {
       const indexes = missed === 'all' ? range(c.blockCount) : missed;
       let allFixed = true;
       let copied = 0;
-      for (const index of indexes) {
-        if (c.isClosed || c.fencedBy) {
-          // Each block copied was cleared on its own: the next coordinator goes on from here.
-          if (copied > 0) this.log.info({ peer, blocks: copied, of: indexes.length, whole: missed === 'all' }, 'catch-up interrupted (volume closed or fenced off); the blocks copied stay caught up');
-          report.caughtUp += copied;
-          return;
-        }
+      // BLOCKS_IN_FLIGHT at a time, as a move (each under its own order).
+      const catchUpOne = async (index: number): Promise<boolean> => {
+        if (c.isClosed || c.fencedBy) return false;
         const owners = ownersOf(c.ctx.ring(), c.refOf(index));
         if (!owners.all.includes(peer)) {
           // No longer an owner of this block: nothing to catch up.
           if (missed !== 'all') void c.stale.clear(peer, [index], c.currentToken).catch(this.dropped);
-          continue;
+          return true;
         }
         const r = await c.syncBlock(index, [peer], this.budget, (fixed) => {
           if (fixed.includes(peer) && missed !== 'all') void c.stale.clear(peer, [index], c.currentToken).catch(this.dropped);
@@ -138,6 +134,13 @@ export class VolumeJobs {
           allFixed = false;
           report.pending++;
         }
+        return true;
+      };
+      if (!(await eachLimited(indexes, BLOCKS_IN_FLIGHT, catchUpOne))) {
+        // Each block copied was cleared on its own: the next coordinator goes on from here.
+        if (copied > 0) this.log.info({ peer, blocks: copied, of: indexes.length, whole: missed === 'all' }, 'catch-up interrupted (volume closed or fenced off); the blocks copied stay caught up');
+        report.caughtUp += copied;
+        return;
       }
       if (missed === 'all' && allFixed) {
         const cleared = await c.stale.clearAll(peer, generation, c.currentToken).catch(unlessAssertion(false));
@@ -287,17 +290,16 @@ export class VolumeJobs {
     let scanned = 0;
     let copied = 0;
     let unavailable = 0;
-    // Blocks move MOVE_BLOCKS_IN_FLIGHT at a time, each under its own order
+    // Blocks move BLOCKS_IN_FLIGHT at a time, each under its own order
     // (moveBlock), all through the one copy budget. One at a time, a block's
     // learn, read and durable install (round trips and an fdatasync each)
     // left both the budget and the disks mostly idle: 72-87 MB/s against
     // cp's 1110 on the same disk.
-    let next = 0;
-    let stopped = false; // closed, fenced off, or a newer ring change: start again under it
     const moveOne = async (index: number): Promise<boolean> => {
+      if (c.isClosed || c.fencedBy) return false;
       if (index > 0 && index % MOVE_PROGRESS_EVERY_BLOCKS === 0) await this.progress(v, { scanned, copied, unavailable, reached: index }, false);
       const cur = c.ctx.ring();
-      if (cur.transition?.startedVersion !== v) return false;
+      if (cur.transition?.startedVersion !== v) return false; // a newer change: start again under it
       const owners = ownersOf(cur, c.refOf(index));
       if (!listed.has(index) && !recorded.has(index) && !everything && !changed.has(index)) {
         // An old owner that answered, is trusted and does not hold it: it does not exist.
@@ -312,24 +314,7 @@ export class VolumeJobs {
       else unavailable++;
       return true;
     };
-    const worker = async (): Promise<void> => {
-      while (!stopped && next < c.blockCount) {
-        if (c.isClosed || c.fencedBy) {
-          stopped = true;
-          return;
-        }
-        try {
-          if (!(await moveOne(next++))) stopped = true;
-        } catch (err) {
-          stopped = true; // the other workers end after their current block
-          throw err;
-        }
-      }
-    };
-    const workers = await Promise.allSettled(Array.from({ length: Math.min(MOVE_BLOCKS_IN_FLIGHT, c.blockCount) }, worker));
-    for (const w of workers) if (w.status === 'rejected') throw w.reason;
-    if (stopped) return;
-    assert(next >= c.blockCount, 'a move that was not stopped went through every block');
+    if (!(await eachLimited(indexesBelow(c.blockCount), BLOCKS_IN_FLIGHT, moveOne))) return;
     report.moved += copied;
     report.pending += unavailable;
     await this.progress(v, { scanned, copied, unavailable, reached: c.blockCount }, unavailable === 0);
