@@ -147,6 +147,31 @@ function slowInstalls(c: SimCluster, peer: SimPeer): { most: () => number } {
   return { most: () => most };
 }
 
+/**
+ * Volume v (4 blocks) written through a, then b added to the ring (R = 2):
+ * the blocks installed on b as a move installs them, and the move recorded
+ * done by another coordinator (the old writer, in seed 546).
+ */
+async function moveRecordedDone(): Promise<{ c: SimCluster; a: SimPeer; b: SimPeer }> {
+  const c = cluster({ peers: 3, members: 1, replication: 2 });
+  await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+  await startAll(c, c.peers);
+  const [a, b] = c.peers as [SimPeer, SimPeer, SimPeer];
+  const io = await until(c, c.open(a, 'v', 'rw'));
+  await until(c, io.write(0, pattern(1, 4 * BLOCK), false));
+  await until(c, io.flush());
+  await until(c, io.close());
+  const ring = await until(c, c.changeRing([a.uuid, b.uuid], 2, 'add b'));
+  const v = ring!.transition!.startedVersion;
+  for (let i = 0; i < 4; i++) {
+    const ref = blockRef(1, 1, i);
+    await b.store.install(ref, await a.store.read(ref, 0, BLOCK), a.store.meta(ref).version, { fua: true });
+  }
+  const token = await until(c, c.adminMetadata.getFence(1));
+  await until(c, c.adminMetadata.putVolumeMove({ schema: 1, ringVersion: v, volumeId: 1, done: true, scanned: 4, copied: 4, unavailable: 0, reached: 4, updatedAt: new Date(0).toISOString() }, token));
+  return { c, a, b };
+}
+
 /** A warn-level logger whose lines the test reads back. */
 function captureLogs(): { logger: pino.Logger; lines: Record<string, unknown>[] } {
   const lines: Record<string, unknown>[] = [];
@@ -392,26 +417,8 @@ describe('replication on a simulated cluster', () => {
     // its first pass read that record, so the change went to the old owner
     // only; the record then made the new owner count as holding every
     // block, and its older copy was trusted once the old owner was down.
-    const c = cluster({ peers: 3, members: 1, replication: 2 });
-    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
-    await startAll(c, c.peers);
-    const [a, b] = c.peers as [SimPeer, SimPeer, SimPeer];
-    let io = await until(c, c.open(a, 'v', 'rw'));
-    await until(c, io.write(0, pattern(1, 4 * BLOCK), false));
-    await until(c, io.flush());
-    await until(c, io.close());
-    const ring = await until(c, c.changeRing([a.uuid, b.uuid], 2, 'add b'));
-    const v = ring!.transition!.startedVersion;
-    // Moved (the copies installed on b as a move installs them) and recorded
-    // done by another coordinator: the old writer, in the seed.
-    for (let i = 0; i < 4; i++) {
-      const ref = blockRef(1, 1, i);
-      const data = await a.store.read(ref, 0, BLOCK);
-      await b.store.install(ref, data, a.store.meta(ref).version, { fua: true });
-    }
-    const token = await until(c, c.adminMetadata.getFence(1));
-    await until(c, c.adminMetadata.putVolumeMove({ schema: 1, ringVersion: v, volumeId: 1, done: true, scanned: 4, copied: 4, unavailable: 0, reached: 4, updatedAt: new Date(0).toISOString() }, token));
-    io = await until(c, c.open(b, 'v', 'rw'));
+    const { c, a, b } = await moveRecordedDone();
+    const io = await until(c, c.open(b, 'v', 'rw'));
     const now = pattern(2, BLOCK);
     await until(c, io.write(0, now, false));
     await until(c, io.flush());
@@ -434,29 +441,14 @@ describe('replication on a simulated cluster', () => {
       return original.call(this, ringVersion);
     };
     try {
-      const c = cluster({ peers: 3, members: 1, replication: 2 });
-      await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
-      await startAll(c, c.peers);
-      const [a, b] = c.peers as [SimPeer, SimPeer, SimPeer];
-      let io = await until(c, c.open(a, 'v', 'rw'));
-      await until(c, io.write(0, pattern(1, 4 * BLOCK), false));
-      await until(c, io.flush());
-      await until(c, io.close());
-      const ring = await until(c, c.changeRing([a.uuid, b.uuid], 2, 'add b'));
-      const v = ring!.transition!.startedVersion;
-      for (let i = 0; i < 4; i++) {
-        const ref = blockRef(1, 1, i);
-        await b.store.install(ref, await a.store.read(ref, 0, BLOCK), a.store.meta(ref).version, { fua: true });
-      }
-      const token = await until(c, c.adminMetadata.getFence(1));
-      await until(c, c.adminMetadata.putVolumeMove({ schema: 1, ringVersion: v, volumeId: 1, done: true, scanned: 4, copied: 4, unavailable: 0, reached: 4, updatedAt: new Date(0).toISOString() }, token));
+      const { c, a, b } = await moveRecordedDone();
       failFor = b.metadata;
       let refused = '';
       await until(c, c.open(b, 'v', 'rw')).catch((err: unknown) => (refused = isTorusError(err) ? err.code : String(err)));
       expect(refused, 'open of v on b while its move record cannot be read').toBe('TORUS_ERR_ETCD_UNAVAILABLE');
       // The lock went back with the refusal: the open succeeds once etcd answers.
       failFor = null;
-      io = await until(c, c.open(b, 'v', 'rw'));
+      const io = await until(c, c.open(b, 'v', 'rw'));
       const now = pattern(2, BLOCK);
       await until(c, io.write(0, now, false));
       await until(c, io.flush());
