@@ -172,6 +172,21 @@ async function moveRecordedDone(): Promise<{ c: SimCluster; a: SimPeer; b: SimPe
   return { c, a, b };
 }
 
+/** Several at once, never more than the limit. */
+function expectSeveralAtOnce(most: number, what: string): void {
+  expect(most, `${what} in flight at once`).toBeGreaterThan(1);
+  expect(most, `${what} in flight at once`).toBe(BLOCKS_IN_FLIGHT);
+}
+
+/** Every block of volume 1 has exactly two copies, equal. */
+function expectTwoEqualCopies(c: SimCluster, blocks: number): void {
+  for (let i = 0; i < blocks; i++) {
+    const cs = copies(c, 1, i);
+    expect(cs.length, `block ${i}: ${JSON.stringify(cs)}`).toBe(2);
+    expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size, `block ${i}`).toBe(1);
+  }
+}
+
 /** A warn-level logger whose lines the test reads back. */
 function captureLogs(): { logger: pino.Logger; lines: Record<string, unknown>[] } {
   const lines: Record<string, unknown>[] = [];
@@ -369,13 +384,8 @@ describe('replication on a simulated cluster', () => {
     await until(c, c.start(b));
     await runFor(c, 20_000);
     expect(await until(c, c.adminMetadata.getStale(1))).toEqual([]);
-    expect(installs.most(), 'installs on the returning peer in flight at once').toBeGreaterThan(1);
-    expect(installs.most(), 'installs on the returning peer in flight at once').toBe(BLOCKS_IN_FLIGHT);
-    for (let i = 0; i < VOLUME_BLOCKS; i++) {
-      const cs = copies(c, 1, i);
-      expect(cs.length, `block ${i}: ${JSON.stringify(cs)}`).toBe(2);
-      expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size, `block ${i}`).toBe(1);
-    }
+    expectSeveralAtOnce(installs.most(), 'installs on the returning peer');
+    expectTwoEqualCopies(c, VOLUME_BLOCKS);
     c.crash(a);
     await until(c, io.close()).catch(() => undefined);
     const through = await until(c, c.open(b, 'v', 'rw'), 60_000);
@@ -398,14 +408,8 @@ describe('replication on a simulated cluster', () => {
     await until(c, c.changeRing([a.uuid, b.uuid], 2, 'add b'));
     await runFor(c, 30_000);
     expect((await until(c, c.ring())).transition).toBeNull();
-    // Several at once, never more than the limit.
-    expect(installs.most(), 'installs on the new owner in flight at once').toBeGreaterThan(1);
-    expect(installs.most(), 'installs on the new owner in flight at once').toBe(BLOCKS_IN_FLIGHT);
-    for (let i = 0; i < VOLUME_BLOCKS; i++) {
-      const cs = copies(c, 1, i);
-      expect(cs.length, `block ${i}: ${JSON.stringify(cs)}`).toBe(2);
-      expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size, `block ${i}`).toBe(1);
-    }
+    expectSeveralAtOnce(installs.most(), 'installs on the new owner');
+    expectTwoEqualCopies(c, VOLUME_BLOCKS);
     c.crash(a);
     io = await until(c, c.open(b, 'v', 'rw'), 60_000);
     expect((await until(c, io.read(0, data.length))).equals(data)).toBe(true);
