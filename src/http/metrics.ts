@@ -158,6 +158,32 @@ export function createMetrics(registry: Registry, options: MetricsOptions = {}):
     registers,
   });
 
+  // Figures kept elsewhere are copied in at scrape time; none while the source is unset.
+  const scrapedCounter = (name: string, help: string, read: () => number | undefined): void => {
+    new Counter({
+      name,
+      help,
+      registers,
+      collect() {
+        const v = read();
+        if (v === undefined) return;
+        this.reset();
+        this.inc(v);
+      },
+    });
+  };
+  const scrapedGauge = (name: string, help: string, read: () => number | undefined): void => {
+    new Gauge({
+      name,
+      help,
+      registers,
+      collect() {
+        const v = read();
+        if (v !== undefined) this.set(v);
+      },
+    });
+  };
+
   let storeUsage = options.storeUsage;
   // Last good reading: a failing source must not break the whole scrape.
   let lastUsage: StoreUsage | undefined;
@@ -171,24 +197,8 @@ export function createMetrics(registry: Registry, options: MetricsOptions = {}):
     }
     return lastUsage;
   };
-  new Gauge({
-    name: 'torus_store_capacity_bytes',
-    help: 'Bytes the local block store may use (its --size)',
-    registers,
-    collect() {
-      const u = readUsage();
-      if (u !== undefined) this.set(u.capacityBytes);
-    },
-  });
-  new Gauge({
-    name: 'torus_store_used_bytes',
-    help: 'Bytes the local block store uses now',
-    registers,
-    collect() {
-      const u = readUsage();
-      if (u !== undefined) this.set(u.usedBytes);
-    },
-  });
+  scrapedGauge('torus_store_capacity_bytes', 'Bytes the local block store may use (its --size)', () => readUsage()?.capacityBytes);
+  scrapedGauge('torus_store_used_bytes', 'Bytes the local block store uses now', () => readUsage()?.usedBytes);
   const volumesOpen = new Gauge({
     name: 'torus_volumes_open',
     help: 'Volumes this daemon has open',
@@ -211,7 +221,6 @@ export function createMetrics(registry: Registry, options: MetricsOptions = {}):
     }
     return lastReplication;
   };
-  // Counters kept elsewhere are copied in at scrape time.
   const replicationCounters: [string, string, keyof ReplicationReading][] = [
     ['torus_replication_degraded_changes_total', 'Changes acknowledged with some owners recorded stale instead (a peer down or failing)', 'degradedChanges'],
     ['torus_replication_failed_changes_total', 'Changes not acknowledged because fewer than minReplicas owners took them', 'failedChanges'],
@@ -223,19 +232,7 @@ export function createMetrics(registry: Registry, options: MetricsOptions = {}):
     ['torus_replication_divergent_blocks_total', 'Blocks whose copies differ at one version (investigate)', 'divergent'],
     ['torus_replication_copied_bytes_total', 'Bytes copied for moves, catch-up, repair and scrub', 'copiedBytes'],
   ];
-  for (const [name, help, key] of replicationCounters) {
-    new Counter({
-      name,
-      help,
-      registers,
-      collect() {
-        const r = readReplication();
-        if (r === undefined) return;
-        this.reset();
-        this.inc(r[key]);
-      },
-    });
-  }
+  for (const [name, help, key] of replicationCounters) scrapedCounter(name, help, () => readReplication()?.[key]);
   const replicationGauges: [string, string, keyof ReplicationReading][] = [
     ['torus_replication_copy_bytes_per_second', 'Background copy rate over the last 10 s (the REB/REP DATA column)', 'copyBytesPerSec'],
     ['torus_replication_failing_peers', 'Peers this daemon skips now because they failed a request (probed every second)', 'failingPeers'],
@@ -243,40 +240,16 @@ export function createMetrics(registry: Registry, options: MetricsOptions = {}):
     ['torus_ring_phase', 'Ring transition phase: 0 stable, 1 moving, 2 settled', 'ringPhase'],
     ['torus_ring_down_out_held', 'Ring members DOWN past --down-out-interval that this daemon holds in the ring (fewer than R members would remain, a survivor would fill past 85 %, or a survivor never reported its usage)', 'downOutHeld'],
   ];
-  for (const [name, help, key] of replicationGauges) {
-    new Gauge({
-      name,
-      help,
-      registers,
-      collect() {
-        const r = readReplication();
-        if (r !== undefined) this.set(r[key]);
-      },
-    });
-  }
+  for (const [name, help, key] of replicationGauges) scrapedGauge(name, help, () => readReplication()?.[key]);
   let pool: (() => BufferPoolStats) | undefined;
   // A buffer never given back stays counted in use: a rising in-use figure
   // with no load is a leak (the GC still takes the buffer, V8 then collects
   // on external memory growth instead).
-  const poolFigures: [string, string, keyof BufferPoolStats, 'gauge' | 'counter'][] = [
-    ['torus_buffer_pool_in_use_bytes', 'Pooled data-path buffers handed out and not given back yet, bytes', 'inUseBytes', 'gauge'],
-    ['torus_buffer_pool_free_bytes', 'Pooled buffers on the free lists, bytes (bounded)', 'freeBytes', 'gauge'],
-    ['torus_buffer_pool_allocations_total', 'Pooled buffers allocated because no free one of the size was there', 'allocations', 'counter'],
-    ['torus_buffer_pool_reuses_total', 'Pooled buffers handed out again from a free list', 'reuses', 'counter'],
-  ];
-  for (const [name, help, key, kind] of poolFigures) {
-    const collect = function (this: Gauge | Counter): void {
-      if (pool === undefined) return;
-      const v = pool()[key];
-      if (this instanceof Gauge) this.set(v);
-      else {
-        this.reset();
-        this.inc(v);
-      }
-    };
-    if (kind === 'gauge') new Gauge({ name, help, registers, collect });
-    else new Counter({ name, help, registers, collect });
-  }
+  const poolFigure = (key: keyof BufferPoolStats) => (): number | undefined => pool?.()[key];
+  scrapedGauge('torus_buffer_pool_in_use_bytes', 'Pooled data-path buffers handed out and not given back yet, bytes', poolFigure('inUseBytes'));
+  scrapedGauge('torus_buffer_pool_free_bytes', 'Pooled buffers on the free lists, bytes (bounded)', poolFigure('freeBytes'));
+  scrapedCounter('torus_buffer_pool_allocations_total', 'Pooled buffers allocated because no free one of the size was there', poolFigure('allocations'));
+  scrapedCounter('torus_buffer_pool_reuses_total', 'Pooled buffers handed out again from a free list', poolFigure('reuses'));
   volumesOpen.set(0);
   etcdHealthy.set(0);
   connections.set(0);

@@ -1583,7 +1583,7 @@ export class VolumeCoordinator {
       // connection); replicas that still send or write it hold their own
       // reference. Left to the GC, a re-replication's 1 MiB copies piled
       // up as external memory until V8 collected: +47 MiB on the copying
-      // peer (test/stress/copy-memory.test.ts).
+      // peer; e2e-replication-growth.test.ts checks none stays in use).
       if (copy !== null && copy.data !== null) releaseBuffer(copy.data);
       release();
     }

@@ -172,6 +172,17 @@ async function moveRecordedDone(): Promise<{ c: SimCluster; a: SimPeer; b: SimPe
   return { c, a, b };
 }
 
+/** Writes block 0 through `io` and flushes: the change is on both a (old owner) and b (new owner). Returns what was written. */
+async function changeReachesBoth(c: SimCluster, io: VolumeIo, a: SimPeer, b: SimPeer): Promise<Buffer> {
+  const now = pattern(2, BLOCK);
+  await until(c, io.write(0, now, false));
+  await until(c, io.flush());
+  const cs = copies(c, 1, 0);
+  const onA = cs.find((x) => x.uuid === a.uuid)!;
+  expect(cs.find((x) => x.uuid === b.uuid), `block 0 on b: ${JSON.stringify(cs)}`).toMatchObject({ version: onA.version, digest: onA.digest });
+  return now;
+}
+
 /** Several at once, never more than the limit. */
 function expectSeveralAtOnce(most: number, what: string): void {
   expect(most, `${what} in flight at once`).toBeGreaterThan(1);
@@ -423,13 +434,8 @@ describe('replication on a simulated cluster', () => {
     // block, and its older copy was trusted once the old owner was down.
     const { c, a, b } = await moveRecordedDone();
     const io = await until(c, c.open(b, 'v', 'rw'));
-    const now = pattern(2, BLOCK);
-    await until(c, io.write(0, now, false));
-    await until(c, io.flush());
     // At once, before any background pass: the change is on the new owner too.
-    const cs = copies(c, 1, 0);
-    const onA = cs.find((x) => x.uuid === a.uuid)!;
-    expect(cs.find((x) => x.uuid === b.uuid), `block 0 on b: ${JSON.stringify(cs)}`).toMatchObject({ version: onA.version, digest: onA.digest });
+    const now = await changeReachesBoth(c, io, a, b);
     c.crash(a);
     expect((await until(c, io.read(0, BLOCK))).equals(now), 'block 0 through b with a down').toBe(true);
   });
@@ -452,13 +458,7 @@ describe('replication on a simulated cluster', () => {
       expect(refused, 'open of v on b while its move record cannot be read').toBe('TORUS_ERR_ETCD_UNAVAILABLE');
       // The lock went back with the refusal: the open succeeds once etcd answers.
       failFor = null;
-      const io = await until(c, c.open(b, 'v', 'rw'));
-      const now = pattern(2, BLOCK);
-      await until(c, io.write(0, now, false));
-      await until(c, io.flush());
-      const cs = copies(c, 1, 0);
-      const onA = cs.find((x) => x.uuid === a.uuid)!;
-      expect(cs.find((x) => x.uuid === b.uuid), `block 0 on b: ${JSON.stringify(cs)}`).toMatchObject({ version: onA.version, digest: onA.digest });
+      await changeReachesBoth(c, await until(c, c.open(b, 'v', 'rw')), a, b);
     } finally {
       MemoryMetadata.prototype.listVolumeMoves = original;
     }
