@@ -27,8 +27,6 @@ import { systemIds, systemRandom } from '../util/random.js';
 import { sleep } from '../util/timeout.js';
 import { VolumeExports } from '../volume/volume-exports.js';
 import { VERSION } from '../version.js';
-import { kernelAttacher } from '../k8s/flex/attacher.js';
-import { startFlexService } from '../k8s/flex/service.js';
 import { AttachManager } from '../attach/attach-manager.js';
 import { AttachApiServer } from '../attach/api-server.js';
 import { attachSocketPath } from '../attach/api.js';
@@ -278,6 +276,9 @@ export class TorusDaemon {
     if (cfg.flex) {
       // The FlexVolume driver's requests (src/k8s/flex), on a unix socket
       // only; attachments go through the same AttachManager as the attach API.
+      // Loaded only here: a torusd without --flex does not carry the driver's
+      // modules in its heap (README, "Memory").
+      const [{ startFlexService }, { kernelAttacher }] = await Promise.all([import('../k8s/flex/service.js'), import('../k8s/flex/attacher.js')]);
       this.flex = await startFlexService({
         socketPath: cfg.flex.socket,
         stateDir: cfg.flex.stateDir,
