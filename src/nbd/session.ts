@@ -16,6 +16,7 @@ import { BufferPool, releaseBuffer } from '../util/buffer-pool.js';
 import { assert } from '../util/assert.js';
 import { crashOnInvariantBroken, isAssertionFailure, type InvariantBroken } from '../util/invariant.js';
 import { ByteQueue } from '../util/byte-queue.js';
+import { allSettledNow, InFlight } from '../util/in-flight.js';
 import type { DirectReadTarget } from '../util/socket-direct-reads.js';
 import {
   clipExtents,
@@ -209,7 +210,7 @@ export class NbdSession {
   /** The budget of the WRITE whose payload is being read (given back if the connection ends first). */
   private pendingWriteBytes = 0;
   /** Handlings of WRITE/TRIM/WRITE_ZEROES in flight, for FLUSH ordering. */
-  private readonly writes = new Set<Promise<unknown>>();
+  private readonly writes = new InFlight<Promise<unknown>>();
   private idleWaiters: Array<() => void> = [];
 
   private corked = false;
@@ -716,13 +717,13 @@ export class NbdSession {
     const started = this.onRequest === undefined ? 0 : this.clock.monotonic();
     const handling = this.execute(h, payload);
     const writeLike = h.type === CMD_WRITE || h.type === CMD_TRIM || h.type === CMD_WRITE_ZEROES;
-    if (writeLike) this.writes.add(handling);
+    const writeSlot = writeLike ? this.writes.add(handling) : -1;
     void handling.then((errno) => {
       // The export is done with the payload (one that keeps it longer retains it).
       if (payload !== undefined) releaseBuffer(payload);
       // A READ answered with data gives its budget back once the socket took the data (write()).
       if (bytes > 0 && !(h.type === CMD_READ && errno === 0)) this.budget?.give(bytes);
-      if (writeLike) this.writes.delete(handling);
+      if (writeSlot >= 0) this.writes.delete(writeSlot);
       this.inflight--;
       this.inflightBytes -= bytes;
       if (this.onRequest !== undefined) this.observe(h, this.clock.monotonic() - started, errno);
@@ -753,7 +754,7 @@ export class NbdSession {
           break;
         case CMD_FLUSH: {
           // Writes already in flight when FLUSH arrived must be covered by it.
-          if (this.writes.size > 0) await Promise.allSettled([...this.writes]);
+          if (this.writes.size > 0) await allSettledNow(this.writes);
           await call(() => exp.flush());
           break;
         }

@@ -197,8 +197,13 @@ export class PeerClient implements ReplicaApi {
   private retryAt = 0;
   private lastError: TorusError | null = null;
   private closed = false;
-  private readonly pendingAll = new Set<Pending>();
-  /** close() callers waiting for pendingAll to empty. */
+  /**
+   * Calls accepted and not yet settled. A count, not a Set of them: adding
+   * and deleting one per request rebuilds a long-lived Set's table in the
+   * old generation every few dozen requests (util/recency.ts).
+   */
+  private pendingCount = 0;
+  /** close() callers waiting for pendingCount to reach 0. */
   private idleWaiters: (() => void)[] = [];
   private admitting = false;
   private serverIncarnation: string | null = null;
@@ -326,7 +331,7 @@ export class PeerClient implements ReplicaApi {
     this.closed = true;
     const closedErr = new TorusError('TORUS_ERR_STORE_CLOSED', `the client of peer ${this.label} is closed`);
     for (const p of [...this.waiting]) this.settle(p, closedErr);
-    if (this.pendingAll.size > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    if (this.pendingCount > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     this.deadlines.clear();
     const conn = this.conn;
     if (conn !== null) {
@@ -375,7 +380,7 @@ export class PeerClient implements ReplicaApi {
         );
         return;
       }
-      this.pendingAll.add(p);
+      this.pendingCount++;
       // The caller may give up (and recycle a pooled payload) while this
       // waits; the bytes must stay as they were until they are written.
       if (payload !== null && payload.length > 0) {
@@ -475,14 +480,15 @@ export class PeerClient implements ReplicaApi {
     if (!abandon) this.deadlines.forgot();
     this.dropPayload(p);
     if (held) this.inflightBytes -= p.bytes;
-    this.pendingAll.delete(p);
+    this.pendingCount--; // every call counted is settled here once (state 'done' above)
+    assert(this.pendingCount >= 0, 'settled calls were counted');
     if (err === null) p.resolve(value);
     else p.reject(err);
     if (held) {
       this.inflight--;
       this.admit();
     }
-    if (this.pendingAll.size === 0 && this.idleWaiters.length > 0) for (const w of this.idleWaiters.splice(0)) w();
+    if (this.pendingCount === 0 && this.idleWaiters.length > 0) for (const w of this.idleWaiters.splice(0)) w();
   }
 
   /** Lets waiters into free slots, oldest first; a loop, not recursion, as a start() may fail (and free its slot) at once. */

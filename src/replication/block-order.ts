@@ -14,8 +14,20 @@ interface Slot {
   readonly waiting: { exclusive: boolean; go: () => void }[];
 }
 
+/**
+ * Idle slots kept at most. A slot stays in the map after its last holder
+ * lets go: deleting it and making it again on the next write would rebuild
+ * the map's hash table every few dozen writes, old-generation garbage
+ * (util/recency.ts says why). Past this many the idle ones go in one sweep.
+ */
+const IDLE_SLOTS_MAX = 4096;
+
+const isIdle = (s: Slot): boolean => s.shared === 0 && !s.exclusive && s.waiting.length === 0;
+
 export class BlockOrder {
   private readonly slots = new Map<number, Slot>();
+  /** Slots in the map that nobody holds or waits for. */
+  private idle = 0;
 
   /** Resolves with a release function once the block may be read or written. */
   shared(index: number): Promise<() => void> {
@@ -39,7 +51,7 @@ export class BlockOrder {
 
   /** Blocks someone holds or waits for (for tests and status). */
   busy(): number {
-    return this.slots.size;
+    return this.slots.size - this.idle;
   }
 
   private slot(index: number): Slot {
@@ -47,6 +59,8 @@ export class BlockOrder {
     if (s === undefined) {
       s = { shared: 0, exclusive: false, waiting: [] };
       this.slots.set(index, s);
+    } else if (isIdle(s)) {
+      this.idle--; // the caller holds it or waits for it now
     }
     return s;
   }
@@ -77,6 +91,11 @@ export class BlockOrder {
       s.shared++;
       next.go();
     }
-    if (s.shared === 0 && !s.exclusive && s.waiting.length === 0) this.slots.delete(index);
+    if (isIdle(s) && ++this.idle > IDLE_SLOTS_MAX) this.sweep();
+  }
+
+  private sweep(): void {
+    for (const [index, s] of this.slots) if (isIdle(s)) this.slots.delete(index);
+    this.idle = 0;
   }
 }

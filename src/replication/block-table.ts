@@ -1,6 +1,7 @@
 import type { BlockMeta, BlockState } from '../model/block-meta.js';
 import type { Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
+import { Recency } from '../util/recency.js';
 
 /**
  * What a coordinator knows about the blocks of its volume: each block's
@@ -54,8 +55,9 @@ export interface BlockEntry {
 }
 
 export class BlockTable {
-  /** Insertion order is recency order: touched entries move to the end. */
   private readonly entries = new Map<number, BlockEntry>();
+  /** Use order, for eviction (not the Map's insertion order: see util/recency.ts). */
+  private readonly recency = new Recency<number>();
 
   constructor(private readonly max: number) {
     assert(max >= 16, 'the block table keeps at least 16 entries');
@@ -63,10 +65,7 @@ export class BlockTable {
 
   get(index: number): BlockEntry | undefined {
     const e = this.entries.get(index);
-    if (e !== undefined) {
-      this.entries.delete(index);
-      this.entries.set(index, e);
-    }
+    if (e !== undefined) this.recency.use(index);
     return e;
   }
 
@@ -75,14 +74,14 @@ export class BlockTable {
   }
 
   set(e: BlockEntry): void {
-    this.entries.delete(e.index);
     this.entries.set(e.index, e);
+    this.recency.use(e.index);
     if (this.entries.size > this.max) this.evict();
   }
 
   forget(index: number): void {
     const e = this.entries.get(index);
-    if (e !== undefined && e.pins === 0) this.entries.delete(index);
+    if (e !== undefined && e.pins === 0) this.drop(index);
   }
 
   size(): number {
@@ -94,12 +93,17 @@ export class BlockTable {
     return this.entries.values();
   }
 
-  /** Drops idle entries, oldest first, down to 90 % of the limit. */
+  /** Drops idle entries, least recently used first, down to 90 % of the limit. */
   private evict(): void {
     const target = Math.floor(this.max * 0.9);
-    for (const [index, e] of this.entries) {
+    for (const index of this.recency.oldestFirst()) {
       if (this.entries.size <= target) break;
-      if (e.pins === 0) this.entries.delete(index);
+      if (this.entries.get(index)!.pins === 0) this.drop(index);
     }
+  }
+
+  private drop(index: number): void {
+    this.entries.delete(index);
+    this.recency.forget(index);
   }
 }

@@ -9,6 +9,7 @@ import { formatVersion, makeVersion, SEQ_MAX, VERSION_ABSENT, versionToken, type
 import { assert } from '../util/assert.js';
 import { releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
 import { crc32c } from '../util/crc32c.js';
+import { allSettledNow, InFlight, trackUntilSettled } from '../util/in-flight.js';
 import { isAssertionFailure, rethrowAssertion, unlessAssertion } from '../util/invariant.js';
 import { sleep, withTimeout } from '../util/timeout.js';
 import { BlockOrder } from './block-order.js';
@@ -105,7 +106,7 @@ export class VolumeCoordinator {
    */
   private readonly unflushedEpoch = new Map<string, number>();
   /** Changes still finishing after an early acknowledgement (write levels one and local). */
-  private readonly background = new Set<Promise<void>>();
+  private readonly background = new InFlight<Promise<unknown>>();
   /** Stale records a restart needed could not be written: the next flush fails with it. */
   private lostSinceFlush: TorusError | null = null;
   /** Blocks an owner may have lost in a restart since the last flush: the next flush checks they keep minReplicas copies. */
@@ -419,7 +420,7 @@ export class VolumeCoordinator {
 
   private async flushNow(): Promise<void> {
     this.checkUsable();
-    while (this.background.size > 0) await Promise.allSettled([...this.background]);
+    while (this.background.size > 0) await allSettledNow(this.background);
     const lost = this.lostSinceFlush;
     this.lostSinceFlush = null;
     const batches = [...this.unflushed.entries()].filter(([, s]) => s.size > 0);
@@ -609,8 +610,7 @@ export class VolumeCoordinator {
       if (isAssertionFailure(err)) return this.ctx.invariantBroken(err, { module: 'coordinator', volume: this.volume.name, peer: u });
       this.lostSinceFlush ??= new TorusError('TORUS_ERR_REPLICA_QUORUM', `changes a restarted replica lost could not be recorded stale`, { cause: err });
     });
-    this.background.add(recorded);
-    void recorded.finally(() => this.background.delete(recorded));
+    trackUntilSettled(this.background, recorded);
   }
 
   /** Restarts of peer u seen so far (0 when the transport cannot tell). */
@@ -620,7 +620,7 @@ export class VolumeCoordinator {
 
   async close(): Promise<void> {
     this.closed = true;
-    while (this.background.size > 0) await Promise.allSettled([...this.background]);
+    while (this.background.size > 0) await allSettledNow(this.background);
   }
 
   get isClosed(): boolean {
@@ -690,8 +690,7 @@ export class VolumeCoordinator {
             this.markShort(index);
           },
         );
-        this.background.add(tracked);
-        void tracked.finally(() => this.background.delete(tracked));
+        trackUntilSettled(this.background, tracked);
       }
       this.checkLease();
       // Acknowledged to the client once every piece of its request is (acknowledged()).

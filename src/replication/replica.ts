@@ -19,6 +19,9 @@ import type { LocalBlockStore } from '../store/local-store.js';
 import { assert } from '../util/assert.js';
 import type { FenceTable } from './fence-table.js';
 
+/** Idle per-block entries of a replica's change queues kept at most (Replica.tails). */
+const TAILS_IDLE_MAX = 4096;
+
 /** A change this replica applied: what the simulation's fencing checker watches. */
 export interface AppliedChange {
   readonly ref: BlockRef;
@@ -63,7 +66,14 @@ export class Replica implements ReplicaApi {
   private readonly store: LocalBlockStore;
   private readonly log: Logger;
   /** Tail of each block's change queue; gone when the queue drains. */
-  private readonly tails = new Map<string, Promise<unknown>>();
+  /**
+   * Per block, the last queued change's settlement; null once the block is
+   * idle. Idle keys stay (deleting one and adding it again on the next write
+   * would rebuild the map's table every few dozen writes, old-generation
+   * garbage: util/recency.ts) until there are TAILS_IDLE_MAX of them.
+   */
+  private readonly tails = new Map<string, Promise<unknown> | null>();
+  private idleTails = 0;
 
   constructor(opts: ReplicaOptions) {
     this.opts = opts;
@@ -329,16 +339,24 @@ export class Replica implements ReplicaApi {
   private serial<T>(ref: BlockRef, fn: () => Promise<T>): Promise<T> {
     const key = blockRefKey(ref);
     const before = this.tails.get(key);
-    const run = before === undefined ? fn() : before.then(fn, fn);
+    if (before === null) this.idleTails--;
+    const run = before == null ? fn() : before.then(fn, fn);
     const tail = run.then(
       () => undefined,
       () => undefined,
     );
     this.tails.set(key, tail);
     void tail.then(() => {
-      if (this.tails.get(key) === tail) this.tails.delete(key);
+      if (this.tails.get(key) !== tail) return;
+      this.tails.set(key, null);
+      if (++this.idleTails > TAILS_IDLE_MAX) this.sweepTails();
     });
     return run;
+  }
+
+  private sweepTails(): void {
+    for (const [key, tail] of this.tails) if (tail === null) this.tails.delete(key);
+    this.idleTails = 0;
   }
 
   private checkRange(offset: number, length: number): void {

@@ -9,6 +9,7 @@ import { isVersion, VERSION_ABSENT, VERSION_LEGACY, type Version } from '../mode
 import { assert } from '../util/assert.js';
 import { BufferPool, releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
 import { systemClock, type Clock } from '../util/clock.js';
+import { Recency } from '../util/recency.js';
 import { crc32cPages } from '../util/crc32c.js';
 import { VERSION as RELEASE } from '../version.js';
 import { blockFileBytes, decodeHeader, encodeHeader, headerBytes, newCrcTable, PAGE_BYTES, pageCount, tableDigest, type BlockHeader } from './block-file.js';
@@ -150,7 +151,8 @@ export class FileBlockStore implements LocalBlockStore {
   private readonly blockSlots: number;
   private fdMax: number;
   /** Entries holding an open fd, least recently used first (Map keeps insertion order). */
-  private readonly fdLru = new Map<Entry, true>();
+  /** Entries with an open fd, in use order (util/recency.ts: no table rebuild per use). */
+  private readonly fdLru = new Recency<Entry>();
   private dirtyLog!: DirtyLog;
   private epoch = 1;
   /**
@@ -1045,10 +1047,9 @@ export class FileBlockStore implements LocalBlockStore {
     return this.touchFd(e);
   }
 
-  /** An open fd, marked most recently used (moved to the end of the LRU). */
+  /** An open fd, marked most recently used. */
   private touchFd(e: Entry): number {
-    this.fdLru.delete(e);
-    this.fdLru.set(e, true);
+    this.fdLru.use(e);
     return e.fd!;
   }
 
@@ -1065,13 +1066,13 @@ export class FileBlockStore implements LocalBlockStore {
 
   private rememberFd(e: Entry, fd: number): void {
     e.fd = fd;
-    this.fdLru.set(e, true);
+    this.fdLru.use(e);
     if (this.fdLru.size > this.fdMax) this.evictFds(Math.floor(this.fdMax * 0.9));
   }
 
   private forgetFd(e: Entry): void {
     e.fd = null;
-    this.fdLru.delete(e);
+    this.fdLru.forget(e);
   }
 
   /** Opens a block file; on EMFILE closes idle files, lowers fdMax, and tries once more. */
@@ -1089,7 +1090,7 @@ export class FileBlockStore implements LocalBlockStore {
 
   /** Closes least recently used idle block files until at most `target` stay open. */
   private evictFds(target: number): void {
-    for (const x of this.fdLru.keys()) {
+    for (const x of this.fdLru.oldestFirst()) {
       if (this.fdLru.size <= target) break;
       if (x.readers > 0 || x.writing || x.fd === null) continue;
       const fd = x.fd;
