@@ -147,8 +147,22 @@ interface Connection {
   readonly handshake: ClientHandshake;
   state: 'handshake' | 'ready' | 'closed';
   connectTimer: { cancel(): void } | null;
-  /** Requests sent on this connection, by request id. */
-  readonly sent: Map<number, Pending>;
+  /**
+   * Requests sent on this connection, by request id; null for an id nobody
+   * waits on any more. Ids are reused (freeIds) rather than deleted and new
+   * ones added: a key added and deleted per request rebuilds a long-lived
+   * Map's table in the old generation every few dozen requests
+   * (util/recency.ts).
+   */
+  readonly sent: Map<number, Pending | null>;
+  /**
+   * Ids whose answer came: the peer is done with them, so they may go to a
+   * new request. An id settled without its answer (a timeout, a failure)
+   * never comes back here: a late answer must not reach a new request.
+   */
+  readonly freeIds: number[];
+  /** The next id never used on this connection. */
+  nextId: number;
   /** Requests holding a slot, waiting for the handshake to finish, in call order. */
   readonly queued: Pending[];
   /**
@@ -192,7 +206,6 @@ export class PeerClient implements ReplicaApi {
   private readonly deadlines: DeadlineQueue<Pending>;
   private readonly buffers: PayloadBuffers | undefined;
   private readonly waiting: Pending[] = [];
-  private nextRequestId = 1;
   private failures = 0;
   private retryAt = 0;
   private lastError: TorusError | null = null;
@@ -415,9 +428,12 @@ export class PeerClient implements ReplicaApi {
   }
 
   private send(conn: Connection, p: Pending): void {
-    let id = this.nextRequestId;
-    while (conn.sent.has(id) || conn.abandoned.has(id)) id = (id + 1) >>> 0;
-    this.nextRequestId = (id + 1) >>> 0;
+    let id = conn.freeIds.pop();
+    if (id === undefined) {
+      id = conn.nextId;
+      while (conn.sent.has(id) || conn.abandoned.has(id)) id = (id + 1) >>> 0;
+      conn.nextId = (id + 1) >>> 0;
+    }
     p.requestId = id;
     p.state = 'sent';
     conn.sent.set(id, p);
@@ -466,7 +482,7 @@ export class PeerClient implements ReplicaApi {
       if (i >= 0) this.waiting.splice(i, 1);
     }
     if (p.state === 'sent') {
-      p.conn?.sent.delete(p.requestId);
+      p.conn?.sent.set(p.requestId, null);
       if (abandon && p.bytes > 0 && p.conn !== null && p.conn.state !== 'closed') {
         p.conn.abandoned.set(p.requestId, p.bytes);
         this.inflightBytes += p.bytes; // handed over from the slot to the connection
@@ -551,6 +567,8 @@ export class PeerClient implements ReplicaApi {
       state: 'handshake',
       connectTimer: null,
       sent: new Map(),
+      freeIds: [],
+      nextId: 1,
       queued: [],
       abandoned: new Map(),
     };
@@ -629,12 +647,13 @@ export class PeerClient implements ReplicaApi {
 
   private onResponse(conn: Connection, frame: ResponseFrame): void {
     const p = conn.sent.get(frame.requestId);
-    if (p === undefined) {
+    if (p == null) {
       // Its request timed out; the late answer has nobody waiting.
       releaseBuffer(frame.payload);
       const bytes = conn.abandoned.get(frame.requestId);
       if (bytes !== undefined) {
         conn.abandoned.delete(frame.requestId);
+        conn.freeIds.push(frame.requestId);
         this.inflightBytes -= bytes;
         this.admit();
       }
@@ -645,6 +664,8 @@ export class PeerClient implements ReplicaApi {
       releaseBuffer(frame.payload);
       throw this.brokenReply(`request ${frame.requestId} was ${OPCODE_NAMES[p.req.opcode]}, the answer is for opcode ${frame.opcode}`);
     }
+    // Answered: the id may go to a new request (settle() below takes p off it first).
+    conn.freeIds.push(frame.requestId);
     if (frame.status === STATUS_ERROR) {
       const err = decodeErrorPayload(frame.payload, { peer: this.label });
       releaseBuffer(frame.payload);
@@ -691,10 +712,11 @@ export class PeerClient implements ReplicaApi {
     const delay = Math.max(1, Math.round(ceiling / 2 + (this.opts.random.next() * ceiling) / 2));
     this.retryAt = this.opts.clock.monotonic() + delay;
     this.lastError = err;
-    const fields = { err, inflight: conn.sent.size + conn.queued.length, retryInMs: delay };
+    const sent = [...conn.sent.values()].filter((p): p is Pending => p !== null);
+    const fields = { err, inflight: sent.length + conn.queued.length, retryInMs: delay };
     if (wasReady || err.code !== 'TORUS_ERR_PEER_UNAVAILABLE') this.log.warn(fields, 'peer connection lost');
     else this.log.debug(fields, 'peer connection failed');
     // A damaged or misbehaving stream fails every request on it with that error; a drop is "unavailable".
-    for (const p of [...conn.queued, ...conn.sent.values()]) this.settle(p, err);
+    for (const p of [...conn.queued, ...sent]) this.settle(p, err);
   }
 }

@@ -549,6 +549,37 @@ describe('peer failures', () => {
     expect(client.inflightCount).toBe(0);
   });
 
+  it('reuses request ids only once their answer came: a late answer never reaches a newer request', async () => {
+    const fake = new FakeReplica(BS);
+    const { addr } = await startServer(fake);
+    const clock = new ManualClock();
+    const client = makeClient(addr, { requestTimeoutMs: 150, clock });
+    const X = blockRef(1, 1, 0);
+    const Y = blockRef(1, 1, 1);
+    await client.write(CTX, X, 0, Buffer.alloc(BS, 0x61), stamp(v(1), VERSION_ABSENT), W);
+    await client.write(CTX, Y, 0, Buffer.alloc(BS, 0x62), stamp(v(2), VERSION_ABSENT), W);
+    const readsRight = async (n: number): Promise<void> => {
+      for (let i = 0; i < n; i++) {
+        const [x, y] = await Promise.all([client.read(CTX, X, 0, 8), client.read(CTX, Y, 0, 8)]);
+        expect(x.data.toString()).toBe('aaaaaaaa');
+        expect(y.data.toString()).toBe('bbbbbbbb');
+      }
+    };
+    await readsRight(5);
+    // A write held by the replica times out; its id waits for the late answer.
+    fake.hold();
+    const late = codeOf(client.write(CTX, blockRef(1, 1, 2), 0, Buffer.alloc(BS, 0x63), stamp(v(3), VERSION_ABSENT), W));
+    await waitFor('write held', () => fake.held === 1);
+    await clock.advance(150);
+    expect(await late).toBe('TORUS_ERR_TIMEOUT');
+    await readsRight(5);
+    // The late answer comes; reads on the reused ids still get their own answers.
+    fake.open();
+    await waitFor('late write applied', () => fake.peek(blockRef(1, 1, 2)).state === 'data');
+    await readsRight(20);
+    expect(client.inflightCount).toBe(0);
+  });
+
   it('defaults the request timeout to 30 s, an upper bound', async () => {
     const fake = new FakeReplica(BS);
     const { addr } = await startServer(fake);
