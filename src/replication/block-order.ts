@@ -1,4 +1,5 @@
 import { assert } from '../util/assert.js';
+import { IdleSweep } from '../util/idle-sweep.js';
 
 /**
  * A coordinator's per-block order: client reads and writes of a block share
@@ -14,20 +15,11 @@ interface Slot {
   readonly waiting: { exclusive: boolean; go: () => void }[];
 }
 
-/**
- * Idle slots kept at most. A slot stays in the map after its last holder
- * lets go: deleting it and making it again on the next write would rebuild
- * the map's hash table every few dozen writes, old-generation garbage
- * (util/recency.ts says why). Past this many the idle ones go in one sweep.
- */
-const IDLE_SLOTS_MAX = 4096;
-
 const isIdle = (s: Slot): boolean => s.shared === 0 && !s.exclusive && s.waiting.length === 0;
 
 export class BlockOrder {
-  private readonly slots = new Map<number, Slot>();
-  /** Slots in the map that nobody holds or waits for. */
-  private idle = 0;
+  /** A slot stays after its last holder lets go (util/idle-sweep.ts). */
+  private readonly slots = new IdleSweep<number, Slot>(isIdle);
 
   /** Resolves with a release function once the block may be read or written. */
   shared(index: number): Promise<() => void> {
@@ -51,16 +43,16 @@ export class BlockOrder {
 
   /** Blocks someone holds or waits for (for tests and status). */
   busy(): number {
-    return this.slots.size - this.idle;
+    return this.slots.busy;
   }
 
   private slot(index: number): Slot {
-    let s = this.slots.get(index);
+    let s = this.slots.entries.get(index);
     if (s === undefined) {
       s = { shared: 0, exclusive: false, waiting: [] };
-      this.slots.set(index, s);
+      this.slots.entries.set(index, s);
     } else if (isIdle(s)) {
-      this.idle--; // the caller holds it or waits for it now
+      this.slots.woke(); // the caller holds it or waits for it now
     }
     return s;
   }
@@ -70,14 +62,14 @@ export class BlockOrder {
     return () => {
       assert(!done, 'a block order is released once');
       done = true;
-      const s = this.slots.get(index)!;
+      const s = this.slots.entries.get(index)!;
       if (exclusive) s.exclusive = false;
       else s.shared--;
-      this.wake(index, s);
+      this.wake(s);
     };
   }
 
-  private wake(index: number, s: Slot): void {
+  private wake(s: Slot): void {
     while (s.waiting.length > 0 && !s.exclusive) {
       const next = s.waiting[0]!;
       if (next.exclusive) {
@@ -91,11 +83,6 @@ export class BlockOrder {
       s.shared++;
       next.go();
     }
-    if (isIdle(s) && ++this.idle > IDLE_SLOTS_MAX) this.sweep();
-  }
-
-  private sweep(): void {
-    for (const [index, s] of this.slots) if (isIdle(s)) this.slots.delete(index);
-    this.idle = 0;
+    if (isIdle(s)) this.slots.slept();
   }
 }

@@ -17,10 +17,8 @@ import {
 import { formatVersion, VERSION_ABSENT, type Version } from '../model/version.js';
 import type { LocalBlockStore } from '../store/local-store.js';
 import { assert } from '../util/assert.js';
+import { IdleSweep } from '../util/idle-sweep.js';
 import type { FenceTable } from './fence-table.js';
-
-/** Idle per-block entries of a replica's change queues kept at most (Replica.tails). */
-const TAILS_IDLE_MAX = 4096;
 
 /** A change this replica applied: what the simulation's fencing checker watches. */
 export interface AppliedChange {
@@ -65,15 +63,8 @@ export class Replica implements ReplicaApi {
   private readonly opts: ReplicaOptions;
   private readonly store: LocalBlockStore;
   private readonly log: Logger;
-  /** Tail of each block's change queue; gone when the queue drains. */
-  /**
-   * Per block, the last queued change's settlement; null once the block is
-   * idle. Idle keys stay (deleting one and adding it again on the next write
-   * would rebuild the map's table every few dozen writes, old-generation
-   * garbage: util/recency.ts) until there are TAILS_IDLE_MAX of them.
-   */
-  private readonly tails = new Map<string, Promise<unknown> | null>();
-  private idleTails = 0;
+  /** Tail of each block's change queue; null once it drains, the key kept (util/idle-sweep.ts). */
+  private readonly tails = new IdleSweep<string, Promise<unknown> | null>((tail) => tail === null);
 
   constructor(opts: ReplicaOptions) {
     this.opts = opts;
@@ -338,25 +329,20 @@ export class Replica implements ReplicaApi {
   /** Runs fn after every earlier change to the same block; the queue is entered now, synchronously. */
   private serial<T>(ref: BlockRef, fn: () => Promise<T>): Promise<T> {
     const key = blockRefKey(ref);
-    const before = this.tails.get(key);
-    if (before === null) this.idleTails--;
+    const before = this.tails.entries.get(key);
+    if (before === null) this.tails.woke();
     const run = before == null ? fn() : before.then(fn, fn);
     const tail = run.then(
       () => undefined,
       () => undefined,
     );
-    this.tails.set(key, tail);
+    this.tails.entries.set(key, tail);
     void tail.then(() => {
-      if (this.tails.get(key) !== tail) return;
-      this.tails.set(key, null);
-      if (++this.idleTails > TAILS_IDLE_MAX) this.sweepTails();
+      if (this.tails.entries.get(key) !== tail) return;
+      this.tails.entries.set(key, null);
+      this.tails.slept();
     });
     return run;
-  }
-
-  private sweepTails(): void {
-    for (const [key, tail] of this.tails) if (tail === null) this.tails.delete(key);
-    this.idleTails = 0;
   }
 
   private checkRange(offset: number, length: number): void {

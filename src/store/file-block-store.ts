@@ -150,7 +150,6 @@ export class FileBlockStore implements LocalBlockStore {
   private readonly fileBytes: number;
   private readonly blockSlots: number;
   private fdMax: number;
-  /** Entries holding an open fd, least recently used first (Map keeps insertion order). */
   /** Entries with an open fd, in use order (util/recency.ts: no table rebuild per use). */
   private readonly fdLru = new Recency<Entry>();
   private dirtyLog!: DirtyLog;

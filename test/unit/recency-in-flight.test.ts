@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { BlockOrder } from '../../src/replication/block-order.js';
 import { BlockTable, type BlockEntry } from '../../src/replication/block-table.js';
+import { IDLE_KEPT_MAX, IdleSweep } from '../../src/util/idle-sweep.js';
 import { allSettledNow, InFlight, trackUntilSettled } from '../../src/util/in-flight.js';
 import { Recency, STAMP_MAX } from '../../src/util/recency.js';
 
@@ -110,24 +111,45 @@ describe('InFlight', () => {
   });
 });
 
+describe('IdleSweep', () => {
+  it('keeps idle entries until there are more than its bound, then drops every idle one, never one in use', () => {
+    const m = new IdleSweep<number, string>((v) => v === 'idle', 3);
+    for (let k = 0; k < 5; k++) m.entries.set(k, 'busy');
+    for (const k of [0, 1, 2]) {
+      m.entries.set(k, 'idle');
+      m.slept();
+    }
+    expect(m.entries.size).toBe(5);
+    expect(m.busy).toBe(2);
+    m.entries.set(1, 'busy'); // in use again
+    m.woke();
+    m.entries.set(3, 'idle');
+    m.slept();
+    m.entries.set(4, 'idle');
+    m.slept(); // the fourth idle one: sweep
+    expect([...m.entries.keys()].sort()).toEqual([1]);
+    expect(m.busy).toBe(1);
+  });
+});
+
 describe('BlockOrder', () => {
   it('keeps idle slots between uses and sweeps them past its bound, counting only busy blocks', async () => {
     const o = new BlockOrder();
     for (let i = 0; i < 5000; i++) (await o.shared(i))();
     expect(o.busy()).toBe(0);
-    const slots = (o as unknown as { slots: Map<number, unknown> }).slots;
-    expect(slots.size).toBeLessThanOrEqual(4097);
+    const slots = (o as unknown as { slots: IdleSweep<number, unknown> }).slots;
+    expect(slots.entries.size).toBeLessThanOrEqual(IDLE_KEPT_MAX + 1);
     const held = await o.exclusive(7);
     expect(o.busy()).toBe(1);
     let second = false;
-    void o.shared(7).then((r) => {
+    const waited = o.shared(7).then((r) => {
       second = true;
       r();
     });
     await Promise.resolve();
     expect(second).toBe(false);
     held();
-    await new Promise((r) => setImmediate(r));
+    await waited;
     expect(second).toBe(true);
     expect(o.busy()).toBe(0);
   });
