@@ -960,7 +960,11 @@ export class FileBlockStore implements LocalBlockStore {
   }
 
   private metaOf(e: Entry): BlockMeta {
-    if (e.state === 'absent') return e.suspect ? { state: 'absent', version: VERSION_ABSENT, suspect: true, digest: 0 } : ABSENT_META;
+    // A block in its first write is data in memory from makeData on, but has
+    // no version until the write's pages are in: until then it is what it
+    // was before that write, absent. meta() and list() take no lock, so they
+    // can land in that window (a peer's LIST during a move or catch-up).
+    if (e.state === 'absent' || e.version === VERSION_ABSENT) return e.suspect ? { state: 'absent', version: VERSION_ABSENT, suspect: true, digest: 0 } : ABSENT_META;
     if (e.state === 'zero') return { state: 'zero', version: e.version, suspect: e.suspect, digest: 0 };
     if (e.digest === null) {
       assert(e.crc !== null, 'a data block whose digest is not cached has its CRC table in memory');

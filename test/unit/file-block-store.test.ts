@@ -13,6 +13,9 @@ import type { LocalBlockStore } from '../../src/store/local-store.js';
 import { localStoreContract } from '../helpers/local-store-contract.js';
 import { isTorusError } from '../../src/errors/torus-error.js';
 import { fileURLToPath } from 'node:url';
+import { encodeBlockMeta } from '../../src/peer/codec.js';
+import { BLOCK_META_BYTES } from '../../src/peer/protocol.js';
+import type { BlockRef } from '../../src/model/block-ref.js';
 
 const log = pino({ level: 'silent' });
 const BS = 64 * 1024;
@@ -398,6 +401,30 @@ describe('FileBlockStore: versions on disk', () => {
     s = await open();
     expect(s.meta(r)).toMatchObject({ state: 'data', version: VERSION_LEGACY, suspect: true });
     expect((await s.read(r, 0, BS)).equals(Buffer.alloc(BS, 7))).toBe(true);
+    await s.close();
+  });
+
+  it('a block in its first write reads as absent to meta and list until its pages are in, as the peer codec requires', async () => {
+    const s = await open();
+    const r = blockRef(1, 1, 5);
+    // meta() and list() take no lock; a peer's LIST can land while the
+    // first write of a block waits for its pwrite. Look at that moment.
+    const seen: string[] = [];
+    const inner = s as unknown as { writePages: (e: { ref: BlockRef }, ...a: unknown[]) => Promise<void> };
+    const writePages = inner.writePages.bind(s);
+    inner.writePages = async (e, ...a) => {
+      const now = [s.meta(e.ref), ...s.list({ volumeId: 1, after: null, limit: 10 }).filter((b) => b.ref.index === e.ref.index)];
+      for (const m of now) encodeBlockMeta(m, Buffer.alloc(BLOCK_META_BYTES), 0);
+      await writePages(e, ...a);
+      seen.push(`${e.ref.index}: ${now.map((m) => m.state).join(' ')}`);
+    };
+    // A whole-block write, and a zero without punch: both make a data block.
+    await s.write(r, 0, randomBytes(BS), V, { fua: false });
+    await s.zero(blockRef(1, 1, 6), 4096, 4096, V, { punch: false, fua: false });
+    // A later write to a block that has a version shows the version it had.
+    await s.write(r, 0, randomBytes(100), makeVersion(1, 2), { fua: false });
+    expect(seen).toEqual(['5: absent absent', '6: absent absent', '5: data data']);
+    expect(s.meta(r)).toMatchObject({ state: 'data', version: makeVersion(1, 2) });
     await s.close();
   });
 
