@@ -33,11 +33,27 @@ export interface BlockMeta {
   readonly digest: number;
 }
 
+/**
+ * A copy's state, version and suspect flag without its digest: what the
+ * replica's rules look at on every change. The digest sums the block's whole
+ * CRC table, which every write changes; summing it again per write cost
+ * more than the rest of the store's bookkeeping together.
+ */
+export type BlockHead = Pick<BlockMeta, 'state' | 'version' | 'suspect'>;
+
 export interface ListedBlock extends BlockMeta {
   readonly ref: BlockRef;
 }
 
 export const ABSENT_META: BlockMeta = Object.freeze({ state: 'absent', version: VERSION_ABSENT, suspect: false, digest: 0 });
+
+export const ABSENT_HEAD: BlockHead = Object.freeze({ state: 'absent', version: VERSION_ABSENT, suspect: false });
+const SUSPECT_ABSENT_HEAD: BlockHead = Object.freeze({ state: 'absent', version: VERSION_ABSENT, suspect: true });
+
+/** The head of an absent block, suspect or not. */
+export function absentHead(suspect: boolean): BlockHead {
+  return suspect ? SUSPECT_ABSENT_HEAD : ABSENT_HEAD;
+}
 
 /**
  * Orders two copies: which is newer. Versions first; at equal versions a

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { isTorusError, TorusError } from '../errors/torus-error.js';
-import { compareCopies, type BlockMeta, type ListedBlock } from '../model/block-meta.js';
+import { compareCopies, type BlockHead, type BlockMeta, type ListedBlock } from '../model/block-meta.js';
 import { blockRefKey, type BlockRef } from '../model/block-ref.js';
 import {
   LIST_BLOCKS_MAX,
@@ -169,7 +169,7 @@ export class Replica implements ReplicaApi {
     }
     return this.serial(ref, async () => {
       await this.opts.fences.admit(ref.volumeId, opts.token);
-      const meta = this.store.meta(ref);
+      const meta = this.store.head(ref);
       if (!meta.suspect) {
         // Never back in time: a copy that is not newer changes nothing.
         const order = compareCopies(copy, meta);
@@ -224,7 +224,7 @@ export class Replica implements ReplicaApi {
     }
     return this.serial(ref, async () => {
       await this.opts.fences.admit(ref.volumeId, opts.token);
-      const meta = this.store.meta(ref);
+      const meta = this.store.head(ref);
       if (meta.state === 'absent' && !meta.suspect) return true;
       if (!meta.suspect && meta.version > version) return false;
       await this.store.drop(ref);
@@ -242,7 +242,7 @@ export class Replica implements ReplicaApi {
   dropLeftover(ref: BlockRef, plannedRingVersion: number, stillLeftover: () => boolean): Promise<boolean> {
     return this.serial(ref, async () => {
       if (this.opts.ringVersion() !== plannedRingVersion || !stillLeftover()) return false;
-      const meta = this.store.meta(ref);
+      const meta = this.store.head(ref);
       if (meta.state === 'absent' && !meta.suspect) return false;
       await this.store.drop(ref);
       this.opts.onApplied?.({ ref, kind: 'drop', token: 0, version: meta.version });
@@ -285,7 +285,7 @@ export class Replica implements ReplicaApi {
    * marking the block suspect, when the change does not build on the copy.
    */
   private applies(ref: BlockRef, stamp: ChangeStamp, whole: boolean): boolean {
-    const meta = this.store.meta(ref);
+    const meta = this.store.head(ref);
     if (meta.suspect) {
       // A whole-block change replaces whatever the copy holds, but the copy
       // stays suspect for the coordinator to confirm: refusing is simpler
@@ -356,7 +356,7 @@ export class Replica implements ReplicaApi {
   }
 }
 
-function suspectError(ref: BlockRef, meta: BlockMeta): TorusError {
+function suspectError(ref: BlockRef, meta: BlockHead): TorusError {
   return new TorusError('TORUS_ERR_REPLICA_STALE', `block ${blockRefKey(ref)} is suspect here (${formatVersion(meta.version)}); it must be caught up before it is read or changed`, {
     details: { suspect: true, have: meta.version },
   });

@@ -111,5 +111,13 @@ export function encodeTable(table: Uint32Array): Buffer {
  * equal bytes, without reading them.
  */
 export function tableDigest(table: Uint32Array): number {
-  return crc32c(encodeTable(table));
+  const n = table.length * 4;
+  // Encoded into one buffer kept for the purpose rather than a new one per
+  // call: a fresh Buffer is external memory, and digests are summed for
+  // every LIST and META answer.
+  if (digestScratch.length < n) digestScratch = Buffer.alloc(n);
+  for (let i = 0; i < table.length; i++) digestScratch.writeUInt32BE(table[i]!, i * 4);
+  return crc32c(digestScratch.subarray(0, n));
 }
+
+let digestScratch = Buffer.alloc(0);

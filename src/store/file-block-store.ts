@@ -3,7 +3,7 @@ import { mkdir, readdir, readFile, rm, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
-import { ABSENT_META, type BlockMeta, type BlockState, type ListedBlock } from '../model/block-meta.js';
+import { ABSENT_HEAD, ABSENT_META, absentHead, type BlockHead, type BlockMeta, type BlockState, type ListedBlock } from '../model/block-meta.js';
 import { blockRef, blockRefKey, type BlockRef } from '../model/block-ref.js';
 import { isVersion, VERSION_ABSENT, VERSION_LEGACY, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
@@ -209,6 +209,13 @@ export class FileBlockStore implements LocalBlockStore {
   meta(ref: BlockRef): BlockMeta {
     const e = this.entries.get(blockRefKey(ref));
     return e === undefined ? ABSENT_META : this.metaOf(e);
+  }
+
+  head(ref: BlockRef): BlockHead {
+    const e = this.entries.get(blockRefKey(ref));
+    if (e === undefined) return ABSENT_HEAD;
+    if (readsAbsent(e)) return absentHead(e.suspect);
+    return { state: e.state, version: e.version, suspect: e.suspect };
   }
 
   async read(ref: BlockRef, offset: number, length: number): Promise<Buffer> {
@@ -960,11 +967,7 @@ export class FileBlockStore implements LocalBlockStore {
   }
 
   private metaOf(e: Entry): BlockMeta {
-    // A block in its first write is data in memory from makeData on, but has
-    // no version until the write's pages are in: until then it is what it
-    // was before that write, absent. meta() and list() take no lock, so they
-    // can land in that window (a peer's LIST during a move or catch-up).
-    if (e.state === 'absent' || e.version === VERSION_ABSENT) return e.suspect ? { state: 'absent', version: VERSION_ABSENT, suspect: true, digest: 0 } : ABSENT_META;
+    if (readsAbsent(e)) return e.suspect ? SUSPECT_ABSENT_META : ABSENT_META;
     if (e.state === 'zero') return { state: 'zero', version: e.version, suspect: e.suspect, digest: 0 };
     if (e.digest === null) {
       assert(e.crc !== null, 'a data block whose digest is not cached has its CRC table in memory');
@@ -1321,4 +1324,17 @@ export class FileBlockStore implements LocalBlockStore {
     this.failed = err instanceof TorusError ? err : this.ioError(err, msg);
     this.log.error({ err: this.failed }, 'block store failed; writes are refused until restart');
   }
+}
+
+const SUSPECT_ABSENT_META: BlockMeta = Object.freeze({ state: 'absent', version: VERSION_ABSENT, suspect: true, digest: 0 });
+
+/**
+ * Whether meta(), head() and list() report the block absent. A block in its
+ * first write is data in memory from makeData on, but has no version until
+ * the write's pages are in: until then it is what it was before that write,
+ * absent. Those calls take no lock, so they can land in that window (a
+ * peer's LIST during a move or catch-up).
+ */
+function readsAbsent(e: Entry): boolean {
+  return e.state === 'absent' || e.version === VERSION_ABSENT;
 }

@@ -1,4 +1,4 @@
-import type { BlockMeta, ListedBlock } from '../model/block-meta.js';
+import type { BlockHead, BlockMeta, ListedBlock } from '../model/block-meta.js';
 import type { BlockRef } from '../model/block-ref.js';
 import type { Version } from '../model/version.js';
 import type { StoreUsage } from './block-store.js';
@@ -20,6 +20,9 @@ export interface LocalBlockStore {
 
   /** What this store knows of a block, from memory. */
   meta(ref: BlockRef): BlockMeta;
+
+  /** meta() without the digest, for checks made on every change (its fields agree with meta()'s). */
+  head(ref: BlockRef): BlockHead;
 
   /**
    * Bytes of a block; zero and absent blocks read as zeroes. A page that

@@ -1,5 +1,5 @@
 import { TorusError } from '../errors/torus-error.js';
-import { ABSENT_META, type BlockMeta, type BlockState, type ListedBlock } from '../model/block-meta.js';
+import { ABSENT_HEAD, ABSENT_META, absentHead, type BlockHead, type BlockMeta, type BlockState, type ListedBlock } from '../model/block-meta.js';
 import { blockRefKey, type BlockRef } from '../model/block-ref.js';
 import { isVersion, VERSION_ABSENT, VERSION_LEGACY, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
@@ -122,6 +122,14 @@ export class MemoryBlockStore implements LocalBlockStore {
     const s = this.slots.get(blockRefKey(ref));
     if (s === undefined) return ABSENT_META;
     return this.metaOf(s);
+  }
+
+  head(ref: BlockRef): BlockHead {
+    const s = this.slots.get(blockRefKey(ref));
+    if (s === undefined) return ABSENT_HEAD;
+    const c = s.copy;
+    if (c === null) return absentHead(s.suspect);
+    return { state: c.state, version: c.version, suspect: s.suspect };
   }
 
   async read(ref: BlockRef, offset: number, length: number): Promise<Buffer> {

@@ -95,6 +95,26 @@ export function localStoreContract(name: string, makeHarness: () => Promise<Loca
         expect(s.meta(r)).toEqual({ state: 'data', version: v(1, 2), suspect: false, digest: digestOfBytes(want) });
       });
 
+      it('head() is meta() without the digest, in every state', async () => {
+        const r = blockRef(1, 1, 2);
+        const agree = () => {
+          const { digest: _digest, ...rest } = s.meta(r);
+          expect(s.head(r)).toEqual(rest);
+        };
+        agree(); // unknown
+        await s.write(r, 100, Buffer.from('x'), v(1, 1), W);
+        agree(); // data
+        s.markSuspect(r);
+        agree(); // suspect data
+        await s.zero(r, 0, bs, v(1, 2), PUNCH);
+        agree(); // tombstone (still suspect)
+        await s.drop(r);
+        agree(); // absent again
+        s.markSuspect(r);
+        agree(); // suspect absent
+        expect(s.head(r)).toEqual({ state: 'absent', version: VERSION_ABSENT, suspect: true });
+      });
+
       it('equal bytes give equal digests, different bytes different ones', async () => {
         const a = blockRef(1, 1, 0);
         const b = blockRef(2, 1, 0);
