@@ -21,7 +21,7 @@ export interface GarbageCollectorOptions {
 }
 
 /** Why a leftover copy was kept this pass (counted per reason in the pass's log line). */
-type KeptBecause = 'owner unreachable' | 'owner copy failed its check' | 'owner copy suspect' | 'owners behind and apart';
+type KeptBecause = 'owner unreachable' | 'owner copy failed its check' | 'owner copy suspect or older';
 
 /** Blocks looked at per page of the local store's listing. */
 const GC_PAGE_BLOCKS = 4096;
@@ -108,40 +108,29 @@ export class GarbageCollector {
   }
 
   /**
-   * Null when the leftover is certainly not needed; else why it may be.
-   * Every owner must answer with a copy it has just read back whole
-   * against its CRCs (verify) and that is not suspect. Their copies must
-   * also be at least as new as the leftover, or else all at one version:
-   * owners that agree with each other under a settled ring hold what was
-   * acknowledged, so a newer leftover holds a change no owner took, never
-   * acknowledged (at write levels one and local, one that may be lost by
-   * contract), and would otherwise be kept for good (simulation seed 473).
-   * Owners at different versions, one behind the leftover, wait: the behind
-   * one may be stale, and the leftover then one of the current copies. An
-   * absent leftover (a suspect record, no bytes) has nothing to lose. One
-   * owner at a time: a pass after a big move reads every moved block once
-   * on each owner, like a deep scrub.
+   * Null when every owner holds a copy of the block that it has just read
+   * back whole against its CRCs, not suspect and at least as new as this
+   * leftover; else why not. An absent leftover (a suspect record, no
+   * bytes) has nothing to lose. One owner at a time: a pass after a big
+   * move reads every moved block once on each owner, like a deep scrub.
    */
   private async ownersLack(b: ListedBlock, ring: RingRecord): Promise<KeptBecause | null> {
     if (b.state === 'absent') return null;
     const ctx = this.opts.ctx;
-    const theirs: BlockMeta[] = [];
     for (const u of ownersOf(ring, b.ref).all) {
       const api = ctx.replica(u);
       if (api === null || !ctx.health.usable(u)) return 'owner unreachable';
-      let m: BlockMeta;
+      let theirs: BlockMeta;
       try {
-        m = await withTimeout(api.verify(ctx.requestContext(), b.ref), ctx.settings.replicaTimeoutMs, ctx.clock, `verify on peer ${u}`);
+        theirs = await withTimeout(api.verify(ctx.requestContext(), b.ref), ctx.settings.replicaTimeoutMs, ctx.clock, `verify on peer ${u}`);
       } catch (err) {
         rethrowAssertion(err);
         if (!isTorusError(err, 'TORUS_ERR_STORE_CRC_MISMATCH')) return 'owner unreachable';
         this.log.warn({ block: blockRefKey(b.ref), owner: u }, 'an owner\'s copy failed its check: keeping this peer\'s leftover copy');
         return 'owner copy failed its check';
       }
-      if (m.suspect) return 'owner copy suspect';
-      theirs.push(m);
+      if (theirs.suspect || compareCopies(theirs, b) < 0) return 'owner copy suspect or older';
     }
-    if (theirs.every((m) => compareCopies(m, b) >= 0)) return null;
-    return theirs.every((m) => compareCopies(m, theirs[0]!) === 0) ? null : 'owners behind and apart';
+    return null;
   }
 }
