@@ -46,6 +46,12 @@ export interface ListedBlock extends BlockMeta {
 }
 
 export const ABSENT_META: BlockMeta = Object.freeze({ state: 'absent', version: VERSION_ABSENT, suspect: false, digest: 0 });
+const SUSPECT_ABSENT_META: BlockMeta = Object.freeze({ state: 'absent', version: VERSION_ABSENT, suspect: true, digest: 0 });
+
+/** The meta of an absent block, suspect or not. */
+export function absentMeta(suspect: boolean): BlockMeta {
+  return suspect ? SUSPECT_ABSENT_META : ABSENT_META;
+}
 
 export const ABSENT_HEAD: BlockHead = Object.freeze({ state: 'absent', version: VERSION_ABSENT, suspect: false });
 const SUSPECT_ABSENT_HEAD: BlockHead = Object.freeze({ state: 'absent', version: VERSION_ABSENT, suspect: true });

@@ -75,7 +75,7 @@ export function encodeHeader(ref: BlockRef, blockSize: number, header: BlockHead
   h.writeUInt8(header.state === 'data' ? STATE_DATA : STATE_ZERO, 40);
   h.writeUInt32BE(Math.floor(header.version / TWO_32), 48);
   h.writeUInt32BE(header.version % TWO_32, 52);
-  for (let i = 0; i < header.table.length; i++) h.writeUInt32BE(header.table[i]!, TABLE_AT + i * 4);
+  writeTable(header.table, h, TABLE_AT);
   return h;
 }
 
@@ -98,11 +98,9 @@ export function decodeHeader(h: Buffer, ref: BlockRef, blockSize: number, file: 
   return { state: state === STATE_DATA ? 'data' : 'zero', version, table };
 }
 
-/** The CRC table as big-endian bytes (what the header holds, and what the digest covers). */
-export function encodeTable(table: Uint32Array): Buffer {
-  const b = Buffer.alloc(table.length * 4);
-  for (let i = 0; i < table.length; i++) b.writeUInt32BE(table[i]!, i * 4);
-  return b;
+/** Writes the CRC table at `at` as big-endian u32s (what the header holds, and what the digest covers). */
+function writeTable(table: Uint32Array, out: Buffer, at: number): void {
+  for (let i = 0; i < table.length; i++) out.writeUInt32BE(table[i]!, at + i * 4);
 }
 
 /**
@@ -116,7 +114,7 @@ export function tableDigest(table: Uint32Array): number {
   // call: a fresh Buffer is external memory, and digests are summed for
   // every LIST and META answer.
   if (digestScratch.length < n) digestScratch = Buffer.alloc(n);
-  for (let i = 0; i < table.length; i++) digestScratch.writeUInt32BE(table[i]!, i * 4);
+  writeTable(table, digestScratch, 0);
   return crc32c(digestScratch.subarray(0, n));
 }
 

@@ -3,7 +3,7 @@ import { mkdir, readdir, readFile, rm, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
-import { ABSENT_HEAD, ABSENT_META, absentHead, type BlockHead, type BlockMeta, type BlockState, type ListedBlock } from '../model/block-meta.js';
+import { ABSENT_HEAD, ABSENT_META, absentHead, absentMeta, type BlockHead, type BlockMeta, type BlockState, type ListedBlock } from '../model/block-meta.js';
 import { blockRef, blockRefKey, type BlockRef } from '../model/block-ref.js';
 import { isVersion, VERSION_ABSENT, VERSION_LEGACY, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
@@ -975,7 +975,7 @@ export class FileBlockStore implements LocalBlockStore {
   }
 
   private metaOf(e: Entry): BlockMeta {
-    if (readsAbsent(e)) return e.suspect ? SUSPECT_ABSENT_META : ABSENT_META;
+    if (readsAbsent(e)) return absentMeta(e.suspect);
     if (e.state === 'zero') return { state: 'zero', version: e.version, suspect: e.suspect, digest: 0 };
     if (e.digest === null) {
       assert(e.crc !== null, 'a data block whose digest is not cached has its CRC table in memory');
@@ -1333,8 +1333,6 @@ export class FileBlockStore implements LocalBlockStore {
     this.log.error({ err: this.failed }, 'block store failed; writes are refused until restart');
   }
 }
-
-const SUSPECT_ABSENT_META: BlockMeta = Object.freeze({ state: 'absent', version: VERSION_ABSENT, suspect: true, digest: 0 });
 
 /**
  * Whether meta(), head() and list() report the block absent. A block in its

@@ -1,5 +1,5 @@
 import { TorusError } from '../errors/torus-error.js';
-import { ABSENT_HEAD, ABSENT_META, absentHead, type BlockHead, type BlockMeta, type BlockState, type ListedBlock } from '../model/block-meta.js';
+import { ABSENT_HEAD, ABSENT_META, absentHead, absentMeta, type BlockHead, type BlockMeta, type BlockState, type ListedBlock } from '../model/block-meta.js';
 import { blockRefKey, type BlockRef } from '../model/block-ref.js';
 import { isVersion, VERSION_ABSENT, VERSION_LEGACY, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
@@ -368,7 +368,7 @@ export class MemoryBlockStore implements LocalBlockStore {
 
   private metaOf(s: Slot): BlockMeta {
     const c = s.copy;
-    if (c === null) return { state: 'absent', version: VERSION_ABSENT, suspect: s.suspect, digest: 0 };
+    if (c === null) return absentMeta(s.suspect);
     const state: BlockState = c.state;
     return { state, version: c.version, suspect: s.suspect, digest: c.state === 'data' ? tableDigest(c.crc!) : 0 };
   }
