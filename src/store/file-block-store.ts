@@ -19,6 +19,7 @@ import { closeFd, fdatasync, fsyncDir, ftruncate, openFd, preadCached, preadFull
 import type { LocalBlockStore } from './local-store.js';
 import { RefIndex } from './ref-index.js';
 import { loadSuspects, saveSuspects } from './suspect-file.js';
+import { TableCache } from './table-cache.js';
 
 /**
  * The block store of one peer, on its local disk: one file per block, a
@@ -78,6 +79,12 @@ export interface FileBlockStoreOptions {
   readonly epochBlocksMax?: number;
   /** Block files kept open at most (lowered by itself when the process hits EMFILE). */
   readonly fdMax?: number;
+  /**
+   * CRC tables kept in memory at most, beyond those of blocks changed since
+   * the last checkpoint (table-cache.ts). Default: as many as fit in 8 MiB
+   * (8192 for 1 MiB blocks), at least 256.
+   */
+  readonly crcTablesMax?: number;
   /** Called on every CRC mismatch (torusd counts them in a metric). */
   readonly onCrcFailure?: (ref: BlockRef, page: number) => void;
   /**
@@ -104,7 +111,10 @@ interface Entry {
   /** Changes in progress that reserved room for this block to become data. */
   reservations: number;
   fd: number | null;
+  /** The CRC table, when in memory (the table cache decides how long). */
   crc: Uint32Array | null;
+  /** Used since the table cache's last sweep. */
+  tableUsed: boolean;
   /** The digest of the CRC table, cached; null when it must be computed from `crc` again. */
   digest: number | null;
   /** Epoch whose dirty-log record for this block is durable (0: none). */
@@ -136,6 +146,8 @@ const PREMARK_MAX = 256;
 const OPEN_READ_CONCURRENCY = 32;
 /** From this many files and folders to sync, one syncfs replaces them. */
 const SYNCFS_MIN_ITEMS = 3;
+/** Memory for CRC tables not tied to a change in progress (FileBlockStoreOptions.crcTablesMax). */
+const TABLE_CACHE_BYTES = 8 * 1024 * 1024;
 
 export class FileBlockStore implements LocalBlockStore {
   readonly blockSize: number;
@@ -152,6 +164,8 @@ export class FileBlockStore implements LocalBlockStore {
   private fdMax: number;
   /** Entries with an open fd, in use order (util/recency.ts: no table rebuild per use). */
   private readonly fdLru = new Recency<Entry>();
+  /** Which blocks keep their CRC table in memory. */
+  private readonly tables: TableCache<Entry>;
   private dirtyLog!: DirtyLog;
   private epoch = 1;
   /**
@@ -195,6 +209,32 @@ export class FileBlockStore implements LocalBlockStore {
     this.fileBytes = blockFileBytes(opts.blockSize);
     this.blockSlots = Math.max(0, Math.floor(opts.capacity / this.fileBytes));
     this.fdMax = opts.fdMax ?? 4096;
+    const tableBytes = 4 * pageCount(opts.blockSize);
+    this.tables = new TableCache<Entry>(
+      opts.crcTablesMax ?? Math.max(256, Math.floor(TABLE_CACHE_BYTES / tableBytes)),
+      (e) => this.tableDroppable(e),
+      (e) => {
+        // Kept: meta() answers from memory, and LIST asks it of every block.
+        if (e.state === 'data' && e.digest === null) e.digest = tableDigest(e.crc!);
+      },
+    );
+  }
+
+  /**
+   * A table may leave memory when the block's header on disk holds it: no
+   * change is running or waiting on the block, and none made since the
+   * last checkpoint (each such block is in an epoch's set until its header
+   * is durable).
+   */
+  private tableDroppable(e: Entry): boolean {
+    if (e.pending > 0 || e.writing || e.readers > 0) return false;
+    for (const set of this.epochBlocks.values()) if (set.has(e)) return false;
+    return true;
+  }
+
+  /** CRC tables in memory now (for tests). */
+  tablesHeld(): number {
+    return this.tables.size;
   }
 
   /** Opens (or creates) the store, repairing checksums after an unclean stop. */
@@ -234,7 +274,7 @@ export class FileBlockStore implements LocalBlockStore {
       const p1 = Math.ceil((offset + length) / PAGE_BYTES);
       const base = p0 * PAGE_BYTES;
       const fd = e.fd !== null ? this.touchFd(e) : await this.fdOf(e);
-      const table = e.crc ?? (await this.tableOf(e));
+      const table = this.tables.use(e) ?? (await this.tableOf(e));
       region = this.pool.acquire((p1 - p0) * PAGE_BYTES);
       const pending = preadCached(fd, region, 0, region.length, this.hdrBytes + base);
       if (pending !== null) await pending;
@@ -263,7 +303,7 @@ export class FileBlockStore implements LocalBlockStore {
     try {
       if (e.state === 'data') {
         const fd = await this.fdOf(e);
-        const table = e.crc ?? (await this.tableOf(e));
+        const table = this.tables.use(e) ?? (await this.tableOf(e));
         // From the pool, like a read's region: garbage collection asks the
         // owners to verify every leftover's block, and a fresh block-sized
         // Buffer per call piled up as external memory (peak RSS 156-160
@@ -382,7 +422,7 @@ export class FileBlockStore implements LocalBlockStore {
         // Extends a tombstone's file back to a whole block (sparse zeroes).
         await ftruncate(fd, this.fileBytes);
         await pwritevFull(fd, [encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), data], 0);
-        e.crc = table;
+        this.tables.hold(e, table);
         e.digest = null;
         e.state = 'data';
         e.version = version;
@@ -656,7 +696,7 @@ export class FileBlockStore implements LocalBlockStore {
     // Headers are small: written on the loop thread like small data writes (fs-async.ts pwriteCached).
     const wrote = pwriteCached(fd, encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), 0);
     if (wrote !== null) await wrote;
-    e.crc = table;
+    this.tables.hold(e, table);
     e.digest = null;
     e.state = 'data';
     this.recount(e);
@@ -673,7 +713,7 @@ export class FileBlockStore implements LocalBlockStore {
     const wrote = pwriteCached(fd, header, 0);
     if (wrote !== null) await wrote;
     await ftruncate(fd, this.hdrBytes);
-    e.crc = null;
+    this.tables.release(e);
     e.digest = null;
     e.state = 'zero';
     e.version = version;
@@ -686,7 +726,7 @@ export class FileBlockStore implements LocalBlockStore {
   private async writeHeader(e: Entry): Promise<void> {
     assert(e.state !== 'absent' && e.onDisk, 'a header is written for a block on disk');
     const fd = await this.fdOf(e);
-    const table = e.state === 'data' ? (e.crc ?? (await this.tableOf(e))) : newCrcTable(this.blockSize);
+    const table = e.state === 'data' ? (this.tables.use(e) ?? (await this.tableOf(e))) : newCrcTable(this.blockSize);
     const wrote = pwriteCached(fd, encodeHeader(e.ref, this.blockSize, { state: e.state, version: e.version, table }), 0);
     if (wrote !== null) await wrote;
     this.flushFiles.add(e);
@@ -697,7 +737,7 @@ export class FileBlockStore implements LocalBlockStore {
     assert(e.state === 'data', 'pages are written into a data block');
     if (length === 0) return;
     const fd = e.fd !== null ? this.touchFd(e) : await this.fdOf(e);
-    const table = e.crc ?? (await this.tableOf(e));
+    const table = this.tables.use(e) ?? (await this.tableOf(e));
     const p0 = Math.floor(offset / PAGE_BYTES);
     const p1 = Math.ceil((offset + length) / PAGE_BYTES);
     const base = p0 * PAGE_BYTES;
@@ -797,7 +837,7 @@ export class FileBlockStore implements LocalBlockStore {
     e.onDisk = false;
     e.state = 'absent';
     e.version = VERSION_ABSENT;
-    e.crc = null;
+    this.tables.release(e);
     e.digest = null;
     this.recount(e);
     this.reindex(e);
@@ -886,7 +926,7 @@ export class FileBlockStore implements LocalBlockStore {
           if (!e.onDisk || e.state === 'absent') return;
           // The whole header: it also upgrades a format-1 file to format 2.
           const fd = await this.fdOf(e);
-          const table = e.state === 'data' ? (e.crc ?? (await this.tableOf(e))) : newCrcTable(this.blockSize);
+          const table = e.state === 'data' ? (this.tables.use(e) ?? (await this.tableOf(e))) : newCrcTable(this.blockSize);
           await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, { state: e.state, version: e.version, table }), 0);
           await fdatasync(fd);
         } finally {
@@ -906,6 +946,8 @@ export class FileBlockStore implements LocalBlockStore {
     this.epochBlocks.delete(old);
     // Records made ahead and never claimed went with the epoch's file.
     this.premarked.delete(old);
+    // The epoch's tables are on disk now: they may leave memory.
+    if (this.tables.size > this.tables.max) this.tables.sweep();
     this.log.debug({ epoch: old, blocks: entries.length }, 'checkpoint done');
   }
 
@@ -959,6 +1001,7 @@ export class FileBlockStore implements LocalBlockStore {
         reservations: 0,
         fd: null,
         crc: null,
+        tableUsed: false,
         digest: null,
         markedEpoch: 0,
         marking: null,
@@ -1067,15 +1110,20 @@ export class FileBlockStore implements LocalBlockStore {
     return e.fd!;
   }
 
+  /** The block's CRC table, read back from its header when not in memory. */
   private async tableOf(e: Entry): Promise<Uint32Array> {
     if (e.crc === null) {
       const fd = await this.fdOf(e);
-      const h = Buffer.alloc(this.hdrBytes);
-      await preadFull(fd, h, 0, h.length, 0);
-      const { table } = decodeHeader(h, e.ref, this.blockSize, e.file);
-      if (e.crc === null) e.crc = table;
+      const h = this.pool.acquire(this.hdrBytes);
+      try {
+        await preadFull(fd, h, 0, h.length, 0);
+        const { table } = decodeHeader(h, e.ref, this.blockSize, e.file);
+        if (e.crc === null) this.tables.hold(e, table);
+      } finally {
+        releaseBuffer(h);
+      }
     }
-    return e.crc!;
+    return this.tables.use(e)!;
   }
 
   private rememberFd(e: Entry, fd: number): void {
@@ -1213,7 +1261,7 @@ export class FileBlockStore implements LocalBlockStore {
       await ftruncate(fd, this.hdrBytes);
       await fdatasync(fd);
       e.state = 'zero';
-      e.crc = null;
+      this.tables.release(e);
     } else {
       const data = Buffer.alloc(this.blockSize);
       await preadFull(fd, data, 0, data.length, this.hdrBytes);
@@ -1223,7 +1271,7 @@ export class FileBlockStore implements LocalBlockStore {
       await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), 0);
       await fdatasync(fd);
       e.state = 'data';
-      e.crc = table;
+      this.tables.hold(e, table);
     }
     e.version = version;
     e.digest = null;

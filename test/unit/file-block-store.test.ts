@@ -191,6 +191,43 @@ describe('FileBlockStore', () => {
     await s.close();
   });
 
+  it('keeps at most crcTablesMax CRC tables of blocks unchanged since the last checkpoint, and checks reads against tables read back from the headers', async () => {
+    const s = await open({ crcTablesMax: 4 });
+    const refs = Array.from({ length: 16 }, (_, i) => blockRef(5, 2, i));
+    const data = refs.map(() => randomBytes(BS));
+    for (let i = 0; i < refs.length; i++) await s.write(refs[i]!, 0, data[i]!, V, { fua: false });
+    await s.write(refs[3]!, 4096 + 10, Buffer.from('partial'), V, { fua: false });
+    data[3]!.write('partial', 4096 + 10);
+    // Changed since the last checkpoint: the only current tables, all kept.
+    expect(s.tablesHeld()).toBe(16);
+    const digests = refs.map((r) => s.meta(r).digest);
+    await s.checkpoint();
+    expect(s.tablesHeld()).toBeLessThanOrEqual(4);
+    // Digests answer from memory all the same, and reads check every page.
+    expect(refs.map((r) => s.meta(r).digest)).toEqual(digests);
+    for (let round = 0; round < 2; round++) {
+      for (let i = 0; i < refs.length; i++) expect((await s.read(refs[i]!, 0, BS)).equals(data[i]!), `block ${i}`).toBe(true);
+    }
+    expect(s.tablesHeld()).toBeLessThanOrEqual(4);
+    // A page that rots after its table left memory is caught by the table read back.
+    const fh = await fopen(path.join(dir, 'blocks', '5', '2', 'a'), 'r+');
+    await fh.write(Buffer.from([0xee]), 0, 1, headerBytes(BS) + 2 * 4096 + 7);
+    await fh.close();
+    const err = await s.read(refs[10]!, 2 * 4096, 4096).catch((e: unknown) => e);
+    expect(isTorusError(err, 'TORUS_ERR_STORE_CRC_MISMATCH'), String(err)).toBe(true);
+    // A partial write to a block whose table was dropped updates the table read back.
+    await s.checkpoint();
+    await s.write(refs[12]!, 100, Buffer.from('again'), V, { fua: false });
+    data[12]!.write('again', 100);
+    await s.checkpoint();
+    for (const i of [0, 1, 2, 3]) await s.read(refs[i]!, 0, 4096);
+    expect((await s.read(refs[12]!, 0, BS)).equals(data[12]!)).toBe(true);
+    await s.close();
+    const s2 = await open({ crcTablesMax: 4 });
+    for (const i of [3, 12]) expect((await s2.read(refs[i]!, 0, BS)).equals(data[i]!), `block ${i} after a restart`).toBe(true);
+    await s2.close();
+  });
+
   it('refuses a write beyond the cap with TORUS_ERR_STORE_NO_SPACE and keeps earlier data', async () => {
     const s = await open({ capacity: 2 * MiB });
     const slots = s.capacityBlocks();
@@ -235,7 +272,8 @@ describe('FileBlockStore', () => {
   });
 
   it('survives many concurrent overlapping writes and reads with frequent checkpoints, matching a model', async () => {
-    const s = await open({ checkpointIntervalMs: 5 });
+    // Two CRC tables in memory at most: most reads and writes read theirs back from the header.
+    const s = await open({ checkpointIntervalMs: 5, crcTablesMax: 2 });
     const model = new Map<number, Buffer>();
     let seed = 12345;
     const rnd = (n: number) => {
@@ -480,8 +518,9 @@ describe('FileBlockStore against its in-memory twin', () => {
     // between the two stores (the twin applies at once, the file store
     // queues per block), so a full store would refuse different changes.
     const capacityBlocks = blocks;
+    // Three CRC tables in memory at most: tables leave and are read back from the headers throughout.
     const openFile = (checkpointIntervalMs: number) =>
-      FileBlockStore.open({ dir, blockSize: bs, capacity: capacityBlocks * blockFileBytes(bs), logger: log, checkpointIntervalMs });
+      FileBlockStore.open({ dir, blockSize: bs, capacity: capacityBlocks * blockFileBytes(bs), logger: log, checkpointIntervalMs, crcTablesMax: 3 });
     const file = await openFile(3);
     const mem = new MemoryBlockStore({ blockSize: bs, capacity: capacityBlocks * bs });
     const rnd = new SeededRandom(42);
