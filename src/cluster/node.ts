@@ -291,7 +291,7 @@ export class ClusterNode {
     if (d.store !== null) {
       this.maintenance = new Maintenance({ node: this, ctx: this.ctx, logger: d.logger, holder: d.holder, volumesMax: d.settings.maintenanceVolumesMax, releaseRetryMs: d.settings.retryMs });
       this.driver = new TransitionDriver({ node: this, ctx: this.ctx, logger: d.logger, downOutIntervalMs: d.settings.downOutIntervalMs });
-      this.gc = new GarbageCollector({ node: this, store: d.store, metadata: d.metadata, logger: d.logger });
+      this.gc = new GarbageCollector({ node: this, store: d.store, metadata: d.metadata, ctx: this.ctx, logger: d.logger });
     }
     // Suspect blocks left by an unclean stop are compared and repaired (or
     // adopted) now rather than at the first background tick: until then a

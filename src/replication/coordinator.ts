@@ -1548,13 +1548,19 @@ export class VolumeCoordinator {
           }
           const outcome = await this.installCopy(api, t, ref, copy, e.version);
           if (outcome === 'newer') {
-            if (m !== undefined && versionToken(m.version) < this.token && this.stale.isStale(t, index)) {
+            if (m !== undefined && versionToken(m.version) < this.token && !this.trustedOwners(index, owners).includes(t)) {
               // An untrusted copy ahead of every trusted one, made by an
               // older writer: a change it sent after it was fenced off
               // (its clocks stopped: a suspended VM) or one that failed
               // half way. No client was told it succeeded, and reads here
               // may have returned the trusted copy: the trusted content
               // wins, under a fresh version of ours that is newer than it.
+              // Untrusted means recorded stale, or a new owner of a block
+              // not yet moved: a former owner whose leftover copy outlived
+              // a ring (garbage collection keeps it until the owners'
+              // copies check out) and that a later ring made an owner
+              // again. Left alone, its copy would stop the move for good
+              // (simulation seed 2351).
               if (await this.reversion(e, copy, t, m.version)) fixed.push(t);
               else failed.push(t);
               continue;

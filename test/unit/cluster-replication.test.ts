@@ -12,6 +12,7 @@ import { ClusterNode, DEFAULT_NODE_SETTINGS } from '../../src/cluster/node.js';
 import { isTorusError, TorusError } from '../../src/errors/torus-error.js';
 import { createMetrics } from '../../src/http/metrics.js';
 import { blockRef } from '../../src/model/block-ref.js';
+import { makeVersion, versionSeq, versionToken } from '../../src/model/version.js';
 import { BLOCKS_IN_FLIGHT } from '../../src/replication/block-jobs.js';
 import { sleep } from '../../src/util/timeout.js';
 import { volumeMaintKey } from '../../src/metadata/keys.js';
@@ -187,6 +188,25 @@ async function changeReachesBoth(c: SimCluster, io: VolumeIo, a: SimPeer, b: Sim
 function expectSeveralAtOnce(most: number, what: string): void {
   expect(most, `${what} in flight at once`).toBeGreaterThan(1);
   expect(most, `${what} in flight at once`).toBe(BLOCKS_IN_FLIGHT);
+}
+
+/**
+ * Peers a, b, d; ring {a, b} with R = 2 holds a 4-block volume "v" written
+ * with `seed`, then the ring becomes {a, d}. Returns once etcd says the
+ * move is done: b's copies are leftovers it has not yet had a chance to drop.
+ */
+async function replacedByD(seed: number): Promise<{ c: SimCluster; b: SimPeer }> {
+  const c = cluster({ peers: 3, members: 2, replication: 2 });
+  await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+  await startAll(c, c.peers);
+  const [a, b, d] = c.peers as [SimPeer, SimPeer, SimPeer];
+  const io = await until(c, c.open(a, 'v', 'rw'));
+  await until(c, io.write(0, pattern(seed, 4 * BLOCK), true));
+  await until(c, io.close());
+  await until(c, c.changeRing([a.uuid, d.uuid], 2, 'replace b with d'));
+  await runUntil(c.clock, () => c.ringNow()?.transition === null, c.clock.monotonic() + 60_000);
+  expect(c.ringNow()?.transition, 'the move is done').toBeNull();
+  return { c, b };
 }
 
 /** Every block of volume 1 has exactly two copies, equal. */
@@ -535,6 +555,58 @@ describe('replication on a simulated cluster', () => {
       const cs = copies(c, 1, i);
       expect(cs.map((x) => x.uuid).sort()).toEqual([a.uuid, b.uuid].sort());
       expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size).toBe(1);
+    }
+  });
+
+  it('keeps a leftover copy that may be the last good one: every owner must read its own copy back good first', async () => {
+    const { c, b } = await replacedByD(12);
+    const [a, , d] = c.peers as [SimPeer, SimPeer, SimPeer];
+    // Before b learns the ring settled (its garbage collection waits for
+    // that), both owners' copies of block 2 rot on disk.
+    const ref = blockRef(1, 1, 2);
+    const good = b.store.meta(ref);
+    expect(good.state).toBe('data');
+    a.store.corrupt(ref, 0);
+    d.store.corrupt(ref, 0);
+    await runFor(c, 60_000);
+    // b's copy is the last good one: kept. Every other leftover is gone.
+    expect(b.store.meta(ref)).toMatchObject({ state: 'data', version: good.version, digest: good.digest, suspect: false });
+    for (const i of [0, 1, 3]) expect(b.store.meta(blockRef(1, 1, i)).state, `leftover block ${i} on b`).toBe('absent');
+  });
+
+  it('keeps leftover copies while an owner is down, and drops them once it is back with good copies', async () => {
+    const { c, b } = await replacedByD(14);
+    const [, , d] = c.peers as [SimPeer, SimPeer, SimPeer];
+    c.crash(d);
+    await runFor(c, 60_000);
+    for (let i = 0; i < 4; i++) expect(b.store.meta(blockRef(1, 1, i)).state, `leftover block ${i} on b while d is down`).toBe('data');
+    await until(c, c.start(d));
+    await runFor(c, 60_000);
+    for (let i = 0; i < 4; i++) expect(b.store.meta(blockRef(1, 1, i)).state, `leftover block ${i} on b`).toBe('absent');
+    expectTwoEqualCopies(c, 4);
+  });
+
+  it('moves a block onto a former owner whose kept leftover is newer than the trusted copies: the trusted content wins', async () => {
+    const { c, b } = await replacedByD(15);
+    const [a, , d] = c.peers as [SimPeer, SimPeer, SimPeer];
+    // d is down: b keeps its leftovers (an owner cannot check its copy).
+    c.crash(d);
+    await runFor(c, 20_000);
+    // b's leftover of block 1 is ahead of the owners' copies: a change of
+    // the old writer that reached b alone and was never acknowledged.
+    const ref = blockRef(1, 1, 1);
+    const trusted = a.store.meta(ref);
+    await until(c, b.store.install(ref, pattern(99, BLOCK), makeVersion(versionToken(trusted.version), versionSeq(trusted.version) + 5), { fua: true }));
+    // A later ring makes b an owner again, in d's place.
+    await until(c, c.changeRing([a.uuid, b.uuid], 2, 'replace d with b'));
+    await runUntil(c.clock, () => c.ringNow()?.transition === null, c.clock.monotonic() + 120_000);
+    expect(c.ringNow()?.transition, 'the move is done').toBeNull();
+    const io = await until(c, c.open(a, 'v', 'rw'), 60_000);
+    expect((await until(c, io.read(0, 4 * BLOCK))).equals(pattern(15, 4 * BLOCK))).toBe(true);
+    for (let i = 0; i < 4; i++) {
+      const cs = copies(c, 1, i).filter((x) => x.uuid !== d.uuid);
+      expect(cs.map((x) => x.uuid).sort(), `block ${i}`).toEqual([a.uuid, b.uuid].sort());
+      expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size, `block ${i}`).toBe(1);
     }
   });
 
