@@ -1052,6 +1052,7 @@ export class FileBlockStore implements LocalBlockStore {
   private dropIfIdle(e: Entry): void {
     if (!e.onDisk && e.state === 'absent' && !e.suspect && !e.allocated && e.pending === 0 && e.readers === 0 && !e.writing) {
       assert(!e.indexed && e.fd === null, 'a forgotten block is neither listed nor open');
+      this.tables.release(e);
       this.entries.delete(e.key);
       for (const set of this.epochBlocks.values()) set.delete(e);
     }
