@@ -165,6 +165,7 @@ export class ClusterNode {
       refreshRing: (min) => self.refreshRing(min),
       refreshPeers: () => self.refreshPeers(),
       suspectVolumesOf: (u) => self.suspectVolumesOf(u),
+      livePeers: () => [...self.peersKnown],
       ringAcknowledged: (v) => self.ringAcknowledged(v, false),
       leaseDeadline: () => self.session?.leaseDeadline() ?? -Infinity,
       sessionId: () => self.session?.id ?? null,

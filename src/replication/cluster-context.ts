@@ -42,6 +42,8 @@ export interface ClusterContext {
   refreshRing(minVersion: number): Promise<void>;
   /** Re-reads which peers are live (DOWN is a ring member without a peer record). */
   refreshPeers(): Promise<void>;
+  /** Peers with a live peer record at our last look at etcd, ring members or not (a former owner may still hold leftovers). */
+  livePeers(): readonly string[];
   /** Volumes a peer says hold suspect blocks (its peer record). */
   suspectVolumesOf(uuid: string): readonly number[];
   /** True once every live peer acknowledged this ring version (moves wait for it). */

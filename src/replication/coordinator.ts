@@ -1269,7 +1269,15 @@ export class VolumeCoordinator {
         });
         let adopted = await this.adopt(ref, [...trusted, ...ahead], metas.got);
         if (adopted?.owner != null && ahead.includes(adopted.owner)) vouched.push(adopted.owner);
-        if (adopted === null && !rescue && owners.all.every((u) => metas.got.has(u))) {
+        const allAnswered = owners.all.every((u) => metas.got.has(u));
+        if (adopted === null && allAnswered) {
+          // No trusted copy checks out (bit rot): a former owner's leftover
+          // may hold exactly the newest version (garbage collection keeps
+          // one until the owners' copies check out). Tried before an older
+          // owner copy below, which would lose what came after it.
+          adopted = await this.adoptLeftover(ref, owners, metas.got);
+        }
+        if (adopted === null && !rescue && allAnswered) {
           // No trusted copy checks out (bit rot on the only one trusted):
           // as in a rescue, every owner's copy competes, the stale ones too
           // (one may hold the very version that rotted).
@@ -1412,6 +1420,67 @@ export class VolumeCoordinator {
         got.set(u, ABSENT_META);
       }
       return { meta: ABSENT_META, from: VERSION_ABSENT, owner: null };
+    }
+    return null;
+  }
+
+  /**
+   * Every owner answered and none of their copies checks out: takes an
+   * exact copy of the owners' newest one from a peer that is not an owner
+   * (a leftover of an earlier ring). Exact means the same version and the
+   * same digest (the same CRC table) as the newest owner copy recorded,
+   * not suspect, and read whole against its CRCs; anything else could be
+   * older than what was acknowledged or a change no owner took. It is
+   * installed on one owner under a fresh version of ours (so versions stay
+   * comparable); the other owners are then behind and caught up from it.
+   * Null when no peer holds such a copy.
+   */
+  private async adoptLeftover(ref: BlockRef, owners: BlockOwners, got: Map<string, BlockMeta>): Promise<{ meta: BlockMeta; from: number; owner: string | null } | null> {
+    let top: BlockMeta | null = null;
+    for (const u of owners.all) {
+      const m = got.get(u);
+      if (m !== undefined && (top === null || m.version > top.version)) top = m;
+    }
+    if (top === null || top.state !== 'data') return null;
+    // Ring members and peers that left the ring but still run (a replaced
+    // or drained peer keeps its leftovers while they may be needed).
+    const others = [...new Set([...ringPeers(this.ctx.ring()), ...this.ctx.livePeers()])].filter((u) => !owners.all.includes(u));
+    if (others.length === 0) return null;
+    const { got: theirs } = await this.askMeta(ref, others);
+    for (const [c, m] of theirs) {
+      if (m.suspect || m.state !== 'data' || m.version !== top.version || m.digest !== top.digest) continue;
+      const source = this.ctx.replica(c);
+      if (source === null) continue;
+      let data: Buffer | null = null;
+      try {
+        const reply = await withTimeout(source.read(this.ctx.requestContext(), ref, 0, this.blockSize), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `read on peer ${c}`);
+        data = reply.data;
+        if (reply.meta.version !== top.version || reply.meta.digest !== top.digest || reply.meta.suspect) continue;
+        const version = this.nextVersion(top.version);
+        for (const u of owners.all) {
+          const api = this.ctx.replica(u);
+          if (api === null || !this.ctx.health.usable(u)) continue;
+          try {
+            if ((await this.installCopy(api, u, ref, { state: 'data', data }, version)) === 'newer') continue;
+          } catch (err) {
+            this.copyFailed(err, u);
+            this.log.debug({ err, block: ref.index, peer: u }, 'installing a former owner\'s copy failed');
+            continue;
+          }
+          const adopted: BlockMeta = { state: 'data', version, suspect: false, digest: top.digest };
+          got.set(u, adopted);
+          this.log.warn({ block: ref.index, from: c, owner: u, version: formatVersion(version), was: formatVersion(top.version) }, 'no owner\'s copy of the block checks out: took the exact copy a former owner kept');
+          return { meta: adopted, from: top.version, owner: u };
+        }
+        return null;
+      } catch (err) {
+        const kind = classifyFailure(err);
+        if (kind === 'fenced') throw err;
+        if (kind === 'peer') this.ctx.health.failed(c);
+        this.log.debug({ err, block: ref.index, peer: c }, 'reading a former owner\'s copy failed');
+      } finally {
+        if (data !== null) releaseBuffer(data);
+      }
     }
     return null;
   }

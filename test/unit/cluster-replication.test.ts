@@ -558,20 +558,30 @@ describe('replication on a simulated cluster', () => {
     }
   });
 
-  it('keeps a leftover copy that may be the last good one: every owner must read its own copy back good first', async () => {
-    const { c, b } = await replacedByD(12);
+  it('keeps a leftover copy that may be the last good one, and takes it when every owner\'s copy rotted: the data reads back, the owners are repaired, the leftover then goes', async () => {
+    const { c, b } = await replacedByD(13);
     const [a, , d] = c.peers as [SimPeer, SimPeer, SimPeer];
-    // Before b learns the ring settled (its garbage collection waits for
-    // that), both owners' copies of block 2 rot on disk.
     const ref = blockRef(1, 1, 2);
     const good = b.store.meta(ref);
-    expect(good.state).toBe('data');
+    // Before b learns the ring settled (its garbage collection waits for
+    // that), both owners' copies of block 2 rot on disk.
     a.store.corrupt(ref, 0);
     d.store.corrupt(ref, 0);
+    // b's garbage collection asks the owners to check their copies: both
+    // fail (and are marked suspect), so b keeps its copy. No owner copy can
+    // be adopted; the repair takes b's, which is exactly the owners' newest
+    // (same version and CRC table). Before that, only b's copy was good.
     await runFor(c, 60_000);
-    // b's copy is the last good one: kept. Every other leftover is gone.
-    expect(b.store.meta(ref)).toMatchObject({ state: 'data', version: good.version, digest: good.digest, suspect: false });
-    for (const i of [0, 1, 3]) expect(b.store.meta(blockRef(1, 1, i)).state, `leftover block ${i} on b`).toBe('absent');
+    const io = await until(c, c.open(a, 'v', 'rw'), 60_000);
+    expect((await until(c, io.read(2 * BLOCK, BLOCK))).equals(pattern(13, 4 * BLOCK).subarray(2 * BLOCK, 3 * BLOCK))).toBe(true);
+    await until(c, io.close());
+    await runFor(c, 120_000);
+    // Both owners hold the block again, equal; b's leftover is gone.
+    const cs = copies(c, 1, 2);
+    expect(cs.map((x) => x.uuid).sort(), JSON.stringify(cs)).toEqual([a.uuid, d.uuid].sort());
+    expect(new Set(cs.map((x) => `${x.version}:${x.digest}`)).size).toBe(1);
+    expect(cs[0]!.digest).toBe(good.digest);
+    for (let i = 0; i < 4; i++) expect(b.store.meta(blockRef(1, 1, i)).state, `leftover block ${i} on b`).toBe('absent');
   });
 
   it('keeps leftover copies while an owner is down, and drops them once it is back with good copies', async () => {
