@@ -1449,13 +1449,10 @@ export class VolumeCoordinator {
     const { got: theirs } = await this.askMeta(ref, others);
     for (const [c, m] of theirs) {
       if (m.suspect || m.state !== 'data' || m.version !== top.version || m.digest !== top.digest) continue;
-      const source = this.ctx.replica(c);
-      if (source === null) continue;
-      let data: Buffer | null = null;
+      const data = await this.readExactCopy(c, ref, top);
+      if (data === null) continue;
       try {
-        const reply = await withTimeout(source.read(this.ctx.requestContext(), ref, 0, this.blockSize), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `read on peer ${c}`);
-        data = reply.data;
-        if (reply.meta.version !== top.version || reply.meta.digest !== top.digest || reply.meta.suspect) continue;
+        // One fresh version for whichever owner takes it first.
         const version = this.nextVersion(top.version);
         for (const u of owners.all) {
           const api = this.ctx.replica(u);
@@ -1473,14 +1470,26 @@ export class VolumeCoordinator {
           return { meta: adopted, from: top.version, owner: u };
         }
         return null;
-      } catch (err) {
-        const kind = classifyFailure(err);
-        if (kind === 'fenced') throw err;
-        if (kind === 'peer') this.ctx.health.failed(c);
-        this.log.debug({ err, block: ref.index, peer: c }, 'reading a former owner\'s copy failed');
       } finally {
-        if (data !== null) releaseBuffer(data);
+        releaseBuffer(data);
       }
+    }
+    return null;
+  }
+
+  /** The whole block from peer `c` if it is still exactly `want` (version and digest) and every page checks out; null otherwise. */
+  private async readExactCopy(c: string, ref: BlockRef, want: BlockMeta): Promise<Buffer | null> {
+    const source = this.ctx.replica(c);
+    if (source === null) return null;
+    try {
+      const reply = await withTimeout(source.read(this.ctx.requestContext(), ref, 0, this.blockSize), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `read on peer ${c}`);
+      if (reply.meta.version === want.version && reply.meta.digest === want.digest && !reply.meta.suspect) return reply.data;
+      releaseBuffer(reply.data);
+    } catch (err) {
+      const kind = classifyFailure(err);
+      if (kind === 'fenced') throw err;
+      if (kind === 'peer') this.ctx.health.failed(c);
+      this.log.debug({ err, block: ref.index, peer: c }, 'reading a former owner\'s copy failed');
     }
     return null;
   }
