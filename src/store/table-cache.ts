@@ -49,12 +49,16 @@ export class TableCache<E extends TableHolder> {
     return this.held.size;
   }
 
-  /** The entry's table is `table` from now on (a new one, or read back from its header). */
+  /**
+   * The entry's table is `table` from now on (a new one, or read back from
+   * its header). The sweep this may start never drops this table: the
+   * caller uses it next.
+   */
   hold(e: E, table: Uint32Array): void {
     e.crc = table;
     e.tableUsed = true;
     this.held.add(e);
-    if (this.held.size > this.sweepAbove) this.sweep();
+    if (this.held.size > this.sweepAbove) this.sweep(e);
   }
 
   /** The entry has no table any more (a tombstone, or dropped). */
@@ -69,14 +73,14 @@ export class TableCache<E extends TableHolder> {
     return e.crc;
   }
 
-  /** Drops unused droppable tables until 7/8 of max are left (or none can go). Returns how many went. */
-  sweep(): number {
+  /** Drops unused droppable tables (never `keep`'s) until 7/8 of max are left, or none can go. Returns how many went. */
+  sweep(keep: E | null = null): number {
     const target = this.max - (this.max >> 3);
     let dropped = 0;
     for (let pass = 0; pass < 2 && this.held.size > target; pass++) {
       for (const e of this.held) {
         if (this.held.size <= target) break;
-        if (!this.canDrop(e)) continue;
+        if (e === keep || !this.canDrop(e)) continue;
         if (e.tableUsed) {
           e.tableUsed = false;
           continue;

@@ -55,6 +55,19 @@ describe('TableCache', () => {
     expect(all.filter((e) => e.crc !== null).length).toBe(c.size);
   });
 
+  it('never drops the table it was just asked to hold, even when nothing else can go', () => {
+    const c = cache(2);
+    const [a, b, n] = items(3) as [Item, Item, Item];
+    for (const e of [a, b]) {
+      e.pinned = true;
+      c.hold(e, new Uint32Array(1));
+    }
+    const t = new Uint32Array(1);
+    c.hold(n, t);
+    expect(c.use(n)).toBe(t);
+    expect(c.size).toBe(3);
+  });
+
   it('use() marks a held table and answers null for one not in memory; release() forgets it', () => {
     const c = cache(2);
     const [a] = items(1) as [Item];
