@@ -96,6 +96,12 @@ Napi::Value NowaitIo(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
+// threadWaits(): voluntary context switches of the calling thread so far, or
+// -errno (see nowait-io.h).
+Napi::Value ThreadWaits(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(torus::thread_waits()));
+}
+
 // syncfs(fd, callback(errno)): flushes the whole file system holding fd on a
 // libuv worker thread (it blocks for milliseconds). One syncfs replaces an
 // fdatasync per dirty block file plus an fsync per changed folder.
@@ -273,6 +279,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("crc32cVariant", Napi::String::New(env, torus::crc32c_variant()));
   exports.Set("crc32cPages", Napi::Function::New(env, Crc32cPages, "crc32cPages"));
   exports.Set("syncfs", Napi::Function::New(env, Syncfs, "syncfs"));
+  exports.Set("threadWaits", Napi::Function::New(env, ThreadWaits, "threadWaits"));
   exports.Set("preadNowait", Napi::Function::New(env, NowaitIo<torus::pread_nowait>, "preadNowait"));
   exports.Set("nbdSocketpair", Napi::Function::New(env, NbdSocketpair, "nbdSocketpair"));
   exports.Set("netlinkTransact", Napi::Function::New(env, NetlinkTransact, "netlinkTransact"));

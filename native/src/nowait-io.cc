@@ -6,6 +6,7 @@
 #include "nowait-io.h"
 
 #include <cerrno>
+#include <sys/resource.h>
 #include <sys/uio.h>
 
 #ifndef RWF_NOWAIT
@@ -25,6 +26,16 @@ int64_t pread_nowait(int fd, uint8_t* buf, size_t len, int64_t pos) {
 #else
   (void)fd; (void)buf; (void)len; (void)pos;
   return -EOPNOTSUPP;
+#endif
+}
+
+int64_t thread_waits() {
+#if defined(__linux__) && defined(RUSAGE_THREAD)
+  struct rusage ru;
+  if (getrusage(RUSAGE_THREAD, &ru) != 0) return -static_cast<int64_t>(errno);
+  return static_cast<int64_t>(ru.ru_nvcsw);
+#else
+  return -ENOSYS;
 #endif
 }
 

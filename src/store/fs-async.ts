@@ -58,9 +58,21 @@ export function preadCached(fd: number, buf: Buffer, offset: number, length: num
  * on the event loop thread. On 2 cores 1 MiB sequential writes went 15 %
  * faster in the median of five interleaved pairs (2026-12-01). The kernel
  * can block a writer when too many pages are dirty (balance_dirty_pages,
- * pauses of 4 ms and more), which would stall every client of the process;
- * so each such write is timed, and after one slower than syncWriteSlowMs,
+ * pauses of 4 ms and more), or make it read a page from disk first, which
+ * would stall every client of the process; so each such write is timed,
+ * and after one that was slower than syncWriteSlowMs *and waited* (the
+ * thread slept: a voluntary context switch, counted by the native addon),
  * writes go through the pool for a while.
+ *
+ * A slow write that did not wait was only preempted: the machine is busy,
+ * and the pool would make that worse (two more thread wake-ups per write).
+ * Taking wall time alone, a replica of a 3-peer cluster on 2 cores was
+ * preempted mid-write often enough to stay backed off nearly all the time
+ * (its pool threads woke 0.8 times per write). Counting only writes that waited, 4 KiB replicated random
+ * writes went from 4037 / 5238 / 4222 to 6823 / 6416 / 6634 IOPS (three
+ * interleaved pairs), and a replica's CPU per write from 78-101 µs to 50 µs
+ * (2026-12-02, docs/perf/profile.md). Without the addon there is no
+ * per-thread count, and wall time alone decides.
  */
 export const SYNC_WRITE_BYTES_MAX = 1024 * 1024;
 const SYNC_WRITE_BACKOFF_MS = 1_000;
@@ -75,14 +87,37 @@ export function syncWriteSlowMs(bytes: number): number {
   return 1 + (2 * bytes) / (1024 * 1024);
 }
 
+/**
+ * Whether a write on the event loop should send the writes after it to the
+ * pool. `waited`: whether the thread slept during it, or null when that is
+ * not known (no addon), in which case a slow write is taken as a waiting one.
+ */
+export function slowWriteBacksOff(elapsedMs: number, bytes: number, waited: boolean | null): boolean {
+  return elapsedMs > syncWriteSlowMs(bytes) && waited !== false;
+}
+
+/** The calling thread's wait count, or null where the addon cannot tell. */
+function threadWaits(): number | null {
+  const waits = nativeAddon?.threadWaits;
+  if (waits === undefined) return null;
+  const n = waits();
+  return n < 0 ? null : n;
+}
+
 export function pwriteCached(fd: number, buf: Buffer, position: number): Promise<void> | null {
   if (buf.length > SYNC_WRITE_BYTES_MAX) return pwriteFull(fd, buf, position);
   const t0 = performance.now();
   if (t0 < syncWritesAfter) return pwriteFull(fd, buf, position);
+  const waits0 = threadWaits();
   let done = 0;
   while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, position + done);
   const t1 = performance.now();
-  if (t1 - t0 > syncWriteSlowMs(buf.length)) syncWritesAfter = t1 + SYNC_WRITE_BACKOFF_MS;
+  if (t1 - t0 > syncWriteSlowMs(buf.length)) {
+    const waits1 = waits0 === null ? null : threadWaits();
+    if (slowWriteBacksOff(t1 - t0, buf.length, waits1 === null || waits0 === null ? null : waits1 > waits0)) {
+      syncWritesAfter = t1 + SYNC_WRITE_BACKOFF_MS;
+    }
+  }
   return null;
 }
 

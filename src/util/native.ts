@@ -18,6 +18,8 @@ export interface NativeAddon {
   syncfs?(fd: number, callback: (errno: number) => void): void;
   /** Bytes read, or -errno; -EAGAIN when the data is not in the page cache. */
   preadNowait?(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
+  /** Voluntary context switches of the calling thread so far (it slept), or -errno. */
+  threadWaits?(): number;
   /** Kernel nbd plumbing (src/attach/kernel-nbd.ts): an AF_UNIX stream pair; throws an Error with .errno. */
   nbdSocketpair?(): [number, number];
   /** One generic netlink request and its replies up to the ack, on a worker thread. */

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NOWAIT_READ_BYTES_MAX, preadCached, pwriteCached, SYNC_WRITE_BYTES_MAX, syncWriteSlowMs } from '../../src/store/fs-async.js';
+import { NOWAIT_READ_BYTES_MAX, preadCached, pwriteCached, slowWriteBacksOff, SYNC_WRITE_BYTES_MAX, syncWriteSlowMs } from '../../src/store/fs-async.js';
 import { nativeAddon } from '../../src/util/native.js';
 
 const MiB = 1024 * 1024;
@@ -41,6 +41,30 @@ describe('fs-async', () => {
     expect(syncWriteSlowMs(0)).toBe(1);
     expect(syncWriteSlowMs(4096)).toBeCloseTo(1.0078, 4);
     expect(syncWriteSlowMs(MiB)).toBe(3);
+  });
+
+  it('backs off to the pool after a slow write only when the thread waited in it (or nobody can tell)', () => {
+    // Slow and waited (the dirty-page throttle, a page read from disk): back off.
+    expect(slowWriteBacksOff(5, 4096, true)).toBe(true);
+    // Slow but never slept: preempted on a busy machine; the pool would not help.
+    expect(slowWriteBacksOff(5, 4096, false)).toBe(false);
+    // No addon, no per-thread count: wall time alone decides, as before.
+    expect(slowWriteBacksOff(5, 4096, null)).toBe(true);
+    // Fast writes never back off, whatever the count says.
+    expect(slowWriteBacksOff(0.5, 4096, true)).toBe(false);
+    expect(slowWriteBacksOff(2.9, MiB, true)).toBe(false);
+    expect(slowWriteBacksOff(3.1, MiB, true)).toBe(true);
+  });
+
+  it("counts the loop thread's waits (the addon's per-thread voluntary context switches)", () => {
+    const waits = nativeAddon?.threadWaits;
+    expect(waits, 'the native addon must be built for this test (npm run build)').toBeTypeOf('function');
+    const before = waits!();
+    expect(before).toBeGreaterThanOrEqual(0);
+    // Sleeping is a wait: the count goes up.
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+    const after = waits!();
+    expect(after).toBeGreaterThan(before);
   });
 
   it('writes a 1 MiB buffer at an offset whole, and reads it back from the page cache without the pool', async () => {
