@@ -38,6 +38,8 @@ export interface ClusterOptions {
   readonly size?: string;
   /** Extra torusd flags for every peer (e.g. --replica-timeout 3s). */
   readonly peerArgs?: readonly string[];
+  /** Extra environment for every peer (e.g. TORUS_LEASE_TTL_SECONDS); a peer's own `env` wins. */
+  readonly peerEnv?: NodeJS.ProcessEnv;
 }
 
 export type PeerOptions = Omit<TorusdOptions, 'etcd'> & { readonly etcd?: string };
@@ -54,6 +56,7 @@ export interface CopyCheck {
 export class TestCluster {
   readonly peers: TorusdHandle[] = [];
   private readonly peerArgs: readonly string[];
+  private readonly peerEnv: NodeJS.ProcessEnv;
   private readonly size: string;
 
   private constructor(
@@ -61,6 +64,7 @@ export class TestCluster {
     opts: ClusterOptions,
   ) {
     this.peerArgs = opts.peerArgs ?? [];
+    this.peerEnv = opts.peerEnv ?? {};
     this.size = opts.size ?? '1GiB';
   }
 
@@ -86,7 +90,13 @@ export class TestCluster {
 
   /** Starts one more torusd on this cluster's etcd (--auto-join unless told otherwise). */
   async addPeer(opts: PeerOptions = {}): Promise<TorusdHandle> {
-    const p = await startTorusd({ size: this.size, ...opts, etcd: opts.etcd ?? this.etcd.endpoint, extraArgs: [...this.peerArgs, ...(opts.extraArgs ?? [])] });
+    const p = await startTorusd({
+      size: this.size,
+      ...opts,
+      etcd: opts.etcd ?? this.etcd.endpoint,
+      extraArgs: [...this.peerArgs, ...(opts.extraArgs ?? [])],
+      env: { ...this.peerEnv, ...(opts.env ?? {}) },
+    });
     this.peers.push(p);
     return p;
   }
