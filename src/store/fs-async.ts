@@ -68,11 +68,12 @@ export function preadCached(fd: number, buf: Buffer, offset: number, length: num
  * and the pool would make that worse (two more thread wake-ups per write).
  * Taking wall time alone, a replica of a 3-peer cluster on 2 cores was
  * preempted mid-write often enough to stay backed off nearly all the time
- * (its pool threads woke 0.8 times per write). Counting only writes that waited, 4 KiB replicated random
- * writes went from 4037 / 5238 / 4222 to 6823 / 6416 / 6634 IOPS (three
- * interleaved pairs), and a replica's CPU per write from 78-101 µs to 50 µs
- * (2026-12-02, docs/perf/profile.md). Without the addon there is no
- * per-thread count, and wall time alone decides.
+ * (its pool threads woke 0.8 times per write). Counting only writes that
+ * waited, 4 KiB replicated random writes went from 4037 / 5238 / 4222 to
+ * 6823 / 6416 / 6634 IOPS (three interleaved pairs), and a replica's CPU
+ * per write from 78-101 µs to 50 µs (2026-12-02, docs/perf/profile.md).
+ * Without the addon there is no per-thread count, and wall time alone
+ * decides.
  */
 export const SYNC_WRITE_BYTES_MAX = 1024 * 1024;
 const SYNC_WRITE_BACKOFF_MS = 1_000;
@@ -88,12 +89,18 @@ export function syncWriteSlowMs(bytes: number): number {
 }
 
 /**
- * Whether a write on the event loop should send the writes after it to the
- * pool. `waited`: whether the thread slept during it, or null when that is
- * not known (no addon), in which case a slow write is taken as a waiting one.
+ * Whether a write on the event loop that took `elapsedMs` should send the
+ * writes after it to the pool: only if it was slow and the thread slept
+ * during it (its wait count went up from `waitsBefore`). Where the count
+ * is not known (no addon: null) a slow write counts as a waiting one.
+ * `waitsNow` is asked only for a slow write: a fast one costs no second
+ * count.
  */
-export function slowWriteBacksOff(elapsedMs: number, bytes: number, waited: boolean | null): boolean {
-  return elapsedMs > syncWriteSlowMs(bytes) && waited !== false;
+export function slowWriteBacksOff(elapsedMs: number, bytes: number, waitsBefore: number | null, waitsNow: () => number | null): boolean {
+  if (elapsedMs <= syncWriteSlowMs(bytes)) return false;
+  if (waitsBefore === null) return true;
+  const now = waitsNow();
+  return now === null || now > waitsBefore;
 }
 
 /** The calling thread's wait count, or null where the addon cannot tell. */
@@ -112,12 +119,7 @@ export function pwriteCached(fd: number, buf: Buffer, position: number): Promise
   let done = 0;
   while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, position + done);
   const t1 = performance.now();
-  if (t1 - t0 > syncWriteSlowMs(buf.length)) {
-    const waits1 = waits0 === null ? null : threadWaits();
-    if (slowWriteBacksOff(t1 - t0, buf.length, waits1 === null || waits0 === null ? null : waits1 > waits0)) {
-      syncWritesAfter = t1 + SYNC_WRITE_BACKOFF_MS;
-    }
-  }
+  if (slowWriteBacksOff(t1 - t0, buf.length, waits0, threadWaits)) syncWritesAfter = t1 + SYNC_WRITE_BACKOFF_MS;
   return null;
 }
 

@@ -44,16 +44,24 @@ describe('fs-async', () => {
   });
 
   it('backs off to the pool after a slow write only when the thread waited in it (or nobody can tell)', () => {
+    // The wait count now, as the addon would answer it; counts how often it was asked.
+    const counter = (now: number | null) => {
+      const q = { asked: 0, now: () => (q.asked++, now) };
+      return q;
+    };
     // Slow and waited (the dirty-page throttle, a page read from disk): back off.
-    expect(slowWriteBacksOff(5, 4096, true)).toBe(true);
+    expect(slowWriteBacksOff(5, 4096, 10, counter(11).now)).toBe(true);
     // Slow but never slept: preempted on a busy machine; the pool would not help.
-    expect(slowWriteBacksOff(5, 4096, false)).toBe(false);
+    expect(slowWriteBacksOff(5, 4096, 10, counter(10).now)).toBe(false);
     // No addon, no per-thread count: wall time alone decides, as before.
-    expect(slowWriteBacksOff(5, 4096, null)).toBe(true);
-    // Fast writes never back off, whatever the count says.
-    expect(slowWriteBacksOff(0.5, 4096, true)).toBe(false);
-    expect(slowWriteBacksOff(2.9, MiB, true)).toBe(false);
-    expect(slowWriteBacksOff(3.1, MiB, true)).toBe(true);
+    expect(slowWriteBacksOff(5, 4096, null, counter(null).now)).toBe(true);
+    expect(slowWriteBacksOff(5, 4096, 10, counter(null).now)).toBe(true);
+    // Fast writes never back off, whatever the count says, and never ask it.
+    const fast = counter(99);
+    expect(slowWriteBacksOff(0.5, 4096, 10, fast.now)).toBe(false);
+    expect(slowWriteBacksOff(2.9, MiB, 10, fast.now)).toBe(false);
+    expect(fast.asked).toBe(0);
+    expect(slowWriteBacksOff(3.1, MiB, 10, counter(11).now)).toBe(true);
   });
 
   it("counts the loop thread's waits (the addon's per-thread voluntary context switches)", () => {
