@@ -155,14 +155,6 @@ function budgetBytes(h: RequestHeader): number {
   return h.type === CMD_READ || h.type === CMD_WRITE ? h.length : 0;
 }
 
-/** Starts an export call, turning a synchronous throw into a rejection. */
-function call<T>(fn: () => Promise<T>): Promise<T> {
-  try {
-    return fn();
-  } catch (err) {
-    return Promise.reject(err);
-  }
-}
 
 export class NbdSession {
   readonly remote: string;
@@ -736,10 +728,11 @@ export class NbdSession {
   private async execute(h: RequestHeader, payload: Buffer | undefined): Promise<number> {
     const exp = this.exp!;
     const fua = (h.flags & CMD_FLAG_FUA) !== 0;
+    // An export that throws rather than rejects is caught here all the same.
     try {
       switch (h.type) {
         case CMD_READ: {
-          const data = await call(() => exp.read(h.offset, h.length));
+          const data = await exp.read(h.offset, h.length);
           if (data.length !== h.length) {
             releaseBuffer(data);
             assert(false, `the export returned ${data.length} bytes for a ${h.length}-byte read`);
@@ -750,27 +743,27 @@ export class NbdSession {
           return 0;
         }
         case CMD_WRITE:
-          await call(() => exp.write(h.offset, payload!, fua));
+          await exp.write(h.offset, payload!, fua);
           break;
         case CMD_FLUSH: {
           // Writes already in flight when FLUSH arrived must be covered by it.
           if (this.writes.size > 0) await allSettledNow(this.writes);
-          await call(() => exp.flush());
+          await exp.flush();
           break;
         }
         case CMD_TRIM:
-          await call(() => exp.trim(h.offset, h.length, fua));
+          await exp.trim(h.offset, h.length, fua);
           break;
         case CMD_WRITE_ZEROES:
           // With FAST_ZERO an export that cannot zero fast throws
           // TORUS_ERR_NBD_UNSUPPORTED, which goes out as ENOTSUP.
-          await call(() => exp.writeZeroes(h.offset, h.length, { noHole: (h.flags & CMD_FLAG_NO_HOLE) !== 0, fua, fastZero: (h.flags & CMD_FLAG_FAST_ZERO) !== 0 }));
+          await exp.writeZeroes(h.offset, h.length, { noHole: (h.flags & CMD_FLAG_NO_HOLE) !== 0, fua, fastZero: (h.flags & CMD_FLAG_FAST_ZERO) !== 0 });
           break;
         case CMD_CACHE:
-          await call(() => exp.cache(h.offset, h.length));
+          await exp.cache(h.offset, h.length);
           break;
         case CMD_BLOCK_STATUS: {
-          const extents = clipExtents(await call(() => exp.blockStatus(h.offset, h.length)), h.length, (h.flags & CMD_FLAG_REQ_ONE) !== 0);
+          const extents = clipExtents(await exp.blockStatus(h.offset, h.length), h.length, (h.flags & CMD_FLAG_REQ_ONE) !== 0);
           assert(extents.length > 0, 'the export returned extents');
           this.write(encodeBlockStatusReply(h.cookie, META_CONTEXT_BASE_ALLOCATION_ID, extents));
           return 0;

@@ -31,7 +31,7 @@ import {
   type ReplyOf,
   type ResponseFrame,
 } from './codec.js';
-import { DeadlineQueue } from './deadline-queue.js';
+import { DeadlineQueue } from '../util/deadline-queue.js';
 import { readHandshakeMessage } from './handshake-codec.js';
 import { ClientHandshake, type HandshakeStep } from './handshake.js';
 import { CLIENT_INFLIGHT_BYTES_MAX, NONCE_BYTES, OPCODE_NAMES, Opcode, PAYLOAD_BYTES_MAX, STATUS_ERROR, replyPayloadBytesMaxFor } from './protocol.js';

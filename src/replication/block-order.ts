@@ -31,6 +31,15 @@ export class BlockOrder {
     return new Promise((resolve) => s.waiting.push({ exclusive: false, go: () => resolve(this.releaser(index, false)) }));
   }
 
+  /** The release function now when the block may be read or written at once (as shared() would resolve), else null. */
+  tryShared(index: number): (() => void) | null {
+    const s = this.slot(index);
+    // Held or waited for, so not idle: slot() left the sweep's count alone.
+    if (s.exclusive || s.waiting.length > 0) return null;
+    s.shared++;
+    return this.releaser(index, false);
+  }
+
   /** Resolves with a release function once nothing else holds the block. */
   exclusive(index: number): Promise<() => void> {
     const s = this.slot(index);

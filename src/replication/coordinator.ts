@@ -10,6 +10,8 @@ import { assert } from '../util/assert.js';
 import { releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
 import { crc32c } from '../util/crc32c.js';
 import { allSettledNow, InFlight, trackUntilSettled } from '../util/in-flight.js';
+import { settleEach, SETTLED_OK } from '../util/settle-each.js';
+import { DeadlineRace } from '../util/deadline-race.js';
 import { isAssertionFailure, rethrowAssertion, unlessAssertion } from '../util/invariant.js';
 import { sleep, withTimeout } from '../util/timeout.js';
 import { BlockOrder } from './block-order.js';
@@ -96,6 +98,8 @@ export class VolumeCoordinator {
   private readonly onLockChanged: ((lock: VolumeLock) => void) | undefined;
   readonly kind: 'writer' | 'maintainer';
   private readonly writeLevel: WriteLevel;
+  /** Bounds changes sent to replicas that do not enforce deadlines themselves (the local one). */
+  private readonly localDeadlines: DeadlineRace;
   private readonly reconciling = new Map<number, Promise<BlockEntry>>();
   /** Owner → blocks it took since its last flush (what a flush must reach). */
   private readonly unflushed = new Map<string, Set<number>>();
@@ -163,6 +167,7 @@ export class VolumeCoordinator {
     this.writeLevel = opts.writeLevel ?? opts.ctx.settings.writeLevel;
     this.log = opts.ctx.logger.child({ module: 'coordinator', volume: opts.volume.name, volumeId: opts.volume.id, role: opts.lock.kind });
     this.blocks = new BlockTable(opts.ctx.settings.blockCacheMax);
+    this.localDeadlines = new DeadlineRace(opts.ctx.clock);
     this.stale = new StaleBook(opts.volume.id, opts.ctx.metadata, opts.ctx.clock, this.log, () => this.token);
   }
 
@@ -637,10 +642,16 @@ export class VolumeCoordinator {
   private async change(index: number, change: Change, fua: boolean): Promise<Version | undefined> {
     this.checkUsable();
     if (this.seq >= SEQ_MAX - SEQ_RENEW_MARGIN) await this.renewVersionSpace();
-    await this.repairBelowQuorum(index);
-    const release = await this.order.shared(index);
+    // What repairBelowQuorum starts with, done here when it needs no wait:
+    // a block known and trusted, with no owner recorded for it (nearly
+    // every change), has nothing to repair, and a change to it need not
+    // wait a turn for its order or its entry either.
+    const known = this.blocks.get(index);
+    if (known === undefined || known.unsure || this.stale.anyStale(index)) await this.repairBelowQuorum(index);
+    const release = this.order.tryShared(index) ?? (await this.order.shared(index));
     try {
-      const e = await this.touch(index);
+      const ready = this.blocks.get(index);
+      const e = ready !== undefined && !ready.unsure ? ready : await this.touch(index);
       const ref = this.refOf(index);
       const whole = change.kind === 'write' ? change.offset === 0 && change.data.length === this.blockSize : change.offset === 0 && change.length === this.blockSize;
       // Zeroing what already reads as zeroes changes nothing (and a trim of a
@@ -718,7 +729,7 @@ export class VolumeCoordinator {
     const owners = ownersOf(this.ctx.ring(), this.refOf(index));
     const plan = this.targets(index, owners);
     if (plan.skipped.length === 0 && plan.required.length === owners.all.length) return;
-    if (this.quorumMet(index, owners, new Set(plan.send))) return;
+    if (this.quorumMet(index, owners, plan.send)) return;
     const behind = owners.all.filter(
       (u) => this.requiredFor(index, owners, u) && this.stale.missed(u) !== 'all' && this.stale.isStale(u, index) && this.ctx.health.usable(u) && this.ctx.replica(u) !== null,
     );
@@ -759,14 +770,14 @@ export class VolumeCoordinator {
    * A peer client enforces the deadline itself, on one timer per client,
    * and drops a request still queued when it passes (its payload is not
    * held past it); anything else (the local replica, the simulated network)
-   * is raced against a timer here, as every call used to be.
+   * is raced against one timer of this coordinator's (util/deadline-race.ts).
    */
   private bounded<T>(api: ReplicaApi, u: string, what: string, call: (ctx: RequestContext) => Promise<T>): Promise<T> {
     const ms = this.ctx.settings.replicaTimeoutMs;
     if (api.enforcesDeadline === true) {
       return call({ ringVersion: this.ctx.requestContext().ringVersion, deadline: this.ctx.clock.monotonic() + ms });
     }
-    return withTimeout(call(this.ctx.requestContext()), ms, this.ctx.clock, `${what} on peer ${u}`);
+    return this.localDeadlines.run(call(this.ctx.requestContext()), ms, what, u);
   }
 
   /** The next version of this coordinator: (token, seq), newer than `prev`. */
@@ -785,174 +796,200 @@ export class VolumeCoordinator {
    * `finished` when every owner answered, failed or was recorded stale.
    */
   private send(e: BlockEntry, ref: BlockRef, change: Change, stamp: ChangeStamp, fua: boolean): { early: Promise<void>; finished: Promise<void> } {
-    let earlyResolve!: () => void;
-    let earlyReject!: (err: unknown) => void;
-    const early = new Promise<void>((res, rej) => {
-      earlyResolve = res;
-      earlyReject = rej;
-    });
+    // At write level all nothing is answered before every owner did: the
+    // early answer is the finished one, and no promise of its own is made.
+    const all = this.writeLevel === 'all';
+    let earlyResolve: (() => void) | null = null;
+    let earlyReject: ((err: unknown) => void) | null = null;
+    const early = all
+      ? null
+      : new Promise<void>((res, rej) => {
+          earlyResolve = res;
+          earlyReject = rej;
+        });
     // The payload may be sent again (a ring retry) after the write level let
     // the caller go on: hold it until every owner has answered.
     if (change.kind === 'write') retainBuffer(change.data);
     const finished = (async () => {
-      const acked = new Set<string>();
-      let owners = ownersOf(this.ctx.ring(), ref);
-      let plan = this.targets(e.index, owners);
-      let send = plan.send;
-      let noSpace = 0;
-      let earlyDone = false;
-      const self = this.ctx.selfUuid;
-      // The restart count of each owner when it answered: one that restarts
-      // before the change is booked as unflushed has lost it already.
-      const ackedAt = new Map<string, number>();
-      const anchors = (u: string) => (owners.phase === 'moving' ? owners.old! : owners.now).includes(u);
-      const onAck = (u: string) => {
-        acked.add(u);
-        ackedAt.set(u, this.restartsOf(u));
-        if (this.writeLevel === 'all') return;
-        // Acknowledged early, the change must be what reads through this
-        // coordinator see from now on: only owners that took it serve them.
-        if ((e.holders.get(u) ?? VERSION_ABSENT) < stamp.version) e.holders.set(u, stamp.version);
-        // Only an owner of the placement known to hold every block may
-        // acknowledge early: the old owners while the ring is moving (a
-        // transition called off goes back to them), the new ones after.
-        // Otherwise a change only a new owner took would be lost with it
-        // when a ring change drops it (seed 240).
-        if (earlyDone || !anchors(u)) return;
-        const waitForSelf = this.writeLevel === 'local' && self !== null && plan.required.includes(self) && anchors(self);
-        if (!waitForSelf || u === self) {
-          earlyDone = true;
-          if (e.floor < stamp.version) e.floor = stamp.version;
-          earlyResolve();
-        }
-      };
-      // The payload's CRC, summed once when it goes to more than one peer over the wire.
-      let writeOpts: { readonly fua: boolean; readonly crc32c?: number } = { fua };
-      for (let attempt = 0; ; attempt++) {
-        if (attempt > 0) this.checkLease();
-        if (change.kind === 'write' && writeOpts.crc32c === undefined && send.filter((u) => this.ctx.replica(u)?.enforcesDeadline === true).length > 1) {
-          writeOpts = { fua, crc32c: crc32c(change.data) };
-        }
-        const outcomes = await Promise.allSettled(
-          send.map(async (u) => {
-            const api = this.ctx.replica(u);
-            if (api === null) throw new TorusError('TORUS_ERR_RING_PEER_UNKNOWN', `peer ${u} has no known address`);
-            await this.bounded(api, u, 'change', (ctx) =>
-              change.kind === 'write'
-                ? api.write(ctx, ref, change.offset, change.data, stamp, writeOpts)
-                : api.zero(ctx, ref, change.offset, change.length, stamp, { punch: change.punch, fua }),
-            );
-            onAck(u);
-          }),
-        );
-        let outdated = 0;
-        outcomes.forEach((o, i) => {
-          const u = send[i]!;
-          if (o.status === 'fulfilled') {
-            this.ctx.health.succeeded(u);
-            return;
-          }
-          const kind = classifyFailure(o.reason);
-          if (kind === 'outdated') {
-            const v = (o.reason as TorusError).details?.['ringVersion'];
-            outdated = Math.max(outdated, typeof v === 'number' ? v : this.ctx.ring().version + 1);
-            return;
-          }
-          if (kind === 'fenced') {
-            // Our own token from before a renewal, refused by an owner that
-            // learnt the new one: that owner missed this change, no more.
-            if (this.ownOldToken(o.reason)) return;
-            this.fenced = o.reason as TorusError;
-            return;
-          }
-          if (kind === 'peer') this.ctx.health.failed(u);
-          if (isTorusError(o.reason, 'TORUS_ERR_STORE_NO_SPACE')) noSpace++;
-        });
-        if (this.fenced) throw this.fenced;
-        if (outdated === 0 || attempt >= this.ctx.settings.ringRetriesMax) break;
-        // Our ring is behind: re-place, and send to owners that have not
-        // taken it yet (a duplicate is harmless: it is taken as done).
-        await this.ctx.refreshRing(outdated);
-        owners = ownersOf(this.ctx.ring(), ref);
-        plan = this.targets(e.index, owners);
-        send = plan.send.filter((u) => !acked.has(u));
-      }
-      // An owner that restarted since it took the change (and before it was
-      // flushed) lost it: it did not take it after all.
-      if (!fua) for (const u of [...acked]) if (ackedAt.get(u) !== this.restartsOf(u)) acked.delete(u);
-      // Every owner that must have the change and did not take it is
-      // recorded stale before anything is acknowledged.
-      for (const u of acked) {
-        if ((e.holders.get(u) ?? VERSION_ABSENT) < stamp.version) e.holders.set(u, stamp.version);
-        if (!fua) {
-          // What it took under an earlier incarnation is gone.
-          const now = this.restartsOf(u);
-          if ((this.unflushedEpoch.get(u) ?? now) !== now) this.peerRestarted(u);
-          this.unflushedEpoch.set(u, now);
-          let s = this.unflushed.get(u);
-          if (s === undefined) this.unflushed.set(u, (s = new Set()));
-          if (!s.has(e.index)) {
-            s.add(e.index);
-            e.pins++;
-          }
-        }
-      }
-      // An owner that already took a later change replacing this one (a
-      // whole-block write or zero sent after it, answered first) misses
-      // nothing: its copy is newer than this change could make it.
-      const missed = plan.required.filter((u) => !acked.has(u) && (e.holders.get(u) ?? VERSION_ABSENT) < stamp.version);
-      for (const u of missed) e.holders.delete(u);
-      const quorumOk = this.quorumMet(e.index, owners, acked);
-      // A change that no owner confirmed is not acknowledged, and no owner
-      // is known to hold anything newer than the others: recording every
-      // owner stale would only leave the block with no trusted copy for
-      // good...
-      const record = quorumOk || earlyDone || acked.size > 0 ? missed : [];
-      // ... but they may have taken it silently (a lost answer), and such a
-      // change may still land later (a message held by a partition): they
-      // are recorded unsure, untrusted like stale owners, until the next
-      // learning of the block compares their versions (docs/replication.md,
-      // "Unsure blocks").
-      const unsure = record.length === 0 ? missed : [];
       try {
-        await Promise.all([...record.map((u) => this.stale.record(u, [e.index])), ...unsure.map((u) => this.stale.recordUnsure(u, [e.index]))]);
-      } catch (err) {
-        this.markUnsure(e);
-        rethrowAssertion(err);
-        throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `block ${e.index} of ${this.volume.name}: owners that missed the change could not be recorded stale in etcd, so it is not acknowledged`, { cause: err });
-      }
-      this.ctx.stats.staleRecorded += record.length;
-      if (!quorumOk) {
-        this.ctx.stats.failedChanges++;
-        this.markUnsure(e);
-        if (noSpace > 0 && acked.size === 0) {
-          throw new TorusError('TORUS_ERR_STORE_NO_SPACE', `block ${e.index} of ${this.volume.name}: the owners are out of space`);
+        // Owners that took the change, and each one's restart count when it
+        // answered: one that restarts before the change is booked as
+        // unflushed has lost it already. Arrays: there are a few owners.
+        const acked: string[] = [];
+        const ackedAt: number[] = [];
+        let owners = ownersOf(this.ctx.ring(), ref);
+        let plan = this.targets(e.index, owners);
+        let send = plan.send;
+        let noSpace = 0;
+        let earlyDone = false;
+        const self = this.ctx.selfUuid;
+        const onAck = (u: string) => {
+          acked.push(u);
+          ackedAt.push(this.restartsOf(u));
+          if (all) return;
+          // Acknowledged early, the change must be what reads through this
+          // coordinator see from now on: only owners that took it serve them.
+          if ((e.holders.get(u) ?? VERSION_ABSENT) < stamp.version) e.holders.set(u, stamp.version);
+          // Only an owner of the placement known to hold every block may
+          // acknowledge early: the old owners while the ring is moving (a
+          // transition called off goes back to them), the new ones after.
+          // Otherwise a change only a new owner took would be lost with it
+          // when a ring change drops it (seed 240).
+          const anchors = owners.phase === 'moving' ? owners.old! : owners.now;
+          if (earlyDone || !anchors.includes(u)) return;
+          const waitForSelf = this.writeLevel === 'local' && self !== null && plan.required.includes(self) && anchors.includes(self);
+          if (!waitForSelf || u === self) {
+            earlyDone = true;
+            if (e.floor < stamp.version) e.floor = stamp.version;
+            earlyResolve!();
+          }
+        };
+        // The payload's CRC, summed once when it goes to more than one peer over the wire.
+        let writeOpts: { readonly fua: boolean; readonly crc32c?: number } = { fua };
+        for (let attempt = 0; ; attempt++) {
+          if (attempt > 0) this.checkLease();
+          if (change.kind === 'write' && writeOpts.crc32c === undefined && this.overTheWire(send) > 1) {
+            writeOpts = { fua, crc32c: crc32c(change.data) };
+          }
+          const opts = writeOpts;
+          const outcomes = await settleEach(
+            send,
+            (u) => {
+              const api = this.ctx.replica(u);
+              if (api === null) throw new TorusError('TORUS_ERR_RING_PEER_UNKNOWN', `peer ${u} has no known address`);
+              return this.bounded(api, u, 'change', (ctx) =>
+                change.kind === 'write'
+                  ? api.write(ctx, ref, change.offset, change.data, stamp, opts)
+                  : api.zero(ctx, ref, change.offset, change.length, stamp, { punch: change.punch, fua }),
+              );
+            },
+            onAck,
+          );
+          let outdated = 0;
+          for (let i = 0; i < send.length; i++) {
+            const u = send[i]!;
+            const reason = outcomes[i];
+            if (reason === SETTLED_OK) {
+              this.ctx.health.succeeded(u);
+              continue;
+            }
+            const kind = classifyFailure(reason);
+            if (kind === 'outdated') {
+              const v = (reason as TorusError).details?.['ringVersion'];
+              outdated = Math.max(outdated, typeof v === 'number' ? v : this.ctx.ring().version + 1);
+              continue;
+            }
+            if (kind === 'fenced') {
+              // Our own token from before a renewal, refused by an owner that
+              // learnt the new one: that owner missed this change, no more.
+              if (this.ownOldToken(reason)) continue;
+              this.fenced = reason as TorusError;
+              continue;
+            }
+            if (kind === 'peer') this.ctx.health.failed(u);
+            if (isTorusError(reason, 'TORUS_ERR_STORE_NO_SPACE')) noSpace++;
+          }
+          if (this.fenced) throw this.fenced;
+          if (outdated === 0 || attempt >= this.ctx.settings.ringRetriesMax) break;
+          // Our ring is behind: re-place, and send to owners that have not
+          // taken it yet (a duplicate is harmless: it is taken as done).
+          await this.ctx.refreshRing(outdated);
+          owners = ownersOf(this.ctx.ring(), ref);
+          plan = this.targets(e.index, owners);
+          send = plan.send.filter((u) => !acked.includes(u));
         }
-        throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `block ${e.index} of ${this.volume.name}: ${acked.size} owner(s) took the change, fewer than the minimum`, {
-          details: { acked: [...acked], missed },
-        });
-      }
-      if (missed.length > 0) {
-        this.ctx.stats.degradedChanges++;
-        this.log.debug({ block: e.index, missed }, 'degraded change: the owners that missed it are recorded stale');
+        // An owner that restarted since it took the change (and before it was
+        // flushed) lost it: it did not take it after all.
+        if (!fua) {
+          for (let i = acked.length - 1; i >= 0; i--) {
+            if (ackedAt[i] === this.restartsOf(acked[i]!)) continue;
+            acked.splice(i, 1);
+            ackedAt.splice(i, 1);
+          }
+        }
+        // Every owner that must have the change and did not take it is
+        // recorded stale before anything is acknowledged.
+        for (const u of acked) {
+          if ((e.holders.get(u) ?? VERSION_ABSENT) < stamp.version) e.holders.set(u, stamp.version);
+          if (!fua) {
+            // What it took under an earlier incarnation is gone.
+            const now = this.restartsOf(u);
+            if ((this.unflushedEpoch.get(u) ?? now) !== now) this.peerRestarted(u);
+            this.unflushedEpoch.set(u, now);
+            let s = this.unflushed.get(u);
+            if (s === undefined) this.unflushed.set(u, (s = new Set()));
+            if (!s.has(e.index)) {
+              s.add(e.index);
+              e.pins++;
+            }
+          }
+        }
+        // An owner that already took a later change replacing this one (a
+        // whole-block write or zero sent after it, answered first) misses
+        // nothing: its copy is newer than this change could make it.
+        const missed: string[] = [];
+        for (const u of plan.required) if (!acked.includes(u) && (e.holders.get(u) ?? VERSION_ABSENT) < stamp.version) missed.push(u);
+        for (const u of missed) e.holders.delete(u);
+        const quorumOk = this.quorumMet(e.index, owners, acked);
+        if (missed.length > 0) {
+          // A change that no owner confirmed is not acknowledged, and no
+          // owner is known to hold anything newer than the others: recording
+          // every owner stale would only leave the block with no trusted
+          // copy for good...
+          const record = quorumOk || earlyDone || acked.length > 0 ? missed : [];
+          // ... but they may have taken it silently (a lost answer), and such a
+          // change may still land later (a message held by a partition): they
+          // are recorded unsure, untrusted like stale owners, until the next
+          // learning of the block compares their versions (docs/replication.md,
+          // "Unsure blocks").
+          const unsure = record.length === 0 ? missed : [];
+          try {
+            await Promise.all([...record.map((u) => this.stale.record(u, [e.index])), ...unsure.map((u) => this.stale.recordUnsure(u, [e.index]))]);
+          } catch (err) {
+            this.markUnsure(e);
+            rethrowAssertion(err);
+            throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `block ${e.index} of ${this.volume.name}: owners that missed the change could not be recorded stale in etcd, so it is not acknowledged`, { cause: err });
+          }
+          this.ctx.stats.staleRecorded += record.length;
+        }
+        if (!quorumOk) {
+          this.ctx.stats.failedChanges++;
+          this.markUnsure(e);
+          if (noSpace > 0 && acked.length === 0) {
+            throw new TorusError('TORUS_ERR_STORE_NO_SPACE', `block ${e.index} of ${this.volume.name}: the owners are out of space`);
+          }
+          throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `block ${e.index} of ${this.volume.name}: ${acked.length} owner(s) took the change, fewer than the minimum`, {
+            details: { acked: [...acked], missed },
+          });
+        }
+        if (missed.length > 0) {
+          this.ctx.stats.degradedChanges++;
+          this.log.debug({ block: e.index, missed }, 'degraded change: the owners that missed it are recorded stale');
+        }
+        if (e.committed < stamp.version) e.committed = stamp.version;
+      } finally {
+        // Settled either way: the payload and the entry are let go before
+        // anyone awaiting the change goes on.
+        if (change.kind === 'write') releaseBuffer(change.data);
+        this.settledOne(e);
       }
     })();
-    const settled = finished.then(() => {
-      if (e.committed < stamp.version) e.committed = stamp.version;
-    });
-    const done = () => {
-      if (change.kind === 'write') releaseBuffer(change.data);
-      this.settledOne(e);
-    };
-    void settled.then(done, done);
-    settled.then(
-      () => earlyResolve(),
-      (err: unknown) => earlyReject(err),
+    if (early === null) return { early: finished, finished };
+    finished.then(
+      () => earlyResolve!(),
+      (err: unknown) => earlyReject!(err),
     );
-    // Either may go unobserved, depending on the write level.
+    // Either may go unobserved: the caller stops at a failed early answer.
     early.catch(() => undefined);
-    settled.catch(() => undefined);
-    return { early, finished: settled };
+    finished.catch(() => undefined);
+    return { early, finished };
+  }
+
+  /** How many of these owners are reached over the wire (their client enforces deadlines). */
+  private overTheWire(send: readonly string[]): number {
+    let n = 0;
+    for (const u of send) if (this.ctx.replica(u)?.enforcesDeadline === true) n++;
+    return n;
   }
 
   /** One change to the block settled (either way). */
@@ -1021,9 +1058,13 @@ export class VolumeCoordinator {
     return this.isMoved(index);
   }
 
-  private quorumMet(index: number, owners: BlockOwners, acked: ReadonlySet<string>): boolean {
+  private quorumMet(index: number, owners: BlockOwners, acked: readonly string[]): boolean {
     const ring = this.ctx.ring();
-    const count = (set: readonly string[]) => set.filter((u) => acked.has(u)).length;
+    const count = (set: readonly string[]) => {
+      let n = 0;
+      for (const u of set) if (acked.includes(u)) n++;
+      return n;
+    };
     if (owners.phase === 'moving') {
       const old = owners.old!;
       if (count(old) < quorumOf(ring, old.length)) return false;

@@ -332,16 +332,15 @@ export class Replica implements ReplicaApi {
     const before = this.tails.entries.get(key);
     if (before === null) this.tails.woke();
     const run = before == null ? fn() : before.then(fn, fn);
-    const tail = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.tails.entries.set(key, tail);
-    void tail.then(() => {
+    // The tail never rejects; once this change settled with nothing queued
+    // behind it, the block's queue is empty.
+    const settled = (): void => {
       if (this.tails.entries.get(key) !== tail) return;
       this.tails.entries.set(key, null);
       this.tails.slept();
-    });
+    };
+    const tail: Promise<void> = run.then(settled, settled);
+    this.tails.entries.set(key, tail);
     return run;
   }
 

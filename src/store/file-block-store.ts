@@ -357,7 +357,7 @@ export class FileBlockStore implements LocalBlockStore {
     retainBuffer(data);
     try {
       await this.change(e, { reserve: true, fua: opts.fua }, 'block write failed', async () => {
-        await this.makeData(e, version);
+        if (e.state !== 'data') await this.makeData(e, version);
         await this.writePages(e, offset, data.length, data);
         e.version = version;
         if (opts.fua) await this.writeHeader(e);

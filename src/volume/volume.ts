@@ -52,6 +52,8 @@ export class Volume {
 
   async read(offset: number, length: number): Promise<Buffer> {
     this.checkRange(offset, length);
+    const index = this.oneBlock(offset, length);
+    if (index >= 0) return this.io.read(index, offset - index * this.record.blockSize, length);
     const pieces = this.pieces(offset, length);
     if (pieces.length === 1) return this.io.read(pieces[0]!.index, pieces[0]!.offset, pieces[0]!.length);
     const parts = await settleAll(pieces.map((p) => this.io.read(p.index, p.offset, p.length)), releaseBuffer);
@@ -63,6 +65,9 @@ export class Volume {
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     this.checkRange(offset, data.length);
+    // One block (nearly every request): no pieces to split, nothing else can still act.
+    const index = this.oneBlock(offset, data.length);
+    if (index >= 0) return this.acknowledgedOne(index, await this.io.write(index, offset - index * this.record.blockSize, data, fua));
     const pieces = this.pieces(offset, data.length);
     const versions = await settleAll(pieces.map((p) => this.io.write(p.index, p.offset, data.subarray(p.volumeOffset - offset, p.volumeOffset - offset + p.length), fua)));
     this.acknowledged(pieces, versions);
@@ -71,9 +76,15 @@ export class Volume {
   /** TRIM and WRITE_ZEROES: whole blocks become tombstones unless noHole. */
   async zero(offset: number, length: number, opts: { punch: boolean; fua: boolean }): Promise<void> {
     this.checkRange(offset, length);
+    const index = this.oneBlock(offset, length);
+    if (index >= 0) return this.acknowledgedOne(index, await this.io.zero(index, offset - index * this.record.blockSize, length, opts));
     const pieces = this.pieces(offset, length);
     const versions = await settleAll(pieces.map((p) => this.io.zero(p.index, p.offset, p.length, opts)));
     this.acknowledged(pieces, versions);
+  }
+
+  private acknowledgedOne(index: number, version: number | void): void {
+    if (this.io.acknowledged !== undefined && typeof version === 'number') this.io.acknowledged([[index, version]]);
   }
 
   private acknowledged(pieces: readonly { index: number }[], versions: readonly (number | void)[]): void {
@@ -102,6 +113,14 @@ export class Volume {
       else extents.push({ length: p.length, flags: flags[i]! });
     });
     return extents;
+  }
+
+  /** The block a non-empty range lies in when it lies in one, else -1 (splitRange's pieces would be one). */
+  private oneBlock(offset: number, length: number): number {
+    if (length === 0) return -1;
+    const bs = this.record.blockSize;
+    const index = Math.floor(offset / bs);
+    return offset + length <= (index + 1) * bs ? index : -1;
   }
 
   private pieces(offset: number, length: number): BlockPiece[] {

@@ -348,6 +348,28 @@ describe('NbdSession transmission', () => {
     expect(r.data).toEqual(Buffer.alloc(65536, 9));
   });
 
+  it('answers an export call that throws instead of rejecting with an error reply, and goes on serving', async () => {
+    const h = harness();
+    const open = h.provider.open.bind(h.provider);
+    h.provider.open = async (name, o) => {
+      const exp = await open(name, o);
+      const write = exp.write.bind(exp);
+      exp.write = (offset, data, fua) => {
+        if (offset === 8192) throw new TorusError('TORUS_ERR_IO_OUT_OF_RANGE', 'thrown, not rejected');
+        return write(offset, data, fua);
+      };
+      return exp;
+    };
+    const c = await openExport(h.start().client, 'disk');
+    const disk = h.provider.disk('disk');
+    const r = await c.request({ type: P.CMD_WRITE, offset: 8192, data: Buffer.alloc(512, 1) });
+    expect(r.error).toBe(P.NBD_EINVAL);
+    await c.write(0, Buffer.alloc(512, 2));
+    expect(disk.peek(0, 512)).toEqual(Buffer.alloc(512, 2));
+    expect(disk.peek(8192, 512)).toEqual(Buffer.alloc(512));
+    expect(h.broken).toEqual([]);
+  });
+
   it('handles requests concurrently and replies out of order', async () => {
     const h = harness();
     const c = await openExport(h.start().client, 'disk');

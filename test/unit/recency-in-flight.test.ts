@@ -153,4 +153,31 @@ describe('BlockOrder', () => {
     expect(second).toBe(true);
     expect(o.busy()).toBe(0);
   });
+
+  it('gives a shared hold at once only when shared() would resolve at once, in arrival order', async () => {
+    const o = new BlockOrder();
+    const a = o.tryShared(3);
+    expect(a).not.toBeNull();
+    const b = o.tryShared(3);
+    expect(b).not.toBeNull();
+    expect(o.busy()).toBe(1);
+    // A copy waits for the two shared holds; a later shared hold waits behind it.
+    let copied = false;
+    const copy = o.exclusive(3).then((r) => {
+      copied = true;
+      return r;
+    });
+    expect(o.tryShared(3)).toBeNull();
+    a!();
+    b!();
+    const release = await copy;
+    expect(copied).toBe(true);
+    expect(o.tryShared(3)).toBeNull();
+    release();
+    const c = o.tryShared(3);
+    expect(c).not.toBeNull();
+    c!();
+    expect(o.busy()).toBe(0);
+    expect(() => c!()).toThrow(/released once/);
+  });
 });

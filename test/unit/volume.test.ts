@@ -81,6 +81,38 @@ describe('Volume', () => {
     ]);
   });
 
+  it('hands a request within one block to that block as it is, and acknowledges the version its change made', async () => {
+    const io = memoryIo();
+    const inner = { write: io.write, zero: io.zero };
+    io.write = async (i, o, d, fua) => {
+      await inner.write(i, o, d, fua);
+      return 40 + i;
+    };
+    io.zero = async (i, o, l, z) => {
+      await inner.zero(i, o, l, z);
+      return i === 6 ? undefined : 50 + i;
+    };
+    const acked: unknown[] = [];
+    io.acknowledged = (c) => acked.push(c);
+    const v = new Volume(record, io, log);
+    const data = Buffer.alloc(4096, 3);
+    await v.write(5 * BS + 8192, data, false);
+    await v.write(4 * BS, Buffer.alloc(BS, 4), true);
+    await v.zero(6 * BS + 10, 20, { punch: true, fua: false });
+    await v.zero(7 * BS, BS, { punch: true, fua: false });
+    expect((await v.read(5 * BS + 8192, 4096)).equals(data)).toBe(true);
+    expect(await v.read(5 * BS, 0)).toHaveLength(0);
+    expect(io.calls).toEqual([`write 5 8192 4096`, `write 4 0 ${BS} fua`, `zero 6 10 20 punch`, `zero 7 0 ${BS} punch`, `read 5 8192 4096`]);
+    // A change that made no version (block 6) is not acknowledged.
+    expect(acked).toEqual([[[5, 45]], [[4, 44]], [[7, 57]]]);
+    // A failed one-block change is not acknowledged either.
+    io.write = async () => {
+      throw new Error('refused');
+    };
+    await expect(v.write(0, data, false)).rejects.toThrow('refused');
+    expect(acked).toHaveLength(3);
+  });
+
   it('passes flush through', async () => {
     const io = memoryIo();
     await new Volume(record, io, log).flush();

@@ -9,9 +9,10 @@ export interface Deadlined {
 const COMPACT_DEAD_MIN = 64;
 
 /**
- * The deadlines of every request of one peer client, on one timer: a timer
- * (and its closure and cancel handle) per request was a large share of the
- * per-request cost, and requests made together almost always expire in
+ * The deadlines of many requests on one timer (a peer client's requests,
+ * a coordinator's calls to its local replica): a timer (and its closure
+ * and cancel handle) per request was a large share of the per-request
+ * cost, and requests made together almost always expire in
  * the order they were made, so an insertion from the back keeps the queue
  * sorted at O(1). The timer is armed for the earliest live deadline and
  * moved only when an earlier one arrives.
