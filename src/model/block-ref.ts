@@ -21,9 +21,17 @@ export function blockRef(volumeId: number, generation: number, index: number): B
   return { volumeId, generation, index };
 }
 
+/** The ref blockRefKey was last asked for, and its key: a change asks for the same ref's key several times in a row (replica, then store). */
+let lastRef: BlockRef | null = null;
+let lastKey = '';
+
 /** A string key for maps and file names: `<volumeId>-<generation>-<index>` in hex. */
 export function blockRefKey(ref: BlockRef): string {
-  return `${ref.volumeId.toString(16)}-${ref.generation.toString(16)}-${ref.index.toString(16)}`;
+  // Refs are never changed once made, so the same object has the same key.
+  if (ref === lastRef) return lastKey;
+  lastKey = `${ref.volumeId.toString(16)}-${ref.generation.toString(16)}-${ref.index.toString(16)}`;
+  lastRef = ref;
+  return lastKey;
 }
 
 export function encodeBlockRef(ref: BlockRef, buf: Buffer, at: number): void {

@@ -26,9 +26,41 @@ export function placeBlock(ring: Pick<RingRecord, 'members'>, ref: BlockRef): st
   return scored.map((s) => s.uuid);
 }
 
-/** The peers that hold a block: the first min(replication, members) of placeBlock. */
+/**
+ * The peers that hold a block: the first min(replication, members) of
+ * placeBlock. It runs for every change a coordinator sends, so it keeps
+ * only the best `replication` members as it scores them (an insertion into
+ * a list that short) instead of sorting every member and slicing.
+ */
 export function replicasOf(ring: Pick<RingRecord, 'members' | 'replication'>, ref: BlockRef): string[] {
-  return placeBlock(ring, ref).slice(0, Math.max(1, ring.replication));
+  const want = Math.max(1, ring.replication);
+  const members = ring.members;
+  if (members.length === 1) return members[0]!.weight > 0 ? [members[0]!.uuid] : [];
+  const uuids: string[] = [];
+  const scores: number[] = [];
+  for (const m of members) {
+    if (m.weight <= 0) continue;
+    const sc = score(m, ref);
+    // Where placeBlock's order puts it among those kept so far.
+    let at = uuids.length;
+    while (at > 0 && ranksBefore(sc, m.uuid, scores[at - 1]!, uuids[at - 1]!)) at--;
+    if (at >= want) continue;
+    // Shifted by hand: splice would allocate the (empty) list it removes.
+    let i = Math.min(uuids.length, want - 1);
+    while (i > at) {
+      uuids[i] = uuids[i - 1]!;
+      scores[i] = scores[i - 1]!;
+      i--;
+    }
+    uuids[at] = m.uuid;
+    scores[at] = sc;
+  }
+  return uuids;
+}
+
+/** placeBlock's order: the higher score first, ties by uuid. */
+function ranksBefore(score: number, uuid: string, otherScore: number, otherUuid: string): boolean {
+  return score > otherScore || (score === otherScore && uuid < otherUuid);
 }
 
 const seeds = new Map<string, [number, number]>();

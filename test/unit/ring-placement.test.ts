@@ -48,6 +48,19 @@ describe('ring placement (weighted rendezvous hashing)', () => {
     expect(moved).toBeGreaterThan(1500);
   });
 
+  it('gives as replicas exactly the first `replication` members of the full placement', () => {
+    // Weights and sizes varied, ties included (equal uuids cannot occur; equal scores can only by weight).
+    for (let n = 1; n <= 7; n++) {
+      for (let replication = 1; replication <= n + 1; replication++) {
+        const ring = { members: Array.from({ length: n }, (_, i) => ({ uuid: `p-${(i * 7) % n}-${i}`, weight: i % 3 === 2 ? 0 : 1 + (i % 2) })), replication };
+        for (let i = 0; i < 300; i++) {
+          const ref = blockRef(1 + (i % 3), 1, i * 977);
+          expect(replicasOf(ring, ref)).toEqual(placeBlock(ring, ref).slice(0, replication));
+        }
+      }
+    }
+  });
+
   it('skips members of weight 0 and handles an empty ring', () => {
     expect(placeBlock({ members: [] }, blockRef(1, 1, 0))).toEqual([]);
     expect(placeBlock({ members: [{ uuid: 'a', weight: 0 }, { uuid: 'b', weight: 1 }] }, blockRef(1, 1, 0))).toEqual(['b']);
