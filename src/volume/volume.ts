@@ -55,7 +55,6 @@ export class Volume {
     const index = this.oneBlock(offset, length);
     if (index >= 0) return this.io.read(index, offset - index * this.record.blockSize, length);
     const pieces = this.pieces(offset, length);
-    if (pieces.length === 1) return this.io.read(pieces[0]!.index, pieces[0]!.offset, pieces[0]!.length);
     const parts = await settleAll(pieces.map((p) => this.io.read(p.index, p.offset, p.length)), releaseBuffer);
     const out = Buffer.concat(parts, length);
     // The pieces are ours (pooled ones go back); the caller gets the whole.
@@ -147,8 +146,7 @@ export class Volume {
  * write (simulation seed 2623).
  */
 async function settleAll<T>(pending: readonly Promise<T>[], discard?: (value: T) => void): Promise<T[]> {
-  // One piece (most requests): nothing else can still act.
-  if (pending.length === 1) return [await pending[0]!];
+  // (A request in one block, most of them, does not come here: Volume.oneBlock.)
   const results = await Promise.allSettled(pending);
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed === undefined) return results.map((r) => (r as PromiseFulfilledResult<T>).value);
