@@ -155,7 +155,6 @@ function budgetBytes(h: RequestHeader): number {
   return h.type === CMD_READ || h.type === CMD_WRITE ? h.length : 0;
 }
 
-
 export class NbdSession {
   readonly remote: string;
   /** Resolves once the stream is closed and the export released. */
