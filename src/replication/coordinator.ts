@@ -646,12 +646,11 @@ export class VolumeCoordinator {
     // a block known and trusted, with no owner recorded for it (nearly
     // every change), has nothing to repair, and a change to it need not
     // wait a turn for its order or its entry either.
-    const known = this.blocks.get(index);
-    if (known === undefined || known.unsure || this.stale.anyStale(index)) await this.repairBelowQuorum(index);
+    if (!trustedEntry(this.blocks.get(index)) || this.stale.anyStale(index)) await this.repairBelowQuorum(index);
     const release = this.order.tryShared(index) ?? (await this.order.shared(index));
     try {
       const ready = this.blocks.get(index);
-      const e = ready !== undefined && !ready.unsure ? ready : await this.touch(index);
+      const e = trustedEntry(ready) ? ready : await this.touch(index);
       const ref = this.refOf(index);
       const whole = change.kind === 'write' ? change.offset === 0 && change.data.length === this.blockSize : change.offset === 0 && change.length === this.blockSize;
       // Zeroing what already reads as zeroes changes nothing (and a trim of a
@@ -959,7 +958,7 @@ export class VolumeCoordinator {
             throw new TorusError('TORUS_ERR_STORE_NO_SPACE', `block ${e.index} of ${this.volume.name}: the owners are out of space`);
           }
           throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `block ${e.index} of ${this.volume.name}: ${acked.length} owner(s) took the change, fewer than the minimum`, {
-            details: { acked: [...acked], missed },
+            details: { acked, missed },
           });
         }
         if (missed.length > 0) {
@@ -1218,7 +1217,7 @@ export class VolumeCoordinator {
    */
   touch(index: number, opts: { fresh?: boolean } = {}): Promise<BlockEntry> {
     const e = this.blocks.get(index);
-    if (e !== undefined && !e.unsure && !opts.fresh) return Promise.resolve(e);
+    if (trustedEntry(e) && !opts.fresh) return Promise.resolve(e);
     let p = this.reconciling.get(index);
     if (p === undefined) {
       // Learning while changes are in flight could settle below them: wait.
@@ -1847,3 +1846,8 @@ export class VolumeCoordinator {
 
 /** For modules that compare versions without importing the table. */
 export type { Version };
+
+/** Known and not unsure: touch() returns such an entry as it is, without learning the block again. */
+function trustedEntry(e: BlockEntry | undefined): e is BlockEntry {
+  return e !== undefined && !e.unsure;
+}

@@ -22,7 +22,8 @@ export function placeBlock(ring: Pick<RingRecord, 'members'>, ref: BlockRef): st
     if (m.weight <= 0) continue;
     scored.push({ uuid: m.uuid, score: score(m, ref) });
   }
-  scored.sort((a, b) => b.score - a.score || (a.uuid < b.uuid ? -1 : 1));
+  // Uuids differ, so no two members compare equal.
+  scored.sort((a, b) => (ranksBefore(a.score, a.uuid, b.score, b.uuid) ? -1 : 1));
   return scored.map((s) => s.uuid);
 }
 

@@ -1,6 +1,6 @@
-import { TorusError } from '../errors/torus-error.js';
 import type { Clock } from './clock.js';
 import { DeadlineQueue } from './deadline-queue.js';
+import { timeoutError } from './timeout.js';
 
 interface Race {
   readonly deadline: number;
@@ -31,7 +31,7 @@ export class DeadlineRace {
       (r) => !r.done,
       (r) => {
         r.done = true;
-        r.reject(new TorusError('TORUS_ERR_TIMEOUT', `${r.call} on peer ${r.peer} did not answer within ${r.ms} ms`, { details: { timeoutMs: r.ms } }));
+        r.reject(timeoutError(`${r.call} on peer ${r.peer}`, r.ms));
       },
     );
   }

@@ -12,7 +12,7 @@ export function withTimeout<T>(p: Promise<T>, ms: number, clock: Clock, what: st
     const timer = clock.setTimeout(() => {
       if (settled) return;
       settled = true;
-      reject(new TorusError('TORUS_ERR_TIMEOUT', `${what} did not answer within ${ms} ms`, { details: { timeoutMs: ms } }));
+      reject(timeoutError(what, ms));
     }, ms);
     p.then(
       (v) => {
@@ -29,6 +29,11 @@ export function withTimeout<T>(p: Promise<T>, ms: number, clock: Clock, what: st
       },
     );
   });
+}
+
+/** The error a call that did not answer in time is given up with. */
+export function timeoutError(what: string, ms: number): TorusError {
+  return new TorusError('TORUS_ERR_TIMEOUT', `${what} did not answer within ${ms} ms`, { details: { timeoutMs: ms } });
 }
 
 /** A promise that resolves after `ms` on the injected clock. */
