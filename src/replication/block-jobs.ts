@@ -162,29 +162,40 @@ export class VolumeJobs {
   private async narrowWhole(peer: string): Promise<void> {
     const c = this.c;
     const ring = c.ctx.ring();
-    const own = await this.listAll(peer);
-    if (own === null) return;
-    const listings = new Map<string, Map<number, ListedBlock>>();
-    for (const u of ringPeers(ring)) {
-      if (u === peer) continue;
-      const listed = await this.listAll(u);
-      if (listed !== null) listings.set(u, new Map(listed.map((b) => [b.ref.index, b])));
+    // A change sent while the listings are taken skips the peer (its
+    // whole-volume record stands) and may reach the other owners after
+    // their listing: the blocks changed meanwhile (and those in flight now)
+    // are kept too, or the peer would be trusted again for a block whose
+    // newest change it never got (seed 2124).
+    const watch = c.watchChanges();
+    try {
+      const own = await this.listAll(peer);
+      if (own === null) return;
+      const listings = new Map<string, Map<number, ListedBlock>>();
+      for (const u of ringPeers(ring)) {
+        if (u === peer) continue;
+        const listed = await this.listAll(u);
+        if (listed !== null) listings.set(u, new Map(listed.map((b) => [b.ref.index, b])));
+      }
+      if (c.isClosed || c.fencedBy || c.ctx.ring().version !== ring.version) return;
+      const keep = planCatchUp({
+        blockCount: c.blockCount,
+        peer,
+        peerCopies: new Map(own.map((b) => [b.ref.index, b])),
+        listings,
+        ownersOf: (index) => ownersOf(ring, c.refOf(index)).all,
+        trustedOf: (index) => c.trustedOwners(index, ownersOf(ring, c.refOf(index))),
+      });
+      for (const i of watch.changed) if (!keep.includes(i)) keep.push(i);
+      const narrowed = await c.stale.narrow(peer, keep, c.currentToken).catch((err: unknown) => {
+        rethrowAssertion(err);
+        this.log.debug({ err, peer }, 'could not narrow a whole-volume stale record');
+        return false;
+      });
+      if (narrowed) this.log.info({ peer, behind: keep.length, of: c.blockCount }, 'planned a catch-up from the listings');
+    } finally {
+      watch.stop();
     }
-    if (c.isClosed || c.fencedBy || c.ctx.ring().version !== ring.version) return;
-    const keep = planCatchUp({
-      blockCount: c.blockCount,
-      peer,
-      peerCopies: new Map(own.map((b) => [b.ref.index, b])),
-      listings,
-      ownersOf: (index) => ownersOf(ring, c.refOf(index)).all,
-      trustedOf: (index) => c.trustedOwners(index, ownersOf(ring, c.refOf(index))),
-    });
-    const narrowed = await c.stale.narrow(peer, keep, c.currentToken).catch((err: unknown) => {
-      rethrowAssertion(err);
-      this.log.debug({ err, peer }, 'could not narrow a whole-volume stale record');
-      return false;
-    });
-    if (narrowed) this.log.info({ peer, behind: keep.length, of: c.blockCount }, 'planned a catch-up from the listings');
   }
 
   /**
