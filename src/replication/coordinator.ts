@@ -951,6 +951,19 @@ export class VolumeCoordinator {
           }
           this.ctx.stats.staleRecorded += record.length;
         }
+        // Owners skipped as stale must stay recorded in etcd for this block
+        // before it is acknowledged: a whole-volume record being narrowed no
+        // longer covers it (stale-book.ts, coverSkipped).
+        const cover = quorumOk ? this.stale.coverSkipped(owners.all, e.index) : null;
+        if (cover !== null) {
+          try {
+            await cover;
+          } catch (err) {
+            this.markUnsure(e);
+            rethrowAssertion(err);
+            throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `block ${e.index} of ${this.volume.name}: owners skipped as stale could not be kept recorded in etcd, so the change is not acknowledged`, { cause: err });
+          }
+        }
         if (!quorumOk) {
           this.ctx.stats.failedChanges++;
           this.markUnsure(e);

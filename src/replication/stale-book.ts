@@ -23,8 +23,13 @@ interface PeerEntry {
   durable: Set<number>;
   /** Bumped by every addition: a catch-up pass that saw no bump may clear 'all'. */
   generation: number;
-  /** A narrowing of 'all' is on its way to etcd: additions must reach etcd themselves until it settles. */
-  narrowing: boolean;
+  /**
+   * Narrowings of 'all' queued or on their way to etcd: from the moment one
+   * is asked for, 'all' no longer covers a block changed without the peer
+   * (the plan was made without it), so such a block must reach etcd itself
+   * (coverSkipped) and additions do not take 'all' for durable.
+   */
+  narrowing: number;
   /** Blocks the peer may hold an unacknowledged change of (docs/replication.md, "Unsure blocks"); untrusted like the others. */
   unsure: Set<number>;
   unsureDurable: Set<number>;
@@ -85,7 +90,7 @@ export class StaleBook {
       e.all = true;
       // While a narrowing is in flight, etcd may be read just before it
       // commits: additions must not take 'all' there for durable.
-      if (!e.narrowing) e.allDurable = true;
+      if (e.narrowing === 0) e.allDurable = true;
     }
     for (const [start, end] of r.ranges) {
       for (let i = start; i < end; i++) {
@@ -134,7 +139,7 @@ export class StaleBook {
   undurable(peer: string, index: number): 'all' | 'stale' | 'unsure' | null {
     const e = this.peers.get(peer);
     if (e === undefined || e.allDurable) return null;
-    if (e.all && !e.narrowing) return 'all';
+    if (e.all && e.narrowing === 0) return 'all';
     if (e.blocks.has(index) && !e.durable.has(index)) return 'stale';
     if (e.unsure.has(index) && !e.unsureDurable.has(index) && !e.durable.has(index)) return 'unsure';
     return null;
@@ -153,6 +158,36 @@ export class StaleBook {
       else if (what === 'unsure') waits.push(this.recordUnsure(u, [index]));
     }
     return Promise.all(waits).then(() => undefined);
+  }
+
+  /**
+   * For a change about to be acknowledged: what etcd must hold first for
+   * the owners it skipped as stale, or null when it holds it already (the
+   * usual case: a record durable, or no record at all). ensureDurable's
+   * cases, and one more: a peer whose whole-volume record is being narrowed
+   * gets the block recorded on its own. The narrowing's plan was made
+   * without this change, so once it lands in etcd and in memory the peer
+   * would be trusted again for a block whose acknowledged change it never
+   * got; the addition queues behind the narrowing and lands after it.
+   */
+  coverSkipped(peers: readonly string[], index: number): Promise<void> | null {
+    if (this.peers.size === 0) return null;
+    let waits: Promise<void>[] | null = null;
+    for (const u of peers) {
+      const e = this.peers.get(u);
+      if (e === undefined) continue;
+      let wait: Promise<void> | null = null;
+      if (e.all && e.narrowing > 0) {
+        if (!e.durable.has(index)) wait = this.record(u, [index]);
+      } else {
+        const what = this.undurable(u, index);
+        if (what === 'all') wait = this.record(u, 'all');
+        else if (what === 'stale') wait = this.record(u, [index]);
+        else if (what === 'unsure') wait = this.recordUnsure(u, [index]);
+      }
+      if (wait !== null) (waits ??= []).push(wait);
+    }
+    return waits === null ? null : Promise.all(waits).then(() => undefined);
   }
 
   /** Peers with anything recorded. */
@@ -282,6 +317,12 @@ export class StaleBook {
   narrow(peer: string, keep: readonly number[], token: number): Promise<boolean> {
     const e = this.peers.get(peer);
     if (e === undefined || !e.all) return Promise.resolve(false);
+    // From now on 'all' is on its way out: see PeerEntry.narrowing. Left
+    // false if the narrowing fails (the next addition of 'all' or refresh
+    // finds it durable again): taking it back could claim 'all' durable
+    // after something else removed it meanwhile.
+    e.narrowing++;
+    e.allDurable = false;
     return new Promise((resolve, reject) => {
       this.queue.push({ kind: 'narrow', peer, keep: [...keep], token, waiters: [{ resolve, reject }] });
       this.kick();
@@ -307,7 +348,7 @@ export class StaleBook {
   private entry(peer: string): PeerEntry {
     let e = this.peers.get(peer);
     if (e === undefined) {
-      e = { all: false, blocks: new Set(), allDurable: false, durable: new Set(), generation: 0, narrowing: false, unsure: new Set(), unsureDurable: new Set() };
+      e = { all: false, blocks: new Set(), allDurable: false, durable: new Set(), generation: 0, narrowing: 0, unsure: new Set(), unsureDurable: new Set() };
       this.peers.set(peer, e);
     }
     return e;
@@ -330,7 +371,8 @@ export class StaleBook {
             const e = this.entry(op.peer);
             if (op.all) {
               await this.metadata.addStale(this.volumeId, op.peer, { all: true, ...this.fence() });
-              e.allDurable = true;
+              // Not while a narrowing is queued behind: it takes 'all' out again.
+              if (e.narrowing === 0) e.allDurable = true;
             } else {
               const sorted = [...new Set(op.blocks)].sort((a, b) => a - b);
               for (let at = 0; at < sorted.length; at += ADD_BLOCKS_PER_TXN_MAX) {
@@ -390,6 +432,14 @@ export class StaleBook {
 
   private async applyNarrow(peer: string, plan: readonly number[], token: number): Promise<boolean> {
     const e = this.entry(peer);
+    try {
+      return await this.applyNarrowNow(e, peer, plan, token);
+    } finally {
+      e.narrowing--;
+    }
+  }
+
+  private async applyNarrowNow(e: PeerEntry, peer: string, plan: readonly number[], token: number): Promise<boolean> {
     if (!e.all) return false;
     // Everything recorded for the peer so far is kept, and from this turn
     // on additions queue behind this op and reach etcd on their own: the
@@ -401,17 +451,7 @@ export class StaleBook {
     const ranges = coarsenRanges(indexesToRanges([...exact]), STALE_RANGES_MAX);
     const keep = new Set<number>();
     for (const [start, end] of ranges) for (let i = start; i < end; i++) keep.add(i);
-    e.narrowing = true;
-    const wasDurable = e.allDurable;
-    e.allDurable = false;
-    try {
-      await this.metadata.narrowStale(this.volumeId, peer, ranges, token);
-    } catch (err) {
-      e.allDurable = wasDurable;
-      throw err;
-    } finally {
-      e.narrowing = false;
-    }
+    await this.metadata.narrowStale(this.volumeId, peer, ranges, token);
     e.all = false;
     for (const i of keep) {
       e.blocks.add(i);

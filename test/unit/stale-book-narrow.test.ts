@@ -1,0 +1,97 @@
+import pino from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { MetadataSession } from '../../src/metadata/metadata-service.js';
+import { MemoryMetadata } from '../../src/metadata/memory-metadata.js';
+import { StaleBook } from '../../src/replication/stale-book.js';
+import { systemClock } from '../../src/util/clock.js';
+
+const MiB = 1024 * 1024;
+
+/**
+ * A change that skips a peer because of its whole-volume stale record,
+ * while that record is being narrowed to a plan made without the change:
+ * the record must still name the block once the narrowing lands, in memory
+ * and in etcd, or the peer is trusted again for a block whose acknowledged
+ * change it never got.
+ */
+describe('StaleBook: a change skipping a peer while its whole-volume record narrows', () => {
+  const sessions: MetadataSession[] = [];
+  afterEach(async () => {
+    for (const s of sessions.splice(0)) await s.close().catch(() => undefined);
+  });
+
+  async function setup() {
+    const md = new MemoryMetadata();
+    await md.initCluster({ blockSize: MiB, replication: 2 }, { force: false });
+    const vol = await md.createVolume('pad', 64 * MiB);
+    const s = await md.openSession({ ttlSeconds: 10 });
+    sessions.push(s);
+    const lock = await s.lockVolume('pad', 'coordinator');
+    const book = new StaleBook(vol.id, md, systemClock, pino({ level: 'silent' }), () => lock.token);
+    await book.record('peer-a', 'all');
+    return { md, vol, lock, book };
+  }
+
+  const recordOf = async (md: MemoryMetadata, volumeId: number) => (await md.getStale(volumeId)).find((r) => r.peer === 'peer-a');
+
+  it('with nothing recorded, or a durable whole-volume record, a change waits for nothing', async () => {
+    const { book } = await setup();
+    expect(book.coverSkipped(['peer-a', 'peer-b'], 5)).toBeNull();
+    const empty = new StaleBook(1, new MemoryMetadata(), systemClock, pino({ level: 'silent' }));
+    expect(empty.coverSkipped(['peer-a'], 5)).toBeNull();
+  });
+
+  it('a block changed after the plan was taken, before the narrowing reached etcd, stays recorded', async () => {
+    const { md, vol, lock, book } = await setup();
+    // The plan keeps blocks 1 and 2; block 7 changes right after it was taken.
+    const narrowed = book.narrow('peer-a', [1, 2], lock.token);
+    expect(book.isStale('peer-a', 7)).toBe(true); // still 'all' in memory
+    const cover = book.coverSkipped(['peer-a', 'peer-b'], 7);
+    expect(cover).not.toBeNull();
+    await Promise.all([narrowed, cover]);
+    expect(await narrowed).toBe(true);
+    expect(book.missed('peer-a')).toEqual([1, 2, 7]);
+    expect(book.isStale('peer-a', 7)).toBe(true);
+    expect(book.isStale('peer-a', 3)).toBe(false);
+    expect(await recordOf(md, vol.id)).toMatchObject({ all: false, ranges: [[1, 3], [7, 8]] });
+  });
+
+  it('a change covered while the narrowing is in etcd lands after it, not under it', async () => {
+    const { md, vol, lock, book } = await setup();
+    // Hold the narrowing's etcd transaction until block 9 has changed.
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    const inner = md.narrowStale.bind(md);
+    let started = false;
+    md.narrowStale = async (...args) => {
+      started = true;
+      await gate;
+      return inner(...args);
+    };
+    const narrowed = book.narrow('peer-a', [1], lock.token);
+    while (!started) await new Promise((r) => setTimeout(r, 1));
+    const cover = book.coverSkipped(['peer-a'], 9);
+    expect(cover).not.toBeNull();
+    let covered = false;
+    void cover!.then(() => (covered = true));
+    await new Promise((r) => setTimeout(r, 5));
+    expect(covered).toBe(false); // queued behind the narrowing
+    open();
+    await Promise.all([narrowed, cover]);
+    expect(book.missed('peer-a')).toEqual([1, 9]);
+    expect(await recordOf(md, vol.id)).toMatchObject({ all: false, ranges: [[1, 2], [9, 10]] });
+  });
+
+  it('a failed narrowing leaves the whole-volume record, and additions then reach etcd themselves', async () => {
+    const { md, vol, lock, book } = await setup();
+    // Not the volume's current token: etcd refuses the narrowing.
+    await expect(book.narrow('peer-a', [1], lock.token + 1)).rejects.toMatchObject({ code: 'TORUS_ERR_VOLUME_FENCED' });
+    expect(book.missed('peer-a')).toBe('all');
+    expect(await recordOf(md, vol.id)).toMatchObject({ all: true });
+    // Nothing pending any more: a skipped change waits only for 'all' made durable again.
+    const cover = book.coverSkipped(['peer-a'], 4);
+    expect(cover).not.toBeNull();
+    await cover;
+    expect(book.coverSkipped(['peer-a'], 4)).toBeNull();
+  });
+});
