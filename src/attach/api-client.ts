@@ -4,7 +4,7 @@
  * TorusErrors with the code torusd sent; an unreachable socket is
  * TORUS_ERR_ATTACH_DAEMON_UNREACHABLE.
  */
-import http from 'node:http';
+import http from '../util/node-http.js';
 import { TorusError } from '../errors/torus-error.js';
 import type { ApiErrorBody, AttachmentInfo, AttachRequest, DetachResponse, FaultRequest, KernelStatus } from './api.js';
 import { isErrorCode } from './api-server.js';

@@ -4,7 +4,8 @@
  * app, so the attach API is never reachable over the network.
  */
 import { chmod, unlink } from 'node:fs/promises';
-import http from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import http from '../util/node-http.js';
 import type { Logger } from 'pino';
 import { ERROR_CODES, type ErrorCode } from '../errors/codes.js';
 import { TorusError } from '../errors/torus-error.js';
@@ -35,7 +36,7 @@ export function statusFor(code: ErrorCode): number {
 }
 
 export class AttachApiServer {
-  private server: http.Server | null = null;
+  private server: Server | null = null;
   private readonly log: Logger;
 
   constructor(
@@ -66,7 +67,7 @@ export class AttachApiServer {
     await new Promise<void>((resolve) => s.close(() => resolve()));
   }
 
-  private async route(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+  private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
       const url = new URL(req.url ?? '/', 'http://torusd');
       const key = `${req.method ?? 'GET'} ${url.pathname}`;
@@ -103,13 +104,13 @@ export class AttachApiServer {
   }
 }
 
-function send(res: http.ServerResponse, status: number, body: unknown): void {
+function send(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
   res.end(text);
 }
 
-async function readJson(req: http.IncomingMessage): Promise<unknown> {
+async function readJson(req: IncomingMessage): Promise<unknown> {
   const chunks: Buffer[] = [];
   let n = 0;
   for await (const c of req) {
