@@ -218,6 +218,8 @@ export class ClusterNode {
       deleteVolume: (...a) => target().deleteVolume(...a),
       usage: (...a) => target().usage(...a),
       hello: (...a) => target().hello(...a),
+      // A hint: nothing to refuse while starting, it is dropped.
+      expectWrites: (...a) => this.replicaObj?.expectWrites(...a),
     };
   }
 

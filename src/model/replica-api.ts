@@ -16,6 +16,28 @@ import type { PeerRecord } from './records.js';
  * ring is older than its own, before doing anything, and
  * TORUS_ERR_PEER_NOT_LIVE while it has no etcd session.
  */
+/**
+ * Bytes per page of a stored block's CRC table: every page of every copy
+ * has its own CRC-32C (src/store/block-file.ts).
+ */
+export const CRC_PAGE_BYTES = 4096;
+
+/** How a write is made. */
+export interface ReplicaWriteOptions {
+  /** Durable before the answer (NBD FUA). */
+  readonly fua: boolean;
+  /** The data's CRC-32C, when the caller has it already (a peer client sends it instead of summing again). */
+  readonly crc32c?: number;
+  /**
+   * The CRC-32C of each CRC_PAGE_BYTES page of the data, when the data is
+   * whole pages and the caller summed it already (where it came off the
+   * wire, or where it is sent to more than one owner): a store takes them
+   * for the block's CRC table instead of a second pass over the bytes.
+   * Never given for other bytes than the data's.
+   */
+  readonly pageCrcs?: Uint32Array;
+}
+
 export interface RequestContext {
   /** The ring version the sender placed this request with. */
   readonly ringVersion: number;
@@ -96,14 +118,15 @@ export interface ReplicaApi {
    * TORUS_ERR_REPLICA_STALE when it does not build on the copy (a gap: the
    * block is then suspect); TORUS_ERR_VOLUME_FENCED; TORUS_ERR_STORE_NO_SPACE.
    */
-  write(ctx: RequestContext, ref: BlockRef, offset: number, data: Buffer, stamp: ChangeStamp, opts: { readonly fua: boolean }): Promise<void>;
+  write(ctx: RequestContext, ref: BlockRef, offset: number, data: Buffer, stamp: ChangeStamp, opts: ReplicaWriteOptions): Promise<void>;
 
   /**
    * A hint: whole-block writes to these blocks (inside their volume) are
    * likely to follow (LocalBlockStore.premark). The local replica passes it
-   * to its store; a peer client does not carry it yet.
+   * to its store; a peer client sends it (EXPECT) without waiting for, or
+   * minding, the answer. At most META_REFS_MAX refs.
    */
-  expectWrites?(refs: readonly BlockRef[]): void;
+  expectWrites?(ctx: RequestContext, refs: readonly BlockRef[]): void;
 
   /** As write, for zeroes; a whole block with punch leaves a tombstone. */
   zero(ctx: RequestContext, ref: BlockRef, offset: number, length: number, stamp: ChangeStamp, opts: { readonly punch: boolean; readonly fua: boolean }): Promise<void>;

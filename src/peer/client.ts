@@ -3,15 +3,17 @@ import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
 import type { BlockMeta, ListedBlock } from '../model/block-meta.js';
 import type { BlockRef } from '../model/block-ref.js';
-import type {
-  BlockCopy,
-  ChangeStamp,
-  InstallOutcome,
-  PeerInfo,
-  ReadReply,
-  ReplicaApi,
-  RequestContext,
-  StoreUsageInfo,
+import {
+  META_REFS_MAX,
+  type BlockCopy,
+  type ChangeStamp,
+  type InstallOutcome,
+  type PeerInfo,
+  type ReadReply,
+  type ReplicaApi,
+  type ReplicaWriteOptions,
+  type RequestContext,
+  type StoreUsageInfo,
 } from '../model/replica-api.js';
 import type { Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
@@ -268,7 +270,7 @@ export class PeerClient implements ReplicaApi {
    * the promise settles. `crc32c` may carry the data's CRC-32C when the
    * caller already has it (one block sent to R replicas is summed once).
    */
-  write(ctx: RequestContext, ref: BlockRef, offset: number, data: Buffer, stamp: ChangeStamp, opts: { readonly fua: boolean; readonly crc32c?: number }): Promise<void> {
+  write(ctx: RequestContext, ref: BlockRef, offset: number, data: Buffer, stamp: ChangeStamp, opts: ReplicaWriteOptions): Promise<void> {
     return this.call({ opcode: Opcode.WRITE, ctx, ref, offset, data, stamp, fua: opts.fua }, opts.crc32c);
   }
 
@@ -319,6 +321,16 @@ export class PeerClient implements ReplicaApi {
   /** Who answers; also the cheapest round trip (health checks, tests). */
   hello(ctx: RequestContext): Promise<PeerInfo> {
     return this.call({ opcode: Opcode.HELLO, ctx });
+  }
+
+  /**
+   * Sent without waiting: a hint, so a failure (a closed connection, a
+   * timeout, a peer of an earlier release that does not know EXPECT) only
+   * means the peer makes its own write-ahead records per block, as before.
+   */
+  expectWrites(ctx: RequestContext, refs: readonly BlockRef[]): void {
+    if (this.closed || refs.length === 0) return;
+    this.call({ opcode: Opcode.EXPECT, ctx, refs: refs.length > META_REFS_MAX ? refs.slice(0, META_REFS_MAX) : refs }).catch(() => undefined);
   }
 
   // ------------------------------------------------------------ state

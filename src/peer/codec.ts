@@ -3,6 +3,7 @@ import { TorusError } from '../errors/torus-error.js';
 import type { BlockMeta, BlockState, ListedBlock } from '../model/block-meta.js';
 import { blockRef, encodeBlockRef, type BlockRef } from '../model/block-ref.js';
 import {
+  CRC_PAGE_BYTES,
   LIST_BLOCKS_MAX,
   META_REFS_MAX,
   type BlockCopy,
@@ -16,7 +17,7 @@ import {
 import { TOKEN_MAX, VERSION_ABSENT, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
 import { ByteQueue } from '../util/byte-queue.js';
-import { crc32c } from '../util/crc32c.js';
+import { crc32c, crc32cCombinePages, crc32cPages } from '../util/crc32c.js';
 import {
   BLOCK_META_BYTES,
   BLOCK_REF_WIRE_BYTES,
@@ -81,6 +82,8 @@ export type PeerRequest =
       readonly data: Buffer;
       readonly stamp: ChangeStamp;
       readonly fua: boolean;
+      /** Decoded only: the CRC-32C of each page of data, summed when its checksum was checked (ReplicaWriteOptions.pageCrcs). */
+      readonly pageCrcs?: Uint32Array;
     }
   | {
       readonly opcode: typeof Opcode.ZERO;
@@ -116,7 +119,8 @@ export type PeerRequest =
   | { readonly opcode: typeof Opcode.FLUSH; readonly ctx: RequestContext }
   | { readonly opcode: typeof Opcode.DELETE_VOLUME; readonly ctx: RequestContext; readonly volumeId: number }
   | { readonly opcode: typeof Opcode.USAGE; readonly ctx: RequestContext }
-  | { readonly opcode: typeof Opcode.HELLO; readonly ctx: RequestContext };
+  | { readonly opcode: typeof Opcode.HELLO; readonly ctx: RequestContext }
+  | { readonly opcode: typeof Opcode.EXPECT; readonly ctx: RequestContext; readonly refs: readonly BlockRef[] };
 
 /** What each opcode answers (the ReplicaApi method's result). */
 export interface ReplyValues {
@@ -134,6 +138,7 @@ export interface ReplyValues {
   [Opcode.DELETE_VOLUME]: void;
   [Opcode.USAGE]: StoreUsageInfo;
   [Opcode.HELLO]: PeerInfo;
+  [Opcode.EXPECT]: void;
 }
 export type ReplyOf<R extends PeerRequest> = ReplyValues[R['opcode']];
 
@@ -329,6 +334,7 @@ function fieldsOf(req: PeerRequest): HeaderFields {
       return { ...f, ref: req.ref, token: req.token, version: req.version, payload };
     }
     case Opcode.META:
+    case Opcode.EXPECT:
       return { ...f, length: req.refs.length, payload: encodeRefList(req.refs) };
     case Opcode.LIST:
       return { ...f, ref: req.after, length: req.limit, payload: encodeVolumeId(req.volumeId) };
@@ -401,6 +407,8 @@ export interface RequestFrame {
   readonly version: Version | null;
   readonly prev: Version | null;
   readonly payload: Buffer;
+  /** The CRC-32C of each page of a WRITE's payload of whole pages, as checked (null otherwise). */
+  readonly pageCrcs?: Uint32Array | null;
 }
 
 const OPCODES_WITH_REF: ReadonlySet<number> = new Set([
@@ -416,7 +424,7 @@ const OPCODES_WITH_TOKEN: ReadonlySet<number> = new Set([Opcode.WRITE, Opcode.ZE
 const OPCODES_WITH_VERSION: ReadonlySet<number> = new Set([Opcode.WRITE, Opcode.ZERO, Opcode.INSTALL, Opcode.CONFIRM, Opcode.DROP]);
 const OPCODES_WITH_PREV: ReadonlySet<number> = new Set([Opcode.WRITE, Opcode.ZERO]);
 const OPCODES_WITH_OFFSET: ReadonlySet<number> = new Set([Opcode.READ, Opcode.WRITE, Opcode.ZERO]);
-const OPCODES_WITH_LENGTH: ReadonlySet<number> = new Set([Opcode.READ, Opcode.WRITE, Opcode.ZERO, Opcode.INSTALL, Opcode.META, Opcode.LIST]);
+const OPCODES_WITH_LENGTH: ReadonlySet<number> = new Set([Opcode.READ, Opcode.WRITE, Opcode.ZERO, Opcode.INSTALL, Opcode.META, Opcode.EXPECT, Opcode.LIST]);
 
 /**
  * Judges a well-framed request: the fields its opcode uses make sense on
@@ -478,7 +486,10 @@ function decodeRequest(f: RequestFrame): PeerRequest | TorusError {
     case Opcode.READ:
       return payloadMust(0) ?? { opcode: Opcode.READ, ctx, ref, offset: f.offset, length: f.length };
     case Opcode.WRITE:
-      return payloadMust(f.length) ?? { opcode: Opcode.WRITE, ctx, ref, offset: f.offset, data: f.payload, stamp: stamp(), fua };
+      return (
+        payloadMust(f.length) ??
+        (f.pageCrcs != null ? { opcode: Opcode.WRITE, ctx, ref, offset: f.offset, data: f.payload, stamp: stamp(), fua, pageCrcs: f.pageCrcs } : { opcode: Opcode.WRITE, ctx, ref, offset: f.offset, data: f.payload, stamp: stamp(), fua })
+      );
     case Opcode.ZERO:
       return (
         payloadMust(0) ?? {
@@ -519,6 +530,14 @@ function decodeRequest(f: RequestFrame): PeerRequest | TorusError {
       const refs = decodeRefList(f.payload);
       if (refs === null) return protocolError('META: a block ref is not valid');
       return { opcode: Opcode.META, ctx, refs };
+    }
+    case Opcode.EXPECT: {
+      if (f.length > META_REFS_MAX) return protocolError(`EXPECT: ${f.length} refs exceed the limit of ${META_REFS_MAX}`);
+      const bad = payloadMust(f.length * BLOCK_REF_WIRE_BYTES);
+      if (bad !== null) return bad;
+      const refs = decodeRefList(f.payload);
+      if (refs === null) return protocolError('EXPECT: a block ref is not valid');
+      return { opcode: Opcode.EXPECT, ctx, refs };
     }
     case Opcode.LIST: {
       const id = volumeId();
@@ -596,7 +615,8 @@ export function checkRequest(req: PeerRequest, blockSize: number): TorusError | 
       if (!isDigest(req.digest)) return protocolError('CONFIRM: digest is not 32 bits');
       return token(req.token);
     case Opcode.META:
-      return req.refs.length <= META_REFS_MAX ? null : protocolError(`META: ${req.refs.length} refs exceed the limit of ${META_REFS_MAX}`);
+    case Opcode.EXPECT:
+      return req.refs.length <= META_REFS_MAX ? null : protocolError(`${OPCODE_NAMES[req.opcode]}: ${req.refs.length} refs exceed the limit of ${META_REFS_MAX}`);
     case Opcode.LIST:
       if (!Number.isInteger(req.limit) || req.limit < 1 || req.limit > LIST_BLOCKS_MAX) {
         return protocolError(`LIST: limit ${req.limit} is not within 1..${LIST_BLOCKS_MAX}`);
@@ -645,6 +665,7 @@ function encodeSmallReply(req: PeerRequest, v: ReplyValues[keyof ReplyValues]): 
     case Opcode.FENCE:
     case Opcode.FLUSH:
     case Opcode.DELETE_VOLUME:
+    case Opcode.EXPECT:
       return EMPTY;
     case Opcode.INSTALL: {
       const code = INSTALL_OUTCOME_CODES[v as InstallOutcome];
@@ -736,6 +757,7 @@ function decodeReplyValue(req: PeerRequest, p: Buffer): ReplyValues[keyof ReplyV
     case Opcode.FENCE:
     case Opcode.FLUSH:
     case Opcode.DELETE_VOLUME:
+    case Opcode.EXPECT:
       size(0);
       return undefined;
     case Opcode.INSTALL: {
@@ -1058,7 +1080,20 @@ abstract class FrameDecoder<F> {
     if (this.filled < this.payload.length) this.filled += this.queue.copyTo(this.payload, this.filled, this.payload.length - this.filled);
     if (this.filled < this.payload.length) return null;
     const payload = this.payload;
-    const crc = payload.length === 0 ? 0 : crc32c(payload);
+    // A payload the receiver stores page by page is summed per page, and its
+    // checksum combined from those: one pass over the bytes for both.
+    let pageCrcs: Uint32Array | null = null;
+    let crc: number;
+    if (payload.length === 0) {
+      crc = 0;
+    } else if (payload.length % CRC_PAGE_BYTES === 0 && this.storedByPage(this.header)) {
+      const pages = payload.length / CRC_PAGE_BYTES;
+      pageCrcs = new Uint32Array(pages);
+      crc32cPages(payload, CRC_PAGE_BYTES, pageCrcs);
+      crc = crc32cCombinePages(pageCrcs, pages, CRC_PAGE_BYTES);
+    } else {
+      crc = crc32c(payload);
+    }
     if (crc !== this.payloadCrc) {
       throw new TorusError('TORUS_ERR_PEER_CHECKSUM', 'frame payload failed its checksum', {
         details: { requestId: this.header.readUInt32BE(8), opcode: this.header[4] },
@@ -1067,7 +1102,12 @@ abstract class FrameDecoder<F> {
     this.pending = false;
     this.payload = EMPTY;
     this.filled = 0;
-    return this.parse(this.header, payload);
+    return this.parse(this.header, payload, pageCrcs);
+  }
+
+  /** Whether the frame with this header carries data the receiver stores page by page (its page CRCs are kept). */
+  protected storedByPage(_header: Buffer): boolean {
+    return false;
   }
 
   /** Bytes still needed before the next frame can complete (0 if unknown). */
@@ -1077,7 +1117,7 @@ abstract class FrameDecoder<F> {
   }
 
   /** Reads the frame's fields out of `header` at once: the header buffer is reused for the next frame. */
-  protected abstract parse(header: Buffer, payload: Buffer): F;
+  protected abstract parse(header: Buffer, payload: Buffer, pageCrcs: Uint32Array | null): F;
 }
 
 export class RequestDecoder extends FrameDecoder<RequestFrame> {
@@ -1085,7 +1125,11 @@ export class RequestDecoder extends FrameDecoder<RequestFrame> {
     super(REQUEST_HEADER_BYTES, REQUEST_MAGIC, REQ.PAYLOAD_LENGTH, payloadBytesMax, buffers);
   }
 
-  protected parse(h: Buffer, payload: Buffer): RequestFrame {
+  protected override storedByPage(h: Buffer): boolean {
+    return h[REQ.OPCODE] === Opcode.WRITE;
+  }
+
+  protected parse(h: Buffer, payload: Buffer, pageCrcs: Uint32Array | null): RequestFrame {
     return {
       opcode: h[REQ.OPCODE]!,
       flags: h[REQ.FLAGS]!,
@@ -1101,6 +1145,7 @@ export class RequestDecoder extends FrameDecoder<RequestFrame> {
       version: readVersion(h, REQ.VERSION),
       prev: readVersion(h, REQ.PREV),
       payload,
+      pageCrcs,
     };
   }
 }

@@ -63,6 +63,7 @@
  * | INSTALL       | ref   |        | blockSize or 0  | token | version |      | data/zero  | block (data)     |
  * | CONFIRM       | ref   |        |                 | token | version |      |            | u32 digest       |
  * | META          |       |        | ref count       |       |         |      |            | refs (16 each)   |
+ * | EXPECT        |       |        | ref count       |       |         |      |            | refs (16 each)   |
  * | LIST          | after |        | limit           |       |         |      |            | u32 volume id    |
  * | VERIFY        | ref   |        |                 |       |         |      |            |                  |
  * | DROP          | ref   |        |                 | token | version |      |            |                  |
@@ -76,7 +77,7 @@
  *
  * Reply payloads (STATUS_OK):
  *   READ      BlockMeta + the bytes asked for
- *   WRITE, ZERO, FENCE, FLUSH, DELETE_VOLUME: empty
+ *   WRITE, ZERO, FENCE, FLUSH, DELETE_VOLUME, EXPECT: empty
  *   INSTALL   u8 outcome (INSTALL_OUTCOME_CODES)
  *   CONFIRM, DROP: u8 0 or 1
  *   META      BlockMeta per ref asked, in order
@@ -187,6 +188,13 @@ export const Opcode = {
   USAGE: 13,
   /** ReplicaApi.hello: who answers (also a cheap round trip, a ping). */
   HELLO: 14,
+  /**
+   * ReplicaApi.expectWrites: a hint that whole-block writes to these
+   * blocks follow. A peer of an earlier release answers it with
+   * TORUS_ERR_PEER_PROTOCOL and keeps the connection: the sender ignores
+   * the answer either way.
+   */
+  EXPECT: 15,
 } as const;
 export type Opcode = (typeof Opcode)[keyof typeof Opcode];
 
@@ -205,6 +213,7 @@ export const OPCODE_NAMES: Readonly<Record<number, string>> = {
   [Opcode.DELETE_VOLUME]: 'DELETE_VOLUME',
   [Opcode.USAGE]: 'USAGE',
   [Opcode.HELLO]: 'HELLO',
+  [Opcode.EXPECT]: 'EXPECT',
 };
 
 /** Force unit access: the change is durable before the reply. */
@@ -228,6 +237,7 @@ export const OPCODE_FLAGS: Readonly<Record<number, number>> = {
   [Opcode.DELETE_VOLUME]: 0,
   [Opcode.USAGE]: 0,
   [Opcode.HELLO]: 0,
+  [Opcode.EXPECT]: 0,
 };
 
 /** Copy states of an INSTALL (request header byte 6). 0 for every other opcode. */

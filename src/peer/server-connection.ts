@@ -281,7 +281,7 @@ export class ServerConnection {
       case Opcode.READ:
         return api.read(req.ctx, req.ref, req.offset, req.length);
       case Opcode.WRITE:
-        return api.write(req.ctx, req.ref, req.offset, req.data, req.stamp, { fua: req.fua });
+        return api.write(req.ctx, req.ref, req.offset, req.data, req.stamp, req.pageCrcs === undefined ? { fua: req.fua } : { fua: req.fua, pageCrcs: req.pageCrcs });
       case Opcode.ZERO:
         return api.zero(req.ctx, req.ref, req.offset, req.length, req.stamp, { punch: req.punch, fua: req.fua });
       case Opcode.INSTALL:
@@ -290,6 +290,9 @@ export class ServerConnection {
         return api.confirm(req.ctx, req.ref, req.version, req.digest, { token: req.token });
       case Opcode.META:
         return api.meta(req.ctx, req.refs);
+      case Opcode.EXPECT:
+        api.expectWrites?.(req.ctx, req.refs);
+        return Promise.resolve();
       case Opcode.LIST:
         return api.list(req.ctx, req.volumeId, req.after, req.limit);
       case Opcode.VERIFY:

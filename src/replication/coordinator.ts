@@ -3,12 +3,12 @@ import { isTorusError, TorusError } from '../errors/torus-error.js';
 import type { VolumeLock } from '../metadata/metadata-service.js';
 import { ABSENT_META, compareCopies, type BlockMeta } from '../model/block-meta.js';
 import { blockRef, type BlockRef } from '../model/block-ref.js';
-import type { ChangeStamp, InstallOutcome, ReplicaApi, RequestContext } from '../model/replica-api.js';
+import { CRC_PAGE_BYTES, type ChangeStamp, type InstallOutcome, type ReplicaApi, type ReplicaWriteOptions, type RequestContext } from '../model/replica-api.js';
 import type { VolumeMoveRecord, VolumeRecord } from '../model/records.js';
 import { formatVersion, makeVersion, SEQ_MAX, VERSION_ABSENT, versionToken, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
 import { releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
-import { crc32c } from '../util/crc32c.js';
+import { crc32c, crc32cCombinePages, crc32cPages } from '../util/crc32c.js';
 import { allSettledNow, InFlight, trackUntilSettled } from '../util/in-flight.js';
 import { settleEach, SETTLED_OK } from '../util/settle-each.js';
 import { DeadlineRace } from '../util/deadline-race.js';
@@ -380,7 +380,8 @@ export class VolumeCoordinator {
         refs.push(ref);
       }
     }
-    for (const [u, refs] of byPeer) this.ctx.replica(u)?.expectWrites?.(refs);
+    const ctx = this.ctx.requestContext();
+    for (const [u, refs] of byPeer) this.ctx.replica(u)?.expectWrites?.(ctx, refs);
   }
 
   /** Resolves with the version the change gave the block, or nothing when it changed nothing. */
@@ -843,12 +844,17 @@ export class VolumeCoordinator {
             earlyResolve!();
           }
         };
-        // The payload's CRC, summed once when it goes to more than one peer over the wire.
-        let writeOpts: { readonly fua: boolean; readonly crc32c?: number } = { fua };
+        // The payload's CRC, summed once when it goes to more than one peer
+        // over the wire; when it goes over the wire at all and is whole
+        // pages, summed per page once, for the wire and for the stores'
+        // CRC tables alike (ReplicaWriteOptions.pageCrcs).
+        let writeOpts: ReplicaWriteOptions = { fua };
         for (let attempt = 0; ; attempt++) {
           if (attempt > 0) this.checkLease();
-          if (change.kind === 'write' && writeOpts.crc32c === undefined && this.overTheWire(send) > 1) {
-            writeOpts = { fua, crc32c: crc32c(change.data) };
+          if (change.kind === 'write' && writeOpts.crc32c === undefined) {
+            const wire = this.overTheWire(send);
+            if (wire > 0 && change.data.length % CRC_PAGE_BYTES === 0) writeOpts = withPageCrcs(change.data, fua);
+            else if (wire > 1) writeOpts = { fua, crc32c: crc32c(change.data) };
           }
           const opts = writeOpts;
           const outcomes = await settleEach(
@@ -1863,4 +1869,12 @@ export type { Version };
 /** Known and not unsure: touch() returns such an entry as it is, without learning the block again. */
 function trustedEntry(e: BlockEntry | undefined): e is BlockEntry {
   return e !== undefined && !e.unsure;
+}
+
+/** Write options carrying the data's page CRCs and its whole CRC combined from them (data is whole pages). */
+function withPageCrcs(data: Buffer, fua: boolean): ReplicaWriteOptions {
+  const pages = data.length / CRC_PAGE_BYTES;
+  const pageCrcs = new Uint32Array(pages);
+  crc32cPages(data, CRC_PAGE_BYTES, pageCrcs);
+  return { fua, crc32c: crc32cCombinePages(pageCrcs, pages, CRC_PAGE_BYTES), pageCrcs };
 }

@@ -11,6 +11,7 @@ import {
   type PeerInfo,
   type ReadReply,
   type ReplicaApi,
+  type ReplicaWriteOptions,
   type RequestContext,
   type StoreUsageInfo,
 } from '../model/replica-api.js';
@@ -120,7 +121,7 @@ export class Replica implements ReplicaApi {
 
   // ------------------------------------------------------------ changes
 
-  write(ctx: RequestContext, ref: BlockRef, offset: number, data: Buffer, stamp: ChangeStamp, opts: { readonly fua: boolean }): Promise<void> {
+  write(ctx: RequestContext, ref: BlockRef, offset: number, data: Buffer, stamp: ChangeStamp, opts: ReplicaWriteOptions): Promise<void> {
     try {
       this.admitRequest(ctx);
       this.checkRange(offset, data.length);
@@ -137,7 +138,7 @@ export class Replica implements ReplicaApi {
     });
   }
 
-  expectWrites(refs: readonly BlockRef[]): void {
+  expectWrites(_ctx: RequestContext, refs: readonly BlockRef[]): void {
     if (!this.opts.live()) return;
     this.store.premark?.(refs);
   }

@@ -2,6 +2,7 @@ import { crc32c } from '../util/crc32c.js';
 import { decodeBlockRef, encodeBlockRef, sameBlockRef, type BlockRef } from '../model/block-ref.js';
 import { TorusError } from '../errors/torus-error.js';
 import { VERSION_LEGACY, type Version } from '../model/version.js';
+import { CRC_PAGE_BYTES } from '../model/replica-api.js';
 import { assert } from '../util/assert.js';
 
 /**
@@ -23,7 +24,7 @@ import { assert } from '../util/assert.js';
  * were zero): it reads as state data at VERSION_LEGACY, and a file is
  * rewritten as format 2 the next time its header is written.
  */
-export const PAGE_BYTES = 4096;
+export const PAGE_BYTES = CRC_PAGE_BYTES;
 const MAGIC = Buffer.from('TORUSBK1', 'ascii');
 const TABLE_AT = 64;
 /** The header format this release writes; it reads this one and format 1. */

@@ -348,7 +348,7 @@ export class FileBlockStore implements LocalBlockStore {
 
   // ---------------------------------------------------------------- LocalBlockStore: changes
 
-  async write(ref: BlockRef, offset: number, data: Buffer, version: Version, opts: { readonly fua: boolean }): Promise<void> {
+  async write(ref: BlockRef, offset: number, data: Buffer, version: Version, opts: { readonly fua: boolean; readonly pageCrcs?: Uint32Array }): Promise<void> {
     this.checkRange(offset, data.length);
     this.checkVersion(version);
     const e = this.entryFor(ref);
@@ -358,7 +358,7 @@ export class FileBlockStore implements LocalBlockStore {
     try {
       await this.change(e, { reserve: true, fua: opts.fua }, 'block write failed', async () => {
         if (e.state !== 'data') await this.makeData(e, version);
-        await this.writePages(e, offset, data.length, data);
+        await this.writePages(e, offset, data.length, data, opts.pageCrcs ?? null);
         e.version = version;
         if (opts.fua) await this.writeHeader(e);
       });
@@ -732,8 +732,12 @@ export class FileBlockStore implements LocalBlockStore {
     this.flushFiles.add(e);
   }
 
-  /** Writes `data` (or zeroes when null) at offset in a data block, in place. */
-  private async writePages(e: Entry, offset: number, length: number, data: Buffer | null): Promise<void> {
+  /**
+   * Writes `data` (or zeroes when null) at offset in a data block, in place.
+   * `known`: the CRCs of data's pages, taken instead of summing them when
+   * data is exactly the pages written.
+   */
+  private async writePages(e: Entry, offset: number, length: number, data: Buffer | null, known: Uint32Array | null = null): Promise<void> {
     assert(e.state === 'data', 'pages are written into a data block');
     if (length === 0) return;
     const fd = e.fd !== null ? this.touchFd(e) : await this.fdOf(e);
@@ -770,8 +774,13 @@ export class FileBlockStore implements LocalBlockStore {
       if (data !== null) data.copy(region, offset - base);
       else region.fill(0, offset - base, offset - base + length);
     }
-    const crcs = new Uint32Array(p1 - p0);
-    crc32cPages(region, PAGE_BYTES, crcs);
+    let crcs: Uint32Array;
+    if (known !== null && region === data && known.length === p1 - p0) {
+      crcs = known;
+    } else {
+      crcs = new Uint32Array(p1 - p0);
+      crc32cPages(region, PAGE_BYTES, crcs);
+    }
     try {
       const pending = pwriteCached(fd, region, this.hdrBytes + base);
       if (pending !== null) await pending;

@@ -36,8 +36,10 @@ export interface LocalBlockStore {
    * becomes data (its other pages zero). Acknowledged when later reads see
    * it; durable after flush(), or before it resolves with fua.
    * TORUS_ERR_STORE_NO_SPACE (nothing written) when a new block does not fit.
+   * `pageCrcs` (ReplicaWriteOptions) may stand in for summing the data's
+   * pages again; a store may ignore them.
    */
-  write(ref: BlockRef, offset: number, data: Buffer, version: Version, opts: { readonly fua: boolean }): Promise<void>;
+  write(ref: BlockRef, offset: number, data: Buffer, version: Version, opts: { readonly fua: boolean; readonly pageCrcs?: Uint32Array }): Promise<void>;
 
   /**
    * A hint that these blocks, absent here now, are about to be written (a

@@ -102,3 +102,48 @@ export function crc32cPages(data: Uint8Array, pageBytes: number, out: Uint32Arra
   }
   for (let i = 0, at = 0; at < data.length; i++, at += pageBytes) out[i] = impl(data.subarray(at, at + pageBytes), 0);
 }
+
+/**
+ * Advancing a CRC register over `bytes` zero bytes is linear over GF(2):
+ * four 256-entry tables, one per byte of the register, built from the 32
+ * one-bit registers advanced the slow way. Kept per page size (one in use).
+ */
+const zeroShifts = new Map<number, Uint32Array>();
+
+function zeroShiftTable(bytes: number): Uint32Array {
+  let t = zeroShifts.get(bytes);
+  if (t !== undefined) return t;
+  const basis = new Uint32Array(32);
+  for (let bit = 0; bit < 32; bit++) {
+    let c = (1 << bit) >>> 0;
+    for (let n = 0; n < bytes; n++) c = (TABLE[c & 0xff]! ^ (c >>> 8)) >>> 0;
+    basis[bit] = c;
+  }
+  t = new Uint32Array(4 * 256);
+  for (let k = 0; k < 4; k++) {
+    for (let b = 0; b < 256; b++) {
+      let v = 0;
+      for (let j = 0; j < 8; j++) if ((b >>> j) & 1) v ^= basis[8 * k + j]!;
+      t[k * 256 + b] = v >>> 0;
+    }
+  }
+  zeroShifts.set(bytes, t);
+  return t;
+}
+
+/**
+ * The CRC-32C of the whole of `pages` pages of `pageBytes` each, from each
+ * page's own CRC (crcs[0..pages-1], as crc32cPages gives them): crc(A || B)
+ * is crc(A) advanced over |B| zero bytes, xor crc(B). A few table lookups
+ * per page instead of a second pass over the data, so a write's bytes are
+ * summed once for both its page table and its wire checksum.
+ */
+export function crc32cCombinePages(crcs: Uint32Array, pages: number, pageBytes: number): number {
+  if (pages === 0) return 0;
+  const t = zeroShiftTable(pageBytes);
+  let c = crcs[0]!;
+  for (let i = 1; i < pages; i++) {
+    c = t[c & 0xff]! ^ t[256 + ((c >>> 8) & 0xff)]! ^ t[512 + ((c >>> 16) & 0xff)]! ^ t[768 + (c >>> 24)]! ^ crcs[i]!;
+  }
+  return c >>> 0;
+}

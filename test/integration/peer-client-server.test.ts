@@ -5,8 +5,8 @@
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isTorusError, TorusError } from '../../src/errors/torus-error.js';
-import { blockRef } from '../../src/model/block-ref.js';
-import type { ReplicaApi } from '../../src/model/replica-api.js';
+import { blockRef, type BlockRef } from '../../src/model/block-ref.js';
+import type { ChangeStamp, ReplicaApi, ReplicaWriteOptions, RequestContext } from '../../src/model/replica-api.js';
 import { VERSION_ABSENT, makeVersion } from '../../src/model/version.js';
 import type { IncarnationChange } from '../../src/peer/client.js';
 import { decodeErrorPayload, encodeRequest } from '../../src/peer/codec.js';
@@ -49,6 +49,38 @@ function fixedRandom(next: number): Random {
 }
 
 describe('peer protocol 2 over TCP', () => {
+  it('carries the write-ahead hint (EXPECT) without waiting, and a WRITE of whole pages arrives with its page CRCs', async () => {
+    class Observed extends FakeReplica {
+      readonly expected: string[][] = [];
+      readonly pageCrcs: (Uint32Array | undefined)[] = [];
+      expectWrites(_ctx: RequestContext, refs: readonly BlockRef[]): void {
+        this.expected.push(refs.map((r) => `${r.volumeId}/${r.generation}/${r.index}`));
+      }
+      override write(ctx: RequestContext, ref: BlockRef, offset: number, data: Buffer, st: ChangeStamp, opts: ReplicaWriteOptions): Promise<void> {
+        this.pageCrcs.push(opts.pageCrcs === undefined ? undefined : Uint32Array.from(opts.pageCrcs));
+        return super.write(ctx, ref, offset, data, st, opts);
+      }
+    }
+    const fake = new Observed(BS);
+    fake.ringVersion = 5;
+    const { addr } = await startServer(fake);
+    const client = makeClient(addr);
+    client.expectWrites(CTX, [blockRef(7, 1, 1), blockRef(7, 1, 2)]);
+    client.expectWrites(CTX, []); // nothing to send
+    await waitFor('the hint reached the replica', () => fake.expected.length === 1);
+    expect(fake.expected).toEqual([['7/1/1', '7/1/2']]);
+    const page = Buffer.alloc(BS, 7);
+    await client.write(CTX, blockRef(7, 1, 1), 0, page, stamp(v(1), VERSION_ABSENT), W);
+    await client.write(CTX, blockRef(7, 1, 1), 1, Buffer.from('x'), stamp(v(2), v(1)), W);
+    expect(fake.pageCrcs).toEqual([Uint32Array.from([crc32c(page)]), undefined]);
+    // A replica without the method (or a peer of an earlier release) answers; the client does not mind.
+    const plain = new FakeReplica(BS);
+    plain.ringVersion = 5;
+    const other = makeClient((await startServer(plain)).addr);
+    other.expectWrites(CTX, [blockRef(7, 1, 3)]);
+    expect(await other.hello(CTX)).toMatchObject({ uuid: 'fake-peer' });
+  });
+
   it('carries every ReplicaApi method', async () => {
     const fake = new FakeReplica(BS);
     fake.ringVersion = 5;

@@ -163,3 +163,21 @@ describe('crc32cPages', () => {
     for (let p = 0; p < 8; p++) expect(out[p]).toBe(crc32c(data.subarray(p * 4096, (p + 1) * 4096)));
   });
 });
+
+describe('crc32cCombinePages', () => {
+  it('gives the CRC of the whole from the CRCs of its pages, for any number of pages and page sizes', async () => {
+    const { crc32c, crc32cJs, crc32cPages, crc32cCombinePages } = await import('../../src/util/crc32c.js');
+    for (const [pageBytes, pages] of [[4096, 1], [4096, 2], [4096, 7], [4096, 256], [512, 9], [8, 3]] as const) {
+      const data = Buffer.alloc(pageBytes * pages);
+      for (let i = 0; i < data.length; i++) data[i] = ((i + pages) * 2654435761) >>> 24;
+      const out = new Uint32Array(pages);
+      crc32cPages(data, pageBytes, out);
+      expect(crc32cCombinePages(out, pages, pageBytes)).toBe(crc32c(data));
+      expect(crc32cCombinePages(out, pages, pageBytes)).toBe(crc32cJs(data));
+      // Any changed page changes the combination.
+      out[pages - 1] = (out[pages - 1]! ^ 0x80) >>> 0;
+      expect(crc32cCombinePages(out, pages, pageBytes)).not.toBe(crc32c(data));
+    }
+    expect(crc32cCombinePages(new Uint32Array(0), 0, 4096)).toBe(0);
+  });
+});

@@ -12,6 +12,7 @@ import { blockFileBytes, headerBytes } from '../../src/store/block-file.js';
 import type { LocalBlockStore } from '../../src/store/local-store.js';
 import { localStoreContract } from '../helpers/local-store-contract.js';
 import { isTorusError } from '../../src/errors/torus-error.js';
+import { crc32cPages } from '../../src/util/crc32c.js';
 import { fileURLToPath } from 'node:url';
 import { encodeBlockMeta } from '../../src/peer/codec.js';
 import { BLOCK_META_BYTES } from '../../src/peer/protocol.js';
@@ -188,6 +189,27 @@ describe('FileBlockStore', () => {
     expect(isTorusError(err, 'TORUS_ERR_STORE_CRC_MISMATCH')).toBe(true);
     expect(failures).toBe(1);
     expect((await s.read(r, 0, 4096)).equals(Buffer.alloc(4096, 1))).toBe(true);
+    await s.close();
+  });
+
+  it('takes the page CRCs of a write from the caller when given for exactly the pages written, and sums them itself otherwise', async () => {
+    const s = await open();
+    const r = blockRef(6, 1, 0);
+    const data = randomBytes(3 * 4096);
+    const crcs = new Uint32Array(3);
+    crc32cPages(data, 4096, crcs);
+    await s.write(r, 4096, data, V, { fua: false, pageCrcs: crcs });
+    expect((await s.read(r, 4096, data.length)).equals(data)).toBe(true);
+    // Proof they are taken as given: a wrong one makes that page fail its check.
+    const wrong = Uint32Array.from(crcs);
+    wrong[1] = (wrong[1]! ^ 1) >>> 0;
+    await s.write(r, 4096, data, makeVersion(1, 2), { fua: false, pageCrcs: wrong });
+    const err = await s.read(r, 2 * 4096, 4096).catch((e: unknown) => e);
+    expect(isTorusError(err, 'TORUS_ERR_STORE_CRC_MISMATCH')).toBe(true);
+    // Not the pages written (a partial page: the edges are merged): summed afresh.
+    const r2 = blockRef(6, 1, 1);
+    await s.write(r2, 100, data, V, { fua: false, pageCrcs: wrong });
+    expect((await s.read(r2, 100, data.length)).equals(data)).toBe(true);
     await s.close();
   });
 

@@ -42,7 +42,7 @@ import {
   requestPayloadBytesMaxFor,
 } from '../../src/peer/protocol.js';
 import { ByteQueue } from '../../src/util/byte-queue.js';
-import { crc32c } from '../../src/util/crc32c.js';
+import { crc32c, crc32cPages } from '../../src/util/crc32c.js';
 
 const BS = 4096;
 const REF = blockRef(7, 3, 2 ** 40 + 5);
@@ -92,7 +92,21 @@ function errCode(fn: () => unknown): string | undefined {
 function valid(bytes: Buffer): PeerRequest {
   const v = validateRequest(decodeOne(bytes), BS);
   if (v instanceof TorusError) throw v;
-  return v;
+  return asSent(v);
+}
+
+/**
+ * A decoded request as it was sent: a WRITE of whole pages comes with the
+ * page CRCs summed when its checksum was checked (checked here, then left
+ * out for the comparison).
+ */
+function asSent(req: PeerRequest): PeerRequest {
+  if (req.opcode !== Opcode.WRITE || req.pageCrcs === undefined) return req;
+  const want = new Uint32Array(req.data.length / 4096);
+  crc32cPages(req.data, 4096, want);
+  expect(req.pageCrcs).toEqual(want);
+  const { pageCrcs: _, ...rest } = req;
+  return rest;
 }
 
 function invalid(bytes: Buffer): TorusError {
@@ -127,6 +141,8 @@ const SAMPLES: PeerRequest[] = [
   { opcode: Opcode.DELETE_VOLUME, ctx: CTX, volumeId: 0xfffffff0 },
   { opcode: Opcode.USAGE, ctx: CTX },
   { opcode: Opcode.HELLO, ctx: BIG_CTX },
+  { opcode: Opcode.EXPECT, ctx: CTX, refs: [REF, blockRef(1, 1, 0), MAX_REF] },
+  { opcode: Opcode.EXPECT, ctx: CTX, refs: [] },
 ];
 
 const META_DATA: BlockMeta = { state: 'data', version: V2, suspect: false, digest: 0xfedcba98 };
@@ -197,7 +213,7 @@ describe('requests: every opcode round-trips', () => {
         for (let f = d.next(); f !== null; f = d.next()) got.push(f);
       }
       expect(got.map((f) => f.requestId)).toEqual([1, 2, 3, 4]);
-      expect(validateRequest(got[2]!, BS)).toEqual(SAMPLES[3]);
+      expect(asSent(validateRequest(got[2]!, BS) as PeerRequest)).toEqual(SAMPLES[3]);
       expect(d.bufferedBytes).toBe(0);
     }
   });
@@ -436,6 +452,18 @@ describe('invalid requests get an error reply (framing intact)', () => {
     expect(checkRequest({ opcode: Opcode.FENCE, ctx: CTX, volumeId: 0, token: 1 }, BS)?.code).toBe('TORUS_ERR_PEER_PROTOCOL');
   });
 
+  it('EXPECT: refs within META_REFS_MAX, all valid, and no other field set', () => {
+    const expect_ = { opcode: Opcode.EXPECT, ctx: CTX, refs: [REF] } as const;
+    expect(checkRequest({ ...expect_, refs: Array.from({ length: META_REFS_MAX + 1 }, () => REF) }, BS)?.code).toBe('TORUS_ERR_PEER_PROTOCOL');
+    const tooMany = edited(expect_, (b) => b.writeUInt32BE(META_REFS_MAX + 1, REQ.LENGTH));
+    expect(invalid(tooMany).message).toContain('EXPECT');
+    const badRef = Buffer.from(requestBytes(expect_));
+    badRef.fill(0, REQUEST_HEADER_BYTES, REQUEST_HEADER_BYTES + 16);
+    badRef.writeUInt32BE(crc32c(badRef.subarray(REQUEST_HEADER_BYTES)), REQ.PAYLOAD_CRC);
+    expect(invalid(reseal(badRef)).message).toContain('not valid');
+    expect(invalid(edited(expect_, (b) => b.writeUInt32BE(1, REQ.OFFSET))).code).toBe('TORUS_ERR_PEER_PROTOCOL');
+  });
+
   it('accepts the largest META request within the connection limit', () => {
     const refs = Array.from({ length: META_REFS_MAX }, (_, i) => blockRef(1, 1, i));
     const f = decodeOne(requestBytes({ opcode: Opcode.META, ctx: CTX, refs }), requestPayloadBytesMaxFor(BS));
@@ -650,5 +678,37 @@ describe('digests', () => {
     expect(valid(requestBytes(req))).toEqual({ ...req, digest: 0x80000000 });
     expect(checkRequest({ ...req, digest: 2 ** 32 } as PeerRequest, BS)?.code).toBe('TORUS_ERR_PEER_PROTOCOL');
     expect(checkRequest({ ...req, digest: 1.5 } as PeerRequest, BS)?.code).toBe('TORUS_ERR_PEER_PROTOCOL');
+  });
+});
+
+describe('peer codec: a WRITE of whole pages', () => {
+  const write = (data: Buffer): PeerRequest => ({ opcode: Opcode.WRITE, ctx: CTX, ref: REF, offset: 0, data, stamp: { token: 3, version: V2, prev: V1 }, fua: false });
+
+  it('is summed per page when its checksum is checked, and the page CRCs reach the decoded request', () => {
+    const data = Buffer.alloc(3 * 4096);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 2654435761) >>> 24;
+    const f = decodeOne(requestBytes(write(data)));
+    const req = validateRequest(f, 4 * 4096);
+    if (req instanceof TorusError || req.opcode !== Opcode.WRITE) throw new Error('expected a WRITE');
+    const want = new Uint32Array(3);
+    crc32cPages(data, 4096, want);
+    expect(req.pageCrcs).toEqual(want);
+    // Other lengths and opcodes: no page CRCs.
+    const odd = validateRequest(decodeOne(requestBytes(write(data.subarray(0, 5000)))), 4 * 4096);
+    expect(odd instanceof TorusError ? null : odd.opcode === Opcode.WRITE && odd.pageCrcs).toBeUndefined();
+  });
+
+  it('still fails its checksum when one byte of it changed on the way', () => {
+    const bytes = requestBytes(write(Buffer.alloc(2 * 4096, 9)));
+    bytes[REQUEST_HEADER_BYTES + 4096 + 17] ^= 0x40;
+    const d = new RequestDecoder();
+    d.push(bytes);
+    let err: unknown = null;
+    try {
+      d.next();
+    } catch (e) {
+      err = e;
+    }
+    expect(isTorusError(err, 'TORUS_ERR_PEER_CHECKSUM')).toBe(true);
   });
 });
