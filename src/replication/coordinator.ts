@@ -382,6 +382,21 @@ export class VolumeCoordinator {
     }
     const ctx = this.ctx.requestContext();
     for (const [u, refs] of byPeer) this.ctx.replica(u)?.expectWrites?.(ctx, refs);
+    // And learns those blocks now, off the writes' path: a write to a block
+    // not known yet waits for its owners' metadata first (a round trip that
+    // queues behind whole-block payloads on the same connections: 2.3 ms of
+    // a 1 MiB write's 12 ms in a replicated prefill). touch() is what that
+    // write would call; a failure here is only learnt again by the write.
+    for (let i = index + 1; i <= last; i++) {
+      if (this.blocks.peek(i) !== undefined) continue;
+      const learnt = this.touch(i).then(
+        () => undefined,
+        (err: unknown) => {
+          if (isAssertionFailure(err)) this.ctx.invariantBroken(err, { module: 'coordinator', volume: this.volume.name, block: i });
+        },
+      );
+      trackUntilSettled(this.background, learnt);
+    }
   }
 
   /** Resolves with the version the change gave the block, or nothing when it changed nothing. */
