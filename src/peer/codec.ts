@@ -523,21 +523,14 @@ function decodeRequest(f: RequestFrame): PeerRequest | TorusError {
           token: f.token,
         }
       );
-    case Opcode.META: {
-      if (f.length > META_REFS_MAX) return protocolError(`META: ${f.length} refs exceed the limit of ${META_REFS_MAX}`);
-      const bad = payloadMust(f.length * BLOCK_REF_WIRE_BYTES);
-      if (bad !== null) return bad;
-      const refs = decodeRefList(f.payload);
-      if (refs === null) return protocolError('META: a block ref is not valid');
-      return { opcode: Opcode.META, ctx, refs };
-    }
+    case Opcode.META:
     case Opcode.EXPECT: {
-      if (f.length > META_REFS_MAX) return protocolError(`EXPECT: ${f.length} refs exceed the limit of ${META_REFS_MAX}`);
+      if (f.length > META_REFS_MAX) return protocolError(`${name}: ${f.length} refs exceed the limit of ${META_REFS_MAX}`);
       const bad = payloadMust(f.length * BLOCK_REF_WIRE_BYTES);
       if (bad !== null) return bad;
       const refs = decodeRefList(f.payload);
-      if (refs === null) return protocolError('EXPECT: a block ref is not valid');
-      return { opcode: Opcode.EXPECT, ctx, refs };
+      if (refs === null) return protocolError(`${name}: a block ref is not valid`);
+      return f.opcode === Opcode.META ? { opcode: Opcode.META, ctx, refs } : { opcode: Opcode.EXPECT, ctx, refs };
     }
     case Opcode.LIST: {
       const id = volumeId();
