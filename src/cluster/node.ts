@@ -203,7 +203,7 @@ export class ClusterNode {
       if (r === null) throw new TorusError('TORUS_ERR_PEER_NOT_LIVE', `peer ${this.uuid} is starting`);
       return r;
     };
-    return {
+    const handle: EveryMethod<ReplicaApi> = {
       read: (...a) => target().read(...a),
       write: (...a) => target().write(...a),
       zero: (...a) => target().zero(...a),
@@ -221,6 +221,7 @@ export class ClusterNode {
       // A hint: nothing to refuse while starting, it is dropped.
       expectWrites: (...a) => this.replicaObj?.expectWrites(...a),
     };
+    return handle;
   }
 
   get isLive(): boolean {
@@ -675,3 +676,10 @@ export class ClusterNode {
     }
   }
 }
+
+/**
+ * Every method of T, the optional ones too: an object that forwards T's
+ * calls must name each, or one added later (optional, like
+ * ReplicaApi.expectWrites) would be dropped without a word.
+ */
+type EveryMethod<T> = { [K in keyof T as NonNullable<T[K]> extends (...args: never[]) => unknown ? K : never]-?: NonNullable<T[K]> };
