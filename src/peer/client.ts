@@ -3,17 +3,16 @@ import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
 import type { BlockMeta, ListedBlock } from '../model/block-meta.js';
 import type { BlockRef } from '../model/block-ref.js';
-import {
-  META_REFS_MAX,
-  type BlockCopy,
-  type ChangeStamp,
-  type InstallOutcome,
-  type PeerInfo,
-  type ReadReply,
-  type ReplicaApi,
-  type ReplicaWriteOptions,
-  type RequestContext,
-  type StoreUsageInfo,
+import type {
+  BlockCopy,
+  ChangeStamp,
+  InstallOutcome,
+  PeerInfo,
+  ReadReply,
+  ReplicaApi,
+  ReplicaWriteOptions,
+  RequestContext,
+  StoreUsageInfo,
 } from '../model/replica-api.js';
 import type { Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
@@ -330,7 +329,7 @@ export class PeerClient implements ReplicaApi {
    */
   expectWrites(ctx: RequestContext, refs: readonly BlockRef[]): void {
     if (this.closed || refs.length === 0) return;
-    this.call({ opcode: Opcode.EXPECT, ctx, refs: refs.length > META_REFS_MAX ? refs.slice(0, META_REFS_MAX) : refs }).catch(() => undefined);
+    this.call({ opcode: Opcode.EXPECT, ctx, refs }).catch(() => undefined);
   }
 
   // ------------------------------------------------------------ state

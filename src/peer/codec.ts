@@ -486,10 +486,7 @@ function decodeRequest(f: RequestFrame): PeerRequest | TorusError {
     case Opcode.READ:
       return payloadMust(0) ?? { opcode: Opcode.READ, ctx, ref, offset: f.offset, length: f.length };
     case Opcode.WRITE:
-      return (
-        payloadMust(f.length) ??
-        (f.pageCrcs != null ? { opcode: Opcode.WRITE, ctx, ref, offset: f.offset, data: f.payload, stamp: stamp(), fua, pageCrcs: f.pageCrcs } : { opcode: Opcode.WRITE, ctx, ref, offset: f.offset, data: f.payload, stamp: stamp(), fua })
-      );
+      return payloadMust(f.length) ?? { opcode: Opcode.WRITE, ctx, ref, offset: f.offset, data: f.payload, stamp: stamp(), fua, pageCrcs: f.pageCrcs ?? undefined };
     case Opcode.ZERO:
       return (
         payloadMust(0) ?? {
@@ -1083,7 +1080,7 @@ abstract class FrameDecoder<F> {
       const pages = payload.length / CRC_PAGE_BYTES;
       pageCrcs = new Uint32Array(pages);
       crc32cPages(payload, CRC_PAGE_BYTES, pageCrcs);
-      crc = crc32cCombinePages(pageCrcs, pages, CRC_PAGE_BYTES);
+      crc = crc32cCombinePages(pageCrcs, CRC_PAGE_BYTES);
     } else {
       crc = crc32c(payload);
     }

@@ -281,7 +281,7 @@ export class ServerConnection {
       case Opcode.READ:
         return api.read(req.ctx, req.ref, req.offset, req.length);
       case Opcode.WRITE:
-        return api.write(req.ctx, req.ref, req.offset, req.data, req.stamp, req.pageCrcs === undefined ? { fua: req.fua } : { fua: req.fua, pageCrcs: req.pageCrcs });
+        return api.write(req.ctx, req.ref, req.offset, req.data, req.stamp, { fua: req.fua, pageCrcs: req.pageCrcs });
       case Opcode.ZERO:
         return api.zero(req.ctx, req.ref, req.offset, req.length, req.stamp, { punch: req.punch, fua: req.fua });
       case Opcode.INSTALL:

@@ -1888,8 +1888,7 @@ function trustedEntry(e: BlockEntry | undefined): e is BlockEntry {
 
 /** Write options carrying the data's page CRCs and its whole CRC combined from them (data is whole pages). */
 function withPageCrcs(data: Buffer, fua: boolean): ReplicaWriteOptions {
-  const pages = data.length / CRC_PAGE_BYTES;
-  const pageCrcs = new Uint32Array(pages);
+  const pageCrcs = new Uint32Array(data.length / CRC_PAGE_BYTES);
   crc32cPages(data, CRC_PAGE_BYTES, pageCrcs);
-  return { fua, crc32c: crc32cCombinePages(pageCrcs, pages, CRC_PAGE_BYTES), pageCrcs };
+  return { fua, crc32c: crc32cCombinePages(pageCrcs, CRC_PAGE_BYTES), pageCrcs };
 }

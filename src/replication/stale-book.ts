@@ -150,14 +150,7 @@ export class StaleBook {
    * etcd (again, after a failed addition); resolves once it is.
    */
   ensureDurable(peers: readonly string[], index: number): Promise<void> {
-    const waits: Promise<void>[] = [];
-    for (const u of peers) {
-      const what = this.undurable(u, index);
-      if (what === 'all') waits.push(this.record(u, 'all'));
-      else if (what === 'stale') waits.push(this.record(u, [index]));
-      else if (what === 'unsure') waits.push(this.recordUnsure(u, [index]));
-    }
-    return Promise.all(waits).then(() => undefined);
+    return this.waitForRecords(peers, index, false) ?? Promise.resolve();
   }
 
   /**
@@ -171,13 +164,17 @@ export class StaleBook {
    * got; the addition queues behind the narrowing and lands after it.
    */
   coverSkipped(peers: readonly string[], index: number): Promise<void> | null {
-    if (this.peers.size === 0) return null;
+    return this.peers.size === 0 ? null : this.waitForRecords(peers, index, true);
+  }
+
+  /** What ensureDurable and coverSkipped wait for; null when nothing (no promise made). */
+  private waitForRecords(peers: readonly string[], index: number, narrowingToo: boolean): Promise<void> | null {
     let waits: Promise<void>[] | null = null;
     for (const u of peers) {
       const e = this.peers.get(u);
       if (e === undefined) continue;
       let wait: Promise<void> | null = null;
-      if (e.all && e.narrowing > 0) {
+      if (narrowingToo && e.all && e.narrowing > 0) {
         if (!e.durable.has(index)) wait = this.record(u, [index]);
       } else {
         const what = this.undurable(u, index);

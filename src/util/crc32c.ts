@@ -132,13 +132,14 @@ function zeroShiftTable(bytes: number): Uint32Array {
 }
 
 /**
- * The CRC-32C of the whole of `pages` pages of `pageBytes` each, from each
- * page's own CRC (crcs[0..pages-1], as crc32cPages gives them): crc(A || B)
+ * The CRC-32C of consecutive pages of `pageBytes` each, from each page's
+ * own CRC (crcs, in order, as crc32cPages gives them): crc(A || B)
  * is crc(A) advanced over |B| zero bytes, xor crc(B). A few table lookups
  * per page instead of a second pass over the data, so a write's bytes are
  * summed once for both its page table and its wire checksum.
  */
-export function crc32cCombinePages(crcs: Uint32Array, pages: number, pageBytes: number): number {
+export function crc32cCombinePages(crcs: Uint32Array, pageBytes: number): number {
+  const pages = crcs.length;
   if (pages === 0) return 0;
   const t = zeroShiftTable(pageBytes);
   let c = crcs[0]!;

@@ -58,26 +58,31 @@ describe('StaleBook: a change skipping a peer while its whole-volume record narr
 
   it('a change covered while the narrowing is in etcd lands after it, not under it', async () => {
     const { md, vol, lock, book } = await setup();
-    // Hold the narrowing's etcd transaction until block 9 has changed.
+    // The order etcd sees: the narrowing is held open until block 9 has changed.
+    const order: string[] = [];
     let open!: () => void;
     const gate = new Promise<void>((r) => (open = r));
-    const inner = md.narrowStale.bind(md);
-    let started = false;
+    let started!: () => void;
+    const inEtcd = new Promise<void>((r) => (started = r));
+    const narrowInner = md.narrowStale.bind(md);
     md.narrowStale = async (...args) => {
-      started = true;
+      started();
       await gate;
-      return inner(...args);
+      await narrowInner(...args);
+      order.push('narrow');
+    };
+    const addInner = md.addStale.bind(md);
+    md.addStale = async (...args) => {
+      order.push(`add ${JSON.stringify(args[2].ranges ?? [])}`);
+      return addInner(...args);
     };
     const narrowed = book.narrow('peer-a', [1], lock.token);
-    while (!started) await new Promise((r) => setTimeout(r, 1));
+    await inEtcd;
     const cover = book.coverSkipped(['peer-a'], 9);
     expect(cover).not.toBeNull();
-    let covered = false;
-    void cover!.then(() => (covered = true));
-    await new Promise((r) => setTimeout(r, 5));
-    expect(covered).toBe(false); // queued behind the narrowing
     open();
     await Promise.all([narrowed, cover]);
+    expect(order).toEqual(['narrow', 'add [[9,10]]']);
     expect(book.missed('peer-a')).toEqual([1, 9]);
     expect(await recordOf(md, vol.id)).toMatchObject({ all: false, ranges: [[1, 2], [9, 10]] });
   });
