@@ -326,18 +326,27 @@ describe('faults under fio load, 3 peers, R=2', () => {
 
     const caughtUp = (l: LogLine) => l.msg === 'caught a replica up' && l.peer === d.uuid && Number(l.time) >= restartedAt;
     const copied = cl.peers.filter((p) => p.running).flatMap((p) => p.lines().filter(caughtUp)).reduce((n, l) => n + Number(l.blocks), 0);
+    // D's restart is a new incarnation: the coordinator cannot tell a clean
+    // stop from a crash, so what D took after its last flush is recorded
+    // stale then (after `missed` was counted) and copied too.
+    const restartLost = (l: LogLine) =>
+      (l.msg === 'a replica restarted with unflushed changes; they are recorded stale for it' || l.msg === 'flush answered by a restarted replica; what it took before the restart is recorded stale') &&
+      l.peer === d.uuid &&
+      l.volume === 'catchup' &&
+      Number(l.time) >= restartedAt;
+    const lostInRestart = cl.peers.filter((p) => p.running).flatMap((p) => p.lines().filter(restartLost)).reduce((n, l) => n + Number(l.blocks), 0);
     const holds = (await cl.copies(d, vol.id)).length;
     const during = runs.filter((r) => r.startedAt >= stoppedAt).length * (REGION / BLOCK);
     // (The load stops before D returns: with a client that reconnects every
     // few seconds the catch-up does not finish; see test/pending/.)
     console.log(
       `catch-up: a ${Math.round((restartedAt - stoppedAt) / 1000)} s outage under fio load (2 MiB/s) cost ${copied} block copies (${(copied * BLOCK) / MiB} MiB) ` +
-        `to bring D back, out of the ${holds} blocks of the volume it holds (${((100 * copied) / holds).toFixed(1)}%); ${missed} blocks were recorded stale for it; ` +
+        `to bring D back, out of the ${holds} blocks of the volume it holds (${((100 * copied) / holds).toFixed(1)}%); ${missed} blocks were recorded stale for it, ${lostInRestart} more when it restarted; ` +
         `fio wrote about ${during} blocks while it was away`,
     );
     expect(copied).toBeGreaterThan(0);
     // Exactly what it missed, not what it holds.
-    expect(copied).toBeLessThanOrEqual(missed);
+    expect(copied).toBeLessThanOrEqual(missed + lostInRestart);
     expect(copied).toBeLessThan(holds);
 
     // A scrub that began after the catch-up compares every copy of every block.
