@@ -68,6 +68,7 @@ TOOLS=(
   nbd-server:nbd-server
   busybox:busybox-static
   gcc:gcc
+  g++:g++
   ip:iproute2
   nft:nftables
   file:file

@@ -276,6 +276,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("crc32c", Napi::Function::New(env, Crc32c<torus::crc32c>, "crc32c"));
   // The C++ table code even on CPUs with SSE4.2, so tests cover the fallback.
   exports.Set("crc32cPortable", Napi::Function::New(env, Crc32c<torus::crc32c_portable>, "crc32cPortable"));
+  // Without carry-less folding even on CPUs that have it, so tests cover both.
+  exports.Set("crc32cNoFold", Napi::Function::New(env, Crc32c<torus::crc32c_no_fold>, "crc32cNoFold"));
   exports.Set("crc32cVariant", Napi::String::New(env, torus::crc32c_variant()));
   exports.Set("crc32cPages", Napi::Function::New(env, Crc32cPages, "crc32cPages"));
   exports.Set("syncfs", Napi::Function::New(env, Syncfs, "syncfs"));

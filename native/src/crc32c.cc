@@ -1,5 +1,11 @@
-// CRC-32C with two code paths:
+// CRC-32C with three code paths:
 //
+//  * AVX-512 + VPCLMULQDQ (buffers of 256 bytes and more): the buffer is
+//    folded 256 bytes at a time into four 512-bit accumulators by carry-less
+//    multiplication (CRC is linear over GF(2): the CRC of A || B equals the
+//    CRC of (A times x^|B| mod P) XOR B), and the last 16 bytes are reduced
+//    with the crc32 instruction. About 2.3x the crc32-instruction rate on a
+//    4 KiB page (docs/perf/profile.md).
 //  * SSE4.2: the x86 `crc32` instruction folds 8 bytes per instruction but has
 //    a latency of 3 cycles, so one dependency chain runs at a third of the
 //    possible rate. Large buffers are therefore split into three lanes whose
@@ -14,9 +20,10 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define TORUS_CRC32C_X86 1
-#include <nmmintrin.h>
+#include <immintrin.h>
 #endif
 
+#include <cstdlib>
 #include <cstring>
 
 namespace torus {
@@ -34,6 +41,7 @@ uint32_t g_shift_long[4][256];    // register after kLongLane zero bytes
 uint32_t g_shift_short[4][256];   // register after kShortLane zero bytes
 bool g_ready = false;
 bool g_hw = false;
+bool g_fold = false;
 
 uint32_t zeros_bytewise(uint32_t reg, size_t n) {
   for (size_t i = 0; i < n; i++) reg = g_table[0][reg & 0xff] ^ (reg >> 8);
@@ -134,6 +142,108 @@ TORUS_SSE42 uint32_t crc_hw(uint32_t reg, const uint8_t* p, size_t len) {
   while (len--) reg = _mm_crc32_u8(reg, *p++);
   return reg;
 }
+
+// ---- folding by carry-less multiplication (AVX-512 + VPCLMULQDQ)
+//
+// A 16-byte piece of the message, loaded little-endian into 128 bits, is a
+// polynomial whose bit j is the coefficient of x^(127-j) (reflected): its low
+// 64 bits are the high-degree half. Moving the piece `bits` further on (so
+// that it can be XORed into the data there) multiplies it by x^bits mod P,
+// done per half: low half times (x^(bits+64) mod P), high half times
+// (x^bits mod P). A carry-less product of two reflected values comes out
+// shifted, which the constants absorb: each is stored reflected in 32 bits
+// with its exponent lowered by 33.
+
+constexpr size_t kFoldMin = 256;  // the first load fills four 64-byte accumulators
+
+struct FoldConstants {
+  uint64_t low;   // multiplies the low (high-degree) 64 bits
+  uint64_t high;  // multiplies the high 64 bits
+};
+FoldConstants g_fold_2048, g_fold_512, g_fold_384, g_fold_256, g_fold_128;
+
+// x^n mod P, reflected into 32 bits (bit i is the coefficient of x^(31-i)).
+uint64_t xpow_mod_reflected(unsigned n) {
+  constexpr uint64_t kPolyNormal = 0x11EDC6F41ull;  // P with its x^32 term
+  uint64_t r = 1;
+  for (unsigned i = 0; i < n; i++) {
+    r <<= 1;
+    if (r & (1ull << 32)) r ^= kPolyNormal;
+  }
+  uint32_t v = 0;
+  for (int i = 0; i < 32; i++) {
+    if (r & (1ull << i)) v |= 1u << (31 - i);
+  }
+  return v;
+}
+
+FoldConstants fold_constants(unsigned bits) { return {xpow_mod_reflected(bits + 64 - 33), xpow_mod_reflected(bits - 33)}; }
+
+#define TORUS_FOLD __attribute__((target("avx512f,avx512vl,vpclmulqdq,pclmul,sse4.2")))
+
+TORUS_FOLD inline __m512i fold_512(__m512i acc, __m512i k, __m512i data) {
+  __m512i lo = _mm512_clmulepi64_epi128(acc, k, 0x00);
+  __m512i hi = _mm512_clmulepi64_epi128(acc, k, 0x11);
+  return _mm512_ternarylogic_epi64(lo, hi, data, 0x96);  // lo ^ hi ^ data
+}
+
+TORUS_FOLD inline __m128i fold_128(__m128i acc, __m128i k, __m128i data) {
+  __m128i lo = _mm_clmulepi64_si128(acc, k, 0x00);
+  __m128i hi = _mm_clmulepi64_si128(acc, k, 0x11);
+  return _mm_ternarylogic_epi64(lo, hi, data, 0x96);
+}
+
+TORUS_FOLD inline __m128i constants_128(const FoldConstants& f) {
+  return _mm_set_epi64x(static_cast<long long>(f.high), static_cast<long long>(f.low));
+}
+
+TORUS_FOLD inline __m512i constants_512(const FoldConstants& f) { return _mm512_broadcast_i32x4(constants_128(f)); }
+
+// len >= kFoldMin.
+TORUS_FOLD uint32_t crc_fold(uint32_t reg, const uint8_t* p, size_t len) {
+  // Starting from register r is the same as starting from 0 with r XORed
+  // into the first four bytes.
+  __m512i a0 = _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_zextsi128_si512(_mm_cvtsi32_si128(static_cast<int>(reg))));
+  __m512i a1 = _mm512_loadu_si512(p + 64);
+  __m512i a2 = _mm512_loadu_si512(p + 128);
+  __m512i a3 = _mm512_loadu_si512(p + 192);
+  p += 256;
+  len -= 256;
+  const __m512i k2048 = constants_512(g_fold_2048);
+  while (len >= 256) {
+    a0 = fold_512(a0, k2048, _mm512_loadu_si512(p));
+    a1 = fold_512(a1, k2048, _mm512_loadu_si512(p + 64));
+    a2 = fold_512(a2, k2048, _mm512_loadu_si512(p + 128));
+    a3 = fold_512(a3, k2048, _mm512_loadu_si512(p + 192));
+    p += 256;
+    len -= 256;
+  }
+  const __m512i k512 = constants_512(g_fold_512);
+  a1 = fold_512(a0, k512, a1);
+  a2 = fold_512(a1, k512, a2);
+  a3 = fold_512(a2, k512, a3);
+  while (len >= 64) {
+    a3 = fold_512(a3, k512, _mm512_loadu_si512(p));
+    p += 64;
+    len -= 64;
+  }
+  // The four 16-byte lanes of the last accumulator into one.
+  const __m128i k128 = constants_128(g_fold_128);
+  __m128i x = fold_128(_mm512_extracti32x4_epi32(a3, 0), constants_128(g_fold_384), _mm512_extracti32x4_epi32(a3, 3));
+  x = fold_128(_mm512_extracti32x4_epi32(a3, 1), constants_128(g_fold_256), x);
+  x = fold_128(_mm512_extracti32x4_epi32(a3, 2), k128, x);
+  while (len >= 16) {
+    x = fold_128(x, k128, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    p += 16;
+    len -= 16;
+  }
+  // What is left is the CRC of these 16 bytes from 0, then of the tail.
+  uint64_t c = _mm_crc32_u64(0, static_cast<uint64_t>(_mm_cvtsi128_si64(x)));
+  c = _mm_crc32_u64(c, static_cast<uint64_t>(_mm_extract_epi64(x, 1)));
+  reg = static_cast<uint32_t>(c);
+  while (len--) reg = _mm_crc32_u8(reg, *p++);
+  return reg;
+}
 #endif
 
 }  // namespace
@@ -157,6 +267,19 @@ void crc32c_init() {
     build_shift_table(g_shift_long, kLongLane);
     build_shift_table(g_shift_short, kShortLane);
   }
+  // __builtin_cpu_supports also checks that the OS saves the 512-bit
+  // registers. TORUS_CRC32C=sse4.2 keeps to the crc32 instruction (to compare).
+  const char* pick = std::getenv("TORUS_CRC32C");
+  g_fold = g_hw && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("vpclmulqdq") && __builtin_cpu_supports("pclmul") &&
+           !(pick != nullptr && std::strcmp(pick, "sse4.2") == 0);
+  if (g_fold) {
+    g_fold_2048 = fold_constants(2048);
+    g_fold_512 = fold_constants(512);
+    g_fold_384 = fold_constants(384);
+    g_fold_256 = fold_constants(256);
+    g_fold_128 = fold_constants(128);
+  }
 #endif
   g_ready = true;
 }
@@ -164,13 +287,21 @@ void crc32c_init() {
 uint32_t crc32c(uint32_t crc, const uint8_t* data, size_t len) {
   uint32_t reg = ~crc;
 #ifdef TORUS_CRC32C_X86
+  if (g_fold && len >= kFoldMin) return ~crc_fold(reg, data, len);
   if (g_hw) return ~crc_hw(reg, data, len);
 #endif
   return ~crc_table(reg, data, len);
 }
 
+uint32_t crc32c_no_fold(uint32_t crc, const uint8_t* data, size_t len) {
+#ifdef TORUS_CRC32C_X86
+  if (g_hw) return ~crc_hw(~crc, data, len);
+#endif
+  return ~crc_table(~crc, data, len);
+}
+
 uint32_t crc32c_portable(uint32_t crc, const uint8_t* data, size_t len) { return ~crc_table(~crc, data, len); }
 
-const char* crc32c_variant() { return g_hw ? "sse4.2" : "table"; }
+const char* crc32c_variant() { return g_fold ? "vpclmulqdq" : g_hw ? "sse4.2" : "table"; }
 
 }  // namespace torus

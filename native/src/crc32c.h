@@ -18,7 +18,13 @@ uint32_t crc32c(uint32_t crc, const uint8_t* data, size_t len);
 // The portable table code alone, whatever the CPU; for tests of the fallback.
 uint32_t crc32c_portable(uint32_t crc, const uint8_t* data, size_t len);
 
-// "sse4.2" when the CPU's crc32 instruction is in use, "table" otherwise.
+// The crc32-instruction (or table) code alone, without carry-less folding;
+// for tests of that path on CPUs that fold.
+uint32_t crc32c_no_fold(uint32_t crc, const uint8_t* data, size_t len);
+
+// "vpclmulqdq" when buffers of 256 bytes and more are folded by carry-less
+// multiplication, "sse4.2" when the crc32 instruction does it all, "table"
+// otherwise.
 const char* crc32c_variant();
 
 }  // namespace torus

@@ -1,6 +1,8 @@
 /**
  * CRC-32C (Castagnoli), the checksum on every stored block. Uses the native
- * addon (SSE4.2 crc32 instruction, or its C++ table code on other CPUs) when
+ * addon (carry-less folding with AVX-512 VPCLMULQDQ, the SSE4.2 crc32
+ * instruction, or its C++ table code on other CPUs; TORUS_CRC32C=sse4.2
+ * keeps to the crc32 instruction, TORUS_CRC32C=js to JavaScript) when
  * native/build/Release/torus_native.node is built, and a pure-JS
  * slicing-by-8 implementation otherwise. Loading the addon never logs: the
  * daemon reports crc32cImplementation() itself.
@@ -73,6 +75,10 @@ export const crc32cNative: Crc32cFn | null = native === null ? null : (data, ini
 export const crc32cNativePortable: Crc32cFn | null =
   native === null ? null : (data, initial) => native.crc32cPortable(data, initial);
 
+/** The addon's code without carry-less folding, or null; for tests. */
+export const crc32cNativeNoFold: Crc32cFn | null =
+  native?.crc32cNoFold === undefined ? null : (data, initial) => native.crc32cNoFold!(data, initial);
+
 const impl: Crc32cFn = native === null ? crc32cJs : native.crc32c;
 
 /** CRC-32C of `buf` as an unsigned 32-bit number; `initial` continues a previous CRC. */
@@ -84,7 +90,7 @@ export function crc32cImplementation(): 'native' | 'js' {
   return native === null ? 'js' : 'native';
 }
 
-/** For logs: `native (sse4.2)`, `native (table)` or `js (slicing-by-8)`. */
+/** For logs: `native (vpclmulqdq)`, `native (sse4.2)`, `native (table)` or `js (slicing-by-8)`. */
 export function crc32cDescription(): string {
   return native === null ? 'js (slicing-by-8)' : `native (${native.crc32cVariant})`;
 }

@@ -11,6 +11,8 @@ import { fileURLToPath } from 'node:url';
 export interface NativeAddon {
   crc32c(data: Uint8Array, initial?: number): number;
   crc32cPortable(data: Uint8Array, initial?: number): number;
+  /** The crc32-instruction code without carry-less folding (the table code on CPUs without SSE4.2). */
+  crc32cNoFold?(data: Uint8Array, initial?: number): number;
   crc32cVariant: string;
   /** CRC32C of each `pageBytes` page of data into out[i]. */
   crc32cPages?(data: Uint8Array, pageBytes: number, out: Uint32Array): void;

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { describe, expect, it, vi } from 'vitest';
 import {
   crc32c,
@@ -5,6 +6,7 @@ import {
   crc32cImplementation,
   crc32cJs,
   crc32cNative,
+  crc32cNativeNoFold,
   crc32cNativePortable,
 } from '../../src/util/crc32c.js';
 
@@ -35,6 +37,11 @@ function requireNative(): Crc32cFn {
   return crc32cNative;
 }
 
+function requireNativeNoFold(): Crc32cFn {
+  if (crc32cNativeNoFold === null) throw new Error(NOT_BUILT);
+  return crc32cNativeNoFold;
+}
+
 function requireNativePortable(): Crc32cFn {
   if (crc32cNativePortable === null) throw new Error(NOT_BUILT);
   return crc32cNativePortable;
@@ -55,6 +62,7 @@ const VECTORS: Array<[string, Buffer, number]> = [
 const IMPLS: Array<[string, () => Crc32cFn]> = [
   ['js', () => crc32cJs],
   ['native', requireNative],
+  ['native without folding', requireNativeNoFold],
   ['native table fallback', requireNativePortable],
 ];
 
@@ -62,7 +70,7 @@ describe('crc32c', () => {
   it('uses the native addon when it is built', () => {
     requireNative();
     expect(crc32cImplementation()).toBe('native');
-    expect(crc32cDescription()).toMatch(/^native \((sse4\.2|table)\)$/);
+    expect(crc32cDescription()).toMatch(/^native \((vpclmulqdq|sse4\.2|table)\)$/);
   });
 
   for (const [implName, get] of IMPLS) {
@@ -89,13 +97,23 @@ describe('crc32c', () => {
     });
   }
 
-  it('agrees between native, native table fallback and JS on random buffers, lengths and offsets', () => {
+  it('folds by carry-less multiplication exactly when the CPU has AVX-512 and VPCLMULQDQ', () => {
+    requireNative();
+    const flags = new Set((/^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? '').trim().split(/\s+/));
+    const folds = ['avx512f', 'avx512vl', 'vpclmulqdq', 'pclmulqdq', 'sse4_2'].every((f) => flags.has(f));
+    expect(crc32cDescription()).toBe(folds ? 'native (vpclmulqdq)' : flags.has('sse4_2') ? 'native (sse4.2)' : 'native (table)');
+  });
+
+  it('agrees between native, native without folding, native table fallback and JS on random buffers, lengths and offsets', () => {
     const native = requireNative();
+    const noFold = requireNativeNoFold();
     const portable = requireNativePortable();
     const rand = rng(0xc0ffee);
     const pool = randomBytes(rand, 200_000);
-    // Lengths around the native lane boundaries (3 x 256 and 3 x 8192) plus random ones.
-    const lengths = [0, 1, 7, 8, 9, 15, 16, 17, 255, 256, 767, 768, 769, 1000, 24_575, 24_576, 24_577, 49_152, 65_536];
+    // Lengths around the native lane boundaries (3 x 256 and 3 x 8192), the
+    // folding steps (256 bytes to start, then 256, 64 and 16 at a time) and
+    // a 4 KiB page, plus random ones.
+    const lengths = [0, 1, 7, 8, 9, 15, 16, 17, 255, 256, 257, 271, 272, 319, 320, 335, 511, 512, 513, 767, 768, 769, 1000, 4095, 4096, 4097, 24_575, 24_576, 24_577, 49_152, 65_536];
     for (let i = 0; i < 300; i++) lengths.push(Math.floor(rand() * (i < 250 ? 4096 : 150_000)));
     for (const len of lengths) {
       const offset = Math.floor(rand() * 16);
@@ -104,8 +122,9 @@ describe('crc32c', () => {
       const js = crc32cJs(view, initial);
       const nat = native(view, initial);
       const tab = portable(view, initial);
-      if (js !== nat || js !== tab) {
-        throw new Error(`mismatch len=${len} offset=${offset} initial=${initial}: js=${js} native=${nat} table=${tab}`);
+      const plain = noFold(view, initial);
+      if (js !== nat || js !== tab || js !== plain) {
+        throw new Error(`mismatch len=${len} offset=${offset} initial=${initial}: js=${js} native=${nat} no fold=${plain} table=${tab}`);
       }
     }
   });
