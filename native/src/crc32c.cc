@@ -284,20 +284,18 @@ void crc32c_init() {
   g_ready = true;
 }
 
-uint32_t crc32c(uint32_t crc, const uint8_t* data, size_t len) {
-  uint32_t reg = ~crc;
-#ifdef TORUS_CRC32C_X86
-  if (g_fold && len >= kFoldMin) return ~crc_fold(reg, data, len);
-  if (g_hw) return ~crc_hw(reg, data, len);
-#endif
-  return ~crc_table(reg, data, len);
-}
-
 uint32_t crc32c_no_fold(uint32_t crc, const uint8_t* data, size_t len) {
 #ifdef TORUS_CRC32C_X86
   if (g_hw) return ~crc_hw(~crc, data, len);
 #endif
   return ~crc_table(~crc, data, len);
+}
+
+uint32_t crc32c(uint32_t crc, const uint8_t* data, size_t len) {
+#ifdef TORUS_CRC32C_X86
+  if (g_fold && len >= kFoldMin) return ~crc_fold(~crc, data, len);
+#endif
+  return crc32c_no_fold(crc, data, len);
 }
 
 uint32_t crc32c_portable(uint32_t crc, const uint8_t* data, size_t len) { return ~crc_table(~crc, data, len); }

@@ -324,17 +324,20 @@ describe('faults under fio load, 3 peers, R=2', () => {
     await d.restart(['--scrub-interval', '3s']);
     await waitFor('D to be caught up', async () => (await cl.staleBlocks(d.uuid)) === 0, 120_000, 500);
 
-    const caughtUp = (l: LogLine) => l.msg === 'caught a replica up' && l.peer === d.uuid && Number(l.time) >= restartedAt;
-    const copied = cl.peers.filter((p) => p.running).flatMap((p) => p.lines().filter(caughtUp)).reduce((n, l) => n + Number(l.blocks), 0);
+    // Blocks named by the running peers' log lines that match.
+    const blocksLogged = (match: (l: LogLine) => boolean) =>
+      cl.peers.filter((p) => p.running).flatMap((p) => p.lines().filter(match)).reduce((n, l) => n + Number(l.blocks), 0);
+    const copied = blocksLogged((l) => l.msg === 'caught a replica up' && l.peer === d.uuid && Number(l.time) >= restartedAt);
     // D's restart is a new incarnation: the coordinator cannot tell a clean
     // stop from a crash, so what D took after its last flush is recorded
     // stale then (after `missed` was counted) and copied too.
-    const restartLost = (l: LogLine) =>
-      (l.msg === 'a replica restarted with unflushed changes; they are recorded stale for it' || l.msg === 'flush answered by a restarted replica; what it took before the restart is recorded stale') &&
-      l.peer === d.uuid &&
-      l.volume === 'catchup' &&
-      Number(l.time) >= restartedAt;
-    const lostInRestart = cl.peers.filter((p) => p.running).flatMap((p) => p.lines().filter(restartLost)).reduce((n, l) => n + Number(l.blocks), 0);
+    const lostInRestart = blocksLogged(
+      (l) =>
+        (l.msg === 'a replica restarted with unflushed changes; they are recorded stale for it' || l.msg === 'flush answered by a restarted replica; what it took before the restart is recorded stale') &&
+        l.peer === d.uuid &&
+        l.volume === 'catchup' &&
+        Number(l.time) >= restartedAt,
+    );
     const holds = (await cl.copies(d, vol.id)).length;
     const during = runs.filter((r) => r.startedAt >= stoppedAt).length * (REGION / BLOCK);
     // (The load stops before D returns: with a client that reconnects every
