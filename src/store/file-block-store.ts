@@ -15,7 +15,7 @@ import { VERSION as RELEASE } from '../version.js';
 import { blockFileBytes, decodeHeader, encodeHeader, headerBytes, newCrcTable, PAGE_BYTES, pageCount, tableDigest, type BlockHeader } from './block-file.js';
 import type { StoreUsage } from './block-store.js';
 import { DirtyLog } from './dirty-log.js';
-import { closeFd, fdatasync, fsyncDir, ftruncate, openFd, preadCached, preadFull, pwriteCached, pwriteFull, pwritevFull, syncFileSystem, writeFileDurably } from './fs-async.js';
+import { closeFd, COLD_WRITE_PIECE_BYTES, fdatasync, fsyncDir, ftruncate, openFd, preadCached, preadFull, pwriteCached, pwriteFull, syncFileSystem, writeFileDurably } from './fs-async.js';
 import type { LocalBlockStore } from './local-store.js';
 import { RefIndex } from './ref-index.js';
 import { loadSuspects, saveSuspects } from './suspect-file.js';
@@ -128,6 +128,13 @@ interface Entry {
   waiters: (() => void)[];
   /** Changes admitted but not finished (they keep the entry in the map). */
   pending: number;
+  /**
+   * Its data pages may not be in the page cache yet: writes go in pieces
+   * (fs-async.ts COLD_WRITE_PIECE_BYTES) so that the kernel caches them in
+   * small folios. True until a write of the whole block; a process that
+   * starts has none of them cached.
+   */
+  coldPages: boolean;
 }
 
 const STORE_META = 'store.json';
@@ -421,7 +428,13 @@ export class FileBlockStore implements LocalBlockStore {
         const fd = e.onDisk ? await this.fdOf(e) : await this.createFile(e);
         // Extends a tombstone's file back to a whole block (sparse zeroes).
         await ftruncate(fd, this.fileBytes);
-        await pwritevFull(fd, [encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), data], 0);
+        // The header, then the data in pieces (as any write into pages
+        // that may not be cached: fs-async.ts COLD_WRITE_PIECE_BYTES).
+        const header = pwriteCached(fd, encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), 0);
+        if (header !== null) await header;
+        const wrote = pwriteCached(fd, data, this.hdrBytes, COLD_WRITE_PIECE_BYTES);
+        if (wrote !== null) await wrote;
+        e.coldPages = false;
         this.tables.hold(e, table);
         e.digest = null;
         e.state = 'data';
@@ -699,6 +712,8 @@ export class FileBlockStore implements LocalBlockStore {
     this.tables.hold(e, table);
     e.digest = null;
     e.state = 'data';
+    // Fresh file pages: none cached (a tombstone's only page is its header).
+    e.coldPages = true;
     this.recount(e);
     this.reindex(e);
     this.flushFiles.add(e);
@@ -782,8 +797,9 @@ export class FileBlockStore implements LocalBlockStore {
       crc32cPages(region, PAGE_BYTES, crcs);
     }
     try {
-      const pending = pwriteCached(fd, region, this.hdrBytes + base);
+      const pending = pwriteCached(fd, region, this.hdrBytes + base, e.coldPages ? COLD_WRITE_PIECE_BYTES : null);
       if (pending !== null) await pending;
+      if (p0 === 0 && p1 === pageCount(this.blockSize)) e.coldPages = false;
     } catch (err) {
       // The pages may hold part of the write now: take their CRCs from what
       // the file holds, so they do not read as corrupt later.
@@ -1020,6 +1036,7 @@ export class FileBlockStore implements LocalBlockStore {
         writersWaiting: 0,
         waiters: [],
         pending: 0,
+        coldPages: true,
       };
       this.entries.set(key, e);
     }

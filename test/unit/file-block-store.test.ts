@@ -4,7 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import pino from 'pino';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import fs from 'node:fs';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { blockRef } from '../../src/model/block-ref.js';
 import { FileBlockStore } from '../../src/store/file-block-store.js';
 import { makeVersion, VERSION_ABSENT, VERSION_LEGACY } from '../../src/model/version.js';
@@ -28,6 +29,7 @@ beforeEach(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), 'torus-store-'));
 });
 afterEach(async () => {
+  vi.restoreAllMocks();
   await rm(dir, { recursive: true, force: true });
 });
 
@@ -211,6 +213,56 @@ describe('FileBlockStore', () => {
     await s.write(r2, 100, data, V, { fua: false, pageCrcs: wrong });
     expect((await s.read(r2, 100, data.length)).equals(data)).toBe(true);
     await s.close();
+  });
+
+  it('writes pages not cached yet in 64 KiB pieces (small folios), and later whole-block writes in one call', async () => {
+    const s = await open({ blockSize: MiB });
+    const hdr = headerBytes(MiB);
+    // Data writes into block files: [length, file offset]. Header writes (at 0) are left out.
+    const writes: [number, number][] = [];
+    const writeSync = fs.writeSync.bind(fs);
+    const write = fs.write.bind(fs);
+    vi.spyOn(fs, 'writeSync').mockImplementation(((f: number, b: Buffer, o: number, l: number, p: number) => {
+      if (p >= hdr) writes.push([l, p]);
+      return writeSync(f, b, o, l, p);
+    }) as typeof fs.writeSync);
+    vi.spyOn(fs, 'write').mockImplementation(((f: number, b: Buffer, o: number, l: number, p: number, cb: (e: Error | null, n: number) => void) => {
+      if (typeof p === 'number' && p >= hdr) writes.push([l, p]);
+      return write(f, b, o, l, p, cb);
+    }) as unknown as typeof fs.write);
+    const pieces = (from: number, to: number): [number, number][] => {
+      const out: [number, number][] = [];
+      for (let p = from; p < to; p = Math.min(to, (Math.floor(p / 65536) + 1) * 65536)) out.push([Math.min(to, (Math.floor(p / 65536) + 1) * 65536) - p, p]);
+      return out;
+    };
+    const r = blockRef(8, 1, 0);
+    const a = randomBytes(MiB);
+    await s.write(r, 0, a, V, { fua: false });
+    expect(writes).toEqual(pieces(hdr, hdr + MiB));
+    writes.length = 0;
+    // Cached now: a whole-block write is one call, a small one too.
+    await s.write(r, 0, a, makeVersion(1, 2), { fua: false });
+    await s.write(r, 8192, a.subarray(0, 4096), makeVersion(1, 3), { fua: false });
+    expect(writes).toEqual([[MiB, hdr], [4096, hdr + 8192]]);
+    writes.length = 0;
+    // A new block whose first write is partial stays in pieces until a whole-block write.
+    const r2 = blockRef(8, 1, 1);
+    await s.write(r2, 4096, a.subarray(0, 200_000), V, { fua: false });
+    expect(writes).toEqual(pieces(hdr + 4096, hdr + 4096 + 200_000 + (4096 - (200_000 % 4096))));
+    writes.length = 0;
+    // An installed copy is written in pieces too.
+    const r3 = blockRef(8, 1, 2);
+    await s.install(r3, a, V, { fua: false });
+    expect(writes).toEqual(pieces(hdr, hdr + MiB));
+    expect((await s.read(r3, 0, MiB)).equals(a)).toBe(true);
+    await s.close();
+    // A process that starts has nothing cached: the first whole-block write is in pieces again.
+    writes.length = 0;
+    const s2 = await open({ blockSize: MiB });
+    await s2.write(r, 0, a, makeVersion(1, 4), { fua: false });
+    expect(writes).toEqual(pieces(hdr, hdr + MiB));
+    expect((await s2.read(r, 0, MiB)).equals(a)).toBe(true);
+    await s2.close();
   });
 
   it('keeps at most crcTablesMax CRC tables of blocks unchanged since the last checkpoint, and checks reads against tables read back from the headers', async () => {

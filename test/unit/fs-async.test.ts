@@ -7,8 +7,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NOWAIT_READ_BYTES_MAX, preadCached, pwriteCached, slowWriteBacksOff, SYNC_WRITE_BYTES_MAX, syncWriteSlowMs } from '../../src/store/fs-async.js';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { COLD_WRITE_PIECE_BYTES, NOWAIT_READ_BYTES_MAX, pieceEnd, preadCached, pwriteCached, pwriteFull, slowWriteBacksOff, SYNC_WRITE_BYTES_MAX, syncWriteSlowMs } from '../../src/store/fs-async.js';
 import { nativeAddon } from '../../src/util/native.js';
 
 const MiB = 1024 * 1024;
@@ -24,6 +24,10 @@ function pattern(n: number, seed: number): Buffer {
 beforeAll(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'torus-fs-async-'));
   fd = fs.openSync(path.join(dir, 'f'), 'w+');
+});
+
+afterEach(() => {
+  vi.restoreAllMocks();
 });
 
 afterAll(() => {
@@ -124,5 +128,55 @@ describe('fs-async', () => {
     } finally {
       fs.closeSync(ro);
     }
+  });
+
+  it('ends the pieces of a write into uncached pages at multiples of the piece size', () => {
+    const K = 1024;
+    expect(COLD_WRITE_PIECE_BYTES).toBe(64 * K);
+    // A block file's data starts after its 4 KiB header: the first piece is short.
+    expect(pieceEnd(4 * K, 4 * K + MiB, 64 * K)).toBe(64 * K);
+    expect(pieceEnd(64 * K, 4 * K + MiB, 64 * K)).toBe(128 * K);
+    expect(pieceEnd(MiB, 4 * K + MiB, 64 * K)).toBe(MiB + 4 * K);
+    // A write inside one piece is one piece.
+    expect(pieceEnd(68 * K, 72 * K, 64 * K)).toBe(72 * K);
+    expect(() => pieceEnd(8, 8, 64 * K)).toThrow(/assertion/);
+  });
+
+  it('writes in pieces ending at piece boundaries when asked, on the loop and through the pool, with the same bytes', async () => {
+    const calls: [length: number, position: number][] = [];
+    const writeSync = fs.writeSync.bind(fs);
+    const write = fs.write.bind(fs);
+    vi.spyOn(fs, 'writeSync').mockImplementation(((f: number, b: Buffer, o: number, l: number, p: number) => {
+      calls.push([l, p]);
+      return writeSync(f, b, o, l, p);
+    }) as typeof fs.writeSync);
+    vi.spyOn(fs, 'write').mockImplementation(((f: number, b: Buffer, o: number, l: number, p: number, cb: (e: Error | null, n: number) => void) => {
+      calls.push([l, p]);
+      return write(f, b, o, l, p, cb);
+    }) as unknown as typeof fs.write);
+    const piece = COLD_WRITE_PIECE_BYTES;
+    const want = (len: number, at: number): [number, number][] => {
+      const out: [number, number][] = [];
+      for (let p = at; p < at + len; p = pieceEnd(p, at + len, piece)) out.push([pieceEnd(p, at + len, piece) - p, p]);
+      return out;
+    };
+    for (const [len, at] of [[MiB, 4096], [200_000, 70_000], [4096, 8192]] as const) {
+      const data = pattern(len, len & 0xff);
+      calls.length = 0;
+      const wrote = pwriteCached(fd, data, at, piece);
+      if (wrote !== null) await wrote;
+      expect(calls).toEqual(want(len, at));
+      calls.length = 0;
+      await pwriteFull(fd, data, at, piece);
+      expect(calls).toEqual(want(len, at));
+      const back = Buffer.alloc(len);
+      fs.readSync(fd, back, 0, len, at);
+      expect(back.equals(data)).toBe(true);
+    }
+    // Without a piece size a write is one call.
+    calls.length = 0;
+    const wrote = pwriteCached(fd, pattern(MiB, 5), 4096);
+    if (wrote !== null) await wrote;
+    expect(calls).toEqual([[MiB, 4096]]);
   });
 });
