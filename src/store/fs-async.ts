@@ -121,10 +121,10 @@ function threadWaits(): number | null {
  * of its 4 KiB buffer heads: 4 KiB random writes into blocks filled by
  * 1 MiB writes spent a fifth of torusd's CPU in ext4_block_write_begin.
  * Filled in 64 KiB pieces, the folios stay at most 64 KiB (16 buffer
- * heads). Interleaved pairs, one torusd, each after a 1 GiB fill
- * (2026-12-03): 4 KiB random writes 23.3k / 21.7k / 23.0k -> 34.0k /
- * 32.3k / 35.9k IOPS, with an fsync every 32: 7.8k / 7.6k / 8.2k ->
- * 10.7k / 10.0k / 9.4k. Only the first write of a page pays the extra
+ * heads). Interleaved pairs of one torusd before and after, each after a
+ * 1 GiB fill (2026-12-03): 4 KiB random writes 24.2k / 22.4k / 18.0k ->
+ * 33.3k / 24.3k / 31.9k IOPS, with an fsync every 32: 8564 / 7804 / 7257
+ * -> 10.3k / 7937 / 8171. Only the first write of a page pays the extra
  * syscalls (a 1 MiB write in pieces is 16 of them): later writes into
  * cached folios are not split, and keep their speed.
  */

@@ -4,7 +4,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import pino from 'pino';
-import fs from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { blockRef } from '../../src/model/block-ref.js';
 import { FileBlockStore } from '../../src/store/file-block-store.js';
@@ -12,6 +11,7 @@ import { makeVersion, VERSION_ABSENT, VERSION_LEGACY } from '../../src/model/ver
 import { blockFileBytes, headerBytes } from '../../src/store/block-file.js';
 import type { LocalBlockStore } from '../../src/store/local-store.js';
 import { localStoreContract } from '../helpers/local-store-contract.js';
+import { recordFileWrites } from '../helpers/file-writes.js';
 import { isTorusError } from '../../src/errors/torus-error.js';
 import { crc32cPages } from '../../src/util/crc32c.js';
 import { fileURLToPath } from 'node:url';
@@ -219,17 +219,7 @@ describe('FileBlockStore', () => {
     const s = await open({ blockSize: MiB });
     const hdr = headerBytes(MiB);
     // Data writes into block files: [length, file offset]. Header writes (at 0) are left out.
-    const writes: [number, number][] = [];
-    const writeSync = fs.writeSync.bind(fs);
-    const write = fs.write.bind(fs);
-    vi.spyOn(fs, 'writeSync').mockImplementation(((f: number, b: Buffer, o: number, l: number, p: number) => {
-      if (p >= hdr) writes.push([l, p]);
-      return writeSync(f, b, o, l, p);
-    }) as typeof fs.writeSync);
-    vi.spyOn(fs, 'write').mockImplementation(((f: number, b: Buffer, o: number, l: number, p: number, cb: (e: Error | null, n: number) => void) => {
-      if (typeof p === 'number' && p >= hdr) writes.push([l, p]);
-      return write(f, b, o, l, p, cb);
-    }) as unknown as typeof fs.write);
+    const writes = recordFileWrites((_length, position) => position >= hdr);
     const pieces = (from: number, to: number): [number, number][] => {
       const out: [number, number][] = [];
       for (let p = from; p < to; p = Math.min(to, (Math.floor(p / 65536) + 1) * 65536)) out.push([Math.min(to, (Math.floor(p / 65536) + 1) * 65536) - p, p]);

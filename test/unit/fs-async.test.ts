@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { recordFileWrites } from '../helpers/file-writes.js';
 import { COLD_WRITE_PIECE_BYTES, NOWAIT_READ_BYTES_MAX, pieceEnd, preadCached, pwriteCached, pwriteFull, slowWriteBacksOff, SYNC_WRITE_BYTES_MAX, syncWriteSlowMs } from '../../src/store/fs-async.js';
 import { nativeAddon } from '../../src/util/native.js';
 
@@ -143,17 +144,7 @@ describe('fs-async', () => {
   });
 
   it('writes in pieces ending at piece boundaries when asked, on the loop and through the pool, with the same bytes', async () => {
-    const calls: [length: number, position: number][] = [];
-    const writeSync = fs.writeSync.bind(fs);
-    const write = fs.write.bind(fs);
-    vi.spyOn(fs, 'writeSync').mockImplementation(((f: number, b: Buffer, o: number, l: number, p: number) => {
-      calls.push([l, p]);
-      return writeSync(f, b, o, l, p);
-    }) as typeof fs.writeSync);
-    vi.spyOn(fs, 'write').mockImplementation(((f: number, b: Buffer, o: number, l: number, p: number, cb: (e: Error | null, n: number) => void) => {
-      calls.push([l, p]);
-      return write(f, b, o, l, p, cb);
-    }) as unknown as typeof fs.write);
+    const calls = recordFileWrites();
     const piece = COLD_WRITE_PIECE_BYTES;
     const want = (len: number, at: number): [number, number][] => {
       const out: [number, number][] = [];
