@@ -102,6 +102,36 @@ Napi::Value ThreadWaits(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(torus::thread_waits()));
 }
 
+// addressModulo(data: Uint8Array, modulus: number): the address of data's
+// first byte modulo `modulus` (a power of two up to 64 KiB). JavaScript
+// cannot see where a buffer lies; the buffer pool uses this to start its
+// buffers on a 64-byte boundary (src/util/buffer-pool.ts says why).
+Napi::Value AddressModulo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsNumber()) {
+    Napi::TypeError::New(env, "addressModulo: (data, modulus)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::TypedArray data = info[0].As<Napi::TypedArray>();
+  int64_t m = info[1].As<Napi::Number>().Int64Value();
+  if (m <= 0 || m > 65536 || (m & (m - 1)) != 0) {
+    Napi::RangeError::New(env, "addressModulo: modulus must be a power of two up to 65536").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  void* base = nullptr;
+  size_t len = 0;
+  napi_typedarray_type type;
+  napi_value ab;
+  size_t byteOffset = 0;
+  if (napi_get_typedarray_info(env, data, &type, &len, &base, &ab, &byteOffset) != napi_ok) {
+    Napi::Error::New(env, "addressModulo: not a typed array").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  // napi_get_typedarray_info's data pointer already includes byteOffset.
+  const uintptr_t at = reinterpret_cast<uintptr_t>(base);
+  return Napi::Number::New(env, static_cast<double>(at & static_cast<uintptr_t>(m - 1)));
+}
+
 // syncfs(fd, callback(errno)): flushes the whole file system holding fd on a
 // libuv worker thread (it blocks for milliseconds). One syncfs replaces an
 // fdatasync per dirty block file plus an fsync per changed folder.
@@ -281,6 +311,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("crc32cVariant", Napi::String::New(env, torus::crc32c_variant()));
   exports.Set("crc32cPages", Napi::Function::New(env, Crc32cPages, "crc32cPages"));
   exports.Set("syncfs", Napi::Function::New(env, Syncfs, "syncfs"));
+  exports.Set("addressModulo", Napi::Function::New(env, AddressModulo, "addressModulo"));
   exports.Set("threadWaits", Napi::Function::New(env, ThreadWaits, "threadWaits"));
   exports.Set("preadNowait", Napi::Function::New(env, NowaitIo<torus::pread_nowait>, "preadNowait"));
   exports.Set("nbdSocketpair", Napi::Function::New(env, NbdSocketpair, "nbdSocketpair"));

@@ -20,6 +20,8 @@ export interface NativeAddon {
   syncfs?(fd: number, callback: (errno: number) => void): void;
   /** Bytes read, or -errno; -EAGAIN when the data is not in the page cache. */
   preadNowait?(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
+  /** The address of data's first byte modulo `modulus` (a power of two up to 64 KiB). */
+  addressModulo?(data: Uint8Array, modulus: number): number;
   /** Voluntary context switches of the calling thread so far (it slept), or -errno. */
   threadWaits?(): number;
   /** Kernel nbd plumbing (src/attach/kernel-nbd.ts): an AF_UNIX stream pair; throws an Error with .errno. */

@@ -1,9 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { BufferPool, isPooled, poisonFromEnv, releaseBuffer, retainBuffer } from '../../src/util/buffer-pool.js';
+import { nativeAddon } from '../../src/util/native.js';
+import { BUFFER_ALIGN_BYTES, BufferPool, isPooled, poisonFromEnv, releaseBuffer, retainBuffer } from '../../src/util/buffer-pool.js';
 
 describe('buffer pool', () => {
   it('hands out views of exactly the length asked, on power-of-two classes, and reuses released buffers', () => {
-    const pool = new BufferPool({ classMinBytes: 4096, classMaxBytes: 1 << 20, poison: false });
+    const pool = new BufferPool({ classMinBytes: 4096, classMaxBytes: 1 << 20, poison: false, addressModulo: null });
     const a = pool.acquire(5000);
     expect(a.length).toBe(5000);
     expect(a.buffer.byteLength).toBe(8192);
@@ -15,6 +16,54 @@ describe('buffer pool', () => {
     expect(pool.stats()).toMatchObject({ allocations: 1, reuses: 1, inUseBytes: 8192, freeBytes: 0 });
     releaseBuffer(b);
     expect(pool.stats()).toMatchObject({ inUseBytes: 0, freeBytes: 8192 });
+  });
+
+  it('starts every pooled buffer on a 64-byte boundary, as the native addon sees it', () => {
+    const addressModulo = nativeAddon?.addressModulo;
+    if (addressModulo === undefined) throw new Error('the native addon is not built (or lacks addressModulo): run `npm run build`');
+    const pool = new BufferPool({ classMinBytes: 4096, classMaxBytes: 4 << 20, poison: false });
+    const held: Buffer[] = [];
+    for (let size = 4096; size <= 4 << 20; size *= 2) {
+      for (const length of [size, size - 100]) {
+        const b = pool.acquire(length);
+        expect(b.length).toBe(length);
+        expect(addressModulo(b, BUFFER_ALIGN_BYTES)).toBe(0);
+        // The class's bytes all fit after the skip: a write to its last byte stays in the buffer.
+        expect(b.byteOffset + size).toBeLessThanOrEqual(b.buffer.byteLength);
+        held.push(b);
+      }
+    }
+    // Reused ones keep their place.
+    for (const b of held) releaseBuffer(b);
+    const again = pool.acquire(1 << 20);
+    expect(pool.stats().reuses).toBe(1);
+    expect(addressModulo(again, BUFFER_ALIGN_BYTES)).toBe(0);
+  });
+
+  it('native addressModulo: counts the offset of a view and refuses a modulus that is not a power of two up to 64 KiB', () => {
+    const addressModulo = nativeAddon?.addressModulo;
+    if (addressModulo === undefined) throw new Error('the native addon is not built (or lacks addressModulo): run `npm run build`');
+    const b = Buffer.allocUnsafeSlow(8192);
+    const base = addressModulo(b, 4096);
+    expect(addressModulo(b.subarray(5), 4096)).toBe((base + 5) % 4096);
+    expect(addressModulo(b.subarray(4096 - base), 4096)).toBe(0);
+    expect(addressModulo(new Uint32Array(b.buffer, b.byteOffset + 8, 2), 8)).toBe((base + 8) % 8);
+    for (const m of [0, 3, -64, 131072]) expect(() => addressModulo(b, m)).toThrow(/power of two/);
+    expect(() => (addressModulo as (d: unknown, m: unknown) => number)('x', 64)).toThrow(/addressModulo/);
+  });
+
+  it('skips what the address function says, and nothing without one', () => {
+    const seen: number[] = [];
+    const at16 = new BufferPool({ poison: false, addressModulo: (_data, m) => (seen.push(m), 16) });
+    const a = at16.acquire(4096);
+    expect(seen).toEqual([BUFFER_ALIGN_BYTES]);
+    expect(a.byteOffset).toBe(BUFFER_ALIGN_BYTES - 16);
+    expect(a.buffer.byteLength).toBe(4096 + BUFFER_ALIGN_BYTES);
+    const at0 = new BufferPool({ poison: false, addressModulo: () => 0 });
+    expect(at0.acquire(4096).byteOffset).toBe(0);
+    const none = new BufferPool({ poison: false, addressModulo: null });
+    const c = none.acquire(4096);
+    expect([c.byteOffset, c.buffer.byteLength]).toEqual([0, 4096]);
   });
 
   it('returns a buffer only when the last reference is dropped, from any view of it', () => {
