@@ -367,7 +367,7 @@ async function main() {
   console.log();
   console.log(
     `machine: ${machine.cpus} CPUs (${machine.cpuModel}), ${(machine.memoryBytes / 2 ** 30).toFixed(1)} GiB RAM, load average ${machine.loadAvgAtStart.map((x) => x.toFixed(1)).join(' ')} at start, ${machine.loadAvg.map((x) => x.toFixed(1)).join(' ')} at end, ` +
-      `kernel ${machine.kernel}; ${Object.entries(machine.versions).map(([k, v]) => `${k} ${v}`).join(', ')}`,
+      `kernel ${machine.kernel}, crc32c ${machine.crc32c}; ${Object.entries(machine.versions).map(([k, v]) => `${k} ${v}`).join(', ')}`,
   );
   console.log(`${cfg.seconds} s per timed job after ${cfg.rampSeconds} s ramp, ${cfg.rounds} round(s); the bench took ${(elapsedS / 60).toFixed(1)} min; JSON in ${shortPath(cfg.out)}`);
 
@@ -703,6 +703,15 @@ async function makeCopySource() {
   return file;
 }
 
+async function crc32cVariant() {
+  try {
+    const { crc32cDescription } = await import(pathToFileURL(path.join(REPO, 'dist/src/util/crc32c.js')).href);
+    return crc32cDescription();
+  } catch (err) {
+    return `unknown (${err.message})`;
+  }
+}
+
 async function describeMachine() {
   const version = async (cmd, args, pick) => {
     try {
@@ -718,6 +727,9 @@ async function describeMachine() {
     memoryBytes: os.totalmem(),
     loadAvg: os.loadavg(),
     kernel: os.release(),
+    // How torusd sums its CRCs here (the addon's pick for this CPU): figures
+    // from a machine with AVX-512 folding and one without differ.
+    crc32c: await crc32cVariant(),
     versions: {
       node: process.version,
       fio: await version('fio', ['--version'], (s) => s.replace(/^fio-/, '')),
