@@ -10,7 +10,8 @@ import { nativeAddon } from './native.js';
  *
  * Sizes are powers of two from `classMinBytes` to `classMaxBytes`; a request
  * gets a view of exactly the length asked for on a buffer of its class.
- * Larger requests are plain allocations (still releasable: a no-op).
+ * Larger requests are plain allocations (still releasable: a no-op; aligned
+ * as pooled ones are).
  *
  * Ownership: acquire() returns a buffer with one reference. Whoever keeps a
  * pooled buffer beyond the call that handed it over takes a reference with
@@ -150,7 +151,8 @@ export class BufferPool {
    */
   acquire(length: number): Buffer {
     assert(Number.isSafeInteger(length) && length >= 0, 'a buffer length is a non-negative integer');
-    if (length > this.classMaxBytes) return Buffer.allocUnsafeSlow(length);
+    // Not pooled, but placed like pooled ones: a 32 MiB READ is read into it.
+    if (length > this.classMaxBytes) return this.allocAligned(length);
     const cls = this.classOf(length);
     const list = this.free[cls]!;
     let s = list.pop();

@@ -33,6 +33,10 @@ describe('buffer pool', () => {
         held.push(b);
       }
     }
+    // Larger than the largest class: not pooled, placed the same way.
+    const big = pool.acquire((4 << 20) + 1);
+    expect(isPooled(big)).toBe(false);
+    expect(addressModulo(big, BUFFER_ALIGN_BYTES)).toBe(0);
     // Reused ones keep their place.
     for (const b of held) releaseBuffer(b);
     const again = pool.acquire(1 << 20);
