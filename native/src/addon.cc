@@ -118,17 +118,7 @@ Napi::Value AddressModulo(const Napi::CallbackInfo& info) {
     Napi::RangeError::New(env, "addressModulo: modulus must be a power of two up to 65536").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  void* base = nullptr;
-  size_t len = 0;
-  napi_typedarray_type type;
-  napi_value ab;
-  size_t byteOffset = 0;
-  if (napi_get_typedarray_info(env, data, &type, &len, &base, &ab, &byteOffset) != napi_ok) {
-    Napi::Error::New(env, "addressModulo: not a typed array").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  // napi_get_typedarray_info's data pointer already includes byteOffset.
-  const uintptr_t at = reinterpret_cast<uintptr_t>(base);
+  const uintptr_t at = reinterpret_cast<uintptr_t>(data.ArrayBuffer().Data()) + data.ByteOffset();
   return Napi::Number::New(env, static_cast<double>(at & static_cast<uintptr_t>(m - 1)));
 }
 
