@@ -179,4 +179,16 @@ describe('buildHttpApp', () => {
     expect(res.statusCode).toBe(413);
     expect(res.json().error.code).toBe('TORUS_ERR_HTTP_REQUEST_INVALID');
   });
+
+  it('loads no schema compiler: a route that declares a schema is refused when added, saying why', async () => {
+    const { app } = build();
+    let err: unknown = null;
+    try {
+      app.get('/x', { schema: { querystring: { type: 'object', properties: { n: { type: 'integer' } } } } }, async () => 'x');
+      await app.ready();
+    } catch (e) {
+      err = e;
+    }
+    expect(String(err)).toMatch(/declare no schemas/);
+  });
 });
