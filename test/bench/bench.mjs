@@ -41,6 +41,7 @@ import {
 import { measureFileCopy, measureJoin, measureRebuild } from './lib/rebuild.mjs';
 import { coresOver, cpuSeconds, treeCpuSeconds } from './lib/cpu.mjs';
 import { descendantsOf, RssSampler } from './lib/rss.mjs';
+import { describeDataFs, freePageReporting, hostPhrase } from './lib/host.mjs';
 import { median, SPREAD_WARN, summarize } from './lib/stats.mjs';
 import { quietState, TorusCluster } from './lib/torus.mjs';
 
@@ -324,7 +325,7 @@ async function main() {
   const idleV = idleVerdicts(idle);
   const tally = goalTally(ratioRows, rssV, idleV);
   const elapsedS = (Date.now() - startedAt) / 1000;
-  const machine = { ...(await describeMachine()), loadAvgAtStart: loadAtStart };
+  const machine = { ...(await describeMachine(work)), loadAvgAtStart: loadAtStart };
 
   console.log();
   console.log(`Throughput: median of ${cfg.rounds} round(s) and spread (max-min)/median; 4 KiB jobs in IOPS, 1 MiB jobs in MiB/s; '!' spread > ${SPREAD_WARN * 100}%`);
@@ -367,7 +368,7 @@ async function main() {
   console.log();
   console.log(
     `machine: ${machine.cpus} CPUs (${machine.cpuModel}), ${(machine.memoryBytes / 2 ** 30).toFixed(1)} GiB RAM, load average ${machine.loadAvgAtStart.map((x) => x.toFixed(1)).join(' ')} at start, ${machine.loadAvg.map((x) => x.toFixed(1)).join(' ')} at end, ` +
-      `kernel ${machine.kernel}, crc32c ${machine.crc32c}; ${Object.entries(machine.versions).map(([k, v]) => `${k} ${v}`).join(', ')}`,
+      `kernel ${machine.kernel}, crc32c ${machine.crc32c}, ${hostPhrase(machine.dataFs, machine.freePageReporting)}; ${Object.entries(machine.versions).map(([k, v]) => `${k} ${v}`).join(', ')}`,
   );
   console.log(`${cfg.seconds} s per timed job after ${cfg.rampSeconds} s ramp, ${cfg.rounds} round(s); the bench took ${(elapsedS / 60).toFixed(1)} min; JSON in ${shortPath(cfg.out)}`);
 
@@ -712,7 +713,7 @@ async function crc32cVariant() {
   }
 }
 
-async function describeMachine() {
+async function describeMachine(dir) {
   const version = async (cmd, args, pick) => {
     try {
       const r = await run(cmd, args, { timeoutMs: 10_000 });
@@ -730,6 +731,9 @@ async function describeMachine() {
     // How torusd sums its CRCs here (the addon's pick for this CPU): figures
     // from a machine with AVX-512 folding and one without differ.
     crc32c: await crc32cVariant(),
+    // Two host properties that move the write figures (lib/host.mjs says how much).
+    dataFs: describeDataFs(dir),
+    freePageReporting: freePageReporting(),
     versions: {
       node: process.version,
       fio: await version('fio', ['--version'], (s) => s.replace(/^fio-/, '')),
