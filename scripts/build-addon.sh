@@ -11,12 +11,28 @@
 # which crashes (free(): invalid pointer, corrupted size vs. prev_size). So
 # the build fails with one line when the addon links libnode, and deletes it.
 #
-#   bash scripts/build-addon.sh           # build, then check
-#   bash scripts/build-addon.sh --check   # only check: exit 1 when the built addon links libnode
+#   bash scripts/build-addon.sh              # build, then check
+#   bash scripts/build-addon.sh --check      # only check: exit 1 when the built addon links libnode
+#   bash scripts/build-addon.sh --sanitize   # an AddressSanitizer + UBSan build into native/build/asan
+#                                            # (for `npm run test:asan`; the normal build is untouched)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+SRC=native
 ADDON=native/build/Release/torus_native.node
+if [ "${1-}" = "--sanitize" ]; then
+  # node-gyp builds in <dir>/build: a copy of the sources under the ignored
+  # native/build, so node-addon-api still resolves from the project.
+  SRC=native/build/asan
+  rm -rf "$SRC"
+  mkdir -p "$SRC"
+  cp -r native/binding.gyp native/src "$SRC/"
+  ADDON=$SRC/build/Release/torus_native.node
+  # Appended by the generated Makefile to binding.gyp's flags; every error is
+  # fatal, so a test run that hits one fails.
+  export CXXFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g"
+  export LDFLAGS="-fsanitize=address,undefined"
+fi
 
 die() {
   printf 'build-addon: error: %s\n' "$*" >&2
@@ -40,7 +56,7 @@ fi
 
 node_bin=$(command -v node) || die "node is not on PATH"
 node_home=$(dirname "$(dirname "$(readlink -f "$node_bin")")")
-args=(rebuild --directory native --silent)
+args=(rebuild --directory "$SRC" --silent)
 # The running node's own headers (.tools/node24/include/node for the
 # project's Node 24): no download, and never another version's.
 if [ -f "$node_home/include/node/node.h" ]; then

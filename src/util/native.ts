@@ -53,7 +53,23 @@ function projectRoot(): string | null {
   }
 }
 
+/**
+ * TORUS_NATIVE_ADDON names another build of the addon to load instead (the
+ * AddressSanitizer build of `npm run test:asan`). Asked for by name, it
+ * must load: a failure throws instead of falling back to JavaScript, so a
+ * sanitizer run can never pass without the addon it was meant to check.
+ */
+function loadNamed(file: string): NativeAddon {
+  const addon = createRequire(import.meta.url)(file) as Partial<NativeAddon>;
+  if (typeof addon.crc32c !== 'function' || typeof addon.crc32cPortable !== 'function' || typeof addon.crc32cVariant !== 'string') {
+    throw new Error(`TORUS_NATIVE_ADDON=${file} is not a torus_native addon`);
+  }
+  return addon as NativeAddon;
+}
+
 function load(): NativeAddon | null {
+  const named = process.env.TORUS_NATIVE_ADDON;
+  if (named !== undefined && named !== '') return loadNamed(named);
   const root = projectRoot();
   if (root === null) return null;
   const file = join(root, 'native', 'build', 'Release', 'torus_native.node');

@@ -1,0 +1,39 @@
+/**
+ * Which build of the native addon a process loads (src/util/native.ts): the
+ * default build, or the one TORUS_NATIVE_ADDON names (the sanitizer build of
+ * `npm run test:asan`), which must load or fail: a sanitizer run must never
+ * pass on the JavaScript fallback.
+ */
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { nativeAddon } from '../../src/util/native.js';
+
+const ROOT = path.resolve(import.meta.dirname, '../..');
+const DEFAULT_ADDON = path.join(ROOT, 'native/build/Release/torus_native.node');
+const NATIVE_JS = path.join(ROOT, 'dist/src/util/native.js');
+
+describe('native addon loading', () => {
+  it('this process uses the build TORUS_NATIVE_ADDON names, else the default build', () => {
+    const want = process.env.TORUS_NATIVE_ADDON || DEFAULT_ADDON;
+    expect(nativeAddon, `no addon loaded (is ${want} built? "npm run build")`).not.toBeNull();
+    expect(readFileSync('/proc/self/maps', 'utf8')).toContain(want);
+  });
+
+  it('a named build that cannot be loaded fails the process instead of falling back', () => {
+    const env = { ...process.env, TORUS_NATIVE_ADDON: path.join(ROOT, 'no-such-addon.node') };
+    delete env.LD_PRELOAD;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', `await import(${JSON.stringify(NATIVE_JS)});`], { env, encoding: 'utf8' });
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain('no-such-addon.node');
+  });
+
+  it('a named file that is not the addon is refused by name', () => {
+    const env = { ...process.env, TORUS_NATIVE_ADDON: path.join(ROOT, 'package.json') };
+    delete env.LD_PRELOAD;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', `await import(${JSON.stringify(NATIVE_JS)});`], { env, encoding: 'utf8' });
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain('is not a torus_native addon');
+  });
+});
