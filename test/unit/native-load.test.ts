@@ -14,6 +14,13 @@ const ROOT = path.resolve(import.meta.dirname, '../..');
 const DEFAULT_ADDON = path.join(ROOT, 'native/build/Release/torus_native.node');
 const NATIVE_JS = path.join(ROOT, 'dist/src/util/native.js');
 
+/** A fresh node importing native.js with TORUS_NATIVE_ADDON set to `file` (no sanitizer preload). */
+function importNativeWith(file: string) {
+  const env = { ...process.env, TORUS_NATIVE_ADDON: file };
+  delete env.LD_PRELOAD;
+  return spawnSync(process.execPath, ['--input-type=module', '-e', `await import(${JSON.stringify(NATIVE_JS)});`], { env, encoding: 'utf8' });
+}
+
 describe('native addon loading', () => {
   it('this process uses the build TORUS_NATIVE_ADDON names, else the default build', () => {
     const want = process.env.TORUS_NATIVE_ADDON || DEFAULT_ADDON;
@@ -22,17 +29,13 @@ describe('native addon loading', () => {
   });
 
   it('a named build that cannot be loaded fails the process instead of falling back', () => {
-    const env = { ...process.env, TORUS_NATIVE_ADDON: path.join(ROOT, 'no-such-addon.node') };
-    delete env.LD_PRELOAD;
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', `await import(${JSON.stringify(NATIVE_JS)});`], { env, encoding: 'utf8' });
+    const r = importNativeWith(path.join(ROOT, 'no-such-addon.node'));
     expect(r.status).not.toBe(0);
     expect(r.stderr).toContain('no-such-addon.node');
   });
 
   it('a named file that is not the addon is refused by name', () => {
-    const env = { ...process.env, TORUS_NATIVE_ADDON: path.join(ROOT, 'package.json') };
-    delete env.LD_PRELOAD;
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', `await import(${JSON.stringify(NATIVE_JS)});`], { env, encoding: 'utf8' });
+    const r = importNativeWith(path.join(ROOT, 'package.json'));
     expect(r.status).not.toBe(0);
     expect(r.stderr).toContain('is not a torus_native addon');
   });
