@@ -53,33 +53,28 @@ function projectRoot(): string | null {
   }
 }
 
-/**
- * TORUS_NATIVE_ADDON names another build of the addon to load instead (the
- * AddressSanitizer build of `npm run test:asan`). Asked for by name, it
- * must load: a failure throws instead of falling back to JavaScript, so a
- * sanitizer run can never pass without the addon it was meant to check.
- */
-function loadNamed(file: string): NativeAddon {
+/** Loads an addon file and checks it is torus_native; throws otherwise. */
+function requireAddon(file: string): NativeAddon {
   const addon = createRequire(import.meta.url)(file) as Partial<NativeAddon>;
   if (typeof addon.crc32c !== 'function' || typeof addon.crc32cPortable !== 'function' || typeof addon.crc32cVariant !== 'string') {
-    throw new Error(`TORUS_NATIVE_ADDON=${file} is not a torus_native addon`);
+    throw new Error(`${file} is not a torus_native addon`);
   }
   return addon as NativeAddon;
 }
 
 function load(): NativeAddon | null {
+  // TORUS_NATIVE_ADDON names another build to load instead (the sanitizer
+  // build of `npm run test:asan`). Asked for by name, it must load: a
+  // failure throws instead of falling back to JavaScript, so a sanitizer run
+  // can never pass without the addon it was meant to check.
   const named = process.env.TORUS_NATIVE_ADDON;
-  if (named !== undefined && named !== '') return loadNamed(named);
+  if (named !== undefined && named !== '') return requireAddon(named);
   const root = projectRoot();
   if (root === null) return null;
   const file = join(root, 'native', 'build', 'Release', 'torus_native.node');
   if (!existsSync(file)) return null;
   try {
-    const addon = createRequire(import.meta.url)(file) as Partial<NativeAddon>;
-    if (typeof addon.crc32c !== 'function' || typeof addon.crc32cPortable !== 'function' || typeof addon.crc32cVariant !== 'string') {
-      return null;
-    }
-    return addon as NativeAddon;
+    return requireAddon(file);
   } catch {
     // Built for another Node ABI or a broken build: the JS code is correct, only slower.
     return null;

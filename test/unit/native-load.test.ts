@@ -37,6 +37,6 @@ describe('native addon loading', () => {
   it('a named file that is not the addon is refused by name', () => {
     const r = importNativeWith(path.join(ROOT, 'package.json'));
     expect(r.status).not.toBe(0);
-    expect(r.stderr).toContain('is not a torus_native addon');
+    expect(r.stderr).toContain('package.json is not a torus_native addon');
   });
 });

@@ -93,12 +93,19 @@ export function freePageReporting() {
   }
 }
 
+const JOURNAL_PHRASE = new Map([
+  [true, ' with a journal'],
+  [false, ' without a journal'],
+  [null, ''],
+]);
+const REPORTING_PHRASE = new Map([
+  [true, 'free page reporting on'],
+  [false, 'no free page reporting'],
+  [null, 'free page reporting unknown'],
+]);
+
 /** One phrase for the machine line. */
 export function hostPhrase(dataFs, reporting) {
-  const fs =
-    dataFs === null
-      ? 'run folder on an unknown file system'
-      : `run folder on ${dataFs.type}${dataFs.type === 'ext4' ? (dataFs.journal === false ? ' without a journal' : dataFs.journal === true ? ' with a journal' : '') : ''} (${dataFs.device})`;
-  const pages = reporting === true ? 'free page reporting on' : reporting === false ? 'no free page reporting' : 'free page reporting unknown';
-  return `${fs}, ${pages}`;
+  const fs = dataFs === null ? 'run folder on an unknown file system' : `run folder on ${dataFs.type}${JOURNAL_PHRASE.get(dataFs.journal)} (${dataFs.device})`;
+  return `${fs}, ${REPORTING_PHRASE.get(reporting)}`;
 }
