@@ -23,8 +23,9 @@ uint32_t crc32c_portable(uint32_t crc, const uint8_t* data, size_t len);
 uint32_t crc32c_no_fold(uint32_t crc, const uint8_t* data, size_t len);
 
 // "vpclmulqdq" when buffers of 256 bytes and more are folded by carry-less
-// multiplication, "sse4.2" when the crc32 instruction does it all, "table"
-// otherwise.
+// multiplication (AVX-512), "vpclmulqdq-avx2" when buffers of 384 bytes and
+// more are (256-bit, no AVX-512), "sse4.2" when the crc32 instruction does
+// it all, "table" otherwise.
 const char* crc32c_variant();
 
 }  // namespace torus

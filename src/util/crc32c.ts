@@ -1,10 +1,10 @@
 /**
  * CRC-32C (Castagnoli), the checksum on every stored block. Uses the native
- * addon (carry-less folding with AVX-512 VPCLMULQDQ, the SSE4.2 crc32
- * instruction, or its C++ table code on other CPUs; TORUS_CRC32C=sse4.2
- * keeps to the crc32 instruction, TORUS_CRC32C=js to JavaScript) when
- * native/build/Release/torus_native.node is built, and a pure-JS
- * slicing-by-8 implementation otherwise. Loading the addon never logs: the
+ * addon (carry-less folding with VPCLMULQDQ on AVX-512 or else AVX2, the
+ * SSE4.2 crc32 instruction, or its C++ table code on other CPUs;
+ * TORUS_CRC32C=sse4.2 keeps to the crc32 instruction, TORUS_CRC32C=js to
+ * JavaScript) when native/build/Release/torus_native.node is built, and a
+ * pure-JS slicing-by-8 implementation otherwise. Loading the addon never logs: the
  * daemon reports crc32cImplementation() itself.
  *
  * Chaining: pass a previous result as `initial` to continue over more data,
@@ -90,7 +90,7 @@ export function crc32cImplementation(): 'native' | 'js' {
   return native === null ? 'js' : 'native';
 }
 
-/** For logs: `native (vpclmulqdq)`, `native (sse4.2)`, `native (table)` or `js (slicing-by-8)`. */
+/** For logs: `native (vpclmulqdq)`, `native (vpclmulqdq-avx2)`, `native (sse4.2)`, `native (table)` or `js (slicing-by-8)`. */
 export function crc32cDescription(): string {
   return native === null ? 'js (slicing-by-8)' : `native (${native.crc32cVariant})`;
 }

@@ -70,7 +70,7 @@ describe('crc32c', () => {
   it('uses the native addon when it is built', () => {
     requireNative();
     expect(crc32cImplementation()).toBe('native');
-    expect(crc32cDescription()).toMatch(/^native \((vpclmulqdq|sse4\.2|table)\)$/);
+    expect(crc32cDescription()).toMatch(/^native \((vpclmulqdq|vpclmulqdq-avx2|sse4\.2|table)\)$/);
   });
 
   for (const [implName, get] of IMPLS) {
@@ -97,11 +97,15 @@ describe('crc32c', () => {
     });
   }
 
-  it('folds by carry-less multiplication exactly when the CPU has AVX-512 and VPCLMULQDQ', () => {
+  it('folds by carry-less multiplication exactly when the CPU has VPCLMULQDQ, with AVX-512 or else AVX2', () => {
     requireNative();
     const flags = new Set((/^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? '').trim().split(/\s+/));
-    const folds = ['avx512f', 'avx512vl', 'vpclmulqdq', 'pclmulqdq', 'sse4_2'].every((f) => flags.has(f));
-    expect(crc32cDescription()).toBe(folds ? 'native (vpclmulqdq)' : flags.has('sse4_2') ? 'native (sse4.2)' : 'native (table)');
+    // TORUS_CRC32C=sse4.2 keeps to the crc32 instruction (to compare).
+    const folds = process.env.TORUS_CRC32C !== 'sse4.2';
+    const folds512 = folds && ['avx512f', 'avx512vl', 'vpclmulqdq', 'pclmulqdq', 'sse4_2'].every((f) => flags.has(f));
+    const folds256 = folds && ['avx2', 'vpclmulqdq', 'pclmulqdq', 'sse4_2'].every((f) => flags.has(f));
+    const want = folds512 ? 'vpclmulqdq' : folds256 ? 'vpclmulqdq-avx2' : flags.has('sse4_2') ? 'sse4.2' : 'table';
+    expect(crc32cDescription()).toBe(`native (${want})`);
   });
 
   it('agrees between native, native without folding, native table fallback and JS on random buffers, lengths and offsets', () => {
@@ -111,9 +115,10 @@ describe('crc32c', () => {
     const rand = rng(0xc0ffee);
     const pool = randomBytes(rand, 200_000);
     // Lengths around the native lane boundaries (3 x 256 and 3 x 8192), the
-    // folding steps (256 bytes to start, then 256, 64 and 16 at a time) and
-    // a 4 KiB page, plus random ones.
-    const lengths = [0, 1, 7, 8, 9, 15, 16, 17, 255, 256, 257, 271, 272, 319, 320, 335, 511, 512, 513, 767, 768, 769, 1000, 4095, 4096, 4097, 24_575, 24_576, 24_577, 49_152, 65_536];
+    // folding steps (512-bit: 256 bytes to start, then 256, 64 and 16 at a
+    // time; 256-bit: from 384 bytes, then 128, 32 and 16 at a time) and a
+    // 4 KiB page, plus random ones.
+    const lengths = [0, 1, 7, 8, 9, 15, 16, 17, 255, 256, 257, 271, 272, 319, 320, 335, 383, 384, 385, 399, 400, 415, 416, 431, 432, 511, 512, 513, 767, 768, 769, 1000, 4095, 4096, 4097, 24_575, 24_576, 24_577, 49_152, 65_536];
     for (let i = 0; i < 300; i++) lengths.push(Math.floor(rand() * (i < 250 ? 4096 : 150_000)));
     for (const len of lengths) {
       const offset = Math.floor(rand() * 16);
@@ -125,6 +130,24 @@ describe('crc32c', () => {
       const plain = noFold(view, initial);
       if (js !== nat || js !== tab || js !== plain) {
         throw new Error(`mismatch len=${len} offset=${offset} initial=${initial}: js=${js} native=${nat} no fold=${plain} table=${tab}`);
+      }
+    }
+  });
+
+  it('agrees between native and the table fallback on every length to 9000, misaligned and in two chained calls', () => {
+    const native = requireNative();
+    const portable = requireNativePortable();
+    const rand = rng(0xfeed);
+    const pool = randomBytes(rand, 9000 + 64);
+    for (let len = 0; len <= 9000; len++) {
+      const offset = len % 61;
+      const view = pool.subarray(offset, offset + len);
+      const initial = len & 1 ? Math.floor(rand() * 2 ** 32) : 0;
+      const want = portable(view, initial);
+      const cut = Math.floor(rand() * (len + 1));
+      const chained = native(view.subarray(cut), native(view.subarray(0, cut), initial));
+      if (native(view, initial) !== want || chained !== want) {
+        throw new Error(`mismatch len=${len} offset=${offset} initial=${initial} cut=${cut}: table=${want} native=${native(view, initial)} chained=${chained}`);
       }
     }
   });
