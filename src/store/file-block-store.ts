@@ -15,7 +15,7 @@ import { VERSION as RELEASE } from '../version.js';
 import { blockFileBytes, decodeHeader, encodeHeader, headerBytes, newCrcTable, PAGE_BYTES, pageCount, tableDigest, type BlockHeader } from './block-file.js';
 import type { StoreUsage } from './block-store.js';
 import { DirtyLog } from './dirty-log.js';
-import { closeFd, COLD_WRITE_PIECE_BYTES, fdatasync, fsyncDir, ftruncate, openFd, preadCached, preadFull, pwriteCached, pwriteFull, syncFileSystem, writeFileDurably } from './fs-async.js';
+import { closeFd, COLD_WRITE_PIECE_BYTES, fdatasync, fsyncDir, ftruncate, openFd, openNoAtime, preadCached, preadFull, pwriteCached, pwriteFull, syncFileSystem, writeFileDurably } from './fs-async.js';
 import type { LocalBlockStore } from './local-store.js';
 import { RefIndex } from './ref-index.js';
 import { loadSuspects, saveSuspects } from './suspect-file.js';
@@ -1167,13 +1167,13 @@ export class FileBlockStore implements LocalBlockStore {
   /** Opens a block file; on EMFILE closes idle files, lowers fdMax, and tries once more. */
   private async openWithRoom(file: string, flags: number): Promise<number> {
     try {
-      return await openFd(file, flags);
+      return await openNoAtime(file, flags);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EMFILE' || this.fdLru.size < 2) throw err;
       this.fdMax = Math.max(16, Math.floor(this.fdLru.size / 2));
       this.log.warn({ fdMax: this.fdMax }, 'too many open files; keeping fewer block files open');
       this.evictFds(this.fdMax);
-      return openFd(file, flags);
+      return openNoAtime(file, flags);
     }
   }
 
@@ -1243,7 +1243,7 @@ export class FileBlockStore implements LocalBlockStore {
   /** Reads a block's header into its entry (state, version, digest); false if it cannot be decoded. */
   private async loadHeader(e: Entry): Promise<boolean> {
     const h = Buffer.alloc(this.hdrBytes);
-    const fd = await openFd(e.file, fs.constants.O_RDONLY);
+    const fd = await openNoAtime(e.file, fs.constants.O_RDONLY);
     try {
       await preadFull(fd, h, 0, h.length, 0);
     } finally {

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, readdir, readFile, rm, appendFile, open as fopen, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, readlink, rm, appendFile, open as fopen, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -290,6 +290,23 @@ describe('FileBlockStore', () => {
     const s2 = await open({ crcTablesMax: 4 });
     for (const i of [3, 12]) expect((await s2.read(refs[i]!, 0, BS)).equals(data[i]!), `block ${i} after a restart`).toBe(true);
     await s2.close();
+  });
+
+  it('keeps block files open without access-time updates (O_NOATIME)', async () => {
+    const s = await open();
+    const r = blockRef(1, 1, 5);
+    await s.write(r, 0, randomBytes(8192), V, { fua: false });
+    await s.read(r, 0, 4096);
+    const blocks = path.join(dir, 'blocks');
+    const held: number[] = [];
+    for (const name of await readdir('/proc/self/fd')) {
+      const target = await readlink(`/proc/self/fd/${name}`).catch(() => '');
+      if (target.startsWith(blocks + path.sep)) held.push(Number(name));
+    }
+    expect(held.length).toBe(1);
+    const flags = /^flags:\s+([0-7]+)$/m.exec(await readFile(`/proc/self/fdinfo/${held[0]}`, 'utf8'));
+    expect(parseInt(flags![1]!, 8) & 0o1000000).toBe(0o1000000); // O_NOATIME on x86-64
+    await s.close();
   });
 
   it('refuses a write beyond the cap with TORUS_ERR_STORE_NO_SPACE and keeps earlier data', async () => {

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { recordFileWrites } from '../helpers/file-writes.js';
-import { COLD_WRITE_PIECE_BYTES, NOWAIT_READ_BYTES_MAX, pieceEnd, preadCached, pwriteCached, pwriteFull, slowWriteBacksOff, SYNC_WRITE_BYTES_MAX, syncWriteSlowMs } from '../../src/store/fs-async.js';
+import { COLD_WRITE_PIECE_BYTES, NOWAIT_READ_BYTES_MAX, openFd, openNoAtime, pieceEnd, preadCached, pwriteCached, pwriteFull, slowWriteBacksOff, SYNC_WRITE_BYTES_MAX, syncWriteSlowMs } from '../../src/store/fs-async.js';
 import { nativeAddon } from '../../src/util/native.js';
 
 const MiB = 1024 * 1024;
@@ -170,4 +170,39 @@ describe('fs-async', () => {
     if (wrote !== null) await wrote;
     expect(calls).toEqual([[MiB, 4096]]);
   });
+
+  it('openNoAtime: opens without access-time updates, falls back to a plain open on EPERM only', async () => {
+    const file = path.join(dir, 'noatime');
+    fs.writeFileSync(file, 'x');
+    const got = await openNoAtime(file, fs.constants.O_RDWR);
+    try {
+      expect(openFlags(got) & fs.constants.O_NOATIME).toBe(fs.constants.O_NOATIME);
+      expect(openFlags(got) & 0o3).toBe(fs.constants.O_RDWR); // the access mode bits
+    } finally {
+      fs.closeSync(got);
+    }
+    // Not the file's owner: the kernel refuses O_NOATIME with EPERM.
+    const asked: number[] = [];
+    const notOwner = (p: string, flags: number) => {
+      asked.push(flags);
+      if (flags & fs.constants.O_NOATIME) return Promise.reject(Object.assign(new Error('EPERM'), { code: 'EPERM' }));
+      return openFd(p, flags);
+    };
+    const plain = await openNoAtime(file, fs.constants.O_RDONLY, notOwner);
+    try {
+      expect(asked).toEqual([fs.constants.O_RDONLY | fs.constants.O_NOATIME, fs.constants.O_RDONLY]);
+      expect(openFlags(plain) & fs.constants.O_NOATIME).toBe(0);
+    } finally {
+      fs.closeSync(plain);
+    }
+    // Any other failure is the caller's, not retried.
+    await expect(openNoAtime(path.join(dir, 'missing'), fs.constants.O_RDWR)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
 });
+
+/** The flags an fd was opened with, as the kernel reports them (octal in /proc/self/fdinfo). */
+function openFlags(fd: number): number {
+  const m = /^flags:\s+([0-7]+)$/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+  if (m === null) throw new Error(`no flags line in /proc/self/fdinfo/${fd}`);
+  return parseInt(m[1]!, 8);
+}
