@@ -144,8 +144,10 @@ export function rssLines(rss, targets, limitBytes = RSS_MAX_BYTES) {
     if (t.startsWith('torusd')) {
       const verdicts = rssVerdicts({ targets: { [t]: r } }, limitBytes);
       const over = verdicts.filter((v) => !v.met);
-      const perPeer = procs.map(([label, p]) => `${label} ${mib(p.peakBytes)} (VmHWM ${mib(p.hwmBytes)}${p.peakPhase ? `; in ${p.peakPhase}` : ''})`).join(', ');
-      line += procs.length > 1 ? ` summed over peers; per peer: ${perPeer}` : ` (VmHWM ${mib(r.hwmSumBytes)}${r.peakPhase ? `; in ${r.peakPhase}` : ''})`;
+      // What of a peak was mapped from files (node's binary, mostly) and what was the process's own.
+      const split = (p) => (p.peakFileBytes === undefined ? '' : `; ${mib(p.peakFileBytes)} from files, ${mib(p.peakAnonBytes)} anonymous`);
+      const perPeer = procs.map(([label, p]) => `${label} ${mib(p.peakBytes)} (VmHWM ${mib(p.hwmBytes)}${p.peakPhase ? `; in ${p.peakPhase}` : ''}${split(p)})`).join(', ');
+      line += procs.length > 1 ? ` summed over peers; per peer: ${perPeer}` : ` (VmHWM ${mib(r.hwmSumBytes)}${r.peakPhase ? `; in ${r.peakPhase}` : ''}${procs.length === 1 ? split(procs[0][1]) : ''})`;
       line += over.length === 0 ? `; every torusd ≤ ${mib(limitBytes)}: meets` : `; OVER the ${mib(limitBytes)} target: ${over.map((v) => v.process).join(', ')}`;
     } else if (procs.length > 1) {
       line += ` (${procs.length} processes over the run, summed while alive)`;

@@ -23,7 +23,9 @@ function statusKib(pid) {
     const m = new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(text);
     return m ? Number(m[1]) : 0;
   };
-  return { rss: kib('VmRSS'), hwm: kib('VmHWM') };
+  // VmRSS is the sum of these three: what is mapped from files (node's own
+  // binary, mostly), anonymous memory (heaps, stacks), and shared memory.
+  return { rss: kib('VmRSS'), hwm: kib('VmHWM'), anon: kib('RssAnon'), file: kib('RssFile') + kib('RssShmem') };
 }
 
 /** pid -> ppid for every process on the machine. */
@@ -73,7 +75,7 @@ export class RssSampler {
   #phase = 'setup';
   /** target -> { peakKib, peakAt, phase peaks } */
   #targets = new Map();
-  /** label -> { target, pid, peakRssKib, peakPhase, hwmKib } */
+  /** label -> { target, pid, peakRssKib, peakPhase, hwmKib, and at that peak: peakAnonKib, peakFileKib } */
   #perProcess = new Map();
 
   constructor({ intervalMs = 200 } = {}) {
@@ -83,7 +85,7 @@ export class RssSampler {
   /** Counts pid (and whatever it spawns) under target from now on, as `label` (unique per process). */
   track(target, label, pid) {
     this.#procs.set(label, { target, pid });
-    if (!this.#perProcess.has(label)) this.#perProcess.set(label, { target, pid, peakRssKib: 0, peakPhase: null, hwmKib: 0 });
+    if (!this.#perProcess.has(label)) this.#perProcess.set(label, { target, pid, peakRssKib: 0, peakPhase: null, hwmKib: 0, peakAnonKib: 0, peakFileKib: 0 });
     this.#perProcess.get(label).pid = pid;
     this.#descendantsAt = 0;
   }
@@ -115,18 +117,24 @@ export class RssSampler {
       let rss = 0;
       let seen = false;
       let hwm = 0;
+      let anon = 0;
+      let file = 0;
       for (const p of [pid, ...(this.#descendants.get(pid) ?? [])]) {
         const s = statusKib(p);
         if (s === null) continue;
         seen = true;
         rss += s.rss;
         hwm += s.hwm;
+        anon += s.anon;
+        file += s.file;
       }
       if (!seen) continue;
       const pp = this.#perProcess.get(label);
       if (rss > pp.peakRssKib) {
         pp.peakRssKib = rss;
         pp.peakPhase = this.#phase;
+        pp.peakAnonKib = anon;
+        pp.peakFileKib = file;
       }
       // VmHWM only grows while the process lives; the last reading is its peak so far.
       pp.hwmKib = Math.max(pp.hwmKib, hwm);
@@ -150,7 +158,8 @@ export class RssSampler {
   /**
    * Per target: peakBytes (peak of the sampled sum), hwmSumBytes (sum of
    * each process's VmHWM: an upper bound, exact for one process), per phase
-   * peaks, and the processes.
+   * peaks, and the processes (each with its sampled peak split into what
+   * was mapped from files and what was anonymous at that moment).
    */
   report() {
     const out = {};
@@ -161,7 +170,9 @@ export class RssSampler {
         peakPhase: t.peakPhase,
         hwmSumBytes: procs.reduce((n, [, p]) => n + p.hwmKib * 1024, 0),
         phasePeakBytes: Object.fromEntries(Object.entries(t.phases).map(([k, v]) => [k, v * 1024])),
-        processes: Object.fromEntries(procs.map(([label, p]) => [label, { peakBytes: p.peakRssKib * 1024, peakPhase: p.peakPhase, hwmBytes: p.hwmKib * 1024 }])),
+        processes: Object.fromEntries(
+          procs.map(([label, p]) => [label, { peakBytes: p.peakRssKib * 1024, peakPhase: p.peakPhase, hwmBytes: p.hwmKib * 1024, peakAnonBytes: p.peakAnonKib * 1024, peakFileBytes: p.peakFileKib * 1024 }]),
+        ),
       };
     }
     return { intervalMs: this.intervalMs, targets: out };
