@@ -198,7 +198,8 @@ TORUS_FOLD inline __m128i fold_128(__m128i acc, __m128i k, __m128i data) {
   return _mm_ternarylogic_epi64(lo, hi, data, 0x96);
 }
 
-TORUS_FOLD inline __m128i constants_128(const FoldConstants& f) {
+// SSE2 only (every x86-64): shared by both fold widths.
+inline __m128i constants_128(const FoldConstants& f) {
   return _mm_set_epi64x(static_cast<long long>(f.high), static_cast<long long>(f.low));
 }
 
@@ -278,11 +279,7 @@ TORUS_FOLD256 inline __m128i fold_128_avx2(__m128i acc, __m128i k, __m128i data)
   return _mm_xor_si128(_mm_xor_si128(lo, hi), data);
 }
 
-TORUS_FOLD256 inline __m128i constants_128_avx2(const FoldConstants& f) {
-  return _mm_set_epi64x(static_cast<long long>(f.high), static_cast<long long>(f.low));
-}
-
-TORUS_FOLD256 inline __m256i constants_256(const FoldConstants& f) { return _mm256_broadcastsi128_si256(constants_128_avx2(f)); }
+TORUS_FOLD256 inline __m256i constants_256(const FoldConstants& f) { return _mm256_broadcastsi128_si256(constants_128(f)); }
 
 TORUS_FOLD256 inline __m256i load_256(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
@@ -313,7 +310,7 @@ TORUS_FOLD256 uint32_t crc_fold256(uint32_t reg, const uint8_t* p, size_t len) {
     p += 32;
     len -= 32;
   }
-  const __m128i k128 = constants_128_avx2(g_fold_128);
+  const __m128i k128 = constants_128(g_fold_128);
   __m128i x = fold_128_avx2(_mm256_castsi256_si128(a3), k128, _mm256_extracti128_si256(a3, 1));
   if (len >= 16) {
     x = fold_128_avx2(x, k128, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));

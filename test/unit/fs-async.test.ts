@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { openFlags } from '../helpers/fd-flags.js';
 import { recordFileWrites } from '../helpers/file-writes.js';
 import { COLD_WRITE_PIECE_BYTES, NOWAIT_READ_BYTES_MAX, openFd, openNoAtime, pieceEnd, preadCached, pwriteCached, pwriteFull, slowWriteBacksOff, SYNC_WRITE_BYTES_MAX, syncWriteSlowMs } from '../../src/store/fs-async.js';
 import { nativeAddon } from '../../src/util/native.js';
@@ -200,9 +201,3 @@ describe('fs-async', () => {
   });
 });
 
-/** The flags an fd was opened with, as the kernel reports them (octal in /proc/self/fdinfo). */
-function openFlags(fd: number): number {
-  const m = /^flags:\s+([0-7]+)$/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
-  if (m === null) throw new Error(`no flags line in /proc/self/fdinfo/${fd}`);
-  return parseInt(m[1]!, 8);
-}
