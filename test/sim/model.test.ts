@@ -90,6 +90,18 @@ describe('VolumeModel', () => {
     expect(m.lostAcked(2)).toBe(false);
   });
 
+  it("a lost writer's change widens back to every value possible before it, past a change that may never have landed", () => {
+    const m = new VolumeModel('v', 1, 3);
+    m.uncertain(at(1, 1), 0, 3); // refused (a lost lock): it may or may not have landed
+    expect(m.observe(1, 1).ok).toBe(true); // sector 1 was seen with it: it landed there
+    m.acked(at(2, 3, 2), 0, 3); // then a writer at level one acknowledges a change, unflushed
+    m.writerLost(3); // and is paused and taken over
+    expect(m.allowed(0).map((c) => c.value)).toEqual([0, 1, 2]); // seed 4470 read zeroes here
+    expect(m.allowed(1).map((c) => c.value)).toEqual([1, 2]); // never before what a read saw
+    expect(m.observe(0, 0).ok).toBe(true);
+    expect(m.observe(1, 0).ok).toBe(false);
+  });
+
   it('a flush makes durable only what its own handle completed before it was issued', () => {
     const m = new VolumeModel('v', 1, 2);
     m.acked(at(1, 1, 1), 0, 1);

@@ -52,6 +52,11 @@ class SectorTrack {
    * entry), in order: what a crash may widen the candidates back to.
    */
   timeline: Candidate[] = [INITIAL];
+  /**
+   * For each acknowledged change on this sector: the first candidate that
+   * was possible just before it (what writerLost may widen back to).
+   */
+  readonly before = new WeakMap<Candidate, Candidate>();
 }
 
 export type Observation = { ok: true } | { ok: false; why: string };
@@ -86,6 +91,7 @@ export class VolumeModel {
     if (mine === undefined) this.byHandle.set(c.handle, (mine = new Set()));
     for (let s = first; s < first + count; s++) {
       const t = this.track(s);
+      t.before.set(cand, t.cands[0]!);
       t.cands = [cand];
       this.append(s, t, cand);
       mine.add(s);
@@ -221,7 +227,15 @@ export class VolumeModel {
       if (first < 0) continue;
       const firstNow = t.timeline.indexOf(t.cands[0]!);
       assert(firstNow >= 0, 'the candidates start on the sector\'s timeline');
-      t.cands = t.timeline.slice(Math.min(first - 1, firstNow));
+      // Back to what the sector could read as just before that change: not
+      // only the entry before it, which may be a change whose outcome is
+      // unknown (failed, never landed) with older values still possible
+      // (seed 4470: a write refused for a lost lock, then one acknowledged
+      // by a writer paused and taken over; the read found the zeroes from
+      // before both). An entry from before the durable base is the base.
+      const start = Math.max(0, t.timeline.indexOf(t.before.get(t.timeline[first]!) ?? INITIAL));
+      assert(start < first, 'what a sector could read before a change precedes it');
+      t.cands = t.timeline.slice(Math.min(start, firstNow));
       this.lostBy.add(handle);
     }
   }
