@@ -578,6 +578,9 @@ export class ClusterNode {
       if (this.deps.peerRecord) await s.putPeer(this.record());
       await this.ack();
       await this.volumes.relock();
+      // A lock call whose answer was lost may have left a lock no one here
+      // holds, keeping every other process out of its volume.
+      await s.reclaimUnansweredLocks();
     } catch (err) {
       rethrowAssertion(err);
       this.log.warn({ err }, 'heartbeat to etcd failed');

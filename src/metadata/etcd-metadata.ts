@@ -87,6 +87,11 @@ export interface EtcdMetadataOptions {
   /** Bound on every etcd call, retries across endpoints included. Default 5000 ms. */
   readonly callTimeoutMs?: number;
   readonly clock?: Clock;
+  /**
+   * Wraps every call to etcd (its op name and the call); tests inject
+   * faults with it, such as an answer lost after etcd applied the call.
+   */
+  readonly wrapCall?: <T>(op: string, call: () => Promise<T>) => Promise<T>;
 }
 
 export const DEFAULT_CALL_TIMEOUT_MS = 5_000;
@@ -129,8 +134,10 @@ export class EtcdMetadata implements MetadataService {
   private readonly sessions = new Set<EtcdSession>();
   private readonly watches = new Set<ResilientWatch>();
   private closed = false;
+  private readonly wrapCall: EtcdMetadataOptions['wrapCall'];
 
   constructor(opts: EtcdMetadataOptions) {
+    this.wrapCall = opts.wrapCall;
     if (opts.endpoints.length === 0) throw new TorusError('TORUS_ERR_ARG_INVALID', 'no etcd endpoint given');
     const timeoutMs = opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
     if (!(Number.isFinite(timeoutMs) && timeoutMs >= 100)) throw new TorusError('TORUS_ERR_ARG_INVALID', `etcd call timeout ${timeoutMs} ms is below 100 ms`);
@@ -171,7 +178,8 @@ export class EtcdMetadata implements MetadataService {
 
   private call<T>(op: string, fn: () => Promise<T>): Promise<T> {
     if (this.closed) return Promise.reject(new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd client for ${this.ctx.endpoints} is closed (${op})`));
-    return withEtcd(this.ctx, op, fn);
+    const wrap = this.wrapCall;
+    return wrap === undefined ? withEtcd(this.ctx, op, fn) : wrap(op, () => withEtcd(this.ctx, op, fn));
   }
 
   private async getKv(key: string): Promise<Kv | null> {

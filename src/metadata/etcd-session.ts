@@ -7,6 +7,7 @@ import { assert } from '../util/assert.js';
 import type { PeerRecord, RingAck, VolumeLockRecord, VolumeRecord } from '../model/records.js';
 import type { Clock } from '../util/clock.js';
 import { toTorusError } from './etcd-errors.js';
+import { UnansweredLocks } from './unanswered-locks.js';
 import { KEYS, peerKey, ringAckKey, volumeFenceKey, volumeKey, volumeLockKey, volumeMaintKey, volumeReaderKey, volumeReadersPrefix, volumeReleasedKey } from './keys.js';
 import type { MetadataSession, SessionEvent, VolumeLock, VolumeReaderLock } from './metadata-service.js';
 import { decodeCounter, decodeVolumeLockRecord, decodeVolumeRecord, encodeRecord } from './record-codec.js';
@@ -78,6 +79,7 @@ export class EtcdSession implements MetadataSession {
   private state: SessionState = 'healthy';
   private deadline: number;
   private watchdog: { cancel(): void } | undefined;
+  private readonly unanswered: UnansweredLocks;
 
   private constructor(deps: EtcdSessionDeps, lease: Lease | ResumedLease, id: string, deadline: number) {
     this.deps = deps;
@@ -85,6 +87,7 @@ export class EtcdSession implements MetadataSession {
     this.id = id;
     this.log = deps.logger.child({ session: id });
     this.deadline = deadline;
+    this.unanswered = new UnansweredLocks(deps.clock);
     lease.on('keepaliveFired', () => {
       if (this.pendingKeepalives.length < PENDING_KEEPALIVES_MAX) this.pendingKeepalives.push(deps.clock.monotonic());
     });
@@ -235,6 +238,7 @@ export class EtcdSession implements MetadataSession {
     validateVolumeName(name);
     validateHolder(holder);
     this.assertUsable(`lock volume ${name}`);
+    await this.reclaimQuietly();
     const { ns, prefix } = this.deps;
     for (let attempt = 0; attempt < LOCK_ATTEMPTS_MAX; attempt++) {
       const { vKey, volumeRevision, volume, fenceKey, fenceRevision, fence } = await this.volumeAndFence(name);
@@ -246,18 +250,21 @@ export class EtcdSession implements MetadataSession {
       // lock. A maintenance lock does not block a writer: the newer token
       // fences the maintainer off.
       const readers = volumeReadersPrefix(volume.id);
+      const value = encodeRecord(record);
       // Readers exclude a writer: no reader key may exist when the lock is taken.
-      const res = await this.leased(`lock volume ${name}`, () =>
-        andNoKeyUnder(ns.if(vKey, 'Mod', '==', volumeRevision).and(lockKey, 'Create', '==', 0).and(fenceKey, 'Mod', '==', fenceRevision).and(releasedKey, 'Mod', '==', releasedRevision), readers)
-          .then(ns.put(lockKey).value(encodeRecord(record)).lease(this.id), ns.put(fenceKey).value(String(token)))
-          .else(ns.get(lockKey), ns.getAll().prefix(readers).limit(READERS_SHOWN_MAX))
-          .commit(),
+      const res = await this.unlessUnanswered(lockKey, value, () =>
+        this.leased(`lock volume ${name}`, () =>
+          andNoKeyUnder(ns.if(vKey, 'Mod', '==', volumeRevision).and(lockKey, 'Create', '==', 0).and(fenceKey, 'Mod', '==', fenceRevision).and(releasedKey, 'Mod', '==', releasedRevision), readers)
+            .then(ns.put(lockKey).value(value).lease(this.id), ns.put(fenceKey).value(String(token)))
+            .else(ns.get(lockKey), ns.getAll().prefix(readers).limit(READERS_SHOWN_MAX))
+            .commit(),
+        ),
       );
-      if (res.succeeded) {
+      const held = res.succeeded ? undefined : res.responses[0]?.response_range.kvs[0];
+      if (res.succeeded || this.isThisAttempt(held, value)) {
         this.log.info({ volume: name, volumeId: volume.id, token, previousReleased: released === fence }, 'volume locked');
         return new EtcdVolumeLock(this.deps, this.id, volume, record, lockKey, released === fence);
       }
-      const held = res.responses[0]?.response_range.kvs[0];
       if (held !== undefined) throw volumeInUseError(name, decodeVolumeLockRecord(prefix + lockKey, held.value.toString('utf8')));
       const readerKvs = res.responses[1]?.response_range.kvs ?? [];
       if (readerKvs.length > 0) {
@@ -273,6 +280,7 @@ export class EtcdSession implements MetadataSession {
     validateVolumeName(name);
     validateHolder(holder);
     this.assertUsable(`lock volume ${name} for reading`);
+    await this.reclaimQuietly();
     const { ns, prefix } = this.deps;
     for (let attempt = 0; attempt < LOCK_ATTEMPTS_MAX; attempt++) {
       const { vKey, volumeRevision, volume, fence } = await this.volumeAndFence(name);
@@ -281,13 +289,11 @@ export class EtcdSession implements MetadataSession {
       const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token: fence, acquiredAt: new Date(this.deps.clock.now()).toISOString(), kind: 'reader' };
       // The volume must still be this record (not deleted and re-created
       // under the name) and no writer may hold it.
-      const res = await this.leased(`lock volume ${name} for reading`, () =>
-        ns
-          .if(vKey, 'Mod', '==', volumeRevision)
-          .and(lockKey, 'Create', '==', 0)
-          .then(ns.put(readerKey).value(encodeRecord(record)).lease(this.id))
-          .else(ns.get(lockKey))
-          .commit(),
+      const value = encodeRecord(record);
+      const res = await this.unlessUnanswered(readerKey, value, () =>
+        this.leased(`lock volume ${name} for reading`, () =>
+          ns.if(vKey, 'Mod', '==', volumeRevision).and(lockKey, 'Create', '==', 0).then(ns.put(readerKey).value(value).lease(this.id)).else(ns.get(lockKey)).commit(),
+        ),
       );
       if (res.succeeded) {
         this.log.info({ volume: name, volumeId: volume.id }, 'volume locked for reading');
@@ -304,6 +310,7 @@ export class EtcdSession implements MetadataSession {
     validateVolumeId(volumeId);
     validateHolder(holder);
     this.assertUsable(`lock volume ${volumeId} for maintenance`);
+    await this.reclaimQuietly();
     const { ns, call, prefix } = this.deps;
     const lockKey = volumeLockKey(volumeId);
     const maintKey = volumeMaintKey(volumeId);
@@ -325,18 +332,21 @@ export class EtcdSession implements MetadataSession {
       const { releasedKey, releasedRevision, released } = await this.released(volumeId);
       const token = fence + 1;
       const record: VolumeLockRecord = { schema: 1, volumeId, holder, token, acquiredAt: new Date(this.deps.clock.now()).toISOString(), kind: 'maintainer' };
-      const res = await this.leased(`lock volume ${volume.name} for maintenance`, () =>
-        ns
-          .if(found.key, 'Mod', '==', found.modRevision)
-          .and(lockKey, 'Create', '==', 0)
-          .and(maintKey, 'Create', '==', 0)
-          .and(fenceKey, 'Mod', '==', fKv ? fKv.mod_revision : 0)
-          .and(releasedKey, 'Mod', '==', releasedRevision)
-          .then(ns.put(maintKey).value(encodeRecord(record)).lease(this.id), ns.put(fenceKey).value(String(token)))
-          .else(ns.get(lockKey), ns.get(maintKey))
-          .commit(),
+      const value = encodeRecord(record);
+      const res = await this.unlessUnanswered(maintKey, value, () =>
+        this.leased(`lock volume ${volume.name} for maintenance`, () =>
+          ns
+            .if(found.key, 'Mod', '==', found.modRevision)
+            .and(lockKey, 'Create', '==', 0)
+            .and(maintKey, 'Create', '==', 0)
+            .and(fenceKey, 'Mod', '==', fKv ? fKv.mod_revision : 0)
+            .and(releasedKey, 'Mod', '==', releasedRevision)
+            .then(ns.put(maintKey).value(value).lease(this.id), ns.put(fenceKey).value(String(token)))
+            .else(ns.get(lockKey), ns.get(maintKey))
+            .commit(),
+        ),
       );
-      if (res.succeeded) {
+      if (res.succeeded || this.isThisAttempt(res.responses[1]?.response_range.kvs[0], value)) {
         this.log.info({ volume: volume.name, volumeId, token, previousReleased: released === fence }, 'volume locked for maintenance');
         return new EtcdVolumeLock(this.deps, this.id, volume, record, maintKey, released === fence);
       }
@@ -346,6 +356,59 @@ export class EtcdSession implements MetadataSession {
       }
     }
     throw new TorusError('TORUS_ERR_CLUSTER_CONFLICT', `lock volume ${volumeId} for maintenance lost ${LOCK_ATTEMPTS_MAX} races with concurrent changes; retry`);
+  }
+
+  /**
+   * Runs a lock transaction; when it throws (no answer: it may have taken
+   * effect), remembers what it wrote so that a later reclaim lets go of it.
+   */
+  private async unlessUnanswered<T>(key: string, value: string, txn: () => Promise<T>): Promise<T> {
+    try {
+      return await txn();
+    } catch (err) {
+      this.unanswered.add(key, value);
+      throw err;
+    }
+  }
+
+  /**
+   * Whether the key a lock transaction found in its way holds exactly what
+   * this attempt writes, under this lease: the client sent the transaction
+   * again after an answer was lost (etcd3 retries on the next endpoint) and
+   * the first one took effect. The lock is then this attempt's.
+   */
+  private isThisAttempt(held: { lease: string | number; value: Buffer } | undefined, value: string): boolean {
+    return held !== undefined && String(held.lease) === this.id && held.value.toString('utf8') === value;
+  }
+
+  async reclaimUnansweredLocks(): Promise<number> {
+    if (this.state === 'lost' || this.state === 'closed') {
+      this.unanswered.clear();
+      return 0;
+    }
+    const { ns, call, prefix } = this.deps;
+    let released = 0;
+    for (const lock of this.unanswered.list()) {
+      const res = await call(`let go of unanswered lock ${prefix}${lock.key}`, () =>
+        ns.if(lock.key, 'Lease', '==', this.id).and(lock.key, 'Value', '==', lock.value).then(ns.delete().key(lock.key)).commit(),
+      );
+      this.unanswered.settle(lock, res.succeeded);
+      if (res.succeeded) {
+        released++;
+        this.log.warn({ key: prefix + lock.key }, 'let go of a lock taken by a call whose answer was lost');
+      }
+    }
+    return released;
+  }
+
+  /** reclaimUnansweredLocks before a lock call: a failure leaves the entries for the next try. */
+  private async reclaimQuietly(): Promise<void> {
+    if (this.unanswered.size === 0) return;
+    try {
+      await this.reclaimUnansweredLocks();
+    } catch (err) {
+      this.log.debug({ err }, 'could not look for locks taken by unanswered calls yet');
+    }
   }
 
   async ackRing(ack: { readonly peer: string | null; readonly kind: 'peer' | 'client'; readonly ringVersion: number; readonly fenceRevision: number }): Promise<void> {

@@ -37,6 +37,7 @@ import {
   volumeReadersPrefix,
 } from './keys.js';
 import { MemoryEtcd, type KvEvent, type KvOp } from './memory-etcd.js';
+import { UnansweredLocks } from './unanswered-locks.js';
 import type { MetadataService, MetadataSession, SessionEvent, VolumeLock, VolumeReaderLock } from './metadata-service.js';
 import {
   decodeClusterConfig,
@@ -879,6 +880,7 @@ class MemorySession implements MetadataSession {
   private timer: { cancel(): void } | undefined;
   private readonly intervalMs: number;
   private readonly unsubscribe: () => void;
+  private readonly unanswered: UnansweredLocks;
 
   constructor(
     private readonly md: MemoryMetadata,
@@ -890,6 +892,7 @@ class MemorySession implements MetadataSession {
   ) {
     this.id = leaseId;
     this.deadline = grantedAt + ttlMs;
+    this.unanswered = new UnansweredLocks(clock);
     // Same cadence as the etcd3 client: a third of the TTL.
     this.intervalMs = Math.max(1, Math.floor(ttlMs / 3));
     this.unsubscribe = md.server.onLeaseGone(leaseId, (why) => this.markLost(why));
@@ -974,22 +977,80 @@ class MemorySession implements MetadataSession {
   async lockVolume(name: string, holder: string): Promise<VolumeLock> {
     validateVolumeName(name);
     validateHolder(holder);
-    const { volume, record, previousReleased } = await this.leased(`lock volume ${name}`, () => this.md.tryLock(name, holder, this.id));
+    await this.reclaimQuietly();
+    const { volume, record, previousReleased } = await this.unlessUnanswered(`lock volume ${name}`, () => {
+      const got = this.md.tryLock(name, holder, this.id);
+      return { got, key: volumeLockKey(got.volume.id), value: encodeRecord(got.record) };
+    });
     return new MemoryVolumeLock(this.md, this.id, volume, record, volumeLockKey(volume.id), previousReleased);
   }
 
   async lockVolumeForReading(name: string, holder: string): Promise<VolumeReaderLock> {
     validateVolumeName(name);
     validateHolder(holder);
-    const { volume, key } = await this.leased(`lock volume ${name} for reading`, () => this.md.tryLockForReading(name, holder, this.id));
+    await this.reclaimQuietly();
+    const { volume, key } = await this.unlessUnanswered(`lock volume ${name} for reading`, () => {
+      const got = this.md.tryLockForReading(name, holder, this.id);
+      return { got, key: got.key, value: this.md.server.get(got.key)!.value };
+    });
     return new MemoryVolumeReaderLock(this.md, this.id, volume, holder, key);
   }
 
   async lockVolumeForMaintenance(volumeId: number, holder: string): Promise<VolumeLock> {
     validateVolumeId(volumeId);
     validateHolder(holder);
-    const { volume, record, previousReleased } = await this.leased(`lock volume ${volumeId} for maintenance`, () => this.md.tryLockForMaintenance(volumeId, holder, this.id));
+    await this.reclaimQuietly();
+    const { volume, record, previousReleased } = await this.unlessUnanswered(`lock volume ${volumeId} for maintenance`, () => {
+      const got = this.md.tryLockForMaintenance(volumeId, holder, this.id);
+      return { got, key: volumeMaintKey(volumeId), value: encodeRecord(got.record) };
+    });
     return new MemoryVolumeLock(this.md, this.id, volume, record, volumeMaintKey(volume.id), previousReleased);
+  }
+
+  /**
+   * A lock call under the lease. When the call took effect and its answer
+   * was lost (the twin's lose-replies), what it wrote is remembered for
+   * reclaimUnansweredLocks, as EtcdSession does for a call without answer.
+   */
+  private async unlessUnanswered<T>(op: string, body: () => { got: T; key: string; value: string }): Promise<T> {
+    let wrote: { key: string; value: string } | null = null;
+    try {
+      const { got } = await this.leased(op, () => {
+        const r = body();
+        wrote = { key: r.key, value: r.value };
+        return r;
+      });
+      return got;
+    } catch (err) {
+      const w = wrote as { key: string; value: string } | null;
+      if (w !== null) this.unanswered.add(w.key, w.value);
+      throw err;
+    }
+  }
+
+  async reclaimUnansweredLocks(): Promise<number> {
+    if (this.state === 'lost' || this.state === 'closed') {
+      this.unanswered.clear();
+      return 0;
+    }
+    let released = 0;
+    for (const lock of this.unanswered.list()) {
+      const letGo = await this.md.op(`let go of unanswered lock ${lock.key}`, () => {
+        const entry = this.md.server.get(lock.key);
+        if (entry === undefined || entry.lease !== this.id || entry.value !== lock.value) return false;
+        this.md.server.commit([{ type: 'delete', key: lock.key }]);
+        return true;
+      });
+      this.unanswered.settle(lock, letGo);
+      if (letGo) released++;
+    }
+    return released;
+  }
+
+  /** reclaimUnansweredLocks before a lock call: a failure leaves the entries for the next try. */
+  private async reclaimQuietly(): Promise<void> {
+    if (this.unanswered.size === 0) return;
+    await this.reclaimUnansweredLocks().catch(() => undefined);
   }
 
   async ackRing(ack: { readonly peer: string | null; readonly kind: 'peer' | 'client'; readonly ringVersion: number; readonly fenceRevision: number }): Promise<void> {

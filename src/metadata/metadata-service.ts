@@ -201,6 +201,13 @@ export interface MetadataSession {
    * on another lease or under another token.
    */
   adoptVolumeLock(name: string, token: number): Promise<VolumeLock>;
+  /**
+   * Lets go of locks that lock calls of this session took although their
+   * answer was lost (src/metadata/unanswered-locks.ts). Every lock call does
+   * this first; torusd also does it at each heartbeat. Returns how many
+   * locks it let go.
+   */
+  reclaimUnansweredLocks(): Promise<number>;
   /** Stops keepalives without revoking: locks and records live until the TTL (see resumeSession). */
   suspend(): Promise<void>;
   on(listener: (event: SessionEvent) => void): () => void;

@@ -69,6 +69,12 @@ export interface MetadataHarness {
   eventually<T>(what: string, probe: () => Promise<T | null | undefined | false>): Promise<T>;
   /** Monotonic now, in the clock the backend uses for leaseDeadline. */
   monotonic(): number;
+  /**
+   * Runs `call` (a lock call of a session of `md`) with the answer to its
+   * lock transaction lost: etcd applies it, the caller sees no answer.
+   * Resolves with what the call threw, or returned.
+   */
+  loseLockAnswer(md: MetadataService, call: () => Promise<unknown>): Promise<unknown>;
 }
 
 export async function expectCode(p: Promise<unknown>, code: ErrorCode): Promise<TorusError> {
@@ -323,6 +329,62 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       // Tokens are per volume.
       expect((await s3.lockVolume('other', 'three')).token).toBe(1);
       expect(other.id).not.toBe(vol.id);
+    });
+
+    it('a lock whose answer was lost is let go by its session; until then the volume is held', async () => {
+      await initialised();
+      const vol = await md.createVolume('pad', MiB);
+      const s1 = await session();
+      const err = await h.loseLockAnswer(md, () => s1.lockVolume('pad', 'unanswered'));
+      expect(isTorusError(err, 'TORUS_ERR_ETCD_UNAVAILABLE'), String(err)).toBe(true);
+      // It took effect: held under s1's lease, by no lock object.
+      expect(await md.getVolumeLock(vol.id)).toMatchObject({ holder: 'unanswered', token: 1 });
+      const s2 = await session();
+      await expectCode(s2.lockVolume('pad', 'other'), 'TORUS_ERR_VOLUME_IN_USE');
+      expect(await s1.reclaimUnansweredLocks()).toBe(1);
+      expect(await md.getVolumeLock(vol.id)).toBeNull();
+      expect(await s1.reclaimUnansweredLocks()).toBe(0);
+      const lock = await s2.lockVolume('pad', 'other');
+      expect(lock.token).toBe(2);
+      // Not let go cleanly: the next holder must not take it for a clean release.
+      expect(lock.previousReleased).toBe(false);
+      expect(await s1.reclaimUnansweredLocks()).toBe(0);
+      expect(await lock.stillHeld()).toBe(true);
+    });
+
+    it('the session whose lock call went unanswered lets go of that lock before its next lock call, of any kind', async () => {
+      await initialised();
+      const vol = await md.createVolume('pad', MiB);
+      const s1 = await session();
+      expect(await h.loseLockAnswer(md, () => s1.lockVolume('pad', 'first'))).toBeInstanceOf(Error);
+      const lock = await s1.lockVolume('pad', 'second');
+      expect(lock.token).toBe(2);
+      expect(await md.getVolumeLock(vol.id)).toMatchObject({ holder: 'second', token: 2 });
+      await lock.release();
+      const lost = await h.loseLockAnswer(md, () => s1.lockVolumeForMaintenance(vol.id, 'maint'));
+      expect(isTorusError(lost, 'TORUS_ERR_ETCD_UNAVAILABLE'), String(lost)).toBe(true);
+      const s2 = await session();
+      await expectCode(s2.lockVolumeForMaintenance(vol.id, 'm2'), 'TORUS_ERR_VOLUME_IN_USE');
+      const reader = await s1.lockVolumeForReading('pad', 'reader'); // lets go of the maintenance lock first
+      expect((await s2.lockVolumeForMaintenance(vol.id, 'm2')).token).toBe(4);
+      await reader.release();
+    });
+
+    it('a reader lock whose answer was lost keeps writers out until its session lets go of it, and never a reader lock taken since', async () => {
+      await initialised();
+      const vol = await md.createVolume('pad', MiB);
+      const s1 = await session();
+      expect(await h.loseLockAnswer(md, () => s1.lockVolumeForReading('pad', 'r1'))).toBeInstanceOf(Error);
+      expect(await md.listVolumeReaders(vol.id)).toHaveLength(1);
+      const s2 = await session();
+      await expectCode(s2.lockVolume('pad', 'w'), 'TORUS_ERR_VOLUME_IN_USE');
+      // Taken again under the same key: the unanswered one goes first, the new one stays.
+      const reader = await s1.lockVolumeForReading('pad', 'r2');
+      expect(await s1.reclaimUnansweredLocks()).toBe(0);
+      expect(await reader.stillHeld()).toBe(true);
+      expect((await md.listVolumeReaders(vol.id)).map((r) => r.holder)).toEqual(['r2']);
+      await reader.release();
+      expect((await s2.lockVolume('pad', 'w')).token).toBe(1);
     });
 
     it('releasing a stale lock never removes a newer holder', async () => {

@@ -6,6 +6,7 @@ import { pathToFileURL } from 'node:url';
 import { Etcd3 } from 'etcd3';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TorusError } from '../../src/errors/torus-error.js';
 import { EtcdMetadata, LIST_PAGE_KEYS } from '../../src/metadata/etcd-metadata.js';
 import { describeKeyLayout } from '../../src/metadata/keys.js';
 import { planRingChange } from '../../src/ring/transition.js';
@@ -41,7 +42,7 @@ async function compactAll(): Promise<void> {
 
 function etcdHarness(): MetadataHarness {
   // Each service talks to etcd through its own proxy, so a test can cut its link alone.
-  const links = new Map<MetadataService, { proxy: TcpProxy; prefix: string }>();
+  const links = new Map<MetadataService, { proxy: TcpProxy; prefix: string; loseLockAnswer: boolean }>();
   const proxies: TcpProxy[] = [];
   return {
     async cleanup() {
@@ -52,8 +53,16 @@ function etcdHarness(): MetadataHarness {
       const proxy = await startTcpProxy({ host: '127.0.0.1', port: etcd.clientPort });
       proxies.push(proxy);
       const prefix = `/contract-${process.pid}-${++prefixSeq}/`;
-      const md = new EtcdMetadata({ endpoints: [proxy.endpoint], prefix, logger, callTimeoutMs: 3000 });
-      links.set(md, { proxy, prefix });
+      const link = { proxy, prefix, loseLockAnswer: false };
+      // A lock transaction's answer lost: etcd applies it, the caller hears nothing.
+      const wrapCall = async <T>(op: string, call: () => Promise<T>): Promise<T> => {
+        if (!link.loseLockAnswer || !op.startsWith('lock volume')) return call();
+        link.loseLockAnswer = false;
+        await call();
+        throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd did not answer ${op} (the answer was lost in this test)`);
+      };
+      const md = new EtcdMetadata({ endpoints: [proxy.endpoint], prefix, logger, callTimeoutMs: 3000, wrapCall });
+      links.set(md, link);
       return md;
     },
     async revokeExternally(_md, id) {
@@ -74,6 +83,17 @@ function etcdHarness(): MetadataHarness {
     },
     eventually: (what, probe) => waitFor(what, probe, 10_000, 25),
     monotonic: () => performance.now(),
+    async loseLockAnswer(md, call) {
+      const link = links.get(md);
+      if (!link) throw new Error('loseLockAnswer(): not a service this harness created');
+      link.loseLockAnswer = true;
+      try {
+        return await call().catch((e: unknown) => e);
+      } finally {
+        expect(link.loseLockAnswer, 'the call made a lock transaction').toBe(false);
+        link.loseLockAnswer = false;
+      }
+    },
   };
 }
 
@@ -337,6 +357,45 @@ describe('EtcdMetadata when etcd does not answer', () => {
     } finally {
       await md.close();
       await own.stop();
+    }
+  });
+});
+
+describe('EtcdMetadata: a lock transaction sent twice', () => {
+  it('is the lock of the call that sent it when the first one took effect (etcd3 tries the next endpoint after an answer is lost)', async () => {
+    // Every lock transaction runs twice, the first answer dropped: what the
+    // etcd3 client does when an endpoint applied a call and its answer did
+    // not come back in time, and it sends the call to the next endpoint.
+    const wrapCall = async <T>(op: string, call: () => Promise<T>): Promise<T> => {
+      if (op.startsWith('lock volume')) await call();
+      return call();
+    };
+    const prefix = `/twice-${process.pid}-${++prefixSeq}/`;
+    const md = new EtcdMetadata({ endpoints: [etcd.endpoint], prefix, logger, callTimeoutMs: 3000, wrapCall });
+    const plain = new EtcdMetadata({ endpoints: [etcd.endpoint], prefix, logger, callTimeoutMs: 3000 });
+    try {
+      await md.initCluster({ blockSize: 4096, replication: 1 }, { force: false });
+      const vol = await md.createVolume('pad', 4096);
+      const s = await md.openSession({ ttlSeconds: 10 });
+      const lock = await s.lockVolume('pad', 'twice');
+      expect(lock.token).toBe(1); // one token drawn: the second transaction changed nothing
+      expect(await lock.stillHeld()).toBe(true);
+      expect(await md.getVolumeLock(vol.id)).toMatchObject({ holder: 'twice', token: 1 });
+      // It is a lock like any other: another session is refused, and its release frees the volume.
+      const other = await plain.openSession({ ttlSeconds: 10 });
+      await expectCode(other.lockVolume('pad', 'other'), 'TORUS_ERR_VOLUME_IN_USE');
+      await lock.release();
+      const maint = await s.lockVolumeForMaintenance(vol.id, 'maint twice');
+      expect(maint.token).toBe(2);
+      expect(await maint.stillHeld()).toBe(true);
+      await maint.release();
+      const reader = await s.lockVolumeForReading('pad', 'reader twice');
+      expect(await reader.stillHeld()).toBe(true);
+      await reader.release();
+      expect((await other.lockVolume('pad', 'other')).token).toBe(3);
+    } finally {
+      await md.close();
+      await plain.close();
     }
   });
 });

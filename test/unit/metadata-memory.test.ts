@@ -31,6 +31,28 @@ function memoryHarness(): MetadataHarness {
       throw new Error(`never happened: ${what}`);
     },
     monotonic: () => clock.monotonic(),
+    async loseLockAnswer(md, call) {
+      // The twin's lose-replies: each call takes effect, then times out on
+      // the clock, which moves here until the call settles.
+      const mem = md as MemoryMetadata;
+      mem.setFault('lose-replies');
+      try {
+        let outcome: { value: unknown } | null = null;
+        void call().then(
+          (v) => (outcome = { value: v }),
+          (e: unknown) => (outcome = { value: e }),
+        );
+        for (let i = 0; i < 200 && outcome === null; i++) await clock.advance(100);
+        if (outcome === null) throw new Error('the lock call never settled');
+        return (outcome as { value: unknown }).value;
+      } finally {
+        mem.setFault('none');
+        // The twin's lose-replies loses keepalive answers too (the etcd
+        // harness loses only the lock's): let one through before the
+        // next loss, or the lease would run out across two of them.
+        await clock.advance(4_000);
+      }
+    },
   };
 }
 
