@@ -252,13 +252,11 @@ export class EtcdSession implements MetadataSession {
       const readers = volumeReadersPrefix(volume.id);
       const value = encodeRecord(record);
       // Readers exclude a writer: no reader key may exist when the lock is taken.
-      const res = await this.unlessUnanswered(lockKey, value, () =>
-        this.leased(`lock volume ${name}`, () =>
-          andNoKeyUnder(ns.if(vKey, 'Mod', '==', volumeRevision).and(lockKey, 'Create', '==', 0).and(fenceKey, 'Mod', '==', fenceRevision).and(releasedKey, 'Mod', '==', releasedRevision), readers)
-            .then(ns.put(lockKey).value(value).lease(this.id), ns.put(fenceKey).value(String(token)))
-            .else(ns.get(lockKey), ns.getAll().prefix(readers).limit(READERS_SHOWN_MAX))
-            .commit(),
-        ),
+      const res = await this.lockTxn(`lock volume ${name}`, lockKey, value, () =>
+        andNoKeyUnder(ns.if(vKey, 'Mod', '==', volumeRevision).and(lockKey, 'Create', '==', 0).and(fenceKey, 'Mod', '==', fenceRevision).and(releasedKey, 'Mod', '==', releasedRevision), readers)
+          .then(ns.put(lockKey).value(value).lease(this.id), ns.put(fenceKey).value(String(token)))
+          .else(ns.get(lockKey), ns.getAll().prefix(readers).limit(READERS_SHOWN_MAX))
+          .commit(),
       );
       const held = res.succeeded ? undefined : res.responses[0]?.response_range.kvs[0];
       if (res.succeeded || this.isThisAttempt(held, value)) {
@@ -290,10 +288,8 @@ export class EtcdSession implements MetadataSession {
       // The volume must still be this record (not deleted and re-created
       // under the name) and no writer may hold it.
       const value = encodeRecord(record);
-      const res = await this.unlessUnanswered(readerKey, value, () =>
-        this.leased(`lock volume ${name} for reading`, () =>
-          ns.if(vKey, 'Mod', '==', volumeRevision).and(lockKey, 'Create', '==', 0).then(ns.put(readerKey).value(value).lease(this.id)).else(ns.get(lockKey)).commit(),
-        ),
+      const res = await this.lockTxn(`lock volume ${name} for reading`, readerKey, value, () =>
+        ns.if(vKey, 'Mod', '==', volumeRevision).and(lockKey, 'Create', '==', 0).then(ns.put(readerKey).value(value).lease(this.id)).else(ns.get(lockKey)).commit(),
       );
       if (res.succeeded) {
         this.log.info({ volume: name, volumeId: volume.id }, 'volume locked for reading');
@@ -333,18 +329,16 @@ export class EtcdSession implements MetadataSession {
       const token = fence + 1;
       const record: VolumeLockRecord = { schema: 1, volumeId, holder, token, acquiredAt: new Date(this.deps.clock.now()).toISOString(), kind: 'maintainer' };
       const value = encodeRecord(record);
-      const res = await this.unlessUnanswered(maintKey, value, () =>
-        this.leased(`lock volume ${volume.name} for maintenance`, () =>
-          ns
-            .if(found.key, 'Mod', '==', found.modRevision)
-            .and(lockKey, 'Create', '==', 0)
-            .and(maintKey, 'Create', '==', 0)
-            .and(fenceKey, 'Mod', '==', fKv ? fKv.mod_revision : 0)
-            .and(releasedKey, 'Mod', '==', releasedRevision)
-            .then(ns.put(maintKey).value(value).lease(this.id), ns.put(fenceKey).value(String(token)))
-            .else(ns.get(lockKey), ns.get(maintKey))
-            .commit(),
-        ),
+      const res = await this.lockTxn(`lock volume ${volume.name} for maintenance`, maintKey, value, () =>
+        ns
+          .if(found.key, 'Mod', '==', found.modRevision)
+          .and(lockKey, 'Create', '==', 0)
+          .and(maintKey, 'Create', '==', 0)
+          .and(fenceKey, 'Mod', '==', fKv ? fKv.mod_revision : 0)
+          .and(releasedKey, 'Mod', '==', releasedRevision)
+          .then(ns.put(maintKey).value(value).lease(this.id), ns.put(fenceKey).value(String(token)))
+          .else(ns.get(lockKey), ns.get(maintKey))
+          .commit(),
       );
       if (res.succeeded || this.isThisAttempt(res.responses[1]?.response_range.kvs[0], value)) {
         this.log.info({ volume: volume.name, volumeId, token, previousReleased: released === fence }, 'volume locked for maintenance');
@@ -359,12 +353,13 @@ export class EtcdSession implements MetadataSession {
   }
 
   /**
-   * Runs a lock transaction; when it throws (no answer: it may have taken
-   * effect), remembers what it wrote so that a later reclaim lets go of it.
+   * Runs a lock transaction that writes `value` at `key` under the lease;
+   * when it throws (no answer: it may have taken effect), remembers what it
+   * wrote so that a later reclaim lets go of it.
    */
-  private async unlessUnanswered<T>(key: string, value: string, txn: () => Promise<T>): Promise<T> {
+  private async lockTxn<T>(op: string, key: string, value: string, txn: () => Promise<T>): Promise<T> {
     try {
-      return await txn();
+      return await this.leased(op, txn);
     } catch (err) {
       this.unanswered.add(key, value);
       throw err;

@@ -978,7 +978,7 @@ class MemorySession implements MetadataSession {
     validateVolumeName(name);
     validateHolder(holder);
     await this.reclaimQuietly();
-    const { volume, record, previousReleased } = await this.unlessUnanswered(`lock volume ${name}`, () => {
+    const { volume, record, previousReleased } = await this.lockTxn(`lock volume ${name}`, () => {
       const got = this.md.tryLock(name, holder, this.id);
       return { got, key: volumeLockKey(got.volume.id), value: encodeRecord(got.record) };
     });
@@ -989,7 +989,7 @@ class MemorySession implements MetadataSession {
     validateVolumeName(name);
     validateHolder(holder);
     await this.reclaimQuietly();
-    const { volume, key } = await this.unlessUnanswered(`lock volume ${name} for reading`, () => {
+    const { volume, key } = await this.lockTxn(`lock volume ${name} for reading`, () => {
       const got = this.md.tryLockForReading(name, holder, this.id);
       return { got, key: got.key, value: this.md.server.get(got.key)!.value };
     });
@@ -1000,7 +1000,7 @@ class MemorySession implements MetadataSession {
     validateVolumeId(volumeId);
     validateHolder(holder);
     await this.reclaimQuietly();
-    const { volume, record, previousReleased } = await this.unlessUnanswered(`lock volume ${volumeId} for maintenance`, () => {
+    const { volume, record, previousReleased } = await this.lockTxn(`lock volume ${volumeId} for maintenance`, () => {
       const got = this.md.tryLockForMaintenance(volumeId, holder, this.id);
       return { got, key: volumeMaintKey(volumeId), value: encodeRecord(got.record) };
     });
@@ -1012,18 +1012,17 @@ class MemorySession implements MetadataSession {
    * was lost (the twin's lose-replies), what it wrote is remembered for
    * reclaimUnansweredLocks, as EtcdSession does for a call without answer.
    */
-  private async unlessUnanswered<T>(op: string, body: () => { got: T; key: string; value: string }): Promise<T> {
-    let wrote: { key: string; value: string } | null = null;
+  private async lockTxn<T>(op: string, body: () => { got: T; key: string; value: string }): Promise<T> {
+    const wrote: { key: string; value: string }[] = [];
     try {
       const { got } = await this.leased(op, () => {
         const r = body();
-        wrote = { key: r.key, value: r.value };
+        wrote.push(r);
         return r;
       });
       return got;
     } catch (err) {
-      const w = wrote as { key: string; value: string } | null;
-      if (w !== null) this.unanswered.add(w.key, w.value);
+      for (const w of wrote) this.unanswered.add(w.key, w.value);
       throw err;
     }
   }
