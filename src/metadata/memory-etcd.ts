@@ -81,6 +81,7 @@ export class MemoryEtcd {
   private compactedRevision = 0;
   private readonly leases = new Map<string, Lease>();
   private readonly watches = new Set<ServerWatch>();
+  private readonly observers = new Set<(events: readonly KvEvent[]) => void>();
   private deliveries: Delivery[] = [];
   private deliveryScheduled = false;
   private nextLeaseId = 7_000_000_001n;
@@ -148,7 +149,18 @@ export class MemoryEtcd {
     return this.rev;
   }
 
+  /**
+   * Calls `fn` with every commit's events, synchronously, inside the commit.
+   * For a simulation's checkers: unlike a watch it schedules nothing, so a
+   * seed's run is the same with or without observers. Returns an unsubscribe.
+   */
+  observe(fn: (events: readonly KvEvent[]) => void): () => void {
+    this.observers.add(fn);
+    return () => void this.observers.delete(fn);
+  }
+
   private record(events: KvEvent[]): void {
+    for (const fn of this.observers) fn(events);
     this.history.push(...events);
     if (this.history.length > this.historyEventsMax) {
       const drop = this.history.length - this.historyEventsMax;

@@ -1,5 +1,7 @@
 import { createHash } from 'node:crypto';
 import { isTorusError } from '../../src/errors/torus-error.js';
+import { KEYS, volumeLockKey } from '../../src/metadata/keys.js';
+import { decodeVolumeLockRecord } from '../../src/metadata/record-codec.js';
 import type { BlockRef } from '../../src/model/block-ref.js';
 import type { RingRecord } from '../../src/model/records.js';
 import { ownersOf, quorumOf } from '../../src/replication/owners.js';
@@ -50,6 +52,15 @@ export interface Writer {
   abandoned: boolean;
   /** A newer writer holds the volume since then: nothing this one acknowledges after it counts. */
   supersededAt: number | null;
+  /** The lock it was opened under, read from etcd when the open returned; null if another holder's was there by then. */
+  readonly lock: { readonly holder: string; readonly token: number; readonly lease: string | null } | null;
+}
+
+/** A writer or maintenance lock etcd handed out: a fencing token and who took it. */
+interface LockGrant {
+  readonly token: number;
+  readonly holder: string;
+  readonly kind: string;
 }
 
 export interface VolumeState {
@@ -135,10 +146,22 @@ export class Workload {
   readonly coverage = { quietOps: 0, reachableWritesUnderFaults: 0, failedOps: 0, readsChecked: 0 };
   private readonly cluster: SimCluster;
   private readonly random: Random;
+  /** Every writer and maintenance lock taken, per volume id, seen as etcd commits it. */
+  private readonly grants = new Map<number, LockGrant[]>();
 
   constructor(private readonly opts: WorkloadOptions) {
     this.cluster = opts.cluster;
     this.random = opts.random;
+    // Observed, not watched: a watch's deliveries are timers, and would change every seed's run.
+    this.cluster.etcd.observe((events) => {
+      for (const e of events) {
+        if (e.type !== 'put' || !(e.key.startsWith(KEYS.volumeLocksPrefix) || e.key.startsWith(KEYS.volumeMaintPrefix))) continue;
+        const r = decodeVolumeLockRecord(e.key, e.value!);
+        let list = this.grants.get(r.volumeId);
+        if (list === undefined) this.grants.set(r.volumeId, (list = []));
+        list.push({ token: r.token, holder: r.holder, kind: r.kind ?? 'writer' });
+      }
+    });
     const sectorsPerBlock = opts.blockSize / SECTOR_BYTES;
     this.volumes = opts.volumes.map((v) => ({
       name: v.name,
@@ -193,7 +216,7 @@ export class Workload {
           return;
         }
         const handle = this.nextHandle++;
-        vol.writer = { handle, peer, io: this.opts.wrapIo ? this.opts.wrapIo(io) : io, abandoned: false, supersededAt: null };
+        vol.writer = { handle, peer, io: this.opts.wrapIo ? this.opts.wrapIo(io) : io, abandoned: false, supersededAt: null, lock: this.lockOf(vol, peer) };
         vol.writerLostAt = null;
         // The new writer holds the lock: nothing an older one acknowledges from now on counts.
         const now = this.cluster.clock.monotonic();
@@ -211,6 +234,29 @@ export class Workload {
         this.retryOpen(vol);
       },
     );
+  }
+
+  /** The writer lock etcd holds for the volume, if a peer's holder took it. */
+  private lockOf(vol: VolumeState, peer: SimPeer): Writer['lock'] {
+    const entry = this.cluster.etcd.get(volumeLockKey(vol.id));
+    if (entry === undefined) return null;
+    const r = decodeVolumeLockRecord(volumeLockKey(vol.id), entry.value);
+    return (r.kind ?? 'writer') === 'writer' && r.holder.endsWith(peer.uuid) ? { holder: r.holder, token: r.token, lease: entry.lease } : null;
+  }
+
+  /**
+   * The writer's lock went with its lease (its node lost its etcd session,
+   * which only a fault does) and another holder took the volume since: a
+   * writer elsewhere, or a maintainer (moves and catch-ups take the volume
+   * when its lock expired). Its torusd then refuses the open's changes for
+   * good (volume-manager.ts, relock; README, "Fencing": the device fails
+   * until it is attached again), however reachable everything is now.
+   * Taking the lock back itself (the next token, same holder) does not count.
+   */
+  private takenOver(vol: VolumeState, w: Writer): boolean {
+    const lock = w.lock;
+    if (lock === null || lock.lease === null || this.cluster.etcd.hasLease(lock.lease)) return false;
+    return (this.grants.get(vol.id) ?? []).some((g) => g.token > lock.token && (g.kind !== 'writer' || g.holder !== lock.holder));
   }
 
   /** One retry timer per volume, however many callers ask. */
@@ -539,7 +585,9 @@ export class Workload {
     // A flush that reports changes a crash took (the model agrees) is right to fail.
     const lostAcked = vol.model.lostAcked(op.writer.handle);
     const reportsLoss = !ok && isTorusError(value, 'TORUS_ERR_DATA_LOST') && lostAcked;
-    const mustGoOn = !reportsLoss && op.reachableAtIssue && this.ownersReachable(vol, op.first, op.count, op.writer);
+    // Fenced for good after a fault took its lease and another holder the volume (seed 5413).
+    const fencedForGood = !ok && isTorusError(value, 'TORUS_ERR_VOLUME_FENCED') && this.takenOver(vol, op.writer);
+    const mustGoOn = !reportsLoss && !fencedForGood && op.reachableAtIssue && this.ownersReachable(vol, op.first, op.count, op.writer);
     if (this.quietThroughout(op)) this.coverage.quietOps++;
     if (!ok) this.coverage.failedOps++;
     if (ok && op.kind === 'read') this.coverage.readsChecked++;

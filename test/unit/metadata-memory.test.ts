@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { TorusError } from '../../src/errors/torus-error.js';
 import { MemoryEtcd } from '../../src/metadata/memory-etcd.js';
 import { MemoryMetadata } from '../../src/metadata/memory-metadata.js';
@@ -244,5 +244,21 @@ describe('MemoryMetadata faults and determinism (for the simulation)', () => {
     await clock.advance(0);
     expect(resyncs).toEqual([5]);
     await md.close();
+  });
+
+  it('an observer sees every commit inside it, and schedules nothing', () => {
+    const clock = new ManualClock();
+    const server = new MemoryEtcd({ clock });
+    const timers = vi.spyOn(clock, 'setTimeout');
+    const seen: string[] = [];
+    const stop = server.observe((events) => seen.push(events.map((e) => `${e.type} ${e.key}@${e.revision}`).join(',')));
+    server.commit([{ type: 'put', key: 'a', value: '1' }, { type: 'put', key: 'b', value: '2' }]);
+    expect(seen).toEqual(['put a@2,put b@2']);
+    server.commit([{ type: 'delete', key: 'zz' }]);
+    expect(seen).toHaveLength(1);
+    expect(timers).not.toHaveBeenCalled();
+    stop();
+    server.commit([{ type: 'delete', key: 'a' }]);
+    expect(seen).toHaveLength(1);
   });
 });
