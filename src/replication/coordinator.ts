@@ -1000,6 +1000,16 @@ export class VolumeCoordinator {
           this.log.debug({ block: e.index, missed }, 'degraded change: the owners that missed it are recorded stale');
         }
         if (e.committed < stamp.version) e.committed = stamp.version;
+      } catch (err) {
+        // Whatever stopped it (the ring could not be re-read from etcd, the
+        // lease ran out between attempts, a fence), some owners may have
+        // taken the change and others not: the block is learnt again before
+        // it is read or changed. Left trusted, a read would serve the copy
+        // of an owner that took this failed change while the others are
+        // recorded neither stale nor unsure, and the next writer would read
+        // back in time once that owner is gone (seed 8994).
+        this.markUnsure(e);
+        throw err;
       } finally {
         // Settled either way: the payload and the entry are let go before
         // anyone awaiting the change goes on.

@@ -268,6 +268,11 @@ async function startAll(c: SimCluster, peers: SimPeer[]): Promise<void> {
 }
 
 /** Every block of the volume: copies on its ring owners only, all equal. */
+/** The version of a block of volume 1 on one peer's store. */
+function versionOf(_c: SimCluster, p: SimPeer, index: number): number {
+  return p.store.meta(blockRef(1, 1, index)).version;
+}
+
 function copies(c: SimCluster, volumeId: number, index: number): { uuid: string; version: number; state: string; digest: number }[] {
   const out = [];
   for (const p of c.peers) {
@@ -1009,6 +1014,32 @@ describe('replication on a simulated cluster', () => {
     const records = await until(c, c.adminMetadata.getStale(1));
     expect(records.map((r) => [r.peer, r.ranges])).toEqual([[a.uuid, [[0, 1]]]]);
     c.network.healAll();
+    await until(c, io.close());
+  });
+
+  it('a change that failed because the ring could not be re-read is not read back from the owner that took it', async () => {
+    // Seed 8994: one owner took the change, the other refused it for an
+    // outdated ring, and etcd could not give the writer the new one. The
+    // block stayed trusted, a read returned the taken change, and once
+    // that owner died the next writer read the other's older copy.
+    const { c, a, b, w, io } = await writerOnThird();
+    await until(c, io.write(0, pattern(1, BLOCK), false));
+    await until(c, io.flush());
+    // w and b stay on this ring; a learns a newer one.
+    c.setPeerEtcdFault(w, 'unavailable');
+    c.setPeerEtcdFault(b, 'unavailable');
+    await until(c, c.changeRing([a.uuid, b.uuid, w.uuid], 2, 'a third member'));
+    await runFor(c, 200);
+    const failed = await until(c, io.write(0, pattern(2, BLOCK), false).then(() => null, (e: unknown) => e));
+    expect(isTorusError(failed, 'TORUS_ERR_ETCD_UNAVAILABLE'), String(failed)).toBe(true);
+    const before = versionOf(c, a, 0);
+    expect(versionOf(c, b, 0), 'b took the change a refused').toBeGreaterThan(before);
+    // Returning it now, with a recorded neither stale nor unsure, would let a
+    // later writer that trusts a go back in time.
+    const during = await until(c, io.read(0, BLOCK).then((d) => d, (e: unknown) => e));
+    expect(Buffer.isBuffer(during) && during.equals(pattern(2, BLOCK)), 'the failed change read back while a is trusted').toBe(false);
+    c.setPeerEtcdFault(w, 'none');
+    c.setPeerEtcdFault(b, 'none');
     await until(c, io.close());
   });
 
