@@ -594,10 +594,13 @@ export class VolumeCoordinator {
     return this.durableCopies(index) >= this.quorumFor(index);
   }
 
-  /** Trusted owners known to hold the block's newest version with no flush of it outstanding (0 when the block is not in the table). */
+  /** Trusted owners known to hold the block's newest version with no flush of it outstanding (0 when the block is not in the table, or unsure). */
   private durableCopies(index: number): number {
     const e = this.blocks.peek(index);
-    if (e === undefined) return 0;
+    // Unsure (a change failed half way): until it is learnt again, the owners
+    // that missed the change are recorded nowhere, and another coordinator
+    // would trust them; no copy counts yet.
+    if (e === undefined || e.unsure) return 0;
     return this.trustedHolders(e, ownersOf(this.ctx.ring(), this.refOf(index))).filter((u) => this.unflushed.get(u)?.has(index) !== true).length;
   }
 
@@ -826,12 +829,12 @@ export class VolumeCoordinator {
     // the caller go on: hold it until every owner has answered.
     if (change.kind === 'write') retainBuffer(change.data);
     const finished = (async () => {
+      // Owners that took the change, and each one's restart count when it
+      // answered: one that restarts before the change is booked as
+      // unflushed has lost it already. Arrays: there are a few owners.
+      const acked: string[] = [];
+      const ackedAt: number[] = [];
       try {
-        // Owners that took the change, and each one's restart count when it
-        // answered: one that restarts before the change is booked as
-        // unflushed has lost it already. Arrays: there are a few owners.
-        const acked: string[] = [];
-        const ackedAt: number[] = [];
         let owners = ownersOf(this.ctx.ring(), ref);
         let plan = this.targets(e.index, owners);
         let send = plan.send;
@@ -918,32 +921,9 @@ export class VolumeCoordinator {
           plan = this.targets(e.index, owners);
           send = plan.send.filter((u) => !acked.includes(u));
         }
-        // An owner that restarted since it took the change (and before it was
-        // flushed) lost it: it did not take it after all.
-        if (!fua) {
-          for (let i = acked.length - 1; i >= 0; i--) {
-            if (ackedAt[i] === this.restartsOf(acked[i]!)) continue;
-            acked.splice(i, 1);
-            ackedAt.splice(i, 1);
-          }
-        }
+        this.bookTaken(e, stamp, fua, acked, ackedAt);
         // Every owner that must have the change and did not take it is
         // recorded stale before anything is acknowledged.
-        for (const u of acked) {
-          if ((e.holders.get(u) ?? VERSION_ABSENT) < stamp.version) e.holders.set(u, stamp.version);
-          if (!fua) {
-            // What it took under an earlier incarnation is gone.
-            const now = this.restartsOf(u);
-            if ((this.unflushedEpoch.get(u) ?? now) !== now) this.peerRestarted(u);
-            this.unflushedEpoch.set(u, now);
-            let s = this.unflushed.get(u);
-            if (s === undefined) this.unflushed.set(u, (s = new Set()));
-            if (!s.has(e.index)) {
-              s.add(e.index);
-              e.pins++;
-            }
-          }
-        }
         // An owner that already took a later change replacing this one (a
         // whole-block write or zero sent after it, answered first) misses
         // nothing: its copy is newer than this change could make it.
@@ -1009,6 +989,12 @@ export class VolumeCoordinator {
         // recorded neither stale nor unsure, and the next writer would read
         // back in time once that owner is gone (seed 8994).
         this.markUnsure(e);
+        // What owners took before it stopped is on them, unflushed: below
+        // write level all it may have been acknowledged, and a flush must
+        // not count those copies durable (seed 9639: booked only on the way
+        // out of the retry loop, a failed ring refresh skipped it, and the
+        // next flush passed on the writer's own unflushed copy).
+        this.bookTaken(e, stamp, fua, acked, ackedAt);
         throw err;
       } finally {
         // Settled either way: the payload and the entry are let go before
@@ -1026,6 +1012,36 @@ export class VolumeCoordinator {
     early.catch(() => undefined);
     finished.catch(() => undefined);
     return { early, finished };
+  }
+
+  /**
+   * Books the owners that took a change: each one holds its version, and
+   * without FUA holds it unflushed until the next FLUSH (pinned until then).
+   * An owner that restarted since it answered lost the change: it is taken
+   * out of `acked`, as if it never took it.
+   */
+  private bookTaken(e: BlockEntry, stamp: ChangeStamp, fua: boolean, acked: string[], ackedAt: number[]): void {
+    if (!fua) {
+      for (let i = acked.length - 1; i >= 0; i--) {
+        if (ackedAt[i] === this.restartsOf(acked[i]!)) continue;
+        acked.splice(i, 1);
+        ackedAt.splice(i, 1);
+      }
+    }
+    for (const u of acked) {
+      if ((e.holders.get(u) ?? VERSION_ABSENT) < stamp.version) e.holders.set(u, stamp.version);
+      if (fua) continue;
+      // What it took under an earlier incarnation is gone.
+      const now = this.restartsOf(u);
+      if ((this.unflushedEpoch.get(u) ?? now) !== now) this.peerRestarted(u);
+      this.unflushedEpoch.set(u, now);
+      let s = this.unflushed.get(u);
+      if (s === undefined) this.unflushed.set(u, (s = new Set()));
+      if (!s.has(e.index)) {
+        s.add(e.index);
+        e.pins++;
+      }
+    }
   }
 
   /** How many of these owners are reached over the wire (their client enforces deadlines). */

@@ -287,13 +287,28 @@ function copies(c: SimCluster, volumeId: number, index: number): { uuid: string;
  * third (w); with `members: 2` (the default) a and b own every block and w
  * only coordinates.
  */
-async function writerOnThird(opts: { members?: number; replication?: number } = {}): Promise<{ c: SimCluster; a: SimPeer; b: SimPeer; w: SimPeer; io: VolumeIo }> {
-  const c = cluster({ peers: 3, members: opts.members ?? 2, replication: opts.replication ?? 2 });
+async function writerOnThird(opts: { members?: number; replication?: number; writeLevel?: 'one' } = {}): Promise<{ c: SimCluster; a: SimPeer; b: SimPeer; w: SimPeer; io: VolumeIo }> {
+  const options = clusterOptions({ peers: 3, members: opts.members ?? 2, replication: opts.replication ?? 2 });
+  const c = new SimCluster(opts.writeLevel === undefined ? options : { ...options, timing: { ...options.timing, writeLevel: opts.writeLevel } });
   await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
   await startAll(c, c.peers);
   const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
   const io = await until(c, c.open(w, 'v', 'rw'));
   return { c, a, b, w, io };
+}
+
+/**
+ * Block 0 written and flushed, then w (the writer) and b cut off from etcd
+ * while a learns a newer ring: a refuses w's next change as outdated, and w
+ * cannot re-read the ring.
+ */
+async function aOnANewerRing(c: SimCluster, a: SimPeer, b: SimPeer, w: SimPeer, io: VolumeIo): Promise<void> {
+  await until(c, io.write(0, pattern(1, BLOCK), false));
+  await until(c, io.flush());
+  c.setPeerEtcdFault(w, 'unavailable');
+  c.setPeerEtcdFault(b, 'unavailable');
+  await until(c, c.changeRing([a.uuid, b.uuid, w.uuid], 2, 'a third member'));
+  await runFor(c, 200);
 }
 
 describe('replication on a simulated cluster', () => {
@@ -1023,13 +1038,7 @@ describe('replication on a simulated cluster', () => {
     // block stayed trusted, a read returned the taken change, and once
     // that owner died the next writer read the other's older copy.
     const { c, a, b, w, io } = await writerOnThird();
-    await until(c, io.write(0, pattern(1, BLOCK), false));
-    await until(c, io.flush());
-    // w and b stay on this ring; a learns a newer one.
-    c.setPeerEtcdFault(w, 'unavailable');
-    c.setPeerEtcdFault(b, 'unavailable');
-    await until(c, c.changeRing([a.uuid, b.uuid, w.uuid], 2, 'a third member'));
-    await runFor(c, 200);
+    await aOnANewerRing(c, a, b, w, io);
     const failed = await until(c, io.write(0, pattern(2, BLOCK), false).then(() => null, (e: unknown) => e));
     expect(isTorusError(failed, 'TORUS_ERR_ETCD_UNAVAILABLE'), String(failed)).toBe(true);
     const before = versionOf(c, a, 0);
@@ -1041,6 +1050,21 @@ describe('replication on a simulated cluster', () => {
     c.setPeerEtcdFault(w, 'none');
     c.setPeerEtcdFault(b, 'none');
     await until(c, io.close());
+  });
+
+  it('a flush after a change acknowledged early that then failed on the ring re-read does not count the unflushed copy durable', async () => {
+    // Seed 9639 (write level one): the owner that took the change was booked
+    // unflushed only on the way out of the retry loop; a failed ring re-read
+    // skipped that, and the next flush passed on a copy no disk held.
+    const { c, a, b, w, io } = await writerOnThird({ writeLevel: 'one' });
+    await aOnANewerRing(c, a, b, w, io);
+    // b takes it and answers first: acknowledged at level one.
+    await until(c, io.write(0, pattern(2, BLOCK), false));
+    expect(b.store.meta(blockRef(1, 1, 0)).version, 'b took the change').toBeGreaterThan(a.store.meta(blockRef(1, 1, 0)).version);
+    const flushed = await until(c, io.flush().then(() => 'ok', (e: unknown) => (isTorusError(e) ? e.code : String(e))));
+    expect(flushed, 'a flush with the only copy unflushed and the other owner recorded nowhere').not.toBe('ok');
+    c.setPeerEtcdFault(w, 'none');
+    c.setPeerEtcdFault(b, 'none');
   });
 
   it('catches owners recorded stale for a block up before a change that needs them, instead of failing it', async () => {
