@@ -8,7 +8,7 @@ import type { PeerRecord, RingAck, VolumeLockRecord, VolumeRecord } from '../mod
 import type { Clock } from '../util/clock.js';
 import { toTorusError } from './etcd-errors.js';
 import { UnansweredLocks } from './unanswered-locks.js';
-import { KEYS, peerKey, ringAckKey, volumeFenceKey, volumeKey, volumeLockKey, volumeMaintKey, volumeReaderKey, volumeReadersPrefix, volumeReleasedKey } from './keys.js';
+import { KEYS, peerKey, ringAckKey, volumeFenceKey, volumeKey, volumeLockKey, volumeMaintKey, volumeReaderKey, volumeReadersPrefix, volumeReleasedKey, volumeExpiredKey } from './keys.js';
 import type { MetadataSession, SessionEvent, VolumeLock, VolumeReaderLock } from './metadata-service.js';
 import { decodeCounter, decodeVolumeLockRecord, decodeVolumeRecord, encodeRecord } from './record-codec.js';
 import {
@@ -209,14 +209,37 @@ export class EtcdSession implements MetadataSession {
    * The last token let go cleanly (volume-released/<id>, 0 when none), with
    * the revision a lock transaction compares: the lock then reports
    * exactly whether its predecessor was let go (it may be, by a maintainer a
-   * writer overrides, between our read and our transaction).
+   * writer overrides, between our read and our transaction). With it, the
+   * newest token recorded as ended without a clean release
+   * (volume-expired/<id>): only lock transactions write it, and each of
+   * them moves the fence they compare, so it needs no compare of its own.
    */
-  private async released(volumeId: number): Promise<{ releasedKey: string; releasedRevision: string | number; released: number }> {
+  private async released(volumeId: number): Promise<{ releasedKey: string; releasedRevision: string | number; released: number; expired: number }> {
     const { ns, call, prefix } = this.deps;
     const releasedKey = volumeReleasedKey(volumeId);
+    const expiredKey = volumeExpiredKey(volumeId);
     const res = await call(`get ${prefix}${releasedKey}`, () => ns.get(releasedKey).exec());
     const kv = res.kvs[0];
-    return { releasedKey, releasedRevision: kv ? kv.mod_revision : 0, released: decodeCounter(prefix + releasedKey, kv ? kv.value.toString('utf8') : null) };
+    const eRes = await call(`get ${prefix}${expiredKey}`, () => ns.get(expiredKey).exec());
+    const eKv = eRes.kvs[0];
+    return {
+      releasedKey,
+      releasedRevision: kv ? kv.mod_revision : 0,
+      released: decodeCounter(prefix + releasedKey, kv ? kv.value.toString('utf8') : null),
+      expired: decodeCounter(prefix + expiredKey, eKv ? eKv.value.toString('utf8') : null),
+    };
+  }
+
+  /**
+   * What a lock transaction that takes token fence + 1 also writes: when
+   * the lock before it did not end cleanly, its token is recorded as
+   * expired for every later holder (they may release cleanly, and the next
+   * one would otherwise not know). Returns the expired token the new lock
+   * starts with.
+   */
+  private expiryOf(volumeId: number, fence: number, released: number, expired: number): { ops: Array<ReturnType<Namespace['put']>>; expiredToken: number } {
+    if (released === fence) return { ops: [], expiredToken: expired };
+    return { ops: [this.deps.ns.put(volumeExpiredKey(volumeId)).value(String(fence))], expiredToken: Math.max(expired, fence) };
   }
 
   /** The volume's record and its fence, with the revisions a lock transaction compares. */
@@ -242,7 +265,8 @@ export class EtcdSession implements MetadataSession {
     const { ns, prefix } = this.deps;
     for (let attempt = 0; attempt < LOCK_ATTEMPTS_MAX; attempt++) {
       const { vKey, volumeRevision, volume, fenceKey, fenceRevision, fence } = await this.volumeAndFence(name);
-      const { releasedKey, releasedRevision, released } = await this.released(volume.id);
+      const { releasedKey, releasedRevision, released, expired } = await this.released(volume.id);
+      const expiry = this.expiryOf(volume.id, fence, released, expired);
       const lockKey = volumeLockKey(volume.id);
       const token = fence + 1;
       const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token, acquiredAt: new Date(this.deps.clock.now()).toISOString(), kind: 'writer' };
@@ -254,14 +278,14 @@ export class EtcdSession implements MetadataSession {
       // Readers exclude a writer: no reader key may exist when the lock is taken.
       const res = await this.lockTxn(`lock volume ${name}`, lockKey, value, () =>
         andNoKeyUnder(ns.if(vKey, 'Mod', '==', volumeRevision).and(lockKey, 'Create', '==', 0).and(fenceKey, 'Mod', '==', fenceRevision).and(releasedKey, 'Mod', '==', releasedRevision), readers)
-          .then(ns.put(lockKey).value(value).lease(this.id), ns.put(fenceKey).value(String(token)))
+          .then(ns.put(lockKey).value(value).lease(this.id), ns.put(fenceKey).value(String(token)), ...expiry.ops)
           .else(ns.get(lockKey), ns.getAll().prefix(readers).limit(READERS_SHOWN_MAX))
           .commit(),
       );
       const held = res.succeeded ? undefined : res.responses[0]?.response_range.kvs[0];
       if (res.succeeded || this.isThisAttempt(held, value)) {
         this.log.info({ volume: name, volumeId: volume.id, token, previousReleased: released === fence }, 'volume locked');
-        return new EtcdVolumeLock(this.deps, this.id, volume, record, lockKey, released === fence);
+        return new EtcdVolumeLock(this.deps, this.id, volume, record, lockKey, released === fence, expiry.expiredToken);
       }
       if (held !== undefined) throw volumeInUseError(name, decodeVolumeLockRecord(prefix + lockKey, held.value.toString('utf8')));
       const readerKvs = res.responses[1]?.response_range.kvs ?? [];
@@ -325,7 +349,8 @@ export class EtcdSession implements MetadataSession {
       const fRes = await call(`get ${prefix}${fenceKey}`, () => ns.get(fenceKey).exec());
       const fKv = fRes.kvs[0];
       const fence = decodeCounter(prefix + fenceKey, fKv ? fKv.value.toString('utf8') : null);
-      const { releasedKey, releasedRevision, released } = await this.released(volumeId);
+      const { releasedKey, releasedRevision, released, expired } = await this.released(volumeId);
+      const expiry = this.expiryOf(volumeId, fence, released, expired);
       const token = fence + 1;
       const record: VolumeLockRecord = { schema: 1, volumeId, holder, token, acquiredAt: new Date(this.deps.clock.now()).toISOString(), kind: 'maintainer' };
       const value = encodeRecord(record);
@@ -336,13 +361,13 @@ export class EtcdSession implements MetadataSession {
           .and(maintKey, 'Create', '==', 0)
           .and(fenceKey, 'Mod', '==', fKv ? fKv.mod_revision : 0)
           .and(releasedKey, 'Mod', '==', releasedRevision)
-          .then(ns.put(maintKey).value(value).lease(this.id), ns.put(fenceKey).value(String(token)))
+          .then(ns.put(maintKey).value(value).lease(this.id), ns.put(fenceKey).value(String(token)), ...expiry.ops)
           .else(ns.get(lockKey), ns.get(maintKey))
           .commit(),
       );
       if (res.succeeded || this.isThisAttempt(res.responses[1]?.response_range.kvs[0], value)) {
         this.log.info({ volume: volume.name, volumeId, token, previousReleased: released === fence }, 'volume locked for maintenance');
-        return new EtcdVolumeLock(this.deps, this.id, volume, record, maintKey, released === fence);
+        return new EtcdVolumeLock(this.deps, this.id, volume, record, maintKey, released === fence, expiry.expiredToken);
       }
       for (const [i, key] of [lockKey, maintKey].entries()) {
         const held = res.responses[i]?.response_range.kvs[0];
@@ -447,8 +472,18 @@ export class EtcdSession implements MetadataSession {
     // Its predecessor is whatever the earlier run found; the lock itself was
     // not let go (it lives on), so only token - 1 can have been released.
     const { released } = await this.released(volume.id);
+    // The run that wrote under this token is gone, and what it knew of its
+    // changes that failed half way with it: its token counts as expired,
+    // for us and for every later holder (recorded while it is still the
+    // volume's newest).
+    const fenceKey = volumeFenceKey(volume.id);
+    const expiredKey = volumeExpiredKey(volume.id);
+    const res = await call(`record token ${token} of volume ${name} as expired`, () =>
+      ns.if(fenceKey, 'Value', '==', String(token)).then(ns.put(expiredKey).value(String(token))).commit(),
+    );
+    if (!res.succeeded) throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${name}": a newer token than ${token} was handed out; the lock is no longer ours`);
     this.log.info({ volume: name, volumeId: volume.id, token }, 'volume lock adopted');
-    return new EtcdVolumeLock(this.deps, this.id, volume, record, lockKey, released === token - 1);
+    return new EtcdVolumeLock(this.deps, this.id, volume, record, lockKey, released === token - 1, token);
   }
 
   /**
@@ -489,6 +524,8 @@ class EtcdVolumeLock implements VolumeLock {
   readonly kind: 'writer' | 'maintainer';
   private released = false;
   private fenced = false;
+  /** markUnsettled: a change under this lock may lack a record; never let go cleanly. */
+  private unsettled = false;
 
   get session(): string {
     return this.leaseId;
@@ -502,6 +539,7 @@ class EtcdVolumeLock implements VolumeLock {
     /** volume-locks/<id> for a writer, volume-maint/<id> for a maintainer. */
     private readonly key: string,
     readonly previousReleased: boolean,
+    readonly expiredToken: number,
   ) {
     this.volume = volume;
     this.token = record.token;
@@ -514,6 +552,10 @@ class EtcdVolumeLock implements VolumeLock {
 
   markFenced(): void {
     this.fenced = true;
+  }
+
+  markUnsettled(): void {
+    this.unsettled = true;
   }
 
   async stillHeld(): Promise<boolean> {
@@ -541,7 +583,7 @@ class EtcdVolumeLock implements VolumeLock {
           .commit(),
       );
       // The previous token was ours, held without a gap: no one else's late change can come under it.
-      if (res.succeeded) return new EtcdVolumeLock(this.deps, this.leaseId, this.volume, record, this.key, true);
+      if (res.succeeded) return new EtcdVolumeLock(this.deps, this.leaseId, this.volume, record, this.key, true, this.expiredToken);
       const held = res.responses[0]?.response_range.kvs[0];
       if (held === undefined || held.lease !== this.leaseId) {
         throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${this.volume.name}": the lock is no longer held under lease ${this.leaseId}`);
@@ -553,7 +595,7 @@ class EtcdVolumeLock implements VolumeLock {
   async release(): Promise<void> {
     if (this.released) return;
     const { ns, call } = this.deps;
-    if (this.fenced) {
+    if (this.fenced && !this.unsettled) {
       // Let go while still ours and still the newest token: no change can
       // come under it any more, and the next holder reads so with the fence.
       const fenceKey = volumeFenceKey(this.volume.id);

@@ -23,6 +23,7 @@ export const KEYS = {
   volumeMaintPrefix: 'volume-maint/',
   volumeReadersPrefix: 'volume-readers/',
   volumeReleasedPrefix: 'volume-released/',
+  volumeExpiredPrefix: 'volume-expired/',
 } as const;
 
 export function volumeKey(name: string): string {
@@ -44,6 +45,18 @@ export function volumeFenceKey(volumeId: number): string {
  */
 export function volumeReleasedKey(volumeId: number): string {
   return KEYS.volumeReleasedPrefix + String(volumeId);
+}
+
+/**
+ * The newest token of the volume whose lock ended without a clean release
+ * (its lease expired, or its holder let go before fencing off the ones
+ * before it): written by the lock transaction of the holder after it.
+ * Copies written under such a token may hold a change that reached only
+ * some owners, with no record saying which (docs/replication.md,
+ * "Fencing").
+ */
+export function volumeExpiredKey(volumeId: number): string {
+  return KEYS.volumeExpiredPrefix + String(volumeId);
 }
 
 /** The volume id in a `volume-fence/<id>` key; TORUS_ERR_METADATA_CORRUPT for anything else. */
@@ -131,6 +144,7 @@ export function describeKeyLayout(prefix: string = DEFAULT_PREFIX): KeyDoc[] {
     { key: `${p}${KEYS.volumeLocksPrefix}<volumeId>`, what: 'VolumeLockRecord JSON of the current writer, attached to its lease (vanishes when the writer dies)' },
     { key: `${p}${KEYS.volumeFencePrefix}<volumeId>`, what: 'the last fencing token handed out for the volume (no lease: tokens only grow)' },
     { key: `${p}${KEYS.volumeReleasedPrefix}<volumeId>`, what: 'the last token whose writer or maintenance lock was let go cleanly (deleted by its holder in a transaction while still held), so that the next holder knows whether the previous lock expired instead (no lease)' },
+    { key: `${p}${KEYS.volumeExpiredPrefix}<volumeId>`, what: 'the newest token whose writer or maintenance lock ended without a clean release, written by the next lock; a copy written under it or an older token may hold a change that reached only some owners (no lease)' },
     { key: `${p}${KEYS.peersPrefix}<uuid>`, what: "PeerRecord JSON of each live torusd, attached to the peer's lease" },
     { key: `${p}${KEYS.ring}`, what: 'RingRecord JSON (schema 2): version, members, weights, replication, minReplicas and the transition in progress; changed by compare-and-swap on its version' },
     { key: `${p}${KEYS.secret}`, what: 'the cluster secret peers authenticate with (64 hex digits), written once by init or by the first peer of a 0.1.0 cluster' },

@@ -30,6 +30,7 @@ import {
   staleVolumePrefix,
   volumeFenceKey,
   volumeReleasedKey,
+  volumeExpiredKey,
   volumeKey,
   volumeLockKey,
   volumeMaintKey,
@@ -257,13 +258,30 @@ export class MemoryMetadata implements MetadataService {
     return decodeCounter(volumeReleasedKey(volumeId), this.getJson(volumeReleasedKey(volumeId))) === this.fenceOf(volumeId);
   }
 
+  /** The newest token recorded as ended without a clean release (volume-expired/<id>, 0 when none). */
+  expiredOf(volumeId: number): number {
+    return decodeCounter(volumeExpiredKey(volumeId), this.getJson(volumeExpiredKey(volumeId)));
+  }
+
+  /**
+   * What a lock transaction taking the next token writes besides the lock
+   * and the fence: the newest token as expired when its lock did not end
+   * cleanly. Returns those writes and the expired token the lock starts with.
+   */
+  private expiry(volumeId: number, previousReleased: boolean): { ops: KvOp[]; expiredToken: number } {
+    const expired = this.expiredOf(volumeId);
+    if (previousReleased) return { ops: [], expiredToken: expired };
+    const fence = this.fenceOf(volumeId);
+    return { ops: [{ type: 'put', key: volumeExpiredKey(volumeId), value: String(fence) }], expiredToken: Math.max(expired, fence) };
+  }
+
   /** The reader locks of a volume, as stored. */
   readersOf(volumeId: number): VolumeLockRecord[] {
     return this.server.range(volumeReadersPrefix(volumeId)).map(({ key, entry }) => decodeVolumeLockRecord(key, entry.value));
   }
 
   /** Writer locks and reader locks exclude each other: a maintainer never blocks a writer. */
-  tryLock(name: string, holder: string, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord; previousReleased: boolean } {
+  tryLock(name: string, holder: string, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord; previousReleased: boolean; expiredToken: number } {
     const vText = this.getJson(volumeKey(name));
     if (vText === null) throw volumeNotFoundError(name);
     const volume = decodeVolumeRecord(volumeKey(name), vText);
@@ -273,12 +291,14 @@ export class MemoryMetadata implements MetadataService {
     if (readers.length > 0) throw volumeReadersError(name, readers, readers.length);
     const token = this.fenceOf(volume.id) + 1;
     const previousReleased = this.newestReleased(volume.id);
+    const { ops, expiredToken } = this.expiry(volume.id, previousReleased);
     const record: VolumeLockRecord = { schema: 1, volumeId: volume.id, holder, token, acquiredAt: this.nowIso(), kind: 'writer' };
     this.server.commit([
       { type: 'put', key: volumeLockKey(volume.id), value: encodeRecord(record), lease: leaseId },
       { type: 'put', key: volumeFenceKey(volume.id), value: String(token) },
+      ...ops,
     ]);
-    return { volume, record, previousReleased };
+    return { volume, record, previousReleased, expiredToken };
   }
 
   /** A reader lock: refused while a writer holds the volume; readers share it. */
@@ -298,7 +318,7 @@ export class MemoryMetadata implements MetadataService {
     return this.server.get(key)?.lease === leaseId;
   }
 
-  tryLockForMaintenance(volumeId: number, holder: string, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord; previousReleased: boolean } {
+  tryLockForMaintenance(volumeId: number, holder: string, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord; previousReleased: boolean; expiredToken: number } {
     const volume = this.volumeById(volumeId);
     if (volume === null) throw volumeIdNotFoundError(volumeId);
     for (const key of [volumeLockKey(volumeId), volumeMaintKey(volumeId)]) {
@@ -307,12 +327,14 @@ export class MemoryMetadata implements MetadataService {
     }
     const token = this.fenceOf(volumeId) + 1;
     const previousReleased = this.newestReleased(volumeId);
+    const { ops, expiredToken } = this.expiry(volumeId, previousReleased);
     const record: VolumeLockRecord = { schema: 1, volumeId, holder, token, acquiredAt: this.nowIso(), kind: 'maintainer' };
     this.server.commit([
       { type: 'put', key: volumeMaintKey(volumeId), value: encodeRecord(record), lease: leaseId },
       { type: 'put', key: volumeFenceKey(volumeId), value: String(token) },
+      ...ops,
     ]);
-    return { volume, record, previousReleased };
+    return { volume, record, previousReleased, expiredToken };
   }
 
   lockKeyHeld(key: string, leaseId: string, token: number): boolean {
@@ -321,7 +343,7 @@ export class MemoryMetadata implements MetadataService {
   }
 
   /** The lock record when `leaseId` holds the volume's writer lock under `token`; else TORUS_ERR_VOLUME_LOCK_LOST. */
-  adoptLock(name: string, token: number, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord; previousReleased: boolean } {
+  adoptLock(name: string, token: number, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord; previousReleased: boolean; expiredToken: number } {
     const vText = this.getJson(volumeKey(name));
     if (vText === null) throw volumeNotFoundError(name);
     const volume = decodeVolumeRecord(volumeKey(name), vText);
@@ -334,7 +356,11 @@ export class MemoryMetadata implements MetadataService {
     }
     // The lock itself lives on: only its predecessor can have been let go.
     const previousReleased = decodeCounter(volumeReleasedKey(volume.id), this.getJson(volumeReleasedKey(volume.id))) === token - 1;
-    return { volume, record, previousReleased };
+    // The run that wrote under this token is gone with what it knew of its
+    // changes that failed half way: its token counts as expired.
+    if (this.fenceOf(volume.id) !== token) throw new TorusError('TORUS_ERR_VOLUME_LOCK_LOST', `volume "${name}": a newer token than ${token} was handed out; the lock is no longer ours`);
+    this.server.commit([{ type: 'put', key: volumeExpiredKey(volume.id), value: String(token) }]);
+    return { volume, record, previousReleased, expiredToken: token };
   }
 
   /** Keeps a lock under its lease with the next token. */
@@ -772,6 +798,7 @@ export class MemoryMetadata implements MetadataService {
         { type: 'delete', key: volumeKey(name) },
         { type: 'delete', key: volumeFenceKey(record.id) },
         { type: 'delete', key: volumeReleasedKey(record.id) },
+        { type: 'delete', key: volumeExpiredKey(record.id) },
         { type: 'delete', key: volumeMaintKey(record.id) },
         { type: 'delete', key: healthKey(record.id) },
         { type: 'deletePrefix', prefix: staleVolumePrefix(record.id) },
@@ -978,11 +1005,11 @@ class MemorySession implements MetadataSession {
     validateVolumeName(name);
     validateHolder(holder);
     await this.reclaimQuietly();
-    const { volume, record, previousReleased } = await this.lockTxn(`lock volume ${name}`, () => {
+    const { volume, record, previousReleased, expiredToken } = await this.lockTxn(`lock volume ${name}`, () => {
       const got = this.md.tryLock(name, holder, this.id);
       return { got, key: volumeLockKey(got.volume.id), value: encodeRecord(got.record) };
     });
-    return new MemoryVolumeLock(this.md, this.id, volume, record, volumeLockKey(volume.id), previousReleased);
+    return new MemoryVolumeLock(this.md, this.id, volume, record, volumeLockKey(volume.id), previousReleased, expiredToken);
   }
 
   async lockVolumeForReading(name: string, holder: string): Promise<VolumeReaderLock> {
@@ -1000,11 +1027,11 @@ class MemorySession implements MetadataSession {
     validateVolumeId(volumeId);
     validateHolder(holder);
     await this.reclaimQuietly();
-    const { volume, record, previousReleased } = await this.lockTxn(`lock volume ${volumeId} for maintenance`, () => {
+    const { volume, record, previousReleased, expiredToken } = await this.lockTxn(`lock volume ${volumeId} for maintenance`, () => {
       const got = this.md.tryLockForMaintenance(volumeId, holder, this.id);
       return { got, key: volumeMaintKey(volumeId), value: encodeRecord(got.record) };
     });
-    return new MemoryVolumeLock(this.md, this.id, volume, record, volumeMaintKey(volume.id), previousReleased);
+    return new MemoryVolumeLock(this.md, this.id, volume, record, volumeMaintKey(volume.id), previousReleased, expiredToken);
   }
 
   /**
@@ -1062,8 +1089,8 @@ class MemorySession implements MetadataSession {
 
   async adoptVolumeLock(name: string, token: number): Promise<VolumeLock> {
     validateVolumeName(name);
-    const { volume, record, previousReleased } = await this.leased(`adopt lock of volume ${name}`, () => this.md.adoptLock(name, token, this.id));
-    return new MemoryVolumeLock(this.md, this.id, volume, record, volumeLockKey(volume.id), previousReleased);
+    const { volume, record, previousReleased, expiredToken } = await this.leased(`adopt lock of volume ${name}`, () => this.md.adoptLock(name, token, this.id));
+    return new MemoryVolumeLock(this.md, this.id, volume, record, volumeLockKey(volume.id), previousReleased, expiredToken);
   }
 
   /** Stops keepalives without revoking: the lease and its keys live until the TTL (see resumeSession). */
@@ -1104,6 +1131,8 @@ class MemoryVolumeLock implements VolumeLock {
   readonly kind: 'writer' | 'maintainer';
   private released = false;
   private fenced = false;
+  /** markUnsettled: a change under this lock may lack a record; never let go cleanly. */
+  private unsettled = false;
 
   get session(): string {
     return this.leaseId;
@@ -1116,6 +1145,7 @@ class MemoryVolumeLock implements VolumeLock {
     record: VolumeLockRecord,
     private readonly key: string,
     readonly previousReleased: boolean,
+    readonly expiredToken: number,
   ) {
     this.token = record.token;
     this.holder = record.holder;
@@ -1129,6 +1159,10 @@ class MemoryVolumeLock implements VolumeLock {
     this.fenced = true;
   }
 
+  markUnsettled(): void {
+    this.unsettled = true;
+  }
+
   async stillHeld(): Promise<boolean> {
     return this.md.op(`check lock ${this.key}`, () => this.md.lockKeyHeld(this.key, this.leaseId, this.token));
   }
@@ -1136,12 +1170,12 @@ class MemoryVolumeLock implements VolumeLock {
   async renew(): Promise<VolumeLock> {
     const record = await this.md.op(`renew ${this.key}`, () => this.md.renewLockKey(this.key, this.leaseId, this.volume.id));
     // The previous token was ours, held without a gap.
-    return new MemoryVolumeLock(this.md, this.leaseId, this.volume, record, this.key, true);
+    return new MemoryVolumeLock(this.md, this.leaseId, this.volume, record, this.key, true, this.expiredToken);
   }
 
   async release(): Promise<void> {
     if (this.released) return;
-    await this.md.op(`unlock ${this.key}`, () => (this.fenced ? this.md.unlockReleased(this.key, this.leaseId, this.volume.id, this.token) : this.md.unlockKey(this.key, this.leaseId)));
+    await this.md.op(`unlock ${this.key}`, () => (this.fenced && !this.unsettled ? this.md.unlockReleased(this.key, this.leaseId, this.volume.id, this.token) : this.md.unlockKey(this.key, this.leaseId)));
     this.released = true;
   }
 }

@@ -236,6 +236,15 @@ export interface VolumeLock {
    */
   readonly previousReleased: boolean;
   /**
+   * The newest token of the volume whose lock ended without a clean release
+   * (0 when none), as of this lock: the previous token when
+   * previousReleased is false, else what an earlier lock recorded
+   * (`volume-expired/<id>`). A copy written under it or an older token may
+   * hold a change that reached only some owners and that no stale record
+   * names: its holder was gone before it could write one.
+   */
+  readonly expiredToken: number;
+  /**
    * Tells the lock that every older holder is fenced off: every peer that
    * may hold the volume's blocks learnt this token, or is recorded stale for
    * whatever an older holder may still land on it. Only a lock so marked
@@ -245,6 +254,13 @@ export interface VolumeLock {
    * changes for the next holder to fence off.
    */
   markFenced(): void;
+  /**
+   * Tells the lock that a change made under it may have reached only some
+   * owners with no record in etcd naming the others: release() then
+   * records no clean release, and the next holder counts this token as
+   * expired (expiredToken).
+   */
+  markUnsettled(): void;
   /** True while the lock key still exists under this session's lease (read from etcd). */
   stillHeld(): Promise<boolean>;
   /**

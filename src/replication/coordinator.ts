@@ -645,6 +645,18 @@ export class VolumeCoordinator {
   async close(): Promise<void> {
     this.closed = true;
     while (this.background.size > 0) await allSettledNow(this.background);
+    // A change that failed half way may have its stale or unsure record in
+    // memory only (etcd did not take it then). A clean release tells the
+    // next holder that etcd names every owner that missed one of our
+    // changes: it is made durable first, or the lock is let go as if it
+    // expired, and the next holder distrusts what silent owners may lack.
+    try {
+      await this.stale.settleAll();
+    } catch (err) {
+      rethrowAssertion(err);
+      this.lock.markUnsettled();
+      this.log.warn({ err }, 'records of owners that missed a change could not be made durable before the close: the lock is let go as if it expired');
+    }
   }
 
   get isClosed(): boolean {
@@ -1270,6 +1282,22 @@ export class VolumeCoordinator {
   // ------------------------------------------------------------ learning versions
 
   /**
+   * Whether a copy at this version may be a change that reached only some
+   * owners with no stale record naming the others: written under a token
+   * whose lock ended without a clean release (VolumeLock.expiredToken), or
+   * under a newer one than ours (a holder after us, ours fenced off). Our
+   * own changes, and those of holders that let go cleanly, recorded every
+   * owner they missed.
+   */
+  private mayBeHalfWay(version: Version): boolean {
+    const t = versionToken(version);
+    if (t === this.token) return false;
+    if (t > this.token) return true;
+    const expired = this.lock.expiredToken;
+    return expired > 0 && t <= expired;
+  }
+
+  /**
    * The block's entry, learning it from the owners on first touch (or after
    * a failed change): asks every reachable owner for its metadata, takes the
    * newest trusted copy as the block's version, and records trusted owners
@@ -1410,6 +1438,26 @@ export class VolumeCoordinator {
         throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: no owner with its newest copy answered`, {
           details: { block: index, asked: owners.all, trusted },
         });
+      }
+      // A trusted owner that did not answer may lack the newest copy: a
+      // change that failed half way, whose holder was gone before it could
+      // record the owners that missed it (its lock expired). Once that copy
+      // is returned, a coordinator trusting the silent owner would go back
+      // in time if the copy's holders were then lost (seed 9069). So the
+      // silent owners are recorded stale for the block first, durably,
+      // whenever the copy could be such a change; they are caught up when
+      // they answer again. A copy of a holder that let go cleanly, or of
+      // this coordinator, needs none: every change of theirs that failed
+      // half way was recorded.
+      const silent = trusted.filter((u) => !metas.got.has(u));
+      if (silent.length > 0 && this.mayBeHalfWay(newest.version)) {
+        try {
+          await Promise.all(silent.map((u) => this.stale.record(u, [index])));
+        } catch (err) {
+          rethrowAssertion(err);
+          throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: owners that did not answer could not be recorded stale in etcd, and its newest copy may be a change they missed`, { cause: err, details: { block: index, silent } });
+        }
+        this.log.debug({ block: index, peers: silent, version: formatVersion(newest.version) }, 'owners that did not answer recorded stale: the newest copy may be a change of an expired holder that they missed');
       }
       const e: BlockEntry = previous ?? {
         index,

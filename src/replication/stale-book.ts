@@ -187,6 +187,28 @@ export class StaleBook {
     return waits === null ? null : Promise.all(waits).then(() => undefined);
   }
 
+  /**
+   * Makes every record memory holds and etcd does not (an addition queued,
+   * or one that failed) durable; resolves once all are. A holder does this
+   * before it lets go cleanly: the next one trusts whatever etcd does not
+   * name (docs/replication.md, "Changes an expired holder left half way").
+   */
+  settleAll(): Promise<void> {
+    const waits: Promise<void>[] = [];
+    for (const [u, e] of this.peers) {
+      if (e.allDurable) continue;
+      if (e.all && e.narrowing === 0) {
+        waits.push(this.record(u, 'all'));
+        continue;
+      }
+      const blocks = [...e.blocks].filter((i) => !e.durable.has(i));
+      if (blocks.length > 0) waits.push(this.record(u, blocks));
+      const unsure = [...e.unsure].filter((i) => !e.unsureDurable.has(i) && !e.durable.has(i));
+      if (unsure.length > 0) waits.push(this.recordUnsure(u, unsure));
+    }
+    return Promise.all(waits).then(() => undefined);
+  }
+
   /** Peers with anything recorded. */
   stalePeers(): string[] {
     return [...this.peers.entries()].filter(([, e]) => e.all || e.blocks.size > 0 || e.unsure.size > 0).map(([p]) => p);

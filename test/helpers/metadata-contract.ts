@@ -401,17 +401,19 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       expect(fresh.token).toBeGreaterThan(stale.token);
     });
 
-    it('previousReleased: a first lock and one after a fenced clean release say so; after an expiry, an unfenced release or a live maintainer they do not', async () => {
+    it('previousReleased: a first lock and one after a fenced clean release say so; after an expiry, an unfenced release or a live maintainer they do not, and expiredToken keeps the newest such token for every later holder', async () => {
       await initialised();
       const vol = await md.createVolume('pad', MiB);
       const s1 = await session();
       const first = await s1.lockVolume('pad', 'one');
       expect(first.previousReleased).toBe(true); // never locked before
+      expect(first.expiredToken).toBe(0);
       first.markFenced();
       await first.release();
       const second = await s1.lockVolume('pad', 'one');
       expect(second.token).toBe(2);
       expect(second.previousReleased).toBe(true);
+      expect(second.expiredToken).toBe(0);
       // Renewed: the previous token was ours, held without a gap.
       const renewed = await second.renew();
       expect(renewed.previousReleased).toBe(true);
@@ -419,12 +421,14 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       await renewed.release();
       const third = await s1.lockVolume('pad', 'one');
       expect(third.previousReleased).toBe(false);
+      expect(third.expiredToken).toBe(renewed.token);
       third.markFenced();
       await third.release();
       // An expiry (the lease revoked behind its owner's back, as a TTL running out does).
       const s2 = await session(3);
       const expired = await s2.lockVolume('pad', 'two');
       expect(expired.previousReleased).toBe(true);
+      expect(expired.expiredToken, 'kept past a clean release').toBe(renewed.token);
       expired.markFenced();
       await h.revokeExternally(md, s2.id);
       await h.eventually('expired lock gone', async () => (await md.getVolumeLock(vol.id)) === null);
@@ -433,23 +437,47 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       const after = await s3.lockVolume('pad', 'three');
       expect(after.token).toBe(expired.token + 1);
       expect(after.previousReleased).toBe(false);
+      expect(after.expiredToken).toBe(expired.token);
+      expect((await after.renew()).expiredToken, 'a renewal keeps it').toBe(expired.token);
       after.markFenced();
       await after.release();
       // Maintenance locks read and record the same way.
       const maint = await s3.lockVolumeForMaintenance(vol.id, 'm');
-      expect(maint.previousReleased).toBe(true);
+      expect(maint.previousReleased).toBe(false); // after renewed, unfenced
       maint.markFenced();
+      await maint.release();
+      const maint2 = await s3.lockVolumeForMaintenance(vol.id, 'm');
+      expect(maint2.previousReleased).toBe(true);
+      expect(maint2.expiredToken).toBe(maint.token - 1);
+      maint2.markFenced();
       // A writer overriding a maintainer still at work: not released.
       const writer = await s1.lockVolume('pad', 'four');
       expect(writer.previousReleased).toBe(false);
-      await maint.release(); // its token is no longer the newest: records nothing
+      expect(writer.expiredToken).toBe(maint2.token);
+      await maint2.release(); // its token is no longer the newest: records nothing
       writer.markFenced();
       await writer.release();
       const last = await s3.lockVolumeForMaintenance(vol.id, 'm');
       expect(last.previousReleased).toBe(true);
+      expect(last.expiredToken).toBe(maint2.token);
       // Per volume: another volume's first lock.
       await md.createVolume('other', MiB);
-      expect((await s3.lockVolume('other', 'x')).previousReleased).toBe(true);
+      const other = await s3.lockVolume('other', 'x');
+      expect(other.previousReleased).toBe(true);
+      expect(other.expiredToken).toBe(0);
+    });
+
+    it('a lock marked unsettled is let go without a clean release: the next holder counts its token as expired', async () => {
+      await initialised();
+      await md.createVolume('uns', MiB);
+      const s = await session();
+      const l1 = await s.lockVolume('uns', 'a');
+      l1.markFenced();
+      l1.markUnsettled();
+      await l1.release();
+      const l2 = await s.lockVolume('uns', 'a');
+      expect(l2.previousReleased).toBe(false);
+      expect(l2.expiredToken).toBe(l1.token);
     });
 
     it('an adopted lock reports whether its predecessor was let go', async () => {
@@ -463,7 +491,15 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       expect((await s.adoptVolumeLock('att', l2.token)).previousReleased).toBe(true);
       await l2.release(); // unfenced
       const l3 = await s.lockVolume('att', 'a');
-      expect((await s.adoptVolumeLock('att', l3.token)).previousReleased).toBe(false);
+      const adopted = await s.adoptVolumeLock('att', l3.token);
+      expect(adopted.previousReleased).toBe(false);
+      // The run that wrote under the adopted token is gone: it counts as expired, for later holders too.
+      expect(adopted.expiredToken).toBe(l3.token);
+      adopted.markFenced();
+      await adopted.release();
+      const l4 = await s.lockVolume('att', 'a');
+      expect(l4.previousReleased).toBe(true);
+      expect(l4.expiredToken).toBe(l3.token);
     });
 
     it('delete is refused while the volume is locked, naming the holder', async () => {

@@ -15,7 +15,7 @@ import { blockRef } from '../../src/model/block-ref.js';
 import { makeVersion, versionSeq, versionToken } from '../../src/model/version.js';
 import { BLOCKS_IN_FLIGHT } from '../../src/replication/block-jobs.js';
 import { sleep } from '../../src/util/timeout.js';
-import { volumeMaintKey } from '../../src/metadata/keys.js';
+import { volumeFenceKey, volumeLockKey, volumeMaintKey, volumeReleasedKey } from '../../src/metadata/keys.js';
 import { MemoryMetadata } from '../../src/metadata/memory-metadata.js';
 import type { NodeEnv, NodeUnderTest, VolumeIo } from '../sim/node-under-test.js';
 import { SIM_TIMING } from '../sim/node-under-test.js';
@@ -309,6 +309,66 @@ async function aOnANewerRing(c: SimCluster, a: SimPeer, b: SimPeer, w: SimPeer, 
   c.setPeerEtcdFault(b, 'unavailable');
   await until(c, c.changeRing([a.uuid, b.uuid, w.uuid], 2, 'a third member'));
   await runFor(c, 200);
+}
+
+/**
+ * Block 0 written and flushed, then a change to it that reaches b only: a
+ * is cut off from the writer w, and etcd cannot record that a missed it
+ * (etcd is left unavailable).
+ */
+async function changeReachesOnlyB(c: SimCluster, a: SimPeer, b: SimPeer, w: SimPeer, io: VolumeIo): Promise<void> {
+  await until(c, io.write(0, pattern(1, BLOCK), false));
+  await until(c, io.flush());
+  c.network.block(w.uuid, a.uuid);
+  c.setEtcdFault('unavailable');
+  const failed = await until(c, io.write(0, pattern(2, BLOCK), false).then(() => null, (e: unknown) => e));
+  expect(isTorusError(failed, 'TORUS_ERR_REPLICA_QUORUM'), String(failed)).toBe(true);
+  expect(versionOf(c, b, 0), 'b took the change a missed').toBeGreaterThan(versionOf(c, a, 0));
+}
+
+/**
+ * Seed 9069's story: a change of a writer that then died reaches b only
+ * (a missed it, etcd could not record that); the next holder lets go
+ * cleanly without touching the block; an open of mode `mode` on b reads
+ * block 0 while a is silent; b is lost; a writer on a reads block 0. The
+ * second read must not be older than the first.
+ */
+async function expectNoReadBackInTime(mode: 'rw' | 'ro'): Promise<void> {
+  const c = cluster({ peers: 3, members: 2, replication: 2 });
+  await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+  await startAll(c, c.peers);
+  const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
+  // The background pass that checks the volume at this ring version runs
+  // first (later, it would find a behind and catch it up).
+  const maint = () => c.etcd.get(volumeMaintKey(1));
+  await runUntil(c.clock, () => maint() !== undefined, c.clock.monotonic() + 60_000);
+  await runUntil(c.clock, () => maint() === undefined, c.clock.monotonic() + 60_000);
+  const io = await until(c, c.open(w, 'v', 'rw'));
+  await changeReachesOnlyB(c, a, b, w, io);
+  c.crash(w);
+  c.setEtcdFault('none');
+  c.network.healAll();
+  await runFor(c, 3 * SIM_TIMING.sessionTtlSeconds * 1000);
+  // The next holder fences the expired one off and lets go cleanly.
+  const next = await until(c, c.open(a, 'v', 'rw'), 60_000);
+  await until(c, next.close());
+  expect(c.isRecordedStale(1, a.uuid, 0), 'nothing recorded a stale yet').toBe(false);
+  expect(versionOf(c, b, 0), 'a still lacks the change').toBeGreaterThan(versionOf(c, a, 0));
+  // An open on b reads block 0 while a is silent.
+  c.network.block(b.uuid, a.uuid);
+  c.network.block(a.uuid, b.uuid);
+  const x = await until(c, c.open(b, 'v', mode), 60_000);
+  const seen = await until(c, x.read(0, BLOCK).then((d) => d, (e: unknown) => e));
+  const seenNewest = Buffer.isBuffer(seen) && seen.equals(pattern(2, BLOCK));
+  expect(seenNewest, `the newest copy was returned (${mode})`).toBe(true);
+  expect(c.isRecordedStale(1, a.uuid, 0), `the failed change returned while a is trusted (${mode})`).toBe(true);
+  // b is lost with its copy; a writer on a must not read the older one.
+  c.crash(b);
+  c.network.healAll();
+  await runFor(c, 3 * SIM_TIMING.sessionTtlSeconds * 1000);
+  const y = await until(c, c.open(a, 'v', 'rw'), 60_000);
+  const later = await until(c, y.read(0, BLOCK).then((d) => d, (e: unknown) => e));
+  expect(Buffer.isBuffer(later) && later.equals(pattern(1, BLOCK)), `read back in time (${mode})`).toBe(false);
 }
 
 describe('replication on a simulated cluster', () => {
@@ -1030,6 +1090,41 @@ describe('replication on a simulated cluster', () => {
     expect(records.map((r) => [r.peer, r.ranges])).toEqual([[a.uuid, [[0, 1]]]]);
     c.network.healAll();
     await until(c, io.close());
+  });
+
+  it('a change of an expired writer that reached one owner is not returned while the other owner is silent, unless that one is recorded stale first', async () => {
+    // Seed 9069: a writer's change reached b only, etcd could not record a
+    // stale, and the writer died. Its lock expired, and the next holder
+    // let go cleanly without touching the block. A writer that then
+    // learnt the block with a silent returned b's copy; once b was lost, a
+    // writer trusting a read the older copy: back in time.
+    await expectNoReadBackInTime('rw');
+  });
+
+  it('a writer that closes after a change failed half way without a record makes the record first, or does not let go cleanly', async () => {
+    // The close-time twin of seed 9069: the failed change's stale record
+    // lived only in the writer's memory, and a clean release would tell the
+    // next holder that every change before it was accounted for.
+    for (const etcdBackFirst of [true, false]) {
+      const { c, a, b, w, io } = await writerOnThird();
+      await changeReachesOnlyB(c, a, b, w, io);
+      c.network.healAll();
+      c.setEtcdFault('none');
+      // etcd away again for the close (briefly: the writer keeps its lease).
+      if (!etcdBackFirst) c.setEtcdFault('unavailable');
+      const closing = io.close();
+      if (!etcdBackFirst) {
+        await runFor(c, 3_000);
+        c.setEtcdFault('none');
+      }
+      await until(c, closing);
+      expect(c.etcd.get(volumeLockKey(1)), 'the lock was let go').toBeUndefined();
+      const recorded = c.isRecordedStale(1, a.uuid, 0);
+      const counter = (key: string) => Number(Buffer.from(c.etcd.get(key)?.value ?? '0').toString());
+      const releasedCleanly = counter(volumeReleasedKey(1)) === counter(volumeFenceKey(1));
+      expect(recorded || !releasedCleanly, `etcd says a lacks the change, or that the lock did not end cleanly (${etcdBackFirst ? 'etcd back before the close' : 'etcd back during the close'})`).toBe(true);
+      if (etcdBackFirst) expect(recorded, 'with etcd back, the close records it').toBe(true);
+    }
   });
 
   it('a change that failed because the ring could not be re-read is not read back from the owner that took it', async () => {

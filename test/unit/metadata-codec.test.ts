@@ -22,6 +22,7 @@ import {
   volumeLockKey,
   volumeMaintKey,
   volumeReleasedKey,
+  volumeExpiredKey,
   volumeReaderKey,
   volumeReadersPrefix,
 } from '../../src/metadata/keys.js';
@@ -51,6 +52,7 @@ describe('key layout', () => {
       '/torus/volume-locks/<volumeId>',
       '/torus/volume-fence/<volumeId>',
       '/torus/volume-released/<volumeId>',
+      '/torus/volume-expired/<volumeId>',
       '/torus/peers/<uuid>',
       '/torus/ring',
       '/torus/secret',
@@ -62,7 +64,7 @@ describe('key layout', () => {
       '/torus/health/<volumeId>',
     ]);
     for (const d of doc) expect(d.what.length).toBeGreaterThan(10);
-    expect([volumeKey('pad'), volumeLockKey(7), volumeFenceKey(7), volumeMaintKey(7), volumeReleasedKey(7)]).toEqual(['volumes/pad', 'volume-locks/7', 'volume-fence/7', 'volume-maint/7', 'volume-released/7']);
+    expect([volumeKey('pad'), volumeLockKey(7), volumeFenceKey(7), volumeMaintKey(7), volumeReleasedKey(7), volumeExpiredKey(7)]).toEqual(['volumes/pad', 'volume-locks/7', 'volume-fence/7', 'volume-maint/7', 'volume-released/7', 'volume-expired/7']);
     expect([volumeReadersPrefix(1), volumeReaderKey(1, '99')]).toEqual(['volume-readers/1/', 'volume-readers/1/99']);
     expect([staleKey(1, 'p'), staleVolumePrefix(1), ringAckKey('99'), moveKey(3, 7), movesVersionPrefix(3), healthKey(7)]).toEqual([
       'stale/1/p',
