@@ -709,6 +709,11 @@ export class EtcdMetadata implements MetadataService {
     throw conflictError(`delete volume "${name}"`);
   }
 
+  async getVolumeExpired(volumeId: number): Promise<number> {
+    const kv = await this.getKv(volumeExpiredKey(volumeId));
+    return decodeCounter(this.k(volumeExpiredKey(volumeId)), kv?.value ?? null);
+  }
+
   async getVolumeLock(volumeId: number): Promise<VolumeLockRecord | null> {
     const kv = await this.getKv(volumeLockKey(volumeId));
     return kv === null ? null : decodeVolumeLockRecord(this.k(volumeLockKey(volumeId)), kv.value);

@@ -808,6 +808,10 @@ export class MemoryMetadata implements MetadataService {
     });
   }
 
+  async getVolumeExpired(volumeId: number): Promise<number> {
+    return this.op(`get expired token of volume ${volumeId}`, () => this.expiredOf(volumeId));
+  }
+
   async getVolumeLock(volumeId: number): Promise<VolumeLockRecord | null> {
     return this.op(`get volume lock ${volumeId}`, () => {
       const text = this.getJson(volumeLockKey(volumeId));

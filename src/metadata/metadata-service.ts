@@ -126,6 +126,12 @@ export interface MetadataService {
    */
   deleteVolume(name: string, opts?: { readonly id?: number }): Promise<VolumeRecord>;
   getVolumeLock(volumeId: number): Promise<VolumeLockRecord | null>;
+  /**
+   * The newest token of the volume recorded as ended without a clean
+   * release (`volume-expired/<id>`, 0 when none): VolumeLock.expiredToken
+   * for a process that reads the volume without a lock of its own.
+   */
+  getVolumeExpired(volumeId: number): Promise<number>;
   /** The reader locks held on a volume (kind reader), oldest first. */
   listVolumeReaders(volumeId: number): Promise<VolumeLockRecord[]>;
   /**

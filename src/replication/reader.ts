@@ -3,8 +3,8 @@ import { TorusError } from '../errors/torus-error.js';
 import { compareCopies, type BlockMeta } from '../model/block-meta.js';
 import { blockRef, type BlockRef } from '../model/block-ref.js';
 import type { VolumeMoveRecord, VolumeRecord } from '../model/records.js';
-import { VERSION_ABSENT, type Version } from '../model/version.js';
-import { unlessAssertion } from '../util/invariant.js';
+import { VERSION_ABSENT, versionToken, type Version } from '../model/version.js';
+import { rethrowAssertion, unlessAssertion } from '../util/invariant.js';
 import { withTimeout } from '../util/timeout.js';
 import type { ClusterContext } from './cluster-context.js';
 import { classifyFailure } from './coordinator.js';
@@ -28,6 +28,8 @@ export class VolumeReader {
   private readonly log: Logger;
   private readonly floors = new Map<number, Version>();
   private movedVersion = 0;
+  /** The volume's newest token recorded as ended without a clean release (VolumeLock.expiredToken), as last read. */
+  private expired = 0;
 
   private constructor(
     private readonly ctx: ClusterContext,
@@ -39,8 +41,14 @@ export class VolumeReader {
 
   static async open(ctx: ClusterContext, volume: VolumeRecord): Promise<VolumeReader> {
     const r = new VolumeReader(ctx, volume);
-    await r.stale.refresh();
+    await r.refresh();
     return r;
+  }
+
+  /** What etcd says of the volume's owners: the stale records and the expired token. */
+  private async refresh(): Promise<void> {
+    await this.stale.refresh();
+    this.expired = await this.ctx.metadata.getVolumeExpired(this.volume.id);
   }
 
   private refOf(index: number): BlockRef {
@@ -90,41 +98,60 @@ export class VolumeReader {
       const set = owners.phase === 'stable' ? owners.now : owners.phase === 'settled' || this.movedVersion === ring.transition?.startedVersion ? owners.placed : owners.old!;
       const trusted = set.filter((u) => !this.stale.isStale(u, index));
       const got = new Map<string, BlockMeta>();
-      let silent = 0;
+      const silent: string[] = [];
       await Promise.all(
         trusted.map(async (u) => {
           const api = this.ctx.replica(u);
           if (api === null) {
-            silent++;
+            silent.push(u);
             return;
           }
           try {
             const [m] = await withTimeout(api.meta(this.ctx.requestContext(), [ref]), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `meta on peer ${u}`);
             got.set(u, m!);
           } catch (err) {
-            silent++;
+            silent.push(u);
             const kind = classifyFailure(err);
             if (kind === 'outdated') await this.ctx.refreshRing(this.ctx.ring().version + 1);
             else if (kind === 'peer') this.ctx.health.failed(u);
           }
         }),
       );
-      if (silent > 0 && attempt === 0) {
+      if (silent.length > 0 && attempt === 0) {
         // An owner we cannot ask may hold a newer version: only etcd can say
         // whether the ones that answered missed it.
-        await this.stale.refresh();
+        await this.refresh();
         continue;
       }
       let newest: BlockMeta | null = null;
       for (const m of got.values()) if (!m.suspect && (newest === null || compareCopies(m, newest) > 0)) newest = m;
       const floor = this.floors.get(index) ?? VERSION_ABSENT;
       if (newest === null || newest.version < floor) break;
+      if (silent.length > 0 && this.expired > 0 && versionToken(newest.version) <= this.expired) await this.recordSilent(index, silent);
       const holders = [...got.entries()].filter(([, m]) => !m.suspect && compareCopies(m, newest!) === 0).map(([u]) => u);
       const self = this.ctx.selfUuid;
       holders.sort((a, b) => (a === self ? -1 : b === self ? 1 : 0));
       return { meta: newest, holders };
     }
     throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: no owner with its newest copy answered`, { details: { block: index } });
+  }
+
+  /**
+   * The newest copy may be a change an expired holder left half way, which
+   * the silent owners missed with no record saying so: they are recorded
+   * stale for the block before it is returned, as a coordinator does
+   * (docs/replication.md, "Changes an expired holder left half way"). A
+   * reader holds no token: the addition is unfenced (it only ever makes
+   * owners less trusted, and a catch-up clears it).
+   */
+  private async recordSilent(index: number, silent: readonly string[]): Promise<void> {
+    try {
+      await Promise.all(silent.map((u) => this.stale.record(u, [index])));
+    } catch (err) {
+      rethrowAssertion(err);
+      throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: owners that did not answer could not be recorded stale in etcd, and its newest copy may be a change they missed`, { cause: err, details: { block: index, silent } });
+    }
+    this.log.debug({ block: index, peers: silent }, 'owners that did not answer recorded stale: the newest copy may be a change of an expired holder that they missed');
   }
 
   /** During a moving transition, a volume whose move is done may be read from its new owners too. */

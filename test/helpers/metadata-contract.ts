@@ -408,6 +408,7 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       const first = await s1.lockVolume('pad', 'one');
       expect(first.previousReleased).toBe(true); // never locked before
       expect(first.expiredToken).toBe(0);
+      expect(await md.getVolumeExpired(vol.id)).toBe(0);
       first.markFenced();
       await first.release();
       const second = await s1.lockVolume('pad', 'one');
@@ -438,6 +439,7 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       expect(after.token).toBe(expired.token + 1);
       expect(after.previousReleased).toBe(false);
       expect(after.expiredToken).toBe(expired.token);
+      expect(await md.getVolumeExpired(vol.id), 'what a process without a lock reads').toBe(expired.token);
       expect((await after.renew()).expiredToken, 'a renewal keeps it').toBe(expired.token);
       after.markFenced();
       await after.release();

@@ -1101,6 +1101,10 @@ describe('replication on a simulated cluster', () => {
     await expectNoReadBackInTime('rw');
   });
 
+  it('a read-only opener does not return such a change while the other owner is silent, unless that one is recorded stale first', async () => {
+    await expectNoReadBackInTime('ro');
+  });
+
   it('a writer that closes after a change failed half way without a record makes the record first, or does not let go cleanly', async () => {
     // The close-time twin of seed 9069: the failed change's stale record
     // lived only in the writer's memory, and a clean release would tell the
