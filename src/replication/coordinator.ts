@@ -1395,7 +1395,15 @@ export class VolumeCoordinator {
           const m = metas.got.get(u);
           return !trusted.includes(u) && m !== undefined && !m.suspect && m.version > suspectTop;
         });
-        let adopted = await this.adopt(ref, [...trusted, ...ahead], metas.got);
+        // A former owner may hold a copy newer than every owner's: a change
+        // sent to the old owners as well while the ring moved, taken by an
+        // old one, then lost by every new one (seed 12805: the new owner
+        // that took it lost power before a flush, the other was stale; the
+        // old owner's copy was the only one left, and garbage collection
+        // dropped it once the owners' older copies checked out). It wins.
+        const aheadTop = Math.max(suspectTop, ...ahead.map((u) => metas.got.get(u)!.version));
+        let adopted = await this.adoptLeftover(ref, owners, metas.got, { newerThan: aheadTop });
+        adopted ??= await this.adopt(ref, [...trusted, ...ahead], metas.got);
         if (adopted?.owner != null && ahead.includes(adopted.owner)) vouched.push(adopted.owner);
         const allAnswered = owners.all.every((u) => metas.got.has(u));
         if (adopted === null && allAnswered) {
@@ -1582,26 +1590,35 @@ export class VolumeCoordinator {
    * installed on one owner under a fresh version of ours (so versions stay
    * comparable); the other owners are then behind and caught up from it.
    * Null when no peer holds such a copy.
+   *
+   * With `newerThan` (every owner's copy is suspect or stale, and the
+   * newest that could be adopted among them is at that version): the
+   * newest copy a peer that is not an owner holds, not suspect and newer
+   * than that, read whole against its CRCs. Every owner lost what came
+   * after their copies, so nothing acknowledged is newer than it.
    */
-  private async adoptLeftover(ref: BlockRef, owners: BlockOwners, got: Map<string, BlockMeta>): Promise<{ meta: BlockMeta; from: number; owner: string | null } | null> {
+  private async adoptLeftover(ref: BlockRef, owners: BlockOwners, got: Map<string, BlockMeta>, opts: { newerThan?: Version } = {}): Promise<{ meta: BlockMeta; from: number; owner: string | null } | null> {
     let top: BlockMeta | null = null;
     for (const u of owners.all) {
       const m = got.get(u);
       if (m !== undefined && (top === null || m.version > top.version)) top = m;
     }
-    if (top === null || top.state !== 'data') return null;
+    const newerThan = opts.newerThan;
+    if (newerThan === undefined && (top === null || top.state !== 'data')) return null;
     // Ring members and peers that left the ring but still run (a replaced
     // or drained peer keeps its leftovers while they may be needed).
     const others = [...new Set([...ringPeers(this.ctx.ring()), ...this.ctx.livePeers()])].filter((u) => !owners.all.includes(u));
     if (others.length === 0) return null;
     const { got: theirs } = await this.askMeta(ref, others);
-    for (const [c, m] of theirs) {
-      if (m.suspect || m.state !== 'data' || m.version !== top.version || m.digest !== top.digest) continue;
-      const data = await this.readExactCopy(c, ref, top);
+    const candidates = [...theirs]
+      .filter(([, m]) => !m.suspect && m.state === 'data' && (newerThan === undefined ? m.version === top!.version && m.digest === top!.digest : m.version > newerThan))
+      .sort(([, x], [, y]) => y.version - x.version);
+    for (const [c, m] of candidates) {
+      const data = await this.readExactCopy(c, ref, m);
       if (data === null) continue;
       try {
         // One fresh version for whichever owner takes it first.
-        const version = this.nextVersion(top.version);
+        const version = this.nextVersion(Math.max(m.version, top?.version ?? VERSION_ABSENT));
         for (const u of owners.all) {
           const api = this.ctx.replica(u);
           if (api === null || !this.ctx.health.usable(u)) continue;
@@ -1612,10 +1629,10 @@ export class VolumeCoordinator {
             this.log.debug({ err, block: ref.index, peer: u }, 'installing a former owner\'s copy failed');
             continue;
           }
-          const adopted: BlockMeta = { state: 'data', version, suspect: false, digest: top.digest };
+          const adopted: BlockMeta = { state: 'data', version, suspect: false, digest: m.digest };
           got.set(u, adopted);
-          this.log.warn({ block: ref.index, from: c, owner: u, version: formatVersion(version), was: formatVersion(top.version) }, 'no owner\'s copy of the block checks out: took the exact copy a former owner kept');
-          return { meta: adopted, from: top.version, owner: u };
+          this.log.warn({ block: ref.index, from: c, owner: u, version: formatVersion(version), was: formatVersion(m.version) }, newerThan === undefined ? 'no owner\'s copy of the block checks out: took the exact copy a former owner kept' : 'every owner\'s copy of the block is suspect or stale and older than a former owner\'s: took that one');
+          return { meta: adopted, from: m.version, owner: u };
         }
         return null;
       } finally {
