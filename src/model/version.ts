@@ -65,3 +65,18 @@ export function formatVersion(v: Version): string {
   if (v === VERSION_LEGACY) return 'legacy';
   return `t${versionToken(v)}.${versionSeq(v)}`;
 }
+
+/**
+ * Whether a copy at this version may be a change that reached only some
+ * owners with no stale record naming the others: written under a token no
+ * newer than `expiredToken` (the newest whose lock ended without a clean
+ * release), or, for a holder of `ownToken`, under a token newer than it (a
+ * holder after us). A holder's own changes, and those of holders that let
+ * go cleanly, recorded every owner they missed.
+ */
+export function mayBeHalfWay(version: Version, expiredToken: number, ownToken?: number): boolean {
+  const t = versionToken(version);
+  if (ownToken !== undefined && t === ownToken) return false;
+  if (ownToken !== undefined && t > ownToken) return true;
+  return expiredToken > 0 && t <= expiredToken;
+}

@@ -5,7 +5,7 @@ import { ABSENT_META, compareCopies, type BlockMeta } from '../model/block-meta.
 import { blockRef, type BlockRef } from '../model/block-ref.js';
 import { CRC_PAGE_BYTES, type ChangeStamp, type InstallOutcome, type ReplicaApi, type ReplicaWriteOptions, type RequestContext } from '../model/replica-api.js';
 import type { VolumeMoveRecord, VolumeRecord } from '../model/records.js';
-import { formatVersion, makeVersion, SEQ_MAX, VERSION_ABSENT, versionToken, type Version } from '../model/version.js';
+import { formatVersion, makeVersion, mayBeHalfWay, SEQ_MAX, VERSION_ABSENT, versionToken, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
 import { releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
 import { crc32c, crc32cCombinePages, crc32cPages } from '../util/crc32c.js';
@@ -1282,22 +1282,6 @@ export class VolumeCoordinator {
   // ------------------------------------------------------------ learning versions
 
   /**
-   * Whether a copy at this version may be a change that reached only some
-   * owners with no stale record naming the others: written under a token
-   * whose lock ended without a clean release (VolumeLock.expiredToken), or
-   * under a newer one than ours (a holder after us, ours fenced off). Our
-   * own changes, and those of holders that let go cleanly, recorded every
-   * owner they missed.
-   */
-  private mayBeHalfWay(version: Version): boolean {
-    const t = versionToken(version);
-    if (t === this.token) return false;
-    if (t > this.token) return true;
-    const expired = this.lock.expiredToken;
-    return expired > 0 && t <= expired;
-  }
-
-  /**
    * The block's entry, learning it from the owners on first touch (or after
    * a failed change): asks every reachable owner for its metadata, takes the
    * newest trusted copy as the block's version, and records trusted owners
@@ -1458,15 +1442,7 @@ export class VolumeCoordinator {
       // this coordinator, needs none: every change of theirs that failed
       // half way was recorded.
       const silent = trusted.filter((u) => !metas.got.has(u));
-      if (silent.length > 0 && this.mayBeHalfWay(newest.version)) {
-        try {
-          await Promise.all(silent.map((u) => this.stale.record(u, [index])));
-        } catch (err) {
-          rethrowAssertion(err);
-          throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: owners that did not answer could not be recorded stale in etcd, and its newest copy may be a change they missed`, { cause: err, details: { block: index, silent } });
-        }
-        this.log.debug({ block: index, peers: silent, version: formatVersion(newest.version) }, 'owners that did not answer recorded stale: the newest copy may be a change of an expired holder that they missed');
-      }
+      if (silent.length > 0 && mayBeHalfWay(newest.version, this.lock.expiredToken, this.token)) await this.stale.recordSilent(silent, index, this.volume.name);
       const e: BlockEntry = previous ?? {
         index,
         version: VERSION_ABSENT,

@@ -3,8 +3,8 @@ import { TorusError } from '../errors/torus-error.js';
 import { compareCopies, type BlockMeta } from '../model/block-meta.js';
 import { blockRef, type BlockRef } from '../model/block-ref.js';
 import type { VolumeMoveRecord, VolumeRecord } from '../model/records.js';
-import { VERSION_ABSENT, versionToken, type Version } from '../model/version.js';
-import { rethrowAssertion, unlessAssertion } from '../util/invariant.js';
+import { mayBeHalfWay, VERSION_ABSENT, type Version } from '../model/version.js';
+import { unlessAssertion } from '../util/invariant.js';
 import { withTimeout } from '../util/timeout.js';
 import type { ClusterContext } from './cluster-context.js';
 import { classifyFailure } from './coordinator.js';
@@ -127,31 +127,15 @@ export class VolumeReader {
       for (const m of got.values()) if (!m.suspect && (newest === null || compareCopies(m, newest) > 0)) newest = m;
       const floor = this.floors.get(index) ?? VERSION_ABSENT;
       if (newest === null || newest.version < floor) break;
-      if (silent.length > 0 && this.expired > 0 && versionToken(newest.version) <= this.expired) await this.recordSilent(index, silent);
+      // As a coordinator does; a reader holds no token, so the record is
+      // unfenced (it only makes owners less trusted until a catch-up).
+      if (silent.length > 0 && mayBeHalfWay(newest.version, this.expired)) await this.stale.recordSilent(silent, index, this.volume.name);
       const holders = [...got.entries()].filter(([, m]) => !m.suspect && compareCopies(m, newest!) === 0).map(([u]) => u);
       const self = this.ctx.selfUuid;
       holders.sort((a, b) => (a === self ? -1 : b === self ? 1 : 0));
       return { meta: newest, holders };
     }
     throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: no owner with its newest copy answered`, { details: { block: index } });
-  }
-
-  /**
-   * The newest copy may be a change an expired holder left half way, which
-   * the silent owners missed with no record saying so: they are recorded
-   * stale for the block before it is returned, as a coordinator does
-   * (docs/replication.md, "Changes an expired holder left half way"). A
-   * reader holds no token: the addition is unfenced (it only ever makes
-   * owners less trusted, and a catch-up clears it).
-   */
-  private async recordSilent(index: number, silent: readonly string[]): Promise<void> {
-    try {
-      await Promise.all(silent.map((u) => this.stale.record(u, [index])));
-    } catch (err) {
-      rethrowAssertion(err);
-      throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: owners that did not answer could not be recorded stale in etcd, and its newest copy may be a change they missed`, { cause: err, details: { block: index, silent } });
-    }
-    this.log.debug({ block: index, peers: silent }, 'owners that did not answer recorded stale: the newest copy may be a change of an expired holder that they missed');
   }
 
   /** During a moving transition, a volume whose move is done may be read from its new owners too. */

@@ -2,6 +2,8 @@ import type { Logger } from 'pino';
 import type { MetadataService } from '../metadata/metadata-service.js';
 import type { StaleRecord } from '../model/records.js';
 import type { Clock } from '../util/clock.js';
+import { TorusError } from '../errors/torus-error.js';
+import { rethrowAssertion } from '../util/invariant.js';
 import { coarsenRanges, indexesToRanges, STALE_RANGES_MAX } from '../model/ranges.js';
 
 /**
@@ -207,6 +209,23 @@ export class StaleBook {
       if (unsure.length > 0) waits.push(this.recordUnsure(u, unsure));
     }
     return Promise.all(waits).then(() => undefined);
+  }
+
+  /**
+   * Records owners that did not answer stale for a block whose newest copy
+   * may be a change they missed with no record saying so (mayBeHalfWay),
+   * before that copy is returned; TORUS_ERR_BLOCK_UNAVAILABLE if etcd does
+   * not take the record (docs/replication.md, "Changes an expired holder
+   * left half way").
+   */
+  async recordSilent(silent: readonly string[], index: number, volumeName: string): Promise<void> {
+    try {
+      await Promise.all(silent.map((u) => this.record(u, [index])));
+    } catch (err) {
+      rethrowAssertion(err);
+      throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${volumeName}: owners that did not answer could not be recorded stale in etcd, and its newest copy may be a change they missed`, { cause: err, details: { block: index, silent } });
+    }
+    this.log.debug({ block: index, peers: silent }, 'owners that did not answer recorded stale: the newest copy may be a change of an expired holder that they missed');
   }
 
   /** Peers with anything recorded. */
