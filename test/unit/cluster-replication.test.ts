@@ -1362,4 +1362,46 @@ describe('replication on a simulated cluster', () => {
     expect((await until(c, io2.read(0, 4 * BLOCK))).equals(pattern(7, 4 * BLOCK))).toBe(true);
     await until(c, io2.close());
   });
+
+  it('a flush repairs owners that refused an early-acknowledged change because their copy failed its CRC check, instead of failing', async () => {
+    // Seed 16677: bit rot on two of three owners' copies of a block; a
+    // write into the rotten page reached only the writer's own copy
+    // (acknowledged early, at write level one), and the flush right after
+    // failed with every peer up, before the background catch-up came.
+    const { c, a, b, w, io } = await writerOnThird({ members: 3, replication: 3, writeLevel: 'one' });
+    await until(c, io.write(0, pattern(1, BLOCK), false));
+    await until(c, io.flush());
+    a.store.corrupt(blockRef(1, 1, 0), 0);
+    b.store.corrupt(blockRef(1, 1, 0), 0);
+    const now = pattern(2, 512);
+    await until(c, io.write(0, now, false));
+    await until(c, io.flush());
+    const want = Buffer.concat([now, pattern(1, BLOCK).subarray(512)]);
+    for (const p of [a, b, w]) expect(p.store.inspect(blockRef(1, 1, 0)).durable?.data?.equals(want), `${p === w ? 'w' : p === a ? 'a' : 'b'}'s durable copy`).toBe(true);
+    expect((await until(c, io.read(0, BLOCK))).equals(want)).toBe(true);
+    await until(c, io.close());
+  });
+
+  it('a flush after etcd refused the stale record of a restarted replica fails only while the record is missing', async () => {
+    // Seed 16297: a replica restarted with unflushed changes while the
+    // writer could not reach etcd to record it stale; every later flush
+    // failed with TORUS_ERR_REPLICA_QUORUM long after etcd was back and
+    // the replica was caught up.
+    const { c, a, w, io } = await writerOnThird({ writeLevel: 'one' });
+    await until(c, io.write(0, pattern(1, 2 * BLOCK), false));
+    await until(c, io.flush());
+    await until(c, io.write(0, pattern(2, 2 * BLOCK), false));
+    c.setPeerEtcdFault(w, 'unavailable');
+    c.crash(a);
+    await until(c, c.start(a));
+    // The writer sees a's new incarnation on its next request to it (the
+    // read itself fails: a is behind, and etcd cannot record it).
+    await until(c, io.read(0, 2 * BLOCK).catch(() => undefined));
+    await runFor(c, 1_000);
+    c.setPeerEtcdFault(w, 'none');
+    await runFor(c, 1_000);
+    expect(await until(c, io.flush().then(() => 'ok', (e: unknown) => (isTorusError(e) ? e.code : String(e))))).toBe('ok');
+    expect((await until(c, io.read(0, 2 * BLOCK))).equals(pattern(2, 2 * BLOCK))).toBe(true);
+    await until(c, io.close());
+  });
 });
