@@ -872,11 +872,20 @@ export class VolumeCoordinator {
           // acknowledge early: the old owners while the ring is moving (a
           // transition called off goes back to them), the new ones after.
           // Otherwise a change only a new owner took would be lost with it
-          // when a ring change drops it (seed 240).
-          const anchors = owners.phase === 'moving' ? owners.old! : owners.now;
-          if (earlyDone || !anchors.includes(u)) return;
+          // when a ring change drops it (seed 240). Once the block moved,
+          // the transition may also complete without another look at it:
+          // then an old owner and a new one must both hold the change, as
+          // for the quorum (quorumMet), or a change only an old owner took
+          // is left on a peer that is no owner once the ring settles
+          // (seed 16773: declared lost when learnt again).
+          if (earlyDone) return;
+          const moving = owners.phase === 'moving';
+          const anchors = moving ? owners.old! : owners.now;
+          if (moving && this.isMoved(e.index)) {
+            if (!acked.some((x) => anchors.includes(x)) || !acked.some((x) => owners.now.includes(x))) return;
+          } else if (!anchors.includes(u)) return;
           const waitForSelf = this.writeLevel === 'local' && self !== null && plan.required.includes(self) && anchors.includes(self);
-          if (!waitForSelf || u === self) {
+          if (!waitForSelf || acked.includes(self)) {
             earlyDone = true;
             if (e.floor < stamp.version) e.floor = stamp.version;
             earlyResolve!();
@@ -1422,11 +1431,12 @@ export class VolumeCoordinator {
         }
       } else if (rescue && newest !== null && newest.version < acked) {
         // Every owner answered and none holds what was acknowledged. A
-        // former owner may: a change acknowledged early once an old owner
-        // took it while the ring moved, missed by the new owners (recorded
-        // stale), and the ring then settled without it (seed 16773). Its
-        // copy wins, as in the branch above. What no copy holds is gone
-        // with the copies that stopped before flushing it.
+        // former owner may: seed 16773 acknowledged a change early once an
+        // old owner took it while the ring moved, the new owners missed it,
+        // and the ring then settled without it (the anchor rule in send()
+        // now prevents that; this stays as a second line). Its copy wins,
+        // as in the branch above. What no copy holds is gone with the
+        // copies that stopped before flushing it.
         const adopted = await this.adoptLeftover(ref, owners, metas.got, { newerThan: newest.version });
         const have = adopted?.from ?? newest.version;
         if (adopted !== null) newest = adopted.meta;

@@ -1404,4 +1404,52 @@ describe('replication on a simulated cluster', () => {
     expect((await until(c, io.read(0, 2 * BLOCK))).equals(pattern(2, 2 * BLOCK))).toBe(true);
     await until(c, io.close());
   });
+
+  it('at write level one, a change to a moved block during a move is not acknowledged while only a leaving owner holds it', async () => {
+    // Seed 16773: the ring moved from {a, b} to {a, d} and the block had
+    // moved; the writer's own copy on b (an old owner only) took a change
+    // that a and d missed, and it was acknowledged. The ring then settled
+    // without b, and the change was declared lost when the block was learnt.
+    // The transition is held in its moving phase: no ring is written.
+    const original = MemoryMetadata.prototype.setRing;
+    let hold = false;
+    MemoryMetadata.prototype.setRing = function (this: MemoryMetadata, ...args: Parameters<MemoryMetadata['setRing']>) {
+      if (hold) return Promise.reject(new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', 'injected: the transition is held'));
+      return original.apply(this, args);
+    };
+    try {
+      const options = clusterOptions({ peers: 3, members: 2, replication: 2 });
+      const c = new SimCluster({ ...options, timing: { ...options.timing, writeLevel: 'one' } });
+      await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+      await startAll(c, c.peers);
+      const [a, b, d] = c.peers as [SimPeer, SimPeer, SimPeer];
+      const first = await until(c, c.open(a, 'v', 'rw'));
+      await until(c, first.write(0, pattern(1, 4 * BLOCK), true));
+      await until(c, first.close());
+      const ring = await until(c, c.changeRing([a.uuid, d.uuid], 2, 'replace b with d'));
+      hold = true;
+      const v = ring!.transition!.startedVersion;
+      for (let i = 0; i < 4; i++) {
+        const ref = blockRef(1, 1, i);
+        await d.store.install(ref, await a.store.read(ref, 0, BLOCK), a.store.meta(ref).version, { fua: true });
+      }
+      const token = await until(c, c.adminMetadata.getFence(1));
+      await until(c, c.adminMetadata.putVolumeMove({ schema: 1, ringVersion: v, volumeId: 1, done: true, scanned: 4, copied: 4, unavailable: 0, reached: 4, updatedAt: new Date(0).toISOString() }, token));
+      // The writer on b, the leaving owner.
+      const io = await until(c, c.open(b, 'v', 'rw'));
+      c.network.block(b.uuid, a.uuid);
+      c.network.block(b.uuid, d.uuid);
+      const outcome = await until(c, io.write(0, pattern(2, BLOCK), false).then(() => 'ok', (e: unknown) => (isTorusError(e) ? e.code : String(e))));
+      expect(c.ringNow()?.transition?.phase, 'still moving').toBe('moving');
+      expect(outcome, 'a change only the leaving owner took').not.toBe('ok');
+      // With a new owner back, the same change is acknowledged.
+      c.network.healAll();
+      await runFor(c, 3_000);
+      await until(c, io.write(0, pattern(3, BLOCK), false));
+      await until(c, io.flush());
+      expect(versionOf(c, d, 0), 'd took the change').toBe(versionOf(c, b, 0));
+    } finally {
+      MemoryMetadata.prototype.setRing = original;
+    }
+  });
 });
