@@ -163,14 +163,22 @@ async function moveRecordedDone(): Promise<{ c: SimCluster; a: SimPeer; b: SimPe
   await until(c, io.flush());
   await until(c, io.close());
   const ring = await until(c, c.changeRing([a.uuid, b.uuid], 2, 'add b'));
-  const v = ring!.transition!.startedVersion;
+  await movedByHand(c, a, b, ring!.transition!.startedVersion);
+  return { c, a, b };
+}
+
+/**
+ * The 4 blocks of volume 1 installed from `from` on `to` as a move
+ * installs them, and the move of transition `v` recorded done, as another
+ * coordinator would.
+ */
+async function movedByHand(c: SimCluster, from: SimPeer, to: SimPeer, v: number): Promise<void> {
   for (let i = 0; i < 4; i++) {
     const ref = blockRef(1, 1, i);
-    await b.store.install(ref, await a.store.read(ref, 0, BLOCK), a.store.meta(ref).version, { fua: true });
+    await to.store.install(ref, await from.store.read(ref, 0, BLOCK), from.store.meta(ref).version, { fua: true });
   }
   const token = await until(c, c.adminMetadata.getFence(1));
   await until(c, c.adminMetadata.putVolumeMove({ schema: 1, ringVersion: v, volumeId: 1, done: true, scanned: 4, copied: 4, unavailable: 0, reached: 4, updatedAt: new Date(0).toISOString() }, token));
-  return { c, a, b };
 }
 
 /** Writes block 0 through `io` and flushes: the change is on both a (old owner) and b (new owner). Returns what was written. */
@@ -1428,13 +1436,7 @@ describe('replication on a simulated cluster', () => {
       await until(c, first.close());
       const ring = await until(c, c.changeRing([a.uuid, d.uuid], 2, 'replace b with d'));
       hold = true;
-      const v = ring!.transition!.startedVersion;
-      for (let i = 0; i < 4; i++) {
-        const ref = blockRef(1, 1, i);
-        await d.store.install(ref, await a.store.read(ref, 0, BLOCK), a.store.meta(ref).version, { fua: true });
-      }
-      const token = await until(c, c.adminMetadata.getFence(1));
-      await until(c, c.adminMetadata.putVolumeMove({ schema: 1, ringVersion: v, volumeId: 1, done: true, scanned: 4, copied: 4, unavailable: 0, reached: 4, updatedAt: new Date(0).toISOString() }, token));
+      await movedByHand(c, a, d, ring!.transition!.startedVersion);
       // The writer on b, the leaving owner.
       const io = await until(c, c.open(b, 'v', 'rw'));
       c.network.block(b.uuid, a.uuid);
