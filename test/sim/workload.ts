@@ -160,6 +160,9 @@ export class Workload {
         let list = this.grants.get(r.volumeId);
         if (list === undefined) this.grants.set(r.volumeId, (list = []));
         list.push({ token: r.token, holder: r.holder, kind: r.kind ?? 'writer' });
+        const vol = this.volumes.find((v) => v.id === r.volumeId);
+        const w = vol?.writer;
+        if (vol !== undefined && w != null && (r.kind ?? 'writer') === 'writer' && r.holder.endsWith(w.peer.uuid)) this.supersede(vol, r.token);
       }
     });
     const sectorsPerBlock = opts.blockSize / SECTOR_BYTES;
@@ -216,11 +219,16 @@ export class Workload {
           return;
         }
         const handle = this.nextHandle++;
-        vol.writer = { handle, peer, io: this.opts.wrapIo ? this.opts.wrapIo(io) : io, abandoned: false, supersededAt: null, lock: this.lockOf(vol, peer) };
+        const lock = this.lockOf(vol, peer);
+        vol.writer = { handle, peer, io: this.opts.wrapIo ? this.opts.wrapIo(io) : io, abandoned: false, supersededAt: null, lock };
         vol.writerLostAt = null;
-        // The new writer holds the lock: nothing an older one acknowledges from now on counts.
-        const now = this.cluster.clock.monotonic();
-        for (const old of vol.abandoned) if (old.supersededAt === null) old.supersededAt = now;
+        // The new writer holds a newer lock: nothing an older one
+        // acknowledges from now on counts. An open can also share this
+        // peer's open of the volume whose lock went with its lease (seed
+        // 18022, in an etcd outage): it holds no lock until that open takes
+        // one again (the grant observed in the constructor), and the older
+        // writer may still hold the volume rightly meanwhile.
+        if (lock !== null) this.supersede(vol, lock.token);
         this.opts.log.add(`open ${vol.name} rw on ${peer.index} handle ${handle}`);
       },
       (err: unknown) => {
@@ -234,6 +242,12 @@ export class Workload {
         this.retryOpen(vol);
       },
     );
+  }
+
+  /** Writers given up on whose lock is older than `token`, a lock the current writer holds: superseded from now on. */
+  private supersede(vol: VolumeState, token: number): void {
+    const now = this.cluster.clock.monotonic();
+    for (const old of vol.abandoned) if (old.supersededAt === null && (old.lock === null || old.lock.token < token)) old.supersededAt = now;
   }
 
   /** The writer lock etcd holds for the volume, if a peer's holder took it. */
