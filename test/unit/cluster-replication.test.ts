@@ -1390,7 +1390,7 @@ describe('replication on a simulated cluster', () => {
     await until(c, io.close());
   });
 
-  it('a flush after etcd refused the stale record of a restarted replica fails only while the record is missing', async () => {
+  it('a flush passes once etcd is back, although etcd refused the stale record of a replica that restarted while it was away', async () => {
     // Seed 16297: a replica restarted with unflushed changes while the
     // writer could not reach etcd to record it stale; every later flush
     // failed with TORUS_ERR_REPLICA_QUORUM long after etcd was back and
