@@ -1792,13 +1792,17 @@ export class VolumeCoordinator {
           }
           const outcome = await this.installCopy(api, t, ref, copy, e.version);
           if (outcome === 'newer') {
-            if (m !== undefined && versionToken(m.version) < this.token && !this.trustedOwners(index, owners).includes(t)) {
-              // An untrusted copy ahead of every trusted one, made by an
-              // older writer: a change it sent after it was fenced off
-              // (its clocks stopped: a suspended VM) or one that failed
-              // half way. No client was told it succeeded, and reads here
-              // may have returned the trusted copy: the trusted content
-              // wins, under a fresh version of ours that is newer than it.
+            if (m !== undefined && versionToken(m.version) <= this.token && !this.trustedOwners(index, owners).includes(t)) {
+              // An untrusted copy ahead of every trusted one: a change an
+              // older writer sent after it was fenced off (its clocks
+              // stopped: a suspended VM), or one that failed half way, an
+              // older writer's or this one's (seed 22496: ours reached
+              // only the owner then recorded stale, and the block stayed
+              // unmovable and unwritable for good). No client was told it
+              // succeeded (an acknowledged change is on every trusted
+              // owner or recorded missing there), and reads here may have
+              // returned the trusted copy: the trusted content wins,
+              // under a fresh version of ours that is newer than it.
               // Untrusted means recorded stale, or a new owner of a block
               // not yet moved: a former owner whose leftover copy outlived
               // a ring (garbage collection keeps it until the owners'
@@ -1850,7 +1854,7 @@ export class VolumeCoordinator {
     const ref = this.refOf(e.index);
     const holders = [...e.holders].filter(([u, v]) => v === e.committed && u !== target).map(([u]) => u);
     const version = this.nextVersion(Math.max(e.version, ahead));
-    this.log.warn({ block: e.index, peer: target, ahead: formatVersion(ahead), trusted: formatVersion(e.committed), version: formatVersion(version) }, 'a stale copy is ahead of the trusted ones (an older writer\'s change after it was fenced off, or one that failed half way): the trusted content is installed everywhere under a fresh version');
+    this.log.warn({ block: e.index, peer: target, ahead: formatVersion(ahead), trusted: formatVersion(e.committed), version: formatVersion(version) }, 'a stale copy is ahead of the trusted ones (a change that failed half way, or an older writer\'s after it was fenced off): the trusted content is installed everywhere under a fresh version');
     const took = new Set<string>();
     const behind: string[] = [];
     for (const u of [target, ...holders]) {
