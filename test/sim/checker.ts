@@ -55,6 +55,13 @@ export function classifyError(err: unknown): { code: string; bug: boolean } {
   return { code: err.code, bug: err.code === 'TORUS_ERR_ASSERTION' };
 }
 
+/** An error's code with its message and details, for a violation's line (what torusd said, not just which code). */
+export function errorText(err: unknown): string {
+  if (!isTorusError(err)) return classifyError(err).code;
+  const details = err.details === undefined ? '' : ` ${JSON.stringify(err.details)}`;
+  return `${err.code} (${err.message}${details})`;
+}
+
 export class Checker {
   constructor(
     private readonly blockSize: number,
@@ -94,7 +101,7 @@ export class Checker {
     if (code === 'TORUS_ERR_DATA_LOST') {
       return lostAcked ? null : { guarantee: 'liveness', message: `${what} failed with ${code} although no crash could have taken an acknowledged change of this writer` };
     }
-    if (!faultsActive) return { guarantee: 'liveness', message: `${what} failed with ${code} while no fault was active` };
+    if (!faultsActive) return { guarantee: 'liveness', message: `${what} failed with ${errorText(err)} while no fault was active` };
     if (!FAULT_ERROR_CODES.has(code as ErrorCode)) return { guarantee: 'G1/G4', message: `${what} failed with ${code}, not an error a fault explains` };
     return null;
   }

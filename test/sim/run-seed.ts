@@ -341,6 +341,9 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     const target = wl.opsIssued + AFTER_FAULT_OPS;
     const more = (): void => {
       if (failed() || wl.opsIssued >= target) return;
+      // A writer fenced for good by a fault now over meets it at its first
+      // request and is given up: the client attaches again (seed 21919).
+      wl.ensureWriters();
       wl.issueRandom();
       clock.schedule(cluster.admin, OP_GAP_MS[0], more);
     };

@@ -7,7 +7,7 @@ import type { RingRecord } from '../../src/model/records.js';
 import { ownersOf, quorumOf } from '../../src/replication/owners.js';
 import type { Random } from '../../src/util/random.js';
 import { assert } from '../../src/util/assert.js';
-import type { Checker, Violation } from './checker.js';
+import { errorText, type Checker, type Violation } from './checker.js';
 import type { EventLog } from './event-log.js';
 import { VolumeModel, type Candidate } from './model.js';
 import type { SimTiming, VolumeIo } from './node-under-test.js';
@@ -614,7 +614,7 @@ export class Workload {
       if (!ok) {
         fail({
           guarantee: 'liveness',
-          message: `op ${op.id} (${op.kind} of ${vol.name} through peer ${op.writer.peer.index}) failed with ${isTorusError(value) ? value.code : String(value)} although etcd and minReplicas trusted owners of each block it touches were reachable (guarantee 2)`,
+          message: `op ${op.id} (${op.kind} of ${vol.name} through peer ${op.writer.peer.index}) failed with ${errorText(value)} although etcd and minReplicas trusted owners of each block it touches were reachable (guarantee 2)`,
           blocks: this.blocksOf(op),
         });
         return;
@@ -628,7 +628,9 @@ export class Workload {
       const code = isTorusError(value) ? value.code : String(value);
       this.opts.log.add(`op ${op.id} failed ${code}`);
       if (op.kind !== 'read' && op.kind !== 'flush') vol.model.uncertain(this.candidate(op), op.first, op.count);
-      const v = checker.checkFailure(`op ${op.id} (${op.kind} of ${vol.name} sectors ${op.first}+${op.count} through peer ${op.writer.peer.index})`, value, !this.quietThroughout(op), lostAcked);
+      // Fenced for good is the lasting effect of a fault that may have
+      // ended: the first request after it, faults over, meets it (seed 21919).
+      const v = checker.checkFailure(`op ${op.id} (${op.kind} of ${vol.name} sectors ${op.first}+${op.count} through peer ${op.writer.peer.index})`, value, !this.quietThroughout(op) || fencedForGood, lostAcked);
       if (v) fail({ ...v, blocks: this.blocksOf(op) });
       // Acknowledged changes were lost: every flush of this attachment fails
       // from now on, so the client detaches and attaches again, as a
@@ -772,6 +774,16 @@ export class Workload {
         }
       }
       if (newest >= 0 && currentOwners === 0) return false;
+      // A suspect copy (its peer stopped uncleanly) with another owner out of
+      // reach: torusd waits for that owner when every copy it trusts is
+      // suspect, because the absent one may hold changes the suspect copies
+      // lost (docs/replication.md, "A restarted owner"; seeds 19399, 22201).
+      const now = [...this.currentOwners(ref)];
+      const reachable = (u: string): boolean => {
+        const p = this.cluster.peerByUuid(u);
+        return p !== undefined && p.started && this.cluster.isRunning(p) && !bad.has(u);
+      };
+      if (now.some((u) => this.cluster.peerByUuid(u)?.store.meta(ref).suspect === true) && !now.every(reachable)) return false;
     }
     return true;
   }
