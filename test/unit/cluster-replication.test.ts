@@ -1454,4 +1454,51 @@ describe('replication on a simulated cluster', () => {
       MemoryMetadata.prototype.setRing = original;
     }
   });
+  it('catches up an owner that took only a failed change of this writer and was then recorded stale: the trusted content replaces it', async () => {
+    // Seed 22496: a change of the writer reached one owner only and failed
+    // (below minReplicas); learning the block with that owner silent
+    // recorded it stale. Its copy, ahead of the trusted ones, was left for
+    // a next pass that never came: it stayed stale for good (and the
+    // block, in a move, could not be moved or written).
+    const c = cluster({ peers: 5, members: 3, replication: 3 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, d, w1, w2] = c.peers as [SimPeer, SimPeer, SimPeer, SimPeer, SimPeer];
+    const maint = () => c.etcd.get(volumeMaintKey(1));
+    await runUntil(c.clock, () => maint() !== undefined, c.clock.monotonic() + 60_000);
+    await runUntil(c.clock, () => maint() === undefined, c.clock.monotonic() + 60_000);
+    // An older writer's block, then that writer's lock expires.
+    const first = await until(c, c.open(w1, 'v', 'rw'));
+    await until(c, first.write(0, pattern(1, BLOCK), true));
+    c.crash(w1);
+    await runFor(c, 3 * SIM_TIMING.sessionTtlSeconds * 1000);
+    const io = await until(c, c.open(w2, 'v', 'rw'), 60_000);
+    expect((await until(c, io.read(0, BLOCK))).equals(pattern(1, BLOCK))).toBe(true);
+    // Its change reaches b only, and b's answer is lost: no owner answered,
+    // so all three are recorded unsure, not stale.
+    c.network.block(w2.uuid, a.uuid);
+    c.network.block(w2.uuid, d.uuid);
+    c.network.block(b.uuid, w2.uuid);
+    const failed = await until(c, io.write(0, pattern(2, BLOCK), false).then(() => null, (e: unknown) => e));
+    expect(isTorusError(failed), String(failed)).toBe(true);
+    expect(versionOf(c, b, 0), 'b took the change').toBeGreaterThan(versionOf(c, a, 0));
+    // Learnt again with b silent: a and d hold the newest copy and are
+    // trusted again; b, which may have missed a change of the expired
+    // writer, is recorded stale.
+    c.network.healAll();
+    c.network.block(w2.uuid, b.uuid);
+    c.network.block(b.uuid, w2.uuid);
+    expect((await until(c, io.read(0, BLOCK))).equals(pattern(1, BLOCK))).toBe(true);
+    expect(c.isRecordedStale(1, b.uuid, 0), 'b recorded stale').toBe(true);
+    expect(versionOf(c, b, 0), 'b is ahead of the trusted copies').toBeGreaterThan(versionOf(c, a, 0));
+    // b answers again: the catch-up gives it the trusted content.
+    c.network.healAll();
+    await runUntil(c.clock, () => !c.isRecordedStale(1, b.uuid, 0), c.clock.monotonic() + 60_000);
+    expect(c.isRecordedStale(1, b.uuid, 0), 'b caught up').toBe(false);
+    expect((await until(c, io.read(0, BLOCK))).equals(pattern(1, BLOCK))).toBe(true);
+    const held = copies(c, 1, 0).filter((x) => x.uuid !== w1.uuid && x.uuid !== w2.uuid);
+    expect(held.map((x) => x.uuid).sort()).toEqual([a.uuid, b.uuid, d.uuid].sort());
+    expect(new Set(held.map((x) => `${x.version}/${x.digest}`)).size, 'one version, one content').toBe(1);
+    await until(c, io.close());
+  });
 });
