@@ -496,6 +496,21 @@ export class VolumeCoordinator {
       }
       const kind = classifyFailure(r.reason);
       if (kind === 'peer') this.ctx.health.failed(u);
+      if (this.restartsOf(u) !== epochs[i]) {
+        // It restarted while this flush ran (peerRestarted found the
+        // blocks taken by this flush, not in `unflushed`): what it took
+        // before is gone, not merely unconfirmed (seed 24435: put back as
+        // unconfirmed under the new incarnation, the next flush counted
+        // the lost change durable).
+        this.log.warn({ err: r.reason, peer: u, blocks: blocks.size }, 'a replica restarted during the flush; what it took before the restart is recorded stale');
+        records.push(this.stale.record(u, [...blocks]));
+        for (const b of blocks) {
+          this.blocks.peek(b)?.holders.delete(u);
+          short.push(b);
+          released.push(b);
+        }
+        return;
+      }
       if (kind === 'peer' && this.isMember(u)) {
         // No answer (a timeout, a lost connection): the replica's copies are
         // still the newest, only their durability is unconfirmed. They stay

@@ -14,6 +14,7 @@ import { createMetrics } from '../../src/http/metrics.js';
 import { blockRef } from '../../src/model/block-ref.js';
 import { makeVersion, versionSeq, versionToken } from '../../src/model/version.js';
 import { BLOCKS_IN_FLIGHT } from '../../src/replication/block-jobs.js';
+import { ownersOf } from '../../src/replication/owners.js';
 import { sleep } from '../../src/util/timeout.js';
 import { volumeFenceKey, volumeLockKey, volumeMaintKey, volumeReleasedKey } from '../../src/metadata/keys.js';
 import { MemoryMetadata } from '../../src/metadata/memory-metadata.js';
@@ -1500,5 +1501,64 @@ describe('replication on a simulated cluster', () => {
     expect(held.map((x) => x.uuid).sort()).toEqual([a.uuid, b.uuid, d.uuid].sort());
     expect(new Set(held.map((x) => `${x.version}/${x.digest}`)).size, 'one version, one content').toBe(1);
     await until(c, io.close());
+  });
+  it('a replica that restarts while a flush waits on another does not count as holding what it lost: the next flush fails', async () => {
+    // Seed 24435: a change reached one owner only (the other recorded
+    // stale), and that owner crashed before a flush. A flush ran while it
+    // was down and waited on another replica; the owner restarted meanwhile,
+    // its restart was seen while the flush held its unflushed blocks, and
+    // the flush then put them back as merely unconfirmed, under the new
+    // incarnation. The next flush counted the lost change durable.
+    // A longer replica timeout: the flush waits on d long enough for w to see a's restart.
+    const options = clusterOptions({ peers: 4, members: 3, replication: 2 });
+    const c = new SimCluster({ ...options, timing: { ...options.timing, replicaTimeoutMs: 6_000 } });
+    await until(c, c.bootstrap([{ name: 'v', size: 16 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, d, w] = c.peers as [SimPeer, SimPeer, SimPeer, SimPeer];
+    const ring = c.ringNow()!;
+    const ownersOfBlock = (i: number) => ownersOf(ring, blockRef(1, 1, i)).now;
+    const x = [...Array(16).keys()].find((i) => ownersOfBlock(i).includes(a.uuid) && ownersOfBlock(i).includes(b.uuid))!;
+    const y = [...Array(16).keys()].find((i) => ownersOfBlock(i).includes(d.uuid) && !ownersOfBlock(i).includes(a.uuid))!;
+    expect(x, 'a block owned by a and b').toBeDefined();
+    expect(y, 'a block owned by d and not a').toBeDefined();
+    const io = await until(c, c.open(w, 'v', 'rw'));
+    await until(c, io.write(x * BLOCK, pattern(1, BLOCK), false));
+    await until(c, io.write(y * BLOCK, pattern(2, BLOCK), false));
+    await until(c, io.flush());
+    // x changes on a alone (b cut off, recorded stale); y on its owners.
+    c.network.block(w.uuid, b.uuid);
+    c.network.block(b.uuid, w.uuid);
+    await until(c, io.write(x * BLOCK, pattern(3, BLOCK), false));
+    expect(c.isRecordedStale(1, b.uuid, x), 'b recorded stale for x').toBe(true);
+    await until(c, io.write(y * BLOCK, pattern(4, BLOCK), false));
+    // a loses its unflushed change. A flush while it is down finds it
+    // failing (x stays unconfirmed, the flush fails).
+    c.crash(a);
+    const first = await until(c, io.flush().then(() => null, (e: unknown) => e));
+    expect(isTorusError(first), `the flush with a down fails (${String(first)})`).toBe(true);
+    // The next flush waits on d, which hangs; a restarts meanwhile, and w's
+    // probe of the failing peer sees the new incarnation.
+    await until(c, io.write(y * BLOCK, pattern(5, BLOCK), false));
+    c.network.block(w.uuid, d.uuid);
+    const second = io.flush().then(() => null, (e: unknown) => e);
+    await until(c, c.start(a));
+    expect(isTorusError(await until(c, second)), 'the flush with d silent fails').toBe(true);
+    // d answers again; b stays cut off, so x cannot be learnt again (every
+    // copy w trusts is suspect, and b may hold a newer one).
+    c.network.heal(w.uuid, d.uuid);
+    await runFor(c, 3_000);
+    // The change to x is on no disk: no flush may say it is durable.
+    const third = await until(c, io.flush().then(() => null, (e: unknown) => e));
+    expect(isTorusError(third), `the next flush fails (${String(third)})`).toBe(true);
+    // Once b is back, the loss is known for what it is.
+    // Once b answers again, the loss is known for what it is; no flush passes meanwhile.
+    c.network.healAll();
+    let last: unknown = null;
+    for (let i = 0; i < 5 && !isTorusError(last, 'TORUS_ERR_DATA_LOST'); i++) {
+      await runFor(c, 3_000);
+      last = await until(c, io.flush().then(() => null, (e: unknown) => e));
+      expect(isTorusError(last), `flush ${i + 4} fails (${String(last)})`).toBe(true);
+    }
+    expect(isTorusError(last, 'TORUS_ERR_DATA_LOST'), `a flush reports the lost change (${String(last)})`).toBe(true);
   });
 });
