@@ -68,6 +68,8 @@ export interface ReadReply {
   readonly meta: BlockMeta;
   /** The requested bytes; zeroes for zero and absent blocks. */
   readonly data: Buffer;
+  /** Local only (never on the wire): the CRC-32C of data when the store had it without another pass (LocalBlockStore.readSummed). */
+  readonly dataCrc?: number;
 }
 
 /** A whole block as a rebalance, catch-up or repair sends it. */

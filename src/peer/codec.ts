@@ -17,7 +17,7 @@ import {
 import { TOKEN_MAX, VERSION_ABSENT, type Version } from '../model/version.js';
 import { assert } from '../util/assert.js';
 import { ByteQueue } from '../util/byte-queue.js';
-import { crc32c, crc32cCombinePages, crc32cPages } from '../util/crc32c.js';
+import { crc32c, crc32cCombinePages, crc32cConcat, crc32cPages } from '../util/crc32c.js';
 import {
   BLOCK_META_BYTES,
   BLOCK_REF_WIRE_BYTES,
@@ -646,6 +646,19 @@ export function encodeReply<R extends PeerRequest>(req: R, value: ReplyOf<R>): B
   return [encodeSmallReply(req, v)];
 }
 
+/**
+ * The checksum of a reply's payload (encodeReply's parts) when it is known
+ * without summing the bytes: a READ whose store gave the data's CRC-32C
+ * (ReadReply.dataCrc) is summed over its metadata only. Undefined otherwise.
+ */
+export function knownReplyCrc<R extends PeerRequest>(req: R, value: ReplyOf<R>, parts: readonly Buffer[]): number | undefined {
+  if (req.opcode !== Opcode.READ) return undefined;
+  const r = value as ReadReply;
+  if (r.dataCrc === undefined || r.data.length % CRC_PAGE_BYTES !== 0) return undefined;
+  assert(parts.length === 2 && parts[1] === r.data, 'a READ reply is its metadata, then its data');
+  return crc32cConcat(crc32c(parts[0]!), r.dataCrc, r.data.length, CRC_PAGE_BYTES);
+}
+
 function encodeSmallReply(req: PeerRequest, v: ReplyValues[keyof ReplyValues]): Buffer {
   switch (req.opcode) {
     case Opcode.READ:
@@ -813,16 +826,21 @@ function decodeReplyValue(req: PeerRequest, p: Buffer): ReplyValues[keyof ReplyV
 
 // ---------------------------------------------------------------- response headers
 
-/** The header of a response whose payload is `payload` (its parts back to back; empty for none). */
-export function encodeResponseHeader(opcode: number, requestId: number, status: number, payload: Buffer | readonly Buffer[]): Buffer {
+/**
+ * The header of a response whose payload is `payload` (its parts back to
+ * back; empty for none). `payloadCrc`, when known (knownReplyCrc), stands in
+ * for summing the parts.
+ */
+export function encodeResponseHeader(opcode: number, requestId: number, status: number, payload: Buffer | readonly Buffer[], payloadCrc?: number): Buffer {
   const parts = Buffer.isBuffer(payload) ? [payload] : payload;
   let length = 0;
   let crc = 0;
   for (const part of parts) {
     if (part.length === 0) continue;
-    crc = crc32c(part, crc);
+    if (payloadCrc === undefined) crc = crc32c(part, crc);
     length += part.length;
   }
+  if (payloadCrc !== undefined) crc = payloadCrc;
   assert(length <= PAYLOAD_BYTES_MAX, 'payload within PAYLOAD_BYTES_MAX');
   const h = Buffer.allocUnsafe(RESPONSE_HEADER_BYTES);
   h.writeUInt32BE(RESPONSE_MAGIC, RES.MAGIC);

@@ -10,6 +10,7 @@ import {
   type PayloadBuffers,
   encodeReply,
   encodeResponseHeader,
+  knownReplyCrc,
   errorToPayload,
   validateRequest,
   type PeerRequest,
@@ -244,7 +245,7 @@ export class ServerConnection {
     this.inflight++;
     this.inflightBytes += cost;
     this.call(req).then(
-      (parts) => this.finish(frame, cost, STATUS_OK, parts),
+      (reply) => this.finish(frame, cost, STATUS_OK, reply.parts, reply.crc),
       (err: unknown) => {
         if (isAssertionFailure(err)) {
           // The request was validated, so the replica (or its answer) broke
@@ -264,7 +265,7 @@ export class ServerConnection {
    * Calls the replica method synchronously (no await before it) and encodes
    * its answer. A method that throws instead of rejecting becomes a rejection.
    */
-  private call(req: PeerRequest): Promise<Buffer[]> {
+  private call(req: PeerRequest): Promise<{ parts: Buffer[]; crc: number | undefined }> {
     let pending: Promise<unknown>;
     try {
       pending = this.invoke(req);
@@ -272,7 +273,10 @@ export class ServerConnection {
       return Promise.reject(err);
     }
     // Encoding inside the promise chain: a value the protocol cannot carry (an assertion of the encoder) goes where the replica's own do.
-    return pending.then((value) => encodeReply(req, value as never));
+    return pending.then((value) => {
+      const parts = encodeReply(req, value as never);
+      return { parts, crc: knownReplyCrc(req, value as never, parts) };
+    });
   }
 
   private invoke(req: PeerRequest): Promise<unknown> {
@@ -322,21 +326,21 @@ export class ServerConnection {
     this.destroy();
   }
 
-  private finish(frame: RequestFrame, cost: number, status: number, parts: Buffer[]): void {
+  private finish(frame: RequestFrame, cost: number, status: number, parts: Buffer[], payloadCrc?: number): void {
     // The replica is done with the payload (a store that keeps it longer, e.g. for a pwrite still running, retains it).
     releaseBuffer(frame.payload);
     this.inflight--;
     this.inflightBytes -= cost;
-    this.reply(frame.opcode, frame.requestId, status, parts);
+    this.reply(frame.opcode, frame.requestId, status, parts, payloadCrc);
     // A READ's bytes may be a pooled read region of the store: the socket holds its own reference while they are queued.
     for (const part of parts) releaseBuffer(part);
     if (this.state === 'draining') this.maybeFinishDrain();
     else this.pump();
   }
 
-  private reply(opcode: number, requestId: number, status: number, parts: Buffer[]): void {
+  private reply(opcode: number, requestId: number, status: number, parts: Buffer[], payloadCrc?: number): void {
     if (this.state === 'closed') return;
-    this.writer.write(encodeResponseHeader(opcode, requestId, status, parts), ...parts);
+    this.writer.write(encodeResponseHeader(opcode, requestId, status, parts, payloadCrc), ...parts);
   }
 
   private maybeFinishDrain(): void {

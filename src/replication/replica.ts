@@ -85,14 +85,14 @@ export class Replica implements ReplicaApi {
     // Metadata first, then bytes: the bytes are at least as new as the version reported.
     const meta = this.store.meta(ref);
     if (meta.suspect) throw suspectError(ref, meta);
-    let data: Buffer;
     try {
-      data = await this.store.read(ref, offset, length);
+      if (this.store.readSummed === undefined) return { meta, data: await this.store.read(ref, offset, length) };
+      const { data, crc32c } = await this.store.readSummed(ref, offset, length);
+      return crc32c === null ? { meta, data } : { meta, data, dataCrc: crc32c };
     } catch (err) {
       this.noteCrcFailure(ref, err);
       throw err;
     }
-    return { meta, data };
   }
 
   async meta(ctx: RequestContext, refs: readonly BlockRef[]): Promise<BlockMeta[]> {

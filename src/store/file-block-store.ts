@@ -10,13 +10,13 @@ import { assert } from '../util/assert.js';
 import { BufferPool, releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
 import { systemClock, type Clock } from '../util/clock.js';
 import { Recency } from '../util/recency.js';
-import { crc32cPages } from '../util/crc32c.js';
+import { crc32cCombineRange, crc32cPages } from '../util/crc32c.js';
 import { VERSION as RELEASE } from '../version.js';
 import { blockFileBytes, decodeHeader, encodeHeader, headerBytes, newCrcTable, PAGE_BYTES, pageCount, tableDigest, type BlockHeader } from './block-file.js';
 import type { StoreUsage } from './block-store.js';
 import { DirtyLog } from './dirty-log.js';
 import { closeFd, COLD_WRITE_PIECE_BYTES, fdatasync, fsyncDir, ftruncate, openFd, openNoAtime, preadCached, preadFull, pwriteCached, pwriteFull, syncFileSystem, writeFileDurably } from './fs-async.js';
-import type { LocalBlockStore } from './local-store.js';
+import type { LocalBlockStore, SummedRead } from './local-store.js';
 import { RefIndex } from './ref-index.js';
 import { loadSuspects, saveSuspects } from './suspect-file.js';
 import { TableCache } from './table-cache.js';
@@ -265,7 +265,18 @@ export class FileBlockStore implements LocalBlockStore {
     return { state: e.state, version: e.version, suspect: e.suspect };
   }
 
-  async read(ref: BlockRef, offset: number, length: number): Promise<Buffer> {
+  read(ref: BlockRef, offset: number, length: number): Promise<Buffer> {
+    return this.readChecked(ref, offset, length, null);
+  }
+
+  async readSummed(ref: BlockRef, offset: number, length: number): Promise<SummedRead> {
+    const sum: { crc32c: number | null } = { crc32c: null };
+    const data = await this.readChecked(ref, offset, length, sum);
+    return { data, crc32c: sum.crc32c };
+  }
+
+  /** Reads and checks the pages; `sum` (when given) gets the bytes' CRC-32C if they are whole pages, from the table they were checked against. */
+  private async readChecked(ref: BlockRef, offset: number, length: number, sum: { crc32c: number | null } | null): Promise<Buffer> {
     this.checkRange(offset, length);
     if (this.closed) throw new TorusError('TORUS_ERR_STORE_CLOSED', 'block store is closed');
     const e = this.entries.get(blockRefKey(ref));
@@ -286,6 +297,7 @@ export class FileBlockStore implements LocalBlockStore {
       const pending = preadCached(fd, region, 0, region.length, this.hdrBytes + base);
       if (pending !== null) await pending;
       this.checkPages(e, region, p0, p1, table);
+      if (sum !== null && offset === base && length === region.length) sum.crc32c = crc32cCombineRange(table, p0, p1, PAGE_BYTES);
       const out = region.subarray(offset - base, offset - base + length);
       region = null;
       return out;

@@ -15,6 +15,12 @@ import type { StoreUsage } from './block-store.js';
  * Operations on one block are not ordered by the store: the replica layer
  * runs at most one change per block at a time.
  */
+/** Bytes read, and their CRC-32C when the store knew it (LocalBlockStore.readSummed). */
+export interface SummedRead {
+  readonly data: Buffer;
+  readonly crc32c: number | null;
+}
+
 export interface LocalBlockStore {
   readonly blockSize: number;
 
@@ -30,6 +36,14 @@ export interface LocalBlockStore {
    * TORUS_ERR_STORE_CRC_MISMATCH.
    */
   read(ref: BlockRef, offset: number, length: number): Promise<Buffer>;
+
+  /**
+   * read() with the CRC-32C of the bytes when the store has it without a
+   * second pass over them (whole pages, each just checked against the
+   * block's CRC table); null otherwise. A peer serving a READ sends it as
+   * the frame's checksum instead of summing the bytes again.
+   */
+  readSummed?(ref: BlockRef, offset: number, length: number): Promise<SummedRead>;
 
   /**
    * Writes bytes into a block and sets its version. An absent or zero block

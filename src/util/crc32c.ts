@@ -10,6 +10,7 @@
  * Chaining: pass a previous result as `initial` to continue over more data,
  * crc32c(b, crc32c(a)) === crc32c(Buffer.concat([a, b])).
  */
+import { assert } from './assert.js';
 import { nativeAddon, type NativeAddon } from './native.js';
 
 type Crc32cFn = (data: Uint8Array, initial: number) => number;
@@ -145,12 +146,29 @@ function zeroShiftTable(bytes: number): Uint32Array {
  * summed once for both its page table and its wire checksum.
  */
 export function crc32cCombinePages(crcs: Uint32Array, pageBytes: number): number {
-  const pages = crcs.length;
-  if (pages === 0) return 0;
+  return crc32cCombineRange(crcs, 0, crcs.length, pageBytes);
+}
+
+/** crc32cCombinePages over crcs[from..to), without a view of the array. */
+export function crc32cCombineRange(crcs: Uint32Array, from: number, to: number, pageBytes: number): number {
+  if (to <= from) return 0;
   const t = zeroShiftTable(pageBytes);
-  let c = crcs[0]!;
-  for (let i = 1; i < pages; i++) {
+  let c = crcs[from]!;
+  for (let i = from + 1; i < to; i++) {
     c = t[c & 0xff]! ^ t[256 + ((c >>> 8) & 0xff)]! ^ t[512 + ((c >>> 16) & 0xff)]! ^ t[768 + (c >>> 24)]! ^ crcs[i]!;
   }
   return c >>> 0;
+}
+
+/**
+ * The CRC-32C of A || B from crc(A) and crc(B), where B is a whole number
+ * of `pageBytes` pages: crc(A) advanced over |B| zero bytes, a page at a
+ * time, xor crc(B). A few table lookups per page of B.
+ */
+export function crc32cConcat(crcA: number, crcB: number, lengthB: number, pageBytes: number): number {
+  assert(lengthB % pageBytes === 0, 'crc32cConcat: B is whole pages');
+  const t = zeroShiftTable(pageBytes);
+  let c = crcA >>> 0;
+  for (let n = lengthB / pageBytes; n > 0; n--) c = t[c & 0xff]! ^ t[256 + ((c >>> 8) & 0xff)]! ^ t[512 + ((c >>> 16) & 0xff)]! ^ t[768 + (c >>> 24)]!;
+  return (c ^ crcB) >>> 0;
 }

@@ -222,4 +222,34 @@ describe('crc32cCombinePages', () => {
     }
     expect(crc32cCombinePages(new Uint32Array(0), 4096)).toBe(0);
   });
+
+  it('combines a range of the CRCs as it combines that range taken out (crc32cCombineRange)', async () => {
+    const { crc32cPages, crc32cCombinePages, crc32cCombineRange } = await import('../../src/util/crc32c.js');
+    const data = Buffer.alloc(4096 * 9);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 2654435761) >>> 24;
+    const out = new Uint32Array(9);
+    crc32cPages(data, 4096, out);
+    for (const [from, to] of [[0, 9], [2, 5], [8, 9], [4, 4]] as const) {
+      expect(crc32cCombineRange(out, from, to, 4096), `${from}..${to}`).toBe(crc32cCombinePages(out.subarray(from, to), 4096));
+    }
+  });
+});
+
+describe('crc32cConcat', () => {
+  it('gives crc(A || B) from crc(A) and crc(B) for B of whole pages, A of any length', async () => {
+    const { crc32c, crc32cConcat } = await import('../../src/util/crc32c.js');
+    for (const headBytes of [0, 1, 40, 4095, 5000]) {
+      for (const pages of [0, 1, 2, 256]) {
+        const a = Buffer.alloc(headBytes, 0x5a);
+        const b = Buffer.alloc(pages * 4096);
+        for (let i = 0; i < b.length; i++) b[i] = ((i + headBytes) * 2654435761) >>> 24;
+        expect(crc32cConcat(crc32c(a), crc32c(b), b.length, 4096), `${headBytes} + ${pages} pages`).toBe(crc32c(Buffer.concat([a, b])));
+      }
+    }
+  });
+
+  it('refuses a B that is not whole pages', async () => {
+    const { crc32cConcat } = await import('../../src/util/crc32c.js');
+    expect(() => crc32cConcat(0, 0, 100, 4096)).toThrow(/whole pages/);
+  });
 });

@@ -15,7 +15,7 @@ import { localStoreContract } from '../helpers/local-store-contract.js';
 import { recordFileWrites } from '../helpers/file-writes.js';
 import { openFlags } from '../helpers/fd-flags.js';
 import { isTorusError } from '../../src/errors/torus-error.js';
-import { crc32cPages } from '../../src/util/crc32c.js';
+import { crc32c, crc32cPages } from '../../src/util/crc32c.js';
 import { fileURLToPath } from 'node:url';
 import { encodeBlockMeta } from '../../src/peer/codec.js';
 import { BLOCK_META_BYTES } from '../../src/peer/protocol.js';
@@ -48,6 +48,25 @@ function open(extra: Partial<Parameters<typeof FileBlockStore.open>[0]> = {}) {
 }
 
 describe('FileBlockStore', () => {
+  it('gives the CRC of a read of whole pages from the table it was checked against, and none for other ranges', async () => {
+    const s = await open();
+    const r = blockRef(1, 1, 5);
+    const a = randomBytes(BS);
+    await s.write(r, 0, a, V, { fua: false });
+    for (const [offset, length] of [[0, BS], [4096, 8192], [BS - 4096, 4096]] as const) {
+      const got = await s.readSummed(r, offset, length);
+      expect(got.data.equals(a.subarray(offset, offset + length))).toBe(true);
+      expect(got.crc32c, `${offset}+${length}`).toBe(crc32c(a.subarray(offset, offset + length)));
+    }
+    for (const [offset, length] of [[1, 4096], [0, 100], [4096, 5000]] as const) {
+      const got = await s.readSummed(r, offset, length);
+      expect(got.data.equals(a.subarray(offset, offset + length))).toBe(true);
+      expect(got.crc32c, `${offset}+${length}`).toBeNull();
+    }
+    expect((await s.readSummed(blockRef(1, 1, 6), 0, 4096)).crc32c, 'an absent block').toBeNull();
+    await s.close();
+  });
+
   it('reads zeroes for unwritten blocks and ranges, and what was written at odd offsets', async () => {
     const s = await open();
     const r = blockRef(1, 1, 3);

@@ -18,6 +18,7 @@ import {
   encodeReply,
   encodeRequest,
   encodeResponseHeader,
+  knownReplyCrc,
   errorToPayload,
   validateRequest,
   type PeerRequest,
@@ -261,6 +262,23 @@ describe('replies: every opcode round-trips', () => {
     expect(encodeResponseHeader(Opcode.READ, 1, STATUS_OK, [a, Buffer.alloc(0), b])).toEqual(
       encodeResponseHeader(Opcode.READ, 1, STATUS_OK, Buffer.concat([a, b])),
     );
+  });
+
+  it('a READ reply whose data CRC the store gave is summed over its metadata only, to the same header', () => {
+    const data = Buffer.alloc(3 * 4096);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 2654435761) >>> 24;
+    const req = { ...(SAMPLES[0] as Extract<PeerRequest, { opcode: typeof Opcode.READ }>), offset: 0, length: data.length };
+    const value = { meta: META_DATA, data, dataCrc: crc32c(data) };
+    const parts = encodeReply(req, value);
+    const known = knownReplyCrc(req, value, parts);
+    expect(known).toBe(crc32c(Buffer.concat(parts)));
+    expect(encodeResponseHeader(Opcode.READ, 9, STATUS_OK, parts, known)).toEqual(encodeResponseHeader(Opcode.READ, 9, STATUS_OK, parts));
+    // Unknown without the store's CRC, or for bytes that are not whole pages.
+    expect(knownReplyCrc(req, { meta: META_DATA, data }, parts)).toBeUndefined();
+    const odd = { ...req, length: 100 };
+    const oddValue = { meta: META_DATA, data: data.subarray(0, 100), dataCrc: crc32c(data.subarray(0, 100)) };
+    expect(knownReplyCrc(odd, oddValue, encodeReply(odd, oddValue))).toBeUndefined();
+    expect(knownReplyCrc(SAMPLES[7]!, sampleReply(SAMPLES[7]!) as never, [])).toBeUndefined();
   });
 
   it('a READ reply hands out the bytes as a view of the payload', () => {
