@@ -211,7 +211,12 @@ export class FaultInjector implements QuietState {
   async poll(opsIssued: number): Promise<void> {
     for (const f of [...this.pending]) {
       if (f.atOp > opsIssued) break;
-      this.pending.splice(this.pending.indexOf(f), 1);
+      // Polls overlap (a start may wait on etcd): one that got here first
+      // took this fault. splice(-1, 1) would drop the last planned fault
+      // instead, a required one included (seed 27155 lost its partition).
+      const at = this.pending.indexOf(f);
+      if (at < 0) continue;
+      this.pending.splice(at, 1);
       const started = await this.start(f);
       if (started) {
         this.done.set(f.kind, (this.done.get(f.kind) ?? 0) + 1);
