@@ -474,41 +474,35 @@ export class VolumeCoordinator {
     const unconfirmed: [string, Set<number>][] = [];
     // Pins of blocks recorded stale, let go once the short ones are counted.
     const released: number[] = [];
+    /** The owner lost or may lack what it took: recorded stale, no longer a holder, its blocks counted again. */
+    const lost = (u: string, blocks: ReadonlySet<number>): void => {
+      records.push(this.stale.record(u, [...blocks]));
+      for (const b of blocks) {
+        this.blocks.peek(b)?.holders.delete(u);
+        short.push(b);
+        released.push(b);
+      }
+    };
     results.forEach((r, i) => {
       const [u, blocks] = batches[i]!;
-      if (r.status === 'fulfilled' && this.restartsOf(u) === epochs[i]) {
-        this.ctx.health.succeeded(u);
-        for (const b of blocks) this.unpin(b);
+      if (r.status === 'fulfilled') this.ctx.health.succeeded(u);
+      const kind = r.status === 'rejected' ? classifyFailure(r.reason) : null;
+      if (kind === 'peer') this.ctx.health.failed(u);
+      if (this.restartsOf(u) !== epochs[i]) {
+        // It restarted since it took these changes: a later incarnation
+        // that answered flushed what it holds, not what the one before it
+        // lost; one that did not answer may have restarted while this
+        // flush held its blocks (peerRestarted then found none to record).
+        // Either way they are gone, not merely unconfirmed (seed 24435: put
+        // back as unconfirmed under the new incarnation, the next flush
+        // counted the lost change durable).
+        const why = r.status === 'fulfilled' ? 'flush answered by a restarted replica' : 'a replica restarted during the flush';
+        this.log.warn({ err: r.status === 'rejected' ? r.reason : undefined, peer: u, blocks: blocks.size }, `${why}; what it took before the restart is recorded stale`);
+        lost(u, blocks);
         return;
       }
       if (r.status === 'fulfilled') {
-        // A later incarnation answered: it flushed what it holds, not what
-        // the one before it took and lost with its restart.
-        this.ctx.health.succeeded(u);
-        this.log.warn({ peer: u, blocks: blocks.size }, 'flush answered by a restarted replica; what it took before the restart is recorded stale');
-        records.push(this.stale.record(u, [...blocks]));
-        for (const b of blocks) {
-          this.blocks.peek(b)?.holders.delete(u);
-          short.push(b);
-          released.push(b);
-        }
-        return;
-      }
-      const kind = classifyFailure(r.reason);
-      if (kind === 'peer') this.ctx.health.failed(u);
-      if (this.restartsOf(u) !== epochs[i]) {
-        // It restarted while this flush ran (peerRestarted found the
-        // blocks taken by this flush, not in `unflushed`): what it took
-        // before is gone, not merely unconfirmed (seed 24435: put back as
-        // unconfirmed under the new incarnation, the next flush counted
-        // the lost change durable).
-        this.log.warn({ err: r.reason, peer: u, blocks: blocks.size }, 'a replica restarted during the flush; what it took before the restart is recorded stale');
-        records.push(this.stale.record(u, [...blocks]));
-        for (const b of blocks) {
-          this.blocks.peek(b)?.holders.delete(u);
-          short.push(b);
-          released.push(b);
-        }
+        for (const b of blocks) this.unpin(b);
         return;
       }
       if (kind === 'peer' && this.isMember(u)) {
@@ -523,12 +517,7 @@ export class VolumeCoordinator {
         return;
       }
       this.log.warn({ err: r.reason, peer: u, blocks: blocks.size }, 'flush failed on a replica; its unflushed blocks are recorded stale');
-      records.push(this.stale.record(u, [...blocks]));
-      for (const b of blocks) {
-        this.blocks.peek(b)?.holders.delete(u);
-        short.push(b);
-        released.push(b);
-      }
+      lost(u, blocks);
     });
     for (const [u, blocks] of unconfirmed) {
       let s = this.unflushed.get(u);
