@@ -876,7 +876,7 @@ describe('replication on a simulated cluster', () => {
     const c = cluster({ peers: 3, members: 3, replication: 2 });
     await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
     await startAll(c, c.peers);
-    const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const [, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
     const io = await until(c, c.open(w, 'v', 'rw'));
     await until(c, io.write(0, pattern(1, 4 * BLOCK), false));
     // b misses changes (recorded stale), then comes back while the writer
@@ -902,7 +902,6 @@ describe('replication on a simulated cluster', () => {
     await until(c, io.write(0, pattern(3, 4 * BLOCK), false));
     await until(c, io.flush());
     expect((await until(c, io.read(0, 4 * BLOCK))).equals(pattern(3, 4 * BLOCK))).toBe(true);
-    void a;
   });
 
   it('a maintainer takes a volume whose writer stays gone once the grace is over', async () => {
@@ -923,7 +922,6 @@ describe('replication on a simulated cluster', () => {
     await runUntil(c.clock, () => !c.isRecordedStale(1, b.uuid, 0), gone + 60_000);
     expect(c.isRecordedStale(1, b.uuid, 0), 'caught up by a maintainer').toBe(false);
     expect(c.clock.monotonic() - gone, 'not before the grace').toBeGreaterThanOrEqual(SIM_TIMING.sessionTtlSeconds * 1000);
-    void io;
   });
 
   it('changes replication from 2 to 3 and back, copying to the new owners', async () => {
@@ -1607,7 +1605,6 @@ describe('replication on a simulated cluster', () => {
     // The change to x is on no disk: no flush may say it is durable.
     const third = await until(c, io.flush().then(() => null, (e: unknown) => e));
     expect(isTorusError(third), `the next flush fails (${String(third)})`).toBe(true);
-    // Once b is back, the loss is known for what it is.
     // Once b answers again, the loss is known for what it is; no flush passes meanwhile.
     c.network.healAll();
     let last: unknown = null;
