@@ -1432,6 +1432,16 @@ export class VolumeCoordinator {
           if (adopted.from < acked) this.loseData(index, acked, adopted.from);
           floor = VERSION_ABSENT;
           if (previous !== undefined) previous.floor = VERSION_ABSENT;
+        } else if (newest !== null && newest.version < acked) {
+          // A rescue where no suspect copy could be adopted (one that lost
+          // the block's creation could not be dropped: its peer takes no
+          // change yet) goes on with the newest copy that is not suspect.
+          // What it lacks of the acknowledged changes is gone with the
+          // suspect copies, as in the branch below (seed 36515: taken as
+          // the newest with no loss reported, the next flush passed).
+          this.loseData(index, acked, newest.version);
+          floor = VERSION_ABSENT;
+          if (previous !== undefined) previous.floor = VERSION_ABSENT;
         }
       } else if (rescue && newest !== null && newest.version < acked) {
         // Every owner answered and none holds what was acknowledged. A

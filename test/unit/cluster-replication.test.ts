@@ -1557,6 +1557,39 @@ describe('replication on a simulated cluster', () => {
     expect(new Set(held.map((x) => `${x.version}/${x.digest}`)).size, 'one version, one content').toBe(1);
     await until(c, io.close());
   });
+  it('a change lost by the one owner that took it is reported lost when the other owner missed it, also when the copy left is suspect', async () => {
+    // Seed 36515: a block's first change reached one owner (the other was
+    // cut off, recorded stale), which then crashed before a flush. Every
+    // owner was recorded stale and answered: the rescue found one copy
+    // suspect and absent, the other absent, adopted neither, took the
+    // absent copy as the newest and reported no loss. The next flush passed.
+    const c = cluster({ peers: 3, members: 2, replication: 2, seed: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(w, 'v', 'rw'));
+    c.network.block(w.uuid, b.uuid);
+    c.network.block(b.uuid, w.uuid);
+    await until(c, io.write(0, pattern(1, BLOCK), false));
+    expect(c.isRecordedStale(1, b.uuid, 0), 'b recorded stale').toBe(true);
+    c.crash(a);
+    const first = await until(c, io.flush().then(() => null, (e: unknown) => e));
+    expect(isTorusError(first), `the flush with a down fails (${String(first)})`).toBe(true);
+    c.network.healAll();
+    // a comes back cut off from etcd: it serves its copies but takes no
+    // change (no session), so the lost creation's suspect record cannot be
+    // dropped, and adopting it fails.
+    void c.start(a);
+    c.setPeerEtcdFault(a, 'unavailable');
+    let last: unknown = null;
+    for (let i = 0; i < 5 && !isTorusError(last, 'TORUS_ERR_DATA_LOST'); i++) {
+      await runFor(c, 3_000);
+      last = await until(c, io.flush().then(() => null, (e: unknown) => e));
+      expect(isTorusError(last), `flush ${i + 2} fails (${String(last)})`).toBe(true);
+    }
+    expect(isTorusError(last, 'TORUS_ERR_DATA_LOST'), `a flush reports the lost change (${String(last)})`).toBe(true);
+  });
+
   it('a replica that restarts while a flush waits on another does not count as holding what it lost: the next flush fails', async () => {
     // Seed 24435: a change reached one owner only (the other recorded
     // stale), and that owner crashed before a flush. A flush ran while it
