@@ -104,6 +104,21 @@ function metricsOf(p: SimPeer): (name: string) => Promise<number> {
   };
 }
 
+/**
+ * Flushes every 3 s of simulated time: each fails, until one names the
+ * loss (TORUS_ERR_DATA_LOST) within five. `first`: the number of the first
+ * flush here, for the messages.
+ */
+async function expectFlushesFailUntilDataLost(c: SimCluster, io: VolumeIo, first: number): Promise<void> {
+  let last: unknown = null;
+  for (let i = 0; i < 5 && !isTorusError(last, 'TORUS_ERR_DATA_LOST'); i++) {
+    await runFor(c, 3_000);
+    last = await until(c, io.flush().then(() => null, (e: unknown) => e));
+    expect(isTorusError(last), `flush ${i + first} fails (${String(last)})`).toBe(true);
+  }
+  expect(isTorusError(last, 'TORUS_ERR_DATA_LOST'), `a flush reports the lost change (${String(last)})`).toBe(true);
+}
+
 function cluster(opts: { peers: number; members: number; replication: number; seed?: number }): SimCluster {
   return new SimCluster(clusterOptions(opts));
 }
@@ -1579,13 +1594,7 @@ describe('replication on a simulated cluster', () => {
     // dropped, and adopting it fails.
     void c.start(a);
     c.setPeerEtcdFault(a, 'unavailable');
-    let last: unknown = null;
-    for (let i = 0; i < 5 && !isTorusError(last, 'TORUS_ERR_DATA_LOST'); i++) {
-      await runFor(c, 3_000);
-      last = await until(c, io.flush().then(() => null, (e: unknown) => e));
-      expect(isTorusError(last), `flush ${i + 2} fails (${String(last)})`).toBe(true);
-    }
-    expect(isTorusError(last, 'TORUS_ERR_DATA_LOST'), `a flush reports the lost change (${String(last)})`).toBe(true);
+    await expectFlushesFailUntilDataLost(c, io, 2);
   });
 
   it('a replica that restarts while a flush waits on another does not count as holding what it lost: the next flush fails', async () => {
@@ -1638,12 +1647,6 @@ describe('replication on a simulated cluster', () => {
     expect(isTorusError(third), `the next flush fails (${String(third)})`).toBe(true);
     // Once b answers again, the loss is known for what it is; no flush passes meanwhile.
     c.network.healAll();
-    let last: unknown = null;
-    for (let i = 0; i < 5 && !isTorusError(last, 'TORUS_ERR_DATA_LOST'); i++) {
-      await runFor(c, 3_000);
-      last = await until(c, io.flush().then(() => null, (e: unknown) => e));
-      expect(isTorusError(last), `flush ${i + 4} fails (${String(last)})`).toBe(true);
-    }
-    expect(isTorusError(last, 'TORUS_ERR_DATA_LOST'), `a flush reports the lost change (${String(last)})`).toBe(true);
+    await expectFlushesFailUntilDataLost(c, io, 4);
   });
 });
