@@ -822,8 +822,20 @@ export class VolumeCoordinator {
     return this.localDeadlines.run(call(this.ctx.requestContext()), ms, what, u);
   }
 
-  /** The next version of this coordinator: (token, seq), newer than `prev`. */
+  /**
+   * The next version of this coordinator: (token, seq), newer than `prev`.
+   * A `prev` made under a newer token than ours is a copy of a newer writer
+   * or maintainer: this one is fenced off (it missed the news, e.g. frozen
+   * through a takeover, and learnt a block the new holder changed: seed
+   * 37957, where an adoption asserted instead).
+   */
   private nextVersion(prev: Version): Version {
+    if (versionToken(prev) > this.token) {
+      this.fenced ??= new TorusError('TORUS_ERR_VOLUME_FENCED', `volume ${this.volume.name}: a copy was made under token ${versionToken(prev)}, newer than ours (${this.token}); a newer writer or maintainer holds the volume`, {
+        details: { volumeId: this.volume.id, token: this.token, current: versionToken(prev) },
+      });
+      throw this.fenced;
+    }
     if (this.seq >= SEQ_MAX) {
       throw new TorusError('TORUS_ERR_VERSION_EXHAUSTED', `volume ${this.volume.name}: 2^32 - 1 changes under token ${this.token}; it must be opened again to take a new token`);
     }
