@@ -101,12 +101,12 @@ export class Maintenance {
     }
     const checked = new Map(health.map((h) => [h.volumeId, h]));
     const scrubEvery = ctx.settings.scrubIntervalMs;
-    const due: { v: VolumeRecord; scrub: 'deep' | 'scan' | undefined }[] = [];
+    const due: { v: VolumeRecord; scrub: 'deep' | 'scan' | undefined; suspect: boolean }[] = [];
     for (const v of volumes) {
       if (await this.opts.node.volumes.writes(v.id)) continue;
       const peers = [...(stalePeers.get(v.id) ?? [])];
-      const catchUp =
-        peers.some((p) => ctx.health.usable(p) && ctx.replica(p) !== null) || ring.members.some((m) => ctx.health.usable(m.uuid) && ctx.suspectVolumesOf(m.uuid).includes(v.id));
+      const suspect = ring.members.some((m) => ctx.health.usable(m.uuid) && ctx.suspectVolumesOf(m.uuid).includes(v.id));
+      const catchUp = peers.some((p) => ctx.health.usable(p) && ctx.replica(p) !== null) || suspect;
       const move = ring.transition?.phase === 'moving' && !moved.has(v.id);
       const h = checked.get(v.id);
       // A check at the current ring version backs `Balanced: true`; a deep scrub repeats at the interval.
@@ -114,7 +114,7 @@ export class Maintenance {
       const deep = stable && scrubEvery > 0 && h !== undefined && ctx.clock.now() - Date.parse(h.checkedAt) >= scrubEvery;
       const scan = stable && (h === undefined || h.ringVersion !== ring.version);
       const scrub = deep ? ('deep' as const) : scan ? ('scan' as const) : undefined;
-      if (catchUp || move || scrub !== undefined) due.push({ v, scrub });
+      if (catchUp || move || scrub !== undefined) due.push({ v, scrub, suspect });
     }
     // Peers pick in their own random order, so they spread over the volumes.
     for (let i = due.length - 1; i > 0; i--) {
@@ -124,11 +124,14 @@ export class Maintenance {
     let taken = 0;
     this.forgetExpired(new Set(due.map((d) => d.v.id)));
     if (due.length === 0) return true;
-    for (const { v, scrub } of due) {
+    for (const { v, scrub, suspect } of due) {
       if (taken >= this.opts.volumesMax || this.stopping) break;
       let lock;
       try {
-        lock = await session.lockVolumeForMaintenance(v.id, `${this.opts.holder} (maintenance)`, { expired: this.expiredTaken(v.id) });
+        // Suspect copies (a replica stopped uncleanly) are checked at once,
+        // grace or not: until then a read-only opener cannot read them,
+        // and the holder of an expired lock was most likely that process.
+        lock = await session.lockVolumeForMaintenance(v.id, `${this.opts.holder} (maintenance)`, { expired: suspect ? 'take' : this.expiredTaken(v.id) });
       } catch (err) {
         if (isTorusError(err, 'TORUS_ERR_VOLUME_LOCK_EXPIRED')) {
           this.sawExpired(v, err.details?.['token']);
