@@ -1383,6 +1383,12 @@ export class VolumeCoordinator {
       let floor = previous?.floor ?? VERSION_ABSENT;
       // The newest change to the block this coordinator acknowledged.
       const acked = previous?.acked ?? VERSION_ABSENT;
+      /** The block goes on from a copy at `have`: acknowledged changes past it are lost, and the floor no longer holds. */
+      const goOnFrom = (have: Version): void => {
+        if (have < acked) this.loseData(index, acked, have);
+        floor = VERSION_ABSENT;
+        if (previous !== undefined) previous.floor = VERSION_ABSENT;
+      };
       const allSuspect = newest === null && trusted.length > 0 && trusted.every((u) => metas.got.get(u)?.suspect === true);
       // A rescue where some owner stopped uncleanly: its suspect copy may
       // hold changes the others missed (what reached its disk unflushed),
@@ -1441,9 +1447,7 @@ export class VolumeCoordinator {
           this.log.warn({ block: index, version: newest.version, from: adopted.from }, 'every copy of the block was suspect or stale; adopted the newest one that checks out (unflushed changes may be lost, as after a power loss)');
           // A suspect copy's version is that of its last flush: what it
           // holds beyond it cannot be told apart from a loss.
-          if (adopted.from < acked) this.loseData(index, acked, adopted.from);
-          floor = VERSION_ABSENT;
-          if (previous !== undefined) previous.floor = VERSION_ABSENT;
+          goOnFrom(adopted.from);
         } else if (newest !== null && newest.version < acked) {
           // A rescue where no suspect copy could be adopted (one that lost
           // the block's creation could not be dropped: its peer takes no
@@ -1451,9 +1455,7 @@ export class VolumeCoordinator {
           // What it lacks of the acknowledged changes is gone with the
           // suspect copies, as in the branch below (seed 36515: taken as
           // the newest with no loss reported, the next flush passed).
-          this.loseData(index, acked, newest.version);
-          floor = VERSION_ABSENT;
-          if (previous !== undefined) previous.floor = VERSION_ABSENT;
+          goOnFrom(newest.version);
         }
       } else if (rescue && newest !== null && newest.version < acked) {
         // Every owner answered and none holds what was acknowledged. A
@@ -1466,9 +1468,7 @@ export class VolumeCoordinator {
         const adopted = await this.adoptLeftover(ref, owners, metas.got, { newerThan: newest.version });
         const have = adopted?.from ?? newest.version;
         if (adopted !== null) newest = adopted.meta;
-        if (have < acked) this.loseData(index, acked, have);
-        floor = VERSION_ABSENT;
-        if (previous !== undefined) previous.floor = VERSION_ABSENT;
+        goOnFrom(have);
       }
       if (newest === null || newest.version < floor) {
         // Never back in time: owners that answered with less than this

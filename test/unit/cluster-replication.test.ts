@@ -1533,6 +1533,9 @@ describe('replication on a simulated cluster', () => {
     await until(c, io.write(0, pattern(1, BLOCK), false));
     expect(c.isRecordedStale(1, b.uuid, 0), 'b recorded stale').toBe(true);
     c.crash(a);
+    // The case needs a's copy lost outright (the crash keeps it or not, by the seed).
+    const left = a.store.meta(blockRef(1, 1, 0));
+    expect([left.state, left.suspect], "a's copy after the crash: absent and suspect").toEqual(['absent', true]);
     const first = await until(c, io.flush().then(() => null, (e: unknown) => e));
     expect(isTorusError(first), `the flush with a down fails (${String(first)})`).toBe(true);
     c.network.healAll();
