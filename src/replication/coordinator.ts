@@ -1491,9 +1491,16 @@ export class VolumeCoordinator {
       // whenever the copy could be such a change; they are caught up when
       // they answer again. A copy of a holder that let go cleanly, or of
       // this coordinator, needs none: every change of theirs that failed
-      // half way was recorded.
+      // half way was recorded... but maybe only as unsure, which a later
+      // learner lifts for the owners that answer it with the newest copy
+      // it sees. A silent owner unsure for the block is recorded stale
+      // too: else, with the copy's holders silent in turn, a later learner
+      // would trust its older copy again (seed 39315: a change no owner
+      // confirmed landed on one owner, was read back, and the next writer
+      // took the other owner's older copy).
       const silent = trusted.filter((u) => !metas.got.has(u));
-      if (silent.length > 0 && mayBeHalfWay(newest.version, this.lock.expiredToken, this.token)) await this.stale.recordSilent(silent, index, this.volume.name);
+      const unconfirmed = mayBeHalfWay(newest.version, this.lock.expiredToken, this.token) ? silent : silent.filter((u) => this.stale.isUnsureOnly(u, index));
+      if (unconfirmed.length > 0) await this.stale.recordSilent(unconfirmed, index, this.volume.name);
       const e: BlockEntry = previous ?? {
         index,
         version: VERSION_ABSENT,

@@ -225,7 +225,7 @@ export class StaleBook {
       rethrowAssertion(err);
       throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${volumeName}: owners that did not answer could not be recorded stale in etcd, and its newest copy may be a change they missed`, { cause: err, details: { block: index, silent } });
     }
-    this.log.debug({ block: index, peers: silent }, 'owners that did not answer recorded stale: the newest copy may be a change of an expired holder that they missed');
+    this.log.debug({ block: index, peers: silent }, 'owners that did not answer recorded stale: the newest copy may be a change they missed');
   }
 
   /** Peers with anything recorded. */

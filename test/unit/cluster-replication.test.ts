@@ -12,6 +12,7 @@ import { ClusterNode, DEFAULT_NODE_SETTINGS } from '../../src/cluster/node.js';
 import { isTorusError, TorusError } from '../../src/errors/torus-error.js';
 import { createMetrics } from '../../src/http/metrics.js';
 import { blockRef } from '../../src/model/block-ref.js';
+import { rangesContain } from '../../src/model/ranges.js';
 import { makeVersion, versionSeq, versionToken } from '../../src/model/version.js';
 import { BLOCKS_IN_FLIGHT } from '../../src/replication/block-jobs.js';
 import { ownersOf } from '../../src/replication/owners.js';
@@ -348,6 +349,14 @@ async function changeReachesOnlyB(c: SimCluster, a: SimPeer, b: SimPeer, w: SimP
   const failed = await until(c, io.write(0, pattern(2, BLOCK), false).then(() => null, (e: unknown) => e));
   expect(isTorusError(failed, 'TORUS_ERR_REPLICA_QUORUM'), String(failed)).toBe(true);
   expect(versionOf(c, b, 0), 'b took the change a missed').toBeGreaterThan(versionOf(c, a, 0));
+}
+
+/** What etcd records for peer p and block `index` of volume 1: stale (it missed a change), unsure only, or nothing. */
+async function missedFor(c: SimCluster, p: SimPeer, index: number): Promise<'stale' | 'unsure' | 'none'> {
+  const rec = (await until(c, c.adminMetadata.getStale(1))).find((r) => r.peer === p.uuid);
+  if (rec === undefined) return 'none';
+  if (rec.all || rangesContain(rec.ranges, index)) return 'stale';
+  return rangesContain(rec.unsure ?? [], index) ? 'unsure' : 'none';
 }
 
 /**
@@ -1122,6 +1131,37 @@ describe('replication on a simulated cluster', () => {
 
   it('a read-only opener does not return such a change while the other owner is silent, unless that one is recorded stale first', async () => {
     await expectNoReadBackInTime('ro');
+  });
+
+  it('a change no owner confirmed, read back from the owner that took it while the other was silent, is not lost to a later writer (seed 39315)', async () => {
+    // Both owners missed the answer to a change (a cut off, b's answer
+    // lost): no owner confirmed it, so both were recorded unsure. b had
+    // taken it. A read while a was silent learnt the block from b and
+    // returned the change; the writer died, and the next writer, with b
+    // silent, found a unsure with the newest copy it saw, trusted it again
+    // and read the older copy: back in time.
+    const { c, a, b, w, io } = await writerOnThird();
+    await until(c, io.write(0, pattern(1, BLOCK), false));
+    await until(c, io.flush());
+    c.network.partition(w.uuid, a.uuid);
+    c.network.block(b.uuid, w.uuid);
+    const failed = await until(c, io.write(0, pattern(2, BLOCK), false).then(() => null, (e: unknown) => e));
+    expect(isTorusError(failed, 'TORUS_ERR_REPLICA_QUORUM'), String(failed)).toBe(true);
+    expect(versionOf(c, b, 0), 'b took the change no owner confirmed').toBeGreaterThan(versionOf(c, a, 0));
+    expect(await missedFor(c, a, 0), 'a is recorded unsure only').toBe('unsure');
+    c.network.heal(b.uuid, w.uuid);
+    const seen = await until(c, io.read(0, BLOCK));
+    expect(seen.equals(pattern(2, BLOCK)), 'the read learnt the block from b').toBe(true);
+    expect(await missedFor(c, a, 0), 'the change was returned while a, silent, stays only unsure').toBe('stale');
+    // The writer is lost, and b goes silent: a writer on a must not read
+    // the older copy.
+    c.crash(w);
+    c.network.healAll();
+    c.network.partition(a.uuid, b.uuid);
+    await runFor(c, 3 * SIM_TIMING.sessionTtlSeconds * 1000);
+    const y = await until(c, c.open(a, 'v', 'rw'), 60_000);
+    const later = await until(c, y.read(0, BLOCK).then((d) => d, (e: unknown) => e));
+    expect(Buffer.isBuffer(later) && later.equals(pattern(1, BLOCK)), 'read back in time').toBe(false);
   });
 
   it('a writer that closes after a change failed half way without a record makes the record first, or does not let go cleanly', async () => {
