@@ -1457,18 +1457,26 @@ export class VolumeCoordinator {
           // the newest with no loss reported, the next flush passed).
           goOnFrom(newest.version);
         }
-      } else if (rescue && newest !== null && newest.version < acked) {
-        // Every owner answered and none holds what was acknowledged. A
-        // former owner may: seed 16773 acknowledged a change early once an
-        // old owner took it while the ring moved, the new owners missed it,
-        // and the ring then settled without it (the anchor rule in send()
-        // now prevents that; this stays as a second line). Its copy wins,
-        // as in the branch above. What no copy holds is gone with the
-        // copies that stopped before flushing it.
-        const adopted = await this.adoptLeftover(ref, owners, metas.got, { newerThan: newest.version });
+      } else if (rescue && newest !== null && newest.version < Math.max(acked, floor)) {
+        // Every owner answered and none holds what was acknowledged, or
+        // what a read returned. A former owner may: seed 16773 acknowledged
+        // a change early once an old owner took it while the ring moved,
+        // the new owners missed it, and the ring then settled without it
+        // (the anchor rule in send() now prevents that; this stays as a
+        // second line); seed 42271 read a failed change from an old owner
+        // while the ring moved, the new owners were both recorded stale,
+        // and the block stayed unavailable while the old owner kept it.
+        // Its copy wins, as in the branch above. Below what was
+        // acknowledged, any newer copy loses less, and what no copy holds
+        // is gone with the copies that stopped before flushing it. Below
+        // only what a read returned, nothing acknowledged is lost: only a
+        // copy that holds what the read returned will do, and without one
+        // the block waits (below), never going back in time.
+        const lost = newest.version < acked;
+        const adopted = await this.adoptLeftover(ref, owners, metas.got, { newerThan: lost ? newest.version : floor - 1 });
         const have = adopted?.from ?? newest.version;
         if (adopted !== null) newest = adopted.meta;
-        goOnFrom(have);
+        if (lost || adopted !== null) goOnFrom(have);
       }
       if (newest === null || newest.version < floor) {
         // Never back in time: owners that answered with less than this

@@ -733,6 +733,27 @@ describe('replication on a simulated cluster', () => {
     }
   });
 
+  it('takes a former owner\'s copy when every owner is behind what a read returned, instead of leaving the block unavailable (seed 42271)', async () => {
+    // Seed 42271: a read returned a change from an old owner while the ring
+    // moved; the new owners both ended recorded stale with older copies.
+    // Learning the block found every owner behind what the read returned
+    // and no acknowledged change lost, so it did not look for the former
+    // owner's copy: the block stayed unavailable with every peer up.
+    // Staged here by dropping the owners' copies after the read.
+    const { c, b } = await replacedByD(21);
+    const [a, , d] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const ref = blockRef(1, 1, 1);
+    const want = pattern(21, 4 * BLOCK).subarray(BLOCK, 2 * BLOCK);
+    expect(b.store.meta(ref).version, 'b keeps its copy as a leftover').toBe(a.store.meta(ref).version);
+    const io = await until(c, c.open(a, 'v', 'rw'), 60_000);
+    expect((await until(c, io.read(BLOCK, BLOCK))).equals(want), 'the first read').toBe(true);
+    await until(c, a.store.drop(ref));
+    await until(c, d.store.drop(ref));
+    const again = await until(c, io.read(BLOCK, BLOCK).then((x) => x, (e: unknown) => e));
+    expect(isTorusError(again) ? again.code : Buffer.isBuffer(again) && again.equals(want), 'the second read, with only the former owner holding what the first returned').toBe(true);
+    expect(b.store.meta(ref).state, 'the former owner still holds it').toBe('data');
+  });
+
   it('re-replicates after a dead peer is force-removed and a fresh one added, so losing another peer loses nothing', async () => {
     const c = cluster({ peers: 4, members: 3, replication: 2 });
     await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
