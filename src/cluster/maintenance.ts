@@ -19,7 +19,16 @@ export interface MaintenanceOptions {
   readonly volumesMax: number;
   /** A lock release that etcd did not answer is tried again after this long (doubling up to 5 s). */
   readonly releaseRetryMs: number;
+  /**
+   * A volume whose last lock expired with its lease is taken only once this
+   * long has passed since this peer first found it so (the session TTL):
+   * its writer, back after an etcd outage, takes it again first.
+   */
+  readonly expiredGraceMs: number;
 }
+
+/** Volumes whose expired lock a peer keeps waiting on at most (more are forgotten and their wait starts again). */
+const EXPIRED_SEEN_MAX = 4096;
 
 /**
  * Work on volumes that no one writes (docs/replication.md, "Maintenance"):
@@ -38,6 +47,8 @@ export class Maintenance {
   private readonly running = new Set<Promise<boolean>>();
   /** Coordinators of the volumes being maintained (stop() closes them). */
   private readonly active = new Set<VolumeCoordinator>();
+  /** Volumes found with an expired lock: its token, and when this peer first found it (monotonic ms). */
+  private readonly expiredSeen = new Map<number, { readonly token: number; readonly since: number }>();
 
   constructor(private readonly opts: MaintenanceOptions) {
     this.log = opts.logger.child({ module: 'maintenance' });
@@ -90,12 +101,12 @@ export class Maintenance {
     }
     const checked = new Map(health.map((h) => [h.volumeId, h]));
     const scrubEvery = ctx.settings.scrubIntervalMs;
-    const due: { v: VolumeRecord; scrub: 'deep' | 'scan' | undefined }[] = [];
+    const due: { v: VolumeRecord; scrub: 'deep' | 'scan' | undefined; suspect: boolean }[] = [];
     for (const v of volumes) {
       if (await this.opts.node.volumes.writes(v.id)) continue;
       const peers = [...(stalePeers.get(v.id) ?? [])];
-      const catchUp =
-        peers.some((p) => ctx.health.usable(p) && ctx.replica(p) !== null) || ring.members.some((m) => ctx.health.usable(m.uuid) && ctx.suspectVolumesOf(m.uuid).includes(v.id));
+      const suspect = ring.members.some((m) => ctx.health.usable(m.uuid) && ctx.suspectVolumesOf(m.uuid).includes(v.id));
+      const catchUp = peers.some((p) => ctx.health.usable(p) && ctx.replica(p) !== null) || suspect;
       const move = ring.transition?.phase === 'moving' && !moved.has(v.id);
       const h = checked.get(v.id);
       // A check at the current ring version backs `Balanced: true`; a deep scrub repeats at the interval.
@@ -103,7 +114,7 @@ export class Maintenance {
       const deep = stable && scrubEvery > 0 && h !== undefined && ctx.clock.now() - Date.parse(h.checkedAt) >= scrubEvery;
       const scan = stable && (h === undefined || h.ringVersion !== ring.version);
       const scrub = deep ? ('deep' as const) : scan ? ('scan' as const) : undefined;
-      if (catchUp || move || scrub !== undefined) due.push({ v, scrub });
+      if (catchUp || move || scrub !== undefined) due.push({ v, scrub, suspect });
     }
     // Peers pick in their own random order, so they spread over the volumes.
     for (let i = due.length - 1; i > 0; i--) {
@@ -111,16 +122,25 @@ export class Maintenance {
       [due[i], due[j]] = [due[j]!, due[i]!];
     }
     let taken = 0;
+    this.forgetExpired(new Set(due.map((d) => d.v.id)));
     if (due.length === 0) return true;
-    for (const { v, scrub } of due) {
+    for (const { v, scrub, suspect } of due) {
       if (taken >= this.opts.volumesMax || this.stopping) break;
       let lock;
       try {
-        lock = await session.lockVolumeForMaintenance(v.id, `${this.opts.holder} (maintenance)`);
+        // Suspect copies (a replica stopped uncleanly) are checked at once,
+        // grace or not: until then a read-only opener cannot read them,
+        // and the holder of an expired lock was most likely that process.
+        lock = await session.lockVolumeForMaintenance(v.id, `${this.opts.holder} (maintenance)`, { expired: suspect ? 'take' : this.expiredTaken(v.id) });
       } catch (err) {
+        if (isTorusError(err, 'TORUS_ERR_VOLUME_LOCK_EXPIRED')) {
+          this.sawExpired(v, err.details?.['token']);
+          continue;
+        }
         if (isTorusError(err, 'TORUS_ERR_VOLUME_IN_USE') || isTorusError(err, 'TORUS_ERR_CLUSTER_CONFLICT') || isTorusError(err, 'TORUS_ERR_VOLUME_NOT_FOUND')) continue;
         throw err;
       }
+      this.expiredSeen.delete(v.id);
       taken++;
       let c: VolumeCoordinator | null = null;
       try {
@@ -156,5 +176,34 @@ export class Maintenance {
       }
     }
     return false;
+  }
+
+  /**
+   * The expired token this peer takes for the volume: the one whose grace
+   * is over, else none ('refuse'). A writer whose lease ran out during an
+   * etcd outage takes its lock again as soon as it has a new session
+   * (volume-manager.ts, relock); a maintainer that took the volume first
+   * would fence it off for good, and its client would see I/O errors until
+   * it attached again. Only background work waits: a writer opening the
+   * volume does not, and nothing about safety depends on the wait.
+   */
+  private expiredTaken(volumeId: number): 'refuse' | number {
+    const seen = this.expiredSeen.get(volumeId);
+    if (seen === undefined || this.opts.ctx.clock.monotonic() - seen.since < this.opts.expiredGraceMs) return 'refuse';
+    return seen.token;
+  }
+
+  private sawExpired(v: VolumeRecord, token: unknown): void {
+    if (typeof token !== 'number') return;
+    const seen = this.expiredSeen.get(v.id);
+    if (seen !== undefined && seen.token === token) return;
+    if (this.expiredSeen.size >= EXPIRED_SEEN_MAX) this.expiredSeen.clear();
+    this.expiredSeen.set(v.id, { token, since: this.opts.ctx.clock.monotonic() });
+    this.log.info({ volume: v.name, token, graceMs: this.opts.expiredGraceMs }, 'the last lock of a volume due for maintenance expired; its holder gets time to take it again');
+  }
+
+  /** Drops the waits of volumes no longer due (done by someone else, deleted, or taken by a writer). */
+  private forgetExpired(due: ReadonlySet<number>): void {
+    for (const id of this.expiredSeen.keys()) if (!due.has(id)) this.expiredSeen.delete(id);
   }
 }

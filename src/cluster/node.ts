@@ -293,7 +293,7 @@ export class ClusterNode {
     const resumed = await this.becomeLive(opts.resumeLeaseId ?? null);
     this.stopRingWatch = await this.retryEtcd('watch the ring', () => d.metadata.watchRing((ring) => this.applyRing(ring)));
     if (d.store !== null) {
-      this.maintenance = new Maintenance({ node: this, ctx: this.ctx, logger: d.logger, holder: d.holder, volumesMax: d.settings.maintenanceVolumesMax, releaseRetryMs: d.settings.retryMs });
+      this.maintenance = new Maintenance({ node: this, ctx: this.ctx, logger: d.logger, holder: d.holder, volumesMax: d.settings.maintenanceVolumesMax, releaseRetryMs: d.settings.retryMs, expiredGraceMs: d.settings.sessionTtlSeconds * 1000 });
       this.driver = new TransitionDriver({ node: this, ctx: this.ctx, logger: d.logger, downOutIntervalMs: d.settings.downOutIntervalMs });
       this.gc = new GarbageCollector({ node: this, store: d.store, metadata: d.metadata, ctx: this.ctx, logger: d.logger });
     }

@@ -27,6 +27,7 @@ export const ERROR_CODES = {
   TORUS_ERR_VOLUME_READ_ONLY: 'the volume is open read-only',
   TORUS_ERR_VOLUME_LOCK_LOST: 'the write lock on the volume was lost; writes are refused',
   TORUS_ERR_VOLUME_FENCED: 'a newer writer holds the volume; this writer is fenced off',
+  TORUS_ERR_VOLUME_LOCK_EXPIRED: 'the last lock on the volume ended with its lease, not released; a maintainer leaves its holder time to take it again',
   TORUS_ERR_RING_EMPTY: 'no peer is in the ring, so blocks have nowhere to live (torusd --auto-join or torusctl peer add)',
   TORUS_ERR_RING_PEER_UNKNOWN: 'the ring names a peer whose address is not known (it is not reporting)',
   TORUS_ERR_RING_OUTDATED: 'a peer refused a request placed with an older ring version than its own; the sender re-reads the ring',

@@ -9,9 +9,11 @@ import type { Clock } from '../util/clock.js';
 import { toTorusError } from './etcd-errors.js';
 import { UnansweredLocks } from './unanswered-locks.js';
 import { KEYS, peerKey, ringAckKey, volumeFenceKey, volumeKey, volumeLockKey, volumeMaintKey, volumeReaderKey, volumeReadersPrefix, volumeReleasedKey, volumeExpiredKey } from './keys.js';
-import type { MetadataSession, SessionEvent, VolumeLock, VolumeReaderLock } from './metadata-service.js';
+import type { MaintenanceLockOptions, MetadataSession, SessionEvent, VolumeLock, VolumeReaderLock } from './metadata-service.js';
 import { decodeCounter, decodeVolumeLockRecord, decodeVolumeRecord, encodeRecord } from './record-codec.js';
 import {
+  checkExpiredForMaintenance,
+  refusesExpired,
   validateHolder,
   validatePeerUuid,
   validateRingAck,
@@ -326,7 +328,7 @@ export class EtcdSession implements MetadataSession {
     throw new TorusError('TORUS_ERR_CLUSTER_CONFLICT', `lock volume "${name}" for reading lost ${LOCK_ATTEMPTS_MAX} races with concurrent changes; retry`);
   }
 
-  async lockVolumeForMaintenance(volumeId: number, holder: string): Promise<VolumeLock> {
+  async lockVolumeForMaintenance(volumeId: number, holder: string, opts?: MaintenanceLockOptions): Promise<VolumeLock> {
     validateVolumeId(volumeId);
     validateHolder(holder);
     this.assertUsable(`lock volume ${volumeId} for maintenance`);
@@ -350,6 +352,14 @@ export class EtcdSession implements MetadataSession {
       const fKv = fRes.kvs[0];
       const fence = decodeCounter(prefix + fenceKey, fKv ? fKv.value.toString('utf8') : null);
       const { releasedKey, releasedRevision, released, expired } = await this.released(volumeId);
+      if (refusesExpired(fence, released === fence, opts)) {
+        // A lock held now has not expired: refused as the transaction would.
+        for (const key of [lockKey, maintKey]) {
+          const held = (await call(`get ${prefix}${key}`, () => ns.get(key).exec())).kvs[0];
+          if (held !== undefined) throw volumeInUseError(volume.name, decodeVolumeLockRecord(prefix + key, held.value.toString('utf8')));
+        }
+        checkExpiredForMaintenance(volume, fence, false, opts);
+      }
       const expiry = this.expiryOf(volumeId, fence, released, expired);
       const token = fence + 1;
       const record: VolumeLockRecord = { schema: 1, volumeId, holder, token, acquiredAt: new Date(this.deps.clock.now()).toISOString(), kind: 'maintainer' };

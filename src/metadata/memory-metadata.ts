@@ -39,7 +39,7 @@ import {
 } from './keys.js';
 import { MemoryEtcd, type KvEvent, type KvOp } from './memory-etcd.js';
 import { UnansweredLocks } from './unanswered-locks.js';
-import type { MetadataService, MetadataSession, SessionEvent, VolumeLock, VolumeReaderLock } from './metadata-service.js';
+import type { MaintenanceLockOptions, MetadataService, MetadataSession, SessionEvent, VolumeLock, VolumeReaderLock } from './metadata-service.js';
 import {
   decodeClusterConfig,
   decodeClusterSecret,
@@ -79,6 +79,7 @@ import {
   CLUSTER_SECRET_BYTES,
   SESSION_TTL_MAX_SECONDS,
   volumeReadersError,
+  checkExpiredForMaintenance,
 } from './validate.js';
 
 /**
@@ -318,7 +319,7 @@ export class MemoryMetadata implements MetadataService {
     return this.server.get(key)?.lease === leaseId;
   }
 
-  tryLockForMaintenance(volumeId: number, holder: string, leaseId: string): { volume: VolumeRecord; record: VolumeLockRecord; previousReleased: boolean; expiredToken: number } {
+  tryLockForMaintenance(volumeId: number, holder: string, leaseId: string, opts: MaintenanceLockOptions | undefined): { volume: VolumeRecord; record: VolumeLockRecord; previousReleased: boolean; expiredToken: number } {
     const volume = this.volumeById(volumeId);
     if (volume === null) throw volumeIdNotFoundError(volumeId);
     for (const key of [volumeLockKey(volumeId), volumeMaintKey(volumeId)]) {
@@ -327,6 +328,7 @@ export class MemoryMetadata implements MetadataService {
     }
     const token = this.fenceOf(volumeId) + 1;
     const previousReleased = this.newestReleased(volumeId);
+    checkExpiredForMaintenance(volume, token - 1, previousReleased, opts);
     const { ops, expiredToken } = this.expiry(volumeId, previousReleased);
     const record: VolumeLockRecord = { schema: 1, volumeId, holder, token, acquiredAt: this.nowIso(), kind: 'maintainer' };
     this.server.commit([
@@ -1027,12 +1029,12 @@ class MemorySession implements MetadataSession {
     return new MemoryVolumeReaderLock(this.md, this.id, volume, holder, key);
   }
 
-  async lockVolumeForMaintenance(volumeId: number, holder: string): Promise<VolumeLock> {
+  async lockVolumeForMaintenance(volumeId: number, holder: string, opts?: MaintenanceLockOptions): Promise<VolumeLock> {
     validateVolumeId(volumeId);
     validateHolder(holder);
     await this.reclaimQuietly();
     const { volume, record, previousReleased, expiredToken } = await this.lockTxn(`lock volume ${volumeId} for maintenance`, () => {
-      const got = this.md.tryLockForMaintenance(volumeId, holder, this.id);
+      const got = this.md.tryLockForMaintenance(volumeId, holder, this.id, opts);
       return { got, key: volumeMaintKey(volumeId), value: encodeRecord(got.record) };
     });
     return new MemoryVolumeLock(this.md, this.id, volume, record, volumeMaintKey(volume.id), previousReleased, expiredToken);

@@ -197,8 +197,17 @@ export interface MetadataSession {
    * Takes a volume's maintenance lock (docs/replication.md, "Maintenance"):
    * refused with TORUS_ERR_VOLUME_IN_USE while a writer or another maintainer
    * holds it. Draws a token from the same counter as lockVolume.
+   *
+   * With `expired: 'refuse'`, a volume whose last lock ended without a
+   * clean release (it expired with its lease, or was let go unfenced) is
+   * refused with TORUS_ERR_VOLUME_LOCK_EXPIRED, details `{ token }` = that
+   * lock's token, and nothing changes: its holder may be a writer about to
+   * take the volume again after an etcd outage, and a maintainer's token in
+   * between would fence it off for good. `expired: <token>` takes such a
+   * volume only when `token` is the one that expired (the caller's grace
+   * for that lock is over). Default `'take'`: taken whatever ended the last lock.
    */
-  lockVolumeForMaintenance(volumeId: number, holder: string): Promise<VolumeLock>;
+  lockVolumeForMaintenance(volumeId: number, holder: string, opts?: MaintenanceLockOptions): Promise<VolumeLock>;
   /** Publishes (or refreshes) this process's ring acknowledgement under the lease. */
   ackRing(ack: { readonly peer: string | null; readonly kind: 'peer' | 'client'; readonly ringVersion: number; readonly fenceRevision: number }): Promise<void>;
   /**
@@ -221,6 +230,11 @@ export interface MetadataSession {
   leaseDeadline(): number;
   /** Revokes the lease (releasing its locks and records). */
   close(): Promise<void>;
+}
+
+export interface MaintenanceLockOptions {
+  /** What to do when the volume's last lock ended without a clean release (see lockVolumeForMaintenance). */
+  readonly expired: 'take' | 'refuse' | number;
 }
 
 export interface VolumeLock {

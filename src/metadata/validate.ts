@@ -2,7 +2,7 @@ import { TorusError } from '../errors/torus-error.js';
 import { checkRange, type BlockRange } from '../model/ranges.js';
 import type { RingAck, RingMember, RingRecord, VolumeHealthRecord, VolumeLockRecord, VolumeMoveRecord } from '../model/records.js';
 import { formatSize } from '../util/size.js';
-import { VOLUME_NAME_PATTERN } from './metadata-service.js';
+import { VOLUME_NAME_PATTERN, type MaintenanceLockOptions } from './metadata-service.js';
 import { CARRIED_PLACEMENTS_MAX } from '../ring/transition.js';
 
 export const BLOCK_SIZE_MIN_BYTES = 4 * 1024;
@@ -122,6 +122,26 @@ export function volumeReadersError(name: string, readers: readonly VolumeLockRec
   return new TorusError('TORUS_ERR_VOLUME_IN_USE', `volume "${name}" is read (under a reader lock) by ${first.holder} since ${first.acquiredAt}${more}`, {
     details: { volume: name, volumeId: first.volumeId, holder: first.holder, acquiredAt: first.acquiredAt, kind: 'reader', readers: total },
   });
+}
+
+/**
+ * For a maintenance lock of a volume no one holds: throws
+ * TORUS_ERR_VOLUME_LOCK_EXPIRED when its last lock (token `fence`) ended
+ * without a clean release and `opts` does not take it
+ * (metadata-service.ts, lockVolumeForMaintenance). A held lock is
+ * TORUS_ERR_VOLUME_IN_USE, checked first: it has not expired.
+ */
+export function checkExpiredForMaintenance(volume: { readonly name: string; readonly id: number }, fence: number, released: boolean, opts: MaintenanceLockOptions | undefined): void {
+  if (!refusesExpired(fence, released, opts)) return;
+  throw new TorusError('TORUS_ERR_VOLUME_LOCK_EXPIRED', `volume "${volume.name}": its last lock (token ${fence}) ended with its lease, not released; its holder may take it again`, {
+    details: { volume: volume.name, volumeId: volume.id, token: fence },
+  });
+}
+
+/** Whether checkExpiredForMaintenance would refuse (when no lock is held). */
+export function refusesExpired(fence: number, released: boolean, opts: MaintenanceLockOptions | undefined): boolean {
+  const expired = opts?.expired ?? 'take';
+  return !released && expired !== 'take' && expired !== fence;
 }
 
 /** A change guarded by a fencing token that is no longer the volume's newest. */

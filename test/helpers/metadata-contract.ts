@@ -469,6 +469,48 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       expect(other.expiredToken).toBe(0);
     });
 
+    it('a maintenance lock asked to refuse an expired lock is refused while the last lock expired, and taken for that token only', async () => {
+      await initialised();
+      const vol = await md.createVolume('grace', MiB);
+      const s1 = await session(3);
+      const s2 = await session();
+      // Never locked, and after a clean release: nothing expired, taken at once.
+      const first = await s2.lockVolumeForMaintenance(vol.id, 'm', { expired: 'refuse' });
+      first.markFenced();
+      await first.release();
+      const writer = await s1.lockVolume('grace', 'w');
+      writer.markFenced();
+      // A lock held is in use, not expired, whatever the option.
+      await expectCode(s2.lockVolumeForMaintenance(vol.id, 'm', { expired: 'refuse' }), 'TORUS_ERR_VOLUME_IN_USE');
+      await h.revokeExternally(md, s1.id);
+      await h.eventually('expired lock gone', async () => (await md.getVolumeLock(vol.id)) === null);
+      const refused = await expectCode(s2.lockVolumeForMaintenance(vol.id, 'm', { expired: 'refuse' }), 'TORUS_ERR_VOLUME_LOCK_EXPIRED');
+      expect(refused.details?.['token'], 'names the expired token').toBe(writer.token);
+      expect(await md.getFence(vol.id), 'nothing drawn').toBe(writer.token);
+      // Another token's grace does not take this one.
+      await expectCode(s2.lockVolumeForMaintenance(vol.id, 'm', { expired: writer.token - 1 }), 'TORUS_ERR_VOLUME_LOCK_EXPIRED');
+      // The writer is back first: it takes the next token, as if no one had come between.
+      const s3 = await session();
+      const back = await s3.lockVolume('grace', 'w again');
+      expect(back.token).toBe(writer.token + 1);
+      back.markFenced();
+      await back.release();
+      // Released cleanly: taken with any option.
+      const maint = await s2.lockVolumeForMaintenance(vol.id, 'm', { expired: 'refuse' });
+      expect(maint.token).toBe(back.token + 1);
+      maint.markFenced();
+      await maint.release();
+      // Expired again, and the grace for that token over: taken, counted expired.
+      const w2 = await s3.lockVolume('grace', 'w');
+      w2.markFenced();
+      await h.revokeExternally(md, s3.id);
+      await h.eventually('expired lock gone', async () => (await md.getVolumeLock(vol.id)) === null);
+      const taken = await s2.lockVolumeForMaintenance(vol.id, 'm', { expired: w2.token });
+      expect(taken.previousReleased).toBe(false);
+      expect(taken.expiredToken).toBe(w2.token);
+      await taken.release();
+    });
+
     it('a lock marked unsettled is let go without a clean release: the next holder counts its token as expired', async () => {
       await initialised();
       await md.createVolume('uns', MiB);

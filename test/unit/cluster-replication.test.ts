@@ -914,6 +914,59 @@ describe('replication on a simulated cluster', () => {
     expect((await until(c, second.read(0, 4 * BLOCK))).equals(pattern(3, 4 * BLOCK))).toBe(true);
   });
 
+  /**
+   * The writer w is cut off from etcd until its lease, and with it its
+   * lock, is gone, while its volume is due for a catch-up: b missed
+   * changes (recorded stale) and came back, and w cannot clear the record.
+   * Maintainers try such a volume every pass.
+   */
+  async function writerGoneWithCatchUpDue(): Promise<{ c: SimCluster; b: SimPeer; w: SimPeer; io: VolumeIo; token: number }> {
+    const c = cluster({ peers: 3, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(w, 'v', 'rw'));
+    await until(c, io.write(0, pattern(1, 4 * BLOCK), false));
+    c.crash(b);
+    await until(c, io.write(0, pattern(2, 4 * BLOCK), false));
+    await until(c, io.flush());
+    expect(c.isRecordedStale(1, b.uuid, 0), 'b recorded stale').toBe(true);
+    c.setPeerEtcdFault(w, 'unavailable');
+    await until(c, c.start(b));
+    const token = Number(Buffer.from(c.etcd.get(volumeFenceKey(1))!.value).toString());
+    await runUntil(c.clock, () => c.etcd.get(volumeLockKey(1)) === undefined, c.clock.monotonic() + 60_000);
+    expect(c.etcd.get(volumeLockKey(1)), "the writer's lock went with its lease").toBeUndefined();
+    return { c, b, w, io, token };
+  }
+
+  // Seeds 5413 and 21919: a writer cut off from etcd past its lease found,
+  // once back, that a maintainer had taken its volume in between, and was
+  // fenced off for good (its client saw I/O errors until it attached again).
+  it('a writer whose lease ran out while it was cut off from etcd takes its volume back before a maintainer does, and its writes go on', async () => {
+    const { c, w, io, token } = await writerGoneWithCatchUpDue();
+    // Two passes of the maintainers with the volume unlocked and due.
+    await runFor(c, 2 * SIM_TIMING.backgroundIntervalMs + 500);
+    expect(c.etcd.get(volumeMaintKey(1)), 'no maintainer took the volume within the grace').toBeUndefined();
+    c.setPeerEtcdFault(w, 'none');
+    await runFor(c, SIM_TIMING.sessionTtlSeconds * 1000);
+    const lock = c.etcd.get(volumeLockKey(1));
+    expect(lock, 'the writer holds its volume again').toBeDefined();
+    expect(Buffer.from(lock!.value).toString()).toContain(w.uuid);
+    expect(Number(Buffer.from(c.etcd.get(volumeFenceKey(1))!.value).toString()), 'no token drawn between').toBe(token + 1);
+    await until(c, io.write(0, pattern(3, 4 * BLOCK), false));
+    await until(c, io.flush());
+    expect((await until(c, io.read(0, 4 * BLOCK))).equals(pattern(3, 4 * BLOCK))).toBe(true);
+  });
+
+  it('a maintainer takes a volume whose writer stays gone once the grace is over', async () => {
+    const { c, b } = await writerGoneWithCatchUpDue();
+    const gone = c.clock.monotonic();
+    // The catch-up of b by a maintainer clears the record, a grace later.
+    await runUntil(c.clock, () => !c.isRecordedStale(1, b.uuid, 0), gone + 60_000);
+    expect(c.isRecordedStale(1, b.uuid, 0), 'caught up by a maintainer').toBe(false);
+    expect(c.clock.monotonic() - gone, 'not before the grace').toBeGreaterThanOrEqual(SIM_TIMING.sessionTtlSeconds * 1000);
+  });
+
   it('changes replication from 2 to 3 and back, copying to the new owners', async () => {
     const c = cluster({ peers: 3, members: 3, replication: 2 });
     await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
