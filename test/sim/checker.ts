@@ -191,7 +191,9 @@ export class Checker {
    * never after a change with a newer token was applied anywhere, except on
    * a replica etcd names stale for that block (a peer that could not learn
    * the newer token is recorded stale for the whole volume before the newer
-   * coordinator writes; what it holds is not trusted until caught up).
+   * coordinator writes; what it holds is not trusted until caught up), or
+   * one outside the ring, which holds only leftovers (`recordedStale` says
+   * either).
    */
   checkApplied(uuid: string, volumeId: number, token: number, what: string, recordedStale: () => boolean): Violation | null {
     if (token <= 0) return null; // a peer's own leftover drop: no coordinator
