@@ -1000,11 +1000,12 @@ export class VolumeCoordinator {
         // Owners skipped as stale must stay recorded in etcd for this block
         // before it is acknowledged: a whole-volume record being narrowed no
         // longer covers it (stale-book.ts, coverSkipped). So must they when
-        // the change failed but some owner took it: a read may return that
+        // the change failed but some owner took it (a quorum always means
+        // some owner did, so the test is only that): a read may return that
         // copy (seed 2906 with --suspend: a narrowing planned before such a
         // change landed after it, the skipped owner was trusted again, and
         // once the writer was gone the next one read its older copy).
-        const cover = quorumOk || acked.length > 0 ? this.stale.coverSkipped(owners.all, e.index) : null;
+        const cover = acked.length > 0 ? this.stale.coverSkipped(owners.all, e.index) : null;
         if (cover !== null) {
           try {
             await cover;
