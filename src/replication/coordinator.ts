@@ -588,6 +588,10 @@ export class VolumeCoordinator {
       return false;
     }
     if (this.durableCopies(index) >= this.quorumFor(index)) return true;
+    // Owners learning found holding the newest copy without a flush of it
+    // (bookLearnt) count once they flush it.
+    await this.flushLearnt(index);
+    if (this.durableCopies(index) >= this.quorumFor(index)) return true;
     // Still short, with owners that answer but missed the change (one
     // whose copy failed its CRC check refuses a change to that page):
     // they are brought up to date from a durable copy now, as a change
@@ -600,6 +604,34 @@ export class VolumeCoordinator {
       return false;
     }
     return this.durableCopies(index) >= this.quorumFor(index);
+  }
+
+  /**
+   * Flushes the owners that hold the block's newest copy unflushed as far
+   * as this coordinator knows, and books the block durable on each that
+   * answers under the incarnation that took it. Best effort: one that
+   * fails keeps it unflushed for the next FLUSH.
+   */
+  private async flushLearnt(index: number): Promise<void> {
+    const e = this.blocks.peek(index);
+    if (e === undefined || e.unsure) return;
+    const pending = [...e.holders].filter(([u, v]) => v === e.committed && this.unflushed.get(u)?.has(index) === true).map(([u]) => u);
+    await Promise.all(
+      pending.map(async (u) => {
+        const api = this.ctx.replica(u);
+        const epoch = this.restartsOf(u);
+        if (api === null || !this.ctx.health.usable(u) || this.unflushedEpoch.get(u) !== epoch) return;
+        try {
+          await withTimeout(api.flush(this.ctx.requestContext()), this.ctx.settings.replicaTimeoutMs, this.ctx.clock, `flush on peer ${u}`);
+        } catch (err) {
+          rethrowAssertion(err);
+          this.log.debug({ err, block: index, peer: u }, 'could not flush an owner found holding the newest copy');
+          return;
+        }
+        if (this.restartsOf(u) !== epoch) return;
+        if (this.unflushed.get(u)?.delete(index) === true) this.unpin(index);
+      }),
+    );
   }
 
   /** Trusted owners known to hold the block's newest version with no flush of it outstanding (0 when the block is not in the table, or unsure). */
@@ -1080,17 +1112,38 @@ export class VolumeCoordinator {
     }
     for (const u of acked) {
       if ((e.holders.get(u) ?? VERSION_ABSENT) < stamp.version) e.holders.set(u, stamp.version);
-      if (fua) continue;
-      // What it took under an earlier incarnation is gone.
+      if (!fua) this.bookUnflushed(u, e);
+    }
+  }
+
+  /** The owner holds the block's copy unflushed: the next FLUSH must reach it (pinned until then). */
+  private bookUnflushed(u: string, e: BlockEntry): void {
+    // What it took under an earlier incarnation is gone.
+    const now = this.restartsOf(u);
+    if ((this.unflushedEpoch.get(u) ?? now) !== now) this.peerRestarted(u);
+    this.unflushedEpoch.set(u, now);
+    let s = this.unflushed.get(u);
+    if (s === undefined) this.unflushed.set(u, (s = new Set()));
+    if (!s.has(e.index)) {
+      s.add(e.index);
+      e.pins++;
+    }
+  }
+
+  /**
+   * Owners learning found holding the block's newest version that this
+   * coordinator did not know held it: their copy counts as unflushed until
+   * a flush confirms it (seed 50071: a change whose answer from one owner
+   * was lost, learnt again from that owner, counted as its second durable
+   * copy, and a FLUSH passed with one copy on disk). One that restarted
+   * since it answered may have lost the copy already: not a holder.
+   */
+  private bookLearnt(e: BlockEntry, known: ReadonlyMap<string, Version>, askedAt: ReadonlyMap<string, number>): void {
+    for (const [u, v] of [...e.holders]) {
+      if (v !== e.committed || known.get(u) === v) continue;
       const now = this.restartsOf(u);
-      if ((this.unflushedEpoch.get(u) ?? now) !== now) this.peerRestarted(u);
-      this.unflushedEpoch.set(u, now);
-      let s = this.unflushed.get(u);
-      if (s === undefined) this.unflushed.set(u, (s = new Set()));
-      if (!s.has(e.index)) {
-        s.add(e.index);
-        e.pins++;
-      }
+      if (askedAt.get(u) !== now) e.holders.delete(u);
+      else this.bookUnflushed(u, e);
     }
   }
 
@@ -1342,6 +1395,9 @@ export class VolumeCoordinator {
     const ref = this.refOf(index);
     for (let attempt = 0; ; attempt++) {
       const owners = ownersOf(this.ctx.ring(), ref);
+      // Each owner's incarnation before it is asked: one that restarts
+      // after it answered may have lost an unflushed copy it reported.
+      const askedAt = new Map(owners.all.map((u) => [u, this.restartsOf(u)]));
       const metas = await this.askMeta(ref, owners.all);
       if (metas.outdated && attempt < this.ctx.settings.ringRetriesMax) {
         await this.ctx.refreshRing(metas.outdated);
@@ -1533,6 +1589,11 @@ export class VolumeCoordinator {
       e.committed = newest.version;
       e.state = newest.state;
       e.digest = newest.state === 'data' ? newest.digest : 0;
+      // Who this coordinator knew to hold which version before: an owner
+      // found holding the newest copy without being known to hold it took a
+      // change whose answer was lost (or a change of an earlier holder), and
+      // nothing says that copy reached its disk.
+      const known = previous === undefined ? null : new Map(previous.holders);
       e.holders.clear();
       e.metas.clear();
       const behind: string[] = [];
@@ -1542,6 +1603,7 @@ export class VolumeCoordinator {
         const equal = !m.suspect && compareCopies(m, newest) === 0;
         if (!equal && trusted.includes(u)) behind.push(u);
       }
+      if (known !== null) this.bookLearnt(e, known, askedAt);
       // Behind without a record: a change that failed half way. They must
       // not be read for this block, and etcd must say so for other readers.
       for (const u of behind) e.holders.delete(u);
