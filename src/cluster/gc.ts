@@ -3,7 +3,8 @@ import { isTorusError } from '../errors/torus-error.js';
 import type { MetadataService } from '../metadata/metadata-service.js';
 import { compareCopies, type BlockMeta, type ListedBlock } from '../model/block-meta.js';
 import { blockRefKey, type BlockRef } from '../model/block-ref.js';
-import type { RingRecord } from '../model/records.js';
+import { staleContains } from '../model/ranges.js';
+import type { RingRecord, StaleRecord } from '../model/records.js';
 import type { ClusterContext } from '../replication/cluster-context.js';
 import { ownersOf } from '../replication/owners.js';
 import type { Replica } from '../replication/replica.js';
@@ -21,7 +22,7 @@ export interface GarbageCollectorOptions {
 }
 
 /** Why a leftover copy was kept this pass (counted per reason in the pass's log line). */
-type KeptBecause = 'owner unreachable' | 'owner copy failed its check' | 'owner copy suspect' | 'owners behind and apart';
+type KeptBecause = 'owner unreachable' | 'owner copy failed its check' | 'owner copy suspect' | 'owners behind and apart' | 'owners behind and recorded stale';
 
 /** Blocks looked at per page of the local store's listing. */
 const GC_PAGE_BLOCKS = 4096;
@@ -86,13 +87,27 @@ export class GarbageCollector {
     };
     let dropped = 0;
     const kept = new Map<KeptBecause, number>();
+    // Each volume's stale records, read once a pass when first needed (null: etcd did not answer).
+    const staleOf = new Map<number, Promise<StaleRecord[] | null>>();
+    const records = (volumeId: number): Promise<StaleRecord[] | null> => {
+      let p = staleOf.get(volumeId);
+      if (p === undefined) {
+        p = this.opts.metadata.getStale(volumeId).catch((err: unknown) => {
+          rethrowAssertion(err);
+          this.log.debug({ err, volumeId }, 'could not read stale records: leftovers ahead of their owners are kept');
+          return null;
+        });
+        staleOf.set(volumeId, p);
+      }
+      return p;
+    };
     let after: BlockRef | null = null;
     for (;;) {
       const page = this.opts.store.list({ after, limit: GC_PAGE_BLOCKS });
       if (page.length === 0) break;
       for (const b of page) {
         if (!notOwner(b.ref)) continue;
-        const why = await this.ownersLack(b, planned);
+        const why = await this.ownersLack(b, planned, records);
         if (why !== null) {
           kept.set(why, (kept.get(why) ?? 0) + 1);
           continue;
@@ -117,12 +132,16 @@ export class GarbageCollector {
    * acknowledged (at write levels one and local, one that may be lost by
    * contract), and would otherwise be kept for good (simulation seed 473).
    * Owners at different versions, one behind the leftover, wait: the behind
-   * one may be stale, and the leftover then one of the current copies. An
-   * absent leftover (a suspect record, no bytes) has nothing to lose. One
-   * owner at a time: a pass after a big move reads every moved block once
-   * on each owner, like a deep scrub.
+   * one may be stale, and the leftover then one of the current copies. So
+   * do owners that agree behind it while etcd records one of them stale or
+   * unsure for the block: each may have missed a change the leftover holds,
+   * one a read may have returned already, and a writer that finds every
+   * owner behind what it read takes a former owner's copy (docs/
+   * replication.md, "Lost changes"). An absent leftover (a suspect record,
+   * no bytes) has nothing to lose. One owner at a time: a pass after a big
+   * move reads every moved block once on each owner, like a deep scrub.
    */
-  private async ownersLack(b: ListedBlock, ring: RingRecord): Promise<KeptBecause | null> {
+  private async ownersLack(b: ListedBlock, ring: RingRecord, records: (volumeId: number) => Promise<StaleRecord[] | null>): Promise<KeptBecause | null> {
     if (b.state === 'absent') return null;
     const ctx = this.opts.ctx;
     const theirs: BlockMeta[] = [];
@@ -142,6 +161,10 @@ export class GarbageCollector {
       theirs.push(m);
     }
     if (theirs.every((m) => compareCopies(m, b) >= 0)) return null;
-    return theirs.every((m) => compareCopies(m, theirs[0]!) === 0) ? null : 'owners behind and apart';
+    if (!theirs.every((m) => compareCopies(m, theirs[0]!) === 0)) return 'owners behind and apart';
+    const recorded = await records(b.ref.volumeId);
+    const owners = ownersOf(ring, b.ref).all;
+    if (recorded === null || recorded.some((r) => owners.includes(r.peer) && staleContains(r, b.ref.index))) return 'owners behind and recorded stale';
+    return null;
   }
 }

@@ -321,6 +321,11 @@ export class ClusterNode {
     return { resumed };
   }
 
+  /** One garbage collection pass now (as the periodic one; none without a store, or while one runs). */
+  collectGarbage(): Promise<{ volumes: number; leftovers: number }> {
+    return this.gc === null ? Promise.resolve({ volumes: 0, leftovers: 0 }) : this.gc.run();
+  }
+
   /** A new session, fences from etcd, suspects recorded, acknowledgement published: then live. */
   private async becomeLive(resumeLeaseId: string | null = null): Promise<boolean> {
     const d = this.deps;
