@@ -1468,16 +1468,21 @@ export class VolumeCoordinator {
         // Every trusted copy is suspect: every owner stopped uncleanly (a
         // power loss of all of them). Each holds everything it was flushed
         // with; adopt the newest that passes its checksums.
-        // An owner recorded stale whose copy (not suspect) is newer than
-        // the last durable version of every suspect one holds changes they
-        // lost: it missed only later ones, none of them flushed (a flush
-        // would have made a suspect copy's durable version newer). It
-        // competes too (seed 316: the writer crashed with a change the
-        // other owner missed; its disk kept an older copy).
+        // An owner recorded stale whose copy is newer than the last
+        // durable version of every suspect one holds changes they lost: it
+        // missed only later ones, none of them flushed (a flush would have
+        // made a suspect copy's durable version newer). It competes too
+        // (seed 316: the writer crashed with a change the other owner
+        // missed; its disk kept an older copy). So does one whose copy is
+        // suspect itself, by the version it last made durable (seed 52648:
+        // recorded stale for the whole volume only because it was down when
+        // the lock was taken, it held the last acknowledged change on disk;
+        // the trusted owner had lost it in a crash, and the record of that
+        // died with the writer in an etcd outage).
         const suspectTop = Math.max(VERSION_ABSENT, ...trusted.map((u) => metas.got.get(u)?.version ?? VERSION_ABSENT));
         const ahead = owners.all.filter((u) => {
           const m = metas.got.get(u);
-          return !trusted.includes(u) && m !== undefined && !m.suspect && m.version > suspectTop;
+          return !trusted.includes(u) && m !== undefined && m.version > suspectTop;
         });
         // A former owner may hold a copy newer than every owner's: a change
         // sent to the old owners as well while the ring moved, taken by an

@@ -17,7 +17,7 @@ import { makeVersion, versionSeq, versionToken } from '../../src/model/version.j
 import { BLOCKS_IN_FLIGHT } from '../../src/replication/block-jobs.js';
 import { ownersOf } from '../../src/replication/owners.js';
 import { sleep } from '../../src/util/timeout.js';
-import { volumeFenceKey, volumeLockKey, volumeMaintKey, volumeReleasedKey } from '../../src/metadata/keys.js';
+import { staleKey, volumeFenceKey, volumeLockKey, volumeMaintKey, volumeReleasedKey } from '../../src/metadata/keys.js';
 import { MemoryMetadata } from '../../src/metadata/memory-metadata.js';
 import type { NodeEnv, NodeUnderTest, VolumeIo } from '../sim/node-under-test.js';
 import { SIM_TIMING } from '../sim/node-under-test.js';
@@ -1324,6 +1324,41 @@ describe('replication on a simulated cluster', () => {
     expect(flushed, 'a flush with the only copy unflushed and the other owner recorded nowhere').not.toBe('ok');
     c.setPeerEtcdFault(w, 'none');
     c.setPeerEtcdFault(b, 'none');
+  });
+
+  it('adopts the newest durable copy when every copy is suspect, an owner recorded stale for the whole volume\'s too (seed 52648)', async () => {
+    // A flush passed with one durable copy (minReplicas 1) on a, b having
+    // missed the change; its record died with the writer in an etcd outage.
+    // a was then recorded stale for the whole volume (down when the lock
+    // was taken), and both owners stopped uncleanly. Learning the block
+    // trusted only b's suspect copy and adopted it: the flushed change was
+    // lost, while a held it on disk.
+    const { c, a, b, w, io } = await writerOnThird();
+    const ref = blockRef(1, 1, 0);
+    await until(c, io.write(0, pattern(1, BLOCK), false));
+    await until(c, io.flush());
+    c.network.partition(w.uuid, b.uuid);
+    await until(c, io.write(0, pattern(2, BLOCK), false));
+    await until(c, io.flush());
+    expect(a.store.inspect(ref).durable?.data?.equals(pattern(2, BLOCK)), 'the flushed change is on a\'s disk').toBe(true);
+    expect(b.store.inspect(ref).durable?.data?.equals(pattern(1, BLOCK)), 'b missed it').toBe(true);
+    c.crash(w);
+    c.crash(a);
+    c.crash(b);
+    c.network.healAll();
+    // etcd as the outage and the lock left it: b's record never landed, a is recorded for the whole volume.
+    c.etcd.commit([{ type: 'delete', key: staleKey(1, b.uuid) }]);
+    await until(c, c.adminMetadata.addStale(1, a.uuid, { all: true }));
+    a.store.markSuspect(ref);
+    b.store.markSuspect(ref);
+    await runFor(c, 3 * SIM_TIMING.sessionTtlSeconds * 1000);
+    await startAll(c, [a, b, w]);
+    const y = await until(c, c.open(w, 'v', 'rw'), 60_000);
+    const got = await until(c, y.read(0, BLOCK).then((d) => d, (e: unknown) => e));
+    if (!Buffer.isBuffer(got)) expect.fail(`the read failed: ${String(got)}`);
+    expect(got.equals(pattern(1, BLOCK)), 'read back in time: the flushed change was lost').toBe(false);
+    expect(got.equals(pattern(2, BLOCK)), 'the read returns the flushed change').toBe(true);
+    await until(c, y.close());
   });
 
   it('a flush does not count an owner found holding a change whose answer was lost as a durable copy before it flushed it (seed 50071)', async () => {
