@@ -1037,7 +1037,11 @@ export class VolumeCoordinator {
         // copy (seed 2906 with --suspend: a narrowing planned before such a
         // change landed after it, the skipped owner was trusted again, and
         // once the writer was gone the next one read its older copy).
-        const cover = acked.length > 0 ? this.stale.coverSkipped(owners.all, e.index) : null;
+        // Only the owners left out as stale: a record that no longer names
+        // the block for one of them is made again (seed 60697: a narrowing
+        // planned before this change landed while it was in flight).
+        const leftOut = acked.length > 0 ? owners.all.filter((u) => this.requiredFor(e.index, owners, u) && !plan.required.includes(u)) : [];
+        const cover = leftOut.length > 0 ? this.stale.coverSkipped(leftOut, e.index) : null;
         if (cover !== null) {
           try {
             await cover;

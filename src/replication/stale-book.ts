@@ -163,7 +163,11 @@ export class StaleBook {
    * gets the block recorded on its own. The narrowing's plan was made
    * without this change, so once it lands in etcd and in memory the peer
    * would be trusted again for a block whose acknowledged change it never
-   * got; the addition queues behind the narrowing and lands after it.
+   * got; the addition queues behind the narrowing and lands after it. And
+   * if a narrowing planned without this change has landed already (the
+   * change was in flight while it did), memory no longer names the block
+   * for the peer at all: it gets the block recorded on its own too (seed
+   * 60697). `peers` are only the owners the change left out as stale.
    */
   coverSkipped(peers: readonly string[], index: number): Promise<void> | null {
     return this.peers.size === 0 ? null : this.waitForRecords(peers, index, true);
@@ -178,6 +182,8 @@ export class StaleBook {
       let wait: Promise<void> | null = null;
       if (narrowingToo && e.all && e.narrowing > 0) {
         if (!e.durable.has(index)) wait = this.record(u, [index]);
+      } else if (narrowingToo && !this.isStale(u, index)) {
+        wait = this.record(u, [index]);
       } else {
         const what = this.undurable(u, index);
         if (what === 'all') wait = this.record(u, 'all');

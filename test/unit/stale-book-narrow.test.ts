@@ -87,6 +87,20 @@ describe('StaleBook: a change skipping a peer while its whole-volume record narr
     expect(await recordOf(md, vol.id)).toMatchObject({ all: false, ranges: [[1, 2], [9, 10]] });
   });
 
+  it('a change that left the peer out and settles after the narrowing landed records its block again (seed 60697)', async () => {
+    const { md, vol, lock, book } = await setup();
+    // The change to block 7 is planned while 'all' stands: the peer is left out.
+    expect(book.isStale('peer-a', 7)).toBe(true);
+    // The narrowing, planned without it, lands before the change settles.
+    expect(await book.narrow('peer-a', [1, 2], lock.token)).toBe(true);
+    expect(book.isStale('peer-a', 7)).toBe(false);
+    const cover = book.coverSkipped(['peer-a'], 7);
+    expect(cover, 'the change must record its block for the peer it left out').not.toBeNull();
+    await cover;
+    expect(book.isStale('peer-a', 7)).toBe(true);
+    expect(await recordOf(md, vol.id)).toMatchObject({ all: false, ranges: [[1, 3], [7, 8]] });
+  });
+
   it('a failed narrowing leaves the whole-volume record, and additions then reach etcd themselves', async () => {
     const { md, vol, lock, book } = await setup();
     // Not the volume's current token: etcd refuses the narrowing.
