@@ -1672,11 +1672,20 @@ export class VolumeCoordinator {
         const kind = classifyFailure(err);
         if (kind === 'fenced') throw err;
         this.log.warn({ err, block: ref.index, peer: u }, 'a suspect copy could not be adopted');
-        if (kind === 'peer') {
-          // The peer did not answer (or serves nothing for now): its copy,
-          // newer than the ones left to try, may be good. Adopting an older
-          // one would go back in time (seed 1216): the block waits.
-          this.ctx.health.failed(u);
+        if (kind === 'outdated') {
+          // Refused for an older ring (seed 60191: the ring moved during the
+          // learning, and the next candidate, older, was adopted): the copy
+          // was not checked, not found bad. The ring is re-read and the
+          // block waits, as for a peer that does not answer.
+          const v = (err as TorusError).details?.['ringVersion'];
+          await this.ctx.refreshRing(typeof v === 'number' ? v : this.ctx.ring().version + 1).catch(unlessAssertion(undefined));
+        }
+        if (kind === 'peer' || kind === 'outdated' || isTorusError(err, 'TORUS_ERR_STORE_BUSY')) {
+          // The peer did not answer (or serves nothing for now, or could
+          // not check its copy now): its copy, newer than the ones left to
+          // try, may be good. Adopting an older one would go back in time
+          // (seed 1216): the block waits.
+          if (kind === 'peer') this.ctx.health.failed(u);
           throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${ref.index} of ${this.volume.name}: the newest copy left to adopt is on peer ${u}, which did not answer`, {
             cause: err,
             details: { block: ref.index, peer: u },
