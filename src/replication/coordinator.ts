@@ -1040,8 +1040,10 @@ export class VolumeCoordinator {
         // Only the owners left out as stale: a record that no longer names
         // the block for one of them is made again (seed 60697: a narrowing
         // planned before this change landed while it was in flight).
-        const leftOut = acked.length > 0 ? owners.all.filter((u) => this.requiredFor(e.index, owners, u) && !plan.required.includes(u)) : [];
-        const cover = leftOut.length > 0 ? this.stale.coverSkipped(leftOut, e.index) : null;
+        // Nearly every change requires every owner: no array is made then.
+        const someLeftOut = acked.length > 0 && plan.required.length < owners.all.length;
+        const leftOut = someLeftOut ? owners.all.filter((u) => this.requiredFor(e.index, owners, u) && !plan.required.includes(u)) : null;
+        const cover = leftOut !== null && leftOut.length > 0 ? this.stale.coverSkipped(leftOut, e.index) : null;
         if (cover !== null) {
           try {
             await cover;
@@ -1143,7 +1145,8 @@ export class VolumeCoordinator {
    * since it answered may have lost the copy already: not a holder.
    */
   private bookLearnt(e: BlockEntry, known: ReadonlyMap<string, Version>, askedAt: ReadonlyMap<string, number>): void {
-    for (const [u, v] of [...e.holders]) {
+    // Deleting the entry being visited is safe while iterating a Map.
+    for (const [u, v] of e.holders) {
       if (v !== e.committed || known.get(u) === v) continue;
       const now = this.restartsOf(u);
       if (askedAt.get(u) !== now) e.holders.delete(u);
@@ -1686,7 +1689,7 @@ export class VolumeCoordinator {
           // try, may be good. Adopting an older one would go back in time
           // (seed 1216): the block waits.
           if (kind === 'peer') this.ctx.health.failed(u);
-          throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${ref.index} of ${this.volume.name}: the newest copy left to adopt is on peer ${u}, which did not answer`, {
+          throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${ref.index} of ${this.volume.name}: the newest copy left to adopt is on peer ${u}, which could not check it now`, {
             cause: err,
             details: { block: ref.index, peer: u },
           });
