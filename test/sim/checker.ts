@@ -90,6 +90,29 @@ export class Checker {
     return null;
   }
 
+  /**
+   * A read through a read-only open (readers.ts): every sector decodes to
+   * one of the values `allowed` gives it. The model moves no further: what
+   * another process saw binds nothing the writer reads.
+   */
+  checkReaderRead(model: VolumeModel, firstSector: number, data: Buffer, allowed: (s: number) => ReadonlySet<number>): Violation | null {
+    const n = data.length / SECTOR_BYTES;
+    for (let i = 0; i < n; i++) {
+      const s = firstSector + i;
+      const v = sectorValueAt(data, i * SECTOR_BYTES, model.volumeId, s);
+      if (v === null) {
+        const d = decodeSector(data, i * SECTOR_BYTES, model.volumeId, s);
+        return { guarantee: 'G1/G4', message: `volume ${model.name} sector ${s}: a read-only open read garbage (${d.kind === 'garbage' ? d.why : ''})` };
+      }
+      const ok = allowed(s);
+      if (!ok.has(v)) {
+        const names = [...ok].map((x) => (x === 0 ? 'zeroes' : `write #${x}`)).join(', ');
+        return { guarantee: 'G1/G4', message: `volume ${model.name}: a read-only open read sector ${s} as ${v === 0 ? 'zeroes' : `write #${v}`}; allowed: ${names}` };
+      }
+    }
+    return null;
+  }
+
   /** A failed operation: an operating error while faults are active; never an assertion, never while quiet (but for a loss the model confirms). */
   checkFailure(what: string, err: unknown, faultsActive: boolean, lostAcked = false): Violation | null {
     const { code, bug } = classifyError(err);

@@ -1,6 +1,6 @@
 /**
  * npm run sim -- [--seeds N] [--from S] [--seed S] [--ops N] [--variant NAME]
- *                [--jobs N] [--verbose] [--log LEVEL] [--suspend]
+ *                [--jobs N] [--verbose] [--log LEVEL] [--suspend] [--readers]
  *
  * Runs seeds of the whole-cluster simulation and prints one line per
  * failing seed with its replay command; exits 1 if any failed. --seed S
@@ -9,7 +9,8 @@
  * build (variants.ts). --jobs N spreads seeds over N processes. --verbose
  * prints every event; --log LEVEL the peers' own logs. --suspend pauses
  * the old writer of half the lease takeovers as a suspended VM, whose
- * clocks stop too (not in the CI seeds yet: see test/sim/README.md).
+ * clocks stop too. --readers adds read-only opens on random peers that
+ * read while the writers run (readers.ts).
  *
  * For the test suite (parallel.ts): --json prints one JSON line per seed,
  * --list S1,S2,... names the seeds, --stop-at-first-failure ends early.
@@ -32,10 +33,11 @@ interface Args {
   json: boolean;
   stopAtFirstFailure: boolean;
   suspend: boolean;
+  readers: boolean;
 }
 
 function parse(argv: readonly string[]): Args {
-  const a: Args = { seeds: 20, from: 1, seed: null, list: null, ops: OPS_DEFAULT, variant: null, jobs: 1, verbose: false, log: undefined, json: false, stopAtFirstFailure: false, suspend: false };
+  const a: Args = { seeds: 20, from: 1, seed: null, list: null, ops: OPS_DEFAULT, variant: null, jobs: 1, verbose: false, log: undefined, json: false, stopAtFirstFailure: false, suspend: false, readers: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const v = (): string => {
@@ -85,6 +87,9 @@ function parse(argv: readonly string[]): Args {
       case '--suspend':
         a.suspend = true;
         break;
+      case '--readers':
+        a.readers = true;
+        break;
       case '--stop-at-first-failure':
         a.stopAtFirstFailure = true;
         break;
@@ -106,7 +111,7 @@ async function main(): Promise<number> {
   const seeds = args.seed !== null ? [args.seed] : (args.list ?? Array.from({ length: args.seeds }, (_, i) => args.from + i));
   const started = performance.now();
   if (args.jobs > 1 && args.seed === null) {
-    const lines = await runSeedsInChildren(seeds, { jobs: args.jobs, variant: args.variant, ops: args.ops, suspend: args.suspend });
+    const lines = await runSeedsInChildren(seeds, { jobs: args.jobs, variant: args.variant, ops: args.ops, suspend: args.suspend, readers: args.readers });
     const failed = lines.filter((l) => !l.ok);
     for (const l of failed) process.stdout.write(`${l.report}\n`);
     summary(seeds.length, failed.length, args.variant, started);
@@ -125,13 +130,14 @@ async function main(): Promise<number> {
         variant: args.variant,
         verbose: args.verbose,
         suspend: args.suspend,
+        readers: args.readers,
         ...(args.log ? { logLevel: args.log } : {}),
       });
     } catch (err) {
       // The harness itself threw (a model assertion, a bug in the
       // simulation): the seed failed, and the seeds after it still run.
       failed++;
-      const line = crashLine(seed, args.variant, args.ops, err, args.suspend);
+      const line = crashLine(seed, args.variant, args.ops, err, args);
       if (args.json) process.stdout.write(`${JSON.stringify(line)}\n`);
       else process.stdout.write(`${line.report}\n${args.seed !== null && err instanceof Error && err.stack ? `${err.stack}\n` : ''}`);
       if (args.stopAtFirstFailure) break;

@@ -38,6 +38,22 @@ describe('VolumeModel', () => {
     expect(m.observe(1, 0).ok).toBe(true);
   });
 
+  it('a read through another process: at level all from the newest acknowledged value, at the early levels from the durable base', () => {
+    const m = new VolumeModel('v', 1, 1);
+    m.acked(at(1), 0, 1);
+    expect(m.flushed(1, 2).size).toBe(1); // write 1 durable
+    m.acked(at(3), 0, 1);
+    m.uncertain(at(4), 0, 1);
+    expect(m.readerAllows(0, true)).toEqual([3, 4]);
+    expect(m.readerAllows(0, false)).toEqual([1, 3, 4]);
+    // The writer saw the uncertain write land; another process may still see the acknowledged one.
+    expect(m.observe(0, 4).ok).toBe(true);
+    expect(m.readerAllows(0, true)).toEqual([3, 4]);
+    // A crash that took write 3 and 4 from every store: back to the durable base, for readers too.
+    m.crashed(() => new Set([1]));
+    expect(m.readerAllows(0, true)).toEqual([1, 3, 4]);
+  });
+
   it('a failed write may land later, but a read never goes back before what it saw', () => {
     const m = new VolumeModel('v', 1, 1);
     m.acked(at(1), 0, 1);

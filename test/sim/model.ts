@@ -124,6 +124,33 @@ export class VolumeModel {
     return this.track(s).cands;
   }
 
+  /**
+   * What a read through another process (a read-only open) may return for
+   * sector s now. It sees no more than the writer promises others (README,
+   * "Write levels"): at level all, an acknowledged change at once, so the
+   * newest acknowledged value or anything after it (back as far as a
+   * crash widened the writer's candidates); at levels one and local, only
+   * what a FLUSH made durable, so anything since the durable base. Its
+   * reads never narrow the writer's candidates: another process may see an
+   * unacknowledged change land before the writer does, or not at all.
+   */
+  readerAllows(s: number, ackedVisible: boolean): number[] {
+    const t = this.track(s);
+    let from = 0;
+    if (ackedVisible) {
+      for (let i = t.timeline.length - 1; i > 0; i--) {
+        if (t.timeline[i]!.acked) {
+          from = i;
+          break;
+        }
+      }
+      const firstNow = t.timeline.indexOf(t.cands[0]!);
+      assert(firstNow >= 0, 'the candidates start on the sector\'s timeline');
+      from = Math.min(from, firstNow);
+    }
+    return t.timeline.slice(from).map((c) => c.value);
+  }
+
   /** The single value sector s must read as, or null while more than one is possible. */
   exact(s: number): number | null {
     const c = this.track(s).cands;

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import { OPS_DEFAULT, replayCommand } from './run-seed.js';
+import { OPS_DEFAULT, replayCommand, type SimModes } from './run-seed.js';
 
 /**
  * Runs seeds in child processes, one per CPU the caller grants: each seed
@@ -36,9 +36,9 @@ const STDERR_TAIL_CHARS = 2_000;
  * reported: a failure like any other, with the error and the replay
  * command, so no seed vanishes from a run.
  */
-export function crashLine(seed: number, variant: string | null, ops: number | undefined, err: unknown, suspend = false): SeedLine {
+export function crashLine(seed: number, variant: string | null, ops: number | undefined, err: unknown, modes: SimModes = {}): SeedLine {
   const why = err instanceof Error ? `${(err as { code?: string }).code ?? err.name}: ${err.message}` : String(err);
-  const replay = replayCommand(seed, variant, ops ?? OPS_DEFAULT, suspend);
+  const replay = replayCommand(seed, variant, ops ?? OPS_DEFAULT, modes);
   return { seed, variant, ok: false, guarantee: 'crash', failedAtMs: null, report: `seed ${seed}${variant ? ` (variant ${variant})` : ''}: crash: the run did not finish: ${why}\n  replay: ${replay}`, hash: '', ops: 0, cpuMs: 0 };
 }
 
@@ -48,7 +48,7 @@ export function crashLine(seed: number, variant: string | null, ops: number | un
  * (reported as a crash with its stderr), never the seeds after it: they
  * run in a new child.
  */
-export async function runSeedsInChildren(seeds: readonly number[], opts: { jobs: number; variant?: string | null; ops?: number; stopAtFirstFailure?: boolean; suspend?: boolean }): Promise<SeedLine[]> {
+export async function runSeedsInChildren(seeds: readonly number[], opts: { jobs: number; variant?: string | null; ops?: number; stopAtFirstFailure?: boolean; suspend?: boolean; readers?: boolean }): Promise<SeedLine[]> {
   const jobs = Math.max(1, Math.min(opts.jobs, seeds.length));
   const parts: number[][] = Array.from({ length: jobs }, () => []);
   seeds.forEach((s, i) => parts[i % jobs]!.push(s));
@@ -56,7 +56,7 @@ export async function runSeedsInChildren(seeds: readonly number[], opts: { jobs:
   return results.flat().sort((a, b) => a.seed - b.seed);
 }
 
-async function runPart(seeds: readonly number[], opts: { variant?: string | null; ops?: number; stopAtFirstFailure?: boolean; suspend?: boolean }): Promise<SeedLine[]> {
+async function runPart(seeds: readonly number[], opts: { variant?: string | null; ops?: number; stopAtFirstFailure?: boolean; suspend?: boolean; readers?: boolean }): Promise<SeedLine[]> {
   const out: SeedLine[] = [];
   let left = [...seeds];
   // Each round either finishes or costs one seed, so this ends.
@@ -70,19 +70,20 @@ async function runPart(seeds: readonly number[], opts: { variant?: string | null
     if (opts.stopAtFirstFailure && lines.some((l) => !l.ok)) break;
     // The child ran its seeds in order: the first one without a line is where it died.
     const [lost, ...rest] = left;
-    out.push(crashLine(lost!, opts.variant ?? null, opts.ops, new Error(`the simulation process exited with ${code} on this seed: ${stderr.slice(-STDERR_TAIL_CHARS).trim()}`), opts.suspend === true));
+    out.push(crashLine(lost!, opts.variant ?? null, opts.ops, new Error(`the simulation process exited with ${code} on this seed: ${stderr.slice(-STDERR_TAIL_CHARS).trim()}`), opts));
     if (opts.stopAtFirstFailure) break;
     left = rest;
   }
   return out;
 }
 
-function runChild(seeds: readonly number[], opts: { variant?: string | null; ops?: number; stopAtFirstFailure?: boolean; suspend?: boolean }): Promise<{ lines: SeedLine[]; code: number | null; stderr: string }> {
+function runChild(seeds: readonly number[], opts: { variant?: string | null; ops?: number; stopAtFirstFailure?: boolean; suspend?: boolean; readers?: boolean }): Promise<{ lines: SeedLine[]; code: number | null; stderr: string }> {
   const args = [VITE_NODE, path.join(HERE, 'cli.ts'), '--json', '--list', seeds.join(',')];
   if (opts.variant) args.push('--variant', opts.variant);
   if (opts.ops !== undefined) args.push('--ops', String(opts.ops));
   if (opts.stopAtFirstFailure) args.push('--stop-at-first-failure');
   if (opts.suspend === true) args.push('--suspend');
+  if (opts.readers === true) args.push('--readers');
   return new Promise((resolve) => {
     const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     const lines: SeedLine[] = [];

@@ -8,6 +8,7 @@ import { EventLog } from './event-log.js';
 import { FaultInjector, planFaults } from './faults.js';
 import { SIM_TIMING, type NodeFactory, type SimTiming, type VolumeIo } from './node-under-test.js';
 import { SECTOR_BYTES } from './sectors.js';
+import { SimReaders } from './readers.js';
 import { runUntil } from './sim-clock.js';
 import { SimCluster, type SimPeer } from './sim-cluster.js';
 import { CLIENT_TIMEOUT_MS, Workload, type QuietState, type VolumeState } from './workload.js';
@@ -49,6 +50,8 @@ export interface SeedConfig {
 
 /** Mixed into the seed for the stream that picks suspended takeovers (faults.ts). */
 const SUSPEND_STREAM = 0x5a5e;
+/** Mixed into the seed for the readers' picks (readers.ts). */
+const READERS_STREAM = 0x4ead;
 
 /** The cluster shape a seed gets: 3 to 5 peers (one may start outside the ring), R = 2 or 3, 1 to 3 volumes of 32 to 128 blocks, a write level. */
 export function configFor(seed: number, ops = OPS_DEFAULT): SeedConfig {
@@ -106,10 +109,18 @@ export interface RunOptions {
   readonly wrapIo?: (io: VolumeIo) => VolumeIo;
   /** Half the lease takeovers pause the old writer as a suspended VM, its clocks stopped too (faults.ts). Default false: SIGSTOP only. */
   readonly suspend?: boolean;
+  /** Read-only opens on random peers read while the writers run (readers.ts). Default false. */
+  readonly readers?: boolean;
 }
 
-export function replayCommand(seed: number, variant: string | null, ops: number, suspend = false): string {
-  return `npm run sim -- --seed ${seed}${variant ? ` --variant ${variant}` : ''}${ops !== OPS_DEFAULT ? ` --ops ${ops}` : ''}${suspend ? ' --suspend' : ''}`;
+/** The modes a seed runs in beyond its number: each changes the whole run, so a replay names them. */
+export interface SimModes {
+  readonly suspend?: boolean;
+  readonly readers?: boolean;
+}
+
+export function replayCommand(seed: number, variant: string | null, ops: number, modes: SimModes = {}): string {
+  return `npm run sim -- --seed ${seed}${variant ? ` --variant ${variant}` : ''}${ops !== OPS_DEFAULT ? ` --ops ${ops}` : ''}${modes.suspend === true ? ' --suspend' : ''}${modes.readers === true ? ' --readers' : ''}`;
 }
 
 /**
@@ -243,6 +254,10 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     planFaults(cluster.fork(), cfg.ops),
   );
   injector = faults;
+  const simReaders =
+    opts.readers === true
+      ? new SimReaders({ cluster, workload: wl, checker, log, quiet, random: new SeededRandom((cfg.seed ^ READERS_STREAM) >>> 0), blockSize, writeLevel: cfg.timing.writeLevel, fail })
+      : null;
   wl.ensureWriters();
   await run(() => wl.volumes.every((v) => v.writer !== null), START_MAX_MS);
   if (!failed() && !wl.volumes.every((v) => v.writer !== null)) fail({ guarantee: 'liveness', message: 'writers could not open their volumes on a healthy cluster' });
@@ -262,6 +277,7 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     if (wl.opsIssued >= cfg.ops && faults.requiredDone()) return;
     if (wl.opsIssued >= opsMax) return;
     wl.issueRandom();
+    simReaders?.tick();
     for (const v of wl.volumes) if (v.writer === null) wl.ensureWriter(v);
     void faults.poll(wl.opsIssued);
     clock.schedule(cluster.admin, OP_GAP_MS[0] + random.int(OP_GAP_MS[1] - OP_GAP_MS[0]), tick);
@@ -287,7 +303,7 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     variant,
     ok: failure === null,
     failure,
-    replay: replayCommand(cfg.seed, variant, cfg.ops, opts.suspend === true),
+    replay: replayCommand(cfg.seed, variant, cfg.ops, opts),
     hash: log.digest(),
     opsIssued: wl.opsIssued,
     simMs: clock.monotonic(),
@@ -337,6 +353,9 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     log.add('settle: faults stop');
     faults.endAll();
     await run(() => wl.inflightCount() === 0, CLIENT_TIMEOUT_MS + 1_000);
+    // Readers finish the request they are on, then close (each request is bounded by the client's timeout).
+    simReaders?.stop();
+    await run(() => simReaders === null || simReaders.idle(), 2 * CLIENT_TIMEOUT_MS + 1_000);
     await run(() => cluster.peers.every((p) => p.started), START_MAX_MS);
     if (failed()) return;
     if (!cluster.peers.every((p) => p.started)) return fail({ guarantee: 'liveness', message: `restarted peers did not start within ${START_MAX_MS} ms of the faults stopping` });

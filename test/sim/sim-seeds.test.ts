@@ -1,7 +1,9 @@
 /**
  * The whole-cluster simulation against the real code: seeds 1..200, each
  * at least 1,000 requests with faults (crashes, partitions, message loss,
- * freezes past the lease, ring changes, full disks, corrupt pages).
+ * freezes past the lease, ring changes, full disks, corrupt pages); the
+ * same seeds with old writers paused as suspended VMs (--suspend), and
+ * with read-only opens reading beside the writers (--readers).
  *
  * Every seed must pass except the ones listed in KNOWN_FAILING, each a
  * product bug (or, for `bug`, a harness limit) still open under issue 5,
@@ -140,6 +142,17 @@ describe('whole-cluster simulation against the real code', () => {
     console.log(`${seeds.length} seeds with --suspend in ${((Date.now() - started) / 1000).toFixed(1)} s on ${JOBS} processes: ${lines.filter((l) => l.ok).length} passed`);
     const failed = lines.filter((l) => !l.ok).map((l) => l.report);
     expect(failed, `seeds that fail with --suspend:\n${failed.join('\n')}`).toEqual([]);
+    expect(lines.filter((l) => l.ops < OPS_DEFAULT).map((l) => l.seed), 'seeds that ran fewer requests than the minimum').toEqual([]);
+  }, 30 * 60_000);
+
+  it(`passes every one of ${SEEDS} seeds with read-only opens reading beside the writers (--readers: what other processes see)`, async () => {
+    const seeds = Array.from({ length: SEEDS }, (_, i) => i + 1);
+    const started = Date.now();
+    const lines = await runSeedsInChildren(seeds, { jobs: JOBS, readers: true });
+    expect(lines.map((l) => l.seed)).toEqual(seeds);
+    console.log(`${seeds.length} seeds with --readers in ${((Date.now() - started) / 1000).toFixed(1)} s on ${JOBS} processes: ${lines.filter((l) => l.ok).length} passed`);
+    const failed = lines.filter((l) => !l.ok).map((l) => l.report);
+    expect(failed, `seeds that fail with --readers:\n${failed.join('\n')}`).toEqual([]);
     expect(lines.filter((l) => l.ops < OPS_DEFAULT).map((l) => l.seed), 'seeds that ran fewer requests than the minimum').toEqual([]);
   }, 30 * 60_000);
 });

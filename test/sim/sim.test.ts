@@ -1,5 +1,5 @@
 /**
- * The whole-cluster simulation's own proofs: exact replay, and the six
+ * The whole-cluster simulation's own proofs: exact replay, and the seven
  * broken variants each caught within the CI seed budget (on a seed the real
  * code passes, or fails later). The run of CI_SEEDS seeds against the real
  * code (each at least 1,000 requests with at least one ring change, one
@@ -16,7 +16,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { crashLine, runSeedsInChildren, type SeedLine } from './parallel.js';
-import { describeFailure, runSeed } from './run-seed.js';
+import { describeFailure, runSeed, type SimModes } from './run-seed.js';
 import { realNode } from './real-node.js';
 import { VARIANTS, variantNames, type VariantName } from './variants.js';
 
@@ -46,27 +46,30 @@ function caughtFor(name: VariantName, l: SeedLine): boolean {
   return !l.ok && (VARIANTS[name].caughtBy as readonly string[]).includes(l.guarantee ?? '');
 }
 
-/** The same with the suspended-VM fault, for the variants that need it. */
-const baselineSuspended = new Map<number, SeedLine>();
+/** The same in the other modes (the suspended-VM fault, read-only opens), for the variants that need them. */
+const baselines = new Map<string, Map<number, SeedLine>>([['-', baseline]]);
 
-function baselineFor(suspend: boolean): Map<number, SeedLine> {
-  return suspend ? baselineSuspended : baseline;
+function baselineFor(modes: SimModes): Map<number, SeedLine> {
+  const key = `${modes.suspend === true ? 's' : '-'}${modes.readers === true ? 'r' : ''}`;
+  let known = baselines.get(key);
+  if (known === undefined) baselines.set(key, (known = new Map()));
+  return known;
 }
 
-async function baselineOf(list: readonly number[], suspend: boolean): Promise<void> {
-  const known = baselineFor(suspend);
+async function baselineOf(list: readonly number[], modes: SimModes): Promise<void> {
+  const known = baselineFor(modes);
   const missing = list.filter((s) => !known.has(s));
   if (missing.length === 0) return;
-  for (const l of await runSeedsInChildren(missing, { jobs: JOBS, suspend })) known.set(l.seed, l);
+  for (const l of await runSeedsInChildren(missing, { jobs: JOBS, ...modes })) known.set(l.seed, l);
 }
 
-/** One seed in this process, as a child would report it (a seed is a pure function of seed, variant and the suspend flag). */
-async function lineOf(seed: number, variant: VariantName | null, suspend = false): Promise<SeedLine> {
+/** One seed in this process, as a child would report it (a seed is a pure function of seed, variant and modes). */
+async function lineOf(seed: number, variant: VariantName | null, modes: SimModes = {}): Promise<SeedLine> {
   try {
-    const r = await runSeed({ seed, factory: variant === null ? realNode : VARIANTS[variant].factory, variant, suspend });
+    const r = await runSeed({ seed, factory: variant === null ? realNode : VARIANTS[variant].factory, variant, ...modes });
     return { seed, variant, ok: r.ok, guarantee: r.failure?.guarantee ?? null, failedAtMs: r.failure?.timeMs ?? null, report: r.ok ? null : describeFailure(r), hash: r.hash, ops: r.opsIssued, cpuMs: 0 };
   } catch (err) {
-    return crashLine(seed, variant, undefined, err);
+    return crashLine(seed, variant, undefined, err, modes);
   }
 }
 
@@ -85,15 +88,15 @@ describe('whole-cluster simulation', () => {
     for (const name of variantNames().filter((n) => VARIANTS[n].pending === undefined)) {
       it(name, async () => {
         const variant = VARIANTS[name];
-        const suspend = variant.suspend === true;
-        const known = baselineFor(suspend);
+        const modes: SimModes = { suspend: variant.suspend === true, readers: variant.readers === true };
+        const known = baselineFor(modes);
         let caught: SeedLine | null = null;
         // The seeds known to catch it first, one at a time in this process
         // (no child to start): each costs one seed, cut short at the violation.
         for (const seed of variant.knownSeeds) {
-          const l = await lineOf(seed, name, suspend);
+          const l = await lineOf(seed, name, modes);
           if (!caughtFor(name, l)) continue;
-          if (!known.has(seed)) known.set(seed, await lineOf(seed, null, suspend));
+          if (!known.has(seed)) known.set(seed, await lineOf(seed, null, modes));
           if (failsFirst(l, known.get(seed)!)) {
             caught = l;
             break;
@@ -103,10 +106,10 @@ describe('whole-cluster simulation', () => {
           // The code changed under the known seeds: search the CI seeds in
           // rounds, a child per core per round, and name the seed to list.
           for (let from = 0; from < seeds.length && caught === null; from += VARIANT_ROUND_SEEDS) {
-            const lines = await runSeedsInChildren(seeds.slice(from, from + VARIANT_ROUND_SEEDS), { jobs: JOBS, variant: name, suspend });
+            const lines = await runSeedsInChildren(seeds.slice(from, from + VARIANT_ROUND_SEEDS), { jobs: JOBS, variant: name, ...modes });
             const failing = lines.filter((l) => caughtFor(name, l));
             if (failing.length === 0) continue;
-            await baselineOf(failing.map((l) => l.seed), suspend);
+            await baselineOf(failing.map((l) => l.seed), modes);
             caught = failing.find((l) => failsFirst(l, known.get(l.seed)!)) ?? null;
           }
           if (caught !== null) console.log(`variant ${name}: none of its known seeds (${variant.knownSeeds.join(', ')}) catches it any more; seed ${caught.seed} does: list it in variants.ts`);

@@ -14,7 +14,7 @@ import type { FencePersistence } from '../../src/store/fence-file.js';
  * The suite proves the checkers catch every one within the CI seed budget:
  * a checker that cannot fail proves nothing.
  */
-export type VariantName = 'ack-early' | 'stale-read' | 'gc-needed' | 'copy-over-newer' | 'fence-in-memory' | 'no-tombstone';
+export type VariantName = 'ack-early' | 'stale-read' | 'gc-needed' | 'copy-over-newer' | 'fence-in-memory' | 'no-tombstone' | 'stale-reader';
 
 export interface Variant {
   readonly name: VariantName;
@@ -35,6 +35,8 @@ export interface Variant {
    * that gets an old token to a peer that could not learn the newer one.
    */
   readonly suspend?: boolean;
+  /** Its seeds run with read-only opens beside the writers (`--readers`): the only ones that reach it. */
+  readonly readers?: boolean;
   /**
    * Why the suite cannot prove the checker catches it today: sim.test.ts
    * then leaves it out (none is, since 2026-12-01).
@@ -49,6 +51,7 @@ export const VARIANTS: Record<VariantName, Variant> = {
   'copy-over-newer': { name: 'copy-over-newer', what: 'let a rebalance copy overwrite a newer write', factory: copyOverNewer, caughtBy: ['G1/G4', 'G5'], knownSeeds: [212, 405, 202] },
   'fence-in-memory': { name: 'fence-in-memory', what: 'keep the fence only in memory', factory: fenceInMemory, caughtBy: ['G6'], knownSeeds: [132, 79, 12], suspend: true },
   'no-tombstone': { name: 'no-tombstone', what: 'drop the trim tombstone', factory: noTombstone, caughtBy: ['G1/G4', 'G5', 'liveness'], knownSeeds: [1] },
+  'stale-reader': { name: 'stale-reader', what: 'a read-only open reads its own replica without asking whether it is current', factory: staleReader, caughtBy: ['G1/G4'], knownSeeds: [15, 27, 13], readers: true },
 };
 
 export function variantNames(): VariantName[] {
@@ -56,10 +59,10 @@ export function variantNames(): VariantName[] {
 }
 
 /** The real node with its client-facing io wrapped. */
-function withIo(env: NodeEnv, wrap: (io: VolumeIo, node: ClusterNode) => VolumeIo, deps = nodeDeps(env)): NodeUnderTest {
+function withIo(env: NodeEnv, wrap: (io: VolumeIo, node: ClusterNode, mode: 'rw' | 'ro') => VolumeIo, deps = nodeDeps(env)): NodeUnderTest {
   const node = new ClusterNode(deps);
   const base = adaptNode(node);
-  return { ...base, get replica() { return base.replica; }, open: async (name, mode) => wrap(await base.open(name, mode), node) };
+  return { ...base, get replica() { return base.replica; }, open: async (name, mode) => wrap(await base.open(name, mode), node, mode) };
 }
 
 /**
@@ -87,7 +90,21 @@ function ackEarly(env: NodeEnv): NodeUnderTest {
  * read as if it were.
  */
 function staleRead(env: NodeEnv): NodeUnderTest {
-  return withIo(env, (io, node) => ({
+  return withIo(env, (io, node) => localFirst(env, io, node));
+}
+
+/**
+ * (g) The same "fast path" in read-only opens only (a second client of the
+ * volume, `torusblk nbd --read-only`): the writer reads correctly, and only
+ * read-only opens (the simulation's `--readers`) can catch it.
+ */
+function staleReader(env: NodeEnv): NodeUnderTest {
+  return withIo(env, (io, node, mode) => (mode === 'ro' ? localFirst(env, io, node) : io));
+}
+
+/** Reads served from this node's replica whenever it holds every block of the range, unchecked. */
+function localFirst(env: NodeEnv, io: VolumeIo, node: ClusterNode): VolumeIo {
+  return {
     ...io,
     read: async (offset, length) => {
       const replica = node.replica;
@@ -110,7 +127,7 @@ function staleRead(env: NodeEnv): NodeUnderTest {
       }
       return Buffer.concat(parts);
     },
-  }));
+  };
 }
 
 /** The volume id behind a simulation io handle (set by the adapter). */

@@ -143,11 +143,13 @@ export class Workload {
   private issued = 0;
   private completed = 0;
   /** How often each liveness rule was in force at a completion (a rule that never applies proves nothing). */
-  readonly coverage = { quietOps: 0, reachableWritesUnderFaults: 0, failedOps: 0, readsChecked: 0 };
+  readonly coverage = { quietOps: 0, reachableWritesUnderFaults: 0, failedOps: 0, readsChecked: 0, readerReads: 0 };
   private readonly cluster: SimCluster;
   private readonly random: Random;
   /** Every writer and maintenance lock taken, per volume id, seen as etcd commits it. */
   private readonly grants = new Map<number, LockGrant[]>();
+  /** Told of every change issued (readers.ts: a read through another process may see it land). */
+  private readonly changeListeners = new Set<(vol: VolumeState, first: number, count: number, value: number) => void>();
 
   constructor(private readonly opts: WorkloadOptions) {
     this.cluster = opts.cluster;
@@ -499,6 +501,7 @@ export class Workload {
       done: false,
       timer: null,
     };
+    if (kind !== 'read' && kind !== 'flush') for (const fn of this.changeListeners) fn(vol, span.first, span.count, kind === 'write' ? id : 0);
     const offset = span.first * SECTOR_BYTES;
     const length = span.count * SECTOR_BYTES;
     let p: Promise<unknown>;
@@ -539,6 +542,26 @@ export class Workload {
       (value) => this.outcome(op, true, value),
       (err: unknown) => this.outcome(op, false, err),
     );
+  }
+
+  /**
+   * Calls `fn` with the value of every change issued from now on and the
+   * sectors it covers (zeroes for trims and write-zeroes); the returned
+   * function stops it.
+   */
+  onChangeIssued(fn: (vol: VolumeState, first: number, count: number, value: number) => void): () => void {
+    this.changeListeners.add(fn);
+    return () => this.changeListeners.delete(fn);
+  }
+
+  /** The values the changes of `vol` in flight now may give sector s (they may land on any copy before they are answered). */
+  inflightValues(vol: VolumeState, s: number): number[] {
+    const out: number[] = [];
+    for (const op of vol.inflight) {
+      if (op.kind === 'read' || op.kind === 'flush' || s < op.first || s >= op.first + op.count) continue;
+      out.push(op.kind === 'write' ? op.id : 0);
+    }
+    return out;
   }
 
   private candidate(op: OpRun): Omit<Candidate, 'acked'> {
