@@ -24,12 +24,21 @@ const FLOORS_MAX = 65_536;
  * (docs/replication.md, "The read path").
  */
 export class VolumeReader {
-  private readonly stale: StaleBook;
+  /** The stale records as etcd held them at the last reload (and the records this reader made since). */
+  private stale: StaleBook;
   private readonly log: Logger;
   private readonly floors = new Map<number, Version>();
   private movedVersion = 0;
   /** The volume's newest token recorded as ended without a clean release (VolumeLock.expiredToken), as last read. */
   private expired = 0;
+  /** Reads begun so far: each takes the next number (see `reloadFor`). */
+  private readsBegun = 0;
+  /** Every read numbered up to this began before a reload that has finished. */
+  private covered = 0;
+  /** The reload in flight, and the reads it covers (those begun before it). */
+  private reloading: { covers: number; done: Promise<void> } | null = null;
+  private reloadsStarted = 0;
+  private reloadInstalled = 0;
 
   private constructor(
     private readonly ctx: ClusterContext,
@@ -41,14 +50,47 @@ export class VolumeReader {
 
   static async open(ctx: ClusterContext, volume: VolumeRecord): Promise<VolumeReader> {
     const r = new VolumeReader(ctx, volume);
-    await r.refresh();
+    await r.reloadFor(0);
     return r;
   }
 
-  /** What etcd says of the volume's owners: the stale records and the expired token. */
-  private async refresh(): Promise<void> {
-    await this.stale.refresh();
-    this.expired = await this.ctx.metadata.getVolumeExpired(this.volume.id);
+  /**
+   * Makes what this reader knows of etcd (the stale records, the expired
+   * token) at least as new as the moment read `mark` began: a degraded
+   * change acknowledged before that read began had its record durable
+   * before its acknowledgement, so the read then never trusts an owner
+   * that missed it. What was known is replaced, not added to: a record a
+   * catch-up cleared since must not keep its owner, now the holder of
+   * newer changes, out of the reads (seed 429 with --readers: the reader
+   * had recorded the writer's own node stale for a block it did not
+   * answer for in time, knew nothing of the other owner's newer record,
+   * and read that owner's older copy after a newer change was
+   * acknowledged). Reads that need it at once share one etcd read.
+   */
+  private reloadFor(mark: number): Promise<void> {
+    if (this.covered >= mark && mark > 0) return Promise.resolve();
+    const inFlight = this.reloading;
+    if (inFlight !== null && inFlight.covers >= mark) return inFlight.done;
+    const covers = this.readsBegun;
+    const seq = ++this.reloadsStarted;
+    const done = (async () => {
+      const book = new StaleBook(this.volume.id, this.ctx.metadata, this.ctx.clock, this.log);
+      await book.refresh();
+      const expired = await this.ctx.metadata.getVolumeExpired(this.volume.id);
+      // Reloads may finish out of order: the one that began last wins.
+      if (seq > this.reloadInstalled) {
+        this.reloadInstalled = seq;
+        this.stale = book;
+        this.expired = expired;
+      }
+      this.covered = Math.max(this.covered, covers);
+    })();
+    this.reloading = { covers, done };
+    const clear = (): void => {
+      if (this.reloading?.done === done) this.reloading = null;
+    };
+    done.then(clear, clear);
+    return done;
   }
 
   private refOf(index: number): BlockRef {
@@ -62,14 +104,15 @@ export class VolumeReader {
   }
 
   async allocated(index: number): Promise<boolean> {
-    const newest = await this.newestMeta(index);
+    const newest = await this.newestMeta(index, ++this.readsBegun);
     return newest.meta.state === 'data';
   }
 
   private async readBlock(index: number, offset: number, length: number): Promise<{ meta: BlockMeta; data: Buffer }> {
     const ref = this.refOf(index);
+    const mark = ++this.readsBegun;
     for (let attempt = 0; attempt < 2; attempt++) {
-      const { meta, holders } = await this.newestMeta(index);
+      const { meta, holders } = await this.newestMeta(index, mark);
       for (const u of holders) {
         const api = this.ctx.replica(u);
         if (api === null) continue;
@@ -88,14 +131,22 @@ export class VolumeReader {
     throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: no owner holding its newest version is reachable`, { details: { block: index } });
   }
 
-  /** The newest trusted copy's metadata and the owners holding it (local first). */
-  private async newestMeta(index: number): Promise<{ meta: BlockMeta; holders: string[] }> {
+  /**
+   * The newest trusted copy's metadata and the owners holding it (local
+   * first), for read number `mark`. Only the owners that answer are
+   * compared, so the stale records must be new enough to tell whether
+   * those missed a change: they are read again from etcd when an owner
+   * is left out by a record (which may be cleared since) or does not
+   * answer (docs/replication.md, "The read path").
+   */
+  private async newestMeta(index: number, mark: number): Promise<{ meta: BlockMeta; holders: string[] }> {
     const ref = this.refOf(index);
     for (let attempt = 0; attempt < 2; attempt++) {
       await this.refreshMoved();
       const ring = this.ctx.ring();
       const owners = ownersOf(ring, ref);
       const set = owners.phase === 'stable' ? owners.now : owners.phase === 'settled' || this.movedVersion === ring.transition?.startedVersion ? owners.placed : owners.old!;
+      if (set.some((u) => this.stale.isStale(u, index))) await this.reloadFor(mark);
       const trusted = set.filter((u) => !this.stale.isStale(u, index));
       const got = new Map<string, BlockMeta>();
       const silent: string[] = [];
@@ -120,7 +171,7 @@ export class VolumeReader {
       if (silent.length > 0 && attempt === 0) {
         // An owner we cannot ask may hold a newer version: only etcd can say
         // whether the ones that answered missed it.
-        await this.refresh();
+        await this.reloadFor(mark);
         continue;
       }
       let newest: BlockMeta | null = null;

@@ -1030,6 +1030,37 @@ describe('replication on a simulated cluster', () => {
     expect(refused).toBe('TORUS_ERR_VOLUME_READ_ONLY');
   });
 
+  it('lets a read-only opener trust an owner whose stale record was cleared after it opened (seed 429 with --readers)', async () => {
+    const c = cluster({ peers: 4, members: 4, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+    await startAll(c, c.peers);
+    const [w, r] = c.peers as [SimPeer, SimPeer];
+    const ring = await until(c, c.ring());
+    // A block owned by neither the writer's peer nor the reader's.
+    const index = Array.from({ length: VOLUME_BLOCKS }, (_, i) => i).find((i) => !ownersOf(ring, blockRef(1, 1, i)).now.some((u) => u === w.uuid || u === r.uuid))!;
+    expect(index).toBeDefined();
+    const [x, y] = ownersOf(ring, blockRef(1, 1, index)).now.map((u) => c.peerByUuid(u)!) as [SimPeer, SimPeer];
+    const io = await until(c, c.open(w, 'v', 'rw'));
+    await until(c, io.write(0, pattern(1, VOLUME_BLOCKS * BLOCK), false));
+    await until(c, io.flush());
+    // x misses a change: recorded stale before it is acknowledged.
+    c.network.partition(w.uuid, x.uuid);
+    await until(c, io.write(index * BLOCK, pattern(2, BLOCK), false));
+    expect(c.isRecordedStale(1, x.uuid, index)).toBe(true);
+    c.network.healAll();
+    // The reader opens knowing that record.
+    const ro = await until(c, c.open(r, 'v', 'ro'));
+    // x is caught up and its record cleared; then y misses the next change.
+    await runUntil(c.clock, () => !c.isRecordedStale(1, x.uuid, index), c.clock.monotonic() + 60_000);
+    expect(c.isRecordedStale(1, x.uuid, index)).toBe(false);
+    c.network.partition(w.uuid, y.uuid);
+    await until(c, io.write(index * BLOCK, pattern(3, BLOCK), false));
+    expect(c.isRecordedStale(1, y.uuid, index)).toBe(true);
+    // y still answers the reader, with the copy from before the acknowledged change.
+    expect((await until(c, ro.read(index * BLOCK, BLOCK))).equals(pattern(3, BLOCK))).toBe(true);
+    c.network.healAll();
+  });
+
   it('acknowledges at write level one after one copy and still has minReplicas durable at flush', async () => {
     const c = new SimCluster({ ...clusterOptions({ peers: 3, members: 3, replication: 3 }), timing: { ...SIM_TIMING, writeLevel: 'one' } });
     await until(c, c.bootstrap([{ name: 'v', size: 8 * BLOCK }]));
