@@ -35,9 +35,9 @@ const JOBS = 2;
  *   checkpoint), so the rotted page came back with a valid CRC. Every copy
  *   was then suspect or stale; adoption verified that copy (it checks out)
  *   and installed it on the other owners, and a read returned the rotted
- *   sector (G1/G4, "read garbage"). A repair cannot tell a page the lost
- *   write left as it was (and that rotted) from one it wrote: that needs
- *   the written pages' CRCs on disk by the FLUSH (README, "Not yet").
+ *   sector (G1/G4, "read garbage"). With data written in place and no
+ *   journal, a repair cannot tell a page an unflushed write reached from
+ *   one that rotted (README, "Not yet": a store redesign).
  */
 const KNOWN_FAILING: ReadonlyMap<number, string> = new Map<number, string>([[63105, 'G1/G4']]);
 const KNOWN_BEYOND: readonly number[] = [63105];
