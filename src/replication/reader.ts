@@ -50,7 +50,7 @@ export class VolumeReader {
 
   static async open(ctx: ClusterContext, volume: VolumeRecord): Promise<VolumeReader> {
     const r = new VolumeReader(ctx, volume);
-    await r.reloadFor(0);
+    await r.reloadFor(++r.readsBegun);
     return r;
   }
 
@@ -68,7 +68,7 @@ export class VolumeReader {
    * acknowledged). Reads that need it at once share one etcd read.
    */
   private reloadFor(mark: number): Promise<void> {
-    if (this.covered >= mark && mark > 0) return Promise.resolve();
+    if (this.covered >= mark) return Promise.resolve();
     const inFlight = this.reloading;
     if (inFlight !== null && inFlight.covers >= mark) return inFlight.done;
     const covers = this.readsBegun;

@@ -5,7 +5,7 @@ import type { RingRecord } from '../../src/model/records.js';
 import { formatVersion } from '../../src/model/version.js';
 import { replicasOf } from '../../src/ring/placement.js';
 import type { InspectedCopy, MemoryBlockStore } from '../../src/store/memory-block-store.js';
-import type { Candidate, VolumeModel } from './model.js';
+import { describe, type Candidate, type VolumeModel } from './model.js';
 import { SECTOR_BYTES, decodeSector, sectorValueAt } from './sectors.js';
 import type { StoreChange } from './store-watch.js';
 
@@ -76,18 +76,10 @@ export class Checker {
 
   /** Every sector of a successful read is one the model allows; the model then moves forward. */
   checkRead(model: VolumeModel, firstSector: number, data: Buffer): Violation | null {
-    const n = data.length / SECTOR_BYTES;
-    for (let i = 0; i < n; i++) {
-      const s = firstSector + i;
-      const v = sectorValueAt(data, i * SECTOR_BYTES, model.volumeId, s);
-      if (v === null) {
-        const d = decodeSector(data, i * SECTOR_BYTES, model.volumeId, s);
-        return { guarantee: 'G1/G4', message: `volume ${model.name} sector ${s}: read garbage (${d.kind === 'garbage' ? d.why : ''})` };
-      }
+    return this.eachSector(model, firstSector, data, 'read garbage', (s, v) => {
       const o = model.observe(s, v);
-      if (!o.ok) return { guarantee: 'G1/G4', message: `volume ${model.name}: ${o.why}` };
-    }
-    return null;
+      return o.ok ? null : o.why;
+    });
   }
 
   /**
@@ -96,19 +88,24 @@ export class Checker {
    * another process saw binds nothing the writer reads.
    */
   checkReaderRead(model: VolumeModel, firstSector: number, data: Buffer, allowed: (s: number) => ReadonlySet<number>): Violation | null {
+    return this.eachSector(model, firstSector, data, 'a read-only open read garbage', (s, v) => {
+      const ok = allowed(s);
+      return ok.has(v) ? null : `a read-only open read sector ${s} as ${describe(v)}; allowed: ${[...ok].map(describe).join(', ')}`;
+    });
+  }
+
+  /** Decodes every sector of a read and asks `judge` about each value (a reason when it is not allowed); the first garbage or refusal is the violation. */
+  private eachSector(model: VolumeModel, firstSector: number, data: Buffer, garbage: string, judge: (s: number, value: number) => string | null): Violation | null {
     const n = data.length / SECTOR_BYTES;
     for (let i = 0; i < n; i++) {
       const s = firstSector + i;
       const v = sectorValueAt(data, i * SECTOR_BYTES, model.volumeId, s);
       if (v === null) {
         const d = decodeSector(data, i * SECTOR_BYTES, model.volumeId, s);
-        return { guarantee: 'G1/G4', message: `volume ${model.name} sector ${s}: a read-only open read garbage (${d.kind === 'garbage' ? d.why : ''})` };
+        return { guarantee: 'G1/G4', message: `volume ${model.name} sector ${s}: ${garbage} (${d.kind === 'garbage' ? d.why : ''})` };
       }
-      const ok = allowed(s);
-      if (!ok.has(v)) {
-        const names = [...ok].map((x) => (x === 0 ? 'zeroes' : `write #${x}`)).join(', ');
-        return { guarantee: 'G1/G4', message: `volume ${model.name}: a read-only open read sector ${s} as ${v === 0 ? 'zeroes' : `write #${v}`}; allowed: ${names}` };
-      }
+      const why = judge(s, v);
+      if (why !== null) return { guarantee: 'G1/G4', message: `volume ${model.name}: ${why}` };
     }
     return null;
   }

@@ -290,6 +290,7 @@ export class VolumeModel {
   }
 }
 
-function describe(value: number): string {
+/** A sector value as the checkers' messages name it. */
+export function describe(value: number): string {
   return value === 0 ? 'zeroes' : `write #${value}`;
 }
