@@ -461,14 +461,16 @@ export class VolumeCoordinator {
         }
       }),
     );
-    const fenced = results.find((r) => r.status === 'rejected' && classifyFailure(r.reason) === 'fenced');
+    const fenced = results.find((r) => r.status === 'rejected' && classifyFailure(r.reason) === 'fenced' && !this.ownOldToken(r.reason));
     if (fenced !== undefined) {
-      const err = (fenced as PromiseRejectedResult).reason as TorusError;
-      if (this.ownOldToken(err)) throw this.renewedMeanwhile(err);
       // Another coordinator took over: nothing of ours is recorded any more.
-      this.fenced = err;
+      this.fenced = (fenced as PromiseRejectedResult).reason as TorusError;
       throw this.fenced;
     }
+    // A replica that refused one of our own earlier tokens (the lock was
+    // taken again while this flush was on its way) flushed nothing: what it
+    // took stays to be flushed by the next FLUSH, and this one fails.
+    let renewed: TorusError | null = null;
     const records: Promise<void>[] = [];
     const short: number[] = [];
     const unconfirmed: [string, Set<number>][] = [];
@@ -505,14 +507,17 @@ export class VolumeCoordinator {
         for (const b of blocks) this.unpin(b);
         return;
       }
-      if (kind === 'peer' && this.isMember(u)) {
+      if (kind === 'fenced') renewed ??= this.renewedMeanwhile(r.reason as TorusError);
+      if ((kind === 'peer' || kind === 'fenced') && this.isMember(u)) {
         // No answer (a timeout, a lost connection): the replica's copies are
         // still the newest, only their durability is unconfirmed. They stay
         // to be flushed again by the next FLUSH; if the peer restarted and
         // lost them, it marks them suspect itself and peerRestarted records
         // them stale. Recording them stale now would leave a block whose
-        // every owner timed out with no trusted copy at all.
-        this.log.warn({ err: r.reason, peer: u, blocks: blocks.size }, 'flush got no answer from a replica; its changes count as not durable until a later flush confirms them');
+        // every owner timed out with no trusted copy at all. A refusal of
+        // our own earlier token is the same: nothing was flushed.
+        const why = kind === 'fenced' ? 'flush refused under our earlier token' : 'flush got no answer from a replica';
+        this.log.warn({ err: r.reason, peer: u, blocks: blocks.size }, `${why}; its changes count as not durable until a later flush confirms them`);
         unconfirmed.push([u, blocks]);
         return;
       }
@@ -534,7 +539,18 @@ export class VolumeCoordinator {
       if (this.durableCopies(short[i]!) >= this.quorumFor(short[i]!)) short.splice(i, 1);
     }
     for (const b of released) this.unpin(b);
-    await Promise.all(records);
+    const recorded = await Promise.allSettled(records);
+    const refused = recorded.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (refused !== undefined) {
+      // etcd did not take a record (memory keeps it, to be made durable by
+      // the next flush): the short blocks still count as short, or the next
+      // flush would find nothing to check for them and pass on a single
+      // durable copy (seed 7354 with --readers: an owner's restart was
+      // found while etcd was out, and the flush after the lock was taken
+      // again acknowledged a block only its writer held durably).
+      for (const b of new Set(short)) this.markShort(b);
+      throw refused.reason;
+    }
     for (const b of this.lostInRestart) {
       if (this.durableCopies(b) < this.quorumFor(b)) short.push(b);
       this.unpin(b);
@@ -551,6 +567,7 @@ export class VolumeCoordinator {
     for (const b of new Set(short)) this.markShort(b);
     this.checkLease();
     if (this.dataLost) throw this.dataLost;
+    if (renewed !== null) throw renewed;
     if (short.length > 0) {
       this.log.warn({ blocks: [...new Set(short)].slice(0, 16), count: new Set(short).size }, 'flush failed: blocks with fewer than minReplicas durable copies');
       throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `flush of volume ${this.volume.name}: ${short.length} block(s) have fewer than the minimum of durable copies`, { details: { blocks: short.slice(0, 16) } });

@@ -134,8 +134,11 @@ const FIXED_BEYOND_SUSPEND: readonly number[] = [2906, 45755];
  * - 429: a read-only open kept the stale records it read at open and only
  *   added to them; it trusted an owner etcd had since recorded stale, and
  *   read its older copy after a newer change was acknowledged.
+ * - 7354: a flush found an owner had restarted and lost a change, but etcd
+ *   refused its stale record; the flush threw before it counted the block
+ *   short, and the next one acknowledged it with one durable copy.
  */
-const FIXED_BEYOND_READERS: readonly number[] = [429];
+const FIXED_BEYOND_READERS: readonly number[] = [429, 7354];
 
 /**
  * Seeds that each once failed with --readers --suspend, now fixed:

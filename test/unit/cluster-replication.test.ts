@@ -1665,6 +1665,40 @@ describe('replication on a simulated cluster', () => {
     await until(c, io.close());
   });
 
+  it('a flush that fails because etcd refused the stale record of a restarted replica leaves its short blocks short: the next flush repairs them or fails (seed 7354 with --readers)', async () => {
+    // Seed 7354 with --readers: a change reached two owners (the third
+    // recorded stale), and one of them lost it in a restart. The flush that
+    // found the restart could not record it stale (etcd was away) and threw
+    // before it counted the block short; the next flush, with etcd back,
+    // found nothing to check and acknowledged a block with one durable copy.
+    const c = cluster({ peers: 4, members: 3, replication: 3 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b, d, w] = c.peers as [SimPeer, SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(w, 'v', 'rw'));
+    const ref = blockRef(1, 1, 0);
+    await until(c, io.write(0, pattern(1, BLOCK), false));
+    await until(c, io.flush());
+    // The change reaches a and d; b, cut off, is recorded stale.
+    c.network.block(w.uuid, b.uuid);
+    c.network.block(b.uuid, w.uuid);
+    await until(c, io.write(0, pattern(2, BLOCK), false));
+    expect(c.isRecordedStale(1, b.uuid, 0), 'b recorded stale').toBe(true);
+    // a loses it in a restart, while the writer cannot reach etcd.
+    c.setPeerEtcdFault(w, 'unavailable');
+    c.crash(a);
+    expect(a.store.inspect(ref).durable?.data?.equals(pattern(2, BLOCK)) ?? false, "a's change is lost in the crash").toBe(false);
+    await until(c, c.start(a));
+    const first = await until(c, io.flush().then(() => null, (e: unknown) => e));
+    expect(isTorusError(first, 'TORUS_ERR_ETCD_UNAVAILABLE'), `the flush that finds the restart fails: etcd refuses a's record (${String(first)})`).toBe(true);
+    c.setPeerEtcdFault(w, 'none');
+    const second = await until(c, io.flush().then(() => null, (e: unknown) => e));
+    const durable = [a, b, d].filter((p) => p.store.inspect(ref).durable?.data?.equals(pattern(2, BLOCK)) === true).map((p) => p.uuid.slice(0, 8));
+    if (second === null) expect(durable.length, `a flush that passes leaves at least 2 durable copies (has ${durable.join(', ')})`).toBeGreaterThanOrEqual(2);
+    else expect(isTorusError(second), `or it fails (${String(second)})`).toBe(true);
+    expect(c.isRecordedStale(1, a.uuid, 0) || durable.includes(a.uuid.slice(0, 8)), 'a is recorded stale or holds the change').toBe(true);
+  });
+
   it('at write level one, a change to a moved block during a move is not acknowledged while only a leaving owner holds it', async () => {
     // Seed 16773: the ring moved from {a, b} to {a, d} and the block had
     // moved; the writer's own copy on b (an old owner only) took a change
