@@ -919,9 +919,10 @@ export class VolumeCoordinator {
       // unflushed has lost it already. Arrays: there are a few owners.
       const acked: string[] = [];
       const ackedAt: number[] = [];
+      // Where the change was last sent: what a failure half way records.
+      let owners = ownersOf(this.ctx.ring(), ref);
+      let plan = this.targets(e.index, owners);
       try {
-        let owners = ownersOf(this.ctx.ring(), ref);
-        let plan = this.targets(e.index, owners);
         let send = plan.send;
         let noSpace = 0;
         let earlyDone = false;
@@ -1100,6 +1101,7 @@ export class VolumeCoordinator {
         // out of the retry loop, a failed ring refresh skipped it, and the
         // next flush passed on the writer's own unflushed copy).
         this.bookTaken(e, stamp, fua, acked, ackedAt);
+        if (this.fenced === null) this.recordHalfWay(e, stamp, acked, owners, plan);
         throw err;
       } finally {
         // Settled either way: the payload and the entry are let go before
@@ -1198,6 +1200,41 @@ export class VolumeCoordinator {
       e.drained = { promise, resolve };
     }
     return e.drained.promise;
+  }
+
+  /**
+   * A change stopped by an error (the ring could not be re-read, the lease
+   * ran out between attempts) rather than by a refused quorum: the owners
+   * that must have it and did not take it are recorded as the quorum path
+   * records them, stale when some owner took it and unsure when none did,
+   * and owners left out as stale stay recorded for the block through a
+   * narrowing (coverSkipped). Memory at once, etcd when it answers: until
+   * it holds the records, learning the block fails (ensureDurable) rather
+   * than return the copy of an owner that took the change. Otherwise, with
+   * an owner that missed it silent, learning returned that copy, and the
+   * next writer, trusting the silent owner, read back in time (seed 14768
+   * with --suspend: the writer, cut off from etcd, could not re-read a
+   * newer ring; one owner took its change, the other refused it as
+   * outdated).
+   */
+  private recordHalfWay(e: BlockEntry, stamp: ChangeStamp, acked: readonly string[], owners: BlockOwners, plan: { required: readonly string[] }): void {
+    const missed = plan.required.filter((u) => !acked.includes(u) && (e.holders.get(u) ?? VERSION_ABSENT) < stamp.version);
+    const waits: Promise<void>[] = [];
+    for (const u of missed) waits.push(acked.length > 0 ? this.stale.record(u, [e.index]) : this.stale.recordUnsure(u, [e.index]));
+    if (acked.length > 0 && plan.required.length < owners.all.length) {
+      const leftOut = owners.all.filter((u) => this.requiredFor(e.index, owners, u) && !plan.required.includes(u));
+      const cover = leftOut.length > 0 ? this.stale.coverSkipped(leftOut, e.index) : null;
+      if (cover !== null) waits.push(cover);
+    }
+    if (waits.length === 0) return;
+    const recorded = Promise.all(waits).then(
+      () => undefined,
+      (err: unknown) => {
+        if (isAssertionFailure(err)) return this.ctx.invariantBroken(err, { module: 'coordinator', volume: this.volume.name, block: e.index });
+        this.log.warn({ err, block: e.index, missed }, 'owners that missed a change that failed half way could not be recorded in etcd yet; the block is not read until they are');
+      },
+    );
+    trackUntilSettled(this.background, recorded);
   }
 
   /** A change failed half way: owners may disagree. Kept in memory (with its floor) until learnt again. */

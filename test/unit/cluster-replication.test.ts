@@ -1342,6 +1342,32 @@ describe('replication on a simulated cluster', () => {
     await until(c, io.close());
   });
 
+  it('a change that failed because the ring could not be re-read is not read back while the owner that refused it is silent, until etcd records that owner (seed 14768 with --suspend)', async () => {
+    // Seed 14768 with --suspend: as in 8994, but the owner that refused the
+    // change went silent (its answers dropped) before the block was learnt
+    // again. Learning took the other owner's copy, the newest it heard of,
+    // and returned the failed change; the next writer trusted the silent
+    // owner and read its older copy.
+    const { c, a, b, w, io } = await writerOnThird();
+    await aOnANewerRing(c, a, b, w, io);
+    const failed = await until(c, io.write(0, pattern(2, BLOCK), false).then(() => null, (e: unknown) => e));
+    expect(isTorusError(failed, 'TORUS_ERR_ETCD_UNAVAILABLE'), String(failed)).toBe(true);
+    expect(versionOf(c, b, 0), 'b took the change a refused').toBeGreaterThan(versionOf(c, a, 0));
+    c.network.block(w.uuid, a.uuid);
+    c.network.block(a.uuid, w.uuid);
+    const during = await until(c, io.read(0, BLOCK).then((d) => d, (e: unknown) => e));
+    expect(Buffer.isBuffer(during) && during.equals(pattern(2, BLOCK)), `the failed change read back while a is silent and recorded nowhere (${Buffer.isBuffer(during) ? 'the read returned data' : String(during)})`).toBe(false);
+    expect(c.isRecordedStale(1, a.uuid, 0), 'a is not recorded while etcd is out').toBe(false);
+    // Once etcd answers, a is recorded stale for the block, and the change is readable.
+    c.setPeerEtcdFault(w, 'none');
+    c.setPeerEtcdFault(b, 'none');
+    const after = await until(c, io.read(0, BLOCK));
+    expect(c.isRecordedStale(1, a.uuid, 0), 'a recorded stale before the change is returned').toBe(true);
+    expect(after.equals(pattern(2, BLOCK)), 'the change, read from b').toBe(true);
+    c.network.healAll();
+    await until(c, io.close());
+  });
+
   it('a flush after a change acknowledged early that then failed on the ring re-read does not count the unflushed copy durable', async () => {
     // Seed 9639 (write level one): the owner that took the change was booked
     // unflushed only on the way out of the retry loop; a failed ring re-read
