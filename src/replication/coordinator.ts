@@ -922,6 +922,9 @@ export class VolumeCoordinator {
       // Where the change was last sent: what a failure half way records.
       let owners = ownersOf(this.ctx.ring(), ref);
       let plan = this.targets(e.index, owners);
+      // Past the sending: the owners it missed are recorded below, or their
+      // records' failure is what threw.
+      let sent = false;
       try {
         let send = plan.send;
         let noSpace = 0;
@@ -1017,6 +1020,7 @@ export class VolumeCoordinator {
           send = plan.send.filter((u) => !acked.includes(u));
         }
         this.bookTaken(e, stamp, fua, acked, ackedAt);
+        sent = true;
         // Every owner that must have the change and did not take it is
         // recorded stale before anything is acknowledged.
         // An owner that already took a later change replacing this one (a
@@ -1101,7 +1105,7 @@ export class VolumeCoordinator {
         // out of the retry loop, a failed ring refresh skipped it, and the
         // next flush passed on the writer's own unflushed copy).
         this.bookTaken(e, stamp, fua, acked, ackedAt);
-        if (this.fenced === null) this.recordHalfWay(e, stamp, acked, owners, plan);
+        if (!sent && this.fenced === null) this.recordHalfWay(e, stamp, acked, owners, plan);
         throw err;
       } finally {
         // Settled either way: the payload and the entry are let go before
