@@ -109,8 +109,13 @@ const KNOWN_BEYOND: readonly number[] = [];
  * - 4470: the checker (a writer at level one taken over may lose what it
  *   did not flush, back to before a failed write that may never have
  *   landed, not only back to that write).
+ * - 73608: the checker (a read in flight across a crash returned an
+ *   acknowledged, unflushed change the crash then took from its only copy;
+ *   seeing it narrowed the model past the crash, and the next writer's
+ *   read of the older copy, after the loss was reported, was judged back
+ *   in time).
  */
-const FIXED_BEYOND: readonly number[] = [205, 225, 240, 289, 291, 302, 311, 316, 377, 397, 442, 495, 506, 553, 556, 575, 725, 794, 847, 852, 874, 1216, 1375, 1968, 1988, 2124, 2351, 2600, 2623, 2705, 3757, 4470, 5413, 8994, 9034, 9639, 12805, 14982, 16297, 16677, 16773, 18022, 19399, 21919, 22201, 22496, 24435, 27155, 36515, 37957, 39315, 39321, 42271, 50071, 52648, 60191, 60697];
+const FIXED_BEYOND: readonly number[] = [205, 225, 240, 289, 291, 302, 311, 316, 377, 397, 442, 495, 506, 553, 556, 575, 725, 794, 847, 852, 874, 1216, 1375, 1968, 1988, 2124, 2351, 2600, 2623, 2705, 3757, 4470, 5413, 8994, 9034, 9639, 12805, 14982, 16297, 16677, 16773, 18022, 19399, 21919, 22201, 22496, 24435, 27155, 36515, 37957, 39315, 39321, 42271, 50071, 52648, 60191, 60697, 73608];
 
 /**
  * Seeds past SEEDS that each once failed with --suspend, now fixed:

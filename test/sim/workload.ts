@@ -695,6 +695,14 @@ export class Workload {
         this.opts.log.add(`op ${op.id} read ${digest(data)}`);
         const v = checker.checkRead(vol.model, op.first, data);
         if (v) fail({ ...v, message: `op ${op.id} (read through peer ${op.writer.peer.index}): ${v.message}`, blocks: this.blocksOf(op) });
+        // What it read may have been read before a crash that struck while
+        // it was in flight: seen, it narrowed the sectors to it, but what no
+        // store holds now is as lost as after that crash, as for a change
+        // acknowledged across one (seed 73608: a read returned an
+        // acknowledged, unflushed change the crash then took from its only
+        // copy; the writer's flushes reported the loss, and the next
+        // writer's read of the older copy was judged back in time).
+        else if (vol.model.crashes !== op.crashesAtIssue) vol.model.crashed(checker.heldValues(vol.model, (ref) => this.currentOwners(ref)), op.first, op.count);
         return;
       }
       case 'flush':
