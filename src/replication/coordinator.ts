@@ -1026,8 +1026,7 @@ export class VolumeCoordinator {
         // An owner that already took a later change replacing this one (a
         // whole-block write or zero sent after it, answered first) misses
         // nothing: its copy is newer than this change could make it.
-        const missed: string[] = [];
-        for (const u of plan.required) if (!acked.includes(u) && (e.holders.get(u) ?? VERSION_ABSENT) < stamp.version) missed.push(u);
+        const missed = this.missedBy(e, stamp, plan, acked);
         for (const u of missed) e.holders.delete(u);
         const quorumOk = this.quorumMet(e.index, owners, acked);
         if (missed.length > 0) {
@@ -1062,10 +1061,7 @@ export class VolumeCoordinator {
         // Only the owners left out as stale: a record that no longer names
         // the block for one of them is made again (seed 60697: a narrowing
         // planned before this change landed while it was in flight).
-        // Nearly every change requires every owner: no array is made then.
-        const someLeftOut = acked.length > 0 && plan.required.length < owners.all.length;
-        const leftOut = someLeftOut ? owners.all.filter((u) => this.requiredFor(e.index, owners, u) && !plan.required.includes(u)) : null;
-        const cover = leftOut !== null && leftOut.length > 0 ? this.stale.coverSkipped(leftOut, e.index) : null;
+        const cover = this.coverLeftOut(e.index, owners, plan, acked);
         if (cover !== null) {
           try {
             await cover;
@@ -1222,14 +1218,10 @@ export class VolumeCoordinator {
    * outdated).
    */
   private recordHalfWay(e: BlockEntry, stamp: ChangeStamp, acked: readonly string[], owners: BlockOwners, plan: { required: readonly string[] }): void {
-    const missed = plan.required.filter((u) => !acked.includes(u) && (e.holders.get(u) ?? VERSION_ABSENT) < stamp.version);
-    const waits: Promise<void>[] = [];
-    for (const u of missed) waits.push(acked.length > 0 ? this.stale.record(u, [e.index]) : this.stale.recordUnsure(u, [e.index]));
-    if (acked.length > 0 && plan.required.length < owners.all.length) {
-      const leftOut = owners.all.filter((u) => this.requiredFor(e.index, owners, u) && !plan.required.includes(u));
-      const cover = leftOut.length > 0 ? this.stale.coverSkipped(leftOut, e.index) : null;
-      if (cover !== null) waits.push(cover);
-    }
+    const missed = this.missedBy(e, stamp, plan, acked);
+    const waits: Promise<void>[] = missed.map((u) => (acked.length > 0 ? this.stale.record(u, [e.index]) : this.stale.recordUnsure(u, [e.index])));
+    const cover = this.coverLeftOut(e.index, owners, plan, acked);
+    if (cover !== null) waits.push(cover);
     if (waits.length === 0) return;
     const recorded = Promise.all(waits).then(
       () => undefined,
@@ -1239,6 +1231,23 @@ export class VolumeCoordinator {
       },
     );
     trackUntilSettled(this.background, recorded);
+  }
+
+  /** Owners the change must have reached that did not take it, and hold nothing newer (a later whole-block change answered first). */
+  private missedBy(e: BlockEntry, stamp: ChangeStamp, plan: { required: readonly string[] }, acked: readonly string[]): string[] {
+    return plan.required.filter((u) => !acked.includes(u) && (e.holders.get(u) ?? VERSION_ABSENT) < stamp.version);
+  }
+
+  /**
+   * Keeps the owners a change left out as stale recorded for the block
+   * (stale-book.ts, coverSkipped) once some owner took it; null when there
+   * is nothing to wait for. Nearly every change requires every owner: no
+   * array is made then.
+   */
+  private coverLeftOut(index: number, owners: BlockOwners, plan: { required: readonly string[] }, acked: readonly string[]): Promise<void> | null {
+    if (acked.length === 0 || plan.required.length >= owners.all.length) return null;
+    const leftOut = owners.all.filter((u) => this.requiredFor(index, owners, u) && !plan.required.includes(u));
+    return leftOut.length > 0 ? this.stale.coverSkipped(leftOut, index) : null;
   }
 
   /** A change failed half way: owners may disagree. Kept in memory (with its floor) until learnt again. */
