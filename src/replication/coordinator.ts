@@ -1791,8 +1791,9 @@ export class VolumeCoordinator {
    * With `newerThan` (every owner's copy is suspect or stale, and the
    * newest that could be adopted among them is at that version): the
    * newest copy a peer that is not an owner holds, not suspect and newer
-   * than that, read whole against its CRCs. Every owner lost what came
-   * after their copies, so nothing acknowledged is newer than it.
+   * than that, read whole against its CRCs (a zero copy, a trim, has none
+   * to read). Every owner lost what came after their copies, so nothing
+   * acknowledged is newer than it.
    */
   private async adoptLeftover(ref: BlockRef, owners: BlockOwners, got: Map<string, BlockMeta>, opts: { newerThan?: Version } = {}): Promise<{ meta: BlockMeta; from: number; owner: string | null } | null> {
     let top: BlockMeta | null = null;
@@ -1808,11 +1809,16 @@ export class VolumeCoordinator {
     if (others.length === 0) return null;
     const { got: theirs } = await this.askMeta(ref, others);
     const candidates = [...theirs]
-      .filter(([, m]) => !m.suspect && m.state === 'data' && (newerThan === undefined ? m.version === top!.version && m.digest === top!.digest : m.version > newerThan))
+      .filter(([, m]) => !m.suspect && (newerThan === undefined ? m.state === 'data' && m.version === top!.version && m.digest === top!.digest : (m.state === 'data' || m.state === 'zero') && m.version > newerThan))
       .sort(([, x], [, y]) => y.version - x.version);
     for (const [c, m] of candidates) {
-      const data = await this.readExactCopy(c, ref, m);
-      if (data === null) continue;
+      const state = m.state === 'zero' ? 'zero' : 'data';
+      // A zero leftover (a trim) has no pages to check: it is taken as it
+      // is (seed 77115: a trim that failed, taken only by the writer's own
+      // node while it still held the block for the old ring; a read
+      // returned its zeroes, and the block stayed unavailable for good).
+      const data = state === 'zero' ? null : await this.readExactCopy(c, ref, m);
+      if (state === 'data' && data === null) continue;
       try {
         // One fresh version for whichever owner takes it first.
         const version = this.nextVersion(Math.max(m.version, top?.version ?? VERSION_ABSENT));
@@ -1820,20 +1826,20 @@ export class VolumeCoordinator {
           const api = this.ctx.replica(u);
           if (api === null || !this.ctx.health.usable(u)) continue;
           try {
-            if ((await this.installCopy(api, u, ref, { state: 'data', data }, version)) === 'newer') continue;
+            if ((await this.installCopy(api, u, ref, { state, data }, version)) === 'newer') continue;
           } catch (err) {
             this.copyFailed(err, u);
             this.log.debug({ err, block: ref.index, peer: u }, 'installing a former owner\'s copy failed');
             continue;
           }
-          const adopted: BlockMeta = { state: 'data', version, suspect: false, digest: m.digest };
+          const adopted: BlockMeta = { state, version, suspect: false, digest: m.digest };
           got.set(u, adopted);
           this.log.warn({ block: ref.index, from: c, owner: u, version: formatVersion(version), was: formatVersion(m.version) }, newerThan === undefined ? 'no owner\'s copy of the block checks out: took the exact copy a former owner kept' : 'every owner\'s copy of the block is suspect or stale and older than a former owner\'s: took that one');
           return { meta: adopted, from: m.version, owner: u };
         }
         return null;
       } finally {
-        releaseBuffer(data);
+        if (data !== null) releaseBuffer(data);
       }
     }
     return null;
