@@ -114,8 +114,15 @@ const KNOWN_BEYOND: readonly number[] = [];
  *   seeing it narrowed the model past the crash, and the next writer's
  *   read of the older copy, after the loss was reported, was judged back
  *   in time).
+ * - 77115: a failed trim that only the writer's own node took, as a
+ *   carried owner while the ring moved, was read back; the rescue took
+ *   only a former owner's data copies, so the block stayed unavailable.
+ * - 78604: a whole-volume catch-up that could not narrow the record first
+ *   cleared it at the end of its pass, though a write to a block it had
+ *   already copied skipped the peer meanwhile: the next writer trusted the
+ *   peer's older copy.
  */
-const FIXED_BEYOND: readonly number[] = [205, 225, 240, 289, 291, 302, 311, 316, 377, 397, 442, 495, 506, 553, 556, 575, 725, 794, 847, 852, 874, 1216, 1375, 1968, 1988, 2124, 2351, 2600, 2623, 2705, 3757, 4470, 5413, 8994, 9034, 9639, 12805, 14982, 16297, 16677, 16773, 18022, 19399, 21919, 22201, 22496, 24435, 27155, 36515, 37957, 39315, 39321, 42271, 50071, 52648, 60191, 60697, 73608, 77115];
+const FIXED_BEYOND: readonly number[] = [205, 225, 240, 289, 291, 302, 311, 316, 377, 397, 442, 495, 506, 553, 556, 575, 725, 794, 847, 852, 874, 1216, 1375, 1968, 1988, 2124, 2351, 2600, 2623, 2705, 3757, 4470, 5413, 8994, 9034, 9639, 12805, 14982, 16297, 16677, 16773, 18022, 19399, 21919, 22201, 22496, 24435, 27155, 36515, 37957, 39315, 39321, 42271, 50071, 52648, 60191, 60697, 73608, 77115, 78604];
 
 /**
  * Seeds past SEEDS that each once failed with --suspend, now fixed:

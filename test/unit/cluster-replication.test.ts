@@ -1656,6 +1656,72 @@ describe('replication on a simulated cluster', () => {
     await until(c, through.close());
   });
 
+  it('a whole-volume catch-up that a write overtakes keeps the written block recorded for the peer (seed 78604)', async () => {
+    // Seed 78604: the record could not narrow first (the peer's listing
+    // timed out), so the pass compared every block. A write to a block it
+    // had already copied skipped the peer (its whole-volume record stood)
+    // and was acknowledged on the other owner alone; the pass then cleared
+    // the whole record, and the peer was trusted with its older copy. A
+    // takeover read it and installed it over the acknowledged write.
+    const blocks = 64;
+    const c = cluster({ peers: 3, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: blocks * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, , d] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    await until(c, io.write(0, pattern(41, blocks * BLOCK), false));
+    await until(c, io.flush());
+    const ring = c.ringNow()!;
+    const ofD = Array.from({ length: blocks }, (_, i) => i).filter((i) => ownersOf(ring, blockRef(1, 1, i)).all.includes(d.uuid));
+    const early = ofD[0]!;
+    const late = ofD[ofD.length - 1]!;
+    expect(late - early, 'blocks of d far enough apart').toBeGreaterThan(16);
+    const otherUuid = ownersOf(ring, blockRef(1, 1, early)).all.find((u) => u !== d.uuid)!;
+    const other = c.peers.find((p) => p.uuid === otherUuid)!;
+    // d's own listing fails (the peer is alive), so the record cannot narrow
+    // before the pass; d's answer for a late block waits for the test.
+    const replica = d.node!.replica as unknown as { list: (...a: unknown[]) => Promise<unknown>; meta: (ctx: unknown, refs: readonly { index: number }[]) => Promise<unknown> };
+    replica.list = () => Promise.reject(new TorusError('TORUS_ERR_STORE_BUSY', 'listing refused by the test'));
+    const meta = replica.meta.bind(replica);
+    let held = false;
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    // After the pass, d's answers about the written block wait too, so that
+    // no later comparison (a scrub) repairs d before the record is checked.
+    let holdWritten = false;
+    let releaseWritten!: () => void;
+    const gateWritten = new Promise<void>((r) => (releaseWritten = r));
+    replica.meta = async (ctx, refs) => {
+      if (refs.some((r) => r.index === late) && !held) {
+        held = true;
+        await gate;
+      }
+      if (holdWritten && refs.some((r) => r.index === early)) await gateWritten;
+      return meta(ctx, refs);
+    };
+    await until(c, c.adminMetadata.addStale(1, d.uuid, { all: true }));
+    await runUntil(c.clock, () => held, c.clock.monotonic() + 60_000);
+    expect(held, 'the catch-up pass reached the late block').toBe(true);
+    // The pass copied the early block already: this write skips d.
+    const now = pattern(42, BLOCK);
+    await until(c, io.write(early * BLOCK, now, false));
+    expect(d.store.meta(blockRef(1, 1, early)).version, 'd did not take the write').toBeLessThan(other.store.meta(blockRef(1, 1, early)).version);
+    holdWritten = true;
+    release();
+    await runFor(c, 10_000);
+    const records = await until(c, c.adminMetadata.getStale(1));
+    expect(records.some((r) => r.peer === d.uuid && r.all), 'the pass ended: the whole-volume record is gone').toBe(false);
+    const recorded = records.some((r) => r.peer === d.uuid && staleContains(r, early));
+    const dHasIt = d.store.meta(blockRef(1, 1, early)).version === other.store.meta(blockRef(1, 1, early)).version;
+    expect(recorded || dHasIt, 'd is either still recorded stale for the block or holds the write').toBe(true);
+    releaseWritten();
+    await until(c, io.close());
+    // A new writer reads the write back, through d too.
+    const through = await until(c, c.open(d, 'v', 'ro'));
+    expect((await until(c, through.read(early * BLOCK, BLOCK))).equals(now), 'read through d').toBe(true);
+    await until(c, through.close());
+  });
+
   it('a writer that lets go while etcd does not answer releases its lock once etcd is back: the volume is not held for good', async () => {
     const c = cluster({ peers: 3, members: 3, replication: 2 });
     await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
