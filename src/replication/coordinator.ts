@@ -767,7 +767,7 @@ export class VolumeCoordinator {
       e.digest = null;
       e.pins++;
       e.inflight++;
-      for (const w of this.changeWatches) w.add(index);
+      this.noteChanged(index);
       const t = this.ctx.ring().transition;
       if (t !== null && t.phase === 'moving' && !this.isMoved(index)) {
         if (this.unmovedChanges.ringVersion !== t.startedVersion) this.unmovedChanges = { ringVersion: t.startedVersion, blocks: new Set() };
@@ -1737,6 +1737,7 @@ export class VolumeCoordinator {
         if (!ok) continue;
         const adopted: BlockMeta = { state: checked.state, version, suspect: false, digest };
         got.set(u, adopted);
+        this.noteChanged(ref.index);
         return { meta: adopted, from: m.version, owner: u };
       } catch (err) {
         const kind = classifyFailure(err);
@@ -1772,6 +1773,7 @@ export class VolumeCoordinator {
         if (!dropped) return null;
         got.set(u, ABSENT_META);
       }
+      this.noteChanged(ref.index);
       return { meta: ABSENT_META, from: VERSION_ABSENT, owner: null };
     }
     return null;
@@ -1832,8 +1834,9 @@ export class VolumeCoordinator {
             this.log.debug({ err, block: ref.index, peer: u }, 'installing a former owner\'s copy failed');
             continue;
           }
-          const adopted: BlockMeta = { state, version, suspect: false, digest: m.digest };
+          const adopted: BlockMeta = { state, version, suspect: false, digest: state === 'data' ? m.digest : 0 };
           got.set(u, adopted);
+          this.noteChanged(ref.index);
           this.log.warn({ block: ref.index, from: c, owner: u, version: formatVersion(version), was: formatVersion(m.version) }, newerThan === undefined ? 'no owner\'s copy of the block checks out: took the exact copy a former owner kept' : 'every owner\'s copy of the block is suspect or stale and older than a former owner\'s: took that one');
           return { meta: adopted, from: m.version, owner: u };
         }
@@ -1900,8 +1903,20 @@ export class VolumeCoordinator {
   }
 
   /**
+   * The block gets a version no watcher has seen: a change sent, or an
+   * adoption (a copy confirmed or installed under a fresh version of ours
+   * when every owner's was suspect or behind). A peer left out of it under
+   * a whole-volume record must not be trusted as caught up on the block.
+   */
+  private noteChanged(index: number): void {
+    for (const w of this.changeWatches) w.add(index);
+  }
+
+  /**
    * Starts recording the blocks changes are sent to (with those in flight
-   * now); a move calls it before listing the old owners, and stop() after.
+   * now) or adopted at a fresh version; a move calls it before listing the
+   * old owners, and stop() after, and so does a catch-up that compares
+   * every block of the volume.
    */
   watchChanges(): { readonly changed: ReadonlySet<number>; stop(): void } {
     const changed = new Set<number>();
@@ -2073,6 +2088,7 @@ export class VolumeCoordinator {
       }
     }
     if (took.size === 0) return false;
+    this.noteChanged(e.index);
     // Holders that missed the fresh version are behind it: recorded before any read trusts the new one.
     await Promise.all(behind.map((u) => this.stale.record(u, [e.index])));
     e.version = version;

@@ -250,6 +250,62 @@ function captureLogs(): { logger: pino.Logger; lines: Record<string, unknown>[] 
   return { logger, lines };
 }
 
+/**
+ * A peer (d) recorded stale for the whole volume whose record cannot be
+ * narrowed first (its own listing fails, the peer alive), so a catch-up
+ * pass compares every block; the pass is held at d's answer for the last
+ * block d owns, past `early`, the first. `holdEarly()` makes d's later
+ * answers about `early` wait too (no later comparison repairs d before the
+ * test looks), until `releaseEarly()`.
+ */
+async function wholeCatchUpHeld(seed: number): Promise<{ c: SimCluster; d: SimPeer; other: SimPeer; io: VolumeIo; early: number; releasePass: () => void; holdEarly: () => void; releaseEarly: () => void }> {
+  const blocks = 64;
+  const c = cluster({ peers: 3, members: 3, replication: 2 });
+  await until(c, c.bootstrap([{ name: 'v', size: blocks * BLOCK }]));
+  await startAll(c, c.peers);
+  const [a, , d] = c.peers as [SimPeer, SimPeer, SimPeer];
+  const io = await until(c, c.open(a, 'v', 'rw'));
+  await until(c, io.write(0, pattern(seed, blocks * BLOCK), false));
+  await until(c, io.flush());
+  const ring = c.ringNow()!;
+  const ofD = Array.from({ length: blocks }, (_, i) => i).filter((i) => ownersOf(ring, blockRef(1, 1, i)).all.includes(d.uuid));
+  const early = ofD[0]!;
+  const late = ofD[ofD.length - 1]!;
+  expect(late - early, 'blocks of d far enough apart').toBeGreaterThan(16);
+  const otherUuid = ownersOf(ring, blockRef(1, 1, early)).all.find((u) => u !== d.uuid)!;
+  const other = c.peers.find((p) => p.uuid === otherUuid)!;
+  const replica = d.node!.replica as unknown as { list: (...a: unknown[]) => Promise<unknown>; meta: (ctx: unknown, refs: readonly { index: number }[]) => Promise<unknown> };
+  replica.list = () => Promise.reject(new TorusError('TORUS_ERR_STORE_BUSY', 'listing refused by the test'));
+  const meta = replica.meta.bind(replica);
+  let held = false;
+  let releasePass!: () => void;
+  const gate = new Promise<void>((r) => (releasePass = r));
+  let holdingEarly = false;
+  let releaseEarly!: () => void;
+  const gateEarly = new Promise<void>((r) => (releaseEarly = r));
+  replica.meta = async (ctx, refs) => {
+    if (refs.some((r) => r.index === late) && !held) {
+      held = true;
+      await gate;
+    }
+    if (holdingEarly && refs.some((r) => r.index === early)) await gateEarly;
+    return meta(ctx, refs);
+  };
+  await until(c, c.adminMetadata.addStale(1, d.uuid, { all: true }));
+  await runUntil(c.clock, () => held, c.clock.monotonic() + 60_000);
+  expect(held, 'the catch-up pass reached the late block').toBe(true);
+  return { c, d, other, io, early, releasePass, holdEarly: () => (holdingEarly = true), releaseEarly };
+}
+
+/** After the pass: d is still recorded stale for `early` in etcd, or holds the newest version of it. */
+async function expectRecordedOrCurrent(c: SimCluster, d: SimPeer, other: SimPeer, early: number): Promise<void> {
+  const records = await until(c, c.adminMetadata.getStale(1));
+  expect(records.some((r) => r.peer === d.uuid && r.all), 'the pass ended: the whole-volume record is gone').toBe(false);
+  const recorded = records.some((r) => r.peer === d.uuid && staleContains(r, early));
+  const current = d.store.meta(blockRef(1, 1, early)).version === other.store.meta(blockRef(1, 1, early)).version;
+  expect(recorded || current, 'd is either still recorded stale for the block or holds its newest version').toBe(true);
+}
+
 /** Runs the simulation until the promise settles (or fails the test). */
 async function until<T>(c: SimCluster, p: Promise<T>, budgetMs = 120_000): Promise<T> {
   let done = false;
@@ -1663,63 +1719,40 @@ describe('replication on a simulated cluster', () => {
     // and was acknowledged on the other owner alone; the pass then cleared
     // the whole record, and the peer was trusted with its older copy. A
     // takeover read it and installed it over the acknowledged write.
-    const blocks = 64;
-    const c = cluster({ peers: 3, members: 3, replication: 2 });
-    await until(c, c.bootstrap([{ name: 'v', size: blocks * BLOCK }]));
-    await startAll(c, c.peers);
-    const [a, , d] = c.peers as [SimPeer, SimPeer, SimPeer];
-    const io = await until(c, c.open(a, 'v', 'rw'));
-    await until(c, io.write(0, pattern(41, blocks * BLOCK), false));
-    await until(c, io.flush());
-    const ring = c.ringNow()!;
-    const ofD = Array.from({ length: blocks }, (_, i) => i).filter((i) => ownersOf(ring, blockRef(1, 1, i)).all.includes(d.uuid));
-    const early = ofD[0]!;
-    const late = ofD[ofD.length - 1]!;
-    expect(late - early, 'blocks of d far enough apart').toBeGreaterThan(16);
-    const otherUuid = ownersOf(ring, blockRef(1, 1, early)).all.find((u) => u !== d.uuid)!;
-    const other = c.peers.find((p) => p.uuid === otherUuid)!;
-    // d's own listing fails (the peer is alive), so the record cannot narrow
-    // before the pass; d's answer for a late block waits for the test.
-    const replica = d.node!.replica as unknown as { list: (...a: unknown[]) => Promise<unknown>; meta: (ctx: unknown, refs: readonly { index: number }[]) => Promise<unknown> };
-    replica.list = () => Promise.reject(new TorusError('TORUS_ERR_STORE_BUSY', 'listing refused by the test'));
-    const meta = replica.meta.bind(replica);
-    let held = false;
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    // After the pass, d's answers about the written block wait too, so that
-    // no later comparison (a scrub) repairs d before the record is checked.
-    let holdWritten = false;
-    let releaseWritten!: () => void;
-    const gateWritten = new Promise<void>((r) => (releaseWritten = r));
-    replica.meta = async (ctx, refs) => {
-      if (refs.some((r) => r.index === late) && !held) {
-        held = true;
-        await gate;
-      }
-      if (holdWritten && refs.some((r) => r.index === early)) await gateWritten;
-      return meta(ctx, refs);
-    };
-    await until(c, c.adminMetadata.addStale(1, d.uuid, { all: true }));
-    await runUntil(c.clock, () => held, c.clock.monotonic() + 60_000);
-    expect(held, 'the catch-up pass reached the late block').toBe(true);
+    const { c, d, other, io, early, releasePass, holdEarly, releaseEarly } = await wholeCatchUpHeld(41);
     // The pass copied the early block already: this write skips d.
     const now = pattern(42, BLOCK);
     await until(c, io.write(early * BLOCK, now, false));
     expect(d.store.meta(blockRef(1, 1, early)).version, 'd did not take the write').toBeLessThan(other.store.meta(blockRef(1, 1, early)).version);
-    holdWritten = true;
-    release();
+    holdEarly();
+    releasePass();
     await runFor(c, 10_000);
-    const records = await until(c, c.adminMetadata.getStale(1));
-    expect(records.some((r) => r.peer === d.uuid && r.all), 'the pass ended: the whole-volume record is gone').toBe(false);
-    const recorded = records.some((r) => r.peer === d.uuid && staleContains(r, early));
-    const dHasIt = d.store.meta(blockRef(1, 1, early)).version === other.store.meta(blockRef(1, 1, early)).version;
-    expect(recorded || dHasIt, 'd is either still recorded stale for the block or holds the write').toBe(true);
-    releaseWritten();
+    await expectRecordedOrCurrent(c, d, other, early);
+    releaseEarly();
     await until(c, io.close());
     // A new writer reads the write back, through d too.
     const through = await until(c, c.open(d, 'v', 'ro'));
     expect((await until(c, through.read(early * BLOCK, BLOCK))).equals(now), 'read through d').toBe(true);
     await until(c, through.close());
+  });
+
+  it('a whole-volume catch-up during which a block is adopted at a fresh version keeps that block recorded for the peer', async () => {
+    // Found by review after seed 78604: an adoption (every trusted copy
+    // suspect, one confirmed under a fresh version) is no change sent, so
+    // the pass did not see it, and cleared the whole record with the peer
+    // behind the adopted version and not recorded.
+    const { c, d, other, io, early, releasePass, holdEarly, releaseEarly } = await wholeCatchUpHeld(43);
+    const before = other.store.meta(blockRef(1, 1, early)).version;
+    other.store.markSuspect(blockRef(1, 1, early));
+    // The read finds the only trusted copy suspect and adopts it.
+    expect((await until(c, io.read(early * BLOCK, BLOCK))).equals(pattern(43, 64 * BLOCK).subarray(early * BLOCK, (early + 1) * BLOCK))).toBe(true);
+    expect(other.store.meta(blockRef(1, 1, early)).version, 'adopted at a fresh version').toBeGreaterThan(before);
+    holdEarly();
+    releasePass();
+    await runFor(c, 10_000);
+    await expectRecordedOrCurrent(c, d, other, early);
+    releaseEarly();
+    await until(c, io.close());
   });
 
   it('a writer that lets go while etcd does not answer releases its lock once etcd is back: the volume is not held for good', async () => {
