@@ -1250,6 +1250,27 @@ export class VolumeCoordinator {
     return leftOut.length > 0 ? this.stale.coverSkipped(leftOut, index) : null;
   }
 
+  /**
+   * After an adoption (a copy confirmed or installed under a fresh version
+   * of ours): owners left out of it because they were not trusted for the
+   * block stay recorded for it, as for a change that skipped them
+   * (coverSkipped). A whole-volume record being narrowed was planned
+   * without this version; once it landed the owner would be trusted with
+   * its older copy. Waits until etcd holds the records; fails the
+   * learning (the block unavailable, as in ensureDurable) when it cannot.
+   */
+  private async coverAdoption(index: number, owners: BlockOwners, trusted: readonly string[], holder: string | null): Promise<void> {
+    const leftOut = owners.all.filter((u) => u !== holder && !trusted.includes(u) && this.requiredFor(index, owners, u));
+    const cover = leftOut.length > 0 ? this.stale.coverSkipped(leftOut, index) : null;
+    if (cover === null) return;
+    try {
+      await cover;
+    } catch (err) {
+      rethrowAssertion(err);
+      throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${this.volume.name}: an owner left out of an adopted copy could not be recorded stale in etcd`, { cause: err, details: { block: index } });
+    }
+  }
+
   /** A change failed half way: owners may disagree. Kept in memory (with its floor) until learnt again. */
   private markUnsure(e: BlockEntry): void {
     if (!e.unsure) {
@@ -1588,6 +1609,7 @@ export class VolumeCoordinator {
           // A suspect copy's version is that of its last flush: what it
           // holds beyond it cannot be told apart from a loss.
           goOnFrom(adopted.from);
+          await this.coverAdoption(index, owners, trusted, adopted.owner);
         } else if (newest !== null && newest.version < acked) {
           // A rescue where no suspect copy could be adopted (one that lost
           // the block's creation could not be dropped: its peer takes no
@@ -1615,7 +1637,10 @@ export class VolumeCoordinator {
         const lost = newest.version < acked;
         const adopted = await this.adoptLeftover(ref, owners, metas.got, { newerThan: lost ? newest.version : floor - 1 });
         const have = adopted?.from ?? newest.version;
-        if (adopted !== null) newest = adopted.meta;
+        if (adopted !== null) {
+          newest = adopted.meta;
+          await this.coverAdoption(index, owners, trusted, adopted.owner);
+        }
         if (lost || adopted !== null) goOnFrom(have);
       }
       if (newest === null || newest.version < floor) {
@@ -2070,6 +2095,9 @@ export class VolumeCoordinator {
   private async reversion(e: BlockEntry, copy: { state: 'data' | 'zero'; data: Buffer | null }, target: string, ahead: Version): Promise<boolean> {
     const ref = this.refOf(e.index);
     const holders = [...e.holders].filter(([u, v]) => v === e.committed && u !== target).map(([u]) => u);
+    const owners = ownersOf(this.ctx.ring(), ref);
+    // Owners neither sent the fresh version nor trusted now (a whole-volume record being narrowed, say): kept recorded after it (coverAdoption).
+    const untrusted = owners.all.filter((u) => u !== target && !holders.includes(u) && this.stale.isStale(u, e.index));
     const version = this.nextVersion(Math.max(e.version, ahead));
     this.log.warn({ block: e.index, peer: target, ahead: formatVersion(ahead), trusted: formatVersion(e.committed), version: formatVersion(version) }, 'a stale copy is ahead of the trusted ones (a change that failed half way, or an older writer\'s after it was fenced off): the trusted content is installed everywhere under a fresh version');
     const took = new Set<string>();
@@ -2091,6 +2119,8 @@ export class VolumeCoordinator {
     this.noteChanged(e.index);
     // Holders that missed the fresh version are behind it: recorded before any read trusts the new one.
     await Promise.all(behind.map((u) => this.stale.record(u, [e.index])));
+    const leftOut = untrusted.filter((u) => !took.has(u) && this.requiredFor(e.index, owners, u));
+    if (leftOut.length > 0) await this.stale.coverSkipped(leftOut, e.index);
     e.version = version;
     e.committed = version;
     e.digest = null;

@@ -1755,6 +1755,98 @@ describe('replication on a simulated cluster', () => {
     await until(c, io.close());
   });
 
+  it('an adoption that lands while a whole-volume record is being narrowed keeps its block recorded for the peer', async () => {
+    // Found by review after seed 78604: the narrowing's plan was taken
+    // while an adoption was on its way (every trusted copy suspect, one
+    // confirmed under a fresh version); the peer, left out of it under its
+    // whole-volume record, was trusted with its older copy once the
+    // narrowing landed. A change in that window records its block for the
+    // peer on its own (coverSkipped); an adoption now does the same.
+    const blocks = 64;
+    const c = cluster({ peers: 3, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: blocks * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, , d] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    await until(c, io.write(0, pattern(44, blocks * BLOCK), false));
+    await until(c, io.flush());
+    const ring = c.ringNow()!;
+    const early = Array.from({ length: blocks }, (_, i) => i).find((i) => ownersOf(ring, blockRef(1, 1, i)).all.includes(d.uuid))!;
+    const otherUuid = ownersOf(ring, blockRef(1, 1, early)).all.find((u) => u !== d.uuid)!;
+    const other = c.peers.find((p) => p.uuid === otherUuid)!;
+    const gate = (): { wait: Promise<void>; open: () => void } => {
+      let open!: () => void;
+      const wait = new Promise<void>((r) => (open = r));
+      return { wait, open };
+    };
+    const dReplica = d.node!.replica as unknown as { meta: (ctx: unknown, refs: readonly { index: number }[]) => Promise<unknown> };
+    // The other owner's listing is taken (its copy good), then its answer
+    // waits: the pass stops before its plan.
+    const listGate = gate();
+    let listed = false;
+    const oReplica = other.node!.replica as unknown as { list: (...a: unknown[]) => Promise<unknown>; confirm: (...a: unknown[]) => Promise<unknown> };
+    const list = oReplica.list.bind(oReplica);
+    oReplica.list = async (...args: unknown[]) => {
+      const page = await list(...args);
+      if (!listed) {
+        listed = true;
+        await listGate.wait;
+      }
+      return page;
+    };
+    // The adoption's confirm on the other owner waits.
+    const confirmGate = gate();
+    let confirming = false;
+    const confirm = oReplica.confirm.bind(oReplica);
+    oReplica.confirm = async (...args: unknown[]) => {
+      confirming = true;
+      await confirmGate.wait;
+      return confirm(...args);
+    };
+    // The narrowing waits in etcd.
+    const narrowGate = gate();
+    let narrowing = false;
+    const meta = a.metadata! as unknown as { narrowStale: (...a: unknown[]) => Promise<unknown> };
+    const narrowStale = meta.narrowStale.bind(meta);
+    meta.narrowStale = async (...args: unknown[]) => {
+      narrowing = true;
+      await narrowGate.wait;
+      return narrowStale(...args);
+    };
+    await until(c, c.adminMetadata.addStale(1, d.uuid, { all: true }));
+    await runUntil(c.clock, () => listed, c.clock.monotonic() + 60_000);
+    expect(listed, 'the pass took the other owner\'s listing').toBe(true);
+    // A read finds the only trusted copy suspect and adopts it; its confirm waits.
+    const before = other.store.meta(blockRef(1, 1, early)).version;
+    other.store.markSuspect(blockRef(1, 1, early));
+    const read = io.read(early * BLOCK, BLOCK);
+    await runUntil(c.clock, () => confirming, c.clock.monotonic() + 10_000);
+    expect(confirming, 'the adoption reached its confirm').toBe(true);
+    // The pass plans (d's copy equal to the listed one) and its narrowing waits in etcd.
+    listGate.open();
+    await runUntil(c.clock, () => narrowing, c.clock.monotonic() + 10_000);
+    expect(narrowing, 'the narrowing reached etcd').toBe(true);
+    // d's answers about the block wait from now on: no later comparison repairs d before the check.
+    let holdEarly = true;
+    const earlyGate = gate();
+    const dMeta = dReplica.meta.bind(dReplica);
+    dReplica.meta = async (ctx, refs) => {
+      if (holdEarly && refs.some((r) => r.index === early)) await earlyGate.wait;
+      return dMeta(ctx, refs);
+    };
+    confirmGate.open();
+    await runFor(c, 1_000);
+    expect(other.store.meta(blockRef(1, 1, early)).version, 'adopted at a fresh version').toBeGreaterThan(before);
+    // The read may wait for the narrowing (its record of d queues behind it).
+    narrowGate.open();
+    expect((await until(c, read)).equals(pattern(44, blocks * BLOCK).subarray(early * BLOCK, (early + 1) * BLOCK))).toBe(true);
+    await runFor(c, 5_000);
+    await expectRecordedOrCurrent(c, d, other, early);
+    holdEarly = false;
+    earlyGate.open();
+    await until(c, io.close());
+  });
+
   it('a writer that lets go while etcd does not answer releases its lock once etcd is back: the volume is not held for good', async () => {
     const c = cluster({ peers: 3, members: 3, replication: 2 });
     await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
