@@ -251,14 +251,11 @@ function captureLogs(): { logger: pino.Logger; lines: Record<string, unknown>[] 
 }
 
 /**
- * A peer (d) recorded stale for the whole volume whose record cannot be
- * narrowed first (its own listing fails, the peer alive), so a catch-up
- * pass compares every block; the pass is held at d's answer for the last
- * block d owns, past `early`, the first. `holdEarly()` makes d's later
- * answers about `early` wait too (no later comparison repairs d before the
- * test looks), until `releaseEarly()`.
+ * Three peers, R=2, one volume of 64 blocks written and flushed through a
+ * writer on the first (a); d is the third. `ofD`: the blocks d owns, in
+ * order; `other`: the owner of the first of them that is not d.
  */
-async function wholeCatchUpHeld(seed: number): Promise<{ c: SimCluster; d: SimPeer; other: SimPeer; io: VolumeIo; early: number; releasePass: () => void; holdEarly: () => void; releaseEarly: () => void }> {
+async function filledOf64(seed: number): Promise<{ c: SimCluster; a: SimPeer; d: SimPeer; other: SimPeer; io: VolumeIo; ofD: number[] }> {
   const blocks = 64;
   const c = cluster({ peers: 3, members: 3, replication: 2 });
   await until(c, c.bootstrap([{ name: 'v', size: blocks * BLOCK }]));
@@ -269,11 +266,25 @@ async function wholeCatchUpHeld(seed: number): Promise<{ c: SimCluster; d: SimPe
   await until(c, io.flush());
   const ring = c.ringNow()!;
   const ofD = Array.from({ length: blocks }, (_, i) => i).filter((i) => ownersOf(ring, blockRef(1, 1, i)).all.includes(d.uuid));
+  const otherUuid = ownersOf(ring, blockRef(1, 1, ofD[0]!)).all.find((u) => u !== d.uuid)!;
+  const other = c.peers.find((p) => p.uuid === otherUuid)!;
+  return { c, a, d, other, io, ofD };
+}
+
+/**
+ * A peer (d) recorded stale for the whole volume whose record cannot be
+ * narrowed first (its own listing fails, the peer alive), so a catch-up
+ * pass compares every block; the pass is held at d's answer for the last
+ * block d owns, past `early`, the first. `endPass()` lets the pass end
+ * with d's later answers about `early` held (no later comparison repairs d
+ * before the test looks), checks d is still recorded for `early` or holds
+ * its newest version, then lets d answer.
+ */
+async function wholeCatchUpHeld(seed: number): Promise<{ c: SimCluster; d: SimPeer; other: SimPeer; io: VolumeIo; early: number; endPass: () => Promise<void> }> {
+  const { c, d, other, io, ofD } = await filledOf64(seed);
   const early = ofD[0]!;
   const late = ofD[ofD.length - 1]!;
   expect(late - early, 'blocks of d far enough apart').toBeGreaterThan(16);
-  const otherUuid = ownersOf(ring, blockRef(1, 1, early)).all.find((u) => u !== d.uuid)!;
-  const other = c.peers.find((p) => p.uuid === otherUuid)!;
   const replica = d.node!.replica as unknown as { list: (...a: unknown[]) => Promise<unknown>; meta: (ctx: unknown, refs: readonly { index: number }[]) => Promise<unknown> };
   replica.list = () => Promise.reject(new TorusError('TORUS_ERR_STORE_BUSY', 'listing refused by the test'));
   const meta = replica.meta.bind(replica);
@@ -294,7 +305,14 @@ async function wholeCatchUpHeld(seed: number): Promise<{ c: SimCluster; d: SimPe
   await until(c, c.adminMetadata.addStale(1, d.uuid, { all: true }));
   await runUntil(c.clock, () => held, c.clock.monotonic() + 60_000);
   expect(held, 'the catch-up pass reached the late block').toBe(true);
-  return { c, d, other, io, early, releasePass, holdEarly: () => (holdingEarly = true), releaseEarly };
+  const endPass = async (): Promise<void> => {
+    holdingEarly = true;
+    releasePass();
+    await runFor(c, 10_000);
+    await expectRecordedOrCurrent(c, d, other, early);
+    releaseEarly();
+  };
+  return { c, d, other, io, early, endPass };
 }
 
 /** After the pass: d is still recorded stale for `early` in etcd, or holds the newest version of it. */
@@ -1719,16 +1737,12 @@ describe('replication on a simulated cluster', () => {
     // and was acknowledged on the other owner alone; the pass then cleared
     // the whole record, and the peer was trusted with its older copy. A
     // takeover read it and installed it over the acknowledged write.
-    const { c, d, other, io, early, releasePass, holdEarly, releaseEarly } = await wholeCatchUpHeld(41);
+    const { c, d, other, io, early, endPass } = await wholeCatchUpHeld(41);
     // The pass copied the early block already: this write skips d.
     const now = pattern(42, BLOCK);
     await until(c, io.write(early * BLOCK, now, false));
     expect(d.store.meta(blockRef(1, 1, early)).version, 'd did not take the write').toBeLessThan(other.store.meta(blockRef(1, 1, early)).version);
-    holdEarly();
-    releasePass();
-    await runFor(c, 10_000);
-    await expectRecordedOrCurrent(c, d, other, early);
-    releaseEarly();
+    await endPass();
     await until(c, io.close());
     // A new writer reads the write back, through d too.
     const through = await until(c, c.open(d, 'v', 'ro'));
@@ -1741,17 +1755,13 @@ describe('replication on a simulated cluster', () => {
     // suspect, one confirmed under a fresh version) is no change sent, so
     // the pass did not see it, and cleared the whole record with the peer
     // behind the adopted version and not recorded.
-    const { c, d, other, io, early, releasePass, holdEarly, releaseEarly } = await wholeCatchUpHeld(43);
+    const { c, d, other, io, early, endPass } = await wholeCatchUpHeld(43);
     const before = other.store.meta(blockRef(1, 1, early)).version;
     other.store.markSuspect(blockRef(1, 1, early));
     // The read finds the only trusted copy suspect and adopts it.
     expect((await until(c, io.read(early * BLOCK, BLOCK))).equals(pattern(43, 64 * BLOCK).subarray(early * BLOCK, (early + 1) * BLOCK))).toBe(true);
     expect(other.store.meta(blockRef(1, 1, early)).version, 'adopted at a fresh version').toBeGreaterThan(before);
-    holdEarly();
-    releasePass();
-    await runFor(c, 10_000);
-    await expectRecordedOrCurrent(c, d, other, early);
-    releaseEarly();
+    await endPass();
     await until(c, io.close());
   });
 
@@ -1763,17 +1773,8 @@ describe('replication on a simulated cluster', () => {
     // narrowing landed. A change in that window records its block for the
     // peer on its own (coverSkipped); an adoption now does the same.
     const blocks = 64;
-    const c = cluster({ peers: 3, members: 3, replication: 2 });
-    await until(c, c.bootstrap([{ name: 'v', size: blocks * BLOCK }]));
-    await startAll(c, c.peers);
-    const [a, , d] = c.peers as [SimPeer, SimPeer, SimPeer];
-    const io = await until(c, c.open(a, 'v', 'rw'));
-    await until(c, io.write(0, pattern(44, blocks * BLOCK), false));
-    await until(c, io.flush());
-    const ring = c.ringNow()!;
-    const early = Array.from({ length: blocks }, (_, i) => i).find((i) => ownersOf(ring, blockRef(1, 1, i)).all.includes(d.uuid))!;
-    const otherUuid = ownersOf(ring, blockRef(1, 1, early)).all.find((u) => u !== d.uuid)!;
-    const other = c.peers.find((p) => p.uuid === otherUuid)!;
+    const { c, a, d, other, io, ofD } = await filledOf64(44);
+    const early = ofD[0]!;
     const gate = (): { wait: Promise<void>; open: () => void } => {
       let open!: () => void;
       const wait = new Promise<void>((r) => (open = r));
