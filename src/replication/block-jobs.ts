@@ -112,21 +112,7 @@ export class VolumeJobs {
       }
       if (c.stale.missed(peer) === 'all') await this.narrowWhole(peer);
       if (c.isClosed || c.fencedBy) return;
-      const generation = c.stale.generation(peer);
-      const missed = c.stale.missed(peer);
-      const indexes = missed === 'all' ? range(c.blockCount) : missed;
-      // A whole-volume record stands until the end of the pass: a change
-      // to a block already copied skips the peer and records nothing new,
-      // so clearing the record would trust the peer's older copy (seed
-      // 78604: a write acknowledged on the other owner alone, then a
-      // takeover read the caught-up peer's copy and installed it over the
-      // newer one). The blocks changed meanwhile stay recorded.
-      const watch = missed === 'all' ? c.watchChanges() : null;
-      try {
-        if (!(await this.catchUpPeer(report, peer, missed, indexes, generation, watch))) return;
-      } finally {
-        watch?.stop();
-      }
+      if (!(await this.catchUpPeer(report, peer))) return;
     }
   }
 
@@ -135,62 +121,69 @@ export class VolumeJobs {
    * missed, then clears or narrows its record. False when the pass stopped
    * (volume closed or fenced off).
    */
-  private async catchUpPeer(
-    report: { caughtUp: number; pending: number },
-    peer: string,
-    missed: 'all' | readonly number[],
-    indexes: readonly number[],
-    generation: number,
-    watch: { readonly changed: ReadonlySet<number> } | null,
-  ): Promise<boolean> {
+  private async catchUpPeer(report: { caughtUp: number; pending: number }, peer: string): Promise<boolean> {
     const c = this.c;
-    let allFixed = true;
-    let copied = 0;
-    // BLOCKS_IN_FLIGHT at a time, as a move (each under its own order).
-    const catchUpOne = async (index: number): Promise<boolean> => {
-      if (c.isClosed || c.fencedBy) return false;
-      const owners = ownersOf(c.ctx.ring(), c.refOf(index));
-      if (!owners.all.includes(peer)) {
-        // No longer an owner of this block: nothing to catch up.
-        if (missed !== 'all') void c.stale.clear(peer, [index], c.currentToken).catch(this.dropped);
-        return true;
-      }
-      const r = await c.syncBlock(index, [peer], this.budget, (fixed) => {
-        if (fixed.includes(peer) && missed !== 'all') void c.stale.clear(peer, [index], c.currentToken).catch(this.dropped);
-      });
-      if (r.fixed.includes(peer)) copied++;
-      else {
-        allFixed = false;
-        report.pending++;
-      }
-      return true;
-    };
-    if (!(await eachLimited(indexes, BLOCKS_IN_FLIGHT, catchUpOne))) {
-      // Each block copied was cleared on its own: the next coordinator goes on from here.
-      if (copied > 0) this.log.info({ peer, blocks: copied, of: indexes.length, whole: missed === 'all' }, 'catch-up interrupted (volume closed or fenced off); the blocks copied stay caught up');
-      report.caughtUp += copied;
-      return false;
-    }
-    if (missed === 'all' && allFixed) {
-      const changed = [...watch!.changed];
-      if (changed.length === 0) {
-        const cleared = await c.stale.clearAll(peer, generation, c.currentToken).catch(unlessAssertion(false));
-        if (!cleared) report.pending++;
-      } else {
-        // Caught up but for the blocks changed since the pass began: the
-        // record narrows to them, and the next pass copies them one by one.
-        const narrowed = await c.stale.narrow(peer, changed, c.currentToken).catch((err: unknown) => {
-          rethrowAssertion(err);
-          this.log.debug({ err, peer }, 'could not narrow a whole-volume stale record');
-          return false;
+    const missed = c.stale.missed(peer);
+    // A whole-volume record stands until the end of the pass: a change
+    // to a block already copied skips the peer and records nothing new,
+    // so clearing the record would trust the peer's older copy (seed
+    // 78604: a write acknowledged on the other owner alone, then a
+    // takeover read the caught-up peer's copy and installed it over the
+    // newer one). The blocks changed meanwhile stay recorded.
+    const watch = missed === 'all' ? c.watchChanges() : null;
+    try {
+      const generation = c.stale.generation(peer);
+      const indexes = missed === 'all' ? range(c.blockCount) : missed;
+      let allFixed = true;
+      let copied = 0;
+      // BLOCKS_IN_FLIGHT at a time, as a move (each under its own order).
+      const catchUpOne = async (index: number): Promise<boolean> => {
+        if (c.isClosed || c.fencedBy) return false;
+        const owners = ownersOf(c.ctx.ring(), c.refOf(index));
+        if (!owners.all.includes(peer)) {
+          // No longer an owner of this block: nothing to catch up.
+          if (missed !== 'all') void c.stale.clear(peer, [index], c.currentToken).catch(this.dropped);
+          return true;
+        }
+        const r = await c.syncBlock(index, [peer], this.budget, (fixed) => {
+          if (fixed.includes(peer) && missed !== 'all') void c.stale.clear(peer, [index], c.currentToken).catch(this.dropped);
         });
-        if (narrowed) this.log.info({ peer, behind: changed.length, of: c.blockCount }, 'caught a replica up but for the blocks changed meanwhile; its record narrows to them');
-        report.pending++;
+        if (r.fixed.includes(peer)) copied++;
+        else {
+          allFixed = false;
+          report.pending++;
+        }
+        return true;
+      };
+      if (!(await eachLimited(indexes, BLOCKS_IN_FLIGHT, catchUpOne))) {
+        // Each block copied was cleared on its own: the next coordinator goes on from here.
+        if (copied > 0) this.log.info({ peer, blocks: copied, of: indexes.length, whole: missed === 'all' }, 'catch-up interrupted (volume closed or fenced off); the blocks copied stay caught up');
+        report.caughtUp += copied;
+        return false;
       }
+      if (watch !== null && allFixed) {
+        const changed = [...watch.changed];
+        if (changed.length === 0) {
+          const cleared = await c.stale.clearAll(peer, generation, c.currentToken).catch(unlessAssertion(false));
+          if (!cleared) report.pending++;
+        } else {
+          // Caught up but for the blocks changed since the pass began: the
+          // record narrows to them, and the next pass copies them one by one.
+          const narrowed = await c.stale.narrow(peer, changed, c.currentToken).catch((err: unknown) => {
+            rethrowAssertion(err);
+            this.log.debug({ err, peer }, 'could not narrow a whole-volume stale record');
+            return false;
+          });
+          if (narrowed) this.log.info({ peer, behind: changed.length, of: c.blockCount }, 'caught a replica up but for the blocks changed meanwhile; its record narrows to them');
+          report.pending++;
+        }
+      }
+      report.caughtUp += copied;
+      if (copied > 0) this.log.info({ peer, blocks: copied, of: indexes.length, whole: missed === 'all' }, 'caught a replica up');
+      return true;
+    } finally {
+      watch?.stop();
     }
-    report.caughtUp += copied;
-    if (copied > 0) this.log.info({ peer, blocks: copied, of: indexes.length, whole: missed === 'all' }, 'caught a replica up');
-    return true;
   }
 
   /**

@@ -1836,7 +1836,7 @@ describe('replication on a simulated cluster', () => {
       return dMeta(ctx, refs);
     };
     confirmGate.open();
-    await runFor(c, 1_000);
+    await runUntil(c.clock, () => other.store.meta(blockRef(1, 1, early)).version > before, c.clock.monotonic() + 10_000);
     expect(other.store.meta(blockRef(1, 1, early)).version, 'adopted at a fresh version').toBeGreaterThan(before);
     // The read may wait for the narrowing (its record of d queues behind it).
     narrowGate.open();
