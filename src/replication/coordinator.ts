@@ -42,6 +42,21 @@ const EXPECT_AHEAD_BLOCKS = 2 * EXPECT_STRIDE;
  */
 const READ_RETRY_MS = 250;
 
+/**
+ * A refusal that a catch-up of the owner's copy answers: the copy is
+ * suspect (rotten, or a change found a gap) or failed its checksum.
+ */
+function mustCatchUp(err: unknown): boolean {
+  return isTorusError(err, 'TORUS_ERR_REPLICA_STALE') || isTorusError(err, 'TORUS_ERR_STORE_CRC_MISMATCH');
+}
+
+/** The owners a failed change names as refusing it until caught up (mustCatchUp); none for any other failure. */
+function behindOwners(err: unknown): readonly string[] {
+  if (!isTorusError(err, 'TORUS_ERR_REPLICA_QUORUM')) return [];
+  const behind = err.details?.['behind'];
+  return Array.isArray(behind) ? behind.filter((u): u is string => typeof u === 'string') : [];
+}
+
 /** How a replica's refusal or silence is taken. */
 type Failure = 'outdated' | 'fenced' | 'peer' | 'block';
 
@@ -731,7 +746,31 @@ export class VolumeCoordinator {
 
   // ------------------------------------------------------------ changes
 
+  /**
+   * One change, tried again once when owners refused it only because their
+   * copy of the block must be caught up first (one found rotten or behind
+   * just now, after the coordinator had learnt the block) and too few took
+   * it for the quorum: those owners are caught up from a copy that took the
+   * failed attempt, and the change is sent again under a fresh version. The
+   * client sees one write that succeeded, rather than EIO for a copy the
+   * cluster can repair (seed 89579: a page rotten on one of two old owners
+   * of a block while the ring moved, found by the move a moment before a
+   * whole-block write to it). Both attempts write the same bytes, and
+   * neither was acknowledged when the second is sent.
+   */
   private async change(index: number, change: Change, fua: boolean): Promise<Version | undefined> {
+    try {
+      return await this.changeOnce(index, change, fua);
+    } catch (err) {
+      const behind = behindOwners(err);
+      if (behind.length === 0 || this.closed || this.fenced !== null) throw err;
+      this.log.info({ block: index, peers: behind }, 'owners refused a change until caught up: catching them up and sending it again');
+      await this.repairBelowQuorum(index);
+      return await this.changeOnce(index, change, fua);
+    }
+  }
+
+  private async changeOnce(index: number, change: Change, fua: boolean): Promise<Version | undefined> {
     this.checkUsable();
     if (this.seq >= SEQ_MAX - SEQ_RENEW_MARGIN) await this.renewVersionSpace();
     // What repairBelowQuorum starts with, done here when it needs no wait:
@@ -928,6 +967,8 @@ export class VolumeCoordinator {
       try {
         let send = plan.send;
         let noSpace = 0;
+        // Owners that refused because their copy must be caught up first.
+        const behind: string[] = [];
         let earlyDone = false;
         const self = this.ctx.selfUuid;
         const onAck = (u: string) => {
@@ -995,6 +1036,7 @@ export class VolumeCoordinator {
               continue;
             }
             const kind = classifyFailure(reason);
+            if (mustCatchUp(reason) && !behind.includes(u)) behind.push(u);
             if (kind === 'outdated') {
               const v = (reason as TorusError).details?.['ringVersion'];
               outdated = Math.max(outdated, typeof v === 'number' ? v : this.ctx.ring().version + 1);
@@ -1077,8 +1119,10 @@ export class VolumeCoordinator {
           if (noSpace > 0 && acked.length === 0) {
             throw new TorusError('TORUS_ERR_STORE_NO_SPACE', `block ${e.index} of ${this.volume.name}: the owners are out of space`);
           }
+          // `behind`: owners that change() may catch up and send it again
+          // to, from an owner that took this attempt (none took it: none).
           throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `block ${e.index} of ${this.volume.name}: ${acked.length} owner(s) took the change, fewer than the minimum`, {
-            details: { acked, missed },
+            details: { acked, missed, behind: acked.length > 0 ? behind.filter((u) => missed.includes(u)) : [] },
           });
         }
         if (missed.length > 0) {

@@ -121,8 +121,12 @@ const KNOWN_BEYOND: readonly number[] = [];
  *   cleared it at the end of its pass, though a write to a block it had
  *   already copied skipped the peer meanwhile: the next writer trusted the
  *   peer's older copy.
+ * - 89579: a write that an old owner refused because the move had just
+ *   found its copy rotten failed with every peer up (the old owners had to
+ *   take every change): the owner is now caught up and the change sent
+ *   again.
  */
-const FIXED_BEYOND: readonly number[] = [205, 225, 240, 289, 291, 302, 311, 316, 377, 397, 442, 495, 506, 553, 556, 575, 725, 794, 847, 852, 874, 1216, 1375, 1968, 1988, 2124, 2351, 2600, 2623, 2705, 3757, 4470, 5413, 8994, 9034, 9639, 12805, 14982, 16297, 16677, 16773, 18022, 19399, 21919, 22201, 22496, 24435, 27155, 36515, 37957, 39315, 39321, 42271, 50071, 52648, 60191, 60697, 73608, 77115, 78604];
+const FIXED_BEYOND: readonly number[] = [205, 225, 240, 289, 291, 302, 311, 316, 377, 397, 442, 495, 506, 553, 556, 575, 725, 794, 847, 852, 874, 1216, 1375, 1968, 1988, 2124, 2351, 2600, 2623, 2705, 3757, 4470, 5413, 8994, 9034, 9639, 12805, 14982, 16297, 16677, 16773, 18022, 19399, 21919, 22201, 22496, 24435, 27155, 36515, 37957, 39315, 39321, 42271, 50071, 52648, 60191, 60697, 73608, 77115, 78604, 89579];
 
 /**
  * Seeds past SEEDS that each once failed with --suspend, now fixed:

@@ -1581,6 +1581,34 @@ describe('replication on a simulated cluster', () => {
     await until(c, io2.close());
   });
 
+  it('a change that owners refuse because their copies were just found rotten catches them up and succeeds, whole block or part (seed 89579)', async () => {
+    // Seed 89579: a page rotten on one of two old owners of a block while
+    // the ring moved was found by the move just before a whole-block write;
+    // that owner refused the write, too few took it, and the client got EIO
+    // for a copy the cluster could repair. Here two owners of three
+    // (minReplicas 2) find their copies of two blocks suspect after the
+    // writer learnt them.
+    const { c, a, b, w, io } = await writerOnThird({ members: 3, replication: 3 });
+    const before = pattern(1, 2 * BLOCK);
+    await until(c, io.write(0, before, false));
+    await until(c, io.flush());
+    for (const p of [a, b]) for (const index of [0, 1]) p.store.markSuspect(blockRef(1, 1, index));
+    const whole = pattern(2, BLOCK);
+    const part = pattern(3, 512);
+    await until(c, io.write(0, whole, false));
+    await until(c, io.write(BLOCK + 512, part, false));
+    await until(c, io.flush());
+    const want = Buffer.concat([whole, before.subarray(BLOCK, BLOCK + 512), part, before.subarray(BLOCK + 1024)]);
+    expect((await until(c, io.read(0, 2 * BLOCK))).equals(want)).toBe(true);
+    for (const index of [0, 1]) {
+      const held = copies(c, 1, index);
+      expect(held.map((h) => h.uuid).sort()).toEqual([a.uuid, b.uuid, w.uuid].sort());
+      expect(new Set(held.map((h) => `${h.version}/${h.digest}`)).size).toBe(1);
+      for (const p of [a, b, w]) expect(p.store.meta(blockRef(1, 1, index)).suspect).toBe(false);
+    }
+    await until(c, io.close());
+  });
+
   it('a flush no owner answers fails, records no one stale, and the next flush makes the same changes durable', async () => {
     const { c, a, b, w, io } = await writerOnThird();
     const data = pattern(4, 4 * BLOCK);
