@@ -9,6 +9,7 @@ import { formatVersion, makeVersion, mayBeHalfWay, SEQ_MAX, VERSION_ABSENT, vers
 import { assert } from '../util/assert.js';
 import { releaseBuffer, retainBuffer } from '../util/buffer-pool.js';
 import { crc32c, crc32cCombinePages, crc32cPages } from '../util/crc32c.js';
+import { eachLimited } from '../util/each-limited.js';
 import { allSettledNow, InFlight, trackUntilSettled } from '../util/in-flight.js';
 import { settleEach, SETTLED_OK } from '../util/settle-each.js';
 import { DeadlineRace } from '../util/deadline-race.js';
@@ -41,6 +42,9 @@ const EXPECT_AHEAD_BLOCKS = 2 * EXPECT_STRIDE;
  * does not.
  */
 const READ_RETRY_MS = 250;
+
+/** Blocks a flush checks (and catches up) at once among those earlier flushes left short. */
+export const SHORT_CHECKS_IN_FLIGHT = 8;
 
 /**
  * A refusal that a catch-up of the owner's copy answers: the copy is
@@ -571,14 +575,20 @@ export class VolumeCoordinator {
       this.unpin(b);
     }
     this.lostInRestart.clear();
-    // What earlier flushes left short counts until it is durable again.
-    for (const b of this.shortSinceFlush) {
-      if (short.includes(b)) continue;
+    // What earlier flushes left short counts until it is durable again:
+    // checked, and its owners caught up where they can be, a few blocks at
+    // a time (each may learn the block again and copy it whole), so a flush
+    // after many blocks went short waits for a fraction of their round
+    // trips, with at most SHORT_CHECKS_IN_FLIGHT copies held at once.
+    const counted = new Set(short);
+    const earlier = [...this.shortSinceFlush].filter((b) => !counted.has(b));
+    await eachLimited(earlier, SHORT_CHECKS_IN_FLIGHT, async (b) => {
       if (await this.durableEnough(b)) {
         this.shortSinceFlush.delete(b);
         this.unpin(b);
       } else short.push(b);
-    }
+      return true;
+    });
     for (const b of new Set(short)) this.markShort(b);
     this.checkLease();
     if (this.dataLost) throw this.dataLost;

@@ -15,6 +15,7 @@ import { blockRef } from '../../src/model/block-ref.js';
 import { rangesContain, staleContains } from '../../src/model/ranges.js';
 import { makeVersion, versionSeq, versionToken } from '../../src/model/version.js';
 import { BLOCKS_IN_FLIGHT } from '../../src/replication/block-jobs.js';
+import { SHORT_CHECKS_IN_FLIGHT } from '../../src/replication/coordinator.js';
 import { ownersOf } from '../../src/replication/owners.js';
 import { sleep } from '../../src/util/timeout.js';
 import { staleKey, volumeFenceKey, volumeLockKey, volumeMaintKey, volumeReleasedKey } from '../../src/metadata/keys.js';
@@ -144,24 +145,27 @@ function clusterOptions(opts: { peers: number; members: number; replication: num
 }
 
 /**
- * Makes every install on `peer`'s store take 5 ms of the simulated clock, so
- * that installs sent together overlap, and counts how many ran at once.
- * Call before the peer (re)starts: its process caches the store's methods.
+ * Makes every install on the peers' stores take `ms` of the simulated
+ * clock, so that installs sent together overlap, and counts how many ran
+ * at once on them all. Call before the peers (re)start: a process caches
+ * its store's methods.
  */
-function slowInstalls(c: SimCluster, peer: SimPeer): { most: () => number } {
-  const install = peer.store.install.bind(peer.store);
+function slowInstalls(c: SimCluster, peers: SimPeer | readonly SimPeer[], ms = 5): { most: () => number } {
   let inFlight = 0;
   let most = 0;
-  peer.store.install = async (...args: Parameters<typeof install>) => {
-    inFlight++;
-    most = Math.max(most, inFlight);
-    try {
-      await sleep(c.clock.clockFor(peer.process!), 5);
-      return await install(...args);
-    } finally {
-      inFlight--;
-    }
-  };
+  for (const peer of Array.isArray(peers) ? peers : [peers]) {
+    const install = peer.store.install.bind(peer.store);
+    peer.store.install = async (...args: Parameters<typeof install>) => {
+      inFlight++;
+      most = Math.max(most, inFlight);
+      try {
+        await sleep(c.clock.clockFor(peer.process!), ms);
+        return await install(...args);
+      } finally {
+        inFlight--;
+      }
+    };
+  }
   return { most: () => most };
 }
 
@@ -386,10 +390,13 @@ function copies(c: SimCluster, volumeId: number, index: number): { uuid: string;
  * third (w); with `members: 2` (the default) a and b own every block and w
  * only coordinates.
  */
-async function writerOnThird(opts: { members?: number; replication?: number; writeLevel?: 'one' } = {}): Promise<{ c: SimCluster; a: SimPeer; b: SimPeer; w: SimPeer; io: VolumeIo }> {
+async function writerOnThird(
+  opts: { members?: number; replication?: number; writeLevel?: 'one'; blocks?: number; beforeStart?: (c: SimCluster) => void } = {},
+): Promise<{ c: SimCluster; a: SimPeer; b: SimPeer; w: SimPeer; io: VolumeIo }> {
   const options = clusterOptions({ peers: 3, members: opts.members ?? 2, replication: opts.replication ?? 2 });
   const c = new SimCluster(opts.writeLevel === undefined ? options : { ...options, timing: { ...options.timing, writeLevel: opts.writeLevel } });
-  await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+  await until(c, c.bootstrap([{ name: 'v', size: (opts.blocks ?? 4) * BLOCK }]));
+  opts.beforeStart?.(c);
   await startAll(c, c.peers);
   const [a, b, w] = c.peers as [SimPeer, SimPeer, SimPeer];
   const io = await until(c, c.open(w, 'v', 'rw'));
@@ -1916,6 +1923,35 @@ describe('replication on a simulated cluster', () => {
     const want = Buffer.concat([now, pattern(1, BLOCK).subarray(512)]);
     for (const p of [a, b, w]) expect(p.store.inspect(blockRef(1, 1, 0)).durable?.data?.equals(want), `${p === w ? 'w' : p === a ? 'a' : 'b'}'s durable copy`).toBe(true);
     expect((await until(c, io.read(0, BLOCK))).equals(want)).toBe(true);
+    await until(c, io.close());
+  });
+
+  it('a flush catches up the owners of blocks earlier changes left short several blocks at a time, never more than its limit', async () => {
+    // As above, on 16 blocks: a flush checked them one after another, a
+    // learning and a copy each, so one after many short blocks took as many
+    // round trips as blocks.
+    const blocks = 16;
+    let installs = { most: () => 0 };
+    const { c, a, b, w, io } = await writerOnThird({
+      members: 3,
+      replication: 3,
+      writeLevel: 'one',
+      blocks,
+      beforeStart: (sim) => (installs = slowInstalls(sim, sim.peers.slice(0, 2), 50)),
+    });
+    const before = pattern(1, blocks * BLOCK);
+    await until(c, io.write(0, before, false));
+    await until(c, io.flush());
+    for (let i = 0; i < blocks; i++) for (const p of [a, b]) p.store.corrupt(blockRef(1, 1, i), 0);
+    const now = pattern(2, 512);
+    for (let i = 0; i < blocks; i++) await until(c, io.write(i * BLOCK, now, false));
+    await until(c, io.flush());
+    // Each block's catch-up installs on its two owners one after the other.
+    expect(installs.most(), 'installs on a and b at once').toBe(SHORT_CHECKS_IN_FLIGHT);
+    for (let i = 0; i < blocks; i++) {
+      const want = Buffer.concat([now, before.subarray(i * BLOCK + 512, (i + 1) * BLOCK)]);
+      for (const p of [a, b, w]) expect(p.store.inspect(blockRef(1, 1, i)).durable?.data?.equals(want), `block ${i}: ${p === w ? 'w' : p === a ? 'a' : 'b'}'s durable copy`).toBe(true);
+    }
     await until(c, io.close());
   });
 
