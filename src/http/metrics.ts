@@ -38,6 +38,7 @@ export interface StoreUsage {
 export interface ReplicationReading {
   readonly degradedChanges: number;
   readonly failedChanges: number;
+  readonly retriedChanges: number;
   readonly staleRecorded: number;
   readonly caughtUp: number;
   readonly moved: number;
@@ -223,7 +224,8 @@ export function createMetrics(registry: Registry, options: MetricsOptions = {}):
   };
   const replicationCounters: [string, string, keyof ReplicationReading][] = [
     ['torus_replication_degraded_changes_total', 'Changes acknowledged with some owners recorded stale instead (a peer down or failing)', 'degradedChanges'],
-    ['torus_replication_failed_changes_total', 'Changes not acknowledged because fewer than minReplicas owners took them', 'failedChanges'],
+    ['torus_replication_failed_changes_total', 'Change attempts not acknowledged because fewer than minReplicas owners took them (a first attempt sent again counts too)', 'failedChanges'],
+    ['torus_replication_retried_changes_total', 'Changes sent again after owners that refused them until caught up (a copy found rotten or behind) were caught up', 'retriedChanges'],
     ['torus_replication_stale_recorded_total', 'Blocks recorded stale in etcd for an owner that missed a change', 'staleRecorded'],
     ['torus_replication_caught_up_blocks_total', 'Blocks copied or confirmed for a peer that had missed changes', 'caughtUp'],
     ['torus_replication_moved_blocks_total', 'Block copies made for new owners during ring transitions', 'moved'],

@@ -55,10 +55,10 @@ function mustCatchUp(err: unknown): boolean {
 }
 
 /** The owners a failed change names as refusing it until caught up (mustCatchUp); none for any other failure. */
-function behindOwners(err: unknown): readonly string[] {
+function catchUpFirstOf(err: unknown): readonly string[] {
   if (!isTorusError(err, 'TORUS_ERR_REPLICA_QUORUM')) return [];
-  const behind = err.details?.['behind'];
-  return Array.isArray(behind) ? behind.filter((u): u is string => typeof u === 'string') : [];
+  const owners = err.details?.['catchUpFirst'];
+  return Array.isArray(owners) ? owners.filter((u): u is string => typeof u === 'string') : [];
 }
 
 /** How a replica's refusal or silence is taken. */
@@ -594,8 +594,9 @@ export class VolumeCoordinator {
     if (this.dataLost) throw this.dataLost;
     if (renewed !== null) throw renewed;
     if (short.length > 0) {
-      this.log.warn({ blocks: [...new Set(short)].slice(0, 16), count: new Set(short).size }, 'flush failed: blocks with fewer than minReplicas durable copies');
-      throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `flush of volume ${this.volume.name}: ${short.length} block(s) have fewer than the minimum of durable copies`, { details: { blocks: short.slice(0, 16) } });
+      const blocks = [...new Set(short)];
+      this.log.warn({ blocks: blocks.slice(0, 16), count: blocks.length }, 'flush failed: blocks with fewer than minReplicas durable copies');
+      throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `flush of volume ${this.volume.name}: ${blocks.length} block(s) have fewer than the minimum of durable copies`, { details: { blocks: blocks.slice(0, 16) } });
     }
   }
 
@@ -772,10 +773,15 @@ export class VolumeCoordinator {
     try {
       return await this.changeOnce(index, change, fua);
     } catch (err) {
-      const behind = behindOwners(err);
+      const behind = catchUpFirstOf(err);
       if (behind.length === 0 || this.closed || this.fenced !== null) throw err;
-      this.log.info({ block: index, peers: behind }, 'owners refused a change until caught up: catching them up and sending it again');
-      await this.repairBelowQuorum(index);
+      // The catch-up is changeOnce's own first step too (the owners are
+      // recorded stale now); done here to know whether it trusts one of
+      // them again: if none, a second attempt would only fail the same way.
+      const fixed = await this.repairBelowQuorum(index);
+      if (!behind.some((u) => fixed.includes(u))) throw err;
+      this.ctx.stats.retriedChanges++;
+      this.log.info({ block: index, peers: behind, err }, 'owners refused a change until caught up: caught up, the change is sent again');
       return await this.changeOnce(index, change, fua);
     }
   }
@@ -860,33 +866,35 @@ export class VolumeCoordinator {
    * the background catch-up. Best effort: whatever is not fixed leaves the
    * change to fail as before.
    */
-  private async repairBelowQuorum(index: number): Promise<void> {
+  private async repairBelowQuorum(index: number): Promise<readonly string[]> {
     // Learnt here when new (cheap when known; learning records owners found
     // behind); a failure is the change's own to report.
     const e = await this.touch(index).catch(unlessAssertion(null));
     // Nothing recorded for the block (nearly always): nothing to repair.
-    if (e === null || !this.stale.anyStale(index)) return;
+    if (e === null || !this.stale.anyStale(index)) return [];
     const owners = ownersOf(this.ctx.ring(), this.refOf(index));
     const plan = this.targets(index, owners);
-    if (plan.skipped.length === 0 && plan.required.length === owners.all.length) return;
-    if (this.quorumMet(index, owners, plan.send)) return;
+    if (plan.skipped.length === 0 && plan.required.length === owners.all.length) return [];
+    if (this.quorumMet(index, owners, plan.send)) return [];
     const behind = owners.all.filter(
       (u) => this.requiredFor(index, owners, u) && this.stale.missed(u) !== 'all' && this.stale.isStale(u, index) && this.ctx.health.usable(u) && this.ctx.replica(u) !== null,
     );
-    if (behind.length === 0) return;
+    if (behind.length === 0) return [];
     // The change counts them only once etcd trusts them again too (a clear
     // etcd refuses leaves them stale in memory as well: stale-book.ts).
-    const clears: Promise<void>[] = [];
+    const clears: { u: string; clear: Promise<void> }[] = [];
     const r = await this.syncBlock(index, behind, async () => undefined, (fixed) => {
-      for (const u of fixed) if (this.stale.isStale(u, index)) clears.push(this.stale.clear(u, [index], this.token));
+      for (const u of fixed) if (this.stale.isStale(u, index)) clears.push({ u, clear: this.stale.clear(u, [index], this.token) });
     }).catch((err: unknown) => {
       if (classifyFailure(err) === 'fenced') throw err;
       this.log.debug({ err, block: index }, 'could not catch owners of the block up before a change');
       return null;
     });
-    const cleared = await Promise.allSettled(clears);
+    const cleared = await Promise.allSettled(clears.map((c) => c.clear));
     for (const c of cleared) if (c.status === 'rejected') rethrowAssertion(c.reason);
     if (r !== null && r.fixed.length > 0) this.log.info({ block: index, peers: r.fixed, trusted: cleared.every((c) => c.status === 'fulfilled') }, 'caught owners of the block up: a change or a flush needed them');
+    // Trusted again: caught up, and cleared in etcd.
+    return clears.filter((_, i) => cleared[i]!.status === 'fulfilled').map((c) => c.u);
   }
 
   /**
@@ -978,7 +986,7 @@ export class VolumeCoordinator {
         let send = plan.send;
         let noSpace = 0;
         // Owners that refused because their copy must be caught up first.
-        const behind: string[] = [];
+        const refusedBehind: string[] = [];
         let earlyDone = false;
         const self = this.ctx.selfUuid;
         const onAck = (u: string) => {
@@ -1046,7 +1054,7 @@ export class VolumeCoordinator {
               continue;
             }
             const kind = classifyFailure(reason);
-            if (mustCatchUp(reason) && !behind.includes(u)) behind.push(u);
+            if (mustCatchUp(reason) && !refusedBehind.includes(u)) refusedBehind.push(u);
             if (kind === 'outdated') {
               const v = (reason as TorusError).details?.['ringVersion'];
               outdated = Math.max(outdated, typeof v === 'number' ? v : this.ctx.ring().version + 1);
@@ -1129,10 +1137,12 @@ export class VolumeCoordinator {
           if (noSpace > 0 && acked.length === 0) {
             throw new TorusError('TORUS_ERR_STORE_NO_SPACE', `block ${e.index} of ${this.volume.name}: the owners are out of space`);
           }
-          // `behind`: owners that change() may catch up and send it again
-          // to, from an owner that took this attempt (none took it: none).
+          // `catchUpFirst`: owners that change() may catch up from an owner that
+          // took this attempt and send the change again to. None when no
+          // owner took it: then the owners that missed it are only recorded
+          // unsure, and there is no copy of it to catch them up from.
           throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `block ${e.index} of ${this.volume.name}: ${acked.length} owner(s) took the change, fewer than the minimum`, {
-            details: { acked, missed, behind: acked.length > 0 ? behind.filter((u) => missed.includes(u)) : [] },
+            details: { acked, missed, catchUpFirst: acked.length > 0 ? refusedBehind.filter((u) => missed.includes(u)) : [] },
           });
         }
         if (missed.length > 0) {

@@ -5,8 +5,10 @@
 export class ReplicationStats {
   /** Changes acknowledged with some owners recorded stale instead. */
   degradedChanges = 0;
-  /** Changes that could not reach minReplicas (not acknowledged). */
+  /** Change attempts that could not reach minReplicas (not acknowledged; a first attempt sent again counts here too). */
   failedChanges = 0;
+  /** Changes sent again once the owners that refused them until caught up were caught up. */
+  retriedChanges = 0;
   /** Blocks recorded stale for an owner. */
   staleRecorded = 0;
   /** Blocks copied or confirmed for a peer that had missed changes. */

@@ -1600,11 +1600,16 @@ describe('replication on a simulated cluster', () => {
     await until(c, io.write(0, before, false));
     await until(c, io.flush());
     for (const p of [a, b]) for (const index of [0, 1]) p.store.markSuspect(blockRef(1, 1, index));
+    const scrape = metricsOf(w);
+    expect(await scrape('torus_replication_retried_changes_total')).toBe(0);
     const whole = pattern(2, BLOCK);
     const part = pattern(3, 512);
     await until(c, io.write(0, whole, false));
     await until(c, io.write(BLOCK + 512, part, false));
     await until(c, io.flush());
+    // Each change failed once (both owners refused it) and was sent again.
+    expect(await scrape('torus_replication_retried_changes_total')).toBe(2);
+    expect(await scrape('torus_replication_failed_changes_total')).toBe(2);
     const want = Buffer.concat([whole, before.subarray(BLOCK, BLOCK + 512), part, before.subarray(BLOCK + 1024)]);
     expect((await until(c, io.read(0, 2 * BLOCK))).equals(want)).toBe(true);
     for (const index of [0, 1]) {
@@ -1614,6 +1619,40 @@ describe('replication on a simulated cluster', () => {
       for (const p of [a, b, w]) expect(p.store.meta(blockRef(1, 1, index)).suspect).toBe(false);
     }
     await until(c, io.close());
+  });
+
+  it('a partial write into pages found rotten on two owners of three catches them up and succeeds; one they cannot be caught up for fails once, not twice', async () => {
+    let refuseInstalls = false;
+    const { c, a, b, w, io } = await writerOnThird({
+      members: 3,
+      replication: 3,
+      beforeStart: (sim) => {
+        for (const p of sim.peers.slice(0, 2)) {
+          const install = p.store.install.bind(p.store);
+          p.store.install = (...args: Parameters<typeof install>) =>
+            refuseInstalls ? Promise.reject(new TorusError('TORUS_ERR_STORE_IO', 'install refused by the test')) : install(...args);
+        }
+      },
+    });
+    const before = pattern(1, 2 * BLOCK);
+    await until(c, io.write(0, before, false));
+    await until(c, io.flush());
+    for (const p of [a, b]) for (const index of [0, 1]) p.store.corrupt(blockRef(1, 1, index), 0);
+    const scrape = metricsOf(w);
+    // The write's page fails its CRC check on a and b: refused, caught up, sent again.
+    const part = pattern(2, 512);
+    await until(c, io.write(512, part, false));
+    expect(await scrape('torus_replication_retried_changes_total')).toBe(1);
+    const want = Buffer.concat([before.subarray(0, 512), part, before.subarray(1024, BLOCK)]);
+    expect((await until(c, io.read(0, BLOCK))).equals(want)).toBe(true);
+    for (const p of [a, b, w]) expect(p.store.meta(blockRef(1, 1, 0)).suspect).toBe(false);
+    // Block 1: a and b cannot take a copy; the change fails once, and is not sent again.
+    refuseInstalls = true;
+    const failed = await until(c, io.write(BLOCK + 512, part, false).then(() => null, (e: unknown) => e));
+    expect(isTorusError(failed, 'TORUS_ERR_REPLICA_QUORUM'), String(failed)).toBe(true);
+    expect(await scrape('torus_replication_retried_changes_total')).toBe(1);
+    expect(await scrape('torus_replication_failed_changes_total')).toBe(2);
+    await until(c, io.close().catch(() => undefined));
   });
 
   it('a flush no owner answers fails, records no one stale, and the next flush makes the same changes durable', async () => {
