@@ -882,19 +882,21 @@ export class VolumeCoordinator {
     if (behind.length === 0) return [];
     // The change counts them only once etcd trusts them again too (a clear
     // etcd refuses leaves them stale in memory as well: stale-book.ts).
-    const clears: { u: string; clear: Promise<void> }[] = [];
+    const clears: Promise<void>[] = [];
     const r = await this.syncBlock(index, behind, async () => undefined, (fixed) => {
-      for (const u of fixed) if (this.stale.isStale(u, index)) clears.push({ u, clear: this.stale.clear(u, [index], this.token) });
+      for (const u of fixed) if (this.stale.isStale(u, index)) clears.push(this.stale.clear(u, [index], this.token));
     }).catch((err: unknown) => {
       if (classifyFailure(err) === 'fenced') throw err;
       this.log.debug({ err, block: index }, 'could not catch owners of the block up before a change');
       return null;
     });
-    const cleared = await Promise.allSettled(clears.map((c) => c.clear));
+    const cleared = await Promise.allSettled(clears);
     for (const c of cleared) if (c.status === 'rejected') rethrowAssertion(c.reason);
     if (r !== null && r.fixed.length > 0) this.log.info({ block: index, peers: r.fixed, trusted: cleared.every((c) => c.status === 'fulfilled') }, 'caught owners of the block up: a change or a flush needed them');
-    // Trusted again: caught up, and cleared in etcd.
-    return clears.filter((_, i) => cleared[i]!.status === 'fulfilled').map((c) => c.u);
+    // Trusted again: caught up, and no longer recorded (cleared here, or by
+    // a catch-up that got to the block first: then this pass found the
+    // owner current; a clear etcd refused puts the record back).
+    return r === null ? [] : r.fixed.filter((u) => !this.stale.isStale(u, index));
   }
 
   /**

@@ -1621,6 +1621,39 @@ describe('replication on a simulated cluster', () => {
     await until(c, io.close());
   });
 
+  it('a whole-block write while replication grows from 2 to 3 succeeds when one old owner\'s copy was just found rotten (seed 89579)', async () => {
+    // The seed itself: while the ring moves, both old owners must take
+    // every change (minReplicas 2 of the two); one refused, its copy
+    // suspect, and the write failed with every peer up.
+    const c = cluster({ peers: 3, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const ref = blockRef(1, 1, 0);
+    const [w, x] = ownersOf(c.ringNow()!, ref).now.map((u) => c.peers.find((p) => p.uuid === u)!) as [SimPeer, SimPeer];
+    const newcomer = c.peers.find((p) => p !== w && p !== x)!;
+    const io = await until(c, c.open(w, 'v', 'rw'));
+    const before = pattern(1, 4 * BLOCK);
+    await until(c, io.write(0, before, false));
+    await until(c, io.flush());
+    // The move cannot reach the newcomer: the block stays unmoved.
+    c.network.partition(w.uuid, newcomer.uuid);
+    await until(c, c.changeRing(c.peers.map((p) => p.uuid), 3, 'set-replication 3'));
+    await runFor(c, 2_000);
+    const ring = c.ringNow()!;
+    expect(ring.transition?.phase).toBe('moving');
+    expect(ring.minReplicas).toBe(2);
+    x.store.markSuspect(ref);
+    const now = pattern(2, BLOCK);
+    await until(c, io.write(0, now, false));
+    expect((await until(c, io.read(0, BLOCK))).equals(now)).toBe(true);
+    expect(x.store.meta(ref).suspect).toBe(false);
+    const held = copies(c, 1, 0).filter((h) => h.uuid === w.uuid || h.uuid === x.uuid);
+    expect(held).toHaveLength(2);
+    expect(new Set(held.map((h) => `${h.version}/${h.digest}`)).size).toBe(1);
+    c.network.healAll();
+    await until(c, io.close());
+  });
+
   it('a partial write into pages found rotten on two owners of three catches them up and succeeds; one they cannot be caught up for fails once, not twice', async () => {
     let refuseInstalls = false;
     const { c, a, b, w, io } = await writerOnThird({
