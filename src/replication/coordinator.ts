@@ -864,7 +864,8 @@ export class VolumeCoordinator {
    * stale for just this block answer: they are caught up from a current
    * copy now, rather than the change fail with every peer up and wait for
    * the background catch-up. Best effort: whatever is not fixed leaves the
-   * change to fail as before.
+   * change to fail as before. Returns the owners it found current or
+   * brought there that are no longer recorded stale (trusted again).
    */
   private async repairBelowQuorum(index: number): Promise<readonly string[]> {
     // Learnt here when new (cheap when known; learning records owners found
@@ -987,8 +988,9 @@ export class VolumeCoordinator {
       try {
         let send = plan.send;
         let noSpace = 0;
-        // Owners that refused because their copy must be caught up first.
-        const refusedBehind: string[] = [];
+        // Owners that refused because their copy must be caught up first
+        // (made on the first such refusal: nearly no change meets one).
+        let refusedBehind = null as string[] | null;
         let earlyDone = false;
         const self = this.ctx.selfUuid;
         const onAck = (u: string) => {
@@ -1056,7 +1058,7 @@ export class VolumeCoordinator {
               continue;
             }
             const kind = classifyFailure(reason);
-            if (mustCatchUp(reason) && !refusedBehind.includes(u)) refusedBehind.push(u);
+            if (mustCatchUp(reason) && refusedBehind?.includes(u) !== true) (refusedBehind ??= []).push(u);
             if (kind === 'outdated') {
               const v = (reason as TorusError).details?.['ringVersion'];
               outdated = Math.max(outdated, typeof v === 'number' ? v : this.ctx.ring().version + 1);
@@ -1144,7 +1146,7 @@ export class VolumeCoordinator {
           // owner took it: then the owners that missed it are only recorded
           // unsure, and there is no copy of it to catch them up from.
           throw new TorusError('TORUS_ERR_REPLICA_QUORUM', `block ${e.index} of ${this.volume.name}: ${acked.length} owner(s) took the change, fewer than the minimum`, {
-            details: { acked, missed, catchUpFirst: acked.length > 0 ? refusedBehind.filter((u) => missed.includes(u)) : [] },
+            details: { acked, missed, catchUpFirst: acked.length > 0 && refusedBehind !== null ? refusedBehind.filter((u) => missed.includes(u)) : [] },
           });
         }
         if (missed.length > 0) {

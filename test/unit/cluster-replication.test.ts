@@ -1637,11 +1637,12 @@ describe('replication on a simulated cluster', () => {
     await until(c, io.flush());
     // The move cannot reach the newcomer: the block stays unmoved.
     c.network.partition(w.uuid, newcomer.uuid);
-    await until(c, c.changeRing(c.peers.map((p) => p.uuid), 3, 'set-replication 3'));
-    await runFor(c, 2_000);
-    const ring = c.ringNow()!;
+    const ring = (await until(c, c.changeRing(c.peers.map((p) => p.uuid), 3, 'set-replication 3')))!;
     expect(ring.transition?.phase).toBe('moving');
     expect(ring.minReplicas).toBe(2);
+    // The writer places the write with the moving ring.
+    const writerRing = () => clusterNodes.get(w.node!)!.currentRing().version;
+    expect(await runUntil(c.clock, () => writerRing() >= ring.version, c.clock.monotonic() + 10_000)).toBe('done');
     x.store.markSuspect(ref);
     const now = pattern(2, BLOCK);
     await until(c, io.write(0, now, false));
