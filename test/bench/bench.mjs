@@ -41,7 +41,7 @@ import {
 import { measureFileCopy, measureJoin, measureRebuild } from './lib/rebuild.mjs';
 import { coresOver, cpuSeconds, treeCpuSeconds } from './lib/cpu.mjs';
 import { descendantsOf, RssSampler } from './lib/rss.mjs';
-import { describeDataFs, freePageReporting, hostPhrase } from './lib/host.mjs';
+import { describeDataFs, freePageReporting, hostPhrase, warmFreePages } from './lib/host.mjs';
 import { median, SPREAD_WARN, summarize } from './lib/stats.mjs';
 import { quietState, TorusCluster } from './lib/torus.mjs';
 
@@ -94,6 +94,10 @@ const sup = new Supervisor({ say });
 const sampler = new RssSampler({ intervalMs: 200 });
 mkdirSync(cfg.dir, { recursive: true });
 const work = mkdtempSync(path.join(cfg.dir, 'run-'));
+// Where the host takes free pages back, each prefill starts on pages just freed (runFio).
+const warmPages = freePageReporting() !== false;
+/** Beyond the device's size: the prefill's own pages plus the server's other writes (headers, logs). */
+const WARM_EXTRA_MIB = 256;
 mkdirSync(path.join(work, 'fio'));
 
 let exiting = false;
@@ -141,6 +145,7 @@ async function main() {
   const freeBytes = Number(fs.bavail) * Number(fs.bsize);
   if (freeBytes < DISK_FREE_MIN_BYTES) throw new BenchError(`${(freeBytes / 2 ** 30).toFixed(1)} GiB free under ${work}; the bench needs ${DISK_FREE_MIN_BYTES / 2 ** 30} GiB`);
   say(`work folder ${work} (${(freeBytes / 2 ** 30).toFixed(0)} GiB free on its disk)`);
+  if (warmPages) say(`free page reporting ${freePageReporting() ? 'on' : 'unknown'}: each prefill starts right after ${cfg.sizeMiB + WARM_EXTRA_MIB} MiB written to a file and deleted, so every target writes into pages just freed`);
   say(
     `${cfg.rounds} round(s) x ${JOBS.length} jobs x ${cfg.targets.length} targets, ${cfg.seconds} s per timed job after ${cfg.rampSeconds} s ramp` +
       `${cfg.quick ? ' (quick)' : ''}; idle CPU over ${cfg.idleSeconds} s; re-replication: ${cfg.rebuild === '0' ? 'skipped' : cfg.rebuild}`,
@@ -436,6 +441,10 @@ async function main() {
   async function runFio(t, job, uri, round) {
     // No writeback from the previous job (another target's, maybe) during this one.
     await runOk('sync', [], { timeoutMs: 600_000 });
+    // A prefill writes into pages the page cache does not hold: every target
+    // gets just-freed ones (lib/host.mjs, warmFreePages), not what the job
+    // before it happened to leave.
+    if (job.fresh && warmPages) await warmFreePages(work, (cfg.sizeMiB + WARM_EXTRA_MIB) * 1024 * 1024);
     const out = path.join(work, 'fio', `${t.name}-${job.name}-r${round}.json`);
     const args = fioArgs(job, uri, { outFile: out, seconds: cfg.seconds, rampSeconds: cfg.rampSeconds, sizeMiB: cfg.sizeMiB });
     const procs = t.processes().filter((p) => !p.done);

@@ -1,5 +1,8 @@
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ext4HasJournal, hostPhrase, mountOf, offersFreePageReporting } from '../lib/host.mjs';
+import { ext4HasJournal, hostPhrase, mountOf, offersFreePageReporting, warmFreePages } from '../lib/host.mjs';
 
 const MOUNTINFO = [
   '22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard',
@@ -51,5 +54,19 @@ describe('hostPhrase', () => {
     expect(hostPhrase({ type: 'ext4', device: '/dev/sda1', journal: true }, false)).toBe('run folder on ext4 with a journal (/dev/sda1), no free page reporting');
     expect(hostPhrase({ type: 'xfs', device: '/dev/nvme0n1', journal: null }, null)).toBe('run folder on xfs (/dev/nvme0n1), free page reporting unknown');
     expect(hostPhrase(null, false)).toBe('run folder on an unknown file system, no free page reporting');
+  });
+});
+
+describe('warmFreePages', () => {
+  it('writes the bytes asked for into a file and leaves nothing behind', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'bench-warm-'));
+    try {
+      const seen = [];
+      await warmFreePages(dir, 3 * 1024 * 1024 + 5, (bytes) => seen.push(bytes));
+      expect(seen).toEqual([3 * 1024 * 1024 + 5]);
+      expect(readdirSync(dir)).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
