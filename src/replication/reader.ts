@@ -11,6 +11,12 @@ import { classifyFailure } from './coordinator.js';
 import { ownersOf } from './owners.js';
 import { StaleBook } from './stale-book.js';
 
+/** Whether any of the answers is a suspect copy (one that is not compared). */
+function someSuspect(got: ReadonlyMap<string, BlockMeta>): boolean {
+  for (const m of got.values()) if (m.suspect) return true;
+  return false;
+}
+
 /** Blocks whose newest seen version a reader remembers (so it never goes back in time). */
 const FLOORS_MAX = 65_536;
 
@@ -137,7 +143,8 @@ export class VolumeReader {
    * compared, so the stale records must be new enough to tell whether
    * those missed a change: they are read again from etcd when an owner
    * is left out by a record (which may be cleared since) or does not
-   * answer (docs/replication.md, "The read path").
+   * answer or answers with a suspect copy (docs/replication.md, "The read
+   * path").
    */
   private async newestMeta(index: number, mark: number): Promise<{ meta: BlockMeta; holders: string[] }> {
     const ref = this.refOf(index);
@@ -168,9 +175,14 @@ export class VolumeReader {
           }
         }),
       );
-      if (silent.length > 0 && attempt === 0) {
-        // An owner we cannot ask may hold a newer version: only etcd can say
-        // whether the ones that answered missed it.
+      // An owner we cannot ask may hold a newer version, and so may one whose
+      // copy is suspect (it restarted and may have lost changes it took):
+      // only etcd can say whether the owners left to compare missed them.
+      // Without the re-read, an owner that missed an acknowledged write (its
+      // record made after this reader last read etcd) is taken for current
+      // when the only owner that took it now answers suspect (seed 25342
+      // with --readers).
+      if ((silent.length > 0 || someSuspect(got)) && attempt === 0) {
         await this.reloadFor(mark);
         continue;
       }

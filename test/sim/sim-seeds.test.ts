@@ -155,8 +155,13 @@ const FIXED_BEYOND_SUSPEND: readonly number[] = [2906, 14768, 45755];
  * - 7354: a flush found an owner had restarted and lost a change, but etcd
  *   refused its stale record; the flush threw before it counted the block
  *   short, and the next one acknowledged it with one durable copy.
+ * - 25342: a read-only open compared only the owners that answered with a
+ *   copy that was not suspect, and re-read the stale records only when one
+ *   did not answer; the one owner that took a write had restarted without
+ *   it (suspect), and the other owner's older copy, recorded stale after
+ *   the reader last read etcd, was read as current.
  */
-const FIXED_BEYOND_READERS: readonly number[] = [429, 7354];
+const FIXED_BEYOND_READERS: readonly number[] = [429, 7354, 25342];
 
 /**
  * Seeds that each once failed with --readers --suspend, now fixed:
