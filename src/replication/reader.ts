@@ -24,7 +24,8 @@ const FLOORS_MAX = 65_536;
  * Reads of a volume by a process that is not its coordinator (a read-only
  * opener): it did not make the changes, so it asks every trusted owner for
  * the block's version alongside the read and uses the newest. When an
- * owner does not answer it re-reads the stale records from etcd first: a
+ * owner does not answer, or answers with a suspect copy (not compared), it
+ * re-reads the stale records from etcd first: a
  * degraded write's record is durable before that write was acknowledged,
  * so an owner that missed it is never taken for current
  * (docs/replication.md, "The read path").
@@ -191,8 +192,16 @@ export class VolumeReader {
       const floor = this.floors.get(index) ?? VERSION_ABSENT;
       if (newest === null || newest.version < floor) break;
       // As a coordinator does; a reader holds no token, so the record is
-      // unfenced (it only makes owners less trusted until a catch-up).
-      if (silent.length > 0 && mayBeHalfWay(newest.version, this.expired)) await this.stale.recordSilent(silent, index, this.volume.name);
+      // unfenced (it only makes owners less trusted until a catch-up). Every
+      // trusted owner without the newest copy is recorded: a silent one, and
+      // one that answered with an older or suspect copy. Leaving the latter
+      // trusted would let a later holder read its older copy once the owners
+      // with this one are gone: back in time, as in seed 9069.
+      if (mayBeHalfWay(newest.version, this.expired)) {
+        const lacking = [...silent];
+        for (const [u, m] of got) if (m.suspect || compareCopies(m, newest) !== 0) lacking.push(u);
+        if (lacking.length > 0) await this.stale.recordSilent(lacking, index, this.volume.name);
+      }
       const holders = [...got.entries()].filter(([, m]) => !m.suspect && compareCopies(m, newest!) === 0).map(([u]) => u);
       const self = this.ctx.selfUuid;
       holders.sort((a, b) => (a === self ? -1 : b === self ? 1 : 0));

@@ -218,20 +218,21 @@ export class StaleBook {
   }
 
   /**
-   * Records owners that did not answer stale for a block whose newest copy
-   * may be a change they missed with no record saying so (mayBeHalfWay),
-   * before that copy is returned; TORUS_ERR_BLOCK_UNAVAILABLE if etcd does
-   * not take the record (docs/replication.md, "Changes an expired holder
-   * left half way").
+   * Records owners without a block's newest copy (that did not answer, or
+   * answered with an older or suspect one) stale, for a block whose newest
+   * copy may be a change they missed with no record saying so
+   * (mayBeHalfWay), before that copy is returned;
+   * TORUS_ERR_BLOCK_UNAVAILABLE if etcd does not take the record
+   * (docs/replication.md, "Changes an expired holder left half way").
    */
   async recordSilent(silent: readonly string[], index: number, volumeName: string): Promise<void> {
     try {
       await Promise.all(silent.map((u) => this.record(u, [index])));
     } catch (err) {
       rethrowAssertion(err);
-      throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${volumeName}: owners that did not answer could not be recorded stale in etcd, and its newest copy may be a change they missed`, { cause: err, details: { block: index, silent } });
+      throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${volumeName}: owners without its newest copy could not be recorded stale in etcd, and that copy may be a change they missed`, { cause: err, details: { block: index, silent } });
     }
-    this.log.debug({ block: index, peers: silent }, 'owners that did not answer recorded stale: the newest copy may be a change they missed');
+    this.log.debug({ block: index, peers: silent }, 'owners without the newest copy recorded stale: it may be a change they missed');
   }
 
   /** Peers with anything recorded. */

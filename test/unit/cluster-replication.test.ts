@@ -447,7 +447,7 @@ async function missedFor(c: SimCluster, p: SimPeer, index: number): Promise<'sta
  * block 0 while a is silent; b is lost; a writer on a reads block 0. The
  * second read must not be older than the first.
  */
-async function expectNoReadBackInTime(mode: 'rw' | 'ro'): Promise<void> {
+async function expectNoReadBackInTime(mode: 'rw' | 'ro', aAnswers = false): Promise<void> {
   const c = cluster({ peers: 3, members: 2, replication: 2 });
   await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
   await startAll(c, c.peers);
@@ -468,14 +468,16 @@ async function expectNoReadBackInTime(mode: 'rw' | 'ro'): Promise<void> {
   await until(c, next.close());
   expect(c.isRecordedStale(1, a.uuid, 0), 'nothing recorded a stale yet').toBe(false);
   expect(versionOf(c, b, 0), 'a still lacks the change').toBeGreaterThan(versionOf(c, a, 0));
-  // An open on b reads block 0 while a is silent.
-  c.network.block(b.uuid, a.uuid);
-  c.network.block(a.uuid, b.uuid);
+  // An open on b reads block 0 while a is silent (or answers with its older copy).
+  if (!aAnswers) {
+    c.network.block(b.uuid, a.uuid);
+    c.network.block(a.uuid, b.uuid);
+  }
   const x = await until(c, c.open(b, 'v', mode), 60_000);
   const seen = await until(c, x.read(0, BLOCK).then((d) => d, (e: unknown) => e));
   const seenNewest = Buffer.isBuffer(seen) && seen.equals(pattern(2, BLOCK));
   expect(seenNewest, `the newest copy was returned (${mode})`).toBe(true);
-  expect(c.isRecordedStale(1, a.uuid, 0), `the failed change returned while a is trusted (${mode})`).toBe(true);
+  expect(c.isRecordedStale(1, a.uuid, 0), `the failed change returned while a is trusted (${mode}, a ${aAnswers ? 'answers' : 'silent'})`).toBe(true);
   // b is lost with its copy; a writer on a must not read the older one.
   c.crash(b);
   c.network.healAll();
@@ -1195,17 +1197,48 @@ describe('replication on a simulated cluster', () => {
     await until(c, io.write(index * BLOCK, pattern(2, BLOCK), false));
     expect(c.isRecordedStale(1, x.uuid, index)).toBe(true);
     // y, the only owner that took it, loses it unflushed: its copy comes back suspect.
+    const ref = blockRef(1, 1, index);
+    const xBefore = x.store.meta(ref).version;
     c.crash(y);
     await until(c, c.start(y));
-    let read: Buffer | null = null;
+    expect(y.store.meta(ref).suspect, 'y restarted without the change: suspect').toBe(true);
+    expect(x.store.meta(ref).version, 'x still holds its older copy').toBe(xBefore);
+    // x's older copy must not be read; nothing else holds the newest one.
     let refused = '';
-    await until(c, ro.read(index * BLOCK, BLOCK))
-      .then((b) => (read = b))
-      .catch((err: unknown) => (refused = isTorusError(err) ? err.code : String(err)));
-    // Never x's older copy: the newest data, or no answer until it is back.
-    if (read === null) expect(refused).toBe('TORUS_ERR_BLOCK_UNAVAILABLE');
-    else expect((read as Buffer).equals(pattern(2, BLOCK))).toBe(true);
+    const read = await until(c, ro.read(index * BLOCK, BLOCK)).catch((err: unknown) => {
+      refused = isTorusError(err) ? err.code : String(err);
+      return null;
+    });
+    expect(read === null ? 'refused' : read.equals(pattern(1, BLOCK)) ? 'the older copy' : 'other data').toBe('refused');
+    expect(refused).toBe('TORUS_ERR_BLOCK_UNAVAILABLE');
     c.network.healAll();
+  });
+
+  it('a read-only opener still reads the newest copy from the owner that has it when the other owner\'s copy is suspect', async () => {
+    // The other side of seed 25342's fix: a suspect answer makes the reader
+    // re-read the stale records, and the owner that took the change is read.
+    const c = cluster({ peers: 4, members: 4, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+    await startAll(c, c.peers);
+    const [w, r] = c.peers as [SimPeer, SimPeer];
+    const ring = await until(c, c.ring());
+    const index = Array.from({ length: VOLUME_BLOCKS }, (_, i) => i).find((i) => !ownersOf(ring, blockRef(1, 1, i)).now.some((u) => u === w.uuid || u === r.uuid))!;
+    expect(index).toBeDefined();
+    const [x, y] = ownersOf(ring, blockRef(1, 1, index)).now.map((u) => c.peerByUuid(u)!) as [SimPeer, SimPeer];
+    const io = await until(c, c.open(w, 'v', 'rw'));
+    await until(c, io.write(0, pattern(1, VOLUME_BLOCKS * BLOCK), false));
+    await until(c, io.flush());
+    const ro = await until(c, c.open(r, 'v', 'ro'));
+    expect((await until(c, ro.read(index * BLOCK, BLOCK))).equals(pattern(1, BLOCK))).toBe(true);
+    // Both owners take a change; x flushes it, y loses it unflushed.
+    await until(c, io.write(index * BLOCK, pattern(2, BLOCK), false));
+    const ref = blockRef(1, 1, index);
+    await until(c, x.store.flush());
+    c.crash(y);
+    await until(c, c.start(y));
+    expect(y.store.meta(ref).suspect, 'y restarted without the change: suspect').toBe(true);
+    expect(x.store.meta(ref).suspect).toBe(false);
+    expect((await until(c, ro.read(index * BLOCK, BLOCK))).equals(pattern(2, BLOCK))).toBe(true);
   });
 
   it('acknowledges at write level one after one copy and still has minReplicas durable at flush', async () => {
@@ -1410,6 +1443,18 @@ describe('replication on a simulated cluster', () => {
 
   it('a read-only opener does not return such a change while the other owner is silent, unless that one is recorded stale first', async () => {
     await expectNoReadBackInTime('ro');
+  });
+
+  it('a read-only opener that returns such a change records the owner that answered with an older copy stale first', async () => {
+    // As the coordinator does for an owner behind without a record: left
+    // trusted, it would let a later writer read its older copy once the
+    // owner with the change is lost (the reader used to record only owners
+    // that did not answer).
+    await expectNoReadBackInTime('ro', true);
+  });
+
+  it('a writer that returns such a change records the owner that answered with an older copy stale first', async () => {
+    await expectNoReadBackInTime('rw', true);
   });
 
   it('a change no owner confirmed, read back from the owner that took it while the other was silent, is not lost to a later writer (seed 39315)', async () => {
