@@ -487,6 +487,34 @@ async function expectNoReadBackInTime(mode: 'rw' | 'ro', aAnswers = false): Prom
   expect(Buffer.isBuffer(later) && later.equals(pattern(1, BLOCK)), `read back in time (${mode})`).toBe(false);
 }
 
+/**
+ * Four peers, R=2: a writer on w that wrote the whole volume with pattern 1
+ * and flushed, a peer r for a read-only open, and a block (index) whose two
+ * owners x and y are neither.
+ */
+async function ownersBesideWriterAndReader() {
+  const c = cluster({ peers: 4, members: 4, replication: 2 });
+  await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+  await startAll(c, c.peers);
+  const [w, r] = c.peers as [SimPeer, SimPeer];
+  const ring = await until(c, c.ring());
+  const index = Array.from({ length: VOLUME_BLOCKS }, (_, i) => i).find((i) => !ownersOf(ring, blockRef(1, 1, i)).now.some((u) => u === w.uuid || u === r.uuid))!;
+  expect(index).toBeDefined();
+  const [x, y] = ownersOf(ring, blockRef(1, 1, index)).now.map((u) => c.peerByUuid(u)!) as [SimPeer, SimPeer];
+  const io = await until(c, c.open(w, 'v', 'rw'));
+  await until(c, io.write(0, pattern(1, VOLUME_BLOCKS * BLOCK), false));
+  await until(c, io.flush());
+  return { c, w, r, x, y, io, index };
+}
+
+/** As ownersBesideWriterAndReader, with the read-only open made (before anything is recorded stale) and the block read once. */
+async function readerBesideTwoOwners() {
+  const s = await ownersBesideWriterAndReader();
+  const ro = await until(s.c, s.c.open(s.r, 'v', 'ro'));
+  expect((await until(s.c, ro.read(s.index * BLOCK, BLOCK))).equals(pattern(1, BLOCK))).toBe(true);
+  return { ...s, ro };
+}
+
 describe('replication on a simulated cluster', () => {
   it('writes through one dead peer, refuses stale reads, and catches the peer up when it returns', async () => {
     const c = cluster({ peers: 3, members: 3, replication: 2 });
@@ -1145,18 +1173,7 @@ describe('replication on a simulated cluster', () => {
   });
 
   it('lets a read-only opener trust an owner whose stale record was cleared after it opened (seed 429 with --readers)', async () => {
-    const c = cluster({ peers: 4, members: 4, replication: 2 });
-    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
-    await startAll(c, c.peers);
-    const [w, r] = c.peers as [SimPeer, SimPeer];
-    const ring = await until(c, c.ring());
-    // A block owned by neither the writer's peer nor the reader's.
-    const index = Array.from({ length: VOLUME_BLOCKS }, (_, i) => i).find((i) => !ownersOf(ring, blockRef(1, 1, i)).now.some((u) => u === w.uuid || u === r.uuid))!;
-    expect(index).toBeDefined();
-    const [x, y] = ownersOf(ring, blockRef(1, 1, index)).now.map((u) => c.peerByUuid(u)!) as [SimPeer, SimPeer];
-    const io = await until(c, c.open(w, 'v', 'rw'));
-    await until(c, io.write(0, pattern(1, VOLUME_BLOCKS * BLOCK), false));
-    await until(c, io.flush());
+    const { c, w, r, x, y, io, index } = await ownersBesideWriterAndReader();
     // x misses a change: recorded stale before it is acknowledged.
     c.network.partition(w.uuid, x.uuid);
     await until(c, io.write(index * BLOCK, pattern(2, BLOCK), false));
@@ -1176,21 +1193,7 @@ describe('replication on a simulated cluster', () => {
   });
 
   it('a read-only opener does not take an owner that missed a write for current when the only owner that took it restarted without it (seed 25342 with --readers)', async () => {
-    const c = cluster({ peers: 4, members: 4, replication: 2 });
-    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
-    await startAll(c, c.peers);
-    const [w, r] = c.peers as [SimPeer, SimPeer];
-    const ring = await until(c, c.ring());
-    // A block owned by neither the writer's peer nor the reader's.
-    const index = Array.from({ length: VOLUME_BLOCKS }, (_, i) => i).find((i) => !ownersOf(ring, blockRef(1, 1, i)).now.some((u) => u === w.uuid || u === r.uuid))!;
-    expect(index).toBeDefined();
-    const [x, y] = ownersOf(ring, blockRef(1, 1, index)).now.map((u) => c.peerByUuid(u)!) as [SimPeer, SimPeer];
-    const io = await until(c, c.open(w, 'v', 'rw'));
-    await until(c, io.write(0, pattern(1, VOLUME_BLOCKS * BLOCK), false));
-    await until(c, io.flush());
-    // The reader opens before anything is recorded stale, and reads once.
-    const ro = await until(c, c.open(r, 'v', 'ro'));
-    expect((await until(c, ro.read(index * BLOCK, BLOCK))).equals(pattern(1, BLOCK))).toBe(true);
+    const { c, w, x, y, io, ro, index } = await readerBesideTwoOwners();
     // x misses a change (recorded stale before it is acknowledged; the
     // writer stays cut off from x, so no catch-up clears the record).
     c.network.partition(w.uuid, x.uuid);
@@ -1217,19 +1220,7 @@ describe('replication on a simulated cluster', () => {
   it('a read-only opener still reads the newest copy from the owner that has it when the other owner\'s copy is suspect', async () => {
     // The other side of seed 25342's fix: a suspect answer makes the reader
     // re-read the stale records, and the owner that took the change is read.
-    const c = cluster({ peers: 4, members: 4, replication: 2 });
-    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
-    await startAll(c, c.peers);
-    const [w, r] = c.peers as [SimPeer, SimPeer];
-    const ring = await until(c, c.ring());
-    const index = Array.from({ length: VOLUME_BLOCKS }, (_, i) => i).find((i) => !ownersOf(ring, blockRef(1, 1, i)).now.some((u) => u === w.uuid || u === r.uuid))!;
-    expect(index).toBeDefined();
-    const [x, y] = ownersOf(ring, blockRef(1, 1, index)).now.map((u) => c.peerByUuid(u)!) as [SimPeer, SimPeer];
-    const io = await until(c, c.open(w, 'v', 'rw'));
-    await until(c, io.write(0, pattern(1, VOLUME_BLOCKS * BLOCK), false));
-    await until(c, io.flush());
-    const ro = await until(c, c.open(r, 'v', 'ro'));
-    expect((await until(c, ro.read(index * BLOCK, BLOCK))).equals(pattern(1, BLOCK))).toBe(true);
+    const { c, x, y, io, ro, index } = await readerBesideTwoOwners();
     // Both owners take a change; x flushes it, y loses it unflushed.
     await until(c, io.write(index * BLOCK, pattern(2, BLOCK), false));
     const ref = blockRef(1, 1, index);
