@@ -1741,7 +1741,7 @@ export class VolumeCoordinator {
       // took the other owner's older copy).
       const silent = trusted.filter((u) => !metas.got.has(u));
       const unconfirmed = mayBeHalfWay(newest.version, this.lock.expiredToken, this.token) ? silent : silent.filter((u) => this.stale.isUnsureOnly(u, index));
-      if (unconfirmed.length > 0) await this.stale.recordSilent(unconfirmed, index, this.volume.name);
+      if (unconfirmed.length > 0) await this.stale.recordLacking(unconfirmed, index, this.volume.name);
       const e: BlockEntry = previous ?? {
         index,
         version: VERSION_ABSENT,

@@ -197,12 +197,11 @@ export class VolumeReader {
       // one that answered with an older or suspect copy. Leaving the latter
       // trusted would let a later holder read its older copy once the owners
       // with this one are gone: back in time, as in seed 9069.
-      if (mayBeHalfWay(newest.version, this.expired)) {
-        const lacking = [...silent];
-        for (const [u, m] of got) if (m.suspect || compareCopies(m, newest) !== 0) lacking.push(u);
-        if (lacking.length > 0) await this.stale.recordSilent(lacking, index, this.volume.name);
-      }
       const holders = [...got.entries()].filter(([, m]) => !m.suspect && compareCopies(m, newest!) === 0).map(([u]) => u);
+      if (mayBeHalfWay(newest.version, this.expired)) {
+        const lacking = [...silent, ...[...got.keys()].filter((u) => !holders.includes(u))];
+        if (lacking.length > 0) await this.stale.recordLacking(lacking, index, this.volume.name);
+      }
       const self = this.ctx.selfUuid;
       holders.sort((a, b) => (a === self ? -1 : b === self ? 1 : 0));
       return { meta: newest, holders };

@@ -225,14 +225,14 @@ export class StaleBook {
    * TORUS_ERR_BLOCK_UNAVAILABLE if etcd does not take the record
    * (docs/replication.md, "Changes an expired holder left half way").
    */
-  async recordSilent(silent: readonly string[], index: number, volumeName: string): Promise<void> {
+  async recordLacking(owners: readonly string[], index: number, volumeName: string): Promise<void> {
     try {
-      await Promise.all(silent.map((u) => this.record(u, [index])));
+      await Promise.all(owners.map((u) => this.record(u, [index])));
     } catch (err) {
       rethrowAssertion(err);
-      throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${volumeName}: owners without its newest copy could not be recorded stale in etcd, and that copy may be a change they missed`, { cause: err, details: { block: index, silent } });
+      throw new TorusError('TORUS_ERR_BLOCK_UNAVAILABLE', `block ${index} of ${volumeName}: owners without its newest copy could not be recorded stale in etcd, and that copy may be a change they missed`, { cause: err, details: { block: index, owners } });
     }
-    this.log.debug({ block: index, peers: silent }, 'owners without the newest copy recorded stale: it may be a change they missed');
+    this.log.debug({ block: index, peers: owners }, 'owners without the newest copy recorded stale: it may be a change they missed');
   }
 
   /** Peers with anything recorded. */

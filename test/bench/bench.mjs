@@ -95,7 +95,8 @@ const sampler = new RssSampler({ intervalMs: 200 });
 mkdirSync(cfg.dir, { recursive: true });
 const work = mkdtempSync(path.join(cfg.dir, 'run-'));
 // Where the host takes free pages back, each prefill starts on pages just freed (runFio).
-const warmPages = freePageReporting() !== false;
+const pageReporting = freePageReporting();
+const warmPages = pageReporting !== false;
 /** Beyond the device's size: the prefill's own pages plus the server's other writes (headers, logs). */
 const WARM_EXTRA_MIB = 256;
 mkdirSync(path.join(work, 'fio'));
@@ -145,7 +146,7 @@ async function main() {
   const freeBytes = Number(fs.bavail) * Number(fs.bsize);
   if (freeBytes < DISK_FREE_MIN_BYTES) throw new BenchError(`${(freeBytes / 2 ** 30).toFixed(1)} GiB free under ${work}; the bench needs ${DISK_FREE_MIN_BYTES / 2 ** 30} GiB`);
   say(`work folder ${work} (${(freeBytes / 2 ** 30).toFixed(0)} GiB free on its disk)`);
-  if (warmPages) say(`free page reporting ${freePageReporting() ? 'on' : 'unknown'}: each prefill starts right after ${cfg.sizeMiB + WARM_EXTRA_MIB} MiB written to a file and deleted, so every target writes into pages just freed`);
+  if (warmPages) say(`free page reporting ${pageReporting ? 'on' : 'unknown'}: each prefill starts right after ${cfg.sizeMiB + WARM_EXTRA_MIB} MiB written to a file and deleted, so every target writes into pages just freed`);
   say(
     `${cfg.rounds} round(s) x ${JOBS.length} jobs x ${cfg.targets.length} targets, ${cfg.seconds} s per timed job after ${cfg.rampSeconds} s ramp` +
       `${cfg.quick ? ' (quick)' : ''}; idle CPU over ${cfg.idleSeconds} s; re-replication: ${cfg.rebuild === '0' ? 'skipped' : cfg.rebuild}`,
@@ -742,7 +743,7 @@ async function describeMachine(dir) {
     crc32c: await crc32cVariant(),
     // Two host properties that move the write figures (lib/host.mjs says how much).
     dataFs: describeDataFs(dir),
-    freePageReporting: freePageReporting(),
+    freePageReporting: pageReporting,
     versions: {
       node: process.version,
       fio: await version('fio', ['--version'], (s) => s.replace(/^fio-/, '')),
