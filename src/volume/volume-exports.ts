@@ -112,7 +112,8 @@ class VolumeExport implements NbdExport {
   readonly size: number;
   readonly readOnly: boolean;
   readonly multiConn = true;
-  private released = false;
+  /** The first release's outcome: a later call waits for it and answers the same, never sooner. */
+  private released: Promise<void> | null = null;
 
   constructor(
     private readonly ov: OpenVolume,
@@ -150,9 +151,10 @@ class VolumeExport implements NbdExport {
   blockStatus(offset: number, length: number): Promise<Extent[]> {
     return this.ov.volume.blockStatus(offset, length);
   }
-  async release(): Promise<void> {
-    if (this.released) return;
-    this.released = true;
-    await this.volumes.release(this.ov);
+  release(): Promise<void> {
+    // A second call must not report the export released (its writes flushed,
+    // its lock let go) while the first is still doing it, nor hide the
+    // first's failure.
+    return (this.released ??= this.volumes.release(this.ov));
   }
 }

@@ -117,6 +117,30 @@ describe('VolumeExports while etcd does not answer', () => {
     expect((await settle(clock, exports.open('v'))).size).toBe(record.size);
   });
 
+  it('a second release waits for the first and answers what it answered: never done sooner, never a hidden failure', async () => {
+    const clock = new ManualClock();
+    const metadata = { getVolume: async () => record } as unknown as MetadataService;
+    let finish!: (err?: Error) => void;
+    let releases = 0;
+    const release = () => {
+      releases++;
+      return new Promise<void>((resolve, reject) => (finish = (err) => (err ? reject(err) : resolve())));
+    };
+    const acquire = async () => ({ name: 'v', mode: 'rw', volume: { size: record.size } }) as unknown as OpenVolume;
+    const exports = new VolumeExports(metadata, { acquire, release } as unknown as VolumeManager, 'rw', { clock, logger: quiet });
+    const exp = await exports.open('v');
+    const first = exp.release();
+    let secondDone = false;
+    const second = exp.release().finally(() => (secondDone = true));
+    await new Promise((r) => setImmediate(r));
+    expect(secondDone).toBe(false); // the first is still flushing and letting the lock go
+    finish(new TorusError('TORUS_ERR_DATA_LOST', 'a flush lost its last copy'));
+    await expect(first).rejects.toMatchObject({ code: 'TORUS_ERR_DATA_LOST' });
+    await expect(second).rejects.toMatchObject({ code: 'TORUS_ERR_DATA_LOST' });
+    await expect(exp.release()).rejects.toMatchObject({ code: 'TORUS_ERR_DATA_LOST' });
+    expect(releases).toBe(1);
+  });
+
   it('gives up with the real error once the bound has passed', async () => {
     const { clock, exports } = setup(async () => {
       throw unavailable();
