@@ -63,6 +63,7 @@ TOOLS=(
   fio:fio
   nbdkit:nbdkit
   mkfs.ext4:e2fsprogs
+  mkfs.xfs:xfsprogs
   fusermount3:fuse3
   nbd-client:nbd-client
   nbd-server:nbd-server

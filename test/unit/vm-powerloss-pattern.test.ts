@@ -26,6 +26,11 @@ describe('power-loss pattern checker', () => {
     // Half old, half new (a torn 4 KiB write): garbage, not either generation.
     const half = Buffer.concat([pl.sectorBytes(SEED, 7, 1_000_002).subarray(0, 2048), b.subarray(2048)]);
     expect(pl.classify(SEED, 7, half).garbage).toBeDefined();
+    // A sector of the deleted file the guest fills the disk with first: told apart, at any offset in it.
+    for (const at of [0, 4096 * 3, 1024 * 1024 - 4096]) {
+      expect(pl.classify(SEED, 7, pl.STALE_CHUNK, at).garbage).toMatch(/deleted file/);
+    }
+    expect(pl.classify(SEED, 7, Buffer.alloc(4096, 0x55)).garbage).toMatch(/no pattern header/);
     // Into a bigger buffer at an offset, as the checker reads.
     const big = Buffer.alloc(3 * 4096);
     pl.sectorBytes(SEED, 9, 5, big, 4096);

@@ -8,11 +8,14 @@
 // The next boot checks what survived; the last boot only checks and stops
 // cleanly. Prints a summary and exits non-zero on any failure.
 //
-// Environment: TORUS_PL_KILLS (power losses, default 4: alternately right
-// after a FLUSH ack and at a random moment), TORUS_PL_SEED (the data
+// Environment: TORUS_PL_FS (the data dir's file system: ext4, the default,
+// with its journal and default options; xfs; or ext4-nojournal, ext4 made
+// without a journal), TORUS_PL_KILLS (power losses, default 4: alternately
+// right after a FLUSH ack and at a random moment), TORUS_PL_SEED (the data
 // pattern's seed; random by default), TORUS_PL_KEEP=1 (keep the disk image
-// after a passing run). Files go to test/vm/powerloss-run/ (gitignored): the
-// torusd log of every boot, the console of every boot, summary.json.
+// after a passing run). Files go to test/vm/powerloss-run/<fs>/
+// (gitignored): the torusd log of every boot, the console of every boot,
+// summary.json.
 import { spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
@@ -22,7 +25,15 @@ import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const RUN = path.join(ROOT, 'test/vm/powerloss-run');
+/** The data dir's file system, and the tools the guest formats and checks it with (the host's: the guest shares its root). */
+const FILESYSTEMS = {
+  ext4: { tools: [['mkfs.ext4', 'e2fsprogs'], ['e2fsck', 'e2fsprogs']] },
+  xfs: { tools: [['mkfs.xfs', 'xfsprogs'], ['xfs_repair', 'xfsprogs']] },
+  'ext4-nojournal': { tools: [['mkfs.ext4', 'e2fsprogs'], ['e2fsck', 'e2fsprogs']] },
+};
+const FS = process.env.TORUS_PL_FS ?? 'ext4';
+if (!Object.hasOwn(FILESYSTEMS, FS)) throw new Error(`TORUS_PL_FS=${FS}: expected one of ${Object.keys(FILESYSTEMS).join(', ')}`);
+const RUN = path.join(ROOT, 'test/vm/powerloss-run', FS);
 const DISK = path.join(RUN, 'disk.img');
 const PIDFILE = path.join(RUN, 'qemu.pid');
 const STAGE_TAR = path.join(RUN, 'app.tar');
@@ -75,8 +86,7 @@ function runOk(cmd, args) {
 
 requireTool('qemu-system-x86_64', 'qemu-system-x86');
 const etcdBin = requireTool('etcd', 'etcd-server');
-requireTool('mkfs.ext4', 'e2fsprogs'); // the guest runs the host's e2fsprogs
-requireTool('e2fsck', 'e2fsprogs');
+for (const [cmd, pkg] of FILESYSTEMS[FS].tools) requireTool(cmd, pkg);
 if (!existsSync(path.join(ROOT, 'dist/cmd/torusd.js'))) throw new Error('dist/ is missing: npm run build');
 
 rmSync(RUN, { recursive: true, force: true });
@@ -115,7 +125,7 @@ await torusctl(['init', '--block-size', BLOCK_SIZE, '--replication', '1']);
 const created = JSON.parse(await torusctl(['-o', 'json', 'volume', 'create-block', VOLUME, VOLUME_SIZE]));
 const volumeId = created.id ?? created.volume?.id;
 if (!Number.isInteger(volumeId)) throw new Error(`torusctl volume create-block answered ${JSON.stringify(created)}`);
-say(`etcd on 127.0.0.1:${clientPort} (the guest reaches it as 10.0.2.2:${clientPort}); volume ${VOLUME} (id ${volumeId}) ${VOLUME_SIZE}, block size ${BLOCK_SIZE}; seed ${SEED}; ${KILLS} power losses`);
+say(`etcd on 127.0.0.1:${clientPort} (the guest reaches it as 10.0.2.2:${clientPort}); volume ${VOLUME} (id ${volumeId}) ${VOLUME_SIZE}, block size ${BLOCK_SIZE}; data dir on ${FS}; seed ${SEED}; ${KILLS} power losses`);
 
 // ------------------------------------------------------------ one boot
 
@@ -128,7 +138,7 @@ async function boot(round, mode, lastAck, kill) {
   const consoleLog = path.join(RUN, `console-round${round}.log`);
   const started = Date.now();
   const child = spawn('bash', [path.join(ROOT, 'test/vm/harness/run-in-vm.sh'), 'env',
-    `TORUS_PL_ROUND=${round}`, `TORUS_PL_MODE=${mode}`, `TORUS_PL_STATE=${RUN}`, `TORUS_PL_ETCD=10.0.2.2:${clientPort}`,
+    `TORUS_PL_ROUND=${round}`, `TORUS_PL_MODE=${mode}`, `TORUS_PL_FS=${FS}`, `TORUS_PL_STATE=${RUN}`, `TORUS_PL_ETCD=10.0.2.2:${clientPort}`,
     `TORUS_PL_VOLUME=${VOLUME}`, `TORUS_PL_VOLUME_ID=${volumeId}`, `TORUS_PL_SEED=${SEED}`, `TORUS_PL_LAST_ACK=${lastAck}`,
     `TORUS_VM_STAGE_TAR=${STAGE_TAR}`,
     // The guest runs this same node (Node 24 from scripts/node24.sh when the
@@ -226,8 +236,8 @@ for (let round = 0; round <= KILLS; round++) {
 // ------------------------------------------------------------ summary
 
 const totalS = secs(t0);
-writeFileSync(path.join(RUN, 'summary.json'), JSON.stringify({ when: new Date().toISOString(), seed: SEED, totalS, failed, rounds }, null, 2) + '\n');
-console.log('\npower-loss summary (seed ' + SEED + ')');
+writeFileSync(path.join(RUN, 'summary.json'), JSON.stringify({ when: new Date().toISOString(), fs: FS, seed: SEED, totalS, failed, rounds }, null, 2) + '\n');
+console.log(`\npower-loss summary (data dir on ${FS}, seed ${SEED})`);
 // Per power cut, what the next boot found. "flushed": sectors some
 // acknowledged FLUSH covered; of those, "as flushed" hold exactly that
 // generation and "newer" a later, unacknowledged one (allowed); "lost" and
@@ -248,5 +258,5 @@ for (const r of rounds) for (const f of r.fails) console.log(`FAIL round ${r.rou
 rmSync(STAGE_TAR, { force: true });
 if (!failed && process.env.TORUS_PL_KEEP !== '1') rmSync(DISK, { force: true });
 stopEtcd();
-console.log(`vm powerloss suite: ${failed ? 'FAILED' : 'passed'}, ${KILLS} power cuts, ${totalS} s (files in ${path.relative(ROOT, RUN)})`);
+console.log(`vm powerloss suite on ${FS}: ${failed ? 'FAILED' : 'passed'}, ${KILLS} power cuts, ${totalS} s (files in ${path.relative(ROOT, RUN)})`);
 process.exit(failed ? 1 : 0);

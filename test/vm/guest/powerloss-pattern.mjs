@@ -55,6 +55,15 @@ export function runsOf(seed, gen, sectors) {
   return runs;
 }
 
+/**
+ * What a deleted file held (the guest fills the free space with it before
+ * torusd first starts): 1 MiB of a text no generation's sector can match,
+ * so a sector that reads back as it is told apart from other garbage.
+ */
+const STALE_TEXT = 'torus power-loss test: bytes of a deleted file, never written through torusd. ';
+export const STALE_CHUNK = Buffer.alloc(1024 * 1024, STALE_TEXT);
+const STALE_PREFIX = Buffer.from(STALE_TEXT.slice(0, 16));
+
 // One scratch sector as 32-bit words: typed-array stores are many times
 // faster than Buffer.writeUInt32BE, and this runs for every sector written
 // and read under emulation. Words are in the host's byte order (x86: little
@@ -93,7 +102,9 @@ export function sectorBytes(seed, sector, gen, out = Buffer.alloc(SECTOR_BYTES),
 export function classify(seed, sector, buf, at = 0) {
   const got = buf.subarray(at, at + SECTOR_BYTES);
   if (got.equals(ZERO)) return { gen: 0 };
-  if (got.readUInt32LE(0) !== MAGIC) return { garbage: 'no pattern header' };
+  if (got.readUInt32LE(0) !== MAGIC) {
+    return { garbage: got.includes(STALE_PREFIX) ? "a deleted file's bytes (stale disk blocks)" : 'no pattern header' };
+  }
   const claimed = got.readUInt32LE(4);
   if (claimed !== sector) return { garbage: `holds sector ${claimed}'s pattern` };
   if (got.readUInt32LE(12) !== seed >>> 0) return { garbage: 'pattern of another run (seed)' };

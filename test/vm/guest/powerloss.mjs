@@ -1,7 +1,9 @@
 // One boot of the power-loss suite, run INSIDE the test VM (the host side is
 // test/vm/powerloss-host.mjs, which boots the VM once per round and kills
-// QEMU with SIGKILL). torusd keeps its data dir on ext4 on the guest's virtio
-// disk (/dev/vda); etcd runs on the host, reached at 10.0.2.2.
+// QEMU with SIGKILL). torusd keeps its data dir on the guest's virtio disk
+// (/dev/vda), formatted in the first round as TORUS_PL_FS says (ext4, xfs or
+// ext4 without a journal) over the bytes of a deleted file; etcd runs on the
+// host, reached at 10.0.2.2.
 //
 // Every boot after the first checks what the last power loss left: each 4 KiB
 // sector must hold exactly the generation the last acknowledged FLUSH made
@@ -18,10 +20,10 @@
 // Console lines starting with "powerloss: " are the protocol with the host;
 // everything else is for people.
 import { spawn, execFile } from 'node:child_process';
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { SECTOR_BYTES, classify, expectations, judge, roundBase, runsOf, sectorBytes } from './powerloss-pattern.mjs';
+import { SECTOR_BYTES, STALE_CHUNK, classify, expectations, judge, roundBase, runsOf, sectorBytes } from './powerloss-pattern.mjs';
 import { loadNbdClient } from './nbd-client.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -40,6 +42,8 @@ const ETCD = env('TORUS_PL_ETCD');
 const VOLUME = env('TORUS_PL_VOLUME');
 const VOLUME_ID = Number(env('TORUS_PL_VOLUME_ID'));
 const SEED = Number(env('TORUS_PL_SEED')) >>> 0;
+/** The data dir's file system (powerloss-host.mjs): ext4, xfs or ext4-nojournal. */
+const FS = env('TORUS_PL_FS');
 /** The previous round's last generation the host saw acknowledged (its base - 1 when none). */
 const LAST_ACK = ROUND > 0 ? Number(env('TORUS_PL_LAST_ACK')) : 0;
 /** The writer stops by itself (and fails the round) if the host never pulls the plug. */
@@ -97,12 +101,7 @@ function writeDurably(file, data) {
     closeSync(fd);
   }
   renameSync(tmp, file);
-  const dfd = openSync(path.dirname(file), 'r');
-  try {
-    fsyncSync(dfd);
-  } finally {
-    closeSync(dfd);
-  }
+  syncDir(path.dirname(file));
 }
 
 // ------------------------------------------------------------ the disk and torusd
@@ -115,17 +114,66 @@ const fail = (what) => {
 
 if (!existsSync(DISK)) throw new Error(`${DISK} is missing: the VM has no virtio disk (TORUS_VM_DRIVE) or no virtio_blk`);
 await run('dmesg', ['-C'], { allowFail: true });
+/** How each file system is made (never discarding: what a deleted file held stays on the disk) and checked at the end. */
+const FILESYSTEMS = {
+  ext4: { type: 'ext4', mkfs: ['mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', DISK]], fsck: ['e2fsck', ['-fn', DISK]] },
+  'ext4-nojournal': { type: 'ext4', mkfs: ['mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', '-O', '^has_journal', DISK]], fsck: ['e2fsck', ['-fn', DISK]] },
+  xfs: { type: 'xfs', mkfs: ['mkfs.xfs', ['-q', '-f', '-K', DISK]], fsck: ['xfs_repair', ['-n', DISK]] },
+};
+const fsys = FILESYSTEMS[FS];
+if (fsys === undefined) throw new Error(`TORUS_PL_FS=${FS}: expected one of ${Object.keys(FILESYSTEMS).join(', ')}`);
 if (ROUND === 0) {
-  const f = await run('mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', DISK]);
-  log(`formatted ${DISK} ext4 ${f.stdout.trim()}`);
+  const f = await run(...fsys.mkfs);
+  log(`formatted ${DISK} ${FS} ${f.stdout.trim()}`);
 }
 mkdirSync(MNT, { recursive: true });
-// Default ext4 options (data=ordered, barriers on): what a node runs.
+// The file system's default mount options (ext4: data=ordered; barriers on): what a node runs.
 const mounted = Date.now();
-await run('mount', [DISK, MNT]);
+await run('mount', ['-t', fsys.type, DISK, MNT]);
 const mountOpts = readFileSync('/proc/mounts', 'utf8').split('\n').find((l) => l.split(' ')[1] === MNT)?.split(' ')[3];
-log(`mounted ${DISK} on ${MNT} (${mountOpts}) in ${Date.now() - mounted} ms`);
+log(`mounted ${DISK} (${FS}) on ${MNT} (${mountOpts}) in ${Date.now() - mounted} ms`);
+if (ROUND === 0) fillWithStaleData();
 mkdirSync(DATA_DIR, { recursive: true });
+
+/**
+ * Before torusd's first start, fills the file system's free space with a
+ * deleted file's bytes (STALE_CHUNK, durable, then the file unlinked), so
+ * that the blocks torusd's files are given were someone else's. A crash that
+ * left a block file pointing at disk blocks its data never reached would then
+ * read back as "a deleted file's bytes" and fail the check, where on a fresh
+ * image it would read as zeroes and pass unseen.
+ */
+function fillWithStaleData() {
+  const file = path.join(MNT, 'stale.fill');
+  const started = Date.now();
+  const fd = openSync(file, 'w');
+  let bytes = 0;
+  try {
+    for (;;) {
+      try {
+        bytes += writeSync(fd, STALE_CHUNK);
+      } catch (err) {
+        if (err.code === 'ENOSPC') break;
+        throw err;
+      }
+    }
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  unlinkSync(file);
+  syncDir(MNT);
+  log(`filled ${(bytes / 1048576).toFixed(0)} MiB of free space with a deleted file's bytes in ${Date.now() - started} ms`);
+}
+
+function syncDir(dir) {
+  const dfd = openSync(dir, 'r');
+  try {
+    fsyncSync(dfd);
+  } finally {
+    closeSync(dfd);
+  }
+}
 
 const logFile = path.join(STATE, `torusd-round${ROUND}.log`);
 const started = Date.now();
@@ -238,12 +286,12 @@ if (ROUND > 0) {
   const suspectAfter = await suspectBlocks();
   const crc = await crcFailures();
   const crcLogged = logLines().filter((l) => l.msg === 'block page failed its checksum' || /CRC_MISMATCH/.test(JSON.stringify(l))).length;
-  const ext4 = (await run('dmesg', [], { allowFail: true })).stdout.split('\n').filter((l) => /EXT4-fs error|I\/O error|Remounting filesystem read-only|journal.*(error|abort)/i.test(l));
+  const fsErrors = (await run('dmesg', [], { allowFail: true })).stdout.split('\n').filter((l) => /EXT4-fs error|I\/O error|Remounting filesystem read-only|journal.*(error|abort)|XFS \(.*\):.*(corrupt|error|shutdown)/i.test(l));
   const flushedSectors = exp.floor.reduce((n, g) => n + (g > 0 ? 1 : 0), 0);
   verified = {
     round: ROUND - 1, lastAck: LAST_ACK, startS, readS, sectors: SECTORS, flushedSectors, ...r.counts,
     repairedBlocks: repaired?.blocks ?? 0, suspectBefore: suspectBefore.suspect, suspectAfter: suspectAfter.suspect, blocks: suspectAfter.blocks,
-    crcFailures: crc, crcLogged, ext4Errors: ext4.length, leaseRevoked: revoked,
+    crcFailures: crc, crcLogged, fsErrors: fsErrors.length, leaseRevoked: revoked,
   };
   for (const e of r.examples) log(`  ${e}`);
   if (r.counts.lost > 0) fail(`${r.counts.lost} sectors lost a write a FLUSH had acknowledged`);
@@ -251,7 +299,7 @@ if (ROUND > 0) {
   if (r.counts.unknown > 0) fail(`${r.counts.unknown} sectors hold a generation that never wrote them in this window`);
   if (crc > 0 || crcLogged > 0) fail(`torusd counted ${crc} CRC failures (${crcLogged} logged)`);
   if (suspectAfter.suspect > 0) fail(`${suspectAfter.suspect} blocks are still suspect after every block was read`);
-  if (ext4.length > 0) fail(`kernel log: ${ext4.slice(0, 3).join(' | ')}`);
+  if (fsErrors.length > 0) fail(`kernel log: ${fsErrors.slice(0, 3).join(' | ')}`);
   tell(`verified ${JSON.stringify(verified)}`);
 }
 
@@ -294,9 +342,10 @@ if (MODE === 'verify' || failures.length > 0) {
     fail('torusd did not stop within 60 s of SIGTERM');
   } else if (st.code !== 0) fail(`torusd exited ${st.code ?? st.signal} on SIGTERM`);
   await run('umount', [MNT]);
-  const fsck = await run('e2fsck', ['-fn', DISK], { allowFail: true });
-  if (fsck.code !== 0) fail(`e2fsck -fn exited ${fsck.code}: ${fsck.stdout.slice(-500)}`);
-  else log('e2fsck -fn: the filesystem is clean');
+  const [fsckCmd, fsckArgs] = fsys.fsck;
+  const fsck = await run(fsckCmd, fsckArgs, { allowFail: true });
+  if (fsck.code !== 0) fail(`${fsckCmd} ${fsckArgs.join(' ')} exited ${fsck.code}: ${(fsck.stdout + fsck.stderr).slice(-500)}`);
+  else log(`${fsckCmd} ${fsckArgs.join(' ')}: the file system is clean`);
 }
 tell(failures.length === 0 ? 'done ok' : `done failed ${failures.length}`);
 process.exit(failures.length === 0 ? 0 : 1);

@@ -26,7 +26,9 @@ CPUS=${TORUS_VM_CPUS:-2}
 TIMEOUT=${TORUS_VM_TIMEOUT:-2400}
 IDLE_TIMEOUT=${TORUS_VM_IDLE_TIMEOUT:-600}
 # Copied into the initramfs (with their dependencies) and loaded at boot.
-MODULES="virtio_pci virtio_net virtio_rng virtio_blk 9pnet_virtio 9p nbd ext4 crc32c_generic"
+# xfs: the power-loss suite also runs its data dir on XFS (after crc32c_generic:
+# its libcrc32c needs the crc32c algorithm when it loads).
+MODULES="virtio_pci virtio_net virtio_rng virtio_blk 9pnet_virtio 9p nbd ext4 crc32c_generic xfs"
 
 say() { printf 'vm: %s\n' "$*" >&2; }
 die() { printf 'vm: error: %s\n' "$*" >&2; exit 2; }
