@@ -33,6 +33,7 @@ import { attachSocketPath } from '../attach/api.js';
 import type { DaemonConfig } from './config.js';
 import { bindDataDirToCluster, clusterForStart, readStartCopies, RingCopyKeeper, type StartCluster, type StartCopies } from './cluster-copies.js';
 import { claimDataDir, loadOrCreatePeerId, readLeaseFile, releaseDataDir, writeLeaseFile } from './identity.js';
+import { classifyDataDirFs } from './data-dir-fs.js';
 import { resolveClusterSecret } from './secret.js';
 import { libuvWorkerThreads } from './process-limits.js';
 
@@ -115,7 +116,11 @@ export class TorusDaemon {
     await claimDataDir(cfg.dataDir);
     this.claimed = true;
     this.uuid = uuid;
-    this.log.info({ uuid, created, dataDir: path.resolve(cfg.dataDir), crc32c: crc32cDescription() }, 'peer identity');
+    const fs = classifyDataDirFs((await statfs(cfg.dataDir)).type);
+    this.log.info({ uuid, created, dataDir: path.resolve(cfg.dataDir), fs: fs.name, crc32c: crc32cDescription() }, 'peer identity');
+    if (fs.verdict === 'ephemeral' || fs.verdict === 'remote') {
+      this.log.warn({ dataDir: path.resolve(cfg.dataDir), fs: fs.name, verdict: fs.verdict }, `the data dir is on ${fs.name}: ${fs.why}`);
+    }
 
     this.metadata = new EtcdMetadata({ endpoints: cfg.etcdEndpoints, logger: this.root, clock: this.clock });
     const start = await this.waitForCluster();

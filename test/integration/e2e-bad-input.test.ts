@@ -1,9 +1,12 @@
 /**
  * End to end: the real torusd and torusctl facing bad input: seeded fuzzing
  * of the NBD port while real clients keep working, requests outside the
- * export, bad volume sizes and names, and a full data dir.
+ * export, bad volume sizes and names, a full data dir, and a data dir in
+ * memory.
  * Reproduce a fuzz failure with TORUS_E2E_FUZZ_SEED=<seed from the failure>.
  */
+import { mkdtempSync, rmSync, statfsSync } from 'node:fs';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as P from '../../src/nbd/protocol.js';
 import { ensureBuilt } from '../helpers/build.js';
@@ -202,6 +205,35 @@ describe('a full data dir', () => {
     } finally {
       await small?.destroy();
       await etcd2.stop();
+    }
+  });
+});
+
+describe('a data dir that cannot keep data', () => {
+  it('torusd names the file system it runs on, and warns when it is memory (tmpfs)', async () => {
+    // The shared daemon's data dir is on this machine's disk: named, no warning.
+    const identity = d.lines().find((l) => l.msg === 'peer identity');
+    expect(identity?.fs, d.tail()).toMatch(/^(ext4|xfs|btrfs|zfs|f2fs)$/);
+    expect(d.lines().filter((l) => /^the data dir is on/.test(String(l.msg)))).toEqual([]);
+
+    const TMPFS_MAGIC = 0x01021994;
+    if (statfsSync('/dev/shm').type !== TMPFS_MAGIC) throw new Error('/dev/shm is not a tmpfs on this machine: this test needs one (mount -t tmpfs tmpfs /dev/shm)');
+    const dir = mkdtempSync(path.join('/dev/shm', 'torus-e2e-data-'));
+    // Its own etcd: in the same cluster the two daemons would share blocks.
+    const etcd2 = await startEtcd();
+    let mem: TorusdHandle | undefined;
+    try {
+      mem = await startTorusd({ etcd: etcd2.endpoint, size: '64MiB', dataDir: dir });
+      const warning = mem.lines().find((l) => /^the data dir is on tmpfs/.test(String(l.msg)));
+      expect(warning, mem.tail()).toMatchObject({ level: 40, fs: 'tmpfs', verdict: 'ephemeral' });
+      expect(String(warning?.msg)).toMatch(/lost when the node reboots/);
+      // A warning, not a refusal: a throwaway cluster in memory still serves.
+      await torusctlOk(etcd2.endpoint, ['volume', 'create-block', 'scratch', '8MiB']);
+      await qemuIoOk(mem.nbdUri('scratch'), ['write -P 0x5a 0 1M', 'flush', 'read -P 0x5a 0 1M']);
+    } finally {
+      await mem?.destroy();
+      await etcd2.stop();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
