@@ -1,11 +1,16 @@
+import type { MountEntry } from '../k8s/mount/mountinfo.js';
+
 /**
  * What file system the data dir is on, and whether it keeps data the way a
- * storage daemon needs (pure: the caller reads statfs(2)'s f_type). torusd
+ * storage daemon needs (pure: the caller reads statfs(2)'s f_type and
+ * /proc/self/mountinfo). torusd
  * logs it at start-up and warns when the data dir cannot keep what it is
  * given: a data dir on tmpfs loses every block at the node's reboot, and one
  * on overlayfs is usually a container's own writable layer (a DaemonSet
  * whose hostPath mount is missing), lost when the pod is recreated. Both
- * look fine until then, which is why they are said out loud.
+ * look fine until then, which is why they are said out loud. So are mount
+ * options that void what a FLUSH promises (write barriers off) or let a
+ * crash show other files' old bytes (ext4's data=writeback).
  *
  * Magic numbers from Linux's include/uapi/linux/magic.h (and ZFS's).
  */
@@ -32,14 +37,14 @@ const KNOWN: ReadonlyMap<number, DataDirFs> = new Map<number, DataDirFs>([
   [0x9123683e, { name: 'btrfs', verdict: 'local' }],
   [0xf2f52010, { name: 'f2fs', verdict: 'local' }],
   [0x2fc12fc1, { name: 'zfs', verdict: 'local' }],
-  [0x01021994, { name: 'tmpfs', verdict: 'ephemeral', why: 'it is memory: every block is lost when the node reboots' }],
-  [0x858458f6, { name: 'ramfs', verdict: 'ephemeral', why: 'it is memory: every block is lost when the node reboots' }],
+  [0x01021994, { name: 'tmpfs', verdict: 'ephemeral', why: 'every block is lost when the node reboots (tmpfs is memory)' }],
+  [0x858458f6, { name: 'ramfs', verdict: 'ephemeral', why: 'every block is lost when the node reboots (ramfs is memory)' }],
   [
     0x794c7630,
     {
       name: 'overlayfs',
       verdict: 'ephemeral',
-      why: "it is most likely the container's own writable layer (no hostPath mounted at the data dir): every block is lost when the pod is recreated",
+      why: "every block is lost when the pod is recreated, for this is most likely the container's own writable layer (no hostPath mounted at the data dir)",
     },
   ],
   [0x6969, { name: 'nfs', verdict: 'remote', why: 'a network file system: its fsync and its behaviour when the server goes away are not those of a local disk' }],
@@ -53,4 +58,18 @@ const KNOWN: ReadonlyMap<number, DataDirFs> = new Map<number, DataDirFs>([
 export function classifyDataDirFs(fType: number | bigint): DataDirFs {
   const magic = Number(fType) >>> 0;
   return KNOWN.get(magic) ?? { name: `0x${magic.toString(16)}`, verdict: 'unknown' };
+}
+
+const BARRIERS_OFF =
+  'write barriers are off: a FLUSH that torus acknowledges may still sit in the disk\'s volatile cache, and a power cut loses it (remount without nobarrier / barrier=0)';
+
+/** Mount options of the data dir's file system that weaken what torus promises, each said as a sentence. */
+export function mountHazards(mount: MountEntry): string[] {
+  const opts = new Set([...mount.options, ...mount.superOptions]);
+  const out: string[] = [];
+  if (opts.has('nobarrier') || opts.has('barrier=0')) out.push(BARRIERS_OFF);
+  if ((mount.fsType === 'ext4' || mount.fsType === 'ext3') && opts.has('data=writeback')) {
+    out.push('data=writeback: after a power cut a block file may show disk blocks that held other files\' data, since nothing writes data before the metadata that points at it (use the default data=ordered)');
+  }
+  return out;
 }

@@ -1,4 +1,4 @@
-import { statfs } from 'node:fs/promises';
+import { readFile, realpath, statfs } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -33,7 +33,8 @@ import { attachSocketPath } from '../attach/api.js';
 import type { DaemonConfig } from './config.js';
 import { bindDataDirToCluster, clusterForStart, readStartCopies, RingCopyKeeper, type StartCluster, type StartCopies } from './cluster-copies.js';
 import { claimDataDir, loadOrCreatePeerId, readLeaseFile, releaseDataDir, writeLeaseFile } from './identity.js';
-import { classifyDataDirFs } from './data-dir-fs.js';
+import { classifyDataDirFs, mountHazards } from './data-dir-fs.js';
+import { mountHolding, parseMountInfo, type MountEntry } from '../k8s/mount/mountinfo.js';
 import { resolveClusterSecret } from './secret.js';
 import { libuvWorkerThreads } from './process-limits.js';
 
@@ -116,11 +117,7 @@ export class TorusDaemon {
     await claimDataDir(cfg.dataDir);
     this.claimed = true;
     this.uuid = uuid;
-    const fs = classifyDataDirFs((await statfs(cfg.dataDir)).type);
-    this.log.info({ uuid, created, dataDir: path.resolve(cfg.dataDir), fs: fs.name, crc32c: crc32cDescription() }, 'peer identity');
-    if (fs.verdict === 'ephemeral' || fs.verdict === 'remote') {
-      this.log.warn({ dataDir: path.resolve(cfg.dataDir), fs: fs.name, verdict: fs.verdict }, `the data dir is on ${fs.name}: ${fs.why}`);
-    }
+    await this.checkDataDirFs();
 
     this.metadata = new EtcdMetadata({ endpoints: cfg.etcdEndpoints, logger: this.root, clock: this.clock });
     const start = await this.waitForCluster();
@@ -492,6 +489,24 @@ export class TorusDaemon {
       if (page.length < 4096) return out;
       after = page[page.length - 1]!.ref;
     }
+  }
+
+  /** Logs the data dir's file system and mount, and warns about what cannot keep data or weakens a FLUSH (data-dir-fs.ts). */
+  private async checkDataDirFs(): Promise<void> {
+    const dataDir = await realpath(this.config.dataDir);
+    const fs = classifyDataDirFs((await statfs(dataDir)).type);
+    let mount: MountEntry | null = null;
+    try {
+      mount = mountHolding(parseMountInfo(await readFile('/proc/self/mountinfo', 'utf8')), dataDir);
+    } catch (err) {
+      this.log.debug({ err }, 'could not read /proc/self/mountinfo');
+    }
+    const fields = { dataDir, fs: fs.name, mountPoint: mount?.mountPoint, device: mount?.source };
+    this.log.info({ ...fields, options: mount ? [...new Set([...mount.options, ...mount.superOptions])].join(',') : undefined }, 'data dir file system');
+    if (fs.verdict === 'ephemeral' || fs.verdict === 'remote') {
+      this.log.warn({ ...fields, verdict: fs.verdict }, `the data dir is on ${fs.name}: ${fs.why}`);
+    }
+    for (const hazard of mount ? mountHazards(mount) : []) this.log.warn(fields, `the data dir's mount: ${hazard}`);
   }
 
   private async resolveCapacity(): Promise<number> {

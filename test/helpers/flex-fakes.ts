@@ -85,7 +85,7 @@ export class FakeNode implements MountSystem {
     this.log.push(`mount ${device} ${target} ${options.join(',')}`);
     if (d.disk.fs !== fsType) throw new TorusError('TORUS_ERR_FLEX_MOUNT_FAILED', `mount: wrong fs type on ${device}`);
     if (d.readOnly && !options.includes('ro')) throw new TorusError('TORUS_ERR_FLEX_MOUNT_FAILED', `mount: ${device} is write-protected`);
-    this.mounts.push({ dev: `43:${d.minor}`, root: '/', mountPoint: target, options: [...options], fsType, source: device });
+    this.mounts.push({ dev: `43:${d.minor}`, root: '/', mountPoint: target, options: [...options], fsType, source: device, superOptions: ['rw'] });
   }
 
   async bind(source: string, target: string, readOnly: boolean): Promise<void> {
@@ -94,7 +94,7 @@ export class FakeNode implements MountSystem {
     if (device) {
       // A device node bound onto a file, as /proc/self/mountinfo shows it: devtmpfs, rooted at the node's name.
       if (!this.files.has(target)) throw new TorusError('TORUS_ERR_FLEX_MOUNT_FAILED', `mount --bind: ${target} does not exist`);
-      this.mounts.push({ dev: '0:5', root: `/${source.replace(/^\/dev\//, '')}`, mountPoint: target, options: readOnly ? ['ro'] : ['rw'], fsType: 'devtmpfs', source: 'udev' });
+      this.mounts.push({ dev: '0:5', root: `/${source.replace(/^\/dev\//, '')}`, mountPoint: target, options: readOnly ? ['ro'] : ['rw'], fsType: 'devtmpfs', source: 'udev', superOptions: ['rw'] });
       return;
     }
     const m = [...this.mounts].reverse().find((e) => e.mountPoint === source);

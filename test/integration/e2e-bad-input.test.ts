@@ -212,9 +212,10 @@ describe('a full data dir', () => {
 describe('a data dir that cannot keep data', () => {
   it('torusd names the file system it runs on, and warns when it is memory (tmpfs)', async () => {
     // The shared daemon's data dir is on this machine's disk: named, no warning.
-    const identity = d.lines().find((l) => l.msg === 'peer identity');
-    expect(identity?.fs, d.tail()).toMatch(/^(ext4|xfs|btrfs|zfs|f2fs)$/);
-    expect(d.lines().filter((l) => /^the data dir is on/.test(String(l.msg)))).toEqual([]);
+    const named = d.lines().find((l) => l.msg === 'data dir file system');
+    expect(named?.fs, d.tail()).toMatch(/^(ext4|xfs|btrfs|zfs|f2fs)$/);
+    expect(named?.mountPoint, d.tail()).toMatch(/^\//);
+    expect(d.lines().filter((l) => /^the data dir/.test(String(l.msg)))).toEqual([]);
 
     const TMPFS_MAGIC = 0x01021994;
     if (statfsSync('/dev/shm').type !== TMPFS_MAGIC) throw new Error('/dev/shm is not a tmpfs on this machine: this test needs one (mount -t tmpfs tmpfs /dev/shm)');

@@ -235,11 +235,11 @@ describe('requests the node service refuses', () => {
 
   it('a staging path that holds another mount is not mounted over; a foreign mount is not unmounted', async () => {
     const a = node('node-a');
-    a.attach.node.mounts.push({ dev: '8:1', root: '/', mountPoint: STAGE, options: ['rw'], fsType: 'ext4', source: '/dev/sda1' });
+    a.attach.node.mounts.push({ dev: '8:1', root: '/', mountPoint: STAGE, options: ['rw'], fsType: 'ext4', source: '/dev/sda1', superOptions: ['rw'] });
     expect(await code(stage(a))).toBe('TORUS_ERR_CSI_VOLUME_INCOMPATIBLE');
     expect(await a.attach.list()).toEqual([]);
     expect(await code(unstage(a))).toBe('TORUS_ERR_CSI_NOT_TORUS_MOUNT');
-    a.attach.node.mounts.push({ dev: '8:1', root: '/', mountPoint: POD1, options: ['rw'], fsType: 'ext4', source: '/dev/sda1' });
+    a.attach.node.mounts.push({ dev: '8:1', root: '/', mountPoint: POD1, options: ['rw'], fsType: 'ext4', source: '/dev/sda1', superOptions: ['rw'] });
     expect(await code(unpublish(a, POD1))).toBe('TORUS_ERR_CSI_NOT_TORUS_MOUNT');
   });
 

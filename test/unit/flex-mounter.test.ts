@@ -190,7 +190,7 @@ describe('mount', () => {
   });
 
   it('refuses to mount over a directory that is already something else', async () => {
-    node.mounts.push({ dev: '8:1', root: '/', mountPoint: POD_A, options: ['rw'], fsType: 'ext4', source: '/dev/sda1' });
+    node.mounts.push({ dev: '8:1', root: '/', mountPoint: POD_A, options: ['rw'], fsType: 'ext4', source: '/dev/sda1', superOptions: ['rw'] });
     const r = await call('mount', POD_A, kubeletJson());
     expect(r.message).toMatch(/TORUS_ERR_FLEX_MOUNT_FAILED: .* is already a mount point \(\/dev\/sda1, ext4\)/);
     expect(attacher.calls).toEqual([]);
@@ -286,7 +286,7 @@ describe('unmount', () => {
   });
 
   it('refuses to unmount a mount torus did not make', async () => {
-    node.mounts.push({ dev: '8:1', root: '/', mountPoint: POD_A, options: ['rw'], fsType: 'ext4', source: '/dev/sda1' });
+    node.mounts.push({ dev: '8:1', root: '/', mountPoint: POD_A, options: ['rw'], fsType: 'ext4', source: '/dev/sda1', superOptions: ['rw'] });
     expect((await call('unmount', POD_A)).message).toMatch(/TORUS_ERR_FLEX_NOT_TORUS_MOUNT/);
     expect(node.mounts).toHaveLength(1);
   });
@@ -333,7 +333,7 @@ describe('after a node reboot', () => {
   it('unmount of a stale record never detaches a device that now carries another mount', async () => {
     await call('mount', POD_A, kubeletJson());
     // Reboot: every mount is gone, and nbd0 now serves something else.
-    node.mounts = [{ dev: '43:9', root: '/', mountPoint: '/mnt/other', options: ['rw'], fsType: 'ext4', source: '/dev/nbd0' }];
+    node.mounts = [{ dev: '43:9', root: '/', mountPoint: '/mnt/other', options: ['rw'], fsType: 'ext4', source: '/dev/nbd0', superOptions: ['rw'] }];
     expect(await call('unmount', POD_A)).toEqual({ status: 'Success' });
     expect(attacher.calls.map((c) => c.op)).toEqual(['attach']);
     expect((await state.load()).size).toBe(0);

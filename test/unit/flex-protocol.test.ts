@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { stagingMountOptions } from '../../src/k8s/mount/filesystem.js';
-import { interpretBlkid, mountAt, parseMountInfo } from '../../src/k8s/mount/mountinfo.js';
+import { interpretBlkid, mountAt, mountHolding, parseMountInfo } from '../../src/k8s/mount/mountinfo.js';
 import { parseMountRequest, parseTargetDir } from '../../src/k8s/flex/options.js';
 import {
   decodeReply,
@@ -139,9 +139,23 @@ describe('mountinfo and blkid', () => {
       options: ['rw', 'noatime'],
       fsType: 'ext4',
       source: '/dev/nbd0',
+      superOptions: ['rw'],
     });
     expect(mountAt(entries, '/tmp')!.source).toBe('other');
     expect(mountAt(entries, '/nope')).toBeNull();
+  });
+
+  it('finds the mount holding a path: the longest mount point above it, the last of stacked ones', () => {
+    const entries = parseMountInfo(
+      text + '\n104 22 8:2 / /var/lib/torus rw,relatime - ext4 /dev/sdb1 rw,nobarrier,data=writeback\n105 22 8:3 / /var/lib/tor rw - xfs /dev/sdc1 rw\n',
+    );
+    expect(mountHolding(entries, '/var/lib/torus/store')).toMatchObject({ source: '/dev/sdb1', superOptions: ['rw', 'nobarrier', 'data=writeback'] });
+    expect(mountHolding(entries, '/var/lib/torus')!.source).toBe('/dev/sdb1');
+    // A mount point that is only a prefix of the name is not above it.
+    expect(mountHolding(entries, '/var/lib/torusd/x')!.source).toBe('/dev/sda1');
+    expect(mountHolding(entries, '/tmp/a')!.source).toBe('other');
+    expect(mountHolding(entries, '/etc')!.mountPoint).toBe('/');
+    expect(mountHolding([], '/etc')).toBeNull();
   });
 
   it('only blkid exit 2 is empty; several signatures or none with a type are not', () => {

@@ -11,9 +11,12 @@ export interface MountEntry {
   /** The path inside the filesystem that is mounted here ("/" for the whole filesystem). */
   readonly root: string;
   readonly mountPoint: string;
+  /** Per-mount options (rw, relatime, ...). */
   readonly options: readonly string[];
   readonly fsType: string;
   readonly source: string;
+  /** The filesystem's own options (ext4: errors=..., data=writeback, nobarrier, ...). */
+  readonly superOptions: readonly string[];
 }
 
 /** mountinfo escapes space, tab, newline and backslash as \ooo octal. */
@@ -38,6 +41,7 @@ export function parseMountInfo(text: string): MountEntry[] {
       options: left[5]!.split(','),
       fsType: right[0]!,
       source: unescape(right[1]!),
+      superOptions: right[2] === undefined || right[2] === '' ? [] : right[2].split(','),
     });
   }
   return out;
@@ -47,6 +51,21 @@ export function parseMountInfo(text: string): MountEntry[] {
 export function mountAt(entries: readonly MountEntry[], dir: string): MountEntry | null {
   for (let i = entries.length - 1; i >= 0; i--) if (entries[i]!.mountPoint === dir) return entries[i]!;
   return null;
+}
+
+/**
+ * The mount that holds `file` (an absolute path with symbolic links
+ * resolved): the one with the longest mount point above it, and of stacked
+ * mounts there, the last one listed.
+ */
+export function mountHolding(entries: readonly MountEntry[], file: string): MountEntry | null {
+  let best: MountEntry | null = null;
+  for (const e of entries) {
+    const mp = e.mountPoint;
+    const under = mp === '/' || file === mp || file.startsWith(mp.endsWith('/') ? mp : `${mp}/`);
+    if (under && (best === null || mp.length >= best.mountPoint.length)) best = e;
+  }
+  return best;
 }
 
 export type Probe = { readonly kind: 'empty' } | { readonly kind: 'filesystem'; readonly type: string } | { readonly kind: 'ambiguous'; readonly detail: string };
