@@ -25,6 +25,7 @@ export interface DaemonFlags {
   downOutInterval?: string;
   rebalanceRate?: string;
   scrubInterval?: string;
+  checkpointInterval?: string;
   flexSocket?: string;
   flexStateDir?: string;
 }
@@ -49,6 +50,8 @@ export interface DaemonConfig {
   readonly rebalanceBytesPerSec: number;
   /** 0: no periodic scrub. */
   readonly scrubIntervalMs: number;
+  /** How often the store makes the CRC tables of changed blocks durable (README, "Checksums across crashes"). */
+  readonly checkpointIntervalMs: number;
   /** The FlexVolume driver's unix socket and state folder; null: no FlexVolume service. */
   readonly flex: { readonly socket: string; readonly stateDir: string } | null;
 }
@@ -66,6 +69,7 @@ export const DEFAULTS = {
   downOutInterval: '10m',
   rebalanceRate: '100MiB',
   scrubInterval: '24h',
+  checkpointInterval: '60s',
   /** Under kubelet's own plugin folder, so staging mounts propagate to the host and outlive a torusd container. */
   flexStateDir: '/var/lib/kubelet/plugins/coreos.com~torus',
 } as const;
@@ -93,6 +97,7 @@ export function resolveDaemonConfig(flags: DaemonFlags, env: Record<string, stri
     downOutIntervalMs: parseDuration(flags.downOutInterval ?? DEFAULTS.downOutInterval, '--down-out-interval', 0),
     rebalanceBytesPerSec: parseRate(flags.rebalanceRate ?? DEFAULTS.rebalanceRate),
     scrubIntervalMs: parseDuration(flags.scrubInterval ?? DEFAULTS.scrubInterval, '--scrub-interval', 0),
+    checkpointIntervalMs: parseDuration(flags.checkpointInterval ?? DEFAULTS.checkpointInterval, '--checkpoint-interval', 100),
     flex: resolveFlex(flags, env),
   };
 }

@@ -145,6 +145,7 @@ export class TorusDaemon {
       clock: this.clock,
       onCrcFailure: () => this.metrics.storeCrcFailure(),
       pool: this.pool,
+      checkpointIntervalMs: cfg.checkpointIntervalMs,
     });
     if (this.pool.poison) this.root.warn('buffer pool poisoning is on (TORUS_POOL_POISON=1): a debugging mode, slower');
     this.metrics.setBufferPoolSource(() => this.pool.stats());

@@ -26,6 +26,14 @@ describe('torusd configuration', () => {
     expect(() => resolveDaemonConfig({ replicaTimeout: '0' }, {})).toThrow(expect.objectContaining({ code: 'TORUS_ERR_ARG_INVALID' }));
   });
 
+  it('checkpoints every 60 s unless told, never less than every 100 ms, never "0"', () => {
+    expect(resolveDaemonConfig({}, {}).checkpointIntervalMs).toBe(60_000);
+    expect(resolveDaemonConfig({ checkpointInterval: '700ms' }, {}).checkpointIntervalMs).toBe(700);
+    for (const bad of ['0', '50ms', 'soon']) {
+      expect(() => resolveDaemonConfig({ checkpointInterval: bad }, {})).toThrow(expect.objectContaining({ code: 'TORUS_ERR_ARG_INVALID', message: expect.stringMatching(/--checkpoint-interval/) }));
+    }
+  });
+
   it('reads the Torus container environment, and flags win', () => {
     const env = { ETCD_HOST: 'etcd', ETCD_PORT: '2479', STORAGE_SIZE: '20GiB', LISTEN_HOST: '10.1.2.3', LISTEN_HTTP_PORT: '5000', AUTO_JOIN: '1', DEBUG_INIT: 'true' };
     const c = resolveDaemonConfig({}, env);
