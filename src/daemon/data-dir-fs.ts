@@ -3,14 +3,14 @@ import type { MountEntry } from '../k8s/mount/mountinfo.js';
 /**
  * What file system the data dir is on, and whether it keeps data the way a
  * storage daemon needs (pure: the caller reads statfs(2)'s f_type and
- * /proc/self/mountinfo). torusd
- * logs it at start-up and warns when the data dir cannot keep what it is
- * given: a data dir on tmpfs loses every block at the node's reboot, and one
- * on overlayfs is usually a container's own writable layer (a DaemonSet
- * whose hostPath mount is missing), lost when the pod is recreated. Both
- * look fine until then, which is why they are said out loud. So are mount
- * options that void what a FLUSH promises (write barriers off) or let a
- * crash show other files' old bytes (ext4's data=writeback).
+ * /proc/self/mountinfo). torusd logs it at start-up and warns when the data
+ * dir cannot keep what it is given: a data dir on tmpfs loses every block at
+ * the node's reboot, and one on overlayfs is usually a container's own
+ * writable layer (a DaemonSet whose hostPath mount is missing), lost when
+ * the pod is recreated. Both look fine until then, which is why they are
+ * said out loud. So are mount options that void what a FLUSH promises
+ * (write barriers off) or let a crash show other files' old bytes (ext4's
+ * data=writeback).
  *
  * Magic numbers from Linux's include/uapi/linux/magic.h (and ZFS's).
  */

@@ -117,6 +117,7 @@ export class TorusDaemon {
     await claimDataDir(cfg.dataDir);
     this.claimed = true;
     this.uuid = uuid;
+    this.log.info({ uuid, created, dataDir: path.resolve(cfg.dataDir), crc32c: crc32cDescription() }, 'peer identity');
     await this.checkDataDirFs();
 
     this.metadata = new EtcdMetadata({ endpoints: cfg.etcdEndpoints, logger: this.root, clock: this.clock });

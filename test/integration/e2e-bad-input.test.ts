@@ -212,6 +212,7 @@ describe('a full data dir', () => {
 describe('a data dir that cannot keep data', () => {
   it('torusd names the file system it runs on, and warns when it is memory (tmpfs)', async () => {
     // The shared daemon's data dir is on this machine's disk: named, no warning.
+    expect(d.lines().find((l) => l.msg === 'peer identity'), d.tail()).toMatchObject({ uuid: d.uuid, crc32c: expect.any(String) });
     const named = d.lines().find((l) => l.msg === 'data dir file system');
     expect(named?.fs, d.tail()).toMatch(/^(ext4|xfs|btrfs|zfs|f2fs)$/);
     expect(named?.mountPoint, d.tail()).toMatch(/^\//);
