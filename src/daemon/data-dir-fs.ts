@@ -31,6 +31,8 @@ export interface DataDirFs {
   readonly why?: string;
 }
 
+const NETWORK_FS = 'a network file system: its fsync and its behaviour when the server goes away are not those of a local disk';
+
 const KNOWN: ReadonlyMap<number, DataDirFs> = new Map<number, DataDirFs>([
   [0xef53, { name: 'ext4', verdict: 'tested' }], // ext2, ext3 and ext4 share it
   [0x58465342, { name: 'xfs', verdict: 'tested' }],
@@ -47,9 +49,9 @@ const KNOWN: ReadonlyMap<number, DataDirFs> = new Map<number, DataDirFs>([
       why: "every block is lost when the pod is recreated, for this is most likely the container's own writable layer (no hostPath mounted at the data dir)",
     },
   ],
-  [0x6969, { name: 'nfs', verdict: 'remote', why: 'a network file system: its fsync and its behaviour when the server goes away are not those of a local disk' }],
-  [0xff534d42, { name: 'cifs', verdict: 'remote', why: 'a network file system: its fsync and its behaviour when the server goes away are not those of a local disk' }],
-  [0xfe534d42, { name: 'smb2', verdict: 'remote', why: 'a network file system: its fsync and its behaviour when the server goes away are not those of a local disk' }],
+  [0x6969, { name: 'nfs', verdict: 'remote', why: NETWORK_FS }],
+  [0xff534d42, { name: 'cifs', verdict: 'remote', why: NETWORK_FS }],
+  [0xfe534d42, { name: 'smb2', verdict: 'remote', why: NETWORK_FS }],
   [0x01021997, { name: '9p', verdict: 'remote', why: 'a file system passed through from a host or over a network: its fsync may not reach a disk' }],
   [0x65735546, { name: 'fuse', verdict: 'remote', why: 'a user-space file system: whether its fsync reaches a disk is up to its driver' }],
 ]);

@@ -503,11 +503,9 @@ export class TorusDaemon {
     } catch (err) {
       this.log.debug({ err }, 'could not read /proc/self/mountinfo');
     }
-    const fields = { dataDir, fs: fs.name, mountPoint: mount?.mountPoint, device: mount?.source };
+    const fields = { dataDir, fs: fs.name, verdict: fs.verdict, mountPoint: mount?.mountPoint, device: mount?.source };
     this.log.info({ ...fields, options: mount ? [...new Set([...mount.options, ...mount.superOptions])].join(',') : undefined }, 'data dir file system');
-    if (fs.verdict === 'ephemeral' || fs.verdict === 'remote') {
-      this.log.warn({ ...fields, verdict: fs.verdict }, `the data dir is on ${fs.name}: ${fs.why}`);
-    }
+    if (fs.verdict === 'ephemeral' || fs.verdict === 'remote') this.log.warn(fields, `the data dir is on ${fs.name}: ${fs.why}`);
     for (const hazard of mount ? mountHazards(mount) : []) this.log.warn(fields, `the data dir's mount: ${hazard}`);
   }
 

@@ -8,6 +8,7 @@
 import { mkdtempSync, rmSync, statfsSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { classifyDataDirFs } from '../../src/daemon/data-dir-fs.js';
 import * as P from '../../src/nbd/protocol.js';
 import { ensureBuilt } from '../helpers/build.js';
 import { startEtcd, type EtcdHandle } from '../helpers/etcd.js';
@@ -211,12 +212,14 @@ describe('a full data dir', () => {
 
 describe('a data dir that cannot keep data', () => {
   it('torusd names the file system it runs on, and warns when it is memory (tmpfs)', async () => {
-    // The shared daemon's data dir is on this machine's disk: named, no warning.
+    // The shared daemon's data dir (under the temporary folder): named as
+    // statfs names it, with a warning exactly when it cannot keep data.
     expect(d.lines().find((l) => l.msg === 'peer identity'), d.tail()).toMatchObject({ uuid: d.uuid, crc32c: expect.any(String) });
+    const expected = classifyDataDirFs(statfsSync(d.dataDir).type);
     const named = d.lines().find((l) => l.msg === 'data dir file system');
-    expect(named?.fs, d.tail()).toMatch(/^(ext4|xfs|btrfs|zfs|f2fs)$/);
-    expect(named?.mountPoint, d.tail()).toMatch(/^\//);
-    expect(d.lines().filter((l) => /^the data dir/.test(String(l.msg)))).toEqual([]);
+    expect(named, d.tail()).toMatchObject({ fs: expected.name, verdict: expected.verdict, mountPoint: expect.stringMatching(/^\//) });
+    const warned = d.lines().filter((l) => /^the data dir/.test(String(l.msg)));
+    expect(warned).toHaveLength(expected.verdict === 'ephemeral' || expected.verdict === 'remote' ? 1 : 0);
 
     const TMPFS_MAGIC = 0x01021994;
     if (statfsSync('/dev/shm').type !== TMPFS_MAGIC) throw new Error('/dev/shm is not a tmpfs on this machine: this test needs one (mount -t tmpfs tmpfs /dev/shm)');

@@ -23,16 +23,12 @@ import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { fileSystem } from './guest/powerloss-filesystems.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-/** The data dir's file system, and the tools the guest formats and checks it with (the host's: the guest shares its root). */
-const FILESYSTEMS = {
-  ext4: { tools: [['mkfs.ext4', 'e2fsprogs'], ['e2fsck', 'e2fsprogs']] },
-  xfs: { tools: [['mkfs.xfs', 'xfsprogs'], ['xfs_repair', 'xfsprogs']] },
-  'ext4-nojournal': { tools: [['mkfs.ext4', 'e2fsprogs'], ['e2fsck', 'e2fsprogs']] },
-};
+/** The data dir's file system; the guest formats and checks it with the host's tools (it shares the host's root). */
 const FS = process.env.TORUS_PL_FS ?? 'ext4';
-if (!Object.hasOwn(FILESYSTEMS, FS)) throw new Error(`TORUS_PL_FS=${FS}: expected one of ${Object.keys(FILESYSTEMS).join(', ')}`);
+const fsys = fileSystem(FS);
 const RUN = path.join(ROOT, 'test/vm/powerloss-run', FS);
 const DISK = path.join(RUN, 'disk.img');
 const PIDFILE = path.join(RUN, 'qemu.pid');
@@ -86,7 +82,7 @@ function runOk(cmd, args) {
 
 requireTool('qemu-system-x86_64', 'qemu-system-x86');
 const etcdBin = requireTool('etcd', 'etcd-server');
-for (const [cmd, pkg] of FILESYSTEMS[FS].tools) requireTool(cmd, pkg);
+for (const [cmd] of [fsys.mkfs(''), fsys.fsck('')]) requireTool(cmd, fsys.package);
 if (!existsSync(path.join(ROOT, 'dist/cmd/torusd.js'))) throw new Error('dist/ is missing: npm run build');
 
 rmSync(RUN, { recursive: true, force: true });

@@ -25,6 +25,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SECTOR_BYTES, STALE_CHUNK, classify, expectations, judge, roundBase, runsOf, sectorBytes } from './powerloss-pattern.mjs';
 import { loadNbdClient } from './nbd-client.mjs';
+import { fileSystem } from './powerloss-filesystems.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const DIST = path.join(ROOT, 'dist');
@@ -114,16 +115,9 @@ const fail = (what) => {
 
 if (!existsSync(DISK)) throw new Error(`${DISK} is missing: the VM has no virtio disk (TORUS_VM_DRIVE) or no virtio_blk`);
 await run('dmesg', ['-C'], { allowFail: true });
-/** How each file system is made (never discarding: what a deleted file held stays on the disk) and checked at the end. */
-const FILESYSTEMS = {
-  ext4: { type: 'ext4', mkfs: ['mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', DISK]], fsck: ['e2fsck', ['-fn', DISK]] },
-  'ext4-nojournal': { type: 'ext4', mkfs: ['mkfs.ext4', ['-q', '-F', '-E', 'nodiscard', '-O', '^has_journal', DISK]], fsck: ['e2fsck', ['-fn', DISK]] },
-  xfs: { type: 'xfs', mkfs: ['mkfs.xfs', ['-q', '-f', '-K', DISK]], fsck: ['xfs_repair', ['-n', DISK]] },
-};
-const fsys = FILESYSTEMS[FS];
-if (fsys === undefined) throw new Error(`TORUS_PL_FS=${FS}: expected one of ${Object.keys(FILESYSTEMS).join(', ')}`);
+const fsys = fileSystem(FS);
 if (ROUND === 0) {
-  const f = await run(...fsys.mkfs);
+  const f = await run(...fsys.mkfs(DISK));
   log(`formatted ${DISK} ${FS} ${f.stdout.trim()}`);
 }
 mkdirSync(MNT, { recursive: true });
@@ -348,7 +342,7 @@ if (MODE === 'verify' || failures.length > 0) {
     fail('torusd did not stop within 60 s of SIGTERM');
   } else if (st.code !== 0) fail(`torusd exited ${st.code ?? st.signal} on SIGTERM`);
   await run('umount', [MNT]);
-  const [fsckCmd, fsckArgs] = fsys.fsck;
+  const [fsckCmd, fsckArgs] = fsys.fsck(DISK);
   const fsck = await run(fsckCmd, fsckArgs, { allowFail: true });
   if (fsck.code !== 0) fail(`${fsckCmd} ${fsckArgs.join(' ')} exited ${fsck.code}: ${(fsck.stdout + fsck.stderr).slice(-500)}`);
   else log(`${fsckCmd} ${fsckArgs.join(' ')}: the file system is clean`);
