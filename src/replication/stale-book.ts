@@ -15,7 +15,8 @@ import { coarsenRanges, indexesToRanges, STALE_RANGES_MAX } from '../model/range
  * (additions coalesced, group commit), and record() resolves only once the
  * addition is durable there: a degraded write waits for it before it is
  * acknowledged. Removals go through the same queue, so an addition made
- * after a removal can never be overtaken by it.
+ * after a removal can never be overtaken by it, and so do reads of what
+ * etcd holds (refresh), so a removal on its way is never read back.
  */
 interface PeerEntry {
   all: boolean;
@@ -40,7 +41,8 @@ interface PeerEntry {
 type Op =
   | { kind: 'add'; peer: string; all: boolean; blocks: number[]; unsure: number[]; waiters: { resolve(): void; reject(err: unknown): void }[] }
   | { kind: 'remove'; peer: string; what: number[] | 'all'; token: number; undo: Undo; waiters: { resolve(): void; reject(err: unknown): void }[] }
-  | { kind: 'narrow'; peer: string; keep: readonly number[]; token: number; waiters: { resolve(narrowed: boolean): void; reject(err: unknown): void }[] };
+  | { kind: 'narrow'; peer: string; keep: readonly number[]; token: number; waiters: { resolve(narrowed: boolean): void; reject(err: unknown): void }[] }
+  | { kind: 'refresh'; waiters: { resolve(): void; reject(err: unknown): void }[] };
 
 /** What a removal took out of memory: put back if etcd refuses it. */
 interface Undo {
@@ -79,13 +81,42 @@ export class StaleBook {
     return token === undefined ? {} : { token };
   }
 
-  /** Merges what etcd holds (records made by peers themselves, or by an earlier coordinator). */
-  async refresh(): Promise<void> {
-    const records = await this.metadata.getStale(this.volumeId);
-    for (const r of records) this.absorb(r);
+  /**
+   * Merges what etcd holds (records made by peers themselves, or by an
+   * earlier coordinator). The read goes through the queue like every
+   * change: it sees every removal made before it, and a removal made while
+   * it is on its way (queued behind it) keeps its blocks out of the merge.
+   * Read beside the queue, a catch-up's clear still on its way to etcd came
+   * back into memory as durable: a change that then skipped the peer was
+   * acknowledged with no record in etcd, and the next holder would trust
+   * the peer's older copy.
+   */
+  refresh(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ kind: 'refresh', waiters: [{ resolve, reject }] });
+      this.kick();
+    });
   }
 
-  private absorb(r: StaleRecord): void {
+  /** refresh()'s read, run by drain() in queue order. */
+  private async absorbAll(): Promise<void> {
+    const records = await this.metadata.getStale(this.volumeId);
+    // Only ops queued behind this read are left in the queue: their
+    // removals are in memory already and are about to reach etcd.
+    const removing = new Map<string, 'all' | Set<number>>();
+    for (const op of this.queue) {
+      if (op.kind !== 'remove') continue;
+      const seen = removing.get(op.peer);
+      if (op.what === 'all') removing.set(op.peer, 'all');
+      else if (seen !== 'all') removing.set(op.peer, new Set([...(seen ?? []), ...op.what]));
+    }
+    for (const r of records) {
+      const skip = removing.get(r.peer);
+      if (skip !== 'all') this.absorb(r, skip);
+    }
+  }
+
+  private absorb(r: StaleRecord, removing: ReadonlySet<number> = new Set()): void {
     const e = this.entry(r.peer);
     if (r.all) {
       if (!e.all) e.generation++;
@@ -96,6 +127,7 @@ export class StaleBook {
     }
     for (const [start, end] of r.ranges) {
       for (let i = start; i < end; i++) {
+        if (removing.has(i)) continue;
         if (!e.blocks.has(i)) {
           e.blocks.add(i);
           e.generation++;
@@ -105,6 +137,7 @@ export class StaleBook {
     }
     for (const [start, end] of r.unsure ?? []) {
       for (let i = start; i < end; i++) {
+        if (removing.has(i)) continue;
         if (!e.unsure.has(i)) {
           e.unsure.add(i);
           e.generation++;
@@ -432,6 +465,8 @@ export class StaleBook {
                 for (const i of part) e.unsureDurable.add(i);
               }
             }
+          } else if (op.kind === 'refresh') {
+            await this.absorbAll();
           } else if (op.kind === 'narrow') {
             const narrowed = await this.applyNarrow(op.peer, op.keep, op.token);
             for (const w of op.waiters) w.resolve(narrowed);
@@ -451,6 +486,8 @@ export class StaleBook {
             // addition may have been queued), and count as an addition.
             this.undo(op.peer, op.undo);
             this.log.warn({ err, volumeId: this.volumeId, peer: op.peer }, 'could not clear a stale record in etcd; the peer stays untrusted for those blocks');
+          } else if (op.kind === 'refresh') {
+            // The caller decides: a pass goes on from memory, an open fails.
           } else if (op.kind === 'narrow') {
             // The whole-volume record stands, in memory and in etcd.
             this.log.warn({ err, volumeId: this.volumeId, peer: op.peer }, 'could not narrow a stale record in etcd');
