@@ -106,6 +106,14 @@ export interface MemoryMetadataOptions {
   readonly random?: Random;
   /** For the cluster id. */
   readonly ids?: Ids;
+  /**
+   * Time on the wire, each way, of every call: uniform in [0, maxMs), drawn
+   * from `random`. Calls made one after the other may then be served, and
+   * answered, in another order, as by a real etcd (a read served before a
+   * transaction commits, answered after it). Default: none, a call is
+   * served and answered one microtask later.
+   */
+  readonly delays?: { readonly random: Random; readonly maxMs: number };
 }
 
 export const MEMORY_CALL_TIMEOUT_MS_DEFAULT = 5_000;
@@ -133,6 +141,7 @@ export class MemoryMetadata implements MetadataService {
   private readonly log: Logger | undefined;
   private readonly callTimeoutMs: number;
   private readonly random: Random;
+  private readonly delays: { readonly random: Random; readonly maxMs: number } | null;
   private readonly ids: Ids;
   private readonly sessions = new Set<MemorySession>();
   private readonly watches = new Set<Stoppable>();
@@ -145,6 +154,7 @@ export class MemoryMetadata implements MetadataService {
     this.log = opts.logger?.child({ module: 'metadata', backend: 'memory' });
     this.callTimeoutMs = opts.callTimeoutMs ?? MEMORY_CALL_TIMEOUT_MS_DEFAULT;
     this.random = opts.random ?? systemRandom;
+    this.delays = opts.delays ?? null;
     this.ids = opts.ids ?? systemIds;
   }
 
@@ -213,8 +223,14 @@ export class MemoryMetadata implements MetadataService {
     await Promise.resolve();
     if (this.closed) throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd client for ${ENDPOINT} is closed (${op})`);
     switch (fault) {
-      case 'none':
-        return body();
+      case 'none': {
+        if (this.delays === null) return body();
+        await this.sleep(this.delays.random.next() * this.delays.maxMs);
+        if (this.closed) throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd client for ${ENDPOINT} is closed (${op})`);
+        const result = body();
+        await this.sleep(this.delays.random.next() * this.delays.maxMs);
+        return result;
+      }
       case 'unavailable':
         throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd at ${ENDPOINT} is unavailable (${op}): simulated outage`, { details: { endpoints: ENDPOINT, op } });
       case 'hang':

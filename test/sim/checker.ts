@@ -15,7 +15,7 @@ import type { StoreChange } from './store-watch.js';
  * reports the first violation it finds; the runner stops the seed there.
  */
 
-export type Guarantee = 'G1/G4' | 'G3' | 'G5' | 'G6' | 'liveness' | 'bug';
+export type Guarantee = 'G1/G4' | 'G3' | 'G4' | 'G5' | 'G6' | 'liveness' | 'bug';
 
 export interface Violation {
   readonly guarantee: Guarantee;
@@ -155,6 +155,34 @@ export class Checker {
           guarantee: 'G3',
           message: `volume ${model.name} block ${index}: ${op.value === 0 ? 'zero' : `write #${op.op}`} acknowledged with ${copies} copies in memory (${holders.join(', ') || 'none'}); at least ${minCopies} required`,
         };
+      }
+    }
+    return null;
+  }
+
+  /**
+   * G4's second half, at the acknowledgement of a write at level `all`
+   * under a ring that stayed stable since it was issued: every owner of a
+   * block it touched that does not hold it (its copy neither suspect nor
+   * damaged by a fault, its peer not crashed meanwhile) is named stale for
+   * the block in etcd, as a missed block (not merely unsure) or the whole
+   * volume. Memory is not enough: a coordinator that took over next would
+   * trust that owner's older copy. `recorded` reads etcd's records.
+   */
+  checkMissedRecorded(model: VolumeModel, op: Candidate, firstSector: number, count: number, owners: (ref: BlockRef) => readonly string[], recorded: (uuid: string, index: number) => boolean): Violation | null {
+    for (const [index, sectors] of this.blocksOf(firstSector, count)) {
+      const ref = blockRef(model.volumeId, 1, index);
+      sectors.length = 1;
+      for (const v of this.stores()) {
+        if (!owners(ref).includes(v.uuid) || this.wasCorrupted(v.uuid, model.volumeId, index)) continue;
+        const seen = v.store.inspect(ref);
+        if (seen.suspect || this.copyHolds(seen.visible, model, index, sectors, (value) => value === op.value)) continue;
+        if (!recorded(v.uuid, index)) {
+          return {
+            guarantee: 'G4',
+            message: `volume ${model.name} block ${index}: ${op.value === 0 ? 'zero' : `write #${op.op}`} acknowledged while owner ${v.uuid.slice(0, 8)} lacks it, and etcd names it stale for the block nowhere`,
+          };
+        }
       }
     }
     return null;

@@ -1,6 +1,6 @@
 /**
  * npm run sim -- [--seeds N] [--from S] [--seed S] [--ops N] [--variant NAME]
- *                [--jobs N] [--verbose] [--log LEVEL] [--suspend] [--readers]
+ *                [--jobs N] [--verbose] [--log LEVEL] [--suspend] [--readers] [--etcd-delays]
  *
  * Runs seeds of the whole-cluster simulation and prints one line per
  * failing seed with its replay command; exits 1 if any failed. --seed S
@@ -10,7 +10,9 @@
  * prints every event; --log LEVEL the peers' own logs. --suspend pauses
  * the old writer of half the lease takeovers as a suspended VM, whose
  * clocks stop too. --readers adds read-only opens on random peers that
- * read while the writers run (readers.ts).
+ * read while the writers run (readers.ts). --etcd-delays gives every etcd
+ * call a few seeded ms on the wire each way, so calls are served and
+ * answered out of order, as by a real etcd.
  *
  * For the test suite (parallel.ts): --json prints one JSON line per seed,
  * --list S1,S2,... names the seeds, --stop-at-first-failure ends early.
@@ -34,10 +36,11 @@ interface Args {
   stopAtFirstFailure: boolean;
   suspend: boolean;
   readers: boolean;
+  etcdDelays: boolean;
 }
 
 function parse(argv: readonly string[]): Args {
-  const a: Args = { seeds: 20, from: 1, seed: null, list: null, ops: OPS_DEFAULT, variant: null, jobs: 1, verbose: false, log: undefined, json: false, stopAtFirstFailure: false, suspend: false, readers: false };
+  const a: Args = { seeds: 20, from: 1, seed: null, list: null, ops: OPS_DEFAULT, variant: null, jobs: 1, verbose: false, log: undefined, json: false, stopAtFirstFailure: false, suspend: false, readers: false, etcdDelays: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const v = (): string => {
@@ -90,6 +93,9 @@ function parse(argv: readonly string[]): Args {
       case '--readers':
         a.readers = true;
         break;
+      case '--etcd-delays':
+        a.etcdDelays = true;
+        break;
       case '--stop-at-first-failure':
         a.stopAtFirstFailure = true;
         break;
@@ -111,7 +117,7 @@ async function main(): Promise<number> {
   const seeds = args.seed !== null ? [args.seed] : (args.list ?? Array.from({ length: args.seeds }, (_, i) => args.from + i));
   const started = performance.now();
   if (args.jobs > 1 && args.seed === null) {
-    const lines = await runSeedsInChildren(seeds, { jobs: args.jobs, variant: args.variant, ops: args.ops, suspend: args.suspend, readers: args.readers });
+    const lines = await runSeedsInChildren(seeds, { jobs: args.jobs, variant: args.variant, ops: args.ops, suspend: args.suspend, readers: args.readers, etcdDelays: args.etcdDelays });
     const failed = lines.filter((l) => !l.ok);
     for (const l of failed) process.stdout.write(`${l.report}\n`);
     summary(seeds.length, failed.length, args.variant, started);
@@ -131,6 +137,7 @@ async function main(): Promise<number> {
         verbose: args.verbose,
         suspend: args.suspend,
         readers: args.readers,
+        etcdDelays: args.etcdDelays,
         ...(args.log ? { logLevel: args.log } : {}),
       });
     } catch (err) {
@@ -171,4 +178,14 @@ function summary(total: number, failed: number, variant: string | null, started:
   process.stdout.write(`sim: ${total - failed} of ${total} seeds passed${variant ? ` (variant ${variant})` : ''} in ${s.toFixed(1)} s\n`);
 }
 
+// A run whose promises nobody resolves (an await on the simulated clock
+// outside the simulated loop) empties the event loop, and the process
+// would end with exit code 0 and no summary: a failure taken for a pass.
+let finished = false;
+process.on('beforeExit', () => {
+  if (finished) return;
+  process.stderr.write('sim: the run stopped before it finished: the event loop emptied while it awaited something nothing will resolve\n');
+  process.exitCode = 3;
+});
 process.exitCode = await main();
+finished = true;

@@ -113,16 +113,22 @@ export interface RunOptions {
   readonly suspend?: boolean;
   /** Read-only opens on random peers read while the writers run (readers.ts). Default false. */
   readonly readers?: boolean;
+  /** Every etcd call spends a seeded 0-ETCD_DELAY_MAX_MS on the wire each way, so calls are served and answered out of order. Default false: one microtask. */
+  readonly etcdDelays?: boolean;
 }
 
 /** The modes a seed runs in beyond its number: each changes the whole run, so a replay names them. */
 export interface SimModes {
   readonly suspend?: boolean;
   readonly readers?: boolean;
+  readonly etcdDelays?: boolean;
 }
 
+/** `--etcd-delays`: the longest time on the wire, each way, of an etcd call (a real etcd answers within a few ms on a LAN). */
+export const ETCD_DELAY_MAX_MS = 4;
+
 export function replayCommand(seed: number, variant: string | null, ops: number, modes: SimModes = {}): string {
-  return `npm run sim -- --seed ${seed}${variant ? ` --variant ${variant}` : ''}${ops !== OPS_DEFAULT ? ` --ops ${ops}` : ''}${modes.suspend === true ? ' --suspend' : ''}${modes.readers === true ? ' --readers' : ''}`;
+  return `npm run sim -- --seed ${seed}${variant ? ` --variant ${variant}` : ''}${ops !== OPS_DEFAULT ? ` --ops ${ops}` : ''}${modes.suspend === true ? ' --suspend' : ''}${modes.readers === true ? ' --readers' : ''}${modes.etcdDelays === true ? ' --etcd-delays' : ''}`;
 }
 
 /**
@@ -170,6 +176,7 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     factory: opts.factory,
     logger: pino({ level: opts.logLevel ?? 'silent', base: null, timestamp: () => `,"t":${(cluster?.clock.monotonic() ?? 0).toFixed(3)}` }, pino.destination({ dest: 1, sync: true })),
     network: { delayMinMs: 0.2, delayMaxMs: 3, reorderMaxMs: 300 },
+    etcdDelayMaxMs: opts.etcdDelays === true ? ETCD_DELAY_MAX_MS : 0,
     onBug: (where, err) => fail({ guarantee: 'bug', message: `${where}: ${err instanceof Error ? err.message : String(err)}` }),
     onStoreChange: (uuid, c) => {
       const v = checker.checkStoreChange(uuid, c);

@@ -17,7 +17,7 @@ import type { AppliedChangeLike, NodeFactory, NodeUnderTest, SimTiming, VolumeIo
 import { guardObject } from './process-guard.js';
 import { SimClock, SimProcess } from './sim-clock.js';
 import { SimNetwork } from './sim-network.js';
-import { staleContains } from '../../src/model/ranges.js';
+import { rangesContain, staleContains } from '../../src/model/ranges.js';
 import { watchStore, type StoreChange } from './store-watch.js';
 
 /** Sync methods of LocalBlockStore: after a crash they throw instead of hanging. */
@@ -38,6 +38,8 @@ export interface SimClusterOptions {
   readonly timing: SimTiming;
   readonly factory: NodeFactory;
   readonly network: { readonly delayMinMs: number; readonly delayMaxMs: number; readonly reorderMaxMs: number };
+  /** Each way of every etcd call takes up to this long, seeded (`--etcd-delays`); 0 or absent: none. */
+  readonly etcdDelayMaxMs?: number;
   /** A bug surfaced (an assertion or a non-TorusError crossing the wire). */
   readonly onBug: (where: string, err: unknown) => void;
   readonly onApplied: (uuid: string, change: AppliedChangeLike) => void;
@@ -87,7 +89,8 @@ export class SimCluster {
     const wire = new SimProcess('wire', this.clock);
     this.etcd = new MemoryEtcd({ clock: this.clock.clockFor(this.etcdProcess) });
     this.network = new SimNetwork(this.clock, wire, this.fork(), { ...opts.network, onBug: opts.onBug });
-    this.adminMetadata = this.metadataClient(this.clock.clockFor(this.admin));
+    // The operator's client answers at once (the runner awaits it outside the simulated loop); the peers' clients may be delayed.
+    this.adminMetadata = this.metadataClient(this.clock.clockFor(this.admin), false);
     const ids = new SeededIds(this.fork());
     for (let i = 0; i < opts.peers; i++) {
       this.peers.push({
@@ -134,7 +137,7 @@ export class SimCluster {
     peer.incarnations++;
     const process = new SimProcess(`${peer.uuid.slice(0, 8)}#${peer.incarnations}`, this.clock);
     const clock = this.clock.clockFor(process);
-    const metadata = this.metadataClient(clock);
+    const metadata = this.metadataClient(clock, true);
     metadata.setFault(this.etcdFault);
     peer.process = process;
     peer.metadata = metadata;
@@ -251,8 +254,11 @@ export class SimCluster {
     peer.metadata?.setFault(fault === 'none' ? this.etcdFault : fault);
   }
 
-  private metadataClient(clock: Clock): MemoryMetadata {
-    return new MemoryMetadata({ clock, server: this.etcd, callTimeoutMs: this.opts.timing.etcdCallTimeoutMs, random: this.fork(), ids: new SeededIds(this.fork()) });
+  private metadataClient(clock: Clock, delayed: boolean): MemoryMetadata {
+    const maxMs = delayed ? (this.opts.etcdDelayMaxMs ?? 0) : 0;
+    // Forked only in that mode: the other modes' seeds replay as before.
+    const delays = maxMs > 0 ? { random: this.fork(), maxMs } : undefined;
+    return new MemoryMetadata({ clock, server: this.etcd, callTimeoutMs: this.opts.timing.etcdCallTimeoutMs, random: this.fork(), ids: new SeededIds(this.fork()), delays });
   }
 
   // ------------------------------------------------------------ ring (the operator)
@@ -307,19 +313,29 @@ export class SimCluster {
     return entry === undefined ? null : decodeRingRecord(KEYS.ring, entry.value);
   }
 
-  /** Whether etcd names `peer` stale for this block now (read straight from the twin's store). */
+  /** Whether etcd names `peer` stale (or unsure) for this block now (read straight from the twin's store). */
   isRecordedStale(volumeId: number, peer: string, index: number): boolean {
+    const rec = this.staleRecordNow(volumeId, peer);
+    return rec !== null && staleContains(rec, index);
+  }
+
+  /** Whether etcd names `peer` as having missed a change to this block now: the whole volume or the block, not merely unsure. */
+  isRecordedMissed(volumeId: number, peer: string, index: number): boolean {
+    const rec = this.staleRecordNow(volumeId, peer);
+    return rec !== null && (rec.all || rangesContain(rec.ranges, index));
+  }
+
+  private staleRecordNow(volumeId: number, peer: string): StaleRecord | null {
     const key = staleKey(volumeId, peer);
     const entry = this.etcd.get(key);
-    if (entry === undefined) return false;
+    if (entry === undefined) return null;
     // Decoded once per version of the record: the liveness checks ask on every write.
     let cached = this.staleCache.get(key);
     if (cached === undefined || cached.revision !== entry.modRevision) {
       cached = { revision: entry.modRevision, record: decodeStaleRecord(key, entry.value) };
       this.staleCache.set(key, cached);
     }
-    const rec = cached.record;
-    return staleContains(rec, index);
+    return cached.record;
   }
 
   private readonly staleCache = new Map<string, { revision: number; record: StaleRecord }>();

@@ -218,4 +218,15 @@ describe('whole-cluster simulation against the real code', () => {
     expect(failed, `seeds that fail with --readers:\n${failed.join('\n')}`).toEqual([]);
     expect(lines.filter((l) => l.ops < OPS_DEFAULT).map((l) => l.seed), 'seeds that ran fewer requests than the minimum').toEqual([]);
   }, 30 * 60_000);
+
+  it(`passes every one of ${SEEDS} seeds with etcd calls served and answered out of order (--etcd-delays)`, async () => {
+    const seeds = Array.from({ length: SEEDS }, (_, i) => i + 1);
+    const started = Date.now();
+    const lines = await runSeedsInChildren(seeds, { jobs: JOBS, etcdDelays: true });
+    expect(lines.map((l) => l.seed)).toEqual(seeds);
+    console.log(`${seeds.length} seeds with --etcd-delays in ${((Date.now() - started) / 1000).toFixed(1)} s on ${JOBS} processes: ${lines.filter((l) => l.ok).length} passed`);
+    const failed = lines.filter((l) => !l.ok).map((l) => l.report);
+    expect(failed, `seeds that fail with --etcd-delays:\n${failed.join('\n')}`).toEqual([]);
+    expect(lines.filter((l) => l.ops < OPS_DEFAULT).map((l) => l.seed), 'seeds that ran fewer requests than the minimum').toEqual([]);
+  }, 30 * 60_000);
 });

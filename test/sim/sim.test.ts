@@ -1,5 +1,5 @@
 /**
- * The whole-cluster simulation's own proofs: exact replay, and the seven
+ * The whole-cluster simulation's own proofs: exact replay, and the eight
  * broken variants each caught within the CI seed budget (on a seed the real
  * code passes, or fails later). The run of CI_SEEDS seeds against the real
  * code (each at least 1,000 requests with at least one ring change, one

@@ -14,7 +14,7 @@ import type { FencePersistence } from '../../src/store/fence-file.js';
  * The suite proves the checkers catch every one within the CI seed budget:
  * a checker that cannot fail proves nothing.
  */
-export type VariantName = 'ack-early' | 'stale-read' | 'gc-needed' | 'copy-over-newer' | 'fence-in-memory' | 'no-tombstone' | 'stale-reader';
+export type VariantName = 'ack-early' | 'stale-read' | 'gc-needed' | 'copy-over-newer' | 'fence-in-memory' | 'no-tombstone' | 'stale-reader' | 'stale-in-memory';
 
 export interface Variant {
   readonly name: VariantName;
@@ -52,6 +52,7 @@ export const VARIANTS: Record<VariantName, Variant> = {
   'fence-in-memory': { name: 'fence-in-memory', what: 'keep the fence only in memory', factory: fenceInMemory, caughtBy: ['G6'], knownSeeds: [132, 79, 12], suspend: true },
   'no-tombstone': { name: 'no-tombstone', what: 'drop the trim tombstone', factory: noTombstone, caughtBy: ['G1/G4', 'G5', 'liveness'], knownSeeds: [1] },
   'stale-reader': { name: 'stale-reader', what: 'a read-only open reads its own replica without asking whether it is current', factory: staleReader, caughtBy: ['G1/G4'], knownSeeds: [15, 27, 13], readers: true },
+  'stale-in-memory': { name: 'stale-in-memory', what: 'record the owners a write skipped stale in memory only, not in etcd', factory: staleInMemory, caughtBy: ['G4', 'G1/G4'], knownSeeds: [1] },
 };
 
 export function variantNames(): VariantName[] {
@@ -262,4 +263,28 @@ function noTombstone(env: NodeEnv): NodeUnderTest {
     },
   });
   return adaptNode(new ClusterNode({ ...nodeDeps(env), store: forgetful }));
+}
+
+/**
+ * (h) A coordinator's stale records of single blocks stay in its memory:
+ * etcd is told nothing (the addition answers as if it were durable). The
+ * coordinator itself never reads the owner it skipped, but the next one,
+ * or a read-only open, would trust that owner's older copy.
+ */
+function staleInMemory(env: NodeEnv): NodeUnderTest {
+  const md = env.metadata;
+  const forgetful = new Proxy(md, {
+    get(t, prop, receiver) {
+      if (prop === 'addStale') {
+        return async (...args: Parameters<typeof md.addStale>): Promise<void> => {
+          const [, , add] = args;
+          if (add.token !== undefined && add.ranges !== undefined) return;
+          return t.addStale(...args);
+        };
+      }
+      const v: unknown = Reflect.get(t, prop, receiver);
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+    },
+  });
+  return adaptNode(new ClusterNode({ ...nodeDeps(env), metadata: forgetful }));
 }

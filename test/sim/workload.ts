@@ -101,6 +101,8 @@ interface OpRun {
   readonly faultEpoch: number;
   /** The volume model's crash count at issue: a crash while it was in flight may take it even once acknowledged. */
   readonly crashesAtIssue: number;
+  /** The ring's version at issue when it was stable then, else null: G4's record check binds only a change that saw no ring change. */
+  readonly stableRingAtIssue: number | null;
   done: boolean;
   timer: { cancel(): void } | null;
 }
@@ -497,6 +499,7 @@ export class Workload {
       quietAtIssue: quiet.isQuiet(),
       reachableAtIssue: kind !== 'read' && kind !== 'flush' && this.ownersReachable(vol, span.first, span.count, w),
       crashesAtIssue: vol.model.crashes,
+      stableRingAtIssue: this.stableRingVersion(),
       faultEpoch: quiet.epoch,
       done: false,
       timer: null,
@@ -727,8 +730,19 @@ export class Workload {
         // later flush of this writer fails (the model now says so).
         if (v && crashedSince && vol.model.lostAcked(op.writer.handle)) this.opts.log.add(`op ${op.id}: acknowledged while a crash had taken copies of it (${v.message}); its writer's flushes must fail`);
         else if (v) fail({ ...v, message: `op ${op.id}: ${v.message}`, blocks: this.blocksOf(op) });
+        else if (this.opts.timing.writeLevel === 'all' && !crashedSince && op.stableRingAtIssue !== null && op.stableRingAtIssue === this.stableRingVersion()) {
+          const ring = this.cluster.ringNow()!;
+          const missed = checker.checkMissedRecorded(vol.model, { ...c, acked: true }, op.first, op.count, (ref) => ownersOf(ring, ref).now, (u, index) => this.cluster.isRecordedMissed(vol.id, u, index));
+          if (missed) fail({ ...missed, message: `op ${op.id}: ${missed.message}`, blocks: this.blocksOf(op) });
+        }
       }
     }
+  }
+
+  /** The ring's version in etcd now if it is stable (no transition), else null. */
+  private stableRingVersion(): number | null {
+    const ring = this.cluster.ringNow();
+    return ring === null || ring.transition != null ? null : ring.version;
   }
 
   private blocksOf(op: OpRun): [number, number][] {
