@@ -1,11 +1,9 @@
 import pino from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
-import type { MetadataSession } from '../../src/metadata/metadata-service.js';
+import { describe, expect, it } from 'vitest';
 import { MemoryMetadata } from '../../src/metadata/memory-metadata.js';
 import { StaleBook } from '../../src/replication/stale-book.js';
 import { systemClock } from '../../src/util/clock.js';
-
-const MiB = 1024 * 1024;
+import { staleBookSetup } from '../helpers/stale-book-fixture.js';
 
 /**
  * A change that skips a peer because of its whole-volume stale record,
@@ -15,22 +13,7 @@ const MiB = 1024 * 1024;
  * change it never got.
  */
 describe('StaleBook: a change skipping a peer while its whole-volume record narrows', () => {
-  const sessions: MetadataSession[] = [];
-  afterEach(async () => {
-    for (const s of sessions.splice(0)) await s.close().catch(() => undefined);
-  });
-
-  async function setup() {
-    const md = new MemoryMetadata();
-    await md.initCluster({ blockSize: MiB, replication: 2 }, { force: false });
-    const vol = await md.createVolume('pad', 64 * MiB);
-    const s = await md.openSession({ ttlSeconds: 10 });
-    sessions.push(s);
-    const lock = await s.lockVolume('pad', 'coordinator');
-    const book = new StaleBook(vol.id, md, systemClock, pino({ level: 'silent' }), () => lock.token);
-    await book.record('peer-a', 'all');
-    return { md, vol, lock, book };
-  }
+  const setup = staleBookSetup((f) => f.book.record('peer-a', 'all'));
 
   const recordOf = async (md: MemoryMetadata, volumeId: number) => (await md.getStale(volumeId)).find((r) => r.peer === 'peer-a');
 
