@@ -117,6 +117,8 @@ export class ClusterNode {
   private ring!: RingRecord;
   private session: MetadataSession | null = null;
   private live = false;
+  /** A start() whose session was lost while it joined waits here for the reconnect to finish the join. */
+  private liveWaiters: { resolve(): void; reject(err: unknown): void }[] = [];
   private fenceRevision = 0;
   private stopRingWatch: (() => Promise<void>) | null = null;
   private stopDeleteWatch: (() => Promise<void>) | null = null;
@@ -290,7 +292,18 @@ export class ClusterNode {
     const d = this.deps;
     await this.open();
     this.takeRing(await this.retryEtcd('read the ring', () => d.metadata.getRing()));
-    const resumed = await this.becomeLive(opts.resumeLeaseId ?? null);
+    const resumed = await this.becomeLive(opts.resumeLeaseId ?? null).catch(async (err: unknown) => {
+      if (!isTorusError(err, 'TORUS_ERR_SESSION_LOST') || this.stopped) throw err;
+      // The session was lost while the node joined (its lease ran out
+      // during an etcd outage, or etcd answered too slowly): the reconnect
+      // that loss begins finishes the join with a new session. Before, the
+      // start failed and torusd exited (simulation seed 884 with --readers
+      // --etcd-delays).
+      this.log.warn({ err }, 'etcd session lost while starting; joining with a new session');
+      if (!this.reconnecting && !this.live) this.sessionLost();
+      await this.untilLive();
+      return false;
+    });
     this.stopRingWatch = await this.retryEtcd('watch the ring', () => d.metadata.watchRing((ring) => this.applyRing(ring)));
     if (d.store !== null) {
       this.maintenance = new Maintenance({ node: this, ctx: this.ctx, logger: d.logger, holder: d.holder, volumesMax: d.settings.maintenanceVolumesMax, releaseRetryMs: d.settings.retryMs, expiredGraceMs: d.settings.sessionTtlSeconds * 1000 });
@@ -347,14 +360,22 @@ export class ClusterNode {
       if (ev.type === 'lost' && this.session === session) this.sessionLost();
     });
     this.session = session;
+    // Lost meanwhile (and replaced by the reconnect that began then): this
+    // join stops at its next step, rather than go on beside that one.
+    const current = (): void => {
+      if (this.session !== session) throw new TorusError('TORUS_ERR_SESSION_LOST', `etcd session ${session.id} was lost while the node joined`);
+    };
     if (d.onSessionOpened) await d.onSessionOpened(session.id).catch((err: unknown) => this.log.warn({ err }, 'could not record the session lease'));
+    current();
     this.takeRing(await this.retryEtcd('read the ring', () => d.metadata.getRing()));
+    current();
     if (this.fenceTable !== null) {
       const { fences, revision } = await this.retryEtcd('read the fences', () => d.metadata.listFences());
       for (const [volumeId, token] of fences) await this.fenceTable.learn(volumeId, token);
+      current();
       this.fenceRevision = revision;
       await this.stopFenceWatch?.().catch(() => undefined);
-      this.stopFenceWatch = await this.retryEtcd('watch the fences', () =>
+      const stopWatch = await this.retryEtcd('watch the fences', () =>
         d.metadata.watchFences(
           revision,
           (volumeId, token, rev) => void this.fenceTable!.learn(volumeId, token).then(() => (this.fenceRevision = Math.max(this.fenceRevision, rev))),
@@ -363,14 +384,28 @@ export class ClusterNode {
           },
         ),
       );
+      // A join that lost its session leaves the fences to the one replacing it.
+      if (this.session !== session) await stopWatch().catch(() => undefined);
+      else this.stopFenceWatch = stopWatch;
     }
+    current();
     this.refreshSuspectVolumes();
     if (d.peerRecord) await this.retryEtcd('publish the peer record', () => session.putPeer(this.record()));
+    current();
     await this.retryEtcd('acknowledge the ring', () => this.ack());
     await this.refreshPeers();
+    current();
     this.live = true;
     d.onLiveChange?.(true);
+    for (const w of this.liveWaiters.splice(0)) w.resolve();
     return resumed;
+  }
+
+  /** Resolves once the node is live; rejects if it stops first. */
+  private untilLive(): Promise<void> {
+    if (this.live) return Promise.resolve();
+    if (this.stopped) return Promise.reject(new TorusError('TORUS_ERR_STORE_CLOSED', 'node stopped before it joined'));
+    return new Promise((resolve, reject) => this.liveWaiters.push({ resolve, reject }));
   }
 
   /**
@@ -648,6 +683,7 @@ export class ClusterNode {
     if (this.stopped) return;
     this.stopped = true;
     this.timers.cancelAll();
+    for (const w of this.liveWaiters.splice(0)) w.reject(new TorusError('TORUS_ERR_STORE_CLOSED', 'node stopped before it joined'));
     // While the session is live: a maintenance lock released cleanly spares
     // the volume's next holder a whole-volume catch-up of this peer.
     const maintenanceStopped = this.maintenance?.stop(MAINTENANCE_STOP_WAIT_MS);

@@ -262,7 +262,11 @@ export class FaultInjector implements QuietState {
         this.until(f.durationMs, () => {
           this.down.delete(p);
           log.add(`restart ${p.index}`);
-          void c.start(p).then(() => log.add(`peer ${p.index} started`));
+          void c.start(p).then(
+            () => log.add(`peer ${p.index} started`),
+            // Not a crash of the whole run: the settle phase fails the seed (liveness) if it never starts.
+            (err: unknown) => log.add(`peer ${p.index} failed to start: ${String(err)}`),
+          );
           end();
         });
         return true;
@@ -374,10 +378,13 @@ export class FaultInjector implements QuietState {
           this.later(200 + r.int(800), () => {
             log.add(`restart ${q.index}`);
             endQ();
-            void c.start(q).then(() => {
-              log.add(`peer ${q.index} started`);
-              this.later(200 + r.int(1_800), thaw);
-            });
+            void c.start(q).then(
+              () => {
+                log.add(`peer ${q.index} started`);
+                this.later(200 + r.int(1_800), thaw);
+              },
+              (err: unknown) => log.add(`peer ${q.index} failed to start: ${String(err)}`),
+            );
           });
         };
         this.restores.push(thaw);
