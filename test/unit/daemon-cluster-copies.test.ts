@@ -10,17 +10,15 @@ import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promise
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ClusterNode, DEFAULT_NODE_SETTINGS } from '../../src/cluster/node.js';
+import { ClusterNode } from '../../src/cluster/node.js';
 import { bindDataDirToCluster, clusterForStart, keepRingCopy, readStartCopies, RingCopyKeeper } from '../../src/daemon/cluster-copies.js';
 import { isTorusError, TorusError } from '../../src/errors/torus-error.js';
 import { MemoryMetadata } from '../../src/metadata/memory-metadata.js';
 import { blockRef } from '../../src/model/block-ref.js';
 import type { ClusterConfig, RingRecord } from '../../src/model/records.js';
 import { makeVersion } from '../../src/model/version.js';
-import { MemoryFencePersistence } from '../../src/store/fence-file.js';
 import { MemoryBlockStore } from '../../src/store/memory-block-store.js';
-import { systemClock } from '../../src/util/clock.js';
-import { systemIds, systemRandom } from '../../src/util/random.js';
+import { loneNodeDeps } from '../helpers/lone-node.js';
 import { recordingLogger } from '../helpers/peer-harness.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -204,21 +202,7 @@ describe('a node opened with the kept ring while etcd is unreachable', () => {
     const data = Buffer.alloc(BLOCK, 0x5a);
     await store.write(ref, 0, data, makeVersion(1, 1), { fua: true });
     const rings: number[] = [];
-    const node = new ClusterNode({
-      uuid: 'me',
-      metadata: md,
-      store,
-      fences: new MemoryFencePersistence(),
-      transport: { peer: () => null },
-      clock: systemClock,
-      random: systemRandom,
-      ids: systemIds,
-      logger: rec.logger,
-      settings: { ...DEFAULT_NODE_SETTINGS, retryMs: 10 },
-      holder: 'unit test',
-      peerRecord: null,
-      onRing: (r) => rings.push(r.version),
-    });
+    const node = new ClusterNode(loneNodeDeps(md, store, rec.logger, { onRing: (r) => rings.push(r.version) }));
     md.setFault('unavailable');
     try {
       await node.open({ ring: kept });

@@ -1,10 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { ClusterNode, DEFAULT_NODE_SETTINGS } from '../../src/cluster/node.js';
+import { ClusterNode } from '../../src/cluster/node.js';
 import { MemoryMetadata } from '../../src/metadata/memory-metadata.js';
-import { MemoryFencePersistence } from '../../src/store/fence-file.js';
 import { MemoryBlockStore } from '../../src/store/memory-block-store.js';
-import { systemClock } from '../../src/util/clock.js';
-import { systemIds, systemRandom } from '../../src/util/random.js';
+import { loneNodeDeps } from '../helpers/lone-node.js';
 import { recordingLogger } from '../helpers/peer-harness.js';
 
 /**
@@ -23,38 +21,29 @@ describe('ClusterNode.start() when the session is lost while it joins', () => {
     const ring = await md.getRing();
     await md.setRing({ ...ring, version: ring.version + 1, members: [{ uuid: 'me', weight: 1 }] });
     const sessions: string[] = [];
-    const node = new ClusterNode({
-      uuid: 'me',
-      metadata: md,
-      store: new MemoryBlockStore({ blockSize: 4096, capacity: 1 << 20 }),
-      fences: new MemoryFencePersistence(),
-      transport: { peer: () => null },
-      clock: systemClock,
-      random: systemRandom,
-      ids: systemIds,
-      logger: rec.logger,
-      settings: { ...DEFAULT_NODE_SETTINGS, retryMs: 10 },
-      holder: 'unit test',
-      peerRecord: () => ({
-        schema: 1,
-        uuid: 'me',
-        address: '127.0.0.1:4000',
-        nbdAddress: null,
-        httpAddress: null,
-        capacity: 1 << 20,
-        used: 0,
-        updatedAt: new Date().toISOString(),
-        hostname: 'unit',
-        pid: process.pid,
-        version: 'test',
-        incarnation: 'me#1',
+    const node = new ClusterNode(
+      loneNodeDeps(md, new MemoryBlockStore({ blockSize: 4096, capacity: 1 << 20 }), rec.logger, {
+        peerRecord: () => ({
+          schema: 1,
+          uuid: 'me',
+          address: '127.0.0.1:4000',
+          nbdAddress: null,
+          httpAddress: null,
+          capacity: 1 << 20,
+          used: 0,
+          updatedAt: new Date().toISOString(),
+          hostname: 'unit',
+          pid: process.pid,
+          version: 'test',
+          incarnation: 'me#1',
+        }),
+        // The first session's lease is revoked the moment the node has it.
+        onSessionOpened: async (leaseId) => {
+          sessions.push(leaseId);
+          if (sessions.length === 1) md.revokeLease(leaseId);
+        },
       }),
-      // The first session's lease is revoked the moment the node has it.
-      onSessionOpened: async (leaseId) => {
-        sessions.push(leaseId);
-        if (sessions.length === 1) md.revokeLease(leaseId);
-      },
-    });
+    );
     try {
       await node.start();
       expect(node.isLive).toBe(true);
