@@ -211,6 +211,10 @@ export class MemoryMetadata implements MetadataService {
     });
   }
 
+  private assertOpen(op: string): void {
+    if (this.closed) throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd client for ${ENDPOINT} is closed (${op})`);
+  }
+
   /**
    * Every call is one of these: a round trip that may fail, around a body
    * that runs in one synchronous step (so it is atomic, like a transaction).
@@ -221,12 +225,12 @@ export class MemoryMetadata implements MetadataService {
     const fault = this.fault;
     const timeout = fault === 'hang' || fault === 'lose-replies' ? this.sleep(this.callTimeoutMs) : null;
     await Promise.resolve();
-    if (this.closed) throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd client for ${ENDPOINT} is closed (${op})`);
+    this.assertOpen(op);
     switch (fault) {
       case 'none': {
         if (this.delays === null) return body();
         await this.sleep(this.delays.random.next() * this.delays.maxMs);
-        if (this.closed) throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd client for ${ENDPOINT} is closed (${op})`);
+        this.assertOpen(op);
         const result = body();
         await this.sleep(this.delays.random.next() * this.delays.maxMs);
         return result;

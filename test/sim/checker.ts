@@ -172,9 +172,10 @@ export class Checker {
   checkMissedRecorded(model: VolumeModel, op: Candidate, firstSector: number, count: number, owners: (ref: BlockRef) => readonly string[], recorded: (uuid: string, index: number) => boolean): Violation | null {
     for (const [index, sectors] of this.blocksOf(firstSector, count)) {
       const ref = blockRef(model.volumeId, 1, index);
+      const own = owners(ref);
       sectors.length = 1;
       for (const v of this.stores()) {
-        if (!owners(ref).includes(v.uuid) || this.wasCorrupted(v.uuid, model.volumeId, index)) continue;
+        if (!own.includes(v.uuid) || this.wasCorrupted(v.uuid, model.volumeId, index)) continue;
         const seen = v.store.inspect(ref);
         if (seen.suspect || this.copyHolds(seen.visible, model, index, sectors, (value) => value === op.value)) continue;
         if (!recorded(v.uuid, index)) {

@@ -236,6 +236,22 @@ export class FaultInjector implements QuietState {
     return REQUIRED_KINDS.every((kinds) => kinds.some((k) => (this.done.get(k) ?? 0) > 0));
   }
 
+  /**
+   * Starts a crashed peer again; `then` once it has started. A start that
+   * fails is logged, not a crash of the whole run: the settle phase fails
+   * the seed (liveness) if the peer never starts.
+   */
+  private restart(p: SimPeer, then?: () => void): void {
+    const log = this.opts.log;
+    void this.cluster.start(p).then(
+      () => {
+        log.add(`peer ${p.index} started`);
+        then?.();
+      },
+      (err: unknown) => log.add(`peer ${p.index} failed to start: ${String(err)}`),
+    );
+  }
+
   /** Ends every fault now (the settle phase): heals, thaws, restarts, restores. */
   endAll(): void {
     for (const fn of this.restores.splice(0)) fn();
@@ -262,11 +278,7 @@ export class FaultInjector implements QuietState {
         this.until(f.durationMs, () => {
           this.down.delete(p);
           log.add(`restart ${p.index}`);
-          void c.start(p).then(
-            () => log.add(`peer ${p.index} started`),
-            // Not a crash of the whole run: the settle phase fails the seed (liveness) if it never starts.
-            (err: unknown) => log.add(`peer ${p.index} failed to start: ${String(err)}`),
-          );
+          this.restart(p);
           end();
         });
         return true;
@@ -378,13 +390,7 @@ export class FaultInjector implements QuietState {
           this.later(200 + r.int(800), () => {
             log.add(`restart ${q.index}`);
             endQ();
-            void c.start(q).then(
-              () => {
-                log.add(`peer ${q.index} started`);
-                this.later(200 + r.int(1_800), thaw);
-              },
-              (err: unknown) => log.add(`peer ${q.index} failed to start: ${String(err)}`),
-            );
+            this.restart(q, () => this.later(200 + r.int(1_800), thaw));
           });
         };
         this.restores.push(thaw);
