@@ -29,7 +29,14 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 /** The data dir's file system; the guest formats and checks it with the host's tools (it shares the host's root). */
 const FS = process.env.TORUS_PL_FS ?? 'ext4';
 const fsys = fileSystem(FS);
-const RUN = path.join(ROOT, 'test/vm/powerloss-run', FS);
+/**
+ * torusd processes in the guest, all on the one disk, so one power cut takes
+ * every replica at once (a rack losing power): 1, or 3 with replication 2.
+ */
+const PEERS = Number(process.env.TORUS_PL_PEERS ?? 1);
+if (PEERS !== 1 && PEERS !== 3) throw new Error(`TORUS_PL_PEERS=${process.env.TORUS_PL_PEERS}: expected 1 or 3`);
+const REPLICATION = PEERS === 1 ? 1 : 2;
+const RUN = path.join(ROOT, 'test/vm/powerloss-run', PEERS === 1 ? FS : `${FS}-r${REPLICATION}`);
 const DISK = path.join(RUN, 'disk.img');
 const PIDFILE = path.join(RUN, 'qemu.pid');
 const STAGE_TAR = path.join(RUN, 'app.tar');
@@ -117,11 +124,11 @@ process.on('exit', stopEtcd);
   }
 }
 const torusctl = (args) => runOk(process.execPath, [path.join(ROOT, 'dist/cmd/torusctl.js'), '-C', `127.0.0.1:${clientPort}`, ...args]);
-await torusctl(['init', '--block-size', BLOCK_SIZE, '--replication', '1']);
+await torusctl(['init', '--block-size', BLOCK_SIZE, '--replication', String(REPLICATION)]);
 const created = JSON.parse(await torusctl(['-o', 'json', 'volume', 'create-block', VOLUME, VOLUME_SIZE]));
 const volumeId = created.id ?? created.volume?.id;
 if (!Number.isInteger(volumeId)) throw new Error(`torusctl volume create-block answered ${JSON.stringify(created)}`);
-say(`etcd on 127.0.0.1:${clientPort} (the guest reaches it as 10.0.2.2:${clientPort}); volume ${VOLUME} (id ${volumeId}) ${VOLUME_SIZE}, block size ${BLOCK_SIZE}; data dir on ${FS}; seed ${SEED}; ${KILLS} power losses`);
+say(`etcd on 127.0.0.1:${clientPort} (the guest reaches it as 10.0.2.2:${clientPort}); volume ${VOLUME} (id ${volumeId}) ${VOLUME_SIZE}, block size ${BLOCK_SIZE}; ${PEERS === 1 ? 'one torusd' : `${PEERS} torusd, replication ${REPLICATION}, write level all`}; data dir${PEERS === 1 ? '' : 's'} on ${FS}; seed ${SEED}; ${KILLS} power losses`);
 
 // ------------------------------------------------------------ one boot
 
@@ -135,7 +142,7 @@ async function boot(round, mode, lastAck, kill) {
   const started = Date.now();
   const child = spawn('bash', [path.join(ROOT, 'test/vm/harness/run-in-vm.sh'), 'env',
     `TORUS_PL_ROUND=${round}`, `TORUS_PL_MODE=${mode}`, `TORUS_PL_FS=${FS}`, `TORUS_PL_STATE=${RUN}`, `TORUS_PL_ETCD=10.0.2.2:${clientPort}`,
-    `TORUS_PL_VOLUME=${VOLUME}`, `TORUS_PL_VOLUME_ID=${volumeId}`, `TORUS_PL_SEED=${SEED}`, `TORUS_PL_LAST_ACK=${lastAck}`,
+    `TORUS_PL_VOLUME=${VOLUME}`, `TORUS_PL_VOLUME_ID=${volumeId}`, `TORUS_PL_PEERS=${PEERS}`, `TORUS_PL_REPLICATION=${REPLICATION}`, `TORUS_PL_SEED=${SEED}`, `TORUS_PL_LAST_ACK=${lastAck}`,
     `TORUS_VM_STAGE_TAR=${STAGE_TAR}`,
     // The guest runs this same node (Node 24 from scripts/node24.sh when the
     // system's is older): the checkout is shared at the same path.
@@ -232,13 +239,19 @@ for (let round = 0; round <= KILLS; round++) {
 // ------------------------------------------------------------ summary
 
 const totalS = secs(t0);
-writeFileSync(path.join(RUN, 'summary.json'), JSON.stringify({ when: new Date().toISOString(), fs: FS, seed: SEED, totalS, failed, rounds }, null, 2) + '\n');
-console.log(`\npower-loss summary (data dir on ${FS}, seed ${SEED})`);
+writeFileSync(path.join(RUN, 'summary.json'), JSON.stringify({ when: new Date().toISOString(), fs: FS, peers: PEERS, replication: REPLICATION, seed: SEED, totalS, failed, rounds }, null, 2) + '\n');
+const setup = PEERS === 1 ? `data dir on ${FS}` : `${PEERS} torusd, replication ${REPLICATION}, data dirs on ${FS}`;
+console.log(`\npower-loss summary (${setup}, seed ${SEED})`);
 // Per power cut, what the next boot found. "flushed": sectors some
 // acknowledged FLUSH covered; of those, "as flushed" hold exactly that
 // generation and "newer" a later, unacknowledged one (allowed); "lost" and
 // "garbage" must be 0.
-console.log('cut | how                      | FLUSH acks | torusd start after | flushed | as flushed | newer (unflushed) | lost | garbage | blocks suspect at start | suspect after reading | CRC failures');
+// A replicated run adds: sectors read differently through the other peers
+// than through the first (must be 0), how long the cluster took to say
+// balanced after those reads, and the copy check (R equal copies of every
+// block on its ring owners).
+const replicated = PEERS > 1 ? ' | reads differ (torusd 2, 3) | balanced after | copies' : '';
+console.log(`cut | how                      | FLUSH acks | torusd start after | flushed | as flushed | newer (unflushed) | lost | garbage | blocks suspect at start | suspect after reading | CRC failures${replicated}`);
 for (let i = 0; i < rounds.length; i++) {
   const r = rounds[i];
   if (r.mode !== 'write') continue;
@@ -248,11 +261,15 @@ for (let i = 0; i < rounds.length; i++) {
   console.log([
     String(r.round + 1).padStart(3), how.padEnd(24), String(r.acks).padStart(10), col(v ? `${v.startS.toFixed(1)} s` : '', 18), col(v?.flushedSectors, 7),
     col(v?.flushedWritten, 10), col(v?.flushedNewer, 17), col(v?.lost, 4), col(v?.garbage, 7), col(v?.suspectBefore, 23), col(v?.suspectAfter, 21), col(v?.crcFailures, 12),
+    ...(PEERS > 1 ? [
+      col(v ? Object.values(v.readsDiffer ?? {}).join(', ') : '', 26), col(v ? (v.balancedS === null ? 'never' : `${v.balancedS.toFixed(1)} s`) : '', 14),
+      v ? (v.copiesOk ? `OK ${Object.entries(v.copyHistogram).map(([c, n]) => `${n}x${c}`).join(' ')}` : 'FAILED') : '-',
+    ] : []),
   ].join(' | '));
 }
 for (const r of rounds) for (const f of r.fails) console.log(`FAIL round ${r.round}: ${f}`);
 rmSync(STAGE_TAR, { force: true });
 if (!failed && process.env.TORUS_PL_KEEP !== '1') rmSync(DISK, { force: true });
 stopEtcd();
-console.log(`vm powerloss suite on ${FS}: ${failed ? 'FAILED' : 'passed'}, ${KILLS} power cuts, ${totalS} s (files in ${path.relative(ROOT, RUN)})`);
+console.log(`vm powerloss suite, ${setup}: ${failed ? 'FAILED' : 'passed'}, ${KILLS} power cuts, ${totalS} s (files in ${path.relative(ROOT, RUN)})`);
 process.exit(failed ? 1 : 0);

@@ -11,7 +11,11 @@
 # One run per file system in TORUS_PL_FILESYSTEMS (default "ext4 xfs": the
 # two a Kubernetes node's disk is most often formatted with; ext4-nojournal is
 # there to run by hand). Each: TORUS_PL_KILLS (default 4) power cuts, then a
-# checking boot; about 2-5 minutes on 2 cores. Every file system runs even
+# checking boot; about 2-5 minutes on 2 cores. Then one run per file system in
+# TORUS_PL_REPLICATED_FILESYSTEMS (default "ext4"; empty skips it) with three
+# torusd in the guest, replication 2: one power cut takes every replica, and
+# each boot also reads the volume through every peer and checks that every
+# block has 2 equal copies on its ring owners. Every file system runs even
 # when an earlier one fails. Runs on Node 24 (scripts/node24.sh). Fails,
 # never skips, when a tool or the VM is missing.
 set -euo pipefail
@@ -24,8 +28,12 @@ for fs in ${TORUS_PL_FILESYSTEMS:-ext4 xfs}; do
   echo "=== power-loss suite, data dir on $fs"
   TORUS_PL_FS=$fs node test/vm/powerloss-host.mjs || failed+=("$fs")
 done
+for fs in ${TORUS_PL_REPLICATED_FILESYSTEMS-ext4}; do
+  echo "=== power-loss suite, 3 torusd with replication 2, data dirs on $fs"
+  TORUS_PL_FS=$fs TORUS_PL_PEERS=3 node test/vm/powerloss-host.mjs || failed+=("$fs (replicated)")
+done
 if [ ${#failed[@]} -gt 0 ]; then
   echo "power-loss suite FAILED on: ${failed[*]}"
   exit 1
 fi
-echo "power-loss suite passed on: ${TORUS_PL_FILESYSTEMS:-ext4 xfs}"
+echo "power-loss suite passed on: ${TORUS_PL_FILESYSTEMS:-ext4 xfs}; replicated: ${TORUS_PL_REPLICATED_FILESYSTEMS-ext4}"

@@ -26,10 +26,12 @@ import { fileURLToPath } from 'node:url';
 import { SECTOR_BYTES, STALE_CHUNK, classify, expectations, judge, roundBase, runsOf, sectorBytes } from './powerloss-pattern.mjs';
 import { loadNbdClient } from './nbd-client.mjs';
 import { fileSystem } from './powerloss-filesystems.mjs';
+import { checkCopies, describeCheck } from '../../bench/lib/copies.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const DIST = path.join(ROOT, 'dist');
 const NbdClient = await loadNbdClient(DIST);
+const { ownersOf } = await import(path.join(DIST, 'src/replication/owners.js'));
 
 const env = (k) => {
   const v = process.env[k];
@@ -49,6 +51,11 @@ const FS = env('TORUS_PL_FS');
 const LAST_ACK = ROUND > 0 ? Number(env('TORUS_PL_LAST_ACK')) : 0;
 /** The writer stops by itself (and fails the round) if the host never pulls the plug. */
 const WRITE_SECONDS_MAX = Number(process.env.TORUS_PL_WRITE_SECONDS ?? 120);
+/** torusd processes in the guest (one power cut takes them all) and the cluster's replication (powerloss-host.mjs). */
+const PEERS = Number(process.env.TORUS_PL_PEERS ?? 1);
+const REPLICATION = Number(process.env.TORUS_PL_REPLICATION ?? 1);
+/** How long the cluster may take to be balanced after the checking reads (replicated runs). */
+const BALANCED_TIMEOUT_MS = 240_000;
 const DISK = '/dev/vda';
 // The guest's / is the host's, read-only; /tmp is the guest's own tmpfs.
 const MNT = '/tmp/powerloss-mnt';
@@ -175,63 +182,102 @@ function syncDir(dir) {
 // keep the default 60 s, so that a whole round's writes are in one epoch
 // and the next start recomputes all of them from the dirty log.
 const CHECKPOINT_INTERVAL = ROUND % 4 >= 2 ? '500ms' : '60s';
-const logFile = path.join(STATE, `torusd-round${ROUND}.log`);
+/** One torusd of this boot: peer i (0-based) has its own data dir and fixed peer port on the same disk. */
+function startPeer(i) {
+  const logFile = path.join(STATE, `torusd-round${ROUND}${i === 0 ? '' : `-p${i + 1}`}.log`);
+  const dataDir = i === 0 ? DATA_DIR : path.join(MNT, `torusd-${i + 1}`);
+  mkdirSync(dataDir, { recursive: true });
+  const out = openSync(logFile, 'a');
+  const child = spawn(process.execPath, [path.join(DIST, 'cmd/torusd.js'), '-C', ETCD, '--data-dir', dataDir, '--size', '256MiB',
+    // A fixed peer port like a real node's (it is recorded in etcd and must be
+    // the same after the reboot); the guest's loopback belongs to this test.
+    '--peer-address', `127.0.0.1:${40000 + i}`, '--nbd-address', '127.0.0.1:0', '--port', '0', '--auto-join', '--checkpoint-interval', CHECKPOINT_INTERVAL], {
+    stdio: ['ignore', out, out],
+    env: { ...process.env },
+  });
+  closeSync(out);
+  const exit = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
+  const lines = () => readFileSync(logFile, 'utf8').split('\n').filter(Boolean).flatMap((l) => {
+    try {
+      return [JSON.parse(l)];
+    } catch {
+      return [];
+    }
+  });
+  return { n: i + 1, child, exit, logFile, lines, ready: null, http: null };
+}
+
 const started = Date.now();
-const out = openSync(logFile, 'a');
-const torusd = spawn(process.execPath, [path.join(DIST, 'cmd/torusd.js'), '-C', ETCD, '--data-dir', DATA_DIR, '--size', '256MiB',
-  // A fixed peer port like a real node's (it is recorded in etcd and must be
-  // the same after the reboot); the guest's loopback belongs to this test.
-  '--peer-address', '127.0.0.1:40000', '--nbd-address', '127.0.0.1:0', '--port', '0', '--auto-join', '--checkpoint-interval', CHECKPOINT_INTERVAL], {
-  stdio: ['ignore', out, out],
-  env: { ...process.env },
-});
-const torusdExit = new Promise((r) => torusd.once('exit', (code, signal) => r({ code, signal })));
-const logLines = () => readFileSync(logFile, 'utf8').split('\n').filter(Boolean).flatMap((l) => {
-  try {
-    return [JSON.parse(l)];
-  } catch {
-    return [];
-  }
-});
-const ready = await waitFor('torusd ready', () => {
-  if (torusd.exitCode !== null) throw Object.assign(new Error(`torusd exited ${torusd.exitCode}: ${readFileSync(logFile, 'utf8').slice(-2000)}`), { fatal: true });
-  return logLines().find((l) => l.msg === 'torusd ready');
-}, 240_000);
+const peers = Array.from({ length: PEERS }, (_, i) => startPeer(i));
+await Promise.all(peers.map(async (p) => {
+  p.ready = await waitFor(`torusd ${p.n} ready`, () => {
+    if (p.child.exitCode !== null) throw Object.assign(new Error(`torusd ${p.n} exited ${p.child.exitCode}: ${readFileSync(p.logFile, 'utf8').slice(-2000)}`), { fatal: true });
+    return p.lines().find((l) => l.msg === 'torusd ready');
+  }, 240_000);
+  p.http = `http://${p.ready.http}`;
+}));
 const startS = (Date.now() - started) / 1000;
-const [nbdHost, nbdPort] = ready.nbd.split(':');
-const http = `http://${ready.http}`;
+const logLines = () => peers.flatMap((p) => p.lines());
 const lines0 = logLines();
-const repaired = lines0.find((l) => /unclean stop/.test(l.msg ?? ''));
+const repairedLines = lines0.filter((l) => /unclean stop/.test(l.msg ?? ''));
+const repaired = repairedLines.length === 0 ? null : { msg: repairedLines[0].msg, blocks: repairedLines.reduce((n, l) => n + (l.blocks ?? 0), 0) };
 const revoked = lines0.some((l) => l.msg === 'revoked the lease of the previous run');
-log(`torusd ready in ${startS} s (nbd ${ready.nbd}, http ${ready.http}, checkpoints every ${CHECKPOINT_INTERVAL})${repaired ? `; after the unclean stop: ${repaired.msg} (${repaired.blocks} blocks)` : ''}${revoked ? '; revoked the previous run\'s lease' : ''}`);
+log(`${PEERS === 1 ? 'torusd' : `${PEERS} torusd (replication ${REPLICATION})`} ready in ${startS} s (nbd ${peers.map((p) => p.ready.nbd).join(', ')}, checkpoints every ${CHECKPOINT_INTERVAL})${repaired ? `; after the unclean stop: ${repaired.msg} (${repaired.blocks} blocks)` : ''}${revoked ? '; revoked the previous run\'s lease' : ''}`);
 
 async function getJson(url) {
   const r = await fetch(url, { signal: AbortSignal.timeout(30_000) });
   if (!r.ok) throw new Error(`GET ${url}: ${r.status} ${await r.text()}`);
   return r.json();
 }
+async function torusctlJson(args) {
+  const r = await run(process.execPath, [path.join(DIST, 'cmd/torusctl.js'), '-C', ETCD, ...args, '-o', 'json']);
+  return JSON.parse(r.stdout);
+}
+/** Every peer's copies of the volume (GET /v1/blocks), by peer uuid. */
+async function copiesByPeer() {
+  const lists = await Promise.all(peers.map((p) => getJson(`${p.http}/v1/blocks?volume=${VOLUME_ID}`)));
+  return Object.fromEntries(peers.map((p, i) => [p.ready.uuid, lists[i].blocks]));
+}
+/** Blocks listed and suspect copies, summed over the peers. */
 async function suspectBlocks() {
-  const doc = await getJson(`${http}/v1/blocks?volume=${VOLUME_ID}`);
-  return { blocks: doc.blocks.length, suspect: doc.blocks.filter((b) => b.suspect).length };
+  const all = Object.values(await copiesByPeer()).flat();
+  return { blocks: all.length, suspect: all.filter((b) => b.suspect).length };
 }
 async function crcFailures() {
-  const r = await fetch(`${http}/metrics`, { signal: AbortSignal.timeout(30_000) });
-  const text = await r.text();
-  const m = /^torus_store_crc_failures_total (\S+)$/m.exec(text);
-  if (m === null) throw new Error('torus_store_crc_failures_total is missing from /metrics');
-  return Number(m[1]);
+  let sum = 0;
+  for (const p of peers) {
+    const r = await fetch(`${p.http}/metrics`, { signal: AbortSignal.timeout(30_000) });
+    const text = await r.text();
+    const m = /^torus_store_crc_failures_total (\S+)$/m.exec(text);
+    if (m === null) throw new Error(`torus_store_crc_failures_total is missing from torusd ${p.n}'s /metrics`);
+    sum += Number(m[1]);
+  }
+  return sum;
 }
 
-// The lock of the killed run's session is dropped when torusd revokes that
-// run's lease; should it not have, the lock lives until the lease's TTL.
-const nbd = await waitFor(`NBD export ${VOLUME}`, () => NbdClient.connect(nbdHost, Number(nbdPort), VOLUME), 90_000, 1000);
+// Writes go to the first peer; with replication, only once every peer is a
+// ring member (the first round's joins have settled), so that every write
+// has its R owners.
+if (PEERS > 1) {
+  await waitFor(`a stable ring of ${PEERS} peers`, async () => {
+    const ring = await torusctlJson(['ring', 'get']);
+    return ring.transition === null && ring.members.length === PEERS;
+  }, 240_000, 1000);
+}
+
+/** An NBD connection to the volume through peer p. The lock of the killed run's session is dropped when torusd revokes that run's lease; should it not have, the lock lives until the lease's TTL. */
+function connectTo(p) {
+  const [host, port] = p.ready.nbd.split(':');
+  return waitFor(`NBD export ${VOLUME} on torusd ${p.n}`, () => NbdClient.connect(host, Number(port), VOLUME), 90_000, 1000);
+}
+let nbd = await connectTo(peers[0]);
 const SECTORS = nbd.size / SECTOR_BYTES;
 if (!Number.isInteger(SECTORS) || SECTORS <= 0) throw new Error(`volume size ${nbd.size} is not a whole number of sectors`);
 
 // ------------------------------------------------------------ check what the power loss left
 
-/** Reads the whole volume; returns the generation each sector holds. */
-async function checkVolume(exp) {
+/** Reads the whole volume through one NBD connection; returns the generation each sector holds. */
+async function checkVolume(nbd, exp) {
   const now = new Uint32Array(SECTORS);
   const counts = { flushed: 0, flushedWritten: 0, flushedNewer: 0, unflushed: 0, windowOld: 0, lost: 0, garbage: 0, unknown: 0 };
   const examples = [];
@@ -269,6 +315,58 @@ async function checkVolume(exp) {
   return { now, counts, examples };
 }
 
+/**
+ * A replicated run's checks after the first peer's read (whose generations
+ * are in `found`):
+ * - the volume reads the same, sector by sector, through every other peer.
+ *   A peer reads the copies it holds itself first (the coordinator prefers
+ *   its local replica), so together the reads cover every copy of every
+ *   block: a replica the power cut left behind that any read could reach
+ *   shows here, and each read is judged against the flushed generations too;
+ * - once the cluster says balanced, every block has exactly R equal copies
+ *   (state, version, digest), none suspect, on its ring owners
+ *   (test/bench/lib/copies.mjs, the bench's own check).
+ */
+async function checkReplicas(exp) {
+  await nbd.disconnect();
+  const differ = {};
+  for (const p of peers.slice(1)) {
+    const other = await connectTo(p);
+    const again = await checkVolume(other, exp);
+    await other.disconnect();
+    let n = 0;
+    for (let s = 0; s < SECTORS; s++) {
+      if (again.now[s] === found[s]) continue;
+      if (n++ < 4) log(`  sector ${s}: generation ${found[s]} through torusd 1, ${again.now[s]} through torusd ${p.n}`);
+    }
+    differ[p.n] = n;
+    for (const e of again.examples) log(`  through torusd ${p.n}: ${e}`);
+    if (n > 0) fail(`${n} sectors read differently through torusd ${p.n} than through torusd 1`);
+    const bad = again.counts.lost + again.counts.garbage + again.counts.unknown;
+    if (bad > 0) fail(`through torusd ${p.n}: ${again.counts.lost} sectors lost a flushed write, ${again.counts.garbage} garbage, ${again.counts.unknown} of an unknown generation`);
+  }
+  nbd = await connectTo(peers[0]);
+  const balancedStarted = Date.now();
+  let balanced = true;
+  try {
+    await waitFor('the cluster balanced', async () => (await torusctlJson(['cluster', 'status'])).balanced === true, BALANCED_TIMEOUT_MS, 1000);
+  } catch (err) {
+    balanced = false;
+    fail(err.message);
+  }
+  const balancedS = (Date.now() - balancedStarted) / 1000;
+  const ring = await torusctlJson(['ring', 'get']);
+  const vol = (await torusctlJson(['volume', 'list'])).volumes.find((v) => v.id === VOLUME_ID);
+  const volume = { id: VOLUME_ID, generation: vol.generation, blocks: Math.ceil(vol.size / vol.blockSize) };
+  const check = checkCopies({ volume, ring, copiesByPeer: await copiesByPeer(), replication: REPLICATION, expectFull: false, ownersOf });
+  log(describeCheck(`volume ${VOLUME}`, check));
+  if (!check.ok) {
+    for (const p of check.problems) log(`  ${p}`);
+    fail(describeCheck(`volume ${VOLUME}`, check));
+  }
+  return { readsDiffer: differ, balancedS: balanced ? balancedS : null, copiesOk: check.ok, copyHistogram: check.histogram };
+}
+
 let found = new Uint32Array(SECTORS);
 let verified = null;
 if (ROUND > 0) {
@@ -280,9 +378,10 @@ if (ROUND > 0) {
   const exp = expectations(SEED, SECTORS, before, prev.base, LAST_ACK);
   const suspectBefore = await suspectBlocks();
   const checkStarted = Date.now();
-  const r = await checkVolume(exp);
+  const r = await checkVolume(nbd, exp);
   const readS = (Date.now() - checkStarted) / 1000;
   found = r.now;
+  const replicas = PEERS > 1 ? await checkReplicas(exp) : null;
   const suspectAfter = await suspectBlocks();
   const crc = await crcFailures();
   const crcLogged = logLines().filter((l) => l.msg === 'block page failed its checksum' || /CRC_MISMATCH/.test(JSON.stringify(l))).length;
@@ -291,7 +390,7 @@ if (ROUND > 0) {
   verified = {
     round: ROUND - 1, lastAck: LAST_ACK, startS, readS, sectors: SECTORS, flushedSectors, ...r.counts,
     repairedBlocks: repaired?.blocks ?? 0, suspectBefore: suspectBefore.suspect, suspectAfter: suspectAfter.suspect, blocks: suspectAfter.blocks,
-    crcFailures: crc, crcLogged, fsErrors: fsErrors.length, leaseRevoked: revoked,
+    crcFailures: crc, crcLogged, fsErrors: fsErrors.length, leaseRevoked: revoked, ...(replicas ?? {}),
   };
   for (const e of r.examples) log(`  ${e}`);
   if (r.counts.lost > 0) fail(`${r.counts.lost} sectors lost a write a FLUSH had acknowledged`);
@@ -335,12 +434,14 @@ if (MODE === 'write' && failures.length === 0) {
 
 if (MODE === 'verify' || failures.length > 0) {
   await nbd.disconnect().catch(() => undefined);
-  torusd.kill('SIGTERM');
-  const st = await Promise.race([torusdExit, sleep(60_000).then(() => null)]);
-  if (st === null) {
-    torusd.kill('SIGKILL');
-    fail('torusd did not stop within 60 s of SIGTERM');
-  } else if (st.code !== 0) fail(`torusd exited ${st.code ?? st.signal} on SIGTERM`);
+  await Promise.all(peers.map(async (p) => {
+    p.child.kill('SIGTERM');
+    const st = await Promise.race([p.exit, sleep(60_000).then(() => null)]);
+    if (st === null) {
+      p.child.kill('SIGKILL');
+      fail(`torusd ${p.n} did not stop within 60 s of SIGTERM`);
+    } else if (st.code !== 0) fail(`torusd ${p.n} exited ${st.code ?? st.signal} on SIGTERM`);
+  }));
   await run('umount', [MNT]);
   const [fsckCmd, fsckArgs] = fsys.fsck(DISK);
   const fsck = await run(fsckCmd, fsckArgs, { allowFail: true });

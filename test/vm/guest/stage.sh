@@ -21,7 +21,7 @@ pack() {
     --exclude=node_modules/rollup --exclude=node_modules/@rollup --exclude=node_modules/vite --exclude=node_modules/vitest \
     --exclude=node_modules/@vitest --exclude=node_modules/@types --exclude=node_modules/kubernetes-models --exclude='*.map' \
     package.json dist node_modules native/build/Release/torus_native.node native/build/flex/torus \
-    src/k8s/csi/csi.proto test/vm/guest
+    src/k8s/csi/csi.proto test/vm/guest test/bench/lib/copies.mjs
 }
 if [ "${1-}" = "--pack" ]; then
   pack "$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd -P)" >"$2.part"
