@@ -46,6 +46,12 @@ const VOLUME_SIZE = '16MiB';
 /** Small blocks: more block files, so the writes cross many block boundaries and dirty many files per FLUSH. */
 const BLOCK_SIZE = '128KiB';
 const KILLS = Number(process.env.TORUS_PL_KILLS ?? 4);
+/**
+ * A replicated run's third writing round starts a fourth torusd right before
+ * its writes, and cuts the power at an early FLUSH acknowledgement: in the
+ * middle of the blocks' move to the new peer (guest/powerloss.mjs).
+ */
+const JOIN_ROUND = PEERS > 1 && KILLS >= 3 ? 2 : -1;
 const SEED = process.env.TORUS_PL_SEED !== undefined ? Number(process.env.TORUS_PL_SEED) >>> 0 : randomInt(1, 2 ** 31);
 /** A random kill lands this long after writing began (ms). */
 const RANDOM_KILL_MS = [300, 8000];
@@ -142,7 +148,7 @@ async function boot(round, mode, lastAck, kill) {
   const started = Date.now();
   const child = spawn('bash', [path.join(ROOT, 'test/vm/harness/run-in-vm.sh'), 'env',
     `TORUS_PL_ROUND=${round}`, `TORUS_PL_MODE=${mode}`, `TORUS_PL_FS=${FS}`, `TORUS_PL_STATE=${RUN}`, `TORUS_PL_ETCD=10.0.2.2:${clientPort}`,
-    `TORUS_PL_VOLUME=${VOLUME}`, `TORUS_PL_VOLUME_ID=${volumeId}`, `TORUS_PL_PEERS=${PEERS}`, `TORUS_PL_REPLICATION=${REPLICATION}`, `TORUS_PL_SEED=${SEED}`, `TORUS_PL_LAST_ACK=${lastAck}`,
+    `TORUS_PL_VOLUME=${VOLUME}`, `TORUS_PL_VOLUME_ID=${volumeId}`, `TORUS_PL_PEERS=${PEERS}`, `TORUS_PL_REPLICATION=${REPLICATION}`, `TORUS_PL_JOIN_ROUND=${JOIN_ROUND}`, `TORUS_PL_SEED=${SEED}`, `TORUS_PL_LAST_ACK=${lastAck}`,
     `TORUS_VM_STAGE_TAR=${STAGE_TAR}`,
     // The guest runs this same node (Node 24 from scripts/node24.sh when the
     // system's is older): the checkout is shared at the same path.
@@ -225,7 +231,7 @@ for (let round = 0; round <= KILLS; round++) {
   const kill = mode === 'verify' ? null
     : round % 2 === 0 ? { kind: 'ack', nth: randomInt(ACK_KILL_NTH[0], ACK_KILL_NTH[1] + 1) }
       : { kind: 'random', afterMs: randomInt(RANDOM_KILL_MS[0], RANDOM_KILL_MS[1] + 1) };
-  say(`round ${round}: boot (${mode}${kill ? `, then cut the power ${kill.kind === 'ack' ? `at FLUSH ack #${kill.nth}` : `${kill.afterMs} ms into the writes`}` : ''})`);
+  say(`round ${round}: boot (${mode}${round === JOIN_ROUND ? ', a fourth torusd joins before the writes' : ''}${kill ? `, then cut the power ${kill.kind === 'ack' ? `at FLUSH ack #${kill.nth}` : `${kill.afterMs} ms into the writes`}` : ''})`);
   const r = await boot(round, mode, lastAck, kill);
   rounds.push(r);
   say(`round ${round}: ${r.bootS} s; ${r.acks} FLUSHes acknowledged${r.fails.length ? `; ${r.fails.length} failures` : ''}`);
@@ -250,7 +256,7 @@ console.log(`\npower-loss summary (${setup}, seed ${SEED})`);
 // than through the first (must be 0), how long the cluster took to say
 // balanced after those reads, and the copy check (R equal copies of every
 // block on its ring owners).
-const replicated = PEERS > 1 ? ' | reads differ (torusd 2, 3) | balanced after | copies' : '';
+const replicated = PEERS > 1 ? ' | reads differ (other peers) | balanced after | copies' : '';
 console.log(`cut | how                      | FLUSH acks | torusd start after | flushed | as flushed | newer (unflushed) | lost | garbage | blocks suspect at start | suspect after reading | CRC failures${replicated}`);
 for (let i = 0; i < rounds.length; i++) {
   const r = rounds[i];

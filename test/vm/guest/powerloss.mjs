@@ -54,6 +54,21 @@ const WRITE_SECONDS_MAX = Number(process.env.TORUS_PL_WRITE_SECONDS ?? 120);
 /** torusd processes in the guest (one power cut takes them all) and the cluster's replication (powerloss-host.mjs). */
 const PEERS = Number(process.env.TORUS_PL_PEERS ?? 1);
 const REPLICATION = Number(process.env.TORUS_PL_REPLICATION ?? 1);
+/**
+ * In this writing round of a replicated run one more torusd joins, right
+ * before the writes: the ring moves blocks to it while the writer writes,
+ * so the cut lands in the middle of that move (-1: no join). From the next
+ * round on it is one of the peers.
+ */
+const JOIN_ROUND = Number(process.env.TORUS_PL_JOIN_ROUND ?? -1);
+const JOINS = PEERS > 1 && JOIN_ROUND >= 0 && MODE === 'write' && ROUND === JOIN_ROUND;
+/**
+ * In that round every peer copies slowly (torusd's default is 100MiB/s), so
+ * that the move still runs when the writes start and the power goes: the new
+ * peer's share of the written blocks, a few MiB, takes seconds.
+ */
+const JOIN_ROUND_RATE = '256KiB';
+const PEERS_AT_START = PEERS > 1 && JOIN_ROUND >= 0 && ROUND > JOIN_ROUND ? PEERS + 1 : PEERS;
 /** How long the cluster may take to be balanced after the checking reads (replicated runs). */
 const BALANCED_TIMEOUT_MS = 240_000;
 const DISK = '/dev/vda';
@@ -191,7 +206,8 @@ function startPeer(i) {
   const child = spawn(process.execPath, [path.join(DIST, 'cmd/torusd.js'), '-C', ETCD, '--data-dir', dataDir, '--size', '256MiB',
     // A fixed peer port like a real node's (it is recorded in etcd and must be
     // the same after the reboot); the guest's loopback belongs to this test.
-    '--peer-address', `127.0.0.1:${40000 + i}`, '--nbd-address', '127.0.0.1:0', '--port', '0', '--auto-join', '--checkpoint-interval', CHECKPOINT_INTERVAL], {
+    '--peer-address', `127.0.0.1:${40000 + i}`, '--nbd-address', '127.0.0.1:0', '--port', '0', '--auto-join', '--checkpoint-interval', CHECKPOINT_INTERVAL,
+    ...(JOINS ? ['--rebalance-rate', JOIN_ROUND_RATE] : [])], {
     stdio: ['ignore', out, out],
     env: { ...process.env },
   });
@@ -208,21 +224,22 @@ function startPeer(i) {
 }
 
 const started = Date.now();
-const peers = Array.from({ length: PEERS }, (_, i) => startPeer(i));
-await Promise.all(peers.map(async (p) => {
+async function untilReady(p) {
   p.ready = await waitFor(`torusd ${p.n} ready`, () => {
     if (p.child.exitCode !== null) throw Object.assign(new Error(`torusd ${p.n} exited ${p.child.exitCode}: ${readFileSync(p.logFile, 'utf8').slice(-2000)}`), { fatal: true });
     return p.lines().find((l) => l.msg === 'torusd ready');
   }, 240_000);
   p.http = `http://${p.ready.http}`;
-}));
+}
+const peers = Array.from({ length: PEERS_AT_START }, (_, i) => startPeer(i));
+await Promise.all(peers.map(untilReady));
 const startS = (Date.now() - started) / 1000;
 const logLines = () => peers.flatMap((p) => p.lines());
 const lines0 = logLines();
 const repairedLines = lines0.filter((l) => /unclean stop/.test(l.msg ?? ''));
 const repaired = repairedLines.length === 0 ? null : { msg: repairedLines[0].msg, blocks: repairedLines.reduce((n, l) => n + (l.blocks ?? 0), 0) };
 const revoked = lines0.some((l) => l.msg === 'revoked the lease of the previous run');
-log(`${PEERS === 1 ? 'torusd' : `${PEERS} torusd (replication ${REPLICATION})`} ready in ${startS} s (nbd ${peers.map((p) => p.ready.nbd).join(', ')}, checkpoints every ${CHECKPOINT_INTERVAL})${repaired ? `; after the unclean stop: ${repaired.msg} (${repaired.blocks} blocks)` : ''}${revoked ? '; revoked the previous run\'s lease' : ''}`);
+log(`${PEERS === 1 ? 'torusd' : `${peers.length} torusd (replication ${REPLICATION})`} ready in ${startS} s (nbd ${peers.map((p) => p.ready.nbd).join(', ')}, checkpoints every ${CHECKPOINT_INTERVAL})${repaired ? `; after the unclean stop: ${repaired.msg} (${repaired.blocks} blocks)` : ''}${revoked ? '; revoked the previous run\'s lease' : ''}`);
 
 async function getJson(url) {
   const r = await fetch(url, { signal: AbortSignal.timeout(30_000) });
@@ -259,10 +276,12 @@ async function crcFailures() {
 // ring member (the first round's joins have settled), so that every write
 // has its R owners.
 if (PEERS > 1) {
-  await waitFor(`a stable ring of ${PEERS} peers`, async () => {
-    const ring = await torusctlJson(['ring', 'get']);
-    return ring.transition === null && ring.members.length === PEERS;
+  const ringStarted = Date.now();
+  const ring = await waitFor(`a stable ring of ${PEERS_AT_START} peers`, async () => {
+    const r = await torusctlJson(['ring', 'get']);
+    return r.transition === null && r.members.length === PEERS_AT_START ? r : null;
   }, 240_000, 1000);
+  log(`ring version ${ring.version} stable with ${PEERS_AT_START} members ${((Date.now() - ringStarted) / 1000).toFixed(1)} s after the peers were ready`);
 }
 
 /** An NBD connection to the volume through peer p. The lock of the killed run's session is dropped when torusd revokes that run's lease; should it not have, the lock lives until the lease's TTL. */
@@ -403,6 +422,17 @@ if (ROUND > 0) {
 }
 
 // ------------------------------------------------------------ write until the power goes
+
+if (MODE === 'write' && failures.length === 0 && JOINS) {
+  const joiner = startPeer(peers.length);
+  peers.push(joiner);
+  await untilReady(joiner);
+  const ring = await waitFor(`torusd ${joiner.n} in the ring`, async () => {
+    const r = await torusctlJson(['ring', 'get']);
+    return r.members.some((m) => (m.uuid ?? m) === joiner.ready.uuid) ? r : null;
+  }, 120_000, 250);
+  log(`torusd ${joiner.n} joined: ring version ${ring.version}, ${ring.transition === null ? 'stable already (no move to cut into)' : `phase ${ring.transition.phase}; writing while blocks move to it at ${JOIN_ROUND_RATE}/s per peer`}`);
+}
 
 if (MODE === 'write' && failures.length === 0) {
   const base = roundBase(ROUND);
