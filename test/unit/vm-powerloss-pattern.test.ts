@@ -58,4 +58,20 @@ describe('power-loss pattern checker', () => {
     expect(checked).toBeGreaterThan(0);
     expect(exp.later.size).toBeGreaterThan(0);
   });
+
+  it('tells where two reads of the volume through different peers disagree (the replicated run)', () => {
+    const a = new Uint32Array(SECTORS).fill(5);
+    expect(pl.readsDiffer(a, Uint32Array.from(a))).toEqual({ count: 0, examples: [] });
+    // One replica behind on two sectors: an older generation there.
+    const b = Uint32Array.from(a);
+    b[3] = 4;
+    b[400] = 0;
+    expect(pl.readsDiffer(a, b)).toEqual({ count: 2, examples: [{ sector: 3, a: 5, b: 4 }, { sector: 400, a: 5, b: 0 }] });
+    // Counted in full, listed up to the limit.
+    const c = new Uint32Array(SECTORS).fill(6);
+    const all = pl.readsDiffer(a, c, 3);
+    expect(all.count).toBe(SECTORS);
+    expect(all.examples).toHaveLength(3);
+    expect(() => pl.readsDiffer(a, new Uint32Array(SECTORS - 1))).toThrow(/sectors/);
+  });
 });

@@ -155,3 +155,19 @@ export function judge(exp, sector, got) {
   if (got.gen < exp.floor[sector]) return 'lost';
   return 'unknown';
 }
+
+/**
+ * Where two reads of the whole volume (the generation each sector held,
+ * e.g. through two peers of a replicated run) disagree: how many sectors,
+ * and the first few as { sector, a, b }.
+ */
+export function readsDiffer(a, b, examplesMax = 4) {
+  if (a.length !== b.length) throw new Error(`reads of ${a.length} and ${b.length} sectors`);
+  let count = 0;
+  const examples = [];
+  for (let s = 0; s < a.length; s++) {
+    if (a[s] === b[s]) continue;
+    if (count++ < examplesMax) examples.push({ sector: s, a: a[s], b: b[s] });
+  }
+  return { count, examples };
+}

@@ -23,7 +23,7 @@ import { spawn, execFile } from 'node:child_process';
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { SECTOR_BYTES, STALE_CHUNK, classify, expectations, judge, roundBase, runsOf, sectorBytes } from './powerloss-pattern.mjs';
+import { SECTOR_BYTES, STALE_CHUNK, classify, expectations, judge, readsDiffer, roundBase, runsOf, sectorBytes } from './powerloss-pattern.mjs';
 import { loadNbdClient } from './nbd-client.mjs';
 import { fileSystem } from './powerloss-filesystems.mjs';
 import { checkCopies, describeCheck } from '../../bench/lib/copies.mjs';
@@ -353,11 +353,9 @@ async function checkReplicas(exp) {
     const other = await connectTo(p);
     const again = await checkVolume(other, exp);
     await other.disconnect();
-    let n = 0;
-    for (let s = 0; s < SECTORS; s++) {
-      if (again.now[s] === found[s]) continue;
-      if (n++ < 4) log(`  sector ${s}: generation ${found[s]} through torusd 1, ${again.now[s]} through torusd ${p.n}`);
-    }
+    const d = readsDiffer(found, again.now);
+    for (const e of d.examples) log(`  sector ${e.sector}: generation ${e.a} through torusd 1, ${e.b} through torusd ${p.n}`);
+    const n = d.count;
     differ[p.n] = n;
     for (const e of again.examples) log(`  through torusd ${p.n}: ${e}`);
     if (n > 0) fail(`${n} sectors read differently through torusd ${p.n} than through torusd 1`);
