@@ -61,14 +61,14 @@ const REPLICATION = Number(process.env.TORUS_PL_REPLICATION ?? 1);
  * round on it is one of the peers.
  */
 const JOIN_ROUND = Number(process.env.TORUS_PL_JOIN_ROUND ?? -1);
-const JOINS = PEERS > 1 && JOIN_ROUND >= 0 && MODE === 'write' && ROUND === JOIN_ROUND;
+const JOINS = MODE === 'write' && ROUND === JOIN_ROUND;
 /**
  * In that round every peer copies slowly (torusd's default is 100MiB/s), so
  * that the move still runs when the writes start and the power goes: the new
  * peer's share of the written blocks, a few MiB, takes seconds.
  */
 const JOIN_ROUND_RATE = '256KiB';
-const PEERS_AT_START = PEERS > 1 && JOIN_ROUND >= 0 && ROUND > JOIN_ROUND ? PEERS + 1 : PEERS;
+const PEERS_AT_START = JOIN_ROUND >= 0 && ROUND > JOIN_ROUND ? PEERS + 1 : PEERS;
 /** How long the cluster may take to be balanced after the checking reads (replicated runs). */
 const BALANCED_TIMEOUT_MS = 240_000;
 const DISK = '/dev/vda';
@@ -355,10 +355,9 @@ async function checkReplicas(exp) {
     await other.disconnect();
     const d = readsDiffer(found, again.now);
     for (const e of d.examples) log(`  sector ${e.sector}: generation ${e.a} through torusd 1, ${e.b} through torusd ${p.n}`);
-    const n = d.count;
-    differ[p.n] = n;
+    differ[p.n] = d.count;
     for (const e of again.examples) log(`  through torusd ${p.n}: ${e}`);
-    if (n > 0) fail(`${n} sectors read differently through torusd ${p.n} than through torusd 1`);
+    if (d.count > 0) fail(`${d.count} sectors read differently through torusd ${p.n} than through torusd 1`);
     const bad = again.counts.lost + again.counts.garbage + again.counts.unknown;
     if (bad > 0) fail(`through torusd ${p.n}: ${again.counts.lost} sectors lost a flushed write, ${again.counts.garbage} garbage, ${again.counts.unknown} of an unknown generation`);
   }
@@ -427,7 +426,7 @@ if (MODE === 'write' && failures.length === 0 && JOINS) {
   await untilReady(joiner);
   const ring = await waitFor(`torusd ${joiner.n} in the ring`, async () => {
     const r = await torusctlJson(['ring', 'get']);
-    return r.members.some((m) => (m.uuid ?? m) === joiner.ready.uuid) ? r : null;
+    return r.members.some((m) => m.uuid === joiner.ready.uuid) ? r : null;
   }, 120_000, 250);
   log(`torusd ${joiner.n} joined: ring version ${ring.version}, ${ring.transition === null ? 'stable already (no move to cut into)' : `phase ${ring.transition.phase}; writing while blocks move to it at ${JOIN_ROUND_RATE}/s per peer`}`);
 }
