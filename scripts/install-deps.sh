@@ -64,6 +64,7 @@ TOOLS=(
   nbdkit:nbdkit
   mkfs.ext4:e2fsprogs
   mkfs.xfs:xfsprogs
+  dmsetup:dmsetup
   fusermount3:fuse3
   nbd-client:nbd-client
   nbd-server:nbd-server

@@ -11,8 +11,9 @@
 # Environment: TORUS_VM_CACHE (kernel and initramfs; default
 # ~/.cache/torus-vm-harness), TORUS_VM_MEM (MiB, 2048), TORUS_VM_CPUS (2),
 # TORUS_VM_IDLE_TIMEOUT (s, 600) and TORUS_VM_TIMEOUT (s, 2400): see "run"
-# below, TORUS_VM_VERBOSE=1 (kernel messages on the console), TORUS_VM_DRIVE (a raw image file on the host, attached as the
-# guest's /dev/vda; see below for its cache mode), TORUS_VM_PIDFILE (QEMU
+# below, TORUS_VM_VERBOSE=1 (kernel messages on the console), TORUS_VM_DRIVE (raw image files on the host,
+# separated by spaces, attached as the guest's /dev/vda, /dev/vdb, ...; see
+# below for their cache mode), TORUS_VM_PIDFILE (QEMU
 # writes its pid there, for a caller that kills it on purpose: the power-loss
 # suite). QEMU runs with TCG (software emulation): it needs no /dev/kvm and
 # boots Debian's kernel where a nested KVM would not.
@@ -27,8 +28,9 @@ TIMEOUT=${TORUS_VM_TIMEOUT:-2400}
 IDLE_TIMEOUT=${TORUS_VM_IDLE_TIMEOUT:-600}
 # Copied into the initramfs (with their dependencies) and loaded at boot.
 # xfs: the power-loss suite also runs its data dir on XFS (after crc32c_generic:
-# its libcrc32c needs the crc32c algorithm when it loads).
-MODULES="virtio_pci virtio_net virtio_rng virtio_blk 9pnet_virtio 9p nbd ext4 crc32c_generic xfs"
+# its libcrc32c needs the crc32c algorithm when it loads). dm-flakey (with
+# dm-mod): the power-loss suite cuts one peer's disk while the others run.
+MODULES="virtio_pci virtio_net virtio_rng virtio_blk 9pnet_virtio 9p nbd ext4 crc32c_generic xfs dm-flakey"
 
 say() { printf 'vm: %s\n' "$*" >&2; }
 die() { printf 'vm: error: %s\n' "$*" >&2; exit 2; }
@@ -133,8 +135,8 @@ trap 'exit 143' TERM
 printf 'SHARED=%q\n' "$ROOT" >"$ctl/env"
 quiet="quiet loglevel=1"; [ "${TORUS_VM_VERBOSE:-0}" = 1 ] && quiet="loglevel=6"
 extra=()
-if [ -n "${TORUS_VM_DRIVE:-}" ]; then
-  [ -f "$TORUS_VM_DRIVE" ] || die "TORUS_VM_DRIVE=$TORUS_VM_DRIVE is not a file"
+for drive in ${TORUS_VM_DRIVE:-}; do
+  [ -f "$drive" ] || die "TORUS_VM_DRIVE: $drive is not a file"
   # cache=none: QEMU opens the image with O_DIRECT and shows the guest a
   # volatile write cache, so every FLUSH the guest sends becomes an
   # fdatasync of the image, and a write reaches the file only when the guest
@@ -144,8 +146,8 @@ if [ -n "${TORUS_VM_DRIVE:-}" ]; then
   # completed, as a real disk's volatile cache may: the host's page cache
   # outlives QEMU. cache=none also keeps the image right should the host
   # itself crash, and keeps these writes out of the shared host's page cache.)
-  extra+=(-drive "file=$TORUS_VM_DRIVE,if=virtio,format=raw,cache=none,aio=threads")
-fi
+  extra+=(-drive "file=$drive,if=virtio,format=raw,cache=none,aio=threads")
+done
 [ -n "${TORUS_VM_PIDFILE:-}" ] && extra+=(-pidfile "$TORUS_VM_PIDFILE")
 say "booting Debian $kv under QEMU TCG ($CPUS vCPU, $MEM MiB; gives up after ${IDLE_TIMEOUT} s without a line from the guest or ${TIMEOUT} s in all)"
 mkfifo "$con/out"
