@@ -56,7 +56,8 @@ const VOLUME = 'powerloss';
 const VOLUME_SIZE = '16MiB';
 /** Small blocks: more block files, so the writes cross many block boundaries and dirty many files per FLUSH. */
 const BLOCK_SIZE = '128KiB';
-const KILLS = Number(process.env.TORUS_PL_KILLS ?? 4);
+/** Power cuts: the one-peer run's six kinds once each by default (guest/peer-powerloss.mjs). */
+const KILLS = Number(process.env.TORUS_PL_KILLS ?? (CUT === 'peer' ? 6 : 4));
 /**
  * A replicated run's third writing round starts a fourth torusd right before
  * its writes, and cuts the power at an early FLUSH acknowledgement: in the
@@ -275,20 +276,23 @@ const totalS = secs(t0);
 writeFileSync(path.join(RUN, 'summary.json'), JSON.stringify({ when: new Date().toISOString(), fs: FS, peers: PEERS, replication: REPLICATION, seed: SEED, totalS, failed, rounds }, null, 2) + '\n');
 const setup = PEERS === 1 ? `data dir on ${FS}` : `${PEERS} torusd, replication ${REPLICATION}, data dirs on ${FS}${CUT === 'peer' ? ', torusd 3 cut alone' : ''}`;
 console.log(`\npower-loss summary (${setup}, seed ${SEED})`);
-// One peer's cuts: the writer's FLUSH acks before the cut and while torusd 3
-// was down; how long it was down, the blocks its start found unclean and
-// those whose copy was older after the restart than torusd 3 had reported
-// just before the cut (what the cut took back);
+// One peer's cuts (replica or coordinator, paused or writing on): the
+// writer's FLUSH acks before the cut and while torusd 3 was down; how long
+// it was down, the blocks its start found unclean and those whose copy was
+// older after the restart than torusd 3 had reported just before the cut
+// (what the cut took back); for a coordinator cut, the sectors of the
+// generation it cut short and how many of them read back new (either is
+// allowed);
 // the read through torusd 3 right after its restart ("as written" of the
 // sectors ever written; "older" must be 0), how long until balanced, the
 // reads through every peer after that (sectors differing from what was
 // written, must be 0) and the copy check.
 if (CUT === 'peer') {
-  console.log('cut | how                                   | acks before | acks while down | down   | unclean blocks | rolled back | written | as written (torusd 3 at once) | older | garbage | balanced after | reads differ (1, 2, 3) | copies | CRC failures');
+  console.log('cut | how                                        | acks before | acks while down | down   | unclean blocks | rolled back | written | cut short, read new | as written (torusd 3 at once) | older | garbage | balanced after | reads differ (1, 2, 3) | copies | CRC failures');
   for (const v of rounds[0]?.verifiedAll ?? []) {
     console.log([
-      String(v.round).padStart(3), v.how.padEnd(37), String(v.acksBeforeCut).padStart(11), String(v.acksWhileDown).padStart(15), `${v.downS.toFixed(1)} s`.padStart(6),
-      String(v.repairedBlocks).padStart(14), String(v.rolledBack).padStart(11), String(v.writtenSectors).padStart(7), `${v.asWrittenEarly}/${v.sectors}`.padStart(28), String(v.olderEarly).padStart(5), String(v.garbageEarly).padStart(7),
+      String(v.round).padStart(3), v.how.padEnd(42), String(v.acksBeforeCut).padStart(11), String(v.acksWhileDown).padStart(15), `${v.downS.toFixed(1)} s`.padStart(6),
+      String(v.repairedBlocks).padStart(14), String(v.rolledBack).padStart(11), String(v.writtenSectors).padStart(7), (v.unflushedGen === null ? '-' : `${v.unflushedSectors}, ${v.unflushedEarly}`).padStart(19), `${v.asWrittenEarly}/${v.sectors}`.padStart(28), String(v.olderEarly).padStart(5), String(v.garbageEarly).padStart(7),
       (v.balancedS === null ? 'never' : `${v.balancedS.toFixed(1)} s`).padStart(14), Object.values(v.readsDiffer).join(', ').padStart(22),
       v.copiesOk ? `OK ${Object.entries(v.copyHistogram).map(([c, n]) => `${n}x${c}`).join(' ')}` : 'FAILED', String(v.crcFailures + v.crcLogged).padStart(12),
     ].join(' | '));

@@ -17,9 +17,10 @@
 # each boot also reads the volume through every peer and checks that every
 # block has 2 equal copies on its ring owners. Then one run per file system
 # in TORUS_PL_PEER_FILESYSTEMS (default "xfs"; empty skips it) where the power
-# goes from one peer of three alone, while the others run and the writer
-# writes: that peer's data dir is on its own disk behind dm-flakey, which
-# drops what had not reached the disk (test/vm/guest/peer-powerloss.mjs).
+# goes from one peer of three alone, while the others run: that peer's data
+# dir is on its own disk behind dm-flakey, which drops what had not reached
+# the disk; the writer uses another peer (a replica cut) or that one (a
+# coordinator cut), 6 cuts in one boot (test/vm/guest/peer-powerloss.mjs).
 # Every file system runs even when an earlier one fails. Runs on Node 24 (scripts/node24.sh). Fails,
 # never skips, when a tool or the VM is missing.
 set -euo pipefail

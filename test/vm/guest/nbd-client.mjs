@@ -137,6 +137,8 @@ export async function loadNbdClient(dist) {
     }
     /** NBD_CMD_DISC, then waits for the server to hang up. */
     async disconnect() {
+      // A connection the server already broke (its torusd was killed) has nothing to end.
+      if (this.socket.destroyed) return;
       const closed = new Promise((r) => this.socket.once('close', r));
       this.socket.end(codec.encodeRequestHeader({ flags: 0, type: p.CMD_DISC, cookie: 0n, offset: 0, length: 0 }));
       await closed;

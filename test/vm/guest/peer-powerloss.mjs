@@ -11,29 +11,36 @@
 //      is gone, as if the power had failed at the kill;
 //   3. the disk works again, the file system is mounted (journal recovery)
 //      and torusd 3 starts on what the disk kept.
-// The writer writes generation after generation through torusd 1
-// (powerloss-pattern.mjs's pattern, each generation ended by a FLUSH), and
-// the power of torusd 3 goes at a FLUSH acknowledgement or at a random
-// moment, with writes in flight either way. The cuts alternate two ways on:
-//   - "paused": the writer finishes the generation it is in and writes no
-//     more until the checks. What torusd 3 acknowledged unflushed and lost
-//     is then told apart only by what the cluster knows of the loss: the
-//     writer's coordinator's list of blocks each replica holds unflushed,
-//     and torusd 3's dirty log (its suspect blocks). No later write to
-//     those blocks covers it up;
-//   - "writing on": the writer goes on through torusd 1 and 2 while torusd
-//     3 is down (degraded writes, recorded stale for it) and for a few
-//     generations after it is back (while it catches up).
-// The cluster never lost power, so every write it acknowledged must read
-// back, flushed or not. After each cut, once the writer stopped:
+// The writer writes generation after generation (powerloss-pattern.mjs's
+// pattern, each generation ended by a FLUSH), and the power of torusd 3 goes
+// at a FLUSH acknowledgement or at a random moment, with writes in flight
+// either way. The cuts go through six kinds in turn (CYCLES below):
+//   - a *replica* cut: the writer writes through torusd 1, so torusd 3 only
+//     holds copies. "Paused": the writer finishes the generation it is in
+//     and writes no more until the checks, so what torusd 3 acknowledged
+//     unflushed and lost is not covered up by a later write; the cluster
+//     must know of the loss. "Writing on": the writer goes on through
+//     torusd 1 and 2 while torusd 3 is down (degraded writes, recorded
+//     stale for it) and for a few generations after it is back (while it
+//     catches up). The cluster as a whole never lost power, so every write
+//     it acknowledged must read back exactly, flushed or not;
+//   - a *coordinator* cut: the writer writes through torusd 3 itself, so the
+//     cut also breaks the client's connection, as when the node a volume is
+//     attached through dies. Now the NBD rule holds: what a FLUSH covered
+//     must read back; the generation in flight (written, not flushed) may
+//     read back old or new, sector by sector, but every peer must then
+//     read it alike. "Writing on": the writer connects to torusd 1 as soon
+//     as the volume's lock lets it (torusd 3's restart revokes its old
+//     lease, or the lease runs out) and writes on.
+// After each cut, once the writer stopped:
 //   - the volume is read through torusd 3 at once (its coordinator prefers
 //     its own copies, some of which the cut took back in time, and it may
-//     still be catching up): every sector must hold exactly the generation
-//     that last wrote it;
+//     still be catching up), judged as above;
 //   - once `cluster status` says balanced, the volume is read through every
-//     peer (together the reads cover every copy), each sector exactly as
-//     written; every block has exactly 2 equal copies on its ring owners,
-//     none suspect; no CRC failure was counted or logged.
+//     peer (together the reads cover every copy): each sector as that
+//     first read found it, and judged as above; every block has exactly 2
+//     equal copies on its ring owners, none suspect; no CRC failure was
+//     counted or logged.
 // At the end every torusd stops cleanly and both file systems are checked.
 // "powerloss: " console lines are the protocol with the host (one
 // "verified" line per cut, then "done").
@@ -47,8 +54,21 @@ import {
 } from './powerloss-cluster.mjs';
 
 const { state: STATE, etcd: ETCD, volume: VOLUME, volumeId: VOLUME_ID, seed: SEED, fs: FS } = bootSettings();
-/** Power cuts of torusd 3, alternately at a FLUSH acknowledgement and at a random moment. */
+/** Power cuts of torusd 3, of the kinds in CYCLES in turn. */
 const CUTS = Number(env('TORUS_PL_CUTS'));
+/**
+ * The kinds of cut, in turn: whose torusd the writer uses (torusd 3's own:
+ * a coordinator cut), when the power goes (at a FLUSH acknowledgement or a
+ * random moment), and whether the writer goes on while torusd 3 is down.
+ */
+const CYCLES = [
+  { coordinator: false, at: 'ack', writeOn: false },
+  { coordinator: false, at: 'random', writeOn: false },
+  { coordinator: true, at: 'ack', writeOn: false },
+  { coordinator: false, at: 'ack', writeOn: true },
+  { coordinator: false, at: 'random', writeOn: true },
+  { coordinator: true, at: 'random', writeOn: true },
+];
 const PEERS = 3;
 const REPLICATION = 2;
 /** An ack cut comes at the N-th acknowledged FLUSH of the cycle; a random one this long (ms) after the cycle's writes began. */
@@ -107,24 +127,42 @@ const everyPeer = [...peers];
 await Promise.all(peers.map(untilReady));
 const cluster = clusterView({ etcd: ETCD, peers, volume: VOLUME, volumeId: VOLUME_ID, seed: SEED });
 await cluster.stableRing(PEERS);
-let nbd = await cluster.connectTo(peers[0]);
-const SECTORS = nbd.size / SECTOR_BYTES;
-if (!Number.isInteger(SECTORS) || SECTORS <= 0) throw new Error(`volume size ${nbd.size} is not a whole number of sectors`);
-/** The generation that last wrote each sector, as the writer saw its writes and FLUSH acknowledged (0: never written). */
+const SECTORS = await (async () => {
+  const c = await cluster.connectTo(peers[0]);
+  await c.disconnect();
+  const n = c.size / SECTOR_BYTES;
+  if (!Number.isInteger(n) || n <= 0) throw new Error(`volume size ${c.size} is not a whole number of sectors`);
+  return n;
+})();
+/**
+ * What each sector must read back with (powerloss-pattern.mjs's judge):
+ * floor, the generation that last wrote it as the writer saw its writes and
+ * FLUSH acknowledged (0: never written); later, for sectors a generation cut
+ * short by a coordinator cut wrote, that generation (it may or may not have
+ * landed). After each cut's checks, the first read becomes the floor.
+ */
 const model = new Uint32Array(SECTORS);
-const exact = { floor: model, later: new Map() };
+const expected = { floor: model, later: new Map() };
+/** Generations are numbered on across writers and cuts. */
+let nextGen = roundBase(1);
 
 // ------------------------------------------------------------ the writer
 
-/** Writes generations through torusd 1 until stopped; counts the acknowledged FLUSHes. */
-function startWriter(cycle) {
-  const w = { stop: false, acks: 0, error: null, done: null };
+/** Writes generations through one NBD connection until stopped; counts the acknowledged FLUSHes. */
+function startWriter(conn, cycle) {
+  const w = { stop: false, acks: 0, error: null, done: null, inFlight: null };
   w.done = (async () => {
     const deadline = Date.now() + WRITER_TIMEOUT_MS;
-    for (let gen = roundBase(cycle); !w.stop; gen++) {
+    while (!w.stop) {
       if (Date.now() > deadline) throw new Error(`the cycle did not end within ${WRITER_TIMEOUT_MS} ms of writing`);
-      await writeGeneration(nbd, SEED, gen, SECTORS);
-      for (const r of runsOf(SEED, gen, SECTORS)) model.fill(gen, r.start, r.start + r.count);
+      const gen = nextGen++;
+      w.inFlight = gen;
+      await writeGeneration(conn, SEED, gen, SECTORS);
+      w.inFlight = null;
+      for (const r of runsOf(SEED, gen, SECTORS)) {
+        model.fill(gen, r.start, r.start + r.count);
+        for (let s = r.start; s < r.start + r.count; s++) expected.later.delete(s);
+      }
       w.acks++;
       tell(`ack round=${cycle} gen=${gen}`);
     }
@@ -132,6 +170,16 @@ function startWriter(cycle) {
     w.error = err;
   });
   return w;
+}
+/** A generation a coordinator cut left unflushed: each of its sectors may hold it or what it held before. */
+function leftInFlight(gen) {
+  for (const r of runsOf(SEED, gen, SECTORS)) {
+    for (let s = r.start; s < r.start + r.count; s++) {
+      const l = expected.later.get(s);
+      if (l === undefined) expected.later.set(s, [gen]);
+      else if (!l.includes(gen)) l.push(gen);
+    }
+  }
 }
 const untilAcks = (w, n) => waitFor(`FLUSH acknowledgement ${n}`, () => {
   if (w.error !== null) throw Object.assign(w.error, { fatal: true });
@@ -180,57 +228,75 @@ async function cutPeer3(cycle) {
 
 // ------------------------------------------------------------ cycles
 
+/** Reads the volume through one peer; judged against `expected`, each failure reported. */
+async function readThrough(p, when) {
+  const c = await cluster.connectTo(p);
+  const r = await cluster.checkVolume(c, expected);
+  await c.disconnect();
+  for (const e of r.examples) log(`  through torusd ${p.n} ${when}: ${e}`);
+  const bad = r.counts.lost + r.counts.garbage + r.counts.unknown;
+  if (bad > 0) fail(`through torusd ${p.n} ${when}: ${r.counts.lost} sectors older than acknowledged, ${r.counts.garbage} garbage, ${r.counts.unknown} of an unknown generation`);
+  return r;
+}
+
 for (let cycle = 1; cycle <= CUTS && failures.length === 0; cycle++) {
-  const kind = cycle % 2 === 1 ? 'ack' : 'random';
-  // Cuts 1 and 2 of every 4 pause the writer, 3 and 4 write on: with 4 cuts, each way at an ack and at a random moment.
-  const writeOn = cycle % 4 === 3 || cycle % 4 === 0;
-  const writer = startWriter(cycle);
+  const { coordinator, at, writeOn } = CYCLES[(cycle - 1) % CYCLES.length];
+  let conn = await cluster.connectTo(coordinator ? peers[2] : peers[0]);
+  let writer = startWriter(conn, cycle);
   let how;
-  if (kind === 'ack') {
+  if (at === 'ack') {
     const nth = randomInt(ACK_CUT_NTH[0], ACK_CUT_NTH[1] + 1);
     await untilAcks(writer, nth);
-    how = `at FLUSH ack ${nth}, ${writeOn ? 'writing on' : 'paused'}`;
+    how = `at FLUSH ack ${nth}`;
   } else {
     const ms = randomInt(RANDOM_CUT_MS[0], RANDOM_CUT_MS[1] + 1);
     await sleep(ms);
-    how = `random, ${ms} ms in, ${writeOn ? 'writing on' : 'paused'}`;
+    how = `random, ${ms} ms in`;
   }
+  how = `${coordinator ? 'coordinator' : 'replica'}, ${how}, ${writeOn ? 'writing on' : 'paused'}`;
   const acksAtCut = writer.acks;
   tell(`cut round=${cycle} ${how}`);
   const cutting = cutPeer3(cycle);
-  // Paused: the generation in flight at the cut ends (its FLUSH included), then nothing until the checks.
-  if (!writeOn) writer.stop = true;
+  let unflushedGen = null;
+  if (coordinator) {
+    // The writer's connection dies with torusd 3: its generation in flight stays unflushed.
+    await writer.done;
+    if (writer.error === null) fail('the writer\'s connection to torusd 3 outlived its power cut');
+    unflushedGen = writer.inFlight;
+    if (unflushedGen !== null) leftInFlight(unflushedGen);
+    log(`the writer's connection to torusd 3 broke (${writer.error?.message}); generation ${unflushedGen ?? '-'} was in flight`);
+    if (writeOn) {
+      conn = await cluster.connectTo(peers[0]);
+      writer = startWriter(conn, cycle);
+    }
+  } else if (!writeOn) {
+    // Paused: the generation in flight at the cut ends (its FLUSH included), then nothing until the checks.
+    writer.stop = true;
+  }
   const cut = await cutting;
-  const acksWhileDown = writer.acks - acksAtCut;
+  // A coordinator cut's writer is a new one (or none, paused): its acks came once the lock let it write.
+  const acksWhileDown = coordinator ? (writeOn ? writer.acks : 0) : writer.acks - acksAtCut;
   if (writeOn) {
     await untilAcks(writer, writer.acks + GENS_AFTER_RESTART);
     writer.stop = true;
   }
-  await writer.done;
-  if (writer.error !== null) {
-    fail(`the writer failed: ${writer.error.message}`);
-    break;
+  if (!coordinator || writeOn) {
+    await writer.done;
+    if (writer.error !== null) {
+      fail(`the writer failed: ${writer.error.message}`);
+      break;
+    }
   }
-  await nbd.disconnect();
+  await conn.disconnect().catch(() => undefined);
 
   // At once through torusd 3: what it serves, it serves as written.
   const suspectBefore = await cluster.suspectBlocks();
-  const c3 = await cluster.connectTo(peers[2]);
-  const early = await cluster.checkVolume(c3, exact);
-  await c3.disconnect();
-  for (const e of early.examples) log(`  through torusd 3 right after its restart: ${e}`);
-  const earlyBad = early.counts.lost + early.counts.garbage + early.counts.unknown;
-  if (earlyBad > 0) fail(`through torusd 3 right after its restart: ${early.counts.lost} sectors older than acknowledged, ${early.counts.garbage} garbage, ${early.counts.unknown} of an unknown generation`);
+  const early = await readThrough(peers[2], 'right after its restart');
 
-  // Balanced: through every peer, exactly as written; R equal copies of every block.
+  // Balanced: through every peer, as that first read found it; R equal copies of every block.
   const balancedS = await cluster.balanced();
   const differ = {};
-  for (const p of peers) {
-    const c = await cluster.connectTo(p);
-    const again = await cluster.checkVolume(c, exact);
-    await c.disconnect();
-    differ[p.n] = compareReads(model, again, p.n, 'the writer');
-  }
+  for (const p of peers) differ[p.n] = compareReads(early.now, await readThrough(p, 'once balanced'), p.n, 'torusd 3 right after its restart');
   const check = await cluster.checkCopies(REPLICATION);
   const suspectAfter = await cluster.suspectBlocks();
   const crc = await cluster.crcFailures();
@@ -241,16 +307,18 @@ for (let cycle = 1; cycle <= CUTS && failures.length === 0; cycle++) {
   if (fsErrors.length > 0) fail(`kernel log: ${fsErrors.slice(0, 3).join(' | ')}`);
   const written = model.reduce((n, g) => n + (g > 0 ? 1 : 0), 0);
   tell(`verified ${JSON.stringify({
-    round: cycle, how, sectors: SECTORS, acksBeforeCut: acksAtCut, acksWhileDown, acks: writer.acks, ...cut, writtenSectors: written, asWrittenEarly: early.counts.flushed,
+    round: cycle, how, sectors: SECTORS, acksBeforeCut: acksAtCut, acksWhileDown, ...cut, writtenSectors: written,
+    unflushedGen, unflushedSectors: expected.later.size, asWrittenEarly: early.counts.flushed, unflushedEarly: early.counts.unflushed,
     olderEarly: early.counts.lost, garbageEarly: early.counts.garbage, suspectBefore: suspectBefore.suspect, suspectAfter: suspectAfter.suspect,
     balancedS, readsDiffer: differ, copiesOk: check.ok, copyHistogram: check.histogram, crcFailures: crc, crcLogged, fsErrors: fsErrors.length,
   })}`);
-  nbd = await cluster.connectTo(peers[0]);
+  // From here on the first read is what the volume holds: a generation cut short is now either there or not.
+  model.set(early.now);
+  expected.later.clear();
 }
 
 // ------------------------------------------------------------ a clean stop, both file systems checked
 
-await nbd.disconnect().catch(() => undefined);
 await stopPeers(peers);
 await run('umount', [MNT12]);
 await run('umount', [MNT3]);
