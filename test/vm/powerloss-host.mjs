@@ -15,7 +15,8 @@
 //
 // Environment: TORUS_PL_FS (the data dir's file system: ext4, the default,
 // with its journal and default options; xfs; or ext4-nojournal, ext4 made
-// without a journal), TORUS_PL_KILLS (power losses, default 4: alternately
+// without a journal), TORUS_PL_KILLS (power losses, default 4, 6 with
+// TORUS_PL_CUT=peer; in the whole-guest runs alternately
 // right after a FLUSH ack and at a random moment), TORUS_PL_SEED (the data
 // pattern's seed; random by default), TORUS_PL_KEEP=1 (keep the disk image
 // after a passing run). Files go to test/vm/powerloss-run/<fs>/
@@ -34,13 +35,14 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 /** The data dir's file system; the guest formats and checks it with the host's tools (it shares the host's root). */
 const FS = process.env.TORUS_PL_FS ?? 'ext4';
 const fsys = fileSystem(FS);
-/**
- * torusd processes in the guest, all on the one disk, so one power cut takes
- * every replica at once (a rack losing power): 1, or 3 with replication 2.
- */
 /** What loses its power: 'all' (the whole guest, every peer in it) or 'peer' (one of three, while the others run). */
 const CUT = process.env.TORUS_PL_CUT ?? 'all';
 if (CUT !== 'all' && CUT !== 'peer') throw new Error(`TORUS_PL_CUT=${CUT}: expected all or peer`);
+/**
+ * torusd processes in the guest: 1, or 3 with replication 2. With CUT 'all'
+ * they share one disk, so one power cut takes every replica at once (a rack
+ * losing power); with 'peer' the third has a disk of its own.
+ */
 const PEERS = Number(process.env.TORUS_PL_PEERS ?? (CUT === 'peer' ? 3 : 1));
 if (PEERS !== 1 && PEERS !== 3) throw new Error(`TORUS_PL_PEERS=${process.env.TORUS_PL_PEERS}: expected 1 or 3`);
 if (CUT === 'peer' && PEERS !== 3) throw new Error('TORUS_PL_CUT=peer runs three torusd (TORUS_PL_PEERS=3)');
@@ -273,7 +275,7 @@ for (let round = 0; CUT === 'all' && round <= KILLS; round++) {
 // ------------------------------------------------------------ summary
 
 const totalS = secs(t0);
-writeFileSync(path.join(RUN, 'summary.json'), JSON.stringify({ when: new Date().toISOString(), fs: FS, peers: PEERS, replication: REPLICATION, seed: SEED, totalS, failed, rounds }, null, 2) + '\n');
+writeFileSync(path.join(RUN, 'summary.json'), JSON.stringify({ when: new Date().toISOString(), fs: FS, cut: CUT, peers: PEERS, replication: REPLICATION, seed: SEED, totalS, failed, rounds }, null, 2) + '\n');
 const setup = PEERS === 1 ? `data dir on ${FS}` : `${PEERS} torusd, replication ${REPLICATION}, data dirs on ${FS}${CUT === 'peer' ? ', torusd 3 cut alone' : ''}`;
 console.log(`\npower-loss summary (${setup}, seed ${SEED})`);
 // One peer's cuts (replica or coordinator, paused or writing on): the
