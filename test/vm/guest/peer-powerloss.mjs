@@ -50,7 +50,7 @@ import { randomInt } from 'node:crypto';
 import { roundBase, runsOf, SECTOR_BYTES } from './powerloss-pattern.mjs';
 import { fileSystem } from './powerloss-filesystems.mjs';
 import {
-  bootSettings, checkFs, clusterView, compareReads, crcLogged as crcLoggedBy, env, fail, failures, fillWithStaleData, kernelFsErrors, log, mountDisk, run, sleep, startPeer, stopPeers, tell, untilReady, waitFor, writeGeneration,
+  bootSettings, checkFs, clusterView, compareReads, crcLogged as crcLoggedBy, env, fail, failures, fillWithStaleData, kernelFsErrors, log, mountDisk, reportJudged, run, sleep, startPeer, stopPeers, tell, untilReady, writeGeneration,
 } from './powerloss-cluster.mjs';
 
 const { state: STATE, etcd: ETCD, volume: VOLUME, volumeId: VOLUME_ID, seed: SEED, fs: FS } = bootSettings();
@@ -100,13 +100,13 @@ const disk3Sectors = Number((await run('blockdev', ['--getsz', DISK3])).stdout.t
  * and discarded, reads served). Loaded with --nolockfs: suspending the
  * device must not freeze, and so sync, the file system on it.
  */
+const flakeyTable = (mode) => (mode === 'pass' ? `0 ${disk3Sectors} flakey ${DISK3} 0 180 0` : `0 ${disk3Sectors} flakey ${DISK3} 0 0 180 1 drop_writes`);
 async function flakey(mode) {
-  const table = mode === 'pass' ? `0 ${disk3Sectors} flakey ${DISK3} 0 180 0` : `0 ${disk3Sectors} flakey ${DISK3} 0 0 180 1 drop_writes`;
   await run('dmsetup', ['suspend', '--nolockfs', FLAKEY], { env: DM_ENV });
-  await run('dmsetup', ['load', FLAKEY, '--table', table], { env: DM_ENV });
+  await run('dmsetup', ['load', FLAKEY, '--table', flakeyTable(mode)], { env: DM_ENV });
   await run('dmsetup', ['resume', FLAKEY], { env: DM_ENV });
 }
-await run('dmsetup', ['create', FLAKEY, '--table', `0 ${disk3Sectors} flakey ${DISK3} 0 180 0`], { env: DM_ENV });
+await run('dmsetup', ['create', FLAKEY, '--table', flakeyTable('pass')], { env: DM_ENV });
 
 for (const [dev, mnt] of [[DISK12, MNT12], [FLAKEY_DEV, MNT3]]) {
   await run(...fsys.mkfs(dev));
@@ -148,9 +148,21 @@ let nextGen = roundBase(1);
 
 // ------------------------------------------------------------ the writer
 
-/** Writes generations through one NBD connection until stopped; counts the acknowledged FLUSHes. */
+/**
+ * Writes generations through one NBD connection until stopped; counts the
+ * acknowledged FLUSHes, and settles each `untilAcks` waiter the moment its
+ * count is reached (or the writer fails).
+ */
 function startWriter(conn, cycle) {
-  const w = { stop: false, acks: 0, error: null, done: null, inFlight: null };
+  const w = { stop: false, acks: 0, error: null, done: null, inFlight: null, waiters: [] };
+  const settle = () => {
+    w.waiters = w.waiters.filter((x) => {
+      if (w.error !== null) x.reject(w.error);
+      else if (w.acks >= x.n) x.resolve();
+      else return true;
+      return false;
+    });
+  };
   w.done = (async () => {
     const deadline = Date.now() + WRITER_TIMEOUT_MS;
     while (!w.stop) {
@@ -165,9 +177,11 @@ function startWriter(conn, cycle) {
       }
       w.acks++;
       tell(`ack round=${cycle} gen=${gen}`);
+      settle();
     }
   })().catch((err) => {
     w.error = err;
+    settle();
   });
   return w;
 }
@@ -181,10 +195,12 @@ function leftInFlight(gen) {
     }
   }
 }
-const untilAcks = (w, n) => waitFor(`FLUSH acknowledgement ${n}`, () => {
-  if (w.error !== null) throw Object.assign(w.error, { fatal: true });
-  return w.acks >= n;
-}, WRITER_TIMEOUT_MS, 20);
+/** Resolves once the writer has `n` FLUSHes acknowledged; rejects if it fails first (its own deadline bounds the wait). */
+function untilAcks(w, n) {
+  if (w.error !== null) return Promise.reject(w.error);
+  if (w.acks >= n) return Promise.resolve();
+  return new Promise((resolve, reject) => w.waiters.push({ n, resolve, reject }));
+}
 
 // ------------------------------------------------------------ one peer's power cut
 
@@ -197,9 +213,8 @@ const untilAcks = (w, n) => waitFor(`FLUSH acknowledgement ${n}`, () => {
  */
 function rolledBack(before, after) {
   const now = new Map(after.map((b) => [`${b.generation}/${b.index}`, b]));
-  return before.filter((b) => b.state !== 'absent' && compareVersions(now.get(`${b.generation}/${b.index}`)?.version, b.version) < 0).length;
+  return before.filter((b) => b.state !== 'absent' && (now.get(`${b.generation}/${b.index}`)?.version ?? -1) < b.version).length;
 }
-const compareVersions = (a, b) => (a === undefined ? -1 : a < b ? -1 : a > b ? 1 : 0);
 
 /** Cuts torusd 3's power (see the top of this file) and starts it again on what its disk kept; returns what it took. */
 async function cutPeer3(cycle) {
@@ -227,17 +242,6 @@ async function cutPeer3(cycle) {
 }
 
 // ------------------------------------------------------------ cycles
-
-/** Reads the volume through one peer; judged against `expected`, each failure reported. */
-async function readThrough(p, when) {
-  const c = await cluster.connectTo(p);
-  const r = await cluster.checkVolume(c, expected);
-  await c.disconnect();
-  for (const e of r.examples) log(`  through torusd ${p.n} ${when}: ${e}`);
-  const bad = r.counts.lost + r.counts.garbage + r.counts.unknown;
-  if (bad > 0) fail(`through torusd ${p.n} ${when}: ${r.counts.lost} sectors older than acknowledged, ${r.counts.garbage} garbage, ${r.counts.unknown} of an unknown generation`);
-  return r;
-}
 
 for (let cycle = 1; cycle <= CUTS && failures.length === 0; cycle++) {
   const { coordinator, at, writeOn } = CYCLES[(cycle - 1) % CYCLES.length];
@@ -291,12 +295,13 @@ for (let cycle = 1; cycle <= CUTS && failures.length === 0; cycle++) {
 
   // At once through torusd 3: what it serves, it serves as written.
   const suspectBefore = await cluster.suspectBlocks();
-  const early = await readThrough(peers[2], 'right after its restart');
+  const early = await cluster.readThrough(peers[2], expected);
+  reportJudged(early, 'through torusd 3 right after its restart');
 
   // Balanced: through every peer, as that first read found it; R equal copies of every block.
   const balancedS = await cluster.balanced();
   const differ = {};
-  for (const p of peers) differ[p.n] = compareReads(early.now, await readThrough(p, 'once balanced'), p.n, 'torusd 3 right after its restart');
+  for (const p of peers) differ[p.n] = compareReads(early.now, await cluster.readThrough(p, expected), p.n, 'torusd 3 right after its restart');
   const check = await cluster.checkCopies(REPLICATION);
   const suspectAfter = await cluster.suspectBlocks();
   const crc = await cluster.crcFailures();

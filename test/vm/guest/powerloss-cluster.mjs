@@ -303,6 +303,13 @@ export function clusterView({ etcd, peers, volume, volumeId, seed }) {
       await Promise.all(Array.from({ length: READ_QUEUE_MAX }, worker));
       return { now, counts, examples };
     },
+    /** Reads the whole volume through its own connection to peer p (checkVolume). */
+    async readThrough(p, exp) {
+      const c = await this.connectTo(p);
+      const r = await this.checkVolume(c, exp);
+      await c.disconnect();
+      return r;
+    },
     /** Waits for `cluster status` to say balanced; the seconds it took, or null (a failure) when it never did. */
     async balanced() {
       const started = Date.now();
@@ -330,14 +337,19 @@ export function clusterView({ etcd, peers, volume, volumeId, seed }) {
   };
 }
 
-/** Compares a read through torusd `n` with the reference read; logs and fails on any difference. Returns the count. */
+/** Logs and fails on what a judged read (checkVolume) found wrong, named by `where` ("through torusd 2"). */
+export function reportJudged(r, where) {
+  for (const e of r.examples) log(`  ${where}: ${e}`);
+  const bad = r.counts.lost + r.counts.garbage + r.counts.unknown;
+  if (bad > 0) fail(`${where}: ${r.counts.lost} sectors older than a write they must hold, ${r.counts.garbage} garbage, ${r.counts.unknown} of an unknown generation`);
+}
+
+/** Compares a judged read through torusd `n` with the reference read; logs and fails on any difference or misjudged sector. Returns the count that differ. */
 export function compareReads(reference, again, n, refName = 'torusd 1') {
   const d = readsDiffer(reference, again.now);
   for (const e of d.examples) log(`  sector ${e.sector}: generation ${e.a} through ${refName}, ${e.b} through torusd ${n}`);
-  for (const e of again.examples) log(`  through torusd ${n}: ${e}`);
   if (d.count > 0) fail(`${d.count} sectors read differently through torusd ${n} than through ${refName}`);
-  const bad = again.counts.lost + again.counts.garbage + again.counts.unknown;
-  if (bad > 0) fail(`through torusd ${n}: ${again.counts.lost} sectors lost a flushed write, ${again.counts.garbage} garbage, ${again.counts.unknown} of an unknown generation`);
+  reportJudged(again, `through torusd ${n}`);
   return d.count;
 }
 
