@@ -30,10 +30,17 @@ const READ_AGAIN_MAX = 3;
  * Whole-block writes to every EXPECT_STRIDE-th block tell the owners of the
  * next EXPECT_AHEAD_BLOCKS blocks that writes may follow (expectAhead): a
  * sequential stream names about a stride of new blocks in one dirty-log
- * commit, ahead of them.
+ * commit, far ahead of them. Far, because a commit's fdatasync queues
+ * behind the data the kernel is writing back: one in fifty took 50-235 ms
+ * in a prefill here (the median 0.6 ms), and a stream that reaches blocks
+ * whose records are not durable yet waits for it. 16 blocks ahead covered
+ * about 16 ms at 1 GB/s; 256 cover the stalls measured (docs/perf/profile.md,
+ * "The prefill's lead"). The price: after a crash, up to that many named
+ * blocks that were never written come back suspect (absent, compared before
+ * trusted), bounded by the store's PREMARK_MAX.
  */
 const EXPECT_STRIDE = 8;
-const EXPECT_AHEAD_BLOCKS = 2 * EXPECT_STRIDE;
+const EXPECT_AHEAD_BLOCKS = 256;
 /**
  * A read whose only current holders are briefly out (a peer waking from a
  * pause re-registers with etcd before it serves again) asks them again

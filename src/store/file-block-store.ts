@@ -147,8 +147,12 @@ const SUSPECTS = 'suspects.json';
  */
 const STORE_SCHEMA = 2;
 const SYNC_CONCURRENCY = 8;
-/** Dirty-log records made ahead (premark) that wait unclaimed in one epoch, at most. */
-const PREMARK_MAX = 256;
+/**
+ * Dirty-log records made ahead (premark) that wait unclaimed in one epoch, at
+ * most: twice the coordinator's lead (EXPECT_AHEAD_BLOCKS, 256), so a
+ * sequential writer's hints are never cut short.
+ */
+export const PREMARK_MAX = 512;
 /** Header reads in flight at start-up. */
 const OPEN_READ_CONCURRENCY = 32;
 /** From this many files and folders to sync, one syncfs replaces them. */

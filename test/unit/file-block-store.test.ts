@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { blockRef } from '../../src/model/block-ref.js';
-import { FileBlockStore } from '../../src/store/file-block-store.js';
+import { FileBlockStore, PREMARK_MAX } from '../../src/store/file-block-store.js';
 import { makeVersion, VERSION_ABSENT, VERSION_LEGACY } from '../../src/model/version.js';
 import { blockFileBytes, headerBytes } from '../../src/store/block-file.js';
 import type { LocalBlockStore } from '../../src/store/local-store.js';
@@ -139,12 +139,12 @@ describe('FileBlockStore', () => {
     await s.close();
   });
 
-  it('premark: a hint is bounded (256 unclaimed records per epoch), and a checkpoint forgets the unclaimed ones', async () => {
+  it('premark: a hint is bounded (PREMARK_MAX unclaimed records per epoch), and a checkpoint forgets the unclaimed ones', async () => {
     let s = await open();
-    s.premark(Array.from({ length: 300 }, (_, i) => blockRef(14, 1, i)));
+    s.premark(Array.from({ length: PREMARK_MAX + 44 }, (_, i) => blockRef(14, 1, i)));
     await s.write(blockRef(14, 1, 0), 0, Buffer.alloc(BS, 5), V, { fua: false });
     await s.flush();
-    expect(await dirtyRecords('00000001.log'), 'the first 256 of the hint; block 0 claimed one').toBe(256);
+    expect(await dirtyRecords('00000001.log'), 'the first PREMARK_MAX of the hint; block 0 claimed one').toBe(PREMARK_MAX);
     await s.checkpoint();
     expect(await readdir(path.join(dir, 'dirty'))).not.toContain('00000001.log');
     await s.write(blockRef(14, 1, 1), 0, Buffer.alloc(BS, 6), V, { fua: false });
