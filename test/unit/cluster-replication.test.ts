@@ -2326,4 +2326,33 @@ describe('replication on a simulated cluster', () => {
     c.network.healAll();
     await expectFlushesFailUntilDataLost(c, io, 4);
   });
+
+  it('a sequential writer names the blocks ahead of it once each, not its whole window at every hint; a jump names the new window', async () => {
+    const blocks = 1024;
+    const c = cluster({ peers: 1, members: 1, replication: 1 });
+    await until(c, c.bootstrap([{ name: 'v', size: blocks * BLOCK }]));
+    const [a] = c.peers as [SimPeer];
+    // The memory store has no dirty log; record what the replica hands a file store.
+    const hints: number[][] = [];
+    a.store.premark = (refs) => {
+      hints.push(refs.map((r) => r.index));
+    };
+    await startAll(c, c.peers);
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    const written = 520;
+    for (let i = 0; i < written; i++) await until(c, io.write(i * BLOCK, pattern(i, BLOCK), false));
+    const named = hints.flat();
+    // The lead is kept: every block up to 256 past the last hint's block is named.
+    const lastHint = Math.floor((written - 1) / 8) * 8;
+    for (let i = 1; i <= lastHint + 256; i++) expect(named.includes(i), `block ${i} named`).toBe(true);
+    // Each hint of the stream names the stride it gained, except the whole window every 256 blocks.
+    expect(hints.length).toBe(lastHint / 8 + 1);
+    hints.forEach((h, k) => expect(h.length, `hint ${k} (block ${k * 8})`).toBe((k * 8) % 256 === 0 ? 256 : 8));
+    expect(named.length / written, 'names per block written').toBeLessThan(3);
+    // A jump ahead names the whole window after the new place.
+    hints.length = 0;
+    await until(c, io.write(800 * BLOCK, pattern(800, BLOCK), false));
+    expect(hints).toEqual([Array.from({ length: blocks - 1 - 800 }, (_, i) => 801 + i)]);
+    await until(c, io.close());
+  });
 });
