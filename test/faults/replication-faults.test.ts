@@ -124,6 +124,19 @@ async function stopLoad(loop: FioLoop, at: number): Promise<FioRegionRun[]> {
   return runs;
 }
 
+/** A count read every 500 ms until four readings in a row agree (at most 30 s; then the last). */
+async function settledCount(read: () => Promise<number>): Promise<number> {
+  const until = Date.now() + 30_000;
+  let last = await read();
+  for (let same = 1; same < 4 && Date.now() < until; ) {
+    await new Promise((r) => setTimeout(r, 500));
+    const now = await read();
+    same = now === last ? same + 1 : 1;
+    last = now;
+  }
+  return last;
+}
+
 /** A drain that shows no progress (ring version, volumes moved, blocks scanned and copied, acknowledgements) this long has stalled. */
 const DRAIN_STALL_MS = 90_000;
 
@@ -317,7 +330,11 @@ describe('faults under fio load, 3 peers, R=2', () => {
     await waitUnderLoad(loop, 'a 30 s outage under load', () => Date.now() - stoppedAt >= 30_000 && loop.completedSince(stoppedAt) >= 2, 120_000);
     const runs = await stopLoad(loop, stoppedAt);
     catchupRuns = [{ ...fill, offset: 0, bytes: 64 * MiB, startedAt: 0 }, ...runs];
-    const missed = await cl.staleBlocks(d.uuid);
+    // Counted once the records stop changing: fio's disconnect closes the
+    // volume on A after fio has exited, and what that close records comes
+    // later on a busy machine (once 196 copied against 168 counted at once).
+    const firstCount = await cl.staleBlocks(d.uuid);
+    const missed = await settledCount(() => cl.staleBlocks(d.uuid));
     expect(missed).toBeGreaterThan(0);
     const restartedAt = Date.now();
     // A scrub every few seconds on D from now on: the check after the catch-up.
@@ -349,7 +366,7 @@ describe('faults under fio load, 3 peers, R=2', () => {
     );
     expect(copied).toBeGreaterThan(0);
     // Exactly what it missed, not what it holds.
-    expect(copied).toBeLessThanOrEqual(missed + lostInRestart);
+    expect(copied, `${missed} recorded stale once settled (${firstCount} when the load stopped), ${lostInRestart} more at the restart`).toBeLessThanOrEqual(missed + lostInRestart);
     expect(copied).toBeLessThan(holds);
 
     // A scrub that began after the catch-up compares every copy of every block.
