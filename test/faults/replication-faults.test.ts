@@ -124,17 +124,22 @@ async function stopLoad(loop: FioLoop, at: number): Promise<FioRegionRun[]> {
   return runs;
 }
 
-/** A count read every 500 ms until four readings in a row agree (at most 30 s; then the last). */
-async function settledCount(read: () => Promise<number>): Promise<number> {
-  const until = Date.now() + 30_000;
-  let last = await read();
-  for (let same = 1; same < 4 && Date.now() < until; ) {
-    await new Promise((r) => setTimeout(r, 500));
-    const now = await read();
-    same = now === last ? same + 1 : 1;
-    last = now;
-  }
-  return last;
+/** A count read every 500 ms until four readings in a row agree (at most 30 s). */
+async function settledCount(what: string, read: () => Promise<number>): Promise<number> {
+  let last: number | null = null;
+  let same = 0;
+  const settled = await waitFor(
+    `${what} to settle`,
+    async () => {
+      const now = await read();
+      same = now === last ? same + 1 : 1;
+      last = now;
+      return same >= 4 && { count: now };
+    },
+    30_000,
+    500,
+  );
+  return settled.count;
 }
 
 /** A drain that shows no progress (ring version, volumes moved, blocks scanned and copied, acknowledgements) this long has stalled. */
@@ -334,7 +339,7 @@ describe('faults under fio load, 3 peers, R=2', () => {
     // volume on A after fio has exited, and what that close records comes
     // later on a busy machine (once 196 copied against 168 counted at once).
     const firstCount = await cl.staleBlocks(d.uuid);
-    const missed = await settledCount(() => cl.staleBlocks(d.uuid));
+    const missed = await settledCount("D's stale blocks", () => cl.staleBlocks(d.uuid));
     expect(missed).toBeGreaterThan(0);
     const restartedAt = Date.now();
     // A scrub every few seconds on D from now on: the check after the catch-up.

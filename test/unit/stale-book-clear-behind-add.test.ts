@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import type { MemoryMetadata } from '../../src/metadata/memory-metadata.js';
 import { staleBookSetup } from '../helpers/stale-book-fixture.js';
 
 /**
@@ -12,9 +13,8 @@ import { staleBookSetup } from '../helpers/stale-book-fixture.js';
 describe('StaleBook: a clear queued behind an addition of the same block', () => {
   const setup = staleBookSetup(async () => undefined);
 
-  it('the block recorded again afterwards reaches etcd before record() resolves', async () => {
-    const { md, lock, book, recordOf } = await setup();
-    // Hold the first addition in etcd until the clear is queued behind it.
+  /** Holds the first addition on its way to etcd until the returned function is called (the clear is queued behind it meanwhile). */
+  function holdFirstAddition(md: MemoryMetadata): () => void {
     let open!: () => void;
     const gate = new Promise<void>((r) => (open = r));
     const addInner = md.addStale.bind(md);
@@ -26,6 +26,12 @@ describe('StaleBook: a clear queued behind an addition of the same block', () =>
       }
       return addInner(...args);
     };
+    return open;
+  }
+
+  it('the block recorded again afterwards reaches etcd before record() resolves', async () => {
+    const { md, lock, book, recordOf } = await setup();
+    const open = holdFirstAddition(md);
     const added = book.record('peer-d', [29]);
     const cleared = book.clear('peer-d', [29], lock.token);
     open();
@@ -38,17 +44,7 @@ describe('StaleBook: a clear queued behind an addition of the same block', () =>
 
   it('the same for a whole-volume record cleared behind its addition', async () => {
     const { md, lock, book, recordOf } = await setup();
-    let open!: () => void;
-    const gate = new Promise<void>((r) => (open = r));
-    const addInner = md.addStale.bind(md);
-    let held = true;
-    md.addStale = async (...args) => {
-      if (held) {
-        held = false;
-        await gate;
-      }
-      return addInner(...args);
-    };
+    const open = holdFirstAddition(md);
     const added = book.record('peer-d', 'all');
     const generation = book.generation('peer-d');
     const cleared = book.clearAll('peer-d', generation, lock.token);
