@@ -207,6 +207,14 @@ export class FileBlockStore implements LocalBlockStore {
   private failed: TorusError | null = null;
   private closing = false;
   private closed = false;
+  /**
+   * The page CRCs a read computes, checked against the block's table and
+   * then forgotten: one array for the store's life, as checkPages runs
+   * without a pause. A fresh array per read cost a malloc each (and, for a
+   * table small enough to live in V8's heap, its move out for the native
+   * call: util/crc32c.ts).
+   */
+  private readonly checkCrcs: Uint32Array;
 
   private constructor(opts: FileBlockStoreOptions) {
     assert(opts.blockSize >= PAGE_BYTES && (opts.blockSize & (opts.blockSize - 1)) === 0, 'block size is a power of two of at least one page');
@@ -221,6 +229,7 @@ export class FileBlockStore implements LocalBlockStore {
     this.blockSlots = Math.max(0, Math.floor(opts.capacity / this.fileBytes));
     this.fdMax = opts.fdMax ?? 4096;
     const tableBytes = 4 * pageCount(opts.blockSize);
+    this.checkCrcs = new Uint32Array(pageCount(opts.blockSize));
     this.tables = new TableCache<Entry>(
       opts.crcTablesMax ?? Math.max(256, Math.floor(TABLE_CACHE_BYTES / tableBytes)),
       (e) => this.tableDroppable(e),
@@ -1385,7 +1394,7 @@ export class FileBlockStore implements LocalBlockStore {
   // ---------------------------------------------------------------- checks
 
   private checkPages(e: Entry, region: Buffer, p0: number, p1: number, table: Uint32Array): void {
-    const crcs = new Uint32Array(p1 - p0);
+    const crcs = this.checkCrcs;
     crc32cPages(region, PAGE_BYTES, crcs);
     for (let p = p0; p < p1; p++) {
       if (crcs[p - p0] !== table[p]) {

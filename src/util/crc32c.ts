@@ -99,12 +99,33 @@ export function crc32cDescription(): string {
 const nativePages = native?.crc32cPages;
 
 /**
+ * V8 keeps a typed array of up to 64 bytes (its `typed_array_max_size_in_heap`)
+ * inside its own heap. The first time native code asks for such an array's
+ * memory, V8 moves it out: a malloc, a backing store, and an ArrayBuffer
+ * extension that the collector later sweeps. The table of a 4 KiB read or
+ * write is such an array (one page, 4 bytes), made fresh for each request:
+ * on one peer's 4 KiB random reads that move was about 4 % of the event
+ * loop's samples (malloc, BackingStore::Allocate; docs/perf/profile.md).
+ * So the native call writes a small table into this scratch (128 bytes: off
+ * the heap from the start), and JavaScript copies it into `out`.
+ */
+const ON_HEAP_TYPED_ARRAY_BYTES = 64;
+const smallPagesScratch = new Uint32Array(32);
+
+/**
  * The CRC32C of each `pageBytes` page of `data` (a whole number of pages)
  * into out[0..]: one native call per buffer instead of one per page.
  */
 export function crc32cPages(data: Uint8Array, pageBytes: number, out: Uint32Array): void {
+  const pages = data.length / pageBytes;
+  if (!(pageBytes > 0 && Number.isInteger(pages) && pages <= out.length)) throw new RangeError('crc32cPages: data must be whole pages and out long enough');
   if (nativePages !== undefined) {
-    nativePages(data, pageBytes, out);
+    if (out.byteLength > ON_HEAP_TYPED_ARRAY_BYTES) {
+      nativePages(data, pageBytes, out);
+      return;
+    }
+    nativePages(data, pageBytes, smallPagesScratch);
+    for (let i = 0; i < pages; i++) out[i] = smallPagesScratch[i]!;
     return;
   }
   for (let i = 0, at = 0; at < data.length; i++, at += pageBytes) out[i] = impl(data.subarray(at, at + pageBytes), 0);

@@ -204,6 +204,29 @@ describe('crc32cPages', () => {
     crc32cPages(data, 4096, out);
     for (let p = 0; p < 8; p++) expect(out[p]).toBe(crc32c(data.subarray(p * 4096, (p + 1) * 4096)));
   });
+
+  it('fills small tables (kept in V8\'s heap, computed through a shared scratch) and large ones alike, and nothing past the pages', async () => {
+    const { crc32c, crc32cPages } = await import('../../src/util/crc32c.js');
+    for (const pages of [1, 2, 15, 16, 17, 32, 33, 64, 256]) {
+      // Twice, with other bytes the second time: nothing of the first call's table may show through.
+      for (const salt of [3, 11]) {
+        const data = Buffer.alloc(pages * 4096);
+        for (let i = 0; i < data.length; i++) data[i] = ((i + salt) * 2654435761) >>> 24;
+        const out = new Uint32Array(pages + 3).fill(0xdeadbeef);
+        crc32cPages(data, 4096, out);
+        for (let p = 0; p < pages; p++) expect(out[p], `page ${p} of ${pages}`).toBe(crc32c(data.subarray(p * 4096, (p + 1) * 4096)));
+        expect([...out.subarray(pages)], `past ${pages} pages`).toEqual([0xdeadbeef, 0xdeadbeef, 0xdeadbeef]);
+      }
+    }
+  });
+
+  it('refuses a table too short for the pages, and data that is not whole pages', async () => {
+    const { crc32cPages } = await import('../../src/util/crc32c.js');
+    expect(() => crc32cPages(Buffer.alloc(4 * 4096), 4096, new Uint32Array(3))).toThrow(RangeError);
+    expect(() => crc32cPages(Buffer.alloc(40 * 4096), 4096, new Uint32Array(39))).toThrow(RangeError);
+    expect(() => crc32cPages(Buffer.alloc(4096 + 1), 4096, new Uint32Array(2))).toThrow(RangeError);
+    expect(() => crc32cPages(Buffer.alloc(4096), 0, new Uint32Array(2))).toThrow(RangeError);
+  });
 });
 
 describe('crc32cCombinePages', () => {
