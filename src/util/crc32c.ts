@@ -104,7 +104,7 @@ const nativePages = native?.crc32cPages;
  * memory, V8 moves it out: a malloc, a backing store, and an ArrayBuffer
  * extension that the collector later sweeps. The table of a 4 KiB read or
  * write is such an array (one page, 4 bytes), made fresh for each request:
- * on one peer's 4 KiB random reads that move was about 4 % of the event
+ * on one peer's 4 KiB random reads that move was about 3 % of the event
  * loop's samples (malloc, BackingStore::Allocate; docs/perf/profile.md).
  * So the native call writes a small table into this scratch (128 bytes: off
  * the heap from the start), and JavaScript copies it into `out`.
