@@ -37,6 +37,7 @@ import { classifyDataDirFs, mountHazards } from './data-dir-fs.js';
 import { mountHolding, parseMountInfo, type MountEntry } from '../k8s/mount/mountinfo.js';
 import { resolveClusterSecret } from './secret.js';
 import { libuvWorkerThreads } from './process-limits.js';
+import { listenRetrying } from './listen-retry.js';
 
 /**
  * Lease TTL of the peer record and volume locks (Torus used 30 s). It bounds
@@ -208,7 +209,8 @@ export class TorusDaemon {
       pool: this.pool,
       onInvariantBroken: this.onInvariantBroken,
     });
-    const peerBound = await this.peerServer.listen(cfg.peerAddress.host, cfg.peerAddress.port);
+    const peerServer = this.peerServer;
+    const peerBound = await listenRetrying('peer', () => peerServer.listen(cfg.peerAddress.host, cfg.peerAddress.port), { clock: this.clock, log: this.log });
     // Others dial the configured address; a port of 0 (tests) means the bound one.
     this.addresses.peer = formatPeerAddress({ host: cfg.peerAddress.host, port: peerBound.port });
 
@@ -264,7 +266,8 @@ export class TorusDaemon {
       pool: this.pool,
       onInvariantBroken: this.onInvariantBroken,
     });
-    const nbdBound = await this.nbd.listen(cfg.nbd.host, cfg.nbd.port);
+    const nbd = this.nbd;
+    const nbdBound = await listenRetrying('nbd', () => nbd.listen(cfg.nbd.host, cfg.nbd.port), { clock: this.clock, log: this.log });
     this.addresses.nbd = `${cfg.nbd.host}:${nbdBound.port}`;
 
     this.http = buildHttpApp({ registry, status: () => this.status(), health: () => this.health(), blocks: (id) => this.localBlocks(id), logger: this.root, clock: this.clock });
