@@ -3,7 +3,7 @@ import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { addressInUse, listenRetrying } from '../../src/daemon/listen-retry.js';
 import { TorusError } from '../../src/errors/torus-error.js';
-import { systemClock } from '../../src/util/clock.js';
+import { systemClock, type Clock } from '../../src/util/clock.js';
 
 function capture(): { log: pino.Logger; lines: Record<string, unknown>[] } {
   const lines: Record<string, unknown>[] = [];
@@ -59,12 +59,31 @@ describe('listenRetrying', () => {
     const { port, release } = await takenPort();
     try {
       const { log } = capture();
-      const started = Date.now();
-      const err = await listenRetrying('nbd', () => listenOn(port), { clock: systemClock, log, waitMs: 400, everyMs: 100 }).catch((e: unknown) => e);
+      // Time moves only by the waits between attempts: the count of attempts is exact.
+      let now = 0;
+      const clock: Clock = {
+        now: () => now,
+        monotonic: () => now,
+        setTimeout(fn, ms) {
+          now += ms;
+          queueMicrotask(fn);
+          return { cancel: () => undefined };
+        },
+      };
+      let attempts = 0;
+      const err = await listenRetrying(
+        'nbd',
+        () => {
+          attempts++;
+          return listenOn(port);
+        },
+        { clock, log, waitMs: 400, everyMs: 100 },
+      ).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(TorusError);
       expect((err as TorusError).code).toBe('TORUS_ERR_DAEMON_START');
       expect(addressInUse(err)).toBe(true);
-      expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+      // Tried at 0, 100, 200, 300 and 400 ms; one more wait would pass the 400.
+      expect({ attempts, waitedMs: now }).toEqual({ attempts: 5, waitedMs: 400 });
     } finally {
       await release();
     }
