@@ -271,7 +271,12 @@ export class TorusDaemon {
     this.addresses.nbd = `${cfg.nbd.host}:${nbdBound.port}`;
 
     this.http = buildHttpApp({ registry, status: () => this.status(), health: () => this.health(), blocks: (id) => this.localBlocks(id), logger: this.root, clock: this.clock });
-    await this.http.listen({ host: cfg.http.host, port: cfg.http.port });
+    const http = this.http;
+    const listenHttp = (): Promise<string> =>
+      http.listen({ host: cfg.http.host, port: cfg.http.port }).catch((err: Error) => {
+        throw new TorusError('TORUS_ERR_DAEMON_START', `cannot listen for HTTP on ${cfg.http.host}:${cfg.http.port}: ${err.message}`, { cause: err });
+      });
+    await listenRetrying('http', listenHttp, { clock: this.clock, log: this.log });
     const httpAddr = this.http.server.address();
     this.addresses.http = `${cfg.http.host}:${typeof httpAddr === 'object' && httpAddr ? httpAddr.port : cfg.http.port}`;
     // The first record went out before the NBD and HTTP listeners were bound.
