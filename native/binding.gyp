@@ -9,6 +9,7 @@
         "src/addon.cc",
         "src/crc32c.cc",
         "src/nowait-io.cc",
+        "src/read-batch.cc",
         "src/kernel-nbd.cc"
       ],
       # node_addon_api (not _except): the addon reports errors as pending JS

@@ -12,6 +12,7 @@
 
 #include "crc32c.h"
 #include "nowait-io.h"
+#include "read-batch.h"
 #include "kernel-nbd.h"
 
 #include <cerrno>
@@ -94,6 +95,52 @@ Napi::Value NowaitIo(const Napi::CallbackInfo& info) {
   }
   int64_t n = fn(info[0].As<Napi::Number>().Int32Value(), buf.Data() + off, static_cast<size_t>(len), info[4].As<Napi::Number>().Int64Value());
   return Napi::Number::New(env, static_cast<double>(n));
+}
+
+// readBatchNowait(buffers, spec, results): reads many ranges from the page
+// cache in one system call (read-batch.h). `spec` is a Float64Array of four
+// numbers per read (fd, offset in its buffer, length, file position);
+// results[i] is set to read i's bytes or -errno (-EAGAIN: not cached).
+// Returns 0, or -errno when the batch could not be submitted (the caller
+// reads one by one). Every range is checked against its buffer first.
+Napi::Value ReadBatchNowait(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsArray() || !info[1].IsTypedArray() || !info[2].IsTypedArray()) {
+    Napi::TypeError::New(env, "readBatchNowait: (buffers, spec, results)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Array bufs = info[0].As<Napi::Array>();
+  Napi::TypedArray specArr = info[1].As<Napi::TypedArray>();
+  Napi::TypedArray resArr = info[2].As<Napi::TypedArray>();
+  const size_t n = bufs.Length();
+  if (specArr.TypedArrayType() != napi_float64_array || resArr.TypedArrayType() != napi_float64_array ||
+      specArr.ElementLength() < n * 4 || resArr.ElementLength() < n || n > torus::kReadBatchMax) {
+    Napi::RangeError::New(env, "readBatchNowait: spec needs 4 numbers and results 1 per buffer, at most 64 reads").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Float64Array spec = info[1].As<Napi::Float64Array>();
+  Napi::Float64Array res = info[2].As<Napi::Float64Array>();
+  torus::BatchRead reads[torus::kReadBatchMax];
+  for (size_t i = 0; i < n; i++) {
+    Napi::Value v = bufs[static_cast<uint32_t>(i)];
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+      Napi::TypeError::New(env, "readBatchNowait: every buffer must be a Uint8Array").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    Napi::Uint8Array b = v.As<Napi::Uint8Array>();
+    const double fd = spec[i * 4], off = spec[i * 4 + 1], len = spec[i * 4 + 2], pos = spec[i * 4 + 3];
+    if (!(fd >= 0 && fd <= 2147483647.0) || !(off >= 0) || !(len >= 0) || !(pos >= 0) || !(len <= 2147479552.0) ||
+        off + len > static_cast<double>(b.ByteLength()) || pos > 9007199254740991.0) {
+      Napi::RangeError::New(env, "readBatchNowait: a read's range lies outside its buffer").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    reads[i] = {static_cast<int>(fd), b.Data() + static_cast<size_t>(off), static_cast<size_t>(len), static_cast<int64_t>(pos), 0};
+  }
+  int r = torus::read_batch_nowait(reads, n);
+  if (r == 0) {
+    for (size_t i = 0; i < n; i++) res[i] = static_cast<double>(reads[i].result);
+  }
+  return Napi::Number::New(env, r);
 }
 
 // threadWaits(): voluntary context switches of the calling thread so far, or
@@ -304,6 +351,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("addressModulo", Napi::Function::New(env, AddressModulo, "addressModulo"));
   exports.Set("threadWaits", Napi::Function::New(env, ThreadWaits, "threadWaits"));
   exports.Set("preadNowait", Napi::Function::New(env, NowaitIo<torus::pread_nowait>, "preadNowait"));
+  exports.Set("readBatchNowait", Napi::Function::New(env, ReadBatchNowait, "readBatchNowait"));
   exports.Set("nbdSocketpair", Napi::Function::New(env, NbdSocketpair, "nbdSocketpair"));
   exports.Set("netlinkTransact", Napi::Function::New(env, NetlinkTransact, "netlinkTransact"));
   exports.Set("nbdIoctlServe", Napi::Function::New(env, NbdIoctlServe, "nbdIoctlServe"));

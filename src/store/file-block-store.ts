@@ -17,6 +17,7 @@ import type { StoreUsage } from './block-store.js';
 import { DirtyLog } from './dirty-log.js';
 import { closeFd, COLD_WRITE_PIECE_BYTES, fdatasync, fsyncDir, ftruncate, openFd, openNoAtime, preadCached, preadFull, pwriteCached, pwriteFull, syncFileSystem, writeFileDurably } from './fs-async.js';
 import type { LocalBlockStore, SummedRead } from './local-store.js';
+import { ReadBatcher } from './read-batch.js';
 import { RefIndex } from './ref-index.js';
 import { loadSuspects, saveSuspects } from './suspect-file.js';
 import { TableCache } from './table-cache.js';
@@ -164,6 +165,7 @@ export class FileBlockStore implements LocalBlockStore {
   readonly blockSize: number;
   private readonly opts: FileBlockStoreOptions;
   private readonly pool: BufferPool;
+  private readonly batch = new ReadBatcher();
   private readonly log: Logger;
   private readonly clock: Clock;
   private readonly blocksDir: string;
@@ -307,7 +309,7 @@ export class FileBlockStore implements LocalBlockStore {
       const fd = e.fd !== null ? this.touchFd(e) : await this.fdOf(e);
       const table = this.tables.use(e) ?? (await this.tableOf(e));
       region = this.pool.acquire((p1 - p0) * PAGE_BYTES);
-      const pending = preadCached(fd, region, 0, region.length, this.hdrBytes + base);
+      const pending = this.batch.read(fd, region, 0, region.length, this.hdrBytes + base);
       if (pending !== null) await pending;
       this.checkPages(e, region, p0, p1, table);
       if (sum !== null && offset === base && length === region.length) sum.crc32c = crc32cCombineRange(table, p0, p1, PAGE_BYTES);

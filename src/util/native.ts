@@ -20,6 +20,13 @@ export interface NativeAddon {
   syncfs?(fd: number, callback: (errno: number) => void): void;
   /** Bytes read, or -errno; -EAGAIN when the data is not in the page cache. */
   preadNowait?(fd: number, buf: Uint8Array, offset: number, length: number, position: number): number;
+  /**
+   * Reads many ranges from the page cache with one system call (io_uring):
+   * `spec` holds fd, offset in the buffer, length and file position per
+   * buffer; results[i] gets bytes read or -errno. Returns 0, or -errno when
+   * the batch could not be made at all.
+   */
+  readBatchNowait?(buffers: Uint8Array[], spec: Float64Array, results: Float64Array): number;
   /** The address of data's first byte modulo `modulus` (a power of two up to 64 KiB). */
   addressModulo?(data: Uint8Array, modulus: number): number;
   /** Voluntary context switches of the calling thread so far (it slept), or -errno. */
