@@ -3,9 +3,10 @@
 # (`npm run test:asan`): builds it with both (scripts/build-addon.sh
 # --sanitize, into native/build/asan) and runs the suites whose code calls
 # it: the unit tests (CRCs of every page, buffer placement, reads that must
-# not wait, syncfs, thread wait counts), the NBD server with real clients
-# and the fuzzers, and the end-to-end tests whose torusd processes load the
-# sanitized build too (they inherit the environment).
+# not wait, alone or in io_uring batches, syncfs, thread wait counts), the
+# NBD server with real clients and the fuzzers, and the end-to-end tests
+# whose torusd processes load the sanitized build too (they inherit the
+# environment).
 #
 # Node itself is not instrumented, so the sanitizer runtime is preloaded;
 # leak checking is off (Node does not free everything at exit). Any report
