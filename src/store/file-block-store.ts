@@ -165,7 +165,9 @@ export class FileBlockStore implements LocalBlockStore {
   readonly blockSize: number;
   private readonly opts: FileBlockStoreOptions;
   private readonly pool: BufferPool;
-  private readonly batch = new ReadBatcher();
+  private readonly batch = new ReadBatcher(undefined, (errno) =>
+    this.log.warn({ errno }, 'the kernel refused io_uring (seccomp, kernel.io_uring_disabled or too old): page-cache reads go one system call each'),
+  );
   private readonly log: Logger;
   private readonly clock: Clock;
   private readonly blocksDir: string;

@@ -54,8 +54,15 @@ export class ReadBatcher {
   batches = 0;
   batchedReads = 0;
 
-  /** `native`: the addon's batch call (null: none, every read the ordinary way). */
-  constructor(private readonly native: BatchFn | null = nativeAddon?.readBatchNowait ?? null) {
+  /**
+   * `native`: the addon's batch call (null: none, every read the ordinary
+   * way). `onRefused` hears once, with the errno, that the kernel refused
+   * the ring (the store logs it: reads then cost what they did before).
+   */
+  constructor(
+    private readonly native: BatchFn | null = nativeAddon?.readBatchNowait ?? null,
+    private readonly onRefused: (errno: number) => void = () => undefined,
+  ) {
     this.usable = native !== null;
   }
 
@@ -118,6 +125,7 @@ export class ReadBatcher {
     if (r !== 0) {
       // Refused by the kernel: never tried again; these reads and all later ones go one by one.
       this.usable = false;
+      this.onRefused(-r);
       for (const p of batch) this.single(p);
       return;
     }

@@ -191,7 +191,8 @@ describe('ReadBatcher', () => {
       return -(os.constants.errno.ENOSYS as number);
     };
     // Three reads in one run of microtasks: a batch (one alone would not try the ring).
-    const b = new ReadBatcher(refusing);
+    const refusals: number[] = [];
+    const b = new ReadBatcher(refusing, (errno) => refusals.push(errno));
     const first = Array.from({ length: 3 }, () => Buffer.alloc(4096));
     await Promise.all(first.map((buf, i) => b.read(fds[5]!, buf, 0, 4096, 4096 * i)));
     expect(b.batching).toBe(false);
@@ -199,6 +200,7 @@ describe('ReadBatcher', () => {
     const pending = b.read(fds[5]!, later, 0, 4096, 8192);
     if (pending !== null) await pending;
     expect(calls).toBe(1);
+    expect(refusals).toEqual([os.constants.errno.ENOSYS]);
     first.forEach((buf, i) => expect(buf.equals(contents[5]!.subarray(4096 * i, 4096 * (i + 1)))).toBe(true));
     expect(later.equals(contents[5]!.subarray(8192, 12288))).toBe(true);
   });
