@@ -19,6 +19,12 @@ export interface LockReleaseOptions {
    * lease ends with it).
    */
   readonly stillWanted: () => boolean;
+  /**
+   * Settles when `stillWanted` may have turned false (the process began to
+   * stop): a pause between attempts ends then, so a stop does not wait out
+   * the pause before it is told to give up.
+   */
+  readonly interrupted?: Promise<void>;
   /** Pause after the first failed attempt; doubles up to 5 s. */
   readonly retryMs: number;
   /** Log fields naming the lock ({ volume }). */
@@ -62,8 +68,28 @@ export async function releaseLock(lock: ReleasableLock, opts: LockReleaseOptions
         return false;
       }
       if (attempt === 1) log.warn({ ...opts.fields, err, retryMs: delay }, 'releasing the volume lock failed; retrying while etcd is unreachable');
-      await new Promise<void>((resolve) => opts.clock.setTimeout(resolve, delay));
+      await pause(opts, delay);
       delay = Math.min(RETRY_MAX_MS, delay * 2);
+      // Given up during the pause: not one more attempt, which against an
+      // etcd that does not answer costs a whole call timeout of the stop.
+      if (!opts.stillWanted()) {
+        log.warn({ ...opts.fields, err }, 'releasing the volume lock failed; the lease holding it ends (or has ended) anyway');
+        return false;
+      }
     }
   }
+}
+
+/** Waits `ms`, or less if `opts.interrupted` settles first. */
+function pause(opts: LockReleaseOptions, ms: number): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const timer = opts.clock.setTimeout(resolve, ms);
+    opts.interrupted?.then(
+      () => {
+        timer.cancel();
+        resolve();
+      },
+      () => undefined,
+    );
+  });
 }

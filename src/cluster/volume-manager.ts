@@ -62,8 +62,11 @@ export class VolumeManager {
   private readonly open = new Map<string, Promise<OpenVolume>>();
   /** Volumes whose last user left and that are flushing and unlocking now. */
   private readonly closing = new Map<string, Promise<void>>();
-  /** closeAll() was called: the process is stopping and its lease ends with it. */
+  /** beginStop() was called: the process is stopping and its lease ends with it. */
   private stopping = false;
+  /** Resolved by beginStop(): lock releases waiting to try again give up then. */
+  private readonly stopBegun: Promise<void>;
+  private markStopBegun!: () => void;
   private readonly relocking = new Map<OpenVolume, Promise<void>>();
   /** Sessions lost so far (leaseLost()): a relock that spans one took its lock under a dead lease. */
   private leasesLost = 0;
@@ -71,6 +74,19 @@ export class VolumeManager {
   constructor(opts: VolumeManagerOptions) {
     this.opts = opts;
     this.log = opts.logger.child({ module: 'volumes' });
+    this.stopBegun = new Promise<void>((resolve) => (this.markStopBegun = resolve));
+  }
+
+  /**
+   * The process is stopping (its lease is revoked at the end, or kept for
+   * kernel attachments, whose next run resumes it): a lock release that
+   * etcd did not answer is not tried again, so a volume closed as the stop
+   * begins (its last NBD client left) does not hold the stop for as long
+   * as etcd is unreachable. Idempotent; closeAll() calls it too.
+   */
+  beginStop(): void {
+    this.stopping = true;
+    this.markStopBegun();
   }
 
   /**
@@ -235,7 +251,7 @@ export class VolumeManager {
    * are flushed, not unlocked.
    */
   async closeAll(opts: { keepLock?: (ov: OpenVolume) => boolean } = {}): Promise<void> {
-    this.stopping = true;
+    this.beginStop();
     for (const ov of await this.list()) {
       this.open.delete(`${ov.mode}:${ov.name}`);
       await this.closeVolume(ov, opts.keepLock?.(ov) ?? false).catch((err) => this.log.error({ err, volume: ov.name }, 'closing volume failed'));
@@ -335,6 +351,7 @@ export class VolumeManager {
       logger: this.log,
       session,
       stillWanted: () => !this.stopping && this.opts.session() === session,
+      interrupted: this.stopBegun,
       retryMs: this.opts.releaseRetryMs ?? 200,
       fields: { volume },
     });

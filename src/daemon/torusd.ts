@@ -308,6 +308,7 @@ export class TorusDaemon {
     if (this.stopping) return;
     this.stopping = true;
     this.peerTimer?.cancel();
+    this.node?.beginStop();
     const step = async (what: string, fn: () => Promise<unknown>) => {
       try {
         await fn();

@@ -8,9 +8,10 @@
  * newer token) and I/O resumes on the same connection. Then, with etcd
  * frozen for a few seconds (well within the lease): a client that hangs up
  * leaves no lock behind (the unlock is tried again until etcd answers), and
- * a client that connects meanwhile is served once etcd is back. Takes about
- * 50 s: the lease TTL is 30 s and no test may shorten waiting for it with a
- * sleep.
+ * a client that connects meanwhile is served once etcd is back. Last, a
+ * stop while etcd does not answer ends within a few call timeouts. Takes
+ * about 60 s: the lease TTL is 30 s and no test may shorten waiting for it
+ * with a sleep.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBuilt } from '../helpers/build.js';
@@ -94,4 +95,27 @@ describe('etcd outage', () => {
     await waitFor('pad to be free again', async () => (await volumeList(etcd!.endpoint)).get('pad')?.status === 'free', 15_000, 250);
     await d!.waitForLog('the unlock to succeed once etcd answered', (l) => l.msg === 'volume lock released after etcd answered again' && Number(l.time) >= since, 5_000);
   }, 120_000);
+
+  it('a torusd told to stop while etcd does not answer exits cleanly within a few etcd call timeouts', async () => {
+    const c = await nbdConnect(d!.nbdPort, 'pad');
+    await c.write(0, Buffer.alloc(4096, 0xe5));
+    expect((await c.flush()).error).toBe(0);
+    etcd!.process.kill('SIGSTOP');
+    frozen = true;
+    const since = Date.now();
+    // The client's hang-up closes the volume, whose unlock etcd does not
+    // answer; the stop begins while that unlock waits to be tried again.
+    await c.disconnect();
+    await d!.waitForLog('the unlock to fail', (l) => l.msg === 'releasing the volume lock failed; retrying while etcd is unreachable' && Number(l.time) >= since, 20_000);
+    const t0 = Date.now();
+    const st = await d!.kill('SIGTERM');
+    const ms = Date.now() - t0;
+    expect(st.code, d!.tail()).toBe(0);
+    // Each etcd call gives up after 5 s; the stop makes at most two rounds
+    // of them (the watches' cancels and the lease's revoke side by side).
+    // Before 2026-12-07 the unlock's retries held the NBD server's close for
+    // 20 s and the node's stop waited for each watch in turn: 35 s in all.
+    expect(ms, d!.tail()).toBeLessThan(15_000);
+    expect(d!.lines().some((l) => l.msg === 'nbd session did not finish closing in time; abandoning it')).toBe(false);
+  }, 60_000);
 });

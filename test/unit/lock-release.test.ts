@@ -72,6 +72,45 @@ describe('releaseLock', () => {
     expect(lock.released).toBe(false);
   });
 
+  it('a stop that begins during a pause ends the pause and gives up without another attempt', async () => {
+    const clock = new ManualClock();
+    let wanted = true;
+    let interrupt!: () => void;
+    const interrupted = new Promise<void>((resolve) => (interrupt = resolve));
+    const lock = flakyLock(1_000);
+    let done = false;
+    const p = releaseLock(lock, { clock, logger: quiet, session: { leaseDeadline: () => Infinity }, stillWanted: () => wanted, interrupted, retryMs: 5_000, fields: {} }).finally(() => (done = true));
+    await clock.advance(1_000); // in the 5 s pause after the first failure
+    expect(lock.attempts).toBe(1);
+    wanted = false;
+    interrupt();
+    await new Promise((r) => setImmediate(r));
+    expect(done).toBe(true); // no clock time passed: the pause ended with the stop
+    expect(await p).toBe(false);
+    expect(lock.attempts).toBe(1);
+  });
+
+  it('a stop that begins during an attempt lets that attempt finish: one that etcd answers still releases', async () => {
+    const clock = new ManualClock();
+    let wanted = true;
+    let interrupt!: () => void;
+    const interrupted = new Promise<void>((resolve) => (interrupt = resolve));
+    let answer!: () => void;
+    const lock = {
+      attempts: 0,
+      release: () => {
+        lock.attempts++;
+        return new Promise<void>((resolve) => (answer = resolve));
+      },
+    };
+    const p = releaseLock(lock, { clock, logger: quiet, session: { leaseDeadline: () => Infinity }, stillWanted: () => wanted, interrupted, retryMs: 200, fields: {} });
+    wanted = false;
+    interrupt();
+    answer();
+    expect(await p).toBe(true);
+    expect(lock.attempts).toBe(1);
+  });
+
   it('gives up at once on an answer that is an error, and after a bounded number of attempts', async () => {
     const clock = new ManualClock();
     const failed = flakyLock(1, () => new TorusError('TORUS_ERR_ETCD_FAILED', 'etcd at x failed unlock: permission denied'));
