@@ -283,6 +283,19 @@ export class TorusDaemon {
     await this.node.currentSession()?.putPeer(this.peerRecord()).catch((err) => this.log.warn({ err }, 'could not publish the peer record'));
     // Kernel attach: take back the previous run's devices, then serve the local attach API.
     await this.attach.resume(resumed);
+    // What the previous run left on the resumed lease besides the devices
+    // just taken back (an NBD client's volume, a maintenance pass: it was
+    // killed, or etcd did not answer its unlock) would hold those volumes
+    // for as long as this run keeps the lease alive (earlier-run-locks.ts).
+    if (resumed) {
+      await this.node
+        .currentSession()
+        ?.releaseLocksOfEarlierRun()
+        .then(
+          (locks) => this.log.info({ locks }, 'looked for locks the previous run left on the resumed lease'),
+          (err: unknown) => this.log.warn({ err }, 'could not look for locks the previous run left on the resumed lease yet; tried again at each heartbeat'),
+        );
+    }
     this.attachApi = new AttachApiServer(this.attach, this.root);
     await this.attachApi.listen(attachSocketPath(cfg.dataDir));
     if (cfg.flex) {

@@ -8,6 +8,7 @@ import type { PeerRecord, RingAck, VolumeLockRecord, VolumeRecord } from '../mod
 import type { Clock } from '../util/clock.js';
 import { toTorusError } from './etcd-errors.js';
 import { UnansweredLocks } from './unanswered-locks.js';
+import { LOCK_KEYS_SCANNED_MAX, LOCK_PREFIXES, locksLeftByEarlierRun } from './earlier-run-locks.js';
 import { KEYS, peerKey, ringAckKey, volumeFenceKey, volumeKey, volumeLockKey, volumeMaintKey, volumeReaderKey, volumeReadersPrefix, volumeReleasedKey, volumeExpiredKey } from './keys.js';
 import type { MaintenanceLockOptions, MetadataSession, SessionEvent, VolumeLock, VolumeReaderLock } from './metadata-service.js';
 import { decodeCounter, decodeVolumeLockRecord, decodeVolumeRecord, encodeRecord } from './record-codec.js';
@@ -82,6 +83,10 @@ export class EtcdSession implements MetadataSession {
   private deadline: number;
   private watchdog: { cancel(): void } | undefined;
   private readonly unanswered: UnansweredLocks;
+  /** The etcd revision when resume() found the lease alive; null for a session of its own. */
+  private resumedAt: bigint | null = null;
+  /** releaseLocksOfEarlierRun was asked for and has not succeeded yet. */
+  private earlierRunPending = false;
 
   private constructor(deps: EtcdSessionDeps, lease: Lease | ResumedLease, id: string, deadline: number) {
     this.deps = deps;
@@ -147,7 +152,11 @@ export class EtcdSession implements MetadataSession {
     deps.logger.info({ session: leaseId, remainingSeconds: remaining }, 'session resumed');
     // etcd says "expires in under TTL+1 s" from when it answered, which is
     // after we asked: counting from the ask keeps the deadline early.
-    return new EtcdSession(deps, lease, leaseId, askedAt + remaining * 1000);
+    const session = new EtcdSession(deps, lease, leaseId, askedAt + remaining * 1000);
+    // Before this run writes anything under the lease: what it takes from
+    // now on is changed after this revision (earlier-run-locks.ts).
+    session.resumedAt = BigInt(res.header.revision);
+    return session;
   }
 
   /** Past the deadline the lease is gone server-side whatever the client thinks. */
@@ -428,6 +437,32 @@ export class EtcdSession implements MetadataSession {
         this.log.warn({ key: prefix + lock.key }, 'let go of a lock taken by a call whose answer was lost');
       }
     }
+    // Asked for once and not done (etcd did not answer): tried again here.
+    if (this.earlierRunPending) released += await this.releaseLocksOfEarlierRun();
+    return released;
+  }
+
+  async releaseLocksOfEarlierRun(): Promise<number> {
+    const at = this.resumedAt;
+    if (at === null || this.state === 'lost' || this.state === 'closed') return 0;
+    this.earlierRunPending = true;
+    const { ns, call, prefix } = this.deps;
+    let released = 0;
+    for (const p of LOCK_PREFIXES) {
+      const res = await call(`list ${prefix}${p}`, () => ns.getAll().prefix(p).limit(LOCK_KEYS_SCANNED_MAX).exec());
+      if (res.more) this.log.warn({ keyPrefix: prefix + p, limit: LOCK_KEYS_SCANNED_MAX }, 'too many lock keys to look through; some left by the earlier run may stay until the lease ends');
+      const seen = res.kvs.map((kv) => ({ key: kv.key.toString('utf8'), lease: String(kv.lease), modRevision: BigInt(kv.mod_revision), value: kv.value }));
+      for (const kv of locksLeftByEarlierRun(seen, this.id, at)) {
+        const r = await call(`let go of ${prefix}${kv.key} left by the earlier run`, () =>
+          ns.if(kv.key, 'Lease', '==', this.id).and(kv.key, 'Mod', '==', String(kv.modRevision)).then(ns.delete().key(kv.key)).commit(),
+        );
+        if (r.succeeded) {
+          released++;
+          this.log.warn({ key: prefix + kv.key, lock: kv.value.toString('utf8') }, 'let go of a lock the earlier run left on the resumed lease');
+        }
+      }
+    }
+    this.earlierRunPending = false;
     return released;
   }
 

@@ -39,6 +39,7 @@ import {
 } from './keys.js';
 import { MemoryEtcd, type KvEvent, type KvOp } from './memory-etcd.js';
 import { UnansweredLocks } from './unanswered-locks.js';
+import { LOCK_PREFIXES, locksLeftByEarlierRun } from './earlier-run-locks.js';
 import type { MaintenanceLockOptions, MetadataService, MetadataSession, SessionEvent, VolumeLock, VolumeReaderLock } from './metadata-service.js';
 import {
   decodeClusterConfig,
@@ -906,9 +907,9 @@ export class MemoryMetadata implements MetadataService {
     }
     const sentAt = this.clock.monotonic();
     // A keepalive answered for the lease is the proof it still exists; the deadline runs from it.
-    const alive = await this.op(`resume lease ${opts.leaseId}`, () => this.server.keepalive(opts.leaseId));
-    if (!alive) throw new TorusError('TORUS_ERR_SESSION_LOST', `etcd lease ${opts.leaseId} has expired or was revoked`);
-    const session = new MemorySession(this, opts.leaseId, ttl * 1000, sentAt, this.clock, () => this.sessions.delete(session));
+    const alive = await this.op(`resume lease ${opts.leaseId}`, () => (this.server.keepalive(opts.leaseId) ? this.server.revision() : null));
+    if (alive === null) throw new TorusError('TORUS_ERR_SESSION_LOST', `etcd lease ${opts.leaseId} has expired or was revoked`);
+    const session = new MemorySession(this, opts.leaseId, ttl * 1000, sentAt, this.clock, () => this.sessions.delete(session), BigInt(alive));
     this.sessions.add(session);
     return session;
   }
@@ -934,6 +935,8 @@ class MemorySession implements MetadataSession {
   private readonly intervalMs: number;
   private readonly unsubscribe: () => void;
   private readonly unanswered: UnansweredLocks;
+  /** releaseLocksOfEarlierRun was asked for and has not succeeded yet. */
+  private earlierRunPending = false;
 
   constructor(
     private readonly md: MemoryMetadata,
@@ -942,6 +945,8 @@ class MemorySession implements MetadataSession {
     grantedAt: number,
     private readonly clock: Clock,
     private readonly onClosed: () => void,
+    /** The revision when resumeSession found the lease alive; null for a session of its own. */
+    private readonly resumedAt: bigint | null = null,
   ) {
     this.id = leaseId;
     this.deadline = grantedAt + ttlMs;
@@ -1096,6 +1101,28 @@ class MemorySession implements MetadataSession {
       this.unanswered.settle(lock, letGo);
       if (letGo) released++;
     }
+    if (this.earlierRunPending) released += await this.releaseLocksOfEarlierRun();
+    return released;
+  }
+
+  async releaseLocksOfEarlierRun(): Promise<number> {
+    const at = this.resumedAt;
+    if (at === null || this.state === 'lost' || this.state === 'closed') return 0;
+    this.earlierRunPending = true;
+    let released = 0;
+    for (const p of LOCK_PREFIXES) {
+      const seen = await this.md.op(`list ${p}`, () => this.md.server.range(p).map(({ key, entry }) => ({ key, lease: entry.lease, modRevision: BigInt(entry.modRevision) })));
+      for (const kv of locksLeftByEarlierRun(seen, this.id, at)) {
+        const letGo = await this.md.op(`let go of ${kv.key} left by the earlier run`, () => {
+          const entry = this.md.server.get(kv.key);
+          if (entry === undefined || entry.lease !== this.id || BigInt(entry.modRevision) !== kv.modRevision) return false;
+          this.md.server.commit([{ type: 'delete', key: kv.key }]);
+          return true;
+        });
+        if (letGo) released++;
+      }
+    }
+    this.earlierRunPending = false;
     return released;
   }
 

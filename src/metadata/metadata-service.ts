@@ -223,6 +223,15 @@ export interface MetadataSession {
    * locks it let go.
    */
   reclaimUnansweredLocks(): Promise<number>;
+  /**
+   * After resumeSession, once this run has taken back what it keeps (the
+   * kernel attachments' locks): lets go of every lock key the earlier run
+   * left on the lease that this run has not written since
+   * (src/metadata/earlier-run-locks.ts). A call etcd does not answer is
+   * made again by each reclaimUnansweredLocks until one succeeds. Returns
+   * how many keys it let go; 0 for a session of its own (openSession).
+   */
+  releaseLocksOfEarlierRun(): Promise<number>;
   /** Stops keepalives without revoking: locks and records live until the TTL (see resumeSession). */
   suspend(): Promise<void>;
   on(listener: (event: SessionEvent) => void): () => void;

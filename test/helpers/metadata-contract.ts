@@ -172,6 +172,48 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       await expectCode(md.resumeSession({ leaseId: resumed.id, ttlSeconds: 10 }), 'TORUS_ERR_SESSION_LOST');
     });
 
+    it('a resumed lease lets go of the locks the earlier run left on it and keeps the ones this run took back or took since', async () => {
+      await initialised();
+      const kept = await md.createVolume('kept', MiB);
+      await md.createVolume('served', MiB);
+      const maint = await md.createVolume('maint', MiB);
+      const read = await md.createVolume('read', MiB);
+      const later = await md.createVolume('later', MiB);
+      const first = await session();
+      // The earlier run: a kernel device's lock, an NBD client's, a
+      // maintenance pass's and a reader's, all on one lease, then killed.
+      const attached = await first.lockVolume('kept', 'torusd A');
+      await first.lockVolume('served', 'torusd A');
+      await first.lockVolumeForMaintenance(maint.id, 'torusd A');
+      await first.lockVolumeForReading('read', 'torusd A');
+      await first.suspend();
+      const resumed = await md.resumeSession({ leaseId: first.id, ttlSeconds: 10 });
+      sessions.push(resumed);
+      // This run: the device taken back (adopted and renewed), a lock taken anew.
+      const adopted = await (await resumed.adoptVolumeLock('kept', attached.token)).renew();
+      const taken = await resumed.lockVolume('later', 'torusd A, second run');
+      // Asked for while etcd does not answer: done by the next reclaim (each heartbeat).
+      await h.outage(md, async () => {
+        await expectCode(resumed.releaseLocksOfEarlierRun(), 'TORUS_ERR_ETCD_UNAVAILABLE');
+      });
+      expect(await resumed.reclaimUnansweredLocks()).toBe(3);
+      const other = await session();
+      // What nothing held is free, the maintainer's and the reader's too.
+      // Let go as by a holder that died: the next holder does not count
+      // the earlier run's token as released cleanly (a catch-up follows).
+      expect((await other.lockVolume('served', 'torusd B')).previousReleased).toBe(false);
+      expect((await other.lockVolumeForMaintenance(maint.id, 'torusd B')).volume.id).toBe(maint.id);
+      expect((await other.lockVolume('read', 'torusd B')).volume.id).toBe(read.id);
+      // What this run holds stays held.
+      await expectCode(other.lockVolume('kept', 'torusd B'), 'TORUS_ERR_VOLUME_IN_USE');
+      await expectCode(other.lockVolume('later', 'torusd B'), 'TORUS_ERR_VOLUME_IN_USE');
+      expect(adopted.volume.id).toBe(kept.id);
+      expect(taken.volume.id).toBe(later.id);
+      // Nothing more to let go; a session of its own never has anything.
+      expect(await resumed.releaseLocksOfEarlierRun()).toBe(0);
+      expect(await other.releaseLocksOfEarlierRun()).toBe(0);
+    });
+
     it('init stores the config and an empty ring; re-init is refused; force re-initialises from scratch', async () => {
       expect(await md.getClusterConfig()).toBeNull();
       const cfg = await md.initCluster({ blockSize: MiB, replication: 2 }, { force: false });
