@@ -40,3 +40,22 @@ export interface LockKeySeen {
 export function locksLeftByEarlierRun<T extends LockKeySeen>(seen: readonly T[], leaseId: string, resumedAt: bigint): T[] {
   return seen.filter((kv) => kv.lease === leaseId && kv.modRevision <= resumedAt);
 }
+
+/** How a session reads and deletes lock keys (etcd, or the in-memory twin). */
+export interface LockKeyAccess<T extends LockKeySeen> {
+  /** The keys under `prefix`. */
+  list(prefix: string): Promise<T[]>;
+  /** Deletes `kv.key` if it is still on the lease at `kv.modRevision`; true when it did. */
+  letGo(kv: T): Promise<boolean>;
+}
+
+/** Lets go of every lock key the earlier run left on `leaseId`; returns those it deleted. */
+export async function releaseLocksLeftByEarlierRun<T extends LockKeySeen>(access: LockKeyAccess<T>, leaseId: string, resumedAt: bigint): Promise<T[]> {
+  const released: T[] = [];
+  for (const prefix of LOCK_PREFIXES) {
+    for (const kv of locksLeftByEarlierRun(await access.list(prefix), leaseId, resumedAt)) {
+      if (await access.letGo(kv)) released.push(kv);
+    }
+  }
+  return released;
+}

@@ -8,7 +8,7 @@ import type { PeerRecord, RingAck, VolumeLockRecord, VolumeRecord } from '../mod
 import type { Clock } from '../util/clock.js';
 import { toTorusError } from './etcd-errors.js';
 import { UnansweredLocks } from './unanswered-locks.js';
-import { LOCK_KEYS_SCANNED_MAX, LOCK_PREFIXES, locksLeftByEarlierRun } from './earlier-run-locks.js';
+import { LOCK_KEYS_SCANNED_MAX, releaseLocksLeftByEarlierRun } from './earlier-run-locks.js';
 import { KEYS, peerKey, ringAckKey, volumeFenceKey, volumeKey, volumeLockKey, volumeMaintKey, volumeReaderKey, volumeReadersPrefix, volumeReleasedKey, volumeExpiredKey } from './keys.js';
 import type { MaintenanceLockOptions, MetadataSession, SessionEvent, VolumeLock, VolumeReaderLock } from './metadata-service.js';
 import { decodeCounter, decodeVolumeLockRecord, decodeVolumeRecord, encodeRecord } from './record-codec.js';
@@ -447,23 +447,26 @@ export class EtcdSession implements MetadataSession {
     if (at === null || this.state === 'lost' || this.state === 'closed') return 0;
     this.earlierRunPending = true;
     const { ns, call, prefix } = this.deps;
-    let released = 0;
-    for (const p of LOCK_PREFIXES) {
-      const res = await call(`list ${prefix}${p}`, () => ns.getAll().prefix(p).limit(LOCK_KEYS_SCANNED_MAX).exec());
-      if (res.more) this.log.warn({ keyPrefix: prefix + p, limit: LOCK_KEYS_SCANNED_MAX }, 'too many lock keys to look through; some left by the earlier run may stay until the lease ends');
-      const seen = res.kvs.map((kv) => ({ key: kv.key.toString('utf8'), lease: String(kv.lease), modRevision: BigInt(kv.mod_revision), value: kv.value }));
-      for (const kv of locksLeftByEarlierRun(seen, this.id, at)) {
-        const r = await call(`let go of ${prefix}${kv.key} left by the earlier run`, () =>
-          ns.if(kv.key, 'Lease', '==', this.id).and(kv.key, 'Mod', '==', String(kv.modRevision)).then(ns.delete().key(kv.key)).commit(),
-        );
-        if (r.succeeded) {
-          released++;
-          this.log.warn({ key: prefix + kv.key, lock: kv.value.toString('utf8') }, 'let go of a lock the earlier run left on the resumed lease');
-        }
-      }
-    }
+    const released = await releaseLocksLeftByEarlierRun(
+      {
+        list: async (p) => {
+          const res = await call(`list ${prefix}${p}`, () => ns.getAll().prefix(p).limit(LOCK_KEYS_SCANNED_MAX).exec());
+          if (res.more) this.log.warn({ keyPrefix: prefix + p, limit: LOCK_KEYS_SCANNED_MAX }, 'too many lock keys to look through; some left by the earlier run may stay until the lease ends');
+          return res.kvs.map((kv) => ({ key: kv.key.toString('utf8'), lease: String(kv.lease), modRevision: BigInt(kv.mod_revision), value: kv.value.toString('utf8') }));
+        },
+        letGo: async (kv) => {
+          const r = await call(`let go of ${prefix}${kv.key} left by the earlier run`, () =>
+            ns.if(kv.key, 'Lease', '==', this.id).and(kv.key, 'Mod', '==', String(kv.modRevision)).then(ns.delete().key(kv.key)).commit(),
+          );
+          if (r.succeeded) this.log.warn({ key: prefix + kv.key, lock: kv.value }, 'let go of a lock the earlier run left on the resumed lease');
+          return r.succeeded;
+        },
+      },
+      this.id,
+      at,
+    );
     this.earlierRunPending = false;
-    return released;
+    return released.length;
   }
 
   /** reclaimUnansweredLocks before a lock call: a failure leaves the entries for the next try. */

@@ -39,7 +39,7 @@ import {
 } from './keys.js';
 import { MemoryEtcd, type KvEvent, type KvOp } from './memory-etcd.js';
 import { UnansweredLocks } from './unanswered-locks.js';
-import { LOCK_PREFIXES, locksLeftByEarlierRun } from './earlier-run-locks.js';
+import { releaseLocksLeftByEarlierRun } from './earlier-run-locks.js';
 import type { MaintenanceLockOptions, MetadataService, MetadataSession, SessionEvent, VolumeLock, VolumeReaderLock } from './metadata-service.js';
 import {
   decodeClusterConfig,
@@ -1109,21 +1109,23 @@ class MemorySession implements MetadataSession {
     const at = this.resumedAt;
     if (at === null || this.state === 'lost' || this.state === 'closed') return 0;
     this.earlierRunPending = true;
-    let released = 0;
-    for (const p of LOCK_PREFIXES) {
-      const seen = await this.md.op(`list ${p}`, () => this.md.server.range(p).map(({ key, entry }) => ({ key, lease: entry.lease, modRevision: BigInt(entry.modRevision) })));
-      for (const kv of locksLeftByEarlierRun(seen, this.id, at)) {
-        const letGo = await this.md.op(`let go of ${kv.key} left by the earlier run`, () => {
-          const entry = this.md.server.get(kv.key);
-          if (entry === undefined || entry.lease !== this.id || BigInt(entry.modRevision) !== kv.modRevision) return false;
-          this.md.server.commit([{ type: 'delete', key: kv.key }]);
-          return true;
-        });
-        if (letGo) released++;
-      }
-    }
+    const server = this.md.server;
+    const released = await releaseLocksLeftByEarlierRun(
+      {
+        list: (p) => this.md.op(`list ${p}`, () => server.range(p).map(({ key, entry }) => ({ key, lease: entry.lease, modRevision: BigInt(entry.modRevision) }))),
+        letGo: (kv) =>
+          this.md.op(`let go of ${kv.key} left by the earlier run`, () => {
+            const entry = server.get(kv.key);
+            if (entry === undefined || entry.lease !== this.id || BigInt(entry.modRevision) !== kv.modRevision) return false;
+            server.commit([{ type: 'delete', key: kv.key }]);
+            return true;
+          }),
+      },
+      this.id,
+      at,
+    );
     this.earlierRunPending = false;
-    return released;
+    return released.length;
   }
 
   /** reclaimUnansweredLocks before a lock call: a failure leaves the entries for the next try. */

@@ -13,10 +13,12 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { loadNbdClient } from './nbd-client.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 const DIST = path.join(ROOT, 'dist');
 const { AttachClient } = await import(path.join(DIST, 'src/attach/api-client.js'));
+const NbdClient = await loadNbdClient(DIST);
 
 const WORK = '/tmp/torus-vm';
 const ETCD = '127.0.0.1:2379';
@@ -236,7 +238,7 @@ await waitFor('etcd', async () => (await fetch(`http://${ETCD}/health`, { signal
   // Emulation is slow: a generous call timeout, and retries while gRPC connects.
   const md = new EtcdMetadata({ endpoints: [ETCD], logger: pino({ level: 'silent' }), callTimeoutMs: 30_000 });
   await waitFor('the cluster to be initialised', () => md.initCluster({ blockSize: 1024 * 1024, replication: 1 }, { force: false }).then(() => true), 180_000, 1000);
-  for (const v of ['vol1', 'vol2', 'vol3', 'vol4']) await md.createVolume(v, 64 * 1024 * 1024);
+  for (const v of ['vol1', 'vol2', 'vol3', 'vol4', 'vol5']) await md.createVolume(v, 64 * 1024 * 1024);
   await md.close();
 }
 // Node B attaches through the ioctl fallback (NBD_SET_SOCK, NBD_DO_IT), so
@@ -344,12 +346,21 @@ await check('restart: SIGTERM, kill -9 and a restart longer than the request tim
     log(`  SIGTERM restart: device unserved for ${timings.sigterm.downS} s (torusd start ${ready} s)`);
     await w.progress(5);
     assert(A.logSince('---- start').includes('"msg":"session resumed"'), 'the restarted torusd did not resume the lease');
-    // kill -9, restarted at once.
+    // kill -9, restarted at once, with an NBD client writing vol5 through
+    // torusd A: its lock is on the lease the next run resumes for the
+    // device, and the next run must let it go rather than keep it alive.
+    const other = await NbdClient.connect('127.0.0.1', 10809, 'vol5');
+    await other.write(0, Buffer.alloc(4096, 0x5e));
+    await other.flush();
     down = Date.now();
     await A.kill('SIGKILL');
     ready = await A.start();
     timings.kill9 = { downS: (Date.now() - down) / 1000, startS: ready };
     log(`  kill -9 restart: device unserved for ${timings.kill9.downS} s`);
+    await other.disconnect();
+    const reopened = await NbdClient.connect('127.0.0.1', 10809, 'vol5').catch((e) => e);
+    assert(!(reopened instanceof Error), `vol5, opened through the killed torusd, is still locked after its restart: ${reopened?.message}`);
+    await reopened.disconnect();
     await w.progress(5);
     // kill -9, down for longer than the request timeout, within the budget.
     // A start under emulation takes 12 to 70 s depending on the host's load:
