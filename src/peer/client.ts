@@ -76,6 +76,13 @@ export interface PeerClientOptions {
    * waits forever.
    */
   readonly requestTimeoutMs?: number;
+  /**
+   * How long close() waits for the answers of requests on the wire before
+   * it fails them and drops the connection. Default 2 s: a peer that does
+   * not answer at all (frozen, cut off) would otherwise hold the close, and
+   * a torusd's stop, for the whole request timeout.
+   */
+  readonly closeWaitMs?: number;
   /** TCP connect plus handshake. Default 5 s. */
   readonly connectTimeoutMs?: number;
   /** Requests on the wire at once. Default 128. */
@@ -114,6 +121,7 @@ const OWN_COPY_BACKING_MIN = 4 * 1024 * 1024;
 
 const DEFAULTS = {
   requestTimeoutMs: 30_000,
+  closeWaitMs: 2_000,
   connectTimeoutMs: 5_000,
   inflightMax: 128,
   inflightBytesMax: CLIENT_INFLIGHT_BYTES_MAX,
@@ -355,15 +363,34 @@ export class PeerClient implements ReplicaApi {
     this.closed = true;
     const closedErr = new TorusError('TORUS_ERR_STORE_CLOSED', `the client of peer ${this.label} is closed`);
     for (const p of [...this.waiting]) this.settle(p, closedErr);
-    if (this.pendingCount > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    if (this.pendingCount > 0) await this.idleWithin(this.opts.closeWaitMs);
     this.deadlines.clear();
     const conn = this.conn;
-    if (conn !== null) {
-      conn.state = 'closed';
-      conn.connectTimer?.cancel();
-      this.conn = null;
-      conn.socket.end(() => conn.socket.destroy());
+    if (conn === null) return;
+    if (this.pendingCount > 0) {
+      // Every call left is on this connection (queued or sent): failing it
+      // destroys the socket first, so no payload it held is written after
+      // it went back to the pool.
+      this.log.info({ unanswered: this.pendingCount, waitedMs: this.opts.closeWaitMs }, 'closing with requests unanswered; failing them');
+      this.fail(conn, closedErr);
+      assert(this.pendingCount === 0, 'closing failed every call left on the connection');
+      return;
     }
+    conn.state = 'closed';
+    conn.connectTimer?.cancel();
+    this.conn = null;
+    conn.socket.end(() => conn.socket.destroy());
+  }
+
+  /** Resolves once no call is pending, or after `ms`, whichever is first. */
+  private idleWithin(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = this.opts.clock.setTimeout(resolve, ms);
+      this.idleWaiters.push(() => {
+        timer.cancel();
+        resolve();
+      });
+    });
   }
 
   // ------------------------------------------------------------ requests
@@ -725,7 +752,9 @@ export class PeerClient implements ReplicaApi {
     this.lastError = err;
     const sent = [...conn.sent.values()].filter((p): p is Pending => p !== null);
     const fields = { err, inflight: sent.length + conn.queued.length, retryInMs: delay };
-    if (wasReady || err.code !== 'TORUS_ERR_PEER_UNAVAILABLE') this.log.warn(fields, 'peer connection lost');
+    // Closing (close() gave up waiting) was logged there.
+    if (err.code === 'TORUS_ERR_STORE_CLOSED') this.log.debug(fields, 'peer connection dropped at close');
+    else if (wasReady || err.code !== 'TORUS_ERR_PEER_UNAVAILABLE') this.log.warn(fields, 'peer connection lost');
     else this.log.debug(fields, 'peer connection failed');
     // A damaged or misbehaving stream fails every request on it with that error; a drop is "unavailable".
     for (const p of [...conn.queued, ...sent]) this.settle(p, err);

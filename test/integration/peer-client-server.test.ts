@@ -675,6 +675,46 @@ describe('peer failures', () => {
     expect(server.connectionCount).toBe(0);
   });
 
+  it('a client\'s close() waits for answers on their way, and delivers them', async () => {
+    const fake = new FakeReplica(BS);
+    const { addr } = await startServer(fake);
+    const clock = new ManualClock();
+    const client = makeClient(addr, { clock, closeWaitMs: 2_000 });
+    await client.hello(CTX);
+    fake.hold();
+    const writes = Array.from({ length: 3 }, (_, i) => client.write(CTX, blockRef(1, 1, i), 0, Buffer.from('x'), stamp(v(1), VERSION_ABSENT), W));
+    await waitFor('writes held', () => fake.held === 3);
+    let closed = false;
+    const closing = client.close().then(() => (closed = true));
+    await clock.advance(1_000);
+    expect(closed).toBe(false);
+    fake.open();
+    await Promise.all(writes);
+    await closing;
+    expect(client.inflightCount).toBe(0);
+  });
+
+  it('a client\'s close() gives up on a peer that does not answer after closeWaitMs, not the request timeout, and fails what it sent', async () => {
+    const fake = new FakeReplica(BS);
+    const { addr } = await startServer(fake);
+    const clock = new ManualClock();
+    const client = makeClient(addr, { clock, closeWaitMs: 2_000, requestTimeoutMs: 30_000 });
+    await client.hello(CTX);
+    fake.hold();
+    const writes = Array.from({ length: 3 }, (_, i) => codeOf(client.write(CTX, blockRef(1, 1, i), 0, Buffer.alloc(BS, 7), stamp(v(1), VERSION_ABSENT), W)));
+    await waitFor('writes held', () => fake.held === 3);
+    let closed = false;
+    const closing = client.close().then(() => (closed = true));
+    await clock.advance(1_999);
+    expect(closed).toBe(false);
+    await clock.advance(1);
+    await closing;
+    expect(await Promise.all(writes)).toEqual(['TORUS_ERR_STORE_CLOSED', 'TORUS_ERR_STORE_CLOSED', 'TORUS_ERR_STORE_CLOSED']);
+    expect(client.inflightCount).toBe(0);
+    expect(await codeOf(client.hello(CTX))).toBe('TORUS_ERR_STORE_CLOSED');
+    fake.open();
+  });
+
   it('backs off after a failed connection, doubling up to the max, jittered, on the injected clock', async () => {
     // A port nobody listens on: take one and close it.
     const probe = net.createServer();
