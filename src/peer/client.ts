@@ -366,16 +366,17 @@ export class PeerClient implements ReplicaApi {
     if (this.pendingCount > 0) await this.idleWithin(this.opts.closeWaitMs);
     this.deadlines.clear();
     const conn = this.conn;
-    if (conn === null) return;
     if (this.pendingCount > 0) {
-      // Every call left is on this connection (queued or sent): failing it
-      // destroys the socket first, so no payload it held is written after
-      // it went back to the pool.
+      // Every call left is on this connection (queued or sent: a connection
+      // that failed settled its own): failing it destroys the socket first,
+      // so no payload it held is written after it went back to the pool.
+      assert(conn !== null, 'calls left at close are on the current connection');
       this.log.info({ unanswered: this.pendingCount, waitedMs: this.opts.closeWaitMs }, 'closing with requests unanswered; failing them');
       this.fail(conn, closedErr);
       assert(this.pendingCount === 0, 'closing failed every call left on the connection');
       return;
     }
+    if (conn === null) return;
     conn.state = 'closed';
     conn.connectTimer?.cancel();
     this.conn = null;
