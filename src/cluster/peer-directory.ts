@@ -80,6 +80,11 @@ export class PeerDirectory implements PeerTransport {
     return c;
   }
 
+  /** Requests on the wire or waiting for the connection, per peer with a client (status). */
+  requestsInFlight(): Record<string, number> {
+    return Object.fromEntries([...this.clients].map(([uuid, c]) => [uuid, c.inflightCount]));
+  }
+
   restarts(uuid: string): number {
     return this.restartCounts.get(uuid) ?? 0;
   }

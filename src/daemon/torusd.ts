@@ -552,7 +552,7 @@ export class TorusDaemon {
       etcd: { endpoints: this.config.etcdEndpoints, healthy: this.node.isLive },
       crc32c: crc32cDescription(),
       ring: { version: ring.version, phase: ring.transition?.phase ?? 'stable', members: ring.members.length, replication: ring.replication, minReplicas: ring.minReplicas },
-      replication: { copiedBytes: this.node.throttle.totalBytes(), copyBytesPerSec: Math.round(this.node.throttle.rate()), failingPeers: this.node.health.failingPeers() },
+      replication: { copiedBytes: this.node.throttle.totalBytes(), copyBytesPerSec: Math.round(this.node.throttle.rate()), failingPeers: this.node.health.failingPeers(), peerRequestsInFlight: this.peers.requestsInFlight() },
     };
   }
 

@@ -50,6 +50,8 @@ export interface StatusDocument {
     readonly copiedBytes: number;
     readonly copyBytesPerSec: number;
     readonly failingPeers: readonly string[];
+    /** Requests to each peer on the wire or waiting for its connection (peer uuid -> count). */
+    readonly peerRequestsInFlight: Readonly<Record<string, number>>;
   };
 }
 

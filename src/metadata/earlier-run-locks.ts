@@ -24,7 +24,7 @@ import { KEYS } from './keys.js';
  */
 
 /** The key prefixes of every kind of volume lock (writer, maintainer, reader). */
-export const LOCK_PREFIXES: readonly string[] = [KEYS.volumeLocksPrefix, KEYS.volumeMaintPrefix, KEYS.volumeReadersPrefix];
+const LOCK_PREFIXES: readonly string[] = [KEYS.volumeLocksPrefix, KEYS.volumeMaintPrefix, KEYS.volumeReadersPrefix];
 
 /** Lock keys scanned at most per prefix: more than any cluster's volumes and readers. */
 export const LOCK_KEYS_SCANNED_MAX = 100_000;
@@ -49,13 +49,31 @@ export interface LockKeyAccess<T extends LockKeySeen> {
   letGo(kv: T): Promise<boolean>;
 }
 
-/** Lets go of every lock key the earlier run left on `leaseId`; returns those it deleted. */
-export async function releaseLocksLeftByEarlierRun<T extends LockKeySeen>(access: LockKeyAccess<T>, leaseId: string, resumedAt: bigint): Promise<T[]> {
-  const released: T[] = [];
-  for (const prefix of LOCK_PREFIXES) {
-    for (const kv of locksLeftByEarlierRun(await access.list(prefix), leaseId, resumedAt)) {
-      if (await access.letGo(kv)) released.push(kv);
-    }
+/** A resumed session's look for the earlier run's locks: asked for once, made again until one succeeds. */
+export class EarlierRunLocks {
+  private pending = false;
+
+  constructor(
+    private readonly leaseId: string,
+    /** The revision at which the lease was resumed, before this run wrote anything under it. */
+    private readonly resumedAt: bigint,
+  ) {}
+
+  /** Asked for and not done yet (etcd did not answer): the session's next reclaim makes it again. */
+  get wanted(): boolean {
+    return this.pending;
   }
-  return released;
+
+  /** Lets go of every lock key the earlier run left on the lease; returns how many it deleted. */
+  async release<T extends LockKeySeen>(access: LockKeyAccess<T>): Promise<number> {
+    this.pending = true;
+    let released = 0;
+    for (const prefix of LOCK_PREFIXES) {
+      for (const kv of locksLeftByEarlierRun(await access.list(prefix), this.leaseId, this.resumedAt)) {
+        if (await access.letGo(kv)) released++;
+      }
+    }
+    this.pending = false;
+    return released;
+  }
 }

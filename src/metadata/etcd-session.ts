@@ -8,7 +8,7 @@ import type { PeerRecord, RingAck, VolumeLockRecord, VolumeRecord } from '../mod
 import type { Clock } from '../util/clock.js';
 import { toTorusError } from './etcd-errors.js';
 import { UnansweredLocks } from './unanswered-locks.js';
-import { LOCK_KEYS_SCANNED_MAX, releaseLocksLeftByEarlierRun } from './earlier-run-locks.js';
+import { EarlierRunLocks, LOCK_KEYS_SCANNED_MAX } from './earlier-run-locks.js';
 import { KEYS, peerKey, ringAckKey, volumeFenceKey, volumeKey, volumeLockKey, volumeMaintKey, volumeReaderKey, volumeReadersPrefix, volumeReleasedKey, volumeExpiredKey } from './keys.js';
 import type { MaintenanceLockOptions, MetadataSession, SessionEvent, VolumeLock, VolumeReaderLock } from './metadata-service.js';
 import { decodeCounter, decodeVolumeLockRecord, decodeVolumeRecord, encodeRecord } from './record-codec.js';
@@ -83,10 +83,8 @@ export class EtcdSession implements MetadataSession {
   private deadline: number;
   private watchdog: { cancel(): void } | undefined;
   private readonly unanswered: UnansweredLocks;
-  /** The etcd revision when resume() found the lease alive; null for a session of its own. */
-  private resumedAt: bigint | null = null;
-  /** releaseLocksOfEarlierRun was asked for and has not succeeded yet. */
-  private earlierRunPending = false;
+  /** Set by resume(): the earlier run's locks on the lease; null for a session of its own. */
+  private earlierRun: EarlierRunLocks | null = null;
 
   private constructor(deps: EtcdSessionDeps, lease: Lease | ResumedLease, id: string, deadline: number) {
     this.deps = deps;
@@ -155,7 +153,7 @@ export class EtcdSession implements MetadataSession {
     const session = new EtcdSession(deps, lease, leaseId, askedAt + remaining * 1000);
     // Before this run writes anything under the lease: what it takes from
     // now on is changed after this revision (earlier-run-locks.ts).
-    session.resumedAt = BigInt(res.header.revision);
+    session.earlierRun = new EarlierRunLocks(leaseId, BigInt(res.header.revision));
     return session;
   }
 
@@ -438,35 +436,27 @@ export class EtcdSession implements MetadataSession {
       }
     }
     // Asked for once and not done (etcd did not answer): tried again here.
-    if (this.earlierRunPending) released += await this.releaseLocksOfEarlierRun();
+    if (this.earlierRun?.wanted === true) released += await this.releaseLocksOfEarlierRun();
     return released;
   }
 
   async releaseLocksOfEarlierRun(): Promise<number> {
-    const at = this.resumedAt;
-    if (at === null || this.state === 'lost' || this.state === 'closed') return 0;
-    this.earlierRunPending = true;
+    if (this.earlierRun === null || this.state === 'lost' || this.state === 'closed') return 0;
     const { ns, call, prefix } = this.deps;
-    const released = await releaseLocksLeftByEarlierRun(
-      {
-        list: async (p) => {
-          const res = await call(`list ${prefix}${p}`, () => ns.getAll().prefix(p).limit(LOCK_KEYS_SCANNED_MAX).exec());
-          if (res.more) this.log.warn({ keyPrefix: prefix + p, limit: LOCK_KEYS_SCANNED_MAX }, 'too many lock keys to look through; some left by the earlier run may stay until the lease ends');
-          return res.kvs.map((kv) => ({ key: kv.key.toString('utf8'), lease: String(kv.lease), modRevision: BigInt(kv.mod_revision), value: kv.value.toString('utf8') }));
-        },
-        letGo: async (kv) => {
-          const r = await call(`let go of ${prefix}${kv.key} left by the earlier run`, () =>
-            ns.if(kv.key, 'Lease', '==', this.id).and(kv.key, 'Mod', '==', String(kv.modRevision)).then(ns.delete().key(kv.key)).commit(),
-          );
-          if (r.succeeded) this.log.warn({ key: prefix + kv.key, lock: kv.value }, 'let go of a lock the earlier run left on the resumed lease');
-          return r.succeeded;
-        },
+    return this.earlierRun.release({
+      list: async (p) => {
+        const res = await call(`list ${prefix}${p}`, () => ns.getAll().prefix(p).limit(LOCK_KEYS_SCANNED_MAX).exec());
+        if (res.more) this.log.warn({ keyPrefix: prefix + p, limit: LOCK_KEYS_SCANNED_MAX }, 'too many lock keys to look through; some left by the earlier run may stay until the lease ends');
+        return res.kvs.map((kv) => ({ key: kv.key.toString('utf8'), lease: String(kv.lease), modRevision: BigInt(kv.mod_revision), value: kv.value.toString('utf8') }));
       },
-      this.id,
-      at,
-    );
-    this.earlierRunPending = false;
-    return released.length;
+      letGo: async (kv) => {
+        const r = await call(`let go of ${prefix}${kv.key} left by the earlier run`, () =>
+          ns.if(kv.key, 'Lease', '==', this.id).and(kv.key, 'Mod', '==', String(kv.modRevision)).then(ns.delete().key(kv.key)).commit(),
+        );
+        if (r.succeeded) this.log.warn({ key: prefix + kv.key, lock: kv.value }, 'let go of a lock the earlier run left on the resumed lease');
+        return r.succeeded;
+      },
+    });
   }
 
   /** reclaimUnansweredLocks before a lock call: a failure leaves the entries for the next try. */

@@ -39,7 +39,7 @@ import {
 } from './keys.js';
 import { MemoryEtcd, type KvEvent, type KvOp } from './memory-etcd.js';
 import { UnansweredLocks } from './unanswered-locks.js';
-import { releaseLocksLeftByEarlierRun } from './earlier-run-locks.js';
+import { EarlierRunLocks } from './earlier-run-locks.js';
 import type { MaintenanceLockOptions, MetadataService, MetadataSession, SessionEvent, VolumeLock, VolumeReaderLock } from './metadata-service.js';
 import {
   decodeClusterConfig,
@@ -935,8 +935,8 @@ class MemorySession implements MetadataSession {
   private readonly intervalMs: number;
   private readonly unsubscribe: () => void;
   private readonly unanswered: UnansweredLocks;
-  /** releaseLocksOfEarlierRun was asked for and has not succeeded yet. */
-  private earlierRunPending = false;
+  /** The earlier run's locks on a resumed lease; null for a session of its own. */
+  private readonly earlierRun: EarlierRunLocks | null;
 
   constructor(
     private readonly md: MemoryMetadata,
@@ -946,9 +946,10 @@ class MemorySession implements MetadataSession {
     private readonly clock: Clock,
     private readonly onClosed: () => void,
     /** The revision when resumeSession found the lease alive; null for a session of its own. */
-    private readonly resumedAt: bigint | null = null,
+    resumedAt: bigint | null = null,
   ) {
     this.id = leaseId;
+    this.earlierRun = resumedAt === null ? null : new EarlierRunLocks(leaseId, resumedAt);
     this.deadline = grantedAt + ttlMs;
     this.unanswered = new UnansweredLocks(clock);
     // Same cadence as the etcd3 client: a third of the TTL.
@@ -1101,31 +1102,23 @@ class MemorySession implements MetadataSession {
       this.unanswered.settle(lock, letGo);
       if (letGo) released++;
     }
-    if (this.earlierRunPending) released += await this.releaseLocksOfEarlierRun();
+    if (this.earlierRun?.wanted === true) released += await this.releaseLocksOfEarlierRun();
     return released;
   }
 
   async releaseLocksOfEarlierRun(): Promise<number> {
-    const at = this.resumedAt;
-    if (at === null || this.state === 'lost' || this.state === 'closed') return 0;
-    this.earlierRunPending = true;
+    if (this.earlierRun === null || this.state === 'lost' || this.state === 'closed') return 0;
     const server = this.md.server;
-    const released = await releaseLocksLeftByEarlierRun(
-      {
-        list: (p) => this.md.op(`list ${p}`, () => server.range(p).map(({ key, entry }) => ({ key, lease: entry.lease, modRevision: BigInt(entry.modRevision) }))),
-        letGo: (kv) =>
-          this.md.op(`let go of ${kv.key} left by the earlier run`, () => {
-            const entry = server.get(kv.key);
-            if (entry === undefined || entry.lease !== this.id || BigInt(entry.modRevision) !== kv.modRevision) return false;
-            server.commit([{ type: 'delete', key: kv.key }]);
-            return true;
-          }),
-      },
-      this.id,
-      at,
-    );
-    this.earlierRunPending = false;
-    return released.length;
+    return this.earlierRun.release({
+      list: (p) => this.md.op(`list ${p}`, () => server.range(p).map(({ key, entry }) => ({ key, lease: entry.lease, modRevision: BigInt(entry.modRevision) }))),
+      letGo: (kv) =>
+        this.md.op(`let go of ${kv.key} left by the earlier run`, () => {
+          const entry = server.get(kv.key);
+          if (entry === undefined || entry.lease !== this.id || BigInt(entry.modRevision) !== kv.modRevision) return false;
+          server.commit([{ type: 'delete', key: kv.key }]);
+          return true;
+        }),
+    });
   }
 
   /** reclaimUnansweredLocks before a lock call: a failure leaves the entries for the next try. */

@@ -357,7 +357,7 @@ export class PeerClient implements ReplicaApi {
     return this.inflight;
   }
 
-  /** Fails new requests, waits for those already made to finish, then closes the connection. */
+  /** Fails new requests, waits up to closeWaitMs for those already made to finish, fails the rest, then closes the connection. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

@@ -490,6 +490,7 @@ export interface TorusdStatus {
   capacity: number;
   used: number;
   openVolumes: { name: string; id: number; mode: string; connections: number; lockToken: number | null }[];
+  replication?: { failingPeers: string[]; peerRequestsInFlight: Record<string, number> };
 }
 
 export async function torusdStatus(d: TorusdHandle): Promise<TorusdStatus> {
@@ -504,12 +505,13 @@ export interface VolumeListEntry {
   readonly size: number;
   readonly status: string;
   readonly holder?: string;
+  readonly lockToken?: number;
 }
 
 export async function volumeList(etcd: string): Promise<Map<string, VolumeListEntry>> {
   const r = await torusctlOk(etcd, ['volume', 'list', '-o', 'json']);
   const doc = JSON.parse(r.stdout) as { volumes: (VolumeListEntry & { name: string })[] };
-  return new Map(doc.volumes.map((v) => [v.name, { id: v.id, size: v.size, status: v.status, holder: v.holder }]));
+  return new Map(doc.volumes.map((v) => [v.name, { id: v.id, size: v.size, status: v.status, holder: v.holder, lockToken: v.lockToken }]));
 }
 
 /** Runs `qemu-io -f raw [-r] -c CMD... URI` and resolves with its exit code and output. */

@@ -43,8 +43,10 @@ describe('stop while a peer does not answer', () => {
     expect(await Promise.all(writes)).toEqual(Array.from({ length: 16 }, () => 0));
     // B is failing now, and probed every second: each probe is a request
     // on the wire to B that no answer will ever settle.
-    await waitFor('B to be failing', async () => ((await torusdStatus(a)) as unknown as { replication?: { failingPeers?: string[] } }).replication?.failingPeers?.includes(b.uuid) === true, 30_000, 200);
-    await new Promise((r) => setTimeout(r, 1_500));
+    await waitFor('a request to B on the wire, B failing', async () => {
+      const r = (await torusdStatus(a)).replication;
+      return r !== undefined && r.failingPeers.includes(b.uuid) && (r.peerRequestsInFlight[b.uuid] ?? 0) > 0;
+    }, 30_000, 200);
     const t0 = Date.now();
     const st = await a.kill('SIGTERM');
     const ms = Date.now() - t0;
