@@ -598,7 +598,13 @@ export class ClusterNode {
         const api = this.deps.transport.peer(u);
         if (api === null) return;
         try {
-          await withTimeout(api.hello(this.ctx.requestContext()), this.deps.settings.replication.replicaTimeoutMs, this.deps.clock, `probe of peer ${u}`);
+          // The deadline lets a peer client drop a probe that got no answer
+          // at the replica timeout, as it does data-path calls, instead of
+          // keeping it on the wire (a request slot) for its own 30 s limit;
+          // withTimeout bounds transports that do not enforce deadlines.
+          const ms = this.deps.settings.replication.replicaTimeoutMs;
+          const ctx: RequestContext = { ...this.ctx.requestContext(), deadline: this.deps.clock.monotonic() + ms };
+          await withTimeout(api.hello(ctx), ms, this.deps.clock, `probe of peer ${u}`);
           this.health.succeeded(u);
           this.log.info({ peer: u }, 'peer answers again');
           this.wakeBackground();

@@ -2,9 +2,13 @@
  * A torusd told to stop while a peer it replicates to does not answer
  * (frozen with SIGSTOP): its NBD client's writes are answered (the frozen
  * copy is given up after the replica timeout and recorded stale), and the
- * process exits cleanly in seconds although requests to the frozen peer
- * are still on the wire (its health probes). Before 2026-12-07 the peer
- * client's close waited for them for the whole request timeout (30 s).
+ * process exits cleanly in seconds although a request to the frozen peer
+ * is still on the wire (a health probe). Before 2026-12-07 the peer
+ * client's close waited for such requests for its whole request timeout
+ * (30 s): a probe carried no deadline. Now a probe ends at the replica
+ * timeout and the close waits at most 2 s for what is left
+ * (peer-client-server.test.ts and cluster-replication.test.ts test each
+ * on its own; this test holds the stop to its bound).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureBuilt } from '../helpers/build.js';
@@ -41,8 +45,8 @@ describe('stop while a peer does not answer', () => {
     // that copy up (the replica timeout) and records it stale.
     const writes = Array.from({ length: 16 }, (_, i) => c.write(i * 256 * KiB + 4 * KiB, Buffer.alloc(4 * KiB, 0x77)).then(() => 0, (e: Error) => e.message));
     expect(await Promise.all(writes)).toEqual(Array.from({ length: 16 }, () => 0));
-    // B is failing now, and probed every second: each probe is a request
-    // on the wire to B that no answer will ever settle.
+    // B is failing now, and probed: each probe is a request on the wire to
+    // B that no answer settles, until the replica timeout (8 s) ends it.
     await waitFor('a request to B on the wire, B failing', async () => {
       const r = (await torusdStatus(a)).replication;
       return r !== undefined && r.failingPeers.includes(b.uuid) && (r.peerRequestsInFlight[b.uuid] ?? 0) > 0;
@@ -53,8 +57,9 @@ describe('stop while a peer does not answer', () => {
     expect(st.code, a.tail()).toBe(0);
     // The peer clients' close waits at most 2 s for answers still on their
     // way, then fails them; it waited out the 30 s request timeout before.
+    // (Whether the probe seen above is still on the wire when the clients
+    // close depends on when it was sent: its log line is not checked.)
     expect(ms, a.tail()).toBeLessThan(15_000);
-    expect(a.lines().some((l) => l.msg === 'closing with requests unanswered; failing them'), a.tail()).toBe(true);
     c.close();
   }, 120_000);
 });

@@ -581,6 +581,24 @@ describe('peer failures', () => {
     expect(client.inflightCount).toBe(0);
   });
 
+  it('ends a request at its own deadline when that comes before the request timeout, and frees its slot', async () => {
+    const fake = new FakeReplica(BS);
+    const { addr } = await startServer(fake);
+    const clock = new ManualClock();
+    const client = makeClient(addr, { requestTimeoutMs: 30_000, clock });
+    await client.hello(CTX);
+    fake.hold();
+    const ctx = { ...CTX, deadline: clock.monotonic() + 2_000 };
+    const write = codeOf(client.write(ctx, blockRef(1, 1, 0), 0, Buffer.from('x'), stamp(v(1), VERSION_ABSENT), W));
+    await waitFor('write held', () => fake.held === 1);
+    await clock.advance(1_999);
+    expect(client.inflightCount).toBe(1);
+    await clock.advance(1);
+    expect(await write).toBe('TORUS_ERR_TIMEOUT');
+    expect(client.inflightCount).toBe(0);
+    fake.open();
+  });
+
   it('reuses request ids only once their answer came: a late answer never reaches a newer request', async () => {
     const fake = new FakeReplica(BS);
     const { addr } = await startServer(fake);

@@ -20,6 +20,7 @@ import { ownersOf } from '../../src/replication/owners.js';
 import { sleep } from '../../src/util/timeout.js';
 import { staleKey, volumeFenceKey, volumeLockKey, volumeMaintKey, volumeReleasedKey } from '../../src/metadata/keys.js';
 import { MemoryMetadata } from '../../src/metadata/memory-metadata.js';
+import type { RequestContext } from '../../src/model/replica-api.js';
 import type { NodeEnv, NodeUnderTest, VolumeIo } from '../sim/node-under-test.js';
 import { SIM_TIMING } from '../sim/node-under-test.js';
 import { runUntil } from '../sim/sim-clock.js';
@@ -1001,6 +1002,47 @@ describe('replication on a simulated cluster', () => {
     // (1.5 s), which would see b registered again, has not come yet.
     await runFor(c, SIM_TIMING.probeIntervalMs + 100);
     for (const i of onlyOnB) expect((await until(c, fresh.read(i * BLOCK, BLOCK))).equals(pattern(2, VOLUME_BLOCKS * BLOCK).subarray(i * BLOCK, (i + 1) * BLOCK)), `block ${i}`).toBe(true);
+  });
+
+  // A probe of a peer that does not answer used to carry no deadline: a
+  // peer client kept its hello on the wire (a request slot) for its own
+  // 30 s limit, though the probe gave up at the replica timeout.
+  it('probes a failing peer with the replica timeout as the request deadline', async () => {
+    const hellos: { from: string; to: string; sentAt: number; deadline: number | undefined }[] = [];
+    const c = new SimCluster({
+      ...clusterOptions({ peers: 3, members: 3, replication: 2 }),
+      factory: (env) =>
+        realNode({
+          ...env,
+          transport: {
+            ...env.transport,
+            peer: (to) => {
+              const api = env.transport.peer(to);
+              if (api === null) return null;
+              return new Proxy(api, {
+                get: (t, prop, r) =>
+                  prop === 'hello'
+                    ? (ctx: RequestContext) => {
+                        hellos.push({ from: env.uuid, to, sentAt: env.clock.monotonic(), deadline: ctx.deadline });
+                        return t.hello(ctx);
+                      }
+                    : (Reflect.get(t, prop, r) as unknown),
+              });
+            },
+          },
+        }),
+    });
+    await until(c, c.bootstrap([{ name: 'v', size: VOLUME_BLOCKS * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const io = await until(c, c.open(a, 'v', 'rw'));
+    c.freeze(b);
+    // A change to b times out (2 s): b is failing, and a probes it every second.
+    await until(c, io.write(0, pattern(1, VOLUME_BLOCKS * BLOCK), true));
+    await runFor(c, 5 * SIM_TIMING.probeIntervalMs);
+    const probes = hellos.filter((h) => h.from === a.uuid && h.to === b.uuid);
+    expect(probes.length, 'a probed the frozen b').toBeGreaterThan(0);
+    for (const h of probes) expect(h.deadline, 'the probe has a deadline').toBe(h.sentAt + SIM_TIMING.replicaTimeoutMs);
   });
 
   it('a writer frozen past its lease never writes again once another held the volume, even after that one let go', async () => {
