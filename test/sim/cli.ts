@@ -1,6 +1,7 @@
 /**
  * npm run sim -- [--seeds N] [--from S] [--seed S] [--ops N] [--variant NAME]
  *                [--jobs N] [--verbose] [--log LEVEL] [--suspend] [--readers] [--etcd-delays]
+ *                [--stops]
  *
  * Runs seeds of the whole-cluster simulation and prints one line per
  * failing seed with its replay command; exits 1 if any failed. --seed S
@@ -12,7 +13,9 @@
  * clocks stop too. --readers adds read-only opens on random peers that
  * read while the writers run (readers.ts). --etcd-delays gives every etcd
  * call a few seeded ms on the wire each way, so calls are served and
- * answered out of order, as by a real etcd.
+ * answered out of order, as by a real etcd. --stops makes half the
+ * crashes orderly stops (SIGTERM: clients answered and let go, locks and
+ * the lease released) followed by a restart.
  *
  * For the test suite (parallel.ts): --json prints one JSON line per seed,
  * --list S1,S2,... names the seeds, --stop-at-first-failure ends early.
@@ -37,10 +40,11 @@ interface Args {
   suspend: boolean;
   readers: boolean;
   etcdDelays: boolean;
+  stops: boolean;
 }
 
 function parse(argv: readonly string[]): Args {
-  const a: Args = { seeds: 20, from: 1, seed: null, list: null, ops: OPS_DEFAULT, variant: null, jobs: 1, verbose: false, log: undefined, json: false, stopAtFirstFailure: false, suspend: false, readers: false, etcdDelays: false };
+  const a: Args = { seeds: 20, from: 1, seed: null, list: null, ops: OPS_DEFAULT, variant: null, jobs: 1, verbose: false, log: undefined, json: false, stopAtFirstFailure: false, suspend: false, readers: false, etcdDelays: false, stops: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const v = (): string => {
@@ -96,6 +100,9 @@ function parse(argv: readonly string[]): Args {
       case '--etcd-delays':
         a.etcdDelays = true;
         break;
+      case '--stops':
+        a.stops = true;
+        break;
       case '--stop-at-first-failure':
         a.stopAtFirstFailure = true;
         break;
@@ -117,7 +124,7 @@ async function main(): Promise<number> {
   const seeds = args.seed !== null ? [args.seed] : (args.list ?? Array.from({ length: args.seeds }, (_, i) => args.from + i));
   const started = performance.now();
   if (args.jobs > 1 && args.seed === null) {
-    const lines = await runSeedsInChildren(seeds, { jobs: args.jobs, variant: args.variant, ops: args.ops, suspend: args.suspend, readers: args.readers, etcdDelays: args.etcdDelays });
+    const lines = await runSeedsInChildren(seeds, { jobs: args.jobs, variant: args.variant, ops: args.ops, suspend: args.suspend, readers: args.readers, etcdDelays: args.etcdDelays, stops: args.stops });
     const failed = lines.filter((l) => !l.ok);
     for (const l of failed) process.stdout.write(`${l.report}\n`);
     summary(seeds.length, failed.length, args.variant, started);
@@ -138,6 +145,7 @@ async function main(): Promise<number> {
         suspend: args.suspend,
         readers: args.readers,
         etcdDelays: args.etcdDelays,
+        stops: args.stops,
         ...(args.log ? { logLevel: args.log } : {}),
       });
     } catch (err) {
@@ -154,7 +162,7 @@ async function main(): Promise<number> {
     const cpuMs = (c.user + c.system) / 1000;
     if (!r.ok) failed++;
     if (args.json) {
-      const line: SeedLine = { seed, variant: args.variant, ok: r.ok, guarantee: r.failure?.guarantee ?? null, failedAtMs: r.failure?.timeMs ?? null, report: r.ok ? null : describeFailure(r), hash: r.hash, ops: r.opsIssued, cpuMs: Math.round(cpuMs) };
+      const line: SeedLine = { seed, variant: args.variant, ok: r.ok, guarantee: r.failure?.guarantee ?? null, failedAtMs: r.failure?.timeMs ?? null, report: r.ok ? null : describeFailure(r), hash: r.hash, ops: r.opsIssued, cpuMs: Math.round(cpuMs), faults: r.faults };
       process.stdout.write(`${JSON.stringify(line)}\n`);
     } else if (!r.ok) {
       process.stdout.write(`${describeFailure(r)}\n`);

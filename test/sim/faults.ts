@@ -3,7 +3,7 @@ import type { BlockRef } from '../../src/model/block-ref.js';
 import { ownersOf } from '../../src/replication/owners.js';
 import { PAGE_BYTES } from '../../src/store/block-file.js';
 import type { Random } from '../../src/util/random.js';
-import type { Checker } from './checker.js';
+import type { Checker, Violation } from './checker.js';
 import type { EventLog } from './event-log.js';
 import type { SimTiming } from './node-under-test.js';
 import type { SimCluster, SimPeer } from './sim-cluster.js';
@@ -66,6 +66,12 @@ const EXTRA: readonly [FaultKind, number][] = [
   ['corrupt', 5],
   ['full-store', 5],
 ];
+
+/**
+ * With --stops: a stop not over by then is cut short by SIGKILL, as
+ * Kubernetes does after its default grace period (30 s).
+ */
+const STOP_GRACE_MS = 30_000;
 
 /** A flaky network while a ring change moves blocks, ms [min, max]. */
 const MOVE_MESSAGE_FAULT_MS: readonly [number, number] = [3_000, 8_000];
@@ -136,6 +142,14 @@ export interface FaultInjectorOptions {
    * leaves every other draw of a seed where it was. Null: SIGSTOP only.
    */
   readonly suspendRandom: Random | null;
+  /**
+   * With --stops: picks which crashes are orderly stops instead (half of
+   * them; a seed's required crash stays a crash). A stream of its own, as
+   * suspendRandom. Null: crashes only.
+   */
+  readonly stopsRandom: Random | null;
+  /** A stop that did not finish within its grace period though nothing else was wrong. */
+  readonly fail: (v: Violation) => void;
   readonly timing: SimTiming;
   readonly volumeBlocks: (name: string) => number;
   /** Quiet returns this long after the last fault ends: time to notice, re-register and catch up. */
@@ -158,8 +172,8 @@ export class FaultInjector implements QuietState {
   /** Peers whose store is held full now (full-store). */
   private readonly full = new Set<SimPeer>();
   private readonly restores: (() => void)[] = [];
-  /** What each kind did, for the seed's report. */
-  readonly done = new Map<FaultKind, number>();
+  /** What each kind did, for the seed's report ('stop': crashes made orderly stops, with --stops). */
+  readonly done = new Map<FaultKind | 'stop', number>();
   private readonly cluster: SimCluster;
 
   constructor(
@@ -218,8 +232,9 @@ export class FaultInjector implements QuietState {
       if (at < 0) continue;
       this.pending.splice(at, 1);
       const started = await this.start(f);
-      if (started) {
-        this.done.set(f.kind, (this.done.get(f.kind) ?? 0) + 1);
+      if (started !== false) {
+        const kind = started === 'stop' ? 'stop' : f.kind;
+        this.done.set(kind, (this.done.get(kind) ?? 0) + 1);
         continue;
       }
       f.attempts++;
@@ -259,7 +274,8 @@ export class FaultInjector implements QuietState {
 
   // ------------------------------------------------------------ applying
 
-  private async start(f: PlannedFault): Promise<boolean> {
+  /** Whether the fault started ('stop': a crash made an orderly stop). */
+  private async start(f: PlannedFault & { readonly required: boolean }): Promise<boolean | 'stop'> {
     const c = this.cluster;
     const r = this.opts.random;
     const log = this.opts.log;
@@ -270,6 +286,10 @@ export class FaultInjector implements QuietState {
         if (this.down.size > 0) return false;
         const p = pick(running);
         if (!p) return false;
+        if (!f.required && this.opts.stopsRandom !== null && this.opts.stopsRandom.int(2) === 0) {
+          this.orderlyStop(p, f.durationMs);
+          return 'stop';
+        }
         const end = this.begin(`crash ${p.index}`, [p.uuid]);
         this.down.add(p);
         c.crash(p);
@@ -461,6 +481,55 @@ export class FaultInjector implements QuietState {
       case 'ring-replication':
         return this.ringChange(f.kind);
     }
+  }
+
+  /**
+   * SIGTERM, as a rolling upgrade or a node drain sends it: torusd answers
+   * what its NBD clients sent and lets them go (they attach elsewhere: the
+   * workload closes each writer on the peer, which flushes), its node stops
+   * (locks released, lease revoked), its disk keeps everything. Restarted
+   * after `durationMs`. Nothing acknowledged may be lost, so the model is
+   * not widened, unless the stop overran its grace period and was killed.
+   */
+  private orderlyStop(p: SimPeer, durationMs: number): void {
+    const c = this.cluster;
+    const log = this.opts.log;
+    const wl = this.opts.workload;
+    const end = this.begin(`stop ${p.index}`, [p.uuid]);
+    const aloneAtStart = this.active.size === 1;
+    const epoch = this.epochNow;
+    this.down.add(p);
+    c.beginStop(p);
+    const stopped = (async (): Promise<void> => {
+      await Promise.all(
+        wl.volumes
+          .filter((v) => v.writer?.peer === p)
+          .map(async (v) => {
+            await wl.closeWriter(v, 'peer stopping');
+            wl.ensureWriter(v);
+          }),
+      );
+      if (!c.isAlive(p)) return;
+      const startedAt = c.clock.monotonic();
+      const how = await c.stop(p, STOP_GRACE_MS);
+      log.add(`peer ${p.index} ${how} after ${c.clock.monotonic() - startedAt} ms`);
+      // A writer whose open was under way when the stop began.
+      wl.peerDied(p);
+      if (how === 'killed') {
+        this.afterCrash();
+        if (aloneAtStart && this.epochNow === epoch) {
+          this.opts.fail({ guarantee: 'liveness', message: `peer ${p.index} did not finish an orderly stop within ${STOP_GRACE_MS} ms while no other fault was active` });
+        }
+      }
+    })();
+    this.until(durationMs, () => {
+      void stopped.then(() => {
+        this.down.delete(p);
+        log.add(`restart ${p.index}`);
+        this.restart(p);
+        end();
+      });
+    });
   }
 
   /** Drops, duplicates and reordering on every link for `ms`; false if such a window is already open. */

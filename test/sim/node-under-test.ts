@@ -60,7 +60,12 @@ export interface NodeUnderTest {
   readonly replica: ReplicaApi | null;
   start(): Promise<void>;
   open(name: string, mode: 'rw' | 'ro'): Promise<VolumeIo>;
-  /** Orderly stop (not used for crashes: a crash kills the process). */
+  /**
+   * The process was told to stop (SIGTERM), before its clients are let go:
+   * what torusd's stop does first (ClusterNode.beginStop).
+   */
+  beginStop(): void;
+  /** Orderly stop, once its clients are let go (not used for crashes: a crash kills the process). */
   stop(): Promise<void>;
 }
 

@@ -22,6 +22,8 @@ export interface SeedLine {
   readonly hash: string;
   readonly ops: number;
   readonly cpuMs: number;
+  /** How many faults of each kind the seed applied (absent on a crash line). */
+  readonly faults?: Readonly<Record<string, number>>;
 }
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -48,7 +50,7 @@ export function crashLine(seed: number, variant: string | null, ops: number | un
  * (reported as a crash with its stderr), never the seeds after it: they
  * run in a new child.
  */
-export async function runSeedsInChildren(seeds: readonly number[], opts: { jobs: number; variant?: string | null; ops?: number; stopAtFirstFailure?: boolean; suspend?: boolean; readers?: boolean; etcdDelays?: boolean }): Promise<SeedLine[]> {
+export async function runSeedsInChildren(seeds: readonly number[], opts: { jobs: number; variant?: string | null; ops?: number; stopAtFirstFailure?: boolean; suspend?: boolean; readers?: boolean; etcdDelays?: boolean; stops?: boolean }): Promise<SeedLine[]> {
   const jobs = Math.max(1, Math.min(opts.jobs, seeds.length));
   const parts: number[][] = Array.from({ length: jobs }, () => []);
   seeds.forEach((s, i) => parts[i % jobs]!.push(s));
@@ -56,7 +58,7 @@ export async function runSeedsInChildren(seeds: readonly number[], opts: { jobs:
   return results.flat().sort((a, b) => a.seed - b.seed);
 }
 
-async function runPart(seeds: readonly number[], opts: { variant?: string | null; ops?: number; stopAtFirstFailure?: boolean; suspend?: boolean; readers?: boolean; etcdDelays?: boolean }): Promise<SeedLine[]> {
+async function runPart(seeds: readonly number[], opts: { variant?: string | null; ops?: number; stopAtFirstFailure?: boolean; suspend?: boolean; readers?: boolean; etcdDelays?: boolean; stops?: boolean }): Promise<SeedLine[]> {
   const out: SeedLine[] = [];
   let left = [...seeds];
   // Each round either finishes or costs one seed, so this ends.
@@ -77,7 +79,7 @@ async function runPart(seeds: readonly number[], opts: { variant?: string | null
   return out;
 }
 
-function runChild(seeds: readonly number[], opts: { variant?: string | null; ops?: number; stopAtFirstFailure?: boolean; suspend?: boolean; readers?: boolean; etcdDelays?: boolean }): Promise<{ lines: SeedLine[]; code: number | null; stderr: string }> {
+function runChild(seeds: readonly number[], opts: { variant?: string | null; ops?: number; stopAtFirstFailure?: boolean; suspend?: boolean; readers?: boolean; etcdDelays?: boolean; stops?: boolean }): Promise<{ lines: SeedLine[]; code: number | null; stderr: string }> {
   const args = [VITE_NODE, path.join(HERE, 'cli.ts'), '--json', '--list', seeds.join(',')];
   if (opts.variant) args.push('--variant', opts.variant);
   if (opts.ops !== undefined) args.push('--ops', String(opts.ops));
@@ -85,6 +87,7 @@ function runChild(seeds: readonly number[], opts: { variant?: string | null; ops
   if (opts.suspend === true) args.push('--suspend');
   if (opts.readers === true) args.push('--readers');
   if (opts.etcdDelays === true) args.push('--etcd-delays');
+  if (opts.stops === true) args.push('--stops');
   return new Promise((resolve) => {
     const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     const lines: SeedLine[] = [];

@@ -58,6 +58,7 @@ export function adaptNode(node: ClusterNode): NodeUnderTest {
       // A restart is a new process with no lease to resume (the simulation kills, it never hands a lease on).
       await node.start();
     },
+    beginStop: () => node.beginStop(),
     stop: () => node.stop(),
     async open(name, mode): Promise<VolumeIo> {
       const ov = await node.volumes.acquire(name, mode);

@@ -175,6 +175,61 @@ export class SimCluster {
     peer.fences.crash(this.fork());
   }
 
+  /**
+   * SIGTERM, the first half: the peer is no longer offered to new clients
+   * and its node learns that it stops (what torusd does before it lets its
+   * NBD clients go). The caller lets the clients go, then calls stop().
+   */
+  beginStop(peer: SimPeer): void {
+    assert(peer.process !== null && peer.process.alive, 'only a running peer stops');
+    peer.started = false;
+    const node = peer.node!;
+    void this.inside(peer.process, async () => node.beginStop());
+  }
+
+  /**
+   * SIGTERM, the second half: the node's orderly stop, then the process
+   * exits. Nothing on its disk is lost: torusd's store syncs as it closes,
+   * and the machine keeps running. A stop that has not finished within
+   * `graceMs` is cut short by SIGKILL (Kubernetes' grace period), taken
+   * here as a crash. Resolves with which it was once the process is gone.
+   */
+  stop(peer: SimPeer, graceMs: number): Promise<'stopped' | 'killed'> {
+    const process = peer.process!;
+    const node = peer.node!;
+    assert(process.alive, 'only a running peer stops');
+    return new Promise((resolve) => {
+      let done = false;
+      const finish = (how: 'stopped' | 'killed'): void => {
+        if (done) return;
+        done = true;
+        if (peer.process !== process || !process.alive) {
+          // Crashed meanwhile (by another fault): it is gone already.
+          resolve('killed');
+          return;
+        }
+        if (how === 'stopped') {
+          // As the disk store's close: everything synced and checkpointed
+          // (its body runs now; nothing else touches the store meanwhile).
+          void peer.store.checkpoint();
+          process.kill();
+          peer.started = false;
+        } else {
+          this.crash(peer);
+        }
+        resolve(how);
+      };
+      this.inside(process, () => node.stop()).then(
+        () => finish('stopped'),
+        (err: unknown) => {
+          this.opts.onBug(`${peer.uuid.slice(0, 8)} stop`, err);
+          finish('killed');
+        },
+      );
+      this.clock.schedule(this.admin, graceMs, () => finish('killed'));
+    });
+  }
+
   /** SIGSTOP; with `suspend`, its clocks stop too (a VM paused by its hypervisor). */
   freeze(peer: SimPeer, opts: { suspend?: boolean } = {}): void {
     peer.process!.freeze(opts);

@@ -84,6 +84,16 @@ describe('whole-cluster simulation', () => {
     expect(c.hash).not.toBe(a.hash);
   }, HANG_GUARD_MS);
 
+  it('replays a seed with orderly stops (--stops) exactly', async () => {
+    const a = await runSeed({ seed: 1, factory: realNode, stops: true });
+    const b = await runSeed({ seed: 1, factory: realNode, stops: true });
+    expect(a.ok, a.ok ? '' : describeFailure(a)).toBe(true);
+    expect(a.faults['stop'], 'the seed stops a peer').toBeGreaterThan(0);
+    expect(b.hash).toBe(a.hash);
+    expect(b.events).toBe(a.events);
+    expect(a.replay).toContain('--stops');
+  }, HANG_GUARD_MS);
+
   describe('the checkers catch each deliberately broken variant within the CI seed budget', () => {
     for (const name of variantNames().filter((n) => VARIANTS[n].pending === undefined)) {
       it(name, async () => {

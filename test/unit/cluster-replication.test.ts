@@ -74,6 +74,7 @@ function realNode(env: NodeEnv): NodeUnderTest {
     start: async () => {
       await node.start();
     },
+    beginStop: () => node.beginStop(),
     stop: () => node.stop(),
     async open(name, mode): Promise<VolumeIo> {
       const ov = await node.volumes.acquire(name, mode);
@@ -360,11 +361,10 @@ function pattern(seed: number, n: number): Buffer {
   return b;
 }
 
-/** An orderly stop (SIGTERM): the node flushes and lets go, then its process ends. */
+/** An orderly stop (SIGTERM): the node flushes and lets go, then its process ends (SimCluster.stop). */
 async function stopPeer(c: SimCluster, p: SimPeer): Promise<void> {
-  await c.inside(p.process!, () => p.node!.stop());
-  p.process!.kill();
-  p.started = false;
+  c.beginStop(p);
+  expect(await c.stop(p, 30_000)).toBe('stopped');
 }
 
 async function startAll(c: SimCluster, peers: SimPeer[]): Promise<void> {
@@ -1002,6 +1002,52 @@ describe('replication on a simulated cluster', () => {
     // (1.5 s), which would see b registered again, has not come yet.
     await runFor(c, SIM_TIMING.probeIntervalMs + 100);
     for (const i of onlyOnB) expect((await until(c, fresh.read(i * BLOCK, BLOCK))).equals(pattern(2, VOLUME_BLOCKS * BLOCK).subarray(i * BLOCK, (i + 1) * BLOCK)), `block ${i}`).toBe(true);
+  });
+
+  // The simulation's orderly stop (--stops) against what torusd's stop
+  // promises: the volumes it held are let go cleanly (the next writer need
+  // not wait for its lease), its disk keeps every change it holds, and a
+  // stop that cannot finish is cut short by SIGKILL at the grace period.
+  it('an orderly stop releases its volume at once and keeps every change its disk holds, flushed or not', async () => {
+    const c = cluster({ peers: 3, members: 3, replication: 3 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a, b] = c.peers as [SimPeer, SimPeer, SimPeer];
+    const onB = await until(c, c.open(b, 'v', 'rw'));
+    await until(c, onB.write(0, pattern(1, 4 * BLOCK), false));
+    await until(c, onB.close());
+    // a writes without a flush: every owner (R=3) holds the change, none durably yet.
+    const onA = await until(c, c.open(a, 'v', 'rw'));
+    await until(c, onA.write(0, pattern(2, BLOCK), false));
+    const ref = blockRef(1, 1, 0);
+    expect(b.store.inspect(ref).durable?.data?.equals(pattern(1, BLOCK)), 'not durable on b yet').toBe(true);
+    c.beginStop(b);
+    expect(await until(c, c.stop(b, 30_000))).toBe('stopped');
+    expect(c.isAlive(b)).toBe(false);
+    // b's disk synced as it stopped: a power loss now takes nothing back.
+    expect(b.store.inspect(ref).durable?.data?.equals(pattern(2, BLOCK))).toBe(true);
+    // a stops with the volume open: its node flushes and lets it go, so d opens it at once.
+    c.beginStop(a);
+    expect(await until(c, c.stop(a, 30_000))).toBe('stopped');
+    const d = c.peers[2]!;
+    const t0 = c.clock.monotonic();
+    const onD = await until(c, c.open(d, 'v', 'rw'));
+    expect(c.clock.monotonic() - t0, 'no wait for the stopped writer\'s lease').toBeLessThan(SIM_TIMING.sessionTtlSeconds * 1000);
+    expect((await until(c, onD.read(0, BLOCK))).equals(pattern(2, BLOCK))).toBe(true);
+  });
+
+  it('an orderly stop that cannot finish is killed at its grace period, as a crash', async () => {
+    const c = cluster({ peers: 3, members: 3, replication: 2 });
+    await until(c, c.bootstrap([{ name: 'v', size: 4 * BLOCK }]));
+    await startAll(c, c.peers);
+    const [a] = c.peers as [SimPeer, SimPeer, SimPeer];
+    c.beginStop(a);
+    // SIGSTOP after the SIGTERM: the stop never gets to run.
+    c.freeze(a);
+    const t0 = c.clock.monotonic();
+    expect(await until(c, c.stop(a, 30_000))).toBe('killed');
+    expect(c.clock.monotonic() - t0).toBe(30_000);
+    expect(c.isAlive(a)).toBe(false);
   });
 
   // A probe of a peer that does not answer used to carry no deadline: a
