@@ -84,6 +84,34 @@ describe('StaleBook: a change skipping a peer while its whole-volume record narr
     expect(await recordOf(md, vol.id)).toMatchObject({ all: false, ranges: [[1, 3], [7, 8]] });
   });
 
+  it('a block cleared while the narrowing is in etcd stays cleared in memory, as etcd ends (seed 1580)', async () => {
+    const { md, vol, lock, book } = await setup();
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    let started!: () => void;
+    const inEtcd = new Promise<void>((r) => (started = r));
+    const narrowInner = md.narrowStale.bind(md);
+    md.narrowStale = async (...args) => {
+      started();
+      await gate;
+      await narrowInner(...args);
+    };
+    // The plan keeps blocks 1 and 7; a learning finds the peer current for 7 while the narrowing is on its way.
+    const narrowed = book.narrow('peer-a', [1, 7], lock.token);
+    await inEtcd;
+    const cleared = book.clear('peer-a', [7], lock.token);
+    open();
+    await Promise.all([narrowed, cleared]);
+    expect(await recordOf(md, vol.id)).toMatchObject({ all: false, ranges: [[1, 2]] });
+    // Memory says what etcd says: a change that leaves the peer out of block 7 now must record it.
+    expect(book.isStale('peer-a', 7)).toBe(false);
+    expect(book.missed('peer-a')).toEqual([1]);
+    const cover = book.coverSkipped(['peer-a'], 7);
+    expect(cover, 'a change leaving the peer out of block 7 waits for its record').not.toBeNull();
+    await cover;
+    expect(await recordOf(md, vol.id)).toMatchObject({ all: false, ranges: [[1, 2], [7, 8]] });
+  });
+
   it('a failed narrowing leaves the whole-volume record, and additions then reach etcd themselves', async () => {
     const { md, vol, lock, book } = await setup();
     // Not the volume's current token: etcd refuses the narrowing.
