@@ -12,6 +12,22 @@ import { staleBookSetup } from '../helpers/stale-book-fixture.js';
  * and in etcd, or the peer is trusted again for a block whose acknowledged
  * change it never got.
  */
+/** Holds each narrowing in etcd until open(): inEtcd resolves when one has reached it; landed runs once it has. */
+function holdNarrowing(md: MemoryMetadata, landed: () => void = () => undefined): { inEtcd: Promise<void>; open: () => void } {
+  let open!: () => void;
+  const gate = new Promise<void>((r) => (open = r));
+  let started!: () => void;
+  const inEtcd = new Promise<void>((r) => (started = r));
+  const inner = md.narrowStale.bind(md);
+  md.narrowStale = async (...args) => {
+    started();
+    await gate;
+    await inner(...args);
+    landed();
+  };
+  return { inEtcd, open };
+}
+
 describe('StaleBook: a change skipping a peer while its whole-volume record narrows', () => {
   const setup = staleBookSetup((f) => f.book.record('peer-a', 'all'));
 
@@ -43,17 +59,7 @@ describe('StaleBook: a change skipping a peer while its whole-volume record narr
     const { md, vol, lock, book } = await setup();
     // The order etcd sees: the narrowing is held open until block 9 has changed.
     const order: string[] = [];
-    let open!: () => void;
-    const gate = new Promise<void>((r) => (open = r));
-    let started!: () => void;
-    const inEtcd = new Promise<void>((r) => (started = r));
-    const narrowInner = md.narrowStale.bind(md);
-    md.narrowStale = async (...args) => {
-      started();
-      await gate;
-      await narrowInner(...args);
-      order.push('narrow');
-    };
+    const { inEtcd, open } = holdNarrowing(md, () => order.push('narrow'));
     const addInner = md.addStale.bind(md);
     md.addStale = async (...args) => {
       order.push(`add ${JSON.stringify(args[2].ranges ?? [])}`);
@@ -86,16 +92,7 @@ describe('StaleBook: a change skipping a peer while its whole-volume record narr
 
   it('a block cleared while the narrowing is in etcd stays cleared in memory, as etcd ends (seed 1580)', async () => {
     const { md, vol, lock, book } = await setup();
-    let open!: () => void;
-    const gate = new Promise<void>((r) => (open = r));
-    let started!: () => void;
-    const inEtcd = new Promise<void>((r) => (started = r));
-    const narrowInner = md.narrowStale.bind(md);
-    md.narrowStale = async (...args) => {
-      started();
-      await gate;
-      await narrowInner(...args);
-    };
+    const { inEtcd, open } = holdNarrowing(md);
     // The plan keeps blocks 1 and 7; a learning finds the peer current for 7 while the narrowing is on its way.
     const narrowed = book.narrow('peer-a', [1, 7], lock.token);
     await inEtcd;
