@@ -550,6 +550,13 @@ export class StaleBook {
     // record there is about to stop being whole.
     const exact = new Set(plan);
     for (const i of e.blocks) exact.add(i);
+    // And the unsure blocks recorded while 'all' was durable: 'all' covered
+    // them, so they never reached etcd on their own (recordUnsure), and
+    // the narrowed record would trust the peer there while memory does
+    // not. They are kept as stale (the narrowing carries no unsure list of
+    // ours), which is stricter: a catch-up copies them (found by
+    // test/pending/stale-book-interleavings.test.ts).
+    for (const i of e.unsure) if (!e.unsureDurable.has(i) && !e.durable.has(i)) exact.add(i);
     // A plan too scattered to list is widened over its smallest gaps: the
     // blocks in them are compared again (cheap when equal), never trusted early.
     const ranges = coarsenRanges(indexesToRanges([...exact]), STALE_RANGES_MAX);

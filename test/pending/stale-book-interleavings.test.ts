@@ -15,14 +15,13 @@ import { staleBookSetup } from '../helpers/stale-book-fixture.js';
  *   should drive the fixture on a manual clock and settle deterministically.
  * - With only record, clear, unsure and cover steps (no narrowing) 150
  *   seeds pass; the failures need narrowings.
- * - One mechanism is understood, in src/replication/stale-book.ts: an
- *   unsure record made while the peer's whole-volume record is durable
- *   (`recordUnsure` returns at once: 'all' covers it) never reaches etcd
- *   on its own, and a narrowing's plan (plan + blocks recorded meanwhile)
- *   does not carry memory's unsure blocks: once it lands, etcd trusts the
- *   peer for a block memory still holds unsure. Carrying those blocks into
- *   the narrowed record (as stale) made the first 17 seeds pass; it is not
- *   in the product yet (not run through the simulation).
+ * - One mechanism was understood and is fixed (src/replication/stale-book.ts,
+ *   applyNarrowNow; a case in test/unit/stale-book-narrow.test.ts): an
+ *   unsure record made while the peer's whole-volume record was durable
+ *   (`recordUnsure` returns at once: 'all' covers it) never reached etcd
+ *   on its own, and a narrowing did not carry memory's unsure blocks:
+ *   once it landed, etcd trusted the peer for a block memory held unsure.
+ *   The narrowed record now keeps them (as stale).
  * - Others remain, among them the property that matters most: a cover of
  *   an owner left out as stale that waits for nothing while etcd does not
  *   name the block (seed 22 or 28 in the runs seen).

@@ -109,6 +109,16 @@ describe('StaleBook: a change skipping a peer while its whole-volume record narr
     expect(await recordOf(md, vol.id)).toMatchObject({ all: false, ranges: [[1, 2], [7, 8]] });
   });
 
+  it('a block recorded unsure under a durable whole-volume record stays named in etcd once the record narrows', async () => {
+    const { md, vol, lock, book } = await setup();
+    // 'all' is durable: the unsure record is covered by it and goes nowhere on its own.
+    await book.recordUnsure('peer-a', [6]);
+    expect(await book.narrow('peer-a', [1], lock.token)).toBe(true);
+    expect(book.isStale('peer-a', 6)).toBe(true);
+    const rec = await recordOf(md, vol.id);
+    expect(rec, 'etcd names block 6 for the peer, as memory does').toMatchObject({ all: false, ranges: [[1, 2], [6, 7]] });
+  });
+
   it('a failed narrowing leaves the whole-volume record, and additions then reach etcd themselves', async () => {
     const { md, vol, lock, book } = await setup();
     // Not the volume's current token: etcd refuses the narrowing.
