@@ -64,7 +64,7 @@ describe('StaleBook under random interleavings of its etcd writes', () => {
 
   it(`keeps memory and etcd agreeing, and a skipped owner recorded before a change is acknowledged (${SEEDS} seeds)`, async () => {
     for (let seed = 1; seed <= SEEDS; seed++) {
-      const { md, vol, lock, book, recordOf } = await setup();
+      const { md, lock, book, recordOf } = await setup();
       const r = new SeededRandom(seed);
       const held: (() => void)[] = [];
       const hold = <A extends unknown[]>(inner: (...a: A) => Promise<void>) => async (...a: A): Promise<void> => {
@@ -153,7 +153,6 @@ describe('StaleBook under random interleavings of its etcd writes', () => {
       }
       if (failures.length > 0 && process.env.SB_DUMP) writeFileSync(process.env.SB_DUMP, log.join("\n"));
       expect(failures, `${failures.join('\n')}\nsteps: ${log.join(', ')}`).toEqual([]);
-      void vol;
     }
   }, 120_000);
 });

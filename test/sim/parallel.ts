@@ -26,6 +26,9 @@ export interface SeedLine {
   readonly faults?: Readonly<Record<string, number>>;
 }
 
+/** What each child is told: the variant, the request count and the modes (run-seed.ts). */
+type ChildOptions = SimModes & { variant?: string | null; ops?: number; stopAtFirstFailure?: boolean };
+
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '../..');
 const VITE_NODE = path.join(ROOT, 'node_modules/vite-node/vite-node.mjs');
@@ -50,7 +53,7 @@ export function crashLine(seed: number, variant: string | null, ops: number | un
  * (reported as a crash with its stderr), never the seeds after it: they
  * run in a new child.
  */
-export async function runSeedsInChildren(seeds: readonly number[], opts: { jobs: number; variant?: string | null; ops?: number; stopAtFirstFailure?: boolean; suspend?: boolean; readers?: boolean; etcdDelays?: boolean; stops?: boolean }): Promise<SeedLine[]> {
+export async function runSeedsInChildren(seeds: readonly number[], opts: ChildOptions & { jobs: number }): Promise<SeedLine[]> {
   const jobs = Math.max(1, Math.min(opts.jobs, seeds.length));
   const parts: number[][] = Array.from({ length: jobs }, () => []);
   seeds.forEach((s, i) => parts[i % jobs]!.push(s));
@@ -58,7 +61,7 @@ export async function runSeedsInChildren(seeds: readonly number[], opts: { jobs:
   return results.flat().sort((a, b) => a.seed - b.seed);
 }
 
-async function runPart(seeds: readonly number[], opts: { variant?: string | null; ops?: number; stopAtFirstFailure?: boolean; suspend?: boolean; readers?: boolean; etcdDelays?: boolean; stops?: boolean }): Promise<SeedLine[]> {
+async function runPart(seeds: readonly number[], opts: ChildOptions): Promise<SeedLine[]> {
   const out: SeedLine[] = [];
   let left = [...seeds];
   // Each round either finishes or costs one seed, so this ends.
@@ -79,7 +82,7 @@ async function runPart(seeds: readonly number[], opts: { variant?: string | null
   return out;
 }
 
-function runChild(seeds: readonly number[], opts: { variant?: string | null; ops?: number; stopAtFirstFailure?: boolean; suspend?: boolean; readers?: boolean; etcdDelays?: boolean; stops?: boolean }): Promise<{ lines: SeedLine[]; code: number | null; stderr: string }> {
+function runChild(seeds: readonly number[], opts: ChildOptions): Promise<{ lines: SeedLine[]; code: number | null; stderr: string }> {
   const args = [VITE_NODE, path.join(HERE, 'cli.ts'), '--json', '--list', seeds.join(',')];
   if (opts.variant) args.push('--variant', opts.variant);
   if (opts.ops !== undefined) args.push('--ops', String(opts.ops));

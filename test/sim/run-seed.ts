@@ -100,7 +100,7 @@ export interface SeedResult {
   readonly timing: { readonly workloadCpuMs: number; readonly settleCpuMs: number; readonly workloadSimMs: number; readonly settleSimMs: number };
 }
 
-export interface RunOptions {
+export interface RunOptions extends SimModes {
   readonly seed: number;
   readonly ops?: number;
   readonly factory: NodeFactory;
@@ -111,6 +111,10 @@ export interface RunOptions {
   readonly logLevel?: string;
   /** Wraps each writer's io (variants that act at the client boundary). */
   readonly wrapIo?: (io: VolumeIo) => VolumeIo;
+}
+
+/** The modes a seed runs in beyond its number: each changes the whole run, so a replay names them. */
+export interface SimModes {
   /** Half the lease takeovers pause the old writer as a suspended VM, its clocks stopped too (faults.ts). Default false: SIGSTOP only. */
   readonly suspend?: boolean;
   /** Read-only opens on random peers read while the writers run (readers.ts). Default false. */
@@ -118,14 +122,6 @@ export interface RunOptions {
   /** Every etcd call spends a seeded 0-ETCD_DELAY_MAX_MS on the wire each way, so calls are served and answered out of order. Default false: one microtask. */
   readonly etcdDelays?: boolean;
   /** Half the crashes are orderly stops instead (SIGTERM: the peer's clients answered and let go, its locks and lease released, its disk synced), then a restart (faults.ts). Default false. */
-  readonly stops?: boolean;
-}
-
-/** The modes a seed runs in beyond its number: each changes the whole run, so a replay names them. */
-export interface SimModes {
-  readonly suspend?: boolean;
-  readonly readers?: boolean;
-  readonly etcdDelays?: boolean;
   readonly stops?: boolean;
 }
 

@@ -249,6 +249,7 @@ describe('whole-cluster simulation against the real code', () => {
     expect(failed, `seeds that fail with --etcd-delays:\n${failed.join('\n')}`).toEqual([]);
     expect(lines.filter((l) => l.ops < OPS_DEFAULT).map((l) => l.seed), 'seeds that ran fewer requests than the minimum').toEqual([]);
   }, 30 * 60_000);
+
   it(`passes every one of ${SEEDS} seeds with half the crashes made orderly stops (--stops: clients let go, locks and lease released, then a restart), and ${FIXED_BEYOND_STOPS_READERS_ETCD_DELAYS.length} fixed one past them`, async () => {
     const seeds = Array.from({ length: SEEDS }, (_, i) => i + 1);
     const started = Date.now();
