@@ -3,7 +3,7 @@ import { ExponentialBackoff, handleWhen, noop, retry, type IBackoff, type IPolic
 import { Etcd3, isRecoverableError, Range, type IKeyValue, type IRangeResponse, type Namespace } from 'etcd3';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
-import { addToStale, narrowStaleSet, removeFromStale, staleRecordOf, type BlockRange, type StaleSet } from '../model/ranges.js';
+import { addToStale, narrowStaleSet, newStaleRecord, removeFromStale, staleRecordOf, type BlockRange, type StaleSet } from '../model/ranges.js';
 import type {
   ClusterConfig,
   PeerRecord,
@@ -442,7 +442,7 @@ export class EtcdMetadata implements MetadataService {
       const kv = await this.getKv(key);
       const current = kv === null ? null : decodeStaleRecord(this.k(key), kv.value);
       const next = addToStale(current, { all: add.all === true, ranges, unsure });
-      const record: StaleRecord = { schema: 1, volumeId, peer, all: next.all, ranges: next.ranges, ...(next.unsure ? { unsure: next.unsure } : {}), updatedAt: this.now() };
+      const record = newStaleRecord(volumeId, peer, next, this.now());
       // A deleted volume has no fence key: its records must not come back.
       const res = await this.call(`add stale ${this.k(key)}`, () => {
         const fenced = add.token === undefined ? this.ns.if(fenceKey, 'Version', '>', 0) : this.ns.if(fenceKey, 'Value', '==', String(add.token));
@@ -480,11 +480,11 @@ export class EtcdMetadata implements MetadataService {
       // coordinator fenced off after it read the record changes nothing.
       const res = await this.call(`${what} stale ${this.k(key)}`, () => {
         const ops =
-          current === null || after === current
+          after === current
             ? []
             : after === null
               ? [this.ns.delete().key(key)]
-              : [this.ns.put(key).value(encodeRecord(staleRecordOf(current, after, this.now())))];
+              : [this.ns.put(key).value(encodeRecord(current === null ? newStaleRecord(volumeId, peer, after, this.now()) : staleRecordOf(current, after, this.now())))];
         return this.ns
           .if(fenceKey, 'Value', '==', String(token))
           .and(key, 'Mod', '==', kv?.modRevision ?? 0)

@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { assert } from '../util/assert.js';
 import { TorusError } from '../errors/torus-error.js';
-import { addToStale, narrowStaleSet, removeFromStale, staleRecordOf, type BlockRange, type StaleSet } from '../model/ranges.js';
+import { addToStale, narrowStaleSet, newStaleRecord, removeFromStale, staleRecordOf, type BlockRange, type StaleSet } from '../model/ranges.js';
 import type {
   ClusterConfig,
   PeerRecord,
@@ -681,8 +681,7 @@ export class MemoryMetadata implements MetadataService {
       const current = text === null ? null : decodeStaleRecord(key, text);
       const next = addToStale(current, { all: add.all === true, ranges, unsure });
       if (current !== null && current.all === next.all && sameRanges(current.ranges, next.ranges) && sameRanges(current.unsure ?? [], next.unsure ?? [])) return;
-      const record: StaleRecord = { schema: 1, volumeId, peer, all: next.all, ranges: next.ranges, ...(next.unsure ? { unsure: next.unsure } : {}), updatedAt: this.nowIso() };
-      this.server.commit([{ type: 'put', key, value: encodeRecord(record) }]);
+      this.server.commit([{ type: 'put', key, value: encodeRecord(newStaleRecord(volumeId, peer, next, this.nowIso())) }]);
     });
   }
 
@@ -696,18 +695,19 @@ export class MemoryMetadata implements MetadataService {
     await this.changeStale(volumeId, peer, token, 'narrow', (current) => narrowStaleSet(current, kept));
   }
 
-  /** A fenced change of one stale record: `next` returns the record itself when nothing changes. */
-  private async changeStale(volumeId: number, peer: string, token: number, what: string, next: (current: StaleRecord) => StaleSet | null): Promise<void> {
+  /** A fenced change of one stale record (null: none): `next` returns the record itself when nothing changes. */
+  private async changeStale(volumeId: number, peer: string, token: number, what: string, next: (current: StaleRecord | null) => StaleSet | null): Promise<void> {
     await this.op(`${what} stale ${volumeId}/${peer}`, () => {
       const fence = this.fenceOf(volumeId);
       if (fence !== token) throw volumeFencedError(volumeId, token, fence);
       const key = staleKey(volumeId, peer);
       const text = this.getJson(key);
-      if (text === null) return;
-      const current = decodeStaleRecord(key, text);
+      const current = text === null ? null : decodeStaleRecord(key, text);
       const after = next(current);
+      if (after === current) return;
       if (after === null) this.server.commit([{ type: 'delete', key }]);
-      else if (after !== current) this.server.commit([{ type: 'put', key, value: encodeRecord(staleRecordOf(current, after, this.nowIso())) }]);
+      else if (current === null) this.server.commit([{ type: 'put', key, value: encodeRecord(newStaleRecord(volumeId, peer, after, this.nowIso())) }]);
+      else this.server.commit([{ type: 'put', key, value: encodeRecord(staleRecordOf(current, after, this.nowIso())) }]);
     });
   }
 

@@ -82,10 +82,12 @@ export interface MetadataService {
   /**
    * Narrows a peer's stale record to `keep`: every block outside it has
    * caught up (a catch-up plan compared the peer's copies with the trusted
-   * owners'). A whole-volume record becomes `keep`; a listed one keeps only
-   * what is also in `keep`; the record goes when nothing is left; a `keep`
-   * of more than STALE_RANGES_MAX ranges changes nothing. Fenced like
-   * removeStale: only while `token` is the volume's newest fencing token.
+   * owners'). The record's missed blocks become exactly `keep`, whatever
+   * it named before (the whole volume, a list, or nothing: a record is
+   * made), its unsure blocks stay; the record goes when nothing is left; a
+   * `keep` of more than STALE_RANGES_MAX ranges changes nothing. Fenced
+   * like removeStale: only while `token` is the volume's newest fencing
+   * token. (model/ranges.ts, narrowStaleSet, says why it replaces.)
    */
   narrowStale(volumeId: number, peer: string, keep: readonly (readonly [number, number])[], token: number): Promise<void>;
 

@@ -1,4 +1,5 @@
 import { TorusError } from '../errors/torus-error.js';
+import type { StaleRecord } from './records.js';
 
 /**
  * Sets of block indexes as lists of [start, end) ranges. Pure maths for
@@ -210,19 +211,31 @@ export function removeFromStale(current: StaleSet | null, remove: readonly Block
 
 /**
  * A stale set after a catch-up plan showed that only the blocks in `keep`
- * may still be behind (src/replication/catch-up-plan.ts). A whole-volume
- * set becomes `keep`; a listed set keeps only what is also in `keep`;
- * unsure blocks stay (only a coordinator's comparison resolves them). Null
- * when nothing is left. A `keep` too fragmented to list leaves the set as
- * it is (still the safe side).
+ * may still be behind (src/replication/catch-up-plan.ts): its missed
+ * blocks become exactly `keep`, whatever the set named before (the whole
+ * volume, a list, or nothing: there was no record); unsure blocks stay
+ * (only a coordinator's comparison resolves them). Null when nothing is
+ * left. A `keep` too fragmented to list leaves the set as it is (still
+ * the safe side).
+ *
+ * Replacing, not intersecting: the coordinator's memory names exactly
+ * `keep` once the narrowing lands, so etcd must too. A record that named
+ * less by then (an earlier narrowing or clear applied whose answer was
+ * lost, so memory still held the whole volume) kept only the overlap,
+ * and etcd trusted the peer for blocks its coordinator still held stale
+ * (found by test/pending/stale-book-interleavings.test.ts). Naming more
+ * is the safe side: those blocks are compared again.
  */
 export function narrowStaleSet(current: StaleSet | null, keep: readonly BlockRange[], rangesMax = STALE_RANGES_MAX): StaleSet | null {
-  if (current === null) return null;
   const kept = normalizeRanges(keep);
   if (kept.length > rangesMax) return current;
-  const ranges = current.all ? kept : intersectRanges(current.ranges, kept);
-  const unsure = current.unsure ?? [];
-  return ranges.length === 0 && unsure.length === 0 ? null : withUnsure(false, ranges, unsure);
+  const unsure = current?.unsure ?? [];
+  return kept.length === 0 && unsure.length === 0 ? null : withUnsure(false, kept, unsure);
+}
+
+/** The record of a peer that had none, holding `set`. */
+export function newStaleRecord(volumeId: number, peer: string, set: StaleSet, updatedAt: string): StaleRecord {
+  return { schema: 1, volumeId, peer, all: set.all, ranges: set.ranges, ...(set.unsure && set.unsure.length > 0 ? { unsure: set.unsure } : {}), updatedAt };
 }
 
 /** The record that holds `set` in place of `current` (an empty unsure list is left out). */

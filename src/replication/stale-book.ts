@@ -381,7 +381,11 @@ export class StaleBook {
     const undo: Undo = { all: false, blocks: [], unsure: [] };
     if (e !== undefined) {
       for (const i of blocks) {
-        if (e.blocks.has(i)) undo.blocks.push(i);
+        // Under a whole-volume record too: a narrowing that lands before
+        // this removal leaves the block out of memory (stillHeld), and if
+        // the removal then fails etcd still names it (found by
+        // test/unit/stale-book-interleavings.test.ts).
+        if (e.blocks.has(i) || e.all) undo.blocks.push(i);
         if (e.unsure.has(i)) undo.unsure.push(i);
         e.blocks.delete(i);
         e.durable.delete(i);
@@ -550,13 +554,15 @@ export class StaleBook {
     // record there is about to stop being whole.
     const exact = new Set(plan);
     for (const i of e.blocks) exact.add(i);
-    // And the unsure blocks recorded while 'all' was durable: 'all' covered
-    // them, so they never reached etcd on their own (recordUnsure), and
-    // the narrowed record would trust the peer there while memory does
-    // not. They are kept as stale (the narrowing carries no unsure list of
-    // ours), which is stricter: a catch-up copies them (found by
-    // test/pending/stale-book-interleavings.test.ts).
-    for (const i of e.unsure) if (!e.unsureDurable.has(i) && !e.durable.has(i)) exact.add(i);
+    // And every unsure block, as stale (the narrowing carries no unsure
+    // list of ours; stricter: a catch-up copies them). One recorded while
+    // 'all' was durable never reached etcd on its own (recordUnsure), and
+    // one whose addition landed while etcd held 'all' was absorbed by it
+    // there (addToStale) though memory took it for durable: either way
+    // etcd's unsure list lacks it, and the narrowed record would trust the
+    // peer where memory does not (both found by
+    // test/unit/stale-book-interleavings.test.ts).
+    for (const i of e.unsure) exact.add(i);
     // A plan too scattered to list is widened over its smallest gaps: the
     // blocks in them are compared again (cheap when equal), never trusted early.
     const ranges = coarsenRanges(indexesToRanges([...exact]), STALE_RANGES_MAX);

@@ -30,6 +30,11 @@ export class ManualClock implements Clock {
     return { cancel: () => void (t.live = false) };
   }
 
+  /** Timers not yet run or cancelled. */
+  pending(): number {
+    return this.timers.filter((t) => t.live).length;
+  }
+
   /** Moves time forward by `ms`, running every timer that falls due on the way. */
   async advance(ms: number): Promise<void> {
     const end = this.monoMs + ms;
@@ -1066,7 +1071,7 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       await expectCode(md.addStale(vol.id, 'peer-b', { unsure: [[3, 2]] }), 'TORUS_ERR_ARG_INVALID');
     });
 
-    it('a whole-volume stale record narrows to the blocks still behind, only under the newest token', async () => {
+    it('a stale record narrows to exactly the blocks still behind, only under the newest token', async () => {
       const { vol, old, lock } = await fencedOffAndCurrent();
       await md.addStale(vol.id, 'peer-a', { all: true });
       await md.addStale(vol.id, 'peer-b', { ranges: [[0, 10], [20, 30]] });
@@ -1074,14 +1079,18 @@ export function metadataContract(name: string, harness: () => MetadataHarness): 
       expect((await md.getStale(vol.id)).find((r) => r.peer === 'peer-a')).toMatchObject({ all: true, ranges: [] });
       await md.narrowStale(vol.id, 'peer-a', [[7, 9], [3, 4]], lock.token);
       expect((await md.getStale(vol.id)).find((r) => r.peer === 'peer-a')).toMatchObject({ all: false, ranges: [[3, 4], [7, 9]] });
-      // A listed record keeps only what is in both.
+      // A listed record is replaced too: what the coordinator keeps, no more, no less.
       await md.narrowStale(vol.id, 'peer-b', [[5, 25]], lock.token);
-      expect((await md.getStale(vol.id)).find((r) => r.peer === 'peer-b')!.ranges).toEqual([[5, 10], [20, 25]]);
-      // Nothing kept: the record goes; no record: nothing changes, fencing still checked.
+      expect((await md.getStale(vol.id)).find((r) => r.peer === 'peer-b')!.ranges).toEqual([[5, 25]]);
+      // Nothing kept: the record goes; no record: one is made, fencing still checked.
+      await md.narrowStale(vol.id, 'peer-a', [], lock.token);
+      expect((await md.getStale(vol.id)).map((r) => r.peer)).toEqual(['peer-b']);
       await md.narrowStale(vol.id, 'peer-a', [], lock.token);
       expect((await md.getStale(vol.id)).map((r) => r.peer)).toEqual(['peer-b']);
       await md.narrowStale(vol.id, 'peer-a', [[0, 1]], lock.token);
-      expect((await md.getStale(vol.id)).map((r) => r.peer)).toEqual(['peer-b']);
+      expect((await md.getStale(vol.id)).find((r) => r.peer === 'peer-a')).toMatchObject({ all: false, ranges: [[0, 1]] });
+      await expectCode(md.narrowStale(vol.id, 'peer-c', [[0, 1]], old.token), 'TORUS_ERR_VOLUME_FENCED');
+      expect((await md.getStale(vol.id)).map((r) => r.peer).sort()).toEqual(['peer-a', 'peer-b']);
       await expectCode(md.narrowStale(vol.id, 'peer-a', [], old.token), 'TORUS_ERR_VOLUME_FENCED');
       await expectCode(md.narrowStale(vol.id, 'peer-a', [[2, 1]], lock.token), 'TORUS_ERR_ARG_INVALID');
     });
