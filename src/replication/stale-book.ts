@@ -190,13 +190,18 @@ export class StaleBook {
   /**
    * What memory records for the peer and block that etcd does not hold yet
    * (an addition queued, or one that failed): the whole volume, the block,
-   * the block as unsure, or null. A narrowing in flight is not a missing
-   * record.
+   * the block as unsure, or null. While a narrowing is in flight, a block
+   * memory names only through the whole-volume record is one etcd may not
+   * hold: an earlier narrowing may have been applied with its answer lost,
+   * leaving etcd a plan without the block (found by
+   * test/unit/stale-book-interleavings.test.ts). It is recorded on its own,
+   * queued behind the narrowing, which then keeps it.
    */
   undurable(peer: string, index: number): 'all' | 'stale' | 'unsure' | null {
     const e = this.peers.get(peer);
     if (e === undefined || e.allDurable) return null;
     if (e.all && e.narrowing === 0) return 'all';
+    if (e.all && !e.durable.has(index)) return 'stale';
     if (e.blocks.has(index) && !e.durable.has(index)) return 'stale';
     if (e.unsure.has(index) && !e.unsureDurable.has(index) && !e.durable.has(index)) return 'unsure';
     return null;
@@ -214,15 +219,15 @@ export class StaleBook {
    * For a change about to be acknowledged: what etcd must hold first for
    * the owners it skipped as stale, or null when it holds it already (the
    * usual case: a record durable, or no record at all). ensureDurable's
-   * cases, and one more: a peer whose whole-volume record is being narrowed
-   * gets the block recorded on its own. The narrowing's plan was made
-   * without this change, so once it lands in etcd and in memory the peer
-   * would be trusted again for a block whose acknowledged change it never
-   * got; the addition queues behind the narrowing and lands after it. And
-   * if a narrowing planned without this change has landed already (the
-   * change was in flight while it did), memory no longer names the block
-   * for the peer at all: it gets the block recorded on its own too (seed
-   * 60697). `peers` are only the owners the change left out as stale.
+   * cases, among them a peer whose whole-volume record is being narrowed:
+   * the block is recorded on its own, since the narrowing's plan was made
+   * without this change, and once it landed the peer would be trusted again
+   * for a block whose acknowledged change it never got (the addition queues
+   * behind the narrowing and lands after it). And one more: if a narrowing
+   * planned without this change has landed already (the change was in
+   * flight while it did), memory no longer names the block for the peer at
+   * all: it gets the block recorded on its own too (seed 60697). `peers`
+   * are only the owners the change left out as stale.
    */
   coverSkipped(peers: readonly string[], index: number): Promise<void> | null {
     return this.peers.size === 0 ? null : this.waitForRecords(peers, index, true);
@@ -235,9 +240,7 @@ export class StaleBook {
       const e = this.peers.get(u);
       if (e === undefined) continue;
       let wait: Promise<void> | null = null;
-      if (narrowingToo && e.all && e.narrowing > 0) {
-        if (!e.durable.has(index)) wait = this.record(u, [index]);
-      } else if (narrowingToo && !this.isStale(u, index)) {
+      if (narrowingToo && !this.isStale(u, index)) {
         wait = this.record(u, [index]);
       } else {
         const what = this.undurable(u, index);

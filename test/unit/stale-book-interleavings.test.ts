@@ -49,7 +49,7 @@ const INJECTED = 'injected etcd fault';
 type Outcome = 'land' | 'fail' | 'lose';
 
 type Step =
-  | { kind: 'record' | 'unsure' | 'clear' | 'plan'; peer: number; block: number }
+  | { kind: 'record' | 'unsure' | 'clear' | 'plan' | 'ensure'; peer: number; block: number }
   | { kind: 'narrow'; peer: number; keep: number[] }
   | { kind: 'cover'; pick: number }
   | { kind: 'land' | 'fail' | 'lose' }
@@ -76,7 +76,8 @@ function stepsOf(seed: number): { alls: boolean[]; steps: Step[] } {
     else if (pick < 82) steps.push({ kind: 'pass', peer });
     else if (pick < 84) steps.push({ kind: 'clear-all', peer });
     else if (pick < 85) steps.push({ kind: 'settle-all' });
-    else if (!FAULTS || pick < 94) steps.push({ kind: 'land' });
+    else if (pick < 87) steps.push({ kind: 'ensure', peer, block });
+    else if (!FAULTS || pick < 95) steps.push({ kind: 'land' });
     else if (pick < 97) steps.push({ kind: 'fail' });
     else steps.push({ kind: 'lose' });
   }
@@ -161,6 +162,13 @@ async function run(alls: readonly boolean[], steps: readonly Step[]): Promise<{ 
         const cover = book.coverSkipped([peer], block);
         if (cover === null) await covered(peer, block, `#${k} cover of ${peer} ${block} waited for nothing`);
         else quiet(cover.then(() => covered(peer, block, `#${k} cover of ${peer} ${block} resolved`)));
+      } else if (s.kind === 'ensure') {
+        // What a learning does before it returns a copy: the records memory
+        // holds for the block reach etcd first.
+        const peer = PEERS[s.peer]!;
+        if (!book.isStale(peer, s.block)) continue;
+        log.push(`#${k} ensure ${peer} ${s.block}`);
+        quiet(book.ensureDurable([peer], s.block).then(() => covered(peer, s.block, `#${k} ensure of ${peer} ${s.block} resolved`)));
       } else if (s.kind === 'refresh') {
         log.push(`#${k} refresh`);
         quiet(book.refresh());
@@ -243,7 +251,7 @@ async function shrink(alls: readonly boolean[], steps: readonly Step[]): Promise
 /**
  * Stories found by this test (shrunk), each a bug that was fixed: written
  * out so that each keeps failing on its own should the bug come back.
- * Steps: `record|unsure|clear|plan <peer> <block>`, `narrow <peer>
+ * Steps: `record|unsure|clear|plan|ensure <peer> <block>`, `narrow <peer>
  * <blocks,...|->`, `cover <pick>`, `pass|clear-all <peer>`, `land`, `fail`,
  * `lose`, `tick`, `refresh`, `settle-all`; peers are a and b.
  */
@@ -278,6 +286,11 @@ const STORIES: { name: string; alls: [boolean, boolean]; steps: string }[] = [
     alls: [true, true],
     steps: 'plan a 1; narrow a 0,3,6,7; cover 0; tick; narrow a 0,1,3; narrow b 2,4,5,6,11; land; clear b 6; land; land; fail',
   },
+  {
+    name: 'a learning while a narrowing is in flight, after one applied whose answer was lost, records the block on its own',
+    alls: [false, true],
+    steps: 'narrow b 4,6,8; tick; lose; narrow b 2,6,7,8; ensure b 9',
+  },
 ];
 
 function parseStory(text: string): Step[] {
@@ -293,6 +306,7 @@ function parseStory(text: string): Step[] {
       case 'unsure':
       case 'clear':
       case 'plan':
+      case 'ensure':
         return { kind, peer: peerOf(a), block: Number(b) };
       case 'narrow':
         return { kind, peer: peerOf(a), keep: b === '-' ? [] : (b ?? '').split(',').map(Number) };
