@@ -13,7 +13,8 @@ import { staleBookFixture } from '../helpers/stale-book-fixture.js';
  * etcd write is held until a step lets it land, fail (not applied) or
  * lose its answer (applied, the caller told it failed), and the book's
  * queue starts only when a step moves the manual clock, so records,
- * unsure records, clears, narrowings, refreshes, whole-volume clears and
+ * unsure records, clears, narrowings, refreshes, whole-volume clears,
+ * learnings (ensureDurable), readers' records made straight in etcd and
  * covers of skipped owners meet in every order a seed draws. A
  * whole-volume record is made only at the start, as a coordinator makes
  * one only as it opens the volume. Checked:
@@ -49,7 +50,7 @@ const INJECTED = 'injected etcd fault';
 type Outcome = 'land' | 'fail' | 'lose';
 
 type Step =
-  | { kind: 'record' | 'unsure' | 'clear' | 'plan' | 'ensure'; peer: number; block: number }
+  | { kind: 'record' | 'unsure' | 'clear' | 'plan' | 'ensure' | 'foreign'; peer: number; block: number }
   | { kind: 'narrow'; peer: number; keep: number[] }
   | { kind: 'cover'; pick: number }
   | { kind: 'land' | 'fail' | 'lose' }
@@ -77,6 +78,7 @@ function stepsOf(seed: number): { alls: boolean[]; steps: Step[] } {
     else if (pick < 84) steps.push({ kind: 'clear-all', peer });
     else if (pick < 85) steps.push({ kind: 'settle-all' });
     else if (pick < 87) steps.push({ kind: 'ensure', peer, block });
+    else if (pick < 88) steps.push({ kind: 'foreign', peer, block });
     else if (!FAULTS || pick < 95) steps.push({ kind: 'land' });
     else if (pick < 97) steps.push({ kind: 'fail' });
     else steps.push({ kind: 'lose' });
@@ -93,7 +95,7 @@ function names(r: StaleRecord | null, i: number): boolean {
 /** Runs one list of steps; returns what went wrong and what happened. */
 async function run(alls: readonly boolean[], steps: readonly Step[]): Promise<{ failures: string[]; log: string[] }> {
   const clock = new ManualClock();
-  const { md, lock, book, recordOf, close } = await staleBookFixture(clock);
+  const { md, vol, lock, book, recordOf, close } = await staleBookFixture(clock);
   const held: ((outcome: Outcome) => void)[] = [];
   const hold = <A extends unknown[]>(inner: (...a: A) => Promise<void>) => async (...a: A): Promise<void> => {
     const outcome = await new Promise<Outcome>((res) => held.push(res));
@@ -101,7 +103,8 @@ async function run(alls: readonly boolean[], steps: readonly Step[]): Promise<{ 
     await inner(...a);
     if (outcome === 'lose') throw new Error(`${INJECTED}: applied, answer lost`);
   };
-  md.addStale = hold(md.addStale.bind(md));
+  const addStale = md.addStale.bind(md);
+  md.addStale = hold(addStale);
   md.removeStale = hold(md.removeStale.bind(md));
   md.narrowStale = hold(md.narrowStale.bind(md));
   // Nothing waits on a real timer: every promise chain settles before the
@@ -169,6 +172,11 @@ async function run(alls: readonly boolean[], steps: readonly Step[]): Promise<{ 
         if (!book.isStale(peer, s.block)) continue;
         log.push(`#${k} ensure ${peer} ${s.block}`);
         quiet(book.ensureDurable([peer], s.block).then(() => covered(peer, s.block, `#${k} ensure of ${peer} ${s.block} resolved`)));
+      } else if (s.kind === 'foreign') {
+        // A reader's record (recordLacking, no token), straight to etcd:
+        // the coordinator learns of it at its next refresh.
+        log.push(`#${k} foreign ${PEERS[s.peer]} ${s.block}`);
+        quiet(addStale(vol.id, PEERS[s.peer]!, { ranges: [[s.block, s.block + 1]] }));
       } else if (s.kind === 'refresh') {
         log.push(`#${k} refresh`);
         quiet(book.refresh());
@@ -205,6 +213,9 @@ async function run(alls: readonly boolean[], steps: readonly Step[]): Promise<{ 
       }
       if (outstanding > 0) failures.push('book calls still unsettled');
     };
+    await landAll();
+    // Records others made reach memory through a refresh.
+    quiet(book.refresh());
     await landAll();
     // At rest, memory never trusts a peer etcd names, and names nothing
     // etcd does not unless a write failed and memory knows that record is
@@ -251,7 +262,7 @@ async function shrink(alls: readonly boolean[], steps: readonly Step[]): Promise
 /**
  * Stories found by this test (shrunk), each a bug that was fixed: written
  * out so that each keeps failing on its own should the bug come back.
- * Steps: `record|unsure|clear|plan|ensure <peer> <block>`, `narrow <peer>
+ * Steps: `record|unsure|clear|plan|ensure|foreign <peer> <block>`, `narrow <peer>
  * <blocks,...|->`, `cover <pick>`, `pass|clear-all <peer>`, `land`, `fail`,
  * `lose`, `tick`, `refresh`, `settle-all`; peers are a and b.
  */
@@ -307,6 +318,7 @@ function parseStory(text: string): Step[] {
       case 'clear':
       case 'plan':
       case 'ensure':
+      case 'foreign':
         return { kind, peer: peerOf(a), block: Number(b) };
       case 'narrow':
         return { kind, peer: peerOf(a), keep: b === '-' ? [] : (b ?? '').split(',').map(Number) };
