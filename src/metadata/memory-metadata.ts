@@ -95,6 +95,22 @@ import {
  */
 export type MemoryFault = 'none' | 'unavailable' | 'hang' | 'lose-replies';
 
+/**
+ * Calls that go wrong one at a time while the link is otherwise up (a
+ * flaky network, an overloaded etcd): each call, drawn on its own, fails
+ * before etcd applies it, or is applied and its answer lost (the caller
+ * sees a timeout), or goes through. Watches are not touched.
+ */
+export interface MemoryFlakiness {
+  readonly random: Random;
+  /** Percent of calls that fail unapplied: the caller sees TORUS_ERR_ETCD_UNAVAILABLE at once. */
+  readonly failPercent: number;
+  /** Percent of calls applied whose answer is lost: the caller sees a timeout after the call timeout. */
+  readonly losePercent: number;
+  /** Counted here when given: calls failed, answers lost. */
+  readonly counts?: { failed: number; lost: number };
+}
+
 export interface MemoryMetadataOptions {
   /** Drives lease expiry, keepalives, call timeouts and watch delivery; tests and simulations pass a virtual clock. */
   readonly clock?: Clock;
@@ -147,6 +163,7 @@ export class MemoryMetadata implements MetadataService {
   private readonly sessions = new Set<MemorySession>();
   private readonly watches = new Set<Stoppable>();
   private fault: MemoryFault = 'none';
+  private flaky: MemoryFlakiness | null = null;
   private closed = false;
 
   constructor(opts: MemoryMetadataOptions = {}) {
@@ -171,6 +188,11 @@ export class MemoryMetadata implements MetadataService {
         if (this.fault === 'none' && !this.closed) for (const w of [...this.watches]) w.resume();
       }, 0);
     }
+  }
+
+  /** While the link is up (fault 'none'), calls fail or lose their answers one at a time; null: never. */
+  setFlaky(flaky: MemoryFlakiness | null): void {
+    this.flaky = flaky;
   }
 
   /** setFault('unavailable') or setFault('none'). */
@@ -229,6 +251,21 @@ export class MemoryMetadata implements MetadataService {
     this.assertOpen(op);
     switch (fault) {
       case 'none': {
+        const flaky = this.flaky === null ? null : this.drawFlaky(this.flaky);
+        if (flaky === 'fail') throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd at ${ENDPOINT} did not take ${op}: simulated flaky link`, { details: { endpoints: ENDPOINT, op } });
+        if (flaky === 'lose') {
+          if (this.delays !== null) {
+            await this.sleep(this.delays.random.next() * this.delays.maxMs);
+            this.assertOpen(op);
+          }
+          try {
+            body();
+          } catch {
+            // The answer is lost either way.
+          }
+          await this.sleep(this.callTimeoutMs);
+          throw this.timedOut(op);
+        }
         if (this.delays === null) return body();
         await this.sleep(this.delays.random.next() * this.delays.maxMs);
         this.assertOpen(op);
@@ -250,6 +287,14 @@ export class MemoryMetadata implements MetadataService {
         await timeout;
         throw this.timedOut(op);
     }
+  }
+
+  private drawFlaky(f: MemoryFlakiness): 'fail' | 'lose' | null {
+    const x = f.random.int(100);
+    const fate = x < f.failPercent ? 'fail' : x < f.failPercent + f.losePercent ? 'lose' : null;
+    if (f.counts !== undefined && fate === 'fail') f.counts.failed++;
+    if (f.counts !== undefined && fate === 'lose') f.counts.lost++;
+    return fate;
   }
 
   private getJson(key: string): string | null {

@@ -1,7 +1,7 @@
 /**
  * npm run sim -- [--seeds N] [--from S] [--seed S] [--ops N] [--variant NAME]
  *                [--jobs N] [--verbose] [--log LEVEL] [--suspend] [--readers] [--etcd-delays]
- *                [--stops]
+ *                [--stops] [--etcd-flaky]
  *
  * Runs seeds of the whole-cluster simulation and prints one line per
  * failing seed with its replay command; exits 1 if any failed. --seed S
@@ -15,7 +15,9 @@
  * call a few seeded ms on the wire each way, so calls are served and
  * answered out of order, as by a real etcd. --stops makes half the
  * crashes orderly stops (SIGTERM: clients answered and let go, locks and
- * the lease released) followed by a restart.
+ * the lease released) followed by a restart. --etcd-flaky makes half the
+ * etcd outages and peer cuts flaky windows: each call fails unapplied or
+ * is applied with its answer lost, one in ten each.
  *
  * For the test suite (parallel.ts): --json prints one JSON line per seed,
  * --list S1,S2,... names the seeds, --stop-at-first-failure ends early.
@@ -41,10 +43,11 @@ interface Args {
   readers: boolean;
   etcdDelays: boolean;
   stops: boolean;
+  etcdFlaky: boolean;
 }
 
 function parse(argv: readonly string[]): Args {
-  const a: Args = { seeds: 20, from: 1, seed: null, list: null, ops: OPS_DEFAULT, variant: null, jobs: 1, verbose: false, log: undefined, json: false, stopAtFirstFailure: false, suspend: false, readers: false, etcdDelays: false, stops: false };
+  const a: Args = { seeds: 20, from: 1, seed: null, list: null, ops: OPS_DEFAULT, variant: null, jobs: 1, verbose: false, log: undefined, json: false, stopAtFirstFailure: false, suspend: false, readers: false, etcdDelays: false, stops: false, etcdFlaky: false };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const v = (): string => {
@@ -103,6 +106,9 @@ function parse(argv: readonly string[]): Args {
       case '--stops':
         a.stops = true;
         break;
+      case '--etcd-flaky':
+        a.etcdFlaky = true;
+        break;
       case '--stop-at-first-failure':
         a.stopAtFirstFailure = true;
         break;
@@ -124,7 +130,7 @@ async function main(): Promise<number> {
   const seeds = args.seed !== null ? [args.seed] : (args.list ?? Array.from({ length: args.seeds }, (_, i) => args.from + i));
   const started = performance.now();
   if (args.jobs > 1 && args.seed === null) {
-    const lines = await runSeedsInChildren(seeds, { jobs: args.jobs, variant: args.variant, ops: args.ops, suspend: args.suspend, readers: args.readers, etcdDelays: args.etcdDelays, stops: args.stops });
+    const lines = await runSeedsInChildren(seeds, { jobs: args.jobs, variant: args.variant, ops: args.ops, suspend: args.suspend, readers: args.readers, etcdDelays: args.etcdDelays, stops: args.stops, etcdFlaky: args.etcdFlaky });
     const failed = lines.filter((l) => !l.ok);
     for (const l of failed) process.stdout.write(`${l.report}\n`);
     summary(seeds.length, failed.length, args.variant, started);
@@ -146,6 +152,7 @@ async function main(): Promise<number> {
         readers: args.readers,
         etcdDelays: args.etcdDelays,
         stops: args.stops,
+        etcdFlaky: args.etcdFlaky,
         ...(args.log ? { logLevel: args.log } : {}),
       });
     } catch (err) {

@@ -1,4 +1,4 @@
-import type { MemoryFault } from '../../src/metadata/memory-metadata.js';
+import type { MemoryFault, MemoryFlakiness } from '../../src/metadata/memory-metadata.js';
 import type { BlockRef } from '../../src/model/block-ref.js';
 import { ownersOf } from '../../src/replication/owners.js';
 import { PAGE_BYTES } from '../../src/store/block-file.js';
@@ -72,6 +72,9 @@ const EXTRA: readonly [FaultKind, number][] = [
  * Kubernetes does after its default grace period (30 s).
  */
 const STOP_GRACE_MS = 30_000;
+/** --etcd-flaky: the share of a flaky window's etcd calls that fail unapplied, and that are applied with their answer lost. */
+const FLAKY_FAIL_PERCENT = 10;
+const FLAKY_LOSE_PERCENT = 10;
 
 /** A flaky network while a ring change moves blocks, ms [min, max]. */
 const MOVE_MESSAGE_FAULT_MS: readonly [number, number] = [3_000, 8_000];
@@ -148,6 +151,14 @@ export interface FaultInjectorOptions {
    * suspendRandom. Null: crashes only.
    */
   readonly stopsRandom: Random | null;
+  /**
+   * With --etcd-flaky: picks which etcd outages and peer cuts are flaky
+   * windows instead (half of them: every call fails unapplied or loses its
+   * answer, FLAKY_FAIL_PERCENT and FLAKY_LOSE_PERCENT of them, the rest go
+   * through), and draws each call's fate. A stream of its own, as
+   * suspendRandom. Null: outages and cuts only.
+   */
+  readonly flakyRandom: Random | null;
   /** A stop that did not finish within its grace period though nothing else was wrong. */
   readonly fail: (v: Violation) => void;
   readonly timing: SimTiming;
@@ -172,8 +183,17 @@ export class FaultInjector implements QuietState {
   /** Peers whose store is held full now (full-store). */
   private readonly full = new Set<SimPeer>();
   private readonly restores: (() => void)[] = [];
-  /** What each kind did, for the seed's report ('stop': crashes made orderly stops, with --stops). */
-  readonly done = new Map<FaultKind | 'stop', number>();
+  /** What each kind did, for the seed's report ('stop': crashes made orderly stops, with --stops; 'flaky': outages and cuts made flaky windows, with --etcd-flaky). */
+  readonly done = new Map<FaultKind | 'stop' | 'flaky', number>();
+  /** Calls of flaky windows that failed unapplied, and that were applied with their answer lost. */
+  private readonly flakyCounts = { failed: 0, lost: 0 };
+
+  /** For the seed's report: what each kind did, and the calls flaky windows failed or answered into the void. */
+  report(): Record<string, number> {
+    const out: Record<string, number> = Object.fromEntries(this.done);
+    if (this.done.has('flaky')) Object.assign(out, { flakyCallsFailed: this.flakyCounts.failed, flakyCallsLost: this.flakyCounts.lost });
+    return out;
+  }
   private readonly cluster: SimCluster;
 
   constructor(
@@ -233,7 +253,7 @@ export class FaultInjector implements QuietState {
       this.pending.splice(at, 1);
       const started = await this.start(f);
       if (started !== false) {
-        const kind = started === 'stop' ? 'stop' : f.kind;
+        const kind = started === 'stop' || started === 'flaky' ? started : f.kind;
         this.done.set(kind, (this.done.get(kind) ?? 0) + 1);
         continue;
       }
@@ -274,8 +294,8 @@ export class FaultInjector implements QuietState {
 
   // ------------------------------------------------------------ applying
 
-  /** Whether the fault started ('stop': a crash made an orderly stop). */
-  private async start(f: PlannedFault & { readonly required: boolean }): Promise<boolean | 'stop'> {
+  /** Whether the fault started ('stop': a crash made an orderly stop; 'flaky': an outage or cut made a flaky window). */
+  private async start(f: PlannedFault & { readonly required: boolean }): Promise<boolean | 'stop' | 'flaky'> {
     const c = this.cluster;
     const r = this.opts.random;
     const log = this.opts.log;
@@ -326,6 +346,16 @@ export class FaultInjector implements QuietState {
       }
       case 'etcd-outage': {
         if ([...this.active.values()].some((a) => a.what.startsWith('etcd-outage'))) return false;
+        const flaky = this.flakiness();
+        if (flaky !== null) {
+          const end = this.begin('etcd-outage flaky', 'cluster');
+          c.setEtcdFlaky(flaky);
+          this.until(f.durationMs, () => {
+            c.setEtcdFlaky(null);
+            end();
+          });
+          return 'flaky';
+        }
         const mode = (['unavailable', 'hang', 'lose-replies'] as const)[r.int(3)]!;
         const end = this.begin(`etcd-outage ${mode}`, 'cluster');
         c.setEtcdFault(mode);
@@ -338,6 +368,16 @@ export class FaultInjector implements QuietState {
       case 'peer-etcd-cut': {
         const p = pick(running);
         if (!p) return false;
+        const flaky = this.flakiness();
+        if (flaky !== null) {
+          const end = this.begin(`peer-etcd-cut ${p.index} flaky`, [p.uuid]);
+          c.setPeerEtcdFlaky(p, flaky);
+          this.until(f.durationMs, () => {
+            c.setPeerEtcdFlaky(p, null);
+            end();
+          });
+          return 'flaky';
+        }
         const mode: MemoryFault = r.int(2) === 0 ? 'unavailable' : 'hang';
         const end = this.begin(`peer-etcd-cut ${p.index} ${mode}`, [p.uuid]);
         c.setPeerEtcdFault(p, mode);
@@ -491,6 +531,13 @@ export class FaultInjector implements QuietState {
    * after `durationMs`. Nothing acknowledged may be lost, so the model is
    * not widened, unless the stop overran its grace period and was killed.
    */
+  /** With --etcd-flaky, half the time: the flakiness of a window (its calls drawn from the mode's stream). */
+  private flakiness(): MemoryFlakiness | null {
+    const r = this.opts.flakyRandom;
+    if (r === null || r.int(2) !== 0) return null;
+    return { random: r, failPercent: FLAKY_FAIL_PERCENT, losePercent: FLAKY_LOSE_PERCENT, counts: this.flakyCounts };
+  }
+
   private orderlyStop(p: SimPeer, durationMs: number): void {
     const c = this.cluster;
     const log = this.opts.log;

@@ -91,6 +91,7 @@ function runChild(seeds: readonly number[], opts: ChildOptions): Promise<{ lines
   if (opts.readers === true) args.push('--readers');
   if (opts.etcdDelays === true) args.push('--etcd-delays');
   if (opts.stops === true) args.push('--stops');
+  if (opts.etcdFlaky === true) args.push('--etcd-flaky');
   return new Promise((resolve) => {
     const child = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     const lines: SeedLine[] = [];

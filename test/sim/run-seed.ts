@@ -56,6 +56,8 @@ const SUSPEND_STREAM = 0x5a5e;
 const READERS_STREAM = 0x4ead;
 /** Mixed into the seed for the stream that picks which crashes are orderly stops (faults.ts). */
 const STOPS_STREAM = 0x5709;
+/** Mixed into the seed for the stream of flaky etcd windows and their calls' fates (faults.ts). */
+const FLAKY_STREAM = 0xf1a4;
 
 /** The cluster shape a seed gets: 3 to 5 peers (one may start outside the ring), R = 2 or 3, 1 to 3 volumes of 32 to 128 blocks, a write level. */
 export function configFor(seed: number, ops = OPS_DEFAULT): SeedConfig {
@@ -123,13 +125,15 @@ export interface SimModes {
   readonly etcdDelays?: boolean;
   /** Half the crashes are orderly stops instead (SIGTERM: the peer's clients answered and let go, its locks and lease released, its disk synced), then a restart (faults.ts). Default false. */
   readonly stops?: boolean;
+  /** Half the etcd outages and peer cuts are flaky windows instead: calls fail unapplied or are applied with their answer lost, one at a time (faults.ts). Default false. */
+  readonly etcdFlaky?: boolean;
 }
 
 /** `--etcd-delays`: the longest time on the wire, each way, of an etcd call (a real etcd answers within a few ms on a LAN). */
 export const ETCD_DELAY_MAX_MS = 4;
 
 export function replayCommand(seed: number, variant: string | null, ops: number, modes: SimModes = {}): string {
-  return `npm run sim -- --seed ${seed}${variant ? ` --variant ${variant}` : ''}${ops !== OPS_DEFAULT ? ` --ops ${ops}` : ''}${modes.suspend === true ? ' --suspend' : ''}${modes.readers === true ? ' --readers' : ''}${modes.etcdDelays === true ? ' --etcd-delays' : ''}${modes.stops === true ? ' --stops' : ''}`;
+  return `npm run sim -- --seed ${seed}${variant ? ` --variant ${variant}` : ''}${ops !== OPS_DEFAULT ? ` --ops ${ops}` : ''}${modes.suspend === true ? ' --suspend' : ''}${modes.readers === true ? ' --readers' : ''}${modes.etcdDelays === true ? ' --etcd-delays' : ''}${modes.stops === true ? ' --stops' : ''}${modes.etcdFlaky === true ? ' --etcd-flaky' : ''}`;
 }
 
 /**
@@ -278,7 +282,7 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
   workload = wl;
   const graceMs = cfg.timing.sessionTtlSeconds * 1000 + cfg.timing.replicaTimeoutMs + cfg.timing.etcdCallTimeoutMs + 5 * cfg.timing.backgroundIntervalMs;
   const faults = new FaultInjector(
-    { cluster, workload: wl, checker, log, random: cluster.fork(), suspendRandom: opts.suspend === true ? new SeededRandom((cfg.seed ^ SUSPEND_STREAM) >>> 0) : null, stopsRandom: opts.stops === true ? new SeededRandom((cfg.seed ^ STOPS_STREAM) >>> 0) : null, fail, timing: cfg.timing, volumeBlocks: (n) => cfg.volumes.find((v) => v.name === n)!.blocks, graceMs },
+    { cluster, workload: wl, checker, log, random: cluster.fork(), suspendRandom: opts.suspend === true ? new SeededRandom((cfg.seed ^ SUSPEND_STREAM) >>> 0) : null, stopsRandom: opts.stops === true ? new SeededRandom((cfg.seed ^ STOPS_STREAM) >>> 0) : null, flakyRandom: opts.etcdFlaky === true ? new SeededRandom((cfg.seed ^ FLAKY_STREAM) >>> 0) : null, fail, timing: cfg.timing, volumeBlocks: (n) => cfg.volumes.find((v) => v.name === n)!.blocks, graceMs },
     planFaults(cluster.fork(), cfg.ops),
   );
   injector = faults;
@@ -336,7 +340,7 @@ async function runSeedInner(opts: RunOptions): Promise<SeedResult> {
     opsIssued: wl.opsIssued,
     simMs: clock.monotonic(),
     events: log.events,
-    faults: Object.fromEntries(faults.done),
+    faults: faults.report(),
     config: cfg,
     tail: log.lastLines(),
     diagnosis,

@@ -3,7 +3,7 @@ import { TorusError } from '../../src/errors/torus-error.js';
 import { KEYS, staleKey } from '../../src/metadata/keys.js';
 import { MemoryEtcd } from '../../src/metadata/memory-etcd.js';
 import { decodeRingRecord, decodeStaleRecord } from '../../src/metadata/record-codec.js';
-import { MemoryMetadata, type MemoryFault } from '../../src/metadata/memory-metadata.js';
+import { MemoryMetadata, type MemoryFault, type MemoryFlakiness } from '../../src/metadata/memory-metadata.js';
 import type { ReplicaApi } from '../../src/model/replica-api.js';
 import type { PeerRecord, RingMember, RingRecord, StaleRecord } from '../../src/model/records.js';
 import { minReplicasDefault, planRingChange } from '../../src/ring/transition.js';
@@ -80,6 +80,7 @@ export class SimCluster {
   private readonly random: SeededRandom;
   private readonly log: Logger;
   private etcdFault: MemoryFault = 'none';
+  private etcdFlaky: MemoryFlakiness | null = null;
 
   constructor(private readonly opts: SimClusterOptions) {
     this.random = new SeededRandom(opts.seed);
@@ -139,6 +140,7 @@ export class SimCluster {
     const clock = this.clock.clockFor(process);
     const metadata = this.metadataClient(clock, true);
     metadata.setFault(this.etcdFault);
+    metadata.setFlaky(this.etcdFlaky);
     peer.process = process;
     peer.metadata = metadata;
     peer.started = false;
@@ -302,6 +304,20 @@ export class SimCluster {
     this.etcdFault = fault;
     for (const p of this.peers) if (p.process?.alive) p.metadata?.setFault(fault);
     this.adminMetadata.setFault(fault);
+  }
+
+  /**
+   * Every peer's etcd calls fail or lose their answers one at a time (or
+   * no longer: null). The operator's and the checkers' client is spared.
+   */
+  setEtcdFlaky(flaky: MemoryFlakiness | null): void {
+    this.etcdFlaky = flaky;
+    for (const p of this.peers) if (p.process?.alive) p.metadata?.setFlaky(flaky);
+  }
+
+  /** One peer's etcd calls flaky (or back to what the others have). */
+  setPeerEtcdFlaky(peer: SimPeer, flaky: MemoryFlakiness | null): void {
+    peer.metadata?.setFlaky(flaky ?? this.etcdFlaky);
   }
 
   /** One peer cut off from etcd (or back). */

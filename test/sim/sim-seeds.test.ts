@@ -263,4 +263,19 @@ describe('whole-cluster simulation against the real code', () => {
     // The mode did what it says: a seed plans about one extra crash in ten faults, half of them stops.
     expect(stops, 'orderly stops across the seeds').toBeGreaterThan(SEEDS / 4);
   }, 30 * 60_000);
+
+  it(`passes every one of ${SEEDS} seeds with half the etcd outages and peer cuts made flaky windows (--etcd-flaky: calls fail unapplied or lose their answer, one at a time)`, async () => {
+    const seeds = Array.from({ length: SEEDS }, (_, i) => i + 1);
+    const started = Date.now();
+    const lines = await runSeedsInChildren(seeds, { jobs: JOBS, etcdFlaky: true });
+    expect(lines.map((l) => l.seed)).toEqual(seeds);
+    const sum = (k: string) => lines.reduce((n, l) => n + (l.faults?.[k] ?? 0), 0);
+    console.log(`${seeds.length} seeds with --etcd-flaky in ${((Date.now() - started) / 1000).toFixed(1)} s on ${JOBS} processes: ${lines.filter((l) => l.ok).length} passed, ${sum('flaky')} flaky windows, ${sum('flakyCallsFailed')} calls failed, ${sum('flakyCallsLost')} answers lost`);
+    const failed = lines.filter((l) => !l.ok).map((l) => l.report);
+    expect(failed, `seeds that fail with --etcd-flaky:\n${failed.join('\n')}`).toEqual([]);
+    expect(lines.filter((l) => l.ops < OPS_DEFAULT).map((l) => l.seed), 'seeds that ran fewer requests than the minimum').toEqual([]);
+    // The mode did what it says: windows happened, and calls in them failed both ways.
+    expect(sum('flaky'), 'flaky windows across the seeds').toBeGreaterThan(SEEDS / 4);
+    expect(sum('flakyCallsLost'), 'answers lost across the seeds').toBeGreaterThan(SEEDS);
+  }, 30 * 60_000);
 });

@@ -94,6 +94,18 @@ describe('whole-cluster simulation', () => {
     expect(a.replay).toContain('--stops');
   }, HANG_GUARD_MS);
 
+  it('replays a seed with flaky etcd windows (--etcd-flaky) exactly', async () => {
+    const a = await runSeed({ seed: 4, factory: realNode, etcdFlaky: true });
+    const b = await runSeed({ seed: 4, factory: realNode, etcdFlaky: true });
+    expect(a.ok, a.ok ? '' : describeFailure(a)).toBe(true);
+    expect(a.faults['flaky'], 'the seed has flaky windows').toBeGreaterThan(0);
+    expect(a.faults['flakyCallsFailed'], 'calls failed unapplied').toBeGreaterThan(0);
+    expect(a.faults['flakyCallsLost'], 'calls applied with their answer lost').toBeGreaterThan(0);
+    expect(b.hash).toBe(a.hash);
+    expect(b.events).toBe(a.events);
+    expect(a.replay).toContain('--etcd-flaky');
+  }, HANG_GUARD_MS);
+
   describe('the checkers catch each deliberately broken variant within the CI seed budget', () => {
     for (const name of variantNames().filter((n) => VARIANTS[n].pending === undefined)) {
       it(name, async () => {
