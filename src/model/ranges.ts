@@ -223,7 +223,7 @@ export function removeFromStale(current: StaleSet | null, remove: readonly Block
  * less by then (an earlier narrowing or clear applied whose answer was
  * lost, so memory still held the whole volume) kept only the overlap,
  * and etcd trusted the peer for blocks its coordinator still held stale
- * (found by test/pending/stale-book-interleavings.test.ts). Naming more
+ * (found by test/unit/stale-book-interleavings.test.ts). Naming more
  * is the safe side: those blocks are compared again.
  */
 export function narrowStaleSet(current: StaleSet | null, keep: readonly BlockRange[], rangesMax = STALE_RANGES_MAX): StaleSet | null {
