@@ -17,15 +17,33 @@ export interface CsiCallError extends Error {
 
 type Call = (request: object) => Promise<any>;
 
+/** The RPCs of each CSI service (csi.proto); one the driver does not serve answers UNIMPLEMENTED. */
+type IdentityRpc = 'GetPluginInfo' | 'GetPluginCapabilities' | 'Probe';
+type ControllerRpc =
+  | 'CreateVolume'
+  | 'DeleteVolume'
+  | 'ControllerPublishVolume'
+  | 'ControllerUnpublishVolume'
+  | 'ValidateVolumeCapabilities'
+  | 'ListVolumes'
+  | 'GetCapacity'
+  | 'ControllerGetCapabilities'
+  | 'CreateSnapshot'
+  | 'DeleteSnapshot'
+  | 'ListSnapshots'
+  | 'ControllerExpandVolume'
+  | 'ControllerGetVolume';
+type NodeRpc = 'NodeStageVolume' | 'NodeUnstageVolume' | 'NodePublishVolume' | 'NodeUnpublishVolume' | 'NodeGetVolumeStats' | 'NodeExpandVolume' | 'NodeGetCapabilities' | 'NodeGetInfo';
+
 export interface CsiClient {
-  readonly identity: Record<string, Call>;
-  readonly controller: Record<string, Call>;
-  readonly node: Record<string, Call>;
+  readonly identity: Readonly<Record<IdentityRpc, Call>>;
+  readonly controller: Readonly<Record<ControllerRpc, Call>>;
+  readonly node: Readonly<Record<NodeRpc, Call>>;
   close(): void;
 }
 
-function promisify(client: grpc.Client, timeoutMs: number): Record<string, Call> {
-  return new Proxy({} as Record<string, Call>, {
+function promisify<R extends string>(client: grpc.Client, timeoutMs: number): Record<R, Call> {
+  return new Proxy({} as Record<R, Call>, {
     get(_t, rpc: string) {
       return (request: object) =>
         new Promise((resolve, reject) => {

@@ -12,6 +12,7 @@ import { ClusterNode, DEFAULT_NODE_SETTINGS } from '../../src/cluster/node.js';
 import { isTorusError, TorusError } from '../../src/errors/torus-error.js';
 import { createMetrics } from '../../src/http/metrics.js';
 import { blockRef } from '../../src/model/block-ref.js';
+import type { LocalBlockStore } from '../../src/store/local-store.js';
 import { rangesContain, staleContains } from '../../src/model/ranges.js';
 import { makeVersion, versionSeq, versionToken } from '../../src/model/version.js';
 import { BLOCKS_IN_FLIGHT } from '../../src/replication/block-jobs.js';
@@ -2422,7 +2423,8 @@ describe('replication on a simulated cluster', () => {
     const [a] = c.peers as [SimPeer];
     // The memory store has no dirty log; record what the replica hands a file store.
     const hints: number[][] = [];
-    a.store.premark = (refs) => {
+    const store: LocalBlockStore = a.store;
+    store.premark = (refs) => {
       hints.push(refs.map((r) => r.index));
     };
     await startAll(c, c.peers);

@@ -162,7 +162,7 @@ describe('ValidateVolumeCapabilities, ListVolumes, capabilities', () => {
   });
 
   it('advertises what it serves, and no ControllerPublish (attachRequired: false) and no expansion', async () => {
-    const caps = ((await c.ControllerGetCapabilities({} as never)) as any).capabilities.map((x: any) => x.rpc.type);
+    const caps = ((await c.ControllerGetCapabilities()) as any).capabilities.map((x: any) => x.rpc.type);
     expect(caps).toEqual(['CREATE_DELETE_VOLUME', 'LIST_VOLUMES', 'GET_CAPACITY', 'SINGLE_NODE_MULTI_WRITER']);
   });
 });

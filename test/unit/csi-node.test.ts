@@ -300,7 +300,7 @@ describe('requests the node service refuses', () => {
 
   it('advertises staging, stats and single-node multi-writer; reports its node id', async () => {
     const a = node('node-a');
-    expect(((await a.rpc.NodeGetCapabilities({} as never)) as any).capabilities.map((c: any) => c.rpc.type)).toEqual(['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'SINGLE_NODE_MULTI_WRITER']);
-    expect(await a.rpc.NodeGetInfo({} as never)).toMatchObject({ node_id: 'node-a', max_volumes_per_node: '0' });
+    expect(((await a.rpc.NodeGetCapabilities()) as any).capabilities.map((c: any) => c.rpc.type)).toEqual(['STAGE_UNSTAGE_VOLUME', 'GET_VOLUME_STATS', 'SINGLE_NODE_MULTI_WRITER']);
+    expect(await a.rpc.NodeGetInfo()).toMatchObject({ node_id: 'node-a', max_volumes_per_node: '0' });
   });
 });

@@ -142,7 +142,8 @@ describe('StorageClass parameters', () => {
   });
 
   it('refuses unknown keys and bad values', () => {
-    for (const p of [{ replicaton: '2' }, { fsType: 'btrfs' }, { writeLevel: 'most' }, { replication: '0' }, { replication: 'two' }, { overcommit: '0' }, { overcommit: '-1' }, { overcommit: '1e9' }, { overcommit: 'lots' }]) {
+    const bad: Record<string, string>[] = [{ replicaton: '2' }, { fsType: 'btrfs' }, { writeLevel: 'most' }, { replication: '0' }, { replication: 'two' }, { overcommit: '0' }, { overcommit: '-1' }, { overcommit: '1e9' }, { overcommit: 'lots' }];
+    for (const p of bad) {
       expect(codeOf(() => parseParameters(p)), JSON.stringify(p)).toBe('TORUS_ERR_CSI_PARAMETER_INVALID');
     }
     expect(grpcStatusFor('TORUS_ERR_CSI_PARAMETER_INVALID')).toBe(status.INVALID_ARGUMENT);

@@ -16,7 +16,7 @@ const NATIVE_JS = path.join(ROOT, 'dist/src/util/native.js');
 
 /** A fresh node importing native.js with TORUS_NATIVE_ADDON set to `file` (no sanitizer preload). */
 function importNativeWith(file: string) {
-  const env = { ...process.env, TORUS_NATIVE_ADDON: file };
+  const env: NodeJS.ProcessEnv = { ...process.env, TORUS_NATIVE_ADDON: file };
   delete env.LD_PRELOAD;
   return spawnSync(process.execPath, ['--input-type=module', '-e', `await import(${JSON.stringify(NATIVE_JS)});`], { env, encoding: 'utf8' });
 }

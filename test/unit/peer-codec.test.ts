@@ -718,7 +718,7 @@ describe('peer codec: a WRITE of whole pages', () => {
 
   it('still fails its checksum when one byte of it changed on the way', () => {
     const bytes = requestBytes(write(Buffer.alloc(2 * 4096, 9)));
-    bytes[REQUEST_HEADER_BYTES + 4096 + 17] ^= 0x40;
+    bytes[REQUEST_HEADER_BYTES + 4096 + 17] = bytes[REQUEST_HEADER_BYTES + 4096 + 17]! ^ 0x40;
     const d = new RequestDecoder();
     d.push(bytes);
     let err: unknown = null;

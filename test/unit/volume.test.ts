@@ -46,7 +46,7 @@ describe('Volume', () => {
   it('splits I/O at block boundaries', async () => {
     const io = memoryIo();
     const v = new Volume(record, io, log);
-    const data = Buffer.alloc(3 * BS, 0).map((_, i) => i % 251);
+    const data = Buffer.from(Uint8Array.from({ length: 3 * BS }, (_, i) => i % 251));
     await v.write(BS - 100, data, true);
     expect(io.calls).toEqual([`write 0 ${BS - 100} 100 fua`, `write 1 0 ${BS} fua`, `write 2 0 ${BS} fua`, `write 3 0 ${BS - 100} fua`]);
     expect((await v.read(BS - 100, data.length)).equals(data)).toBe(true);
