@@ -244,28 +244,14 @@ export class MemoryMetadata implements MetadataService {
    */
   async op<T>(op: string, body: () => T): Promise<T> {
     // The link as it is when the call is made decides its fate, and a hung
-    // call's timeout runs from then, as withEtcd's does.
-    const fault = this.fault;
+    // call's timeout runs from then, as withEtcd's does. A flaky link that
+    // is otherwise up gives this one call a fault of its own.
+    const fault = this.fault === 'none' && this.flaky !== null ? this.drawFlaky(this.flaky) : this.fault;
     const timeout = fault === 'hang' || fault === 'lose-replies' ? this.sleep(this.callTimeoutMs) : null;
     await Promise.resolve();
     this.assertOpen(op);
     switch (fault) {
       case 'none': {
-        const flaky = this.flaky === null ? null : this.drawFlaky(this.flaky);
-        if (flaky === 'fail') throw new TorusError('TORUS_ERR_ETCD_UNAVAILABLE', `etcd at ${ENDPOINT} did not take ${op}: simulated flaky link`, { details: { endpoints: ENDPOINT, op } });
-        if (flaky === 'lose') {
-          if (this.delays !== null) {
-            await this.sleep(this.delays.random.next() * this.delays.maxMs);
-            this.assertOpen(op);
-          }
-          try {
-            body();
-          } catch {
-            // The answer is lost either way.
-          }
-          await this.sleep(this.callTimeoutMs);
-          throw this.timedOut(op);
-        }
         if (this.delays === null) return body();
         await this.sleep(this.delays.random.next() * this.delays.maxMs);
         this.assertOpen(op);
@@ -289,11 +275,12 @@ export class MemoryMetadata implements MetadataService {
     }
   }
 
-  private drawFlaky(f: MemoryFlakiness): 'fail' | 'lose' | null {
+  /** One call's fate on a flaky link: refused unapplied, applied with its answer lost, or through. */
+  private drawFlaky(f: MemoryFlakiness): MemoryFault {
     const x = f.random.int(100);
-    const fate = x < f.failPercent ? 'fail' : x < f.failPercent + f.losePercent ? 'lose' : null;
-    if (f.counts !== undefined && fate === 'fail') f.counts.failed++;
-    if (f.counts !== undefined && fate === 'lose') f.counts.lost++;
+    const fate: MemoryFault = x < f.failPercent ? 'unavailable' : x < f.failPercent + f.losePercent ? 'lose-replies' : 'none';
+    if (f.counts !== undefined && fate === 'unavailable') f.counts.failed++;
+    if (f.counts !== undefined && fate === 'lose-replies') f.counts.lost++;
     return fate;
   }
 

@@ -201,8 +201,7 @@ export class StaleBook {
     const e = this.peers.get(peer);
     if (e === undefined || e.allDurable) return null;
     if (e.all && e.narrowing === 0) return 'all';
-    if (e.all && !e.durable.has(index)) return 'stale';
-    if (e.blocks.has(index) && !e.durable.has(index)) return 'stale';
+    if ((e.all || e.blocks.has(index)) && !e.durable.has(index)) return 'stale';
     if (e.unsure.has(index) && !e.unsureDurable.has(index) && !e.durable.has(index)) return 'unsure';
     return null;
   }

@@ -346,16 +346,7 @@ export class FaultInjector implements QuietState {
       }
       case 'etcd-outage': {
         if ([...this.active.values()].some((a) => a.what.startsWith('etcd-outage'))) return false;
-        const flaky = this.flakiness();
-        if (flaky !== null) {
-          const end = this.begin('etcd-outage flaky', 'cluster');
-          c.setEtcdFlaky(flaky);
-          this.until(f.durationMs, () => {
-            c.setEtcdFlaky(null);
-            end();
-          });
-          return 'flaky';
-        }
+        if (this.flakyWindow('etcd-outage flaky', 'cluster', f.durationMs, (flaky) => c.setEtcdFlaky(flaky))) return 'flaky';
         const mode = (['unavailable', 'hang', 'lose-replies'] as const)[r.int(3)]!;
         const end = this.begin(`etcd-outage ${mode}`, 'cluster');
         c.setEtcdFault(mode);
@@ -368,16 +359,7 @@ export class FaultInjector implements QuietState {
       case 'peer-etcd-cut': {
         const p = pick(running);
         if (!p) return false;
-        const flaky = this.flakiness();
-        if (flaky !== null) {
-          const end = this.begin(`peer-etcd-cut ${p.index} flaky`, [p.uuid]);
-          c.setPeerEtcdFlaky(p, flaky);
-          this.until(f.durationMs, () => {
-            c.setPeerEtcdFlaky(p, null);
-            end();
-          });
-          return 'flaky';
-        }
+        if (this.flakyWindow(`peer-etcd-cut ${p.index} flaky`, [p.uuid], f.durationMs, (flaky) => c.setPeerEtcdFlaky(p, flaky))) return 'flaky';
         const mode: MemoryFault = r.int(2) === 0 ? 'unavailable' : 'hang';
         const end = this.begin(`peer-etcd-cut ${p.index} ${mode}`, [p.uuid]);
         c.setPeerEtcdFault(p, mode);
@@ -524,6 +506,24 @@ export class FaultInjector implements QuietState {
   }
 
   /**
+   * With --etcd-flaky, half the time: an outage or cut becomes a flaky
+   * window instead (its calls' fates drawn from the mode's stream), set
+   * with `set` now and cleared after `durationMs`. False: it stays what
+   * was planned.
+   */
+  private flakyWindow(what: string, targets: readonly string[] | 'cluster', durationMs: number, set: (flaky: MemoryFlakiness | null) => void): boolean {
+    const r = this.opts.flakyRandom;
+    if (r === null || r.int(2) !== 0) return false;
+    const end = this.begin(what, targets);
+    set({ random: r, failPercent: FLAKY_FAIL_PERCENT, losePercent: FLAKY_LOSE_PERCENT, counts: this.flakyCounts });
+    this.until(durationMs, () => {
+      set(null);
+      end();
+    });
+    return true;
+  }
+
+  /**
    * SIGTERM, as a rolling upgrade or a node drain sends it: torusd answers
    * what its NBD clients sent and lets them go (they attach elsewhere: the
    * workload closes each writer on the peer, which flushes), its node stops
@@ -531,13 +531,6 @@ export class FaultInjector implements QuietState {
    * after `durationMs`. Nothing acknowledged may be lost, so the model is
    * not widened, unless the stop overran its grace period and was killed.
    */
-  /** With --etcd-flaky, half the time: the flakiness of a window (its calls drawn from the mode's stream). */
-  private flakiness(): MemoryFlakiness | null {
-    const r = this.opts.flakyRandom;
-    if (r === null || r.int(2) !== 0) return null;
-    return { random: r, failPercent: FLAKY_FAIL_PERCENT, losePercent: FLAKY_LOSE_PERCENT, counts: this.flakyCounts };
-  }
-
   private orderlyStop(p: SimPeer, durationMs: number): void {
     const c = this.cluster;
     const log = this.opts.log;

@@ -1,5 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
+import { staleContains } from '../../src/model/ranges.js';
 import type { StaleRecord } from '../../src/model/records.js';
 import { SeededRandom } from '../../src/util/random.js';
 import { ManualClock } from '../helpers/metadata-contract.js';
@@ -53,7 +54,7 @@ type Step =
   | { kind: 'record' | 'unsure' | 'clear' | 'plan' | 'ensure' | 'foreign'; peer: number; block: number }
   | { kind: 'narrow'; peer: number; keep: number[] }
   | { kind: 'cover'; pick: number }
-  | { kind: 'land' | 'fail' | 'lose' }
+  | { kind: Outcome }
   | { kind: 'tick' | 'refresh' | 'settle-all' }
   | { kind: 'pass' | 'clear-all'; peer: number };
 
@@ -86,10 +87,9 @@ function stepsOf(seed: number): { alls: boolean[]; steps: Step[] } {
   return { alls, steps };
 }
 
+/** Whether etcd's record (or none) names the block, either kind. */
 function names(r: StaleRecord | null, i: number): boolean {
-  if (r === null) return false;
-  const inRanges = (rs: readonly (readonly [number, number])[] | undefined) => (rs ?? []).some(([s, e]) => i >= s && i < e);
-  return r.all || inRanges(r.ranges) || inRanges(r.unsure);
+  return r !== null && staleContains(r, i);
 }
 
 /** Runs one list of steps; returns what went wrong and what happened. */
@@ -141,7 +141,7 @@ async function run(alls: readonly boolean[], steps: readonly Step[]): Promise<{ 
       quiet(book.record(PEERS[p]!, 'all'));
       await settle(true);
       while (held.length > 0) {
-          held.shift()!('land');
+        held.shift()!('land');
         await settle(true);
       }
     }
@@ -246,7 +246,7 @@ async function run(alls: readonly boolean[], steps: readonly Step[]): Promise<{ 
   return { failures, log };
 }
 
-/** Drops steps while the run still fails (one at a time, then in chunks): the shortest story. */
+/** Drops steps while the run still fails (in halves, then smaller chunks, down to one at a time): the shortest story. */
 async function shrink(alls: readonly boolean[], steps: readonly Step[]): Promise<Step[]> {
   let cur = [...steps];
   for (let chunk = Math.max(1, cur.length >> 1); chunk >= 1; chunk = chunk >> 1) {
