@@ -5,7 +5,7 @@ import { isTorusError, TorusError } from '../errors/torus-error.js';
 import { decodeClusterConfig, decodeRingRecord } from '../metadata/record-codec.js';
 import { validateClusterParams } from '../metadata/validate.js';
 import type { ClusterConfig, RingRecord } from '../model/records.js';
-import { writeFileDurably } from '../store/fs-async.js';
+import { writeFileDurably } from '../store/store-io.js';
 
 /**
  * What a data dir keeps of its cluster, next to its blocks:

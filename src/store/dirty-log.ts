@@ -1,11 +1,10 @@
 import fs from 'node:fs';
-import { mkdir, readdir, readFile, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
 import { decodeBlockRef, encodeBlockRef, type BlockRef } from '../model/block-ref.js';
 import { crc32c } from '../util/crc32c.js';
-import { closeFd, fdatasync, fsyncDir, openFd, pwriteFull, pwritevFull } from './fs-async.js';
+import { nodeStoreIo, type StoreIo } from './store-io.js';
 
 /**
  * The dirty log: which blocks may hold pages written since the last
@@ -49,6 +48,7 @@ export class DirtyLog {
   private constructor(
     private readonly dir: string,
     private readonly log: Logger,
+    private readonly io: StoreIo,
   ) {}
 
   /**
@@ -56,15 +56,15 @@ export class DirtyLog {
    * unclean stop) with those files' epochs; the caller repairs the blocks and
    * then calls discard().
    */
-  static async open(dir: string, logger: Logger): Promise<{ log: DirtyLog; dirty: BlockRef[]; leftovers: number[] }> {
-    await mkdir(dir, { recursive: true });
-    const names = (await readdir(dir)).filter((n) => /^[0-9a-f]{8}\.log$/.test(n)).sort();
+  static async open(dir: string, logger: Logger, io: StoreIo = nodeStoreIo): Promise<{ log: DirtyLog; dirty: BlockRef[]; leftovers: number[] }> {
+    await io.mkdirs(dir);
+    const names = (await io.readdir(dir)).filter((n) => /^[0-9a-f]{8}\.log$/.test(n)).sort();
     const dirty = new Map<string, BlockRef>();
     const leftovers: number[] = [];
     for (const name of names) {
       const epoch = parseInt(name.slice(0, 8), 16);
       leftovers.push(epoch);
-      const data = await readFile(path.join(dir, name));
+      const data = await io.readFile(path.join(dir, name));
       for (let at = 0; at + RECORD_BYTES <= data.length; at += RECORD_BYTES) {
         const r = data.subarray(at, at + RECORD_BYTES);
         if (r.readUInt32BE(0) !== MAGIC || crc32c(r.subarray(0, 28)) !== r.readUInt32BE(28)) break;
@@ -76,7 +76,7 @@ export class DirtyLog {
         }
       }
     }
-    return { log: new DirtyLog(dir, logger.child({ module: 'dirty-log' })), dirty: [...dirty.values()], leftovers };
+    return { log: new DirtyLog(dir, logger.child({ module: 'dirty-log' }), io), dirty: [...dirty.values()], leftovers };
   }
 
   /** Deletes the files of these epochs (after their blocks were repaired or checkpointed). */
@@ -86,13 +86,13 @@ export class DirtyLog {
       if (f) {
         while (f.running || f.queue.length > 0) await new Promise((r) => setImmediate(r));
         this.files.delete(epoch);
-        await closeFd(f.fd);
+        await this.io.close(f.fd);
       }
-      await unlink(this.fileOf(epoch)).catch((err: NodeJS.ErrnoException) => {
+      await this.io.unlink(this.fileOf(epoch)).catch((err: NodeJS.ErrnoException) => {
         if (err.code !== 'ENOENT') throw err;
       });
     }
-    if (epochs.length > 0) await fsyncDir(this.dir);
+    if (epochs.length > 0) await this.io.fsyncDir(this.dir);
   }
 
   /** Resolves once a record naming `ref` is durable in the file of `epoch`. */
@@ -118,7 +118,7 @@ export class DirtyLog {
   async close(): Promise<void> {
     for (const f of this.files.values()) {
       while (f.running) await new Promise((r) => setImmediate(r));
-      await closeFd(f.fd).catch(() => undefined);
+      await this.io.close(f.fd).catch(() => undefined);
     }
     this.files.clear();
   }
@@ -134,11 +134,11 @@ export class DirtyLog {
     if (!p) {
       p = (async () => {
         const file = this.fileOf(epoch);
-        const fd = await openFd(file, fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY);
+        const fd = await this.io.open(file, fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY);
         // The file's name must survive a crash before any record in it counts.
-        await fsyncDir(this.dir);
-        await pwriteFull(fd, ZEROES, 0);
-        await fdatasync(fd);
+        await this.io.fsyncDir(this.dir);
+        await this.io.write(fd, ZEROES, 0);
+        await this.io.fdatasync(fd);
         const ef: EpochFile = { epoch, file, fd, size: 0, allocated: PREALLOCATE_BYTES, queue: [], running: false };
         this.files.set(epoch, ef);
         this.opening.delete(epoch);
@@ -158,12 +158,12 @@ export class DirtyLog {
         const batch = f.queue.splice(0, 4096);
         try {
           while (f.size + batch.length * RECORD_BYTES > f.allocated) {
-            await pwriteFull(f.fd, ZEROES, f.allocated);
+            await this.io.write(f.fd, ZEROES, f.allocated);
             f.allocated += PREALLOCATE_BYTES;
           }
-          await pwritevFull(f.fd, batch.map((b) => b.rec), f.size);
+          await this.io.writev(f.fd, batch.map((b) => b.rec), f.size);
           f.size += batch.length * RECORD_BYTES;
-          await fdatasync(f.fd);
+          await this.io.fdatasync(f.fd);
         } catch (err) {
           const e = new TorusError('TORUS_ERR_STORE_IO', `dirty log write failed: ${(err as Error).message}`, { cause: err });
           this.failed = e;

@@ -4,7 +4,7 @@ import { TorusError } from '../errors/torus-error.js';
 import { TOKEN_MAX } from '../model/version.js';
 import { assert } from '../util/assert.js';
 import type { Random } from '../util/random.js';
-import { writeFileDurably } from './fs-async.js';
+import { writeFileDurably } from './store-io.js';
 
 /**
  * Where a peer keeps the newest fencing token per volume, so that a

@@ -1,5 +1,4 @@
 import fs from 'node:fs';
-import { mkdir, readdir, readFile, rm, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { TorusError } from '../errors/torus-error.js';
@@ -15,10 +14,11 @@ import { VERSION as RELEASE } from '../version.js';
 import { blockFileBytes, decodeHeader, encodeHeader, headerBytes, newCrcTable, PAGE_BYTES, pageCount, tableDigest, type BlockHeader } from './block-file.js';
 import type { StoreUsage } from './block-store.js';
 import { DirtyLog } from './dirty-log.js';
-import { closeFd, COLD_WRITE_PIECE_BYTES, fdatasync, fsyncDir, ftruncate, openFd, openNoAtime, preadCached, preadFull, pwriteCached, pwriteFull, syncFileSystem, writeFileDurably } from './fs-async.js';
+import { COLD_WRITE_PIECE_BYTES } from './fs-async.js';
 import type { LocalBlockStore, SummedRead } from './local-store.js';
 import { ReadBatcher } from './read-batch.js';
 import { RefIndex } from './ref-index.js';
+import { nodeStoreIo, writeFileDurably, type StoreIo } from './store-io.js';
 import { loadSuspects, saveSuspects } from './suspect-file.js';
 import { TableCache } from './table-cache.js';
 
@@ -93,6 +93,11 @@ export interface FileBlockStoreOptions {
    * which the caller may hand back with releaseBuffer() once done with it.
    */
   readonly pool?: BufferPool;
+  /**
+   * The file-system calls (store-io.ts): node's by default; tests pass a
+   * model disk that loses what was not synced at a crash.
+   */
+  readonly io?: StoreIo;
 }
 
 interface Entry {
@@ -165,9 +170,8 @@ export class FileBlockStore implements LocalBlockStore {
   readonly blockSize: number;
   private readonly opts: FileBlockStoreOptions;
   private readonly pool: BufferPool;
-  private readonly batch = new ReadBatcher(undefined, (errno) =>
-    this.log.warn({ errno }, 'the kernel refused io_uring (seccomp, kernel.io_uring_disabled or too old): page-cache reads go one system call each'),
-  );
+  private readonly io: StoreIo;
+  private readonly batch: ReadBatcher;
   private readonly log: Logger;
   private readonly clock: Clock;
   private readonly blocksDir: string;
@@ -223,6 +227,12 @@ export class FileBlockStore implements LocalBlockStore {
   private constructor(opts: FileBlockStoreOptions) {
     assert(opts.blockSize >= PAGE_BYTES && (opts.blockSize & (opts.blockSize - 1)) === 0, 'block size is a power of two of at least one page');
     this.opts = opts;
+    this.io = opts.io ?? nodeStoreIo;
+    this.batch = new ReadBatcher(
+      this.io.batchesReads ? undefined : null,
+      (errno) => this.log.warn({ errno }, 'the kernel refused io_uring (seccomp, kernel.io_uring_disabled or too old): page-cache reads go one system call each'),
+      this.io.readCached,
+    );
     this.pool = opts.pool ?? new BufferPool();
     this.blockSize = opts.blockSize;
     this.log = opts.logger.child({ module: 'store' });
@@ -346,7 +356,7 @@ export class FileBlockStore implements LocalBlockStore {
         // MiB on the owners after a join, in the bench's rebuild phase).
         const data = this.pool.acquire(this.blockSize);
         try {
-          await preadFull(fd, data, 0, data.length, this.hdrBytes);
+          await this.io.read(fd, data, 0, data.length, this.hdrBytes);
           this.checkPages(e, data, 0, pageCount(this.blockSize), table);
         } finally {
           releaseBuffer(data);
@@ -456,12 +466,12 @@ export class FileBlockStore implements LocalBlockStore {
         crc32cPages(data, PAGE_BYTES, table);
         const fd = e.onDisk ? await this.fdOf(e) : await this.createFile(e);
         // Extends a tombstone's file back to a whole block (sparse zeroes).
-        await ftruncate(fd, this.fileBytes);
+        await this.io.ftruncate(fd, this.fileBytes);
         // The header, then the data in pieces (as any write into pages
         // that may not be cached: fs-async.ts COLD_WRITE_PIECE_BYTES).
-        const header = pwriteCached(fd, encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), 0);
+        const header = this.io.writeCached(fd, encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), 0);
         if (header !== null) await header;
-        const wrote = pwriteCached(fd, data, this.hdrBytes, COLD_WRITE_PIECE_BYTES);
+        const wrote = this.io.writeCached(fd, data, this.hdrBytes, COLD_WRITE_PIECE_BYTES);
         if (wrote !== null) await wrote;
         e.coldPages = false;
         this.tables.hold(e, table);
@@ -564,7 +574,7 @@ export class FileBlockStore implements LocalBlockStore {
         if (e.fd !== null) {
           const fd = e.fd;
           this.forgetFd(e);
-          await closeFd(fd).catch(() => undefined);
+          await this.io.close(fd).catch(() => undefined);
         }
         this.flushFiles.delete(e);
         this.setAbsent(e);
@@ -577,7 +587,7 @@ export class FileBlockStore implements LocalBlockStore {
     }
     const dir = path.join(this.blocksDir, volumeId.toString(16));
     try {
-      await rm(dir, { recursive: true, force: true });
+      await this.io.removeTree(dir);
     } catch (err) {
       throw this.ioError(err, `removing ${dir} failed`);
     }
@@ -604,12 +614,12 @@ export class FileBlockStore implements LocalBlockStore {
       await this.dirtyLog.discard([this.epoch]);
     }
     await this.dirtyLog.close();
-    if (this.dirFd !== null) await closeFd(this.dirFd).catch(() => undefined);
+    if (this.dirFd !== null) await this.io.close(this.dirFd).catch(() => undefined);
     this.dirFd = null;
     for (const e of [...this.fdLru.keys()]) {
       const fd = e.fd!;
       this.forgetFd(e);
-      await closeFd(fd).catch(() => undefined);
+      await this.io.close(fd).catch(() => undefined);
     }
     this.closed = true;
   }
@@ -624,7 +634,7 @@ export class FileBlockStore implements LocalBlockStore {
     this.checkpointTimer?.cancel();
     this.failed = new TorusError('TORUS_ERR_STORE_CLOSED', 'abandoned');
     await this.checkpointing?.catch(() => undefined);
-    for (const e of this.fdLru.keys()) if (e.fd !== null) fs.close(e.fd, () => undefined);
+    for (const e of this.fdLru.keys()) if (e.fd !== null) this.io.closeLater(e.fd);
     await this.dirtyLog.close();
   }
 
@@ -734,9 +744,9 @@ export class FileBlockStore implements LocalBlockStore {
     if (e.state === 'data') return;
     const table = newCrcTable(this.blockSize);
     const fd = e.onDisk ? await this.fdOf(e) : await this.createFile(e);
-    await ftruncate(fd, this.fileBytes);
+    await this.io.ftruncate(fd, this.fileBytes);
     // Headers are small: written on the loop thread like small data writes (fs-async.ts pwriteCached).
-    const wrote = pwriteCached(fd, encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), 0);
+    const wrote = this.io.writeCached(fd, encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), 0);
     if (wrote !== null) await wrote;
     this.tables.hold(e, table);
     e.digest = null;
@@ -754,9 +764,9 @@ export class FileBlockStore implements LocalBlockStore {
     const header = encodeHeader(e.ref, this.blockSize, { state: 'zero', version, table: newCrcTable(this.blockSize) });
     // Header first: a crash between the two leaves a file that says zero
     // (and is repaired to a tombstone), not a data block with a stale table.
-    const wrote = pwriteCached(fd, header, 0);
+    const wrote = this.io.writeCached(fd, header, 0);
     if (wrote !== null) await wrote;
-    await ftruncate(fd, this.hdrBytes);
+    await this.io.ftruncate(fd, this.hdrBytes);
     this.tables.release(e);
     e.digest = null;
     e.state = 'zero';
@@ -771,7 +781,7 @@ export class FileBlockStore implements LocalBlockStore {
     assert(e.state !== 'absent' && e.onDisk, 'a header is written for a block on disk');
     const fd = await this.fdOf(e);
     const table = e.state === 'data' ? (this.tables.use(e) ?? (await this.tableOf(e))) : newCrcTable(this.blockSize);
-    const wrote = pwriteCached(fd, encodeHeader(e.ref, this.blockSize, { state: e.state, version: e.version, table }), 0);
+    const wrote = this.io.writeCached(fd, encodeHeader(e.ref, this.blockSize, { state: e.state, version: e.version, table }), 0);
     if (wrote !== null) await wrote;
     this.flushFiles.add(e);
   }
@@ -801,13 +811,13 @@ export class FileBlockStore implements LocalBlockStore {
       // one for good (the copy is marked suspect and repaired instead).
       try {
         if (offset !== base) {
-          const read = preadCached(fd, region, 0, PAGE_BYTES, this.hdrBytes + base);
+          const read = this.io.readCached(fd, region, 0, PAGE_BYTES, this.hdrBytes + base);
           if (read !== null) await read;
           this.checkPages(e, region.subarray(0, PAGE_BYTES), p0, p0 + 1, table);
         }
         if ((offset + length) % PAGE_BYTES !== 0 && (p1 - 1 > p0 || offset === base)) {
           const at = (p1 - 1 - p0) * PAGE_BYTES;
-          const read = preadCached(fd, region, at, PAGE_BYTES, this.hdrBytes + base + at);
+          const read = this.io.readCached(fd, region, at, PAGE_BYTES, this.hdrBytes + base + at);
           if (read !== null) await read;
           this.checkPages(e, region.subarray(at, at + PAGE_BYTES), p1 - 1, p1, table);
         }
@@ -826,7 +836,7 @@ export class FileBlockStore implements LocalBlockStore {
       crc32cPages(region, PAGE_BYTES, crcs);
     }
     try {
-      const pending = pwriteCached(fd, region, this.hdrBytes + base, e.coldPages ? COLD_WRITE_PIECE_BYTES : null);
+      const pending = this.io.writeCached(fd, region, this.hdrBytes + base, e.coldPages ? COLD_WRITE_PIECE_BYTES : null);
       if (pending !== null) await pending;
       if (p0 === 0 && p1 === pageCount(this.blockSize)) e.coldPages = false;
     } catch (err) {
@@ -844,7 +854,7 @@ export class FileBlockStore implements LocalBlockStore {
 
   private async rehashPages(e: Entry, fd: number, p0: number, p1: number): Promise<void> {
     const buf = Buffer.alloc((p1 - p0) * PAGE_BYTES);
-    await preadFull(fd, buf, 0, buf.length, this.hdrBytes + p0 * PAGE_BYTES);
+    await this.io.read(fd, buf, 0, buf.length, this.hdrBytes + p0 * PAGE_BYTES);
     const table = await this.tableOf(e);
     const crcs = new Uint32Array(p1 - p0);
     crc32cPages(buf, PAGE_BYTES, crcs);
@@ -856,7 +866,7 @@ export class FileBlockStore implements LocalBlockStore {
   private async createFile(e: Entry): Promise<number> {
     const dir = path.dirname(e.file);
     if (!this.knownDirs.has(dir)) {
-      await mkdir(dir, { recursive: true });
+      await this.io.mkdirs(dir);
       // New folders need their parents synced too (volume and generation levels).
       this.flushDirs.add(path.dirname(dir));
       this.flushDirs.add(path.dirname(path.dirname(dir)));
@@ -875,10 +885,10 @@ export class FileBlockStore implements LocalBlockStore {
     if (e.fd !== null) {
       const fd = e.fd;
       this.forgetFd(e);
-      await closeFd(fd);
+      await this.io.close(fd);
     }
     if (e.onDisk) {
-      await unlink(e.file).catch((err: NodeJS.ErrnoException) => {
+      await this.io.unlink(e.file).catch((err: NodeJS.ErrnoException) => {
         if (err.code !== 'ENOENT') throw err;
       });
       this.flushDirs.add(path.dirname(e.file));
@@ -909,7 +919,7 @@ export class FileBlockStore implements LocalBlockStore {
     // file costs one each. It also flushes other dirty data on that file
     // system, which on a dedicated data disk is only ours.
     if (files.length + dirs.length >= SYNCFS_MIN_ITEMS && this.dirFd !== null) {
-      const pending = syncFileSystem(this.dirFd);
+      const pending = this.io.syncfs(this.dirFd);
       if (pending !== null) {
         try {
           await pending;
@@ -924,13 +934,13 @@ export class FileBlockStore implements LocalBlockStore {
       await this.forEachLimited(files, SYNC_CONCURRENCY, async (e) => {
         await this.lockRead(e);
         try {
-          if (e.onDisk) await fdatasync(await this.fdOf(e));
+          if (e.onDisk) await this.io.fdatasync(await this.fdOf(e));
         } finally {
           this.unlockRead(e);
         }
       });
       for (const d of dirs) {
-        await fsyncDir(d).catch((err: NodeJS.ErrnoException) => {
+        await this.io.fsyncDir(d).catch((err: NodeJS.ErrnoException) => {
           if (err.code !== 'ENOENT') throw err;
         });
       }
@@ -981,8 +991,8 @@ export class FileBlockStore implements LocalBlockStore {
           // The whole header: it also upgrades a format-1 file to format 2.
           const fd = await this.fdOf(e);
           const table = e.state === 'data' ? (this.tables.use(e) ?? (await this.tableOf(e))) : newCrcTable(this.blockSize);
-          await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, { state: e.state, version: e.version, table }), 0);
-          await fdatasync(fd);
+          await this.io.write(fd, encodeHeader(e.ref, this.blockSize, { state: e.state, version: e.version, table }), 0);
+          await this.io.fdatasync(fd);
         } finally {
           this.unlockRead(e);
         }
@@ -1011,7 +1021,7 @@ export class FileBlockStore implements LocalBlockStore {
       const refs = this.suspects();
       const text = JSON.stringify(refs.map((r) => [r.volumeId, r.generation, r.index]));
       if (text === this.suspectsSaved) return;
-      await saveSuspects(path.join(this.opts.dir, SUSPECTS), refs);
+      await saveSuspects(path.join(this.opts.dir, SUSPECTS), refs, this.io);
       this.suspectsSaved = text;
     });
     this.suspectsSaving = run;
@@ -1153,7 +1163,7 @@ export class FileBlockStore implements LocalBlockStore {
       if (e.fd === null) {
         this.rememberFd(e, fd);
       } else {
-        await closeFd(fd);
+        await this.io.close(fd);
       }
       return e.fd!;
     }
@@ -1172,7 +1182,7 @@ export class FileBlockStore implements LocalBlockStore {
       const fd = await this.fdOf(e);
       const h = this.pool.acquire(this.hdrBytes);
       try {
-        await preadFull(fd, h, 0, h.length, 0);
+        await this.io.read(fd, h, 0, h.length, 0);
         const { table } = decodeHeader(h, e.ref, this.blockSize, e.file);
         if (e.crc === null) this.tables.hold(e, table);
       } finally {
@@ -1196,13 +1206,13 @@ export class FileBlockStore implements LocalBlockStore {
   /** Opens a block file; on EMFILE closes idle files, lowers fdMax, and tries once more. */
   private async openWithRoom(file: string, flags: number): Promise<number> {
     try {
-      return await openNoAtime(file, flags);
+      return await this.io.openNoAtime(file, flags);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EMFILE' || this.fdLru.size < 2) throw err;
       this.fdMax = Math.max(16, Math.floor(this.fdLru.size / 2));
       this.log.warn({ fdMax: this.fdMax }, 'too many open files; keeping fewer block files open');
       this.evictFds(this.fdMax);
-      return openNoAtime(file, flags);
+      return this.io.openNoAtime(file, flags);
     }
   }
 
@@ -1215,21 +1225,21 @@ export class FileBlockStore implements LocalBlockStore {
       this.forgetFd(x);
       // fsync is per inode on Linux: a flush reopens the file and still
       // flushes what was written through this descriptor.
-      fs.close(fd, () => undefined);
+      this.io.closeLater(fd);
     }
   }
 
   // ---------------------------------------------------------------- start-up and repair
 
   private async start(): Promise<void> {
-    await mkdir(this.blocksDir, { recursive: true });
-    this.dirFd = await openFd(this.opts.dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+    await this.io.mkdirs(this.blocksDir);
+    this.dirFd = await this.io.open(this.opts.dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
     await this.checkMeta();
     await this.scanBlocks();
-    const { log, dirty, leftovers } = await DirtyLog.open(path.join(this.opts.dir, 'dirty'), this.opts.logger);
+    const { log, dirty, leftovers } = await DirtyLog.open(path.join(this.opts.dir, 'dirty'), this.opts.logger, this.io);
     this.dirtyLog = log;
     const suspectFile = path.join(this.opts.dir, SUSPECTS);
-    const kept = await loadSuspects(suspectFile);
+    const kept = await loadSuspects(suspectFile, this.io);
     const dirtyKeys = new Set(dirty.map(blockRefKey));
     const badHeaders: Entry[] = [];
     await this.forEachLimited([...this.entries.values()], OPEN_READ_CONCURRENCY, async (e) => {
@@ -1272,11 +1282,11 @@ export class FileBlockStore implements LocalBlockStore {
   /** Reads a block's header into its entry (state, version, digest); false if it cannot be decoded. */
   private async loadHeader(e: Entry): Promise<boolean> {
     const h = Buffer.alloc(this.hdrBytes);
-    const fd = await openNoAtime(e.file, fs.constants.O_RDONLY);
+    const fd = await this.io.openNoAtime(e.file, fs.constants.O_RDONLY);
     try {
-      await preadFull(fd, h, 0, h.length, 0);
+      await this.io.read(fd, h, 0, h.length, 0);
     } finally {
-      await closeFd(fd);
+      await this.io.close(fd);
     }
     let header: BlockHeader;
     try {
@@ -1304,7 +1314,7 @@ export class FileBlockStore implements LocalBlockStore {
   private async repair(e: Entry): Promise<void> {
     const fd = await this.fdOf(e);
     const h = Buffer.alloc(this.hdrBytes);
-    await preadFull(fd, h, 0, h.length, 0);
+    await this.io.read(fd, h, 0, h.length, 0);
     let header: BlockHeader | null = null;
     try {
       header = decodeHeader(h, e.ref, this.blockSize, e.file);
@@ -1313,19 +1323,19 @@ export class FileBlockStore implements LocalBlockStore {
     }
     const version = header?.version ?? VERSION_LEGACY;
     if (header?.state === 'zero') {
-      await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, { state: 'zero', version, table: newCrcTable(this.blockSize) }), 0);
-      await ftruncate(fd, this.hdrBytes);
-      await fdatasync(fd);
+      await this.io.write(fd, encodeHeader(e.ref, this.blockSize, { state: 'zero', version, table: newCrcTable(this.blockSize) }), 0);
+      await this.io.ftruncate(fd, this.hdrBytes);
+      await this.io.fdatasync(fd);
       e.state = 'zero';
       this.tables.release(e);
     } else {
       const data = Buffer.alloc(this.blockSize);
-      await preadFull(fd, data, 0, data.length, this.hdrBytes);
+      await this.io.read(fd, data, 0, data.length, this.hdrBytes);
       const table = new Uint32Array(pageCount(this.blockSize));
       crc32cPages(data, PAGE_BYTES, table);
-      await ftruncate(fd, this.fileBytes);
-      await pwriteFull(fd, encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), 0);
-      await fdatasync(fd);
+      await this.io.ftruncate(fd, this.fileBytes);
+      await this.io.write(fd, encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), 0);
+      await this.io.fdatasync(fd);
       e.state = 'data';
       this.tables.hold(e, table);
     }
@@ -1337,13 +1347,13 @@ export class FileBlockStore implements LocalBlockStore {
     const file = path.join(this.opts.dir, STORE_META);
     let text: string | null = null;
     try {
-      text = await readFile(file, 'utf8');
+      text = (await this.io.readFile(file)).toString('utf8');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
         throw new TorusError('TORUS_ERR_STORE_CORRUPT', `cannot read ${file}: ${(err as Error).message}`, { cause: err });
       }
     }
-    const write = () => writeFileDurably(file, JSON.stringify({ schema: STORE_SCHEMA, blockSize: this.blockSize }) + '\n');
+    const write = () => writeFileDurably(file, JSON.stringify({ schema: STORE_SCHEMA, blockSize: this.blockSize }) + '\n', this.io);
     if (text === null) {
       await write();
       return;
@@ -1376,14 +1386,14 @@ export class FileBlockStore implements LocalBlockStore {
 
   private async scanBlocks(): Promise<void> {
     const hex = /^[0-9a-f]+$/;
-    for (const v of await readdir(this.blocksDir)) {
+    for (const v of await this.io.readdir(this.blocksDir)) {
       if (!hex.test(v)) continue;
       const vdir = path.join(this.blocksDir, v);
-      for (const g of await readdir(vdir)) {
+      for (const g of await this.io.readdir(vdir)) {
         if (!hex.test(g)) continue;
         const gdir = path.join(vdir, g);
         this.knownDirs.add(gdir);
-        for (const i of await readdir(gdir)) {
+        for (const i of await this.io.readdir(gdir)) {
           if (!hex.test(i)) continue;
           const e = this.entryFor(blockRef(parseInt(v, 16), parseInt(g, 16), parseInt(i, 16)));
           e.onDisk = true;

@@ -1,5 +1,4 @@
 import fs from 'node:fs';
-import nodePath from 'node:path';
 import { assert } from '../util/assert.js';
 import { nativeAddon } from '../util/native.js';
 
@@ -254,23 +253,4 @@ export function syncFileSystem(fd: number): Promise<void> | null {
       reject(err);
     }),
   );
-}
-
-/**
- * Replaces a small file atomically and durably: a temp file next to it,
- * fdatasync'd, renamed over it, and the folder fsync'd. A crash leaves the
- * old content or the new one, never a mix (a leftover `.tmp` is harmless:
- * the next write replaces it).
- */
-export async function writeFileDurably(file: string, data: Buffer | string): Promise<void> {
-  const tmp = `${file}.tmp`;
-  const fd = await openFd(tmp, fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_WRONLY);
-  try {
-    await pwriteFull(fd, typeof data === 'string' ? Buffer.from(data, 'utf8') : data, 0);
-    await fdatasync(fd);
-  } finally {
-    await closeFd(fd);
-  }
-  await fs.promises.rename(tmp, file);
-  await fsyncDir(nodePath.dirname(file));
 }

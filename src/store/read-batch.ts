@@ -58,10 +58,13 @@ export class ReadBatcher {
    * `native`: the addon's batch call (null: none, every read the ordinary
    * way). `onRefused` hears once, with the errno, that the kernel refused
    * the ring (the store logs it: reads then cost what they did before).
+   * `readOne`: how a read goes when not in a batch (a store over a model
+   * disk passes its own, with `native` null).
    */
   constructor(
     private readonly native: BatchFn | null = nativeAddon?.readBatchNowait ?? null,
     private readonly onRefused: (errno: number) => void = () => undefined,
+    private readonly readOne: typeof preadCached = preadCached,
   ) {
     this.usable = native !== null;
   }
@@ -77,7 +80,7 @@ export class ReadBatcher {
    * a promise. A small read always waits for its batch.
    */
   read(fd: number, buf: Buffer, offset: number, length: number, position: number): Promise<void> | null {
-    if (!this.usable || length > READ_BATCH_BYTES_MAX || length === 0) return preadCached(fd, buf, offset, length, position);
+    if (!this.usable || length > READ_BATCH_BYTES_MAX || length === 0) return this.readOne(fd, buf, offset, length, position);
     assert(offset >= 0 && offset + length <= buf.length, 'a batched read lies inside its buffer');
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ fd, buf, offset, length, position, resolve, reject });
@@ -140,7 +143,7 @@ export class ReadBatcher {
 
   private single(p: Pending): void {
     try {
-      const pending = preadCached(p.fd, p.buf, p.offset, p.length, p.position);
+      const pending = this.readOne(p.fd, p.buf, p.offset, p.length, p.position);
       if (pending === null) p.resolve();
       else pending.then(p.resolve, p.reject);
     } catch (err) {

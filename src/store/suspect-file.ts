@@ -1,7 +1,6 @@
-import { readFile } from 'node:fs/promises';
 import { TorusError } from '../errors/torus-error.js';
 import { blockRef, type BlockRef } from '../model/block-ref.js';
-import { writeFileDurably } from './fs-async.js';
+import { nodeStoreIo, writeFileDurably, type StoreIo } from './store-io.js';
 
 /**
  * The disk store's list of suspect blocks, `<store>/suspects.json`:
@@ -18,10 +17,10 @@ import { writeFileDurably } from './fs-async.js';
  */
 const SCHEMA = 1;
 
-export async function loadSuspects(file: string): Promise<BlockRef[]> {
+export async function loadSuspects(file: string, io: StoreIo = nodeStoreIo): Promise<BlockRef[]> {
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = (await io.readFile(file)).toString('utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw new TorusError('TORUS_ERR_STORE_IO', `cannot read ${file}: ${(err as Error).message}`, { cause: err });
@@ -45,7 +44,7 @@ export async function loadSuspects(file: string): Promise<BlockRef[]> {
   });
 }
 
-export async function saveSuspects(file: string, refs: readonly BlockRef[]): Promise<void> {
+export async function saveSuspects(file: string, refs: readonly BlockRef[], io: StoreIo = nodeStoreIo): Promise<void> {
   const blocks = refs.map((r) => [r.volumeId, r.generation, r.index]);
-  await writeFileDurably(file, JSON.stringify({ schema: SCHEMA, blocks }) + '\n');
+  await writeFileDurably(file, JSON.stringify({ schema: SCHEMA, blocks }) + '\n', io);
 }
