@@ -58,6 +58,10 @@ export class DirtyLog {
    */
   static async open(dir: string, logger: Logger, io: StoreIo = nodeStoreIo): Promise<{ log: DirtyLog; dirty: BlockRef[]; leftovers: number[] }> {
     await io.mkdirs(dir);
+    // Its name in the store's folder must be durable before a record in it
+    // counts (a first start that crashed before anything else synced that
+    // folder lost every record).
+    await io.fsyncDir(path.dirname(dir));
     const names = (await io.readdir(dir)).filter((n) => /^[0-9a-f]{8}\.log$/.test(n)).sort();
     const dirty = new Map<string, BlockRef>();
     const leftovers: number[] = [];
