@@ -408,7 +408,7 @@ export class FileBlockStore implements LocalBlockStore {
     // (a timeout above us) may release its own while a pwrite still reads it.
     retainBuffer(data);
     try {
-      await this.change(e, { reserve: true, fua: opts.fua }, 'block write failed', async () => {
+      await this.change(e, { reserve: true, fua: opts.fua, version }, 'block write failed', async () => {
         if (e.state !== 'data') await this.makeData(e, version);
         await this.writePages(e, offset, data.length, data, opts.pageCrcs ?? null);
         e.version = version;
@@ -426,7 +426,7 @@ export class FileBlockStore implements LocalBlockStore {
     const e = this.entryFor(ref);
     // Without punch (NBD NO_HOLE) the range must end up allocated, so that
     // later writes to it cannot fail for space: that may need a new block.
-    await this.change(e, { reserve: !opts.punch, fua: opts.fua }, 'block zero failed', async () => {
+    await this.change(e, { reserve: !opts.punch, fua: opts.fua, version }, 'block zero failed', async () => {
       // Decided under the block's lock, on the state the change applies to.
       if (opts.punch && (whole || e.state !== 'data')) {
         // A whole-block punch frees the data; a partial punch of a block
@@ -464,7 +464,7 @@ export class FileBlockStore implements LocalBlockStore {
   }
 
   private async installNow(e: Entry, data: Buffer | null, version: Version, opts: { readonly fua: boolean }): Promise<void> {
-    await this.change(e, { reserve: data !== null, fua: opts.fua }, 'block install failed', async () => {
+    await this.change(e, { reserve: data !== null, fua: opts.fua, version }, 'block install failed', async () => {
       if (data === null) {
         await this.makeTombstone(e, version);
       } else {
@@ -473,12 +473,19 @@ export class FileBlockStore implements LocalBlockStore {
         const fd = e.onDisk ? await this.fdOf(e) : await this.createFile(e);
         // Extends a tombstone's file back to a whole block (sparse zeroes).
         await this.io.ftruncate(fd, this.fileBytes);
-        // The header, then the data in pieces (as any write into pages
-        // that may not be cached: fs-async.ts COLD_WRITE_PIECE_BYTES).
-        const header = this.io.writeCached(fd, encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), 0);
-        if (header !== null) await header;
+        // The data in pieces (as any write into pages that may not be
+        // cached: fs-async.ts COLD_WRITE_PIECE_BYTES), then the header. In
+        // that order a write that fails part way (a full disk) leaves no
+        // header whose CRC table the pages do not match: the file keeps
+        // the header it had, which the block's memory still describes (or
+        // none, for a new file: unreadable, so repaired at the next
+        // start). Header first, a failed install into a new block left a
+        // valid header over part of its data, and the block failed its
+        // checksums after a restart (the crash-point test with disk faults).
         const wrote = this.io.writeCached(fd, data, this.hdrBytes, COLD_WRITE_PIECE_BYTES);
         if (wrote !== null) await wrote;
+        const header = this.io.writeCached(fd, encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), 0);
+        if (header !== null) await header;
         e.coldPages = false;
         this.tables.hold(e, table);
         e.digest = null;
@@ -508,7 +515,7 @@ export class FileBlockStore implements LocalBlockStore {
     // A change like any other: the dirty log names the block before its
     // version moves, so the new version reaches the header at the epoch's
     // checkpoint, and a crash before that brings the block back suspect.
-    await this.change(e, { reserve: false, fua: false }, 'confirming a block failed', async () => {
+    await this.change(e, { reserve: false, fua: false, version }, 'confirming a block failed', async () => {
       if (e.state === 'absent') return;
       e.version = version;
       e.suspect = false;
@@ -532,7 +539,7 @@ export class FileBlockStore implements LocalBlockStore {
     }
     // Named in the dirty log first: if the unlink does not survive a crash,
     // the file that comes back is suspect, not a trusted old copy.
-    await this.change(e, { reserve: false, fua: false }, 'dropping a block failed', async () => {
+    await this.change(e, { reserve: false, fua: false, version: null }, 'dropping a block failed', async () => {
       await this.removeFile(e);
       e.suspect = false;
     });
@@ -596,11 +603,18 @@ export class FileBlockStore implements LocalBlockStore {
     if (this.closing) return;
     this.closing = true;
     this.checkpointTimer?.cancel();
+    // A failure is reported after the files are closed: the store is closed either way.
+    let failure: TorusError | null = null;
     if (!this.failed) {
-      await this.syncs.run();
-      await this.checkpoint();
-      // No writes can start now: the current epoch's log holds nothing to repair.
-      await this.dirtyLog.discard([this.epoch]);
+      try {
+        await this.syncs.run();
+        await this.checkpoint();
+        // No writes can start now: the current epoch's log holds nothing to repair.
+        await this.dirtyLog.discard([this.epoch]);
+      } catch (err) {
+        // The log stays (or part of it): the next start repairs what it names.
+        failure = this.ioError(err, 'closing the store failed: it could not all be made durable');
+      }
     }
     await this.dirtyLog.close();
     if (this.dirFd !== null) await this.io.close(this.dirFd).catch(() => undefined);
@@ -611,6 +625,7 @@ export class FileBlockStore implements LocalBlockStore {
       await this.io.close(fd).catch(() => undefined);
     }
     this.closed = true;
+    if (failure !== null) throw failure;
   }
 
   /**
@@ -634,7 +649,7 @@ export class FileBlockStore implements LocalBlockStore {
    * anything is written), the block named in the dirty log, then `body`
    * under the block's write lock; with fua, a flush after.
    */
-  private async change(e: Entry, opts: { readonly reserve: boolean; readonly fua: boolean }, what: string, body: () => Promise<void>): Promise<void> {
+  private async change(e: Entry, opts: { readonly reserve: boolean; readonly fua: boolean; readonly version: Version | null }, what: string, body: () => Promise<void>): Promise<void> {
     try {
       this.checkWritable();
     } catch (err) {
@@ -662,6 +677,9 @@ export class FileBlockStore implements LocalBlockStore {
       else e.writing = true;
       try {
         await body();
+      } catch (err) {
+        await this.afterFailedChange(e, opts.version, err);
+        throw err;
       } finally {
         this.unlockWrite(e);
       }
@@ -680,6 +698,27 @@ export class FileBlockStore implements LocalBlockStore {
       this.dropIfIdle(e);
     }
     if (opts.fua) await this.flush();
+  }
+
+  /**
+   * A change that failed part way (a full or failing disk) may have left
+   * part of its bytes, or a header naming its version over older data: the
+   * block is suspect from then on (a coordinator confirms or replaces it
+   * before it is trusted again; the suspect list keeps it so across a
+   * restart), it takes the version its header names if it had none yet (a
+   * first write: a checkpoint would otherwise write a header without a
+   * version, and the process would stop on that assertion), and its CRCs
+   * are taken from what the file holds, so that it reads without checksum
+   * errors. Not after a checksum failure: that block is suspect already,
+   * and fresh CRCs would hide its bad page. Found by the crash-point test
+   * with disk faults.
+   */
+  private async afterFailedChange(e: Entry, version: Version | null, err: unknown): Promise<void> {
+    e.suspect = true;
+    this.reindex(e);
+    if (e.state !== 'absent' && e.version === VERSION_ABSENT && version !== null) e.version = version;
+    if (err instanceof TorusError && err.code === 'TORUS_ERR_STORE_CRC_MISMATCH') return;
+    if (e.state === 'data' && e.onDisk) await this.rehashPages(e, await this.fdOf(e), 0, pageCount(this.blockSize)).catch(() => undefined);
   }
 
   /**
@@ -733,6 +772,13 @@ export class FileBlockStore implements LocalBlockStore {
     if (e.state === 'data') return;
     const table = newCrcTable(this.blockSize);
     const fd = e.onDisk ? await this.fdOf(e) : await this.createFile(e);
+    // The data pages must read as zeroes, as the fresh table says. A file
+    // already there is normally a tombstone (its header alone: cutting it
+    // changes nothing), but one left by an install that failed part way
+    // holds some of its bytes: extended in place they failed their
+    // checksums at the next write (found by the crash-point test with
+    // disk faults).
+    if (e.onDisk) await this.io.ftruncate(fd, this.hdrBytes);
     await this.io.ftruncate(fd, this.fileBytes);
     // Headers are small: written on the loop thread like small data writes (fs-async.ts pwriteCached).
     const wrote = this.io.writeCached(fd, encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), 0);
@@ -969,7 +1015,12 @@ export class FileBlockStore implements LocalBlockStore {
       });
       return;
     }
-    await this.dirtyLog.prepare(old + 1);
+    try {
+      await this.dirtyLog.prepare(old + 1);
+    } catch (err) {
+      // Nothing changed yet: the epoch goes on, and a later checkpoint tries again.
+      throw this.ioError(err, 'checkpoint failed: the next epoch\'s dirty log could not be made');
+    }
     this.epoch = old + 1;
     while ((this.epochWrites.get(old) ?? 0) > 0) {
       await new Promise<void>((r) => (this.epochDrained = r));

@@ -24,6 +24,11 @@
  * order, as on a real disk with a thread pool. The `...Cached` calls act
  * at once (they are synchronous on the event loop in the real store).
  * After crash() no call ever finishes: the process is gone.
+ *
+ * Faults (`faults`, off unless set): a write may fail with ENOSPC after
+ * taking a whole number of sectors of its bytes, a file's creation or
+ * growth with ENOSPC, a sync with EIO (what it was to make durable stays
+ * unsynced).
  */
 import fs from 'node:fs';
 import nodePath from 'node:path';
@@ -92,6 +97,10 @@ export class CrashDisk implements StoreIo {
   steps = 0;
   /** When set, each call made is described here as it runs (a failing seed's story). */
   trace: string[] | null = null;
+  /** Chances per call of an injected failure, drawn from `random`. */
+  faults: { readonly random: Random; readonly noSpace: number; readonly io: number } | null = null;
+  /** Failures injected so far. */
+  injected = 0;
 
   constructor(image?: DiskImage) {
     this.inodes.set(ROOT_INO, { kind: 'dir', entries: new Map(), durable: new Map(), ops: [] });
@@ -224,22 +233,43 @@ export class CrashDisk implements StoreIo {
   }
 
   fdatasync(fd: number): Promise<void> {
-    return this.later('fdatasync', () => this.syncInode(this.inodes.get(this.fdOf(fd).ino)!), fd);
+    return this.later(
+      'fdatasync',
+      () => {
+        const inode = this.inodes.get(this.fdOf(fd).ino)!;
+        this.maybeFail('io', 'EIO', 'fdatasync');
+        this.syncInode(inode);
+      },
+      fd,
+    );
   }
 
   ftruncate(fd: number, length: number): Promise<void> {
-    return this.later(`ftruncate ${length}`, () => this.fileOp(this.fileOfFd(fd), { kind: 'truncate', length }), fd);
+    return this.later(
+      `ftruncate ${length}`,
+      () => {
+        const inode = this.fileOfFd(fd);
+        if (length > inode.data.length) this.maybeFail('noSpace', 'ENOSPC', 'ftruncate');
+        this.fileOp(inode, { kind: 'truncate', length });
+      },
+      fd,
+    );
   }
 
   syncfs(fd: number): Promise<void> {
     return this.later('syncfs', () => {
       this.fdOf(fd);
+      this.maybeFail('io', 'EIO', 'syncfs');
       this.syncAll();
     });
   }
 
   fsyncDir(path: string): Promise<void> {
-    return this.later(`fsyncDir ${path}`, () => this.syncInode(this.dirAt(path, 'open')));
+    return this.later(`fsyncDir ${path}`, () => {
+      const dir = this.dirAt(path, 'open');
+      this.maybeFail('io', 'EIO', 'fsync');
+      this.syncInode(dir);
+    });
   }
 
   mkdirs(path: string): Promise<void> {
@@ -358,6 +388,7 @@ export class CrashDisk implements StoreIo {
       if ((flags & fs.constants.O_CREAT) === 0) throw errno('ENOENT', 'open', path);
       const dir = this.parentOf(path);
       if (dir === undefined) throw errno('ENOENT', 'open', path);
+      this.maybeFail('noSpace', 'ENOSPC', 'open');
       ino = this.newInode({ kind: 'file', data: Buffer.alloc(0), durable: Buffer.alloc(0), ops: [] });
       this.nameOp(dir, { kind: 'set', name: nodePath.basename(path), ino });
     } else {
@@ -390,7 +421,25 @@ export class CrashDisk implements StoreIo {
   }
 
   private writeNow(fd: number, data: Buffer, position: number): void {
-    this.fileOp(this.fileOfFd(fd), { kind: 'write', position, data });
+    const inode = this.fileOfFd(fd);
+    if (this.drawFault('noSpace')) {
+      // A short write, then the error: some whole sectors of it taken.
+      const taken = this.faults!.random.int(Math.floor(data.length / SECTOR_BYTES) + 1) * SECTOR_BYTES;
+      if (taken > 0) this.fileOp(inode, { kind: 'write', position, data: data.subarray(0, taken) });
+      throw errno('ENOSPC', 'write', String(fd));
+    }
+    this.fileOp(inode, { kind: 'write', position, data });
+  }
+
+  private drawFault(kind: 'noSpace' | 'io'): boolean {
+    if (this.faults === null || this.faults.random.next() >= this.faults[kind]) return false;
+    this.injected++;
+    this.trace?.push(`${this.steps} (injected ${kind})`);
+    return true;
+  }
+
+  private maybeFail(kind: 'noSpace' | 'io', code: string, call: string): void {
+    if (this.drawFault(kind)) throw errno(code, call, 'injected');
   }
 
   private fileOp(inode: FileInode, op: FileOp): void {
