@@ -603,8 +603,10 @@ export class FileBlockStore implements LocalBlockStore {
     if (this.closing) return;
     this.closing = true;
     this.checkpointTimer?.cancel();
-    // A failure is reported after the files are closed: the store is closed either way.
-    let failure: TorusError | null = null;
+    // A failure is reported after the files are closed: the store is closed
+    // either way. A store that had failed made nothing durable since: its
+    // close says so (it once resolved as if all were done).
+    let failure: TorusError | null = this.failed;
     if (!this.failed) {
       try {
         await this.syncs.run();
