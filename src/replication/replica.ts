@@ -133,7 +133,7 @@ export class Replica implements ReplicaApi {
       await this.opts.fences.admit(ref.volumeId, stamp.token);
       const whole = offset === 0 && data.length === this.blockSize;
       if (!this.applies(ref, stamp, whole)) return;
-      await this.store.write(ref, offset, data, stamp.version, opts);
+      await this.changeStore(ref, () => this.store.write(ref, offset, data, stamp.version, opts));
       this.opts.onApplied?.({ ref, kind: 'write', token: stamp.token, version: stamp.version });
     });
   }
@@ -155,7 +155,7 @@ export class Replica implements ReplicaApi {
       await this.opts.fences.admit(ref.volumeId, stamp.token);
       const whole = offset === 0 && length === this.blockSize;
       if (!this.applies(ref, stamp, whole)) return;
-      await this.store.zero(ref, offset, length, stamp.version, opts);
+      await this.changeStore(ref, () => this.store.zero(ref, offset, length, stamp.version, opts));
       this.opts.onApplied?.({ ref, kind: 'zero', token: stamp.token, version: stamp.version });
     });
   }
@@ -177,7 +177,7 @@ export class Replica implements ReplicaApi {
         if (order === 0) return 'same';
         if (order < 0) return 'newer';
       }
-      await this.store.install(ref, copy.data, copy.version, { fua: opts.fua });
+      await this.changeStore(ref, () => this.store.install(ref, copy.data, copy.version, { fua: opts.fua }));
       this.opts.onApplied?.({ ref, kind: 'install', token: opts.token, version: copy.version });
       return 'installed';
     });
@@ -302,6 +302,21 @@ export class Replica implements ReplicaApi {
     this.log.warn({ block: blockRefKey(ref), have: meta.version, prev: stamp.prev, version: stamp.version }, 'gap in a block\'s changes; the block is suspect until caught up');
     this.opts.onSuspect?.(ref, why);
     throw new TorusError('TORUS_ERR_REPLICA_STALE', `block ${blockRefKey(ref)}: ${why}`, { details: { have: meta.version, prev: stamp.prev } });
+  }
+
+  /**
+   * A change the store could not finish (a full or failing disk) may leave
+   * part of it behind; the store then marks the block suspect
+   * (file-block-store.ts afterFailedChange), and the peer record must say
+   * so, as for a gap or a checksum failure.
+   */
+  private async changeStore(ref: BlockRef, change: () => Promise<void>): Promise<void> {
+    try {
+      await change();
+    } catch (err) {
+      if (this.store.head(ref).suspect) this.opts.onSuspect?.(ref, `a change failed part way: ${(err as Error).message}`);
+      throw err;
+    }
   }
 
   private noteCrcFailure(ref: BlockRef, err: unknown): void {
