@@ -1,10 +1,9 @@
-import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { TorusError } from '../errors/torus-error.js';
 import { TOKEN_MAX } from '../model/version.js';
 import { assert } from '../util/assert.js';
 import type { Random } from '../util/random.js';
-import { writeFileDurably } from './store-io.js';
+import { nodeStoreIo, writeFileDurably, type StoreIo } from './store-io.js';
 
 /**
  * Where a peer keeps the newest fencing token per volume, so that a
@@ -40,14 +39,18 @@ export class FileFencePersistence implements FencePersistence {
   /** Saves run one at a time: they share the temp file. */
   private chain: Promise<void> = Promise.resolve();
 
-  constructor(private readonly dir: string) {
+  /** `io`: the file-system calls (store-io.ts); tests pass a model disk that loses what was not synced at a crash. */
+  constructor(
+    private readonly dir: string,
+    private readonly io: StoreIo = nodeStoreIo,
+  ) {
     this.file = path.join(dir, FILE);
   }
 
   async load(): Promise<Map<number, number>> {
     let text: string;
     try {
-      text = await readFile(this.file, 'utf8');
+      text = (await this.io.readFile(this.file)).toString('utf8');
     } catch (err) {
       // Never saved: no token learnt yet. (A leftover temp file is a save
       // that did not resolve, so it promised nothing.)
@@ -64,10 +67,12 @@ export class FileFencePersistence implements FencePersistence {
       .then(async () => {
         try {
           if (!this.dirReady) {
-            await mkdir(this.dir, { recursive: true });
+            await this.io.mkdirs(this.dir);
+            // Its name too, or a crash could take the folder and every token in it.
+            await this.io.fsyncDir(path.dirname(this.dir));
             this.dirReady = true;
           }
-          await writeFileDurably(this.file, text);
+          await writeFileDurably(this.file, text, this.io);
         } catch (err) {
           const code = (err as NodeJS.ErrnoException)?.code;
           const noSpace = code === 'ENOSPC' || code === 'EDQUOT';
