@@ -73,12 +73,12 @@ import { ManualClock } from '../helpers/metadata-contract.js';
  *   durable (seed 3838).
  *
  * Deterministic: a seed replays exactly. More seeds:
- * CRASH_SEEDS=20000 CRASH_FROM=1501 npx vitest run test/unit/store-crash-points.test.ts
+ * CRASH_SEEDS=20000 CRASH_FROM=1001 npx vitest run test/unit/store-crash-points.test.ts
  * (CRASH_DUMP=/path writes the failing seed's script as JSON; CRASH_TRACE=1
  * prints every disk call of the run and what each open found).
  */
 
-const SEEDS = Number(process.env.CRASH_SEEDS ?? 1500);
+const SEEDS = Number(process.env.CRASH_SEEDS ?? 1000);
 const FROM = Number(process.env.CRASH_FROM ?? 1);
 const BS = 16 * 1024;
 const DIR = '/data/store';
