@@ -5,10 +5,10 @@
  * fsync, rename, fsync of the folder) on every change, so a kill -9 at any
  * point leaves either the old or the new list.
  */
-import { readFile, rename, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { TorusError } from '../errors/torus-error.js';
-import { fsyncDir } from '../store/fs-async.js';
+import { writeFileDurably } from '../store/store-io.js';
 
 export const STATE_FILE_NAME = 'attachments.json';
 const SCHEMA = 1;
@@ -116,9 +116,5 @@ export async function readState(dataDir: string): Promise<AttachState> {
 }
 
 export async function writeState(dataDir: string, state: AttachState): Promise<void> {
-  const file = path.join(dataDir, STATE_FILE_NAME);
-  const tmp = `${file}.tmp`;
-  await writeFile(tmp, formatState(state), { flush: true });
-  await rename(tmp, file);
-  await fsyncDir(dataDir);
+  await writeFileDurably(path.join(dataDir, STATE_FILE_NAME), formatState(state));
 }
