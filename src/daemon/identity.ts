@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { TorusError } from '../errors/torus-error.js';
-import { fsyncDir } from '../store/fs-async.js';
+import { writeFileDurably } from '../store/store-io.js';
 
 /**
  * A peer's UUID lives in its data dir, so a restarted peer is the same ring
@@ -24,10 +24,7 @@ export async function loadOrCreatePeerId(dataDir: string): Promise<{ uuid: strin
     }
   }
   const uuid = randomUUID();
-  const tmp = `${file}.tmp`;
-  await writeFile(tmp, JSON.stringify({ schema: 1, uuid, createdAt: new Date().toISOString() }) + '\n', { flush: true });
-  await rename(tmp, file);
-  await fsyncDir(dataDir);
+  await writeFileDurably(file, JSON.stringify({ schema: 1, uuid, createdAt: new Date().toISOString() }) + '\n');
   return { uuid, created: true };
 }
 
