@@ -334,6 +334,9 @@ export class FileBlockStore implements LocalBlockStore {
       const out = region.subarray(offset - base, offset - base + length);
       region = null;
       return out;
+    } catch (err) {
+      // The store's own codes only (a checksum failure is one already).
+      throw this.ioError(err, 'block read failed');
     } finally {
       // Not handed out (a failed read or check): back to the pool. A pread
       // still running cannot be: the await above saw it finish or fail.

@@ -28,7 +28,7 @@
  * Faults (`faults`, off unless set): a write may fail with ENOSPC after
  * taking a whole number of sectors of its bytes, a file's creation or
  * growth with ENOSPC, a sync with EIO (what it was to make durable stays
- * unsynced).
+ * unsynced), a read with EIO.
  */
 import fs from 'node:fs';
 import nodePath from 'node:path';
@@ -415,6 +415,7 @@ export class CrashDisk implements StoreIo {
 
   private readNow(fd: number, buf: Buffer, offset: number, length: number, position: number): void {
     const { data } = this.fileOfFd(fd);
+    this.maybeFail('io', 'EIO', 'read');
     const n = Math.max(0, Math.min(length, data.length - position));
     if (n > 0) data.copy(buf, offset, position, position + n);
     buf.fill(0, offset + n, offset + length);

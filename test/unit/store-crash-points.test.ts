@@ -27,7 +27,7 @@ import { ManualClock } from '../helpers/metadata-contract.js';
  * few files stay open and how many operations run at once; in a third of
  * the seeds the disk fails calls while the script runs (a write with
  * ENOSPC after part of its bytes, a file's creation or growth with
- * ENOSPC, a sync with EIO): an operation may then fail, with the store's
+ * ENOSPC, a sync or a read with EIO): an operation may then fail, with the store's
  * own error, and the block it changed holds what it held before or part
  * of the change (the test reads it back), suspect from then on. The store
  * then opens on what the crash left;
@@ -70,7 +70,9 @@ import { ManualClock } from '../helpers/metadata-contract.js';
  *   over part of its data (checksum errors after a restart: seed 2474);
  * - a checkpoint or close that failed let a raw node error out (seed 1514);
  * - a close of a store that had already failed resolved as if all were
- *   durable (seed 3838).
+ *   durable (seed 3838);
+ * - a read the disk failed (EIO) let a raw node error out, which a
+ *   coordinator took for its whole peer failing rather than this block.
  *
  * Deterministic: a seed replays exactly. More seeds:
  * CRASH_SEEDS=20000 CRASH_FROM=1001 npx vitest run test/unit/store-crash-points.test.ts
@@ -220,6 +222,17 @@ function bytesOf(fill: number, length: number): Buffer {
   return new SeededRandom(fill).bytes(length);
 }
 
+/** A whole block read back, again while the disk fails reads (EIO); any other error is the test's failure. */
+async function readThroughFaults(store: FileBlockStore, ref: BlockRef): Promise<Buffer> {
+  for (let tries = 1; ; tries++) {
+    try {
+      return Buffer.from(await store.read(ref, 0, BS));
+    } catch (err) {
+      if (tries >= 20 || !isTorusError(err, 'TORUS_ERR_STORE_IO')) throw err;
+    }
+  }
+}
+
 /** The client: the script's operations, at most `inFlightMax` at once, one change per block at a time. */
 async function client(store: FileBlockStore, ops: Op[], run: Run, shape: Shape): Promise<void> {
   const inFlight = new Set<Promise<void>>();
@@ -248,7 +261,7 @@ async function client(store: FileBlockStore, ops: Op[], run: Run, shape: Shape):
         // What the block holds now (part of the change, or none of it) is
         // what the next changes build on: read it back as a state of its own.
         const h = store.head(REFS[b]!);
-        const now = Buffer.from(await store.read(REFS[b]!, 0, BS));
+        const now = await readThroughFaults(store, REFS[b]!);
         const prev = m.states[k - 1]!;
         const holds = (st: State) => !h.suspect && h.state === st.state && h.version === st.version && sameBytes(now, st, 0, BS);
         if (holds(prev)) {
