@@ -142,6 +142,15 @@ interface Entry {
    * starts has none of them cached.
    */
   coldPages: boolean;
+  /**
+   * A change failed part way and its CRCs could not be taken again from
+   * the file (the disk failed that read too): the table in memory may not
+   * describe the pages. Reads and scrubs refuse (TORUS_ERR_STORE_IO, not a
+   * checksum failure: nothing rotted), a change and a checkpoint take the
+   * CRCs from the file first, and a new table (install, a block made data
+   * or a tombstone, a drop) clears it. The block is suspect meanwhile.
+   */
+  checksumsUnknown: boolean;
 }
 
 const STORE_META = 'store.json';
@@ -321,6 +330,7 @@ export class FileBlockStore implements LocalBlockStore {
     let region: Buffer | null = null;
     try {
       if (e.state !== 'data' || length === 0) return this.zeroes(length);
+      if (e.checksumsUnknown) throw this.checksumsUnknownError(e);
       const p0 = Math.floor(offset / PAGE_BYTES);
       const p1 = Math.ceil((offset + length) / PAGE_BYTES);
       const base = p0 * PAGE_BYTES;
@@ -357,6 +367,7 @@ export class FileBlockStore implements LocalBlockStore {
     await this.lockRead(e);
     try {
       if (e.state === 'data') {
+        if (e.checksumsUnknown) throw this.checksumsUnknownError(e);
         const fd = await this.fdOf(e);
         const table = this.tables.use(e) ?? (await this.tableOf(e));
         // From the pool, like a read's region: garbage collection asks the
@@ -491,6 +502,7 @@ export class FileBlockStore implements LocalBlockStore {
         if (header !== null) await header;
         e.coldPages = false;
         this.tables.hold(e, table);
+        e.checksumsUnknown = false;
         e.digest = null;
         e.state = 'data';
         e.version = version;
@@ -723,7 +735,20 @@ export class FileBlockStore implements LocalBlockStore {
     this.reindex(e);
     if (e.state !== 'absent' && e.version === VERSION_ABSENT && version !== null) e.version = version;
     if (err instanceof TorusError && err.code === 'TORUS_ERR_STORE_CRC_MISMATCH') return;
-    if (e.state === 'data' && e.onDisk) await this.rehashPages(e, await this.fdOf(e), 0, pageCount(this.blockSize)).catch(() => undefined);
+    if (e.state === 'data' && e.onDisk) {
+      e.checksumsUnknown = true;
+      await this.rehashWhole(e).catch(() => undefined);
+    }
+  }
+
+  /** Takes every page's CRC from what the file holds (after a change failed part way). */
+  private async rehashWhole(e: Entry): Promise<void> {
+    await this.rehashPages(e, await this.fdOf(e), 0, pageCount(this.blockSize));
+    e.checksumsUnknown = false;
+  }
+
+  private checksumsUnknownError(e: Entry): TorusError {
+    return new TorusError('TORUS_ERR_STORE_IO', `block ${e.key}: a change failed part way and its checksums could not be read back from the disk; it is suspect until replaced`, { details: { block: e.key } });
   }
 
   /**
@@ -789,6 +814,7 @@ export class FileBlockStore implements LocalBlockStore {
     const wrote = this.io.writeCached(fd, encodeHeader(e.ref, this.blockSize, { state: 'data', version, table }), 0);
     if (wrote !== null) await wrote;
     this.tables.hold(e, table);
+    e.checksumsUnknown = false;
     e.digest = null;
     e.state = 'data';
     // Fresh file pages: none cached (a tombstone's only page is its header).
@@ -808,6 +834,7 @@ export class FileBlockStore implements LocalBlockStore {
     if (wrote !== null) await wrote;
     await this.io.ftruncate(fd, this.hdrBytes);
     this.tables.release(e);
+    e.checksumsUnknown = false;
     e.digest = null;
     e.state = 'zero';
     e.version = version;
@@ -834,6 +861,8 @@ export class FileBlockStore implements LocalBlockStore {
   private async writePages(e: Entry, offset: number, length: number, data: Buffer | null, known: Uint32Array | null = null): Promise<void> {
     assert(e.state === 'data', 'pages are written into a data block');
     if (length === 0) return;
+    // Under the block's write lock: take the CRCs from the file before checking edge pages against them.
+    if (e.checksumsUnknown) await this.rehashWhole(e);
     const fd = e.fd !== null ? this.touchFd(e) : await this.fdOf(e);
     const table = this.tables.use(e) ?? (await this.tableOf(e));
     const p0 = Math.floor(offset / PAGE_BYTES);
@@ -942,6 +971,7 @@ export class FileBlockStore implements LocalBlockStore {
     e.state = 'absent';
     e.version = VERSION_ABSENT;
     this.tables.release(e);
+    e.checksumsUnknown = false;
     e.digest = null;
     this.recount(e);
     this.reindex(e);
@@ -950,6 +980,13 @@ export class FileBlockStore implements LocalBlockStore {
   // ---------------------------------------------------------------- flush and checkpoints
 
   private async syncNow(): Promise<void> {
+    // After a failed sync nothing since the last good one is trusted: a
+    // sync queued behind the failed one must fail too, not report durable
+    // what the failed one took off the lists (the folder of a new file, or
+    // pages the kernel may have dropped). Found by the crash-point test
+    // with disk faults (seed 12439: a FUA install acknowledged, its file's
+    // name lost in the crash).
+    if (this.failed !== null) throw this.failed;
     const files = [...this.flushFiles];
     this.flushFiles = new Set();
     const dirs = [...this.flushDirs];
@@ -1040,6 +1077,8 @@ export class FileBlockStore implements LocalBlockStore {
           if (!e.onDisk || e.state === 'absent') return;
           // The whole header: it also upgrades a format-1 file to format 2.
           const fd = await this.fdOf(e);
+          // A table that may not describe the pages must not reach the header (the log that names the block goes next).
+          if (e.checksumsUnknown) await this.rehashWhole(e);
           const table = e.state === 'data' ? (this.tables.use(e) ?? (await this.tableOf(e))) : newCrcTable(this.blockSize);
           await this.io.write(fd, encodeHeader(e.ref, this.blockSize, { state: e.state, version: e.version, table }), 0);
           await this.io.fdatasync(fd);
@@ -1126,6 +1165,7 @@ export class FileBlockStore implements LocalBlockStore {
         waiters: [],
         pending: 0,
         coldPages: true,
+        checksumsUnknown: false,
       };
       this.entries.set(key, e);
     }

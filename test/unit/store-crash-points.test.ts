@@ -72,7 +72,12 @@ import { ManualClock } from '../helpers/metadata-contract.js';
  * - a close of a store that had already failed resolved as if all were
  *   durable (seed 3838);
  * - a read the disk failed (EIO) let a raw node error out, which a
- *   coordinator took for its whole peer failing rather than this block.
+ *   coordinator took for its whole peer failing rather than this block;
+ * - a flush queued behind a sync that failed reported durable what the
+ *   failed one had taken off its lists (seed 12439);
+ * - a failed change whose block could not be read back left a CRC table
+ *   that did not describe its pages (seed 13692): reads and scrubs now
+ *   refuse it with TORUS_ERR_STORE_IO until its CRCs are taken again.
  *
  * Deterministic: a seed replays exactly. More seeds:
  * CRASH_SEEDS=20000 CRASH_FROM=1001 npx vitest run test/unit/store-crash-points.test.ts
@@ -179,6 +184,13 @@ interface BlockModel {
    * sector holds what some state since made it, not one state whole.
    */
   taintedAt: number | null;
+  /**
+   * A failed change whose block could not be read back (the disk failed
+   * that read too, and the store then refuses reads: TORUS_ERR_STORE_IO):
+   * what it holds is not known, so its bytes are not judged from then on;
+   * it must still open and read without checksum errors after a crash.
+   */
+  unknown: boolean;
   seq: number;
   chain: Promise<void>;
 }
@@ -191,7 +203,7 @@ interface Run {
 }
 
 function newRun(): Run {
-  return { blocks: REFS.map(() => ({ states: [ABSENT], started: 0, acked: 0, durable: 0, taintedAt: null, seq: 0, chain: Promise.resolve() })), failures: [], closed: false };
+  return { blocks: REFS.map(() => ({ states: [ABSENT], started: 0, acked: 0, durable: 0, taintedAt: null, unknown: false, seq: 0, chain: Promise.resolve() })), failures: [], closed: false };
 }
 
 function openStore(disk: CrashDisk, shape: Shape): Promise<FileBlockStore> {
@@ -261,7 +273,16 @@ async function client(store: FileBlockStore, ops: Op[], run: Run, shape: Shape):
         // What the block holds now (part of the change, or none of it) is
         // what the next changes build on: read it back as a state of its own.
         const h = store.head(REFS[b]!);
-        const now = await readThroughFaults(store, REFS[b]!);
+        let now: Buffer;
+        try {
+          now = await readThroughFaults(store, REFS[b]!);
+        } catch (readErr) {
+          if (!isTorusError(readErr, 'TORUS_ERR_STORE_IO')) throw readErr;
+          if (!h.suspect) run.failures.push(`${blockRefKey(REFS[b]!)}: a change failed part way and its block cannot be read, yet it is trusted`);
+          m.taintedAt ??= k - 1;
+          m.unknown = true;
+          throw err;
+        }
         const prev = m.states[k - 1]!;
         const holds = (st: State) => !h.suspect && h.state === st.state && h.version === st.version && sameBytes(now, st, 0, BS);
         if (holds(prev)) {
@@ -347,9 +368,10 @@ async function client(store: FileBlockStore, ops: Op[], run: Run, shape: Shape):
             const whole = Buffer.alloc(BS);
             got.copy(whole, op.offset);
             const ok =
-              m.taintedAt === null
+              m.unknown ||
+              (m.taintedAt === null
                 ? m.states.slice(from, m.started + 1).some((st) => sameBytes(whole, st, op.offset, op.offset + op.length))
-                : sectorsFit(whole, m.states.slice(Math.min(from, m.taintedAt), m.started + 1), op.offset, op.offset + op.length);
+                : sectorsFit(whole, m.states.slice(Math.min(from, m.taintedAt), m.started + 1), op.offset, op.offset + op.length));
             if (!ok) run.failures.push(`a read of ${blockRefKey(REFS[op.b]!)} at ${op.offset}+${op.length} returned bytes no state since state ${from} held`);
           }),
         );
@@ -499,6 +521,7 @@ function check(run: Run, seen: Awaited<ReturnType<typeof readAll>>, suspectsBefo
     if (suspectsBefore?.has(key) && !h.suspect) broken.push(`${says}: was suspect before the crash that followed the open, is not now`);
     // (A block a failed change left suspect stays so until a coordinator confirms or replaces it.)
     if (run.closed && h.suspect && m.taintedAt === null) broken.push(`${says}: suspect after a clean close`);
+    if (m.unknown) return;
     if (!h.suspect && m.taintedAt === null) {
       const match = cands.some((s) => s.state === h.state && s.version === h.version && sameBytes(got, s, 0, BS));
       if (!match) broken.push(`${says}: not suspect, yet its state, version and bytes are not what a change since the last durable one made`);
@@ -572,6 +595,8 @@ async function runSeed(seed: number): Promise<string[]> {
 const STORIES: readonly { seed: number; what: string }[] = [
   { seed: 2999, what: 'a FLUSH acknowledged while a checkpoint\'s sync still held the folder it needed: a flushed block came back absent' },
   { seed: 1514, what: 'a close whose log could not be deleted (EIO) threw a raw node error instead of the store\'s own' },
+  { seed: 13692, what: 'an install whose header write failed (ENOSPC), and whose block could not be read back (EIO), failed its checksums: its table did not describe its pages' },
+  { seed: 12439, what: 'a FUA flush queued behind a sync that failed (EIO) reported the install durable; its file\'s name was lost in the crash' },
   { seed: 3838, what: 'a close of a store that had failed (EIO) resolved as if everything were durable' },
   { seed: 2474, what: 'an install that failed part way into a new block left a valid header over part of its data' },
 ];
