@@ -66,7 +66,6 @@ interface DirInode {
 type Inode = FileInode | DirInode;
 
 interface Call {
-  readonly name: string;
   readonly run: () => unknown;
   readonly resolve: (v: unknown) => void;
   readonly reject: (e: unknown) => void;
@@ -129,9 +128,22 @@ export class CrashDisk implements StoreIo {
 
   // ------------------------------------------------------------ the test's side
 
-  /** Calls waiting to finish. */
-  get pending(): number {
-    return this.queue.length;
+  /**
+   * Lets the process under test run (a turn of the event loop, so its
+   * promise chains move on) and finishes one waiting call after each,
+   * drawn by `order`, until `done` holds, the disk has made `crashAt`
+   * calls, or nothing has moved for 100 turns (the process waits on
+   * something that will never come: 'stuck').
+   */
+  async runUntil(order: Random, done: () => boolean, crashAt: number | null = null): Promise<'done' | 'crash' | 'stuck'> {
+    for (let idle = 0; ; ) {
+      if (done()) return 'done';
+      if (crashAt !== null && this.steps >= crashAt) return 'crash';
+      await new Promise((r) => setImmediate(r));
+      if (done()) return 'done';
+      if (this.runOne(order)) idle = 0;
+      else if (++idle > 100) return 'stuck';
+    }
   }
 
   /** Finishes one waiting call, drawn by `random`; false when none waits. */
@@ -341,7 +353,7 @@ export class CrashDisk implements StoreIo {
   private later<T>(name: string, run: () => T, fd?: number): Promise<T> {
     if (this.crashed) return new Promise(() => undefined);
     const traced = this.trace === null ? run : () => (this.trace!.push(`${this.steps} ${name}${fd === undefined ? '' : ` ${this.fds.get(fd)?.path ?? `fd ${fd}`}`}`), run());
-    return new Promise<T>((resolve, reject) => this.queue.push({ name, run: traced, resolve: resolve as (v: unknown) => void, reject }));
+    return new Promise<T>((resolve, reject) => this.queue.push({ run: traced, resolve: resolve as (v: unknown) => void, reject }));
   }
 
   private newInode(node: Inode): number {

@@ -45,15 +45,10 @@ async function runSeed(seed: number): Promise<string | null> {
       () => inFlight--,
     );
     // Let some of it run before the next save is asked for.
-    for (let s = r.int(6); s > 0 && disk.steps < crashAt; s--) {
-      await new Promise((res) => setImmediate(res));
-      disk.runOne(r);
-    }
+    const until = Math.min(crashAt, disk.steps + r.int(6));
+    await disk.runUntil(r, () => disk.steps >= until);
   }
-  while (inFlight > 0 && disk.steps < crashAt) {
-    await new Promise((res) => setImmediate(res));
-    if (!disk.runOne(r)) await new Promise((res) => setImmediate(res));
-  }
+  await disk.runUntil(r, () => inFlight === 0, crashAt);
   const image = disk.crash(r);
   const after = new CrashDisk(image);
   const loading = new FileFencePersistence(DIR, after).load();
@@ -62,10 +57,7 @@ async function runSeed(seed: number): Promise<string | null> {
     (m) => (loaded = m),
     (err: unknown) => (loaded = `load failed: ${(err as Error).message}`),
   );
-  for (let i = 0; i < 50 && loaded === 'not loaded'; i++) {
-    await new Promise((res) => setImmediate(res));
-    after.runOne(r);
-  }
+  await after.runUntil(r, () => loaded !== 'not loaded');
   if (typeof loaded === 'string') return loaded;
   const got: Map<number, number> = loaded;
   for (const [v, t] of resolved) if ((got.get(v) ?? 0) < t) return `volume ${v}: a resolved save held token ${t}, the load gave ${got.get(v) ?? 'none'}`;

@@ -28,12 +28,7 @@ async function drive<T>(disk: CrashDisk, p: Promise<T>): Promise<T> {
   let done = false;
   const settled = p.finally(() => (done = true));
   settled.catch(() => undefined);
-  const order = new SeededRandom(7);
-  for (let idle = 0; !done && idle < 100; ) {
-    await new Promise((r) => setImmediate(r));
-    if (disk.runOne(order)) idle = 0;
-    else idle++;
-  }
+  await disk.runUntil(new SeededRandom(7), () => done);
   return settled;
 }
 

@@ -210,19 +210,6 @@ function openStore(disk: CrashDisk, shape: Shape): Promise<FileBlockStore> {
   return FileBlockStore.open({ dir: DIR, blockSize: BS, capacity: 64 * BS * 4, logger: log, clock: new ManualClock(), io: disk, epochBlocksMax: shape.epochBlocksMax, fdMax: shape.fdMax, checkpointIntervalMs: 3_600_000 });
 }
 
-/** Runs the disk's calls (in an order `order` draws) until `done` holds, the disk is at `crashAt` calls, or nothing moves. */
-async function pump(disk: CrashDisk, order: Random, done: () => boolean, crashAt: number | null): Promise<'done' | 'crash' | 'stuck'> {
-  let idle = 0;
-  for (;;) {
-    if (done()) return 'done';
-    if (crashAt !== null && disk.steps >= crashAt) return 'crash';
-    await new Promise((r) => setImmediate(r));
-    if (done()) return 'done';
-    if (disk.runOne(order)) idle = 0;
-    else if (++idle > 100) return 'stuck';
-  }
-}
-
 /** The bytes a change leaves: what the block held (zeroes unless data), changed by `apply`. */
 function contentOf(s: State, apply: (buf: Buffer) => void): Buffer {
   const buf = s.state === 'data' && s.data !== null ? Buffer.from(s.data) : Buffer.alloc(BS);
@@ -449,7 +436,7 @@ async function runScript(seed: number, ops: Op[], crashAt: number | null): Promi
     .catch((err: unknown) => void run.failures.push(`the run failed: ${(err as Error).stack ?? String(err)}`))
     .finally(() => (finished = true));
   void work;
-  const outcome = await pump(disk, new SeededRandom(seed * 31 + 7), () => finished, crashAt);
+  const outcome = await disk.runUntil(new SeededRandom(seed * 31 + 7), () => finished, crashAt);
   return { disk, run, outcome };
 }
 
@@ -463,7 +450,7 @@ async function openOn(image: DiskImage, shape: Shape, order: number, crashAt: nu
   void openStore(disk, shape)
     .then((s) => (store = s), (err: unknown) => (error = (err as Error).stack ?? String(err)))
     .finally(() => (finished = true));
-  const outcome = await pump(disk, new SeededRandom(order), () => finished, crashAt);
+  const outcome = await disk.runUntil(new SeededRandom(order), () => finished, crashAt);
   if (disk.trace !== null) console.log(`--- open (crash at ${crashAt}):\n${disk.trace.join('\n')}`);
   return { disk, store, error, outcome };
 }
@@ -479,7 +466,7 @@ async function readAll(disk: CrashDisk, store: FileBlockStore, order: Random): P
       (err: unknown) => (data[b] = `read failed: ${(err as Error).message}`),
     ).finally(() => left--);
   });
-  const outcome = await pump(disk, order, () => left === 0, null);
+  const outcome = await disk.runUntil(order, () => left === 0);
   if (outcome !== 'done') throw new Error(`reads did not finish (${outcome})`);
   return { heads, data, listed: store.list({ limit: 1000 }).map((l) => blockRefKey(l.ref)) };
 }
