@@ -24,6 +24,8 @@ import { NbdkitTarget } from './lib/nbdkit.mjs';
 import { BenchError, logTail, run, runOk, sleep, Supervisor } from './lib/procs.mjs';
 import {
   coresTable,
+  ceilingTable,
+  cpuCeilings,
   goalTally,
   IDLE_CORES_MAX,
   idleLines,
@@ -315,16 +317,20 @@ async function main() {
     const figures = {};
     const p99 = {};
     const cores = {};
+    const fioCores = {};
     for (const t of names) {
       const rs = results[job.name][t];
       if (rs.length === 0) continue;
       figures[t] = summarize(rs.map((r) => figureOf(job, r)));
       p99[t] = median(rs.map((r) => r.clatP99Us).filter((x) => x != null));
       cores[t] = median(rs.map((r) => r.targetCores));
+      fioCores[t] = median(rs.map((r) => r.fioCores).filter((x) => x != null));
     }
-    return { job, figures, p99, cores };
+    return { job, figures, p99, cores, fioCores };
   });
   const ratioRows = ratios(jobs);
+  const cpuCount = os.cpus().length;
+  const ceilingRows = cpuCeilings(jobs, cpuCount);
   const warnings = spreadWarnings(jobs);
   const rss = sampler.report();
   const rssV = rssVerdicts(rss);
@@ -340,6 +346,9 @@ async function main() {
   console.log(latencyTable(jobs, names));
   console.log();
   console.log(coresTable(jobs, names));
+  console.log();
+  console.log(ceilingTable(ceilingRows, names, cpuCount));
+  console.log('ABOVE: issue 7 asks that target of it in this run, and this machine cannot give it at the CPU per unit it used.');
   console.log();
   console.log('Ratios of medians (issue 7). torusd/file: single peer vs nbdkit file, target ≥1.0 on every job.');
   console.log('replicated: torusd-r2 (3 peers, R=2, write level all) vs its target: reads vs single-peer torusd, sequential writes vs nbdkit file ÷ 2, random writes vs nbdkit file.');
@@ -390,7 +399,7 @@ async function main() {
       targets.map((t) => [t.name, { role: t.role, commandLines: t.nbdkit ? [t.nbdkit.mainCommandLine, ...t.nbdkit.freshCommandLines] : t.cluster.commandLines }]),
     ),
     fill: fills,
-    jobs: jobs.map(({ job, figures, p99, cores }) => ({
+    jobs: jobs.map(({ job, figures, p99, cores, fioCores }) => ({
       job: job.name,
       kind: job.kind,
       unit: job.unit,
@@ -398,9 +407,11 @@ async function main() {
       figures,
       p99Us: p99,
       targetCores: cores,
+      fioCores,
       rounds: Object.fromEntries(names.map((t) => [t, results[job.name][t]])),
     })),
     ratios: ratioRows,
+    cpuCeilings: { cpus: cpuCount, jobs: ceilingRows },
     targetsMissed: missed,
     spreadWarnings: warnings,
     quiet: { warnings: quietWarnings, waitMsMedian: median(quietWaits), waitMsMax: quietWaits.length ? Math.max(...quietWaits) : null },

@@ -53,6 +53,8 @@ export function readFio(file) {
     clatP50Us: pct('50.000000'),
     clatP99Us: pct('99.000000'),
     syncs: job.sync?.total_ios ?? 0,
+    // fio's own CPU (user + system) over the job, in cores: the client's share of the machine.
+    fioCores: Number.isFinite(job.usr_cpu) && Number.isFinite(job.sys_cpu) ? (job.usr_cpu + job.sys_cpu) / 100 : null,
   };
 }
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'vitest';
-import { formatFigure, goalTally, idleVerdicts, pairedTable, ratios, rssVerdicts, spreadWarnings } from '../lib/report.mjs';
+import { ceilingTable, cpuCeilings, formatFigure, goalTally, idleVerdicts, pairedTable, ratios, rssVerdicts, spreadWarnings } from '../lib/report.mjs';
 import { summarize } from '../lib/stats.mjs';
 
 const MiB = 2 ** 20;
@@ -70,4 +70,40 @@ test('issue 7 verdicts: RSS per torusd process (VmHWM counts), idle CPU per toru
   assert.equal(t.total, 1 + 3 + 2);
   assert.equal(t.met, 1 + 2 + 1);
   assert.deepEqual(t.missed, ['torusd-p1 peak RSS ≤ 128 MiB', 'torusd-p1 idle CPU ≤ 1% of a core']);
+});
+
+test('CPU ceilings: CPUs x figure / (target + fio cores), against the figure issue 7 asks of each torus target', () => {
+  const fig = (v) => summarize([v]);
+  const rows = cpuCeilings(
+    [
+      {
+        job: job('w', 'seqwrite', 'MiB/s'),
+        figures: { 'nbdkit-file': fig(4000 * MiB), torusd: fig(3000 * MiB), 'torusd-r2': fig(1000 * MiB) },
+        cores: { 'nbdkit-file': 1.0, torusd: 1.0, 'torusd-r2': 1.2 },
+        fioCores: { 'nbdkit-file': 0.6, torusd: 0.5, 'torusd-r2': 0.3 },
+      },
+      {
+        job: job('r', 'read', 'IOPS'),
+        figures: { torusd: fig(40_000), 'torusd-r2': fig(20_000) },
+        cores: { torusd: 1.0, 'torusd-r2': 1.0 },
+        fioCores: { torusd: null, 'torusd-r2': 0.25 },
+      },
+    ],
+    2,
+  );
+  // MiB/s figures are kept in bytes a second. nbdkit file: 2 x 4000 / 1.6; torusd: 2 x 3000 / 1.5; torusd-r2: 2 x 1000 / 1.5.
+  assert.equal(rows[0].ceiling['nbdkit-file'], 5000 * MiB);
+  assert.equal(rows[0].ceiling.torusd, 4000 * MiB);
+  assert.ok(Math.abs(rows[0].ceiling['torusd-r2'] - (4000 / 3) * MiB) < 1);
+  // One peer must reach nbdkit file (4000: not above its 4000); three peers 0.9 x 4000 / 2 = 1800, above 1333.
+  assert.deepEqual(rows[0].needed, { torusd: 4000 * MiB, 'torusd-r2': 1800 * MiB });
+  assert.deepEqual(rows[0].above, { torusd: false, 'torusd-r2': true });
+  // No fio figure: no ceiling; no nbdkit file: nothing needed of one peer; reads: 0.9 x one peer
+  // (36.0k) against 2 x 20k / 1.25 = 32.0k.
+  assert.equal(rows[1].ceiling.torusd, null);
+  assert.deepEqual(rows[1].needed, { torusd: null, 'torusd-r2': 36_000 });
+  assert.deepEqual(rows[1].above, { torusd: null, 'torusd-r2': true });
+  const lines = ceilingTable(rows, ['nbdkit-file', 'torusd', 'torusd-r2'], 2).split('\n');
+  assert.match(lines[2], /^w\s+MiB\/s\s+5000\s+4000 \(needs 4000\)\s+1333 \(needs 1800, ABOVE\)$/);
+  assert.match(lines[3], /^r\s+IOPS\s+n\/a\s+n\/a \(needs -\)\s+32\.0k \(needs 36\.0k, ABOVE\)$/);
 });
